@@ -1,0 +1,655 @@
+//! cryo's on-disk image format.
+//!
+//! An image is a directory (mode 0700) holding two files (mode 0600):
+//!
+//! ```text
+//!  IMAGE_DIR/
+//!  ├── meta.img    header + section directory + tables (small)
+//!  └── pages.img   raw page contents, page aligned, no framing
+//!
+//!  meta.img
+//!  ┌──────────────────────────── header (64 bytes) ─────────────────────────┐
+//!  │ magic "CRYOIMG\0" │ major u16 │ minor u16 │ header_size u32 │ nsect u32 │
+//!  │ flags u32 │ meta_len u64 │ pages_len u64 │ dir_sum │ body_sum │ hdr_sum│
+//!  ├──────────────── section directory: nsect × 32 bytes ───────────────────┤
+//!  │ kind u32 │ record_size u32 │ count u64 │ offset u64 │ checksum u64      │
+//!  ├──────────────── sections (8-byte aligned, in any order) ───────────────┤
+//!  │ process │ vmas[] │ files[] │ page_runs[] │ strings │ xsave │ auxv[] ... │
+//!  └────────────────────────────────────────────────────────────────────────┘
+//!
+//!  pages.img: the DATA page runs back to back; run i starts at page_runs[i].offset
+//! ```
+//!
+//! All integers are little-endian. Every section carries an xxh3-64 checksum,
+//! the directory and the header carry their own, and every DATA page run
+//! carries the checksum of its bytes in `pages.img`.
+//!
+//! **Compatibility rule.** `major` changes when an old reader could misread
+//! the image: readers refuse any other major. `minor` grows when records gain
+//! fields at their end or new section kinds appear: a reader accepts any minor,
+//! ignores section kinds it does not know and record bytes past the fields it
+//! knows, and refuses a section whose records are shorter than it needs.
+//!
+//! **Limits.** Readers refuse images larger than [`MAX_META_LEN`], more than
+//! [`MAX_SECTIONS`] sections, and tables larger than each kind's
+//! [`SectionKind::max_count`], before looking at their contents.
+//!
+//! The core is `no_std` and allocation-free so the restore shim parses exactly
+//! what the capturer wrote; the `std` feature adds the writer and JSON.
+
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
+
+#[cfg(feature = "std")]
+pub mod load;
+pub mod record;
+pub mod types;
+#[cfg(any(feature = "std", test))]
+pub mod write;
+
+pub use record::{Field, Record};
+pub use types::*;
+
+use core::fmt;
+
+/// File name of the metadata file inside an image directory.
+pub const META_FILE: &str = "meta.img";
+/// File name of the page-data file inside an image directory.
+pub const PAGES_FILE: &str = "pages.img";
+
+pub const MAGIC: [u8; 8] = *b"CRYOIMG\0";
+pub const VERSION_MAJOR: u16 = 1;
+pub const VERSION_MINOR: u16 = 0;
+pub const HEADER_SIZE: usize = 64;
+pub const DIR_ENTRY_SIZE: usize = 32;
+pub const MAX_SECTIONS: usize = 64;
+/// Largest meta.img a reader accepts (256 MiB).
+pub const MAX_META_LEN: u64 = 256 << 20;
+/// Largest pages.img a reader accepts (1 TiB).
+pub const MAX_PAGES_LEN: u64 = 1 << 40;
+
+/// xxh3-64, the checksum used throughout the format.
+pub fn checksum(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+/// Why an image was refused. Every variant is a complete one-line reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageError {
+    TooShort {
+        len: u64,
+    },
+    BadMagic,
+    UnsupportedVersion {
+        major: u16,
+        minor: u16,
+    },
+    BadHeader(&'static str),
+    HeaderChecksum,
+    DirectoryChecksum,
+    BodyChecksum,
+    LengthMismatch {
+        header: u64,
+        actual: u64,
+    },
+    TooLarge {
+        len: u64,
+    },
+    TooManySections {
+        count: u32,
+    },
+    SectionOutOfBounds {
+        kind: u32,
+    },
+    SectionMisaligned {
+        kind: u32,
+    },
+    DuplicateSection {
+        kind: u32,
+    },
+    MissingSection(&'static str),
+    RecordTooShort {
+        section: &'static str,
+        size: u32,
+        need: u32,
+    },
+    TooManyRecords {
+        section: &'static str,
+        count: u64,
+    },
+    SectionChecksum(&'static str),
+    BadString {
+        section: &'static str,
+        index: u64,
+    },
+    BadVma {
+        index: u64,
+        why: &'static str,
+    },
+    BadPageRun {
+        index: u64,
+        why: &'static str,
+    },
+    BadIndex {
+        section: &'static str,
+        index: u64,
+        why: &'static str,
+    },
+    PagesLength {
+        expected: u64,
+        actual: u64,
+    },
+    PageChecksum {
+        vaddr: u64,
+    },
+    Invalid(&'static str),
+}
+
+impl fmt::Display for ImageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ImageError::*;
+        match *self {
+            TooShort { len } => write!(f, "truncated image: meta.img is {len} bytes, shorter than its header"),
+            BadMagic => write!(f, "not a cryo image (bad magic in meta.img)"),
+            UnsupportedVersion { major, minor } => write!(
+                f,
+                "image format {major}.{minor} is not readable by this cryo (reads {VERSION_MAJOR}.x); capture again with this version"
+            ),
+            BadHeader(why) => write!(f, "corrupt image header: {why}"),
+            HeaderChecksum => write!(f, "corrupt image: header checksum mismatch"),
+            DirectoryChecksum => write!(f, "corrupt image: section directory checksum mismatch"),
+            BodyChecksum => write!(f, "corrupt image: meta.img checksum mismatch"),
+            LengthMismatch { header, actual } => write!(
+                f,
+                "truncated or extended image: header says meta.img is {header} bytes, it is {actual}"
+            ),
+            TooLarge { len } => write!(f, "image too large: meta.img is {len} bytes (limit {MAX_META_LEN})"),
+            TooManySections { count } => write!(f, "corrupt image: {count} sections (limit {MAX_SECTIONS})"),
+            SectionOutOfBounds { kind } => write!(f, "corrupt image: section {kind} lies outside meta.img"),
+            SectionMisaligned { kind } => write!(f, "corrupt image: section {kind} is not 8-byte aligned"),
+            DuplicateSection { kind } => write!(f, "corrupt image: section {kind} appears twice"),
+            MissingSection(s) => write!(f, "corrupt image: required section '{s}' is missing"),
+            RecordTooShort { section, size, need } => write!(
+                f,
+                "image section '{section}' has {size}-byte records, this cryo needs at least {need}"
+            ),
+            TooManyRecords { section, count } => write!(f, "corrupt image: section '{section}' has {count} records, over its limit"),
+            SectionChecksum(s) => write!(f, "corrupt image: checksum mismatch in section '{s}'"),
+            BadString { section, index } => write!(f, "corrupt image: string reference out of range in '{section}' record {index}"),
+            BadVma { index, why } => write!(f, "corrupt image: mapping {index}: {why}"),
+            BadPageRun { index, why } => write!(f, "corrupt image: page run {index}: {why}"),
+            BadIndex { section, index, why } => write!(f, "corrupt image: '{section}' record {index}: {why}"),
+            PagesLength { expected, actual } => write!(
+                f,
+                "truncated image: pages.img is {actual} bytes, the image needs {expected}"
+            ),
+            PageChecksum { vaddr } => write!(f, "corrupt image: pages.img data for the page run at {vaddr:#x} fails its checksum"),
+            Invalid(why) => write!(f, "corrupt image: {why}"),
+        }
+    }
+}
+
+#[cfg(any(feature = "std", test))]
+impl std::error::Error for ImageError {}
+
+/// The fixed header at the start of meta.img.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    pub major: u16,
+    pub minor: u16,
+    pub section_count: u32,
+    pub flags: u32,
+    pub meta_len: u64,
+    pub pages_len: u64,
+    pub dir_checksum: u64,
+    /// Checksum of everything after the header (directory, sections, padding).
+    pub body_checksum: u64,
+}
+
+impl Header {
+    /// Encode into 64 bytes, computing the header checksum.
+    pub fn encode(&self) -> [u8; HEADER_SIZE] {
+        let mut b = [0u8; HEADER_SIZE];
+        b[0..8].copy_from_slice(&MAGIC);
+        self.major.put(&mut b[8..]);
+        self.minor.put(&mut b[10..]);
+        (HEADER_SIZE as u32).put(&mut b[12..]);
+        self.section_count.put(&mut b[16..]);
+        self.flags.put(&mut b[20..]);
+        self.meta_len.put(&mut b[24..]);
+        self.pages_len.put(&mut b[32..]);
+        self.dir_checksum.put(&mut b[40..]);
+        self.body_checksum.put(&mut b[48..]);
+        let sum = checksum(&b[..56]);
+        sum.put(&mut b[56..]);
+        b
+    }
+}
+
+/// One section directory entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirEntry {
+    pub kind: u32,
+    pub record_size: u32,
+    pub count: u64,
+    pub offset: u64,
+    pub checksum: u64,
+}
+
+impl DirEntry {
+    pub fn encode(&self, out: &mut [u8]) {
+        self.kind.put(&mut out[0..]);
+        self.record_size.put(&mut out[4..]);
+        self.count.put(&mut out[8..]);
+        self.offset.put(&mut out[16..]);
+        self.checksum.put(&mut out[24..]);
+    }
+    pub fn decode(b: &[u8]) -> Self {
+        DirEntry {
+            kind: u32::get(&b[0..]),
+            record_size: u32::get(&b[4..]),
+            count: u64::get(&b[8..]),
+            offset: u64::get(&b[16..]),
+            checksum: u64::get(&b[24..]),
+        }
+    }
+}
+
+/// A typed, bounds-checked view of one table.
+#[derive(Clone, Copy)]
+pub struct Table<'a, T: Record> {
+    bytes: &'a [u8],
+    stride: usize,
+    count: usize,
+    _t: core::marker::PhantomData<T>,
+}
+
+impl<'a, T: Record> Table<'a, T> {
+    fn empty() -> Self {
+        Table {
+            bytes: &[],
+            stride: T::SIZE.max(1),
+            count: 0,
+            _t: core::marker::PhantomData,
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.count
+    }
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+    pub fn get(&self, i: usize) -> Option<T> {
+        if i >= self.count {
+            return None;
+        }
+        Some(T::decode(&self.bytes[i * self.stride..]))
+    }
+    pub fn iter(&self) -> impl Iterator<Item = T> + 'a {
+        let t = *self;
+        (0..t.count).map(move |i| T::decode(&t.bytes[i * t.stride..]))
+    }
+}
+
+/// A parsed, checksum-verified image (borrowing meta.img's bytes).
+#[derive(Clone, Copy)]
+pub struct Image<'a> {
+    pub header: Header,
+    bytes: &'a [u8],
+    sections: [Option<DirEntry>; 16],
+}
+
+impl<'a> Image<'a> {
+    /// Parse meta.img: header, directory, section bounds, record sizes and
+    /// every checksum. Call [`Image::validate`] next for semantic checks.
+    pub fn parse(bytes: &'a [u8]) -> Result<Image<'a>, ImageError> {
+        let len = bytes.len() as u64;
+        if bytes.len() < HEADER_SIZE {
+            return Err(ImageError::TooShort { len });
+        }
+        if bytes[0..8] != MAGIC {
+            return Err(ImageError::BadMagic);
+        }
+        let major = u16::get(&bytes[8..]);
+        let minor = u16::get(&bytes[10..]);
+        if major != VERSION_MAJOR {
+            return Err(ImageError::UnsupportedVersion { major, minor });
+        }
+        if checksum(&bytes[..56]) != u64::get(&bytes[56..]) {
+            return Err(ImageError::HeaderChecksum);
+        }
+        let header_size = u32::get(&bytes[12..]) as usize;
+        if !(HEADER_SIZE..=4096).contains(&header_size) {
+            return Err(ImageError::BadHeader("header size out of range"));
+        }
+        let header = Header {
+            major,
+            minor,
+            section_count: u32::get(&bytes[16..]),
+            flags: u32::get(&bytes[20..]),
+            meta_len: u64::get(&bytes[24..]),
+            pages_len: u64::get(&bytes[32..]),
+            dir_checksum: u64::get(&bytes[40..]),
+            body_checksum: u64::get(&bytes[48..]),
+        };
+        if header.meta_len > MAX_META_LEN {
+            return Err(ImageError::TooLarge {
+                len: header.meta_len,
+            });
+        }
+        if header.meta_len != len {
+            return Err(ImageError::LengthMismatch {
+                header: header.meta_len,
+                actual: len,
+            });
+        }
+        if header.pages_len > MAX_PAGES_LEN || !header.pages_len.is_multiple_of(PAGE_SIZE) {
+            return Err(ImageError::BadHeader("pages length not a page multiple"));
+        }
+        let n = header.section_count as usize;
+        if n > MAX_SECTIONS {
+            return Err(ImageError::TooManySections {
+                count: header.section_count,
+            });
+        }
+        let dir_end = header_size + n * DIR_ENTRY_SIZE;
+        if dir_end > bytes.len() {
+            return Err(ImageError::TooShort { len });
+        }
+        if checksum(&bytes[header_size..]) != header.body_checksum {
+            return Err(ImageError::BodyChecksum);
+        }
+        let dir = &bytes[header_size..dir_end];
+        if checksum(dir) != header.dir_checksum {
+            return Err(ImageError::DirectoryChecksum);
+        }
+        let mut sections: [Option<DirEntry>; 16] = [None; 16];
+        for i in 0..n {
+            let e = DirEntry::decode(&dir[i * DIR_ENTRY_SIZE..]);
+            let Some(kind) = SectionKind::from_u32(e.kind) else {
+                continue; // unknown kind: a newer minor version; skip it
+            };
+            let slot = &mut sections[e.kind as usize];
+            if slot.is_some() {
+                return Err(ImageError::DuplicateSection { kind: e.kind });
+            }
+            if !e.offset.is_multiple_of(8) {
+                return Err(ImageError::SectionMisaligned { kind: e.kind });
+            }
+            let need = kind.known_record_size() as u32;
+            if e.record_size < need || e.record_size == 0 {
+                return Err(ImageError::RecordTooShort {
+                    section: kind.name(),
+                    size: e.record_size,
+                    need,
+                });
+            }
+            if e.count > kind.max_count() {
+                return Err(ImageError::TooManyRecords {
+                    section: kind.name(),
+                    count: e.count,
+                });
+            }
+            let size = e
+                .count
+                .checked_mul(e.record_size as u64)
+                .ok_or(ImageError::SectionOutOfBounds { kind: e.kind })?;
+            let end = e
+                .offset
+                .checked_add(size)
+                .ok_or(ImageError::SectionOutOfBounds { kind: e.kind })?;
+            if e.offset < dir_end as u64 || end > len {
+                return Err(ImageError::SectionOutOfBounds { kind: e.kind });
+            }
+            if checksum(&bytes[e.offset as usize..end as usize]) != e.checksum {
+                return Err(ImageError::SectionChecksum(kind.name()));
+            }
+            *slot = Some(e);
+        }
+        for kind in SectionKind::ALL {
+            if kind.required() && sections[kind as usize].is_none() {
+                return Err(ImageError::MissingSection(kind.name()));
+            }
+        }
+        if sections[SectionKind::Process as usize].map(|e| e.count) != Some(1) {
+            return Err(ImageError::Invalid("process section must hold one record"));
+        }
+        Ok(Image {
+            header,
+            bytes,
+            sections,
+        })
+    }
+
+    fn section_bytes(&self, kind: SectionKind) -> Option<(&'a [u8], DirEntry)> {
+        let e = self.sections[kind as usize]?;
+        let start = e.offset as usize;
+        let end = start + (e.count as usize) * (e.record_size as usize);
+        Some((&self.bytes[start..end], e))
+    }
+
+    /// A table of records (empty if the section is absent).
+    pub fn table<T: Record>(&self, kind: SectionKind) -> Table<'a, T> {
+        match self.section_bytes(kind) {
+            Some((b, e)) => Table {
+                bytes: b,
+                stride: e.record_size as usize,
+                count: e.count as usize,
+                _t: core::marker::PhantomData,
+            },
+            None => Table::empty(),
+        }
+    }
+
+    /// A byte-blob section (empty if absent).
+    pub fn blob(&self, kind: SectionKind) -> &'a [u8] {
+        self.section_bytes(kind).map(|(b, _)| b).unwrap_or(&[])
+    }
+
+    pub fn process(&self) -> Process {
+        // parse() checked the section holds exactly one record.
+        self.table::<Process>(SectionKind::Process)
+            .get(0)
+            .unwrap_or_default()
+    }
+    pub fn vmas(&self) -> Table<'a, Vma> {
+        self.table(SectionKind::Vmas)
+    }
+    pub fn files(&self) -> Table<'a, FileId> {
+        self.table(SectionKind::Files)
+    }
+    pub fn page_runs(&self) -> Table<'a, PageRun> {
+        self.table(SectionKind::PageRuns)
+    }
+    pub fn xsave(&self) -> &'a [u8] {
+        self.blob(SectionKind::Xsave)
+    }
+    pub fn auxv(&self) -> Table<'a, AuxvEntry> {
+        self.table(SectionKind::Auxv)
+    }
+    pub fn sigactions(&self) -> Table<'a, SigAction> {
+        self.table(SectionKind::SigActions)
+    }
+    pub fn rlimits(&self) -> Table<'a, Rlimit> {
+        self.table(SectionKind::Rlimits)
+    }
+    pub fn fds(&self) -> Table<'a, Fd> {
+        self.table(SectionKind::Fds)
+    }
+    pub fn timers(&self) -> Table<'a, PosixTimer> {
+        self.table(SectionKind::Timers)
+    }
+    pub fn itimers(&self) -> Table<'a, Itimer> {
+        self.table(SectionKind::Itimers)
+    }
+
+    /// Resolve a string reference (None if absent or invalid).
+    pub fn str(&self, r: StrRef) -> Option<&'a str> {
+        if r.is_none() {
+            return None;
+        }
+        let s = self.blob(SectionKind::Strings);
+        let start = r.off as usize;
+        let end = start.checked_add(r.len as usize)?;
+        core::str::from_utf8(s.get(start..end)?).ok()
+    }
+
+    fn check_str(&self, r: StrRef, section: &'static str, index: usize) -> Result<(), ImageError> {
+        if r.is_none() || self.str(r).is_some() {
+            Ok(())
+        } else {
+            Err(ImageError::BadString {
+                section,
+                index: index as u64,
+            })
+        }
+    }
+
+    /// Semantic checks the shim relies on: mappings sorted, page aligned and
+    /// disjoint; page runs inside their mapping and inside pages.img; indices
+    /// and strings in range. Allocation-free and linear in the image size.
+    pub fn validate(&self) -> Result<(), ImageError> {
+        let p = self.process();
+        let files = self.files();
+        let runs = self.page_runs();
+        let nfiles = files.len() as u32;
+        self.check_str(p.exe, "process", 0)?;
+        self.check_str(p.cwd, "process", 0)?;
+        self.check_str(p.kernel, "process", 0)?;
+        if p.exe_file != NO_INDEX && p.exe_file >= nfiles {
+            return Err(ImageError::BadIndex {
+                section: "process",
+                index: 0,
+                why: "executable file index out of range",
+            });
+        }
+        if p.xsave_size as usize != self.xsave().len() {
+            return Err(ImageError::Invalid("xsave size does not match its section"));
+        }
+        if p.xsave_size < 576 {
+            return Err(ImageError::Invalid(
+                "xsave area smaller than the legacy 576 bytes",
+            ));
+        }
+        for (i, f) in files.iter().enumerate() {
+            self.check_str(f.path, "files", i)?;
+        }
+        let mut prev_end = 0u64;
+        let mut next_run = 0u64;
+        for (i, v) in self.vmas().iter().enumerate() {
+            let bad = |why| ImageError::BadVma {
+                index: i as u64,
+                why,
+            };
+            if !v.start.is_multiple_of(PAGE_SIZE) || !v.end.is_multiple_of(PAGE_SIZE) {
+                return Err(bad("not page aligned"));
+            }
+            if v.end <= v.start {
+                return Err(bad("empty or inverted range"));
+            }
+            if v.start < prev_end {
+                return Err(bad("overlaps or is out of order"));
+            }
+            // vsyscall lives in the kernel half; everything else must be user space.
+            if v.kind != vma_kind::VSYSCALL && v.end > 0x0000_8000_0000_0000 {
+                return Err(bad("outside user space"));
+            }
+            prev_end = v.end;
+            if v.file != NO_INDEX && v.file >= nfiles {
+                return Err(bad("file index out of range"));
+            }
+            self.check_str(v.name, "vmas", i)?;
+            if v.first_run as u64 != next_run {
+                return Err(bad("page runs not in order"));
+            }
+            let last = v.first_run as u64 + v.run_count as u64;
+            if last > runs.len() as u64 {
+                return Err(bad("page run range out of bounds"));
+            }
+            next_run = last;
+            let mut run_prev = v.start;
+            for j in v.first_run as usize..last as usize {
+                let r = runs.get(j).ok_or(bad("page run missing"))?;
+                let rbad = |why| ImageError::BadPageRun {
+                    index: j as u64,
+                    why,
+                };
+                if r.npages == 0 || !r.vaddr.is_multiple_of(PAGE_SIZE) {
+                    return Err(rbad("empty or unaligned"));
+                }
+                let rend = r
+                    .vaddr
+                    .checked_add(r.len())
+                    .ok_or(rbad("address overflow"))?;
+                if r.vaddr < run_prev || rend > v.end {
+                    return Err(rbad("outside its mapping or out of order"));
+                }
+                run_prev = rend;
+                match r.kind {
+                    run_kind::DATA => {
+                        let e = r
+                            .offset
+                            .checked_add(r.len())
+                            .ok_or(rbad("offset overflow"))?;
+                        if !r.offset.is_multiple_of(PAGE_SIZE) || e > self.header.pages_len {
+                            return Err(rbad("data outside pages.img"));
+                        }
+                    }
+                    run_kind::ZERO => {}
+                    _ => return Err(rbad("unknown kind")),
+                }
+            }
+        }
+        if next_run != runs.len() as u64 {
+            return Err(ImageError::Invalid("page runs not owned by any mapping"));
+        }
+        for (i, a) in self.sigactions().iter().enumerate() {
+            if a.signo == 0 || a.signo > 64 {
+                return Err(ImageError::BadIndex {
+                    section: "sigactions",
+                    index: i as u64,
+                    why: "signal number out of range",
+                });
+            }
+        }
+        for (i, f) in self.fds().iter().enumerate() {
+            self.check_str(f.target, "fds", i)?;
+            if f.fd < 0 || (f.file != NO_INDEX && f.file >= nfiles) {
+                return Err(ImageError::BadIndex {
+                    section: "fds",
+                    index: i as u64,
+                    why: "bad fd number or file index",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Check pages.img's length and every DATA run's checksum. `pages` is
+    /// the whole pages.img (e.g. mmapped).
+    pub fn verify_pages(&self, pages: &[u8]) -> Result<(), ImageError> {
+        if pages.len() as u64 != self.header.pages_len {
+            return Err(ImageError::PagesLength {
+                expected: self.header.pages_len,
+                actual: pages.len() as u64,
+            });
+        }
+        for r in self.page_runs().iter() {
+            if r.kind != run_kind::DATA {
+                continue;
+            }
+            let s = r.offset as usize;
+            let e = s + r.len() as usize;
+            let data = pages.get(s..e).ok_or(ImageError::PagesLength {
+                expected: e as u64,
+                actual: pages.len() as u64,
+            })?;
+            if checksum(data) != r.checksum {
+                return Err(ImageError::PageChecksum { vaddr: r.vaddr });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

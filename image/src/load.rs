@@ -1,0 +1,120 @@
+//! Reading an image directory from disk (std only, plain file I/O).
+
+use crate::{Image, ImageError, MAX_META_LEN, META_FILE, PAGES_FILE};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// Why an image directory could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{}: no such image directory", .0.display())]
+    NoDir(PathBuf),
+    #[error("{}: not a cryo image directory (no {META_FILE})", .0.display())]
+    NotImage(PathBuf),
+    #[error("reading {}: {source}", .path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: {source}", .path.display())]
+    Image { path: PathBuf, source: ImageError },
+}
+
+/// meta.img read into memory, parsed and validated.
+#[derive(Debug)]
+pub struct LoadedImage {
+    pub dir: PathBuf,
+    pub meta: Vec<u8>,
+}
+
+impl LoadedImage {
+    /// Read, parse and validate meta.img (pages are not read; see
+    /// [`LoadedImage::verify_pages`]).
+    pub fn open(dir: &Path) -> Result<LoadedImage, LoadError> {
+        if !dir.is_dir() {
+            return Err(LoadError::NoDir(dir.to_owned()));
+        }
+        let path = dir.join(META_FILE);
+        if !path.exists() {
+            return Err(LoadError::NotImage(dir.to_owned()));
+        }
+        let io_err = |source| LoadError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut f = File::open(&path).map_err(io_err)?;
+        let len = f.metadata().map_err(io_err)?.len();
+        if len > MAX_META_LEN {
+            return Err(LoadError::Image {
+                path,
+                source: ImageError::TooLarge { len },
+            });
+        }
+        let mut meta = Vec::with_capacity(len as usize);
+        f.read_to_end(&mut meta).map_err(io_err)?;
+        let img = LoadedImage {
+            dir: dir.to_owned(),
+            meta,
+        };
+        img.image()?.validate().map_err(|source| LoadError::Image {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(img)
+    }
+
+    /// The parsed view (parsing is cheap: checksums of a small file).
+    pub fn image(&self) -> Result<Image<'_>, LoadError> {
+        Image::parse(&self.meta).map_err(|source| LoadError::Image {
+            path: self.dir.join(META_FILE),
+            source,
+        })
+    }
+
+    pub fn pages_path(&self) -> PathBuf {
+        self.dir.join(PAGES_FILE)
+    }
+
+    /// Check pages.img's length and every DATA run's checksum, streaming the
+    /// file in 8 MiB reads. `progress` is called with bytes checked so far.
+    pub fn verify_pages(&self, mut progress: impl FnMut(u64)) -> Result<(), LoadError> {
+        let img = self.image()?;
+        let path = self.pages_path();
+        let io_err = |source| LoadError::Io {
+            path: path.clone(),
+            source,
+        };
+        let img_err = |source| LoadError::Image {
+            path: path.clone(),
+            source,
+        };
+        let mut f = File::open(&path).map_err(io_err)?;
+        let actual = f.metadata().map_err(io_err)?.len();
+        if actual != img.header.pages_len {
+            return Err(img_err(ImageError::PagesLength {
+                expected: img.header.pages_len,
+                actual,
+            }));
+        }
+        let mut buf = vec![0u8; 8 << 20];
+        let mut done = 0u64;
+        for r in img.page_runs().iter() {
+            if r.kind != crate::run_kind::DATA {
+                continue;
+            }
+            f.seek(SeekFrom::Start(r.offset)).map_err(io_err)?;
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            let mut left = r.len();
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                f.read_exact(&mut buf[..n]).map_err(io_err)?;
+                h.update(&buf[..n]);
+                left -= n as u64;
+                done += n as u64;
+            }
+            if h.digest() != r.checksum {
+                return Err(img_err(ImageError::PageChecksum { vaddr: r.vaddr }));
+            }
+            progress(done);
+        }
+        Ok(())
+    }
+}

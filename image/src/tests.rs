@@ -1,0 +1,240 @@
+use super::write::ImageBuilder;
+use super::*;
+use proptest::prelude::*;
+
+/// A small but complete image: two mappings, a file, data and zero runs.
+pub(crate) fn sample() -> (Vec<u8>, Vec<u8>) {
+    let mut b = ImageBuilder::default();
+    let path = b.strings.add("/usr/bin/true");
+    b.files.push(FileId {
+        path,
+        dev: 0x801,
+        ino: 42,
+        size: 8192,
+        mtime_sec: 1_700_000_000,
+        mtime_nsec: 5,
+        mode: 0o100755,
+    });
+    b.process.pid = 1234;
+    b.process.exe = path;
+    b.process.exe_file = 0;
+    b.process.cwd = b.strings.add("/tmp");
+    b.process.kernel = b.strings.add("6.18");
+    b.process.comm[..4].copy_from_slice(b"true");
+    b.process.xsave_size = 1024;
+    b.xsave = vec![7u8; 1024];
+    let page: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+    b.vmas.push(Vma {
+        start: 0x400000,
+        end: 0x402000,
+        prot: prot::READ | prot::EXEC,
+        kind: vma_kind::FILE_PRIVATE,
+        file: 0,
+        name: path,
+        first_run: 0,
+        run_count: 1,
+        ..Default::default()
+    });
+    b.page_runs.push(PageRun {
+        vaddr: 0x401000,
+        npages: 1,
+        kind: run_kind::DATA,
+        offset: 0,
+        checksum: checksum(&page),
+    });
+    b.vmas.push(Vma {
+        start: 0x7f0000000000,
+        end: 0x7f0000004000,
+        prot: prot::READ | prot::WRITE,
+        kind: vma_kind::ANON_PRIVATE,
+        file: NO_INDEX,
+        name: StrRef::NONE,
+        first_run: 1,
+        run_count: 1,
+        ..Default::default()
+    });
+    b.page_runs.push(PageRun {
+        vaddr: 0x7f0000001000,
+        npages: 2,
+        kind: run_kind::ZERO,
+        offset: 0,
+        checksum: 0,
+    });
+    b.sigactions.push(SigAction {
+        signo: 10,
+        handler: 0x401100,
+        flags: 0x04000000,
+        ..Default::default()
+    });
+    (b.encode(page.len() as u64), page)
+}
+
+#[test]
+fn roundtrip() {
+    let (meta, pages) = sample();
+    let img = Image::parse(&meta).expect("parse");
+    img.validate().expect("validate");
+    img.verify_pages(&pages).expect("pages");
+    assert_eq!(img.process().pid, 1234);
+    assert_eq!(img.str(img.process().exe), Some("/usr/bin/true"));
+    assert_eq!(img.vmas().len(), 2);
+    assert_eq!(img.vmas().get(1).unwrap().kind, vma_kind::ANON_PRIVATE);
+    assert_eq!(img.page_runs().get(1).unwrap().npages, 2);
+    assert_eq!(img.sigactions().get(0).unwrap().handler, 0x401100);
+    assert_eq!(img.xsave().len(), 1024);
+}
+
+#[test]
+fn every_byte_flip_is_detected() {
+    let (meta, _) = sample();
+    for i in 0..meta.len() {
+        let mut m = meta.clone();
+        m[i] ^= 0x40;
+        let r = Image::parse(&m).and_then(|img| img.validate());
+        assert!(r.is_err(), "flip at byte {i} went unnoticed");
+    }
+}
+
+#[test]
+fn every_truncation_is_detected() {
+    let (meta, _) = sample();
+    for n in 0..meta.len() {
+        assert!(
+            Image::parse(&meta[..n]).is_err(),
+            "truncation to {n} accepted"
+        );
+    }
+}
+
+#[test]
+fn corrupted_and_short_pages_are_detected() {
+    let (meta, mut pages) = sample();
+    let img = Image::parse(&meta).unwrap();
+    assert!(matches!(
+        img.verify_pages(&pages[..4095]),
+        Err(ImageError::PagesLength { .. })
+    ));
+    pages[100] ^= 1;
+    assert_eq!(
+        img.verify_pages(&pages),
+        Err(ImageError::PageChecksum { vaddr: 0x401000 })
+    );
+}
+
+#[test]
+fn foreign_and_future_images_are_refused() {
+    let (mut meta, _) = sample();
+    assert_eq!(
+        Image::parse(&[0x7fu8; 200]).err(),
+        Some(ImageError::BadMagic)
+    );
+    meta[8] = 2; // major 2
+    assert!(matches!(
+        Image::parse(&meta),
+        Err(ImageError::UnsupportedVersion { major: 2, .. })
+    ));
+}
+
+#[test]
+fn messages_are_one_line() {
+    let (meta, _) = sample();
+    for n in [0, 10, 70, meta.len() - 1] {
+        let e = Image::parse(&meta[..n]).err().unwrap();
+        let s = e.to_string();
+        assert!(!s.contains('\n') && !s.is_empty(), "{s:?}");
+    }
+}
+
+#[test]
+fn overlapping_vmas_are_refused() {
+    let (meta, _) = sample();
+    let img = Image::parse(&meta).unwrap();
+    let mut b = ImageBuilder {
+        process: img.process(),
+        ..Default::default()
+    };
+    b.process.exe = StrRef::NONE;
+    b.process.cwd = StrRef::NONE;
+    b.process.kernel = StrRef::NONE;
+    b.process.exe_file = NO_INDEX;
+    b.xsave = img.xsave().to_vec();
+    b.vmas.push(Vma {
+        start: 0x1000,
+        end: 0x3000,
+        file: NO_INDEX,
+        name: StrRef::NONE,
+        ..Default::default()
+    });
+    b.vmas.push(Vma {
+        start: 0x2000,
+        end: 0x4000,
+        file: NO_INDEX,
+        name: StrRef::NONE,
+        ..Default::default()
+    });
+    let m = b.encode(0);
+    let img = Image::parse(&m).unwrap();
+    assert!(matches!(
+        img.validate(),
+        Err(ImageError::BadVma { index: 1, .. })
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Arbitrary bytes never panic the decoder.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        if let Ok(img) = Image::parse(&bytes) {
+            let _ = img.validate();
+            let _ = img.verify_pages(&[]);
+        }
+    }
+
+    /// Mutations of a valid image (with fixed-up checksums, so the decoder's
+    /// structural checks are what is exercised) never panic it.
+    #[test]
+    fn mutated_images_never_panic(edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+        let (mut meta, pages) = sample();
+        for (pos, val) in edits {
+            let p = pos % meta.len();
+            meta[p] = val;
+        }
+        fix_checksums(&mut meta);
+        if let Ok(img) = Image::parse(&meta) {
+            let _ = img.validate();
+            let _ = img.verify_pages(&pages);
+            for v in img.vmas().iter() { let _ = img.str(v.name); }
+        }
+    }
+}
+
+/// Recompute the directory, section and header checksums in place, where the
+/// layout still allows it.
+fn fix_checksums(meta: &mut [u8]) {
+    if meta.len() < HEADER_SIZE {
+        return;
+    }
+    let n = (u32::get(&meta[16..]) as usize).min(MAX_SECTIONS);
+    let hs = (u32::get(&meta[12..]) as usize).clamp(HEADER_SIZE, 4096);
+    if hs + n * DIR_ENTRY_SIZE > meta.len() {
+        return;
+    }
+    for i in 0..n {
+        let at = hs + i * DIR_ENTRY_SIZE;
+        let e = DirEntry::decode(&meta[at..]);
+        let size = e.count.saturating_mul(e.record_size as u64);
+        let end = e.offset.saturating_add(size);
+        if end <= meta.len() as u64 {
+            let sum = checksum(&meta[e.offset as usize..end as usize]);
+            sum.put(&mut meta[at + 24..]);
+        }
+    }
+    let dsum = checksum(&meta[hs..hs + n * DIR_ENTRY_SIZE]);
+    dsum.put(&mut meta[40..]);
+    let bsum = checksum(&meta[hs..]);
+    bsum.put(&mut meta[48..]);
+    let hsum = checksum(&meta[..56]);
+    hsum.put(&mut meta[56..]);
+}

@@ -1,0 +1,527 @@
+//! The records of an image: one type per table.
+//!
+//! Field order is the on-disk order. Add fields only at the end of a record
+//! (and bump the minor version); never reorder or remove.
+
+use crate::record::record;
+
+/// Page size the format is defined for (x86_64 base pages).
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Reference to a UTF-8 string in the `Strings` section (offset, length).
+/// `len == 0` is the empty string; `off == u32::MAX` means "absent".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "std", derive(serde::Serialize))]
+pub struct StrRef {
+    pub off: u32,
+    pub len: u32,
+}
+
+impl StrRef {
+    pub const NONE: StrRef = StrRef {
+        off: u32::MAX,
+        len: 0,
+    };
+    pub fn is_none(&self) -> bool {
+        self.off == u32::MAX
+    }
+}
+
+impl crate::record::Field for StrRef {
+    const SIZE: usize = 8;
+    fn put(&self, out: &mut [u8]) {
+        self.off.put(&mut out[0..]);
+        self.len.put(&mut out[4..]);
+    }
+    fn get(b: &[u8]) -> Self {
+        StrRef {
+            off: u32::get(&b[0..]),
+            len: u32::get(&b[4..]),
+        }
+    }
+}
+
+/// Index meaning "no entry" in index-valued fields.
+pub const NO_INDEX: u32 = u32::MAX;
+
+/// Section kinds. Unknown kinds are skipped by readers (forward compatible).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum SectionKind {
+    Process = 1,
+    Vmas = 2,
+    Files = 3,
+    PageRuns = 4,
+    Strings = 5,
+    Xsave = 6,
+    Auxv = 7,
+    SigActions = 8,
+    Rlimits = 9,
+    Fds = 10,
+    Timers = 11,
+    Itimers = 12,
+}
+
+impl SectionKind {
+    pub const ALL: [SectionKind; 12] = [
+        SectionKind::Process,
+        SectionKind::Vmas,
+        SectionKind::Files,
+        SectionKind::PageRuns,
+        SectionKind::Strings,
+        SectionKind::Xsave,
+        SectionKind::Auxv,
+        SectionKind::SigActions,
+        SectionKind::Rlimits,
+        SectionKind::Fds,
+        SectionKind::Timers,
+        SectionKind::Itimers,
+    ];
+    pub fn from_u32(v: u32) -> Option<SectionKind> {
+        SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            SectionKind::Process => "process",
+            SectionKind::Vmas => "vmas",
+            SectionKind::Files => "files",
+            SectionKind::PageRuns => "page_runs",
+            SectionKind::Strings => "strings",
+            SectionKind::Xsave => "xsave",
+            SectionKind::Auxv => "auxv",
+            SectionKind::SigActions => "sigactions",
+            SectionKind::Rlimits => "rlimits",
+            SectionKind::Fds => "fds",
+            SectionKind::Timers => "timers",
+            SectionKind::Itimers => "itimers",
+        }
+    }
+    /// Record size this reader knows for the section (1 for byte blobs).
+    pub fn known_record_size(self) -> usize {
+        use crate::record::Record;
+        match self {
+            SectionKind::Process => Process::SIZE,
+            SectionKind::Vmas => Vma::SIZE,
+            SectionKind::Files => FileId::SIZE,
+            SectionKind::PageRuns => PageRun::SIZE,
+            SectionKind::Strings | SectionKind::Xsave => 1,
+            SectionKind::Auxv => AuxvEntry::SIZE,
+            SectionKind::SigActions => SigAction::SIZE,
+            SectionKind::Rlimits => Rlimit::SIZE,
+            SectionKind::Fds => Fd::SIZE,
+            SectionKind::Timers => PosixTimer::SIZE,
+            SectionKind::Itimers => Itimer::SIZE,
+        }
+    }
+    /// Upper bound on the number of records, to refuse absurd images early.
+    pub fn max_count(self) -> u64 {
+        match self {
+            SectionKind::Process => 1,
+            SectionKind::Vmas => 1 << 20,
+            SectionKind::Files => 1 << 16,
+            SectionKind::PageRuns => 1 << 26,
+            SectionKind::Strings => 16 << 20,
+            SectionKind::Xsave => 64 << 10,
+            SectionKind::Auxv => 128,
+            SectionKind::SigActions => 64,
+            SectionKind::Rlimits => 32,
+            SectionKind::Fds => 1 << 20,
+            SectionKind::Timers => 1 << 16,
+            SectionKind::Itimers => 3,
+        }
+    }
+    /// Sections every valid image must have.
+    pub fn required(self) -> bool {
+        matches!(
+            self,
+            SectionKind::Process
+                | SectionKind::Vmas
+                | SectionKind::PageRuns
+                | SectionKind::Strings
+                | SectionKind::Xsave
+        )
+    }
+}
+
+record! {
+    /// The x86_64 general registers in `struct user_regs_struct` order
+    /// (what PTRACE_GETREGSET NT_PRSTATUS returns), fs_base/gs_base included.
+    pub struct Regs {
+        pub r15: u64,
+        pub r14: u64,
+        pub r13: u64,
+        pub r12: u64,
+        pub rbp: u64,
+        pub rbx: u64,
+        pub r11: u64,
+        pub r10: u64,
+        pub r9: u64,
+        pub r8: u64,
+        pub rax: u64,
+        pub rcx: u64,
+        pub rdx: u64,
+        pub rsi: u64,
+        pub rdi: u64,
+        pub orig_rax: u64,
+        pub rip: u64,
+        pub cs: u64,
+        pub eflags: u64,
+        pub rsp: u64,
+        pub ss: u64,
+        pub fs_base: u64,
+        pub gs_base: u64,
+        pub ds: u64,
+        pub es: u64,
+        pub fs: u64,
+        pub gs: u64,
+    }
+}
+
+record! {
+    /// Memory-layout fields of the mm (as `prctl(PR_SET_MM_MAP)` takes them).
+    pub struct MmFields {
+        pub start_code: u64,
+        pub end_code: u64,
+        pub start_data: u64,
+        pub end_data: u64,
+        pub start_brk: u64,
+        pub brk: u64,
+        pub start_stack: u64,
+        pub arg_start: u64,
+        pub arg_end: u64,
+        pub env_start: u64,
+        pub env_end: u64,
+    }
+}
+
+/// `Process::flags` bits.
+pub mod process_flags {
+    /// The process was in group-stop (stopped by a signal) when captured.
+    pub const WAS_STOPPED: u32 = 1 << 0;
+    /// The process was inside a system call; `regs` hold the restart fix-up.
+    pub const IN_SYSCALL: u32 = 1 << 1;
+    /// The syscall was -ERESTART_RESTARTBLOCK: it returns -EINTR on restore.
+    pub const RESTART_BLOCK_EINTR: u32 = 1 << 2;
+    /// A registered rseq area is recorded in `rseq_*`.
+    pub const HAS_RSEQ: u32 = 1 << 3;
+}
+
+record! {
+    /// Per-process state: one record.
+    pub struct Process {
+        /// PID at capture time.
+        pub pid: u32,
+        /// `process_flags` bits.
+        pub flags: u32,
+        pub personality: u32,
+        pub umask: u32,
+        /// Task name (`comm`), NUL-padded.
+        pub comm: [u8; 16],
+        pub exe: StrRef,
+        /// Index of the executable in the files table.
+        pub exe_file: u32,
+        pub cwd: StrRef,
+        /// Kernel release (`uname -r`) at capture, for inspect and checks.
+        pub kernel: StrRef,
+        /// Wall-clock capture time (seconds since the epoch).
+        pub captured_at: u64,
+        pub mm: MmFields,
+        /// Registers after the syscall-restart fix-up (what to resume with).
+        pub regs: Regs,
+        /// Registers exactly as read from the stopped tracee.
+        pub raw_regs: Regs,
+        pub sig_blocked: u64,
+        pub sig_pending: u64,
+        pub sig_shared_pending: u64,
+        pub sigaltstack_sp: u64,
+        pub sigaltstack_size: u64,
+        pub sigaltstack_flags: u32,
+        pub rseq_size: u32,
+        pub rseq_addr: u64,
+        pub rseq_sig: u32,
+        pub rseq_flags: u32,
+        /// XSAVE area size in bytes (the `Xsave` section's length).
+        pub xsave_size: u32,
+        pub _pad0: u32,
+        /// XCR0 (enabled state components) of the capturing CPU.
+        pub xcr0: u64,
+        /// glibc TCB fields at fs_base: stack protector canary (%fs:0x28).
+        pub tls_canary: u64,
+        /// glibc TCB fields at fs_base: pointer guard (%fs:0x30).
+        pub tls_pointer_guard: u64,
+        /// Address and length of the vDSO at capture, and a hash of its bytes.
+        pub vdso_start: u64,
+        pub vdso_len: u64,
+        pub vdso_hash: u64,
+        /// Total bytes in pages.bin.
+        pub pages_bytes: u64,
+        /// Resident set size at capture (KiB), for image-size comparisons.
+        pub rss_kib: u64,
+    }
+}
+
+/// `Vma::kind` values.
+pub mod vma_kind {
+    pub const ANON_PRIVATE: u32 = 1;
+    pub const ANON_SHARED: u32 = 2;
+    pub const FILE_PRIVATE: u32 = 3;
+    pub const FILE_SHARED: u32 = 4;
+    pub const HEAP: u32 = 5;
+    pub const STACK: u32 = 6;
+    pub const VDSO: u32 = 7;
+    pub const VVAR: u32 = 8;
+    pub const VVAR_VCLOCK: u32 = 9;
+    pub const VSYSCALL: u32 = 10;
+
+    pub fn name(k: u32) -> &'static str {
+        match k {
+            ANON_PRIVATE => "anon-private",
+            ANON_SHARED => "anon-shared",
+            FILE_PRIVATE => "file-private",
+            FILE_SHARED => "file-shared",
+            HEAP => "heap",
+            STACK => "stack",
+            VDSO => "vdso",
+            VVAR => "vvar",
+            VVAR_VCLOCK => "vvar_vclock",
+            VSYSCALL => "vsyscall",
+            _ => "unknown",
+        }
+    }
+}
+
+/// `Vma::prot` bits (same values as PROT_*).
+pub mod prot {
+    pub const READ: u32 = 1;
+    pub const WRITE: u32 = 2;
+    pub const EXEC: u32 = 4;
+}
+
+/// `Vma::flags` bits.
+pub mod vma_flags {
+    /// The mapped file was deleted (path ends in " (deleted)").
+    pub const DELETED: u32 = 1 << 0;
+    /// PROT_NONE guard region.
+    pub const GUARD: u32 = 1 << 1;
+    /// VM_GROWSDOWN.
+    pub const GROWSDOWN: u32 = 1 << 2;
+    /// VM_LOCKED.
+    pub const LOCKED: u32 = 1 << 3;
+    /// MADV_DONTFORK.
+    pub const DONTFORK: u32 = 1 << 4;
+    /// MADV_DONTDUMP.
+    pub const DONTDUMP: u32 = 1 << 5;
+    /// MADV_WIPEONFORK.
+    pub const WIPEONFORK: u32 = 1 << 6;
+    /// MADV_HUGEPAGE.
+    pub const HUGEPAGE: u32 = 1 << 7;
+    /// MADV_NOHUGEPAGE.
+    pub const NOHUGEPAGE: u32 = 1 << 8;
+}
+
+record! {
+    /// One mapping (VMA) as in /proc/PID/maps + smaps.
+    pub struct Vma {
+        pub start: u64,
+        pub end: u64,
+        /// File offset in bytes (0 for anonymous mappings).
+        pub pgoff: u64,
+        /// `prot` bits.
+        pub prot: u32,
+        /// `vma_kind` value.
+        pub kind: u32,
+        /// `vma_flags` bits.
+        pub flags: u32,
+        /// Index into the files table, or NO_INDEX.
+        pub file: u32,
+        /// smaps VmFlags, as a bitset of `vmflag` positions.
+        pub vmflags: u64,
+        /// The maps path/name column (file path, `[heap]`, ...).
+        pub name: StrRef,
+        /// First page run of this VMA and how many (runs are in address order).
+        pub first_run: u32,
+        pub run_count: u32,
+        /// Pages present or swapped at capture (whether dumped or not).
+        pub resident_pages: u64,
+    }
+}
+
+impl Vma {
+    pub fn len(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+    pub fn is_special(&self) -> bool {
+        matches!(
+            self.kind,
+            vma_kind::VDSO | vma_kind::VVAR | vma_kind::VVAR_VCLOCK | vma_kind::VSYSCALL
+        )
+    }
+}
+
+/// The two-letter smaps VmFlags, in bit order of `Vma::vmflags`.
+pub const VMFLAG_NAMES: [&str; 48] = [
+    "rd", "wr", "ex", "sh", "mr", "mw", "me", "ms", "gd", "pf", "dw", "lo", "io", "sr", "rr", "dc",
+    "de", "ac", "nr", "ht", "sf", "nl", "ar", "wf", "dd", "sd", "mm", "hg", "nh", "mg", "um", "uw",
+    "ss", "sl", "bt", "mt", "ui", "lf", "se", "pk", "p0", "p1", "p2", "p3", "p4", "gu", "", "",
+];
+
+/// Bit position of a two-letter VmFlag, if known.
+pub fn vmflag_bit(name: &str) -> Option<u32> {
+    VMFLAG_NAMES
+        .iter()
+        .position(|n| !n.is_empty() && *n == name)
+        .map(|p| p as u32)
+}
+
+record! {
+    /// Identity of a file behind a mapping or fd: restore refuses if it changed.
+    pub struct FileId {
+        pub path: StrRef,
+        pub dev: u64,
+        pub ino: u64,
+        pub size: u64,
+        pub mtime_sec: i64,
+        pub mtime_nsec: u32,
+        pub mode: u32,
+    }
+}
+
+/// `PageRun::kind` values.
+pub mod run_kind {
+    /// Page contents stored in pages.bin at `offset`.
+    pub const DATA: u32 = 1;
+    /// All-zero pages (present at capture, not stored).
+    pub const ZERO: u32 = 2;
+}
+
+record! {
+    /// A run of consecutive pages of one VMA.
+    pub struct PageRun {
+        pub vaddr: u64,
+        pub npages: u32,
+        /// `run_kind` value.
+        pub kind: u32,
+        /// Byte offset in pages.bin (page aligned), for DATA runs.
+        pub offset: u64,
+        /// xxh3-64 of the run's bytes in pages.bin (0 for ZERO runs).
+        pub checksum: u64,
+    }
+}
+
+impl PageRun {
+    pub fn len(&self) -> u64 {
+        self.npages as u64 * PAGE_SIZE
+    }
+    pub fn is_empty(&self) -> bool {
+        self.npages == 0
+    }
+}
+
+record! {
+    /// One auxv entry (type, value).
+    pub struct AuxvEntry {
+        pub key: u64,
+        pub val: u64,
+    }
+}
+
+record! {
+    /// A signal disposition, as the kernel's `struct sigaction` for rt_sigaction.
+    pub struct SigAction {
+        pub signo: u32,
+        pub _pad: u32,
+        pub handler: u64,
+        pub flags: u64,
+        pub restorer: u64,
+        pub mask: u64,
+    }
+}
+
+record! {
+    /// One resource limit.
+    pub struct Rlimit {
+        pub resource: u32,
+        pub _pad: u32,
+        pub cur: u64,
+        pub max: u64,
+    }
+}
+
+/// `Fd::kind` values.
+pub mod fd_kind {
+    pub const REGULAR: u32 = 1;
+    pub const CHAR_DEVICE: u32 = 2;
+    pub const PIPE: u32 = 3;
+    pub const TTY: u32 = 4;
+    pub const DIRECTORY: u32 = 5;
+    pub const NULL_DEVICE: u32 = 6;
+
+    pub fn name(k: u32) -> &'static str {
+        match k {
+            REGULAR => "file",
+            CHAR_DEVICE => "chardev",
+            PIPE => "pipe",
+            TTY => "tty",
+            DIRECTORY => "directory",
+            NULL_DEVICE => "null",
+            _ => "unknown",
+        }
+    }
+}
+
+record! {
+    /// One open file descriptor.
+    pub struct Fd {
+        pub fd: i32,
+        /// `fd_kind` value.
+        pub kind: u32,
+        /// open(2) flags from fdinfo (O_ACCMODE, O_APPEND, ...).
+        pub flags: u32,
+        /// FD_CLOEXEC set.
+        pub cloexec: u32,
+        pub pos: u64,
+        /// Target as /proc/PID/fd shows it (path, `pipe:[ino]`, ...).
+        pub target: StrRef,
+        /// Index into the files table (regular files), else NO_INDEX.
+        pub file: u32,
+        pub _pad: u32,
+        /// Device number for char devices (rdev), else 0.
+        pub rdev: u64,
+        /// Inode (pipes: the pipe inode).
+        pub ino: u64,
+    }
+}
+
+record! {
+    /// A POSIX timer (timer_create), with its current setting.
+    pub struct PosixTimer {
+        pub id: i32,
+        pub clock: i32,
+        pub signo: i32,
+        /// sigev_notify value (SIGEV_SIGNAL, SIGEV_THREAD_ID, ...).
+        pub notify: i32,
+        /// The target thread for SIGEV_THREAD_ID (the captured pid).
+        pub notify_tid: i32,
+        pub _pad: u32,
+        pub sigev_value: u64,
+        pub interval_sec: i64,
+        pub interval_nsec: i64,
+        pub value_sec: i64,
+        pub value_nsec: i64,
+    }
+}
+
+record! {
+    /// An interval timer (getitimer): ITIMER_REAL, _VIRTUAL or _PROF.
+    pub struct Itimer {
+        pub which: i32,
+        pub _pad: u32,
+        pub interval_sec: i64,
+        pub interval_usec: i64,
+        pub value_sec: i64,
+        pub value_usec: i64,
+    }
+}

@@ -1,0 +1,122 @@
+//! Building meta.img (std only). Page data is streamed to pages.img by the
+//! capturer; this module only lays out the tables.
+
+use crate::record::Record;
+use crate::types::*;
+use crate::{
+    checksum, DirEntry, Header, DIR_ENTRY_SIZE, HEADER_SIZE, VERSION_MAJOR, VERSION_MINOR,
+};
+
+/// Interns strings into the `Strings` section.
+#[derive(Default, Debug)]
+pub struct Strings {
+    bytes: Vec<u8>,
+    index: std::collections::HashMap<String, StrRef>,
+}
+
+impl Strings {
+    /// Add a string (deduplicated) and return its reference.
+    pub fn add(&mut self, s: &str) -> StrRef {
+        if let Some(r) = self.index.get(s) {
+            return *r;
+        }
+        let r = StrRef {
+            off: self.bytes.len() as u32,
+            len: s.len() as u32,
+        };
+        self.bytes.extend_from_slice(s.as_bytes());
+        self.index.insert(s.to_owned(), r);
+        r
+    }
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Everything meta.img holds, in owned form.
+#[derive(Default, Debug)]
+pub struct ImageBuilder {
+    pub process: Process,
+    pub vmas: Vec<Vma>,
+    pub files: Vec<FileId>,
+    pub page_runs: Vec<PageRun>,
+    pub strings: Strings,
+    pub xsave: Vec<u8>,
+    pub auxv: Vec<AuxvEntry>,
+    pub sigactions: Vec<SigAction>,
+    pub rlimits: Vec<Rlimit>,
+    pub fds: Vec<Fd>,
+    pub timers: Vec<PosixTimer>,
+    pub itimers: Vec<Itimer>,
+}
+
+/// An encoded section: record size, record count, bytes.
+type Encoded = (u32, u64, Vec<u8>);
+
+fn table<T: Record>(items: &[T]) -> Encoded {
+    let mut b = vec![0u8; items.len() * T::SIZE];
+    for (i, it) in items.iter().enumerate() {
+        it.encode(&mut b[i * T::SIZE..]);
+    }
+    (T::SIZE as u32, items.len() as u64, b)
+}
+
+impl ImageBuilder {
+    /// Serialize to meta.img bytes. `pages_len` is the final size of pages.img.
+    pub fn encode(&self, pages_len: u64) -> Vec<u8> {
+        let blob = |b: &[u8]| (1u32, b.len() as u64, b.to_vec());
+        let sections: Vec<(SectionKind, Encoded)> = vec![
+            (
+                SectionKind::Process,
+                table(std::slice::from_ref(&self.process)),
+            ),
+            (SectionKind::Vmas, table(&self.vmas)),
+            (SectionKind::Files, table(&self.files)),
+            (SectionKind::PageRuns, table(&self.page_runs)),
+            (SectionKind::Strings, blob(self.strings.bytes())),
+            (SectionKind::Xsave, blob(&self.xsave)),
+            (SectionKind::Auxv, table(&self.auxv)),
+            (SectionKind::SigActions, table(&self.sigactions)),
+            (SectionKind::Rlimits, table(&self.rlimits)),
+            (SectionKind::Fds, table(&self.fds)),
+            (SectionKind::Timers, table(&self.timers)),
+            (SectionKind::Itimers, table(&self.itimers)),
+        ];
+        let dir_start = HEADER_SIZE;
+        let mut off = dir_start + sections.len() * DIR_ENTRY_SIZE;
+        let mut dir = vec![0u8; sections.len() * DIR_ENTRY_SIZE];
+        let mut body = Vec::new();
+        for (i, (kind, (rs, count, bytes))) in sections.iter().enumerate() {
+            off = off.next_multiple_of(8);
+            let e = DirEntry {
+                kind: *kind as u32,
+                record_size: *rs,
+                count: *count,
+                offset: off as u64,
+                checksum: checksum(bytes),
+            };
+            e.encode(&mut dir[i * DIR_ENTRY_SIZE..]);
+            let pad = off - (dir_start + dir.len() + body.len());
+            body.extend(std::iter::repeat_n(0u8, pad));
+            body.extend_from_slice(bytes);
+            off += bytes.len();
+        }
+        let meta_len = (HEADER_SIZE + dir.len() + body.len()) as u64;
+        let mut rest = dir.clone();
+        rest.extend_from_slice(&body);
+        let header = Header {
+            major: VERSION_MAJOR,
+            minor: VERSION_MINOR,
+            section_count: sections.len() as u32,
+            flags: 0,
+            meta_len,
+            pages_len,
+            dir_checksum: checksum(&dir),
+            body_checksum: checksum(&rest),
+        };
+        let mut out = Vec::with_capacity(meta_len as usize);
+        out.extend_from_slice(&header.encode());
+        out.extend_from_slice(&rest);
+        out
+    }
+}

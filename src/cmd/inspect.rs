@@ -1,0 +1,456 @@
+//! `cryo inspect`: what an image holds, for a human or (`--json`) a script.
+
+use anyhow::Result;
+use cryo_image::load::LoadedImage;
+use cryo_image::{fd_kind, process_flags, run_kind, vma_flags, vma_kind, Image, StrRef, Vma};
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+/// Show what an image holds.
+///
+/// Checks the whole image first (header, tables and, unless --no-verify,
+/// every page run's checksum), then prints mappings like pmap, page counts,
+/// registers, TLS words, signals, fds, timers and sizes.
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    /// Image directory written by `cryo capture`.
+    pub dir: PathBuf,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Skip checking the page data's checksums (faster on large images).
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+pub fn run(a: InspectArgs) -> Result<i32> {
+    let loaded = LoadedImage::open(&a.dir)?;
+    if !a.no_verify {
+        loaded.verify_pages(|_| {})?;
+    }
+    let img = loaded.image()?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&img, &loaded))?);
+    } else {
+        print!("{}", to_text(&img, &loaded));
+    }
+    Ok(0)
+}
+
+fn s<'a>(img: &Image<'a>, r: StrRef) -> &'a str {
+    img.str(r).unwrap_or("")
+}
+
+fn comm(img: &Image) -> String {
+    let c = img.process().comm;
+    let n = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+    String::from_utf8_lossy(&c[..n]).into_owned()
+}
+
+fn perms(v: &Vma) -> String {
+    use cryo_image::prot::*;
+    let f = |b, c| if v.prot & b != 0 { c } else { '-' };
+    let shared = matches!(v.kind, vma_kind::ANON_SHARED | vma_kind::FILE_SHARED);
+    format!(
+        "{}{}{}{}",
+        f(READ, 'r'),
+        f(WRITE, 'w'),
+        f(EXEC, 'x'),
+        if shared { 's' } else { 'p' }
+    )
+}
+
+/// Pages stored as data and recorded as zero for one mapping.
+fn vma_pages(img: &Image, v: &Vma) -> (u64, u64) {
+    let runs = img.page_runs();
+    let (mut data, mut zero) = (0, 0);
+    for i in v.first_run..v.first_run + v.run_count {
+        if let Some(r) = runs.get(i as usize) {
+            match r.kind {
+                run_kind::DATA => data += r.npages as u64,
+                _ => zero += r.npages as u64,
+            }
+        }
+    }
+    (data, zero)
+}
+
+fn vmflags(v: &Vma) -> Vec<&'static str> {
+    cryo_image::VMFLAG_NAMES
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| !n.is_empty() && v.vmflags & (1u64 << i) != 0)
+        .map(|(_, n)| *n)
+        .collect()
+}
+
+fn flag_names(v: &Vma) -> Vec<&'static str> {
+    let all = [
+        (vma_flags::DELETED, "deleted"),
+        (vma_flags::GUARD, "guard"),
+        (vma_flags::GROWSDOWN, "growsdown"),
+        (vma_flags::LOCKED, "locked"),
+        (vma_flags::DONTFORK, "dontfork"),
+        (vma_flags::DONTDUMP, "dontdump"),
+        (vma_flags::WIPEONFORK, "wipeonfork"),
+        (vma_flags::HUGEPAGE, "hugepage"),
+        (vma_flags::NOHUGEPAGE, "nohugepage"),
+    ];
+    all.iter()
+        .filter(|(b, _)| v.flags & b != 0)
+        .map(|(_, n)| *n)
+        .collect()
+}
+
+fn signame(n: u32) -> String {
+    const NAMES: [&str; 32] = [
+        "", "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV",
+        "USR2", "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU",
+        "URG", "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
+    ];
+    match n {
+        1..=31 => format!("SIG{}", NAMES[n as usize]),
+        _ => format!("SIGRT{}", n.saturating_sub(32)),
+    }
+}
+
+fn sigset(m: u64) -> String {
+    if m == 0 {
+        return "-".into();
+    }
+    (1..=64)
+        .filter(|i| m & (1u64 << (i - 1)) != 0)
+        .map(signame)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn handler(h: u64) -> String {
+    match h {
+        0 => "SIG_DFL".into(),
+        1 => "SIG_IGN".into(),
+        h => format!("{h:#x}"),
+    }
+}
+
+fn xcr0_names(x: u64) -> String {
+    let names = [
+        "x87",
+        "sse",
+        "avx",
+        "bndreg",
+        "bndcsr",
+        "opmask",
+        "zmm_hi256",
+        "hi16_zmm",
+        "pt",
+        "pkru",
+    ];
+    names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| x & (1 << i) != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn to_text(img: &Image, loaded: &LoadedImage) -> String {
+    let p = img.process();
+    let mut o = String::new();
+    let pages = img.header.pages_len;
+    let (mut data, mut zero) = (0u64, 0u64);
+    for v in img.vmas().iter() {
+        let (d, z) = vma_pages(img, &v);
+        data += d;
+        zero += z;
+    }
+    let _ = writeln!(
+        o,
+        "cryo image {}.{} in {}",
+        img.header.major,
+        img.header.minor,
+        loaded.dir.display()
+    );
+    let _ = writeln!(
+        o,
+        "process   pid {} ({}) exe {} cwd {}",
+        p.pid,
+        comm(img),
+        s(img, p.exe),
+        s(img, p.cwd)
+    );
+    let mut state = vec![];
+    if p.flags & process_flags::WAS_STOPPED != 0 {
+        state.push("was stopped".to_string());
+    } else {
+        state.push("was running".to_string());
+    }
+    if p.flags & process_flags::IN_SYSCALL != 0 {
+        state.push(format!(
+            "in syscall {} ({})",
+            p.raw_regs.orig_rax,
+            if p.flags & process_flags::RESTART_BLOCK_EINTR != 0 {
+                "returns -EINTR on restore"
+            } else {
+                "restarted on restore"
+            }
+        ));
+    }
+    let _ = writeln!(
+        o,
+        "captured  at {} (unix) on Linux {}; {}",
+        p.captured_at,
+        s(img, p.kernel),
+        state.join(", ")
+    );
+    let _ = writeln!(
+        o,
+        "size      {} pages stored ({:.1} MiB), {} zero pages recorded, meta {} bytes; RSS at capture {} KiB",
+        data,
+        pages as f64 / (1 << 20) as f64,
+        zero,
+        img.header.meta_len,
+        p.rss_kib
+    );
+    let _ = writeln!(o, "\nmappings ({})", img.vmas().len());
+    let _ = writeln!(
+        o,
+        "{:<16} {:>10} {:>8} {:>8} {:>6} {:<4} {:<13} NAME",
+        "ADDRESS", "KBYTES", "RSS-KB", "DUMP-KB", "ZERO", "PERM", "KIND"
+    );
+    for v in img.vmas().iter() {
+        let (d, z) = vma_pages(img, &v);
+        let mut name = s(img, v.name).to_string();
+        let fl = flag_names(&v);
+        if !fl.is_empty() {
+            let _ = write!(name, "  [{}]", fl.join(","));
+        }
+        let _ = writeln!(
+            o,
+            "{:016x} {:>10} {:>8} {:>8} {:>6} {:<4} {:<13} {}",
+            v.start,
+            v.len() / 1024,
+            v.resident_pages * 4,
+            d * 4,
+            z,
+            perms(&v),
+            vma_kind::name(v.kind),
+            name
+        );
+    }
+    let r = &p.regs;
+    let _ = writeln!(o, "\nregisters (as resumed)");
+    let _ = writeln!(
+        o,
+        "  rip {:016x}  rsp {:016x}  rbp {:016x}  eflags {:x}",
+        r.rip, r.rsp, r.rbp, r.eflags
+    );
+    let _ = writeln!(
+        o,
+        "  rax {:016x}  rbx {:016x}  rcx {:016x}  rdx {:016x}",
+        r.rax, r.rbx, r.rcx, r.rdx
+    );
+    let _ = writeln!(
+        o,
+        "  rsi {:016x}  rdi {:016x}  orig_rax {:x}",
+        r.rsi, r.rdi, r.orig_rax as i64
+    );
+    let _ = writeln!(
+        o,
+        "  fs_base {:016x}  gs_base {:016x}",
+        r.fs_base, r.gs_base
+    );
+    let _ = writeln!(
+        o,
+        "  xsave {} bytes, XCR0 {:#x} ({})",
+        p.xsave_size,
+        p.xcr0,
+        xcr0_names(p.xcr0)
+    );
+    let _ = writeln!(
+        o,
+        "tls       canary (%fs:0x28) {:#018x}  pointer guard (%fs:0x30) {:#018x}",
+        p.tls_canary, p.tls_pointer_guard
+    );
+    if p.flags & process_flags::HAS_RSEQ != 0 {
+        let _ = writeln!(
+            o,
+            "rseq      at {:#x} size {} signature {:#x}",
+            p.rseq_addr, p.rseq_size, p.rseq_sig
+        );
+    } else {
+        let _ = writeln!(o, "rseq      not registered");
+    }
+    let _ = writeln!(
+        o,
+        "signals   blocked {}  pending {}  shared-pending {}",
+        sigset(p.sig_blocked),
+        sigset(p.sig_pending),
+        sigset(p.sig_shared_pending)
+    );
+    if p.sigaltstack_size != 0 {
+        let _ = writeln!(
+            o,
+            "sigaltstack {:#x} size {} flags {:#x}",
+            p.sigaltstack_sp, p.sigaltstack_size, p.sigaltstack_flags
+        );
+    }
+    for a in img.sigactions().iter().filter(|a| a.handler != 0) {
+        let _ = writeln!(
+            o,
+            "  {:<10} {:<18} flags {:#010x} mask {}",
+            signame(a.signo),
+            handler(a.handler),
+            a.flags,
+            sigset(a.mask)
+        );
+    }
+    let _ = writeln!(o, "\nfds ({})", img.fds().len());
+    for f in img.fds().iter() {
+        let _ = writeln!(
+            o,
+            "  {:>3} {:<9} flags {:#o} pos {:<8} {}",
+            f.fd,
+            fd_kind::name(f.kind),
+            f.flags,
+            f.pos,
+            s(img, f.target)
+        );
+    }
+    if !img.timers().is_empty()
+        || img.itimers().iter().any(|t| {
+            t.interval_sec != 0 || t.interval_usec != 0 || t.value_sec != 0 || t.value_usec != 0
+        })
+    {
+        let _ = writeln!(o, "\ntimers");
+        for t in img.timers().iter() {
+            let _ = writeln!(
+                o,
+                "  posix timer {} clock {} signal {} interval {}.{:09}s next {}.{:09}s",
+                t.id,
+                t.clock,
+                signame(t.signo as u32),
+                t.interval_sec,
+                t.interval_nsec,
+                t.value_sec,
+                t.value_nsec
+            );
+        }
+        for t in img.itimers().iter() {
+            if t.interval_sec != 0 || t.interval_usec != 0 || t.value_sec != 0 || t.value_usec != 0
+            {
+                let which = ["ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF"];
+                let _ = writeln!(
+                    o,
+                    "  {} interval {}.{:06}s next {}.{:06}s",
+                    which.get(t.which as usize).unwrap_or(&"?"),
+                    t.interval_sec,
+                    t.interval_usec,
+                    t.value_sec,
+                    t.value_usec
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\nmm        code {:#x}-{:#x} data {:#x}-{:#x} brk {:#x}-{:#x} stack {:#x}",
+        p.mm.start_code,
+        p.mm.end_code,
+        p.mm.start_data,
+        p.mm.end_data,
+        p.mm.start_brk,
+        p.mm.brk,
+        p.mm.start_stack
+    );
+    let _ = writeln!(
+        o,
+        "          args {:#x}-{:#x} env {:#x}-{:#x} auxv {} entries; umask {:03o} personality {:#x}",
+        p.mm.arg_start,
+        p.mm.arg_end,
+        p.mm.env_start,
+        p.mm.env_end,
+        img.auxv().len(),
+        p.umask,
+        p.personality
+    );
+    o
+}
+
+fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
+    let p = img.process();
+    let vmas: Vec<Value> = img
+        .vmas()
+        .iter()
+        .map(|v| {
+            let (d, z) = vma_pages(img, &v);
+            json!({
+                "start": v.start, "end": v.end, "pgoff": v.pgoff, "perms": perms(&v),
+                "kind": vma_kind::name(v.kind), "name": s(img, v.name),
+                "flags": flag_names(&v), "vmflags": vmflags(&v),
+                "file": (v.file != cryo_image::NO_INDEX).then_some(v.file),
+                "resident_pages": v.resident_pages, "dumped_pages": d, "zero_pages": z,
+            })
+        })
+        .collect();
+    let files: Vec<Value> = img
+        .files()
+        .iter()
+        .map(|f| {
+            json!({"path": s(img, f.path), "dev": f.dev, "ino": f.ino, "size": f.size,
+                   "mtime_sec": f.mtime_sec, "mtime_nsec": f.mtime_nsec, "mode": f.mode})
+        })
+        .collect();
+    let fds: Vec<Value> = img
+        .fds()
+        .iter()
+        .map(|f| {
+            json!({"fd": f.fd, "kind": fd_kind::name(f.kind), "flags": f.flags,
+                   "cloexec": f.cloexec != 0, "pos": f.pos, "target": s(img, f.target),
+                   "rdev": f.rdev, "ino": f.ino})
+        })
+        .collect();
+    let (mut data, mut zero) = (0u64, 0u64);
+    for v in img.vmas().iter() {
+        let (d, z) = vma_pages(img, &v);
+        data += d;
+        zero += z;
+    }
+    json!({
+        "dir": loaded.dir,
+        "format": {"major": img.header.major, "minor": img.header.minor},
+        "meta_bytes": img.header.meta_len,
+        "pages_bytes": img.header.pages_len,
+        "pages_stored": data,
+        "pages_zero": zero,
+        "process": {
+            "pid": p.pid, "comm": comm(img), "exe": s(img, p.exe), "cwd": s(img, p.cwd),
+            "kernel": s(img, p.kernel), "captured_at": p.captured_at,
+            "was_stopped": p.flags & process_flags::WAS_STOPPED != 0,
+            "in_syscall": p.flags & process_flags::IN_SYSCALL != 0,
+            "personality": p.personality, "umask": p.umask, "rss_kib": p.rss_kib,
+            "mm": p.mm, "regs": p.regs, "raw_regs": p.raw_regs,
+            "sig_blocked": p.sig_blocked, "sig_pending": p.sig_pending,
+            "sig_shared_pending": p.sig_shared_pending,
+            "sigaltstack": {"sp": p.sigaltstack_sp, "size": p.sigaltstack_size, "flags": p.sigaltstack_flags},
+            "rseq": (p.flags & process_flags::HAS_RSEQ != 0).then(|| json!({
+                "addr": p.rseq_addr, "size": p.rseq_size, "sig": p.rseq_sig, "flags": p.rseq_flags})),
+            "xsave_size": p.xsave_size, "xcr0": p.xcr0,
+            "tls": {"canary": p.tls_canary, "pointer_guard": p.tls_pointer_guard},
+            "vdso": {"start": p.vdso_start, "len": p.vdso_len, "hash": p.vdso_hash},
+        },
+        "vmas": vmas,
+        "files": files,
+        "page_runs": img.page_runs().len(),
+        "auxv": img.auxv().iter().map(|a| json!([a.key, a.val])).collect::<Vec<_>>(),
+        "sigactions": img.sigactions().iter().map(|a| json!({
+            "signo": a.signo, "name": signame(a.signo), "handler": a.handler, "flags": a.flags,
+            "restorer": a.restorer, "mask": a.mask})).collect::<Vec<_>>(),
+        "rlimits": img.rlimits().iter().map(|r| json!({"resource": r.resource, "cur": r.cur, "max": r.max})).collect::<Vec<_>>(),
+        "fds": fds,
+        "timers": img.timers().iter().collect::<Vec<_>>(),
+        "itimers": img.itimers().iter().collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,5 @@
+pub mod capture;
+pub mod check;
+pub mod inspect;
+pub mod restore;
+pub mod run;

@@ -1,0 +1,60 @@
+//! cryo — process-level checkpoint/restore for Linux x86_64.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Capture a live process once, restore it many times.
+///
+/// Typical use: a program initialises, stops itself (raise(SIGSTOP)), and
+/// `cryo run --capture-on-stop DIR -- PROG` snapshots it; or capture any
+/// single-threaded process by PID with `cryo capture PID DIR`. `cryo inspect
+/// DIR` shows what an image holds; `cryo check` tells whether this machine
+/// has what cryo needs.
+#[derive(Parser, Debug)]
+#[command(name = "cryo", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Freeze a running or stopped process with ptrace and write its image.
+    ///
+    /// The target is left exactly as it was (running stays running, stopped
+    /// stays stopped) on every path, success or error, unless --leave-stopped
+    /// or --kill says otherwise. A process cryo cannot restore faithfully (a
+    /// second thread, a socket, a hugetlb or device mapping, an unknown fd
+    /// type) is refused with an error naming the reason, and left running.
+    Capture(cmd::capture::CaptureArgs),
+    /// CRIU spelling of `capture`: `cryo dump -t PID -D DIR`.
+    Dump(cmd::capture::DumpArgs),
+    /// Start a program and capture it when it stops itself.
+    Run(cmd::run::RunArgs),
+    /// Bring a captured process back in place of this `cryo` process.
+    Restore(cmd::restore::RestoreArgs),
+    /// Show what an image holds (mappings, pages, registers, fds, signals).
+    Inspect(cmd::inspect::InspectArgs),
+    /// Check that this kernel and machine have what cryo needs.
+    Check(cmd::check::CheckArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Capture(a) => cmd::capture::run(a),
+        Cmd::Dump(a) => cmd::capture::run_dump(a),
+        Cmd::Run(a) => cmd::run::run(a),
+        Cmd::Restore(a) => cmd::restore::run(a),
+        Cmd::Inspect(a) => cmd::inspect::run(a),
+        Cmd::Check(a) => cmd::check::run(a),
+    };
+    match r {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("cryo: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
