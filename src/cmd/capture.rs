@@ -1,7 +1,10 @@
 //! `cryo capture` / `cryo dump`: freeze a process and write its image.
 
 use anyhow::Result;
-use std::path::PathBuf;
+use cryo_capture::{After, Options, Progress, Summary};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 
 /// What happens to the target after a successful capture.
 #[derive(clap::Args, Debug, Clone)]
@@ -14,7 +17,23 @@ pub struct AfterCapture {
     pub kill: bool,
 }
 
+impl AfterCapture {
+    fn after(&self) -> After {
+        if self.kill {
+            After::Kill
+        } else if self.leave_stopped {
+            After::LeaveStopped
+        } else {
+            After::AsItWas
+        }
+    }
+}
+
 /// Freeze a process with ptrace and write its image to DIR.
+///
+/// The process must be single-threaded. It is frozen only while its state is
+/// read, then left as it was: running stays running, stopped stays stopped.
+/// On any error it is left as it was and nothing is written at DIR.
 #[derive(clap::Args, Debug)]
 pub struct CaptureArgs {
     /// PID of a single-threaded process.
@@ -29,7 +48,7 @@ pub struct CaptureArgs {
     /// Print a JSON summary of the capture on stdout.
     #[arg(long)]
     pub json: bool,
-    /// No progress bar.
+    /// No progress bar and no summary line.
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -58,11 +77,13 @@ pub struct DumpArgs {
 }
 
 pub fn run(a: CaptureArgs) -> Result<i32> {
-    anyhow::bail!(
-        "capture of pid {} into {} is not wired yet",
-        a.pid,
-        a.dir.display()
-    )
+    let opts = Options {
+        after: a.after.after(),
+        force: a.force,
+    };
+    let s = capture_with_progress(a.pid, &a.dir, &opts, a.quiet)?;
+    print_summary(&s, a.json, a.quiet)?;
+    Ok(0)
 }
 
 pub fn run_dump(a: DumpArgs) -> Result<i32> {
@@ -74,4 +95,50 @@ pub fn run_dump(a: DumpArgs) -> Result<i32> {
         json: false,
         quiet: false,
     })
+}
+
+/// Capture with a progress bar on a terminal for captures over 256 MiB.
+pub fn capture_with_progress(pid: i32, dir: &Path, opts: &Options, quiet: bool) -> Result<Summary> {
+    let show = !quiet && std::io::stderr().is_terminal();
+    let mut bar: Option<ProgressBar> = None;
+    let mut on_progress = |p: Progress| {
+        if !show || p.total_bytes < (256 << 20) {
+            return;
+        }
+        let b = bar.get_or_insert_with(|| {
+            let b = ProgressBar::new(p.total_bytes);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "capturing {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b
+        });
+        b.set_position(p.done_bytes);
+    };
+    let r = cryo_capture::capture(pid, dir, opts, &mut on_progress);
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(r?)
+}
+
+pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+    } else if !quiet {
+        eprintln!(
+            "captured pid {} into {}: {} mappings, {} pages stored ({:.1} MiB), {} zero pages; frozen {:.2} ms, {:.2} GiB/s",
+            s.pid,
+            s.dir.display(),
+            s.vmas,
+            s.pages_stored,
+            s.pages_bytes as f64 / (1 << 20) as f64,
+            s.pages_zero,
+            s.frozen_ms,
+            s.throughput_gib_s
+        );
+    }
+    Ok(())
 }

@@ -1,8 +1,14 @@
 //! `cryo run --capture-on-stop DIR -- PROG`: start a program, capture it when
 //! it stops itself.
 
-use anyhow::Result;
+use super::capture::{capture_with_progress, print_summary};
+use anyhow::{Context, Result};
+use cryo_capture::{After, Options};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 use std::path::PathBuf;
+use std::process::Command;
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Then {
@@ -15,8 +21,9 @@ pub enum Then {
 /// Start PROG; when it stops itself (raise(SIGSTOP); in Haskell
 /// `raiseSignal sigSTOP`), capture it into DIR.
 ///
-/// This is how a program marks "initialised, snapshot me now". The program's
-/// stdin/stdout/stderr are this terminal's.
+/// This is how a program marks "initialised, snapshot me now". The program
+/// shares this terminal (stdin, stdout, stderr). If it exits without ever
+/// stopping, nothing is written and `cryo run` fails with its status.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// Image directory to write when the program stops itself.
@@ -28,14 +35,94 @@ pub struct RunArgs {
     /// Replace DIR if it already holds a cryo image.
     #[arg(long)]
     pub force: bool,
+    /// Print a JSON summary of the capture on stdout.
+    #[arg(long)]
+    pub json: bool,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
     /// The program and its arguments.
-    #[arg(last = true, required = true)]
+    #[arg(last = true, required = true, value_name = "PROG")]
     pub command: Vec<String>,
 }
 
+fn exit_code(ws: WaitStatus) -> Option<i32> {
+    match ws {
+        WaitStatus::Exited(_, c) => Some(c),
+        WaitStatus::Signaled(_, s, _) => Some(128 + s as i32),
+        _ => None,
+    }
+}
+
+/// Wait for the child to exit; returns its status as a shell would report it.
+fn wait_exit(pid: Pid) -> Result<i32> {
+    loop {
+        let ws = waitpid(pid, None).context("waiting for the program")?;
+        if let Some(c) = exit_code(ws) {
+            return Ok(c);
+        }
+    }
+}
+
 pub fn run(a: RunArgs) -> Result<i32> {
-    anyhow::bail!("run of {:?} is not wired yet", a.command)
+    let (prog, args) = a.command.split_first().context("no program given")?;
+    let mut cmd = Command::new(prog);
+    cmd.args(args);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {prog}"))?;
+    let pid = Pid::from_raw(child.id() as i32);
+    // Wait for it to stop itself (or to end without stopping).
+    loop {
+        let ws = waitpid(pid, Some(WaitPidFlag::WUNTRACED)).context("waiting for the program")?;
+        match ws {
+            WaitStatus::Stopped(_, Signal::SIGSTOP) => break,
+            WaitStatus::Stopped(_, sig) => {
+                // A terminal stop (SIGTSTP, SIGTTIN...) is not the program's
+                // "capture me" mark: pass it on by continuing.
+                eprintln!("cryo run: {prog} stopped by {sig}; continuing it (only SIGSTOP marks a capture)");
+                kill(pid, Signal::SIGCONT).ok();
+            }
+            ws => {
+                if let Some(code) = exit_code(ws) {
+                    anyhow::bail!(
+                        "{prog} ended (status {code}) without stopping itself; nothing was captured"
+                    );
+                }
+            }
+        }
+    }
+    let opts = Options {
+        after: match a.then {
+            Then::Continue => After::AsItWas,
+            Then::Kill => After::Kill,
+        },
+        force: a.force,
+    };
+    let res = capture_with_progress(pid.as_raw(), &a.capture_on_stop, &opts, a.quiet);
+    match res {
+        Ok(summary) => {
+            print_summary(&summary, a.json, a.quiet)?;
+            match a.then {
+                Then::Kill => {
+                    // capture killed it; reap it.
+                    let _ = wait_exit(pid);
+                    Ok(0)
+                }
+                Then::Continue => {
+                    kill(pid, Signal::SIGCONT).context("continuing the program")?;
+                    wait_exit(pid)
+                }
+            }
+        }
+        Err(e) => {
+            // The program is left as capture found it (stopped): let it go on,
+            // and report the capture failure.
+            kill(pid, Signal::SIGCONT).ok();
+            let code = wait_exit(pid).unwrap_or(1);
+            Err(e.context(format!(
+                "capture failed; {prog} was continued and exited with status {code}"
+            )))
+        }
+    }
 }

@@ -1,0 +1,730 @@
+//! The capture flow: seize, read everything, refuse what cannot be restored,
+//! stream pages, write the image atomically, leave the target as it was.
+
+use crate::writer::{ImageDirWriter, WriteError};
+use cryo_image::write::ImageBuilder;
+use cryo_image::*;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What happens to the target after a successful capture. After a failed
+/// one the target is always left as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Running stays running, stopped stays stopped.
+    AsItWas,
+    /// Leave it in group-stop (continue it with SIGCONT).
+    LeaveStopped,
+    /// Kill it (SIGKILL) once the image is safely on disk.
+    Kill,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub after: After,
+    /// Replace an existing image at the destination.
+    pub force: bool,
+}
+
+/// Progress of the page dump, for a progress bar.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// What a capture did (also printed by `cryo capture --json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub pid: i32,
+    pub dir: PathBuf,
+    pub vmas: usize,
+    pub pages_stored: u64,
+    pub pages_zero: u64,
+    pub pages_bytes: u64,
+    pub meta_bytes: u64,
+    pub rss_kib: u64,
+    /// Time from the interrupt to the detach (the target did not run).
+    pub frozen_ms: f64,
+    /// Time spent reading and writing pages.
+    pub dump_ms: f64,
+    pub total_ms: f64,
+    /// Dumped page bytes (stored + zero-checked) per second of dump time.
+    pub throughput_gib_s: f64,
+    pub was_stopped: bool,
+    pub in_syscall: bool,
+}
+
+/// Why a capture failed. The target was left as it was in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("cannot capture pid {pid}: {why}")]
+    Refused { pid: i32, why: String },
+    #[error(transparent)]
+    Ptrace(#[from] crate::tracee::PtraceError),
+    #[error(transparent)]
+    Proc(#[from] crate::procinfo::ProcError),
+    #[error(transparent)]
+    Inject(#[from] crate::remote::InjectError),
+    #[error(transparent)]
+    Mem(#[from] crate::pages::MemError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+use crate::pages::{self, MemError, RunBuilder, BATCH};
+use crate::procinfo::{self, Mapping, OpenFd};
+use crate::remote::{InjectError, Remote};
+use crate::tracee::{PtraceError, Tracee};
+
+fn refused(pid: i32, why: impl Into<String>) -> CaptureError {
+    CaptureError::Refused {
+        pid,
+        why: why.into(),
+    }
+}
+
+/// Classify a mapping, or say why cryo cannot restore it.
+fn classify(m: &Mapping) -> Result<(u32, u32), String> {
+    let range = format!("{:x}-{:x}", m.start, m.end);
+    if m.has_flag("ht") {
+        return Err(format!("mapping {range} {} is hugetlb", m.path));
+    }
+    let special = matches!(
+        m.path.as_str(),
+        "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
+    );
+    // [vvar] and [vvar_vclock] are VM_IO|VM_PFNMAP by design; the kernel
+    // provides them again at restore.
+    if !special && (m.has_flag("io") || m.has_flag("pf")) {
+        return Err(format!(
+            "mapping {range} {} is a device (VM_IO/VM_PFNMAP) mapping",
+            m.path
+        ));
+    }
+    let mut flags = 0;
+    let vf = [
+        ("gd", vma_flags::GROWSDOWN),
+        ("lo", vma_flags::LOCKED),
+        ("dc", vma_flags::DONTFORK),
+        ("dd", vma_flags::DONTDUMP),
+        ("wf", vma_flags::WIPEONFORK),
+        ("hg", vma_flags::HUGEPAGE),
+        ("nh", vma_flags::NOHUGEPAGE),
+    ];
+    for (f, b) in vf {
+        if m.has_flag(f) {
+            flags |= b;
+        }
+    }
+    if !m.read && !m.write && !m.exec {
+        flags |= vma_flags::GUARD;
+    }
+    if m.deleted() {
+        flags |= vma_flags::DELETED;
+    }
+    let kind = match m.path.as_str() {
+        "[heap]" => vma_kind::HEAP,
+        "[stack]" => vma_kind::STACK,
+        "[vdso]" => vma_kind::VDSO,
+        "[vvar]" => vma_kind::VVAR,
+        "[vvar_vclock]" => vma_kind::VVAR_VCLOCK,
+        "[vsyscall]" => vma_kind::VSYSCALL,
+        "/dev/zero (deleted)" if m.shared => vma_kind::ANON_SHARED,
+        p if m.inode == 0
+            && (p.is_empty() || p.starts_with("[anon:") || p.starts_with("[anon_shmem:")) =>
+        {
+            if m.shared {
+                vma_kind::ANON_SHARED
+            } else {
+                vma_kind::ANON_PRIVATE
+            }
+        }
+        p if p.starts_with("/memfd:") => {
+            return Err(format!(
+                "mapping {range} {p} is a memfd (not supported yet)"
+            ))
+        }
+        p if p.starts_with("/SYSV") => {
+            return Err(format!("mapping {range} {p} is System V shared memory"))
+        }
+        p if p.starts_with("/dev/") && p != "/dev/zero" => {
+            return Err(format!("mapping {range} {p} maps a device"))
+        }
+        p if p.starts_with('[') => {
+            return Err(format!(
+                "mapping {range} {p} is a special mapping cryo does not know"
+            ))
+        }
+        p if m.deleted() => {
+            return Err(format!(
+                "mapping {range} {p}: its file was deleted, restore could not map it"
+            ))
+        }
+        _ if m.shared => vma_kind::FILE_SHARED,
+        _ => vma_kind::FILE_PRIVATE,
+    };
+    Ok((kind, flags))
+}
+
+/// Classify an fd, or say why it cannot be restored.
+fn classify_fd(f: &OpenFd) -> Result<u32, String> {
+    let t = &f.target;
+    let fmt = f.mode & libc::S_IFMT;
+    if t.starts_with("socket:") || fmt == libc::S_IFSOCK {
+        return Err(format!("fd {} is a socket ({t})", f.fd));
+    }
+    if t.starts_with("anon_inode:") {
+        return Err(format!("fd {} is {t}, which cryo cannot restore", f.fd));
+    }
+    if t.starts_with("pipe:") || fmt == libc::S_IFIFO {
+        return Ok(fd_kind::PIPE);
+    }
+    match fmt {
+        libc::S_IFREG => {
+            if t.ends_with(" (deleted)") || t.starts_with("/memfd:") {
+                Err(format!(
+                    "fd {} refers to a deleted file or memfd ({t})",
+                    f.fd
+                ))
+            } else {
+                Ok(fd_kind::REGULAR)
+            }
+        }
+        libc::S_IFDIR => Ok(fd_kind::DIRECTORY),
+        libc::S_IFCHR => {
+            let (maj, min) = (libc::major(f.rdev), libc::minor(f.rdev));
+            if (maj, min) == (1, 3) {
+                Ok(fd_kind::NULL_DEVICE)
+            } else if maj == 136 || maj == 4 || (maj == 5 && min <= 2) {
+                Ok(fd_kind::TTY)
+            } else {
+                Ok(fd_kind::CHAR_DEVICE)
+            }
+        }
+        _ => Err(format!(
+            "fd {} ({t}) is of a kind cryo cannot restore (mode {:o})",
+            f.fd, f.mode
+        )),
+    }
+}
+
+fn to_regs(r: &libc::user_regs_struct) -> Regs {
+    Regs {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        rbp: r.rbp,
+        rbx: r.rbx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        rax: r.rax,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        orig_rax: r.orig_rax,
+        rip: r.rip,
+        cs: r.cs,
+        eflags: r.eflags,
+        rsp: r.rsp,
+        ss: r.ss,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds,
+        es: r.es,
+        fs: r.fs,
+        gs: r.gs,
+    }
+}
+
+/// The syscall-restart fix-up (as CRIU does): a process stopped inside a
+/// system call resumes by re-executing it, or sees -EINTR where the kernel
+/// would have used a restart block, which does not survive a restore.
+/// Returns the registers to resume with and the `process_flags` bits.
+pub fn restart_fixup(raw: &Regs) -> (Regs, u32) {
+    const ERESTARTSYS: i64 = -512;
+    const ERESTARTNOINTR: i64 = -513;
+    const ERESTARTNOHAND: i64 = -514;
+    const ERESTART_RESTARTBLOCK: i64 = -516;
+    let mut r = *raw;
+    if (raw.orig_rax as i64) < 0 {
+        return (r, 0);
+    }
+    match raw.rax as i64 {
+        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+            r.rax = raw.orig_rax;
+            r.rip = raw.rip.wrapping_sub(2);
+            (r, process_flags::IN_SYSCALL)
+        }
+        ERESTART_RESTARTBLOCK => {
+            r.rax = (-(libc::EINTR as i64)) as u64;
+            (
+                r,
+                process_flags::IN_SYSCALL | process_flags::RESTART_BLOCK_EINTR,
+            )
+        }
+        _ => (r, 0),
+    }
+}
+
+fn file_id(b: &mut ImageBuilder, path: &str) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(i) = b.files.iter().position(|f| {
+        b.strings
+            .bytes()
+            .get(f.path.off as usize..(f.path.off + f.path.len) as usize)
+            == Some(path.as_bytes())
+    }) {
+        return i as u32;
+    }
+    let md = std::fs::metadata(path).ok();
+    let r = b.strings.add(path);
+    b.files.push(FileId {
+        path: r,
+        dev: md.as_ref().map_or(0, |m| m.dev()),
+        ino: md.as_ref().map_or(0, |m| m.ino()),
+        size: md.as_ref().map_or(0, |m| m.size()),
+        mtime_sec: md.as_ref().map_or(0, |m| m.mtime()),
+        mtime_nsec: md.as_ref().map_or(0, |m| m.mtime_nsec() as u32),
+        mode: md.as_ref().map_or(0, |m| m.mode()),
+    });
+    (b.files.len() - 1) as u32
+}
+
+/// Capture `pid` into `dest`. On error the target is left as it was and
+/// nothing exists at `dest` that was not there before.
+pub fn capture(
+    pid: i32,
+    dest: &Path,
+    opts: &Options,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Summary, CaptureError> {
+    let t_start = Instant::now();
+    // Refuse early, before stopping anything, what is visible from outside.
+    let threads = crate::tracee::thread_count(pid).map_err(|_| PtraceError::NoSuchProcess(pid))?;
+    if threads > 1 {
+        return Err(PtraceError::MultiThreaded { pid, threads }.into());
+    }
+    let mut writer = ImageDirWriter::create(dest, opts.force)?;
+    let mut tracee = Tracee::seize(pid)?;
+    let t_frozen = Instant::now();
+    let res = capture_stopped(&mut tracee, &mut writer, progress);
+    let (b, dump) = match res {
+        Ok(v) => v,
+        Err(e) => {
+            // `tracee` detaches on drop: the target goes on as it was;
+            // `writer` removes its temporary directory on drop.
+            drop(tracee);
+            return Err(e);
+        }
+    };
+    let meta = b.encode(writer.pages_len());
+    let pages_bytes = writer.pages_len();
+    let dir = writer.commit(&meta)?;
+    let was_stopped = tracee.was_stopped();
+    match opts.after {
+        After::AsItWas => tracee.detach()?,
+        After::LeaveStopped => tracee.leave_stopped()?,
+        After::Kill => tracee.kill()?,
+    }
+    let frozen = t_frozen.elapsed();
+    let dump_s = dump.dump_time.as_secs_f64();
+    Ok(Summary {
+        pid,
+        dir,
+        vmas: b.vmas.len(),
+        pages_stored: dump.stored,
+        pages_zero: dump.zero,
+        pages_bytes,
+        meta_bytes: meta.len() as u64,
+        rss_kib: b.process.rss_kib,
+        frozen_ms: frozen.as_secs_f64() * 1e3,
+        dump_ms: dump_s * 1e3,
+        total_ms: t_start.elapsed().as_secs_f64() * 1e3,
+        throughput_gib_s: if dump_s > 0.0 {
+            ((dump.stored + dump.zero) * PAGE_SIZE) as f64 / dump_s / (1u64 << 30) as f64
+        } else {
+            0.0
+        },
+        was_stopped,
+        in_syscall: b.process.flags & process_flags::IN_SYSCALL != 0,
+    })
+}
+
+struct DumpStats {
+    stored: u64,
+    zero: u64,
+    dump_time: std::time::Duration,
+}
+
+fn capture_stopped(
+    t: &mut Tracee,
+    w: &mut ImageDirWriter,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(ImageBuilder, DumpStats), CaptureError> {
+    let pid = t.pid();
+    let mut b = ImageBuilder::default();
+
+    // Mappings: classify first, refusing what cannot be restored.
+    let maps = procinfo::smaps(pid)?;
+    let mut kinds = Vec::with_capacity(maps.len());
+    for m in &maps {
+        kinds.push(classify(m).map_err(|why| refused(pid, why))?);
+    }
+    // fds: likewise.
+    let fds = procinfo::fds(pid)?;
+    let mut fd_kinds = Vec::with_capacity(fds.len());
+    for f in &fds {
+        fd_kinds.push(classify_fd(f).map_err(|why| refused(pid, why))?);
+    }
+
+    // Registers and per-task state.
+    let raw = t.regs()?;
+    let raw_regs = to_regs(&raw);
+    let (regs, sflags) = restart_fixup(&raw_regs);
+    let (xsave, xcr0) = t.xstate()?;
+    let blocked = t.sigmask()?;
+    let rseq = t.rseq()?;
+    let status = procinfo::status(pid)?;
+    let mm = procinfo::stat_mm(pid)?;
+
+    // vDSO bytes: hashed for restore's check, and where injection finds `syscall`.
+    let vdso = maps.iter().find(|m| m.path == "[vdso]");
+    let (vdso_start, vdso_bytes) = match vdso {
+        Some(v) => {
+            let mut bytes = vec![0u8; (v.end - v.start) as usize];
+            t.read_mem(v.start, &mut bytes)?;
+            (v.start, bytes)
+        }
+        None => return Err(refused(pid, "it has no [vdso] mapping")),
+    };
+
+    // TLS words at fs_base (glibc's tcbhead_t: stack_guard 0x28, pointer_guard 0x30).
+    let (mut canary, mut guard) = (0, 0);
+    if raw.fs_base != 0 {
+        let mut w16 = [0u8; 16];
+        if t.read_mem(raw.fs_base + 0x28, &mut w16).is_ok() {
+            canary = u64::from_le_bytes(w16[..8].try_into().unwrap_or([0; 8]));
+            guard = u64::from_le_bytes(w16[8..].try_into().unwrap_or([0; 8]));
+        }
+    }
+
+    // State only the task itself can tell: injected system calls.
+    let timers = procinfo::timers(pid)?;
+    {
+        let mut rem = Remote::new(t, vdso_start, &vdso_bytes)?;
+        let r = (|| -> Result<(), InjectError> {
+            for sig in 1..=64i32 {
+                if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                    continue;
+                }
+                let bit = 1u64 << (sig - 1);
+                if (status.sig_caught | status.sig_ignored) & bit == 0 {
+                    continue; // SIG_DFL: nothing to restore
+                }
+                let (handler, flags, restorer, mask) = rem.sigaction(sig)?;
+                b.sigactions.push(SigAction {
+                    signo: sig as u32,
+                    _pad: 0,
+                    handler,
+                    flags,
+                    restorer,
+                    mask,
+                });
+            }
+            let (sp, flags, size) = rem.sigaltstack()?;
+            b.process.sigaltstack_sp = sp;
+            b.process.sigaltstack_flags = flags;
+            b.process.sigaltstack_size = size;
+            for ti in &timers {
+                let v = rem.timer_gettime(ti.id)?;
+                b.timers.push(PosixTimer {
+                    id: ti.id,
+                    clock: ti.clock,
+                    signo: ti.signo,
+                    notify: ti.notify,
+                    notify_tid: ti.notify_tid,
+                    _pad: 0,
+                    sigev_value: ti.sigev_value,
+                    interval_sec: v[0],
+                    interval_nsec: v[1],
+                    value_sec: v[2],
+                    value_nsec: v[3],
+                });
+            }
+            for which in 0..3 {
+                let v = rem.getitimer(which)?;
+                b.itimers.push(Itimer {
+                    which,
+                    _pad: 0,
+                    interval_sec: v[0],
+                    interval_usec: v[1],
+                    value_sec: v[2],
+                    value_usec: v[3],
+                });
+            }
+            Ok(())
+        })();
+        let fin = rem.finish();
+        r?;
+        fin?;
+    }
+
+    // Process record.
+    let exe = procinfo::link(pid, "exe")?;
+    let cwd = procinfo::link(pid, "cwd")?;
+    let comm = procinfo::comm(pid)?;
+    let p = &mut b.process;
+    p.pid = pid as u32;
+    p.flags = sflags
+        | if t.was_stopped() {
+            process_flags::WAS_STOPPED
+        } else {
+            0
+        }
+        | if rseq.rseq_abi_size != 0 {
+            process_flags::HAS_RSEQ
+        } else {
+            0
+        };
+    p.personality = procinfo::personality(pid)?;
+    p.umask = status.umask;
+    let cb = comm.as_bytes();
+    let n = cb.len().min(15);
+    p.comm[..n].copy_from_slice(&cb[..n]);
+    p.captured_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    p.mm = MmFields {
+        start_code: mm.start_code,
+        end_code: mm.end_code,
+        start_data: mm.start_data,
+        end_data: mm.end_data,
+        start_brk: mm.start_brk,
+        brk: maps
+            .iter()
+            .find(|m| m.path == "[heap]")
+            .map_or(mm.start_brk, |h| h.end),
+        start_stack: mm.start_stack,
+        arg_start: mm.arg_start,
+        arg_end: mm.arg_end,
+        env_start: mm.env_start,
+        env_end: mm.env_end,
+    };
+    p.regs = regs;
+    p.raw_regs = raw_regs;
+    p.sig_blocked = blocked;
+    p.sig_pending = status.sig_pending;
+    p.sig_shared_pending = status.shd_pending;
+    p.rseq_addr = rseq.rseq_abi_pointer;
+    p.rseq_size = rseq.rseq_abi_size;
+    p.rseq_sig = rseq.signature;
+    p.rseq_flags = rseq.flags;
+    p.xsave_size = xsave.len() as u32;
+    p.xcr0 = xcr0;
+    p.tls_canary = canary;
+    p.tls_pointer_guard = guard;
+    p.vdso_start = vdso_start;
+    p.vdso_len = vdso_bytes.len() as u64;
+    p.vdso_hash = cryo_image::checksum(&vdso_bytes);
+    p.rss_kib = status.vm_rss_kib;
+    b.xsave = xsave;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    b.process.kernel = b.strings.add(kernel.trim());
+    b.process.exe = b.strings.add(&exe);
+    b.process.cwd = b.strings.add(&cwd);
+    b.process.exe_file = if exe.ends_with(" (deleted)") {
+        NO_INDEX
+    } else {
+        file_id(&mut b, &exe)
+    };
+    for (k, v) in procinfo::auxv(pid)? {
+        b.auxv.push(AuxvEntry { key: k, val: v });
+    }
+    for (res, cur, max) in procinfo::rlimits(pid)? {
+        b.rlimits.push(Rlimit {
+            resource: res,
+            _pad: 0,
+            cur,
+            max,
+        });
+    }
+    for (f, kind) in fds.iter().zip(&fd_kinds) {
+        let file = if *kind == fd_kind::REGULAR {
+            file_id(&mut b, &f.target)
+        } else {
+            NO_INDEX
+        };
+        let target = b.strings.add(&f.target);
+        b.fds.push(Fd {
+            fd: f.fd,
+            kind: *kind,
+            flags: f.flags & !(libc::O_CLOEXEC as u32),
+            cloexec: u32::from(f.flags & libc::O_CLOEXEC as u32 != 0),
+            pos: f.pos,
+            target,
+            file,
+            _pad: 0,
+            rdev: f.rdev,
+            ino: f.ino,
+        });
+    }
+
+    // Pages.
+    let t_dump = Instant::now();
+    let plans: Vec<Vec<u64>> = maps
+        .iter()
+        .zip(&kinds)
+        .map(|(m, (kind, _))| match *kind {
+            vma_kind::VDSO | vma_kind::VVAR | vma_kind::VVAR_VCLOCK | vma_kind::VSYSCALL => {
+                Ok(vec![])
+            }
+            _ => pages::pagemap(pid, m.start, m.end),
+        })
+        .collect::<Result<_, MemError>>()?;
+    let total_bytes: u64 = plans
+        .iter()
+        .zip(&kinds)
+        .map(|(pm, (kind, _))| {
+            let pf = *kind == vma_kind::FILE_PRIVATE;
+            let skip = *kind == vma_kind::FILE_SHARED;
+            if skip {
+                0
+            } else {
+                pm.iter().filter(|e| pages::wanted(**e, pf)).count() as u64 * PAGE_SIZE
+            }
+        })
+        .sum();
+    let mut runs = RunBuilder::new();
+    let mut buf = vec![0u8; BATCH];
+    let mut done_bytes = 0u64;
+    for ((m, (kind, flags)), pm) in maps.iter().zip(&kinds).zip(&plans) {
+        let first_run = runs.len() as u32;
+        let private_file = *kind == vma_kind::FILE_PRIVATE;
+        let dump = !matches!(
+            *kind,
+            vma_kind::VDSO
+                | vma_kind::VVAR
+                | vma_kind::VVAR_VCLOCK
+                | vma_kind::VSYSCALL
+                | vma_kind::FILE_SHARED
+        );
+        let mut resident = 0u64;
+        if dump {
+            let mut i = 0usize;
+            while i < pm.len() {
+                if pm[i] & (1 << 63 | 1 << 62) != 0 {
+                    resident += 1;
+                }
+                if !pages::wanted(pm[i], private_file) {
+                    runs.close();
+                    i += 1;
+                    continue;
+                }
+                let mut j = i;
+                while j < pm.len()
+                    && pages::wanted(pm[j], private_file)
+                    && (j - i) * (PAGE_SIZE as usize) < BATCH
+                {
+                    if j > i && pm[j] & (1 << 63 | 1 << 62) != 0 {
+                        resident += 1;
+                    }
+                    j += 1;
+                }
+                let addr = m.start + i as u64 * PAGE_SIZE;
+                let len = (j - i) * PAGE_SIZE as usize;
+                pages::read_remote(pid, addr, &mut buf[..len])
+                    .map_err(|source| MemError::Read { pid, addr, source })?;
+                runs.add(addr, &buf[..len], w)?;
+                done_bytes += len as u64;
+                progress(Progress {
+                    done_bytes,
+                    total_bytes,
+                });
+                i = j;
+            }
+            runs.close();
+        } else {
+            resident = pm.iter().filter(|e| pages::resident(**e)).count() as u64;
+        }
+        let name = if m.path.is_empty() {
+            StrRef::NONE
+        } else {
+            b.strings.add(&m.path)
+        };
+        let file = match *kind {
+            vma_kind::FILE_PRIVATE | vma_kind::FILE_SHARED => file_id(&mut b, &m.path),
+            _ => NO_INDEX,
+        };
+        let mut vmflags = 0u64;
+        for f in &m.vmflags {
+            if let Some(bit) = vmflag_bit(f) {
+                vmflags |= 1 << bit;
+            }
+        }
+        b.vmas.push(Vma {
+            start: m.start,
+            end: m.end,
+            pgoff: m.offset,
+            prot: [
+                (m.read, prot::READ),
+                (m.write, prot::WRITE),
+                (m.exec, prot::EXEC),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .fold(0, |acc, (_, bit)| acc | bit),
+            kind: *kind,
+            flags: *flags,
+            file,
+            vmflags,
+            name,
+            first_run,
+            run_count: runs.len() as u32 - first_run,
+            resident_pages: resident,
+        });
+    }
+    let stored = runs.stored_pages;
+    let zero = runs.zero_pages;
+    b.page_runs = runs.finish();
+    Ok((
+        b,
+        DumpStats {
+            stored,
+            zero,
+            dump_time: t_dump.elapsed(),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_fixup_cases() {
+        let mut r = Regs {
+            orig_rax: 35, // nanosleep
+            rax: (-512i64) as u64,
+            rip: 0x1002,
+            ..Default::default()
+        };
+        let (f, fl) = restart_fixup(&r);
+        assert_eq!((f.rax, f.rip, fl), (35, 0x1000, process_flags::IN_SYSCALL));
+        r.rax = (-516i64) as u64;
+        let (f, fl) = restart_fixup(&r);
+        assert_eq!(f.rax as i64, -4);
+        assert_eq!(f.rip, 0x1002);
+        assert!(fl & process_flags::RESTART_BLOCK_EINTR != 0);
+        r.rax = 0; // completed syscall (e.g. tgkill before a group-stop)
+        assert_eq!(restart_fixup(&r), (r, 0));
+        r.orig_rax = u64::MAX; // not in a syscall
+        r.rax = (-512i64) as u64;
+        assert_eq!(restart_fixup(&r).1, 0);
+    }
+}

@@ -1,0 +1,156 @@
+//! System calls executed inside the stopped tracee, for state that /proc does
+//! not show (signal dispositions, sigaltstack, POSIX timer settings,
+//! itimers).
+//!
+//! How: save the registers; point rip at a `syscall` instruction that
+//! already exists in the tracee's vDSO (no code is written into the target,
+//! so no text page is copied-on-write); load rax/rdi/rsi/rdx/r10 with the
+//! call; set orig_rax = -1 so the kernel does not apply syscall-restart logic
+//! to the stop we resume from; single-step; read rax; put every register
+//! back. Output buffers live on the tracee's stack below the 128-byte red
+//! zone; the bytes there are saved and written back afterwards. After an
+//! injection the tracee's registers and memory are bit-identical to before
+//! (`capture/tests/inject.rs` checks it).
+
+use crate::tracee::{PtraceError, Tracee};
+use libc::user_regs_struct;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    #[error(transparent)]
+    Ptrace(#[from] PtraceError),
+    #[error("pid {0}: no `syscall` instruction found in its vDSO (needed to run system calls inside it)")]
+    NoGadget(i32),
+    #[error("injected {name} in pid {pid} failed: errno {errno}")]
+    Failed {
+        name: &'static str,
+        pid: i32,
+        errno: i64,
+    },
+}
+
+/// Scratch space below the red zone used for output buffers.
+const SCRATCH: u64 = 4096;
+const RED_ZONE: u64 = 128;
+
+/// Injects system calls into one stopped tracee.
+pub struct Remote<'a> {
+    t: &'a mut Tracee,
+    saved: user_regs_struct,
+    gadget: u64,
+    scratch: u64,
+    scratch_saved: Vec<u8>,
+}
+
+impl<'a> Remote<'a> {
+    /// `vdso` is the tracee's vDSO start address and bytes.
+    pub fn new(t: &'a mut Tracee, vdso_start: u64, vdso: &[u8]) -> Result<Self, InjectError> {
+        let off = vdso
+            .windows(2)
+            .position(|w| w == [0x0f, 0x05])
+            .ok_or(InjectError::NoGadget(t.pid()))?;
+        let saved = t.regs()?;
+        let scratch = (saved.rsp - RED_ZONE - SCRATCH) & !0xf;
+        let mut scratch_saved = vec![0u8; SCRATCH as usize];
+        t.read_mem(scratch, &mut scratch_saved)?;
+        Ok(Remote {
+            t,
+            saved,
+            gadget: vdso_start + off as u64,
+            scratch,
+            scratch_saved,
+        })
+    }
+
+    /// Address of the scratch buffer in the tracee.
+    pub fn scratch(&self) -> u64 {
+        self.scratch
+    }
+
+    /// Run one system call; returns rax (negative errno on failure).
+    pub fn syscall(&mut self, nr: i64, args: [u64; 5]) -> Result<i64, InjectError> {
+        let mut r = self.saved;
+        r.rax = nr as u64;
+        r.orig_rax = u64::MAX;
+        r.rdi = args[0];
+        r.rsi = args[1];
+        r.rdx = args[2];
+        r.r10 = args[3];
+        r.r8 = args[4];
+        r.rip = self.gadget;
+        // Keep rsp where it was: the scratch area is below the red zone.
+        self.t.set_regs(&r)?;
+        self.t.single_step()?;
+        let out = self.t.regs()?;
+        Ok(out.rax as i64)
+    }
+
+    fn call(&mut self, name: &'static str, nr: i64, args: [u64; 5]) -> Result<i64, InjectError> {
+        let r = self.syscall(nr, args)?;
+        if (-4095..0).contains(&r) {
+            return Err(InjectError::Failed {
+                name,
+                pid: self.t.pid(),
+                errno: -r,
+            });
+        }
+        Ok(r)
+    }
+
+    fn read_scratch(&self, len: usize) -> Result<Vec<u8>, InjectError> {
+        let mut b = vec![0u8; len];
+        self.t.read_mem(self.scratch, &mut b)?;
+        Ok(b)
+    }
+
+    /// rt_sigaction(sig, NULL, &old): (handler, flags, restorer, mask).
+    pub fn sigaction(&mut self, sig: i32) -> Result<(u64, u64, u64, u64), InjectError> {
+        let s = self.scratch;
+        self.call(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            [sig as u64, 0, s, 8, 0],
+        )?;
+        let b = self.read_scratch(32)?;
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        Ok((w(0), w(1), w(2), w(3)))
+    }
+
+    /// sigaltstack(NULL, &old): (sp, flags, size).
+    pub fn sigaltstack(&mut self) -> Result<(u64, u32, u64), InjectError> {
+        let s = self.scratch;
+        self.call("sigaltstack", libc::SYS_sigaltstack, [0, s, 0, 0, 0])?;
+        let b = self.read_scratch(24)?;
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        Ok((w(0), w(1) as u32, w(2)))
+    }
+
+    /// timer_gettime(id): (interval sec, nsec, value sec, nsec).
+    pub fn timer_gettime(&mut self, id: i32) -> Result<[i64; 4], InjectError> {
+        let s = self.scratch;
+        self.call(
+            "timer_gettime",
+            libc::SYS_timer_gettime,
+            [id as u64, s, 0, 0, 0],
+        )?;
+        let b = self.read_scratch(32)?;
+        let w = |i: usize| i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        Ok([w(0), w(1), w(2), w(3)])
+    }
+
+    /// getitimer(which): (interval sec, usec, value sec, usec).
+    pub fn getitimer(&mut self, which: i32) -> Result<[i64; 4], InjectError> {
+        let s = self.scratch;
+        self.call("getitimer", libc::SYS_getitimer, [which as u64, s, 0, 0, 0])?;
+        let b = self.read_scratch(32)?;
+        let w = |i: usize| i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        Ok([w(0), w(1), w(2), w(3)])
+    }
+
+    /// Put the registers and the scratch bytes back exactly.
+    pub fn finish(self) -> Result<(), InjectError> {
+        self.t.write_mem(self.scratch, &self.scratch_saved)?;
+        self.t.set_regs(&self.saved)?;
+        Ok(())
+    }
+}

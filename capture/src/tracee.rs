@@ -1,0 +1,429 @@
+//! A seized tracee as an RAII value: dropping it detaches, so every exit path
+//! of a capture leaves the target as it was.
+//!
+//! Kernel behaviour relied on (verified by the tests in `capture/tests/`):
+//! - `PTRACE_SEIZE` of a process already in group-stop (state `T`, e.g. after
+//!   `raise(SIGSTOP)`) makes it report a `PTRACE_EVENT_STOP` at once; it stays
+//!   stopped. `PTRACE_INTERRUPT` of a running process gives the same event.
+//! - `PTRACE_DETACH` from that stop resumes a process that was running, and
+//!   puts one whose group is stopped back into group-stop (the kernel's
+//!   `__ptrace_unlink` re-arms `JOBCTL_STOP_PENDING` when the signal group
+//!   has `SIGNAL_STOP_STOPPED`). So "as it was" needs no extra signal.
+//! - A signal that arrives while we wait for the stop shows up as a
+//!   signal-delivery-stop first. We suppress it there and queue it again with
+//!   its original siginfo (`rt_tgsigqueueinfo`) right after detaching, so the
+//!   target never loses a signal because it was captured.
+
+use libc::{c_void, iovec, user_regs_struct};
+use std::io;
+
+const NT_PRSTATUS: libc::c_int = 1;
+const NT_X86_XSTATE: libc::c_int = 0x202;
+const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+const PTRACE_EVENT_STOP: i32 = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PtraceError {
+    #[error("no process with pid {0}")]
+    NoSuchProcess(i32),
+    #[error("pid {pid} has {threads} threads; cryo captures single-threaded processes only")]
+    MultiThreaded { pid: i32, threads: usize },
+    #[error("pid {0} exited during capture")]
+    Exited(i32),
+    #[error("pid {0} is a zombie or being traced by another process")]
+    NotTraceable(i32),
+    #[error("{op} on pid {pid}: {source}")]
+    Sys {
+        op: &'static str,
+        pid: i32,
+        source: io::Error,
+    },
+}
+
+fn sys_err(op: &'static str, pid: i32) -> PtraceError {
+    let source = io::Error::last_os_error();
+    if source.raw_os_error() == Some(libc::ESRCH)
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    {
+        return PtraceError::Exited(pid);
+    }
+    PtraceError::Sys { op, pid, source }
+}
+
+/// Process state letter from /proc/PID/stat (None if gone).
+pub fn proc_state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Number of threads in /proc/PID/task.
+pub fn thread_count(pid: i32) -> Result<usize, PtraceError> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .map_err(|_| PtraceError::NoSuchProcess(pid))
+}
+
+/// A process we hold in a ptrace stop.
+#[derive(Debug)]
+pub struct Tracee {
+    pid: i32,
+    was_stopped: bool,
+    /// Signals intercepted while stopping it, queued again after detach.
+    intercepted: Vec<libc::siginfo_t>,
+    attached: bool,
+}
+
+impl Tracee {
+    /// Seize `pid` and stop it. Refuses a multi-threaded process before
+    /// touching it.
+    pub fn seize(pid: i32) -> Result<Tracee, PtraceError> {
+        if pid <= 0 {
+            return Err(PtraceError::NoSuchProcess(pid));
+        }
+        let state = proc_state(pid).ok_or(PtraceError::NoSuchProcess(pid))?;
+        if state == 'Z' || state == 'X' {
+            return Err(PtraceError::NotTraceable(pid));
+        }
+        let threads = thread_count(pid)?;
+        if threads > 1 {
+            return Err(PtraceError::MultiThreaded { pid, threads });
+        }
+        let was_stopped = state == 'T';
+        // SAFETY: PTRACE_SEIZE takes no pointers (addr 0, data = options).
+        let r = unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0usize, 0usize) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ESRCH) => PtraceError::NoSuchProcess(pid),
+                Some(libc::EPERM) if proc_state(pid).is_some() => PtraceError::NotTraceable(pid),
+                _ => PtraceError::Sys {
+                    op: "PTRACE_SEIZE",
+                    pid,
+                    source: e,
+                },
+            });
+        }
+        let mut t = Tracee {
+            pid,
+            was_stopped,
+            intercepted: Vec::new(),
+            attached: true,
+        };
+        // SAFETY: PTRACE_INTERRUPT takes no pointers.
+        let r = unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0usize, 0usize) };
+        if r < 0 {
+            return Err(sys_err("PTRACE_INTERRUPT", pid));
+        }
+        t.wait_event_stop()?;
+        // A thread could have been created between the check and the seize.
+        let threads = thread_count(pid)?;
+        if threads > 1 {
+            return Err(PtraceError::MultiThreaded { pid, threads });
+        }
+        Ok(t)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The process was in group-stop when seized.
+    pub fn was_stopped(&self) -> bool {
+        self.was_stopped
+    }
+
+    fn waitpid(&self) -> Result<i32, PtraceError> {
+        let mut status = 0;
+        loop {
+            // SAFETY: waitpid writes one int to `status`, which we own.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL) };
+            if r == self.pid {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(PtraceError::Sys {
+                op: "waitpid",
+                pid: self.pid,
+                source: e,
+            });
+        }
+        if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            return Err(PtraceError::Exited(self.pid));
+        }
+        Ok(status)
+    }
+
+    /// Wait for the PTRACE_EVENT_STOP, intercepting signal-delivery-stops.
+    fn wait_event_stop(&mut self) -> Result<(), PtraceError> {
+        loop {
+            let status = self.waitpid()?;
+            if !libc::WIFSTOPPED(status) {
+                continue;
+            }
+            if status >> 16 == PTRACE_EVENT_STOP {
+                return Ok(());
+            }
+            self.intercept_and_resume(status, libc::PTRACE_CONT)?;
+        }
+    }
+
+    /// A signal-delivery-stop: keep the signal for later, resume without it.
+    fn intercept_and_resume(&mut self, status: i32, how: libc::c_uint) -> Result<(), PtraceError> {
+        let sig = libc::WSTOPSIG(status);
+        if status >> 16 == 0 && sig != libc::SIGTRAP {
+            // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+            let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: PTRACE_GETSIGINFO writes one siginfo_t to `si`.
+            let r = unsafe {
+                libc::ptrace(libc::PTRACE_GETSIGINFO, self.pid, 0usize, &mut si as *mut _)
+            };
+            if r == 0 {
+                self.intercepted.push(si);
+            }
+        }
+        // SAFETY: resuming requests take no pointers (data 0 = no signal).
+        let r = unsafe { libc::ptrace(how, self.pid, 0usize, 0usize) };
+        if r < 0 {
+            return Err(sys_err("PTRACE_CONT", self.pid));
+        }
+        Ok(())
+    }
+
+    /// General registers (NT_PRSTATUS: includes fs_base and gs_base).
+    pub fn regs(&self) -> Result<user_regs_struct, PtraceError> {
+        // SAFETY: user_regs_struct is plain data; all-zero is valid.
+        let mut regs: user_regs_struct = unsafe { std::mem::zeroed() };
+        let mut iov = iovec {
+            iov_base: &mut regs as *mut _ as *mut c_void,
+            iov_len: std::mem::size_of::<user_regs_struct>(),
+        };
+        // SAFETY: the kernel writes at most iov_len bytes into `regs`.
+        let r = unsafe {
+            libc::ptrace(
+                libc::PTRACE_GETREGSET,
+                self.pid,
+                NT_PRSTATUS,
+                &mut iov as *mut iovec,
+            )
+        };
+        if r < 0 {
+            return Err(sys_err("PTRACE_GETREGSET(NT_PRSTATUS)", self.pid));
+        }
+        Ok(regs)
+    }
+
+    pub fn set_regs(&self, regs: &user_regs_struct) -> Result<(), PtraceError> {
+        let mut iov = iovec {
+            iov_base: regs as *const _ as *mut c_void,
+            iov_len: std::mem::size_of::<user_regs_struct>(),
+        };
+        // SAFETY: the kernel reads iov_len bytes from `regs`.
+        let r = unsafe {
+            libc::ptrace(
+                libc::PTRACE_SETREGSET,
+                self.pid,
+                NT_PRSTATUS,
+                &mut iov as *mut iovec,
+            )
+        };
+        if r < 0 {
+            return Err(sys_err("PTRACE_SETREGSET(NT_PRSTATUS)", self.pid));
+        }
+        Ok(())
+    }
+
+    /// The full XSAVE area as the kernel exports it (NT_X86_XSTATE), sized
+    /// from CPUID leaf 0xD for the enabled features, and XCR0 (which the
+    /// kernel stores in the software-reserved bytes 464..472).
+    pub fn xstate(&self) -> Result<(Vec<u8>, u64), PtraceError> {
+        let size = xsave_size();
+        let mut buf = vec![0u8; size];
+        let mut iov = iovec {
+            iov_base: buf.as_mut_ptr() as *mut c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: the kernel writes at most iov_len bytes into `buf`.
+        let r = unsafe {
+            libc::ptrace(
+                libc::PTRACE_GETREGSET,
+                self.pid,
+                NT_X86_XSTATE,
+                &mut iov as *mut iovec,
+            )
+        };
+        if r < 0 {
+            return Err(sys_err("PTRACE_GETREGSET(NT_X86_XSTATE)", self.pid));
+        }
+        buf.truncate(iov.iov_len);
+        let xcr0 = buf
+            .get(464..472)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+            .unwrap_or(0);
+        Ok((buf, xcr0))
+    }
+
+    /// Blocked signal mask.
+    pub fn sigmask(&self) -> Result<u64, PtraceError> {
+        let mut mask: u64 = 0;
+        // SAFETY: PTRACE_GETSIGMASK writes `addr` (8) bytes into `mask`.
+        let r = unsafe {
+            libc::ptrace(
+                libc::PTRACE_GETSIGMASK,
+                self.pid,
+                8usize,
+                &mut mask as *mut u64,
+            )
+        };
+        if r < 0 {
+            return Err(sys_err("PTRACE_GETSIGMASK", self.pid));
+        }
+        Ok(mask)
+    }
+
+    /// rseq registration (size 0 when none).
+    pub fn rseq(&self) -> Result<libc::ptrace_rseq_configuration, PtraceError> {
+        let mut c = libc::ptrace_rseq_configuration {
+            rseq_abi_pointer: 0,
+            rseq_abi_size: 0,
+            signature: 0,
+            flags: 0,
+            pad: 0,
+        };
+        // SAFETY: the kernel writes at most `addr` bytes into `c`.
+        let r = unsafe {
+            libc::ptrace(
+                PTRACE_GET_RSEQ_CONFIGURATION,
+                self.pid,
+                std::mem::size_of_val(&c),
+                &mut c as *mut _,
+            )
+        };
+        if r < 0 {
+            return Err(sys_err("PTRACE_GET_RSEQ_CONFIGURATION", self.pid));
+        }
+        Ok(c)
+    }
+
+    /// Execute one instruction (used by syscall injection); intercepts
+    /// signals that arrive meanwhile and retries until the step is done.
+    pub fn single_step(&mut self) -> Result<(), PtraceError> {
+        // SAFETY: no pointers.
+        let r = unsafe { libc::ptrace(libc::PTRACE_SINGLESTEP, self.pid, 0usize, 0usize) };
+        if r < 0 {
+            return Err(sys_err("PTRACE_SINGLESTEP", self.pid));
+        }
+        loop {
+            let status = self.waitpid()?;
+            if libc::WIFSTOPPED(status)
+                && libc::WSTOPSIG(status) == libc::SIGTRAP
+                && status >> 16 == 0
+            {
+                return Ok(());
+            }
+            if libc::WIFSTOPPED(status) && status >> 16 == PTRACE_EVENT_STOP {
+                // A group-stop notification (SIGSTOP sent meanwhile): step again.
+                // SAFETY: no pointers.
+                let r = unsafe { libc::ptrace(libc::PTRACE_SINGLESTEP, self.pid, 0usize, 0usize) };
+                if r < 0 {
+                    return Err(sys_err("PTRACE_SINGLESTEP", self.pid));
+                }
+                continue;
+            }
+            self.intercept_and_resume(status, libc::PTRACE_SINGLESTEP)?;
+        }
+    }
+
+    /// Read memory of the tracee (process_vm_readv; falls back to
+    /// /proc/PID/mem, which can read PROT_NONE and unreadable mappings).
+    pub fn read_mem(&self, addr: u64, buf: &mut [u8]) -> Result<(), PtraceError> {
+        crate::pages::read_remote(self.pid, addr, buf).map_err(|source| PtraceError::Sys {
+            op: "reading memory",
+            pid: self.pid,
+            source,
+        })
+    }
+
+    pub fn write_mem(&self, addr: u64, data: &[u8]) -> Result<(), PtraceError> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/{}/mem", self.pid))
+            .and_then(|f| f.write_all_at(data, addr).map(|_| f));
+        f.map(|_| ()).map_err(|source| PtraceError::Sys {
+            op: "writing memory",
+            pid: self.pid,
+            source,
+        })
+    }
+
+    fn detach_raw(&mut self) -> Result<(), PtraceError> {
+        if !self.attached {
+            return Ok(());
+        }
+        self.attached = false;
+        // SAFETY: no pointers; data 0 = no signal.
+        let r = unsafe { libc::ptrace(libc::PTRACE_DETACH, self.pid, 0usize, 0usize) };
+        let res = if r < 0 {
+            Err(sys_err("PTRACE_DETACH", self.pid))
+        } else {
+            Ok(())
+        };
+        for si in std::mem::take(&mut self.intercepted) {
+            let mut si = si;
+            // SAFETY: rt_tgsigqueueinfo reads one siginfo_t from `si`.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_tgsigqueueinfo,
+                    self.pid,
+                    self.pid,
+                    si.si_signo,
+                    &mut si as *mut libc::siginfo_t,
+                )
+            };
+        }
+        res
+    }
+
+    /// Detach and leave the process as it was found.
+    pub fn detach(mut self) -> Result<(), PtraceError> {
+        self.detach_raw()
+    }
+
+    /// Detach and leave the process stopped (SIGSTOP before detaching, so
+    /// it enters group-stop as soon as it is let go).
+    pub fn leave_stopped(mut self) -> Result<(), PtraceError> {
+        if !self.was_stopped {
+            // SAFETY: kill takes no pointers.
+            unsafe { libc::kill(self.pid, libc::SIGSTOP) };
+        }
+        self.detach_raw()
+    }
+
+    /// Kill the process (SIGKILL ends a traced process too).
+    pub fn kill(mut self) -> Result<(), PtraceError> {
+        self.attached = false;
+        self.intercepted.clear();
+        // SAFETY: kill takes no pointers.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        // Reap the trace stop notification if any (we are its tracer, not
+        // necessarily its parent; the parent reaps the zombie).
+        let mut status = 0;
+        // SAFETY: waitpid writes one int.
+        unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL | libc::WNOHANG) };
+        Ok(())
+    }
+}
+
+impl Drop for Tracee {
+    fn drop(&mut self) {
+        let _ = self.detach_raw();
+    }
+}
+
+/// XSAVE area size for the features enabled in XCR0 (CPUID 0xD.0:EBX).
+pub fn xsave_size() -> usize {
+    std::arch::x86_64::__cpuid_count(0xd, 0).ebx as usize
+}
