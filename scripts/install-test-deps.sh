@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install what cryo's tests need (Debian 12, as root). Idempotent: does
+# nothing when everything is already there.
+set -euo pipefail
+need=()
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v ghc >/dev/null 2>&1 || need+=(ghc)
+command -v hyperfine >/dev/null 2>&1 || need+=(hyperfine)
+dpkg -s libclang1-14 >/dev/null 2>&1 || need+=(libclang1-14)
+if [ ${#need[@]} -eq 0 ]; then
+  echo "install-test-deps: everything present"
+  exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "install-test-deps: missing ${need[*]}; run this script as root (apt-get install)" >&2
+  exit 1
+fi
+echo "install-test-deps: installing ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}"
