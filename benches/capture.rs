@@ -5,7 +5,7 @@
 //!     cargo bench --bench capture                 # 16 MiB .. 4 GiB
 //!     CRYO_BENCH_SIZES=16,256 cargo bench --bench capture
 //!
-//! The target is `tests/fixtures/c/bigheap.c`: it fills a malloc'd heap with
+//! The target is `tests/programs/bigheap.c`: it fills a malloc'd heap with
 //! a non-zero pattern and stops itself. Each size is captured several times
 //! (the first run is a warm-up, not counted); medians with min and max.
 
@@ -19,7 +19,7 @@ fn root() -> PathBuf {
 
 fn build_bigheap(out: &Path) -> PathBuf {
     let exe = out.join("bench-bigheap");
-    let src = root().join("tests/fixtures/c/bigheap.c");
+    let src = root().join("tests/programs/bigheap.c");
     let st = Command::new("cc")
         .args(["-O2", "-o"])
         .arg(&exe)

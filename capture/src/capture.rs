@@ -320,6 +320,9 @@ pub fn capture(
             // `tracee` detaches on drop: the target goes on as it was;
             // `writer` removes its temporary directory on drop.
             drop(tracee);
+            if matches!(crate::tracee::proc_state(pid), None | Some('Z') | Some('X')) {
+                return Err(PtraceError::Exited(pid).into());
+            }
             return Err(e);
         }
     };

@@ -303,11 +303,11 @@ impl<'a> Image<'a> {
     /// every checksum. Call [`Image::validate`] next for semantic checks.
     pub fn parse(bytes: &'a [u8]) -> Result<Image<'a>, ImageError> {
         let len = bytes.len() as u64;
+        if bytes.len() >= 8 && bytes[0..8] != MAGIC {
+            return Err(ImageError::BadMagic);
+        }
         if bytes.len() < HEADER_SIZE {
             return Err(ImageError::TooShort { len });
-        }
-        if bytes[0..8] != MAGIC {
-            return Err(ImageError::BadMagic);
         }
         let major = u16::get(&bytes[8..]);
         let minor = u16::get(&bytes[10..]);

@@ -1,0 +1,623 @@
+//! End-to-end capture tests on real processes: capture a target at a
+//! self-stop or while blocked in a system call, compare the image with the
+//! live, still-stopped process (every dumped page, mappings, registers,
+//! handlers, fd offsets), then let it go on and check it finishes exactly as
+//! an uncaptured run does.
+
+mod support;
+
+use cryo_image::load::LoadedImage;
+use cryo_image::{fd_kind, process_flags, run_kind, vma_kind, Image};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Duration;
+use support::*;
+
+fn info(stderr_lines: &str, key: &str) -> Vec<Vec<String>> {
+    stderr_lines
+        .lines()
+        .filter_map(|l| l.strip_prefix("INFO "))
+        .filter(|l| l.split_whitespace().next() == Some(key))
+        .map(|l| l.split_whitespace().skip(1).map(str::to_owned).collect())
+        .collect()
+}
+
+fn hexnum(s: &str) -> u64 {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex number")
+}
+
+/// The live maps of `pid`: (start, end, perms, offset, name).
+fn live_maps(pid: i32) -> Vec<(u64, u64, String, u64, String)> {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .expect("maps")
+        .lines()
+        .map(|l| {
+            let mut p = l.splitn(6, ' ');
+            let (a, b) = p.next().unwrap().split_once('-').unwrap();
+            let perms = p.next().unwrap().to_owned();
+            let off = hexnum(p.next().unwrap());
+            let _dev = p.next();
+            let _ino = p.next();
+            let name = p.next().unwrap_or("").trim().to_owned();
+            (hexnum(a), hexnum(b), perms, off, name)
+        })
+        .collect()
+}
+
+fn perms(v: &cryo_image::Vma) -> String {
+    use cryo_image::prot::*;
+    let shared = matches!(v.kind, vma_kind::ANON_SHARED | vma_kind::FILE_SHARED);
+    format!(
+        "{}{}{}{}",
+        if v.prot & READ != 0 { 'r' } else { '-' },
+        if v.prot & WRITE != 0 { 'w' } else { '-' },
+        if v.prot & EXEC != 0 { 'x' } else { '-' },
+        if shared { 's' } else { 'p' }
+    )
+}
+
+/// Compare an image with the live, stopped process it was taken from.
+fn compare_with_live(img: &Image, dir: &Path, pid: i32) {
+    // Mappings: the same list, field by field.
+    let live = live_maps(pid);
+    let vmas: Vec<_> = img.vmas().iter().collect();
+    assert_eq!(vmas.len(), live.len(), "number of mappings");
+    for (v, l) in vmas.iter().zip(&live) {
+        assert_eq!((v.start, v.end), (l.0, l.1), "mapping range");
+        assert_eq!(perms(v), l.2, "perms of {:x}", v.start);
+        if v.file != cryo_image::NO_INDEX {
+            assert_eq!(v.pgoff, l.3, "offset of {:x}", v.start);
+        }
+        assert_eq!(img.str(v.name).unwrap_or(""), l.4, "name of {:x}", v.start);
+    }
+    // Every DATA page equals live memory; every ZERO page is zero there.
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open mem");
+    let pages = std::fs::File::open(dir.join(cryo_image::PAGES_FILE)).expect("pages.img");
+    let mut checked = 0u64;
+    for r in img.page_runs().iter() {
+        let mut live = vec![0u8; r.len() as usize];
+        mem.read_exact_at(&mut live, r.vaddr)
+            .expect("read live memory");
+        if r.kind == run_kind::DATA {
+            let mut stored = vec![0u8; r.len() as usize];
+            pages
+                .read_exact_at(&mut stored, r.offset)
+                .expect("read pages.img");
+            assert!(
+                stored == live,
+                "page run at {:#x} differs from live memory",
+                r.vaddr
+            );
+        } else {
+            assert!(
+                live.iter().all(|&b| b == 0),
+                "zero run at {:#x} is not zero live",
+                r.vaddr
+            );
+        }
+        checked += r.npages as u64;
+    }
+    assert!(checked > 0, "no pages dumped");
+    // Registers: sp and pc as the kernel reports them for the stopped task.
+    let sc = std::fs::read_to_string(format!("/proc/{pid}/syscall")).expect("syscall");
+    let f: Vec<&str> = sc.split_whitespace().collect();
+    if f.len() >= 3 {
+        let (sp, pc) = (hexnum(f[f.len() - 2]), hexnum(f[f.len() - 1]));
+        let p = img.process();
+        assert_eq!(p.raw_regs.rsp, sp, "rsp");
+        assert_eq!(p.raw_regs.rip, pc, "rip");
+    }
+}
+
+fn capture_and_check(name: &str, args: &[&str], how: &str) {
+    let expected = plain_run(name, args, how);
+    let dir = scratch(&format!("cap-{name}-{how}"));
+    let img_dir = dir.join("img");
+    let mut t = Target::start(name, args);
+    match how {
+        "stop" => t.wait_stopped(),
+        _ => t.wait_sleeping(),
+    }
+    let (code, out, err) = cryo_cmd(&[
+        "capture",
+        "--leave-stopped",
+        "--json",
+        &t.pid.to_string(),
+        img_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "capture failed: {err}");
+    let summary: serde_json::Value = serde_json::from_str(&out).expect("summary json");
+    assert_eq!(summary["pid"].as_i64(), Some(t.pid as i64));
+    assert_eq!(state(t.pid), Some('T'), "--leave-stopped leaves it stopped");
+
+    let loaded = LoadedImage::open(&img_dir).expect("image loads");
+    loaded.verify_pages(|_| {}).expect("page checksums");
+    let img = loaded.image().unwrap();
+    let p = img.process();
+    assert_eq!(p.pid as i32, t.pid);
+    assert_eq!(p.flags & process_flags::WAS_STOPPED != 0, how == "stop");
+    if how != "stop" {
+        assert!(
+            p.flags & process_flags::IN_SYSCALL != 0,
+            "blocked in a syscall"
+        );
+        assert_eq!(p.regs.rip, p.raw_regs.rip - 2, "restart fix-up rewinds rip");
+    }
+    assert!(p.xsave_size >= 576 && p.xsave_size as usize == img.xsave().len());
+    compare_with_live(&img, &img_dir, t.pid);
+
+    // Files on disk: private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&img_dir), 0o700);
+    assert_eq!(mode(&img_dir.join("meta.img")), 0o600);
+    assert_eq!(mode(&img_dir.join("pages.img")), 0o600);
+
+    if name.starts_with("c-zdtm") {
+        check_zdtm_info(&img, t.pid, how);
+    }
+
+    // Let it go on: it must finish exactly as the plain run did.
+    t.cont();
+    if how == "read" {
+        t.poke_stdin();
+    }
+    let (code, last, err) = t.finish();
+    assert_eq!(code, 0, "target failed after capture: {last}\n{err}");
+    assert_eq!(last, expected, "output after capture");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The zdtm program's own description of its state against the image.
+fn check_zdtm_info(img: &Image, pid: i32, how: &str) {
+    let _ = pid;
+    // stderr is only complete after exit; the program flushed INFO before
+    // READY, but we read it through the image instead where possible.
+    let acts: Vec<_> = img.sigactions().iter().collect();
+    let usr1 = acts
+        .iter()
+        .find(|a| a.signo == 10)
+        .expect("SIGUSR1 recorded");
+    assert!(usr1.handler > 1, "SIGUSR1 has a handler");
+    assert!(usr1.flags & libc::SA_SIGINFO as u64 != 0 && usr1.flags & libc::SA_RESTART as u64 != 0);
+    assert_eq!(
+        usr1.mask & (1 << (libc::SIGUSR2 - 1)),
+        1 << (libc::SIGUSR2 - 1)
+    );
+    let usr2 = acts
+        .iter()
+        .find(|a| a.signo == 12)
+        .expect("SIGUSR2 recorded");
+    assert_eq!(usr2.handler, 1, "SIGUSR2 is SIG_IGN");
+    let p = img.process();
+    assert!(
+        p.sig_blocked & (1 << (libc::SIGHUP - 1)) != 0,
+        "SIGHUP blocked"
+    );
+    assert_eq!(p.sigaltstack_size, 1 << 16);
+    let files: Vec<_> = img
+        .fds()
+        .iter()
+        .filter(|f| f.kind == fd_kind::REGULAR)
+        .collect();
+    let zf = files
+        .iter()
+        .find(|f| img.str(f.target).unwrap_or("").contains("zdtm-file."))
+        .expect("the zdtm file is recorded");
+    assert_eq!(zf.pos, 1234, "file offset");
+    assert!(img.fds().iter().any(|f| f.kind == fd_kind::NULL_DEVICE));
+    assert!(
+        img.vmas()
+            .iter()
+            .any(|v| v.flags & cryo_image::vma_flags::GUARD != 0),
+        "PROT_NONE guard"
+    );
+    assert!(img.vmas().iter().any(|v| v.kind == vma_kind::HEAP));
+    if how == "stop" {
+        // xmm7 holds the program's constant across the stop (legacy area 160 + 7*16).
+        let x = img.xsave();
+        assert_eq!(
+            &x[272..280],
+            &0x0123456789abcdefu64.to_le_bytes(),
+            "xmm7 low"
+        );
+        assert_eq!(
+            &x[280..288],
+            &0xfedcba9876543210u64.to_le_bytes(),
+            "xmm7 high"
+        );
+    }
+    // glibc's pointer guard and canary were read from the TCB.
+    assert_ne!(p.tls_pointer_guard, 0);
+    assert_ne!(p.tls_canary, 0);
+}
+
+#[test]
+fn c_dynamic_at_self_stop() {
+    capture_and_check("c-zdtm", &["stop", "/tmp"], "stop");
+}
+
+#[test]
+fn c_dynamic_blocked_in_read() {
+    capture_and_check("c-zdtm", &["read", "/tmp"], "read");
+}
+
+#[test]
+fn c_dynamic_blocked_in_nanosleep() {
+    let dir = scratch("nanosleep");
+    let mut t = Target::start("c-zdtm", &["sleep", "/tmp"]);
+    t.wait_sleeping();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(state(t.pid), Some('T'), "a running target keeps running");
+    let l = LoadedImage::open(&img).unwrap();
+    let p = l.image().unwrap().process();
+    assert!(p.flags & process_flags::IN_SYSCALL != 0);
+    // nanosleep/clock_nanosleep restart through a restart block: -EINTR.
+    assert!(
+        p.flags & process_flags::RESTART_BLOCK_EINTR != 0,
+        "flags {:#x}",
+        p.flags
+    );
+    let (code, last, err) = t.finish();
+    assert_eq!(code, 0, "{last} {err}");
+    assert!(last.starts_with("PASS"));
+}
+
+#[test]
+fn c_static_at_self_stop() {
+    capture_and_check("c-zdtm-static", &["stop", "/tmp"], "stop");
+}
+
+#[test]
+fn c_static_blocked_in_read() {
+    capture_and_check("c-zdtm-static", &["read", "/tmp"], "read");
+}
+
+#[test]
+fn rust_std_program() {
+    capture_and_check("rust-target", &["stop"], "stop");
+    capture_and_check("rust-target", &["read"], "read");
+}
+
+#[test]
+fn ghc_program_with_rts_timer() {
+    capture_and_check("hs-datamap", &["stop", "20000"], "stop");
+    capture_and_check("hs-datamap", &["read", "20000"], "read");
+    // Without -V0 the RTS ticker is a POSIX timer firing SIGVTALRM.
+    let dir = scratch("ghc-timer");
+    let t = Target::start("hs-datamap", &["stop", "20000"]);
+    t.wait_stopped();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let l = LoadedImage::open(&img).unwrap();
+    let im = l.image().unwrap();
+    let timers: Vec<_> = im.timers().iter().collect();
+    assert_eq!(timers.len(), 1, "one RTS timer");
+    assert_eq!(timers[0].signo, libc::SIGVTALRM);
+    assert!(
+        timers[0].interval_nsec > 0 || timers[0].interval_sec > 0,
+        "periodic"
+    );
+    t.cont();
+    assert_eq!(t.finish().0, 0);
+}
+
+#[test]
+fn ghc_program_v0_has_no_timer() {
+    capture_and_check("hs-datamap-v0", &["stop", "20000"], "stop");
+    let dir = scratch("ghc-v0");
+    let t = Target::start("hs-datamap-v0", &["stop", "20000"]);
+    t.wait_stopped();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let l = LoadedImage::open(&img).unwrap();
+    assert_eq!(l.image().unwrap().timers().len(), 0);
+    t.cont();
+    assert_eq!(t.finish().0, 0);
+}
+
+#[test]
+fn running_target_keeps_running_and_image_is_complete() {
+    let dir = scratch("busy");
+    let t = Target::start("c-zdtm", &["busy", "/tmp"]);
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        matches!(state(t.pid), Some('R') | Some('S')),
+        "running after capture"
+    );
+    LoadedImage::open(&img)
+        .unwrap()
+        .verify_pages(|_| {})
+        .unwrap();
+    let (code, last, _) = t.finish();
+    assert_eq!(code, 0);
+    assert!(last.starts_with("PASS"));
+}
+
+#[test]
+fn run_capture_on_stop_then_continue_and_kill() {
+    let dir = scratch("run");
+    let img = dir.join("img");
+    let zdtm = program("c-zdtm");
+    let out = std::process::Command::new(cryo())
+        .args(["run", "--capture-on-stop", img.to_str().unwrap(), "--"])
+        .arg(&zdtm)
+        .args(["stop", "/tmp"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.lines().last().unwrap_or("").starts_with("PASS"),
+        "{stdout}"
+    );
+    LoadedImage::open(&img).unwrap();
+    let out = std::process::Command::new(cryo())
+        .args([
+            "run",
+            "--force",
+            "--then",
+            "kill",
+            "--capture-on-stop",
+            img.to_str().unwrap(),
+            "--",
+        ])
+        .arg(&zdtm)
+        .args(["stop", "/tmp"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("PASS"),
+        "killed before it went on"
+    );
+    LoadedImage::open(&img).unwrap();
+}
+
+#[test]
+fn kill_after_capture() {
+    let dir = scratch("kill");
+    let t = Target::start("c-zdtm", &["stop", "/tmp"]);
+    t.wait_stopped();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "dump",
+        "-t",
+        &t.pid.to_string(),
+        "-D",
+        img.to_str().unwrap(),
+        "--kill",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, _) = t.finish();
+    assert_eq!(code, -1, "killed by a signal");
+}
+
+// ---- error paths: each a clear error, the target unharmed ----
+
+fn assert_unharmed_and_passes(t: Target, how: &str) {
+    match how {
+        "stop" => {
+            assert_eq!(state(t.pid), Some('T'), "still stopped");
+            t.cont();
+        }
+        _ => assert!(matches!(state(t.pid), Some('S') | Some('R'))),
+    }
+    let (code, last, err) = t.finish();
+    assert_eq!(code, 0, "{last} {err}");
+    assert!(last.starts_with("PASS"));
+}
+
+#[test]
+fn nonexistent_pid() {
+    let dir = scratch("nopid");
+    let (code, _, err) = cryo_cmd(&["capture", "99999999", dir.join("img").to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no process with pid 99999999"), "{err}");
+    assert!(!dir.join("img").exists());
+}
+
+#[test]
+fn multithreaded_target_is_refused() {
+    let dir = scratch("threads");
+    let t = Target::start("c-threads", &[]);
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        &t.pid.to_string(),
+        dir.join("img").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("2 threads") && err.contains("single-threaded"),
+        "{err}"
+    );
+    assert!(!dir.join("img").exists());
+    assert_eq!(state(t.pid), Some('S'), "left running");
+}
+
+#[test]
+fn socket_is_refused_by_name() {
+    let dir = scratch("socket");
+    let t = Target::start("c-socket", &[]);
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        &t.pid.to_string(),
+        dir.join("img").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("fd 3 is a socket"), "{err}");
+    assert!(!dir.join("img").exists());
+    assert_eq!(state(t.pid), Some('S'), "left running");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "no temporary left"
+    );
+}
+
+#[test]
+fn target_killed_mid_capture() {
+    let dir = scratch("midkill");
+    let t = Target::start("c-bigheap", &["stop", "768"]);
+    t.wait_stopped();
+    let img = dir.join("img");
+    let mut cap = std::process::Command::new(cryo())
+        .args(["capture", &t.pid.to_string(), img.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the capture is under way (its temporary directory exists).
+    wait_for("capture to start", Duration::from_secs(30), || {
+        std::fs::read_dir(&dir)
+            .map(|d| d.count() > 0)
+            .unwrap_or(false)
+    });
+    std::thread::sleep(Duration::from_millis(30));
+    // SAFETY: kill takes no pointers.
+    unsafe { libc::kill(t.pid, libc::SIGKILL) };
+    let out = cap.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        // The capture won the race; the image must then be complete.
+        LoadedImage::open(&img)
+            .unwrap()
+            .verify_pages(|_| {})
+            .unwrap();
+    } else {
+        assert!(err.contains("exited during capture"), "{err}");
+        assert!(!img.exists());
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "no temporary left"
+        );
+    }
+}
+
+#[test]
+fn full_disk_leaves_nothing_and_target_unharmed() {
+    let dir = scratch("fulldisk");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("mount");
+    assert!(st.success(), "mounting a small tmpfs (needs root)");
+    let t = Target::start("c-zdtm", &["stop", "/tmp"]);
+    t.wait_stopped();
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        &t.pid.to_string(),
+        mnt.join("img").to_str().unwrap(),
+    ]);
+    let listing = std::fs::read_dir(&mnt).unwrap().count();
+    let _ = std::process::Command::new("umount").arg(&mnt).status();
+    assert_eq!(code, 1);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(listing, 0, "nothing left on the full disk");
+    assert_unharmed_and_passes(t, "stop");
+}
+
+#[test]
+fn corrupted_and_truncated_images_get_one_line_errors() {
+    let dir = scratch("corrupt");
+    let t = Target::start("c-zdtm", &["stop", "/tmp"]);
+    t.wait_stopped();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_unharmed_and_passes(t, "stop");
+    let (code, out, _) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("[heap]") && out.contains("SIGUSR1"));
+    let (code, out, _) = cryo_cmd(&["inspect", "--json", img.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(j["vmas"].as_array().unwrap().len() > 5);
+
+    let one_line = |err: &str| {
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    };
+    // A flipped byte in meta.img.
+    let bad = dir.join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    let mut meta = std::fs::read(img.join("meta.img")).unwrap();
+    meta[200] ^= 0xff;
+    std::fs::write(bad.join("meta.img"), &meta).unwrap();
+    std::fs::copy(img.join("pages.img"), bad.join("pages.img")).unwrap();
+    let (code, _, err) = cryo_cmd(&["inspect", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("corrupt image"), "{err}");
+    one_line(&err);
+    // A truncated meta.img.
+    std::fs::write(
+        bad.join("meta.img"),
+        &std::fs::read(img.join("meta.img")).unwrap()[..100],
+    )
+    .unwrap();
+    let (code, _, err) = cryo_cmd(&["inspect", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("truncated"), "{err}");
+    one_line(&err);
+    // A truncated pages.img.
+    std::fs::copy(img.join("meta.img"), bad.join("meta.img")).unwrap();
+    let pages = std::fs::read(img.join("pages.img")).unwrap();
+    std::fs::write(bad.join("pages.img"), &pages[..pages.len() - 4096]).unwrap();
+    let (code, _, err) = cryo_cmd(&["inspect", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("truncated image: pages.img"), "{err}");
+    one_line(&err);
+    // A corrupted page.
+    let mut pages = pages;
+    pages[4096 * 3 + 17] ^= 1;
+    std::fs::write(bad.join("pages.img"), &pages).unwrap();
+    let (code, _, err) = cryo_cmd(&["inspect", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("fails its checksum"), "{err}");
+    one_line(&err);
+    // A foreign file.
+    std::fs::write(
+        bad.join("meta.img"),
+        b"\x7fELF this is not an image, it is something else entirely....",
+    )
+    .unwrap();
+    let (code, _, err) = cryo_cmd(&["inspect", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a cryo image"), "{err}");
+    one_line(&err);
+}
+
+#[test]
+fn existing_image_needs_force() {
+    let dir = scratch("force");
+    let t = Target::start("c-zdtm", &["stop", "/tmp"]);
+    t.wait_stopped();
+    let img = dir.join("img");
+    let pid = t.pid.to_string();
+    assert_eq!(cryo_cmd(&["capture", &pid, img.to_str().unwrap()]).0, 0);
+    let (code, _, err) = cryo_cmd(&["capture", &pid, img.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(
+        cryo_cmd(&["capture", "--force", &pid, img.to_str().unwrap()]).0,
+        0
+    );
+    assert_unharmed_and_passes(t, "stop");
+}

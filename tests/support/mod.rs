@@ -1,0 +1,248 @@
+//! Shared helpers for cryo's end-to-end tests: building the target programs
+//! in `tests/programs/`, running them, and waiting for their states.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{mpsc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn cryo() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cryo"))
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cryo-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create scratch dir");
+    d
+}
+
+fn newer(src: &Path, out: &Path) -> bool {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (m(src), m(out)) {
+        (Some(s), Some(o)) => s > o,
+        _ => true,
+    }
+}
+
+fn run_build(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("building {what}: {e}; run scripts/install-test-deps.sh"));
+    assert!(
+        out.status.success(),
+        "building {what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Build a target program (once per test binary) and return its path.
+/// Names: `c-zdtm`, `c-zdtm-static`, `c-threads`, `c-socket`, `c-bigheap`,
+/// `rust-target`, `hs-datamap`, `hs-datamap-v0`.
+pub fn program(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = built.get(name) {
+        return p.clone();
+    }
+    let out_dir = root().join("target/test-programs");
+    std::fs::create_dir_all(&out_dir).expect("create target/test-programs");
+    let progs = root().join("tests/programs");
+    // Build under a per-process name, then rename: test binaries run in parallel.
+    let out = out_dir.join(name);
+    let tmp = out_dir.join(format!(".{name}.{}", std::process::id()));
+    let (src, mut cmd) = match name {
+        "c-zdtm" | "c-zdtm-static" | "c-threads" | "c-socket" | "c-bigheap" => {
+            let base = name.trim_start_matches("c-").trim_end_matches("-static");
+            let src = progs.join(format!("{base}.c"));
+            let mut c = Command::new("cc");
+            c.args(["-O2", "-g", "-Wall", "-Wextra", "-Werror", "-pthread"]);
+            if name.ends_with("-static") {
+                c.arg("-static");
+            }
+            c.arg("-o").arg(&tmp).arg(&src);
+            (src, c)
+        }
+        "rust-target" => {
+            let src = progs.join("rust_target.rs");
+            let mut c = Command::new("rustc");
+            c.args(["-O", "--edition", "2021", "-o"])
+                .arg(&tmp)
+                .arg(&src);
+            (src, c)
+        }
+        "hs-datamap" | "hs-datamap-v0" => {
+            let src = progs.join("DataMap.hs");
+            let odir = out_dir.join(format!("ghc-{name}-{}", std::process::id()));
+            let mut c = Command::new("ghc");
+            c.args(["-O2", "-v0", "-outputdir"]).arg(&odir);
+            if name.ends_with("-v0") {
+                c.args(["-rtsopts", "-with-rtsopts=-V0"]);
+            }
+            c.arg("-o").arg(&tmp).arg(&src);
+            (src, c)
+        }
+        _ => panic!("unknown test program {name}"),
+    };
+    if newer(&src, &out) {
+        run_build(&mut cmd, name);
+        std::fs::rename(&tmp, &out).expect("rename built program");
+        let _ = std::fs::remove_dir_all(out_dir.join(format!("ghc-{name}-{}", std::process::id())));
+    }
+    built.insert(name.to_owned(), out.clone());
+    out
+}
+
+/// Process state letter from /proc/PID/stat.
+pub fn state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(") ")?.1.chars().next()
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A running target program.
+pub struct Target {
+    pub child: Child,
+    pub pid: i32,
+    pub stdin: Option<ChildStdin>,
+    stdout: mpsc::Receiver<String>,
+    stderr: std::thread::JoinHandle<String>,
+    /// stdout lines after READY.
+    pub lines: Vec<String>,
+}
+
+impl Target {
+    /// Start `program(name)` with args and wait for its READY line.
+    pub fn start(name: &str, args: &[&str]) -> Target {
+        let exe = program(name);
+        let mut child = Command::new(&exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut err = child.stderr.take().expect("stderr");
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let stdin = child.stdin.take();
+        let mut t = Target {
+            pid: child.id() as i32,
+            child,
+            stdin,
+            stdout: rx,
+            stderr,
+            lines: vec![],
+        };
+        let l = t.line(Duration::from_secs(60)).expect("READY line");
+        assert_eq!(l, format!("READY {}", t.pid), "first line of {name}");
+        t
+    }
+
+    /// Next stdout line.
+    pub fn line(&mut self, timeout: Duration) -> Option<String> {
+        self.stdout.recv_timeout(timeout).ok()
+    }
+
+    pub fn wait_stopped(&self) {
+        wait_for("the target to stop", Duration::from_secs(30), || {
+            state(self.pid) == Some('T')
+        });
+    }
+
+    pub fn wait_sleeping(&self) {
+        wait_for("the target to block", Duration::from_secs(30), || {
+            state(self.pid) == Some('S')
+        });
+    }
+
+    pub fn cont(&self) {
+        // SAFETY: kill takes no pointers.
+        unsafe { libc::kill(self.pid, libc::SIGCONT) };
+    }
+
+    pub fn poke_stdin(&mut self) {
+        if let Some(s) = self.stdin.as_mut() {
+            s.write_all(b"x").expect("write to target stdin");
+            s.flush().ok();
+        }
+    }
+
+    /// Wait for exit; returns (exit code, last stdout line, stderr).
+    pub fn finish(mut self) -> (i32, String, String) {
+        let mut last = String::new();
+        while let Some(l) = self.line(Duration::from_secs(60)) {
+            last = l;
+        }
+        let st = self.child.wait().expect("wait target");
+        let err = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new))
+            .join()
+            .unwrap_or_default();
+        (st.code().unwrap_or(-1), last, err)
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run a program to completion with no capture: its PASS line.
+pub fn plain_run(name: &str, args: &[&str], how: &str) -> String {
+    let mut t = Target::start(name, args);
+    match how {
+        "stop" => {
+            t.wait_stopped();
+            t.cont();
+        }
+        "read" => t.poke_stdin(),
+        _ => {}
+    }
+    let (code, last, err) = t.finish();
+    assert_eq!(code, 0, "plain run of {name} failed: {last}\n{err}");
+    assert!(last.starts_with("PASS "), "plain run of {name}: {last}");
+    last
+}
+
+/// Run cryo with args; returns (status code, stdout, stderr).
+pub fn cryo_cmd(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(cryo()).args(args).output().expect("run cryo");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
