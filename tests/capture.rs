@@ -165,6 +165,41 @@ fn capture_and_check(name: &str, args: &[&str], how: &str) {
     let (code, last, err) = t.finish();
     assert_eq!(code, 0, "target failed after capture: {last}\n{err}");
     assert_eq!(last, expected, "output after capture");
+    if name.starts_with("c-zdtm") {
+        // The program's own description of its state (INFO lines) against the image.
+        let handler = &info(&err, "handler")[0];
+        let usr1 = img.sigactions().iter().find(|a| a.signo == 10).unwrap();
+        assert_eq!(usr1.handler, hexnum(&handler[1]), "SIGUSR1 handler address");
+        let alt = &info(&err, "altstack")[0];
+        assert_eq!(p.sigaltstack_sp, hexnum(&alt[0]), "sigaltstack address");
+        let heap = hexnum(&info(&err, "heap")[0][0]);
+        let covered: u64 = img
+            .page_runs()
+            .iter()
+            .filter(|r| r.vaddr + r.len() > heap && r.vaddr < heap + (4 << 20))
+            .map(|r| r.npages as u64)
+            .sum();
+        assert!(
+            covered >= 1024,
+            "the 4 MiB heap is in the image ({covered} pages)"
+        );
+        let zero = img
+            .page_runs()
+            .iter()
+            .filter(|r| r.kind == run_kind::ZERO && r.vaddr >= heap && r.vaddr < heap + (4 << 20))
+            .map(|r| r.npages as u64)
+            .sum::<u64>();
+        assert!(
+            zero >= 100,
+            "every 8th heap page is zero and recorded as zero ({zero})"
+        );
+        for f in info(&err, "fd") {
+            let fd: i32 = f[0].parse().unwrap();
+            let rec = img.fds().iter().find(|x| x.fd == fd).expect("fd recorded");
+            assert_eq!(img.str(rec.target), Some(f[1].as_str()));
+            assert_eq!(rec.pos, f[2].parse::<u64>().unwrap(), "offset of fd {fd}");
+        }
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -245,7 +280,7 @@ fn c_dynamic_blocked_in_read() {
 #[test]
 fn c_dynamic_blocked_in_nanosleep() {
     let dir = scratch("nanosleep");
-    let mut t = Target::start("c-zdtm", &["sleep", "/tmp"]);
+    let t = Target::start("c-zdtm", &["sleep", "/tmp"]);
     t.wait_sleeping();
     let img = dir.join("img");
     let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
@@ -475,7 +510,7 @@ fn target_killed_mid_capture() {
     let t = Target::start("c-bigheap", &["stop", "768"]);
     t.wait_stopped();
     let img = dir.join("img");
-    let mut cap = std::process::Command::new(cryo())
+    let cap = std::process::Command::new(cryo())
         .args(["capture", &t.pid.to_string(), img.to_str().unwrap()])
         .stderr(std::process::Stdio::piped())
         .spawn()

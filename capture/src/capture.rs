@@ -272,6 +272,18 @@ pub fn restart_fixup(raw: &Regs) -> (Regs, u32) {
     }
 }
 
+/// Whether pages of this kind of mapping are stored in the image.
+fn dumps(kind: u32) -> bool {
+    !matches!(
+        kind,
+        vma_kind::VDSO
+            | vma_kind::VVAR
+            | vma_kind::VVAR_VCLOCK
+            | vma_kind::VSYSCALL
+            | vma_kind::FILE_SHARED
+    )
+}
+
 fn file_id(b: &mut ImageBuilder, path: &str) -> u32 {
     use std::os::unix::fs::MetadataExt;
     if let Some(i) = b.files.iter().position(|f| {
@@ -578,82 +590,60 @@ fn capture_stopped(
         });
     }
 
-    // Pages.
+    // Pages. smaps tells which mappings hold anything at all (GHC reserves a
+    // terabyte of PROT_NONE address space: its pagemap alone would be 2 GiB),
+    // and pagemap is read batch by batch alongside the pages.
     let t_dump = Instant::now();
-    let plans: Vec<Vec<u64>> = maps
+    let total_bytes: u64 = maps
         .iter()
         .zip(&kinds)
-        .map(|(m, (kind, _))| match *kind {
-            vma_kind::VDSO | vma_kind::VVAR | vma_kind::VVAR_VCLOCK | vma_kind::VSYSCALL => {
-                Ok(vec![])
-            }
-            _ => pages::pagemap(pid, m.start, m.end),
-        })
-        .collect::<Result<_, MemError>>()?;
-    let total_bytes: u64 = plans
-        .iter()
-        .zip(&kinds)
-        .map(|(pm, (kind, _))| {
-            let pf = *kind == vma_kind::FILE_PRIVATE;
-            let skip = *kind == vma_kind::FILE_SHARED;
-            if skip {
-                0
-            } else {
-                pm.iter().filter(|e| pages::wanted(**e, pf)).count() as u64 * PAGE_SIZE
-            }
-        })
+        .filter(|(_, (kind, _))| dumps(*kind))
+        .map(|(m, _)| (m.rss_kib + m.swap_kib) * 1024)
         .sum();
     let mut runs = RunBuilder::new();
     let mut buf = vec![0u8; BATCH];
+    let batch_pages = BATCH / PAGE_SIZE as usize;
     let mut done_bytes = 0u64;
-    for ((m, (kind, flags)), pm) in maps.iter().zip(&kinds).zip(&plans) {
+    for (m, (kind, flags)) in maps.iter().zip(&kinds) {
         let first_run = runs.len() as u32;
         let private_file = *kind == vma_kind::FILE_PRIVATE;
-        let dump = !matches!(
-            *kind,
-            vma_kind::VDSO
-                | vma_kind::VVAR
-                | vma_kind::VVAR_VCLOCK
-                | vma_kind::VSYSCALL
-                | vma_kind::FILE_SHARED
-        );
         let mut resident = 0u64;
-        if dump {
-            let mut i = 0usize;
-            while i < pm.len() {
-                if pm[i] & (1 << 63 | 1 << 62) != 0 {
-                    resident += 1;
-                }
-                if !pages::wanted(pm[i], private_file) {
-                    runs.close();
-                    i += 1;
-                    continue;
-                }
-                let mut j = i;
-                while j < pm.len()
-                    && pages::wanted(pm[j], private_file)
-                    && (j - i) * (PAGE_SIZE as usize) < BATCH
-                {
-                    if j > i && pm[j] & (1 << 63 | 1 << 62) != 0 {
-                        resident += 1;
+        let has_pages = m.rss_kib + m.swap_kib > 0;
+        if dumps(*kind) && has_pages {
+            let mut chunk_start = m.start;
+            while chunk_start < m.end {
+                let chunk_end = (chunk_start + BATCH as u64).min(m.end);
+                let pm = pages::pagemap(pid, chunk_start, chunk_end)?;
+                resident += pm.iter().filter(|e| pages::resident(**e)).count() as u64;
+                let mut i = 0usize;
+                while i < pm.len() {
+                    if !pages::wanted(pm[i], private_file) {
+                        runs.close();
+                        i += 1;
+                        continue;
                     }
-                    j += 1;
+                    let mut j = i;
+                    while j < pm.len() && j - i < batch_pages && pages::wanted(pm[j], private_file)
+                    {
+                        j += 1;
+                    }
+                    let addr = chunk_start + i as u64 * PAGE_SIZE;
+                    let len = (j - i) * PAGE_SIZE as usize;
+                    pages::read_remote(pid, addr, &mut buf[..len])
+                        .map_err(|source| MemError::Read { pid, addr, source })?;
+                    runs.add(addr, &buf[..len], w)?;
+                    done_bytes += len as u64;
+                    progress(Progress {
+                        done_bytes,
+                        total_bytes: total_bytes.max(done_bytes),
+                    });
+                    i = j;
                 }
-                let addr = m.start + i as u64 * PAGE_SIZE;
-                let len = (j - i) * PAGE_SIZE as usize;
-                pages::read_remote(pid, addr, &mut buf[..len])
-                    .map_err(|source| MemError::Read { pid, addr, source })?;
-                runs.add(addr, &buf[..len], w)?;
-                done_bytes += len as u64;
-                progress(Progress {
-                    done_bytes,
-                    total_bytes,
-                });
-                i = j;
+                chunk_start = chunk_end;
             }
             runs.close();
-        } else {
-            resident = pm.iter().filter(|e| pages::resident(**e)).count() as u64;
+        } else if has_pages && !m.has_flag("io") {
+            resident = (m.rss_kib + m.swap_kib) / 4;
         }
         let name = if m.path.is_empty() {
             StrRef::NONE
