@@ -74,20 +74,50 @@ fn compare_with_live(img: &Image, dir: &Path, pid: i32) {
     let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open mem");
     let pages = std::fs::File::open(dir.join(cryo_image::PAGES_FILE)).expect("pages.img");
     let mut checked = 0u64;
+    // The kernel owns rseq's cpu_id_start/cpu_id (bytes 0..8) and
+    // node_id/mm_cid (20..32) and rewrites them whenever the task passes
+    // through the exit-to-user work loop, even on its way back into a
+    // group stop after detach (docs/pitfalls.md). Mask them on both sides.
+    let p = img.process();
+    let kernel_owned: Vec<(u64, u64)> = if p.rseq_size >= 32 {
+        vec![
+            (p.rseq_addr, p.rseq_addr + 8),
+            (p.rseq_addr + 20, p.rseq_addr + 32),
+        ]
+    } else {
+        Vec::new()
+    };
+    let mask = |buf: &mut [u8], base: u64| {
+        for &(a, b) in &kernel_owned {
+            for addr in a.max(base)..b.min(base + buf.len() as u64) {
+                buf[(addr - base) as usize] = 0;
+            }
+        }
+    };
     for r in img.page_runs().iter() {
         let mut live = vec![0u8; r.len() as usize];
         mem.read_exact_at(&mut live, r.vaddr)
             .expect("read live memory");
+        mask(&mut live, r.vaddr);
         if r.kind == run_kind::DATA {
             let mut stored = vec![0u8; r.len() as usize];
             pages
                 .read_exact_at(&mut stored, r.offset)
                 .expect("read pages.img");
-            assert!(
-                stored == live,
-                "page run at {:#x} differs from live memory",
-                r.vaddr
-            );
+            mask(&mut stored, r.vaddr);
+            if let Some(i) = stored.iter().zip(&live).position(|(a, b)| a != b) {
+                panic!(
+                    "page run at {:#x} differs from live memory at {:#x} (rsp {:#x}, state {:?}, flags {:#x}, {}): stored {:02x?} live {:02x?}",
+                    r.vaddr,
+                    r.vaddr + i as u64,
+                    p.raw_regs.rsp,
+                    state(pid),
+                    p.flags,
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default().lines().filter(|l| l.starts_with("Sig") || l.starts_with("ShdPnd")).collect::<Vec<_>>().join(" "),
+                    &stored[i & !7..(i & !7) + 8],
+                    &live[i & !7..(i & !7) + 8]
+                );
+            }
         } else {
             assert!(
                 live.iter().all(|&b| b == 0),

@@ -10,7 +10,8 @@
 //! back. Output buffers live on the tracee's stack below the 128-byte red
 //! zone; the bytes there are saved and written back afterwards. After an
 //! injection the tracee's registers and memory are bit-identical to before
-//! (`capture/tests/inject.rs` checks it).
+//! (the capture tests compare every stored page, sp and pc with the live
+//! process after capture).
 
 use crate::tracee::{PtraceError, Tracee};
 use libc::user_regs_struct;
@@ -40,6 +41,7 @@ pub struct Remote<'a> {
     gadget: u64,
     scratch: u64,
     scratch_saved: Vec<u8>,
+    saved_mask: u64,
 }
 
 impl<'a> Remote<'a> {
@@ -53,12 +55,20 @@ impl<'a> Remote<'a> {
         let scratch = (saved.rsp - RED_ZONE - SCRATCH) & !0xf;
         let mut scratch_saved = vec![0u8; SCRATCH as usize];
         t.read_mem(scratch, &mut scratch_saved)?;
+        // Block every signal while we inject, so that none is dequeued
+        // (and so swallowed or reordered) by a signal-delivery-stop; they
+        // stay pending, exactly as they were. SIGKILL/SIGSTOP cannot be
+        // blocked; the tracee intercepts those.
+        let saved_mask = t.sigmask()?;
+        let all = !((1u64 << (libc::SIGKILL - 1)) | (1u64 << (libc::SIGSTOP - 1)));
+        t.set_sigmask(all)?;
         Ok(Remote {
             t,
             saved,
             gadget: vdso_start + off as u64,
             scratch,
             scratch_saved,
+            saved_mask,
         })
     }
 
@@ -149,8 +159,10 @@ impl<'a> Remote<'a> {
 
     /// Put the registers and the scratch bytes back exactly.
     pub fn finish(self) -> Result<(), InjectError> {
+        let m = self.t.set_sigmask(self.saved_mask);
         self.t.write_mem(self.scratch, &self.scratch_saved)?;
         self.t.set_regs(&self.saved)?;
+        m?;
         Ok(())
     }
 }

@@ -56,6 +56,19 @@ pub fn proc_state(pid: i32) -> Option<char> {
     s.rsplit_once(") ")?.1.chars().next()
 }
 
+/// After PTRACE_DETACH from a group-stopped task the kernel wakes it so it
+/// can re-enter the stop; for a moment it is 'R'. Wait (bounded) until it is
+/// back in 'T', so that when cryo returns the target is observably stopped.
+fn settle_stopped(pid: i32) {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(2) {
+        match proc_state(pid) {
+            Some('T') | Some('Z') | Some('X') | None => return,
+            _ => std::thread::sleep(std::time::Duration::from_micros(200)),
+        }
+    }
+}
+
 /// Number of threads in /proc/PID/task.
 pub fn thread_count(pid: i32) -> Result<usize, PtraceError> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -166,7 +179,20 @@ impl Tracee {
             if status >> 16 == PTRACE_EVENT_STOP {
                 return Ok(());
             }
-            self.intercept_and_resume(status, libc::PTRACE_CONT)?;
+            // A signal that was already being delivered when we seized:
+            // let it be delivered (its handler frame is set up, then the
+            // pending interrupt stops the task). Nothing is swallowed and
+            // nothing needs re-sending later.
+            let sig = if status >> 16 == 0 {
+                libc::WSTOPSIG(status)
+            } else {
+                0
+            };
+            // SAFETY: no pointers; data is the signal to deliver.
+            let r = unsafe { libc::ptrace(libc::PTRACE_CONT, self.pid, 0usize, sig as usize) };
+            if r < 0 {
+                return Err(sys_err("PTRACE_CONT", self.pid));
+            }
         }
     }
 
@@ -283,6 +309,23 @@ impl Tracee {
         Ok(mask)
     }
 
+    /// Replace the blocked signal mask (PTRACE_SETSIGMASK).
+    pub fn set_sigmask(&self, mask: u64) -> Result<(), PtraceError> {
+        // SAFETY: PTRACE_SETSIGMASK reads `addr` (8) bytes from `mask`.
+        let r = unsafe {
+            libc::ptrace(
+                libc::PTRACE_SETSIGMASK,
+                self.pid,
+                8usize,
+                &mask as *const u64,
+            )
+        };
+        if r < 0 {
+            return Err(sys_err("PTRACE_SETSIGMASK", self.pid));
+        }
+        Ok(())
+    }
+
     /// rseq registration (size 0 when none).
     pub fn rseq(&self) -> Result<libc::ptrace_rseq_configuration, PtraceError> {
         let mut c = libc::ptrace_rseq_configuration {
@@ -366,15 +409,24 @@ impl Tracee {
         self.attached = false;
         // SAFETY: no pointers; data 0 = no signal.
         let r = unsafe { libc::ptrace(libc::PTRACE_DETACH, self.pid, 0usize, 0usize) };
-        let res = if r < 0 {
+        if r < 0 {
             Err(sys_err("PTRACE_DETACH", self.pid))
         } else {
             Ok(())
-        };
+        }
+    }
+
+    /// Send again the signals swallowed by signal-delivery-stops while we
+    /// held the task (only possible for signals that cannot be blocked, or
+    /// faults: every other signal is blocked while we inject). Called after
+    /// the task has settled into its final state, so that a re-sent signal
+    /// cannot overtake a SIGSTOP we sent (thread-directed signals are
+    /// dequeued before process-wide ones).
+    fn resend_intercepted(&mut self) {
         for si in std::mem::take(&mut self.intercepted) {
             let mut si = si;
             // SAFETY: rt_tgsigqueueinfo reads one siginfo_t from `si`.
-            unsafe {
+            let r = unsafe {
                 libc::syscall(
                     libc::SYS_rt_tgsigqueueinfo,
                     self.pid,
@@ -383,13 +435,24 @@ impl Tracee {
                     &mut si as *mut libc::siginfo_t,
                 )
             };
+            if r < 0 {
+                // Kernel-origin siginfo (si_code >= 0) may not be queued
+                // from user space; send the bare signal instead.
+                // SAFETY: tgkill takes no pointers.
+                unsafe { libc::syscall(libc::SYS_tgkill, self.pid, self.pid, si.si_signo) };
+            }
         }
-        res
     }
 
     /// Detach and leave the process as it was found.
     pub fn detach(mut self) -> Result<(), PtraceError> {
-        self.detach_raw()
+        let stopped = self.was_stopped;
+        self.detach_raw()?;
+        if stopped {
+            settle_stopped(self.pid);
+        }
+        self.resend_intercepted();
+        Ok(())
     }
 
     /// Detach and leave the process stopped (SIGSTOP before detaching, so
@@ -399,7 +462,10 @@ impl Tracee {
             // SAFETY: kill takes no pointers.
             unsafe { libc::kill(self.pid, libc::SIGSTOP) };
         }
-        self.detach_raw()
+        self.detach_raw()?;
+        settle_stopped(self.pid);
+        self.resend_intercepted();
+        Ok(())
     }
 
     /// Kill the process (SIGKILL ends a traced process too).
@@ -419,7 +485,13 @@ impl Tracee {
 
 impl Drop for Tracee {
     fn drop(&mut self) {
-        let _ = self.detach_raw();
+        if self.attached {
+            let _ = self.detach_raw();
+            if self.was_stopped {
+                settle_stopped(self.pid);
+            }
+            self.resend_intercepted();
+        }
     }
 }
 
