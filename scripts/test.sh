@@ -8,9 +8,12 @@ echo "== installing test dependencies"
 ./scripts/install-test-deps.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+(cd shim && cargo fmt -- --check)
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== cargo build (debug and release binaries used by the tests)"
+# The shim is its own cargo workspace (see shim/Cargo.toml).
+(cd shim && cargo clippy --release --offline --target-dir ../target/shim -- -D warnings)
+echo "== cargo build (cryo, and cryo-shim through build.rs)"
 cargo build --workspace
 echo "== cargo test"
 cargo test --workspace "$@"

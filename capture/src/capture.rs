@@ -548,6 +548,7 @@ fn capture_stopped(
     p.vdso_len = vdso_bytes.len() as u64;
     p.vdso_hash = cryo_image::checksum(&vdso_bytes);
     p.rss_kib = status.vm_rss_kib;
+    (p.robust_list, p.robust_list_len) = t.robust_list()?;
     b.xsave = xsave;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     b.process.kernel = b.strings.add(kernel.trim());

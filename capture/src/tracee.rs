@@ -309,6 +309,24 @@ impl Tracee {
         Ok(mask)
     }
 
+    /// The robust futex list head and length (get_robust_list).
+    pub fn robust_list(&self) -> Result<(u64, u64), PtraceError> {
+        let (mut head, mut len) = (0u64, 0u64);
+        // SAFETY: get_robust_list writes one pointer and one size_t.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_get_robust_list,
+                self.pid,
+                &mut head as *mut u64,
+                &mut len as *mut u64,
+            )
+        };
+        if r < 0 {
+            return Err(sys_err("get_robust_list", self.pid));
+        }
+        Ok((head, len))
+    }
+
     /// Replace the blocked signal mask (PTRACE_SETSIGMASK).
     pub fn set_sigmask(&self, mask: u64) -> Result<(), PtraceError> {
         // SAFETY: PTRACE_SETSIGMASK reads `addr` (8) bytes from `mask`.

@@ -67,6 +67,13 @@ pub const MAX_META_LEN: u64 = 256 << 20;
 /// Largest pages.img a reader accepts (1 TiB).
 pub const MAX_PAGES_LEN: u64 = 1 << 40;
 
+/// The restore shim's fixed address window: the shim is linked at its start
+/// and keeps its stack, the image tables and scratch space inside it. No
+/// captured mapping may overlap it (restore refuses such an image).
+pub const SHIM_WINDOW: u64 = 0x3f00_0000_0000;
+/// Length of the shim window (4 GiB).
+pub const SHIM_WINDOW_LEN: u64 = 1 << 32;
+
 /// xxh3-64, the checksum used throughout the format.
 pub fn checksum(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)

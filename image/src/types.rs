@@ -257,6 +257,9 @@ record! {
         pub pages_bytes: u64,
         /// Resident set size at capture (KiB), for image-size comparisons.
         pub rss_kib: u64,
+        /// The task's robust futex list (get_robust_list), 0 if none.
+        pub robust_list: u64,
+        pub robust_list_len: u64,
     }
 }
 

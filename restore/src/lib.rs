@@ -1,1 +1,462 @@
-pub mod placeholder {}
+//! `cryo restore`: everything before the point of no return, then the exec.
+//!
+//! [`prepare`] loads the image and checks, without changing anything, that
+//! it can be restored here: page checksums, files behind mappings, the vDSO
+//! bytes and layout, the CPU's xsave layout, the shim's window, fds, rlimits
+//! and kernel support. [`Plan::exec`] then starts the tracer, installs fds,
+//! cwd, umask, rlimits and personality, and execs `cryo-shim`, which turns
+//! this process into the captured one.
+
+mod fds;
+mod tracer;
+
+use cryo_image::load::{LoadError, LoadedImage};
+use cryo_image::{vma_kind, Image, NO_INDEX, SHIM_WINDOW, SHIM_WINDOW_LEN};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+pub use fds::FdPlan;
+
+/// Why an image cannot be restored here (nothing has been changed yet).
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{path} changed since capture ({what}); restore needs the very same file")]
+    FileChanged { path: String, what: String },
+    #[error("{path} is gone ({source}); restore needs the file that was mapped")]
+    FileMissing {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("this kernel's vDSO differs from the captured one ({what}); restore on the kernel that captured the image ({kernel})")]
+    VdsoDiffers { what: String, kernel: String },
+    #[error("this CPU's xsave layout differs from the captured one ({what}); restore on the same kind of CPU")]
+    XsaveDiffers { what: String },
+    #[error("mapping {start:#x}-{end:#x} ({name}) overlaps cryo-shim's window {SHIM_WINDOW:#x}-{:#x}; this image cannot be restored", SHIM_WINDOW + SHIM_WINDOW_LEN)]
+    WindowOverlap { start: u64, end: u64, name: String },
+    #[error("the restore shim {} is missing or not executable (set CRYO_SHIM or build it with `cargo build -p cryo-shim`)", .0.display())]
+    NoShim(PathBuf),
+    #[error("fd {fd} ({what}) cannot be restored: {why}")]
+    Fd { fd: i32, what: String, why: String },
+    #[error("cannot set {name} to {cur}/{max} (ours: {our_cur}/{our_max}): raising a hard limit needs CAP_SYS_RESOURCE; restore from a shell with the captured limits")]
+    Rlimit {
+        name: &'static str,
+        cur: String,
+        max: String,
+        our_cur: String,
+        our_max: String,
+    },
+    #[error("the image has POSIX timers but this kernel cannot create timers with given ids (PR_TIMER_CREATE_RESTORE_IDS, Linux 6.16+)")]
+    NoTimerIds,
+    #[error("{what}: {source}")]
+    Sys {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+fn sys(what: impl Into<String>) -> RestoreError {
+    RestoreError::Sys {
+        what: what.into(),
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+/// What the user asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Leave the restored process stopped (SIGSTOP) instead of running.
+    pub keep_stopped: bool,
+    /// (restored fd, our fd): give the restored process our fd.
+    pub inherit_fds: Vec<(i32, i32)>,
+    /// Path of the cryo-shim binary.
+    pub shim: PathBuf,
+    /// Skip the pages checksum pass (the shim still checks the tables).
+    pub no_verify: bool,
+}
+
+/// A restore that passed every check and is ready to exec.
+pub struct Plan {
+    image: LoadedImage,
+    opts: Options,
+    fds: Vec<FdPlan>,
+    gadget: u64,
+    tid_offset: usize,
+}
+
+impl Plan {
+    pub fn image(&self) -> Image<'_> {
+        self.image.image().expect("validated at prepare")
+    }
+    pub fn fds(&self) -> &[FdPlan] {
+        &self.fds
+    }
+}
+
+/// Load and check everything; change nothing.
+pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
+    let image = LoadedImage::open(dir)?;
+    if !opts.no_verify {
+        image.verify_pages(|_| {})?;
+    }
+    let img = image.image()?;
+    let p = img.process();
+
+    // The shim's window must be free in the captured layout.
+    for v in img.vmas().iter() {
+        if v.kind != vma_kind::VSYSCALL
+            && v.start < SHIM_WINDOW + SHIM_WINDOW_LEN
+            && v.end > SHIM_WINDOW
+        {
+            return Err(RestoreError::WindowOverlap {
+                start: v.start,
+                end: v.end,
+                name: img.str(v.name).unwrap_or("").to_owned(),
+            });
+        }
+    }
+
+    // Same CPU state layout.
+    let size = std::arch::x86_64::__cpuid_count(0xd, 0).ebx;
+    let xcr0 = xgetbv0();
+    if size != p.xsave_size || xcr0 != p.xcr0 {
+        return Err(RestoreError::XsaveDiffers {
+            what: format!(
+                "xsave size {} vs {}, XCR0 {:#x} vs {:#x} here",
+                p.xsave_size, size, p.xcr0, xcr0
+            ),
+        });
+    }
+
+    // Same vDSO: bytes, and the vvar/vvar_vclock/vdso arrangement.
+    let kernel = img.str(p.kernel).unwrap_or("?").to_owned();
+    let own = own_special_maps()?;
+    let vdso = own
+        .iter()
+        .find(|m| m.2 == "[vdso]")
+        .ok_or_else(|| RestoreError::VdsoDiffers {
+            what: "this process has no [vdso]".into(),
+            kernel: kernel.clone(),
+        })?;
+    // SAFETY: [vdso] is mapped readable in this process for its whole length.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(vdso.0 as *const u8, (vdso.1 - vdso.0) as usize) };
+    if bytes.len() as u64 != p.vdso_len || cryo_image::checksum(bytes) != p.vdso_hash {
+        return Err(RestoreError::VdsoDiffers {
+            what: format!(
+                "{} bytes, hash {:#x} here vs {} bytes, hash {:#x} captured",
+                bytes.len(),
+                cryo_image::checksum(bytes),
+                p.vdso_len,
+                p.vdso_hash
+            ),
+            kernel,
+        });
+    }
+    for name in ["[vvar]", "[vvar_vclock]"] {
+        let here = own.iter().find(|m| m.2 == name);
+        let there = img.vmas().iter().find(|v| img.str(v.name) == Some(name));
+        let ok = match (here, there) {
+            (Some(h), Some(t)) => {
+                h.1 - h.0 == t.end - t.start
+                    && vdso.0.wrapping_sub(h.0) == p.vdso_start.wrapping_sub(t.start)
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        if !ok {
+            return Err(RestoreError::VdsoDiffers {
+                what: format!("{name} size or position relative to [vdso] differs"),
+                kernel,
+            });
+        }
+    }
+    let gadget = bytes
+        .windows(2)
+        .position(|w| w == [0x0f, 0x05])
+        .map(|off| p.vdso_start + off as u64)
+        .ok_or_else(|| RestoreError::VdsoDiffers {
+            what: "no `syscall` instruction in the vDSO".into(),
+            kernel: kernel.clone(),
+        })?;
+
+    // Files behind mappings and the executable: the very same files.
+    let mut checked = vec![false; img.files().len()];
+    let mut want: Vec<u32> = img
+        .vmas()
+        .iter()
+        .filter(|v| v.file != NO_INDEX)
+        .map(|v| v.file)
+        .collect();
+    if p.exe_file != NO_INDEX {
+        want.push(p.exe_file);
+    }
+    for idx in want {
+        if std::mem::replace(&mut checked[idx as usize], true) {
+            continue;
+        }
+        let f = img.files().get(idx as usize).expect("validated index");
+        let path = img.str(f.path).unwrap_or("").to_owned();
+        let md = std::fs::metadata(&path).map_err(|source| RestoreError::FileMissing {
+            path: path.clone(),
+            source,
+        })?;
+        let mut what = Vec::new();
+        if md.dev() != f.dev || md.ino() != f.ino {
+            what.push("a different file now (device/inode)".to_owned());
+        }
+        if md.size() != f.size {
+            what.push(format!("size {} → {}", f.size, md.size()));
+        }
+        if md.mtime() != f.mtime_sec || md.mtime_nsec() as u32 != f.mtime_nsec {
+            what.push("modification time".to_owned());
+        }
+        if !what.is_empty() {
+            return Err(RestoreError::FileChanged {
+                path,
+                what: what.join(", "),
+            });
+        }
+    }
+
+    if !img.timers().is_empty() {
+        // SAFETY: PR_TIMER_CREATE_RESTORE_IDS_GET (2) only reads a flag.
+        if unsafe { libc::prctl(77, 2, 0, 0, 0) } < 0 {
+            return Err(RestoreError::NoTimerIds);
+        }
+    }
+
+    check_rlimits(&img)?;
+
+    let fds = fds::plan(&img, &opts.inherit_fds)?;
+
+    let shim_ok = std::fs::metadata(&opts.shim)
+        .map(|m| m.is_file() && m.mode() & 0o111 != 0)
+        .unwrap_or(false);
+    if !shim_ok {
+        return Err(RestoreError::NoShim(opts.shim.clone()));
+    }
+    Ok(Plan {
+        image,
+        opts,
+        fds,
+        gadget,
+        tid_offset: own_tid_offset(),
+    })
+}
+
+impl Plan {
+    /// Start the tracer, set up this process and exec the shim. Returns
+    /// only on failure (the process may then be half set up: fds moved).
+    pub fn exec(self) -> RestoreError {
+        let img = self.image();
+        let p = img.process();
+        let cwd = img.str(p.cwd).unwrap_or("/").to_owned();
+        let pending = (p.sig_pending | p.sig_shared_pending)
+            & !((1 << (libc::SIGSTOP - 1)) | (1 << (libc::SIGKILL - 1)));
+        let (umask, personality) = (p.umask, p.personality);
+        let rlimits: Vec<_> = img.rlimits().iter().collect();
+
+        let meta = match std::fs::File::open(self.image.dir.join(cryo_image::META_FILE)) {
+            Ok(f) => f,
+            Err(e) => return e.into_sys("opening meta.img"),
+        };
+        let pages = match std::fs::File::open(self.image.pages_path()) {
+            Ok(f) => f,
+            Err(e) => return e.into_sys("opening pages.img"),
+        };
+
+        if let Err(e) = tracer::start(self.gadget, self.opts.keep_stopped, pending) {
+            return e;
+        }
+        let (meta_fd, pages_fd) = match fds::install(&self.fds, &meta, &pages) {
+            Ok(v) => v,
+            Err(e) => return e,
+        };
+        if let Err(e) = std::env::set_current_dir(&cwd) {
+            return e.into_sys(format!("chdir {cwd}"));
+        }
+        // SAFETY: umask and personality take plain integers.
+        unsafe {
+            libc::umask(umask as libc::mode_t);
+            libc::personality(personality as libc::c_ulong);
+        }
+        for r in rlimits {
+            let lim = libc::rlimit {
+                rlim_cur: r.cur,
+                rlim_max: r.max,
+            };
+            // SAFETY: setrlimit reads one struct rlimit.
+            if unsafe { libc::setrlimit(r.resource as _, &lim) } < 0 {
+                return sys(format!("setrlimit({})", rlimit_name(r.resource)));
+            }
+        }
+        let shim = match CString::new(self.opts.shim.as_os_str().as_bytes()) {
+            Ok(s) => s,
+            Err(_) => return RestoreError::NoShim(self.opts.shim.clone()),
+        };
+        let args: Vec<CString> = [
+            "cryo-shim".to_owned(),
+            meta_fd.to_string(),
+            pages_fd.to_string(),
+            self.tid_offset.to_string(),
+            "0".to_owned(),
+        ]
+        .into_iter()
+        .map(|s| CString::new(s).expect("no NUL"))
+        .collect();
+        let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+        // SAFETY: argv and envp are NULL-terminated arrays of C strings that
+        // outlive the call; execve only returns on failure.
+        unsafe { libc::execve(shim.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        sys(format!("exec {}", self.opts.shim.display()))
+    }
+}
+
+trait IntoSys {
+    fn into_sys(self, what: impl Into<String>) -> RestoreError;
+}
+impl IntoSys for std::io::Error {
+    fn into_sys(self, what: impl Into<String>) -> RestoreError {
+        RestoreError::Sys {
+            what: what.into(),
+            source: self,
+        }
+    }
+}
+
+fn xgetbv0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: XGETBV with ECX=0 reads XCR0; the OS enables OSXSAVE on every
+    // x86_64 CPU this runs on (the capture side read XCR0 the same way).
+    unsafe {
+        std::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack));
+    }
+    ((hi as u64) << 32) | lo as u64
+}
+
+/// [vvar], [vvar_vclock] and [vdso] of this process: (start, end, name).
+fn own_special_maps() -> Result<Vec<(u64, u64, String)>, RestoreError> {
+    let text = std::fs::read_to_string("/proc/self/maps")
+        .map_err(|e| e.into_sys("reading /proc/self/maps"))?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let name = line.split_whitespace().nth(5).unwrap_or("");
+        if !matches!(name, "[vvar]" | "[vvar_vclock]" | "[vdso]") {
+            continue;
+        }
+        let range = line.split_whitespace().next().unwrap_or("");
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+            continue;
+        };
+        out.push((a, b, name.to_owned()));
+    }
+    Ok(out)
+}
+
+/// Offset of glibc's cached TID in the TCB, found in this process's own
+/// TCB (the restored program almost always uses the same glibc; the shim
+/// verifies the word before rewriting it). 0 if not found exactly once.
+fn own_tid_offset() -> usize {
+    let mut fs: u64 = 0;
+    // SAFETY: ARCH_GET_FS writes one u64.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, 0x1003, &mut fs as *mut u64) };
+    // SAFETY: gettid takes no arguments.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+    if fs == 0 {
+        return 0;
+    }
+    // Read through /proc/self/mem: a short read at the end of the TCB's
+    // mapping is an error there, not a fault.
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 4096];
+    let n = std::fs::File::open("/proc/self/mem")
+        .and_then(|f| f.read_at(&mut buf, fs))
+        .unwrap_or(0);
+    let hits: Vec<usize> = (0x10..n.saturating_sub(3))
+        .step_by(4)
+        .filter(|&off| u32::from_le_bytes(buf[off..off + 4].try_into().unwrap_or([0; 4])) == tid)
+        .collect();
+    if hits.len() == 1 {
+        hits[0]
+    } else {
+        0
+    }
+}
+
+const RLIMIT_NAMES: [&str; 16] = [
+    "RLIMIT_CPU",
+    "RLIMIT_FSIZE",
+    "RLIMIT_DATA",
+    "RLIMIT_STACK",
+    "RLIMIT_CORE",
+    "RLIMIT_RSS",
+    "RLIMIT_NPROC",
+    "RLIMIT_NOFILE",
+    "RLIMIT_MEMLOCK",
+    "RLIMIT_AS",
+    "RLIMIT_LOCKS",
+    "RLIMIT_SIGPENDING",
+    "RLIMIT_MSGQUEUE",
+    "RLIMIT_NICE",
+    "RLIMIT_RTPRIO",
+    "RLIMIT_RTTIME",
+];
+
+fn rlimit_name(r: u32) -> &'static str {
+    RLIMIT_NAMES.get(r as usize).copied().unwrap_or("RLIMIT_?")
+}
+
+fn lim_str(v: u64) -> String {
+    if v == libc::RLIM_INFINITY {
+        "unlimited".into()
+    } else {
+        v.to_string()
+    }
+}
+
+/// Every captured limit must be settable: raising a hard limit needs
+/// CAP_SYS_RESOURCE, which this machine's root lacks.
+fn check_rlimits(img: &Image) -> Result<(), RestoreError> {
+    for r in img.rlimits().iter() {
+        let mut ours = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one struct rlimit.
+        if unsafe { libc::getrlimit(r.resource as _, &mut ours) } < 0 {
+            continue;
+        }
+        let cap = caps_sys_resource();
+        if (r.max > ours.rlim_max && !cap) || r.cur > r.max {
+            return Err(RestoreError::Rlimit {
+                name: rlimit_name(r.resource),
+                cur: lim_str(r.cur),
+                max: lim_str(r.max),
+                our_cur: lim_str(ours.rlim_cur),
+                our_max: lim_str(ours.rlim_max),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn caps_sys_resource() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}

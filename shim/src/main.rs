@@ -1,21 +1,892 @@
-//! cryo-shim: the restore shim (placeholder until restore lands: exits 127).
+//! cryo-shim: rebuilds a captured process inside the process that execs it.
+//!
+//! `cryo restore` validates the image, sets up fds, cwd, umask, rlimits and
+//! personality, starts a tracer, and execs this static, libc-free binary
+//! (linked at [`SHIM_WINDOW`]) with
+//!
+//! ```text
+//! cryo-shim META_FD PAGES_FD TID_OFFSET FLAGS
+//! ```
+//!
+//! The shim then (1) reads and re-validates the image and opens every
+//! mapped file, checking its identity — nothing has been torn down yet;
+//! (2) moves its own code into anonymous memory (so `PR_SET_MM_MAP` may
+//! replace the executable); (3) unmaps everything outside its window;
+//! (4) maps vvar/vDSO and every captured mapping at its address and fills
+//! the pages; (5) restores mm fields, fs/gs base, the cached TID, robust
+//! list, rseq, signal handlers, timers, comm; (6) builds an rt_sigframe from
+//! the captured registers and xsave area on the program's stack, and traps
+//! (`int3`) so the tracer can unmap the window and `rt_sigreturn` into the
+//! program. See docs/design.md.
 #![no_std]
 #![no_main]
 
-fn exit(code: i32) -> ! {
-    // SAFETY: exit_group takes one integer and never returns.
-    unsafe {
-        core::arch::asm!("syscall", in("rax") 231, in("rdi") code, options(noreturn, nostack));
+mod sys;
+
+use core::fmt::{self, Write};
+use cryo_image::{
+    process_flags, run_kind, vma_flags, vma_kind, Image, Vma, MAX_META_LEN, NO_INDEX, PAGE_SIZE,
+    SHIM_WINDOW, SHIM_WINDOW_LEN,
+};
+use sys::*;
+
+const W: usize = SHIM_WINDOW as usize;
+const W_END: usize = (SHIM_WINDOW + SHIM_WINDOW_LEN) as usize;
+const STACK_AT: usize = W + 0x0800_0000;
+const STACK_LEN: usize = 1 << 20;
+const META_AT: usize = W + 0x1000_0000;
+const SCRATCH_AT: usize = W + 0x2000_0000;
+const SCRATCH_LEN: usize = 4 << 20;
+const SELF_COPY_AT: usize = W + 0x3000_0000;
+const TEMP_AT: usize = W + 0x4000_0000;
+const TEMP_LEN: usize = W_END - TEMP_AT;
+/// Top of the x86_64 user address space (4-level paging).
+const USER_END: usize = 0x7fff_ffff_f000;
+const PG: usize = PAGE_SIZE as usize;
+
+/// Value in rsi at the final `int3`, so the tracer knows the trap is ours.
+pub const HANDOFF_MAGIC: usize = 0x4352_594f_5348_494d; // "CRYOSHIM"
+/// FLAGS bit: no tracer; `rt_sigreturn` directly and leave the window.
+const FLAG_SELF_SIGRETURN: usize = 1;
+
+core::arch::global_asm!(
+    ".globl _start",
+    "_start:",
+    "mov r12, rsp",
+    "mov eax, 9",
+    "mov rdi, {stack}",
+    "mov rsi, {len}",
+    "mov edx, 3",
+    "mov r10d, 0x100022",
+    "mov r8, -1",
+    "xor r9d, r9d",
+    "syscall",
+    "cmp rax, rdi",
+    "jne 2f",
+    "lea rsp, [rdi + rsi]",
+    "mov rdi, r12",
+    "call {main}",
+    "ud2",
+    "2:",
+    "mov edi, 125",
+    "mov eax, 231",
+    "syscall",
+    stack = const STACK_AT,
+    len = const STACK_LEN,
+    main = sym shim_main,
+);
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    die(format_args!("internal error: {}", info.message()))
+}
+
+/// core is precompiled with unwind tables that name this symbol; the shim
+/// aborts on panic and never unwinds, so it is never called.
+#[no_mangle]
+extern "C" fn rust_eh_personality() {}
+
+/// A fixed buffer for one message (no allocator).
+struct Msg {
+    b: [u8; 768],
+    n: usize,
+}
+
+impl Write for Msg {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let take = s.len().min(self.b.len() - self.n);
+        self.b[self.n..self.n + take].copy_from_slice(&s.as_bytes()[..take]);
+        self.n += take;
+        Ok(())
     }
 }
 
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
-    exit(127)
+fn die(args: fmt::Arguments) -> ! {
+    let mut m = Msg { b: [0; 768], n: 0 };
+    let _ = m.write_str("cryo-shim: ");
+    let _ = m.write_fmt(args);
+    let _ = m.write_str("\n");
+    write(2, &m.b[..m.n]);
+    exit(125)
 }
 
-/// Entry point.
+fn check(r: isize, what: fmt::Arguments) -> usize {
+    if r < 0 {
+        die(format_args!("{what}: errno {}", -r));
+    }
+    r as usize
+}
+
+fn mmap(addr: usize, len: usize, prot: usize, flags: usize, fd: usize, off: u64) -> isize {
+    syscall6(SYS_MMAP, addr, len, prot, flags, fd, off as usize)
+}
+
+fn map_anon_at(addr: usize, len: usize, what: &str) {
+    let r = mmap(
+        addr,
+        len,
+        PROT_READ | PROT_WRITE,
+        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+        usize::MAX,
+        0,
+    );
+    if r as usize != addr {
+        die(format_args!("mapping {what} at {addr:#x}: errno {}", -r));
+    }
+}
+
+/// Write a u64 into memory of the address space being rebuilt.
+fn poke_u64(addr: usize, v: u64) {
+    // SAFETY: callers pass addresses inside mappings the shim created and
+    // made writable (the program's stack below its red zone, or scratch).
+    unsafe { core::ptr::write_unaligned(addr as *mut u64, v) }
+}
+
+fn poke_u32(addr: usize, v: u32) {
+    // SAFETY: as for poke_u64.
+    unsafe { core::ptr::write_unaligned(addr as *mut u32, v) }
+}
+
+fn peek_u32(addr: usize) -> u32 {
+    // SAFETY: callers pass addresses inside mappings the shim created.
+    unsafe { core::ptr::read_unaligned(addr as *const u32) }
+}
+
+struct Args {
+    meta_fd: usize,
+    pages_fd: usize,
+    tid_offset: usize,
+    flags: usize,
+}
+
+fn parse_num(p: *const u8) -> Option<usize> {
+    if p.is_null() {
+        return None;
+    }
+    let mut v = 0usize;
+    let mut i = 0;
+    loop {
+        // SAFETY: argv strings are NUL-terminated; we stop at the NUL.
+        let c = unsafe { *p.add(i) };
+        if c == 0 {
+            break;
+        }
+        if !c.is_ascii_digit() || i > 20 {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add((c - b'0') as usize)?;
+        i += 1;
+    }
+    (i > 0).then_some(v)
+}
+
+/// Entry from `_start`, on the shim's own stack; `sp` is the kernel's
+/// initial stack (argc, argv...).
 #[no_mangle]
-pub extern "C" fn _start() -> ! {
-    exit(127)
+extern "C" fn shim_main(sp: *const usize) -> ! {
+    // SAFETY: the kernel's initial stack holds argc followed by argc argv
+    // pointers and a NULL.
+    let (argc, argv) = unsafe { (*sp, sp.add(1) as *const *const u8) };
+    let arg = |i: usize| -> Option<usize> {
+        if i >= argc {
+            return None;
+        }
+        // SAFETY: i < argc, so argv[i] is a valid pointer slot.
+        parse_num(unsafe { *argv.add(i) })
+    };
+    let (Some(meta_fd), Some(pages_fd), Some(tid_offset), Some(flags)) =
+        (arg(1), arg(2), arg(3), arg(4))
+    else {
+        die(format_args!(
+            "usage: cryo-shim META_FD PAGES_FD TID_OFFSET FLAGS (run by `cryo restore`, not by hand)"
+        ))
+    };
+    restore(&Args {
+        meta_fd,
+        pages_fd,
+        tid_offset,
+        flags,
+    })
+}
+
+fn restore(a: &Args) -> ! {
+    // No signal may run a handler while the address space is half built;
+    // the final rt_sigreturn installs the program's own mask.
+    let all: u64 = !0;
+    syscall6(
+        SYS_RT_SIGPROCMASK,
+        2,
+        &all as *const u64 as usize,
+        0,
+        8,
+        0,
+        0,
+    );
+
+    // 1. The image, read into the window and validated again.
+    let len = check(
+        syscall3(SYS_LSEEK, a.meta_fd, 0, 2),
+        format_args!("meta.img size"),
+    );
+    if len == 0 || len as u64 > MAX_META_LEN {
+        die(format_args!(
+            "meta.img has an impossible size ({len} bytes)"
+        ));
+    }
+    let buf_len = (len + PG - 1) & !(PG - 1);
+    map_anon_at(META_AT, buf_len, "the image buffer");
+    if let Err(e) = pread_all(a.meta_fd, META_AT, len, 0) {
+        die(format_args!("reading meta.img: errno {}", -e));
+    }
+    // SAFETY: META_AT..+len was just mapped and filled; it stays mapped
+    // (inside the window) until the shim is gone.
+    let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(META_AT as *const u8, len) };
+    let img = match Image::parse(bytes) {
+        Ok(i) => i,
+        Err(e) => die(format_args!("image: {e}")),
+    };
+    if let Err(e) = img.validate() {
+        die(format_args!("image: {e}"));
+    }
+    let p = img.process();
+    for v in img.vmas().iter() {
+        if v.kind != vma_kind::VSYSCALL && (v.start as usize) < W_END && (v.end as usize) > W {
+            die(format_args!(
+                "mapping {:#x}-{:#x} overlaps the shim window",
+                v.start, v.end
+            ));
+        }
+    }
+
+    // 2. Open every file behind a mapping (and the executable) and check
+    //    that it is still the file that was captured.
+    let nfiles = img.files().len();
+    map_anon_at(SCRATCH_AT, SCRATCH_LEN, "scratch");
+    let fds = SCRATCH_AT as *mut i32; // nfiles entries
+    let need_rw = SCRATCH_AT + 0x10_0000; // nfiles bytes
+    let path_buf = SCRATCH_AT + 0x20_0000; // 4 KiB + NUL
+    let auxv_buf = SCRATCH_AT + 0x30_0000;
+    if nfiles * 4 > 0x10_0000 {
+        die(format_args!("too many files ({nfiles})"));
+    }
+    for i in 0..nfiles {
+        // SAFETY: i < nfiles and the fd table fits in scratch (checked).
+        unsafe { *fds.add(i) = -1 };
+    }
+    for v in img.vmas().iter() {
+        if v.kind == vma_kind::FILE_SHARED && v.prot & 2 != 0 && v.file != NO_INDEX {
+            // SAFETY: file < nfiles (validated) and need_rw has nfiles bytes.
+            unsafe { *(need_rw as *mut u8).add(v.file as usize) = 1 };
+        }
+    }
+    let open_file = |idx: u32| -> usize {
+        // SAFETY: idx < nfiles (validated by Image::validate).
+        let slot = unsafe { &mut *fds.add(idx as usize) };
+        if *slot >= 0 {
+            return *slot as usize;
+        }
+        let f = img.files().get(idx as usize).unwrap_or_else(|| {
+            die(format_args!("file index {idx} out of range"));
+        });
+        let path = img.str(f.path).unwrap_or("");
+        if path.is_empty() || path.len() >= 4096 {
+            die(format_args!("file {idx} has no usable path"));
+        }
+        // SAFETY: path_buf has 4 KiB in scratch; path.len() < 4096.
+        unsafe {
+            core::ptr::copy_nonoverlapping(path.as_ptr(), path_buf as *mut u8, path.len());
+            *(path_buf as *mut u8).add(path.len()) = 0;
+        }
+        // SAFETY: need_rw has nfiles bytes.
+        let rw = unsafe { *(need_rw as *const u8).add(idx as usize) } != 0;
+        let fd = syscall3(
+            SYS_OPEN,
+            path_buf,
+            if rw { O_RDWR } else { O_RDONLY } | O_CLOEXEC,
+            0,
+        );
+        if fd < 0 {
+            die(format_args!("cannot open {path}: errno {}", -fd));
+        }
+        let mut st = [0u64; 18];
+        check(
+            syscall3(SYS_FSTAT, fd as usize, st.as_mut_ptr() as usize, 0),
+            format_args!("fstat {path}"),
+        );
+        let (dev, ino, size, mtime, mtime_ns) = (st[0], st[1], st[6], st[11] as i64, st[12] as u32);
+        if dev != f.dev
+            || ino != f.ino
+            || size != f.size
+            || mtime != f.mtime_sec
+            || mtime_ns != f.mtime_nsec
+        {
+            die(format_args!(
+                "{path} is not the file that was captured (identity, size or mtime changed)"
+            ));
+        }
+        *slot = fd as i32;
+        fd as usize
+    };
+    for v in img.vmas().iter() {
+        if v.file != NO_INDEX && matches!(v.kind, vma_kind::FILE_PRIVATE | vma_kind::FILE_SHARED) {
+            open_file(v.file);
+        }
+    }
+    let exe_fd = if p.exe_file != NO_INDEX {
+        open_file(p.exe_file) as u32
+    } else {
+        u32::MAX
+    };
+
+    // 3. Run from anonymous memory: PR_SET_MM_MAP refuses to replace the
+    //    executable (EBUSY) while the shim's own file is still mapped.
+    relocate_self();
+
+    // 4. Point of no return: unmap everything outside the window.
+    syscall3(SYS_MUNMAP, 0, W, 0);
+    syscall3(SYS_MUNMAP, W_END, USER_END - W_END, 0);
+
+    // 5. vvar + vvar_vclock + vDSO at their captured place (one call maps
+    //    all three at fixed offsets from the vvar start).
+    if let Some(vvar) = img.vmas().iter().find(|v| v.kind == vma_kind::VVAR) {
+        check(
+            syscall3(SYS_ARCH_PRCTL, 0x2003, vvar.start as usize, 0),
+            format_args!("arch_prctl(ARCH_MAP_VDSO_64, {:#x})", vvar.start),
+        );
+        let probe = mmap(
+            p.vdso_start as usize,
+            PG,
+            PROT_READ,
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+            usize::MAX,
+            0,
+        );
+        if probe != -EEXIST {
+            die(format_args!(
+                "the vDSO did not land at {:#x} (probe {probe})",
+                p.vdso_start
+            ));
+        }
+    }
+
+    // 6. Every mapping, then its pages.
+    let mut prev: Option<Vma> = None;
+    for v in img.vmas().iter() {
+        if !v.is_special() {
+            let fd = if v.file != NO_INDEX {
+                open_file(v.file)
+            } else {
+                usize::MAX
+            };
+            map_vma(&img, &v, prev.as_ref(), fd, a.pages_fd);
+        }
+        prev = Some(v);
+    }
+
+    // 7. mm fields, with auxv and the executable.
+    let mut n = 0usize;
+    for e in img.auxv().iter() {
+        if n + 2 > 64 {
+            break;
+        }
+        poke_u64(auxv_buf + n * 8, e.key);
+        poke_u64(auxv_buf + n * 8 + 8, e.val);
+        n += 2;
+    }
+    let mm = p.mm;
+    let map: [u64; 13] = [
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+        auxv_buf as u64,
+        (n as u64 * 8) | ((exe_fd as u64) << 32),
+    ];
+    check(
+        syscall6(SYS_PRCTL, 35, 14, map.as_ptr() as usize, 104, 0, 0),
+        format_args!("prctl(PR_SET_MM, PR_SET_MM_MAP)"),
+    );
+
+    // 8. Thread state.
+    let r = p.regs;
+    check(
+        syscall3(SYS_ARCH_PRCTL, 0x1002, r.fs_base as usize, 0),
+        format_args!("arch_prctl(ARCH_SET_FS)"),
+    );
+    check(
+        syscall3(SYS_ARCH_PRCTL, 0x1001, r.gs_base as usize, 0),
+        format_args!("arch_prctl(ARCH_SET_GS)"),
+    );
+    let new_pid = syscall3(SYS_GETPID, 0, 0, 0) as u32;
+    fix_cached_tid(&img, a.tid_offset, p.pid, new_pid);
+    fix_robust_owners(&img, p.pid, new_pid);
+    if p.robust_list != 0 {
+        syscall3(
+            SYS_SET_ROBUST_LIST,
+            p.robust_list as usize,
+            p.robust_list_len as usize,
+            0,
+        );
+    }
+    if p.flags & process_flags::HAS_RSEQ != 0 && p.rseq_size != 0 {
+        check(
+            syscall6(
+                SYS_RSEQ,
+                p.rseq_addr as usize,
+                p.rseq_size as usize,
+                0,
+                p.rseq_sig as usize,
+                0,
+                0,
+            ),
+            format_args!("rseq registration at {:#x}", p.rseq_addr),
+        );
+    }
+    restore_signals(&img);
+    restore_timers(&img, p.pid, new_pid);
+    let mut comm = [0u8; 17];
+    comm[..16].copy_from_slice(&p.comm);
+    syscall3(SYS_PRCTL, 15, comm.as_ptr() as usize, 0);
+
+    // 9. Close what the shim opened; the program's own fds were installed
+    //    by `cryo restore` at their numbers and are untouched.
+    for i in 0..nfiles {
+        // SAFETY: i < nfiles.
+        let fd = unsafe { *fds.add(i) };
+        if fd >= 0 {
+            syscall3(SYS_CLOSE, fd as usize, 0, 0);
+        }
+    }
+    syscall3(SYS_CLOSE, a.meta_fd, 0, 0);
+    syscall3(SYS_CLOSE, a.pages_fd, 0, 0);
+
+    // 10. The signal frame, and into the program.
+    let frame_sp = build_sigframe(&img);
+    if a.flags & FLAG_SELF_SIGRETURN != 0 {
+        // SAFETY: frame_sp points just above a complete rt_sigframe; the
+        // kernel loads every register from it and never returns here.
+        unsafe {
+            core::arch::asm!(
+                "mov rsp, {sp}",
+                "mov eax, 15",
+                "syscall",
+                sp = in(reg) frame_sp,
+                options(noreturn)
+            )
+        }
+    }
+    // SAFETY: the tracer stops us at this int3, unmaps the window and
+    // resumes at rt_sigreturn with rsp = frame_sp; we never run again.
+    unsafe {
+        core::arch::asm!(
+            "int3",
+            "ud2",
+            in("rdi") frame_sp,
+            in("rsi") HANDOFF_MAGIC,
+            options(noreturn)
+        )
+    }
+}
+
+/// Copy the shim's own image into anonymous memory and move that over it.
+fn relocate_self() {
+    extern "C" {
+        static __executable_start: u8;
+        static _end: u8;
+    }
+    let start = core::ptr::addr_of!(__executable_start) as usize & !(PG - 1);
+    let end = (core::ptr::addr_of!(_end) as usize + PG - 1) & !(PG - 1);
+    let len = end - start;
+    let r = mmap(
+        SELF_COPY_AT,
+        len,
+        PROT_READ | PROT_WRITE | PROT_EXEC,
+        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+        usize::MAX,
+        0,
+    );
+    if r as usize != SELF_COPY_AT {
+        die(format_args!("mapping the shim's copy: errno {}", -r));
+    }
+    let ret: isize;
+    // SAFETY: copies the shim's own loaded image (valid for len bytes) into
+    // the fresh mapping and, in the same asm block (no stack or global
+    // writes in between), moves that mapping over the original. The stack
+    // is a separate mapping, so nothing written meanwhile is lost; the
+    // code after the syscall runs from identical bytes.
+    unsafe {
+        core::arch::asm!(
+            "rep movsb",
+            "mov rdi, r9",
+            "mov rsi, rdx",
+            "syscall",
+            inout("rcx") len => _,
+            inout("rdi") SELF_COPY_AT => _,
+            inout("rsi") start => _,
+            in("rdx") len,
+            in("r10") MREMAP_MAYMOVE | MREMAP_FIXED,
+            in("r8") start,
+            in("r9") SELF_COPY_AT,
+            inlateout("rax") SYS_MREMAP as isize => ret,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    if ret as usize != start {
+        die(format_args!(
+            "moving the shim into anonymous memory: errno {}",
+            -ret
+        ));
+    }
+}
+
+fn prot_bits(p: u32) -> usize {
+    (p & 7) as usize
+}
+
+/// Could the kernel merge `v` into `prev` if both were mapped as is?
+fn mergeable(prev: &Vma, v: &Vma) -> bool {
+    prev.end == v.start
+        && prev.file == NO_INDEX
+        && v.file == NO_INDEX
+        && !prev.is_special()
+        && !v.is_special()
+        && prev.kind != vma_kind::ANON_SHARED
+        && v.kind != vma_kind::ANON_SHARED
+        && prev.prot == v.prot
+}
+
+fn map_vma(img: &Image, v: &Vma, prev: Option<&Vma>, fd: usize, pages_fd: usize) {
+    let (start, len) = (v.start as usize, v.len() as usize);
+    let runs = v.run_count > 0;
+    let shared = matches!(v.kind, vma_kind::FILE_SHARED | vma_kind::ANON_SHARED);
+    let final_prot = prot_bits(v.prot);
+    // Private mappings that get pages are mapped writable, then mprotect'ed.
+    let map_prot = if runs && !shared {
+        final_prot | PROT_WRITE
+    } else {
+        final_prot
+    };
+    let mut flags = if shared { MAP_SHARED } else { MAP_PRIVATE };
+    if v.file == NO_INDEX {
+        flags |= MAP_ANONYMOUS;
+    }
+    if v.flags & vma_flags::GROWSDOWN != 0 {
+        flags |= MAP_GROWSDOWN;
+    }
+    if has_vmflag(v, "nr") {
+        flags |= MAP_NORESERVE;
+    }
+    let off = if v.file != NO_INDEX { v.pgoff } else { 0 };
+    // Two adjacent anonymous mappings with the same protection would be
+    // merged into one VMA by the kernel, and /proc/PID/maps would no longer
+    // match the capture. A mapping moved with mremap keeps its page offset,
+    // which then no longer continues its neighbour's, so it is never merged:
+    // map such a mapping in the temporary area and move it into place.
+    let via_temp =
+        prev.is_some_and(|p| mergeable(p, v)) && len <= TEMP_LEN && flags & MAP_GROWSDOWN == 0;
+    if via_temp {
+        let r = mmap(TEMP_AT, len, map_prot, flags | MAP_FIXED_NOREPLACE, fd, off);
+        if r as usize != TEMP_AT {
+            die(format_args!("mapping {start:#x} (staged): errno {}", -r));
+        }
+        let r = syscall6(
+            SYS_MREMAP,
+            TEMP_AT,
+            len,
+            len,
+            MREMAP_MAYMOVE | MREMAP_FIXED,
+            start,
+            0,
+        );
+        if r as usize != start {
+            die(format_args!("moving mapping into {start:#x}: errno {}", -r));
+        }
+    } else {
+        let r = mmap(start, len, map_prot, flags | MAP_FIXED_NOREPLACE, fd, off);
+        if r as usize != start {
+            let name = img.str(v.name).unwrap_or("");
+            die(format_args!(
+                "mapping {start:#x}-{:#x} {name}: errno {}",
+                v.end, -r
+            ));
+        }
+    }
+    if runs {
+        for j in v.first_run as usize..(v.first_run + v.run_count) as usize {
+            let Some(run) = img.page_runs().get(j) else {
+                break;
+            };
+            let (addr, n) = (run.vaddr as usize, run.len() as usize);
+            if run.kind == run_kind::DATA {
+                if let Err(e) = pread_all(pages_fd, addr, n, run.offset) {
+                    die(format_args!("reading pages for {addr:#x}: errno {}", -e));
+                }
+            } else if v.file != NO_INDEX && !shared {
+                // SAFETY: addr..addr+n lies inside the mapping just created
+                // writable (validate checks runs lie inside their VMA).
+                unsafe { core::ptr::write_bytes(addr as *mut u8, 0, n) };
+            }
+        }
+    }
+    if map_prot != final_prot {
+        check(
+            syscall3(SYS_MPROTECT, start, len, final_prot),
+            format_args!("mprotect {start:#x}"),
+        );
+    }
+    for (bit, advice) in [
+        (vma_flags::DONTFORK, 10),
+        (vma_flags::DONTDUMP, 16),
+        (vma_flags::WIPEONFORK, 18),
+        (vma_flags::HUGEPAGE, 14),
+        (vma_flags::NOHUGEPAGE, 15),
+    ] {
+        if v.flags & bit != 0 {
+            syscall3(SYS_MADVISE, start, len, advice);
+        }
+    }
+}
+
+fn has_vmflag(v: &Vma, name: &str) -> bool {
+    cryo_image::vmflag_bit(name).is_some_and(|b| v.vmflags & (1u64 << b) != 0)
+}
+
+/// glibc caches the thread's TID in its TCB (`struct pthread`); the PID is
+/// new, so rewrite it. `cryo restore` passes the offset it found in its own
+/// TCB; it is used only if the word there holds the captured PID. Otherwise
+/// look for a unique word equal to the captured PID in the first page of the
+/// TCB. Found nothing (not glibc, or no TCB): leave memory alone.
+fn fix_cached_tid(img: &Image, hint: usize, old: u32, new: u32) {
+    let fs = img.process().regs.fs_base as usize;
+    if fs == 0 || old == new {
+        return;
+    }
+    let Some(v) = img
+        .vmas()
+        .iter()
+        .find(|v| (v.start as usize) <= fs && fs < v.end as usize)
+    else {
+        return;
+    };
+    if v.prot & 2 == 0 {
+        return;
+    }
+    let limit = (v.end as usize).min(fs + 4096);
+    if hint != 0 && fs + hint + 4 <= limit && peek_u32(fs + hint) == old {
+        poke_u32(fs + hint, new);
+        return;
+    }
+    let mut found = 0usize;
+    let mut count = 0;
+    let mut a = fs;
+    while a + 4 <= limit {
+        if peek_u32(a) == old {
+            found = a;
+            count += 1;
+        }
+        a += 4;
+    }
+    if count == 1 {
+        poke_u32(found, new);
+    }
+}
+
+/// Is [addr, addr+len) inside one writable captured mapping?
+fn writable(img: &Image, addr: u64, len: u64) -> bool {
+    img.vmas().iter().any(|v| {
+        !v.is_special() && v.prot & 2 != 0 && v.start <= addr && addr.saturating_add(len) <= v.end
+    })
+}
+
+fn peek_u64(addr: usize) -> u64 {
+    // SAFETY: callers check the address lies in a mapped captured range.
+    unsafe { core::ptr::read_unaligned(addr as *const u64) }
+}
+
+/// Robust mutexes the program holds carry the old TID in their futex word
+/// and owner field. glibc lists them on the robust list (head registered
+/// with the kernel, captured): walk it and rewrite old TID → new.
+fn fix_robust_owners(img: &Image, old: u32, new: u32) {
+    const TID_MASK: u32 = 0x3fff_ffff;
+    let head = img.process().robust_list;
+    if head == 0 || old == new || !writable(img, head, 24) {
+        return;
+    }
+    let futex_offset = peek_u64(head as usize + 8) as i64;
+    let mut entry = peek_u64(head as usize);
+    let mut n = 0;
+    while entry != head && entry != 0 && n < 4096 {
+        let futex = entry.wrapping_add(futex_offset as u64);
+        if !writable(img, entry, 8) || !writable(img, futex, 12) {
+            break;
+        }
+        let word = peek_u32(futex as usize);
+        if word & TID_MASK == old {
+            poke_u32(futex as usize, (word & !TID_MASK) | new);
+        }
+        // glibc's __owner sits 8 bytes after __lock.
+        if peek_u32(futex as usize + 8) == old {
+            poke_u32(futex as usize + 8, new);
+        }
+        entry = peek_u64(entry as usize) & !1;
+        n += 1;
+    }
+}
+
+fn restore_signals(img: &Image) {
+    for sig in 1..=64u32 {
+        if sig == 9 || sig == 19 {
+            continue;
+        }
+        let mut act = [0u64; 4];
+        if let Some(s) = img.sigactions().iter().find(|s| s.signo == sig) {
+            act = [s.handler, s.flags, s.restorer, s.mask];
+        }
+        let r = syscall6(
+            SYS_RT_SIGACTION,
+            sig as usize,
+            act.as_ptr() as usize,
+            0,
+            8,
+            0,
+            0,
+        );
+        // Signals 32 and 33 are glibc-internal but settable; anything the
+        // kernel refuses that the program had set is an error.
+        if r < 0 && act[0] != 0 {
+            die(format_args!("rt_sigaction({sig}): errno {}", -r));
+        }
+    }
+}
+
+fn restore_timers(img: &Image, old_pid: u32, new_pid: u32) {
+    const SIGEV_THREAD_ID: i32 = 4;
+    let timers = img.timers();
+    if !timers.is_empty() {
+        check(
+            syscall6(SYS_PRCTL, 77, 1, 0, 0, 0, 0),
+            format_args!("prctl(PR_TIMER_CREATE_RESTORE_IDS)"),
+        );
+        for t in timers.iter() {
+            let mut sev = [0u8; 64];
+            sev[0..8].copy_from_slice(&t.sigev_value.to_le_bytes());
+            sev[8..12].copy_from_slice(&t.signo.to_le_bytes());
+            sev[12..16].copy_from_slice(&t.notify.to_le_bytes());
+            let tid = if t.notify_tid as u32 == old_pid {
+                new_pid as i32
+            } else {
+                t.notify_tid
+            };
+            if t.notify & SIGEV_THREAD_ID != 0 {
+                sev[16..20].copy_from_slice(&tid.to_le_bytes());
+            }
+            let mut id: i32 = t.id;
+            check(
+                syscall3(
+                    SYS_TIMER_CREATE,
+                    t.clock as usize,
+                    sev.as_ptr() as usize,
+                    &mut id as *mut i32 as usize,
+                ),
+                format_args!("timer_create(id {})", t.id),
+            );
+            if id != t.id {
+                die(format_args!("timer {} came back as id {id}", t.id));
+            }
+            if t.value_sec != 0 || t.value_nsec != 0 {
+                let its = [t.interval_sec, t.interval_nsec, t.value_sec, t.value_nsec];
+                check(
+                    syscall6(
+                        SYS_TIMER_SETTIME,
+                        id as usize,
+                        0,
+                        its.as_ptr() as usize,
+                        0,
+                        0,
+                        0,
+                    ),
+                    format_args!("timer_settime(id {id})"),
+                );
+            }
+        }
+        syscall6(SYS_PRCTL, 77, 0, 0, 0, 0, 0);
+    }
+    for it in img.itimers().iter() {
+        if it.value_sec != 0 || it.value_usec != 0 {
+            let v = [
+                it.interval_sec,
+                it.interval_usec,
+                it.value_sec,
+                it.value_usec,
+            ];
+            check(
+                syscall3(SYS_SETITIMER, it.which as usize, v.as_ptr() as usize, 0),
+                format_args!("setitimer({})", it.which),
+            );
+        }
+    }
+}
+
+/// Build the kernel's x86_64 `struct rt_sigframe` below the program's red
+/// zone: pretcode, ucontext (flags, link, altstack, sigcontext, mask),
+/// siginfo, then the xsave area (64-byte aligned, with the `_fpx_sw_bytes`
+/// software header and FP_XSTATE_MAGIC2 after it). Returns the stack
+/// pointer `rt_sigreturn` expects (frame + 8).
+fn build_sigframe(img: &Image) -> usize {
+    const UC_FP_XSTATE: u64 = 1;
+    const UC_SIGCONTEXT_SS: u64 = 2;
+    const UC_STRICT_RESTORE_SS: u64 = 4;
+    const FRAME_SIZE: usize = 8 + 304 + 128;
+    let p = img.process();
+    let r = p.regs;
+    let xsave = img.xsave();
+    let xsize = xsave.len();
+    let top = r.rsp as usize - 128;
+    let fp = (top - xsize - 4) & !63;
+    // SAFETY: fp..fp+xsize+4 lies on the program's stack below its red
+    // zone (memory the kernel itself would use for a signal frame), mapped
+    // writable above; xsave has xsize bytes.
+    unsafe { core::ptr::copy_nonoverlapping(xsave.as_ptr(), fp as *mut u8, xsize) };
+    // _fpx_sw_bytes at offset 464 of the legacy area (ptrace put XCR0 there).
+    poke_u32(fp + 464, 0x4650_5853); // FP_XSTATE_MAGIC1
+    poke_u32(fp + 468, xsize as u32 + 4); // extended_size
+    poke_u64(fp + 472, p.xcr0); // xfeatures
+    poke_u32(fp + 480, xsize as u32); // xstate_size
+    for i in 0..7 {
+        poke_u32(fp + 484 + i * 4, 0);
+    }
+    poke_u32(fp + xsize, 0x4650_5845); // FP_XSTATE_MAGIC2
+
+    let frame = ((fp - FRAME_SIZE) & !15) - 8;
+    // SAFETY: frame..frame+FRAME_SIZE is on the same stack, below fp.
+    unsafe { core::ptr::write_bytes(frame as *mut u8, 0, FRAME_SIZE) };
+    let uc = frame + 8;
+    poke_u64(uc, UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS);
+    poke_u64(uc + 8, 0); // uc_link
+                         // uc_stack: sigaltstack, re-installed by rt_sigreturn.
+    poke_u64(uc + 16, p.sigaltstack_sp);
+    poke_u32(uc + 24, p.sigaltstack_flags & !1); // not SS_ONSTACK
+    poke_u64(uc + 32, p.sigaltstack_size);
+    let sc = uc + 40;
+    let gprs = [
+        r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx, r.rdx,
+        r.rax, r.rcx, r.rsp, r.rip, r.eflags,
+    ];
+    for (i, v) in gprs.iter().enumerate() {
+        poke_u64(sc + i * 8, *v);
+    }
+    // cs, gs, fs, ss (u16 each).
+    let seg = (r.cs & 0xffff) | ((r.ss & 0xffff) << 48);
+    poke_u64(sc + 144, seg);
+    poke_u64(sc + 184, fp as u64); // fpstate
+    poke_u64(uc + 296, p.sig_blocked); // uc_sigmask
+    frame + 8
 }

@@ -11,7 +11,10 @@
  * depends only on the program's deterministic state.
  */
 #define _GNU_SOURCE
+#include <cpuid.h>
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -50,6 +53,44 @@ static void fail(const char *why) {
     exit(1);
 }
 
+static int atexit_ran;
+static void at_exit_handler(void) {
+    /* Runs through glibc's exit-handler list, whose function pointers are
+     * mangled with the pointer guard. */
+    fprintf(stderr, "ATEXIT ok\n");
+}
+
+static int have_avx512(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    if (!(b & (1u << 16))) return 0; /* AVX512F */
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & 0xe6) == 0xe6;
+}
+
+__attribute__((target("avx512f"), noinline))
+static void stop_avx512(uint64_t *zmm_in, uint64_t *zmm_out, uint64_t *ymm_in, uint64_t *ymm_out,
+                        uint64_t *xmm_in, uint64_t *xmm_out, double *x87_in, double *x87_out) {
+    __asm__ volatile(
+                "vmovdqu64 (%[zi]), %%zmm31\n\t"
+                "vmovdqu (%[yi]), %%ymm8\n\t"
+                "movdqu (%[xi]), %%xmm7\n\t"
+                "fldl (%[fi])\n\t"
+                "mov $62, %%eax\n\t"
+                "mov %[pid], %%edi\n\t"
+                "mov $19, %%esi\n\t"
+                "syscall\n\t"
+                "vmovdqu64 %%zmm31, (%[zo])\n\t"
+                "vmovdqu %%ymm8, (%[yo])\n\t"
+                "movdqu %%xmm7, (%[xo])\n\t"
+                "fstpl (%[fo])\n\t"
+                :
+                : [zi] "r"(zmm_in), [zo] "r"(zmm_out), [yi] "r"(ymm_in), [yo] "r"(ymm_out),
+                  [xi] "r"(xmm_in), [xo] "r"(xmm_out), [fi] "r"(x87_in), [fo] "r"(x87_out), [pid] "r"(getpid())
+                : "rax", "rdi", "rsi", "rcx", "r11", "xmm31", "xmm8", "xmm7", "memory", "st");
+}
+
 static uint64_t mix(uint64_t h, uint64_t v) {
     h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
     return h;
@@ -75,6 +116,13 @@ int main(int argc, char **argv) {
     uint8_t *anon = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     uint8_t *guard = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (anon == MAP_FAILED || guard == MAP_FAILED) fail("mmap");
+    /* ZDTM_MAP_AT=ADDR: one more page at a fixed address (tests use it to
+     * occupy the restore shim's window). */
+    if (getenv("ZDTM_MAP_AT")) {
+        void *want = (void *)strtoul(getenv("ZDTM_MAP_AT"), NULL, 0);
+        if (mmap(want, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0) != want)
+            fail("mmap at ZDTM_MAP_AT");
+    }
     for (int i = 0; i < (1 << 20); i += 4096) anon[i] = (uint8_t)(i >> 12);
 
     /* A file at a known offset. */
@@ -104,6 +152,22 @@ int main(int argc, char **argv) {
     stack_t ss = {.ss_sp = altstack, .ss_size = sizeof altstack, .ss_flags = 0};
     if (sigaltstack(&ss, NULL)) fail("sigaltstack");
 
+    /* A robust error-checking mutex, locked now, unlocked after the
+     * restore: glibc compares its owner with the TID cached in the TCB, and
+     * the kernel finds it through the robust list. */
+    static pthread_mutex_t mu;
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ERRORCHECK);
+    pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST);
+    pthread_mutex_init(&mu, &ma);
+    if (pthread_mutex_lock(&mu)) fail("mutex lock");
+    if (atexit(at_exit_handler)) fail("atexit");
+    (void)atexit_ran;
+    /* Small allocations live on, some freed after the restore. */
+    char *small[64];
+    for (int i = 0; i < 64; i++) { small[i] = malloc(32 + i); memset(small[i], i, 32 + i); }
+
     fprintf(stderr, "INFO heap %p %u\n", (void *)heap, HEAP_BYTES);
     fprintf(stderr, "INFO anon %p %u\n", (void *)anon, 1u << 20);
     fprintf(stderr, "INFO guard %p\n", (void *)guard);
@@ -120,8 +184,17 @@ int main(int argc, char **argv) {
     double x87_in = 3.25, x87_out = 0;
     uint64_t xmm_in[2] = {0x0123456789abcdefull, 0xfedcba9876543210ull}, xmm_out[2] = {0, 0};
 
+    int avx512 = have_avx512();
+    uint64_t zmm_in[8] = {1, 2, 3, 4, 5, 6, 7, 0x8000000000000008ull}, zmm_out[8] = {0};
+    uint64_t ymm_in[4] = {11, 12, 13, 14}, ymm_out[4] = {0};
     if (!strcmp(mode, "stop")) {
-        __asm__ volatile(
+        if (avx512) {
+            /* zmm31 (AVX-512 only), ymm8, xmm7 and x87 across the stop. */
+            stop_avx512(zmm_in, zmm_out, ymm_in, ymm_out, xmm_in, xmm_out, &x87_in, &x87_out);
+            if (memcmp(zmm_in, zmm_out, sizeof zmm_in)) fail("zmm31 changed across the stop");
+            if (memcmp(ymm_in, ymm_out, sizeof ymm_in)) fail("ymm8 changed across the stop");
+            fprintf(stderr, "INFO avx512 checked\n");
+        } else __asm__ volatile(
             "movdqu (%[xi]), %%xmm7\n\t"
             "fldl (%[fi])\n\t"
             "mov $62, %%eax\n\t"          /* kill(getpid(), SIGSTOP) */
@@ -176,7 +249,19 @@ int main(int argc, char **argv) {
     struct timespec now;
     if (clock_gettime(CLOCK_MONOTONIC, &now)) fail("clock_gettime");
     if (sbrk(4096) == (void *)-1) fail("brk growth after");
-    unlink(path);
+    void *more = malloc(1 << 20);
+    if (!more) fail("malloc after");
+    memset(more, 1, 1 << 20);
+    free(more);
+    for (int i = 0; i < 64; i++) {
+        for (int j = 0; j < 32 + i; j++) if (small[i][j] != (char)i) fail("small allocation");
+        free(small[i]);
+    }
+    int err = pthread_mutex_unlock(&mu);
+    if (err) { fprintf(stderr, "mutex unlock: %s\n", strerror(err)); fail("error-checking mutex unlock"); }
+    if (pthread_mutex_unlock(&mu) != EPERM) fail("mutex unlocked twice");
+    int cpu = sched_getcpu();
+    if (cpu < 0) fail("sched_getcpu");
     sum = mix(sum, usr1_hits);
     printf("PASS %016llx\n", (unsigned long long)sum);
     return 0;

@@ -17,6 +17,25 @@ pub fn cryo() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cryo"))
 }
 
+/// Mark every inherited fd above 2 close-on-exec, once: the programs the
+/// tests start must not inherit whatever the test runner was given (a
+/// stray pipe at fd 251 would be captured as part of the target).
+pub fn sanitize_fds() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for fd in fds.into_iter().filter(|&fd| fd > 2) {
+            // SAFETY: F_SETFD on an fd number; harmless if it is not open.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    });
+}
+
 /// A fresh scratch directory for one test.
 pub fn scratch(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("cryo-test-{tag}-{}", std::process::id()));
@@ -48,6 +67,7 @@ fn run_build(cmd: &mut Command, what: &str) {
 /// Names: `c-zdtm`, `c-zdtm-static`, `c-threads`, `c-socket`, `c-bigheap`,
 /// `rust-target`, `hs-datamap`, `hs-datamap-v0`.
 pub fn program(name: &str) -> PathBuf {
+    sanitize_fds();
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let mut built = BUILT
         .get_or_init(Default::default)
@@ -132,14 +152,21 @@ pub struct Target {
 impl Target {
     /// Start `program(name)` with args and wait for its READY line.
     pub fn start(name: &str, args: &[&str]) -> Target {
-        let exe = program(name);
-        let mut child = Command::new(&exe)
-            .args(args)
+        let mut cmd = Command::new(program(name));
+        cmd.args(args);
+        Target::spawn(cmd, name)
+    }
+
+    /// Start a prepared command (a program of `program()`, maybe copied or
+    /// with extra environment) and wait for its READY line.
+    pub fn spawn(mut cmd: Command, name: &str) -> Target {
+        sanitize_fds();
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         let out = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -239,6 +266,7 @@ pub fn plain_run(name: &str, args: &[&str], how: &str) -> String {
 
 /// Run cryo with args; returns (status code, stdout, stderr).
 pub fn cryo_cmd(args: &[&str]) -> (i32, String, String) {
+    sanitize_fds();
     let out = Command::new(cryo()).args(args).output().expect("run cryo");
     (
         out.status.code().unwrap_or(-1),

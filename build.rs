@@ -1,0 +1,55 @@
+//! Builds `cryo-shim` (its own cargo workspace, see shim/Cargo.toml) in
+//! release mode and puts it next to the `cryo` binary, where `cryo restore`
+//! looks for it. A separate workspace keeps cryo-image's `std` feature, which
+//! the rest of cryo enables, out of the no_std shim.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("manifest dir"));
+    for p in [
+        "shim/src",
+        "shim/Cargo.toml",
+        "shim/build.rs",
+        "image/src",
+        "image/Cargo.toml",
+    ] {
+        println!("cargo:rerun-if-changed={}", root.join(p).display());
+    }
+    // OUT_DIR is <target>/<profile>/build/cryo-<hash>/out.
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let profile_dir = out.ancestors().nth(3).expect("target/<profile>").to_owned();
+    let target_dir = profile_dir.parent().expect("target dir").join("shim");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root.join("shim"))
+        .args(["build", "--release", "--offline", "--target-dir"])
+        .arg(&target_dir);
+    // Nothing of the outer build's configuration applies to the shim.
+    for var in [
+        "CARGO_TARGET_DIR",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_BUILD_TARGET",
+        "CARGO_PROFILE_RELEASE_DEBUG",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("running cargo for cryo-shim");
+    if !status.success() {
+        panic!("building cryo-shim failed ({status})");
+    }
+    install(
+        &target_dir.join("release/cryo-shim"),
+        &profile_dir.join("cryo-shim"),
+    );
+}
+
+fn install(from: &Path, to: &Path) {
+    let tmp = to.with_extension("tmp");
+    std::fs::copy(from, &tmp).expect("copying cryo-shim");
+    std::fs::rename(&tmp, to).expect("installing cryo-shim");
+}

@@ -1,0 +1,259 @@
+//! The tracer that finishes a restore.
+//!
+//! The shim cannot unmap its own window (it would unmap the code it runs)
+//! and the restored program must not find a trace of cryo. So before the
+//! exec, `cryo restore` double-forks a tracer (reparented away from the
+//! restoring process, so the restored program never sees it as a child and
+//! never gets its SIGCHLD) that PTRACE_SEIZEs the restoring process. When
+//! the shim is done it executes `int3` with rdi = the signal frame and rsi =
+//! a magic value. The tracer then runs two system calls in the restored
+//! process through a `syscall` instruction of its vDSO: `munmap` of the
+//! window and `rt_sigreturn`, which loads the captured registers. It
+//! detaches (after queueing SIGSTOP for `--keep-stopped`) and exits.
+//! Signals that arrive meanwhile are passed through. PTRACE_O_EXITKILL: if
+//! the tracer dies first, the half-restored process dies too.
+
+use crate::RestoreError;
+use cryo_image::{SHIM_WINDOW, SHIM_WINDOW_LEN};
+
+/// rsi at the shim's final int3 (must match cryo-shim's HANDOFF_MAGIC).
+const HANDOFF_MAGIC: u64 = 0x4352_594f_5348_494d;
+
+pub fn start(gadget: u64, keep_stopped: bool, pending: u64) -> Result<(), RestoreError> {
+    // SAFETY: getpid takes no arguments.
+    let target = unsafe { libc::getpid() };
+    let mut p = [0i32; 2];
+    // SAFETY: pipe2 writes two fds into p.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(crate::sys("pipe"));
+    }
+    let (r, w) = (p[0], p[1]);
+    // SAFETY: this process is single-threaded here (restore runs no other
+    // threads), so the child may run ordinary code after fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(crate::sys("fork"));
+    }
+    if pid == 0 {
+        // SAFETY: setsid and fork take no pointers.
+        unsafe {
+            libc::setsid();
+            let t = libc::fork();
+            if t == 0 {
+                libc::close(r);
+                tracer_main(target, w, gadget, keep_stopped, pending);
+            }
+            libc::_exit(if t < 0 { 1 } else { 0 });
+        }
+    }
+    // SAFETY: close/waitpid/read with buffers we own.
+    unsafe {
+        libc::close(w);
+        let mut st = 0;
+        libc::waitpid(pid, &mut st, 0);
+        let mut b = [0u8; 1];
+        let n = libc::read(r, b.as_mut_ptr() as *mut libc::c_void, 1);
+        libc::close(r);
+        if n != 1 || b[0] != b'R' {
+            return Err(RestoreError::Sys {
+                what: "starting the restore tracer (PTRACE_SEIZE of this process)".into(),
+                source: std::io::Error::from_raw_os_error(if n == 1 {
+                    b[0] as i32
+                } else {
+                    libc::ECHILD
+                }),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn say(msg: &str) {
+    let m = format!("cryo restore (tracer): {msg}\n");
+    // SAFETY: write from a buffer we own.
+    unsafe { libc::write(2, m.as_ptr() as *const libc::c_void, m.len()) };
+}
+
+fn tracer_main(target: i32, w: i32, gadget: u64, keep_stopped: bool, pending: u64) -> ! {
+    // Hold nothing of the restored process's: pipes it writes to must see
+    // EOF when it exits, not when we do. Keep stderr for messages.
+    if let Ok(rd) = std::fs::read_dir("/proc/self/fd") {
+        let fds: Vec<i32> = rd
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        for fd in fds {
+            if fd != w && fd != 2 {
+                // SAFETY: closing inherited fds of this (tracer) process.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+    // SAFETY: PTRACE_SEIZE takes no pointers (data = options).
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SEIZE,
+            target,
+            0usize,
+            libc::PTRACE_O_EXITKILL as usize,
+        )
+    };
+    let code = if r < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(1) as u8
+    } else {
+        b'R'
+    };
+    // SAFETY: write one byte from a local.
+    unsafe {
+        libc::write(w, &code as *const u8 as *const libc::c_void, 1);
+        libc::close(w);
+    }
+    if r < 0 {
+        // SAFETY: _exit never returns.
+        unsafe { libc::_exit(1) };
+    }
+    let rc = match trace(target, gadget, keep_stopped, pending) {
+        Ok(()) => 0,
+        Err(e) => {
+            say(&e);
+            // SAFETY: kill takes integers; a half-restored process must not run.
+            unsafe { libc::kill(target, libc::SIGKILL) };
+            1
+        }
+    };
+    // SAFETY: _exit never returns.
+    unsafe { libc::_exit(rc) }
+}
+
+fn wait(pid: i32) -> Result<i32, String> {
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid writes one int.
+        let r = unsafe { libc::waitpid(pid, &mut st, libc::__WALL) };
+        if r == pid {
+            return Ok(st);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(format!("waitpid: {e}"));
+        }
+    }
+}
+
+fn regs(pid: i32) -> Result<libc::user_regs_struct, String> {
+    // SAFETY: user_regs_struct is plain data; all-zero is valid.
+    let mut r: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+    // SAFETY: PTRACE_GETREGS writes one user_regs_struct.
+    if unsafe { libc::ptrace(libc::PTRACE_GETREGS, pid, 0usize, &mut r as *mut _) } < 0 {
+        return Err(format!(
+            "PTRACE_GETREGS: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(r)
+}
+
+fn set_regs(pid: i32, r: &libc::user_regs_struct) -> Result<(), String> {
+    // SAFETY: PTRACE_SETREGS reads one user_regs_struct.
+    if unsafe { libc::ptrace(libc::PTRACE_SETREGS, pid, 0usize, r as *const _) } < 0 {
+        return Err(format!(
+            "PTRACE_SETREGS: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+fn resume(req: libc::c_uint, pid: i32, sig: i32) -> Result<(), String> {
+    // SAFETY: resuming requests take no pointers; data is a signal number.
+    if unsafe { libc::ptrace(req, pid, 0usize, sig as usize) } < 0 {
+        return Err(format!(
+            "ptrace resume: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+fn trace(pid: i32, gadget: u64, keep_stopped: bool, pending: u64) -> Result<(), String> {
+    loop {
+        let st = wait(pid)?;
+        if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+            return Ok(()); // the shim failed (it said why) or was killed
+        }
+        let sig = libc::WSTOPSIG(st);
+        let event = st >> 16;
+        if event == libc::PTRACE_EVENT_STOP {
+            // Group-stop (someone stopped it): stay stopped until SIGCONT.
+            resume(libc::PTRACE_LISTEN as libc::c_uint, pid, 0)?;
+            continue;
+        }
+        if event != 0 || sig != libc::SIGTRAP {
+            resume(libc::PTRACE_CONT, pid, sig)?;
+            continue;
+        }
+        let r = regs(pid)?;
+        if r.rsi != HANDOFF_MAGIC || r.rip < SHIM_WINDOW || r.rip >= SHIM_WINDOW + SHIM_WINDOW_LEN {
+            resume(libc::PTRACE_CONT, pid, sig)?;
+            continue;
+        }
+        return finish(pid, r, gadget, keep_stopped, pending);
+    }
+}
+
+fn finish(
+    pid: i32,
+    at_trap: libc::user_regs_struct,
+    gadget: u64,
+    keep_stopped: bool,
+    pending: u64,
+) -> Result<(), String> {
+    let frame_sp = at_trap.rdi;
+    // munmap(window) from the program's vDSO.
+    let mut r = at_trap;
+    r.rax = libc::SYS_munmap as u64;
+    r.orig_rax = u64::MAX;
+    r.rdi = SHIM_WINDOW;
+    r.rsi = SHIM_WINDOW_LEN;
+    r.rip = gadget;
+    r.rsp = frame_sp;
+    set_regs(pid, &r)?;
+    resume(libc::PTRACE_SINGLESTEP, pid, 0)?;
+    loop {
+        let st = wait(pid)?;
+        if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+            return Err("the restored process died while its shim window was being removed".into());
+        }
+        if libc::WSTOPSIG(st) == libc::SIGTRAP && st >> 16 == 0 {
+            break;
+        }
+        // All signals are blocked in the shim; only SIGSTOP can get here.
+        resume(libc::PTRACE_SINGLESTEP, pid, 0)?;
+    }
+    let after = regs(pid)?;
+    if after.rax != 0 {
+        return Err(format!(
+            "munmap of the shim window failed: errno {}",
+            -(after.rax as i64)
+        ));
+    }
+    // rt_sigreturn: every register, the xsave state and the signal mask
+    // come from the frame the shim built.
+    let mut r = after;
+    r.rax = libc::SYS_rt_sigreturn as u64;
+    r.orig_rax = u64::MAX;
+    r.rip = gadget;
+    r.rsp = frame_sp;
+    set_regs(pid, &r)?;
+    if keep_stopped {
+        // SAFETY: kill takes integers.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+    }
+    resume(libc::PTRACE_DETACH as libc::c_uint, pid, 0)?;
+    for sig in 1..=64 {
+        if pending & (1u64 << (sig - 1)) != 0 {
+            // SAFETY: kill takes integers.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! Raw system calls and the memory functions the compiler expects. The shim
+//! has no libc: this file is the only place that talks to the kernel.
+
+use core::arch::asm;
+
+pub const SYS_WRITE: usize = 1;
+pub const SYS_OPEN: usize = 2;
+pub const SYS_CLOSE: usize = 3;
+pub const SYS_FSTAT: usize = 5;
+pub const SYS_LSEEK: usize = 8;
+pub const SYS_MMAP: usize = 9;
+pub const SYS_MPROTECT: usize = 10;
+pub const SYS_MUNMAP: usize = 11;
+pub const SYS_RT_SIGACTION: usize = 13;
+pub const SYS_RT_SIGPROCMASK: usize = 14;
+pub const SYS_PREAD64: usize = 17;
+pub const SYS_MREMAP: usize = 25;
+pub const SYS_MADVISE: usize = 28;
+pub const SYS_SETITIMER: usize = 38;
+pub const SYS_GETPID: usize = 39;
+pub const SYS_EXIT_GROUP: usize = 231;
+pub const SYS_PRCTL: usize = 157;
+pub const SYS_ARCH_PRCTL: usize = 158;
+pub const SYS_TIMER_CREATE: usize = 222;
+pub const SYS_TIMER_SETTIME: usize = 223;
+pub const SYS_SET_ROBUST_LIST: usize = 273;
+pub const SYS_RSEQ: usize = 334;
+
+pub const O_RDONLY: usize = 0;
+pub const O_RDWR: usize = 2;
+pub const O_CLOEXEC: usize = 0o2000000;
+pub const EEXIST: isize = 17;
+
+pub const PROT_READ: usize = 1;
+pub const PROT_WRITE: usize = 2;
+pub const PROT_EXEC: usize = 4;
+pub const MAP_SHARED: usize = 0x01;
+pub const MAP_PRIVATE: usize = 0x02;
+pub const MAP_ANONYMOUS: usize = 0x20;
+pub const MAP_GROWSDOWN: usize = 0x100;
+pub const MAP_NORESERVE: usize = 0x4000;
+pub const MAP_FIXED_NOREPLACE: usize = 0x100000;
+pub const MREMAP_MAYMOVE: usize = 1;
+pub const MREMAP_FIXED: usize = 2;
+
+/// A raw system call with up to six arguments; returns the kernel's value
+/// (negative errno on failure).
+#[inline(always)]
+pub fn syscall6(nr: usize, a: usize, b: usize, c: usize, d: usize, e: usize, f: usize) -> isize {
+    let ret: isize;
+    // SAFETY: the x86_64 syscall ABI: rax = nr, args in rdi, rsi, rdx, r10,
+    // r8, r9; the kernel clobbers rcx and r11. Memory effects depend on the
+    // call, which is why callers pass only pointers to memory they own.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") nr as isize => ret,
+            in("rdi") a, in("rsi") b, in("rdx") c, in("r10") d, in("r8") e, in("r9") f,
+            lateout("rcx") _, lateout("r11") _,
+            options(nostack)
+        );
+    }
+    ret
+}
+
+#[inline(always)]
+pub fn syscall3(nr: usize, a: usize, b: usize, c: usize) -> isize {
+    syscall6(nr, a, b, c, 0, 0, 0)
+}
+
+pub fn write(fd: usize, b: &[u8]) {
+    let _ = syscall3(SYS_WRITE, fd, b.as_ptr() as usize, b.len());
+}
+
+pub fn exit(code: i32) -> ! {
+    syscall3(SYS_EXIT_GROUP, code as usize, 0, 0);
+    // SAFETY: exit_group does not return; this is never reached.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+/// pread into `len` bytes at address `dst` (loops over short reads).
+pub fn pread_all(fd: usize, dst: usize, len: usize, off: u64) -> Result<(), isize> {
+    let mut done = 0usize;
+    while done < len {
+        let chunk = (len - done).min(1 << 30);
+        let r = syscall6(
+            SYS_PREAD64,
+            fd,
+            dst + done,
+            chunk,
+            off as usize + done,
+            0,
+            0,
+        );
+        if r == -4 {
+            continue; // EINTR
+        }
+        if r <= 0 {
+            return Err(if r == 0 { -5 } else { r });
+        }
+        done += r as usize;
+    }
+    Ok(())
+}
+
+// The compiler lowers copies and fills to these symbols; with no libc the
+// shim provides them. `rep movsb/stosb` cannot be turned back into calls.
+
+/// # Safety
+/// `dst` and `src` must be valid for `n` bytes and not overlap.
+#[no_mangle]
+pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    // SAFETY: the caller guarantees both ranges are valid for n bytes.
+    unsafe {
+        asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _, inout("rsi") src => _, options(nostack, preserves_flags));
+    }
+    dst
+}
+
+/// # Safety
+/// `dst` and `src` must be valid for `n` bytes (they may overlap).
+#[no_mangle]
+pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    if (dst as usize) <= (src as usize) || (dst as usize) >= (src as usize) + n {
+        // SAFETY: forward copy is correct when dst is before src or disjoint.
+        return unsafe { memcpy(dst, src, n) };
+    }
+    // SAFETY: backward copy with the direction flag, restored after.
+    unsafe {
+        asm!(
+            "std", "rep movsb", "cld",
+            inout("rcx") n => _,
+            inout("rdi") dst.add(n - 1) => _,
+            inout("rsi") src.add(n - 1) => _,
+            options(nostack)
+        );
+    }
+    dst
+}
+
+/// # Safety
+/// `dst` must be valid for `n` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
+    // SAFETY: the caller guarantees dst is valid for n bytes.
+    unsafe {
+        asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _, in("al") c as u8, options(nostack, preserves_flags));
+    }
+    dst
+}
+
+/// # Safety
+/// `a` and `b` must be valid for `n` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    let mut i = 0;
+    while i < n {
+        // SAFETY: i < n and both ranges are valid for n bytes.
+        let (x, y) = unsafe {
+            (
+                core::ptr::read_volatile(a.add(i)),
+                core::ptr::read_volatile(b.add(i)),
+            )
+        };
+        if x != y {
+            return x as i32 - y as i32;
+        }
+        i += 1;
+    }
+    0
+}
+
+/// # Safety
+/// `a` and `b` must be valid for `n` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    // SAFETY: same contract as memcmp.
+    unsafe { memcmp(a, b, n) }
+}

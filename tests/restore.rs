@@ -1,0 +1,401 @@
+//! End-to-end restore tests: real programs build state, are captured (and
+//! killed), then restored — each image more than once — and must go on to
+//! print exactly what an uninterrupted run prints, and exit 0. Error paths
+//! must be refused before the exec, leaving the image untouched.
+
+mod support;
+
+use cryo_image::load::LoadedImage;
+use cryo_image::{checksum, DirEntry, Field, DIR_ENTRY_SIZE, HEADER_SIZE};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::*;
+
+/// A `cryo restore` run: the restored program's stdio are its.
+struct Restored {
+    child: std::process::Child,
+    pid: i32,
+}
+
+impl Restored {
+    fn start(img: &Path, extra: &[&str]) -> Restored {
+        sanitize_fds();
+        let child = Command::new(cryo())
+            .arg("restore")
+            .args(extra)
+            .arg(img)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cryo restore");
+        Restored {
+            pid: child.id() as i32,
+            child,
+        }
+    }
+
+    fn poke_stdin(&mut self) {
+        let s = self.child.stdin.as_mut().expect("stdin");
+        s.write_all(b"x").expect("write stdin");
+        s.flush().ok();
+    }
+
+    /// Wait for exit (bounded); (code, stdout, stderr).
+    fn finish(mut self) -> (i32, String, String) {
+        drop(self.child.stdin.take());
+        let mut out = String::new();
+        let mut err = String::new();
+        let mut so = self.child.stdout.take().expect("stdout");
+        let mut se = self.child.stderr.take().expect("stderr");
+        let t = std::thread::spawn(move || {
+            let mut e = String::new();
+            let _ = se.read_to_string(&mut e);
+            e
+        });
+        let _ = so.read_to_string(&mut out);
+        err.push_str(&t.join().unwrap_or_default());
+        let st = self.child.wait().expect("wait");
+        use std::os::unix::process::ExitStatusExt;
+        let code = st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
+        (code, out, err)
+    }
+}
+
+fn last_line(s: &str) -> &str {
+    s.lines().last().unwrap_or("")
+}
+
+/// Start NAME ARGS, bring it to the capture point `how`, capture it with
+/// --kill into a fresh image; returns the image dir.
+fn capture_killed(name: &str, args: &[&str], how: &str, tag: &str) -> std::path::PathBuf {
+    let dir = scratch(tag);
+    let img = dir.join("img");
+    let t = Target::start(name, args);
+    match how {
+        "stop" => t.wait_stopped(),
+        "busy" => std::thread::sleep(Duration::from_millis(200)),
+        _ => t.wait_sleeping(),
+    }
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "capture: {err}");
+    let (_, _, _) = t.finish();
+    img
+}
+
+/// Plain run for the expected output, then capture + restore twice.
+fn round_trip(name: &str, args: &[&str], how: &str) {
+    let expected = plain_run(name, args, how);
+    let tag = format!("rt-{name}-{how}");
+    let img = capture_killed(name, args, how, &tag);
+    let before = image_digest(&img);
+    for i in 0..2 {
+        let mut r = Restored::start(&img, &[]);
+        if how == "read" {
+            r.poke_stdin();
+        }
+        let (code, out, err) = r.finish();
+        assert_eq!(
+            (code, last_line(&out)),
+            (0, expected.as_str()),
+            "restore #{i} of {name} ({how}): stderr:\n{err}"
+        );
+        if name.starts_with("c-zdtm") {
+            assert!(err.contains("ATEXIT ok"), "atexit handler ran: {err}");
+        }
+    }
+    assert_eq!(
+        image_digest(&img),
+        before,
+        "restore must not change the image"
+    );
+}
+
+/// Hash of every file in the image directory.
+fn image_digest(img: &Path) -> u64 {
+    let mut h = 0u64;
+    for f in [cryo_image::META_FILE, cryo_image::PAGES_FILE] {
+        let b = std::fs::read(img.join(f)).expect("image file");
+        h ^= checksum(&b).rotate_left(h as u32 & 63);
+    }
+    h
+}
+
+fn zdtm_args(dir: &Path, mode: &str) -> Vec<String> {
+    vec![mode.to_owned(), dir.to_str().unwrap().to_owned()]
+}
+
+fn zdtm(name: &str, how: &str) {
+    let dir = scratch(&format!("zfiles-{name}-{how}"));
+    let args = zdtm_args(&dir, how);
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    round_trip(name, &args, how);
+}
+
+#[test]
+fn c_dynamic_at_self_stop() {
+    zdtm("c-zdtm", "stop");
+}
+
+#[test]
+fn c_dynamic_blocked_in_read() {
+    zdtm("c-zdtm", "read");
+}
+
+#[test]
+fn c_dynamic_in_nanosleep() {
+    zdtm("c-zdtm", "sleep");
+}
+
+#[test]
+fn c_dynamic_busy_loop() {
+    zdtm("c-zdtm", "busy");
+}
+
+#[test]
+fn c_static_at_self_stop() {
+    zdtm("c-zdtm-static", "stop");
+}
+
+#[test]
+fn c_static_blocked_in_read() {
+    zdtm("c-zdtm-static", "read");
+}
+
+#[test]
+fn rust_std_program() {
+    round_trip("rust-target", &["stop"], "stop");
+}
+
+#[test]
+fn ghc_v0_program() {
+    round_trip("hs-datamap-v0", &["stop", "20000"], "stop");
+}
+
+#[test]
+fn ghc_program_timer_keeps_ticking() {
+    round_trip("hs-datamap", &["stop", "20000"], "stop");
+    // The RTS timer is back, same id and signal, and it fires.
+    let img = capture_killed("hs-datamap", &["stop", "20000"], "stop", "ghc-tick");
+    let r = Restored::start(&img, &["--keep-stopped"]);
+    wait_for(
+        "the restored process to stop",
+        Duration::from_secs(10),
+        || state(r.pid) == Some('T'),
+    );
+    let timers = std::fs::read_to_string(format!("/proc/{}/timers", r.pid)).unwrap_or_default();
+    assert!(
+        timers.contains("signal: 26/"),
+        "SIGVTALRM timer restored: {timers}"
+    );
+    // SAFETY: kill takes integers.
+    unsafe { libc::kill(r.pid, libc::SIGCONT) };
+    let (code, out, err) = r.finish();
+    assert_eq!(code, 0, "{err}");
+    assert!(last_line(&out).starts_with("PASS "), "{out}");
+}
+
+#[test]
+fn maps_equal_the_capture_and_no_trace_of_cryo() {
+    let dir = scratch("maps");
+    let args = zdtm_args(&dir, "stop");
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let img = capture_killed("c-zdtm", &args, "stop", "maps-img");
+    let r = Restored::start(&img, &["--keep-stopped"]);
+    wait_for(
+        "the restored process to stop",
+        Duration::from_secs(10),
+        || state(r.pid) == Some('T'),
+    );
+    let loaded = LoadedImage::open(&img).expect("image");
+    let im = loaded.image().unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", r.pid)).expect("maps");
+    let live: Vec<(u64, u64, String, String)> = maps
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (a, b) = f[0].split_once('-').unwrap();
+            (
+                u64::from_str_radix(a, 16).unwrap(),
+                u64::from_str_radix(b, 16).unwrap(),
+                f[1].to_owned(),
+                f.get(5).copied().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let captured: Vec<(u64, u64, String)> = im
+        .vmas()
+        .iter()
+        .map(|v| (v.start, v.end, im.str(v.name).unwrap_or("").to_owned()))
+        .collect();
+    let live3: Vec<(u64, u64, String)> = live.iter().map(|l| (l.0, l.1, l.3.clone())).collect();
+    assert_eq!(live3, captured, "restored /proc/PID/maps vs the image");
+    assert!(!maps.contains("cryo"), "no trace of cryo in maps:\n{maps}");
+    let exe = std::fs::read_link(format!("/proc/{}/exe", r.pid)).expect("exe");
+    assert_eq!(
+        exe,
+        program("c-zdtm"),
+        "/proc/PID/exe names the program again"
+    );
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", r.pid)).unwrap();
+    assert_eq!(comm.trim(), "c-zdtm");
+    // SAFETY: kill takes integers.
+    unsafe { libc::kill(r.pid, libc::SIGCONT) };
+    let (code, out, err) = r.finish();
+    assert_eq!(code, 0, "{err}");
+    assert!(last_line(&out).starts_with("PASS "), "{out}");
+}
+
+/// Restore must refuse, with `want` in its one-line error, and leave the
+/// image as it was.
+fn refused(img: &Path, want: &str) {
+    let before = image_digest(img);
+    let r = Restored::start(img, &[]);
+    let (code, out, err) = r.finish();
+    assert_eq!(code, 1, "refused: out {out} err {err}");
+    assert!(err.contains(want), "error names the cause ({want}): {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert_eq!(image_digest(img), before, "image untouched");
+}
+
+#[test]
+fn file_behind_mapping_changed() {
+    let dir = scratch("changed");
+    let exe = dir.join("zdtm-copy");
+    std::fs::copy(program("c-zdtm"), &exe).unwrap();
+    let mut cmd = Command::new(&exe);
+    cmd.args(["stop", dir.to_str().unwrap()]);
+    let t = Target::spawn(cmd, "zdtm-copy");
+    t.wait_stopped();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    t.finish();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&exe).unwrap();
+    f.write_all(b"\0").unwrap();
+    drop(f);
+    refused(&img, "changed since capture");
+}
+
+#[test]
+fn vdso_differs() {
+    let dir = scratch("vdso");
+    let args = zdtm_args(&dir, "stop");
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let img = capture_killed("c-zdtm", &args, "stop", "vdso-img");
+    // Rewrite the recorded vDSO hash (and re-seal the checksums), as an
+    // image from another kernel would look.
+    let path = img.join(cryo_image::META_FILE);
+    let mut meta = std::fs::read(&path).unwrap();
+    let hash = {
+        let l = LoadedImage::open(&img).unwrap();
+        l.image().unwrap().process().vdso_hash
+    };
+    let at = meta
+        .windows(8)
+        .position(|w| w == hash.to_le_bytes())
+        .expect("hash in meta");
+    meta[at] ^= 0xff;
+    reseal(&mut meta);
+    std::fs::write(&path, &meta).unwrap();
+    refused(&img, "vDSO differs");
+}
+
+#[test]
+fn mapping_in_shim_window() {
+    let dir = scratch("window");
+    let mut cmd = Command::new(program("c-zdtm"));
+    cmd.args(["stop", dir.to_str().unwrap()]).env(
+        "ZDTM_MAP_AT",
+        format!("{:#x}", cryo_image::SHIM_WINDOW + 0x10_0000),
+    );
+    let t = Target::spawn(cmd, "c-zdtm");
+    t.wait_stopped();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    t.finish();
+    refused(&img, "overlaps cryo-shim's window");
+}
+
+#[test]
+fn corrupted_pages_file() {
+    let dir = scratch("corrupt-pages");
+    let args = zdtm_args(&dir, "stop");
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let img = capture_killed("c-zdtm", &args, "stop", "corrupt-img");
+    let path = img.join(cryo_image::PAGES_FILE);
+    let mut pages = std::fs::read(&path).unwrap();
+    let mid = pages.len() / 2;
+    pages[mid] ^= 0x40;
+    std::fs::write(&path, &pages).unwrap();
+    refused(&img, "checksum");
+}
+
+#[test]
+fn pipe_at_fd3_needs_inherit_fd() {
+    // A pipe the program had at fd 3 was connected to the outside: restore
+    // refuses unless told which of its fds to give, then works.
+    let dir = scratch("pipefd");
+    let exe = program("c-zdtm");
+    // fd 3 = a copy of stdin, which the test harness made a pipe.
+    let script = format!("exec {} stop {} 3<&0", exe.display(), dir.display());
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", &script]);
+    let t = Target::spawn(cmd, "c-zdtm via bash");
+    t.wait_stopped();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    t.finish();
+    let r = Restored::start(&img, &[]);
+    let (code, _, err) = r.finish();
+    assert_eq!(code, 1);
+    assert!(err.contains("--inherit-fd 3"), "{err}");
+    let r = Restored::start(&img, &["--inherit-fd", "3=0"]);
+    let (code, out, err) = r.finish();
+    assert_eq!(code, 0, "{err}");
+    assert!(last_line(&out).starts_with("PASS "), "{out}");
+}
+
+/// Recompute directory, section and header checksums after an edit.
+fn reseal(meta: &mut [u8]) {
+    let n = u32::get(&meta[16..]) as usize;
+    let hs = u32::get(&meta[12..]) as usize;
+    assert!(hs >= HEADER_SIZE);
+    for i in 0..n {
+        let at = hs + i * DIR_ENTRY_SIZE;
+        let e = DirEntry::decode(&meta[at..]);
+        let end = (e.offset + e.count * e.record_size as u64) as usize;
+        let sum = checksum(&meta[e.offset as usize..end]);
+        sum.put(&mut meta[at + 24..]);
+    }
+    let dsum = checksum(&meta[hs..hs + n * DIR_ENTRY_SIZE]);
+    dsum.put(&mut meta[40..]);
+    let bsum = checksum(&meta[hs..]);
+    bsum.put(&mut meta[48..]);
+    let hsum = checksum(&meta[..56]);
+    hsum.put(&mut meta[56..]);
+}
