@@ -76,6 +76,8 @@ pub struct Options {
     pub shim: PathBuf,
     /// Skip the pages checksum pass (the shim still checks the tables).
     pub no_verify: bool,
+    /// The shim prints its phase times on stderr.
+    pub phases: bool,
 }
 
 /// A restore that passed every check and is ready to exec.
@@ -303,7 +305,8 @@ impl Plan {
             meta_fd.to_string(),
             pages_fd.to_string(),
             self.tid_offset.to_string(),
-            "0".to_owned(),
+            if self.opts.phases { "2" } else { "0" }.to_owned(),
+            monotonic_ns().to_string(),
         ]
         .into_iter()
         .map(|s| CString::new(s).expect("no NUL"))
@@ -328,6 +331,16 @@ impl IntoSys for std::io::Error {
             source: self,
         }
     }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn xgetbv0() -> u64 {

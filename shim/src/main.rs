@@ -48,6 +48,30 @@ const PG: usize = PAGE_SIZE as usize;
 pub const HANDOFF_MAGIC: usize = 0x4352_594f_5348_494d; // "CRYOSHIM"
 /// FLAGS bit: no tracer; `rt_sigreturn` directly and leave the window.
 const FLAG_SELF_SIGRETURN: usize = 1;
+/// FLAGS bit: print phase times (CLOCK_MONOTONIC) on stderr before the
+/// hand-off (`cryo restore --phases`; argv[5] is cryo's stamp before exec).
+const FLAG_PHASES: usize = 2;
+
+fn now_ns() -> u64 {
+    let mut ts = [0i64; 2];
+    syscall3(SYS_CLOCK_GETTIME, 1, ts.as_mut_ptr() as usize, 0);
+    ts[0] as u64 * 1_000_000_000 + ts[1] as u64
+}
+
+/// Phase stamps, printed when FLAG_PHASES is set.
+struct Phases {
+    t: [u64; 8],
+    n: usize,
+}
+
+impl Phases {
+    fn mark(&mut self, on: bool) {
+        if on && self.n < self.t.len() {
+            self.t[self.n] = now_ns();
+            self.n += 1;
+        }
+    }
+}
 
 core::arch::global_asm!(
     ".globl _start",
@@ -157,6 +181,7 @@ struct Args {
     pages_fd: usize,
     tid_offset: usize,
     flags: usize,
+    exec_ns: u64,
 }
 
 fn parse_num(p: *const u8) -> Option<usize> {
@@ -206,10 +231,14 @@ extern "C" fn shim_main(sp: *const usize) -> ! {
         pages_fd,
         tid_offset,
         flags,
+        exec_ns: arg(5).unwrap_or(0) as u64,
     })
 }
 
 fn restore(a: &Args) -> ! {
+    let on = a.flags & FLAG_PHASES != 0;
+    let mut ph = Phases { t: [0; 8], n: 0 };
+    ph.mark(on);
     // No signal may run a handler while the address space is half built;
     // the final rt_sigreturn installs the program's own mask.
     let all: u64 = !0;
@@ -340,6 +369,7 @@ fn restore(a: &Args) -> ! {
 
     // 3. Run from anonymous memory: PR_SET_MM_MAP refuses to replace the
     //    executable (EBUSY) while the shim's own file is still mapped.
+    ph.mark(on);
     relocate_self();
 
     // 4. Point of no return: unmap everything outside the window.
@@ -369,6 +399,7 @@ fn restore(a: &Args) -> ! {
         }
     }
 
+    ph.mark(on);
     // 6. Every mapping, then its pages.
     let mut prev: Option<Vma> = None;
     for v in img.vmas().iter() {
@@ -383,6 +414,7 @@ fn restore(a: &Args) -> ! {
         prev = Some(v);
     }
 
+    ph.mark(on);
     // 7. mm fields, with auxv and the executable.
     let mut n = 0usize;
     for e in img.auxv().iter() {
@@ -469,6 +501,23 @@ fn restore(a: &Args) -> ! {
 
     // 10. The signal frame, and into the program.
     let frame_sp = build_sigframe(&img);
+    ph.mark(on);
+    if on {
+        let us = |a: u64, b: u64| b.saturating_sub(a) / 1000;
+        let t = ph.t;
+        let mut m = Msg { b: [0; 768], n: 0 };
+        let _ = writeln!(
+            m,
+            "cryo-shim phases (us): exec {} | image+files {} | unmap+vdso {} | map+fill {} | state+frame {} | shim total {}",
+            if a.exec_ns != 0 { us(a.exec_ns, t[0]) } else { 0 },
+            us(t[0], t[1]),
+            us(t[1], t[2]),
+            us(t[2], t[3]),
+            us(t[3], t[4]),
+            us(t[0], t[4]),
+        );
+        write(2, &m.b[..m.n]);
+    }
     if a.flags & FLAG_SELF_SIGRETURN != 0 {
         // SAFETY: frame_sp points just above a complete rt_sigframe; the
         // kernel loads every register from it and never returns here.

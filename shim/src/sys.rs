@@ -23,6 +23,7 @@ pub const SYS_PRCTL: usize = 157;
 pub const SYS_ARCH_PRCTL: usize = 158;
 pub const SYS_TIMER_CREATE: usize = 222;
 pub const SYS_TIMER_SETTIME: usize = 223;
+pub const SYS_CLOCK_GETTIME: usize = 228;
 pub const SYS_SET_ROBUST_LIST: usize = 273;
 pub const SYS_RSEQ: usize = 334;
 

@@ -39,6 +39,10 @@ pub struct RestoreArgs {
     /// Check everything and report, but do not restore.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the shim's phase times (exec, image, unmap, map+fill, state)
+    /// on stderr, for benchmarks.
+    #[arg(long)]
+    pub phases: bool,
 }
 
 fn parse_inherit(s: &str) -> Result<(i32, i32), String> {
@@ -61,6 +65,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         inherit_fds: args.inherit_fd.clone(),
         shim: crate::cmd::check::shim_path(),
         no_verify: args.no_verify,
+        phases: args.phases,
     };
     let plan = cryo_restore::prepare(&args.dir, opts)
         .with_context(|| format!("cannot restore {}", args.dir.display()))?;
