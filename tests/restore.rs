@@ -5,8 +5,8 @@
 
 mod support;
 
+use cryo_image::checksum;
 use cryo_image::load::LoadedImage;
-use cryo_image::{checksum, DirEntry, Field, DIR_ENTRY_SIZE, HEADER_SIZE};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -71,14 +71,21 @@ fn last_line(s: &str) -> &str {
 /// Start NAME ARGS, bring it to the capture point `how`, capture it with
 /// --kill into a fresh image; returns the image dir.
 fn capture_killed(name: &str, args: &[&str], how: &str, tag: &str) -> std::path::PathBuf {
-    let dir = scratch(tag);
-    let img = dir.join("img");
-    let t = Target::start(name, args);
+    let mut cmd = Command::new(program(name));
+    cmd.args(args);
+    capture_cmd(cmd, name, how, &scratch(tag))
+}
+
+/// Start `cmd`, bring it to the capture point `how`, capture it with --kill
+/// into `dir/img`; returns the image dir.
+fn capture_cmd(cmd: Command, name: &str, how: &str, dir: &Path) -> std::path::PathBuf {
+    let t = Target::spawn(cmd, name);
     match how {
         "stop" => t.wait_stopped(),
         "busy" => std::thread::sleep(Duration::from_millis(200)),
         _ => t.wait_sleeping(),
     }
+    let img = dir.join("img");
     let (code, _, err) = cryo_cmd(&[
         "capture",
         "--kill",
@@ -86,7 +93,7 @@ fn capture_killed(name: &str, args: &[&str], how: &str, tag: &str) -> std::path:
         img.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "capture: {err}");
-    let (_, _, _) = t.finish();
+    t.finish();
     img
 }
 
@@ -272,17 +279,7 @@ fn file_behind_mapping_changed() {
     std::fs::copy(program("c-zdtm"), &exe).unwrap();
     let mut cmd = Command::new(&exe);
     cmd.args(["stop", dir.to_str().unwrap()]);
-    let t = Target::spawn(cmd, "zdtm-copy");
-    t.wait_stopped();
-    let img = dir.join("img");
-    let (code, _, err) = cryo_cmd(&[
-        "capture",
-        "--kill",
-        &t.pid.to_string(),
-        img.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    t.finish();
+    let img = capture_cmd(cmd, "zdtm-copy", "stop", &dir);
     let mut f = std::fs::OpenOptions::new().append(true).open(&exe).unwrap();
     f.write_all(b"\0").unwrap();
     drop(f);
@@ -308,7 +305,7 @@ fn vdso_differs() {
         .position(|w| w == hash.to_le_bytes())
         .expect("hash in meta");
     meta[at] ^= 0xff;
-    reseal(&mut meta);
+    cryo_image::write::reseal(&mut meta);
     std::fs::write(&path, &meta).unwrap();
     refused(&img, "vDSO differs");
 }
@@ -321,17 +318,7 @@ fn mapping_in_shim_window() {
         "ZDTM_MAP_AT",
         format!("{:#x}", cryo_image::SHIM_WINDOW + 0x10_0000),
     );
-    let t = Target::spawn(cmd, "c-zdtm");
-    t.wait_stopped();
-    let img = dir.join("img");
-    let (code, _, err) = cryo_cmd(&[
-        "capture",
-        "--kill",
-        &t.pid.to_string(),
-        img.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    t.finish();
+    let img = capture_cmd(cmd, "c-zdtm", "stop", &dir);
     refused(&img, "overlaps cryo-shim's window");
 }
 
@@ -359,17 +346,7 @@ fn pipe_at_fd3_needs_inherit_fd() {
     let script = format!("exec {} stop {} 3<&0", exe.display(), dir.display());
     let mut cmd = Command::new("bash");
     cmd.args(["-c", &script]);
-    let t = Target::spawn(cmd, "c-zdtm via bash");
-    t.wait_stopped();
-    let img = dir.join("img");
-    let (code, _, err) = cryo_cmd(&[
-        "capture",
-        "--kill",
-        &t.pid.to_string(),
-        img.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    t.finish();
+    let img = capture_cmd(cmd, "c-zdtm via bash", "stop", &dir);
     let r = Restored::start(&img, &[]);
     let (code, _, err) = r.finish();
     assert_eq!(code, 1);
@@ -378,24 +355,4 @@ fn pipe_at_fd3_needs_inherit_fd() {
     let (code, out, err) = r.finish();
     assert_eq!(code, 0, "{err}");
     assert!(last_line(&out).starts_with("PASS "), "{out}");
-}
-
-/// Recompute directory, section and header checksums after an edit.
-fn reseal(meta: &mut [u8]) {
-    let n = u32::get(&meta[16..]) as usize;
-    let hs = u32::get(&meta[12..]) as usize;
-    assert!(hs >= HEADER_SIZE);
-    for i in 0..n {
-        let at = hs + i * DIR_ENTRY_SIZE;
-        let e = DirEntry::decode(&meta[at..]);
-        let end = (e.offset + e.count * e.record_size as u64) as usize;
-        let sum = checksum(&meta[e.offset as usize..end]);
-        sum.put(&mut meta[at + 24..]);
-    }
-    let dsum = checksum(&meta[hs..hs + n * DIR_ENTRY_SIZE]);
-    dsum.put(&mut meta[40..]);
-    let bsum = checksum(&meta[hs..]);
-    bsum.put(&mut meta[48..]);
-    let hsum = checksum(&meta[..56]);
-    hsum.put(&mut meta[56..]);
 }

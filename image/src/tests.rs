@@ -201,40 +201,11 @@ proptest! {
             let p = pos % meta.len();
             meta[p] = val;
         }
-        fix_checksums(&mut meta);
+        super::write::reseal(&mut meta);
         if let Ok(img) = Image::parse(&meta) {
             let _ = img.validate();
             let _ = img.verify_pages(&pages);
             for v in img.vmas().iter() { let _ = img.str(v.name); }
         }
     }
-}
-
-/// Recompute the directory, section and header checksums in place, where the
-/// layout still allows it.
-fn fix_checksums(meta: &mut [u8]) {
-    if meta.len() < HEADER_SIZE {
-        return;
-    }
-    let n = (u32::get(&meta[16..]) as usize).min(MAX_SECTIONS);
-    let hs = (u32::get(&meta[12..]) as usize).clamp(HEADER_SIZE, 4096);
-    if hs + n * DIR_ENTRY_SIZE > meta.len() {
-        return;
-    }
-    for i in 0..n {
-        let at = hs + i * DIR_ENTRY_SIZE;
-        let e = DirEntry::decode(&meta[at..]);
-        let size = e.count.saturating_mul(e.record_size as u64);
-        let end = e.offset.saturating_add(size);
-        if end <= meta.len() as u64 {
-            let sum = checksum(&meta[e.offset as usize..end as usize]);
-            sum.put(&mut meta[at + 24..]);
-        }
-    }
-    let dsum = checksum(&meta[hs..hs + n * DIR_ENTRY_SIZE]);
-    dsum.put(&mut meta[40..]);
-    let bsum = checksum(&meta[hs..]);
-    bsum.put(&mut meta[48..]);
-    let hsum = checksum(&meta[..56]);
-    hsum.put(&mut meta[56..]);
 }

@@ -1,10 +1,11 @@
 //! Building meta.img (std only). Page data is streamed to pages.img by the
 //! capturer; this module only lays out the tables.
 
-use crate::record::Record;
+use crate::record::{Field, Record};
 use crate::types::*;
 use crate::{
-    checksum, DirEntry, Header, DIR_ENTRY_SIZE, HEADER_SIZE, VERSION_MAJOR, VERSION_MINOR,
+    checksum, DirEntry, Header, DIR_ENTRY_SIZE, HEADER_SIZE, MAX_SECTIONS, VERSION_MAJOR,
+    VERSION_MINOR,
 };
 
 /// Interns strings into the `Strings` section.
@@ -119,4 +120,34 @@ impl ImageBuilder {
         out.extend_from_slice(&rest);
         out
     }
+}
+
+/// Recompute the directory, section and header checksums in place, where the
+/// layout still allows it: for tools and tests that edit an image on
+/// purpose (an edit without resealing is refused as corrupt).
+pub fn reseal(meta: &mut [u8]) {
+    if meta.len() < HEADER_SIZE {
+        return;
+    }
+    let n = (u32::get(&meta[16..]) as usize).min(MAX_SECTIONS);
+    let hs = (u32::get(&meta[12..]) as usize).clamp(HEADER_SIZE, 4096);
+    if hs + n * DIR_ENTRY_SIZE > meta.len() {
+        return;
+    }
+    for i in 0..n {
+        let at = hs + i * DIR_ENTRY_SIZE;
+        let e = DirEntry::decode(&meta[at..]);
+        let size = e.count.saturating_mul(e.record_size as u64);
+        let end = e.offset.saturating_add(size);
+        if end <= meta.len() as u64 {
+            let sum = checksum(&meta[e.offset as usize..end as usize]);
+            sum.put(&mut meta[at + 24..]);
+        }
+    }
+    let dsum = checksum(&meta[hs..hs + n * DIR_ENTRY_SIZE]);
+    dsum.put(&mut meta[40..]);
+    let bsum = checksum(&meta[hs..]);
+    bsum.put(&mut meta[48..]);
+    let hsum = checksum(&meta[..56]);
+    hsum.put(&mut meta[56..]);
 }

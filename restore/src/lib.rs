@@ -87,6 +87,17 @@ pub struct Plan {
     fds: Vec<FdPlan>,
     gadget: u64,
     tid_offset: usize,
+    setup: Setup,
+}
+
+/// Process state `exec` applies before the shim runs, read from the image
+/// once at `prepare`.
+struct Setup {
+    cwd: String,
+    pending: u64,
+    umask: u32,
+    personality: u32,
+    rlimits: Vec<cryo_image::Rlimit>,
 }
 
 impl Plan {
@@ -143,9 +154,7 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
             what: "this process has no [vdso]".into(),
             kernel: kernel.clone(),
         })?;
-    // SAFETY: [vdso] is mapped readable in this process for its whole length.
-    let bytes =
-        unsafe { std::slice::from_raw_parts(vdso.0 as *const u8, (vdso.1 - vdso.0) as usize) };
+    let bytes = own_vdso_bytes(vdso.0, vdso.1);
     if bytes.len() as u64 != p.vdso_len || cryo_image::checksum(bytes) != p.vdso_hash {
         return Err(RestoreError::VdsoDiffers {
             what: format!(
@@ -234,6 +243,14 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
     check_rlimits(&img)?;
 
     let fds = fds::plan(&img, &opts.inherit_fds)?;
+    let setup = Setup {
+        cwd: img.str(p.cwd).unwrap_or("/").to_owned(),
+        pending: (p.sig_pending | p.sig_shared_pending)
+            & !((1 << (libc::SIGSTOP - 1)) | (1 << (libc::SIGKILL - 1))),
+        umask: p.umask,
+        personality: p.personality,
+        rlimits: img.rlimits().iter().collect(),
+    };
 
     let shim_ok = std::fs::metadata(&opts.shim)
         .map(|m| m.is_file() && m.mode() & 0o111 != 0)
@@ -247,6 +264,7 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
         fds,
         gadget,
         tid_offset: own_tid_offset(),
+        setup,
     })
 }
 
@@ -254,13 +272,14 @@ impl Plan {
     /// Start the tracer, set up this process and exec the shim. Returns
     /// only on failure (the process may then be half set up: fds moved).
     pub fn exec(self) -> RestoreError {
-        let img = self.image();
-        let p = img.process();
-        let cwd = img.str(p.cwd).unwrap_or("/").to_owned();
-        let pending = (p.sig_pending | p.sig_shared_pending)
-            & !((1 << (libc::SIGSTOP - 1)) | (1 << (libc::SIGKILL - 1)));
-        let (umask, personality) = (p.umask, p.personality);
-        let rlimits: Vec<_> = img.rlimits().iter().collect();
+        let Setup {
+            cwd,
+            pending,
+            umask,
+            personality,
+            rlimits,
+        } = &self.setup;
+        let (pending, umask, personality) = (*pending, *umask, *personality);
 
         let meta = match std::fs::File::open(self.image.dir.join(cryo_image::META_FILE)) {
             Ok(f) => f,
@@ -278,7 +297,7 @@ impl Plan {
             Ok(v) => v,
             Err(e) => return e,
         };
-        if let Err(e) = std::env::set_current_dir(&cwd) {
+        if let Err(e) = std::env::set_current_dir(cwd) {
             return e.into_sys(format!("chdir {cwd}"));
         }
         // SAFETY: umask and personality take plain integers.
@@ -351,6 +370,13 @@ fn xgetbv0() -> u64 {
         std::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack));
     }
     ((hi as u64) << 32) | lo as u64
+}
+
+/// This process's own vDSO bytes, [start, end) as /proc/self/maps names it.
+fn own_vdso_bytes(start: u64, end: u64) -> &'static [u8] {
+    // SAFETY: [vdso] is mapped readable in this process for its whole
+    // length and is never unmapped while cryo runs.
+    unsafe { std::slice::from_raw_parts(start as *const u8, (end - start) as usize) }
 }
 
 /// [vvar], [vvar_vclock] and [vdso] of this process: (start, end, name).
@@ -439,6 +465,7 @@ fn lim_str(v: u64) -> String {
 /// Every captured limit must be settable: raising a hard limit needs
 /// CAP_SYS_RESOURCE, which this machine's root lacks.
 fn check_rlimits(img: &Image) -> Result<(), RestoreError> {
+    let cap = caps_sys_resource();
     for r in img.rlimits().iter() {
         let mut ours = libc::rlimit {
             rlim_cur: 0,
@@ -448,7 +475,6 @@ fn check_rlimits(img: &Image) -> Result<(), RestoreError> {
         if unsafe { libc::getrlimit(r.resource as _, &mut ours) } < 0 {
             continue;
         }
-        let cap = caps_sys_resource();
         if (r.max > ours.rlim_max && !cap) || r.cur > r.max {
             return Err(RestoreError::Rlimit {
                 name: rlimit_name(r.resource),
