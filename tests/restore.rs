@@ -97,14 +97,19 @@ fn capture_cmd(cmd: Command, name: &str, how: &str, dir: &Path) -> std::path::Pa
     img
 }
 
-/// Plain run for the expected output, then capture + restore twice.
+/// How each image of the round-trip tests is restored: eagerly twice,
+/// then lazily in both modes (the whole eager suite runs lazily too).
+const RESTORE_MODES: [&[&str]; 4] = [&[], &[], &["--lazy"], &["--lazy=on-demand"]];
+
+/// Plain run for the expected output, then capture + restore in every
+/// mode of RESTORE_MODES.
 fn round_trip(name: &str, args: &[&str], how: &str) {
     let expected = plain_run(name, args, how);
     let tag = format!("rt-{name}-{how}");
     let img = capture_killed(name, args, how, &tag);
     let before = image_digest(&img);
-    for i in 0..2 {
-        let mut r = Restored::start(&img, &[]);
+    for (i, mode) in RESTORE_MODES.iter().enumerate() {
+        let mut r = Restored::start(&img, mode);
         if how == "read" {
             r.poke_stdin();
         }
@@ -112,7 +117,7 @@ fn round_trip(name: &str, args: &[&str], how: &str) {
         assert_eq!(
             (code, last_line(&out)),
             (0, expected.as_str()),
-            "restore #{i} of {name} ({how}): stderr:\n{err}"
+            "restore #{i} {mode:?} of {name} ({how}): stderr:\n{err}"
         );
         if name.starts_with("c-zdtm") {
             assert!(err.contains("ATEXIT ok"), "atexit handler ran: {err}");
@@ -211,11 +216,22 @@ fn ghc_program_timer_keeps_ticking() {
 
 #[test]
 fn maps_equal_the_capture_and_no_trace_of_cryo() {
-    let dir = scratch("maps");
+    maps_equal("maps", &[]);
+}
+
+#[test]
+fn maps_equal_the_capture_after_lazy_restore() {
+    maps_equal("maps-lazy", &["--lazy=on-demand"]);
+}
+
+fn maps_equal(tag: &str, mode: &[&str]) {
+    let dir = scratch(tag);
     let args = zdtm_args(&dir, "stop");
     let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    let img = capture_killed("c-zdtm", &args, "stop", "maps-img");
-    let r = Restored::start(&img, &["--keep-stopped"]);
+    let img = capture_killed("c-zdtm", &args, "stop", &format!("{tag}-img"));
+    let mut extra = vec!["--keep-stopped"];
+    extra.extend_from_slice(mode);
+    let r = Restored::start(&img, &extra);
     wait_for(
         "the restored process to stop",
         Duration::from_secs(10),
@@ -355,4 +371,167 @@ fn pipe_at_fd3_needs_inherit_fd() {
     let (code, out, err) = r.finish();
     assert_eq!(code, 0, "{err}");
     assert!(last_line(&out).starts_with("PASS "), "{out}");
+}
+
+// ---- Lazy restore (userfaultfd page server) ----
+
+const LAZY_MODES: [&str; 2] = ["--lazy", "--lazy=on-demand"];
+
+/// tests/programs/lazy.c in MODE over a 16 MiB heap: the plain run's PASS
+/// line, then capture once and restore in both lazy modes.
+fn lazy_case(mode: &str) {
+    let args = [mode, "16"];
+    let expected = plain_run("c-lazy", &args, "stop");
+    assert!(expected.starts_with("PASS "), "plain run: {expected}");
+    let img = capture_killed("c-lazy", &args, "stop", &format!("lazy-{mode}"));
+    for lazy in LAZY_MODES {
+        let (code, out, err) = Restored::start(&img, &[lazy]).finish();
+        assert_eq!(
+            (code, last_line(&out)),
+            (0, expected.as_str()),
+            "{mode} under {lazy}: stderr:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn lazy_madv_dontneed_reads_zeros() {
+    lazy_case("dontneed");
+}
+
+#[test]
+fn lazy_fork_child_sees_image_data() {
+    lazy_case("fork");
+}
+
+#[test]
+fn lazy_munmap_and_mremap() {
+    lazy_case("remap");
+}
+
+#[test]
+fn lazy_every_word_checked() {
+    lazy_case("check");
+}
+
+/// pids of processes whose parent is `ppid`.
+fn children_of(ppid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let pp: i32 = stat
+                .rsplit_once(") ")?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (pp == ppid).then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn lazy_page_server_killed_kills_the_program_loudly() {
+    let img = capture_killed("c-lazy", &["slow", "16"], "stop", "lazy-kill");
+    let mut r = Restored::start(&img, &["--lazy=on-demand"]);
+    // Wait until the program runs (it prints RESUMED), then find the page
+    // server: the child of the watchdog, a `cryo restore` of this image
+    // that is not the restored process.
+    let mut so = r.child.stdout.take().expect("stdout");
+    let mut first = [0u8; 8];
+    so.read_exact(&mut first).expect("restored program prints");
+    assert_eq!(&first, b"RESUMED ");
+    let me = std::process::id() as i32;
+    let _ = me;
+    let server = {
+        let mut found = None;
+        wait_for("the page server", Duration::from_secs(5), || {
+            for pid in std::fs::read_dir("/proc")
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            {
+                if pid == r.pid {
+                    continue;
+                }
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd);
+                if cmd.contains("restore") && cmd.contains(img.to_str().unwrap()) {
+                    if let Some(&c) = children_of(pid).first() {
+                        found = Some(c);
+                        return true;
+                    }
+                }
+            }
+            false
+        });
+        found.unwrap()
+    };
+    let t0 = std::time::Instant::now();
+    // SAFETY: kill takes integers.
+    unsafe { libc::kill(server, libc::SIGKILL) };
+    r.child.stdout = Some(so);
+    let (code, out, err) = r.finish();
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "died within a second"
+    );
+    assert_eq!(code, 128 + libc::SIGKILL, "killed: out {out} err {err}");
+    assert!(!out.contains("PASS"), "never finished on zeros: {out}");
+    assert!(
+        err.contains("page server") && err.contains("killing the restored process"),
+        "says why: {err}"
+    );
+}
+
+#[test]
+fn lazy_corrupt_run_kills_the_program_loudly() {
+    let img = capture_killed("c-lazy", &["check", "16"], "stop", "lazy-corrupt");
+    // Flip a byte in the middle of pages.img (heap data, far from the
+    // stack): eager restore refuses up front, lazy restore dies on use.
+    let p = img.join(cryo_image::PAGES_FILE);
+    let mut b = std::fs::read(&p).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0xff;
+    std::fs::write(&p, &b).unwrap();
+    let (code, out, err) = Restored::start(&img, &["--lazy=on-demand"]).finish();
+    assert_eq!(code, 128 + libc::SIGKILL, "killed: out {out} err {err}");
+    assert!(!out.contains("PASS"), "{out}");
+    assert!(err.contains("fails its checksum"), "says why: {err}");
+}
+
+#[test]
+fn lazy_working_set_recorded_then_prefetched() {
+    let args = ["touch", "16", "10"];
+    let expected = plain_run("c-lazy", &args, "stop");
+    let img = capture_killed("c-lazy", &args, "stop", "lazy-ws");
+    let stats = img.parent().unwrap().join("stats");
+    let run = |extra: &[&str], tag: &str| -> serde_json::Value {
+        let f = stats.with_extension(tag);
+        let mut a = extra.to_vec();
+        a.extend(["--lazy-stats", f.to_str().unwrap()]);
+        let (code, out, err) = Restored::start(&img, &a).finish();
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(last_line(&out), expected, "{err}");
+        let text = std::fs::read_to_string(&f).expect("stats written");
+        serde_json::from_str(&text).expect("stats JSON")
+    };
+    let first = run(&["--lazy=on-demand", "--record-working-set"], "rec");
+    let ws = img.join("working-set");
+    let md = std::fs::metadata(&ws).expect("working set recorded");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(md.permissions().mode() & 0o777, 0o600);
+    let second = run(&["--lazy=on-demand"], "pre");
+    let f1 = first["faults"].as_u64().unwrap();
+    let f2 = second["faults"].as_u64().unwrap();
+    assert!(f1 >= 40, "the recording run faulted: {first}");
+    assert!(second["prefetch_pages"].as_u64().unwrap() > 0, "{second}");
+    assert!(f2 * 10 <= f1, "prefetch cut faults by 90 %: {f1} → {f2}");
+    // A working set from another image is refused, clearly.
+    std::fs::write(&ws, b"CRYOWSET garbage garbage garbage").unwrap();
+    let (code, _, err) = Restored::start(&img, &["--lazy"]).finish();
+    assert_eq!(code, 1);
+    assert!(err.contains("working-set"), "{err}");
 }

@@ -7,7 +7,7 @@
 //! anonymous copy (written, or a COW-broken page) from a page that still
 //! comes from the file: only those are stored.
 
-use cryo_image::{run_kind, PageRun, PAGE_SIZE};
+use cryo_image::{run_kind, PageRun, PAGE_SIZE, RUN_MAX_PAGES};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -156,47 +156,64 @@ impl RunBuilder {
             while j < pages.len() && is_zero(&pages[j..j + ps]) == zero {
                 j += ps;
             }
-            let addr = vaddr + i as u64;
-            let npages = ((j - i) / ps) as u32;
             let kind = if zero { run_kind::ZERO } else { run_kind::DATA };
-            let contiguous =
-                matches!(&self.cur, Some((r, _)) if r.kind == kind && r.vaddr + r.len() == addr);
-            if !contiguous {
-                self.close();
-            }
-            let offset = if zero {
-                0
-            } else {
-                sink.append_pages(&pages[i..j])?
-            };
-            if zero {
-                self.zero_pages += npages as u64;
-            } else {
-                self.stored_pages += npages as u64;
-            }
-            match &mut self.cur {
-                Some((r, h)) if contiguous => {
-                    r.npages += npages;
-                    if !zero {
-                        h.update(&pages[i..j]);
+            // DATA runs end every RUN_MAX_PAGES pages, so that a lazy
+            // restore can verify and serve them piece by piece.
+            let mut k = i;
+            while k < j {
+                let addr = vaddr + k as u64;
+                let contiguous = matches!(&self.cur, Some((r, _))
+                    if r.kind == kind && r.vaddr + r.len() == addr
+                        && (zero || r.npages < RUN_MAX_PAGES));
+                if !contiguous {
+                    self.close();
+                }
+                let have = match &self.cur {
+                    Some((r, _)) if contiguous => r.npages,
+                    _ => 0,
+                };
+                let room = if zero {
+                    usize::MAX
+                } else {
+                    (RUN_MAX_PAGES - have) as usize * ps
+                };
+                let end = j.min(k.saturating_add(room));
+                let npages = ((end - k) / ps) as u32;
+                let offset = if zero {
+                    0
+                } else {
+                    sink.append_pages(&pages[k..end])?
+                };
+                if zero {
+                    self.zero_pages += npages as u64;
+                } else {
+                    self.stored_pages += npages as u64;
+                }
+                match &mut self.cur {
+                    Some((r, h)) if contiguous => {
+                        r.npages += npages;
+                        if !zero {
+                            h.update(&pages[k..end]);
+                        }
+                    }
+                    _ => {
+                        let mut h = xxhash_rust::xxh3::Xxh3::new();
+                        if !zero {
+                            h.update(&pages[k..end]);
+                        }
+                        self.cur = Some((
+                            PageRun {
+                                vaddr: addr,
+                                npages,
+                                kind,
+                                offset,
+                                checksum: 0,
+                            },
+                            h,
+                        ));
                     }
                 }
-                _ => {
-                    let mut h = xxhash_rust::xxh3::Xxh3::new();
-                    if !zero {
-                        h.update(&pages[i..j]);
-                    }
-                    self.cur = Some((
-                        PageRun {
-                            vaddr: addr,
-                            npages,
-                            kind,
-                            offset,
-                            checksum: 0,
-                        },
-                        h,
-                    ));
-                }
+                k = end;
             }
             i = j;
         }

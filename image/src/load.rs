@@ -75,7 +75,24 @@ impl LoadedImage {
 
     /// Check pages.img's length and every DATA run's checksum, streaming the
     /// file in 8 MiB reads. `progress` is called with bytes checked so far.
-    pub fn verify_pages(&self, mut progress: impl FnMut(u64)) -> Result<(), LoadError> {
+    pub fn verify_pages(&self, progress: impl FnMut(u64)) -> Result<(), LoadError> {
+        self.verify(progress, |_, _| true)
+    }
+
+    /// Check pages.img's length and the checksums of the DATA runs `want`
+    /// selects (given the run and its mapping).
+    pub fn verify_pages_where(
+        &self,
+        want: impl Fn(&crate::Vma, &crate::PageRun) -> bool,
+    ) -> Result<(), LoadError> {
+        self.verify(|_| {}, want)
+    }
+
+    fn verify(
+        &self,
+        mut progress: impl FnMut(u64),
+        want: impl Fn(&crate::Vma, &crate::PageRun) -> bool,
+    ) -> Result<(), LoadError> {
         let img = self.image()?;
         let path = self.pages_path();
         let io_err = |source| LoadError::Io {
@@ -94,11 +111,19 @@ impl LoadedImage {
                 actual,
             }));
         }
-        let mut buf = vec![0u8; 8 << 20];
+        let mut buf = Vec::new();
         let mut done = 0u64;
-        for r in img.page_runs().iter() {
-            if r.kind != crate::run_kind::DATA {
-                continue;
+        let runs = img.page_runs();
+        let want = &want;
+        let selected = img.vmas().iter().flat_map(|v| {
+            (v.first_run..v.first_run + v.run_count).filter_map(move |j| {
+                let r = runs.get(j as usize)?;
+                (r.kind == crate::run_kind::DATA && want(&v, &r)).then_some(r)
+            })
+        });
+        for r in selected {
+            if buf.is_empty() {
+                buf = vec![0u8; 8 << 20];
             }
             f.seek(SeekFrom::Start(r.offset)).map_err(io_err)?;
             let mut h = xxhash_rust::xxh3::Xxh3::new();

@@ -528,3 +528,41 @@ record! {
         pub value_usec: i64,
     }
 }
+
+/// Longest DATA run `cryo capture` writes (pages): a lazy restore verifies
+/// and serves a run as one piece (64 KiB). Readers accept longer runs.
+pub const RUN_MAX_PAGES: u32 = 16;
+
+/// The rules a lazy restore follows, shared by the shim (which maps and
+/// registers) and the page server (which serves): both must agree exactly.
+pub mod lazy {
+    use super::{vma_flags, vma_kind, Process, Vma, PAGE_SIZE};
+
+    /// Pages within this distance below the captured stack pointer (and the
+    /// page holding it) are filled eagerly: the shim builds the signal frame
+    /// there, and the program's first instructions touch them.
+    pub const STACK_EAGER_BELOW: u64 = 16 * PAGE_SIZE;
+
+    /// Is this mapping served lazily (registered with userfaultfd in
+    /// MISSING mode)? Only private anonymous memory (heap and anonymous
+    /// mappings) with data to serve; the stack, file mappings, shared,
+    /// locked, PROT_NONE and fork-special (dontfork / wipeonfork) mappings
+    /// are filled eagerly.
+    pub fn is_lazy(v: &Vma) -> bool {
+        matches!(v.kind, vma_kind::ANON_PRIVATE | vma_kind::HEAP)
+            && v.prot & 3 != 0
+            && v.flags
+                & (vma_flags::GROWSDOWN
+                    | vma_flags::LOCKED
+                    | vma_flags::DONTFORK
+                    | vma_flags::WIPEONFORK)
+                == 0
+            && v.run_count > 0
+    }
+
+    /// Page-aligned [start, end) filled eagerly even inside lazy mappings.
+    pub fn eager_window(p: &Process) -> (u64, u64) {
+        let sp = p.regs.rsp & !(PAGE_SIZE - 1);
+        (sp.saturating_sub(STACK_EAGER_BELOW), sp + PAGE_SIZE)
+    }
+}

@@ -160,11 +160,9 @@ fn close(fd: i32) {
 
 /// Install the planned fds at their numbers; close every other fd but the
 /// two image files, which are returned at fds above all planned ones.
-pub fn install(
-    plans: &[FdPlan],
-    meta: &std::fs::File,
-    pages: &std::fs::File,
-) -> Result<(i32, i32), RestoreError> {
+/// Install `plans` at their numbers, close everything else, and keep the
+/// `extra` fds (for the shim) at free numbers above them, returned in order.
+pub fn install(plans: &[FdPlan], extra: &[i32]) -> Result<Vec<i32>, RestoreError> {
     let high = plans.iter().map(|p| p.fd).max().unwrap_or(2).max(2) + 1;
     // 1. Every source, opened and parked above the highest target.
     let mut parked = Vec::with_capacity(plans.len());
@@ -219,8 +217,10 @@ pub fn install(
         };
         parked.push(src);
     }
-    let meta_fd = dup_above(meta.as_raw_fd(), high)?;
-    let pages_fd = dup_above(pages.as_raw_fd(), high)?;
+    let extra = extra
+        .iter()
+        .map(|&fd| dup_above(fd, high))
+        .collect::<Result<Vec<i32>, _>>()?;
 
     // 2. Down to their numbers.
     for (p, &src) in plans.iter().zip(&parked) {
@@ -236,11 +236,11 @@ pub fn install(
     }
 
     // 3. Everything else goes (parked copies, our own files, inherited
-    //    extras), except the two image fds for the shim.
+    //    extras), except the fds for the shim.
     let keep: Vec<i32> = plans
         .iter()
         .map(|p| p.fd)
-        .chain([meta_fd, pages_fd])
+        .chain(extra.iter().copied())
         .collect();
     let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
         .map_err(|e| crate::IntoSys::into_sys(e, "listing /proc/self/fd"))?
@@ -251,9 +251,9 @@ pub fn install(
             close(fd);
         }
     }
-    for fd in [meta_fd, pages_fd] {
+    for &fd in &extra {
         // SAFETY: F_SETFD takes an integer; the shim must inherit these.
         unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
     }
-    Ok((meta_fd, pages_fd))
+    Ok(extra)
 }

@@ -8,11 +8,14 @@
 //! this process into the captured one.
 
 mod fds;
+pub mod lazy;
 mod tracer;
+mod uffd;
 
 use cryo_image::load::{LoadError, LoadedImage};
 use cryo_image::{vma_kind, Image, NO_INDEX, SHIM_WINDOW, SHIM_WINDOW_LEN};
 use std::ffi::CString;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -51,6 +54,10 @@ pub enum RestoreError {
     },
     #[error("the image has POSIX timers but this kernel cannot create timers with given ids (PR_TIMER_CREATE_RESTORE_IDS, Linux 6.16+)")]
     NoTimerIds,
+    #[error("lazy restore is not possible here: {0}")]
+    NoLazy(String),
+    #[error("{0}")]
+    WorkingSet(String),
     #[error("{what}: {source}")]
     Sys {
         what: String,
@@ -78,6 +85,21 @@ pub struct Options {
     pub no_verify: bool,
     /// The shim prints its phase times on stderr.
     pub phases: bool,
+    /// Serve private anonymous memory on demand through userfaultfd.
+    pub lazy: Option<LazyOptions>,
+}
+
+/// Lazy restore settings.
+#[derive(Debug, Clone)]
+pub struct LazyOptions {
+    pub mode: lazy::Mode,
+    /// Record the pages touched first into the image's working-set file
+    /// (serves on demand while recording).
+    pub record_working_set: bool,
+    /// Do not prefetch a recorded working set.
+    pub no_prefetch: bool,
+    /// Write the page server's statistics (JSON) here when it exits.
+    pub stats: Option<PathBuf>,
 }
 
 /// A restore that passed every check and is ready to exec.
@@ -88,6 +110,7 @@ pub struct Plan {
     gadget: u64,
     tid_offset: usize,
     setup: Setup,
+    lazy: Option<lazy::Config>,
 }
 
 /// Process state `exec` applies before the shim runs, read from the image
@@ -107,16 +130,57 @@ impl Plan {
     pub fn fds(&self) -> &[FdPlan] {
         &self.fds
     }
+    /// The page server's settings (lazy restore), e.g. the prefetch size.
+    pub fn lazy(&self) -> Option<&lazy::Config> {
+        self.lazy.as_ref()
+    }
 }
 
 /// Load and check everything; change nothing.
 pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
     let image = LoadedImage::open(dir)?;
-    if !opts.no_verify {
-        image.verify_pages(|_| {})?;
-    }
     let img = image.image()?;
     let p = img.process();
+    let lazy_cfg = match &opts.lazy {
+        None => {
+            if !opts.no_verify {
+                image.verify_pages(|_| {})?;
+            }
+            None
+        }
+        Some(l) => {
+            uffd::probe().map_err(RestoreError::NoLazy)?;
+            // Only what the shim reads is verified now (and the length of
+            // pages.img); the page server verifies each run before it
+            // serves it, so the time to resume does not grow with the image.
+            let (lo, hi) = cryo_image::lazy::eager_window(&p);
+            image.verify_pages_where(|v, r| {
+                !opts.no_verify
+                    && (!cryo_image::lazy::is_lazy(v) || (r.vaddr < hi && r.vaddr + r.len() > lo))
+            })?;
+            let image_id = cryo_image::checksum(&image.meta);
+            let ws_path = dir.join(lazy::WORKING_SET_FILE);
+            let prefetch = if l.record_working_set || l.no_prefetch {
+                Vec::new()
+            } else {
+                lazy::read_working_set(&ws_path, image_id)
+                    .map_err(|e| {
+                        RestoreError::WorkingSet(format!(
+                            "{e}; delete it or record it again with --record-working-set"
+                        ))
+                    })?
+                    .unwrap_or_default()
+            };
+            Some(lazy::Config {
+                mode: l.mode,
+                record: l.record_working_set.then_some(ws_path),
+                prefetch,
+                stats: l.stats.clone(),
+                image_id,
+                verify: !opts.no_verify,
+            })
+        }
+    };
 
     // The shim's window must be free in the captured layout.
     for v in img.vmas().iter() {
@@ -265,6 +329,7 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
         gadget,
         tid_offset: own_tid_offset(),
         setup,
+        lazy: lazy_cfg,
     })
 }
 
@@ -290,13 +355,41 @@ impl Plan {
             Err(e) => return e.into_sys("opening pages.img"),
         };
 
-        if let Err(e) = tracer::start(self.gadget, self.opts.keep_stopped, pending) {
+        let socks = match self.lazy.as_ref().map(|_| lazy::socketpair()).transpose() {
+            Ok(v) => v,
+            Err(e) => return e.into_sys("socketpair for the page server"),
+        };
+        let server = match (&self.lazy, socks) {
+            (Some(cfg), Some((shim_end, server_end))) => Some(tracer::ServerStart {
+                img: self.image(),
+                pages: self.image.pages_path(),
+                cfg: cfg.clone(),
+                server_end,
+                shim_end,
+            }),
+            _ => None,
+        };
+        if let Err(e) = tracer::start(
+            self.gadget,
+            self.opts.keep_stopped,
+            pending,
+            server.as_ref(),
+        ) {
             return e;
         }
-        let (meta_fd, pages_fd) = match fds::install(&self.fds, &meta, &pages) {
+        let mut extra = vec![meta.as_raw_fd(), pages.as_raw_fd()];
+        if let Some(s) = &server {
+            // SAFETY: the server's end belongs to the tracer now.
+            unsafe { libc::close(s.server_end) };
+            extra.push(s.shim_end);
+        }
+        let installed = match fds::install(&self.fds, &extra) {
             Ok(v) => v,
             Err(e) => return e,
         };
+        let (meta_fd, pages_fd) = (installed[0], installed[1]);
+        let sock_fd = installed.get(2).copied().unwrap_or(-1);
+        let flags = if self.opts.phases { 2 } else { 0 } | if server.is_some() { 4 } else { 0 };
         if let Err(e) = std::env::set_current_dir(cwd) {
             return e.into_sys(format!("chdir {cwd}"));
         }
@@ -324,8 +417,9 @@ impl Plan {
             meta_fd.to_string(),
             pages_fd.to_string(),
             self.tid_offset.to_string(),
-            if self.opts.phases { "2" } else { "0" }.to_owned(),
+            flags.to_string(),
             monotonic_ns().to_string(),
+            sock_fd.to_string(),
         ]
         .into_iter()
         .map(|s| CString::new(s).expect("no NUL"))

@@ -13,13 +13,39 @@
 //! Signals that arrive meanwhile are passed through. PTRACE_O_EXITKILL: if
 //! the tracer dies first, the half-restored process dies too.
 
+//!
+//! In a lazy restore the tracer also starts the page server (its child)
+//! and, after the hand-off, stays as its watchdog: if the server dies
+//! before every page is in, the watchdog says so and kills the restored
+//! process (and what it forked). The watchdog holds the server's end of
+//! the shim's socket, where a second copy of the userfaultfd stays queued:
+//! while it lives the userfaultfd cannot close, so a fault waits for the
+//! kill instead of reading zeros.
+
 use crate::RestoreError;
 use cryo_image::{SHIM_WINDOW, SHIM_WINDOW_LEN};
+use std::os::fd::RawFd;
+
+/// The page server to start (lazy restore).
+pub struct ServerStart<'a> {
+    pub img: cryo_image::Image<'a>,
+    pub pages: std::path::PathBuf,
+    pub cfg: crate::lazy::Config,
+    /// Our end of the shim's socket (the server's); closed in the restorer.
+    pub server_end: RawFd,
+    /// The shim's end: closed in the tracer.
+    pub shim_end: RawFd,
+}
 
 /// rsi at the shim's final int3 (must match cryo-shim's HANDOFF_MAGIC).
 const HANDOFF_MAGIC: u64 = 0x4352_594f_5348_494d;
 
-pub fn start(gadget: u64, keep_stopped: bool, pending: u64) -> Result<(), RestoreError> {
+pub fn start(
+    gadget: u64,
+    keep_stopped: bool,
+    pending: u64,
+    server: Option<&ServerStart>,
+) -> Result<(), RestoreError> {
     // SAFETY: getpid takes no arguments.
     let target = unsafe { libc::getpid() };
     let mut p = [0i32; 2];
@@ -41,7 +67,7 @@ pub fn start(gadget: u64, keep_stopped: bool, pending: u64) -> Result<(), Restor
             let t = libc::fork();
             if t == 0 {
                 libc::close(r);
-                tracer_main(target, w, gadget, keep_stopped, pending);
+                tracer_main(target, w, gadget, keep_stopped, pending, server);
             }
             libc::_exit(if t < 0 { 1 } else { 0 });
         }
@@ -74,18 +100,59 @@ fn say(msg: &str) {
     unsafe { libc::write(2, m.as_ptr() as *const libc::c_void, m.len()) };
 }
 
-fn tracer_main(target: i32, w: i32, gadget: u64, keep_stopped: bool, pending: u64) -> ! {
+fn tracer_main(
+    target: i32,
+    w: i32,
+    gadget: u64,
+    keep_stopped: bool,
+    pending: u64,
+    server: Option<&ServerStart>,
+) -> ! {
     // Hold nothing of the restored process's: pipes it writes to must see
     // EOF when it exits, not when we do. Keep stderr for messages.
+    let keep_fd = server.map_or(-1, |s| s.server_end);
     if let Ok(rd) = std::fs::read_dir("/proc/self/fd") {
         let fds: Vec<i32> = rd
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
             .collect();
         for fd in fds {
-            if fd != w && fd != 2 {
+            if fd != w && fd != 2 && fd != keep_fd {
                 // SAFETY: closing inherited fds of this (tracer) process.
                 unsafe { libc::close(fd) };
             }
+        }
+    }
+    // SAFETY: pidfd_open takes a pid and flags; the target is alive (it
+    // waits for our 'R').
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, target, 0) } as i32;
+    let mut server_pid = None;
+    if let Some(s) = server {
+        let (keep_a, keep_b) = match crate::lazy::socketpair() {
+            Ok(v) => v,
+            Err(e) => {
+                say(&format!("socketpair for the page server: {e}"));
+                // SAFETY: _exit never returns (no 'R': the restore fails).
+                unsafe { libc::_exit(1) }
+            }
+        };
+        // SAFETY: this process is single-threaded.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: closing fds the server does not use.
+            unsafe {
+                libc::close(w);
+                libc::close(keep_a);
+                libc::close(pidfd);
+            }
+            let rc = crate::lazy::run(s.img, &s.pages, &s.cfg, s.server_end, keep_b, target);
+            // SAFETY: _exit never returns.
+            unsafe { libc::_exit(rc) };
+        }
+        // SAFETY: the watchdog keeps keep_a (children's uffds queue there)
+        // and server_end (the second copy of the uffd queues there).
+        unsafe { libc::close(keep_b) };
+        if pid > 0 {
+            server_pid = Some(pid);
         }
     }
     // SAFETY: PTRACE_SEIZE takes no pointers (data = options).
@@ -111,12 +178,15 @@ fn tracer_main(target: i32, w: i32, gadget: u64, keep_stopped: bool, pending: u6
         // SAFETY: _exit never returns.
         unsafe { libc::_exit(1) };
     }
-    let rc = match trace(target, gadget, keep_stopped, pending) {
-        Ok(()) => 0,
+    let mut w = Waiter {
+        target,
+        server: server_pid,
+    };
+    let rc = match trace(&mut w, gadget, keep_stopped, pending) {
+        Ok(()) => watchdog(&mut w, pidfd),
         Err(e) => {
             say(&e);
-            // SAFETY: kill takes integers; a half-restored process must not run.
-            unsafe { libc::kill(target, libc::SIGKILL) };
+            kill_all(target, pidfd);
             1
         }
     };
@@ -124,17 +194,121 @@ fn tracer_main(target: i32, w: i32, gadget: u64, keep_stopped: bool, pending: u6
     unsafe { libc::_exit(rc) }
 }
 
-fn wait(pid: i32) -> Result<i32, String> {
+/// Waits for the traced process, watching the page server at the same time.
+struct Waiter {
+    target: i32,
+    server: Option<i32>,
+}
+
+fn describe(st: i32) -> String {
+    if libc::WIFSIGNALED(st) {
+        format!("was killed by signal {}", libc::WTERMSIG(st))
+    } else {
+        format!("exited with status {}", libc::WEXITSTATUS(st))
+    }
+}
+
+impl Waiter {
+    /// Next status change of the target. Err if the page server died
+    /// without finishing.
+    fn wait(&mut self) -> Result<i32, String> {
+        loop {
+            let mut st = 0;
+            // SAFETY: waitpid writes one int.
+            let r = unsafe { libc::waitpid(-1, &mut st, libc::__WALL) };
+            if r == self.target {
+                return Ok(st);
+            }
+            if r > 0 && Some(r) == self.server {
+                self.server = None;
+                if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0 {
+                    continue;
+                }
+                return Err(format!(
+                    "the page server (pid {r}) {} before every page was in",
+                    describe(st)
+                ));
+            }
+            if r > 0 {
+                continue;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(format!("waitpid: {e}"));
+            }
+        }
+    }
+}
+
+/// After the hand-off: wait for the page server; if it dies before every
+/// page is in, kill the restored process (it would wait forever, or worse).
+fn watchdog(w: &mut Waiter, pidfd: i32) -> i32 {
+    let Some(server) = w.server else {
+        return 0;
+    };
     loop {
         let mut st = 0;
         // SAFETY: waitpid writes one int.
-        let r = unsafe { libc::waitpid(pid, &mut st, libc::__WALL) };
-        if r == pid {
-            return Ok(st);
+        let r = unsafe { libc::waitpid(server, &mut st, 0) };
+        if r == server {
+            if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0 {
+                return 0;
+            }
+            say(&format!(
+                "the page server (pid {server}) {} before every page was in; killing the restored process {} so that it cannot read missing memory",
+                describe(st),
+                w.target
+            ));
+            kill_all(w.target, pidfd);
+            return 1;
         }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(format!("waitpid: {e}"));
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return 1;
+        }
+    }
+}
+
+/// SIGKILL the restored process and everything it forked.
+fn kill_all(target: i32, pidfd: i32) {
+    let mut victims = vec![target];
+    // Descendants, by parent pid, to a fixed point.
+    let procs: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.filter_map(|e| {
+                let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let ppid = stat
+                    .rsplit_once(") ")?
+                    .1
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()?;
+                Some((pid, ppid))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for &(pid, ppid) in &procs {
+            if victims.contains(&ppid) && !victims.contains(&pid) {
+                victims.push(pid);
+                grew = true;
+            }
+        }
+    }
+    // SAFETY: pidfd_send_signal / kill take integers; the pidfd pins the
+    // target's identity against pid reuse.
+    unsafe {
+        if pidfd >= 0 {
+            libc::syscall(libc::SYS_pidfd_send_signal, pidfd, libc::SIGKILL, 0, 0);
+        } else {
+            libc::kill(target, libc::SIGKILL);
+        }
+        for &v in &victims[1..] {
+            libc::kill(v, libc::SIGKILL);
         }
     }
 }
@@ -174,9 +348,10 @@ fn resume(req: libc::c_uint, pid: i32, sig: i32) -> Result<(), String> {
     Ok(())
 }
 
-fn trace(pid: i32, gadget: u64, keep_stopped: bool, pending: u64) -> Result<(), String> {
+fn trace(w: &mut Waiter, gadget: u64, keep_stopped: bool, pending: u64) -> Result<(), String> {
+    let pid = w.target;
     loop {
-        let st = wait(pid)?;
+        let st = w.wait()?;
         if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
             return Ok(()); // the shim failed (it said why) or was killed
         }
@@ -196,17 +371,18 @@ fn trace(pid: i32, gadget: u64, keep_stopped: bool, pending: u64) -> Result<(), 
             resume(libc::PTRACE_CONT, pid, sig)?;
             continue;
         }
-        return finish(pid, r, gadget, keep_stopped, pending);
+        return finish(w, r, gadget, keep_stopped, pending);
     }
 }
 
 fn finish(
-    pid: i32,
+    w: &mut Waiter,
     at_trap: libc::user_regs_struct,
     gadget: u64,
     keep_stopped: bool,
     pending: u64,
 ) -> Result<(), String> {
+    let pid = w.target;
     let frame_sp = at_trap.rdi;
     // munmap(window) from the program's vDSO.
     let mut r = at_trap;
@@ -219,7 +395,7 @@ fn finish(
     set_regs(pid, &r)?;
     resume(libc::PTRACE_SINGLESTEP, pid, 0)?;
     loop {
-        let st = wait(pid)?;
+        let st = w.wait()?;
         if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
             return Err("the restored process died while its shim window was being removed".into());
         }

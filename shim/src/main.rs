@@ -51,6 +51,11 @@ const FLAG_SELF_SIGRETURN: usize = 1;
 /// FLAGS bit: print phase times (CLOCK_MONOTONIC) on stderr before the
 /// hand-off (`cryo restore --phases`; argv[5] is cryo's stamp before exec).
 const FLAG_PHASES: usize = 2;
+/// FLAGS bit: lazy restore. Private anonymous mappings (see
+/// `cryo_image::lazy`) are registered with a userfaultfd, which goes to
+/// the page server over the unix socket SOCK_FD (argv[6]); the shim waits
+/// for the server's go-ahead byte before the hand-off.
+const FLAG_LAZY: usize = 4;
 
 fn now_ns() -> u64 {
     let mut ts = [0i64; 2];
@@ -182,6 +187,7 @@ struct Args {
     tid_offset: usize,
     flags: usize,
     exec_ns: u64,
+    sock_fd: usize,
 }
 
 fn parse_num(p: *const u8) -> Option<usize> {
@@ -232,6 +238,7 @@ extern "C" fn shim_main(sp: *const usize) -> ! {
         tid_offset,
         flags,
         exec_ns: arg(5).unwrap_or(0) as u64,
+        sock_fd: arg(6).unwrap_or(usize::MAX),
     })
 }
 
@@ -400,7 +407,17 @@ fn restore(a: &Args) -> ! {
     }
 
     ph.mark(on);
-    // 6. Every mapping, then its pages.
+    // 6. Every mapping, then its pages (lazy mappings: only the pages
+    //    around the stack pointer).
+    let lazy = a.flags & FLAG_LAZY != 0;
+    if lazy && a.sock_fd == usize::MAX {
+        die(format_args!("lazy restore without a page-server socket"));
+    }
+    let eager = if lazy {
+        Some(cryo_image::lazy::eager_window(&p))
+    } else {
+        None
+    };
     let mut prev: Option<Vma> = None;
     for v in img.vmas().iter() {
         if !v.is_special() {
@@ -409,9 +426,13 @@ fn restore(a: &Args) -> ! {
             } else {
                 usize::MAX
             };
-            map_vma(&img, &v, prev.as_ref(), fd, a.pages_fd);
+            let only = eager.filter(|_| cryo_image::lazy::is_lazy(&v));
+            map_vma(&img, &v, prev.as_ref(), fd, a.pages_fd, only);
         }
         prev = Some(v);
+    }
+    if lazy {
+        hand_to_page_server(&img, a.sock_fd);
     }
 
     ph.mark(on);
@@ -498,6 +519,22 @@ fn restore(a: &Args) -> ! {
     }
     syscall3(SYS_CLOSE, a.meta_fd, 0, 0);
     syscall3(SYS_CLOSE, a.pages_fd, 0, 0);
+    if lazy {
+        // The server prefetches (the recorded working set, if any) and then
+        // says go. It never says no: if it dies, its watchdog kills us.
+        let mut b = [0u8; 1];
+        loop {
+            let r = syscall3(SYS_READ, a.sock_fd, b.as_mut_ptr() as usize, 1);
+            if r == -EINTR {
+                continue;
+            }
+            if r != 1 || b[0] != b'G' {
+                die(format_args!("the page server did not start (read {r})"));
+            }
+            break;
+        }
+        syscall3(SYS_CLOSE, a.sock_fd, 0, 0);
+    }
 
     // 10. The signal frame, and into the program.
     let frame_sp = build_sigframe(&img);
@@ -612,7 +649,17 @@ fn mergeable(prev: &Vma, v: &Vma) -> bool {
         && prev.prot == v.prot
 }
 
-fn map_vma(img: &Image, v: &Vma, prev: Option<&Vma>, fd: usize, pages_fd: usize) {
+/// Map `v` at its address and fill its pages. `only`: fill only the DATA
+/// pages inside this window (a lazy mapping; the page server serves the
+/// rest).
+fn map_vma(
+    img: &Image,
+    v: &Vma,
+    prev: Option<&Vma>,
+    fd: usize,
+    pages_fd: usize,
+    only: Option<(u64, u64)>,
+) {
     let (start, len) = (v.start as usize, v.len() as usize);
     let runs = v.run_count > 0;
     let shared = matches!(v.kind, vma_kind::FILE_SHARED | vma_kind::ANON_SHARED);
@@ -669,20 +716,50 @@ fn map_vma(img: &Image, v: &Vma, prev: Option<&Vma>, fd: usize, pages_fd: usize)
         }
     }
     if runs {
+        // Adjacent DATA runs that are adjacent in pages.img too are read
+        // with one pread (capture splits runs every RUN_MAX_PAGES).
+        let mut pending: Option<(u64, u64, u64)> = None; // (addr, len, offset)
+        let flush = |p: (u64, u64, u64)| {
+            let (addr, n, off) = match only {
+                Some((lo, hi)) => {
+                    let s = p.0.max(lo);
+                    let e = (p.0 + p.1).min(hi);
+                    if s >= e {
+                        return;
+                    }
+                    (s, e - s, p.2 + (s - p.0))
+                }
+                None => p,
+            };
+            if let Err(e) = pread_all(pages_fd, addr as usize, n as usize, off) {
+                die(format_args!("reading pages for {addr:#x}: errno {}", -e));
+            }
+        };
         for j in v.first_run as usize..(v.first_run + v.run_count) as usize {
             let Some(run) = img.page_runs().get(j) else {
                 break;
             };
-            let (addr, n) = (run.vaddr as usize, run.len() as usize);
             if run.kind == run_kind::DATA {
-                if let Err(e) = pread_all(pages_fd, addr, n, run.offset) {
-                    die(format_args!("reading pages for {addr:#x}: errno {}", -e));
-                }
+                pending = match pending {
+                    Some((a, n, o)) if a + n == run.vaddr && o + n == run.offset => {
+                        Some((a, n + run.len(), o))
+                    }
+                    other => {
+                        if let Some(p) = other {
+                            flush(p);
+                        }
+                        Some((run.vaddr, run.len(), run.offset))
+                    }
+                };
             } else if v.file != NO_INDEX && !shared {
+                let (addr, n) = (run.vaddr as usize, run.len() as usize);
                 // SAFETY: addr..addr+n lies inside the mapping just created
                 // writable (validate checks runs lie inside their VMA).
                 unsafe { core::ptr::write_bytes(addr as *mut u8, 0, n) };
             }
+        }
+        if let Some(p) = pending {
+            flush(p);
         }
     }
     if map_prot != final_prot {
@@ -702,6 +779,65 @@ fn map_vma(img: &Image, v: &Vma, prev: Option<&Vma>, fd: usize, pages_fd: usize)
             syscall3(SYS_MADVISE, start, len, advice);
         }
     }
+}
+
+const UFFD_API: u64 = 0xaa;
+const UFFDIO_API: usize = 0xc018_aa3f;
+const UFFDIO_REGISTER: usize = 0xc020_aa00;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+/// EVENT_FORK | EVENT_REMAP | EVENT_REMOVE | EVENT_UNMAP: the page server
+/// must see every way the program can drop, move or copy lazy memory.
+const UFFD_FEATURES: u64 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 6);
+
+/// Create the userfaultfd of the rebuilt address space, register every
+/// lazy mapping in MISSING mode and send the fd to the page server twice
+/// over `sock`: one copy for the server, one that stays queued in the
+/// socket so the fd outlives a dead server (its watchdog then kills us:
+/// faults wait instead of reading zeros).
+fn hand_to_page_server(img: &Image, sock: usize) {
+    let uffd = check(
+        syscall3(SYS_USERFAULTFD, O_CLOEXEC | 0o4000, 0, 0),
+        format_args!("userfaultfd"),
+    );
+    let mut api: [u64; 3] = [UFFD_API, UFFD_FEATURES, 0];
+    check(
+        syscall3(SYS_IOCTL, uffd, UFFDIO_API, api.as_mut_ptr() as usize),
+        format_args!("UFFDIO_API"),
+    );
+    for v in img.vmas().iter() {
+        if !cryo_image::lazy::is_lazy(&v) {
+            continue;
+        }
+        let mut reg: [u64; 4] = [v.start, v.len(), UFFDIO_REGISTER_MODE_MISSING, 0];
+        check(
+            syscall3(SYS_IOCTL, uffd, UFFDIO_REGISTER, reg.as_mut_ptr() as usize),
+            format_args!("UFFDIO_REGISTER {:#x}-{:#x}", v.start, v.end),
+        );
+    }
+    for _ in 0..2 {
+        let byte = [b'U'];
+        let iov: [usize; 2] = [byte.as_ptr() as usize, 1];
+        // struct cmsghdr { len: u64, level: i32, type: i32 } + one int fd.
+        let mut cmsg = [0u64; 3];
+        cmsg[0] = 20; // CMSG_LEN(sizeof(int))
+        cmsg[1] = 1 | (1 << 32); // SOL_SOCKET, SCM_RIGHTS
+        cmsg[2] = uffd as u64;
+        // struct msghdr: name, namelen, iov, iovlen, control, controllen, flags.
+        let msg: [usize; 7] = [
+            0,
+            0,
+            iov.as_ptr() as usize,
+            1,
+            cmsg.as_ptr() as usize,
+            24,
+            0,
+        ];
+        check(
+            syscall3(SYS_SENDMSG, sock, msg.as_ptr() as usize, 0),
+            format_args!("sending the userfaultfd to the page server"),
+        );
+    }
+    syscall3(SYS_CLOSE, uffd, 0, 0);
 }
 
 fn has_vmflag(v: &Vma, name: &str) -> bool {

@@ -26,11 +26,16 @@ pub const SYS_TIMER_SETTIME: usize = 223;
 pub const SYS_CLOCK_GETTIME: usize = 228;
 pub const SYS_SET_ROBUST_LIST: usize = 273;
 pub const SYS_RSEQ: usize = 334;
+pub const SYS_READ: usize = 0;
+pub const SYS_IOCTL: usize = 16;
+pub const SYS_SENDMSG: usize = 46;
+pub const SYS_USERFAULTFD: usize = 323;
 
 pub const O_RDONLY: usize = 0;
 pub const O_RDWR: usize = 2;
 pub const O_CLOEXEC: usize = 0o2000000;
 pub const EEXIST: isize = 17;
+pub const EINTR: isize = 4;
 
 pub const PROT_READ: usize = 1;
 pub const PROT_WRITE: usize = 2;

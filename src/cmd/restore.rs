@@ -25,10 +25,30 @@ pub struct RestoreArgs {
     /// Leave the restored process stopped (SIGSTOP); `kill -CONT` resumes it.
     #[arg(long)]
     pub keep_stopped: bool,
-    /// Fill every page before the program runs (the default; lazy restore
-    /// through userfaultfd is a separate mode).
-    #[arg(long)]
+    /// Fill every page before the program runs (the default).
+    #[arg(long, conflicts_with = "lazy")]
     pub eager: bool,
+    /// Start the program before its memory is in: private anonymous memory
+    /// is served on first touch by a page server through userfaultfd.
+    /// `background` (the default for --lazy) then streams the rest and
+    /// exits; `on-demand` serves only what is touched, for as long as the
+    /// program runs. A recorded working set (see --record-working-set) is
+    /// prefetched before the program resumes.
+    #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "background")]
+    pub lazy: Option<LazyMode>,
+    /// Lazy: record which pages the program touches first, in order, into
+    /// DIR/working-set (serves on demand while recording). Later --lazy
+    /// restores prefetch that set.
+    #[arg(long, requires = "lazy")]
+    pub record_working_set: bool,
+    /// Lazy: ignore a recorded working set.
+    #[arg(long, requires = "lazy")]
+    pub no_prefetch: bool,
+    /// Lazy: write the page server's statistics (faults, pages, service
+    /// times) as JSON to FILE when it exits.
+    #[arg(long, value_name = "FILE", requires = "lazy")]
+    pub lazy_stats: Option<PathBuf>,
     /// Give restored fd N our fd M (`N=M`, or `N` for the same number).
     /// Needed for pipes and terminals at fd 3 and up.
     #[arg(long = "inherit-fd", value_name = "N[=M]", value_parser = parse_inherit)]
@@ -43,6 +63,12 @@ pub struct RestoreArgs {
     /// on stderr, for benchmarks.
     #[arg(long)]
     pub phases: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum LazyMode {
+    Background,
+    OnDemand,
 }
 
 fn parse_inherit(s: &str) -> Result<(i32, i32), String> {
@@ -66,6 +92,15 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         shim: crate::cmd::check::shim_path(),
         no_verify: args.no_verify,
         phases: args.phases,
+        lazy: args.lazy.map(|m| cryo_restore::LazyOptions {
+            mode: match m {
+                LazyMode::Background => cryo_restore::lazy::Mode::Background,
+                LazyMode::OnDemand => cryo_restore::lazy::Mode::OnDemand,
+            },
+            record_working_set: args.record_working_set,
+            no_prefetch: args.no_prefetch,
+            stats: args.lazy_stats.clone(),
+        }),
     };
     let plan = cryo_restore::prepare(&args.dir, opts)
         .with_context(|| format!("cannot restore {}", args.dir.display()))?;
@@ -80,6 +115,13 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             img.vmas().len(),
             plan.fds().len()
         );
+        if let Some(l) = plan.lazy() {
+            println!(
+                "lazy: {} pages served by the page server, {} working-set runs to prefetch",
+                cryo_restore::lazy::lazy_pages(&img),
+                l.prefetch.len()
+            );
+        }
         return Ok(0);
     }
     let e = plan.exec();

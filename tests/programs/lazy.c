@@ -1,0 +1,158 @@
+/* lazy MODE MIB [PCT]: a program for lazy-restore tests and benchmarks.
+ *
+ * Fills a heap of MIB MiB (its own anonymous mapping, plus a few small
+ * mallocs) with a per-word pattern, prints READY and stops itself. When
+ * continued (after a restore) it prints RESUMED <CLOCK_MONOTONIC ns> and
+ * then, by MODE:
+ *   check     read every word; PASS <sum>
+ *   touch     read PCT % of the pages, spread evenly; PASS <sum> and
+ *             TOUCHED <pages> <ns spent touching>. PCT may be @FILE: the
+ *             percentage is read from FILE after the restore (so one
+ *             image serves every percentage of a benchmark)
+ *   dontneed  MADV_DONTNEED a range nobody touched since the restore and
+ *             expect zeros there, the image's data elsewhere
+ *   fork      fork at once; the child checks every word and exits 0/1;
+ *             the parent waits, then checks too
+ *   remap     munmap one range, move another with mremap (MAYMOVE|FIXED),
+ *             grow a third in place; expect the data to follow, zeros in
+ *             the grown part, and the unmapped range gone
+ *   slow      touch one page every 2 ms (for killing the page server)
+ * Exit status 0 on PASS, 1 on FAIL. */
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE 4096ul
+static uint64_t pat(size_t i) { return (i * 0x9e3779b97f4a7c15ull) ^ 0x5555aaaa5555aaaaull ^ (i >> 7); }
+
+static uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + t.tv_nsec;
+}
+
+static int fail(const char *what, size_t at) {
+    printf("FAIL %s at word %zu\n", what, at);
+    return 1;
+}
+
+/* Check words [a, b) of h against the pattern; return the sum or fail. */
+static int check(const uint64_t *h, size_t a, size_t b, uint64_t *sum) {
+    for (size_t i = a; i < b; i++) {
+        if (h[i] != pat(i)) return fail("data", i);
+        *sum += h[i];
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const char *mode = argc > 1 ? argv[1] : "check";
+    size_t mib = argc > 2 ? strtoull(argv[2], NULL, 10) : 16;
+    double pct = argc > 3 ? atof(argv[3]) : 100;
+    size_t n = mib << 20, words = n / 8, pages = n / PAGE;
+    uint64_t *h = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (h == MAP_FAILED) return 2;
+    for (size_t i = 0; i < words; i++) h[i] = pat(i);
+    char *small[64];
+    for (int i = 0; i < 64; i++) {
+        small[i] = malloc(100 + i * 37);
+        memset(small[i], 'a' + i % 26, 100 + i * 37);
+    }
+    printf("READY %d\n", getpid());
+    fflush(stdout);
+    raise(SIGSTOP);
+    printf("RESUMED %llu\n", (unsigned long long)now_ns());
+    fflush(stdout);
+    for (int i = 0; i < 64; i++)
+        for (int k = 0; k < 100 + i * 37; k++)
+            if (small[i][k] != 'a' + i % 26) return fail("malloc data", i);
+    uint64_t sum = 0;
+    if (!strcmp(mode, "check")) {
+        if (check(h, 0, words, &sum)) return 1;
+    } else if (!strcmp(mode, "touch")) {
+        if (argc > 3 && argv[3][0] == '@') {
+            FILE *f = fopen(argv[3] + 1, "r");
+            if (!f || fscanf(f, "%lf", &pct) != 1) return fail("reading PCT file", 0);
+            fclose(f);
+        }
+        size_t want = (size_t)(pages * pct / 100.0);
+        if (want < 1) want = 1;
+        double step = (double)pages / want;
+        uint64_t t0 = now_ns();
+        for (size_t k = 0; k < want; k++) {
+            size_t pg = (size_t)(k * step);
+            size_t w = pg * (PAGE / 8);
+            if (h[w] != pat(w)) return fail("data", w);
+            sum += h[w];
+        }
+        printf("TOUCHED %zu %llu\n", want, (unsigned long long)(now_ns() - t0));
+    } else if (!strcmp(mode, "dontneed")) {
+        /* Drop the middle half without touching it first, and one page
+         * that was touched. */
+        size_t a = words / 4, b = words / 4 * 3;
+        if (h[b + 5] != pat(b + 5)) return fail("data before drop", b + 5);
+        if (madvise((char *)h + a * 8, (b - a) * 8, MADV_DONTNEED)) return fail("madvise", 0);
+        if (madvise((char *)h + (b + 5) * 8 / PAGE * PAGE, PAGE, MADV_DONTNEED)) return fail("madvise", 1);
+        for (size_t i = a; i < b; i++)
+            if (h[i] != 0) return fail("dropped page not zero", i);
+        size_t z0 = (b + 5) * 8 / PAGE * PAGE / 8;
+        for (size_t i = z0; i < z0 + PAGE / 8; i++)
+            if (h[i] != 0) return fail("dropped touched page not zero", i);
+        if (check(h, 0, a, &sum) || check(h, z0 + PAGE / 8, words, &sum)) return 1;
+        /* Writing to the dropped range works and reads back. */
+        h[a] = 42;
+        if (h[a] != 42) return fail("write after drop", a);
+    } else if (!strcmp(mode, "fork")) {
+        pid_t c = fork();
+        if (c < 0) return fail("fork", 0);
+        if (c == 0) {
+            uint64_t s = 0;
+            _exit(check(h, 0, words, &s) ? 1 : 0);
+        }
+        int st;
+        if (waitpid(c, &st, 0) != c || !WIFEXITED(st) || WEXITSTATUS(st) != 0) return fail("child", 0);
+        if (check(h, 0, words, &sum)) return 1;
+    } else if (!strcmp(mode, "remap")) {
+        /* Quarters: [0] unmap, [1] move elsewhere, [2] shrink by a page
+         * then grow back in place (the page comes back as zeros), [3] keep. */
+        size_t q = n / 4, qw = words / 4;
+        char *base = (char *)h;
+        if (munmap(base, q)) return fail("munmap", 0);
+        char *dst = mmap(NULL, q + PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (dst == MAP_FAILED) return fail("mmap", 0);
+        void *moved = mremap(base + q, q, q, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+        if (moved != dst) return fail("mremap move", 0);
+        const uint64_t *m = (const uint64_t *)moved;
+        for (size_t i = 0; i < qw; i++) {
+            if (m[i] != pat(qw + i)) return fail("moved data", i);
+            sum += m[i];
+        }
+        char *third = base + 2 * q;
+        if (mremap(third, q, q - PAGE, 0) != third) return fail("mremap shrink", 0);
+        if (mremap(third, q - PAGE, q, 0) != third) return fail("mremap grow", 0);
+        const uint64_t *t = (const uint64_t *)third;
+        if (check(t - 2 * qw, 2 * qw, 3 * qw - PAGE / 8, &sum)) return 1;
+        for (size_t i = qw - PAGE / 8; i < qw; i++)
+            if (t[i] != 0) return fail("regrown page not zero", i);
+        if (check(h, 3 * qw, words, &sum)) return 1;
+    } else if (!strcmp(mode, "slow")) {
+        for (size_t pg = 0; pg < pages; pg++) {
+            size_t w = pg * (PAGE / 8);
+            if (h[w] != pat(w)) return fail("data", w);
+            sum += h[w];
+            usleep(2000);
+        }
+    } else {
+        printf("FAIL unknown mode %s\n", mode);
+        return 1;
+    }
+    printf("PASS %016llx\n", (unsigned long long)sum);
+    return 0;
+}
