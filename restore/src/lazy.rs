@@ -50,7 +50,7 @@ pub struct Config {
     /// Where to write the working set (first-touch order) when the
     /// program exits (`--record-working-set`; implies on-demand).
     pub record: Option<PathBuf>,
-    /// Run start addresses to copy before the program resumes.
+    /// Page addresses to copy before the program resumes.
     pub prefetch: Vec<u64>,
     /// Write serving statistics (JSON) here at exit.
     pub stats: Option<PathBuf>,
@@ -197,7 +197,7 @@ struct Server<'a> {
     spaces: Vec<Space>,
     keeper: RawFd,
     stats: Stats,
-    /// Chunk start addresses in first-touch order (root space).
+    /// Pages faulted in, in first-touch order (root space).
     touched: Vec<u64>,
     recording: bool,
 }
@@ -358,7 +358,6 @@ impl<'a> Server<'a> {
         let sp = &self.spaces[s];
         match sp.find(page) {
             Some(i) if (sp.chunks[i].pending >> ((page - sp.chunks[i].addr) / PG)) & 1 != 0 => {
-                let caddr = sp.chunks[i].addr;
                 let mut n = 0;
                 let win = (page, page + FAULT_AROUND * PG);
                 let o = self.fill_window(s, i..i + 1, win, &mut n)?;
@@ -368,7 +367,7 @@ impl<'a> Server<'a> {
                     let ns = t.elapsed().as_nanos().min(u32::MAX as u128) as u32;
                     self.stats.service_ns.push(ns);
                     if self.recording && self.spaces[s].root {
-                        self.touched.push(caddr);
+                        self.touched.push(page);
                     }
                 }
                 Ok(o)
@@ -517,28 +516,29 @@ impl<'a> Server<'a> {
         Ok(true)
     }
 
-    /// Copy the recorded working set before the program resumes.
+    /// Copy the recorded working set (page addresses) before the program
+    /// resumes: sorted, and each stretch of adjacent pages one copy.
     fn prefetch(&mut self, addrs: &[u64]) -> Result<(), Fatal> {
-        let mut idx: Vec<usize> = addrs
-            .iter()
-            .filter_map(|&a| self.spaces[0].find(a))
-            .collect();
-        idx.sort_unstable();
-        idx.dedup();
+        let mut pages: Vec<u64> = addrs.iter().map(|a| a & !(PG - 1)).collect();
+        pages.sort_unstable();
+        pages.dedup();
         let mut k = 0;
-        while k < idx.len() {
-            // A stretch of consecutive chunk indices is one fill.
+        while k < pages.len() {
             let mut e = k + 1;
-            while e < idx.len() && idx[e] == idx[e - 1] + 1 {
+            while e < pages.len() && pages[e] == pages[e - 1] + PG {
                 e += 1;
             }
+            let (lo, hi) = (pages[k], pages[e - 1] + PG);
+            k = e;
+            let (Some(a), Some(b)) = (self.spaces[0].find(lo), self.spaces[0].find(hi - PG)) else {
+                continue;
+            };
             let mut count = 0;
-            while let Outcome::Again = self.fill_chunks(0, idx[k]..idx[e - 1] + 1, &mut count)? {
+            while let Outcome::Again = self.fill_window(0, a..b + 1, (lo, hi), &mut count)? {
                 self.pump_all()?;
             }
             self.stats.prefetch_pages += count;
             self.stats.prefetch_copies += 1;
-            k = e;
         }
         Ok(())
     }
@@ -779,7 +779,7 @@ fn stats_json(st: &mut Stats) -> String {
 pub const WORKING_SET_FILE: &str = "working-set";
 const WS_MAGIC: &[u8; 8] = b"CRYOWSET";
 
-/// Working set file: magic, image id (xxh3 of meta.img), count, the run
+/// Working set file: magic, image id (xxh3 of meta.img), count, the page
 /// addresses in first-touch order, xxh3 of all of that.
 fn write_working_set(path: &std::path::Path, image_id: u64, addrs: &[u64]) -> std::io::Result<()> {
     use std::io::Write;
