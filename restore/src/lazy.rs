@@ -850,3 +850,61 @@ pub fn socketpair() -> std::io::Result<(RawFd, RawFd)> {
     }
     Ok((sv[0], sv[1]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn space(chunks: Vec<Chunk>) -> Space {
+        let f = std::fs::File::open("/dev/null").expect("/dev/null");
+        let pending_pages = chunks.iter().map(|c| c.pending.count_ones() as u64).sum();
+        Space {
+            uffd: Uffd(f.into()),
+            chunks,
+            pending_pages,
+            root: true,
+            cursor: 0,
+        }
+    }
+
+    fn chunk(addr: u64, npages: u32, off: u64) -> Chunk {
+        Chunk {
+            addr,
+            npages,
+            off,
+            run: 0,
+            pending: (1u32 << npages) - 1,
+        }
+    }
+
+    #[test]
+    fn dropped_pages_are_never_pending_again() {
+        let mut s = space(vec![chunk(0x10000, 16, 0), chunk(0x20000, 16, 0x10000)]);
+        assert_eq!(s.pending_pages, 32);
+        // Drop the last 2 pages of the first chunk and the first of the second.
+        s.drop_range(0x1e000, 0x21000);
+        assert_eq!(s.pending_pages, 29);
+        assert_eq!(s.chunks[0].pending, 0x3fff);
+        assert_eq!(s.chunks[1].pending, 0xfffe);
+        assert_eq!(s.find(0x1f000), Some(0));
+        assert_eq!(s.find(0x30000), None);
+    }
+
+    #[test]
+    fn remap_moves_pending_pages_with_their_data() {
+        let mut s = space(vec![chunk(0x10000, 16, 0)]);
+        s.drop_range(0x10000, 0x11000); // page 0 dropped before the move
+        // Move pages 4..8 to 0x90000.
+        s.remap(0x14000, 0x90000, 0x4000);
+        assert_eq!(s.pending_pages, 15);
+        let i = s.find(0x91000).expect("moved page tracked");
+        let c = s.chunks[i];
+        // Page 0x91000 is the old page 5: its data is at offset 5 pages.
+        assert_eq!(c.off + (0x91000 - c.addr), 5 * PG);
+        assert_eq!((c.pending >> ((0x91000 - c.addr) / PG)) & 1, 1);
+        assert_eq!(s.find(0x15000), None, "nothing left at the old place");
+        let j = s.find(0x10000).expect("page 0 still tracked");
+        assert_eq!(s.chunks[j].pending & 1, 0, "page 0 stays dropped");
+        assert!(s.chunks.windows(2).all(|w| w[0].addr < w[1].addr), "sorted");
+    }
+}
