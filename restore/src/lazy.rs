@@ -893,7 +893,8 @@ mod tests {
     #[test]
     fn remap_moves_pending_pages_with_their_data() {
         let mut s = space(vec![chunk(0x10000, 16, 0)]);
-        s.drop_range(0x10000, 0x11000); // page 0 dropped before the move
+        // Page 0 is dropped before the move.
+        s.drop_range(0x10000, 0x11000);
         // Move pages 4..8 to 0x90000.
         s.remap(0x14000, 0x90000, 0x4000);
         assert_eq!(s.pending_pages, 15);
