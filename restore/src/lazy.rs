@@ -715,10 +715,6 @@ fn serve(
         if exited {
             root_alive = false;
             srv.spaces.retain(|s| !s.root);
-            if let Some(path) = &cfg.record {
-                write_working_set(path, cfg.image_id, &srv.touched)
-                    .map_err(|e| Fatal(format!("writing {}: {e}", path.display())))?;
-            }
             if srv.spaces.is_empty() {
                 break;
             }
@@ -734,11 +730,9 @@ fn serve(
             }
         }
     }
-    if root_alive {
-        if let Some(path) = &cfg.record {
-            write_working_set(path, cfg.image_id, &srv.touched)
-                .map_err(|e| Fatal(format!("writing {}: {e}", path.display())))?;
-        }
+    if let Some(path) = &cfg.record {
+        write_working_set(path, cfg.image_id, &srv.touched)
+            .map_err(|e| Fatal(format!("writing {}: {e}", path.display())))?;
     }
     if let Some(path) = &cfg.stats {
         let _ = std::fs::write(path, stats_json(&mut srv.stats));

@@ -117,10 +117,10 @@ impl Uffd {
     }
 
     fn ioctl_fill(&self, req: libc::c_ulong, arg: &mut [u64], res_idx: usize) -> (Fill, u64) {
-        // SAFETY: `arg` is the uffdio struct the request expects (caller
-        // passes the right length); the kernel reads it and writes its
-        // result field. Source addresses inside it point into our mapping
-        // of pages.img, which outlives the call.
+        // `arg` is the uffdio struct the request expects (callers pass the
+        // right length); source addresses in it point into our mapping of
+        // pages.img, which outlives the call.
+        // SAFETY: the kernel reads `arg` and writes only its result field.
         let r = unsafe { libc::ioctl(self.0.as_raw_fd(), req, arg.as_mut_ptr()) };
         let done = arg[res_idx] as i64;
         if r == 0 {
@@ -164,6 +164,17 @@ impl Uffd {
     }
 }
 
+/// A msghdr for one byte of payload (`iov`) and the control buffer `cbuf`.
+fn msghdr(iov: &mut libc::iovec, cbuf: &mut [u64; 8]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = std::mem::size_of_val(cbuf);
+    msg
+}
+
 /// Receive one fd sent with SCM_RIGHTS; None at EOF.
 pub fn recv_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
     let mut byte = [0u8; 1];
@@ -172,12 +183,7 @@ pub fn recv_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
         iov_len: 1,
     };
     let mut cbuf = [0u64; 8];
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    let mut msg = msghdr(&mut iov, &mut cbuf);
     loop {
         // SAFETY: msg points at buffers we own, sized as declared.
         let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
@@ -217,11 +223,7 @@ pub fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
         iov_len: 1,
     };
     let mut cbuf = [0u64; 8];
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    let mut msg = msghdr(&mut iov, &mut cbuf);
     // SAFETY: CMSG_SPACE/LEN compute sizes; CMSG_FIRSTHDR/DATA point into
     // cbuf, which is large enough for one int.
     unsafe {
@@ -280,9 +282,9 @@ impl Mapped {
         if end > self.len as u64 {
             return None;
         }
-        // SAFETY: [off, end) lies inside the mapping, which lives as long as
-        // self; pages.img is never written while an image is restored (it
-        // is checked against its checksums before use).
+        // pages.img is never written while an image is restored (runs are
+        // checked against their checksums before use).
+        // SAFETY: [off, end) lies inside the mapping, which lives as long as self.
         Some(unsafe { std::slice::from_raw_parts(self.ptr.add(off as usize), len as usize) })
     }
 }
