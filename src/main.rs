@@ -38,6 +38,8 @@ enum Cmd {
     Inspect(cmd::inspect::InspectArgs),
     /// Check that this kernel and machine have what cryo needs.
     Check(cmd::check::CheckArgs),
+    /// Time GHC programs to their first answer: cold, thaw, cryo, CRIU.
+    Compare(cmd::compare::CompareArgs),
 }
 
 fn main() {
@@ -49,6 +51,7 @@ fn main() {
         Cmd::Restore(a) => cmd::restore::run(a),
         Cmd::Inspect(a) => cmd::inspect::run(a),
         Cmd::Check(a) => cmd::check::run(a),
+        Cmd::Compare(a) => cmd::compare::run(a),
     };
     match r {
         Ok(code) => std::process::exit(code),

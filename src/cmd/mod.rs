@@ -1,5 +1,6 @@
 pub mod capture;
 pub mod check;
+pub mod compare;
 pub mod inspect;
 pub mod restore;
 pub mod run;

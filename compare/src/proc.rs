@@ -1,0 +1,142 @@
+//! Running one timed process: spawned directly (no shell in the timed
+//! path), reaped with wait4 for its resource usage, its output parsed for
+//! the stamps the workloads print.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::BorrowedFd;
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock the workloads stamp with
+/// (stamp.c), so a stamp inside a program and one taken here compare.
+pub fn now_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always readable");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// Resource usage of a reaped process and the children it reaped.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Usage {
+    /// Minor plus major page faults.
+    pub faults: u64,
+    pub max_rss_kb: u64,
+}
+
+/// Reap `pid` (a child of this process); returns its status as a shell
+/// reports it (exit code, or 128 + signal) and its rusage.
+pub fn wait4(pid: i32) -> io::Result<(i32, Usage)> {
+    let mut status = 0i32;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: status and ru are valid, writable, and live for the call.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r == pid {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    let usage = Usage {
+        faults: (ru.ru_minflt + ru.ru_majflt) as u64,
+        max_rss_kb: ru.ru_maxrss as u64,
+    };
+    Ok((code, usage))
+}
+
+/// Mark every inherited fd above 2 close-on-exec, so a workload started
+/// from here holds only stdin, stdout and stderr: a stray pipe would be
+/// captured (and then need --inherit-fd) or refused by CRIU.
+pub fn cloexec_inherited_fds() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: the fd number came from /proc/self/fd; if it was the
+        // directory's own (now closed) fd, fcntl fails with EBADF, which is
+        // ignored. The borrow ends with the call.
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = nix::fcntl::fcntl(
+            b,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
+}
+
+/// What a workload printed: lines `cryo-bench KEY=VALUE [KEY=VALUE...]`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stamps {
+    /// The answer's checksum (`answer=`).
+    pub checksum: Option<String>,
+    /// CLOCK_MONOTONIC when the answer was ready (`at=`).
+    pub answer_at: Option<u64>,
+    /// Every other numeric KEY=VALUE (`built`, `hs_init_ns`, ...).
+    pub other: BTreeMap<String, u64>,
+}
+
+pub fn parse_stamps(out: &str) -> Stamps {
+    let mut s = Stamps::default();
+    for line in out.lines() {
+        let Some(rest) = line.strip_prefix("cryo-bench ") else {
+            continue;
+        };
+        for kv in rest.split_whitespace() {
+            let Some((k, v)) = kv.split_once('=') else {
+                continue;
+            };
+            match k {
+                "answer" => s.checksum = Some(v.to_string()),
+                "at" => s.answer_at = v.parse().ok(),
+                _ => {
+                    if let Ok(n) = v.parse() {
+                        s.other.insert(k.to_string(), n);
+                    }
+                }
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_parsed_and_noise_ignored() {
+        let s = parse_stamps(
+            "Hello, world!\ncryo-bench built=100\ncryo-bench answer=-42 at=250\nanswer=1 at=2\ncryo-bench hs_init_ns=7 hs_exit_ns=x\n",
+        );
+        assert_eq!(s.checksum.as_deref(), Some("-42"));
+        assert_eq!(s.answer_at, Some(250));
+        assert_eq!(s.other.get("built"), Some(&100));
+        assert_eq!(s.other.get("hs_init_ns"), Some(&7));
+        assert!(!s.other.contains_key("hs_exit_ns"));
+        assert_eq!(parse_stamps("nothing here"), Stamps::default());
+    }
+
+    #[test]
+    #[allow(clippy::zombie_processes)] // reaped by wait4, which clippy cannot see
+    fn wait4_reports_status_and_faults() {
+        let c = std::process::Command::new("sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .unwrap();
+        let (code, u) = wait4(c.id() as i32).unwrap();
+        assert_eq!(code, 3);
+        assert!(u.faults > 0 && u.max_rss_kb > 0, "{u:?}");
+        let t = now_ns();
+        assert!(now_ns() >= t);
+    }
+}

@@ -1,0 +1,564 @@
+//! Results: the checksum gate, rows, ratios, and the JSON, markdown and SVG
+//! renderings.
+
+use crate::stats::Summary;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// One timed run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// Spawn to the answer's stamp inside the program.
+    pub answer_ms: f64,
+    /// Spawn to reaping the process.
+    pub exit_ms: f64,
+    pub faults: u64,
+    pub max_rss_kb: u64,
+    pub checksum: Option<String>,
+    /// Phase durations the program stamped (build_ms, hs_init_ms, ...).
+    pub phases_ms: BTreeMap<String, f64>,
+}
+
+/// The checksum gate: a method's timings count only if it ran at least
+/// once and every run printed the reference answer (the cold start's).
+pub fn checksum_ok(reference: Option<&str>, samples: &[Sample]) -> bool {
+    match reference {
+        Some(r) => !samples.is_empty() && samples.iter().all(|s| s.checksum.as_deref() == Some(r)),
+        None => false,
+    }
+}
+
+/// One (workload, method, page-cache state) cell of the comparison.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Row {
+    pub workload: String,
+    pub method: String,
+    /// "warm" (files in the page cache) or "cold" (caches dropped before
+    /// every run).
+    pub cache: String,
+    /// Spawn to first answer, median over the runs; null unless
+    /// checksum_ok.
+    pub median_ms: Option<f64>,
+    pub p10_ms: Option<f64>,
+    pub p90_ms: Option<f64>,
+    /// Spawn to exit (after hs_exit), median.
+    pub exit_median_ms: Option<f64>,
+    pub runs: usize,
+    pub checksum_ok: bool,
+    /// Minor + major faults of the whole process tree (the restorer
+    /// included), median.
+    pub page_faults: Option<u64>,
+    pub max_rss_kb: Option<u64>,
+    /// Medians of the phases the program stamped.
+    pub phases_ms: BTreeMap<String, f64>,
+    /// Why there are no numbers (method unavailable, failed, wrong answer).
+    pub note: Option<String>,
+}
+
+impl Row {
+    pub fn new(workload: &str, method: &str, cache: &str) -> Row {
+        Row {
+            workload: workload.into(),
+            method: method.into(),
+            cache: cache.into(),
+            median_ms: None,
+            p10_ms: None,
+            p90_ms: None,
+            exit_median_ms: None,
+            runs: 0,
+            checksum_ok: false,
+            page_faults: None,
+            max_rss_kb: None,
+            phases_ms: BTreeMap::new(),
+            note: None,
+        }
+    }
+
+    /// A row without numbers, saying why.
+    pub fn unavailable(workload: &str, method: &str, cache: &str, why: impl Into<String>) -> Row {
+        Row {
+            note: Some(why.into()),
+            ..Row::new(workload, method, cache)
+        }
+    }
+
+    /// Summarise `samples`, gated by the reference checksum.
+    pub fn from_samples(
+        workload: &str,
+        method: &str,
+        cache: &str,
+        reference: Option<&str>,
+        samples: &[Sample],
+    ) -> Row {
+        let mut row = Row::new(workload, method, cache);
+        row.runs = samples.len();
+        row.checksum_ok = checksum_ok(reference, samples);
+        if !row.checksum_ok {
+            let got: Vec<&str> = samples
+                .iter()
+                .map(|s| s.checksum.as_deref().unwrap_or("none"))
+                .collect();
+            row.note = Some(match reference {
+                None => "no reference answer (the cold start failed)".into(),
+                Some(r) => format!("wrong answer: expected {r}, got {}", got.join(", ")),
+            });
+            return row;
+        }
+        let col = |f: &dyn Fn(&Sample) -> f64| samples.iter().map(f).collect::<Vec<f64>>();
+        let answer = Summary::of(&col(&|s| s.answer_ms));
+        row.median_ms = answer.map(|s| s.median);
+        row.p10_ms = answer.map(|s| s.p10);
+        row.p90_ms = answer.map(|s| s.p90);
+        row.exit_median_ms = Summary::of(&col(&|s| s.exit_ms)).map(|s| s.median);
+        row.page_faults = Summary::of(&col(&|s| s.faults as f64)).map(|s| s.median.round() as u64);
+        row.max_rss_kb =
+            Summary::of(&col(&|s| s.max_rss_kb as f64)).map(|s| s.median.round() as u64);
+        let mut names: Vec<&String> = samples.iter().flat_map(|s| s.phases_ms.keys()).collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let xs: Vec<f64> = samples
+                .iter()
+                .filter_map(|s| s.phases_ms.get(name).copied())
+                .collect();
+            if let Some(m) = Summary::of(&xs) {
+                row.phases_ms.insert(name.clone(), m.median);
+            }
+        }
+        row
+    }
+}
+
+/// A ratio of two warm medians of one workload, with the goal it answers.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Ratio {
+    pub workload: String,
+    /// e.g. "cryo-eager / thaw".
+    pub what: String,
+    pub value: f64,
+    pub goal: String,
+    pub met: bool,
+}
+
+/// The cryo methods, fastest first when several ran.
+const CRYO: [&str; 3] = ["cryo-eager", "cryo-lazy", "cryo-lazy-prefetch"];
+
+/// The goals of the comparison, per workload, from the warm medians: the
+/// best cryo method at most 0.5 × thaw (reported for every workload; the
+/// goal is stated for the small ones) and criu at least 20 × the best cryo.
+pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
+    let mut workloads: Vec<&str> = rows.iter().map(|r| r.workload.as_str()).collect();
+    workloads.dedup();
+    let mut out = Vec::new();
+    for w in workloads {
+        let med = |m: &str| {
+            rows.iter()
+                .find(|r| r.workload == w && r.method == m && r.cache == "warm")
+                .and_then(|r| r.median_ms)
+        };
+        let best = CRYO
+            .iter()
+            .filter_map(|m| med(m).map(|v| (*m, v)))
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        let Some((bm, bv)) = best else { continue };
+        if let Some(t) = med("thaw") {
+            let value = bv / t;
+            out.push(Ratio {
+                workload: w.into(),
+                what: format!("{bm} / thaw"),
+                value,
+                goal: "≤ 0.5".into(),
+                met: value <= 0.5,
+            });
+        }
+        if let Some(c) = med("criu") {
+            let value = c / bv;
+            out.push(Ratio {
+                workload: w.into(),
+                what: format!("criu / {bm}"),
+                value,
+                goal: "≥ 20".into(),
+                met: value >= 20.0,
+            });
+        }
+    }
+    out
+}
+
+/// Where and with what the comparison ran.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Environment {
+    pub command: String,
+    pub cryo_version: String,
+    pub ghc_version: String,
+    pub criu: String,
+    pub kernel: String,
+    pub cpu: String,
+    pub quick: bool,
+    pub warmup_runs: usize,
+    pub runs: usize,
+    pub cold_cache_runs: usize,
+    pub started_unix: u64,
+    pub duration_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub results: Vec<Row>,
+    pub ratios: Vec<Ratio>,
+    pub environment: Environment,
+}
+
+fn ms(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v >= 100.0 => format!("{v:.0}"),
+        Some(v) if v >= 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.2}"),
+        None => "–".into(),
+    }
+}
+
+impl Report {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report always serialises")
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let e = &self.environment;
+        let mut s = String::new();
+        let _ = writeln!(s, "# cryo compare\n");
+        let _ = writeln!(s, "`{}`\n", e.command);
+        let _ = writeln!(
+            s,
+            "cryo {} · GHC {} · {} · kernel {} · {} · {} warm-up + {} runs warm, {} with caches dropped · {:.0} s\n",
+            e.cryo_version, e.ghc_version, e.criu, e.kernel, e.cpu, e.warmup_runs, e.runs, e.cold_cache_runs, e.duration_s
+        );
+        let _ = writeln!(
+            s,
+            "Time from spawn to the program's first answer (its own CLOCK_MONOTONIC stamp), median with p10–p90; exit = spawn to reaping it; faults and RSS of the whole process tree.\n"
+        );
+        let _ = writeln!(s, "| workload | method | cache | first answer ms (p10–p90) | exit ms | faults | max RSS MiB | checksum | note |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        for r in &self.results {
+            let spread = match (r.p10_ms, r.p90_ms) {
+                (Some(a), Some(b)) => format!(" ({}–{})", ms(Some(a)), ms(Some(b))),
+                _ => String::new(),
+            };
+            let mut note = r.note.clone().unwrap_or_default();
+            for (k, v) in &r.phases_ms {
+                if !note.is_empty() {
+                    note.push_str("; ");
+                }
+                let _ = write!(note, "{k} {}", ms(Some(*v)));
+            }
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {}{} | {} | {} | {} | {} | {} |",
+                r.workload,
+                r.method,
+                r.cache,
+                ms(r.median_ms),
+                spread,
+                ms(r.exit_median_ms),
+                r.page_faults.map_or("–".into(), |f| f.to_string()),
+                r.max_rss_kb
+                    .map_or("–".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+                if r.checksum_ok { "ok" } else { "–" },
+                note.replace('|', "/"),
+            );
+        }
+        if !self.ratios.is_empty() {
+            let _ = writeln!(s, "\n## Goals (warm medians)\n");
+            let _ = writeln!(s, "| workload | ratio | value | goal | met |");
+            let _ = writeln!(s, "|---|---|---|---|---|");
+            for r in &self.ratios {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.3} | {} | {} |",
+                    r.workload,
+                    r.what,
+                    r.value,
+                    r.goal,
+                    if r.met { "yes" } else { "no" }
+                );
+            }
+        }
+        s
+    }
+
+    /// Grouped horizontal bars, one group per workload, one bar per method
+    /// (warm median, p10–p90 whisker), log-scaled time axis.
+    pub fn to_svg(&self) -> String {
+        let warm: Vec<&Row> = self
+            .results
+            .iter()
+            .filter(|r| r.cache == "warm" && r.median_ms.is_some())
+            .collect();
+        let mut workloads: Vec<&str> = warm.iter().map(|r| r.workload.as_str()).collect();
+        workloads.dedup();
+        let methods = [
+            "cold",
+            "thaw",
+            "cryo-eager",
+            "cryo-lazy",
+            "cryo-lazy-prefetch",
+            "criu",
+        ];
+        let colours = [
+            "#888888", "#d9822b", "#1f77b4", "#2ca02c", "#17becf", "#d62728",
+        ];
+        let (bar, gap, left, right, top) = (9.0, 14.0, 170.0, 40.0, 40.0);
+        let width = 860.0;
+        let rows_h: f64 = workloads
+            .iter()
+            .map(|w| warm.iter().filter(|r| r.workload == *w).count() as f64 * bar + gap)
+            .sum();
+        let height = top + rows_h + 50.0;
+        let lo = warm
+            .iter()
+            .filter_map(|r| r.p10_ms.or(r.median_ms))
+            .fold(f64::INFINITY, f64::min);
+        let hi = warm
+            .iter()
+            .filter_map(|r| r.p90_ms.or(r.median_ms))
+            .fold(0.0_f64, f64::max);
+        let (lo, hi) = if lo.is_finite() && hi > 0.0 {
+            (
+                10f64.powf(lo.max(1e-3).log10().floor()),
+                10f64.powf(hi.log10().ceil()),
+            )
+        } else {
+            (0.1, 1000.0)
+        };
+        let x = |v: f64| {
+            left + (v.max(lo).log10() - lo.log10()) / (hi.log10() - lo.log10())
+                * (width - left - right)
+        };
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#
+        );
+        let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<text x="{left}" y="18" font-size="13">Spawn to first answer, ms (log scale; warm page cache; median, p10–p90)</text>"#
+        );
+        let mut d = lo;
+        while d <= hi * 1.0001 {
+            let xv = x(d);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{xv:.1}" y1="{top}" x2="{xv:.1}" y2="{:.1}" stroke="#ddd"/><text x="{xv:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+                top + rows_h,
+                top + rows_h + 14.0,
+                if d < 1.0 {
+                    format!("{d}")
+                } else {
+                    format!("{d:.0}")
+                }
+            );
+            d *= 10.0;
+        }
+        let mut y = top;
+        for w in &workloads {
+            let _ = writeln!(
+                s,
+                r#"<text x="6" y="{:.1}" font-weight="bold">{w}</text>"#,
+                y + bar
+            );
+            for (m, c) in methods.iter().zip(colours) {
+                let Some(r) = warm.iter().find(|r| r.workload == *w && r.method == *m) else {
+                    continue;
+                };
+                let med = r.median_ms.unwrap_or(lo);
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{left}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="{c}"><title>{w} {m}: {} ms</title></rect>"#,
+                    (x(med) - left).max(0.5),
+                    bar - 1.5,
+                    ms(Some(med))
+                );
+                if let (Some(a), Some(b)) = (r.p10_ms, r.p90_ms) {
+                    let ym = y + (bar - 1.5) / 2.0;
+                    let _ = writeln!(
+                        s,
+                        r#"<line x1="{:.1}" y1="{ym:.1}" x2="{:.1}" y2="{ym:.1}" stroke="black"/>"#,
+                        x(a),
+                        x(b)
+                    );
+                }
+                y += bar;
+            }
+            y += gap;
+        }
+        let mut lx = left;
+        for (m, c) in methods.iter().zip(colours) {
+            let _ = writeln!(
+                s,
+                r#"<rect x="{lx:.1}" y="{:.1}" width="10" height="10" fill="{c}"/><text x="{:.1}" y="{:.1}">{m}</text>"#,
+                height - 22.0,
+                lx + 14.0,
+                height - 13.0
+            );
+            lx += 14.0 + 7.0 * m.len() as f64 + 18.0;
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(ms: f64, sum: &str) -> Sample {
+        Sample {
+            answer_ms: ms,
+            exit_ms: ms + 1.0,
+            faults: 100,
+            max_rss_kb: 2048,
+            checksum: Some(sum.into()),
+            phases_ms: BTreeMap::from([("build_ms".to_string(), ms / 2.0)]),
+        }
+    }
+
+    #[test]
+    fn gate_needs_every_run_to_match_the_reference() {
+        let good = [sample(1.0, "42"), sample(2.0, "42")];
+        assert!(checksum_ok(Some("42"), &good));
+        let bad = [sample(1.0, "42"), sample(2.0, "41")];
+        assert!(!checksum_ok(Some("42"), &bad));
+        let none = [Sample {
+            checksum: None,
+            ..sample(1.0, "42")
+        }];
+        assert!(!checksum_ok(Some("42"), &none));
+        assert!(!checksum_ok(Some("42"), &[]));
+        assert!(!checksum_ok(None, &good));
+    }
+
+    #[test]
+    fn a_wrong_answer_reports_no_timings() {
+        let r = Row::from_samples(
+            "w",
+            "cryo-eager",
+            "warm",
+            Some("42"),
+            &[sample(1.0, "42"), sample(9.0, "7")],
+        );
+        assert!(!r.checksum_ok);
+        assert_eq!(r.runs, 2);
+        assert_eq!(
+            (r.median_ms, r.p10_ms, r.exit_median_ms, r.page_faults),
+            (None, None, None, None)
+        );
+        assert!(r.note.unwrap().contains("expected 42"));
+    }
+
+    #[test]
+    fn a_good_row_summarises_its_runs() {
+        let s: Vec<Sample> = [5.0, 1.0, 3.0, 2.0, 4.0]
+            .iter()
+            .map(|&m| sample(m, "42"))
+            .collect();
+        let r = Row::from_samples("w", "cold", "warm", Some("42"), &s);
+        assert!(r.checksum_ok && r.note.is_none());
+        assert_eq!(r.median_ms, Some(3.0));
+        assert_eq!(r.exit_median_ms, Some(4.0));
+        assert!((r.p10_ms.unwrap() - 1.4).abs() < 1e-9);
+        assert_eq!(r.page_faults, Some(100));
+        assert_eq!(r.phases_ms.get("build_ms"), Some(&1.5));
+    }
+
+    fn row(w: &str, m: &str, med: f64) -> Row {
+        Row {
+            median_ms: Some(med),
+            checksum_ok: true,
+            ..Row::new(w, m, "warm")
+        }
+    }
+
+    #[test]
+    fn ratios_use_the_best_cryo_method() {
+        let rows = vec![
+            row("map", "thaw", 10.0),
+            row("map", "cryo-eager", 8.0),
+            row("map", "cryo-lazy", 4.0),
+            row("map", "criu", 100.0),
+            Row {
+                cache: "cold".into(),
+                ..row("map", "cryo-eager", 0.1)
+            },
+        ];
+        let r = ratios(&rows);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].what, "cryo-lazy / thaw");
+        assert!((r[0].value - 0.4).abs() < 1e-9 && r[0].met);
+        assert_eq!(r[1].what, "criu / cryo-lazy");
+        assert!((r[1].value - 25.0).abs() < 1e-9 && r[1].met);
+        assert!(ratios(&[row("x", "cold", 1.0)]).is_empty());
+    }
+
+    #[test]
+    fn json_has_the_documented_shape() {
+        let rep = Report {
+            results: vec![
+                Row::from_samples("map", "cold", "warm", Some("1"), &[sample(2.0, "1")]),
+                Row::unavailable("map", "criu", "warm", "criu not found"),
+            ],
+            ratios: vec![],
+            environment: Environment::default(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&rep.to_json()).unwrap();
+        let results = v["results"].as_array().unwrap();
+        assert_eq!(results.len(), 2);
+        for key in [
+            "workload",
+            "method",
+            "median_ms",
+            "p10_ms",
+            "p90_ms",
+            "runs",
+            "checksum_ok",
+            "page_faults",
+            "max_rss_kb",
+        ] {
+            assert!(
+                results.iter().all(|r| r.get(key).is_some()),
+                "missing {key}"
+            );
+        }
+        assert_eq!(results[0]["median_ms"], 2.0);
+        assert_eq!(results[1]["median_ms"], serde_json::Value::Null);
+        assert_eq!(results[1]["checksum_ok"], false);
+        assert!(v["environment"]["ghc_version"].is_string());
+        assert!(v["ratios"].is_array());
+    }
+
+    #[test]
+    fn markdown_and_svg_render_every_row() {
+        let rep = Report {
+            results: vec![
+                Row::from_samples(
+                    "map",
+                    "cold",
+                    "warm",
+                    Some("1"),
+                    &[sample(2.0, "1"), sample(3.0, "1")],
+                ),
+                Row::from_samples("map", "cryo-eager", "warm", Some("1"), &[sample(0.5, "1")]),
+                Row::unavailable("map", "criu", "warm", "criu | not found"),
+            ],
+            ratios: vec![],
+            environment: Environment::default(),
+        };
+        let md = rep.to_markdown();
+        assert_eq!(md.lines().filter(|l| l.starts_with("| map |")).count(), 3);
+        assert!(md.contains("criu / not found"));
+        let svg = rep.to_svg();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<title>").count(), 2);
+    }
+}

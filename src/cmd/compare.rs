@@ -1,0 +1,139 @@
+//! `cryo compare`: the comparison harness (cryo-compare).
+
+use anyhow::{bail, Context, Result};
+use cryo_compare::{Config, CriuChoice, Method};
+use std::path::PathBuf;
+
+/// Time GHC programs to their first answer four ways, side by side.
+///
+/// Builds the bundled GHC workloads (apt's ghc, -O2, non-threaded RTS,
+/// -V0), then times each by every method, interleaving the methods' runs:
+///
+///   cold                 compute from scratch
+///   thaw                 closure level: the structure saved as a GHC compact
+///                        region, read back with importCompact
+///   cryo-eager           cryo restore --eager of the process captured at its
+///                        self-stop right after the build
+///   cryo-lazy            cryo restore --lazy=on-demand --no-prefetch
+///   cryo-lazy-prefetch   cryo restore --lazy=on-demand with a working set
+///                        recorded by one earlier restore
+///   criu                 criu dump at the same stop, criu restore -d, SIGCONT
+///
+/// Workloads: hello (and hello-v0): RTS start-up and shutdown, hs_init and
+/// hs_exit timed apart; map-N-lookups / map-N-fold: a Data.Map of N
+/// scattered keys answered by 8 lookups or a full fold; text-N-*: an array
+/// of N Text values (ghc-fastboot's published case at N = 1e6).
+///
+/// Every method must print the cold start's checksum or its timings are not
+/// reported (checksum_ok false). Times run from spawn to the program's own
+/// CLOCK_MONOTONIC stamp at its answer; page faults and max RSS come from
+/// wait4 on the whole process tree. Warm runs, then runs with the page
+/// cache dropped before each (root). Writes OUT/compare.md, compare.json and
+/// compare.svg.
+///
+/// CRIU: Debian 12's criu 3.17 fails on this kernel; --build-criu builds
+/// CRIU 4.1 from Debian trixie's source (apt, about a minute) beside cryo's
+/// target dir, where later runs find it. Without a usable criu its rows say
+/// why and the rest is reported.
+///
+/// --quick (small heaps, 5 runs) takes a few minutes; the full sweep takes
+/// the map to about 1 GB of heap and takes much longer.
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct CompareArgs {
+    /// Small heaps and fewer runs (a few minutes).
+    #[arg(long)]
+    pub quick: bool,
+    /// Where to write compare.md, compare.json, compare.svg (and build/,
+    /// work/).
+    #[arg(long, value_name = "DIR", default_value = "cryo-compare")]
+    pub out: PathBuf,
+    /// Print the JSON report on stdout (progress stays on stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Use this criu binary.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["build_criu", "no_criu"])]
+    pub criu: Option<PathBuf>,
+    /// Build CRIU 4.1 from Debian trixie's source first (needs root, apt).
+    #[arg(long, conflicts_with = "no_criu")]
+    pub build_criu: bool,
+    /// Leave CRIU out.
+    #[arg(long)]
+    pub no_criu: bool,
+    /// Only these workloads (comma-separated names, e.g. hello,map-1e4-fold).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub only: Vec<String>,
+    /// Only these methods (comma-separated; default all).
+    #[arg(long, value_delimiter = ',', value_name = "METHODS")]
+    pub methods: Vec<String>,
+    /// Map sizes N (comma-separated), replacing the default sweep.
+    #[arg(long, value_delimiter = ',', value_name = "N")]
+    pub sizes: Vec<u64>,
+    /// Timed runs per method with a warm page cache (default 5 quick, 10 full).
+    #[arg(long, value_name = "N")]
+    pub runs: Option<usize>,
+    /// Untimed runs first (default 1 quick, 2 full).
+    #[arg(long, value_name = "N")]
+    pub warmup: Option<usize>,
+    /// Timed runs with the page cache dropped before each (default 3; 0: none).
+    #[arg(long, value_name = "N")]
+    pub cold_cache_runs: Option<usize>,
+    /// Keep each workload's images and outputs under OUT/work.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+pub fn run(a: CompareArgs) -> Result<i32> {
+    let methods = if a.methods.is_empty() {
+        Method::ALL.to_vec()
+    } else {
+        a.methods
+            .iter()
+            .map(|s| {
+                Method::parse(s).with_context(|| {
+                    let all: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+                    format!("unknown method {s:?} (one of {})", all.join(", "))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    if !methods.contains(&Method::Cold) && !a.methods.is_empty() {
+        eprintln!(
+            "cryo compare: note: cold still runs once per workload for the reference checksum"
+        );
+    }
+    let runs = a.runs.unwrap_or(if a.quick { 5 } else { 10 });
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let cfg = Config {
+        out: a.out.clone(),
+        quick: a.quick,
+        cryo: std::env::current_exe().context("locating the cryo binary")?,
+        criu: match (&a.criu, a.build_criu, a.no_criu) {
+            (Some(p), _, _) => CriuChoice::Path(p.clone()),
+            (None, true, _) => CriuChoice::Build,
+            (None, false, true) => CriuChoice::Off,
+            _ => CriuChoice::Auto,
+        },
+        only: a.only.clone(),
+        methods,
+        warmup: a.warmup.unwrap_or(if a.quick { 1 } else { 2 }),
+        runs,
+        cold_cache_runs: a.cold_cache_runs.unwrap_or(3),
+        sizes: (!a.sizes.is_empty()).then(|| a.sizes.clone()),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        keep: a.keep,
+    };
+    let rep = cryo_compare::run(&cfg, &mut |line| eprintln!("{line}"))?;
+    if a.json {
+        println!("{}", rep.to_json());
+    } else {
+        println!("{}", rep.to_markdown());
+    }
+    eprintln!(
+        "cryo compare: wrote {0}/compare.md, {0}/compare.json, {0}/compare.svg",
+        a.out.display()
+    );
+    Ok(0)
+}
