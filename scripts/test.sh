@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== installing test dependencies"
 ./scripts/install-test-deps.sh
+echo "== CRIU 4.1 for cryo compare's end-to-end test (optional: without it the test checks the other methods)"
+./scripts/build-criu.sh || echo "test: CRIU could not be built; cryo compare will report it unavailable"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 (cd shim && cargo fmt -- --check)

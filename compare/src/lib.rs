@@ -730,8 +730,10 @@ fn env_facts() -> (String, String) {
 pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Report, CompareError> {
     let started = Instant::now();
     proc::cloexec_inherited_fds();
-    mkdir_private(&cfg.out)?;
-    let build_dir = cfg.out.join("build");
+    // absolute: ghc runs in OUT/build/src
+    let out = std::path::absolute(&cfg.out).map_err(io_err(format!("{}", cfg.out.display())))?;
+    mkdir_private(&out)?;
+    let build_dir = out.join("build");
     mkdir_private(&build_dir)?;
     let built = build(&build_dir, log)?;
     let criu = if cfg.methods.contains(&Method::Criu) {
@@ -760,7 +762,7 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Report, CompareErr
     if chosen.is_empty() {
         return Err(CompareError::NoWorkload(cfg.only.join(",")));
     }
-    let work = cfg.out.join("work");
+    let work = out.join("work");
     let (kernel, cpu) = env_facts();
     let cx = Ctx {
         cfg,
@@ -899,9 +901,9 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Report, CompareErr
         ratios,
         environment,
     };
-    write_private(&cfg.out.join("compare.json"), rep.to_json().as_bytes())?;
-    write_private(&cfg.out.join("compare.md"), rep.to_markdown().as_bytes())?;
-    write_private(&cfg.out.join("compare.svg"), rep.to_svg().as_bytes())?;
+    write_private(&out.join("compare.json"), rep.to_json().as_bytes())?;
+    write_private(&out.join("compare.md"), rep.to_markdown().as_bytes())?;
+    write_private(&out.join("compare.svg"), rep.to_svg().as_bytes())?;
     Ok(rep)
 }
 

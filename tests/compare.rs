@@ -1,0 +1,93 @@
+//! End to end: a small `cryo compare --quick` run, where every available
+//! method must print the cold start's checksum.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+#[test]
+fn quick_compare_agrees_on_every_available_method() {
+    support::sanitize_fds();
+    let scratch = support::scratch("compare");
+    let out = scratch.join("results");
+    let o = Command::new(support::cryo())
+        .args([
+            "compare",
+            "--quick",
+            "--only",
+            "hello-v0,map-1e4-lookups",
+            "--warmup",
+            "0",
+            "--runs",
+            "2",
+            "--cold-cache-runs",
+            "1",
+            "--json",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .expect("run cryo compare");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "cryo compare failed:\n{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json prints JSON");
+    let rows = v["results"].as_array().expect("results");
+    let criu_available = v["environment"]["criu"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("CRIU ");
+    let row = |w: &str, m: &str, cache: &str| {
+        rows.iter()
+            .find(|r| r["workload"] == w && r["method"] == m && r["cache"] == cache)
+            .unwrap_or_else(|| panic!("no row {w} {m} {cache}"))
+    };
+    let mut methods = vec!["cold", "cryo-eager", "cryo-lazy", "cryo-lazy-prefetch"];
+    if criu_available {
+        methods.push("criu");
+    } else {
+        eprintln!("criu unavailable: {}", v["environment"]["criu"]);
+        assert!(row("hello-v0", "criu", "warm")["note"].as_str().is_some());
+    }
+    for w in ["hello-v0", "map-1e4-lookups"] {
+        for m in &methods {
+            for cache in ["warm", "cold"] {
+                let r = row(w, m, cache);
+                assert_eq!(r["checksum_ok"], true, "{w} {m} {cache}: {r}\n{stderr}");
+                assert!(r["median_ms"].as_f64().unwrap() > 0.0, "{r}");
+                assert!(
+                    r["p10_ms"].as_f64().unwrap() <= r["p90_ms"].as_f64().unwrap(),
+                    "{r}"
+                );
+                assert!(r["page_faults"].as_u64().unwrap() > 0, "{r}");
+                assert!(r["max_rss_kb"].as_u64().unwrap() > 0, "{r}");
+                assert_eq!(r["runs"], if cache == "warm" { 2 } else { 1 });
+            }
+        }
+    }
+    // thaw applies to the map, not to a hello world
+    assert_eq!(row("map-1e4-lookups", "thaw", "warm")["checksum_ok"], true);
+    let h = row("hello-v0", "thaw", "warm");
+    assert_eq!(h["checksum_ok"], false);
+    assert!(h["note"].as_str().unwrap().contains("not applicable"));
+    // hs_init and hs_exit are timed apart on a cold start
+    let phases = &row("hello-v0", "cold", "warm")["phases_ms"];
+    assert!(
+        phases["hs_init_ms"].as_f64().unwrap() > 0.0
+            && phases["hs_exit_ms"].as_f64().unwrap() > 0.0
+    );
+    for f in ["compare.md", "compare.json", "compare.svg"] {
+        let m = std::fs::metadata(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert_eq!(m.permissions().mode() & 0o777, 0o600, "{f}");
+    }
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    assert!(
+        md.contains("| map-1e4-lookups | cryo-eager | warm |"),
+        "{md}"
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+}
