@@ -20,25 +20,19 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Freeze a running or stopped process with ptrace and write its image.
-    ///
-    /// The target is left exactly as it was (running stays running, stopped
-    /// stays stopped) on every path, success or error, unless --leave-stopped
-    /// or --kill says otherwise. A process cryo cannot restore faithfully (a
-    /// second thread, a socket, a hugetlb or device mapping, an unknown fd
-    /// type) is refused with an error naming the reason, and left running.
+    // (help: the doc comment of its Args struct)
     Capture(cmd::capture::CaptureArgs),
-    /// CRIU spelling of `capture`: `cryo dump -t PID -D DIR`.
+    // (help: the doc comment of its Args struct)
     Dump(cmd::capture::DumpArgs),
     /// Start a program and capture it when it stops itself.
     Run(cmd::run::RunArgs),
-    /// Bring a captured process back in place of this `cryo` process.
+    // (about and long help: the doc comment of RestoreArgs)
     Restore(cmd::restore::RestoreArgs),
-    /// Show what an image holds (mappings, pages, registers, fds, signals).
+    // (help: the doc comment of its Args struct)
     Inspect(cmd::inspect::InspectArgs),
-    /// Check that this kernel and machine have what cryo needs.
+    // (help: the doc comment of its Args struct)
     Check(cmd::check::CheckArgs),
-    /// Time GHC programs to their first answer: cold, thaw, cryo, CRIU.
+    // (about and long help: the doc comment of CompareArgs)
     Compare(cmd::compare::CompareArgs),
 }
 

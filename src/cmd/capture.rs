@@ -53,8 +53,9 @@ pub struct CaptureArgs {
     pub quiet: bool,
 }
 
-/// CRIU-style spelling: `cryo dump -t PID -D DIR`. Unlike CRIU, the target
-/// keeps running unless --kill is given.
+/// CRIU spelling of `capture`: `cryo dump -t PID -D DIR`
+///
+/// Unlike CRIU, the target keeps running unless --kill is given.
 #[derive(clap::Args, Debug)]
 pub struct DumpArgs {
     /// PID of the process to capture.
