@@ -75,7 +75,8 @@ pub struct CompareArgs {
     /// Untimed runs first (default 1 quick, 2 full).
     #[arg(long, value_name = "N")]
     pub warmup: Option<usize>,
-    /// Timed runs with the page cache dropped before each (default 3; 0: none).
+    /// Timed runs with the page cache dropped before each (default 3; 0:
+    /// none). Needs root; drops the whole machine's page cache.
     #[arg(long, value_name = "N")]
     pub cold_cache_runs: Option<usize>,
     /// Keep each workload's images and outputs under OUT/work.
