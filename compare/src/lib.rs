@@ -242,6 +242,11 @@ fn write_private(p: &Path, data: &[u8]) -> Result<(), CompareError> {
         .map_err(io_err(format!("writing {}", p.display())))
 }
 
+/// An argv from strings and paths alike.
+fn os_args(parts: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
+    parts.iter().map(|p| p.as_ref().to_os_string()).collect()
+}
+
 fn output_of(cmd: &mut Command) -> Result<String, String> {
     let prog = cmd.get_program().to_string_lossy().into_owned();
     match cmd.stdin(Stdio::null()).output() {
@@ -464,18 +469,16 @@ fn failure(what: &str, code: i32, log: &Path) -> String {
 /// Capture the workload at its self-stop with `cryo run --capture-on-stop`.
 fn cryo_capture(cx: &Ctx, w: &Workload, dir: &Path) -> Result<PathBuf, String> {
     let img = dir.join("cryo-img");
-    let mut argv: Vec<OsString> = vec![cx.cfg.cryo.clone().into()];
-    for a in [
-        "run",
-        "--quiet",
-        "--force",
-        "--then",
-        "kill",
-        "--capture-on-stop",
-    ] {
-        argv.push(a.into());
-    }
-    argv.push(img.clone().into());
+    let mut argv = os_args(&[
+        &cx.cfg.cryo,
+        &"run",
+        &"--quiet",
+        &"--force",
+        &"--then",
+        &"kill",
+        &"--capture-on-stop",
+        &img,
+    ]);
     argv.push("--".into());
     argv.extend(w.argv(cx.built, "stop", None));
     let log = dir.join("cryo-capture.log");
@@ -615,21 +618,19 @@ fn sample(r: &Runner, dir: &Path, name: &str) -> Result<Sample, String> {
             // the restored program reopens its stdout by path; CRIU checks
             // the size it had at dump time (empty: nothing printed before the stop)
             fs::File::create(out).map_err(|e| e.to_string())?;
-            let mut argv: Vec<OsString> = vec![criu.into()];
-            for a in [
-                "restore",
-                "--shell-job",
-                "-d",
-                "-v2",
-                "-o",
-                "restore.log",
-                "--pidfile",
-            ] {
-                argv.push(a.into());
-            }
-            argv.push(pidfile.clone().into());
-            argv.push("-D".into());
-            argv.push(images.into());
+            let argv = os_args(&[
+                criu,
+                &"restore",
+                &"--shell-job",
+                &"-d",
+                &"-v2",
+                &"-o",
+                &"restore.log",
+                &"--pidfile",
+                &pidfile,
+                &"-D",
+                images,
+            ]);
             let log = dir.join("criu-restore.err");
             let (t0, code, u1) = spawn_logged(&argv, &dir.join("criu-restore.out"), &log)?;
             if code != 0 {

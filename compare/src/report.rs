@@ -162,25 +162,20 @@ pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
             .filter_map(|m| med(m).map(|v| (*m, v)))
             .min_by(|a, b| a.1.total_cmp(&b.1));
         let Some((bm, bv)) = best else { continue };
-        if let Some(t) = med("thaw") {
-            let value = bv / t;
+        let mut push = |what: String, value: f64, goal: &str, met: bool| {
             out.push(Ratio {
                 workload: w.into(),
-                what: format!("{bm} / thaw"),
+                what,
                 value,
-                goal: "≤ 0.5".into(),
-                met: value <= 0.5,
+                goal: goal.into(),
+                met,
             });
+        };
+        if let Some(t) = med("thaw") {
+            push(format!("{bm} / thaw"), bv / t, "≤ 0.5", bv / t <= 0.5);
         }
         if let Some(c) = med("criu") {
-            let value = c / bv;
-            out.push(Ratio {
-                workload: w.into(),
-                what: format!("criu / {bm}"),
-                value,
-                goal: "≥ 20".into(),
-                met: value >= 20.0,
-            });
+            push(format!("criu / {bm}"), c / bv, "≥ 20", c / bv >= 20.0);
         }
     }
     out
