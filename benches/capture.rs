@@ -1,13 +1,16 @@
-//! Capture benchmark (not a test): throughput of dumped pages to the page
-//! cache, time the target stays frozen, and image size against RSS, for heaps
-//! from 16 MiB to 4 GiB.
+//! Capture benchmark (not a test): throughput of dumped pages, time the
+//! target stays frozen, and image size against RSS, for heaps from 16 MiB
+//! to 4 GiB; side by side with the raw write speed of the same directory.
 //!
 //!     cargo bench --bench capture                 # 16 MiB .. 4 GiB
 //!     CRYO_BENCH_SIZES=16,256 cargo bench --bench capture
+//!     CRYO_BENCH_DIR=/some/disk cargo bench --bench capture   # default: $TMPDIR
 //!
 //! The target is `tests/programs/bigheap.c`: it fills a malloc'd heap with
-//! a non-zero pattern and stops itself. Each size is captured several times
-//! (the first run is a warm-up, not counted); medians with min and max.
+//! a non-zero pattern and stops itself. Each round captures it once with
+//! O_DIRECT (cryo's default) and once `--buffered`, then writes the same
+//! number of bytes raw (O_DIRECT, then buffered) for the ceiling; the first
+//! round is a warm-up; medians with min and max.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -51,6 +54,62 @@ fn median(v: &mut [f64]) -> (f64, f64, f64) {
     (med, v[0], v[n - 1])
 }
 
+/// The ceiling: write `bytes` in 8 MiB writes from one warm buffer to a
+/// file in `dir` (O_DIRECT or through the page cache, no fsync), the way
+/// cryo's page writer does, but with nothing to read. GiB/s.
+fn raw_write(dir: &Path, bytes: u64, direct: bool) -> f64 {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const CHUNK: usize = 8 << 20;
+    let path = dir.join("ceiling");
+    let _ = std::fs::remove_file(&path);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(if direct { libc::O_DIRECT } else { 0 })
+        .open(&path)
+        .expect("open ceiling file");
+    // A 2 MiB-aligned buffer on transparent huge pages, as cryo's own.
+    const HUGE: usize = 2 << 20;
+    let mut raw = vec![0u8; CHUNK + HUGE];
+    let skip = raw.as_ptr().align_offset(HUGE);
+    let buf = &mut raw[skip..skip + CHUNK];
+    // SAFETY: advice on memory this function owns (not yet touched: the
+    // zeroed Vec of this size comes fresh from mmap).
+    unsafe { libc::madvise(buf.as_mut_ptr().cast(), CHUNK, libc::MADV_HUGEPAGE) };
+    buf.fill(0x5a);
+    let t = std::time::Instant::now();
+    let mut off = 0u64;
+    while off < bytes {
+        let n = (bytes - off).min(CHUNK as u64) as usize;
+        f.write_all_at(&buf[..n], off).expect("ceiling write");
+        off += n as u64;
+    }
+    let s = t.elapsed().as_secs_f64();
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    bytes as f64 / s / (1u64 << 30) as f64
+}
+
+fn capture_once(cryo: &Path, pid: u32, dir: &Path, buffered: bool) -> serde_json::Value {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut cmd = Command::new(cryo);
+    cmd.args(["capture", "--json", "--quiet"]);
+    if buffered {
+        cmd.arg("--buffered");
+    }
+    let out = cmd
+        .arg(pid.to_string())
+        .arg(dir)
+        .output()
+        .expect("cryo capture");
+    assert!(
+        out.status.success(),
+        "capture failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
 fn main() {
     // cargo bench passes --bench; ignore arguments.
     let cryo = root().join("target/release/cryo");
@@ -60,15 +119,26 @@ fn main() {
         .status()
         .expect("cargo build");
     assert!(st.success());
-    let work = std::env::temp_dir().join(format!("cryo-bench-capture-{}", std::process::id()));
+    let work = std::env::var_os("CRYO_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("cryo-bench-capture-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();
     let bigheap = build_bigheap(&work);
     let sizes: Vec<u64> = std::env::var("CRYO_BENCH_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![16, 64, 256, 1024, 4096]);
-    println!("| heap MiB | runs | throughput GiB/s median (min–max) | frozen ms median (min–max) | image MiB | RSS MiB | image / stored non-zero pages |");
-    println!("|---:|---:|---|---|---:|---:|---:|");
+    println!(
+        "Capture of a stopped heap, to {} (median, min–max; runs interleaved).",
+        work.display()
+    );
+    println!(
+        "cryo = `cryo capture` (O_DIRECT, the default); buffered = `cryo capture --buffered`;"
+    );
+    println!("raw direct / raw buffered = 8 MiB writes of the same bytes from a warm buffer, nothing read.\n");
+    println!("| heap MiB | runs | cryo GiB/s | raw direct GiB/s | cryo / raw direct | buffered GiB/s | raw buffered GiB/s | frozen ms (cryo) | frozen ms (buffered) | image MiB | RSS MiB | image / stored non-zero pages |");
+    println!("|---:|---:|---|---|---:|---|---|---|---|---:|---:|---:|");
     for mib in sizes {
         let mut child = Command::new(&bigheap)
             .args(["stop", &mib.to_string()])
@@ -85,40 +155,47 @@ fn main() {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        let runs = if mib >= 1024 { 4 } else { 8 };
-        let (mut tput, mut frozen) = (vec![], vec![]);
+        let runs = if mib >= 1024 { 5 } else { 9 };
+        let dir = work.join("img");
+        let mut v: [Vec<f64>; 6] = Default::default();
         let mut last = serde_json::Value::Null;
         for i in 0..runs {
-            let dir = work.join("img");
+            let d = capture_once(&cryo, pid, &dir, false);
+            let b = capture_once(&cryo, pid, &dir, true);
+            let bytes = d["pages_bytes"].as_u64().unwrap_or(0);
             let _ = std::fs::remove_dir_all(&dir);
-            let out = Command::new(&cryo)
-                .args(["capture", "--json", "--quiet"])
-                .arg(pid.to_string())
-                .arg(&dir)
-                .output()
-                .expect("cryo capture");
-            assert!(
-                out.status.success(),
-                "capture failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+            let rd = raw_write(&work, bytes, true);
+            let rb = raw_write(&work, bytes, false);
             if i > 0 {
-                tput.push(j["throughput_gib_s"].as_f64().unwrap_or(0.0));
-                frozen.push(j["frozen_ms"].as_f64().unwrap_or(0.0));
+                // The first round is a warm-up.
+                v[0].push(d["throughput_gib_s"].as_f64().unwrap_or(0.0));
+                v[1].push(rd);
+                v[2].push(b["throughput_gib_s"].as_f64().unwrap_or(0.0));
+                v[3].push(rb);
+                v[4].push(d["frozen_ms"].as_f64().unwrap_or(0.0));
+                v[5].push(b["frozen_ms"].as_f64().unwrap_or(0.0));
             }
-            last = j;
+            last = d;
         }
-        let _ = std::fs::remove_dir_all(work.join("img"));
-        let (tm, tl, th) = median(&mut tput);
-        let (fm, fl, fh) = median(&mut frozen);
+        let ratio = {
+            let mut r: Vec<f64> = v[0].iter().zip(&v[1]).map(|(c, w)| c / w).collect();
+            median(&mut r).0
+        };
+        let m: Vec<(f64, f64, f64)> = v.iter_mut().map(|x| median(x)).collect();
         let image = last["pages_bytes"].as_f64().unwrap_or(0.0)
             + last["meta_bytes"].as_f64().unwrap_or(0.0);
         let stored = last["pages_stored"].as_f64().unwrap_or(0.0) * 4096.0;
         let rss = last["rss_kib"].as_f64().unwrap_or(0.0) / 1024.0;
+        let f = |(a, b, c): (f64, f64, f64), p: usize| format!("{a:.p$} ({b:.p$}–{c:.p$})");
         println!(
-            "| {mib} | {} | {tm:.2} ({tl:.2}–{th:.2}) | {fm:.1} ({fl:.1}–{fh:.1}) | {:.1} | {rss:.1} | {:.4} |",
+            "| {mib} | {} | {} | {} | {ratio:.2} | {} | {} | {} | {} | {:.1} | {rss:.1} | {:.4} |",
             runs - 1,
+            f(m[0], 2),
+            f(m[1], 2),
+            f(m[2], 2),
+            f(m[3], 2),
+            f(m[4], 0),
+            f(m[5], 0),
             image / 1048576.0,
             image / stored.max(1.0)
         );

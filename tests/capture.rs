@@ -140,24 +140,30 @@ fn compare_with_live(img: &Image, dir: &Path, pid: i32) {
 }
 
 fn capture_and_check(name: &str, args: &[&str], how: &str) {
+    capture_and_check_with(name, args, how, &[]);
+}
+
+/// As capture_and_check, with extra `cryo capture` options.
+fn capture_and_check_with(name: &str, args: &[&str], how: &str, extra: &[&str]) {
     let expected = plain_run(name, args, how);
-    let dir = scratch(&format!("cap-{name}-{how}"));
+    let dir = scratch(&format!("cap-{name}-{how}{}", extra.concat()));
     let img_dir = dir.join("img");
     let mut t = Target::start(name, args);
     match how {
         "stop" => t.wait_stopped(),
         _ => t.wait_sleeping(),
     }
-    let (code, out, err) = cryo_cmd(&[
-        "capture",
-        "--leave-stopped",
-        "--json",
-        &t.pid.to_string(),
-        img_dir.to_str().unwrap(),
-    ]);
+    let pid = t.pid.to_string();
+    let mut cmd = vec!["capture", "--leave-stopped", "--json"];
+    cmd.extend_from_slice(extra);
+    cmd.extend([pid.as_str(), img_dir.to_str().unwrap()]);
+    let (code, out, err) = cryo_cmd(&cmd);
     assert_eq!(code, 0, "capture failed: {err}");
     let summary: serde_json::Value = serde_json::from_str(&out).expect("summary json");
     assert_eq!(summary["pid"].as_i64(), Some(t.pid as i64));
+    if extra.contains(&"--buffered") {
+        assert_eq!(summary["direct_io"].as_bool(), Some(false));
+    }
     assert_eq!(state(t.pid), Some('T'), "--leave-stopped leaves it stopped");
 
     let loaded = LoadedImage::open(&img_dir).expect("image loads");
@@ -305,6 +311,12 @@ fn c_dynamic_at_self_stop() {
 #[test]
 fn c_dynamic_blocked_in_read() {
     capture_and_check("c-zdtm", &["read", "/tmp"], "read");
+}
+
+/// The page cache path (`--buffered`) writes the same image as O_DIRECT.
+#[test]
+fn c_dynamic_at_self_stop_buffered() {
+    capture_and_check_with("c-zdtm", &["stop", "/tmp"], "stop", &["--buffered"]);
 }
 
 #[test]

@@ -25,6 +25,9 @@ pub struct Options {
     pub after: After,
     /// Replace an existing image at the destination.
     pub force: bool,
+    /// Write pages.img with O_DIRECT where the filesystem allows it
+    /// (see [`crate::writer::PageWriter`]).
+    pub direct_io: bool,
 }
 
 /// Progress of the page dump, for a progress bar.
@@ -46,13 +49,18 @@ pub struct Summary {
     pub meta_bytes: u64,
     pub rss_kib: u64,
     /// Time from the interrupt to the detach (the target did not run).
+    /// A target left as it was is let go once everything is read, before
+    /// the last pages are written and fsynced.
     pub frozen_ms: f64,
-    /// Time spent reading and writing pages.
+    /// Time spent reading and writing pages (until every page is written,
+    /// not counting the fsync).
     pub dump_ms: f64,
     pub total_ms: f64,
     /// Dumped page bytes (stored + zero-checked) per second of dump time.
     pub throughput_gib_s: f64,
     pub was_stopped: bool,
+    /// Whether pages.img was written with O_DIRECT.
+    pub direct_io: bool,
     pub in_syscall: bool,
 }
 
@@ -322,11 +330,13 @@ pub fn capture(
     if threads > 1 {
         return Err(PtraceError::MultiThreaded { pid, threads }.into());
     }
-    let mut writer = ImageDirWriter::create(dest, opts.force)?;
+    // The resident size, to allocate the page buffers before the freeze.
+    let rss = procinfo::status(pid).map_or(0, |s| s.vm_rss_kib * 1024);
+    let mut writer = ImageDirWriter::create(dest, opts.force, opts.direct_io, rss)?;
     let mut tracee = Tracee::seize(pid)?;
     let t_frozen = Instant::now();
     let res = capture_stopped(&mut tracee, &mut writer, progress);
-    let (b, dump) = match res {
+    let (b, mut dump) = match res {
         Ok(v) => v,
         Err(e) => {
             // `tracee` detaches on drop: the target goes on as it was;
@@ -338,16 +348,34 @@ pub fn capture(
             return Err(e);
         }
     };
+    // Everything is read. A target that is to go on as it was can go on
+    // now, while the last page buffers are written and fsynced: an error
+    // from here on loses only the image. --leave-stopped and --kill wait
+    // for the image to be safely on disk (on error: as it was).
+    let was_stopped = tracee.was_stopped();
+    let mut tracee = Some(tracee);
+    let mut frozen = None;
+    if opts.after == After::AsItWas {
+        if let Some(t) = tracee.take() {
+            t.detach()?;
+        }
+        frozen = Some(t_frozen.elapsed());
+    }
+    let t_drain = Instant::now();
+    writer.drain()?;
+    dump.dump_time += t_drain.elapsed();
+    let direct_io = writer.pages().is_direct();
     let meta = b.encode(writer.pages_len());
     let pages_bytes = writer.pages_len();
     let dir = writer.commit(&meta)?;
-    let was_stopped = tracee.was_stopped();
-    match opts.after {
-        After::AsItWas => tracee.detach()?,
-        After::LeaveStopped => tracee.leave_stopped()?,
-        After::Kill => tracee.kill()?,
+    if let Some(t) = tracee.take() {
+        match opts.after {
+            After::AsItWas => t.detach()?,
+            After::LeaveStopped => t.leave_stopped()?,
+            After::Kill => t.kill()?,
+        }
     }
-    let frozen = t_frozen.elapsed();
+    let frozen = frozen.unwrap_or_else(|| t_frozen.elapsed());
     let dump_s = dump.dump_time.as_secs_f64();
     Ok(Summary {
         pid,
@@ -367,6 +395,7 @@ pub fn capture(
             0.0
         },
         was_stopped,
+        direct_io,
         in_syscall: b.process.flags & process_flags::IN_SYSCALL != 0,
     })
 }
@@ -602,7 +631,7 @@ fn capture_stopped(
         .map(|(m, _)| (m.rss_kib + m.swap_kib) * 1024)
         .sum();
     let mut runs = RunBuilder::new();
-    let mut buf = vec![0u8; BATCH];
+    let mut pagemap = pages::Pagemap::open(pid)?;
     let batch_pages = BATCH / PAGE_SIZE as usize;
     let mut done_bytes = 0u64;
     for (m, (kind, flags)) in maps.iter().zip(&kinds) {
@@ -614,7 +643,7 @@ fn capture_stopped(
             let mut chunk_start = m.start;
             while chunk_start < m.end {
                 let chunk_end = (chunk_start + BATCH as u64).min(m.end);
-                let pm = pages::pagemap(pid, chunk_start, chunk_end)?;
+                let pm = pagemap.read(chunk_start, chunk_end)?;
                 resident += pm.iter().filter(|e| pages::resident(**e)).count() as u64;
                 let mut i = 0usize;
                 while i < pm.len() {
@@ -628,11 +657,20 @@ fn capture_stopped(
                     {
                         j += 1;
                     }
+                    // Read straight into the page writer's buffer (no copy
+                    // on the way to pages.img); it may take fewer pages.
                     let addr = chunk_start + i as u64 * PAGE_SIZE;
-                    let len = (j - i) * PAGE_SIZE as usize;
-                    pages::read_remote(pid, addr, &mut buf[..len])
-                        .map_err(|source| MemError::Read { pid, addr, source })?;
-                    runs.add(addr, &buf[..len], w)?;
+                    let offset = w.pages_len();
+                    let room = w.pages().spare((j - i) * PAGE_SIZE as usize)?;
+                    let len = room.len();
+                    pages::read_remote(pid, addr, room).map_err(|source| MemError::Read {
+                        pid,
+                        addr,
+                        source,
+                    })?;
+                    let kept = runs.add(addr, room, offset);
+                    w.pages().advance(kept);
+                    j = i + len / PAGE_SIZE as usize;
                     done_bytes += len as u64;
                     progress(Progress {
                         done_bytes,

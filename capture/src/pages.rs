@@ -54,18 +54,38 @@ pub fn read_remote(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
     f.read_exact_at(buf, addr)
 }
 
-/// Which pages of [start, end) to dump, as one entry per page.
-pub fn pagemap(pid: i32, start: u64, end: u64) -> Result<Vec<u64>, MemError> {
-    let n = ((end - start) / PAGE_SIZE) as usize;
-    let mut raw = vec![0u8; n * 8];
-    let f = File::open(format!("/proc/{pid}/pagemap"))
-        .map_err(|source| MemError::Pagemap { pid, source })?;
-    f.read_exact_at(&mut raw, (start / PAGE_SIZE) * 8)
-        .map_err(|source| MemError::Pagemap { pid, source })?;
-    Ok(raw
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-        .collect())
+/// /proc/PID/pagemap, opened once per capture.
+pub struct Pagemap {
+    pid: i32,
+    file: File,
+    raw: Vec<u8>,
+}
+
+impl Pagemap {
+    pub fn open(pid: i32) -> Result<Self, MemError> {
+        let file = File::open(format!("/proc/{pid}/pagemap"))
+            .map_err(|source| MemError::Pagemap { pid, source })?;
+        Ok(Pagemap {
+            pid,
+            file,
+            raw: Vec::new(),
+        })
+    }
+
+    /// The entries of the pages of [start, end), one per page.
+    pub fn read(&mut self, start: u64, end: u64) -> Result<Vec<u64>, MemError> {
+        let n = ((end - start) / PAGE_SIZE) as usize;
+        self.raw.resize(n * 8, 0);
+        let pid = self.pid;
+        self.file
+            .read_exact_at(&mut self.raw, (start / PAGE_SIZE) * 8)
+            .map_err(|source| MemError::Pagemap { pid, source })?;
+        Ok(self
+            .raw
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect())
+    }
 }
 
 /// Whether a page must be dumped. `private_file`: a private file mapping,
@@ -140,84 +160,52 @@ impl RunBuilder {
         self.runs.is_empty()
     }
 
-    /// Add `pages` (page-aligned bytes at `vaddr`), already read.
-    pub fn add(
-        &mut self,
-        vaddr: u64,
-        pages: &[u8],
-        sink: &mut crate::writer::ImageDirWriter,
-    ) -> Result<(), MemError> {
+    /// Add `pages` (page-aligned bytes read at `vaddr`), which sit in the
+    /// page writer's buffer at file offset `offset`. All-zero pages become
+    /// ZERO runs and are squeezed out: the DATA pages are moved to the
+    /// front of `pages`, and their number of bytes, to keep, is returned.
+    pub fn add(&mut self, vaddr: u64, pages: &mut [u8], offset: u64) -> usize {
         let ps = PAGE_SIZE as usize;
+        let mut kept = 0usize;
         let mut i = 0;
         while i < pages.len() {
-            // Longest stretch of one kind starting at i.
             let zero = is_zero(&pages[i..i + ps]);
-            let mut j = i + ps;
-            while j < pages.len() && is_zero(&pages[j..j + ps]) == zero {
-                j += ps;
-            }
             let kind = if zero { run_kind::ZERO } else { run_kind::DATA };
+            let addr = vaddr + i as u64;
             // DATA runs end every RUN_MAX_PAGES pages, so that a lazy
             // restore can verify and serve them piece by piece.
-            let mut k = i;
-            while k < j {
-                let addr = vaddr + k as u64;
-                let contiguous = matches!(&self.cur, Some((r, _))
-                    if r.kind == kind && r.vaddr + r.len() == addr
-                        && (zero || r.npages < RUN_MAX_PAGES));
-                if !contiguous {
-                    self.close();
-                }
-                let have = match &self.cur {
-                    Some((r, _)) if contiguous => r.npages,
-                    _ => 0,
-                };
-                let room = if zero {
-                    usize::MAX
-                } else {
-                    (RUN_MAX_PAGES - have) as usize * ps
-                };
-                let end = j.min(k.saturating_add(room));
-                let npages = ((end - k) / ps) as u32;
-                let offset = if zero {
-                    0
-                } else {
-                    sink.append_pages(&pages[k..end])?
-                };
-                if zero {
-                    self.zero_pages += npages as u64;
-                } else {
-                    self.stored_pages += npages as u64;
-                }
-                match &mut self.cur {
-                    Some((r, h)) if contiguous => {
-                        r.npages += npages;
-                        if !zero {
-                            h.update(&pages[k..end]);
-                        }
-                    }
-                    _ => {
-                        let mut h = xxhash_rust::xxh3::Xxh3::new();
-                        if !zero {
-                            h.update(&pages[k..end]);
-                        }
-                        self.cur = Some((
-                            PageRun {
-                                vaddr: addr,
-                                npages,
-                                kind,
-                                offset,
-                                checksum: 0,
-                            },
-                            h,
-                        ));
-                    }
-                }
-                k = end;
+            let contiguous = matches!(&self.cur, Some((r, _))
+                if r.kind == kind && r.vaddr + r.len() == addr
+                    && (zero || r.npages < RUN_MAX_PAGES));
+            if !contiguous {
+                self.close();
+                self.cur = Some((
+                    PageRun {
+                        vaddr: addr,
+                        npages: 0,
+                        kind,
+                        offset: if zero { 0 } else { offset + kept as u64 },
+                        checksum: 0,
+                    },
+                    xxhash_rust::xxh3::Xxh3::new(),
+                ));
             }
-            i = j;
+            if let Some((r, h)) = &mut self.cur {
+                r.npages += 1;
+                if zero {
+                    self.zero_pages += 1;
+                } else {
+                    if kept != i {
+                        pages.copy_within(i..i + ps, kept);
+                    }
+                    h.update(&pages[kept..kept + ps]);
+                    kept += ps;
+                    self.stored_pages += 1;
+                }
+            }
+            i += ps;
         }
-        Ok(())
+        kept
     }
 
     pub fn finish(mut self) -> Vec<PageRun> {
@@ -249,6 +237,56 @@ mod tests {
         assert!(!wanted(PM_PRESENT | PM_FILE, true));
         assert!(wanted(PM_PRESENT, true));
         assert!(wanted(PM_SWAPPED, true));
+    }
+
+    /// Zero pages become ZERO runs and are squeezed out of the buffer;
+    /// DATA runs keep their file offsets and checksums across calls and end
+    /// every RUN_MAX_PAGES pages.
+    #[test]
+    fn runs_squeeze_out_zero_pages() {
+        let ps = PAGE_SIZE as usize;
+        // 40 pages: page i holds byte i+1, except every 5th which is zero.
+        let page = |i: usize| {
+            vec![
+                if i.is_multiple_of(5) {
+                    0u8
+                } else {
+                    i as u8 + 1
+                };
+                ps
+            ]
+        };
+        let all: Vec<u8> = (0..40).flat_map(page).collect();
+        let mut rb = RunBuilder::new();
+        let base = 0x10_0000u64;
+        // Two calls, as two batches would be (the second continues the runs).
+        let mut a = all[..24 * ps].to_vec();
+        let kept_a = rb.add(base, &mut a, 0);
+        let mut b = all[24 * ps..].to_vec();
+        let kept_b = rb.add(base + 24 * PAGE_SIZE, &mut b, kept_a as u64);
+        let mut file = a[..kept_a].to_vec();
+        file.extend_from_slice(&b[..kept_b]);
+        assert_eq!(rb.zero_pages, 8);
+        assert_eq!(rb.stored_pages, 32);
+        assert_eq!(file.len(), 32 * ps);
+        let runs = rb.finish();
+        let mut next = base;
+        for r in &runs {
+            assert_eq!(r.vaddr, next, "runs cover the range in order");
+            next = r.vaddr + r.len();
+            let first = ((r.vaddr - base) / PAGE_SIZE) as usize;
+            if r.kind == run_kind::ZERO {
+                assert!((first..first + r.npages as usize).all(|i| i.is_multiple_of(5)));
+                continue;
+            }
+            assert!(r.npages <= RUN_MAX_PAGES);
+            let data = &file[r.offset as usize..(r.offset + r.len()) as usize];
+            assert_eq!(r.checksum, cryo_image::checksum(data));
+            for k in 0..r.npages as usize {
+                assert_eq!(data[k * ps..(k + 1) * ps], page(first + k)[..]);
+            }
+        }
+        assert_eq!(next, base + 40 * PAGE_SIZE);
     }
 
     #[test]

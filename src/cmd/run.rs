@@ -35,6 +35,10 @@ pub struct RunArgs {
     /// Replace DIR if it already holds a cryo image.
     #[arg(long)]
     pub force: bool,
+    /// Write the pages through the page cache instead of with O_DIRECT
+    /// (see `cryo capture --help`).
+    #[arg(long)]
+    pub buffered: bool,
     /// Print a JSON summary of the capture on stdout.
     #[arg(long)]
     pub json: bool,
@@ -98,6 +102,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
             Then::Kill => After::Kill,
         },
         force: a.force,
+        direct_io: !a.buffered,
     };
     let res = capture_with_progress(pid.as_raw(), &a.capture_on_stop, &opts, a.quiet);
     match res {
