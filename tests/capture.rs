@@ -265,6 +265,10 @@ fn check_zdtm_info(img: &Image, pid: i32, how: &str) {
         p.sig_blocked & (1 << (libc::SIGHUP - 1)) != 0,
         "SIGHUP blocked"
     );
+    assert!(
+        (p.sig_pending | p.sig_shared_pending) & (1 << (libc::SIGHUP - 1)) != 0,
+        "SIGHUP pending (raised while blocked)"
+    );
     assert_eq!(p.sigaltstack_size, 1 << 16);
     let files: Vec<_> = img
         .fds()

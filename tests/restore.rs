@@ -97,9 +97,10 @@ fn capture_cmd(cmd: Command, name: &str, how: &str, dir: &Path) -> std::path::Pa
     img
 }
 
-/// How each image of the round-trip tests is restored: eagerly twice,
-/// then lazily in both modes (the whole eager suite runs lazily too).
-const RESTORE_MODES: [&[&str]; 4] = [&[], &[], &["--lazy"], &["--lazy=on-demand"]];
+/// How each image of the round-trip tests is restored: eagerly twice (the
+/// shim finishing alone through the image's gadgets, then with the ptrace
+/// tracer), then lazily in both modes (the whole eager suite runs lazily too).
+const RESTORE_MODES: [&[&str]; 4] = [&[], &["--use-tracer"], &["--lazy"], &["--lazy=on-demand"]];
 
 /// Plain run for the expected output, then capture + restore in every
 /// mode of RESTORE_MODES.
@@ -108,6 +109,16 @@ fn round_trip(name: &str, args: &[&str], how: &str) {
     let tag = format!("rt-{name}-{how}");
     let img = capture_killed(name, args, how, &tag);
     let before = image_digest(&img);
+    // Every program here runs on glibc: capture finds both gadgets, so the
+    // default eager restore needs no tracer.
+    let loaded = LoadedImage::open(&img).expect("image");
+    assert!(
+        loaded.image().expect("image").gadgets().is_some(),
+        "{name}: no gadgets found at capture"
+    );
+    let (code, out, _) = cryo_cmd(&["restore", "--dry-run", img.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("no tracer"), "{out}");
     for (i, mode) in RESTORE_MODES.iter().enumerate() {
         let mut r = Restored::start(&img, mode);
         if how == "read" {

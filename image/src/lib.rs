@@ -39,6 +39,7 @@
 
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 
+pub mod gadget;
 #[cfg(feature = "std")]
 pub mod load;
 pub mod record;
@@ -58,7 +59,7 @@ pub const PAGES_FILE: &str = "pages.img";
 
 pub const MAGIC: [u8; 8] = *b"CRYOIMG\0";
 pub const VERSION_MAJOR: u16 = 1;
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;
 pub const HEADER_SIZE: usize = 64;
 pub const DIR_ENTRY_SIZE: usize = 32;
 pub const MAX_SECTIONS: usize = 64;
@@ -489,6 +490,11 @@ impl<'a> Image<'a> {
         self.table(SectionKind::Itimers)
     }
 
+    /// The restore gadgets, if the capture found them (format 1.1+).
+    pub fn gadgets(&self) -> Option<Gadgets> {
+        self.table::<Gadgets>(SectionKind::Gadgets).get(0)
+    }
+
     /// Resolve a string reference (None if absent or invalid).
     pub fn str(&self, r: StrRef) -> Option<&'a str> {
         if r.is_none() {
@@ -616,6 +622,27 @@ impl<'a> Image<'a> {
                     index: i as u64,
                     why: "signal number out of range",
                 });
+            }
+        }
+        if let Some(g) = self.gadgets() {
+            // Each inside one executable mapping (the shim jumps there).
+            for (addr, len) in [
+                (g.syscall_ret, gadget::SYSCALL_RET_MAX),
+                (g.sigreturn, gadget::SIGRETURN_MAX),
+            ] {
+                let inside = self.vmas().iter().any(|v| {
+                    v.prot & prot::EXEC != 0
+                        && v.kind != vma_kind::VSYSCALL
+                        && addr >= v.start
+                        && addr.saturating_add(len as u64) <= v.end
+                });
+                if !inside {
+                    return Err(ImageError::BadIndex {
+                        section: "gadgets",
+                        index: 0,
+                        why: "address outside an executable mapping",
+                    });
+                }
             }
         }
         for (i, f) in self.fds().iter().enumerate() {

@@ -60,10 +60,12 @@ pub enum SectionKind {
     Fds = 10,
     Timers = 11,
     Itimers = 12,
+    /// Optional (format 1.1): where the restore can finish without a tracer.
+    Gadgets = 13,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 12] = [
+    pub const ALL: [SectionKind; 13] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -76,6 +78,7 @@ impl SectionKind {
         SectionKind::Fds,
         SectionKind::Timers,
         SectionKind::Itimers,
+        SectionKind::Gadgets,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -94,6 +97,7 @@ impl SectionKind {
             SectionKind::Fds => "fds",
             SectionKind::Timers => "timers",
             SectionKind::Itimers => "itimers",
+            SectionKind::Gadgets => "gadgets",
         }
     }
     /// Record size this reader knows for the section (1 for byte blobs).
@@ -111,6 +115,7 @@ impl SectionKind {
             SectionKind::Fds => Fd::SIZE,
             SectionKind::Timers => PosixTimer::SIZE,
             SectionKind::Itimers => Itimer::SIZE,
+            SectionKind::Gadgets => Gadgets::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -128,6 +133,7 @@ impl SectionKind {
             SectionKind::Fds => 1 << 20,
             SectionKind::Timers => 1 << 16,
             SectionKind::Itimers => 3,
+            SectionKind::Gadgets => 1,
         }
     }
     /// Sections every valid image must have.
@@ -260,6 +266,20 @@ record! {
         /// The task's robust futex list (get_robust_list), 0 if none.
         pub robust_list: u64,
         pub robust_list_len: u64,
+    }
+}
+
+record! {
+    /// Two instruction sequences in the program's own code, found at capture
+    /// (see [`crate::gadget`]), with which the restore shim removes its own
+    /// window and enters the program without a tracer: it jumps to
+    /// `syscall_ret` with rax = munmap of the window and rsp at a signal
+    /// frame whose return address is `sigreturn`.
+    pub struct Gadgets {
+        /// `syscall` followed by a return reached when it succeeds.
+        pub syscall_ret: u64,
+        /// `mov $15, %eax/%rax; syscall` (glibc's `__restore_rt`).
+        pub sigreturn: u64,
     }
 }
 

@@ -49,6 +49,7 @@ pub struct ImageBuilder {
     pub fds: Vec<Fd>,
     pub timers: Vec<PosixTimer>,
     pub itimers: Vec<Itimer>,
+    pub gadgets: Option<Gadgets>,
 }
 
 /// An encoded section: record size, record count, bytes.
@@ -66,7 +67,7 @@ impl ImageBuilder {
     /// Serialize to meta.img bytes. `pages_len` is the final size of pages.img.
     pub fn encode(&self, pages_len: u64) -> Vec<u8> {
         let blob = |b: &[u8]| (1u32, b.len() as u64, b.to_vec());
-        let sections: Vec<(SectionKind, Encoded)> = vec![
+        let mut sections: Vec<(SectionKind, Encoded)> = vec![
             (
                 SectionKind::Process,
                 table(std::slice::from_ref(&self.process)),
@@ -83,6 +84,9 @@ impl ImageBuilder {
             (SectionKind::Timers, table(&self.timers)),
             (SectionKind::Itimers, table(&self.itimers)),
         ];
+        if let Some(g) = &self.gadgets {
+            sections.push((SectionKind::Gadgets, table(std::slice::from_ref(g))));
+        }
         let dir_start = HEADER_SIZE;
         let mut off = dir_start + sections.len() * DIR_ENTRY_SIZE;
         let mut dir = vec![0u8; sections.len() * DIR_ENTRY_SIZE];

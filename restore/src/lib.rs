@@ -87,6 +87,19 @@ pub struct Options {
     pub phases: bool,
     /// Serve private anonymous memory on demand through userfaultfd.
     pub lazy: Option<LazyOptions>,
+    /// Finish with the tracer even where the image's gadgets would do.
+    pub use_tracer: bool,
+}
+
+/// How the restore ends once the shim has rebuilt the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The shim unmaps its window through the program's own code and
+    /// `rt_sigreturn`s (eager restore, image with gadgets): no other process.
+    Gadgets,
+    /// A ptrace tracer forked before the exec does it (lazy restore,
+    /// --keep-stopped, or no usable gadgets).
+    Tracer,
 }
 
 /// Lazy restore settings.
@@ -111,6 +124,7 @@ pub struct Plan {
     tid_offset: usize,
     setup: Setup,
     lazy: Option<lazy::Config>,
+    finish: Finish,
 }
 
 /// Process state `exec` applies before the shim runs, read from the image
@@ -133,6 +147,10 @@ impl Plan {
     /// The page server's settings (lazy restore), e.g. the prefetch size.
     pub fn lazy(&self) -> Option<&lazy::Config> {
         self.lazy.as_ref()
+    }
+    /// How the restore will end.
+    pub fn finish(&self) -> Finish {
+        self.finish
     }
 }
 
@@ -316,6 +334,16 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
         rlimits: img.rlimits().iter().collect(),
     };
 
+    let finish = if opts.lazy.is_none()
+        && !opts.keep_stopped
+        && !opts.use_tracer
+        && gadgets_in_image(&image, &img)
+    {
+        Finish::Gadgets
+    } else {
+        Finish::Tracer
+    };
+
     let shim_ok = std::fs::metadata(&opts.shim)
         .map(|m| m.is_file() && m.mode() & 0o111 != 0)
         .unwrap_or(false);
@@ -330,7 +358,62 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
         tid_offset: own_tid_offset(),
         setup,
         lazy: lazy_cfg,
+        finish,
     })
+}
+
+/// Whether the image's gadgets are there and hold the expected code in the
+/// image itself (the page's stored copy, or the mapped file's bytes).
+fn gadgets_in_image(loaded: &LoadedImage, img: &Image) -> bool {
+    use cryo_image::gadget;
+    let Some(g) = img.gadgets() else {
+        return false;
+    };
+    let ok = |addr: u64, len: usize, is: fn(&[u8]) -> bool| {
+        image_bytes(loaded, img, addr, len).is_some_and(|b| is(&b))
+    };
+    ok(
+        g.syscall_ret,
+        gadget::SYSCALL_RET_MAX,
+        gadget::is_syscall_ret,
+    ) && ok(g.sigreturn, gadget::SIGRETURN_MAX, gadget::is_sigreturn)
+}
+
+/// `len` bytes at `addr` of the captured process as a restore will rebuild
+/// them (within one page, or two for a sequence that crosses a boundary):
+/// from pages.img where a DATA run covers the page, else from the file
+/// behind the mapping; None where the bytes are not known here.
+fn image_bytes(loaded: &LoadedImage, img: &Image, addr: u64, len: usize) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let ps = cryo_image::PAGE_SIZE;
+    let mut out = Vec::with_capacity(len);
+    let mut a = addr;
+    while out.len() < len {
+        let page = a & !(ps - 1);
+        let n = ((page + ps - a) as usize).min(len - out.len());
+        let mut buf = vec![0u8; n];
+        let v = img.vmas().iter().find(|v| v.start <= a && a < v.end)?;
+        let run = img
+            .page_runs()
+            .iter()
+            .find(|r| r.vaddr <= a && a < r.vaddr + r.len());
+        match run {
+            Some(r) if r.kind == cryo_image::run_kind::DATA => {
+                let f = std::fs::File::open(loaded.pages_path()).ok()?;
+                f.read_exact_at(&mut buf, r.offset + (a - r.vaddr)).ok()?;
+            }
+            Some(_) => {} // a ZERO run
+            None if v.file != NO_INDEX => {
+                let fid = img.files().get(v.file as usize)?;
+                let f = std::fs::File::open(img.str(fid.path)?).ok()?;
+                f.read_exact_at(&mut buf, v.pgoff + (a - v.start)).ok()?;
+            }
+            None => return None,
+        }
+        out.extend_from_slice(&buf);
+        a += n as u64;
+    }
+    Some(out)
 }
 
 impl Plan {
@@ -369,13 +452,15 @@ impl Plan {
             }),
             _ => None,
         };
-        if let Err(e) = tracer::start(
-            self.gadget,
-            self.opts.keep_stopped,
-            pending,
-            server.as_ref(),
-        ) {
-            return e;
+        if self.finish == Finish::Tracer {
+            if let Err(e) = tracer::start(
+                self.gadget,
+                self.opts.keep_stopped,
+                pending,
+                server.as_ref(),
+            ) {
+                return e;
+            }
         }
         let mut extra = vec![meta.as_raw_fd(), pages.as_raw_fd()];
         if let Some(s) = &server {
@@ -389,7 +474,9 @@ impl Plan {
         };
         let (meta_fd, pages_fd) = (installed[0], installed[1]);
         let sock_fd = installed.get(2).copied().unwrap_or(-1);
-        let flags = if self.opts.phases { 2 } else { 0 } | if server.is_some() { 4 } else { 0 };
+        let flags = if self.opts.phases { 2 } else { 0 }
+            | if server.is_some() { 4 } else { 0 }
+            | if self.finish == Finish::Gadgets { 8 } else { 0 };
         if let Err(e) = std::env::set_current_dir(cwd) {
             return e.into_sys(format!("chdir {cwd}"));
         }

@@ -51,6 +51,11 @@ const FLAG_SELF_SIGRETURN: usize = 1;
 /// FLAGS bit: print phase times (CLOCK_MONOTONIC) on stderr before the
 /// hand-off (`cryo restore --phases`; argv[5] is cryo's stamp before exec).
 const FLAG_PHASES: usize = 2;
+/// FLAGS bit: no tracer. The shim queues the captured pending signals
+/// itself and finishes through the image's gadgets (`cryo_image::gadget`):
+/// it jumps to the program's own `syscall; ret` with rax = munmap of the
+/// window, whose `ret` lands on the program's `rt_sigreturn` sequence.
+const FLAG_SELF_UNMAP: usize = 8;
 /// FLAGS bit: lazy restore. Private anonymous mappings (see
 /// `cryo_image::lazy`) are registered with a userfaultfd, which goes to
 /// the page server over the unix socket SOCK_FD (argv[6]); the shim waits
@@ -555,6 +560,9 @@ fn restore(a: &Args) -> ! {
         );
         write(2, &m.b[..m.n]);
     }
+    if a.flags & FLAG_SELF_UNMAP != 0 {
+        finish_without_tracer(&img, frame_sp);
+    }
     if a.flags & FLAG_SELF_SIGRETURN != 0 {
         // SAFETY: frame_sp points just above a complete rt_sigframe; the
         // kernel loads every register from it and never returns here.
@@ -576,6 +584,60 @@ fn restore(a: &Args) -> ! {
             "ud2",
             in("rdi") frame_sp,
             in("rsi") HANDOFF_MAGIC,
+            options(noreturn)
+        )
+    }
+}
+
+/// Remove the window and enter the program, all from the program's own
+/// code (see `cryo_image::gadget`): `frame_sp - 8` becomes the frame's
+/// return address slot holding the sigreturn gadget, and the shim jumps to
+/// the syscall-ret gadget with rax = munmap(window). Nothing of the shim
+/// runs after that syscall.
+fn finish_without_tracer(img: &Image, frame_sp: usize) -> ! {
+    let Some(g) = img.gadgets() else {
+        die(format_args!("no tracer and no gadgets in the image"));
+    };
+    // The bytes must be what capture found (cryo restore checked them in
+    // the image; this checks the memory just built).
+    let code = |addr: u64, len: usize| -> &'static [u8] {
+        // SAFETY: Image::validate checked [addr, addr + len) lies inside an
+        // executable (hence readable) mapping, mapped and filled above.
+        unsafe { core::slice::from_raw_parts(addr as *const u8, len) }
+    };
+    if !cryo_image::gadget::is_syscall_ret(code(g.syscall_ret, cryo_image::gadget::SYSCALL_RET_MAX))
+        || !cryo_image::gadget::is_sigreturn(code(g.sigreturn, cryo_image::gadget::SIGRETURN_MAX))
+    {
+        die(format_args!(
+            "the restored code at {:#x}/{:#x} is not the captured gadgets",
+            g.syscall_ret, g.sigreturn
+        ));
+    }
+    // Pending signals at capture: queued now, while every signal is
+    // blocked; delivered once rt_sigreturn installs the program's mask.
+    let p = img.process();
+    let pending = (p.sig_pending | p.sig_shared_pending) & !((1 << (19 - 1)) | (1 << (9 - 1)));
+    let pid = syscall3(SYS_GETPID, 0, 0, 0) as usize;
+    for sig in 1..=64usize {
+        if pending & (1u64 << (sig - 1)) != 0 {
+            syscall3(SYS_KILL, pid, sig, 0);
+        }
+    }
+    poke_u64(frame_sp - 8, g.sigreturn);
+    // SAFETY: frame_sp - 8 is the return-address slot of a complete
+    // rt_sigframe on the program's stack. The munmap removes this code and
+    // stack; the gadget's `ret` pops the sigreturn gadget, whose
+    // rt_sigreturn (with rsp = frame_sp) loads every register from the
+    // frame. Nothing returns here.
+    unsafe {
+        core::arch::asm!(
+            "mov rsp, {sp}",
+            "jmp {gadget}",
+            sp = in(reg) frame_sp - 8,
+            gadget = in(reg) g.syscall_ret,
+            in("rax") SYS_MUNMAP,
+            in("rdi") W,
+            in("rsi") W_END - W,
             options(noreturn)
         )
     }

@@ -274,6 +274,18 @@ fn to_text(img: &Image, loaded: &LoadedImage) -> String {
         "tls       canary (%fs:0x28) {:#018x}  pointer guard (%fs:0x30) {:#018x}",
         p.tls_canary, p.tls_pointer_guard
     );
+    match img.gadgets() {
+        Some(g) => {
+            let _ = writeln!(
+                o,
+                "finish    syscall-ret gadget {:#x}, sigreturn gadget {:#x} (restore needs no tracer)",
+                g.syscall_ret, g.sigreturn
+            );
+        }
+        None => {
+            let _ = writeln!(o, "finish    no gadgets found (restore uses its tracer)");
+        }
+    }
     if p.flags & process_flags::HAS_RSEQ != 0 {
         let _ = writeln!(
             o,
@@ -452,5 +464,6 @@ fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
         "fds": fds,
         "timers": img.timers().iter().collect::<Vec<_>>(),
         "itimers": img.itimers().iter().collect::<Vec<_>>(),
+        "gadgets": img.gadgets(),
     })
 }

@@ -63,6 +63,10 @@ pub struct RestoreArgs {
     /// on stderr, for benchmarks.
     #[arg(long)]
     pub phases: bool,
+    /// Finish with a ptrace tracer even where the image allows the shim to
+    /// finish alone (the way lazy and --keep-stopped restores finish).
+    #[arg(long)]
+    pub use_tracer: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -92,6 +96,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         shim: crate::cmd::check::shim_path(),
         no_verify: args.no_verify,
         phases: args.phases,
+        use_tracer: args.use_tracer,
         lazy: args.lazy.map(|m| cryo_restore::LazyOptions {
             mode: match m {
                 LazyMode::Background => cryo_restore::lazy::Mode::Background,
@@ -114,6 +119,14 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             img.str(p.exe).unwrap_or("?"),
             img.vmas().len(),
             plan.fds().len()
+        );
+        println!(
+            "finish: {}",
+            match plan.finish() {
+                cryo_restore::Finish::Gadgets =>
+                    "by the shim, through the program's own code (no tracer)",
+                cryo_restore::Finish::Tracer => "by a ptrace tracer",
+            }
         );
         if let Some(l) = plan.lazy() {
             println!(

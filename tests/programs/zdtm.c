@@ -148,6 +148,7 @@ int main(int argc, char **argv) {
     sigemptyset(&block);
     sigaddset(&block, SIGHUP);
     sigprocmask(SIG_BLOCK, &block, NULL);
+    raise(SIGHUP); /* blocked: pending across the capture and restore */
     static char altstack[1 << 16];
     stack_t ss = {.ss_sp = altstack, .ss_size = sizeof altstack, .ss_flags = 0};
     if (sigaltstack(&ss, NULL)) fail("sigaltstack");
@@ -242,6 +243,9 @@ int main(int argc, char **argv) {
     sigset_t cur;
     sigprocmask(SIG_BLOCK, NULL, &cur);
     if (!sigismember(&cur, SIGHUP)) fail("blocked mask");
+    sigset_t pend;
+    sigpending(&pend);
+    if (!sigismember(&pend, SIGHUP)) fail("pending SIGHUP");
     stack_t cur_ss;
     sigaltstack(NULL, &cur_ss);
     if (cur_ss.ss_sp != altstack || cur_ss.ss_size != sizeof altstack) fail("sigaltstack");
