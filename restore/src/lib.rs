@@ -132,8 +132,11 @@ pub struct Plan {
 struct Setup {
     cwd: String,
     pending: u64,
+    /// Signals this process ignores (reset to SIG_DFL before the exec).
+    ignored: u64,
     umask: u32,
     personality: u32,
+    /// The captured limits that differ from ours.
     rlimits: Vec<cryo_image::Rlimit>,
 }
 
@@ -322,16 +325,18 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
         }
     }
 
-    check_rlimits(&img)?;
+    let own_status = OwnStatus::read();
+    let rlimits = check_rlimits(&img, own_status.cap_sys_resource)?;
 
     let fds = fds::plan(&img, &opts.inherit_fds)?;
     let setup = Setup {
         cwd: img.str(p.cwd).unwrap_or("/").to_owned(),
         pending: (p.sig_pending | p.sig_shared_pending)
             & !((1 << (libc::SIGSTOP - 1)) | (1 << (libc::SIGKILL - 1))),
+        ignored: own_status.sig_ignored,
         umask: p.umask,
         personality: p.personality,
-        rlimits: img.rlimits().iter().collect(),
+        rlimits,
     };
 
     let finish = if opts.lazy.is_none()
@@ -424,6 +429,7 @@ impl Plan {
             cwd,
             pending,
             umask,
+            ignored: _,
             personality,
             rlimits,
         } = &self.setup;
@@ -499,6 +505,19 @@ impl Plan {
             Ok(s) => s,
             Err(_) => return RestoreError::NoShim(self.opts.shim.clone()),
         };
+        // The shim sets only the captured dispositions: everything else must
+        // be SIG_DFL after the exec, which keeps SIG_IGN (Rust ignores
+        // SIGPIPE; nohup, SIGHUP). All signals are blocked first: one that
+        // arrives from here on stays pending for the restored program.
+        let all = !0u64;
+        // SAFETY: rt_sigprocmask reads one 8-byte mask we own.
+        unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &all, 0usize, 8) };
+        for sig in 1..=64 {
+            if self.setup.ignored & (1u64 << (sig - 1)) != 0 {
+                // SAFETY: resetting a disposition to SIG_DFL; no handler runs.
+                unsafe { libc::signal(sig, libc::SIG_DFL) };
+            }
+        }
         let args: Vec<CString> = [
             "cryo-shim".to_owned(),
             meta_fd.to_string(),
@@ -645,8 +664,9 @@ fn lim_str(v: u64) -> String {
 
 /// Every captured limit must be settable: raising a hard limit needs
 /// CAP_SYS_RESOURCE, which this machine's root lacks.
-fn check_rlimits(img: &Image) -> Result<(), RestoreError> {
-    let cap = caps_sys_resource();
+/// Returns the captured limits that differ from ours (the ones to set).
+fn check_rlimits(img: &Image, cap: bool) -> Result<Vec<cryo_image::Rlimit>, RestoreError> {
+    let mut differ = Vec::new();
     for r in img.rlimits().iter() {
         let mut ours = libc::rlimit {
             rlim_cur: 0,
@@ -665,18 +685,33 @@ fn check_rlimits(img: &Image) -> Result<(), RestoreError> {
                 our_max: lim_str(ours.rlim_max),
             });
         }
+        if (r.cur, r.max) != (ours.rlim_cur, ours.rlim_max) {
+            differ.push(r);
+        }
     }
-    Ok(())
+    Ok(differ)
 }
 
-fn caps_sys_resource() -> bool {
-    const CAP_SYS_RESOURCE: u32 = 24;
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
+/// What cryo restore needs from /proc/self/status, read once.
+struct OwnStatus {
+    cap_sys_resource: bool,
+    /// SigIgn: the signals this process ignores.
+    sig_ignored: u64,
+}
+
+impl OwnStatus {
+    fn read() -> OwnStatus {
+        const CAP_SYS_RESOURCE: u32 = 24;
+        let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let hex = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
                 .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+                .unwrap_or(0)
+        };
+        OwnStatus {
+            cap_sys_resource: hex("CapEff:") & (1 << CAP_SYS_RESOURCE) != 0,
+            sig_ignored: hex("SigIgn:"),
+        }
+    }
 }

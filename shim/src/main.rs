@@ -793,11 +793,12 @@ fn map_vma(
                 }
                 None => p,
             };
-            // Populate a private range in one call first: pread would otherwise
-            // take a page fault per page, which costs several µs each under
-            // virtualisation (docs/pitfalls.md). Best effort: on failure the
-            // faults happen as before.
-            if !shared {
+            // Populate a larger private range in one call first: pread would
+            // otherwise take a page fault per page, which costs several µs
+            // each under virtualisation (docs/pitfalls.md); for a few pages
+            // the extra call costs more than it saves. Best effort: on
+            // failure the faults happen as before.
+            if !shared && n >= POPULATE_MIN {
                 syscall3(SYS_MADVISE, addr as usize, n as usize, MADV_POPULATE_WRITE);
             }
             if let Err(e) = pread_all(pages_fd, addr as usize, n as usize, off) {
@@ -852,6 +853,8 @@ fn map_vma(
 
 /// madvise(2): fault the range in, writable, in one call (Linux 5.14).
 const MADV_POPULATE_WRITE: usize = 23;
+/// Smallest range worth a MADV_POPULATE_WRITE before its pread.
+const POPULATE_MIN: u64 = 16 * PAGE_SIZE;
 
 const UFFD_API: u64 = 0xaa;
 const UFFDIO_API: usize = 0xc018_aa3f;
@@ -998,18 +1001,18 @@ fn fix_robust_owners(img: &Image, old: u32, new: u32) {
     }
 }
 
+/// The captured dispositions. Every other signal is SIG_DFL already: exec
+/// reset caught signals, and `cryo restore` reset the ones it ignored
+/// (exec keeps SIG_IGN) before the exec.
 fn restore_signals(img: &Image) {
-    for sig in 1..=64u32 {
-        if sig == 9 || sig == 19 {
+    for s in img.sigactions().iter() {
+        if s.signo == 9 || s.signo == 19 {
             continue;
         }
-        let mut act = [0u64; 4];
-        if let Some(s) = img.sigactions().iter().find(|s| s.signo == sig) {
-            act = [s.handler, s.flags, s.restorer, s.mask];
-        }
+        let act = [s.handler, s.flags, s.restorer, s.mask];
         let r = syscall6(
             SYS_RT_SIGACTION,
-            sig as usize,
+            s.signo as usize,
             act.as_ptr() as usize,
             0,
             8,
@@ -1018,8 +1021,8 @@ fn restore_signals(img: &Image) {
         );
         // Signals 32 and 33 are glibc-internal but settable; anything the
         // kernel refuses that the program had set is an error.
-        if r < 0 && act[0] != 0 {
-            die(format_args!("rt_sigaction({sig}): errno {}", -r));
+        if r < 0 {
+            die(format_args!("rt_sigaction({}): errno {}", s.signo, -r));
         }
     }
 }

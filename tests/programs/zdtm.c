@@ -246,6 +246,10 @@ int main(int argc, char **argv) {
     sigset_t pend;
     sigpending(&pend);
     if (!sigismember(&pend, SIGHUP)) fail("pending SIGHUP");
+    /* Default where the program left it so (cryo itself ignores SIGPIPE). */
+    struct sigaction pipe_act;
+    sigaction(SIGPIPE, NULL, &pipe_act);
+    if (pipe_act.sa_handler != SIG_DFL) fail("SIGPIPE not default");
     stack_t cur_ss;
     sigaltstack(NULL, &cur_ss);
     if (cur_ss.ss_sp != altstack || cur_ss.ss_size != sizeof altstack) fail("sigaltstack");
