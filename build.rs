@@ -6,6 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The one target everything is built for (the default one, named).
+const TARGET: &str = "x86_64-unknown-linux-gnu";
+
 fn main() {
     let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("manifest dir"));
     for p in [
@@ -17,19 +20,28 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
-    // OUT_DIR is <target>/<profile>/build/cryo-<hash>/out.
+    // OUT_DIR is <target-dir>/<triple>/<profile>/build/cryo-<hash>/out
+    // (or <target-dir>/<profile>/... without an explicit target).
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     let profile_dir = out.ancestors().nth(3).expect("target/<profile>").to_owned();
-    let target_dir = profile_dir.parent().expect("target dir").join("shim");
+    let mut target_root = profile_dir.parent().expect("target dir");
+    if target_root.file_name().is_some_and(|n| n == TARGET) {
+        target_root = target_root.parent().expect("target dir");
+    }
+    let target_dir = target_root.join("shim");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root.join("shim"))
-        .args(["build", "--release", "--offline", "--target-dir"])
+        .args(["build", "--release", "--offline", "--target", TARGET])
+        .arg("--target-dir")
         .arg(&target_dir);
-    // Nothing of the outer build's configuration applies to the shim.
+    // Nothing of the outer build's configuration applies to the shim: not
+    // the environment, and not the rustflags of .cargo/config.toml (which
+    // the shim's directory inherits; an empty CARGO_ENCODED_RUSTFLAGS takes
+    // precedence over any configured rustflags). The shim sets its own link
+    // arguments in shim/build.rs.
     for var in [
         "CARGO_TARGET_DIR",
-        "CARGO_ENCODED_RUSTFLAGS",
         "RUSTFLAGS",
         "RUSTC_WRAPPER",
         "RUSTC_WORKSPACE_WRAPPER",
@@ -38,12 +50,13 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
+    cmd.env("CARGO_ENCODED_RUSTFLAGS", "");
     let status = cmd.status().expect("running cargo for cryo-shim");
     if !status.success() {
         panic!("building cryo-shim failed ({status})");
     }
     install(
-        &target_dir.join("release/cryo-shim"),
+        &target_dir.join(TARGET).join("release/cryo-shim"),
         &profile_dir.join("cryo-shim"),
     );
 }

@@ -112,7 +112,7 @@ fn capture_once(cryo: &Path, pid: u32, dir: &Path, buffered: bool) -> serde_json
 
 fn main() {
     // cargo bench passes --bench; ignore arguments.
-    let cryo = root().join("target/release/cryo");
+    let cryo = root().join("target/x86_64-unknown-linux-gnu/release/cryo");
     let st = Command::new("cargo")
         .args(["build", "--release", "--quiet", "--bin", "cryo"])
         .current_dir(root())

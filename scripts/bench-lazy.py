@@ -27,7 +27,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CRYO = os.path.join(ROOT, "target/release/cryo")
+CRYO = os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/cryo")
 
 
 def sh(cmd, **kw):

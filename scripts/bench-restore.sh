@@ -17,7 +17,7 @@ out=target/bench-restore
 rm -rf "$out" && mkdir -p "$out" && chmod 700 "$out"
 cc -O2 -o "$out/tiny" examples/tiny.c
 ghc -O2 -v0 -rtsopts -with-rtsopts=-V0 -outputdir "$out/hs" -o "$out/hs-map" tests/programs/DataMap.hs
-cryo=target/release/cryo
+cryo=target/x86_64-unknown-linux-gnu/release/cryo
 
 capture() { # NAME CMD... : start CMD (it stops itself), capture it, kill it
     local name=$1; shift
@@ -33,14 +33,26 @@ capture() { # NAME CMD... : start CMD (it stops itself), capture it, kill it
 capture tiny "$out/tiny" stop
 capture hs "$out/hs-map" stop 1000
 
+# Floors, in the same run: the cheapest possible process (static, no libc:
+# exec + exit), and a static glibc program that does nothing (glibc's
+# start-up, which every cryo invocation pays too).
+printf 'void _start(void){__asm__ volatile("mov $60,%%eax; xor %%edi,%%edi; syscall");}\n' >"$out/nop.c"
+cc -O2 -nostdlib -static -no-pie -o "$out/nop" "$out/nop.c"
+printf 'int main(void){return 0;}\n' >"$out/empty.c"
+cc -O2 -static -o "$out/empty-static" "$out/empty.c"
+
 hyperfine -N --warmup 20 --runs 300 --export-json "$out/tiny.json" \
+    -n "floor: static no-libc exec+exit" "$out/nop" \
+    -n "floor: static glibc, empty main" "$out/empty-static" \
     -n "cold: tiny" "$out/tiny run" \
     -n "cryo restore (verify pages)" "$cryo restore $out/tiny.img" \
-    -n "cryo restore --no-verify" "$cryo restore --no-verify $out/tiny.img"
+    -n "cryo restore --no-verify" "$cryo restore --no-verify $out/tiny.img" \
+    -n "cryo restore --use-tracer" "$cryo restore --use-tracer $out/tiny.img"
 hyperfine -N --warmup 20 --runs 200 --export-json "$out/hs.json" \
     -n "cold: GHC Data.Map 1000 (-V0)" "$out/hs-map run 1000" \
     -n "cryo restore (verify pages)" "$cryo restore $out/hs.img" \
-    -n "cryo restore --no-verify" "$cryo restore --no-verify $out/hs.img"
+    -n "cryo restore --no-verify" "$cryo restore --no-verify $out/hs.img" \
+    -n "cryo restore --use-tracer" "$cryo restore --use-tracer $out/hs.img"
 
 echo
 echo "shim phases (median of 50 restores, microseconds):"

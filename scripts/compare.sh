@@ -13,4 +13,4 @@ echo "== building CRIU 4.1 (Debian 12's criu fails on this kernel)"
 ./scripts/build-criu.sh || echo "compare: no CRIU; its rows will say why"
 quick=(--quick)
 if [ "${1:-}" = --full ]; then quick=(); shift; fi
-exec target/release/cryo compare "${quick[@]}" --out compare-results "$@"
+exec target/x86_64-unknown-linux-gnu/release/cryo compare "${quick[@]}" --out compare-results "$@"

@@ -12,7 +12,7 @@ done
 command -v cc >/dev/null || { echo "demo: needs a C compiler (apt-get install gcc)" >&2; exit 1; }
 echo "== building cryo (release)"
 cargo build --release --workspace --quiet
-CRYO=target/release/cryo
+CRYO=target/x86_64-unknown-linux-gnu/release/cryo
 work=$(mktemp -d /tmp/cryo-demo.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 cc -O2 -o "$work/slowinit" examples/slowinit.c

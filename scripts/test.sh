@@ -14,7 +14,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 # The shim is its own cargo workspace (see shim/Cargo.toml).
-(cd shim && cargo clippy --release --offline --target-dir ../target/shim -- -D warnings)
+(cd shim && CARGO_ENCODED_RUSTFLAGS= cargo clippy --release --offline --target x86_64-unknown-linux-gnu --target-dir ../target/shim -- -D warnings)
 echo "== cargo build (cryo, and cryo-shim through build.rs)"
 cargo build --workspace
 echo "== cargo test"

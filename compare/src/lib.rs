@@ -367,10 +367,17 @@ fn find_criu(
     build_dir: &Path,
     log: &mut dyn FnMut(&str),
 ) -> Result<(PathBuf, String), String> {
+    // target/criu, beside target/<triple>/<profile>/cryo (or, without an
+    // explicit target, target/<profile>/cryo): where scripts/build-criu.sh
+    // builds by default.
     let beside = cfg
         .cryo
         .parent()
         .and_then(Path::parent)
+        .map(|t| match t.file_name() {
+            Some(n) if n == "x86_64-unknown-linux-gnu" => t.parent().unwrap_or(t),
+            _ => t,
+        })
         .map(|t| t.join("criu"))
         .unwrap_or_else(|| PathBuf::from("criu-build"));
     let built = |dir: &Path| -> Option<PathBuf> {
