@@ -186,6 +186,8 @@ pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
 pub struct Environment {
     pub command: String,
     pub cryo_version: String,
+    /// "release", or a warning that the timed cryo is a debug build.
+    pub cryo_build: String,
     pub ghc_version: String,
     pub criu: String,
     pub kernel: String,
