@@ -547,7 +547,10 @@ impl<'a> Server<'a> {
 /// Build the root space's chunks from the image.
 fn chunks_of(img: &Image) -> Vec<Chunk> {
     let (lo, hi) = lazy::eager_window(&img.process());
-    let mut out = Vec::new();
+    // Sized up front: a 4 GiB heap has 65 536 runs, and growing the vector
+    // by doubling would copy it over and over into fresh memory.
+    let runs: u32 = img.vmas().iter().filter(lazy::is_lazy).map(|v| v.run_count).sum();
+    let mut out = Vec::with_capacity(runs as usize);
     for v in img.vmas().iter().filter(lazy::is_lazy) {
         for j in v.first_run..v.first_run + v.run_count {
             let Some(r) = img.page_runs().get(j as usize) else {
@@ -560,13 +563,7 @@ fn chunks_of(img: &Image) -> Vec<Chunk> {
             while p < r.npages {
                 let n = (r.npages - p).min(cryo_image::RUN_MAX_PAGES);
                 let addr = r.vaddr + p as u64 * PG;
-                let mut pending = 0u32;
-                for k in 0..n {
-                    let a = addr + k as u64 * PG;
-                    if !(lo..hi).contains(&a) {
-                        pending |= 1 << k;
-                    }
-                }
+                let pending = pending_mask(addr, n, lo, hi);
                 out.push(Chunk {
                     addr,
                     npages: n,
@@ -579,6 +576,19 @@ fn chunks_of(img: &Image) -> Vec<Chunk> {
         }
     }
     out
+}
+
+/// Bits of the `n` (≤ 32) pages from `addr` that lie outside [lo, hi)
+/// (the eager window, which the shim filled).
+fn pending_mask(addr: u64, n: u32, lo: u64, hi: u64) -> u32 {
+    let bits = |k: u32| if k >= 32 { u32::MAX } else { (1u32 << k) - 1 };
+    let end = addr + n as u64 * PG;
+    if end <= lo || addr >= hi {
+        return bits(n);
+    }
+    let k0 = lo.saturating_sub(addr).div_ceil(PG) as u32;
+    let k1 = (hi.min(end) - addr).div_ceil(PG) as u32;
+    bits(n) & !(bits(k1 - k0) << k0)
 }
 
 /// Pages the page server has to bring in for this image (for messages).
@@ -868,6 +878,27 @@ mod tests {
             off,
             run: 0,
             pending: (1u32 << npages) - 1,
+        }
+    }
+
+    #[test]
+    fn pending_mask_excludes_exactly_the_window() {
+        let base = 0x7000_0000u64;
+        for n in [1u32, 5, 16, 31, 32] {
+            for lo_p in 0..40u64 {
+                for len_p in [1u64, 3, 17, 40] {
+                    let (lo, hi) = (base + lo_p * PG, base + (lo_p + len_p) * PG);
+                    let naive = (0..n).fold(0u32, |m, k| {
+                        let a = base + 4 * PG + k as u64 * PG;
+                        if (lo..hi).contains(&a) { m } else { m | 1 << k }
+                    });
+                    assert_eq!(
+                        pending_mask(base + 4 * PG, n, lo, hi),
+                        naive,
+                        "n {n} window pages {lo_p}+{len_p}"
+                    );
+                }
+            }
         }
     }
 

@@ -274,13 +274,25 @@ fn restore(a: &Args) -> ! {
             "meta.img has an impossible size ({len} bytes)"
         ));
     }
+    // Mapped from the page cache rather than read into fresh memory: a
+    // large image's page-run table is megabytes, and fresh pages cost
+    // several µs each here (docs/pitfalls.md). MAP_POPULATE maps it in one
+    // call; every byte is checksummed below anyway.
     let buf_len = (len + PG - 1) & !(PG - 1);
-    map_anon_at(META_AT, buf_len, "the image buffer");
-    if let Err(e) = pread_all(a.meta_fd, META_AT, len, 0) {
-        die(format_args!("reading meta.img: errno {}", -e));
+    let r = mmap(
+        META_AT,
+        buf_len,
+        PROT_READ,
+        MAP_PRIVATE | MAP_FIXED_NOREPLACE | MAP_POPULATE,
+        a.meta_fd,
+        0,
+    );
+    if r as usize != META_AT {
+        die(format_args!("mapping meta.img: errno {}", -r));
     }
-    // SAFETY: META_AT..+len was just mapped and filled; it stays mapped
-    // (inside the window) until the shim is gone.
+    // SAFETY: META_AT..+len was just mapped (readable, len bytes of the
+    // file, the rest of the last page zero); it stays mapped (inside the
+    // window) until the shim is gone.
     let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(META_AT as *const u8, len) };
     let img = match Image::parse(bytes) {
         Ok(i) => i,
@@ -805,10 +817,31 @@ fn map_vma(
                 die(format_args!("reading pages for {addr:#x}: errno {}", -e));
             }
         };
-        for j in v.first_run as usize..(v.first_run + v.run_count) as usize {
+        let (first, end) = (v.first_run as usize, (v.first_run + v.run_count) as usize);
+        // A lazy mapping fills only the window: start at its first run (a
+        // 4 GiB heap has 65 536 runs; walking them all took ~0.5 ms).
+        let from = match only {
+            Some((lo, _)) => {
+                let runs = img.page_runs();
+                let (mut a, mut b) = (first, end);
+                while a < b {
+                    let m = a + (b - a) / 2;
+                    match runs.get(m) {
+                        Some(r) if r.vaddr + r.len() <= lo => a = m + 1,
+                        _ => b = m,
+                    }
+                }
+                a
+            }
+            None => first,
+        };
+        for j in from..end {
             let Some(run) = img.page_runs().get(j) else {
                 break;
             };
+            if only.is_some_and(|(_, hi)| run.vaddr >= hi) {
+                break;
+            }
             if run.kind == run_kind::DATA {
                 pending = match pending {
                     Some((a, n, o)) if a + n == run.vaddr && o + n == run.offset => {
