@@ -22,7 +22,9 @@ pub enum LoadError {
 #[derive(Debug)]
 pub struct LoadedImage {
     pub dir: PathBuf,
-    pub meta: Vec<u8>,
+    /// Private: [`LoadedImage::image`] trusts these bytes to be the ones
+    /// `open` verified.
+    meta: Vec<u8>,
 }
 
 impl LoadedImage {
@@ -50,20 +52,28 @@ impl LoadedImage {
         }
         let mut meta = Vec::with_capacity(len as usize);
         f.read_to_end(&mut meta).map_err(io_err)?;
-        let img = LoadedImage {
-            dir: dir.to_owned(),
-            meta,
-        };
-        img.image()?.validate().map_err(|source| LoadError::Image {
+        let img_err = |source| LoadError::Image {
             path: path.clone(),
             source,
-        })?;
-        Ok(img)
+        };
+        Image::parse(&meta)
+            .and_then(|i| i.validate())
+            .map_err(img_err)?;
+        Ok(LoadedImage {
+            dir: dir.to_owned(),
+            meta,
+        })
     }
 
-    /// The parsed view (parsing is cheap: checksums of a small file).
+    /// meta.img's bytes, as verified by `open`.
+    pub fn meta(&self) -> &[u8] {
+        &self.meta
+    }
+
+    /// The parsed view. `open` checked every checksum of these bytes, which
+    /// this value owns and never changes: they are not hashed again.
     pub fn image(&self) -> Result<Image<'_>, LoadError> {
-        Image::parse(&self.meta).map_err(|source| LoadError::Image {
+        Image::parse_verified(&self.meta).map_err(|source| LoadError::Image {
             path: self.dir.join(META_FILE),
             source,
         })

@@ -70,6 +70,16 @@ pub(crate) fn sample() -> (Vec<u8>, Vec<u8>) {
 }
 
 #[test]
+fn parse_verified_reads_what_parse_read() {
+    let (meta, _) = sample();
+    let a = Image::parse(&meta).unwrap();
+    let b = Image::parse_verified(&meta).unwrap();
+    assert_eq!(a.process(), b.process());
+    assert_eq!(a.vmas().len(), b.vmas().len());
+    assert_eq!(a.page_runs().len(), b.page_runs().len());
+}
+
+#[test]
 fn roundtrip() {
     let (meta, pages) = sample();
     let img = Image::parse(&meta).expect("parse");
@@ -189,6 +199,31 @@ proptest! {
         if let Ok(img) = Image::parse(&bytes) {
             let _ = img.validate();
             let _ = img.verify_pages(&[]);
+        }
+        // Without checksums the structural checks alone must hold.
+        if let Ok(img) = Image::parse_verified(&bytes) {
+            let _ = img.validate();
+            for v in img.vmas().iter() { let _ = img.str(v.name); }
+        }
+    }
+
+    /// Mutations without resealing: parse refuses them, parse_verified
+    /// (which skips the checksums) never panics on them.
+    #[test]
+    fn unsealed_mutations_never_panic_unchecked_parsing(edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+        let (mut meta, _) = sample();
+        let orig = meta.clone();
+        for (pos, val) in edits {
+            let p = pos % meta.len();
+            meta[p] = val;
+        }
+        if meta != orig {
+            prop_assert!(Image::parse(&meta).is_err());
+        }
+        if let Ok(img) = Image::parse_verified(&meta) {
+            let _ = img.validate();
+            let _ = img.process();
+            for r in img.page_runs().iter() { let _ = r.len(); }
         }
     }
 

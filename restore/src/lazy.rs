@@ -60,7 +60,8 @@ pub struct Config {
     pub verify: bool,
 }
 
-/// One DATA run of a lazy mapping, as the server tracks it.
+/// A DATA piece of a lazy mapping that the program moved with mremap: its
+/// pages live at a new address, tracked explicitly.
 #[derive(Clone, Copy, Debug)]
 struct Chunk {
     addr: u64,
@@ -73,88 +74,279 @@ struct Chunk {
     pending: u32,
 }
 
+/// What the image says about lazy memory, shared by every space: nothing
+/// here is built per page run, so the server is ready (and the program
+/// resumes) in a time that does not grow with the image — a 4 GiB heap has
+/// 65 536 runs, and a table of them cost 2.1 ms before the go-ahead.
+struct Layout<'a> {
+    img: Image<'a>,
+    /// Lazy mappings in address order: (start, end, first run, end run).
+    vmas: Vec<(u64, u64, u32, u32)>,
+    /// The eager window: filled by the shim, never pending.
+    window: (u64, u64),
+}
+
+impl<'a> Layout<'a> {
+    fn new(img: Image<'a>) -> Layout<'a> {
+        let vmas = img
+            .vmas()
+            .iter()
+            .filter(lazy::is_lazy)
+            .map(|v| (v.start, v.end, v.first_run, v.first_run + v.run_count))
+            .collect();
+        let window = lazy::eager_window(&img.process());
+        Layout { img, vmas, window }
+    }
+
+    /// The DATA runs of lazy mappings that overlap [lo, hi), in order.
+    fn runs_in(&self, lo: u64, hi: u64) -> impl Iterator<Item = (u32, PageRun)> + '_ {
+        let runs = self.img.page_runs();
+        let v0 = self.vmas.partition_point(|v| v.1 <= lo);
+        self.vmas[v0..]
+            .iter()
+            .take_while(move |v| v.0 < hi)
+            .flat_map(move |&(_, _, first, end)| {
+                // First run of the mapping that ends after lo.
+                let (mut a, mut b) = (first, end);
+                while a < b {
+                    let m = a + (b - a) / 2;
+                    match runs.get(m as usize) {
+                        Some(r) if r.vaddr + r.len() <= lo => a = m + 1,
+                        _ => b = m,
+                    }
+                }
+                (a..end)
+                    .map_while(move |j| runs.get(j as usize).map(|r| (j, r)))
+                    .take_while(move |(_, r)| r.vaddr < hi)
+                    .filter(|(_, r)| r.kind == run_kind::DATA)
+            })
+    }
+}
+
+/// One bit per page of pages.img, all clear at first (allocated zeroed,
+/// so untouched parts cost nothing).
+#[derive(Clone)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: u64) -> Bits {
+        Bits(vec![0; n.div_ceil(64) as usize])
+    }
+    fn get(&self, i: u64) -> bool {
+        self.0
+            .get((i / 64) as usize)
+            .is_some_and(|w| (w >> (i % 64)) & 1 != 0)
+    }
+    fn set(&mut self, i: u64) {
+        if let Some(w) = self.0.get_mut((i / 64) as usize) {
+            *w |= 1 << (i % 64);
+        }
+    }
+}
+
+/// A stretch of pending pages, contiguous in memory and in pages.img.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Piece {
+    dst: u64,
+    src: u64,
+    len: u64,
+    /// A piece of `moved` (else of the image's own layout).
+    moved: bool,
+}
+
 /// One address space being served (the restored process, or a child it
-/// forked before every page was in).
+/// forked before every page was in). A page of the image's layout is
+/// pending unless it is in the eager window or `done` has its pages.img
+/// page: filled, dropped by the program, or moved away (into `moved`).
 struct Space {
     uffd: Uffd,
-    chunks: Vec<Chunk>,
-    pending_pages: u64,
+    done: Bits,
+    moved: Vec<Chunk>,
     root: bool,
-    cursor: usize,
+    /// Background streaming: every layout page below this is done.
+    cursor: u64,
 }
 
 impl Space {
-    /// Index of the chunk holding page `addr`.
-    fn find(&self, addr: u64) -> Option<usize> {
-        let i = self
-            .chunks
-            .partition_point(|c| c.addr + c.npages as u64 * PG <= addr);
-        (i < self.chunks.len() && self.chunks[i].addr <= addr).then_some(i)
-    }
-
-    /// The program dropped [start, end): never fill it from the image.
-    fn drop_range(&mut self, start: u64, end: u64) {
-        let i0 = self
-            .chunks
-            .partition_point(|c| c.addr + c.npages as u64 * PG <= start);
-        for c in &mut self.chunks[i0..] {
-            if c.addr >= end {
-                break;
-            }
-            let mut mask = 0u32;
-            for p in 0..c.npages {
-                let a = c.addr + p as u64 * PG;
-                if a >= start && a < end {
-                    mask |= 1 << p;
-                }
-            }
-            self.pending_pages -= (c.pending & mask).count_ones() as u64;
-            c.pending &= !mask;
+    fn new(uffd: Uffd, l: &Layout, root: bool) -> Space {
+        Space {
+            uffd,
+            done: Bits::new(l.img.header.pages_len / PG),
+            moved: Vec::new(),
+            root,
+            cursor: 0,
         }
     }
 
-    /// mremap moved [from, from+len) to `to`.
-    fn remap(&mut self, from: u64, to: u64, len: u64) {
-        // Anything tracked at the destination was unmapped first.
-        self.drop_range(to, to + len);
+    /// Whether the page at `page` still has to come from the image.
+    fn is_pending(&self, l: &Layout, page: u64) -> bool {
+        if let Some(c) = self.moved_at(page) {
+            return (c.pending >> ((page - c.addr) / PG)) & 1 != 0;
+        }
+        l.runs_in(page, page + PG).next().is_some_and(|(_, r)| {
+            let (lo, hi) = l.window;
+            !(lo..hi).contains(&page) && !self.done.get((r.offset + (page - r.vaddr)) / PG)
+        })
+    }
+
+    fn moved_at(&self, page: u64) -> Option<&Chunk> {
+        let i = self
+            .moved
+            .partition_point(|c| c.addr + c.npages as u64 * PG <= page);
+        self.moved.get(i).filter(|c| c.addr <= page)
+    }
+
+    /// The pending pages in [lo, hi) as pieces (in address order within
+    /// moved and within the layout), with the runs that cover them.
+    fn pieces(&self, l: &Layout, lo: u64, hi: u64, runs: &mut Vec<u32>) -> Vec<Piece> {
+        let mut out: Vec<Piece> = Vec::new();
+        let push = |out: &mut Vec<Piece>, dst: u64, src: u64, moved: bool| match out.last_mut() {
+            Some(p) if p.moved == moved && p.dst + p.len == dst && p.src + p.len == src => {
+                p.len += PG
+            }
+            _ => out.push(Piece {
+                dst,
+                src,
+                len: PG,
+                moved,
+            }),
+        };
+        let i0 = self
+            .moved
+            .partition_point(|c| c.addr + c.npages as u64 * PG <= lo);
+        for c in self.moved[i0..].iter().take_while(|c| c.addr < hi) {
+            for p in 0..c.npages {
+                let a = c.addr + p as u64 * PG;
+                if a >= lo && a < hi && (c.pending >> p) & 1 != 0 {
+                    push(&mut out, a, c.off + p as u64 * PG, true);
+                    if runs.last() != Some(&c.run) {
+                        runs.push(c.run);
+                    }
+                }
+            }
+        }
+        let (wlo, whi) = l.window;
+        for (j, r) in l.runs_in(lo, hi) {
+            let a0 = r.vaddr.max(lo);
+            let a1 = (r.vaddr + r.len()).min(hi);
+            let mut any = false;
+            let mut a = a0;
+            while a < a1 {
+                let src = r.offset + (a - r.vaddr);
+                if !(wlo..whi).contains(&a)
+                    && !self.done.get(src / PG)
+                    && self.moved_at(a).is_none()
+                {
+                    push(&mut out, a, src, false);
+                    any = true;
+                }
+                a += PG;
+            }
+            if any {
+                runs.push(j);
+            }
+        }
+        out
+    }
+
+    /// The program dropped [start, end) (or it was filled): never fill it
+    /// from the image again.
+    fn drop_range(&mut self, l: &Layout, start: u64, end: u64) {
+        for (_, r) in l.runs_in(start, end) {
+            let a0 = r.vaddr.max(start);
+            let a1 = (r.vaddr + r.len()).min(end);
+            let mut a = a0;
+            while a < a1 {
+                self.done.set((r.offset + (a - r.vaddr)) / PG);
+                a += PG;
+            }
+        }
+        let i0 = self
+            .moved
+            .partition_point(|c| c.addr + c.npages as u64 * PG <= start);
+        for c in &mut self.moved[i0..] {
+            if c.addr >= end {
+                break;
+            }
+            for p in 0..c.npages {
+                let a = c.addr + p as u64 * PG;
+                if a >= start && a < end {
+                    c.pending &= !(1 << p);
+                }
+            }
+        }
+    }
+
+    /// mremap moved [from, from+len) to `to`: the pending pages there go
+    /// with it (into `moved`); anything at the destination was unmapped.
+    fn remap(&mut self, l: &Layout, from: u64, to: u64, len: u64) {
+        self.drop_range(l, to, to + len);
         let end = from + len;
-        let mut out = Vec::with_capacity(self.chunks.len() + 2);
-        for c in self.chunks.drain(..) {
+        let mut out: Vec<Chunk> = Vec::with_capacity(self.moved.len() + 2);
+        let add =
+            |out: &mut Vec<Chunk>, addr: u64, off: u64, run: u32, bit: u32| match out.last_mut() {
+                Some(c)
+                    if c.run == run
+                        && c.addr + c.npages as u64 * PG == addr
+                        && c.off + c.npages as u64 * PG == off
+                        && c.npages < 32 =>
+                {
+                    c.pending |= bit << c.npages;
+                    c.npages += 1;
+                }
+                _ => out.push(Chunk {
+                    addr,
+                    npages: 1,
+                    off,
+                    run,
+                    pending: bit,
+                }),
+            };
+        // Pieces already moved: shift what lies inside the range.
+        for c in std::mem::take(&mut self.moved) {
             let cend = c.addr + c.npages as u64 * PG;
             if cend <= from || c.addr >= end {
                 out.push(c);
                 continue;
             }
-            // Split at from and end; move the middle.
             for p in 0..c.npages {
                 let a = c.addr + p as u64 * PG;
-                let inside = a >= from && a < end;
-                let na = if inside { a - from + to } else { a };
-                let bit = (c.pending >> p) & 1;
-                let piece = Chunk {
-                    addr: na,
-                    npages: 1,
-                    off: c.off + p as u64 * PG,
-                    run: c.run,
-                    pending: bit,
+                let na = if a >= from && a < end {
+                    a - from + to
+                } else {
+                    a
                 };
-                // Re-join with the previous piece when still contiguous.
-                match out.last_mut() {
-                    Some(l)
-                        if l.run == c.run
-                            && l.addr + l.npages as u64 * PG == na
-                            && l.off + l.npages as u64 * PG == piece.off
-                            && l.npages < 32 =>
-                    {
-                        l.pending |= bit << l.npages;
-                        l.npages += 1;
-                    }
-                    _ => out.push(piece),
-                }
+                add(
+                    &mut out,
+                    na,
+                    c.off + p as u64 * PG,
+                    c.run,
+                    (c.pending >> p) & 1,
+                );
             }
         }
+        // Pending pages of the layout in the range leave it.
+        let taken: Vec<(u64, u64, u32)> = {
+            let (wlo, whi) = l.window;
+            let mut v = Vec::new();
+            for (j, r) in l.runs_in(from, end) {
+                let mut a = r.vaddr.max(from);
+                while a < (r.vaddr + r.len()).min(end) {
+                    let src = r.offset + (a - r.vaddr);
+                    if !(wlo..whi).contains(&a) && !self.done.get(src / PG) {
+                        v.push((a, src, j));
+                    }
+                    a += PG;
+                }
+            }
+            v
+        };
+        for (a, src, j) in taken {
+            self.done.set(src / PG);
+            add(&mut out, a - from + to, src, j, 1);
+        }
         out.sort_by_key(|c| c.addr);
-        self.chunks = out;
+        self.moved = out;
         self.cursor = 0;
     }
 }
@@ -188,12 +380,14 @@ enum Outcome {
 }
 
 struct Server<'a> {
-    img: Image<'a>,
+    layout: Layout<'a>,
     pages: Mapped,
     file: std::fs::File,
     buf: Vec<u8>,
-    /// Per page run: checksum verified.
+    /// Per page run: checksum verified (all false at first: zeroed memory).
     verified: Vec<bool>,
+    /// Check each run's checksum before serving from it.
+    verify_runs: bool,
     spaces: Vec<Space>,
     keeper: RawFd,
     stats: Stats,
@@ -208,10 +402,15 @@ struct Fatal(String);
 
 impl<'a> Server<'a> {
     fn verify(&mut self, run: u32) -> Result<(), Fatal> {
-        if self.verified[run as usize] {
+        if !self.verify_runs || self.verified.get(run as usize) == Some(&true) {
             return Ok(());
         }
-        let r: PageRun = self.img.page_runs().get(run as usize).expect("valid run");
+        let r: PageRun = self
+            .layout
+            .img
+            .page_runs()
+            .get(run as usize)
+            .expect("valid run");
         let t = Instant::now();
         // pread into a warm buffer: hashing through the mapping would
         // take a page fault per 4 KiB of pages.img (measured 3x slower).
@@ -225,88 +424,40 @@ impl<'a> Server<'a> {
                 r.vaddr, r.npages
             )));
         }
-        self.verified[run as usize] = true;
+        if let Some(v) = self.verified.get_mut(run as usize) {
+            *v = true;
+        }
         self.stats.verify_ns += t.elapsed().as_nanos() as u64;
         self.stats.verified_runs += 1;
         Ok(())
     }
 
-    /// Fill the pending pages of chunks `range` of space `s`, coalescing
-    /// neighbours that are contiguous in memory and in pages.img.
-    fn fill_chunks(
+    /// Fill every pending page of space `s` in [lo, hi), each stretch that
+    /// is contiguous in memory and in pages.img with one copy.
+    fn fill_range(
         &mut self,
         s: usize,
-        range: std::ops::Range<usize>,
+        lo: u64,
+        hi: u64,
         count: &mut u64,
     ) -> Result<Outcome, Fatal> {
-        self.fill_window(s, range, (0, u64::MAX), count)
-    }
-
-    /// fill_chunks, limited to pages in [lo, hi).
-    fn fill_window(
-        &mut self,
-        s: usize,
-        range: std::ops::Range<usize>,
-        (lo, hi): (u64, u64),
-        count: &mut u64,
-    ) -> Result<Outcome, Fatal> {
-        let want = |c: &Chunk| -> u32 {
-            let mut m = c.pending;
-            for p in 0..c.npages {
-                let a = c.addr + p as u64 * PG;
-                if a < lo || a >= hi {
-                    m &= !(1 << p);
-                }
-            }
-            m
-        };
-        for i in range.clone() {
-            let c = self.spaces[s].chunks[i];
-            if c.pending != 0 {
-                self.verify(c.run)?;
-            }
+        let mut runs = Vec::new();
+        let pieces = self.spaces[s].pieces(&self.layout, lo, hi, &mut runs);
+        for r in runs {
+            self.verify(r)?;
         }
-        let mut i = range.start;
-        while i < range.end {
-            // Next pending page run: (chunk, page) .. contiguous end.
-            let c = self.spaces[s].chunks[i];
-            let m = want(&c);
-            if m == 0 {
-                i += 1;
-                continue;
+        for p in pieces {
+            let (outcome, done) = self.copy(s, p.dst, p.src, p.len);
+            if done > 0 {
+                self.spaces[s].drop_range(&self.layout, p.dst, p.dst + done);
             }
-            let p0 = m.trailing_zeros();
-            let dst = c.addr + p0 as u64 * PG;
-            let src = c.off + p0 as u64 * PG;
-            // Extend across pending pages of this and following chunks.
-            let mut len = 0u64;
-            let mut j = i;
-            let mut p = p0;
-            loop {
-                let cj = self.spaces[s].chunks[j];
-                let contiguous =
-                    cj.addr + p as u64 * PG == dst + len && cj.off + p as u64 * PG == src + len;
-                if !contiguous || (want(&cj) >> p) & 1 == 0 {
-                    break;
-                }
-                len += PG;
-                p += 1;
-                if p == cj.npages {
-                    j += 1;
-                    p = 0;
-                    if j >= range.end {
-                        break;
-                    }
-                }
-            }
-            let (outcome, done) = self.copy(s, dst, src, len);
-            self.clear(s, dst, dst + done);
             *count += done / PG;
             match outcome {
                 Outcome::Done => {}
                 Outcome::Failed(e) => {
                     return Err(Fatal(format!(
-                        "UFFDIO_COPY to {dst:#x}: {}",
+                        "UFFDIO_COPY to {:#x}: {}",
+                        p.dst,
                         std::io::Error::from_raw_os_error(e)
                     )))
                 }
@@ -314,13 +465,6 @@ impl<'a> Server<'a> {
             }
         }
         Ok(Outcome::Done)
-    }
-
-    /// Mark [start, end) of space s filled.
-    fn clear(&mut self, s: usize, start: u64, end: u64) {
-        if end > start {
-            self.spaces[s].drop_range(start, end);
-        }
     }
 
     /// UFFDIO_COPY with the kernel's partial results handled. Returns the
@@ -355,46 +499,40 @@ impl<'a> Server<'a> {
     fn fault(&mut self, s: usize, addr: u64) -> Result<Outcome, Fatal> {
         let page = addr & !(PG - 1);
         let t = Instant::now();
-        let sp = &self.spaces[s];
-        match sp.find(page) {
-            Some(i) if (sp.chunks[i].pending >> ((page - sp.chunks[i].addr) / PG)) & 1 != 0 => {
-                let mut n = 0;
-                let win = (page, page + FAULT_AROUND * PG);
-                let o = self.fill_window(s, i..i + 1, win, &mut n)?;
-                if matches!(o, Outcome::Done) {
-                    self.stats.faults += 1;
-                    self.stats.fault_pages += n;
-                    let ns = t.elapsed().as_nanos().min(u32::MAX as u128) as u32;
-                    self.stats.service_ns.push(ns);
-                    if self.recording && self.spaces[s].root {
-                        self.touched.push(page);
-                    }
+        if self.spaces[s].is_pending(&self.layout, page) {
+            let mut n = 0;
+            let o = self.fill_range(s, page, page + FAULT_AROUND * PG, &mut n)?;
+            if matches!(o, Outcome::Done) {
+                self.stats.faults += 1;
+                self.stats.fault_pages += n;
+                let ns = t.elapsed().as_nanos().min(u32::MAX as u128) as u32;
+                self.stats.service_ns.push(ns);
+                if self.recording && self.spaces[s].root {
+                    self.touched.push(page);
                 }
-                Ok(o)
             }
-            _ => {
-                // No data in the image, or dropped by the program: zeros.
-                let (f, _) = self.spaces[s].uffd.zero(page, PG);
-                Ok(match f {
-                    Fill::Done => {
-                        self.stats.zero_faults += 1;
-                        Outcome::Done
-                    }
-                    Fill::Exists | Fill::NoVma => {
-                        self.spaces[s].uffd.wake(page, PG);
-                        Outcome::Done
-                    }
-                    Fill::Again => Outcome::Again,
-                    Fill::Gone => Outcome::Gone,
-                    Fill::Failed(e) => {
-                        return Err(Fatal(format!(
-                            "UFFDIO_ZEROPAGE at {page:#x}: {}",
-                            std::io::Error::from_raw_os_error(e)
-                        )))
-                    }
-                })
-            }
+            return Ok(o);
         }
+        // No data in the image, or dropped by the program: zeros.
+        let (f, _) = self.spaces[s].uffd.zero(page, PG);
+        Ok(match f {
+            Fill::Done => {
+                self.stats.zero_faults += 1;
+                Outcome::Done
+            }
+            Fill::Exists | Fill::NoVma => {
+                self.spaces[s].uffd.wake(page, PG);
+                Outcome::Done
+            }
+            Fill::Again => Outcome::Again,
+            Fill::Gone => Outcome::Gone,
+            Fill::Failed(e) => {
+                return Err(Fatal(format!(
+                    "UFFDIO_ZEROPAGE at {page:#x}: {}",
+                    std::io::Error::from_raw_os_error(e)
+                )))
+            }
+        })
     }
 
     /// Read and handle everything waiting on space `s`. Events first, then
@@ -414,15 +552,15 @@ impl<'a> Server<'a> {
                 match *m {
                     Msg::Remove { start, end } => {
                         self.stats.removes += 1;
-                        self.spaces[s].drop_range(start, end);
+                        self.spaces[s].drop_range(&self.layout, start, end);
                     }
                     Msg::Unmap { start, end } => {
                         self.stats.unmaps += 1;
-                        self.spaces[s].drop_range(start, end);
+                        self.spaces[s].drop_range(&self.layout, start, end);
                     }
                     Msg::Remap { from, to, len } => {
                         self.stats.remaps += 1;
-                        self.spaces[s].remap(from, to, len);
+                        self.spaces[s].remap(&self.layout, from, to, len);
                     }
                     Msg::Fork { ufd } => {
                         self.stats.forks += 1;
@@ -431,8 +569,8 @@ impl<'a> Server<'a> {
                         let parent = &self.spaces[s];
                         let child = Space {
                             uffd: Uffd::adopt(ufd),
-                            chunks: parent.chunks.clone(),
-                            pending_pages: parent.pending_pages,
+                            done: parent.done.clone(),
+                            moved: parent.moved.clone(),
                             root: false,
                             cursor: 0,
                         };
@@ -478,34 +616,49 @@ impl<'a> Server<'a> {
         Ok(())
     }
 
-    /// Copy the next `budget` bytes of pending pages of space s in the
-    /// background. Returns false when the space has nothing left.
+    /// Copy about `budget` bytes of pending pages of space s in the
+    /// background: moved pieces first, then the layout from the cursor on.
+    /// Returns false when the space has nothing left.
     fn stream(&mut self, s: usize, budget: u64) -> Result<bool, Fatal> {
-        let sp = &self.spaces[s];
-        if sp.pending_pages == 0 {
+        // The next pending page at or after the cursor (moved pieces are
+        // few: any pending one goes first).
+        let next = {
+            let sp = &self.spaces[s];
+            let moved = sp
+                .moved
+                .iter()
+                .find(|c| c.pending != 0)
+                .map(|c| c.addr + c.pending.trailing_zeros() as u64 * PG);
+            moved.or_else(|| {
+                let (wlo, whi) = self.layout.window;
+                self.layout.runs_in(sp.cursor, u64::MAX).find_map(|(_, r)| {
+                    let mut a = r.vaddr.max(sp.cursor);
+                    while a < r.vaddr + r.len() {
+                        let src = r.offset + (a - r.vaddr);
+                        if !(wlo..whi).contains(&a)
+                            && !sp.done.get(src / PG)
+                            && sp.moved_at(a).is_none()
+                        {
+                            return Some(a);
+                        }
+                        a += PG;
+                    }
+                    None
+                })
+            })
+        };
+        let Some(start) = next else {
             return Ok(false);
-        }
-        let mut i = sp.cursor.min(sp.chunks.len());
-        // Skip to the next chunk with work, wrapping once.
-        let n = sp.chunks.len();
-        let mut scanned = 0;
-        while scanned < n && sp.chunks[i % n].pending == 0 {
-            i += 1;
-            scanned += 1;
-        }
-        if scanned == n {
-            return Ok(false);
-        }
-        let start = i % n;
-        let mut end = start;
-        let mut bytes = 0u64;
-        while end < n && bytes < budget {
-            bytes += sp.chunks[end].pending.count_ones() as u64 * PG;
-            end += 1;
-        }
+        };
+        let end = start.saturating_add(budget);
         let mut count = 0;
-        match self.fill_chunks(s, start..end, &mut count)? {
-            Outcome::Done => self.spaces[s].cursor = end,
+        match self.fill_range(s, start, end, &mut count)? {
+            Outcome::Done => {
+                let sp = &mut self.spaces[s];
+                if sp.moved_at(start).is_none() {
+                    sp.cursor = end;
+                }
+            }
             Outcome::Again => {}
             Outcome::Gone | Outcome::Failed(_) => {
                 self.spaces.remove(s);
@@ -530,72 +683,30 @@ impl<'a> Server<'a> {
             }
             let (lo, hi) = (pages[k], pages[e - 1] + PG);
             k = e;
-            let (Some(a), Some(b)) = (self.spaces[0].find(lo), self.spaces[0].find(hi - PG)) else {
-                continue;
-            };
             let mut count = 0;
-            while let Outcome::Again = self.fill_window(0, a..b + 1, (lo, hi), &mut count)? {
+            while let Outcome::Again = self.fill_range(0, lo, hi, &mut count)? {
                 self.pump_all()?;
             }
-            self.stats.prefetch_pages += count;
-            self.stats.prefetch_copies += 1;
+            if count > 0 {
+                self.stats.prefetch_pages += count;
+                self.stats.prefetch_copies += 1;
+            }
         }
         Ok(())
     }
 }
 
-/// Build the root space's chunks from the image.
-fn chunks_of(img: &Image) -> Vec<Chunk> {
-    let (lo, hi) = lazy::eager_window(&img.process());
-    // Sized up front: a 4 GiB heap has 65 536 runs, and growing the vector
-    // by doubling would copy it over and over into fresh memory.
-    let runs: u32 = img.vmas().iter().filter(lazy::is_lazy).map(|v| v.run_count).sum();
-    let mut out = Vec::with_capacity(runs as usize);
-    for v in img.vmas().iter().filter(lazy::is_lazy) {
-        for j in v.first_run..v.first_run + v.run_count {
-            let Some(r) = img.page_runs().get(j as usize) else {
-                continue;
-            };
-            if r.kind != run_kind::DATA {
-                continue;
-            }
-            let mut p = 0u32;
-            while p < r.npages {
-                let n = (r.npages - p).min(cryo_image::RUN_MAX_PAGES);
-                let addr = r.vaddr + p as u64 * PG;
-                let pending = pending_mask(addr, n, lo, hi);
-                out.push(Chunk {
-                    addr,
-                    npages: n,
-                    off: r.offset + p as u64 * PG,
-                    run: j,
-                    pending,
-                });
-                p += n;
-            }
-        }
-    }
-    out
-}
-
-/// Bits of the `n` (≤ 32) pages from `addr` that lie outside [lo, hi)
-/// (the eager window, which the shim filled).
-fn pending_mask(addr: u64, n: u32, lo: u64, hi: u64) -> u32 {
-    let bits = |k: u32| if k >= 32 { u32::MAX } else { (1u32 << k) - 1 };
-    let end = addr + n as u64 * PG;
-    if end <= lo || addr >= hi {
-        return bits(n);
-    }
-    let k0 = lo.saturating_sub(addr).div_ceil(PG) as u32;
-    let k1 = (hi.min(end) - addr).div_ceil(PG) as u32;
-    bits(n) & !(bits(k1 - k0) << k0)
-}
-
 /// Pages the page server has to bring in for this image (for messages).
 pub fn lazy_pages(img: &Image) -> u64 {
-    chunks_of(img)
-        .iter()
-        .map(|c| c.pending.count_ones() as u64)
+    let l = Layout::new(*img);
+    let (wlo, whi) = l.window;
+    l.runs_in(0, u64::MAX)
+        .map(|(_, r)| {
+            let a0 = r.vaddr;
+            let a1 = r.vaddr + r.len();
+            let inside = a1.min(whi).saturating_sub(a0.max(wlo)) / PG;
+            r.npages as u64 - inside
+        })
         .sum()
 }
 
@@ -646,23 +757,17 @@ fn serve(
         Ok(None) => return Ok(()),
         Err(e) => return Err(Fatal(format!("receiving the userfaultfd: {e}"))),
     };
-    let chunks = chunks_of(&img);
-    let pending_pages = chunks.iter().map(|c| c.pending.count_ones() as u64).sum();
+    let layout = Layout::new(img);
+    let root = Space::new(uffd, &layout, true);
     let nruns = img.page_runs().len();
-    let verified = vec![!cfg.verify; nruns];
     let mut srv = Server {
-        img,
+        layout,
         pages,
         file,
         buf: Vec::new(),
-        verified,
-        spaces: vec![Space {
-            uffd,
-            chunks,
-            pending_pages,
-            root: true,
-            cursor: 0,
-        }],
+        verified: vec![false; nruns],
+        verify_runs: cfg.verify,
+        spaces: vec![root],
         keeper,
         stats: Stats::default(),
         touched: Vec::new(),
@@ -858,79 +963,128 @@ pub fn socketpair() -> std::io::Result<(RawFd, RawFd)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cryo_image::write::ImageBuilder;
+    use cryo_image::{vma_kind, PageRun, Vma};
 
-    fn space(chunks: Vec<Chunk>) -> Space {
-        let f = std::fs::File::open("/dev/null").expect("/dev/null");
-        let pending_pages = chunks.iter().map(|c| c.pending.count_ones() as u64).sum();
-        Space {
-            uffd: Uffd(f.into()),
-            chunks,
-            pending_pages,
-            root: true,
-            cursor: 0,
+    /// An image with one lazy mapping [0x10000, 0x40000): DATA runs of 16
+    /// pages at 0x10000 (pages.img offset 0) and 0x20000 (offset 0x10000),
+    /// nothing at 0x30000; the eager window far away.
+    fn image() -> Vec<u8> {
+        let mut b = ImageBuilder::default();
+        b.process.regs.rsp = 0x7fff_0000_0000;
+        b.vmas.push(Vma {
+            start: 0x10000,
+            end: 0x40000,
+            prot: 3,
+            kind: vma_kind::ANON_PRIVATE,
+            file: cryo_image::NO_INDEX,
+            first_run: 0,
+            run_count: 2,
+            ..Default::default()
+        });
+        for (vaddr, offset) in [(0x10000, 0), (0x20000, 0x10000)] {
+            b.page_runs.push(PageRun {
+                vaddr,
+                npages: 16,
+                kind: run_kind::DATA,
+                offset,
+                checksum: 0,
+            });
         }
+        b.encode(0x20000)
     }
 
-    fn chunk(addr: u64, npages: u32, off: u64) -> Chunk {
-        Chunk {
-            addr,
-            npages,
-            off,
-            run: 0,
-            pending: (1u32 << npages) - 1,
-        }
+    fn space(l: &Layout) -> Space {
+        let f = std::fs::File::open("/dev/null").expect("/dev/null");
+        Space::new(Uffd(f.into()), l, true)
+    }
+
+    fn pending(s: &Space, l: &Layout) -> u64 {
+        let mut runs = Vec::new();
+        s.pieces(l, 0, u64::MAX, &mut runs)
+            .iter()
+            .map(|p| p.len / PG)
+            .sum()
     }
 
     #[test]
-    fn pending_mask_excludes_exactly_the_window() {
-        let base = 0x7000_0000u64;
-        for n in [1u32, 5, 16, 31, 32] {
-            for lo_p in 0..40u64 {
-                for len_p in [1u64, 3, 17, 40] {
-                    let (lo, hi) = (base + lo_p * PG, base + (lo_p + len_p) * PG);
-                    let naive = (0..n).fold(0u32, |m, k| {
-                        let a = base + 4 * PG + k as u64 * PG;
-                        if (lo..hi).contains(&a) { m } else { m | 1 << k }
-                    });
-                    assert_eq!(
-                        pending_mask(base + 4 * PG, n, lo, hi),
-                        naive,
-                        "n {n} window pages {lo_p}+{len_p}"
-                    );
-                }
-            }
-        }
+    fn layout_finds_runs_without_a_table() {
+        let bytes = image();
+        let l = Layout::new(Image::parse(&bytes).unwrap());
+        let got: Vec<u32> = l.runs_in(0x1f000, 0x21000).map(|(j, _)| j).collect();
+        assert_eq!(got, [0, 1]);
+        assert_eq!(l.runs_in(0x30000, 0x40000).count(), 0);
+        assert_eq!(l.runs_in(0, 0x10000).count(), 0);
+        assert_eq!(lazy_pages(&l.img), 32);
     }
 
     #[test]
     fn dropped_pages_are_never_pending_again() {
-        let mut s = space(vec![chunk(0x10000, 16, 0), chunk(0x20000, 16, 0x10000)]);
-        assert_eq!(s.pending_pages, 32);
-        // Drop the last 2 pages of the first chunk and the first of the second.
-        s.drop_range(0x1e000, 0x21000);
-        assert_eq!(s.pending_pages, 29);
-        assert_eq!(s.chunks[0].pending, 0x3fff);
-        assert_eq!(s.chunks[1].pending, 0xfffe);
-        assert_eq!(s.find(0x1f000), Some(0));
-        assert_eq!(s.find(0x30000), None);
+        let bytes = image();
+        let l = Layout::new(Image::parse(&bytes).unwrap());
+        let mut s = space(&l);
+        assert_eq!(pending(&s, &l), 32);
+        // Drop the last 2 pages of the first run and the first of the second.
+        s.drop_range(&l, 0x1e000, 0x21000);
+        assert_eq!(pending(&s, &l), 29);
+        assert!(s.is_pending(&l, 0x1d000));
+        assert!(!s.is_pending(&l, 0x1e000) && !s.is_pending(&l, 0x20000));
+        assert!(s.is_pending(&l, 0x21000));
+        assert!(!s.is_pending(&l, 0x30000), "no data there");
+        // One piece per stretch, contiguous across the two runs' data.
+        let mut runs = Vec::new();
+        let p = s.pieces(&l, 0x10000, 0x30000, &mut runs);
+        assert_eq!(runs, [0, 1]);
+        assert_eq!(
+            p,
+            [
+                Piece {
+                    dst: 0x10000,
+                    src: 0,
+                    len: 14 * PG,
+                    moved: false
+                },
+                Piece {
+                    dst: 0x21000,
+                    src: 0x11000,
+                    len: 15 * PG,
+                    moved: false
+                },
+            ]
+        );
     }
 
     #[test]
     fn remap_moves_pending_pages_with_their_data() {
-        let mut s = space(vec![chunk(0x10000, 16, 0)]);
+        let bytes = image();
+        let l = Layout::new(Image::parse(&bytes).unwrap());
+        let mut s = space(&l);
         // Page 0 is dropped before the move.
-        s.drop_range(0x10000, 0x11000);
+        s.drop_range(&l, 0x10000, 0x11000);
         // Move pages 4..8 to 0x90000.
-        s.remap(0x14000, 0x90000, 0x4000);
-        assert_eq!(s.pending_pages, 15);
-        let i = s.find(0x91000).expect("moved page tracked");
-        let c = s.chunks[i];
+        s.remap(&l, 0x14000, 0x90000, 0x4000);
+        assert_eq!(pending(&s, &l), 31);
+        assert!(s.is_pending(&l, 0x91000), "moved page tracked");
+        let c = s.moved_at(0x91000).copied().expect("moved chunk");
         // Page 0x91000 is the old page 5: its data is at offset 5 pages.
         assert_eq!(c.off + (0x91000 - c.addr), 5 * PG);
-        assert_eq!((c.pending >> ((0x91000 - c.addr) / PG)) & 1, 1);
-        assert_eq!(s.find(0x15000), None, "nothing left at the old place");
-        let j = s.find(0x10000).expect("page 0 still tracked");
-        assert_eq!(s.chunks[j].pending & 1, 0, "page 0 stays dropped");
-        assert!(s.chunks.windows(2).all(|w| w[0].addr < w[1].addr), "sorted");
+        assert!(!s.is_pending(&l, 0x15000), "nothing left at the old place");
+        assert!(!s.is_pending(&l, 0x10000), "page 0 stays dropped");
+        assert!(s.is_pending(&l, 0x18000));
+        // Moved back over part of the old range: the data follows again.
+        s.remap(&l, 0x90000, 0x12000, 0x2000);
+        assert!(s.is_pending(&l, 0x13000));
+        let c = s.moved_at(0x13000).copied().expect("moved again");
+        assert_eq!(c.off + (0x13000 - c.addr), 5 * PG);
+        assert!(s.moved.windows(2).all(|w| w[0].addr < w[1].addr), "sorted");
+        // A forked child's state is the parent's.
+        let child = Space {
+            uffd: Uffd(std::fs::File::open("/dev/null").unwrap().into()),
+            done: s.done.clone(),
+            moved: s.moved.clone(),
+            root: false,
+            cursor: 0,
+        };
+        assert_eq!(pending(&child, &l), pending(&s, &l));
     }
 }

@@ -179,7 +179,7 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
                 !opts.no_verify
                     && (!cryo_image::lazy::is_lazy(v) || (r.vaddr < hi && r.vaddr + r.len() > lo))
             })?;
-            let image_id = cryo_image::checksum(&image.meta);
+            let image_id = cryo_image::checksum(image.meta());
             let ws_path = dir.join(lazy::WORKING_SET_FILE);
             let prefetch = if l.record_working_set || l.no_prefetch {
                 Vec::new()
