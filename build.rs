@@ -65,4 +65,13 @@ fn install(from: &Path, to: &Path) {
     let tmp = to.with_extension("tmp");
     std::fs::copy(from, &tmp).expect("copying cryo-shim");
     std::fs::rename(&tmp, to).expect("installing cryo-shim");
+    // The same file under a second name, from which the shim maps itself
+    // again before it replaces the executable (see remap_self in the shim).
+    let alias = to.with_extension("text");
+    let tmp = to.with_extension("text.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(to, &tmp).is_err() {
+        std::fs::copy(to, &tmp).expect("copying cryo-shim.text");
+    }
+    std::fs::rename(&tmp, alias).expect("installing cryo-shim.text");
 }

@@ -21,8 +21,13 @@ struct Restored {
 
 impl Restored {
     fn start(img: &Path, extra: &[&str]) -> Restored {
+        Self::start_env(img, extra, &[])
+    }
+
+    fn start_env(img: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Restored {
         sanitize_fds();
         let child = Command::new(cryo())
+            .envs(env.iter().copied())
             .arg("restore")
             .args(extra)
             .arg(img)
@@ -223,6 +228,30 @@ fn ghc_program_timer_keeps_ticking() {
     let (code, out, err) = r.finish();
     assert_eq!(code, 0, "{err}");
     assert!(last_line(&out).starts_with("PASS "), "{out}");
+}
+
+/// Without the shim's hard-linked alias, the shim copies itself into
+/// anonymous memory instead (the fallback of remap_self): the restored
+/// program still checks that no trace of cryo is left and that
+/// /proc/self/exe names it, in both finishes.
+#[test]
+fn shim_without_its_alias_still_leaves_no_trace() {
+    let dir = scratch("no-alias");
+    let shim = dir.join("cryo-shim");
+    std::fs::copy(cryo().with_file_name("cryo-shim"), &shim).expect("copy the shim");
+    assert!(!shim.with_extension("text").exists());
+    let args = zdtm_args(&dir, "stop");
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let expected = plain_run("c-zdtm", &args, "stop");
+    let img = capture_killed("c-zdtm", &args, "stop", "no-alias-img");
+    for mode in [&[][..], &["--use-tracer"][..]] {
+        let (code, out, err) = Restored::start_env(&img, mode, &[("CRYO_SHIM", &shim)]).finish();
+        assert_eq!(
+            (code, last_line(&out)),
+            (0, expected.as_str()),
+            "{mode:?}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -366,7 +366,15 @@ fn criu_version(criu: &Path) -> Result<String, String> {
 fn private_cryo(cryo: &Path, dir: &Path) -> Result<PathBuf, CompareError> {
     mkdir_private(dir)?;
     let shim = cryo.with_file_name("cryo-shim");
-    for (from, name) in [(cryo, "cryo"), (shim.as_path(), "cryo-shim")] {
+    let alias = cryo.with_file_name("cryo-shim.text");
+    for (from, name) in [
+        (cryo, "cryo"),
+        (shim.as_path(), "cryo-shim"),
+        (alias.as_path(), "cryo-shim.text"),
+    ] {
+        if name == "cryo-shim.text" && !from.exists() {
+            continue;
+        }
         let to = dir.join(name);
         let tmp = to.with_extension("tmp");
         fs::copy(from, &tmp)

@@ -468,18 +468,29 @@ impl Plan {
                 return e;
             }
         }
+        // The shim under another name (a hard link): it maps itself from
+        // it before it replaces the executable (cryo-shim's remap_self).
+        let alias = shim_alias(&self.opts.shim);
         let mut extra = vec![meta.as_raw_fd(), pages.as_raw_fd()];
         if let Some(s) = &server {
             // SAFETY: the server's end belongs to the tracer now.
             unsafe { libc::close(s.server_end) };
             extra.push(s.shim_end);
         }
+        if let Some(f) = &alias {
+            extra.push(f.as_raw_fd());
+        }
         let installed = match fds::install(&self.fds, &extra) {
             Ok(v) => v,
             Err(e) => return e,
         };
         let (meta_fd, pages_fd) = (installed[0], installed[1]);
-        let sock_fd = installed.get(2).copied().unwrap_or(-1);
+        let sock_fd = if server.is_some() { installed[2] } else { -1 };
+        let alias_fd = if alias.is_some() {
+            installed[installed.len() - 1]
+        } else {
+            -1
+        };
         let flags = if self.opts.phases { 2 } else { 0 }
             | if server.is_some() { 4 } else { 0 }
             | if self.finish == Finish::Gadgets { 8 } else { 0 };
@@ -526,6 +537,7 @@ impl Plan {
             flags.to_string(),
             monotonic_ns().to_string(),
             sock_fd.to_string(),
+            alias_fd.to_string(),
         ]
         .into_iter()
         .map(|s| CString::new(s).expect("no NUL"))
@@ -538,6 +550,18 @@ impl Plan {
         unsafe { libc::execve(shim.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
         sys(format!("exec {}", self.opts.shim.display()))
     }
+}
+
+/// `SHIM.text`, if it is the shim's own file under another name (a hard
+/// link: same device and inode) or a byte-identical copy.
+fn shim_alias(shim: &Path) -> Option<std::fs::File> {
+    let path = shim.with_extension("text");
+    let f = std::fs::File::open(&path).ok()?;
+    let (a, b) = (f.metadata().ok()?, std::fs::metadata(shim).ok()?);
+    if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
+        return Some(f);
+    }
+    (a.len() == b.len() && std::fs::read(&path).ok()? == std::fs::read(shim).ok()?).then_some(f)
 }
 
 trait IntoSys {

@@ -246,6 +246,21 @@ int main(int argc, char **argv) {
     sigset_t pend;
     sigpending(&pend);
     if (!sigismember(&pend, SIGHUP)) fail("pending SIGHUP");
+    /* No trace of cryo: its window (0x3f0000000000, 4 GiB) is gone and
+     * /proc/self/exe names this program again. */
+    FILE *maps = fopen("/proc/self/maps", "r");
+    if (!maps) fail("open maps");
+    char line[512];
+    while (fgets(line, sizeof line, maps)) {
+        if (strstr(line, "cryo") || !strncmp(line, "3f00", 4)) { fputs(line, stderr); fail("trace of cryo in maps"); }
+    }
+    fclose(maps);
+    char exe[4096];
+    ssize_t en = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (en <= 0) fail("readlink exe");
+    exe[en] = 0;
+    const char *slash = strrchr(exe, '/');
+    if (!slash || strncmp(slash + 1, "c-zdtm", 6)) { fprintf(stderr, "exe %s\n", exe); fail("exe is not this program"); }
     /* Default where the program left it so (cryo itself ignores SIGPIPE). */
     struct sigaction pipe_act;
     sigaction(SIGPIPE, NULL, &pipe_act);
