@@ -276,6 +276,17 @@ impl Mapped {
         })
     }
 
+    /// Map the page-cache pages of [off, off+len) in one call (instead of
+    /// a page fault per 4 KiB on first read). Best effort.
+    pub fn populate(&self, off: u64, len: u64) {
+        const MADV_POPULATE_READ: i32 = 22;
+        if let Some(b) = self.get(off, len) {
+            // SAFETY: advice on a range inside our own mapping; no memory
+            // is written.
+            unsafe { libc::madvise(b.as_ptr() as *mut libc::c_void, b.len(), MADV_POPULATE_READ) };
+        }
+    }
+
     /// The bytes [off, off+len), if inside the file.
     pub fn get(&self, off: u64, len: u64) -> Option<&[u8]> {
         let end = off.checked_add(len)?;
