@@ -398,9 +398,9 @@ fn image_bytes(loaded: &LoadedImage, img: &Image, addr: u64, len: usize) -> Opti
         let n = ((page + ps - a) as usize).min(len - out.len());
         let mut buf = vec![0u8; n];
         let v = img.vmas().iter().find(|v| v.start <= a && a < v.end)?;
-        let run = img
-            .page_runs()
-            .iter()
+        let runs = img.page_runs();
+        let run = (v.first_run..v.first_run + v.run_count)
+            .filter_map(|j| runs.get(j as usize))
             .find(|r| r.vaddr <= a && a < r.vaddr + r.len());
         match run {
             Some(r) if r.kind == cryo_image::run_kind::DATA => {
