@@ -183,10 +183,15 @@ impl Space {
         if let Some(c) = self.moved_at(page) {
             return (c.pending >> ((page - c.addr) / PG)) & 1 != 0;
         }
-        l.runs_in(page, page + PG).next().is_some_and(|(_, r)| {
-            let (lo, hi) = l.window;
-            !(lo..hi).contains(&page) && !self.done.get((r.offset + (page - r.vaddr)) / PG)
-        })
+        l.runs_in(page, page + PG)
+            .next()
+            .is_some_and(|(_, r)| self.layout_pending(l, page, r.offset + (page - r.vaddr)))
+    }
+
+    /// Whether the layout's page at `a` (pages.img offset `src`) is still
+    /// to be filled: not in the eager window, not done.
+    fn layout_pending(&self, l: &Layout, a: u64, src: u64) -> bool {
+        !(l.window.0..l.window.1).contains(&a) && !self.done.get(src / PG)
     }
 
     fn moved_at(&self, page: u64) -> Option<&Chunk> {
@@ -225,7 +230,6 @@ impl Space {
                 }
             }
         }
-        let (wlo, whi) = l.window;
         for (j, r) in l.runs_in(lo, hi) {
             let a0 = r.vaddr.max(lo);
             let a1 = (r.vaddr + r.len()).min(hi);
@@ -233,10 +237,7 @@ impl Space {
             let mut a = a0;
             while a < a1 {
                 let src = r.offset + (a - r.vaddr);
-                if !(wlo..whi).contains(&a)
-                    && !self.done.get(src / PG)
-                    && self.moved_at(a).is_none()
-                {
+                if self.layout_pending(l, a, src) && self.moved_at(a).is_none() {
                     push(&mut out, a, src, false);
                     any = true;
                 }
@@ -327,13 +328,12 @@ impl Space {
         }
         // Pending pages of the layout in the range leave it.
         let taken: Vec<(u64, u64, u32)> = {
-            let (wlo, whi) = l.window;
             let mut v = Vec::new();
             for (j, r) in l.runs_in(from, end) {
                 let mut a = r.vaddr.max(from);
                 while a < (r.vaddr + r.len()).min(end) {
                     let src = r.offset + (a - r.vaddr);
-                    if !(wlo..whi).contains(&a) && !self.done.get(src / PG) {
+                    if self.layout_pending(l, a, src) {
                         v.push((a, src, j));
                     }
                     a += PG;
@@ -632,15 +632,11 @@ impl<'a> Server<'a> {
                 .find(|c| c.pending != 0)
                 .map(|c| c.addr + c.pending.trailing_zeros() as u64 * PG);
             moved.or_else(|| {
-                let (wlo, whi) = self.layout.window;
                 self.layout.runs_in(sp.cursor, u64::MAX).find_map(|(_, r)| {
                     let mut a = r.vaddr.max(sp.cursor);
                     while a < r.vaddr + r.len() {
                         let src = r.offset + (a - r.vaddr);
-                        if !(wlo..whi).contains(&a)
-                            && !sp.done.get(src / PG)
-                            && sp.moved_at(a).is_none()
-                        {
+                        if sp.layout_pending(&self.layout, a, src) && sp.moved_at(a).is_none() {
                             return Some(a);
                         }
                         a += PG;
