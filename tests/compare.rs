@@ -11,7 +11,23 @@ fn quick_compare_agrees_on_every_available_method() {
     support::sanitize_fds();
     let scratch = support::scratch("compare");
     let out = scratch.join("results");
-    let o = Command::new(support::cryo())
+    // In a pid namespace of its own, whose session leader (this test's
+    // shell) lies outside it, as in a CI container: CRIU refuses such a
+    // workload unless the harness makes it lead its own session.
+    let in_pidns = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let mut cmd = if in_pidns {
+        let mut c = Command::new("unshare");
+        c.args(["--pid", "--fork", "--mount-proc"])
+            .arg(support::cryo());
+        c
+    } else {
+        eprintln!("unshare --pid is unavailable: running cryo compare in this pid namespace");
+        Command::new(support::cryo())
+    };
+    let o = cmd
         .args([
             "compare",
             "--quick",

@@ -557,7 +557,8 @@ fn criu_dump(criu: &Path, w: &Workload, cx: &Ctx, dir: &Path) -> Result<Runner, 
     mkdir_private(&images).map_err(|e| e.to_string())?;
     let out = dir.join("criu-program.out");
     let argv = w.argv(cx.built, "stop", None);
-    let child = Command::new(&argv[0])
+    let mut cmd = Command::new(&argv[0]);
+    let child = proc::new_session(&mut cmd)
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(fs::File::create(&out).map_err(|e| e.to_string())?)

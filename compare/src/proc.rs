@@ -77,6 +77,23 @@ pub fn reap_orphans(grace: std::time::Duration) -> Usage {
     }
 }
 
+/// Make the child `cmd` starts the leader of a new session (setsid between
+/// fork and exec). CRIU refuses a process whose session leader lies
+/// outside its pid namespace ("A session leader of N is outside of its pid
+/// namespace"), which is where a CI job's or a container's shell often is;
+/// a workload that leads its own session is always inside.
+pub fn new_session(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only setsid, which is async-signal-safe and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            Ok(())
+        })
+    }
+}
+
 /// Mark every inherited fd above 2 close-on-exec, so a workload started
 /// from here holds only stdin, stdout and stderr: a stray pipe would be
 /// captured (and then need --inherit-fd) or refused by CRIU.
