@@ -30,6 +30,7 @@ use std::os::fd::RawFd;
 pub struct ServerStart<'a> {
     pub img: cryo_image::Image<'a>,
     pub pages: std::path::PathBuf,
+    pub sums: std::path::PathBuf,
     pub cfg: crate::lazy::Config,
     /// Our end of the shim's socket (the server's); closed in the restorer.
     pub server_end: RawFd,
@@ -144,7 +145,14 @@ fn tracer_main(
                 libc::close(keep_a);
                 libc::close(pidfd);
             }
-            let rc = crate::lazy::run(s.img, &s.pages, &s.cfg, s.server_end, keep_b, target);
+            let rc = crate::lazy::run(
+                s.img,
+                (&s.pages, &s.sums),
+                &s.cfg,
+                s.server_end,
+                keep_b,
+                target,
+            );
             // SAFETY: _exit never returns.
             unsafe { libc::_exit(rc) };
         }
@@ -424,12 +432,17 @@ fn finish(
         // SAFETY: kill takes integers.
         unsafe { libc::kill(pid, libc::SIGSTOP) };
     }
-    resume(libc::PTRACE_DETACH as libc::c_uint, pid, 0)?;
+    // The captured pending signals, queued while the process is still in
+    // its ptrace-stop with every signal blocked (the shim's mask): the
+    // program finds them pending from its first instruction on. Queued
+    // after the detach, they raced with the program, which sometimes
+    // looked (sigpending) before they arrived.
     for sig in 1..=64 {
         if pending & (1u64 << (sig - 1)) != 0 {
             // SAFETY: kill takes integers.
             unsafe { libc::kill(pid, sig) };
         }
     }
+    resume(libc::PTRACE_DETACH as libc::c_uint, pid, 0)?;
     Ok(())
 }
