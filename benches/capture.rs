@@ -5,6 +5,10 @@
 //!     cargo bench --bench capture                 # 16 MiB .. 4 GiB
 //!     CRYO_BENCH_SIZES=16,256 cargo bench --bench capture
 //!     CRYO_BENCH_DIR=/some/disk cargo bench --bench capture   # default: $TMPDIR
+//!     CRYO_BENCH_BASELINE=/path/to/other/cryo cargo bench --bench capture
+//!
+//! With CRYO_BENCH_BASELINE, each round also captures with that cryo binary
+//! (an older build, say; O_DIRECT), for a side-by-side ratio.
 //!
 //! The target is `tests/programs/bigheap.c`: it fills a malloc'd heap with
 //! a non-zero pattern and stops itself. Each round captures it once with
@@ -125,6 +129,7 @@ fn main() {
         .join(format!("cryo-bench-capture-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();
     let bigheap = build_bigheap(&work);
+    let baseline = std::env::var_os("CRYO_BENCH_BASELINE").map(PathBuf::from);
     let sizes: Vec<u64> = std::env::var("CRYO_BENCH_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
@@ -158,9 +163,13 @@ fn main() {
         let runs = if mib >= 1024 { 5 } else { 9 };
         let dir = work.join("img");
         let mut v: [Vec<f64>; 6] = Default::default();
+        let mut vs_base: Vec<f64> = Vec::new();
         let mut last = serde_json::Value::Null;
         for i in 0..runs {
             let d = capture_once(&cryo, pid, &dir, false);
+            let base = baseline
+                .as_ref()
+                .map(|c| capture_once(c, pid, &dir, false)["throughput_gib_s"].as_f64());
             let b = capture_once(&cryo, pid, &dir, true);
             let bytes = d["pages_bytes"].as_u64().unwrap_or(0);
             let _ = std::fs::remove_dir_all(&dir);
@@ -174,6 +183,9 @@ fn main() {
                 v[3].push(rb);
                 v[4].push(d["frozen_ms"].as_f64().unwrap_or(0.0));
                 v[5].push(b["frozen_ms"].as_f64().unwrap_or(0.0));
+                if let Some(Some(t)) = base {
+                    vs_base.push(d["throughput_gib_s"].as_f64().unwrap_or(0.0) / t);
+                }
             }
             last = d;
         }
@@ -183,7 +195,8 @@ fn main() {
         };
         let m: Vec<(f64, f64, f64)> = v.iter_mut().map(|x| median(x)).collect();
         let image = last["pages_bytes"].as_f64().unwrap_or(0.0)
-            + last["meta_bytes"].as_f64().unwrap_or(0.0);
+            + last["meta_bytes"].as_f64().unwrap_or(0.0)
+            + last["sums_bytes"].as_f64().unwrap_or(0.0);
         let stored = last["pages_stored"].as_f64().unwrap_or(0.0) * 4096.0;
         let rss = last["rss_kib"].as_f64().unwrap_or(0.0) / 1024.0;
         let f = |(a, b, c): (f64, f64, f64), p: usize| format!("{a:.p$} ({b:.p$}–{c:.p$})");
@@ -199,6 +212,10 @@ fn main() {
             image / 1048576.0,
             image / stored.max(1.0)
         );
+        if !vs_base.is_empty() {
+            let (med, lo, hi) = median(&mut vs_base);
+            println!("|   | cryo / baseline GiB/s: {med:.3} ({lo:.3}–{hi:.3}) |");
+        }
         let _ = child.kill();
         let _ = child.wait();
     }

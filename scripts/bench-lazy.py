@@ -13,6 +13,15 @@ the process's minor faults. Medians with p10-p90 over --runs runs.
 
   scripts/bench-lazy.py [--sizes 16,256,1024,4096] [--pcts 1,10,100]
                         [--runs 5] [--out docs/bench-lazy]
+                        [--methods eager,lazy,lazy-on-demand,lazy-prefetch]
+                        [--baseline OTHER_CRYO]
+
+--baseline adds "baseline-on-demand": the same on-demand restore by another
+cryo binary (an older build, say) from an image it captured itself, in the
+same rounds. The fault service time (server side, from reading a fault to
+the end of its copy) comes from the page server's --lazy-stats; the floor
+of this machine for it (scripts/uffd-floor.c: one page UFFDIO_COPY from a
+populated file mapping, nothing else) is measured before and after.
 
 Writes OUT.json, OUT.md (table) and OUT.svg (time to resume and to exit vs
 heap size). Needs: cc, a release build (cargo build --release).
@@ -42,19 +51,19 @@ def build(work):
     return lazy, launch
 
 
-def capture(lazy, work, mib, pct_file):
-    img = os.path.join(work, f"img-{mib}")
+def capture(lazy, work, mib, pct_file, cryo=CRYO, tag=""):
+    img = os.path.join(work, f"img-{mib}{tag}")
     shutil.rmtree(img, ignore_errors=True)
-    sh([CRYO, "run", "--capture-on-stop", img, "--then", "kill", "--",
+    sh([cryo, "run", "--capture-on-stop", img, "--then", "kill", "--",
         lazy, "touch", str(mib), "@" + pct_file],
        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return img
 
 
-def restore(launch, img, args, stats):
+def restore(launch, img, args, stats, cryo=CRYO):
     if os.path.exists(stats):
         os.unlink(stats)
-    cmd = [launch, CRYO, "restore"] + args
+    cmd = [launch, cryo, "restore"] + args
     if any(a.startswith("--lazy") for a in args):
         cmd += ["--lazy-stats", stats]
     cmd.append(img)
@@ -65,12 +74,15 @@ def restore(launch, img, args, stats):
         raise SystemExit(f"restore {args} of {img} failed:\n{out}\n{err}")
     t0, t1, minflt, _maj, status = map(int, launch_line[-1].split()[1:])
     resumed = int([l for l in out.splitlines() if l.startswith("RESUMED ")][0].split()[1])
-    faults = None
+    faults = service = None
     # The page server writes its stats when it exits, just after the program.
     for _ in range(200):
         if os.path.exists(stats):
             try:
-                faults = json.load(open(stats))["faults"]
+                st = json.load(open(stats))
+                faults = st["faults"]
+                if faults:
+                    service = st["fault_service_ns_median"] / 1e3
                 break
             except ValueError:
                 pass
@@ -83,6 +95,7 @@ def restore(launch, img, args, stats):
         "exit_ms": (t1 - t0) / 1e6,
         "minflt": minflt,
         "uffd_faults": faults,
+        "service_us": service,
         "status": status,
     }
 
@@ -104,7 +117,17 @@ METHODS = [
     ("lazy", ["--lazy"]),
     ("lazy-on-demand", ["--lazy=on-demand"]),
     ("lazy-prefetch", ["--lazy=on-demand"]),
+    ("baseline-on-demand", ["--lazy=on-demand"]),
 ]
+
+
+def floor(work):
+    """This machine's fault service floor now: median µs per UFFDIO_COPY."""
+    exe = os.path.join(work, "uffd-floor")
+    if not os.path.exists(exe):
+        sh(["cc", "-O2", "-pthread", "-o", exe, os.path.join(ROOT, "scripts/uffd-floor.c")])
+    out = subprocess.run([exe, work], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
 
 
 def main():
@@ -113,44 +136,58 @@ def main():
     ap.add_argument("--pcts", default="1,10,100", help="percentages of the heap touched")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs/bench-lazy"))
+    ap.add_argument("--methods", default="eager,lazy,lazy-on-demand,lazy-prefetch")
+    ap.add_argument("--baseline", help="another cryo binary, restored on demand side by side")
     a = ap.parse_args()
+    methods = [m for m in METHODS if m[0] in a.methods.split(",")]
+    if a.baseline:
+        methods.append(METHODS[-1])
     if not os.access(CRYO, os.X_OK):
         raise SystemExit("build first: cargo build --release")
     work = tempfile.mkdtemp(prefix="cryo-bench-lazy-")
     lazy, launch = build(work)
     pct_file = os.path.join(work, "pct")
     results = []
+    floors = [floor(work)]
+    print(f"fault service floor: {floors[0]}", file=sys.stderr, flush=True)
     try:
         for mib in [int(x) for x in a.sizes.split(",")]:
             open(pct_file, "w").write("1\n")
             print(f"[{mib} MiB] capturing...", file=sys.stderr, flush=True)
             img = capture(lazy, work, mib, pct_file)
+            base_img = capture(lazy, work, mib, pct_file, a.baseline, "-base") if a.baseline else None
             for pct in [float(x) for x in a.pcts.split(",")]:
                 open(pct_file, "w").write(f"{pct}\n")
                 ws = os.path.join(img, "working-set")
                 if os.path.exists(ws):
                     os.unlink(ws)
                 stats = os.path.join(work, "stats.json")
-                for name, args in METHODS:
+                for name, args in methods:
+                    cryo, im = (a.baseline, base_img) if name.startswith("baseline") else (CRYO, img)
                     if name == "lazy-prefetch":
                         restore(launch, img, ["--lazy=on-demand", "--record-working-set"], stats)
-                    elif name.startswith("lazy"):
+                    elif name != "eager":
                         args = args + ["--no-prefetch"]
-                    restore(launch, img, args, stats)  # warm-up
-                    rows = [restore(launch, img, args, stats) for _ in range(a.runs)]
+                    restore(launch, im, args, stats, cryo)  # warm-up
+                    rows = [restore(launch, im, args, stats, cryo) for _ in range(a.runs)]
                     rec = {"heap_mib": mib, "touched_pct": pct, "method": name, "runs": a.runs}
-                    for k in ("resume_ms", "exit_ms", "minflt", "uffd_faults"):
+                    for k in ("resume_ms", "exit_ms", "minflt", "uffd_faults", "service_us"):
                         rec[k] = summary(rows, k)
                     results.append(rec)
                     r, e = rec["resume_ms"], rec["exit_ms"]
-                    print(f"  {pct:>5}% {name:<15} resume {r['median']:8.2f} ms  exit {e['median']:9.2f} ms  "
-                          f"uffd faults {rec['uffd_faults']['median'] if rec['uffd_faults'] else '-'}",
+                    sv = rec["service_us"]
+                    print(f"  {pct:>5}% {name:<18} resume {r['median']:8.2f} ms  exit {e['median']:9.2f} ms  "
+                          f"uffd faults {rec['uffd_faults']['median'] if rec['uffd_faults'] else '-'}  "
+                          f"service {sv['median'] if sv else '-'} us",
                           file=sys.stderr, flush=True)
             shutil.rmtree(img, ignore_errors=True)
+            if base_img:
+                shutil.rmtree(base_img, ignore_errors=True)
+        floors.append(floor(work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    json.dump({"results": results}, open(a.out + ".json", "w"), indent=1)
-    write_md(results, a.out + ".md")
+    json.dump({"results": results, "fault_service_floor": floors}, open(a.out + ".json", "w"), indent=1)
+    write_md(results, a.out + ".md", floors)
     write_svg(results, a.out + ".svg")
     print(open(a.out + ".md").read())
 
@@ -161,12 +198,16 @@ def fmt(s, d=2):
     return f"{s['median']:.{d}f} ({s['p10']:.{d}f}–{s['p90']:.{d}f})"
 
 
-def write_md(results, path):
-    lines = ["| heap MiB | touched % | method | resume ms | exit ms | uffd faults | minor faults |",
-             "|---:|---:|---|---:|---:|---:|---:|"]
+def write_md(results, path, floors):
+    lines = ["Fault service floor (scripts/uffd-floor.c, median µs, before and after): "
+             + ", ".join(f"{f['populated_us']:.2f} (populated file mapping) / {f['hot_us']:.2f} (hot buffer)"
+                         for f in floors), "",
+             "| heap MiB | touched % | method | resume ms | exit ms | uffd faults | fault service µs | minor faults |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['heap_mib']} | {r['touched_pct']:g} | {r['method']} | {fmt(r['resume_ms'])} | "
-                     f"{fmt(r['exit_ms'])} | {fmt(r['uffd_faults'], 0)} | {fmt(r['minflt'], 0)} |")
+                     f"{fmt(r['exit_ms'])} | {fmt(r['uffd_faults'], 0)} | {fmt(r.get('service_us'), 1)} | "
+                     f"{fmt(r['minflt'], 0)} |")
     open(path, "w").write("\n".join(lines) + "\n")
 
 
@@ -174,7 +215,8 @@ def write_svg(results, path):
     """Two panels (1 % touched): time to resume and time to exit vs heap size, log-log."""
     import math
     W, H, M = 900, 380, 60
-    colors = {"eager": "#d62728", "lazy": "#1f77b4", "lazy-on-demand": "#2ca02c", "lazy-prefetch": "#9467bd"}
+    colors = {"eager": "#d62728", "lazy": "#1f77b4", "lazy-on-demand": "#2ca02c", "lazy-prefetch": "#9467bd",
+              "baseline-on-demand": "#7f7f7f"}
     pct = min(r["touched_pct"] for r in results)
     sizes = sorted({r["heap_mib"] for r in results})
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',

@@ -643,6 +643,7 @@ fn corrupted_and_truncated_images_get_one_line_errors() {
     meta[200] ^= 0xff;
     std::fs::write(bad.join("meta.img"), &meta).unwrap();
     std::fs::copy(img.join("pages.img"), bad.join("pages.img")).unwrap();
+    std::fs::copy(img.join("sums.img"), bad.join("sums.img")).unwrap();
     let (code, _, err) = cryo_cmd(&["inspect", bad.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("corrupt image"), "{err}");
@@ -672,6 +673,32 @@ fn corrupted_and_truncated_images_get_one_line_errors() {
     let (code, _, err) = cryo_cmd(&["inspect", bad.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("fails its checksum"), "{err}");
+    one_line(&err);
+    // The page and its checksum in sums.img changed together: sums.img's
+    // block checksum in meta.img catches it.
+    let mut sums = std::fs::read(img.join("sums.img")).unwrap();
+    let sum3 = cryo_image::checksum(&pages[4096 * 3..4096 * 4]);
+    sums[24..32].copy_from_slice(&sum3.to_le_bytes());
+    std::fs::write(bad.join("sums.img"), &sums).unwrap();
+    let (code, _, err) = cryo_cmd(&["inspect", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("sums.img block 0 fails its checksum"), "{err}");
+    one_line(&err);
+    // A truncated or missing sums.img.
+    std::fs::write(
+        bad.join("pages.img"),
+        std::fs::read(img.join("pages.img")).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(bad.join("sums.img"), &sums[..sums.len() - 8]).unwrap();
+    let (code, _, err) = cryo_cmd(&["inspect", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("truncated image: sums.img"), "{err}");
+    one_line(&err);
+    std::fs::remove_file(bad.join("sums.img")).unwrap();
+    let (code, _, err) = cryo_cmd(&["inspect", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("sums.img"), "{err}");
     one_line(&err);
     // A foreign file.
     std::fs::write(

@@ -527,7 +527,7 @@ fn lazy_page_server_killed_kills_the_program_loudly() {
 }
 
 #[test]
-fn lazy_corrupt_run_kills_the_program_loudly() {
+fn lazy_corrupt_page_kills_the_program_loudly() {
     let img = capture_killed("c-lazy", &["check", "16"], "stop", "lazy-corrupt");
     // Flip a byte in the middle of pages.img (heap data, far from the
     // stack): eager restore refuses up front, lazy restore dies on use.
@@ -539,7 +539,25 @@ fn lazy_corrupt_run_kills_the_program_loudly() {
     let (code, out, err) = Restored::start(&img, &["--lazy=on-demand"]).finish();
     assert_eq!(code, 128 + libc::SIGKILL, "killed: out {out} err {err}");
     assert!(!out.contains("PASS"), "{out}");
-    assert!(err.contains("fails its checksum"), "says why: {err}");
+    assert!(
+        err.contains("pages.img is corrupt") && err.contains("fails its checksum"),
+        "says why: {err}"
+    );
+    // The page's checksum in sums.img changed with it: the block's
+    // checksum in meta.img catches that.
+    let s = img.join(cryo_image::SUMS_FILE);
+    let mut sums = std::fs::read(&s).unwrap();
+    let page = mid / 4096;
+    let sum = cryo_image::checksum(&b[page * 4096..(page + 1) * 4096]);
+    sums[page * 8..page * 8 + 8].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(&s, &sums).unwrap();
+    let (code, out, err) = Restored::start(&img, &["--lazy=on-demand"]).finish();
+    assert_eq!(code, 128 + libc::SIGKILL, "killed: out {out} err {err}");
+    assert!(!out.contains("PASS"), "{out}");
+    assert!(
+        err.contains("sums.img is corrupt") && err.contains("fails its checksum"),
+        "says why: {err}"
+    );
 }
 
 #[test]

@@ -47,6 +47,8 @@ pub struct Summary {
     pub pages_zero: u64,
     pub pages_bytes: u64,
     pub meta_bytes: u64,
+    /// sums.img: 8 bytes per stored page.
+    pub sums_bytes: u64,
     pub rss_kib: u64,
     /// Time from the interrupt to the detach (the target did not run).
     /// A target left as it was is let go once everything is read, before
@@ -367,7 +369,8 @@ pub fn capture(
     let direct_io = writer.pages().is_direct();
     let meta = b.encode(writer.pages_len());
     let pages_bytes = writer.pages_len();
-    let dir = writer.commit(&meta)?;
+    let sums_bytes = dump.sums.len() as u64;
+    let dir = writer.commit(&meta, &dump.sums)?;
     if let Some(t) = tracee.take() {
         match opts.after {
             After::AsItWas => t.detach()?,
@@ -385,6 +388,7 @@ pub fn capture(
         pages_zero: dump.zero,
         pages_bytes,
         meta_bytes: meta.len() as u64,
+        sums_bytes,
         rss_kib: b.process.rss_kib,
         frozen_ms: frozen.as_secs_f64() * 1e3,
         dump_ms: dump_s * 1e3,
@@ -449,6 +453,8 @@ fn find_gadgets(pid: i32, maps: &[Mapping], kinds: &[(u32, u32)]) -> Option<Gadg
 struct DumpStats {
     stored: u64,
     zero: u64,
+    /// sums.img's bytes.
+    sums: Vec<u8>,
     dump_time: std::time::Duration,
 }
 
@@ -770,12 +776,16 @@ fn capture_stopped(
     }
     let stored = runs.stored_pages;
     let zero = runs.zero_pages;
-    b.page_runs = runs.finish();
+    let (page_runs, sums) = runs.finish();
+    b.page_runs = page_runs;
+    let sums = cryo_image::write::sums_bytes(&sums);
+    b.page_sums = cryo_image::write::sum_block_table(&sums);
     Ok((
         b,
         DumpStats {
             stored,
             zero,
+            sums,
             dump_time: t_dump.elapsed(),
         },
     ))

@@ -7,7 +7,7 @@
 //! anonymous copy (written, or a COW-broken page) from a page that still
 //! comes from the file: only those are stored.
 
-use cryo_image::{run_kind, PageRun, PAGE_SIZE, RUN_MAX_PAGES};
+use cryo_image::{run_kind, PageRun, PAGE_SIZE};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -116,11 +116,14 @@ pub fn is_zero(page: &[u8]) -> bool {
     fold(&page[..64]) == 0 && fold(page) == 0
 }
 
-/// Streams page runs: coalesces consecutive pages of one kind, appends DATA
-/// to pages.img through `sink`, and checksums each run as it grows.
+/// Streams page runs: coalesces consecutive pages of one kind into runs
+/// (as long as they go), and checksums every DATA page as it is appended
+/// to pages.img through the page writer (sums.img, in file order).
 pub struct RunBuilder {
     runs: Vec<PageRun>,
-    cur: Option<(PageRun, xxhash_rust::xxh3::Xxh3)>,
+    cur: Option<PageRun>,
+    /// xxh3-64 of each page of pages.img, in file order.
+    sums: Vec<u64>,
     pub stored_pages: u64,
     pub zero_pages: u64,
 }
@@ -136,6 +139,7 @@ impl RunBuilder {
         RunBuilder {
             runs: Vec::new(),
             cur: None,
+            sums: Vec::new(),
             stored_pages: 0,
             zero_pages: 0,
         }
@@ -143,10 +147,7 @@ impl RunBuilder {
 
     /// Close the run in progress (call at every gap and VMA boundary).
     pub fn close(&mut self) {
-        if let Some((mut r, h)) = self.cur.take() {
-            if r.kind == run_kind::DATA {
-                r.checksum = h.digest();
-            }
+        if let Some(r) = self.cur.take() {
             self.runs.push(r);
         }
     }
@@ -161,10 +162,12 @@ impl RunBuilder {
     }
 
     /// Add `pages` (page-aligned bytes read at `vaddr`), which sit in the
-    /// page writer's buffer at file offset `offset`. All-zero pages become
-    /// ZERO runs and are squeezed out: the DATA pages are moved to the
-    /// front of `pages`, and their number of bytes, to keep, is returned.
+    /// page writer's buffer at file offset `offset` (the file's length so
+    /// far). All-zero pages become ZERO runs and are squeezed out: the DATA
+    /// pages are moved to the front of `pages`, and their number of bytes,
+    /// to keep, is returned.
     pub fn add(&mut self, vaddr: u64, pages: &mut [u8], offset: u64) -> usize {
+        debug_assert_eq!(offset, self.stored_pages * PAGE_SIZE);
         let ps = PAGE_SIZE as usize;
         let mut kept = 0usize;
         let mut i = 0;
@@ -172,25 +175,19 @@ impl RunBuilder {
             let zero = is_zero(&pages[i..i + ps]);
             let kind = if zero { run_kind::ZERO } else { run_kind::DATA };
             let addr = vaddr + i as u64;
-            // DATA runs end every RUN_MAX_PAGES pages, so that a lazy
-            // restore can verify and serve them piece by piece.
-            let contiguous = matches!(&self.cur, Some((r, _))
-                if r.kind == kind && r.vaddr + r.len() == addr
-                    && (zero || r.npages < RUN_MAX_PAGES));
+            let contiguous = matches!(&self.cur, Some(r)
+                if r.kind == kind && r.vaddr + r.len() == addr && r.npages < u32::MAX);
             if !contiguous {
                 self.close();
-                self.cur = Some((
-                    PageRun {
-                        vaddr: addr,
-                        npages: 0,
-                        kind,
-                        offset: if zero { 0 } else { offset + kept as u64 },
-                        checksum: 0,
-                    },
-                    xxhash_rust::xxh3::Xxh3::new(),
-                ));
+                self.cur = Some(PageRun {
+                    vaddr: addr,
+                    npages: 0,
+                    kind,
+                    offset: if zero { 0 } else { offset + kept as u64 },
+                    reserved: 0,
+                });
             }
-            if let Some((r, h)) = &mut self.cur {
+            if let Some(r) = &mut self.cur {
                 r.npages += 1;
                 if zero {
                     self.zero_pages += 1;
@@ -198,7 +195,8 @@ impl RunBuilder {
                     if kept != i {
                         pages.copy_within(i..i + ps, kept);
                     }
-                    h.update(&pages[kept..kept + ps]);
+                    self.sums
+                        .push(cryo_image::checksum(&pages[kept..kept + ps]));
                     kept += ps;
                     self.stored_pages += 1;
                 }
@@ -208,9 +206,10 @@ impl RunBuilder {
         kept
     }
 
-    pub fn finish(mut self) -> Vec<PageRun> {
+    /// The runs, and the checksum of every stored page in pages.img order.
+    pub fn finish(mut self) -> (Vec<PageRun>, Vec<u64>) {
         self.close();
-        self.runs
+        (self.runs, self.sums)
     }
 }
 
@@ -240,8 +239,8 @@ mod tests {
     }
 
     /// Zero pages become ZERO runs and are squeezed out of the buffer;
-    /// DATA runs keep their file offsets and checksums across calls and end
-    /// every RUN_MAX_PAGES pages.
+    /// DATA runs keep their file offsets across calls, and every stored
+    /// page gets its checksum, in file order.
     #[test]
     fn runs_squeeze_out_zero_pages() {
         let ps = PAGE_SIZE as usize;
@@ -269,7 +268,11 @@ mod tests {
         assert_eq!(rb.zero_pages, 8);
         assert_eq!(rb.stored_pages, 32);
         assert_eq!(file.len(), 32 * ps);
-        let runs = rb.finish();
+        let (runs, sums) = rb.finish();
+        assert_eq!(sums.len(), 32);
+        for (k, page) in file.chunks(ps).enumerate() {
+            assert_eq!(sums[k], cryo_image::checksum(page));
+        }
         let mut next = base;
         for r in &runs {
             assert_eq!(r.vaddr, next, "runs cover the range in order");
@@ -279,9 +282,7 @@ mod tests {
                 assert!((first..first + r.npages as usize).all(|i| i.is_multiple_of(5)));
                 continue;
             }
-            assert!(r.npages <= RUN_MAX_PAGES);
             let data = &file[r.offset as usize..(r.offset + r.len()) as usize];
-            assert_eq!(r.checksum, cryo_image::checksum(data));
             for k in 0..r.npages as usize {
                 assert_eq!(data[k * ps..(k + 1) * ps], page(first + k)[..]);
             }
@@ -289,12 +290,20 @@ mod tests {
         assert_eq!(next, base + 40 * PAGE_SIZE);
     }
 
+    /// A long stretch of data is one run, however many batches it came in.
     #[test]
-    fn streaming_checksum_equals_oneshot() {
-        let a = vec![3u8; 8192];
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        h.update(&a[..4096]);
-        h.update(&a[4096..]);
-        assert_eq!(h.digest(), cryo_image::checksum(&a));
+    fn data_runs_are_not_split() {
+        let ps = PAGE_SIZE as usize;
+        let mut rb = RunBuilder::new();
+        let mut off = 0u64;
+        for b in 0..3u64 {
+            let mut buf = vec![7u8; 40 * ps];
+            let kept = rb.add(0x20_0000 + b * 40 * PAGE_SIZE, &mut buf, off);
+            off += kept as u64;
+        }
+        let (runs, sums) = rb.finish();
+        assert_eq!(runs.len(), 1);
+        assert_eq!((runs[0].npages, runs[0].offset), (120, 0));
+        assert_eq!(sums.len(), 120);
     }
 }

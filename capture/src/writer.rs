@@ -7,7 +7,7 @@
 //! so an error anywhere (disk full, target gone) leaves nothing that looks
 //! like an image.
 
-use cryo_image::{META_FILE, PAGES_FILE};
+use cryo_image::{META_FILE, PAGES_FILE, SUMS_FILE};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -130,15 +130,18 @@ impl ImageDirWriter {
         self.pages.drain()
     }
 
-    /// Write meta.img, fsync everything and rename the directory into place.
-    pub fn commit(mut self, meta: &[u8]) -> Result<PathBuf, WriteError> {
+    /// Write sums.img and meta.img, fsync everything and rename the
+    /// directory into place.
+    pub fn commit(mut self, meta: &[u8], sums: &[u8]) -> Result<PathBuf, WriteError> {
         self.pages.drain()?;
         let pages_path = self.tmp.join(PAGES_FILE);
         self.pages.file.sync_all().map_err(io_at(&pages_path))?;
-        let meta_path = self.tmp.join(META_FILE);
-        let mut m = new_file(&meta_path)?;
-        m.write_all(meta).map_err(io_at(&meta_path))?;
-        m.sync_all().map_err(io_at(&meta_path))?;
+        for (name, bytes) in [(SUMS_FILE, sums), (META_FILE, meta)] {
+            let path = self.tmp.join(name);
+            let mut m = new_file(&path)?;
+            m.write_all(bytes).map_err(io_at(&path))?;
+            m.sync_all().map_err(io_at(&path))?;
+        }
         File::open(&self.tmp)
             .and_then(|d| d.sync_all())
             .map_err(io_at(&self.tmp))?;
@@ -559,11 +562,13 @@ mod tests {
         let mut w = ImageDirWriter::create(&dest, false, true, 0).unwrap();
         assert_eq!(w.append_pages(&[1u8; 4096]).unwrap(), 0);
         assert_eq!(w.append_pages(&[2u8; 4096]).unwrap(), 4096);
-        w.commit(b"meta").unwrap();
+        w.commit(b"meta", b"sums").unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dest), 0o700);
         assert_eq!(mode(&dest.join(META_FILE)), 0o600);
         assert_eq!(mode(&dest.join(PAGES_FILE)), 0o600);
+        assert_eq!(mode(&dest.join(SUMS_FILE)), 0o600);
+        assert_eq!(fs::read(dest.join(SUMS_FILE)).unwrap(), b"sums");
         assert_eq!(fs::read(dest.join(PAGES_FILE)).unwrap().len(), 8192);
 
         // An existing image is refused without force, replaced with it.
@@ -572,7 +577,7 @@ mod tests {
             Err(WriteError::ExistsImage(_))
         ));
         let w = ImageDirWriter::create(&dest, true, false, 0).unwrap();
-        w.commit(b"meta2").unwrap();
+        w.commit(b"meta2", b"").unwrap();
         assert_eq!(fs::read(dest.join(META_FILE)).unwrap(), b"meta2");
 
         // Dropped without commit: nothing left behind.
@@ -610,7 +615,7 @@ mod tests {
                 n += 1;
             }
             assert_eq!(w.pages_len(), expect.len() as u64);
-            w.commit(b"meta").unwrap();
+            w.commit(b"meta", b"").unwrap();
             let got = fs::read(dest.join(PAGES_FILE)).unwrap();
             assert!(got == expect, "pages.img differs (direct: {direct})");
             fs::remove_dir_all(&base).unwrap();
@@ -647,7 +652,7 @@ mod tests {
         }
         let err = match failed {
             Some(e) => e,
-            None => w.commit(b"meta").unwrap_err(),
+            None => w.commit(b"meta", b"").unwrap_err(),
         };
         assert!(err.to_string().contains("No space left on device"), "{err}");
         assert!(!dest.exists());

@@ -1,11 +1,12 @@
 //! cryo's on-disk image format.
 //!
-//! An image is a directory (mode 0700) holding two files (mode 0600):
+//! An image is a directory (mode 0700) holding three files (mode 0600):
 //!
 //! ```text
 //!  IMAGE_DIR/
 //!  ├── meta.img    header + section directory + tables (small)
-//!  └── pages.img   raw page contents, page aligned, no framing
+//!  ├── pages.img   raw page contents, page aligned, no framing
+//!  └── sums.img    xxh3-64 of each page of pages.img, 8 bytes per page
 //!
 //!  meta.img
 //!  ┌──────────────────────────── header (64 bytes) ─────────────────────────┐
@@ -14,15 +15,18 @@
 //!  ├──────────────── section directory: nsect × 32 bytes ───────────────────┤
 //!  │ kind u32 │ record_size u32 │ count u64 │ offset u64 │ checksum u64      │
 //!  ├──────────────── sections (8-byte aligned, in any order) ───────────────┤
-//!  │ process │ vmas[] │ files[] │ page_runs[] │ strings │ xsave │ auxv[] ... │
+//!  │ process │ vmas[] │ files[] │ page_runs[] │ page_sums[] │ strings ...  │
 //!  └────────────────────────────────────────────────────────────────────────┘
 //!
 //!  pages.img: the DATA page runs back to back; run i starts at page_runs[i].offset
 //! ```
 //!
 //! All integers are little-endian. Every section carries an xxh3-64 checksum,
-//! the directory and the header carry their own, and every DATA page run
-//! carries the checksum of its bytes in `pages.img`.
+//! the directory and the header carry their own; every page of `pages.img`
+//! has its checksum in `sums.img`, and every 4 KiB block of `sums.img` (512
+//! pages, 2 MiB of data) has its checksum in the `page_sums` section. So
+//! meta.img grows with the number of mappings and page runs, not with the
+//! heap, and one page can be checked on its own (a lazy restore's fault).
 //!
 //! **Compatibility rule.** `major` changes when an old reader could misread
 //! the image: readers refuse any other major. `minor` grows when records gain
@@ -56,10 +60,13 @@ use core::fmt;
 pub const META_FILE: &str = "meta.img";
 /// File name of the page-data file inside an image directory.
 pub const PAGES_FILE: &str = "pages.img";
+/// File name of the page checksums (format 2.0): the xxh3-64 of page i of
+/// pages.img at byte 8 i, little-endian.
+pub const SUMS_FILE: &str = "sums.img";
 
 pub const MAGIC: [u8; 8] = *b"CRYOIMG\0";
-pub const VERSION_MAJOR: u16 = 1;
-pub const VERSION_MINOR: u16 = 1;
+pub const VERSION_MAJOR: u16 = 2;
+pub const VERSION_MINOR: u16 = 0;
 pub const HEADER_SIZE: usize = 64;
 pub const DIR_ENTRY_SIZE: usize = 32;
 pub const MAX_SECTIONS: usize = 64;
@@ -149,6 +156,13 @@ pub enum ImageError {
     PageChecksum {
         vaddr: u64,
     },
+    SumsLength {
+        expected: u64,
+        actual: u64,
+    },
+    SumsChecksum {
+        block: u64,
+    },
     Invalid(&'static str),
 }
 
@@ -190,7 +204,12 @@ impl fmt::Display for ImageError {
                 f,
                 "truncated image: pages.img is {actual} bytes, the image needs {expected}"
             ),
-            PageChecksum { vaddr } => write!(f, "corrupt image: pages.img data for the page run at {vaddr:#x} fails its checksum"),
+            PageChecksum { vaddr } => write!(f, "corrupt image: pages.img data for the page at {vaddr:#x} fails its checksum"),
+            SumsLength { expected, actual } => write!(
+                f,
+                "truncated image: sums.img is {actual} bytes, the image needs {expected}"
+            ),
+            SumsChecksum { block } => write!(f, "corrupt image: sums.img block {block} fails its checksum"),
             Invalid(why) => write!(f, "corrupt image: {why}"),
         }
     }
@@ -477,6 +496,10 @@ impl<'a> Image<'a> {
     pub fn files(&self) -> Table<'a, FileId> {
         self.table(SectionKind::Files)
     }
+    /// One checksum per block of sums.img (format 2.0).
+    pub fn page_sums(&self) -> Table<'a, SumBlock> {
+        self.table(SectionKind::PageSums)
+    }
     pub fn page_runs(&self) -> Table<'a, PageRun> {
         self.table(SectionKind::PageRuns)
     }
@@ -627,6 +650,11 @@ impl<'a> Image<'a> {
         if next_run != runs.len() as u64 {
             return Err(ImageError::Invalid("page runs not owned by any mapping"));
         }
+        if self.page_sums().len() as u64 != sum_blocks(self.header.pages_len) {
+            return Err(ImageError::Invalid(
+                "page_sums does not cover pages.img (one block per 2 MiB)",
+            ));
+        }
         for (i, a) in self.sigactions().iter().enumerate() {
             if a.signo == 0 || a.signo > 64 {
                 return Err(ImageError::BadIndex {
@@ -670,31 +698,75 @@ impl<'a> Image<'a> {
         Ok(())
     }
 
-    /// Check pages.img's length and every DATA run's checksum. `pages` is
-    /// the whole pages.img (e.g. mmapped).
-    pub fn verify_pages(&self, pages: &[u8]) -> Result<(), ImageError> {
+    /// Check sums.img (the whole file) against the `page_sums` blocks.
+    pub fn verify_sums(&self, sums: &[u8]) -> Result<(), ImageError> {
+        let expected = self.header.pages_len / PAGE_SIZE * 8;
+        if sums.len() as u64 != expected {
+            return Err(ImageError::SumsLength {
+                expected,
+                actual: sums.len() as u64,
+            });
+        }
+        for (k, b) in self.page_sums().iter().enumerate() {
+            if !sum_block_ok(&b, sums_block(sums, k as u64)) {
+                return Err(ImageError::SumsChecksum { block: k as u64 });
+            }
+        }
+        Ok(())
+    }
+
+    /// Check pages.img's and sums.img's lengths, sums.img's blocks, and
+    /// every stored page against its checksum. `pages` and `sums` are the
+    /// whole files (e.g. mmapped).
+    pub fn verify_pages(&self, pages: &[u8], sums: &[u8]) -> Result<(), ImageError> {
         if pages.len() as u64 != self.header.pages_len {
             return Err(ImageError::PagesLength {
                 expected: self.header.pages_len,
                 actual: pages.len() as u64,
             });
         }
+        self.verify_sums(sums)?;
         for r in self.page_runs().iter() {
             if r.kind != run_kind::DATA {
                 continue;
             }
-            let s = r.offset as usize;
-            let e = s + r.len() as usize;
-            let data = pages.get(s..e).ok_or(ImageError::PagesLength {
-                expected: e as u64,
-                actual: pages.len() as u64,
-            })?;
-            if checksum(data) != r.checksum {
-                return Err(ImageError::PageChecksum { vaddr: r.vaddr });
+            for p in 0..r.npages as u64 {
+                let off = r.offset + p * PAGE_SIZE;
+                let ok = pages
+                    .get(off as usize..(off + PAGE_SIZE) as usize)
+                    .zip(page_sum(sums, off / PAGE_SIZE))
+                    .is_some_and(|(data, sum)| checksum(data) == sum);
+                if !ok {
+                    return Err(ImageError::PageChecksum {
+                        vaddr: r.vaddr + p * PAGE_SIZE,
+                    });
+                }
             }
         }
         Ok(())
     }
+}
+
+/// Block `k` of sums.img (its bytes within `sums`, possibly short or empty
+/// if `sums` is).
+pub fn sums_block(sums: &[u8], k: u64) -> &[u8] {
+    let bs = (SUMS_PER_BLOCK * 8) as usize;
+    let s = (k as usize).saturating_mul(bs).min(sums.len());
+    let e = s.saturating_add(bs).min(sums.len());
+    &sums[s..e]
+}
+
+/// Whether `bytes` (block `k` of sums.img) are what `b` records.
+pub fn sum_block_ok(b: &SumBlock, bytes: &[u8]) -> bool {
+    checksum(bytes) == b.checksum
+}
+
+/// The checksum recorded for page `i` of pages.img in `sums` (sums.img,
+/// or any slice of it that starts at a block boundary, with `i` counted
+/// from there).
+pub fn page_sum(sums: &[u8], i: u64) -> Option<u64> {
+    let s = (i as usize).checked_mul(8)?;
+    sums.get(s..s.checked_add(8)?).map(u64::get)
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
 //! Reading an image directory from disk (std only, plain file I/O).
 
-use crate::{Image, ImageError, MAX_META_LEN, META_FILE, PAGES_FILE};
+use crate::{
+    Image, ImageError, MAX_META_LEN, META_FILE, PAGES_FILE, PAGE_SIZE, SUMS_FILE, SUMS_PER_BLOCK,
+};
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Why an image directory could not be loaded.
@@ -83,17 +86,22 @@ impl LoadedImage {
         self.dir.join(PAGES_FILE)
     }
 
-    /// Check pages.img's length and every DATA run's checksum, streaming the
-    /// file in 8 MiB reads. `progress` is called with bytes checked so far.
-    pub fn verify_pages(&self, progress: impl FnMut(u64)) -> Result<(), LoadError> {
-        self.verify(progress, |_, _| true)
+    pub fn sums_path(&self) -> PathBuf {
+        self.dir.join(SUMS_FILE)
     }
 
-    /// Check pages.img's length and the checksums of the DATA runs `want`
-    /// selects (given the run and its mapping).
+    /// Check pages.img's and sums.img's lengths and every stored page
+    /// against its checksum, streaming pages.img in 8 MiB reads. `progress`
+    /// is called with bytes checked so far.
+    pub fn verify_pages(&self, progress: impl FnMut(u64)) -> Result<(), LoadError> {
+        self.verify(progress, |_| Some((0, u64::MAX)))
+    }
+
+    /// Check the lengths, and the pages of each mapping in the address
+    /// range `want` gives for it (none: skip the mapping).
     pub fn verify_pages_where(
         &self,
-        want: impl Fn(&crate::Vma, &crate::PageRun) -> bool,
+        want: impl Fn(&crate::Vma) -> Option<(u64, u64)>,
     ) -> Result<(), LoadError> {
         self.verify(|_| {}, want)
     }
@@ -101,55 +109,130 @@ impl LoadedImage {
     fn verify(
         &self,
         mut progress: impl FnMut(u64),
-        want: impl Fn(&crate::Vma, &crate::PageRun) -> bool,
+        want: impl Fn(&crate::Vma) -> Option<(u64, u64)>,
     ) -> Result<(), LoadError> {
         let img = self.image()?;
         let path = self.pages_path();
-        let io_err = |source| LoadError::Io {
-            path: path.clone(),
+        let io_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LoadError::Io { path, source }
+        };
+        let img_err = |path: &Path, source| LoadError::Image {
+            path: path.to_owned(),
             source,
         };
-        let img_err = |source| LoadError::Image {
-            path: path.clone(),
-            source,
-        };
-        let mut f = File::open(&path).map_err(io_err)?;
-        let actual = f.metadata().map_err(io_err)?.len();
+        let f = File::open(&path).map_err(io_err(&path))?;
+        let actual = f.metadata().map_err(io_err(&path))?.len();
         if actual != img.header.pages_len {
-            return Err(img_err(ImageError::PagesLength {
-                expected: img.header.pages_len,
-                actual,
-            }));
+            return Err(img_err(
+                &path,
+                ImageError::PagesLength {
+                    expected: img.header.pages_len,
+                    actual,
+                },
+            ));
         }
+        let mut sums = Sums::open(&self.sums_path(), &img)?;
         let mut buf = Vec::new();
         let mut done = 0u64;
         let runs = img.page_runs();
-        let want = &want;
-        let selected = img.vmas().iter().flat_map(|v| {
-            (v.first_run..v.first_run + v.run_count).filter_map(move |j| {
-                let r = runs.get(j as usize)?;
-                (r.kind == crate::run_kind::DATA && want(&v, &r)).then_some(r)
-            })
-        });
-        for r in selected {
-            if buf.is_empty() {
-                buf = vec![0u8; 8 << 20];
+        for v in img.vmas().iter() {
+            let Some((lo, hi)) = want(&v) else {
+                continue;
+            };
+            for j in v.first_run..v.first_run + v.run_count {
+                let Some(r) = runs.get(j as usize) else {
+                    break;
+                };
+                let (a0, a1) = (r.vaddr.max(lo), (r.vaddr + r.len()).min(hi));
+                if r.kind != crate::run_kind::DATA || a0 >= a1 {
+                    continue;
+                }
+                if buf.is_empty() {
+                    buf = vec![0u8; 8 << 20];
+                }
+                let mut a = a0;
+                while a < a1 {
+                    let n = (a1 - a).min(buf.len() as u64) as usize;
+                    let off = r.offset + (a - r.vaddr);
+                    f.read_exact_at(&mut buf[..n], off).map_err(io_err(&path))?;
+                    for (k, page) in buf[..n].chunks_exact(PAGE_SIZE as usize).enumerate() {
+                        let i = off / PAGE_SIZE + k as u64;
+                        if crate::checksum(page) != sums.get(&img, i)? {
+                            let vaddr = a + k as u64 * PAGE_SIZE;
+                            return Err(img_err(&path, ImageError::PageChecksum { vaddr }));
+                        }
+                    }
+                    a += n as u64;
+                    done += n as u64;
+                }
+                progress(done);
             }
-            f.seek(SeekFrom::Start(r.offset)).map_err(io_err)?;
-            let mut h = xxhash_rust::xxh3::Xxh3::new();
-            let mut left = r.len();
-            while left > 0 {
-                let n = left.min(buf.len() as u64) as usize;
-                f.read_exact(&mut buf[..n]).map_err(io_err)?;
-                h.update(&buf[..n]);
-                left -= n as u64;
-                done += n as u64;
-            }
-            if h.digest() != r.checksum {
-                return Err(img_err(ImageError::PageChecksum { vaddr: r.vaddr }));
-            }
-            progress(done);
         }
         Ok(())
+    }
+}
+
+/// sums.img read block by block, each block checked against `page_sums`
+/// when it is first read.
+struct Sums {
+    path: PathBuf,
+    file: File,
+    block: Option<u64>,
+    bytes: Vec<u8>,
+}
+
+impl Sums {
+    fn open(path: &Path, img: &Image) -> Result<Sums, LoadError> {
+        let io_err = |source| LoadError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::open(path).map_err(io_err)?;
+        let actual = file.metadata().map_err(io_err)?.len();
+        let expected = img.header.pages_len / PAGE_SIZE * 8;
+        if actual != expected {
+            return Err(LoadError::Image {
+                path: path.to_owned(),
+                source: ImageError::SumsLength { expected, actual },
+            });
+        }
+        Ok(Sums {
+            path: path.to_owned(),
+            file,
+            block: None,
+            bytes: Vec::new(),
+        })
+    }
+
+    /// The checksum of page `i` of pages.img.
+    fn get(&mut self, img: &Image, i: u64) -> Result<u64, LoadError> {
+        let k = i / SUMS_PER_BLOCK;
+        if self.block != Some(k) {
+            let bad = |source| LoadError::Image {
+                path: self.path.clone(),
+                source,
+            };
+            let b = img
+                .page_sums()
+                .get(k as usize)
+                .ok_or(bad(ImageError::SumsChecksum { block: k }))?;
+            let len = (img.header.pages_len / PAGE_SIZE)
+                .saturating_sub(k * SUMS_PER_BLOCK)
+                .min(SUMS_PER_BLOCK);
+            self.bytes.resize(len as usize * 8, 0);
+            self.file
+                .read_exact_at(&mut self.bytes, k * SUMS_PER_BLOCK * 8)
+                .map_err(|source| LoadError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            if !crate::sum_block_ok(&b, &self.bytes) {
+                self.block = None;
+                return Err(bad(ImageError::SumsChecksum { block: k }));
+            }
+            self.block = Some(k);
+        }
+        Ok(crate::page_sum(&self.bytes, i % SUMS_PER_BLOCK).unwrap_or(0))
     }
 }

@@ -3,6 +3,7 @@ use super::*;
 use proptest::prelude::*;
 
 /// A small but complete image: two mappings, a file, data and zero runs.
+/// Returns meta.img and pages.img; [`sample_sums`] gives sums.img.
 pub(crate) fn sample() -> (Vec<u8>, Vec<u8>) {
     let mut b = ImageBuilder::default();
     let path = b.strings.add("/usr/bin/true");
@@ -40,7 +41,7 @@ pub(crate) fn sample() -> (Vec<u8>, Vec<u8>) {
         npages: 1,
         kind: run_kind::DATA,
         offset: 0,
-        checksum: checksum(&page),
+        reserved: 0,
     });
     b.vmas.push(Vma {
         start: 0x7f0000000000,
@@ -58,7 +59,7 @@ pub(crate) fn sample() -> (Vec<u8>, Vec<u8>) {
         npages: 2,
         kind: run_kind::ZERO,
         offset: 0,
-        checksum: 0,
+        reserved: 0,
     });
     b.sigactions.push(SigAction {
         signo: 10,
@@ -66,7 +67,14 @@ pub(crate) fn sample() -> (Vec<u8>, Vec<u8>) {
         flags: 0x04000000,
         ..Default::default()
     });
+    b.page_sums = super::write::sum_block_table(&sample_sums(&page));
     (b.encode(page.len() as u64), page)
+}
+
+/// sums.img for pages.img `pages`.
+pub(crate) fn sample_sums(pages: &[u8]) -> Vec<u8> {
+    let sums: Vec<u64> = pages.chunks(4096).map(checksum).collect();
+    super::write::sums_bytes(&sums)
 }
 
 #[test]
@@ -84,7 +92,8 @@ fn roundtrip() {
     let (meta, pages) = sample();
     let img = Image::parse(&meta).expect("parse");
     img.validate().expect("validate");
-    img.verify_pages(&pages).expect("pages");
+    img.verify_pages(&pages, &sample_sums(&pages))
+        .expect("pages");
     assert_eq!(img.process().pid, 1234);
     assert_eq!(img.str(img.process().exe), Some("/usr/bin/true"));
     assert_eq!(img.vmas().len(), 2);
@@ -119,16 +128,65 @@ fn every_truncation_is_detected() {
 #[test]
 fn corrupted_and_short_pages_are_detected() {
     let (meta, mut pages) = sample();
+    let mut sums = sample_sums(&pages);
     let img = Image::parse(&meta).unwrap();
     assert!(matches!(
-        img.verify_pages(&pages[..4095]),
+        img.verify_pages(&pages[..4095], &sums),
         Err(ImageError::PagesLength { .. })
+    ));
+    assert!(matches!(
+        img.verify_pages(&pages, &sums[..7]),
+        Err(ImageError::SumsLength {
+            expected: 8,
+            actual: 7
+        })
     ));
     pages[100] ^= 1;
     assert_eq!(
-        img.verify_pages(&pages),
+        img.verify_pages(&pages, &sums),
         Err(ImageError::PageChecksum { vaddr: 0x401000 })
     );
+    // A page and its checksum changed together: the block's checksum in
+    // meta.img still catches it.
+    sums.copy_from_slice(&sample_sums(&pages));
+    assert_eq!(
+        img.verify_pages(&pages, &sums),
+        Err(ImageError::SumsChecksum { block: 0 })
+    );
+}
+
+/// One block of sums.img covers 512 pages; page_sums must have one entry
+/// per block, no more, no less.
+#[test]
+fn sum_blocks_cover_pages_img() {
+    assert_eq!(sum_blocks(0), 0);
+    assert_eq!(sum_blocks(4096), 1);
+    assert_eq!(sum_blocks(512 * 4096), 1);
+    assert_eq!(sum_blocks(513 * 4096), 2);
+    let pages = vec![9u8; 513 * 4096];
+    let sums = sample_sums(&pages);
+    let t = super::write::sum_block_table(&sums);
+    assert_eq!(t.len(), 2);
+    assert_eq!(t[1].checksum, checksum(&sums[4096..]));
+    assert_eq!(sums_block(&sums, 1), &sums[4096..]);
+    assert_eq!(page_sum(&sums, 512), Some(checksum(&pages[..4096])));
+    // An image whose page_sums is short is refused by validate.
+    let (meta, _) = sample();
+    let img = Image::parse(&meta).unwrap();
+    let mut b = super::write::ImageBuilder {
+        process: img.process(),
+        xsave: img.xsave().to_vec(),
+        ..Default::default()
+    };
+    b.process.exe = StrRef::NONE;
+    b.process.cwd = StrRef::NONE;
+    b.process.kernel = StrRef::NONE;
+    b.process.exe_file = NO_INDEX;
+    let m = b.encode(4096);
+    assert!(matches!(
+        Image::parse(&m).unwrap().validate(),
+        Err(ImageError::Invalid(_))
+    ));
 }
 
 #[test]
@@ -138,11 +196,15 @@ fn foreign_and_future_images_are_refused() {
         Image::parse(&[0x7fu8; 200]).err(),
         Some(ImageError::BadMagic)
     );
-    meta[8] = 2; // major 2
+    meta[8] = 3; // major 3
     assert!(matches!(
         Image::parse(&meta),
-        Err(ImageError::UnsupportedVersion { major: 2, .. })
+        Err(ImageError::UnsupportedVersion { major: 3, .. })
     ));
+    meta[8] = 1; // major 1: the format before sums.img
+    let e = Image::parse(&meta).err().unwrap();
+    assert_eq!(e, ImageError::UnsupportedVersion { major: 1, minor: 0 });
+    assert!(e.to_string().contains("capture again"), "{e}");
 }
 
 #[test]
@@ -198,7 +260,7 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
         if let Ok(img) = Image::parse(&bytes) {
             let _ = img.validate();
-            let _ = img.verify_pages(&[]);
+            let _ = img.verify_pages(&[], &[]);
         }
         // Without checksums the structural checks alone must hold.
         if let Ok(img) = Image::parse_verified(&bytes) {
@@ -239,7 +301,7 @@ proptest! {
         super::write::reseal(&mut meta);
         if let Ok(img) = Image::parse(&meta) {
             let _ = img.validate();
-            let _ = img.verify_pages(&pages);
+            let _ = img.verify_pages(&pages, &sample_sums(&pages));
             for v in img.vmas().iter() { let _ = img.str(v.name); }
         }
     }

@@ -62,10 +62,12 @@ pub enum SectionKind {
     Itimers = 12,
     /// Optional (format 1.1): where the restore can finish without a tracer.
     Gadgets = 13,
+    /// Format 2.0: one checksum per block of sums.img ([`SumBlock`]).
+    PageSums = 14,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 13] = [
+    pub const ALL: [SectionKind; 14] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -79,6 +81,7 @@ impl SectionKind {
         SectionKind::Timers,
         SectionKind::Itimers,
         SectionKind::Gadgets,
+        SectionKind::PageSums,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -98,6 +101,7 @@ impl SectionKind {
             SectionKind::Timers => "timers",
             SectionKind::Itimers => "itimers",
             SectionKind::Gadgets => "gadgets",
+            SectionKind::PageSums => "page_sums",
         }
     }
     /// Record size this reader knows for the section (1 for byte blobs).
@@ -116,6 +120,7 @@ impl SectionKind {
             SectionKind::Timers => PosixTimer::SIZE,
             SectionKind::Itimers => Itimer::SIZE,
             SectionKind::Gadgets => Gadgets::SIZE,
+            SectionKind::PageSums => SumBlock::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -134,6 +139,8 @@ impl SectionKind {
             SectionKind::Timers => 1 << 16,
             SectionKind::Itimers => 3,
             SectionKind::Gadgets => 1,
+            // one block per 2 MiB of pages.img, up to MAX_PAGES_LEN
+            SectionKind::PageSums => 1 << 19,
         }
     }
     /// Sections every valid image must have.
@@ -145,6 +152,7 @@ impl SectionKind {
                 | SectionKind::PageRuns
                 | SectionKind::Strings
                 | SectionKind::Xsave
+                | SectionKind::PageSums
         )
     }
 }
@@ -427,11 +435,29 @@ record! {
         pub npages: u32,
         /// `run_kind` value.
         pub kind: u32,
-        /// Byte offset in pages.bin (page aligned), for DATA runs.
+        /// Byte offset in pages.img (page aligned), for DATA runs.
         pub offset: u64,
-        /// xxh3-64 of the run's bytes in pages.bin (0 for ZERO runs).
+        /// 0. (Format 1.x: the xxh3-64 of the run's bytes. Since 2.0 every
+        /// page has its own checksum in sums.img.)
+        pub reserved: u64,
+    }
+}
+
+record! {
+    /// The xxh3-64 of one block of sums.img: [`SUMS_PER_BLOCK`] page
+    /// checksums (4096 bytes; the last block may be shorter).
+    pub struct SumBlock {
         pub checksum: u64,
     }
+}
+
+/// Page checksums per block of sums.img: one block covers 2 MiB of
+/// pages.img, and is read and checked as a whole.
+pub const SUMS_PER_BLOCK: u64 = 512;
+
+/// Blocks of sums.img for a pages.img of `pages_len` bytes.
+pub fn sum_blocks(pages_len: u64) -> u64 {
+    (pages_len / PAGE_SIZE).div_ceil(SUMS_PER_BLOCK)
 }
 
 impl PageRun {
@@ -548,10 +574,6 @@ record! {
         pub value_usec: i64,
     }
 }
-
-/// Longest DATA run `cryo capture` writes (pages): a lazy restore verifies
-/// and serves a run as one piece (64 KiB). Readers accept longer runs.
-pub const RUN_MAX_PAGES: u32 = 16;
 
 /// The rules a lazy restore follows, shared by the shim (which maps and
 /// registers) and the page server (which serves): both must agree exactly.

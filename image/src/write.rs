@@ -50,6 +50,22 @@ pub struct ImageBuilder {
     pub timers: Vec<PosixTimer>,
     pub itimers: Vec<Itimer>,
     pub gadgets: Option<Gadgets>,
+    /// Checksums of sums.img's blocks ([`sum_block_table`]).
+    pub page_sums: Vec<SumBlock>,
+}
+
+/// sums.img's bytes for the page checksums `sums` (in pages.img order).
+pub fn sums_bytes(sums: &[u64]) -> Vec<u8> {
+    sums.iter().flat_map(|s| s.to_le_bytes()).collect()
+}
+
+/// The `page_sums` table for sums.img's bytes: one checksum per block.
+pub fn sum_block_table(sums: &[u8]) -> Vec<SumBlock> {
+    sums.chunks((SUMS_PER_BLOCK * 8) as usize)
+        .map(|b| SumBlock {
+            checksum: checksum(b),
+        })
+        .collect()
 }
 
 /// An encoded section: record size, record count, bytes.
@@ -83,6 +99,7 @@ impl ImageBuilder {
             (SectionKind::Fds, table(&self.fds)),
             (SectionKind::Timers, table(&self.timers)),
             (SectionKind::Itimers, table(&self.itimers)),
+            (SectionKind::PageSums, table(&self.page_sums)),
         ];
         if let Some(g) = &self.gadgets {
             sections.push((SectionKind::Gadgets, table(std::slice::from_ref(g))));

@@ -2,9 +2,10 @@
 //!
 //! The shim registers every lazy mapping (`cryo_image::lazy::is_lazy`) of
 //! the rebuilt process with a userfaultfd in MISSING mode and sends the fd
-//! here. The server answers each fault with the fault's whole page run
-//! (≤ 64 KiB, checksum-verified on first use) by UFFDIO_COPY straight from
-//! a mapping of pages.img, pages the image has no data for with
+//! here. The server answers each fault with the faulting page, checked
+//! against its checksum in sums.img (whose 4 KiB block is itself checked
+//! against meta.img on first use), by UFFDIO_COPY straight from a mapping
+//! of pages.img, pages the image has no data for with
 //! UFFDIO_ZEROPAGE, and (in background mode) streams the remaining runs in
 //! growing batches between faults, then exits.
 //!
@@ -17,9 +18,9 @@
 //! fill is retried after the events are read.
 
 use crate::uffd::{send_fd, Fill, Mapped, Msg, Uffd};
-use cryo_image::{lazy, run_kind, Image, PageRun, PAGE_SIZE};
+use cryo_image::{lazy, run_kind, Image, PageRun, PAGE_SIZE, SUMS_PER_BLOCK};
 use std::os::fd::RawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 const PG: u64 = PAGE_SIZE;
@@ -56,7 +57,7 @@ pub struct Config {
     pub stats: Option<PathBuf>,
     /// Identity of meta.img (its xxh3), stored in a recorded working set.
     pub image_id: u64,
-    /// Check each run's checksum before serving it (off: --no-verify).
+    /// Check each page's checksum before serving it (off: --no-verify).
     pub verify: bool,
 }
 
@@ -68,16 +69,15 @@ struct Chunk {
     npages: u32,
     /// Offset in pages.img.
     off: u64,
-    /// Index of the page run whose checksum covers it.
-    run: u32,
     /// Bit i: page i still has to come from the image.
     pending: u32,
 }
 
 /// What the image says about lazy memory, shared by every space: nothing
 /// here is built per page run, so the server is ready (and the program
-/// resumes) in a time that does not grow with the image — a 4 GiB heap has
-/// 65 536 runs, and a table of them cost 2.1 ms before the go-ahead.
+/// resumes) in a time that does not grow with the image (a table of the
+/// 65 536 runs that format 1 split a 4 GiB heap into cost 2.1 ms before
+/// the go-ahead).
 struct Layout<'a> {
     img: Image<'a>,
     /// Lazy mappings in address order: (start, end, first run, end run).
@@ -202,8 +202,8 @@ impl Space {
     }
 
     /// The pending pages in [lo, hi) as pieces (in address order within
-    /// moved and within the layout), with the runs that cover them.
-    fn pieces(&self, l: &Layout, lo: u64, hi: u64, runs: &mut Vec<u32>) -> Vec<Piece> {
+    /// moved and within the layout).
+    fn pieces(&self, l: &Layout, lo: u64, hi: u64) -> Vec<Piece> {
         let mut out: Vec<Piece> = Vec::new();
         let push = |out: &mut Vec<Piece>, dst: u64, src: u64, moved: bool| match out.last_mut() {
             Some(p) if p.moved == moved && p.dst + p.len == dst && p.src + p.len == src => {
@@ -224,27 +224,19 @@ impl Space {
                 let a = c.addr + p as u64 * PG;
                 if a >= lo && a < hi && (c.pending >> p) & 1 != 0 {
                     push(&mut out, a, c.off + p as u64 * PG, true);
-                    if runs.last() != Some(&c.run) {
-                        runs.push(c.run);
-                    }
                 }
             }
         }
-        for (j, r) in l.runs_in(lo, hi) {
+        for (_, r) in l.runs_in(lo, hi) {
             let a0 = r.vaddr.max(lo);
             let a1 = (r.vaddr + r.len()).min(hi);
-            let mut any = false;
             let mut a = a0;
             while a < a1 {
                 let src = r.offset + (a - r.vaddr);
                 if self.layout_pending(l, a, src) && self.moved_at(a).is_none() {
                     push(&mut out, a, src, false);
-                    any = true;
                 }
                 a += PG;
-            }
-            if any {
-                runs.push(j);
             }
         }
         out
@@ -284,25 +276,22 @@ impl Space {
         self.drop_range(l, to, to + len);
         let end = from + len;
         let mut out: Vec<Chunk> = Vec::with_capacity(self.moved.len() + 2);
-        let add =
-            |out: &mut Vec<Chunk>, addr: u64, off: u64, run: u32, bit: u32| match out.last_mut() {
-                Some(c)
-                    if c.run == run
-                        && c.addr + c.npages as u64 * PG == addr
-                        && c.off + c.npages as u64 * PG == off
-                        && c.npages < 32 =>
-                {
-                    c.pending |= bit << c.npages;
-                    c.npages += 1;
-                }
-                _ => out.push(Chunk {
-                    addr,
-                    npages: 1,
-                    off,
-                    run,
-                    pending: bit,
-                }),
-            };
+        let add = |out: &mut Vec<Chunk>, addr: u64, off: u64, bit: u32| match out.last_mut() {
+            Some(c)
+                if c.addr + c.npages as u64 * PG == addr
+                    && c.off + c.npages as u64 * PG == off
+                    && c.npages < 32 =>
+            {
+                c.pending |= bit << c.npages;
+                c.npages += 1;
+            }
+            _ => out.push(Chunk {
+                addr,
+                npages: 1,
+                off,
+                pending: bit,
+            }),
+        };
         // Pieces already moved: shift what lies inside the range.
         for c in std::mem::take(&mut self.moved) {
             let cend = c.addr + c.npages as u64 * PG;
@@ -317,33 +306,27 @@ impl Space {
                 } else {
                     a
                 };
-                add(
-                    &mut out,
-                    na,
-                    c.off + p as u64 * PG,
-                    c.run,
-                    (c.pending >> p) & 1,
-                );
+                add(&mut out, na, c.off + p as u64 * PG, (c.pending >> p) & 1);
             }
         }
         // Pending pages of the layout in the range leave it.
-        let taken: Vec<(u64, u64, u32)> = {
+        let taken: Vec<(u64, u64)> = {
             let mut v = Vec::new();
-            for (j, r) in l.runs_in(from, end) {
+            for (_, r) in l.runs_in(from, end) {
                 let mut a = r.vaddr.max(from);
                 while a < (r.vaddr + r.len()).min(end) {
                     let src = r.offset + (a - r.vaddr);
                     if self.layout_pending(l, a, src) {
-                        v.push((a, src, j));
+                        v.push((a, src));
                     }
                     a += PG;
                 }
             }
             v
         };
-        for (a, src, j) in taken {
+        for (a, src) in taken {
             self.done.set(src / PG);
-            add(&mut out, a - from + to, src, j, 1);
+            add(&mut out, a - from + to, src, 1);
         }
         out.sort_by_key(|c| c.addr);
         self.moved = out;
@@ -360,8 +343,9 @@ struct Stats {
     prefetch_pages: u64,
     prefetch_copies: u64,
     forks: u64,
-    /// Runs checksummed, and the time spent on it.
-    verified_runs: u64,
+    /// Pages checksummed (and sums.img blocks), and the time spent on it.
+    verified_pages: u64,
+    verified_blocks: u64,
     verify_ns: u64,
     removes: u64,
     remaps: u64,
@@ -382,10 +366,14 @@ enum Outcome {
 struct Server<'a> {
     layout: Layout<'a>,
     pages: Mapped,
-    /// Per page run: checksum verified (all false at first: zeroed memory).
-    verified: Vec<bool>,
-    /// Check each run's checksum before serving from it.
-    verify_runs: bool,
+    /// sums.img: the checksum of each page of pages.img.
+    sums: Mapped,
+    /// Per block of sums.img: checked against meta.img.
+    block_ok: Bits,
+    /// Per page of pages.img: checked against its checksum.
+    page_ok: Bits,
+    /// Check each page's checksum before serving it.
+    verify: bool,
     spaces: Vec<Space>,
     keeper: RawFd,
     stats: Stats,
@@ -399,38 +387,55 @@ struct Server<'a> {
 struct Fatal(String);
 
 impl<'a> Server<'a> {
-    fn verify(&mut self, run: u32) -> Result<(), Fatal> {
-        if !self.verify_runs || self.verified.get(run as usize) == Some(&true) {
+    /// Make pages.img's [src, src+len) (to be copied to `dst`) ready to
+    /// serve: mapped in one call, and each page checked against its
+    /// checksum in sums.img the first time it is served.
+    fn verify(&mut self, dst: u64, src: u64, len: u64) -> Result<(), Fatal> {
+        // Populated first: UFFDIO_COPY (and hashing) from an unpopulated
+        // file mapping takes a page fault per 4 KiB, several µs each here.
+        self.pages.populate(src, len);
+        if !self.verify {
             return Ok(());
         }
-        let r: PageRun = self
-            .layout
-            .img
-            .page_runs()
-            .get(run as usize)
-            .expect("valid run");
         let t = Instant::now();
-        // Hashed where it will be copied from: the run's pages of the
-        // pages.img mapping, mapped in one call first (a page fault per
-        // 4 KiB made hashing through the mapping 3x slower than a pread
-        // into a buffer; populated, it is faster, and the UFFDIO_COPY that
-        // follows takes no faults either).
-        self.pages.populate(r.offset, r.len());
-        let ok = self
-            .pages
-            .get(r.offset, r.len())
-            .is_some_and(|b| cryo_image::checksum(b) == r.checksum);
-        if !ok {
-            return Err(Fatal(format!(
-                "pages.img is corrupt: the run at {:#x} ({} pages) fails its checksum",
-                r.vaddr, r.npages
-            )));
-        }
-        if let Some(v) = self.verified.get_mut(run as usize) {
-            *v = true;
+        let mut off = src;
+        while off < src + len {
+            let i = off / PG;
+            if !self.page_ok.get(i) {
+                let k = i / SUMS_PER_BLOCK;
+                let block = cryo_image::sums_block(self.sums.bytes(), k);
+                if !self.block_ok.get(k) {
+                    let ok = self
+                        .layout
+                        .img
+                        .page_sums()
+                        .get(k as usize)
+                        .is_some_and(|b| cryo_image::sum_block_ok(&b, block));
+                    if !ok {
+                        return Err(Fatal(format!(
+                            "sums.img is corrupt: block {k} fails its checksum"
+                        )));
+                    }
+                    self.block_ok.set(k);
+                    self.stats.verified_blocks += 1;
+                }
+                let ok = self
+                    .pages
+                    .get(off, PG)
+                    .zip(cryo_image::page_sum(block, i % SUMS_PER_BLOCK))
+                    .is_some_and(|(b, sum)| cryo_image::checksum(b) == sum);
+                if !ok {
+                    return Err(Fatal(format!(
+                        "pages.img is corrupt: the page for {:#x} fails its checksum",
+                        dst + (off - src)
+                    )));
+                }
+                self.page_ok.set(i);
+                self.stats.verified_pages += 1;
+            }
+            off += PG;
         }
         self.stats.verify_ns += t.elapsed().as_nanos() as u64;
-        self.stats.verified_runs += 1;
         Ok(())
     }
 
@@ -443,12 +448,9 @@ impl<'a> Server<'a> {
         hi: u64,
         count: &mut u64,
     ) -> Result<Outcome, Fatal> {
-        let mut runs = Vec::new();
-        let pieces = self.spaces[s].pieces(&self.layout, lo, hi, &mut runs);
-        for r in runs {
-            self.verify(r)?;
-        }
+        let pieces = self.spaces[s].pieces(&self.layout, lo, hi);
         for p in pieces {
+            self.verify(p.dst, p.src, p.len)?;
             let (outcome, done) = self.copy(s, p.dst, p.src, p.len);
             if done > 0 {
                 self.spaces[s].drop_range(&self.layout, p.dst, p.dst + done);
@@ -714,19 +716,20 @@ fn say(msg: &str) {
     unsafe { libc::write(2, m.as_ptr() as *const libc::c_void, m.len()) };
 }
 
-/// The page server process: receive the uffd on `sock`, prefetch, say go,
+/// The page server process (`files`: pages.img and sums.img): receive the
+/// uffd on `sock`, prefetch, say go,
 /// serve. `keeper` holds fork children's uffds. `target` is the restored
 /// process. Returns the exit status (0: every page in, or the program
 /// gone).
 pub fn run(
     img: Image,
-    pages_path: &std::path::Path,
+    files: (&Path, &Path),
     cfg: &Config,
     sock: RawFd,
     keeper: RawFd,
     target: i32,
 ) -> i32 {
-    match serve(img, pages_path, cfg, sock, keeper, target) {
+    match serve(img, files, cfg, sock, keeper, target) {
         Ok(()) => 0,
         Err(Fatal(m)) => {
             say(&m);
@@ -737,16 +740,21 @@ pub fn run(
 
 fn serve(
     img: Image,
-    pages_path: &std::path::Path,
+    (pages_path, sums_path): (&Path, &Path),
     cfg: &Config,
     sock: RawFd,
     keeper: RawFd,
     target: i32,
 ) -> Result<(), Fatal> {
-    let file = std::fs::File::open(pages_path)
-        .map_err(|e| Fatal(format!("opening {}: {e}", pages_path.display())))?;
-    let pages = Mapped::open(&file, img.header.pages_len)
-        .map_err(|e| Fatal(format!("mapping {}: {e}", pages_path.display())))?;
+    let map = |path: &Path, len: u64| {
+        let file = std::fs::File::open(path)
+            .map_err(|e| Fatal(format!("opening {}: {e}", path.display())))?;
+        Mapped::open(&file, len).map_err(|e| Fatal(format!("mapping {}: {e}", path.display())))
+    };
+    let npages = img.header.pages_len / PG;
+    // Their lengths were checked by `cryo restore`.
+    let pages = map(pages_path, img.header.pages_len)?;
+    let sums = map(sums_path, npages * 8)?;
     // SAFETY: pidfd_open takes a pid and flags.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, target, 0) } as i32;
     let uffd = match Uffd::recv(sock) {
@@ -757,12 +765,13 @@ fn serve(
     };
     let layout = Layout::new(img);
     let root = Space::new(uffd, &layout, true);
-    let nruns = img.page_runs().len();
     let mut srv = Server {
         layout,
         pages,
-        verified: vec![false; nruns],
-        verify_runs: cfg.verify,
+        sums,
+        block_ok: Bits::new(cryo_image::sum_blocks(img.header.pages_len)),
+        page_ok: Bits::new(npages),
+        verify: cfg.verify,
         spaces: vec![root],
         keeper,
         stats: Stats::default(),
@@ -861,7 +870,7 @@ fn stats_json(st: &mut Stats) -> String {
         }
     };
     format!(
-        "{{\"faults\":{},\"zero_faults\":{},\"fault_pages\":{},\"background_pages\":{},\"prefetch_pages\":{},\"prefetch_copies\":{},\"forks\":{},\"removes\":{},\"unmaps\":{},\"remaps\":{},\"verified_runs\":{},\"verify_ns\":{},\"fault_service_ns_p10\":{},\"fault_service_ns_median\":{},\"fault_service_ns_p90\":{}}}\n",
+        "{{\"faults\":{},\"zero_faults\":{},\"fault_pages\":{},\"background_pages\":{},\"prefetch_pages\":{},\"prefetch_copies\":{},\"forks\":{},\"removes\":{},\"unmaps\":{},\"remaps\":{},\"verified_pages\":{},\"verified_blocks\":{},\"verify_ns\":{},\"fault_service_ns_p10\":{},\"fault_service_ns_median\":{},\"fault_service_ns_p90\":{}}}\n",
         st.faults,
         st.zero_faults,
         st.fault_pages,
@@ -872,7 +881,8 @@ fn stats_json(st: &mut Stats) -> String {
         st.removes,
         st.unmaps,
         st.remaps,
-        st.verified_runs,
+        st.verified_pages,
+        st.verified_blocks,
         st.verify_ns,
         q(0.1),
         q(0.5),
@@ -984,7 +994,7 @@ mod tests {
                 npages: 16,
                 kind: run_kind::DATA,
                 offset,
-                checksum: 0,
+                reserved: 0,
             });
         }
         b.encode(0x20000)
@@ -996,11 +1006,7 @@ mod tests {
     }
 
     fn pending(s: &Space, l: &Layout) -> u64 {
-        let mut runs = Vec::new();
-        s.pieces(l, 0, u64::MAX, &mut runs)
-            .iter()
-            .map(|p| p.len / PG)
-            .sum()
+        s.pieces(l, 0, u64::MAX).iter().map(|p| p.len / PG).sum()
     }
 
     #[test]
@@ -1028,9 +1034,7 @@ mod tests {
         assert!(s.is_pending(&l, 0x21000));
         assert!(!s.is_pending(&l, 0x30000), "no data there");
         // One piece per stretch, contiguous across the two runs' data.
-        let mut runs = Vec::new();
-        let p = s.pieces(&l, 0x10000, 0x30000, &mut runs);
-        assert_eq!(runs, [0, 1]);
+        let p = s.pieces(&l, 0x10000, 0x30000);
         assert_eq!(
             p,
             [

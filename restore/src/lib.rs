@@ -171,13 +171,15 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
         }
         Some(l) => {
             uffd::probe().map_err(RestoreError::NoLazy)?;
-            // Only what the shim reads is verified now (and the length of
-            // pages.img); the page server verifies each run before it
-            // serves it, so the time to resume does not grow with the image.
-            let (lo, hi) = cryo_image::lazy::eager_window(&p);
-            image.verify_pages_where(|v, r| {
-                !opts.no_verify
-                    && (!cryo_image::lazy::is_lazy(v) || (r.vaddr < hi && r.vaddr + r.len() > lo))
+            // Only what the shim reads is verified now (and the lengths of
+            // pages.img and sums.img); the page server verifies each page
+            // before it serves it, so the time to resume does not grow with
+            // the image.
+            let window = cryo_image::lazy::eager_window(&p);
+            image.verify_pages_where(|v| match () {
+                _ if opts.no_verify => None,
+                _ if cryo_image::lazy::is_lazy(v) => Some(window),
+                _ => Some((0, u64::MAX)),
             })?;
             let image_id = cryo_image::checksum(image.meta());
             let ws_path = dir.join(lazy::WORKING_SET_FILE);
@@ -452,6 +454,7 @@ impl Plan {
             (Some(cfg), Some((shim_end, server_end))) => Some(tracer::ServerStart {
                 img: self.image(),
                 pages: self.image.pages_path(),
+                sums: self.image.sums_path(),
                 cfg: cfg.clone(),
                 server_end,
                 shim_end,

@@ -287,14 +287,19 @@ impl Mapped {
         }
     }
 
+    /// The whole mapping.
+    pub fn bytes(&self) -> &[u8] {
+        self.get(0, self.len as u64).unwrap_or(&[])
+    }
+
     /// The bytes [off, off+len), if inside the file.
     pub fn get(&self, off: u64, len: u64) -> Option<&[u8]> {
         let end = off.checked_add(len)?;
         if end > self.len as u64 {
             return None;
         }
-        // pages.img is never written while an image is restored (runs are
-        // checked against their checksums before use).
+        // pages.img and sums.img are never written while an image is
+        // restored (pages are checked against their checksums before use).
         // SAFETY: [off, end) lies inside the mapping, which lives as long as self.
         Some(unsafe { std::slice::from_raw_parts(self.ptr.add(off as usize), len as usize) })
     }

@@ -860,7 +860,8 @@ fn map_vma(
     }
     if runs {
         // Adjacent DATA runs that are adjacent in pages.img too are read
-        // with one pread (capture splits runs every RUN_MAX_PAGES).
+        // with one pread (format 1 split runs every 16 pages; 2.0 does not,
+        // but a run still ends at every zero page).
         let mut pending: Option<(u64, u64, u64)> = None; // (addr, len, offset)
         let flush = |p: (u64, u64, u64)| {
             let (addr, n, off) = match only {
