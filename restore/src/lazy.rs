@@ -33,6 +33,10 @@ const FAULT_AROUND: u64 = 1;
 /// for it (and so does the program's exit, for the mmap lock). 64 KiB
 /// first, doubling up to this (8 MiB measured 4x slower exits at 1 %).
 const MAX_BATCH: u64 = 128 << 10;
+/// How far ahead the server maps pages.img when the program reads it in
+/// order: the faults that follow then take no madvise. A fault out of
+/// order maps only its own page (64 KiB for it measured 2 µs dearer).
+const MAP_AHEAD: u64 = 64 << 10;
 
 /// How pages that nobody asked for get in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -372,6 +376,11 @@ struct Server<'a> {
     block_ok: Bits,
     /// Per page of pages.img: checked against its checksum.
     page_ok: Bits,
+    /// Per page of pages.img: mapped in the server (populated).
+    mapped: Bits,
+    /// Where in pages.img the last piece served ended: a piece that starts
+    /// there is the next of a sequential scan.
+    last_end: u64,
     /// Check each page's checksum before serving it.
     verify: bool,
     spaces: Vec<Space>,
@@ -393,7 +402,14 @@ impl<'a> Server<'a> {
     fn verify(&mut self, dst: u64, src: u64, len: u64) -> Result<(), Fatal> {
         // Populated first: UFFDIO_COPY (and hashing) from an unpopulated
         // file mapping takes a page fault per 4 KiB, several µs each here.
-        self.pages.populate(src, len);
+        let (p0, p1) = (src / PG, (src + len) / PG);
+        if (p0..p1).any(|p| !self.mapped.get(p)) {
+            let ahead = if src == self.last_end { MAP_AHEAD } else { 0 };
+            let end = (src + len.max(ahead)).min(self.pages.bytes().len() as u64);
+            self.pages.populate(src, end - src);
+            (p0..end / PG).for_each(|p| self.mapped.set(p));
+        }
+        self.last_end = src + len;
         if !self.verify {
             return Ok(());
         }
@@ -771,6 +787,8 @@ fn serve(
         sums,
         block_ok: Bits::new(cryo_image::sum_blocks(img.header.pages_len)),
         page_ok: Bits::new(npages),
+        mapped: Bits::new(npages),
+        last_end: u64::MAX,
         verify: cfg.verify,
         spaces: vec![root],
         keeper,
