@@ -399,7 +399,7 @@ impl<'a> Server<'a> {
     /// Make pages.img's [src, src+len) (to be copied to `dst`) ready to
     /// serve: mapped in one call, and each page checked against its
     /// checksum in sums.img the first time it is served.
-    fn verify(&mut self, dst: u64, src: u64, len: u64) -> Result<(), Fatal> {
+    fn ready(&mut self, dst: u64, src: u64, len: u64) -> Result<(), Fatal> {
         // Populated first: UFFDIO_COPY (and hashing) from an unpopulated
         // file mapping takes a page fault per 4 KiB, several µs each here.
         let (p0, p1) = (src / PG, (src + len) / PG);
@@ -466,7 +466,7 @@ impl<'a> Server<'a> {
     ) -> Result<Outcome, Fatal> {
         let pieces = self.spaces[s].pieces(&self.layout, lo, hi);
         for p in pieces {
-            self.verify(p.dst, p.src, p.len)?;
+            self.ready(p.dst, p.src, p.len)?;
             let (outcome, done) = self.copy(s, p.dst, p.src, p.len);
             if done > 0 {
                 self.spaces[s].drop_range(&self.layout, p.dst, p.dst + done);
