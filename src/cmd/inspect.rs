@@ -207,11 +207,13 @@ fn to_text(img: &Image, loaded: &LoadedImage) -> String {
     );
     let _ = writeln!(
         o,
-        "size      {} pages stored ({:.1} MiB), {} zero pages recorded, meta {} bytes; RSS at capture {} KiB",
+        "size      {} pages stored ({:.1} MiB) in {} runs, {} zero pages recorded, meta {} bytes, sums {} bytes; RSS at capture {} KiB",
         data,
         pages as f64 / (1 << 20) as f64,
+        img.page_runs().len(),
         zero,
         img.header.meta_len,
+        img.header.pages_len / cryo_image::PAGE_SIZE * 8,
         p.rss_kib
     );
     let _ = writeln!(o, "\nmappings ({})", img.vmas().len());
@@ -435,6 +437,8 @@ fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
         "format": {"major": img.header.major, "minor": img.header.minor},
         "meta_bytes": img.header.meta_len,
         "pages_bytes": img.header.pages_len,
+        "sums_bytes": img.header.pages_len / cryo_image::PAGE_SIZE * 8,
+        "sum_blocks": img.page_sums().len(),
         "pages_stored": data,
         "pages_zero": zero,
         "process": {

@@ -53,7 +53,8 @@ pub struct RestoreArgs {
     /// Needed for pipes and terminals at fd 3 and up.
     #[arg(long = "inherit-fd", value_name = "N[=M]", value_parser = parse_inherit)]
     pub inherit_fd: Vec<(i32, i32)>,
-    /// Skip the checksum pass over pages.img (the tables are still checked).
+    /// Skip checking pages against their checksums in sums.img, before the
+    /// exec and (lazy) in the page server; meta.img is still checked.
     #[arg(long)]
     pub no_verify: bool,
     /// Check everything and report, but do not restore.
