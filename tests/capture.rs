@@ -632,58 +632,47 @@ fn corrupted_and_truncated_images_get_one_line_errors() {
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(j["vmas"].as_array().unwrap().len() > 5);
 
-    let one_line = |err: &str| {
+    // `cryo inspect` of the damaged copy fails with one line that says `what`.
+    let bad = dir.join("bad");
+    let refused = |what: &str| {
+        let (code, _, err) = cryo_cmd(&["inspect", bad.to_str().unwrap()]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(what), "{what}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
         assert!(!err.contains("panicked"), "{err}");
     };
     // A flipped byte in meta.img.
-    let bad = dir.join("bad");
     std::fs::create_dir(&bad).unwrap();
     let mut meta = std::fs::read(img.join("meta.img")).unwrap();
     meta[200] ^= 0xff;
     std::fs::write(bad.join("meta.img"), &meta).unwrap();
     std::fs::copy(img.join("pages.img"), bad.join("pages.img")).unwrap();
     std::fs::copy(img.join("sums.img"), bad.join("sums.img")).unwrap();
-    let (code, _, err) = cryo_cmd(&["inspect", bad.to_str().unwrap()]);
-    assert_eq!(code, 1);
-    assert!(err.contains("corrupt image"), "{err}");
-    one_line(&err);
+    refused("corrupt image");
     // A truncated meta.img.
     std::fs::write(
         bad.join("meta.img"),
         &std::fs::read(img.join("meta.img")).unwrap()[..100],
     )
     .unwrap();
-    let (code, _, err) = cryo_cmd(&["inspect", bad.to_str().unwrap()]);
-    assert_eq!(code, 1);
-    assert!(err.contains("truncated"), "{err}");
-    one_line(&err);
+    refused("truncated");
     // A truncated pages.img.
     std::fs::copy(img.join("meta.img"), bad.join("meta.img")).unwrap();
     let pages = std::fs::read(img.join("pages.img")).unwrap();
     std::fs::write(bad.join("pages.img"), &pages[..pages.len() - 4096]).unwrap();
-    let (code, _, err) = cryo_cmd(&["inspect", bad.to_str().unwrap()]);
-    assert_eq!(code, 1);
-    assert!(err.contains("truncated image: pages.img"), "{err}");
-    one_line(&err);
+    refused("truncated image: pages.img");
     // A corrupted page.
     let mut pages = pages;
     pages[4096 * 3 + 17] ^= 1;
     std::fs::write(bad.join("pages.img"), &pages).unwrap();
-    let (code, _, err) = cryo_cmd(&["inspect", bad.to_str().unwrap()]);
-    assert_eq!(code, 1);
-    assert!(err.contains("fails its checksum"), "{err}");
-    one_line(&err);
+    refused("fails its checksum");
     // The page and its checksum in sums.img changed together: sums.img's
     // block checksum in meta.img catches it.
     let mut sums = std::fs::read(img.join("sums.img")).unwrap();
     let sum3 = cryo_image::checksum(&pages[4096 * 3..4096 * 4]);
     sums[24..32].copy_from_slice(&sum3.to_le_bytes());
     std::fs::write(bad.join("sums.img"), &sums).unwrap();
-    let (code, _, err) = cryo_cmd(&["inspect", bad.to_str().unwrap()]);
-    assert_eq!(code, 1);
-    assert!(err.contains("sums.img block 0 fails its checksum"), "{err}");
-    one_line(&err);
+    refused("sums.img block 0 fails its checksum");
     // A truncated or missing sums.img.
     std::fs::write(
         bad.join("pages.img"),
@@ -691,25 +680,16 @@ fn corrupted_and_truncated_images_get_one_line_errors() {
     )
     .unwrap();
     std::fs::write(bad.join("sums.img"), &sums[..sums.len() - 8]).unwrap();
-    let (code, _, err) = cryo_cmd(&["inspect", bad.to_str().unwrap()]);
-    assert_eq!(code, 1);
-    assert!(err.contains("truncated image: sums.img"), "{err}");
-    one_line(&err);
+    refused("truncated image: sums.img");
     std::fs::remove_file(bad.join("sums.img")).unwrap();
-    let (code, _, err) = cryo_cmd(&["inspect", bad.to_str().unwrap()]);
-    assert_eq!(code, 1);
-    assert!(err.contains("sums.img"), "{err}");
-    one_line(&err);
+    refused("sums.img");
     // A foreign file.
     std::fs::write(
         bad.join("meta.img"),
         b"\x7fELF this is not an image, it is something else entirely....",
     )
     .unwrap();
-    let (code, _, err) = cryo_cmd(&["inspect", bad.to_str().unwrap()]);
-    assert_eq!(code, 1);
-    assert!(err.contains("not a cryo image"), "{err}");
-    one_line(&err);
+    refused("not a cryo image");
 }
 
 #[test]
