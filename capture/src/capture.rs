@@ -520,10 +520,18 @@ fn capture_stopped(
                     continue;
                 }
                 let bit = 1u64 << (sig - 1);
-                if (status.sig_caught | status.sig_ignored) & bit == 0 {
-                    continue; // SIG_DFL: nothing to restore
+                // SIG_DFL has nothing to restore, but for SIGCHLD, whose
+                // SA_NOCLDWAIT and SA_NOCLDSTOP change what the kernel does
+                // with the default action: asked for always, kept if set.
+                let default = (status.sig_caught | status.sig_ignored) & bit == 0;
+                if default && sig != libc::SIGCHLD {
+                    continue;
                 }
                 let (handler, flags, restorer, mask) = rem.sigaction(sig)?;
+                let chld_flags = (libc::SA_NOCLDWAIT | libc::SA_NOCLDSTOP) as u64;
+                if default && (handler != 0 || flags & chld_flags == 0) {
+                    continue;
+                }
                 b.sigactions.push(SigAction {
                     signo: sig as u32,
                     _pad: 0,

@@ -311,7 +311,9 @@ fn to_text(img: &Image, loaded: &LoadedImage) -> String {
             p.sigaltstack_sp, p.sigaltstack_size, p.sigaltstack_flags
         );
     }
-    for a in img.sigactions().iter().filter(|a| a.handler != 0) {
+    // Every recorded disposition: caught, ignored, and SIGCHLD when its
+    // default action carries SA_NOCLDWAIT or SA_NOCLDSTOP.
+    for a in img.sigactions().iter() {
         let _ = writeln!(
             o,
             "  {:<10} {:<18} flags {:#010x} mask {}",

@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,6 +145,12 @@ int main(int argc, char **argv) {
     sigaddset(&sa.sa_mask, SIGUSR2);
     if (sigaction(SIGUSR1, &sa, NULL)) fail("sigaction");
     signal(SIGUSR2, SIG_IGN);
+    /* Default action, but with a flag that changes what the kernel does:
+     * children are reaped at once, never zombies. */
+    struct sigaction chld = {0};
+    chld.sa_handler = SIG_DFL;
+    chld.sa_flags = SA_NOCLDWAIT;
+    if (sigaction(SIGCHLD, &chld, NULL)) fail("sigaction SIGCHLD");
     sigset_t block;
     sigemptyset(&block);
     sigaddset(&block, SIGHUP);
@@ -265,6 +272,14 @@ int main(int argc, char **argv) {
     struct sigaction pipe_act;
     sigaction(SIGPIPE, NULL, &pipe_act);
     if (pipe_act.sa_handler != SIG_DFL) fail("SIGPIPE not default");
+    struct sigaction chld_act;
+    sigaction(SIGCHLD, NULL, &chld_act);
+    if (chld_act.sa_handler != SIG_DFL || !(chld_act.sa_flags & SA_NOCLDWAIT)) fail("SIGCHLD flags");
+    pid_t kid = fork();
+    if (kid < 0) fail("fork");
+    if (kid == 0) _exit(0);
+    /* SA_NOCLDWAIT: waitpid waits for the child, then finds none to reap. */
+    if (waitpid(kid, NULL, 0) != -1 || errno != ECHILD) fail("SA_NOCLDWAIT child became a zombie");
     stack_t cur_ss;
     sigaltstack(NULL, &cur_ss);
     if (cur_ss.ss_sp != altstack || cur_ss.ss_size != sizeof altstack) fail("sigaltstack");
