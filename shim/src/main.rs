@@ -644,11 +644,11 @@ fn finish_without_tracer(img: &Image, frame_sp: usize) -> ! {
         }
     }
     poke_u64(frame_sp - 8, g.sigreturn);
+    // The munmap removes this code and stack; the gadget's `ret` pops the
+    // sigreturn gadget, whose rt_sigreturn (with rsp = frame_sp) loads
+    // every register from the frame. Nothing returns here.
     // SAFETY: frame_sp - 8 is the return-address slot of a complete
-    // rt_sigframe on the program's stack. The munmap removes this code and
-    // stack; the gadget's `ret` pops the sigreturn gadget, whose
-    // rt_sigreturn (with rsp = frame_sp) loads every register from the
-    // frame. Nothing returns here.
+    // rt_sigframe on the program's stack.
     unsafe {
         core::arch::asm!(
             "mov rsp, {sp}",
@@ -745,11 +745,12 @@ fn relocate_self() {
         die(format_args!("mapping the shim's copy: errno {}", -r));
     }
     let ret: isize;
-    // SAFETY: copies the shim's own loaded image (valid for len bytes) into
-    // the fresh mapping and, in the same asm block (no stack or global
-    // writes in between), moves that mapping over the original. The stack
-    // is a separate mapping, so nothing written meanwhile is lost; the
-    // code after the syscall runs from identical bytes.
+    // Copies the shim's own loaded image into the fresh mapping and, in the
+    // same asm block (no stack or global writes in between), moves that
+    // mapping over the original. The stack is a separate mapping, so
+    // nothing written meanwhile is lost.
+    // SAFETY: the source is valid for len bytes, and the code after the
+    // syscall runs from identical bytes.
     unsafe {
         core::arch::asm!(
             "rep movsb",
