@@ -50,7 +50,24 @@ fn main() {
     match r {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("cryo: {}", one_line(&e));
+            // Several obstacles to a capture: one per line, then the rest.
+            let refused = e.chain().find_map(|c| match c.downcast_ref() {
+                Some(cryo_capture::CaptureError::Refused { pid, obstacles })
+                    if obstacles.len() > 1 =>
+                {
+                    Some(cmd::capture::obstacle_list(*pid, obstacles))
+                }
+                _ => None,
+            });
+            match refused {
+                Some(list) => {
+                    let outer = one_line(&e);
+                    // Context added around the refusal (cryo run's note).
+                    let note = outer.split("cannot capture pid").next().unwrap_or("");
+                    eprintln!("cryo: {note}{list}");
+                }
+                None => eprintln!("cryo: {}", one_line(&e)),
+            }
             std::process::exit(1);
         }
     }

@@ -393,22 +393,56 @@ fn corrupted_pages_file() {
 }
 
 #[test]
-fn pipe_at_fd3_needs_inherit_fd() {
-    // A pipe the program had at fd 3 was connected to the outside: restore
-    // refuses unless told which of its fds to give, then works.
+fn pipe_dup_of_stdin_follows_stdin() {
+    // fd 3 is a dup of stdin (the harness's pipe): one open file
+    // description with fd 0, so it follows the restorer's fd 0 without
+    // being asked; --inherit-fd still overrides it.
     let dir = scratch("pipefd");
     let exe = program("c-zdtm");
-    // fd 3 = a copy of stdin, which the test harness made a pipe.
     let script = format!("exec {} stop {} 3<&0", exe.display(), dir.display());
     let mut cmd = Command::new("bash");
     cmd.args(["-c", &script]);
     let img = capture_cmd(cmd, "c-zdtm via bash", "stop", &dir);
-    let r = Restored::start(&img, &[]);
-    let (code, _, err) = r.finish();
+    for extra in [&[][..], &["--inherit-fd", "3=0"][..]] {
+        let (code, out, err) = Restored::start(&img, extra).finish();
+        assert_eq!(code, 0, "{extra:?}: {err}");
+        assert!(last_line(&out).starts_with("PASS "), "{out}");
+    }
+}
+
+#[test]
+fn pipe_from_outside_needs_inherit_fd() {
+    // fd 3 reads a pipe whose writer is another process: restore refuses
+    // (naming --inherit-fd) unless told which of its fds to give.
+    let dir = scratch("pipefd-outside");
+    let exe = program("c-zdtm");
+    // A FIFO whose writer is another process (not a child of the target).
+    let fifo = dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut writer = Command::new("bash")
+        .args(["-c", &format!("exec sleep 30 > {}", fifo.display())])
+        .spawn()
+        .expect("writer");
+    let script = format!(
+        "exec {} stop {} 3<{}",
+        exe.display(),
+        dir.display(),
+        fifo.display()
+    );
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", &script]);
+    let img = capture_cmd(cmd, "c-zdtm via bash", "stop", &dir);
+    let _ = writer.kill();
+    let _ = writer.wait();
+    let (code, _, err) = Restored::start(&img, &[]).finish();
     assert_eq!(code, 1);
-    assert!(err.contains("--inherit-fd 3"), "{err}");
-    let r = Restored::start(&img, &["--inherit-fd", "3=0"]);
-    let (code, out, err) = r.finish();
+    assert!(
+        err.contains("fd 3") && err.contains("outside") && err.contains("--inherit-fd 3"),
+        "{err}"
+    );
+    let (code, out, err) = Restored::start(&img, &["--inherit-fd", "3=0"]).finish();
     assert_eq!(code, 0, "{err}");
     assert!(last_line(&out).starts_with("PASS "), "{out}");
 }

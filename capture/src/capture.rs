@@ -28,6 +28,8 @@ pub struct Options {
     /// Write pages.img with O_DIRECT where the filesystem allows it
     /// (see [`crate::writer::PageWriter`]).
     pub direct_io: bool,
+    /// Limits on stored file contents.
+    pub limits: crate::fds::Limits,
 }
 
 /// Progress of the page dump, for a progress bar.
@@ -69,8 +71,10 @@ pub struct Summary {
 /// Why a capture failed. The target was left as it was in every case.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("cannot capture pid {pid}: {why}")]
-    Refused { pid: i32, why: String },
+    /// Everything that keeps this process from being captured faithfully,
+    /// all of it (see [`crate::obstacles`]).
+    #[error("cannot capture pid {pid}: {}", join_obstacles(.obstacles))]
+    Refused { pid: i32, obstacles: Vec<String> },
     #[error(transparent)]
     Ptrace(#[from] crate::tracee::PtraceError),
     #[error(transparent)]
@@ -83,35 +87,47 @@ pub enum CaptureError {
     Write(#[from] WriteError),
 }
 
+use crate::fds::StoredFiles;
+use crate::obstacles::Obstacles;
 use crate::pages::{self, MemError, RunBuilder, BATCH};
-use crate::procinfo::{self, Mapping, OpenFd};
+use crate::procinfo::{self, Mapping};
 use crate::remote::{InjectError, Remote};
 use crate::tracee::{PtraceError, Tracee};
+
+fn join_obstacles(o: &[String]) -> String {
+    match o {
+        [one] => one.clone(),
+        many => format!("{} obstacles: {}", many.len(), many.join("; ")),
+    }
+}
 
 fn refused(pid: i32, why: impl Into<String>) -> CaptureError {
     CaptureError::Refused {
         pid,
-        why: why.into(),
+        obstacles: vec![why.into()],
     }
 }
 
 /// Classify a mapping, or say why cryo cannot restore it.
 fn classify(m: &Mapping) -> Result<(u32, u32), String> {
     let range = format!("{:x}-{:x}", m.start, m.end);
-    if m.has_flag("ht") {
-        return Err(format!("mapping {range} {} is hugetlb", m.path));
-    }
     let special = matches!(
         m.path.as_str(),
         "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
     );
-    // [vvar] and [vvar_vclock] are VM_IO|VM_PFNMAP by design; the kernel
-    // provides them again at restore.
-    if !special && (m.has_flag("io") || m.has_flag("pf")) {
-        return Err(format!(
-            "mapping {range} {} is a device (VM_IO/VM_PFNMAP) mapping",
-            m.path
-        ));
+    // Every VmFlag is derived from how the mapping is made, set again by
+    // the shim, or a reason to refuse (cryo_image::vmflag_rule).
+    let mut why: Vec<String> = Vec::new();
+    for f in &m.vmflags {
+        if let VmFlagRule::Refused(r) = vmflag_rule(f, special) {
+            let r = format!("{r} (VmFlags '{f}')");
+            if !why.contains(&r) {
+                why.push(r);
+            }
+        }
+    }
+    if !why.is_empty() {
+        return Err(format!("mapping {range} {} is {}", m.path, why.join(", ")));
     }
     let mut flags = 0;
     let vf = [
@@ -151,15 +167,10 @@ fn classify(m: &Mapping) -> Result<(u32, u32), String> {
                 vma_kind::ANON_PRIVATE
             }
         }
-        p if p.starts_with("/memfd:") => {
-            return Err(format!(
-                "mapping {range} {p} is a memfd (not supported yet)"
-            ))
-        }
         p if p.starts_with("/SYSV") => {
             return Err(format!("mapping {range} {p} is System V shared memory"))
         }
-        p if p.starts_with("/dev/") && p != "/dev/zero" => {
+        p if p.starts_with("/dev/") && p != "/dev/zero" && !m.deleted() => {
             return Err(format!("mapping {range} {p} maps a device"))
         }
         p if p.starts_with('[') => {
@@ -167,57 +178,10 @@ fn classify(m: &Mapping) -> Result<(u32, u32), String> {
                 "mapping {range} {p} is a special mapping cryo does not know"
             ))
         }
-        p if m.deleted() => {
-            return Err(format!(
-                "mapping {range} {p}: its file was deleted, restore could not map it"
-            ))
-        }
         _ if m.shared => vma_kind::FILE_SHARED,
         _ => vma_kind::FILE_PRIVATE,
     };
     Ok((kind, flags))
-}
-
-/// Classify an fd, or say why it cannot be restored.
-fn classify_fd(f: &OpenFd) -> Result<u32, String> {
-    let t = &f.target;
-    let fmt = f.mode & libc::S_IFMT;
-    if t.starts_with("socket:") || fmt == libc::S_IFSOCK {
-        return Err(format!("fd {} is a socket ({t})", f.fd));
-    }
-    if t.starts_with("anon_inode:") {
-        return Err(format!("fd {} is {t}, which cryo cannot restore", f.fd));
-    }
-    if t.starts_with("pipe:") || fmt == libc::S_IFIFO {
-        return Ok(fd_kind::PIPE);
-    }
-    match fmt {
-        libc::S_IFREG => {
-            if t.ends_with(" (deleted)") || t.starts_with("/memfd:") {
-                Err(format!(
-                    "fd {} refers to a deleted file or memfd ({t})",
-                    f.fd
-                ))
-            } else {
-                Ok(fd_kind::REGULAR)
-            }
-        }
-        libc::S_IFDIR => Ok(fd_kind::DIRECTORY),
-        libc::S_IFCHR => {
-            let (maj, min) = (libc::major(f.rdev), libc::minor(f.rdev));
-            if (maj, min) == (1, 3) {
-                Ok(fd_kind::NULL_DEVICE)
-            } else if maj == 136 || maj == 4 || (maj == 5 && min <= 2) {
-                Ok(fd_kind::TTY)
-            } else {
-                Ok(fd_kind::CHAR_DEVICE)
-            }
-        }
-        _ => Err(format!(
-            "fd {} ({t}) is of a kind cryo cannot restore (mode {:o})",
-            f.fd, f.mode
-        )),
-    }
 }
 
 fn to_regs(r: &libc::user_regs_struct) -> Regs {
@@ -294,7 +258,7 @@ fn dumps(kind: u32) -> bool {
     )
 }
 
-fn file_id(b: &mut ImageBuilder, path: &str) -> u32 {
+pub(crate) fn file_id(b: &mut ImageBuilder, path: &str) -> u32 {
     use std::os::unix::fs::MetadataExt;
     if let Some(i) = b.files.iter().position(|f| {
         b.strings
@@ -314,8 +278,30 @@ fn file_id(b: &mut ImageBuilder, path: &str) -> u32 {
         mtime_sec: md.as_ref().map_or(0, |m| m.mtime()),
         mtime_nsec: md.as_ref().map_or(0, |m| m.mtime_nsec() as u32),
         mode: md.as_ref().map_or(0, |m| m.mode()),
+        uid: md.as_ref().map_or(0, |m| m.uid()),
+        gid: md.as_ref().map_or(0, |m| m.gid()),
+        ..Default::default()
     });
     (b.files.len() - 1) as u32
+}
+
+/// Check, without writing anything, whether `pid` can be captured: every
+/// obstacle, all at once (empty: it can). The target is frozen only while
+/// it is looked at, and left as it was.
+pub fn check(pid: i32, opts: &Options) -> Result<Vec<String>, CaptureError> {
+    let mut tracee = Tracee::seize(pid)?;
+    let r = capture_stopped(&mut tracee, None, opts, &mut |_| {});
+    drop(tracee);
+    match r {
+        Ok(_) => Ok(Vec::new()),
+        Err(CaptureError::Refused { obstacles, .. }) => Ok(obstacles),
+        Err(e) => {
+            if matches!(crate::tracee::proc_state(pid), None | Some('Z') | Some('X')) {
+                return Err(PtraceError::Exited(pid).into());
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Capture `pid` into `dest`. On error the target is left as it was and
@@ -327,17 +313,15 @@ pub fn capture(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, CaptureError> {
     let t_start = Instant::now();
-    // Refuse early, before stopping anything, what is visible from outside.
-    let threads = crate::tracee::thread_count(pid).map_err(|_| PtraceError::NoSuchProcess(pid))?;
-    if threads > 1 {
-        return Err(PtraceError::MultiThreaded { pid, threads }.into());
+    if crate::tracee::proc_state(pid).is_none() {
+        return Err(PtraceError::NoSuchProcess(pid).into());
     }
     // The resident size, to allocate the page buffers before the freeze.
     let rss = procinfo::status(pid).map_or(0, |s| s.vm_rss_kib * 1024);
     let mut writer = ImageDirWriter::create(dest, opts.force, opts.direct_io, rss)?;
     let mut tracee = Tracee::seize(pid)?;
     let t_frozen = Instant::now();
-    let res = capture_stopped(&mut tracee, &mut writer, progress);
+    let res = capture_stopped(&mut tracee, Some(&mut writer), opts, progress);
     let (b, mut dump) = match res {
         Ok(v) => v,
         Err(e) => {
@@ -458,26 +442,63 @@ struct DumpStats {
     dump_time: std::time::Duration,
 }
 
+/// Read everything of a stopped target: first its state (refusing, with
+/// every obstacle at once, what cannot be restored), then — unless `w` is
+/// None (a check only) — its pages into the image writer.
 fn capture_stopped(
     t: &mut Tracee,
-    w: &mut ImageDirWriter,
+    w: Option<&mut ImageDirWriter>,
+    opts: &Options,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(ImageBuilder, DumpStats), CaptureError> {
     let pid = t.pid();
     let mut b = ImageBuilder::default();
+    let mut obs = Obstacles::default();
+    let mut stored = StoredFiles::default();
 
-    // Mappings: classify first, refusing what cannot be restored.
+    // Process-wide conditions: threads, children, namespaces, seccomp.
+    let threads = crate::tracee::thread_count(pid)?;
+    if threads > 1 {
+        obs.push(format!(
+            "it has {threads} threads; cryo captures single-threaded processes only"
+        ));
+    }
+    let st = crate::task::StatusText::read(pid);
+    crate::task::obstacles(pid, &st, &mut obs);
+
+    // Mappings: classify each, storing the contents of files that exist
+    // nowhere else (unlinked, memfd).
     let maps = procinfo::smaps(pid)?;
     let mut kinds = Vec::with_capacity(maps.len());
+    let mut map_files = Vec::with_capacity(maps.len());
     for m in &maps {
-        kinds.push(classify(m).map_err(|why| refused(pid, why))?);
+        let (kind, flags) = match classify(m) {
+            Ok(k) => k,
+            Err(why) => {
+                obs.push(why);
+                (vma_kind::ANON_PRIVATE, 0)
+            }
+        };
+        let file = match kind {
+            vma_kind::FILE_PRIVATE | vma_kind::FILE_SHARED if m.deleted() => stored
+                .file(
+                    &mut b,
+                    &format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end),
+                    &m.path,
+                    &format!("mapping {:x}-{:x}", m.start, m.end),
+                    &opts.limits,
+                    &mut obs,
+                )
+                .unwrap_or(NO_INDEX),
+            vma_kind::FILE_PRIVATE | vma_kind::FILE_SHARED => file_id(&mut b, &m.path),
+            _ => NO_INDEX,
+        };
+        kinds.push((kind, flags));
+        map_files.push(file);
     }
-    // fds: likewise.
+    // fds: what each is, descriptions, pipes and their bytes, locks.
     let fds = procinfo::fds(pid)?;
-    let mut fd_kinds = Vec::with_capacity(fds.len());
-    for f in &fds {
-        fd_kinds.push(classify_fd(f).map_err(|why| refused(pid, why))?);
-    }
+    crate::fds::capture(pid, &fds, &mut b, &mut stored, &opts.limits, &mut obs);
 
     // Registers and per-task state.
     let raw = t.regs()?;
@@ -488,6 +509,21 @@ fn capture_stopped(
     let rseq = t.rseq()?;
     let status = procinfo::status(pid)?;
     let mm = procinfo::stat_mm(pid)?;
+    // Queued signals with their siginfo, the thread's and the process's.
+    for shared in [false, true] {
+        let infos = crate::sys::peek_siginfo(pid, shared).map_err(|source| PtraceError::Sys {
+            op: "PTRACE_PEEKSIGINFO",
+            pid,
+            source,
+        })?;
+        for info in infos {
+            b.signals.push(cryo_image::signals::QueuedSignal {
+                shared: shared as u32,
+                signo: info[0] as u32,
+                info,
+            });
+        }
+    }
 
     // vDSO bytes: hashed for restore's check, and where injection finds `syscall`.
     let vdso = maps.iter().find(|m| m.path == "[vdso]");
@@ -512,39 +548,12 @@ fn capture_stopped(
 
     // State only the task itself can tell: injected system calls.
     let timers = procinfo::timers(pid)?;
+    let mut task = cryo_image::task::TaskState::default();
+    let mut securebits = 0;
     {
         let mut rem = Remote::new(t, vdso_start, &vdso_bytes)?;
         let r = (|| -> Result<(), InjectError> {
-            for sig in 1..=64i32 {
-                if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-                    continue;
-                }
-                let bit = 1u64 << (sig - 1);
-                // SIG_DFL has nothing to restore, but for SIGCHLD, whose
-                // SA_NOCLDWAIT and SA_NOCLDSTOP change what the kernel does
-                // with the default action: asked for always, kept if set.
-                let default = (status.sig_caught | status.sig_ignored) & bit == 0;
-                if default && sig != libc::SIGCHLD {
-                    continue;
-                }
-                let (handler, flags, restorer, mask) = rem.sigaction(sig)?;
-                let chld_flags = (libc::SA_NOCLDWAIT | libc::SA_NOCLDSTOP) as u64;
-                if default && (handler != 0 || flags & chld_flags == 0) {
-                    continue;
-                }
-                b.sigactions.push(SigAction {
-                    signo: sig as u32,
-                    _pad: 0,
-                    handler,
-                    flags,
-                    restorer,
-                    mask,
-                });
-            }
-            let (sp, flags, size) = rem.sigaltstack()?;
-            b.process.sigaltstack_sp = sp;
-            b.process.sigaltstack_flags = flags;
-            b.process.sigaltstack_size = size;
+            inject_signals(&mut rem, &status, &mut b)?;
             for ti in &timers {
                 let v = rem.timer_gettime(ti.id)?;
                 b.timers.push(PosixTimer {
@@ -572,17 +581,24 @@ fn capture_stopped(
                     value_usec: v[3],
                 });
             }
+            securebits = crate::task::injected(&mut rem, &mut task)?;
             Ok(())
         })();
         let fin = rem.finish();
         r?;
         fin?;
     }
+    crate::task::outside(pid, &mut task);
+    b.task = Some(task);
+    let (creds, groups) = crate::task::creds(&st, securebits);
+    b.creds = Some(creds);
+    b.groups = groups;
 
     // Process record.
     let exe = procinfo::link(pid, "exe")?;
     let cwd = procinfo::link(pid, "cwd")?;
     let comm = procinfo::comm(pid)?;
+    let cwd_deleted = cwd.ends_with(" (deleted)");
     let p = &mut b.process;
     p.pid = pid as u32;
     p.flags = sflags
@@ -593,6 +609,11 @@ fn capture_stopped(
         }
         | if rseq.rseq_abi_size != 0 {
             process_flags::HAS_RSEQ
+        } else {
+            0
+        }
+        | if cwd_deleted {
+            process_flags::CWD_DELETED
         } else {
             0
         };
@@ -642,7 +663,7 @@ fn capture_stopped(
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     b.process.kernel = b.strings.add(kernel.trim());
     b.process.exe = b.strings.add(&exe);
-    b.process.cwd = b.strings.add(&cwd);
+    b.process.cwd = b.strings.add(cwd.trim_end_matches(" (deleted)"));
     b.process.exe_file = if exe.ends_with(" (deleted)") {
         NO_INDEX
     } else {
@@ -660,26 +681,25 @@ fn capture_stopped(
         });
     }
     b.gadgets = find_gadgets(pid, &maps, &kinds);
-    for (f, kind) in fds.iter().zip(&fd_kinds) {
-        let file = if *kind == fd_kind::REGULAR {
-            file_id(&mut b, &f.target)
-        } else {
-            NO_INDEX
-        };
-        let target = b.strings.add(&f.target);
-        b.fds.push(Fd {
-            fd: f.fd,
-            kind: *kind,
-            flags: f.flags & !(libc::O_CLOEXEC as u32),
-            cloexec: u32::from(f.flags & libc::O_CLOEXEC as u32 != 0),
-            pos: f.pos,
-            target,
-            file,
-            _pad: 0,
-            rdev: f.rdev,
-            ino: f.ino,
+
+    if !obs.is_empty() {
+        return Err(CaptureError::Refused {
+            pid,
+            obstacles: obs.into_vec(),
         });
     }
+    let Some(w) = w else {
+        // A check only: nothing stands in the way.
+        return Ok((
+            b,
+            DumpStats {
+                stored: 0,
+                zero: 0,
+                sums: Vec::new(),
+                dump_time: Default::default(),
+            },
+        ));
+    };
 
     // Pages. smaps tells which mappings hold anything at all (GHC reserves a
     // terabyte of PROT_NONE address space: its pagemap alone would be 2 GiB),
@@ -695,7 +715,7 @@ fn capture_stopped(
     let mut pagemap = pages::Pagemap::open(pid)?;
     let batch_pages = BATCH / PAGE_SIZE as usize;
     let mut done_bytes = 0u64;
-    for (m, (kind, flags)) in maps.iter().zip(&kinds) {
+    for ((m, (kind, flags)), file) in maps.iter().zip(&kinds).zip(&map_files) {
         let first_run = runs.len() as u32;
         let private_file = *kind == vma_kind::FILE_PRIVATE;
         let mut resident = 0u64;
@@ -750,10 +770,6 @@ fn capture_stopped(
         } else {
             b.strings.add(&m.path)
         };
-        let file = match *kind {
-            vma_kind::FILE_PRIVATE | vma_kind::FILE_SHARED => file_id(&mut b, &m.path),
-            _ => NO_INDEX,
-        };
         let mut vmflags = 0u64;
         for f in &m.vmflags {
             if let Some(bit) = vmflag_bit(f) {
@@ -774,7 +790,7 @@ fn capture_stopped(
             .fold(0, |acc, (_, bit)| acc | bit),
             kind: *kind,
             flags: *flags,
-            file,
+            file: *file,
             vmflags,
             name,
             first_run,
@@ -782,7 +798,17 @@ fn capture_stopped(
             resident_pages: resident,
         });
     }
-    let stored = runs.stored_pages;
+    // Bytes that are not memory (pipe data, file contents), read during
+    // the freeze: after the memory, each page-aligned with its checksums.
+    for blob in &stored.blobs {
+        let padded = blob.bytes.len().next_multiple_of(PAGE_SIZE as usize);
+        let mut bytes = blob.bytes.clone();
+        bytes.resize(padded, 0);
+        let off = w.append_pages(&bytes)?;
+        runs.add_blob(&bytes, off);
+        blob.place(&mut b, off);
+    }
+    let stored_pages = runs.stored_pages;
     let zero = runs.zero_pages;
     let (page_runs, sums) = runs.finish();
     b.page_runs = page_runs;
@@ -791,12 +817,51 @@ fn capture_stopped(
     Ok((
         b,
         DumpStats {
-            stored,
+            stored: stored_pages,
             zero,
             sums,
             dump_time: t_dump.elapsed(),
         },
     ))
+}
+
+/// Signal dispositions (asked inside the target) and the sigaltstack.
+fn inject_signals(
+    rem: &mut Remote,
+    status: &procinfo::Status,
+    b: &mut ImageBuilder,
+) -> Result<(), InjectError> {
+    for sig in 1..=64i32 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let bit = 1u64 << (sig - 1);
+        // SIG_DFL has nothing to restore, but for SIGCHLD, whose
+        // SA_NOCLDWAIT and SA_NOCLDSTOP change what the kernel does
+        // with the default action: asked for always, kept if set.
+        let default = (status.sig_caught | status.sig_ignored) & bit == 0;
+        if default && sig != libc::SIGCHLD {
+            continue;
+        }
+        let (handler, flags, restorer, mask) = rem.sigaction(sig)?;
+        let chld_flags = (libc::SA_NOCLDWAIT | libc::SA_NOCLDSTOP) as u64;
+        if default && (handler != 0 || flags & chld_flags == 0) {
+            continue;
+        }
+        b.sigactions.push(SigAction {
+            signo: sig as u32,
+            _pad: 0,
+            handler,
+            flags,
+            restorer,
+            mask,
+        });
+    }
+    let (sp, flags, size) = rem.sigaltstack()?;
+    b.process.sigaltstack_sp = sp;
+    b.process.sigaltstack_flags = flags;
+    b.process.sigaltstack_size = size;
+    Ok(())
 }
 
 #[cfg(test)]

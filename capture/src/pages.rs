@@ -126,6 +126,8 @@ pub struct RunBuilder {
     sums: Vec<u64>,
     pub stored_pages: u64,
     pub zero_pages: u64,
+    /// Pages of pages.img that are not memory (pipe data, file contents).
+    pub blob_pages: u64,
 }
 
 impl Default for RunBuilder {
@@ -142,6 +144,17 @@ impl RunBuilder {
             sums: Vec::new(),
             stored_pages: 0,
             zero_pages: 0,
+            blob_pages: 0,
+        }
+    }
+
+    /// Account for `bytes` (whole pages: pipe data, file contents) appended
+    /// to pages.img at `offset`: their checksums go to sums.img.
+    pub fn add_blob(&mut self, bytes: &[u8], offset: u64) {
+        debug_assert_eq!(offset, (self.stored_pages + self.blob_pages) * PAGE_SIZE);
+        for page in bytes.chunks(PAGE_SIZE as usize) {
+            self.sums.push(cryo_image::checksum(page));
+            self.blob_pages += 1;
         }
     }
 
@@ -167,7 +180,7 @@ impl RunBuilder {
     /// pages are moved to the front of `pages`, and their number of bytes,
     /// to keep, is returned.
     pub fn add(&mut self, vaddr: u64, pages: &mut [u8], offset: u64) -> usize {
-        debug_assert_eq!(offset, self.stored_pages * PAGE_SIZE);
+        debug_assert_eq!(offset, (self.stored_pages + self.blob_pages) * PAGE_SIZE);
         let ps = PAGE_SIZE as usize;
         let mut kept = 0usize;
         let mut i = 0;

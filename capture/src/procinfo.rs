@@ -259,6 +259,10 @@ pub struct OpenFd {
     pub size: u64,
     pub mtime_sec: i64,
     pub mtime_nsec: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// /proc/PID/fdinfo/FD as read (flags, pos, locks, kind-specific lines).
+    pub info: String,
 }
 
 pub fn fds(pid: i32) -> Result<Vec<OpenFd>, ProcError> {
@@ -289,7 +293,7 @@ pub fn fds(pid: i32) -> Result<Vec<OpenFd>, ProcError> {
         }
         // stat through the magic link: the open file itself.
         let md = std::fs::metadata(&lpath);
-        let (mode, dev, ino, rdev, size, ms, mns) = match &md {
+        let (mode, dev, ino, rdev, size, ms, mns, uid, gid) = match &md {
             Ok(m) => (
                 m.mode(),
                 m.dev(),
@@ -298,8 +302,10 @@ pub fn fds(pid: i32) -> Result<Vec<OpenFd>, ProcError> {
                 m.size(),
                 m.mtime(),
                 m.mtime_nsec() as u32,
+                m.uid(),
+                m.gid(),
             ),
-            Err(_) => (0, 0, 0, 0, 0, 0, 0),
+            Err(_) => (0, 0, 0, 0, 0, 0, 0, 0, 0),
         };
         out.push(OpenFd {
             fd,
@@ -313,6 +319,9 @@ pub fn fds(pid: i32) -> Result<Vec<OpenFd>, ProcError> {
             size,
             mtime_sec: ms,
             mtime_nsec: mns,
+            uid,
+            gid,
+            info,
         });
     }
     out.sort_by_key(|f| f.fd);
@@ -378,26 +387,15 @@ pub fn timers(pid: i32) -> Result<Vec<TimerInfo>, ProcError> {
     Ok(parse_timers(&read(&path)?))
 }
 
-/// All resource limits (prlimit on the target; root may read any process's).
+/// All resource limits, from /proc/PID/limits (prlimit on another user's
+/// process needs CAP_SYS_RESOURCE, which root may lack).
 pub fn rlimits(pid: i32) -> Result<Vec<(u32, u64, u64)>, ProcError> {
-    let mut out = Vec::new();
-    // Linux has 16 resources (RLIMIT_CPU..RLIMIT_RTTIME).
-    for res in 0..16u32 {
-        let mut old = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: prlimit with a NULL new limit only writes `old`.
-        let r = unsafe { libc::prlimit(pid, res, std::ptr::null(), &mut old) };
-        if r < 0 {
-            return Err(ProcError::Io {
-                path: format!("prlimit(pid {pid}, resource {res})"),
-                source: io::Error::last_os_error(),
-            });
-        }
-        out.push((res, old.rlim_cur, old.rlim_max));
+    let path = format!("/proc/{pid}/limits");
+    let l = crate::sys::parse_limits(&read(&path)?);
+    if l.len() != 16 {
+        return Err(parse_err(&path, format!("{} limits, expected 16", l.len())));
     }
-    Ok(out)
+    Ok(l)
 }
 
 #[cfg(test)]

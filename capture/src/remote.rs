@@ -113,6 +113,41 @@ impl<'a> Remote<'a> {
         Ok(b)
     }
 
+    /// A system call whose result is an integer (or an int written to the
+    /// scratch buffer when `out` is set: its address is passed as the
+    /// argument named by `out`'s index). Ok(None) if the kernel says it
+    /// does not know the call or option (EINVAL, ENOSYS) or refuses it
+    /// (EPERM); other errors are errors.
+    pub fn query(
+        &mut self,
+        nr: i64,
+        mut args: [u64; 5],
+        out: Option<usize>,
+    ) -> Result<Option<i64>, InjectError> {
+        if let Some(i) = out {
+            args[i] = self.scratch;
+            self.t.write_mem(self.scratch, &[0u8; 8])?;
+        }
+        let r = self.syscall(nr, args)?;
+        if (-4095..0).contains(&r) {
+            return match -r as i32 {
+                libc::EINVAL | libc::ENOSYS | libc::EPERM | libc::EACCES => Ok(None),
+                errno => Err(InjectError::Failed {
+                    name: "query",
+                    pid: self.t.pid(),
+                    errno: errno as i64,
+                }),
+            };
+        }
+        if out.is_some() {
+            let b = self.read_scratch(4)?;
+            return Ok(Some(
+                i32::from_le_bytes(b[..4].try_into().unwrap_or([0; 4])) as i64,
+            ));
+        }
+        Ok(Some(r))
+    }
+
     /// rt_sigaction(sig, NULL, &old): (handler, flags, restorer, mask).
     pub fn sigaction(&mut self, sig: i32) -> Result<(u64, u64, u64, u64), InjectError> {
         let s = self.scratch;

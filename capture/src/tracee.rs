@@ -26,8 +26,6 @@ const PTRACE_EVENT_STOP: i32 = 128;
 pub enum PtraceError {
     #[error("no process with pid {0}")]
     NoSuchProcess(i32),
-    #[error("pid {pid} has {threads} threads; cryo captures single-threaded processes only")]
-    MultiThreaded { pid: i32, threads: usize },
     #[error("pid {0} exited during capture")]
     Exited(i32),
     #[error("pid {0} is a zombie or being traced by another process")]
@@ -87,8 +85,9 @@ pub struct Tracee {
 }
 
 impl Tracee {
-    /// Seize `pid` and stop it. Refuses a multi-threaded process before
-    /// touching it.
+    /// Seize `pid` (its main thread) and stop it. Other threads, if any,
+    /// go on running: the caller refuses such a process after looking at
+    /// everything else (so that one refusal lists every obstacle).
     pub fn seize(pid: i32) -> Result<Tracee, PtraceError> {
         if pid <= 0 {
             return Err(PtraceError::NoSuchProcess(pid));
@@ -96,10 +95,6 @@ impl Tracee {
         let state = proc_state(pid).ok_or(PtraceError::NoSuchProcess(pid))?;
         if state == 'Z' || state == 'X' {
             return Err(PtraceError::NotTraceable(pid));
-        }
-        let threads = thread_count(pid)?;
-        if threads > 1 {
-            return Err(PtraceError::MultiThreaded { pid, threads });
         }
         let was_stopped = state == 'T';
         // SAFETY: PTRACE_SEIZE takes no pointers (addr 0, data = options).
@@ -128,11 +123,6 @@ impl Tracee {
             return Err(sys_err("PTRACE_INTERRUPT", pid));
         }
         t.wait_event_stop()?;
-        // A thread could have been created between the check and the seize.
-        let threads = thread_count(pid)?;
-        if threads > 1 {
-            return Err(PtraceError::MultiThreaded { pid, threads });
-        }
         Ok(t)
     }
 

@@ -43,10 +43,14 @@
 
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 
+pub mod fds;
 pub mod gadget;
+pub mod handoff;
 #[cfg(feature = "std")]
 pub mod load;
 pub mod record;
+pub mod signals;
+pub mod task;
 pub mod types;
 #[cfg(any(feature = "std", test))]
 pub mod write;
@@ -65,7 +69,7 @@ pub const PAGES_FILE: &str = "pages.img";
 pub const SUMS_FILE: &str = "sums.img";
 
 pub const MAGIC: [u8; 8] = *b"CRYOIMG\0";
-pub const VERSION_MAJOR: u16 = 2;
+pub const VERSION_MAJOR: u16 = 3;
 pub const VERSION_MINOR: u16 = 0;
 pub const HEADER_SIZE: usize = 64;
 pub const DIR_ENTRY_SIZE: usize = 32;
@@ -156,6 +160,9 @@ pub enum ImageError {
     PageChecksum {
         vaddr: u64,
     },
+    BlobChecksum {
+        offset: u64,
+    },
     SumsLength {
         expected: u64,
         actual: u64,
@@ -205,6 +212,7 @@ impl fmt::Display for ImageError {
                 "truncated image: pages.img is {actual} bytes, the image needs {expected}"
             ),
             PageChecksum { vaddr } => write!(f, "corrupt image: pages.img data for the page at {vaddr:#x} fails its checksum"),
+            BlobChecksum { offset } => write!(f, "corrupt image: pages.img bytes at offset {offset:#x} (pipe data or file contents) fail their checksum"),
             SumsLength { expected, actual } => write!(
                 f,
                 "truncated image: sums.img is {actual} bytes, the image needs {expected}"
@@ -322,7 +330,7 @@ impl<'a, T: Record> Table<'a, T> {
 pub struct Image<'a> {
     pub header: Header,
     bytes: &'a [u8],
-    sections: [Option<DirEntry>; 16],
+    sections: [Option<DirEntry>; 32],
 }
 
 impl<'a> Image<'a> {
@@ -401,7 +409,7 @@ impl<'a> Image<'a> {
         if sums && checksum(dir) != header.dir_checksum {
             return Err(ImageError::DirectoryChecksum);
         }
-        let mut sections: [Option<DirEntry>; 16] = [None; 16];
+        let mut sections: [Option<DirEntry>; 32] = [None; 32];
         for i in 0..n {
             let e = DirEntry::decode(&dir[i * DIR_ENTRY_SIZE..]);
             let Some(kind) = SectionKind::from_u32(e.kind) else {
@@ -523,6 +531,40 @@ impl<'a> Image<'a> {
     }
     pub fn itimers(&self) -> Table<'a, Itimer> {
         self.table(SectionKind::Itimers)
+    }
+
+    pub fn pipes(&self) -> Table<'a, fds::Pipe> {
+        self.table(SectionKind::Pipes)
+    }
+    pub fn extents(&self) -> Table<'a, fds::Extent> {
+        self.table(SectionKind::Extents)
+    }
+    pub fn locks(&self) -> Table<'a, fds::Lock> {
+        self.table(SectionKind::Locks)
+    }
+    pub fn creds(&self) -> Option<task::Creds> {
+        self.table::<task::Creds>(SectionKind::Creds).get(0)
+    }
+    pub fn groups(&self) -> Table<'a, task::Group> {
+        self.table(SectionKind::Groups)
+    }
+    pub fn task(&self) -> Option<task::TaskState> {
+        self.table::<task::TaskState>(SectionKind::Task).get(0)
+    }
+    pub fn signals(&self) -> Table<'a, signals::QueuedSignal> {
+        self.table(SectionKind::Signals)
+    }
+
+    /// Every blob of pages.img that is not memory (pipe data, file
+    /// contents), for checking.
+    pub fn blobs(&self) -> impl Iterator<Item = fds::Blob> + 'a {
+        let pipes = self.pipes();
+        let ext = self.extents();
+        pipes
+            .iter()
+            .map(|p| p.data)
+            .chain(ext.iter().map(|e| e.data))
+            .filter(|b| b.len > 0)
     }
 
     /// The restore gadgets, if the capture found them (format 1.1+).
@@ -685,13 +727,70 @@ impl<'a> Image<'a> {
                 }
             }
         }
-        for (i, f) in self.fds().iter().enumerate() {
+        let fdt = self.fds();
+        let npipes = self.pipes().len() as u32;
+        for (i, f) in fdt.iter().enumerate() {
             self.check_str(f.target, "fds", i)?;
+            let bad = |why| ImageError::BadIndex {
+                section: "fds",
+                index: i as u64,
+                why,
+            };
             if f.fd < 0 || (f.file != NO_INDEX && f.file >= nfiles) {
+                return Err(bad("bad fd number or file index"));
+            }
+            // The description's first fd comes first and names itself.
+            let first = fdt.get(f.desc as usize);
+            if f.desc as usize > i || first.is_none_or(|d| d.desc != f.desc) {
+                return Err(bad("bad open file description index"));
+            }
+            let wants_pipe = matches!(f.kind, fd_kind::PIPE | fd_kind::FIFO);
+            if wants_pipe != (f.object != NO_INDEX) || (wants_pipe && f.object >= npipes) {
+                return Err(bad("bad pipe index"));
+            }
+        }
+        for (i, b) in self.blobs().enumerate() {
+            let end = b.off.checked_add(b.pages() * PAGE_SIZE);
+            if !b.off.is_multiple_of(PAGE_SIZE) || end.is_none_or(|e| e > self.header.pages_len) {
                 return Err(ImageError::BadIndex {
-                    section: "fds",
+                    section: "pipes/extents",
                     index: i as u64,
-                    why: "bad fd number or file index",
+                    why: "stored bytes outside pages.img",
+                });
+            }
+        }
+        let next = self.extents().len() as u64;
+        for (i, f) in files.iter().enumerate() {
+            if f.first_extent as u64 + f.extent_count as u64 > next {
+                return Err(ImageError::BadIndex {
+                    section: "files",
+                    index: i as u64,
+                    why: "extent range out of bounds",
+                });
+            }
+        }
+        for (i, l) in self.locks().iter().enumerate() {
+            if !fdt.iter().any(|f| f.fd == l.fd) || l.end < l.start {
+                return Err(ImageError::BadIndex {
+                    section: "locks",
+                    index: i as u64,
+                    why: "lock on an fd the image does not have, or an empty range",
+                });
+            }
+        }
+        if let Some(c) = self.creds() {
+            if c.ngroups as usize != self.groups().len() {
+                return Err(ImageError::Invalid(
+                    "creds: group count differs from 'groups'",
+                ));
+            }
+        }
+        for (i, q) in self.signals().iter().enumerate() {
+            if q.signo == 0 || q.signo > 64 || q.shared > 1 {
+                return Err(ImageError::BadIndex {
+                    section: "signals",
+                    index: i as u64,
+                    why: "signal number out of range",
                 });
             }
         }
@@ -726,6 +825,18 @@ impl<'a> Image<'a> {
             });
         }
         self.verify_sums(sums)?;
+        for b in self.blobs() {
+            for p in 0..b.pages() {
+                let off = b.off + p * PAGE_SIZE;
+                let ok = pages
+                    .get(off as usize..(off + PAGE_SIZE) as usize)
+                    .zip(page_sum(sums, off / PAGE_SIZE))
+                    .is_some_and(|(data, sum)| checksum(data) == sum);
+                if !ok {
+                    return Err(ImageError::BlobChecksum { offset: off });
+                }
+            }
+        }
         for r in self.page_runs().iter() {
             if r.kind != run_kind::DATA {
                 continue;

@@ -94,7 +94,42 @@ impl LoadedImage {
     /// against its checksum, streaming pages.img in 256 KiB reads. `progress`
     /// is called with bytes checked so far.
     pub fn verify_pages(&self, progress: impl FnMut(u64)) -> Result<(), LoadError> {
-        self.verify(progress, |_| Some((0, u64::MAX)))
+        self.verify(progress, |_| Some((0, u64::MAX)))?;
+        let img = self.image()?;
+        for b in img.blobs() {
+            self.read_blob(&b, true)?;
+        }
+        Ok(())
+    }
+
+    /// The bytes of a blob (pipe data, file contents) from pages.img,
+    /// each page checked against sums.img when `verify`.
+    pub fn read_blob(&self, b: &crate::fds::Blob, verify: bool) -> Result<Vec<u8>, LoadError> {
+        let img = self.image()?;
+        let path = self.pages_path();
+        let io_err = |source| LoadError::Io {
+            path: path.clone(),
+            source,
+        };
+        let f = File::open(&path).map_err(io_err)?;
+        let mut buf = vec![0u8; (b.pages() * PAGE_SIZE) as usize];
+        f.read_exact_at(&mut buf, b.off).map_err(io_err)?;
+        if verify {
+            let mut sums = Sums::open(&self.sums_path(), &img)?;
+            for (k, page) in buf.chunks_exact(PAGE_SIZE as usize).enumerate() {
+                let i = b.off / PAGE_SIZE + k as u64;
+                if crate::checksum(page) != sums.get(&img, i)? {
+                    return Err(LoadError::Image {
+                        path: path.clone(),
+                        source: ImageError::BlobChecksum {
+                            offset: i * PAGE_SIZE,
+                        },
+                    });
+                }
+            }
+        }
+        buf.truncate(b.len as usize);
+        Ok(buf)
     }
 
     /// Check the lengths, and the pages of each mapping in the address

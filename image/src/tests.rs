@@ -15,6 +15,7 @@ pub(crate) fn sample() -> (Vec<u8>, Vec<u8>) {
         mtime_sec: 1_700_000_000,
         mtime_nsec: 5,
         mode: 0o100755,
+        ..Default::default()
     });
     b.process.pid = 1234;
     b.process.exe = path;
@@ -75,6 +76,149 @@ pub(crate) fn sample() -> (Vec<u8>, Vec<u8>) {
 pub(crate) fn sample_sums(pages: &[u8]) -> Vec<u8> {
     let sums: Vec<u64> = pages.chunks(4096).map(checksum).collect();
     super::write::sums_bytes(&sums)
+}
+
+/// The sample with every format-3 section too: fds sharing a description,
+/// a pipe with bytes in pages.img, an unlinked file with an extent, locks,
+/// credentials, groups, task state and queued signals. pages.img is two
+/// pages: the memory page, then the pipe's bytes.
+pub(crate) fn sample_full() -> (Vec<u8>, Vec<u8>) {
+    sample_full_with(|_| {})
+}
+
+/// [`sample_full`], with `edit` applied to the tables before encoding.
+pub(crate) fn sample_full_with(edit: impl FnOnce(&mut ImageBuilder)) -> (Vec<u8>, Vec<u8>) {
+    use crate::fds::*;
+    use crate::signals::QueuedSignal;
+    use crate::task::*;
+    let (meta, page) = sample();
+    let img = Image::parse(&meta).unwrap();
+    let mut b = ImageBuilder::default();
+    // Rebuild the sample's tables, then add the rest.
+    let path = b.strings.add("/usr/bin/true");
+    b.files = img.files().iter().collect();
+    b.files[0].path = path;
+    b.process = img.process();
+    b.process.exe = path;
+    b.process.cwd = b.strings.add("/tmp");
+    b.process.kernel = b.strings.add("6.18");
+    b.xsave = img.xsave().to_vec();
+    b.vmas = img.vmas().iter().collect();
+    b.vmas[0].name = path;
+    b.page_runs = img.page_runs().iter().collect();
+    b.sigactions = img.sigactions().iter().collect();
+    let del = b.strings.add("/tmp/gone");
+    b.files.push(FileId {
+        path: del,
+        size: 100,
+        flags: file_flags::DELETED,
+        first_extent: 0,
+        extent_count: 1,
+        ..Default::default()
+    });
+    b.extents.push(Extent {
+        file_off: 0,
+        data: Blob { off: 4096, len: 27 },
+    });
+    b.pipes.push(Pipe {
+        ino: 77,
+        size: 65536,
+        flags: pipe_flags::INSIDE,
+        data: Blob { off: 4096, len: 27 },
+    });
+    let t = b.strings.add("pipe:[77]");
+    for (i, fd) in [3, 4, 5].into_iter().enumerate() {
+        b.fds.push(Fd {
+            fd,
+            kind: fd_kind::PIPE,
+            flags: if fd == 4 { 1 } else { 0 },
+            target: t,
+            file: NO_INDEX,
+            desc: if fd == 5 { 0 } else { i as u32 },
+            object: 0,
+            ..Default::default()
+        });
+    }
+    let gone = b.strings.add("/tmp/gone (deleted)");
+    b.fds.push(Fd {
+        fd: 6,
+        kind: fd_kind::REGULAR,
+        target: gone,
+        file: 1,
+        desc: 3,
+        object: NO_INDEX,
+        ..Default::default()
+    });
+    b.locks.push(Lock {
+        fd: 6,
+        kind: lock_kind::FLOCK,
+        write: 1,
+        start: 0,
+        end: u64::MAX,
+        ..Default::default()
+    });
+    b.creds = Some(Creds {
+        uid: [1000; 4],
+        gid: [1000; 4],
+        ngroups: 2,
+        ..Default::default()
+    });
+    b.groups = vec![Group { gid: 5 }, Group { gid: 6 }];
+    b.task = Some(TaskState {
+        nice: 5,
+        ..Default::default()
+    });
+    b.signals.push(QueuedSignal {
+        shared: 1,
+        signo: 35,
+        info: [35, 0xffff_ffff, 0, 11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    });
+    let mut pages = page.clone();
+    let mut blob = b"twenty-seven bytes buffered".to_vec();
+    blob.resize(4096, 0);
+    pages.extend_from_slice(&blob);
+    b.page_sums = super::write::sum_block_table(&sample_sums(&pages));
+    edit(&mut b);
+    (b.encode(pages.len() as u64), pages)
+}
+
+#[test]
+fn format_3_sections_round_trip() {
+    let (meta, pages) = sample_full();
+    let img = Image::parse(&meta).expect("parse");
+    img.validate().expect("validate");
+    img.verify_pages(&pages, &sample_sums(&pages))
+        .expect("pages and blobs");
+    assert_eq!(img.fds().len(), 4);
+    assert_eq!(img.fds().get(2).unwrap().desc, 0);
+    assert_eq!(img.pipes().get(0).unwrap().data.len, 27);
+    assert_eq!(img.blobs().count(), 2);
+    assert_eq!(img.creds().unwrap().uid, [1000; 4]);
+    assert_eq!(img.groups().len(), 2);
+    assert_eq!(img.task().unwrap().nice, 5);
+    assert_eq!(img.signals().get(0).unwrap().info[3], 11);
+    // A corrupt blob page is caught, by its offset.
+    let mut bad = pages.clone();
+    bad[4096 + 3] ^= 1;
+    assert_eq!(
+        img.verify_pages(&bad, &sample_sums(&pages)),
+        Err(ImageError::BlobChecksum { offset: 4096 })
+    );
+    // Broken references are refused by validate.
+    let refused = |edit: fn(&mut ImageBuilder)| {
+        let (m, _) = sample_full_with(edit);
+        Image::parse(&m).unwrap().validate().is_err()
+    };
+    assert!(refused(|b| b.fds[0].desc = 2), "description after the fd");
+    assert!(refused(|b| b.fds[0].object = 9), "pipe index");
+    assert!(
+        refused(|b| b.pipes[0].data.off = 8192),
+        "blob outside pages.img"
+    );
+    assert!(refused(|b| b.files[1].extent_count = 2), "extent range");
+    assert!(refused(|b| b.locks[0].fd = 42), "lock on no fd");
+    assert!(refused(|b| b.groups.pop().map_or((), drop)), "group count");
+    assert!(refused(|b| b.signals[0].signo = 65), "signal number");
 }
 
 #[test]
@@ -196,14 +340,14 @@ fn foreign_and_future_images_are_refused() {
         Image::parse(&[0x7fu8; 200]).err(),
         Some(ImageError::BadMagic)
     );
-    meta[8] = 3; // major 3
+    meta[8] = 4; // a future major
     assert!(matches!(
         Image::parse(&meta),
-        Err(ImageError::UnsupportedVersion { major: 3, .. })
+        Err(ImageError::UnsupportedVersion { major: 4, .. })
     ));
-    meta[8] = 1; // major 1: the format before sums.img
+    meta[8] = 2; // major 2: before fd descriptions, pipes and task state
     let e = Image::parse(&meta).err().unwrap();
-    assert_eq!(e, ImageError::UnsupportedVersion { major: 1, minor: 0 });
+    assert_eq!(e, ImageError::UnsupportedVersion { major: 2, minor: 0 });
     assert!(e.to_string().contains("capture again"), "{e}");
 }
 
@@ -292,8 +436,8 @@ proptest! {
     /// Mutations of a valid image (with fixed-up checksums, so the decoder's
     /// structural checks are what is exercised) never panic it.
     #[test]
-    fn mutated_images_never_panic(edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
-        let (mut meta, pages) = sample();
+    fn mutated_images_never_panic(full in any::<bool>(), edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+        let (mut meta, pages) = if full { sample_full() } else { sample() };
         for (pos, val) in edits {
             let p = pos % meta.len();
             meta[p] = val;
@@ -303,6 +447,8 @@ proptest! {
             let _ = img.validate();
             let _ = img.verify_pages(&pages, &sample_sums(&pages));
             for v in img.vmas().iter() { let _ = img.str(v.name); }
+            for b in img.blobs() { let _ = b.pages(); }
+            let _ = (img.creds(), img.task(), img.groups().len(), img.signals().len());
         }
     }
 }

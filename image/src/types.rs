@@ -64,10 +64,24 @@ pub enum SectionKind {
     Gadgets = 13,
     /// Format 2.0: one checksum per block of sums.img ([`SumBlock`]).
     PageSums = 14,
+    /// Format 3.0: pipes and FIFOs ([`crate::fds::Pipe`]).
+    Pipes = 15,
+    /// Format 3.0: stored bytes of unlinked files and memfds.
+    Extents = 16,
+    /// Format 3.0: file locks.
+    Locks = 17,
+    /// Format 3.0: credentials (one record).
+    Creds = 18,
+    /// Format 3.0: supplementary groups.
+    Groups = 19,
+    /// Format 3.0: prctl and scheduling state (one record).
+    Task = 20,
+    /// Format 3.0: queued signals with their siginfo.
+    Signals = 21,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 14] = [
+    pub const ALL: [SectionKind; 21] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -82,6 +96,13 @@ impl SectionKind {
         SectionKind::Itimers,
         SectionKind::Gadgets,
         SectionKind::PageSums,
+        SectionKind::Pipes,
+        SectionKind::Extents,
+        SectionKind::Locks,
+        SectionKind::Creds,
+        SectionKind::Groups,
+        SectionKind::Task,
+        SectionKind::Signals,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -102,6 +123,13 @@ impl SectionKind {
             SectionKind::Itimers => "itimers",
             SectionKind::Gadgets => "gadgets",
             SectionKind::PageSums => "page_sums",
+            SectionKind::Pipes => "pipes",
+            SectionKind::Extents => "extents",
+            SectionKind::Locks => "locks",
+            SectionKind::Creds => "creds",
+            SectionKind::Groups => "groups",
+            SectionKind::Task => "task",
+            SectionKind::Signals => "signals",
         }
     }
     /// Record size this reader knows for the section (1 for byte blobs).
@@ -121,6 +149,13 @@ impl SectionKind {
             SectionKind::Itimers => Itimer::SIZE,
             SectionKind::Gadgets => Gadgets::SIZE,
             SectionKind::PageSums => SumBlock::SIZE,
+            SectionKind::Pipes => crate::fds::Pipe::SIZE,
+            SectionKind::Extents => crate::fds::Extent::SIZE,
+            SectionKind::Locks => crate::fds::Lock::SIZE,
+            SectionKind::Creds => crate::task::Creds::SIZE,
+            SectionKind::Groups => crate::task::Group::SIZE,
+            SectionKind::Task => crate::task::TaskState::SIZE,
+            SectionKind::Signals => crate::signals::QueuedSignal::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -141,6 +176,16 @@ impl SectionKind {
             SectionKind::Gadgets => 1,
             // one block per 2 MiB of pages.img, up to MAX_PAGES_LEN
             SectionKind::PageSums => 1 << 19,
+            SectionKind::Pipes => 1 << 20,
+            SectionKind::Extents => 1 << 24,
+            SectionKind::Locks => 1 << 20,
+            SectionKind::Creds => 1,
+            // NGROUPS_MAX
+            SectionKind::Groups => 65536,
+            SectionKind::Task => 1,
+            // RLIMIT_SIGPENDING can be raised; 1 << 20 queued signals is
+            // far beyond any default.
+            SectionKind::Signals => 1 << 20,
         }
     }
     /// Sections every valid image must have.
@@ -218,6 +263,9 @@ pub mod process_flags {
     pub const RESTART_BLOCK_EINTR: u32 = 1 << 2;
     /// A registered rseq area is recorded in `rseq_*`.
     pub const HAS_RSEQ: u32 = 1 << 3;
+    /// The working directory had been removed (`cwd` is its last path);
+    /// restore makes an empty directory there, enters it and removes it.
+    pub const CWD_DELETED: u32 = 1 << 4;
 }
 
 record! {
@@ -267,7 +315,7 @@ record! {
         pub vdso_start: u64,
         pub vdso_len: u64,
         pub vdso_hash: u64,
-        /// Total bytes in pages.bin.
+        /// Total bytes in pages.img.
         pub pages_bytes: u64,
         /// Resident set size at capture (KiB), for image-size comparisons.
         pub rss_kib: u64,
@@ -396,8 +444,50 @@ impl Vma {
 pub const VMFLAG_NAMES: [&str; 48] = [
     "rd", "wr", "ex", "sh", "mr", "mw", "me", "ms", "gd", "pf", "dw", "lo", "io", "sr", "rr", "dc",
     "de", "ac", "nr", "ht", "sf", "nl", "ar", "wf", "dd", "sd", "mm", "hg", "nh", "mg", "um", "uw",
-    "ss", "sl", "bt", "mt", "ui", "lf", "se", "pk", "p0", "p1", "p2", "p3", "p4", "gu", "", "",
+    "ss", "sl", "bt", "mt", "ui", "lf", "se", "pk", "p0", "p1", "p2", "p3", "p4", "gu", "dp", "",
 ];
+
+/// What cryo does with each smaps VmFlag of a mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmFlagRule {
+    /// Follows from how the mapping is made (protection, sharing, the
+    /// file, MAP_* flags): nothing to do.
+    Derived,
+    /// Set again by the shim (madvise, mlock, mseal, MAP_DROPPABLE).
+    Restored,
+    /// Cannot be brought back: capture refuses the mapping, saying why.
+    Refused(&'static str),
+}
+
+/// The rule for a two-letter VmFlag (`special`: the kernel's own vDSO and
+/// vvar mappings, which it recreates with whatever flags it gives them).
+pub fn vmflag_rule(name: &str, special: bool) -> VmFlagRule {
+    use VmFlagRule::*;
+    if special {
+        return Derived;
+    }
+    match name {
+        "rd" | "wr" | "ex" | "sh" | "mr" | "mw" | "me" | "ms" | "gd" | "ac" | "nr" | "sd" => {
+            Derived
+        }
+        "lo" | "lf" | "sr" | "rr" | "dc" | "dd" | "wf" | "hg" | "nh" | "mg" | "sl" | "dp" => {
+            Restored
+        }
+        "ht" => Refused("hugetlb memory"),
+        "pf" | "io" | "mm" | "ar" | "sf" => {
+            Refused("device or DAX memory (VM_PFNMAP/VM_IO/VM_MIXEDMAP/VM_PAT/VM_SYNC)")
+        }
+        "de" => Refused(
+            "a mapping that cannot be expanded (VM_DONTEXPAND: set up by a driver or an io ring)",
+        ),
+        "um" | "uw" | "ui" => Refused("registered with the program's own userfaultfd"),
+        "ss" => Refused("a shadow stack"),
+        "gu" => Refused("guard regions (MADV_GUARD_INSTALL)"),
+        "pk" | "p0" | "p1" | "p2" | "p3" | "p4" => Refused("memory protection keys"),
+        "bt" | "mt" | "se" => Refused("an architecture flag cryo does not know on x86_64"),
+        _ => Refused("a flag this cryo does not know"),
+    }
+}
 
 /// Bit position of a two-letter VmFlag, if known.
 pub fn vmflag_bit(name: &str) -> Option<u32> {
@@ -417,6 +507,18 @@ record! {
         pub mtime_sec: i64,
         pub mtime_nsec: u32,
         pub mode: u32,
+        /// `fds::file_flags` bits (format 3.0).
+        pub flags: u32,
+        /// memfd seals (F_GET_SEALS), else 0.
+        pub seals: u32,
+        /// Stored contents (unlinked files, memfds): extents
+        /// `first_extent..first_extent + extent_count` of the `extents`
+        /// section.
+        pub first_extent: u32,
+        pub extent_count: u32,
+        /// Owner (restored on recreated files).
+        pub uid: u32,
+        pub gid: u32,
     }
 }
 
@@ -507,9 +609,19 @@ pub mod fd_kind {
     pub const TTY: u32 = 4;
     pub const DIRECTORY: u32 = 5;
     pub const NULL_DEVICE: u32 = 6;
+    /// A named pipe (its path is `target`; the pipe state is in `pipes`).
+    pub const FIFO: u32 = 7;
+    /// An O_PATH fd on a symbolic link itself.
+    pub const SYMLINK: u32 = 8;
+    /// A file of the process's own /proc directory (`/proc/PID/...`):
+    /// reopened under the restored process's PID.
+    pub const PROC: u32 = 9;
 
     pub fn name(k: u32) -> &'static str {
         match k {
+            FIFO => "fifo",
+            SYMLINK => "symlink",
+            PROC => "proc",
             REGULAR => "file",
             CHAR_DEVICE => "chardev",
             PIPE => "pipe",
@@ -541,6 +653,17 @@ record! {
         pub rdev: u64,
         /// Inode (pipes: the pipe inode).
         pub ino: u64,
+        /// Index in the fds table of the first fd that shares this fd's
+        /// open file description (its own index if none before it does).
+        pub desc: u32,
+        /// st_mode of the open file.
+        pub mode: u32,
+        /// st_dev of the open file.
+        pub dev: u64,
+        /// Kind-specific state: PIPE and FIFO, an index in `pipes`;
+        /// else NO_INDEX.
+        pub object: u32,
+        pub _pad2: u32,
     }
 }
 
@@ -588,8 +711,8 @@ pub mod lazy {
     /// Is this mapping served lazily (registered with userfaultfd in
     /// MISSING mode)? Only private anonymous memory (heap and anonymous
     /// mappings) with data to serve; the stack, file mappings, shared,
-    /// locked, PROT_NONE and fork-special (dontfork / wipeonfork) mappings
-    /// are filled eagerly.
+    /// locked, sealed, droppable, PROT_NONE and fork-special (dontfork /
+    /// wipeonfork) mappings are filled eagerly.
     pub fn is_lazy(v: &Vma) -> bool {
         matches!(v.kind, vma_kind::ANON_PRIVATE | vma_kind::HEAP)
             && v.prot & 3 != 0
@@ -600,6 +723,9 @@ pub mod lazy {
                     | vma_flags::WIPEONFORK)
                 == 0
             && v.run_count > 0
+            && !["dp", "sl", "lo"]
+                .iter()
+                .any(|f| super::vmflag_bit(f).is_some_and(|b| v.vmflags & (1 << b) != 0))
     }
 
     /// Page-aligned [start, end) filled eagerly even inside lazy mappings.

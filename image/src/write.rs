@@ -52,6 +52,13 @@ pub struct ImageBuilder {
     pub gadgets: Option<Gadgets>,
     /// Checksums of sums.img's blocks ([`sum_block_table`]).
     pub page_sums: Vec<SumBlock>,
+    pub pipes: Vec<crate::fds::Pipe>,
+    pub extents: Vec<crate::fds::Extent>,
+    pub locks: Vec<crate::fds::Lock>,
+    pub creds: Option<crate::task::Creds>,
+    pub groups: Vec<crate::task::Group>,
+    pub task: Option<crate::task::TaskState>,
+    pub signals: Vec<crate::signals::QueuedSignal>,
 }
 
 /// sums.img's bytes for the page checksums `sums` (in pages.img order).
@@ -100,9 +107,20 @@ impl ImageBuilder {
             (SectionKind::Timers, table(&self.timers)),
             (SectionKind::Itimers, table(&self.itimers)),
             (SectionKind::PageSums, table(&self.page_sums)),
+            (SectionKind::Pipes, table(&self.pipes)),
+            (SectionKind::Extents, table(&self.extents)),
+            (SectionKind::Locks, table(&self.locks)),
+            (SectionKind::Groups, table(&self.groups)),
+            (SectionKind::Signals, table(&self.signals)),
         ];
         if let Some(g) = &self.gadgets {
             sections.push((SectionKind::Gadgets, table(std::slice::from_ref(g))));
+        }
+        if let Some(c) = &self.creds {
+            sections.push((SectionKind::Creds, table(std::slice::from_ref(c))));
+        }
+        if let Some(t) = &self.task {
+            sections.push((SectionKind::Task, table(std::slice::from_ref(t))));
         }
         let dir_start = HEADER_SIZE;
         let mut off = dir_start + sections.len() * DIR_ENTRY_SIZE;

@@ -102,6 +102,11 @@ impl<'a> Layout<'a> {
         Layout { img, vmas, window }
     }
 
+    /// Is `a` the first page of a lazy mapping?
+    fn starts_mapping(&self, a: u64) -> bool {
+        self.vmas.binary_search_by_key(&a, |v| v.0).is_ok()
+    }
+
     /// The DATA runs of lazy mappings that overlap [lo, hi), in order.
     fn runs_in(&self, lo: u64, hi: u64) -> impl Iterator<Item = (u32, PageRun)> + '_ {
         let runs = self.img.page_runs();
@@ -238,7 +243,18 @@ impl Space {
             while a < a1 {
                 let src = r.offset + (a - r.vaddr);
                 if self.layout_pending(l, a, src) && self.moved_at(a).is_none() {
-                    push(&mut out, a, src, false);
+                    // A piece never spans two mappings: the kernel refuses
+                    // such a copy.
+                    if l.starts_mapping(a) {
+                        out.push(Piece {
+                            dst: a,
+                            src,
+                            len: PG,
+                            moved: false,
+                        });
+                    } else {
+                        push(&mut out, a, src, false);
+                    }
                 }
                 a += PG;
             }
@@ -491,15 +507,22 @@ impl<'a> Server<'a> {
     /// outcome and how many bytes from `dst` on are now present.
     fn copy(&mut self, s: usize, dst: u64, src: u64, len: u64) -> (Outcome, u64) {
         let mut done = 0u64;
+        // After ENOENT for a range of pages: one page at a time, because
+        // the kernel refuses a copy that crosses from one mapping into the
+        // next (adjacent mappings whose pages are adjacent in pages.img),
+        // and only a single page tells "not mapped" from "crosses".
+        let mut single = false;
         while done < len {
-            let Some(bytes) = self.pages.get(src + done, len - done) else {
+            let want = if single { PG } else { len - done };
+            let Some(bytes) = self.pages.get(src + done, want) else {
                 return (Outcome::Gone, done);
             };
-            let (f, n) = self.spaces[s]
-                .uffd
-                .copy(dst + done, bytes.as_ptr(), len - done);
+            let (f, n) = self.spaces[s].uffd.copy(dst + done, bytes.as_ptr(), want);
             match f {
-                Fill::Done => return (Outcome::Done, len),
+                Fill::Done => {
+                    done += want;
+                    single = false;
+                }
                 Fill::Again if n > 0 => done += n,
                 Fill::Again => return (Outcome::Again, done),
                 // Already there (the program's own page, or raced): skip it.
@@ -507,7 +530,13 @@ impl<'a> Server<'a> {
                     self.spaces[s].uffd.wake(dst + done, PG);
                     done += PG;
                 }
-                Fill::NoVma => done += PG,
+                Fill::NoVma if want > PG => single = true,
+                // This page is not mapped any more (the program unmapped
+                // it, and the event is still to be read): nothing to fill.
+                Fill::NoVma => {
+                    done += PG;
+                    single = false;
+                }
                 Fill::Gone => return (Outcome::Gone, done),
                 Fill::Failed(e) => return (Outcome::Failed(e), done),
             }
@@ -801,7 +830,13 @@ fn serve(
     }
     // Go: the shim may hand off to the program.
     // SAFETY: write one byte from a local.
-    unsafe { libc::write(sock, b"G".as_ptr() as *const libc::c_void, 1) };
+    unsafe {
+        libc::write(
+            sock,
+            [cryo_image::handoff::GO].as_ptr() as *const libc::c_void,
+            1,
+        )
+    };
 
     let mode = if cfg.record.is_some() {
         Mode::OnDemand
@@ -1025,6 +1060,42 @@ mod tests {
 
     fn pending(s: &Space, l: &Layout) -> u64 {
         s.pieces(l, 0, u64::MAX).iter().map(|p| p.len / PG).sum()
+    }
+
+    /// Two adjacent lazy mappings whose pages are adjacent in pages.img
+    /// too: a piece (one UFFDIO_COPY) never spans both, because the kernel
+    /// refuses such a copy (ENOENT), and the first server then skipped the
+    /// first mapping's pages, which the program later read as zeros.
+    #[test]
+    fn pieces_stop_at_mapping_boundaries() {
+        let mut b = ImageBuilder::default();
+        b.process.regs.rsp = 0x7fff_0000_0000;
+        for (i, start) in [0x10000u64, 0x14000].into_iter().enumerate() {
+            b.vmas.push(Vma {
+                start,
+                end: start + 0x4000,
+                prot: 3,
+                kind: vma_kind::ANON_PRIVATE,
+                file: cryo_image::NO_INDEX,
+                first_run: i as u32,
+                run_count: 1,
+                ..Default::default()
+            });
+            b.page_runs.push(PageRun {
+                vaddr: start,
+                npages: 4,
+                kind: run_kind::DATA,
+                offset: i as u64 * 0x4000,
+                reserved: 0,
+            });
+        }
+        let bytes = b.encode(0x8000);
+        let l = Layout::new(Image::parse(&bytes).unwrap());
+        let s = space(&l);
+        let p = s.pieces(&l, 0x10000, 0x18000);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!((p[0].dst, p[0].len), (0x10000, 4 * PG));
+        assert_eq!((p[1].dst, p[1].len), (0x14000, 4 * PG));
     }
 
     #[test]

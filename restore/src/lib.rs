@@ -9,6 +9,7 @@
 
 mod fds;
 pub mod lazy;
+mod task;
 mod tracer;
 mod uffd;
 
@@ -44,6 +45,10 @@ pub enum RestoreError {
     NoShim(PathBuf),
     #[error("fd {fd} ({what}) cannot be restored: {why}")]
     Fd { fd: i32, what: String, why: String },
+    #[error("{path} (unlinked or memfd) cannot be made again: {why}")]
+    Stored { path: String, why: String },
+    #[error("{0}")]
+    Task(String),
     #[error("cannot set {name} to {cur}/{max} (ours: {our_cur}/{our_max}): raising a hard limit needs CAP_SYS_RESOURCE; restore from a shell with the captured limits")]
     Rlimit {
         name: &'static str,
@@ -89,6 +94,9 @@ pub struct Options {
     pub lazy: Option<LazyOptions>,
     /// Finish with the tracer even where the image's gadgets would do.
     pub use_tracer: bool,
+    /// Accept losing bytes that were unread in a pipe the restored fd
+    /// does not get back (fds 0-2, --inherit-fd).
+    pub drop_pipe_data: bool,
 }
 
 /// How the restore ends once the shim has rebuilt the process.
@@ -119,7 +127,7 @@ pub struct LazyOptions {
 pub struct Plan {
     image: LoadedImage,
     opts: Options,
-    fds: Vec<FdPlan>,
+    fds: fds::Plan,
     gadget: u64,
     tid_offset: usize,
     setup: Setup,
@@ -131,7 +139,9 @@ pub struct Plan {
 /// once at `prepare`.
 struct Setup {
     cwd: String,
-    pending: u64,
+    /// The working directory had been removed: make it again, enter it,
+    /// remove it.
+    cwd_deleted: bool,
     /// Signals this process ignores (reset to SIG_DFL before the exec).
     ignored: u64,
     umask: u32,
@@ -145,7 +155,7 @@ impl Plan {
         self.image.image().expect("validated at prepare")
     }
     pub fn fds(&self) -> &[FdPlan] {
-        &self.fds
+        &self.fds.fds
     }
     /// The page server's settings (lazy restore), e.g. the prefetch size.
     pub fn lazy(&self) -> Option<&lazy::Config> {
@@ -297,6 +307,9 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
             continue;
         }
         let f = img.files().get(idx as usize).expect("validated index");
+        if f.flags & cryo_image::fds::file_flags::DELETED != 0 {
+            continue; // made again from the image (fds::plan checks it)
+        }
         let path = img.str(f.path).unwrap_or("").to_owned();
         let md = std::fs::metadata(&path).map_err(|source| RestoreError::FileMissing {
             path: path.clone(),
@@ -330,11 +343,17 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
     let own_status = OwnStatus::read();
     let rlimits = check_rlimits(&img, own_status.cap_sys_resource)?;
 
-    let fds = fds::plan(&img, &opts.inherit_fds)?;
+    let fds = fds::plan(
+        &image,
+        &img,
+        &opts.inherit_fds,
+        opts.drop_pipe_data,
+        !opts.no_verify,
+    )?;
+    task::check(&img, &own_status)?;
     let setup = Setup {
         cwd: img.str(p.cwd).unwrap_or("/").to_owned(),
-        pending: (p.sig_pending | p.sig_shared_pending)
-            & !((1 << (libc::SIGSTOP - 1)) | (1 << (libc::SIGKILL - 1))),
+        cwd_deleted: p.flags & cryo_image::process_flags::CWD_DELETED != 0,
         ignored: own_status.sig_ignored,
         umask: p.umask,
         personality: p.personality,
@@ -429,13 +448,13 @@ impl Plan {
     pub fn exec(self) -> RestoreError {
         let Setup {
             cwd,
-            pending,
+            cwd_deleted,
             umask,
             ignored: _,
             personality,
             rlimits,
         } = &self.setup;
-        let (pending, umask, personality) = (*pending, *umask, *personality);
+        let (umask, personality) = (*umask, *personality);
 
         let meta = match std::fs::File::open(self.image.dir.join(cryo_image::META_FILE)) {
             Ok(f) => f,
@@ -462,12 +481,7 @@ impl Plan {
             _ => None,
         };
         if self.finish == Finish::Tracer {
-            if let Err(e) = tracer::start(
-                self.gadget,
-                self.opts.keep_stopped,
-                pending,
-                server.as_ref(),
-            ) {
+            if let Err(e) = tracer::start(self.gadget, self.opts.keep_stopped, server.as_ref()) {
                 return e;
             }
         }
@@ -483,10 +497,12 @@ impl Plan {
         if let Some(f) = &alias {
             extra.push(f.as_raw_fd());
         }
-        let installed = match fds::install(&self.fds, &extra) {
-            Ok(v) => v,
-            Err(e) => return e,
-        };
+        let img = self.image();
+        let (installed, files_fd) =
+            match fds::install(&self.image, &img, &self.fds, &extra, !self.opts.no_verify) {
+                Ok(v) => v,
+                Err(e) => return e,
+            };
         let (meta_fd, pages_fd) = (installed[0], installed[1]);
         let sock_fd = if server.is_some() { installed[2] } else { -1 };
         let alias_fd = if alias.is_some() {
@@ -494,11 +510,27 @@ impl Plan {
         } else {
             -1
         };
-        let flags = if self.opts.phases { 2 } else { 0 }
-            | if server.is_some() { 4 } else { 0 }
-            | if self.finish == Finish::Gadgets { 8 } else { 0 };
-        if let Err(e) = std::env::set_current_dir(cwd) {
-            return e.into_sys(format!("chdir {cwd}"));
+        use cryo_image::handoff::{self, Handoff};
+        let flags = if self.opts.phases {
+            handoff::flags::PHASES
+        } else {
+            0
+        } | if server.is_some() {
+            handoff::flags::LAZY
+        } else {
+            0
+        } | if self.finish == Finish::Gadgets {
+            handoff::flags::SELF_UNMAP
+        } else {
+            0
+        };
+        let cwd_done = if *cwd_deleted {
+            fds::enter_removed_dir(cwd)
+        } else {
+            std::env::set_current_dir(cwd).map_err(|e| e.into_sys(format!("chdir {cwd}")))
+        };
+        if let Err(e) = cwd_done {
+            return e;
         }
         // SAFETY: umask and personality take plain integers.
         unsafe {
@@ -514,6 +546,9 @@ impl Plan {
             if unsafe { libc::setrlimit(r.resource as _, &lim) } < 0 {
                 return sys(format!("setrlimit({})", rlimit_name(r.resource)));
             }
+        }
+        if let Err(e) = task::apply_before_exec(&img) {
+            return e;
         }
         let shim = match CString::new(self.opts.shim.as_os_str().as_bytes()) {
             Ok(s) => s,
@@ -532,19 +567,21 @@ impl Plan {
                 unsafe { libc::signal(sig, libc::SIG_DFL) };
             }
         }
-        let args: Vec<CString> = [
-            "cryo-shim".to_owned(),
-            meta_fd.to_string(),
-            pages_fd.to_string(),
-            self.tid_offset.to_string(),
-            flags.to_string(),
-            monotonic_ns().to_string(),
-            sock_fd.to_string(),
-            alias_fd.to_string(),
-        ]
-        .into_iter()
-        .map(|s| CString::new(s).expect("no NUL"))
-        .collect();
+        let fd = |v: i32| if v < 0 { handoff::NONE } else { v as u64 };
+        let h = Handoff {
+            meta_fd: meta_fd as u64,
+            pages_fd: pages_fd as u64,
+            tid_offset: self.tid_offset as u64,
+            flags,
+            exec_ns: monotonic_ns(),
+            sock_fd: fd(sock_fd),
+            alias_fd: fd(alias_fd),
+            files_fd: files_fd.map_or(handoff::NONE, |f| f as u64),
+        };
+        let args: Vec<CString> = std::iter::once("cryo-shim".to_owned())
+            .chain(h.encode())
+            .map(|s| CString::new(s).expect("no NUL"))
+            .collect();
         let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
         let envp: [*const libc::c_char; 1] = [std::ptr::null()];
@@ -720,7 +757,7 @@ fn check_rlimits(img: &Image, cap: bool) -> Result<Vec<cryo_image::Rlimit>, Rest
 }
 
 /// What cryo restore needs from /proc/self/status, read once.
-struct OwnStatus {
+pub(crate) struct OwnStatus {
     cap_sys_resource: bool,
     /// SigIgn: the signals this process ignores.
     sig_ignored: u64,

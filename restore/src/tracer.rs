@@ -38,13 +38,11 @@ pub struct ServerStart<'a> {
     pub shim_end: RawFd,
 }
 
-/// rsi at the shim's final int3 (must match cryo-shim's HANDOFF_MAGIC).
-const HANDOFF_MAGIC: u64 = 0x4352_594f_5348_494d;
+use cryo_image::handoff::HANDOFF_MAGIC;
 
 pub fn start(
     gadget: u64,
     keep_stopped: bool,
-    pending: u64,
     server: Option<&ServerStart>,
 ) -> Result<(), RestoreError> {
     // SAFETY: getpid takes no arguments.
@@ -68,7 +66,7 @@ pub fn start(
             let t = libc::fork();
             if t == 0 {
                 libc::close(r);
-                tracer_main(target, w, gadget, keep_stopped, pending, server);
+                tracer_main(target, w, gadget, keep_stopped, server);
             }
             libc::_exit(if t < 0 { 1 } else { 0 });
         }
@@ -106,7 +104,6 @@ fn tracer_main(
     w: i32,
     gadget: u64,
     keep_stopped: bool,
-    pending: u64,
     server: Option<&ServerStart>,
 ) -> ! {
     // Hold nothing of the restored process's: pipes it writes to must see
@@ -190,7 +187,7 @@ fn tracer_main(
         target,
         server: server_pid,
     };
-    let rc = match trace(&mut w, gadget, keep_stopped, pending) {
+    let rc = match trace(&mut w, gadget, keep_stopped) {
         Ok(()) => watchdog(&mut w, pidfd),
         Err(e) => {
             say(&e);
@@ -356,7 +353,7 @@ fn resume(req: libc::c_uint, pid: i32, sig: i32) -> Result<(), String> {
     Ok(())
 }
 
-fn trace(w: &mut Waiter, gadget: u64, keep_stopped: bool, pending: u64) -> Result<(), String> {
+fn trace(w: &mut Waiter, gadget: u64, keep_stopped: bool) -> Result<(), String> {
     let pid = w.target;
     loop {
         let st = w.wait()?;
@@ -379,7 +376,7 @@ fn trace(w: &mut Waiter, gadget: u64, keep_stopped: bool, pending: u64) -> Resul
             resume(libc::PTRACE_CONT, pid, sig)?;
             continue;
         }
-        return finish(w, r, gadget, keep_stopped, pending);
+        return finish(w, r, gadget, keep_stopped);
     }
 }
 
@@ -388,7 +385,6 @@ fn finish(
     at_trap: libc::user_regs_struct,
     gadget: u64,
     keep_stopped: bool,
-    pending: u64,
 ) -> Result<(), String> {
     let pid = w.target;
     let frame_sp = at_trap.rdi;
@@ -432,17 +428,9 @@ fn finish(
         // SAFETY: kill takes integers.
         unsafe { libc::kill(pid, libc::SIGSTOP) };
     }
-    // The captured pending signals, queued while the process is still in
-    // its ptrace-stop with every signal blocked (the shim's mask): the
-    // program finds them pending from its first instruction on. Queued
-    // after the detach, they raced with the program, which sometimes
-    // looked (sigpending) before they arrived.
-    for sig in 1..=64 {
-        if pending & (1u64 << (sig - 1)) != 0 {
-            // SAFETY: kill takes integers.
-            unsafe { libc::kill(pid, sig) };
-        }
-    }
+    // The captured pending signals were queued by the shim itself, with
+    // their siginfo, before its trap (every signal blocked until the
+    // rt_sigreturn installs the program's mask).
     resume(libc::PTRACE_DETACH as libc::c_uint, pid, 0)?;
     Ok(())
 }

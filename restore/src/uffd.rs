@@ -4,13 +4,13 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03;
-const UFFDIO_ZEROPAGE: libc::c_ulong = 0xc020_aa04;
-const UFFDIO_WAKE: libc::c_ulong = 0x8010_aa02;
-const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
-/// The features the shim asks for (EVENT_FORK | EVENT_REMAP | EVENT_REMOVE
-/// | EVENT_UNMAP); must match cryo-shim's UFFD_FEATURES.
-pub const FEATURES: u64 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 6);
+use cryo_image::handoff::uffd as abi;
+const UFFDIO_COPY: libc::c_ulong = abi::UFFDIO_COPY as libc::c_ulong;
+const UFFDIO_ZEROPAGE: libc::c_ulong = abi::UFFDIO_ZEROPAGE as libc::c_ulong;
+const UFFDIO_WAKE: libc::c_ulong = abi::UFFDIO_WAKE as libc::c_ulong;
+const UFFDIO_API: libc::c_ulong = abi::UFFDIO_API as libc::c_ulong;
+/// The features the shim asks for (the same constant it uses).
+pub const FEATURES: u64 = abi::CRYO_FEATURES;
 
 pub const EVENT_PAGEFAULT: u8 = 0x12;
 pub const EVENT_FORK: u8 = 0x13;
@@ -331,7 +331,7 @@ pub fn probe() -> Result<(), String> {
     }
     // SAFETY: we own fd.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut api = [0xaa_u64, FEATURES, 0];
+    let mut api = [abi::UFFD_API, FEATURES, 0];
     // SAFETY: UFFDIO_API reads and writes one struct uffdio_api we own.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, api.as_mut_ptr()) };
     if r < 0 {

@@ -21,9 +21,13 @@
 #![no_std]
 #![no_main]
 
+mod signals;
 mod sys;
+mod task;
 
 use core::fmt::{self, Write};
+use cryo_image::fds::{file_flags, lock_kind};
+use cryo_image::handoff::{self, flags, Handoff, HANDOFF_MAGIC};
 use cryo_image::{
     process_flags, run_kind, vma_flags, vma_kind, Image, Vma, MAX_META_LEN, NO_INDEX, PAGE_SIZE,
     SHIM_WINDOW, SHIM_WINDOW_LEN,
@@ -43,24 +47,6 @@ const TEMP_LEN: usize = W_END - TEMP_AT;
 /// Top of the x86_64 user address space (4-level paging).
 const USER_END: usize = 0x7fff_ffff_f000;
 const PG: usize = PAGE_SIZE as usize;
-
-/// Value in rsi at the final `int3`, so the tracer knows the trap is ours.
-pub const HANDOFF_MAGIC: usize = 0x4352_594f_5348_494d; // "CRYOSHIM"
-/// FLAGS bit: no tracer; `rt_sigreturn` directly and leave the window.
-const FLAG_SELF_SIGRETURN: usize = 1;
-/// FLAGS bit: print phase times (CLOCK_MONOTONIC) on stderr before the
-/// hand-off (`cryo restore --phases`; argv[5] is cryo's stamp before exec).
-const FLAG_PHASES: usize = 2;
-/// FLAGS bit: no tracer. The shim queues the captured pending signals
-/// itself and finishes through the image's gadgets (`cryo_image::gadget`):
-/// it jumps to the program's own `syscall; ret` with rax = munmap of the
-/// window, whose `ret` lands on the program's `rt_sigreturn` sequence.
-const FLAG_SELF_UNMAP: usize = 8;
-/// FLAGS bit: lazy restore. Private anonymous mappings (see
-/// `cryo_image::lazy`) are registered with a userfaultfd, which goes to
-/// the page server over the unix socket SOCK_FD (argv[6]); the shim waits
-/// for the server's go-ahead byte before the hand-off.
-const FLAG_LAZY: usize = 4;
 
 fn now_ns() -> u64 {
     let mut ts = [0i64; 2];
@@ -186,37 +172,33 @@ fn peek_u32(addr: usize) -> u32 {
     unsafe { core::ptr::read_unaligned(addr as *const u32) }
 }
 
+/// The handoff arguments as the shim uses them (fds as usize, absent:
+/// usize::MAX).
 struct Args {
     meta_fd: usize,
     pages_fd: usize,
     tid_offset: usize,
-    flags: usize,
+    flags: u64,
     exec_ns: u64,
     sock_fd: usize,
-    /// An fd of the shim's binary under another path (a hard link), or
-    /// usize::MAX (see `remap_self`).
     alias_fd: usize,
+    files_fd: usize,
 }
 
-fn parse_num(p: *const u8) -> Option<usize> {
+/// The bytes of a NUL-terminated argv string.
+fn arg_bytes(p: *const u8) -> &'static [u8] {
     if p.is_null() {
-        return None;
+        return &[];
     }
-    let mut v = 0usize;
-    let mut i = 0;
-    loop {
-        // SAFETY: argv strings are NUL-terminated; we stop at the NUL.
-        let c = unsafe { *p.add(i) };
-        if c == 0 {
-            break;
-        }
-        if !c.is_ascii_digit() || i > 20 {
-            return None;
-        }
-        v = v.checked_mul(10)?.checked_add((c - b'0') as usize)?;
-        i += 1;
+    let mut n = 0;
+    // SAFETY: argv strings are NUL-terminated; we stop at the NUL (and at
+    // 64 bytes: no valid argument is longer).
+    while n < 64 && unsafe { *p.add(n) } != 0 {
+        n += 1;
     }
-    (i > 0).then_some(v)
+    // SAFETY: the n bytes before the NUL are readable and stay (the
+    // initial stack lives until the shim is gone).
+    unsafe { core::slice::from_raw_parts(p, n) }
 }
 
 /// Entry from `_start`, on the shim's own stack; `sp` is the kernel's
@@ -226,33 +208,39 @@ extern "C" fn shim_main(sp: *const usize) -> ! {
     // SAFETY: the kernel's initial stack holds argc followed by argc argv
     // pointers and a NULL.
     let (argc, argv) = unsafe { (*sp, sp.add(1) as *const *const u8) };
-    let arg = |i: usize| -> Option<usize> {
-        if i >= argc {
-            return None;
-        }
+    let args = (1..argc).map(|i| {
         // SAFETY: i < argc, so argv[i] is a valid pointer slot.
-        parse_num(unsafe { *argv.add(i) })
+        arg_bytes(unsafe { *argv.add(i) })
+    });
+    let h = match Handoff::decode(args) {
+        Ok(h) => h,
+        Err(e) => die(format_args!("{e}")),
     };
-    let (Some(meta_fd), Some(pages_fd), Some(tid_offset), Some(flags)) =
-        (arg(1), arg(2), arg(3), arg(4))
-    else {
-        die(format_args!(
-            "usage: cryo-shim META_FD PAGES_FD TID_OFFSET FLAGS (run by `cryo restore`, not by hand)"
-        ))
+    let fd = |v: u64| {
+        if v == handoff::NONE {
+            usize::MAX
+        } else {
+            v as usize
+        }
     };
     restore(&Args {
-        meta_fd,
-        pages_fd,
-        tid_offset,
-        flags,
-        exec_ns: arg(5).unwrap_or(0) as u64,
-        sock_fd: arg(6).unwrap_or(usize::MAX),
-        alias_fd: arg(7).unwrap_or(usize::MAX),
+        meta_fd: fd(h.meta_fd),
+        pages_fd: fd(h.pages_fd),
+        tid_offset: fd(h.tid_offset),
+        flags: h.flags,
+        exec_ns: if h.exec_ns == handoff::NONE {
+            0
+        } else {
+            h.exec_ns
+        },
+        sock_fd: fd(h.sock_fd),
+        alias_fd: fd(h.alias_fd),
+        files_fd: fd(h.files_fd),
     })
 }
 
 fn restore(a: &Args) -> ! {
-    let on = a.flags & FLAG_PHASES != 0;
+    let on = a.flags & flags::PHASES != 0;
     let mut ph = Phases { t: [0; 8], n: 0 };
     ph.mark(on);
     // No signal may run a handler while the address space is half built;
@@ -333,7 +321,13 @@ fn restore(a: &Args) -> ! {
         unsafe { *fds.add(i) = -1 };
     }
     for v in img.vmas().iter() {
-        if v.kind == vma_kind::FILE_SHARED && v.prot & 2 != 0 && v.file != NO_INDEX {
+        // A shared mapping that may be made writable (VM_MAYWRITE, 'mw')
+        // was of a file open for writing: mprotect(PROT_WRITE) must work
+        // again, so the file is opened read-write.
+        if v.kind == vma_kind::FILE_SHARED
+            && (v.prot & 2 != 0 || has_vmflag(&v, "mw"))
+            && v.file != NO_INDEX
+        {
             // SAFETY: file < nfiles (validated) and need_rw has nfiles bytes.
             unsafe { *(need_rw as *mut u8).add(v.file as usize) = 1 };
         }
@@ -347,6 +341,35 @@ fn restore(a: &Args) -> ! {
         let f = img.files().get(idx as usize).unwrap_or_else(|| {
             die(format_args!("file index {idx} out of range"));
         });
+        if f.flags & file_flags::DELETED != 0 {
+            // Made again by `cryo restore` (unlinked file, memfd): the k-th
+            // such file of the table is at FILES_FD + k.
+            if a.files_fd == usize::MAX {
+                die(format_args!(
+                    "file {idx} was not made again by cryo restore"
+                ));
+            }
+            let k = img
+                .files()
+                .iter()
+                .take(idx as usize)
+                .filter(|g| g.flags & file_flags::DELETED != 0)
+                .count();
+            let fd = a.files_fd + k;
+            let mut st = [0u64; 18];
+            check(
+                syscall3(SYS_FSTAT, fd, st.as_mut_ptr() as usize, 0),
+                format_args!("fstat of the made file {idx}"),
+            );
+            if st[6] != f.size {
+                die(format_args!(
+                    "the made file {idx} has size {} not {}",
+                    st[6], f.size
+                ));
+            }
+            *slot = fd as i32;
+            return fd;
+        }
         let path = img.str(f.path).unwrap_or("");
         if path.is_empty() || path.len() >= 4096 {
             die(format_args!("file {idx} has no usable path"));
@@ -403,6 +426,11 @@ fn restore(a: &Args) -> ! {
     if a.alias_fd == usize::MAX || !remap_self(a.alias_fd) {
         relocate_self();
     }
+    if a.alias_fd != usize::MAX {
+        // The mappings made from it stay; the fd must not outlive the
+        // shim (it would be an fd the program never opened).
+        syscall3(SYS_CLOSE, a.alias_fd, 0, 0);
+    }
 
     // 4. Point of no return: unmap everything outside the window.
     syscall3(SYS_MUNMAP, 0, W, 0);
@@ -434,7 +462,7 @@ fn restore(a: &Args) -> ! {
     ph.mark(on);
     // 6. Every mapping, then its pages (lazy mappings: only the pages
     //    around the stack pointer).
-    let lazy = a.flags & FLAG_LAZY != 0;
+    let lazy = a.flags & flags::LAZY != 0;
     if lazy && a.sock_fd == usize::MAX {
         die(format_args!("lazy restore without a page-server socket"));
     }
@@ -527,7 +555,7 @@ fn restore(a: &Args) -> ! {
             format_args!("rseq registration at {:#x}", p.rseq_addr),
         );
     }
-    restore_signals(&img);
+    signals::restore_dispositions(&img);
     restore_timers(&img, p.pid, new_pid);
     let mut comm = [0u8; 17];
     comm[..16].copy_from_slice(&p.comm);
@@ -542,8 +570,52 @@ fn restore(a: &Args) -> ! {
             syscall3(SYS_CLOSE, fd as usize, 0, 0);
         }
     }
+    if a.files_fd != usize::MAX {
+        let made = img
+            .files()
+            .iter()
+            .filter(|f| f.flags & file_flags::DELETED != 0)
+            .count();
+        for k in 0..made {
+            syscall3(SYS_CLOSE, a.files_fd + k, 0, 0);
+        }
+    }
     syscall3(SYS_CLOSE, a.meta_fd, 0, 0);
     syscall3(SYS_CLOSE, a.pages_fd, 0, 0);
+    close_mem_fd();
+    // `cryo restore` installed every fd without FD_CLOEXEC (the exec of
+    // this shim would have closed them); put the flag back where the
+    // program had it.
+    for f in img.fds().iter() {
+        if f.cloexec != 0 {
+            check(
+                syscall3(SYS_FCNTL, f.fd as usize, F_SETFD, FD_CLOEXEC),
+                format_args!("setting FD_CLOEXEC on fd {}", f.fd),
+            );
+        }
+    }
+    // POSIX locks belong to the process and go with any close of their
+    // file: taken now that the shim has closed its own fds (cryo restore
+    // checked no one else holds them).
+    for l in img.locks().iter() {
+        if l.kind != lock_kind::POSIX {
+            continue;
+        }
+        let len = if l.end == u64::MAX {
+            0
+        } else {
+            l.end - l.start + 1
+        };
+        // struct flock: l_type i16, l_whence i16, pad, l_start, l_len, l_pid.
+        let mut fl = [0u64; 4];
+        fl[0] = if l.write != 0 { 1 } else { 0 }; // F_WRLCK 1, F_RDLCK 0; SEEK_SET 0
+        fl[1] = l.start;
+        fl[2] = len;
+        check(
+            syscall3(SYS_FCNTL, l.fd as usize, F_SETLK, fl.as_mut_ptr() as usize),
+            format_args!("taking the POSIX lock on fd {} again", l.fd),
+        );
+    }
     if lazy {
         // The server prefetches (the recorded working set, if any) and then
         // says go. It never says no: if it dies, its watchdog kills us.
@@ -553,12 +625,28 @@ fn restore(a: &Args) -> ! {
             if r == -EINTR {
                 continue;
             }
-            if r != 1 || b[0] != b'G' {
+            if r != 1 || b[0] != handoff::GO {
                 die(format_args!("the page server did not start (read {r})"));
             }
             break;
         }
         syscall3(SYS_CLOSE, a.sock_fd, 0, 0);
+    }
+    // The signals queued at capture, with their siginfo (every signal is
+    // blocked until the final rt_sigreturn).
+    signals::queue_pending(&img);
+    // prctl state, then the credentials (after everything that needs
+    // privilege), then what a credentials change resets, then
+    // memory-deny-write-execute (no mapping is made after it).
+    if let Some(t) = img.task() {
+        task::restore_prctl(&t);
+    }
+    if let Some(c) = img.creds() {
+        task::restore_creds(&img, &c);
+    }
+    if let Some(t) = img.task() {
+        task::restore_after_creds(&t);
+        task::restore_mdwe(&t);
     }
 
     // 10. The signal frame, and into the program.
@@ -580,21 +668,8 @@ fn restore(a: &Args) -> ! {
         );
         write(2, &m.b[..m.n]);
     }
-    if a.flags & FLAG_SELF_UNMAP != 0 {
+    if a.flags & flags::SELF_UNMAP != 0 {
         finish_without_tracer(&img, frame_sp);
-    }
-    if a.flags & FLAG_SELF_SIGRETURN != 0 {
-        // SAFETY: frame_sp points just above a complete rt_sigframe; the
-        // kernel loads every register from it and never returns here.
-        unsafe {
-            core::arch::asm!(
-                "mov rsp, {sp}",
-                "mov eax, 15",
-                "syscall",
-                sp = in(reg) frame_sp,
-                options(noreturn)
-            )
-        }
     }
     // SAFETY: the tracer stops us at this int3, unmaps the window and
     // resumes at rt_sigreturn with rsp = frame_sp; we never run again.
@@ -603,7 +678,7 @@ fn restore(a: &Args) -> ! {
             "int3",
             "ud2",
             in("rdi") frame_sp,
-            in("rsi") HANDOFF_MAGIC,
+            in("rsi") HANDOFF_MAGIC as usize,
             options(noreturn)
         )
     }
@@ -632,16 +707,6 @@ fn finish_without_tracer(img: &Image, frame_sp: usize) -> ! {
             "the restored code at {:#x}/{:#x} is not the captured gadgets",
             g.syscall_ret, g.sigreturn
         ));
-    }
-    // Pending signals at capture: queued now, while every signal is
-    // blocked; delivered once rt_sigreturn installs the program's mask.
-    let p = img.process();
-    let pending = (p.sig_pending | p.sig_shared_pending) & !((1 << (19 - 1)) | (1 << (9 - 1)));
-    let pid = syscall3(SYS_GETPID, 0, 0, 0) as usize;
-    for sig in 1..=64usize {
-        if pending & (1u64 << (sig - 1)) != 0 {
-            syscall3(SYS_KILL, pid, sig, 0);
-        }
     }
     poke_u64(frame_sp - 8, g.sigreturn);
     // The munmap removes this code and stack; the gadget's `ret` pops the
@@ -814,7 +879,13 @@ fn map_vma(
     } else {
         final_prot
     };
-    let mut flags = if shared { MAP_SHARED } else { MAP_PRIVATE };
+    let mut flags = if shared {
+        MAP_SHARED
+    } else if has_vmflag(v, "dp") {
+        MAP_DROPPABLE
+    } else {
+        MAP_PRIVATE
+    };
     if v.file == NO_INDEX {
         flags |= MAP_ANONYMOUS;
     }
@@ -837,6 +908,10 @@ fn map_vma(
         if r as usize != TEMP_AT {
             die(format_args!("mapping {start:#x} (staged): errno {}", -r));
         }
+        // mremap gives an anonymous mapping that was never faulted the
+        // page offset of its new place (to let it merge): fault one page
+        // first, so it keeps its own, then drop that page again.
+        give_anon_vma(TEMP_AT);
         let r = syscall6(
             SYS_MREMAP,
             TEMP_AT,
@@ -942,16 +1017,93 @@ fn map_vma(
             format_args!("mprotect {start:#x}"),
         );
     }
-    for (bit, advice) in [
-        (vma_flags::DONTFORK, 10),
-        (vma_flags::DONTDUMP, 16),
-        (vma_flags::WIPEONFORK, 18),
-        (vma_flags::HUGEPAGE, 14),
-        (vma_flags::NOHUGEPAGE, 15),
+    restore_vma_flags(v);
+}
+
+/// The VmFlags only madvise, mlock and mseal set (`cryo_image::vmflag_rule`
+/// says which): after the mapping is filled and has its protection.
+fn restore_vma_flags(v: &Vma) {
+    let (start, len) = (v.start as usize, v.len() as usize);
+    for (flag, advice, what) in [
+        ("dc", 10, "MADV_DONTFORK"),
+        ("dd", 16, "MADV_DONTDUMP"),
+        ("wf", 18, "MADV_WIPEONFORK"),
+        ("hg", 14, "MADV_HUGEPAGE"),
+        ("nh", 15, "MADV_NOHUGEPAGE"),
+        ("sr", 2, "MADV_SEQUENTIAL"),
+        ("rr", 1, "MADV_RANDOM"),
+        ("mg", 12, "MADV_MERGEABLE"),
     ] {
-        if v.flags & bit != 0 {
-            syscall3(SYS_MADVISE, start, len, advice);
+        if has_vmflag(v, flag) {
+            check(
+                syscall3(SYS_MADVISE, start, len, advice),
+                format_args!("{what} on {start:#x}"),
+            );
         }
+    }
+    if has_vmflag(v, "lo") {
+        let r = if has_vmflag(v, "lf") {
+            syscall3(SYS_MLOCK2, start, len, MLOCK_ONFAULT)
+        } else {
+            syscall3(SYS_MLOCK2, start, len, 0)
+        };
+        check(r, format_args!("mlock of {start:#x}-{:#x}", v.end));
+    }
+    if has_vmflag(v, "sl") {
+        check(
+            syscall3(SYS_MSEAL, start, len, 0),
+            format_args!("mseal of {start:#x}-{:#x}", v.end),
+        );
+    }
+}
+
+/// Give the private anonymous mapping at `addr` an anon_vma without
+/// leaving a page behind: one byte written through /proc/self/mem (which
+/// may write any private mapping, whatever its protection, without adding
+/// VM_ACCOUNT as a writable mmap would), then MADV_DONTNEED.
+static mut MEM_FD: isize = -1;
+
+/// Close what `give_anon_vma` opened.
+fn close_mem_fd() {
+    // SAFETY: the shim is single-threaded; MEM_FD is only used here and in
+    // give_anon_vma.
+    unsafe {
+        if MEM_FD >= 0 {
+            syscall3(SYS_CLOSE, MEM_FD as usize, 0, 0);
+            MEM_FD = -1;
+        }
+    }
+}
+
+fn give_anon_vma(addr: usize) {
+    // SAFETY: the shim is single-threaded; MEM_FD is only used here and in
+    // close_mem_fd.
+    let fd = unsafe {
+        if MEM_FD < 0 {
+            MEM_FD = syscall3(
+                SYS_OPEN,
+                c"/proc/self/mem".as_ptr() as usize,
+                O_RDWR | O_CLOEXEC,
+                0,
+            );
+        }
+        MEM_FD
+    };
+    if fd < 0 {
+        return; // best effort: the mapping may then merge (maps differ)
+    }
+    let zero = 0u8;
+    if syscall6(
+        SYS_PWRITE64,
+        fd as usize,
+        &zero as *const u8 as usize,
+        1,
+        addr,
+        0,
+        0,
+    ) == 1
+    {
+        syscall3(SYS_MADVISE, addr, PG, MADV_DONTNEED);
     }
 }
 
@@ -959,14 +1111,6 @@ fn map_vma(
 const MADV_POPULATE_WRITE: usize = 23;
 /// Smallest range worth a MADV_POPULATE_WRITE before its pread.
 const POPULATE_MIN: u64 = 16 * PAGE_SIZE;
-
-const UFFD_API: u64 = 0xaa;
-const UFFDIO_API: usize = 0xc018_aa3f;
-const UFFDIO_REGISTER: usize = 0xc020_aa00;
-const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
-/// EVENT_FORK | EVENT_REMAP | EVENT_REMOVE | EVENT_UNMAP: the page server
-/// must see every way the program can drop, move or copy lazy memory.
-const UFFD_FEATURES: u64 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 6);
 
 /// Create the userfaultfd of the rebuilt address space, register every
 /// lazy mapping in MISSING mode and send the fd to the page server twice
@@ -978,18 +1122,33 @@ fn hand_to_page_server(img: &Image, sock: usize) {
         syscall3(SYS_USERFAULTFD, O_CLOEXEC | 0o4000, 0, 0),
         format_args!("userfaultfd"),
     );
-    let mut api: [u64; 3] = [UFFD_API, UFFD_FEATURES, 0];
+    let mut api: [u64; 3] = [handoff::uffd::UFFD_API, handoff::uffd::CRYO_FEATURES, 0];
     check(
-        syscall3(SYS_IOCTL, uffd, UFFDIO_API, api.as_mut_ptr() as usize),
+        syscall3(
+            SYS_IOCTL,
+            uffd,
+            handoff::uffd::UFFDIO_API as usize,
+            api.as_mut_ptr() as usize,
+        ),
         format_args!("UFFDIO_API"),
     );
     for v in img.vmas().iter() {
         if !cryo_image::lazy::is_lazy(&v) {
             continue;
         }
-        let mut reg: [u64; 4] = [v.start, v.len(), UFFDIO_REGISTER_MODE_MISSING, 0];
+        let mut reg: [u64; 4] = [
+            v.start,
+            v.len(),
+            handoff::uffd::UFFDIO_REGISTER_MODE_MISSING,
+            0,
+        ];
         check(
-            syscall3(SYS_IOCTL, uffd, UFFDIO_REGISTER, reg.as_mut_ptr() as usize),
+            syscall3(
+                SYS_IOCTL,
+                uffd,
+                handoff::uffd::UFFDIO_REGISTER as usize,
+                reg.as_mut_ptr() as usize,
+            ),
             format_args!("UFFDIO_REGISTER {:#x}-{:#x}", v.start, v.end),
         );
     }
@@ -1102,32 +1261,6 @@ fn fix_robust_owners(img: &Image, old: u32, new: u32) {
         }
         entry = peek_u64(entry as usize) & !1;
         n += 1;
-    }
-}
-
-/// The captured dispositions. Every other signal is SIG_DFL already: exec
-/// reset caught signals, and `cryo restore` reset the ones it ignored
-/// (exec keeps SIG_IGN) before the exec.
-fn restore_signals(img: &Image) {
-    for s in img.sigactions().iter() {
-        if s.signo == 9 || s.signo == 19 {
-            continue;
-        }
-        let act = [s.handler, s.flags, s.restorer, s.mask];
-        let r = syscall6(
-            SYS_RT_SIGACTION,
-            s.signo as usize,
-            act.as_ptr() as usize,
-            0,
-            8,
-            0,
-            0,
-        );
-        // Signals 32 and 33 are glibc-internal but settable; anything the
-        // kernel refuses that the program had set is an error.
-        if r < 0 {
-            die(format_args!("rt_sigaction({}): errno {}", s.signo, -r));
-        }
     }
 }
 

@@ -34,12 +34,27 @@ impl AfterCapture {
 /// The process must be single-threaded. It is frozen only while its state is
 /// read, then left as it was: running stays running, stopped stays stopped.
 /// On any error it is left as it was and nothing is written at DIR.
+///
+/// What cryo cannot restore exactly (a socket, a second thread, a seccomp
+/// filter, a child process...) is refused, every obstacle named at once;
+/// `--dry-run` lists them without writing anything.
 #[derive(clap::Args, Debug)]
 pub struct CaptureArgs {
     /// PID of a single-threaded process.
     pub pid: i32,
     /// Image directory to create (must not exist, or be empty; see --force).
-    pub dir: PathBuf,
+    #[arg(required_unless_present = "dry_run")]
+    pub dir: Option<PathBuf>,
+    /// Only check: list everything that keeps PID from being captured
+    /// faithfully (exit status 0 if nothing does, 1 otherwise). Writes
+    /// nothing; the target is frozen only while it is looked at.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Largest unlinked file or memfd whose contents are stored in the
+    /// image (they exist nowhere else); a bigger one is refused. Accepts
+    /// K, M and G suffixes.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    pub max_file_data: u64,
     #[command(flatten)]
     pub after: AfterCapture,
     /// Replace DIR if it already holds a cryo image.
@@ -83,21 +98,76 @@ pub struct DumpArgs {
     pub force: bool,
 }
 
+/// "256M", "1G", "4096" → bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("bad size {s:?} (e.g. 4096, 64K, 256M, 1G)"))
+}
+
 pub fn run(a: CaptureArgs) -> Result<i32> {
     let opts = Options {
         after: a.after.after(),
         force: a.force,
         direct_io: !a.buffered,
+        limits: cryo_capture::fds::Limits {
+            max_file_data: a.max_file_data,
+        },
     };
-    let s = capture_with_progress(a.pid, &a.dir, &opts, a.quiet)?;
+    if a.dry_run {
+        let obstacles = cryo_capture::check(a.pid, &opts)?;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "pid": a.pid,
+                    "capturable": obstacles.is_empty(),
+                    "obstacles": obstacles,
+                }))?
+            );
+        } else if obstacles.is_empty() {
+            println!("pid {} can be captured", a.pid);
+        } else {
+            println!("{}", obstacle_list(a.pid, &obstacles));
+        }
+        return Ok(if obstacles.is_empty() { 0 } else { 1 });
+    }
+    let dir = a
+        .dir
+        .as_deref()
+        .expect("clap requires DIR without --dry-run");
+    let s = capture_with_progress(a.pid, dir, &opts, a.quiet)?;
     print_summary(&s, a.json, a.quiet)?;
     Ok(0)
+}
+
+/// Every obstacle on its own line.
+pub fn obstacle_list(pid: i32, obstacles: &[String]) -> String {
+    let mut s = format!(
+        "pid {pid} cannot be captured faithfully ({} obstacle{}):",
+        obstacles.len(),
+        if obstacles.len() == 1 { "" } else { "s" }
+    );
+    for o in obstacles {
+        s.push_str("\n  - ");
+        s.push_str(o);
+    }
+    s
 }
 
 pub fn run_dump(a: DumpArgs) -> Result<i32> {
     run(CaptureArgs {
         pid: a.pid,
-        dir: a.dir,
+        dir: Some(a.dir),
+        dry_run: false,
+        max_file_data: 256 << 20,
         after: a.after,
         force: a.force,
         buffered: false,

@@ -276,7 +276,7 @@ fn uffd() -> R {
         features: u64,
         ioctls: u64,
     }
-    const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
+    const UFFDIO_API: libc::c_ulong = cryo_image::handoff::uffd::UFFDIO_API as libc::c_ulong;
     // SAFETY: userfaultfd(2) takes only flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
     if fd < 0 {
@@ -287,7 +287,7 @@ fn uffd() -> R {
     }
     let fd = fd as libc::c_int;
     let mut api = UffdioApi {
-        api: 0xaa,
+        api: cryo_image::handoff::uffd::UFFD_API,
         features: 0,
         ioctls: 0,
     };
@@ -300,15 +300,8 @@ fn uffd() -> R {
     if r < 0 {
         return Err(format!("UFFDIO_API: {err}"));
     }
-    let want = [
-        (1u64 << 1, "EVENT_FORK"),
-        (1 << 3, "EVENT_REMAP"),
-        (1 << 4, "EVENT_REMOVE"),
-        (1 << 5, "MISSING_HUGETLBFS"),
-        (1 << 6, "MISSING_SHMEM"),
-        (1 << 7, "EVENT_UNMAP"),
-    ];
-    let names: Vec<&str> = want
+    // Named from the one table of kernel bit values (cryo_image::handoff).
+    let names: Vec<&str> = cryo_image::handoff::uffd::FEATURE_NAMES
         .iter()
         .filter(|(b, _)| api.features & b != 0)
         .map(|(_, n)| *n)

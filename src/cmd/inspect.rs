@@ -1,6 +1,7 @@
 //! `cryo inspect`: what an image holds, for a human or (`--json`) a script.
 
 use anyhow::Result;
+use cryo_image::fds::{file_flags, lock_kind, pipe_flags};
 use cryo_image::load::LoadedImage;
 use cryo_image::{fd_kind, process_flags, run_kind, vma_flags, vma_kind, Image, StrRef, Vma};
 use serde_json::{json, Value};
@@ -323,16 +324,149 @@ fn to_text(img: &Image, loaded: &LoadedImage) -> String {
             sigset(a.mask)
         );
     }
+    if !img.signals().is_empty() {
+        let _ = writeln!(o, "queued    (with their siginfo, in order)");
+        for q in img.signals().iter() {
+            let _ = writeln!(
+                o,
+                "  {:<10} {} code {} value {:#x}",
+                signame(q.signo),
+                if q.shared != 0 { "process" } else { "thread " },
+                q.info[1] as u32 as i32,
+                q.info[3]
+            );
+        }
+    }
     let _ = writeln!(o, "\nfds ({})", img.fds().len());
-    for f in img.fds().iter() {
+    let fdt: Vec<cryo_image::Fd> = img.fds().iter().collect();
+    for (i, f) in fdt.iter().enumerate() {
+        let mut extra = String::new();
+        if f.cloexec != 0 {
+            extra.push_str(" cloexec");
+        }
+        if f.desc as usize != i {
+            let _ = write!(
+                extra,
+                " (same description as fd {})",
+                fdt[f.desc as usize].fd
+            );
+        }
+        if let Some(p) = (f.object != cryo_image::NO_INDEX)
+            .then(|| img.pipes().get(f.object as usize))
+            .flatten()
+        {
+            let _ = write!(
+                extra,
+                " [{} bytes buffered, capacity {}, {}]",
+                p.data.len,
+                p.size,
+                if p.flags & pipe_flags::INSIDE != 0 {
+                    "made again on restore"
+                } else {
+                    "other end outside: needs --inherit-fd"
+                }
+            );
+        }
+        if let Some(fi) = (f.file != cryo_image::NO_INDEX)
+            .then(|| img.files().get(f.file as usize))
+            .flatten()
+        {
+            if fi.flags & file_flags::DELETED != 0 {
+                let stored: u64 = img
+                    .extents()
+                    .iter()
+                    .skip(fi.first_extent as usize)
+                    .take(fi.extent_count as usize)
+                    .map(|e| e.data.len)
+                    .sum();
+                let _ = write!(
+                    extra,
+                    " [{}: {} of {} bytes stored]",
+                    if fi.flags & file_flags::MEMFD != 0 {
+                        "memfd"
+                    } else {
+                        "unlinked"
+                    },
+                    stored,
+                    fi.size
+                );
+            }
+        }
         let _ = writeln!(
             o,
-            "  {:>3} {:<9} flags {:#o} pos {:<8} {}",
+            "  {:>3} {:<9} flags {:#o} pos {:<8} {}{}",
             f.fd,
             fd_kind::name(f.kind),
             f.flags,
             f.pos,
-            s(img, f.target)
+            s(img, f.target),
+            extra
+        );
+    }
+    for l in img.locks().iter() {
+        let _ = writeln!(
+            o,
+            "  lock  fd {} {} {} bytes {}..{}",
+            l.fd,
+            lock_kind::name(l.kind),
+            if l.write != 0 { "write" } else { "read" },
+            l.start,
+            if l.end == u64::MAX {
+                "EOF".to_string()
+            } else {
+                l.end.to_string()
+            }
+        );
+    }
+    if let Some(c) = img.creds() {
+        let groups: Vec<String> = img.groups().iter().map(|g| g.gid.to_string()).collect();
+        let _ = writeln!(
+            o,
+            "\ncredentials uid {:?} gid {:?} groups [{}]",
+            c.uid,
+            c.gid,
+            groups.join(",")
+        );
+        let _ = writeln!(
+            o,
+            "          caps eff {:#x} prm {:#x} inh {:#x} bnd {:#x} amb {:#x} securebits {:#x}",
+            c.cap_eff, c.cap_prm, c.cap_inh, c.cap_bnd, c.cap_amb, c.securebits
+        );
+    }
+    if let Some(t) = img.task() {
+        let v = |x: i64| {
+            if x == cryo_image::task::UNKNOWN {
+                "?".to_string()
+            } else {
+                x.to_string()
+            }
+        };
+        let _ = writeln!(
+            o,
+            "task      thp_disable {} subreaper {} pdeathsig {} dumpable {} no_new_privs {} timer_slack {}ns mdwe {} membarrier {:#x}",
+            v(t.thp_disable),
+            v(t.child_subreaper),
+            v(t.pdeathsig),
+            v(t.dumpable),
+            v(t.no_new_privs),
+            v(t.timer_slack_ns),
+            v(t.mdwe),
+            t.membarrier.max(0)
+        );
+        let cpus: Vec<String> = (0..1024)
+            .filter(|c| t.affinity[c / 64] & (1 << (c % 64)) != 0)
+            .map(|c| c.to_string())
+            .collect();
+        let _ = writeln!(
+            o,
+            "          nice {} policy {} priority {} ioprio {:#x} cpus [{}] oom_score_adj {} loginuid {}",
+            v(t.nice),
+            v(t.sched_policy),
+            v(t.sched_priority),
+            t.ioprio.max(0),
+            cpus.join(","),
+            v(t.oom_score_adj),
+            v(t.loginuid)
         );
     }
     if !img.timers().is_empty()
@@ -416,16 +550,26 @@ fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
         .iter()
         .map(|f| {
             json!({"path": s(img, f.path), "dev": f.dev, "ino": f.ino, "size": f.size,
-                   "mtime_sec": f.mtime_sec, "mtime_nsec": f.mtime_nsec, "mode": f.mode})
+                   "mtime_sec": f.mtime_sec, "mtime_nsec": f.mtime_nsec, "mode": f.mode,
+                   "unlinked": f.flags & file_flags::DELETED != 0,
+                   "memfd": f.flags & file_flags::MEMFD != 0, "seals": f.seals,
+                   "uid": f.uid, "gid": f.gid,
+                   "extents": img.extents().iter().skip(f.first_extent as usize)
+                       .take(f.extent_count as usize)
+                       .map(|e| json!({"file_off": e.file_off, "len": e.data.len}))
+                       .collect::<Vec<_>>()})
         })
         .collect();
-    let fds: Vec<Value> = img
-        .fds()
+    let fdt: Vec<cryo_image::Fd> = img.fds().iter().collect();
+    let fds: Vec<Value> = fdt
         .iter()
         .map(|f| {
             json!({"fd": f.fd, "kind": fd_kind::name(f.kind), "flags": f.flags,
                    "cloexec": f.cloexec != 0, "pos": f.pos, "target": s(img, f.target),
-                   "rdev": f.rdev, "ino": f.ino})
+                   "rdev": f.rdev, "ino": f.ino, "dev": f.dev, "mode": f.mode,
+                   "same_description_as": fdt[f.desc as usize].fd,
+                   "pipe": (f.object != cryo_image::NO_INDEX).then_some(f.object),
+                   "file": (f.file != cryo_image::NO_INDEX).then_some(f.file)})
         })
         .collect();
     let (mut data, mut zero) = (0u64, 0u64);
@@ -471,5 +615,23 @@ fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
         "timers": img.timers().iter().collect::<Vec<_>>(),
         "itimers": img.itimers().iter().collect::<Vec<_>>(),
         "gadgets": img.gadgets(),
+        "pipes": img.pipes().iter().map(|p| json!({
+            "ino": p.ino, "capacity": p.size, "buffered": p.data.len,
+            "inside": p.flags & pipe_flags::INSIDE != 0,
+            "packet": p.flags & pipe_flags::PACKET != 0,
+            "no_writer": p.flags & pipe_flags::NO_WRITER != 0,
+            "no_reader": p.flags & pipe_flags::NO_READER != 0})).collect::<Vec<_>>(),
+        "locks": img.locks().iter().map(|l| json!({
+            "fd": l.fd, "kind": lock_kind::name(l.kind), "write": l.write != 0,
+            "start": l.start, "end": (l.end != u64::MAX).then_some(l.end)})).collect::<Vec<_>>(),
+        "creds": img.creds().map(|c| json!({
+            "uid": c.uid, "gid": c.gid,
+            "groups": img.groups().iter().map(|g| g.gid).collect::<Vec<_>>(),
+            "cap_eff": c.cap_eff, "cap_prm": c.cap_prm, "cap_inh": c.cap_inh,
+            "cap_bnd": c.cap_bnd, "cap_amb": c.cap_amb, "securebits": c.securebits})),
+        "task": img.task(),
+        "queued_signals": img.signals().iter().map(|q| json!({
+            "signo": q.signo, "name": signame(q.signo), "shared": q.shared != 0,
+            "code": q.info[1] as u32 as i32, "value": q.info[3]})).collect::<Vec<_>>(),
     })
 }

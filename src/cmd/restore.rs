@@ -14,9 +14,14 @@ use std::path::PathBuf;
 /// status is this command's.
 ///
 /// fds 0-2 of the restored program are this command's (like CRIU's
-/// --shell-job); regular files, directories and devices are reopened at
-/// their captured offsets; pipes and terminals at fd 3+ need --inherit-fd.
-/// A process captured while stopped is resumed unless --keep-stopped.
+/// --shell-job). Every other fd comes back with its number, flags and
+/// offset, dup'ed fds sharing one description again: files, directories
+/// and devices are reopened (same inode checked), unlinked files and
+/// memfds are made again from the image, pipes whose ends were all in the
+/// process are made again with the bytes that were in them, and flock,
+/// OFD and POSIX locks are taken again. Pipes and terminals connected to
+/// something outside need --inherit-fd. A process captured while stopped
+/// is resumed unless --keep-stopped.
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct RestoreArgs {
@@ -53,6 +58,12 @@ pub struct RestoreArgs {
     /// Needed for pipes and terminals at fd 3 and up.
     #[arg(long = "inherit-fd", value_name = "N[=M]", value_parser = parse_inherit)]
     pub inherit_fd: Vec<(i32, i32)>,
+    /// Accept losing bytes that were unread in a pipe the restored fd does
+    /// not get back: fds 0-2 (this command's own) and --inherit-fd fds are
+    /// other pipes, and restore refuses by default when the captured one
+    /// still held data.
+    #[arg(long)]
+    pub drop_pipe_data: bool,
     /// Skip checking pages against their checksums in sums.img, before the
     /// exec and (lazy) in the page server; meta.img is still checked.
     #[arg(long)]
@@ -98,6 +109,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         no_verify: args.no_verify,
         phases: args.phases,
         use_tracer: args.use_tracer,
+        drop_pipe_data: args.drop_pipe_data,
         lazy: args.lazy.map(|m| cryo_restore::LazyOptions {
             mode: match m {
                 LazyMode::Background => cryo_restore::lazy::Mode::Background,

@@ -39,6 +39,10 @@ pub struct RunArgs {
     /// (see `cryo capture --help`).
     #[arg(long)]
     pub buffered: bool,
+    /// Largest unlinked file or memfd whose contents are stored (see
+    /// `cryo capture --help`).
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = crate::cmd::capture::parse_size)]
+    pub max_file_data: u64,
     /// Print a JSON summary of the capture on stdout.
     #[arg(long)]
     pub json: bool,
@@ -103,6 +107,9 @@ pub fn run(a: RunArgs) -> Result<i32> {
         },
         force: a.force,
         direct_io: !a.buffered,
+        limits: cryo_capture::fds::Limits {
+            max_file_data: a.max_file_data,
+        },
     };
     let res = capture_with_progress(pid.as_raw(), &a.capture_on_stop, &opts, a.quiet);
     match res {

@@ -1,0 +1,234 @@
+//! Thin safe wrappers over the system calls capture needs that neither std
+//! nor nix offer (pidfds, kcmp, tee, PTRACE_PEEKSIGINFO): every `unsafe`
+//! of these lives here, each with the reason it is sound. Results are
+//! `io::Result`s with the errno kept.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+fn cvt(r: libc::c_long) -> io::Result<libc::c_long> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// pidfd_open(pid, 0).
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new fd we own.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// pidfd_getfd: our own duplicate of the target's fd `fd` (same open file
+/// description). Needs ptrace-attach rights over the target.
+pub fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: integers only; the result is a new fd we own.
+    let r = cvt(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })?;
+    // SAFETY: as above, a fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// kcmp(pid, pid, KCMP_FILE, a, b) == 0: fds `a` and `b` of `pid` are one
+/// open file description.
+pub fn same_description(pid: i32, a: i32, b: i32) -> io::Result<bool> {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp takes integers only and changes nothing.
+    let r = cvt(unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a, b) })?;
+    Ok(r == 0)
+}
+
+/// pipe2(flags): (read end, write end).
+pub fn pipe2(flags: i32) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two ints into `fds`, which we own.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), flags) } as libc::c_long)?;
+    // SAFETY: two fresh fds the kernel just gave us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// fcntl(fd, cmd, arg) for the integer commands (F_GETPIPE_SZ, F_SETPIPE_SZ,
+/// F_GETFL, F_GET_SEALS ...).
+pub fn fcntl_int(fd: &impl AsRawFd, cmd: i32, arg: i32) -> io::Result<i32> {
+    // SAFETY: the integer fcntl commands take no pointer.
+    Ok(cvt(unsafe { libc::fcntl(fd.as_raw_fd(), cmd, arg) } as libc::c_long)? as i32)
+}
+
+/// Bytes waiting to be read (FIONREAD).
+pub fn fionread(fd: &impl AsRawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to `n`, which we own.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) } as libc::c_long)?;
+    Ok(n as usize)
+}
+
+/// poll() one fd for `events` without waiting; the revents.
+pub fn poll_now(fd: &impl AsRawFd, events: i16) -> io::Result<i16> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes one pollfd we own.
+    cvt(unsafe { libc::poll(&mut p, 1, 0) } as libc::c_long)?;
+    Ok(p.revents)
+}
+
+/// tee(2): copy up to `len` bytes from pipe `from` into pipe `to` without
+/// consuming them.
+pub fn tee(from: &impl AsRawFd, to: &impl AsRawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: tee takes fds and integers only.
+    let r = unsafe {
+        libc::tee(
+            from.as_raw_fd(),
+            to.as_raw_fd(),
+            len,
+            libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    Ok(cvt(r as libc::c_long)? as usize)
+}
+
+/// Read exactly `buf.len()` bytes from `fd` (a pipe we own).
+pub fn read_exact(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: read writes at most buf.len() - done bytes into our buffer.
+        let r = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                buf[done..].as_mut_ptr() as *mut libc::c_void,
+                buf.len() - done,
+            )
+        };
+        match r {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            r if r < 0 => {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    return Err(e);
+                }
+            }
+            r => done += r as usize,
+        }
+    }
+    Ok(())
+}
+
+/// The queued signals of a stopped tracee, without dequeuing them
+/// (PTRACE_PEEKSIGINFO): the thread's own queue, or the process-wide one.
+pub fn peek_siginfo(tid: i32, shared: bool) -> io::Result<Vec<[u64; 16]>> {
+    #[repr(C)]
+    struct PeekArgs {
+        off: u64,
+        flags: u32,
+        nr: i32,
+    }
+    const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
+    const SHARED: u32 = 1;
+    let mut out = Vec::new();
+    let mut buf = [[0u64; 16]; 32];
+    loop {
+        let args = PeekArgs {
+            off: out.len() as u64,
+            flags: if shared { SHARED } else { 0 },
+            nr: buf.len() as i32,
+        };
+        // SAFETY: PTRACE_PEEKSIGINFO reads one PeekArgs and writes at most
+        // `nr` 128-byte siginfos into `buf`, which holds that many.
+        let r = unsafe {
+            libc::ptrace(
+                PTRACE_PEEKSIGINFO,
+                tid,
+                &args as *const PeekArgs,
+                buf.as_mut_ptr(),
+            )
+        };
+        let n = cvt(r)? as usize;
+        out.extend_from_slice(&buf[..n]);
+        if n < buf.len() {
+            return Ok(out);
+        }
+    }
+}
+
+/// One `prlimit`-free way to get a process's limits: /proc/PID/limits is
+/// readable where prlimit needs CAP_SYS_RESOURCE (another user's process).
+/// Returns (resource, soft, hard) for the 16 Linux resources.
+pub fn parse_limits(text: &str) -> Vec<(u32, u64, u64)> {
+    const NAMES: [&str; 16] = [
+        "Max cpu time",
+        "Max file size",
+        "Max data size",
+        "Max stack size",
+        "Max core file size",
+        "Max resident set",
+        "Max processes",
+        "Max open files",
+        "Max locked memory",
+        "Max address space",
+        "Max file locks",
+        "Max pending signals",
+        "Max msgqueue size",
+        "Max nice priority",
+        "Max realtime priority",
+        "Max realtime timeout",
+    ];
+    let val = |s: &str| {
+        if s == "unlimited" {
+            Some(libc::RLIM_INFINITY)
+        } else {
+            s.parse().ok()
+        }
+    };
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(res) = NAMES.iter().position(|n| line.starts_with(n)) else {
+            continue;
+        };
+        let rest: Vec<&str> = line[NAMES[res].len()..].split_whitespace().collect();
+        if let (Some(cur), Some(max)) = (
+            rest.first().and_then(|s| val(s)),
+            rest.get(1).and_then(|s| val(s)),
+        ) {
+            out.push((res as u32, cur, max));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_of_self() {
+        let text = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let l = parse_limits(&text);
+        assert_eq!(l.len(), 16);
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one struct we own.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+        assert_eq!(l[7], (7, r.rlim_cur, r.rlim_max));
+    }
+
+    #[test]
+    fn pipe_data_is_copied_not_consumed() {
+        let (r, w) = pipe2(0).unwrap();
+        let msg = b"hello pipe";
+        // SAFETY: write reads msg.len() bytes from msg.
+        unsafe { libc::write(w.as_raw_fd(), msg.as_ptr() as *const _, msg.len()) };
+        let (cr, cw) = pipe2(0).unwrap();
+        assert_eq!(fionread(&r).unwrap(), msg.len());
+        assert_eq!(tee(&r, &cw, msg.len()).unwrap(), msg.len());
+        let mut got = vec![0u8; msg.len()];
+        read_exact(&cr, &mut got).unwrap();
+        assert_eq!(&got, msg);
+        assert_eq!(fionread(&r).unwrap(), msg.len(), "still there");
+    }
+}

@@ -1,0 +1,226 @@
+//! Per-process state outside memory and fds: credentials, prctl values,
+//! scheduling, oom score, membarrier registrations; and the conditions
+//! under which a process cannot be captured faithfully at all (children,
+//! other namespaces, a changed root, seccomp, shadow stacks).
+
+use crate::obstacles::Obstacles;
+use crate::remote::{InjectError, Remote};
+use cryo_image::task::{Creds, Group, TaskState, UNKNOWN};
+
+/// `key:` lines of /proc/PID/status.
+pub struct StatusText(String);
+
+impl StatusText {
+    pub fn read(pid: i32) -> StatusText {
+        StatusText(std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default())
+    }
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.lines().find_map(|l| {
+            l.strip_prefix(key)
+                .and_then(|r| r.strip_prefix(':'))
+                .map(str::trim)
+        })
+    }
+    fn nums<T: std::str::FromStr>(&self, key: &str) -> Vec<T> {
+        self.get(key)
+            .unwrap_or("")
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect()
+    }
+    fn hex(&self, key: &str) -> u64 {
+        self.get(key)
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Credentials from /proc/PID/status (securebits: injected prctl).
+pub fn creds(st: &StatusText, securebits: u32) -> (Creds, Vec<Group>) {
+    let four = |key| {
+        let v: Vec<u32> = st.nums(key);
+        [0, 1, 2, 3].map(|i| v.get(i).copied().unwrap_or(0))
+    };
+    let groups: Vec<Group> = st
+        .nums::<u32>("Groups")
+        .into_iter()
+        .map(|gid| Group { gid })
+        .collect();
+    (
+        Creds {
+            uid: four("Uid"),
+            gid: four("Gid"),
+            cap_inh: st.hex("CapInh"),
+            cap_prm: st.hex("CapPrm"),
+            cap_eff: st.hex("CapEff"),
+            cap_bnd: st.hex("CapBnd"),
+            cap_amb: st.hex("CapAmb"),
+            securebits,
+            ngroups: groups.len() as u32,
+        },
+        groups,
+    )
+}
+
+/// Values from prctl and membarrier, asked inside the stopped target.
+pub fn injected(rem: &mut Remote, t: &mut TaskState) -> Result<u32, InjectError> {
+    const PRCTL: i64 = libc::SYS_prctl;
+    let q = |rem: &mut Remote, opt: i32, arg: u64, out: bool| -> Result<i64, InjectError> {
+        Ok(rem
+            .query(
+                PRCTL,
+                [opt as u64, arg, 0, 0, 0],
+                if out { Some(1) } else { None },
+            )?
+            .unwrap_or(UNKNOWN))
+    };
+    t.thp_disable = q(rem, libc::PR_GET_THP_DISABLE, 0, false)?;
+    t.child_subreaper = q(rem, libc::PR_GET_CHILD_SUBREAPER, 0, true)?;
+    t.pdeathsig = q(rem, libc::PR_GET_PDEATHSIG, 0, true)?;
+    t.dumpable = q(rem, libc::PR_GET_DUMPABLE, 0, false)?;
+    t.no_new_privs = q(rem, libc::PR_GET_NO_NEW_PRIVS, 0, false)?;
+    t.timer_slack_ns = q(rem, libc::PR_GET_TIMERSLACK, 0, false)?;
+    t.mdwe = q(rem, 66 /* PR_GET_MDWE */, 0, false)?;
+    for (i, which) in [0u64, 1, 2].into_iter().enumerate() {
+        t.spec[i] = q(rem, libc::PR_GET_SPECULATION_CTRL, which, false)?;
+    }
+    t.mce_kill = q(rem, libc::PR_MCE_KILL_GET, 0, false)?;
+    t.tsc = q(rem, libc::PR_GET_TSC, 0, true)?;
+    t.memory_merge = q(rem, 68 /* PR_GET_MEMORY_MERGE */, 0, false)?;
+    const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+    t.membarrier = rem
+        .query(
+            libc::SYS_membarrier,
+            [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, 0, 0],
+            None,
+        )?
+        .unwrap_or(UNKNOWN);
+    let securebits = q(rem, libc::PR_GET_SECUREBITS, 0, false)?;
+    Ok(if securebits < 0 { 0 } else { securebits as u32 })
+}
+
+fn errno_or<T>(r: T, ok: bool) -> i64
+where
+    i64: From<T>,
+{
+    if ok {
+        i64::from(r)
+    } else {
+        UNKNOWN
+    }
+}
+
+/// Scheduling, oom score and loginuid, read from outside.
+pub fn outside(pid: i32, t: &mut TaskState) {
+    // SAFETY: the scheduling queries take integers, or write into a
+    // struct we own; none retain pointers.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, pid as u32);
+        t.nice = errno_or(nice, *libc::__errno_location() == 0);
+        let pol = libc::sched_getscheduler(pid);
+        t.sched_policy = errno_or(pol, pol >= 0);
+        let mut sp = libc::sched_param { sched_priority: 0 };
+        let r = libc::sched_getparam(pid, &mut sp);
+        t.sched_priority = errno_or(sp.sched_priority, r == 0);
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            for cpu in 0..1024usize.min(libc::CPU_SETSIZE as usize) {
+                if libc::CPU_ISSET(cpu, &set) {
+                    t.affinity[cpu / 64] |= 1 << (cpu % 64);
+                }
+            }
+        }
+        const IOPRIO_WHO_PROCESS: i64 = 1;
+        let io = libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, pid as i64);
+        t.ioprio = if io >= 0 { io } else { UNKNOWN };
+    }
+    let num = |f: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{f}"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(UNKNOWN)
+    };
+    t.oom_score_adj = num("oom_score_adj");
+    t.loginuid = num("loginuid");
+}
+
+/// Everything that makes a faithful capture impossible and is visible
+/// from outside: children, namespaces, root, seccomp, shadow stacks.
+pub fn obstacles(pid: i32, st: &StatusText, obs: &mut Obstacles) {
+    let kids = children(pid);
+    if !kids.is_empty() {
+        let list: Vec<String> = kids
+            .iter()
+            .map(|(p, s)| {
+                if *s == 'Z' {
+                    format!("{p} (a zombie)")
+                } else {
+                    p.to_string()
+                }
+            })
+            .collect();
+        obs.push(format!(
+            "it has child processes ({}); process trees are not supported yet",
+            list.join(", ")
+        ));
+    }
+    for ns in ["mnt", "pid", "net", "ipc", "uts", "user", "cgroup", "time"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();
+        if theirs.is_some() && theirs != ours {
+            obs.push(format!(
+                "it lives in another {ns} namespace than cryo; a restore would not put it back there"
+            ));
+        }
+    }
+    if let Ok(root) = std::fs::read_link(format!("/proc/{pid}/root")) {
+        if root != std::path::Path::new("/") {
+            obs.push(format!(
+                "its root directory is {} (chroot); a restore would not enter it",
+                root.display()
+            ));
+        }
+    }
+    match st.get("Seccomp") {
+        Some("0") | None => {}
+        Some("1") => obs.push("it runs in seccomp strict mode, which cryo cannot restore"),
+        Some(_) => obs.push(format!(
+            "it has {} seccomp filter(s), which cryo cannot restore",
+            st.get("Seccomp_filters").unwrap_or("?")
+        )),
+    }
+    if let Some(f) = st.get("x86_Thread_features") {
+        if !f.is_empty() {
+            obs.push(format!(
+                "it uses x86 thread features ({f}: shadow stack), which cryo cannot restore"
+            ));
+        }
+    }
+}
+
+/// (pid, state) of every process whose parent is `pid`.
+fn children(pid: i32) -> Vec<(i32, char)> {
+    let mut out = Vec::new();
+    let Ok(d) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in d.flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        if f.next().and_then(|s| s.parse::<i32>().ok()) == Some(pid) {
+            out.push((p, state));
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,129 @@
+//! Open files beyond the fd table itself: pipes (with the bytes buffered
+//! in them), the contents of files that exist nowhere else (unlinked files,
+//! memfds), and file locks.
+//!
+//! An fd ([`crate::Fd`]) names the first fd of its open file description
+//! (`desc`), so fds that share an offset and flags (dup) share them again
+//! after a restore. Kind-specific state hangs off `Fd::object`:
+//! - PIPE / FIFO: index into the `pipes` table ([`Pipe`]);
+//! - unlinked files and memfds: their [`crate::FileId`] (`Fd::file`) has
+//!   `FILE_DELETED`/`FILE_MEMFD` and a range of [`Extent`]s, the file's
+//!   bytes stored in pages.img (holes are not stored).
+//!
+//! Locks ([`Lock`]) are listed by the fd they were taken through.
+
+use crate::record::record;
+
+/// Bytes stored in pages.img (page aligned, padded with zeros to a page
+/// multiple; every page has its checksum in sums.img like memory pages).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "std", derive(serde::Serialize))]
+pub struct Blob {
+    /// Offset in pages.img (a multiple of 4096).
+    pub off: u64,
+    /// Length in bytes (0: nothing stored).
+    pub len: u64,
+}
+
+impl crate::record::Field for Blob {
+    const SIZE: usize = 16;
+    fn put(&self, out: &mut [u8]) {
+        self.off.put(&mut out[0..]);
+        self.len.put(&mut out[8..]);
+    }
+    fn get(b: &[u8]) -> Self {
+        Blob {
+            off: u64::get(&b[0..]),
+            len: u64::get(&b[8..]),
+        }
+    }
+}
+
+impl Blob {
+    /// Pages of pages.img it occupies.
+    pub fn pages(&self) -> u64 {
+        self.len.div_ceil(crate::PAGE_SIZE)
+    }
+}
+
+/// `Pipe::flags` bits.
+pub mod pipe_flags {
+    /// Every end of the pipe is in the process (or the missing end is
+    /// closed everywhere): restore makes a new pipe with the same bytes.
+    /// Without it, an end is held outside and needs `--inherit-fd`.
+    pub const INSIDE: u32 = 1 << 0;
+    /// Packet mode (pipe2 O_DIRECT).
+    pub const PACKET: u32 = 1 << 1;
+    /// No write end is open anywhere: readers see EOF after the data.
+    pub const NO_WRITER: u32 = 1 << 2;
+    /// No read end is open anywhere: writers get EPIPE.
+    pub const NO_READER: u32 = 1 << 3;
+}
+
+record! {
+    /// A pipe or FIFO the process holds an end of.
+    pub struct Pipe {
+        /// Inode of the pipe (`pipe:[ino]`), or of the FIFO's file.
+        pub ino: u64,
+        /// Capacity in bytes (F_GETPIPE_SZ).
+        pub size: u32,
+        /// `pipe_flags` bits.
+        pub flags: u32,
+        /// The bytes buffered in it at capture, in order.
+        pub data: Blob,
+    }
+}
+
+/// `FileId::flags` bits.
+pub mod file_flags {
+    /// Unlinked: restored from its stored contents, unlinked again.
+    pub const DELETED: u32 = 1 << 0;
+    /// A memfd (`memfd_create`): restored as a memfd of the same name.
+    pub const MEMFD: u32 = 1 << 1;
+}
+
+record! {
+    /// A stretch of a file's bytes stored in pages.img (a data extent of an
+    /// unlinked file or memfd; what lies between extents is a hole).
+    pub struct Extent {
+        /// Offset in the file.
+        pub file_off: u64,
+        /// Where the bytes are.
+        pub data: Blob,
+    }
+}
+
+/// `Lock::kind` values.
+pub mod lock_kind {
+    /// flock(2): belongs to the open file description.
+    pub const FLOCK: u32 = 1;
+    /// fcntl(F_SETLK): belongs to the process.
+    pub const POSIX: u32 = 2;
+    /// fcntl(F_OFD_SETLK): belongs to the open file description.
+    pub const OFD: u32 = 3;
+
+    pub fn name(k: u32) -> &'static str {
+        match k {
+            FLOCK => "flock",
+            POSIX => "posix",
+            OFD => "ofd",
+            _ => "unknown",
+        }
+    }
+}
+
+record! {
+    /// A file lock held through `fd`.
+    pub struct Lock {
+        pub fd: i32,
+        /// `lock_kind` value.
+        pub kind: u32,
+        /// 0 read (shared), 1 write (exclusive).
+        pub write: u32,
+        pub _pad: u32,
+        /// First byte locked.
+        pub start: u64,
+        /// Last byte locked, u64::MAX for "to EOF" (flock: 0..MAX).
+        pub end: u64,
+    }
+}

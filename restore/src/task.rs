@@ -1,0 +1,215 @@
+//! Per-process state outside memory and fds (see `cryo_image::task`):
+//! what `cryo restore` checks can be restored here, and what it sets
+//! itself before the exec (scheduling, oom score, loginuid: all survive
+//! exec). The shim sets credentials and prctl state.
+
+use crate::RestoreError;
+use cryo_image::task::{TaskState, UNKNOWN};
+use cryo_image::Image;
+
+/// Capability numbers used here.
+const CAP_SETGID: u32 = 6;
+const CAP_SETUID: u32 = 7;
+const CAP_SETPCAP: u32 = 8;
+const CAP_SYS_RESOURCE: u32 = 24;
+const CAP_AUDIT_CONTROL: u32 = 30;
+
+/// This process's credentials and flags, from /proc/self/status.
+struct Own {
+    uid: [u32; 4],
+    gid: [u32; 4],
+    groups: Vec<u32>,
+    cap_prm: u64,
+    cap_eff: u64,
+    cap_bnd: u64,
+    no_new_privs: bool,
+}
+
+impl Own {
+    fn read() -> Own {
+        let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(':')))
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        };
+        let nums = |k: &str| -> Vec<u32> {
+            get(k)
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect()
+        };
+        let four = |k: &str| {
+            let v = nums(k);
+            [0, 1, 2, 3].map(|i| v.get(i).copied().unwrap_or(0))
+        };
+        let hex = |k: &str| u64::from_str_radix(&get(k), 16).unwrap_or(0);
+        Own {
+            uid: four("Uid"),
+            gid: four("Gid"),
+            groups: nums("Groups"),
+            cap_prm: hex("CapPrm"),
+            cap_eff: hex("CapEff"),
+            cap_bnd: hex("CapBnd"),
+            no_new_privs: get("NoNewPrivs") == "1",
+        }
+    }
+    fn has(&self, cap: u32) -> bool {
+        self.cap_eff & (1 << cap) != 0
+    }
+}
+
+fn refuse(why: String) -> RestoreError {
+    RestoreError::Task(why)
+}
+
+/// Can the captured credentials and task state be given back here?
+/// Refuses, before anything changes, what this process cannot do.
+pub fn check(img: &Image, _status: &crate::OwnStatus) -> Result<(), RestoreError> {
+    let own = Own::read();
+    if let Some(c) = img.creds() {
+        let groups: Vec<u32> = img.groups().iter().map(|g| g.gid).collect();
+        let ids_differ = c.uid != own.uid || c.gid != own.gid || groups != own.groups;
+        if ids_differ {
+            let need = [CAP_SETUID, CAP_SETGID];
+            if need.iter().any(|&n| !own.has(n)) {
+                return Err(refuse(format!(
+                    "the image ran as uid {:?} gid {:?} groups {groups:?}, this restore as uid {:?} gid {:?} groups {:?}: switching needs CAP_SETUID and CAP_SETGID (restore as root, or as the captured user)",
+                    c.uid, c.gid, own.uid, own.gid, own.groups
+                )));
+            }
+        }
+        if c.cap_prm & !own.cap_prm != 0 || c.cap_bnd & !own.cap_bnd != 0 {
+            return Err(refuse(format!(
+                "the image holds capabilities this process does not (permitted {:#x} vs {:#x}, bounding {:#x} vs {:#x}); restore as root",
+                c.cap_prm, own.cap_prm, c.cap_bnd, own.cap_bnd
+            )));
+        }
+        if c.cap_bnd != own.cap_bnd && !own.has(CAP_SETPCAP) {
+            return Err(refuse(
+                "the image's capability bounding set is smaller; dropping ours needs CAP_SETPCAP"
+                    .into(),
+            ));
+        }
+    }
+    if let Some(t) = img.task() {
+        if own.no_new_privs && t.no_new_privs == 0 {
+            return Err(refuse(
+                "this process has no_new_privs set, the image did not; it cannot be unset (restore from a shell without it)".into(),
+            ));
+        }
+        if t.memory_merge == 1 && !own.has(CAP_SYS_RESOURCE) {
+            return Err(refuse(
+                "the image had KSM merging on for the whole process (PR_SET_MEMORY_MERGE), which needs CAP_SYS_RESOURCE to set".into(),
+            ));
+        }
+        let mine = |f: &str| {
+            std::fs::read_to_string(format!("/proc/self/{f}"))
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+        };
+        if t.oom_score_adj != UNKNOWN
+            && mine("oom_score_adj").is_some_and(|m| t.oom_score_adj < m)
+            && !own.has(CAP_SYS_RESOURCE)
+        {
+            return Err(refuse(format!(
+                "the image's oom_score_adj is {}, lower than this process's {}; lowering it needs CAP_SYS_RESOURCE",
+                t.oom_score_adj,
+                mine("oom_score_adj").unwrap_or(0)
+            )));
+        }
+        if t.loginuid != UNKNOWN
+            && mine("loginuid") != Some(t.loginuid)
+            && !own.has(CAP_AUDIT_CONTROL)
+        {
+            return Err(refuse(format!(
+                "the image's loginuid is {}, this process's {:?}; setting it needs CAP_AUDIT_CONTROL",
+                t.loginuid,
+                mine("loginuid")
+            )));
+        }
+        // SAFETY: PR_GET_MDWE takes no pointer.
+        let mdwe = unsafe { libc::prctl(66, 0, 0, 0, 0) };
+        if mdwe > 0 && t.mdwe <= 0 {
+            return Err(refuse(
+                "this process has memory-deny-write-execute set (PR_SET_MDWE), the image did not; it cannot be unset".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn os_err(what: &str) -> RestoreError {
+    crate::sys(what.to_owned())
+}
+
+/// Set what survives the exec: nice, scheduling policy, CPU affinity, I/O
+/// priority, oom score, loginuid.
+pub fn apply_before_exec(img: &Image) -> Result<(), RestoreError> {
+    let Some(t) = img.task() else {
+        return Ok(());
+    };
+    apply_sched(&t)?;
+    let write = |file: &str, v: i64| -> Result<(), RestoreError> {
+        let path = format!("/proc/self/{file}");
+        let cur = std::fs::read_to_string(&path).unwrap_or_default();
+        if cur.trim().parse::<i64>().ok() == Some(v) {
+            return Ok(());
+        }
+        std::fs::write(&path, v.to_string())
+            .map_err(|e| crate::IntoSys::into_sys(e, format!("setting {file} to {v}")))
+    };
+    if t.oom_score_adj != UNKNOWN {
+        write("oom_score_adj", t.oom_score_adj)?;
+    }
+    if t.loginuid != UNKNOWN {
+        write("loginuid", t.loginuid)?;
+    }
+    Ok(())
+}
+
+fn apply_sched(t: &TaskState) -> Result<(), RestoreError> {
+    // SAFETY: the scheduling calls take integers or structs we own.
+    unsafe {
+        if t.sched_policy != UNKNOWN {
+            let cur = libc::sched_getscheduler(0);
+            let mut cp = libc::sched_param { sched_priority: 0 };
+            libc::sched_getparam(0, &mut cp);
+            let want = libc::sched_param {
+                sched_priority: t.sched_priority.max(0) as i32,
+            };
+            if (cur as i64, cp.sched_priority as i64)
+                != (t.sched_policy, want.sched_priority as i64)
+                && libc::sched_setscheduler(0, t.sched_policy as i32, &want) < 0
+            {
+                return Err(os_err("setting the scheduling policy"));
+            }
+        }
+        if t.nice != UNKNOWN && libc::setpriority(libc::PRIO_PROCESS, 0, t.nice as i32) < 0 {
+            return Err(os_err("setting the nice value"));
+        }
+        if t.affinity.iter().any(|&w| w != 0) {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for cpu in 0..1024usize.min(libc::CPU_SETSIZE as usize) {
+                if t.affinity[cpu / 64] & (1 << (cpu % 64)) != 0 {
+                    libc::CPU_SET(cpu, &mut set);
+                }
+            }
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) < 0 {
+                return Err(os_err("setting the CPU affinity"));
+            }
+        }
+        if t.ioprio != UNKNOWN {
+            const IOPRIO_WHO_PROCESS: i64 = 1;
+            let cur = libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0i64);
+            if cur != t.ioprio
+                && libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0i64, t.ioprio) < 0
+            {
+                return Err(os_err("setting the I/O priority"));
+            }
+        }
+    }
+    Ok(())
+}

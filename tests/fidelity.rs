@@ -1,0 +1,272 @@
+//! Fidelity: a self-checking program (tests/programs/fidelity.c) sets up
+//! one kind of state, snapshots everything it can observe about itself,
+//! stops, and after it continues compares the snapshot and checks the
+//! state by behaviour. Each case runs plainly once (the snapshot must hold
+//! there too), then is captured (killed) and restored in every mode: the
+//! restored program must print PASS and exit 0. A case cryo does not bring
+//! back exactly fails here, loudly, never silently in a user's hands.
+
+mod support;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use support::*;
+
+/// Every way an image is restored.
+const MODES: [&[&str]; 4] = [&[], &["--use-tracer"], &["--lazy"], &["--lazy=on-demand"]];
+
+fn fidelity_cmd(case: &str, dir: &Path) -> Command {
+    let mut cmd = Command::new(program("c-fidelity"));
+    cmd.args([case, dir.to_str().unwrap()])
+        // lazy restores keep mappings registered with userfaultfd ('um')
+        // while pages are served: the snapshot ignores that flag.
+        .env("FIDELITY_LAZY", "1");
+    cmd
+}
+
+fn restore(img: &Path, mode: &[&str]) -> (i32, String, String) {
+    sanitize_fds();
+    let mut child = Command::new(cryo())
+        .arg("restore")
+        .args(mode)
+        .arg(img)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cryo restore");
+    let mut out = String::new();
+    let mut err = String::new();
+    let mut se = child.stderr.take().unwrap();
+    let t = std::thread::spawn(move || {
+        let mut e = String::new();
+        let _ = se.read_to_string(&mut e);
+        e
+    });
+    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
+    err.push_str(&t.join().unwrap_or_default());
+    let st = child.wait().expect("wait");
+    use std::os::unix::process::ExitStatusExt;
+    (
+        st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)),
+        out,
+        err,
+    )
+}
+
+fn case(name: &str) {
+    let dir = scratch(&format!("fidelity-{name}"));
+    // Plain: the program's own checks pass without cryo.
+    let t = Target::spawn(fidelity_cmd(name, &dir), "fidelity");
+    t.wait_stopped();
+    t.cont();
+    let (code, last, err) = t.finish();
+    assert_eq!(
+        (code, last.as_str()),
+        (0, format!("PASS {name}").as_str()),
+        "plain run: {err}"
+    );
+    // Captured, killed, restored every way.
+    let t = Target::spawn(fidelity_cmd(name, &dir), "fidelity");
+    t.wait_stopped();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "capture: {err}");
+    t.finish();
+    let (code, out, err) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
+    assert_eq!(code, 0, "inspect: {err}");
+    assert!(
+        out.contains("credentials"),
+        "inspect shows the new state: {out}"
+    );
+    for mode in MODES {
+        let (code, out, err) = restore(&img, mode);
+        assert_eq!(
+            (code, out.trim_end().lines().last().unwrap_or("")),
+            (0, format!("PASS {name}").as_str()),
+            "restore {mode:?}: stdout {out}\nstderr {err}"
+        );
+    }
+}
+
+#[test]
+fn basic() {
+    case("basic");
+}
+
+/// close-on-exec, O_APPEND/O_NONBLOCK, offsets, dup'ed fds sharing one
+/// description, directories and devices.
+#[test]
+fn fds_flags_offsets_and_descriptions() {
+    case("fds");
+}
+
+/// A self-pipe with 27 bytes in it (and a dup of its read end), and a full
+/// 64 KiB pipe: made again with the bytes, capacity and flags.
+#[test]
+fn pipes_with_their_bytes() {
+    case("pipe");
+}
+
+#[test]
+fn fifo_with_both_ends() {
+    case("fifo");
+}
+
+/// mlock, mlock2(ONFAULT), WIPEONFORK, DONTFORK, DONTDUMP, HUGEPAGE,
+/// NOHUGEPAGE, SEQUENTIAL, RANDOM, MERGEABLE: each a mapping next to the
+/// others, apart only by its flags.
+#[test]
+fn mapping_flags() {
+    case("vmflags");
+}
+
+/// THP disable, subreaper, pdeathsig, timer slack, name, machine-check
+/// policy, speculation control, dumpable, no_new_privs.
+#[test]
+fn prctl_state() {
+    case("prctl");
+}
+
+#[test]
+fn memory_deny_write_execute() {
+    case("mdwe");
+}
+
+/// nice, CPU affinity, SCHED_BATCH, I/O priority, oom_score_adj,
+/// personality.
+#[test]
+fn scheduling_and_oom_score() {
+    case("sched");
+}
+
+#[test]
+fn membarrier_registrations() {
+    case("membarrier");
+}
+
+/// Three queued instances of a real-time signal, each with its value, and
+/// a standard signal with its siginfo.
+#[test]
+fn queued_signals_with_siginfo() {
+    case("sigqueue");
+}
+
+/// Another user's process (uids, gids, groups) restored by root.
+#[test]
+fn credentials() {
+    case("creds");
+}
+
+/// An unlinked device node comes back as itself (mode 0700), not as
+/// /dev/null.
+#[test]
+fn unlinked_device_node() {
+    case("devnode");
+}
+
+#[test]
+fn flock_posix_and_ofd_locks() {
+    case("locks");
+}
+
+/// An unlinked file with a hole, open at an offset and mapped shared and
+/// private: its bytes from the image, one inode for the fd and mapping.
+#[test]
+fn unlinked_file() {
+    case("deleted");
+}
+
+/// A sealed memfd mapped shared, and shared anonymous memory.
+#[test]
+fn memfd_and_shared_anonymous_memory() {
+    case("memfd");
+}
+
+/// O_PATH fds (a directory, a symbolic link itself) and an fd on the
+/// process's own /proc/PID/status.
+#[test]
+fn o_path_and_proc_fds() {
+    case("opath");
+}
+
+#[test]
+fn removed_working_directory() {
+    case("cwd");
+}
+
+/// MAP_DROPPABLE and mseal'ed mappings.
+#[test]
+fn droppable_and_sealed_mappings() {
+    case("special-maps");
+}
+
+/// A process cryo cannot restore faithfully is refused with every
+/// obstacle named at once, before anything is written; --dry-run lists
+/// them too; the target is left running as it was.
+#[test]
+fn every_obstacle_at_once() {
+    let dir = scratch("fidelity-refuse");
+    let t = Target::spawn(fidelity_cmd("refuse", &dir), "fidelity");
+    t.wait_stopped();
+    let pid = t.pid.to_string();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &pid, img.to_str().unwrap()]);
+    assert_eq!(code, 1, "refused: {err}");
+    for want in [
+        "4 obstacles",
+        "child processes",
+        "fd 3 is a socket",
+        "fd 4 is a socket",
+        "fd 5 is an eventfd",
+    ] {
+        assert!(err.contains(want), "names {want}: {err}");
+    }
+    assert!(!img.exists(), "nothing written");
+    assert_eq!(state(t.pid), Some('T'), "left stopped, as it was");
+    let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &pid]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("4 obstacles") && out.contains("eventfd"),
+        "{out}"
+    );
+    let (code, out, _) = cryo_cmd(&["capture", "--dry-run", "--json", &pid]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["capturable"], false);
+    assert_eq!(v["obstacles"].as_array().map(|a| a.len()), Some(4));
+    // SAFETY: kill takes integers.
+    unsafe { libc::kill(t.pid, libc::SIGKILL) };
+}
+
+/// An unlinked file bigger than --max-file-data is refused by name.
+#[test]
+fn unlinked_file_over_the_limit_is_refused() {
+    let dir = scratch("fidelity-big-deleted");
+    let t = Target::spawn(fidelity_cmd("deleted", &dir), "fidelity");
+    t.wait_stopped();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--max-file-data",
+        "8K",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("deleted") && err.contains("--max-file-data"),
+        "{err}"
+    );
+    assert!(!img.exists());
+    let (code, _, _) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
+    assert_eq!(code, 0, "capturable with the default limit");
+    // SAFETY: kill takes integers.
+    unsafe { libc::kill(t.pid, libc::SIGKILL) };
+}

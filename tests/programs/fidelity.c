@@ -1,0 +1,795 @@
+/* Self-checking target for cryo's fidelity tests (ZDTM style).
+ *
+ *   fidelity CASE DIR
+ *
+ * Sets up the state CASE names (files, pipes, mapping flags, prctl state,
+ * credentials, locks, queued signals ...), takes a snapshot of everything
+ * the process can observe about itself, prints "READY <pid>", stops itself
+ * with raise(SIGSTOP) (the capture point), and after it continues takes the
+ * snapshot again: any difference is printed on stderr and fails the run.
+ * Then the case checks its own state by behaviour (reads its pipe, sees its
+ * lock from a child, ...). Prints "PASS <case>" (exit 0) or "FAIL <why>"
+ * (exit 1).
+ *
+ * The snapshot is the net that catches silent losses nobody thought of:
+ * every fd (number, FD_CLOEXEC, status flags, identity, offset, locks),
+ * /proc/self/status (ids, groups, capabilities, seccomp, speculation, masks),
+ * every prctl the process can read, scheduling, personality, oom score,
+ * rlimits, umask, cwd and root, sigaltstack, membarrier registrations and
+ * the VmFlags of every mapping.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/membarrier.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/personality.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <grp.h>
+#include <sys/fsuid.h>
+#include <unistd.h>
+
+#ifndef PR_GET_MDWE
+#define PR_SET_MDWE 65
+#define PR_GET_MDWE 66
+#define PR_MDWE_REFUSE_EXEC_GAIN 1
+#endif
+#ifndef PR_GET_MEMORY_MERGE
+#define PR_GET_MEMORY_MERGE 68
+#endif
+#ifndef MEMBARRIER_CMD_GET_REGISTRATIONS
+#define MEMBARRIER_CMD_GET_REGISTRATIONS (1 << 9)
+#endif
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+
+static char DIRPATH[2048];
+
+static void fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    printf("FAIL ");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    fflush(stdout);
+    exit(1);
+}
+
+#define CHECK(cond, ...) do { if (!(cond)) fail(__VA_ARGS__); } while (0)
+
+/* ---- the snapshot ---- */
+
+static char snap_before[1 << 17], snap_after[1 << 17];
+static size_t snap_len;
+static char *snap_buf;
+
+static void out(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(snap_buf + snap_len, (1 << 17) - snap_len, fmt, ap);
+    va_end(ap);
+    if (n > 0) snap_len += (size_t)n;
+    if (snap_len >= (1 << 17)) fail("snapshot too large");
+}
+
+static ssize_t read_file(const char *path, char *buf, size_t len) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    size_t got = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + got, len - 1 - got);
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    close(fd);
+    buf[got] = 0;
+    return (ssize_t)got;
+}
+
+/* Lines of FILE whose key (before ':') is in KEYS. */
+static void status_lines(const char *const *keys) {
+    static char buf[1 << 15];
+    if (read_file("/proc/self/status", buf, sizeof buf) < 0) fail("read status");
+    for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
+        for (const char *const *k = keys; *k; k++) {
+            size_t kl = strlen(*k);
+            if (!strncmp(line, *k, kl) && line[kl] == ':') out("status %s\n", line);
+        }
+}
+
+static void fds_lines(int skip) {
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) fail("opendir fd");
+    int nums[1024], n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 1024) {
+        if (e->d_name[0] == '.') continue;
+        int fd = atoi(e->d_name);
+        if (fd == dirfd(d) || fd == skip) continue;
+        nums[n++] = fd;
+    }
+    closedir(d);
+    /* sort */
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++)
+            if (nums[j] < nums[i]) { int t = nums[i]; nums[i] = nums[j]; nums[j] = t; }
+    for (int i = 0; i < n; i++) {
+        int fd = nums[i];
+        if (fd <= 2) continue; /* the restorer's own stdio */
+        struct stat st;
+        fstat(fd, &st);
+        off_t pos = lseek(fd, 0, SEEK_CUR);
+        out("fd %d cloexec=%d fl=%o mode=%o rdev=%x size=%lld pos=%lld\n", fd,
+            fcntl(fd, F_GETFD), fcntl(fd, F_GETFL), st.st_mode, (unsigned)st.st_rdev,
+            S_ISREG(st.st_mode) ? (long long)st.st_size : 0LL, (long long)pos);
+        char path[64], link[4096];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        ssize_t ln = readlink(path, link, sizeof link - 1);
+        if (ln > 0) {
+            link[ln] = 0;
+            /* identity of anon and pipe objects changes; paths must not */
+            if (strncmp(link, "pipe:", 5) && strncmp(link, "anon_inode:", 11) && strncmp(link, "/proc/", 6))
+                out("fd %d -> %s\n", fd, link);
+            if (!strncmp(link, "anon_inode:", 11)) out("fd %d -> %s\n", fd, link);
+        }
+        static char info[8192];
+        snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+        if (read_file(path, info, sizeof info) > 0) {
+            for (char *l = strtok(info, "\n"); l; l = strtok(NULL, "\n")) {
+                /* pos, flags, mnt_id and ino are above or vary; keep the rest
+                 * (locks, eventfd counts, epoll items, ...), with our own pid
+                 * written as "self" */
+                if (!strncmp(l, "pos:", 4) || !strncmp(l, "flags:", 6) || !strncmp(l, "mnt_id:", 7) ||
+                    !strncmp(l, "ino:", 4))
+                    continue;
+                char pidstr[32];
+                snprintf(pidstr, sizeof pidstr, " %d ", getpid());
+                char *p = strstr(l, pidstr);
+                if (p) {
+                    *p = 0;
+                    out("fdinfo %d %s self %s\n", fd, l, p + strlen(pidstr));
+                } else
+                    out("fdinfo %d %s\n", fd, l);
+            }
+        }
+    }
+}
+
+static void maps_lines(void) {
+    static char buf[1 << 17];
+    if (read_file("/proc/self/smaps", buf, sizeof buf) < 0) fail("read smaps");
+    char head[512] = "";
+    for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+        unsigned long a, b;
+        char perms[8];
+        if (sscanf(line, "%lx-%lx %7s", &a, &b, perms) == 3 && strchr(line, ' ')) {
+            /* the stack and heap move their ends as the program runs */
+            const char *name = strrchr(line, ' ');
+            if (strstr(line, "[stack]") || strstr(line, "[heap]"))
+                snprintf(head, sizeof head, "map %lx %s %s", strstr(line, "[stack]") ? b : a, perms, name + 1);
+            else
+                snprintf(head, sizeof head, "map %lx-%lx %s %s", a, b, perms, name + 1);
+        } else if (!strncmp(line, "VmFlags:", 8)) {
+            /* A lazy restore's mappings are registered with the page
+             * server's userfaultfd ('um') until every page is in. */
+            char *um = getenv("FIDELITY_LAZY") ? strstr(line, " um") : NULL;
+            if (um) memmove(um, um + 3, strlen(um + 3) + 1);
+            out("%s |%s\n", head, line + 8);
+        } else if (!strncmp(line, "THPeligible:", 12) || !strncmp(line, "Locked:", 7)) {
+            /* Locked: pages locked; THPeligible: hugepage policy in effect */
+            if (!strncmp(line, "THPeligible:", 12)) out("%s %s\n", head, line);
+        }
+    }
+}
+
+static void take_snapshot(char *buf, int skip_fd) {
+    snap_buf = buf;
+    snap_len = 0;
+    static const char *const keys[] = {
+        "Umask", "Uid", "Gid", "Groups", "NoNewPrivs", "Seccomp", "Seccomp_filters",
+        "Speculation_Store_Bypass", "SpeculationIndirectBranch", "Cpus_allowed_list",
+        "Mems_allowed_list", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "THP_enabled",
+        "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt", "x86_Thread_features", "untag_mask", NULL};
+    status_lines(keys);
+    fds_lines(skip_fd);
+    int v = -1;
+    out("prctl dumpable=%d", prctl(PR_GET_DUMPABLE));
+    prctl(PR_GET_PDEATHSIG, &v);
+    out(" pdeathsig=%d", v);
+    v = -1;
+    prctl(PR_GET_CHILD_SUBREAPER, &v);
+    out(" subreaper=%d timerslack=%d thp_disable=%d nnp=%d mdwe=%d securebits=%d keepcaps=%d",
+        v, prctl(PR_GET_TIMERSLACK), prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0), prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0),
+        prctl(PR_GET_MDWE, 0, 0, 0, 0), prctl(PR_GET_SECUREBITS), prctl(PR_GET_KEEPCAPS));
+    v = -1;
+    prctl(PR_GET_TSC, &v);
+    out(" tsc=%d mce=%d spec=%d,%d,%d merge=%d", v, prctl(PR_MCE_KILL_GET, 0, 0, 0, 0),
+        prctl(PR_GET_SPECULATION_CTRL, PR_SPEC_STORE_BYPASS, 0, 0, 0),
+        prctl(PR_GET_SPECULATION_CTRL, PR_SPEC_INDIRECT_BRANCH, 0, 0, 0),
+        prctl(PR_GET_SPECULATION_CTRL, PR_SPEC_L1D_FLUSH, 0, 0, 0), prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0));
+    char name[17] = {0};
+    prctl(PR_GET_NAME, name);
+    out(" name=%s\n", name);
+    errno = 0;
+    int prio = getpriority(PRIO_PROCESS, 0);
+    struct sched_param sp = {0};
+    sched_getparam(0, &sp);
+    cpu_set_t cs;
+    CPU_ZERO(&cs);
+    sched_getaffinity(0, sizeof cs, &cs);
+    unsigned long mask = 0;
+    for (int i = 0; i < 64; i++) if (CPU_ISSET(i, &cs)) mask |= 1ul << i;
+    out("sched nice=%d policy=%d prio=%d affinity=%lx ioprio=%ld\n", prio, sched_getscheduler(0),
+        sp.sched_priority, mask, syscall(SYS_ioprio_get, 1, 0));
+    out("personality=%x\n", personality(0xffffffff));
+    char small[256];
+    if (read_file("/proc/self/oom_score_adj", small, sizeof small) >= 0) out("oom_score_adj=%s", small);
+    if (read_file("/proc/self/loginuid", small, sizeof small) >= 0) out("loginuid=%s\n", small);
+    uid_t r, e, s;
+    getresuid(&r, &e, &s);
+    out("resuid %u %u %u fsuid %d\n", r, e, s, setfsuid(-1));
+    gid_t gr, ge, gs;
+    getresgid(&gr, &ge, &gs);
+    out("resgid %u %u %u fsgid %d\n", gr, ge, gs, setfsgid(-1));
+    for (int res = 0; res < RLIM_NLIMITS; res++) {
+        struct rlimit rl;
+        getrlimit(res, &rl);
+        out("rlimit %d %llu %llu\n", res, (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max);
+    }
+    mode_t um = umask(0);
+    umask(um);
+    out("umask %o\n", um);
+    char link[4096];
+    ssize_t ln = readlink("/proc/self/cwd", link, sizeof link - 1);
+    if (ln > 0) { link[ln] = 0; out("cwd %s\n", link); }
+    ln = readlink("/proc/self/root", link, sizeof link - 1);
+    if (ln > 0) { link[ln] = 0; out("root %s\n", link); }
+    stack_t ss;
+    sigaltstack(NULL, &ss);
+    out("altstack %p %zu %d\n", ss.ss_sp, ss.ss_size, ss.ss_flags);
+    out("membarrier %ld\n", syscall(SYS_membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0));
+    maps_lines();
+}
+
+/* Is LINE (up to its newline) one of the lines of TEXT? */
+static int has_line(const char *text, const char *line, size_t len) {
+    for (const char *p = text; *p;) {
+        const char *e = strchrnul(p, '\n');
+        if ((size_t)(e - p) == len && !memcmp(p, line, len)) return 1;
+        p = *e ? e + 1 : e;
+    }
+    return 0;
+}
+
+/* Compare the two snapshots; print the lines only one of them has. */
+static void compare_snapshots(void) {
+    if (!strcmp(snap_before, snap_after)) return;
+    fprintf(stderr, "snapshot differs (- before capture, + after restore):\n");
+    for (int pass = 0; pass < 2; pass++) {
+        const char *a = pass ? snap_after : snap_before, *b = pass ? snap_before : snap_after;
+        for (const char *p = a; *p;) {
+            const char *e = strchrnul(p, '\n');
+            if (!has_line(b, p, (size_t)(e - p))) fprintf(stderr, "%c %.*s\n", pass ? '+' : '-', (int)(e - p), p);
+            p = *e ? e + 1 : e;
+        }
+    }
+    fflush(stderr);
+    fail("snapshot differs after restore");
+}
+
+/* ---- helpers ---- */
+
+static void path_in_dir(char *buf, size_t len, const char *name) {
+    snprintf(buf, len, "%s/%s.%d", DIRPATH, name, getpid());
+}
+
+static int make_file(const char *name, size_t len, int flags) {
+    char p[4096];
+    path_in_dir(p, sizeof p, name);
+    int fd = open(p, O_RDWR | O_CREAT | O_TRUNC | flags, 0640);
+    CHECK(fd >= 0, "create %s: %s", p, strerror(errno));
+    char buf[4096];
+    for (size_t off = 0; off < len; off += sizeof buf) {
+        for (size_t i = 0; i < sizeof buf; i++) buf[i] = (char)('A' + (off + i) % 23);
+        size_t n = len - off < sizeof buf ? len - off : sizeof buf;
+        CHECK(pwrite(fd, buf, n, (off_t)off) == (ssize_t)n, "write %s", p);
+    }
+    return fd;
+}
+
+/* ---- the cases: setup() before the capture, check() after ---- */
+
+/* fds: flags, close-on-exec, offsets, shared descriptions. */
+static int f_cloexec, f_dup_a, f_dup_b, f_append, f_dir, f_null, f_zero;
+static void fds_setup(void) {
+    f_cloexec = make_file("cloexec", 10000, O_CLOEXEC);
+    CHECK(lseek(f_cloexec, 1234, SEEK_SET) == 1234, "lseek");
+    f_dup_a = make_file("dup", 8192, 0);
+    CHECK(lseek(f_dup_a, 77, SEEK_SET) == 77, "lseek");
+    f_dup_b = fcntl(f_dup_a, F_DUPFD_CLOEXEC, 40);
+    CHECK(f_dup_b >= 40, "dupfd");
+    int t = make_file("append", 100, 0);
+    close(t);
+    char p[4096];
+    path_in_dir(p, sizeof p, "append");
+    f_append = open(p, O_WRONLY | O_APPEND | O_NONBLOCK | O_CLOEXEC);
+    CHECK(f_append >= 0, "open append");
+    f_dir = open(DIRPATH, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    CHECK(f_dir >= 0, "open dir");
+    f_null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    f_zero = open("/dev/zero", O_RDONLY);
+    CHECK(f_null >= 0 && f_zero >= 0, "open devices");
+}
+static void fds_check(void) {
+    char c;
+    CHECK(pread(f_cloexec, &c, 1, 5000) == 1 && c == (char)('A' + 5000 % 23), "cloexec file content");
+    CHECK(fcntl(f_cloexec, F_GETFD) == FD_CLOEXEC, "FD_CLOEXEC kept");
+    /* one description: the offset moves for both */
+    CHECK(lseek(f_dup_b, 0, SEEK_CUR) == 77, "dup offset");
+    CHECK(lseek(f_dup_a, 500, SEEK_SET) == 500, "seek a");
+    CHECK(lseek(f_dup_b, 0, SEEK_CUR) == 500, "dup'ed fds share their offset");
+    CHECK(write(f_append, "xyz", 3) == 3, "append write");
+    struct stat st;
+    CHECK(fstat(f_append, &st) == 0 && st.st_size == 103, "O_APPEND kept");
+    /* the same image is restored again: leave the file as captured */
+    CHECK(ftruncate(f_append, 100) == 0, "truncate back");
+    CHECK(read(f_zero, &c, 1) == 1 && c == 0, "/dev/zero");
+    CHECK(write(f_null, "x", 1) == 1, "/dev/null");
+    CHECK(faccessat(f_dir, ".", R_OK, 0) == 0, "dir fd");
+}
+
+/* A self-pipe with data in it, and a full one. */
+static int p1[2], p2[2], p1_dup;
+static const char P1DATA[] = "twenty-seven bytes buffered";
+static void pipe_setup(void) {
+    CHECK(pipe2(p1, O_CLOEXEC) == 0, "pipe");
+    CHECK(fcntl(p1[0], F_SETFL, O_NONBLOCK) == 0, "nonblock");
+    CHECK(fcntl(p1[1], F_SETPIPE_SZ, 128 * 1024) >= 128 * 1024, "F_SETPIPE_SZ");
+    CHECK(write(p1[1], P1DATA, 27) == 27, "write pipe");
+    p1_dup = dup(p1[0]);
+    CHECK(pipe(p2) == 0, "pipe2");
+    CHECK(fcntl(p2[1], F_SETFL, O_NONBLOCK) == 0, "nonblock");
+    char buf[4096];
+    ssize_t total = 0, n;
+    for (int i = 0; ; i++) {
+        for (size_t j = 0; j < sizeof buf; j++) buf[j] = (char)(i * 7 + j);
+        n = write(p2[1], buf, sizeof buf);
+        if (n <= 0) break;
+        total += n;
+    }
+    CHECK(total == 65536, "pipe 2 holds 64 KiB (%zd)", total);
+}
+static void pipe_check(void) {
+    char buf[4096];
+    CHECK(fcntl(p1[1], F_GETPIPE_SZ) == 128 * 1024, "pipe size");
+    CHECK(read(p1_dup, buf, 10) == 10, "read via the dup'ed read end");
+    CHECK(read(p1[0], buf + 10, sizeof buf - 10) == 17, "read the rest of the buffered bytes");
+    CHECK(!memcmp(buf, P1DATA, 27), "pipe data");
+    CHECK(read(p1[0], buf, 1) == -1 && errno == EAGAIN, "nothing more, O_NONBLOCK kept");
+    CHECK(write(p1[1], "!", 1) == 1 && read(p1[0], buf, 1) == 1 && buf[0] == '!', "pipe still a pipe");
+    for (int i = 0; i < 16; i++) {
+        CHECK(read(p2[0], buf, sizeof buf) == sizeof buf, "read full pipe");
+        for (size_t j = 0; j < sizeof buf; j++) CHECK(buf[j] == (char)(i * 7 + j), "full pipe data");
+    }
+    CHECK(write(p2[1], buf, 1) == 1, "write end after");
+}
+
+/* A FIFO with both ends open here, and data in it. */
+static int fifo_r, fifo_w;
+static void fifo_setup(void) {
+    char p[4096];
+    path_in_dir(p, sizeof p, "fifo");
+    CHECK(mkfifo(p, 0600) == 0, "mkfifo");
+    fifo_r = open(p, O_RDONLY | O_NONBLOCK);
+    fifo_w = open(p, O_WRONLY);
+    CHECK(fifo_r >= 0 && fifo_w >= 0, "open fifo");
+    CHECK(write(fifo_w, "fifo-data-123", 13) == 13, "write fifo");
+}
+static void fifo_check(void) {
+    char buf[64];
+    CHECK(read(fifo_r, buf, sizeof buf) == 13 && !memcmp(buf, "fifo-data-123", 13), "fifo data");
+}
+
+/* Mappings with flags that only madvise/mlock set. */
+static uint8_t *m_lock, *m_lockonfault, *m_wipe, *m_dontfork, *m_dontdump, *m_huge, *m_nohuge, *m_seq, *m_rand,
+    *m_merge;
+static uint8_t *mk(size_t len) {
+    uint8_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(p != MAP_FAILED, "mmap");
+    for (size_t i = 0; i < len; i += 4096) p[i] = (uint8_t)(i >> 12) + 1;
+    /* Mappings are placed top-down next to each other: only their flags
+     * keep them apart, which the snapshot's maps lines check too. */
+    return p;
+}
+static void vmflags_setup(void) {
+    m_lock = mk(8 * 4096);
+    CHECK(mlock(m_lock, 8 * 4096) == 0, "mlock");
+    m_lockonfault = mk(8 * 4096);
+    CHECK(syscall(SYS_mlock2, m_lockonfault, 8 * 4096, 1 /* MLOCK_ONFAULT */) == 0, "mlock2");
+    m_wipe = mk(4 * 4096);
+    CHECK(madvise(m_wipe, 4 * 4096, MADV_WIPEONFORK) == 0, "wipeonfork");
+    m_dontfork = mk(4 * 4096);
+    CHECK(madvise(m_dontfork, 4 * 4096, MADV_DONTFORK) == 0, "dontfork");
+    m_dontdump = mk(4 * 4096);
+    CHECK(madvise(m_dontdump, 4 * 4096, MADV_DONTDUMP) == 0, "dontdump");
+    m_huge = mk(4 * 4096);
+    CHECK(madvise(m_huge, 4 * 4096, MADV_HUGEPAGE) == 0, "hugepage");
+    m_nohuge = mk(4 * 4096);
+    CHECK(madvise(m_nohuge, 4 * 4096, MADV_NOHUGEPAGE) == 0, "nohugepage");
+    m_seq = mk(4 * 4096);
+    CHECK(madvise(m_seq, 4 * 4096, MADV_SEQUENTIAL) == 0, "sequential");
+    m_rand = mk(4 * 4096);
+    CHECK(madvise(m_rand, 4 * 4096, MADV_RANDOM) == 0, "random");
+    m_merge = mk(4 * 4096);
+    if (madvise(m_merge, 4 * 4096, MADV_MERGEABLE) != 0) m_merge = NULL; /* no KSM */
+}
+static void vmflags_check(void) {
+    uint8_t *all[] = {m_lock, m_lockonfault, m_wipe, m_dontfork, m_dontdump, m_huge, m_nohuge, m_seq, m_rand};
+    for (int k = 0; k < 9; k++)
+        for (int i = 0; i < 4; i++)
+            CHECK(all[k][i * 4096] == (uint8_t)(i + 1), "mapping %d page %d holds %d", k, i, all[k][i * 4096]);
+    pid_t kid = fork();
+    CHECK(kid >= 0, "fork");
+    if (kid == 0) {
+        /* wipeonfork: zeros in the child; dontfork: not mapped in the child */
+        if (m_wipe[0] != 0) _exit(2);
+        if (msync(m_dontfork, 4096, MS_ASYNC) == 0 || errno != ENOMEM) _exit(3);
+        _exit(0);
+    }
+    int st;
+    CHECK(waitpid(kid, &st, 0) == kid && WIFEXITED(st), "child");
+    CHECK(WEXITSTATUS(st) == 0, "fork semantics (wipeonfork/dontfork): child status %d", WEXITSTATUS(st));
+}
+
+/* prctl state a process sets for itself. */
+static void prctl_setup(void) {
+    CHECK(prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0, "thp disable");
+    CHECK(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0, "subreaper");
+    CHECK(prctl(PR_SET_PDEATHSIG, SIGUSR2) == 0, "pdeathsig");
+    CHECK(prctl(PR_SET_TIMERSLACK, 123456) == 0, "timerslack");
+    CHECK(prctl(PR_SET_NAME, "fid-renamed") == 0, "name");
+    CHECK(prctl(PR_MCE_KILL, PR_MCE_KILL_SET, PR_MCE_KILL_EARLY, 0, 0) == 0, "mce kill");
+    if (prctl(PR_GET_SPECULATION_CTRL, PR_SPEC_STORE_BYPASS, 0, 0, 0) & PR_SPEC_PRCTL)
+        CHECK(prctl(PR_SET_SPECULATION_CTRL, PR_SPEC_STORE_BYPASS, PR_SPEC_DISABLE, 0, 0) == 0, "spec");
+    CHECK(prctl(PR_SET_DUMPABLE, 0) == 0, "dumpable");
+    CHECK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0, "no_new_privs");
+}
+static void prctl_check(void) {}
+
+/* Memory-deny-write-execute: set last, checked by behaviour. */
+static void mdwe_setup(void) {
+    CHECK(prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) == 0, "mdwe");
+}
+static void mdwe_check(void) {
+    void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(p == MAP_FAILED, "MDWE refuses a W+X mapping after restore");
+}
+
+/* Scheduling, priority, oom score, personality. */
+static void sched_setup(void) {
+    CHECK(setpriority(PRIO_PROCESS, 0, 7) == 0, "nice");
+    cpu_set_t cs;
+    CPU_ZERO(&cs);
+    CPU_SET(0, &cs);
+    CHECK(sched_setaffinity(0, sizeof cs, &cs) == 0, "affinity");
+    struct sched_param sp = {0};
+    CHECK(sched_setscheduler(0, SCHED_BATCH, &sp) == 0, "SCHED_BATCH");
+    CHECK(syscall(SYS_ioprio_set, 1, 0, (2 << 13) | 5) == 0, "ioprio");
+    int fd = open("/proc/self/oom_score_adj", O_WRONLY);
+    CHECK(fd >= 0 && write(fd, "345", 3) == 3, "oom_score_adj");
+    close(fd);
+    CHECK(personality(PER_LINUX | ADDR_NO_RANDOMIZE | ADDR_COMPAT_LAYOUT) != -1, "personality");
+}
+static void sched_check(void) {}
+
+/* membarrier registrations (per address space). */
+static void membarrier_setup(void) {
+    CHECK(syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0, "register");
+    CHECK(syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0, "register global");
+}
+static void membarrier_check(void) {
+    CHECK(syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0,
+          "membarrier private expedited works (registered): %s", strerror(errno));
+}
+
+/* Queued signals: several instances of a real-time signal, each with its
+ * value, and a standard one with its siginfo. */
+static void sigqueue_setup(void) {
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGRTMIN + 1);
+    sigaddset(&s, SIGUSR1);
+    CHECK(sigprocmask(SIG_BLOCK, &s, NULL) == 0, "block");
+    for (int i = 1; i <= 3; i++) {
+        union sigval v = {.sival_int = 11 * i};
+        CHECK(sigqueue(getpid(), SIGRTMIN + 1, v) == 0, "sigqueue");
+    }
+    union sigval v = {.sival_int = 44};
+    CHECK(sigqueue(getpid(), SIGUSR1, v) == 0, "sigqueue usr1");
+}
+static void sigqueue_check(void) {
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGRTMIN + 1);
+    sigaddset(&s, SIGUSR1);
+    siginfo_t si;
+    CHECK(sigwaitinfo(&s, &si) == SIGUSR1 && si.si_code == SI_QUEUE && si.si_value.sival_int == 44,
+          "SIGUSR1 with its value (got %d code %d value %d)", si.si_signo, si.si_code, si.si_value.sival_int);
+    for (int i = 1; i <= 3; i++) {
+        CHECK(sigwaitinfo(&s, &si) == SIGRTMIN + 1, "rt signal %d of 3 queued", i);
+        CHECK(si.si_code == SI_QUEUE && si.si_value.sival_int == 11 * i, "rt signal %d value %d", i,
+              si.si_value.sival_int);
+    }
+    sigset_t pend;
+    sigpending(&pend);
+    CHECK(!sigismember(&pend, SIGRTMIN + 1), "no fourth rt signal");
+}
+
+/* Credentials: not the restorer's (root's). */
+static void creds_setup(void) {
+    gid_t groups[] = {5, 6, 7};
+    CHECK(setgroups(3, groups) == 0, "setgroups");
+    CHECK(setresgid(1234, 1235, 1236) == 0, "setresgid");
+    CHECK(setresuid(2345, 2346, 2347) == 0, "setresuid");
+}
+static void creds_check(void) {
+    CHECK(geteuid() == 2346, "euid");
+}
+
+/* An unlinked device node: the real thing back, or a refusal. */
+static int devnode_fd;
+static void devnode_setup(void) {
+    char p[4096];
+    path_in_dir(p, sizeof p, "node");
+    CHECK(mknod(p, S_IFCHR | 0700, makedev(1, 3)) == 0, "mknod");
+    devnode_fd = open(p, O_RDWR);
+    CHECK(devnode_fd >= 0, "open node");
+    CHECK(unlink(p) == 0, "unlink node");
+}
+static void devnode_check(void) {
+    struct stat st;
+    CHECK(fstat(devnode_fd, &st) == 0 && st.st_mode == (S_IFCHR | 0700) && st.st_rdev == makedev(1, 3),
+          "the node's own mode (%o)", st.st_mode);
+    CHECK(write(devnode_fd, "x", 1) == 1, "write node");
+}
+
+/* File locks: flock, POSIX record lock, OFD lock. */
+static int l_flock, l_posix, l_ofd;
+static void locks_setup(void) {
+    l_flock = make_file("flock", 100, 0);
+    CHECK(flock(l_flock, LOCK_EX) == 0, "flock");
+    l_posix = make_file("posix", 100, 0);
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 10, .l_len = 20};
+    CHECK(fcntl(l_posix, F_SETLK, &fl) == 0, "posix lock");
+    l_ofd = make_file("ofd", 100, 0);
+    struct flock ofd = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    CHECK(fcntl(l_ofd, F_OFD_SETLK, &ofd) == 0, "ofd lock");
+}
+static void locks_check(void) {
+    pid_t me = getpid();
+    pid_t kid = fork();
+    CHECK(kid >= 0, "fork");
+    if (kid == 0) {
+        char p[4096];
+        snprintf(p, sizeof p, "%s/flock.%d", DIRPATH, me);
+        (void)p;
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 15, .l_len = 1};
+        if (fcntl(l_posix, F_GETLK, &fl) != 0 || fl.l_type != F_WRLCK || fl.l_pid != me) _exit(2);
+        struct flock ofd = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0, .l_pid = 0};
+        char o[64];
+        snprintf(o, sizeof o, "/proc/self/fd/%d", l_ofd);
+        int fo = open(o, O_RDWR);
+        if (fo < 0 || fcntl(fo, F_OFD_GETLK, &ofd) != 0 || ofd.l_type != F_RDLCK) _exit(3);
+        char fpath[64];
+        snprintf(fpath, sizeof fpath, "/proc/self/fd/%d", l_flock);
+        int ff = open(fpath, O_RDONLY);
+        if (ff < 0 || flock(ff, LOCK_EX | LOCK_NB) == 0 || errno != EWOULDBLOCK) _exit(4);
+        _exit(0);
+    }
+    int st;
+    CHECK(waitpid(kid, &st, 0) == kid && WIFEXITED(st), "child");
+    CHECK(WEXITSTATUS(st) == 0, "locks seen from a child (step %d)", WEXITSTATUS(st));
+}
+
+/* An unlinked file: open at an offset, mapped shared and private, with a
+ * hole; its bytes exist nowhere but in this process. */
+static int del_fd;
+static uint8_t *del_shared, *del_private;
+static void deleted_setup(void) {
+    char p[4096];
+    path_in_dir(p, sizeof p, "deleted");
+    del_fd = open(p, O_RDWR | O_CREAT | O_TRUNC, 0640);
+    CHECK(del_fd >= 0, "create");
+    CHECK(ftruncate(del_fd, 5 * 4096) == 0, "truncate");
+    char page[4096];
+    memset(page, 'D', sizeof page);
+    CHECK(pwrite(del_fd, page, 4096, 0) == 4096 && pwrite(del_fd, page, 100, 3 * 4096) == 100, "write");
+    CHECK(lseek(del_fd, 777, SEEK_SET) == 777, "seek");
+    del_shared = mmap(NULL, 5 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, del_fd, 0);
+    del_private = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE, del_fd, 3 * 4096);
+    CHECK(del_shared != MAP_FAILED && del_private != MAP_FAILED, "mmap");
+    del_private[5] = 'p'; /* an anonymous copy of the page */
+    CHECK(unlink(p) == 0, "unlink");
+}
+static void deleted_check(void) {
+    struct stat st;
+    CHECK(fstat(del_fd, &st) == 0 && st.st_size == 5 * 4096 && st.st_nlink == 0 && (st.st_mode & 0777) == 0640,
+          "size, links and mode (%lld, %lu, %o)", (long long)st.st_size, (unsigned long)st.st_nlink, st.st_mode);
+    CHECK(lseek(del_fd, 0, SEEK_CUR) == 777, "offset");
+    CHECK(lseek(del_fd, 0, SEEK_HOLE) == 4096, "the hole is kept");
+    CHECK(del_shared[0] == 'D' && del_shared[3 * 4096 + 99] == 'D' && del_shared[3 * 4096 + 100] == 0, "contents");
+    CHECK(del_private[5] == 'p' && del_private[6] == 'D', "private copy");
+    /* one inode for the fd and the shared mapping */
+    del_shared[4096] = 'S';
+    char c;
+    CHECK(pread(del_fd, &c, 1, 4096) == 1 && c == 'S', "a write through the mapping is seen through the fd");
+}
+
+/* A memfd with seals, mapped shared, and shared anonymous memory. */
+static int mfd;
+static uint8_t *mfd_map, *shm;
+static void memfd_setup(void) {
+    mfd = memfd_create("fid-mem", MFD_ALLOW_SEALING | MFD_CLOEXEC);
+    CHECK(mfd >= 0, "memfd_create");
+    char buf[10000];
+    for (int i = 0; i < 10000; i++) buf[i] = (char)(i % 251);
+    CHECK(write(mfd, buf, sizeof buf) == sizeof buf, "write memfd");
+    CHECK(fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) == 0, "seal");
+    mfd_map = mmap(NULL, 12288, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+    CHECK(mfd_map != MAP_FAILED, "mmap memfd");
+    shm = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    CHECK(shm != MAP_FAILED, "mmap shared anon");
+    memset(shm, 0x5c, 8192);
+}
+static void memfd_check(void) {
+    char name[64];
+    char link[64];
+    snprintf(name, sizeof name, "/proc/self/fd/%d", mfd);
+    ssize_t n = readlink(name, link, sizeof link - 1);
+    CHECK(n > 0, "readlink");
+    link[n] = 0;
+    CHECK(!strcmp(link, "/memfd:fid-mem (deleted)"), "memfd name (%s)", link);
+    CHECK(fcntl(mfd, F_GET_SEALS) == (F_SEAL_SHRINK | F_SEAL_GROW), "seals");
+    CHECK(ftruncate(mfd, 100) == -1 && errno == EPERM, "sealed against shrinking");
+    for (int i = 0; i < 10000; i++) CHECK(mfd_map[i] == (uint8_t)(i % 251), "memfd contents");
+    mfd_map[1] = 77;
+    char c;
+    CHECK(pread(mfd, &c, 1, 1) == 1 && c == 77, "the mapping is of the memfd");
+    CHECK(shm[0] == 0x5c && shm[8191] == 0x5c, "shared anonymous memory");
+    pid_t kid = fork();
+    if (kid == 0) { shm[0] = 1; _exit(0); }
+    waitpid(kid, NULL, 0);
+    CHECK(shm[0] == 1, "shared anonymous memory is shared with a child");
+}
+
+/* O_PATH fds on a directory and on a symbolic link itself; an fd on one
+ * of the process's own /proc files. */
+static int op_dir, op_link, proc_fd;
+static void opath_setup(void) {
+    op_dir = open(DIRPATH, O_PATH | O_DIRECTORY);
+    char p[4096];
+    path_in_dir(p, sizeof p, "link");
+    CHECK(symlink("/nonexistent-target", p) == 0, "symlink");
+    op_link = open(p, O_PATH | O_NOFOLLOW);
+    CHECK(op_dir >= 0 && op_link >= 0, "O_PATH");
+    proc_fd = open("/proc/self/status", O_RDONLY);
+    CHECK(proc_fd >= 0, "open /proc/self/status");
+}
+static void opath_check(void) {
+    struct stat st;
+    CHECK(fstatat(op_link, "", &st, AT_EMPTY_PATH) == 0 && S_ISLNK(st.st_mode), "O_PATH on the link itself");
+    CHECK(fstatat(op_dir, "", &st, AT_EMPTY_PATH) == 0 && S_ISDIR(st.st_mode), "O_PATH on the directory");
+    char buf[4096];
+    ssize_t n = pread(proc_fd, buf, sizeof buf - 1, 0);
+    CHECK(n > 0, "read /proc fd");
+    buf[n] = 0;
+    char want[64];
+    snprintf(want, sizeof want, "\nPid:\t%d\n", getpid());
+    CHECK(strstr(buf, want), "the /proc fd is this process's (%s)", want + 1);
+}
+
+/* A working directory that was removed. */
+static void cwd_setup(void) {
+    char p[4096];
+    path_in_dir(p, sizeof p, "gone");
+    CHECK(mkdir(p, 0750) == 0 && chdir(p) == 0 && rmdir(p) == 0, "removed cwd");
+}
+static void cwd_check(void) {
+    char buf[4096];
+    CHECK(getcwd(buf, sizeof buf) == NULL && errno == ENOENT, "cwd is still a removed directory");
+}
+
+/* A droppable mapping (MAP_DROPPABLE) and a sealed one (mseal). */
+#ifndef MAP_DROPPABLE
+#define MAP_DROPPABLE 0x08
+#endif
+static uint8_t *m_drop, *m_sealed;
+static void special_maps_setup(void) {
+    m_drop = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_DROPPABLE | MAP_ANONYMOUS, -1, 0);
+    CHECK(m_drop != MAP_FAILED, "MAP_DROPPABLE");
+    m_drop[0] = 9;
+    m_sealed = mmap(NULL, 8192, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(m_sealed != MAP_FAILED, "mmap");
+    CHECK(syscall(462 /* mseal */, m_sealed, 8192, 0) == 0, "mseal");
+}
+static void special_maps_check(void) {
+    CHECK(mprotect(m_sealed, 8192, PROT_READ | PROT_WRITE) == -1 && errno == EPERM, "still sealed");
+}
+
+/* Refused, all at once: a socket, an eventfd and a child. */
+static void refuse_setup(void) {
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0, "socketpair");
+    CHECK(syscall(SYS_eventfd2, 0, 0) >= 0, "eventfd");
+    pid_t kid = fork();
+    if (kid == 0) { pause(); _exit(0); }
+}
+static void refuse_check(void) {}
+
+static void none(void) {}
+
+struct fcase {
+    const char *name;
+    void (*setup)(void);
+    void (*check)(void);
+};
+static const struct fcase cases[] = {
+    {"basic", none, none},
+    {"fds", fds_setup, fds_check},
+    {"pipe", pipe_setup, pipe_check},
+    {"fifo", fifo_setup, fifo_check},
+    {"vmflags", vmflags_setup, vmflags_check},
+    {"prctl", prctl_setup, prctl_check},
+    {"mdwe", mdwe_setup, mdwe_check},
+    {"sched", sched_setup, sched_check},
+    {"membarrier", membarrier_setup, membarrier_check},
+    {"sigqueue", sigqueue_setup, sigqueue_check},
+    {"creds", creds_setup, creds_check},
+    {"devnode", devnode_setup, devnode_check},
+    {"locks", locks_setup, locks_check},
+    {"deleted", deleted_setup, deleted_check},
+    {"memfd", memfd_setup, memfd_check},
+    {"opath", opath_setup, opath_check},
+    {"cwd", cwd_setup, cwd_check},
+    {"special-maps", special_maps_setup, special_maps_check},
+    {"refuse", refuse_setup, refuse_check},
+};
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: fidelity CASE DIR\n");
+        return 2;
+    }
+    snprintf(DIRPATH, sizeof DIRPATH, "%s", argv[2]);
+    const struct fcase *c = NULL;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        if (!strcmp(cases[i].name, argv[1])) c = &cases[i];
+    if (!c) fail("unknown case %s", argv[1]);
+    c->setup();
+    take_snapshot(snap_before, -1);
+    printf("READY %d\n", getpid());
+    fflush(stdout);
+    raise(SIGSTOP);
+    take_snapshot(snap_after, -1);
+    compare_snapshots();
+    c->check();
+    printf("PASS %s\n", c->name);
+    return 0;
+}
