@@ -199,8 +199,38 @@ pub fn obstacles(pid: i32, st: &StatusText, obs: &mut Obstacles) {
     }
 }
 
-/// (pid, state) of every process whose parent is `pid`.
+/// (pid, state) of every process whose parent is `pid`: from each
+/// thread's `children` file (CONFIG_PROC_CHILDREN), or a scan of /proc.
 fn children(pid: i32) -> Vec<(i32, char)> {
+    let state = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").and_then(|(_, r)| r.chars().next()))
+            .unwrap_or('?')
+    };
+    let mut out = Vec::new();
+    let mut have_file = false;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+                have_file = true;
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|w| w.parse::<i32>().ok())
+                        .map(|p| (p, state(p))),
+                );
+            }
+        }
+    }
+    if !have_file {
+        out = scan_children(pid);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn scan_children(pid: i32) -> Vec<(i32, char)> {
     let mut out = Vec::new();
     let Ok(d) = std::fs::read_dir("/proc") else {
         return out;
@@ -221,6 +251,5 @@ fn children(pid: i32) -> Vec<(i32, char)> {
             out.push((p, state));
         }
     }
-    out.sort();
     out
 }

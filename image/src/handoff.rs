@@ -31,8 +31,11 @@ pub mod flags {
     /// No tracer: the shim queues the captured pending signals itself and
     /// finishes through the image's gadgets (`crate::gadget`).
     pub const SELF_UNMAP: u64 = 1 << 3;
+    /// `cryo restore` found its own credentials (which the exec of the
+    /// shim keeps) equal to the image's: the shim need not compare them.
+    pub const SAME_CREDS: u64 = 1 << 4;
     /// Every bit this version knows.
-    pub const ALL: u64 = PHASES | LAZY | SELF_UNMAP;
+    pub const ALL: u64 = PHASES | LAZY | SELF_UNMAP | SAME_CREDS;
 }
 
 /// rsi at the shim's final `int3`, so the tracer knows the trap is ours.

@@ -489,6 +489,22 @@ pub fn vmflag_rule(name: &str, special: bool) -> VmFlagRule {
     }
 }
 
+/// The `Vma::vmflags` mask of a two-letter VmFlag, computed at compile
+/// time where `name` is a constant (`const LO: u64 = vmflag("lo")`); 0 for
+/// a name this version does not know.
+pub const fn vmflag(name: &str) -> u64 {
+    let n = name.as_bytes();
+    let mut i = 0;
+    while i < VMFLAG_NAMES.len() {
+        let f = VMFLAG_NAMES[i].as_bytes();
+        if f.len() == 2 && n.len() == 2 && f[0] == n[0] && f[1] == n[1] {
+            return 1 << i;
+        }
+        i += 1;
+    }
+    0
+}
+
 /// Bit position of a two-letter VmFlag, if known.
 pub fn vmflag_bit(name: &str) -> Option<u32> {
     VMFLAG_NAMES
@@ -723,9 +739,7 @@ pub mod lazy {
                     | vma_flags::WIPEONFORK)
                 == 0
             && v.run_count > 0
-            && !["dp", "sl", "lo"]
-                .iter()
-                .any(|f| super::vmflag_bit(f).is_some_and(|b| v.vmflags & (1 << b) != 0))
+            && v.vmflags & (super::vmflag("dp") | super::vmflag("sl") | super::vmflag("lo")) == 0
     }
 
     /// Page-aligned [start, end) filled eagerly even inside lazy mappings.

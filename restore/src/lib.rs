@@ -138,6 +138,7 @@ pub struct Plan {
 /// Process state `exec` applies before the shim runs, read from the image
 /// once at `prepare`.
 struct Setup {
+    checked: task::Checked,
     cwd: String,
     /// The working directory had been removed: make it again, enter it,
     /// remove it.
@@ -350,8 +351,9 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
         opts.drop_pipe_data,
         !opts.no_verify,
     )?;
-    task::check(&img, &own_status)?;
+    let checked = task::check(&img, &own_status)?;
     let setup = Setup {
+        checked,
         cwd: img.str(p.cwd).unwrap_or("/").to_owned(),
         cwd_deleted: p.flags & cryo_image::process_flags::CWD_DELETED != 0,
         ignored: own_status.sig_ignored,
@@ -447,6 +449,7 @@ impl Plan {
     /// only on failure (the process may then be half set up: fds moved).
     pub fn exec(self) -> RestoreError {
         let Setup {
+            checked,
             cwd,
             cwd_deleted,
             umask,
@@ -511,19 +514,11 @@ impl Plan {
             -1
         };
         use cryo_image::handoff::{self, Handoff};
-        let flags = if self.opts.phases {
-            handoff::flags::PHASES
-        } else {
-            0
-        } | if server.is_some() {
-            handoff::flags::LAZY
-        } else {
-            0
-        } | if self.finish == Finish::Gadgets {
-            handoff::flags::SELF_UNMAP
-        } else {
-            0
-        };
+        let bit = |on: bool, b: u64| if on { b } else { 0 };
+        let flags = bit(self.opts.phases, handoff::flags::PHASES)
+            | bit(server.is_some(), handoff::flags::LAZY)
+            | bit(self.finish == Finish::Gadgets, handoff::flags::SELF_UNMAP)
+            | bit(checked.same_creds, handoff::flags::SAME_CREDS);
         let cwd_done = if *cwd_deleted {
             fds::enter_removed_dir(cwd)
         } else {
@@ -547,7 +542,7 @@ impl Plan {
                 return sys(format!("setrlimit({})", rlimit_name(r.resource)));
             }
         }
-        if let Err(e) = task::apply_before_exec(&img) {
+        if let Err(e) = task::apply_before_exec(&img, checked) {
             return e;
         }
         let shim = match CString::new(self.opts.shim.as_os_str().as_bytes()) {
@@ -761,6 +756,8 @@ pub(crate) struct OwnStatus {
     cap_sys_resource: bool,
     /// SigIgn: the signals this process ignores.
     sig_ignored: u64,
+    /// The whole file, for the task checks.
+    text: String,
 }
 
 impl OwnStatus {
@@ -776,6 +773,7 @@ impl OwnStatus {
         OwnStatus {
             cap_sys_resource: hex("CapEff:") & (1 << CAP_SYS_RESOURCE) != 0,
             sig_ignored: hex("SigIgn:"),
+            text,
         }
     }
 }

@@ -26,8 +26,7 @@ struct Own {
 }
 
 impl Own {
-    fn read() -> Own {
-        let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    fn from_status(text: &str) -> Own {
         let get = |k: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(':')))
@@ -56,6 +55,12 @@ impl Own {
             no_new_privs: get("NoNewPrivs") == "1",
         }
     }
+    fn hex_of(text: &str, k: &str) -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(':')))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    }
     fn has(&self, cap: u32) -> bool {
         self.cap_eff & (1 << cap) != 0
     }
@@ -65,13 +70,40 @@ fn refuse(why: String) -> RestoreError {
     RestoreError::Task(why)
 }
 
+/// What `check` found, for the exec: whether the shim must change the
+/// credentials, and this process's oom score and loginuid.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Checked {
+    pub same_creds: bool,
+    own_oom: Option<i64>,
+    own_loginuid: Option<i64>,
+}
+
 /// Can the captured credentials and task state be given back here?
 /// Refuses, before anything changes, what this process cannot do.
-pub fn check(img: &Image, _status: &crate::OwnStatus) -> Result<(), RestoreError> {
-    let own = Own::read();
+pub fn check(img: &Image, status: &crate::OwnStatus) -> Result<Checked, RestoreError> {
+    let own = Own::from_status(&status.text);
+    let mine = |f: &str| {
+        std::fs::read_to_string(format!("/proc/self/{f}"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+    };
+    let mut out = Checked {
+        same_creds: true,
+        own_oom: None,
+        own_loginuid: None,
+    };
     if let Some(c) = img.creds() {
         let groups: Vec<u32> = img.groups().iter().map(|g| g.gid).collect();
         let ids_differ = c.uid != own.uid || c.gid != own.gid || groups != own.groups;
+        out.same_creds = !ids_differ
+            && c.cap_prm == own.cap_prm
+            && c.cap_eff == own.cap_eff
+            && c.cap_bnd == own.cap_bnd
+            && c.cap_inh == Own::hex_of(&status.text, "CapInh")
+            && c.cap_amb == Own::hex_of(&status.text, "CapAmb")
+            // securebits are not in /proc: let the shim compare if any.
+            && c.securebits == 0;
         if ids_differ {
             let need = [CAP_SETUID, CAP_SETGID];
             if need.iter().any(|&n| !own.has(n)) {
@@ -105,29 +137,26 @@ pub fn check(img: &Image, _status: &crate::OwnStatus) -> Result<(), RestoreError
                 "the image had KSM merging on for the whole process (PR_SET_MEMORY_MERGE), which needs CAP_SYS_RESOURCE to set".into(),
             ));
         }
-        let mine = |f: &str| {
-            std::fs::read_to_string(format!("/proc/self/{f}"))
-                .ok()
-                .and_then(|s| s.trim().parse::<i64>().ok())
-        };
+        out.own_oom = mine("oom_score_adj");
+        out.own_loginuid = mine("loginuid");
         if t.oom_score_adj != UNKNOWN
-            && mine("oom_score_adj").is_some_and(|m| t.oom_score_adj < m)
+            && out.own_oom.is_some_and(|m| t.oom_score_adj < m)
             && !own.has(CAP_SYS_RESOURCE)
         {
             return Err(refuse(format!(
                 "the image's oom_score_adj is {}, lower than this process's {}; lowering it needs CAP_SYS_RESOURCE",
                 t.oom_score_adj,
-                mine("oom_score_adj").unwrap_or(0)
+                out.own_oom.unwrap_or(0)
             )));
         }
         if t.loginuid != UNKNOWN
-            && mine("loginuid") != Some(t.loginuid)
+            && out.own_loginuid != Some(t.loginuid)
             && !own.has(CAP_AUDIT_CONTROL)
         {
             return Err(refuse(format!(
                 "the image's loginuid is {}, this process's {:?}; setting it needs CAP_AUDIT_CONTROL",
                 t.loginuid,
-                mine("loginuid")
+                out.own_loginuid
             )));
         }
         // SAFETY: PR_GET_MDWE takes no pointer.
@@ -138,7 +167,7 @@ pub fn check(img: &Image, _status: &crate::OwnStatus) -> Result<(), RestoreError
             ));
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 fn os_err(what: &str) -> RestoreError {
@@ -146,27 +175,21 @@ fn os_err(what: &str) -> RestoreError {
 }
 
 /// Set what survives the exec: nice, scheduling policy, CPU affinity, I/O
-/// priority, oom score, loginuid.
-pub fn apply_before_exec(img: &Image) -> Result<(), RestoreError> {
+/// priority, oom score, loginuid. Each only where it differs.
+pub fn apply_before_exec(img: &Image, checked: &Checked) -> Result<(), RestoreError> {
     let Some(t) = img.task() else {
         return Ok(());
     };
     apply_sched(&t)?;
-    let write = |file: &str, v: i64| -> Result<(), RestoreError> {
-        let path = format!("/proc/self/{file}");
-        let cur = std::fs::read_to_string(&path).unwrap_or_default();
-        if cur.trim().parse::<i64>().ok() == Some(v) {
+    let write = |file: &str, cur: Option<i64>, v: i64| -> Result<(), RestoreError> {
+        if v == UNKNOWN || cur == Some(v) {
             return Ok(());
         }
-        std::fs::write(&path, v.to_string())
+        std::fs::write(format!("/proc/self/{file}"), v.to_string())
             .map_err(|e| crate::IntoSys::into_sys(e, format!("setting {file} to {v}")))
     };
-    if t.oom_score_adj != UNKNOWN {
-        write("oom_score_adj", t.oom_score_adj)?;
-    }
-    if t.loginuid != UNKNOWN {
-        write("loginuid", t.loginuid)?;
-    }
+    write("oom_score_adj", checked.own_oom, t.oom_score_adj)?;
+    write("loginuid", checked.own_loginuid, t.loginuid)?;
     Ok(())
 }
 
@@ -187,17 +210,26 @@ fn apply_sched(t: &TaskState) -> Result<(), RestoreError> {
                 return Err(os_err("setting the scheduling policy"));
             }
         }
-        if t.nice != UNKNOWN && libc::setpriority(libc::PRIO_PROCESS, 0, t.nice as i32) < 0 {
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
+        if t.nice != UNKNOWN
+            && nice as i64 != t.nice
+            && libc::setpriority(libc::PRIO_PROCESS, 0, t.nice as i32) < 0
+        {
             return Err(os_err("setting the nice value"));
         }
         if t.affinity.iter().any(|&w| w != 0) {
+            let size = std::mem::size_of::<libc::cpu_set_t>();
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             for cpu in 0..1024usize.min(libc::CPU_SETSIZE as usize) {
                 if t.affinity[cpu / 64] & (1 << (cpu % 64)) != 0 {
                     libc::CPU_SET(cpu, &mut set);
                 }
             }
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) < 0 {
+            let mut cur: libc::cpu_set_t = std::mem::zeroed();
+            let same =
+                libc::sched_getaffinity(0, size, &mut cur) == 0 && libc::CPU_EQUAL(&cur, &set);
+            if !same && libc::sched_setaffinity(0, size, &set) < 0 {
                 return Err(os_err("setting the CPU affinity"));
             }
         }

@@ -325,7 +325,7 @@ fn restore(a: &Args) -> ! {
         // was of a file open for writing: mprotect(PROT_WRITE) must work
         // again, so the file is opened read-write.
         if v.kind == vma_kind::FILE_SHARED
-            && (v.prot & 2 != 0 || has_vmflag(&v, "mw"))
+            && (v.prot & 2 != 0 || v.vmflags & cryo_image::vmflag("mw") != 0)
             && v.file != NO_INDEX
         {
             // SAFETY: file < nfiles (validated) and need_rw has nfiles bytes.
@@ -641,7 +641,7 @@ fn restore(a: &Args) -> ! {
     if let Some(t) = img.task() {
         task::restore_prctl(&t);
     }
-    if let Some(c) = img.creds() {
+    if let Some(c) = img.creds().filter(|_| a.flags & flags::SAME_CREDS == 0) {
         task::restore_creds(&img, &c);
     }
     if let Some(t) = img.task() {
@@ -881,7 +881,7 @@ fn map_vma(
     };
     let mut flags = if shared {
         MAP_SHARED
-    } else if has_vmflag(v, "dp") {
+    } else if v.vmflags & cryo_image::vmflag("dp") != 0 {
         MAP_DROPPABLE
     } else {
         MAP_PRIVATE
@@ -892,7 +892,7 @@ fn map_vma(
     if v.flags & vma_flags::GROWSDOWN != 0 {
         flags |= MAP_GROWSDOWN;
     }
-    if has_vmflag(v, "nr") {
+    if v.vmflags & cryo_image::vmflag("nr") != 0 {
         flags |= MAP_NORESERVE;
     }
     let off = if v.file != NO_INDEX { v.pgoff } else { 0 };
@@ -910,8 +910,26 @@ fn map_vma(
         }
         // mremap gives an anonymous mapping that was never faulted the
         // page offset of its new place (to let it merge): fault one page
-        // first, so it keeps its own, then drop that page again.
-        give_anon_vma(TEMP_AT);
+        // first, so it keeps its own. A data page is read to where it
+        // moves with the mapping (and read again by the fill below); else
+        // a zero byte is written and the page dropped again.
+        let first_data = (v.first_run..v.first_run + v.run_count)
+            .filter_map(|j| img.page_runs().get(j as usize))
+            .find(|r| r.kind == run_kind::DATA);
+        match first_data {
+            // (Not in a lazy mapping: the page server serves, and checks,
+            // its pages.)
+            Some(r) if map_prot & PROT_WRITE != 0 && only.is_none() => {
+                let at = TEMP_AT + (r.vaddr - v.start) as usize;
+                if let Err(e) = pread_all(pages_fd, at, PG, r.offset) {
+                    die(format_args!(
+                        "reading pages for {:#x}: errno {}",
+                        r.vaddr, -e
+                    ));
+                }
+            }
+            _ => give_anon_vma(TEMP_AT, map_prot & PROT_WRITE != 0),
+        }
         let r = syscall6(
             SYS_MREMAP,
             TEMP_AT,
@@ -1023,33 +1041,51 @@ fn map_vma(
 /// The VmFlags only madvise, mlock and mseal set (`cryo_image::vmflag_rule`
 /// says which): after the mapping is filled and has its protection.
 fn restore_vma_flags(v: &Vma) {
+    use cryo_image::vmflag;
+    const ADVICE: [(u64, usize, &str); 8] = [
+        (vmflag("dc"), 10, "MADV_DONTFORK"),
+        (vmflag("dd"), 16, "MADV_DONTDUMP"),
+        (vmflag("wf"), 18, "MADV_WIPEONFORK"),
+        (vmflag("hg"), 14, "MADV_HUGEPAGE"),
+        (vmflag("nh"), 15, "MADV_NOHUGEPAGE"),
+        (vmflag("sr"), 2, "MADV_SEQUENTIAL"),
+        (vmflag("rr"), 1, "MADV_RANDOM"),
+        (vmflag("mg"), 12, "MADV_MERGEABLE"),
+    ];
+    const ANY: u64 = vmflag("dc")
+        | vmflag("dd")
+        | vmflag("wf")
+        | vmflag("hg")
+        | vmflag("nh")
+        | vmflag("sr")
+        | vmflag("rr")
+        | vmflag("mg")
+        | vmflag("lo")
+        | vmflag("sl");
+    if v.vmflags & ANY == 0 {
+        return;
+    }
     let (start, len) = (v.start as usize, v.len() as usize);
-    for (flag, advice, what) in [
-        ("dc", 10, "MADV_DONTFORK"),
-        ("dd", 16, "MADV_DONTDUMP"),
-        ("wf", 18, "MADV_WIPEONFORK"),
-        ("hg", 14, "MADV_HUGEPAGE"),
-        ("nh", 15, "MADV_NOHUGEPAGE"),
-        ("sr", 2, "MADV_SEQUENTIAL"),
-        ("rr", 1, "MADV_RANDOM"),
-        ("mg", 12, "MADV_MERGEABLE"),
-    ] {
-        if has_vmflag(v, flag) {
+    for (mask, advice, what) in ADVICE {
+        if v.vmflags & mask != 0 {
             check(
                 syscall3(SYS_MADVISE, start, len, advice),
                 format_args!("{what} on {start:#x}"),
             );
         }
     }
-    if has_vmflag(v, "lo") {
-        let r = if has_vmflag(v, "lf") {
-            syscall3(SYS_MLOCK2, start, len, MLOCK_ONFAULT)
+    if v.vmflags & vmflag("lo") != 0 {
+        let how = if v.vmflags & vmflag("lf") != 0 {
+            MLOCK_ONFAULT
         } else {
-            syscall3(SYS_MLOCK2, start, len, 0)
+            0
         };
-        check(r, format_args!("mlock of {start:#x}-{:#x}", v.end));
+        check(
+            syscall3(SYS_MLOCK2, start, len, how),
+            format_args!("mlock of {start:#x}-{:#x}", v.end),
+        );
     }
-    if has_vmflag(v, "sl") {
+    if v.vmflags & vmflag("sl") != 0 {
         check(
             syscall3(SYS_MSEAL, start, len, 0),
             format_args!("mseal of {start:#x}-{:#x}", v.end),
@@ -1058,9 +1094,10 @@ fn restore_vma_flags(v: &Vma) {
 }
 
 /// Give the private anonymous mapping at `addr` an anon_vma without
-/// leaving a page behind: one byte written through /proc/self/mem (which
-/// may write any private mapping, whatever its protection, without adding
-/// VM_ACCOUNT as a writable mmap would), then MADV_DONTNEED.
+/// leaving a page behind: one byte written (through /proc/self/mem if the
+/// mapping is not writable: it writes any private mapping, whatever its
+/// protection, without adding VM_ACCOUNT as a writable mmap would), then
+/// MADV_DONTNEED.
 static mut MEM_FD: isize = -1;
 
 /// Close what `give_anon_vma` opened.
@@ -1075,7 +1112,14 @@ fn close_mem_fd() {
     }
 }
 
-fn give_anon_vma(addr: usize) {
+fn give_anon_vma(addr: usize, writable: bool) {
+    if writable {
+        // SAFETY: addr is the first page of the writable mapping just made
+        // at the staging address; the page is dropped again right after.
+        unsafe { core::ptr::write_volatile(addr as *mut u8, 0) };
+        syscall3(SYS_MADVISE, addr, PG, MADV_DONTNEED);
+        return;
+    }
     // SAFETY: the shim is single-threaded; MEM_FD is only used here and in
     // close_mem_fd.
     let fd = unsafe {
@@ -1176,10 +1220,6 @@ fn hand_to_page_server(img: &Image, sock: usize) {
         );
     }
     syscall3(SYS_CLOSE, uffd, 0, 0);
-}
-
-fn has_vmflag(v: &Vma, name: &str) -> bool {
-    cryo_image::vmflag_bit(name).is_some_and(|b| v.vmflags & (1u64 << b) != 0)
 }
 
 /// glibc caches the thread's TID in its TCB (`struct pthread`); the PID is
