@@ -70,7 +70,9 @@ fn case(name: &str) {
     // Captured, killed, restored every way.
     let t = Target::spawn(fidelity_cmd(name, &dir), "fidelity");
     t.wait_stopped();
-    let img = dir.join("img");
+    // Not in the program's directory: writing the image there is an event
+    // its inotify watch would queue.
+    let img = scratch(&format!("fidelity-{name}-img")).join("img");
     let (code, _, err) = cryo_cmd(&[
         "capture",
         "--kill",
@@ -207,6 +209,12 @@ fn droppable_and_sealed_mappings() {
     case("special-maps");
 }
 
+/// An inotify instance: its watches, with the same watch descriptors.
+#[test]
+fn inotify_watches() {
+    case("inotify");
+}
+
 /// A process cryo cannot restore faithfully is refused with every
 /// obstacle named at once, before anything is written; --dry-run lists
 /// them too; the target is left running as it was.
@@ -220,11 +228,14 @@ fn every_obstacle_at_once() {
     let (code, _, err) = cryo_cmd(&["capture", &pid, img.to_str().unwrap()]);
     assert_eq!(code, 1, "refused: {err}");
     for want in [
-        "4 obstacles",
+        "6 obstacles",
         "child processes",
         "fd 3 is a socket",
         "fd 4 is a socket",
         "fd 5 is an eventfd",
+        "fd 6 (inotify) has",
+        "bytes of events queued",
+        "AIO ring",
     ] {
         assert!(err.contains(want), "names {want}: {err}");
     }
@@ -233,14 +244,14 @@ fn every_obstacle_at_once() {
     let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &pid]);
     assert_eq!(code, 1);
     assert!(
-        out.contains("4 obstacles") && out.contains("eventfd"),
+        out.contains("6 obstacles") && out.contains("eventfd"),
         "{out}"
     );
     let (code, out, _) = cryo_cmd(&["capture", "--dry-run", "--json", &pid]);
     assert_eq!(code, 1);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["capturable"], false);
-    assert_eq!(v["obstacles"].as_array().map(|a| a.len()), Some(4));
+    assert_eq!(v["obstacles"].as_array().map(|a| a.len()), Some(6));
     // SAFETY: kill takes integers.
     unsafe { libc::kill(t.pid, libc::SIGKILL) };
 }

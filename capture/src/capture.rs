@@ -115,6 +115,11 @@ fn classify(m: &Mapping) -> Result<(u32, u32), String> {
         m.path.as_str(),
         "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
     );
+    if m.path == "/[aio] (deleted)" {
+        return Err(format!(
+            "mapping {range} is an AIO ring (io_setup), which cryo cannot restore yet"
+        ));
+    }
     // Every VmFlag is derived from how the mapping is made, set again by
     // the shim, or a reason to refuse (cryo_image::vmflag_rule).
     let mut why: Vec<String> = Vec::new();
@@ -166,6 +171,11 @@ fn classify(m: &Mapping) -> Result<(u32, u32), String> {
             } else {
                 vma_kind::ANON_PRIVATE
             }
+        }
+        "/[aio] (deleted)" => {
+            return Err(format!(
+                "mapping {range} is an AIO ring (io_setup), which cryo cannot restore yet"
+            ))
         }
         p if p.starts_with("/SYSV") => {
             return Err(format!("mapping {range} {p} is System V shared memory"))

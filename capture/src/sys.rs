@@ -154,6 +154,28 @@ pub fn peek_siginfo(tid: i32, shared: bool) -> io::Result<Vec<[u64; 16]>> {
     }
 }
 
+/// open_by_handle_at(mount_fd, handle, O_PATH): the file a handle names
+/// (needs CAP_DAC_READ_SEARCH).
+pub fn open_by_handle(mount: &impl AsRawFd, kind: i32, bytes: &[u8]) -> io::Result<OwnedFd> {
+    // struct file_handle { u32 handle_bytes; int handle_type; u8 f_handle[]; }
+    let mut buf = vec![0u8; 8 + bytes.len()];
+    buf[0..4].copy_from_slice(&(bytes.len() as u32).to_ne_bytes());
+    buf[4..8].copy_from_slice(&kind.to_ne_bytes());
+    buf[8..].copy_from_slice(bytes);
+    // SAFETY: the kernel reads a file_handle of handle_bytes bytes from our
+    // buffer (allocated that long) and returns a new fd we own.
+    let r = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount.as_raw_fd(),
+            buf.as_ptr(),
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: a fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
 /// One `prlimit`-free way to get a process's limits: /proc/PID/limits is
 /// readable where prlimit needs CAP_SYS_RESOURCE (another user's process).
 /// Returns (resource, soft, hard) for the 16 Linux resources.

@@ -127,3 +127,23 @@ record! {
         pub end: u64,
     }
 }
+
+record! {
+    /// One watch of an inotify instance (`Fd::desc` names the instance's
+    /// first fd), in the order of the watch descriptors.
+    pub struct InotifyWatch {
+        /// The fds-table index of the instance's first fd.
+        pub desc: u32,
+        /// The watch descriptor the program holds (restored exactly).
+        pub wd: i32,
+        /// Events and flags (IN_ONESHOT, IN_EXCL_UNLINK ...) as inotify
+        /// reports them.
+        pub mask: u32,
+        pub _pad: u32,
+        /// The watched inode, by identity and by the path found for it at
+        /// capture.
+        pub dev: u64,
+        pub ino: u64,
+        pub path: crate::StrRef,
+    }
+}

@@ -554,6 +554,9 @@ impl<'a> Image<'a> {
     pub fn signals(&self) -> Table<'a, signals::QueuedSignal> {
         self.table(SectionKind::Signals)
     }
+    pub fn inotify(&self) -> Table<'a, fds::InotifyWatch> {
+        self.table(SectionKind::Inotify)
+    }
 
     /// Every blob of pages.img that is not memory (pipe data, file
     /// contents), for checking.
@@ -783,6 +786,20 @@ impl<'a> Image<'a> {
                 return Err(ImageError::Invalid(
                     "creds: group count differs from 'groups'",
                 ));
+            }
+        }
+        for (i, w) in self.inotify().iter().enumerate() {
+            self.check_str(w.path, "inotify", i)?;
+            if fdt
+                .get(w.desc as usize)
+                .is_none_or(|f| f.kind != fd_kind::INOTIFY)
+                || w.wd <= 0
+            {
+                return Err(ImageError::BadIndex {
+                    section: "inotify",
+                    index: i as u64,
+                    why: "watch of no inotify fd, or a bad watch descriptor",
+                });
             }
         }
         for (i, q) in self.signals().iter().enumerate() {

@@ -78,10 +78,12 @@ pub enum SectionKind {
     Task = 20,
     /// Format 3.0: queued signals with their siginfo.
     Signals = 21,
+    /// Format 3.0: inotify watches.
+    Inotify = 22,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 21] = [
+    pub const ALL: [SectionKind; 22] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -103,6 +105,7 @@ impl SectionKind {
         SectionKind::Groups,
         SectionKind::Task,
         SectionKind::Signals,
+        SectionKind::Inotify,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -130,6 +133,7 @@ impl SectionKind {
             SectionKind::Groups => "groups",
             SectionKind::Task => "task",
             SectionKind::Signals => "signals",
+            SectionKind::Inotify => "inotify",
         }
     }
     /// Record size this reader knows for the section (1 for byte blobs).
@@ -156,6 +160,7 @@ impl SectionKind {
             SectionKind::Groups => crate::task::Group::SIZE,
             SectionKind::Task => crate::task::TaskState::SIZE,
             SectionKind::Signals => crate::signals::QueuedSignal::SIZE,
+            SectionKind::Inotify => crate::fds::InotifyWatch::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -186,6 +191,9 @@ impl SectionKind {
             // RLIMIT_SIGPENDING can be raised; 1 << 20 queued signals is
             // far beyond any default.
             SectionKind::Signals => 1 << 20,
+            // fs.inotify.max_user_watches can be raised; 1 << 22 is far
+            // beyond its default (8192 to 1 << 20 by memory).
+            SectionKind::Inotify => 1 << 22,
         }
     }
     /// Sections every valid image must have.
@@ -632,12 +640,15 @@ pub mod fd_kind {
     /// A file of the process's own /proc directory (`/proc/PID/...`):
     /// reopened under the restored process's PID.
     pub const PROC: u32 = 9;
+    /// An inotify instance (its watches are in the `inotify` section).
+    pub const INOTIFY: u32 = 10;
 
     pub fn name(k: u32) -> &'static str {
         match k {
             FIFO => "fifo",
             SYMLINK => "symlink",
             PROC => "proc",
+            INOTIFY => "inotify",
             REGULAR => "file",
             CHAR_DEVICE => "chardev",
             PIPE => "pipe",

@@ -59,6 +59,7 @@ pub struct ImageBuilder {
     pub groups: Vec<crate::task::Group>,
     pub task: Option<crate::task::TaskState>,
     pub signals: Vec<crate::signals::QueuedSignal>,
+    pub inotify: Vec<crate::fds::InotifyWatch>,
 }
 
 /// sums.img's bytes for the page checksums `sums` (in pages.img order).
@@ -112,6 +113,7 @@ impl ImageBuilder {
             (SectionKind::Locks, table(&self.locks)),
             (SectionKind::Groups, table(&self.groups)),
             (SectionKind::Signals, table(&self.signals)),
+            (SectionKind::Inotify, table(&self.inotify)),
         ];
         if let Some(g) = &self.gadgets {
             sections.push((SectionKind::Gadgets, table(std::slice::from_ref(g))));

@@ -60,6 +60,9 @@ pub enum Source {
     },
     /// A file made again from the image (files index): unlinked or memfd.
     Stored { file: u32, flags: i32, pos: u64 },
+    /// An inotify instance with its watches (the image's watches of the
+    /// description whose first fd is at this fds-table index).
+    Inotify { desc: u32, flags: i32 },
     /// A removed directory or device node, made again and removed.
     Remade {
         path: String,
@@ -328,6 +331,24 @@ pub fn plan(
                     Source::PipeEnd {
                         pipe: index,
                         write: acc != libc::O_RDONLY,
+                        flags,
+                    }
+                }
+                fd_kind::INOTIFY => {
+                    for w in img.inotify().iter().filter(|w| w.desc == i as u32) {
+                        let path = img.str(w.path).unwrap_or("");
+                        let md = std::fs::metadata(path).map_err(|e| {
+                            err(format!("watch {} on {path}: {e}", w.wd))
+                        })?;
+                        if (md.dev(), md.ino()) != (w.dev, w.ino) {
+                            return Err(err(format!(
+                                "watch {} on {path}: a different file now (device/inode)",
+                                w.wd
+                            )));
+                        }
+                    }
+                    Source::Inotify {
+                        desc: i as u32,
                         flags,
                     }
                 }
@@ -679,6 +700,66 @@ fn make_stored(
     Ok(OwnedFd::from(file))
 }
 
+/// An inotify instance with the image's watches of description `desc`,
+/// each at its own watch descriptor: the kernel hands them out in
+/// increasing order, so a watch that gets a smaller one than it had is
+/// added and removed again until it gets its own.
+fn make_inotify(img: &Image, p: &FdPlan, desc: u32, flags: i32) -> Result<i32, RestoreError> {
+    // SAFETY: inotify_init1 takes flags and returns a new fd.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    if fd < 0 {
+        return Err(fd_err(
+            p,
+            format!("inotify_init1: {}", std::io::Error::last_os_error()),
+        ));
+    }
+    let fail = |why: String| {
+        close(fd);
+        fd_err(p, why)
+    };
+    for w in img.inotify().iter().filter(|w| w.desc == desc) {
+        let path = img.str(w.path).unwrap_or("");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(path)
+            .map_err(|e| fail(format!("watch {} on {path}: {e}", w.wd)))?;
+        let md = f.metadata().map_err(|e| fail(e.to_string()))?;
+        if (md.dev(), md.ino()) != (w.dev, w.ino) {
+            return Err(fail(format!(
+                "watch {} on {path}: replaced while restoring",
+                w.wd
+            )));
+        }
+        let target = CString::new(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap_or_default();
+        let mut tries = 0;
+        loop {
+            // SAFETY: inotify_add_watch reads a NUL-terminated path we own.
+            let got = unsafe { libc::inotify_add_watch(fd, target.as_ptr(), w.mask) };
+            if got == w.wd {
+                break;
+            }
+            if got < 0 || got > w.wd || tries > w.wd + 16 {
+                return Err(fail(format!(
+                    "watch {} on {path} came back as {got} ({})",
+                    w.wd,
+                    std::io::Error::last_os_error()
+                )));
+            }
+            // SAFETY: inotify_rm_watch takes integers.
+            unsafe { libc::inotify_rm_watch(fd, got) };
+            tries += 1;
+        }
+    }
+    // Each removal above queued an IN_IGNORED event; the captured
+    // instance had none queued (capture refuses that): drain them all.
+    let mut buf = [0u8; 4096];
+    // SAFETY: read into our buffer of the size we pass.
+    while unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) } > 0 {}
+    set_status_flags(fd, flags).map_err(|e| fail(e.to_string()))?;
+    Ok(fd)
+}
+
 /// A removed directory or device node, made again, opened and removed.
 fn make_removed(
     p: &FdPlan,
@@ -863,6 +944,12 @@ pub fn install(
                     .map_err(|e| fd_err(p, e))?;
                 seek(p, f.as_raw_fd(), *pos)?;
                 let raw = f.into_raw_fd();
+                let d = dup_above(raw, high)?;
+                close(raw);
+                d
+            }
+            Source::Inotify { desc, flags } => {
+                let raw = make_inotify(img, p, *desc, *flags)?;
                 let d = dup_above(raw, high)?;
                 close(raw);
                 d

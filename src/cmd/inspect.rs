@@ -403,6 +403,16 @@ fn to_text(img: &Image, loaded: &LoadedImage) -> String {
             extra
         );
     }
+    for w in img.inotify().iter() {
+        let _ = writeln!(
+            o,
+            "  watch fd {} wd {} mask {:#x} {}",
+            fdt.get(w.desc as usize).map_or(-1, |f| f.fd),
+            w.wd,
+            w.mask,
+            s(img, w.path)
+        );
+    }
     for l in img.locks().iter() {
         let _ = writeln!(
             o,
@@ -630,6 +640,9 @@ fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
             "cap_eff": c.cap_eff, "cap_prm": c.cap_prm, "cap_inh": c.cap_inh,
             "cap_bnd": c.cap_bnd, "cap_amb": c.cap_amb, "securebits": c.securebits})),
         "task": img.task(),
+        "inotify": img.inotify().iter().map(|w| json!({
+            "fd": fdt.get(w.desc as usize).map(|f| f.fd), "wd": w.wd, "mask": w.mask,
+            "dev": w.dev, "ino": w.ino, "path": s(img, w.path)})).collect::<Vec<_>>(),
         "queued_signals": img.signals().iter().map(|q| json!({
             "signo": q.signo, "name": signame(q.signo), "shared": q.shared != 0,
             "code": q.info[1] as u32 as i32, "value": q.info[3]})).collect::<Vec<_>>(),

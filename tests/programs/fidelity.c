@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/inotify.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/personality.h>
@@ -733,11 +734,51 @@ static void special_maps_check(void) {
     CHECK(mprotect(m_sealed, 8192, PROT_READ | PROT_WRITE) == -1 && errno == EPERM, "still sealed");
 }
 
-/* Refused, all at once: a socket, an eventfd and a child. */
+/* An inotify instance with watches whose descriptors have a gap. */
+static int ino_fd, ino_wd_dir, ino_wd_file;
+static void inotify_setup(void) {
+    ino_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    CHECK(ino_fd >= 0, "inotify_init1");
+    int f = make_file("watched", 10, 0);
+    close(f);
+    char p[4096];
+    path_in_dir(p, sizeof p, "watched");
+    int gone = inotify_add_watch(ino_fd, "/", IN_ACCESS);
+    ino_wd_dir = inotify_add_watch(ino_fd, DIRPATH, IN_CREATE | IN_DELETE);
+    ino_wd_file = inotify_add_watch(ino_fd, p, IN_MODIFY | IN_ONESHOT);
+    CHECK(gone > 0 && ino_wd_dir > 0 && ino_wd_file > 0, "inotify_add_watch");
+    CHECK(inotify_rm_watch(ino_fd, gone) == 0, "rm watch");
+    /* drain the IN_IGNORED event of the removed watch */
+    char buf[4096];
+    while (read(ino_fd, buf, sizeof buf) > 0) {}
+}
+static void inotify_check(void) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s/new.%d", DIRPATH, getpid());
+    int f = open(p, O_CREAT | O_WRONLY, 0600);
+    CHECK(f >= 0, "create");
+    close(f);
+    unlink(p);
+    char buf[4096] __attribute__((aligned(8)));
+    ssize_t n = read(ino_fd, buf, sizeof buf);
+    CHECK(n > 0, "an event arrives after restore");
+    struct inotify_event *e = (struct inotify_event *)buf;
+    CHECK(e->wd == ino_wd_dir && (e->mask & IN_CREATE), "the event is the directory watch's (wd %d, mask %x)", e->wd, e->mask);
+}
+
+/* Refused, all at once: a socket pair, an eventfd, an inotify instance
+ * with an event queued, an AIO ring and a child. */
 static void refuse_setup(void) {
     int sv[2];
     CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0, "socketpair");
     CHECK(syscall(SYS_eventfd2, 0, 0) >= 0, "eventfd");
+    int in = inotify_init1(0);
+    CHECK(in >= 0 && inotify_add_watch(in, DIRPATH, IN_CREATE) > 0, "inotify");
+    char p[4096];
+    path_in_dir(p, sizeof p, "event");
+    close(open(p, O_CREAT | O_WRONLY, 0600));
+    unsigned long aio = 0;
+    CHECK(syscall(SYS_io_setup, 4, &aio) == 0, "io_setup");
     pid_t kid = fork();
     if (kid == 0) { pause(); _exit(0); }
 }
@@ -769,6 +810,7 @@ static const struct fcase cases[] = {
     {"opath", opath_setup, opath_check},
     {"cwd", cwd_setup, cwd_check},
     {"special-maps", special_maps_setup, special_maps_check},
+    {"inotify", inotify_setup, inotify_check},
     {"refuse", refuse_setup, refuse_check},
 };
 
