@@ -67,20 +67,28 @@ fn case(name: &str) {
         (0, format!("PASS {name}").as_str()),
         "plain run: {err}"
     );
-    // Captured, killed, restored every way.
-    let t = Target::spawn(fidelity_cmd(name, &dir), "fidelity");
+    // Looked at (--dry-run), captured, and left as it was: the original
+    // goes on and still passes its own checks (capture must never harm
+    // it); then the image is restored every way.
+    let mut t = Target::spawn(fidelity_cmd(name, &dir), "fidelity");
     t.wait_stopped();
+    let pid = t.pid.to_string();
     // Not in the program's directory: writing the image there is an event
     // its inotify watch would queue.
     let img = scratch(&format!("fidelity-{name}-img")).join("img");
-    let (code, _, err) = cryo_cmd(&[
-        "capture",
-        "--kill",
-        &t.pid.to_string(),
-        img.to_str().unwrap(),
-    ]);
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &pid]);
+    assert_eq!(code, 0, "dry run: {out} {err}");
+    let (code, _, err) = cryo_cmd(&["capture", &pid, img.to_str().unwrap()]);
     assert_eq!(code, 0, "capture: {err}");
-    t.finish();
+    assert_eq!(state(t.pid), Some('T'), "left stopped, as it was");
+    t.cont();
+    let _ = &mut t;
+    let (code, last, err) = t.finish();
+    assert_eq!(
+        (code, last.as_str()),
+        (0, format!("PASS {name}").as_str()),
+        "the original after its capture: {err}"
+    );
     let (code, out, err) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
     assert_eq!(code, 0, "inspect: {err}");
     assert!(
@@ -213,6 +221,13 @@ fn droppable_and_sealed_mappings() {
 #[test]
 fn inotify_watches() {
     case("inotify");
+}
+
+/// A SIGTRAP handler with SIGTRAP blocked: capturing (even --dry-run)
+/// once reset it to SIG_DFL in the live process (CRIU's zdtm sigtrap01).
+#[test]
+fn sigtrap_handler_survives_capture() {
+    case("sigtrap");
 }
 
 /// A process cryo cannot restore faithfully is refused with every

@@ -6,8 +6,9 @@
 //! already exists in the tracee's vDSO (no code is written into the target,
 //! so no text page is copied-on-write); load rax/rdi/rsi/rdx/r10 with the
 //! call; set orig_rax = -1 so the kernel does not apply syscall-restart logic
-//! to the stop we resume from; single-step; read rax; put every register
-//! back. Output buffers live on the tracee's stack below the 128-byte red
+//! to the stop we resume from; run it to its syscall-exit stop
+//! (PTRACE_SYSCALL: no SIGTRAP is raised, unlike a single-step); read rax;
+//! put every register back. Output buffers live on the tracee's stack below the 128-byte red
 //! zone; the bytes there are saved and written back afterwards. After an
 //! injection the tracee's registers and memory are bit-identical to before
 //! (the capture tests compare every stored page, sp and pc with the live
@@ -90,7 +91,7 @@ impl<'a> Remote<'a> {
         r.rip = self.gadget;
         // Keep rsp where it was: the scratch area is below the red zone.
         self.t.set_regs(&r)?;
-        self.t.single_step()?;
+        self.t.syscall_step()?;
         let out = self.t.regs()?;
         Ok(out.rax as i64)
     }

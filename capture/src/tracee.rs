@@ -98,7 +98,14 @@ impl Tracee {
         }
         let was_stopped = state == 'T';
         // SAFETY: PTRACE_SEIZE takes no pointers (addr 0, data = options).
-        let r = unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0usize, 0usize) };
+        let r = unsafe {
+            libc::ptrace(
+                libc::PTRACE_SEIZE,
+                pid,
+                0usize,
+                libc::PTRACE_O_TRACESYSGOOD as usize,
+            )
+        };
         if r < 0 {
             let e = io::Error::last_os_error();
             return Err(match e.raw_os_error() {
@@ -360,30 +367,40 @@ impl Tracee {
 
     /// Execute one instruction (used by syscall injection); intercepts
     /// signals that arrive meanwhile and retries until the step is done.
-    pub fn single_step(&mut self) -> Result<(), PtraceError> {
-        // SAFETY: no pointers.
-        let r = unsafe { libc::ptrace(libc::PTRACE_SINGLESTEP, self.pid, 0usize, 0usize) };
-        if r < 0 {
-            return Err(sys_err("PTRACE_SINGLESTEP", self.pid));
-        }
+    /// Run the tracee through exactly one system call: resume to its
+    /// syscall-entry stop, then to its syscall-exit stop (PTRACE_SYSCALL,
+    /// reported as SIGTRAP|0x80 with PTRACE_O_TRACESYSGOOD). No signal is
+    /// generated on the way: single-stepping raised a SIGTRAP, which the
+    /// kernel forces on a task that blocks it by resetting the program's
+    /// SIGTRAP handler to SIG_DFL (seen: CRIU's zdtm sigtrap01 lost its
+    /// handler to a capture, even a --dry-run).
+    pub fn syscall_step(&mut self) -> Result<(), PtraceError> {
+        const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
+        let resume = |pid: i32| {
+            // SAFETY: no pointers.
+            if unsafe { libc::ptrace(libc::PTRACE_SYSCALL, pid, 0usize, 0usize) } < 0 {
+                return Err(sys_err("PTRACE_SYSCALL", pid));
+            }
+            Ok(())
+        };
+        resume(self.pid)?;
+        let mut exits_seen = 0;
         loop {
             let status = self.waitpid()?;
-            if libc::WIFSTOPPED(status)
-                && libc::WSTOPSIG(status) == libc::SIGTRAP
-                && status >> 16 == 0
-            {
-                return Ok(());
-            }
-            if libc::WIFSTOPPED(status) && status >> 16 == PTRACE_EVENT_STOP {
-                // A group-stop notification (SIGSTOP sent meanwhile): step again.
-                // SAFETY: no pointers.
-                let r = unsafe { libc::ptrace(libc::PTRACE_SINGLESTEP, self.pid, 0usize, 0usize) };
-                if r < 0 {
-                    return Err(sys_err("PTRACE_SINGLESTEP", self.pid));
+            if libc::WIFSTOPPED(status) && libc::WSTOPSIG(status) == SYSCALL_STOP {
+                exits_seen += 1;
+                if exits_seen == 2 {
+                    return Ok(()); // entry, then exit
                 }
+                resume(self.pid)?;
                 continue;
             }
-            self.intercept_and_resume(status, libc::PTRACE_SINGLESTEP)?;
+            if libc::WIFSTOPPED(status) && status >> 16 == PTRACE_EVENT_STOP {
+                // A group-stop notification (SIGSTOP sent meanwhile): go on.
+                resume(self.pid)?;
+                continue;
+            }
+            self.intercept_and_resume(status, libc::PTRACE_SYSCALL)?;
         }
     }
 

@@ -123,6 +123,7 @@ pub fn plan(
     img: &Image,
     inherit: &[(i32, i32)],
     drop_pipe_data: bool,
+    restore_stdio: &[i32],
     verify: bool,
 ) -> Result<Plan, RestoreError> {
     let mut out = Plan::default();
@@ -163,7 +164,7 @@ pub fn plan(
             Source::Inherit(ours)
         } else if first != i {
             Source::SameAs(first)
-        } else if f.fd <= 2 {
+        } else if f.fd <= 2 && (!restore_stdio.contains(&f.fd) || f.kind == fd_kind::TTY) {
             if !fd_open(f.fd) {
                 return Err(err(format!(
                     "it is inherited from cryo restore's own fd {}, which is closed",

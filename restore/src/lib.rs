@@ -97,6 +97,10 @@ pub struct Options {
     /// Accept losing bytes that were unread in a pipe the restored fd
     /// does not get back (fds 0-2, --inherit-fd).
     pub drop_pipe_data: bool,
+    /// Which of fds 0-2 to restore like every other fd (files reopened at
+    /// their offsets, pipes made again...) instead of giving the program
+    /// this process's own; terminals are still this process's.
+    pub restore_stdio: Vec<i32>,
 }
 
 /// How the restore ends once the shim has rebuilt the process.
@@ -349,6 +353,7 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
         &img,
         &opts.inherit_fds,
         opts.drop_pipe_data,
+        &opts.restore_stdio,
         !opts.no_verify,
     )?;
     let checked = task::check(&img, &own_status)?;

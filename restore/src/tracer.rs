@@ -5,10 +5,14 @@
 //! exec, `cryo restore` double-forks a tracer (reparented away from the
 //! restoring process, so the restored program never sees it as a child and
 //! never gets its SIGCHLD) that PTRACE_SEIZEs the restoring process. When
-//! the shim is done it executes `int3` with rdi = the signal frame and rsi =
-//! a magic value. The tracer then runs two system calls in the restored
-//! process through a `syscall` instruction of its vDSO: `munmap` of the
-//! window and `rt_sigreturn`, which loads the captured registers. It
+//! the shim is done it sends itself SIGSTOP with r8 = the signal frame and
+//! r10 = a magic value. At that signal-delivery-stop the tracer runs two
+//! system calls in the restored process through a `syscall` instruction of
+//! its vDSO, each to its syscall-exit stop (PTRACE_SYSCALL): `munmap` of
+//! the window and `rt_sigreturn`, which loads the captured registers. No
+//! SIGTRAP is ever raised (`int3` and single-steps did): the kernel forces
+//! a SIGTRAP on a task that blocks it by resetting its handler to SIG_DFL,
+//! and the shim blocks every signal with the program's handlers in place. It
 //! detaches (after queueing SIGSTOP for `--keep-stopped`) and exits.
 //! Signals that arrive meanwhile are passed through. PTRACE_O_EXITKILL: if
 //! the tracer dies first, the half-restored process dies too.
@@ -166,7 +170,7 @@ fn tracer_main(
             libc::PTRACE_SEIZE,
             target,
             0usize,
-            libc::PTRACE_O_EXITKILL as usize,
+            (libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD) as usize,
         )
     };
     let code = if r < 0 {
@@ -367,12 +371,13 @@ fn trace(w: &mut Waiter, gadget: u64, keep_stopped: bool) -> Result<(), String> 
             resume(libc::PTRACE_LISTEN as libc::c_uint, pid, 0)?;
             continue;
         }
-        if event != 0 || sig != libc::SIGTRAP {
+        if event != 0 || sig != libc::SIGSTOP {
             resume(libc::PTRACE_CONT, pid, sig)?;
             continue;
         }
         let r = regs(pid)?;
-        if r.rsi != HANDOFF_MAGIC || r.rip < SHIM_WINDOW || r.rip >= SHIM_WINDOW + SHIM_WINDOW_LEN {
+        if r.r10 != HANDOFF_MAGIC || r.rip < SHIM_WINDOW || r.rip >= SHIM_WINDOW + SHIM_WINDOW_LEN {
+            // Someone else's SIGSTOP: deliver it.
             resume(libc::PTRACE_CONT, pid, sig)?;
             continue;
         }
@@ -380,16 +385,40 @@ fn trace(w: &mut Waiter, gadget: u64, keep_stopped: bool) -> Result<(), String> 
     }
 }
 
+/// Resume to the syscall-exit stop of the system call the registers are
+/// set up for (entry stop, then exit stop), passing over group-stops.
+fn run_syscall(w: &mut Waiter) -> Result<(), String> {
+    const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
+    let pid = w.target;
+    resume(libc::PTRACE_SYSCALL, pid, 0)?;
+    let mut stops = 0;
+    loop {
+        let st = w.wait()?;
+        if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+            return Err("the restored process died while its shim window was being removed".into());
+        }
+        if libc::WSTOPSIG(st) == SYSCALL_STOP {
+            stops += 1;
+            if stops == 2 {
+                return Ok(());
+            }
+        }
+        // All signals are blocked in the shim; only SIGSTOP can arrive,
+        // and it waits (not delivered) until the program runs.
+        resume(libc::PTRACE_SYSCALL, pid, 0)?;
+    }
+}
+
 fn finish(
     w: &mut Waiter,
-    at_trap: libc::user_regs_struct,
+    at_stop: libc::user_regs_struct,
     gadget: u64,
     keep_stopped: bool,
 ) -> Result<(), String> {
     let pid = w.target;
-    let frame_sp = at_trap.rdi;
+    let frame_sp = at_stop.r8;
     // munmap(window) from the program's vDSO.
-    let mut r = at_trap;
+    let mut r = at_stop;
     r.rax = libc::SYS_munmap as u64;
     r.orig_rax = u64::MAX;
     r.rdi = SHIM_WINDOW;
@@ -397,18 +426,7 @@ fn finish(
     r.rip = gadget;
     r.rsp = frame_sp;
     set_regs(pid, &r)?;
-    resume(libc::PTRACE_SINGLESTEP, pid, 0)?;
-    loop {
-        let st = w.wait()?;
-        if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
-            return Err("the restored process died while its shim window was being removed".into());
-        }
-        if libc::WSTOPSIG(st) == libc::SIGTRAP && st >> 16 == 0 {
-            break;
-        }
-        // All signals are blocked in the shim; only SIGSTOP can get here.
-        resume(libc::PTRACE_SINGLESTEP, pid, 0)?;
-    }
+    run_syscall(w)?;
     let after = regs(pid)?;
     if after.rax != 0 {
         return Err(format!(

@@ -16,7 +16,7 @@
 //! the pages; (5) restores mm fields, fs/gs base, the cached TID, robust
 //! list, rseq, signal handlers, timers, comm; (6) builds an rt_sigframe from
 //! the captured registers and xsave area on the program's stack, and traps
-//! (`int3`) so the tracer can unmap the window and `rt_sigreturn` into the
+//! (a SIGSTOP to itself) so the tracer can unmap the window and `rt_sigreturn` into the
 //! program. See docs/design.md.
 #![no_std]
 #![no_main]
@@ -671,14 +671,25 @@ fn restore(a: &Args) -> ! {
     if a.flags & flags::SELF_UNMAP != 0 {
         finish_without_tracer(&img, frame_sp);
     }
-    // SAFETY: the tracer stops us at this int3, unmaps the window and
-    // resumes at rt_sigreturn with rsp = frame_sp; we never run again.
+    // Stop for the tracer with a SIGSTOP to ourselves (r10 = the magic,
+    // r8 = the frame): the tracer meets it at its signal-delivery-stop,
+    // unmaps the window and resumes at rt_sigreturn with rsp = frame_sp;
+    // we never run again. Not `int3`: its SIGTRAP is forced on a task that
+    // blocks it (every signal is blocked here) by resetting the program's
+    // SIGTRAP handler, just restored, to SIG_DFL.
+    let pid = syscall3(SYS_GETPID, 0, 0, 0) as usize;
+    // SAFETY: tgkill(pid, pid, SIGSTOP) only stops this process; the
+    // tracer never lets it return here (ud2 otherwise).
     unsafe {
         core::arch::asm!(
-            "int3",
+            "syscall",
             "ud2",
-            in("rdi") frame_sp,
-            in("rsi") HANDOFF_MAGIC as usize,
+            in("rax") SYS_TGKILL,
+            in("rdi") pid,
+            in("rsi") pid,
+            in("rdx") SIGSTOP,
+            in("r10") HANDOFF_MAGIC as usize,
+            in("r8") frame_sp,
             options(noreturn)
         )
     }

@@ -20,6 +20,7 @@ pub const SYS_MADVISE: usize = 28;
 pub const SYS_SETITIMER: usize = 38;
 pub const SYS_GETPID: usize = 39;
 pub const SYS_KILL: usize = 62;
+pub const SYS_TGKILL: usize = 234;
 pub const SYS_EXIT_GROUP: usize = 231;
 pub const SYS_PRCTL: usize = 157;
 pub const SYS_ARCH_PRCTL: usize = 158;

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 /// status is this command's.
 ///
 /// fds 0-2 of the restored program are this command's (like CRIU's
-/// --shell-job). Every other fd comes back with its number, flags and
+/// --shell-job; --restore-stdio gives them back as they were). Every other fd comes back with its number, flags and
 /// offset, dup'ed fds sharing one description again: files, directories
 /// and devices are reopened (same inode checked), unlinked files and
 /// memfds are made again from the image, pipes whose ends were all in the
@@ -64,6 +64,13 @@ pub struct RestoreArgs {
     /// still held data.
     #[arg(long)]
     pub drop_pipe_data: bool,
+    /// Give fds 0-2 (or those listed, e.g. `--restore-stdio=0`) back as
+    /// they were too — a file at its offset, /dev/null, a pipe made again —
+    /// as for a daemon, instead of this command's own; a terminal is still
+    /// this command's.
+    #[arg(long, value_name = "FDS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "0,1,2", value_delimiter = ',')]
+    pub restore_stdio: Option<Vec<i32>>,
     /// Skip checking pages against their checksums in sums.img, before the
     /// exec and (lazy) in the page server; meta.img is still checked.
     #[arg(long)]
@@ -110,6 +117,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         phases: args.phases,
         use_tracer: args.use_tracer,
         drop_pipe_data: args.drop_pipe_data,
+        restore_stdio: args.restore_stdio.clone().unwrap_or_default(),
         lazy: args.lazy.map(|m| cryo_restore::LazyOptions {
             mode: match m {
                 LazyMode::Background => cryo_restore::lazy::Mode::Background,

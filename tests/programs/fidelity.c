@@ -766,6 +766,31 @@ static void inotify_check(void) {
     CHECK(e->wd == ino_wd_dir && (e->mask & IN_CREATE), "the event is the directory watch's (wd %d, mask %x)", e->wd, e->mask);
 }
 
+/* A SIGTRAP handler, with SIGTRAP blocked: capture must not disturb it
+ * (single-stepping the process would force a SIGTRAP on it, which resets
+ * a blocked signal's handler to SIG_DFL). */
+static volatile sig_atomic_t trapped;
+static void on_trap(int sig) { (void)sig; trapped++; }
+static void sigtrap_setup(void) {
+    struct sigaction sa = {0};
+    sa.sa_handler = on_trap;
+    CHECK(sigaction(SIGTRAP, &sa, NULL) == 0, "sigaction SIGTRAP");
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGTRAP);
+    CHECK(sigprocmask(SIG_BLOCK, &s, NULL) == 0, "block SIGTRAP");
+}
+static void sigtrap_check(void) {
+    struct sigaction sa;
+    CHECK(sigaction(SIGTRAP, NULL, &sa) == 0 && sa.sa_handler == on_trap, "the SIGTRAP handler is still there");
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGTRAP);
+    raise(SIGTRAP);
+    CHECK(sigprocmask(SIG_UNBLOCK, &s, NULL) == 0, "unblock");
+    CHECK(trapped == 1, "the handler ran");
+}
+
 /* Refused, all at once: a socket pair, an eventfd, an inotify instance
  * with an event queued, an AIO ring and a child. */
 static void refuse_setup(void) {
@@ -811,6 +836,7 @@ static const struct fcase cases[] = {
     {"cwd", cwd_setup, cwd_check},
     {"special-maps", special_maps_setup, special_maps_check},
     {"inotify", inotify_setup, inotify_check},
+    {"sigtrap", sigtrap_setup, sigtrap_check},
     {"refuse", refuse_setup, refuse_check},
 };
 
