@@ -271,6 +271,29 @@ fn every_obstacle_at_once() {
     unsafe { libc::kill(t.pid, libc::SIGKILL) };
 }
 
+/// What would come back wrong is refused by name, not restored wrongly:
+/// a pty master, a namespace fd, shared anonymous memory mapped twice, a
+/// file whose name was removed while another link remains.
+#[test]
+fn more_obstacles_named() {
+    let dir = scratch("fidelity-refuse2");
+    let t = Target::spawn(fidelity_cmd("refuse2", &dir), "fidelity");
+    t.wait_stopped();
+    let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
+    assert_eq!(code, 1);
+    for want in [
+        "5 obstacles",
+        "pseudo-terminal master",
+        "net:[",
+        "shared anonymous memory mapped more than once",
+        "other link(s)",
+    ] {
+        assert!(out.contains(want), "names {want}: {out}");
+    }
+    // SAFETY: kill takes integers.
+    unsafe { libc::kill(t.pid, libc::SIGKILL) };
+}
+
 /// An unlinked file bigger than --max-file-data is refused by name.
 #[test]
 fn unlinked_file_over_the_limit_is_refused() {
@@ -281,7 +304,7 @@ fn unlinked_file_over_the_limit_is_refused() {
     let (code, _, err) = cryo_cmd(&[
         "capture",
         "--max-file-data",
-        "8K",
+        "4K",
         &t.pid.to_string(),
         img.to_str().unwrap(),
     ]);

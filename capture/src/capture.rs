@@ -506,6 +506,25 @@ fn capture_stopped(
         kinds.push((kind, flags));
         map_files.push(file);
     }
+    // Shared anonymous memory is restored as one fresh object per mapping:
+    // an object mapped twice, or at an offset, would not be one object again.
+    for (i, (m, (kind, _))) in maps.iter().zip(&kinds).enumerate() {
+        if *kind != vma_kind::ANON_SHARED {
+            continue;
+        }
+        let twice = maps
+            .iter()
+            .enumerate()
+            .any(|(j, o)| j != i && o.inode == m.inode && o.inode != 0 && o.path == m.path);
+        if m.offset != 0 || twice {
+            obs.push(format!(
+                "mapping {:x}-{:x} is shared anonymous memory {} (split by mremap, or mapped again); cryo restores one object per mapping, not yet this",
+                m.start,
+                m.end,
+                if twice { "mapped more than once" } else { "at an offset into its object" }
+            ));
+        }
+    }
     // fds: what each is, descriptions, pipes and their bytes, locks.
     let fds = procinfo::fds(pid)?;
     crate::fds::capture(pid, &fds, &mut b, &mut stored, &opts.limits, &mut obs);
@@ -609,6 +628,15 @@ fn capture_stopped(
     let cwd = procinfo::link(pid, "cwd")?;
     let comm = procinfo::comm(pid)?;
     let cwd_deleted = cwd.ends_with(" (deleted)");
+    if cwd_deleted {
+        let path = std::path::Path::new(cwd.trim_end_matches(" (deleted)"));
+        let parent = path.parent().unwrap_or(std::path::Path::new("/"));
+        if !parent.is_dir() || path.starts_with("/proc") {
+            obs.push(format!(
+                "its working directory {cwd} was removed together with its parent (or is a dead process's /proc directory); cryo cannot make it again"
+            ));
+        }
+    }
     let p = &mut b.process;
     p.pid = pid as u32;
     p.flags = sflags
@@ -730,7 +758,12 @@ fn capture_stopped(
         let private_file = *kind == vma_kind::FILE_PRIVATE;
         let mut resident = 0u64;
         let has_pages = m.rss_kib + m.swap_kib > 0;
-        if dumps(*kind) && has_pages {
+        if *kind == vma_kind::ANON_SHARED {
+            // The shared memory object's own data, not what this process
+            // has mapped: a page dropped here (MADV_DONTNEED) or faulted in
+            // through another mapping is still the object's.
+            resident = dump_shmem(pid, m, w, &mut runs, &mut done_bytes, total_bytes, progress)?;
+        } else if dumps(*kind) && has_pages {
             let mut chunk_start = m.start;
             while chunk_start < m.end {
                 let chunk_end = (chunk_start + BATCH as u64).min(m.end);
@@ -833,6 +866,48 @@ fn capture_stopped(
             dump_time: t_dump.elapsed(),
         },
     ))
+}
+
+/// The data of a shared anonymous mapping's object, read through
+/// /proc/PID/map_files (SEEK_DATA/SEEK_HOLE, then pread), as DATA and
+/// ZERO runs at the addresses that map it. Returns its data pages.
+fn dump_shmem(
+    pid: i32,
+    m: &Mapping,
+    w: &mut ImageDirWriter,
+    runs: &mut RunBuilder,
+    done_bytes: &mut u64,
+    total_bytes: u64,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<u64, CaptureError> {
+    use std::os::unix::fs::FileExt;
+    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    let read_err = |addr, source| MemError::Read { pid, addr, source };
+    let f = std::fs::File::open(&path).map_err(|e| read_err(m.start, e))?;
+    let len = m.end - m.start;
+    let mut pages = 0u64;
+    for (a, b) in crate::fds::data_ranges_in(&f, m.offset, m.offset + len) {
+        let mut off = a;
+        while off < b {
+            let want = ((b - off) as usize).min(BATCH);
+            let offset = w.pages_len();
+            let room = w.pages().spare(want)?;
+            let n = room.len();
+            let addr = m.start + (off - m.offset);
+            f.read_exact_at(room, off).map_err(|e| read_err(addr, e))?;
+            let kept = runs.add(addr, room, offset);
+            w.pages().advance(kept);
+            off += n as u64;
+            pages += n as u64 / PAGE_SIZE;
+            *done_bytes += n as u64;
+            progress(Progress {
+                done_bytes: *done_bytes,
+                total_bytes: total_bytes.max(*done_bytes),
+            });
+        }
+        runs.close();
+    }
+    Ok(pages)
 }
 
 /// Signal dispositions (asked inside the target) and the sigaltstack.

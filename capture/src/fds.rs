@@ -99,16 +99,24 @@ impl StoredFiles {
             return Some(i);
         }
         let memfd = shown.starts_with("/memfd:");
+        if !memfd && md.nlink() > 0 {
+            obs.push(format!(
+                "{what} ({shown}): its name was removed but the file has {} other link(s); cryo cannot reopen that inode by name",
+                md.nlink()
+            ));
+            return None;
+        }
         let base = shown.trim_end_matches(" (deleted)");
         let path = if memfd {
             base.trim_start_matches('/').to_owned()
         } else {
             base.to_owned()
         };
-        if md.is_file() && md.len() > limits.max_file_data {
+        // Only data is stored (holes are not): the limit is on that.
+        let stored: u64 = data_ranges(&f, md.len()).iter().map(|(a, b)| b - a).sum();
+        if md.is_file() && stored > limits.max_file_data {
             obs.push(format!(
-                "{what} ({shown}) holds {} bytes, over the {} bytes cryo stores for a file that exists nowhere else (--max-file-data)",
-                md.len(),
+                "{what} ({shown}) holds {stored} bytes of data, over the {} bytes cryo stores for a file that exists nowhere else (--max-file-data)",
                 limits.max_file_data
             ));
             return None;
@@ -161,8 +169,14 @@ impl StoredFiles {
     }
 }
 
-/// The data extents of a file (SEEK_DATA / SEEK_HOLE), read in full.
-fn data_extents(f: &std::fs::File, size: u64) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
+/// The data ranges [start, end) of a file (SEEK_DATA / SEEK_HOLE).
+fn data_ranges(f: &std::fs::File, size: u64) -> Vec<(u64, u64)> {
+    data_ranges_in(f, 0, size)
+}
+
+/// The data ranges of a file within [from, to), page aligned.
+pub(crate) fn data_ranges_in(f: &std::fs::File, from: u64, to: u64) -> Vec<(u64, u64)> {
+    let size = to;
     let fd = f.as_raw_fd();
     let seek = |off: u64, whence: i32| -> Option<u64> {
         // SAFETY: lseek takes integers only (the file is ours).
@@ -170,19 +184,32 @@ fn data_extents(f: &std::fs::File, size: u64) -> std::io::Result<Vec<(u64, Vec<u
         (r >= 0).then_some(r as u64)
     };
     let mut out = Vec::new();
-    let mut off = 0u64;
+    let mut off = from;
     while off < size {
         let Some(start) = seek(off, libc::SEEK_DATA) else {
             break; // ENXIO: only a hole remains
         };
+        if start >= size {
+            break;
+        }
         let end = seek(start, libc::SEEK_HOLE).unwrap_or(size).min(size);
         if end <= start {
             break;
         }
+        let ps = cryo_image::PAGE_SIZE;
+        out.push((start / ps * ps, (end.div_ceil(ps) * ps).min(size)));
+        off = end;
+    }
+    out
+}
+
+/// The data extents of a file, read in full.
+fn data_extents(f: &std::fs::File, size: u64) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for (start, end) in data_ranges(f, size) {
         let mut buf = vec![0u8; (end - start) as usize];
         f.read_exact_at(&mut buf, start)?;
         out.push((start, buf));
-        off = end;
     }
     Ok(out)
 }
@@ -218,23 +245,58 @@ fn classify(pid: i32, f: &OpenFd) -> Result<u32, String> {
             f.fd
         ));
     }
+    if t == "/dev/zero (deleted)" || t.starts_with("/[anon_shmem") {
+        return Err(format!(
+            "fd {} is shared anonymous memory ({t}, opened through /proc/PID/map_files); not supported yet",
+            f.fd
+        ));
+    }
+    if !t.starts_with('/') {
+        return Err(format!(
+            "fd {} is {t} (a namespace or another kernel object), which cryo cannot reopen",
+            f.fd
+        ));
+    }
     let deleted = t.ends_with(" (deleted)");
+    if deleted && !t.starts_with("/memfd:") {
+        // Made again in its directory at restore: that must exist.
+        let path = std::path::Path::new(t.trim_end_matches(" (deleted)"));
+        let parent = path.parent().unwrap_or(std::path::Path::new("/"));
+        if !parent.is_dir() || parent.starts_with("/proc") {
+            return Err(format!(
+                "fd {} is {t}, removed together with its directory {}; cryo cannot make it again",
+                f.fd,
+                parent.display()
+            ));
+        }
+    }
     match fmt {
         libc::S_IFIFO if deleted => Err(format!(
             "fd {} is a FIFO whose path was removed ({t}); not supported yet",
             f.fd
         )),
         libc::S_IFIFO => Ok(fd_kind::FIFO),
+        libc::S_IFLNK if deleted => Err(format!(
+            "fd {} is an O_PATH fd on a removed symbolic link ({t}); not supported yet",
+            f.fd
+        )),
         libc::S_IFLNK => Ok(fd_kind::SYMLINK),
-        libc::S_IFREG if t.starts_with("/proc/") && !deleted => {
-            let own = format!("/proc/{pid}/");
-            if t.starts_with(&own) || f.flags & O_PATH != 0 {
-                Ok(fd_kind::PROC)
-            } else {
+        _ if t.starts_with("/proc/") && !deleted => {
+            // /proc/PID/...: this process's own (reopened under its new
+            // PID) or another's (refused); the rest (/proc/sys, meminfo)
+            // is the same for everyone.
+            let other = t
+                .strip_prefix("/proc/")
+                .and_then(|r| r.split('/').next())
+                .and_then(|p| p.parse::<i32>().ok())
+                .is_some_and(|p| p != pid);
+            if other {
                 Err(format!(
                     "fd {} is {t}, another process's /proc file; cryo cannot tell what it would refer to after a restore",
                     f.fd
                 ))
+            } else {
+                Ok(fd_kind::PROC)
             }
         }
         libc::S_IFREG => Ok(fd_kind::REGULAR),
@@ -243,7 +305,18 @@ fn classify(pid: i32, f: &OpenFd) -> Result<u32, String> {
             let (maj, min) = (libc::major(f.rdev), libc::minor(f.rdev));
             if fmt == libc::S_IFCHR && (maj, min) == (1, 3) && t == "/dev/null" {
                 Ok(fd_kind::NULL_DEVICE)
-            } else if fmt == libc::S_IFCHR && (maj == 136 || maj == 4 || (maj == 5 && min <= 2)) {
+            } else if fmt == libc::S_IFCHR && (maj, min) == (5, 2) || t.starts_with("/dev/pts/ptmx")
+            {
+                Err(format!(
+                    "fd {} is a pseudo-terminal master ({t}); pty pairs are not supported yet",
+                    f.fd
+                ))
+            } else if fmt == libc::S_IFCHR && maj == 136 && deleted {
+                Err(format!(
+                    "fd {} is a terminal of a removed devpts instance ({t}); not supported",
+                    f.fd
+                ))
+            } else if fmt == libc::S_IFCHR && (maj == 136 || maj == 4 || (maj == 5 && min <= 1)) {
                 Ok(fd_kind::TTY)
             } else {
                 Ok(fd_kind::CHAR_DEVICE)
@@ -412,7 +485,7 @@ pub fn capture(
         };
         let mut file = NO_INDEX;
         match kind {
-            fd_kind::REGULAR | fd_kind::DIRECTORY if f.target.ends_with(" (deleted)") => {
+            fd_kind::REGULAR if f.target.ends_with(" (deleted)") => {
                 if f.flags & O_PATH != 0 {
                     obs.push(format!(
                         "fd {} is an O_PATH fd on a removed file ({}); not supported yet",

@@ -165,13 +165,31 @@ pub fn obstacles(pid: i32, st: &StatusText, obs: &mut Obstacles) {
             list.join(", ")
         ));
     }
-    for ns in ["mnt", "pid", "net", "ipc", "uts", "user", "cgroup", "time"] {
+    for ns in [
+        "mnt",
+        "pid",
+        "pid_for_children",
+        "net",
+        "ipc",
+        "uts",
+        "user",
+        "cgroup",
+        "time",
+        "time_for_children",
+    ] {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok();
         let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();
         if theirs.is_some() && theirs != ours {
-            obs.push(format!(
-                "it lives in another {ns} namespace than cryo; a restore would not put it back there"
-            ));
+            obs.push(if ns.ends_with("_for_children") {
+                format!(
+                    "its children would start in another {} namespace than cryo's (unshare); a restore would not keep that",
+                    ns.trim_end_matches("_for_children")
+                )
+            } else {
+                format!(
+                    "it lives in another {ns} namespace than cryo; a restore would not put it back there"
+                )
+            });
         }
     }
     if let Ok(root) = std::fs::read_link(format!("/proc/{pid}/root")) {

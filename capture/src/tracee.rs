@@ -30,6 +30,8 @@ pub enum PtraceError {
     Exited(i32),
     #[error("pid {0} is a zombie or being traced by another process")]
     NotTraceable(i32),
+    #[error("pid {0}'s main thread has exited while its other threads run; cryo captures single-threaded processes only")]
+    LeaderExited(i32),
     #[error("{op} on pid {pid}: {source}")]
     Sys {
         op: &'static str,
@@ -94,6 +96,9 @@ impl Tracee {
         }
         let state = proc_state(pid).ok_or(PtraceError::NoSuchProcess(pid))?;
         if state == 'Z' || state == 'X' {
+            if thread_count(pid).unwrap_or(1) > 1 {
+                return Err(PtraceError::LeaderExited(pid));
+            }
             return Err(PtraceError::NotTraceable(pid));
         }
         let was_stopped = state == 'T';

@@ -111,9 +111,17 @@ fn fd_open(fd: i32) -> bool {
 }
 
 /// open(2) flags that only matter when creating: dropped when reopening.
+/// (O_TMPFILE made a file that is now reopened as any other; O_NOCTTY is
+/// added where devices are opened: a terminal must never become the
+/// restorer's controlling one by being reopened.)
 fn reopen_flags(flags: u32) -> i32 {
     flags as i32
-        & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOCTTY)
+        & !(libc::O_CREAT
+            | libc::O_TRUNC
+            | libc::O_EXCL
+            | libc::O_CLOEXEC
+            | libc::O_NOCTTY
+            | (libc::O_TMPFILE & !libc::O_DIRECTORY))
 }
 
 /// Decide, for every captured fd, where it comes from; check what can be
@@ -264,8 +272,8 @@ pub fn plan(
                     }
                 }
                 fd_kind::NULL_DEVICE | fd_kind::CHAR_DEVICE => {
-                    let md = std::fs::metadata(&target)
-                        .map_err(|e| err(format!("{target}: {e}")))?;
+                    let md =
+                        std::fs::metadata(&target).map_err(|e| err(format!("{target}: {e}")))?;
                     let fmt = |m: u32| m & libc::S_IFMT;
                     if md.rdev() != f.rdev || fmt(md.mode()) != fmt(f.mode) {
                         return Err(err(format!("{target} is a different device now")));
@@ -277,7 +285,7 @@ pub fn plan(
                     }
                     Source::Open {
                         path: target.clone(),
-                        flags,
+                        flags: flags | libc::O_NOCTTY,
                         pos: f.pos,
                         dev_ino: Some((md.dev(), md.ino())),
                         rdev: Some(f.rdev),
@@ -329,18 +337,30 @@ pub fn plan(
                     if acc == libc::O_RDWR && f.kind == fd_kind::PIPE {
                         return Err(err("a pipe end open for both reading and writing".into()));
                     }
-                    Source::PipeEnd {
-                        pipe: index,
-                        write: acc != libc::O_RDONLY,
-                        flags,
+                    if acc == libc::O_RDWR {
+                        // A FIFO opened read-write: its own description,
+                        // opened so again (never blocks), while the ends
+                        // made with its bytes are still open.
+                        Source::Open {
+                            path: target.clone(),
+                            flags,
+                            pos: 0,
+                            dev_ino: Some((f.dev, f.ino)),
+                            rdev: None,
+                        }
+                    } else {
+                        Source::PipeEnd {
+                            pipe: index,
+                            write: acc != libc::O_RDONLY,
+                            flags,
+                        }
                     }
                 }
                 fd_kind::INOTIFY => {
                     for w in img.inotify().iter().filter(|w| w.desc == i as u32) {
                         let path = img.str(w.path).unwrap_or("");
-                        let md = std::fs::metadata(path).map_err(|e| {
-                            err(format!("watch {} on {path}: {e}", w.wd))
-                        })?;
+                        let md = std::fs::metadata(path)
+                            .map_err(|e| err(format!("watch {} on {path}: {e}", w.wd)))?;
                         if (md.dev(), md.ino()) != (w.dev, w.ino) {
                             return Err(err(format!(
                                 "watch {} on {path}: a different file now (device/inode)",
@@ -354,10 +374,34 @@ pub fn plan(
                     }
                 }
                 fd_kind::TTY => {
-                    return Err(err(format!(
-                        "a terminal of the capturing session; pass --inherit-fd {}[=OUR_FD] to give it one of ours",
-                        f.fd
-                    )))
+                    // The same terminal as one of this command's fds 0-2
+                    // (an interactive shell's fd 255 and its stdin): that
+                    // one. Else the terminal at its path, if it is there.
+                    let ours = (0..=2).find(|&n| {
+                        // SAFETY: fstat writes one struct stat we own.
+                        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                        // SAFETY: as above.
+                        let r = unsafe { libc::fstat(n, &mut st) };
+                        r == 0 && st.st_rdev == f.rdev
+                    });
+                    match ours {
+                        Some(n) => Source::Inherit(n),
+                        None => match std::fs::metadata(&target) {
+                            Ok(md) if md.rdev() == f.rdev => Source::Open {
+                                path: target.clone(),
+                                flags: flags | libc::O_NOCTTY,
+                                pos: 0,
+                                dev_ino: None,
+                                rdev: Some(f.rdev),
+                            },
+                            _ => {
+                                return Err(err(format!(
+                                    "a terminal that is not this command's and is gone; pass --inherit-fd {}[=OUR_FD] to give it one of ours",
+                                    f.fd
+                                )))
+                            }
+                        },
+                    }
                 }
                 _ => return Err(err("unsupported kind".into())),
             }
@@ -662,9 +706,7 @@ fn make_stored(
     let fd = file.as_raw_fd();
     // SAFETY: fchmod/fchown/futimens take an fd we own and plain values.
     unsafe {
-        if libc::fchmod(fd, f.mode & 0o7777) < 0 {
-            return Err(err(format!("chmod: {}", std::io::Error::last_os_error())));
-        }
+        // Owner first: chown clears the setuid and setgid bits.
         let md = file.metadata().map_err(|e| err(e.to_string()))?;
         if (md.uid(), md.gid()) != (f.uid, f.gid) && libc::fchown(fd, f.uid, f.gid) < 0 {
             return Err(err(format!(
@@ -673,6 +715,9 @@ fn make_stored(
                 f.gid,
                 std::io::Error::last_os_error()
             )));
+        }
+        if libc::fchmod(fd, f.mode & 0o7777) < 0 {
+            return Err(err(format!("chmod: {}", std::io::Error::last_os_error())));
         }
         let ts = [
             libc::timespec {
@@ -809,9 +854,24 @@ fn make_removed(
     Ok(fd)
 }
 
-/// The restored process's working directory, removed at capture: an
-/// empty directory made at its path (or next to it), entered, removed.
-pub fn enter_removed_dir(path: &str) -> Result<(), RestoreError> {
+/// The restored process's working directory, removed at capture: the
+/// directory an installed fd has for the same removed path (so the two
+/// are one directory again), else an empty directory made at its path
+/// (or next to it), entered, removed.
+pub fn enter_removed_dir(plan: &Plan, path: &str) -> Result<(), RestoreError> {
+    let same = plan.fds.iter().find(|p| {
+        matches!(&p.source, Source::Remade { path: q, mode, .. }
+            if q == path && mode & libc::S_IFMT == libc::S_IFDIR)
+    });
+    if let Some(p) = same {
+        // SAFETY: fchdir takes an fd, installed at its number by now.
+        if unsafe { libc::fchdir(p.fd) } < 0 {
+            return Err(sys_err(format!(
+                "entering the removed working directory {path}"
+            )));
+        }
+        return Ok(());
+    }
     let at = free_name(path);
     let c = cpath(&at);
     // SAFETY: mkdir/chdir/rmdir read a NUL-terminated path we own.
@@ -861,6 +921,8 @@ pub fn install(
     }
     // 1. Every source, opened and parked above the highest target.
     let mut parked: Vec<i32> = Vec::with_capacity(plans.len());
+    let mut given: Vec<u32> = Vec::new();
+    let mut remade: Vec<(String, i32)> = Vec::new();
     for p in plans {
         let src = match &p.source {
             Source::Keep => -1,
@@ -928,6 +990,23 @@ pub fn install(
                 set_status_flags(d, *flags).map_err(|e| fd_err(p, e))?;
                 d
             }
+            Source::Stored { file, flags, pos }
+                if *flags & libc::O_ACCMODE == libc::O_RDWR && !given.contains(file) =>
+            {
+                // The made file itself (opened read-write) for the first
+                // read-write description: a memfd reopened for writing
+                // through /proc counts as one more writer, and the
+                // program's own execveat of it then fails (ETXTBSY).
+                given.push(*file);
+                let (_, fd) = stored
+                    .iter()
+                    .find(|(i, _)| i == file)
+                    .expect("every planned file was made");
+                let d = dup_above(fd.as_raw_fd(), high)?;
+                set_status_flags(d, *flags).map_err(|e| fd_err(p, e))?;
+                seek(p, d, *pos)?;
+                d
+            }
             Source::Stored { file, flags, pos } => {
                 let (_, fd) = stored
                     .iter()
@@ -961,9 +1040,25 @@ pub fn install(
                 rdev,
                 flags,
             } => {
-                let raw = make_removed(p, path, *mode, *rdev, *flags)?;
+                // One object per removed path: another fd on it (its own
+                // description) opens the one already made.
+                let raw = match remade.iter().find(|(q, _)| q == path) {
+                    Some((_, first)) => {
+                        let c = CString::new(format!("/proc/self/fd/{first}")).unwrap_or_default();
+                        // SAFETY: open reads a NUL-terminated path we own.
+                        let r = unsafe { libc::open(c.as_ptr(), *flags | libc::O_CLOEXEC) };
+                        if r < 0 {
+                            return Err(fd_err(p, std::io::Error::last_os_error()));
+                        }
+                        r
+                    }
+                    None => make_removed(p, path, *mode, *rdev, *flags)?,
+                };
                 let d = dup_above(raw, high)?;
                 close(raw);
+                if !remade.iter().any(|(q, _)| q == path) {
+                    remade.push((path.clone(), d));
+                }
                 d
             }
         };

@@ -525,7 +525,7 @@ impl Plan {
             | bit(self.finish == Finish::Gadgets, handoff::flags::SELF_UNMAP)
             | bit(checked.same_creds, handoff::flags::SAME_CREDS);
         let cwd_done = if *cwd_deleted {
-            fds::enter_removed_dir(cwd)
+            fds::enter_removed_dir(&self.fds, cwd)
         } else {
             std::env::set_current_dir(cwd).map_err(|e| e.into_sys(format!("chdir {cwd}")))
         };

@@ -393,19 +393,22 @@ static void pipe_check(void) {
 }
 
 /* A FIFO with both ends open here, and data in it. */
-static int fifo_r, fifo_w;
+static int fifo_r, fifo_w, fifo_rw;
 static void fifo_setup(void) {
     char p[4096];
     path_in_dir(p, sizeof p, "fifo");
     CHECK(mkfifo(p, 0600) == 0, "mkfifo");
     fifo_r = open(p, O_RDONLY | O_NONBLOCK);
     fifo_w = open(p, O_WRONLY);
-    CHECK(fifo_r >= 0 && fifo_w >= 0, "open fifo");
+    fifo_rw = open(p, O_RDWR);
+    CHECK(fifo_r >= 0 && fifo_w >= 0 && fifo_rw >= 0, "open fifo");
     CHECK(write(fifo_w, "fifo-data-123", 13) == 13, "write fifo");
 }
 static void fifo_check(void) {
     char buf[64];
     CHECK(read(fifo_r, buf, sizeof buf) == 13 && !memcmp(buf, "fifo-data-123", 13), "fifo data");
+    /* the read-write fd reads and writes */
+    CHECK(write(fifo_rw, "rw", 2) == 2 && read(fifo_rw, buf, 2) == 2 && !memcmp(buf, "rw", 2), "O_RDWR fifo fd");
 }
 
 /* Mappings with flags that only madvise/mlock set. */
@@ -627,11 +630,15 @@ static void deleted_setup(void) {
     del_private = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE, del_fd, 3 * 4096);
     CHECK(del_shared != MAP_FAILED && del_private != MAP_FAILED, "mmap");
     del_private[5] = 'p'; /* an anonymous copy of the page */
+    /* another owner, and set-id bits (a chown at restore would clear
+     * them if it came after the chmod) */
+    CHECK(fchown(del_fd, 1000, 1000) == 0 && fchmod(del_fd, 06640) == 0, "owner and mode");
     CHECK(unlink(p) == 0, "unlink");
 }
 static void deleted_check(void) {
     struct stat st;
-    CHECK(fstat(del_fd, &st) == 0 && st.st_size == 5 * 4096 && st.st_nlink == 0 && (st.st_mode & 0777) == 0640,
+    CHECK(fstat(del_fd, &st) == 0 && st.st_size == 5 * 4096 && st.st_nlink == 0 && (st.st_mode & 07777) == 06640 &&
+              st.st_uid == 1000,
           "size, links and mode (%lld, %lu, %o)", (long long)st.st_size, (unsigned long)st.st_nlink, st.st_mode);
     CHECK(lseek(del_fd, 0, SEEK_CUR) == 777, "offset");
     CHECK(lseek(del_fd, 0, SEEK_HOLE) == 4096, "the hole is kept");
@@ -644,7 +651,7 @@ static void deleted_check(void) {
 }
 
 /* A memfd with seals, mapped shared, and shared anonymous memory. */
-static int mfd;
+static int mfd, mexe;
 static uint8_t *mfd_map, *shm;
 static void memfd_setup(void) {
     mfd = memfd_create("fid-mem", MFD_ALLOW_SEALING | MFD_CLOEXEC);
@@ -658,6 +665,15 @@ static void memfd_setup(void) {
     shm = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     CHECK(shm != MAP_FAILED, "mmap shared anon");
     memset(shm, 0x5c, 8192);
+    /* Dropped from this process's page tables, still in the object. */
+    CHECK(madvise(shm + 4096, 4096, MADV_DONTNEED) == 0, "dontneed");
+    /* An executable in a memfd, to run after the restore. */
+    mexe = memfd_create("fid-exe", MFD_CLOEXEC);
+    int t = open("/bin/true", O_RDONLY);
+    char b[65536];
+    ssize_t n;
+    while ((n = read(t, b, sizeof b)) > 0) CHECK(write(mexe, b, (size_t)n) == n, "copy /bin/true");
+    close(t);
 }
 static void memfd_check(void) {
     char name[64];
@@ -678,11 +694,21 @@ static void memfd_check(void) {
     if (kid == 0) { shm[0] = 1; _exit(0); }
     waitpid(kid, NULL, 0);
     CHECK(shm[0] == 1, "shared anonymous memory is shared with a child");
+    CHECK(shm[4096] == 0x5c, "a page of the object this process had dropped from its page tables");
+    kid = fork();
+    if (kid == 0) {
+        char *argv[] = {"true", NULL}, *envp[] = {NULL};
+        syscall(SYS_execveat, mexe, "", argv, envp, AT_EMPTY_PATH);
+        _exit(99);
+    }
+    int st;
+    CHECK(waitpid(kid, &st, 0) == kid && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+          "the memfd executes after restore (status %x)", st);
 }
 
 /* O_PATH fds on a directory and on a symbolic link itself; an fd on one
  * of the process's own /proc files. */
-static int op_dir, op_link, proc_fd;
+static int op_dir, op_link, proc_fd, sys_fd;
 static void opath_setup(void) {
     op_dir = open(DIRPATH, O_PATH | O_DIRECTORY);
     char p[4096];
@@ -692,6 +718,8 @@ static void opath_setup(void) {
     CHECK(op_dir >= 0 && op_link >= 0, "O_PATH");
     proc_fd = open("/proc/self/status", O_RDONLY);
     CHECK(proc_fd >= 0, "open /proc/self/status");
+    sys_fd = open("/proc/sys/kernel/pid_max", O_RDONLY);
+    CHECK(sys_fd >= 0, "open /proc/sys/kernel/pid_max");
 }
 static void opath_check(void) {
     struct stat st;
@@ -704,17 +732,25 @@ static void opath_check(void) {
     char want[64];
     snprintf(want, sizeof want, "\nPid:\t%d\n", getpid());
     CHECK(strstr(buf, want), "the /proc fd is this process's (%s)", want + 1);
+    CHECK(pread(sys_fd, buf, 16, 0) > 0 && atoi(buf) > 0, "a /proc/sys fd");
 }
 
 /* A working directory that was removed. */
+static int cwd_fd;
 static void cwd_setup(void) {
     char p[4096];
     path_in_dir(p, sizeof p, "gone");
-    CHECK(mkdir(p, 0750) == 0 && chdir(p) == 0 && rmdir(p) == 0, "removed cwd");
+    CHECK(mkdir(p, 0750) == 0 && chdir(p) == 0, "cwd");
+    cwd_fd = open(".", O_RDONLY | O_DIRECTORY);
+    CHECK(cwd_fd >= 0 && rmdir(p) == 0, "removed cwd");
 }
 static void cwd_check(void) {
     char buf[4096];
     CHECK(getcwd(buf, sizeof buf) == NULL && errno == ENOENT, "cwd is still a removed directory");
+    struct stat a, b;
+    CHECK(stat(".", &a) == 0 && fstat(cwd_fd, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev,
+          "the fd and the working directory are one directory");
+    CHECK((a.st_mode & 07777) == 0750, "its mode");
 }
 
 /* A droppable mapping (MAP_DROPPABLE) and a sealed one (mseal). */
@@ -809,6 +845,23 @@ static void refuse_setup(void) {
 }
 static void refuse_check(void) {}
 
+/* Refused too: a pty master, a namespace fd, shared anonymous memory
+ * split in two by mremap, a file whose name was removed but which has
+ * another link. */
+static void refuse2_setup(void) {
+    CHECK(open("/dev/ptmx", O_RDWR | O_NOCTTY) >= 0, "ptmx");
+    CHECK(open("/proc/self/ns/net", O_RDONLY) >= 0, "ns fd");
+    uint8_t *m = mmap(NULL, 4 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    CHECK(m != MAP_FAILED, "mmap");
+    CHECK(mprotect(m + 2 * 4096, 2 * 4096, PROT_READ) == 0, "split");
+    char a[4096], b[4096];
+    path_in_dir(a, sizeof a, "linked");
+    path_in_dir(b, sizeof b, "other-name");
+    int f = make_file("linked", 100, 0);
+    CHECK(link(a, b) == 0 && unlink(a) == 0, "link, unlink");
+    (void)f;
+}
+
 static void none(void) {}
 
 struct fcase {
@@ -838,6 +891,7 @@ static const struct fcase cases[] = {
     {"inotify", inotify_setup, inotify_check},
     {"sigtrap", sigtrap_setup, sigtrap_check},
     {"refuse", refuse_setup, refuse_check},
+    {"refuse2", refuse2_setup, refuse_check},
 };
 
 int main(int argc, char **argv) {
