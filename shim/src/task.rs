@@ -35,6 +35,30 @@ fn known(v: i64) -> Option<usize> {
     (v != UNKNOWN && v >= 0).then_some(v as usize)
 }
 
+/// The task state, in order: prctl state, credentials (unless `cryo
+/// restore` found them equal to its own, which the exec kept), what a
+/// credentials change resets, then MDWE.
+pub fn restore(img: &Image, same_creds: bool) {
+    if let Some(t) = img.task() {
+        restore_prctl(&t);
+    }
+    if let Some(c) = img.creds().filter(|_| !same_creds) {
+        restore_creds(img, &c);
+    }
+    if let Some(t) = img.task() {
+        restore_after_creds(&t);
+        restore_mdwe(&t);
+    }
+}
+
+/// The task's name (comm).
+pub fn set_comm(img: &Image) {
+    const PR_SET_NAME: usize = 15;
+    let mut comm = [0u8; 17];
+    comm[..16].copy_from_slice(&img.process().comm);
+    syscall3(SYS_PRCTL, PR_SET_NAME, comm.as_ptr() as usize, 0);
+}
+
 /// prctl state that belongs to the address space or survives nothing
 /// else: THP, subreaper, timer slack, machine-check policy, speculation,
 /// TSC, KSM, membarrier registrations. Before the credentials change.

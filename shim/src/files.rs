@@ -1,0 +1,181 @@
+//! The files behind the program's mappings and its executable: opened
+//! (and checked to be the very files captured) before anything is torn
+//! down, so a changed file fails the restore while nothing is lost yet;
+//! closed again once everything is mapped. Files `cryo restore` made
+//! again (unlinked files, memfds) are at consecutive fds from FILES_FD.
+
+use crate::sys::*;
+use crate::{check, die, scratch, Args};
+use cryo_image::fds::file_flags;
+use cryo_image::{vma_kind, Image, NO_INDEX};
+
+/// One fd per files-table entry (or -1), kept in the shim's scratch
+/// pages (there is no allocator).
+pub struct Files<'a> {
+    img: &'a Image<'a>,
+    fds: *mut i32,
+    need_rw: *mut u8,
+    n: usize,
+    files_fd: usize,
+}
+
+impl<'a> Files<'a> {
+    /// Open every mapped file and the executable. Returns the table and
+    /// the executable's fd (u32::MAX if none).
+    pub fn open_all(img: &'a Image<'a>, a: &Args) -> (Files<'a>, u32) {
+        let n = img.files().len();
+        if scratch::FILES_OFF + n * 5 > scratch::LEN {
+            die(format_args!("too many files ({n})"));
+        }
+        let fds = scratch::FILES as *mut i32;
+        let need_rw = (scratch::FILES + n * 4) as *mut u8;
+        for i in 0..n {
+            // SAFETY: i < n and both tables fit in scratch (checked above).
+            unsafe {
+                *fds.add(i) = -1;
+                *need_rw.add(i) = 0;
+            }
+        }
+        for v in img.vmas().iter() {
+            // A shared mapping that may be made writable (VM_MAYWRITE,
+            // 'mw') was of a file open for writing: mprotect(PROT_WRITE)
+            // must work again, so the file is opened read-write.
+            if v.kind == vma_kind::FILE_SHARED
+                && (v.prot & 2 != 0 || v.vmflags & cryo_image::vmflag("mw") != 0)
+                && v.file != NO_INDEX
+            {
+                // SAFETY: file < n (validated) and need_rw has n bytes.
+                unsafe { *need_rw.add(v.file as usize) = 1 };
+            }
+        }
+        let mut f = Files {
+            img,
+            fds,
+            need_rw,
+            n,
+            files_fd: a.files_fd,
+        };
+        for v in img.vmas().iter() {
+            if v.file != NO_INDEX
+                && matches!(v.kind, vma_kind::FILE_PRIVATE | vma_kind::FILE_SHARED)
+            {
+                f.open(v.file);
+            }
+        }
+        let p = img.process();
+        let exe = if p.exe_file != NO_INDEX {
+            f.open(p.exe_file) as u32
+        } else {
+            u32::MAX
+        };
+        (f, exe)
+    }
+
+    /// The fd of file `idx`, opened and checked the first time.
+    pub fn open(&mut self, idx: u32) -> usize {
+        if idx as usize >= self.n {
+            die(format_args!("file index {idx} out of range"));
+        }
+        // SAFETY: idx < n.
+        let slot = unsafe { &mut *self.fds.add(idx as usize) };
+        if *slot >= 0 {
+            return *slot as usize;
+        }
+        let img = self.img;
+        let Some(f) = img.files().get(idx as usize) else {
+            die(format_args!("file index {idx} out of range"));
+        };
+        if f.flags & file_flags::DELETED != 0 {
+            // Made again by `cryo restore` (unlinked file, memfd): the k-th
+            // such file of the table is at FILES_FD + k.
+            if self.files_fd == usize::MAX {
+                die(format_args!(
+                    "file {idx} was not made again by cryo restore"
+                ));
+            }
+            let k = img
+                .files()
+                .iter()
+                .take(idx as usize)
+                .filter(|g| g.flags & file_flags::DELETED != 0)
+                .count();
+            let fd = self.files_fd + k;
+            let mut st = [0u64; 18];
+            check(
+                syscall3(SYS_FSTAT, fd, st.as_mut_ptr() as usize, 0),
+                format_args!("fstat of the made file {idx}"),
+            );
+            if st[6] != f.size {
+                die(format_args!(
+                    "the made file {idx} has size {} not {}",
+                    st[6], f.size
+                ));
+            }
+            *slot = fd as i32;
+            return fd;
+        }
+        let path = img.str(f.path).unwrap_or("");
+        if path.is_empty() || path.len() >= scratch::PATH_LEN {
+            die(format_args!("file {idx} has no usable path"));
+        }
+        let path_buf = scratch::PATH;
+        // SAFETY: path_buf has PATH_LEN bytes in scratch; path is shorter.
+        unsafe {
+            core::ptr::copy_nonoverlapping(path.as_ptr(), path_buf as *mut u8, path.len());
+            *(path_buf as *mut u8).add(path.len()) = 0;
+        }
+        // SAFETY: need_rw has n bytes.
+        let rw = unsafe { *self.need_rw.add(idx as usize) } != 0;
+        let fd = syscall3(
+            SYS_OPEN,
+            path_buf,
+            if rw { O_RDWR } else { O_RDONLY } | O_CLOEXEC,
+            0,
+        );
+        if fd < 0 {
+            die(format_args!("cannot open {path}: errno {}", -fd));
+        }
+        let mut st = [0u64; 18];
+        check(
+            syscall3(SYS_FSTAT, fd as usize, st.as_mut_ptr() as usize, 0),
+            format_args!("fstat {path}"),
+        );
+        let (dev, ino, size, mtime, mtime_ns) = (st[0], st[1], st[6], st[11] as i64, st[12] as u32);
+        if dev != f.dev
+            || ino != f.ino
+            || size != f.size
+            || mtime != f.mtime_sec
+            || mtime_ns != f.mtime_nsec
+        {
+            die(format_args!(
+                "{path} is not the file that was captured (identity, size or mtime changed)"
+            ));
+        }
+        *slot = fd as i32;
+        fd as usize
+    }
+
+    /// Close every fd the shim opened, and the made files' fds (the
+    /// program's own fds were installed by `cryo restore` at their numbers
+    /// and are untouched).
+    pub fn close_all(self) {
+        for i in 0..self.n {
+            // SAFETY: i < n.
+            let fd = unsafe { *self.fds.add(i) };
+            if fd >= 0 {
+                syscall3(SYS_CLOSE, fd as usize, 0, 0);
+            }
+        }
+        if self.files_fd != usize::MAX {
+            let made = self
+                .img
+                .files()
+                .iter()
+                .filter(|f| f.flags & file_flags::DELETED != 0)
+                .count();
+            for k in 0..made {
+                syscall3(SYS_CLOSE, self.files_fd + k, 0, 0);
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Where the shim runs from. PR_SET_MM_MAP refuses (EBUSY) to replace the
+//! executable while any mapping has the executable's path, so before it
+//! the shim maps its own segments again from `cryo-shim.text` (a hard link
+//! of its binary: another path, the same bytes), or else copies itself
+//! into anonymous memory.
+
+use crate::mem::*;
+use crate::sys::*;
+use crate::{die, PG, SELF_COPY_AT};
+
+/// Leave the shim's own file: remap from the alias if there is one (and
+/// close it: the program never opened it), else copy.
+pub fn leave_own_file(alias_fd: usize) {
+    if alias_fd == usize::MAX || !remap_self(alias_fd) {
+        relocate_self();
+    }
+    if alias_fd != usize::MAX {
+        // The mappings made from it stay; the fd must not outlive the
+        // shim (it would be an fd the program never opened).
+        syscall3(SYS_CLOSE, alias_fd, 0, 0);
+    }
+}
+
+/// Map the shim's own file mappings again from `alias` — the same binary
+/// under another path (`cryo restore` checked it is a hard link of the
+/// shim, or a byte-identical copy). PR_SET_MM_MAP refuses to replace the
+/// executable while any mapping has the executable's path; the alias has
+/// another. Same bytes, and for a hard link the same page-cache pages, so
+/// the code that runs on after each mmap is the code that was there.
+/// Cheaper than `relocate_self`'s copy into fresh memory (~50 µs here).
+/// Returns false (nothing changed) if the ELF header does not match.
+fn remap_self(alias: usize) -> bool {
+    extern "C" {
+        static __executable_start: u8;
+    }
+    let base = core::ptr::addr_of!(__executable_start) as usize;
+    let mut head = [0u8; 64];
+    let n = syscall6(SYS_PREAD64, alias, head.as_mut_ptr() as usize, 64, 0, 0, 0);
+    // SAFETY: the ELF header is the first 64 bytes of the first segment,
+    // mapped readable by the kernel at exec.
+    let mine = unsafe { core::slice::from_raw_parts(base as *const u8, 64) };
+    if n != 64 || head[..] != mine[..] {
+        return false;
+    }
+    let phoff = peek_u64(base + 0x20) as usize;
+    let phentsize = (peek_u32(base + 0x34) >> 16) as usize;
+    let phnum = (peek_u32(base + 0x38) & 0xffff) as usize;
+    for i in 0..phnum {
+        let ph = base + phoff + i * phentsize;
+        if peek_u32(ph) != 1 {
+            continue; // not PT_LOAD
+        }
+        let flags = peek_u32(ph + 4);
+        let (off, vaddr, filesz) = (peek_u64(ph + 8), peek_u64(ph + 16), peek_u64(ph + 32));
+        let prot = if flags & 4 != 0 { PROT_READ } else { 0 }
+            | if flags & 2 != 0 { PROT_WRITE } else { 0 }
+            | if flags & 1 != 0 { PROT_EXEC } else { 0 };
+        let start = vaddr as usize & !(PG - 1);
+        let file_end = (vaddr + filesz) as usize;
+        let end = (file_end + PG - 1) & !(PG - 1);
+        let r = mmap(
+            start,
+            end - start,
+            prot,
+            MAP_PRIVATE | MAP_FIXED,
+            alias,
+            off & !(PG as u64 - 1),
+        );
+        if r as usize != start {
+            die(format_args!(
+                "remapping the shim at {start:#x}: errno {}",
+                -r
+            ));
+        }
+        if flags & 2 != 0 && file_end < end {
+            // The rest of the segment's last file page is .bss: zeros (the
+            // kernel cleared it at exec; the file has other bytes there).
+            // SAFETY: [file_end, end) is inside the writable mapping just made.
+            unsafe { core::ptr::write_bytes(file_end as *mut u8, 0, end - file_end) };
+        }
+    }
+    true
+}
+
+/// Copy the shim's own image into anonymous memory and move that over it.
+fn relocate_self() {
+    extern "C" {
+        static __executable_start: u8;
+        static _end: u8;
+    }
+    let start = core::ptr::addr_of!(__executable_start) as usize & !(PG - 1);
+    let end = (core::ptr::addr_of!(_end) as usize + PG - 1) & !(PG - 1);
+    let len = end - start;
+    let r = mmap(
+        SELF_COPY_AT,
+        len,
+        PROT_READ | PROT_WRITE | PROT_EXEC,
+        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+        usize::MAX,
+        0,
+    );
+    if r as usize != SELF_COPY_AT {
+        die(format_args!("mapping the shim's copy: errno {}", -r));
+    }
+    let ret: isize;
+    // Copies the shim's own loaded image into the fresh mapping and, in the
+    // same asm block (no stack or global writes in between), moves that
+    // mapping over the original. The stack is a separate mapping, so
+    // nothing written meanwhile is lost.
+    // SAFETY: the source is valid for len bytes, and the code after the
+    // syscall runs from identical bytes.
+    unsafe {
+        core::arch::asm!(
+            "rep movsb",
+            "mov rdi, r9",
+            "mov rsi, rdx",
+            "syscall",
+            inout("rcx") len => _,
+            inout("rdi") SELF_COPY_AT => _,
+            inout("rsi") start => _,
+            in("rdx") len,
+            in("r10") MREMAP_MAYMOVE | MREMAP_FIXED,
+            in("r8") start,
+            in("r9") SELF_COPY_AT,
+            inlateout("rax") SYS_MREMAP as isize => ret,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    if ret as usize != start {
+        die(format_args!(
+            "moving the shim into anonymous memory: errno {}",
+            -ret
+        ));
+    }
+}

@@ -1,0 +1,74 @@
+//! POSIX timers (with their ids: PR_TIMER_CREATE_RESTORE_IDS) and
+//! interval timers.
+
+use crate::sys::*;
+use crate::{check, die};
+use cryo_image::Image;
+
+pub fn restore(img: &Image, old_pid: u32, new_pid: u32) {
+    const SIGEV_THREAD_ID: i32 = 4;
+    let timers = img.timers();
+    if !timers.is_empty() {
+        check(
+            syscall6(SYS_PRCTL, 77, 1, 0, 0, 0, 0),
+            format_args!("prctl(PR_TIMER_CREATE_RESTORE_IDS)"),
+        );
+        for t in timers.iter() {
+            let mut sev = [0u8; 64];
+            sev[0..8].copy_from_slice(&t.sigev_value.to_le_bytes());
+            sev[8..12].copy_from_slice(&t.signo.to_le_bytes());
+            sev[12..16].copy_from_slice(&t.notify.to_le_bytes());
+            let tid = if t.notify_tid as u32 == old_pid {
+                new_pid as i32
+            } else {
+                t.notify_tid
+            };
+            if t.notify & SIGEV_THREAD_ID != 0 {
+                sev[16..20].copy_from_slice(&tid.to_le_bytes());
+            }
+            let mut id: i32 = t.id;
+            check(
+                syscall3(
+                    SYS_TIMER_CREATE,
+                    t.clock as usize,
+                    sev.as_ptr() as usize,
+                    &mut id as *mut i32 as usize,
+                ),
+                format_args!("timer_create(id {})", t.id),
+            );
+            if id != t.id {
+                die(format_args!("timer {} came back as id {id}", t.id));
+            }
+            if t.value_sec != 0 || t.value_nsec != 0 {
+                let its = [t.interval_sec, t.interval_nsec, t.value_sec, t.value_nsec];
+                check(
+                    syscall6(
+                        SYS_TIMER_SETTIME,
+                        id as usize,
+                        0,
+                        its.as_ptr() as usize,
+                        0,
+                        0,
+                        0,
+                    ),
+                    format_args!("timer_settime(id {id})"),
+                );
+            }
+        }
+        syscall6(SYS_PRCTL, 77, 0, 0, 0, 0, 0);
+    }
+    for it in img.itimers().iter() {
+        if it.value_sec != 0 || it.value_usec != 0 {
+            let v = [
+                it.interval_sec,
+                it.interval_usec,
+                it.value_sec,
+                it.value_usec,
+            ];
+            check(
+                syscall3(SYS_SETITIMER, it.which as usize, v.as_ptr() as usize, 0),
+                format_args!("setitimer({})", it.which),
+            );
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Thread state that lives in memory and in the kernel's view of the
+//! thread: fs/gs base, glibc's cached TID, the robust futex list and the
+//! TIDs in it.
+
+use crate::check;
+use crate::mem::*;
+use crate::sys::*;
+use cryo_image::Image;
+
+const ARCH_SET_GS: usize = 0x1001;
+const ARCH_SET_FS: usize = 0x1002;
+
+/// fs/gs base, then every cached copy of the thread's id rewritten to the
+/// new one (`tid_offset`: where `cryo restore` found glibc's), then the
+/// robust list registered again.
+pub fn restore(img: &Image, tid_offset: usize) {
+    let p = img.process();
+    let r = p.regs;
+    check(
+        syscall3(SYS_ARCH_PRCTL, ARCH_SET_FS, r.fs_base as usize, 0),
+        format_args!("arch_prctl(ARCH_SET_FS)"),
+    );
+    check(
+        syscall3(SYS_ARCH_PRCTL, ARCH_SET_GS, r.gs_base as usize, 0),
+        format_args!("arch_prctl(ARCH_SET_GS)"),
+    );
+    let new_pid = syscall3(SYS_GETPID, 0, 0, 0) as u32;
+    fix_cached_tid(img, tid_offset, p.pid, new_pid);
+    fix_robust_owners(img, p.pid, new_pid);
+    if p.robust_list != 0 {
+        syscall3(
+            SYS_SET_ROBUST_LIST,
+            p.robust_list as usize,
+            p.robust_list_len as usize,
+            0,
+        );
+    }
+}
+
+/// glibc caches the thread's TID in its TCB (`struct pthread`); the PID is
+/// new, so rewrite it. `cryo restore` passes the offset it found in its own
+/// TCB; it is used only if the word there holds the captured PID. Otherwise
+/// look for a unique word equal to the captured PID in the first page of the
+/// TCB. Found nothing (not glibc, or no TCB): leave memory alone.
+fn fix_cached_tid(img: &Image, hint: usize, old: u32, new: u32) {
+    let fs = img.process().regs.fs_base as usize;
+    if fs == 0 || old == new {
+        return;
+    }
+    let Some(v) = img
+        .vmas()
+        .iter()
+        .find(|v| (v.start as usize) <= fs && fs < v.end as usize)
+    else {
+        return;
+    };
+    if v.prot & 2 == 0 {
+        return;
+    }
+    let limit = (v.end as usize).min(fs + 4096);
+    if hint != 0 && fs + hint + 4 <= limit && peek_u32(fs + hint) == old {
+        poke_u32(fs + hint, new);
+        return;
+    }
+    let mut found = 0usize;
+    let mut count = 0;
+    let mut a = fs;
+    while a + 4 <= limit {
+        if peek_u32(a) == old {
+            found = a;
+            count += 1;
+        }
+        a += 4;
+    }
+    if count == 1 {
+        poke_u32(found, new);
+    }
+}
+
+/// Robust mutexes the program holds carry the old TID in their futex word
+/// and owner field. glibc lists them on the robust list (head registered
+/// with the kernel, captured): walk it and rewrite old TID → new.
+fn fix_robust_owners(img: &Image, old: u32, new: u32) {
+    const TID_MASK: u32 = 0x3fff_ffff;
+    let head = img.process().robust_list;
+    if head == 0 || old == new || !writable(img, head, 24) {
+        return;
+    }
+    let futex_offset = peek_u64(head as usize + 8) as i64;
+    let mut entry = peek_u64(head as usize);
+    let mut n = 0;
+    while entry != head && entry != 0 && n < 4096 {
+        let futex = entry.wrapping_add(futex_offset as u64);
+        if !writable(img, entry, 8) || !writable(img, futex, 12) {
+            break;
+        }
+        let word = peek_u32(futex as usize);
+        if word & TID_MASK == old {
+            poke_u32(futex as usize, (word & !TID_MASK) | new);
+        }
+        // glibc's __owner sits 8 bytes after __lock.
+        if peek_u32(futex as usize + 8) == old {
+            poke_u32(futex as usize + 8, new);
+        }
+        entry = peek_u64(entry as usize) & !1;
+        n += 1;
+    }
+}
