@@ -3,13 +3,23 @@
 
 pub mod capture;
 pub mod fds;
+mod gadget;
+mod inotify;
+mod locks;
+mod mm;
 pub mod obstacles;
 pub mod pages;
+mod pipes;
 pub mod procinfo;
+pub mod regs;
 pub mod remote;
+mod signals;
+pub mod stored;
 mod sys;
 pub mod task;
+mod timers;
 pub mod tracee;
+mod vma;
 pub mod writer;
 
 pub use capture::{capture, check, After, CaptureError, Options, Progress, Summary};

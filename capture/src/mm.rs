@@ -1,0 +1,105 @@
+//! The process record's layout and identity: mm fields, auxv, the
+//! executable, working directory, name, personality, umask, limits, the
+//! vDSO it was captured with.
+
+use crate::capture::CaptureError;
+use crate::obstacles::Obstacles;
+use crate::procinfo::{self, Mapping, Status};
+use crate::tracee::Tracee;
+use cryo_image::write::ImageBuilder;
+use cryo_image::{process_flags, AuxvEntry, MmFields, Rlimit, NO_INDEX};
+
+/// The vDSO's address and bytes: hashed for restore's check, and where
+/// syscall injection finds a `syscall` instruction.
+pub fn vdso(t: &Tracee, maps: &[Mapping]) -> Result<Option<(u64, Vec<u8>)>, CaptureError> {
+    let Some(v) = maps.iter().find(|m| m.path == "[vdso]") else {
+        return Ok(None);
+    };
+    let mut bytes = vec![0u8; (v.end - v.start) as usize];
+    t.read_mem(v.start, &mut bytes)?;
+    Ok(Some((v.start, bytes)))
+}
+
+pub fn capture(
+    t: &Tracee,
+    maps: &[Mapping],
+    status: &Status,
+    vdso: &(u64, Vec<u8>),
+    b: &mut ImageBuilder,
+    obs: &mut Obstacles,
+) -> Result<(), CaptureError> {
+    let pid = t.pid();
+    let exe = procinfo::link(pid, "exe")?;
+    let cwd = procinfo::link(pid, "cwd")?;
+    let comm = procinfo::comm(pid)?;
+    let cwd_deleted = cwd.ends_with(" (deleted)");
+    if cwd_deleted {
+        let path = std::path::Path::new(cwd.trim_end_matches(" (deleted)"));
+        let parent = path.parent().unwrap_or(std::path::Path::new("/"));
+        if !parent.is_dir() || path.starts_with("/proc") {
+            obs.push(format!(
+                "its working directory {cwd} was removed together with its parent (or is a dead process's /proc directory); cryo cannot make it again"
+            ));
+        }
+    }
+    let mm = procinfo::stat_mm(pid)?;
+    let p = &mut b.process;
+    p.pid = pid as u32;
+    if t.was_stopped() {
+        p.flags |= process_flags::WAS_STOPPED;
+    }
+    if cwd_deleted {
+        p.flags |= process_flags::CWD_DELETED;
+    }
+    p.personality = procinfo::personality(pid)?;
+    p.umask = status.umask;
+    let cb = comm.as_bytes();
+    let n = cb.len().min(15);
+    p.comm[..n].copy_from_slice(&cb[..n]);
+    p.captured_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    p.mm = MmFields {
+        start_code: mm.start_code,
+        end_code: mm.end_code,
+        start_data: mm.start_data,
+        end_data: mm.end_data,
+        start_brk: mm.start_brk,
+        brk: maps
+            .iter()
+            .find(|m| m.path == "[heap]")
+            .map_or(mm.start_brk, |h| h.end),
+        start_stack: mm.start_stack,
+        arg_start: mm.arg_start,
+        arg_end: mm.arg_end,
+        env_start: mm.env_start,
+        env_end: mm.env_end,
+    };
+    p.sig_pending = status.sig_pending;
+    p.sig_shared_pending = status.shd_pending;
+    p.vdso_start = vdso.0;
+    p.vdso_len = vdso.1.len() as u64;
+    p.vdso_hash = cryo_image::checksum(&vdso.1);
+    p.rss_kib = status.vm_rss_kib;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    b.process.kernel = b.strings.add(kernel.trim());
+    b.process.exe = b.strings.add(&exe);
+    b.process.cwd = b.strings.add(cwd.trim_end_matches(" (deleted)"));
+    b.process.exe_file = if exe.ends_with(" (deleted)") {
+        NO_INDEX
+    } else {
+        crate::vma::file_id(b, &exe)
+    };
+    for (k, v) in procinfo::auxv(pid)? {
+        b.auxv.push(AuxvEntry { key: k, val: v });
+    }
+    for (res, cur, max) in procinfo::rlimits(pid)? {
+        b.rlimits.push(Rlimit {
+            resource: res,
+            _pad: 0,
+            cur,
+            max,
+        });
+    }
+    Ok(())
+}

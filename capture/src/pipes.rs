@@ -1,0 +1,190 @@
+//! Pipes and FIFOs: whether every end is inside the process, their
+//! capacity, and the bytes buffered in them, copied without taking them
+//! (pidfd_getfd of the read end, then tee(2) into a pipe of cryo's).
+
+use crate::obstacles::Obstacles;
+use crate::stored::{BlobOwner, PendingBlob, StoredFiles};
+use crate::sys;
+use cryo_image::fds::pipe_flags;
+use cryo_image::write::ImageBuilder;
+use cryo_image::Fd;
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+
+/// Holders of each pipe inode among every other process we can see, built
+/// on first use (a pipe is only "inside" if no one else holds it).
+struct Holders(Option<HashMap<u64, Vec<i32>>>);
+
+impl Holders {
+    fn of(&mut self, me: i32, ino: u64) -> &[i32] {
+        let map = self.0.get_or_insert_with(|| {
+            let mut m: HashMap<u64, Vec<i32>> = HashMap::new();
+            let own = std::process::id() as i32;
+            let Ok(procs) = std::fs::read_dir("/proc") else {
+                return m;
+            };
+            for p in procs.flatten() {
+                let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                    continue;
+                };
+                if pid == me || pid == own {
+                    continue;
+                }
+                let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+                    continue;
+                };
+                for e in fds.flatten() {
+                    let Ok(t) = std::fs::read_link(e.path()) else {
+                        continue;
+                    };
+                    let t = t.to_string_lossy();
+                    let ino = t
+                        .strip_prefix("pipe:[")
+                        .and_then(|s| s.strip_suffix(']'))
+                        .and_then(|s| s.parse().ok())
+                        .or_else(|| {
+                            std::fs::metadata(e.path())
+                                .ok()
+                                .filter(|m| m.mode() & libc::S_IFMT == libc::S_IFIFO)
+                                .map(|m| m.ino())
+                        });
+                    if let Some(ino) = ino {
+                        let v = m.entry(ino).or_default();
+                        if !v.contains(&pid) {
+                            v.push(pid);
+                        }
+                    }
+                }
+            }
+            m
+        });
+        map.get(&ino).map_or(&[], |v| v.as_slice())
+    }
+}
+
+/// Every pipe of the process (`pipes`: pipe inode -> index in `b.pipes`;
+/// its fds are `b.fds[base..]`): flags, capacity and bytes.
+pub fn capture(
+    pid: i32,
+    pidfd: Option<&OwnedFd>,
+    pipes: &HashMap<u64, usize>,
+    base: usize,
+    b: &mut ImageBuilder,
+    stored: &mut StoredFiles,
+    obs: &mut Obstacles,
+) {
+    let mut holders = Holders(None);
+    for (&ino, &idx) in pipes {
+        let ends: Vec<&Fd> = b.fds[base..]
+            .iter()
+            .filter(|f| f.object == idx as u32)
+            .collect();
+        let acc = |f: &&Fd| f.flags & libc::O_ACCMODE as u32;
+        let reader = ends
+            .iter()
+            .find(|f| matches!(acc(f) as i32, libc::O_RDONLY | libc::O_RDWR))
+            .map(|f| f.fd);
+        let writer = ends
+            .iter()
+            .find(|f| matches!(acc(f) as i32, libc::O_WRONLY | libc::O_RDWR))
+            .map(|f| f.fd);
+        let packet = ends.iter().any(|f| f.flags & libc::O_DIRECT as u32 != 0);
+        let name = ends.first().map_or(String::new(), |f| {
+            format!("fd {} ({})", f.fd, describe_target(b, f))
+        });
+        let Some(pidfd) = pidfd else {
+            obs.push(format!("{name}: cannot reach the pipe (pidfd_open failed)"));
+            continue;
+        };
+        let get = |fd: i32| sys::pidfd_getfd(pidfd, fd).ok();
+        let rcopy = reader.and_then(get);
+        let wcopy = writer.and_then(get);
+        let mut flags = if packet { pipe_flags::PACKET } else { 0 };
+        let others = holders.of(pid, ino);
+        let inside = others.is_empty()
+            && match (&rcopy, &wcopy) {
+                (Some(_), Some(_)) => true,
+                (Some(r), None) => {
+                    let hup = sys::poll_now(r, libc::POLLIN).unwrap_or(0) & libc::POLLHUP != 0;
+                    if hup {
+                        flags |= pipe_flags::NO_WRITER;
+                    }
+                    hup
+                }
+                (None, Some(w)) => {
+                    let err = sys::poll_now(w, libc::POLLOUT).unwrap_or(0) & libc::POLLERR != 0;
+                    if err {
+                        flags |= pipe_flags::NO_READER;
+                    }
+                    err
+                }
+                (None, None) => false,
+            };
+        if inside {
+            flags |= pipe_flags::INSIDE;
+        }
+        let any = rcopy.as_ref().or(wcopy.as_ref());
+        let size = any
+            .and_then(|f| sys::fcntl_int(f, libc::F_GETPIPE_SZ, 0).ok())
+            .unwrap_or(65536) as u32;
+        b.pipes[idx].size = size;
+        b.pipes[idx].flags = flags;
+        let data = match &rcopy {
+            Some(r) => match pipe_bytes(r, size) {
+                Ok(d) => d,
+                Err(e) => {
+                    obs.push(format!("{name}: cannot copy the bytes buffered in it: {e}"));
+                    continue;
+                }
+            },
+            None => Vec::new(),
+        };
+        if !data.is_empty() && packet {
+            obs.push(format!(
+                "{name} is a packet-mode pipe with {} bytes in it; their packet boundaries cannot be kept",
+                data.len()
+            ));
+            continue;
+        }
+        if !data.is_empty() {
+            stored.blobs.push(PendingBlob {
+                to: BlobOwner::Pipe(idx),
+                bytes: data,
+            });
+        }
+        if !inside && !others.is_empty() {
+            // Not an obstacle: restore asks for --inherit-fd, and says why.
+            let _ = others;
+        }
+    }
+}
+
+/// The bytes buffered in a pipe (through our copy of its read end),
+/// without consuming them: tee(2) into a pipe of ours, then read that.
+fn pipe_bytes(r: &OwnedFd, size: u32) -> std::io::Result<Vec<u8>> {
+    let n = sys::fionread(r)?;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let (cr, cw) = sys::pipe2(libc::O_CLOEXEC | libc::O_NONBLOCK)?;
+    let want = size.max(n as u32) as i32;
+    if sys::fcntl_int(&cw, libc::F_SETPIPE_SZ, want)? < n as i32 {
+        return Err(std::io::Error::other("our copy pipe is too small"));
+    }
+    let got = sys::tee(r, &cw, n)?;
+    if got != n {
+        return Err(std::io::Error::other(format!(
+            "tee copied {got} of {n} bytes"
+        )));
+    }
+    let mut buf = vec![0u8; n];
+    sys::read_exact(&cr, &mut buf)?;
+    Ok(buf)
+}
+
+fn describe_target(b: &ImageBuilder, f: &Fd) -> String {
+    let s = b.strings.bytes();
+    let (o, l) = (f.target.off as usize, f.target.len as usize);
+    String::from_utf8_lossy(s.get(o..o + l).unwrap_or(&[])).into_owned()
+}

@@ -1,0 +1,139 @@
+//! The registers of a stopped task: as read (NT_PRSTATUS), and as a
+//! restore must resume them (the syscall-restart fix-up); the full xsave
+//! area comes from `Tracee::xstate`.
+
+use cryo_image::{process_flags, Regs};
+
+pub fn to_regs(r: &libc::user_regs_struct) -> Regs {
+    Regs {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        rbp: r.rbp,
+        rbx: r.rbx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        rax: r.rax,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        orig_rax: r.orig_rax,
+        rip: r.rip,
+        cs: r.cs,
+        eflags: r.eflags,
+        rsp: r.rsp,
+        ss: r.ss,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds,
+        es: r.es,
+        fs: r.fs,
+        gs: r.gs,
+    }
+}
+
+/// The syscall-restart fix-up (as CRIU does): a process stopped inside a
+/// system call resumes by re-executing it, or sees -EINTR where the kernel
+/// would have used a restart block, which does not survive a restore.
+/// Returns the registers to resume with and the `process_flags` bits.
+pub fn restart_fixup(raw: &Regs) -> (Regs, u32) {
+    const ERESTARTSYS: i64 = -512;
+    const ERESTARTNOINTR: i64 = -513;
+    const ERESTARTNOHAND: i64 = -514;
+    const ERESTART_RESTARTBLOCK: i64 = -516;
+    let mut r = *raw;
+    if (raw.orig_rax as i64) < 0 {
+        return (r, 0);
+    }
+    match raw.rax as i64 {
+        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+            r.rax = raw.orig_rax;
+            r.rip = raw.rip.wrapping_sub(2);
+            (r, process_flags::IN_SYSCALL)
+        }
+        ERESTART_RESTARTBLOCK => {
+            r.rax = (-(libc::EINTR as i64)) as u64;
+            (
+                r,
+                process_flags::IN_SYSCALL | process_flags::RESTART_BLOCK_EINTR,
+            )
+        }
+        _ => (r, 0),
+    }
+}
+
+/// The stopped task's registers (as read, and as a restore resumes them),
+/// full xsave area, signal mask, rseq registration, robust futex list and
+/// glibc's TLS words (stack canary %fs:0x28, pointer guard %fs:0x30), into
+/// the process record.
+pub fn capture(
+    t: &crate::tracee::Tracee,
+    b: &mut cryo_image::write::ImageBuilder,
+) -> Result<(), crate::tracee::PtraceError> {
+    let raw = t.regs()?;
+    let raw_regs = to_regs(&raw);
+    let (regs, sflags) = restart_fixup(&raw_regs);
+    let (xsave, xcr0) = t.xstate()?;
+    let blocked = t.sigmask()?;
+    let rseq = t.rseq()?;
+    let (mut canary, mut guard) = (0, 0);
+    if raw.fs_base != 0 {
+        let mut w16 = [0u8; 16];
+        if t.read_mem(raw.fs_base + 0x28, &mut w16).is_ok() {
+            canary = u64::from_le_bytes(w16[..8].try_into().unwrap_or([0; 8]));
+            guard = u64::from_le_bytes(w16[8..].try_into().unwrap_or([0; 8]));
+        }
+    }
+    let p = &mut b.process;
+    p.flags |= sflags
+        | if rseq.rseq_abi_size != 0 {
+            process_flags::HAS_RSEQ
+        } else {
+            0
+        };
+    p.regs = regs;
+    p.raw_regs = raw_regs;
+    p.sig_blocked = blocked;
+    p.rseq_addr = rseq.rseq_abi_pointer;
+    p.rseq_size = rseq.rseq_abi_size;
+    p.rseq_sig = rseq.signature;
+    p.rseq_flags = rseq.flags;
+    p.xsave_size = xsave.len() as u32;
+    p.xcr0 = xcr0;
+    p.tls_canary = canary;
+    p.tls_pointer_guard = guard;
+    (p.robust_list, p.robust_list_len) = t.robust_list()?;
+    b.xsave = xsave;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_fixup_cases() {
+        let mut r = Regs {
+            orig_rax: 35, // nanosleep
+            rax: (-512i64) as u64,
+            rip: 0x1002,
+            ..Default::default()
+        };
+        let (f, fl) = restart_fixup(&r);
+        assert_eq!((f.rax, f.rip, fl), (35, 0x1000, process_flags::IN_SYSCALL));
+        r.rax = (-516i64) as u64;
+        let (f, fl) = restart_fixup(&r);
+        assert_eq!(f.rax as i64, -4);
+        assert_eq!(f.rip, 0x1002);
+        assert!(fl & process_flags::RESTART_BLOCK_EINTR != 0);
+        r.rax = 0; // completed syscall (e.g. tgkill before a group-stop)
+        assert_eq!(restart_fixup(&r), (r, 0));
+        r.orig_rax = u64::MAX; // not in a syscall
+        r.rax = (-512i64) as u64;
+        assert_eq!(restart_fixup(&r).1, 0);
+    }
+}

@@ -1,0 +1,212 @@
+//! Files that exist nowhere else — unlinked files and memfds, mapped or
+//! open — with their bytes (data extents only: holes are not stored), and
+//! the bytes capture reads during the freeze that go to pages.img after
+//! the memory (pipe data, file contents).
+
+use crate::obstacles::Obstacles;
+use crate::sys;
+use cryo_image::fds::{file_flags, Blob, Extent};
+use cryo_image::write::ImageBuilder;
+use cryo_image::FileId;
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+/// Bytes read while the target is frozen, to be appended to pages.img
+/// once its memory is written; `to` says which record gets the offset.
+pub struct PendingBlob {
+    pub to: BlobOwner,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum BlobOwner {
+    Pipe(usize),
+    Extent(usize),
+}
+
+impl PendingBlob {
+    /// Record where the bytes landed in pages.img.
+    pub fn place(&self, b: &mut ImageBuilder, off: u64) {
+        let blob = Blob {
+            off,
+            len: self.bytes.len() as u64,
+        };
+        match self.to {
+            BlobOwner::Pipe(i) => b.pipes[i].data = blob,
+            BlobOwner::Extent(i) => b.extents[i].data = blob,
+        }
+    }
+}
+
+/// Limits on what capture stores besides memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest unlinked file or memfd whose bytes are stored.
+    pub max_file_data: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_data: 256 << 20,
+        }
+    }
+}
+
+/// The stored files of one capture: FileIds of unlinked files and memfds
+/// keyed by (dev, ino), so an fd and a mapping of one file share it.
+#[derive(Default)]
+pub struct StoredFiles {
+    by_inode: HashMap<(u64, u64), u32>,
+    pub blobs: Vec<PendingBlob>,
+}
+
+impl StoredFiles {
+    /// The FileId of an unlinked file or memfd (`open_path` opens it, e.g.
+    /// /proc/PID/fd/N or /proc/PID/map_files/A-B), its bytes read and
+    /// stored; None (and an obstacle) if it cannot be.
+    #[allow(clippy::too_many_arguments)]
+    pub fn file(
+        &mut self,
+        b: &mut ImageBuilder,
+        open_path: &str,
+        shown: &str,
+        what: &str,
+        limits: &Limits,
+        obs: &mut Obstacles,
+    ) -> Option<u32> {
+        let f = match std::fs::File::open(open_path) {
+            Ok(f) => f,
+            Err(e) => {
+                obs.push(format!(
+                    "{what} ({shown}): cannot open it to store its contents: {e}"
+                ));
+                return None;
+            }
+        };
+        let md = match f.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                obs.push(format!("{what} ({shown}): {e}"));
+                return None;
+            }
+        };
+        if let Some(&i) = self.by_inode.get(&(md.dev(), md.ino())) {
+            return Some(i);
+        }
+        let memfd = shown.starts_with("/memfd:");
+        if !memfd && md.nlink() > 0 {
+            obs.push(format!(
+                "{what} ({shown}): its name was removed but the file has {} other link(s); cryo cannot reopen that inode by name",
+                md.nlink()
+            ));
+            return None;
+        }
+        let base = shown.trim_end_matches(" (deleted)");
+        let path = if memfd {
+            base.trim_start_matches('/').to_owned()
+        } else {
+            base.to_owned()
+        };
+        // Only data is stored (holes are not): the limit is on that.
+        let stored: u64 = data_ranges(&f, md.len()).iter().map(|(a, b)| b - a).sum();
+        if md.is_file() && stored > limits.max_file_data {
+            obs.push(format!(
+                "{what} ({shown}) holds {stored} bytes of data, over the {} bytes cryo stores for a file that exists nowhere else (--max-file-data)",
+                limits.max_file_data
+            ));
+            return None;
+        }
+        let seals = if memfd {
+            sys::fcntl_int(&f, libc::F_GET_SEALS, 0).unwrap_or(0) as u32
+        } else {
+            0
+        };
+        let first_extent = b.extents.len() as u32;
+        if md.is_file() {
+            match data_extents(&f, md.len()) {
+                Ok(ext) => {
+                    for (off, bytes) in ext {
+                        b.extents.push(Extent {
+                            file_off: off,
+                            data: Blob::default(),
+                        });
+                        self.blobs.push(PendingBlob {
+                            to: BlobOwner::Extent(b.extents.len() - 1),
+                            bytes,
+                        });
+                    }
+                }
+                Err(e) => {
+                    obs.push(format!("{what} ({shown}): reading its contents: {e}"));
+                    return None;
+                }
+            }
+        }
+        let r = b.strings.add(&path);
+        b.files.push(FileId {
+            path: r,
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.len(),
+            mtime_sec: md.mtime(),
+            mtime_nsec: md.mtime_nsec() as u32,
+            mode: md.mode(),
+            flags: file_flags::DELETED | if memfd { file_flags::MEMFD } else { 0 },
+            seals,
+            first_extent,
+            extent_count: b.extents.len() as u32 - first_extent,
+            uid: md.uid(),
+            gid: md.gid(),
+        });
+        let idx = (b.files.len() - 1) as u32;
+        self.by_inode.insert((md.dev(), md.ino()), idx);
+        Some(idx)
+    }
+}
+
+/// The data ranges [start, end) of a file (SEEK_DATA / SEEK_HOLE).
+fn data_ranges(f: &std::fs::File, size: u64) -> Vec<(u64, u64)> {
+    data_ranges_in(f, 0, size)
+}
+
+/// The data ranges of a file within [from, to), page aligned.
+pub(crate) fn data_ranges_in(f: &std::fs::File, from: u64, to: u64) -> Vec<(u64, u64)> {
+    let size = to;
+    let fd = f.as_raw_fd();
+    let seek = |off: u64, whence: i32| -> Option<u64> {
+        // SAFETY: lseek takes integers only (the file is ours).
+        let r = unsafe { libc::lseek(fd, off as i64, whence) };
+        (r >= 0).then_some(r as u64)
+    };
+    let mut out = Vec::new();
+    let mut off = from;
+    while off < size {
+        let Some(start) = seek(off, libc::SEEK_DATA) else {
+            break; // ENXIO: only a hole remains
+        };
+        if start >= size {
+            break;
+        }
+        let end = seek(start, libc::SEEK_HOLE).unwrap_or(size).min(size);
+        if end <= start {
+            break;
+        }
+        let ps = cryo_image::PAGE_SIZE;
+        out.push((start / ps * ps, (end.div_ceil(ps) * ps).min(size)));
+        off = end;
+    }
+    out
+}
+
+/// The data extents of a file, read in full.
+fn data_extents(f: &std::fs::File, size: u64) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for (start, end) in data_ranges(f, size) {
+        let mut buf = vec![0u8; (end - start) as usize];
+        f.read_exact_at(&mut buf, start)?;
+        out.push((start, buf));
+    }
+    Ok(out)
+}

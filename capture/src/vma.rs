@@ -1,0 +1,417 @@
+//! Mappings: what each one is (or why it cannot be restored), which file
+//! is behind it, and its pages, read into the image writer (pagemap says
+//! which pages a private mapping has; a shared anonymous mapping's data
+//! comes from its object).
+
+use crate::capture::{CaptureError, Progress};
+use crate::fds::{Limits, StoredFiles};
+use crate::obstacles::Obstacles;
+use crate::pages::{self, MemError, RunBuilder, BATCH};
+use crate::procinfo::Mapping;
+use crate::writer::ImageDirWriter;
+use cryo_image::write::ImageBuilder;
+use cryo_image::*;
+
+/// A mapping with what capture decided about it.
+pub struct Classified<'a> {
+    pub m: &'a Mapping,
+    pub kind: u32,
+    pub flags: u32,
+    /// Index in the files table, or NO_INDEX.
+    pub file: u32,
+}
+
+/// Classify every mapping, storing the contents of files that exist
+/// nowhere else (unlinked, memfd); what cannot be restored goes to `obs`.
+pub fn classify_all<'a>(
+    pid: i32,
+    maps: &'a [Mapping],
+    b: &mut ImageBuilder,
+    stored: &mut StoredFiles,
+    limits: &Limits,
+    obs: &mut Obstacles,
+) -> Vec<Classified<'a>> {
+    let mut out = Vec::with_capacity(maps.len());
+    for m in maps {
+        let (kind, flags) = match classify(m) {
+            Ok(k) => k,
+            Err(why) => {
+                obs.push(why);
+                (vma_kind::ANON_PRIVATE, 0)
+            }
+        };
+        let file = match kind {
+            vma_kind::FILE_PRIVATE | vma_kind::FILE_SHARED if m.deleted() => stored
+                .file(
+                    b,
+                    &format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end),
+                    &m.path,
+                    &format!("mapping {:x}-{:x}", m.start, m.end),
+                    limits,
+                    obs,
+                )
+                .unwrap_or(NO_INDEX),
+            vma_kind::FILE_PRIVATE | vma_kind::FILE_SHARED => file_id(b, &m.path),
+            _ => NO_INDEX,
+        };
+        out.push(Classified {
+            m,
+            kind,
+            flags,
+            file,
+        });
+    }
+    // Shared anonymous memory is restored as one fresh object per mapping:
+    // an object mapped twice, or at an offset, would not be one object again.
+    for (i, c) in out.iter().enumerate() {
+        if c.kind != vma_kind::ANON_SHARED {
+            continue;
+        }
+        let m = c.m;
+        let twice = maps
+            .iter()
+            .enumerate()
+            .any(|(j, o)| j != i && o.inode == m.inode && o.inode != 0 && o.path == m.path);
+        if m.offset != 0 || twice {
+            obs.push(format!(
+                "mapping {:x}-{:x} is shared anonymous memory {} (split by mremap, or mapped again); cryo restores one object per mapping, not yet this",
+                m.start,
+                m.end,
+                if twice { "mapped more than once" } else { "at an offset into its object" }
+            ));
+        }
+    }
+    out
+}
+
+/// Classify a mapping, or say why cryo cannot restore it.
+fn classify(m: &Mapping) -> Result<(u32, u32), String> {
+    let range = format!("{:x}-{:x}", m.start, m.end);
+    let special = matches!(
+        m.path.as_str(),
+        "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
+    );
+    if m.path == "/[aio] (deleted)" {
+        return Err(format!(
+            "mapping {range} is an AIO ring (io_setup), which cryo cannot restore yet"
+        ));
+    }
+    // Every VmFlag is derived from how the mapping is made, set again by
+    // the shim, or a reason to refuse (cryo_image::vmflag_rule).
+    let mut why: Vec<String> = Vec::new();
+    for f in &m.vmflags {
+        if let VmFlagRule::Refused(r) = vmflag_rule(f, special) {
+            let r = format!("{r} (VmFlags '{f}')");
+            if !why.contains(&r) {
+                why.push(r);
+            }
+        }
+    }
+    if !why.is_empty() {
+        return Err(format!("mapping {range} {} is {}", m.path, why.join(", ")));
+    }
+    let mut flags = 0;
+    let vf = [
+        ("gd", vma_flags::GROWSDOWN),
+        ("lo", vma_flags::LOCKED),
+        ("dc", vma_flags::DONTFORK),
+        ("dd", vma_flags::DONTDUMP),
+        ("wf", vma_flags::WIPEONFORK),
+        ("hg", vma_flags::HUGEPAGE),
+        ("nh", vma_flags::NOHUGEPAGE),
+    ];
+    for (f, b) in vf {
+        if m.has_flag(f) {
+            flags |= b;
+        }
+    }
+    if !m.read && !m.write && !m.exec {
+        flags |= vma_flags::GUARD;
+    }
+    if m.deleted() {
+        flags |= vma_flags::DELETED;
+    }
+    let kind = match m.path.as_str() {
+        "[heap]" => vma_kind::HEAP,
+        "[stack]" => vma_kind::STACK,
+        "[vdso]" => vma_kind::VDSO,
+        "[vvar]" => vma_kind::VVAR,
+        "[vvar_vclock]" => vma_kind::VVAR_VCLOCK,
+        "[vsyscall]" => vma_kind::VSYSCALL,
+        "/dev/zero (deleted)" if m.shared => vma_kind::ANON_SHARED,
+        p if m.inode == 0
+            && (p.is_empty() || p.starts_with("[anon:") || p.starts_with("[anon_shmem:")) =>
+        {
+            if m.shared {
+                vma_kind::ANON_SHARED
+            } else {
+                vma_kind::ANON_PRIVATE
+            }
+        }
+        "/[aio] (deleted)" => {
+            return Err(format!(
+                "mapping {range} is an AIO ring (io_setup), which cryo cannot restore yet"
+            ))
+        }
+        p if p.starts_with("/SYSV") => {
+            return Err(format!("mapping {range} {p} is System V shared memory"))
+        }
+        p if p.starts_with("/dev/") && p != "/dev/zero" && !m.deleted() => {
+            return Err(format!("mapping {range} {p} maps a device"))
+        }
+        p if p.starts_with('[') => {
+            return Err(format!(
+                "mapping {range} {p} is a special mapping cryo does not know"
+            ))
+        }
+        _ if m.shared => vma_kind::FILE_SHARED,
+        _ => vma_kind::FILE_PRIVATE,
+    };
+    Ok((kind, flags))
+}
+
+/// Whether pages of this kind of mapping are stored in the image.
+fn dumps(kind: u32) -> bool {
+    !matches!(
+        kind,
+        vma_kind::VDSO
+            | vma_kind::VVAR
+            | vma_kind::VVAR_VCLOCK
+            | vma_kind::VSYSCALL
+            | vma_kind::FILE_SHARED
+    )
+}
+
+pub(crate) fn file_id(b: &mut ImageBuilder, path: &str) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(i) = b.files.iter().position(|f| {
+        b.strings
+            .bytes()
+            .get(f.path.off as usize..(f.path.off + f.path.len) as usize)
+            == Some(path.as_bytes())
+    }) {
+        return i as u32;
+    }
+    let md = std::fs::metadata(path).ok();
+    let r = b.strings.add(path);
+    b.files.push(FileId {
+        path: r,
+        dev: md.as_ref().map_or(0, |m| m.dev()),
+        ino: md.as_ref().map_or(0, |m| m.ino()),
+        size: md.as_ref().map_or(0, |m| m.size()),
+        mtime_sec: md.as_ref().map_or(0, |m| m.mtime()),
+        mtime_nsec: md.as_ref().map_or(0, |m| m.mtime_nsec() as u32),
+        mode: md.as_ref().map_or(0, |m| m.mode()),
+        uid: md.as_ref().map_or(0, |m| m.uid()),
+        gid: md.as_ref().map_or(0, |m| m.gid()),
+        ..Default::default()
+    });
+    (b.files.len() - 1) as u32
+}
+
+/// Pages and the Vma records, mapping by mapping, into the writer; then
+/// the bytes that are not memory (`blobs`: pipe data, file contents).
+/// Returns (stored pages, zero pages, sums.img bytes).
+pub fn dump(
+    pid: i32,
+    maps: &[Classified],
+    w: &mut ImageDirWriter,
+    b: &mut ImageBuilder,
+    stored: &StoredFiles,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(u64, u64, Vec<u8>), CaptureError> {
+    // smaps tells which mappings hold anything at all (GHC reserves a
+    // terabyte of PROT_NONE address space: its pagemap alone would be
+    // 2 GiB), and pagemap is read batch by batch alongside the pages.
+    let total_bytes: u64 = maps
+        .iter()
+        .filter(|c| dumps(c.kind))
+        .map(|c| (c.m.rss_kib + c.m.swap_kib) * 1024)
+        .sum();
+    let mut runs = RunBuilder::new();
+    let mut pagemap = pages::Pagemap::open(pid)?;
+    let mut done_bytes = 0u64;
+    for c in maps {
+        let m = c.m;
+        let first_run = runs.len() as u32;
+        let has_pages = m.rss_kib + m.swap_kib > 0;
+        let resident = if c.kind == vma_kind::ANON_SHARED {
+            // The shared memory object's own data, not what this process
+            // has mapped: a page dropped here (MADV_DONTNEED) or faulted in
+            // through another mapping is still the object's.
+            dump_shmem(pid, m, w, &mut runs, &mut done_bytes, total_bytes, progress)?
+        } else if dumps(c.kind) && has_pages {
+            let mut counter = Counter {
+                done_bytes: &mut done_bytes,
+                total_bytes,
+                progress: &mut *progress,
+            };
+            dump_private(pid, m, c.kind, w, &mut runs, &mut pagemap, &mut counter)?
+        } else if has_pages && !m.has_flag("io") {
+            (m.rss_kib + m.swap_kib) / 4
+        } else {
+            0
+        };
+        let name = if m.path.is_empty() {
+            StrRef::NONE
+        } else {
+            b.strings.add(&m.path)
+        };
+        let mut vmflags = 0u64;
+        for f in &m.vmflags {
+            if let Some(bit) = vmflag_bit(f) {
+                vmflags |= 1 << bit;
+            }
+        }
+        b.vmas.push(Vma {
+            start: m.start,
+            end: m.end,
+            pgoff: m.offset,
+            prot: [
+                (m.read, prot::READ),
+                (m.write, prot::WRITE),
+                (m.exec, prot::EXEC),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .fold(0, |acc, (_, bit)| acc | bit),
+            kind: c.kind,
+            flags: c.flags,
+            file: c.file,
+            vmflags,
+            name,
+            first_run,
+            run_count: runs.len() as u32 - first_run,
+            resident_pages: resident,
+        });
+    }
+    // Bytes that are not memory (pipe data, file contents), read during
+    // the freeze: after the memory, each page-aligned with its checksums.
+    for blob in &stored.blobs {
+        let padded = blob.bytes.len().next_multiple_of(PAGE_SIZE as usize);
+        let mut bytes = blob.bytes.clone();
+        bytes.resize(padded, 0);
+        let off = w.append_pages(&bytes)?;
+        runs.add_blob(&bytes, off);
+        blob.place(b, off);
+    }
+    let stored_pages = runs.stored_pages;
+    let zero = runs.zero_pages;
+    let (page_runs, sums) = runs.finish();
+    b.page_runs = page_runs;
+    let sums = cryo_image::write::sums_bytes(&sums);
+    b.page_sums = cryo_image::write::sum_block_table(&sums);
+    Ok((stored_pages, zero, sums))
+}
+
+/// Progress of the page dump.
+struct Counter<'p> {
+    done_bytes: &'p mut u64,
+    total_bytes: u64,
+    progress: &'p mut dyn FnMut(Progress),
+}
+
+impl Counter<'_> {
+    fn add(&mut self, n: u64) {
+        *self.done_bytes += n;
+        (self.progress)(Progress {
+            done_bytes: *self.done_bytes,
+            total_bytes: self.total_bytes.max(*self.done_bytes),
+        });
+    }
+}
+
+/// The pages of a private (or file) mapping that pagemap says it has,
+/// read straight into the page writer's buffers. Returns its resident
+/// pages.
+fn dump_private(
+    pid: i32,
+    m: &Mapping,
+    kind: u32,
+    w: &mut ImageDirWriter,
+    runs: &mut RunBuilder,
+    pagemap: &mut pages::Pagemap,
+    counter: &mut Counter,
+) -> Result<u64, CaptureError> {
+    let private_file = kind == vma_kind::FILE_PRIVATE;
+    let batch_pages = BATCH / PAGE_SIZE as usize;
+    let mut resident = 0u64;
+    let mut chunk_start = m.start;
+    while chunk_start < m.end {
+        let chunk_end = (chunk_start + BATCH as u64).min(m.end);
+        let pm = pagemap.read(chunk_start, chunk_end)?;
+        resident += pm.iter().filter(|e| pages::resident(**e)).count() as u64;
+        let mut i = 0usize;
+        while i < pm.len() {
+            if !pages::wanted(pm[i], private_file) {
+                runs.close();
+                i += 1;
+                continue;
+            }
+            let mut j = i;
+            while j < pm.len() && j - i < batch_pages && pages::wanted(pm[j], private_file) {
+                j += 1;
+            }
+            // Read straight into the page writer's buffer (no copy on the
+            // way to pages.img); it may take fewer pages.
+            let addr = chunk_start + i as u64 * PAGE_SIZE;
+            let offset = w.pages_len();
+            let room = w.pages().spare((j - i) * PAGE_SIZE as usize)?;
+            let len = room.len();
+            pages::read_remote(pid, addr, room).map_err(|source| MemError::Read {
+                pid,
+                addr,
+                source,
+            })?;
+            let kept = runs.add(addr, room, offset);
+            w.pages().advance(kept);
+            counter.add(len as u64);
+            i += len / PAGE_SIZE as usize;
+        }
+        chunk_start = chunk_end;
+    }
+    runs.close();
+    Ok(resident)
+}
+
+/// The data of a shared anonymous mapping's object, read through
+/// /proc/PID/map_files (SEEK_DATA/SEEK_HOLE, then pread), as DATA and
+/// ZERO runs at the addresses that map it. Returns its data pages.
+fn dump_shmem(
+    pid: i32,
+    m: &Mapping,
+    w: &mut ImageDirWriter,
+    runs: &mut RunBuilder,
+    done_bytes: &mut u64,
+    total_bytes: u64,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<u64, CaptureError> {
+    use std::os::unix::fs::FileExt;
+    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    let read_err = |addr, source| MemError::Read { pid, addr, source };
+    let f = std::fs::File::open(&path).map_err(|e| read_err(m.start, e))?;
+    let len = m.end - m.start;
+    let mut pages = 0u64;
+    for (a, b) in crate::stored::data_ranges_in(&f, m.offset, m.offset + len) {
+        let mut off = a;
+        while off < b {
+            let want = ((b - off) as usize).min(BATCH);
+            let offset = w.pages_len();
+            let room = w.pages().spare(want)?;
+            let n = room.len();
+            let addr = m.start + (off - m.offset);
+            f.read_exact_at(room, off).map_err(|e| read_err(addr, e))?;
+            let kept = runs.add(addr, room, offset);
+            w.pages().advance(kept);
+            off += n as u64;
+            pages += n as u64 / PAGE_SIZE;
+            *done_bytes += n as u64;
+            progress(Progress {
+                done_bytes: *done_bytes,
+                total_bytes: total_bytes.max(*done_bytes),
+            });
+        }
+        runs.close();
+    }
+    Ok(pages)
+}
