@@ -1,0 +1,257 @@
+//! Installing the planned fds: pipes and files made, every source opened
+//! and parked above the highest target, then each put at its number,
+//! flock/OFD locks taken, everything else closed, and the fds the shim
+//! needs put at consecutive numbers right above the program's.
+
+use super::*;
+use crate::stored;
+
+/// Install the planned fds at their numbers, close every other fd, and
+/// put the `extra` fds (for the shim) and the made files at consecutive
+/// numbers above them. Returns (extra fds in order, first made file's fd).
+pub fn install(
+    loaded: &LoadedImage,
+    img: &Image,
+    plan: &Plan,
+    extra: &[i32],
+    verify: bool,
+) -> Result<(Vec<i32>, Option<i32>), RestoreError> {
+    let plans = &plan.fds;
+    let high = plans.iter().map(|p| p.fd).max().unwrap_or(2).max(2) + 1;
+    // 0. Pipes and stored files.
+    let mut pipes = Vec::new();
+    for m in &plan.pipes {
+        let made = crate::pipes::make(m).map_err(|why| {
+            let p = plans
+                .iter()
+                .find(|p| matches!(p.source, Source::PipeEnd { pipe, .. } if pipe == m.index));
+            match p {
+                Some(p) => fd_err(p, why),
+                None => RestoreError::Sys {
+                    what: why,
+                    source: std::io::Error::other("pipe"),
+                },
+            }
+        })?;
+        pipes.push(made);
+    }
+    let mut stored = Vec::new();
+    for &idx in &plan.stored {
+        stored.push((idx, stored::make(loaded, img, idx, verify)?));
+    }
+    // 1. Every source, opened and parked above the highest target.
+    let mut parked: Vec<i32> = Vec::with_capacity(plans.len());
+    let mut given: Vec<u32> = Vec::new();
+    let mut remade: Vec<(String, i32)> = Vec::new();
+    for p in plans {
+        let src = match &p.source {
+            Source::Keep => -1,
+            Source::SameAs(i) => parked[*i],
+            Source::Inherit(ours) => dup_above(*ours, high)?,
+            Source::Open {
+                path,
+                flags,
+                pos,
+                dev_ino,
+                rdev,
+            } => {
+                let acc = flags & libc::O_ACCMODE;
+                let file = std::fs::OpenOptions::new()
+                    .read(acc == libc::O_RDONLY || acc == libc::O_RDWR)
+                    .write(acc == libc::O_WRONLY || acc == libc::O_RDWR)
+                    .custom_flags(flags & !libc::O_ACCMODE)
+                    .open(path)
+                    .map_err(|e| fd_err(p, e))?;
+                let md = file.metadata().map_err(|e| fd_err(p, e))?;
+                if dev_ino.is_some_and(|(d, i)| (md.dev(), md.ino()) != (d, i))
+                    || rdev.is_some_and(|r| md.rdev() != r)
+                {
+                    return Err(fd_err(p, "replaced while restoring"));
+                }
+                seek(p, file.as_raw_fd(), *pos)?;
+                let raw = file.into_raw_fd();
+                let d = dup_above(raw, high)?;
+                close(raw);
+                d
+            }
+            Source::PipeEnd { pipe, write, flags } => {
+                let m = pipes
+                    .iter()
+                    .find(|m| m.index == *pipe)
+                    .expect("every planned pipe was made");
+                let end = if *write {
+                    m.write.as_ref()
+                } else {
+                    Some(&m.read)
+                };
+                let Some(end) = end else {
+                    return Err(fd_err(p, "its pipe's write end was not made"));
+                };
+                // Another description of an end we already installed
+                // (opened again through /proc, as the program did).
+                let first_of_end = parked.iter().zip(plans).any(|(_, q)| {
+                    matches!(q.source, Source::PipeEnd { pipe: pp, write: ww, .. } if pp == *pipe && ww == *write)
+                });
+                let d = if first_of_end {
+                    let path = format!("/proc/self/fd/{}", end.as_raw_fd());
+                    let f = std::fs::OpenOptions::new()
+                        .read(!*write)
+                        .write(*write)
+                        .custom_flags(libc::O_NONBLOCK)
+                        .open(&path)
+                        .map_err(|e| fd_err(p, e))?;
+                    let raw = f.into_raw_fd();
+                    let d = dup_above(raw, high)?;
+                    close(raw);
+                    d
+                } else {
+                    dup_above(end.as_raw_fd(), high)?
+                };
+                set_status_flags(d, *flags).map_err(|e| fd_err(p, e))?;
+                d
+            }
+            Source::Stored { file, flags, pos }
+                if *flags & libc::O_ACCMODE == libc::O_RDWR && !given.contains(file) =>
+            {
+                // The made file itself (opened read-write) for the first
+                // read-write description: a memfd reopened for writing
+                // through /proc counts as one more writer, and the
+                // program's own execveat of it then fails (ETXTBSY).
+                given.push(*file);
+                let (_, fd) = stored
+                    .iter()
+                    .find(|(i, _)| i == file)
+                    .expect("every planned file was made");
+                let d = dup_above(fd.as_raw_fd(), high)?;
+                set_status_flags(d, *flags).map_err(|e| fd_err(p, e))?;
+                seek(p, d, *pos)?;
+                d
+            }
+            Source::Stored { file, flags, pos } => {
+                let (_, fd) = stored
+                    .iter()
+                    .find(|(i, _)| i == file)
+                    .expect("every planned file was made");
+                // The program's own description: opened again through
+                // /proc with its flags (the made fd is O_RDWR).
+                let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+                let acc = flags & libc::O_ACCMODE;
+                let f = std::fs::OpenOptions::new()
+                    .read(acc == libc::O_RDONLY || acc == libc::O_RDWR)
+                    .write(acc == libc::O_WRONLY || acc == libc::O_RDWR)
+                    .custom_flags(flags & !(libc::O_ACCMODE | libc::O_TRUNC))
+                    .open(&path)
+                    .map_err(|e| fd_err(p, e))?;
+                seek(p, f.as_raw_fd(), *pos)?;
+                let raw = f.into_raw_fd();
+                let d = dup_above(raw, high)?;
+                close(raw);
+                d
+            }
+            Source::Inotify { desc, flags } => {
+                let raw = crate::inotify::make(img, p, *desc, *flags)?;
+                let d = dup_above(raw, high)?;
+                close(raw);
+                d
+            }
+            Source::Remade {
+                path,
+                mode,
+                rdev,
+                flags,
+            } => {
+                // One object per removed path: another fd on it (its own
+                // description) opens the one already made.
+                let raw = match remade.iter().find(|(q, _)| q == path) {
+                    Some((_, first)) => {
+                        let c = CString::new(format!("/proc/self/fd/{first}")).unwrap_or_default();
+                        // SAFETY: open reads a NUL-terminated path we own.
+                        let r = unsafe { libc::open(c.as_ptr(), *flags | libc::O_CLOEXEC) };
+                        if r < 0 {
+                            return Err(fd_err(p, std::io::Error::last_os_error()));
+                        }
+                        r
+                    }
+                    None => stored::make_removed(p, path, *mode, *rdev, *flags)?,
+                };
+                let d = dup_above(raw, high)?;
+                close(raw);
+                if !remade.iter().any(|(q, _)| q == path) {
+                    remade.push((path.clone(), d));
+                }
+                d
+            }
+        };
+        parked.push(src);
+    }
+    let mut extra: Vec<i32> = extra
+        .iter()
+        .map(|&fd| dup_above(fd, high))
+        .collect::<Result<Vec<i32>, _>>()?;
+    let nextra = extra.len();
+    for (_, fd) in &stored {
+        extra.push(dup_above(fd.as_raw_fd(), high)?);
+    }
+    // Everything made is parked (dup'ed) now: close the originals before
+    // installing, as they may sit at numbers the program's fds take.
+    drop(pipes);
+    drop(stored);
+
+    // 2. Down to their numbers.
+    for (p, &src) in plans.iter().zip(&parked) {
+        if src >= 0 {
+            // SAFETY: dup2 takes integers; both fds are valid.
+            if unsafe { libc::dup2(src, p.fd) } < 0 {
+                return Err(sys_err(format!("installing fd {}", p.fd)));
+            }
+        }
+        // Every fd crosses the exec of the shim, which sets FD_CLOEXEC
+        // again where the image has it (the exec would close them).
+        // SAFETY: F_SETFD takes an integer.
+        unsafe { libc::fcntl(p.fd, libc::F_SETFD, 0) };
+    }
+    // 3. flock and OFD locks, on the installed descriptions.
+    for l in &plan.locks {
+        crate::locks::take(plans, l)?;
+    }
+
+    // 4. Everything else goes (parked copies, our own files, inherited
+    //    extras), except the fds for the shim.
+    let keep: Vec<i32> = plans
+        .iter()
+        .map(|p| p.fd)
+        .chain(extra.iter().copied())
+        .collect();
+    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| crate::IntoSys::into_sys(e, "listing /proc/self/fd"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in open {
+        if !keep.contains(&fd) {
+            close(fd);
+        }
+    }
+    // 5. The shim's fds at consecutive numbers right above the program's:
+    //    first out of the way, then down into place.
+    let n = extra.len() as i32;
+    let mut tmp = Vec::with_capacity(extra.len());
+    for &fd in &extra {
+        tmp.push(dup_above(fd, high + n)?);
+        close(fd);
+    }
+    let mut placed = Vec::with_capacity(tmp.len());
+    for (i, fd) in tmp.into_iter().enumerate() {
+        let want = high + i as i32;
+        // SAFETY: dup2 takes integers; `fd` is ours, `want` is free.
+        if unsafe { libc::dup2(fd, want) } < 0 {
+            return Err(sys_err("placing the shim's fds"));
+        }
+        close(fd);
+        // SAFETY: F_SETFD takes an integer; the shim must inherit these.
+        unsafe { libc::fcntl(want, libc::F_SETFD, 0) };
+        placed.push(want);
+    }
+    let files_fd = (placed.len() > nextra).then(|| placed[nextra]);
+    placed.truncate(nextra);
+    Ok((placed, files_fd))
+}

@@ -1,0 +1,415 @@
+//! File descriptors of the restored process.
+//!
+//! Policy (like CRIU's `--shell-job`): fds 0, 1 and 2 are whatever the
+//! invoking `cryo restore` has, so the restored program talks to the
+//! terminal or pipes of the shell that restored it. Every other fd comes
+//! back as it was:
+//! - fds that shared an open file description (dup) share one again;
+//! - regular files, directories, /dev/null and other devices are reopened
+//!   by path with their flags and offset, after checking they are the same
+//!   file (device and inode; devices: device number);
+//! - files of the process's own /proc directory are reopened under the
+//!   restored PID;
+//! - unlinked files and memfds are made again from their stored bytes and
+//!   unlinked again; an unlinked directory or device node is made again
+//!   (empty, same mode and device number) and removed;
+//! - a pipe or FIFO whose every end is in the process is made again with
+//!   the bytes that were in it;
+//! - pipes and terminals connected to something outside the process need
+//!   `--inherit-fd N[=M]` (give restored fd N our fd M);
+//! - flock and OFD locks are taken again here; POSIX locks, which belong
+//!   to the process and go with any close of the file, by the shim last.
+//!
+//! fds the image does not have are closed. Every fd is installed without
+//! FD_CLOEXEC (the exec of the shim would close it); the shim sets the
+//! flag again where the image has it.
+
+use crate::RestoreError;
+use cryo_image::fds::file_flags;
+use cryo_image::load::LoadedImage;
+use cryo_image::{fd_kind, Image, NO_INDEX};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+
+pub use crate::pipes::PipeMake;
+pub use install::install;
+
+mod install;
+
+/// How one fd of the restored process comes to be.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// fd 0-2: keep the invoker's.
+    Keep,
+    /// Our fd with this number (--inherit-fd).
+    Inherit(i32),
+    /// Reopen by path.
+    Open {
+        path: String,
+        flags: i32,
+        pos: u64,
+        /// (dev, ino) the opened file must have, or rdev for devices.
+        dev_ino: Option<(u64, u64)>,
+        rdev: Option<u64>,
+    },
+    /// The same open file description as the plan at this index.
+    SameAs(usize),
+    /// An end of a pipe or FIFO made again (`pipes` index), read or write.
+    PipeEnd {
+        pipe: usize,
+        write: bool,
+        flags: i32,
+    },
+    /// A file made again from the image (files index): unlinked or memfd.
+    Stored { file: u32, flags: i32, pos: u64 },
+    /// An inotify instance with its watches (the image's watches of the
+    /// description whose first fd is at this fds-table index).
+    Inotify { desc: u32, flags: i32 },
+    /// A removed directory or device node, made again and removed.
+    Remade {
+        path: String,
+        mode: u32,
+        rdev: u64,
+        flags: i32,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct FdPlan {
+    pub fd: i32,
+    pub what: String,
+    pub source: Source,
+    pub cloexec: bool,
+}
+
+/// Everything `install` does, decided and checked by `plan`.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub fds: Vec<FdPlan>,
+    /// Pipes and FIFOs to make: (index in the image's pipes, the FIFO's
+    /// path and identity, if it is one).
+    pub pipes: Vec<PipeMake>,
+    /// Files to make again (unlinked, memfd): files-table indices, in
+    /// table order; the shim finds them at consecutive fds.
+    pub stored: Vec<u32>,
+    /// flock and OFD locks: (fd, kind, write, start, end).
+    pub locks: Vec<cryo_image::fds::Lock>,
+}
+
+fn fd_open(fd: i32) -> bool {
+    // SAFETY: F_GETFD takes no pointer.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+/// open(2) flags that only matter when creating: dropped when reopening.
+/// (O_TMPFILE made a file that is now reopened as any other; O_NOCTTY is
+/// added where devices are opened: a terminal must never become the
+/// restorer's controlling one by being reopened.)
+fn reopen_flags(flags: u32) -> i32 {
+    flags as i32
+        & !(libc::O_CREAT
+            | libc::O_TRUNC
+            | libc::O_EXCL
+            | libc::O_CLOEXEC
+            | libc::O_NOCTTY
+            | (libc::O_TMPFILE & !libc::O_DIRECTORY))
+}
+
+/// What `plan` needs for every fd.
+struct Cx<'a> {
+    loaded: &'a LoadedImage,
+    img: &'a Image<'a>,
+    fds: &'a [cryo_image::Fd],
+    inherit: &'a [(i32, i32)],
+    drop_pipe_data: bool,
+    restore_stdio: &'a [i32],
+    verify: bool,
+}
+
+/// One fd's plan failed: the error names it.
+pub(crate) struct FdErr<'a> {
+    pub fd: i32,
+    pub what: &'a str,
+}
+
+impl FdErr<'_> {
+    pub fn why(&self, why: impl std::fmt::Display) -> RestoreError {
+        RestoreError::Fd {
+            fd: self.fd,
+            what: self.what.to_owned(),
+            why: why.to_string(),
+        }
+    }
+}
+
+/// Decide, for every captured fd, where it comes from; check what can be
+/// checked now (files exist and are the same, pipes can be made).
+pub fn plan(
+    loaded: &LoadedImage,
+    img: &Image,
+    inherit: &[(i32, i32)],
+    drop_pipe_data: bool,
+    restore_stdio: &[i32],
+    verify: bool,
+) -> Result<Plan, RestoreError> {
+    let fds: Vec<cryo_image::Fd> = img.fds().iter().collect();
+    let cx = Cx {
+        loaded,
+        img,
+        fds: &fds,
+        inherit,
+        drop_pipe_data,
+        restore_stdio,
+        verify,
+    };
+    let mut out = Plan::default();
+    for (i, f) in fds.iter().enumerate() {
+        let target = img.str(f.target).unwrap_or("").to_owned();
+        let what = format!("{} {}", fd_kind::name(f.kind), target);
+        let err = FdErr {
+            fd: f.fd,
+            what: &what,
+        };
+        let source = source_of(&cx, i, f, &target, &err, &mut out)?;
+        out.fds.push(FdPlan {
+            fd: f.fd,
+            what,
+            source,
+            cloexec: f.cloexec != 0,
+        });
+    }
+    crate::stored::plan_mapped(img, &mut out)?;
+    crate::locks::plan(img, &mut out)?;
+    Ok(out)
+}
+
+/// Where fd `f` (the `i`-th of the image) comes from.
+fn source_of(
+    cx: &Cx,
+    i: usize,
+    f: &cryo_image::Fd,
+    target: &str,
+    err: &FdErr,
+    out: &mut Plan,
+) -> Result<Source, RestoreError> {
+    let img = cx.img;
+    let pipe = (f.object != NO_INDEX)
+        .then(|| img.pipes().get(f.object as usize))
+        .flatten();
+    // Bytes the process had not read yet from a pipe that will not be
+    // made again here: they would be lost.
+    let unread = |pipe: Option<cryo_image::fds::Pipe>| -> Result<(), RestoreError> {
+        match pipe {
+            Some(p) if p.data.len > 0 && !cx.drop_pipe_data => Err(err.why(format!(
+                "{} bytes were unread in this pipe at capture; the fd it gets here is another pipe, so they would be lost (--drop-pipe-data accepts that)",
+                p.data.len
+            ))),
+            _ => Ok(()),
+        }
+    };
+    if let Some(&(_, ours)) = cx.inherit.iter().find(|(n, _)| *n == f.fd) {
+        if !fd_open(ours) {
+            return Err(err.why(format!(
+                "--inherit-fd names our fd {ours}, which is not open"
+            )));
+        }
+        unread(pipe)?;
+        return Ok(Source::Inherit(ours));
+    }
+    let first = f.desc as usize;
+    if first != i {
+        return Ok(Source::SameAs(first));
+    }
+    if f.fd <= 2 && (!cx.restore_stdio.contains(&f.fd) || f.kind == fd_kind::TTY) {
+        if !fd_open(f.fd) {
+            return Err(err.why(format!(
+                "it is inherited from cryo restore's own fd {}, which is closed",
+                f.fd
+            )));
+        }
+        if matches!(f.kind, fd_kind::PIPE | fd_kind::FIFO) {
+            unread(pipe)?;
+        }
+        return Ok(Source::Keep);
+    }
+    let flags = reopen_flags(f.flags);
+    let file = (f.file != NO_INDEX)
+        .then(|| img.files().get(f.file as usize))
+        .flatten();
+    let deleted = target.ends_with(" (deleted)");
+    match f.kind {
+        fd_kind::REGULAR | fd_kind::DIRECTORY
+            if file.is_some_and(|x| x.flags & file_flags::DELETED != 0) =>
+        {
+            Ok(crate::stored::plan_fd(f, flags, out))
+        }
+        fd_kind::DIRECTORY | fd_kind::CHAR_DEVICE if deleted => {
+            crate::stored::plan_removed(f, target, flags, err)
+        }
+        fd_kind::REGULAR | fd_kind::DIRECTORY | fd_kind::SYMLINK => {
+            let md = if f.kind == fd_kind::SYMLINK {
+                std::fs::symlink_metadata(target)
+            } else {
+                std::fs::metadata(target)
+            }
+            .map_err(|e| err.why(format!("{target}: {e}")))?;
+            let same = (md.dev(), md.ino()) == (f.dev, f.ino)
+                && file.is_none_or(|id| (id.dev, id.ino) == (md.dev(), md.ino()));
+            if !same {
+                return Err(err.why(format!("{target} is a different file now (device/inode)")));
+            }
+            let nofollow = if f.kind == fd_kind::SYMLINK {
+                libc::O_NOFOLLOW
+            } else {
+                0
+            };
+            Ok(Source::Open {
+                path: target.to_owned(),
+                flags: flags | nofollow,
+                pos: f.pos,
+                dev_ino: Some((md.dev(), md.ino())),
+                rdev: None,
+            })
+        }
+        fd_kind::PROC => Ok(Source::Open {
+            path: proc_path(target, img.process().pid, std::process::id()),
+            flags,
+            pos: f.pos,
+            dev_ino: None,
+            rdev: None,
+        }),
+        fd_kind::NULL_DEVICE | fd_kind::CHAR_DEVICE => {
+            let md = std::fs::metadata(target).map_err(|e| err.why(format!("{target}: {e}")))?;
+            let fmt = |m: u32| m & libc::S_IFMT;
+            if md.rdev() != f.rdev || fmt(md.mode()) != fmt(f.mode) {
+                return Err(err.why(format!("{target} is a different device now")));
+            }
+            if (md.dev(), md.ino()) != (f.dev, f.ino) {
+                return Err(err.why(format!(
+                    "{target} is a different device node now (device/inode)"
+                )));
+            }
+            Ok(Source::Open {
+                path: target.to_owned(),
+                flags: flags | libc::O_NOCTTY,
+                pos: f.pos,
+                dev_ino: Some((md.dev(), md.ino())),
+                rdev: Some(f.rdev),
+            })
+        }
+        fd_kind::PIPE | fd_kind::FIFO => {
+            let Some(p) = pipe else {
+                return Err(err.why("its pipe is missing from the image"));
+            };
+            crate::pipes::plan_fd(cx.loaded, cx.fds, f, &p, target, flags, cx.verify, err, out)
+        }
+        fd_kind::INOTIFY => crate::inotify::plan(img, i, flags, err),
+        fd_kind::TTY => plan_tty(f, target, flags, err),
+        _ => Err(err.why("unsupported kind")),
+    }
+}
+
+/// /proc/CAPTURED_PID/... is this process's own now.
+fn proc_path(target: &str, captured_pid: u32, my_pid: u32) -> String {
+    let own = format!("/proc/{captured_pid}/");
+    match target.strip_prefix(&own) {
+        Some(rest) => {
+            let rest = rest.replace(&format!("task/{captured_pid}/"), &format!("task/{my_pid}/"));
+            format!("/proc/{my_pid}/{rest}")
+        }
+        None => target.to_owned(),
+    }
+}
+
+/// A terminal: the same terminal as one of this command's fds 0-2 (an
+/// interactive shell's fd 255 and its stdin): that one. Else the terminal
+/// at its path, if it is there.
+fn plan_tty(
+    f: &cryo_image::Fd,
+    target: &str,
+    flags: i32,
+    err: &FdErr,
+) -> Result<Source, RestoreError> {
+    let ours = (0..=2).find(|&n| {
+        // SAFETY: fstat writes one struct stat we own.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let r = unsafe { libc::fstat(n, &mut st) };
+        r == 0 && st.st_rdev == f.rdev
+    });
+    match ours {
+        Some(n) => Ok(Source::Inherit(n)),
+        None => match std::fs::metadata(target) {
+            Ok(md) if md.rdev() == f.rdev => Ok(Source::Open {
+                path: target.to_owned(),
+                flags: flags | libc::O_NOCTTY,
+                pos: 0,
+                dev_ino: None,
+                rdev: Some(f.rdev),
+            }),
+            _ => Err(err.why(format!(
+                "a terminal that is not this command's and is gone; pass --inherit-fd {}[=OUR_FD] to give it one of ours",
+                f.fd
+            ))),
+        },
+    }
+}
+
+pub(crate) fn seek(p: &FdPlan, fd: RawFd, pos: u64) -> Result<(), RestoreError> {
+    if pos == 0 {
+        return Ok(());
+    }
+    // SAFETY: lseek takes integers.
+    if unsafe { libc::lseek(fd, pos as i64, libc::SEEK_SET) } < 0 {
+        return Err(fd_err(
+            p,
+            format!("seeking to {pos}: {}", std::io::Error::last_os_error()),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn sys_err(what: impl Into<String>) -> RestoreError {
+    crate::sys(what)
+}
+
+pub(crate) fn dup_above(fd: i32, min: i32) -> Result<i32, RestoreError> {
+    // SAFETY: F_DUPFD takes an integer.
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD, min) };
+    if r < 0 {
+        return Err(sys_err(format!("duplicating fd {fd}")));
+    }
+    Ok(r)
+}
+
+pub(crate) fn close(fd: i32) {
+    // SAFETY: closing an fd we own (or one the image does not have).
+    unsafe { libc::close(fd) };
+}
+
+pub(crate) fn owned(fd: RawFd) -> OwnedFd {
+    // SAFETY: callers pass an fd they just created and own exclusively.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+pub(crate) fn fd_err(p: &FdPlan, why: impl std::fmt::Display) -> RestoreError {
+    RestoreError::Fd {
+        fd: p.fd,
+        what: p.what.clone(),
+        why: why.to_string(),
+    }
+}
+
+/// F_SETFL with the status flags fcntl can change.
+pub(crate) fn set_status_flags(fd: RawFd, flags: i32) -> std::io::Result<()> {
+    let settable = libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME;
+    // SAFETY: F_GETFL/F_SETFL take integers.
+    let cur = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    let want = (cur & !settable) | (flags & settable);
+    // SAFETY: as above.
+    if want != cur && unsafe { libc::fcntl(fd, libc::F_SETFL, want) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! File locks: flock and OFD locks (they belong to the open file
+//! description) taken again here once the fds are installed; POSIX locks
+//! (the process's, gone with any close of the file) checked free here and
+//! taken by the shim after its last close.
+
+use crate::fds::{FdPlan, Plan, Source};
+use crate::RestoreError;
+use cryo_image::fds::lock_kind;
+use cryo_image::Image;
+use std::os::fd::AsRawFd;
+
+/// flock and OFD locks, taken by `install`; POSIX locks, taken by the
+/// shim, must be free now.
+pub(crate) fn plan(img: &Image, out: &mut Plan) -> Result<(), RestoreError> {
+    for l in img.locks().iter() {
+        if l.kind != lock_kind::POSIX {
+            out.locks.push(l);
+        }
+    }
+    check_posix_locks(img, out)
+}
+
+/// A POSIX lock the shim will take must not be held by anyone else now
+/// (it cannot wait, and a failure there would be past the point of no
+/// return). Checked with F_GETLK on the file, by path.
+fn check_posix_locks(img: &Image, plan: &Plan) -> Result<(), RestoreError> {
+    for l in img.locks().iter().filter(|l| l.kind == lock_kind::POSIX) {
+        let Some(p) = plan.fds.iter().find(|p| p.fd == l.fd) else {
+            continue;
+        };
+        let Source::Open { path, .. } = &p.source else {
+            continue; // made here (unlinked): no one else can hold it
+        };
+        let Ok(file) = std::fs::OpenOptions::new().read(true).open(path) else {
+            continue;
+        };
+        let mut fl = flock_struct(l.write != 0, l.start, l.end);
+        // SAFETY: F_GETLK reads and writes one struct flock we own.
+        let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) };
+        if r == 0 && fl.l_type != libc::F_UNLCK as i16 {
+            return Err(RestoreError::Fd {
+                fd: l.fd,
+                what: p.what.clone(),
+                why: format!(
+                    "its {} lock on bytes {}.. is held by pid {} now (is the captured process still running?)",
+                    if l.write != 0 { "write" } else { "read" },
+                    l.start,
+                    fl.l_pid
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn flock_struct(write: bool, start: u64, end: u64) -> libc::flock {
+    libc::flock {
+        l_type: if write { libc::F_WRLCK } else { libc::F_RDLCK } as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: start as i64,
+        l_len: if end == u64::MAX {
+            0
+        } else {
+            (end - start + 1) as i64
+        },
+        l_pid: 0,
+    }
+}
+
+pub(crate) fn take(plans: &[FdPlan], l: &cryo_image::fds::Lock) -> Result<(), RestoreError> {
+    let p = plans.iter().find(|p| p.fd == l.fd);
+    let what = p.map_or(String::new(), |p| p.what.clone());
+    let fail = |why: String| RestoreError::Fd {
+        fd: l.fd,
+        what: what.clone(),
+        why,
+    };
+    let r = match l.kind {
+        lock_kind::FLOCK => {
+            let op = if l.write != 0 {
+                libc::LOCK_EX
+            } else {
+                libc::LOCK_SH
+            };
+            // SAFETY: flock takes integers.
+            unsafe { libc::flock(l.fd, op | libc::LOCK_NB) }
+        }
+        lock_kind::OFD => {
+            let fl = flock_struct(l.write != 0, l.start, l.end);
+            // SAFETY: F_OFD_SETLK reads one struct flock we own.
+            unsafe { libc::fcntl(l.fd, libc::F_OFD_SETLK, &fl) }
+        }
+        _ => return Ok(()),
+    };
+    if r < 0 {
+        return Err(fail(format!(
+            "cannot take its {} lock again: {} (is the captured process still running?)",
+            lock_kind::name(l.kind),
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Pipes and FIFOs whose every end was in the process, made again with
+//! their capacity and the bytes that were in them.
+
+use crate::fds::{owned, set_status_flags, FdErr, Plan, Source};
+use crate::RestoreError;
+use cryo_image::fd_kind;
+use cryo_image::fds::pipe_flags;
+use cryo_image::load::LoadedImage;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+
+#[derive(Debug, Clone)]
+pub struct PipeMake {
+    pub index: usize,
+    pub fifo: Option<(String, u64, u64)>,
+    pub size: u32,
+    pub packet: bool,
+    pub data: Vec<u8>,
+    /// Keep the write end open (someone holds it).
+    pub keep_write: bool,
+}
+
+/// A pipe or FIFO end whose every end was in the process: the pipe is
+/// made again once (its bytes read from the image), each end takes its
+/// side of it; a FIFO fd open read-write opens the path so again.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn plan_fd(
+    loaded: &LoadedImage,
+    fds: &[cryo_image::Fd],
+    f: &cryo_image::Fd,
+    p: &cryo_image::fds::Pipe,
+    target: &str,
+    flags: i32,
+    verify: bool,
+    err: &FdErr,
+    out: &mut Plan,
+) -> Result<Source, RestoreError> {
+    if p.flags & pipe_flags::INSIDE == 0 {
+        return Err(err.why(format!(
+            "the other end was outside the process; pass --inherit-fd {}[=OUR_FD] to give it one of ours",
+            f.fd
+        )));
+    }
+    let index = f.object as usize;
+    if !out.pipes.iter().any(|m| m.index == index) {
+        let fifo = if f.kind == fd_kind::FIFO {
+            let md = std::fs::metadata(target).map_err(|e| err.why(format!("{target}: {e}")))?;
+            if (md.dev(), md.ino()) != (f.dev, f.ino) {
+                return Err(err.why(format!("{target} is a different file now (device/inode)")));
+            }
+            Some((target.to_owned(), f.dev, f.ino))
+        } else {
+            None
+        };
+        let data = if p.data.len > 0 {
+            loaded.read_blob(&p.data, verify)?
+        } else {
+            Vec::new()
+        };
+        let keep_write = fds.iter().any(|g| {
+            g.object == f.object && g.flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32
+        });
+        out.pipes.push(PipeMake {
+            index,
+            fifo,
+            size: p.size,
+            packet: p.flags & pipe_flags::PACKET != 0,
+            data,
+            keep_write,
+        });
+    }
+    let acc = f.flags as i32 & libc::O_ACCMODE;
+    if acc == libc::O_RDWR && f.kind == fd_kind::PIPE {
+        return Err(err.why("a pipe end open for both reading and writing"));
+    }
+    if acc == libc::O_RDWR {
+        // A FIFO opened read-write: its own description, opened so again
+        // (never blocks), while the ends made with its bytes are open.
+        return Ok(Source::Open {
+            path: target.to_owned(),
+            flags,
+            pos: 0,
+            dev_ino: Some((f.dev, f.ino)),
+            rdev: None,
+        });
+    }
+    Ok(Source::PipeEnd {
+        pipe: index,
+        write: acc != libc::O_RDONLY,
+        flags,
+    })
+}
+
+/// A made pipe: its two ends (we own them).
+pub(crate) struct MadePipe {
+    pub index: usize,
+    pub read: OwnedFd,
+    pub write: Option<OwnedFd>,
+}
+
+pub(crate) fn make(m: &PipeMake) -> Result<MadePipe, String> {
+    let (r, w) = match &m.fifo {
+        None => {
+            let mut fds = [0i32; 2];
+            let fl = libc::O_CLOEXEC | if m.packet { libc::O_DIRECT } else { 0 };
+            // SAFETY: pipe2 writes two ints into our array.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), fl) } < 0 {
+                return Err(format!("pipe2: {}", std::io::Error::last_os_error()));
+            }
+            (owned(fds[0]), owned(fds[1]))
+        }
+        Some((path, dev, ino)) => {
+            let open = |flags: i32| -> Result<OwnedFd, String> {
+                let f = std::fs::OpenOptions::new()
+                    .read(flags & libc::O_ACCMODE == libc::O_RDONLY)
+                    .write(flags & libc::O_ACCMODE == libc::O_WRONLY)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                    .open(path)
+                    .map_err(|e| format!("{path}: {e}"))?;
+                let md = f.metadata().map_err(|e| e.to_string())?;
+                if (md.dev(), md.ino()) != (*dev, *ino) {
+                    return Err(format!("{path} was replaced while restoring"));
+                }
+                Ok(OwnedFd::from(f))
+            };
+            let r = open(libc::O_RDONLY)?;
+            let w = open(libc::O_WRONLY)?;
+            (r, w)
+        }
+    };
+    // SAFETY: F_SETPIPE_SZ takes an integer.
+    let got = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, m.size as i32) };
+    if got < 0 || (got as u32) < m.size {
+        return Err(format!(
+            "cannot give the pipe its capacity of {} bytes ({}); raising it past /proc/sys/fs/pipe-max-size needs CAP_SYS_RESOURCE",
+            m.size,
+            std::io::Error::last_os_error()
+        ));
+    }
+    set_status_flags(w.as_raw_fd(), libc::O_NONBLOCK).map_err(|e| e.to_string())?;
+    write_all(w.as_raw_fd(), &m.data)
+        .map_err(|e| format!("putting the buffered bytes back: {e}"))?;
+    Ok(MadePipe {
+        index: m.index,
+        read: r,
+        write: m.keep_write.then_some(w),
+    })
+}
+
+fn write_all(fd: RawFd, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: write reads at most data.len() bytes from our slice.
+        let n = unsafe { libc::write(fd, data.as_ptr() as *const libc::c_void, data.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        data = &data[n as usize..];
+    }
+    Ok(())
+}
