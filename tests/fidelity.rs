@@ -230,6 +230,13 @@ fn sigtrap_handler_survives_capture() {
     case("sigtrap");
 }
 
+/// eventfd (semaphore mode, counter), timerfd (armed, and one with an
+/// expiration not read), signalfd, epoll watching them with their data.
+#[test]
+fn eventfd_timerfd_signalfd_epoll() {
+    case("anonfds");
+}
+
 /// A process cryo cannot restore faithfully is refused with every
 /// obstacle named at once, before anything is written; --dry-run lists
 /// them too; the target is left running as it was.
@@ -247,7 +254,7 @@ fn every_obstacle_at_once() {
         "child processes",
         "fd 3 is a socket",
         "fd 4 is a socket",
-        "fd 5 is an eventfd",
+        "fd 5 is a userfaultfd",
         "fd 6 (inotify) has",
         "bytes of events queued",
         "AIO ring",
@@ -259,7 +266,7 @@ fn every_obstacle_at_once() {
     let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &pid]);
     assert_eq!(code, 1);
     assert!(
-        out.contains("6 obstacles") && out.contains("eventfd"),
+        out.contains("6 obstacles") && out.contains("userfaultfd"),
         "{out}"
     );
     let (code, out, _) = cryo_cmd(&["capture", "--dry-run", "--json", &pid]);

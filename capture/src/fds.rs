@@ -25,8 +25,13 @@ fn classify(pid: i32, f: &OpenFd) -> Result<u32, String> {
             f.fd
         ));
     }
-    if t == "anon_inode:inotify" {
-        return Ok(fd_kind::INOTIFY);
+    match t.as_str() {
+        "anon_inode:inotify" => return Ok(fd_kind::INOTIFY),
+        "anon_inode:[eventfd]" => return Ok(fd_kind::EVENTFD),
+        "anon_inode:[timerfd]" => return Ok(fd_kind::TIMERFD),
+        "anon_inode:[signalfd]" => return Ok(fd_kind::SIGNALFD),
+        "anon_inode:[eventpoll]" => return Ok(fd_kind::EPOLL),
+        _ => {}
     }
     if let Some(kind) = t.strip_prefix("anon_inode:") {
         return Err(format!(
@@ -213,6 +218,31 @@ pub fn capture(
                 b.pipes.len() - 1
             });
             object = idx as u32;
+        }
+        if matches!(
+            kind,
+            fd_kind::EVENTFD | fd_kind::TIMERFD | fd_kind::SIGNALFD
+        ) {
+            // Kind state belongs to the description: its first fd's record
+            // has it; dups share the index.
+            object = if desc == b.fds.len() - base {
+                match crate::anonfds::capture(kind, f, b) {
+                    Ok(i) => i,
+                    Err(why) => {
+                        obs.push(why);
+                        continue;
+                    }
+                }
+            } else {
+                b.fds[base + desc].object
+            };
+        }
+        if kind == fd_kind::EPOLL && desc == b.fds.len() - base {
+            let first = b.fds.len() as u32;
+            if let Err(why) = crate::anonfds::epoll(pid, f, first, b) {
+                obs.push(why);
+                continue;
+            }
         }
         if kind == fd_kind::INOTIFY && desc == b.fds.len() - base {
             let first = b.fds.len() as u32;

@@ -1,6 +1,7 @@
 //! cryo capture: freeze a single-threaded process with ptrace and write its
 //! image (see `capture::capture`).
 
+mod anonfds;
 pub mod capture;
 pub mod fds;
 mod gadget;

@@ -7,7 +7,7 @@ use crate::stored::{BlobOwner, PendingBlob, StoredFiles};
 use crate::sys;
 use cryo_image::fds::pipe_flags;
 use cryo_image::write::ImageBuilder;
-use cryo_image::Fd;
+use cryo_image::{fd_kind, Fd};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
@@ -78,7 +78,7 @@ pub fn capture(
     for (&ino, &idx) in pipes {
         let ends: Vec<&Fd> = b.fds[base..]
             .iter()
-            .filter(|f| f.object == idx as u32)
+            .filter(|f| matches!(f.kind, fd_kind::PIPE | fd_kind::FIFO) && f.object == idx as u32)
             .collect();
         let acc = |f: &&Fd| f.flags & libc::O_ACCMODE as u32;
         let reader = ends

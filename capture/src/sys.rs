@@ -40,6 +40,37 @@ pub fn same_description(pid: i32, a: i32, b: i32) -> io::Result<bool> {
     Ok(r == 0)
 }
 
+/// kcmp(pid, pid, KCMP_EPOLL_TFD, tfd, {epfd, tfd, 0}) == 0: the file
+/// epoll instance `epfd` of `pid` watches under fd number `tfd` is the
+/// file open at `tfd`.
+pub fn epoll_target_is(pid: i32, epfd: i32, tfd: i32) -> io::Result<bool> {
+    #[repr(C)]
+    struct Slot {
+        efd: u32,
+        tfd: u32,
+        toff: u32,
+    }
+    const KCMP_EPOLL_TFD: libc::c_long = 7;
+    let slot = Slot {
+        efd: epfd as u32,
+        tfd: tfd as u32,
+        toff: 0,
+    };
+    // SAFETY: kcmp reads one struct kcmp_epoll_slot we own and changes
+    // nothing.
+    let r = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid,
+            pid,
+            KCMP_EPOLL_TFD,
+            tfd,
+            &slot as *const Slot,
+        )
+    })?;
+    Ok(r == 0)
+}
+
 /// pipe2(flags): (read end, write end).
 pub fn pipe2(flags: i32) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0i32; 2];

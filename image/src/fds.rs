@@ -147,3 +147,50 @@ record! {
         pub path: crate::StrRef,
     }
 }
+
+record! {
+    /// An eventfd's counter and mode (Fd::object indexes these).
+    pub struct EventFd {
+        pub count: u64,
+        /// EFD_SEMAPHORE.
+        pub semaphore: u32,
+        pub _pad: u32,
+    }
+}
+
+record! {
+    /// A timerfd: its clock, the time left to its next expiry and its
+    /// interval at capture (re-armed relative to the restore), and the
+    /// expirations not yet read.
+    pub struct TimerFd {
+        pub clock: i32,
+        /// timerfd_settime flags (TFD_TIMER_ABSTIME, ..._CANCEL_ON_SET).
+        pub settime_flags: u32,
+        pub ticks: u64,
+        pub value_sec: i64,
+        pub value_nsec: i64,
+        pub interval_sec: i64,
+        pub interval_nsec: i64,
+    }
+}
+
+record! {
+    /// A signalfd's mask.
+    pub struct SignalFd {
+        pub mask: u64,
+    }
+}
+
+record! {
+    /// One file an epoll instance watches: the fd number it was added
+    /// under (which the image's fd table has, as the same file), its
+    /// events and data.
+    pub struct EpollItem {
+        /// The fds-table index of the epoll instance's first fd.
+        pub desc: u32,
+        pub tfd: i32,
+        pub events: u32,
+        pub _pad: u32,
+        pub data: u64,
+    }
+}

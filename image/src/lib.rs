@@ -557,6 +557,18 @@ impl<'a> Image<'a> {
     pub fn inotify(&self) -> Table<'a, fds::InotifyWatch> {
         self.table(SectionKind::Inotify)
     }
+    pub fn eventfds(&self) -> Table<'a, fds::EventFd> {
+        self.table(SectionKind::EventFds)
+    }
+    pub fn timerfds(&self) -> Table<'a, fds::TimerFd> {
+        self.table(SectionKind::TimerFds)
+    }
+    pub fn signalfds(&self) -> Table<'a, fds::SignalFd> {
+        self.table(SectionKind::SignalFds)
+    }
+    pub fn epoll_items(&self) -> Table<'a, fds::EpollItem> {
+        self.table(SectionKind::EpollItems)
+    }
 
     /// Every blob of pages.img that is not memory (pipe data, file
     /// contents), for checking.
@@ -747,9 +759,19 @@ impl<'a> Image<'a> {
             if f.desc as usize > i || first.is_none_or(|d| d.desc != f.desc) {
                 return Err(bad("bad open file description index"));
             }
-            let wants_pipe = matches!(f.kind, fd_kind::PIPE | fd_kind::FIFO);
-            if wants_pipe != (f.object != NO_INDEX) || (wants_pipe && f.object >= npipes) {
-                return Err(bad("bad pipe index"));
+            let objects = match f.kind {
+                fd_kind::PIPE | fd_kind::FIFO => Some(npipes),
+                fd_kind::EVENTFD => Some(self.eventfds().len() as u32),
+                fd_kind::TIMERFD => Some(self.timerfds().len() as u32),
+                fd_kind::SIGNALFD => Some(self.signalfds().len() as u32),
+                _ => None,
+            };
+            let ok = match objects {
+                Some(n) => f.object < n,
+                None => f.object == NO_INDEX,
+            };
+            if !ok {
+                return Err(bad("bad index of its kind's state"));
             }
         }
         for (i, b) in self.blobs().enumerate() {
@@ -799,6 +821,18 @@ impl<'a> Image<'a> {
                     section: "inotify",
                     index: i as u64,
                     why: "watch of no inotify fd, or a bad watch descriptor",
+                });
+            }
+        }
+        for (i, e) in self.epoll_items().iter().enumerate() {
+            let on_epoll = fdt
+                .get(e.desc as usize)
+                .is_some_and(|f| f.kind == fd_kind::EPOLL);
+            if !on_epoll || !fdt.iter().any(|f| f.fd == e.tfd) {
+                return Err(ImageError::BadIndex {
+                    section: "epoll_items",
+                    index: i as u64,
+                    why: "item of no epoll fd, or on an fd the image does not have",
                 });
             }
         }

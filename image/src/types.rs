@@ -80,10 +80,18 @@ pub enum SectionKind {
     Signals = 21,
     /// Format 3.0: inotify watches.
     Inotify = 22,
+    /// Format 3.0: eventfd counters.
+    EventFds = 23,
+    /// Format 3.0: timerfd settings.
+    TimerFds = 24,
+    /// Format 3.0: signalfd masks.
+    SignalFds = 25,
+    /// Format 3.0: what every epoll instance watches.
+    EpollItems = 26,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 22] = [
+    pub const ALL: [SectionKind; 26] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -106,6 +114,10 @@ impl SectionKind {
         SectionKind::Task,
         SectionKind::Signals,
         SectionKind::Inotify,
+        SectionKind::EventFds,
+        SectionKind::TimerFds,
+        SectionKind::SignalFds,
+        SectionKind::EpollItems,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -134,6 +146,10 @@ impl SectionKind {
             SectionKind::Task => "task",
             SectionKind::Signals => "signals",
             SectionKind::Inotify => "inotify",
+            SectionKind::EventFds => "eventfds",
+            SectionKind::TimerFds => "timerfds",
+            SectionKind::SignalFds => "signalfds",
+            SectionKind::EpollItems => "epoll_items",
         }
     }
     /// Record size this reader knows for the section (1 for byte blobs).
@@ -161,6 +177,10 @@ impl SectionKind {
             SectionKind::Task => crate::task::TaskState::SIZE,
             SectionKind::Signals => crate::signals::QueuedSignal::SIZE,
             SectionKind::Inotify => crate::fds::InotifyWatch::SIZE,
+            SectionKind::EventFds => crate::fds::EventFd::SIZE,
+            SectionKind::TimerFds => crate::fds::TimerFd::SIZE,
+            SectionKind::SignalFds => crate::fds::SignalFd::SIZE,
+            SectionKind::EpollItems => crate::fds::EpollItem::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -194,6 +214,8 @@ impl SectionKind {
             // fs.inotify.max_user_watches can be raised; 1 << 22 is far
             // beyond its default (8192 to 1 << 20 by memory).
             SectionKind::Inotify => 1 << 22,
+            SectionKind::EventFds | SectionKind::TimerFds | SectionKind::SignalFds => 1 << 20,
+            SectionKind::EpollItems => 1 << 22,
         }
     }
     /// Sections every valid image must have.
@@ -642,6 +664,14 @@ pub mod fd_kind {
     pub const PROC: u32 = 9;
     /// An inotify instance (its watches are in the `inotify` section).
     pub const INOTIFY: u32 = 10;
+    /// An eventfd (its counter in `eventfds`, at `Fd::object`).
+    pub const EVENTFD: u32 = 11;
+    /// A timerfd (`timerfds`, at `Fd::object`).
+    pub const TIMERFD: u32 = 12;
+    /// A signalfd (`signalfds`, at `Fd::object`).
+    pub const SIGNALFD: u32 = 13;
+    /// An epoll instance (what it watches is in `epoll_items`).
+    pub const EPOLL: u32 = 14;
 
     pub fn name(k: u32) -> &'static str {
         match k {
@@ -649,6 +679,10 @@ pub mod fd_kind {
             SYMLINK => "symlink",
             PROC => "proc",
             INOTIFY => "inotify",
+            EVENTFD => "eventfd",
+            TIMERFD => "timerfd",
+            SIGNALFD => "signalfd",
+            EPOLL => "epoll",
             REGULAR => "file",
             CHAR_DEVICE => "chardev",
             PIPE => "pipe",
@@ -687,8 +721,9 @@ record! {
         pub mode: u32,
         /// st_dev of the open file.
         pub dev: u64,
-        /// Kind-specific state: PIPE and FIFO, an index in `pipes`;
-        /// else NO_INDEX.
+        /// Kind-specific state: an index in the table of the fd's kind
+        /// (`pipes` for PIPE and FIFO, `eventfds`, `timerfds`,
+        /// `signalfds`); else NO_INDEX.
         pub object: u32,
         pub _pad2: u32,
     }

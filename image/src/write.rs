@@ -60,6 +60,10 @@ pub struct ImageBuilder {
     pub task: Option<crate::task::TaskState>,
     pub signals: Vec<crate::signals::QueuedSignal>,
     pub inotify: Vec<crate::fds::InotifyWatch>,
+    pub eventfds: Vec<crate::fds::EventFd>,
+    pub timerfds: Vec<crate::fds::TimerFd>,
+    pub signalfds: Vec<crate::fds::SignalFd>,
+    pub epoll_items: Vec<crate::fds::EpollItem>,
 }
 
 /// sums.img's bytes for the page checksums `sums` (in pages.img order).
@@ -114,6 +118,10 @@ impl ImageBuilder {
             (SectionKind::Groups, table(&self.groups)),
             (SectionKind::Signals, table(&self.signals)),
             (SectionKind::Inotify, table(&self.inotify)),
+            (SectionKind::EventFds, table(&self.eventfds)),
+            (SectionKind::TimerFds, table(&self.timerfds)),
+            (SectionKind::SignalFds, table(&self.signalfds)),
+            (SectionKind::EpollItems, table(&self.epoll_items)),
         ];
         if let Some(g) = &self.gadgets {
             sections.push((SectionKind::Gadgets, table(std::slice::from_ref(g))));

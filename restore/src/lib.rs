@@ -7,6 +7,7 @@
 //! cwd, umask, rlimits and personality, and execs `cryo-shim`, which turns
 //! this process into the captured one.
 
+mod anonfds;
 mod checks;
 mod fds;
 mod inotify;

@@ -58,7 +58,9 @@ pub(crate) fn plan_fd(
             Vec::new()
         };
         let keep_write = fds.iter().any(|g| {
-            g.object == f.object && g.flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32
+            matches!(g.kind, fd_kind::PIPE | fd_kind::FIFO)
+                && g.object == f.object
+                && g.flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32
         });
         out.pipes.push(PipeMake {
             index,

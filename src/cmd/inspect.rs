@@ -351,7 +351,7 @@ fn to_text(img: &Image, loaded: &LoadedImage) -> String {
                 fdt[f.desc as usize].fd
             );
         }
-        if let Some(p) = (f.object != cryo_image::NO_INDEX)
+        if let Some(p) = matches!(f.kind, fd_kind::PIPE | fd_kind::FIFO)
             .then(|| img.pipes().get(f.object as usize))
             .flatten()
         {
@@ -578,7 +578,7 @@ fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
                    "cloexec": f.cloexec != 0, "pos": f.pos, "target": s(img, f.target),
                    "rdev": f.rdev, "ino": f.ino, "dev": f.dev, "mode": f.mode,
                    "same_description_as": fdt[f.desc as usize].fd,
-                   "pipe": (f.object != cryo_image::NO_INDEX).then_some(f.object),
+                   "object": (f.object != cryo_image::NO_INDEX).then_some(f.object),
                    "file": (f.file != cryo_image::NO_INDEX).then_some(f.file)})
         })
         .collect();

@@ -148,6 +148,16 @@ pub fn install(
                 close(raw);
                 d
             }
+            Source::Anon {
+                kind,
+                object,
+                flags,
+            } => {
+                let raw = crate::anonfds::make(img, p, *kind, *object, *flags)?;
+                let d = dup_above(raw, high)?;
+                close(raw);
+                d
+            }
             Source::Inotify { desc, flags } => {
                 let raw = crate::inotify::make(img, p, *desc, *flags)?;
                 let d = dup_above(raw, high)?;
@@ -210,7 +220,9 @@ pub fn install(
         // SAFETY: F_SETFD takes an integer.
         unsafe { libc::fcntl(p.fd, libc::F_SETFD, 0) };
     }
-    // 3. flock and OFD locks, on the installed descriptions.
+    // 3. What the epoll instances watch (by fd number: every fd is at its
+    //    own now), flock and OFD locks on the installed descriptions.
+    crate::anonfds::fill_epolls(img, plan)?;
     for l in &plan.locks {
         crate::locks::take(plans, l)?;
     }

@@ -66,6 +66,10 @@ pub enum Source {
     /// An inotify instance with its watches (the image's watches of the
     /// description whose first fd is at this fds-table index).
     Inotify { desc: u32, flags: i32 },
+    /// An eventfd, timerfd or signalfd (`object`: its state in the kind's
+    /// table), or an epoll instance (`object`: the fds-table index of its
+    /// first fd, which its items name).
+    Anon { kind: u32, object: u32, flags: i32 },
     /// A removed directory or device node, made again and removed.
     Remade {
         path: String,
@@ -194,7 +198,7 @@ fn source_of(
     out: &mut Plan,
 ) -> Result<Source, RestoreError> {
     let img = cx.img;
-    let pipe = (f.object != NO_INDEX)
+    let pipe = matches!(f.kind, fd_kind::PIPE | fd_kind::FIFO)
         .then(|| img.pipes().get(f.object as usize))
         .flatten();
     // Bytes the process had not read yet from a pipe that will not be
@@ -305,6 +309,16 @@ fn source_of(
             crate::pipes::plan_fd(cx.loaded, cx.fds, f, &p, target, flags, cx.verify, err, out)
         }
         fd_kind::INOTIFY => crate::inotify::plan(img, i, flags, err),
+        fd_kind::EVENTFD | fd_kind::TIMERFD | fd_kind::SIGNALFD => Ok(Source::Anon {
+            kind: f.kind,
+            object: f.object,
+            flags,
+        }),
+        fd_kind::EPOLL => Ok(Source::Anon {
+            kind: f.kind,
+            object: i as u32,
+            flags,
+        }),
         fd_kind::TTY => plan_tty(f, target, flags, err),
         _ => Err(err.why("unsupported kind")),
     }

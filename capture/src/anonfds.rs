@@ -1,0 +1,131 @@
+//! Anonymous-inode fds the runtimes of threaded programs hold: eventfd
+//! (counter and mode), timerfd (clock, time left, interval, expirations
+//! not read), signalfd (mask) and epoll (every fd it watches, with its
+//! events and data), read from fdinfo.
+
+use crate::procinfo::OpenFd;
+use cryo_image::fds::{EpollItem, EventFd, SignalFd, TimerFd};
+use cryo_image::write::ImageBuilder;
+use cryo_image::{fd_kind, NO_INDEX};
+
+/// `key: value` of an fdinfo line, trimmed.
+fn field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .map(str::trim)
+}
+
+/// "(sec, nsec)" of a timerfd's fdinfo.
+fn pair(s: &str) -> Option<(i64, i64)> {
+    let s = s.trim().strip_prefix('(')?.strip_suffix(')')?;
+    let (a, b) = s.split_once(',')?;
+    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+}
+
+/// The state of fd `f` of kind `kind` into its table; its index there
+/// (Fd::object), or why it cannot be read.
+pub fn capture(kind: u32, f: &OpenFd, b: &mut ImageBuilder) -> Result<u32, String> {
+    let bad = |what: &str| format!("fd {} ({}): unreadable {what} in fdinfo", f.fd, f.target);
+    match kind {
+        fd_kind::EVENTFD => {
+            let count = field(&f.info, "eventfd-count")
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| bad("eventfd-count"))?;
+            let semaphore = field(&f.info, "eventfd-semaphore").is_some_and(|v| v == "1");
+            b.eventfds.push(EventFd {
+                count,
+                semaphore: semaphore as u32,
+                _pad: 0,
+            });
+            Ok(b.eventfds.len() as u32 - 1)
+        }
+        fd_kind::TIMERFD => {
+            let clock = field(&f.info, "clockid")
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| bad("clockid"))?;
+            let ticks = field(&f.info, "ticks")
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| bad("ticks"))?;
+            let settime_flags = field(&f.info, "settime flags")
+                .and_then(|v| u32::from_str_radix(v, 8).ok())
+                .ok_or_else(|| bad("settime flags"))?;
+            let value = field(&f.info, "it_value")
+                .and_then(pair)
+                .ok_or_else(|| bad("it_value"))?;
+            let interval = field(&f.info, "it_interval")
+                .and_then(pair)
+                .ok_or_else(|| bad("it_interval"))?;
+            b.timerfds.push(TimerFd {
+                clock,
+                settime_flags,
+                ticks,
+                value_sec: value.0,
+                value_nsec: value.1,
+                interval_sec: interval.0,
+                interval_nsec: interval.1,
+            });
+            Ok(b.timerfds.len() as u32 - 1)
+        }
+        fd_kind::SIGNALFD => {
+            let mask = field(&f.info, "sigmask")
+                .and_then(|v| u64::from_str_radix(v, 16).ok())
+                .ok_or_else(|| bad("sigmask"))?;
+            b.signalfds.push(SignalFd { mask });
+            Ok(b.signalfds.len() as u32 - 1)
+        }
+        _ => Ok(NO_INDEX),
+    }
+}
+
+/// What epoll instance `f` (the fds table's `desc`) watches. Each item
+/// must still be the file open at the fd number it was added under
+/// (kcmp KCMP_EPOLL_TFD): an item whose fd was closed, or replaced, would
+/// come back watching another file.
+pub fn epoll(pid: i32, f: &OpenFd, desc: u32, b: &mut ImageBuilder) -> Result<(), String> {
+    for l in f.info.lines() {
+        let Some(rest) = l.strip_prefix("tfd:") else {
+            continue;
+        };
+        let w: Vec<&str> = rest.split_whitespace().collect();
+        let hex = |key: &str| {
+            w.iter()
+                .position(|x| *x == key)
+                .and_then(|i| w.get(i + 1))
+                .and_then(|v| u64::from_str_radix(v, 16).ok())
+        };
+        let (Some(tfd), Some(events), Some(data)) = (
+            w.first().and_then(|v| v.parse::<i32>().ok()),
+            hex("events:"),
+            hex("data:"),
+        ) else {
+            return Err(format!("fd {} (epoll): unreadable item {l:?}", f.fd));
+        };
+        if !crate::sys::epoll_target_is(pid, f.fd, tfd).unwrap_or(false) {
+            return Err(format!(
+                "fd {} (epoll) watches a file under fd {tfd}, which is no longer open at fd {tfd} (closed or replaced); its registration cannot be made again",
+                f.fd
+            ));
+        }
+        b.epoll_items.push(EpollItem {
+            desc,
+            tfd,
+            events: events as u32,
+            _pad: 0,
+            data,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timerfd_fields() {
+        assert_eq!(pair(" (1, 675302208)"), Some((1, 675302208)));
+        let info = "pos:\t0\nclockid: 1\nticks: 3\nsettime flags: 01\nit_value: (1, 5)\nit_interval: (0, 7)\n";
+        assert_eq!(field(info, "settime flags"), Some("01"));
+        assert_eq!(field(info, "it_value").and_then(pair), Some((1, 5)));
+    }
+}
