@@ -61,7 +61,7 @@ for img in tiny hs; do
         python3 -c '
 import sys, statistics, re
 rows = [list(map(int, re.findall(r"(\d+)", l))) for l in sys.stdin]
-names = ["exec", "image+files", "unmap+vdso", "map+fill", "state+frame", "shim total"]
+names = ["exec", "image+files", "unmap+vdso", "map+fill", "state", "threads+frame", "shim total"]
 med = [statistics.median(c) for c in zip(*rows)]
 print("  '"$img"':", ", ".join(f"{n} {m:g}" for n, m in zip(names, med)))'
 done

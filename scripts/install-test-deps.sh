@@ -7,6 +7,9 @@ command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v ghc >/dev/null 2>&1 || need+=(ghc)
 command -v hyperfine >/dev/null 2>&1 || need+=(hyperfine)
 dpkg -s libclang1-14 >/dev/null 2>&1 || need+=(libclang1-14)
+# Real threaded runtimes the thread tests restore: Go and CPython.
+command -v go >/dev/null 2>&1 || need+=(golang-go)
+[ -x /usr/bin/python3 ] || need+=(python3)
 if [ ${#need[@]} -eq 0 ]; then
   echo "install-test-deps: everything present"
   exit 0

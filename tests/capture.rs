@@ -512,22 +512,88 @@ fn nonexistent_pid() {
     assert!(!dir.join("img").exists());
 }
 
+/// The DONE line of a plain run of the churn program.
+fn churn_expected(rounds: &str) -> String {
+    let t = Target::start("c-threads", &[rounds]);
+    let (code, last, err) = t.finish();
+    assert_eq!(code, 0, "plain churn run: {err}");
+    assert!(last.starts_with("DONE "), "{last}");
+    last
+}
+
+/// Threads are created and exit all the time while cryo captures the
+/// process, again and again, leaving it running: every capture is of one
+/// instant (all threads frozen before anything is read), the process goes
+/// on to its exact result, and each image restores to that result too.
 #[test]
-fn multithreaded_target_is_refused() {
-    let dir = scratch("threads");
-    let t = Target::start("c-threads", &[]);
-    let (code, _, err) = cryo_cmd(&[
-        "capture",
-        &t.pid.to_string(),
-        dir.join("img").to_str().unwrap(),
-    ]);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("2 threads") && err.contains("single-threaded"),
-        "{err}"
-    );
-    assert!(!dir.join("img").exists());
-    assert_eq!(state(t.pid), Some('S'), "left running");
+fn capture_while_threads_come_and_go() {
+    let rounds = "4000";
+    let expected = churn_expected(rounds);
+    let dir = scratch("churn");
+    let t = Target::start("c-threads", &[rounds]);
+    let pid = t.pid.to_string();
+    let mut images = Vec::new();
+    for i in 0..4 {
+        let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &pid]);
+        assert_eq!(code, 0, "dry run {i}: {out} {err}");
+        let img = dir.join(format!("img{i}"));
+        let (code, _, err) = cryo_cmd(&["capture", &pid, img.to_str().unwrap()]);
+        assert_eq!(code, 0, "capture {i}: {err}");
+        assert!(
+            matches!(state(t.pid), Some('R') | Some('S')),
+            "left running after capture {i}"
+        );
+        images.push(img);
+    }
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, expected.as_str()), "{err}");
+    for (img, mode) in images
+        .iter()
+        .zip([&[][..], &["--lazy"], &["--use-tracer"], &[]])
+    {
+        let (code, out, err) = restore_out(img, mode);
+        assert_eq!(
+            (code, out.lines().last().unwrap_or("")),
+            (0, expected.as_str()),
+            "restore {mode:?} of {}: {err}",
+            img.display()
+        );
+    }
+}
+
+/// A refused capture of a process whose threads come and go (it holds a
+/// socket) lets every thread go on: the result is exact.
+#[test]
+fn refused_capture_leaves_every_thread_running() {
+    let rounds = "1500";
+    let expected = churn_expected(rounds);
+    let dir = scratch("churn-refused");
+    let t = Target::start("c-threads", &[rounds, "socket"]);
+    for i in 0..3 {
+        let img = dir.join(format!("img{i}"));
+        let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("socket"), "{err}");
+        assert!(!img.exists());
+    }
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, expected.as_str()), "{err}");
+}
+
+fn restore_out(img: &std::path::Path, mode: &[&str]) -> (i32, String, String) {
+    sanitize_fds();
+    let out = std::process::Command::new(cryo())
+        .arg("restore")
+        .args(mode)
+        .arg(img)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("cryo restore");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]

@@ -105,6 +105,68 @@ fn case(name: &str) {
     }
 }
 
+/// Six threads, each blocked or running its own way, with state of their
+/// own (see tests/programs/fidelity.c).
+#[test]
+fn threads() {
+    case("threads");
+}
+
+/// Restored twice at once: the first restore (left stopped) holds the
+/// captured thread ids, so the second gets new ones (the cached ids in
+/// each thread's TCB and robust mutexes rewritten) and both pass.
+#[test]
+fn threads_restored_twice_at_once() {
+    let dir = scratch("fidelity-threads-twice");
+    let t = Target::spawn(fidelity_cmd("threads", &dir), "fidelity");
+    t.wait_stopped();
+    let img = scratch("fidelity-threads-twice-img").join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "capture: {err}");
+    drop(t);
+    sanitize_fds();
+    let first = Command::new(cryo())
+        .args(["restore", "--keep-stopped"])
+        .arg(&img)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cryo restore");
+    let pid = first.id() as i32;
+    wait_for(
+        "the first restore to stop",
+        std::time::Duration::from_secs(20),
+        || state(pid) == Some('T'),
+    );
+    let (code, out, err) = restore(&img, &[]);
+    assert_eq!(
+        (code, out.trim_end().lines().last().unwrap_or("")),
+        (0, "PASS threads"),
+        "second restore: {err}"
+    );
+    // SAFETY: kill takes integers.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let out = first.wait_with_output().expect("first restore");
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout)
+                .trim_end()
+                .lines()
+                .last()
+        ),
+        (Some(0), Some("PASS threads")),
+        "first restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn basic() {
     case("basic");

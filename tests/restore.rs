@@ -207,6 +207,30 @@ fn ghc_v0_program() {
     round_trip("hs-datamap-v0", &["stop", "20000"], "stop");
 }
 
+/// Threads of real runtimes, each waiting in its own way across the
+/// capture (channel, condition variable, sleep; CPython's GIL; Go's
+/// scheduler, timers and netpoller; GHC's threaded RTS with its IO
+/// manager, workers and timerfd ticker), in every restore mode.
+#[test]
+fn rust_threads_program() {
+    round_trip("rust-target", &["threads"], "stop");
+}
+
+#[test]
+fn ghc_threaded_program() {
+    round_trip("hs-datamap-threaded", &["stop", "20000"], "stop");
+}
+
+#[test]
+fn python_threads_program() {
+    round_trip("py-threads", &[], "stop");
+}
+
+#[test]
+fn go_program() {
+    round_trip("go-threads", &[], "stop");
+}
+
 #[test]
 fn ghc_program_timer_keeps_ticking() {
     round_trip("hs-datamap", &["stop", "20000"], "stop");
@@ -481,6 +505,13 @@ fn lazy_fork_child_sees_image_data() {
 #[test]
 fn lazy_munmap_and_mremap() {
     lazy_case("remap");
+}
+
+/// Eight threads after a lazy restore: six fault on the same pages at
+/// once, one drops and moves memory meanwhile, one exits at once.
+#[test]
+fn lazy_threads_fault_together() {
+    lazy_case("threads");
 }
 
 #[test]

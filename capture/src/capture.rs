@@ -8,7 +8,8 @@ use crate::fds::StoredFiles;
 use crate::obstacles::Obstacles;
 use crate::procinfo;
 use crate::remote::{InjectError, Remote};
-use crate::tracee::{PtraceError, Tracee};
+use crate::threads::Group;
+use crate::tracee::PtraceError;
 use crate::writer::{ImageDirWriter, WriteError};
 use cryo_image::write::ImageBuilder;
 use cryo_image::*;
@@ -113,7 +114,7 @@ fn refused(pid: i32, why: impl Into<String>) -> CaptureError {
 /// obstacle, all at once (empty: it can). The target is frozen only while
 /// it is looked at, and left as it was.
 pub fn check(pid: i32, opts: &Options) -> Result<Vec<String>, CaptureError> {
-    let mut tracee = Tracee::seize(pid)?;
+    let mut tracee = Group::seize(pid)?;
     let r = capture_stopped(&mut tracee, None, opts, &mut |_| {});
     drop(tracee);
     match r {
@@ -143,7 +144,7 @@ pub fn capture(
     // The resident size, to allocate the page buffers before the freeze.
     let rss = procinfo::status(pid).map_or(0, |s| s.vm_rss_kib * 1024);
     let mut writer = ImageDirWriter::create(dest, opts.force, opts.direct_io, rss)?;
-    let mut tracee = Tracee::seize(pid)?;
+    let mut tracee = Group::seize(pid)?;
     let t_frozen = Instant::now();
     let res = capture_stopped(&mut tracee, Some(&mut writer), opts, progress);
     let (b, mut dump) = match res {
@@ -212,6 +213,29 @@ pub fn capture(
     })
 }
 
+/// glibc's offset of the cached TID in each thread's TCB, read from its
+/// own descriptor. A threaded process on a glibc without the descriptor
+/// is refused (its threads' cached ids could not be rewritten); a process
+/// without a shared glibc keeps 0 (the shim then looks for the id in the
+/// TCB, as for a static binary).
+fn tid_offset(
+    pid: i32,
+    maps: &[procinfo::Mapping],
+    b: &mut ImageBuilder,
+    obs: &mut crate::obstacles::Obstacles,
+) {
+    let Some(libc) = crate::glibc::mapped_libc(maps) else {
+        return;
+    };
+    match crate::glibc::tid_offset(pid, libc) {
+        Ok(off) => b.process.tid_offset = off,
+        Err(e) if !b.threads.is_empty() => {
+            obs.push(format!("its threads' cached ids could not be located: {e}"))
+        }
+        Err(_) => {}
+    }
+}
+
 struct DumpStats {
     stored: u64,
     zero: u64,
@@ -224,23 +248,17 @@ struct DumpStats {
 /// every obstacle at once, what cannot be restored), then — unless `w` is
 /// None (a check only) — its pages into the image writer.
 fn capture_stopped(
-    t: &mut Tracee,
+    g: &mut Group,
     w: Option<&mut ImageDirWriter>,
     opts: &Options,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(ImageBuilder, DumpStats), CaptureError> {
-    let pid = t.pid();
+    let pid = g.pid();
     let mut b = ImageBuilder::default();
     let mut obs = Obstacles::default();
     let mut stored = StoredFiles::default();
 
-    // Process-wide conditions: threads, children, namespaces, seccomp.
-    let threads = crate::tracee::thread_count(pid)?;
-    if threads > 1 {
-        obs.push(format!(
-            "it has {threads} threads; cryo captures single-threaded processes only"
-        ));
-    }
+    // Process-wide conditions: children, namespaces, seccomp.
     let st = crate::task::StatusText::read(pid);
     crate::task::obstacles(pid, &st, &mut obs);
     // Mappings and fds: what each is (the contents of files that exist
@@ -250,7 +268,9 @@ fn capture_stopped(
         crate::vma::classify_all(pid, &maps, &mut b, &mut stored, &opts.limits, &mut obs);
     let fds = procinfo::fds(pid)?;
     crate::fds::capture(pid, &fds, &mut b, &mut stored, &opts.limits, &mut obs);
-    // The task: registers, xsave, mask, rseq, TLS words; queued signals.
+    // The main thread: registers, xsave, mask, rseq, TLS words; queued
+    // signals (its own and the process's).
+    let t = &mut g.main;
     crate::regs::capture(t, &mut b)?;
     crate::signals::queued(pid, &mut b)?;
     let status = procinfo::status(pid)?;
@@ -267,6 +287,7 @@ fn capture_stopped(
             crate::signals::inject(&mut rem, &status, &mut b)?;
             crate::timers::inject(&mut rem, &timers, &mut b)?;
             securebits = crate::task::injected(&mut rem, &mut task)?;
+            b.process.clear_child_tid = crate::threads::tid_address(&mut rem)?;
             Ok(())
         })();
         let fin = rem.finish();
@@ -281,6 +302,15 @@ fn capture_stopped(
     // The process record: layout, identity, limits; the restore gadgets.
     crate::mm::capture(t, &maps, &status, &vdso, &mut b, &mut obs)?;
     b.gadgets = crate::gadget::find(pid, &classified);
+    // Every other thread; where glibc caches each thread's id.
+    crate::threads::capture(g, &vdso, &st, &mut b, &mut obs)?;
+    tid_offset(pid, &maps, &mut b, &mut obs);
+    if !b.threads.is_empty() && b.gadgets.is_none() {
+        obs.push(format!(
+            "it has {} threads and no `syscall; ret` and `rt_sigreturn` code of its own; the other threads wait in that code while the shim is removed",
+            b.threads.len() + 1
+        ));
+    }
 
     if !obs.is_empty() {
         return Err(CaptureError::Refused {

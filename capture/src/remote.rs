@@ -149,6 +149,34 @@ impl<'a> Remote<'a> {
         Ok(Some(r))
     }
 
+    /// A system call that writes one 64-bit word (a pointer) to the
+    /// address passed as argument `out`: that word. None as for
+    /// [`Remote::query`].
+    pub fn query_word(
+        &mut self,
+        nr: i64,
+        mut args: [u64; 5],
+        out: usize,
+    ) -> Result<Option<u64>, InjectError> {
+        args[out] = self.scratch;
+        self.t.write_mem(self.scratch, &[0u8; 8])?;
+        let r = self.syscall(nr, args)?;
+        if (-4095..0).contains(&r) {
+            return match -r as i32 {
+                libc::EINVAL | libc::ENOSYS | libc::EPERM | libc::EACCES => Ok(None),
+                errno => Err(InjectError::Failed {
+                    name: "query",
+                    pid: self.t.pid(),
+                    errno: errno as i64,
+                }),
+            };
+        }
+        let b = self.read_scratch(8)?;
+        Ok(Some(u64::from_le_bytes(
+            b[..8].try_into().unwrap_or([0; 8]),
+        )))
+    }
+
     /// rt_sigaction(sig, NULL, &old): (handler, flags, restorer, mask).
     pub fn sigaction(&mut self, sig: i32) -> Result<(u64, u64, u64, u64), InjectError> {
         let s = self.scratch;

@@ -47,21 +47,34 @@ pub fn inject(
     Ok(())
 }
 
-/// Queued signals with their siginfo, the thread's and the process's.
+/// Queued signals with their siginfo: the main thread's and the
+/// process's (shared) queue.
 pub fn queued(pid: i32, b: &mut ImageBuilder) -> Result<(), PtraceError> {
-    for shared in [false, true] {
-        let infos = crate::sys::peek_siginfo(pid, shared).map_err(|source| PtraceError::Sys {
-            op: "PTRACE_PEEKSIGINFO",
-            pid,
-            source,
-        })?;
-        for info in infos {
-            b.signals.push(cryo_image::signals::QueuedSignal {
-                shared: shared as u32,
-                signo: info[0] as u32,
-                info,
-            });
-        }
+    queued_of(pid, 0, false, b)?;
+    queued_of(pid, 0, true, b)
+}
+
+/// The queue of task `tid` (`thread`: 0 the main thread, k + 1 the k-th
+/// entry of the threads table), or the process's shared queue.
+pub fn queued_of(
+    tid: i32,
+    thread: u32,
+    shared: bool,
+    b: &mut ImageBuilder,
+) -> Result<(), PtraceError> {
+    let infos = crate::sys::peek_siginfo(tid, shared).map_err(|source| PtraceError::Sys {
+        op: "PTRACE_PEEKSIGINFO",
+        pid: tid,
+        source,
+    })?;
+    for info in infos {
+        b.signals.push(cryo_image::signals::QueuedSignal {
+            shared: shared as u32,
+            signo: info[0] as u32,
+            info,
+            thread,
+            _pad: 0,
+        });
     }
     Ok(())
 }

@@ -14,6 +14,12 @@ impl StatusText {
     pub fn read(pid: i32) -> StatusText {
         StatusText(std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default())
     }
+    /// The status of thread `tid` of `pid`.
+    pub fn read_task(pid: i32, tid: i32) -> StatusText {
+        StatusText(
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default(),
+        )
+    }
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0.lines().find_map(|l| {
             l.strip_prefix(key)
@@ -110,31 +116,59 @@ where
     }
 }
 
-/// Scheduling, oom score and loginuid, read from outside.
-pub fn outside(pid: i32, t: &mut TaskState) {
-    // SAFETY: the scheduling queries take integers, or write into a
-    // struct we own; none retain pointers.
-    unsafe {
-        *libc::__errno_location() = 0;
-        let nice = libc::getpriority(libc::PRIO_PROCESS, pid as u32);
-        t.nice = errno_or(nice, *libc::__errno_location() == 0);
-        let pol = libc::sched_getscheduler(pid);
-        t.sched_policy = errno_or(pol, pol >= 0);
-        let mut sp = libc::sched_param { sched_priority: 0 };
-        let r = libc::sched_getparam(pid, &mut sp);
-        t.sched_priority = errno_or(sp.sched_priority, r == 0);
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
-            for cpu in 0..1024usize.min(libc::CPU_SETSIZE as usize) {
-                if libc::CPU_ISSET(cpu, &set) {
-                    t.affinity[cpu / 64] |= 1 << (cpu % 64);
+/// A task's scheduling: nice, policy, RT priority (UNKNOWN where the
+/// kernel would not tell) and CPU affinity (CPUs 0-1023).
+pub struct Sched {
+    pub nice: i64,
+    pub policy: i64,
+    pub priority: i64,
+    pub affinity: [u64; 16],
+}
+
+impl Sched {
+    /// Read from outside, for task (thread) `tid`.
+    pub fn read(tid: i32) -> Sched {
+        let mut s = Sched {
+            nice: UNKNOWN,
+            policy: UNKNOWN,
+            priority: UNKNOWN,
+            affinity: [0; 16],
+        };
+        // SAFETY: the scheduling queries take integers, or write into a
+        // struct we own; none retain pointers.
+        unsafe {
+            *libc::__errno_location() = 0;
+            let nice = libc::getpriority(libc::PRIO_PROCESS, tid as u32);
+            s.nice = errno_or(nice, *libc::__errno_location() == 0);
+            let pol = libc::sched_getscheduler(tid);
+            s.policy = errno_or(pol, pol >= 0);
+            let mut sp = libc::sched_param { sched_priority: 0 };
+            let r = libc::sched_getparam(tid, &mut sp);
+            s.priority = errno_or(sp.sched_priority, r == 0);
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+                for cpu in 0..1024usize.min(libc::CPU_SETSIZE as usize) {
+                    if libc::CPU_ISSET(cpu, &set) {
+                        s.affinity[cpu / 64] |= 1 << (cpu % 64);
+                    }
                 }
             }
         }
-        const IOPRIO_WHO_PROCESS: i64 = 1;
-        let io = libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, pid as i64);
-        t.ioprio = if io >= 0 { io } else { UNKNOWN };
+        s
     }
+}
+
+/// Scheduling, oom score and loginuid, read from outside.
+pub fn outside(pid: i32, t: &mut TaskState) {
+    let s = Sched::read(pid);
+    t.nice = s.nice;
+    t.sched_policy = s.policy;
+    t.sched_priority = s.priority;
+    t.affinity = s.affinity;
+    const IOPRIO_WHO_PROCESS: i64 = 1;
+    // SAFETY: ioprio_get takes integers.
+    let io = unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, pid as i64) };
+    t.ioprio = if io >= 0 { io } else { UNKNOWN };
     let num = |f: &str| {
         std::fs::read_to_string(format!("/proc/{pid}/{f}"))
             .ok()

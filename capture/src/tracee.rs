@@ -30,7 +30,7 @@ pub enum PtraceError {
     Exited(i32),
     #[error("pid {0} is a zombie or being traced by another process")]
     NotTraceable(i32),
-    #[error("pid {0}'s main thread has exited while its other threads run; cryo captures single-threaded processes only")]
+    #[error("pid {0}'s main thread has exited while its other threads run (pthread_exit from main); cryo needs the main thread to capture a process")]
     LeaderExited(i32),
     #[error("{op} on pid {pid}: {source}")]
     Sys {
@@ -59,14 +59,30 @@ pub fn proc_state(pid: i32) -> Option<char> {
 /// After PTRACE_DETACH from a group-stopped task the kernel wakes it so it
 /// can re-enter the stop; for a moment it is 'R'. Wait (bounded) until it is
 /// back in 'T', so that when cryo returns the target is observably stopped.
-fn settle_stopped(pid: i32) {
+fn settle_stopped(tgid: i32, tid: i32) {
     let t0 = std::time::Instant::now();
     while t0.elapsed() < std::time::Duration::from_secs(2) {
-        match proc_state(pid) {
+        match task_state(tgid, tid) {
             Some('T') | Some('Z') | Some('X') | None => return,
             _ => std::thread::sleep(std::time::Duration::from_micros(200)),
         }
     }
+}
+
+/// State letter of thread `tid` of `tgid` (None if gone).
+pub fn task_state(tgid: i32, tid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{tgid}/task/{tid}/stat")).ok()?;
+    s.rsplit_once(") ")?.1.chars().next()
+}
+
+/// The thread ids in /proc/PID/task, in order.
+pub fn task_ids(pid: i32) -> Result<Vec<i32>, PtraceError> {
+    let mut v: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|_| PtraceError::NoSuchProcess(pid))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    Ok(v)
 }
 
 /// Number of threads in /proc/PID/task.
@@ -79,6 +95,9 @@ pub fn thread_count(pid: i32) -> Result<usize, PtraceError> {
 /// A process we hold in a ptrace stop.
 #[derive(Debug)]
 pub struct Tracee {
+    /// The process.
+    tgid: i32,
+    /// The task (thread) traced: every ptrace request names it.
     pid: i32,
     was_stopped: bool,
     /// Signals intercepted while stopping it, queued again after detach.
@@ -101,7 +120,20 @@ impl Tracee {
             }
             return Err(PtraceError::NotTraceable(pid));
         }
-        let was_stopped = state == 'T';
+        Tracee::attach(pid, pid, state == 'T')
+    }
+
+    /// Seize thread `tid` of process `tgid` and stop it. Err(Exited) if
+    /// it is gone (exited between the listing and the seize).
+    pub fn seize_thread(tgid: i32, tid: i32) -> Result<Tracee, PtraceError> {
+        let state = task_state(tgid, tid).ok_or(PtraceError::Exited(tid))?;
+        if state == 'Z' || state == 'X' {
+            return Err(PtraceError::Exited(tid));
+        }
+        Tracee::attach(tgid, tid, state == 'T')
+    }
+
+    fn attach(tgid: i32, pid: i32, was_stopped: bool) -> Result<Tracee, PtraceError> {
         // SAFETY: PTRACE_SEIZE takes no pointers (addr 0, data = options).
         let r = unsafe {
             libc::ptrace(
@@ -114,6 +146,7 @@ impl Tracee {
         if r < 0 {
             let e = io::Error::last_os_error();
             return Err(match e.raw_os_error() {
+                Some(libc::ESRCH) if pid != tgid => PtraceError::Exited(pid),
                 Some(libc::ESRCH) => PtraceError::NoSuchProcess(pid),
                 Some(libc::EPERM) if proc_state(pid).is_some() => PtraceError::NotTraceable(pid),
                 _ => PtraceError::Sys {
@@ -124,6 +157,7 @@ impl Tracee {
             });
         }
         let mut t = Tracee {
+            tgid,
             pid,
             was_stopped,
             intercepted: Vec::new(),
@@ -138,6 +172,12 @@ impl Tracee {
         Ok(t)
     }
 
+    /// The thread group (process) id.
+    pub fn tgid(&self) -> i32 {
+        self.tgid
+    }
+
+    /// The traced task's id (the process id for its main thread).
     pub fn pid(&self) -> i32 {
         self.pid
     }
@@ -459,7 +499,7 @@ impl Tracee {
             let r = unsafe {
                 libc::syscall(
                     libc::SYS_rt_tgsigqueueinfo,
-                    self.pid,
+                    self.tgid,
                     self.pid,
                     si.si_signo,
                     &mut si as *mut libc::siginfo_t,
@@ -469,7 +509,7 @@ impl Tracee {
                 // Kernel-origin siginfo (si_code >= 0) may not be queued
                 // from user space; send the bare signal instead.
                 // SAFETY: tgkill takes no pointers.
-                unsafe { libc::syscall(libc::SYS_tgkill, self.pid, self.pid, si.si_signo) };
+                unsafe { libc::syscall(libc::SYS_tgkill, self.tgid, self.pid, si.si_signo) };
             }
         }
     }
@@ -479,7 +519,7 @@ impl Tracee {
         let stopped = self.was_stopped;
         self.detach_raw()?;
         if stopped {
-            settle_stopped(self.pid);
+            settle_stopped(self.tgid, self.pid);
         }
         self.resend_intercepted();
         Ok(())
@@ -490,10 +530,10 @@ impl Tracee {
     pub fn leave_stopped(mut self) -> Result<(), PtraceError> {
         if !self.was_stopped {
             // SAFETY: kill takes no pointers.
-            unsafe { libc::kill(self.pid, libc::SIGSTOP) };
+            unsafe { libc::kill(self.tgid, libc::SIGSTOP) };
         }
         self.detach_raw()?;
-        settle_stopped(self.pid);
+        settle_stopped(self.tgid, self.pid);
         self.resend_intercepted();
         Ok(())
     }
@@ -503,7 +543,7 @@ impl Tracee {
         self.attached = false;
         self.intercepted.clear();
         // SAFETY: kill takes no pointers.
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        unsafe { libc::kill(self.tgid, libc::SIGKILL) };
         // Reap the trace stop notification if any (we are its tracer, not
         // necessarily its parent; the parent reaps the zombie).
         let mut status = 0;
@@ -518,7 +558,7 @@ impl Drop for Tracee {
         if self.attached {
             let _ = self.detach_raw();
             if self.was_stopped {
-                settle_stopped(self.pid);
+                settle_stopped(self.tgid, self.pid);
             }
             self.resend_intercepted();
         }

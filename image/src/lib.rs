@@ -51,6 +51,7 @@ pub mod load;
 pub mod record;
 pub mod signals;
 pub mod task;
+pub mod threads;
 pub mod types;
 #[cfg(any(feature = "std", test))]
 pub mod write;
@@ -511,8 +512,11 @@ impl<'a> Image<'a> {
     pub fn page_runs(&self) -> Table<'a, PageRun> {
         self.table(SectionKind::PageRuns)
     }
+    /// The main thread's xsave area (the section holds every thread's).
     pub fn xsave(&self) -> &'a [u8] {
-        self.blob(SectionKind::Xsave)
+        let x = self.blob(SectionKind::Xsave);
+        let n = (self.process().xsave_size as usize).min(x.len());
+        &x[..n]
     }
     pub fn auxv(&self) -> Table<'a, AuxvEntry> {
         self.table(SectionKind::Auxv)
@@ -568,6 +572,17 @@ impl<'a> Image<'a> {
     }
     pub fn epoll_items(&self) -> Table<'a, fds::EpollItem> {
         self.table(SectionKind::EpollItems)
+    }
+    pub fn threads(&self) -> Table<'a, threads::Thread> {
+        self.table(SectionKind::Threads)
+    }
+
+    /// The xsave area of thread `k` (0: the main thread, k + 1: the k-th
+    /// entry of the threads table).
+    pub fn xsave_of(&self, k: usize) -> &'a [u8] {
+        let n = self.process().xsave_size as usize;
+        let x = self.blob(SectionKind::Xsave);
+        x.get(k * n..(k + 1) * n).unwrap_or(&[])
     }
 
     /// Every blob of pages.img that is not memory (pipe data, file
@@ -627,8 +642,11 @@ impl<'a> Image<'a> {
                 why: "executable file index out of range",
             });
         }
-        if p.xsave_size as usize != self.xsave().len() {
-            return Err(ImageError::Invalid("xsave size does not match its section"));
+        let areas = 1 + self.threads().len();
+        if (p.xsave_size as usize).checked_mul(areas) != Some(self.blob(SectionKind::Xsave).len()) {
+            return Err(ImageError::Invalid(
+                "xsave section is not one area of xsave_size per thread",
+            ));
         }
         if p.xsave_size < 576 {
             return Err(ImageError::Invalid(
@@ -836,8 +854,9 @@ impl<'a> Image<'a> {
                 });
             }
         }
+        let nthreads = self.threads().len() as u32;
         for (i, q) in self.signals().iter().enumerate() {
-            if q.signo == 0 || q.signo > 64 || q.shared > 1 {
+            if q.signo == 0 || q.signo > 64 || q.shared > 1 || q.thread > nthreads {
                 return Err(ImageError::BadIndex {
                     section: "signals",
                     index: i as u64,

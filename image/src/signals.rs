@@ -13,5 +13,9 @@ record! {
         pub signo: u32,
         /// The kernel's 128-byte siginfo, as PTRACE_PEEKSIGINFO returns it.
         pub info: [u64; 16],
+        /// Whose queue (thread-directed): 0 the main thread, k + 1 the
+        /// k-th entry of the threads table.
+        pub thread: u32,
+        pub _pad: u32,
     }
 }

@@ -172,7 +172,15 @@ pub(crate) fn sample_full_with(edit: impl FnOnce(&mut ImageBuilder)) -> (Vec<u8>
         shared: 1,
         signo: 35,
         info: [35, 0xffff_ffff, 0, 11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        thread: 1,
+        _pad: 0,
     });
+    b.threads.push(crate::threads::Thread {
+        tid: 1235,
+        ..Default::default()
+    });
+    let x = b.xsave.clone();
+    b.xsave.extend_from_slice(&x);
     let mut pages = page.clone();
     let mut blob = b"twenty-seven bytes buffered".to_vec();
     blob.resize(4096, 0);
@@ -219,6 +227,14 @@ fn format_3_sections_round_trip() {
     assert!(refused(|b| b.locks[0].fd = 42), "lock on no fd");
     assert!(refused(|b| b.groups.pop().map_or((), drop)), "group count");
     assert!(refused(|b| b.signals[0].signo = 65), "signal number");
+    assert!(refused(|b| b.signals[0].thread = 2), "queue of no thread");
+    assert!(
+        refused(|b| b.xsave.truncate(1500)),
+        "one xsave area per thread"
+    );
+    assert_eq!(img.threads().get(0).unwrap().tid, 1235);
+    assert_eq!(img.xsave().len(), 1024);
+    assert_eq!(img.xsave_of(1).len(), 1024);
 }
 
 #[test]

@@ -88,10 +88,12 @@ pub enum SectionKind {
     SignalFds = 25,
     /// Format 3.0: what every epoll instance watches.
     EpollItems = 26,
+    /// Format 3.0: every thread but the main one ([`crate::threads::Thread`]).
+    Threads = 27,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 26] = [
+    pub const ALL: [SectionKind; 27] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -118,6 +120,7 @@ impl SectionKind {
         SectionKind::TimerFds,
         SectionKind::SignalFds,
         SectionKind::EpollItems,
+        SectionKind::Threads,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -150,6 +153,7 @@ impl SectionKind {
             SectionKind::TimerFds => "timerfds",
             SectionKind::SignalFds => "signalfds",
             SectionKind::EpollItems => "epoll_items",
+            SectionKind::Threads => "threads",
         }
     }
     /// Record size this reader knows for the section (1 for byte blobs).
@@ -181,6 +185,7 @@ impl SectionKind {
             SectionKind::TimerFds => crate::fds::TimerFd::SIZE,
             SectionKind::SignalFds => crate::fds::SignalFd::SIZE,
             SectionKind::EpollItems => crate::fds::EpollItem::SIZE,
+            SectionKind::Threads => crate::threads::Thread::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -191,7 +196,8 @@ impl SectionKind {
             SectionKind::Files => 1 << 16,
             SectionKind::PageRuns => 1 << 26,
             SectionKind::Strings => 16 << 20,
-            SectionKind::Xsave => 64 << 10,
+            // One area per thread (up to 64k threads of 64 KiB each).
+            SectionKind::Xsave => 1 << 32,
             SectionKind::Auxv => 128,
             SectionKind::SigActions => 64,
             SectionKind::Rlimits => 32,
@@ -216,6 +222,9 @@ impl SectionKind {
             SectionKind::Inotify => 1 << 22,
             SectionKind::EventFds | SectionKind::TimerFds | SectionKind::SignalFds => 1 << 20,
             SectionKind::EpollItems => 1 << 22,
+            // kernel.threads-max is bounded by memory; 64k threads in one
+            // process is far beyond what cryo is meant for.
+            SectionKind::Threads => 1 << 16,
         }
     }
     /// Sections every valid image must have.
@@ -352,6 +361,13 @@ record! {
         /// The task's robust futex list (get_robust_list), 0 if none.
         pub robust_list: u64,
         pub robust_list_len: u64,
+        /// set_tid_address of the main thread (format 3.0), 0 if none.
+        pub clear_child_tid: u64,
+        /// Offset from a thread's fs base of glibc's cached TID
+        /// (`struct pthread`'s `tid`), from the `_thread_db_pthread_tid`
+        /// descriptor of the libc the process runs; 0: unknown (no glibc,
+        /// or a static one).
+        pub tid_offset: u64,
     }
 }
 
@@ -788,9 +804,39 @@ pub mod lazy {
             && v.vmflags & (super::vmflag("dp") | super::vmflag("sl") | super::vmflag("lo")) == 0
     }
 
-    /// Page-aligned [start, end) filled eagerly even inside lazy mappings.
-    pub fn eager_window(p: &Process) -> (u64, u64) {
-        let sp = p.regs.rsp & !(PAGE_SIZE - 1);
+    /// Page-aligned [start, end) filled eagerly even inside lazy
+    /// mappings, for a thread whose stack pointer is `sp`.
+    pub fn eager_window_at(sp: u64) -> (u64, u64) {
+        let sp = sp & !(PAGE_SIZE - 1);
         (sp.saturating_sub(STACK_EAGER_BELOW), sp + PAGE_SIZE)
+    }
+
+    /// The main thread's eager window.
+    pub fn eager_window(p: &Process) -> (u64, u64) {
+        eager_window_at(p.regs.rsp)
+    }
+
+    /// Every thread's eager window (the main thread's first): the shim
+    /// builds each thread's signal frame there, so it fills them all,
+    /// pages without data too, before the page server starts.
+    pub fn eager_windows<'a>(img: &crate::Image<'a>) -> impl Iterator<Item = (u64, u64)> + 'a {
+        let main = eager_window(&img.process());
+        core::iter::once(main).chain(img.threads().iter().map(|t| eager_window_at(t.regs.rsp)))
+    }
+
+    /// The part of [start, end) the eager windows cover, as one range
+    /// (the hull of the windows that meet it), if any.
+    pub fn eager_in(img: &crate::Image, start: u64, end: u64) -> Option<(u64, u64)> {
+        let mut hull: Option<(u64, u64)> = None;
+        for (lo, hi) in eager_windows(img) {
+            let (lo, hi) = (lo.max(start), hi.min(end));
+            if lo < hi {
+                hull = Some(match hull {
+                    Some((a, b)) => (a.min(lo), b.max(hi)),
+                    None => (lo, hi),
+                });
+            }
+        }
+        hull
     }
 }

@@ -64,6 +64,7 @@ pub struct ImageBuilder {
     pub timerfds: Vec<crate::fds::TimerFd>,
     pub signalfds: Vec<crate::fds::SignalFd>,
     pub epoll_items: Vec<crate::fds::EpollItem>,
+    pub threads: Vec<crate::threads::Thread>,
 }
 
 /// sums.img's bytes for the page checksums `sums` (in pages.img order).
@@ -122,6 +123,7 @@ impl ImageBuilder {
             (SectionKind::TimerFds, table(&self.timerfds)),
             (SectionKind::SignalFds, table(&self.signalfds)),
             (SectionKind::EpollItems, table(&self.epoll_items)),
+            (SectionKind::Threads, table(&self.threads)),
         ];
         if let Some(g) = &self.gadgets {
             sections.push((SectionKind::Gadgets, table(std::slice::from_ref(g))));

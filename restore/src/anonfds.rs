@@ -52,12 +52,25 @@ pub(crate) fn make(
             if fd < 0 {
                 return Err(os("timerfd_create"));
             }
+            // A periodic timer whose expiration was due at capture (fdinfo
+            // shows it_value 0 until the expirations are read, and the
+            // kernel re-arms it only on that read) is armed: its next
+            // expiration one interval on. Setting a zero value would
+            // disarm it for good (seen: the threaded GHC RTS's ticker then
+            // blocks in read() forever and the program hangs at exit).
+            let (value_sec, value_nsec) = if (t.value_sec, t.value_nsec) == (0, 0)
+                && (t.interval_sec, t.interval_nsec) != (0, 0)
+            {
+                (t.interval_sec, t.interval_nsec)
+            } else {
+                (t.value_sec, t.value_nsec)
+            };
             let mut value = libc::timespec {
-                tv_sec: t.value_sec,
-                tv_nsec: t.value_nsec,
+                tv_sec: value_sec,
+                tv_nsec: value_nsec,
             };
             let abs = t.settime_flags as i32 & libc::TFD_TIMER_ABSTIME != 0;
-            if abs && (t.value_sec, t.value_nsec) != (0, 0) {
+            if abs && (value_sec, value_nsec) != (0, 0) {
                 // The time left at capture, from now, as a deadline.
                 let mut now = libc::timespec {
                     tv_sec: 0,
@@ -65,9 +78,9 @@ pub(crate) fn make(
                 };
                 // SAFETY: clock_gettime writes one timespec we own.
                 unsafe { libc::clock_gettime(t.clock, &mut now) };
-                let ns = (now.tv_nsec + t.value_nsec) as u64;
+                let ns = (now.tv_nsec + value_nsec) as u64;
                 value = libc::timespec {
-                    tv_sec: now.tv_sec + t.value_sec + (ns / 1_000_000_000) as i64,
+                    tv_sec: now.tv_sec + value_sec + (ns / 1_000_000_000) as i64,
                     tv_nsec: (ns % 1_000_000_000) as i64,
                 };
             }

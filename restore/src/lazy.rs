@@ -86,8 +86,10 @@ struct Layout<'a> {
     img: Image<'a>,
     /// Lazy mappings in address order: (start, end, first run, end run).
     vmas: Vec<(u64, u64, u32, u32)>,
-    /// The eager window: filled by the shim, never pending.
-    window: (u64, u64),
+    /// Per lazy mapping (same order), the part the shim fills eagerly
+    /// (`lazy::eager_in`: the threads' stack windows), never pending;
+    /// (0, 0) if none.
+    windows: Vec<(u64, u64)>,
 }
 
 impl<'a> Layout<'a> {
@@ -98,8 +100,21 @@ impl<'a> Layout<'a> {
             .filter(lazy::is_lazy)
             .map(|v| (v.start, v.end, v.first_run, v.first_run + v.run_count))
             .collect();
-        let window = lazy::eager_window(&img.process());
-        Layout { img, vmas, window }
+        let windows = img
+            .vmas()
+            .iter()
+            .filter(lazy::is_lazy)
+            .map(|v| lazy::eager_in(&img, v.start, v.end).unwrap_or((0, 0)))
+            .collect();
+        Layout { img, vmas, windows }
+    }
+
+    /// Is `a` in the part of its lazy mapping the shim fills?
+    fn in_window(&self, a: u64) -> bool {
+        let i = self.vmas.partition_point(|v| v.1 <= a);
+        self.windows
+            .get(i)
+            .is_some_and(|&(lo, hi)| (lo..hi).contains(&a))
     }
 
     /// Is `a` the first page of a lazy mapping?
@@ -174,6 +189,10 @@ struct Space {
     root: bool,
     /// Background streaming: every layout page below this is done.
     cursor: u64,
+    /// Faults read but not answered yet: the kernel refused the fill with
+    /// EAGAIN (an event's producer has not finished it). They are never
+    /// dropped: nothing would ask for them again.
+    retry: Vec<u64>,
 }
 
 impl Space {
@@ -184,6 +203,7 @@ impl Space {
             moved: Vec::new(),
             root,
             cursor: 0,
+            retry: Vec::new(),
         }
     }
 
@@ -200,7 +220,7 @@ impl Space {
     /// Whether the layout's page at `a` (pages.img offset `src`) is still
     /// to be filled: not in the eager window, not done.
     fn layout_pending(&self, l: &Layout, a: u64, src: u64) -> bool {
-        !(l.window.0..l.window.1).contains(&a) && !self.done.get(src / PG)
+        !l.in_window(a) && !self.done.get(src / PG)
     }
 
     fn moved_at(&self, page: u64) -> Option<&Chunk> {
@@ -586,10 +606,15 @@ impl<'a> Server<'a> {
 
     /// Read and handle everything waiting on space `s`. Events first, then
     /// faults (a fault is answered with the state after the events).
-    /// Returns false if the space is gone.
+    /// Returns false if the space is gone. Faults the kernel still refuses
+    /// with EAGAIN when no event is left to read stay in `retry`: after a
+    /// REMOVE, UNMAP or REMAP event is read, fills fail until the thread
+    /// that caused it has run again (the kernel's `mmap_changing`), which
+    /// another thread's fault must wait for, not give up on.
     fn pump(&mut self, s: usize) -> Result<bool, Fatal> {
-        let mut retry: Vec<u64> = Vec::new();
-        for _round in 0..1000 {
+        let mut retry = std::mem::take(&mut self.spaces[s].retry);
+        let mut idle_rounds = 0;
+        loop {
             let mut msgs = Vec::new();
             if self.spaces[s].uffd.read_msgs(&mut msgs).is_err() {
                 return Ok(false);
@@ -622,6 +647,7 @@ impl<'a> Server<'a> {
                             moved: parent.moved.clone(),
                             root: false,
                             cursor: 0,
+                            retry: Vec::new(),
                         };
                         self.spaces.push(child);
                     }
@@ -648,8 +674,20 @@ impl<'a> Server<'a> {
             if retry.is_empty() && msgs.is_empty() {
                 return Ok(true);
             }
+            if msgs.is_empty() {
+                idle_rounds += 1;
+                if idle_rounds >= 64 {
+                    // Let the event's thread run; the caller comes back.
+                    self.spaces[s].retry = retry;
+                    return Ok(true);
+                }
+            }
         }
-        Ok(true)
+    }
+
+    /// Whether some fault waits for a retry.
+    fn retry_pending(&self) -> bool {
+        self.spaces.iter().any(|sp| !sp.retry.is_empty())
     }
 
     /// Pump every space; drop the ones that are gone.
@@ -744,13 +782,11 @@ impl<'a> Server<'a> {
 /// Pages the page server has to bring in for this image (for messages).
 pub fn lazy_pages(img: &Image) -> u64 {
     let l = Layout::new(*img);
-    let (wlo, whi) = l.window;
     l.runs_in(0, u64::MAX)
         .map(|(_, r)| {
-            let a0 = r.vaddr;
-            let a1 = r.vaddr + r.len();
-            let inside = a1.min(whi).saturating_sub(a0.max(wlo)) / PG;
-            r.npages as u64 - inside
+            (0..r.npages as u64)
+                .filter(|&k| !l.in_window(r.vaddr + k * PG))
+                .count() as u64
         })
         .sum()
 }
@@ -849,6 +885,13 @@ fn serve(
         srv.pump_all()?;
         if srv.spaces.is_empty() {
             break;
+        }
+        if srv.retry_pending() {
+            // A fault waits for a thread of the program to finish an
+            // event (mmap_changing): let it run, then serve the fault.
+            // SAFETY: sched_yield takes no arguments.
+            unsafe { libc::sched_yield() };
+            continue;
         }
         let streaming = mode == Mode::Background || !root_alive;
         if streaming {

@@ -65,6 +65,8 @@ pub enum RestoreError {
     },
     #[error("the image has POSIX timers but this kernel cannot create timers with given ids (PR_TIMER_CREATE_RESTORE_IDS, Linux 6.16+)")]
     NoTimerIds,
+    #[error("the image has {0} threads but its `syscall; ret` and `rt_sigreturn` code is not where capture found it; the threads wait there while the shim is removed")]
+    NoThreadGadgets(usize),
     #[error("lazy restore is not possible here: {0}")]
     NoLazy(String),
     #[error("{0}")]
@@ -209,11 +211,11 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
         personality: p.personality,
         rlimits,
     };
-    let finish = if opts.lazy.is_none()
-        && !opts.keep_stopped
-        && !opts.use_tracer
-        && checks::gadgets_in_image(&image, &img)
-    {
+    let gadgets_ok = checks::gadgets_in_image(&image, &img);
+    if !img.threads().is_empty() && !gadgets_ok {
+        return Err(RestoreError::NoThreadGadgets(img.threads().len() + 1));
+    }
+    let finish = if opts.lazy.is_none() && !opts.keep_stopped && !opts.use_tracer && gadgets_ok {
         Finish::Gadgets
     } else {
         Finish::Tracer
@@ -245,7 +247,6 @@ fn lazy_config(
     img: &Image,
     opts: &Options,
 ) -> Result<Option<lazy::Config>, RestoreError> {
-    let p = img.process();
     Ok(match &opts.lazy {
         None => {
             if !opts.no_verify {
@@ -259,10 +260,11 @@ fn lazy_config(
             // pages.img and sums.img); the page server verifies each page
             // before it serves it, so the time to resume does not grow with
             // the image.
-            let window = cryo_image::lazy::eager_window(&p);
             image.verify_pages_where(|v| match () {
                 _ if opts.no_verify => None,
-                _ if cryo_image::lazy::is_lazy(v) => Some(window),
+                _ if cryo_image::lazy::is_lazy(v) => {
+                    Some(cryo_image::lazy::eager_in(img, v.start, v.end).unwrap_or((0, 0)))
+                }
                 _ => Some((0, u64::MAX)),
             })?;
             let image_id = cryo_image::checksum(image.meta());

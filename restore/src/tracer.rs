@@ -434,6 +434,31 @@ fn finish(
             -(after.rax as i64)
         ));
     }
+    // The other threads wait on the release word (r9) in the program's
+    // code: wake them, unless the process is to stay stopped (the SIGSTOP
+    // below interrupts their wait; restarted after SIGCONT, it finds
+    // their own words set and returns).
+    let release = at_stop.r9;
+    let mut after = after;
+    if release != 0 && !keep_stopped {
+        let mut r = after;
+        r.rax = libc::SYS_futex as u64;
+        r.orig_rax = u64::MAX;
+        r.rdi = release;
+        r.rsi = (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as u64;
+        r.rdx = i32::MAX as u64;
+        r.rip = gadget;
+        r.rsp = frame_sp;
+        set_regs(pid, &r)?;
+        run_syscall(w)?;
+        after = regs(pid)?;
+        if (after.rax as i64) < 0 {
+            return Err(format!(
+                "waking the restored threads failed: errno {}",
+                -(after.rax as i64)
+            ));
+        }
+    }
     // rt_sigreturn: every register, the xsave state and the signal mask
     // come from the frame the shim built.
     let mut r = after;

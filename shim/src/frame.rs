@@ -6,48 +6,68 @@ use crate::mem::*;
 use crate::sys::*;
 use crate::{die, W, W_END};
 use cryo_image::handoff::HANDOFF_MAGIC;
-use cryo_image::Image;
+use cryo_image::{Image, Regs};
 
-/// Build the kernel's x86_64 `struct rt_sigframe` below the program's red
-/// zone: pretcode, ucontext (flags, link, altstack, sigcontext, mask),
-/// siginfo, then the xsave area (64-byte aligned, with the `_fpx_sw_bytes`
-/// software header and FP_XSTATE_MAGIC2 after it). Returns the stack
-/// pointer `rt_sigreturn` expects (frame + 8).
+/// The main thread's frame, below its red zone (see [`write`]).
 pub fn build(img: &Image) -> usize {
+    let p = img.process();
+    write(
+        p.regs.rsp as usize - 128,
+        &p.regs,
+        Some((img.xsave(), p.xcr0)),
+        p.sig_blocked,
+        (p.sigaltstack_sp, p.sigaltstack_flags, p.sigaltstack_size),
+    )
+}
+
+/// Build the kernel's x86_64 `struct rt_sigframe` below `top`: pretcode,
+/// ucontext (flags, link, altstack, sigcontext, mask), siginfo, then the
+/// xsave area if any (64-byte aligned, with the `_fpx_sw_bytes` software
+/// header and FP_XSTATE_MAGIC2 after it; none: `rt_sigreturn` resets the
+/// FPU state). Returns the stack pointer `rt_sigreturn` expects (frame +
+/// 8).
+pub fn write(
+    top: usize,
+    r: &Regs,
+    xsave: Option<(&[u8], u64)>,
+    mask: u64,
+    altstack: (u64, u32, u64),
+) -> usize {
     const UC_FP_XSTATE: u64 = 1;
     const UC_SIGCONTEXT_SS: u64 = 2;
     const UC_STRICT_RESTORE_SS: u64 = 4;
     const FRAME_SIZE: usize = 8 + 304 + 128;
-    let p = img.process();
-    let r = p.regs;
-    let xsave = img.xsave();
-    let xsize = xsave.len();
-    let top = r.rsp as usize - 128;
-    let fp = (top - xsize - 4) & !63;
-    // SAFETY: fp..fp+xsize+4 lies on the program's stack below its red
-    // zone (memory the kernel itself would use for a signal frame), mapped
-    // writable above; xsave has xsize bytes.
-    unsafe { core::ptr::copy_nonoverlapping(xsave.as_ptr(), fp as *mut u8, xsize) };
-    // _fpx_sw_bytes at offset 464 of the legacy area (ptrace put XCR0 there).
-    poke_u32(fp + 464, 0x4650_5853); // FP_XSTATE_MAGIC1
-    poke_u32(fp + 468, xsize as u32 + 4); // extended_size
-    poke_u64(fp + 472, p.xcr0); // xfeatures
-    poke_u32(fp + 480, xsize as u32); // xstate_size
-    for i in 0..7 {
-        poke_u32(fp + 484 + i * 4, 0);
+    let mut fp = 0usize;
+    let mut below = top;
+    if let Some((xsave, xcr0)) = xsave {
+        let xsize = xsave.len();
+        fp = (top - xsize - 4) & !63;
+        // SAFETY: fp..fp+xsize+4 lies on the program's stack below its red
+        // zone (memory the kernel itself would use for a signal frame),
+        // mapped writable above; xsave has xsize bytes.
+        unsafe { core::ptr::copy_nonoverlapping(xsave.as_ptr(), fp as *mut u8, xsize) };
+        // _fpx_sw_bytes at offset 464 of the legacy area (ptrace put XCR0 there).
+        poke_u32(fp + 464, 0x4650_5853); // FP_XSTATE_MAGIC1
+        poke_u32(fp + 468, xsize as u32 + 4); // extended_size
+        poke_u64(fp + 472, xcr0); // xfeatures
+        poke_u32(fp + 480, xsize as u32); // xstate_size
+        for i in 0..7 {
+            poke_u32(fp + 484 + i * 4, 0);
+        }
+        poke_u32(fp + xsize, 0x4650_5845); // FP_XSTATE_MAGIC2
+        below = fp;
     }
-    poke_u32(fp + xsize, 0x4650_5845); // FP_XSTATE_MAGIC2
-
-    let frame = ((fp - FRAME_SIZE) & !15) - 8;
+    let frame = ((below - FRAME_SIZE) & !15) - 8;
     // SAFETY: frame..frame+FRAME_SIZE is on the same stack, below fp.
     unsafe { core::ptr::write_bytes(frame as *mut u8, 0, FRAME_SIZE) };
     let uc = frame + 8;
-    poke_u64(uc, UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS);
+    let fpx = if fp != 0 { UC_FP_XSTATE } else { 0 };
+    poke_u64(uc, fpx | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS);
     poke_u64(uc + 8, 0); // uc_link
                          // uc_stack: sigaltstack, re-installed by rt_sigreturn.
-    poke_u64(uc + 16, p.sigaltstack_sp);
-    poke_u32(uc + 24, p.sigaltstack_flags & !1); // not SS_ONSTACK
-    poke_u64(uc + 32, p.sigaltstack_size);
+    poke_u64(uc + 16, altstack.0);
+    poke_u32(uc + 24, altstack.1 & !1); // not SS_ONSTACK
+    poke_u64(uc + 32, altstack.2);
     let sc = uc + 40;
     let gprs = [
         r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx, r.rdx,
@@ -60,21 +80,16 @@ pub fn build(img: &Image) -> usize {
     let seg = (r.cs & 0xffff) | ((r.ss & 0xffff) << 48);
     poke_u64(sc + 144, seg);
     poke_u64(sc + 184, fp as u64); // fpstate
-    poke_u64(uc + 296, p.sig_blocked); // uc_sigmask
+    poke_u64(uc + 296, mask); // uc_sigmask
     frame + 8
 }
 
-/// Remove the window and enter the program, all from the program's own
-/// code (see `cryo_image::gadget`): `frame_sp - 8` becomes the frame's
-/// return address slot holding the sigreturn gadget, and the shim jumps to
-/// the syscall-ret gadget with rax = munmap(window). Nothing of the shim
-/// runs after that syscall.
-pub fn finish_without_tracer(img: &Image, frame_sp: usize) -> ! {
+/// The image's gadgets, checked to be in the memory just built as
+/// capture found them (cryo restore checked them in the image).
+pub fn checked_gadgets(img: &Image) -> cryo_image::Gadgets {
     let Some(g) = img.gadgets() else {
         die(format_args!("no tracer and no gadgets in the image"));
     };
-    // The bytes must be what capture found (cryo restore checked them in
-    // the image; this checks the memory just built).
     let code = |addr: u64, len: usize| -> &'static [u8] {
         // SAFETY: Image::validate checked [addr, addr + len) lies inside an
         // executable (hence readable) mapping, mapped and filled above.
@@ -88,17 +103,62 @@ pub fn finish_without_tracer(img: &Image, frame_sp: usize) -> ! {
             g.syscall_ret, g.sigreturn
         ));
     }
+    g
+}
+
+/// Where the main thread's release word goes: just below its frame.
+pub fn release_word(frame_sp: usize) -> usize {
+    (frame_sp - 8 - 64) & !63
+}
+
+/// Remove the window and enter the program, all from the program's own
+/// code (see `cryo_image::gadget`): `frame_sp - 8` becomes the frame's
+/// return address slot holding the sigreturn gadget, and the shim jumps to
+/// the syscall-ret gadget with rax = munmap(window). Nothing of the shim
+/// runs after that syscall. With threads (`release`: the word they wait
+/// on), one more frame in between: its rt_sigreturn lands on the
+/// syscall-ret gadget again to wake them (FUTEX_WAKE), whose `ret` enters
+/// the main thread's own frame.
+pub fn finish_without_tracer(img: &Image, frame_sp: usize, release: Option<usize>) -> ! {
+    let g = checked_gadgets(img);
     poke_u64(frame_sp - 8, g.sigreturn);
+    let sp = match release {
+        None => frame_sp - 8,
+        Some(word) => {
+            let p = img.process();
+            let wake = Regs {
+                rip: g.syscall_ret,
+                rsp: (frame_sp - 8) as u64,
+                rax: SYS_FUTEX as u64,
+                rdi: word as u64,
+                rsi: FUTEX_WAKE_PRIVATE as u64,
+                rdx: i32::MAX as u64,
+                cs: p.regs.cs,
+                ss: p.regs.ss,
+                eflags: 0x202,
+                ..Default::default()
+            };
+            let sp1 = write(
+                word - 64,
+                &wake,
+                None,
+                !0,
+                (p.sigaltstack_sp, p.sigaltstack_flags, p.sigaltstack_size),
+            );
+            poke_u64(sp1 - 8, g.sigreturn);
+            sp1 - 8
+        }
+    };
     // The munmap removes this code and stack; the gadget's `ret` pops the
-    // sigreturn gadget, whose rt_sigreturn (with rsp = frame_sp) loads
-    // every register from the frame. Nothing returns here.
-    // SAFETY: frame_sp - 8 is the return-address slot of a complete
-    // rt_sigframe on the program's stack.
+    // sigreturn gadget, whose rt_sigreturn loads every register from the
+    // frame. Nothing returns here.
+    // SAFETY: sp is the return-address slot of a complete rt_sigframe
+    // (holding the sigreturn gadget) on the program's stack.
     unsafe {
         core::arch::asm!(
             "mov rsp, {sp}",
             "jmp {gadget}",
-            sp = in(reg) frame_sp - 8,
+            sp = in(reg) sp,
             gadget = in(reg) g.syscall_ret,
             in("rax") SYS_MUNMAP,
             in("rdi") W,
@@ -109,12 +169,13 @@ pub fn finish_without_tracer(img: &Image, frame_sp: usize) -> ! {
 }
 
 /// Stop for the tracer with a SIGSTOP to ourselves (r10 = the magic, r8 =
-/// the frame): the tracer meets it at its signal-delivery-stop, unmaps the
-/// window and resumes at rt_sigreturn with rsp = frame_sp; we never run
-/// again. Not `int3`: its SIGTRAP is forced on a task that blocks it
-/// (every signal is blocked here) by resetting the program's SIGTRAP
-/// handler, just restored, to SIG_DFL.
-pub fn finish_with_tracer(frame_sp: usize) -> ! {
+/// the frame, r9 = the threads' release word or 0): the tracer meets it
+/// at its signal-delivery-stop, unmaps the window, wakes the threads and
+/// resumes at rt_sigreturn with rsp = frame_sp; we never run again. Not
+/// `int3`: its SIGTRAP is forced on a task that blocks it (every signal is
+/// blocked here) by resetting the program's SIGTRAP handler, just
+/// restored, to SIG_DFL.
+pub fn finish_with_tracer(frame_sp: usize, release: Option<usize>) -> ! {
     let pid = syscall3(SYS_GETPID, 0, 0, 0) as usize;
     // SAFETY: tgkill(pid, pid, SIGSTOP) only stops this process; the
     // tracer never lets it return here (ud2 otherwise).
@@ -128,6 +189,7 @@ pub fn finish_with_tracer(frame_sp: usize) -> ! {
             in("rdx") SIGSTOP,
             in("r10") HANDOFF_MAGIC as usize,
             in("r8") frame_sp,
+            in("r9") release.unwrap_or(0),
             options(noreturn)
         )
     }

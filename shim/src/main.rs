@@ -29,6 +29,7 @@ mod selfmap;
 mod signals;
 mod sys;
 mod task;
+mod threads;
 mod timers;
 mod tls;
 mod uffd;
@@ -95,13 +96,14 @@ impl Phases {
         let mut m = Msg { b: [0; 768], n: 0 };
         let _ = writeln!(
             m,
-            "cryo-shim phases (us): exec {} | image+files {} | unmap+vdso {} | map+fill {} | state+frame {} | shim total {}",
+            "cryo-shim phases (us): exec {} | image+files {} | unmap+vdso {} | map+fill {} | state {} | threads+frame {} | shim total {}",
             if exec_ns != 0 { us(exec_ns, t[0]) } else { 0 },
             us(t[0], t[1]),
             us(t[1], t[2]),
             us(t[2], t[3]),
             us(t[3], t[4]),
-            us(t[0], t[4]),
+            us(t[4], t[5]),
+            us(t[0], t[5]),
         );
         write(2, &m.b[..m.n]);
     }
@@ -288,13 +290,12 @@ fn restore(a: &Args) -> ! {
     ph.mark(on);
     // 7. mm fields, auxv and the executable.
     mm::restore(&img, exe_fd);
-    // 8. Thread and process state.
+    // 8. The main thread's state and the process's.
     tls::restore(&img, a.tid_offset);
     rseq::register(&img);
     signals::restore_dispositions(&img);
-    let new_pid = syscall3(SYS_GETPID, 0, 0, 0) as u32;
-    timers::restore(&img, img.process().pid, new_pid);
     task::set_comm(&img);
+    task::restore_prctl_state(&img);
     // 9. The shim's own fds go; the program's get their flags and locks.
     files.close_all();
     syscall3(SYS_CLOSE, a.meta_fd, 0, 0);
@@ -304,21 +305,34 @@ fn restore(a: &Args) -> ! {
     if lazy {
         uffd::wait_go(a.sock_fd);
     }
-    // 10. The signals queued at capture, with their siginfo (every signal
-    //     is blocked until the final rt_sigreturn); prctl state, then the
-    //     credentials (after everything that needs privilege), then what a
+    ph.mark(on);
+    // 10. Every other thread, each restoring its own state and frame
+    //     (after the page server is ready: they write to their stacks);
+    //     then the timers (which may name a thread).
+    let nthreads = threads::spawn_all(&img, a.flags);
+    let new_pid = syscall3(SYS_GETPID, 0, 0, 0) as u32;
+    timers::restore(&img, |old| threads::new_tid(&img, old, new_pid));
+    // 11. The signals queued at capture, with their siginfo (every signal
+    //     is blocked until the final rt_sigreturn); the credentials
+    //     (after everything that needs privilege), then what a
     //     credentials change resets, then memory-deny-write-execute (no
     //     mapping is made after it).
     signals::queue_pending(&img);
     task::restore(&img, a.flags & flags::SAME_CREDS != 0);
-    // 11. The signal frame, and into the program.
+    // 12. The signal frame; every thread out of the shim; into the
+    //     program.
     let frame_sp = frame::build(&img);
+    let release = (nthreads > 0).then(|| {
+        let word = frame::release_word(frame_sp);
+        threads::gather(nthreads, word);
+        word
+    });
     ph.mark(on);
     if on {
         ph.print(a.exec_ns);
     }
     if a.flags & flags::SELF_UNMAP != 0 {
-        frame::finish_without_tracer(&img, frame_sp);
+        frame::finish_without_tracer(&img, frame_sp, release);
     }
-    frame::finish_with_tracer(frame_sp)
+    frame::finish_with_tracer(frame_sp, release)
 }

@@ -31,7 +31,8 @@ pub fn restore_dispositions(img: &Image) {
     }
 }
 
-/// Queue the captured signals again, in their order, with their siginfo:
+/// Queue the captured signals of the main thread and the process again,
+/// in their order, with their siginfo:
 /// the shim is the process itself, so the kernel accepts any si_code. All
 /// signals are blocked until the final rt_sigreturn installs the
 /// program's mask. A pending signal with no recorded siginfo (an image
@@ -42,7 +43,8 @@ pub fn queue_pending(img: &Image) {
     let mut covered = 0u64;
     for q in img.signals().iter() {
         let sig = q.signo as usize;
-        if sig == SIGKILL || sig == SIGSTOP {
+        if sig == SIGKILL || sig == SIGSTOP || q.thread != 0 {
+            // Another thread's queue: that thread queues its own.
             continue;
         }
         covered |= 1 << (sig - 1);

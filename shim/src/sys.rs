@@ -49,6 +49,16 @@ pub const SYS_SETFSUID: usize = 122;
 pub const SYS_SETFSGID: usize = 123;
 pub const SYS_CAPGET: usize = 125;
 pub const SYS_CAPSET: usize = 126;
+pub const SYS_SCHED_YIELD: usize = 24;
+pub const SYS_FUTEX: usize = 202;
+pub const SYS_SCHED_SETAFFINITY: usize = 203;
+pub const SYS_SET_TID_ADDRESS: usize = 218;
+pub const SYS_SETPRIORITY: usize = 141;
+pub const SYS_SCHED_SETSCHEDULER: usize = 144;
+pub const SYS_CLONE3: usize = 435;
+pub const FUTEX_WAIT_PRIVATE: usize = 128;
+pub const FUTEX_WAKE_PRIVATE: usize = 1 | 128;
+pub const FUTEX_CMP_REQUEUE_PRIVATE: usize = 4 | 128;
 
 pub const SIGKILL: usize = 9;
 pub const SIGSTOP: usize = 19;

@@ -35,13 +35,18 @@ fn known(v: i64) -> Option<usize> {
     (v != UNKNOWN && v >= 0).then_some(v as usize)
 }
 
-/// The task state, in order: prctl state, credentials (unless `cryo
-/// restore` found them equal to its own, which the exec kept), what a
-/// credentials change resets, then MDWE.
-pub fn restore(img: &Image, same_creds: bool) {
+/// prctl state (before the threads are cloned: those that are per thread
+/// are inherited).
+pub fn restore_prctl_state(img: &Image) {
     if let Some(t) = img.task() {
         restore_prctl(&t);
     }
+}
+
+/// The rest of the task state, in order: credentials (unless `cryo
+/// restore` found them equal to its own, which the exec kept), what a
+/// credentials change resets, then MDWE.
+pub fn restore(img: &Image, same_creds: bool) {
     if let Some(c) = img.creds().filter(|_| !same_creds) {
         restore_creds(img, &c);
     }

@@ -5,7 +5,9 @@ use crate::sys::*;
 use crate::{check, die};
 use cryo_image::Image;
 
-pub fn restore(img: &Image, old_pid: u32, new_pid: u32) {
+/// `new_tid` maps a captured thread id to the restored one (for timers
+/// that signal one thread).
+pub fn restore(img: &Image, new_tid: impl Fn(u32) -> u32) {
     const SIGEV_THREAD_ID: i32 = 4;
     let timers = img.timers();
     if !timers.is_empty() {
@@ -18,11 +20,7 @@ pub fn restore(img: &Image, old_pid: u32, new_pid: u32) {
             sev[0..8].copy_from_slice(&t.sigev_value.to_le_bytes());
             sev[8..12].copy_from_slice(&t.signo.to_le_bytes());
             sev[12..16].copy_from_slice(&t.notify.to_le_bytes());
-            let tid = if t.notify_tid as u32 == old_pid {
-                new_pid as i32
-            } else {
-                t.notify_tid
-            };
+            let tid = new_tid(t.notify_tid as u32) as i32;
             if t.notify & SIGEV_THREAD_ID != 0 {
                 sev[16..20].copy_from_slice(&tid.to_le_bytes());
             }

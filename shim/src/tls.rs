@@ -11,8 +11,8 @@ const ARCH_SET_GS: usize = 0x1001;
 const ARCH_SET_FS: usize = 0x1002;
 
 /// fs/gs base, then every cached copy of the thread's id rewritten to the
-/// new one (`tid_offset`: where `cryo restore` found glibc's), then the
-/// robust list registered again.
+/// new one, then the robust list and the clear-child-tid address
+/// registered again.
 pub fn restore(img: &Image, tid_offset: usize) {
     let p = img.process();
     let r = p.regs;
@@ -25,8 +25,8 @@ pub fn restore(img: &Image, tid_offset: usize) {
         format_args!("arch_prctl(ARCH_SET_GS)"),
     );
     let new_pid = syscall3(SYS_GETPID, 0, 0, 0) as u32;
-    fix_cached_tid(img, tid_offset, p.pid, new_pid);
-    fix_robust_owners(img, p.pid, new_pid);
+    fix_cached_tid(img, r.fs_base, tid_offset, p.pid, new_pid);
+    fix_robust_owners(img, p.robust_list, p.pid, new_pid);
     if p.robust_list != 0 {
         syscall3(
             SYS_SET_ROBUST_LIST,
@@ -35,15 +35,22 @@ pub fn restore(img: &Image, tid_offset: usize) {
             0,
         );
     }
+    if p.clear_child_tid != 0 {
+        syscall3(SYS_SET_TID_ADDRESS, p.clear_child_tid as usize, 0, 0);
+    }
 }
 
-/// glibc caches the thread's TID in its TCB (`struct pthread`); the PID is
-/// new, so rewrite it. `cryo restore` passes the offset it found in its own
-/// TCB; it is used only if the word there holds the captured PID. Otherwise
-/// look for a unique word equal to the captured PID in the first page of the
-/// TCB. Found nothing (not glibc, or no TCB): leave memory alone.
-fn fix_cached_tid(img: &Image, hint: usize, old: u32, new: u32) {
-    let fs = img.process().regs.fs_base as usize;
+/// glibc caches each thread's TID in its TCB (`struct pthread`, at the
+/// thread pointer `fs_base`); a TID that changed is rewritten there. The
+/// offset comes from the image (read at capture from the program's own
+/// glibc) or else from `cryo restore` (`hint`: found in its own TCB); it
+/// is used only if the word there holds the captured TID. Without either,
+/// look for a unique word equal to the captured TID in the first page of
+/// the TCB. Found nothing (not glibc, or no TCB): leave memory alone.
+pub fn fix_cached_tid(img: &Image, fs_base: u64, hint: usize, old: u32, new: u32) {
+    let fs = fs_base as usize;
+    let known = img.process().tid_offset as usize;
+    let hint = if known != 0 { known } else { hint };
     if fs == 0 || old == new {
         return;
     }
@@ -60,6 +67,11 @@ fn fix_cached_tid(img: &Image, hint: usize, old: u32, new: u32) {
     let limit = (v.end as usize).min(fs + 4096);
     if hint != 0 && fs + hint + 4 <= limit && peek_u32(fs + hint) == old {
         poke_u32(fs + hint, new);
+        return;
+    }
+    if known != 0 {
+        // The program's glibc said where; the word there is not this
+        // thread's id (no TCB at fs): nothing to rewrite.
         return;
     }
     let mut found = 0usize;
@@ -80,9 +92,8 @@ fn fix_cached_tid(img: &Image, hint: usize, old: u32, new: u32) {
 /// Robust mutexes the program holds carry the old TID in their futex word
 /// and owner field. glibc lists them on the robust list (head registered
 /// with the kernel, captured): walk it and rewrite old TID → new.
-fn fix_robust_owners(img: &Image, old: u32, new: u32) {
+pub fn fix_robust_owners(img: &Image, head: u64, old: u32, new: u32) {
     const TID_MASK: u32 = 0x3fff_ffff;
-    let head = img.process().robust_list;
     if head == 0 || old == new || !writable(img, head, 24) {
         return;
     }

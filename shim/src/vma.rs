@@ -43,7 +43,6 @@ pub fn place_vdso(img: &Image) {
 /// Every mapping, then its pages (lazy mappings: only the pages around the
 /// stack pointer; the page server serves the rest).
 pub fn map_all(img: &Image, files: &mut Files, a: &Args, lazy: bool) {
-    let eager = lazy.then(|| cryo_image::lazy::eager_window(&img.process()));
     let mut prev: Option<Vma> = None;
     for v in img.vmas().iter() {
         if !v.is_special() {
@@ -52,7 +51,10 @@ pub fn map_all(img: &Image, files: &mut Files, a: &Args, lazy: bool) {
             } else {
                 usize::MAX
             };
-            let only = eager.filter(|_| cryo_image::lazy::is_lazy(&v));
+            // A lazy mapping: only the part around a thread's stack
+            // pointer, where its signal frame goes.
+            let only = (lazy && cryo_image::lazy::is_lazy(&v))
+                .then(|| cryo_image::lazy::eager_in(img, v.start, v.end).unwrap_or((0, 0)));
             map_vma(img, &v, prev.as_ref(), fd, a.pages_fd, only);
         }
         prev = Some(v);
@@ -245,6 +247,21 @@ fn map_vma(
         if let Some(p) = pending {
             flush(p);
         }
+    }
+    // The eager part of a lazy mapping is all present before the page
+    // server starts, the pages without data too: a thread's signal frame
+    // goes there, and a fault on a hole would wait for a server that may
+    // already have streamed everything and gone.
+    if let Some((lo, hi)) = only.filter(|(lo, hi)| lo < hi && map_prot & PROT_WRITE != 0) {
+        check(
+            syscall3(
+                SYS_MADVISE,
+                lo as usize,
+                (hi - lo) as usize,
+                MADV_POPULATE_WRITE,
+            ),
+            format_args!("populating {lo:#x}-{hi:#x}"),
+        );
     }
     if map_prot != final_prot {
         check(

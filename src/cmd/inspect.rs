@@ -327,13 +327,53 @@ fn to_text(img: &Image, loaded: &LoadedImage) -> String {
     if !img.signals().is_empty() {
         let _ = writeln!(o, "queued    (with their siginfo, in order)");
         for q in img.signals().iter() {
+            let whose = match (q.shared, q.thread) {
+                (1, _) => "process".to_string(),
+                (_, 0) => format!("thread {}", p.pid),
+                (_, k) => format!(
+                    "thread {}",
+                    img.threads().get(k as usize - 1).map_or(0, |t| t.tid)
+                ),
+            };
             let _ = writeln!(
                 o,
                 "  {:<10} {} code {} value {:#x}",
                 signame(q.signo),
-                if q.shared != 0 { "process" } else { "thread " },
+                whose,
                 q.info[1] as u32 as i32,
                 q.info[3]
+            );
+        }
+    }
+    if !img.threads().is_empty() {
+        let _ = writeln!(
+            o,
+            "threads   {} (main {} and the {} below); cached tid at fs+{}",
+            img.threads().len() + 1,
+            p.pid,
+            img.threads().len(),
+            match p.tid_offset {
+                0 => "? (found at restore)".to_string(),
+                v => format!("{v:#x}"),
+            }
+        );
+        for t in img.threads().iter() {
+            let name = String::from_utf8_lossy(&t.comm);
+            let name = name.trim_end_matches('\0');
+            let state = if t.flags & process_flags::IN_SYSCALL != 0 {
+                format!("in syscall {}", t.raw_regs.orig_rax)
+            } else {
+                "running".to_string()
+            };
+            let _ = writeln!(
+                o,
+                "  {:<8} {:<16} rip {:#x} rsp {:#x} {} mask {}",
+                t.tid,
+                name,
+                t.regs.rip,
+                t.regs.rsp,
+                state,
+                sigset(t.sig_blocked)
             );
         }
     }
@@ -367,6 +407,7 @@ fn to_text(img: &Image, loaded: &LoadedImage) -> String {
                 }
             );
         }
+        let _ = write!(extra, "{}", anon_state(img, f));
         if let Some(fi) = (f.file != cryo_image::NO_INDEX)
             .then(|| img.files().get(f.file as usize))
             .flatten()
@@ -539,6 +580,40 @@ fn to_text(img: &Image, loaded: &LoadedImage) -> String {
     o
 }
 
+/// The state of an eventfd, timerfd, signalfd or epoll fd, for the text
+/// listing ("" for other kinds).
+fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
+    let o = f.object as usize;
+    match f.kind {
+        fd_kind::EVENTFD => img.eventfds().get(o).map_or(String::new(), |e| {
+            format!(
+                " [count {}{}]",
+                e.count,
+                if e.semaphore != 0 { ", semaphore" } else { "" }
+            )
+        }),
+        fd_kind::TIMERFD => img.timerfds().get(o).map_or(String::new(), |t| {
+            format!(
+                " [clock {}, next in {}.{:09} s, every {}.{:09} s, {} expirations unread]",
+                t.clock, t.value_sec, t.value_nsec, t.interval_sec, t.interval_nsec, t.ticks
+            )
+        }),
+        fd_kind::SIGNALFD => img
+            .signalfds()
+            .get(o)
+            .map_or(String::new(), |s| format!(" [mask {}]", sigset(s.mask))),
+        fd_kind::EPOLL => {
+            let n = img
+                .epoll_items()
+                .iter()
+                .filter(|e| e.desc == f.desc)
+                .count();
+            format!(" [{n} watched]")
+        }
+        _ => String::new(),
+    }
+}
+
 fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
     let p = img.process();
     let vmas: Vec<Value> = img
@@ -610,7 +685,9 @@ fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
             "rseq": (p.flags & process_flags::HAS_RSEQ != 0).then(|| json!({
                 "addr": p.rseq_addr, "size": p.rseq_size, "sig": p.rseq_sig, "flags": p.rseq_flags})),
             "xsave_size": p.xsave_size, "xcr0": p.xcr0,
-            "tls": {"canary": p.tls_canary, "pointer_guard": p.tls_pointer_guard},
+            "tls": {"canary": p.tls_canary, "pointer_guard": p.tls_pointer_guard,
+                    "tid_offset": p.tid_offset},
+            "clear_child_tid": p.clear_child_tid,
             "vdso": {"start": p.vdso_start, "len": p.vdso_len, "hash": p.vdso_hash},
         },
         "vmas": vmas,
@@ -643,7 +720,27 @@ fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
         "inotify": img.inotify().iter().map(|w| json!({
             "fd": fdt.get(w.desc as usize).map(|f| f.fd), "wd": w.wd, "mask": w.mask,
             "dev": w.dev, "ino": w.ino, "path": s(img, w.path)})).collect::<Vec<_>>(),
+        "threads": img.threads().iter().map(|t| json!({
+            "tid": t.tid,
+            "comm": String::from_utf8_lossy(&t.comm).trim_end_matches('\0'),
+            "in_syscall": t.flags & process_flags::IN_SYSCALL != 0,
+            "regs": t.regs, "raw_regs": t.raw_regs, "sig_blocked": t.sig_blocked,
+            "sigaltstack": {"sp": t.sigaltstack_sp, "size": t.sigaltstack_size, "flags": t.sigaltstack_flags},
+            "rseq": (t.flags & process_flags::HAS_RSEQ != 0).then(|| json!({
+                "addr": t.rseq_addr, "size": t.rseq_size, "sig": t.rseq_sig, "flags": t.rseq_flags})),
+            "robust_list": t.robust_list, "clear_child_tid": t.clear_child_tid,
+            "sched_policy": t.sched_policy, "sched_priority": t.sched_priority, "nice": t.nice,
+            "timer_slack_ns": t.timer_slack_ns})).collect::<Vec<_>>(),
+        "eventfds": img.eventfds().iter().collect::<Vec<_>>(),
+        "timerfds": img.timerfds().iter().collect::<Vec<_>>(),
+        "signalfds": img.signalfds().iter().collect::<Vec<_>>(),
+        "epoll_items": img.epoll_items().iter().collect::<Vec<_>>(),
         "queued_signals": img.signals().iter().map(|q| json!({
+            "thread": match (q.shared, q.thread) {
+                (1, _) => None,
+                (_, 0) => Some(p.pid),
+                (_, k) => img.threads().get(k as usize - 1).map(|t| t.tid),
+            },
             "signo": q.signo, "name": signame(q.signo), "shared": q.shared != 0,
             "code": q.info[1] as u32 as i32, "value": q.info[3]})).collect::<Vec<_>>(),
     })

@@ -46,6 +46,8 @@
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <grp.h>
+#include <pthread.h>
+#include <time.h>
 #include <sys/fsuid.h>
 #include <unistd.h>
 
@@ -208,6 +210,44 @@ static void maps_lines(void) {
     }
 }
 
+/* One line per thread, by name (ids may change): its mask, pending
+ * signals, affinity, capabilities, no_new_privs, seccomp, nice and
+ * policy. */
+static void task_lines(void) {
+    DIR *d = opendir("/proc/self/task");
+    if (!d) fail("opendir task");
+    struct dirent *e;
+    static char buf[1 << 15];
+    char path[512], comm[64];
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        if (read_file(path, comm, sizeof comm) < 0) continue;
+        comm[strcspn(comm, "\n")] = 0;
+        out("task %s", comm);
+        snprintf(path, sizeof path, "/proc/self/task/%s/status", e->d_name);
+        if (read_file(path, buf, sizeof buf) < 0) continue;
+        static const char *const keys[] = {"SigBlk", "SigPnd", "Cpus_allowed_list", "CapEff",
+                                           "NoNewPrivs", "Seccomp", NULL};
+        for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
+            for (const char *const *k = keys; *k; k++) {
+                size_t kl = strlen(*k);
+                if (!strncmp(line, *k, kl) && line[kl] == ':') out(" %s", line);
+            }
+        snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
+        if (read_file(path, buf, sizeof buf) > 0) {
+            char *r = strrchr(buf, ')');
+            long f[40] = {0};
+            int n = 0;
+            for (char *t = strtok(r + 2, " "); t && n < 40; t = strtok(NULL, " ")) f[n++] = atol(t);
+            /* after the comm: state is 0, priority 15, nice 16, policy 38 */
+            out(" prio=%ld nice=%ld policy=%ld", f[15], f[16], f[38]);
+        }
+        out("\n");
+    }
+    closedir(d);
+}
+
 static void take_snapshot(char *buf, int skip_fd) {
     snap_buf = buf;
     snap_len = 0;
@@ -274,6 +314,7 @@ static void take_snapshot(char *buf, int skip_fd) {
     sigaltstack(NULL, &ss);
     out("altstack %p %zu %d\n", ss.ss_sp, ss.ss_size, ss.ss_flags);
     out("membarrier %ld\n", syscall(SYS_membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0));
+    task_lines();
     maps_lines();
 }
 
@@ -842,8 +883,14 @@ static void sigtrap_check(void) {
 }
 
 /* eventfd, timerfd, signalfd, epoll: what threaded runtimes hold. */
-static int a_efd, a_tfd, a_tick, a_sfd, a_ep;
+static int a_efd, a_tfd, a_tick, a_sfd, a_ep, a_per;
 static void anonfds_setup(void) {
+    /* A periodic timer that expired and was not read: the kernel re-arms
+     * it only on the read, and shows it_value 0 meanwhile (a restore that
+     * takes that literally disarms it: GHC's ticker hung so). */
+    a_per = timerfd_create(CLOCK_MONOTONIC, 0);
+    struct itimerspec per = {{10, 0}, {0, 5000000}};
+    CHECK(a_per >= 0 && timerfd_settime(a_per, 0, &per, NULL) == 0, "periodic timerfd");
     a_efd = eventfd(5, EFD_NONBLOCK | EFD_SEMAPHORE);
     a_tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     struct itimerspec its = {{10, 0}, {10, 0}};
@@ -866,6 +913,11 @@ static void anonfds_setup(void) {
 }
 static void anonfds_check(void) {
     uint64_t v = 0;
+    CHECK(read(a_per, &v, 8) == 8 && v == 1, "the periodic timer's expiration");
+    struct itimerspec pcur;
+    CHECK(timerfd_gettime(a_per, &pcur) == 0 && pcur.it_interval.tv_sec == 10 &&
+              (pcur.it_value.tv_sec > 0 || pcur.it_value.tv_nsec > 0),
+          "the periodic timer is still armed after its expiration is read");
     CHECK(read(a_efd, &v, 8) == 8 && v == 1, "semaphore eventfd reads 1");
     for (int i = 0; i < 4; i++) CHECK(read(a_efd, &v, 8) == 8, "four more");
     CHECK(read(a_efd, &v, 8) == -1 && errno == EAGAIN, "the counter was 5");
@@ -885,6 +937,190 @@ static void anonfds_check(void) {
     CHECK(read(a_sfd, &si, sizeof si) == sizeof si && si.ssi_signo == SIGWINCH, "signalfd");
 }
 
+/* Threads: one blocked on a condition variable (futex), one in
+ * nanosleep, one in read() on an internal pipe, one spinning, one in a
+ * timed wait (a restart block: -EINTR after restore, which glibc
+ * retries), and one with state of its own (name, sigaltstack, a queued
+ * thread-directed signal, nice, affinity, timer slack, a robust mutex
+ * and an error-checking mutex it holds). After the restore each is
+ * reached by pthread_kill (the handler checks which thread it runs in
+ * and that thread's __thread value), each finishes its own checks and
+ * is joined (pthread_join waits for the kernel to clear its tid: the
+ * clear-child-tid address came back). */
+#define NT 6
+static pthread_t th[NT];
+static pid_t tid0[NT];
+static __thread int tls_val;
+static pthread_mutex_t t_mx = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t t_cv = PTHREAD_COND_INITIALIZER, t_cv2 = PTHREAD_COND_INITIALIZER;
+static int t_go, t_started;
+static int t_pipe[2];
+static volatile int t_stop;
+static volatile unsigned long t_spins;
+static volatile sig_atomic_t t_hits[NT], t_tls[NT], t_wrong;
+static pthread_mutex_t t_robust, t_errchk;
+static char t_alt[1 << 16];
+
+static void t_on_usr1(int sig) {
+    (void)sig;
+    for (int i = 0; i < NT; i++)
+        if (pthread_equal(pthread_self(), th[i])) {
+            t_hits[i]++;
+            t_tls[i] = tls_val;
+            return;
+        }
+    t_wrong++;
+}
+
+static void t_started_one(int i) {
+    tls_val = 1000 + i;
+    tid0[i] = (pid_t)syscall(SYS_gettid);
+    pthread_mutex_lock(&t_mx);
+    t_started++;
+    pthread_cond_broadcast(&t_cv2);
+    pthread_mutex_unlock(&t_mx);
+}
+
+static void *t_waiter(void *a) {
+    t_started_one((int)(intptr_t)a);
+    pthread_mutex_lock(&t_mx);
+    while (!t_go) pthread_cond_wait(&t_cv, &t_mx);
+    pthread_mutex_unlock(&t_mx);
+    return tls_val == 1000 ? NULL : "waiter: tls";
+}
+static void *t_sleeper(void *a) {
+    t_started_one((int)(intptr_t)a);
+    struct timespec hour = {3600, 0};
+    while (!t_stop) nanosleep(&hour, NULL);
+    return tls_val == 1001 ? NULL : "sleeper: tls";
+}
+static void *t_reader(void *a) {
+    t_started_one((int)(intptr_t)a);
+    char c = 0;
+    ssize_t n = read(t_pipe[0], &c, 1);
+    if (n != 1 || c != 'x') return "reader: read";
+    return tls_val == 1002 ? NULL : "reader: tls";
+}
+static void *t_spinner(void *a) {
+    t_started_one((int)(intptr_t)a);
+    while (!t_stop) t_spins++;
+    return tls_val == 1003 ? NULL : "spinner: tls";
+}
+static void *t_timed(void *a) {
+    t_started_one((int)(intptr_t)a);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 3600;
+    pthread_mutex_lock(&t_mx);
+    while (!t_go) pthread_cond_timedwait(&t_cv, &t_mx, &until);
+    pthread_mutex_unlock(&t_mx);
+    return tls_val == 1004 ? NULL : "timed: tls";
+}
+static void *t_special(void *a) {
+    pthread_setname_np(pthread_self(), "cryo-special");
+    stack_t ss = {.ss_sp = t_alt, .ss_size = sizeof t_alt, .ss_flags = 0};
+    if (sigaltstack(&ss, NULL)) return "special: sigaltstack";
+    sigset_t m;
+    sigemptyset(&m);
+    sigaddset(&m, SIGUSR2);
+    pthread_sigmask(SIG_BLOCK, &m, NULL);
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 3)) return "special: nice";
+    cpu_set_t cs;
+    CPU_ZERO(&cs);
+    CPU_SET(0, &cs);
+    if (sched_setaffinity(0, sizeof cs, &cs)) return "special: affinity";
+    prctl(PR_SET_TIMERSLACK, 123456);
+    if (pthread_mutex_lock(&t_robust) || pthread_mutex_lock(&t_errchk)) return "special: lock";
+    t_started_one((int)(intptr_t)a);
+    pthread_mutex_lock(&t_mx);
+    while (!t_go) pthread_cond_wait(&t_cv, &t_mx);
+    pthread_mutex_unlock(&t_mx);
+    stack_t now;
+    sigaltstack(NULL, &now);
+    if (now.ss_sp != t_alt || now.ss_size != sizeof t_alt) return "special: sigaltstack after";
+    siginfo_t si;
+    struct timespec zero = {0, 0};
+    if (sigtimedwait(&m, &si, &zero) != SIGUSR2 || si.si_value.sival_int != 77)
+        return "special: its queued SIGUSR2 with its value";
+    if (getpriority(PRIO_PROCESS, 0) != 3) return "special: nice after";
+    if (prctl(PR_GET_TIMERSLACK) != 123456) return "special: timer slack after";
+    CPU_ZERO(&cs);
+    if (sched_getaffinity(0, sizeof cs, &cs) || CPU_COUNT(&cs) != 1 || !CPU_ISSET(0, &cs))
+        return "special: affinity after";
+    if (pthread_mutex_unlock(&t_robust)) return "special: unlock robust mutex";
+    /* glibc checks an error-checking mutex's owner against the cached
+     * tid: it holds only if the thread kept its id (cryo asks for it;
+     * it gets it where the id is free). */
+    if ((pid_t)syscall(SYS_gettid) == tid0[NT - 1] && pthread_mutex_unlock(&t_errchk))
+        return "special: unlock error-checking mutex";
+    return tls_val == 1005 ? NULL : "special: tls";
+}
+
+static void threads_setup(void) {
+    struct sigaction sa = {.sa_handler = t_on_usr1, .sa_flags = SA_RESTART};
+    sigaction(SIGUSR1, &sa, NULL);
+    CHECK(pipe(t_pipe) == 0, "pipe");
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST);
+    pthread_mutex_init(&t_robust, &ma);
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ERRORCHECK);
+    pthread_mutex_init(&t_errchk, &ma);
+    void *(*fns[NT])(void *) = {t_waiter, t_sleeper, t_reader, t_spinner, t_timed, t_special};
+    for (int i = 0; i < NT; i++) CHECK(pthread_create(&th[i], NULL, fns[i], (void *)(intptr_t)i) == 0, "create");
+    pthread_mutex_lock(&t_mx);
+    while (t_started < NT) pthread_cond_wait(&t_cv2, &t_mx);
+    pthread_mutex_unlock(&t_mx);
+    union sigval v = {.sival_int = 77};
+    CHECK(pthread_sigqueue(th[NT - 1], SIGUSR2, v) == 0, "sigqueue to a thread");
+    /* Every thread but the spinner asleep in its call. */
+    for (int tries = 0; tries < 2000; tries++) {
+        int asleep = 0;
+        for (int i = 0; i < NT; i++) {
+            char path[128], st[512];
+            snprintf(path, sizeof path, "/proc/self/task/%d/stat", tid0[i]);
+            if (read_file(path, st, sizeof st) > 0 && strrchr(st, ')')[2] == 'S') asleep++;
+        }
+        if (asleep == NT - 1) break;
+        usleep(1000);
+    }
+}
+/* Before the second snapshot: each thread, still in its call, is
+ * reached by pthread_kill (the handler runs, the call goes on). The
+ * threads are released together but each loads its registers when it is
+ * scheduled: a thread that has not run yet still shows the restore's
+ * all-blocked mask in /proc for those microseconds (docs/pitfalls.md). */
+static void threads_settle(void) {
+    for (int i = 0; i < NT; i++) CHECK(pthread_kill(th[i], SIGUSR1) == 0, "pthread_kill thread %d", i);
+    for (int tries = 0; tries < 5000; tries++) {
+        int all = 1;
+        for (int i = 0; i < NT; i++) all &= t_hits[i] == 1;
+        if (all) break;
+        usleep(1000);
+    }
+}
+static void threads_check(void) {
+    pthread_mutex_lock(&t_mx);
+    t_go = 1;
+    pthread_cond_broadcast(&t_cv);
+    pthread_mutex_unlock(&t_mx);
+    t_stop = 1;
+    pthread_kill(th[1], SIGUSR1); /* the sleeper sees t_stop */
+    CHECK(write(t_pipe[1], "x", 1) == 1, "pipe write");
+    CHECK(!t_wrong, "a signal reached a thread it was not sent to");
+    for (int i = 0; i < NT; i++) {
+        CHECK(t_hits[i] >= 1, "thread %d: its SIGUSR1 (%d)", i, (int)t_hits[i]);
+        CHECK(t_tls[i] == 1000 + i, "thread %d: __thread value %d in its handler", i, (int)t_tls[i]);
+    }
+    for (int i = 0; i < NT; i++) {
+        void *r = NULL;
+        CHECK(pthread_join(th[i], &r) == 0, "join %d", i);
+        CHECK(r == NULL, "thread %d: %s", i, (const char *)r);
+    }
+    CHECK(t_spins > 0, "the spinner spun");
+}
+
 /* Refused, all at once: a socket pair, an eventfd, an inotify instance
  * with an event queued, an AIO ring and a child. */
 static void refuse_setup(void) {
@@ -899,7 +1135,12 @@ static void refuse_setup(void) {
     unsigned long aio = 0;
     CHECK(syscall(SYS_io_setup, 4, &aio) == 0, "io_setup");
     pid_t kid = fork();
-    if (kid == 0) { pause(); _exit(0); }
+    if (kid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* gone with the test */
+        if (getppid() == 1) _exit(0);
+        pause();
+        _exit(0);
+    }
 }
 static void refuse_check(void) {}
 
@@ -926,31 +1167,33 @@ struct fcase {
     const char *name;
     void (*setup)(void);
     void (*check)(void);
+    void (*settle)(void); /* before the second snapshot, if any */
 };
 static const struct fcase cases[] = {
-    {"basic", none, none},
-    {"fds", fds_setup, fds_check},
-    {"pipe", pipe_setup, pipe_check},
-    {"fifo", fifo_setup, fifo_check},
-    {"vmflags", vmflags_setup, vmflags_check},
-    {"prctl", prctl_setup, prctl_check},
-    {"mdwe", mdwe_setup, mdwe_check},
-    {"sched", sched_setup, sched_check},
-    {"membarrier", membarrier_setup, membarrier_check},
-    {"sigqueue", sigqueue_setup, sigqueue_check},
-    {"creds", creds_setup, creds_check},
-    {"devnode", devnode_setup, devnode_check},
-    {"locks", locks_setup, locks_check},
-    {"deleted", deleted_setup, deleted_check},
-    {"memfd", memfd_setup, memfd_check},
-    {"opath", opath_setup, opath_check},
-    {"cwd", cwd_setup, cwd_check},
-    {"special-maps", special_maps_setup, special_maps_check},
-    {"inotify", inotify_setup, inotify_check},
-    {"sigtrap", sigtrap_setup, sigtrap_check},
-    {"anonfds", anonfds_setup, anonfds_check},
-    {"refuse", refuse_setup, refuse_check},
-    {"refuse2", refuse2_setup, refuse_check},
+    {"basic", none, none, NULL},
+    {"fds", fds_setup, fds_check, NULL},
+    {"pipe", pipe_setup, pipe_check, NULL},
+    {"fifo", fifo_setup, fifo_check, NULL},
+    {"vmflags", vmflags_setup, vmflags_check, NULL},
+    {"prctl", prctl_setup, prctl_check, NULL},
+    {"mdwe", mdwe_setup, mdwe_check, NULL},
+    {"sched", sched_setup, sched_check, NULL},
+    {"membarrier", membarrier_setup, membarrier_check, NULL},
+    {"sigqueue", sigqueue_setup, sigqueue_check, NULL},
+    {"creds", creds_setup, creds_check, NULL},
+    {"devnode", devnode_setup, devnode_check, NULL},
+    {"locks", locks_setup, locks_check, NULL},
+    {"deleted", deleted_setup, deleted_check, NULL},
+    {"memfd", memfd_setup, memfd_check, NULL},
+    {"opath", opath_setup, opath_check, NULL},
+    {"cwd", cwd_setup, cwd_check, NULL},
+    {"special-maps", special_maps_setup, special_maps_check, NULL},
+    {"inotify", inotify_setup, inotify_check, NULL},
+    {"sigtrap", sigtrap_setup, sigtrap_check, NULL},
+    {"anonfds", anonfds_setup, anonfds_check, NULL},
+    {"threads", threads_setup, threads_check, threads_settle},
+    {"refuse", refuse_setup, refuse_check, NULL},
+    {"refuse2", refuse2_setup, refuse_check, NULL},
 };
 
 int main(int argc, char **argv) {
@@ -968,6 +1211,7 @@ int main(int argc, char **argv) {
     printf("READY %d\n", getpid());
     fflush(stdout);
     raise(SIGSTOP);
+    if (c->settle) c->settle();
     take_snapshot(snap_after, -1);
     compare_snapshots();
     c->check();

@@ -17,8 +17,14 @@
  *             grow a third in place; expect the data to follow, zeros in
  *             the grown part, and the unmapped range gone
  *   slow      touch one page every 2 ms (for killing the page server)
+ *   threads   eight threads wait at a barrier across the capture; after
+ *             it six read every word at once, in the same order (faults
+ *             on the same pages at the same time), one drops and moves
+ *             parts of a second mapping meanwhile (REMOVE and REMAP
+ *             events while the others fault) and one exits at once
  * Exit status 0 on PASS, 1 on FAIL. */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -52,6 +58,46 @@ static int check(const uint64_t *h, size_t a, size_t b, uint64_t *sum) {
     return 0;
 }
 
+/* threads mode */
+#define NTH 8
+static const uint64_t *TH;
+static size_t TWORDS;
+static uint64_t *T2;
+static size_t T2N;
+static pthread_barrier_t tbar;
+static uint64_t tsum[NTH];
+static int tfail[NTH];
+
+static void *tworker(void *a) {
+    int i = (int)(intptr_t)a;
+    pthread_barrier_wait(&tbar);
+    if (i == NTH - 2) return NULL; /* exits at once */
+    if (i == NTH - 1) {
+        /* Drop the first half of T2 (never touched since the restore),
+         * move its third quarter, while the others fault on TH. */
+        size_t w2 = T2N / 8, half = T2N / 2;
+        if (madvise(T2, half, MADV_DONTNEED)) { tfail[i] = 1; return NULL; }
+        for (size_t k = 0; k < half / 8; k++)
+            if (T2[k] != 0) { tfail[i] = 2; return NULL; }
+        char *dst = mmap(NULL, T2N / 4, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (dst == MAP_FAILED) { tfail[i] = 3; return NULL; }
+        uint64_t *m = mremap((char *)T2 + half, T2N / 4, T2N / 4, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+        if (m != (uint64_t *)dst) { tfail[i] = 4; return NULL; }
+        for (size_t k = 0; k < w2 / 4; k++)
+            if (m[k] != ~pat(w2 / 2 + k)) { tfail[i] = 5; return NULL; }
+        for (size_t k = w2 * 3 / 4; k < w2; k++)
+            if (T2[k] != ~pat(k)) { tfail[i] = 6; return NULL; }
+        return NULL;
+    }
+    uint64_t s = 0;
+    for (size_t k = 0; k < TWORDS; k++) {
+        if (TH[k] != pat(k)) { tfail[i] = 7; return NULL; }
+        s += TH[k];
+    }
+    tsum[i] = s;
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "check";
     size_t mib = argc > 2 ? strtoull(argv[2], NULL, 10) : 16;
@@ -64,6 +110,19 @@ int main(int argc, char **argv) {
     for (int i = 0; i < 64; i++) {
         small[i] = malloc(100 + i * 37);
         memset(small[i], 'a' + i % 26, 100 + i * 37);
+    }
+    pthread_t th[NTH];
+    if (!strcmp(mode, "threads")) {
+        TH = h;
+        TWORDS = words;
+        T2N = 4 << 20;
+        T2 = mmap(NULL, T2N, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (T2 == MAP_FAILED) return 2;
+        for (size_t k = 0; k < T2N / 8; k++) T2[k] = ~pat(k);
+        pthread_barrier_init(&tbar, NULL, NTH + 1);
+        for (int i = 0; i < NTH; i++)
+            if (pthread_create(&th[i], NULL, tworker, (void *)(intptr_t)i)) return 2;
+        usleep(50000);
     }
     printf("READY %d\n", getpid());
     fflush(stdout);
@@ -142,6 +201,14 @@ int main(int argc, char **argv) {
         for (size_t i = qw - PAGE / 8; i < qw; i++)
             if (t[i] != 0) return fail("regrown page not zero", i);
         if (check(h, 3 * qw, words, &sum)) return 1;
+    } else if (!strcmp(mode, "threads")) {
+        pthread_barrier_wait(&tbar);
+        for (int i = 0; i < NTH; i++) pthread_join(th[i], NULL);
+        for (int i = 0; i < NTH; i++)
+            if (tfail[i]) return fail("thread", (size_t)(i * 100 + tfail[i]));
+        for (int i = 1; i < NTH - 2; i++)
+            if (tsum[i] != tsum[0]) return fail("thread sums differ", (size_t)i);
+        sum = tsum[0];
     } else if (!strcmp(mode, "slow")) {
         for (size_t pg = 0; pg < pages; pg++) {
             size_t w = pg * (PAGE / 8);

@@ -65,7 +65,8 @@ fn run_build(cmd: &mut Command, what: &str) {
 
 /// Build a target program (once per test binary) and return its path.
 /// Names: `c-zdtm`, `c-zdtm-static`, `c-threads`, `c-socket`, `c-bigheap`, `c-lazy`, `c-fidelity`,
-/// `rust-target`, `hs-datamap`, `hs-datamap-v0`.
+/// `rust-target`, `hs-datamap`, `hs-datamap-v0`, `hs-datamap-threaded`, `go-threads`,
+/// `py-threads`.
 pub fn program(name: &str) -> PathBuf {
     sanitize_fds();
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
@@ -103,7 +104,7 @@ pub fn program(name: &str) -> PathBuf {
                 .arg(&src);
             (src, c)
         }
-        "hs-datamap" | "hs-datamap-v0" => {
+        "hs-datamap" | "hs-datamap-v0" | "hs-datamap-threaded" => {
             let src = progs.join("DataMap.hs");
             let odir = out_dir.join(format!("ghc-{name}-{}", std::process::id()));
             let mut c = Command::new("ghc");
@@ -111,8 +112,31 @@ pub fn program(name: &str) -> PathBuf {
             if name.ends_with("-v0") {
                 c.args(["-rtsopts", "-with-rtsopts=-V0"]);
             }
+            if name.ends_with("-threaded") {
+                // The threaded RTS on two capabilities: worker threads,
+                // the IO manager (epoll, eventfds, pipes) and the ticker
+                // thread (a timerfd).
+                c.args(["-threaded", "-rtsopts", "-with-rtsopts=-N2"]);
+            }
             c.arg("-o").arg(&tmp).arg(&src);
             (src, c)
+        }
+        "go-threads" => {
+            let src = progs.join("gothreads.go");
+            let mut c = Command::new("go");
+            c.args(["build", "-o"])
+                .arg(&tmp)
+                .arg(&src)
+                .env("GOCACHE", out_dir.join("go-cache"))
+                .env("GOPATH", out_dir.join("go-path"))
+                .env("GO111MODULE", "off");
+            (src, c)
+        }
+        "py-threads" => {
+            // A script: run by the system's Python (its #! line).
+            let src = progs.join("py_threads.py");
+            built.insert(name.to_owned(), src.clone());
+            return src;
         }
         _ => panic!("unknown test program {name}"),
     };

@@ -1,0 +1,234 @@
+//! Every thread of the target, frozen at one instant, and the state each
+//! one has of its own (`cryo_image::threads::Thread`).
+//!
+//! Seizing: the main thread first, then every other thread listed in
+//! /proc/PID/task, again and again until a pass finds none it does not
+//! hold — a thread that was cloning while we seized shows up in the next
+//! pass, one that exits between the listing and its seize is skipped. A
+//! thread held in a ptrace stop runs no code, so once a pass finds nothing
+//! new every thread is frozen, before any memory is read. Every exit path
+//! lets every thread go as it was ([`Group`] detaches each on drop).
+
+use crate::capture::CaptureError;
+use crate::obstacles::Obstacles;
+use crate::regs::{restart_fixup, to_regs};
+use crate::remote::{InjectError, Remote};
+use crate::task::{Sched, StatusText};
+use crate::tracee::{PtraceError, Tracee};
+use cryo_image::process_flags;
+use cryo_image::threads::Thread;
+use cryo_image::write::ImageBuilder;
+
+/// Most threads a restore recreates (the shim's window holds one stack
+/// for each).
+pub const MAX_THREADS: usize = 4096;
+
+/// Every thread of a process, each held in a ptrace stop.
+#[derive(Debug)]
+pub struct Group {
+    pub main: Tracee,
+    /// The other threads, in thread-id order of their seizing.
+    pub others: Vec<Tracee>,
+}
+
+impl Group {
+    /// Seize and stop every thread of `pid`.
+    pub fn seize(pid: i32) -> Result<Group, PtraceError> {
+        let main = Tracee::seize(pid)?;
+        let mut g = Group {
+            main,
+            others: Vec::new(),
+        };
+        loop {
+            let mut new = false;
+            for tid in crate::tracee::task_ids(pid)? {
+                if tid == pid || g.others.iter().any(|t| t.pid() == tid) {
+                    continue;
+                }
+                match Tracee::seize_thread(pid, tid) {
+                    Ok(t) => {
+                        g.others.push(t);
+                        new = true;
+                    }
+                    // Exited between the listing and the seize.
+                    Err(PtraceError::Exited(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if !new {
+                break;
+            }
+        }
+        Ok(g)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.main.pid()
+    }
+
+    pub fn was_stopped(&self) -> bool {
+        self.main.was_stopped()
+    }
+
+    /// Let every thread go on as it was.
+    pub fn detach(self) -> Result<(), PtraceError> {
+        let mut first = None;
+        for t in self.others {
+            if let Err(e) = t.detach() {
+                first.get_or_insert(e);
+            }
+        }
+        let r = self.main.detach();
+        match first {
+            Some(e) => Err(e),
+            None => r,
+        }
+    }
+
+    /// Leave the whole process in group-stop.
+    pub fn leave_stopped(self) -> Result<(), PtraceError> {
+        let r = self.main.leave_stopped();
+        for t in self.others {
+            t.detach()?;
+        }
+        r
+    }
+
+    pub fn kill(self) -> Result<(), PtraceError> {
+        for t in self.others {
+            t.kill()?;
+        }
+        self.main.kill()
+    }
+}
+
+/// The threads' own state, into `b.threads` (and their xsave areas after
+/// the main thread's, their queued signals into `b.signals`).
+pub fn capture(
+    g: &mut Group,
+    vdso: &(u64, Vec<u8>),
+    main_status: &StatusText,
+    b: &mut ImageBuilder,
+    obs: &mut Obstacles,
+) -> Result<(), CaptureError> {
+    let pid = g.pid();
+    if g.others.len() + 1 > MAX_THREADS {
+        obs.push(format!(
+            "it has {} threads; cryo restores at most {MAX_THREADS}",
+            g.others.len() + 1
+        ));
+        return Ok(());
+    }
+    for (k, t) in g.others.iter_mut().enumerate() {
+        let tid = t.pid();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+            .unwrap_or_default()
+            .trim_end_matches('\n')
+            .to_owned();
+        differences(pid, tid, &comm, main_status, obs);
+        let raw = to_regs(&t.regs()?);
+        let (regs, sflags) = restart_fixup(&raw);
+        let (xsave, _) = t.xstate()?;
+        if xsave.len() != b.process.xsave_size as usize {
+            return Err(CaptureError::Refused {
+                pid,
+                obstacles: vec![format!(
+                    "thread {tid}'s xsave area is {} bytes, the main thread's {}",
+                    xsave.len(),
+                    b.process.xsave_size
+                )],
+            });
+        }
+        let rseq = t.rseq()?;
+        let (robust_list, robust_list_len) = t.robust_list()?;
+        let mut th = Thread {
+            tid: tid as u32,
+            flags: sflags
+                | if rseq.rseq_abi_size != 0 {
+                    process_flags::HAS_RSEQ
+                } else {
+                    0
+                },
+            regs,
+            raw_regs: raw,
+            sig_blocked: t.sigmask()?,
+            rseq_size: rseq.rseq_abi_size,
+            rseq_addr: rseq.rseq_abi_pointer,
+            rseq_sig: rseq.signature,
+            rseq_flags: rseq.flags,
+            robust_list,
+            robust_list_len,
+            ..Default::default()
+        };
+        let n = comm.len().min(15);
+        th.comm[..n].copy_from_slice(&comm.as_bytes()[..n]);
+        let s = Sched::read(tid);
+        th.nice = s.nice.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+        th.sched_policy = s.policy.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+        th.sched_priority = s.priority.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+        th.affinity = s.affinity;
+        crate::signals::queued_of(tid, k as u32 + 1, false, b)?;
+        // Asked inside the thread: its sigaltstack, tid address and timer
+        // slack.
+        let mut rem = Remote::new(t, vdso.0, &vdso.1)?;
+        let r = (|| -> Result<(), InjectError> {
+            let (sp, flags, size) = rem.sigaltstack()?;
+            th.sigaltstack_sp = sp;
+            th.sigaltstack_flags = flags;
+            th.sigaltstack_size = size;
+            th.clear_child_tid = tid_address(&mut rem)?;
+            let slack = rem.query(
+                libc::SYS_prctl,
+                [libc::PR_GET_TIMERSLACK as u64, 0, 0, 0, 0],
+                None,
+            )?;
+            th.timer_slack_ns = slack.map_or(u64::MAX, |v| v as u64);
+            Ok(())
+        })();
+        let fin = rem.finish();
+        r?;
+        fin?;
+        b.xsave.extend_from_slice(&xsave);
+        b.threads.push(th);
+    }
+    Ok(())
+}
+
+/// The task's set_tid_address (PR_GET_TID_ADDRESS; 0 if the kernel
+/// does not tell).
+pub fn tid_address(rem: &mut Remote) -> Result<u64, InjectError> {
+    const PR_GET_TID_ADDRESS: u64 = 40;
+    Ok(rem
+        .query_word(libc::SYS_prctl, [PR_GET_TID_ADDRESS, 0, 0, 0, 0], 1)?
+        .unwrap_or(0))
+}
+
+/// What a thread may not have of its own: cryo restores the main
+/// thread's credentials, no_new_privs and seccomp state in every thread.
+fn differences(pid: i32, tid: i32, comm: &str, main: &StatusText, obs: &mut Obstacles) {
+    let st = StatusText::read_task(pid, tid);
+    let keys = [
+        "Uid",
+        "Gid",
+        "Groups",
+        "CapInh",
+        "CapPrm",
+        "CapEff",
+        "CapBnd",
+        "CapAmb",
+        "NoNewPrivs",
+        "Seccomp",
+        "Seccomp_filters",
+        "x86_Thread_features",
+    ];
+    let differ: Vec<&str> = keys
+        .into_iter()
+        .filter(|k| st.get(k) != main.get(k))
+        .collect();
+    if !differ.is_empty() {
+        obs.push(format!(
+            "thread {tid} ({comm}) differs from the main thread in {}; cryo gives every thread the main thread's credentials, no_new_privs and seccomp state",
+            differ.join(", ")
+        ));
+    }
+}
