@@ -15,6 +15,12 @@ fn field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
+/// An eventfd's counter: hexadecimal in fdinfo (the kernel prints it
+/// with %16llx).
+fn eventfd_count(info: &str) -> Option<u64> {
+    u64::from_str_radix(field(info, "eventfd-count")?, 16).ok()
+}
+
 /// "(sec, nsec)" of a timerfd's fdinfo.
 fn pair(s: &str) -> Option<(i64, i64)> {
     let s = s.trim().strip_prefix('(')?.strip_suffix(')')?;
@@ -28,9 +34,7 @@ pub fn capture(kind: u32, f: &OpenFd, b: &mut ImageBuilder) -> Result<u32, Strin
     let bad = |what: &str| format!("fd {} ({}): unreadable {what} in fdinfo", f.fd, f.target);
     match kind {
         fd_kind::EVENTFD => {
-            let count = field(&f.info, "eventfd-count")
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| bad("eventfd-count"))?;
+            let count = eventfd_count(&f.info).ok_or_else(|| bad("eventfd-count"))?;
             let semaphore = field(&f.info, "eventfd-semaphore").is_some_and(|v| v == "1");
             b.eventfds.push(EventFd {
                 count,
@@ -127,5 +131,13 @@ mod tests {
         let info = "pos:\t0\nclockid: 1\nticks: 3\nsettime flags: 01\nit_value: (1, 5)\nit_interval: (0, 7)\n";
         assert_eq!(field(info, "settime flags"), Some("01"));
         assert_eq!(field(info, "it_value").and_then(pair), Some((1, 5)));
+    }
+
+    #[test]
+    fn eventfd_count_is_hexadecimal() {
+        // eventfd(30): fdinfo as Linux prints it
+        let info = "pos:\t0\nflags:\t02000002\neventfd-count:               1e\neventfd-id: 2\n";
+        assert_eq!(eventfd_count(info), Some(30));
+        assert_eq!(eventfd_count("eventfd-count:               10\n"), Some(16));
     }
 }
