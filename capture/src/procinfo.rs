@@ -359,13 +359,22 @@ pub fn parse_timers(text: &str) -> Vec<TimerInfo> {
             t.signo = s.parse().unwrap_or(0);
             t.sigev_value = hex(val).unwrap_or(0);
         } else if let (Some(t), Some(v)) = (cur.as_mut(), line.strip_prefix("notify:")) {
-            // "notify: signal/pid.123" or "thread/tid.123" or "none/pid.123"
+            // "notify: KIND/WHO.N": KIND is the sigev_notify without its
+            // SIGEV_THREAD_ID bit (signal, none; thread is SIGEV_THREAD,
+            // which only libc knows), WHO is "tid" when that bit is set
+            // (the signal goes to thread N), else "pid". glibc's
+            // SIGEV_THREAD timers are signal/tid.<its helper thread>.
             let (kind, who) = v.trim().split_once('/').unwrap_or((v.trim(), ""));
-            t.notify = match kind {
+            let base = match kind {
                 "signal" => libc::SIGEV_SIGNAL,
                 "none" => libc::SIGEV_NONE,
-                "thread" => libc::SIGEV_THREAD_ID,
+                "thread" => libc::SIGEV_THREAD,
                 _ => -1,
+            };
+            t.notify = if who.starts_with("tid.") && base >= 0 {
+                base | libc::SIGEV_THREAD_ID
+            } else {
+                base
             };
             t.notify_tid = who
                 .split('.')
@@ -423,13 +432,16 @@ mod tests {
 
     #[test]
     fn timers_parse() {
-        let t = parse_timers("ID: 0\nsignal: 26/0000000000000000\nnotify: signal/pid.4242\nClockID: 1\nID: 1\nsignal: 14/00007f0000000000\nnotify: thread/tid.4242\nClockID: 0\n");
-        assert_eq!(t.len(), 2);
+        let t = parse_timers("ID: 0\nsignal: 26/0000000000000000\nnotify: signal/pid.4242\nClockID: 1\nID: 1\nsignal: 14/00007f0000000000\nnotify: signal/tid.4243\nClockID: 0\nID: 2\nsignal: 0/0\nnotify: none/pid.4242\nClockID: 1\n");
+        assert_eq!(t.len(), 3);
         assert_eq!(t[0].signo, 26);
         assert_eq!(t[0].notify, libc::SIGEV_SIGNAL);
         assert_eq!(t[0].notify_tid, 4242);
         assert_eq!(t[1].sigev_value, 0x7f0000000000);
+        // SIGEV_SIGNAL | SIGEV_THREAD_ID: to thread 4243 only.
         assert_eq!(t[1].notify, libc::SIGEV_THREAD_ID);
+        assert_eq!(t[1].notify_tid, 4243);
+        assert_eq!(t[2].notify, libc::SIGEV_NONE);
     }
 
     #[test]
