@@ -1216,6 +1216,7 @@ mod tests {
             moved: s.moved.clone(),
             root: false,
             cursor: 0,
+            retry: Vec::new(),
         };
         assert_eq!(pending(&child, &l), pending(&s, &l));
     }
