@@ -469,6 +469,41 @@ fn run_capture_on_stop_then_continue_and_kill() {
     LoadedImage::open(&img).unwrap();
 }
 
+/// `cryo run --then kill` of a threaded program: cryo is its parent and
+/// its tracer, so it must reap the killed threads itself (the first
+/// version waited for the main thread forever: a killed traced thread stays
+/// a zombie until its tracer reaps it). The image restores.
+#[test]
+fn run_then_kill_a_threaded_program() {
+    let dir = scratch("run-threads");
+    let img = dir.join("img");
+    sanitize_fds();
+    let mut child = std::process::Command::new(cryo())
+        .args(["run", "--quiet", "--then", "kill", "--capture-on-stop"])
+        .arg(&img)
+        .arg("--")
+        .arg(program("c-fidelity"))
+        .arg("threads")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("cryo run --then kill did not finish in 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let img_img = LoadedImage::open(&img).unwrap();
+    assert!(!img_img.image().unwrap().threads().is_empty());
+}
+
 #[test]
 fn kill_after_capture() {
     let dir = scratch("kill");

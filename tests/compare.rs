@@ -32,13 +32,15 @@ fn quick_compare_agrees_on_every_available_method() {
             "compare",
             "--quick",
             "--only",
-            "hello-v0,map-1e4-lookups",
+            "hello-v0,map-1e4-lookups,map-1e4-lookups-threaded",
             "--warmup",
             "0",
             "--runs",
             "2",
             "--cold-cache-runs",
             "1",
+            "--run-timeout",
+            "20",
             "--json",
             "--out",
         ])
@@ -65,10 +67,19 @@ fn quick_compare_agrees_on_every_available_method() {
         eprintln!("criu unavailable: {}", v["environment"]["criu"]);
         assert!(row("hello-v0", "criu", "warm")["note"].as_str().is_some());
     }
-    for w in ["hello-v0", "map-1e4-lookups"] {
+    for w in ["hello-v0", "map-1e4-lookups", "map-1e4-lookups-threaded"] {
         for m in &methods {
             for cache in ["warm", "cold"] {
                 let r = row(w, m, cache);
+                if *m == "criu" && w.ends_with("-threaded") && r["checksum_ok"] != true {
+                    // CRIU 4.1 restores the threaded RTS with its ticker's
+                    // timerfd disarmed: the program answers, then hangs at
+                    // exit. The row must say so, not time it.
+                    let note = r["note"].as_str().unwrap_or("");
+                    assert!(note.contains("hung"), "{w} {m} {cache}: {r}");
+                    eprintln!("criu on {w} ({cache}): {note}");
+                    continue;
+                }
                 assert_eq!(r["checksum_ok"], true, "{w} {m} {cache}: {r}\n{stderr}");
                 assert!(r["median_ms"].as_f64().unwrap() > 0.0, "{r}");
                 assert!(
@@ -83,6 +94,10 @@ fn quick_compare_agrees_on_every_available_method() {
     }
     // thaw applies to the map, not to a hello world
     assert_eq!(row("map-1e4-lookups", "thaw", "warm")["checksum_ok"], true);
+    assert_eq!(
+        row("map-1e4-lookups-threaded", "thaw", "warm")["checksum_ok"],
+        true
+    );
     let h = row("hello-v0", "thaw", "warm");
     assert_eq!(h["checksum_ok"], false);
     assert!(h["note"].as_str().unwrap().contains("not applicable"));

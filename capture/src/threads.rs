@@ -94,9 +94,11 @@ impl Group {
         r
     }
 
+    /// Kill the process; every thread but the main one is reaped (see
+    /// [`Tracee::kill_and_reap`]).
     pub fn kill(self) -> Result<(), PtraceError> {
         for t in self.others {
-            t.kill()?;
+            t.kill_and_reap()?;
         }
         self.main.kill()
     }

@@ -551,6 +551,29 @@ impl Tracee {
         unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL | libc::WNOHANG) };
         Ok(())
     }
+
+    /// Kill the process, and wait for this thread (not the main one) to
+    /// be gone. A traced thread that dies stays a zombie until its tracer
+    /// reaps it, and the main thread cannot be reaped by its parent before
+    /// every other thread is: `cryo run --then kill`, parent and tracer at
+    /// once, waited for the main thread forever.
+    pub fn kill_and_reap(mut self) -> Result<(), PtraceError> {
+        self.attached = false;
+        self.intercepted.clear();
+        // SAFETY: kill takes no pointers.
+        unsafe { libc::kill(self.tgid, libc::SIGKILL) };
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid writes one int.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL) };
+            if r == self.pid && (libc::WIFEXITED(status) || libc::WIFSIGNALED(status)) {
+                return Ok(());
+            }
+            if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                return Ok(()); // ECHILD: gone already
+            }
+        }
+    }
 }
 
 impl Drop for Tracee {

@@ -12,7 +12,7 @@ pub mod proc;
 pub mod report;
 pub mod stats;
 
-use proc::{now_ns, parse_stamps, wait4};
+use proc::{now_ns, parse_stamps};
 use report::{Environment, Report, Row, Sample};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -88,11 +88,14 @@ pub enum Kind {
     Hello { v0: bool },
     /// `bench STRUCTURE N ANSWER`: build a Data.Map ("map") or an array of
     /// Text ("text") from N entries, then answer by a few lookups or a
-    /// full fold.
+    /// full fold. `threaded`: built with GHC's threaded RTS and run on two
+    /// capabilities (`-threaded -with-rtsopts=-N2`, otherwise the default
+    /// RTS flags): worker threads, the IO manager and the timerfd ticker.
     Bench {
         structure: &'static str,
         n: u64,
         answer: &'static str,
+        threaded: bool,
     },
 }
 
@@ -125,6 +128,20 @@ impl Workload {
                 structure,
                 n,
                 answer,
+                threaded: false,
+            },
+        }
+    }
+
+    /// The same, on the threaded RTS with +RTS -N2.
+    fn bench_threaded(structure: &'static str, n: u64, answer: &'static str) -> Workload {
+        Workload {
+            name: format!("{structure}-{}-{answer}-threaded", short(n)),
+            kind: Kind::Bench {
+                structure,
+                n,
+                answer,
+                threaded: true,
             },
         }
     }
@@ -139,8 +156,15 @@ impl Workload {
                 structure,
                 n,
                 answer,
+                threaded,
             } => vec![
-                b.bench.clone().into(),
+                if *threaded {
+                    &b.bench_threaded
+                } else {
+                    &b.bench
+                }
+                .clone()
+                .into(),
                 (*structure).into(),
                 n.to_string().into(),
                 (*answer).into(),
@@ -178,6 +202,7 @@ pub fn workloads(quick: bool, sizes: Option<&[u64]>) -> Vec<Workload> {
         for answer in ["lookups", "fold"] {
             v.push(Workload::bench("map", n, answer));
         }
+        v.push(Workload::bench_threaded("map", n, "lookups"));
     }
     let text_n = if quick { 100_000 } else { 1_000_000 };
     for answer in ["lookups", "fold"] {
@@ -216,10 +241,23 @@ pub struct Config {
     pub command: String,
     /// Keep each workload's images and outputs under OUT/work.
     pub keep: bool,
+    /// A run (program, restore, restored program) still going after this
+    /// is killed and its method marked failed for the workload.
+    pub run_timeout: std::time::Duration,
+}
+
+/// The run timeout of the comparison in progress (set by [`run`]).
+static RUN_TIMEOUT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(120_000);
+
+fn run_timeout() -> Option<std::time::Duration> {
+    Some(std::time::Duration::from_millis(
+        RUN_TIMEOUT_MS.load(std::sync::atomic::Ordering::Relaxed),
+    ))
 }
 
 struct Built {
     bench: PathBuf,
+    bench_threaded: PathBuf,
     hello: PathBuf,
     hello_v0: PathBuf,
     ghc_version: String,
@@ -276,6 +314,7 @@ fn build(dir: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, CompareError> {
     mkdir_private(&src)?;
     let b = Built {
         bench: dir.join("bench"),
+        bench_threaded: dir.join("bench-threaded"),
         hello: dir.join("hello"),
         hello_v0: dir.join("hello-v0"),
         ghc_version,
@@ -288,7 +327,9 @@ fn build(dir: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, CompareError> {
     };
     let stamp = dir.join("built-from");
     let fresh = fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str())
-        && [&b.bench, &b.hello, &b.hello_v0].iter().all(|p| p.exists());
+        && [&b.bench, &b.bench_threaded, &b.hello, &b.hello_v0]
+            .iter()
+            .all(|p| p.exists());
     if fresh {
         log(&format!("workloads: up to date (GHC {})", b.ghc_version));
         return Ok(b);
@@ -301,11 +342,16 @@ fn build(dir: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, CompareError> {
     ] {
         write_private(&src.join(name), text.as_bytes())?;
     }
-    let jobs: [(&Path, &str, Vec<&str>); 3] = [
+    let jobs: [(&Path, &str, Vec<&str>); 4] = [
         (
             &b.bench,
             "o-bench",
             vec!["-with-rtsopts=-V0", "Bench.hs", "stamp.c"],
+        ),
+        (
+            &b.bench_threaded,
+            "o-bench-threaded",
+            vec!["-threaded", "-with-rtsopts=-N2", "Bench.hs", "stamp.c"],
         ),
         (
             &b.hello,
@@ -506,7 +552,8 @@ fn spawn_logged_reap(
         .stderr(err)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", argv[0].to_string_lossy()))?;
-    let (code, mut usage) = wait4(child.id() as i32).map_err(|e| format!("wait4: {e}"))?;
+    let (code, mut usage) = proc::wait4_within(child.id() as i32, run_timeout())
+        .map_err(|e| format!("{}: {e}", argv[0].to_string_lossy()))?;
     if reap {
         // What the run left behind (cryo's lazy page server and watchdog)
         // is part of the run: reap it and count it.
@@ -711,8 +758,8 @@ fn sample(r: &Runner, dir: &Path, name: &str) -> Result<Sample, String> {
                 .unwrap_or(0);
             let p = nix::unistd::Pid::from_raw(pid);
             let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGCONT);
-            let (code, u2) =
-                wait4(pid).map_err(|e| format!("wait4 on the restored process {pid}: {e}"))?;
+            let (code, u2) = proc::wait4_within(pid, run_timeout())
+                .map_err(|e| format!("the process criu restored: {e}"))?;
             if code != 0 {
                 return Err(format!(
                     "the process criu restored exited with status {code}"
@@ -788,6 +835,10 @@ fn env_facts() -> (String, String) {
 
 /// Run the comparison; `log` receives progress lines.
 pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Report, CompareError> {
+    RUN_TIMEOUT_MS.store(
+        cfg.run_timeout.as_millis() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let started = Instant::now();
     proc::cloexec_inherited_fds();
     // absolute: ghc runs in OUT/build/src
@@ -988,8 +1039,10 @@ mod tests {
                 "hello-v0",
                 "map-1e4-lookups",
                 "map-1e4-fold",
+                "map-1e4-lookups-threaded",
                 "map-1e5-lookups",
                 "map-1e5-fold",
+                "map-1e5-lookups-threaded",
                 "text-1e5-lookups",
                 "text-1e5-fold"
             ]

@@ -25,19 +25,54 @@ pub struct Usage {
 /// Reap `pid` (a child of this process); returns its status as a shell
 /// reports it (exit code, or 128 + signal) and its rusage.
 pub fn wait4(pid: i32) -> io::Result<(i32, Usage)> {
+    wait4_within(pid, None)
+}
+
+/// As [`wait4`], but a child still running after `timeout` is killed
+/// (SIGKILL, then reaped) and reported as an error of kind `TimedOut`: a
+/// run that hangs (seen: CRIU 4.1's restore of a threaded GHC program
+/// never exits) must not hang the whole comparison.
+pub fn wait4_within(pid: i32, timeout: Option<std::time::Duration>) -> io::Result<(i32, Usage)> {
     let mut status = 0i32;
     // SAFETY: an all-zero rusage is a valid value of this plain C struct.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    let mut killed = false;
     loop {
+        let flags = if deadline.is_some() && !killed {
+            libc::WNOHANG
+        } else {
+            0
+        };
         // SAFETY: status and ru are valid, writable, and live for the call.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        let r = unsafe { libc::wait4(pid, &mut status, flags, &mut ru) };
         if r == pid {
             break;
+        }
+        if r == 0 {
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                // SAFETY: kill takes integers; `pid` is our unreaped child,
+                // so the id cannot have been reused.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                killed = true;
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            continue;
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
+    }
+    if killed {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "still running after {} s: killed (it hung)",
+                timeout.unwrap_or_default().as_secs()
+            ),
+        ));
     }
     let code = if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)

@@ -82,6 +82,11 @@ pub struct CompareArgs {
     /// Keep each workload's images and outputs under OUT/work.
     #[arg(long)]
     pub keep: bool,
+    /// A run still going after this many seconds is killed and its method
+    /// marked failed for that workload ("hung"), instead of hanging the
+    /// comparison (CRIU 4.1's restore of a threaded GHC program never exits).
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub run_timeout: u64,
 }
 
 pub fn run(a: CompareArgs) -> Result<i32> {
@@ -125,6 +130,7 @@ pub fn run(a: CompareArgs) -> Result<i32> {
         sizes: (!a.sizes.is_empty()).then(|| a.sizes.clone()),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         keep: a.keep,
+        run_timeout: std::time::Duration::from_secs(a.run_timeout.max(1)),
     };
     let rep = cryo_compare::run(&cfg, &mut |line| eprintln!("{line}"))?;
     if a.json {
