@@ -23,6 +23,14 @@ pub fn parse(pid: i32, f: &OpenFd) -> Result<Vec<Lock>, String> {
             "FLOCK" => lock_kind::FLOCK,
             "POSIX" => lock_kind::POSIX,
             "OFDLCK" => lock_kind::OFD,
+            // "LEASE  ACTIVE  READ|WRITE": a lease nobody is breaking.
+            "LEASE" if w[2] == "ACTIVE" => lock_kind::LEASE,
+            "LEASE" => {
+                return Err(format!(
+                    "fd {} holds a lease that is being broken ({}: another process opened {}); cryo cannot take it again in that state",
+                    f.fd, w[2], f.target
+                ))
+            }
             other => {
                 return Err(format!(
                     "fd {} holds a {} ({}), which cryo cannot take again",
@@ -104,6 +112,11 @@ mod tests {
         );
         assert_eq!(l[2].kind, lock_kind::OFD);
         let lease = fd_with("lock:\t1: LEASE  ACTIVE    READ 77 fe:00:1 0 EOF\n");
-        assert!(parse(77, &lease).unwrap_err().contains("lease"));
+        let l = parse(77, &lease).unwrap();
+        assert_eq!((l[0].kind, l[0].write), (lock_kind::LEASE, 0));
+        let breaking = fd_with("lock:\t1: LEASE  BREAKING  READ 77 fe:00:1 0 EOF\n");
+        assert!(parse(77, &breaking).unwrap_err().contains("being broken"));
+        let deleg = fd_with("lock:\t1: DELEG  ACTIVE    READ 77 fe:00:1 0 EOF\n");
+        assert!(parse(77, &deleg).unwrap_err().contains("delegation"));
     }
 }

@@ -101,12 +101,16 @@ pub mod lock_kind {
     pub const POSIX: u32 = 2;
     /// fcntl(F_OFD_SETLK): belongs to the open file description.
     pub const OFD: u32 = 3;
+    /// fcntl(F_SETLEASE): a read or write lease, held by the open file
+    /// description (`write`: F_WRLCK); the range is the whole file.
+    pub const LEASE: u32 = 4;
 
     pub fn name(k: u32) -> &'static str {
         match k {
             FLOCK => "flock",
             POSIX => "posix",
             OFD => "ofd",
+            LEASE => "lease",
             _ => "unknown",
         }
     }

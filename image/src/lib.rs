@@ -813,7 +813,7 @@ impl<'a> Image<'a> {
             }
         }
         for (i, l) in self.locks().iter().enumerate() {
-            if !fdt.iter().any(|f| f.fd == l.fd) || l.end < l.start {
+            if !fdt.iter().any(|f| f.fd == l.fd) || l.end < l.start || !(1..=4).contains(&l.kind) {
                 return Err(ImageError::BadIndex {
                     section: "locks",
                     index: i as u64,

@@ -1,5 +1,5 @@
-//! File locks: flock and OFD locks (they belong to the open file
-//! description) taken again here once the fds are installed; POSIX locks
+//! File locks: flock and OFD locks and leases (they belong to the open
+//! file description) taken again here once the fds are installed; POSIX locks
 //! (the process's, gone with any close of the file) checked free here and
 //! taken by the shim after its last close.
 
@@ -90,14 +90,31 @@ pub(crate) fn take(plans: &[FdPlan], l: &cryo_image::fds::Lock) -> Result<(), Re
             // SAFETY: F_OFD_SETLK reads one struct flock we own.
             unsafe { libc::fcntl(l.fd, libc::F_OFD_SETLK, &fl) }
         }
+        lock_kind::LEASE => {
+            let t = if l.write != 0 {
+                libc::F_WRLCK
+            } else {
+                libc::F_RDLCK
+            };
+            // SAFETY: F_SETLEASE takes an integer.
+            unsafe { libc::fcntl(l.fd, libc::F_SETLEASE, t) }
+        }
         _ => return Ok(()),
     };
     if r < 0 {
-        return Err(fail(format!(
-            "cannot take its {} lock again: {} (is the captured process still running?)",
-            lock_kind::name(l.kind),
-            std::io::Error::last_os_error()
-        )));
+        let e = std::io::Error::last_os_error();
+        return Err(fail(if l.kind == lock_kind::LEASE {
+            format!(
+                "cannot take its {} lease again: {e} (a lease needs the file not open {} anywhere else: is the captured process still running?)",
+                if l.write != 0 { "write" } else { "read" },
+                if l.write != 0 { "at all" } else { "for writing" },
+            )
+        } else {
+            format!(
+                "cannot take its {} lock again: {e} (is the captured process still running?)",
+                lock_kind::name(l.kind),
+            )
+        }));
     }
     Ok(())
 }

@@ -630,7 +630,7 @@ static void devnode_check(void) {
 }
 
 /* File locks: flock, POSIX record lock, OFD lock. */
-static int l_flock, l_posix, l_ofd;
+static int l_flock, l_posix, l_ofd, l_lease;
 static void locks_setup(void) {
     l_flock = make_file("flock", 100, 0);
     CHECK(flock(l_flock, LOCK_EX) == 0, "flock");
@@ -640,6 +640,12 @@ static void locks_setup(void) {
     l_ofd = make_file("ofd", 100, 0);
     struct flock ofd = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
     CHECK(fcntl(l_ofd, F_OFD_SETLK, &ofd) == 0, "ofd lock");
+    /* A read lease: on a file open read-only, here only. */
+    close(make_file("lease", 100, 0));
+    char lp[4096];
+    path_in_dir(lp, sizeof lp, "lease");
+    l_lease = open(lp, O_RDONLY);
+    CHECK(l_lease >= 0 && fcntl(l_lease, F_SETLEASE, F_RDLCK) == 0, "read lease: %s", strerror(errno));
 }
 static void locks_check(void) {
     pid_t me = getpid();
@@ -665,6 +671,7 @@ static void locks_check(void) {
     int st;
     CHECK(waitpid(kid, &st, 0) == kid && WIFEXITED(st), "child");
     CHECK(WEXITSTATUS(st) == 0, "locks seen from a child (step %d)", WEXITSTATUS(st));
+    CHECK(fcntl(l_lease, F_GETLEASE) == F_RDLCK, "the read lease is held again");
 }
 
 /* An unlinked file: open at an offset, mapped shared and private, with a
