@@ -288,11 +288,37 @@ fn maps_equal_the_capture_after_lazy_restore() {
     maps_equal("maps-lazy", &["--lazy=on-demand"]);
 }
 
+/// Seven threads (fidelity's threads case): the maps are the capture's
+/// (every thread's stack, nothing of the shim's thread stacks), every
+/// thread is there with its name, eager and lazy.
+#[test]
+fn maps_equal_the_capture_with_threads() {
+    for (tag, mode) in [
+        ("maps-threads", &[][..]),
+        ("maps-threads-lazy", &["--lazy"][..]),
+    ] {
+        let dir = scratch(tag);
+        let args = ["threads".to_owned(), dir.to_str().unwrap().to_owned()];
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        maps_equal_of(tag, mode, "c-fidelity", &args, "PASS threads");
+    }
+}
+
 fn maps_equal(tag: &str, mode: &[&str]) {
     let dir = scratch(tag);
     let args = zdtm_args(&dir, "stop");
     let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    let img = capture_killed("c-zdtm", &args, "stop", &format!("{tag}-img"));
+    maps_equal_of(tag, mode, "c-zdtm", &args, "PASS ");
+}
+
+/// Restore NAME's image stopped; compare its maps, exe, comm and threads
+/// with the image; then let it finish (last line starting with `pass`).
+fn maps_equal_of(tag: &str, mode: &[&str], name: &str, args: &[&str], pass: &str) {
+    let mut cmd = Command::new(program(name));
+    // (fidelity: lazy restores keep mappings registered while pages are
+    // served; its snapshot must ignore that flag.)
+    cmd.args(args).env("FIDELITY_LAZY", "1");
+    let img = capture_cmd(cmd, name, "stop", &scratch(&format!("{tag}-img")));
     let mut extra = vec!["--keep-stopped"];
     extra.extend_from_slice(mode);
     let r = Restored::start(&img, &extra);
@@ -326,18 +352,30 @@ fn maps_equal(tag: &str, mode: &[&str]) {
     assert_eq!(live3, captured, "restored /proc/PID/maps vs the image");
     assert!(!maps.contains("cryo"), "no trace of cryo in maps:\n{maps}");
     let exe = std::fs::read_link(format!("/proc/{}/exe", r.pid)).expect("exe");
-    assert_eq!(
-        exe,
-        program("c-zdtm"),
-        "/proc/PID/exe names the program again"
-    );
+    assert_eq!(exe, program(name), "/proc/PID/exe names the program again");
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", r.pid)).unwrap();
-    assert_eq!(comm.trim(), "c-zdtm");
+    assert_eq!(comm.trim(), name);
+    // Every thread, with its name (ids may differ).
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", r.pid))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .collect();
+    let mut want: Vec<String> = std::iter::once(name.to_owned())
+        .chain(im.threads().iter().map(|t| {
+            String::from_utf8_lossy(&t.comm)
+                .trim_end_matches('\0')
+                .to_owned()
+        }))
+        .collect();
+    names.sort();
+    want.sort();
+    assert_eq!(names, want, "the restored threads and their names");
     // SAFETY: kill takes integers.
     unsafe { libc::kill(r.pid, libc::SIGCONT) };
     let (code, out, err) = r.finish();
     assert_eq!(code, 0, "{err}");
-    assert!(last_line(&out).starts_with("PASS "), "{out}");
+    assert!(last_line(&out).starts_with(pass), "{out}");
 }
 
 /// Restore must refuse, with `want` in its one-line error, and leave the
