@@ -129,6 +129,20 @@ fn threads_restored_twice_at_once() {
     ]);
     assert_eq!(code, 0, "capture: {err}");
     drop(t);
+    // inspect shows the six threads, text and JSON.
+    let (code, out, err) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("threads   7 (main") && out.contains("cryo-special"),
+        "{out}"
+    );
+    let (code, out, err) = cryo_cmd(&["inspect", "--json", img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let threads = v["threads"].as_array().expect("threads");
+    assert_eq!(threads.len(), 6);
+    assert!(threads.iter().any(|t| t["comm"] == "cryo-special"));
+    assert!(v["process"]["tls"]["tid_offset"].as_u64().unwrap() > 0);
     sanitize_fds();
     let first = Command::new(cryo())
         .args(["restore", "--keep-stopped"])
