@@ -181,6 +181,13 @@ fn threads_restored_twice_at_once() {
     );
 }
 
+/// A fanotify group with inode marks and an ignore mask (needs root, as
+/// fanotify does; the tests run as root).
+#[test]
+fn fanotify_group_and_marks() {
+    case("fanotify");
+}
+
 #[test]
 fn basic() {
     case("basic");

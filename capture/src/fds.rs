@@ -31,6 +31,7 @@ fn classify(pid: i32, f: &OpenFd) -> Result<u32, String> {
         "anon_inode:[timerfd]" => return Ok(fd_kind::TIMERFD),
         "anon_inode:[signalfd]" => return Ok(fd_kind::SIGNALFD),
         "anon_inode:[eventpoll]" => return Ok(fd_kind::EPOLL),
+        "anon_inode:[fanotify]" => return Ok(fd_kind::FANOTIFY),
         _ => {}
     }
     if let Some(kind) = t.strip_prefix("anon_inode:") {
@@ -240,6 +241,13 @@ pub fn capture(
         if kind == fd_kind::EPOLL && desc == b.fds.len() - base {
             let first = b.fds.len() as u32;
             if let Err(why) = crate::anonfds::epoll(pid, f, first, b) {
+                obs.push(why);
+                continue;
+            }
+        }
+        if kind == fd_kind::FANOTIFY && desc == b.fds.len() - base {
+            let first = b.fds.len() as u32;
+            if let Err(why) = crate::fanotify::capture(pid, pidfd.as_ref(), f, first, b) {
                 obs.push(why);
                 continue;
             }

@@ -83,7 +83,7 @@ pub fn capture(
 /// A path to the inode a file handle names: through a mount of its
 /// device (from cryo's own mountinfo), open_by_handle_at, and the link
 /// of the fd it gives; checked to be that inode.
-fn watched_path(dev: u64, ino: u64, kind: i32, handle: &[u8]) -> Option<String> {
+pub(crate) fn watched_path(dev: u64, ino: u64, kind: i32, handle: &[u8]) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     for l in info.lines() {
         let w: Vec<&str> = l.split_whitespace().collect();

@@ -3,6 +3,7 @@
 
 mod anonfds;
 pub mod capture;
+mod fanotify;
 pub mod fds;
 mod gadget;
 pub mod glibc;

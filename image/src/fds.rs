@@ -153,6 +153,49 @@ record! {
 }
 
 record! {
+    /// A fanotify group (`desc`: its first fd in the fds table).
+    pub struct FanotifyGroup {
+        pub desc: u32,
+        /// fanotify_init flags (class, reporting, limits), as fdinfo shows
+        /// them (`FANOTIFY_INIT_FLAGS`, without FAN_CLOEXEC/FAN_NONBLOCK,
+        /// which are the fd's own flags).
+        pub flags: u32,
+        /// fanotify_init event_f_flags: how event fds are opened.
+        pub event_flags: u32,
+        pub _pad: u32,
+    }
+}
+
+/// `FanotifyMark::kind`.
+pub mod fanotify_mark_kind {
+    pub const INODE: u32 = 1;
+    pub const MOUNT: u32 = 2;
+    pub const FILESYSTEM: u32 = 3;
+}
+
+record! {
+    /// One mark of a fanotify group: an inode, a mount or a filesystem,
+    /// by identity and a path found for it at capture.
+    pub struct FanotifyMark {
+        /// The fds-table index of the group's first fd.
+        pub desc: u32,
+        /// `fanotify_mark_kind`.
+        pub kind: u32,
+        /// FAN_MARK_* flags the mark keeps (ignored-survives-modify,
+        /// evictable, ignore), as fdinfo's mflags.
+        pub mflags: u32,
+        pub _pad: u32,
+        pub mask: u64,
+        pub ignored_mask: u64,
+        /// The marked inode (inode marks), or the root of the mount or
+        /// filesystem.
+        pub dev: u64,
+        pub ino: u64,
+        pub path: crate::StrRef,
+    }
+}
+
+record! {
     /// An eventfd's counter and mode (Fd::object indexes these).
     pub struct EventFd {
         pub count: u64,

@@ -561,6 +561,12 @@ impl<'a> Image<'a> {
     pub fn inotify(&self) -> Table<'a, fds::InotifyWatch> {
         self.table(SectionKind::Inotify)
     }
+    pub fn fanotify(&self) -> Table<'a, fds::FanotifyGroup> {
+        self.table(SectionKind::Fanotify)
+    }
+    pub fn fanotify_marks(&self) -> Table<'a, fds::FanotifyMark> {
+        self.table(SectionKind::FanotifyMarks)
+    }
     pub fn eventfds(&self) -> Table<'a, fds::EventFd> {
         self.table(SectionKind::EventFds)
     }
@@ -839,6 +845,29 @@ impl<'a> Image<'a> {
                     section: "inotify",
                     index: i as u64,
                     why: "watch of no inotify fd, or a bad watch descriptor",
+                });
+            }
+        }
+        let is_fanotify = |desc: u32| {
+            fdt.get(desc as usize)
+                .is_some_and(|f| f.kind == fd_kind::FANOTIFY && f.desc == desc)
+        };
+        for (i, g) in self.fanotify().iter().enumerate() {
+            if !is_fanotify(g.desc) {
+                return Err(ImageError::BadIndex {
+                    section: "fanotify",
+                    index: i as u64,
+                    why: "group of no fanotify fd",
+                });
+            }
+        }
+        for (i, m) in self.fanotify_marks().iter().enumerate() {
+            self.check_str(m.path, "fanotify_marks", i)?;
+            if !is_fanotify(m.desc) || !(1..=3).contains(&m.kind) {
+                return Err(ImageError::BadIndex {
+                    section: "fanotify_marks",
+                    index: i as u64,
+                    why: "mark of no fanotify fd, or of an unknown kind",
                 });
             }
         }

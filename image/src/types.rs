@@ -90,10 +90,14 @@ pub enum SectionKind {
     EpollItems = 26,
     /// Format 3.0: every thread but the main one ([`crate::threads::Thread`]).
     Threads = 27,
+    /// Format 3.0: fanotify groups: init flags.
+    Fanotify = 28,
+    /// Format 3.0: the marks of fanotify groups.
+    FanotifyMarks = 29,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 27] = [
+    pub const ALL: [SectionKind; 29] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -121,6 +125,8 @@ impl SectionKind {
         SectionKind::SignalFds,
         SectionKind::EpollItems,
         SectionKind::Threads,
+        SectionKind::Fanotify,
+        SectionKind::FanotifyMarks,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -154,6 +160,8 @@ impl SectionKind {
             SectionKind::SignalFds => "signalfds",
             SectionKind::EpollItems => "epoll_items",
             SectionKind::Threads => "threads",
+            SectionKind::Fanotify => "fanotify",
+            SectionKind::FanotifyMarks => "fanotify_marks",
         }
     }
     /// Record size this reader knows for the section (1 for byte blobs).
@@ -186,6 +194,8 @@ impl SectionKind {
             SectionKind::SignalFds => crate::fds::SignalFd::SIZE,
             SectionKind::EpollItems => crate::fds::EpollItem::SIZE,
             SectionKind::Threads => crate::threads::Thread::SIZE,
+            SectionKind::Fanotify => crate::fds::FanotifyGroup::SIZE,
+            SectionKind::FanotifyMarks => crate::fds::FanotifyMark::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -225,6 +235,8 @@ impl SectionKind {
             // kernel.threads-max is bounded by memory; 64k threads in one
             // process is far beyond what cryo is meant for.
             SectionKind::Threads => 1 << 16,
+            SectionKind::Fanotify => 1 << 16,
+            SectionKind::FanotifyMarks => 1 << 22,
         }
     }
     /// Sections every valid image must have.
@@ -688,6 +700,9 @@ pub mod fd_kind {
     pub const SIGNALFD: u32 = 13;
     /// An epoll instance (what it watches is in `epoll_items`).
     pub const EPOLL: u32 = 14;
+    /// A fanotify group (its flags in `fanotify`, its marks in
+    /// `fanotify_marks`, both by the group's first fd).
+    pub const FANOTIFY: u32 = 15;
 
     pub fn name(k: u32) -> &'static str {
         match k {
@@ -699,6 +714,7 @@ pub mod fd_kind {
             TIMERFD => "timerfd",
             SIGNALFD => "signalfd",
             EPOLL => "epoll",
+            FANOTIFY => "fanotify",
             REGULAR => "file",
             CHAR_DEVICE => "chardev",
             PIPE => "pipe",

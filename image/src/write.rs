@@ -65,6 +65,8 @@ pub struct ImageBuilder {
     pub signalfds: Vec<crate::fds::SignalFd>,
     pub epoll_items: Vec<crate::fds::EpollItem>,
     pub threads: Vec<crate::threads::Thread>,
+    pub fanotify: Vec<crate::fds::FanotifyGroup>,
+    pub fanotify_marks: Vec<crate::fds::FanotifyMark>,
 }
 
 /// sums.img's bytes for the page checksums `sums` (in pages.img order).
@@ -124,6 +126,8 @@ impl ImageBuilder {
             (SectionKind::SignalFds, table(&self.signalfds)),
             (SectionKind::EpollItems, table(&self.epoll_items)),
             (SectionKind::Threads, table(&self.threads)),
+            (SectionKind::Fanotify, table(&self.fanotify)),
+            (SectionKind::FanotifyMarks, table(&self.fanotify_marks)),
         ];
         if let Some(g) = &self.gadgets {
             sections.push((SectionKind::Gadgets, table(std::slice::from_ref(g))));

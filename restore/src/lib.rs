@@ -9,6 +9,7 @@
 
 mod anonfds;
 mod checks;
+mod fanotify;
 mod fds;
 mod inotify;
 pub mod lazy;

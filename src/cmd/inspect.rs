@@ -580,7 +580,7 @@ fn to_text(img: &Image, loaded: &LoadedImage) -> String {
     o
 }
 
-/// The state of an eventfd, timerfd, signalfd or epoll fd, for the text
+/// The state of an eventfd, timerfd, signalfd, epoll or fanotify fd, for the text
 /// listing ("" for other kinds).
 fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
     let o = f.object as usize;
@@ -609,6 +609,15 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
                 .filter(|e| e.desc == f.desc)
                 .count();
             format!(" [{n} watched]")
+        }
+        fd_kind::FANOTIFY => {
+            let marks: Vec<String> = img
+                .fanotify_marks()
+                .iter()
+                .filter(|m| m.desc == f.desc)
+                .map(|m| format!("{} mask {:#x}", s(img, m.path), m.mask))
+                .collect();
+            format!(" [{} marks: {}]", marks.len(), marks.join(", "))
         }
         _ => String::new(),
     }
@@ -735,6 +744,11 @@ fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
         "timerfds": img.timerfds().iter().collect::<Vec<_>>(),
         "signalfds": img.signalfds().iter().collect::<Vec<_>>(),
         "epoll_items": img.epoll_items().iter().collect::<Vec<_>>(),
+        "fanotify": img.fanotify().iter().collect::<Vec<_>>(),
+        "fanotify_marks": img.fanotify_marks().iter().map(|m| json!({
+            "fd": fdt.get(m.desc as usize).map(|f| f.fd), "kind": m.kind, "mflags": m.mflags,
+            "mask": m.mask, "ignored_mask": m.ignored_mask, "dev": m.dev, "ino": m.ino,
+            "path": s(img, m.path)})).collect::<Vec<_>>(),
         "queued_signals": img.signals().iter().map(|q| json!({
             "thread": match (q.shared, q.thread) {
                 (1, _) => None,

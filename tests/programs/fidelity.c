@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/inotify.h>
+#include <sys/fanotify.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
 #include <sys/signalfd.h>
@@ -1128,6 +1129,43 @@ static void threads_check(void) {
     CHECK(t_spins > 0, "the spinner spun");
 }
 
+/* fanotify (root): a group with an inode mark on a file (modify, close
+ * for writing) and one on a second file with an ignore mask that
+ * survives modification; after the restore a write to the first file
+ * arrives as an event whose fd is that file. */
+static int fa_fd, fa_file;
+static void fanotify_setup(void) {
+    fa_fd = fanotify_init(FAN_CLASS_NOTIF | FAN_NONBLOCK | FAN_CLOEXEC, O_RDONLY | O_LARGEFILE);
+    CHECK(fa_fd >= 0, "fanotify_init: %s", strerror(errno));
+    fa_file = make_file("fan-watched", 100, 0);
+    int other = make_file("fan-ignored", 100, 0);
+    char a[4096], b[4096];
+    path_in_dir(a, sizeof a, "fan-watched");
+    path_in_dir(b, sizeof b, "fan-ignored");
+    CHECK(fanotify_mark(fa_fd, FAN_MARK_ADD, FAN_MODIFY | FAN_CLOSE_WRITE, AT_FDCWD, a) == 0, "mark");
+    CHECK(fanotify_mark(fa_fd, FAN_MARK_ADD, FAN_OPEN, AT_FDCWD, b) == 0, "mark 2");
+    CHECK(fanotify_mark(fa_fd, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY, FAN_MODIFY,
+                        AT_FDCWD, b) == 0, "ignore mark");
+    close(other);
+    /* The writes above queued events: read them all. */
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(fa_fd, buf, sizeof buf)) > 0)
+        for (struct fanotify_event_metadata *m = (void *)buf; FAN_EVENT_OK(m, n); m = FAN_EVENT_NEXT(m, n))
+            if (m->fd >= 0) close(m->fd);
+}
+static void fanotify_check(void) {
+    CHECK(pwrite(fa_file, "x", 1, 0) == 1, "write");
+    char buf[4096];
+    ssize_t n = read(fa_fd, buf, sizeof buf);
+    CHECK(n > 0, "an event after the restore (%s)", strerror(errno));
+    struct fanotify_event_metadata *m = (void *)buf;
+    CHECK(FAN_EVENT_OK(m, n) && (m->mask & FAN_MODIFY), "FAN_MODIFY (mask %llx)", (unsigned long long)m->mask);
+    struct stat e, w;
+    CHECK(fstat(m->fd, &e) == 0 && fstat(fa_file, &w) == 0 && e.st_ino == w.st_ino, "the event's file");
+    close(m->fd);
+}
+
 /* Refused, all at once: a socket pair, an eventfd, an inotify instance
  * with an event queued, an AIO ring and a child. */
 static void refuse_setup(void) {
@@ -1199,6 +1237,7 @@ static const struct fcase cases[] = {
     {"sigtrap", sigtrap_setup, sigtrap_check, NULL},
     {"anonfds", anonfds_setup, anonfds_check, NULL},
     {"threads", threads_setup, threads_check, threads_settle},
+    {"fanotify", fanotify_setup, fanotify_check, NULL},
     {"refuse", refuse_setup, refuse_check, NULL},
     {"refuse2", refuse2_setup, refuse_check, NULL},
 };

@@ -164,6 +164,12 @@ pub fn install(
                 close(raw);
                 d
             }
+            Source::Fanotify { desc, flags } => {
+                let raw = crate::fanotify::make(img, p, *desc, *flags)?;
+                let d = dup_above(raw, high)?;
+                close(raw);
+                d
+            }
             Source::Remade {
                 path,
                 mode,

@@ -66,6 +66,9 @@ pub enum Source {
     /// An inotify instance with its watches (the image's watches of the
     /// description whose first fd is at this fds-table index).
     Inotify { desc: u32, flags: i32 },
+    /// A fanotify group with its marks (the image's group and marks of
+    /// the description whose first fd is at this fds-table index).
+    Fanotify { desc: u32, flags: i32 },
     /// An eventfd, timerfd or signalfd (`object`: its state in the kind's
     /// table), or an epoll instance (`object`: the fds-table index of its
     /// first fd, which its items name).
@@ -309,6 +312,7 @@ fn source_of(
             crate::pipes::plan_fd(cx.loaded, cx.fds, f, &p, target, flags, cx.verify, err, out)
         }
         fd_kind::INOTIFY => crate::inotify::plan(img, i, flags, err),
+        fd_kind::FANOTIFY => crate::fanotify::plan(img, i, flags, err),
         fd_kind::EVENTFD | fd_kind::TIMERFD | fd_kind::SIGNALFD => Ok(Source::Anon {
             kind: f.kind,
             object: f.object,

@@ -1,0 +1,185 @@
+//! fanotify groups: their init flags and every mark (inode, mount or
+//! filesystem) with its masks and flags, from fdinfo; the marked object is
+//! found by file handle (inodes) or in the process's mountinfo (mounts,
+//! filesystems). A group with events queued, or of a permission class
+//! (its answers are owed to other processes), is refused by name.
+
+use crate::procinfo::OpenFd;
+use crate::sys;
+use cryo_image::fds::{fanotify_mark_kind, FanotifyGroup, FanotifyMark};
+use cryo_image::write::ImageBuilder;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+
+/// `key:value` in one fdinfo line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix(':')))
+}
+
+fn hex(line: &str, key: &str) -> Option<u64> {
+    u64::from_str_radix(field(line, key)?, 16).ok()
+}
+
+/// The kernel's dev_t (major << 20 | minor) as user space's.
+fn kdev(d: u64) -> u64 {
+    libc::makedev((d >> 20) as u32, (d & 0xfffff) as u32)
+}
+
+pub fn capture(
+    pid: i32,
+    pidfd: Option<&OwnedFd>,
+    f: &OpenFd,
+    desc: u32,
+    b: &mut ImageBuilder,
+) -> Result<(), String> {
+    let name = format!("fd {} (fanotify)", f.fd);
+    let Some(copy) = pidfd.and_then(|p| sys::pidfd_getfd(p, f.fd).ok()) else {
+        return Err(format!("{name}: cannot reach it to look for queued events"));
+    };
+    let n = sys::fionread(&copy).unwrap_or(0);
+    if n > 0 {
+        return Err(format!(
+            "{name} has {n} bytes of events queued, which cryo cannot put back (capture again once the program has read them)"
+        ));
+    }
+    let head = f
+        .info
+        .lines()
+        .find(|l| l.starts_with("fanotify flags:"))
+        .ok_or_else(|| format!("{name}: no flags line in fdinfo"))?;
+    let (Some(flags), Some(event_flags)) = (hex(head, "flags"), hex(head, "event-flags")) else {
+        return Err(format!("{name}: unreadable flags line {head:?}"));
+    };
+    const CLASS_BITS: u64 = 0xc;
+    if flags & CLASS_BITS != 0 {
+        return Err(format!(
+            "{name} is of a permission class (FAN_CLASS_CONTENT/PRE_CONTENT): the answers it owes other processes cannot be handed over"
+        ));
+    }
+    b.fanotify.push(FanotifyGroup {
+        desc,
+        flags: flags as u32,
+        event_flags: event_flags as u32,
+        _pad: 0,
+    });
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+    for l in f.info.lines() {
+        let Some(rest) = l.strip_prefix("fanotify ") else {
+            continue;
+        };
+        if rest.starts_with("flags:") {
+            continue;
+        }
+        let bad = || format!("{name}: unreadable mark line {l:?}");
+        let (Some(mflags), Some(mask), Some(ignored)) = (
+            hex(rest, "mflags"),
+            hex(rest, "mask"),
+            hex(rest, "ignored_mask"),
+        ) else {
+            return Err(bad());
+        };
+        let (kind, path, dev, ino) = if let Some(ino) = hex(rest, "ino") {
+            let dev = kdev(hex(rest, "sdev").ok_or_else(bad)?);
+            let htype = field(rest, "fhandle-type")
+                .and_then(|v| i32::from_str_radix(v, 16).ok())
+                .unwrap_or(0);
+            let h = field(rest, "f_handle").unwrap_or("");
+            let handle: Vec<u8> = (0..h.len() / 2)
+                .filter_map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).ok())
+                .collect();
+            let path = crate::inotify::watched_path(dev, ino, htype, &handle).ok_or_else(|| {
+                format!("{name}: a mark is on inode {ino} of device {dev:x}, which cryo cannot find a path to (removed?)")
+            })?;
+            (fanotify_mark_kind::INODE, path, dev, ino)
+        } else if let Some(mnt_id) = hex(rest, "mnt_id") {
+            let point = mount_point(&mountinfo, |id, _| id == mnt_id).ok_or_else(|| {
+                format!(
+                    "{name}: a mark is on mount {mnt_id}, which is not in the process's mountinfo"
+                )
+            })?;
+            let md = std::fs::metadata(&point).map_err(|e| format!("{name}: {point}: {e}"))?;
+            (fanotify_mark_kind::MOUNT, point, md.dev(), md.ino())
+        } else if let Some(sdev) = hex(rest, "sdev") {
+            let dev = kdev(sdev);
+            let point = mount_point(&mountinfo, |_, d| d == dev).ok_or_else(|| {
+                format!("{name}: a mark is on the filesystem of device {dev:x}, which has no mount in the process's mountinfo")
+            })?;
+            let md = std::fs::metadata(&point).map_err(|e| format!("{name}: {point}: {e}"))?;
+            (fanotify_mark_kind::FILESYSTEM, point, md.dev(), md.ino())
+        } else {
+            return Err(bad());
+        };
+        let path = b.strings.add(&path);
+        b.fanotify_marks.push(FanotifyMark {
+            desc,
+            kind,
+            mflags: mflags as u32,
+            _pad: 0,
+            mask,
+            ignored_mask: ignored,
+            dev,
+            ino,
+            path,
+        });
+    }
+    Ok(())
+}
+
+/// The mount point of the first mount in `mountinfo` for which `want(mount
+/// id, device)` holds.
+fn mount_point(mountinfo: &str, want: impl Fn(u64, u64) -> bool) -> Option<String> {
+    mountinfo.lines().find_map(|l| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let id: u64 = w.first()?.parse().ok()?;
+        let (ma, mi) = w.get(2)?.split_once(':')?;
+        let dev = libc::makedev(ma.parse().ok()?, mi.parse().ok()?);
+        let point = w.get(4)?;
+        want(id, dev).then(|| unescape(point))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push(((b[i + 1] - b'0') << 6) | ((b[i + 2] - b'0') << 3) | (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mark_lines_and_mount_points() {
+        let l = "fanotify ino:1b2 sdev:fe00000 mflags:40 mask:2 ignored_mask:8 fhandle-bytes:8 fhandle-type:1 f_handle:b2010000e1d2c3b4";
+        let rest = l.strip_prefix("fanotify ").unwrap();
+        assert_eq!(hex(rest, "ino"), Some(0x1b2));
+        assert_eq!(kdev(hex(rest, "sdev").unwrap()), libc::makedev(254, 0));
+        assert_eq!(hex(rest, "mflags"), Some(0x40));
+        assert_eq!(hex(rest, "ignored_mask"), Some(8));
+        assert_eq!(field(rest, "f_handle"), Some("b2010000e1d2c3b4"));
+        let mi = "22 1 254:0 / / rw - ext4 /dev/vda rw\n31 22 0:26 / /tmp/with\\040space rw - tmpfs tmpfs rw\n";
+        assert_eq!(
+            mount_point(mi, |id, _| id == 31).as_deref(),
+            Some("/tmp/with space")
+        );
+        assert_eq!(
+            mount_point(mi, |_, d| d == libc::makedev(254, 0)).as_deref(),
+            Some("/")
+        );
+    }
+}
