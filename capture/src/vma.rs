@@ -93,7 +93,7 @@ fn classify(m: &Mapping) -> Result<(u32, u32), String> {
     );
     if m.path == "/[aio] (deleted)" {
         return Err(format!(
-            "mapping {range} is an AIO ring (io_setup), which cryo cannot restore yet"
+            "mapping {range} is an AIO ring (io_setup): a request in flight is invisible from outside the kernel and would be lost, so cryo refuses AIO contexts"
         ));
     }
     // Every VmFlag is derived from how the mapping is made, set again by
@@ -150,7 +150,7 @@ fn classify(m: &Mapping) -> Result<(u32, u32), String> {
         }
         "/[aio] (deleted)" => {
             return Err(format!(
-                "mapping {range} is an AIO ring (io_setup), which cryo cannot restore yet"
+                "mapping {range} is an AIO ring (io_setup): a request in flight is invisible from outside the kernel and would be lost, so cryo refuses AIO contexts"
             ))
         }
         p if p.starts_with("/SYSV") => {
