@@ -105,7 +105,7 @@ fn case(name: &str) {
     }
 }
 
-/// Six threads, each blocked or running its own way, with state of their
+/// Seven threads, each blocked or running its own way (one on a 3 KiB stack of its own), with state of their
 /// own (see tests/programs/fidelity.c).
 #[test]
 fn threads() {
@@ -129,18 +129,18 @@ fn threads_restored_twice_at_once() {
     ]);
     assert_eq!(code, 0, "capture: {err}");
     drop(t);
-    // inspect shows the six threads, text and JSON.
+    // inspect shows the seven threads, text and JSON.
     let (code, out, err) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("threads   7 (main") && out.contains("cryo-special"),
+        out.contains("threads   8 (main") && out.contains("cryo-special"),
         "{out}"
     );
     let (code, out, err) = cryo_cmd(&["inspect", "--json", img.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     let threads = v["threads"].as_array().expect("threads");
-    assert_eq!(threads.len(), 6);
+    assert_eq!(threads.len(), 7);
     assert!(threads.iter().any(|t| t["comm"] == "cryo-special"));
     assert!(v["process"]["tls"]["tid_offset"].as_u64().unwrap() > 0);
     sanitize_fds();

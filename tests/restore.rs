@@ -288,7 +288,7 @@ fn maps_equal_the_capture_after_lazy_restore() {
     maps_equal("maps-lazy", &["--lazy=on-demand"]);
 }
 
-/// Seven threads (fidelity's threads case): the maps are the capture's
+/// Eight threads (fidelity's threads case): the maps are the capture's
 /// (every thread's stack, nothing of the shim's thread stacks), every
 /// thread is there with its name, eager and lazy.
 #[test]

@@ -981,3 +981,26 @@ pub fn page_sum(sums: &[u8], i: u64) -> Option<u64> {
 
 #[cfg(test)]
 mod tests;
+
+/// Where the shim builds a thread's signal frame (the address it grows
+/// down from): where the kernel would put a handler's frame for a
+/// handler that runs on the alternate stack. On the thread's sigaltstack,
+/// at its top, if one is set, large enough and the thread is not on it
+/// already; else below the red zone under the stack pointer. Not
+/// simply the stack: Go runs goroutines on stacks of 2 KiB in its heap,
+/// and a 3 KiB frame written below one overwrote the next goroutine's
+/// stack (a restored Go program crashed: "unexpected return pc ... from
+/// 0x0"). `alt` is (ss_sp, ss_size, ss_flags).
+pub fn frame_top(rsp: u64, alt: (u64, u64, u32), xsave_size: u32) -> u64 {
+    const SS_DISABLE: u32 = 2;
+    let (ss_sp, ss_size, flags) = alt;
+    // The frame, its xsave area, and below it the wait word and, for the
+    // main thread, the wake-up frame: a few KiB beyond the xsave area.
+    let need = xsave_size as u64 + 4096;
+    let on_it = rsp.wrapping_sub(ss_sp) < ss_size;
+    if flags & SS_DISABLE == 0 && ss_size >= need && !on_it && ss_sp != 0 {
+        (ss_sp + ss_size) & !63
+    } else {
+        rsp - 128
+    }
+}

@@ -821,23 +821,42 @@ pub mod lazy {
     }
 
     /// Page-aligned [start, end) filled eagerly even inside lazy
-    /// mappings, for a thread whose stack pointer is `sp`.
+    /// mappings, below `sp`: where the shim writes a thread's signal frame.
     pub fn eager_window_at(sp: u64) -> (u64, u64) {
         let sp = sp & !(PAGE_SIZE - 1);
         (sp.saturating_sub(STACK_EAGER_BELOW), sp + PAGE_SIZE)
     }
 
+    /// The eager window of a thread: below its stack pointer, or at the top
+    /// of its sigaltstack when the shim builds its frame there
+    /// (`crate::frame_top`).
+    pub fn eager_window_of(rsp: u64, alt: (u64, u64, u32), xsave: u32) -> (u64, u64) {
+        eager_window_at(crate::frame_top(rsp, alt, xsave) + 128)
+    }
+
     /// The main thread's eager window.
     pub fn eager_window(p: &Process) -> (u64, u64) {
-        eager_window_at(p.regs.rsp)
+        eager_window_of(
+            p.regs.rsp,
+            (p.sigaltstack_sp, p.sigaltstack_size, p.sigaltstack_flags),
+            p.xsave_size,
+        )
     }
 
     /// Every thread's eager window (the main thread's first): the shim
     /// builds each thread's signal frame there, so it fills them all,
     /// pages without data too, before the page server starts.
     pub fn eager_windows<'a>(img: &crate::Image<'a>) -> impl Iterator<Item = (u64, u64)> + 'a {
-        let main = eager_window(&img.process());
-        core::iter::once(main).chain(img.threads().iter().map(|t| eager_window_at(t.regs.rsp)))
+        let p = img.process();
+        let main = eager_window(&p);
+        let xsave = p.xsave_size;
+        core::iter::once(main).chain(img.threads().iter().map(move |t| {
+            eager_window_of(
+                t.regs.rsp,
+                (t.sigaltstack_sp, t.sigaltstack_size, t.sigaltstack_flags),
+                xsave,
+            )
+        }))
     }
 
     /// The part of [start, end) the eager windows cover, as one range

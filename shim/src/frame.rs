@@ -8,11 +8,13 @@ use crate::{die, W, W_END};
 use cryo_image::handoff::HANDOFF_MAGIC;
 use cryo_image::{Image, Regs};
 
-/// The main thread's frame, below its red zone (see [`write`]).
+/// The main thread's frame, where `cryo_image::frame_top` says (see
+/// [`write`]).
 pub fn build(img: &Image) -> usize {
     let p = img.process();
+    let alt = (p.sigaltstack_sp, p.sigaltstack_size, p.sigaltstack_flags);
     write(
-        p.regs.rsp as usize - 128,
+        cryo_image::frame_top(p.regs.rsp, alt, p.xsave_size) as usize,
         &p.regs,
         Some((img.xsave(), p.xcr0)),
         p.sig_blocked,

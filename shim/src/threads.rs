@@ -255,8 +255,9 @@ fn thread_main(img: &Image, index: usize, handoff_flags: u64) -> ! {
         }
     }
     // Its frame, its wait word below it, and out of the shim.
+    let alt = (t.sigaltstack_sp, t.sigaltstack_size, t.sigaltstack_flags);
     let frame_sp = crate::frame::write(
-        r.rsp as usize - 128,
+        cryo_image::frame_top(r.rsp, alt, img.process().xsave_size) as usize,
         &r,
         Some((img.xsave_of(index + 1), img.process().xcr0)),
         t.sig_blocked,

@@ -48,6 +48,8 @@
 #include <sys/wait.h>
 #include <grp.h>
 #include <pthread.h>
+#include <ucontext.h>
+#include <linux/futex.h>
 #include <time.h>
 #include <sys/fsuid.h>
 #include <unistd.h>
@@ -955,7 +957,8 @@ static void anonfds_check(void) {
  * and that thread's __thread value), each finishes its own checks and
  * is joined (pthread_join waits for the kernel to clear its tid: the
  * clear-child-tid address came back). */
-#define NT 6
+#define NT 7
+#define SPECIAL 5
 static pthread_t th[NT];
 static pid_t tid0[NT];
 static __thread int tls_val;
@@ -1059,13 +1062,42 @@ static void *t_special(void *a) {
     /* glibc checks an error-checking mutex's owner against the cached
      * tid: it holds only if the thread kept its id (cryo asks for it;
      * it gets it where the id is free). */
-    if ((pid_t)syscall(SYS_gettid) == tid0[NT - 1] && pthread_mutex_unlock(&t_errchk))
+    if ((pid_t)syscall(SYS_gettid) == tid0[SPECIAL] && pthread_mutex_unlock(&t_errchk))
         return "special: unlock error-checking mutex";
     return tls_val == 1005 ? NULL : "special: tls";
 }
 
+/* A thread that runs on a 3 KiB stack of its own (as Go's goroutines
+ * do, on 2 KiB stacks in its heap) with a sigaltstack, blocked in a futex
+ * wait there; the bytes right below that stack must survive the restore
+ * (the shim builds the thread's signal frame where the kernel would for a
+ * handler on the alternate stack, not below the stack pointer). */
+static uint8_t t_small[8192] __attribute__((aligned(4096)));
+static char t_small_alt[1 << 16];
+static ucontext_t t_small_back, t_small_ctx;
+static volatile int t_small_word;
+static void t_small_fn(void) {
+    while (!__atomic_load_n(&t_go, __ATOMIC_ACQUIRE))
+        syscall(SYS_futex, &t_small_word, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+}
+static void *t_smallstack(void *a) {
+    stack_t ss = {.ss_sp = t_small_alt, .ss_size = sizeof t_small_alt, .ss_flags = 0};
+    if (sigaltstack(&ss, NULL)) return "small: sigaltstack";
+    memset(t_small, 0xa5, 5120);
+    getcontext(&t_small_ctx);
+    t_small_ctx.uc_stack.ss_sp = t_small + 5120;
+    t_small_ctx.uc_stack.ss_size = sizeof t_small - 5120;
+    t_small_ctx.uc_link = &t_small_back;
+    makecontext(&t_small_ctx, t_small_fn, 0);
+    t_started_one((int)(intptr_t)a);
+    swapcontext(&t_small_back, &t_small_ctx);
+    for (int i = 0; i < 5120; i++)
+        if (t_small[i] != 0xa5) return "small: the bytes below its stack were overwritten";
+    return tls_val == 1006 ? NULL : "small: tls";
+}
+
 static void threads_setup(void) {
-    struct sigaction sa = {.sa_handler = t_on_usr1, .sa_flags = SA_RESTART};
+    struct sigaction sa = {.sa_handler = t_on_usr1, .sa_flags = SA_RESTART | SA_ONSTACK};
     sigaction(SIGUSR1, &sa, NULL);
     CHECK(pipe(t_pipe) == 0, "pipe");
     pthread_mutexattr_t ma;
@@ -1075,13 +1107,13 @@ static void threads_setup(void) {
     pthread_mutexattr_init(&ma);
     pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ERRORCHECK);
     pthread_mutex_init(&t_errchk, &ma);
-    void *(*fns[NT])(void *) = {t_waiter, t_sleeper, t_reader, t_spinner, t_timed, t_special};
+    void *(*fns[NT])(void *) = {t_waiter, t_sleeper, t_reader, t_spinner, t_timed, t_special, t_smallstack};
     for (int i = 0; i < NT; i++) CHECK(pthread_create(&th[i], NULL, fns[i], (void *)(intptr_t)i) == 0, "create");
     pthread_mutex_lock(&t_mx);
     while (t_started < NT) pthread_cond_wait(&t_cv2, &t_mx);
     pthread_mutex_unlock(&t_mx);
     union sigval v = {.sival_int = 77};
-    CHECK(pthread_sigqueue(th[NT - 1], SIGUSR2, v) == 0, "sigqueue to a thread");
+    CHECK(pthread_sigqueue(th[SPECIAL], SIGUSR2, v) == 0, "sigqueue to a thread");
     /* Every thread but the spinner asleep in its call. */
     for (int tries = 0; tries < 2000; tries++) {
         int asleep = 0;
@@ -1115,6 +1147,8 @@ static void threads_check(void) {
     pthread_mutex_unlock(&t_mx);
     t_stop = 1;
     pthread_kill(th[1], SIGUSR1); /* the sleeper sees t_stop */
+    t_small_word = 1;
+    syscall(SYS_futex, &t_small_word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
     CHECK(write(t_pipe[1], "x", 1) == 1, "pipe write");
     CHECK(!t_wrong, "a signal reached a thread it was not sent to");
     for (int i = 0; i < NT; i++) {
