@@ -271,4 +271,68 @@ mod tests {
         }
         assert_eq!(CRYO_FEATURES & FEATURE_SIGBUS, 0);
     }
+
+    /// The userfaultfd ABI here is the kernel's: a C program compiled
+    /// against the system's linux/userfaultfd.h prints every constant
+    /// (ioctl numbers, API, each feature bit the header knows by name),
+    /// and each must equal ours. (The first `cryo check` named feature
+    /// bits off by one from 1 << 3 on.)
+    #[test]
+    fn uffd_abi_matches_the_kernel_header() {
+        use std::process::Command;
+        let dir = std::env::temp_dir().join(format!("cryo-uffd-abi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = String::from(
+            "#include <stdio.h>\n#include <sys/ioctl.h>\n#include <linux/userfaultfd.h>\nint main(void){\n\
+             printf(\"API %llu\\n\", (unsigned long long)UFFD_API);\n\
+             printf(\"UFFDIO_API %llu\\n\", (unsigned long long)UFFDIO_API);\n\
+             printf(\"UFFDIO_REGISTER %llu\\n\", (unsigned long long)UFFDIO_REGISTER);\n\
+             printf(\"UFFDIO_COPY %llu\\n\", (unsigned long long)UFFDIO_COPY);\n\
+             printf(\"UFFDIO_ZEROPAGE %llu\\n\", (unsigned long long)UFFDIO_ZEROPAGE);\n\
+             printf(\"UFFDIO_WAKE %llu\\n\", (unsigned long long)UFFDIO_WAKE);\n\
+             printf(\"MODE_MISSING %llu\\n\", (unsigned long long)UFFDIO_REGISTER_MODE_MISSING);\n",
+        );
+        for (_, name) in uffd::FEATURE_NAMES {
+            c.push_str(&format!(
+                "#ifdef UFFD_FEATURE_{name}\nprintf(\"{name} %llu\\n\", (unsigned long long)UFFD_FEATURE_{name});\n#endif\n"
+            ));
+        }
+        c.push_str("return 0;}\n");
+        std::fs::write(dir.join("abi.c"), c).unwrap();
+        let out = Command::new("cc")
+            .arg("-o")
+            .arg(dir.join("abi"))
+            .arg(dir.join("abi.c"))
+            .output()
+            .expect("cc (build-essential)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(dir.join("abi")).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut seen = 0;
+        for line in text.lines() {
+            let (name, v) = line.split_once(' ').unwrap();
+            let v: u64 = v.parse().unwrap();
+            let ours = match name {
+                "API" => uffd::UFFD_API,
+                "UFFDIO_API" => uffd::UFFDIO_API,
+                "UFFDIO_REGISTER" => uffd::UFFDIO_REGISTER,
+                "UFFDIO_COPY" => uffd::UFFDIO_COPY,
+                "UFFDIO_ZEROPAGE" => uffd::UFFDIO_ZEROPAGE,
+                "UFFDIO_WAKE" => uffd::UFFDIO_WAKE,
+                "MODE_MISSING" => uffd::UFFDIO_REGISTER_MODE_MISSING,
+                feature => {
+                    uffd::FEATURE_NAMES
+                        .iter()
+                        .find(|(_, n)| *n == feature)
+                        .expect("a name we printed")
+                        .0
+                }
+            };
+            assert_eq!(ours, v, "{name}");
+            seen += 1;
+        }
+        // The 7 ioctl/API values and at least the 13 features of 6.1.
+        assert!(seen >= 20, "{text}");
+    }
 }
