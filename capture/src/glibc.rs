@@ -142,14 +142,11 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         let off = off.expect("sleep maps the system's libc");
-        let mut fs: u64 = 0;
-        // SAFETY: ARCH_GET_FS writes one u64.
-        unsafe { libc::syscall(libc::SYS_arch_prctl, 0x1003, &mut fs as *mut u64) };
-        // SAFETY: fs + off lies in this thread's TCB (struct pthread),
-        // which lives as long as the thread.
-        let cached = unsafe { *((fs + off) as *const u32) };
-        // SAFETY: gettid takes no arguments.
-        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
-        assert_eq!(cached, tid);
+        let fs = crate::sys::own_fs_base().unwrap();
+        let mut word = [0u8; 4];
+        let n =
+            crate::sys::process_vm_read(std::process::id() as i32, fs + off, &mut word).unwrap();
+        assert_eq!(n, 4);
+        assert_eq!(u32::from_le_bytes(word), crate::sys::gettid() as u32);
     }
 }

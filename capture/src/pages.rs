@@ -36,18 +36,8 @@ pub enum MemError {
 /// Read `buf.len()` bytes at `addr` of `pid`: process_vm_readv, or
 /// /proc/PID/mem for what it refuses (PROT_NONE, unreadable mappings).
 pub fn read_remote(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: addr as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    // SAFETY: the kernel writes at most local.iov_len bytes into `buf`,
-    // which we own mutably; `remote` names memory of another process.
-    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
-    if n == buf.len() as isize {
+    let n = crate::sys::process_vm_read(pid, addr, buf).unwrap_or(0);
+    if n == buf.len() {
         return Ok(());
     }
     let f = File::open(format!("/proc/{pid}/mem"))?;

@@ -9,7 +9,6 @@ use cryo_image::fds::{file_flags, Blob, Extent};
 use cryo_image::write::ImageBuilder;
 use cryo_image::FileId;
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 /// Bytes read while the target is frozen, to be appended to pages.img
@@ -174,12 +173,7 @@ fn data_ranges(f: &std::fs::File, size: u64) -> Vec<(u64, u64)> {
 /// The data ranges of a file within [from, to), page aligned.
 pub(crate) fn data_ranges_in(f: &std::fs::File, from: u64, to: u64) -> Vec<(u64, u64)> {
     let size = to;
-    let fd = f.as_raw_fd();
-    let seek = |off: u64, whence: i32| -> Option<u64> {
-        // SAFETY: lseek takes integers only (the file is ours).
-        let r = unsafe { libc::lseek(fd, off as i64, whence) };
-        (r >= 0).then_some(r as u64)
-    };
+    let seek = |off: u64, whence: i32| crate::sys::lseek(f, off, whence).ok();
     let mut out = Vec::new();
     let mut off = from;
     while off < size {

@@ -105,17 +105,6 @@ pub fn injected(rem: &mut Remote, t: &mut TaskState) -> Result<u32, InjectError>
     Ok(if securebits < 0 { 0 } else { securebits as u32 })
 }
 
-fn errno_or<T>(r: T, ok: bool) -> i64
-where
-    i64: From<T>,
-{
-    if ok {
-        i64::from(r)
-    } else {
-        UNKNOWN
-    }
-}
-
 /// A task's scheduling: nice, policy, RT priority (UNKNOWN where the
 /// kernel would not tell) and CPU affinity (CPUs 0-1023).
 pub struct Sched {
@@ -134,26 +123,11 @@ impl Sched {
             priority: UNKNOWN,
             affinity: [0; 16],
         };
-        // SAFETY: the scheduling queries take integers, or write into a
-        // struct we own; none retain pointers.
-        unsafe {
-            *libc::__errno_location() = 0;
-            let nice = libc::getpriority(libc::PRIO_PROCESS, tid as u32);
-            s.nice = errno_or(nice, *libc::__errno_location() == 0);
-            let pol = libc::sched_getscheduler(tid);
-            s.policy = errno_or(pol, pol >= 0);
-            let mut sp = libc::sched_param { sched_priority: 0 };
-            let r = libc::sched_getparam(tid, &mut sp);
-            s.priority = errno_or(sp.sched_priority, r == 0);
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
-                for cpu in 0..1024usize.min(libc::CPU_SETSIZE as usize) {
-                    if libc::CPU_ISSET(cpu, &set) {
-                        s.affinity[cpu / 64] |= 1 << (cpu % 64);
-                    }
-                }
-            }
-        }
+        let o = crate::sys::sched_of(tid);
+        s.nice = o.nice.map_or(UNKNOWN, i64::from);
+        s.policy = o.policy.map_or(UNKNOWN, i64::from);
+        s.priority = o.priority.map_or(UNKNOWN, i64::from);
+        s.affinity = o.affinity.unwrap_or([0; 16]);
         s
     }
 }
@@ -165,10 +139,7 @@ pub fn outside(pid: i32, t: &mut TaskState) {
     t.sched_policy = s.policy;
     t.sched_priority = s.priority;
     t.affinity = s.affinity;
-    const IOPRIO_WHO_PROCESS: i64 = 1;
-    // SAFETY: ioprio_get takes integers.
-    let io = unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, pid as i64) };
-    t.ioprio = if io >= 0 { io } else { UNKNOWN };
+    t.ioprio = crate::sys::ioprio_of(pid).unwrap_or(UNKNOWN);
     let num = |f: &str| {
         std::fs::read_to_string(format!("/proc/{pid}/{f}"))
             .ok()

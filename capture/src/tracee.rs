@@ -14,12 +14,10 @@
 //!   its original siginfo (`rt_tgsigqueueinfo`) right after detaching, so the
 //!   target never loses a signal because it was captured.
 
-use libc::{c_void, iovec, user_regs_struct};
+use crate::sys::ptrace;
+use libc::user_regs_struct;
 use std::io;
 
-const NT_PRSTATUS: libc::c_int = 1;
-const NT_X86_XSTATE: libc::c_int = 0x202;
-const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
 const PTRACE_EVENT_STOP: i32 = 128;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +38,7 @@ pub enum PtraceError {
     },
 }
 
-fn sys_err(op: &'static str, pid: i32) -> PtraceError {
-    let source = io::Error::last_os_error();
+fn sys_err(op: &'static str, pid: i32, source: io::Error) -> PtraceError {
     if source.raw_os_error() == Some(libc::ESRCH)
         && !std::path::Path::new(&format!("/proc/{pid}")).exists()
     {
@@ -134,17 +131,7 @@ impl Tracee {
     }
 
     fn attach(tgid: i32, pid: i32, was_stopped: bool) -> Result<Tracee, PtraceError> {
-        // SAFETY: PTRACE_SEIZE takes no pointers (addr 0, data = options).
-        let r = unsafe {
-            libc::ptrace(
-                libc::PTRACE_SEIZE,
-                pid,
-                0usize,
-                libc::PTRACE_O_TRACESYSGOOD as usize,
-            )
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
+        if let Err(e) = ptrace::seize(pid, libc::PTRACE_O_TRACESYSGOOD) {
             return Err(match e.raw_os_error() {
                 Some(libc::ESRCH) if pid != tgid => PtraceError::Exited(pid),
                 Some(libc::ESRCH) => PtraceError::NoSuchProcess(pid),
@@ -163,11 +150,8 @@ impl Tracee {
             intercepted: Vec::new(),
             attached: true,
         };
-        // SAFETY: PTRACE_INTERRUPT takes no pointers.
-        let r = unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0usize, 0usize) };
-        if r < 0 {
-            return Err(sys_err("PTRACE_INTERRUPT", pid));
-        }
+        ptrace::request(libc::PTRACE_INTERRUPT as libc::c_uint, pid, 0)
+            .map_err(|e| sys_err("PTRACE_INTERRUPT", pid, e))?;
         t.wait_event_stop()?;
         Ok(t)
     }
@@ -188,23 +172,12 @@ impl Tracee {
     }
 
     fn waitpid(&self) -> Result<i32, PtraceError> {
-        let mut status = 0;
-        loop {
-            // SAFETY: waitpid writes one int to `status`, which we own.
-            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL) };
-            if r == self.pid {
-                break;
-            }
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(PtraceError::Sys {
+        let (_, status) =
+            ptrace::waitpid(self.pid, libc::__WALL).map_err(|source| PtraceError::Sys {
                 op: "waitpid",
                 pid: self.pid,
-                source: e,
-            });
-        }
+                source,
+            })?;
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
             return Err(PtraceError::Exited(self.pid));
         }
@@ -230,11 +203,8 @@ impl Tracee {
             } else {
                 0
             };
-            // SAFETY: no pointers; data is the signal to deliver.
-            let r = unsafe { libc::ptrace(libc::PTRACE_CONT, self.pid, 0usize, sig as usize) };
-            if r < 0 {
-                return Err(sys_err("PTRACE_CONT", self.pid));
-            }
+            ptrace::request(libc::PTRACE_CONT, self.pid, sig)
+                .map_err(|e| sys_err("PTRACE_CONT", self.pid, e))?;
         }
     }
 
@@ -242,90 +212,31 @@ impl Tracee {
     fn intercept_and_resume(&mut self, status: i32, how: libc::c_uint) -> Result<(), PtraceError> {
         let sig = libc::WSTOPSIG(status);
         if status >> 16 == 0 && sig != libc::SIGTRAP {
-            // SAFETY: siginfo_t is plain data; all-zero is a valid value.
-            let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: PTRACE_GETSIGINFO writes one siginfo_t to `si`.
-            let r = unsafe {
-                libc::ptrace(libc::PTRACE_GETSIGINFO, self.pid, 0usize, &mut si as *mut _)
-            };
-            if r == 0 {
+            if let Ok(si) = ptrace::siginfo(self.pid) {
                 self.intercepted.push(si);
             }
         }
-        // SAFETY: resuming requests take no pointers (data 0 = no signal).
-        let r = unsafe { libc::ptrace(how, self.pid, 0usize, 0usize) };
-        if r < 0 {
-            return Err(sys_err("PTRACE_CONT", self.pid));
-        }
-        Ok(())
+        ptrace::request(how, self.pid, 0).map_err(|e| sys_err("PTRACE_CONT", self.pid, e))
     }
 
     /// General registers (NT_PRSTATUS: includes fs_base and gs_base).
     pub fn regs(&self) -> Result<user_regs_struct, PtraceError> {
-        // SAFETY: user_regs_struct is plain data; all-zero is valid.
-        let mut regs: user_regs_struct = unsafe { std::mem::zeroed() };
-        let mut iov = iovec {
-            iov_base: &mut regs as *mut _ as *mut c_void,
-            iov_len: std::mem::size_of::<user_regs_struct>(),
-        };
-        // SAFETY: the kernel writes at most iov_len bytes into `regs`.
-        let r = unsafe {
-            libc::ptrace(
-                libc::PTRACE_GETREGSET,
-                self.pid,
-                NT_PRSTATUS,
-                &mut iov as *mut iovec,
-            )
-        };
-        if r < 0 {
-            return Err(sys_err("PTRACE_GETREGSET(NT_PRSTATUS)", self.pid));
-        }
-        Ok(regs)
+        ptrace::regs(self.pid).map_err(|e| sys_err("PTRACE_GETREGSET(NT_PRSTATUS)", self.pid, e))
     }
 
     pub fn set_regs(&self, regs: &user_regs_struct) -> Result<(), PtraceError> {
-        let mut iov = iovec {
-            iov_base: regs as *const _ as *mut c_void,
-            iov_len: std::mem::size_of::<user_regs_struct>(),
-        };
-        // SAFETY: the kernel reads iov_len bytes from `regs`.
-        let r = unsafe {
-            libc::ptrace(
-                libc::PTRACE_SETREGSET,
-                self.pid,
-                NT_PRSTATUS,
-                &mut iov as *mut iovec,
-            )
-        };
-        if r < 0 {
-            return Err(sys_err("PTRACE_SETREGSET(NT_PRSTATUS)", self.pid));
-        }
-        Ok(())
+        ptrace::set_regs(self.pid, regs)
+            .map_err(|e| sys_err("PTRACE_SETREGSET(NT_PRSTATUS)", self.pid, e))
     }
 
     /// The full XSAVE area as the kernel exports it (NT_X86_XSTATE), sized
     /// from CPUID leaf 0xD for the enabled features, and XCR0 (which the
     /// kernel stores in the software-reserved bytes 464..472).
     pub fn xstate(&self) -> Result<(Vec<u8>, u64), PtraceError> {
-        let size = xsave_size();
-        let mut buf = vec![0u8; size];
-        let mut iov = iovec {
-            iov_base: buf.as_mut_ptr() as *mut c_void,
-            iov_len: buf.len(),
-        };
-        // SAFETY: the kernel writes at most iov_len bytes into `buf`.
-        let r = unsafe {
-            libc::ptrace(
-                libc::PTRACE_GETREGSET,
-                self.pid,
-                NT_X86_XSTATE,
-                &mut iov as *mut iovec,
-            )
-        };
-        if r < 0 {
-            return Err(sys_err("PTRACE_GETREGSET(NT_X86_XSTATE)", self.pid));
-        }
-        buf.truncate(iov.iov_len);
+        let mut buf = vec![0u8; xsave_size()];
+        let n = ptrace::xstate(self.pid, &mut buf)
+            .map_err(|e| sys_err("PTRACE_GETREGSET(NT_X86_XSTATE)", self.pid, e))?;
+        buf.truncate(n);
         let xcr0 = buf
             .get(464..472)
             .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
@@ -335,79 +246,22 @@ impl Tracee {
 
     /// Blocked signal mask.
     pub fn sigmask(&self) -> Result<u64, PtraceError> {
-        let mut mask: u64 = 0;
-        // SAFETY: PTRACE_GETSIGMASK writes `addr` (8) bytes into `mask`.
-        let r = unsafe {
-            libc::ptrace(
-                libc::PTRACE_GETSIGMASK,
-                self.pid,
-                8usize,
-                &mut mask as *mut u64,
-            )
-        };
-        if r < 0 {
-            return Err(sys_err("PTRACE_GETSIGMASK", self.pid));
-        }
-        Ok(mask)
+        ptrace::sigmask(self.pid).map_err(|e| sys_err("PTRACE_GETSIGMASK", self.pid, e))
     }
 
     /// The robust futex list head and length (get_robust_list).
     pub fn robust_list(&self) -> Result<(u64, u64), PtraceError> {
-        let (mut head, mut len) = (0u64, 0u64);
-        // SAFETY: get_robust_list writes one pointer and one size_t.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_get_robust_list,
-                self.pid,
-                &mut head as *mut u64,
-                &mut len as *mut u64,
-            )
-        };
-        if r < 0 {
-            return Err(sys_err("get_robust_list", self.pid));
-        }
-        Ok((head, len))
+        ptrace::robust_list(self.pid).map_err(|e| sys_err("get_robust_list", self.pid, e))
     }
 
     /// Replace the blocked signal mask (PTRACE_SETSIGMASK).
     pub fn set_sigmask(&self, mask: u64) -> Result<(), PtraceError> {
-        // SAFETY: PTRACE_SETSIGMASK reads `addr` (8) bytes from `mask`.
-        let r = unsafe {
-            libc::ptrace(
-                libc::PTRACE_SETSIGMASK,
-                self.pid,
-                8usize,
-                &mask as *const u64,
-            )
-        };
-        if r < 0 {
-            return Err(sys_err("PTRACE_SETSIGMASK", self.pid));
-        }
-        Ok(())
+        ptrace::set_sigmask(self.pid, mask).map_err(|e| sys_err("PTRACE_SETSIGMASK", self.pid, e))
     }
 
     /// rseq registration (size 0 when none).
     pub fn rseq(&self) -> Result<libc::ptrace_rseq_configuration, PtraceError> {
-        let mut c = libc::ptrace_rseq_configuration {
-            rseq_abi_pointer: 0,
-            rseq_abi_size: 0,
-            signature: 0,
-            flags: 0,
-            pad: 0,
-        };
-        // SAFETY: the kernel writes at most `addr` bytes into `c`.
-        let r = unsafe {
-            libc::ptrace(
-                PTRACE_GET_RSEQ_CONFIGURATION,
-                self.pid,
-                std::mem::size_of_val(&c),
-                &mut c as *mut _,
-            )
-        };
-        if r < 0 {
-            return Err(sys_err("PTRACE_GET_RSEQ_CONFIGURATION", self.pid));
-        }
-        Ok(c)
+        ptrace::rseq(self.pid).map_err(|e| sys_err("PTRACE_GET_RSEQ_CONFIGURATION", self.pid, e))
     }
 
     /// Execute one instruction (used by syscall injection); intercepts
@@ -422,11 +276,8 @@ impl Tracee {
     pub fn syscall_step(&mut self) -> Result<(), PtraceError> {
         const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
         let resume = |pid: i32| {
-            // SAFETY: no pointers.
-            if unsafe { libc::ptrace(libc::PTRACE_SYSCALL, pid, 0usize, 0usize) } < 0 {
-                return Err(sys_err("PTRACE_SYSCALL", pid));
-            }
-            Ok(())
+            ptrace::request(libc::PTRACE_SYSCALL, pid, 0)
+                .map_err(|e| sys_err("PTRACE_SYSCALL", pid, e))
         };
         resume(self.pid)?;
         let mut exits_seen = 0;
@@ -477,13 +328,8 @@ impl Tracee {
             return Ok(());
         }
         self.attached = false;
-        // SAFETY: no pointers; data 0 = no signal.
-        let r = unsafe { libc::ptrace(libc::PTRACE_DETACH, self.pid, 0usize, 0usize) };
-        if r < 0 {
-            Err(sys_err("PTRACE_DETACH", self.pid))
-        } else {
-            Ok(())
-        }
+        ptrace::request(libc::PTRACE_DETACH, self.pid, 0)
+            .map_err(|e| sys_err("PTRACE_DETACH", self.pid, e))
     }
 
     /// Send again the signals swallowed by signal-delivery-stops while we
@@ -494,22 +340,10 @@ impl Tracee {
     /// dequeued before process-wide ones).
     fn resend_intercepted(&mut self) {
         for si in std::mem::take(&mut self.intercepted) {
-            let mut si = si;
-            // SAFETY: rt_tgsigqueueinfo reads one siginfo_t from `si`.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_rt_tgsigqueueinfo,
-                    self.tgid,
-                    self.pid,
-                    si.si_signo,
-                    &mut si as *mut libc::siginfo_t,
-                )
-            };
-            if r < 0 {
+            if ptrace::tgsigqueueinfo(self.tgid, self.pid, &si).is_err() {
                 // Kernel-origin siginfo (si_code >= 0) may not be queued
                 // from user space; send the bare signal instead.
-                // SAFETY: tgkill takes no pointers.
-                unsafe { libc::syscall(libc::SYS_tgkill, self.tgid, self.pid, si.si_signo) };
+                let _ = ptrace::tgkill(self.tgid, self.pid, si.si_signo);
             }
         }
     }
@@ -529,8 +363,7 @@ impl Tracee {
     /// it enters group-stop as soon as it is let go).
     pub fn leave_stopped(mut self) -> Result<(), PtraceError> {
         if !self.was_stopped {
-            // SAFETY: kill takes no pointers.
-            unsafe { libc::kill(self.tgid, libc::SIGSTOP) };
+            let _ = ptrace::kill(self.tgid, libc::SIGSTOP);
         }
         self.detach_raw()?;
         settle_stopped(self.tgid, self.pid);
@@ -542,13 +375,10 @@ impl Tracee {
     pub fn kill(mut self) -> Result<(), PtraceError> {
         self.attached = false;
         self.intercepted.clear();
-        // SAFETY: kill takes no pointers.
-        unsafe { libc::kill(self.tgid, libc::SIGKILL) };
+        let _ = ptrace::kill(self.tgid, libc::SIGKILL);
         // Reap the trace stop notification if any (we are its tracer, not
         // necessarily its parent; the parent reaps the zombie).
-        let mut status = 0;
-        // SAFETY: waitpid writes one int.
-        unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL | libc::WNOHANG) };
+        let _ = ptrace::waitpid(self.pid, libc::__WALL | libc::WNOHANG);
         Ok(())
     }
 
@@ -560,17 +390,14 @@ impl Tracee {
     pub fn kill_and_reap(mut self) -> Result<(), PtraceError> {
         self.attached = false;
         self.intercepted.clear();
-        // SAFETY: kill takes no pointers.
-        unsafe { libc::kill(self.tgid, libc::SIGKILL) };
+        let _ = ptrace::kill(self.tgid, libc::SIGKILL);
         loop {
-            let mut status = 0;
-            // SAFETY: waitpid writes one int.
-            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL) };
-            if r == self.pid && (libc::WIFEXITED(status) || libc::WIFSIGNALED(status)) {
-                return Ok(());
-            }
-            if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                return Ok(()); // ECHILD: gone already
+            match ptrace::waitpid(self.pid, libc::__WALL) {
+                Ok((r, st)) if r == self.pid && (libc::WIFEXITED(st) || libc::WIFSIGNALED(st)) => {
+                    return Ok(())
+                }
+                Ok(_) => {}
+                Err(_) => return Ok(()), // ECHILD: gone already
             }
         }
     }

@@ -6,6 +6,9 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+pub mod buf;
+pub mod ptrace;
+
 fn cvt(r: libc::c_long) -> io::Result<libc::c_long> {
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -250,6 +253,103 @@ pub fn parse_limits(text: &str) -> Vec<(u32, u64, u64)> {
         }
     }
     out
+}
+
+/// process_vm_readv of `buf.len()` bytes at `addr` in process `pid`: the
+/// bytes read (short at an unreadable page).
+pub fn process_vm_read(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: the kernel writes at most local.iov_len bytes into `buf`,
+    // which we own mutably; `remote` names memory of another process.
+    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// lseek(fd, off, whence) (SEEK_DATA/SEEK_HOLE too).
+pub fn lseek(fd: &impl AsRawFd, off: u64, whence: i32) -> io::Result<u64> {
+    // SAFETY: lseek takes integers only.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), off as i64, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+/// A task's nice value, scheduling policy, RT priority and CPU affinity
+/// (CPUs 0-1023), each None where the kernel would not tell.
+pub struct SchedOf {
+    pub nice: Option<i32>,
+    pub policy: Option<i32>,
+    pub priority: Option<i32>,
+    pub affinity: Option<[u64; 16]>,
+}
+
+pub fn sched_of(tid: i32) -> SchedOf {
+    // SAFETY: the scheduling queries take integers, or write into structs
+    // we own; none retain pointers. errno is reset before getpriority,
+    // whose -1 is a valid value.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, tid as u32);
+        let nice = (*libc::__errno_location() == 0).then_some(nice);
+        let pol = libc::sched_getscheduler(tid);
+        let mut sp = libc::sched_param { sched_priority: 0 };
+        let prio = (libc::sched_getparam(tid, &mut sp) == 0).then_some(sp.sched_priority);
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let affinity =
+            (libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
+                .then(|| {
+                    let mut a = [0u64; 16];
+                    for cpu in 0..1024usize.min(libc::CPU_SETSIZE as usize) {
+                        if libc::CPU_ISSET(cpu, &set) {
+                            a[cpu / 64] |= 1 << (cpu % 64);
+                        }
+                    }
+                    a
+                });
+        SchedOf {
+            nice,
+            policy: (pol >= 0).then_some(pol),
+            priority: prio,
+            affinity,
+        }
+    }
+}
+
+/// ioprio_get(IOPRIO_WHO_PROCESS, pid).
+pub fn ioprio_of(pid: i32) -> io::Result<i64> {
+    const IOPRIO_WHO_PROCESS: i64 = 1;
+    // SAFETY: ioprio_get takes integers.
+    let r = unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, pid as i64) };
+    cvt(r)
+}
+
+/// This thread's fs base (ARCH_GET_FS).
+#[cfg(test)]
+pub fn own_fs_base() -> io::Result<u64> {
+    let mut fs: u64 = 0;
+    // SAFETY: ARCH_GET_FS writes one u64 we own.
+    cvt(unsafe { libc::syscall(libc::SYS_arch_prctl, 0x1003, &mut fs as *mut u64) })?;
+    Ok(fs)
+}
+
+/// This thread's id.
+#[cfg(test)]
+pub fn gettid() -> i32 {
+    // SAFETY: gettid takes no arguments.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
 }
 
 #[cfg(test)]
