@@ -305,7 +305,11 @@ mod tests {
             .arg(dir.join("abi.c"))
             .output()
             .expect("cc (build-essential)");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let out = Command::new(dir.join("abi")).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let _ = std::fs::remove_dir_all(&dir);

@@ -244,24 +244,21 @@ fn rseq_config(pid: nix::unistd::Pid) -> String {
 }
 
 fn caps() -> R {
-    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .ok_or("no CapEff in /proc/self/status")?;
+    use caps::{CapSet, Capability};
+    let eff = caps::read(None, CapSet::Effective).map_err(|e| e.to_string())?;
     let names = [
-        (19, "CAP_SYS_PTRACE"),
-        (21, "CAP_SYS_ADMIN"),
-        (24, "CAP_SYS_RESOURCE"),
-        (40, "CAP_CHECKPOINT_RESTORE"),
+        Capability::CAP_SYS_PTRACE,
+        Capability::CAP_SYS_ADMIN,
+        Capability::CAP_SYS_RESOURCE,
+        Capability::CAP_CHECKPOINT_RESTORE,
     ];
     let have: Vec<String> = names
         .iter()
-        .map(|(b, n)| format!("{}{n}", if eff & (1u64 << b) != 0 { "+" } else { "-" }))
+        .map(|c| format!("{}{c}", if eff.contains(c) { "+" } else { "-" }))
         .collect();
     let line = have.join(" ");
-    if eff & (1 << 21) != 0 || eff & (1 << 40) != 0 {
+    if eff.contains(&Capability::CAP_SYS_ADMIN) || eff.contains(&Capability::CAP_CHECKPOINT_RESTORE)
+    {
         Ok(line)
     } else {
         Err(line)
