@@ -5,6 +5,7 @@
 use crate::mem::*;
 use crate::sys::*;
 use crate::{die, W, W_END};
+use core::mem::{offset_of, size_of};
 use cryo_image::handoff::HANDOFF_MAGIC;
 use cryo_image::{Image, Regs};
 
@@ -38,7 +39,6 @@ pub fn write(
     const UC_FP_XSTATE: u64 = 1;
     const UC_SIGCONTEXT_SS: u64 = 2;
     const UC_STRICT_RESTORE_SS: u64 = 4;
-    const FRAME_SIZE: usize = 8 + 304 + 128;
     let mut fp = 0usize;
     let mut below = top;
     if let Some((xsave, xcr0)) = xsave {
@@ -59,32 +59,138 @@ pub fn write(
         poke_u32(fp + xsize, 0x4650_5845); // FP_XSTATE_MAGIC2
         below = fp;
     }
-    let frame = ((below - FRAME_SIZE) & !15) - 8;
-    // SAFETY: frame..frame+FRAME_SIZE is on the same stack, below fp.
-    unsafe { core::ptr::write_bytes(frame as *mut u8, 0, FRAME_SIZE) };
-    let uc = frame + 8;
+    let frame = ((below - size_of::<RtSigframe>()) & !15) - 8;
     let fpx = if fp != 0 { UC_FP_XSTATE } else { 0 };
-    poke_u64(uc, fpx | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS);
-    poke_u64(uc + 8, 0); // uc_link
-                         // uc_stack: sigaltstack, re-installed by rt_sigreturn.
-    poke_u64(uc + 16, altstack.0);
-    poke_u32(uc + 24, altstack.1 & !1); // not SS_ONSTACK
-    poke_u64(uc + 32, altstack.2);
-    let sc = uc + 40;
-    let gprs = [
-        r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx, r.rdx,
-        r.rax, r.rcx, r.rsp, r.rip, r.eflags,
-    ];
-    for (i, v) in gprs.iter().enumerate() {
-        poke_u64(sc + i * 8, *v);
-    }
-    // cs, gs, fs, ss (u16 each).
-    let seg = (r.cs & 0xffff) | ((r.ss & 0xffff) << 48);
-    poke_u64(sc + 144, seg);
-    poke_u64(sc + 184, fp as u64); // fpstate
-    poke_u64(uc + 296, mask); // uc_sigmask
+    let f = RtSigframe {
+        pretcode: 0,
+        uc: UContext {
+            uc_flags: fpx | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS,
+            uc_link: 0,
+            // The sigaltstack, installed again by rt_sigreturn (never
+            // SS_ONSTACK: the kernel works that out from the stack pointer).
+            uc_stack: StackT {
+                ss_sp: altstack.0,
+                ss_flags: altstack.1 & !1,
+                _pad: 0,
+                ss_size: altstack.2,
+            },
+            uc_mcontext: SigContext {
+                r8: r.r8,
+                r9: r.r9,
+                r10: r.r10,
+                r11: r.r11,
+                r12: r.r12,
+                r13: r.r13,
+                r14: r.r14,
+                r15: r.r15,
+                rdi: r.rdi,
+                rsi: r.rsi,
+                rbp: r.rbp,
+                rbx: r.rbx,
+                rdx: r.rdx,
+                rax: r.rax,
+                rcx: r.rcx,
+                rsp: r.rsp,
+                rip: r.rip,
+                eflags: r.eflags,
+                cs: r.cs as u16,
+                gs: 0,
+                fs: 0,
+                ss: r.ss as u16,
+                err: 0,
+                trapno: 0,
+                oldmask: 0,
+                cr2: 0,
+                fpstate: fp as u64,
+                reserved1: [0; 8],
+            },
+            uc_sigmask: mask,
+        },
+        info: [0; 128],
+    };
+    // SAFETY: frame..frame+size_of::<RtSigframe>() is on the same stack,
+    // below fp (or below `top`), mapped writable; write_unaligned needs no
+    // alignment (the frame is 16-byte aligned + 8 anyway, as the kernel's).
+    unsafe { core::ptr::write_unaligned(frame as *mut RtSigframe, f) };
     frame + 8
 }
+
+/// The kernel's x86_64 `struct sigcontext` (arch/x86/include/uapi/asm/sigcontext.h).
+#[repr(C)]
+struct SigContext {
+    r8: u64,
+    r9: u64,
+    r10: u64,
+    r11: u64,
+    r12: u64,
+    r13: u64,
+    r14: u64,
+    r15: u64,
+    rdi: u64,
+    rsi: u64,
+    rbp: u64,
+    rbx: u64,
+    rdx: u64,
+    rax: u64,
+    rcx: u64,
+    rsp: u64,
+    rip: u64,
+    eflags: u64,
+    cs: u16,
+    gs: u16,
+    fs: u16,
+    ss: u16,
+    err: u64,
+    trapno: u64,
+    oldmask: u64,
+    cr2: u64,
+    fpstate: u64,
+    reserved1: [u64; 8],
+}
+
+/// `stack_t`.
+#[repr(C)]
+struct StackT {
+    ss_sp: u64,
+    ss_flags: u32,
+    _pad: u32,
+    ss_size: u64,
+}
+
+/// The kernel's `struct ucontext` (with a 64-bit signal mask).
+#[repr(C)]
+struct UContext {
+    uc_flags: u64,
+    uc_link: u64,
+    uc_stack: StackT,
+    uc_mcontext: SigContext,
+    uc_sigmask: u64,
+}
+
+/// The kernel's x86_64 `struct rt_sigframe`: the return address, the
+/// ucontext, the siginfo.
+#[repr(C)]
+struct RtSigframe {
+    pretcode: u64,
+    uc: UContext,
+    info: [u8; 128],
+}
+
+// The layout rt_sigreturn reads (arch/x86/include/asm/sigframe.h).
+const _: () = {
+    assert!(offset_of!(SigContext, rip) == 128);
+    assert!(offset_of!(SigContext, eflags) == 136);
+    assert!(offset_of!(SigContext, cs) == 144);
+    assert!(offset_of!(SigContext, ss) == 150);
+    assert!(offset_of!(SigContext, fpstate) == 184);
+    assert!(size_of::<SigContext>() == 256);
+    assert!(offset_of!(UContext, uc_stack) == 16);
+    assert!(offset_of!(UContext, uc_mcontext) == 40);
+    assert!(offset_of!(UContext, uc_sigmask) == 296);
+    assert!(offset_of!(RtSigframe, uc) == 8);
+    assert!(offset_of!(RtSigframe, info) == 312);
+    assert!(size_of::<RtSigframe>() == 440);
+};
 
 /// The image's gadgets, checked to be in the memory just built as
 /// capture found them (cryo restore checked them in the image).
