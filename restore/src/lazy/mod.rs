@@ -1,0 +1,277 @@
+//! The page server of a lazy restore.
+//!
+//! The shim registers every lazy mapping (`cryo_image::lazy::is_lazy`) of
+//! the rebuilt process with a userfaultfd in MISSING mode and sends the fd
+//! here. The server answers each fault with the faulting page, checked
+//! against its checksum in sums.img (whose 4 KiB block is itself checked
+//! against meta.img on first use), by UFFDIO_COPY straight from a mapping
+//! of pages.img, pages the image has no data for with
+//! UFFDIO_ZEROPAGE, and (in background mode) streams the remaining runs in
+//! growing batches between faults, then exits.
+//!
+//! What the program does to its memory is tracked per address space
+//! ([`Space`]): pages dropped (EVENT_REMOVE: MADV_DONTNEED/REMOVE; UNMAP)
+//! are never filled from the image again, moved ranges (REMAP) move their
+//! pending pages, and a fork (EVENT_FORK) gets its own space that starts as
+//! a copy of the parent's (the child's missing pages are the parent's).
+//! While an event is unread the kernel refuses fills with EAGAIN, so every
+//! fill is retried after the events are read.
+
+mod layout;
+mod server;
+mod space;
+mod stats;
+mod working_set;
+
+use crate::uffd::{Mapped, Uffd};
+use cryo_image::{Image, PAGE_SIZE};
+use layout::{Bits, Layout};
+use server::Server;
+use space::Space;
+use stats::{stats_json, Stats};
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+use working_set::write_working_set;
+pub use working_set::{read_working_set, WORKING_SET_FILE};
+
+const PG: u64 = PAGE_SIZE;
+/// Pages a fault brings in (from the faulting page on, within its run).
+/// Each page costs ~2 µs of kernel work in UFFDIO_COPY here (allocation
+/// and copy), so a fault is kept small; background streaming moves the
+/// bulk in large copies. See docs/benchmarks.md.
+const FAULT_AROUND: u64 = 1;
+/// Largest background copy (bytes): a fault that arrives meanwhile waits
+/// for it (and so does the program's exit, for the mmap lock). 64 KiB
+/// first, doubling up to this (8 MiB measured 4x slower exits at 1 %).
+const MAX_BATCH: u64 = 128 << 10;
+/// How far ahead the server maps pages.img when the program reads it in
+/// order: the faults that follow then take no madvise. A fault out of
+/// order maps only its own page (64 KiB for it measured 2 µs dearer).
+const MAP_AHEAD: u64 = 64 << 10;
+
+/// How pages that nobody asked for get in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// After the prefetch, stream every remaining page in the background
+    /// (growing batches, faults first), then exit.
+    Background,
+    /// Serve only what is touched; the server lives as long as the program.
+    OnDemand,
+}
+
+/// What the page server is told by `cryo restore`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    /// Where to write the working set (first-touch order) when the
+    /// program exits (`--record-working-set`; implies on-demand).
+    pub record: Option<PathBuf>,
+    /// Page addresses to copy before the program resumes.
+    pub prefetch: Vec<u64>,
+    /// Write serving statistics (JSON) here at exit.
+    pub stats: Option<PathBuf>,
+    /// Identity of meta.img (its xxh3), stored in a recorded working set.
+    pub image_id: u64,
+    /// Check each page's checksum before serving it (off: --no-verify).
+    pub verify: bool,
+}
+
+/// Fatal: the server cannot serve correct pages.
+#[derive(Debug)]
+struct Fatal(String);
+
+/// Pages the page server has to bring in for this image (for messages).
+pub fn lazy_pages(img: &Image) -> u64 {
+    let l = Layout::new(*img);
+    l.runs_in(0, u64::MAX)
+        .map(|(_, r)| {
+            (0..r.npages as u64)
+                .filter(|&k| !l.in_window(r.vaddr + k * PG))
+                .count() as u64
+        })
+        .sum()
+}
+
+fn say(msg: &str) {
+    let m = format!("cryo page server: {msg}\n");
+    // SAFETY: write from a buffer we own.
+    unsafe { libc::write(2, m.as_ptr() as *const libc::c_void, m.len()) };
+}
+
+/// The page server process (`files`: pages.img and sums.img): receive the
+/// uffd on `sock`, prefetch, say go,
+/// serve. `keeper` holds fork children's uffds. `target` is the restored
+/// process. Returns the exit status (0: every page in, or the program
+/// gone).
+pub fn run(
+    img: Image,
+    files: (&Path, &Path),
+    cfg: &Config,
+    sock: RawFd,
+    keeper: RawFd,
+    target: i32,
+) -> i32 {
+    match serve(img, files, cfg, sock, keeper, target) {
+        Ok(()) => 0,
+        Err(Fatal(m)) => {
+            say(&m);
+            1
+        }
+    }
+}
+
+fn serve(
+    img: Image,
+    (pages_path, sums_path): (&Path, &Path),
+    cfg: &Config,
+    sock: RawFd,
+    keeper: RawFd,
+    target: i32,
+) -> Result<(), Fatal> {
+    let map = |path: &Path, len: u64| {
+        let file = std::fs::File::open(path)
+            .map_err(|e| Fatal(format!("opening {}: {e}", path.display())))?;
+        Mapped::open(&file, len).map_err(|e| Fatal(format!("mapping {}: {e}", path.display())))
+    };
+    let npages = img.header.pages_len / PG;
+    // Their lengths were checked by `cryo restore`.
+    let pages = map(pages_path, img.header.pages_len)?;
+    let sums = map(sums_path, npages * 8)?;
+    // SAFETY: pidfd_open takes a pid and flags.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, target, 0) } as i32;
+    let uffd = match Uffd::recv(sock) {
+        Ok(Some(u)) => u,
+        // The shim failed before the hand-off (it said why).
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(Fatal(format!("receiving the userfaultfd: {e}"))),
+    };
+    let layout = Layout::new(img);
+    let root = Space::new(uffd, &layout, true);
+    let mut srv = Server {
+        layout,
+        pages,
+        sums,
+        block_ok: Bits::new(cryo_image::sum_blocks(img.header.pages_len)),
+        page_ok: Bits::new(npages),
+        mapped: Bits::new(npages),
+        last_end: u64::MAX,
+        verify: cfg.verify,
+        spaces: vec![root],
+        keeper,
+        stats: Stats::default(),
+        touched: Vec::new(),
+        recording: cfg.record.is_some(),
+    };
+    if !cfg.prefetch.is_empty() {
+        srv.prefetch(&cfg.prefetch)?;
+    }
+    // Go: the shim may hand off to the program.
+    // SAFETY: write one byte from a local.
+    unsafe {
+        libc::write(
+            sock,
+            [cryo_image::handoff::GO].as_ptr() as *const libc::c_void,
+            1,
+        )
+    };
+
+    let mode = if cfg.record.is_some() {
+        Mode::OnDemand
+    } else {
+        cfg.mode
+    };
+    let mut budget: u64 = 64 << 10;
+    let mut root_alive = true;
+    loop {
+        srv.pump_all()?;
+        if srv.spaces.is_empty() {
+            break;
+        }
+        if srv.retry_pending() {
+            // A fault waits for a thread of the program to finish an
+            // event (mmap_changing): let it run, then serve the fault.
+            // SAFETY: sched_yield takes no arguments.
+            unsafe { libc::sched_yield() };
+            continue;
+        }
+        let streaming = mode == Mode::Background || !root_alive;
+        if streaming {
+            // Faults first: only stream when nothing waits.
+            let mut any = false;
+            let mut s = 0;
+            while s < srv.spaces.len() {
+                if srv.stream(s, budget)? {
+                    any = true;
+                }
+                s += 1;
+            }
+            budget = (budget * 2).min(MAX_BATCH);
+            if !any {
+                break; // every page of every space is in
+            }
+            continue;
+        }
+        // On demand: sleep until a fault, an event or the program's exit.
+        let mut fds: Vec<libc::pollfd> = srv
+            .spaces
+            .iter()
+            .map(|s| libc::pollfd {
+                fd: s.uffd.raw(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        fds.push(libc::pollfd {
+            fd: pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        // SAFETY: poll over an array we own.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+        let exited = pidfd >= 0 && fds.last().is_some_and(|p| p.revents != 0);
+        if exited {
+            root_alive = false;
+            srv.spaces.retain(|s| !s.root);
+            if srv.spaces.is_empty() {
+                break;
+            }
+        } else if r == 0 {
+            // Idle: forked children have no pidfd here; a copy into a
+            // space whose process is gone fails with ESRCH and drops it.
+            let mut s = 0;
+            while s < srv.spaces.len() {
+                if !srv.spaces[s].root {
+                    srv.stream(s, PG)?;
+                }
+                s += 1;
+            }
+        }
+    }
+    if let Some(path) = &cfg.record {
+        write_working_set(path, cfg.image_id, &srv.touched)
+            .map_err(|e| Fatal(format!("writing {}: {e}", path.display())))?;
+    }
+    if let Some(path) = &cfg.stats {
+        let _ = std::fs::write(path, stats_json(&mut srv.stats));
+    }
+    Ok(())
+}
+
+/// Used by `cryo restore` before exec: a socketpair for the shim and the
+/// server (SOCK_SEQPACKET keeps the two fd messages apart).
+pub fn socketpair() -> std::io::Result<(RawFd, RawFd)> {
+    let mut sv = [0i32; 2];
+    // SAFETY: socketpair writes two fds into sv.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    } < 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((sv[0], sv[1]))
+}

@@ -1,0 +1,396 @@
+//! The page server's work on its spaces: checking pages before they are
+//! served, filling ranges (faults, background streaming, the prefetch of a
+//! working set) and reading each space's events and faults.
+
+use super::layout::{Bits, Layout};
+use super::space::Space;
+use super::stats::Stats;
+use super::{Fatal, FAULT_AROUND, MAP_AHEAD, PG};
+use crate::uffd::{send_fd, Fill, Mapped, Msg, Uffd};
+use cryo_image::SUMS_PER_BLOCK;
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+/// How filling a range went.
+enum Outcome {
+    Done,
+    /// The kernel refused a fill (errno): cannot go on correctly.
+    Failed(i32),
+    /// Events must be read first.
+    Again,
+    Gone,
+}
+
+/// The server's state: the image's pages, what was checked, and every
+/// address space being served.
+pub(super) struct Server<'a> {
+    pub(super) layout: Layout<'a>,
+    pub(super) pages: Mapped,
+    /// sums.img: the checksum of each page of pages.img.
+    pub(super) sums: Mapped,
+    /// Per block of sums.img: checked against meta.img.
+    pub(super) block_ok: Bits,
+    /// Per page of pages.img: checked against its checksum.
+    pub(super) page_ok: Bits,
+    /// Per page of pages.img: mapped in the server (populated).
+    pub(super) mapped: Bits,
+    /// Where in pages.img the last piece served ended: a piece that starts
+    /// there is the next of a sequential scan.
+    pub(super) last_end: u64,
+    /// Check each page's checksum before serving it.
+    pub(super) verify: bool,
+    pub(super) spaces: Vec<Space>,
+    pub(super) keeper: RawFd,
+    pub(super) stats: Stats,
+    /// Pages faulted in, in first-touch order (root space).
+    pub(super) touched: Vec<u64>,
+    pub(super) recording: bool,
+}
+
+impl<'a> Server<'a> {
+    /// Make pages.img's [src, src+len) (to be copied to `dst`) ready to
+    /// serve: mapped in one call, and each page checked against its
+    /// checksum in sums.img the first time it is served.
+    fn ready(&mut self, dst: u64, src: u64, len: u64) -> Result<(), Fatal> {
+        // Populated first: UFFDIO_COPY (and hashing) from an unpopulated
+        // file mapping takes a page fault per 4 KiB, several µs each here.
+        let (p0, p1) = (src / PG, (src + len) / PG);
+        if (p0..p1).any(|p| !self.mapped.get(p)) {
+            let ahead = if src == self.last_end { MAP_AHEAD } else { 0 };
+            let end = (src + len.max(ahead)).min(self.pages.bytes().len() as u64);
+            self.pages.populate(src, end - src);
+            (p0..end / PG).for_each(|p| self.mapped.set(p));
+        }
+        self.last_end = src + len;
+        if !self.verify {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let mut off = src;
+        while off < src + len {
+            let i = off / PG;
+            if !self.page_ok.get(i) {
+                let k = i / SUMS_PER_BLOCK;
+                let block = cryo_image::sums_block(self.sums.bytes(), k);
+                if !self.block_ok.get(k) {
+                    let ok = self
+                        .layout
+                        .img
+                        .page_sums()
+                        .get(k as usize)
+                        .is_some_and(|b| cryo_image::sum_block_ok(&b, block));
+                    if !ok {
+                        return Err(Fatal(format!(
+                            "sums.img is corrupt: block {k} fails its checksum"
+                        )));
+                    }
+                    self.block_ok.set(k);
+                    self.stats.verified_blocks += 1;
+                }
+                let ok = self
+                    .pages
+                    .get(off, PG)
+                    .zip(cryo_image::page_sum(block, i % SUMS_PER_BLOCK))
+                    .is_some_and(|(b, sum)| cryo_image::checksum(b) == sum);
+                if !ok {
+                    return Err(Fatal(format!(
+                        "pages.img is corrupt: the page for {:#x} fails its checksum",
+                        dst + (off - src)
+                    )));
+                }
+                self.page_ok.set(i);
+                self.stats.verified_pages += 1;
+            }
+            off += PG;
+        }
+        self.stats.verify_ns += t.elapsed().as_nanos() as u64;
+        Ok(())
+    }
+
+    /// Fill every pending page of space `s` in [lo, hi), each stretch that
+    /// is contiguous in memory and in pages.img with one copy.
+    fn fill_range(
+        &mut self,
+        s: usize,
+        lo: u64,
+        hi: u64,
+        count: &mut u64,
+    ) -> Result<Outcome, Fatal> {
+        let pieces = self.spaces[s].pieces(&self.layout, lo, hi);
+        for p in pieces {
+            self.ready(p.dst, p.src, p.len)?;
+            let (outcome, done) = self.copy(s, p.dst, p.src, p.len);
+            if done > 0 {
+                self.spaces[s].drop_range(&self.layout, p.dst, p.dst + done);
+            }
+            *count += done / PG;
+            match outcome {
+                Outcome::Done => {}
+                Outcome::Failed(e) => {
+                    return Err(Fatal(format!(
+                        "UFFDIO_COPY to {:#x}: {}",
+                        p.dst,
+                        std::io::Error::from_raw_os_error(e)
+                    )))
+                }
+                other => return Ok(other),
+            }
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// UFFDIO_COPY with the kernel's partial results handled. Returns the
+    /// outcome and how many bytes from `dst` on are now present.
+    fn copy(&mut self, s: usize, dst: u64, src: u64, len: u64) -> (Outcome, u64) {
+        let mut done = 0u64;
+        // After ENOENT for a range of pages: one page at a time, because
+        // the kernel refuses a copy that crosses from one mapping into the
+        // next (adjacent mappings whose pages are adjacent in pages.img),
+        // and only a single page tells "not mapped" from "crosses".
+        let mut single = false;
+        while done < len {
+            let want = if single { PG } else { len - done };
+            let Some(bytes) = self.pages.get(src + done, want) else {
+                return (Outcome::Gone, done);
+            };
+            let (f, n) = self.spaces[s].uffd.copy(dst + done, bytes.as_ptr(), want);
+            match f {
+                Fill::Done => {
+                    done += want;
+                    single = false;
+                }
+                Fill::Again if n > 0 => done += n,
+                Fill::Again => return (Outcome::Again, done),
+                // Already there (the program's own page, or raced): skip it.
+                Fill::Exists => {
+                    self.spaces[s].uffd.wake(dst + done, PG);
+                    done += PG;
+                }
+                Fill::NoVma if want > PG => single = true,
+                // This page is not mapped any more (the program unmapped
+                // it, and the event is still to be read): nothing to fill.
+                Fill::NoVma => {
+                    done += PG;
+                    single = false;
+                }
+                Fill::Gone => return (Outcome::Gone, done),
+                Fill::Failed(e) => return (Outcome::Failed(e), done),
+            }
+        }
+        (Outcome::Done, done)
+    }
+
+    /// Serve one fault. Returns Again if it must be retried after events.
+    fn fault(&mut self, s: usize, addr: u64) -> Result<Outcome, Fatal> {
+        let page = addr & !(PG - 1);
+        let t = Instant::now();
+        if self.spaces[s].is_pending(&self.layout, page) {
+            let mut n = 0;
+            let o = self.fill_range(s, page, page + FAULT_AROUND * PG, &mut n)?;
+            if matches!(o, Outcome::Done) {
+                self.stats.faults += 1;
+                self.stats.fault_pages += n;
+                let ns = t.elapsed().as_nanos().min(u32::MAX as u128) as u32;
+                self.stats.service_ns.push(ns);
+                if self.recording && self.spaces[s].root {
+                    self.touched.push(page);
+                }
+            }
+            return Ok(o);
+        }
+        // No data in the image, or dropped by the program: zeros.
+        let (f, _) = self.spaces[s].uffd.zero(page, PG);
+        Ok(match f {
+            Fill::Done => {
+                self.stats.zero_faults += 1;
+                Outcome::Done
+            }
+            Fill::Exists | Fill::NoVma => {
+                self.spaces[s].uffd.wake(page, PG);
+                Outcome::Done
+            }
+            Fill::Again => Outcome::Again,
+            Fill::Gone => Outcome::Gone,
+            Fill::Failed(e) => {
+                return Err(Fatal(format!(
+                    "UFFDIO_ZEROPAGE at {page:#x}: {}",
+                    std::io::Error::from_raw_os_error(e)
+                )))
+            }
+        })
+    }
+
+    /// Read and handle everything waiting on space `s`. Events first, then
+    /// faults (a fault is answered with the state after the events).
+    /// Returns false if the space is gone. Faults the kernel still refuses
+    /// with EAGAIN when no event is left to read stay in `retry`: after a
+    /// REMOVE, UNMAP or REMAP event is read, fills fail until the thread
+    /// that caused it has run again (the kernel's `mmap_changing`), which
+    /// another thread's fault must wait for, not give up on.
+    fn pump(&mut self, s: usize) -> Result<bool, Fatal> {
+        let mut retry = std::mem::take(&mut self.spaces[s].retry);
+        let mut idle_rounds = 0;
+        loop {
+            let mut msgs = Vec::new();
+            if self.spaces[s].uffd.read_msgs(&mut msgs).is_err() {
+                return Ok(false);
+            }
+            if msgs.is_empty() && retry.is_empty() {
+                return Ok(true);
+            }
+            for m in &msgs {
+                match *m {
+                    Msg::Remove { start, end } => {
+                        self.stats.removes += 1;
+                        self.spaces[s].drop_range(&self.layout, start, end);
+                    }
+                    Msg::Unmap { start, end } => {
+                        self.stats.unmaps += 1;
+                        self.spaces[s].drop_range(&self.layout, start, end);
+                    }
+                    Msg::Remap { from, to, len } => {
+                        self.stats.remaps += 1;
+                        self.spaces[s].remap(&self.layout, from, to, len);
+                    }
+                    Msg::Fork { ufd } => {
+                        self.stats.forks += 1;
+                        // Keep the child's uffd alive past our death too.
+                        let _ = send_fd(self.keeper, ufd);
+                        let parent = &self.spaces[s];
+                        let child = Space {
+                            uffd: Uffd::adopt(ufd),
+                            done: parent.done.clone(),
+                            moved: parent.moved.clone(),
+                            root: false,
+                            cursor: 0,
+                            retry: Vec::new(),
+                        };
+                        self.spaces.push(child);
+                    }
+                    Msg::Fault { addr } => retry.push(addr),
+                    Msg::Other => {}
+                }
+            }
+            let faults = std::mem::take(&mut retry);
+            let mut again = false;
+            for addr in faults {
+                if again {
+                    retry.push(addr);
+                    continue;
+                }
+                match self.fault(s, addr)? {
+                    Outcome::Done => {}
+                    Outcome::Again => {
+                        again = true;
+                        retry.push(addr);
+                    }
+                    Outcome::Gone | Outcome::Failed(_) => return Ok(false),
+                }
+            }
+            if retry.is_empty() && msgs.is_empty() {
+                return Ok(true);
+            }
+            if msgs.is_empty() {
+                idle_rounds += 1;
+                if idle_rounds >= 64 {
+                    // Let the event's thread run; the caller comes back.
+                    self.spaces[s].retry = retry;
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// Whether some fault waits for a retry.
+    pub(super) fn retry_pending(&self) -> bool {
+        self.spaces.iter().any(|sp| !sp.retry.is_empty())
+    }
+
+    /// Pump every space; drop the ones that are gone.
+    pub(super) fn pump_all(&mut self) -> Result<(), Fatal> {
+        let mut s = 0;
+        while s < self.spaces.len() {
+            if self.pump(s)? {
+                s += 1;
+            } else {
+                self.spaces.remove(s);
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy about `budget` bytes of pending pages of space s in the
+    /// background: moved pieces first, then the layout from the cursor on.
+    /// Returns false when the space has nothing left.
+    pub(super) fn stream(&mut self, s: usize, budget: u64) -> Result<bool, Fatal> {
+        // The next pending page at or after the cursor (moved pieces are
+        // few: any pending one goes first).
+        let next = {
+            let sp = &self.spaces[s];
+            let moved = sp
+                .moved
+                .iter()
+                .find(|c| c.pending != 0)
+                .map(|c| c.addr + c.pending.trailing_zeros() as u64 * PG);
+            moved.or_else(|| {
+                self.layout.runs_in(sp.cursor, u64::MAX).find_map(|(_, r)| {
+                    let mut a = r.vaddr.max(sp.cursor);
+                    while a < r.vaddr + r.len() {
+                        let src = r.offset + (a - r.vaddr);
+                        if sp.layout_pending(&self.layout, a, src) && sp.moved_at(a).is_none() {
+                            return Some(a);
+                        }
+                        a += PG;
+                    }
+                    None
+                })
+            })
+        };
+        let Some(start) = next else {
+            return Ok(false);
+        };
+        let end = start.saturating_add(budget);
+        let mut count = 0;
+        match self.fill_range(s, start, end, &mut count)? {
+            Outcome::Done => {
+                let sp = &mut self.spaces[s];
+                if sp.moved_at(start).is_none() {
+                    sp.cursor = end;
+                }
+            }
+            Outcome::Again => {}
+            Outcome::Gone | Outcome::Failed(_) => {
+                self.spaces.remove(s);
+                return Ok(false);
+            }
+        }
+        self.stats.background_pages += count;
+        Ok(true)
+    }
+
+    /// Copy the recorded working set (page addresses) before the program
+    /// resumes: sorted, and each stretch of adjacent pages one copy.
+    pub(super) fn prefetch(&mut self, addrs: &[u64]) -> Result<(), Fatal> {
+        let mut pages: Vec<u64> = addrs.iter().map(|a| a & !(PG - 1)).collect();
+        pages.sort_unstable();
+        pages.dedup();
+        let mut k = 0;
+        while k < pages.len() {
+            let mut e = k + 1;
+            while e < pages.len() && pages[e] == pages[e - 1] + PG {
+                e += 1;
+            }
+            let (lo, hi) = (pages[k], pages[e - 1] + PG);
+            k = e;
+            let mut count = 0;
+            while let Outcome::Again = self.fill_range(0, lo, hi, &mut count)? {
+                self.pump_all()?;
+            }
+            if count > 0 {
+                self.stats.prefetch_pages += count;
+                self.stats.prefetch_copies += 1;
+            }
+        }
+        Ok(())
+    }
+}

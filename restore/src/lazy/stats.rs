@@ -1,0 +1,51 @@
+//! What the page server counts, written as JSON at exit (`--lazy-stats`).
+
+#[derive(Default)]
+pub(super) struct Stats {
+    pub(super) faults: u64,
+    pub(super) zero_faults: u64,
+    pub(super) fault_pages: u64,
+    pub(super) background_pages: u64,
+    pub(super) prefetch_pages: u64,
+    pub(super) prefetch_copies: u64,
+    pub(super) forks: u64,
+    /// Pages checksummed (and sums.img blocks), and the time spent on it.
+    pub(super) verified_pages: u64,
+    pub(super) verified_blocks: u64,
+    pub(super) verify_ns: u64,
+    pub(super) removes: u64,
+    pub(super) remaps: u64,
+    pub(super) unmaps: u64,
+    /// Service time of each data fault (ns), from reading it to its copy.
+    pub(super) service_ns: Vec<u32>,
+}
+
+pub(super) fn stats_json(st: &mut Stats) -> String {
+    st.service_ns.sort_unstable();
+    let q = |f: f64| -> u64 {
+        if st.service_ns.is_empty() {
+            0
+        } else {
+            st.service_ns[((st.service_ns.len() - 1) as f64 * f) as usize] as u64
+        }
+    };
+    format!(
+        "{{\"faults\":{},\"zero_faults\":{},\"fault_pages\":{},\"background_pages\":{},\"prefetch_pages\":{},\"prefetch_copies\":{},\"forks\":{},\"removes\":{},\"unmaps\":{},\"remaps\":{},\"verified_pages\":{},\"verified_blocks\":{},\"verify_ns\":{},\"fault_service_ns_p10\":{},\"fault_service_ns_median\":{},\"fault_service_ns_p90\":{}}}\n",
+        st.faults,
+        st.zero_faults,
+        st.fault_pages,
+        st.background_pages,
+        st.prefetch_pages,
+        st.prefetch_copies,
+        st.forks,
+        st.removes,
+        st.unmaps,
+        st.remaps,
+        st.verified_pages,
+        st.verified_blocks,
+        st.verify_ns,
+        q(0.1),
+        q(0.5),
+        q(0.9)
+    )
+}
