@@ -1,5 +1,7 @@
-//! Small wrappers around a userfaultfd received from the shim, and fd
-//! passing over unix sockets. Every `unsafe` of the page server is here.
+//! Small wrappers around a userfaultfd received from the shim, fd passing
+//! over unix sockets, the mapping of pages.img, and the few plain system
+//! calls of the page server's loop. Every `unsafe` of the page server is
+//! here.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -116,11 +118,13 @@ impl Uffd {
         }
     }
 
+    /// `arg` is the uffdio struct `req` expects (callers pass the right
+    /// length); a source address in it points into a slice the caller
+    /// borrows for the call.
     fn ioctl_fill(&self, req: libc::c_ulong, arg: &mut [u64], res_idx: usize) -> (Fill, u64) {
-        // `arg` is the uffdio struct the request expects (callers pass the
-        // right length); source addresses in it point into our mapping of
-        // pages.img, which outlives the call.
-        // SAFETY: the kernel reads `arg` and writes only its result field.
+        // SAFETY: the kernel reads `arg` (and, for UFFDIO_COPY, the source
+        // bytes it names, alive for the call) and writes only its result
+        // field.
         let r = unsafe { libc::ioctl(self.0.as_raw_fd(), req, arg.as_mut_ptr()) };
         let done = arg[res_idx] as i64;
         if r == 0 {
@@ -139,10 +143,10 @@ impl Uffd {
         (f, partial)
     }
 
-    /// UFFDIO_COPY `len` bytes from our `src` to `dst` in the process.
-    /// Returns the outcome and the bytes copied.
-    pub fn copy(&self, dst: u64, src: *const u8, len: u64) -> (Fill, u64) {
-        let mut a = [dst, src as u64, len, 0, 0];
+    /// UFFDIO_COPY the bytes of `src` to `dst` in the process. Returns the
+    /// outcome and the bytes copied.
+    pub fn copy(&self, dst: u64, src: &[u8]) -> (Fill, u64) {
+        let mut a = [dst, src.as_ptr() as u64, src.len() as u64, 0, 0];
         self.ioctl_fill(UFFDIO_COPY, &mut a, 4)
     }
 
@@ -162,6 +166,51 @@ impl Uffd {
     pub fn raw(&self) -> RawFd {
         self.0.as_raw_fd()
     }
+}
+
+/// Used by `cryo restore` before exec: a socketpair for the shim and the
+/// server (SOCK_SEQPACKET keeps the two fd messages apart).
+pub fn socketpair() -> io::Result<(RawFd, RawFd)> {
+    let mut sv = [0i32; 2];
+    // SAFETY: socketpair writes two fds into sv.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((sv[0], sv[1]))
+}
+
+/// write(2) of `b` to `fd`, once: a short write is not continued (the
+/// page server's messages and its go-ahead are one small write each).
+pub fn write(fd: RawFd, b: &[u8]) -> io::Result<usize> {
+    // SAFETY: the kernel reads `b.len()` bytes of a slice we borrow.
+    let n = unsafe { libc::write(fd, b.as_ptr() as *const libc::c_void, b.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// A pidfd for `pid` (readable once it exits), or -1 if there is none.
+/// Never closed: the page server keeps it for its whole life.
+pub fn pidfd_open(pid: i32) -> RawFd {
+    // SAFETY: pidfd_open takes a pid and flags.
+    unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd }
+}
+
+/// poll(2) over `fds` for at most `timeout_ms`: the number ready, 0 on
+/// timeout, -1 on error.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> i32 {
+    // SAFETY: the kernel reads and writes `fds.len()` entries of a slice
+    // we borrow mutably.
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) }
 }
 
 /// A msghdr for one byte of payload (`iov`) and the control buffer `cbuf`.

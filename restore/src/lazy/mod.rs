@@ -23,7 +23,7 @@ mod space;
 mod stats;
 mod working_set;
 
-use crate::uffd::{Mapped, Uffd};
+use crate::uffd::{self, Mapped, Uffd};
 use cryo_image::{Image, PAGE_SIZE};
 use layout::{Bits, Layout};
 use server::Server;
@@ -94,8 +94,7 @@ pub fn lazy_pages(img: &Image) -> u64 {
 
 fn say(msg: &str) {
     let m = format!("cryo page server: {msg}\n");
-    // SAFETY: write from a buffer we own.
-    unsafe { libc::write(2, m.as_ptr() as *const libc::c_void, m.len()) };
+    let _ = uffd::write(2, m.as_bytes());
 }
 
 /// The page server process (`files`: pages.img and sums.img): receive the
@@ -137,8 +136,7 @@ fn serve(
     // Their lengths were checked by `cryo restore`.
     let pages = map(pages_path, img.header.pages_len)?;
     let sums = map(sums_path, npages * 8)?;
-    // SAFETY: pidfd_open takes a pid and flags.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, target, 0) } as i32;
+    let pidfd = uffd::pidfd_open(target);
     let uffd = match Uffd::recv(sock) {
         Ok(Some(u)) => u,
         // The shim failed before the hand-off (it said why).
@@ -166,14 +164,7 @@ fn serve(
         srv.prefetch(&cfg.prefetch)?;
     }
     // Go: the shim may hand off to the program.
-    // SAFETY: write one byte from a local.
-    unsafe {
-        libc::write(
-            sock,
-            [cryo_image::handoff::GO].as_ptr() as *const libc::c_void,
-            1,
-        )
-    };
+    let _ = uffd::write(sock, &[cryo_image::handoff::GO]);
 
     let mode = if cfg.record.is_some() {
         Mode::OnDemand
@@ -190,8 +181,7 @@ fn serve(
         if srv.retry_pending() {
             // A fault waits for a thread of the program to finish an
             // event (mmap_changing): let it run, then serve the fault.
-            // SAFETY: sched_yield takes no arguments.
-            unsafe { libc::sched_yield() };
+            std::thread::yield_now(); // sched_yield
             continue;
         }
         let streaming = mode == Mode::Background || !root_alive;
@@ -226,8 +216,7 @@ fn serve(
             events: libc::POLLIN,
             revents: 0,
         });
-        // SAFETY: poll over an array we own.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+        let r = uffd::poll(&mut fds, 1000);
         let exited = pidfd >= 0 && fds.last().is_some_and(|p| p.revents != 0);
         if exited {
             root_alive = false;
@@ -257,21 +246,5 @@ fn serve(
     Ok(())
 }
 
-/// Used by `cryo restore` before exec: a socketpair for the shim and the
-/// server (SOCK_SEQPACKET keeps the two fd messages apart).
-pub fn socketpair() -> std::io::Result<(RawFd, RawFd)> {
-    let mut sv = [0i32; 2];
-    // SAFETY: socketpair writes two fds into sv.
-    if unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            sv.as_mut_ptr(),
-        )
-    } < 0
-    {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok((sv[0], sv[1]))
-}
+// The shim's and the server's socketpair, made by `cryo restore`.
+pub use crate::uffd::socketpair;

@@ -153,7 +153,7 @@ impl<'a> Server<'a> {
             let Some(bytes) = self.pages.get(src + done, want) else {
                 return (Outcome::Gone, done);
             };
-            let (f, n) = self.spaces[s].uffd.copy(dst + done, bytes.as_ptr(), want);
+            let (f, n) = self.spaces[s].uffd.copy(dst + done, bytes);
             match f {
                 Fill::Done => {
                     done += want;
