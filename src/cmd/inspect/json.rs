@@ -1,0 +1,145 @@
+//! The JSON document of `cryo inspect --json`: every table of the image.
+
+use super::names::{flag_names, perms, signame, vmflags};
+use super::{comm, s, vma_pages};
+use cryo_image::fds::{file_flags, lock_kind, pipe_flags};
+use cryo_image::load::LoadedImage;
+use cryo_image::{fd_kind, process_flags, vma_kind, Image};
+use serde_json::{json, Value};
+
+pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
+    let p = img.process();
+    let vmas: Vec<Value> = img
+        .vmas()
+        .iter()
+        .map(|v| {
+            let (d, z) = vma_pages(img, &v);
+            json!({
+                "start": v.start, "end": v.end, "pgoff": v.pgoff, "perms": perms(&v),
+                "kind": vma_kind::name(v.kind), "name": s(img, v.name),
+                "flags": flag_names(&v), "vmflags": vmflags(&v),
+                "file": (v.file != cryo_image::NO_INDEX).then_some(v.file),
+                "resident_pages": v.resident_pages, "dumped_pages": d, "zero_pages": z,
+            })
+        })
+        .collect();
+    let files: Vec<Value> = img
+        .files()
+        .iter()
+        .map(|f| {
+            json!({"path": s(img, f.path), "dev": f.dev, "ino": f.ino, "size": f.size,
+                   "mtime_sec": f.mtime_sec, "mtime_nsec": f.mtime_nsec, "mode": f.mode,
+                   "unlinked": f.flags & file_flags::DELETED != 0,
+                   "memfd": f.flags & file_flags::MEMFD != 0, "seals": f.seals,
+                   "uid": f.uid, "gid": f.gid,
+                   "extents": img.extents().iter().skip(f.first_extent as usize)
+                       .take(f.extent_count as usize)
+                       .map(|e| json!({"file_off": e.file_off, "len": e.data.len}))
+                       .collect::<Vec<_>>()})
+        })
+        .collect();
+    let fdt: Vec<cryo_image::Fd> = img.fds().iter().collect();
+    let fds: Vec<Value> = fdt
+        .iter()
+        .map(|f| {
+            json!({"fd": f.fd, "kind": fd_kind::name(f.kind), "flags": f.flags,
+                   "cloexec": f.cloexec != 0, "pos": f.pos, "target": s(img, f.target),
+                   "rdev": f.rdev, "ino": f.ino, "dev": f.dev, "mode": f.mode,
+                   "same_description_as": fdt[f.desc as usize].fd,
+                   "object": (f.object != cryo_image::NO_INDEX).then_some(f.object),
+                   "file": (f.file != cryo_image::NO_INDEX).then_some(f.file)})
+        })
+        .collect();
+    let (mut data, mut zero) = (0u64, 0u64);
+    for v in img.vmas().iter() {
+        let (d, z) = vma_pages(img, &v);
+        data += d;
+        zero += z;
+    }
+    json!({
+        "dir": loaded.dir,
+        "format": {"major": img.header.major, "minor": img.header.minor},
+        "meta_bytes": img.header.meta_len,
+        "pages_bytes": img.header.pages_len,
+        "sums_bytes": img.header.pages_len / cryo_image::PAGE_SIZE * 8,
+        "sum_blocks": img.page_sums().len(),
+        "pages_stored": data,
+        "pages_zero": zero,
+        "process": {
+            "pid": p.pid, "comm": comm(img), "exe": s(img, p.exe), "cwd": s(img, p.cwd),
+            "kernel": s(img, p.kernel), "captured_at": p.captured_at,
+            "was_stopped": p.flags & process_flags::WAS_STOPPED != 0,
+            "in_syscall": p.flags & process_flags::IN_SYSCALL != 0,
+            "personality": p.personality, "umask": p.umask, "rss_kib": p.rss_kib,
+            "mm": p.mm, "regs": p.regs, "raw_regs": p.raw_regs,
+            "sig_blocked": p.sig_blocked, "sig_pending": p.sig_pending,
+            "sig_shared_pending": p.sig_shared_pending,
+            "sigaltstack": {"sp": p.sigaltstack_sp, "size": p.sigaltstack_size, "flags": p.sigaltstack_flags},
+            "rseq": (p.flags & process_flags::HAS_RSEQ != 0).then(|| json!({
+                "addr": p.rseq_addr, "size": p.rseq_size, "sig": p.rseq_sig, "flags": p.rseq_flags})),
+            "xsave_size": p.xsave_size, "xcr0": p.xcr0,
+            "tls": {"canary": p.tls_canary, "pointer_guard": p.tls_pointer_guard,
+                    "tid_offset": p.tid_offset},
+            "clear_child_tid": p.clear_child_tid,
+            "vdso": {"start": p.vdso_start, "len": p.vdso_len, "hash": p.vdso_hash},
+        },
+        "vmas": vmas,
+        "files": files,
+        "page_runs": img.page_runs().len(),
+        "auxv": img.auxv().iter().map(|a| json!([a.key, a.val])).collect::<Vec<_>>(),
+        "sigactions": img.sigactions().iter().map(|a| json!({
+            "signo": a.signo, "name": signame(a.signo), "handler": a.handler, "flags": a.flags,
+            "restorer": a.restorer, "mask": a.mask})).collect::<Vec<_>>(),
+        "rlimits": img.rlimits().iter().map(|r| json!({"resource": r.resource, "cur": r.cur, "max": r.max})).collect::<Vec<_>>(),
+        "fds": fds,
+        "timers": img.timers().iter().collect::<Vec<_>>(),
+        "itimers": img.itimers().iter().collect::<Vec<_>>(),
+        "gadgets": img.gadgets(),
+        "pipes": img.pipes().iter().map(|p| json!({
+            "ino": p.ino, "capacity": p.size, "buffered": p.data.len,
+            "inside": p.flags & pipe_flags::INSIDE != 0,
+            "packet": p.flags & pipe_flags::PACKET != 0,
+            "no_writer": p.flags & pipe_flags::NO_WRITER != 0,
+            "no_reader": p.flags & pipe_flags::NO_READER != 0})).collect::<Vec<_>>(),
+        "locks": img.locks().iter().map(|l| json!({
+            "fd": l.fd, "kind": lock_kind::name(l.kind), "write": l.write != 0,
+            "start": l.start, "end": (l.end != u64::MAX).then_some(l.end)})).collect::<Vec<_>>(),
+        "creds": img.creds().map(|c| json!({
+            "uid": c.uid, "gid": c.gid,
+            "groups": img.groups().iter().map(|g| g.gid).collect::<Vec<_>>(),
+            "cap_eff": c.cap_eff, "cap_prm": c.cap_prm, "cap_inh": c.cap_inh,
+            "cap_bnd": c.cap_bnd, "cap_amb": c.cap_amb, "securebits": c.securebits})),
+        "task": img.task(),
+        "inotify": img.inotify().iter().map(|w| json!({
+            "fd": fdt.get(w.desc as usize).map(|f| f.fd), "wd": w.wd, "mask": w.mask,
+            "dev": w.dev, "ino": w.ino, "path": s(img, w.path)})).collect::<Vec<_>>(),
+        "threads": img.threads().iter().map(|t| json!({
+            "tid": t.tid,
+            "comm": String::from_utf8_lossy(&t.comm).trim_end_matches('\0'),
+            "in_syscall": t.flags & process_flags::IN_SYSCALL != 0,
+            "regs": t.regs, "raw_regs": t.raw_regs, "sig_blocked": t.sig_blocked,
+            "sigaltstack": {"sp": t.sigaltstack_sp, "size": t.sigaltstack_size, "flags": t.sigaltstack_flags},
+            "rseq": (t.flags & process_flags::HAS_RSEQ != 0).then(|| json!({
+                "addr": t.rseq_addr, "size": t.rseq_size, "sig": t.rseq_sig, "flags": t.rseq_flags})),
+            "robust_list": t.robust_list, "clear_child_tid": t.clear_child_tid,
+            "sched_policy": t.sched_policy, "sched_priority": t.sched_priority, "nice": t.nice,
+            "timer_slack_ns": t.timer_slack_ns})).collect::<Vec<_>>(),
+        "eventfds": img.eventfds().iter().collect::<Vec<_>>(),
+        "timerfds": img.timerfds().iter().collect::<Vec<_>>(),
+        "signalfds": img.signalfds().iter().collect::<Vec<_>>(),
+        "epoll_items": img.epoll_items().iter().collect::<Vec<_>>(),
+        "fanotify": img.fanotify().iter().collect::<Vec<_>>(),
+        "fanotify_marks": img.fanotify_marks().iter().map(|m| json!({
+            "fd": fdt.get(m.desc as usize).map(|f| f.fd), "kind": m.kind, "mflags": m.mflags,
+            "mask": m.mask, "ignored_mask": m.ignored_mask, "dev": m.dev, "ino": m.ino,
+            "path": s(img, m.path)})).collect::<Vec<_>>(),
+        "queued_signals": img.signals().iter().map(|q| json!({
+            "thread": match (q.shared, q.thread) {
+                (1, _) => None,
+                (_, 0) => Some(p.pid),
+                (_, k) => img.threads().get(k as usize - 1).map(|t| t.tid),
+            },
+            "signo": q.signo, "name": signame(q.signo), "shared": q.shared != 0,
+            "code": q.info[1] as u32 as i32, "value": q.info[3]})).collect::<Vec<_>>(),
+    })
+}

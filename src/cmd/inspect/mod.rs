@@ -1,0 +1,71 @@
+//! `cryo inspect`: what an image holds, for a human or (`--json`) a script.
+//!
+//! `text.rs` renders the listing, `json.rs` the JSON document, `names.rs`
+//! the names both use (permissions, flags, signals).
+
+mod json;
+mod names;
+mod text;
+
+use anyhow::Result;
+use cryo_image::load::LoadedImage;
+use cryo_image::{run_kind, Image, StrRef, Vma};
+use json::to_json;
+use std::path::PathBuf;
+use text::to_text;
+
+/// Show what an image holds.
+///
+/// Checks the whole image first (header, tables and, unless --no-verify,
+/// every page run's checksum), then prints mappings like pmap, page counts,
+/// registers, TLS words, signals, fds, timers and sizes.
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    /// Image directory written by `cryo capture`.
+    pub dir: PathBuf,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Skip checking the page data's checksums (faster on large images).
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+pub fn run(a: InspectArgs) -> Result<i32> {
+    let loaded = LoadedImage::open(&a.dir)?;
+    if !a.no_verify {
+        loaded.verify_pages(|_| {})?;
+    }
+    let img = loaded.image()?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&img, &loaded))?);
+    } else {
+        print!("{}", to_text(&img, &loaded));
+    }
+    Ok(0)
+}
+
+pub(super) fn s<'a>(img: &Image<'a>, r: StrRef) -> &'a str {
+    img.str(r).unwrap_or("")
+}
+
+pub(super) fn comm(img: &Image) -> String {
+    let c = img.process().comm;
+    let n = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+    String::from_utf8_lossy(&c[..n]).into_owned()
+}
+
+/// Pages stored as data and recorded as zero for one mapping.
+pub(super) fn vma_pages(img: &Image, v: &Vma) -> (u64, u64) {
+    let runs = img.page_runs();
+    let (mut data, mut zero) = (0, 0);
+    for i in v.first_run..v.first_run + v.run_count {
+        if let Some(r) = runs.get(i as usize) {
+            match r.kind {
+                run_kind::DATA => data += r.npages as u64,
+                _ => zero += r.npages as u64,
+            }
+        }
+    }
+    (data, zero)
+}
