@@ -51,9 +51,9 @@ pub enum RestoreError {
     #[error("the restore shim {} is missing or not executable (set CRYO_SHIM or build it with `cargo build -p cryo-shim`)", .0.display())]
     NoShim(PathBuf),
     #[error("fd {fd} ({what}) cannot be restored: {why}")]
-    Fd { fd: i32, what: String, why: String },
+    Fd { fd: i32, what: String, why: Why },
     #[error("{path} (unlinked or memfd) cannot be made again: {why}")]
-    Stored { path: String, why: String },
+    Stored { path: String, why: Why },
     #[error("{0}")]
     Task(String),
     #[error("cannot set {name} to {cur}/{max} (ours: {our_cur}/{our_max}): raising a hard limit needs CAP_SYS_RESOURCE; restore from a shell with the captured limits")]
@@ -77,6 +77,41 @@ pub enum RestoreError {
         what: String,
         source: std::io::Error,
     },
+}
+
+/// Why one fd or one stored file cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum Why {
+    /// A refusal, said in full.
+    #[error("{0}")]
+    Said(String),
+    /// A system call failed: what was being done, and the error.
+    #[error("{doing}: {source}")]
+    Sys {
+        doing: String,
+        source: std::io::Error,
+    },
+    /// Opening or reading failed; the error says it.
+    #[error("{0}")]
+    Io(std::io::Error),
+}
+
+impl From<String> for Why {
+    fn from(s: String) -> Why {
+        Why::Said(s)
+    }
+}
+
+impl From<&str> for Why {
+    fn from(s: &str) -> Why {
+        Why::Said(s.to_owned())
+    }
+}
+
+impl From<std::io::Error> for Why {
+    fn from(e: std::io::Error) -> Why {
+        Why::Io(e)
+    }
 }
 
 fn sys(what: impl Into<String>) -> RestoreError {

@@ -4,7 +4,7 @@
 //! taken by the shim after its last close.
 
 use crate::fds::{FdPlan, Plan, Source};
-use crate::RestoreError;
+use crate::{RestoreError, Why};
 use cryo_image::fds::lock_kind;
 use cryo_image::Image;
 use std::os::fd::AsRawFd;
@@ -41,12 +41,12 @@ fn check_posix_locks(img: &Image, plan: &Plan) -> Result<(), RestoreError> {
             return Err(RestoreError::Fd {
                 fd: l.fd,
                 what: p.what.clone(),
-                why: format!(
+                why: Why::Said(format!(
                     "its {} lock on bytes {}.. is held by pid {} now (is the captured process still running?)",
                     if l.write != 0 { "write" } else { "read" },
                     l.start,
                     fl.l_pid
-                ),
+                )),
             });
         }
     }
@@ -73,7 +73,7 @@ pub(crate) fn take(plans: &[FdPlan], l: &cryo_image::fds::Lock) -> Result<(), Re
     let fail = |why: String| RestoreError::Fd {
         fd: l.fd,
         what: what.clone(),
-        why,
+        why: Why::Said(why),
     };
     let r = match l.kind {
         lock_kind::FLOCK => {

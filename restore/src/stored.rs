@@ -5,7 +5,7 @@
 //! working directory.
 
 use crate::fds::{fd_err, owned, sys_err, FdErr, FdPlan, Plan, Source};
-use crate::RestoreError;
+use crate::{RestoreError, Why};
 use cryo_image::fds::file_flags;
 use cryo_image::load::LoadedImage;
 use cryo_image::{Image, NO_INDEX};
@@ -73,10 +73,10 @@ pub(crate) fn plan_mapped(img: &Image, out: &mut Plan) -> Result<(), RestoreErro
             if !parent.is_dir() {
                 return Err(RestoreError::Stored {
                     path: path.to_owned(),
-                    why: format!(
+                    why: Why::Said(format!(
                         "cryo makes the unlinked file again in its directory, {}, which is gone",
                         parent.display()
-                    ),
+                    )),
                 });
             }
         }
@@ -119,7 +119,7 @@ pub(crate) fn make(
     let shown = img.str(f.path).unwrap_or("").to_owned();
     let err = |why: String| RestoreError::Stored {
         path: shown.clone(),
-        why,
+        why: Why::Said(why),
     };
     let fd = if f.flags & file_flags::MEMFD != 0 {
         const F_SEAL_SEAL: u32 = 1;

@@ -24,7 +24,7 @@
 //! FD_CLOEXEC (the exec of the shim would close it); the shim sets the
 //! flag again where the image has it.
 
-use crate::RestoreError;
+use crate::{RestoreError, Why};
 use cryo_image::fds::file_flags;
 use cryo_image::load::LoadedImage;
 use cryo_image::{fd_kind, Image, NO_INDEX};
@@ -141,11 +141,11 @@ pub(crate) struct FdErr<'a> {
 }
 
 impl FdErr<'_> {
-    pub fn why(&self, why: impl std::fmt::Display) -> RestoreError {
+    pub fn why(&self, why: impl Into<Why>) -> RestoreError {
         RestoreError::Fd {
             fd: self.fd,
             what: self.what.to_owned(),
-            why: why.to_string(),
+            why: why.into(),
         }
     }
 }
@@ -411,11 +411,11 @@ pub(crate) fn owned(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-pub(crate) fn fd_err(p: &FdPlan, why: impl std::fmt::Display) -> RestoreError {
+pub(crate) fn fd_err(p: &FdPlan, why: impl Into<Why>) -> RestoreError {
     RestoreError::Fd {
         fd: p.fd,
         what: p.what.clone(),
-        why: why.to_string(),
+        why: why.into(),
     }
 }
 
