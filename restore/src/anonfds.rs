@@ -3,9 +3,10 @@
 //! expirations not yet read, a mask; an epoll instance gets what it
 //! watched once every fd is at its number.
 
-use crate::fds::{close, fd_err, set_status_flags, FdPlan, Plan, Source};
-use crate::RestoreError;
+use crate::fds::{fd_err, set_status_flags, FdPlan, Plan, Source};
+use crate::{sys, RestoreError, Why};
 use cryo_image::{fd_kind, Image};
+use std::os::fd::{AsFd, IntoRawFd};
 
 /// Make the eventfd, timerfd or signalfd `object` of `kind`.
 pub(crate) fn make(
@@ -15,7 +16,7 @@ pub(crate) fn make(
     object: u32,
     flags: i32,
 ) -> Result<i32, RestoreError> {
-    let os = |what: &str| fd_err(p, format!("{what}: {}", std::io::Error::last_os_error()));
+    let os = |what: &str, e| fd_err(p, Why::sys(what, e));
     let fd = match kind {
         fd_kind::EVENTFD => {
             let e = img
@@ -27,18 +28,10 @@ pub(crate) fn make(
             } else {
                 0
             };
-            // SAFETY: eventfd takes integers and returns a new fd.
-            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | sem) };
-            if fd < 0 {
-                return Err(os("eventfd"));
-            }
+            let fd = sys::eventfd(libc::EFD_CLOEXEC | sem).map_err(|e| os("eventfd", e))?;
             if e.count > 0 {
-                let c = e.count.to_ne_bytes();
-                // SAFETY: write reads the 8 bytes of the counter we own.
-                if unsafe { libc::write(fd, c.as_ptr() as *const libc::c_void, 8) } != 8 {
-                    close(fd);
-                    return Err(os("setting the eventfd counter"));
-                }
+                sys::eventfd_add(fd.as_fd(), e.count)
+                    .map_err(|e| os("setting the eventfd counter", e))?;
             }
             fd
         }
@@ -47,11 +40,8 @@ pub(crate) fn make(
                 .timerfds()
                 .get(object as usize)
                 .ok_or_else(|| fd_err(p, "no timerfd state in the image"))?;
-            // SAFETY: timerfd_create takes integers and returns a new fd.
-            let fd = unsafe { libc::timerfd_create(t.clock, libc::TFD_CLOEXEC) };
-            if fd < 0 {
-                return Err(os("timerfd_create"));
-            }
+            let fd = sys::timerfd_create(t.clock, libc::TFD_CLOEXEC)
+                .map_err(|e| os("timerfd_create", e))?;
             // A periodic timer whose expiration was due at capture (fdinfo
             // shows it_value 0 until the expirations are read, and the
             // kernel re-arms it only on that read) is armed: its next
@@ -72,15 +62,10 @@ pub(crate) fn make(
             let abs = t.settime_flags as i32 & libc::TFD_TIMER_ABSTIME != 0;
             if abs && (value_sec, value_nsec) != (0, 0) {
                 // The time left at capture, from now, as a deadline.
-                let mut now = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                };
-                // SAFETY: clock_gettime writes one timespec we own.
-                unsafe { libc::clock_gettime(t.clock, &mut now) };
-                let ns = (now.tv_nsec + value_nsec) as u64;
+                let (now_sec, now_nsec) = sys::clock_gettime(t.clock).unwrap_or((0, 0));
+                let ns = (now_nsec + value_nsec) as u64;
                 value = libc::timespec {
-                    tv_sec: now.tv_sec + value_sec + (ns / 1_000_000_000) as i64,
+                    tv_sec: now_sec + value_sec + (ns / 1_000_000_000) as i64,
                     tv_nsec: (ns % 1_000_000_000) as i64,
                 };
             }
@@ -92,20 +77,11 @@ pub(crate) fn make(
                 it_value: value,
             };
             let sflags = if abs { t.settime_flags as i32 } else { 0 };
-            // SAFETY: timerfd_settime reads one itimerspec we own.
-            if unsafe { libc::timerfd_settime(fd, sflags, &its, std::ptr::null_mut()) } < 0 {
-                close(fd);
-                return Err(os("timerfd_settime"));
-            }
+            sys::timerfd_settime(fd.as_fd(), sflags, &its).map_err(|e| os("timerfd_settime", e))?;
             if t.ticks > 0 {
-                // TFD_IOC_SET_TICKS (_IOW('T', 0, u64)): the expirations
-                // the program has not read yet.
-                const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
-                // SAFETY: the ioctl reads one u64 we own.
-                if unsafe { libc::ioctl(fd, TFD_IOC_SET_TICKS, &t.ticks) } < 0 {
-                    close(fd);
-                    return Err(os("setting the timerfd's pending expirations"));
-                }
+                // The expirations the program has not read yet.
+                sys::timerfd_set_ticks(fd.as_fd(), t.ticks)
+                    .map_err(|e| os("setting the timerfd's pending expirations", e))?;
             }
             fd
         }
@@ -114,30 +90,12 @@ pub(crate) fn make(
                 .signalfds()
                 .get(object as usize)
                 .ok_or_else(|| fd_err(p, "no signalfd state in the image"))?;
-            // SAFETY: sigset_t is plain data; all-zero is the empty set.
-            let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-            for sig in 1..=64 {
-                if s.mask & (1 << (sig - 1)) != 0 {
-                    // SAFETY: sigaddset writes into our set.
-                    unsafe { libc::sigaddset(&mut set, sig) };
-                }
-            }
-            // SAFETY: signalfd reads one sigset_t we own.
-            let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
-            if fd < 0 {
-                return Err(os("signalfd"));
-            }
-            fd
+            sys::signalfd(s.mask, libc::SFD_CLOEXEC).map_err(|e| os("signalfd", e))?
         }
-        _ => {
-            // SAFETY: epoll_create1 takes a flag and returns a new fd.
-            let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-            if fd < 0 {
-                return Err(os("epoll_create1"));
-            }
-            fd
-        }
+        _ => sys::epoll_create(libc::EPOLL_CLOEXEC).map_err(|e| os("epoll_create1", e))?,
     };
+    // A number from here on: install moves it to its place and closes it.
+    let fd = fd.into_raw_fd();
     set_status_flags(fd, flags).map_err(|e| fd_err(p, e))?;
     Ok(fd)
 }
@@ -153,21 +111,8 @@ pub(crate) fn fill_epolls(img: &Image, plan: &Plan) -> Result<(), RestoreError> 
         else {
             continue;
         };
-        let mut ev = libc::epoll_event {
-            events: e.events,
-            u64: e.data,
-        };
-        // SAFETY: epoll_ctl reads one epoll_event we own.
-        if unsafe { libc::epoll_ctl(p.fd, libc::EPOLL_CTL_ADD, e.tfd, &mut ev) } < 0 {
-            return Err(fd_err(
-                p,
-                format!(
-                    "watching fd {} again: {}",
-                    e.tfd,
-                    std::io::Error::last_os_error()
-                ),
-            ));
-        }
+        sys::epoll_add(p.fd, e.tfd, e.events, e.data)
+            .map_err(|err| fd_err(p, Why::sys(format!("watching fd {} again", e.tfd), err)))?;
     }
     Ok(())
 }

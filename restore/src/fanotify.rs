@@ -1,12 +1,12 @@
 //! fanotify groups made again with their init flags and every mark, its
 //! mask, ignore mask and flags, on the same inode, mount or filesystem.
 
-use crate::fds::{close, fd_err, set_status_flags, FdErr, FdPlan, Source};
-use crate::RestoreError;
+use crate::fds::{fd_err, set_status_flags, FdErr, FdPlan, Source};
+use crate::{sys, RestoreError, Why};
 use cryo_image::fds::{fanotify_mark_kind, FanotifyMark};
 use cryo_image::Image;
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 const FAN_MARK_ADD: u32 = 0x1;
@@ -57,25 +57,18 @@ pub(crate) fn make(img: &Image, p: &FdPlan, desc: u32, flags: i32) -> Result<i32
     let Some(g) = img.fanotify().iter().find(|g| g.desc == desc) else {
         return Err(fd_err(p, "its fanotify group is missing from the image"));
     };
-    // SAFETY: fanotify_init takes flags and returns a new fd.
-    let fd = unsafe { libc::fanotify_init(g.flags, g.event_flags) };
-    if fd < 0 {
-        return Err(fd_err(
+    let fd = sys::fanotify_init(g.flags, g.event_flags).map_err(|e| {
+        fd_err(
             p,
-            format!(
-                "fanotify_init({:#x}, {:#x}): {}",
-                g.flags,
-                g.event_flags,
-                std::io::Error::last_os_error()
+            Why::sys(
+                format!("fanotify_init({:#x}, {:#x})", g.flags, g.event_flags),
+                e,
             ),
-        ));
-    }
-    let fail = |why: String| {
-        close(fd);
-        fd_err(p, why)
-    };
+        )
+    })?;
+    // (An `OwnedFd`: closed on the way out of any failure below.)
     for m in img.fanotify_marks().iter().filter(|m| m.desc == desc) {
-        let obj = check(img, &m).map_err(fail)?;
+        let obj = check(img, &m).map_err(|why| fd_err(p, why))?;
         let target = CString::new(format!("/proc/self/fd/{}", obj.as_raw_fd())).unwrap_or_default();
         let kind = match m.kind {
             fanotify_mark_kind::MOUNT => FAN_MARK_MOUNT,
@@ -83,21 +76,18 @@ pub(crate) fn make(img: &Image, p: &FdPlan, desc: u32, flags: i32) -> Result<i32
             _ => 0,
         };
         let mark = |flags: u32, mask: u64| -> Result<(), RestoreError> {
-            // SAFETY: fanotify_mark reads a NUL-terminated path we own.
-            let r =
-                unsafe { libc::fanotify_mark(fd, flags, mask, libc::AT_FDCWD, target.as_ptr()) };
-            if r < 0 {
-                let e = std::io::Error::last_os_error();
-                close(fd);
-                return Err(fd_err(
+            sys::fanotify_mark(fd.as_fd(), flags, mask, &target).map_err(|e| {
+                fd_err(
                     p,
-                    format!(
-                        "fanotify_mark({flags:#x}, {mask:#x}) on {}: {e}",
-                        img.str(m.path).unwrap_or("")
+                    Why::sys(
+                        format!(
+                            "fanotify_mark({flags:#x}, {mask:#x}) on {}",
+                            img.str(m.path).unwrap_or("")
+                        ),
+                        e,
                     ),
-                ));
-            }
-            Ok(())
+                )
+            })
         };
         if m.mask != 0 {
             mark(
@@ -115,6 +105,6 @@ pub(crate) fn make(img: &Image, p: &FdPlan, desc: u32, flags: i32) -> Result<i32
             mark(FAN_MARK_ADD | kind | how | keep, m.ignored_mask)?;
         }
     }
-    set_status_flags(fd, flags).map_err(|e| fail(e.to_string()))?;
-    Ok(fd)
+    set_status_flags(fd.as_raw_fd(), flags).map_err(|e| fd_err(p, e))?;
+    Ok(fd.into_raw_fd())
 }

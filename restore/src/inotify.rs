@@ -1,11 +1,11 @@
 //! inotify instances made again with their watches, each at its own
 //! watch descriptor.
 
-use crate::fds::{close, fd_err, set_status_flags, FdErr, FdPlan, Source};
-use crate::RestoreError;
+use crate::fds::{fd_err, set_status_flags, FdErr, FdPlan, Source};
+use crate::{sys, RestoreError, Why};
 use cryo_image::Image;
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 /// Every watch's inode must still be at its path.
@@ -32,57 +32,49 @@ pub(crate) fn plan(img: &Image, i: usize, flags: i32, err: &FdErr) -> Result<Sou
 /// increasing order, so a watch that gets a smaller one than it had is
 /// added and removed again until it gets its own.
 pub(crate) fn make(img: &Image, p: &FdPlan, desc: u32, flags: i32) -> Result<i32, RestoreError> {
-    // SAFETY: inotify_init1 takes flags and returns a new fd.
-    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-    if fd < 0 {
-        return Err(fd_err(
-            p,
-            format!("inotify_init1: {}", std::io::Error::last_os_error()),
-        ));
-    }
-    let fail = |why: String| {
-        close(fd);
-        fd_err(p, why)
-    };
+    let fd = sys::inotify_init(libc::IN_NONBLOCK | libc::IN_CLOEXEC)
+        .map_err(|e| fd_err(p, Why::sys("inotify_init1", e)))?;
+    // (An `OwnedFd`: closed on the way out of any failure below.)
     for w in img.inotify().iter().filter(|w| w.desc == desc) {
         let path = img.str(w.path).unwrap_or("");
         let f = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_PATH)
             .open(path)
-            .map_err(|e| fail(format!("watch {} on {path}: {e}", w.wd)))?;
-        let md = f.metadata().map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fd_err(p, format!("watch {} on {path}: {e}", w.wd)))?;
+        let md = f.metadata().map_err(|e| fd_err(p, e))?;
         if (md.dev(), md.ino()) != (w.dev, w.ino) {
-            return Err(fail(format!(
-                "watch {} on {path}: replaced while restoring",
-                w.wd
-            )));
+            return Err(fd_err(
+                p,
+                format!("watch {} on {path}: replaced while restoring", w.wd),
+            ));
         }
         let target = CString::new(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap_or_default();
         let mut tries = 0;
         loop {
-            // SAFETY: inotify_add_watch reads a NUL-terminated path we own.
-            let got = unsafe { libc::inotify_add_watch(fd, target.as_ptr(), w.mask) };
+            // (The errno shown is the last one, also where `got` is a
+            // watch descriptor, just not the one wanted.)
+            let (got, e) = match sys::inotify_add_watch(fd.as_fd(), &target, w.mask) {
+                Ok(got) => (got, std::io::Error::last_os_error()),
+                Err(e) => (-1, e),
+            };
             if got == w.wd {
                 break;
             }
             if got < 0 || got > w.wd || tries > w.wd + 16 {
-                return Err(fail(format!(
-                    "watch {} on {path} came back as {got} ({})",
-                    w.wd,
-                    std::io::Error::last_os_error()
-                )));
+                return Err(fd_err(
+                    p,
+                    format!("watch {} on {path} came back as {got} ({e})", w.wd),
+                ));
             }
-            // SAFETY: inotify_rm_watch takes integers.
-            unsafe { libc::inotify_rm_watch(fd, got) };
+            let _ = sys::inotify_rm_watch(fd.as_fd(), got);
             tries += 1;
         }
     }
     // Each removal above queued an IN_IGNORED event; the captured
     // instance had none queued (capture refuses that): drain them all.
     let mut buf = [0u8; 4096];
-    // SAFETY: read into our buffer of the size we pass.
-    while unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) } > 0 {}
-    set_status_flags(fd, flags).map_err(|e| fail(e.to_string()))?;
-    Ok(fd)
+    while sys::read(fd.as_fd(), &mut buf).is_ok_and(|n| n > 0) {}
+    set_status_flags(fd.as_raw_fd(), flags).map_err(|e| fd_err(p, e))?;
+    Ok(fd.into_raw_fd())
 }

@@ -16,6 +16,7 @@ pub mod lazy;
 mod locks;
 mod pipes;
 mod stored;
+mod sys;
 mod task;
 mod tracer;
 mod uffd;
@@ -94,6 +95,15 @@ pub enum Why {
     /// Opening or reading failed; the error says it.
     #[error("{0}")]
     Io(std::io::Error),
+}
+
+impl Why {
+    fn sys(doing: impl Into<String>, source: std::io::Error) -> Why {
+        Why::Sys {
+            doing: doing.into(),
+            source,
+        }
+    }
 }
 
 impl From<String> for Why {

@@ -4,10 +4,10 @@
 //! taken by the shim after its last close.
 
 use crate::fds::{FdPlan, Plan, Source};
-use crate::{RestoreError, Why};
+use crate::{sys, RestoreError, Why};
 use cryo_image::fds::lock_kind;
 use cryo_image::Image;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 
 /// flock and OFD locks, taken by `install`; POSIX locks, taken by the
 /// shim, must be free now.
@@ -35,9 +35,8 @@ fn check_posix_locks(img: &Image, plan: &Plan) -> Result<(), RestoreError> {
             continue;
         };
         let mut fl = flock_struct(l.write != 0, l.start, l.end);
-        // SAFETY: F_GETLK reads and writes one struct flock we own.
-        let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) };
-        if r == 0 && fl.l_type != libc::F_UNLCK as i16 {
+        let got = sys::getlk(file.as_fd(), &mut fl);
+        if got.is_ok() && fl.l_type != libc::F_UNLCK as i16 {
             return Err(RestoreError::Fd {
                 fd: l.fd,
                 what: p.what.clone(),
@@ -82,27 +81,20 @@ pub(crate) fn take(plans: &[FdPlan], l: &cryo_image::fds::Lock) -> Result<(), Re
             } else {
                 libc::LOCK_SH
             };
-            // SAFETY: flock takes integers.
-            unsafe { libc::flock(l.fd, op | libc::LOCK_NB) }
+            sys::flock(l.fd, op | libc::LOCK_NB)
         }
-        lock_kind::OFD => {
-            let fl = flock_struct(l.write != 0, l.start, l.end);
-            // SAFETY: F_OFD_SETLK reads one struct flock we own.
-            unsafe { libc::fcntl(l.fd, libc::F_OFD_SETLK, &fl) }
-        }
+        lock_kind::OFD => sys::ofd_setlk(l.fd, &flock_struct(l.write != 0, l.start, l.end)),
         lock_kind::LEASE => {
             let t = if l.write != 0 {
                 libc::F_WRLCK
             } else {
                 libc::F_RDLCK
             };
-            // SAFETY: F_SETLEASE takes an integer.
-            unsafe { libc::fcntl(l.fd, libc::F_SETLEASE, t) }
+            sys::setlease(l.fd, t)
         }
         _ => return Ok(()),
     };
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
+    if let Err(e) = r {
         return Err(fail(if l.kind == lock_kind::LEASE {
             format!(
                 "cannot take its {} lease again: {e} (a lease needs the file not open {} anywhere else: is the captured process still running?)",

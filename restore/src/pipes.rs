@@ -1,12 +1,12 @@
 //! Pipes and FIFOs whose every end was in the process, made again with
 //! their capacity and the bytes that were in them.
 
-use crate::fds::{owned, set_status_flags, FdErr, Plan, Source};
-use crate::RestoreError;
+use crate::fds::{set_status_flags, FdErr, Plan, Source};
+use crate::{sys, RestoreError, Why};
 use cryo_image::fd_kind;
 use cryo_image::fds::pipe_flags;
 use cryo_image::load::LoadedImage;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 #[derive(Debug, Clone)]
@@ -100,28 +100,23 @@ pub(crate) struct MadePipe {
     pub write: Option<OwnedFd>,
 }
 
-pub(crate) fn make(m: &PipeMake) -> Result<MadePipe, String> {
+pub(crate) fn make(m: &PipeMake) -> Result<MadePipe, Why> {
     let (r, w) = match &m.fifo {
         None => {
-            let mut fds = [0i32; 2];
             let fl = libc::O_CLOEXEC | if m.packet { libc::O_DIRECT } else { 0 };
-            // SAFETY: pipe2 writes two ints into our array.
-            if unsafe { libc::pipe2(fds.as_mut_ptr(), fl) } < 0 {
-                return Err(format!("pipe2: {}", std::io::Error::last_os_error()));
-            }
-            (owned(fds[0]), owned(fds[1]))
+            sys::pipe2(fl).map_err(|e| Why::sys("pipe2", e))?
         }
         Some((path, dev, ino)) => {
-            let open = |flags: i32| -> Result<OwnedFd, String> {
+            let open = |flags: i32| -> Result<OwnedFd, Why> {
                 let f = std::fs::OpenOptions::new()
                     .read(flags & libc::O_ACCMODE == libc::O_RDONLY)
                     .write(flags & libc::O_ACCMODE == libc::O_WRONLY)
                     .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
                     .open(path)
-                    .map_err(|e| format!("{path}: {e}"))?;
-                let md = f.metadata().map_err(|e| e.to_string())?;
+                    .map_err(|e| Why::sys(path, e))?;
+                let md = f.metadata()?;
                 if (md.dev(), md.ino()) != (*dev, *ino) {
-                    return Err(format!("{path} was replaced while restoring"));
+                    return Err(format!("{path} was replaced while restoring").into());
                 }
                 Ok(OwnedFd::from(f))
             };
@@ -130,18 +125,21 @@ pub(crate) fn make(m: &PipeMake) -> Result<MadePipe, String> {
             (r, w)
         }
     };
-    // SAFETY: F_SETPIPE_SZ takes an integer.
-    let got = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, m.size as i32) };
-    if got < 0 || (got as u32) < m.size {
-        return Err(format!(
-            "cannot give the pipe its capacity of {} bytes ({}); raising it past /proc/sys/fs/pipe-max-size needs CAP_SYS_RESOURCE",
+    let too_small = |e: std::io::Error| -> Why {
+        format!(
+            "cannot give the pipe its capacity of {} bytes ({e}); raising it past /proc/sys/fs/pipe-max-size needs CAP_SYS_RESOURCE",
             m.size,
-            std::io::Error::last_os_error()
-        ));
+        )
+        .into()
+    };
+    match sys::set_pipe_size(w.as_fd(), m.size as i32) {
+        Err(e) => return Err(too_small(e)),
+        // (Never: the kernel rounds up. The errno shown is the last one.)
+        Ok(got) if (got as u32) < m.size => return Err(too_small(std::io::Error::last_os_error())),
+        Ok(_) => {}
     }
-    set_status_flags(w.as_raw_fd(), libc::O_NONBLOCK).map_err(|e| e.to_string())?;
-    write_all(w.as_raw_fd(), &m.data)
-        .map_err(|e| format!("putting the buffered bytes back: {e}"))?;
+    set_status_flags(w.as_raw_fd(), libc::O_NONBLOCK)?;
+    write_all(w.as_fd(), &m.data).map_err(|e| Why::sys("putting the buffered bytes back", e))?;
     Ok(MadePipe {
         index: m.index,
         read: r,
@@ -149,18 +147,13 @@ pub(crate) fn make(m: &PipeMake) -> Result<MadePipe, String> {
     })
 }
 
-fn write_all(fd: RawFd, mut data: &[u8]) -> std::io::Result<()> {
+fn write_all(fd: BorrowedFd, mut data: &[u8]) -> std::io::Result<()> {
     while !data.is_empty() {
-        // SAFETY: write reads at most data.len() bytes from our slice.
-        let n = unsafe { libc::write(fd, data.as_ptr() as *const libc::c_void, data.len()) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(e);
+        match sys::write(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(e),
         }
-        data = &data[n as usize..];
     }
     Ok(())
 }

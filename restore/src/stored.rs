@@ -4,13 +4,13 @@
 //! directories and device nodes (made, opened, removed); a removed
 //! working directory.
 
-use crate::fds::{fd_err, owned, sys_err, FdErr, FdPlan, Plan, Source};
-use crate::{RestoreError, Why};
+use crate::fds::{fd_err, FdErr, FdPlan, Plan, Source};
+use crate::{sys, IntoSys, RestoreError, Why};
 use cryo_image::fds::file_flags;
 use cryo_image::load::LoadedImage;
 use cryo_image::{Image, NO_INDEX};
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -117,9 +117,9 @@ pub(crate) fn make(
 ) -> Result<OwnedFd, RestoreError> {
     let f = img.files().get(idx as usize).expect("validated index");
     let shown = img.str(f.path).unwrap_or("").to_owned();
-    let err = |why: String| RestoreError::Stored {
+    let err = |why: Why| RestoreError::Stored {
         path: shown.clone(),
-        why: Why::Said(why),
+        why,
     };
     let fd = if f.flags & file_flags::MEMFD != 0 {
         const F_SEAL_SEAL: u32 = 1;
@@ -129,36 +129,15 @@ pub(crate) fn make(
         } else {
             libc::MFD_ALLOW_SEALING
         };
-        // SAFETY: memfd_create reads a NUL-terminated name we own.
-        let r = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | sealing) };
-        if r < 0 {
-            return Err(err(format!(
-                "memfd_create: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-        owned(r)
+        sys::memfd_create(&name, libc::MFD_CLOEXEC | sealing)
+            .map_err(|e| err(Why::sys("memfd_create", e)))?
     } else {
         let at = free_name(&shown);
         let c = cpath(&at);
-        // SAFETY: open reads a NUL-terminated path we own.
-        let r = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-                0o600,
-            )
-        };
-        if r < 0 {
-            return Err(err(format!(
-                "creating {}: {}",
-                at.display(),
-                std::io::Error::last_os_error()
-            )));
-        }
-        // SAFETY: unlink reads a NUL-terminated path we own.
-        unsafe { libc::unlink(c.as_ptr()) };
-        owned(r)
+        let fd = sys::create_new(&c, 0o600)
+            .map_err(|e| err(Why::sys(format!("creating {}", at.display()), e)))?;
+        let _ = sys::unlink(&c);
+        fd
     };
     let file = std::fs::File::from(fd);
     use std::os::unix::fs::FileExt;
@@ -170,47 +149,28 @@ pub(crate) fn make(
     {
         let bytes = loaded.read_blob(&e.data, verify)?;
         file.write_all_at(&bytes, e.file_off)
-            .map_err(|e| err(format!("writing its contents: {e}")))?;
+            .map_err(|e| err(Why::sys("writing its contents", e)))?;
     }
     file.set_len(f.size)
-        .map_err(|e| err(format!("setting its size: {e}")))?;
-    let fd = file.as_raw_fd();
-    // SAFETY: fchmod/fchown/futimens take an fd we own and plain values.
-    unsafe {
-        // Owner first: chown clears the setuid and setgid bits.
-        let md = file.metadata().map_err(|e| err(e.to_string()))?;
-        if (md.uid(), md.gid()) != (f.uid, f.gid) && libc::fchown(fd, f.uid, f.gid) < 0 {
-            return Err(err(format!(
-                "giving it its owner {}:{}: {}",
-                f.uid,
-                f.gid,
-                std::io::Error::last_os_error()
-            )));
-        }
-        if libc::fchmod(fd, f.mode & 0o7777) < 0 {
-            return Err(err(format!("chmod: {}", std::io::Error::last_os_error())));
-        }
-        let ts = [
-            libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_OMIT,
-            },
-            libc::timespec {
-                tv_sec: f.mtime_sec,
-                tv_nsec: f.mtime_nsec as i64,
-            },
-        ];
-        libc::futimens(fd, ts.as_ptr());
+        .map_err(|e| err(Why::sys("setting its size", e)))?;
+    let fd = file.as_fd();
+    // Owner first: chown clears the setuid and setgid bits.
+    let md = file.metadata().map_err(|e| err(Why::Io(e)))?;
+    if (md.uid(), md.gid()) != (f.uid, f.gid) {
+        sys::fchown(fd, f.uid, f.gid).map_err(|e| {
+            err(Why::sys(
+                format!("giving it its owner {}:{}", f.uid, f.gid),
+                e,
+            ))
+        })?;
     }
+    sys::fchmod(fd, f.mode & 0o7777).map_err(|e| err(Why::sys("chmod", e)))?;
+    let _ = sys::set_mtime(fd, f.mtime_sec, f.mtime_nsec as i64);
     if f.flags & file_flags::MEMFD != 0 && f.seals & !1 != 0 {
         // Everything but F_SEAL_SEAL first, then that one.
         for s in [f.seals & !1, f.seals & 1] {
-            // SAFETY: F_ADD_SEALS takes an integer.
-            if s != 0 && unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, s as i32) } < 0 {
-                return Err(err(format!(
-                    "sealing it: {}",
-                    std::io::Error::last_os_error()
-                )));
+            if s != 0 {
+                sys::add_seals(fd, s as i32).map_err(|e| err(Why::sys("sealing it", e)))?;
             }
         }
     }
@@ -228,41 +188,24 @@ pub(crate) fn make_removed(
     let at = free_name(path);
     let c = cpath(&at);
     let dir = mode & libc::S_IFMT == libc::S_IFDIR;
-    // SAFETY: mkdir/mknod read a NUL-terminated path we own.
-    let r = unsafe {
-        if dir {
-            libc::mkdir(c.as_ptr(), mode & 0o7777)
-        } else {
-            libc::mknod(c.as_ptr(), mode, rdev)
-        }
+    let made = if dir {
+        sys::mkdir(&c, mode & 0o7777)
+    } else {
+        sys::mknod(&c, mode, rdev)
     };
-    if r < 0 {
-        return Err(fd_err(
+    made.map_err(|e| {
+        fd_err(
             p,
-            format!(
-                "making it again at {}: {}",
-                at.display(),
-                std::io::Error::last_os_error()
-            ),
-        ));
-    }
-    // SAFETY: open reads a NUL-terminated path we own.
-    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
-    let e = std::io::Error::last_os_error();
-    // SAFETY: as above; the object goes, the open fd keeps it.
-    unsafe {
-        if dir {
-            libc::rmdir(c.as_ptr());
-        } else {
-            libc::unlink(c.as_ptr());
-        }
-    }
-    if fd < 0 {
-        return Err(fd_err(p, format!("opening it again: {e}")));
-    }
-    // SAFETY: fchmod takes our fd (mkdir/mknod applied the umask).
-    unsafe { libc::fchmod(fd, mode & 0o7777) };
-    Ok(fd)
+            Why::sys(format!("making it again at {}", at.display()), e),
+        )
+    })?;
+    let fd = sys::open(&c, flags | libc::O_CLOEXEC);
+    // The object goes, the open fd keeps it.
+    let _ = if dir { sys::rmdir(&c) } else { sys::unlink(&c) };
+    let fd = fd.map_err(|e| fd_err(p, Why::sys("opening it again", e)))?;
+    // mkdir/mknod applied the umask.
+    let _ = sys::fchmod(fd.as_fd(), mode & 0o7777);
+    Ok(fd.into_raw_fd())
 }
 
 /// The restored process's working directory, removed at capture: the
@@ -275,24 +218,15 @@ pub fn enter_removed_dir(plan: &Plan, path: &str) -> Result<(), RestoreError> {
             if q == path && mode & libc::S_IFMT == libc::S_IFDIR)
     });
     if let Some(p) = same {
-        // SAFETY: fchdir takes an fd, installed at its number by now.
-        if unsafe { libc::fchdir(p.fd) } < 0 {
-            return Err(sys_err(format!(
-                "entering the removed working directory {path}"
-            )));
-        }
-        return Ok(());
+        // The fd is installed at its number by now.
+        return sys::fchdir(p.fd)
+            .map_err(|e| e.into_sys(format!("entering the removed working directory {path}")));
     }
     let at = free_name(path);
     let c = cpath(&at);
-    // SAFETY: mkdir/chdir/rmdir read a NUL-terminated path we own.
-    unsafe {
-        if libc::mkdir(c.as_ptr(), 0o700) < 0 || libc::chdir(c.as_ptr()) < 0 {
-            return Err(sys_err(format!(
-                "making the removed working directory {path} again"
-            )));
-        }
-        libc::rmdir(c.as_ptr());
-    }
+    sys::mkdir(&c, 0o700)
+        .and_then(|()| sys::chdir(&c))
+        .map_err(|e| e.into_sys(format!("making the removed working directory {path} again")))?;
+    let _ = sys::rmdir(&c);
     Ok(())
 }

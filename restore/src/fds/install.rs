@@ -28,7 +28,7 @@ pub fn install(
             match p {
                 Some(p) => fd_err(p, why),
                 None => RestoreError::Sys {
-                    what: why,
+                    what: why.to_string(),
                     source: std::io::Error::other("pipe"),
                 },
             }
@@ -71,7 +71,7 @@ pub fn install(
                 seek(p, file.as_raw_fd(), *pos)?;
                 let raw = file.into_raw_fd();
                 let d = dup_above(raw, high)?;
-                close(raw);
+                sys::close(raw);
                 d
             }
             Source::PipeEnd { pipe, write, flags } => {
@@ -102,7 +102,7 @@ pub fn install(
                         .map_err(|e| fd_err(p, e))?;
                     let raw = f.into_raw_fd();
                     let d = dup_above(raw, high)?;
-                    close(raw);
+                    sys::close(raw);
                     d
                 } else {
                     dup_above(end.as_raw_fd(), high)?
@@ -145,7 +145,7 @@ pub fn install(
                 seek(p, f.as_raw_fd(), *pos)?;
                 let raw = f.into_raw_fd();
                 let d = dup_above(raw, high)?;
-                close(raw);
+                sys::close(raw);
                 d
             }
             Source::Anon {
@@ -155,19 +155,19 @@ pub fn install(
             } => {
                 let raw = crate::anonfds::make(img, p, *kind, *object, *flags)?;
                 let d = dup_above(raw, high)?;
-                close(raw);
+                sys::close(raw);
                 d
             }
             Source::Inotify { desc, flags } => {
                 let raw = crate::inotify::make(img, p, *desc, *flags)?;
                 let d = dup_above(raw, high)?;
-                close(raw);
+                sys::close(raw);
                 d
             }
             Source::Fanotify { desc, flags } => {
                 let raw = crate::fanotify::make(img, p, *desc, *flags)?;
                 let d = dup_above(raw, high)?;
-                close(raw);
+                sys::close(raw);
                 d
             }
             Source::Remade {
@@ -181,17 +181,14 @@ pub fn install(
                 let raw = match remade.iter().find(|(q, _)| q == path) {
                     Some((_, first)) => {
                         let c = CString::new(format!("/proc/self/fd/{first}")).unwrap_or_default();
-                        // SAFETY: open reads a NUL-terminated path we own.
-                        let r = unsafe { libc::open(c.as_ptr(), *flags | libc::O_CLOEXEC) };
-                        if r < 0 {
-                            return Err(fd_err(p, std::io::Error::last_os_error()));
-                        }
-                        r
+                        sys::open(&c, *flags | libc::O_CLOEXEC)
+                            .map_err(|e| fd_err(p, e))?
+                            .into_raw_fd()
                     }
                     None => stored::make_removed(p, path, *mode, *rdev, *flags)?,
                 };
                 let d = dup_above(raw, high)?;
-                close(raw);
+                sys::close(raw);
                 if !remade.iter().any(|(q, _)| q == path) {
                     remade.push((path.clone(), d));
                 }
@@ -216,15 +213,11 @@ pub fn install(
     // 2. Down to their numbers.
     for (p, &src) in plans.iter().zip(&parked) {
         if src >= 0 {
-            // SAFETY: dup2 takes integers; both fds are valid.
-            if unsafe { libc::dup2(src, p.fd) } < 0 {
-                return Err(sys_err(format!("installing fd {}", p.fd)));
-            }
+            sys::dup2(src, p.fd).map_err(|e| e.into_sys(format!("installing fd {}", p.fd)))?;
         }
         // Every fd crosses the exec of the shim, which sets FD_CLOEXEC
         // again where the image has it (the exec would close them).
-        // SAFETY: F_SETFD takes an integer.
-        unsafe { libc::fcntl(p.fd, libc::F_SETFD, 0) };
+        let _ = sys::clear_cloexec(p.fd);
     }
     // 3. What the epoll instances watch (by fd number: every fd is at its
     //    own now), flock and OFD locks on the installed descriptions.
@@ -246,7 +239,7 @@ pub fn install(
         .collect();
     for fd in open {
         if !keep.contains(&fd) {
-            close(fd);
+            sys::close(fd);
         }
     }
     // 5. The shim's fds at consecutive numbers right above the program's:
@@ -255,18 +248,16 @@ pub fn install(
     let mut tmp = Vec::with_capacity(extra.len());
     for &fd in &extra {
         tmp.push(dup_above(fd, high + n)?);
-        close(fd);
+        sys::close(fd);
     }
     let mut placed = Vec::with_capacity(tmp.len());
     for (i, fd) in tmp.into_iter().enumerate() {
         let want = high + i as i32;
-        // SAFETY: dup2 takes integers; `fd` is ours, `want` is free.
-        if unsafe { libc::dup2(fd, want) } < 0 {
-            return Err(sys_err("placing the shim's fds"));
-        }
-        close(fd);
-        // SAFETY: F_SETFD takes an integer; the shim must inherit these.
-        unsafe { libc::fcntl(want, libc::F_SETFD, 0) };
+        // `want` is free: everything else above the program's fds is closed.
+        sys::dup2(fd, want).map_err(|e| e.into_sys("placing the shim's fds"))?;
+        sys::close(fd);
+        // The shim must inherit these.
+        let _ = sys::clear_cloexec(want);
         placed.push(want);
     }
     let files_fd = (placed.len() > nextra).then(|| placed[nextra]);

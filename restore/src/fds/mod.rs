@@ -24,12 +24,12 @@
 //! FD_CLOEXEC (the exec of the shim would close it); the shim sets the
 //! flag again where the image has it.
 
-use crate::{RestoreError, Why};
+use crate::{sys, IntoSys, RestoreError, Why};
 use cryo_image::fds::file_flags;
 use cryo_image::load::LoadedImage;
 use cryo_image::{fd_kind, Image, NO_INDEX};
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 pub use crate::pipes::PipeMake;
@@ -102,11 +102,6 @@ pub struct Plan {
     pub stored: Vec<u32>,
     /// flock and OFD locks: (fd, kind, write, start, end).
     pub locks: Vec<cryo_image::fds::Lock>,
-}
-
-fn fd_open(fd: i32) -> bool {
-    // SAFETY: F_GETFD takes no pointer.
-    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
 }
 
 /// open(2) flags that only matter when creating: dropped when reopening.
@@ -216,7 +211,7 @@ fn source_of(
         }
     };
     if let Some(&(_, ours)) = cx.inherit.iter().find(|(n, _)| *n == f.fd) {
-        if !fd_open(ours) {
+        if !sys::is_open(ours) {
             return Err(err.why(format!(
                 "--inherit-fd names our fd {ours}, which is not open"
             )));
@@ -229,7 +224,7 @@ fn source_of(
         return Ok(Source::SameAs(first));
     }
     if f.fd <= 2 && (!cx.restore_stdio.contains(&f.fd) || f.kind == fd_kind::TTY) {
-        if !fd_open(f.fd) {
+        if !sys::is_open(f.fd) {
             return Err(err.why(format!(
                 "it is inherited from cryo restore's own fd {}, which is closed",
                 f.fd
@@ -349,13 +344,7 @@ fn plan_tty(
     flags: i32,
     err: &FdErr,
 ) -> Result<Source, RestoreError> {
-    let ours = (0..=2).find(|&n| {
-        // SAFETY: fstat writes one struct stat we own.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let r = unsafe { libc::fstat(n, &mut st) };
-        r == 0 && st.st_rdev == f.rdev
-    });
+    let ours = (0..=2).find(|&n| sys::fstat(n).is_ok_and(|st| st.st_rdev == f.rdev));
     match ours {
         Some(n) => Ok(Source::Inherit(n)),
         None => match std::fs::metadata(target) {
@@ -378,37 +367,11 @@ pub(crate) fn seek(p: &FdPlan, fd: RawFd, pos: u64) -> Result<(), RestoreError> 
     if pos == 0 {
         return Ok(());
     }
-    // SAFETY: lseek takes integers.
-    if unsafe { libc::lseek(fd, pos as i64, libc::SEEK_SET) } < 0 {
-        return Err(fd_err(
-            p,
-            format!("seeking to {pos}: {}", std::io::Error::last_os_error()),
-        ));
-    }
-    Ok(())
-}
-
-pub(crate) fn sys_err(what: impl Into<String>) -> RestoreError {
-    crate::sys(what)
+    sys::seek_to(fd, pos).map_err(|e| fd_err(p, Why::sys(format!("seeking to {pos}"), e)))
 }
 
 pub(crate) fn dup_above(fd: i32, min: i32) -> Result<i32, RestoreError> {
-    // SAFETY: F_DUPFD takes an integer.
-    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD, min) };
-    if r < 0 {
-        return Err(sys_err(format!("duplicating fd {fd}")));
-    }
-    Ok(r)
-}
-
-pub(crate) fn close(fd: i32) {
-    // SAFETY: closing an fd we own (or one the image does not have).
-    unsafe { libc::close(fd) };
-}
-
-pub(crate) fn owned(fd: RawFd) -> OwnedFd {
-    // SAFETY: callers pass an fd they just created and own exclusively.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+    sys::dup_above(fd, min).map_err(|e| e.into_sys(format!("duplicating fd {fd}")))
 }
 
 pub(crate) fn fd_err(p: &FdPlan, why: impl Into<Why>) -> RestoreError {
@@ -422,12 +385,11 @@ pub(crate) fn fd_err(p: &FdPlan, why: impl Into<Why>) -> RestoreError {
 /// F_SETFL with the status flags fcntl can change.
 pub(crate) fn set_status_flags(fd: RawFd, flags: i32) -> std::io::Result<()> {
     let settable = libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME;
-    // SAFETY: F_GETFL/F_SETFL take integers.
-    let cur = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // (A failed F_GETFL reads as -1, and the F_SETFL then fails too.)
+    let cur = sys::getfl(fd).unwrap_or(-1);
     let want = (cur & !settable) | (flags & settable);
-    // SAFETY: as above.
-    if want != cur && unsafe { libc::fcntl(fd, libc::F_SETFL, want) } < 0 {
-        return Err(std::io::Error::last_os_error());
+    if want != cur {
+        sys::setfl(fd, want)?;
     }
     Ok(())
 }
