@@ -26,9 +26,11 @@
 //! while it lives the userfaultfd cannot close, so a fault waits for the
 //! kill instead of reading zeros.
 
-use crate::RestoreError;
+use crate::sys::{self, Forked, Resume};
+use crate::{IntoSys, RestoreError};
 use cryo_image::{SHIM_WINDOW, SHIM_WINDOW_LEN};
-use std::os::fd::RawFd;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// The page server to start (lazy restore).
 pub struct ServerStart<'a> {
@@ -44,68 +46,91 @@ pub struct ServerStart<'a> {
 
 use cryo_image::handoff::HANDOFF_MAGIC;
 
+/// Why the tracer gave up (it says so on stderr and kills the restored
+/// process).
+#[derive(Debug, thiserror::Error)]
+enum TracerError {
+    #[error("the page server (pid {pid}) {status} before every page was in")]
+    ServerDied { pid: i32, status: Status },
+    #[error("waitpid: {0}")]
+    Wait(io::Error),
+    #[error("PTRACE_GETREGS: {0}")]
+    GetRegs(io::Error),
+    #[error("PTRACE_SETREGS: {0}")]
+    SetRegs(io::Error),
+    #[error("ptrace resume: {0}")]
+    Resume(io::Error),
+    #[error("the restored process died while its shim window was being removed")]
+    DiedInShim,
+    #[error("munmap of the shim window failed: errno {0}")]
+    Munmap(i64),
+    #[error("waking the restored threads failed: errno {0}")]
+    Wake(i64),
+}
+
+/// How a child ended: its wait status, said as the tracer says it.
+#[derive(Debug, Clone, Copy)]
+struct Status(i32);
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let st = self.0;
+        if libc::WIFSIGNALED(st) {
+            write!(f, "was killed by signal {}", libc::WTERMSIG(st))
+        } else {
+            write!(f, "exited with status {}", libc::WEXITSTATUS(st))
+        }
+    }
+}
+
+/// Start the tracer: fork, and in the child start a new session and fork
+/// the tracer, which the exit of its parent reparents away from us. Waits
+/// for its word that it has seized this process.
 pub fn start(
     gadget: u64,
     keep_stopped: bool,
     server: Option<&ServerStart>,
 ) -> Result<(), RestoreError> {
-    // SAFETY: getpid takes no arguments.
-    let target = unsafe { libc::getpid() };
-    let mut p = [0i32; 2];
-    // SAFETY: pipe2 writes two fds into p.
-    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(crate::sys("pipe"));
-    }
-    let (r, w) = (p[0], p[1]);
-    // SAFETY: this process is single-threaded here (restore runs no other
-    // threads), so the child may run ordinary code after fork.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(crate::sys("fork"));
-    }
-    if pid == 0 {
-        // SAFETY: setsid and fork take no pointers.
-        unsafe {
-            libc::setsid();
-            let t = libc::fork();
-            if t == 0 {
-                libc::close(r);
-                tracer_main(target, w, gadget, keep_stopped, server);
+    let target = std::process::id() as i32;
+    let (r, w) = sys::pipe2(libc::O_CLOEXEC).map_err(|e| e.into_sys("pipe"))?;
+    // The children run ordinary code after fork: see sys::fork.
+    let pid = match sys::fork().map_err(|e| e.into_sys("fork"))? {
+        Forked::Child => {
+            let _ = sys::setsid();
+            match sys::fork() {
+                Ok(Forked::Child) => {
+                    drop(r);
+                    tracer_main(target, w, gadget, keep_stopped, server);
+                }
+                Ok(Forked::Parent(_)) => sys::exit_now(0),
+                Err(_) => sys::exit_now(1),
             }
-            libc::_exit(if t < 0 { 1 } else { 0 });
         }
-    }
-    // SAFETY: close/waitpid/read with buffers we own.
-    unsafe {
-        libc::close(w);
-        let mut st = 0;
-        libc::waitpid(pid, &mut st, 0);
-        let mut b = [0u8; 1];
-        let n = libc::read(r, b.as_mut_ptr() as *mut libc::c_void, 1);
-        libc::close(r);
-        if n != 1 || b[0] != b'R' {
-            return Err(RestoreError::Sys {
-                what: "starting the restore tracer (PTRACE_SEIZE of this process)".into(),
-                source: std::io::Error::from_raw_os_error(if n == 1 {
-                    b[0] as i32
-                } else {
-                    libc::ECHILD
-                }),
-            });
-        }
+        Forked::Parent(pid) => pid,
+    };
+    drop(w);
+    let _ = sys::waitpid(pid, 0);
+    let mut b = [0u8; 1];
+    let n = sys::read(r.as_fd(), &mut b);
+    drop(r);
+    let got = matches!(n, Ok(1));
+    if !got || b[0] != b'R' {
+        return Err(RestoreError::Sys {
+            what: "starting the restore tracer (PTRACE_SEIZE of this process)".into(),
+            source: io::Error::from_raw_os_error(if got { b[0] as i32 } else { libc::ECHILD }),
+        });
     }
     Ok(())
 }
 
 fn say(msg: &str) {
     let m = format!("cryo restore (tracer): {msg}\n");
-    // SAFETY: write from a buffer we own.
-    unsafe { libc::write(2, m.as_ptr() as *const libc::c_void, m.len()) };
+    let _ = sys::write(io::stderr().as_fd(), m.as_bytes());
 }
 
 fn tracer_main(
     target: i32,
-    w: i32,
+    w: OwnedFd,
     gadget: u64,
     keep_stopped: bool,
     server: Option<&ServerStart>,
@@ -118,34 +143,32 @@ fn tracer_main(
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
             .collect();
         for fd in fds {
-            if fd != w && fd != 2 && fd != keep_fd {
-                // SAFETY: closing inherited fds of this (tracer) process.
-                unsafe { libc::close(fd) };
+            if fd != w.as_raw_fd() && fd != 2 && fd != keep_fd {
+                // Inherited: whatever owned it in the restorer never runs
+                // here (this process ends in exit_now).
+                sys::close(fd);
             }
         }
     }
-    // SAFETY: pidfd_open takes a pid and flags; the target is alive (it
-    // waits for our 'R').
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, target, 0) } as i32;
+    // The target is alive (it waits for our 'R').
+    let pidfd = sys::pidfd_open(target).ok();
     let mut server_pid = None;
     if let Some(s) = server {
         let (keep_a, keep_b) = match crate::lazy::socketpair() {
             Ok(v) => v,
             Err(e) => {
                 say(&format!("socketpair for the page server: {e}"));
-                // SAFETY: _exit never returns (no 'R': the restore fails).
-                unsafe { libc::_exit(1) }
+                // No 'R': the restore fails.
+                sys::exit_now(1)
             }
         };
-        // SAFETY: this process is single-threaded.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            // SAFETY: closing fds the server does not use.
-            unsafe {
-                libc::close(w);
-                libc::close(keep_a);
-                libc::close(pidfd);
-            }
+        // This process is single-threaded: see sys::fork.
+        let forked = sys::fork();
+        if let Ok(Forked::Child) = forked {
+            // Fds the server does not use.
+            drop(w);
+            sys::close(keep_a);
+            drop(pidfd);
             let rc = crate::lazy::run(
                 s.img,
                 (&s.pages, &s.sums),
@@ -154,53 +177,41 @@ fn tracer_main(
                 keep_b,
                 target,
             );
-            // SAFETY: _exit never returns.
-            unsafe { libc::_exit(rc) };
+            sys::exit_now(rc);
         }
-        // SAFETY: the watchdog keeps keep_a (children's uffds queue there)
-        // and server_end (the second copy of the uffd queues there).
-        unsafe { libc::close(keep_b) };
-        if pid > 0 {
+        // The watchdog keeps keep_a (children's uffds queue there) and
+        // server_end (the second copy of the uffd queues there).
+        sys::close(keep_b);
+        if let Ok(Forked::Parent(pid)) = forked {
             server_pid = Some(pid);
         }
     }
-    // SAFETY: PTRACE_SEIZE takes no pointers (data = options).
-    let r = unsafe {
-        libc::ptrace(
-            libc::PTRACE_SEIZE,
-            target,
-            0usize,
-            (libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD) as usize,
-        )
+    let seized = sys::ptrace_seize(
+        target,
+        libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD,
+    );
+    let code = match &seized {
+        Ok(()) => b'R',
+        Err(e) => e.raw_os_error().unwrap_or(1) as u8,
     };
-    let code = if r < 0 {
-        std::io::Error::last_os_error().raw_os_error().unwrap_or(1) as u8
-    } else {
-        b'R'
-    };
-    // SAFETY: write one byte from a local.
-    unsafe {
-        libc::write(w, &code as *const u8 as *const libc::c_void, 1);
-        libc::close(w);
-    }
-    if r < 0 {
-        // SAFETY: _exit never returns.
-        unsafe { libc::_exit(1) };
+    let _ = sys::write(w.as_fd(), &[code]);
+    drop(w);
+    if seized.is_err() {
+        sys::exit_now(1);
     }
     let mut w = Waiter {
         target,
         server: server_pid,
     };
     let rc = match trace(&mut w, gadget, keep_stopped) {
-        Ok(()) => watchdog(&mut w, pidfd),
+        Ok(()) => watchdog(&mut w, pidfd.as_ref().map(|p| p.as_fd())),
         Err(e) => {
-            say(&e);
-            kill_all(target, pidfd);
+            say(&e.to_string());
+            kill_all(target, pidfd.as_ref().map(|p| p.as_fd()));
             1
         }
     };
-    // SAFETY: _exit never returns.
-    unsafe { libc::_exit(rc) }
+    sys::exit_now(rc)
 }
 
 /// Waits for the traced process, watching the page server at the same time.
@@ -209,41 +220,26 @@ struct Waiter {
     server: Option<i32>,
 }
 
-fn describe(st: i32) -> String {
-    if libc::WIFSIGNALED(st) {
-        format!("was killed by signal {}", libc::WTERMSIG(st))
-    } else {
-        format!("exited with status {}", libc::WEXITSTATUS(st))
-    }
-}
-
 impl Waiter {
     /// Next status change of the target. Err if the page server died
     /// without finishing.
-    fn wait(&mut self) -> Result<i32, String> {
+    fn wait(&mut self) -> Result<i32, TracerError> {
         loop {
-            let mut st = 0;
-            // SAFETY: waitpid writes one int.
-            let r = unsafe { libc::waitpid(-1, &mut st, libc::__WALL) };
-            if r == self.target {
-                return Ok(st);
-            }
-            if r > 0 && Some(r) == self.server {
-                self.server = None;
-                if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0 {
-                    continue;
+            match sys::waitpid(-1, libc::__WALL) {
+                Ok((r, st)) if r == self.target => return Ok(st),
+                Ok((r, st)) if Some(r) == self.server => {
+                    self.server = None;
+                    if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0 {
+                        continue;
+                    }
+                    return Err(TracerError::ServerDied {
+                        pid: r,
+                        status: Status(st),
+                    });
                 }
-                return Err(format!(
-                    "the page server (pid {r}) {} before every page was in",
-                    describe(st)
-                ));
-            }
-            if r > 0 {
-                continue;
-            }
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINTR) {
-                return Err(format!("waitpid: {e}"));
+                Ok(_) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(TracerError::Wait(e)),
             }
         }
     }
@@ -251,34 +247,32 @@ impl Waiter {
 
 /// After the hand-off: wait for the page server; if it dies before every
 /// page is in, kill the restored process (it would wait forever, or worse).
-fn watchdog(w: &mut Waiter, pidfd: i32) -> i32 {
+fn watchdog(w: &mut Waiter, pidfd: Option<BorrowedFd>) -> i32 {
     let Some(server) = w.server else {
         return 0;
     };
     loop {
-        let mut st = 0;
-        // SAFETY: waitpid writes one int.
-        let r = unsafe { libc::waitpid(server, &mut st, 0) };
-        if r == server {
-            if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0 {
-                return 0;
+        match sys::waitpid(server, 0) {
+            Ok((r, st)) if r == server => {
+                if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0 {
+                    return 0;
+                }
+                say(&format!(
+                    "the page server (pid {server}) {} before every page was in; killing the restored process {} so that it cannot read missing memory",
+                    Status(st),
+                    w.target
+                ));
+                kill_all(w.target, pidfd);
+                return 1;
             }
-            say(&format!(
-                "the page server (pid {server}) {} before every page was in; killing the restored process {} so that it cannot read missing memory",
-                describe(st),
-                w.target
-            ));
-            kill_all(w.target, pidfd);
-            return 1;
-        }
-        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return 1;
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            _ => return 1,
         }
     }
 }
 
 /// SIGKILL the restored process and everything it forked.
-fn kill_all(target: i32, pidfd: i32) {
+fn kill_all(target: i32, pidfd: Option<BorrowedFd>) {
     let mut victims = vec![target];
     // Descendants, by parent pid, to a fixed point.
     let procs: Vec<(i32, i32)> = std::fs::read_dir("/proc")
@@ -308,56 +302,29 @@ fn kill_all(target: i32, pidfd: i32) {
             }
         }
     }
-    // SAFETY: pidfd_send_signal / kill take integers; the pidfd pins the
-    // target's identity against pid reuse.
-    unsafe {
-        if pidfd >= 0 {
-            libc::syscall(libc::SYS_pidfd_send_signal, pidfd, libc::SIGKILL, 0, 0);
-        } else {
-            libc::kill(target, libc::SIGKILL);
-        }
-        for &v in &victims[1..] {
-            libc::kill(v, libc::SIGKILL);
-        }
+    // The pidfd pins the target's identity against pid reuse.
+    let _ = match pidfd {
+        Some(fd) => sys::pidfd_send_signal(fd, libc::SIGKILL),
+        None => sys::kill(target, libc::SIGKILL),
+    };
+    for &v in &victims[1..] {
+        let _ = sys::kill(v, libc::SIGKILL);
     }
 }
 
-fn regs(pid: i32) -> Result<libc::user_regs_struct, String> {
-    // SAFETY: user_regs_struct is plain data; all-zero is valid.
-    let mut r: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-    // SAFETY: PTRACE_GETREGS writes one user_regs_struct.
-    if unsafe { libc::ptrace(libc::PTRACE_GETREGS, pid, 0usize, &mut r as *mut _) } < 0 {
-        return Err(format!(
-            "PTRACE_GETREGS: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(r)
+fn regs(pid: i32) -> Result<libc::user_regs_struct, TracerError> {
+    sys::getregs(pid).map_err(TracerError::GetRegs)
 }
 
-fn set_regs(pid: i32, r: &libc::user_regs_struct) -> Result<(), String> {
-    // SAFETY: PTRACE_SETREGS reads one user_regs_struct.
-    if unsafe { libc::ptrace(libc::PTRACE_SETREGS, pid, 0usize, r as *const _) } < 0 {
-        return Err(format!(
-            "PTRACE_SETREGS: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(())
+fn set_regs(pid: i32, r: &libc::user_regs_struct) -> Result<(), TracerError> {
+    sys::setregs(pid, r).map_err(TracerError::SetRegs)
 }
 
-fn resume(req: libc::c_uint, pid: i32, sig: i32) -> Result<(), String> {
-    // SAFETY: resuming requests take no pointers; data is a signal number.
-    if unsafe { libc::ptrace(req, pid, 0usize, sig as usize) } < 0 {
-        return Err(format!(
-            "ptrace resume: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(())
+fn resume(req: Resume, pid: i32, sig: i32) -> Result<(), TracerError> {
+    sys::resume(req, pid, sig).map_err(TracerError::Resume)
 }
 
-fn trace(w: &mut Waiter, gadget: u64, keep_stopped: bool) -> Result<(), String> {
+fn trace(w: &mut Waiter, gadget: u64, keep_stopped: bool) -> Result<(), TracerError> {
     let pid = w.target;
     loop {
         let st = w.wait()?;
@@ -368,17 +335,17 @@ fn trace(w: &mut Waiter, gadget: u64, keep_stopped: bool) -> Result<(), String> 
         let event = st >> 16;
         if event == libc::PTRACE_EVENT_STOP {
             // Group-stop (someone stopped it): stay stopped until SIGCONT.
-            resume(libc::PTRACE_LISTEN as libc::c_uint, pid, 0)?;
+            resume(Resume::Listen, pid, 0)?;
             continue;
         }
         if event != 0 || sig != libc::SIGSTOP {
-            resume(libc::PTRACE_CONT, pid, sig)?;
+            resume(Resume::Cont, pid, sig)?;
             continue;
         }
         let r = regs(pid)?;
         if r.r10 != HANDOFF_MAGIC || r.rip < SHIM_WINDOW || r.rip >= SHIM_WINDOW + SHIM_WINDOW_LEN {
             // Someone else's SIGSTOP: deliver it.
-            resume(libc::PTRACE_CONT, pid, sig)?;
+            resume(Resume::Cont, pid, sig)?;
             continue;
         }
         return finish(w, r, gadget, keep_stopped);
@@ -387,15 +354,15 @@ fn trace(w: &mut Waiter, gadget: u64, keep_stopped: bool) -> Result<(), String> 
 
 /// Resume to the syscall-exit stop of the system call the registers are
 /// set up for (entry stop, then exit stop), passing over group-stops.
-fn run_syscall(w: &mut Waiter) -> Result<(), String> {
+fn run_syscall(w: &mut Waiter) -> Result<(), TracerError> {
     const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
     let pid = w.target;
-    resume(libc::PTRACE_SYSCALL, pid, 0)?;
+    resume(Resume::Syscall, pid, 0)?;
     let mut stops = 0;
     loop {
         let st = w.wait()?;
         if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
-            return Err("the restored process died while its shim window was being removed".into());
+            return Err(TracerError::DiedInShim);
         }
         if libc::WSTOPSIG(st) == SYSCALL_STOP {
             stops += 1;
@@ -405,7 +372,7 @@ fn run_syscall(w: &mut Waiter) -> Result<(), String> {
         }
         // All signals are blocked in the shim; only SIGSTOP can arrive,
         // and it waits (not delivered) until the program runs.
-        resume(libc::PTRACE_SYSCALL, pid, 0)?;
+        resume(Resume::Syscall, pid, 0)?;
     }
 }
 
@@ -414,7 +381,7 @@ fn finish(
     at_stop: libc::user_regs_struct,
     gadget: u64,
     keep_stopped: bool,
-) -> Result<(), String> {
+) -> Result<(), TracerError> {
     let pid = w.target;
     let frame_sp = at_stop.r8;
     // munmap(window) from the program's vDSO.
@@ -429,10 +396,7 @@ fn finish(
     run_syscall(w)?;
     let after = regs(pid)?;
     if after.rax != 0 {
-        return Err(format!(
-            "munmap of the shim window failed: errno {}",
-            -(after.rax as i64)
-        ));
+        return Err(TracerError::Munmap(-(after.rax as i64)));
     }
     // The other threads wait on the release word (r9) in the program's
     // code: wake them, unless the process is to stay stopped (the SIGSTOP
@@ -453,10 +417,7 @@ fn finish(
         run_syscall(w)?;
         after = regs(pid)?;
         if (after.rax as i64) < 0 {
-            return Err(format!(
-                "waking the restored threads failed: errno {}",
-                -(after.rax as i64)
-            ));
+            return Err(TracerError::Wake(-(after.rax as i64)));
         }
     }
     // rt_sigreturn: every register, the xsave state and the signal mask
@@ -468,12 +429,11 @@ fn finish(
     r.rsp = frame_sp;
     set_regs(pid, &r)?;
     if keep_stopped {
-        // SAFETY: kill takes integers.
-        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let _ = sys::kill(pid, libc::SIGSTOP);
     }
     // The captured pending signals were queued by the shim itself, with
     // their siginfo, before its trap (every signal blocked until the
     // rt_sigreturn installs the program's mask).
-    resume(libc::PTRACE_DETACH as libc::c_uint, pid, 0)?;
+    resume(Resume::Detach, pid, 0)?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The system calls restore makes that std does not, each behind a small
-//! safe function that says why it is sound (fds, files, pipes, locks and
-//! the anonymous kinds so far).
+//! safe function that says why it is sound (fds, files, pipes, locks, the
+//! anonymous kinds and the tracer's processes so far).
 //!
 //! A call that makes an fd returns an `OwnedFd`; one that uses an fd we
 //! hold takes a `BorrowedFd`; one that works on fd numbers (restore puts
@@ -11,14 +11,20 @@
 //! holds; libc where it does not (fanotify, pidfds, timerfd ticks, signal
 //! numbers past SIGSYS, ptrace requests with a raw signal, rlimits by
 //! number...).
+//!
+//! One invariant: the restoring process runs one thread from start to
+//! exec (restore starts none, nor does `cryo restore` before it), and so
+//! does the tracer it forks. [`fork`] relies on it.
 
 mod anon;
 mod fd;
 mod own;
+mod process;
 
 pub use anon::*;
 pub use fd::*;
 pub use own::*;
+pub use process::*;
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};

@@ -1,0 +1,115 @@
+//! Processes: fork, exit, wait, signals, pidfds, ptrace.
+//!
+//! Statuses, signal numbers and ptrace requests stay raw integers: a
+//! restored program stops with and is sent real-time signals, which nix's
+//! `Signal` (and so its `WaitStatus`) cannot name.
+
+use super::{cvt, new_fd};
+use nix::sys::ptrace;
+use nix::unistd::Pid;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+/// Which side of a [`fork`] this is.
+pub enum Forked {
+    Child,
+    Parent(i32),
+}
+
+/// fork(2). The child may run any code (allocate, format, open files), as
+/// the tracer and the page server do: this process has one thread (see
+/// the module's invariant), so no lock is held by a thread the child does
+/// not have, and the child is an exact copy of a consistent process.
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: fork is unsound only where another thread could hold a lock
+    // (malloc's, stdio's) that the child then finds held forever; restore
+    // runs one thread when it forks (the module's invariant), so what the
+    // child does after fork is as safe as it was before.
+    Ok(match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => Forked::Child,
+        nix::unistd::ForkResult::Parent { child } => Forked::Parent(child.as_raw()),
+    })
+}
+
+/// _exit(code): no atexit handlers, no flushing (a forked child must not
+/// run its parent's).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit takes an integer and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// setsid(2).
+pub fn setsid() -> io::Result<()> {
+    nix::unistd::setsid()?;
+    Ok(())
+}
+
+/// waitpid(pid, flags): (the pid, its raw status) of the first change.
+pub fn waitpid(pid: i32, flags: i32) -> io::Result<(i32, i32)> {
+    let mut st = 0;
+    // SAFETY: waitpid writes one int, `st`, which we own.
+    let r = cvt(unsafe { libc::waitpid(pid, &mut st, flags) })?;
+    Ok((r, st))
+}
+
+/// kill(pid, sig).
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: kill takes integers only.
+    cvt(unsafe { libc::kill(pid, sig) })?;
+    Ok(())
+}
+
+/// pidfd_open(pid, 0).
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes integers and returns a new fd.
+    let r = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    new_fd(r as libc::c_int)
+}
+
+/// pidfd_send_signal(pidfd, sig, NULL, 0): the process the pidfd pins,
+/// never another that got its pid since.
+pub fn pidfd_send_signal(pidfd: BorrowedFd, sig: i32) -> io::Result<()> {
+    // SAFETY: integers only (no siginfo: null).
+    cvt(unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, 0, 0) })?;
+    Ok(())
+}
+
+/// PTRACE_SEIZE with these options.
+pub fn ptrace_seize(pid: i32, options: i32) -> io::Result<()> {
+    Ok(ptrace::seize(
+        Pid::from_raw(pid),
+        ptrace::Options::from_bits_retain(options),
+    )?)
+}
+
+/// PTRACE_GETREGS.
+pub fn getregs(pid: i32) -> io::Result<libc::user_regs_struct> {
+    Ok(ptrace::getregs(Pid::from_raw(pid))?)
+}
+
+/// PTRACE_SETREGS.
+pub fn setregs(pid: i32, regs: &libc::user_regs_struct) -> io::Result<()> {
+    Ok(ptrace::setregs(Pid::from_raw(pid), *regs)?)
+}
+
+/// The ptrace requests that resume (or release) a stopped tracee.
+#[derive(Debug, Clone, Copy)]
+pub enum Resume {
+    Cont,
+    Syscall,
+    Listen,
+    Detach,
+}
+
+/// Resume tracee `pid` with `req`, delivering signal `sig` (0: none).
+pub fn resume(req: Resume, pid: i32, sig: i32) -> io::Result<()> {
+    let req = match req {
+        Resume::Cont => libc::PTRACE_CONT,
+        Resume::Syscall => libc::PTRACE_SYSCALL,
+        Resume::Listen => libc::PTRACE_LISTEN as libc::c_uint,
+        Resume::Detach => libc::PTRACE_DETACH,
+    };
+    // SAFETY: these requests take no pointer: data is a signal number.
+    cvt(unsafe { libc::ptrace(req, pid, 0usize, sig as usize) })?;
+    Ok(())
+}
