@@ -1,7 +1,7 @@
 //! Everything `cryo restore` checks before the point of no return, one
 //! check per resource; each refusal is one line saying what differs.
 
-use crate::{IntoSys, RestoreError};
+use crate::{sys, IntoSys, RestoreError};
 use cryo_image::load::LoadedImage;
 use cryo_image::{vma_kind, Image, Process, NO_INDEX, SHIM_WINDOW, SHIM_WINDOW_LEN};
 use std::os::unix::fs::MetadataExt;
@@ -26,7 +26,7 @@ pub fn window(img: &Image) -> Result<(), RestoreError> {
 /// The same CPU state layout (xsave size and XCR0).
 pub fn xsave(p: &Process) -> Result<(), RestoreError> {
     let size = std::arch::x86_64::__cpuid_count(0xd, 0).ebx;
-    let xcr0 = xgetbv0();
+    let xcr0 = sys::xcr0();
     if size != p.xsave_size || xcr0 != p.xcr0 {
         return Err(RestoreError::XsaveDiffers {
             what: format!(
@@ -44,15 +44,14 @@ pub fn xsave(p: &Process) -> Result<(), RestoreError> {
 pub fn vdso(img: &Image) -> Result<u64, RestoreError> {
     let p = img.process();
     let kernel = img.str(p.kernel).unwrap_or("?").to_owned();
-    let own = own_special_maps()?;
-    let vdso = own
+    let own = sys::own_special_maps().map_err(|e| e.into_sys("reading /proc/self/maps"))?;
+    let (vdso, bytes) = own
         .iter()
-        .find(|m| m.2 == "[vdso]")
+        .find_map(|m| Some((m, m.vdso_bytes()?)))
         .ok_or_else(|| RestoreError::VdsoDiffers {
             what: "this process has no [vdso]".into(),
             kernel: kernel.clone(),
         })?;
-    let bytes = own_vdso_bytes(vdso.0, vdso.1);
     if bytes.len() as u64 != p.vdso_len || cryo_image::checksum(bytes) != p.vdso_hash {
         return Err(RestoreError::VdsoDiffers {
             what: format!(
@@ -66,12 +65,12 @@ pub fn vdso(img: &Image) -> Result<u64, RestoreError> {
         });
     }
     for name in ["[vvar]", "[vvar_vclock]"] {
-        let here = own.iter().find(|m| m.2 == name);
+        let here = own.iter().find(|m| m.name() == name);
         let there = img.vmas().iter().find(|v| img.str(v.name) == Some(name));
         let ok = match (here, there) {
             (Some(h), Some(t)) => {
-                h.1 - h.0 == t.end - t.start
-                    && vdso.0.wrapping_sub(h.0) == p.vdso_start.wrapping_sub(t.start)
+                h.end() - h.start() == t.end - t.start
+                    && vdso.start().wrapping_sub(h.start()) == p.vdso_start.wrapping_sub(t.start)
             }
             (None, None) => true,
             _ => false,
@@ -141,63 +140,18 @@ pub fn mapped_files(img: &Image) -> Result<(), RestoreError> {
 
 /// POSIX timers come back with their ids (PR_TIMER_CREATE_RESTORE_IDS).
 pub fn timers(img: &Image) -> Result<(), RestoreError> {
-    if !img.timers().is_empty() {
-        // SAFETY: PR_TIMER_CREATE_RESTORE_IDS_GET (2) only reads a flag.
-        if unsafe { libc::prctl(77, 2, 0, 0, 0) } < 0 {
-            return Err(RestoreError::NoTimerIds);
-        }
+    if !img.timers().is_empty() && sys::timer_restore_ids().is_err() {
+        return Err(RestoreError::NoTimerIds);
     }
     Ok(())
-}
-
-fn xgetbv0() -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: XGETBV with ECX=0 reads XCR0; the OS enables OSXSAVE on every
-    // x86_64 CPU this runs on (the capture side read XCR0 the same way).
-    unsafe {
-        std::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack));
-    }
-    ((hi as u64) << 32) | lo as u64
-}
-
-/// This process's own vDSO bytes, [start, end) as /proc/self/maps names it.
-fn own_vdso_bytes(start: u64, end: u64) -> &'static [u8] {
-    // SAFETY: [vdso] is mapped readable in this process for its whole
-    // length and is never unmapped while cryo runs.
-    unsafe { std::slice::from_raw_parts(start as *const u8, (end - start) as usize) }
-}
-
-/// [vvar], [vvar_vclock] and [vdso] of this process: (start, end, name).
-fn own_special_maps() -> Result<Vec<(u64, u64, String)>, RestoreError> {
-    let text = std::fs::read_to_string("/proc/self/maps")
-        .map_err(|e| e.into_sys("reading /proc/self/maps"))?;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let name = line.split_whitespace().nth(5).unwrap_or("");
-        if !matches!(name, "[vvar]" | "[vvar_vclock]" | "[vdso]") {
-            continue;
-        }
-        let range = line.split_whitespace().next().unwrap_or("");
-        let Some((a, b)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
-            continue;
-        };
-        out.push((a, b, name.to_owned()));
-    }
-    Ok(out)
 }
 
 /// Offset of glibc's cached TID in the TCB, found in this process's own
 /// TCB (the restored program almost always uses the same glibc; the shim
 /// verifies the word before rewriting it). 0 if not found exactly once.
 pub fn own_tid_offset() -> usize {
-    let mut fs: u64 = 0;
-    // SAFETY: ARCH_GET_FS writes one u64.
-    unsafe { libc::syscall(libc::SYS_arch_prctl, 0x1003, &mut fs as *mut u64) };
-    // SAFETY: gettid takes no arguments.
-    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+    let fs = sys::fs_base().unwrap_or(0);
+    let tid = sys::gettid() as u32;
     if fs == 0 {
         return 0;
     }
@@ -256,24 +210,19 @@ fn lim_str(v: u64) -> String {
 pub fn rlimits(img: &Image, cap: bool) -> Result<Vec<cryo_image::Rlimit>, RestoreError> {
     let mut differ = Vec::new();
     for r in img.rlimits().iter() {
-        let mut ours = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes one struct rlimit.
-        if unsafe { libc::getrlimit(r.resource as _, &mut ours) } < 0 {
+        let Ok((our_cur, our_max)) = sys::getrlimit(r.resource) else {
             continue;
-        }
-        if (r.max > ours.rlim_max && !cap) || r.cur > r.max {
+        };
+        if (r.max > our_max && !cap) || r.cur > r.max {
             return Err(RestoreError::Rlimit {
                 name: rlimit_name(r.resource),
                 cur: lim_str(r.cur),
                 max: lim_str(r.max),
-                our_cur: lim_str(ours.rlim_cur),
-                our_max: lim_str(ours.rlim_max),
+                our_cur: lim_str(our_cur),
+                our_max: lim_str(our_max),
             });
         }
-        if (r.cur, r.max) != (ours.rlim_cur, ours.rlim_max) {
+        if (r.cur, r.max) != (our_cur, our_max) {
             differ.push(r);
         }
     }

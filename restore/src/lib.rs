@@ -124,13 +124,6 @@ impl From<std::io::Error> for Why {
     }
 }
 
-fn sys(what: impl Into<String>) -> RestoreError {
-    RestoreError::Sys {
-        what: what.into(),
-        source: std::io::Error::last_os_error(),
-    }
-}
-
 /// What the user asked for.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -387,8 +380,8 @@ impl Plan {
         let alias = shim_alias(&self.opts.shim);
         let mut extra = vec![meta.as_raw_fd(), pages.as_raw_fd()];
         if let Some(s) = &server {
-            // SAFETY: the server's end belongs to the tracer now.
-            unsafe { libc::close(s.server_end) };
+            // The server's end belongs to the tracer now.
+            sys::close(s.server_end);
             extra.push(s.shim_end);
         }
         if let Some(f) = &alias {
@@ -421,19 +414,11 @@ impl Plan {
         if let Err(e) = cwd_done {
             return e;
         }
-        // SAFETY: umask and personality take plain integers.
-        unsafe {
-            libc::umask(umask as libc::mode_t);
-            libc::personality(personality as libc::c_ulong);
-        }
+        sys::umask(umask);
+        let _ = sys::personality(personality);
         for r in rlimits {
-            let lim = libc::rlimit {
-                rlim_cur: r.cur,
-                rlim_max: r.max,
-            };
-            // SAFETY: setrlimit reads one struct rlimit.
-            if unsafe { libc::setrlimit(r.resource as _, &lim) } < 0 {
-                return sys(format!("setrlimit({})", checks::rlimit_name(r.resource)));
+            if let Err(e) = sys::setrlimit(r.resource, r.cur, r.max) {
+                return e.into_sys(format!("setrlimit({})", checks::rlimit_name(r.resource)));
             }
         }
         if let Err(e) = task::apply_before_exec(&img, checked) {
@@ -447,13 +432,10 @@ impl Plan {
         // be SIG_DFL after the exec, which keeps SIG_IGN (Rust ignores
         // SIGPIPE; nohup, SIGHUP). All signals are blocked first: one that
         // arrives from here on stays pending for the restored program.
-        let all = !0u64;
-        // SAFETY: rt_sigprocmask reads one 8-byte mask we own.
-        unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &all, 0usize, 8) };
+        let _ = sys::block_all_signals();
         for sig in 1..=64 {
             if self.setup.ignored & (1u64 << (sig - 1)) != 0 {
-                // SAFETY: resetting a disposition to SIG_DFL; no handler runs.
-                unsafe { libc::signal(sig, libc::SIG_DFL) };
+                let _ = sys::default_disposition(sig);
             }
         }
         let fd = |v: i32| if v < 0 { handoff::NONE } else { v as u64 };
@@ -471,13 +453,7 @@ impl Plan {
             .chain(h.encode())
             .map(|s| CString::new(s).expect("no NUL"))
             .collect();
-        let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-        argv.push(std::ptr::null());
-        let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-        // SAFETY: argv and envp are NULL-terminated arrays of C strings that
-        // outlive the call; execve only returns on failure.
-        unsafe { libc::execve(shim.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-        sys(format!("exec {}", self.opts.shim.display()))
+        sys::execve(&shim, &args).into_sys(format!("exec {}", self.opts.shim.display()))
     }
 }
 
@@ -506,13 +482,8 @@ impl IntoSys for std::io::Error {
 }
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    let (sec, nsec) = sys::clock_gettime(libc::CLOCK_MONOTONIC).unwrap_or((0, 0));
+    sec as u64 * 1_000_000_000 + nsec as u64
 }
 
 /// What cryo restore needs from /proc/self/status, read once.

@@ -3,7 +3,7 @@
 //! itself before the exec (scheduling, oom score, loginuid: all survive
 //! exec). The shim sets credentials and prctl state.
 
-use crate::RestoreError;
+use crate::{sys, IntoSys, RestoreError};
 use cryo_image::task::{TaskState, UNKNOWN};
 use cryo_image::Image;
 
@@ -159,19 +159,13 @@ pub fn check(img: &Image, status: &crate::OwnStatus) -> Result<Checked, RestoreE
                 out.own_loginuid
             )));
         }
-        // SAFETY: PR_GET_MDWE takes no pointer.
-        let mdwe = unsafe { libc::prctl(66, 0, 0, 0, 0) };
-        if mdwe > 0 && t.mdwe <= 0 {
+        if sys::mdwe().is_ok_and(|m| m > 0) && t.mdwe <= 0 {
             return Err(refuse(
                 "this process has memory-deny-write-execute set (PR_SET_MDWE), the image did not; it cannot be unset".into(),
             ));
         }
     }
     Ok(out)
-}
-
-fn os_err(what: &str) -> RestoreError {
-    crate::sys(what.to_owned())
 }
 
 /// Set what survives the exec: nice, scheduling policy, CPU affinity, I/O
@@ -186,7 +180,7 @@ pub fn apply_before_exec(img: &Image, checked: &Checked) -> Result<(), RestoreEr
             return Ok(());
         }
         std::fs::write(format!("/proc/self/{file}"), v.to_string())
-            .map_err(|e| crate::IntoSys::into_sys(e, format!("setting {file} to {v}")))
+            .map_err(|e| e.into_sys(format!("setting {file} to {v}")))
     };
     write("oom_score_adj", checked.own_oom, t.oom_score_adj)?;
     write("loginuid", checked.own_loginuid, t.loginuid)?;
@@ -194,53 +188,37 @@ pub fn apply_before_exec(img: &Image, checked: &Checked) -> Result<(), RestoreEr
 }
 
 fn apply_sched(t: &TaskState) -> Result<(), RestoreError> {
-    // SAFETY: the scheduling calls take integers or structs we own.
-    unsafe {
-        if t.sched_policy != UNKNOWN {
-            let cur = libc::sched_getscheduler(0);
-            let mut cp = libc::sched_param { sched_priority: 0 };
-            libc::sched_getparam(0, &mut cp);
-            let want = libc::sched_param {
-                sched_priority: t.sched_priority.max(0) as i32,
-            };
-            if (cur as i64, cp.sched_priority as i64)
-                != (t.sched_policy, want.sched_priority as i64)
-                && libc::sched_setscheduler(0, t.sched_policy as i32, &want) < 0
-            {
-                return Err(os_err("setting the scheduling policy"));
+    // (A failed read is taken as -1 or 0, as the calls return: what
+    // differs is set.)
+    if t.sched_policy != UNKNOWN {
+        let cur = sys::sched_policy().unwrap_or(-1);
+        let prio = sys::sched_priority().unwrap_or(0);
+        let want = t.sched_priority.max(0) as i32;
+        if (cur as i64, prio as i64) != (t.sched_policy, want as i64) {
+            sys::set_scheduler(t.sched_policy as i32, want)
+                .map_err(|e| e.into_sys("setting the scheduling policy"))?;
+        }
+    }
+    let nice = sys::nice().unwrap_or(-1);
+    if t.nice != UNKNOWN && nice as i64 != t.nice {
+        sys::set_nice(t.nice as i32).map_err(|e| e.into_sys("setting the nice value"))?;
+    }
+    if t.affinity.iter().any(|&w| w != 0) {
+        let mut set = sys::CpuSet::new();
+        for cpu in 0..1024usize.min(libc::CPU_SETSIZE as usize) {
+            if t.affinity[cpu / 64] & (1 << (cpu % 64)) != 0 {
+                let _ = set.set(cpu);
             }
         }
-        *libc::__errno_location() = 0;
-        let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
-        if t.nice != UNKNOWN
-            && nice as i64 != t.nice
-            && libc::setpriority(libc::PRIO_PROCESS, 0, t.nice as i32) < 0
-        {
-            return Err(os_err("setting the nice value"));
+        let same = sys::affinity().is_ok_and(|cur| cur == set);
+        if !same {
+            sys::set_affinity(&set).map_err(|e| e.into_sys("setting the CPU affinity"))?;
         }
-        if t.affinity.iter().any(|&w| w != 0) {
-            let size = std::mem::size_of::<libc::cpu_set_t>();
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            for cpu in 0..1024usize.min(libc::CPU_SETSIZE as usize) {
-                if t.affinity[cpu / 64] & (1 << (cpu % 64)) != 0 {
-                    libc::CPU_SET(cpu, &mut set);
-                }
-            }
-            let mut cur: libc::cpu_set_t = std::mem::zeroed();
-            let same =
-                libc::sched_getaffinity(0, size, &mut cur) == 0 && libc::CPU_EQUAL(&cur, &set);
-            if !same && libc::sched_setaffinity(0, size, &set) < 0 {
-                return Err(os_err("setting the CPU affinity"));
-            }
-        }
-        if t.ioprio != UNKNOWN {
-            const IOPRIO_WHO_PROCESS: i64 = 1;
-            let cur = libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0i64);
-            if cur != t.ioprio
-                && libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0i64, t.ioprio) < 0
-            {
-                return Err(os_err("setting the I/O priority"));
-            }
+    }
+    if t.ioprio != UNKNOWN {
+        let cur = sys::ioprio().unwrap_or(-1);
+        if cur != t.ioprio {
+            sys::set_ioprio(t.ioprio).map_err(|e| e.into_sys("setting the I/O priority"))?;
         }
     }
     Ok(())

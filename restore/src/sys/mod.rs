@@ -1,6 +1,6 @@
-//! The system calls restore makes that std does not, each behind a small
-//! safe function that says why it is sound (fds, files, pipes, locks, the
-//! anonymous kinds and the tracer's processes so far).
+//! The system calls restore makes that std does not: every `unsafe` of
+//! this crate lives here (but for the page server's, in `lazy.rs` and
+//! `uffd.rs`), each behind a small safe function that says why it is sound.
 //!
 //! A call that makes an fd returns an `OwnedFd`; one that uses an fd we
 //! hold takes a `BorrowedFd`; one that works on fd numbers (restore puts

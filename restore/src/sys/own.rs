@@ -1,9 +1,220 @@
-//! This process's own state: its clocks.
+//! This process's own state: what restore checks against the image and
+//! sets before the exec (umask, personality, limits, scheduling, prctl
+//! flags), and what it reads of itself (CPU state layout, TLS, vDSO, clocks).
 
+use super::cvt;
 use std::io;
+
+pub use nix::sched::CpuSet;
+
+/// umask(mask).
+pub fn umask(mask: u32) {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_retain(mask));
+}
+
+/// personality(persona).
+pub fn personality(persona: u32) -> io::Result<()> {
+    // SAFETY: personality takes an integer.
+    cvt(unsafe { libc::personality(persona as libc::c_ulong) })?;
+    Ok(())
+}
+
+/// getrlimit(resource): (soft, hard).
+pub fn getrlimit(resource: u32) -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one struct rlimit, `lim`, which we own.
+    cvt(unsafe { libc::getrlimit(resource as _, &mut lim) })?;
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// setrlimit(resource, {soft, hard}).
+pub fn setrlimit(resource: u32, soft: u64, hard: u64) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit reads one struct rlimit, `lim`.
+    cvt(unsafe { libc::setrlimit(resource as _, &lim) })?;
+    Ok(())
+}
+
+/// sched_getscheduler(0): this process's scheduling policy.
+pub fn sched_policy() -> io::Result<i32> {
+    // SAFETY: sched_getscheduler takes an integer.
+    cvt(unsafe { libc::sched_getscheduler(0) })
+}
+
+/// sched_getparam(0): this process's static priority.
+pub fn sched_priority() -> io::Result<i32> {
+    let mut p = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_getparam writes one sched_param, `p`, which we own.
+    cvt(unsafe { libc::sched_getparam(0, &mut p) })?;
+    Ok(p.sched_priority)
+}
+
+/// sched_setscheduler(0, policy, {priority}).
+pub fn set_scheduler(policy: i32, priority: i32) -> io::Result<()> {
+    let p = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: sched_setscheduler reads one sched_param, `p`.
+    cvt(unsafe { libc::sched_setscheduler(0, policy, &p) })?;
+    Ok(())
+}
+
+/// getpriority(PRIO_PROCESS, 0): the nice value (-1 is one; errno tells).
+pub fn nice() -> io::Result<i32> {
+    nix::errno::Errno::clear();
+    // SAFETY: getpriority takes integers only.
+    let n = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    if n == -1 && nix::errno::Errno::last_raw() != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n)
+}
+
+/// setpriority(PRIO_PROCESS, 0, nice).
+pub fn set_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: setpriority takes integers only.
+    cvt(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) })?;
+    Ok(())
+}
+
+/// sched_getaffinity(0).
+pub fn affinity() -> io::Result<CpuSet> {
+    Ok(nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(
+        0,
+    ))?)
+}
+
+/// sched_setaffinity(0, set).
+pub fn set_affinity(set: &CpuSet) -> io::Result<()> {
+    Ok(nix::sched::sched_setaffinity(
+        nix::unistd::Pid::from_raw(0),
+        set,
+    )?)
+}
+
+const IOPRIO_WHO_PROCESS: i64 = 1;
+
+/// ioprio_get(IOPRIO_WHO_PROCESS, 0).
+pub fn ioprio() -> io::Result<i64> {
+    // SAFETY: ioprio_get takes integers only.
+    cvt(unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0i64) })
+}
+
+/// ioprio_set(IOPRIO_WHO_PROCESS, 0, prio).
+pub fn set_ioprio(prio: i64) -> io::Result<()> {
+    // SAFETY: ioprio_set takes integers only.
+    cvt(unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0i64, prio) })?;
+    Ok(())
+}
+
+/// PR_GET_MDWE: this process's memory-deny-write-execute flags.
+pub fn mdwe() -> io::Result<i32> {
+    const PR_GET_MDWE: i32 = 66;
+    // SAFETY: PR_GET_MDWE takes no pointer.
+    cvt(unsafe { libc::prctl(PR_GET_MDWE, 0, 0, 0, 0) })
+}
+
+/// PR_TIMER_CREATE_RESTORE_IDS_GET: fails where the kernel cannot create
+/// POSIX timers with given ids (before Linux 6.16).
+pub fn timer_restore_ids() -> io::Result<i32> {
+    const PR_TIMER_CREATE_RESTORE_IDS: i32 = 77;
+    const GET: libc::c_ulong = 2;
+    // SAFETY: the GET operation only reads a flag; no pointer.
+    cvt(unsafe { libc::prctl(PR_TIMER_CREATE_RESTORE_IDS, GET, 0, 0, 0) })
+}
 
 /// clock_gettime(clock): (seconds, nanoseconds).
 pub fn clock_gettime(clock: i32) -> io::Result<(i64, i64)> {
     let t = nix::time::clock_gettime(nix::time::ClockId::from_raw(clock))?;
     Ok((t.tv_sec(), t.tv_nsec()))
+}
+
+/// gettid(2).
+pub fn gettid() -> i32 {
+    nix::unistd::gettid().as_raw()
+}
+
+/// XCR0, the state components XSAVE handles here.
+pub fn xcr0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: XGETBV with ECX=0 reads XCR0; the OS enables OSXSAVE on every
+    // x86_64 CPU this runs on (the capture side read XCR0 the same way).
+    unsafe {
+        std::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack));
+    }
+    ((hi as u64) << 32) | lo as u64
+}
+
+/// arch_prctl(ARCH_GET_FS): this thread's TLS base.
+pub fn fs_base() -> io::Result<u64> {
+    const ARCH_GET_FS: i32 = 0x1003;
+    let mut fs: u64 = 0;
+    // SAFETY: ARCH_GET_FS writes one u64, `fs`, which we own.
+    cvt(unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_GET_FS, &mut fs as *mut u64) })?;
+    Ok(fs)
+}
+
+/// One of this process's own kernel mappings, [vvar], [vvar_vclock] or
+/// [vdso], as /proc/self/maps lists it. Only [`own_special_maps`] makes
+/// one, which is what makes [`SpecialMap::vdso_bytes`] sound.
+pub struct SpecialMap {
+    start: u64,
+    end: u64,
+    name: String,
+}
+
+impl SpecialMap {
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The bytes of the [vdso] (None for the others: [vvar] can have pages
+    /// that fault when read).
+    pub fn vdso_bytes(&self) -> Option<&'static [u8]> {
+        if self.name != "[vdso]" {
+            return None;
+        }
+        // SAFETY: this is this process's [vdso], as /proc/self/maps
+        // listed it: mapped readable for its whole length, and never
+        // unmapped while cryo runs.
+        Some(unsafe {
+            std::slice::from_raw_parts(self.start as *const u8, (self.end - self.start) as usize)
+        })
+    }
+}
+
+/// [vvar], [vvar_vclock] and [vdso] of this process.
+pub fn own_special_maps() -> io::Result<Vec<SpecialMap>> {
+    let text = std::fs::read_to_string("/proc/self/maps")?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let name = line.split_whitespace().nth(5).unwrap_or("");
+        if !matches!(name, "[vvar]" | "[vvar_vclock]" | "[vdso]") {
+            continue;
+        }
+        let range = line.split_whitespace().next().unwrap_or("");
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+            continue;
+        };
+        out.push(SpecialMap {
+            start: a,
+            end: b,
+            name: name.to_owned(),
+        });
+    }
+    Ok(out)
 }

@@ -1,4 +1,4 @@
-//! Processes: fork, exit, wait, signals, pidfds, ptrace.
+//! Processes: fork, exit, wait, signals, pidfds, ptrace, exec.
 //!
 //! Statuses, signal numbers and ptrace requests stay raw integers: a
 //! restored program stops with and is sent real-time signals, which nix's
@@ -7,6 +7,7 @@
 use super::{cvt, new_fd};
 use nix::sys::ptrace;
 use nix::unistd::Pid;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
@@ -72,6 +73,43 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd, sig: i32) -> io::Result<()> {
     // SAFETY: integers only (no siginfo: null).
     cvt(unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, 0, 0) })?;
     Ok(())
+}
+
+/// Block every signal (rt_sigprocmask SIG_SETMASK with all 64 bits: glibc's
+/// sigprocmask would keep its own two unblocked).
+pub fn block_all_signals() -> io::Result<()> {
+    let all = !0u64;
+    // SAFETY: rt_sigprocmask reads one 8-byte mask, `all`, which we own;
+    // the old mask is not written (null).
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const u64,
+            0usize,
+            8,
+        )
+    })?;
+    Ok(())
+}
+
+/// signal(sig, SIG_DFL).
+pub fn default_disposition(sig: i32) -> io::Result<()> {
+    // SAFETY: SIG_DFL installs no handler, so no code of ours can run in a
+    // signal context because of this.
+    if unsafe { libc::signal(sig, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// execve(path, args, no environment). Returns only on failure.
+pub fn execve(path: &CStr, args: &[CString]) -> io::Error {
+    let env: [&CStr; 0] = [];
+    match nix::unistd::execve(path, args, &env) {
+        Err(e) => e.into(),
+        Ok(never) => match never {},
+    }
 }
 
 /// PTRACE_SEIZE with these options.
