@@ -3,6 +3,10 @@
 //! live, still-stopped process (every dumped page, mappings, registers,
 //! handlers, fd offsets), then let it go on and check it finishes exactly as
 //! an uncaptured run does.
+//!
+//! Longer than ~500 lines on purpose: each test is a self-contained
+//! scenario on a real process, and splitting them by size would only
+//! scatter the helpers (image-vs-live comparison) they share.
 
 mod support;
 

@@ -2,6 +2,9 @@
 //! killed), then restored — each image more than once — and must go on to
 //! print exactly what an uninterrupted run prints, and exit 0. Error paths
 //! must be refused before the exec, leaving the image untouched.
+//!
+//! Longer than ~500 lines on purpose: each test is a self-contained
+//! scenario, sharing the round-trip and restore helpers at the top.
 
 mod support;
 
