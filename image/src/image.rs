@@ -1,0 +1,335 @@
+//! [`Image`], a parsed and checksum-verified meta.img, with its typed
+//! accessors, and [`Table`], the view of one of its tables. The semantic
+//! checks are in `validate.rs`.
+
+use crate::*;
+
+/// A typed, bounds-checked view of one table.
+#[derive(Clone, Copy)]
+pub struct Table<'a, T: Record> {
+    bytes: &'a [u8],
+    stride: usize,
+    count: usize,
+    _t: core::marker::PhantomData<T>,
+}
+
+impl<'a, T: Record> Table<'a, T> {
+    fn empty() -> Self {
+        Table {
+            bytes: &[],
+            stride: T::SIZE.max(1),
+            count: 0,
+            _t: core::marker::PhantomData,
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.count
+    }
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+    pub fn get(&self, i: usize) -> Option<T> {
+        if i >= self.count {
+            return None;
+        }
+        Some(T::decode(&self.bytes[i * self.stride..]))
+    }
+    pub fn iter(&self) -> impl Iterator<Item = T> + 'a {
+        let t = *self;
+        (0..t.count).map(move |i| T::decode(&t.bytes[i * t.stride..]))
+    }
+}
+
+/// A parsed, checksum-verified image (borrowing meta.img's bytes).
+#[derive(Clone, Copy)]
+pub struct Image<'a> {
+    pub header: Header,
+    bytes: &'a [u8],
+    sections: [Option<DirEntry>; 32],
+}
+
+impl<'a> Image<'a> {
+    /// Parse meta.img: header, directory, section bounds, record sizes and
+    /// every checksum. Call [`Image::validate`] next for semantic checks.
+    pub fn parse(bytes: &'a [u8]) -> Result<Image<'a>, ImageError> {
+        Self::parse_with(bytes, true)
+    }
+
+    /// Parse bytes that [`Image::parse`] has accepted before and that
+    /// cannot have changed since (an owned, immutable copy): every
+    /// structural check, no checksums. A multi-megabyte page-run table is
+    /// not hashed again each time the image is looked at.
+    pub fn parse_verified(bytes: &'a [u8]) -> Result<Image<'a>, ImageError> {
+        Self::parse_with(bytes, false)
+    }
+
+    fn parse_with(bytes: &'a [u8], sums: bool) -> Result<Image<'a>, ImageError> {
+        let len = bytes.len() as u64;
+        if bytes.len() >= 8 && bytes[0..8] != MAGIC {
+            return Err(ImageError::BadMagic);
+        }
+        if bytes.len() < HEADER_SIZE {
+            return Err(ImageError::TooShort { len });
+        }
+        let major = u16::get(&bytes[8..]);
+        let minor = u16::get(&bytes[10..]);
+        if major != VERSION_MAJOR {
+            return Err(ImageError::UnsupportedVersion { major, minor });
+        }
+        if sums && checksum(&bytes[..56]) != u64::get(&bytes[56..]) {
+            return Err(ImageError::HeaderChecksum);
+        }
+        let header_size = u32::get(&bytes[12..]) as usize;
+        if !(HEADER_SIZE..=4096).contains(&header_size) {
+            return Err(ImageError::BadHeader("header size out of range"));
+        }
+        let header = Header {
+            major,
+            minor,
+            section_count: u32::get(&bytes[16..]),
+            flags: u32::get(&bytes[20..]),
+            meta_len: u64::get(&bytes[24..]),
+            pages_len: u64::get(&bytes[32..]),
+            dir_checksum: u64::get(&bytes[40..]),
+            body_checksum: u64::get(&bytes[48..]),
+        };
+        if header.meta_len > MAX_META_LEN {
+            return Err(ImageError::TooLarge {
+                len: header.meta_len,
+            });
+        }
+        if header.meta_len != len {
+            return Err(ImageError::LengthMismatch {
+                header: header.meta_len,
+                actual: len,
+            });
+        }
+        if header.pages_len > MAX_PAGES_LEN || !header.pages_len.is_multiple_of(PAGE_SIZE) {
+            return Err(ImageError::BadHeader("pages length not a page multiple"));
+        }
+        let n = header.section_count as usize;
+        if n > MAX_SECTIONS {
+            return Err(ImageError::TooManySections {
+                count: header.section_count,
+            });
+        }
+        let dir_end = header_size + n * DIR_ENTRY_SIZE;
+        if dir_end > bytes.len() {
+            return Err(ImageError::TooShort { len });
+        }
+        if sums && checksum(&bytes[header_size..]) != header.body_checksum {
+            return Err(ImageError::BodyChecksum);
+        }
+        let dir = &bytes[header_size..dir_end];
+        if sums && checksum(dir) != header.dir_checksum {
+            return Err(ImageError::DirectoryChecksum);
+        }
+        let mut sections: [Option<DirEntry>; 32] = [None; 32];
+        for i in 0..n {
+            let e = DirEntry::decode(&dir[i * DIR_ENTRY_SIZE..]);
+            let Some(kind) = SectionKind::from_u32(e.kind) else {
+                continue; // unknown kind: a newer minor version; skip it
+            };
+            let slot = &mut sections[e.kind as usize];
+            if slot.is_some() {
+                return Err(ImageError::DuplicateSection { kind: e.kind });
+            }
+            if !e.offset.is_multiple_of(8) {
+                return Err(ImageError::SectionMisaligned { kind: e.kind });
+            }
+            let need = kind.known_record_size() as u32;
+            if e.record_size < need || e.record_size == 0 {
+                return Err(ImageError::RecordTooShort {
+                    section: kind.name(),
+                    size: e.record_size,
+                    need,
+                });
+            }
+            if e.count > kind.max_count() {
+                return Err(ImageError::TooManyRecords {
+                    section: kind.name(),
+                    count: e.count,
+                });
+            }
+            let size = e
+                .count
+                .checked_mul(e.record_size as u64)
+                .ok_or(ImageError::SectionOutOfBounds { kind: e.kind })?;
+            let end = e
+                .offset
+                .checked_add(size)
+                .ok_or(ImageError::SectionOutOfBounds { kind: e.kind })?;
+            if e.offset < dir_end as u64 || end > len {
+                return Err(ImageError::SectionOutOfBounds { kind: e.kind });
+            }
+            if sums && checksum(&bytes[e.offset as usize..end as usize]) != e.checksum {
+                return Err(ImageError::SectionChecksum(kind.name()));
+            }
+            *slot = Some(e);
+        }
+        for kind in SectionKind::ALL {
+            if kind.required() && sections[kind as usize].is_none() {
+                return Err(ImageError::MissingSection(kind.name()));
+            }
+        }
+        if sections[SectionKind::Process as usize].map(|e| e.count) != Some(1) {
+            return Err(ImageError::Invalid("process section must hold one record"));
+        }
+        Ok(Image {
+            header,
+            bytes,
+            sections,
+        })
+    }
+
+    fn section_bytes(&self, kind: SectionKind) -> Option<(&'a [u8], DirEntry)> {
+        let e = self.sections[kind as usize]?;
+        let start = e.offset as usize;
+        let end = start + (e.count as usize) * (e.record_size as usize);
+        Some((&self.bytes[start..end], e))
+    }
+
+    /// A table of records (empty if the section is absent).
+    pub fn table<T: Record>(&self, kind: SectionKind) -> Table<'a, T> {
+        match self.section_bytes(kind) {
+            Some((b, e)) => Table {
+                bytes: b,
+                stride: e.record_size as usize,
+                count: e.count as usize,
+                _t: core::marker::PhantomData,
+            },
+            None => Table::empty(),
+        }
+    }
+
+    /// A byte-blob section (empty if absent).
+    pub fn blob(&self, kind: SectionKind) -> &'a [u8] {
+        self.section_bytes(kind).map(|(b, _)| b).unwrap_or(&[])
+    }
+
+    pub fn process(&self) -> Process {
+        // parse() checked the section holds exactly one record.
+        self.table::<Process>(SectionKind::Process)
+            .get(0)
+            .unwrap_or_default()
+    }
+    pub fn vmas(&self) -> Table<'a, Vma> {
+        self.table(SectionKind::Vmas)
+    }
+    pub fn files(&self) -> Table<'a, FileId> {
+        self.table(SectionKind::Files)
+    }
+    /// One checksum per block of sums.img (format 2.0).
+    pub fn page_sums(&self) -> Table<'a, SumBlock> {
+        self.table(SectionKind::PageSums)
+    }
+    pub fn page_runs(&self) -> Table<'a, PageRun> {
+        self.table(SectionKind::PageRuns)
+    }
+    /// The main thread's xsave area (the section holds every thread's).
+    pub fn xsave(&self) -> &'a [u8] {
+        let x = self.blob(SectionKind::Xsave);
+        let n = (self.process().xsave_size as usize).min(x.len());
+        &x[..n]
+    }
+    pub fn auxv(&self) -> Table<'a, AuxvEntry> {
+        self.table(SectionKind::Auxv)
+    }
+    pub fn sigactions(&self) -> Table<'a, SigAction> {
+        self.table(SectionKind::SigActions)
+    }
+    pub fn rlimits(&self) -> Table<'a, Rlimit> {
+        self.table(SectionKind::Rlimits)
+    }
+    pub fn fds(&self) -> Table<'a, Fd> {
+        self.table(SectionKind::Fds)
+    }
+    pub fn timers(&self) -> Table<'a, PosixTimer> {
+        self.table(SectionKind::Timers)
+    }
+    pub fn itimers(&self) -> Table<'a, Itimer> {
+        self.table(SectionKind::Itimers)
+    }
+
+    pub fn pipes(&self) -> Table<'a, fds::Pipe> {
+        self.table(SectionKind::Pipes)
+    }
+    pub fn extents(&self) -> Table<'a, fds::Extent> {
+        self.table(SectionKind::Extents)
+    }
+    pub fn locks(&self) -> Table<'a, fds::Lock> {
+        self.table(SectionKind::Locks)
+    }
+    pub fn creds(&self) -> Option<task::Creds> {
+        self.table::<task::Creds>(SectionKind::Creds).get(0)
+    }
+    pub fn groups(&self) -> Table<'a, task::Group> {
+        self.table(SectionKind::Groups)
+    }
+    pub fn task(&self) -> Option<task::TaskState> {
+        self.table::<task::TaskState>(SectionKind::Task).get(0)
+    }
+    pub fn signals(&self) -> Table<'a, signals::QueuedSignal> {
+        self.table(SectionKind::Signals)
+    }
+    pub fn inotify(&self) -> Table<'a, fds::InotifyWatch> {
+        self.table(SectionKind::Inotify)
+    }
+    pub fn fanotify(&self) -> Table<'a, fds::FanotifyGroup> {
+        self.table(SectionKind::Fanotify)
+    }
+    pub fn fanotify_marks(&self) -> Table<'a, fds::FanotifyMark> {
+        self.table(SectionKind::FanotifyMarks)
+    }
+    pub fn eventfds(&self) -> Table<'a, fds::EventFd> {
+        self.table(SectionKind::EventFds)
+    }
+    pub fn timerfds(&self) -> Table<'a, fds::TimerFd> {
+        self.table(SectionKind::TimerFds)
+    }
+    pub fn signalfds(&self) -> Table<'a, fds::SignalFd> {
+        self.table(SectionKind::SignalFds)
+    }
+    pub fn epoll_items(&self) -> Table<'a, fds::EpollItem> {
+        self.table(SectionKind::EpollItems)
+    }
+    pub fn threads(&self) -> Table<'a, threads::Thread> {
+        self.table(SectionKind::Threads)
+    }
+
+    /// The xsave area of thread `k` (0: the main thread, k + 1: the k-th
+    /// entry of the threads table).
+    pub fn xsave_of(&self, k: usize) -> &'a [u8] {
+        let n = self.process().xsave_size as usize;
+        let x = self.blob(SectionKind::Xsave);
+        x.get(k * n..(k + 1) * n).unwrap_or(&[])
+    }
+
+    /// Every blob of pages.img that is not memory (pipe data, file
+    /// contents), for checking.
+    pub fn blobs(&self) -> impl Iterator<Item = fds::Blob> + 'a {
+        let pipes = self.pipes();
+        let ext = self.extents();
+        pipes
+            .iter()
+            .map(|p| p.data)
+            .chain(ext.iter().map(|e| e.data))
+            .filter(|b| b.len > 0)
+    }
+
+    /// The restore gadgets, if the capture found them (format 1.1+).
+    pub fn gadgets(&self) -> Option<Gadgets> {
+        self.table::<Gadgets>(SectionKind::Gadgets).get(0)
+    }
+
+    /// Resolve a string reference (None if absent or invalid).
+    pub fn str(&self, r: StrRef) -> Option<&'a str> {
+        if r.is_none() {
+            return None;
+        }
+        let s = self.blob(SectionKind::Strings);
+        let start = r.off as usize;
+        let end = start.checked_add(r.len as usize)?;
+        core::str::from_utf8(s.get(start..end)?).ok()
+    }
+}

@@ -1,0 +1,343 @@
+//! The semantic checks of an image ([`Image::validate`]) and the checks of
+//! pages.img and sums.img against their checksums.
+
+use crate::*;
+
+impl<'a> Image<'a> {
+    fn check_str(&self, r: StrRef, section: &'static str, index: usize) -> Result<(), ImageError> {
+        if r.is_none() || self.str(r).is_some() {
+            Ok(())
+        } else {
+            Err(ImageError::BadString {
+                section,
+                index: index as u64,
+            })
+        }
+    }
+
+    /// Semantic checks the shim relies on: mappings sorted, page aligned and
+    /// disjoint; page runs inside their mapping and inside pages.img; indices
+    /// and strings in range. Allocation-free and linear in the image size.
+    pub fn validate(&self) -> Result<(), ImageError> {
+        let p = self.process();
+        let files = self.files();
+        let runs = self.page_runs();
+        let nfiles = files.len() as u32;
+        self.check_str(p.exe, "process", 0)?;
+        self.check_str(p.cwd, "process", 0)?;
+        self.check_str(p.kernel, "process", 0)?;
+        if p.exe_file != NO_INDEX && p.exe_file >= nfiles {
+            return Err(ImageError::BadIndex {
+                section: "process",
+                index: 0,
+                why: "executable file index out of range",
+            });
+        }
+        let areas = 1 + self.threads().len();
+        if (p.xsave_size as usize).checked_mul(areas) != Some(self.blob(SectionKind::Xsave).len()) {
+            return Err(ImageError::Invalid(
+                "xsave section is not one area of xsave_size per thread",
+            ));
+        }
+        if p.xsave_size < 576 {
+            return Err(ImageError::Invalid(
+                "xsave area smaller than the legacy 576 bytes",
+            ));
+        }
+        for (i, f) in files.iter().enumerate() {
+            self.check_str(f.path, "files", i)?;
+        }
+        let mut prev_end = 0u64;
+        let mut next_run = 0u64;
+        for (i, v) in self.vmas().iter().enumerate() {
+            let bad = |why| ImageError::BadVma {
+                index: i as u64,
+                why,
+            };
+            if !v.start.is_multiple_of(PAGE_SIZE) || !v.end.is_multiple_of(PAGE_SIZE) {
+                return Err(bad("not page aligned"));
+            }
+            if v.end <= v.start {
+                return Err(bad("empty or inverted range"));
+            }
+            if v.start < prev_end {
+                return Err(bad("overlaps or is out of order"));
+            }
+            // vsyscall lives in the kernel half; everything else must be user space.
+            if v.kind != vma_kind::VSYSCALL && v.end > 0x0000_8000_0000_0000 {
+                return Err(bad("outside user space"));
+            }
+            prev_end = v.end;
+            if v.file != NO_INDEX && v.file >= nfiles {
+                return Err(bad("file index out of range"));
+            }
+            self.check_str(v.name, "vmas", i)?;
+            if v.first_run as u64 != next_run {
+                return Err(bad("page runs not in order"));
+            }
+            let last = v.first_run as u64 + v.run_count as u64;
+            if last > runs.len() as u64 {
+                return Err(bad("page run range out of bounds"));
+            }
+            next_run = last;
+            let mut run_prev = v.start;
+            for j in v.first_run as usize..last as usize {
+                let r = runs.get(j).ok_or(bad("page run missing"))?;
+                let rbad = |why| ImageError::BadPageRun {
+                    index: j as u64,
+                    why,
+                };
+                if r.npages == 0 || !r.vaddr.is_multiple_of(PAGE_SIZE) {
+                    return Err(rbad("empty or unaligned"));
+                }
+                let rend = r
+                    .vaddr
+                    .checked_add(r.len())
+                    .ok_or(rbad("address overflow"))?;
+                if r.vaddr < run_prev || rend > v.end {
+                    return Err(rbad("outside its mapping or out of order"));
+                }
+                run_prev = rend;
+                match r.kind {
+                    run_kind::DATA => {
+                        let e = r
+                            .offset
+                            .checked_add(r.len())
+                            .ok_or(rbad("offset overflow"))?;
+                        if !r.offset.is_multiple_of(PAGE_SIZE) || e > self.header.pages_len {
+                            return Err(rbad("data outside pages.img"));
+                        }
+                    }
+                    run_kind::ZERO => {}
+                    _ => return Err(rbad("unknown kind")),
+                }
+            }
+        }
+        if next_run != runs.len() as u64 {
+            return Err(ImageError::Invalid("page runs not owned by any mapping"));
+        }
+        if self.page_sums().len() as u64 != sum_blocks(self.header.pages_len) {
+            return Err(ImageError::Invalid(
+                "page_sums does not cover pages.img (one block per 2 MiB)",
+            ));
+        }
+        for (i, a) in self.sigactions().iter().enumerate() {
+            if a.signo == 0 || a.signo > 64 {
+                return Err(ImageError::BadIndex {
+                    section: "sigactions",
+                    index: i as u64,
+                    why: "signal number out of range",
+                });
+            }
+        }
+        if let Some(g) = self.gadgets() {
+            // Each inside one executable mapping (the shim jumps there).
+            for (addr, len) in [
+                (g.syscall_ret, gadget::SYSCALL_RET_MAX),
+                (g.sigreturn, gadget::SIGRETURN_MAX),
+            ] {
+                let inside = self.vmas().iter().any(|v| {
+                    v.prot & prot::EXEC != 0
+                        && v.kind != vma_kind::VSYSCALL
+                        && addr >= v.start
+                        && addr.saturating_add(len as u64) <= v.end
+                });
+                if !inside {
+                    return Err(ImageError::BadIndex {
+                        section: "gadgets",
+                        index: 0,
+                        why: "address outside an executable mapping",
+                    });
+                }
+            }
+        }
+        let fdt = self.fds();
+        let npipes = self.pipes().len() as u32;
+        for (i, f) in fdt.iter().enumerate() {
+            self.check_str(f.target, "fds", i)?;
+            let bad = |why| ImageError::BadIndex {
+                section: "fds",
+                index: i as u64,
+                why,
+            };
+            if f.fd < 0 || (f.file != NO_INDEX && f.file >= nfiles) {
+                return Err(bad("bad fd number or file index"));
+            }
+            // The description's first fd comes first and names itself.
+            let first = fdt.get(f.desc as usize);
+            if f.desc as usize > i || first.is_none_or(|d| d.desc != f.desc) {
+                return Err(bad("bad open file description index"));
+            }
+            let objects = match f.kind {
+                fd_kind::PIPE | fd_kind::FIFO => Some(npipes),
+                fd_kind::EVENTFD => Some(self.eventfds().len() as u32),
+                fd_kind::TIMERFD => Some(self.timerfds().len() as u32),
+                fd_kind::SIGNALFD => Some(self.signalfds().len() as u32),
+                _ => None,
+            };
+            let ok = match objects {
+                Some(n) => f.object < n,
+                None => f.object == NO_INDEX,
+            };
+            if !ok {
+                return Err(bad("bad index of its kind's state"));
+            }
+        }
+        for (i, b) in self.blobs().enumerate() {
+            let end = b.off.checked_add(b.pages() * PAGE_SIZE);
+            if !b.off.is_multiple_of(PAGE_SIZE) || end.is_none_or(|e| e > self.header.pages_len) {
+                return Err(ImageError::BadIndex {
+                    section: "pipes/extents",
+                    index: i as u64,
+                    why: "stored bytes outside pages.img",
+                });
+            }
+        }
+        let next = self.extents().len() as u64;
+        for (i, f) in files.iter().enumerate() {
+            if f.first_extent as u64 + f.extent_count as u64 > next {
+                return Err(ImageError::BadIndex {
+                    section: "files",
+                    index: i as u64,
+                    why: "extent range out of bounds",
+                });
+            }
+        }
+        for (i, l) in self.locks().iter().enumerate() {
+            if !fdt.iter().any(|f| f.fd == l.fd) || l.end < l.start || !(1..=4).contains(&l.kind) {
+                return Err(ImageError::BadIndex {
+                    section: "locks",
+                    index: i as u64,
+                    why: "lock on an fd the image does not have, or an empty range",
+                });
+            }
+        }
+        if let Some(c) = self.creds() {
+            if c.ngroups as usize != self.groups().len() {
+                return Err(ImageError::Invalid(
+                    "creds: group count differs from 'groups'",
+                ));
+            }
+        }
+        for (i, w) in self.inotify().iter().enumerate() {
+            self.check_str(w.path, "inotify", i)?;
+            if fdt
+                .get(w.desc as usize)
+                .is_none_or(|f| f.kind != fd_kind::INOTIFY)
+                || w.wd <= 0
+            {
+                return Err(ImageError::BadIndex {
+                    section: "inotify",
+                    index: i as u64,
+                    why: "watch of no inotify fd, or a bad watch descriptor",
+                });
+            }
+        }
+        let is_fanotify = |desc: u32| {
+            fdt.get(desc as usize)
+                .is_some_and(|f| f.kind == fd_kind::FANOTIFY && f.desc == desc)
+        };
+        for (i, g) in self.fanotify().iter().enumerate() {
+            if !is_fanotify(g.desc) {
+                return Err(ImageError::BadIndex {
+                    section: "fanotify",
+                    index: i as u64,
+                    why: "group of no fanotify fd",
+                });
+            }
+        }
+        for (i, m) in self.fanotify_marks().iter().enumerate() {
+            self.check_str(m.path, "fanotify_marks", i)?;
+            if !is_fanotify(m.desc) || !(1..=3).contains(&m.kind) {
+                return Err(ImageError::BadIndex {
+                    section: "fanotify_marks",
+                    index: i as u64,
+                    why: "mark of no fanotify fd, or of an unknown kind",
+                });
+            }
+        }
+        for (i, e) in self.epoll_items().iter().enumerate() {
+            let on_epoll = fdt
+                .get(e.desc as usize)
+                .is_some_and(|f| f.kind == fd_kind::EPOLL);
+            if !on_epoll || !fdt.iter().any(|f| f.fd == e.tfd) {
+                return Err(ImageError::BadIndex {
+                    section: "epoll_items",
+                    index: i as u64,
+                    why: "item of no epoll fd, or on an fd the image does not have",
+                });
+            }
+        }
+        let nthreads = self.threads().len() as u32;
+        for (i, q) in self.signals().iter().enumerate() {
+            if q.signo == 0 || q.signo > 64 || q.shared > 1 || q.thread > nthreads {
+                return Err(ImageError::BadIndex {
+                    section: "signals",
+                    index: i as u64,
+                    why: "signal number out of range",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Check sums.img (the whole file) against the `page_sums` blocks.
+    pub fn verify_sums(&self, sums: &[u8]) -> Result<(), ImageError> {
+        let expected = self.header.pages_len / PAGE_SIZE * 8;
+        if sums.len() as u64 != expected {
+            return Err(ImageError::SumsLength {
+                expected,
+                actual: sums.len() as u64,
+            });
+        }
+        for (k, b) in self.page_sums().iter().enumerate() {
+            if !sum_block_ok(&b, sums_block(sums, k as u64)) {
+                return Err(ImageError::SumsChecksum { block: k as u64 });
+            }
+        }
+        Ok(())
+    }
+
+    /// Check pages.img's and sums.img's lengths, sums.img's blocks, and
+    /// every stored page against its checksum. `pages` and `sums` are the
+    /// whole files (e.g. mmapped).
+    pub fn verify_pages(&self, pages: &[u8], sums: &[u8]) -> Result<(), ImageError> {
+        if pages.len() as u64 != self.header.pages_len {
+            return Err(ImageError::PagesLength {
+                expected: self.header.pages_len,
+                actual: pages.len() as u64,
+            });
+        }
+        self.verify_sums(sums)?;
+        for b in self.blobs() {
+            for p in 0..b.pages() {
+                let off = b.off + p * PAGE_SIZE;
+                let ok = pages
+                    .get(off as usize..(off + PAGE_SIZE) as usize)
+                    .zip(page_sum(sums, off / PAGE_SIZE))
+                    .is_some_and(|(data, sum)| checksum(data) == sum);
+                if !ok {
+                    return Err(ImageError::BlobChecksum { offset: off });
+                }
+            }
+        }
+        for r in self.page_runs().iter() {
+            if r.kind != run_kind::DATA {
+                continue;
+            }
+            for p in 0..r.npages as u64 {
+                let off = r.offset + p * PAGE_SIZE;
+                let ok = pages
+                    .get(off as usize..(off + PAGE_SIZE) as usize)
+                    .zip(page_sum(sums, off / PAGE_SIZE))
+                    .is_some_and(|(data, sum)| checksum(data) == sum);
+                if !ok {
+                    return Err(ImageError::PageChecksum {
+                        vaddr: r.vaddr + p * PAGE_SIZE,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
