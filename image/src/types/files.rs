@@ -1,0 +1,116 @@
+//! Files behind mappings and fds (`FileId`) and the fd table (`Fd`,
+//! `fd_kind`).
+
+use super::StrRef;
+use crate::record::record;
+
+record! {
+    /// Identity of a file behind a mapping or fd: restore refuses if it changed.
+    pub struct FileId {
+        pub path: StrRef,
+        pub dev: u64,
+        pub ino: u64,
+        pub size: u64,
+        pub mtime_sec: i64,
+        pub mtime_nsec: u32,
+        pub mode: u32,
+        /// `fds::file_flags` bits (format 3.0).
+        pub flags: u32,
+        /// memfd seals (F_GET_SEALS), else 0.
+        pub seals: u32,
+        /// Stored contents (unlinked files, memfds): extents
+        /// `first_extent..first_extent + extent_count` of the `extents`
+        /// section.
+        pub first_extent: u32,
+        pub extent_count: u32,
+        /// Owner (restored on recreated files).
+        pub uid: u32,
+        pub gid: u32,
+    }
+}
+
+/// `Fd::kind` values.
+pub mod fd_kind {
+    pub const REGULAR: u32 = 1;
+    pub const CHAR_DEVICE: u32 = 2;
+    pub const PIPE: u32 = 3;
+    pub const TTY: u32 = 4;
+    pub const DIRECTORY: u32 = 5;
+    pub const NULL_DEVICE: u32 = 6;
+    /// A named pipe (its path is `target`; the pipe state is in `pipes`).
+    pub const FIFO: u32 = 7;
+    /// An O_PATH fd on a symbolic link itself.
+    pub const SYMLINK: u32 = 8;
+    /// A file of the process's own /proc directory (`/proc/PID/...`):
+    /// reopened under the restored process's PID.
+    pub const PROC: u32 = 9;
+    /// An inotify instance (its watches are in the `inotify` section).
+    pub const INOTIFY: u32 = 10;
+    /// An eventfd (its counter in `eventfds`, at `Fd::object`).
+    pub const EVENTFD: u32 = 11;
+    /// A timerfd (`timerfds`, at `Fd::object`).
+    pub const TIMERFD: u32 = 12;
+    /// A signalfd (`signalfds`, at `Fd::object`).
+    pub const SIGNALFD: u32 = 13;
+    /// An epoll instance (what it watches is in `epoll_items`).
+    pub const EPOLL: u32 = 14;
+    /// A fanotify group (its flags in `fanotify`, its marks in
+    /// `fanotify_marks`, both by the group's first fd).
+    pub const FANOTIFY: u32 = 15;
+
+    pub fn name(k: u32) -> &'static str {
+        match k {
+            FIFO => "fifo",
+            SYMLINK => "symlink",
+            PROC => "proc",
+            INOTIFY => "inotify",
+            EVENTFD => "eventfd",
+            TIMERFD => "timerfd",
+            SIGNALFD => "signalfd",
+            EPOLL => "epoll",
+            FANOTIFY => "fanotify",
+            REGULAR => "file",
+            CHAR_DEVICE => "chardev",
+            PIPE => "pipe",
+            TTY => "tty",
+            DIRECTORY => "directory",
+            NULL_DEVICE => "null",
+            _ => "unknown",
+        }
+    }
+}
+
+record! {
+    /// One open file descriptor.
+    pub struct Fd {
+        pub fd: i32,
+        /// `fd_kind` value.
+        pub kind: u32,
+        /// open(2) flags from fdinfo (O_ACCMODE, O_APPEND, ...).
+        pub flags: u32,
+        /// FD_CLOEXEC set.
+        pub cloexec: u32,
+        pub pos: u64,
+        /// Target as /proc/PID/fd shows it (path, `pipe:[ino]`, ...).
+        pub target: StrRef,
+        /// Index into the files table (regular files), else NO_INDEX.
+        pub file: u32,
+        pub _pad: u32,
+        /// Device number for char devices (rdev), else 0.
+        pub rdev: u64,
+        /// Inode (pipes: the pipe inode).
+        pub ino: u64,
+        /// Index in the fds table of the first fd that shares this fd's
+        /// open file description (its own index if none before it does).
+        pub desc: u32,
+        /// st_mode of the open file.
+        pub mode: u32,
+        /// st_dev of the open file.
+        pub dev: u64,
+        /// Kind-specific state: an index in the table of the fd's kind
+        /// (`pipes` for PIPE and FIFO, `eventfds`, `timerfds`,
+        /// `signalfds`); else NO_INDEX.
+        pub object: u32,
+        pub _pad2: u32,
+    }
+}

@@ -1,0 +1,216 @@
+//! [`SectionKind`]: the tables an image can hold, their names, record
+//! sizes and limits.
+
+use super::{
+    AuxvEntry, Fd, FileId, Gadgets, Itimer, PageRun, PosixTimer, Process, Rlimit, SigAction,
+    SumBlock, Vma,
+};
+
+/// Section kinds. Unknown kinds are skipped by readers (forward compatible).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum SectionKind {
+    Process = 1,
+    Vmas = 2,
+    Files = 3,
+    PageRuns = 4,
+    Strings = 5,
+    Xsave = 6,
+    Auxv = 7,
+    SigActions = 8,
+    Rlimits = 9,
+    Fds = 10,
+    Timers = 11,
+    Itimers = 12,
+    /// Optional (format 1.1): where the restore can finish without a tracer.
+    Gadgets = 13,
+    /// Format 2.0: one checksum per block of sums.img ([`SumBlock`]).
+    PageSums = 14,
+    /// Format 3.0: pipes and FIFOs ([`crate::fds::Pipe`]).
+    Pipes = 15,
+    /// Format 3.0: stored bytes of unlinked files and memfds.
+    Extents = 16,
+    /// Format 3.0: file locks.
+    Locks = 17,
+    /// Format 3.0: credentials (one record).
+    Creds = 18,
+    /// Format 3.0: supplementary groups.
+    Groups = 19,
+    /// Format 3.0: prctl and scheduling state (one record).
+    Task = 20,
+    /// Format 3.0: queued signals with their siginfo.
+    Signals = 21,
+    /// Format 3.0: inotify watches.
+    Inotify = 22,
+    /// Format 3.0: eventfd counters.
+    EventFds = 23,
+    /// Format 3.0: timerfd settings.
+    TimerFds = 24,
+    /// Format 3.0: signalfd masks.
+    SignalFds = 25,
+    /// Format 3.0: what every epoll instance watches.
+    EpollItems = 26,
+    /// Format 3.0: every thread but the main one ([`crate::threads::Thread`]).
+    Threads = 27,
+    /// Format 3.0: fanotify groups: init flags.
+    Fanotify = 28,
+    /// Format 3.0: the marks of fanotify groups.
+    FanotifyMarks = 29,
+}
+
+impl SectionKind {
+    pub const ALL: [SectionKind; 29] = [
+        SectionKind::Process,
+        SectionKind::Vmas,
+        SectionKind::Files,
+        SectionKind::PageRuns,
+        SectionKind::Strings,
+        SectionKind::Xsave,
+        SectionKind::Auxv,
+        SectionKind::SigActions,
+        SectionKind::Rlimits,
+        SectionKind::Fds,
+        SectionKind::Timers,
+        SectionKind::Itimers,
+        SectionKind::Gadgets,
+        SectionKind::PageSums,
+        SectionKind::Pipes,
+        SectionKind::Extents,
+        SectionKind::Locks,
+        SectionKind::Creds,
+        SectionKind::Groups,
+        SectionKind::Task,
+        SectionKind::Signals,
+        SectionKind::Inotify,
+        SectionKind::EventFds,
+        SectionKind::TimerFds,
+        SectionKind::SignalFds,
+        SectionKind::EpollItems,
+        SectionKind::Threads,
+        SectionKind::Fanotify,
+        SectionKind::FanotifyMarks,
+    ];
+    pub fn from_u32(v: u32) -> Option<SectionKind> {
+        SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            SectionKind::Process => "process",
+            SectionKind::Vmas => "vmas",
+            SectionKind::Files => "files",
+            SectionKind::PageRuns => "page_runs",
+            SectionKind::Strings => "strings",
+            SectionKind::Xsave => "xsave",
+            SectionKind::Auxv => "auxv",
+            SectionKind::SigActions => "sigactions",
+            SectionKind::Rlimits => "rlimits",
+            SectionKind::Fds => "fds",
+            SectionKind::Timers => "timers",
+            SectionKind::Itimers => "itimers",
+            SectionKind::Gadgets => "gadgets",
+            SectionKind::PageSums => "page_sums",
+            SectionKind::Pipes => "pipes",
+            SectionKind::Extents => "extents",
+            SectionKind::Locks => "locks",
+            SectionKind::Creds => "creds",
+            SectionKind::Groups => "groups",
+            SectionKind::Task => "task",
+            SectionKind::Signals => "signals",
+            SectionKind::Inotify => "inotify",
+            SectionKind::EventFds => "eventfds",
+            SectionKind::TimerFds => "timerfds",
+            SectionKind::SignalFds => "signalfds",
+            SectionKind::EpollItems => "epoll_items",
+            SectionKind::Threads => "threads",
+            SectionKind::Fanotify => "fanotify",
+            SectionKind::FanotifyMarks => "fanotify_marks",
+        }
+    }
+    /// Record size this reader knows for the section (1 for byte blobs).
+    pub fn known_record_size(self) -> usize {
+        use crate::record::Record;
+        match self {
+            SectionKind::Process => Process::SIZE,
+            SectionKind::Vmas => Vma::SIZE,
+            SectionKind::Files => FileId::SIZE,
+            SectionKind::PageRuns => PageRun::SIZE,
+            SectionKind::Strings | SectionKind::Xsave => 1,
+            SectionKind::Auxv => AuxvEntry::SIZE,
+            SectionKind::SigActions => SigAction::SIZE,
+            SectionKind::Rlimits => Rlimit::SIZE,
+            SectionKind::Fds => Fd::SIZE,
+            SectionKind::Timers => PosixTimer::SIZE,
+            SectionKind::Itimers => Itimer::SIZE,
+            SectionKind::Gadgets => Gadgets::SIZE,
+            SectionKind::PageSums => SumBlock::SIZE,
+            SectionKind::Pipes => crate::fds::Pipe::SIZE,
+            SectionKind::Extents => crate::fds::Extent::SIZE,
+            SectionKind::Locks => crate::fds::Lock::SIZE,
+            SectionKind::Creds => crate::task::Creds::SIZE,
+            SectionKind::Groups => crate::task::Group::SIZE,
+            SectionKind::Task => crate::task::TaskState::SIZE,
+            SectionKind::Signals => crate::signals::QueuedSignal::SIZE,
+            SectionKind::Inotify => crate::fds::InotifyWatch::SIZE,
+            SectionKind::EventFds => crate::fds::EventFd::SIZE,
+            SectionKind::TimerFds => crate::fds::TimerFd::SIZE,
+            SectionKind::SignalFds => crate::fds::SignalFd::SIZE,
+            SectionKind::EpollItems => crate::fds::EpollItem::SIZE,
+            SectionKind::Threads => crate::threads::Thread::SIZE,
+            SectionKind::Fanotify => crate::fds::FanotifyGroup::SIZE,
+            SectionKind::FanotifyMarks => crate::fds::FanotifyMark::SIZE,
+        }
+    }
+    /// Upper bound on the number of records, to refuse absurd images early.
+    pub fn max_count(self) -> u64 {
+        match self {
+            SectionKind::Process => 1,
+            SectionKind::Vmas => 1 << 20,
+            SectionKind::Files => 1 << 16,
+            SectionKind::PageRuns => 1 << 26,
+            SectionKind::Strings => 16 << 20,
+            // One area per thread (up to 64k threads of 64 KiB each).
+            SectionKind::Xsave => 1 << 32,
+            SectionKind::Auxv => 128,
+            SectionKind::SigActions => 64,
+            SectionKind::Rlimits => 32,
+            SectionKind::Fds => 1 << 20,
+            SectionKind::Timers => 1 << 16,
+            SectionKind::Itimers => 3,
+            SectionKind::Gadgets => 1,
+            // one block per 2 MiB of pages.img, up to MAX_PAGES_LEN
+            SectionKind::PageSums => 1 << 19,
+            SectionKind::Pipes => 1 << 20,
+            SectionKind::Extents => 1 << 24,
+            SectionKind::Locks => 1 << 20,
+            SectionKind::Creds => 1,
+            // NGROUPS_MAX
+            SectionKind::Groups => 65536,
+            SectionKind::Task => 1,
+            // RLIMIT_SIGPENDING can be raised; 1 << 20 queued signals is
+            // far beyond any default.
+            SectionKind::Signals => 1 << 20,
+            // fs.inotify.max_user_watches can be raised; 1 << 22 is far
+            // beyond its default (8192 to 1 << 20 by memory).
+            SectionKind::Inotify => 1 << 22,
+            SectionKind::EventFds | SectionKind::TimerFds | SectionKind::SignalFds => 1 << 20,
+            SectionKind::EpollItems => 1 << 22,
+            // kernel.threads-max is bounded by memory; 64k threads in one
+            // process is far beyond what cryo is meant for.
+            SectionKind::Threads => 1 << 16,
+            SectionKind::Fanotify => 1 << 16,
+            SectionKind::FanotifyMarks => 1 << 22,
+        }
+    }
+    /// Sections every valid image must have.
+    pub fn required(self) -> bool {
+        matches!(
+            self,
+            SectionKind::Process
+                | SectionKind::Vmas
+                | SectionKind::PageRuns
+                | SectionKind::Strings
+                | SectionKind::Xsave
+                | SectionKind::PageSums
+        )
+    }
+}
