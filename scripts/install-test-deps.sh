@@ -9,6 +9,8 @@ command -v hyperfine >/dev/null 2>&1 || need+=(hyperfine)
 dpkg -s libclang1-14 >/dev/null 2>&1 || need+=(libclang1-14)
 # Real threaded runtimes the thread tests restore: Go and CPython.
 command -v go >/dev/null 2>&1 || need+=(golang-go)
+# Real servers the socket tests restore.
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/bin/python3 ] || need+=(python3)
 if [ ${#need[@]} -eq 0 ]; then
   echo "install-test-deps: everything present"

@@ -320,6 +320,15 @@ fn eventfd_timerfd_signalfd_epoll() {
     case("anonfds");
 }
 
+/// Sockets: TCP listeners (options, v6-only), unbound and bound TCP, UDP
+/// bound and connected, unix listeners (path, abstract), unix datagram
+/// sockets bound and connected by path, socket pairs (stream with bytes
+/// queued both ways and a dup, seqpacket, datagram).
+#[test]
+fn sockets() {
+    case("sockets");
+}
+
 /// A process cryo cannot restore faithfully is refused with every
 /// obstacle named at once, before anything is written; --dry-run lists
 /// them too; the target is left running as it was.
@@ -335,8 +344,9 @@ fn every_obstacle_at_once() {
     for want in [
         "6 obstacles",
         "child processes",
-        "fd 3 is a socket",
-        "fd 4 is a socket",
+        "fd 3 is a netlink socket",
+        "fd 4 (UDP socket 127.0.0.1:",
+        "datagrams queued (4 bytes in the first)",
         "fd 5 is a userfaultfd",
         "fd 6 (inotify) has",
         "bytes of events queued",

@@ -20,10 +20,7 @@ fn classify(pid: i32, f: &OpenFd) -> Result<u32, String> {
     let t = &f.target;
     let fmt = f.mode & libc::S_IFMT;
     if t.starts_with("socket:") || fmt == libc::S_IFSOCK {
-        return Err(format!(
-            "fd {} is a socket ({t}); sockets are not supported yet",
-            f.fd
-        ));
+        return Ok(fd_kind::SOCKET);
     }
     match t.as_str() {
         "anon_inode:inotify" => return Ok(fd_kind::INOTIFY),
@@ -167,6 +164,7 @@ pub fn capture(
     // Pipe inode -> index in b.pipes.
     let mut pipes: HashMap<u64, usize> = HashMap::new();
     let base = b.fds.len();
+    let mut sockets = crate::sockets::Sockets::default();
     for (i, f) in fds.iter().enumerate() {
         let kind = match classify(pid, f) {
             Ok(k) => k,
@@ -238,6 +236,30 @@ pub fn capture(
                 b.fds[base + desc].object
             };
         }
+        if kind == fd_kind::SOCKET {
+            object = if desc == b.fds.len() - base {
+                let dup = pidfd
+                    .as_ref()
+                    .ok_or_else(|| {
+                        format!("fd {}: cannot reach the socket (pidfd_open failed)", f.fd)
+                    })
+                    .and_then(|p| {
+                        sys::pidfd_getfd(p, f.fd).map_err(|e| {
+                            format!("fd {}: cannot reach the socket (pidfd_getfd): {e}", f.fd)
+                        })
+                    })
+                    .and_then(|d| crate::sockets::capture(f.fd, f.ino, d, b, &mut sockets));
+                match dup {
+                    Ok(i) => i,
+                    Err(why) => {
+                        obs.push(why);
+                        continue;
+                    }
+                }
+            } else {
+                b.fds[base + desc].object
+            };
+        }
         if kind == fd_kind::EPOLL && desc == b.fds.len() - base {
             let first = b.fds.len() as u32;
             if let Err(why) = crate::anonfds::epoll(pid, f, first, b) {
@@ -289,4 +311,6 @@ pub fn capture(
     }
     // The pipes: who holds their ends, their capacity and their bytes.
     crate::pipes::capture(pid, pidfd.as_ref(), &pipes, base, b, stored, obs);
+    // Unix sockets connected to each other.
+    crate::sockets::link(b, sockets, stored, obs);
 }

@@ -101,26 +101,26 @@ pub fn capture(
         let rcopy = reader.and_then(get);
         let wcopy = writer.and_then(get);
         let mut flags = if packet { pipe_flags::PACKET } else { 0 };
-        let others = holders.of(pid, ino);
-        let inside = others.is_empty()
-            && match (&rcopy, &wcopy) {
-                (Some(_), Some(_)) => true,
-                (Some(r), None) => {
-                    let hup = sys::poll_now(r, libc::POLLIN).unwrap_or(0) & libc::POLLHUP != 0;
-                    if hup {
-                        flags |= pipe_flags::NO_WRITER;
-                    }
-                    hup
-                }
-                (None, Some(w)) => {
-                    let err = sys::poll_now(w, libc::POLLOUT).unwrap_or(0) & libc::POLLERR != 0;
-                    if err {
-                        flags |= pipe_flags::NO_READER;
-                    }
-                    err
-                }
-                (None, None) => false,
-            };
+        // Every end held here (or the missing one gone for good), and then
+        // no other process holding it: the scan of every process's fds is
+        // the expensive part, so it comes last (a pipe to a living reader
+        // or writer outside, like stdout into a shell pipeline, skips it).
+        let (local, gone) = match (&rcopy, &wcopy) {
+            (Some(_), Some(_)) => (true, 0),
+            (Some(r), None) => {
+                let hup = sys::poll_now(r, libc::POLLIN).unwrap_or(0) & libc::POLLHUP != 0;
+                (hup, pipe_flags::NO_WRITER)
+            }
+            (None, Some(w)) => {
+                let err = sys::poll_now(w, libc::POLLOUT).unwrap_or(0) & libc::POLLERR != 0;
+                (err, pipe_flags::NO_READER)
+            }
+            (None, None) => (false, 0),
+        };
+        let inside = local && holders.of(pid, ino).is_empty();
+        if inside {
+            flags |= gone;
+        }
         if inside {
             flags |= pipe_flags::INSIDE;
         }
@@ -152,10 +152,6 @@ pub fn capture(
                 to: BlobOwner::Pipe(idx),
                 bytes: data,
             });
-        }
-        if !inside && !others.is_empty() {
-            // Not an obstacle: restore asks for --inherit-fd, and says why.
-            let _ = others;
         }
     }
 }

@@ -22,6 +22,7 @@ pub struct PendingBlob {
 pub enum BlobOwner {
     Pipe(usize),
     Extent(usize),
+    Socket(usize),
 }
 
 impl PendingBlob {
@@ -34,6 +35,7 @@ impl PendingBlob {
         match self.to {
             BlobOwner::Pipe(i) => b.pipes[i].data = blob,
             BlobOwner::Extent(i) => b.extents[i].data = blob,
+            BlobOwner::Socket(i) => b.sockets[i].data = blob,
         }
     }
 }

@@ -241,3 +241,126 @@ record! {
         pub data: u64,
     }
 }
+
+/// `Socket::state` values.
+pub mod socket_state {
+    /// Made with socket(2), never bound.
+    pub const UNBOUND: u32 = 1;
+    /// Bound to `addr`, not listening, not connected.
+    pub const BOUND: u32 = 2;
+    /// Bound to `addr` and listening (`backlog`), no connection waiting.
+    pub const LISTENING: u32 = 3;
+    /// A datagram socket connected to `peer` (bound to `addr` if it was).
+    pub const CONNECTED: u32 = 4;
+    /// One end of a unix socket pair whose other end (`pair`) is in the
+    /// process too; `data` is what waits to be read from this end.
+    pub const PAIR: u32 = 5;
+
+    pub fn name(s: u32) -> &'static str {
+        match s {
+            UNBOUND => "unbound",
+            BOUND => "bound",
+            LISTENING => "listening",
+            CONNECTED => "connected",
+            PAIR => "pair",
+            _ => "unknown",
+        }
+    }
+}
+
+record! {
+    /// A socket (`Fd::object` of a SOCKET fd; fds of one description
+    /// share it).
+    pub struct Socket {
+        /// AF_UNIX, AF_INET or AF_INET6.
+        pub family: u32,
+        /// SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
+        pub sock_type: u32,
+        pub protocol: u32,
+        /// `socket_state` value.
+        pub state: u32,
+        /// listen(2) backlog (LISTENING).
+        pub backlog: u32,
+        /// PAIR: index of the other end in this table; else NO_INDEX.
+        pub pair: u32,
+        /// Length of `addr` (getsockname; 0: unbound).
+        pub addr_len: u32,
+        /// Length of `peer` (getpeername; 0: none).
+        pub peer_len: u32,
+        /// The socket's own address, a sockaddr as the kernel gives it.
+        pub addr: [u64; 16],
+        /// The address it is connected to (CONNECTED).
+        pub peer: [u64; 16],
+        /// PAIR, stream: the bytes waiting to be read from this end.
+        pub data: Blob,
+    }
+}
+
+/// The bytes of a sockaddr held in a `[u64; 16]` (little-endian words).
+pub fn sockaddr_bytes(words: &[u64; 16], len: u32) -> ([u8; 128], usize) {
+    let mut out = [0u8; 128];
+    for (i, w) in words.iter().enumerate() {
+        out[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+    }
+    (out, (len as usize).min(128))
+}
+
+/// A sockaddr's bytes as `[u64; 16]` (the inverse of [`sockaddr_bytes`]).
+pub fn sockaddr_words(bytes: &[u8]) -> [u64; 16] {
+    let mut w = [0u64; 16];
+    for (i, c) in bytes.chunks(8).take(16).enumerate() {
+        let mut b = [0u8; 8];
+        b[..c.len()].copy_from_slice(c);
+        w[i] = u64::from_le_bytes(b);
+    }
+    w
+}
+
+record! {
+    /// One socket option, as getsockopt(2) gave it at capture; restore
+    /// sets it where a new socket differs, and checks it took.
+    pub struct SockOpt {
+        /// Index in the sockets table.
+        pub sock: u32,
+        pub level: i32,
+        pub name: i32,
+        /// Bytes of `val` used (at most 16).
+        pub len: u32,
+        pub val: [u64; 2],
+    }
+}
+
+/// A sockaddr for people: `127.0.0.1:6379`, `[::1]:80`, `/run/x.sock`,
+/// `@abstract` (a NUL in an abstract name shown as `@`), `unnamed`.
+#[cfg(feature = "std")]
+pub fn sockaddr_display(b: &[u8]) -> std::string::String {
+    use std::format;
+    use std::string::ToString;
+    let family = b.get(..2).map_or(0, |f| u16::from_ne_bytes([f[0], f[1]]));
+    let port = |b: &[u8]| b.get(2..4).map_or(0, |p| u16::from_be_bytes([p[0], p[1]]));
+    match family as i32 {
+        2 if b.len() >= 8 => format!("{}.{}.{}.{}:{}", b[4], b[5], b[6], b[7], port(b)),
+        10 if b.len() >= 24 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&b[8..24]);
+            format!("[{}]:{}", std::net::Ipv6Addr::from(a), port(b))
+        }
+        1 => {
+            let path = &b[2..];
+            if path.is_empty() {
+                "unnamed".to_string()
+            } else if path[0] == 0 {
+                let p: std::string::String = path[1..]
+                    .iter()
+                    .map(|&c| if c == 0 { '@' } else { c as char })
+                    .collect();
+                format!("@{p}")
+            } else {
+                let end = path.iter().position(|&c| c == 0).unwrap_or(path.len());
+                std::string::String::from_utf8_lossy(&path[..end]).into_owned()
+            }
+        }
+        0 => "unbound".to_string(),
+        f => format!("(address family {f})"),
+    }
+}

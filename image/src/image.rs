@@ -281,6 +281,12 @@ impl<'a> Image<'a> {
     pub fn fanotify_marks(&self) -> Table<'a, fds::FanotifyMark> {
         self.table(SectionKind::FanotifyMarks)
     }
+    pub fn sockets(&self) -> Table<'a, fds::Socket> {
+        self.table(SectionKind::Sockets)
+    }
+    pub fn sockopts(&self) -> Table<'a, fds::SockOpt> {
+        self.table(SectionKind::SockOpts)
+    }
     pub fn eventfds(&self) -> Table<'a, fds::EventFd> {
         self.table(SectionKind::EventFds)
     }
@@ -310,10 +316,12 @@ impl<'a> Image<'a> {
     pub fn blobs(&self) -> impl Iterator<Item = fds::Blob> + 'a {
         let pipes = self.pipes();
         let ext = self.extents();
+        let socks = self.sockets();
         pipes
             .iter()
             .map(|p| p.data)
             .chain(ext.iter().map(|e| e.data))
+            .chain(socks.iter().map(|s| s.data))
             .filter(|b| b.len > 0)
     }
 

@@ -173,6 +173,7 @@ impl<'a> Image<'a> {
                 fd_kind::EVENTFD => Some(self.eventfds().len() as u32),
                 fd_kind::TIMERFD => Some(self.timerfds().len() as u32),
                 fd_kind::SIGNALFD => Some(self.signalfds().len() as u32),
+                fd_kind::SOCKET => Some(self.sockets().len() as u32),
                 _ => None,
             };
             let ok = match objects {
@@ -183,11 +184,33 @@ impl<'a> Image<'a> {
                 return Err(bad("bad index of its kind's state"));
             }
         }
+        let nsocks = self.sockets().len() as u32;
+        for (i, s) in self.sockets().iter().enumerate() {
+            let ok = (s.pair == NO_INDEX || (s.pair < nsocks && s.pair != i as u32))
+                && s.addr_len <= 128
+                && s.peer_len <= 128;
+            if !ok {
+                return Err(ImageError::BadIndex {
+                    section: "sockets",
+                    index: i as u64,
+                    why: "bad pair index or address length",
+                });
+            }
+        }
+        for (i, o) in self.sockopts().iter().enumerate() {
+            if o.sock >= nsocks || o.len > 16 {
+                return Err(ImageError::BadIndex {
+                    section: "sockopts",
+                    index: i as u64,
+                    why: "bad socket index or length",
+                });
+            }
+        }
         for (i, b) in self.blobs().enumerate() {
             let end = b.off.checked_add(b.pages() * PAGE_SIZE);
             if !b.off.is_multiple_of(PAGE_SIZE) || end.is_none_or(|e| e > self.header.pages_len) {
                 return Err(ImageError::BadIndex {
-                    section: "pipes/extents",
+                    section: "pipes/extents/sockets",
                     index: i as u64,
                     why: "stored bytes outside pages.img",
                 });

@@ -67,6 +67,8 @@ pub struct ImageBuilder {
     pub threads: Vec<crate::threads::Thread>,
     pub fanotify: Vec<crate::fds::FanotifyGroup>,
     pub fanotify_marks: Vec<crate::fds::FanotifyMark>,
+    pub sockets: Vec<crate::fds::Socket>,
+    pub sockopts: Vec<crate::fds::SockOpt>,
 }
 
 /// sums.img's bytes for the page checksums `sums` (in pages.img order).
@@ -128,6 +130,8 @@ impl ImageBuilder {
             (SectionKind::Threads, table(&self.threads)),
             (SectionKind::Fanotify, table(&self.fanotify)),
             (SectionKind::FanotifyMarks, table(&self.fanotify_marks)),
+            (SectionKind::Sockets, table(&self.sockets)),
+            (SectionKind::SockOpts, table(&self.sockopts)),
         ];
         if let Some(g) = &self.gadgets {
             sections.push((SectionKind::Gadgets, table(std::slice::from_ref(g))));

@@ -16,6 +16,7 @@ mod inotify;
 pub mod lazy;
 mod locks;
 mod pipes;
+mod sockets;
 mod stored;
 mod sys;
 mod task;

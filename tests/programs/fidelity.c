@@ -42,6 +42,12 @@
 #include <sys/personality.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <stddef.h>
+#include <poll.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <linux/netlink.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -155,7 +161,8 @@ static void fds_lines(int skip) {
         if (ln > 0) {
             link[ln] = 0;
             /* identity of anon and pipe objects changes; paths must not */
-            if (strncmp(link, "pipe:", 5) && strncmp(link, "anon_inode:", 11) && strncmp(link, "/proc/", 6))
+            if (strncmp(link, "pipe:", 5) && strncmp(link, "anon_inode:", 11) && strncmp(link, "/proc/", 6) &&
+                strncmp(link, "socket:", 7))
                 out("fd %d -> %s\n", fd, link);
             if (!strncmp(link, "anon_inode:", 11)) out("fd %d -> %s\n", fd, link);
         }
@@ -1203,8 +1210,15 @@ static void fanotify_check(void) {
 /* Refused, all at once: a socket pair, an eventfd, an inotify instance
  * with an event queued, an AIO ring and a child. */
 static void refuse_setup(void) {
-    int sv[2];
-    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0, "socketpair");
+    CHECK(socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE) == 3, "netlink socket");
+    /* A UDP socket with a datagram (sent to itself) waiting in it. */
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in ua = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t ul = sizeof ua;
+    CHECK(u == 4 && bind(u, (struct sockaddr *)&ua, sizeof ua) == 0 &&
+              getsockname(u, (struct sockaddr *)&ua, &ul) == 0 &&
+              sendto(u, "ping", 4, 0, (struct sockaddr *)&ua, sizeof ua) == 4,
+          "udp datagram to itself");
     CHECK(syscall(SYS_userfaultfd, 0) >= 0, "userfaultfd");
     int in = inotify_init1(0);
     CHECK(in >= 0 && inotify_add_watch(in, DIRPATH, IN_CREATE) > 0, "inotify");
@@ -1240,6 +1254,160 @@ static void refuse2_setup(void) {
     (void)f;
 }
 
+/* Sockets: TCP listeners (v4 with options, v6 only-v6), an unbound and a
+ * bound TCP socket, UDP bound and connected, unix listeners on a path and
+ * an abstract name, a unix datagram socket bound to a path and another
+ * connected to it, and socket pairs (stream with bytes queued each way and
+ * a dup, seqpacket, datagram). After the restore each has its address and
+ * options and works: connections accepted, datagrams delivered, queued
+ * bytes read in order. */
+enum { S_TCP, S_TCP6, S_UNB, S_BND, S_UDP, S_UDPC, S_UL, S_UA, S_UD, S_UDC, S_PA, S_PB, S_QA, S_QB, S_DA, S_DB, S_N };
+static int sk[S_N];
+static struct sockaddr_storage sk_addr[S_N];
+static socklen_t sk_len[S_N];
+static int have_v6;
+
+static int sock_opt(int fd, int level, int name) {
+    int v = -1;
+    socklen_t l = sizeof v;
+    CHECK(getsockopt(fd, level, name, &v, &l) == 0, "getsockopt");
+    return v;
+}
+static void sock_name(int i) {
+    sk_len[i] = sizeof sk_addr[i];
+    CHECK(getsockname(sk[i], (struct sockaddr *)&sk_addr[i], &sk_len[i]) == 0, "getsockname");
+}
+static int unix_addr(struct sockaddr_un *u, const char *name, int abstract) {
+    memset(u, 0, sizeof *u);
+    u->sun_family = AF_UNIX;
+    if (abstract) {
+        snprintf(u->sun_path + 1, sizeof u->sun_path - 1, "%s", name);
+        return (int)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
+    }
+    static char full[4096];
+    path_in_dir(full, sizeof full, name);
+    if (strlen(full) >= sizeof u->sun_path) fail("socket path too long: %s", full);
+    memcpy(u->sun_path, full, strlen(full) + 1);
+    unlink(u->sun_path);
+    return (int)sizeof *u;
+}
+static void sockets_setup(void) {
+    int one = 1;
+    struct sockaddr_in lo = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    sk[S_TCP] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    int rcv = 100000;
+    CHECK(setsockopt(sk[S_TCP], SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0 &&
+              setsockopt(sk[S_TCP], SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one) == 0 &&
+              setsockopt(sk[S_TCP], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0 &&
+              setsockopt(sk[S_TCP], SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv) == 0,
+          "tcp options");
+    CHECK(bind(sk[S_TCP], (struct sockaddr *)&lo, sizeof lo) == 0 && listen(sk[S_TCP], 7) == 0, "tcp listen");
+    struct sockaddr_in6 lo6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    sk[S_TCP6] = socket(AF_INET6, SOCK_STREAM, 0);
+    have_v6 = sk[S_TCP6] >= 0 && setsockopt(sk[S_TCP6], IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) == 0 &&
+              bind(sk[S_TCP6], (struct sockaddr *)&lo6, sizeof lo6) == 0 && listen(sk[S_TCP6], 3) == 0;
+    if (!have_v6) { /* no IPv6 loopback here: a second v4 listener instead */
+        if (sk[S_TCP6] >= 0) close(sk[S_TCP6]);
+        sk[S_TCP6] = socket(AF_INET, SOCK_STREAM, 0);
+        CHECK(bind(sk[S_TCP6], (struct sockaddr *)&lo, sizeof lo) == 0 && listen(sk[S_TCP6], 3) == 0, "tcp2");
+    }
+    sk[S_UNB] = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(setsockopt(sk[S_UNB], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0, "nodelay");
+    sk[S_BND] = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(bind(sk[S_BND], (struct sockaddr *)&lo, sizeof lo) == 0, "bind");
+    sk[S_UDP] = socket(AF_INET, SOCK_DGRAM, 0);
+    CHECK(bind(sk[S_UDP], (struct sockaddr *)&lo, sizeof lo) == 0, "udp bind");
+    sk[S_UDPC] = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in discard = {.sin_family = AF_INET, .sin_port = htons(9), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    CHECK(connect(sk[S_UDPC], (struct sockaddr *)&discard, sizeof discard) == 0, "udp connect");
+    struct sockaddr_un u;
+    int ul = unix_addr(&u, "listener.sock", 0);
+    sk[S_UL] = socket(AF_UNIX, SOCK_STREAM, 0);
+    CHECK(bind(sk[S_UL], (struct sockaddr *)&u, ul) == 0 && listen(sk[S_UL], 5) == 0, "unix listen");
+    char abs_name[64];
+    snprintf(abs_name, sizeof abs_name, "cryo-fidelity-%d", getpid());
+    ul = unix_addr(&u, abs_name, 1);
+    sk[S_UA] = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+    CHECK(bind(sk[S_UA], (struct sockaddr *)&u, ul) == 0 && listen(sk[S_UA], 2) == 0, "abstract listen");
+    ul = unix_addr(&u, "dgram.sock", 0);
+    sk[S_UD] = socket(AF_UNIX, SOCK_DGRAM, 0);
+    CHECK(bind(sk[S_UD], (struct sockaddr *)&u, ul) == 0, "unix dgram bind");
+    sk[S_UDC] = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    CHECK(connect(sk[S_UDC], (struct sockaddr *)&u, ul) == 0, "unix dgram connect");
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0, "pair");
+    sk[S_PA] = sv[0], sk[S_PB] = sv[1];
+    CHECK(write(sv[0], "hello", 5) == 5 && write(sv[1], "world!", 6) == 6 && write(sv[0], " again", 6) == 6,
+          "queue");
+    CHECK(dup2(sv[0], 60) == 60, "dup");
+    CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) == 0, "seqpacket pair");
+    sk[S_QA] = sv[0], sk[S_QB] = sv[1];
+    CHECK(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) == 0, "dgram pair");
+    sk[S_DA] = sv[0], sk[S_DB] = sv[1];
+    for (int i = 0; i < S_N; i++) sock_name(i);
+}
+static void same_name(int i) {
+    struct sockaddr_storage a;
+    socklen_t l = sizeof a;
+    CHECK(getsockname(sk[i], (struct sockaddr *)&a, &l) == 0, "getsockname after");
+    if (l != sk_len[i] || memcmp(&a, &sk_addr[i], l)) fail("socket %d: address changed", i);
+}
+static void connect_accept(int i, int type) {
+    int c = socket(sk_addr[i].ss_family, type, 0);
+    CHECK(c >= 0 && connect(c, (struct sockaddr *)&sk_addr[i], sk_len[i]) == 0, "connect to listener");
+    struct pollfd p = {.fd = sk[i], .events = POLLIN};
+    CHECK(poll(&p, 1, 5000) == 1, "listener readable");
+    int a = accept(sk[i], NULL, NULL);
+    CHECK(a >= 0 && write(c, "x", 1) == 1, "accept");
+    char b;
+    CHECK(read(a, &b, 1) == 1 && b == 'x', "byte through accepted connection");
+    /* The client closes first: TIME_WAIT stays on its port, not on the
+     * listener's (which a restore binds again). */
+    close(c);
+    CHECK(read(a, &b, 1) == 0, "EOF after the client closed");
+    close(a);
+}
+static void sockets_check(void) {
+    for (int i = 0; i < S_N; i++) same_name(i);
+    CHECK(sock_opt(sk[S_TCP], SOL_SOCKET, SO_REUSEADDR) == 1 && sock_opt(sk[S_TCP], SOL_SOCKET, SO_KEEPALIVE) == 1 &&
+              sock_opt(sk[S_TCP], IPPROTO_TCP, TCP_NODELAY) == 1 &&
+              sock_opt(sk[S_TCP], SOL_SOCKET, SO_RCVBUF) == 200000 && sock_opt(sk[S_TCP], SOL_SOCKET, SO_ACCEPTCONN) == 1,
+          "tcp listener options");
+    CHECK((fcntl(sk[S_TCP], F_GETFL) & O_NONBLOCK) && !(fcntl(sk[S_TCP6], F_GETFL) & O_NONBLOCK), "nonblock");
+    if (have_v6) CHECK(sock_opt(sk[S_TCP6], IPPROTO_IPV6, IPV6_V6ONLY) == 1, "v6only");
+    CHECK(sock_opt(sk[S_UNB], IPPROTO_TCP, TCP_NODELAY) == 1 && sock_opt(sk[S_UNB], SOL_SOCKET, SO_ACCEPTCONN) == 0,
+          "unbound");
+    CHECK(sock_opt(sk[S_BND], SOL_SOCKET, SO_ACCEPTCONN) == 0 && sock_opt(sk[S_UL], SOL_SOCKET, SO_ACCEPTCONN) == 1,
+          "listening or not");
+    connect_accept(S_TCP, SOCK_STREAM);
+    connect_accept(S_TCP6, SOCK_STREAM);
+    connect_accept(S_UL, SOCK_STREAM);
+    connect_accept(S_UA, SOCK_SEQPACKET);
+    CHECK(listen(sk[S_BND], 1) == 0, "the bound socket can listen");
+    connect_accept(S_BND, SOCK_STREAM);
+    /* UDP: to itself; the connected one has its peer. */
+    CHECK(sendto(sk[S_UDP], "dg", 2, 0, (struct sockaddr *)&sk_addr[S_UDP], sk_len[S_UDP]) == 2, "udp send");
+    char buf[64];
+    CHECK(recv(sk[S_UDP], buf, sizeof buf, 0) == 2 && !memcmp(buf, "dg", 2), "udp recv");
+    struct sockaddr_in peer;
+    socklen_t pl = sizeof peer;
+    CHECK(getpeername(sk[S_UDPC], (struct sockaddr *)&peer, &pl) == 0 && ntohs(peer.sin_port) == 9, "udp peer");
+    CHECK(send(sk[S_UDC], "to-bound", 8, 0) == 8, "unix dgram send");
+    CHECK(recv(sk[S_UD], buf, sizeof buf, 0) == 8 && !memcmp(buf, "to-bound", 8), "unix dgram recv");
+    /* The stream pair: what was queued each way, in order, then more. */
+    memset(buf, 0, sizeof buf);
+    CHECK(recv(sk[S_PB], buf, sizeof buf, MSG_DONTWAIT) == 11 && !memcmp(buf, "hello again", 11), "queued a->b");
+    CHECK(recv(sk[S_PA], buf, sizeof buf, MSG_DONTWAIT) == 6 && !memcmp(buf, "world!", 6), "queued b->a");
+    struct stat s1, s2;
+    CHECK(fstat(sk[S_PA], &s1) == 0 && fstat(60, &s2) == 0 && s1.st_ino == s2.st_ino, "dup of a pair end");
+    CHECK(write(60, "via-dup", 7) == 7 && recv(sk[S_PB], buf, sizeof buf, 0) == 7, "through the dup");
+    CHECK(send(sk[S_QA], "m1", 2, 0) == 2 && send(sk[S_QA], "m22", 3, 0) == 3 &&
+              recv(sk[S_QB], buf, sizeof buf, 0) == 2 && recv(sk[S_QB], buf, sizeof buf, 0) == 3,
+          "seqpacket boundaries");
+    CHECK(send(sk[S_DB], "d", 1, 0) == 1 && recv(sk[S_DA], buf, sizeof buf, 0) == 1, "dgram pair");
+    CHECK(fcntl(sk[S_DA], F_GETFD) == FD_CLOEXEC && fcntl(sk[S_QA], F_GETFD) == 0, "cloexec");
+}
+
 static void none(void) {}
 
 struct fcase {
@@ -1272,6 +1440,7 @@ static const struct fcase cases[] = {
     {"anonfds", anonfds_setup, anonfds_check, NULL},
     {"threads", threads_setup, threads_check, threads_settle},
     {"fanotify", fanotify_setup, fanotify_check, NULL},
+    {"sockets", sockets_setup, sockets_check, NULL},
     {"refuse", refuse_setup, refuse_check, NULL},
     {"refuse2", refuse2_setup, refuse_check, NULL},
 };

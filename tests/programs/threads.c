@@ -7,8 +7,9 @@
  * value through a mutex and condition variable and is joined. The
  * result does not depend on timing: after ROUNDS rounds (and every
  * detached thread done) it prints "DONE <checksum> <total>" and exits 0.
- * "READY <pid>" first. With "socket" it also holds a socket pair (which
- * cryo refuses: a refused capture must leave every thread running). */
+ * "READY <pid>" first. With "socket" it also holds a socket pair shut down
+ * in one direction (which cryo refuses: a refused capture must leave every
+ * thread running). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdatomic.h>
@@ -55,7 +56,8 @@ int main(int argc, char **argv) {
     }
     long rounds = atol(argv[1]);
     int sv[2];
-    if (argc > 2 && !strcmp(argv[2], "socket") && socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) return 3;
+    if (argc > 2 && !strcmp(argv[2], "socket") && (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) || shutdown(sv[0], SHUT_WR)))
+        return 3;
     printf("READY %d\n", getpid());
     fflush(stdout);
     uint64_t sum = 0;

@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 pub mod buf;
 pub mod ptrace;
+pub mod sock;
 
 fn cvt(r: libc::c_long) -> io::Result<libc::c_long> {
     if r < 0 {

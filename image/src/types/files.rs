@@ -57,6 +57,8 @@ pub mod fd_kind {
     /// A fanotify group (its flags in `fanotify`, its marks in
     /// `fanotify_marks`, both by the group's first fd).
     pub const FANOTIFY: u32 = 15;
+    /// A socket (`sockets`, at `Fd::object`; its options in `sockopts`).
+    pub const SOCKET: u32 = 16;
 
     pub fn name(k: u32) -> &'static str {
         match k {
@@ -69,6 +71,7 @@ pub mod fd_kind {
             SIGNALFD => "signalfd",
             EPOLL => "epoll",
             FANOTIFY => "fanotify",
+            SOCKET => "socket",
             REGULAR => "file",
             CHAR_DEVICE => "chardev",
             PIPE => "pipe",

@@ -56,10 +56,14 @@ pub enum SectionKind {
     Fanotify = 28,
     /// Format 3.0: the marks of fanotify groups.
     FanotifyMarks = 29,
+    /// Format 3.1: sockets.
+    Sockets = 30,
+    /// Format 3.1: socket options.
+    SockOpts = 31,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 29] = [
+    pub const ALL: [SectionKind; 31] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -89,6 +93,8 @@ impl SectionKind {
         SectionKind::Threads,
         SectionKind::Fanotify,
         SectionKind::FanotifyMarks,
+        SectionKind::Sockets,
+        SectionKind::SockOpts,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -124,6 +130,8 @@ impl SectionKind {
             SectionKind::Threads => "threads",
             SectionKind::Fanotify => "fanotify",
             SectionKind::FanotifyMarks => "fanotify_marks",
+            SectionKind::Sockets => "sockets",
+            SectionKind::SockOpts => "sockopts",
         }
     }
     /// Record size this reader knows for the section (1 for byte blobs).
@@ -158,6 +166,8 @@ impl SectionKind {
             SectionKind::Threads => crate::threads::Thread::SIZE,
             SectionKind::Fanotify => crate::fds::FanotifyGroup::SIZE,
             SectionKind::FanotifyMarks => crate::fds::FanotifyMark::SIZE,
+            SectionKind::Sockets => crate::fds::Socket::SIZE,
+            SectionKind::SockOpts => crate::fds::SockOpt::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -199,6 +209,8 @@ impl SectionKind {
             SectionKind::Threads => 1 << 16,
             SectionKind::Fanotify => 1 << 16,
             SectionKind::FanotifyMarks => 1 << 22,
+            SectionKind::Sockets => 1 << 20,
+            SectionKind::SockOpts => 1 << 24,
         }
     }
     /// Sections every valid image must have.

@@ -43,6 +43,7 @@ pub fn install(
     let mut parked: Vec<i32> = Vec::with_capacity(plans.len());
     let mut given: Vec<u32> = Vec::new();
     let mut remade: Vec<(String, i32)> = Vec::new();
+    let mut pairs = Vec::new();
     for p in plans {
         let src = match &p.source {
             Source::Keep => -1,
@@ -154,6 +155,12 @@ pub fn install(
                 flags,
             } => {
                 let raw = crate::anonfds::make(img, p, *kind, *object, *flags)?;
+                let d = dup_above(raw, high)?;
+                sys::close(raw);
+                d
+            }
+            Source::Socket { sock, flags } => {
+                let raw = crate::sockets::make(loaded, img, p, *sock, *flags, &mut pairs, verify)?;
                 let d = dup_above(raw, high)?;
                 sys::close(raw);
                 d

@@ -17,6 +17,8 @@
 //!   the bytes that were in it;
 //! - pipes and terminals connected to something outside the process need
 //!   `--inherit-fd N[=M]` (give restored fd N our fd M);
+//! - sockets are made again (`sockets`): bound, listening or connected
+//!   as they were, a unix pair with its queued bytes;
 //! - flock and OFD locks are taken again here; POSIX locks, which belong
 //!   to the process and go with any close of the file, by the shim last.
 //!
@@ -73,6 +75,8 @@ pub enum Source {
     /// table), or an epoll instance (`object`: the fds-table index of its
     /// first fd, which its items name).
     Anon { kind: u32, object: u32, flags: i32 },
+    /// A socket made again (`sock`: its index in the sockets table).
+    Socket { sock: u32, flags: i32 },
     /// A removed directory or device node, made again and removed.
     Remade {
         path: String,
@@ -319,6 +323,7 @@ fn source_of(
             flags,
         }),
         fd_kind::TTY => plan_tty(f, target, flags, err),
+        fd_kind::SOCKET => crate::sockets::plan(img, f.object, flags, err),
         _ => Err(err.why("unsupported kind")),
     }
 }

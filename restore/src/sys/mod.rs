@@ -20,11 +20,13 @@ mod anon;
 mod fd;
 mod own;
 mod process;
+mod sock;
 
 pub use anon::*;
 pub use fd::*;
 pub use own::*;
 pub use process::*;
+pub use sock::*;
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};

@@ -133,6 +133,7 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
             "fd": fdt.get(m.desc as usize).map(|f| f.fd), "kind": m.kind, "mflags": m.mflags,
             "mask": m.mask, "ignored_mask": m.ignored_mask, "dev": m.dev, "ino": m.ino,
             "path": s(img, m.path)})).collect::<Vec<_>>(),
+        "sockets": sockets(img),
         "queued_signals": img.signals().iter().map(|q| json!({
             "thread": match (q.shared, q.thread) {
                 (1, _) => None,
@@ -142,4 +143,21 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
             "signo": q.signo, "name": signame(q.signo), "shared": q.shared != 0,
             "code": q.info[1] as u32 as i32, "value": q.info[3]})).collect::<Vec<_>>(),
     })
+}
+
+/// The sockets table, addresses shown as text.
+fn sockets(img: &Image) -> serde_json::Value {
+    serde_json::Value::Array(img.sockets().iter().enumerate().map(|(i, k)| {
+            let (a, n) = cryo_image::fds::sockaddr_bytes(&k.addr, k.addr_len);
+            let (pa, pn) = cryo_image::fds::sockaddr_bytes(&k.peer, k.peer_len);
+            json!({
+            "family": k.family, "type": k.sock_type, "protocol": k.protocol,
+            "state": cryo_image::fds::socket_state::name(k.state), "backlog": k.backlog,
+            "address": (n > 0).then(|| cryo_image::fds::sockaddr_display(&a[..n])),
+            "peer": (pn > 0).then(|| cryo_image::fds::sockaddr_display(&pa[..pn])),
+            "pair": (k.pair != cryo_image::NO_INDEX).then_some(k.pair),
+            "queued_bytes": k.data.len,
+            "options": img.sockopts().iter().filter(|o| o.sock as usize == i).map(|o| json!({
+                "level": o.level, "name": o.name, "len": o.len, "value": o.val})).collect::<Vec<_>>(),
+        })}).collect::<Vec<_>>())
 }

@@ -470,6 +470,41 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
                 .collect();
             format!(" [{} marks: {}]", marks.len(), marks.join(", "))
         }
+        fd_kind::SOCKET => img.sockets().get(o).map_or(String::new(), |k| {
+            use cryo_image::fds::{sockaddr_bytes, sockaddr_display, socket_state};
+            let kind = match (k.family as i32, k.sock_type as i32) {
+                (libc::AF_UNIX, libc::SOCK_STREAM) => "unix stream",
+                (libc::AF_UNIX, libc::SOCK_DGRAM) => "unix dgram",
+                (libc::AF_UNIX, _) => "unix seqpacket",
+                (libc::AF_INET, libc::SOCK_STREAM) => "tcp",
+                (libc::AF_INET6, libc::SOCK_STREAM) => "tcp6",
+                (libc::AF_INET, _) => "udp",
+                _ => "udp6",
+            };
+            let (a, n) = sockaddr_bytes(&k.addr, k.addr_len);
+            let (pa, pn) = sockaddr_bytes(&k.peer, k.peer_len);
+            let mut out = format!(" [{kind} {}", socket_state::name(k.state));
+            if n > 2 && k.state != socket_state::UNBOUND {
+                out += &format!(" {}", sockaddr_display(&a[..n]));
+            }
+            match k.state {
+                socket_state::LISTENING => out += &format!(", backlog {}", k.backlog),
+                socket_state::CONNECTED => out += &format!(" -> {}", sockaddr_display(&pa[..pn])),
+                socket_state::PAIR => {
+                    let other = img
+                        .fds()
+                        .iter()
+                        .find(|g| g.kind == fd_kind::SOCKET && g.object == k.pair);
+                    out += &format!(" with fd {}", other.map_or(-1, |g| g.fd));
+                    if k.data.len > 0 {
+                        out += &format!(", {} bytes queued", k.data.len);
+                    }
+                }
+                _ => {}
+            }
+            let opts = img.sockopts().iter().filter(|x| x.sock == f.object).count();
+            out + &format!(", {opts} options]")
+        }),
         _ => String::new(),
     }
 }

@@ -1,0 +1,458 @@
+//! Sockets, read through our own duplicate of each (pidfd_getfd): family,
+//! type, address, state and options; for unix sockets the kernel's
+//! diagnostics (peer, queues, backlog). What comes back:
+//! - TCP and unix stream/seqpacket sockets that are unbound, bound or
+//!   listening with no connection waiting;
+//! - UDP and unix datagram sockets, bound or not, connected or not, with
+//!   nothing queued;
+//! - unix socket pairs whose both ends are in the process, with the bytes
+//!   queued in a stream pair.
+//!
+//! Everything else is refused by name: a TCP connection (state and both
+//! addresses), a unix stream connected outside the process, connections
+//! waiting on a listener, queued datagrams, fds in flight (SCM_RIGHTS), a
+//! half-shut pair, other families and protocols.
+
+use crate::stored::{BlobOwner, PendingBlob, StoredFiles};
+use crate::sys::sock::{self, UnixDiag};
+use cryo_image::fds::{sockaddr_display, sockaddr_words, socket_state, SockOpt, Socket};
+use cryo_image::write::ImageBuilder;
+use cryo_image::NO_INDEX;
+use std::os::fd::OwnedFd;
+
+/// The options read from every socket of a family (level, name); those
+/// the kernel does not know for a socket are skipped.
+fn options(family: i32, sock_type: i32) -> Vec<(i32, i32)> {
+    use libc::*;
+    /// Linux 5.14; not in the libc crate yet.
+    const SO_BUF_LOCK: i32 = 72;
+    let mut v: Vec<(i32, i32)> = [
+        SO_REUSEADDR,
+        SO_REUSEPORT,
+        SO_KEEPALIVE,
+        SO_BROADCAST,
+        SO_OOBINLINE,
+        SO_PASSCRED,
+        SO_PRIORITY,
+        SO_RCVLOWAT,
+        SO_LINGER,
+        SO_RCVBUF,
+        SO_SNDBUF,
+        // After the sizes: setting a size locks it; the lock as it was.
+        SO_BUF_LOCK,
+        SO_BINDTODEVICE,
+        SO_RCVTIMEO,
+        SO_SNDTIMEO,
+        SO_MARK,
+    ]
+    .iter()
+    .map(|&n| (SOL_SOCKET, n))
+    .collect();
+    if family == AF_INET || family == AF_INET6 {
+        if sock_type == SOCK_STREAM {
+            v.extend(
+                [
+                    TCP_NODELAY,
+                    TCP_CORK,
+                    TCP_KEEPIDLE,
+                    TCP_KEEPINTVL,
+                    TCP_KEEPCNT,
+                    TCP_DEFER_ACCEPT,
+                    TCP_USER_TIMEOUT,
+                    TCP_FASTOPEN,
+                    TCP_NOTSENT_LOWAT,
+                ]
+                .iter()
+                .map(|&n| (IPPROTO_TCP, n)),
+            );
+        }
+        if family == AF_INET {
+            v.extend(
+                [
+                    IP_TOS,
+                    IP_TTL,
+                    IP_FREEBIND,
+                    IP_RECVERR,
+                    IP_PKTINFO,
+                    IP_MULTICAST_TTL,
+                    IP_MULTICAST_LOOP,
+                ]
+                .iter()
+                .map(|&n| (IPPROTO_IP, n)),
+            );
+        } else {
+            v.extend(
+                [
+                    IPV6_V6ONLY,
+                    IPV6_UNICAST_HOPS,
+                    IPV6_RECVPKTINFO,
+                    IPV6_TCLASS,
+                    IPV6_RECVERR,
+                ]
+                .iter()
+                .map(|&n| (IPPROTO_IPV6, n)),
+            );
+        }
+    }
+    v
+}
+
+fn type_name(family: i32, t: i32) -> &'static str {
+    match (family, t) {
+        (libc::AF_UNIX, libc::SOCK_STREAM) => "unix stream socket",
+        (libc::AF_UNIX, libc::SOCK_DGRAM) => "unix datagram socket",
+        (libc::AF_UNIX, libc::SOCK_SEQPACKET) => "unix seqpacket socket",
+        (_, libc::SOCK_STREAM) => "TCP socket",
+        (_, libc::SOCK_DGRAM) => "UDP socket",
+        _ => "socket",
+    }
+}
+
+fn family_name(f: i32) -> String {
+    match f {
+        libc::AF_NETLINK => "a netlink socket".into(),
+        libc::AF_PACKET => "a packet socket".into(),
+        libc::AF_VSOCK => "a vsock socket".into(),
+        libc::AF_ALG => "a kernel crypto (AF_ALG) socket".into(),
+        libc::AF_BLUETOOTH => "a bluetooth socket".into(),
+        f => format!("a socket of address family {f}"),
+    }
+}
+
+fn tcp_state(s: u8) -> &'static str {
+    match s {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        _ => "unknown",
+    }
+}
+
+/// A unix socket connected to another one, resolved once every fd is seen.
+struct Connected {
+    index: usize,
+    fd: i32,
+    ino: u64,
+    diag: UnixDiag,
+    dup: OwnedFd,
+}
+
+/// Sockets seen so far, for the pass that pairs them.
+#[derive(Default)]
+pub struct Sockets {
+    connected: Vec<Connected>,
+}
+
+/// Capture the socket behind fd `f` (`dup`: our duplicate); its index in
+/// the sockets table, or why it cannot be restored.
+pub fn capture(
+    fd: i32,
+    ino: u64,
+    dup: OwnedFd,
+    b: &mut ImageBuilder,
+    seen: &mut Sockets,
+) -> Result<u32, String> {
+    let int = |level, name| sock::getsockopt_int(&dup, level, name);
+    let io = |what: &str, e: std::io::Error| format!("fd {fd} (socket): reading its {what}: {e}");
+    let family = int(libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(|e| io("family", e))?;
+    let sock_type = int(libc::SOL_SOCKET, libc::SO_TYPE).map_err(|e| io("type", e))?;
+    let protocol = int(libc::SOL_SOCKET, libc::SO_PROTOCOL).map_err(|e| io("protocol", e))?;
+    if !matches!(family, libc::AF_UNIX | libc::AF_INET | libc::AF_INET6) {
+        return Err(format!(
+            "fd {fd} is {}; cryo restores unix, TCP and UDP sockets only",
+            family_name(family)
+        ));
+    }
+    let inet = family != libc::AF_UNIX;
+    let ok_proto = match (inet, sock_type) {
+        (false, libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) => true,
+        (true, libc::SOCK_STREAM) => matches!(protocol, 0 | libc::IPPROTO_TCP),
+        (true, libc::SOCK_DGRAM) => matches!(protocol, 0 | libc::IPPROTO_UDP),
+        _ => false,
+    };
+    if !ok_proto {
+        return Err(format!(
+            "fd {fd} is a socket of type {sock_type}, protocol {protocol} (raw, SCTP, MPTCP, ICMP ...); cryo restores TCP, UDP and unix sockets only"
+        ));
+    }
+    let what = type_name(family, sock_type);
+    let opts: Vec<(i32, i32, Vec<u8>)> = options(family, sock_type)
+        .into_iter()
+        .filter_map(|(level, name)| {
+            let mut val = [0u8; 16];
+            let len = sock::getsockopt(&dup, level, name, &mut val).ok()?;
+            Some((level, name, val[..len].to_vec()))
+        })
+        .collect();
+    let addr = sock::sockname(&dup).map_err(|e| io("address", e))?;
+    let peer = sock::peername(&dup).ok();
+    let shown = sockaddr_display(&addr);
+    let mut s = Socket {
+        family: family as u32,
+        sock_type: sock_type as u32,
+        protocol: protocol as u32,
+        pair: NO_INDEX,
+        addr_len: addr.len() as u32,
+        addr: sockaddr_words(&addr),
+        ..Default::default()
+    };
+    if let Some(p) = &peer {
+        s.peer_len = p.len() as u32;
+        s.peer = sockaddr_words(p);
+    }
+    let bound = if inet {
+        addr.get(2..4).is_some_and(|p| p != [0, 0])
+    } else {
+        addr.len() > 2
+    };
+    s.state = if bound {
+        socket_state::BOUND
+    } else {
+        socket_state::UNBOUND
+    };
+    if sock::getsockopt_int(&dup, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1) >= 0 {
+        return Err(format!(
+            "fd {fd} ({what} {shown}) has a peek offset (SO_PEEK_OFF); reading its queue would move it"
+        ));
+    }
+    if sock::getsockopt_len(&dup, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER).unwrap_or(0) > 0 {
+        return Err(format!(
+            "fd {fd} ({what} {shown}) has a socket filter (SO_ATTACH_FILTER); not supported yet"
+        ));
+    }
+    if inet {
+        // Shut down in a direction (UDP can be, even unconnected): the
+        // kernel's diagnostics say, for a bound socket; an unbound one
+        // shows a read shutdown through poll.
+        let proto = if sock_type == libc::SOCK_STREAM {
+            libc::IPPROTO_TCP
+        } else {
+            libc::IPPROTO_UDP
+        };
+        let how = match sock::inet_shutdown(family, proto, ino) {
+            Ok(Some(h)) => h,
+            _ => {
+                let rdhup =
+                    crate::sys::poll_now(&dup, libc::POLLRDHUP).unwrap_or(0) & libc::POLLRDHUP != 0;
+                u8::from(rdhup)
+            }
+        };
+        if how != 0 {
+            return Err(format!(
+                "fd {fd} ({what} {shown}) is shut down for {} (shutdown(2)); not supported yet",
+                match how {
+                    1 => "reading",
+                    2 => "writing",
+                    _ => "reading and writing",
+                }
+            ));
+        }
+    }
+    let mut keep_dup = None;
+    if inet && sock_type == libc::SOCK_STREAM {
+        // struct tcp_info: state first; for a listener tcpi_unacked (offset
+        // 24) is the accept queue and tcpi_sacked (28) the backlog.
+        let mut info = [0u8; 104];
+        sock::getsockopt(&dup, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info)
+            .map_err(|e| io("TCP state", e))?;
+        let u32_at =
+            |o: usize| u32::from_ne_bytes([info[o], info[o + 1], info[o + 2], info[o + 3]]);
+        match info[0] {
+            10 => {
+                if u32_at(24) > 0 {
+                    return Err(format!(
+                        "fd {fd} (TCP listener {shown}) has {} connections waiting to be accepted; they cannot be restored (capture when none waits)",
+                        u32_at(24)
+                    ));
+                }
+                s.state = socket_state::LISTENING;
+                s.backlog = u32_at(28);
+            }
+            7 => {}
+            st => {
+                let to = peer.as_deref().map_or("?".into(), sockaddr_display);
+                return Err(format!(
+                    "fd {fd} is a TCP connection {shown} -> {to} ({}); established connections cannot be restored (TCP repair is not supported)",
+                    tcp_state(st)
+                ));
+            }
+        }
+    } else if inet {
+        let queued = crate::sys::fionread(&dup).unwrap_or(0);
+        if queued > 0 {
+            return Err(format!(
+                "fd {fd} ({what} {shown}) has datagrams queued ({queued} bytes in the first); they cannot be restored"
+            ));
+        }
+        if peer.is_some() {
+            s.state = socket_state::CONNECTED;
+        }
+    } else {
+        let d = sock::unix_diag(ino as u32).map_err(|e| io("state (unix_diag)", e))?;
+        if d.state == 10 {
+            if d.rqueue > 0 {
+                return Err(format!(
+                    "fd {fd} ({what} listening on {shown}) has {} connections waiting to be accepted; they cannot be restored",
+                    d.rqueue
+                ));
+            }
+            s.state = socket_state::LISTENING;
+            s.backlog = d.wqueue;
+        } else if d.peer != 0 {
+            // Paired up (or refused) once every fd of the process is seen.
+            keep_dup = Some((d, dup));
+        } else if d.rqueue > 0 {
+            return Err(format!(
+                "fd {fd} ({what} {shown}) has {} bytes queued; they cannot be restored",
+                d.rqueue
+            ));
+        } else if d.state == 1 && sock_type != libc::SOCK_DGRAM {
+            // (A datagram socket someone connected to shows ESTABLISHED
+            // too: that is the other one's connection.)
+            return Err(format!(
+                "fd {fd} ({what} {shown}) is connected to a socket that is gone"
+            ));
+        }
+    }
+    let index = b.sockets.len();
+    b.sockopts
+        .extend(opts.iter().map(|(l, n, v)| opt(index, *l, *n, v)));
+    b.sockets.push(s);
+    if let Some((diag, dup)) = keep_dup {
+        seen.connected.push(Connected {
+            index,
+            fd,
+            ino,
+            diag,
+            dup,
+        });
+    }
+    Ok(index as u32)
+}
+
+fn opt(index: usize, level: i32, name: i32, bytes: &[u8]) -> SockOpt {
+    let mut w = [0u64; 2];
+    for (i, c) in bytes.chunks(8).take(2).enumerate() {
+        let mut x = [0u8; 8];
+        x[..c.len()].copy_from_slice(c);
+        w[i] = u64::from_le_bytes(x);
+    }
+    SockOpt {
+        sock: index as u32,
+        level,
+        name,
+        len: bytes.len().min(16) as u32,
+        val: w,
+    }
+}
+
+/// Pair up the connected unix sockets: both ends here make a pair (with
+/// the bytes queued in a stream pair); a datagram socket connected to a
+/// named socket elsewhere is connected again by address; anything else
+/// is refused.
+pub fn link(
+    b: &mut ImageBuilder,
+    seen: Sockets,
+    stored: &mut StoredFiles,
+    obs: &mut crate::obstacles::Obstacles,
+) {
+    let all = &seen.connected;
+    for c in all {
+        let s = b.sockets[c.index];
+        let what = type_name(s.family as i32, s.sock_type as i32);
+        let other = all.iter().find(|o| o.ino == c.diag.peer as u64);
+        let mutual = other.is_some_and(|o| o.diag.peer as u64 == c.ino);
+        let stream = s.sock_type as i32 != libc::SOCK_DGRAM;
+        match other {
+            Some(o) if o.index == c.index && !stream && c.diag.rqueue == 0 => {
+                // A datagram socket connected to its own address: bound
+                // and connected again.
+                b.sockets[c.index].state = socket_state::CONNECTED;
+            }
+            Some(o) if mutual => {
+                if c.diag.shutdown != 0 || o.diag.shutdown != 0 {
+                    obs.push(format!(
+                        "fd {} ({what}, one end of a pair with fd {}) is shut down in one direction; not supported yet",
+                        c.fd, o.fd
+                    ));
+                    continue;
+                }
+                if s.addr_len > 2 || b.sockets[o.index].addr_len > 2 {
+                    obs.push(format!(
+                        "fd {} ({what}) is connected to fd {} through a named socket (an accepted connection); only unnamed pairs (socketpair) are restored",
+                        c.fd, o.fd
+                    ));
+                    continue;
+                }
+                b.sockets[c.index].state = socket_state::PAIR;
+                b.sockets[c.index].pair = o.index as u32;
+                if c.diag.rqueue == 0 {
+                    continue;
+                }
+                if s.sock_type as i32 != libc::SOCK_STREAM {
+                    obs.push(format!(
+                        "fd {} ({what}, paired with fd {}) has {} bytes of messages queued; only a stream pair's bytes are restored",
+                        c.fd, o.fd, c.diag.rqueue
+                    ));
+                    continue;
+                }
+                match sock::peek(&c.dup, c.diag.rqueue as usize + 1) {
+                    Ok(p) if p.fds => obs.push(format!(
+                        "fd {} ({what}, paired with fd {}) has file descriptors in flight (SCM_RIGHTS); not supported yet",
+                        c.fd, o.fd
+                    )),
+                    Ok(p) if p.other_control => obs.push(format!(
+                        "fd {} ({what}, paired with fd {}) has bytes queued with credentials (SO_PASSCRED); they would come back with the restorer's",
+                        c.fd, o.fd
+                    )),
+                    Ok(p) if p.bytes.len() != c.diag.rqueue as usize => obs.push(format!(
+                        "fd {} ({what}): peeked {} of the {} bytes queued",
+                        c.fd,
+                        p.bytes.len(),
+                        c.diag.rqueue
+                    )),
+                    Ok(p) => stored.blobs.push(PendingBlob {
+                        to: BlobOwner::Socket(c.index),
+                        bytes: p.bytes,
+                    }),
+                    Err(e) => obs.push(format!(
+                        "fd {} ({what}): reading the bytes queued in it: {e}",
+                        c.fd
+                    )),
+                }
+            }
+            _ if !stream && s.peer_len > 2 && c.diag.rqueue == 0 => {
+                // A datagram socket connected to a named socket (/dev/log):
+                // connected again by address.
+                b.sockets[c.index].state = socket_state::CONNECTED;
+            }
+            _ => {
+                let (a, _) = cryo_image::fds::sockaddr_bytes(&s.peer, s.peer_len);
+                let to = if s.peer_len > 2 {
+                    sockaddr_display(&a[..s.peer_len as usize])
+                } else {
+                    format!("socket:[{}]", c.diag.peer)
+                };
+                obs.push(if c.diag.rqueue > 0 {
+                    format!(
+                        "fd {} ({what}) has {} bytes queued from {to}; they cannot be restored",
+                        c.fd, c.diag.rqueue
+                    )
+                } else {
+                    format!(
+                        "fd {} ({what}) is connected to {to}, outside the process; cryo cannot connect it again (process trees and their sockets are not supported yet)",
+                        c.fd
+                    )
+                });
+            }
+        }
+    }
+}

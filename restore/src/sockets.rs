@@ -1,0 +1,351 @@
+//! Sockets made again: a new socket of the same family, type and
+//! protocol, its options where a new socket's differ (each checked after
+//! setting), then bound to its address, listening with its backlog, or
+//! connected again; a unix pair is made with socketpair(2) and gets the
+//! bytes that were queued in each end.
+//!
+//! An address must be free: `plan` checks every TCP/UDP address and unix
+//! path before anything is made (a unix path whose socket file nobody
+//! listens on any more is stale, left by the captured process, and is
+//! removed when its socket is bound again).
+
+use crate::fds::{fd_err, set_status_flags, FdErr, FdPlan, Source};
+use crate::{sys, RestoreError, Why};
+use cryo_image::fds::{sockaddr_bytes, sockaddr_display, socket_state, Socket};
+use cryo_image::load::LoadedImage;
+use cryo_image::Image;
+use std::os::fd::{AsFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+
+fn addr_of(s: &Socket) -> Vec<u8> {
+    let (b, n) = sockaddr_bytes(&s.addr, s.addr_len);
+    b[..n].to_vec()
+}
+
+fn peer_of(s: &Socket) -> Vec<u8> {
+    let (b, n) = sockaddr_bytes(&s.peer, s.peer_len);
+    b[..n].to_vec()
+}
+
+fn inet(s: &Socket) -> bool {
+    s.family as i32 != libc::AF_UNIX
+}
+
+/// A unix path (not abstract, not unnamed).
+fn unix_path(addr: &[u8]) -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = addr.get(2..)?;
+    if p.is_empty() || p[0] == 0 {
+        return None;
+    }
+    let end = p.iter().position(|&c| c == 0).unwrap_or(p.len());
+    Some(std::ffi::OsStr::from_bytes(&p[..end]).into())
+}
+
+/// Whether a socket listens (or receives) at unix path `addr`: a connect
+/// to it succeeds. A leftover socket file refuses (ECONNREFUSED).
+fn unix_in_use(s: &Socket, addr: &[u8]) -> bool {
+    sys::socket(libc::AF_UNIX, s.sock_type as i32, 0)
+        .and_then(|t| sys::connect(t.as_fd(), addr))
+        .is_ok()
+}
+
+/// Check fd `f`'s socket can be made here: its address is free.
+pub(crate) fn plan(
+    img: &Image,
+    object: u32,
+    flags: i32,
+    err: &FdErr,
+) -> Result<Source, RestoreError> {
+    let s = img
+        .sockets()
+        .get(object as usize)
+        .ok_or_else(|| err.why("no socket state in the image"))?;
+    if !matches!(
+        s.state,
+        socket_state::UNBOUND
+            | socket_state::BOUND
+            | socket_state::LISTENING
+            | socket_state::CONNECTED
+            | socket_state::PAIR
+    ) {
+        return Err(err.why(format!("unknown socket state {}", s.state)));
+    }
+    let bound = matches!(s.state, socket_state::BOUND | socket_state::LISTENING)
+        || (s.state == socket_state::CONNECTED && bound_addr(&s));
+    if bound {
+        let addr = addr_of(&s);
+        let shown = sockaddr_display(&addr);
+        if inet(&s) {
+            // A probe socket binds (with SO_REUSEADDR, as the real one
+            // will, so connections of the captured process lingering in
+            // TIME_WAIT do not count) and is closed again.
+            let probe = sys::socket(s.family as i32, s.sock_type as i32, s.protocol as i32)
+                .and_then(|t| {
+                    let on = 1i32.to_ne_bytes();
+                    sys::setsockopt(t.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, &on)?;
+                    if s.family as i32 == libc::AF_INET6 {
+                        v6only_like(img, object, t.as_fd())?;
+                    }
+                    sys::bind(t.as_fd(), &addr)
+                });
+            match probe {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EADDRINUSE)
+                        && s.sock_type as i32 == libc::SOCK_STREAM
+                        && !tcp_listener_on(port_of(&addr)) =>
+                {
+                    return Err(err.why(format!(
+                        "{shown} is held by connections in TIME_WAIT that the captured process left, and it did not set SO_REUSEADDR, so the kernel keeps the port for them; they expire within 60 s"
+                    )));
+                }
+                Err(e) => return Err(err.why(in_use(&shown, e))),
+                Ok(()) => {}
+            }
+        } else if unix_path(&addr).is_some_and(|p| p.exists()) && unix_in_use(&s, &addr) {
+            return Err(err.why(format!(
+                "{shown} is in use: a socket listens there (the captured process, or another, still runs)"
+            )));
+        }
+    }
+    Ok(Source::Socket {
+        sock: object,
+        flags,
+    })
+}
+
+fn port_of(addr: &[u8]) -> u16 {
+    addr.get(2..4)
+        .map_or(0, |p| u16::from_be_bytes([p[0], p[1]]))
+}
+
+/// Whether a TCP socket listens on `port` (any address, v4 or v6), by
+/// /proc/net/tcp and tcp6 (state 0A).
+fn tcp_listener_on(port: u16) -> bool {
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|t| {
+            t.lines().skip(1).any(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                let p = w
+                    .get(1)
+                    .and_then(|a| a.rsplit_once(':'))
+                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+                p == Some(port) && w.get(3) == Some(&"0A")
+            })
+        })
+    })
+}
+
+fn in_use(shown: &str, e: std::io::Error) -> Why {
+    if e.raw_os_error() == Some(libc::EADDRINUSE) {
+        Why::Said(format!(
+            "{shown} is in use (the captured process, or another, still holds it)"
+        ))
+    } else {
+        Why::sys(format!("binding {shown}"), e)
+    }
+}
+
+/// A connected datagram socket that had an address: bound before its
+/// connect, or given one by it (UDP: an ephemeral port the program may
+/// have told someone), bound to it again.
+fn bound_addr(s: &Socket) -> bool {
+    let a = addr_of(s);
+    if inet(s) {
+        a.get(2..4).is_some_and(|p| p != [0, 0])
+    } else {
+        a.len() > 2
+    }
+}
+
+/// IPV6_V6ONLY as captured, on the probe: it decides which addresses
+/// a v6 bind takes.
+fn v6only_like(img: &Image, object: u32, fd: BorrowedFd) -> std::io::Result<()> {
+    for o in img.sockopts().iter() {
+        if o.sock == object && o.level == libc::IPPROTO_IPV6 && o.name == libc::IPV6_V6ONLY {
+            let (b, n) = opt_bytes(&o);
+            sys::setsockopt(fd, o.level, o.name, &b[..n])?;
+        }
+    }
+    Ok(())
+}
+
+fn opt_bytes(o: &cryo_image::fds::SockOpt) -> ([u8; 16], usize) {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&o.val[0].to_le_bytes());
+    b[8..].copy_from_slice(&o.val[1].to_le_bytes());
+    (b, (o.len as usize).min(16))
+}
+
+fn opt_name(level: i32, name: i32) -> String {
+    let n = match (level, name) {
+        (libc::SOL_SOCKET, libc::SO_REUSEADDR) => "SO_REUSEADDR",
+        (libc::SOL_SOCKET, libc::SO_REUSEPORT) => "SO_REUSEPORT",
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE) => "SO_KEEPALIVE",
+        (libc::SOL_SOCKET, libc::SO_RCVBUF) => "SO_RCVBUF",
+        (libc::SOL_SOCKET, libc::SO_SNDBUF) => "SO_SNDBUF",
+        (libc::SOL_SOCKET, libc::SO_MARK) => "SO_MARK",
+        (libc::SOL_SOCKET, libc::SO_PRIORITY) => "SO_PRIORITY",
+        (libc::SOL_SOCKET, libc::SO_LINGER) => "SO_LINGER",
+        (libc::IPPROTO_TCP, libc::TCP_NODELAY) => "TCP_NODELAY",
+        (libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT) => "TCP_DEFER_ACCEPT",
+        (libc::IPPROTO_TCP, libc::TCP_FASTOPEN) => "TCP_FASTOPEN",
+        (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) => "IPV6_V6ONLY",
+        (libc::IPPROTO_IP, libc::IP_TOS) => "IP_TOS",
+        (libc::IPPROTO_IP, libc::IP_TTL) => "IP_TTL",
+        _ => "",
+    };
+    if n.is_empty() {
+        format!("option {name} of level {level}")
+    } else {
+        n.to_owned()
+    }
+}
+
+/// Every captured option of socket `object` on `fd`, where it differs
+/// from what `fd` has; each read back and compared.
+fn set_options(img: &Image, object: u32, fd: BorrowedFd) -> Result<(), Why> {
+    for o in img.sockopts().iter().filter(|o| o.sock == object) {
+        let (want, n) = opt_bytes(&o);
+        let want = &want[..n];
+        let mut cur = [0u8; 16];
+        let got = sys::getsockopt(fd, o.level, o.name, &mut cur)
+            .map_err(|e| Why::sys(format!("reading {}", opt_name(o.level, o.name)), e))?;
+        if &cur[..got] == want {
+            continue;
+        }
+        let buf_size = o.level == libc::SOL_SOCKET
+            && matches!(o.name, libc::SO_RCVBUF | libc::SO_SNDBUF)
+            && n == 4;
+        let mut val = want.to_vec();
+        if buf_size {
+            // The kernel doubles what is set (for its bookkeeping) and
+            // reports the doubled size.
+            let v = i32::from_ne_bytes([want[0], want[1], want[2], want[3]]) / 2;
+            val = v.to_ne_bytes().to_vec();
+        }
+        sys::setsockopt(fd, o.level, o.name, &val)
+            .map_err(|e| Why::sys(format!("setting {}", opt_name(o.level, o.name)), e))?;
+        let got = sys::getsockopt(fd, o.level, o.name, &mut cur)
+            .map_err(|e| Why::sys(format!("reading {}", opt_name(o.level, o.name)), e))?;
+        if &cur[..got] != want {
+            return Err(Why::Said(format!(
+                "{} did not take: captured {:?}, set {:?}",
+                opt_name(o.level, o.name),
+                want,
+                &cur[..got]
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Bind `fd` to `s`'s address (and listen, if it listened): with
+/// SO_REUSEADDR for the bind if the program did not set it, put back
+/// after. A stale unix socket file is removed.
+fn bind(s: &Socket, fd: BorrowedFd) -> Result<(), Why> {
+    let addr = addr_of(s);
+    let shown = sockaddr_display(&addr);
+    let listen = || {
+        if s.state == socket_state::LISTENING {
+            sys::listen(fd, s.backlog as i32).map_err(|e| Why::sys("listen", e))
+        } else {
+            Ok(())
+        }
+    };
+    if inet(s) {
+        let mut cur = [0u8; 4];
+        sys::getsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &mut cur)
+            .map_err(|e| Why::sys("reading SO_REUSEADDR", e))?;
+        let off = cur == 0i32.to_ne_bytes();
+        let set =
+            |v: i32| sys::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &v.to_ne_bytes());
+        if off {
+            set(1).map_err(|e| Why::sys("setting SO_REUSEADDR", e))?;
+        }
+        sys::bind(fd, &addr).map_err(|e| in_use(&shown, e))?;
+        listen()?;
+        if off {
+            set(0).map_err(|e| Why::sys("clearing SO_REUSEADDR", e))?;
+        }
+        return Ok(());
+    }
+    let bound = match sys::bind(fd, &addr) {
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+            let Some(path) = unix_path(&addr) else {
+                return Err(in_use(&shown, e));
+            };
+            if unix_in_use(s, &addr) {
+                return Err(in_use(&shown, e));
+            }
+            std::fs::remove_file(&path)
+                .map_err(|e| Why::sys(format!("removing the stale socket file {shown}"), e))?;
+            sys::bind(fd, &addr).map_err(|e| in_use(&shown, e))
+        }
+        r => r.map_err(|e| in_use(&shown, e)),
+    };
+    bound?;
+    listen()
+}
+
+/// Make socket `object` of plan `p`; the fd (ours, to be installed).
+/// `pairs` holds the other ends of unix pairs made before their own fd.
+pub(crate) fn make(
+    loaded: &LoadedImage,
+    img: &Image,
+    p: &FdPlan,
+    object: u32,
+    flags: i32,
+    pairs: &mut Vec<(u32, OwnedFd)>,
+    verify: bool,
+) -> Result<RawFd, RestoreError> {
+    let s = img
+        .sockets()
+        .get(object as usize)
+        .ok_or_else(|| fd_err(p, "no socket state in the image"))?;
+    let sysw = |what: &str, e| fd_err(p, Why::sys(what, e));
+    let fd = if s.state == socket_state::PAIR {
+        match pairs.iter().position(|(i, _)| *i == object) {
+            Some(k) => pairs.swap_remove(k).1,
+            None => {
+                let (a, b) = sys::socketpair(s.family as i32, s.sock_type as i32)
+                    .map_err(|e| sysw("socketpair", e))?;
+                set_options(img, object, a.as_fd()).map_err(|w| fd_err(p, w))?;
+                set_options(img, s.pair, b.as_fd()).map_err(|w| fd_err(p, w))?;
+                let other = img
+                    .sockets()
+                    .get(s.pair as usize)
+                    .ok_or_else(|| fd_err(p, "its pair is missing from the image"))?;
+                // What waited to be read from an end is sent by the other.
+                for (data, from) in [(s.data, b.as_fd()), (other.data, a.as_fd())] {
+                    if data.len > 0 {
+                        let bytes = loaded
+                            .read_blob(&data, verify)
+                            .map_err(|e| fd_err(p, Why::Said(e.to_string())))?;
+                        sys::send_all(from, &bytes)
+                            .map_err(|e| sysw("putting the queued bytes back", e))?;
+                    }
+                }
+                pairs.push((s.pair, b));
+                a
+            }
+        }
+    } else {
+        let fd = sys::socket(s.family as i32, s.sock_type as i32, s.protocol as i32)
+            .map_err(|e| sysw("socket", e))?;
+        set_options(img, object, fd.as_fd()).map_err(|w| fd_err(p, w))?;
+        let bound = matches!(s.state, socket_state::BOUND | socket_state::LISTENING)
+            || (s.state == socket_state::CONNECTED && bound_addr(&s));
+        if bound {
+            bind(&s, fd.as_fd()).map_err(|w| fd_err(p, w))?;
+        }
+        if s.state == socket_state::CONNECTED {
+            let peer = peer_of(&s);
+            sys::connect(fd.as_fd(), &peer)
+                .map_err(|e| sysw(&format!("connecting to {}", sockaddr_display(&peer)), e))?;
+        }
+        fd
+    };
+    let raw = fd.into_raw_fd();
+    set_status_flags(raw, flags).map_err(|e| fd_err(p, e))?;
+    Ok(raw)
+}

@@ -1,0 +1,192 @@
+//! Real servers holding sockets, captured while they serve and restored in
+//! every mode: redis-server (TCP listeners on v4 and v6, epoll, its
+//! background threads) keeps its data and answers; a Python asyncio server
+//! (a listener, epoll, the event loop's socket-pair self-pipe) echoes and
+//! exits cleanly. A client talks to each before the capture and to every
+//! restore of it.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+const MODES: [&[&str]; 4] = [&[], &["--use-tracer"], &["--lazy"], &["--lazy=on-demand"]];
+
+/// A port no one listens on now (the kernel's pick, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Connect to 127.0.0.1:port, retrying until the server listens.
+fn connect(port: u16) -> TcpStream {
+    let t0 = Instant::now();
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => {
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                return s;
+            }
+            Err(e) if t0.elapsed() < Duration::from_secs(20) => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("connecting to 127.0.0.1:{port}: {e}"),
+        }
+    }
+}
+
+/// Send one line, read one reply line.
+fn ask(s: &mut TcpStream, line: &str) -> String {
+    s.write_all(line.as_bytes()).unwrap();
+    s.write_all(b"\r\n").unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut out = String::new();
+    r.read_line(&mut out).unwrap();
+    out.trim_end().to_owned()
+}
+
+/// A redis bulk reply: `$N` then the value.
+fn redis_get(s: &mut TcpStream, key: &str) -> String {
+    s.write_all(format!("GET {key}\r\n").as_bytes()).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let (mut head, mut val) = (String::new(), String::new());
+    r.read_line(&mut head).unwrap();
+    if head.starts_with('$') && !head.starts_with("$-1") {
+        r.read_line(&mut val).unwrap();
+    }
+    format!("{} {}", head.trim_end(), val.trim_end())
+}
+
+fn restore(img: &Path, mode: &[&str], out: &Path) -> Child {
+    sanitize_fds();
+    Command::new(cryo())
+        .arg("restore")
+        .args(mode)
+        .arg(img)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(out).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cryo restore")
+}
+
+fn finish(mut c: Child, what: &str) -> (i32, String) {
+    let mut err = String::new();
+    if let Some(mut e) = c.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let st = c.wait().expect("wait");
+    let code = st.code().unwrap_or(-1);
+    assert_eq!(code, 0, "{what}: {err}");
+    (code, err)
+}
+
+fn which(prog: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {prog}")])
+        .output()
+        .expect("sh");
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        !p.is_empty(),
+        "{prog} is not installed: run scripts/install-test-deps.sh"
+    );
+    p
+}
+
+#[test]
+fn redis_server_keeps_its_data_and_answers() {
+    let redis = which("redis-server");
+    let dir = scratch("redis");
+    let port = free_port();
+    sanitize_fds();
+    let mut server = Command::new(&redis)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1 -::1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            dir.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("log")).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let mut c = connect(port);
+    assert_eq!(ask(&mut c, "PING"), "+PONG");
+    assert_eq!(ask(&mut c, "SET greeting hello"), "+OK");
+    drop(c);
+    let pid = server.id() as i32;
+    wait_for("redis to wait in epoll", Duration::from_secs(10), || {
+        state(pid) == Some('S')
+    });
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&["capture", "--kill", &pid.to_string(), img.to_str().unwrap()]);
+    assert_eq!(code, 0, "capture: {err}");
+    let _ = server.wait();
+    let (_, out, _) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
+    assert!(out.contains("tcp listening 127.0.0.1:"), "{out}");
+    for (i, mode) in MODES.iter().enumerate() {
+        let r = restore(&img, mode, &dir.join(format!("out{i}")));
+        let mut c = connect(port);
+        assert_eq!(redis_get(&mut c, "greeting"), "$5 hello", "{mode:?}");
+        assert_eq!(ask(&mut c, "SET n 1"), "+OK");
+        assert_eq!(ask(&mut c, "INCR n"), ":2");
+        let _ = c.write_all(b"SHUTDOWN NOSAVE\r\n");
+        finish(r, &format!("restore {mode:?} of redis-server"));
+    }
+}
+
+#[test]
+fn python_asyncio_server_echoes_after_restore() {
+    let python = which("python3");
+    let dir = scratch("pyserver");
+    let mut cmd = Command::new(python);
+    cmd.arg(root().join("tests/programs/py_server.py"));
+    let mut t = Target::spawn(cmd, "py-server");
+    let port: u16 = t
+        .line(Duration::from_secs(30))
+        .and_then(|l| l.strip_prefix("PORT ")?.parse().ok())
+        .expect("PORT line");
+    let mut c = connect(port);
+    assert_eq!(ask(&mut c, "before"), "echo: before");
+    drop(c);
+    t.wait_sleeping();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "capture: {err}");
+    t.finish();
+    let (_, out, _) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
+    assert!(
+        out.contains("unix stream pair with fd"),
+        "the self-pipe: {out}"
+    );
+    for (i, mode) in MODES.iter().enumerate() {
+        let log = dir.join(format!("out{i}"));
+        let r = restore(&img, mode, &log);
+        let mut c = connect(port);
+        assert_eq!(ask(&mut c, "after"), "echo: after", "{mode:?}");
+        assert_eq!(ask(&mut c, "quit"), "bye");
+        finish(r, &format!("restore {mode:?} of the asyncio server"));
+        let out = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(out.lines().last(), Some("PASS served 3"), "{mode:?}: {out}");
+    }
+}
