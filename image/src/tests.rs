@@ -363,7 +363,13 @@ fn foreign_and_future_images_are_refused() {
     ));
     meta[8] = 2; // major 2: before fd descriptions, pipes and task state
     let e = Image::parse(&meta).err().unwrap();
-    assert_eq!(e, ImageError::UnsupportedVersion { major: 2, minor: 0 });
+    assert_eq!(
+        e,
+        ImageError::UnsupportedVersion {
+            major: 2,
+            minor: crate::VERSION_MINOR
+        }
+    );
     assert!(e.to_string().contains("capture again"), "{e}");
 }
 

@@ -1,0 +1,56 @@
+/* Interleaved timing of commands, for A/B benchmarks: runs each command
+ * once per round, N rounds, and prints each one's median with p25-p75
+ * (ms, wall clock from posix_spawn to waitpid). stdin and stdout are
+ * /dev/null.
+ *
+ *   ab N 'cmd a ...' 'cmd b ...' ...      (words split on spaces) */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+extern char **environ;
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+static int cmp(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: ab N CMD...\n");
+        return 2;
+    }
+    int n = atoi(argv[1]), k = argc - 2;
+    double *t = malloc(sizeof(double) * n * k);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < k; j++) {
+            char *cmd[64], *s = strdup(argv[2 + j]);
+            int c = 0;
+            for (char *p = strtok(s, " "); p && c < 63; p = strtok(NULL, " ")) cmd[c++] = p;
+            cmd[c] = NULL;
+            double a = now();
+            pid_t p;
+            int st;
+            if (posix_spawn(&p, cmd[0], &fa, NULL, cmd, environ) || waitpid(p, &st, 0) < 0) return 1;
+            t[j * n + i] = now() - a;
+            free(s);
+        }
+    for (int j = 0; j < k; j++) {
+        qsort(t + j * n, n, sizeof(double), cmp);
+        printf("%-60s median %.3f p25 %.3f p75 %.3f\n", argv[2 + j], t[j * n + n / 2], t[j * n + n / 4],
+               t[j * n + 3 * n / 4]);
+    }
+    return 0;
+}
