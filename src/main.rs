@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 ///
 /// Typical use: a program initialises, stops itself (raise(SIGSTOP)), and
 /// `cryo run --capture-on-stop DIR -- PROG` snapshots it; or capture any
-/// single-threaded process by PID with `cryo capture PID DIR`. `cryo inspect
+/// running process (every thread) by PID with `cryo capture PID DIR`. `cryo inspect
 /// DIR` shows what an image holds; `cryo check` tells whether this machine
 /// has what cryo needs.
 #[derive(Parser, Debug)]

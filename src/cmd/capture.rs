@@ -31,16 +31,17 @@ impl AfterCapture {
 
 /// Freeze a process with ptrace and write its image to DIR.
 ///
-/// The process must be single-threaded. It is frozen only while its state is
-/// read, then left as it was: running stays running, stopped stays stopped.
-/// On any error it is left as it was and nothing is written at DIR.
+/// Every thread of the process is frozen, only while its state is read,
+/// then left as it was: running stays running, stopped stays stopped. On
+/// any error it is left as it was and nothing is written at DIR.
 ///
-/// What cryo cannot restore exactly (a socket, a second thread, a seccomp
-/// filter, a child process...) is refused, every obstacle named at once;
-/// `--dry-run` lists them without writing anything.
+/// What cryo cannot restore exactly (an established TCP connection, a
+/// unix socket connected outside the process, a seccomp filter, a child
+/// process...) is refused, every obstacle named at once; `--dry-run` lists
+/// them without writing anything.
 #[derive(clap::Args, Debug)]
 pub struct CaptureArgs {
-    /// PID of a single-threaded process.
+    /// PID of the process (all its threads are captured).
     pub pid: i32,
     /// Image directory to create (must not exist, or be empty; see --force).
     #[arg(required_unless_present = "dry_run")]
