@@ -208,6 +208,21 @@ pub fn capture(
         s.peer_len = p.len() as u32;
         s.peer = sockaddr_words(p);
     }
+    // A unix path the kernel resolved against the cwd of the bind (or
+    // connect), which nothing records: bound again from another cwd it
+    // would be another file (seen: zdtm sk-unix-rel restored, then its
+    // connect failed).
+    let relative = |a: &[u8]| !inet && a.len() > 2 && a[2] != 0 && a[2] != b'/';
+    if relative(&addr) || peer.as_deref().is_some_and(relative) {
+        let name = if relative(&addr) {
+            shown.clone()
+        } else {
+            peer.as_deref().map(sockaddr_display).unwrap_or_default()
+        };
+        return Err(format!(
+            "fd {fd} ({what}) is bound or connected to the relative path {name}; cryo cannot tell which directory it was resolved in"
+        ));
+    }
     let bound = if inet {
         addr.get(2..4).is_some_and(|p| p != [0, 0])
     } else {
