@@ -220,36 +220,17 @@ pub fn capture(
         }
         if matches!(
             kind,
-            fd_kind::EVENTFD | fd_kind::TIMERFD | fd_kind::SIGNALFD
+            fd_kind::EVENTFD | fd_kind::TIMERFD | fd_kind::SIGNALFD | fd_kind::SOCKET
         ) {
             // Kind state belongs to the description: its first fd's record
             // has it; dups share the index.
             object = if desc == b.fds.len() - base {
-                match crate::anonfds::capture(kind, f, b) {
-                    Ok(i) => i,
-                    Err(why) => {
-                        obs.push(why);
-                        continue;
-                    }
-                }
-            } else {
-                b.fds[base + desc].object
-            };
-        }
-        if kind == fd_kind::SOCKET {
-            object = if desc == b.fds.len() - base {
-                let dup = pidfd
-                    .as_ref()
-                    .ok_or_else(|| {
-                        format!("fd {}: cannot reach the socket (pidfd_open failed)", f.fd)
-                    })
-                    .and_then(|p| {
-                        sys::pidfd_getfd(p, f.fd).map_err(|e| {
-                            format!("fd {}: cannot reach the socket (pidfd_getfd): {e}", f.fd)
-                        })
-                    })
-                    .and_then(|d| crate::sockets::capture(f.fd, f.ino, d, b, &mut sockets));
-                match dup {
+                let made = if kind == fd_kind::SOCKET {
+                    crate::sockets::capture(pidfd.as_ref(), f, b, &mut sockets)
+                } else {
+                    crate::anonfds::capture(kind, f, b)
+                };
+                match made {
                     Ok(i) => i,
                     Err(why) => {
                         obs.push(why);

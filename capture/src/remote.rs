@@ -114,6 +114,23 @@ impl<'a> Remote<'a> {
         Ok(b)
     }
 
+    /// Whether a query's result `r` is an answer (false: the kernel does
+    /// not know the call or option, EINVAL/ENOSYS, or refuses it,
+    /// EPERM/EACCES); any other error is an error.
+    fn answered(&self, r: i64) -> Result<bool, InjectError> {
+        if !(-4095..0).contains(&r) {
+            return Ok(true);
+        }
+        match -r as i32 {
+            libc::EINVAL | libc::ENOSYS | libc::EPERM | libc::EACCES => Ok(false),
+            errno => Err(InjectError::Failed {
+                name: "query",
+                pid: self.t.pid(),
+                errno: errno as i64,
+            }),
+        }
+    }
+
     /// A system call whose result is an integer (or an int written to the
     /// scratch buffer when `out` is set: its address is passed as the
     /// argument named by `out`'s index). Ok(None) if the kernel says it
@@ -130,15 +147,8 @@ impl<'a> Remote<'a> {
             self.t.write_mem(self.scratch, &[0u8; 8])?;
         }
         let r = self.syscall(nr, args)?;
-        if (-4095..0).contains(&r) {
-            return match -r as i32 {
-                libc::EINVAL | libc::ENOSYS | libc::EPERM | libc::EACCES => Ok(None),
-                errno => Err(InjectError::Failed {
-                    name: "query",
-                    pid: self.t.pid(),
-                    errno: errno as i64,
-                }),
-            };
+        if !self.answered(r)? {
+            return Ok(None);
         }
         if out.is_some() {
             let b = self.read_scratch(4)?;
@@ -161,15 +171,8 @@ impl<'a> Remote<'a> {
         args[out] = self.scratch;
         self.t.write_mem(self.scratch, &[0u8; 8])?;
         let r = self.syscall(nr, args)?;
-        if (-4095..0).contains(&r) {
-            return match -r as i32 {
-                libc::EINVAL | libc::ENOSYS | libc::EPERM | libc::EACCES => Ok(None),
-                errno => Err(InjectError::Failed {
-                    name: "query",
-                    pid: self.t.pid(),
-                    errno: errno as i64,
-                }),
-            };
+        if !self.answered(r)? {
+            return Ok(None);
         }
         let b = self.read_scratch(8)?;
         Ok(Some(u64::from_le_bytes(

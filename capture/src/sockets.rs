@@ -13,6 +13,7 @@
 //! waiting on a listener, queued datagrams, fds in flight (SCM_RIGHTS), a
 //! half-shut pair, other families and protocols.
 
+use crate::procinfo::OpenFd;
 use crate::stored::{BlobOwner, PendingBlob, StoredFiles};
 use crate::sys::sock::{self, UnixDiag};
 use cryo_image::fds::{sockaddr_display, sockaddr_words, socket_state, SockOpt, Socket};
@@ -151,15 +152,19 @@ pub struct Sockets {
     connected: Vec<Connected>,
 }
 
-/// Capture the socket behind fd `f` (`dup`: our duplicate); its index in
-/// the sockets table, or why it cannot be restored.
+/// Capture the socket behind fd `f` of the process (`pidfd`); its index
+/// in the sockets table, or why it cannot be restored.
 pub fn capture(
-    fd: i32,
-    ino: u64,
-    dup: OwnedFd,
+    pidfd: Option<&OwnedFd>,
+    f: &OpenFd,
     b: &mut ImageBuilder,
     seen: &mut Sockets,
 ) -> Result<u32, String> {
+    let (fd, ino) = (f.fd, f.ino);
+    let pidfd =
+        pidfd.ok_or_else(|| format!("fd {fd}: cannot reach the socket (pidfd_open failed)"))?;
+    let dup = crate::sys::pidfd_getfd(pidfd, fd)
+        .map_err(|e| format!("fd {fd}: cannot reach the socket (pidfd_getfd): {e}"))?;
     let int = |level, name| sock::getsockopt_int(&dup, level, name);
     let io = |what: &str, e: std::io::Error| format!("fd {fd} (socket): reading its {what}: {e}");
     let family = int(libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(|e| io("family", e))?;

@@ -136,43 +136,87 @@ pub struct UnixDiag {
     pub shutdown: u8,
 }
 
+/// A NETLINK_SOCK_DIAG socket that has sent one SOCK_DIAG_BY_FAMILY
+/// request; its replies are read with [`Diag::recv`].
+struct Diag(OwnedFd);
+
+impl Diag {
+    /// Send `body` (the family's request) under a netlink header with
+    /// NLM_F_REQUEST and `flags`.
+    fn ask(flags: i32, body: &[u8]) -> io::Result<Diag> {
+        const SOCK_DIAG_BY_FAMILY: u16 = 20;
+        // SAFETY: socket(2) takes integers and returns a new fd we own.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                libc::NETLINK_SOCK_DIAG,
+            )
+        };
+        cvt(raw as libc::c_long)?;
+        // SAFETY: a fresh fd from the kernel, owned by nobody else.
+        let nl = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+        let mut req = Vec::with_capacity(16 + body.len());
+        req.extend_from_slice(&(16 + body.len() as u32).to_ne_bytes());
+        req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        req.extend_from_slice(&((libc::NLM_F_REQUEST | flags) as u16).to_ne_bytes());
+        req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+        req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+        req.extend_from_slice(body);
+        // SAFETY: send reads `req`, ours, within its length.
+        let r = unsafe { libc::send(nl.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+        cvt(r as libc::c_long)?;
+        Ok(Diag(nl))
+    }
+
+    /// The next reply datagram into `buf`; its length.
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: recv writes at most buf.len() bytes into `buf`, ours.
+        let r = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        Ok(cvt(r as libc::c_long)? as usize)
+    }
+}
+
+fn ne_u16(b: &[u8], o: usize) -> Option<u16> {
+    b.get(o..o + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]))
+}
+
+fn ne_u32(b: &[u8], o: usize) -> Option<u32> {
+    b.get(o..o + 4)
+        .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+/// The netlink attributes (type, payload) in `b[from..to]`.
+fn attrs(b: &[u8], from: usize, to: usize) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut o = from;
+    std::iter::from_fn(move || {
+        let len = ne_u16(b, o)? as usize;
+        let kind = ne_u16(b, o + 2)?;
+        if len < 4 || o + len > to.min(b.len()) {
+            return None;
+        }
+        let payload = &b[o + 4..o + len];
+        o += (len + 3) & !3;
+        Some((kind, payload))
+    })
+}
+
 /// unix_diag for the unix socket with inode `ino` (SOCK_DIAG_BY_FAMILY,
 /// exact lookup by inode).
 pub fn unix_diag(ino: u32) -> io::Result<UnixDiag> {
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const UDIAG_SHOW_PEER: u32 = 4;
     const UDIAG_SHOW_RQLEN: u32 = 16;
-    // SAFETY: socket(2) takes integers and returns a new fd we own.
-    let raw = cvt(unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    } as libc::c_long)?;
-    // SAFETY: a fresh fd from the kernel, owned by nobody else.
-    let nl = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
-    // nlmsghdr (16 bytes) + unix_diag_req (24 bytes).
-    let mut req = Vec::with_capacity(40);
-    req.extend_from_slice(&40u32.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    // unix_diag_req (24 bytes).
+    let mut req = Vec::with_capacity(24);
     req.extend_from_slice(&[libc::AF_UNIX as u8, 0, 0, 0]);
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
     req.extend_from_slice(&ino.to_ne_bytes());
     req.extend_from_slice(&(UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // no cookie
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    // SAFETY: send reads `req`, ours, within its length.
-    cvt(unsafe { libc::send(nl.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } as libc::c_long)?;
+    let nl = Diag::ask(0, &req)?;
     let mut buf = vec![0u8; 8192];
-    // SAFETY: recv writes at most buf.len() bytes into `buf`, ours.
-    let n = cvt(
-        unsafe { libc::recv(nl.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) }
-            as libc::c_long,
-    )? as usize;
+    let n = nl.recv(&mut buf)?;
     parse_unix_diag(&buf[..n])
 }
 
@@ -181,41 +225,28 @@ const UNIX_DIAG_RQLEN: u16 = 4;
 const UNIX_DIAG_SHUTDOWN: u16 = 6;
 
 fn parse_unix_diag(b: &[u8]) -> io::Result<UnixDiag> {
-    let u16_at = |o: usize| b.get(o..o + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]));
-    let u32_at = |o: usize| {
-        b.get(o..o + 4)
-            .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
-    };
     let bad = || io::Error::other("short unix_diag reply");
-    let len = u32_at(0).ok_or_else(bad)? as usize;
-    let kind = u16_at(4).ok_or_else(bad)?;
+    let len = ne_u32(b, 0).ok_or_else(bad)? as usize;
+    let kind = ne_u16(b, 4).ok_or_else(bad)?;
     if kind == libc::NLMSG_ERROR as u16 {
-        let errno = u32_at(16).ok_or_else(bad)? as i32;
+        let errno = ne_u32(b, 16).ok_or_else(bad)? as i32;
         return Err(io::Error::from_raw_os_error(-errno));
     }
-    let msg = b.get(..len.min(b.len())).ok_or_else(bad)?;
     // unix_diag_msg: family, type, state, pad, ino, cookie[2] (16 bytes).
     let mut d = UnixDiag {
-        state: *msg.get(18).ok_or_else(bad)?,
+        state: *b.get(18).ok_or_else(bad)?,
         ..Default::default()
     };
-    let mut o = 16 + 16;
-    while o + 4 <= msg.len() {
-        let alen = u16_at(o).ok_or_else(bad)? as usize;
-        let atype = u16_at(o + 2).ok_or_else(bad)?;
-        if alen < 4 {
-            break;
-        }
-        match atype {
-            UNIX_DIAG_PEER => d.peer = u32_at(o + 4).unwrap_or(0),
+    for (kind, p) in attrs(b, 16 + 16, len) {
+        match kind {
+            UNIX_DIAG_PEER => d.peer = ne_u32(p, 0).unwrap_or(0),
             UNIX_DIAG_RQLEN => {
-                d.rqueue = u32_at(o + 4).unwrap_or(0);
-                d.wqueue = u32_at(o + 8).unwrap_or(0);
+                d.rqueue = ne_u32(p, 0).unwrap_or(0);
+                d.wqueue = ne_u32(p, 4).unwrap_or(0);
             }
-            UNIX_DIAG_SHUTDOWN => d.shutdown = msg.get(o + 4).copied().unwrap_or(0),
+            UNIX_DIAG_SHUTDOWN => d.shutdown = p.first().copied().unwrap_or(0),
             _ => {}
         }
-        o += (alen + 3) & !3;
     }
     Ok(d)
 }
@@ -224,52 +255,22 @@ fn parse_unix_diag(b: &[u8]) -> io::Result<UnixDiag> {
 /// `ino` (inet_diag: a dump of the family and protocol, matched by
 /// inode); None if it is not found.
 pub fn inet_shutdown(family: i32, protocol: i32, ino: u64) -> io::Result<Option<u8>> {
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const INET_DIAG_SHUTDOWN: u16 = 8;
-    // SAFETY: socket(2) takes integers and returns a new fd we own.
-    let raw = cvt(unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    } as libc::c_long)?;
-    // SAFETY: a fresh fd from the kernel, owned by nobody else.
-    let nl = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
-    // nlmsghdr (16) + inet_diag_req_v2 (56): family, protocol, ext, pad,
-    // states, and an all-zero socket id (a dump takes no id).
-    let mut req = Vec::with_capacity(72);
-    req.extend_from_slice(&72u32.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    req.extend_from_slice(&[family as u8, protocol as u8, 0, 0]);
+    // inet_diag_req_v2 (56 bytes): family, protocol, ext, pad, states, and
+    // an all-zero socket id (a dump takes no id).
+    let mut req = vec![family as u8, protocol as u8, 0, 0];
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    req.resize(72, 0);
-    // SAFETY: send reads `req`, ours, within its length.
-    cvt(unsafe { libc::send(nl.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } as libc::c_long)?;
+    req.resize(56, 0);
+    let nl = Diag::ask(libc::NLM_F_DUMP, &req)?;
     let mut buf = vec![0u8; 32768];
     let mut found = None;
     loop {
-        // SAFETY: recv writes at most buf.len() bytes into `buf`, ours.
-        let n = cvt(
-            unsafe { libc::recv(nl.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) }
-                as libc::c_long,
-        )? as usize;
+        let n = nl.recv(&mut buf)?;
         let b = &buf[..n];
-        let u16_at = |o: usize| {
-            b.get(o..o + 2)
-                .map_or(0, |s| u16::from_ne_bytes([s[0], s[1]]))
-        };
-        let u32_at = |o: usize| {
-            b.get(o..o + 4)
-                .map_or(0, |s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
-        };
         let mut o = 0;
         while o + 16 <= n {
-            let len = u32_at(o) as usize;
-            let kind = u16_at(o + 4);
+            let len = ne_u32(b, o).unwrap_or(0) as usize;
+            let kind = ne_u16(b, o + 4).unwrap_or(0);
             if len < 16 {
                 return Err(io::Error::other("bad inet_diag reply"));
             }
@@ -277,23 +278,18 @@ pub fn inet_shutdown(family: i32, protocol: i32, ino: u64) -> io::Result<Option<
                 return Ok(found);
             }
             if kind == libc::NLMSG_ERROR as u16 {
-                return Err(io::Error::from_raw_os_error(-(u32_at(o + 16) as i32)));
+                let errno = ne_u32(b, o + 16).unwrap_or(0) as i32;
+                return Err(io::Error::from_raw_os_error(-errno));
             }
             // inet_diag_msg (72 bytes): its inode at 68, attributes after.
             let m = o + 16;
-            if found.is_none() && u32_at(m + 68) as u64 == ino {
-                let mut a = m + 72;
-                found = Some(0);
-                while a + 4 <= o + len {
-                    let (alen, atype) = (u16_at(a) as usize, u16_at(a + 2));
-                    if alen < 4 {
-                        break;
-                    }
-                    if atype == INET_DIAG_SHUTDOWN {
-                        found = b.get(a + 4).copied();
-                    }
-                    a += (alen + 3) & !3;
-                }
+            if found.is_none() && ne_u32(b, m + 68).map(u64::from) == Some(ino) {
+                found = Some(
+                    attrs(b, m + 72, o + len)
+                        .find(|(k, _)| *k == INET_DIAG_SHUTDOWN)
+                        .and_then(|(_, p)| p.first().copied())
+                        .unwrap_or(0),
+                );
             }
             o += (len + 3) & !3;
         }
@@ -304,10 +300,10 @@ pub fn inet_shutdown(family: i32, protocol: i32, ino: u64) -> io::Result<Option<
 /// the number of instructions of an attached socket filter, 0 if none).
 pub fn getsockopt_len(fd: &impl AsRawFd, level: i32, name: i32) -> io::Result<u32> {
     let mut len: libc::socklen_t = 0;
+    let null = std::ptr::null_mut();
     // SAFETY: with a zero length the kernel writes no option bytes (the
     // null buffer is never touched), only the length back to `len`.
-    let r =
-        unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, std::ptr::null_mut(), &mut len) };
+    let r = unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, null, &mut len) };
     cvt(r as libc::c_long)?;
     Ok(len)
 }

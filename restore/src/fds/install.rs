@@ -70,10 +70,7 @@ pub fn install(
                     return Err(fd_err(p, "replaced while restoring"));
                 }
                 seek(p, file.as_raw_fd(), *pos)?;
-                let raw = file.into_raw_fd();
-                let d = dup_above(raw, high)?;
-                sys::close(raw);
-                d
+                park(file.into_raw_fd(), high)?
             }
             Source::PipeEnd { pipe, write, flags } => {
                 let m = pipes
@@ -101,10 +98,7 @@ pub fn install(
                         .custom_flags(libc::O_NONBLOCK)
                         .open(&path)
                         .map_err(|e| fd_err(p, e))?;
-                    let raw = f.into_raw_fd();
-                    let d = dup_above(raw, high)?;
-                    sys::close(raw);
-                    d
+                    park(f.into_raw_fd(), high)?
                 } else {
                     dup_above(end.as_raw_fd(), high)?
                 };
@@ -144,38 +138,22 @@ pub fn install(
                     .open(&path)
                     .map_err(|e| fd_err(p, e))?;
                 seek(p, f.as_raw_fd(), *pos)?;
-                let raw = f.into_raw_fd();
-                let d = dup_above(raw, high)?;
-                sys::close(raw);
-                d
+                park(f.into_raw_fd(), high)?
             }
             Source::Anon {
                 kind,
                 object,
                 flags,
-            } => {
-                let raw = crate::anonfds::make(img, p, *kind, *object, *flags)?;
-                let d = dup_above(raw, high)?;
-                sys::close(raw);
-                d
-            }
-            Source::Socket { sock, flags } => {
-                let raw = crate::sockets::make(loaded, img, p, *sock, *flags, &mut pairs, verify)?;
-                let d = dup_above(raw, high)?;
-                sys::close(raw);
-                d
-            }
+            } => park(crate::anonfds::make(img, p, *kind, *object, *flags)?, high)?,
+            Source::Socket { sock, flags } => park(
+                crate::sockets::make(loaded, img, p, *sock, *flags, &mut pairs, verify)?,
+                high,
+            )?,
             Source::Inotify { desc, flags } => {
-                let raw = crate::inotify::make(img, p, *desc, *flags)?;
-                let d = dup_above(raw, high)?;
-                sys::close(raw);
-                d
+                park(crate::inotify::make(img, p, *desc, *flags)?, high)?
             }
             Source::Fanotify { desc, flags } => {
-                let raw = crate::fanotify::make(img, p, *desc, *flags)?;
-                let d = dup_above(raw, high)?;
-                sys::close(raw);
-                d
+                park(crate::fanotify::make(img, p, *desc, *flags)?, high)?
             }
             Source::Remade {
                 path,
@@ -194,8 +172,7 @@ pub fn install(
                     }
                     None => stored::make_removed(p, path, *mode, *rdev, *flags)?,
                 };
-                let d = dup_above(raw, high)?;
-                sys::close(raw);
+                let d = park(raw, high)?;
                 if !remade.iter().any(|(q, _)| q == path) {
                     remade.push((path.clone(), d));
                 }
@@ -270,4 +247,12 @@ pub fn install(
     let files_fd = (placed.len() > nextra).then(|| placed[nextra]);
     placed.truncate(nextra);
     Ok((placed, files_fd))
+}
+
+/// Move a made fd (ours) above the highest target number: its duplicate
+/// there; the original is closed.
+fn park(raw: RawFd, high: i32) -> Result<i32, RestoreError> {
+    let d = dup_above(raw, high);
+    sys::close(raw);
+    d
 }
