@@ -10,6 +10,7 @@ use crate::procinfo;
 use crate::remote::{InjectError, Remote};
 use crate::threads::Group;
 use crate::tracee::PtraceError;
+use crate::tree::Tree;
 use crate::writer::{ImageDirWriter, WriteError};
 use cryo_image::write::ImageBuilder;
 use cryo_image::*;
@@ -39,6 +40,9 @@ pub struct Options {
     pub direct_io: bool,
     /// Limits on stored file contents.
     pub limits: crate::fds::Limits,
+    /// Capture this process only, refusing if it has children (the
+    /// default captures every descendant with it).
+    pub single: bool,
 }
 
 /// Progress of the page dump, for a progress bar.
@@ -53,6 +57,8 @@ pub struct Progress {
 pub struct Summary {
     pub pid: i32,
     pub dir: PathBuf,
+    /// Processes in the image (the root, its live descendants and zombies).
+    pub processes: usize,
     pub vmas: usize,
     pub pages_stored: u64,
     pub pages_zero: u64,
@@ -110,27 +116,86 @@ fn refused(pid: i32, why: impl Into<String>) -> CaptureError {
     }
 }
 
-/// Check, without writing anything, whether `pid` can be captured: every
-/// obstacle, all at once (empty: it can). The target is frozen only while
-/// it is looked at, and left as it was.
+/// Check, without writing anything, whether `pid` (and, unless
+/// `opts.single`, its descendants) can be captured: every obstacle, all at
+/// once (empty: it can). The processes are frozen only while they are
+/// looked at, and left as they were.
 pub fn check(pid: i32, opts: &Options) -> Result<Vec<String>, CaptureError> {
-    let mut tracee = Group::seize(pid)?;
-    let r = capture_stopped(&mut tracee, None, opts, &mut |_| {});
-    drop(tracee);
+    let root = Group::seize(pid)?;
+    let r = freeze_and_inspect(root, opts);
     match r {
         Ok(_) => Ok(Vec::new()),
         Err(CaptureError::Refused { obstacles, .. }) => Ok(obstacles),
-        Err(e) => {
-            if matches!(crate::tracee::proc_state(pid), None | Some('Z') | Some('X')) {
-                return Err(PtraceError::Exited(pid).into());
-            }
-            Err(e)
-        }
+        Err(e) => Err(exited_or(pid, e)),
     }
 }
 
-/// Capture `pid` into `dest`. On error the target is left as it was and
-/// nothing exists at `dest` that was not there before.
+/// A target that died while it was looked at says so.
+fn exited_or(pid: i32, e: CaptureError) -> CaptureError {
+    if matches!(crate::tracee::proc_state(pid), None | Some('Z') | Some('X')) {
+        return PtraceError::Exited(pid).into();
+    }
+    e
+}
+
+/// Freeze the tree under `root` (frozen) and inspect every live process:
+/// the obstacles of all of them at once, each named by its PID when there
+/// is more than one. The tree's tables go into the root's builder.
+fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspected>), CaptureError> {
+    let root_pid = root.pid();
+    let mut tree = if opts.single {
+        Tree::single(root)
+    } else {
+        Tree::seize(root)?
+    };
+    let pids = tree.live_pids();
+    let mut scope = crate::pipes::Scope::new(pids.clone());
+    let many = tree.members.len() > 1;
+    let mut all = Vec::new();
+    let mut obstacles: Vec<String> = Vec::new();
+    for m in tree.members.iter_mut() {
+        let Some(g) = m.group.as_mut() else {
+            continue;
+        };
+        match inspect(g, opts, &mut scope) {
+            Ok(ins) => all.push(ins),
+            Err(CaptureError::Refused { pid, obstacles: o }) => {
+                obstacles.extend(o.into_iter().map(|o| {
+                    if many {
+                        format!("process {pid}: {o}")
+                    } else {
+                        o
+                    }
+                }))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if many {
+        tree.check_still()?;
+        let mut obs = Obstacles::default();
+        crate::tree::shape_obstacles(&tree, &mut obs);
+        if obstacles.is_empty() {
+            let procs: Vec<(i32, &Inspected)> = pids.iter().copied().zip(all.iter()).collect();
+            crate::tree::shared_memory(&procs, &mut obs);
+            let shared = crate::tree::share(&procs, &mut obs);
+            all[0].b.tree_fds = shared;
+        }
+        obstacles.extend(obs.into_vec());
+        all[0].b.tree = tree.records();
+    }
+    if !obstacles.is_empty() {
+        return Err(CaptureError::Refused {
+            pid: root_pid,
+            obstacles,
+        });
+    }
+    Ok((tree, all))
+}
+
+/// Capture `pid` (and, unless `opts.single`, every descendant) into
+/// `dest`. On error every process is left as it was and nothing exists at
+/// `dest` that was not there before.
 pub fn capture(
     pid: i32,
     dest: &Path,
@@ -144,66 +209,84 @@ pub fn capture(
     // The resident size, to allocate the page buffers before the freeze.
     let rss = procinfo::status(pid).map_or(0, |s| s.vm_rss_kib * 1024);
     let mut writer = ImageDirWriter::create(dest, opts.force, opts.direct_io, rss)?;
-    let mut tracee = Group::seize(pid)?;
+    let root = Group::seize(pid)?;
     let t_frozen = Instant::now();
-    let res = capture_stopped(&mut tracee, Some(&mut writer), opts, progress);
-    let (b, mut dump) = match res {
-        Ok(v) => v,
-        Err(e) => {
-            // `tracee` detaches on drop: the target goes on as it was;
-            // `writer` removes its temporary directory on drop.
-            drop(tracee);
-            if matches!(crate::tracee::proc_state(pid), None | Some('Z') | Some('X')) {
-                return Err(PtraceError::Exited(pid).into());
-            }
-            return Err(e);
-        }
-    };
-    // Everything is read. A target that is to go on as it was can go on
-    // now, while the last page buffers are written and fsynced: an error
-    // from here on loses only the image. --leave-stopped and --kill wait
-    // for the image to be safely on disk (on error: as it was).
-    let was_stopped = tracee.was_stopped();
-    let mut tracee = Some(tracee);
+    // `tree` detaches every process on drop (on error: each goes on as it
+    // was); `writer` removes its temporary directory on drop.
+    let (mut tree, mut all) = freeze_and_inspect(root, opts).map_err(|e| exited_or(pid, e))?;
+    // The pages of every process, the root's into the image directory
+    // itself, the others' into procs/PID inside it.
+    let mut nested = Vec::new();
+    let mut dumps = Vec::new();
+    for (k, ins) in all.iter_mut().enumerate() {
+        let d = if k == 0 {
+            dump(ins, &mut writer, progress)
+        } else {
+            let p = ins.b.process.pid;
+            let expect = procinfo::status(p as i32).map_or(0, |s| s.vm_rss_kib * 1024);
+            let mut w = writer.nested(&cryo_image::tree::proc_dir(p), opts.direct_io, expect)?;
+            let d = dump(ins, &mut w, progress);
+            nested.push(w);
+            d
+        };
+        dumps.push(d.map_err(|e| exited_or(pid, e))?);
+    }
+    // Everything is read. Processes that are to go on as they were can go
+    // on now, while the last page buffers are written and fsynced: an
+    // error from here on loses only the image. --leave-stopped and --kill
+    // wait for the image to be safely on disk (on error: as they were).
+    let was_stopped = tree.members[0]
+        .group
+        .as_ref()
+        .is_some_and(|g| g.was_stopped());
     let mut frozen = None;
     if opts.after == After::AsItWas {
-        if let Some(t) = tracee.take() {
-            t.detach()?;
-        }
+        tree.let_go(After::AsItWas)?;
         frozen = Some(t_frozen.elapsed());
     }
     let t_drain = Instant::now();
     writer.drain()?;
-    dump.dump_time += t_drain.elapsed();
-    let direct_io = writer.pages().is_direct();
-    let meta = b.encode(writer.pages_len());
-    let pages_bytes = writer.pages_len();
-    let sums_bytes = dump.sums.len() as u64;
-    let dir = writer.commit(&meta, &dump.sums)?;
-    if let Some(t) = tracee.take() {
-        match opts.after {
-            After::AsItWas => t.detach()?,
-            After::LeaveStopped => t.leave_stopped()?,
-            After::Kill => t.kill()?,
-        }
+    for w in nested.iter_mut() {
+        w.drain()?;
     }
+    dumps[0].dump_time += t_drain.elapsed();
+    let direct_io = writer.pages().is_direct();
+    let mut pages_bytes = writer.pages_len();
+    let mut meta_bytes = 0u64;
+    let mut sums_bytes = 0u64;
+    for (w, (ins, d)) in nested.into_iter().zip(all.iter().zip(&dumps).skip(1)) {
+        pages_bytes += w.pages_len();
+        let meta = ins.b.encode(w.pages_len());
+        meta_bytes += meta.len() as u64;
+        sums_bytes += d.sums.len() as u64;
+        w.commit(&meta, &d.sums)?;
+    }
+    let b = &all[0].b;
+    let meta = b.encode(writer.pages_len());
+    meta_bytes += meta.len() as u64;
+    sums_bytes += dumps[0].sums.len() as u64;
+    let dir = writer.commit(&meta, &dumps[0].sums)?;
+    tree.let_go(opts.after)?;
     let frozen = frozen.unwrap_or_else(|| t_frozen.elapsed());
-    let dump_s = dump.dump_time.as_secs_f64();
+    let dump_s: f64 = dumps.iter().map(|d| d.dump_time.as_secs_f64()).sum();
+    let stored: u64 = dumps.iter().map(|d| d.stored).sum();
+    let zero: u64 = dumps.iter().map(|d| d.zero).sum();
     Ok(Summary {
         pid,
         dir,
-        vmas: b.vmas.len(),
-        pages_stored: dump.stored,
-        pages_zero: dump.zero,
+        processes: tree.members.len(),
+        vmas: all.iter().map(|i| i.b.vmas.len()).sum(),
+        pages_stored: stored,
+        pages_zero: zero,
         pages_bytes,
-        meta_bytes: meta.len() as u64,
+        meta_bytes,
         sums_bytes,
-        rss_kib: b.process.rss_kib,
+        rss_kib: all.iter().map(|i| i.b.process.rss_kib).sum(),
         frozen_ms: frozen.as_secs_f64() * 1e3,
         dump_ms: dump_s * 1e3,
         total_ms: t_start.elapsed().as_secs_f64() * 1e3,
         throughput_gib_s: if dump_s > 0.0 {
-            ((dump.stored + dump.zero) * PAGE_SIZE) as f64 / dump_s / (1u64 << 30) as f64
+            ((stored + zero) * PAGE_SIZE) as f64 / dump_s / (1u64 << 30) as f64
         } else {
             0.0
         },
@@ -236,7 +319,7 @@ fn tid_offset(
     }
 }
 
-struct DumpStats {
+pub(crate) struct DumpStats {
     stored: u64,
     zero: u64,
     /// sums.img's bytes.
@@ -244,30 +327,50 @@ struct DumpStats {
     dump_time: std::time::Duration,
 }
 
-/// Read everything of a stopped target: first its state (refusing, with
-/// every obstacle at once, what cannot be restored), then — unless `w` is
-/// None (a check only) — its pages into the image writer.
-fn capture_stopped(
+/// Everything read of one stopped process but its pages.
+pub(crate) struct Inspected {
+    pub b: ImageBuilder,
+    pub maps: Vec<procinfo::Mapping>,
+    /// (kind, flags, file) of each mapping, as `vma::classify_all` said.
+    classes: Vec<(u32, u32, u32)>,
+    stored: StoredFiles,
+}
+
+/// Read the state of a stopped target, refusing (with every obstacle at
+/// once) what cannot be restored. `scope`: every process captured with it
+/// (a pipe whose other end is one of them is inside).
+pub(crate) fn inspect(
     g: &mut Group,
-    w: Option<&mut ImageDirWriter>,
     opts: &Options,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<(ImageBuilder, DumpStats), CaptureError> {
+    scope: &mut crate::pipes::Scope,
+) -> Result<Inspected, CaptureError> {
     let pid = g.pid();
     let mut b = ImageBuilder::default();
     let mut obs = Obstacles::default();
     let mut stored = StoredFiles::default();
 
-    // Process-wide conditions: children, namespaces, seccomp.
+    // Process-wide conditions: children (with --single), namespaces, seccomp.
     let st = crate::task::StatusText::read(pid);
-    crate::task::obstacles(pid, &st, &mut obs);
+    crate::task::obstacles(pid, &st, opts.single, &mut obs);
     // Mappings and fds: what each is (the contents of files that exist
     // nowhere else stored), or why it cannot be restored.
     let maps = procinfo::smaps(pid)?;
     let classified =
         crate::vma::classify_all(pid, &maps, &mut b, &mut stored, &opts.limits, &mut obs);
+    let classes: Vec<(u32, u32, u32)> = classified
+        .iter()
+        .map(|c| (c.kind, c.flags, c.file))
+        .collect();
     let fds = procinfo::fds(pid)?;
-    crate::fds::capture(pid, &fds, &mut b, &mut stored, &opts.limits, &mut obs);
+    crate::fds::capture(
+        pid,
+        &fds,
+        scope,
+        &mut b,
+        &mut stored,
+        &opts.limits,
+        &mut obs,
+    );
     // The main thread: registers, xsave, mask, rseq, TLS words; queued
     // signals (its own and the process's).
     let t = &mut g.main;
@@ -302,6 +405,7 @@ fn capture_stopped(
     // The process record: layout, identity, limits; the restore gadgets.
     crate::mm::capture(t, &maps, &status, &vdso, &mut b, &mut obs)?;
     b.gadgets = crate::gadget::find(pid, &classified);
+    drop(classified);
     // Every other thread; where glibc caches each thread's id.
     crate::threads::capture(g, &vdso, &st, &mut b, &mut obs)?;
     tid_offset(pid, &maps, &mut b, &mut obs);
@@ -318,29 +422,40 @@ fn capture_stopped(
             obstacles: obs.into_vec(),
         });
     }
-    let Some(w) = w else {
-        // A check only: nothing stands in the way.
-        return Ok((
-            b,
-            DumpStats {
-                stored: 0,
-                zero: 0,
-                sums: Vec::new(),
-                dump_time: Default::default(),
-            },
-        ));
-    };
-    // The pages, then the bytes that are not memory.
-    let t_dump = Instant::now();
-    let (stored_pages, zero, sums) =
-        crate::vma::dump(pid, &classified, w, &mut b, &stored, progress)?;
-    Ok((
+    Ok(Inspected {
         b,
-        DumpStats {
-            stored: stored_pages,
-            zero,
-            sums,
-            dump_time: t_dump.elapsed(),
-        },
-    ))
+        maps,
+        classes,
+        stored,
+    })
+}
+
+/// The pages of an inspected process, then the bytes that are not memory,
+/// into its image writer.
+pub(crate) fn dump(
+    ins: &mut Inspected,
+    w: &mut ImageDirWriter,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<DumpStats, CaptureError> {
+    let t_dump = Instant::now();
+    let pid = ins.b.process.pid as i32;
+    let classified = ins
+        .maps
+        .iter()
+        .zip(&ins.classes)
+        .map(|(m, &(kind, flags, file))| crate::vma::Classified {
+            m,
+            kind,
+            flags,
+            file,
+        })
+        .collect::<Vec<_>>();
+    let (stored_pages, zero, sums) =
+        crate::vma::dump(pid, &classified, w, &mut ins.b, &ins.stored, progress)?;
+    Ok(DumpStats {
+        stored: stored_pages,
+        zero,
+        sums,
+        dump_time: t_dump.elapsed(),
+    })
 }

@@ -155,6 +155,7 @@ fn anon_name(kind: &str) -> &'static str {
 pub fn capture(
     pid: i32,
     fds: &[OpenFd],
+    scope: &mut crate::pipes::Scope,
     b: &mut ImageBuilder,
     stored: &mut StoredFiles,
     limits: &Limits,
@@ -291,7 +292,7 @@ pub fn capture(
         });
     }
     // The pipes: who holds their ends, their capacity and their bytes.
-    crate::pipes::capture(pid, pidfd.as_ref(), &pipes, base, b, stored, obs);
+    crate::pipes::capture(pid, scope, pidfd.as_ref(), &pipes, base, b, stored, obs);
     // Unix sockets connected to each other.
     crate::sockets::link(b, sockets, stored, obs);
 }

@@ -1,5 +1,5 @@
-//! cryo capture: freeze a single-threaded process with ptrace and write its
-//! image (see `capture::capture`).
+//! cryo capture: freeze a process (every thread, and every descendant)
+//! with ptrace and write its image (see `capture::capture`).
 
 mod anonfds;
 pub mod capture;
@@ -12,7 +12,7 @@ mod locks;
 mod mm;
 pub mod obstacles;
 pub mod pages;
-mod pipes;
+pub mod pipes;
 pub mod procinfo;
 pub mod regs;
 pub mod remote;
@@ -24,6 +24,7 @@ pub mod task;
 pub mod threads;
 mod timers;
 pub mod tracee;
+pub mod tree;
 mod vma;
 pub mod writer;
 

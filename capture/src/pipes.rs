@@ -12,13 +12,37 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 
-/// Holders of each pipe inode among every other process we can see, built
-/// on first use (a pipe is only "inside" if no one else holds it).
-struct Holders(Option<HashMap<u64, Vec<i32>>>);
+/// The processes captured together (one, or a tree), and the holders of
+/// each pipe inode among every process we can see, built on first use and
+/// then shared by every process of the tree (a pipe is only "inside" if
+/// no one else holds it).
+#[derive(Debug, Default)]
+pub struct Scope {
+    pub pids: Vec<i32>,
+    holders: Option<HashMap<u64, Vec<i32>>>,
+}
 
-impl Holders {
-    fn of(&mut self, me: i32, ino: u64) -> &[i32] {
-        let map = self.0.get_or_insert_with(|| {
+impl Scope {
+    pub fn new(pids: Vec<i32>) -> Scope {
+        Scope {
+            pids,
+            holders: None,
+        }
+    }
+
+    /// The processes outside the scope (and other than `me`) that hold
+    /// pipe `ino`.
+    fn outside(&mut self, me: i32, ino: u64) -> Vec<i32> {
+        let pids = self.pids.clone();
+        self.of(ino)
+            .iter()
+            .copied()
+            .filter(|p| *p != me && !pids.contains(p))
+            .collect()
+    }
+
+    fn of(&mut self, ino: u64) -> &[i32] {
+        let map = self.holders.get_or_insert_with(|| {
             let mut m: HashMap<u64, Vec<i32>> = HashMap::new();
             let own = std::process::id() as i32;
             let Ok(procs) = std::fs::read_dir("/proc") else {
@@ -28,7 +52,7 @@ impl Holders {
                 let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
                     continue;
                 };
-                if pid == me || pid == own {
+                if pid == own {
                     continue;
                 }
                 let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -63,10 +87,13 @@ impl Holders {
     }
 }
 
-/// Every pipe of the process (`pipes`: pipe inode -> index in `b.pipes`;
+/// Every pipe of the process (`scope`: the processes captured with it;
+/// `pipes`: pipe inode -> index in `b.pipes`;
 /// its fds are `b.fds[base..]`): flags, capacity and bytes.
+#[allow(clippy::too_many_arguments)]
 pub fn capture(
     pid: i32,
+    scope: &mut Scope,
     pidfd: Option<&OwnedFd>,
     pipes: &HashMap<u64, usize>,
     base: usize,
@@ -74,7 +101,6 @@ pub fn capture(
     stored: &mut StoredFiles,
     obs: &mut Obstacles,
 ) {
-    let mut holders = Holders(None);
     for (&ino, &idx) in pipes {
         let ends: Vec<&Fd> = b.fds[base..]
             .iter()
@@ -109,15 +135,18 @@ pub fn capture(
             (Some(_), Some(_)) => (true, 0),
             (Some(r), None) => {
                 let hup = sys::poll_now(r, libc::POLLIN).unwrap_or(0) & libc::POLLHUP != 0;
-                (hup, pipe_flags::NO_WRITER)
+                (hup, if hup { pipe_flags::NO_WRITER } else { 0 })
             }
             (None, Some(w)) => {
                 let err = sys::poll_now(w, libc::POLLOUT).unwrap_or(0) & libc::POLLERR != 0;
-                (err, pipe_flags::NO_READER)
+                (err, if err { pipe_flags::NO_READER } else { 0 })
             }
             (None, None) => (false, 0),
         };
-        let inside = local && holders.of(pid, ino).is_empty();
+        // In a tree, an end held by another process of it is inside too
+        // (the tree is frozen: every holder of the pipe is known).
+        let in_tree = scope.pids.len() > 1;
+        let inside = (local || in_tree) && scope.outside(pid, ino).is_empty();
         if inside {
             flags |= gone;
         }

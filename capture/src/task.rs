@@ -152,8 +152,8 @@ pub fn outside(pid: i32, t: &mut TaskState) {
 
 /// Everything that makes a faithful capture impossible and is visible
 /// from outside: children, namespaces, root, seccomp, shadow stacks.
-pub fn obstacles(pid: i32, st: &StatusText, obs: &mut Obstacles) {
-    let kids = children(pid);
+pub fn obstacles(pid: i32, st: &StatusText, single: bool, obs: &mut Obstacles) {
+    let kids = if single { children(pid) } else { Vec::new() };
     if !kids.is_empty() {
         let list: Vec<String> = kids
             .iter()
@@ -166,7 +166,7 @@ pub fn obstacles(pid: i32, st: &StatusText, obs: &mut Obstacles) {
             })
             .collect();
         obs.push(format!(
-            "it has child processes ({}); process trees are not supported yet",
+            "it has child processes ({}), and --single captures one process only",
             list.join(", ")
         ));
     }
@@ -224,7 +224,7 @@ pub fn obstacles(pid: i32, st: &StatusText, obs: &mut Obstacles) {
 
 /// (pid, state) of every process whose parent is `pid`: from each
 /// thread's `children` file (CONFIG_PROC_CHILDREN), or a scan of /proc.
-fn children(pid: i32) -> Vec<(i32, char)> {
+pub(crate) fn children(pid: i32) -> Vec<(i32, char)> {
     let state = |p: i32| {
         std::fs::read_to_string(format!("/proc/{p}/stat"))
             .ok()

@@ -4,6 +4,17 @@
 
 use crate::*;
 
+/// One slot per section kind, indexed by kind: room for every kind this
+/// reader knows (checked at compile time).
+const SECTION_SLOTS: usize = 48;
+const _: () = {
+    let mut i = 0;
+    while i < SectionKind::ALL.len() {
+        assert!((SectionKind::ALL[i] as usize) < SECTION_SLOTS);
+        i += 1;
+    }
+};
+
 /// A typed, bounds-checked view of one table.
 #[derive(Clone, Copy)]
 pub struct Table<'a, T: Record> {
@@ -45,7 +56,7 @@ impl<'a, T: Record> Table<'a, T> {
 pub struct Image<'a> {
     pub header: Header,
     bytes: &'a [u8],
-    sections: [Option<DirEntry>; 32],
+    sections: [Option<DirEntry>; SECTION_SLOTS],
 }
 
 impl<'a> Image<'a> {
@@ -124,7 +135,7 @@ impl<'a> Image<'a> {
         if sums && checksum(dir) != header.dir_checksum {
             return Err(ImageError::DirectoryChecksum);
         }
-        let mut sections: [Option<DirEntry>; 32] = [None; 32];
+        let mut sections: [Option<DirEntry>; SECTION_SLOTS] = [None; SECTION_SLOTS];
         for i in 0..n {
             let e = DirEntry::decode(&dir[i * DIR_ENTRY_SIZE..]);
             let Some(kind) = SectionKind::from_u32(e.kind) else {
@@ -286,6 +297,14 @@ impl<'a> Image<'a> {
     }
     pub fn sockopts(&self) -> Table<'a, fds::SockOpt> {
         self.table(SectionKind::SockOpts)
+    }
+    /// The processes captured with this one (root image of a tree; empty
+    /// for a single process).
+    pub fn tree(&self) -> Table<'a, crate::tree::TreeProc> {
+        self.table(SectionKind::Tree)
+    }
+    pub fn tree_fds(&self) -> Table<'a, crate::tree::TreeFd> {
+        self.table(SectionKind::TreeFds)
     }
     pub fn eventfds(&self) -> Table<'a, fds::EventFd> {
         self.table(SectionKind::EventFds)

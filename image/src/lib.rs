@@ -55,6 +55,7 @@ pub mod record;
 pub mod signals;
 pub mod task;
 pub mod threads;
+pub mod tree;
 pub mod types;
 mod validate;
 #[cfg(any(feature = "std", test))]
@@ -75,8 +76,8 @@ pub const PAGES_FILE: &str = "pages.img";
 pub const SUMS_FILE: &str = "sums.img";
 
 pub const MAGIC: [u8; 8] = *b"CRYOIMG\0";
-pub const VERSION_MAJOR: u16 = 3;
-pub const VERSION_MINOR: u16 = 1;
+pub const VERSION_MAJOR: u16 = 4;
+pub const VERSION_MINOR: u16 = 0;
 pub const HEADER_SIZE: usize = 64;
 pub const DIR_ENTRY_SIZE: usize = 32;
 pub const MAX_SECTIONS: usize = 64;

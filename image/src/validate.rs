@@ -197,6 +197,34 @@ impl<'a> Image<'a> {
                 });
             }
         }
+        let tree = self.tree();
+        for (i, t) in tree.iter().enumerate() {
+            // The root first (this process), every other after its parent.
+            let ok = if i == 0 {
+                t.pid == self.process().pid && t.state == crate::tree::proc_state::LIVE
+            } else {
+                t.state <= crate::tree::proc_state::ZOMBIE
+                    && t.pid != 0
+                    && tree.iter().take(i).any(|p| p.pid == t.ppid)
+                    && !tree.iter().take(i).any(|p| p.pid == t.pid)
+            };
+            if !ok {
+                return Err(ImageError::BadIndex {
+                    section: "tree",
+                    index: i as u64,
+                    why: "not after its parent, a duplicate, or a bad state",
+                });
+            }
+        }
+        for (i, t) in self.tree_fds().iter().enumerate() {
+            if !tree.iter().any(|p| p.pid == t.pid) || t.fd < 0 || t.pipe_end > 1 {
+                return Err(ImageError::BadIndex {
+                    section: "tree_fds",
+                    index: i as u64,
+                    why: "a process not in the tree, or a bad fd",
+                });
+            }
+        }
         for (i, o) in self.sockopts().iter().enumerate() {
             if o.sock >= nsocks || o.len > 16 {
                 return Err(ImageError::BadIndex {

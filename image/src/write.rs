@@ -69,6 +69,8 @@ pub struct ImageBuilder {
     pub fanotify_marks: Vec<crate::fds::FanotifyMark>,
     pub sockets: Vec<crate::fds::Socket>,
     pub sockopts: Vec<crate::fds::SockOpt>,
+    pub tree: Vec<crate::tree::TreeProc>,
+    pub tree_fds: Vec<crate::tree::TreeFd>,
 }
 
 /// sums.img's bytes for the page checksums `sums` (in pages.img order).
@@ -133,6 +135,10 @@ impl ImageBuilder {
             (SectionKind::Sockets, table(&self.sockets)),
             (SectionKind::SockOpts, table(&self.sockopts)),
         ];
+        if !self.tree.is_empty() {
+            sections.push((SectionKind::Tree, table(&self.tree)));
+            sections.push((SectionKind::TreeFds, table(&self.tree_fds)));
+        }
         if let Some(g) = &self.gadgets {
             sections.push((SectionKind::Gadgets, table(std::slice::from_ref(g))));
         }

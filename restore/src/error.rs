@@ -47,6 +47,9 @@ pub enum RestoreError {
     NoLazy(String),
     #[error("{0}")]
     WorkingSet(String),
+    /// A process tree cannot be (or could not be) made.
+    #[error("{0}")]
+    Tree(String),
     #[error("{what}: {source}")]
     Sys {
         what: String,

@@ -21,6 +21,7 @@ mod stored;
 mod sys;
 mod task;
 mod tracer;
+mod tree;
 mod uffd;
 
 use cryo_image::load::LoadedImage;
@@ -95,6 +96,8 @@ pub struct Plan {
     setup: Setup,
     lazy: Option<lazy::Config>,
     finish: Finish,
+    /// The other processes of a captured tree (this plan is its root's).
+    tree: Option<Box<tree::Tree>>,
 }
 
 /// Process state `exec` applies before the shim runs, read from the image
@@ -128,11 +131,30 @@ impl Plan {
     pub fn finish(&self) -> Finish {
         self.finish
     }
+    /// Processes restored (the root and, for a tree, every other one,
+    /// zombies included).
+    pub fn processes(&self) -> usize {
+        self.tree.as_ref().map_or(1, |t| t.len())
+    }
 }
 
-/// Load and check everything; change nothing.
+/// Load and check everything; change nothing (a tree's shared objects are
+/// made, in this process only).
 pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
     let image = LoadedImage::open(dir)?;
+    if image.image()?.tree().len() > 1 {
+        return tree::prepare(dir, image, opts);
+    }
+    prepare_one(dir, image, opts, &[])
+}
+
+/// One process's plan (`made`: its fds that a tree's restore made).
+fn prepare_one(
+    dir: &Path,
+    image: LoadedImage,
+    opts: Options,
+    made: &[(i32, i32)],
+) -> Result<Plan, RestoreError> {
     let img = image.image()?;
     let p = img.process();
     let lazy_cfg = lazy_config(dir, &image, &img, &opts)?;
@@ -147,6 +169,7 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
         &image,
         &img,
         &opts.inherit_fds,
+        made,
         opts.drop_pipe_data,
         &opts.restore_stdio,
         !opts.no_verify,
@@ -185,6 +208,7 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
         setup,
         lazy: lazy_cfg,
         finish,
+        tree: None,
     })
 }
 
@@ -243,9 +267,19 @@ fn lazy_config(
 }
 
 impl Plan {
-    /// Start the tracer, set up this process and exec the shim. Returns
-    /// only on failure (the process may then be half set up: fds moved).
-    pub fn exec(self) -> RestoreError {
+    /// Start the tracer, set up this process and exec the shim (a tree:
+    /// every process of it, see [`tree`]). Returns only on failure (the
+    /// process may then be half set up: fds moved).
+    pub fn exec(mut self) -> RestoreError {
+        match self.tree.take() {
+            Some(t) => tree::exec(self, t),
+            None => self.exec_with(&mut || Ok(())),
+        }
+    }
+
+    /// [`Plan::exec`], calling `ready` once everything is set up, right
+    /// before the exec (an error from it is returned instead).
+    fn exec_with(self, ready: &mut dyn FnMut() -> Result<(), RestoreError>) -> RestoreError {
         let Setup {
             checked,
             cwd,
@@ -339,6 +373,9 @@ impl Plan {
             Ok(s) => s,
             Err(_) => return RestoreError::NoShim(self.opts.shim.clone()),
         };
+        if let Err(e) = ready() {
+            return e;
+        }
         // The shim sets only the captured dispositions: everything else must
         // be SIG_DFL after the exec, which keeps SIG_IGN (Rust ignores
         // SIGPIPE; nohup, SIGHUP). All signals are blocked first: one that

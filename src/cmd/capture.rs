@@ -31,17 +31,21 @@ impl AfterCapture {
 
 /// Freeze a process with ptrace and write its image to DIR.
 ///
-/// Every thread of the process is frozen, only while its state is read,
-/// then left as it was: running stays running, stopped stays stopped. On
-/// any error it is left as it was and nothing is written at DIR.
+/// Every thread of the process and of each of its descendants is frozen
+/// (all of them before any memory is read), only while their state is
+/// read, then left as they were: running stays running, stopped stays
+/// stopped. On any error they are left as they were and nothing is
+/// written at DIR. A tree is one image: the root's in DIR, each other
+/// process's in DIR/procs/PID; zombies keep their exit status.
 ///
 /// What cryo cannot restore exactly (an established TCP connection, a
-/// unix socket connected outside the process, a seccomp filter, a child
-/// process...) is refused, every obstacle named at once; `--dry-run` lists
+/// unix socket connected outside the process, a seccomp filter, an
+/// eventfd shared by two processes...) is refused, every obstacle named at once; `--dry-run` lists
 /// them without writing anything.
 #[derive(clap::Args, Debug)]
 pub struct CaptureArgs {
-    /// PID of the process (all its threads are captured).
+    /// PID of the process (all its threads, and all its descendants, are
+    /// captured).
     pub pid: i32,
     /// Image directory to create (must not exist, or be empty; see --force).
     #[arg(required_unless_present = "dry_run")]
@@ -58,6 +62,11 @@ pub struct CaptureArgs {
     pub max_file_data: u64,
     #[command(flatten)]
     pub after: AfterCapture,
+    /// Capture PID alone: refuse, naming them, if it has children (by
+    /// default its children, their children and its zombies are captured
+    /// with it, into one image).
+    #[arg(long)]
+    pub single: bool,
     /// Replace DIR if it already holds a cryo image.
     #[arg(long)]
     pub force: bool,
@@ -121,6 +130,7 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
         limits: cryo_capture::fds::Limits {
             max_file_data: a.max_file_data,
         },
+        single: a.single,
     };
     if a.dry_run {
         let obstacles = cryo_capture::check(a.pid, &opts)?;
@@ -170,6 +180,7 @@ pub fn run_dump(a: DumpArgs) -> Result<i32> {
         dry_run: false,
         max_file_data: 256 << 20,
         after: a.after,
+        single: false,
         force: a.force,
         buffered: false,
         json: false,
@@ -209,8 +220,13 @@ pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(s)?);
     } else if !quiet {
         eprintln!(
-            "captured pid {} into {}: {} mappings, {} pages stored ({:.1} MiB), {} zero pages; frozen {:.2} ms, {:.2} GiB/s",
+            "captured pid {}{} into {}: {} mappings, {} pages stored ({:.1} MiB), {} zero pages; frozen {:.2} ms, {:.2} GiB/s",
             s.pid,
+            if s.processes > 1 {
+                format!(" and {} more processes", s.processes - 1)
+            } else {
+                String::new()
+            },
             s.dir.display(),
             s.vmas,
             s.pages_stored,

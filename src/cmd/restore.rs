@@ -134,12 +134,16 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         let img = plan.image();
         let p = img.process();
         println!(
-            "{}: pid {} ({}) can be restored here: {} mappings, {} fds",
+            "{}: pid {} ({}) can be restored here: {} mappings, {} fds{}",
             args.dir.display(),
             p.pid,
             img.str(p.exe).unwrap_or("?"),
             img.vmas().len(),
-            plan.fds().len()
+            plan.fds().len(),
+            match plan.processes() {
+                1 => String::new(),
+                n => format!(", with {} more processes of its tree", n - 1),
+            }
         );
         println!(
             "finish: {}",

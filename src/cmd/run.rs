@@ -110,6 +110,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
         limits: cryo_capture::fds::Limits {
             max_file_data: a.max_file_data,
         },
+        single: false,
     };
     let res = capture_with_progress(pid.as_raw(), &a.capture_on_stop, &opts, a.quiet);
     match res {

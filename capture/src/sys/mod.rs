@@ -38,9 +38,15 @@ pub fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> io::Result<OwnedFd> {
 /// kcmp(pid, pid, KCMP_FILE, a, b) == 0: fds `a` and `b` of `pid` are one
 /// open file description.
 pub fn same_description(pid: i32, a: i32, b: i32) -> io::Result<bool> {
+    shared_description((pid, a), (pid, b))
+}
+
+/// kcmp(p, q, KCMP_FILE, a, b) == 0: fd `a` of process `p` and fd `b` of
+/// process `q` are one open file description.
+pub fn shared_description((p, a): (i32, i32), (q, b): (i32, i32)) -> io::Result<bool> {
     const KCMP_FILE: libc::c_long = 0;
     // SAFETY: kcmp takes integers only and changes nothing.
-    let r = cvt(unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a, b) })?;
+    let r = cvt(unsafe { libc::syscall(libc::SYS_kcmp, p, q, KCMP_FILE, a, b) })?;
     Ok(r == 0)
 }
 

@@ -42,6 +42,9 @@ pub struct ImageDirWriter {
     dest: PathBuf,
     pages: PageWriter,
     committed: bool,
+    /// A process's image inside a tree's (see [`ImageDirWriter::nested`]):
+    /// committed in place, renamed with the tree's.
+    nested: bool,
 }
 
 impl ImageDirWriter {
@@ -98,6 +101,32 @@ impl ImageDirWriter {
             dest: dest.to_owned(),
             pages,
             committed: false,
+            nested: false,
+        })
+    }
+
+    /// The image of another process of a tree, at `rel` inside this one
+    /// (e.g. `procs/1234`). It is committed before this one and moves into
+    /// place with it.
+    pub fn nested(&self, rel: &str, direct: bool, expect: u64) -> Result<Self, WriteError> {
+        let tmp = self.tmp.join(rel);
+        let mut at = self.tmp.clone();
+        for part in rel.split('/') {
+            at = at.join(part);
+            if !at.is_dir() {
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&at)
+                    .map_err(io_at(&at))?;
+            }
+        }
+        let pages = PageWriter::create(&tmp.join(PAGES_FILE), direct, expect)?;
+        Ok(ImageDirWriter {
+            dest: tmp.clone(),
+            tmp,
+            pages,
+            committed: false,
+            nested: true,
         })
     }
 
@@ -146,6 +175,10 @@ impl ImageDirWriter {
         File::open(&self.tmp)
             .and_then(|d| d.sync_all())
             .map_err(io_at(&self.tmp))?;
+        if self.nested {
+            self.committed = true;
+            return Ok(self.tmp.clone());
+        }
         if self.dest.exists() {
             // Checked in create(): an empty directory or (forced) an image.
             // Move it aside first so that a valid image exists at every instant.

@@ -60,10 +60,14 @@ pub enum SectionKind {
     Sockets = 30,
     /// Format 3.1: socket options.
     SockOpts = 31,
+    /// Format 4.0: the processes of a captured tree (root image only).
+    Tree = 32,
+    /// Format 4.0: fds whose object processes of the tree share.
+    TreeFds = 33,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 31] = [
+    pub const ALL: [SectionKind; 33] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -95,6 +99,8 @@ impl SectionKind {
         SectionKind::FanotifyMarks,
         SectionKind::Sockets,
         SectionKind::SockOpts,
+        SectionKind::Tree,
+        SectionKind::TreeFds,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -132,6 +138,8 @@ impl SectionKind {
             SectionKind::FanotifyMarks => "fanotify_marks",
             SectionKind::Sockets => "sockets",
             SectionKind::SockOpts => "sockopts",
+            SectionKind::Tree => "tree",
+            SectionKind::TreeFds => "tree_fds",
         }
     }
     /// Record size this reader knows for the section (1 for byte blobs).
@@ -168,6 +176,8 @@ impl SectionKind {
             SectionKind::FanotifyMarks => crate::fds::FanotifyMark::SIZE,
             SectionKind::Sockets => crate::fds::Socket::SIZE,
             SectionKind::SockOpts => crate::fds::SockOpt::SIZE,
+            SectionKind::Tree => crate::tree::TreeProc::SIZE,
+            SectionKind::TreeFds => crate::tree::TreeFd::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -211,6 +221,10 @@ impl SectionKind {
             SectionKind::FanotifyMarks => 1 << 22,
             SectionKind::Sockets => 1 << 20,
             SectionKind::SockOpts => 1 << 24,
+            // A tree of at most 4096 processes (validation compares each
+            // with those before it).
+            SectionKind::Tree => 4096,
+            SectionKind::TreeFds => 1 << 24,
         }
     }
     /// Sections every valid image must have.

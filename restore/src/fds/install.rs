@@ -55,23 +55,7 @@ pub fn install(
                 pos,
                 dev_ino,
                 rdev,
-            } => {
-                let acc = flags & libc::O_ACCMODE;
-                let file = std::fs::OpenOptions::new()
-                    .read(acc == libc::O_RDONLY || acc == libc::O_RDWR)
-                    .write(acc == libc::O_WRONLY || acc == libc::O_RDWR)
-                    .custom_flags(flags & !libc::O_ACCMODE)
-                    .open(path)
-                    .map_err(|e| fd_err(p, e))?;
-                let md = file.metadata().map_err(|e| fd_err(p, e))?;
-                if dev_ino.is_some_and(|(d, i)| (md.dev(), md.ino()) != (d, i))
-                    || rdev.is_some_and(|r| md.rdev() != r)
-                {
-                    return Err(fd_err(p, "replaced while restoring"));
-                }
-                seek(p, file.as_raw_fd(), *pos)?;
-                park(file.into_raw_fd(), high)?
-            }
+            } => park(open_path(p, path, *flags, *pos, *dev_ino, *rdev)?, high)?,
             Source::PipeEnd { pipe, write, flags } => {
                 let m = pipes
                     .iter()
@@ -247,6 +231,33 @@ pub fn install(
     let files_fd = (placed.len() > nextra).then(|| placed[nextra]);
     placed.truncate(nextra);
     Ok((placed, files_fd))
+}
+
+/// Open `path` for fd plan `p`: its flags, the same file (device and
+/// inode, or device number), at `pos`. Returns our fd.
+pub(crate) fn open_path(
+    p: &FdPlan,
+    path: &str,
+    flags: i32,
+    pos: u64,
+    dev_ino: Option<(u64, u64)>,
+    rdev: Option<u64>,
+) -> Result<RawFd, RestoreError> {
+    let acc = flags & libc::O_ACCMODE;
+    let file = std::fs::OpenOptions::new()
+        .read(acc == libc::O_RDONLY || acc == libc::O_RDWR)
+        .write(acc == libc::O_WRONLY || acc == libc::O_RDWR)
+        .custom_flags(flags & !libc::O_ACCMODE)
+        .open(path)
+        .map_err(|e| fd_err(p, e))?;
+    let md = file.metadata().map_err(|e| fd_err(p, e))?;
+    if dev_ino.is_some_and(|(d, i)| (md.dev(), md.ino()) != (d, i))
+        || rdev.is_some_and(|r| md.rdev() != r)
+    {
+        return Err(fd_err(p, "replaced while restoring"));
+    }
+    seek(p, file.as_raw_fd(), pos)?;
+    Ok(file.into_raw_fd())
 }
 
 /// Move a made fd (ours) above the highest target number: its duplicate

@@ -36,6 +36,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 pub use crate::pipes::PipeMake;
 pub use install::install;
+pub(crate) use install::open_path;
 
 mod install;
 
@@ -128,6 +129,9 @@ struct Cx<'a> {
     img: &'a Image<'a>,
     fds: &'a [cryo_image::Fd],
     inherit: &'a [(i32, i32)],
+    /// (restored fd, our fd): objects of a tree, made once for every
+    /// process that holds them (`crate::tree`).
+    made: &'a [(i32, i32)],
     drop_pipe_data: bool,
     restore_stdio: &'a [i32],
     verify: bool,
@@ -151,10 +155,12 @@ impl FdErr<'_> {
 
 /// Decide, for every captured fd, where it comes from; check what can be
 /// checked now (files exist and are the same, pipes can be made).
+#[allow(clippy::too_many_arguments)]
 pub fn plan(
     loaded: &LoadedImage,
     img: &Image,
     inherit: &[(i32, i32)],
+    made: &[(i32, i32)],
     drop_pipe_data: bool,
     restore_stdio: &[i32],
     verify: bool,
@@ -165,6 +171,7 @@ pub fn plan(
         img,
         fds: &fds,
         inherit,
+        made,
         drop_pipe_data,
         restore_stdio,
         verify,
@@ -188,6 +195,47 @@ pub fn plan(
     crate::stored::plan_mapped(img, &mut out)?;
     crate::locks::plan(img, &mut out)?;
     Ok(out)
+}
+
+/// Where the `i`-th fd of the image comes from, on its own: for an object
+/// of a tree, made once for all its holders. `restore_stdio` as for
+/// [`plan`].
+pub(crate) fn source_one(
+    loaded: &LoadedImage,
+    img: &Image,
+    i: usize,
+    restore_stdio: &[i32],
+    verify: bool,
+) -> Result<(FdPlan, Plan), RestoreError> {
+    let fds: Vec<cryo_image::Fd> = img.fds().iter().collect();
+    let cx = Cx {
+        loaded,
+        img,
+        fds: &fds,
+        inherit: &[],
+        made: &[],
+        drop_pipe_data: false,
+        restore_stdio,
+        verify,
+    };
+    let f = fds[i];
+    let target = img.str(f.target).unwrap_or("").to_owned();
+    let what = format!("{} {}", fd_kind::name(f.kind), target);
+    let err = FdErr {
+        fd: f.fd,
+        what: &what,
+    };
+    let mut out = Plan::default();
+    let source = source_of(&cx, f.desc as usize, &f, &target, &err, &mut out)?;
+    Ok((
+        FdPlan {
+            fd: f.fd,
+            what,
+            source,
+            cloexec: f.cloexec != 0,
+        },
+        out,
+    ))
 }
 
 /// Where fd `f` (the `i`-th of the image) comes from.
@@ -214,6 +262,10 @@ fn source_of(
             _ => Ok(()),
         }
     };
+    if let Some(&(_, ours)) = cx.made.iter().find(|(n, _)| *n == f.fd) {
+        // Made already, with the bytes of a pipe in it.
+        return Ok(Source::Inherit(ours));
+    }
     if let Some(&(_, ours)) = cx.inherit.iter().find(|(n, _)| *n == f.fd) {
         if !sys::is_open(ours) {
             return Err(err.why(format!(

@@ -17,12 +17,14 @@
 //! does the tracer it forks. [`fork`] relies on it.
 
 mod anon;
+mod barrier;
 mod fd;
 mod own;
 mod process;
 mod sock;
 
 pub use anon::*;
+pub use barrier::{Barrier, Step};
 pub use fd::*;
 pub use own::*;
 pub use process::*;

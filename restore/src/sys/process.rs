@@ -151,3 +151,106 @@ pub fn resume(req: Resume, pid: i32, sig: i32) -> io::Result<()> {
     cvt(unsafe { libc::ptrace(req, pid, 0usize, sig as usize) })?;
     Ok(())
 }
+
+/// fork(2) that gives the child PID `pid` (clone3 with `set_tid`; needs
+/// CAP_SYS_ADMIN over the PID namespace). EEXIST: the PID is taken.
+pub fn fork_with_pid(pid: i32) -> io::Result<Forked> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let tid = [pid as libc::pid_t];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: without CLONE_VM or a stack this is fork(2): the child gets a
+    // copy of this process and returns here with 0. As for [`fork`], this
+    // process runs one thread (the module's invariant), so the child finds
+    // no lock held by a thread it does not have. The kernel reads `args`
+    // and `tid`, both alive for the call; glibc's fork handlers do not
+    // run, and restore registers none.
+    let r = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    })?;
+    Ok(if r == 0 {
+        Forked::Child
+    } else {
+        Forked::Parent(r as i32)
+    })
+}
+
+/// setpgid(pid, pgid).
+pub fn setpgid(pid: i32, pgid: i32) -> io::Result<()> {
+    // SAFETY: integers only.
+    cvt(unsafe { libc::setpgid(pid, pgid) })?;
+    Ok(())
+}
+
+/// getpgid(pid).
+pub fn getpgid(pid: i32) -> io::Result<i32> {
+    // SAFETY: integers only.
+    cvt(unsafe { libc::getpgid(pid) })
+}
+
+/// Wait until child `pid` has exited, leaving it a zombie (WNOWAIT).
+pub fn wait_exited_nowait(pid: i32) -> io::Result<()> {
+    // SAFETY: waitid writes one siginfo_t, which we own.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: as above.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        match cvt(r) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// End this process so that its parent's wait reports `status` (as
+/// waitpid gives it): exit with its code, or die of its signal without a
+/// core dump.
+pub fn die_with(status: i32) -> ! {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        // SAFETY: integers only; a process that is not dumpable dumps no
+        // core, so the status has no core flag.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+        let _ = default_disposition(sig);
+        // SAFETY: a sigset_t we own, then integers only.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::kill(libc::getpid(), sig);
+        }
+        exit_now(128 + sig);
+    }
+    exit_now(libc::WEXITSTATUS(status))
+}

@@ -1,0 +1,453 @@
+//! A process and its descendants, frozen together.
+//!
+//! Seizing goes down the tree: a process is frozen before its children are
+//! listed, so none can be added behind our back (a frozen process cannot
+//! fork), and every process and thread is frozen before any memory is
+//! read. Zombies are not seized (they have nothing left to read): their
+//! exit status is kept. On every exit path every seized process is let go
+//! as it was ([`Group`] detaches on drop).
+//!
+//! After each live process is inspected on its own, [`share`] finds what
+//! they share: open file descriptions held by more than one process (kcmp)
+//! and pipes whose ends are in different processes. Each becomes one
+//! object of the `tree_fds` table, made once at restore and handed to
+//! every holder; kinds a restore cannot yet make for several processes
+//! are obstacles, named.
+
+use crate::capture::{CaptureError, Inspected};
+use crate::obstacles::Obstacles;
+use crate::threads::Group;
+use crate::tracee::PtraceError;
+use cryo_image::fds::{file_flags, pipe_flags, socket_state};
+use cryo_image::tree::{proc_state, TreeFd, TreeProc};
+use cryo_image::{fd_kind, Fd};
+use std::collections::HashMap;
+
+/// One process of the tree.
+#[derive(Debug)]
+pub struct Member {
+    pub rec: TreeProc,
+    /// None for a zombie.
+    pub group: Option<Group>,
+}
+
+/// The root first, then every process after its parent (pre-order,
+/// children by PID).
+#[derive(Debug)]
+pub struct Tree {
+    pub members: Vec<Member>,
+}
+
+/// What /proc/PID/stat says of a process's place in the tree.
+struct Stat {
+    state: char,
+    ppid: u32,
+    pgid: u32,
+    sid: u32,
+    exit_code: u32,
+}
+
+fn stat(pid: i32) -> Option<Stat> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.rsplit_once(") ")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0) as u32;
+    Some(Stat {
+        state: f.first()?.chars().next()?,
+        ppid: num(1),
+        pgid: num(2),
+        sid: num(3),
+        // Field 52 of stat(5): the exit status as waitpid reports it.
+        exit_code: num(49),
+    })
+}
+
+impl Tree {
+    /// The root (already frozen) alone: `--single`.
+    pub fn single(root: Group) -> Tree {
+        let pid = root.pid();
+        let st = stat(pid);
+        Tree {
+            members: vec![Member {
+                rec: TreeProc {
+                    pid: pid as u32,
+                    ppid: st.as_ref().map_or(0, |s| s.ppid),
+                    pgid: st.as_ref().map_or(0, |s| s.pgid),
+                    sid: st.as_ref().map_or(0, |s| s.sid),
+                    state: proc_state::LIVE,
+                    exit_status: 0,
+                },
+                group: Some(root),
+            }],
+        }
+    }
+
+    /// Freeze every descendant of `root` (already frozen).
+    pub fn seize(root: Group) -> Result<Tree, CaptureError> {
+        let mut t = Tree::single(root);
+        let mut i = 0;
+        while i < t.members.len() {
+            if t.members[i].group.is_some() {
+                let parent = t.members[i].rec.pid;
+                let mut kids = Vec::new();
+                for (pid, _) in crate::task::children(parent as i32) {
+                    if let Some(m) = member(pid, parent)? {
+                        kids.push(m);
+                    }
+                }
+                t.members.extend(kids);
+            }
+            i += 1;
+        }
+        t.reorder();
+        Ok(t)
+    }
+
+    /// Sort into pre-order (each process after its parent, children by PID).
+    fn reorder(&mut self) {
+        let mut out: Vec<Member> = Vec::with_capacity(self.members.len());
+        let mut rest: Vec<Member> = self.members.drain(..).collect();
+        let root = rest.remove(0);
+        let mut stack = vec![root];
+        while let Some(m) = stack.pop() {
+            let pid = m.rec.pid;
+            out.push(m);
+            let mut kids: Vec<Member> = Vec::new();
+            let mut k = 0;
+            while k < rest.len() {
+                if rest[k].rec.ppid == pid {
+                    kids.push(rest.remove(k));
+                } else {
+                    k += 1;
+                }
+            }
+            kids.sort_by_key(|m| std::cmp::Reverse(m.rec.pid));
+            stack.extend(kids);
+        }
+        self.members = out;
+    }
+
+    /// The live processes' PIDs.
+    pub fn live_pids(&self) -> Vec<i32> {
+        self.members
+            .iter()
+            .filter(|m| m.group.is_some())
+            .map(|m| m.rec.pid as i32)
+            .collect()
+    }
+
+    pub fn records(&self) -> Vec<TreeProc> {
+        self.members.iter().map(|m| m.rec).collect()
+    }
+
+    /// Every process whose parent is not the process it was captured
+    /// under any more, or that changed group: the tree moved while it was
+    /// seized (an orphan reparented).
+    pub fn check_still(&self) -> Result<(), CaptureError> {
+        for m in self.members.iter().skip(1) {
+            if let Some(s) = stat(m.rec.pid as i32) {
+                if s.ppid != m.rec.ppid {
+                    return Err(CaptureError::Refused {
+                        pid: self.members[0].rec.pid as i32,
+                        obstacles: vec![format!(
+                            "process {} changed parent ({} -> {}) while the tree was being frozen; try again",
+                            m.rec.pid, m.rec.ppid, s.ppid
+                        )],
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A child of `parent`, frozen (or a zombie's record); None if it exited
+/// between the listing and the seize.
+fn member(pid: i32, parent: u32) -> Result<Option<Member>, CaptureError> {
+    let Some(st) = stat(pid) else {
+        return Ok(None);
+    };
+    let rec = |state, exit_status| TreeProc {
+        pid: pid as u32,
+        ppid: parent,
+        pgid: st.pgid,
+        sid: st.sid,
+        state,
+        exit_status,
+    };
+    if st.state == 'Z' || st.state == 'X' {
+        return Ok(Some(Member {
+            rec: rec(proc_state::ZOMBIE, st.exit_code),
+            group: None,
+        }));
+    }
+    match Group::seize(pid) {
+        Ok(g) => Ok(Some(Member {
+            rec: rec(proc_state::LIVE, 0),
+            group: Some(g),
+        })),
+        Err(PtraceError::NoSuchProcess(_)) | Err(PtraceError::Exited(_)) => Ok(None),
+        Err(PtraceError::NotTraceable(_)) if stat(pid).is_some_and(|s| s.state == 'Z') => {
+            let st = stat(pid).expect("checked");
+            Ok(Some(Member {
+                rec: TreeProc {
+                    exit_status: st.exit_code,
+                    ..rec(proc_state::ZOMBIE, 0)
+                },
+                group: None,
+            }))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What restore cannot bring back of the tree's shape: sessions and groups
+/// whose leader is not where a restore can make it, zombies that dumped
+/// core.
+pub fn shape_obstacles(t: &Tree, obs: &mut Obstacles) {
+    let root = t.members[0].rec;
+    for (i, m) in t.members.iter().enumerate().skip(1) {
+        let r = m.rec;
+        let parent = t.members[..i].iter().find(|p| p.rec.pid == r.ppid);
+        let parent_sid = parent.map_or(0, |p| p.rec.sid);
+        if r.sid != r.pid && r.sid != parent_sid {
+            obs.push(format!(
+                "process {} is in session {}, which is neither its own nor its parent's; a restore cannot put it there",
+                r.pid, r.sid
+            ));
+        }
+        let leader_here = t.members[..i]
+            .iter()
+            .any(|p| p.rec.pid == r.pgid && p.rec.sid == r.sid);
+        if r.pgid != r.pid && r.pgid != root.pgid && !leader_here {
+            obs.push(format!(
+                "process {} is in process group {}, whose leader is not in the tree or comes after it",
+                r.pid, r.pgid
+            ));
+        }
+        if r.state == proc_state::ZOMBIE && r.exit_status & 0x80 != 0 {
+            obs.push(format!(
+                "process {} is a zombie killed by signal {} with a core dump; cryo cannot make a zombie with that status",
+                r.pid,
+                r.exit_status & 0x7f
+            ));
+        }
+    }
+}
+
+/// Memory the processes of the tree share that a restore would split into
+/// private copies: a shared anonymous mapping, or a shared mapping of an
+/// unlinked file or memfd, mapped by more than one process (a shared
+/// mapping of a file on disk maps that file again, in each).
+pub(crate) fn shared_memory(procs: &[(i32, &Inspected)], obs: &mut Obstacles) {
+    let mut by_inode: HashMap<(u32, u32, u64), Vec<(i32, String)>> = HashMap::new();
+    for (pid, ins) in procs {
+        for m in &ins.maps {
+            if !m.shared || m.inode == 0 && m.path.is_empty() {
+                continue;
+            }
+            let on_disk = m.path.starts_with('/') && !m.deleted() && !m.path.starts_with("/memfd:");
+            if on_disk && !m.path.starts_with("/dev/zero") {
+                continue;
+            }
+            let v = by_inode
+                .entry((m.dev_major, m.dev_minor, m.inode))
+                .or_default();
+            if !v.iter().any(|(p, _)| p == pid) {
+                v.push((*pid, m.path.clone()));
+            }
+        }
+    }
+    let mut shared: Vec<_> = by_inode.into_values().filter(|v| v.len() > 1).collect();
+    shared.sort();
+    for v in shared {
+        let pids: Vec<String> = v.iter().map(|(p, _)| p.to_string()).collect();
+        obs.push(format!(
+            "shared memory ({}) is mapped by processes {}; memory shared between processes is not restored yet (each would get its own copy)",
+            v[0].1,
+            pids.join(", ")
+        ));
+    }
+}
+
+/// The objects processes of the tree share, into `tree_fds` (and the
+/// obstacles of kinds that cannot be shared yet). `procs`: (pid, its
+/// inspected state) of every live process, root first.
+pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> Vec<TreeFd> {
+    // Candidates: the first fd of each description, by what it is.
+    let mut by_inode: HashMap<(u32, u64, u64), Vec<(usize, usize)>> = HashMap::new();
+    for (p, (_, ins)) in procs.iter().enumerate() {
+        for (i, f) in ins.b.fds.iter().enumerate() {
+            if f.desc as usize == i {
+                let kind = if f.kind == fd_kind::FIFO {
+                    fd_kind::PIPE
+                } else {
+                    f.kind
+                };
+                by_inode
+                    .entry((kind, f.dev, f.ino))
+                    .or_default()
+                    .push((p, i));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut next_object = 0u32;
+    let mut keys: Vec<_> = by_inode.keys().copied().collect();
+    keys.sort();
+    for key in keys {
+        let cands = &by_inode[&key];
+        let procs_here = {
+            let mut v: Vec<usize> = cands.iter().map(|c| c.0).collect();
+            v.dedup();
+            v.len()
+        };
+        if procs_here < 2 {
+            continue;
+        }
+        // Descriptions: classes of kcmp-equal fds.
+        let mut descs: Vec<Vec<(usize, usize)>> = Vec::new();
+        for &(p, i) in cands {
+            let (pid, ins) = procs[p];
+            let fd = ins.b.fds[i].fd;
+            let found = descs.iter_mut().find(|d| {
+                let (q, j) = d[0];
+                let (qpid, qins) = procs[q];
+                crate::sys::shared_description((pid, fd), (qpid, qins.b.fds[j].fd)).unwrap_or(false)
+            });
+            match found {
+                Some(d) => d.push((p, i)),
+                None => descs.push(vec![(p, i)]),
+            }
+        }
+        let first = procs[cands[0].0].1.b.fds[cands[0].1];
+        let pipe = key.0 == fd_kind::PIPE;
+        let inside_pipe = pipe && {
+            let ins = procs[cands[0].0].1;
+            ins.b
+                .pipes
+                .get(first.object as usize)
+                .is_some_and(|p| p.flags & pipe_flags::INSIDE != 0)
+        };
+        for d in descs {
+            let held_by = {
+                let mut v: Vec<usize> = d.iter().map(|c| c.0).collect();
+                v.dedup();
+                v.len()
+            };
+            // A pipe whose ends are in several processes is made once:
+            // every description of it is a tree object. Anything else is
+            // one when more than one process holds the description.
+            if held_by < 2 && !inside_pipe {
+                continue;
+            }
+            let (p0, i0) = d[0];
+            let f = procs[p0].1.b.fds[i0];
+            if let Some(why) = unshareable(procs[p0].1, &f) {
+                let holders: Vec<String> = d
+                    .iter()
+                    .map(|&(p, i)| format!("pid {} fd {}", procs[p].0, procs[p].1.b.fds[i].fd))
+                    .collect();
+                obs.push(format!(
+                    "{} ({}) is shared by {}: {why}",
+                    fd_kind::name(f.kind),
+                    target(procs[p0].1, &f),
+                    holders.join(", ")
+                ));
+                continue;
+            }
+            let end = if pipe && f.flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32 {
+                1
+            } else {
+                0
+            };
+            // Every fd of every holder that is this description (dups).
+            for &(p, i) in &d {
+                let ins = procs[p].1;
+                for g in ins.b.fds.iter().filter(|g| g.desc as usize == i) {
+                    out.push(TreeFd {
+                        object: next_object,
+                        pid: procs[p].0 as u32,
+                        fd: g.fd,
+                        pipe_end: end,
+                    });
+                }
+            }
+            next_object += 1;
+        }
+    }
+    out
+}
+
+/// Why a description of this kind cannot be handed to several processes
+/// by a restore yet (None: it can).
+fn unshareable(ins: &Inspected, f: &Fd) -> Option<String> {
+    if f.file != cryo_image::NO_INDEX
+        && ins
+            .b
+            .files
+            .get(f.file as usize)
+            .is_some_and(|x| x.flags & (file_flags::DELETED | file_flags::MEMFD) != 0)
+    {
+        return Some(
+            "an unlinked file or memfd shared between processes is not supported yet".into(),
+        );
+    }
+    if f.kind == fd_kind::CHAR_DEVICE && target(ins, f).ends_with(" (deleted)") {
+        return Some("a removed device node shared between processes is not supported yet".into());
+    }
+    match f.kind {
+        fd_kind::REGULAR
+        | fd_kind::DIRECTORY
+        | fd_kind::NULL_DEVICE
+        | fd_kind::CHAR_DEVICE
+        | fd_kind::TTY
+        | fd_kind::PIPE
+        | fd_kind::FIFO => None,
+        fd_kind::SOCKET => {
+            let s = ins.b.sockets.get(f.object as usize)?;
+            match s.state {
+                socket_state::UNBOUND | socket_state::BOUND | socket_state::LISTENING => None,
+                _ => Some(
+                    "a connected socket or socket pair shared between processes is not supported yet"
+                        .into(),
+                ),
+            }
+        }
+        k => Some(format!(
+            "sharing {} between processes is not supported yet",
+            fd_kind::name(k)
+        )),
+    }
+}
+
+fn target(ins: &Inspected, f: &Fd) -> String {
+    let s = ins.b.strings.bytes();
+    let (o, l) = (f.target.off as usize, f.target.len as usize);
+    String::from_utf8_lossy(s.get(o..o + l).unwrap_or(&[])).into_owned()
+}
+
+impl Tree {
+    /// Let every live process go: as it was, left stopped, or killed
+    /// (children first, so no parent sees a child die and reacts).
+    pub fn let_go(&mut self, after: crate::capture::After) -> Result<(), PtraceError> {
+        use crate::capture::After;
+        let mut first = None;
+        for m in self.members.iter_mut().rev() {
+            if let Some(g) = m.group.take() {
+                let r = match after {
+                    After::AsItWas => g.detach(),
+                    After::LeaveStopped => g.leave_stopped(),
+                    After::Kill => g.kill(),
+                };
+                if let Err(e) = r {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}

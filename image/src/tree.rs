@@ -1,0 +1,55 @@
+//! Process trees (format 4.0): the root image's `tree` table lists every
+//! process captured with it, the root first, then each process after its
+//! parent; the `tree_fds` table lists the fds whose open file description
+//! (or, for pipes, whose pipe) is held by more than one process of the
+//! tree, so a restore makes each such object once and hands it to every
+//! holder. Each process other than the root has its own image in
+//! `procs/PID/` (a zombie has none: only its exit status is kept).
+
+use crate::record::record;
+
+/// `TreeProc::state`.
+pub mod proc_state {
+    /// A live process, with its own image.
+    pub const LIVE: u32 = 0;
+    /// A zombie: it exited and its parent had not waited for it yet.
+    pub const ZOMBIE: u32 = 1;
+}
+
+record! {
+    /// One process of a captured tree.
+    pub struct TreeProc {
+        pub pid: u32,
+        /// Its parent (0 for the root).
+        pub ppid: u32,
+        /// Process group and session.
+        pub pgid: u32,
+        pub sid: u32,
+        /// `proc_state`.
+        pub state: u32,
+        /// A zombie's exit status, as waitpid(2) reports it.
+        pub exit_status: u32,
+    }
+}
+
+record! {
+    /// An fd of one process of the tree whose object others share.
+    pub struct TreeFd {
+        /// The object: fds with the same `object` are one open file
+        /// description, or ends of one pipe (`pipe_end` then tells which
+        /// description: 0 read, 1 write).
+        pub object: u32,
+        pub pid: u32,
+        pub fd: i32,
+        /// For a pipe: the description within the pipe (0: read end,
+        /// 1: write end); 0 otherwise.
+        pub pipe_end: u32,
+    }
+}
+
+/// The directory of a non-root process's image inside the tree's image
+/// directory.
+#[cfg(feature = "std")]
+pub fn proc_dir(pid: u32) -> std::string::String {
+    std::format!("procs/{pid}")
+}

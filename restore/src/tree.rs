@@ -1,0 +1,575 @@
+//! Restoring a process tree.
+//!
+//! [`prepare`] checks every process's image as a single restore would, and
+//! that every PID but the root's is free; it makes, in this process, every
+//! object the tree shares (`tree_fds`): a pipe whose ends are in several
+//! processes, with the bytes that were in it; a file, terminal or
+//! listening socket that several processes hold. Each process's fd plan
+//! takes its shared fds from those.
+//!
+//! [`exec`] then builds the tree by forking, each process its own
+//! children, each child with its captured PID (clone3 `set_tid`): parent
+//! links come back, and so do the PIDs parents keep in memory. A process
+//! that led a session or a process group makes it again; the others join
+//! theirs once every process exists. Zombies are forked and exit at once
+//! with their captured status, left for their parent to wait for. Every
+//! process inherits the shared objects; each then installs its fds and,
+//! once all of them have, execs its own shim. The root is this process
+//! (it keeps the invoker's PID, session and process group, as a single
+//! restore does): processes captured in the root's process group join
+//! the invoker's.
+//!
+//! Nothing runs before everything is in place: until every process has
+//! installed its fds, all wait at a barrier ([`crate::sys::Barrier`]); a
+//! failure anywhere kills every process made so far, and `cryo restore`
+//! reports it. After the barrier each shim restores its process on its
+//! own; a signal one restored process sends another that is still being
+//! restored waits, blocked, until that one resumes.
+
+use crate::fds::{self, FdPlan, PipeMake, Source};
+use crate::sys::{self, Barrier, Forked, Step};
+use crate::{Options, Plan, RestoreError};
+use cryo_image::fds::pipe_flags;
+use cryo_image::load::LoadedImage;
+use cryo_image::tree::{proc_dir, proc_state, TreeProc};
+use cryo_image::{fd_kind, Image};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+/// One process of the tree.
+pub(crate) struct Member {
+    pub rec: TreeProc,
+    /// Its restore (None for the root, whose plan is the outer one, and
+    /// for zombies). Taken by the forked process that becomes it.
+    plan: RefCell<Option<Plan>>,
+}
+
+/// The tree behind a root's [`Plan`].
+pub(crate) struct Tree {
+    members: Vec<Member>,
+    /// The shared objects, ours until every process has its copies.
+    _made: Vec<OwnedFd>,
+}
+
+impl Tree {
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+}
+
+/// Load and check every process of the tree whose root image is `root`;
+/// make the shared objects. Changes nothing outside this process.
+pub(crate) fn prepare(dir: &Path, root: LoadedImage, opts: Options) -> Result<Plan, RestoreError> {
+    let img = root.image()?;
+    let recs: Vec<TreeProc> = img.tree().iter().collect();
+    can_set_pids()?;
+    let mut images: Vec<Option<LoadedImage>> = vec![None];
+    for r in recs.iter().skip(1) {
+        pid_free(r)?;
+        images.push(if r.state == proc_state::LIVE {
+            Some(LoadedImage::open(&dir.join(proc_dir(r.pid)))?)
+        } else {
+            None
+        });
+    }
+    let (made, made_fds) = {
+        let img_of = |k: usize| -> Option<(&LoadedImage, Image)> {
+            let l = if k == 0 {
+                Some(&root)
+            } else {
+                images[k].as_ref()
+            };
+            l.and_then(|l| Some((l, l.image().ok()?)))
+        };
+        make_shared(&recs, &img, &img_of, &opts)?
+    };
+    let no_made = Vec::new();
+    let made_of = |pid: u32| made.get(&pid).unwrap_or(&no_made);
+    let mut members = vec![Member {
+        rec: recs[0],
+        plan: RefCell::new(None),
+    }];
+    for (r, image) in recs.iter().zip(images).skip(1) {
+        let plan = match image {
+            Some(image) => {
+                // The user's --inherit-fd and --restore-stdio are the
+                // root's: every other process gets its fds 0-2 back as
+                // they were (or shared with the root, as they were).
+                let child_opts = Options {
+                    inherit_fds: Vec::new(),
+                    restore_stdio: vec![0, 1, 2],
+                    ..opts.clone()
+                };
+                let sub = dir.join(proc_dir(r.pid));
+                let p = crate::prepare_one(&sub, image, child_opts, made_of(r.pid))
+                    .map_err(|e| in_process(r.pid, e))?;
+                Some(p)
+            }
+            None => None,
+        };
+        members.push(Member {
+            rec: *r,
+            plan: RefCell::new(plan),
+        });
+    }
+    let mut plan = crate::prepare_one(dir, root, opts, made_of(recs[0].pid))?;
+    plan.tree = Some(Box::new(Tree {
+        members,
+        _made: made_fds,
+    }));
+    Ok(plan)
+}
+
+fn in_process(pid: u32, e: RestoreError) -> RestoreError {
+    RestoreError::Tree(format!("process {pid}: {e}"))
+}
+
+/// clone3's set_tid needs CAP_SYS_ADMIN.
+fn can_set_pids() -> Result<(), RestoreError> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let st = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = st
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    if eff & (1 << CAP_SYS_ADMIN) == 0 {
+        return Err(RestoreError::Tree(
+            "the image is a process tree: giving its processes their PIDs back needs CAP_SYS_ADMIN (run cryo restore as root)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The PID of `r` is free (a zombie or exiting process still holding it is
+/// waited for, briefly: the original tree may be being reaped).
+fn pid_free(r: &TreeProc) -> Result<(), RestoreError> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", r.pid));
+        let Ok(stat) = stat else {
+            return Ok(());
+        };
+        let state = stat.rsplit_once(") ").and_then(|(_, s)| s.chars().next());
+        let dying = matches!(state, Some('Z') | Some('X'));
+        if !dying || t0.elapsed() > std::time::Duration::from_secs(2) {
+            let comm = std::fs::read_to_string(format!("/proc/{}/comm", r.pid)).unwrap_or_default();
+            return Err(RestoreError::Tree(format!(
+                "PID {} (a process of the captured tree) is taken by {} ({}); end it, or restore where that PID is free",
+                r.pid,
+                comm.trim(),
+                if dying { "a zombie" } else { "running" }
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// (PID -> [(fd, our fd)]) of every shared object, and our fds.
+type Made = (BTreeMap<u32, Vec<(i32, i32)>>, Vec<OwnedFd>);
+
+/// Make every object of `tree_fds` once.
+fn make_shared<'a>(
+    recs: &[TreeProc],
+    root_img: &Image,
+    img_of: &dyn Fn(usize) -> Option<(&'a LoadedImage, Image<'a>)>,
+    opts: &Options,
+) -> Result<Made, RestoreError> {
+    let index_of = |pid: u32| recs.iter().position(|r| r.pid == pid);
+    // object -> its fds (member index, fd, pipe end)
+    let mut objects: BTreeMap<u32, Vec<(usize, i32, u32)>> = BTreeMap::new();
+    for t in root_img.tree_fds().iter() {
+        let Some(k) = index_of(t.pid) else { continue };
+        objects
+            .entry(t.object)
+            .or_default()
+            .push((k, t.fd, t.pipe_end));
+    }
+    let mut made: BTreeMap<u32, Vec<(i32, i32)>> = BTreeMap::new();
+    let mut ours: Vec<OwnedFd> = Vec::new();
+    let verify = !opts.no_verify;
+    let mut give = |fds: &[(usize, i32, u32)], fd: RawFd, ours: &mut Vec<OwnedFd>| {
+        for &(k, n, _) in fds {
+            made.entry(recs[k].pid).or_default().push((n, fd));
+        }
+        ours.push(own(fd));
+    };
+    // Pipes first: every object on one pipe (by inode) from one pipe2.
+    let mut pipes: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    let mut rest = Vec::new();
+    for (&obj, fds) in &objects {
+        let (k, n, _) = fds[0];
+        let Some((_, img)) = img_of(k) else {
+            return Err(RestoreError::Tree(format!(
+                "process {}: shared fd {n} of a zombie",
+                recs[k].pid
+            )));
+        };
+        let f = fd_at(&img, n).ok_or_else(|| {
+            RestoreError::Tree(format!(
+                "process {}: shared fd {n} missing from its image",
+                recs[k].pid
+            ))
+        })?;
+        let inside_pipe = matches!(f.kind, fd_kind::PIPE | fd_kind::FIFO)
+            && img
+                .pipes()
+                .get(f.object as usize)
+                .is_some_and(|p| p.flags & pipe_flags::INSIDE != 0);
+        if inside_pipe {
+            let ino = img.pipes().get(f.object as usize).map_or(0, |p| p.ino);
+            pipes.entry(ino).or_default().push(obj);
+        } else {
+            rest.push(obj);
+        }
+    }
+    for objs in pipes.values() {
+        // The pipe's state from a holder of its read end (its bytes).
+        let reader = objs
+            .iter()
+            .flat_map(|o| objects[o].iter())
+            .find(|(_, _, end)| *end == 0)
+            .or_else(|| objects[&objs[0]].first())
+            .copied()
+            .expect("an object has fds");
+        let (loaded, img) = img_of(reader.0).expect("checked above");
+        let f = fd_at(&img, reader.1).expect("checked above");
+        let p = img.pipes().get(f.object as usize).expect("checked above");
+        let target = img.str(f.target).unwrap_or("").to_owned();
+        let data = if p.data.len > 0 {
+            loaded.read_blob(&p.data, verify)?
+        } else {
+            Vec::new()
+        };
+        let keep_write = objs
+            .iter()
+            .any(|o| objects[o].iter().any(|(_, _, end)| *end == 1));
+        let m = PipeMake {
+            index: 0,
+            fifo: (f.kind == fd_kind::FIFO).then(|| (target.clone(), f.dev, f.ino)),
+            size: p.size,
+            packet: p.flags & pipe_flags::PACKET != 0,
+            data,
+            keep_write,
+        };
+        let pipe = crate::pipes::make(&m).map_err(|why| RestoreError::Fd {
+            fd: f.fd,
+            what: format!(
+                "{} {target} (of process {})",
+                fd_kind::name(f.kind),
+                recs[reader.0].pid
+            ),
+            why,
+        })?;
+        let mut first = [true, true];
+        for o in objs {
+            let fds = &objects[o];
+            let (k, n, end) = fds[0];
+            let (_, img) = img_of(k).expect("checked above");
+            let f = fd_at(&img, n).expect("checked above");
+            let end_fd = if end == 0 {
+                Some(&pipe.read)
+            } else {
+                pipe.write.as_ref()
+            };
+            let Some(end_fd) = end_fd else {
+                return Err(RestoreError::Tree("a pipe's write end was not made".into()));
+            };
+            let fd = if std::mem::replace(&mut first[end as usize], false) {
+                sys::dup_above(end_fd.as_raw_fd(), 3)
+            } else {
+                // Another description of the same end: opened again.
+                let path = format!("/proc/self/fd/{}", end_fd.as_raw_fd());
+                std::fs::OpenOptions::new()
+                    .read(end == 0)
+                    .write(end == 1)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(path)
+                    .map(std::os::fd::IntoRawFd::into_raw_fd)
+            }
+            .map_err(|e| crate::IntoSys::into_sys(e, "duplicating a shared pipe end"))?;
+            let flags = f.flags as i32 & !(libc::O_CLOEXEC | libc::O_ACCMODE);
+            fds::set_status_flags(fd, flags)
+                .map_err(|e| crate::IntoSys::into_sys(e, "setting a shared pipe end's flags"))?;
+            give(fds, fd, &mut ours);
+        }
+    }
+    // Everything else: made as the first holder (the root, where it holds
+    // it) would make it alone.
+    for obj in rest {
+        let fds = &objects[&obj];
+        let (k, n, _) = fds.iter().copied().find(|h| h.0 == 0).unwrap_or(fds[0]);
+        let (loaded, img) = img_of(k).expect("checked above");
+        let i = img
+            .fds()
+            .iter()
+            .position(|f| f.fd == n)
+            .expect("checked above");
+        let stdio: &[i32] = if k == 0 {
+            &opts.restore_stdio
+        } else {
+            &[0, 1, 2]
+        };
+        let (p, _) = fds::source_one(loaded, &img, i, stdio, verify)
+            .map_err(|e| in_process(recs[k].pid, e))?;
+        let fd = make_one(loaded, &img, &p, verify).map_err(|e| in_process(recs[k].pid, e))?;
+        give(fds, fd, &mut ours);
+    }
+    Ok((made, ours))
+}
+
+fn fd_at(img: &Image, n: i32) -> Option<cryo_image::Fd> {
+    img.fds().iter().find(|f| f.fd == n)
+}
+
+fn own(fd: RawFd) -> OwnedFd {
+    // SAFETY: every caller passes a fresh fd it made and gives away.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Make one shared object as its holder's plan says.
+fn make_one(
+    loaded: &LoadedImage,
+    img: &Image,
+    p: &FdPlan,
+    verify: bool,
+) -> Result<RawFd, RestoreError> {
+    let dup = |n: i32| {
+        sys::dup_above(n, 3).map_err(|e| crate::IntoSys::into_sys(e, format!("duplicating fd {n}")))
+    };
+    match &p.source {
+        Source::Keep => dup(p.fd),
+        Source::Inherit(n) => dup(*n),
+        Source::Open {
+            path,
+            flags,
+            pos,
+            dev_ino,
+            rdev,
+        } => fds::open_path(p, path, *flags, *pos, *dev_ino, *rdev),
+        Source::Socket { sock, flags } => {
+            let mut pairs = Vec::new();
+            crate::sockets::make(loaded, img, p, *sock, *flags, &mut pairs, verify)
+        }
+        _ => Err(fds::fd_err(
+            p,
+            "this kind cannot be shared between processes of a tree yet",
+        )),
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+/// What every forked process needs.
+struct Cx<'a> {
+    tree: &'a Tree,
+    bar: Barrier,
+    root_pid: i32,
+    /// The process group the root is in now (the invoker's).
+    root_pgid: i32,
+}
+
+/// Build the tree and exec every process's shim; this process becomes the
+/// root. Returns only on failure, with every process made so far killed.
+pub(crate) fn exec(root: Plan, tree: Box<Tree>) -> RestoreError {
+    let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+    if threads != 1 {
+        return RestoreError::Tree(format!(
+            "cryo restore runs {threads} threads; forking the tree needs one"
+        ));
+    }
+    let bar = match Barrier::new() {
+        Ok(b) => b,
+        Err(e) => return crate::IntoSys::into_sys(e, "mapping the tree's barrier"),
+    };
+    let cx = Cx {
+        tree: &tree,
+        bar,
+        root_pid: std::process::id() as i32,
+        root_pgid: sys::getpgid(0).unwrap_or(0),
+    };
+    for c in cx.children(0) {
+        if let Err(e) = cx.fork(c) {
+            cx.fail();
+            return e;
+        }
+    }
+    cx.wait_zombies(0);
+    let live: Vec<i32> = tree
+        .members
+        .iter()
+        .skip(1)
+        .filter(|m| m.rec.state == proc_state::LIVE)
+        .map(|m| m.rec.pid as i32)
+        .collect();
+    let n = live.len() as u32;
+    let mut all_alive = || live.iter().all(|&p| alive(p));
+    if !cx.bar.wait_arrived(Step::Forked, n, &mut all_alive) {
+        cx.fail();
+        return RestoreError::Tree("a process of the tree could not be made (see above)".into());
+    }
+    cx.bar.go(Step::Forked);
+    let mut hook = || -> Result<(), RestoreError> {
+        let mut all_alive = || live.iter().all(|&p| alive(p));
+        if !cx.bar.wait_arrived(Step::Ready, n, &mut all_alive) {
+            return Err(RestoreError::Tree(
+                "a process of the tree could not be restored (see above)".into(),
+            ));
+        }
+        cx.bar.go(Step::Ready);
+        Ok(())
+    };
+    let e = root.exec_with(&mut hook);
+    cx.fail();
+    e
+}
+
+/// Whether `pid` has not died: it runs, or does not exist yet (its
+/// parent has not forked it). A process of the tree that dies before the
+/// exec stays a zombie (no parent waits before its own exec), and one
+/// whose parent died is never forked, but its parent is then a zombie.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(") ")
+            .and_then(|(_, r)| r.chars().next())
+            .is_some_and(|c| c != 'Z' && c != 'X'),
+        Err(_) => true,
+    }
+}
+
+/// Whether `pid` (the root) still runs.
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").and_then(|(_, r)| r.chars().next()))
+        .is_some_and(|c| c != 'Z' && c != 'X')
+}
+
+impl Cx<'_> {
+    fn rec(&self, i: usize) -> TreeProc {
+        self.tree.members[i].rec
+    }
+
+    /// Member indices of `i`'s children.
+    fn children(&self, i: usize) -> Vec<usize> {
+        let pid = self.rec(i).pid;
+        (i + 1..self.tree.members.len())
+            .filter(|&j| self.rec(j).ppid == pid)
+            .collect()
+    }
+
+    /// Fork member `c` with its PID (in the child: become it, never
+    /// return).
+    fn fork(&self, c: usize) -> Result<i32, RestoreError> {
+        let r = self.rec(c);
+        match sys::fork_with_pid(r.pid as i32) {
+            Ok(Forked::Child) => self.become_member(c),
+            Ok(Forked::Parent(p)) => Ok(p),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(RestoreError::Tree(format!(
+                "PID {} (a process of the captured tree) was taken while restoring",
+                r.pid
+            ))),
+            Err(e) => Err(crate::IntoSys::into_sys(
+                e,
+                format!("forking process {} with its PID (clone3 set_tid)", r.pid),
+            )),
+        }
+    }
+
+    /// Wait until `i`'s zombie children have exited (so that no SIGCHLD
+    /// of theirs arrives once signals are blocked for the shim).
+    fn wait_zombies(&self, i: usize) {
+        for c in self.children(i) {
+            if self.rec(c).state == proc_state::ZOMBIE {
+                let _ = sys::wait_exited_nowait(self.rec(c).pid as i32);
+            }
+        }
+    }
+
+    /// Kill every process made so far (children first), reap ours.
+    fn fail(&self) {
+        self.bar.abort();
+        for m in self.tree.members.iter().skip(1).rev() {
+            let _ = sys::kill(m.rec.pid as i32, libc::SIGKILL);
+        }
+        for c in self.children(0) {
+            let _ = sys::waitpid(self.rec(c).pid as i32, 0);
+        }
+    }
+
+    /// Session and own process group, right after the fork (before this
+    /// process forks its children, which inherit them).
+    fn own_session_and_group(&self, r: TreeProc) -> std::io::Result<()> {
+        if r.sid == r.pid {
+            sys::setsid()?;
+        } else if r.pgid == r.pid {
+            sys::setpgid(0, 0)?;
+        }
+        Ok(())
+    }
+
+    /// The forked process that becomes member `i`.
+    fn become_member(&self, i: usize) -> ! {
+        let r = self.rec(i);
+        let die = |what: String| -> ! {
+            eprintln!("cryo restore: process {}: {what}", r.pid);
+            self.bar.abort();
+            sys::exit_now(1)
+        };
+        if let Err(e) = self.own_session_and_group(r) {
+            die(format!("setting its session or process group: {e}"));
+        }
+        if r.state == proc_state::ZOMBIE {
+            sys::die_with(r.exit_status as i32);
+        }
+        for c in self.children(i) {
+            if let Err(e) = self.fork(c) {
+                die(e.to_string());
+            }
+        }
+        self.wait_zombies(i);
+        let root = self.root_pid;
+        let mut root_alive = || running(root);
+        self.bar.arrive(Step::Forked);
+        if !self.bar.wait_go(Step::Forked, &mut root_alive) {
+            sys::exit_now(1);
+        }
+        // Every process exists, every group leader leads its group: join.
+        if r.pgid != r.pid {
+            let root_rec = self.rec(0);
+            let want = if r.pgid == root_rec.pgid {
+                self.root_pgid
+            } else {
+                r.pgid as i32
+            };
+            if sys::getpgid(0).ok() != Some(want) {
+                if let Err(e) = sys::setpgid(0, want) {
+                    die(format!("joining process group {want}: {e}"));
+                }
+            }
+        }
+        let Some(plan) = self.tree.members[i].plan.borrow_mut().take() else {
+            die("no plan".into());
+        };
+        let bar = &self.bar;
+        let mut hook = || -> Result<(), RestoreError> {
+            bar.arrive(Step::Ready);
+            let mut root_alive = || running(root);
+            if bar.wait_go(Step::Ready, &mut root_alive) {
+                Ok(())
+            } else {
+                Err(RestoreError::Tree(
+                    "the tree's restore was abandoned".into(),
+                ))
+            }
+        };
+        let e = plan.exec_with(&mut hook);
+        if self.bar.aborted() {
+            sys::exit_now(1);
+        }
+        die(e.to_string())
+    }
+}

@@ -1,0 +1,231 @@
+/* A process tree that checks itself across a capture and restore.
+ *
+ * `tree family`: the root forks
+ *   - two children that end at once: one exits 7, one is killed by
+ *     SIGTERM (zombies at capture: the root waits for them after);
+ *   - a child A that makes its own process group, holds the read end of
+ *     a pipe the root filled before the capture (bytes in flight), and
+ *     forks a grandchild B, which stores A's PID (getppid) and, once told
+ *     to go, signals it;
+ *   - a child S that makes its own session.
+ * READY is printed once all of that is in place; the root then reads one
+ * byte of stdin (the capture is taken while it waits), and tells everyone
+ * to go: A must get B's signal, read the root's bytes and send them back,
+ * both A and B must get a signal sent to A's process group, S must still
+ * lead its session; every exit status must be the one expected. PASS on
+ * stdout, exit 0; any mismatch: FAIL and exit 1.
+ *
+ * `tree prefork`: a pre-fork server. The root listens on a unix socket
+ * (path from argv[2]) and on TCP 127.0.0.1 (port printed), forks two
+ * workers that accept on both and answer each line with
+ * "worker N pid P: LINE", then waits for a line on stdin ("quit") and ends
+ * the workers. PASS served once they exit cleanly.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void fail(const char *what) {
+  printf("FAIL %s (errno %d)\n", what, errno);
+  fflush(stdout);
+  _exit(1);
+}
+
+static volatile sig_atomic_t got_usr1, got_usr2;
+static void on_usr1(int s) { (void)s; got_usr1++; }
+static void on_usr2(int s) { (void)s; got_usr2++; }
+
+static const char MSG[] = "bytes the root wrote before the capture";
+
+/* Wait (without reaping) until `pid` has exited. */
+static void wait_dead(pid_t pid) {
+  siginfo_t si;
+  if (waitid(P_PID, pid, &si, WEXITED | WNOWAIT) < 0) fail("waitid");
+}
+
+static void read_full(int fd, void *buf, size_t n, const char *what) {
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = read(fd, (char *)buf + got, n - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) fail(what);
+    got += r;
+  }
+}
+
+static int family(void) {
+  int go[2], back[2], data[2], ready[2];
+  if (pipe(go) || pipe(back) || pipe(data) || pipe(ready)) fail("pipe");
+  struct sigaction sa = {0};
+  sa.sa_handler = on_usr1;
+  sigaction(SIGUSR1, &sa, NULL);
+  sa.sa_handler = on_usr2;
+  sigaction(SIGUSR2, &sa, NULL);
+  /* Blocked but in sigsuspend: no signal is missed between a check and
+   * the wait. */
+  sigset_t usr, none;
+  sigemptyset(&usr);
+  sigaddset(&usr, SIGUSR1);
+  sigaddset(&usr, SIGUSR2);
+  sigprocmask(SIG_BLOCK, &usr, NULL);
+  sigemptyset(&none);
+
+  pid_t z1 = fork();
+  if (z1 == 0) _exit(7);
+  pid_t z2 = fork();
+  if (z2 == 0) {
+    raise(SIGTERM);
+    _exit(99);
+  }
+
+  pid_t a = fork();
+  if (a == 0) {
+    /* A: its own process group, the read end of `data`. */
+    if (setpgid(0, 0)) fail("setpgid");
+    close(data[1]);
+    close(back[0]);
+    close(go[1]);
+    pid_t b = fork();
+    if (b == 0) {
+      /* B: remembers its parent, signals it on the word. */
+      pid_t parent = getppid();
+      close(ready[0]);
+      char c;
+      write(ready[1], "b", 1);
+      read_full(go[0], &c, 1, "B reading go");
+      if (getppid() != parent) fail("B's parent changed");
+      if (getpgid(0) != parent) fail("B left A's process group");
+      if (kill(parent, SIGUSR1)) fail("B signalling A");
+      /* Wait for the group signal too. */
+      while (!got_usr2) sigsuspend(&none);
+      _exit(0);
+    }
+    close(ready[0]);
+    close(ready[1]);
+    char c;
+    read_full(go[0], &c, 1, "A reading go");
+    while (!got_usr1 || !got_usr2) sigsuspend(&none);
+    char buf[sizeof MSG];
+    read_full(data[0], buf, sizeof MSG, "A reading the root's bytes");
+    if (memcmp(buf, MSG, sizeof MSG)) fail("A read other bytes");
+    write(back[1], buf, sizeof MSG);
+    int st;
+    if (waitpid(b, &st, 0) != b || !WIFEXITED(st) || WEXITSTATUS(st)) fail("B's status");
+    _exit(0);
+  }
+
+  pid_t s = fork();
+  if (s == 0) {
+    if (setsid() < 0) fail("setsid");
+    close(ready[0]);
+    char c;
+    write(ready[1], "s", 1);
+    read_full(go[0], &c, 1, "S reading go");
+    if (getsid(0) != getpid()) fail("S no longer leads its session");
+    _exit(3);
+  }
+
+  close(data[0]);
+  close(back[1]);
+  close(go[0]);
+  close(ready[1]);
+  if (write(data[1], MSG, sizeof MSG) != sizeof MSG) fail("writing data");
+  char c2[2];
+  read_full(ready[0], c2, 2, "waiting for B and S");
+  wait_dead(z1);
+  wait_dead(z2);
+  /* A's group exists (A made it before B was forked). */
+  printf("READY %d\n", getpid());
+  fflush(stdout);
+
+  char c;
+  if (read(0, &c, 1) != 1) fail("reading stdin");
+  if (write(go[1], "ggg", 3) != 3) fail("writing go");
+  if (kill(-a, SIGUSR2)) fail("signalling A's group");
+
+  int st;
+  if (waitpid(z1, &st, 0) != z1 || !WIFEXITED(st) || WEXITSTATUS(st) != 7) fail("z1 status");
+  if (waitpid(z2, &st, 0) != z2 || !WIFSIGNALED(st) || WTERMSIG(st) != SIGTERM) fail("z2 status");
+  char buf[sizeof MSG];
+  read_full(back[0], buf, sizeof MSG, "reading A's reply");
+  if (memcmp(buf, MSG, sizeof MSG)) fail("A sent other bytes");
+  if (waitpid(a, &st, 0) != a || !WIFEXITED(st) || WEXITSTATUS(st)) fail("A's status");
+  if (waitpid(s, &st, 0) != s || !WIFEXITED(st) || WEXITSTATUS(st) != 3) fail("S's status");
+  printf("PASS tree\n");
+  return 0;
+}
+
+static void serve(int idx, int ux, int tcp) {
+  struct pollfd p[2] = {{ux, POLLIN, 0}, {tcp, POLLIN, 0}};
+  for (;;) {
+    if (poll(p, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      fail("poll");
+    }
+    for (int i = 0; i < 2; i++) {
+      if (!(p[i].revents & POLLIN)) continue;
+      int c = accept(p[i].fd, NULL, NULL);
+      if (c < 0) continue; /* the other worker took it */
+      char line[256];
+      ssize_t n = read(c, line, sizeof line - 1);
+      if (n > 0) {
+        line[n] = 0;
+        line[strcspn(line, "\r\n")] = 0;
+        char out[400];
+        int m = snprintf(out, sizeof out, "worker %d pid %d: %s\n", idx, getpid(), line);
+        write(c, out, m);
+      }
+      close(c);
+    }
+  }
+}
+
+static int prefork(const char *path) {
+  int ux = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  struct sockaddr_un su = {.sun_family = AF_UNIX};
+  snprintf(su.sun_path, sizeof su.sun_path, "%s", path);
+  unlink(path);
+  if (bind(ux, (struct sockaddr *)&su, sizeof su) || listen(ux, 16)) fail("unix listen");
+  int tcp = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  struct sockaddr_in si = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  if (bind(tcp, (struct sockaddr *)&si, sizeof si) || listen(tcp, 16)) fail("tcp listen");
+  socklen_t len = sizeof si;
+  getsockname(tcp, (struct sockaddr *)&si, &len);
+  pid_t w[2];
+  for (int i = 0; i < 2; i++) {
+    w[i] = fork();
+    if (w[i] == 0) serve(i, ux, tcp);
+  }
+  close(ux);
+  close(tcp);
+  printf("READY %d\nPORT %d\n", getpid(), ntohs(si.sin_port));
+  fflush(stdout);
+  char line[64];
+  if (!fgets(line, sizeof line, stdin)) fail("reading stdin");
+  for (int i = 0; i < 2; i++) kill(w[i], SIGTERM);
+  for (int i = 0; i < 2; i++) {
+    int st;
+    if (waitpid(w[i], &st, 0) != w[i] || !WIFSIGNALED(st) || WTERMSIG(st) != SIGTERM)
+      fail("worker status");
+  }
+  printf("PASS served\n");
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  if (argc > 1 && !strcmp(argv[1], "family")) return family();
+  if (argc > 2 && !strcmp(argv[1], "prefork")) return prefork(argv[2]);
+  fprintf(stderr, "usage: tree family | tree prefork SOCKET_PATH\n");
+  return 2;
+}
