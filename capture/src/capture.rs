@@ -175,14 +175,16 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
         tree.check_still()?;
         let mut obs = Obstacles::default();
         crate::tree::shape_obstacles(&tree, &mut obs);
+        // What they share, once each of them could be read.
         if obstacles.is_empty() {
             let procs: Vec<(i32, &Inspected)> = pids.iter().copied().zip(all.iter()).collect();
-            crate::tree::shared_memory(&procs, &mut obs);
+            let files = crate::tree::shared_memory(&procs, &mut obs);
             let shared = crate::tree::share(&procs, &mut obs);
             all[0].b.tree_fds = shared;
+            all[0].b.tree_files = files;
+            all[0].b.tree = tree.records();
         }
         obstacles.extend(obs.into_vec());
-        all[0].b.tree = tree.records();
     }
     if !obstacles.is_empty() {
         return Err(CaptureError::Refused {

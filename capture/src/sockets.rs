@@ -468,7 +468,7 @@ pub fn link(
                     )
                 } else {
                     format!(
-                        "fd {} ({what}) is connected to {to}, outside the process; cryo cannot connect it again (process trees and their sockets are not supported yet)",
+                        "fd {} ({what}) is connected to {to}, outside the process; cryo cannot connect it again (a socket pair or connection between processes, even of one tree, is not restored yet)",
                         c.fd
                     )
                 });

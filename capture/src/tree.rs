@@ -19,7 +19,7 @@ use crate::obstacles::Obstacles;
 use crate::threads::Group;
 use crate::tracee::PtraceError;
 use cryo_image::fds::{file_flags, pipe_flags, socket_state};
-use cryo_image::tree::{proc_state, TreeFd, TreeProc};
+use cryo_image::tree::{proc_state, TreeFd, TreeFile, TreeProc};
 use cryo_image::{fd_kind, Fd};
 use std::collections::HashMap;
 
@@ -235,39 +235,67 @@ pub fn shape_obstacles(t: &Tree, obs: &mut Obstacles) {
     }
 }
 
-/// Memory the processes of the tree share that a restore would split into
-/// private copies: a shared anonymous mapping, or a shared mapping of an
-/// unlinked file or memfd, mapped by more than one process (a shared
-/// mapping of a file on disk maps that file again, in each).
-pub(crate) fn shared_memory(procs: &[(i32, &Inspected)], obs: &mut Obstacles) {
-    let mut by_inode: HashMap<(u32, u32, u64), Vec<(i32, String)>> = HashMap::new();
+/// Memory the processes of the tree share. An unlinked file or memfd
+/// (a POSIX semaphore, an unlinked shm_open) that several processes map
+/// or hold is made once at restore (`tree_files`), so their shared
+/// mappings stay shared. Shared anonymous memory and SysV segments mapped
+/// by several processes are obstacles: a restore would give each process
+/// its own copy. (A shared mapping of a file on disk maps that file again
+/// in each process: nothing to do.)
+pub(crate) fn shared_memory(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> Vec<TreeFile> {
+    let mut anon: HashMap<(u32, u32, u64), Vec<(i32, String)>> = HashMap::new();
+    let mut files: HashMap<(u64, u64), Vec<(i32, u32)>> = HashMap::new();
     for (pid, ins) in procs {
         for m in &ins.maps {
-            if !m.shared || m.inode == 0 && m.path.is_empty() {
+            let anon_shared = m.path.starts_with("/dev/zero")
+                || m.path.starts_with("/SYSV")
+                || m.path.starts_with("[anon_shmem");
+            if !m.shared || !anon_shared {
                 continue;
             }
-            let on_disk = m.path.starts_with('/') && !m.deleted() && !m.path.starts_with("/memfd:");
-            if on_disk && !m.path.starts_with("/dev/zero") {
-                continue;
-            }
-            let v = by_inode
-                .entry((m.dev_major, m.dev_minor, m.inode))
-                .or_default();
+            let v = anon.entry((m.dev_major, m.dev_minor, m.inode)).or_default();
             if !v.iter().any(|(p, _)| p == pid) {
                 v.push((*pid, m.path.clone()));
             }
         }
+        for (i, f) in ins.b.files.iter().enumerate() {
+            if f.flags & (file_flags::DELETED | file_flags::MEMFD) != 0 {
+                files
+                    .entry((f.dev, f.ino))
+                    .or_default()
+                    .push((*pid, i as u32));
+            }
+        }
     }
-    let mut shared: Vec<_> = by_inode.into_values().filter(|v| v.len() > 1).collect();
+    let mut shared: Vec<_> = anon.into_values().filter(|v| v.len() > 1).collect();
     shared.sort();
     for v in shared {
         let pids: Vec<String> = v.iter().map(|(p, _)| p.to_string()).collect();
         obs.push(format!(
-            "shared memory ({}) is mapped by processes {}; memory shared between processes is not restored yet (each would get its own copy)",
+            "shared memory ({}) is mapped by processes {}; shared anonymous and SysV memory between processes is not restored yet (each would get its own copy)",
             v[0].1,
             pids.join(", ")
         ));
     }
+    let mut keys: Vec<_> = files.keys().copied().collect();
+    keys.sort();
+    let mut out = Vec::new();
+    let mut object = 0;
+    for k in keys {
+        let holders = &files[&k];
+        if holders.len() < 2 {
+            continue;
+        }
+        for &(pid, file) in holders {
+            out.push(TreeFile {
+                object,
+                pid: pid as u32,
+                file,
+            });
+        }
+        object += 1;
+    }
+    out
 }
 
 /// The objects processes of the tree share, into `tree_fds` (and the

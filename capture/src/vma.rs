@@ -40,11 +40,17 @@ pub fn classify_all<'a>(
                 (vma_kind::ANON_PRIVATE, 0)
             }
         };
+        let map_files = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+        let relinked = (matches!(kind, vma_kind::FILE_PRIVATE | vma_kind::FILE_SHARED)
+            && m.deleted())
+        .then(|| other_link(&map_files, &m.path))
+        .flatten();
         let file = match kind {
+            _ if relinked.is_some() => file_id(b, relinked.as_deref().unwrap_or_default()),
             vma_kind::FILE_PRIVATE | vma_kind::FILE_SHARED if m.deleted() => stored
                 .file(
                     b,
-                    &format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end),
+                    &map_files,
                     &m.path,
                     &format!("mapping {:x}-{:x}", m.start, m.end),
                     limits,
@@ -82,6 +88,24 @@ pub fn classify_all<'a>(
         }
     }
     out
+}
+
+/// The other name, in the same directory, of a mapped file whose name was
+/// removed but that still has a link (Python's multiprocessing makes a
+/// semaphore under a temporary name, links it to its real name and
+/// removes the first): the file is mapped again by that name.
+fn other_link(map_files: &str, deleted: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(map_files).ok()?;
+    if md.nlink() == 0 || !md.is_file() {
+        return None;
+    }
+    let dir = std::path::Path::new(deleted.trim_end_matches(" (deleted)")).parent()?;
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let m = e.metadata().ok()?;
+        ((m.dev(), m.ino()) == (md.dev(), md.ino()))
+            .then(|| e.path().to_string_lossy().into_owned())
+    })
 }
 
 /// Classify a mapping, or say why cryo cannot restore it.
@@ -156,7 +180,13 @@ fn classify(m: &Mapping) -> Result<(u32, u32), String> {
         p if p.starts_with("/SYSV") => {
             return Err(format!("mapping {range} {p} is System V shared memory"))
         }
-        p if p.starts_with("/dev/") && p != "/dev/zero" && !m.deleted() => {
+        // A regular file under /dev (a POSIX shared memory object or
+        // named semaphore in /dev/shm) is a file like any other.
+        p if p.starts_with("/dev/")
+            && p != "/dev/zero"
+            && !m.deleted()
+            && !std::fs::metadata(p).is_ok_and(|md| md.is_file()) =>
+        {
             return Err(format!("mapping {range} {p} maps a device"))
         }
         p if p.starts_with('[') => {

@@ -306,6 +306,9 @@ impl<'a> Image<'a> {
     pub fn tree_fds(&self) -> Table<'a, crate::tree::TreeFd> {
         self.table(SectionKind::TreeFds)
     }
+    pub fn tree_files(&self) -> Table<'a, crate::tree::TreeFile> {
+        self.table(SectionKind::TreeFiles)
+    }
     pub fn eventfds(&self) -> Table<'a, fds::EventFd> {
         self.table(SectionKind::EventFds)
     }

@@ -3,7 +3,8 @@
 //! parent; the `tree_fds` table lists the fds whose open file description
 //! (or, for pipes, whose pipe) is held by more than one process of the
 //! tree, so a restore makes each such object once and hands it to every
-//! holder. Each process other than the root has its own image in
+//! holder; `tree_files` does the same for unlinked files and memfds that
+//! several processes map (a POSIX semaphore, shared memory). Each process other than the root has its own image in
 //! `procs/PID/` (a zombie has none: only its exit status is kept).
 
 use crate::record::record;
@@ -44,6 +45,19 @@ record! {
         /// For a pipe: the description within the pipe (0: read end,
         /// 1: write end); 0 otherwise.
         pub pipe_end: u32,
+    }
+}
+
+record! {
+    /// A file made from the image (unlinked, or a memfd) that more than
+    /// one process of the tree maps or holds: made once, and every holder
+    /// gets that one inode (its shared mappings stay shared).
+    pub struct TreeFile {
+        /// Entries with the same `object` are one file.
+        pub object: u32,
+        pub pid: u32,
+        /// Index in that process's files table.
+        pub file: u32,
     }
 }
 

@@ -225,6 +225,15 @@ impl<'a> Image<'a> {
                 });
             }
         }
+        for (i, t) in self.tree_files().iter().enumerate() {
+            if !tree.iter().any(|p| p.pid == t.pid) {
+                return Err(ImageError::BadIndex {
+                    section: "tree_files",
+                    index: i as u64,
+                    why: "a process not in the tree",
+                });
+            }
+        }
         for (i, o) in self.sockopts().iter().enumerate() {
             if o.sock >= nsocks || o.len > 16 {
                 return Err(ImageError::BadIndex {

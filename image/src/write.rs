@@ -71,6 +71,7 @@ pub struct ImageBuilder {
     pub sockopts: Vec<crate::fds::SockOpt>,
     pub tree: Vec<crate::tree::TreeProc>,
     pub tree_fds: Vec<crate::tree::TreeFd>,
+    pub tree_files: Vec<crate::tree::TreeFile>,
 }
 
 /// sums.img's bytes for the page checksums `sums` (in pages.img order).
@@ -138,6 +139,7 @@ impl ImageBuilder {
         if !self.tree.is_empty() {
             sections.push((SectionKind::Tree, table(&self.tree)));
             sections.push((SectionKind::TreeFds, table(&self.tree_fds)));
+            sections.push((SectionKind::TreeFiles, table(&self.tree_files)));
         }
         if let Some(g) = &self.gadgets {
             sections.push((SectionKind::Gadgets, table(std::slice::from_ref(g))));

@@ -18,6 +18,7 @@ mod locks;
 mod pipes;
 mod sockets;
 mod stored;
+mod supervise;
 mod sys;
 mod task;
 mod tracer;
@@ -60,6 +61,9 @@ pub struct Options {
     /// their offsets, pipes made again...) instead of giving the program
     /// this process's own; terminals are still this process's.
     pub restore_stdio: Vec<i32>,
+    /// Give the restored process (a tree's root) its captured PID: it is
+    /// forked with it, and this process waits for it (see [`supervise`]).
+    pub same_pid: bool,
 }
 
 /// How the restore ends once the shim has rebuilt the process.
@@ -142,18 +146,26 @@ impl Plan {
 /// made, in this process only).
 pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
     let image = LoadedImage::open(dir)?;
+    if opts.same_pid {
+        let img = image.image()?;
+        tree::can_set_pids()?;
+        if img.tree().len() <= 1 {
+            tree::pids_free(&[img.process().pid])?;
+        }
+    }
     if image.image()?.tree().len() > 1 {
         return tree::prepare(dir, image, opts);
     }
-    prepare_one(dir, image, opts, &[])
+    prepare_one(dir, image, opts, (&[], &[]))
 }
 
-/// One process's plan (`made`: its fds that a tree's restore made).
+/// One process's plan (`made`: its fds, and the files it maps or holds,
+/// that a tree's restore made).
 fn prepare_one(
     dir: &Path,
     image: LoadedImage,
     opts: Options,
-    made: &[(i32, i32)],
+    made: (&[(i32, i32)], &[(u32, i32)]),
 ) -> Result<Plan, RestoreError> {
     let img = image.image()?;
     let p = img.process();
@@ -165,15 +177,16 @@ fn prepare_one(
     checks::timers(&img)?;
     let own_status = OwnStatus::read();
     let rlimits = checks::rlimits(&img, own_status.cap_sys_resource)?;
-    let fds = fds::plan(
+    let mut fds = fds::plan(
         &image,
         &img,
         &opts.inherit_fds,
-        made,
+        made.0,
         opts.drop_pipe_data,
         &opts.restore_stdio,
         !opts.no_verify,
     )?;
+    fds.premade = made.1.to_vec();
     let checked = task::check(&img, &own_status)?;
     let setup = Setup {
         checked,
@@ -271,6 +284,16 @@ impl Plan {
     /// every process of it, see [`tree`]). Returns only on failure (the
     /// process may then be half set up: fds moved).
     pub fn exec(mut self) -> RestoreError {
+        if self.opts.same_pid {
+            let pid = self.image().process().pid as i32;
+            match sys::fork_with_pid(pid) {
+                Ok(sys::Forked::Child) => {}
+                Ok(sys::Forked::Parent(child)) => supervise::run(child),
+                Err(e) => {
+                    return e.into_sys(format!("forking the restored process with its PID {pid}"))
+                }
+            }
+        }
         match self.tree.take() {
             Some(t) => tree::exec(self, t),
             None => self.exec_with(&mut || Ok(())),
@@ -373,9 +396,6 @@ impl Plan {
             Ok(s) => s,
             Err(_) => return RestoreError::NoShim(self.opts.shim.clone()),
         };
-        if let Err(e) = ready() {
-            return e;
-        }
         // The shim sets only the captured dispositions: everything else must
         // be SIG_DFL after the exec, which keeps SIG_IGN (Rust ignores
         // SIGPIPE; nohup, SIGHUP). All signals are blocked first: one that
@@ -385,6 +405,11 @@ impl Plan {
             if self.setup.ignored & (1u64 << (sig - 1)) != 0 {
                 let _ = sys::default_disposition(sig);
             }
+        }
+        // Last, with every signal blocked: in a tree, another process may
+        // be restored and send this one a signal as soon as this returns.
+        if let Err(e) = ready() {
+            return e;
         }
         let fd = |v: i32| if v < 0 { handoff::NONE } else { v as u64 };
         let h = Handoff {

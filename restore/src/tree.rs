@@ -35,7 +35,7 @@ use cryo_image::tree::{proc_dir, proc_state, TreeProc};
 use cryo_image::{fd_kind, Image};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 /// One process of the tree.
@@ -66,15 +66,19 @@ pub(crate) fn prepare(dir: &Path, root: LoadedImage, opts: Options) -> Result<Pl
     let recs: Vec<TreeProc> = img.tree().iter().collect();
     can_set_pids()?;
     let mut images: Vec<Option<LoadedImage>> = vec![None];
+    let mut pids: Vec<u32> = recs.iter().skip(1).map(|r| r.pid).collect();
+    if opts.same_pid {
+        pids.push(recs[0].pid);
+    }
+    pids_free(&pids)?;
     for r in recs.iter().skip(1) {
-        pid_free(r)?;
         images.push(if r.state == proc_state::LIVE {
             Some(LoadedImage::open(&dir.join(proc_dir(r.pid)))?)
         } else {
             None
         });
     }
-    let (made, made_fds) = {
+    let made = {
         let img_of = |k: usize| -> Option<(&LoadedImage, Image)> {
             let l = if k == 0 {
                 Some(&root)
@@ -85,8 +89,13 @@ pub(crate) fn prepare(dir: &Path, root: LoadedImage, opts: Options) -> Result<Pl
         };
         make_shared(&recs, &img, &img_of, &opts)?
     };
-    let no_made = Vec::new();
-    let made_of = |pid: u32| made.get(&pid).unwrap_or(&no_made);
+    let (no_fds, no_files) = (Vec::new(), Vec::new());
+    let made_of = |pid: u32| {
+        (
+            made.fds.get(&pid).unwrap_or(&no_fds).as_slice(),
+            made.files.get(&pid).unwrap_or(&no_files).as_slice(),
+        )
+    };
     let mut members = vec![Member {
         rec: recs[0],
         plan: RefCell::new(None),
@@ -117,7 +126,7 @@ pub(crate) fn prepare(dir: &Path, root: LoadedImage, opts: Options) -> Result<Pl
     let mut plan = crate::prepare_one(dir, root, opts, made_of(recs[0].pid))?;
     plan.tree = Some(Box::new(Tree {
         members,
-        _made: made_fds,
+        _made: made.ours,
     }));
     Ok(plan)
 }
@@ -127,7 +136,7 @@ fn in_process(pid: u32, e: RestoreError) -> RestoreError {
 }
 
 /// clone3's set_tid needs CAP_SYS_ADMIN.
-fn can_set_pids() -> Result<(), RestoreError> {
+pub(crate) fn can_set_pids() -> Result<(), RestoreError> {
     const CAP_SYS_ADMIN: u32 = 21;
     let st = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let eff = st
@@ -137,38 +146,61 @@ fn can_set_pids() -> Result<(), RestoreError> {
         .unwrap_or(0);
     if eff & (1 << CAP_SYS_ADMIN) == 0 {
         return Err(RestoreError::Tree(
-            "the image is a process tree: giving its processes their PIDs back needs CAP_SYS_ADMIN (run cryo restore as root)".into(),
+            "giving restored processes their captured PIDs (a tree's, or --same-pid) needs CAP_SYS_ADMIN (run cryo restore as root)".into(),
         ));
     }
     Ok(())
 }
 
-/// The PID of `r` is free (a zombie or exiting process still holding it is
-/// waited for, briefly: the original tree may be being reaped).
-fn pid_free(r: &TreeProc) -> Result<(), RestoreError> {
+/// Every PID of `pids` is free, or the refusal names each that is not. A
+/// zombie that init is about to reap (the killed original tree) is waited
+/// for, briefly.
+pub(crate) fn pids_free(pids: &[u32]) -> Result<(), RestoreError> {
     let t0 = std::time::Instant::now();
     loop {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", r.pid));
-        let Ok(stat) = stat else {
-            return Ok(());
-        };
-        let state = stat.rsplit_once(") ").and_then(|(_, s)| s.chars().next());
-        let dying = matches!(state, Some('Z') | Some('X'));
-        if !dying || t0.elapsed() > std::time::Duration::from_secs(2) {
-            let comm = std::fs::read_to_string(format!("/proc/{}/comm", r.pid)).unwrap_or_default();
-            return Err(RestoreError::Tree(format!(
-                "PID {} (a process of the captured tree) is taken by {} ({}); end it, or restore where that PID is free",
-                r.pid,
+        let mut taken = Vec::new();
+        let mut reaping = false;
+        for &pid in pids {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+            let mut f = rest.split_whitespace();
+            let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
+            let ppid: i32 = f.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            let zombie = matches!(state, 'Z' | 'X');
+            // Reparented to init (or to a parent that is gone): reaped soon.
+            reaping |= zombie && (ppid <= 1 || !running(ppid));
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            taken.push(format!(
+                "{pid} by {}{}",
                 comm.trim(),
-                if dying { "a zombie" } else { "running" }
+                if zombie { " (a zombie)" } else { "" }
+            ));
+        }
+        if taken.is_empty() {
+            return Ok(());
+        }
+        if !reaping || t0.elapsed() > std::time::Duration::from_secs(5) {
+            return Err(RestoreError::Tree(format!(
+                "the captured PIDs must be free, and {} taken: {}; end {}, or restore where they are free",
+                if taken.len() == 1 { "one is" } else { "some are" },
+                taken.join(", "),
+                if taken.len() == 1 { "it" } else { "them" }
             )));
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
-/// (PID -> [(fd, our fd)]) of every shared object, and our fds.
-type Made = (BTreeMap<u32, Vec<(i32, i32)>>, Vec<OwnedFd>);
+/// What a tree's restore made once for several processes: by PID, their
+/// (fd, our fd) and (files-table index, our fd); and our fds.
+#[derive(Default)]
+struct Made {
+    fds: BTreeMap<u32, Vec<(i32, i32)>>,
+    files: BTreeMap<u32, Vec<(u32, i32)>>,
+    ours: Vec<OwnedFd>,
+}
 
 /// Make every object of `tree_fds` once.
 fn make_shared<'a>(
@@ -187,14 +219,13 @@ fn make_shared<'a>(
             .or_default()
             .push((k, t.fd, t.pipe_end));
     }
-    let mut made: BTreeMap<u32, Vec<(i32, i32)>> = BTreeMap::new();
-    let mut ours: Vec<OwnedFd> = Vec::new();
+    let mut made = Made::default();
     let verify = !opts.no_verify;
-    let mut give = |fds: &[(usize, i32, u32)], fd: RawFd, ours: &mut Vec<OwnedFd>| {
+    let give = |fds: &[(usize, i32, u32)], fd: RawFd, made: &mut Made| {
         for &(k, n, _) in fds {
-            made.entry(recs[k].pid).or_default().push((n, fd));
+            made.fds.entry(recs[k].pid).or_default().push((n, fd));
         }
-        ours.push(own(fd));
+        made.ours.push(sys::adopt(fd));
     };
     // Pipes first: every object on one pipe (by inode) from one pipe2.
     let mut pipes: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
@@ -293,7 +324,7 @@ fn make_shared<'a>(
             let flags = f.flags as i32 & !(libc::O_CLOEXEC | libc::O_ACCMODE);
             fds::set_status_flags(fd, flags)
                 .map_err(|e| crate::IntoSys::into_sys(e, "setting a shared pipe end's flags"))?;
-            give(fds, fd, &mut ours);
+            give(fds, fd, &mut made);
         }
     }
     // Everything else: made as the first holder (the root, where it holds
@@ -315,18 +346,40 @@ fn make_shared<'a>(
         let (p, _) = fds::source_one(loaded, &img, i, stdio, verify)
             .map_err(|e| in_process(recs[k].pid, e))?;
         let fd = make_one(loaded, &img, &p, verify).map_err(|e| in_process(recs[k].pid, e))?;
-        give(fds, fd, &mut ours);
+        give(fds, fd, &mut made);
     }
-    Ok((made, ours))
+    // Unlinked files and memfds several processes map or hold.
+    let mut files: BTreeMap<u32, Vec<(usize, u32)>> = BTreeMap::new();
+    for t in root_img.tree_files().iter() {
+        let Some(k) = index_of(t.pid) else { continue };
+        files.entry(t.object).or_default().push((k, t.file));
+    }
+    for holders in files.values() {
+        let (k, idx) = holders[0];
+        let Some((loaded, img)) = img_of(k) else {
+            continue;
+        };
+        if img.files().get(idx as usize).is_none() {
+            return Err(in_process(
+                recs[k].pid,
+                RestoreError::Tree(format!("shared file {idx} missing from its image")),
+            ));
+        }
+        let f = crate::stored::make(loaded, &img, idx, verify)
+            .map_err(|e| in_process(recs[k].pid, e))?;
+        for &(k, idx) in holders {
+            made.files
+                .entry(recs[k].pid)
+                .or_default()
+                .push((idx, f.as_raw_fd()));
+        }
+        made.ours.push(f);
+    }
+    Ok(made)
 }
 
 fn fd_at(img: &Image, n: i32) -> Option<cryo_image::Fd> {
     img.fds().iter().find(|f| f.fd == n)
-}
-
-fn own(fd: RawFd) -> OwnedFd {
-    // SAFETY: every caller passes a fresh fd it made and gives away.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 /// Make one shared object as its holder's plan says.

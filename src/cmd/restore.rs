@@ -75,6 +75,15 @@ pub struct RestoreArgs {
     /// exec and (lazy) in the page server; meta.img is still checked.
     #[arg(long)]
     pub no_verify: bool,
+    /// Give the restored process (the root of a tree) its captured PID
+    /// too, as every other process of a tree gets its own. cryo restore
+    /// then forks it with that PID and stays as its parent: it passes on
+    /// the signals a shell sends a job and exits as the restored process
+    /// does (same code, or killed by the same signal). For programs that
+    /// keep their own PID (Python's multiprocessing checks it before it
+    /// joins its workers). Needs CAP_SYS_ADMIN and the PID free.
+    #[arg(long)]
+    pub same_pid: bool,
     /// Check everything and report, but do not restore.
     #[arg(long)]
     pub dry_run: bool,
@@ -118,6 +127,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         use_tracer: args.use_tracer,
         drop_pipe_data: args.drop_pipe_data,
         restore_stdio: args.restore_stdio.clone().unwrap_or_default(),
+        same_pid: args.same_pid,
         lazy: args.lazy.map(|m| cryo_restore::LazyOptions {
             mode: match m {
                 LazyMode::Background => cryo_restore::lazy::Mode::Background,

@@ -197,6 +197,8 @@ static int prefork(const char *path) {
   unlink(path);
   if (bind(ux, (struct sockaddr *)&su, sizeof su) || listen(ux, 16)) fail("unix listen");
   int tcp = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  int one = 1;
+  setsockopt(tcp, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   struct sockaddr_in si = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   if (bind(tcp, (struct sockaddr *)&si, sizeof si) || listen(tcp, 16)) fail("tcp listen");
   socklen_t len = sizeof si;

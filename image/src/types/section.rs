@@ -64,10 +64,12 @@ pub enum SectionKind {
     Tree = 32,
     /// Format 4.0: fds whose object processes of the tree share.
     TreeFds = 33,
+    /// Format 4.0: files made from the image that processes of the tree share.
+    TreeFiles = 34,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 33] = [
+    pub const ALL: [SectionKind; 34] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -101,6 +103,7 @@ impl SectionKind {
         SectionKind::SockOpts,
         SectionKind::Tree,
         SectionKind::TreeFds,
+        SectionKind::TreeFiles,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -140,6 +143,7 @@ impl SectionKind {
             SectionKind::SockOpts => "sockopts",
             SectionKind::Tree => "tree",
             SectionKind::TreeFds => "tree_fds",
+            SectionKind::TreeFiles => "tree_files",
         }
     }
     /// Record size this reader knows for the section (1 for byte blobs).
@@ -178,6 +182,7 @@ impl SectionKind {
             SectionKind::SockOpts => crate::fds::SockOpt::SIZE,
             SectionKind::Tree => crate::tree::TreeProc::SIZE,
             SectionKind::TreeFds => crate::tree::TreeFd::SIZE,
+            SectionKind::TreeFiles => crate::tree::TreeFile::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -225,6 +230,7 @@ impl SectionKind {
             // with those before it).
             SectionKind::Tree => 4096,
             SectionKind::TreeFds => 1 << 24,
+            SectionKind::TreeFiles => 1 << 24,
         }
     }
     /// Sections every valid image must have.

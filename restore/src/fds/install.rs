@@ -37,7 +37,11 @@ pub fn install(
     }
     let mut stored = Vec::new();
     for &idx in &plan.stored {
-        stored.push((idx, stored::make(loaded, img, idx, verify)?));
+        let made = match plan.premade.iter().find(|(i, _)| *i == idx) {
+            Some(&(_, ours)) => sys::adopt(dup_above(ours, high)?),
+            None => stored::make(loaded, img, idx, verify)?,
+        };
+        stored.push((idx, made));
     }
     // 1. Every source, opened and parked above the highest target.
     let mut parked: Vec<i32> = Vec::with_capacity(plans.len());
@@ -90,7 +94,9 @@ pub fn install(
                 d
             }
             Source::Stored { file, flags, pos }
-                if *flags & libc::O_ACCMODE == libc::O_RDWR && !given.contains(file) =>
+                if *flags & libc::O_ACCMODE == libc::O_RDWR
+                    && !given.contains(file)
+                    && !plan.premade.iter().any(|(i, _)| i == file) =>
             {
                 // The made file itself (opened read-write) for the first
                 // read-write description: a memfd reopened for writing

@@ -107,6 +107,9 @@ pub struct Plan {
     pub stored: Vec<u32>,
     /// flock and OFD locks: (fd, kind, write, start, end).
     pub locks: Vec<cryo_image::fds::Lock>,
+    /// Files of `stored` a tree's restore made already: (files-table
+    /// index, our fd).
+    pub premade: Vec<(u32, i32)>,
 }
 
 /// open(2) flags that only matter when creating: dropped when reopening.

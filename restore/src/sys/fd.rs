@@ -5,7 +5,7 @@ use nix::fcntl::{FcntlArg, OFlag, SealFlag};
 use nix::sys::stat::{Mode, SFlag};
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Whether `fd` is open here (F_GETFD succeeds).
 pub fn is_open(fd: RawFd) -> bool {
@@ -210,4 +210,14 @@ pub fn setlease(fd: RawFd, kind: i32) -> io::Result<()> {
     // SAFETY: F_SETLEASE takes an integer.
     cvt(unsafe { libc::fcntl(fd, libc::F_SETLEASE, kind) })?;
     Ok(())
+}
+
+/// Take ownership of `fd`, a fresh fd of ours that nothing else owns or
+/// closes (made by one of restore's own calls that return raw numbers,
+/// such as [`dup_above`]): it is closed when the result is dropped.
+pub fn adopt(fd: RawFd) -> OwnedFd {
+    // SAFETY: the caller passes an fd it just made and gives away (the
+    // function's contract); a wrong number could only close an fd twice,
+    // which restore's callers never do.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }

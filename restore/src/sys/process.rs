@@ -254,3 +254,36 @@ pub fn die_with(status: i32) -> ! {
     }
     exit_now(libc::WEXITSTATUS(status))
 }
+
+/// Block `sigs` in this (single-threaded) process.
+pub fn block_signals(sigs: &[i32]) -> io::Result<()> {
+    let set = sigset(sigs);
+    // SAFETY: a sigset_t we own; no old set wanted.
+    cvt(unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) })?;
+    Ok(())
+}
+
+/// sigwaitinfo for one of `sigs` (blocked): its number.
+pub fn wait_signal(sigs: &[i32]) -> io::Result<i32> {
+    let set = sigset(sigs);
+    // SAFETY: a sigset_t we own; the siginfo is not wanted (NULL).
+    cvt(unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) })
+}
+
+fn sigset(sigs: &[i32]) -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set we own; sigaddset changes it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in sigs {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Close every fd from `first` on.
+pub fn close_from(first: i32) {
+    // SAFETY: close_range takes integers only and closes fds of ours.
+    unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0) };
+}

@@ -134,6 +134,7 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
             "mask": m.mask, "ignored_mask": m.ignored_mask, "dev": m.dev, "ino": m.ino,
             "path": s(img, m.path)})).collect::<Vec<_>>(),
         "sockets": sockets(img),
+        "tree": tree(img),
         "queued_signals": img.signals().iter().map(|q| json!({
             "thread": match (q.shared, q.thread) {
                 (1, _) => None,
@@ -142,6 +143,29 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
             },
             "signo": q.signo, "name": signame(q.signo), "shared": q.shared != 0,
             "code": q.info[1] as u32 as i32, "value": q.info[3]})).collect::<Vec<_>>(),
+    })
+}
+
+/// The processes of a tree and what they share.
+fn tree(img: &Image) -> serde_json::Value {
+    let root = img.process().pid;
+    let procs: Vec<Value> = img
+        .tree()
+        .iter()
+        .map(|t| {
+            let zombie = t.state == cryo_image::tree::proc_state::ZOMBIE;
+            json!({
+                "pid": t.pid, "ppid": t.ppid, "pgid": t.pgid, "sid": t.sid,
+                "state": super::tree_state(&t),
+                "exit_status": zombie.then_some(t.exit_status),
+                "image": (!zombie && t.pid != root).then(|| cryo_image::tree::proc_dir(t.pid)),
+            })
+        })
+        .collect();
+    json!({
+        "processes": procs,
+        "shared_fds": img.tree_fds().iter().collect::<Vec<_>>(),
+        "shared_files": img.tree_files().iter().collect::<Vec<_>>(),
     })
 }
 

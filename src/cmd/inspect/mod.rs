@@ -45,6 +45,20 @@ pub fn run(a: InspectArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// A tree member's state for people: running, or a zombie with how it
+/// ended.
+pub(super) fn tree_state(t: &cryo_image::tree::TreeProc) -> String {
+    if t.state != cryo_image::tree::proc_state::ZOMBIE {
+        return "live".into();
+    }
+    let st = t.exit_status as i32;
+    if libc::WIFSIGNALED(st) {
+        format!("zombie, killed by signal {}", libc::WTERMSIG(st))
+    } else {
+        format!("zombie, exited {}", libc::WEXITSTATUS(st))
+    }
+}
+
 pub(super) fn s<'a>(img: &Image<'a>, r: StrRef) -> &'a str {
     img.str(r).unwrap_or("")
 }

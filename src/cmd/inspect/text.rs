@@ -33,6 +33,26 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
         s(img, p.exe),
         s(img, p.cwd)
     );
+    if img.tree().len() > 1 {
+        let _ = writeln!(
+            o,
+            "tree      {} processes (each live one's image in procs/PID; `cryo inspect DIR/procs/PID`), {} fds and {} files shared between them:",
+            img.tree().len(),
+            img.tree_fds().len(),
+            img.tree_files().len()
+        );
+        for t in img.tree().iter() {
+            let _ = writeln!(
+                o,
+                "  pid {:>7}  parent {:>7}  group {:>7}  session {:>7}  {}",
+                t.pid,
+                t.ppid,
+                t.pgid,
+                t.sid,
+                super::tree_state(&t)
+            );
+        }
+    }
     let mut state = vec![];
     if p.flags & process_flags::WAS_STOPPED != 0 {
         state.push("was stopped".to_string());

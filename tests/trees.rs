@@ -1,0 +1,348 @@
+//! Process trees, captured whole and restored whole: a shell pipeline
+//! mid-stream, a family of processes checking their own zombies, groups,
+//! sessions, PIDs and the bytes in a pipe between them, a pre-fork server
+//! whose workers share listening sockets, Python's multiprocessing.Pool;
+//! and the refusals (a child with --single, shared anonymous memory, a
+//! socket pair between processes, a PID taken at restore), each leaving
+//! the tree as it was.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+/// Every PID of a captured tree (from `cryo inspect --json`).
+fn tree_pids(img: &Path) -> Vec<i32> {
+    let (code, out, err) = cryo_cmd(&["inspect", "--json", "--no-verify", img.to_str().unwrap()]);
+    assert_eq!(code, 0, "inspect: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("inspect json");
+    v["tree"]["processes"]
+        .as_array()
+        .expect("a tree")
+        .iter()
+        .map(|p| p["pid"].as_i64().unwrap() as i32)
+        .collect()
+}
+
+/// Wait until the captured (and killed) tree is gone: its PIDs are free.
+fn wait_gone(pids: &[i32]) {
+    wait_for(
+        "the killed tree to be reaped",
+        Duration::from_secs(30),
+        || pids.iter().all(|p| state(*p).is_none()),
+    );
+}
+
+fn capture_kill(pid: i32, img: &Path) {
+    let (code, _, err) = cryo_cmd(&["capture", "--kill", &pid.to_string(), img.to_str().unwrap()]);
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    assert_eq!(code, 0, "capture of the tree under {pid}: {err}\n{st}");
+}
+
+/// `cryo restore ARGS IMG` with stdin piped, stdout and stderr read.
+fn restore(img: &Path, args: &[&str]) -> Child {
+    sanitize_fds();
+    Command::new(cryo())
+        .arg("restore")
+        .args(args)
+        .arg(img)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cryo restore")
+}
+
+/// Send `input` to a restore, wait: (exit code, stdout, stderr).
+fn finish(mut c: Child, input: &str) -> (i32, String, String) {
+    if let Some(mut i) = c.stdin.take() {
+        let _ = i.write_all(input.as_bytes());
+    }
+    let mut out = String::new();
+    let mut err = String::new();
+    c.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let st = c.wait().expect("wait restore");
+    (st.code().unwrap_or(-1), out, err)
+}
+
+#[test]
+fn shell_pipeline_finishes_byte_exact_after_restore() {
+    let dir = scratch("tree-pipeline");
+    let out = dir.join("out.txt");
+    let want: String = (1..=300).map(|i| format!("x{i}\n")).collect();
+    let script = format!(
+        "seq 1 300 | while read i; do echo $i; sleep 0.01; done | sed -u s/^/x/ | cat > {}",
+        out.display()
+    );
+    sanitize_fds();
+    let mut sh = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("sh");
+    let pid = sh.id() as i32;
+    // Mid-stream: some lines out, most still to come.
+    wait_for(
+        "the pipeline to be under way",
+        Duration::from_secs(30),
+        || std::fs::read_to_string(&out).is_ok_and(|s| s.lines().count() >= 20),
+    );
+    let img = dir.join("img");
+    capture_kill(pid, &img);
+    let _ = sh.wait();
+    let pids = tree_pids(&img);
+    assert!(pids.len() >= 4, "sh, its loop, sed and cat: {pids:?}");
+    // What the file held at the capture: each restore starts from it (the
+    // restored cat writes on at its offset, in this very file).
+    let at_capture = std::fs::read(&out).unwrap();
+    assert!(at_capture.len() < want.len());
+    wait_gone(&pids);
+    for mode in [&[][..], &["--lazy"], &["--use-tracer"]] {
+        std::fs::write(&out, &at_capture).unwrap();
+        let (code, _, err) = finish(restore(&img, mode), "");
+        assert_eq!(code, 0, "restore {mode:?}: {err}");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), want, "{mode:?}");
+        wait_gone(&pids[1..]);
+    }
+}
+
+#[test]
+fn family_keeps_zombies_groups_sessions_pids_and_pipe_bytes() {
+    let dir = scratch("tree-family");
+    let t = Target::start("c-tree", &["family"]);
+    let img = dir.join("img");
+    t.wait_sleeping();
+    capture_kill(t.pid, &img);
+    drop(t);
+    let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+    assert!(text.contains("zombie, exited 7"), "{text}");
+    assert!(text.contains("zombie, killed by signal 15"), "{text}");
+    let pids = tree_pids(&img);
+    assert_eq!(pids.len(), 6, "{text}");
+    wait_gone(&pids);
+    for mode in [
+        &[][..],
+        &["--use-tracer"],
+        &["--lazy"],
+        &["--lazy=on-demand"],
+        &["--same-pid"],
+    ] {
+        let (code, out, err) = finish(restore(&img, mode), "x");
+        assert_eq!(code, 0, "restore {mode:?}: {out}{err}");
+        assert_eq!(
+            out.lines().last(),
+            Some("PASS tree"),
+            "{mode:?}: {out}{err}"
+        );
+        wait_gone(&pids[1..]);
+    }
+}
+
+#[test]
+fn prefork_workers_share_their_listening_sockets_after_restore() {
+    let dir = scratch("tree-prefork");
+    let sock = dir.join("srv.sock");
+    let mut t = Target::start("c-tree", &["prefork", sock.to_str().unwrap()]);
+    let port: u16 = t
+        .line(Duration::from_secs(10))
+        .and_then(|l| l.strip_prefix("PORT ")?.parse().ok())
+        .expect("PORT line");
+    let ask_tcp = |line: &str| -> String {
+        let t0 = Instant::now();
+        loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(mut s) => {
+                    s.write_all(format!("{line}\n").as_bytes()).unwrap();
+                    let mut r = String::new();
+                    BufReader::new(s).read_line(&mut r).unwrap();
+                    return r.trim_end().to_owned();
+                }
+                Err(_) if t0.elapsed() < Duration::from_secs(20) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("connect {port}: {e}"),
+            }
+        }
+    };
+    let ask_unix = |line: &str| -> String {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("unix connect");
+        s.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut r = String::new();
+        BufReader::new(s).read_line(&mut r).unwrap();
+        r.trim_end().to_owned()
+    };
+    assert!(ask_tcp("before").ends_with(": before"));
+    assert!(ask_unix("before").ends_with(": before"));
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    let pids = tree_pids(&img);
+    assert_eq!(pids.len(), 3);
+    wait_gone(&pids);
+    for mode in [&[][..], &["--lazy"]] {
+        let r = restore(&img, mode);
+        let mut workers = std::collections::BTreeSet::new();
+        for i in 0..8 {
+            let a = ask_tcp(&format!("tcp {i}"));
+            assert!(a.ends_with(&format!(": tcp {i}")), "{a}");
+            let w: i32 = a
+                .split(' ')
+                .nth(3)
+                .and_then(|p| p.trim_end_matches(':').parse().ok())
+                .unwrap();
+            assert!(
+                pids[1..].contains(&w),
+                "answered by a worker with its own PID: {a}"
+            );
+            workers.insert(w);
+            let b = ask_unix(&format!("unix {i}"));
+            assert!(b.ends_with(&format!(": unix {i}")), "{b}");
+        }
+        let (code, out, err) = finish(r, "quit\n");
+        assert_eq!(code, 0, "{mode:?}: {out}{err}");
+        assert_eq!(
+            out.lines().last(),
+            Some("PASS served"),
+            "{mode:?}: {out}{err}"
+        );
+        wait_gone(&pids[1..]);
+    }
+}
+
+#[test]
+fn python_multiprocessing_pool_works_after_restore() {
+    let python = "python3";
+    for method in ["fork", "spawn"] {
+        let dir = scratch(&format!("tree-pool-{method}"));
+        let mut cmd = Command::new(python);
+        cmd.arg(root().join("tests/programs/py_pool.py"))
+            .arg(method);
+        let t = Target::spawn(cmd, "py-pool");
+        t.wait_sleeping();
+        let img = dir.join("img");
+        capture_kill(t.pid, &img);
+        drop(t);
+        let pids = tree_pids(&img);
+        assert!(pids.len() >= 3, "the pool's root and two workers: {pids:?}");
+        wait_gone(&pids);
+        // The pool checks its own PID before it joins its workers.
+        let (code, out, err) = finish(restore(&img, &["--same-pid"]), "go\n");
+        assert_eq!(code, 0, "{method}: {out}{err}");
+        assert_eq!(
+            out.lines().last(),
+            Some("PASS pool True"),
+            "{method}: {out}{err}"
+        );
+    }
+}
+
+/// A command whose tree cryo must refuse: the refusal names `what`, and
+/// every process is left running as it was.
+fn refused(script: &str, args: &[&str], what: &str) {
+    sanitize_fds();
+    let mut c = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(c.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "READY");
+    let pid = c.id() as i32;
+    let dir = scratch("tree-refused");
+    let img = dir.join("img");
+    let mut a = vec!["capture"];
+    a.extend_from_slice(args);
+    let p = pid.to_string();
+    a.extend([p.as_str(), img.to_str().unwrap()]);
+    let (code, _, err) = cryo_cmd(&a);
+    assert_ne!(code, 0, "capture must refuse: {err}");
+    assert!(err.contains(what), "{err}");
+    assert!(!img.exists());
+    // Left as it was: running, and it goes on to finish on its own.
+    assert_ne!(state(pid), Some('T'));
+    c.stdin.take().unwrap().write_all(b"done\n").unwrap();
+    let mut rest = String::new();
+    c.stdout.take().unwrap().read_to_string(&mut rest).unwrap();
+    assert!(c.wait().unwrap().success());
+    assert_eq!(rest.trim(), "PASS", "the tree went on after the refusal");
+}
+
+#[test]
+fn refuses_what_a_tree_restore_cannot_bring_back() {
+    // A child, with --single.
+    let fork_and_wait = r#"
+import os, sys
+pid = os.fork()
+if pid == 0:
+    sys.stdin.readline(); os._exit(0)
+print("READY", flush=True); sys.stdin.readline()
+os.waitpid(pid, 0); print("PASS", flush=True)
+"#;
+    refused(
+        fork_and_wait,
+        &["--single"],
+        "--single captures one process only",
+    );
+    // Shared anonymous memory between parent and child.
+    let shared = r#"
+import mmap, os, sys
+m = mmap.mmap(-1, 4096)
+pid = os.fork()
+if pid == 0:
+    sys.stdin.readline(); os._exit(0)
+print("READY", flush=True); sys.stdin.readline()
+os.waitpid(pid, 0); print("PASS", flush=True)
+"#;
+    refused(
+        shared,
+        &[],
+        "shared anonymous and SysV memory between processes",
+    );
+    // A socket pair whose ends are in different processes.
+    let pair = r#"
+import os, socket, sys
+a, b = socket.socketpair()
+pid = os.fork()
+if pid == 0:
+    a.close(); sys.stdin.readline(); os._exit(0)
+b.close()
+print("READY", flush=True); sys.stdin.readline()
+os.waitpid(pid, 0); print("PASS", flush=True)
+"#;
+    refused(pair, &[], "a socket pair or connection between processes");
+}
+
+#[test]
+fn restore_refuses_a_taken_pid_before_touching_anything() {
+    let dir = scratch("tree-taken");
+    let t = Target::start("c-tree", &["family"]);
+    t.wait_sleeping();
+    let img = dir.join("img");
+    // Captured, left running: its PIDs are taken.
+    let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = finish(restore(&img, &[]), "");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("the captured PIDs must be free"), "{err}");
+    assert!(
+        err.contains(" by c-tree (a zombie)") && err.contains(" by c-tree,"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(!out.contains("PASS"));
+    // The original is untouched and finishes.
+    let mut t = t;
+    t.poke_stdin();
+    let (code, last, err) = t.finish();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(last, "PASS tree");
+}
