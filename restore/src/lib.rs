@@ -156,7 +156,15 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
     if image.image()?.tree().len() > 1 {
         return tree::prepare(dir, image, opts);
     }
-    prepare_one(dir, image, opts, (&[], &[]))
+    prepare_one(dir, image, opts, MadeFor::default())
+}
+
+/// What a tree's restore made for one process: (fd, our fd) of its shared
+/// fds, (files-table index, our fd) of the files it shares.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct MadeFor<'a> {
+    fds: &'a [(i32, i32)],
+    files: &'a [(u32, i32)],
 }
 
 /// One process's plan (`made`: its fds, and the files it maps or holds,
@@ -165,7 +173,7 @@ fn prepare_one(
     dir: &Path,
     image: LoadedImage,
     opts: Options,
-    made: (&[(i32, i32)], &[(u32, i32)]),
+    made: MadeFor,
 ) -> Result<Plan, RestoreError> {
     let img = image.image()?;
     let p = img.process();
@@ -181,12 +189,12 @@ fn prepare_one(
         &image,
         &img,
         &opts.inherit_fds,
-        made.0,
+        made.fds,
         opts.drop_pipe_data,
         &opts.restore_stdio,
         !opts.no_verify,
     )?;
-    fds.premade = made.1.to_vec();
+    fds.premade = made.files.to_vec();
     let checked = task::check(&img, &own_status)?;
     let setup = Setup {
         checked,

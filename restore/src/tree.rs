@@ -90,11 +90,9 @@ pub(crate) fn prepare(dir: &Path, root: LoadedImage, opts: Options) -> Result<Pl
         make_shared(&recs, &img, &img_of, &opts)?
     };
     let (no_fds, no_files) = (Vec::new(), Vec::new());
-    let made_of = |pid: u32| {
-        (
-            made.fds.get(&pid).unwrap_or(&no_fds).as_slice(),
-            made.files.get(&pid).unwrap_or(&no_files).as_slice(),
-        )
+    let made_of = |pid: u32| crate::MadeFor {
+        fds: made.fds.get(&pid).unwrap_or(&no_fds).as_slice(),
+        files: made.files.get(&pid).unwrap_or(&no_files).as_slice(),
     };
     let mut members = vec![Member {
         rec: recs[0],
