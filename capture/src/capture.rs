@@ -179,8 +179,14 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
         if obstacles.is_empty() {
             let procs: Vec<(i32, &Inspected)> = pids.iter().copied().zip(all.iter()).collect();
             let files = crate::tree::shared_memory(&procs, &mut obs);
-            let shared = crate::tree::share(&procs, &mut obs);
+            let (shared, queued) = crate::tree::share(&procs, &mut obs);
             all[0].b.tree_fds = shared;
+            for (p, index, bytes) in queued {
+                all[p].stored.blobs.push(crate::stored::PendingBlob {
+                    to: crate::stored::BlobOwner::Socket(index),
+                    bytes,
+                });
+            }
             all[0].b.tree_files = files;
             all[0].b.tree = tree.records();
         }
@@ -231,7 +237,15 @@ pub fn capture(
             nested.push(w);
             d
         };
-        dumps.push(d.map_err(|e| exited_or(pid, e))?);
+        match d {
+            Ok(d) => dumps.push(d),
+            Err(e) => {
+                // Let every process go first: one killed meanwhile is then
+                // seen gone (or a zombie), and the error says so.
+                drop(tree);
+                return Err(exited_or(pid, e));
+            }
+        }
     }
     // Everything is read. Processes that are to go on as they were can go
     // on now, while the last page buffers are written and fsynced: an
@@ -331,11 +345,13 @@ pub(crate) struct DumpStats {
 
 /// Everything read of one stopped process but its pages.
 pub(crate) struct Inspected {
+    pub stored: StoredFiles,
     pub b: ImageBuilder,
     pub maps: Vec<procinfo::Mapping>,
+    /// Unix sockets connected outside the process (a tree pairs them).
+    pub cross: Vec<crate::sockets::CrossEnd>,
     /// (kind, flags, file) of each mapping, as `vma::classify_all` said.
     classes: Vec<(u32, u32, u32)>,
-    stored: StoredFiles,
 }
 
 /// Read the state of a stopped target, refusing (with every obstacle at
@@ -350,6 +366,7 @@ pub(crate) fn inspect(
     let mut b = ImageBuilder::default();
     let mut obs = Obstacles::default();
     let mut stored = StoredFiles::default();
+    scope.cross.clear();
 
     // Process-wide conditions: children (with --single), namespaces, seccomp.
     let st = crate::task::StatusText::read(pid);
@@ -427,6 +444,7 @@ pub(crate) fn inspect(
     Ok(Inspected {
         b,
         maps,
+        cross: std::mem::take(&mut scope.cross),
         classes,
         stored,
     })

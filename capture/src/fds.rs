@@ -294,5 +294,6 @@ pub fn capture(
     // The pipes: who holds their ends, their capacity and their bytes.
     crate::pipes::capture(pid, scope, pidfd.as_ref(), &pipes, base, b, stored, obs);
     // Unix sockets connected to each other.
-    crate::sockets::link(b, sockets, stored, obs);
+    let cross = (scope.pids.len() > 1).then_some(&mut scope.cross);
+    crate::sockets::link(b, sockets, stored, cross, obs);
 }

@@ -17,7 +17,7 @@ pub mod procinfo;
 pub mod regs;
 pub mod remote;
 mod signals;
-mod sockets;
+pub mod sockets;
 pub mod stored;
 mod sys;
 pub mod task;

@@ -20,6 +20,9 @@ use std::os::unix::fs::MetadataExt;
 pub struct Scope {
     pub pids: Vec<i32>,
     holders: Option<HashMap<u64, Vec<i32>>>,
+    /// The unix sockets of the process being inspected that are connected
+    /// outside it (taken by the caller after each process).
+    pub cross: Vec<crate::sockets::CrossEnd>,
 }
 
 impl Scope {
@@ -27,6 +30,7 @@ impl Scope {
         Scope {
             pids,
             holders: None,
+            cross: Vec::new(),
         }
     }
 

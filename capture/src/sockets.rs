@@ -152,6 +152,58 @@ pub struct Sockets {
     connected: Vec<Connected>,
 }
 
+/// An unnamed unix socket connected to a socket outside its process,
+/// which may be in another process of the tree (a socketpair made before
+/// a fork): the tree's pass pairs it, or refuses it with `obstacle`.
+#[derive(Debug)]
+pub struct CrossEnd {
+    /// Index in the process's sockets table.
+    pub index: usize,
+    pub fd: i32,
+    pub ino: u64,
+    pub peer: u64,
+    pub rqueue: u32,
+    pub shutdown: u8,
+    pub stream: bool,
+    /// Our copy of it, to read the bytes queued in it.
+    pub dup: OwnedFd,
+    pub obstacle: String,
+}
+
+impl CrossEnd {
+    /// The bytes waiting to be read from this end (a stream), or why they
+    /// cannot be kept.
+    pub fn queued(&self) -> Result<Vec<u8>, String> {
+        if self.rqueue == 0 {
+            return Ok(Vec::new());
+        }
+        if !self.stream {
+            return Err(format!(
+                "fd {} (a unix socket paired with another process) has {} bytes of messages queued; only a stream pair's bytes are restored",
+                self.fd, self.rqueue
+            ));
+        }
+        match sock::peek(&self.dup, self.rqueue as usize + 1) {
+            Ok(p) if p.fds => Err(format!(
+                "fd {} (a unix socket paired with another process) has file descriptors in flight (SCM_RIGHTS); not supported yet",
+                self.fd
+            )),
+            Ok(p) if p.other_control => Err(format!(
+                "fd {} (a unix socket paired with another process) has bytes queued with credentials (SO_PASSCRED); they would come back with the restorer's",
+                self.fd
+            )),
+            Ok(p) if p.bytes.len() != self.rqueue as usize => Err(format!(
+                "fd {}: peeked {} of the {} bytes queued",
+                self.fd,
+                p.bytes.len(),
+                self.rqueue
+            )),
+            Ok(p) => Ok(p.bytes),
+            Err(e) => Err(format!("fd {}: reading the bytes queued in it: {e}", self.fd)),
+        }
+    }
+}
+
 /// Capture the socket behind fd `f` of the process (`pidfd`); its index
 /// in the sockets table, or why it cannot be restored.
 pub fn capture(
@@ -378,10 +430,13 @@ fn opt(index: usize, level: i32, name: i32, bytes: &[u8]) -> SockOpt {
 /// the bytes queued in a stream pair); a datagram socket connected to a
 /// named socket elsewhere is connected again by address; anything else
 /// is refused.
+/// `cross`: in a tree, where the unnamed unix sockets connected outside
+/// the process go (None: each is an obstacle).
 pub fn link(
     b: &mut ImageBuilder,
     seen: Sockets,
     stored: &mut StoredFiles,
+    mut cross: Option<&mut Vec<CrossEnd>>,
     obs: &mut crate::obstacles::Obstacles,
 ) {
     let all = &seen.connected;
@@ -461,17 +516,44 @@ pub fn link(
                 } else {
                     format!("socket:[{}]", c.diag.peer)
                 };
-                obs.push(if c.diag.rqueue > 0 {
+                let obstacle = if c.diag.rqueue > 0 {
                     format!(
                         "fd {} ({what}) has {} bytes queued from {to}; they cannot be restored",
                         c.fd, c.diag.rqueue
                     )
                 } else {
                     format!(
-                        "fd {} ({what}) is connected to {to}, outside the process; cryo cannot connect it again (a socket pair or connection between processes, even of one tree, is not restored yet)",
+                        "fd {} ({what}) is connected to {to}, outside the process; cryo cannot connect it again (only an unnamed pair between processes of one tree is)",
                         c.fd
                     )
-                });
+                };
+                let unnamed = s.addr_len <= 2 && s.peer_len <= 2 && c.diag.peer != 0;
+                match cross.as_deref_mut() {
+                    Some(v) if unnamed => {
+                        // One end of a pair whose other end is elsewhere
+                        // (the tree's pass finds it, or refuses it).
+                        b.sockets[c.index].state = socket_state::PAIR;
+                        let dup = match c.dup.try_clone() {
+                            Ok(d) => d,
+                            Err(e) => {
+                                obs.push(format!("fd {}: {e}", c.fd));
+                                continue;
+                            }
+                        };
+                        v.push(CrossEnd {
+                            index: c.index,
+                            fd: c.fd,
+                            ino: c.ino,
+                            peer: c.diag.peer as u64,
+                            rqueue: c.diag.rqueue,
+                            shutdown: c.diag.shutdown,
+                            stream,
+                            dup,
+                            obstacle,
+                        })
+                    }
+                    _ => obs.push(obstacle),
+                }
             }
         }
     }

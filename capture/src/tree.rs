@@ -20,7 +20,7 @@ use crate::threads::Group;
 use crate::tracee::PtraceError;
 use cryo_image::fds::{file_flags, pipe_flags, socket_state};
 use cryo_image::tree::{proc_state, TreeFd, TreeFile, TreeProc};
-use cryo_image::{fd_kind, Fd};
+use cryo_image::{fd_kind, Fd, NO_INDEX};
 use std::collections::HashMap;
 
 /// One process of the tree.
@@ -301,11 +301,19 @@ pub(crate) fn shared_memory(procs: &[(i32, &Inspected)], obs: &mut Obstacles) ->
 /// The objects processes of the tree share, into `tree_fds` (and the
 /// obstacles of kinds that cannot be shared yet). `procs`: (pid, its
 /// inspected state) of every live process, root first.
-pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> Vec<TreeFd> {
+/// Also returns the bytes queued in the ends of socket pairs between
+/// processes: (process, socket index, bytes) for the caller to store.
+pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> (Vec<TreeFd>, Queued) {
+    let mut out = Vec::new();
+    let mut next_object = 0u32;
+    let (pairs_done, queued) = socket_pairs(procs, &mut out, &mut next_object, obs);
     // Candidates: the first fd of each description, by what it is.
     let mut by_inode: HashMap<(u32, u64, u64), Vec<(usize, usize)>> = HashMap::new();
     for (p, (_, ins)) in procs.iter().enumerate() {
         for (i, f) in ins.b.fds.iter().enumerate() {
+            if f.kind == fd_kind::SOCKET && pairs_done.contains(&f.ino) {
+                continue;
+            }
             if f.desc as usize == i {
                 let kind = if f.kind == fd_kind::FIFO {
                     fd_kind::PIPE
@@ -319,8 +327,6 @@ pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> Vec<Tre
             }
         }
     }
-    let mut out = Vec::new();
-    let mut next_object = 0u32;
     let mut keys: Vec<_> = by_inode.keys().copied().collect();
     keys.sort();
     for key in keys {
@@ -398,13 +404,128 @@ pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> Vec<Tre
                         pid: procs[p].0 as u32,
                         fd: g.fd,
                         pipe_end: end,
+                        peer: NO_INDEX,
                     });
                 }
             }
             next_object += 1;
         }
     }
-    out
+    (out, queued)
+}
+
+/// Bytes queued in socket pair ends: (process, socket index, bytes).
+pub(crate) type Queued = Vec<(usize, usize, Vec<u8>)>;
+
+/// Unix socket pairs whose ends (or whose ends' descriptions) are in more
+/// than one process: each end a tree object naming the other. Returns the
+/// socket inodes done and the bytes queued in ends no process captured
+/// on its own (an end paired outside its process). A socket connected to
+/// one outside the tree keeps its process's obstacle.
+fn socket_pairs(
+    procs: &[(i32, &Inspected)],
+    out: &mut Vec<TreeFd>,
+    next_object: &mut u32,
+    obs: &mut Obstacles,
+) -> (Vec<u64>, Queued) {
+    // Socket inode -> the first fds of its description, by process.
+    let mut holders: HashMap<u64, Vec<(usize, usize)>> = HashMap::new();
+    let mut pairs: Vec<(u64, u64)> = Vec::new();
+    for (p, (_, ins)) in procs.iter().enumerate() {
+        for (i, f) in ins.b.fds.iter().enumerate() {
+            if f.kind != fd_kind::SOCKET || f.desc as usize != i {
+                continue;
+            }
+            holders.entry(f.ino).or_default().push((p, i));
+            // A pair made in this process.
+            let Some(s) = ins.b.sockets.get(f.object as usize) else {
+                continue;
+            };
+            if s.state == socket_state::PAIR && s.pair != NO_INDEX {
+                if let Some(o) = ins
+                    .b
+                    .fds
+                    .iter()
+                    .find(|g| g.kind == fd_kind::SOCKET && g.object == s.pair)
+                {
+                    pairs.push((f.ino.min(o.ino), f.ino.max(o.ino)));
+                }
+            }
+        }
+    }
+    for (_, ins) in procs {
+        for c in &ins.cross {
+            if holders.contains_key(&c.peer) {
+                pairs.push((c.ino.min(c.peer), c.ino.max(c.peer)));
+            } else {
+                obs.push(c.obstacle.clone());
+            }
+        }
+    }
+    pairs.sort_unstable();
+    pairs.dedup();
+    let mut done = Vec::new();
+    let mut queued = Vec::new();
+    for (a, b) in pairs {
+        let (ha, hb) = (&holders[&a], &holders[&b]);
+        let mut spans: Vec<usize> = ha.iter().chain(hb).map(|h| h.0).collect();
+        spans.sort_unstable();
+        spans.dedup();
+        if spans.len() < 2 {
+            continue; // a pair inside one process: its own image has it
+        }
+        done.extend([a, b]);
+        let mut ok = true;
+        for end in [a, b] {
+            // An end whose process saw it paired outside: its bytes and
+            // shutdown state are read here (an end paired inside its
+            // process had them read with it).
+            let Some((p, c)) = procs
+                .iter()
+                .enumerate()
+                .find_map(|(p, (_, ins))| ins.cross.iter().find(|c| c.ino == end).map(|c| (p, c)))
+            else {
+                continue;
+            };
+            if c.shutdown != 0 {
+                obs.push(format!(
+                    "process {}: fd {} (one end of a socket pair between processes) is shut down in one direction; not supported yet",
+                    procs[p].0, c.fd
+                ));
+                ok = false;
+                continue;
+            }
+            match c.queued() {
+                Ok(bytes) if !bytes.is_empty() => queued.push((p, c.index, bytes)),
+                Ok(_) => {}
+                Err(why) => {
+                    obs.push(format!("process {}: {why}", procs[p].0));
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            continue;
+        }
+        let (oa, ob) = (*next_object, *next_object + 1);
+        *next_object += 2;
+        for (end, hs, obj, peer, n) in [(a, ha, oa, ob, 0), (b, hb, ob, oa, 1)] {
+            let _ = end;
+            for &(p, i) in hs {
+                let ins = procs[p].1;
+                for g in ins.b.fds.iter().filter(|g| g.desc as usize == i) {
+                    out.push(TreeFd {
+                        object: obj,
+                        pid: procs[p].0 as u32,
+                        fd: g.fd,
+                        pipe_end: n,
+                        peer,
+                    });
+                }
+            }
+        }
+    }
+    (done, queued)
 }
 
 /// Why a description of this kind cannot be handed to several processes

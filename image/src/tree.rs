@@ -37,14 +37,19 @@ record! {
     /// An fd of one process of the tree whose object others share.
     pub struct TreeFd {
         /// The object: fds with the same `object` are one open file
-        /// description, or ends of one pipe (`pipe_end` then tells which
-        /// description: 0 read, 1 write).
+        /// description (of a pipe, `pipe_end` tells which end; pipes are
+        /// matched by their inode; the two ends of a socket pair name each
+        /// other in `peer`).
         pub object: u32,
         pub pid: u32,
         pub fd: i32,
         /// For a pipe: the description within the pipe (0: read end,
-        /// 1: write end); 0 otherwise.
+        /// 1: write end); for a socket pair: which end (0 or 1); 0
+        /// otherwise.
         pub pipe_end: u32,
+        /// For an end of a socket pair: the object of its other end
+        /// (`NO_INDEX` otherwise).
+        pub peer: u32,
     }
 }
 

@@ -14,7 +14,7 @@ use crate::{sys, RestoreError, Why};
 use cryo_image::fds::{sockaddr_bytes, sockaddr_display, socket_state, Socket};
 use cryo_image::load::LoadedImage;
 use cryo_image::Image;
-use std::os::fd::{AsFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 
 fn addr_of(s: &Socket) -> Vec<u8> {
     let (b, n) = sockaddr_bytes(&s.addr, s.addr_len);
@@ -203,7 +203,7 @@ fn opt_name(level: i32, name: i32) -> String {
 
 /// Every captured option of socket `object` on `fd`, where it differs
 /// from what `fd` has; each read back and compared.
-fn set_options(img: &Image, object: u32, fd: BorrowedFd) -> Result<(), Why> {
+pub(crate) fn set_options(img: &Image, object: u32, fd: BorrowedFd) -> Result<(), Why> {
     for o in img.sockopts().iter().filter(|o| o.sock == object) {
         let (want, n) = opt_bytes(&o);
         let want = &want[..n];
@@ -348,4 +348,50 @@ pub(crate) fn make(
     let raw = fd.into_raw_fd();
     set_status_flags(raw, flags).map_err(|e| fd_err(p, e))?;
     Ok(raw)
+}
+
+/// One end of a socket pair whose ends are in different processes of a
+/// tree: the image and fd of a process holding it.
+pub(crate) struct PairEnd<'a> {
+    pub loaded: &'a LoadedImage,
+    pub img: Image<'a>,
+    pub fd: cryo_image::Fd,
+}
+
+/// Make a socket pair whose ends the processes of a tree hold: each end
+/// with its options and flags, the bytes that waited to be read from each
+/// sent through the other. Returns our ends, in order.
+pub(crate) fn make_pair(
+    ends: [&PairEnd; 2],
+    verify: bool,
+) -> Result<(OwnedFd, OwnedFd), RestoreError> {
+    let sock = |e: &PairEnd| e.img.sockets().get(e.fd.object as usize);
+    let set = |e: &PairEnd, fd: BorrowedFd| set_options(&e.img, e.fd.object, fd);
+    let err = |e: &PairEnd, why: Why| RestoreError::Fd {
+        fd: e.fd.fd,
+        what: "unix socket pair between processes".into(),
+        why,
+    };
+    let (Some(sa), Some(sb)) = (sock(ends[0]), sock(ends[1])) else {
+        return Err(err(ends[0], "no socket state in the image".into()));
+    };
+    let (a, b) = sys::socketpair(sa.family as i32, sa.sock_type as i32)
+        .map_err(|e| err(ends[0], Why::sys("socketpair", e)))?;
+    for (e, fd) in [(ends[0], a.as_fd()), (ends[1], b.as_fd())] {
+        set(e, fd).map_err(|w| err(e, w))?;
+    }
+    for (e, s, from) in [(ends[0], sa, b.as_fd()), (ends[1], sb, a.as_fd())] {
+        if s.data.len > 0 {
+            let bytes = e
+                .loaded
+                .read_blob(&s.data, verify)
+                .map_err(|x| err(e, Why::Said(x.to_string())))?;
+            sys::send_all(from, &bytes)
+                .map_err(|x| err(e, Why::sys("putting the queued bytes back", x)))?;
+        }
+    }
+    for (e, fd) in [(ends[0], &a), (ends[1], &b)] {
+        set_status_flags(fd.as_raw_fd(), e.fd.flags as i32).map_err(|x| err(e, Why::from(x)))?;
+    }
+    Ok((a, b))
 }

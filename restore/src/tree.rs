@@ -35,7 +35,7 @@ use cryo_image::tree::{proc_dir, proc_state, TreeProc};
 use cryo_image::{fd_kind, Image};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 /// One process of the tree.
@@ -210,8 +210,14 @@ fn make_shared<'a>(
     let index_of = |pid: u32| recs.iter().position(|r| r.pid == pid);
     // object -> its fds (member index, fd, pipe end)
     let mut objects: BTreeMap<u32, Vec<(usize, i32, u32)>> = BTreeMap::new();
+    // Socket pairs: (end 0's object, end 1's object).
+    let mut pairs: Vec<(u32, u32)> = Vec::new();
     for t in root_img.tree_fds().iter() {
         let Some(k) = index_of(t.pid) else { continue };
+        if t.peer != cryo_image::NO_INDEX && t.pipe_end == 0 && !pairs.contains(&(t.object, t.peer))
+        {
+            pairs.push((t.object, t.peer));
+        }
         objects
             .entry(t.object)
             .or_default()
@@ -229,6 +235,9 @@ fn make_shared<'a>(
     let mut pipes: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
     let mut rest = Vec::new();
     for (&obj, fds) in &objects {
+        if pairs.iter().any(|&(a, b)| a == obj || b == obj) {
+            continue;
+        }
         let (k, n, _) = fds[0];
         let Some((_, img)) = img_of(k) else {
             return Err(RestoreError::Tree(format!(
@@ -325,6 +334,18 @@ fn make_shared<'a>(
             give(fds, fd, &mut made);
         }
     }
+    // Socket pairs whose ends are in different processes.
+    for &(oa, ob) in &pairs {
+        let (Some(fa), Some(fb)) = (objects.get(&oa), objects.get(&ob)) else {
+            return Err(RestoreError::Tree(format!(
+                "a socket pair's end (object {oa} or {ob}) has no holder"
+            )));
+        };
+        let (a, b) = (pair_end(fa, img_of)?, pair_end(fb, img_of)?);
+        let (ea, eb) = crate::sockets::make_pair([&a, &b], verify)?;
+        give(fa, ea.into_raw_fd(), &mut made);
+        give(fb, eb.into_raw_fd(), &mut made);
+    }
     // Everything else: made as the first holder (the root, where it holds
     // it) would make it alone.
     for obj in rest {
@@ -374,6 +395,31 @@ fn make_shared<'a>(
         made.ours.push(f);
     }
     Ok(made)
+}
+
+/// One end of a socket pair, as a holder whose image has the bytes that
+/// waited in it, if one has them.
+fn pair_end<'a>(
+    fds: &[(usize, i32, u32)],
+    img_of: &dyn Fn(usize) -> Option<(&'a LoadedImage, Image<'a>)>,
+) -> Result<crate::sockets::PairEnd<'a>, RestoreError> {
+    let mut first = None;
+    for &(k, n, _) in fds {
+        let Some((loaded, img)) = img_of(k) else {
+            continue;
+        };
+        let Some(fd) = fd_at(&img, n) else { continue };
+        let queued = img
+            .sockets()
+            .get(fd.object as usize)
+            .is_some_and(|s| s.data.len > 0);
+        let e = crate::sockets::PairEnd { loaded, img, fd };
+        if queued {
+            return Ok(e);
+        }
+        first.get_or_insert(e);
+    }
+    first.ok_or_else(|| RestoreError::Tree("a socket pair's end is missing from its images".into()))
 }
 
 fn fd_at(img: &Image, n: i32) -> Option<cryo_image::Fd> {

@@ -515,7 +515,10 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
                         .fds()
                         .iter()
                         .find(|g| g.kind == fd_kind::SOCKET && g.object == k.pair);
-                    out += &format!(" with fd {}", other.map_or(-1, |g| g.fd));
+                    match other {
+                        Some(g) => out += &format!(" with fd {}", g.fd),
+                        None => out += " with another process of the tree",
+                    }
                     if k.data.len > 0 {
                         out += &format!(", {} bytes queued", k.data.len);
                     }
