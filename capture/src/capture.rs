@@ -178,7 +178,7 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
         // What they share, once each of them could be read.
         if obstacles.is_empty() {
             let procs: Vec<(i32, &Inspected)> = pids.iter().copied().zip(all.iter()).collect();
-            let files = crate::tree::shared_memory(&procs, &mut obs);
+            let files = crate::tree::shared_memory(&procs);
             let (shared, queued) = crate::tree::share(&procs, &mut obs);
             all[0].b.tree_fds = shared;
             for (p, index, bytes) in queued {
@@ -374,8 +374,16 @@ pub(crate) fn inspect(
     // Mappings and fds: what each is (the contents of files that exist
     // nowhere else stored), or why it cannot be restored.
     let maps = procinfo::smaps(pid)?;
-    let classified =
-        crate::vma::classify_all(pid, &maps, &mut b, &mut stored, &opts.limits, &mut obs);
+    let in_tree = scope.pids.len() > 1;
+    let classified = crate::vma::classify_all(
+        pid,
+        &maps,
+        in_tree,
+        &mut b,
+        &mut stored,
+        &opts.limits,
+        &mut obs,
+    );
     let classes: Vec<(u32, u32, u32)> = classified
         .iter()
         .map(|c| (c.kind, c.flags, c.file))

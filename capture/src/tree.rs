@@ -235,29 +235,15 @@ pub fn shape_obstacles(t: &Tree, obs: &mut Obstacles) {
     }
 }
 
-/// Memory the processes of the tree share. An unlinked file or memfd
-/// (a POSIX semaphore, an unlinked shm_open) that several processes map
-/// or hold is made once at restore (`tree_files`), so their shared
-/// mappings stay shared. Shared anonymous memory and SysV segments mapped
-/// by several processes are obstacles: a restore would give each process
-/// its own copy. (A shared mapping of a file on disk maps that file again
-/// in each process: nothing to do.)
-pub(crate) fn shared_memory(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> Vec<TreeFile> {
-    let mut anon: HashMap<(u32, u32, u64), Vec<(i32, String)>> = HashMap::new();
+/// Memory the processes of the tree share: an unlinked file or memfd (a
+/// POSIX semaphore, an unlinked shm_open) or a shared anonymous mapping
+/// (stored as the shmem file it is, see `vma::classify_all`) that several
+/// processes map or hold is made once at restore (`tree_files`), so their
+/// shared mappings stay one. (A shared mapping of a file on disk maps that
+/// file again in each process; SysV segments are refused on their own.)
+pub(crate) fn shared_memory(procs: &[(i32, &Inspected)]) -> Vec<TreeFile> {
     let mut files: HashMap<(u64, u64), Vec<(i32, u32)>> = HashMap::new();
     for (pid, ins) in procs {
-        for m in &ins.maps {
-            let anon_shared = m.path.starts_with("/dev/zero")
-                || m.path.starts_with("/SYSV")
-                || m.path.starts_with("[anon_shmem");
-            if !m.shared || !anon_shared {
-                continue;
-            }
-            let v = anon.entry((m.dev_major, m.dev_minor, m.inode)).or_default();
-            if !v.iter().any(|(p, _)| p == pid) {
-                v.push((*pid, m.path.clone()));
-            }
-        }
         for (i, f) in ins.b.files.iter().enumerate() {
             if f.flags & (file_flags::DELETED | file_flags::MEMFD) != 0 {
                 files
@@ -266,16 +252,6 @@ pub(crate) fn shared_memory(procs: &[(i32, &Inspected)], obs: &mut Obstacles) ->
                     .push((*pid, i as u32));
             }
         }
-    }
-    let mut shared: Vec<_> = anon.into_values().filter(|v| v.len() > 1).collect();
-    shared.sort();
-    for v in shared {
-        let pids: Vec<String> = v.iter().map(|(p, _)| p.to_string()).collect();
-        obs.push(format!(
-            "shared memory ({}) is mapped by processes {}; shared anonymous and SysV memory between processes is not restored yet (each would get its own copy)",
-            v[0].1,
-            pids.join(", ")
-        ));
     }
     let mut keys: Vec<_> = files.keys().copied().collect();
     keys.sort();

@@ -23,9 +23,14 @@ pub struct Classified<'a> {
 
 /// Classify every mapping, storing the contents of files that exist
 /// nowhere else (unlinked, memfd); what cannot be restored goes to `obs`.
+/// `in_tree`: the process is captured with others, which may map the
+/// same shared anonymous memory: each such mapping is stored as the
+/// shmem file it is (a memfd at restore, made once for the tree), not
+/// as memory of its own.
 pub fn classify_all<'a>(
     pid: i32,
     maps: &'a [Mapping],
+    in_tree: bool,
     b: &mut ImageBuilder,
     stored: &mut StoredFiles,
     limits: &Limits,
@@ -40,6 +45,18 @@ pub fn classify_all<'a>(
                 (vma_kind::ANON_PRIVATE, 0)
             }
         };
+        if in_tree && kind == vma_kind::ANON_SHARED {
+            let shm = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+            let what = format!("mapping {:x}-{:x}", m.start, m.end);
+            let file = stored.file(b, &shm, SHARED_ANON_NAME, &what, limits, obs);
+            out.push(Classified {
+                m,
+                kind: vma_kind::FILE_SHARED,
+                flags,
+                file: file.unwrap_or(NO_INDEX),
+            });
+            continue;
+        }
         let map_files = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
         let relinked = (matches!(kind, vma_kind::FILE_PRIVATE | vma_kind::FILE_SHARED)
             && m.deleted())
@@ -107,6 +124,10 @@ fn other_link(map_files: &str, deleted: &str) -> Option<String> {
             .then(|| e.path().to_string_lossy().into_owned())
     })
 }
+
+/// What a shared anonymous mapping of a tree is restored as: a memfd of
+/// this name (/proc/PID/maps then shows `/memfd:dev/zero (deleted)`).
+pub const SHARED_ANON_NAME: &str = "/memfd:dev/zero (deleted)";
 
 /// Classify a mapping, or say why cryo cannot restore it.
 fn classify(m: &Mapping) -> Result<(u32, u32), String> {
