@@ -2,10 +2,11 @@
 //! mid-stream, a family of processes checking their own zombies, groups,
 //! sessions, PIDs and the bytes in a pipe between them, a pre-fork server
 //! whose workers share listening sockets, Python's multiprocessing.Pool,
-//! a socket pair between a parent and its child with bytes queued; and
-//! the refusals (a child with --single, shared anonymous memory, an
-//! eventfd two processes hold, a PID taken at restore), each leaving the
-//! tree as it was.
+//! a socket pair (bytes queued) and shared anonymous memory between a
+//! parent and its child (pidfds: CRIU's zdtm tests); and the refusals (a
+//! child with --single, a connection through a named socket between
+//! processes, an eventfd two processes hold, a PID taken at restore),
+//! each leaving the tree as it was.
 
 mod support;
 
@@ -141,7 +142,7 @@ fn family_keeps_zombies_groups_sessions_pids_and_pipe_bytes() {
     assert!(text.contains("zombie, exited 7"), "{text}");
     assert!(text.contains("zombie, killed by signal 15"), "{text}");
     let pids = tree_pids(&img);
-    assert_eq!(pids.len(), 6, "{text}");
+    assert_eq!(pids.len(), 7, "{text}");
     wait_gone(&pids);
     for mode in [
         &[][..],
@@ -261,7 +262,7 @@ fn python_multiprocessing_pool_works_after_restore() {
 }
 
 #[test]
-fn socket_pair_between_parent_and_child_keeps_its_bytes() {
+fn socket_pair_and_shared_memory_between_parent_and_child() {
     let dir = scratch("tree-pair");
     let mut cmd = Command::new("python3");
     cmd.arg(root().join("tests/programs/py_pair.py"));
@@ -336,20 +337,26 @@ os.waitpid(pid, 0); print("PASS", flush=True)
         &["--single"],
         "--single captures one process only",
     );
-    // Shared anonymous memory between parent and child.
-    let shared = r#"
-import mmap, os, sys
-m = mmap.mmap(-1, 4096)
+    // A connection through a named unix socket, between processes.
+    let named = r#"
+import os, socket, sys
+path = "/tmp/cryo-tree-named-%d" % os.getpid()
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(path)
+srv.listen()
 pid = os.fork()
 if pid == 0:
+    c = socket.socket(socket.AF_UNIX); c.connect(path)
     sys.stdin.readline(); os._exit(0)
+conn, _ = srv.accept()
+os.unlink(path)
 print("READY", flush=True); sys.stdin.readline()
 os.waitpid(pid, 0); print("PASS", flush=True)
 "#;
     refused(
-        shared,
+        named,
         &[],
-        "shared anonymous and SysV memory between processes",
+        "only an unnamed pair between processes of one tree is",
     );
     // An eventfd both processes hold.
     let efd = r#"

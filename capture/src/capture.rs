@@ -149,7 +149,8 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
         Tree::seize(root)?
     };
     let pids = tree.live_pids();
-    let mut scope = crate::pipes::Scope::new(pids.clone());
+    // Every process of the tree, zombies too (a pidfd may name one).
+    let mut scope = crate::pipes::Scope::new(tree.records().iter().map(|r| r.pid as i32).collect());
     let many = tree.members.len() > 1;
     let mut all = Vec::new();
     let mut obstacles: Vec<String> = Vec::new();

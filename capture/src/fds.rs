@@ -15,6 +15,37 @@ pub use crate::stored::{Limits, StoredFiles};
 
 const O_PATH: u32 = libc::O_PATH as u32;
 
+/// The PID a pidfd refers to, if a restore can open a pidfd of it again:
+/// a process of the captured tree that keeps its PID (not the root, whose
+/// PID is the restorer's).
+fn pidfd_target(f: &OpenFd, scope: &crate::pipes::Scope) -> Result<u32, String> {
+    let pid = f
+        .info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .unwrap_or(0);
+    if pid <= 0 {
+        return Err(format!(
+            "fd {} is a pidfd of a process that is gone (or in another PID namespace); cryo cannot make one again",
+            f.fd
+        ));
+    }
+    let pid = pid as i32;
+    if !scope.pids.contains(&pid) || scope.pids.first() == Some(&pid) {
+        return Err(format!(
+            "fd {} is a pidfd of process {pid}, which is {}; only pidfds of the tree's other processes keep their process",
+            f.fd,
+            if scope.pids.first() == Some(&pid) {
+                "the captured root (it gets the restorer's PID)"
+            } else {
+                "not in the captured tree"
+            }
+        ));
+    }
+    Ok(pid as u32)
+}
+
 /// What an fd is, or why cryo cannot restore it (an obstacle).
 fn classify(pid: i32, f: &OpenFd) -> Result<u32, String> {
     let t = &f.target;
@@ -29,6 +60,7 @@ fn classify(pid: i32, f: &OpenFd) -> Result<u32, String> {
         "anon_inode:[signalfd]" => return Ok(fd_kind::SIGNALFD),
         "anon_inode:[eventpoll]" => return Ok(fd_kind::EPOLL),
         "anon_inode:[fanotify]" => return Ok(fd_kind::FANOTIFY),
+        "anon_inode:[pidfd]" => return Ok(fd_kind::PIDFD),
         _ => {}
     }
     if let Some(kind) = t.strip_prefix("anon_inode:") {
@@ -241,6 +273,15 @@ pub fn capture(
             } else {
                 b.fds[base + desc].object
             };
+        }
+        if kind == fd_kind::PIDFD {
+            match pidfd_target(f, scope) {
+                Ok(p) => object = p,
+                Err(why) => {
+                    obs.push(why);
+                    continue;
+                }
+            }
         }
         if kind == fd_kind::EPOLL && desc == b.fds.len() - base {
             let first = b.fds.len() as u32;

@@ -177,6 +177,8 @@ impl<'a> Image<'a> {
                 _ => None,
             };
             let ok = match objects {
+                // A pidfd's object is a PID.
+                _ if f.kind == fd_kind::PIDFD => f.object != 0,
                 Some(n) => f.object < n,
                 None => f.object == NO_INDEX,
             };

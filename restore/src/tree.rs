@@ -104,9 +104,16 @@ pub(crate) fn prepare(dir: &Path, root: LoadedImage, opts: Options) -> Result<Pl
                 // The user's --inherit-fd and --restore-stdio are the
                 // root's: every other process gets its fds 0-2 back as
                 // they were (or shared with the root, as they were).
+                // A process that was stopped (job control) stays stopped:
+                // its parent may be waiting to see it so. (The root is
+                // resumed, as a single restore is, unless --keep-stopped.)
+                let was_stopped =
+                    image.image()?.process().flags & cryo_image::process_flags::WAS_STOPPED != 0;
                 let child_opts = Options {
                     inherit_fds: Vec::new(),
                     restore_stdio: vec![0, 1, 2],
+                    keep_stopped: opts.keep_stopped || was_stopped,
+                    same_pid: false,
                     ..opts.clone()
                 };
                 let sub = dir.join(proc_dir(r.pid));

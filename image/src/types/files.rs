@@ -59,6 +59,9 @@ pub mod fd_kind {
     pub const FANOTIFY: u32 = 15;
     /// A socket (`sockets`, at `Fd::object`; its options in `sockopts`).
     pub const SOCKET: u32 = 16;
+    /// (4.0) A pidfd of another process of the tree, whose PID is
+    /// `Fd::object`.
+    pub const PIDFD: u32 = 17;
 
     pub fn name(k: u32) -> &'static str {
         match k {
@@ -72,6 +75,7 @@ pub mod fd_kind {
             EPOLL => "epoll",
             FANOTIFY => "fanotify",
             SOCKET => "socket",
+            PIDFD => "pidfd",
             REGULAR => "file",
             CHAR_DEVICE => "chardev",
             PIPE => "pipe",

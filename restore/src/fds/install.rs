@@ -139,6 +139,11 @@ pub fn install(
                 crate::sockets::make(loaded, img, p, *sock, *flags, &mut pairs, verify)?,
                 high,
             )?,
+            Source::Pidfd { pid, flags } => {
+                let fd = sys::pidfd_open_flags(*pid, flags & libc::O_NONBLOCK)
+                    .map_err(|e| fd_err(p, Why::sys(format!("pidfd_open({pid})"), e)))?;
+                park(fd.into_raw_fd(), high)?
+            }
             Source::Inotify { desc, flags } => {
                 park(crate::inotify::make(img, p, *desc, *flags)?, high)?
             }

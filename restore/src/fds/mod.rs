@@ -78,6 +78,9 @@ pub enum Source {
     Anon { kind: u32, object: u32, flags: i32 },
     /// A socket made again (`sock`: its index in the sockets table).
     Socket { sock: u32, flags: i32 },
+    /// A pidfd of another process of the tree (which exists by the time
+    /// fds are installed).
+    Pidfd { pid: i32, flags: i32 },
     /// A removed directory or device node, made again and removed.
     Remade {
         path: String,
@@ -378,6 +381,10 @@ fn source_of(
             flags,
         }),
         fd_kind::TTY => plan_tty(f, target, flags, err),
+        fd_kind::PIDFD => Ok(Source::Pidfd {
+            pid: f.object as i32,
+            flags,
+        }),
         fd_kind::SOCKET => crate::sockets::plan(img, f.object, flags, err),
         _ => Err(err.why("unsupported kind")),
     }

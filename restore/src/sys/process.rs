@@ -255,6 +255,12 @@ pub fn die_with(status: i32) -> ! {
     exit_now(libc::WEXITSTATUS(status))
 }
 
+/// pidfd_open(pid, flags) (flags: 0 or O_NONBLOCK, PIDFD_NONBLOCK).
+pub fn pidfd_open_flags(pid: i32, flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: integers only; the result is a new fd we own.
+    new_fd(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) } as i32)
+}
+
 /// Block `sigs` in this (single-threaded) process.
 pub fn block_signals(sigs: &[i32]) -> io::Result<()> {
     let set = sigset(sigs);
