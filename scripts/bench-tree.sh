@@ -107,11 +107,13 @@ for n in $counts; do
     until grep -q READY "$out/out.$n" 2>/dev/null; do sleep 0.05; done
     before=$(pss $root)
     img=$out/img.$n
-    cap=$("$cryo" capture --kill --json "$root" "$img")
-    exec 7>&-
-    wait $root 2>/dev/null || true
+    # Left running (the freeze ends once everything is read), then killed.
+    cap=$("$cryo" capture --json "$root" "$img")
     pids=$("$cryo" inspect --json --no-verify "$img" | python3 -c 'import json,sys; print(" ".join(str(p["pid"]) for p in json.load(sys.stdin)["tree"]["processes"]) or "")')
     [ -n "$pids" ] || pids=$root
+    kill -9 $pids 2>/dev/null || true
+    exec 7>&-
+    wait $root 2>/dev/null || true
     capms=$(echo "$cap" | python3 -c 'import json,sys; print("%.0f" % json.load(sys.stdin)["total_ms"])')
     frz=$(echo "$cap" | python3 -c 'import json,sys; print("%.0f" % json.load(sys.stdin)["frozen_ms"])')
     size=$(du -sm "$img" | cut -f1)

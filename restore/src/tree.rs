@@ -157,25 +157,23 @@ pub(crate) fn can_set_pids() -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Every PID of `pids` is free, or the refusal names each that is not. A
-/// zombie that init is about to reap (the killed original tree) is waited
-/// for, briefly.
+/// Every PID of `pids` is free, or the refusal names each that is not.
+/// Zombies (the killed original tree, reparented to init or a subreaper
+/// that reaps it soon) are waited for, up to 5 s, when no taken PID is a
+/// live process.
 pub(crate) fn pids_free(pids: &[u32]) -> Result<(), RestoreError> {
     let t0 = std::time::Instant::now();
     loop {
         let mut taken = Vec::new();
-        let mut reaping = false;
+        let mut all_zombies = true;
         for &pid in pids {
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
                 continue;
             };
             let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-            let mut f = rest.split_whitespace();
-            let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
-            let ppid: i32 = f.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            let state = rest.chars().next().unwrap_or('?');
             let zombie = matches!(state, 'Z' | 'X');
-            // Reparented to init (or to a parent that is gone): reaped soon.
-            reaping |= zombie && (ppid <= 1 || !running(ppid));
+            all_zombies &= zombie;
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             taken.push(format!(
                 "{pid} by {}{}",
@@ -186,7 +184,10 @@ pub(crate) fn pids_free(pids: &[u32]) -> Result<(), RestoreError> {
         if taken.is_empty() {
             return Ok(());
         }
-        if !reaping || t0.elapsed() > std::time::Duration::from_secs(5) {
+        // Zombies only (the killed original, reparented to init or a
+        // subreaper that reaps it soon): wait a little. A live process
+        // will not go away by waiting.
+        if !all_zombies || t0.elapsed() > std::time::Duration::from_secs(5) {
             return Err(RestoreError::Tree(format!(
                 "the captured PIDs must be free, and {} taken: {}; end {}, or restore where they are free",
                 if taken.len() == 1 { "one is" } else { "some are" },
