@@ -71,7 +71,7 @@ int main(int argc, char **argv) {
 EOF
 cc -O2 -o "$out/treeheap" "$out/treeheap.c"
 
-pss() { # ROOT: summed PSS (KiB) of ROOT and its descendants
+tree_of() { # ROOT: ROOT and its descendants
     local pids=$1 all=$1
     while [ -n "$pids" ]; do
         local next=""
@@ -81,6 +81,12 @@ pss() { # ROOT: summed PSS (KiB) of ROOT and its descendants
         pids=$(echo $next)
         all="$all $pids"
     done
+    echo $all
+}
+
+pss() { # ROOT: summed PSS (KiB) of ROOT and its descendants
+    local all
+    all=$(tree_of $1)
     local t=0
     for p in $all; do
         t=$((t + $(awk '/^Pss:/ {print $2}' /proc/$p/smaps_rollup 2>/dev/null || echo 0)))
@@ -127,9 +133,22 @@ for n in $counts; do
         rpid=$!
         exec 7>"$fifo"
         if [ "$r" = 0 ]; then
-            # Not timed: memory while the restored tree waits (every
-            # process restored).
-            sleep 2
+            # Not timed: memory while the restored tree waits, once every
+            # process runs the program again (no shim, no tracer) and
+            # sleeps.
+            while :; do
+                all=$(tree_of $rpid)
+                ok=0
+                for p in $all; do
+                    [ "$(readlink /proc/$p/exe 2>/dev/null)" = "$PWD/$out/treeheap" ] || continue
+                    grep -q '^TracerPid:[[:space:]]*0$' /proc/$p/status 2>/dev/null || continue
+                    [ "$(awk '{print $3}' /proc/$p/stat 2>/dev/null)" = S ] || continue
+                    ok=$((ok + 1))
+                done
+                [ "$ok" -ge "$n" ] && break
+                sleep 0.05
+            done
+            sleep 0.5
             after=$(pss $rpid)
         fi
         echo go >&7

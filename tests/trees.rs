@@ -286,6 +286,54 @@ fn socket_pair_and_shared_memory_between_parent_and_child() {
     }
 }
 
+/// Summed PSS (KiB) of `pids`.
+fn pss(pids: &[i32]) -> u64 {
+    pids.iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/smaps_rollup"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+#[test]
+fn capture_keeps_copy_on_write_sharing_and_restore_gets_the_heap_back() {
+    let dir = scratch("tree-cow");
+    let mut t = Target::start("c-tree", &["cow", "32"]);
+    t.wait_sleeping();
+    let kids: Vec<i32> =
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", t.pid, t.pid))
+            .unwrap()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+    assert_eq!(kids.len(), 3);
+    let mut all = vec![t.pid];
+    all.extend(&kids);
+    let before = pss(&all);
+    let img = dir.join("img");
+    // Left running: the target must not be changed by being read.
+    let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let after = pss(&all);
+    assert!(
+        after < before + before / 10 + 2048,
+        "the capture unshared the tree's copy-on-write heap: PSS {before} KiB before, {after} KiB after"
+    );
+    // The original goes on and checks its heap.
+    t.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, "PASS cow"), "{err}");
+    wait_gone(&kids);
+    let (code, out, err) = finish(restore(&img, &[]), "go\n");
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.lines().last(), Some("PASS cow"), "{out}{err}");
+}
+
 /// A command whose tree cryo must refuse: the refusal names `what`, and
 /// every process is left running as it was.
 fn refused(script: &str, args: &[&str], what: &str) {

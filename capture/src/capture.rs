@@ -225,15 +225,18 @@ pub fn capture(
     let (mut tree, mut all) = freeze_and_inspect(root, opts).map_err(|e| exited_or(pid, e))?;
     // The pages of every process, the root's into the image directory
     // itself, the others' into procs/PID inside it.
-    let mut nested = Vec::new();
+    // One pool of page buffers goes from process to process (each writer
+    // drained before the next starts): no fresh memory while frozen.
+    let mut nested: Vec<ImageDirWriter> = Vec::new();
     let mut dumps = Vec::new();
     for (k, ins) in all.iter_mut().enumerate() {
         let d = if k == 0 {
             dump(ins, &mut writer, progress)
         } else {
+            let prev = nested.last_mut().unwrap_or(&mut writer);
+            let bufs = prev.pages().take_buffers()?;
             let p = ins.b.process.pid;
-            let expect = procinfo::status(p as i32).map_or(0, |s| s.vm_rss_kib * 1024);
-            let mut w = writer.nested(&cryo_image::tree::proc_dir(p), opts.direct_io, expect)?;
+            let mut w = writer.nested(&cryo_image::tree::proc_dir(p), opts.direct_io, bufs)?;
             let d = dump(ins, &mut w, progress);
             nested.push(w);
             d

@@ -90,6 +90,34 @@ pub fn wanted(entry: u64, private_file: bool) -> bool {
     !private_file || entry & PM_FILE == 0
 }
 
+/// Whether the entry is an anonymous page shared copy-on-write (present,
+/// not a file page, not exclusively mapped: pagemap bit 56).
+pub fn cow_shared(entry: u64) -> bool {
+    const PM_EXCLUSIVE: u64 = 1 << 56;
+    entry & PM_PRESENT != 0 && entry & PM_FILE == 0 && entry & PM_EXCLUSIVE == 0
+}
+
+/// Read through /proc/PID/mem (opened once, on first use): the kernel
+/// copies each page without pinning it. process_vm_readv pins the pages it
+/// reads, and pinning an anonymous page shared copy-on-write (a forked
+/// child's, its parent's) makes the kernel unshare it first: capturing a
+/// tree of 4 processes sharing a 64 MiB heap grew their memory from 64 to
+/// 257 MiB, and made capture copy every page (docs/pitfalls.md).
+pub fn read_unpinned(
+    mem: &mut Option<File>,
+    pid: i32,
+    addr: u64,
+    buf: &mut [u8],
+) -> io::Result<()> {
+    if mem.is_none() {
+        *mem = Some(File::open(format!("/proc/{pid}/mem"))?);
+    }
+    match mem {
+        Some(f) => f.read_exact_at(buf, addr),
+        None => unreachable!("opened above"),
+    }
+}
+
 /// Whether the entry is present or swapped (counted as resident).
 pub fn resident(entry: u64) -> bool {
     entry & (PM_PRESENT | PM_SWAPPED) != 0

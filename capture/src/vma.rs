@@ -281,6 +281,7 @@ pub fn dump(
         .sum();
     let mut runs = RunBuilder::new();
     let mut pagemap = pages::Pagemap::open(pid)?;
+    let mut mem: Option<std::fs::File> = None;
     let mut done_bytes = 0u64;
     for c in maps {
         let m = c.m;
@@ -297,7 +298,16 @@ pub fn dump(
                 total_bytes,
                 progress: &mut *progress,
             };
-            dump_private(pid, m, c.kind, w, &mut runs, &mut pagemap, &mut counter)?
+            dump_private(
+                pid,
+                m,
+                c.kind,
+                w,
+                &mut runs,
+                &mut pagemap,
+                &mut mem,
+                &mut counter,
+            )?
         } else if has_pages && !m.has_flag("io") {
             (m.rss_kib + m.swap_kib) / 4
         } else {
@@ -375,6 +385,7 @@ impl Counter<'_> {
 /// The pages of a private (or file) mapping that pagemap says it has,
 /// read straight into the page writer's buffers. Returns its resident
 /// pages.
+#[allow(clippy::too_many_arguments)]
 fn dump_private(
     pid: i32,
     m: &Mapping,
@@ -382,6 +393,7 @@ fn dump_private(
     w: &mut ImageDirWriter,
     runs: &mut RunBuilder,
     pagemap: &mut pages::Pagemap,
+    mem: &mut Option<std::fs::File>,
     counter: &mut Counter,
 ) -> Result<u64, CaptureError> {
     let private_file = kind == vma_kind::FILE_PRIVATE;
@@ -409,11 +421,15 @@ fn dump_private(
             let offset = w.pages_len();
             let room = w.pages().spare((j - i) * PAGE_SIZE as usize)?;
             let len = room.len();
-            pages::read_remote(pid, addr, room).map_err(|source| MemError::Read {
-                pid,
-                addr,
-                source,
-            })?;
+            // Pages shared copy-on-write must not be pinned (the kernel
+            // would unshare them in the target): read those unpinned.
+            let n = len / PAGE_SIZE as usize;
+            let read = if pm[i..i + n].iter().any(|e| pages::cow_shared(*e)) {
+                pages::read_unpinned(mem, pid, addr, room)
+            } else {
+                pages::read_remote(pid, addr, room)
+            };
+            read.map_err(|source| MemError::Read { pid, addr, source })?;
             let kept = runs.add(addr, room, offset);
             w.pages().advance(kept);
             counter.add(len as u64);

@@ -255,8 +255,42 @@ static int prefork(const char *path) {
   return 0;
 }
 
+/* `tree cow MIB`: a heap filled before 3 children are forked, all blocked
+ * until a line on stdin, then each checks the heap and exits. */
+static int cow(int mib) {
+  size_t n = (size_t)mib << 20;
+  unsigned char *h = malloc(n);
+  for (size_t i = 0; i < n; i++) h[i] = (unsigned char)(i * 7);
+  int go[2];
+  if (pipe(go)) fail("pipe");
+  pid_t kids[3];
+  for (int k = 0; k < 3; k++) {
+    kids[k] = fork();
+    if (kids[k] == 0) {
+      char c;
+      close(go[1]);
+      read_full(go[0], &c, 1, "child reading go");
+      for (size_t i = 0; i < n; i++)
+        if (h[i] != (unsigned char)(i * 7)) _exit(3);
+      _exit(0);
+    }
+  }
+  close(go[0]);
+  printf("READY %d\n", getpid());
+  char line[16];
+  if (!fgets(line, sizeof line, stdin)) fail("reading stdin");
+  if (write(go[1], "ggg", 3) != 3) fail("go");
+  for (int k = 0; k < 3; k++) {
+    int st;
+    if (waitpid(kids[k], &st, 0) != kids[k] || !WIFEXITED(st) || WEXITSTATUS(st)) fail("child");
+  }
+  printf("PASS cow\n");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
+  if (argc > 2 && !strcmp(argv[1], "cow")) return cow(atoi(argv[2]));
   if (argc > 1 && !strcmp(argv[1], "family")) return family();
   if (argc > 2 && !strcmp(argv[1], "prefork")) return prefork(argv[2]);
   fprintf(stderr, "usage: tree family | tree prefork SOCKET_PATH\n");

@@ -14,7 +14,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 mod pages;
-pub use pages::{PageWriter, BUF_MAX};
+pub use pages::{PageBuffers, PageWriter, BUF_MAX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -106,9 +106,10 @@ impl ImageDirWriter {
     }
 
     /// The image of another process of a tree, at `rel` inside this one
-    /// (e.g. `procs/1234`). It is committed before this one and moves into
-    /// place with it.
-    pub fn nested(&self, rel: &str, direct: bool, expect: u64) -> Result<Self, WriteError> {
+    /// (e.g. `procs/1234`), writing pages from `bufs` (the previous
+    /// writer's, see [`PageWriter::take_buffers`]). It is committed before
+    /// this one and moves into place with it.
+    pub fn nested(&self, rel: &str, direct: bool, bufs: PageBuffers) -> Result<Self, WriteError> {
         let tmp = self.tmp.join(rel);
         let mut at = self.tmp.clone();
         for part in rel.split('/') {
@@ -120,7 +121,7 @@ impl ImageDirWriter {
                     .map_err(io_at(&at))?;
             }
         }
-        let pages = PageWriter::create(&tmp.join(PAGES_FILE), direct, expect)?;
+        let pages = PageWriter::create_with(&tmp.join(PAGES_FILE), direct, bufs)?;
         Ok(ImageDirWriter {
             dest: tmp.clone(),
             tmp,
