@@ -216,12 +216,15 @@ pub fn shape_obstacles(t: &Tree, obs: &mut Obstacles) {
                 r.pid, r.sid
             ));
         }
-        let leader_here = t.members[..i]
+        // The leader may come anywhere in the tree: every process is
+        // forked (leaders making their groups) before any joins one.
+        let leader_here = t
+            .members
             .iter()
             .any(|p| p.rec.pid == r.pgid && p.rec.sid == r.sid);
         if r.pgid != r.pid && r.pgid != root.pgid && !leader_here {
             obs.push(format!(
-                "process {} is in process group {}, whose leader is not in the tree or comes after it",
+                "process {} is in process group {}, whose leader is not in the tree",
                 r.pid, r.pgid
             ));
         }
