@@ -56,7 +56,15 @@ pub fn restore(img: &Image, new_tid: impl Fn(u32) -> u32) {
         syscall6(SYS_PRCTL, 77, 0, 0, 0, 0, 0);
     }
     for it in img.itimers().iter() {
-        if it.value_sec != 0 || it.value_usec != 0 {
+        // A periodic ITIMER_REAL that has just expired reads as value 0
+        // with its interval until its SIGALRM is dequeued, which re-arms
+        // it: that signal is restored pending, so the interval must be set
+        // (setitimer with value 0 sets it without arming). Skipping it
+        // left the timer dead after the restore (zdtm timers: "timer 2
+        // stuck").
+        let armed = it.value_sec != 0 || it.value_usec != 0;
+        let periodic = it.interval_sec != 0 || it.interval_usec != 0;
+        if armed || periodic {
             let v = [
                 it.interval_sec,
                 it.interval_usec,

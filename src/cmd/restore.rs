@@ -22,6 +22,14 @@ use std::path::PathBuf;
 /// OFD and POSIX locks are taken again. Pipes and terminals connected to
 /// something outside need --inherit-fd. A process captured while stopped
 /// is resumed unless --keep-stopped.
+///
+/// An image of a process tree comes back whole: this process becomes its
+/// root, and every other process is forked again with its captured PID
+/// (needs root), parent, session and process group; zombies come back as
+/// zombies, pipes and socket pairs between the processes with their
+/// bytes, shared memory and shared descriptions as one. Nothing runs
+/// until every process is in place. Every captured PID but the root's
+/// must be free (--same-pid: the root's too).
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct RestoreArgs {
