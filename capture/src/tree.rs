@@ -187,16 +187,14 @@ fn member(pid: i32, parent: u32) -> Result<Option<Member>, CaptureError> {
             group: Some(g),
         })),
         Err(PtraceError::NoSuchProcess(_)) | Err(PtraceError::Exited(_)) => Ok(None),
-        Err(PtraceError::NotTraceable(_)) if stat(pid).is_some_and(|s| s.state == 'Z') => {
-            let st = stat(pid).expect("checked");
-            Ok(Some(Member {
-                rec: TreeProc {
-                    exit_status: st.exit_code,
-                    ..rec(proc_state::ZOMBIE, 0)
-                },
+        // Exited between the listing and the seize: a zombie now.
+        Err(PtraceError::NotTraceable(_)) => match stat(pid) {
+            Some(now) if now.state == 'Z' => Ok(Some(Member {
+                rec: rec(proc_state::ZOMBIE, now.exit_code),
                 group: None,
-            }))
-        }
+            })),
+            _ => Err(PtraceError::NotTraceable(pid).into()),
+        },
         Err(e) => Err(e.into()),
     }
 }
@@ -374,23 +372,34 @@ pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> (Vec<Tr
             } else {
                 0
             };
-            // Every fd of every holder that is this description (dups).
-            for &(p, i) in &d {
-                let ins = procs[p].1;
-                for g in ins.b.fds.iter().filter(|g| g.desc as usize == i) {
-                    out.push(TreeFd {
-                        object: next_object,
-                        pid: procs[p].0 as u32,
-                        fd: g.fd,
-                        pipe_end: end,
-                        peer: NO_INDEX,
-                    });
-                }
-            }
+            describe(procs, &d, next_object, end, NO_INDEX, &mut out);
             next_object += 1;
         }
     }
     (out, queued)
+}
+
+/// Every fd of every holder of a description (`holders`: the process and
+/// the description's first fd there) as object `object`.
+fn describe(
+    procs: &[(i32, &Inspected)],
+    holders: &[(usize, usize)],
+    object: u32,
+    end: u32,
+    peer: u32,
+    out: &mut Vec<TreeFd>,
+) {
+    for &(p, i) in holders {
+        for g in procs[p].1.b.fds.iter().filter(|g| g.desc as usize == i) {
+            out.push(TreeFd {
+                object,
+                pid: procs[p].0 as u32,
+                fd: g.fd,
+                pipe_end: end,
+                peer,
+            });
+        }
+    }
 }
 
 /// Bytes queued in socket pair ends: (process, socket index, bytes).
@@ -488,21 +497,8 @@ fn socket_pairs(
         }
         let (oa, ob) = (*next_object, *next_object + 1);
         *next_object += 2;
-        for (end, hs, obj, peer, n) in [(a, ha, oa, ob, 0), (b, hb, ob, oa, 1)] {
-            let _ = end;
-            for &(p, i) in hs {
-                let ins = procs[p].1;
-                for g in ins.b.fds.iter().filter(|g| g.desc as usize == i) {
-                    out.push(TreeFd {
-                        object: obj,
-                        pid: procs[p].0 as u32,
-                        fd: g.fd,
-                        pipe_end: n,
-                        peer,
-                    });
-                }
-            }
-        }
+        describe(procs, ha, oa, 0, ob, out);
+        describe(procs, hb, ob, 1, oa, out);
     }
     (done, queued)
 }

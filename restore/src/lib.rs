@@ -458,6 +458,8 @@ fn monotonic_ns() -> u64 {
 /// What cryo restore needs from /proc/self/status, read once.
 pub(crate) struct OwnStatus {
     cap_sys_resource: bool,
+    /// clone3's set_tid (a tree's PIDs, --same-pid).
+    cap_sys_admin: bool,
     /// SigIgn: the signals this process ignores.
     sig_ignored: u64,
     /// The whole file, for the task checks.
@@ -467,6 +469,7 @@ pub(crate) struct OwnStatus {
 impl OwnStatus {
     fn read() -> OwnStatus {
         const CAP_SYS_RESOURCE: u32 = 24;
+        const CAP_SYS_ADMIN: u32 = 21;
         let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let hex = |key: &str| {
             text.lines()
@@ -476,6 +479,7 @@ impl OwnStatus {
         };
         OwnStatus {
             cap_sys_resource: hex("CapEff:") & (1 << CAP_SYS_RESOURCE) != 0,
+            cap_sys_admin: hex("CapEff:") & (1 << CAP_SYS_ADMIN) != 0,
             sig_ignored: hex("SigIgn:"),
             text,
         }

@@ -142,14 +142,7 @@ fn in_process(pid: u32, e: RestoreError) -> RestoreError {
 
 /// clone3's set_tid needs CAP_SYS_ADMIN.
 pub(crate) fn can_set_pids() -> Result<(), RestoreError> {
-    const CAP_SYS_ADMIN: u32 = 21;
-    let st = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let eff = st
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    if eff & (1 << CAP_SYS_ADMIN) == 0 {
+    if !crate::OwnStatus::read().cap_sys_admin {
         return Err(RestoreError::Tree(
             "giving restored processes their captured PIDs (a tree's, or --same-pid) needs CAP_SYS_ADMIN (run cryo restore as root)".into(),
         ));
@@ -167,11 +160,9 @@ pub(crate) fn pids_free(pids: &[u32]) -> Result<(), RestoreError> {
         let mut taken = Vec::new();
         let mut all_zombies = true;
         for &pid in pids {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            let Some(state) = proc_state(pid as i32) else {
                 continue;
             };
-            let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-            let state = rest.chars().next().unwrap_or('?');
             let zombie = matches!(state, 'Z' | 'X');
             all_zombies &= zombie;
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
@@ -531,26 +522,23 @@ pub(crate) fn exec(root: Plan, tree: Box<Tree>) -> RestoreError {
     e
 }
 
+/// The state letter of `pid` (/proc/PID/stat), None if there is none.
+fn proc_state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(") ")?.1.chars().next()
+}
+
 /// Whether `pid` has not died: it runs, or does not exist yet (its
 /// parent has not forked it). A process of the tree that dies before the
 /// exec stays a zombie (no parent waits before its own exec), and one
 /// whose parent died is never forked, but its parent is then a zombie.
 fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(") ")
-            .and_then(|(_, r)| r.chars().next())
-            .is_some_and(|c| c != 'Z' && c != 'X'),
-        Err(_) => true,
-    }
+    proc_state(pid).is_none_or(|c| c != 'Z' && c != 'X')
 }
 
 /// Whether `pid` (the root) still runs.
 fn running(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").and_then(|(_, r)| r.chars().next()))
-        .is_some_and(|c| c != 'Z' && c != 'X')
+    proc_state(pid).is_some_and(|c| c != 'Z' && c != 'X')
 }
 
 impl Cx<'_> {
