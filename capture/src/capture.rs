@@ -218,7 +218,8 @@ pub fn capture(
     // The resident size, to allocate the page buffers before the freeze.
     let rss = procinfo::status(pid).map_or(0, |s| s.vm_rss_kib * 1024);
     let mut writer = ImageDirWriter::create(dest, opts.force, opts.direct_io, rss)?;
-    let root = Group::seize(pid)?;
+    // A target killed as it is seized says that it exited.
+    let root = Group::seize(pid).map_err(|e| exited_or(pid, e.into()))?;
     let t_frozen = Instant::now();
     // `tree` detaches every process on drop (on error: each goes on as it
     // was); `writer` removes its temporary directory on drop.
