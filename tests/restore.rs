@@ -107,8 +107,15 @@ fn capture_cmd(cmd: Command, name: &str, how: &str, dir: &Path) -> std::path::Pa
 
 /// How each image of the round-trip tests is restored: eagerly twice (the
 /// shim finishing alone through the image's gadgets, then with the ptrace
-/// tracer), then lazily in both modes (the whole eager suite runs lazily too).
-const RESTORE_MODES: [&[&str]; 4] = [&[], &["--use-tracer"], &["--lazy"], &["--lazy=on-demand"]];
+/// tracer), then lazily in both modes (the whole eager suite runs lazily
+/// too), then mapped from pages.img.
+const RESTORE_MODES: [&[&str]; 5] = [
+    &[],
+    &["--use-tracer"],
+    &["--lazy"],
+    &["--lazy=on-demand"],
+    &["--map"],
+];
 
 /// Plain run for the expected output, then capture + restore in every
 /// mode of RESTORE_MODES.

@@ -121,7 +121,7 @@ fn shell_pipeline_finishes_byte_exact_after_restore() {
     let at_capture = std::fs::read(&out).unwrap();
     assert!(at_capture.len() < want.len());
     wait_gone(&pids);
-    for mode in [&[][..], &["--lazy"], &["--use-tracer"]] {
+    for mode in [&[][..], &["--lazy"], &["--use-tracer"], &["--map"]] {
         std::fs::write(&out, &at_capture).unwrap();
         let (code, _, err) = finish(restore(&img, mode), "");
         assert_eq!(code, 0, "restore {mode:?}: {err}");
@@ -150,6 +150,7 @@ fn family_keeps_zombies_groups_sessions_pids_and_pipe_bytes() {
         &["--lazy"],
         &["--lazy=on-demand"],
         &["--same-pid"],
+        &["--map"],
     ] {
         let (code, out, err) = finish(restore(&img, mode), "x");
         assert_eq!(code, 0, "restore {mode:?}: {out}{err}");

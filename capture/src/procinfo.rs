@@ -45,6 +45,10 @@ pub struct Mapping {
     pub vmflags: Vec<String>,
     pub rss_kib: u64,
     pub swap_kib: u64,
+    /// Ranges that were a cryo image's pages.img mapped by `cryo restore
+    /// --map`: anonymous memory, every page of which is read (a page not
+    /// yet touched still holds the image's bytes), see [`fold_image_pages`].
+    pub image_pages: Vec<(u64, u64)>,
 }
 
 impl Mapping {
@@ -121,7 +125,71 @@ pub fn parse_smaps(text: &str, path: &str) -> Result<Vec<Mapping>, ProcError> {
 
 pub fn smaps(pid: i32) -> Result<Vec<Mapping>, ProcError> {
     let path = format!("/proc/{pid}/smaps");
-    parse_smaps(&read(&path)?, &path)
+    Ok(fold_image_pages(
+        parse_smaps(&read(&path)?, &path)?,
+        is_image_pages,
+    ))
+}
+
+/// Is this mapped file a cryo image's pages.img? Its name, and (while it
+/// still has one) a meta.img with cryo's magic beside it.
+fn is_image_pages(path: &str) -> bool {
+    if let Some(p) = path.strip_suffix(" (deleted)") {
+        return p.ends_with("/pages.img");
+    }
+    let Some(dir) = path.strip_suffix("/pages.img") else {
+        return false;
+    };
+    let mut magic = [0u8; 8];
+    std::fs::File::open(format!("{dir}/{}", cryo_image::META_FILE))
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok_and(|()| magic == cryo_image::MAGIC)
+}
+
+/// A process restored with `cryo restore --map` has its private anonymous
+/// memory mapped from pages.img: each captured mapping is an anonymous
+/// mapping with parts of pages.img mapped over it (its first page always
+/// anonymous, `cryo_image::mapped`). Captured as it is, the new image
+/// would depend on the old one's pages.img, and MADV_DONTNEED would give
+/// file bytes instead of zeros after its restore. So each such part is
+/// folded into the anonymous mapping before it and remembered as a range
+/// whose every page is read. (An anonymous part after it stays a mapping
+/// of its own: /proc/PID/maps shows no page offset for anonymous memory,
+/// so nothing tells the rest of one captured mapping from the next one.)
+pub fn fold_image_pages(maps: Vec<Mapping>, is_pages: impl Fn(&str) -> bool) -> Vec<Mapping> {
+    let mut out: Vec<Mapping> = Vec::with_capacity(maps.len());
+    for m in maps {
+        let image = !m.shared && m.inode != 0 && is_pages(&m.path);
+        let joins = image
+            && out.last().is_some_and(|c| {
+                c.end == m.start
+                    && (c.read, c.write, c.exec) == (m.read, m.write, m.exec)
+                    && c.inode == 0
+                    && !c.shared
+                    && (c.path.is_empty() || c.path == "[heap]")
+            });
+        match out.last_mut() {
+            Some(c) if joins => {
+                c.image_pages.push((m.start, m.end));
+                c.end = m.end;
+                c.rss_kib += m.rss_kib;
+                c.swap_kib += m.swap_kib;
+            }
+            _ if image => out.push(Mapping {
+                // A mapping whose first part is pages.img (not made by
+                // cryo): anonymous memory all the same.
+                offset: 0,
+                dev_major: 0,
+                dev_minor: 0,
+                inode: 0,
+                path: String::new(),
+                image_pages: vec![(m.start, m.end)],
+                ..m
+            }),
+            _ => out.push(m),
+        }
+    }
+    out
 }
 
 /// mm fields from /proc/PID/stat (proc(5) field numbers).
@@ -451,5 +519,47 @@ mod tests {
         let mm = stat_mm(std::process::id() as i32).unwrap();
         assert!(mm.start_code > 0 && mm.end_code > mm.start_code);
         assert!(mm.arg_end > mm.arg_start);
+    }
+
+    /// A mapped restore's anonymous mapping with two parts of pages.img
+    /// over it, then another mapping: each pages.img part joins the
+    /// anonymous part before it; the anonymous part after one stays its
+    /// own; another file stays a file.
+    #[test]
+    fn image_pages_fold_into_the_mapping_before() {
+        let m = |start: u64, end: u64, path: &str, inode: u64| Mapping {
+            start,
+            end,
+            read: true,
+            write: true,
+            path: path.into(),
+            inode,
+            rss_kib: 4,
+            ..Default::default()
+        };
+        let maps = vec![
+            m(0x1000, 0x2000, "", 0),
+            m(0x2000, 0x6000, "/i/pages.img", 7),
+            m(0x6000, 0x7000, "", 0),
+            m(0x7000, 0x9000, "/i/pages.img (deleted)", 7),
+            m(0x9000, 0xa000, "/lib/x.so", 8),
+            m(0xb000, 0xc000, "/i/pages.img", 7),
+        ];
+        let out = fold_image_pages(maps, |p| p.starts_with("/i/pages.img"));
+        let got: Vec<_> = out
+            .iter()
+            .map(|c| (c.start, c.end, c.path.as_str(), c.image_pages.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0x1000, 0x6000, "", vec![(0x2000, 0x6000)]),
+                (0x6000, 0x9000, "", vec![(0x7000, 0x9000)]),
+                (0x9000, 0xa000, "/lib/x.so", vec![]),
+                (0xb000, 0xc000, "", vec![(0xb000, 0xc000)]),
+            ]
+        );
+        assert_eq!(out[0].rss_kib, 8);
+        assert_eq!(out[3].inode, 0);
     }
 }

@@ -286,7 +286,7 @@ pub fn dump(
     for c in maps {
         let m = c.m;
         let first_run = runs.len() as u32;
-        let has_pages = m.rss_kib + m.swap_kib > 0;
+        let has_pages = m.rss_kib + m.swap_kib > 0 || !m.image_pages.is_empty();
         let resident = if c.kind == vma_kind::ANON_SHARED {
             // The shared memory object's own data, not what this process
             // has mapped: a page dropped here (MADV_DONTNEED) or faulted in
@@ -404,15 +404,22 @@ fn dump_private(
         let chunk_end = (chunk_start + BATCH as u64).min(m.end);
         let pm = pagemap.read(chunk_start, chunk_end)?;
         resident += pm.iter().filter(|e| pages::resident(**e)).count() as u64;
+        // Every page of a part that was mapped from a pages.img (even
+        // one never touched: it holds that image's bytes).
+        let wanted = |k: usize| {
+            let addr = chunk_start + k as u64 * PAGE_SIZE;
+            pages::wanted(pm[k], private_file)
+                || m.image_pages.iter().any(|&(s, e)| s <= addr && addr < e)
+        };
         let mut i = 0usize;
         while i < pm.len() {
-            if !pages::wanted(pm[i], private_file) {
+            if !wanted(i) {
                 runs.close();
                 i += 1;
                 continue;
             }
             let mut j = i;
-            while j < pm.len() && j - i < batch_pages && pages::wanted(pm[j], private_file) {
+            while j < pm.len() && j - i < batch_pages && wanted(j) {
                 j += 1;
             }
             // Read straight into the page writer's buffer (no copy on the

@@ -34,8 +34,11 @@ pub mod flags {
     /// `cryo restore` found its own credentials (which the exec of the
     /// shim keeps) equal to the image's: the shim need not compare them.
     pub const SAME_CREDS: u64 = 1 << 4;
+    /// Mapped restore: private anonymous memory is mapped from pages.img
+    /// (`crate::mapped`) instead of copied.
+    pub const MAP: u64 = 1 << 5;
     /// Every bit this version knows.
-    pub const ALL: u64 = PHASES | LAZY | SELF_UNMAP | SAME_CREDS;
+    pub const ALL: u64 = PHASES | LAZY | SELF_UNMAP | SAME_CREDS | MAP;
 }
 
 /// rsi at the shim's final `int3`, so the tracer knows the trap is ours.

@@ -282,3 +282,37 @@ fn image_bytes(loaded: &LoadedImage, img: &Image, addr: u64, len: usize) -> Opti
     }
     Some(out)
 }
+
+/// Allocators known to take memory dropped with MADV_DONTNEED for zeros
+/// (jemalloc's forced purge says so; mimalloc and tcmalloc reuse it the
+/// same way): a mapped restore would give them back the captured bytes
+/// instead (`cryo_image::mapped`, docs/pitfalls.md).
+const ZERO_TRUSTING_ALLOCATORS: [&str; 3] = ["libjemalloc", "libmimalloc", "libtcmalloc"];
+
+/// Can this image be restored with `--map`? Refuses, naming it, a process
+/// whose memory is managed by an allocator that expects zeros after
+/// MADV_DONTNEED.
+pub fn mappable(img: &Image) -> Result<(), RestoreError> {
+    let p = img.process();
+    let mut names: Vec<&str> = img
+        .vmas()
+        .iter()
+        .filter(|v| v.file != NO_INDEX)
+        .map(|v| v.file)
+        .chain((p.exe_file != NO_INDEX).then_some(p.exe_file))
+        .filter_map(|i| img.files().get(i as usize))
+        .filter_map(|f| img.str(f.path))
+        .filter(|path| {
+            let base = path.rsplit('/').next().unwrap_or(path);
+            ZERO_TRUSTING_ALLOCATORS.iter().any(|a| base.starts_with(a))
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    match names.first() {
+        None => Ok(()),
+        Some(path) => Err(RestoreError::NotMappable(format!(
+            "the program uses {path}, an allocator that takes memory it dropped with MADV_DONTNEED for zeros; mapped from pages.img it would read the captured bytes instead. Restore it without --map"
+        ))),
+    }
+}

@@ -47,6 +47,8 @@ pub enum RestoreError {
     NoLazy(String),
     #[error("{0}")]
     WorkingSet(String),
+    #[error("--map is not safe for this image: {0}")]
+    NotMappable(String),
     /// A process tree cannot be (or could not be) made.
     #[error("{0}")]
     Tree(String),

@@ -24,6 +24,7 @@ mod task;
 mod tracer;
 mod tree;
 mod uffd;
+mod verified;
 
 use cryo_image::load::LoadedImage;
 use cryo_image::Image;
@@ -48,10 +49,16 @@ pub struct Options {
     pub shim: PathBuf,
     /// Skip the pages checksum pass (the shim still checks the tables).
     pub no_verify: bool,
+    /// Check every page even if this pages.img was checked before
+    /// ([`verified`]).
+    pub verify: bool,
     /// The shim prints its phase times on stderr.
     pub phases: bool,
     /// Serve private anonymous memory on demand through userfaultfd.
     pub lazy: Option<LazyOptions>,
+    /// Map private anonymous memory from pages.img (MAP_PRIVATE) instead
+    /// of copying it (`cryo_image::mapped`; not with `lazy`).
+    pub map: bool,
     /// Finish with the tracer even where the image's gadgets would do.
     pub use_tracer: bool,
     /// Accept losing bytes that were unread in a pipe the restored fd
@@ -183,6 +190,14 @@ fn prepare_one(
     let gadget = checks::vdso(&img)?;
     checks::mapped_files(&img)?;
     checks::timers(&img)?;
+    if opts.map {
+        if opts.lazy.is_some() {
+            return Err(RestoreError::NotMappable(
+                "a lazy restore cannot also map its memory (choose --lazy or --map)".into(),
+            ));
+        }
+        checks::mappable(&img)?;
+    }
     let own_status = OwnStatus::read();
     let rlimits = checks::rlimits(&img, own_status.cap_sys_resource)?;
     let mut fds = fds::plan(
@@ -245,7 +260,7 @@ fn lazy_config(
     Ok(match &opts.lazy {
         None => {
             if !opts.no_verify {
-                image.verify_pages(|_| {})?;
+                verified::pages(image, opts.verify)?;
             }
             None
         }
@@ -381,7 +396,8 @@ impl Plan {
         let flags = bit(self.opts.phases, handoff::flags::PHASES)
             | bit(server.is_some(), handoff::flags::LAZY)
             | bit(self.finish == Finish::Gadgets, handoff::flags::SELF_UNMAP)
-            | bit(checked.same_creds, handoff::flags::SAME_CREDS);
+            | bit(checked.same_creds, handoff::flags::SAME_CREDS)
+            | bit(self.opts.map, handoff::flags::MAP);
         let cwd_done = if *cwd_deleted {
             stored::enter_removed_dir(&self.fds, cwd)
         } else {
@@ -485,3 +501,5 @@ impl OwnStatus {
         }
     }
 }
+
+pub use cryo_image::mapped::mapped_pages;

@@ -283,7 +283,11 @@ fn restore(a: &Args) -> ! {
     if lazy && a.sock_fd == usize::MAX {
         die(format_args!("lazy restore without a page-server socket"));
     }
-    vma::map_all(&img, &mut files, a, lazy);
+    let map = a.flags & flags::MAP != 0;
+    if lazy && map {
+        die(format_args!("a lazy restore cannot also be mapped"));
+    }
+    vma::map_all(&img, &mut files, a, lazy, map);
     if lazy {
         uffd::hand_to_page_server(&img, a.sock_fd);
     }

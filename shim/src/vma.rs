@@ -41,8 +41,9 @@ pub fn place_vdso(img: &Image) {
 }
 
 /// Every mapping, then its pages (lazy mappings: only the pages around the
-/// stack pointer; the page server serves the rest).
-pub fn map_all(img: &Image, files: &mut Files, a: &Args, lazy: bool) {
+/// stack pointer; the page server serves the rest; `map`: the data of
+/// private anonymous memory mapped from pages.img, see `cryo_image::mapped`).
+pub fn map_all(img: &Image, files: &mut Files, a: &Args, lazy: bool, map: bool) {
     let mut prev: Option<Vma> = None;
     for v in img.vmas().iter() {
         if !v.is_special() {
@@ -55,7 +56,8 @@ pub fn map_all(img: &Image, files: &mut Files, a: &Args, lazy: bool) {
             // pointer, where its signal frame goes.
             let only = (lazy && cryo_image::lazy::is_lazy(&v))
                 .then(|| cryo_image::lazy::eager_in(img, v.start, v.end).unwrap_or((0, 0)));
-            map_vma(img, &v, prev.as_ref(), fd, a.pages_fd, only);
+            let mapped = map && cryo_image::mapped::is_mapped(&v);
+            map_vma(img, &v, prev.as_ref(), fd, a.pages_fd, only, mapped);
         }
         prev = Some(v);
     }
@@ -79,7 +81,8 @@ fn mergeable(prev: &Vma, v: &Vma) -> bool {
 
 /// Map `v` at its address and fill its pages. `only`: fill only the DATA
 /// pages inside this window (a lazy mapping; the page server serves the
-/// rest).
+/// rest). `mapped`: map its runs of data from pages.img (MAP_PRIVATE,
+/// over the anonymous mapping) rather than copy them.
 fn map_vma(
     img: &Image,
     v: &Vma,
@@ -87,6 +90,7 @@ fn map_vma(
     fd: usize,
     pages_fd: usize,
     only: Option<(u64, u64)>,
+    mapped: bool,
 ) {
     let (start, len) = (v.start as usize, v.len() as usize);
     let runs = v.run_count > 0;
@@ -188,6 +192,32 @@ fn map_vma(
                 }
                 None => p,
             };
+            if mapped {
+                if let Some((at, n_at, off_at)) = cryo_image::mapped::mapped_part(v, addr, n, off) {
+                    // The same protection and flags as the mapping it
+                    // replaces this part of; MAP_FIXED inside it only.
+                    let r = mmap(
+                        at as usize,
+                        n_at as usize,
+                        map_prot,
+                        MAP_PRIVATE | MAP_FIXED | (flags & MAP_NORESERVE),
+                        pages_fd,
+                        off_at,
+                    );
+                    if r as usize != at as usize {
+                        die(format_args!("mapping pages.img at {at:#x}: errno {}", -r));
+                    }
+                    // What comes before it (the mapping's first page) is
+                    // copied.
+                    let head = at - addr;
+                    if head > 0 {
+                        if let Err(e) = pread_all(pages_fd, addr as usize, head as usize, off) {
+                            die(format_args!("reading pages for {addr:#x}: errno {}", -e));
+                        }
+                    }
+                    return;
+                }
+            }
             // Populate a larger private range in one call first: pread would
             // otherwise take a page fault per page, which costs several µs
             // each under virtualisation (docs/pitfalls.md); for a few pages

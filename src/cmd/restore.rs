@@ -50,6 +50,18 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true,
           default_missing_value = "background")]
     pub lazy: Option<LazyMode>,
+    /// Map private anonymous memory (heap, anonymous mappings) from the
+    /// image's pages.img instead of copying it: nothing is copied at
+    /// restore, pages come from the page cache on first touch and are
+    /// copied only when written, and every restore of one image shares the
+    /// pages it does not write. What differs from anonymous memory:
+    /// MADV_DONTNEED gives back the captured bytes, not zeros (programs
+    /// using jemalloc, mimalloc or tcmalloc are refused), /proc/PID/maps
+    /// names pages.img, no transparent huge pages. pages.img must not be
+    /// changed while restored programs run (cryo never writes it in
+    /// place). See docs/design.md.
+    #[arg(long, conflicts_with_all = ["lazy", "eager"])]
+    pub map: bool,
     /// Lazy: record which pages the program touches first, in order, into
     /// DIR/working-set (serves on demand while recording). Later --lazy
     /// restores prefetch that set.
@@ -83,6 +95,14 @@ pub struct RestoreArgs {
     /// exec and (lazy) in the page server; meta.img is still checked.
     #[arg(long)]
     pub no_verify: bool,
+    /// Check every page against sums.img even if this very pages.img was
+    /// checked before. By default a full check is done once and recorded
+    /// in DIR/verified with the identity of pages.img and sums.img
+    /// (device, inode, size, modification and change times); a restore
+    /// that finds both unchanged skips it. (Lazy restores check each page
+    /// as it is served.)
+    #[arg(long, conflicts_with = "no_verify")]
+    pub verify: bool,
     /// Give the restored process (the root of a tree) its captured PID
     /// too, as every other process of a tree gets its own. cryo restore
     /// then forks it with that PID and stays as its parent: it passes on
@@ -131,11 +151,13 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         inherit_fds: args.inherit_fd.clone(),
         shim: crate::cmd::check::shim_path(),
         no_verify: args.no_verify,
+        verify: args.verify,
         phases: args.phases,
         use_tracer: args.use_tracer,
         drop_pipe_data: args.drop_pipe_data,
         restore_stdio: args.restore_stdio.clone().unwrap_or_default(),
         same_pid: args.same_pid,
+        map: args.map,
         lazy: args.lazy.map(|m| cryo_restore::LazyOptions {
             mode: match m {
                 LazyMode::Background => cryo_restore::lazy::Mode::Background,
@@ -171,6 +193,12 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
                 cryo_restore::Finish::Tracer => "by a ptrace tracer",
             }
         );
+        if args.map {
+            println!(
+                "map: {} pages mapped from pages.img",
+                cryo_restore::mapped_pages(&img)
+            );
+        }
         if let Some(l) = plan.lazy() {
             println!(
                 "lazy: {} pages served by the page server, {} working-set runs to prefetch",

@@ -5,6 +5,7 @@
 
 mod files;
 pub mod lazy;
+pub mod mapped;
 mod process;
 mod section;
 mod vma;

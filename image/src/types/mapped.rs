@@ -1,0 +1,90 @@
+//! The rules of a mapped restore (`cryo restore --map`), shared by the
+//! shim (which maps) and `cryo restore` (which reports): private anonymous
+//! memory is mapped `MAP_PRIVATE` from pages.img instead of copied, so its
+//! pages come from the page cache on first touch and every restore of one
+//! image shares the pages it does not write.
+
+use super::{vma_flags, vma_kind, Vma, PAGE_SIZE};
+
+/// Is this mapping's data mapped from pages.img? Private anonymous memory
+/// (heap and anonymous mappings) only. Not the stack (a file mapping
+/// cannot grow down) and not mappings whose flags only anonymous memory
+/// can have: wipe-on-fork and KSM-mergeable (madvise refuses them on a
+/// file mapping) and droppable (MAP_DROPPABLE is anonymous only).
+pub fn is_mapped(v: &Vma) -> bool {
+    matches!(v.kind, vma_kind::ANON_PRIVATE | vma_kind::HEAP)
+        && v.flags & (vma_flags::GROWSDOWN | vma_flags::WIPEONFORK) == 0
+        && v.run_count > 0
+        && v.vmflags & (super::vmflag("dp") | super::vmflag("mg") | super::vmflag("wf")) == 0
+}
+
+/// A run of data shorter than this is copied, not mapped: every mapped
+/// run splits its mapping into more VMAs (the kernel allows 65 530 per
+/// process), and a few pages cost less to copy than a VMA costs to make.
+pub const MAP_MIN: u64 = 4 * PAGE_SIZE;
+
+/// The part of a run of data (address, length, offset in pages.img) that
+/// is mapped from pages.img, if any. The first page of a mapping is
+/// always copied: that keeps the mapping's start anonymous, so a mapping
+/// of pages.img never continues the one before it and the kernel never
+/// merges two captured mappings into one VMA.
+pub fn mapped_part(v: &Vma, addr: u64, len: u64, off: u64) -> Option<(u64, u64, u64)> {
+    let (addr, len, off) = if addr == v.start {
+        (
+            addr + PAGE_SIZE,
+            len.saturating_sub(PAGE_SIZE),
+            off + PAGE_SIZE,
+        )
+    } else {
+        (addr, len, off)
+    };
+    (len >= MAP_MIN).then_some((addr, len, off))
+}
+
+/// The runs of data of `v` as the shim reads or maps them: adjacent DATA
+/// runs that are adjacent in pages.img too, joined (address, length,
+/// offset in pages.img).
+pub fn data_segments<'a>(
+    img: &'a crate::Image<'a>,
+    v: &Vma,
+) -> impl Iterator<Item = (u64, u64, u64)> + 'a {
+    let (first, end) = (v.first_run as usize, (v.first_run + v.run_count) as usize);
+    let runs = img.page_runs();
+    let mut j = first;
+    core::iter::from_fn(move || {
+        let mut seg: Option<(u64, u64, u64)> = None;
+        while j < end {
+            let Some(r) = runs.get(j) else { break };
+            if r.kind != super::run_kind::DATA {
+                j += 1;
+                if seg.is_some() {
+                    break;
+                }
+                continue;
+            }
+            match seg {
+                None => seg = Some((r.vaddr, r.len(), r.offset)),
+                Some((a, n, o)) if a + n == r.vaddr && o + n == r.offset => {
+                    seg = Some((a, n + r.len(), o))
+                }
+                Some(_) => break,
+            }
+            j += 1;
+        }
+        seg
+    })
+}
+
+/// Pages a mapped restore maps from pages.img rather than copies.
+pub fn mapped_pages(img: &crate::Image) -> u64 {
+    img.vmas()
+        .iter()
+        .filter(is_mapped)
+        .map(|v| {
+            data_segments(img, &v)
+                .filter_map(|(a, n, o)| mapped_part(&v, a, n, o))
+                .map(|(_, n, _)| n / PAGE_SIZE)
+                .sum::<u64>()
+        })
+        .sum()
+}
