@@ -60,7 +60,13 @@ fn quick_compare_agrees_on_every_available_method() {
             .find(|r| r["workload"] == w && r["method"] == m && r["cache"] == cache)
             .unwrap_or_else(|| panic!("no row {w} {m} {cache}"))
     };
-    let mut methods = vec!["cold", "cryo-eager", "cryo-lazy", "cryo-lazy-prefetch"];
+    let mut methods = vec![
+        "cold",
+        "cryo-eager",
+        "cryo-lazy",
+        "cryo-lazy-prefetch",
+        "cryo-map",
+    ];
     if criu_available {
         methods.push("criu");
     } else {

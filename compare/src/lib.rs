@@ -56,16 +56,18 @@ pub enum Method {
     CryoEager,
     CryoLazy,
     CryoLazyPrefetch,
+    CryoMap,
     Criu,
 }
 
 impl Method {
-    pub const ALL: [Method; 6] = [
+    pub const ALL: [Method; 7] = [
         Method::Cold,
         Method::Thaw,
         Method::CryoEager,
         Method::CryoLazy,
         Method::CryoLazyPrefetch,
+        Method::CryoMap,
         Method::Criu,
     ];
 
@@ -76,6 +78,7 @@ impl Method {
             Method::CryoEager => "cryo-eager",
             Method::CryoLazy => "cryo-lazy",
             Method::CryoLazyPrefetch => "cryo-lazy-prefetch",
+            Method::CryoMap => "cryo-map",
             Method::Criu => "criu",
         }
     }

@@ -208,6 +208,7 @@ pub(crate) fn prepare(
             }
             Ok(cryo(&["--lazy=on-demand"], &img))
         }
+        Method::CryoMap => Ok(cryo(&["--map"], &image()?)),
         Method::Criu => match cx.criu {
             Ok((criu, _)) => criu_dump(criu, w, cx, dir),
             Err(why) => Err(why.clone()),

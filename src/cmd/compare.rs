@@ -17,6 +17,8 @@ use std::path::PathBuf;
 ///   cryo-lazy            cryo restore --lazy=on-demand --no-prefetch
 ///   cryo-lazy-prefetch   cryo restore --lazy=on-demand with a working set
 ///                        recorded by one earlier restore
+///   cryo-map             cryo restore --map: the heap mapped from pages.img
+///                        (page cache), copied only where written
 ///   criu                 criu dump at the same stop, criu restore -d, SIGCONT
 ///
 /// Workloads: hello (and hello-v0): RTS start-up and shutdown, hs_init and

@@ -144,7 +144,7 @@ pub struct Ratio {
 }
 
 /// The cryo methods, fastest first when several ran.
-const CRYO: [&str; 3] = ["cryo-eager", "cryo-lazy", "cryo-lazy-prefetch"];
+const CRYO: [&str; 4] = ["cryo-eager", "cryo-lazy", "cryo-lazy-prefetch", "cryo-map"];
 
 /// The goals of the comparison, per workload, from the warm medians: the
 /// best cryo method at most 0.5 × thaw (reported for every workload; the

@@ -20,10 +20,11 @@ impl Report {
             "cryo-eager",
             "cryo-lazy",
             "cryo-lazy-prefetch",
+            "cryo-map",
             "criu",
         ];
         let colours = [
-            "#888888", "#d9822b", "#1f77b4", "#2ca02c", "#17becf", "#d62728",
+            "#888888", "#d9822b", "#1f77b4", "#2ca02c", "#17becf", "#9467bd", "#d62728",
         ];
         let (bar, gap, left, right, top) = (9.0, 14.0, 170.0, 40.0, 40.0);
         let width = 860.0;
