@@ -28,6 +28,8 @@ enum Cmd {
     Run(cmd::run::RunArgs),
     // (about and long help: the doc comment of RestoreArgs)
     Restore(cmd::restore::RestoreArgs),
+    // (about and long help: the doc comment of PackArgs)
+    Pack(cmd::pack::PackArgs),
     // (help: the doc comment of its Args struct)
     Inspect(cmd::inspect::InspectArgs),
     // (help: the doc comment of its Args struct)
@@ -43,6 +45,7 @@ fn main() {
         Cmd::Dump(a) => cmd::capture::run_dump(a),
         Cmd::Run(a) => cmd::run::run(a),
         Cmd::Restore(a) => cmd::restore::run(a),
+        Cmd::Pack(a) => cmd::pack::run(a),
         Cmd::Inspect(a) => cmd::inspect::run(a),
         Cmd::Check(a) => cmd::check::run(a),
         Cmd::Compare(a) => cmd::compare::run(a),

@@ -51,6 +51,7 @@ mod header;
 mod image;
 #[cfg(feature = "std")]
 pub mod load;
+pub mod pack;
 pub mod record;
 pub mod signals;
 pub mod task;

@@ -15,6 +15,7 @@ mod fds;
 mod inotify;
 pub mod lazy;
 mod locks;
+pub mod pack;
 mod pipes;
 mod sockets;
 mod stored;

@@ -133,7 +133,10 @@ impl<'a> Files<'a> {
             0,
         );
         if fd < 0 {
-            die(format_args!("cannot open {path}: errno {}", -fd));
+            die(format_args!(
+                "{path} cannot be opened (errno {}); restore needs the file that was mapped",
+                -fd
+            ));
         }
         let mut st = [0u64; 18];
         check(
@@ -147,8 +150,10 @@ impl<'a> Files<'a> {
             || mtime != f.mtime_sec
             || mtime_ns != f.mtime_nsec
         {
+            // (Worded as `cryo restore`'s refusal: a packed restorer
+            // checks here what it checks before its exec.)
             die(format_args!(
-                "{path} is not the file that was captured (identity, size or mtime changed)"
+                "{path} changed since capture (device/inode, size or modification time); restore needs the very same file"
             ));
         }
         *slot = fd as i32;

@@ -24,6 +24,7 @@ mod frame;
 mod load;
 mod mem;
 mod mm;
+mod packed;
 mod rseq;
 mod selfmap;
 mod signals;
@@ -163,11 +164,17 @@ impl Write for Msg {
 
 fn die(args: fmt::Arguments) -> ! {
     let mut m = Msg { b: [0; 768], n: 0 };
-    let _ = m.write_str("cryo-shim: ");
+    // A packed restorer that can still leave the process as it was speaks
+    // like `cryo restore` (and exits 1 as it does).
+    let packed = packed::dir_for_message();
+    let _ = match packed {
+        Some(dir) => write!(m, "cryo: cannot restore {dir}: "),
+        None => m.write_str("cryo-shim: "),
+    };
     let _ = m.write_fmt(args);
     let _ = m.write_str("\n");
     write(2, &m.b[..m.n]);
-    exit(125)
+    exit(if packed.is_some() { 1 } else { 125 })
 }
 
 fn check(r: isize, what: fmt::Arguments) -> usize {
@@ -210,6 +217,11 @@ fn arg_bytes(p: *const u8) -> &'static [u8] {
 /// initial stack (argc, argv...).
 #[no_mangle]
 extern "C" fn shim_main(sp: *const usize) -> ! {
+    // A packed restorer: the image is named by the record it carries.
+    if let Some(r) = packed::record() {
+        let a = packed::open(&r);
+        restore(&a, true)
+    }
     // SAFETY: the kernel's initial stack holds argc followed by argc argv
     // pointers and a NULL.
     let (argc, argv) = unsafe { (*sp, sp.add(1) as *const *const u8) };
@@ -228,26 +240,31 @@ extern "C" fn shim_main(sp: *const usize) -> ! {
             v as usize
         }
     };
-    restore(&Args {
-        meta_fd: fd(h.meta_fd),
-        pages_fd: fd(h.pages_fd),
-        tid_offset: fd(h.tid_offset),
-        flags: h.flags,
-        exec_ns: if h.exec_ns == handoff::NONE {
-            0
-        } else {
-            h.exec_ns
+    restore(
+        &Args {
+            meta_fd: fd(h.meta_fd),
+            pages_fd: fd(h.pages_fd),
+            tid_offset: fd(h.tid_offset),
+            flags: h.flags,
+            exec_ns: if h.exec_ns == handoff::NONE {
+                0
+            } else {
+                h.exec_ns
+            },
+            sock_fd: fd(h.sock_fd),
+            alias_fd: fd(h.alias_fd),
+            files_fd: fd(h.files_fd),
         },
-        sock_fd: fd(h.sock_fd),
-        alias_fd: fd(h.alias_fd),
-        files_fd: fd(h.files_fd),
-    })
+        false,
+    )
 }
 
 /// The restore, as its steps; every step that can fail before step 4
 /// leaves the process as `cryo restore` made it (the shim just exits with
-/// a message), every later one kills it with a message.
-fn restore(a: &Args) -> ! {
+/// a message), every later one kills it with a message. `packed`: run as
+/// a packed restorer (`packed`), which checks and sets up here what `cryo
+/// restore` would have before its exec.
+fn restore(a: &Args, packed: bool) -> ! {
     let on = a.flags & flags::PHASES != 0;
     let mut ph = Phases { t: [0; 8], n: 0 };
     ph.mark(on);
@@ -265,6 +282,9 @@ fn restore(a: &Args) -> ! {
     );
     // 1. The image, mapped into the window and validated again.
     let img = load::image(a.meta_fd);
+    if packed {
+        packed::check_and_set(&img);
+    }
     // 2. Every file behind a mapping, and the executable, opened and
     //    checked to be what was captured.
     mem::map_anon_at(scratch::AT, scratch::LEN, "scratch");
@@ -273,6 +293,7 @@ fn restore(a: &Args) -> ! {
     ph.mark(on);
     selfmap::leave_own_file(a.alias_fd);
     // 4. Point of no return: everything outside the window goes.
+    packed::past_no_return();
     vma::unmap_everything();
     // 5. vvar, vvar_vclock and vDSO at their captured place.
     vma::place_vdso(&img);

@@ -1,0 +1,202 @@
+//! The record that makes a copy of the shim a packed restorer (`cryo pack
+//! DIR -o FILE`): the shim binary carries an empty record in a static of
+//! its own ([`RECORD_LEN`] bytes starting with [`MAGIC`]); `cryo pack`
+//! copies the binary and writes the record over the empty one. Run, a
+//! packed shim finds the image through the record instead of the hand-off
+//! arguments `cryo restore` gives it, and checks everything `cryo restore`
+//! would have checked before it tears anything down.
+//!
+//! ```text
+//! 0   magic "CRYOPACK"
+//! 8   u32 version (1)       12  u32 payload length (0: not packed)
+//! 16  payload:
+//!     u64 hand-off flags (handoff::flags: MAP, SELF_UNMAP)
+//!     u64 glibc's cached-TID offset in the TCB, as the packer found it
+//!     7 × u64 identity of pages.img: dev, ino, size, mtime s, ns, ctime s, ns
+//!     7 × u64 identity of sums.img (the same)
+//!     u32 length of the image directory's absolute path, the path, NUL
+//! end u64 xxh3 of bytes 0 .. end (the record's own checksum)
+//! ```
+//!
+//! Pages are trusted through the identities: `cryo pack` checks every page
+//! against sums.img first, and any later write to pages.img or sums.img
+//! changes its change time, which no system call can set back (the same
+//! reasoning as `cryo restore`'s `verified` stamp; docs/design.md).
+
+/// First bytes of the record.
+pub const MAGIC: [u8; 8] = *b"CRYOPACK";
+/// The record's size in the shim binary.
+pub const RECORD_LEN: usize = 4096;
+/// Version of the layout.
+pub const VERSION: u32 = 1;
+const HEAD: usize = 16;
+const FIXED: usize = 8 + 8 + 7 * 8 + 7 * 8 + 4;
+
+/// A file's identity: dev, ino, size, mtime (s, ns), ctime (s, ns).
+pub type Identity = [u64; 7];
+
+/// The decoded record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub flags: u64,
+    pub tid_offset: u64,
+    pub pages: Identity,
+    pub sums: Identity,
+    /// The image directory, absolute, without the NUL.
+    pub dir: &'a [u8],
+}
+
+/// Why a record is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackError {
+    Magic,
+    Version(u32),
+    Length,
+    Checksum,
+    UnknownFlags(u64),
+    TooLong,
+}
+
+impl core::fmt::Display for PackError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PackError::Magic => write!(f, "no pack record (not a cryo shim)"),
+            PackError::Version(v) => {
+                write!(f, "pack record version {v}, this shim reads {VERSION}")
+            }
+            PackError::Length => write!(f, "pack record truncated"),
+            PackError::Checksum => write!(f, "pack record corrupt (checksum)"),
+            PackError::UnknownFlags(v) => {
+                write!(f, "pack record flags {v:#x} unknown to this shim")
+            }
+            PackError::TooLong => write!(f, "image directory path too long for a pack record"),
+        }
+    }
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(w)
+}
+
+/// Decode a record: Ok(None) for the empty record of an unpacked shim.
+pub fn decode(b: &[u8]) -> Result<Option<Record<'_>>, PackError> {
+    if b.len() < HEAD || b[..8] != MAGIC {
+        return Err(PackError::Magic);
+    }
+    let (version, len) = (u32_at(b, 8), u32_at(b, 12) as usize);
+    if len == 0 {
+        return Ok(None);
+    }
+    if version != VERSION {
+        return Err(PackError::Version(version));
+    }
+    if len < FIXED || HEAD + len + 8 > b.len() {
+        return Err(PackError::Length);
+    }
+    let end = HEAD + len;
+    if crate::checksum(&b[..end]) != u64_at(b, end) {
+        return Err(PackError::Checksum);
+    }
+    let p = &b[HEAD..end];
+    let ident = |at: usize| {
+        let mut id = [0u64; 7];
+        for (k, v) in id.iter_mut().enumerate() {
+            *v = u64_at(p, at + 8 * k);
+        }
+        id
+    };
+    let dir_len = u32_at(p, 16 + 112) as usize;
+    let dir_at = FIXED;
+    if dir_at + dir_len + 1 != len || p[dir_at + dir_len] != 0 {
+        return Err(PackError::Length);
+    }
+    let r = Record {
+        flags: u64_at(p, 0),
+        tid_offset: u64_at(p, 8),
+        pages: ident(16),
+        sums: ident(16 + 56),
+        dir: &p[dir_at..dir_at + dir_len],
+    };
+    if r.flags & !crate::handoff::flags::ALL != 0 {
+        return Err(PackError::UnknownFlags(r.flags));
+    }
+    Ok(Some(r))
+}
+
+/// Encode a record into `out` (RECORD_LEN bytes).
+pub fn encode(r: &Record, out: &mut [u8]) -> Result<(), PackError> {
+    let len = FIXED + r.dir.len() + 1;
+    if out.len() < RECORD_LEN || HEAD + len + 8 > RECORD_LEN {
+        return Err(PackError::TooLong);
+    }
+    out[..RECORD_LEN].fill(0);
+    out[..8].copy_from_slice(&MAGIC);
+    out[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    out[12..16].copy_from_slice(&(len as u32).to_le_bytes());
+    let mut at = HEAD;
+    let mut put = |bytes: &[u8]| {
+        out[at..at + bytes.len()].copy_from_slice(bytes);
+        at += bytes.len();
+    };
+    put(&r.flags.to_le_bytes());
+    put(&r.tid_offset.to_le_bytes());
+    for v in r.pages.iter().chain(r.sums.iter()) {
+        put(&v.to_le_bytes());
+    }
+    put(&(r.dir.len() as u32).to_le_bytes());
+    put(r.dir);
+    put(&[0]);
+    let end = HEAD + len;
+    let sum = crate::checksum(&out[..end]);
+    out[end..end + 8].copy_from_slice(&sum.to_le_bytes());
+    Ok(())
+}
+
+/// The empty record an unpacked shim carries.
+pub const fn empty() -> [u8; RECORD_LEN] {
+    let mut b = [0u8; RECORD_LEN];
+    let mut i = 0;
+    while i < 8 {
+        b[i] = MAGIC[i];
+        i += 1;
+    }
+    b[8] = VERSION as u8;
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_refusals() {
+        let r = Record {
+            flags: crate::handoff::flags::MAP,
+            tid_offset: 720,
+            pages: [1, 2, 3, 4, 5, 6, 7],
+            sums: [8, 9, 10, 11, 12, 13, 14],
+            dir: b"/tmp/img",
+        };
+        let mut b = [0u8; RECORD_LEN];
+        encode(&r, &mut b).unwrap();
+        assert_eq!(decode(&b), Ok(Some(r)));
+        assert_eq!(decode(&empty()), Ok(None));
+        let mut bad = b;
+        bad[40] ^= 1;
+        assert_eq!(decode(&bad), Err(PackError::Checksum));
+        let mut bad = b;
+        bad[0] = b'X';
+        assert_eq!(decode(&bad), Err(PackError::Magic));
+        let long = [b'a'; RECORD_LEN];
+        let r2 = Record { dir: &long, ..r };
+        assert_eq!(encode(&r2, &mut b), Err(PackError::TooLong));
+    }
+}

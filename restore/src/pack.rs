@@ -1,0 +1,120 @@
+//! `cryo pack`: what a packed restorer (the shim with a record naming the
+//! image, `cryo_image::pack`) can restore, and its record. A packed
+//! restorer is one exec: no `cryo restore` runs before it, so whatever
+//! `cryo restore` would set up before its exec and the shim cannot (fds
+//! beyond 0-2, files made again, a tree, a tracer) makes an image
+//! unpackable; every such obstacle is named at once.
+
+use crate::{Finish, Plan};
+use cryo_image::fds::file_flags;
+use cryo_image::pack::{Identity, Record};
+use cryo_image::{fd_kind, process_flags, NO_INDEX};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// Every reason this plan's image cannot be restored by a packed
+/// restorer (empty: it can).
+pub fn obstacles(plan: &Plan) -> Vec<String> {
+    let img = plan.image();
+    let mut out = Vec::new();
+    if plan.processes() > 1 {
+        out.push(format!(
+            "it is a process tree ({} processes); a packed restorer restores one process",
+            plan.processes()
+        ));
+    }
+    if plan.finish() != Finish::Gadgets {
+        out.push(
+            "it needs a tracer to finish (no usable `syscall; ret` and `rt_sigreturn` code in the image, or --keep-stopped/--use-tracer)"
+                .into(),
+        );
+    }
+    let fds: Vec<String> = img
+        .fds()
+        .iter()
+        .filter(|f| f.fd > 2)
+        .map(|f| {
+            format!(
+                "fd {} ({} {})",
+                f.fd,
+                fd_kind::name(f.kind),
+                img.str(f.target).unwrap_or("?")
+            )
+        })
+        .collect();
+    if !fds.is_empty() {
+        out.push(format!(
+            "a packed restorer gives the program only fds 0-2 (its invoker's), and it has {}",
+            fds.join(", ")
+        ));
+    }
+    let mut deleted: Vec<&str> = img
+        .vmas()
+        .iter()
+        .filter(|v| v.file != NO_INDEX)
+        .filter_map(|v| img.files().get(v.file as usize))
+        .filter(|f| f.flags & file_flags::DELETED != 0)
+        .filter_map(|f| img.str(f.path))
+        .collect();
+    deleted.sort_unstable();
+    deleted.dedup();
+    for path in deleted {
+        out.push(format!(
+            "it maps {path}, an unlinked file or memfd that only cryo restore makes again"
+        ));
+    }
+    if img.process().flags & process_flags::CWD_DELETED != 0 {
+        out.push("its working directory was removed; only cryo restore makes it again".into());
+    }
+    out
+}
+
+/// A file's identity as the record keeps it.
+pub fn identity(path: &Path) -> std::io::Result<Identity> {
+    let md = std::fs::metadata(path)?;
+    Ok([
+        md.dev(),
+        md.ino(),
+        md.size(),
+        md.mtime() as u64,
+        md.mtime_nsec() as u64,
+        md.ctime() as u64,
+        md.ctime_nsec() as u64,
+    ])
+}
+
+/// The identities of pages.img and sums.img in `dir`, to be read before
+/// the pages are checked (a write during the check then shows).
+pub fn identities(dir: &Path) -> std::io::Result<(Identity, Identity)> {
+    Ok((
+        identity(&dir.join(cryo_image::PAGES_FILE))?,
+        identity(&dir.join(cryo_image::SUMS_FILE))?,
+    ))
+}
+
+/// The record for this plan (`dir`: the image directory, absolute; `ids`:
+/// [`identities`] read before the plan checked every page).
+pub fn record<'a>(plan: &Plan, dir: &'a Path, ids: (Identity, Identity)) -> Record<'a> {
+    use cryo_image::handoff::flags;
+    use std::os::unix::ffi::OsStrExt;
+    Record {
+        flags: flags::SELF_UNMAP | if plan.opts.map { flags::MAP } else { 0 },
+        tid_offset: plan.tid_offset as u64,
+        pages: ids.0,
+        sums: ids.1,
+        dir: dir.as_os_str().as_bytes(),
+    }
+}
+
+/// The shim binary with `r` written over its empty record.
+pub fn packed_binary(shim: &[u8], r: &Record) -> Result<Vec<u8>, String> {
+    use cryo_image::pack;
+    let empty = pack::empty();
+    let at = shim
+        .windows(pack::RECORD_LEN)
+        .position(|w| w == empty)
+        .ok_or("the shim has no empty pack record (built by another cryo?)")?;
+    let mut out = shim.to_vec();
+    pack::encode(r, &mut out[at..at + pack::RECORD_LEN]).map_err(|e| e.to_string())?;
+    Ok(out)
+}

@@ -1,0 +1,464 @@
+//! A packed restorer (`cryo pack DIR -o FILE`): this binary with a record
+//! (`cryo_image::pack`) naming the image. Run, it restores the image in
+//! its own process, with no `cryo restore` before it: it opens the image
+//! itself, and checks here, before the point of no return, everything
+//! `cryo restore` checks before its exec and a packed image can need
+//! (pages.img and sums.img unchanged since the pack, the vDSO, the xsave
+//! layout; the mapped files are checked as always when opened), then sets
+//! what `cryo restore` sets before its exec: cwd, umask, personality,
+//! rlimits, scheduling, oom_score_adj and loginuid, every signal back to
+//! its default. Until the point of no return a failure is one line,
+//! `cryo: cannot restore DIR: ...`, and exit status 1, like `cryo
+//! restore`'s.
+
+use crate::sys::*;
+use crate::{check, die, Args};
+use core::sync::atomic::{AtomicUsize, Ordering};
+use cryo_image::pack::{self, Identity, Record, RECORD_LEN};
+use cryo_image::Image;
+
+/// The record `cryo pack` overwrites (an empty one in `cryo-shim`
+/// itself). Read with a volatile copy: its contents are not the ones the
+/// compiler saw.
+#[used]
+#[no_mangle]
+static CRYO_PACK: [u8; RECORD_LEN] = pack::empty();
+
+/// The image directory while a failure can still leave cleanly (for
+/// `die`'s message); 0 otherwise.
+static DIR_AT: AtomicUsize = AtomicUsize::new(0);
+static DIR_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// The record's copy (the image directory's bytes live here).
+struct RecordCopy(core::cell::UnsafeCell<[u8; RECORD_LEN]>);
+// SAFETY: the shim is single-threaded until its last steps; the copy is
+// written once, in `record`, before anything reads it.
+unsafe impl Sync for RecordCopy {}
+static COPY: RecordCopy = RecordCopy(core::cell::UnsafeCell::new([0; RECORD_LEN]));
+
+/// The record this binary carries, if it was packed.
+pub fn record() -> Option<Record<'static>> {
+    // SAFETY: CRYO_PACK is a valid static of RECORD_LEN bytes; COPY is
+    // written only here, once, before any reference to it is made.
+    let bytes: &'static [u8; RECORD_LEN] = unsafe {
+        let b = core::ptr::read_volatile(core::ptr::addr_of!(CRYO_PACK));
+        *COPY.0.get() = b;
+        &*COPY.0.get()
+    };
+    match pack::decode(bytes) {
+        Ok(Some(r)) => {
+            DIR_AT.store(r.dir.as_ptr() as usize, Ordering::Relaxed);
+            DIR_LEN.store(r.dir.len(), Ordering::Relaxed);
+            Some(r)
+        }
+        Ok(None) => None,
+        Err(e) => die(format_args!("{e}")),
+    }
+}
+
+/// The image directory, while a failure still leaves the process as it
+/// was (a packed restorer, before the point of no return).
+pub fn dir_for_message() -> Option<&'static str> {
+    let (at, len) = (
+        DIR_AT.load(Ordering::Relaxed),
+        DIR_LEN.load(Ordering::Relaxed),
+    );
+    if at == 0 {
+        return None;
+    }
+    // SAFETY: at/len are the directory's bytes inside COPY, which lives
+    // and is never written again.
+    let b = unsafe { core::slice::from_raw_parts(at as *const u8, len) };
+    Some(core::str::from_utf8(b).unwrap_or("the packed image"))
+}
+
+/// The point of no return: from here on a failure is the shim's own.
+pub fn past_no_return() {
+    DIR_AT.store(0, Ordering::Relaxed);
+}
+
+/// `dir/name` as a NUL-terminated path in `buf`.
+fn path_in<'b>(buf: &'b mut [u8; 4200], dir: &[u8], name: &str) -> &'b [u8] {
+    let n = dir.len() + 1 + name.len();
+    if n + 1 > buf.len() {
+        die(format_args!("the image directory's path is too long"));
+    }
+    buf[..dir.len()].copy_from_slice(dir);
+    buf[dir.len()] = b'/';
+    buf[dir.len() + 1..n].copy_from_slice(name.as_bytes());
+    buf[n] = 0;
+    &buf[..=n]
+}
+
+fn open_in(dir: &[u8], name: &str) -> usize {
+    let mut buf = [0u8; 4200];
+    let p = path_in(&mut buf, dir, name);
+    let fd = syscall3(SYS_OPEN, p.as_ptr() as usize, O_RDONLY | O_CLOEXEC, 0);
+    if fd < 0 {
+        die(format_args!("opening {name}: {}", errno_name(-fd)));
+    }
+    fd as usize
+}
+
+fn errno_name(e: isize) -> &'static str {
+    match e {
+        2 => "No such file or directory (os error 2)",
+        13 => "Permission denied (os error 13)",
+        20 => "Not a directory (os error 20)",
+        _ => "error",
+    }
+}
+
+fn identity(fd: usize, name: &str) -> Identity {
+    let mut st = [0u64; 18];
+    check(
+        syscall3(SYS_FSTAT, fd, st.as_mut_ptr() as usize, 0),
+        format_args!("fstat {name}"),
+    );
+    [st[0], st[1], st[6], st[11], st[12], st[13], st[14]]
+}
+
+/// Open the image the record names; check that its pages are the ones
+/// `cryo pack` checked. The invoker's fds beyond 0-2 are closed first
+/// (as `cryo restore` closes every fd the image does not have).
+pub fn open(r: &Record) -> Args {
+    syscall3(SYS_CLOSE_RANGE, 3, u32::MAX as usize, 0);
+    let meta_fd = open_in(r.dir, cryo_image::META_FILE);
+    let pages_fd = open_in(r.dir, cryo_image::PAGES_FILE);
+    let sums_fd = open_in(r.dir, cryo_image::SUMS_FILE);
+    for (fd, name, want) in [
+        (pages_fd, cryo_image::PAGES_FILE, &r.pages),
+        (sums_fd, cryo_image::SUMS_FILE, &r.sums),
+    ] {
+        if identity(fd, name) != *want {
+            die(format_args!(
+                "{name} changed since it was packed (inode, size or times); its pages are not known to be right: pack the image again (cryo pack checks every page)"
+            ));
+        }
+    }
+    syscall3(SYS_CLOSE, sums_fd, 0, 0);
+    Args {
+        meta_fd,
+        pages_fd,
+        tid_offset: r.tid_offset as usize,
+        flags: r.flags,
+        exec_ns: 0,
+        sock_fd: usize::MAX,
+        alias_fd: usize::MAX,
+        files_fd: usize::MAX,
+    }
+}
+
+/// The checks `cryo restore` makes against this machine, and the state it
+/// sets before its exec.
+pub fn check_and_set(img: &Image) {
+    vdso(img);
+    xsave(img);
+    environment(img);
+}
+
+/// One mapping of /proc/self/maps: start, end.
+fn own_special(maps: &[u8], name: &[u8]) -> Option<(u64, u64)> {
+    for line in maps.split(|&c| c == b'\n') {
+        if !line.ends_with(name) {
+            continue;
+        }
+        let range = line.split(|&c| c == b' ').next()?;
+        let mut it = range.split(|&c| c == b'-');
+        let (a, b) = (hex(it.next()?)?, hex(it.next()?)?);
+        return Some((a, b));
+    }
+    None
+}
+
+fn hex(s: &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for &c in s {
+        let d = (c as char).to_digit(16)? as u64;
+        v = v.checked_mul(16)?.checked_add(d)?;
+    }
+    (!s.is_empty()).then_some(v)
+}
+
+/// The same vDSO bytes and the same vvar/vvar_vclock/vDSO arrangement as
+/// captured: the same kernel.
+fn vdso(img: &Image) {
+    let p = img.process();
+    let mut maps = [0u8; 8192];
+    let fd = syscall3(
+        SYS_OPEN,
+        c"/proc/self/maps".as_ptr() as usize,
+        O_RDONLY | O_CLOEXEC,
+        0,
+    );
+    if fd < 0 {
+        die(format_args!("reading /proc/self/maps: errno {}", -fd));
+    }
+    let mut n = 0;
+    while n < maps.len() {
+        let r = syscall3(
+            SYS_READ,
+            fd as usize,
+            maps[n..].as_mut_ptr() as usize,
+            maps.len() - n,
+        );
+        if r <= 0 {
+            break;
+        }
+        n += r as usize;
+    }
+    syscall3(SYS_CLOSE, fd as usize, 0, 0);
+    let maps = &maps[..n];
+    let kernel = img.str(p.kernel).unwrap_or("?");
+    let differs = |what: core::fmt::Arguments| -> ! {
+        die(format_args!(
+            "this kernel's vDSO differs from the captured one ({what}); restore on the kernel that captured the image ({kernel})"
+        ))
+    };
+    let Some((vs, ve)) = own_special(maps, b"[vdso]") else {
+        differs(format_args!("this process has no [vdso]"))
+    };
+    // SAFETY: [vs, ve) is this process's vDSO mapping, readable.
+    let bytes = unsafe { core::slice::from_raw_parts(vs as *const u8, (ve - vs) as usize) };
+    let hash = cryo_image::checksum(bytes);
+    if bytes.len() as u64 != p.vdso_len || hash != p.vdso_hash {
+        differs(format_args!(
+            "{} bytes, hash {hash:#x} here vs {} bytes, hash {:#x} captured",
+            bytes.len(),
+            p.vdso_len,
+            p.vdso_hash
+        ));
+    }
+    for name in ["[vvar]", "[vvar_vclock]"] {
+        let here = own_special(maps, name.as_bytes());
+        let there = img.vmas().iter().find(|v| img.str(v.name) == Some(name));
+        let ok = match (here, there) {
+            (Some((hs, he)), Some(t)) => {
+                he - hs == t.end - t.start
+                    && vs.wrapping_sub(hs) == p.vdso_start.wrapping_sub(t.start)
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        if !ok {
+            differs(format_args!(
+                "{name} size or position relative to [vdso] differs"
+            ));
+        }
+    }
+}
+
+/// The same CPU state layout: xsave size and XCR0.
+fn xsave(img: &Image) {
+    let p = img.process();
+    // SAFETY: CPUID leaf 0xd exists on every x86_64 CPU with xsave, which
+    // the image was captured on (checked below by comparing).
+    #[allow(unused_unsafe)]
+    let size = unsafe { core::arch::x86_64::__cpuid_count(0xd, 0) }.ebx;
+    let (lo, hi): (u32, u32);
+    // SAFETY: xgetbv with ecx = 0 reads XCR0; the kernel enables
+    // OSXSAVE on every CPU it runs with xsave.
+    unsafe {
+        core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack));
+    }
+    let xcr0 = (hi as u64) << 32 | lo as u64;
+    if size != p.xsave_size || xcr0 != p.xcr0 {
+        die(format_args!(
+            "this CPU's xsave layout differs from the captured one (xsave size {} vs {size}, XCR0 {:#x} vs {xcr0:#x} here); restore on the same kind of CPU",
+            p.xsave_size, p.xcr0
+        ));
+    }
+}
+
+const RLIMIT_NAMES: [&str; 16] = [
+    "RLIMIT_CPU",
+    "RLIMIT_FSIZE",
+    "RLIMIT_DATA",
+    "RLIMIT_STACK",
+    "RLIMIT_CORE",
+    "RLIMIT_RSS",
+    "RLIMIT_NPROC",
+    "RLIMIT_NOFILE",
+    "RLIMIT_MEMLOCK",
+    "RLIMIT_AS",
+    "RLIMIT_LOCKS",
+    "RLIMIT_SIGPENDING",
+    "RLIMIT_MSGQUEUE",
+    "RLIMIT_NICE",
+    "RLIMIT_RTPRIO",
+    "RLIMIT_RTTIME",
+];
+
+/// cwd, umask, personality, rlimits, scheduling, oom_score_adj and
+/// loginuid as captured; every signal's disposition back to SIG_DFL (an
+/// exec keeps SIG_IGN; the captured ones are set later).
+fn environment(img: &Image) {
+    let p = img.process();
+    let cwd = img.str(p.cwd).unwrap_or("/");
+    let mut buf = [0u8; 4200];
+    if cwd.len() + 1 > buf.len() {
+        die(format_args!("the working directory's path is too long"));
+    }
+    buf[..cwd.len()].copy_from_slice(cwd.as_bytes());
+    let r = syscall3(SYS_CHDIR, buf.as_ptr() as usize, 0, 0);
+    if r < 0 {
+        die(format_args!("chdir {cwd}: {}", errno_name(-r)));
+    }
+    syscall3(SYS_UMASK, p.umask as usize, 0, 0);
+    syscall3(SYS_PERSONALITY, p.personality as usize, 0, 0);
+    for r in img.rlimits().iter() {
+        let mut cur = [0u64; 2];
+        if syscall6(
+            SYS_PRLIMIT64,
+            0,
+            r.resource as usize,
+            0,
+            cur.as_mut_ptr() as usize,
+            0,
+            0,
+        ) < 0
+        {
+            continue;
+        }
+        if cur == [r.cur, r.max] {
+            continue;
+        }
+        let want = [r.cur, r.max];
+        let e = syscall6(
+            SYS_PRLIMIT64,
+            0,
+            r.resource as usize,
+            want.as_ptr() as usize,
+            0,
+            0,
+            0,
+        );
+        if e < 0 {
+            let name = RLIMIT_NAMES
+                .get(r.resource as usize)
+                .copied()
+                .unwrap_or("RLIMIT_?");
+            die(format_args!(
+                "cannot set {name} to {}/{} (ours: {}/{}): raising a hard limit needs CAP_SYS_RESOURCE; restore from a shell with the captured limits",
+                r.cur, r.max, cur[0], cur[1]
+            ));
+        }
+    }
+    if let Some(t) = img.task() {
+        sched(&t);
+        proc_write(
+            b"/proc/self/oom_score_adj\0",
+            t.oom_score_adj,
+            "oom_score_adj",
+        );
+        proc_write(b"/proc/self/loginuid\0", t.loginuid, "loginuid");
+    }
+    for sig in 1..=64usize {
+        if sig == 9 || sig == 19 {
+            continue;
+        }
+        let dfl = [0u64; 4];
+        syscall6(SYS_RT_SIGACTION, sig, dfl.as_ptr() as usize, 0, 8, 0, 0);
+    }
+}
+
+fn sched(t: &cryo_image::task::TaskState) {
+    use cryo_image::task::UNKNOWN;
+    if t.sched_policy != UNKNOWN {
+        let prio = t.sched_priority.max(0) as i32;
+        let cur = syscall3(SYS_SCHED_GETSCHEDULER, 0, 0, 0);
+        let mut cur_prio = 0i32;
+        syscall3(SYS_SCHED_GETPARAM, 0, &mut cur_prio as *mut i32 as usize, 0);
+        if (cur as i64, cur_prio) != (t.sched_policy, prio) {
+            check(
+                syscall3(
+                    SYS_SCHED_SETSCHEDULER,
+                    0,
+                    t.sched_policy as usize,
+                    &prio as *const i32 as usize,
+                ),
+                format_args!("setting the scheduling policy"),
+            );
+        }
+    }
+    if t.nice != UNKNOWN {
+        const PRIO_PROCESS: usize = 0;
+        // getpriority returns 20 - nice.
+        let cur = 20 - syscall3(SYS_GETPRIORITY, PRIO_PROCESS, 0, 0) as i64;
+        if cur != t.nice {
+            check(
+                syscall3(SYS_SETPRIORITY, PRIO_PROCESS, 0, t.nice as isize as usize),
+                format_args!("setting the nice value to {}", t.nice),
+            );
+        }
+    }
+    if t.affinity != [0; 16] {
+        check(
+            syscall3(
+                SYS_SCHED_SETAFFINITY,
+                0,
+                core::mem::size_of_val(&t.affinity),
+                t.affinity.as_ptr() as usize,
+            ),
+            format_args!("setting the CPU affinity"),
+        );
+    }
+}
+
+/// Write `v` to a /proc/self file if it holds another value.
+fn proc_write(path: &[u8], v: i64, what: &str) {
+    if v == cryo_image::task::UNKNOWN {
+        return;
+    }
+    let fd = syscall3(SYS_OPEN, path.as_ptr() as usize, O_RDWR | O_CLOEXEC, 0);
+    if fd < 0 {
+        die(format_args!("opening {what}: errno {}", -fd));
+    }
+    let mut cur = [0u8; 24];
+    let n = syscall3(SYS_READ, fd as usize, cur.as_mut_ptr() as usize, cur.len());
+    let mut text = [0u8; 24];
+    let len = fmt_i64(v, &mut text);
+    let same = n > 0 && {
+        let got = &cur[..n as usize];
+        let got = got.strip_suffix(b"\n").unwrap_or(got);
+        got == &text[..len]
+    };
+    if !same {
+        let r = syscall6(
+            SYS_PWRITE64,
+            fd as usize,
+            text.as_ptr() as usize,
+            len,
+            0,
+            0,
+            0,
+        );
+        if r < 0 {
+            die(format_args!("setting {what} to {v}: errno {}", -r));
+        }
+    }
+    syscall3(SYS_CLOSE, fd as usize, 0, 0);
+}
+
+fn fmt_i64(v: i64, out: &mut [u8; 24]) -> usize {
+    let mut digits = [0u8; 24];
+    let (mut n, mut x) = (0, v.unsigned_abs());
+    loop {
+        digits[n] = b'0' + (x % 10) as u8;
+        n += 1;
+        x /= 10;
+        if x == 0 {
+            break;
+        }
+    }
+    let mut len = 0;
+    if v < 0 {
+        out[0] = b'-';
+        len = 1;
+    }
+    for k in (0..n).rev() {
+        out[len] = digits[k];
+        len += 1;
+    }
+    len
+}

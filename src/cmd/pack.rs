@@ -1,0 +1,129 @@
+//! `cryo pack DIR -o FILE`: one executable that restores DIR when run.
+
+use anyhow::{bail, Context};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+/// Write a packed restorer: one static executable that restores the image
+/// when run, with no `cryo restore` and no second exec.
+///
+/// `./FILE` behaves like `cryo restore DIR`: the restored program gets
+/// its PID, terminal and fds 0-2, and its exit status is FILE's. FILE is
+/// cryo's restore shim with a record naming DIR (absolute) and the
+/// identity of its pages.img and sums.img; it is small and holds no
+/// memory of the program: DIR must stay where it is.
+///
+/// Everything `cryo restore` checks before the point of no return is
+/// checked by FILE itself when run, before it touches anything: the
+/// image's meta.img (checksums), the files behind mappings (same inode,
+/// size, mtime), the vDSO (same kernel), the xsave layout (same kind of
+/// CPU), and that pages.img and sums.img are the very files packed (same
+/// inode, size, modification and change times: any write changes them).
+/// A failed check prints `cryo: cannot restore DIR: ...` and exits 1, the
+/// process untouched. Pages are checked against sums.img once, here.
+///
+/// Not every image can be packed: a packed restorer gives the program
+/// only fds 0-2 (its invoker's), restores one process, and finishes
+/// through the program's own code. Pack refuses, naming every obstacle,
+/// an image with other fds, a tree, unlinked files or memfds to make
+/// again, a removed working directory, or no usable gadgets; `cryo
+/// restore` restores those.
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct PackArgs {
+    /// Image directory written by `cryo capture`.
+    pub dir: PathBuf,
+    /// The executable to write (replaced if it exists).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Restore with private anonymous memory mapped from pages.img, as
+    /// `cryo restore --map` (see its help for what differs).
+    #[arg(long)]
+    pub map: bool,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: PackArgs) -> anyhow::Result<i32> {
+    let dir = std::fs::canonicalize(&args.dir)
+        .with_context(|| format!("cannot pack {}", args.dir.display()))?;
+    let shim = crate::cmd::check::shim_path();
+    // Read before the pages are checked: a write during the check shows.
+    let ids = cryo_restore::pack::identities(&dir)
+        .with_context(|| format!("cannot pack {}", dir.display()))?;
+    let opts = cryo_restore::Options {
+        shim: shim.clone(),
+        verify: true,
+        map: args.map,
+        ..Default::default()
+    };
+    let plan = cryo_restore::prepare(&dir, opts)
+        .with_context(|| format!("cannot pack {}", dir.display()))?;
+    let obstacles = cryo_restore::pack::obstacles(&plan);
+    if !obstacles.is_empty() {
+        bail!(
+            "cannot pack {}: {}; restore it with cryo restore",
+            dir.display(),
+            obstacles.join("; ")
+        );
+    }
+    let record = cryo_restore::pack::record(&plan, &dir, ids);
+    let shim_bytes = std::fs::read(&shim).with_context(|| format!("reading {}", shim.display()))?;
+    let bytes = cryo_restore::pack::packed_binary(&shim_bytes, &record)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("cannot pack {}", dir.display()))?;
+    // A temporary name beside the output, then rename: never half-written.
+    let out = &args.output;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = out
+        .file_name()
+        .with_context(|| format!("{} is not a file name", out.display()))?;
+    let tmp = parent.join(format!(
+        ".{}.cryo-pack.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o700)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(&bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, out));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", out.display()));
+    }
+    let p = plan.image().process();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "image": dir,
+                "output": out,
+                "bytes": bytes.len(),
+                "pid": p.pid,
+                "map": args.map,
+            })
+        );
+    } else {
+        println!(
+            "packed {} (pid {}) into {} ({} KiB{}): run it to restore; it needs {} unchanged",
+            dir.display(),
+            p.pid,
+            out.display(),
+            bytes.len().div_ceil(1024),
+            if args.map { ", mapped" } else { "" },
+            dir.display()
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,216 @@
+//! `cryo pack DIR -o FILE`: a packed restorer restores the C, Rust and GHC
+//! test programs (output and exit status as `cryo restore`'s, copied and
+//! mapped); every check it makes itself refuses in one line with status 1
+//! before touching anything (a mapped file changed, another vDSO, a
+//! corrupt meta.img, pages.img changed since the pack, the image
+//! directory gone); and pack refuses what a packed restorer cannot
+//! restore, naming every obstacle.
+
+mod support;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use support::*;
+
+/// Capture `cmd` (brought to its self-stop) with --kill into `dir/img`.
+fn capture(cmd: Command, name: &str, dir: &Path) -> PathBuf {
+    let t = Target::spawn(cmd, name);
+    t.wait_stopped();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "capture: {err}");
+    t.finish();
+    img
+}
+
+fn pack(img: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec!["pack", img.to_str().unwrap(), "-o", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let (code, stdout, err) = cryo_cmd(&args);
+    assert_eq!(code, 0, "pack: {err}");
+    assert!(stdout.contains("packed "), "{stdout}");
+}
+
+/// Run a program to its end; (exit code, stdout, stderr).
+fn run(argv0: &Path, args: &[&str]) -> (i32, String, String) {
+    sanitize_fds();
+    let mut c = Command::new(argv0)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {}: {e}", argv0.display()));
+    let mut err = String::new();
+    let mut se = c.stderr.take().unwrap();
+    let t = std::thread::spawn(move || {
+        let _ = se.read_to_string(&mut err);
+        err
+    });
+    let mut out = String::new();
+    let _ = c.stdout.take().unwrap().read_to_string(&mut out);
+    let st = c.wait().unwrap();
+    (st.code().unwrap_or(-1), out, t.join().unwrap_or_default())
+}
+
+#[test]
+fn packed_restorers_restore_c_rust_and_ghc_programs() {
+    for (name, args) in [
+        ("c-mapped", &["check"][..]),
+        ("rust-target", &["stop"]),
+        ("hs-datamap-v0", &["stop", "20000"]),
+    ] {
+        let dir = scratch(&format!("pack-{name}"));
+        let mut cmd = Command::new(program(name));
+        cmd.args(args);
+        let img = capture(cmd, name, &dir);
+        let want = run(&cryo(), &["restore", img.to_str().unwrap()]);
+        assert_eq!(want.0, 0, "{name}: cryo restore: {want:?}");
+        for extra in [&[][..], &["--map"]] {
+            let exe = dir.join(format!("{name}{}.restored", extra.join("")));
+            pack(&img, &exe, extra);
+            let mode = std::fs::metadata(&exe).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(mode.permissions().mode() & 0o777, 0o700);
+            let got = run(&exe, &[]);
+            if name == "c-mapped" {
+                // The program reports how its memory is mapped.
+                let mapped = got.1.contains("DONTNEED captured");
+                assert_eq!(mapped, extra == ["--map"], "{name} {extra:?}: {got:?}");
+                assert_eq!(got.0, 0, "{name} {extra:?}: {got:?}");
+                assert!(got.1.ends_with("PASS check\n"), "{got:?}");
+            } else {
+                assert_eq!(
+                    (got.0, got.1.lines().last()),
+                    (want.0, want.1.lines().last()),
+                    "{name} {extra:?}: {}",
+                    got.2
+                );
+            }
+        }
+    }
+}
+
+/// A packed restorer's refusal: status 1, one line naming the image and
+/// the cause, nothing of the program ran.
+fn refused(exe: &Path, img: &Path, want: &str) {
+    let (code, out, err) = run(exe, &[]);
+    assert_eq!(code, 1, "refused ({want}): {out} {err}");
+    assert!(
+        err.starts_with(&format!("cryo: cannot restore {}: ", img.display())),
+        "{err}"
+    );
+    assert!(err.contains(want), "names the cause ({want}): {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(out.is_empty(), "nothing ran: {out}");
+}
+
+#[test]
+fn packed_restorer_checks_everything_before_touching_anything() {
+    let dir = scratch("pack-refusals");
+    // The program is a copy, to be changed under the image.
+    let exe_copy = dir.join("mapped-copy");
+    std::fs::copy(program("c-mapped"), &exe_copy).unwrap();
+    let img_of = |tag: &str| {
+        let d = dir.join(tag);
+        std::fs::create_dir_all(&d).unwrap();
+        let mut cmd = Command::new(&exe_copy);
+        cmd.arg("check");
+        let img = capture(cmd, "mapped-copy", &d);
+        let packed = d.join("restorer");
+        pack(&img, &packed, &[]);
+        (std::fs::canonicalize(&img).unwrap(), packed)
+    };
+
+    // pages.img rewritten in place (same bytes even): its change time
+    // moved, so its pages are no longer known to be the packed ones.
+    let (img, packed) = img_of("pages");
+    let pages = std::fs::read(img.join(cryo_image::PAGES_FILE)).unwrap();
+    std::fs::write(img.join(cryo_image::PAGES_FILE), &pages).unwrap();
+    refused(&packed, &img, "pages.img changed since it was packed");
+
+    // Another kernel's vDSO (the recorded hash changed, checksums resealed).
+    let (img, packed) = img_of("vdso");
+    let path = img.join(cryo_image::META_FILE);
+    let mut meta = std::fs::read(&path).unwrap();
+    let hash = {
+        let l = cryo_image::load::LoadedImage::open(&img).unwrap();
+        l.image().unwrap().process().vdso_hash
+    };
+    let at = meta
+        .windows(8)
+        .position(|w| w == hash.to_le_bytes())
+        .expect("hash in meta");
+    meta[at] ^= 0xff;
+    cryo_image::write::reseal(&mut meta);
+    std::fs::write(&path, &meta).unwrap();
+    refused(&packed, &img, "vDSO differs");
+
+    // A corrupt meta.img (one byte flipped, not resealed).
+    let (img, packed) = img_of("meta");
+    let path = img.join(cryo_image::META_FILE);
+    let mut meta = std::fs::read(&path).unwrap();
+    let mid = meta.len() / 2;
+    meta[mid] ^= 0x20;
+    std::fs::write(&path, &meta).unwrap();
+    refused(&packed, &img, "image: ");
+
+    // The image directory gone.
+    let (img, packed) = img_of("gone");
+    std::fs::remove_dir_all(&img).unwrap();
+    refused(&packed, &img, "opening meta.img: No such file or directory");
+
+    // The program's executable changed since the capture (last: every
+    // image above maps it).
+    let (img, packed) = img_of("exe");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&exe_copy)
+            .unwrap();
+        f.write_all(b"\0").unwrap();
+    }
+    refused(&packed, &img, "changed since capture");
+    // cryo restore says the same.
+    let (code, _, err) = run(&cryo(), &["restore", img.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("changed since capture"), "{err}");
+}
+
+#[test]
+fn pack_refuses_what_a_packed_restorer_cannot_restore() {
+    // c-zdtm holds files, a pipe and more at fds 3 and up.
+    let dir = scratch("pack-zdtm");
+    let mut cmd = Command::new(program("c-zdtm"));
+    cmd.args(["stop", dir.to_str().unwrap()]);
+    let img = capture(cmd, "c-zdtm", &dir);
+    let out = dir.join("restorer");
+    let (code, _, err) = cryo_cmd(&["pack", img.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot pack"), "{err}");
+    let fds = err
+        .matches("a packed restorer gives the program only fds 0-2")
+        .count();
+    assert!(fds >= 2, "every fd named, not only the first: {err}");
+    assert!(!out.exists(), "nothing written");
+    assert_eq!(
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("cryo-pack"))
+            .count(),
+        0,
+        "no temporary left"
+    );
+}
