@@ -57,17 +57,19 @@ pub enum Method {
     CryoLazy,
     CryoLazyPrefetch,
     CryoMap,
+    CryoPack,
     Criu,
 }
 
 impl Method {
-    pub const ALL: [Method; 7] = [
+    pub const ALL: [Method; 8] = [
         Method::Cold,
         Method::Thaw,
         Method::CryoEager,
         Method::CryoLazy,
         Method::CryoLazyPrefetch,
         Method::CryoMap,
+        Method::CryoPack,
         Method::Criu,
     ];
 
@@ -79,6 +81,7 @@ impl Method {
             Method::CryoLazy => "cryo-lazy",
             Method::CryoLazyPrefetch => "cryo-lazy-prefetch",
             Method::CryoMap => "cryo-map",
+            Method::CryoPack => "cryo-pack",
             Method::Criu => "criu",
         }
     }

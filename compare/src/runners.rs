@@ -209,6 +209,25 @@ pub(crate) fn prepare(
             Ok(cryo(&["--lazy=on-demand"], &img))
         }
         Method::CryoMap => Ok(cryo(&["--map"], &image()?)),
+        Method::CryoPack => {
+            // One exec: the image packed (mapped) into a restorer of its own.
+            let img = image()?;
+            let exe = dir.join("restorer");
+            let argv: Vec<OsString> = vec![
+                cx.cryo.clone().into(),
+                "pack".into(),
+                "--map".into(),
+                img.into(),
+                "-o".into(),
+                exe.clone().into(),
+            ];
+            let log = dir.join("pack.err");
+            let (_, code, _) = spawn_logged(&argv, &dir.join("pack.out"), &log)?;
+            if code != 0 {
+                return Err(failure("cryo pack", code, &log));
+            }
+            Ok(Runner::Direct(vec![exe.into()]))
+        }
         Method::Criu => match cx.criu {
             Ok((criu, _)) => criu_dump(criu, w, cx, dir),
             Err(why) => Err(why.clone()),

@@ -19,6 +19,8 @@ use std::path::PathBuf;
 ///                        recorded by one earlier restore
 ///   cryo-map             cryo restore --map: the heap mapped from pages.img
 ///                        (page cache), copied only where written
+///   cryo-pack            the image packed (cryo pack --map) into a restorer
+///                        of its own, run directly: one exec
 ///   criu                 criu dump at the same stop, criu restore -d, SIGCONT
 ///
 /// Workloads: hello (and hello-v0): RTS start-up and shutdown, hs_init and

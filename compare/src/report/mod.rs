@@ -144,7 +144,13 @@ pub struct Ratio {
 }
 
 /// The cryo methods, fastest first when several ran.
-const CRYO: [&str; 4] = ["cryo-eager", "cryo-lazy", "cryo-lazy-prefetch", "cryo-map"];
+const CRYO: [&str; 5] = [
+    "cryo-eager",
+    "cryo-lazy",
+    "cryo-lazy-prefetch",
+    "cryo-map",
+    "cryo-pack",
+];
 
 /// The goals of the comparison, per workload, from the warm medians: the
 /// best cryo method at most 0.5 × thaw (reported for every workload; the

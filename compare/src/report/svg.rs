@@ -21,10 +21,11 @@ impl Report {
             "cryo-lazy",
             "cryo-lazy-prefetch",
             "cryo-map",
+            "cryo-pack",
             "criu",
         ];
         let colours = [
-            "#888888", "#d9822b", "#1f77b4", "#2ca02c", "#17becf", "#9467bd", "#d62728",
+            "#888888", "#d9822b", "#1f77b4", "#2ca02c", "#17becf", "#9467bd", "#8c564b", "#d62728",
         ];
         let (bar, gap, left, right, top) = (9.0, 14.0, 170.0, 40.0, 40.0);
         let width = 860.0;
