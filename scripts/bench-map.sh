@@ -11,8 +11,9 @@
 #    vs EAGER_CLONES (default 10) eager ones: system memory (MemAvailable)
 #    and summed PSS, per extra clone.
 # 3. Restore to exit of a tiny C program and a GHC hello world, eager vs
-#    --map vs a cold start of the same program vs the floor (a static
-#    no-libc exec+exit), with hyperfine -N.
+#    --map vs packed restorers (cryo pack, one exec; copied and mapped) vs
+#    a cold start of the same program vs the floor (a static no-libc
+#    exec+exit), with hyperfine -N.
 #
 # One image serves every heap mode: after it is continued the heap program
 # reads its mode (full, sparse, write) from stdin. Each image is restored
@@ -209,6 +210,17 @@ restore_check "$out/tiny.img" /dev/null
 restore_check "$out/hello.img" /dev/null
 restore_check "$out/tiny.img" /dev/null --map
 restore_check "$out/hello.img" /dev/null --map
+# Packed restorers (one exec, cryo pack), copied and mapped.
+for n in tiny hello; do
+    "$cryo" pack "$out/$n.img" -o "$out/$n.packed" >/dev/null
+    "$cryo" pack --map "$out/$n.img" -o "$out/$n.packed-map" >/dev/null
+    for p in "$out/$n.packed" "$out/$n.packed-map"; do
+        if ! "$p" </dev/null >"$out/check.out" 2>&1 || ! grep -q PASS "$out/check.out"; then
+            echo "$p: $(cat "$out/check.out")" >&2
+            exit 1
+        fi
+    done
+done
 
 mib() { awk -v k="$1" 'BEGIN {printf "%.0f", k / 1024}'; }
 echo "# cryo restore --map ($(date -u +%Y-%m-%d), $(uname -r), $(nproc) CPUs, $(mib "$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)") MiB RAM)"
@@ -346,13 +358,17 @@ hyperfine -N --style none --warmup 10 --runs "$small_runs" --export-json "$out/t
     -n "floor: static no-libc exec+exit" "$out/nop" \
     -n "cold: tiny run" "$out/tiny run" \
     -n "cryo restore" "$cryo restore $out/tiny.img" \
-    -n "cryo restore --map" "$cryo restore --map $out/tiny.img" >/dev/null 2>"$out/tiny.hf.err" ||
+    -n "cryo restore --map" "$cryo restore --map $out/tiny.img" \
+    -n "packed (cryo pack)" "$out/tiny.packed" \
+    -n "packed --map" "$out/tiny.packed-map" >/dev/null 2>"$out/tiny.hf.err" ||
     { cat "$out/tiny.hf.err" >&2; exit 1; }
 hyperfine -N --style none --warmup 10 --runs "$small_runs" --export-json "$out/hello.json" \
     -n "floor: static no-libc exec+exit" "$out/nop" \
     -n "cold: hello run" "$out/hello run" \
     -n "cryo restore" "$cryo restore $out/hello.img" \
-    -n "cryo restore --map" "$cryo restore --map $out/hello.img" >/dev/null 2>"$out/hello.hf.err" ||
+    -n "cryo restore --map" "$cryo restore --map $out/hello.img" \
+    -n "packed (cryo pack)" "$out/hello.packed" \
+    -n "packed --map" "$out/hello.packed-map" >/dev/null 2>"$out/hello.hf.err" ||
     { cat "$out/hello.hf.err" >&2; exit 1; }
 echo
 echo "## 3. Restore to exit of small programs (hyperfine -N, $small_runs runs, ms: median (min-max))"
@@ -370,5 +386,6 @@ for path, title in zip(sys.argv[1:], ["tiny C program", "GHC hello world (-V0)"]
         t = [x * 1000 for x in r["times"]]
         m = statistics.median(t)
         print(f"| {r['command']} | {m:.2f} ({min(t):.2f}-{max(t):.2f}) | {m / cold:.2f} | {m / floor:.1f} |")
-    print(f"\neager / map: {med['cryo restore'] / med['cryo restore --map']:.2f}")
+    print(f"\neager / map: {med['cryo restore'] / med['cryo restore --map']:.2f}; "
+          f"cryo restore / packed: {med['cryo restore'] / med['packed (cryo pack)']:.2f}")
 EOF
