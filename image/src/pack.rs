@@ -199,4 +199,36 @@ mod tests {
         let r2 = Record { dir: &long, ..r };
         assert_eq!(encode(&r2, &mut b), Err(PackError::TooLong));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+
+        /// Arbitrary bytes after the magic never panic the decoder.
+        #[test]
+        fn arbitrary_records_never_panic(tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..RECORD_LEN)) {
+            let mut b = [0u8; RECORD_LEN];
+            b[..8].copy_from_slice(&MAGIC);
+            let n = tail.len().min(RECORD_LEN - 8);
+            b[8..8 + n].copy_from_slice(&tail[..n]);
+            let _ = decode(&b);
+            let _ = decode(&b[..tail.len().min(RECORD_LEN)]);
+        }
+
+        /// A changed byte of a valid record is refused (or, in the unused
+        /// rest of the record, changes nothing).
+        #[test]
+        fn mutated_records_are_refused(pos in 0usize..RECORD_LEN, val in proptest::prelude::any::<u8>()) {
+            let r = Record { flags: 8, tid_offset: 720, pages: [1; 7], sums: [2; 7], dir: b"/i" };
+            let mut b = [0u8; RECORD_LEN];
+            encode(&r, &mut b).unwrap();
+            let orig = b[pos];
+            b[pos] = val;
+            let got = decode(&b);
+            if val == orig || pos >= 16 + FIXED + 3 + 8 {
+                proptest::prop_assert_eq!(got, Ok(Some(r)));
+            } else {
+                proptest::prop_assert!(got.is_err() || got == Ok(None), "{:?}", got);
+            }
+        }
+    }
 }
