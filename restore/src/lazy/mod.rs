@@ -37,13 +37,20 @@ pub use working_set::{read_working_set, WORKING_SET_FILE};
 const PG: u64 = PAGE_SIZE;
 /// Pages a fault brings in (from the faulting page on, within its run).
 /// Each page costs ~2 µs of kernel work in UFFDIO_COPY here (allocation
-/// and copy), so a fault is kept small; background streaming moves the
-/// bulk in large copies. See docs/benchmarks.md.
-const FAULT_AROUND: u64 = 1;
+/// and copy), but a fault costs ~20 µs of service and a round trip on
+/// top: one page per fault made a GHC fold over a 1e5 map 13× slower
+/// than eager (3 621 faults), 16 pages (64 KiB, the kernel's own
+/// fault-around for file pages) cut that to 2.6× (1 113 faults); 32 were
+/// no better. See docs/benchmarks.md, "Lazy faults".
+const FAULT_AROUND: u64 = 16;
 /// Largest background copy (bytes): a fault that arrives meanwhile waits
 /// for it (and so does the program's exit, for the mmap lock). 64 KiB
 /// first, doubling up to this (8 MiB measured 4x slower exits at 1 %).
 const MAX_BATCH: u64 = 128 << 10;
+
+/// How long the on-demand server keeps polling without sleeping after a
+/// fault (docs/benchmarks.md, "Lazy faults").
+const SPIN_AFTER_FAULT: std::time::Duration = std::time::Duration::from_micros(200);
 /// How far ahead the server maps pages.img when the program reads it in
 /// order: the faults that follow then take no madvise. A fault out of
 /// order maps only its own page (64 KiB for it measured 2 µs dearer).
@@ -173,10 +180,17 @@ fn serve(
     };
     let mut budget: u64 = 64 << 10;
     let mut root_alive = true;
+    let mut served = 0u64;
+    let mut last_fault = std::time::Instant::now();
     loop {
         srv.pump_all()?;
         if srv.spaces.is_empty() {
             break;
+        }
+        let now_served = srv.stats.faults + srv.stats.zero_faults;
+        if now_served != served {
+            served = now_served;
+            last_fault = std::time::Instant::now();
         }
         if srv.retry_pending() {
             // A fault waits for a thread of the program to finish an
@@ -201,7 +215,15 @@ fn serve(
             }
             continue;
         }
-        // On demand: sleep until a fault, an event or the program's exit.
+        // On demand: faults come in bursts (a program walking its heap).
+        // Sleeping in poll between two of them costs a wake-up each, which
+        // in this VM is most of a fault's cost: poll the uffds without
+        // sleeping for a short while after each fault first.
+        if last_fault.elapsed() < SPIN_AFTER_FAULT {
+            std::hint::spin_loop();
+            continue;
+        }
+        // Then sleep until a fault, an event or the program's exit.
         let mut fds: Vec<libc::pollfd> = srv
             .spaces
             .iter()

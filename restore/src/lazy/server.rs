@@ -186,7 +186,11 @@ impl<'a> Server<'a> {
         let t = Instant::now();
         if self.spaces[s].is_pending(&self.layout, page) {
             let mut n = 0;
-            let o = self.fill_range(s, page, page + FAULT_AROUND * PG, &mut n)?;
+            // Recording a working set: exactly the pages touched, in order
+            // (pages brought in around them would never fault, and never
+            // be recorded for the prefetch).
+            let around = if self.recording { 1 } else { FAULT_AROUND };
+            let o = self.fill_range(s, page, page + around * PG, &mut n)?;
             if matches!(o, Outcome::Done) {
                 self.stats.faults += 1;
                 self.stats.fault_pages += n;
