@@ -35,13 +35,15 @@ use working_set::write_working_set;
 pub use working_set::{read_working_set, WORKING_SET_FILE};
 
 const PG: u64 = PAGE_SIZE;
-/// Pages a fault brings in (from the faulting page on, within its run).
-/// Each page costs ~2 µs of kernel work in UFFDIO_COPY here (allocation
-/// and copy), but a fault costs ~20 µs of service and a round trip on
-/// top: one page per fault made a GHC fold over a 1e5 map 13× slower
-/// than eager (3 621 faults), 16 pages (64 KiB, the kernel's own
-/// fault-around for file pages) cut that to 2.6× (1 113 faults); 32 were
-/// no better. See docs/benchmarks.md, "Lazy faults".
+/// Pages a fault brings in where the program touches memory densely: the
+/// aligned block around the faulting page, once another page of it was
+/// filled (`Server::fault`). Each page costs ~2 µs of kernel work in
+/// UFFDIO_COPY here and ~3 µs to check, a fault ~20 µs of service and a
+/// round trip: one page per fault made a GHC fold over a 1e5 map 13×
+/// slower than eager (3 621 faults), 16 pages from every faulting page on
+/// cut that to 2.6× (1 113 faults; 32 were no better) but made a sparse
+/// walk (one word per 64 KiB) 2–3× slower. See docs/benchmarks.md,
+/// "Lazy faults".
 const FAULT_AROUND: u64 = 16;
 /// Largest background copy (bytes): a fault that arrives meanwhile waits
 /// for it (and so does the program's exit, for the mmap lock). 64 KiB
