@@ -9,8 +9,10 @@ use clap::{Parser, Subcommand};
 /// Typical use: a program initialises, stops itself (raise(SIGSTOP)), and
 /// `cryo run --capture-on-stop DIR -- PROG` snapshots it; or capture any
 /// running process (every thread) by PID with `cryo capture PID DIR`. `cryo inspect
-/// DIR` shows what an image holds; `cryo check` tells whether this machine
-/// has what cryo needs.
+/// DIR` shows what an image holds; `cryo restore DIR` brings it back (`--map`:
+/// straight from the page cache); `cryo pack DIR -o FILE` writes a restorer
+/// of its own (one exec); `cryo check` tells whether this machine has what
+/// cryo needs.
 #[derive(Parser, Debug)]
 #[command(name = "cryo", version, about, long_about)]
 struct Cli {

@@ -5,13 +5,14 @@ use std::path::PathBuf;
 
 /// Bring a captured process back in place of this `cryo` process.
 ///
-/// Everything is checked before the point of no return: page checksums,
-/// the files behind mappings (same inode, size, mtime), the vDSO (same
+/// Everything is checked before the point of no return: page checksums
+/// (once per pages.img, recorded in DIR/verified; see --verify), the files behind mappings (same inode, size, mtime), the vDSO (same
 /// bytes and layout: same kernel), the CPU's xsave layout, the shim's
 /// address window, fds and rlimits. A refusal is one line saying what
 /// differs. Then cryo execs `cryo-shim` in this very process, so the
 /// restored program keeps this PID, terminal and job control, and its exit
-/// status is this command's.
+/// status is this command's. (`cryo pack` writes one executable that
+/// does all of this in a single exec, for images that allow it.)
 ///
 /// fds 0-2 of the restored program are this command's (like CRIU's
 /// --shell-job; --restore-stdio gives them back as they were). Every other fd comes back with its number, flags and
