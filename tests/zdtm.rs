@@ -1,8 +1,10 @@
 //! CRIU's own ZDTM static tests under cryo: `scripts/zdtm.py` builds the
 //! tests listed in `tests/zdtm-expected.txt` from the CRIU source that
 //! `scripts/build-criu.sh` fetched (target/criu/criu-*), and runs each one
-//! plain, captured (`--kill`) and restored eagerly and lazily, where it must
-//! print PASS after SIGTERM, or, for those cryo cannot capture faithfully,
+//! plain, captured (`--kill`) and restored eagerly, lazily and mapped
+//! (`--map`), where it must print PASS after SIGTERM (a test that checks
+//! what a mapped restore is documented to do differently is listed `pass
+//! except map`), or, for those cryo cannot capture faithfully,
 //! checks that capture refuses by name and leaves the original passing.
 //!
 //! Without the CRIU source this test fails (run scripts/build-criu.sh, as
