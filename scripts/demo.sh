@@ -28,3 +28,8 @@ echo "== cryo restore --dry-run (every check, no restore)"
 "$CRYO" restore --dry-run "$work/img"
 echo "== cryo restore (three times from one image; each answers at once)"
 for i in 1 2 3; do time "$CRYO" restore "$work/img"; done
+echo "== cryo restore --map (memory mapped from the image in the page cache, not copied)"
+time "$CRYO" restore --map "$work/img"
+echo "== cryo pack: one executable that restores the image (one exec, no cryo restore)"
+"$CRYO" pack --map "$work/img" -o "$work/slowinit.restored"
+for i in 1 2 3; do time "$work/slowinit.restored"; done
