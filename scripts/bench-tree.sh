@@ -4,7 +4,8 @@
 # capture time and freeze (cryo capture --json), image size, restore to
 # exit (every child restored, reads its whole heap back, checks it and
 # exits; the root waits for them), and memory: the processes' summed PSS
-# before the capture and after the restore (while they wait). Restores
+# before the capture and after the restore (once every process has read
+# its heap again, while they wait; RESTORE_OPTS=--map: mapped). Restores
 # are repeated (RUNS, default 5): medians with min-max. Markdown on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,13 +19,16 @@ cryo=$PWD/target/x86_64-unknown-linux-gnu/release/cryo
 runs=${RUNS:-5}
 counts=${COUNTS:-1 4 16 64}
 mib=${MIB:-64}
+# Options for every restore, e.g. RESTORE_OPTS=--map.
+restore_opts=${RESTORE_OPTS:-}
 
 cat >"$out/treeheap.c" <<'EOF'
 /* treeheap N MIB: a MIB heap filled with a pattern, N-1 children forked
  * after it (sharing it copy-on-write), each blocked reading a pipe. READY
- * once all are forked; then the root reads a line of stdin, tells the
- * children to go: each sums its heap and exits 0 if the sum is right;
- * the root waits for all, prints PASS. */
+ * once all are forked; then the root reads a line of stdin and tells the
+ * children to go: every process sums its heap; the root prints CHECKED
+ * once all have (right or not), reads one more line, lets the children
+ * exit (0 if their sum was right) and waits for them; PASS. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,25 +45,38 @@ int main(int argc, char **argv) {
   unsigned long *h = malloc(words * sizeof *h);
   for (size_t i = 0; i < words; i++) h[i] = i * 2654435761u;
   unsigned long want = sum(h, words);
-  int go[2];
-  if (pipe(go)) return 1;
+  int go[2], done[2];
+  if (pipe(go) || pipe(done)) return 1;
   pid_t *kids = calloc(n, sizeof *kids);
   for (int i = 1; i < n; i++) {
     kids[i] = fork();
     if (kids[i] == 0) {
       char c;
       close(go[1]);
+      close(done[0]);
       if (read(go[0], &c, 1) != 1) _exit(2);
-      _exit(sum(h, words) == want ? 0 : 3);
+      int ok = sum(h, words) == want;
+      if (write(done[1], "d", 1) != 1) _exit(4);
+      if (read(go[0], &c, 1) != 1) _exit(2);
+      _exit(ok ? 0 : 3);
     }
   }
   close(go[0]);
+  close(done[1]);
   printf("READY %d\n", getpid());
   fflush(stdout);
   char line[16];
   if (!fgets(line, sizeof line, stdin)) return 1;
   for (int i = 1; i < n; i++) write(go[1], "g", 1);
   int bad = sum(h, words) != want;
+  for (int i = 1; i < n; i++) {
+    char c;
+    bad |= read(done[0], &c, 1) != 1;
+  }
+  printf("CHECKED\n");
+  fflush(stdout);
+  if (!fgets(line, sizeof line, stdin)) return 1;
+  for (int i = 1; i < n; i++) write(go[1], "e", 1);
   for (int i = 1; i < n; i++) {
     int st;
     waitpid(kids[i], &st, 0);
@@ -102,6 +119,8 @@ wait_gone() { # PIDS...
 
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.1f (%.1f-%.1f)", m, a[1], a[NR]}'; }
 
+echo "restore: cryo restore ${restore_opts:-(eager)}"
+echo
 echo "| processes | capture ms | frozen ms | image MiB | unique MiB | restore to exit ms | PSS before MiB | PSS after restore MiB |"
 echo "|---|---|---|---|---|---|---|---|"
 for n in $counts; do
@@ -129,29 +148,17 @@ for n in $counts; do
     for r in $(seq 0 "$runs"); do
         rm -f "$fifo"; mkfifo "$fifo"
         t0=$(date +%s%N)
-        "$cryo" restore "$img" <"$fifo" >"$out/rout.$n" 2>&1 &
+        "$cryo" restore $restore_opts "$img" <"$fifo" >"$out/rout.$n" 2>&1 &
         rpid=$!
         exec 7>"$fifo"
+        echo go >&7
         if [ "$r" = 0 ]; then
-            # Not timed: memory while the restored tree waits, once every
-            # process runs the program again (no shim, no tracer) and
-            # sleeps.
-            while :; do
-                all=$(tree_of $rpid)
-                ok=0
-                for p in $all; do
-                    [ "$(readlink /proc/$p/exe 2>/dev/null)" = "$PWD/$out/treeheap" ] || continue
-                    grep -q '^TracerPid:[[:space:]]*0$' /proc/$p/status 2>/dev/null || continue
-                    [ "$(awk '{print $3}' /proc/$p/stat 2>/dev/null)" = S ] || continue
-                    ok=$((ok + 1))
-                done
-                [ "$ok" -ge "$n" ] && break
-                sleep 0.05
-            done
-            sleep 0.5
+            # Not timed: memory once every process has read its whole
+            # heap again (CHECKED), while they wait.
+            until grep -q CHECKED "$out/rout.$n" 2>/dev/null; do sleep 0.02; done
             after=$(pss $rpid)
         fi
-        echo go >&7
+        echo end >&7
         exec 7>&-
         wait $rpid
         t2=$(date +%s%N)

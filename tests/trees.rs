@@ -325,14 +325,66 @@ fn capture_keeps_copy_on_write_sharing_and_restore_gets_the_heap_back() {
         after < before + before / 10 + 2048,
         "the capture unshared the tree's copy-on-write heap: PSS {before} KiB before, {after} KiB after"
     );
+    assert!(
+        err.contains("shared copy-on-write between processes, stored once"),
+        "{err}"
+    );
+    // The heap shared since the fork is stored once: one pages.img for
+    // the tree, each process's image linking it.
+    let pages = std::fs::metadata(img.join(cryo_image::PAGES_FILE)).unwrap();
+    let heap = 32u64 << 20;
+    assert!(
+        pages.len() < heap + heap / 10,
+        "pages.img {} bytes for a 32 MiB heap shared by 4 processes",
+        pages.len()
+    );
+    use std::os::unix::fs::MetadataExt;
+    for k in &kids {
+        let p = img.join(format!("procs/{k}/{}", cryo_image::PAGES_FILE));
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().ino(),
+            pages.ino(),
+            "{}",
+            p.display()
+        );
+    }
     // The original goes on and checks its heap.
-    t.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    t.stdin.as_mut().unwrap().write_all(b"go\nend\n").unwrap();
     let (code, last, err) = t.finish();
     assert_eq!((code, last.as_str()), (0, "PASS cow"), "{err}");
     wait_gone(&kids);
-    let (code, out, err) = finish(restore(&img, &[]), "go\n");
-    assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(out.lines().last(), Some("PASS cow"), "{out}{err}");
+    for mode in [&[][..], &["--lazy"]] {
+        let (code, out, err) = finish(restore(&img, mode), "go\nend\n");
+        assert_eq!(code, 0, "{mode:?}: {out}{err}");
+        assert_eq!(out.lines().last(), Some("PASS cow"), "{mode:?}: {out}{err}");
+        wait_gone(&kids);
+    }
+    // Mapped, the restored processes share the heap again: the page cache
+    // of the one pages.img. Measured once every process has read its
+    // whole heap.
+    let mut r = restore(&img, &["--map"]);
+    let mut stdin = r.stdin.take().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    let mut lines = BufReader::new(r.stdout.take().unwrap()).lines();
+    let line = lines.next().and_then(|l| l.ok());
+    assert_eq!(line.as_deref(), Some("CHECKED"));
+    let mut restored = vec![r.id() as i32];
+    restored.extend(&kids);
+    let shared = pss(&restored);
+    assert!(
+        shared < heap / 1024 + heap / 1024 / 10 + 4096,
+        "4 mapped processes that each read a 32 MiB heap shared since a fork: PSS {shared} KiB"
+    );
+    stdin.write_all(b"end\n").unwrap();
+    drop(stdin);
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("PASS cow"),
+        "{rest:?}"
+    );
+    assert!(r.wait().unwrap().success());
+    wait_gone(&kids);
 }
 
 /// A command whose tree cryo must refuse: the refusal names `what`, and

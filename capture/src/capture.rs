@@ -62,6 +62,9 @@ pub struct Summary {
     pub vmas: usize,
     pub pages_stored: u64,
     pub pages_zero: u64,
+    /// Pages of a tree's processes shared copy-on-write with a process
+    /// whose copy is stored: referred to, not stored again.
+    pub pages_shared: u64,
     pub pages_bytes: u64,
     pub meta_bytes: u64,
     /// sums.img: 8 bytes per stored page.
@@ -224,24 +227,17 @@ pub fn capture(
     // `tree` detaches every process on drop (on error: each goes on as it
     // was); `writer` removes its temporary directory on drop.
     let (mut tree, mut all) = freeze_and_inspect(root, opts).map_err(|e| exited_or(pid, e))?;
-    // The pages of every process, the root's into the image directory
-    // itself, the others' into procs/PID inside it.
-    // One pool of page buffers goes from process to process (each writer
-    // drained before the next starts): no fresh memory while frozen.
-    let mut nested: Vec<ImageDirWriter> = Vec::new();
+    // The pages of every process, one after the other, into one pages.img
+    // (a tree's: the root's image directory has it, each other process's
+    // image in procs/PID links it). A page shared copy-on-write between
+    // processes since a fork is stored once.
+    let mut cow = (all.len() > 1).then(crate::pages::CowPages::default);
     let mut dumps = Vec::new();
     for (k, ins) in all.iter_mut().enumerate() {
-        let d = if k == 0 {
-            dump(ins, &mut writer, progress)
-        } else {
-            let prev = nested.last_mut().unwrap_or(&mut writer);
-            let bufs = prev.pages().take_buffers()?;
-            let p = ins.b.process.pid;
-            let mut w = writer.nested(&cryo_image::tree::proc_dir(p), opts.direct_io, bufs)?;
-            let d = dump(ins, &mut w, progress);
-            nested.push(w);
-            d
-        };
+        if let Some(c) = cow.as_mut() {
+            c.proc = k;
+        }
+        let d = dump(ins, &mut writer, cow.as_mut(), progress);
         match d {
             Ok(d) => dumps.push(d),
             Err(e) => {
@@ -267,31 +263,35 @@ pub fn capture(
     }
     let t_drain = Instant::now();
     writer.drain()?;
-    for w in nested.iter_mut() {
-        w.drain()?;
-    }
     dumps[0].dump_time += t_drain.elapsed();
     let direct_io = writer.pages().is_direct();
-    let mut pages_bytes = writer.pages_len();
-    let mut meta_bytes = 0u64;
-    let mut sums_bytes = 0u64;
-    for (w, (ins, d)) in nested.into_iter().zip(all.iter().zip(&dumps).skip(1)) {
-        pages_bytes += w.pages_len();
-        let meta = ins.b.encode(w.pages_len());
-        meta_bytes += meta.len() as u64;
-        sums_bytes += d.sums.len() as u64;
-        w.commit(&meta, &d.sums)?;
+    let pages_bytes = writer.pages_len();
+    // sums.img: every process's pages in file order; each process's
+    // meta.img describes the whole file.
+    let sums: Vec<u64> = dumps.iter().flat_map(|d| d.sums.iter().copied()).collect();
+    let sums = cryo_image::write::sums_bytes(&sums);
+    let sums_bytes = sums.len() as u64;
+    let table = cryo_image::write::sum_block_table(&sums);
+    let mut metas = Vec::with_capacity(all.len());
+    for ins in all.iter_mut() {
+        ins.b.page_sums = table.clone();
+        metas.push(ins.b.encode(pages_bytes));
     }
+    let meta_bytes: u64 = metas.iter().map(|m| m.len() as u64).sum();
+    let others: Vec<(String, &[u8])> = all
+        .iter()
+        .zip(&metas)
+        .skip(1)
+        .map(|(ins, m)| (cryo_image::tree::proc_dir(ins.b.process.pid), m.as_slice()))
+        .collect();
     let b = &all[0].b;
-    let meta = b.encode(writer.pages_len());
-    meta_bytes += meta.len() as u64;
-    sums_bytes += dumps[0].sums.len() as u64;
-    let dir = writer.commit(&meta, &dumps[0].sums)?;
+    let dir = writer.commit_tree(&metas[0], &sums, &others)?;
     tree.let_go(opts.after)?;
     let frozen = frozen.unwrap_or_else(|| t_frozen.elapsed());
     let dump_s: f64 = dumps.iter().map(|d| d.dump_time.as_secs_f64()).sum();
     let stored: u64 = dumps.iter().map(|d| d.stored).sum();
     let zero: u64 = dumps.iter().map(|d| d.zero).sum();
+    let shared: u64 = dumps.iter().map(|d| d.shared).sum();
     Ok(Summary {
         pid,
         dir,
@@ -299,6 +299,7 @@ pub fn capture(
         vmas: all.iter().map(|i| i.b.vmas.len()).sum(),
         pages_stored: stored,
         pages_zero: zero,
+        pages_shared: shared,
         pages_bytes,
         meta_bytes,
         sums_bytes,
@@ -343,8 +344,9 @@ fn tid_offset(
 pub(crate) struct DumpStats {
     stored: u64,
     zero: u64,
-    /// sums.img's bytes.
-    sums: Vec<u8>,
+    shared: u64,
+    /// The checksums of the pages this process added to pages.img.
+    sums: Vec<u64>,
     dump_time: std::time::Duration,
 }
 
@@ -468,6 +470,7 @@ pub(crate) fn inspect(
 pub(crate) fn dump(
     ins: &mut Inspected,
     w: &mut ImageDirWriter,
+    cow: Option<&mut crate::pages::CowPages>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<DumpStats, CaptureError> {
     let t_dump = Instant::now();
@@ -483,12 +486,12 @@ pub(crate) fn dump(
             file,
         })
         .collect::<Vec<_>>();
-    let (stored_pages, zero, sums) =
-        crate::vma::dump(pid, &classified, w, &mut ins.b, &ins.stored, progress)?;
+    let d = crate::vma::dump(pid, &classified, w, &mut ins.b, &ins.stored, cow, progress)?;
     Ok(DumpStats {
-        stored: stored_pages,
-        zero,
-        sums,
+        stored: d.stored_pages,
+        zero: d.zero_pages,
+        shared: d.shared_pages,
+        sums: d.sums,
         dump_time: t_dump.elapsed(),
     })
 }

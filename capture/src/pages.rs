@@ -118,6 +118,15 @@ pub fn read_unpinned(
     }
 }
 
+/// The physical page of a present entry (0 when the kernel hides it from
+/// a reader without CAP_SYS_ADMIN, or the page is not present).
+pub fn pfn(entry: u64) -> u64 {
+    if entry & PM_PRESENT == 0 {
+        return 0;
+    }
+    entry & ((1 << 55) - 1)
+}
+
 /// Whether the entry is present or swapped (counted as resident).
 pub fn resident(entry: u64) -> bool {
     entry & (PM_PRESENT | PM_SWAPPED) != 0
@@ -134,6 +143,39 @@ pub fn is_zero(page: &[u8]) -> bool {
     fold(&page[..64]) == 0 && fold(page) == 0
 }
 
+/// Pages shared copy-on-write between a tree's processes (one physical
+/// page, read-only in each since a fork), stored once: the physical page
+/// → the process that stored it and its offset in the tree's pages.img.
+/// A process never refers to its own stored pages: within one address
+/// space every page of pages.img stays one address's (the lazy server
+/// tracks pages by offset).
+#[derive(Default)]
+pub struct CowPages {
+    map: std::collections::HashMap<u64, (usize, u64)>,
+    /// The process being dumped (its index in the tree).
+    pub proc: usize,
+}
+
+impl CowPages {
+    /// Where another process stored the physical page `pfn`, if one did.
+    pub fn stored_elsewhere(&self, pfn: u64) -> Option<u64> {
+        if pfn == 0 {
+            return None;
+        }
+        self.map
+            .get(&pfn)
+            .filter(|(p, _)| *p != self.proc)
+            .map(|&(_, off)| off)
+    }
+
+    /// The physical page `pfn` is now stored at `offset`.
+    pub fn note(&mut self, pfn: u64, offset: u64) {
+        if pfn != 0 {
+            self.map.entry(pfn).or_insert((self.proc, offset));
+        }
+    }
+}
+
 /// Streams page runs: coalesces consecutive pages of one kind into runs
 /// (as long as they go), and checksums every DATA page as it is appended
 /// to pages.img through the page writer (sums.img, in file order).
@@ -142,10 +184,16 @@ pub struct RunBuilder {
     cur: Option<PageRun>,
     /// xxh3-64 of each page of pages.img, in file order.
     sums: Vec<u64>,
+    /// Offset in pages.img where this builder's pages start (a tree's
+    /// processes share one pages.img, each after the one before).
+    base: u64,
     pub stored_pages: u64,
     pub zero_pages: u64,
     /// Pages of pages.img that are not memory (pipe data, file contents).
     pub blob_pages: u64,
+    /// DATA pages that refer to a page stored before (another process's,
+    /// shared copy-on-write): in a run, not stored again.
+    pub shared_pages: u64,
 }
 
 impl Default for RunBuilder {
@@ -156,20 +204,32 @@ impl Default for RunBuilder {
 
 impl RunBuilder {
     pub fn new() -> Self {
+        Self::starting_at(0)
+    }
+
+    /// A builder whose first page goes to pages.img at `base`.
+    pub fn starting_at(base: u64) -> Self {
         RunBuilder {
             runs: Vec::new(),
             cur: None,
             sums: Vec::new(),
+            base,
             stored_pages: 0,
             zero_pages: 0,
             blob_pages: 0,
+            shared_pages: 0,
         }
+    }
+
+    /// Where the next page appended to pages.img goes.
+    fn next_offset(&self) -> u64 {
+        self.base + (self.stored_pages + self.blob_pages) * PAGE_SIZE
     }
 
     /// Account for `bytes` (whole pages: pipe data, file contents) appended
     /// to pages.img at `offset`: their checksums go to sums.img.
     pub fn add_blob(&mut self, bytes: &[u8], offset: u64) {
-        debug_assert_eq!(offset, (self.stored_pages + self.blob_pages) * PAGE_SIZE);
+        debug_assert_eq!(offset, self.next_offset());
         for page in bytes.chunks(PAGE_SIZE as usize) {
             self.sums.push(cryo_image::checksum(page));
             self.blob_pages += 1;
@@ -198,7 +258,19 @@ impl RunBuilder {
     /// pages are moved to the front of `pages`, and their number of bytes,
     /// to keep, is returned.
     pub fn add(&mut self, vaddr: u64, pages: &mut [u8], offset: u64) -> usize {
-        debug_assert_eq!(offset, (self.stored_pages + self.blob_pages) * PAGE_SIZE);
+        self.add_each(vaddr, pages, offset, |_, _| {})
+    }
+
+    /// [`RunBuilder::add`], telling `stored` where each page went: its
+    /// index in `pages` and its offset in pages.img (None: a zero page).
+    pub fn add_each(
+        &mut self,
+        vaddr: u64,
+        pages: &mut [u8],
+        offset: u64,
+        mut stored: impl FnMut(usize, Option<u64>),
+    ) -> usize {
+        debug_assert_eq!(offset, self.next_offset());
         let ps = PAGE_SIZE as usize;
         let mut kept = 0usize;
         let mut i = 0;
@@ -206,8 +278,10 @@ impl RunBuilder {
             let zero = is_zero(&pages[i..i + ps]);
             let kind = if zero { run_kind::ZERO } else { run_kind::DATA };
             let addr = vaddr + i as u64;
+            let at = offset + kept as u64;
             let contiguous = matches!(&self.cur, Some(r)
-                if r.kind == kind && r.vaddr + r.len() == addr && r.npages < u32::MAX);
+                if r.kind == kind && r.vaddr + r.len() == addr && r.npages < u32::MAX
+                    && (zero || r.offset + r.len() == at));
             if !contiguous {
                 self.close();
                 self.cur = Some(PageRun {
@@ -222,7 +296,9 @@ impl RunBuilder {
                 r.npages += 1;
                 if zero {
                     self.zero_pages += 1;
+                    stored(i / ps, None);
                 } else {
+                    stored(i / ps, Some(at));
                     if kept != i {
                         pages.copy_within(i..i + ps, kept);
                     }
@@ -235,6 +311,28 @@ impl RunBuilder {
             i += ps;
         }
         kept
+    }
+
+    /// A DATA page at `vaddr` whose bytes are already in pages.img at
+    /// `offset` (the same physical page, stored for another process).
+    pub fn add_existing(&mut self, vaddr: u64, offset: u64) {
+        let contiguous = matches!(&self.cur, Some(r)
+            if r.kind == run_kind::DATA && r.vaddr + r.len() == vaddr
+                && r.offset + r.len() == offset && r.npages < u32::MAX);
+        if !contiguous {
+            self.close();
+            self.cur = Some(PageRun {
+                vaddr,
+                npages: 0,
+                kind: run_kind::DATA,
+                offset,
+                reserved: 0,
+            });
+        }
+        if let Some(r) = &mut self.cur {
+            r.npages += 1;
+            self.shared_pages += 1;
+        }
     }
 
     /// The runs, and the checksum of every stored page in pages.img order.
@@ -336,5 +434,44 @@ mod tests {
         assert_eq!(runs.len(), 1);
         assert_eq!((runs[0].npages, runs[0].offset), (120, 0));
         assert_eq!(sums.len(), 120);
+    }
+
+    /// A process dumped after another (its pages after the other's in
+    /// pages.img) refers to the other's stored copy of a page shared
+    /// copy-on-write: a run of its own at that offset, never joined to a
+    /// run of pages it stores itself; contiguous references form one run.
+    #[test]
+    fn shared_pages_refer_to_the_stored_copy() {
+        let ps = PAGE_SIZE as usize;
+        let base = 10 * PAGE_SIZE;
+        let mut rb = RunBuilder::starting_at(base);
+        let mut buf = vec![1u8; 2 * ps];
+        let mut noted = Vec::new();
+        let kept = rb.add_each(0x40_0000, &mut buf, base, |k, at| noted.push((k, at)));
+        assert_eq!(kept, 2 * ps);
+        assert_eq!(noted, vec![(0, Some(base)), (1, Some(base + PAGE_SIZE))]);
+        rb.add_existing(0x40_2000, 3 * PAGE_SIZE);
+        rb.add_existing(0x40_3000, 4 * PAGE_SIZE);
+        rb.add_existing(0x40_5000, 9 * PAGE_SIZE);
+        let mut buf = vec![2u8; ps];
+        rb.add(0x40_6000, &mut buf, base + 2 * PAGE_SIZE);
+        let (runs, sums) = rb.finish();
+        let got: Vec<_> = runs.iter().map(|r| (r.vaddr, r.npages, r.offset)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (0x40_0000, 2, base),
+                (0x40_2000, 2, 3 * PAGE_SIZE),
+                (0x40_5000, 1, 9 * PAGE_SIZE),
+                (0x40_6000, 1, base + 2 * PAGE_SIZE),
+            ]
+        );
+        assert_eq!(sums.len(), 3, "only stored pages have sums");
+        let mut c = CowPages::default();
+        c.note(77, 5 * PAGE_SIZE);
+        assert_eq!(c.stored_elsewhere(77), None, "not its own pages");
+        c.proc = 1;
+        assert_eq!(c.stored_elsewhere(77), Some(5 * PAGE_SIZE));
+        assert_eq!(c.stored_elsewhere(0), None);
     }
 }

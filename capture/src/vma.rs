@@ -6,7 +6,7 @@
 use crate::capture::{CaptureError, Progress};
 use crate::fds::{Limits, StoredFiles};
 use crate::obstacles::Obstacles;
-use crate::pages::{self, MemError, RunBuilder, BATCH};
+use crate::pages::{self, CowPages, MemError, RunBuilder, BATCH};
 use crate::procinfo::Mapping;
 use crate::writer::ImageDirWriter;
 use cryo_image::write::ImageBuilder;
@@ -260,17 +260,30 @@ pub(crate) fn file_id(b: &mut ImageBuilder, path: &str) -> u32 {
     (b.files.len() - 1) as u32
 }
 
-/// Pages and the Vma records, mapping by mapping, into the writer; then
+/// What [`dump`] wrote.
+pub struct Dumped {
+    pub stored_pages: u64,
+    pub zero_pages: u64,
+    /// Pages referring to another process's stored copy ([`CowPages`]).
+    pub shared_pages: u64,
+    /// The checksum of each page this process added to pages.img.
+    pub sums: Vec<u64>,
+}
+
+/// Pages and the Vma records, mapping by mapping, into the writer (after
+/// what it holds already: a tree's processes share one pages.img); then
 /// the bytes that are not memory (`blobs`: pipe data, file contents).
-/// Returns (stored pages, zero pages, sums.img bytes).
+/// `cow`: pages shared copy-on-write with a process dumped before are
+/// not stored again.
 pub fn dump(
     pid: i32,
     maps: &[Classified],
     w: &mut ImageDirWriter,
     b: &mut ImageBuilder,
     stored: &StoredFiles,
+    mut cow: Option<&mut CowPages>,
     progress: &mut dyn FnMut(Progress),
-) -> Result<(u64, u64, Vec<u8>), CaptureError> {
+) -> Result<Dumped, CaptureError> {
     // smaps tells which mappings hold anything at all (GHC reserves a
     // terabyte of PROT_NONE address space: its pagemap alone would be
     // 2 GiB), and pagemap is read batch by batch alongside the pages.
@@ -279,7 +292,7 @@ pub fn dump(
         .filter(|c| dumps(c.kind))
         .map(|c| (c.m.rss_kib + c.m.swap_kib) * 1024)
         .sum();
-    let mut runs = RunBuilder::new();
+    let mut runs = RunBuilder::starting_at(w.pages_len());
     let mut pagemap = pages::Pagemap::open(pid)?;
     let mut mem: Option<std::fs::File> = None;
     let mut done_bytes = 0u64;
@@ -306,6 +319,7 @@ pub fn dump(
                 &mut runs,
                 &mut pagemap,
                 &mut mem,
+                cow.as_deref_mut(),
                 &mut counter,
             )?
         } else if has_pages && !m.has_flag("io") {
@@ -356,13 +370,16 @@ pub fn dump(
         runs.add_blob(&bytes, off);
         blob.place(b, off);
     }
-    let stored_pages = runs.stored_pages;
-    let zero = runs.zero_pages;
+    let (stored_pages, zero_pages, shared_pages) =
+        (runs.stored_pages, runs.zero_pages, runs.shared_pages);
     let (page_runs, sums) = runs.finish();
     b.page_runs = page_runs;
-    let sums = cryo_image::write::sums_bytes(&sums);
-    b.page_sums = cryo_image::write::sum_block_table(&sums);
-    Ok((stored_pages, zero, sums))
+    Ok(Dumped {
+        stored_pages,
+        zero_pages,
+        shared_pages,
+        sums,
+    })
 }
 
 /// Progress of the page dump.
@@ -394,6 +411,7 @@ fn dump_private(
     runs: &mut RunBuilder,
     pagemap: &mut pages::Pagemap,
     mem: &mut Option<std::fs::File>,
+    mut cow: Option<&mut CowPages>,
     counter: &mut Counter,
 ) -> Result<u64, CaptureError> {
     let private_file = kind == vma_kind::FILE_PRIVATE;
@@ -411,6 +429,15 @@ fn dump_private(
             pages::wanted(pm[k], private_file)
                 || m.image_pages.iter().any(|&(s, e)| s <= addr && addr < e)
         };
+        // A page shared copy-on-write with a process dumped before, which
+        // stored it: referred to, not stored again.
+        let elsewhere = |k: usize, cow: &Option<&mut CowPages>| {
+            cow.as_ref().and_then(|c| {
+                pages::cow_shared(pm[k])
+                    .then(|| c.stored_elsewhere(pages::pfn(pm[k])))
+                    .flatten()
+            })
+        };
         let mut i = 0usize;
         while i < pm.len() {
             if !wanted(i) {
@@ -418,8 +445,14 @@ fn dump_private(
                 i += 1;
                 continue;
             }
+            if let Some(off) = elsewhere(i, &cow) {
+                runs.add_existing(chunk_start + i as u64 * PAGE_SIZE, off);
+                counter.add(PAGE_SIZE);
+                i += 1;
+                continue;
+            }
             let mut j = i;
-            while j < pm.len() && j - i < batch_pages && wanted(j) {
+            while j < pm.len() && j - i < batch_pages && wanted(j) && elsewhere(j, &cow).is_none() {
                 j += 1;
             }
             // Read straight into the page writer's buffer (no copy on the
@@ -437,7 +470,14 @@ fn dump_private(
                 pages::read_remote(pid, addr, room)
             };
             read.map_err(|source| MemError::Read { pid, addr, source })?;
-            let kept = runs.add(addr, room, offset);
+            let first = i;
+            let kept = runs.add_each(addr, room, offset, |k, at| {
+                if let (Some(c), Some(at)) = (cow.as_deref_mut(), at) {
+                    if pages::cow_shared(pm[first + k]) {
+                        c.note(pages::pfn(pm[first + k]), at);
+                    }
+                }
+            });
             w.pages().advance(kept);
             counter.add(len as u64);
             i += len / PAGE_SIZE as usize;

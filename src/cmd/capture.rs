@@ -220,7 +220,7 @@ pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(s)?);
     } else if !quiet {
         eprintln!(
-            "captured pid {}{} into {}: {} mappings, {} pages stored ({:.1} MiB), {} zero pages; frozen {:.2} ms, {:.2} GiB/s",
+            "captured pid {}{} into {}: {} mappings, {} pages stored ({:.1} MiB){}, {} zero pages; frozen {:.2} ms, {:.2} GiB/s",
             s.pid,
             if s.processes > 1 {
                 format!(" and {} more processes", s.processes - 1)
@@ -231,6 +231,14 @@ pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
             s.vmas,
             s.pages_stored,
             s.pages_bytes as f64 / (1 << 20) as f64,
+            if s.pages_shared > 0 {
+                format!(
+                    " + {} shared copy-on-write between processes, stored once",
+                    s.pages_shared
+                )
+            } else {
+                String::new()
+            },
             s.pages_zero,
             s.frozen_ms,
             s.throughput_gib_s

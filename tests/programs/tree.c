@@ -256,30 +256,43 @@ static int prefork(const char *path) {
 }
 
 /* `tree cow MIB`: a heap filled before 3 children are forked, all blocked
- * until a line on stdin, then each checks the heap and exits. */
+ * until a line on stdin; then every process checks its whole heap, the
+ * root prints CHECKED once all have, and after one more line on stdin the
+ * children exit and the root prints PASS. */
 static int cow(int mib) {
   size_t n = (size_t)mib << 20;
   unsigned char *h = malloc(n);
   for (size_t i = 0; i < n; i++) h[i] = (unsigned char)(i * 7);
-  int go[2];
-  if (pipe(go)) fail("pipe");
+  int go[2], done[2];
+  if (pipe(go) || pipe(done)) fail("pipe");
   pid_t kids[3];
   for (int k = 0; k < 3; k++) {
     kids[k] = fork();
     if (kids[k] == 0) {
       char c;
       close(go[1]);
+      close(done[0]);
       read_full(go[0], &c, 1, "child reading go");
       for (size_t i = 0; i < n; i++)
         if (h[i] != (unsigned char)(i * 7)) _exit(3);
+      if (write(done[1], "k", 1) != 1) _exit(4);
+      read_full(go[0], &c, 1, "child reading end");
       _exit(0);
     }
   }
   close(go[0]);
+  close(done[1]);
   printf("READY %d\n", getpid());
   char line[16];
   if (!fgets(line, sizeof line, stdin)) fail("reading stdin");
   if (write(go[1], "ggg", 3) != 3) fail("go");
+  for (size_t i = 0; i < n; i++)
+    if (h[i] != (unsigned char)(i * 7)) fail("heap");
+  char ks[3];
+  read_full(done[0], ks, 3, "children checked");
+  printf("CHECKED\n");
+  if (!fgets(line, sizeof line, stdin)) fail("reading stdin");
+  if (write(go[1], "eee", 3) != 3) fail("end");
   for (int k = 0; k < 3; k++) {
     int st;
     if (waitpid(kids[k], &st, 0) != kids[k] || !WIFEXITED(st) || WEXITSTATUS(st)) fail("child");

@@ -14,7 +14,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 mod pages;
-pub use pages::{PageBuffers, PageWriter, BUF_MAX};
+pub use pages::{PageWriter, BUF_MAX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -42,9 +42,6 @@ pub struct ImageDirWriter {
     dest: PathBuf,
     pages: PageWriter,
     committed: bool,
-    /// A process's image inside a tree's (see [`ImageDirWriter::nested`]):
-    /// committed in place, renamed with the tree's.
-    nested: bool,
 }
 
 impl ImageDirWriter {
@@ -101,33 +98,6 @@ impl ImageDirWriter {
             dest: dest.to_owned(),
             pages,
             committed: false,
-            nested: false,
-        })
-    }
-
-    /// The image of another process of a tree, at `rel` inside this one
-    /// (e.g. `procs/1234`), writing pages from `bufs` (the previous
-    /// writer's, see [`PageWriter::take_buffers`]). It is committed before
-    /// this one and moves into place with it.
-    pub fn nested(&self, rel: &str, direct: bool, bufs: PageBuffers) -> Result<Self, WriteError> {
-        let tmp = self.tmp.join(rel);
-        let mut at = self.tmp.clone();
-        for part in rel.split('/') {
-            at = at.join(part);
-            if !at.is_dir() {
-                fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&at)
-                    .map_err(io_at(&at))?;
-            }
-        }
-        let pages = PageWriter::create_with(&tmp.join(PAGES_FILE), direct, bufs)?;
-        Ok(ImageDirWriter {
-            dest: tmp.clone(),
-            tmp,
-            pages,
-            committed: false,
-            nested: true,
         })
     }
 
@@ -163,7 +133,20 @@ impl ImageDirWriter {
 
     /// Write sums.img and meta.img, fsync everything and rename the
     /// directory into place.
-    pub fn commit(mut self, meta: &[u8], sums: &[u8]) -> Result<PathBuf, WriteError> {
+    pub fn commit(self, meta: &[u8], sums: &[u8]) -> Result<PathBuf, WriteError> {
+        self.commit_tree(meta, sums, &[])
+    }
+
+    /// [`ImageDirWriter::commit`] for a process tree: `others` are the
+    /// other processes' meta.img, each in its directory inside this one
+    /// (e.g. `procs/1234`) beside hard links of this pages.img and
+    /// sums.img, which hold every process's pages.
+    pub fn commit_tree(
+        mut self,
+        meta: &[u8],
+        sums: &[u8],
+        others: &[(String, &[u8])],
+    ) -> Result<PathBuf, WriteError> {
         self.pages.drain()?;
         let pages_path = self.tmp.join(PAGES_FILE);
         self.pages.file.sync_all().map_err(io_at(&pages_path))?;
@@ -173,13 +156,38 @@ impl ImageDirWriter {
             m.write_all(bytes).map_err(io_at(&path))?;
             m.sync_all().map_err(io_at(&path))?;
         }
+        for (rel, meta) in others {
+            let mut at = self.tmp.clone();
+            for part in rel.split('/') {
+                at = at.join(part);
+                if !at.is_dir() {
+                    fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&at)
+                        .map_err(io_at(&at))?;
+                }
+            }
+            let path = at.join(META_FILE);
+            let mut m = new_file(&path)?;
+            m.write_all(meta).map_err(io_at(&path))?;
+            m.sync_all().map_err(io_at(&path))?;
+            for name in [PAGES_FILE, SUMS_FILE] {
+                let link = at.join(name);
+                fs::hard_link(self.tmp.join(name), &link).map_err(io_at(&link))?;
+            }
+            File::open(&at)
+                .and_then(|d| d.sync_all())
+                .map_err(io_at(&at))?;
+        }
+        if let Some(procs) = others.first().and_then(|(rel, _)| rel.split('/').next()) {
+            let procs = self.tmp.join(procs);
+            File::open(&procs)
+                .and_then(|d| d.sync_all())
+                .map_err(io_at(&procs))?;
+        }
         File::open(&self.tmp)
             .and_then(|d| d.sync_all())
             .map_err(io_at(&self.tmp))?;
-        if self.nested {
-            self.committed = true;
-            return Ok(self.tmp.clone());
-        }
         if self.dest.exists() {
             // Checked in create(): an empty directory or (forced) an image.
             // Move it aside first so that a valid image exists at every instant.

@@ -53,41 +53,7 @@ pub struct PageWriter {
     direct: bool,
 }
 
-/// The page buffers of a drained writer, handed to the next one (the next
-/// process of a tree): its pool moves on, instead of fresh memory being
-/// faulted in while the tree is frozen (in this VM zeroing fresh huge
-/// pages was half of a tree's freeze: 2 of 4 s for 8 processes).
-#[derive(Debug, Default)]
-pub struct PageBuffers(Vec<AlignedBuf>);
-
 impl PageWriter {
-    /// Every appended byte written, then the buffers, for the next writer;
-    /// this one allocates no more.
-    pub fn take_buffers(&mut self) -> Result<PageBuffers, WriteError> {
-        self.drain()?;
-        let mut v: Vec<AlignedBuf> = self.free.drain(..).collect();
-        v.extend(self.unused.drain(..));
-        self.allocated = POOL;
-        Ok(PageBuffers(v))
-    }
-
-    /// A writer that starts with `bufs` (and allocates only if they are
-    /// fewer than its pool).
-    pub(super) fn create_with(
-        path: &Path,
-        direct: bool,
-        bufs: PageBuffers,
-    ) -> Result<Self, WriteError> {
-        let mut w = PageWriter::create(path, direct, u64::MAX)?;
-        if !bufs.0.is_empty() {
-            let mut v = bufs.0;
-            v.sort_by_key(|b| b.len());
-            w.allocated = v.len();
-            w.unused = v.into();
-        }
-        Ok(w)
-    }
-
     pub(super) fn create(path: &Path, direct: bool, expect: u64) -> Result<Self, WriteError> {
         let mut direct = direct;
         let file = match open_pages(path, direct) {
@@ -133,10 +99,6 @@ impl PageWriter {
             failed: None,
             direct,
         };
-        if expect == u64::MAX {
-            // create_with: the buffers come from the caller.
-            return Ok(w);
-        }
         let mut have = 0u64;
         while w.allocated < POOL && (have < expect || w.allocated == 0) {
             let b = w.new_buffer()?;
