@@ -45,8 +45,10 @@ int main(int argc, char **argv) {
   unsigned long *h = malloc(words * sizeof *h);
   for (size_t i = 0; i < words; i++) h[i] = i * 2654435761u;
   unsigned long want = sum(h, words);
-  int go[2], done[2];
-  if (pipe(go) || pipe(done)) return 1;
+  /* go and end on pipes of their own: a child fast enough to read again
+   * on one pipe would take another child's go byte as its end. */
+  int go[2], done[2], end[2];
+  if (pipe(go) || pipe(done) || pipe(end)) return 1;
   pid_t *kids = calloc(n, sizeof *kids);
   for (int i = 1; i < n; i++) {
     kids[i] = fork();
@@ -54,15 +56,17 @@ int main(int argc, char **argv) {
       char c;
       close(go[1]);
       close(done[0]);
+      close(end[1]);
       if (read(go[0], &c, 1) != 1) _exit(2);
       int ok = sum(h, words) == want;
       if (write(done[1], "d", 1) != 1) _exit(4);
-      if (read(go[0], &c, 1) != 1) _exit(2);
+      if (read(end[0], &c, 1) != 1) _exit(2);
       _exit(ok ? 0 : 3);
     }
   }
   close(go[0]);
   close(done[1]);
+  close(end[0]);
   printf("READY %d\n", getpid());
   fflush(stdout);
   char line[16];
@@ -76,7 +80,7 @@ int main(int argc, char **argv) {
   printf("CHECKED\n");
   fflush(stdout);
   if (!fgets(line, sizeof line, stdin)) return 1;
-  for (int i = 1; i < n; i++) write(go[1], "e", 1);
+  for (int i = 1; i < n; i++) write(end[1], "e", 1);
   for (int i = 1; i < n; i++) {
     int st;
     waitpid(kids[i], &st, 0);

@@ -263,8 +263,10 @@ static int cow(int mib) {
   size_t n = (size_t)mib << 20;
   unsigned char *h = malloc(n);
   for (size_t i = 0; i < n; i++) h[i] = (unsigned char)(i * 7);
-  int go[2], done[2];
-  if (pipe(go) || pipe(done)) fail("pipe");
+  /* go and end on pipes of their own: a child fast enough to read again
+   * on one pipe would take another child's go byte as its end. */
+  int go[2], done[2], end[2];
+  if (pipe(go) || pipe(done) || pipe(end)) fail("pipe");
   pid_t kids[3];
   for (int k = 0; k < 3; k++) {
     kids[k] = fork();
@@ -272,16 +274,18 @@ static int cow(int mib) {
       char c;
       close(go[1]);
       close(done[0]);
+      close(end[1]);
       read_full(go[0], &c, 1, "child reading go");
       for (size_t i = 0; i < n; i++)
         if (h[i] != (unsigned char)(i * 7)) _exit(3);
       if (write(done[1], "k", 1) != 1) _exit(4);
-      read_full(go[0], &c, 1, "child reading end");
+      read_full(end[0], &c, 1, "child reading end");
       _exit(0);
     }
   }
   close(go[0]);
   close(done[1]);
+  close(end[0]);
   printf("READY %d\n", getpid());
   char line[16];
   if (!fgets(line, sizeof line, stdin)) fail("reading stdin");
@@ -292,7 +296,7 @@ static int cow(int mib) {
   read_full(done[0], ks, 3, "children checked");
   printf("CHECKED\n");
   if (!fgets(line, sizeof line, stdin)) fail("reading stdin");
-  if (write(go[1], "eee", 3) != 3) fail("end");
+  if (write(end[1], "eee", 3) != 3) fail("end");
   for (int k = 0; k < 3; k++) {
     int st;
     if (waitpid(kids[k], &st, 0) != kids[k] || !WIFEXITED(st) || WEXITSTATUS(st)) fail("child");
