@@ -151,6 +151,7 @@ fn family_keeps_zombies_groups_sessions_pids_and_pipe_bytes() {
         &["--lazy=on-demand"],
         &["--same-pid"],
         &["--map"],
+        &["--pidns"],
     ] {
         let (code, out, err) = finish(restore(&img, mode), "x");
         assert_eq!(code, 0, "restore {mode:?}: {out}{err}");
@@ -251,14 +252,26 @@ fn python_multiprocessing_pool_works_after_restore() {
         let pids = tree_pids(&img);
         assert!(pids.len() >= 3, "the pool's root and two workers: {pids:?}");
         wait_gone(&pids);
-        // The pool checks its own PID before it joins its workers.
-        let (code, out, err) = finish(restore(&img, &["--same-pid"]), "go\n");
-        assert_eq!(code, 0, "{method}: {out}{err}");
-        assert_eq!(
-            out.lines().last(),
-            Some("PASS pool True"),
-            "{method}: {out}{err}"
-        );
+        // The pool checks its own PID before it joins its workers: the
+        // root must get its PID back (here, or in a PID namespace). With
+        // spawn, the pool unlinks its semaphore in /dev/shm as it ends, so
+        // its image can be restored once (the next restore is refused:
+        // the mapped file is gone).
+        let modes: &[&str] = if method == "fork" {
+            &["--same-pid", "--pidns"]
+        } else {
+            &["--same-pid"]
+        };
+        for &mode in modes {
+            let (code, out, err) = finish(restore(&img, &[mode]), "go\n");
+            assert_eq!(code, 0, "{method} {mode}: {out}{err}");
+            assert_eq!(
+                out.lines().last(),
+                Some("PASS pool True"),
+                "{method} {mode}: {out}{err}"
+            );
+            wait_gone(&pids);
+        }
     }
 }
 
@@ -385,6 +398,42 @@ fn capture_keeps_copy_on_write_sharing_and_restore_gets_the_heap_back() {
     );
     assert!(r.wait().unwrap().success());
     wait_gone(&kids);
+}
+
+/// `--pidns`: a tree restored while the original still runs (every PID
+/// taken), in a PID namespace of its own; both finish right. The exit
+/// status and a signal pass through init and cryo restore.
+#[test]
+fn pidns_restores_a_tree_beside_its_running_original() {
+    let dir = scratch("tree-pidns");
+    let mut t = Target::start("c-tree", &["cow", "8"]);
+    t.wait_sleeping();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = finish(restore(&img, &[]), "");
+    assert_eq!(code, 1, "the PIDs are taken: {err}");
+    for _ in 0..2 {
+        let (code, out, err) = finish(restore(&img, &["--pidns"]), "go\nend\n");
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(out.lines().last(), Some("PASS cow"), "{out}{err}");
+    }
+    // Killed from outside: cryo restore ends as the root did.
+    let mut r = restore(&img, &["--pidns"]);
+    wait_for("the restored root to run", Duration::from_secs(20), || {
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", r.id(), r.id()))
+            .is_ok_and(|c| !c.trim().is_empty())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill takes no pointers.
+    unsafe { libc::kill(r.id() as i32, libc::SIGTERM) };
+    let st = r.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(libc::SIGTERM), "{st:?}");
+    // The original was never touched.
+    t.stdin.as_mut().unwrap().write_all(b"go\nend\n").unwrap();
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, "PASS cow"), "{err}");
 }
 
 /// A command whose tree cryo must refuse: the refusal names `what`, and

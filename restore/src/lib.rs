@@ -16,6 +16,7 @@ mod inotify;
 pub mod lazy;
 mod locks;
 pub mod pack;
+mod pidns;
 mod pipes;
 mod sockets;
 mod stored;
@@ -72,6 +73,9 @@ pub struct Options {
     /// Give the restored process (a tree's root) its captured PID: it is
     /// forked with it, and this process waits for it (see [`supervise`]).
     pub same_pid: bool,
+    /// Restore the whole tree, root included, in a new PID namespace where
+    /// every captured PID is free ([`pidns`]).
+    pub pidns: bool,
 }
 
 /// How the restore ends once the shim has rebuilt the process.
@@ -154,7 +158,10 @@ impl Plan {
 /// made, in this process only).
 pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
     let image = LoadedImage::open(dir)?;
-    if opts.same_pid {
+    if opts.pidns {
+        // Every captured PID is free in a namespace of its own.
+        tree::can_set_pids()?;
+    } else if opts.same_pid {
         let img = image.image()?;
         tree::can_set_pids()?;
         if img.tree().len() <= 1 {
@@ -308,7 +315,12 @@ impl Plan {
     /// every process of it, see [`tree`]). Returns only on failure (the
     /// process may then be half set up: fds moved).
     pub fn exec(mut self) -> RestoreError {
-        if self.opts.same_pid {
+        if self.opts.pidns {
+            let pid = self.image().process().pid as i32;
+            if let Err(e) = pidns::enter(pid) {
+                return e;
+            }
+        } else if self.opts.same_pid {
             let pid = self.image().process().pid as i32;
             match sys::fork_with_pid(pid) {
                 Ok(sys::Forked::Child) => {}

@@ -6,9 +6,10 @@
 //! the same signal), like `sudo` or `timeout` do.
 
 use crate::sys;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 /// Signals passed on to the restored process.
-const FORWARDED: [i32; 8] = [
+pub(crate) const FORWARDED: [i32; 8] = [
     libc::SIGINT,
     libc::SIGQUIT,
     libc::SIGTERM,
@@ -21,10 +22,19 @@ const FORWARDED: [i32; 8] = [
 
 /// Wait for `child`, passing signals on; end as it ended.
 pub(crate) fn run(child: i32) -> ! {
+    run_reporting(child, None)
+}
+
+/// [`run`], where `child` (a PID namespace's init, `pidns`) reports the
+/// status to end with on `report` before it ends.
+pub(crate) fn run_reporting(child: i32, report: Option<OwnedFd>) -> ! {
     // Nothing of the restore stays open here (a pipe end kept by this
     // process would keep the restored program's reader from its EOF),
     // but fds 0-2, the invoker's, which the restored process has too.
-    sys::close_from(3);
+    match &report {
+        Some(r) => sys::close_from_except(3, r.as_raw_fd()),
+        None => sys::close_from(3),
+    }
     let mut set = FORWARDED.to_vec();
     set.push(libc::SIGCHLD);
     if let Err(e) = sys::block_signals(&set) {
@@ -32,7 +42,18 @@ pub(crate) fn run(child: i32) -> ! {
     }
     loop {
         match sys::waitpid(child, libc::WNOHANG) {
-            Ok((p, st)) if p == child => sys::die_with(st),
+            Ok((p, st)) if p == child => {
+                let mut reported = [0u8; 4];
+                let got = report
+                    .as_ref()
+                    .and_then(|r| sys::read(r.as_fd(), &mut reported).ok())
+                    == Some(4);
+                sys::die_with(if got {
+                    i32::from_ne_bytes(reported)
+                } else {
+                    st
+                })
+            }
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
             Err(e) => {

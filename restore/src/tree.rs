@@ -70,7 +70,9 @@ pub(crate) fn prepare(dir: &Path, root: LoadedImage, opts: Options) -> Result<Pl
     if opts.same_pid {
         pids.push(recs[0].pid);
     }
-    pids_free(&pids)?;
+    if !opts.pidns {
+        pids_free(&pids)?;
+    }
     for r in recs.iter().skip(1) {
         images.push(if r.state == proc_state::LIVE {
             Some(LoadedImage::open(&dir.join(proc_dir(r.pid)))?)
@@ -114,6 +116,7 @@ pub(crate) fn prepare(dir: &Path, root: LoadedImage, opts: Options) -> Result<Pl
                     restore_stdio: vec![0, 1, 2],
                     keep_stopped: opts.keep_stopped || was_stopped,
                     same_pid: false,
+                    pidns: false,
                     ..opts.clone()
                 };
                 let sub = dir.join(proc_dir(r.pid));

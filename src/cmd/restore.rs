@@ -111,8 +111,17 @@ pub struct RestoreArgs {
     /// does (same code, or killed by the same signal). For programs that
     /// keep their own PID (Python's multiprocessing checks it before it
     /// joins its workers). Needs CAP_SYS_ADMIN and the PID free.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "pidns")]
     pub same_pid: bool,
+    /// Restore in a new PID namespace (and mount namespace, with its own
+    /// /proc), where every captured PID is free: the root gets its PID
+    /// too, and a tree can be restored while the original still runs.
+    /// The namespace's init (PID 1) is the root's parent; cryo restore
+    /// stays outside, passes on the signals a shell sends a job and exits
+    /// as the root does; when the root ends, every process left in the
+    /// namespace ends. Needs CAP_SYS_ADMIN.
+    #[arg(long)]
+    pub pidns: bool,
     /// Check everything and report, but do not restore.
     #[arg(long)]
     pub dry_run: bool,
@@ -158,6 +167,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         drop_pipe_data: args.drop_pipe_data,
         restore_stdio: args.restore_stdio.clone().unwrap_or_default(),
         same_pid: args.same_pid,
+        pidns: args.pidns,
         map: args.map,
         lazy: args.lazy.map(|m| cryo_restore::LazyOptions {
             mode: match m {

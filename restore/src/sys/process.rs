@@ -293,3 +293,68 @@ pub fn close_from(first: i32) {
     // SAFETY: close_range takes integers only and closes fds of ours.
     unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0) };
 }
+
+/// A new PID namespace for our next child (it becomes its init, PID 1)
+/// and a mount namespace of our own (for that namespace's /proc).
+pub fn unshare_pid_and_mount_ns() -> io::Result<()> {
+    // SAFETY: unshare takes flags only; it changes this process's
+    // namespaces (the PID one only for children made from now on).
+    cvt(unsafe { libc::unshare(libc::CLONE_NEWPID | libc::CLONE_NEWNS) })?;
+    Ok(())
+}
+
+/// In a mount namespace of our own: nothing mounted from here on goes
+/// back to the one we came from (MS_SLAVE), and a proc for our PID
+/// namespace on /proc (so /proc/self is us).
+pub fn mount_own_proc() -> io::Result<()> {
+    let root = c"/";
+    let proc_ = c"proc";
+    let at = c"/proc";
+    // SAFETY: NUL-terminated strings that outlive the calls; no data.
+    unsafe {
+        cvt(libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        ))?;
+        cvt(libc::mount(
+            proc_.as_ptr(),
+            at.as_ptr(),
+            proc_.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        ))?;
+    }
+    Ok(())
+}
+
+extern "C" fn no_op(_: libc::c_int) {}
+
+/// Give `sig` a handler that does nothing. A PID namespace's init gets
+/// no signal it has no handler for, even blocked for sigwaitinfo (the
+/// kernel drops it when it is sent).
+pub fn catch_signal(sig: i32) -> io::Result<()> {
+    let h = no_op as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler does nothing, so no code of ours runs in a
+    // signal context; the signal is blocked and waited for anyway.
+    if unsafe { libc::signal(sig, h) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Close every fd from `first` on but `keep`.
+pub fn close_from_except(first: i32, keep: i32) {
+    if keep < first {
+        return close_from(first);
+    }
+    // SAFETY: close_range takes integers only and closes fds of ours.
+    unsafe {
+        if keep > first {
+            libc::syscall(libc::SYS_close_range, first as u32, (keep - 1) as u32, 0);
+        }
+        libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0);
+    }
+}
