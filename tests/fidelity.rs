@@ -212,6 +212,13 @@ fn fifo_with_both_ends() {
     case("fifo");
 }
 
+/// A FIFO whose path was removed (both ends and a read-write description
+/// open, bytes in it): made again, with its bytes, and removed again.
+#[test]
+fn removed_fifo_with_its_bytes() {
+    case("fifo-removed");
+}
+
 /// mlock, mlock2(ONFAULT), WIPEONFORK, DONTFORK, DONTDUMP, HUGEPAGE,
 /// NOHUGEPAGE, SEQUENTIAL, RANDOM, MERGEABLE: each a mapping next to the
 /// others, apart only by its flags.

@@ -105,10 +105,8 @@ fn classify(pid: i32, f: &OpenFd) -> Result<u32, String> {
         }
     }
     match fmt {
-        libc::S_IFIFO if deleted => Err(format!(
-            "fd {} is a FIFO whose path was removed ({t}); not supported yet",
-            f.fd
-        )),
+        // (A FIFO whose path was removed is made again in its directory,
+        // and removed again.)
         libc::S_IFIFO => Ok(fd_kind::FIFO),
         libc::S_IFLNK if deleted => Err(format!(
             "fd {} is an O_PATH fd on a removed symbolic link ({t}); not supported yet",

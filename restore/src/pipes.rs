@@ -12,7 +12,11 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 #[derive(Debug, Clone)]
 pub struct PipeMake {
     pub index: usize,
+    /// A FIFO: its path and identity (or, `removed`, the path it had).
     pub fifo: Option<(String, u64, u64)>,
+    /// The FIFO's path was removed: a new FIFO is made there (or beside
+    /// it, if that name is taken again) and removed again.
+    pub removed: bool,
     pub size: u32,
     pub packet: bool,
     pub data: Vec<u8>,
@@ -42,8 +46,11 @@ pub(crate) fn plan_fd(
         )));
     }
     let index = f.object as usize;
+    let removed = f.kind == fd_kind::FIFO && target.ends_with(" (deleted)");
     if !out.pipes.iter().any(|m| m.index == index) {
-        let fifo = if f.kind == fd_kind::FIFO {
+        let fifo = if removed {
+            Some((target.trim_end_matches(" (deleted)").to_owned(), 0, 0))
+        } else if f.kind == fd_kind::FIFO {
             let md = std::fs::metadata(target).map_err(|e| err.why(format!("{target}: {e}")))?;
             if (md.dev(), md.ino()) != (f.dev, f.ino) {
                 return Err(err.why(format!("{target} is a different file now (device/inode)")));
@@ -65,6 +72,7 @@ pub(crate) fn plan_fd(
         out.pipes.push(PipeMake {
             index,
             fifo,
+            removed,
             size: p.size,
             packet: p.flags & pipe_flags::PACKET != 0,
             data,
@@ -74,6 +82,10 @@ pub(crate) fn plan_fd(
     let acc = f.flags as i32 & libc::O_ACCMODE;
     if acc == libc::O_RDWR && f.kind == fd_kind::PIPE {
         return Err(err.why("a pipe end open for both reading and writing"));
+    }
+    if acc == libc::O_RDWR && removed {
+        // The same, through the made FIFO's read end (it has no name).
+        return Ok(Source::FifoReadWrite { pipe: index, flags });
     }
     if acc == libc::O_RDWR {
         // A FIFO opened read-write: its own description, opened so again
@@ -106,6 +118,7 @@ pub(crate) fn make(m: &PipeMake) -> Result<MadePipe, Why> {
             let fl = libc::O_CLOEXEC | if m.packet { libc::O_DIRECT } else { 0 };
             sys::pipe2(fl).map_err(|e| Why::sys("pipe2", e))?
         }
+        Some((path, _, _)) if m.removed => made_removed_fifo(path, m.index)?,
         Some((path, dev, ino)) => {
             let open = |flags: i32| -> Result<OwnedFd, Why> {
                 let f = std::fs::OpenOptions::new()
@@ -145,6 +158,36 @@ pub(crate) fn make(m: &PipeMake) -> Result<MadePipe, Why> {
         read: r,
         write: m.keep_write.then_some(w),
     })
+}
+
+/// A FIFO whose path was removed, made again: at its old path if that is
+/// free (so /proc/PID/fd names it as the program saw it, `PATH
+/// (deleted)`), else beside it; opened at both ends, then removed. Its
+/// mode was not captured: 0600.
+fn made_removed_fifo(path: &str, index: usize) -> Result<(OwnedFd, OwnedFd), Why> {
+    let at = std::path::Path::new(path);
+    let beside = at.with_file_name(format!(".cryo-fifo.{}.{index}", std::process::id()));
+    let name = if sys::mkfifo(at, 0o600).is_ok() {
+        at.to_path_buf()
+    } else {
+        sys::mkfifo(&beside, 0o600)
+            .map_err(|e| Why::sys(format!("mkfifo {}", beside.display()), e))?;
+        beside
+    };
+    let open = |read: bool| {
+        std::fs::OpenOptions::new()
+            .read(read)
+            .write(!read)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&name)
+            .map(OwnedFd::from)
+            .map_err(|e| Why::sys(name.display().to_string(), e))
+    };
+    let ends = open(true).and_then(|r| Ok((r, open(false)?)));
+    let removed = std::fs::remove_file(&name);
+    let ends = ends?;
+    removed.map_err(|e| Why::sys(format!("removing {}", name.display()), e))?;
+    Ok(ends)
 }
 
 fn write_all(fd: BorrowedFd, mut data: &[u8]) -> std::io::Result<()> {

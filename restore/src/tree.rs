@@ -288,7 +288,14 @@ fn make_shared<'a>(
             .any(|o| objects[o].iter().any(|(_, _, end)| *end == 1));
         let m = PipeMake {
             index: 0,
-            fifo: (f.kind == fd_kind::FIFO).then(|| (target.clone(), f.dev, f.ino)),
+            fifo: (f.kind == fd_kind::FIFO).then(|| {
+                (
+                    target.trim_end_matches(" (deleted)").to_owned(),
+                    f.dev,
+                    f.ino,
+                )
+            }),
+            removed: f.kind == fd_kind::FIFO && target.ends_with(" (deleted)"),
             size: p.size,
             packet: p.flags & pipe_flags::PACKET != 0,
             data,

@@ -476,6 +476,29 @@ static void fifo_check(void) {
     CHECK(write(fifo_rw, "rw", 2) == 2 && read(fifo_rw, buf, 2) == 2 && !memcmp(buf, "rw", 2), "O_RDWR fifo fd");
 }
 
+/* A FIFO whose path was removed, with both ends (and a read-write
+ * description) open here, and data in it. */
+static int rfifo_r, rfifo_w, rfifo_rw;
+static void rfifo_setup(void) {
+    char p[4096];
+    path_in_dir(p, sizeof p, "rfifo");
+    CHECK(mkfifo(p, 0600) == 0, "mkfifo");
+    rfifo_r = open(p, O_RDONLY | O_NONBLOCK);
+    rfifo_w = open(p, O_WRONLY);
+    rfifo_rw = open(p, O_RDWR);
+    CHECK(rfifo_r >= 0 && rfifo_w >= 0 && rfifo_rw >= 0, "open fifo");
+    CHECK(unlink(p) == 0, "unlink fifo");
+    CHECK(write(rfifo_w, "removed-fifo-data", 17) == 17, "write fifo");
+}
+static void rfifo_check(void) {
+    char buf[64];
+    struct stat st;
+    CHECK(fstat(rfifo_rw, &st) == 0 && S_ISFIFO(st.st_mode) && st.st_nlink == 0, "still a removed FIFO");
+    CHECK(read(rfifo_r, buf, sizeof buf) == 17 && !memcmp(buf, "removed-fifo-data", 17), "removed fifo data");
+    CHECK(write(rfifo_rw, "rw", 2) == 2 && read(rfifo_r, buf, 2) == 2 && !memcmp(buf, "rw", 2), "O_RDWR removed fifo fd");
+    CHECK(write(rfifo_w, "w", 1) == 1 && read(rfifo_rw, buf, 1) == 1 && buf[0] == 'w', "one FIFO");
+}
+
 /* Mappings with flags that only madvise/mlock set. */
 static uint8_t *m_lock, *m_lockonfault, *m_wipe, *m_dontfork, *m_dontdump, *m_huge, *m_nohuge, *m_seq, *m_rand,
     *m_merge;
@@ -1421,6 +1444,7 @@ static const struct fcase cases[] = {
     {"fds", fds_setup, fds_check, NULL},
     {"pipe", pipe_setup, pipe_check, NULL},
     {"fifo", fifo_setup, fifo_check, NULL},
+    {"fifo-removed", rfifo_setup, rfifo_check, NULL},
     {"vmflags", vmflags_setup, vmflags_check, NULL},
     {"prctl", prctl_setup, prctl_check, NULL},
     {"mdwe", mdwe_setup, mdwe_check, NULL},

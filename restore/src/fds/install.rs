@@ -93,6 +93,22 @@ pub fn install(
                 set_status_flags(d, *flags).map_err(|e| fd_err(p, e))?;
                 d
             }
+            Source::FifoReadWrite { pipe, flags } => {
+                let m = pipes
+                    .iter()
+                    .find(|m| m.index == *pipe)
+                    .expect("every planned pipe was made");
+                let path = format!("/proc/self/fd/{}", m.read.as_raw_fd());
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&path)
+                    .map_err(|e| fd_err(p, e))?;
+                let d = park(f.into_raw_fd(), high)?;
+                set_status_flags(d, *flags).map_err(|e| fd_err(p, e))?;
+                d
+            }
             Source::Stored { file, flags, pos }
                 if *flags & libc::O_ACCMODE == libc::O_RDWR
                     && !given.contains(file)

@@ -64,6 +64,9 @@ pub enum Source {
         write: bool,
         flags: i32,
     },
+    /// A read-write description of a made FIFO whose path was removed
+    /// (`pipes` index): opened through its read end.
+    FifoReadWrite { pipe: usize, flags: i32 },
     /// A file made again from the image (files index): unlinked or memfd.
     Stored { file: u32, flags: i32, pos: u64 },
     /// An inotify instance with its watches (the image's watches of the

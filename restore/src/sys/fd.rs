@@ -221,3 +221,9 @@ pub fn adopt(fd: RawFd) -> OwnedFd {
     // which restore's callers never do.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
+
+/// mkfifo(3) (the umask applies).
+pub fn mkfifo(path: &std::path::Path, mode: u32) -> io::Result<()> {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(mode))?;
+    Ok(())
+}
