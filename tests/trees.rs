@@ -425,9 +425,12 @@ fn pidns_restores_a_tree_beside_its_running_original() {
             .is_ok_and(|c| !c.trim().is_empty())
     });
     std::thread::sleep(Duration::from_millis(300));
+    // (Its stdin stays open: an EOF would end it first.)
+    let stdin = r.stdin.take();
     // SAFETY: kill takes no pointers.
     unsafe { libc::kill(r.id() as i32, libc::SIGTERM) };
     let st = r.wait().unwrap();
+    drop(stdin);
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(st.signal(), Some(libc::SIGTERM), "{st:?}");
     // The original was never touched.

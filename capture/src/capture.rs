@@ -235,7 +235,7 @@ pub fn capture(
     let mut dumps = Vec::new();
     for (k, ins) in all.iter_mut().enumerate() {
         if let Some(c) = cow.as_mut() {
-            c.proc = k;
+            c.start(k);
         }
         let d = dump(ins, &mut writer, cow.as_mut(), progress);
         match d {

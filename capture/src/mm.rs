@@ -65,10 +65,21 @@ pub fn capture(
         start_data: mm.start_data,
         end_data: mm.end_data,
         start_brk: mm.start_brk,
+        // The end of the heap: of the [heap] mappings that follow each
+        // other from the first (one, unless parts of it are mapped from
+        // a pages.img: `procinfo::fold_image_pages`).
         brk: maps
             .iter()
-            .find(|m| m.path == "[heap]")
-            .map_or(mm.start_brk, |h| h.end),
+            .skip_while(|m| m.path != "[heap]")
+            .scan(None, |end: &mut Option<u64>, m| {
+                let go_on = m.path == "[heap]" && end.is_none_or(|e| e == m.start);
+                go_on.then(|| {
+                    *end = Some(m.end);
+                    m.end
+                })
+            })
+            .last()
+            .unwrap_or(mm.start_brk),
         start_stack: mm.start_stack,
         arg_start: mm.arg_start,
         arg_end: mm.arg_end,

@@ -145,33 +145,80 @@ pub fn is_zero(page: &[u8]) -> bool {
 
 /// Pages shared copy-on-write between a tree's processes (one physical
 /// page, read-only in each since a fork), stored once: the physical page
-/// → the process that stored it and its offset in the tree's pages.img.
-/// A process never refers to its own stored pages: within one address
-/// space every page of pages.img stays one address's (the lazy server
-/// tracks pages by offset).
+/// → the process that stored it (its index, PID and the address it had
+/// the page at) and the page's offset in the tree's pages.img.
+///
+/// Two rules keep a reference right. The physical page must still be the
+/// one the storing process has at that address (compaction may have
+/// moved it, and freed its frame for another page, since it was stored):
+/// checked in that process's pagemap, frozen, before each reference. And
+/// a process refers to an offset once (KSM may map one page at two of its
+/// addresses; within one address space every page of pages.img stays one
+/// address's, since the lazy page server tracks pages by offset), and
+/// never to a page it stored itself.
 #[derive(Default)]
 pub struct CowPages {
-    map: std::collections::HashMap<u64, (usize, u64)>,
+    map: std::collections::HashMap<u64, StoredPage>,
     /// The process being dumped (its index in the tree).
-    pub proc: usize,
+    proc: usize,
+    /// Offsets the process being dumped refers to already.
+    referred: std::collections::HashSet<u64>,
+    pagemaps: std::cell::RefCell<std::collections::HashMap<i32, File>>,
+}
+
+#[derive(Clone, Copy)]
+struct StoredPage {
+    proc: usize,
+    pid: i32,
+    vaddr: u64,
+    offset: u64,
 }
 
 impl CowPages {
-    /// Where another process stored the physical page `pfn`, if one did.
+    /// The next process to dump: its index in the tree.
+    pub fn start(&mut self, proc: usize) {
+        self.proc = proc;
+        self.referred.clear();
+    }
+
+    /// Where another process stored the physical page `pfn`, if one did
+    /// and it still has that page there, and this process does not refer
+    /// to that offset already.
     pub fn stored_elsewhere(&self, pfn: u64) -> Option<u64> {
         if pfn == 0 {
             return None;
         }
-        self.map
-            .get(&pfn)
-            .filter(|(p, _)| *p != self.proc)
-            .map(|&(_, off)| off)
+        let s = *self.map.get(&pfn)?;
+        if s.proc == self.proc || self.referred.contains(&s.offset) {
+            return None;
+        }
+        let mut pagemaps = self.pagemaps.borrow_mut();
+        let f = match pagemaps.entry(s.pid) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(File::open(format!("/proc/{}/pagemap", s.pid)).ok()?)
+            }
+        };
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, s.vaddr / PAGE_SIZE * 8).ok()?;
+        (self::pfn(u64::from_le_bytes(b)) == pfn).then_some(s.offset)
     }
 
-    /// The physical page `pfn` is now stored at `offset`.
-    pub fn note(&mut self, pfn: u64, offset: u64) {
+    /// This process refers to `offset` (see [`CowPages::stored_elsewhere`]).
+    pub fn refer(&mut self, offset: u64) {
+        self.referred.insert(offset);
+    }
+
+    /// The physical page `pfn`, at `vaddr` in process `pid`, is now stored
+    /// at `offset`.
+    pub fn note(&mut self, pfn: u64, pid: i32, vaddr: u64, offset: u64) {
         if pfn != 0 {
-            self.map.entry(pfn).or_insert((self.proc, offset));
+            self.map.entry(pfn).or_insert(StoredPage {
+                proc: self.proc,
+                pid,
+                vaddr,
+                offset,
+            });
         }
     }
 }
@@ -467,11 +514,28 @@ mod tests {
             ]
         );
         assert_eq!(sums.len(), 3, "only stored pages have sums");
+        // This process's own pagemap: a page it has, at its address.
+        let page = vec![9u8; ps];
+        let at = page.as_ptr() as u64;
+        let mut pm = Pagemap::open(std::process::id() as i32).unwrap();
+        let real = pfn(pm
+            .read(at & !(PAGE_SIZE - 1), (at & !(PAGE_SIZE - 1)) + PAGE_SIZE)
+            .unwrap()[0]);
         let mut c = CowPages::default();
-        c.note(77, 5 * PAGE_SIZE);
-        assert_eq!(c.stored_elsewhere(77), None, "not its own pages");
-        c.proc = 1;
-        assert_eq!(c.stored_elsewhere(77), Some(5 * PAGE_SIZE));
+        c.note(real, std::process::id() as i32, at, 5 * PAGE_SIZE);
+        assert_eq!(c.stored_elsewhere(real), None, "not its own pages");
+        c.start(1);
+        if real != 0 {
+            // (root: physical page numbers are visible)
+            assert_eq!(c.stored_elsewhere(real), Some(5 * PAGE_SIZE));
+            c.refer(5 * PAGE_SIZE);
+            assert_eq!(c.stored_elsewhere(real), None, "one reference per process");
+            c.start(2);
+            assert_eq!(c.stored_elsewhere(real), Some(5 * PAGE_SIZE));
+        }
+        // A page that moved: the storing process has another there now.
+        c.note(real ^ 1, std::process::id() as i32, at, 6 * PAGE_SIZE);
+        assert_eq!(c.stored_elsewhere(real ^ 1), None);
         assert_eq!(c.stored_elsewhere(0), None);
     }
 }

@@ -155,22 +155,28 @@ fn is_image_pages(path: &str) -> bool {
 /// folded into the anonymous mapping before it and remembered as a range
 /// whose every page is read. (An anonymous part after it stays a mapping
 /// of its own: /proc/PID/maps shows no page offset for anonymous memory,
-/// so nothing tells the rest of one captured mapping from the next one.)
+/// so nothing tells the rest of one captured mapping from the next one.
+/// But the heap's parts are all `[heap]`, the one mapping brk made: they
+/// are joined back into one, whose end is brk.)
 pub fn fold_image_pages(maps: Vec<Mapping>, is_pages: impl Fn(&str) -> bool) -> Vec<Mapping> {
     let mut out: Vec<Mapping> = Vec::with_capacity(maps.len());
     for m in maps {
         let image = !m.shared && m.inode != 0 && is_pages(&m.path);
-        let joins = image
+        let heap_rest = m.path == "[heap]" && m.inode == 0 && !m.shared;
+        let joins = (image || heap_rest)
             && out.last().is_some_and(|c| {
                 c.end == m.start
                     && (c.read, c.write, c.exec) == (m.read, m.write, m.exec)
                     && c.inode == 0
                     && !c.shared
                     && (c.path.is_empty() || c.path == "[heap]")
+                    && (image || (c.path == "[heap]" && !c.image_pages.is_empty()))
             });
         match out.last_mut() {
             Some(c) if joins => {
-                c.image_pages.push((m.start, m.end));
+                if image {
+                    c.image_pages.push((m.start, m.end));
+                }
                 c.end = m.end;
                 c.rss_kib += m.rss_kib;
                 c.swap_kib += m.swap_kib;
@@ -561,5 +567,23 @@ mod tests {
         );
         assert_eq!(out[0].rss_kib, 8);
         assert_eq!(out[3].inode, 0);
+        // The heap: every [heap] part after a pages.img part joins too.
+        let heap = vec![
+            m(0x1000, 0x2000, "[heap]", 0),
+            m(0x2000, 0x6000, "/i/pages.img", 7),
+            m(0x6000, 0x7000, "[heap]", 0),
+            m(0x7000, 0x9000, "/i/pages.img", 7),
+            m(0x9000, 0xc000, "[heap]", 0),
+            m(0xc000, 0xd000, "", 0),
+        ];
+        let out = fold_image_pages(heap, |p| p.starts_with("/i/pages.img"));
+        let got: Vec<_> = out
+            .iter()
+            .map(|c| (c.start, c.end, c.path.as_str(), c.image_pages.len()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(0x1000, 0xc000, "[heap]", 2), (0xc000, 0xd000, "", 0)]
+        );
     }
 }

@@ -446,6 +446,9 @@ fn dump_private(
                 continue;
             }
             if let Some(off) = elsewhere(i, &cow) {
+                if let Some(c) = cow.as_deref_mut() {
+                    c.refer(off);
+                }
                 runs.add_existing(chunk_start + i as u64 * PAGE_SIZE, off);
                 counter.add(PAGE_SIZE);
                 i += 1;
@@ -474,7 +477,8 @@ fn dump_private(
             let kept = runs.add_each(addr, room, offset, |k, at| {
                 if let (Some(c), Some(at)) = (cow.as_deref_mut(), at) {
                     if pages::cow_shared(pm[first + k]) {
-                        c.note(pages::pfn(pm[first + k]), at);
+                        let vaddr = addr + (k as u64) * PAGE_SIZE;
+                        c.note(pages::pfn(pm[first + k]), pid, vaddr, at);
                     }
                 }
             });

@@ -316,3 +316,35 @@ pub fn mappable(img: &Image) -> Result<(), RestoreError> {
         ))),
     }
 }
+
+/// Can pages.img be mapped here, as `--map` would? Its filesystem must
+/// allow executable mappings (a private mapping of a file on a `noexec`
+/// mount can never be made executable: a JIT's later
+/// mprotect(PROT_EXEC) of its memory would fail), and the mappings the
+/// parts of pages.img add must stay under vm.max_map_count (the shim
+/// would otherwise fail half-way, after the point of no return).
+pub fn mappable_here(loaded: &LoadedImage, img: &Image) -> Result<(), RestoreError> {
+    let pages = loaded.pages_path();
+    let noexec = nix::sys::statvfs::statvfs(&pages)
+        .map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_NOEXEC))
+        .unwrap_or(false);
+    if noexec {
+        return Err(RestoreError::NotMappable(format!(
+            "{} is on a filesystem mounted noexec: memory mapped from it could never be made executable again (mprotect(PROT_EXEC)); restore without --map, or keep the image on another filesystem",
+            pages.display()
+        )));
+    }
+    let max = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(65_530);
+    let parts = cryo_image::mapped::mapped_parts(img);
+    let want = img.vmas().len() as u64 + 2 * parts;
+    // Room for what the program maps later.
+    if want + 1024 > max {
+        return Err(RestoreError::NotMappable(format!(
+            "its memory would be {want} mappings ({parts} parts of pages.img), too close to vm.max_map_count ({max}); restore without --map"
+        )));
+    }
+    Ok(())
+}

@@ -205,6 +205,7 @@ fn prepare_one(
             ));
         }
         checks::mappable(&img)?;
+        checks::mappable_here(&image, &img)?;
     }
     let own_status = OwnStatus::read();
     let rlimits = checks::rlimits(&img, own_status.cap_sys_resource)?;

@@ -27,6 +27,16 @@ pub(crate) fn enter(root_pid: i32) -> Result<(), RestoreError> {
     // The root's wait status, from init to `cryo restore` (init, as PID 1
     // of the namespace, cannot end by its own signal).
     let (r, w) = sys::pipe2(libc::O_CLOEXEC).map_err(|e| e.into_sys("pipe2"))?;
+    // Init's signals, set before it exists: an init gets no signal it has
+    // no handler for, and one forwarded before it is ready must wait.
+    // (The root inherits both; its restore blocks every signal, and the
+    // exec of the shim drops the handlers.)
+    let mut set = supervise::FORWARDED.to_vec();
+    set.push(libc::SIGCHLD);
+    for &sig in &set {
+        sys::catch_signal(sig).map_err(|e| e.into_sys(format!("catching signal {sig}")))?;
+    }
+    sys::block_signals(&set).map_err(|e| e.into_sys("blocking signals"))?;
     sys::unshare_pid_and_mount_ns()
         .map_err(|e| e.into_sys("unshare(CLONE_NEWPID | CLONE_NEWNS)"))?;
     match sys::fork().map_err(|e| e.into_sys("forking the PID namespace's init"))? {
@@ -63,14 +73,9 @@ pub(crate) fn enter(root_pid: i32) -> Result<(), RestoreError> {
 /// status to `cryo restore` and end (the kernel then ends the rest).
 fn init(root: i32, report: OwnedFd) -> ! {
     sys::close_from_except(3, report.as_raw_fd());
+    // (Handlers and mask inherited from `cryo restore`: see `enter`.)
     let mut set = supervise::FORWARDED.to_vec();
     set.push(libc::SIGCHLD);
-    for &sig in &set {
-        let _ = sys::catch_signal(sig);
-    }
-    if let Err(e) = sys::block_signals(&set) {
-        eprintln!("cryo restore (init): blocking signals: {e}");
-    }
     loop {
         loop {
             match sys::waitpid(-1, libc::WNOHANG) {
@@ -84,9 +89,12 @@ fn init(root: i32, report: OwnedFd) -> ! {
                 Err(_) => break,
             }
         }
-        match sys::wait_signal(&set) {
-            Ok(libc::SIGCHLD) | Err(_) => {}
-            Ok(sig) => {
+        match sys::wait_signal_info(&set) {
+            Ok((libc::SIGCHLD, _)) | Err(_) => {}
+            // The terminal's own (the root, in the same process group,
+            // has its copy); only what `cryo restore` passes on goes on.
+            Ok((_, libc::SI_KERNEL)) => {}
+            Ok((sig, _)) => {
                 let _ = sys::kill(root, sig);
             }
         }

@@ -61,9 +61,12 @@ pub(crate) fn run_reporting(child: i32, report: Option<OwnedFd>) -> ! {
                 sys::exit_now(1)
             }
         }
-        match sys::wait_signal(&set) {
-            Ok(libc::SIGCHLD) | Err(_) => {}
-            Ok(sig) => {
+        match sys::wait_signal_info(&set) {
+            Ok((libc::SIGCHLD, _)) | Err(_) => {}
+            // From the terminal to its foreground process group: the
+            // restored process, in our group, has its own copy.
+            Ok((_, libc::SI_KERNEL)) => {}
+            Ok((sig, _)) => {
                 let _ = sys::kill(child, sig);
             }
         }

@@ -122,6 +122,13 @@ fn identity(fd: usize, name: &str) -> Identity {
 /// `cryo pack` checked. The invoker's fds beyond 0-2 are closed first
 /// (as `cryo restore` closes every fd the image does not have).
 pub fn open(r: &Record) -> Args {
+    use cryo_image::handoff::flags;
+    if r.flags & !(flags::MAP | flags::SELF_UNMAP) != 0 || r.flags & flags::SELF_UNMAP == 0 {
+        die(format_args!(
+            "pack record flags {:#x}: a packed restorer finishes alone (and maps, or not)",
+            r.flags
+        ));
+    }
     syscall3(SYS_CLOSE_RANGE, 3, u32::MAX as usize, 0);
     let meta_fd = open_in(r.dir, cryo_image::META_FILE);
     let pages_fd = open_in(r.dir, cryo_image::PAGES_FILE);
@@ -154,6 +161,7 @@ pub fn open(r: &Record) -> Args {
 pub fn check_and_set(img: &Image) {
     vdso(img);
     xsave(img);
+    crate::task::check_settable(img);
     environment(img);
 }
 

@@ -216,6 +216,50 @@ fn ids(getres: usize, setfs: usize) -> [u32; 4] {
     [v[0], v[1], v[2], fs]
 }
 
+/// Can the credentials and no_new_privs be restored by this process? For
+/// a packed restorer, which has no `cryo restore` to check this before
+/// the point of no return: the same as captured, or the privilege to
+/// switch (CAP_SETUID, CAP_SETGID and CAP_SETPCAP); and no_new_privs not
+/// set here unless it was there (it cannot be cleared).
+pub fn check_settable(img: &Image) {
+    if let Some(c) = img.creds() {
+        let uid = ids(SYS_GETRESUID, SYS_SETFSUID);
+        let gid = ids(SYS_GETRESGID, SYS_SETFSGID);
+        let (eff, prm, inh) = capget();
+        let mut groups = [0u32; 1024];
+        let hn = syscall3(SYS_GETGROUPS, groups.len(), groups.as_mut_ptr() as usize, 0);
+        let n = img.groups().len();
+        let same_groups = hn >= 0
+            && hn as usize == n
+            && img
+                .groups()
+                .iter()
+                .zip(&groups[..n.min(1024)])
+                .all(|(g, h)| g.gid == *h);
+        let same = uid == c.uid
+            && gid == c.gid
+            && same_groups
+            && (eff, prm, inh) == (c.cap_eff, c.cap_prm, c.cap_inh)
+            && c.cap_amb == 0;
+        const NEEDED: u64 = (1 << 6) | (1 << 7) | (1 << 8); // SETGID, SETUID, SETPCAP
+        if !same && eff & NEEDED != NEEDED {
+            die(format_args!(
+                "the captured credentials (uid {}, gid {}, groups, capabilities) differ from this process's, which may not change them (CAP_SETUID, CAP_SETGID and CAP_SETPCAP): run it as the captured user, or restore with cryo restore as root",
+                c.uid[1], c.gid[1]
+            ));
+        }
+    }
+    if let Some(t) = img.task() {
+        const PR_GET_NO_NEW_PRIVS: usize = 39;
+        let nnp = syscall3(SYS_PRCTL, PR_GET_NO_NEW_PRIVS, 0, 0);
+        if nnp == 1 && t.no_new_privs == 0 {
+            die(format_args!(
+                "no_new_privs is set here and was not in the captured process, and it cannot be cleared: run it from a process without no_new_privs"
+            ));
+        }
+    }
+}
+
 /// The captured credentials, if they differ from the shim's (cryo
 /// restore checked it has the privilege to switch). Order matters:
 /// bounding set and groups while privileged; keep the permitted

@@ -8,11 +8,14 @@ use super::{vma_flags, vma_kind, Vma, PAGE_SIZE};
 
 /// Is this mapping's data mapped from pages.img? Private anonymous memory
 /// (heap and anonymous mappings) only. Not the stack (a file mapping
-/// cannot grow down) and not mappings whose flags only anonymous memory
-/// can have: wipe-on-fork and KSM-mergeable (madvise refuses them on a
-/// file mapping) and droppable (MAP_DROPPABLE is anonymous only).
+/// cannot grow down), not executable memory (JIT code: a file on a
+/// `noexec` mount cannot be mapped executable, and a security module may
+/// ask for more), and not mappings whose flags only anonymous memory can
+/// have: wipe-on-fork and KSM-mergeable (madvise refuses them on a file
+/// mapping) and droppable (MAP_DROPPABLE is anonymous only).
 pub fn is_mapped(v: &Vma) -> bool {
     matches!(v.kind, vma_kind::ANON_PRIVATE | vma_kind::HEAP)
+        && v.prot & super::prot::EXEC == 0
         && v.flags & (vma_flags::GROWSDOWN | vma_flags::WIPEONFORK) == 0
         && v.run_count > 0
         && v.vmflags & (super::vmflag("dp") | super::vmflag("mg") | super::vmflag("wf")) == 0
@@ -73,6 +76,20 @@ pub fn data_segments<'a>(
         }
         seg
     })
+}
+
+/// Parts of pages.img a mapped restore maps: each splits its mapping into
+/// up to two more VMAs.
+pub fn mapped_parts(img: &crate::Image) -> u64 {
+    img.vmas()
+        .iter()
+        .filter(is_mapped)
+        .map(|v| {
+            data_segments(img, &v)
+                .filter(|&(a, n, o)| mapped_part(&v, a, n, o).is_some())
+                .count() as u64
+        })
+        .sum()
 }
 
 /// Pages a mapped restore maps from pages.img rather than copies.

@@ -269,11 +269,16 @@ pub fn block_signals(sigs: &[i32]) -> io::Result<()> {
     Ok(())
 }
 
-/// sigwaitinfo for one of `sigs` (blocked): its number.
-pub fn wait_signal(sigs: &[i32]) -> io::Result<i32> {
+/// Wait for one of `sigs` (blocked); the signal and its si_code
+/// (SI_KERNEL: sent by the kernel, e.g. a terminal's ^C to its foreground
+/// process group).
+pub fn wait_signal_info(sigs: &[i32]) -> io::Result<(i32, i32)> {
     let set = sigset(sigs);
-    // SAFETY: a sigset_t we own; the siginfo is not wanted (NULL).
-    cvt(unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) })
+    // SAFETY: zeroes are a valid siginfo_t.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a sigset_t and a siginfo_t we own.
+    let sig = cvt(unsafe { libc::sigwaitinfo(&set, &mut info) })?;
+    Ok((sig, info.si_code))
 }
 
 fn sigset(sigs: &[i32]) -> libc::sigset_t {
