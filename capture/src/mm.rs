@@ -65,21 +65,7 @@ pub fn capture(
         start_data: mm.start_data,
         end_data: mm.end_data,
         start_brk: mm.start_brk,
-        // The end of the heap: of the [heap] mappings that follow each
-        // other from the first (one, unless parts of it are mapped from
-        // a pages.img: `procinfo::fold_image_pages`).
-        brk: maps
-            .iter()
-            .skip_while(|m| m.path != "[heap]")
-            .scan(None, |end: &mut Option<u64>, m| {
-                let go_on = m.path == "[heap]" && end.is_none_or(|e| e == m.start);
-                go_on.then(|| {
-                    *end = Some(m.end);
-                    m.end
-                })
-            })
-            .last()
-            .unwrap_or(mm.start_brk),
+        brk: heap_end(maps, mm.start_brk),
         start_stack: mm.start_stack,
         arg_start: mm.arg_start,
         arg_end: mm.arg_end,
@@ -113,4 +99,48 @@ pub fn capture(
         });
     }
     Ok(())
+}
+
+/// The end of the heap (brk, page-aligned): of the [heap] mappings that
+/// follow each other from the first (one, unless parts of it were mapped
+/// from a pages.img and not folded back: `procinfo::fold_image_pages`).
+fn heap_end(maps: &[Mapping], start_brk: u64) -> u64 {
+    maps.iter()
+        .skip_while(|m| m.path != "[heap]")
+        .scan(None, |end: &mut Option<u64>, m| {
+            let go_on = m.path == "[heap]" && end.is_none_or(|e| e == m.start);
+            go_on.then(|| {
+                *end = Some(m.end);
+                m.end
+            })
+        })
+        .last()
+        .unwrap_or(start_brk)
+}
+
+#[cfg(test)]
+mod heap_tests {
+    use super::*;
+
+    #[test]
+    fn brk_is_the_end_of_the_heaps_parts() {
+        let m = |start: u64, end: u64, path: &str| Mapping {
+            start,
+            end,
+            path: path.into(),
+            ..Default::default()
+        };
+        let maps = [
+            m(0x1000, 0x2000, "/bin/x"),
+            m(0x5000, 0x6000, "[heap]"),
+            m(0x6000, 0x8000, "[heap]"),
+            m(0x9000, 0xa000, ""),
+        ];
+        assert_eq!(heap_end(&maps, 0x5000), 0x8000);
+        assert_eq!(
+            heap_end(&maps[..1], 0x5000),
+            0x5000,
+            "no heap: brk = start_brk"
+        );
+    }
 }
