@@ -371,13 +371,21 @@ impl<'a> Image<'a> {
             });
         }
         self.verify_sums(sums)?;
+        // (Offsets from a damaged image may be anything: checked
+        // arithmetic, and an offset past the end is a bad page.)
+        let page_ok = |off: Option<u64>| {
+            off.and_then(|off| {
+                let end = off.checked_add(PAGE_SIZE)?;
+                let data = pages.get(usize::try_from(off).ok()?..usize::try_from(end).ok()?)?;
+                Some(checksum(data) == page_sum(sums, off / PAGE_SIZE)?)
+            })
+            .unwrap_or(false)
+        };
         for b in self.blobs() {
             for p in 0..b.pages() {
-                let off = b.off + p * PAGE_SIZE;
-                let ok = pages
-                    .get(off as usize..(off + PAGE_SIZE) as usize)
-                    .zip(page_sum(sums, off / PAGE_SIZE))
-                    .is_some_and(|(data, sum)| checksum(data) == sum);
+                let off = b.off.checked_add(p * PAGE_SIZE);
+                let ok = page_ok(off);
+                let off = off.unwrap_or(u64::MAX);
                 if !ok {
                     return Err(ImageError::BlobChecksum { offset: off });
                 }
@@ -388,14 +396,9 @@ impl<'a> Image<'a> {
                 continue;
             }
             for p in 0..r.npages as u64 {
-                let off = r.offset + p * PAGE_SIZE;
-                let ok = pages
-                    .get(off as usize..(off + PAGE_SIZE) as usize)
-                    .zip(page_sum(sums, off / PAGE_SIZE))
-                    .is_some_and(|(data, sum)| checksum(data) == sum);
-                if !ok {
+                if !page_ok(r.offset.checked_add(p * PAGE_SIZE)) {
                     return Err(ImageError::PageChecksum {
-                        vaddr: r.vaddr + p * PAGE_SIZE,
+                        vaddr: r.vaddr.wrapping_add(p * PAGE_SIZE),
                     });
                 }
             }
