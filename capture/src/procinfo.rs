@@ -125,10 +125,17 @@ pub fn parse_smaps(text: &str, path: &str) -> Result<Vec<Mapping>, ProcError> {
 
 pub fn smaps(pid: i32) -> Result<Vec<Mapping>, ProcError> {
     let path = format!("/proc/{pid}/smaps");
-    Ok(fold_image_pages(
-        parse_smaps(&read(&path)?, &path)?,
-        is_image_pages,
-    ))
+    // (Each pages.img looked at once, however many parts map it.)
+    let mut seen: std::collections::HashMap<String, bool> = Default::default();
+    let maps = parse_smaps(&read(&path)?, &path)?;
+    for m in &maps {
+        if m.path.contains("pages.img") && !seen.contains_key(&m.path) {
+            seen.insert(m.path.clone(), is_image_pages(&m.path));
+        }
+    }
+    Ok(fold_image_pages(maps, |p| {
+        seen.get(p).copied().unwrap_or(false)
+    }))
 }
 
 /// Is this mapped file a cryo image's pages.img? Its name, and (while it
