@@ -59,6 +59,7 @@ pub mod threads;
 pub mod tree;
 pub mod types;
 mod validate;
+pub mod vdso;
 #[cfg(any(feature = "std", test))]
 pub mod write;
 

@@ -45,43 +45,19 @@ pub fn vdso(img: &Image) -> Result<u64, RestoreError> {
     let p = img.process();
     let kernel = img.str(p.kernel).unwrap_or("?").to_owned();
     let own = sys::own_special_maps().map_err(|e| e.into_sys("reading /proc/self/maps"))?;
-    let (vdso, bytes) = own
-        .iter()
-        .find_map(|m| Some((m, m.vdso_bytes()?)))
-        .ok_or_else(|| RestoreError::VdsoDiffers {
-            what: "this process has no [vdso]".into(),
-            kernel: kernel.clone(),
-        })?;
-    if bytes.len() as u64 != p.vdso_len || cryo_image::checksum(bytes) != p.vdso_hash {
+    let vdso = own.iter().find_map(|m| Some((m.start(), m.vdso_bytes()?)));
+    let special = |name: &str| {
+        own.iter()
+            .find(|m| m.name() == name)
+            .map(|m| (m.start(), m.end()))
+    };
+    if let Some(d) = cryo_image::vdso::differs(img, vdso, special) {
         return Err(RestoreError::VdsoDiffers {
-            what: format!(
-                "{} bytes, hash {:#x} here vs {} bytes, hash {:#x} captured",
-                bytes.len(),
-                cryo_image::checksum(bytes),
-                p.vdso_len,
-                p.vdso_hash
-            ),
+            what: d.to_string(),
             kernel,
         });
     }
-    for name in ["[vvar]", "[vvar_vclock]"] {
-        let here = own.iter().find(|m| m.name() == name);
-        let there = img.vmas().iter().find(|v| img.str(v.name) == Some(name));
-        let ok = match (here, there) {
-            (Some(h), Some(t)) => {
-                h.end() - h.start() == t.end - t.start
-                    && vdso.start().wrapping_sub(h.start()) == p.vdso_start.wrapping_sub(t.start)
-            }
-            (None, None) => true,
-            _ => false,
-        };
-        if !ok {
-            return Err(RestoreError::VdsoDiffers {
-                what: format!("{name} size or position relative to [vdso] differs"),
-                kernel,
-            });
-        }
-    }
+    let bytes = vdso.map_or(&[][..], |(_, b)| b);
     bytes
         .windows(2)
         .position(|w| w == [0x0f, 0x05])
@@ -173,28 +149,7 @@ pub fn own_tid_offset() -> usize {
     }
 }
 
-const RLIMIT_NAMES: [&str; 16] = [
-    "RLIMIT_CPU",
-    "RLIMIT_FSIZE",
-    "RLIMIT_DATA",
-    "RLIMIT_STACK",
-    "RLIMIT_CORE",
-    "RLIMIT_RSS",
-    "RLIMIT_NPROC",
-    "RLIMIT_NOFILE",
-    "RLIMIT_MEMLOCK",
-    "RLIMIT_AS",
-    "RLIMIT_LOCKS",
-    "RLIMIT_SIGPENDING",
-    "RLIMIT_MSGQUEUE",
-    "RLIMIT_NICE",
-    "RLIMIT_RTPRIO",
-    "RLIMIT_RTTIME",
-];
-
-pub fn rlimit_name(r: u32) -> &'static str {
-    RLIMIT_NAMES.get(r as usize).copied().unwrap_or("RLIMIT_?")
-}
+pub use cryo_image::rlimit_name;
 
 fn lim_str(v: u64) -> String {
     if v == libc::RLIM_INFINITY {

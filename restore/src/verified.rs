@@ -14,25 +14,17 @@
 use crate::RestoreError;
 use cryo_image::load::LoadedImage;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// The stamp's name in the image directory.
 pub const STAMP_FILE: &str = "verified";
 
-/// One file's identity as the stamp records it.
+/// One file's identity as the stamp records it (a packed restorer's
+/// record holds the same, `pack::identity`).
 fn identity(path: &Path) -> Option<String> {
-    let md = std::fs::metadata(path).ok()?;
-    Some(format!(
-        "{}:{}:{}:{}.{:09}:{}.{:09}",
-        md.dev(),
-        md.ino(),
-        md.size(),
-        md.mtime(),
-        md.mtime_nsec(),
-        md.ctime(),
-        md.ctime_nsec()
-    ))
+    let [dev, ino, size, ms, mns, cs, cns] = crate::pack::identity(path).ok()?;
+    Some(format!("{dev}:{ino}:{size}:{ms}.{mns:09}:{cs}.{cns:09}"))
 }
 
 /// The stamp's one line for this image as it is now.

@@ -218,51 +218,23 @@ fn vdso(img: &Image) {
     syscall3(SYS_CLOSE, fd as usize, 0, 0);
     let maps = &maps[..n];
     let kernel = img.str(p.kernel).unwrap_or("?");
-    let differs = |what: core::fmt::Arguments| -> ! {
+    let here = own_special(maps, b"[vdso]").map(|(vs, ve)| {
+        // SAFETY: [vs, ve) is this process's vDSO mapping, readable.
+        let bytes = unsafe { core::slice::from_raw_parts(vs as *const u8, (ve - vs) as usize) };
+        (vs, bytes)
+    });
+    if let Some(d) = cryo_image::vdso::differs(img, here, |name| own_special(maps, name.as_bytes()))
+    {
         die(format_args!(
-            "this kernel's vDSO differs from the captured one ({what}); restore on the kernel that captured the image ({kernel})"
-        ))
-    };
-    let Some((vs, ve)) = own_special(maps, b"[vdso]") else {
-        differs(format_args!("this process has no [vdso]"))
-    };
-    // SAFETY: [vs, ve) is this process's vDSO mapping, readable.
-    let bytes = unsafe { core::slice::from_raw_parts(vs as *const u8, (ve - vs) as usize) };
-    let hash = cryo_image::checksum(bytes);
-    if bytes.len() as u64 != p.vdso_len || hash != p.vdso_hash {
-        differs(format_args!(
-            "{} bytes, hash {hash:#x} here vs {} bytes, hash {:#x} captured",
-            bytes.len(),
-            p.vdso_len,
-            p.vdso_hash
+            "this kernel's vDSO differs from the captured one ({d}); restore on the kernel that captured the image ({kernel})"
         ));
-    }
-    for name in ["[vvar]", "[vvar_vclock]"] {
-        let here = own_special(maps, name.as_bytes());
-        let there = img.vmas().iter().find(|v| img.str(v.name) == Some(name));
-        let ok = match (here, there) {
-            (Some((hs, he)), Some(t)) => {
-                he - hs == t.end - t.start
-                    && vs.wrapping_sub(hs) == p.vdso_start.wrapping_sub(t.start)
-            }
-            (None, None) => true,
-            _ => false,
-        };
-        if !ok {
-            differs(format_args!(
-                "{name} size or position relative to [vdso] differs"
-            ));
-        }
     }
 }
 
 /// The same CPU state layout: xsave size and XCR0.
 fn xsave(img: &Image) {
     let p = img.process();
-    // SAFETY: CPUID leaf 0xd exists on every x86_64 CPU with xsave, which
-    // the image was captured on (checked below by comparing).
-    #[allow(unused_unsafe)]
-    let size = unsafe { core::arch::x86_64::__cpuid_count(0xd, 0) }.ebx;
+    let size = core::arch::x86_64::__cpuid_count(0xd, 0).ebx;
     let (lo, hi): (u32, u32);
     // SAFETY: xgetbv with ecx = 0 reads XCR0; the kernel enables
     // OSXSAVE on every CPU it runs with xsave.
@@ -277,25 +249,6 @@ fn xsave(img: &Image) {
         ));
     }
 }
-
-const RLIMIT_NAMES: [&str; 16] = [
-    "RLIMIT_CPU",
-    "RLIMIT_FSIZE",
-    "RLIMIT_DATA",
-    "RLIMIT_STACK",
-    "RLIMIT_CORE",
-    "RLIMIT_RSS",
-    "RLIMIT_NPROC",
-    "RLIMIT_NOFILE",
-    "RLIMIT_MEMLOCK",
-    "RLIMIT_AS",
-    "RLIMIT_LOCKS",
-    "RLIMIT_SIGPENDING",
-    "RLIMIT_MSGQUEUE",
-    "RLIMIT_NICE",
-    "RLIMIT_RTPRIO",
-    "RLIMIT_RTTIME",
-];
 
 /// cwd, umask, personality, rlimits, scheduling, oom_score_adj and
 /// loginuid as captured; every signal's disposition back to SIG_DFL (an
@@ -342,10 +295,7 @@ fn environment(img: &Image) {
             0,
         );
         if e < 0 {
-            let name = RLIMIT_NAMES
-                .get(r.resource as usize)
-                .copied()
-                .unwrap_or("RLIMIT_?");
+            let name = cryo_image::rlimit_name(r.resource);
             die(format_args!(
                 "cannot set {name} to {}/{} (ours: {}/{}): raising a hard limit needs CAP_SYS_RESOURCE; restore from a shell with the captured limits",
                 r.cur, r.max, cur[0], cur[1]

@@ -178,6 +178,30 @@ record! {
     }
 }
 
+const RLIMIT_NAMES: [&str; 16] = [
+    "RLIMIT_CPU",
+    "RLIMIT_FSIZE",
+    "RLIMIT_DATA",
+    "RLIMIT_STACK",
+    "RLIMIT_CORE",
+    "RLIMIT_RSS",
+    "RLIMIT_NPROC",
+    "RLIMIT_NOFILE",
+    "RLIMIT_MEMLOCK",
+    "RLIMIT_AS",
+    "RLIMIT_LOCKS",
+    "RLIMIT_SIGPENDING",
+    "RLIMIT_MSGQUEUE",
+    "RLIMIT_NICE",
+    "RLIMIT_RTPRIO",
+    "RLIMIT_RTTIME",
+];
+
+/// The name of resource limit `r` (`RLIMIT_NOFILE`...).
+pub fn rlimit_name(r: u32) -> &'static str {
+    RLIMIT_NAMES.get(r as usize).copied().unwrap_or("RLIMIT_?")
+}
+
 record! {
     /// A POSIX timer (timer_create), with its current setting.
     pub struct PosixTimer {
