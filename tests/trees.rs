@@ -526,6 +526,26 @@ os.waitpid(pid, 0); print("PASS", flush=True)
         &[],
         "sharing eventfd between processes is not supported yet",
     );
+    // A pty whose slave a process outside the tree holds (an orphan).
+    let pty_outside = r#"
+import os, pty, sys
+m, s = pty.openpty()
+r, w = os.pipe()
+if os.fork() == 0:
+    if os.fork() == 0:
+        os.close(m); os.close(w); os.read(r, 1); os._exit(0)
+    os._exit(0)
+os.wait()
+os.close(s); os.close(r)
+print("READY", flush=True); sys.stdin.readline()
+os.write(m, b"x")
+print("PASS", flush=True)
+"#;
+    refused(
+        pty_outside,
+        &[],
+        "outside the captured processes; capture that process with it",
+    );
 }
 
 #[test]
@@ -552,4 +572,121 @@ fn restore_refuses_a_taken_pid_before_touching_anything() {
     let (code, last, err) = t.finish();
     assert_eq!(code, 0, "{err}");
     assert_eq!(last, "PASS tree");
+}
+
+#[test]
+fn pty_pair_keeps_its_settings_session_foreground_and_unread_bytes() {
+    let dir = scratch("tree-pty");
+    // Captured and left running: the bytes the capture read out of the
+    // terminal are back in it, and the program goes on as it was.
+    let mut t = Target::start("c-tree", &["pty"]);
+    t.wait_sleeping();
+    let img0 = dir.join("img0");
+    let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img0.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    t.poke_stdin();
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, "PASS pty"), "{err}");
+
+    // Captured, killed, restored.
+    let t = Target::start("c-tree", &["pty"]);
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+    assert!(
+        text.contains("33x101, canonical, controls session")
+            && text.contains("13 bytes typed and 33 of output unread"),
+        "{text}"
+    );
+    let pids = tree_pids(&img);
+    assert_eq!(pids.len(), 3, "{text}");
+    wait_gone(&pids);
+    for mode in [
+        &[][..],
+        &["--use-tracer"],
+        &["--lazy"],
+        &["--map"],
+        &["--pidns"],
+    ] {
+        let (code, out, err) = finish(restore(&img, mode), "x");
+        assert_eq!(code, 0, "restore {mode:?}: {out}{err}");
+        assert_eq!(out.lines().last(), Some("PASS pty"), "{mode:?}: {out}{err}");
+        wait_gone(&pids[1..]);
+    }
+}
+
+#[test]
+fn pty_pair_inside_one_process_keeps_its_unread_bytes() {
+    let script = r#"
+import os, pty, sys, termios
+m, s = pty.openpty()
+a = termios.tcgetattr(s)
+a[3] &= ~termios.ECHO
+termios.tcsetattr(s, termios.TCSANOW, a)
+os.write(m, b"typed\nand half")
+os.write(s, b"printed\n")
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+assert os.read(m, 100) == b"printed\r\n"
+os.write(m, b" a line\n")
+assert os.read(s, 100) == b"typed\n"
+assert os.read(s, 100) == b"and half a line\n"
+assert not termios.tcgetattr(s)[3] & termios.ECHO
+print("PASS", flush=True)
+"#;
+    let dir = scratch("pty-single");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn(cmd, "python3 pty");
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    wait_gone(&[]);
+    for mode in [&[][..], &["--lazy"]] {
+        let (code, out, err) = finish(restore(&img, mode), "x\n");
+        assert_eq!(code, 0, "restore {mode:?}: {out}{err}");
+        assert_eq!(out.lines().last(), Some("PASS"), "{mode:?}: {out}{err}");
+    }
+}
+
+#[test]
+fn script_runs_its_shell_under_a_pty_after_restore() {
+    // script(1) from util-linux: sh under a pty (its own session, the pty
+    // its controlling terminal), script blocking every signal for a
+    // signalfd and polling stdin, the master and the signalfd.
+    let dir = scratch("tree-script");
+    sanitize_fds();
+    let mut c = Command::new("script")
+        .args([
+            "-q",
+            "-e",
+            "-c",
+            "sh -c 'stty -echo; echo started; read x; echo got:$x; exit 3'",
+            "/dev/null",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script");
+    let mut line = String::new();
+    BufReader::new(c.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "started");
+    let img = dir.join("img");
+    capture_kill(c.id() as i32, &img);
+    let _ = c.wait();
+    let pids = tree_pids(&img);
+    assert_eq!(pids.len(), 2, "script and sh");
+    wait_gone(&pids);
+    for mode in [&[][..], &["--lazy"]] {
+        let (code, out, err) = finish(restore(&img, mode), "hello\n");
+        assert_eq!(code, 3, "restore {mode:?}: {out}{err}");
+        assert!(out.contains("got:hello"), "{mode:?}: {out}{err}");
+        wait_gone(&pids[1..]);
+    }
 }

@@ -6,7 +6,7 @@
 use crate::obstacles::Obstacles;
 use crate::procinfo::OpenFd;
 use crate::sys;
-use cryo_image::fds::Pipe;
+use cryo_image::fds::{Pipe, Pty};
 use cryo_image::write::ImageBuilder;
 use cryo_image::{fd_kind, Fd, NO_INDEX};
 use std::collections::HashMap;
@@ -139,10 +139,7 @@ fn classify(pid: i32, f: &OpenFd) -> Result<u32, String> {
                 Ok(fd_kind::NULL_DEVICE)
             } else if fmt == libc::S_IFCHR && (maj, min) == (5, 2) || t.starts_with("/dev/pts/ptmx")
             {
-                Err(format!(
-                    "fd {} is a pseudo-terminal master ({t}); pty pairs are not supported yet",
-                    f.fd
-                ))
+                Ok(fd_kind::PTY)
             } else if fmt == libc::S_IFCHR && maj == 136 && deleted {
                 Err(format!(
                     "fd {} is a terminal of a removed devpts instance ({t}); not supported",
@@ -198,6 +195,13 @@ pub fn capture(
     let mut sockets = crate::sockets::Sockets::default();
     for (i, f) in fds.iter().enumerate() {
         let kind = match classify(pid, f) {
+            // The slave of a pty whose master is captured too: made again
+            // with it.
+            Ok(fd_kind::TTY)
+                if Pty::index_of_rdev(f.rdev).is_some_and(|n| scope.pty_master_inside(n)) =>
+            {
+                fd_kind::PTY_SLAVE
+            }
             Ok(k) => k,
             Err(why) => {
                 obs.push(why);
@@ -262,6 +266,19 @@ pub fn capture(
                     crate::anonfds::capture(kind, f, b)
                 };
                 match made {
+                    Ok(i) => i,
+                    Err(why) => {
+                        obs.push(why);
+                        continue;
+                    }
+                }
+            } else {
+                b.fds[base + desc].object
+            };
+        }
+        if kind == fd_kind::PTY {
+            object = if desc == b.fds.len() - base {
+                match crate::ptys::capture(pidfd.as_ref(), f, scope, b, stored) {
                     Ok(i) => i,
                     Err(why) => {
                         obs.push(why);

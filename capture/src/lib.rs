@@ -14,6 +14,7 @@ pub mod obstacles;
 pub mod pages;
 pub mod pipes;
 pub mod procinfo;
+mod ptys;
 pub mod regs;
 pub mod remote;
 mod signals;

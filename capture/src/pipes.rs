@@ -23,6 +23,10 @@ pub struct Scope {
     /// The unix sockets of the process being inspected that are connected
     /// outside it (taken by the caller after each process).
     pub cross: Vec<crate::sockets::CrossEnd>,
+    /// Who holds each pty (scanned on first use).
+    pub(crate) ptys: Option<crate::ptys::Holders>,
+    /// Ptys whose state a process of the scope captured already, by index.
+    pub(crate) pty_state: HashMap<u32, cryo_image::fds::Pty>,
 }
 
 impl Scope {
@@ -31,6 +35,8 @@ impl Scope {
             pids,
             holders: None,
             cross: Vec::new(),
+            ptys: None,
+            pty_state: HashMap::new(),
         }
     }
 

@@ -38,7 +38,14 @@ pub fn to_regs(r: &libc::user_regs_struct) -> Regs {
 
 /// The syscall-restart fix-up (as CRIU does): a process stopped inside a
 /// system call resumes by re-executing it, or sees -EINTR where the kernel
-/// would have used a restart block, which does not survive a restore.
+/// would have used a restart block, which does not survive a restore
+/// (nanosleep, clock_nanosleep, futex waits with a timeout: callers retry
+/// or take it as an early wake-up). poll(2) with a timeout is the
+/// exception: it is executed again, with its whole timeout (its
+/// arguments are still in the registers; the time already waited is
+/// lost, as if the process had not run for that long), because a poll
+/// whose signals are all blocked can never see EINTR, and programs that
+/// block every signal for a signalfd, like script(1), take it as fatal.
 /// Returns the registers to resume with and the `process_flags` bits.
 pub fn restart_fixup(raw: &Regs) -> (Regs, u32) {
     const ERESTARTSYS: i64 = -512;
@@ -50,6 +57,11 @@ pub fn restart_fixup(raw: &Regs) -> (Regs, u32) {
         return (r, 0);
     }
     match raw.rax as i64 {
+        ERESTART_RESTARTBLOCK if raw.orig_rax == libc::SYS_poll as u64 => {
+            r.rax = raw.orig_rax;
+            r.rip = raw.rip.wrapping_sub(2);
+            (r, process_flags::IN_SYSCALL)
+        }
         ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
             r.rax = raw.orig_rax;
             r.rip = raw.rip.wrapping_sub(2);
@@ -130,6 +142,9 @@ mod tests {
         assert_eq!(f.rax as i64, -4);
         assert_eq!(f.rip, 0x1002);
         assert!(fl & process_flags::RESTART_BLOCK_EINTR != 0);
+        r.orig_rax = 7; // poll with a timeout: executed again
+        let (f, fl) = restart_fixup(&r);
+        assert_eq!((f.rax, f.rip, fl), (7, 0x1000, process_flags::IN_SYSCALL));
         r.rax = 0; // completed syscall (e.g. tgkill before a group-stop)
         assert_eq!(restart_fixup(&r), (r, 0));
         r.orig_rax = u64::MAX; // not in a syscall

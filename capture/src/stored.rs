@@ -23,6 +23,8 @@ pub enum BlobOwner {
     Pipe(usize),
     Extent(usize),
     Socket(usize),
+    PtyInput(usize),
+    PtyOutput(usize),
 }
 
 impl PendingBlob {
@@ -36,6 +38,8 @@ impl PendingBlob {
             BlobOwner::Pipe(i) => b.pipes[i].data = blob,
             BlobOwner::Extent(i) => b.extents[i].data = blob,
             BlobOwner::Socket(i) => b.sockets[i].data = blob,
+            BlobOwner::PtyInput(i) => b.ptys[i].input = blob,
+            BlobOwner::PtyOutput(i) => b.ptys[i].output = blob,
         }
     }
 }

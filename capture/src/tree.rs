@@ -526,6 +526,8 @@ fn unshareable(ins: &Inspected, f: &Fd) -> Option<String> {
         | fd_kind::NULL_DEVICE
         | fd_kind::CHAR_DEVICE
         | fd_kind::TTY
+        | fd_kind::PTY
+        | fd_kind::PTY_SLAVE
         | fd_kind::PIPE
         | fd_kind::FIFO => None,
         fd_kind::SOCKET => {

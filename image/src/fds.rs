@@ -364,3 +364,139 @@ pub fn sockaddr_display(b: &[u8]) -> std::string::String {
         f => format!("(address family {f})"),
     }
 }
+
+/// `Pty::flags` bits.
+pub mod pty_flags {
+    /// The slave could not be opened yet (unlockpt not called: TIOCGPTLCK).
+    pub const LOCKED: u32 = 1 << 0;
+    /// The master is in packet mode (TIOCPKT).
+    pub const PACKET: u32 = 1 << 1;
+    /// The terminal is in exclusive mode (TIOCEXCL).
+    pub const EXCLUSIVE: u32 = 1 << 2;
+}
+
+record! {
+    /// A pseudo-terminal pair whose master this process holds and whose
+    /// every end is in the captured processes (`Fd::object` of a PTY fd).
+    /// Restore makes a new pair (its number is whatever devpts gives),
+    /// with the same settings and the bytes that waited in it. In a tree,
+    /// every holder of the master has the record; one of them has the
+    /// bytes.
+    pub struct Pty {
+        /// Its number at capture (/dev/pts/N): slave fds (PTY_SLAVE) name
+        /// it through their `rdev`.
+        pub index: u32,
+        /// `pty_flags` bits.
+        pub flags: u32,
+        /// The terminal's termios (the kernel's struct termios).
+        pub iflag: u32,
+        pub oflag: u32,
+        pub cflag: u32,
+        pub lflag: u32,
+        pub line: u32,
+        /// Its speeds (termios2: c_ispeed, c_ospeed).
+        pub ispeed: u32,
+        pub ospeed: u32,
+        /// c_cc (19 used on Linux).
+        pub cc: [u8; 32],
+        /// Window size (TIOCGWINSZ).
+        pub rows: u32,
+        pub cols: u32,
+        pub xpixel: u32,
+        pub ypixel: u32,
+        /// The session whose controlling terminal it is (0: none), and
+        /// that session's foreground process group.
+        pub sid: u32,
+        pub fg_pgrp: u32,
+        /// Typed and not read yet: the bytes waiting on the slave side,
+        /// as the line discipline keeps them (after input processing).
+        pub input: Blob,
+        /// Written by the slave side and not read by the master yet
+        /// (after output processing).
+        pub output: Blob,
+        /// The slave's owner and permission bits (devpts gives a new pty
+        /// its opener's; grantpt and fchown change them).
+        pub uid: u32,
+        pub gid: u32,
+        pub mode: u32,
+        pub _pad: u32,
+    }
+}
+
+impl Pty {
+    /// The index of the pty whose slave has device number `rdev` (devpts:
+    /// majors 136-143), if it is one.
+    pub fn index_of_rdev(rdev: u64) -> Option<u32> {
+        let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+        let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+        (136..144)
+            .contains(&major)
+            .then(|| ((major - 136) * 256 + minor) as u32)
+    }
+}
+
+/// How the bytes that waited in a terminal are put back into one (by
+/// capture, which has to read them to copy them, and by restore): written
+/// into the other end with termios that make the line discipline keep
+/// each byte as it is (no translation, no echo, no signals), then the
+/// terminal's own termios set again. Linux's termios bits (asm-generic).
+pub mod pty_replay {
+    const BRKINT: u32 = 0o2;
+    const PARMRK: u32 = 0o10;
+    const ISTRIP: u32 = 0o40;
+    const INLCR: u32 = 0o100;
+    const IGNCR: u32 = 0o200;
+    const ICRNL: u32 = 0o400;
+    const IUCLC: u32 = 0o1000;
+    const IXON: u32 = 0o2000;
+    const IXOFF: u32 = 0o10000;
+    const IMAXBEL: u32 = 0o20000;
+    const OPOST: u32 = 0o1;
+    const ISIG: u32 = 0o1;
+    pub const ICANON: u32 = 0o2;
+    const ECHO: u32 = 0o10;
+    const ECHOE: u32 = 0o20;
+    const ECHOK: u32 = 0o40;
+    const ECHONL: u32 = 0o100;
+    const IEXTEN: u32 = 0o100000;
+    const VERASE: usize = 2;
+    const VKILL: usize = 3;
+    const VEOF: usize = 4;
+    pub const VTIME: usize = 5;
+    pub const VMIN: usize = 6;
+    const VEOL2: usize = 16;
+
+    /// (iflag, lflag) for writing input back through the master: the
+    /// same canonical mode, nothing else done to the bytes.
+    pub fn input_flags(iflag: u32, lflag: u32) -> (u32, u32) {
+        let i = iflag
+            & !(BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IUCLC | IXON | IXOFF | IMAXBEL);
+        let l = lflag & !(ISIG | ECHO | ECHOE | ECHOK | ECHONL | IEXTEN);
+        (i, l)
+    }
+
+    /// oflag for writing output back through the slave.
+    pub fn output_flags(oflag: u32) -> u32 {
+        oflag & !OPOST
+    }
+
+    /// A byte of `input` (waiting on a terminal in canonical mode) that
+    /// writing it back would not keep as it was: NUL (an end-of-file
+    /// mark reads back as one), the erase, kill and end-of-file
+    /// characters (typed quoted), the second end-of-line character
+    /// (a line end only with IEXTEN, which the replay turns off).
+    pub fn unreplayable(lflag: u32, cc: &[u8; 32], input: &[u8]) -> Option<u8> {
+        if lflag & ICANON == 0 {
+            return None;
+        }
+        let mut special = [0u8; 4];
+        special[..3].copy_from_slice(&[cc[VERASE], cc[VKILL], cc[VEOF]]);
+        if lflag & IEXTEN != 0 {
+            special[3] = cc[VEOL2];
+        }
+        input
+            .iter()
+            .copied()
+            .find(|&c| c == 0 || special.contains(&c))
+    }
+}

@@ -298,6 +298,10 @@ impl<'a> Image<'a> {
     pub fn sockopts(&self) -> Table<'a, fds::SockOpt> {
         self.table(SectionKind::SockOpts)
     }
+    /// Pseudo-terminal pairs whose master this process holds (4.1).
+    pub fn ptys(&self) -> Table<'a, fds::Pty> {
+        self.table(SectionKind::Ptys)
+    }
     /// The processes captured with this one (root image of a tree; empty
     /// for a single process).
     pub fn tree(&self) -> Table<'a, crate::tree::TreeProc> {
@@ -339,11 +343,13 @@ impl<'a> Image<'a> {
         let pipes = self.pipes();
         let ext = self.extents();
         let socks = self.sockets();
+        let ptys = self.ptys();
         pipes
             .iter()
             .map(|p| p.data)
             .chain(ext.iter().map(|e| e.data))
             .chain(socks.iter().map(|s| s.data))
+            .chain(ptys.iter().flat_map(|t| [t.input, t.output]))
             .filter(|b| b.len > 0)
     }
 

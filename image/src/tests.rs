@@ -478,3 +478,35 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn pty_index_and_replay_rules() {
+    use crate::fds::{pty_replay, Pty};
+    // glibc's makedev(136, 5), (136, 300), (137, 2); (4, 1) is not a pty.
+    let dev = |maj: u64, min: u64| ((maj & 0xfff) << 8) | (min & 0xff) | ((min & !0xff) << 12);
+    assert_eq!(Pty::index_of_rdev(dev(136, 5)), Some(5));
+    assert_eq!(Pty::index_of_rdev(dev(136, 300)), Some(300));
+    assert_eq!(Pty::index_of_rdev(dev(137, 2)), Some(258));
+    assert_eq!(Pty::index_of_rdev(dev(4, 1)), None);
+    let mut cc = [0u8; 32];
+    cc[2] = 0x7f; // VERASE
+    cc[3] = 0x15; // VKILL
+    cc[4] = 0x04; // VEOF
+    cc[16] = 0x17; // VEOL2
+    let canon = pty_replay::ICANON;
+    let iexten = 0o100000;
+    assert_eq!(pty_replay::unreplayable(canon, &cc, b"a line\nhalf"), None);
+    assert_eq!(pty_replay::unreplayable(canon, &cc, b"x\0"), Some(0));
+    assert_eq!(pty_replay::unreplayable(canon, &cc, b"ab\x7f"), Some(0x7f));
+    assert_eq!(pty_replay::unreplayable(canon, &cc, b"a\x17"), None);
+    assert_eq!(
+        pty_replay::unreplayable(canon | iexten, &cc, b"a\x17"),
+        Some(0x17)
+    );
+    // Raw mode: every byte is data.
+    assert_eq!(pty_replay::unreplayable(0, &cc, b"\0\x7f\x04"), None);
+    // The replay keeps canonical mode and drops echo, signals, translation.
+    let (i, l) = pty_replay::input_flags(0o2400 | 0o40000, canon | 0o10 | 0o1 | iexten);
+    assert_eq!((i, l), (0o40000, canon));
+    assert_eq!(pty_replay::output_flags(0o5), 0o4);
+}

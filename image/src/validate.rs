@@ -174,6 +174,7 @@ impl<'a> Image<'a> {
                 fd_kind::TIMERFD => Some(self.timerfds().len() as u32),
                 fd_kind::SIGNALFD => Some(self.signalfds().len() as u32),
                 fd_kind::SOCKET => Some(self.sockets().len() as u32),
+                fd_kind::PTY => Some(self.ptys().len() as u32),
                 _ => None,
             };
             let ok = match objects {
@@ -196,6 +197,16 @@ impl<'a> Image<'a> {
                     section: "sockets",
                     index: i as u64,
                     why: "bad pair index or address length",
+                });
+            }
+        }
+        for (i, t) in self.ptys().iter().enumerate() {
+            // A line discipline's buffer holds at most 4096 bytes.
+            if t.input.len > 4096 || t.output.len > 4096 {
+                return Err(ImageError::BadIndex {
+                    section: "ptys",
+                    index: i as u64,
+                    why: "more queued bytes than a terminal holds",
                 });
             }
         }
@@ -249,7 +260,7 @@ impl<'a> Image<'a> {
             let end = b.off.checked_add(b.pages() * PAGE_SIZE);
             if !b.off.is_multiple_of(PAGE_SIZE) || end.is_none_or(|e| e > self.header.pages_len) {
                 return Err(ImageError::BadIndex {
-                    section: "pipes/extents/sockets",
+                    section: "pipes/extents/sockets/ptys",
                     index: i as u64,
                     why: "stored bytes outside pages.img",
                 });

@@ -69,6 +69,7 @@ pub struct ImageBuilder {
     pub fanotify_marks: Vec<crate::fds::FanotifyMark>,
     pub sockets: Vec<crate::fds::Socket>,
     pub sockopts: Vec<crate::fds::SockOpt>,
+    pub ptys: Vec<crate::fds::Pty>,
     pub tree: Vec<crate::tree::TreeProc>,
     pub tree_fds: Vec<crate::tree::TreeFd>,
     pub tree_files: Vec<crate::tree::TreeFile>,
@@ -136,6 +137,9 @@ impl ImageBuilder {
             (SectionKind::Sockets, table(&self.sockets)),
             (SectionKind::SockOpts, table(&self.sockopts)),
         ];
+        if !self.ptys.is_empty() {
+            sections.push((SectionKind::Ptys, table(&self.ptys)));
+        }
         if !self.tree.is_empty() {
             sections.push((SectionKind::Tree, table(&self.tree)));
             sections.push((SectionKind::TreeFds, table(&self.tree_fds)));

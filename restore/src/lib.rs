@@ -18,6 +18,7 @@ mod locks;
 pub mod pack;
 mod pidns;
 mod pipes;
+mod ptys;
 mod sockets;
 mod stored;
 mod supervise;
@@ -114,6 +115,8 @@ pub struct Plan {
     finish: Finish,
     /// The other processes of a captured tree (this plan is its root's).
     tree: Option<Box<tree::Tree>>,
+    /// The pty pairs made again (ours until every process has its fds).
+    ptys: ptys::Ptys,
 }
 
 /// Process state `exec` applies before the shim runs, read from the image
@@ -171,7 +174,26 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
     if image.image()?.tree().len() > 1 {
         return tree::prepare(dir, image, opts);
     }
-    prepare_one(dir, image, opts, MadeFor::default())
+    let ptys = {
+        let img = image.image()?;
+        ptys::Ptys::make(
+            &[(&image, img)],
+            &[],
+            opts.same_pid || opts.pidns,
+            !opts.no_verify,
+        )?
+    };
+    let mut plan = prepare_one(
+        dir,
+        image,
+        opts,
+        MadeFor {
+            ptys: Some(&ptys),
+            ..MadeFor::default()
+        },
+    )?;
+    plan.ptys = ptys;
+    Ok(plan)
 }
 
 /// What a tree's restore made for one process: (fd, our fd) of its shared
@@ -180,6 +202,7 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
 pub(crate) struct MadeFor<'a> {
     fds: &'a [(i32, i32)],
     files: &'a [(u32, i32)],
+    ptys: Option<&'a ptys::Ptys>,
 }
 
 /// One process's plan (`made`: its fds, and the files it maps or holds,
@@ -217,6 +240,7 @@ fn prepare_one(
         opts.drop_pipe_data,
         &opts.restore_stdio,
         !opts.no_verify,
+        made.ptys,
     )?;
     fds.premade = made.files.to_vec();
     let checked = task::check(&img, &own_status)?;
@@ -254,6 +278,7 @@ fn prepare_one(
         lazy: lazy_cfg,
         finish,
         tree: None,
+        ptys: ptys::Ptys::default(),
     })
 }
 
@@ -330,6 +355,13 @@ impl Plan {
                     return e.into_sys(format!("forking the restored process with its PID {pid}"))
                 }
             }
+        }
+        // A root that led the session of a pty of the image leads one
+        // again, before it forks the rest of the tree.
+        let root = self.image().process().pid;
+        let ptys = self.tree.as_ref().map_or(&self.ptys, |t| t.ptys());
+        if let Err(e) = ptys::lead_session(ptys, root) {
+            return e;
         }
         match self.tree.take() {
             Some(t) => tree::exec(self, t),

@@ -51,11 +51,17 @@ pub(crate) struct Tree {
     members: Vec<Member>,
     /// The shared objects, ours until every process has its copies.
     _made: Vec<OwnedFd>,
+    /// The pty pairs made again.
+    ptys: crate::ptys::Ptys,
 }
 
 impl Tree {
     pub fn len(&self) -> usize {
         self.members.len()
+    }
+
+    pub fn ptys(&self) -> &crate::ptys::Ptys {
+        &self.ptys
     }
 }
 
@@ -80,21 +86,26 @@ pub(crate) fn prepare(dir: &Path, root: LoadedImage, opts: Options) -> Result<Pl
             None
         });
     }
-    let made = {
-        let img_of = |k: usize| -> Option<(&LoadedImage, Image)> {
-            let l = if k == 0 {
-                Some(&root)
-            } else {
-                images[k].as_ref()
-            };
-            l.and_then(|l| Some((l, l.image().ok()?)))
+    let img_of = |k: usize| -> Option<(&LoadedImage, Image)> {
+        let l = if k == 0 {
+            Some(&root)
+        } else {
+            images[k].as_ref()
         };
-        make_shared(&recs, &img, &img_of, &opts)?
+        l.and_then(|l| Some((l, l.image().ok()?)))
     };
+    // Ptys first: shared objects may be fds of them.
+    let ptys = {
+        let live: Vec<(&LoadedImage, Image)> = (0..recs.len()).filter_map(img_of).collect();
+        let forked: Vec<u32> = recs.iter().skip(1).map(|r| r.pid).collect();
+        crate::ptys::Ptys::make(&live, &forked, opts.same_pid || opts.pidns, !opts.no_verify)?
+    };
+    let made = make_shared(&recs, &img, &img_of, &opts, &ptys)?;
     let (no_fds, no_files) = (Vec::new(), Vec::new());
     let made_of = |pid: u32| crate::MadeFor {
         fds: made.fds.get(&pid).unwrap_or(&no_fds).as_slice(),
         files: made.files.get(&pid).unwrap_or(&no_files).as_slice(),
+        ptys: Some(&ptys),
     };
     let mut members = vec![Member {
         rec: recs[0],
@@ -135,6 +146,7 @@ pub(crate) fn prepare(dir: &Path, root: LoadedImage, opts: Options) -> Result<Pl
     plan.tree = Some(Box::new(Tree {
         members,
         _made: made.ours,
+        ptys,
     }));
     Ok(plan)
 }
@@ -208,6 +220,7 @@ fn make_shared<'a>(
     root_img: &Image,
     img_of: &dyn Fn(usize) -> Option<(&'a LoadedImage, Image<'a>)>,
     opts: &Options,
+    ptys: &crate::ptys::Ptys,
 ) -> Result<Made, RestoreError> {
     let index_of = |pid: u32| recs.iter().position(|r| r.pid == pid);
     // object -> its fds (member index, fd, pipe end)
@@ -371,7 +384,7 @@ fn make_shared<'a>(
         } else {
             &[0, 1, 2]
         };
-        let (p, _) = fds::source_one(loaded, &img, i, stdio, verify)
+        let (p, _) = fds::source_one(loaded, &img, i, stdio, verify, Some(ptys))
             .map_err(|e| in_process(recs[k].pid, e))?;
         let fd = make_one(loaded, &img, &p, verify).map_err(|e| in_process(recs[k].pid, e))?;
         give(fds, fd, &mut made);
@@ -517,6 +530,12 @@ pub(crate) fn exec(root: Plan, tree: Box<Tree>) -> RestoreError {
         return RestoreError::Tree("a process of the tree could not be made (see above)".into());
     }
     cx.bar.go(Step::Forked);
+    // Every group exists: the foreground of the terminal of a session the
+    // root leads.
+    if let Err(e) = crate::ptys::give_foreground(&tree.ptys, cx.rec(0).pid) {
+        cx.fail();
+        return crate::IntoSys::into_sys(e, "giving the terminal's foreground to its group");
+    }
     let mut hook = || -> Result<(), RestoreError> {
         let mut all_alive = || live.iter().all(|&p| alive(p));
         if !cx.bar.wait_arrived(Step::Ready, n, &mut all_alive) {
@@ -608,6 +627,8 @@ impl Cx<'_> {
     fn own_session_and_group(&self, r: TreeProc) -> std::io::Result<()> {
         if r.sid == r.pid {
             sys::setsid()?;
+            // Before it forks: its children inherit it.
+            crate::ptys::take_controlling(&self.tree.ptys, r.pid)?;
         } else if r.pgid == r.pid {
             sys::setpgid(0, 0)?;
         }
@@ -652,6 +673,14 @@ impl Cx<'_> {
                 if let Err(e) = sys::setpgid(0, want) {
                     die(format!("joining process group {want}: {e}"));
                 }
+            }
+        }
+        // Every group exists: the foreground of its terminal.
+        if r.sid == r.pid {
+            if let Err(e) = crate::ptys::give_foreground(&self.tree.ptys, r.pid) {
+                die(format!(
+                    "giving its terminal's foreground to its group: {e}"
+                ));
             }
         }
         let Some(plan) = self.tree.members[i].plan.borrow_mut().take() else {

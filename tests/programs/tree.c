@@ -22,6 +22,19 @@
  * workers that accept on both and answer each line with
  * "worker N pid P: LINE", then waits for a line on stdin ("quit") and ends
  * the workers. PASS served once they exit cleanly.
+ *
+ * `tree pty`: a program running another under a pseudo-terminal, like
+ * script(1). The root holds the master (window 33x101); a child C makes
+ * its own session with the slave as its controlling terminal, sets
+ * termios of its own (no echo, a custom erase character), forks a
+ * grandchild G in a process group of its own and gives G the
+ * foreground. Before the capture, C writes a line that the root does not
+ * read yet, and the root types a line and a half that C does not read
+ * yet. After it, the root must read C's line exactly (CR LF, as output
+ * processing made it), then types the rest of the line.
+ * The foreground group G must read both lines exactly and find the
+ * termios and window as they were; C must still lead the terminal's
+ * session, with G's group in the foreground. PASS pty.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -32,6 +45,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <termios.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -305,11 +321,110 @@ static int cow(int mib) {
   return 0;
 }
 
+static const char EARLY_OUT[] = "C wrote this before the capture\n";
+static const char EARLY_IN[] = "line one\nhalf";
+
+static void expect_read(int fd, const char *want, const char *what) {
+  size_t n = strlen(want);
+  char buf[256];
+  read_full(fd, buf, n, what);
+  if (memcmp(buf, want, n)) {
+    buf[n] = 0;
+    printf("FAIL %s: read [%s]\n", what, buf);
+    fflush(stdout);
+    _exit(1);
+  }
+}
+
+static int pty(void) {
+  int m = posix_openpt(O_RDWR | O_NOCTTY);
+  if (m < 0 || grantpt(m) || unlockpt(m)) fail("posix_openpt");
+  struct winsize ws = {.ws_row = 33, .ws_col = 101};
+  if (ioctl(m, TIOCSWINSZ, &ws)) fail("TIOCSWINSZ");
+  const char *name = ptsname(m);
+  int go[2], ready[2];
+  if (pipe(go) || pipe(ready)) fail("pipe");
+  pid_t c = fork();
+  if (c == 0) {
+    close(m);
+    close(go[1]);
+    close(ready[0]);
+    if (setsid() < 0) fail("setsid");
+    /* A session leader without a terminal that opens one takes it. */
+    int s = open(name, O_RDWR);
+    if (s < 0) fail("opening the slave");
+    struct termios t;
+    if (tcgetattr(s, &t)) fail("tcgetattr");
+    t.c_lflag &= ~(ECHO | ECHOE | ECHOK);
+    t.c_cc[VERASE] = 0x08;
+    if (tcsetattr(s, TCSANOW, &t)) fail("tcsetattr");
+    int gp[2];
+    if (pipe(gp)) fail("pipe");
+    pid_t g = fork();
+    if (g == 0) {
+      /* G reads: the foreground group does (C's own group, whose parent
+       * is in another session, is orphaned: its reads fail). */
+      char x;
+      setpgid(0, 0);
+      close(gp[1]);
+      read_full(gp[0], &x, 1, "G waiting for the foreground");
+      read_full(go[0], &x, 1, "G reading go");
+      if (tcgetpgrp(s) != getpgrp()) fail("G is not in the foreground");
+      if (tcgetsid(s) != getsid(0)) fail("G's terminal is not its session's");
+      /* Canonical mode: one line per read. */
+      char line[128];
+      ssize_t n = read(s, line, sizeof line);
+      if (n != 9 || memcmp(line, "line one\n", 9)) fail("G's first line");
+      n = read(s, line, sizeof line);
+      if (n != 10 || memcmp(line, "half more\n", 10)) fail("G's second line");
+      struct termios now;
+      if (tcgetattr(s, &now)) fail("tcgetattr after");
+      if ((now.c_lflag & (ECHO | ICANON)) != ICANON || now.c_cc[VERASE] != 0x08 ||
+          !(now.c_oflag & ONLCR))
+        fail("the termios changed");
+      struct winsize w2;
+      if (ioctl(s, TIOCGWINSZ, &w2) || w2.ws_row != 33 || w2.ws_col != 101) fail("window size");
+      if (write(s, "G ok\n", 5) != 5) fail("writing G ok");
+      _exit(0);
+    }
+    setpgid(g, g);
+    if (tcsetpgrp(s, g)) fail("tcsetpgrp");
+    if (write(gp[1], "f", 1) != 1) fail("telling G");
+    if (write(s, EARLY_OUT, sizeof EARLY_OUT - 1) != sizeof EARLY_OUT - 1) fail("writing early");
+    if (write(ready[1], "c", 1) != 1) fail("ready");
+    char x;
+    read_full(go[0], &x, 1, "C reading go");
+    if (tcgetsid(s) != getpid()) fail("C no longer leads its terminal's session");
+    if (tcgetpgrp(s) != g) fail("the foreground is no longer G's group");
+    int st;
+    if (waitpid(g, &st, 0) != g || !WIFEXITED(st) || WEXITSTATUS(st)) fail("G's status");
+    if (write(s, "C ok\n", 5) != 5) fail("writing C ok");
+    _exit(0);
+  }
+  close(go[0]);
+  close(ready[1]);
+  char x;
+  read_full(ready[0], &x, 1, "waiting for C");
+  if (write(m, EARLY_IN, sizeof EARLY_IN - 1) != sizeof EARLY_IN - 1) fail("typing early");
+  printf("READY %d\n", getpid());
+  fflush(stdout);
+  if (read(0, &x, 1) != 1) fail("reading stdin");
+  expect_read(m, "C wrote this before the capture\r\n", "the root reading C's early line");
+  if (write(m, " more\n", 6) != 6) fail("typing the rest");
+  if (write(go[1], "gg", 2) != 2) fail("go");
+  expect_read(m, "G ok\r\nC ok\r\n", "the root reading G's and C's ok");
+  int st;
+  if (waitpid(c, &st, 0) != c || !WIFEXITED(st) || WEXITSTATUS(st)) fail("C's status");
+  printf("PASS pty\n");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc > 2 && !strcmp(argv[1], "cow")) return cow(atoi(argv[2]));
   if (argc > 1 && !strcmp(argv[1], "family")) return family();
   if (argc > 2 && !strcmp(argv[1], "prefork")) return prefork(argv[2]);
-  fprintf(stderr, "usage: tree family | tree prefork SOCKET_PATH\n");
+  if (argc > 1 && !strcmp(argv[1], "pty")) return pty();
+  fprintf(stderr, "usage: tree family | tree prefork SOCKET_PATH | tree pty\n");
   return 2;
 }

@@ -9,8 +9,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 pub mod buf;
 pub mod ptrace;
 pub mod sock;
+pub mod tty;
 
-fn cvt(r: libc::c_long) -> io::Result<libc::c_long> {
+pub(crate) fn cvt(r: libc::c_long) -> io::Result<libc::c_long> {
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {

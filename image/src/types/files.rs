@@ -62,6 +62,13 @@ pub mod fd_kind {
     /// (4.0) A pidfd of another process of the tree, whose PID is
     /// `Fd::object`.
     pub const PIDFD: u32 = 17;
+    /// (4.1) The master of a pseudo-terminal pair whose every end is in
+    /// the captured processes (its state: `ptys`, at `Fd::object`).
+    pub const PTY: u32 = 18;
+    /// (4.1) The other end (/dev/pts/N) of such a pair: `rdev` names the
+    /// pty (its `Pty::index`), whose record is in the image of a holder
+    /// of its master.
+    pub const PTY_SLAVE: u32 = 19;
 
     pub fn name(k: u32) -> &'static str {
         match k {
@@ -76,6 +83,8 @@ pub mod fd_kind {
             FANOTIFY => "fanotify",
             SOCKET => "socket",
             PIDFD => "pidfd",
+            PTY => "pty master",
+            PTY_SLAVE => "pty",
             REGULAR => "file",
             CHAR_DEVICE => "chardev",
             PIPE => "pipe",

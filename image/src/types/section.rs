@@ -66,10 +66,12 @@ pub enum SectionKind {
     TreeFds = 33,
     /// Format 4.0: files made from the image that processes of the tree share.
     TreeFiles = 34,
+    /// Format 4.1: pseudo-terminal pairs ([`crate::fds::Pty`]).
+    Ptys = 35,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 34] = [
+    pub const ALL: [SectionKind; 35] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -104,6 +106,7 @@ impl SectionKind {
         SectionKind::Tree,
         SectionKind::TreeFds,
         SectionKind::TreeFiles,
+        SectionKind::Ptys,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -144,6 +147,7 @@ impl SectionKind {
             SectionKind::Tree => "tree",
             SectionKind::TreeFds => "tree_fds",
             SectionKind::TreeFiles => "tree_files",
+            SectionKind::Ptys => "ptys",
         }
     }
     /// Record size this reader knows for the section (1 for byte blobs).
@@ -183,6 +187,7 @@ impl SectionKind {
             SectionKind::Tree => crate::tree::TreeProc::SIZE,
             SectionKind::TreeFds => crate::tree::TreeFd::SIZE,
             SectionKind::TreeFiles => crate::tree::TreeFile::SIZE,
+            SectionKind::Ptys => crate::fds::Pty::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -231,6 +236,8 @@ impl SectionKind {
             SectionKind::Tree => 4096,
             SectionKind::TreeFds => 1 << 24,
             SectionKind::TreeFiles => 1 << 24,
+            // devpts allows 4096 ptys by default (kernel.pty.max).
+            SectionKind::Ptys => 1 << 20,
         }
     }
     /// Sections every valid image must have.

@@ -144,6 +144,8 @@ struct Cx<'a> {
     drop_pipe_data: bool,
     restore_stdio: &'a [i32],
     verify: bool,
+    /// The pty pairs made again (`crate::ptys`).
+    ptys: Option<&'a crate::ptys::Ptys>,
 }
 
 /// One fd's plan failed: the error names it.
@@ -173,6 +175,7 @@ pub fn plan(
     drop_pipe_data: bool,
     restore_stdio: &[i32],
     verify: bool,
+    ptys: Option<&crate::ptys::Ptys>,
 ) -> Result<Plan, RestoreError> {
     let fds: Vec<cryo_image::Fd> = img.fds().iter().collect();
     let cx = Cx {
@@ -184,6 +187,7 @@ pub fn plan(
         drop_pipe_data,
         restore_stdio,
         verify,
+        ptys,
     };
     let mut out = Plan::default();
     for (i, f) in fds.iter().enumerate() {
@@ -215,6 +219,7 @@ pub(crate) fn source_one(
     i: usize,
     restore_stdio: &[i32],
     verify: bool,
+    ptys: Option<&crate::ptys::Ptys>,
 ) -> Result<(FdPlan, Plan), RestoreError> {
     let fds: Vec<cryo_image::Fd> = img.fds().iter().collect();
     let cx = Cx {
@@ -226,6 +231,7 @@ pub(crate) fn source_one(
         drop_pipe_data: false,
         restore_stdio,
         verify,
+        ptys,
     };
     let f = fds[i];
     let target = img.str(f.target).unwrap_or("").to_owned();
@@ -384,6 +390,7 @@ fn source_of(
             flags,
         }),
         fd_kind::TTY => plan_tty(f, target, flags, err),
+        fd_kind::PTY | fd_kind::PTY_SLAVE => crate::ptys::source(cx.ptys, f, img, flags, err),
         fd_kind::PIDFD => Ok(Source::Pidfd {
             pid: f.object as i32,
             flags,

@@ -22,6 +22,7 @@ mod fd;
 mod own;
 mod process;
 mod sock;
+pub mod tty;
 
 pub use anon::*;
 pub use barrier::{Barrier, Step};

@@ -45,6 +45,11 @@ pub fn setsid() -> io::Result<()> {
     Ok(())
 }
 
+/// getsid(0): our session.
+pub fn getsid() -> io::Result<i32> {
+    Ok(nix::unistd::getsid(None)?.as_raw())
+}
+
 /// waitpid(pid, flags): (the pid, its raw status) of the first change.
 pub fn waitpid(pid: i32, flags: i32) -> io::Result<(i32, i32)> {
     let mut st = 0;

@@ -50,13 +50,14 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
                    "file": (f.file != cryo_image::NO_INDEX).then_some(f.file)})
         })
         .collect();
+    let ptys: Vec<cryo_image::fds::Pty> = img.ptys().iter().collect();
     let (mut data, mut zero) = (0u64, 0u64);
     for v in img.vmas().iter() {
         let (d, z) = vma_pages(img, &v);
         data += d;
         zero += z;
     }
-    json!({
+    let mut v = json!({
         "dir": loaded.dir,
         "format": {"major": img.header.major, "minor": img.header.minor},
         "meta_bytes": img.header.meta_len,
@@ -143,7 +144,10 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
             },
             "signo": q.signo, "name": signame(q.signo), "shared": q.shared != 0,
             "code": q.info[1] as u32 as i32, "value": q.info[3]})).collect::<Vec<_>>(),
-    })
+    });
+    // (Past the json! macro's recursion limit.)
+    v["ptys"] = json!(ptys);
+    v
 }
 
 /// The processes of a tree and what they share.

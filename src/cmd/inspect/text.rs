@@ -528,6 +528,45 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
             let opts = img.sockopts().iter().filter(|x| x.sock == f.object).count();
             out + &format!(", {opts} options]")
         }),
+        fd_kind::PTY => img.ptys().get(o).map_or(String::new(), |t| {
+            use cryo_image::fds::{pty_flags, pty_replay};
+            let mut out = format!(
+                " [/dev/pts/{}, {}x{}, {}",
+                t.index,
+                t.rows,
+                t.cols,
+                if t.lflag & pty_replay::ICANON != 0 {
+                    "canonical"
+                } else {
+                    "raw"
+                }
+            );
+            if t.sid != 0 {
+                out += &format!(", controls session {} (foreground {})", t.sid, t.fg_pgrp);
+            }
+            for (bit, name) in [
+                (pty_flags::LOCKED, "locked"),
+                (pty_flags::PACKET, "packet mode"),
+                (pty_flags::EXCLUSIVE, "exclusive"),
+            ] {
+                if t.flags & bit != 0 {
+                    out += &format!(", {name}");
+                }
+            }
+            if t.input.len + t.output.len > 0 {
+                out += &format!(
+                    ", {} bytes typed and {} of output unread",
+                    t.input.len, t.output.len
+                );
+            }
+            out + ", made again with a new number]"
+        }),
+        fd_kind::PTY_SLAVE => match cryo_image::fds::Pty::index_of_rdev(f.rdev) {
+            Some(n) => {
+                format!(" [slave of /dev/pts/{n}, whose master is captured: made again with it]")
+            }
+            None => String::new(),
+        },
         _ => String::new(),
     }
 }
