@@ -4,8 +4,7 @@
 //! whose workers share listening sockets, Python's multiprocessing.Pool,
 //! a socket pair (bytes queued) and shared anonymous memory between a
 //! parent and its child (pidfds: CRIU's zdtm tests); and the refusals (a
-//! child with --single, a connection through a named socket between
-//! processes, an eventfd two processes hold, a PID taken at restore),
+//! child with --single, an eventfd two processes hold, a PID taken at restore),
 //! each leaving the tree as it was.
 
 mod support;
@@ -490,27 +489,6 @@ os.waitpid(pid, 0); print("PASS", flush=True)
         &["--single"],
         "--single captures one process only",
     );
-    // A connection through a named unix socket, between processes.
-    let named = r#"
-import os, socket, sys
-path = "/tmp/cryo-tree-named-%d" % os.getpid()
-srv = socket.socket(socket.AF_UNIX)
-srv.bind(path)
-srv.listen()
-pid = os.fork()
-if pid == 0:
-    c = socket.socket(socket.AF_UNIX); c.connect(path)
-    sys.stdin.readline(); os._exit(0)
-conn, _ = srv.accept()
-os.unlink(path)
-print("READY", flush=True); sys.stdin.readline()
-os.waitpid(pid, 0); print("PASS", flush=True)
-"#;
-    refused(
-        named,
-        &[],
-        "only an unnamed pair between processes of one tree is",
-    );
     // An eventfd both processes hold.
     let efd = r#"
 import os, sys
@@ -688,5 +666,121 @@ fn script_runs_its_shell_under_a_pty_after_restore() {
         assert_eq!(code, 3, "restore {mode:?}: {out}{err}");
         assert!(out.contains("got:hello"), "{mode:?}: {out}{err}");
         wait_gone(&pids[1..]);
+    }
+}
+
+#[test]
+fn connection_through_a_named_socket_between_processes_comes_back() {
+    // A server and its client in one tree, connected through the server's
+    // listening socket, bytes waiting each way, the client's side shut
+    // down for writing; the listener still takes new connections after
+    // the restore, and every end keeps its address.
+    let script = r#"
+import os, socket, sys
+path = "/tmp/cryo-tree-named-%d" % os.getpid()
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(path)
+srv.listen()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(w)
+    c = socket.socket(socket.AF_UNIX)
+    c.connect(path)
+    c.sendall(b"from the client")
+    c.shutdown(socket.SHUT_WR)
+    os.read(r, 1)
+    assert c.getpeername() == path, c.getpeername()
+    assert c.recv(100) == b"from the server"
+    assert c.recv(100) == b""
+    os._exit(0)
+os.close(r)
+conn, _ = srv.accept()
+conn.sendall(b"from the server")
+while len(conn.recv(100, socket.MSG_PEEK)) < 15:
+    pass
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+assert conn.getsockname() == path, conn.getsockname()
+assert conn.recv(100) == b"from the client"
+assert conn.recv(100) == b""
+conn.shutdown(socket.SHUT_WR)
+os.write(w, b"g")
+_, st = os.waitpid(pid, 0)
+assert st == 0, st
+c2 = socket.socket(socket.AF_UNIX)
+c2.connect(path)
+a2, _ = srv.accept()
+c2.sendall(b"new")
+assert a2.recv(10) == b"new"
+os.unlink(path)
+print("PASS", flush=True)
+"#;
+    let dir = scratch("tree-named");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn(cmd, "python3 named");
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    let pids = tree_pids(&img);
+    wait_gone(&pids);
+    for mode in [&[][..], &["--lazy"], &["--same-pid"]] {
+        let (code, out, err) = finish(restore(&img, mode), "x\n");
+        assert_eq!(code, 0, "restore {mode:?}: {out}{err}");
+        assert_eq!(out.lines().last(), Some("PASS"), "{mode:?}: {out}{err}");
+        wait_gone(&pids[1..]);
+    }
+}
+
+#[test]
+fn connections_through_named_sockets_inside_one_process_come_back() {
+    // One process connected to its own listeners, one on a path and one
+    // on an abstract name (two connections on it): each end keeps its
+    // address and its bytes, the listeners take new connections.
+    let script = r#"
+import os, socket, sys
+path = "/tmp/cryo-named-self-%d" % os.getpid()
+abstract = "\0cryo-named-self-%d" % os.getpid()
+ends = []
+for name, n in ((path, 1), (abstract, 2)):
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(name)
+    srv.listen()
+    for i in range(n):
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(name)
+        a, _ = srv.accept()
+        c.sendall(b"to server %d" % i)
+        a.sendall(b"to client %d" % i)
+        ends.append((name, srv, a, c, i))
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+for name, srv, a, c, i in ends:
+    want = name.encode() if name.startswith("\0") else name
+    assert a.getsockname() == want and c.getpeername() == want, (a.getsockname(), c.getpeername())
+    assert a.recv(100) == b"to server %d" % i
+    assert c.recv(100) == b"to client %d" % i
+    n = socket.socket(socket.AF_UNIX)
+    n.connect(name)
+    b, _ = srv.accept()
+    n.sendall(b"new")
+    assert b.recv(10) == b"new"
+os.unlink(path)
+print("PASS", flush=True)
+"#;
+    let dir = scratch("named-self");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn(cmd, "python3 named-self");
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    for mode in [&[][..], &["--lazy"]] {
+        let (code, out, err) = finish(restore(&img, mode), "x\n");
+        assert_eq!(code, 0, "restore {mode:?}: {out}{err}");
+        assert_eq!(out.lines().last(), Some("PASS"), "{mode:?}: {out}{err}");
     }
 }

@@ -427,9 +427,10 @@ fn opt(index: usize, level: i32, name: i32, bytes: &[u8]) -> SockOpt {
 }
 
 /// Pair up the connected unix sockets: both ends here make a pair (with
-/// the bytes queued in a stream pair); a datagram socket connected to a
-/// named socket elsewhere is connected again by address; anything else
-/// is refused.
+/// the bytes queued in a stream pair; a stream connection made through
+/// a named socket is a pair whose ends keep their addresses); a datagram
+/// socket connected to a named socket elsewhere is connected again by
+/// address; anything else is refused.
 /// `cross`: in a tree, where the unnamed unix sockets connected outside
 /// the process go (None: each is an obstacle).
 pub fn link(
@@ -453,16 +454,10 @@ pub fn link(
                 b.sockets[c.index].state = socket_state::CONNECTED;
             }
             Some(o) if mutual => {
-                if c.diag.shutdown != 0 || o.diag.shutdown != 0 {
+                b.sockets[c.index].shutdown = u32::from(c.diag.shutdown & 3);
+                if !stream && (s.addr_len > 2 || b.sockets[o.index].addr_len > 2) {
                     obs.push(format!(
-                        "fd {} ({what}, one end of a pair with fd {}) is shut down in one direction; not supported yet",
-                        c.fd, o.fd
-                    ));
-                    continue;
-                }
-                if s.addr_len > 2 || b.sockets[o.index].addr_len > 2 {
-                    obs.push(format!(
-                        "fd {} ({what}) is connected to fd {} through a named socket (an accepted connection); only unnamed pairs (socketpair) are restored",
+                        "fd {} ({what}) is connected to fd {} and one of them has a name; only unnamed datagram pairs (socketpair) are restored",
                         c.fd, o.fd
                     ));
                     continue;
@@ -523,16 +518,20 @@ pub fn link(
                     )
                 } else {
                     format!(
-                        "fd {} ({what}) is connected to {to}, outside the process; cryo cannot connect it again (only an unnamed pair between processes of one tree is)",
+                        "fd {} ({what}) is connected to {to}, outside the process; cryo cannot connect it again (only a pair or connection between processes it captures)",
                         c.fd
                     )
                 };
-                let unnamed = s.addr_len <= 2 && s.peer_len <= 2 && c.diag.peer != 0;
+                // An unnamed pair's end, or a stream connection (through a
+                // named socket, accepted or connecting): its other end may
+                // be in another process of the tree.
+                let pairable = c.diag.peer != 0 && (stream || (s.addr_len <= 2 && s.peer_len <= 2));
                 match cross.as_deref_mut() {
-                    Some(v) if unnamed => {
+                    Some(v) if pairable => {
                         // One end of a pair whose other end is elsewhere
                         // (the tree's pass finds it, or refuses it).
                         b.sockets[c.index].state = socket_state::PAIR;
+                        b.sockets[c.index].shutdown = u32::from(c.diag.shutdown & 3);
                         let dup = match c.dup.try_clone() {
                             Ok(d) => d,
                             Err(e) => {

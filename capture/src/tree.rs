@@ -475,14 +475,6 @@ fn socket_pairs(
             else {
                 continue;
             };
-            if c.shutdown != 0 {
-                obs.push(format!(
-                    "process {}: fd {} (one end of a socket pair between processes) is shut down in one direction; not supported yet",
-                    procs[p].0, c.fd
-                ));
-                ok = false;
-                continue;
-            }
             match c.queued() {
                 Ok(bytes) if !bytes.is_empty() => queued.push((p, c.index, bytes)),
                 Ok(_) => {}

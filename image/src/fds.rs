@@ -293,6 +293,10 @@ record! {
         pub peer: [u64; 16],
         /// PAIR, stream: the bytes waiting to be read from this end.
         pub data: Blob,
+        /// (5.0) PAIR: how the end was shut down (shutdown(2), as
+        /// unix_diag shows it: 1 for reading, 2 for writing).
+        pub shutdown: u32,
+        pub _pad: u32,
     }
 }
 

@@ -190,13 +190,14 @@ impl<'a> Image<'a> {
         let nsocks = self.sockets().len() as u32;
         for (i, s) in self.sockets().iter().enumerate() {
             let ok = (s.pair == NO_INDEX || (s.pair < nsocks && s.pair != i as u32))
+                && s.shutdown <= 3
                 && s.addr_len <= 128
                 && s.peer_len <= 128;
             if !ok {
                 return Err(ImageError::BadIndex {
                     section: "sockets",
                     index: i as u64,
-                    why: "bad pair index or address length",
+                    why: "bad pair index, shutdown or address length",
                 });
             }
         }

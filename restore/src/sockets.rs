@@ -1,8 +1,9 @@
 //! Sockets made again: a new socket of the same family, type and
 //! protocol, its options where a new socket's differ (each checked after
 //! setting), then bound to its address, listening with its backlog, or
-//! connected again; a unix pair is made with socketpair(2) and gets the
-//! bytes that were queued in each end.
+//! connected again; a unix pair is made with socketpair(2), or, if it was
+//! connected through a named socket, connected again through one at the
+//! same address, and gets the bytes that were queued in each end.
 //!
 //! An address must be free: `plan` checks every TCP/UDP address and unix
 //! path before anything is made (a unix path whose socket file nobody
@@ -287,6 +288,78 @@ fn bind(s: &Socket, fd: BorrowedFd) -> Result<(), Why> {
     listen()
 }
 
+/// The two ends of a connected unix pair, as `sa` and `sb` were: made
+/// with socketpair(2) when neither has a name; else connected through a
+/// listener made for the moment at the address of the end that was
+/// accepted (whose own address is the other's peer), so that each end's
+/// own and peer address read as they did. The listener is closed at
+/// once; a socket file it left where there was none is removed (the
+/// program's own listener, if it has one, is made again afterwards, and
+/// takes the path as a stale one).
+fn connected(sa: &Socket, sb: &Socket) -> Result<(OwnedFd, OwnedFd), Why> {
+    let (family, ty) = (sa.family as i32, sa.sock_type as i32);
+    if sa.addr_len <= 2 && sb.addr_len <= 2 {
+        return sys::socketpair(family, ty).map_err(|e| Why::sys("socketpair", e));
+    }
+    // (Both named: either may take the listener's part; the addresses
+    // come out the same.)
+    let a_accepted = sa.addr_len > 2 && addr_of(sa) == peer_of(sb);
+    let (srv, cli) = if a_accepted { (sa, sb) } else { (sb, sa) };
+    let at = addr_of(srv);
+    if at != peer_of(cli) || (cli.addr_len > 2 && addr_of(cli) != peer_of(srv)) {
+        return Err("the two ends' addresses do not name each other".into());
+    }
+    let path = unix_path(&at);
+    let existed = path.as_ref().is_some_and(|p| p.symlink_metadata().is_ok());
+    let listener = sys::socket(family, ty, 0).map_err(|e| Why::sys("socket", e))?;
+    let tmp = Socket {
+        state: socket_state::LISTENING,
+        backlog: 1,
+        ..*srv
+    };
+    bind(&tmp, listener.as_fd())?;
+    let made = (|| -> Result<(OwnedFd, OwnedFd), Why> {
+        let c = sys::socket(family, ty, 0).map_err(|e| Why::sys("socket", e))?;
+        if cli.addr_len > 2 {
+            let tmp = Socket {
+                state: socket_state::BOUND,
+                ..*cli
+            };
+            bind(&tmp, c.as_fd())?;
+        }
+        sys::connect(c.as_fd(), &at)
+            .map_err(|e| Why::sys(format!("connecting to {} again", sockaddr_display(&at)), e))?;
+        let s = sys::accept(listener.as_fd()).map_err(|e| Why::sys("accept", e))?;
+        Ok((s, c))
+    })();
+    drop(listener);
+    if let Some(p) = path.filter(|_| !existed) {
+        let _ = std::fs::remove_file(p);
+    }
+    let (s, c) = made?;
+    Ok(if a_accepted { (s, c) } else { (c, s) })
+}
+
+/// Shut an end of a pair down as it was (after its queued bytes are
+/// back): `bits` as unix_diag shows them, 1 for reading, 2 for writing.
+/// (A stream end's shutdown shows on its peer too, mirrored, as it did.)
+fn shut(fd: BorrowedFd, bits: u32) -> Result<(), Why> {
+    let how = match bits & 3 {
+        0 => return Ok(()),
+        1 => libc::SHUT_RD,
+        2 => libc::SHUT_WR,
+        _ => libc::SHUT_RDWR,
+    };
+    sys::shutdown(fd, how).map_err(|e| Why::sys("shutdown", e))
+}
+
+/// Whether socket `object` is one end of a pair made inside the process.
+pub(crate) fn is_pair(img: &Image, object: u32) -> bool {
+    img.sockets()
+        .get(object as usize)
+        .is_some_and(|s| s.state == socket_state::PAIR)
+}
+
 /// Make socket `object` of plan `p`; the fd (ours, to be installed).
 /// `pairs` holds the other ends of unix pairs made before their own fd.
 pub(crate) fn make(
@@ -307,14 +380,13 @@ pub(crate) fn make(
         match pairs.iter().position(|(i, _)| *i == object) {
             Some(k) => pairs.swap_remove(k).1,
             None => {
-                let (a, b) = sys::socketpair(s.family as i32, s.sock_type as i32)
-                    .map_err(|e| sysw("socketpair", e))?;
-                set_options(img, object, a.as_fd()).map_err(|w| fd_err(p, w))?;
-                set_options(img, s.pair, b.as_fd()).map_err(|w| fd_err(p, w))?;
                 let other = img
                     .sockets()
                     .get(s.pair as usize)
                     .ok_or_else(|| fd_err(p, "its pair is missing from the image"))?;
+                let (a, b) = connected(&s, &other).map_err(|w| fd_err(p, w))?;
+                set_options(img, object, a.as_fd()).map_err(|w| fd_err(p, w))?;
+                set_options(img, s.pair, b.as_fd()).map_err(|w| fd_err(p, w))?;
                 // What waited to be read from an end is sent by the other.
                 for (data, from) in [(s.data, b.as_fd()), (other.data, a.as_fd())] {
                     if data.len > 0 {
@@ -325,6 +397,8 @@ pub(crate) fn make(
                             .map_err(|e| sysw("putting the queued bytes back", e))?;
                     }
                 }
+                shut(a.as_fd(), s.shutdown).map_err(|w| fd_err(p, w))?;
+                shut(b.as_fd(), other.shutdown).map_err(|w| fd_err(p, w))?;
                 pairs.push((s.pair, b));
                 a
             }
@@ -375,8 +449,7 @@ pub(crate) fn make_pair(
     let (Some(sa), Some(sb)) = (sock(ends[0]), sock(ends[1])) else {
         return Err(err(ends[0], "no socket state in the image".into()));
     };
-    let (a, b) = sys::socketpair(sa.family as i32, sa.sock_type as i32)
-        .map_err(|e| err(ends[0], Why::sys("socketpair", e)))?;
+    let (a, b) = connected(&sa, &sb).map_err(|w| err(ends[0], w))?;
     for (e, fd) in [(ends[0], a.as_fd()), (ends[1], b.as_fd())] {
         set(e, fd).map_err(|w| err(e, w))?;
     }
@@ -390,7 +463,8 @@ pub(crate) fn make_pair(
                 .map_err(|x| err(e, Why::sys("putting the queued bytes back", x)))?;
         }
     }
-    for (e, fd) in [(ends[0], &a), (ends[1], &b)] {
+    for (e, s, fd) in [(ends[0], sa, &a), (ends[1], sb, &b)] {
+        shut(fd.as_fd(), s.shutdown).map_err(|w| err(e, w))?;
         set_status_flags(fd.as_raw_fd(), e.fd.flags as i32).map_err(|x| err(e, Why::from(x)))?;
     }
     Ok((a, b))

@@ -29,7 +29,7 @@
 use crate::fds::{self, FdPlan, PipeMake, Source};
 use crate::sys::{self, Barrier, Forked, Step};
 use crate::{Options, Plan, RestoreError};
-use cryo_image::fds::pipe_flags;
+use cryo_image::fds::{pipe_flags, socket_state};
 use cryo_image::load::LoadedImage;
 use cryo_image::tree::{proc_dir, proc_state, TreeProc};
 use cryo_image::{fd_kind, Image};
@@ -367,6 +367,70 @@ fn make_shared<'a>(
         let (ea, eb) = crate::sockets::make_pair([&a, &b], verify)?;
         give(fa, ea.into_raw_fd(), &mut made);
         give(fb, eb.into_raw_fd(), &mut made);
+    }
+    // Pairs inside one process that were connected through a named
+    // socket: made here as well, before any process makes a listener
+    // (which would hold the name their making borrows for a moment).
+    for (k, rec) in recs.iter().enumerate() {
+        let Some((loaded, img)) = img_of(k) else {
+            continue;
+        };
+        let fds: Vec<cryo_image::Fd> = img.fds().iter().collect();
+        let socks = img.sockets();
+        let named = |o: u32| socks.get(o as usize).is_some_and(|s| s.addr_len > 2);
+        for (i, f) in fds.iter().enumerate() {
+            let Some(s) = socks.get(f.object as usize) else {
+                continue;
+            };
+            let first =
+                |g: &cryo_image::Fd| g.kind == fd_kind::SOCKET && fds[g.desc as usize].fd == g.fd;
+            if !first(f)
+                || f.desc as usize != i
+                || s.state != socket_state::PAIR
+                || s.pair <= f.object
+            {
+                continue;
+            }
+            if !(named(f.object) || named(s.pair)) {
+                continue;
+            }
+            let Some(g) = fds.iter().find(|g| first(g) && g.object == s.pair) else {
+                continue;
+            };
+            let holders = |d: &cryo_image::Fd| -> Vec<(usize, i32, u32)> {
+                fds.iter()
+                    .filter(|h| h.desc == d.desc)
+                    .map(|h| (k, h.fd, 0))
+                    .collect()
+            };
+            let (ha, hb) = (holders(f), holders(g));
+            let taken = |h: &[(usize, i32, u32)]| {
+                h.iter().any(|&(_, n, _)| {
+                    objects
+                        .values()
+                        .any(|v| v.iter().any(|&(kk, nn, _)| kk == k && nn == n))
+                })
+            };
+            if taken(&ha) || taken(&hb) {
+                continue;
+            }
+            let ends = [
+                crate::sockets::PairEnd {
+                    loaded,
+                    img,
+                    fd: *f,
+                },
+                crate::sockets::PairEnd {
+                    loaded,
+                    img,
+                    fd: *g,
+                },
+            ];
+            let (ea, eb) = crate::sockets::make_pair([&ends[0], &ends[1]], verify)
+                .map_err(|e| in_process(rec.pid, e))?;
+            give(&ha, ea.into_raw_fd(), &mut made);
+            give(&hb, eb.into_raw_fd(), &mut made);
+        }
     }
     // Everything else: made as the first holder (the root, where it holds
     // it) would make it alone.

@@ -48,7 +48,19 @@ pub fn install(
     let mut given: Vec<u32> = Vec::new();
     let mut remade: Vec<(String, i32)> = Vec::new();
     let mut pairs = Vec::new();
-    for p in plans {
+    // Socket pairs first: one that was connected through a named socket
+    // is connected again through a listener made for the moment at that
+    // name, which the program's own listener, made later, then takes over.
+    let mut early: Vec<(usize, i32)> = Vec::new();
+    for (k, p) in plans.iter().enumerate() {
+        if let Source::Socket { sock, flags } = &p.source {
+            if crate::sockets::is_pair(img, *sock) {
+                let fd = crate::sockets::make(loaded, img, p, *sock, *flags, &mut pairs, verify)?;
+                early.push((k, park(fd, high)?));
+            }
+        }
+    }
+    for (k, p) in plans.iter().enumerate() {
         let src = match &p.source {
             Source::Keep => -1,
             Source::SameAs(i) => parked[*i],
@@ -151,10 +163,13 @@ pub fn install(
                 object,
                 flags,
             } => park(crate::anonfds::make(img, p, *kind, *object, *flags)?, high)?,
-            Source::Socket { sock, flags } => park(
-                crate::sockets::make(loaded, img, p, *sock, *flags, &mut pairs, verify)?,
-                high,
-            )?,
+            Source::Socket { sock, flags } => match early.iter().find(|(j, _)| *j == k) {
+                Some(&(_, fd)) => fd,
+                None => park(
+                    crate::sockets::make(loaded, img, p, *sock, *flags, &mut pairs, verify)?,
+                    high,
+                )?,
+            },
             Source::Pidfd { pid, flags } => {
                 let fd = sys::pidfd_open_flags(*pid, flags & libc::O_NONBLOCK)
                     .map_err(|e| fd_err(p, Why::sys(format!("pidfd_open({pid})"), e)))?;

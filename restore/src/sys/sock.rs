@@ -87,6 +87,29 @@ pub fn listen(fd: BorrowedFd, backlog: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// accept4(fd, NULL, NULL, SOCK_CLOEXEC): a connection waiting (the
+/// caller knows one does).
+pub fn accept(fd: BorrowedFd) -> io::Result<OwnedFd> {
+    // SAFETY: no address is asked for; the result is a new fd we own.
+    let c = cvt(unsafe {
+        libc::accept4(
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    })?;
+    // SAFETY: the kernel just returned it; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(c) })
+}
+
+/// shutdown(fd, how).
+pub fn shutdown(fd: BorrowedFd, how: i32) -> io::Result<()> {
+    // SAFETY: integers only.
+    cvt(unsafe { libc::shutdown(fd.as_raw_fd(), how) })?;
+    Ok(())
+}
+
 /// send(2) all of `buf` without waiting: EAGAIN if it does not fit.
 pub fn send_all(fd: BorrowedFd, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
