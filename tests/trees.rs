@@ -655,8 +655,19 @@ fn script_runs_its_shell_under_a_pty_after_restore() {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line.trim(), "started");
+    // A dry run first: it stops and resumes script, whose poll then
+    // blocks as restart_syscall, which the capture must still know for a
+    // poll (else the restored script sees EINTR and ends its shell).
+    let pid = c.id() as i32;
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &pid.to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for("script to block again", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|s| s.starts_with("219 "))
+    });
     let img = dir.join("img");
-    capture_kill(c.id() as i32, &img);
+    capture_kill(pid, &img);
+    let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+    assert!(!text.contains("returns -EINTR"), "{text}");
     let _ = c.wait();
     let pids = tree_pids(&img);
     assert_eq!(pids.len(), 2, "script and sh");
@@ -778,6 +789,51 @@ print("PASS", flush=True)
     let img = dir.join("img");
     capture_kill(t.pid, &img);
     drop(t);
+    for mode in [&[][..], &["--lazy"]] {
+        let (code, out, err) = finish(restore(&img, mode), "x\n");
+        assert_eq!(code, 0, "restore {mode:?}: {out}{err}");
+        assert_eq!(out.lines().last(), Some("PASS"), "{mode:?}: {out}{err}");
+    }
+}
+
+#[test]
+fn socket_whose_other_end_was_closed_keeps_its_bytes_and_end_of_file() {
+    // Java's source launcher keeps one end of a socketpair whose other
+    // end it closed: reads give what was left, then end of file; writes
+    // fail with EPIPE.
+    let script = r#"
+import os, socket, sys
+a, b = socket.socketpair()
+b.sendall(b"left behind")
+b.close()
+c, d = socket.socketpair()
+d.close()
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+assert a.recv(100) == b"left behind"
+assert a.recv(100) == b""
+assert c.recv(100) == b""
+for s in (a, c):
+    try:
+        s.send(b"x")
+        raise SystemExit("send worked")
+    except BrokenPipeError:
+        pass
+print("PASS", flush=True)
+"#;
+    let dir = scratch("widowed");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn(cmd, "python3 widowed");
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+    assert!(
+        text.contains("other end closed, 11 bytes left to read"),
+        "{text}"
+    );
     for mode in [&[][..], &["--lazy"]] {
         let (code, out, err) = finish(restore(&img, mode), "x\n");
         assert_eq!(code, 0, "restore {mode:?}: {out}{err}");

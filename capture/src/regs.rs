@@ -46,8 +46,12 @@ pub fn to_regs(r: &libc::user_regs_struct) -> Regs {
 /// lost, as if the process had not run for that long), because a poll
 /// whose signals are all blocked can never see EINTR, and programs that
 /// block every signal for a signalfd, like script(1), take it as fatal.
+/// A poll an earlier stop interrupted is already restart_syscall (219),
+/// which names no call; `restarted_poll` (what /proc showed before the
+/// freeze, [`crate::tracee::Tracee::restarted_poll`]) says it is a poll,
+/// if the registers are still those: then poll is executed again too.
 /// Returns the registers to resume with and the `process_flags` bits.
-pub fn restart_fixup(raw: &Regs) -> (Regs, u32) {
+pub fn restart_fixup(raw: &Regs, restarted_poll: Option<&[u64; 8]>) -> (Regs, u32) {
     const ERESTARTSYS: i64 = -512;
     const ERESTARTNOINTR: i64 = -513;
     const ERESTARTNOHAND: i64 = -514;
@@ -56,9 +60,17 @@ pub fn restart_fixup(raw: &Regs) -> (Regs, u32) {
     if (raw.orig_rax as i64) < 0 {
         return (r, 0);
     }
+    let was_poll = |p: &[u64; 8]| {
+        *p == [
+            raw.rdi, raw.rsi, raw.rdx, raw.r10, raw.r8, raw.r9, raw.rsp, raw.rip,
+        ]
+    };
+    let poll = raw.orig_rax == libc::SYS_poll as u64
+        || (raw.orig_rax == libc::SYS_restart_syscall as u64
+            && restarted_poll.is_some_and(was_poll));
     match raw.rax as i64 {
-        ERESTART_RESTARTBLOCK if raw.orig_rax == libc::SYS_poll as u64 => {
-            r.rax = raw.orig_rax;
+        ERESTART_RESTARTBLOCK if poll => {
+            r.rax = libc::SYS_poll as u64;
             r.rip = raw.rip.wrapping_sub(2);
             (r, process_flags::IN_SYSCALL)
         }
@@ -88,7 +100,7 @@ pub fn capture(
 ) -> Result<(), crate::tracee::PtraceError> {
     let raw = t.regs()?;
     let raw_regs = to_regs(&raw);
-    let (regs, sflags) = restart_fixup(&raw_regs);
+    let (regs, sflags) = restart_fixup(&raw_regs, t.restarted_poll());
     let (xsave, xcr0) = t.xstate()?;
     let blocked = t.sigmask()?;
     let rseq = t.rseq()?;
@@ -135,20 +147,34 @@ mod tests {
             rip: 0x1002,
             ..Default::default()
         };
-        let (f, fl) = restart_fixup(&r);
+        let (f, fl) = restart_fixup(&r, None);
         assert_eq!((f.rax, f.rip, fl), (35, 0x1000, process_flags::IN_SYSCALL));
         r.rax = (-516i64) as u64;
-        let (f, fl) = restart_fixup(&r);
+        let (f, fl) = restart_fixup(&r, None);
         assert_eq!(f.rax as i64, -4);
         assert_eq!(f.rip, 0x1002);
         assert!(fl & process_flags::RESTART_BLOCK_EINTR != 0);
         r.orig_rax = 7; // poll with a timeout: executed again
-        let (f, fl) = restart_fixup(&r);
+        let (f, fl) = restart_fixup(&r, None);
         assert_eq!((f.rax, f.rip, fl), (7, 0x1000, process_flags::IN_SYSCALL));
+        // A poll restarted by an earlier stop: executed again as poll if
+        // the registers are what /proc showed, else -EINTR.
+        r.orig_rax = 219;
+        r.rdi = 0x5000;
+        r.rsp = 0x7ff0;
+        let seen = [0x5000, 0, 0, 0, 0, 0, 0x7ff0, 0x1002];
+        let (f, fl) = restart_fixup(&r, Some(&seen));
+        assert_eq!((f.rax, f.rip, fl), (7, 0x1000, process_flags::IN_SYSCALL));
+        let other = [0x6000, 0, 0, 0, 0, 0, 0x7ff0, 0x1002];
+        let (f, fl) = restart_fixup(&r, Some(&other));
+        assert_eq!(f.rax as i64, -4);
+        assert!(fl & process_flags::RESTART_BLOCK_EINTR != 0);
+        let (f, _) = restart_fixup(&r, None);
+        assert_eq!(f.rax as i64, -4);
         r.rax = 0; // completed syscall (e.g. tgkill before a group-stop)
-        assert_eq!(restart_fixup(&r), (r, 0));
+        assert_eq!(restart_fixup(&r, None), (r, 0));
         r.orig_rax = u64::MAX; // not in a syscall
         r.rax = (-512i64) as u64;
-        assert_eq!(restart_fixup(&r).1, 0);
+        assert_eq!(restart_fixup(&r, None).1, 0);
     }
 }

@@ -150,6 +150,8 @@ struct Connected {
 #[derive(Default)]
 pub struct Sockets {
     connected: Vec<Connected>,
+    /// Stream ends whose other end was closed: (index, bytes left in it).
+    widowed: Vec<(usize, Vec<u8>)>,
 }
 
 /// An unnamed unix socket connected to a socket outside its process,
@@ -381,6 +383,41 @@ pub fn capture(
         } else if d.peer != 0 {
             // Paired up (or refused) once every fd of the process is seen.
             keep_dup = Some((d, dup));
+        } else if d.state == 1 && sock_type == libc::SOCK_STREAM {
+            // One end of a pair (or connection) whose other end was
+            // closed: it reads the bytes left in it, then end of file,
+            // and writing to it fails (EPIPE). Made again as a pair whose
+            // other end is closed after sending those bytes. An error the
+            // close left pending (ECONNRESET: the other end had bytes
+            // unread) shows only in poll, and reading it would clear it.
+            if crate::sys::poll_now(&dup, 0).unwrap_or(0) & libc::POLLERR != 0 {
+                return Err(format!(
+                    "fd {fd} ({what} {shown}): its other end was closed with bytes unread, which left an error pending (ECONNRESET); not supported"
+                ));
+            }
+            let bytes = if d.rqueue > 0 {
+                match sock::peek(&dup, d.rqueue as usize + 1) {
+                    Ok(p) if p.fds || p.other_control => {
+                        return Err(format!(
+                            "fd {fd} ({what} {shown}) has file descriptors or credentials in flight; not supported yet"
+                        ))
+                    }
+                    Ok(p) if p.bytes.len() == d.rqueue as usize => p.bytes,
+                    Ok(p) => {
+                        return Err(format!(
+                            "fd {fd} ({what}): peeked {} of the {} bytes queued",
+                            p.bytes.len(),
+                            d.rqueue
+                        ))
+                    }
+                    Err(e) => return Err(io("queued bytes", e)),
+                }
+            } else {
+                Vec::new()
+            };
+            s.state = socket_state::WIDOWED;
+            s.shutdown = 3;
+            seen.widowed.push((b.sockets.len(), bytes));
         } else if d.rqueue > 0 {
             return Err(format!(
                 "fd {fd} ({what} {shown}) has {} bytes queued; they cannot be restored",
@@ -440,6 +477,14 @@ pub fn link(
     mut cross: Option<&mut Vec<CrossEnd>>,
     obs: &mut crate::obstacles::Obstacles,
 ) {
+    for (index, bytes) in seen.widowed {
+        if !bytes.is_empty() {
+            stored.blobs.push(PendingBlob {
+                to: BlobOwner::Socket(index),
+                bytes,
+            });
+        }
+    }
     let all = &seen.connected;
     for c in all {
         let s = b.sockets[c.index];

@@ -129,7 +129,7 @@ pub fn capture(
             .to_owned();
         differences(pid, tid, &comm, main_status, obs);
         let raw = to_regs(&t.regs()?);
-        let (regs, sflags) = restart_fixup(&raw);
+        let (regs, sflags) = restart_fixup(&raw, t.restarted_poll());
         let (xsave, _) = t.xstate()?;
         if xsave.len() != b.process.xsave_size as usize {
             return Err(CaptureError::Refused {

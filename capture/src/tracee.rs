@@ -100,6 +100,39 @@ pub struct Tracee {
     /// Signals intercepted while stopping it, queued again after detach.
     intercepted: Vec<libc::siginfo_t>,
     attached: bool,
+    /// Read before the freeze: it was blocked in restart_syscall for a
+    /// poll(2) an earlier stop interrupted ([`restarted_poll`]).
+    restarted_poll: Option<[u64; 8]>,
+}
+
+/// Whether thread `tid` blocks, right now, in restart_syscall for a
+/// poll(2) that an earlier stop interrupted (a SIGSTOP, a debugger, an
+/// earlier capture or dry run): /proc/.../syscall says 219 and the
+/// kernel's do_restart_poll is on its stack (or, without access to the
+/// stack, its wait channel is poll's). Returns that line's six
+/// arguments, stack pointer and pc: once frozen, the registers must still
+/// be exactly these for the poll to be executed again.
+fn restarted_poll(tgid: i32, tid: i32) -> Option<[u64; 8]> {
+    let task = format!("/proc/{tgid}/task/{tid}");
+    let line = std::fs::read_to_string(format!("{task}/syscall")).ok()?;
+    let mut w = line.split_whitespace();
+    if w.next()? != "219" {
+        return None;
+    }
+    let vals: Vec<u64> = w
+        .map(|x| u64::from_str_radix(x.trim_start_matches("0x"), 16).ok())
+        .collect::<Option<_>>()?;
+    let stack = std::fs::read_to_string(format!("{task}/stack")).unwrap_or_default();
+    let wchan = std::fs::read_to_string(format!("{task}/wchan")).unwrap_or_default();
+    let poll = if stack.is_empty() {
+        wchan.starts_with("poll_schedule_timeout") || wchan == "do_sys_poll"
+    } else {
+        stack.contains("do_restart_poll")
+    };
+    if !poll {
+        return None;
+    }
+    vals.try_into().ok()
 }
 
 impl Tracee {
@@ -131,6 +164,7 @@ impl Tracee {
     }
 
     fn attach(tgid: i32, pid: i32, was_stopped: bool) -> Result<Tracee, PtraceError> {
+        let restarted_poll = restarted_poll(tgid, pid);
         if let Err(e) = ptrace::seize(pid, libc::PTRACE_O_TRACESYSGOOD) {
             return Err(match e.raw_os_error() {
                 Some(libc::ESRCH) if pid != tgid => PtraceError::Exited(pid),
@@ -149,6 +183,7 @@ impl Tracee {
             was_stopped,
             intercepted: Vec::new(),
             attached: true,
+            restarted_poll,
         };
         ptrace::request(libc::PTRACE_INTERRUPT as libc::c_uint, pid, 0)
             .map_err(|e| sys_err("PTRACE_INTERRUPT", pid, e))?;
@@ -164,6 +199,12 @@ impl Tracee {
     /// The traced task's id (the process id for its main thread).
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// What /proc showed of a poll(2) being restarted when seized (see
+    /// [`restarted_poll`]).
+    pub fn restarted_poll(&self) -> Option<&[u64; 8]> {
+        self.restarted_poll.as_ref()
     }
 
     /// The process was in group-stop when seized.

@@ -526,6 +526,8 @@ fn unshareable(ins: &Inspected, f: &Fd) -> Option<String> {
             let s = ins.b.sockets.get(f.object as usize)?;
             match s.state {
                 socket_state::UNBOUND | socket_state::BOUND | socket_state::LISTENING => None,
+                // One end left of a pair: made alone.
+                socket_state::WIDOWED => None,
                 _ => Some(
                     "a connected socket or socket pair shared between processes is not supported yet"
                         .into(),

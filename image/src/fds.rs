@@ -253,8 +253,13 @@ pub mod socket_state {
     /// A datagram socket connected to `peer` (bound to `addr` if it was).
     pub const CONNECTED: u32 = 4;
     /// One end of a unix socket pair whose other end (`pair`) is in the
-    /// process too; `data` is what waits to be read from this end.
+    /// process too (NO_INDEX: in another process of the tree); `data` is
+    /// what waits to be read from this end. (5.0) A stream connection made
+    /// through a named socket is a pair whose ends keep `addr` and `peer`.
     pub const PAIR: u32 = 5;
+    /// (5.0) One end of a unix stream pair or connection whose other end
+    /// was closed: `data` is what is left to read before end of file.
+    pub const WIDOWED: u32 = 6;
 
     pub fn name(s: u32) -> &'static str {
         match s {
@@ -263,6 +268,7 @@ pub mod socket_state {
             LISTENING => "listening",
             CONNECTED => "connected",
             PAIR => "pair",
+            WIDOWED => "other end closed",
             _ => "unknown",
         }
     }

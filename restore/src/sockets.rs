@@ -68,6 +68,7 @@ pub(crate) fn plan(
             | socket_state::LISTENING
             | socket_state::CONNECTED
             | socket_state::PAIR
+            | socket_state::WIDOWED
     ) {
         return Err(err.why(format!("unknown socket state {}", s.state)));
     }
@@ -353,11 +354,12 @@ fn shut(fd: BorrowedFd, bits: u32) -> Result<(), Why> {
     sys::shutdown(fd, how).map_err(|e| Why::sys("shutdown", e))
 }
 
-/// Whether socket `object` is one end of a pair made inside the process.
+/// Whether socket `object` is one end of a pair made inside the process
+/// (its other end there, or closed).
 pub(crate) fn is_pair(img: &Image, object: u32) -> bool {
     img.sockets()
         .get(object as usize)
-        .is_some_and(|s| s.state == socket_state::PAIR)
+        .is_some_and(|s| matches!(s.state, socket_state::PAIR | socket_state::WIDOWED))
 }
 
 /// Make socket `object` of plan `p`; the fd (ours, to be installed).
@@ -376,7 +378,22 @@ pub(crate) fn make(
         .get(object as usize)
         .ok_or_else(|| fd_err(p, "no socket state in the image"))?;
     let sysw = |what: &str, e| fd_err(p, Why::sys(what, e));
-    let fd = if s.state == socket_state::PAIR {
+    let fd = if s.state == socket_state::WIDOWED {
+        // Its other end was closed: a pair whose other end sends the
+        // bytes left and is closed.
+        let (a, b) = sys::socketpair(s.family as i32, s.sock_type as i32)
+            .map_err(|e| sysw("socketpair", e))?;
+        set_options(img, object, a.as_fd()).map_err(|w| fd_err(p, w))?;
+        if s.data.len > 0 {
+            let bytes = loaded
+                .read_blob(&s.data, verify)
+                .map_err(|e| fd_err(p, Why::Said(e.to_string())))?;
+            sys::send_all(b.as_fd(), &bytes)
+                .map_err(|e| sysw("putting the queued bytes back", e))?;
+        }
+        drop(b);
+        a
+    } else if s.state == socket_state::PAIR {
         match pairs.iter().position(|(i, _)| *i == object) {
             Some(k) => pairs.swap_remove(k).1,
             None => {

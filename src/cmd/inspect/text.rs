@@ -510,6 +510,9 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
             match k.state {
                 socket_state::LISTENING => out += &format!(", backlog {}", k.backlog),
                 socket_state::CONNECTED => out += &format!(" -> {}", sockaddr_display(&pa[..pn])),
+                socket_state::WIDOWED if k.data.len > 0 => {
+                    out += &format!(", {} bytes left to read", k.data.len)
+                }
                 socket_state::PAIR => {
                     let other = img
                         .fds()
