@@ -840,3 +840,68 @@ print("PASS", flush=True)
         assert_eq!(out.lines().last(), Some("PASS"), "{mode:?}: {out}{err}");
     }
 }
+
+#[test]
+fn tcp_connection_between_processes_of_the_tree_comes_back() {
+    // A TCP server and its client in one tree over loopback (the listener
+    // without SO_REUSEADDR, as Python's socketserver makes it), bytes
+    // waiting each way; after the restore both ends keep their addresses,
+    // the bytes arrive, and the listener takes a new connection. The
+    // capture's --kill resets the original connection, and each restore
+    // removes the TIME_WAIT the one before left (its program closed the
+    // connection), so restores follow each other at once.
+    let script = r#"
+import os, socket, sys
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen()
+addr = srv.getsockname()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(w)
+    c = socket.socket()
+    c.connect(addr)
+    c.sendall(b"from the client")
+    os.read(r, 1)
+    assert c.getpeername() == addr, c.getpeername()
+    assert c.recv(100) == b"from the server"
+    c.sendall(b"after")
+    os._exit(0)
+os.close(r)
+conn, peer = srv.accept()
+conn.sendall(b"from the server")
+while len(conn.recv(100, socket.MSG_PEEK)) < 15:
+    pass
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+assert conn.getsockname() == addr and conn.getpeername() == peer
+assert conn.recv(100) == b"from the client"
+os.write(w, b"g")
+assert conn.recv(100) == b"after"
+_, st = os.waitpid(pid, 0)
+assert st == 0, st
+c2 = socket.socket()
+c2.connect(addr)
+a2, _ = srv.accept()
+c2.sendall(b"new")
+assert a2.recv(10) == b"new"
+print("PASS", flush=True)
+"#;
+    let dir = scratch("tree-tcp");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn(cmd, "python3 tcp");
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    let pids = tree_pids(&img);
+    wait_gone(&pids);
+    for mode in [&[][..], &["--lazy"], &["--map"]] {
+        let (code, out, err) = finish(restore(&img, mode), "x\n");
+        assert_eq!(code, 0, "restore {mode:?}: {out}{err}");
+        assert_eq!(out.lines().last(), Some("PASS"), "{mode:?}: {out}{err}");
+        wait_gone(&pids[1..]);
+    }
+}

@@ -286,6 +286,11 @@ pub fn capture(
         .collect();
     let b = &all[0].b;
     let dir = writer.commit_tree(&metas[0], &sums, &others)?;
+    if opts.after == After::Kill {
+        for ins in &all {
+            crate::sockets::abort_on_kill(ins.b.process.pid as i32, &ins.b);
+        }
+    }
     tree.let_go(opts.after)?;
     let frozen = frozen.unwrap_or_else(|| t_frozen.elapsed());
     let dump_s: f64 = dumps.iter().map(|d| d.dump_time.as_secs_f64()).sum();

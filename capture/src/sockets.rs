@@ -351,6 +351,40 @@ pub fn capture(
                 s.backlog = u32_at(28);
             }
             7 => {}
+            1 => {
+                // Established: restorable when the other end is a socket
+                // of the processes captured (the tree's pass, or `link`,
+                // pairs them by inode), nothing in flight.
+                let to = peer.as_deref().map_or("?".into(), sockaddr_display);
+                let peer_ino = peer
+                    .as_deref()
+                    .and_then(|p| sock::tcp_peer_inode(&addr, p).ok().flatten());
+                let Some(peer_ino) = peer_ino.and_then(|i| u32::try_from(i).ok()) else {
+                    return Err(format!(
+                        "fd {fd} is a TCP connection {shown} -> {to} (ESTABLISHED) to another machine or a socket cryo cannot see; established connections are restored only between processes it captures (TCP repair is not supported)"
+                    ));
+                };
+                let outq = crate::sys::outq(&dup).map_err(|e| io("send queue", e))?;
+                if outq > 0 {
+                    return Err(format!(
+                        "fd {fd} is a TCP connection {shown} -> {to} with {outq} bytes sent and not yet acknowledged; they cannot be restored (capture when the connection is idle)"
+                    ));
+                }
+                let rqueue = crate::sys::fionread(&dup).map_err(|e| io("queued bytes", e))? as u32;
+                if sock::tcp_listener_at(&addr).unwrap_or(false) {
+                    s.flags |= cryo_image::fds::socket_flags::ACCEPTED;
+                }
+                keep_dup = Some((
+                    sock::UnixDiag {
+                        state: 1,
+                        peer: peer_ino,
+                        rqueue,
+                        wqueue: 0,
+                        shutdown: 0,
+                    },
+                    dup,
+                ));
+            }
             st => {
                 let to = peer.as_deref().map_or("?".into(), sockaddr_display);
                 return Err(format!(
@@ -599,6 +633,34 @@ pub fn link(
                     _ => obs.push(obstacle),
                 }
             }
+        }
+    }
+}
+
+/// Before `cryo capture --kill`: make every TCP connection of process
+/// `pid` that the image restores (a pair with another captured socket)
+/// close with a reset when the kill closes it, so that it leaves nothing
+/// in TIME_WAIT holding its four addresses for a minute, which a restore
+/// right after needs (SO_LINGER 0 through our copy of the fd). Best effort:
+/// a connection left in TIME_WAIT makes a restore refuse, naming it.
+pub fn abort_on_kill(pid: i32, b: &ImageBuilder) {
+    let Ok(pidfd) = crate::sys::pidfd_open(pid) else {
+        return;
+    };
+    for f in b
+        .fds
+        .iter()
+        .filter(|f| f.kind == cryo_image::fd_kind::SOCKET)
+    {
+        let tcp_pair = b
+            .sockets
+            .get(f.object as usize)
+            .is_some_and(|s| s.family as i32 != libc::AF_UNIX && s.state == socket_state::PAIR);
+        if !tcp_pair {
+            continue;
+        }
+        if let Ok(dup) = crate::sys::pidfd_getfd(&pidfd, f.fd) {
+            let _ = sock::set_linger_zero(&dup);
         }
     }
 }

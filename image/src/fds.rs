@@ -302,8 +302,16 @@ record! {
         /// (5.0) PAIR: how the end was shut down (shutdown(2), as
         /// unix_diag shows it: 1 for reading, 2 for writing).
         pub shutdown: u32,
-        pub _pad: u32,
+        /// (5.0) `socket_flags` bits.
+        pub flags: u32,
     }
+}
+
+/// `Socket::flags` bits.
+pub mod socket_flags {
+    /// A TCP pair's end that a listener accepted (its port is a listening
+    /// socket's): restore makes it the accepting end again.
+    pub const ACCEPTED: u32 = 1 << 0;
 }
 
 /// The bytes of a sockaddr held in a `[u64; 16]` (little-endian words).

@@ -481,6 +481,11 @@ impl Plan {
         if let Err(e) = ready() {
             return e;
         }
+        // Every process's sockets are made: TCP connections' SO_REUSEADDR
+        // as it was.
+        if let Err(e) = sockets::finish_reuse(&img) {
+            return e;
+        }
         let fd = |v: i32| if v < 0 { handoff::NONE } else { v as u64 };
         let h = Handoff {
             meta_fd: meta_fd as u64,

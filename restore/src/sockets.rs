@@ -206,7 +206,12 @@ fn opt_name(level: i32, name: i32) -> String {
 /// Every captured option of socket `object` on `fd`, where it differs
 /// from what `fd` has; each read back and compared.
 pub(crate) fn set_options(img: &Image, object: u32, fd: BorrowedFd) -> Result<(), Why> {
-    for o in img.sockopts().iter().filter(|o| o.sock == object) {
+    let late = late_reuse(img, object);
+    for o in img
+        .sockopts()
+        .iter()
+        .filter(|o| o.sock == object && !(late && is_reuse(o)))
+    {
         let (want, n) = opt_bytes(&o);
         let want = &want[..n];
         let mut cur = [0u8; 16];
@@ -236,6 +241,47 @@ pub(crate) fn set_options(img: &Image, object: u32, fd: BorrowedFd) -> Result<()
                 want,
                 &cur[..got]
             )));
+        }
+    }
+    Ok(())
+}
+
+fn is_reuse(o: &cryo_image::fds::SockOpt) -> bool {
+    o.level == libc::SOL_SOCKET && o.name == libc::SO_REUSEADDR
+}
+
+/// A TCP connection's end keeps SO_REUSEADDR on (from the listener that
+/// made it) until every socket of the restore is made: the program's own
+/// listener on the same port, without SO_REUSEADDR (Python's socketserver
+/// default), could not be bound beside a connection without it either,
+/// and was bound first in the original. [`finish_reuse`] sets it as it
+/// was, once every process has its fds.
+fn late_reuse(img: &Image, object: u32) -> bool {
+    img.sockets()
+        .get(object as usize)
+        .is_some_and(|s| inet(&s) && s.state == socket_state::PAIR)
+}
+
+/// SO_REUSEADDR of every TCP connection end as captured (see
+/// [`late_reuse`]); fds are at their numbers now.
+pub(crate) fn finish_reuse(img: &Image) -> Result<(), RestoreError> {
+    for f in img.fds().iter() {
+        if f.kind != cryo_image::fd_kind::SOCKET || !late_reuse(img, f.object) {
+            continue;
+        }
+        for o in img
+            .sockopts()
+            .iter()
+            .filter(|o| o.sock == f.object && is_reuse(o))
+        {
+            let (want, n) = opt_bytes(&o);
+            sys::setsockopt_at(f.fd, o.level, o.name, &want[..n]).map_err(|e| {
+                RestoreError::Fd {
+                    fd: f.fd,
+                    what: "TCP connection".into(),
+                    why: Why::sys("setting SO_REUSEADDR as it was", e),
+                }
+            })?;
         }
     }
     Ok(())
@@ -297,7 +343,19 @@ fn bind(s: &Socket, fd: BorrowedFd) -> Result<(), Why> {
 /// once; a socket file it left where there was none is removed (the
 /// program's own listener, if it has one, is made again afterwards, and
 /// takes the path as a stale one).
-fn connected(sa: &Socket, sb: &Socket) -> Result<(OwnedFd, OwnedFd), Why> {
+fn connected(
+    sa: &Socket,
+    sb: &Socket,
+    a_accepted: Option<bool>,
+    v6only: &dyn Fn(usize, BorrowedFd) -> std::io::Result<()>,
+) -> Result<(OwnedFd, OwnedFd), Why> {
+    if inet(sa) {
+        return if a_accepted.unwrap_or(true) {
+            connected_tcp([sa, sb], &|k, fd| v6only(k, fd))
+        } else {
+            connected_tcp([sb, sa], &|k, fd| v6only(1 - k, fd)).map(|(b, a)| (a, b))
+        };
+    }
     let (family, ty) = (sa.family as i32, sa.sock_type as i32);
     if sa.addr_len <= 2 && sb.addr_len <= 2 {
         return sys::socketpair(family, ty).map_err(|e| Why::sys("socketpair", e));
@@ -362,6 +420,158 @@ pub(crate) fn is_pair(img: &Image, object: u32) -> bool {
         .is_some_and(|s| matches!(s.state, socket_state::PAIR | socket_state::WIDOWED))
 }
 
+/// Whether a TCP socket was accepted (rather than connected): capture
+/// saw a listener on its port (`socket_flags::ACCEPTED`), or, without
+/// one, its options tell: an accepted IPv4 socket's IP_MULTICAST_TTL is
+/// the TTL of the SYN that made it (64 on loopback), a connecting one's
+/// the default 1. The roles matter: such values (that one, an IPv6
+/// socket's V6ONLY) come back only if the socket is made in the same role
+/// (they cannot be set on a connected socket).
+fn accepted(img: &Image, object: u32) -> Option<bool> {
+    let s = img.sockets().get(object as usize)?;
+    if s.flags & cryo_image::fds::socket_flags::ACCEPTED != 0 {
+        return Some(true);
+    }
+    img.sockopts()
+        .iter()
+        .find(|o| {
+            o.sock == object && o.level == libc::IPPROTO_IP && o.name == libc::IP_MULTICAST_TTL
+        })
+        .map(|o| opt_bytes(&o).0[0] != 1)
+}
+
+/// The accepted end of two TCP sockets, if their options tell (see
+/// [`accepted`]): Some(true) for the first.
+fn first_accepted(a: Option<bool>, b: Option<bool>) -> Option<bool> {
+    match (a, b) {
+        (Some(true), _) => Some(true),
+        (_, Some(true)) => Some(false),
+        (Some(false), _) => Some(false),
+        (None, Some(false)) => Some(true),
+        (None, None) => None,
+    }
+}
+
+/// The connection from `local` to `peer` (sockaddrs), if it was closed
+/// and waits in TIME_WAIT (the captured process's, not reset, or an
+/// earlier restore's, which its program closed): removed, so that it is
+/// made again at once rather than in a minute. Looked up in each family
+/// an end of it may have (IPv4, or IPv6 with v4-mapped addresses).
+fn clear_time_wait(local: &[u8], peer: &[u8]) {
+    let split = |a: &[u8]| -> Option<([u8; 16], u16)> {
+        let port = u16::from_be_bytes([*a.get(2)?, *a.get(3)?]);
+        let mut ip = [0u8; 16];
+        match i32::from(u16::from_ne_bytes([a[0], a[1]])) {
+            libc::AF_INET => {
+                ip[10] = 0xff;
+                ip[11] = 0xff;
+                ip[12..].copy_from_slice(a.get(4..8)?);
+            }
+            _ => ip.copy_from_slice(a.get(8..24)?),
+        }
+        Some((ip, port))
+    };
+    let (Some((lip, lport)), Some((pip, pport))) = (split(local), split(peer)) else {
+        return;
+    };
+    let mapped = |ip: &[u8; 16]| ip[..10] == [0; 10] && ip[10..12] == [0xff, 0xff];
+    for (a, b) in [((lip, lport), (pip, pport)), ((pip, pport), (lip, lport))] {
+        if mapped(&a.0) && mapped(&b.0) {
+            let _ = sys::tcp_clear_time_wait(libc::AF_INET, (&a.0[12..], a.1), (&b.0[12..], b.1));
+        }
+        let _ = sys::tcp_clear_time_wait(libc::AF_INET6, (&a.0, a.1), (&b.0, b.1));
+    }
+}
+
+/// `addr` (an IPv4 or IPv6 sockaddr) at the wildcard address, same port:
+/// what the ends of a connection made again are bound to, so that routing
+/// picks the same addresses the original connect did (checked after),
+/// and so that an IPv6 socket is not made IPV6_V6ONLY, as a bind to a
+/// specific IPv6 address does. A v4-mapped address is kept as it is (it
+/// does not set V6ONLY, and the wildcard would not reach it).
+fn port_only(addr: &[u8]) -> Vec<u8> {
+    let mut any = addr.to_vec();
+    let mapped = addr
+        .get(8..20)
+        .is_some_and(|p| p[..10] == [0; 10] && p[10..] == [0xff, 0xff]);
+    match i32::from(u16::from_ne_bytes([addr[0], addr[1]])) {
+        libc::AF_INET => any[4..8].fill(0),
+        libc::AF_INET6 if !mapped => any[8..24].fill(0),
+        _ => {}
+    }
+    any
+}
+
+/// A TCP connection between two sockets the processes restored hold,
+/// as it was between its two addresses: `sa`'s through a listener bound
+/// for the moment at its address (SO_REUSEADDR), `sb` bound to its own
+/// and connected from there. The killed original's connection may still
+/// hold the same four addresses in TIME_WAIT; loopback lets a connect
+/// take them over a second after its last packet, so a refused connect
+/// is tried again for up to 3 s.
+fn connected_tcp(
+    [sa, sb]: [&Socket; 2],
+    v6only: &dyn Fn(usize, BorrowedFd) -> std::io::Result<()>,
+) -> Result<(OwnedFd, OwnedFd), Why> {
+    let on = 1i32.to_ne_bytes();
+    // IPV6_V6ONLY only before the bind: as captured.
+    let sock = |s: &Socket, k: usize| -> Result<OwnedFd, Why> {
+        let fd = sys::socket(s.family as i32, libc::SOCK_STREAM, 0)
+            .map_err(|e| Why::sys("socket", e))?;
+        sys::setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, &on)
+            .map_err(|e| Why::sys("setting SO_REUSEADDR", e))?;
+        if s.family as i32 == libc::AF_INET6 {
+            v6only(k, fd.as_fd()).map_err(|e| Why::sys("setting IPV6_V6ONLY", e))?;
+        }
+        Ok(fd)
+    };
+    let at = addr_of(sa);
+    clear_time_wait(&addr_of(sb), &peer_of(sb));
+    let listener = sock(sa, 0)?;
+    sys::bind(listener.as_fd(), &port_only(&at)).map_err(|e| in_use(&sockaddr_display(&at), e))?;
+    sys::listen(listener.as_fd(), 1).map_err(|e| Why::sys("listen", e))?;
+    let c = sock(sb, 1)?;
+    let mine = addr_of(sb);
+    sys::bind(c.as_fd(), &port_only(&mine)).map_err(|e| in_use(&sockaddr_display(&mine), e))?;
+    let to = peer_of(sb);
+    let t0 = std::time::Instant::now();
+    loop {
+        match sys::connect(c.as_fd(), &to) {
+            Ok(()) => break,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EADDRNOTAVAIL | libc::EADDRINUSE)
+                ) && t0.elapsed() < std::time::Duration::from_secs(3) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(Why::sys(
+                    format!(
+                        "connecting {} to {} again",
+                        sockaddr_display(&mine),
+                        sockaddr_display(&to)
+                    ),
+                    e,
+                ))
+            }
+        }
+    }
+    let s = sys::accept(listener.as_fd()).map_err(|e| Why::sys("accept", e))?;
+    for (fd, want) in [(s.as_fd(), &at), (c.as_fd(), &mine)] {
+        let got = sys::sockname(fd).map_err(|e| Why::sys("getsockname", e))?;
+        if &got != want {
+            return Err(Why::Said(format!(
+                "connected again at {}, not {}",
+                sockaddr_display(&got),
+                sockaddr_display(want)
+            )));
+        }
+    }
+    Ok((s, c))
+}
+
 /// Make socket `object` of plan `p`; the fd (ours, to be installed).
 /// `pairs` holds the other ends of unix pairs made before their own fd.
 pub(crate) fn make(
@@ -401,7 +611,11 @@ pub(crate) fn make(
                     .sockets()
                     .get(s.pair as usize)
                     .ok_or_else(|| fd_err(p, "its pair is missing from the image"))?;
-                let (a, b) = connected(&s, &other).map_err(|w| fd_err(p, w))?;
+                let hint = first_accepted(accepted(img, object), accepted(img, s.pair));
+                let v6 = |k: usize, fd: BorrowedFd| {
+                    v6only_like(img, if k == 0 { object } else { s.pair }, fd)
+                };
+                let (a, b) = connected(&s, &other, hint, &v6).map_err(|w| fd_err(p, w))?;
                 set_options(img, object, a.as_fd()).map_err(|w| fd_err(p, w))?;
                 set_options(img, s.pair, b.as_fd()).map_err(|w| fd_err(p, w))?;
                 // What waited to be read from an end is sent by the other.
@@ -466,7 +680,12 @@ pub(crate) fn make_pair(
     let (Some(sa), Some(sb)) = (sock(ends[0]), sock(ends[1])) else {
         return Err(err(ends[0], "no socket state in the image".into()));
     };
-    let (a, b) = connected(&sa, &sb).map_err(|w| err(ends[0], w))?;
+    let hint = first_accepted(
+        accepted(&ends[0].img, ends[0].fd.object),
+        accepted(&ends[1].img, ends[1].fd.object),
+    );
+    let v6 = |k: usize, fd: BorrowedFd| v6only_like(&ends[k].img, ends[k].fd.object, fd);
+    let (a, b) = connected(&sa, &sb, hint, &v6).map_err(|w| err(ends[0], w))?;
     for (e, fd) in [(ends[0], a.as_fd()), (ends[1], b.as_fd())] {
         set(e, fd).map_err(|w| err(e, w))?;
     }

@@ -7,9 +7,9 @@
  * value through a mutex and condition variable and is joined. The
  * result does not depend on timing: after ROUNDS rounds (and every
  * detached thread done) it prints "DONE <checksum> <total>" and exits 0.
- * "READY <pid>" first. With "socket" it also holds a socket pair shut down
- * in one direction (which cryo refuses: a refused capture must leave every
- * thread running). */
+ * "READY <pid>" first. With "socket" it also holds a datagram socket pair
+ * with a message queued in it (which cryo refuses: a refused capture must
+ * leave every thread running). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdatomic.h>
@@ -56,7 +56,7 @@ int main(int argc, char **argv) {
     }
     long rounds = atol(argv[1]);
     int sv[2];
-    if (argc > 2 && !strcmp(argv[2], "socket") && (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) || shutdown(sv[0], SHUT_WR)))
+    if (argc > 2 && !strcmp(argv[2], "socket") && (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) || send(sv[0], "m", 1, 0) != 1))
         return 3;
     printf("READY %d\n", getpid());
     fflush(stdout);

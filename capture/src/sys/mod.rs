@@ -106,6 +106,14 @@ pub fn fionread(fd: &impl AsRawFd) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// Bytes sent and not yet acknowledged, or not yet sent (SIOCOUTQ).
+pub fn outq(fd: &impl AsRawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int to `n`, which we own.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n) } as libc::c_long)?;
+    Ok(n as usize)
+}
+
 /// poll() one fd for `events` without waiting; the revents.
 pub fn poll_now(fd: &impl AsRawFd, events: i16) -> io::Result<i16> {
     let mut p = libc::pollfd {

@@ -251,15 +251,20 @@ fn parse_unix_diag(b: &[u8]) -> io::Result<UnixDiag> {
     Ok(d)
 }
 
-/// RCV_SHUTDOWN | SEND_SHUTDOWN of the TCP or UDP socket with inode
-/// `ino` (inet_diag: a dump of the family and protocol, matched by
-/// inode); None if it is not found.
-pub fn inet_shutdown(family: i32, protocol: i32, ino: u64) -> io::Result<Option<u8>> {
-    const INET_DIAG_SHUTDOWN: u16 = 8;
+/// Every socket of an inet_diag dump of `family` and `protocol` in the
+/// TCP states of the `states` bitmask: `each` gets its message (an
+/// inet_diag_msg, 72 bytes, then its attributes) until it returns Some,
+/// which is returned once the dump is read to its end.
+fn inet_dump<T>(
+    family: i32,
+    protocol: i32,
+    states: u32,
+    mut each: impl FnMut(&[u8]) -> Option<T>,
+) -> io::Result<Option<T>> {
     // inet_diag_req_v2 (56 bytes): family, protocol, ext, pad, states, and
     // an all-zero socket id (a dump takes no id).
     let mut req = vec![family as u8, protocol as u8, 0, 0];
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&states.to_ne_bytes());
     req.resize(56, 0);
     let nl = Diag::ask(libc::NLM_F_DUMP, &req)?;
     let mut buf = vec![0u8; 32768];
@@ -271,7 +276,7 @@ pub fn inet_shutdown(family: i32, protocol: i32, ino: u64) -> io::Result<Option<
         while o + 16 <= n {
             let len = ne_u32(b, o).unwrap_or(0) as usize;
             let kind = ne_u16(b, o + 4).unwrap_or(0);
-            if len < 16 {
+            if len < 16 || o + len > n {
                 return Err(io::Error::other("bad inet_diag reply"));
             }
             if kind == libc::NLMSG_DONE as u16 {
@@ -281,19 +286,131 @@ pub fn inet_shutdown(family: i32, protocol: i32, ino: u64) -> io::Result<Option<
                 let errno = ne_u32(b, o + 16).unwrap_or(0) as i32;
                 return Err(io::Error::from_raw_os_error(-errno));
             }
-            // inet_diag_msg (72 bytes): its inode at 68, attributes after.
-            let m = o + 16;
-            if found.is_none() && ne_u32(b, m + 68).map(u64::from) == Some(ino) {
-                found = Some(
-                    attrs(b, m + 72, o + len)
-                        .find(|(k, _)| *k == INET_DIAG_SHUTDOWN)
-                        .and_then(|(_, p)| p.first().copied())
-                        .unwrap_or(0),
-                );
+            if found.is_none() && len >= 16 + 72 {
+                found = each(&b[o + 16..o + len]);
             }
             o += (len + 3) & !3;
         }
     }
+}
+
+/// RCV_SHUTDOWN | SEND_SHUTDOWN of the TCP or UDP socket with inode
+/// `ino` (inet_diag: a dump of the family and protocol, matched by
+/// inode); None if it is not found.
+pub fn inet_shutdown(family: i32, protocol: i32, ino: u64) -> io::Result<Option<u8>> {
+    const INET_DIAG_SHUTDOWN: u16 = 8;
+    inet_dump(family, protocol, u32::MAX, |m| {
+        // inet_diag_msg: its inode at 68, attributes after.
+        (ne_u32(m, 68).map(u64::from) == Some(ino)).then(|| {
+            attrs(m, 72, m.len())
+                .find(|(k, _)| *k == INET_DIAG_SHUTDOWN)
+                .and_then(|(_, p)| p.first().copied())
+                .unwrap_or(0)
+        })
+    })
+}
+
+/// An IPv4 or IPv6 sockaddr as (address in IPv6 form, v4 mapped; port).
+fn inet_key(addr: &[u8]) -> Option<([u8; 16], u16)> {
+    let port = u16::from_be_bytes([*addr.get(2)?, *addr.get(3)?]);
+    let mut ip = [0u8; 16];
+    match i32::from(u16::from_ne_bytes([addr[0], addr[1]])) {
+        libc::AF_INET => {
+            ip[10] = 0xff;
+            ip[11] = 0xff;
+            ip[12..].copy_from_slice(addr.get(4..8)?);
+        }
+        libc::AF_INET6 => ip.copy_from_slice(addr.get(8..24)?),
+        _ => return None,
+    }
+    Some((ip, port))
+}
+
+/// Whether a TCP socket listens on `local`'s port, at its address or at
+/// the wildcard (an established socket there was accepted by it).
+pub fn tcp_listener_at(local: &[u8]) -> io::Result<bool> {
+    const LISTEN: u32 = 1 << 10;
+    let Some((ip, port)) = inet_key(local) else {
+        return Ok(false);
+    };
+    let v4_any = {
+        let mut a = [0u8; 16];
+        a[10] = 0xff;
+        a[11] = 0xff;
+        a
+    };
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        let found = inet_dump(family, libc::IPPROTO_TCP, LISTEN, |m| {
+            let lport = u16::from_be_bytes([*m.get(4)?, *m.get(5)?]);
+            let mut lip = [0u8; 16];
+            if i32::from(m[0]) == libc::AF_INET {
+                lip[10] = 0xff;
+                lip[11] = 0xff;
+                lip[12..].copy_from_slice(m.get(8..12)?);
+            } else {
+                lip.copy_from_slice(m.get(8..24)?);
+            }
+            (lport == port && (lip == ip || lip == [0; 16] || lip == v4_any)).then_some(())
+        })?;
+        if found.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The inode of the established TCP socket at the other end of the
+/// connection whose own address is `local` and peer `peer` (sockaddrs),
+/// if it is a socket of this machine (loopback, or an address of ours).
+pub fn tcp_peer_inode(local: &[u8], peer: &[u8]) -> io::Result<Option<u64>> {
+    const ESTABLISHED: u32 = 1 << 1;
+    let (Some(me), Some(them)) = (inet_key(local), inet_key(peer)) else {
+        return Ok(None);
+    };
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        let found = inet_dump(family, libc::IPPROTO_TCP, ESTABLISHED, |m| {
+            // inet_diag_sockid at 4: sport, dport (big-endian), src[16],
+            // dst[16]; an AF_INET message has its addresses in the first 4.
+            let key = |port_at: usize, ip_at: usize| -> Option<([u8; 16], u16)> {
+                let port = u16::from_be_bytes([*m.get(port_at)?, *m.get(port_at + 1)?]);
+                let mut ip = [0u8; 16];
+                if i32::from(m[0]) == libc::AF_INET {
+                    ip[10] = 0xff;
+                    ip[11] = 0xff;
+                    ip[12..].copy_from_slice(m.get(ip_at..ip_at + 4)?);
+                } else {
+                    ip.copy_from_slice(m.get(ip_at..ip_at + 16)?);
+                }
+                Some((ip, port))
+            };
+            (key(4, 8) == Some(them) && key(6, 24) == Some(me))
+                .then(|| ne_u32(m, 68).map(u64::from))
+                .flatten()
+        })?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
+/// SO_LINGER {on, 0 s}: a close resets the connection.
+pub fn set_linger_zero(fd: &impl AsRawFd) -> io::Result<()> {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads one struct linger from `l`.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    } as libc::c_long)?;
+    Ok(())
 }
 
 /// The length getsockopt reports when given no buffer (SO_GET_FILTER:

@@ -4,7 +4,7 @@
 
 use super::cvt;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// socket(family, type | SOCK_CLOEXEC, protocol).
 pub fn socket(family: i32, ty: i32, protocol: i32) -> io::Result<OwnedFd> {
@@ -41,10 +41,16 @@ pub fn getsockopt(fd: BorrowedFd, level: i32, name: i32, buf: &mut [u8]) -> io::
 
 /// setsockopt with `val` as the option's bytes.
 pub fn setsockopt(fd: BorrowedFd, level: i32, name: i32, val: &[u8]) -> io::Result<()> {
-    // SAFETY: the kernel reads `val.len()` bytes from `val`, ours.
+    setsockopt_at(fd.as_raw_fd(), level, name, val)
+}
+
+/// setsockopt on fd number `fd` (EBADF if it is not open).
+pub fn setsockopt_at(fd: RawFd, level: i32, name: i32, val: &[u8]) -> io::Result<()> {
+    // SAFETY: the kernel reads `val.len()` bytes from `val`, ours; `fd` is
+    // a number (not open: EBADF).
     cvt(unsafe {
         libc::setsockopt(
-            fd.as_raw_fd(),
+            fd,
             level,
             name,
             val.as_ptr().cast(),
@@ -103,6 +109,15 @@ pub fn accept(fd: BorrowedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(c) })
 }
 
+/// getsockname(2): the socket's own address, as sockaddr bytes.
+pub fn sockname(fd: BorrowedFd) -> io::Result<Vec<u8>> {
+    let mut buf = [0u8; 128];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes to `buf`, ours.
+    cvt(unsafe { libc::getsockname(fd.as_raw_fd(), buf.as_mut_ptr().cast(), &mut len) })?;
+    Ok(buf[..(len as usize).min(buf.len())].to_vec())
+}
+
 /// shutdown(fd, how).
 pub fn shutdown(fd: BorrowedFd, how: i32) -> io::Result<()> {
     // SAFETY: integers only.
@@ -125,4 +140,89 @@ pub fn send_all(fd: BorrowedFd, mut buf: &[u8]) -> io::Result<()> {
         buf = &buf[n as usize..];
     }
     Ok(())
+}
+
+/// One request to the kernel's socket diagnostics (NETLINK_SOCK_DIAG)
+/// about the TCP socket of `family` with exactly these addresses
+/// (`local`, `peer`: address in the family's form, 4 or 16 bytes, and
+/// port): the reply's first message (an inet_diag_msg, or the error).
+fn tcp_diag(
+    kind: u16,
+    family: i32,
+    local: (&[u8], u16),
+    peer: (&[u8], u16),
+) -> io::Result<Vec<u8>> {
+    let mut m = Vec::with_capacity(72);
+    m.extend_from_slice(&72u32.to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+    m.extend_from_slice(&[0u8; 8]); // seq, pid
+                                    // inet_diag_req_v2: family, protocol, ext, pad, states; inet_diag_sockid.
+    m.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, 0, 0]);
+    m.extend_from_slice(&u32::MAX.to_ne_bytes());
+    m.extend_from_slice(&local.1.to_be_bytes());
+    m.extend_from_slice(&peer.1.to_be_bytes());
+    for ip in [local.0, peer.0] {
+        let mut a = [0u8; 16];
+        a[..ip.len().min(16)].copy_from_slice(&ip[..ip.len().min(16)]);
+        m.extend_from_slice(&a);
+    }
+    m.extend_from_slice(&0u32.to_ne_bytes()); // interface
+    m.extend_from_slice(&[0xff; 8]); // no cookie
+                                     // SAFETY: integers only; the result is a new fd we own.
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    })?;
+    // SAFETY: the kernel just returned it; nobody else owns it.
+    let nl = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: the kernel reads m.len() bytes from `m`, ours.
+    cvt(unsafe { libc::send(nl.as_raw_fd(), m.as_ptr().cast(), m.len(), 0) })?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: the kernel writes at most buf.len() bytes into `buf`, ours.
+    let n = cvt(unsafe { libc::recv(nl.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) })?;
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// The kernel's answer in a reply of [`tcp_diag`]: Ok(Some(state)) for a
+/// socket found, Ok(None) for none (ENOENT) or an acknowledgement.
+fn diag_answer(b: &[u8]) -> io::Result<Option<u8>> {
+    let kind = u16::from_ne_bytes([*b.get(4).unwrap_or(&0), *b.get(5).unwrap_or(&0)]);
+    if kind == libc::NLMSG_ERROR as u16 {
+        let e = i32::from_ne_bytes(
+            b.get(16..20)
+                .and_then(|x| x.try_into().ok())
+                .unwrap_or([0; 4]),
+        );
+        return match -e {
+            0 | libc::ENOENT => Ok(None),
+            errno => Err(io::Error::from_raw_os_error(errno)),
+        };
+    }
+    Ok(b.get(17).copied())
+}
+
+/// Remove a connection left in TIME_WAIT with exactly these addresses
+/// (SOCK_DESTROY, CAP_NET_ADMIN): the closed connection of the captured
+/// process, or of an earlier restore, whose four addresses a restore is
+/// about to use again. Only a socket in TIME_WAIT is touched (a live one
+/// is someone's connection). Returns whether one was removed.
+pub fn tcp_clear_time_wait(
+    family: i32,
+    local: (&[u8], u16),
+    peer: (&[u8], u16),
+) -> io::Result<bool> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const SOCK_DESTROY: u16 = 21;
+    const TIME_WAIT: u8 = 6;
+    let found = diag_answer(&tcp_diag(SOCK_DIAG_BY_FAMILY, family, local, peer)?)?;
+    if found != Some(TIME_WAIT) {
+        return Ok(false);
+    }
+    diag_answer(&tcp_diag(SOCK_DESTROY, family, local, peer)?)?;
+    Ok(true)
 }
