@@ -605,8 +605,8 @@ fn capture_while_threads_come_and_go() {
 }
 
 /// A refused capture of a process whose threads come and go (it holds a
-/// datagram pair with a message queued) lets every thread go on: the
-/// result is exact.
+/// socket pair with an fd in flight) lets every thread go on: the result
+/// is exact.
 #[test]
 fn refused_capture_leaves_every_thread_running() {
     let rounds = "1500";
@@ -617,14 +617,32 @@ fn refused_capture_leaves_every_thread_running() {
         let img = dir.join(format!("img{i}"));
         let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
         assert_eq!(code, 1, "{err}");
-        assert!(
-            err.contains("only a stream pair's bytes are restored"),
-            "{err}"
-        );
+        assert!(err.contains("in flight (SCM_RIGHTS)"), "{err}");
         assert!(!img.exists());
     }
     let (code, last, err) = t.finish();
     assert_eq!((code, last.as_str()), (0, expected.as_str()), "{err}");
+}
+
+fn restore_out_with(img: &std::path::Path, mode: &[&str], input: &str) -> (i32, String, String) {
+    use std::io::Write;
+    sanitize_fds();
+    let mut c = std::process::Command::new(cryo())
+        .arg("restore")
+        .args(mode)
+        .arg(img)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cryo restore");
+    let _ = c.stdin.take().unwrap().write_all(input.as_bytes());
+    let out = c.wait_with_output().expect("cryo restore");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn restore_out(img: &std::path::Path, mode: &[&str]) -> (i32, String, String) {
@@ -644,25 +662,24 @@ fn restore_out(img: &std::path::Path, mode: &[&str]) -> (i32, String, String) {
 }
 
 #[test]
-fn tcp_connection_is_refused_by_name() {
+fn tcp_connection_to_another_process_is_refused_by_name() {
     let dir = scratch("socket");
-    let t = Target::start("c-socket", &[]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let t = Target::start("c-socket", &[&port.to_string()]);
+    let (_conn, _) = listener.accept().unwrap();
     let (code, _, err) = cryo_cmd(&[
         "capture",
         &t.pid.to_string(),
         dir.join("img").to_str().unwrap(),
     ]);
     assert_eq!(code, 1);
-    // Both ends of the connection, each with its addresses; not the
-    // listener, which cryo restores.
-    for fd in [4, 5] {
-        assert!(
-            err.contains(&format!("fd {fd} is a TCP connection 127.0.0.1:")),
-            "{err}"
-        );
-    }
-    assert!(err.contains("(ESTABLISHED)"), "{err}");
-    assert!(!err.contains("fd 3"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "fd 3 (TCP socket) is connected to 127.0.0.1:{port}, outside the process"
+        )),
+        "{err}"
+    );
     assert!(!dir.join("img").exists());
     assert_eq!(state(t.pid), Some('S'), "left running");
     assert_eq!(
@@ -670,6 +687,31 @@ fn tcp_connection_is_refused_by_name() {
         0,
         "no temporary left"
     );
+}
+
+/// A TCP connection of a process to itself comes back with its addresses
+/// and the bytes waiting each way, beside its listener.
+#[test]
+fn tcp_connection_to_itself_comes_back() {
+    let dir = scratch("socket-self");
+    let t = Target::start("c-socket", &["self"]);
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    drop(t);
+    for mode in [&[][..], &["--lazy"], &[]] {
+        let (code, out, err) = restore_out_with(&img, mode, "x\n");
+        assert_eq!(
+            (code, out.lines().last().unwrap_or("")),
+            (0, "PASS"),
+            "restore {mode:?}: {out}{err}"
+        );
+    }
 }
 
 #[test]

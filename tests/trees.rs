@@ -886,6 +886,10 @@ c2.connect(addr)
 a2, _ = srv.accept()
 c2.sendall(b"new")
 assert a2.recv(10) == b"new"
+# The client side closes first: its TIME_WAIT holds the client's port,
+# not the listener's (which has no SO_REUSEADDR to bind beside it).
+c2.close()
+a2.close()
 print("PASS", flush=True)
 "#;
     let dir = scratch("tree-tcp");

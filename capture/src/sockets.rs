@@ -167,6 +167,8 @@ pub struct CrossEnd {
     pub rqueue: u32,
     pub shutdown: u8,
     pub stream: bool,
+    /// Datagram or seqpacket: its queue is messages.
+    pub messages: bool,
     /// Our copy of it, to read the bytes queued in it.
     pub dup: OwnedFd,
     pub obstacle: String,
@@ -179,11 +181,18 @@ impl CrossEnd {
         if self.rqueue == 0 {
             return Ok(Vec::new());
         }
-        if !self.stream {
-            return Err(format!(
-                "fd {} (a unix socket paired with another process) has {} bytes of messages queued; only a stream pair's bytes are restored",
-                self.fd, self.rqueue
-            ));
+        if self.messages {
+            return match sock::peek_messages(&self.dup, self.rqueue as usize) {
+                Ok(Ok(m)) => Ok(sock::frame(&m)),
+                Ok(Err(why)) => Err(format!(
+                    "fd {} (a unix socket paired with another process) has {why}; not supported yet",
+                    self.fd
+                )),
+                Err(e) => Err(format!(
+                    "fd {}: reading the messages queued in it: {e}",
+                    self.fd
+                )),
+            };
         }
         match sock::peek(&self.dup, self.rqueue as usize + 1) {
             Ok(p) if p.fds => Err(format!(
@@ -547,10 +556,21 @@ pub fn link(
                     continue;
                 }
                 if s.sock_type as i32 != libc::SOCK_STREAM {
-                    obs.push(format!(
-                        "fd {} ({what}, paired with fd {}) has {} bytes of messages queued; only a stream pair's bytes are restored",
-                        c.fd, o.fd, c.diag.rqueue
-                    ));
+                    // Messages, each sent again on its own.
+                    match sock::peek_messages(&c.dup, c.diag.rqueue as usize) {
+                        Ok(Ok(m)) => stored.blobs.push(PendingBlob {
+                            to: BlobOwner::Socket(c.index),
+                            bytes: sock::frame(&m),
+                        }),
+                        Ok(Err(why)) => obs.push(format!(
+                            "fd {} ({what}, paired with fd {}) has {why}; not supported yet",
+                            c.fd, o.fd
+                        )),
+                        Err(e) => obs.push(format!(
+                            "fd {} ({what}): reading the messages queued in it: {e}",
+                            c.fd
+                        )),
+                    }
                     continue;
                 }
                 match sock::peek(&c.dup, c.diag.rqueue as usize + 1) {
@@ -626,6 +646,7 @@ pub fn link(
                             rqueue: c.diag.rqueue,
                             shutdown: c.diag.shutdown,
                             stream,
+                            messages: s.sock_type as i32 != libc::SOCK_STREAM,
                             dup,
                             obstacle,
                         })

@@ -90,7 +90,14 @@ pub(crate) fn plan(
                     }
                     sys::bind(t.as_fd(), &addr)
                 });
+            // A connection of the image through this port, closed by the
+            // program of an earlier restore and left in TIME_WAIT: made
+            // again first at install, which clears the TIME_WAIT.
+            let own_connection = img.sockets().iter().any(|o| {
+                inet(&o) && o.state == socket_state::PAIR && port_of(&addr_of(&o)) == port_of(&addr)
+            });
             match probe {
+                Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && own_connection => {}
                 Err(e)
                     if e.raw_os_error() == Some(libc::EADDRINUSE)
                         && s.sock_type as i32 == libc::SOCK_STREAM
@@ -412,6 +419,27 @@ fn shut(fd: BorrowedFd, bits: u32) -> Result<(), Why> {
     sys::shutdown(fd, how).map_err(|e| Why::sys("shutdown", e))
 }
 
+/// Send the bytes that waited in an end of pair `s` through its other end
+/// `from`: a stream's as they are, a datagram or seqpacket pair's message
+/// by message (each a 4-byte little-endian length, then its bytes).
+fn put_back(s: &Socket, from: BorrowedFd, bytes: &[u8]) -> Result<(), Why> {
+    let sent = |r: std::io::Result<()>| r.map_err(|e| Why::sys("putting the queued bytes back", e));
+    if s.sock_type as i32 == libc::SOCK_STREAM {
+        return sent(sys::send_all(from, bytes));
+    }
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let n = rest
+            .get(..4)
+            .map(|l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize)
+            .filter(|&n| n <= rest.len() - 4)
+            .ok_or_else(|| Why::Said("the queued messages in the image are cut short".into()))?;
+        sent(sys::send_message(from, &rest[4..4 + n]))?;
+        rest = &rest[4 + n..];
+    }
+    Ok(())
+}
+
 /// Whether socket `object` is one end of a pair made inside the process
 /// (its other end there, or closed).
 pub(crate) fn is_pair(img: &Image, object: u32) -> bool {
@@ -624,8 +652,7 @@ pub(crate) fn make(
                         let bytes = loaded
                             .read_blob(&data, verify)
                             .map_err(|e| fd_err(p, Why::Said(e.to_string())))?;
-                        sys::send_all(from, &bytes)
-                            .map_err(|e| sysw("putting the queued bytes back", e))?;
+                        put_back(&s, from, &bytes).map_err(|w| fd_err(p, w))?;
                     }
                 }
                 shut(a.as_fd(), s.shutdown).map_err(|w| fd_err(p, w))?;
@@ -695,8 +722,7 @@ pub(crate) fn make_pair(
                 .loaded
                 .read_blob(&s.data, verify)
                 .map_err(|x| err(e, Why::Said(x.to_string())))?;
-            sys::send_all(from, &bytes)
-                .map_err(|x| err(e, Why::sys("putting the queued bytes back", x)))?;
+            put_back(&s, from, &bytes).map_err(|w| err(e, w))?;
         }
     }
     for (e, s, fd) in [(ends[0], sa, &a), (ends[1], sb, &b)] {

@@ -62,6 +62,8 @@ pub struct Peeked {
     pub fds: bool,
     /// Other control data (credentials) came with the bytes.
     pub other_control: bool,
+    /// Nothing was queued (EAGAIN), as opposed to an empty message.
+    pub none: bool,
 }
 
 /// recvmsg(MSG_PEEK | MSG_DONTWAIT) of up to `len` bytes: the bytes stay
@@ -88,11 +90,16 @@ pub fn peek(fd: &impl AsRawFd, len: usize) -> io::Result<Peeked> {
             libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
         )
     } as libc::c_long);
-    let n = match n {
-        Ok(n) => n as usize,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+    let (n, none) = match n {
+        Ok(n) => (n as usize, false),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, true),
         Err(e) => return Err(e),
     };
+    if msg.msg_flags & libc::MSG_TRUNC != 0 {
+        return Err(io::Error::other(format!(
+            "a message queued is larger than {len} bytes"
+        )));
+    }
     let (mut fds, mut other) = (msg.msg_flags & libc::MSG_CTRUNC != 0, false);
     // SAFETY: CMSG_FIRSTHDR/NXTHDR walk the control buffer the kernel
     // filled, within msg_controllen; SCM_RIGHTS data is an array of ints
@@ -118,7 +125,75 @@ pub fn peek(fd: &impl AsRawFd, len: usize) -> io::Result<Peeked> {
         bytes: buf,
         fds,
         other_control: other,
+        none,
     })
+}
+
+/// Every message queued in a datagram or seqpacket socket, without
+/// taking them: peeked one after the other with a peek offset
+/// (SO_PEEK_OFF, which the socket did not use: the caller checked),
+/// turned off again after, whatever happened. `largest`: a bound on one
+/// message's size (unix_diag's count: every byte queued for seqpacket,
+/// the first datagram's for datagrams). Err(why) for what cannot be
+/// kept: fds or credentials with a message, an empty message (the
+/// offset cannot step over it), more than 1 << 16 messages.
+pub fn peek_messages(
+    fd: &impl AsRawFd,
+    largest: usize,
+) -> io::Result<Result<Vec<Vec<u8>>, String>> {
+    set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
+    let mut out = Vec::new();
+    let cap = largest.max(sndbuf_of(fd)).max(1 << 16) + 1;
+    let got = loop {
+        if out.len() > 1 << 16 {
+            break Ok(Err("more than 65536 messages queued".into()));
+        }
+        match peek(fd, cap) {
+            Err(e) => break Err(e),
+            Ok(p) if p.none => break Ok(Ok(())),
+            Ok(p) if p.fds || p.other_control => {
+                break Ok(Err(
+                    "a message queued with file descriptors or credentials".into()
+                ))
+            }
+            Ok(p) if p.bytes.is_empty() => break Ok(Err("an empty message queued".into())),
+            Ok(p) => out.push(p.bytes),
+        }
+    };
+    let off = set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, -1);
+    let got = got?;
+    off?;
+    Ok(got.map(|()| out))
+}
+
+/// SO_SNDBUF: a bound on the size of one datagram its peer could send.
+fn sndbuf_of(fd: &impl AsRawFd) -> usize {
+    getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF).map_or(0, |v| v.max(0) as usize)
+}
+
+fn set_int(fd: &impl AsRawFd, level: i32, name: i32, v: i32) -> io::Result<()> {
+    // SAFETY: setsockopt reads one int from `v`.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&v as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    } as libc::c_long)?;
+    Ok(())
+}
+
+/// Messages as one blob: each a 4-byte little-endian length, then its
+/// bytes (`cryo_image::fds::Socket::data` of a datagram or seqpacket pair).
+pub fn frame(messages: &[Vec<u8>]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for m in messages {
+        b.extend_from_slice(&(m.len() as u32).to_le_bytes());
+        b.extend_from_slice(m);
+    }
+    b
 }
 
 /// What unix_diag says about one unix socket.

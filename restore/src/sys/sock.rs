@@ -118,6 +118,26 @@ pub fn sockname(fd: BorrowedFd) -> io::Result<Vec<u8>> {
     Ok(buf[..(len as usize).min(buf.len())].to_vec())
 }
 
+/// send(2) one message (a datagram or seqpacket record) without waiting.
+pub fn send_message(fd: BorrowedFd, buf: &[u8]) -> io::Result<()> {
+    // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`.
+    let n = cvt(unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    })?;
+    if n as usize != buf.len() {
+        return Err(io::Error::other(format!(
+            "sent {n} of a {}-byte message",
+            buf.len()
+        )));
+    }
+    Ok(())
+}
+
 /// shutdown(fd, how).
 pub fn shutdown(fd: BorrowedFd, how: i32) -> io::Result<()> {
     // SAFETY: integers only.
