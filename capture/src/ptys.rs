@@ -170,7 +170,9 @@ pub fn capture(
     let pidfd = pidfd.ok_or_else(|| format!("{name}: cannot reach it (pidfd_open failed)"))?;
     let master =
         File::from(sys::pidfd_getfd(pidfd, f.fd).map_err(|e| format!("{name}: pidfd_getfd: {e}"))?);
-    let (rec, input, output) = read(&master, index).map_err(|e| format!("{name}: {e}"))?;
+    let slave_held = scope.pty_holders().slaves.contains_key(&index);
+    let (rec, input, output) =
+        read(&master, index, slave_held).map_err(|e| format!("{name}: {e}"))?;
     scope.pty_state.insert(index, rec);
     b.ptys.push(rec);
     for (bytes, to) in [
@@ -186,7 +188,8 @@ pub fn capture(
 
 /// Everything about pty `index`, through our copy of its master: its
 /// record, and the bytes waiting on each side (put back already).
-fn read(master: &File, index: u32) -> Result<(Pty, Vec<u8>, Vec<u8>), String> {
+/// `slave_held`: a process has its slave open.
+fn read(master: &File, index: u32, slave_held: bool) -> Result<(Pty, Vec<u8>, Vec<u8>), String> {
     let int = |req, what: &str| tty::get_int(master, req).map_err(|e| format!("{what}: {e}"));
     let mut flags = 0;
     if int(libc::TIOCGPTLCK, "TIOCGPTLCK")? != 0 {
@@ -230,6 +233,21 @@ fn read(master: &File, index: u32) -> Result<(Pty, Vec<u8>, Vec<u8>), String> {
         // Its slave was never opened: nothing was written either way.
         return Ok((rec, Vec::new(), Vec::new()));
     }
+    // Opening its slave and closing it again leaves the pty as it was
+    // when someone holds the slave, or held it (the master hangs up
+    // then): not when no one ever opened it, which our close would hang
+    // up.
+    let hung_up = sys::poll_now(master, libc::POLLIN).unwrap_or(0) & libc::POLLHUP != 0;
+    if !slave_held && !hung_up {
+        return Err(
+            "its slave was never opened (capture it once its program has the slave)".into(),
+        );
+    }
+    if packet && t.c_lflag & pty_replay::EXTPROC != 0 {
+        return Err(
+            "the master is in packet mode with EXTPROC, where reading its state would send its reader a notice".into(),
+        );
+    }
     let slave = File::from(
         tty::peer(
             master,
@@ -271,6 +289,13 @@ fn output(
     if n > MAX_QUEUED {
         return Err(format!(
             "{n} bytes of output wait in it, more than cryo restores ({MAX_QUEUED})"
+        ));
+    }
+    // They are written back through the slave: it must take them now
+    // (not stopped by ^S), or they would be lost.
+    if sys::poll_now(slave, libc::POLLOUT).unwrap_or(0) & libc::POLLOUT == 0 {
+        return Err(format!(
+            "{n} bytes of output wait in it and its output is stopped (^S); cryo cannot copy them"
         ));
     }
     let mut data = vec![0u8; n];
@@ -316,11 +341,14 @@ fn input(master: &File, slave: &File, t: &libc::termios2) -> Result<Vec<u8>, Str
             Err(e) => break Err(e),
         }
     };
-    // Back, whatever happened: the same mode, nothing done to the bytes.
+    // Back, whatever happened, as the line discipline kept them.
+    let mut cc = [0u8; 32];
+    cc[..t.c_cc.len()].copy_from_slice(&t.c_cc);
+    let replay = pty_replay::input(t.c_iflag, t.c_lflag, &cc, &data);
     let mut w = *t;
-    (w.c_iflag, w.c_lflag) = pty_replay::input_flags(t.c_iflag, t.c_lflag);
+    (w.c_iflag, w.c_lflag) = pty_replay::input_flags(t.c_iflag, t.c_lflag, replay.iexten);
     let put_back = tty::set_termios(slave, &w)
-        .and_then(|()| (&*master).write_all(&data))
+        .and_then(|()| (&*master).write_all(&replay.bytes))
         .and_then(|()| sys::poll_now(slave, libc::POLLIN).map(drop));
     let reset = tty::set_termios(slave, t);
     read.map_err(|e| format!("reading the input waiting in it: {e}"))?;
@@ -336,12 +364,10 @@ fn input(master: &File, slave: &File, t: &libc::termios2) -> Result<Vec<u8>, Str
             data.len()
         ));
     }
-    let mut cc = [0u8; 32];
-    cc[..t.c_cc.len()].copy_from_slice(&t.c_cc);
-    if let Some(c) = pty_replay::unreplayable(t.c_lflag, &cc, &data) {
-        return Err(format!(
-            "its unread input holds the byte {c:#04x} (an end-of-file mark, or an editing character typed quoted), which cryo cannot put back as it was"
-        ));
+    if !replay.exact {
+        return Err(
+            "its unread input holds a NUL (an end-of-file mark, or a NUL typed) or a character it would act on with no literal-next character to quote it; cryo cannot tell it would come back as it was".into(),
+        );
     }
     Ok(data)
 }

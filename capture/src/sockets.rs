@@ -426,7 +426,11 @@ pub fn capture(
         } else if d.peer != 0 {
             // Paired up (or refused) once every fd of the process is seen.
             keep_dup = Some((d, dup));
-        } else if d.state == 1 && sock_type == libc::SOCK_STREAM {
+        } else if d.state == 1 && sock_type == libc::SOCK_STREAM && d.shutdown == 3 && !bound {
+            // (Peer 0 with no shutdown: a connection still waiting in a
+            // listener's queue, whose other end has no inode yet; a named
+            // end was accepted, and a pair would not keep its name: both
+            // keep the refusal below.)
             // One end of a pair (or connection) whose other end was
             // closed: it reads the bytes left in it, then end of file,
             // and writing to it fails (EPIPE). Made again as a pair whose

@@ -467,7 +467,6 @@ pub mod pty_replay {
     const ICRNL: u32 = 0o400;
     const IUCLC: u32 = 0o1000;
     const IXON: u32 = 0o2000;
-    const IXOFF: u32 = 0o10000;
     const IMAXBEL: u32 = 0o20000;
     const OPOST: u32 = 0o1;
     const ISIG: u32 = 0o1;
@@ -477,44 +476,101 @@ pub mod pty_replay {
     const ECHOK: u32 = 0o40;
     const ECHONL: u32 = 0o100;
     const IEXTEN: u32 = 0o100000;
+    pub const EXTPROC: u32 = 0o200000;
     const VERASE: usize = 2;
     const VKILL: usize = 3;
     const VEOF: usize = 4;
     pub const VTIME: usize = 5;
     pub const VMIN: usize = 6;
+    const VSTART: usize = 8;
+    const VSTOP: usize = 9;
+    const VREPRINT: usize = 12;
+    const VWERASE: usize = 14;
+    const VLNEXT: usize = 15;
     const VEOL2: usize = 16;
 
+    /// How input waiting on a terminal is written back through its
+    /// master.
+    #[cfg(any(feature = "std", test))]
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Replay {
+        /// The bytes to write: each one the line discipline would act on
+        /// quoted with the literal-next character, an end-of-file mark as
+        /// the end-of-file character.
+        pub bytes: std::vec::Vec<u8>,
+        /// IEXTEN on for the write (literal-next needs it).
+        pub iexten: bool,
+        /// The terminal will hold exactly what it held. Not when a NUL
+        /// was in canonical input (an end-of-file mark reads as NUL, and
+        /// is written back as one: a NUL typed as data would come back
+        /// as a mark), nor when a byte needed quoting and the terminal
+        /// has no literal-next character.
+        pub exact: bool,
+    }
+
+    /// The replay of `input`, waiting on a terminal with these termios
+    /// (`cc`: c_cc; 0 is a disabled character).
+    #[cfg(any(feature = "std", test))]
+    pub fn input(iflag: u32, lflag: u32, cc: &[u8; 32], input: &[u8]) -> Replay {
+        let canon = lflag & ICANON != 0;
+        let set = |i: usize| (cc[i] != 0).then_some(cc[i]);
+        let lnext = set(VLNEXT);
+        // What the line discipline acts on even without IEXTEN.
+        let mut special = std::vec::Vec::new();
+        if canon {
+            special.extend([VERASE, VKILL, VEOF].into_iter().filter_map(set));
+        }
+        if iflag & IXON != 0 {
+            special.extend([VSTART, VSTOP].into_iter().filter_map(set));
+        }
+        // IEXTEN for the write: as it was in canonical mode (the second
+        // end of line ends a line only with it), and to quote.
+        let quote = lnext.is_some() && input.iter().any(|c| special.contains(c));
+        let iexten = (canon && lflag & IEXTEN != 0) || quote;
+        if iexten {
+            if canon {
+                special.extend([VWERASE, VREPRINT].into_iter().filter_map(set));
+                // Data, if IEXTEN was off: it must not end a line now.
+                if lflag & IEXTEN == 0 {
+                    special.extend(set(VEOL2));
+                }
+            }
+            special.extend(lnext);
+        }
+        let mut bytes = std::vec::Vec::with_capacity(input.len());
+        let mut exact = true;
+        for &c in input {
+            if canon && c == 0 {
+                exact = false;
+                bytes.push(set(VEOF).unwrap_or(0));
+                continue;
+            }
+            if special.contains(&c) {
+                match lnext {
+                    Some(l) => bytes.push(l),
+                    None => exact = false,
+                }
+            }
+            bytes.push(c);
+        }
+        Replay {
+            bytes,
+            iexten,
+            exact,
+        }
+    }
+
     /// (iflag, lflag) for writing input back through the master: the
-    /// same canonical mode, nothing else done to the bytes.
-    pub fn input_flags(iflag: u32, lflag: u32) -> (u32, u32) {
-        let i = iflag
-            & !(BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IUCLC | IXON | IXOFF | IMAXBEL);
+    /// same canonical mode and flow control, no translation, no echo, no
+    /// signals, IEXTEN as the replay needs.
+    pub fn input_flags(iflag: u32, lflag: u32, iexten: bool) -> (u32, u32) {
+        let i = iflag & !(BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IUCLC | IMAXBEL);
         let l = lflag & !(ISIG | ECHO | ECHOE | ECHOK | ECHONL | IEXTEN);
-        (i, l)
+        (i, if iexten { l | IEXTEN } else { l })
     }
 
     /// oflag for writing output back through the slave.
     pub fn output_flags(oflag: u32) -> u32 {
         oflag & !OPOST
-    }
-
-    /// A byte of `input` (waiting on a terminal in canonical mode) that
-    /// writing it back would not keep as it was: NUL (an end-of-file
-    /// mark reads back as one), the erase, kill and end-of-file
-    /// characters (typed quoted), the second end-of-line character
-    /// (a line end only with IEXTEN, which the replay turns off).
-    pub fn unreplayable(lflag: u32, cc: &[u8; 32], input: &[u8]) -> Option<u8> {
-        if lflag & ICANON == 0 {
-            return None;
-        }
-        let mut special = [0u8; 4];
-        special[..3].copy_from_slice(&[cc[VERASE], cc[VKILL], cc[VEOF]]);
-        if lflag & IEXTEN != 0 {
-            special[3] = cc[VEOL2];
-        }
-        input
-            .iter()
-            .copied()
-            .find(|&c| c == 0 || special.contains(&c))
     }
 }

@@ -492,21 +492,43 @@ fn pty_index_and_replay_rules() {
     cc[2] = 0x7f; // VERASE
     cc[3] = 0x15; // VKILL
     cc[4] = 0x04; // VEOF
+    cc[15] = 0x16; // VLNEXT
     cc[16] = 0x17; // VEOL2
     let canon = pty_replay::ICANON;
     let iexten = 0o100000;
-    assert_eq!(pty_replay::unreplayable(canon, &cc, b"a line\nhalf"), None);
-    assert_eq!(pty_replay::unreplayable(canon, &cc, b"x\0"), Some(0));
-    assert_eq!(pty_replay::unreplayable(canon, &cc, b"ab\x7f"), Some(0x7f));
-    assert_eq!(pty_replay::unreplayable(canon, &cc, b"a\x17"), None);
+    let r = pty_replay::input(0, canon, &cc, b"a line\nhalf");
+    assert_eq!((r.bytes.as_slice(), r.exact), (&b"a line\nhalf"[..], true));
+    // Typed quoted, written back quoted: exact.
+    let r = pty_replay::input(0, canon, &cc, b"ab\x7f\x15");
+    assert_eq!(r.bytes, b"ab\x16\x7f\x16\x15");
+    assert!(r.exact && r.iexten);
+    // An end-of-file mark (NUL) as the end-of-file character: not sure.
+    let r = pty_replay::input(0, canon, &cc, b"x\0");
+    assert_eq!((r.bytes.as_slice(), r.exact), (&b"x\x04"[..], false));
+    // The second end of line: a terminator under IEXTEN, data without.
     assert_eq!(
-        pty_replay::unreplayable(canon | iexten, &cc, b"a\x17"),
-        Some(0x17)
+        pty_replay::input(0, canon | iexten, &cc, b"a\x17").bytes,
+        b"a\x17"
     );
-    // Raw mode: every byte is data.
-    assert_eq!(pty_replay::unreplayable(0, &cc, b"\0\x7f\x04"), None);
-    // The replay keeps canonical mode and drops echo, signals, translation.
-    let (i, l) = pty_replay::input_flags(0o2400 | 0o40000, canon | 0o10 | 0o1 | iexten);
-    assert_eq!((i, l), (0o40000, canon));
+    assert_eq!(pty_replay::input(0, canon, &cc, b"a\x17").bytes, b"a\x17");
+    // ... and quoted when IEXTEN is on for the write (to quote another).
+    assert_eq!(
+        pty_replay::input(0, canon, &cc, b"a\x7f\x17").bytes,
+        b"a\x16\x7f\x16\x17"
+    );
+    // No literal-next character: cannot quote.
+    let mut plain = cc;
+    plain[15] = 0;
+    assert!(!pty_replay::input(0, canon, &plain, b"ab\x7f").exact);
+    // Raw mode: data as it is.
+    let r = pty_replay::input(0, 0, &cc, b"\0\x7f\x04\x16");
+    assert_eq!(
+        (r.bytes.as_slice(), r.exact, r.iexten),
+        (&b"\0\x7f\x04\x16"[..], true, false)
+    );
+    // The replay keeps canonical mode and flow control, drops echo,
+    // signals, translation.
+    let (i, l) = pty_replay::input_flags(0o2400 | 0o40000, canon | 0o10 | 0o1 | iexten, false);
+    assert_eq!((i, l), (0o42000, canon));
     assert_eq!(pty_replay::output_flags(0o5), 0o4);
 }

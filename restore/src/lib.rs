@@ -483,7 +483,7 @@ impl Plan {
         }
         // Every process's sockets are made: TCP connections' SO_REUSEADDR
         // as it was.
-        if let Err(e) = sockets::finish_reuse(&img) {
+        if let Err(e) = sockets::finish_reuse(&img, &self.fds) {
             return e;
         }
         let fd = |v: i32| if v < 0 { handoff::NONE } else { v as u64 };

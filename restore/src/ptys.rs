@@ -124,6 +124,10 @@ pub(crate) fn source(
         .and_then(|n| ptys.and_then(|p| p.get(n)))
         .ok_or_else(|| err.why("its pty pair was not made (the image has no record of it)"))?;
     Ok(if f.kind == fd_kind::PTY {
+        // Every fd of the master is its one description: its status
+        // flags (O_NONBLOCK, O_ASYNC) as the image has them.
+        crate::fds::set_status_flags(made.master.as_raw_fd(), flags)
+            .map_err(|e| err.why(crate::Why::sys("setting its file status flags", e)))?;
         Source::Inherit(made.master.as_raw_fd())
     } else {
         Source::Open {
@@ -178,10 +182,11 @@ fn make_one(rec: &Pty, input: &[u8], output: &[u8]) -> std::io::Result<MadePty> 
         tty::poll_now(m, libc::POLLIN)?;
     }
     if !input.is_empty() {
+        let replay = pty_replay::input(t.c_iflag, t.c_lflag, &rec.cc, input);
         let mut w = t;
-        (w.c_iflag, w.c_lflag) = pty_replay::input_flags(t.c_iflag, t.c_lflag);
+        (w.c_iflag, w.c_lflag) = pty_replay::input_flags(t.c_iflag, t.c_lflag, replay.iexten);
         tty::set_termios(s, &w)?;
-        write_all(m, input)?;
+        write_all(m, &replay.bytes)?;
         tty::poll_now(s, libc::POLLIN)?;
     }
     tty::set_termios(s, &t)?;

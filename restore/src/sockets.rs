@@ -93,9 +93,12 @@ pub(crate) fn plan(
             // A connection of the image through this port, closed by the
             // program of an earlier restore and left in TIME_WAIT: made
             // again first at install, which clears the TIME_WAIT.
-            let own_connection = img.sockets().iter().any(|o| {
-                inet(&o) && o.state == socket_state::PAIR && port_of(&addr_of(&o)) == port_of(&addr)
-            });
+            let own_connection = s.sock_type as i32 == libc::SOCK_STREAM
+                && img.sockets().iter().any(|o| {
+                    inet(&o)
+                        && o.state == socket_state::PAIR
+                        && port_of(&addr_of(&o)) == port_of(&addr)
+                });
             match probe {
                 Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && own_connection => {}
                 Err(e)
@@ -271,9 +274,18 @@ fn late_reuse(img: &Image, object: u32) -> bool {
 
 /// SO_REUSEADDR of every TCP connection end as captured (see
 /// [`late_reuse`]); fds are at their numbers now.
-pub(crate) fn finish_reuse(img: &Image) -> Result<(), RestoreError> {
+pub(crate) fn finish_reuse(img: &Image, plan: &crate::fds::Plan) -> Result<(), RestoreError> {
     for f in img.fds().iter() {
         if f.kind != cryo_image::fd_kind::SOCKET || !late_reuse(img, f.object) {
+            continue;
+        }
+        // Only a socket this restore made (an fd 0-2 kept as the
+        // invoker's is not the program's socket).
+        let made = plan
+            .fds
+            .iter()
+            .any(|p| p.fd == f.fd && !matches!(p.source, Source::Keep));
+        if !made {
             continue;
         }
         for o in img

@@ -171,6 +171,7 @@ fn tcp_diag(
     family: i32,
     local: (&[u8], u16),
     peer: (&[u8], u16),
+    cookie: [u8; 8],
 ) -> io::Result<Vec<u8>> {
     let mut m = Vec::with_capacity(72);
     m.extend_from_slice(&72u32.to_ne_bytes());
@@ -188,8 +189,8 @@ fn tcp_diag(
         m.extend_from_slice(&a);
     }
     m.extend_from_slice(&0u32.to_ne_bytes()); // interface
-    m.extend_from_slice(&[0xff; 8]); // no cookie
-                                     // SAFETY: integers only; the result is a new fd we own.
+    m.extend_from_slice(&cookie);
+    // SAFETY: integers only; the result is a new fd we own.
     let fd = cvt(unsafe {
         libc::socket(
             libc::AF_NETLINK,
@@ -239,10 +240,16 @@ pub fn tcp_clear_time_wait(
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const SOCK_DESTROY: u16 = 21;
     const TIME_WAIT: u8 = 6;
-    let found = diag_answer(&tcp_diag(SOCK_DIAG_BY_FAMILY, family, local, peer)?)?;
-    if found != Some(TIME_WAIT) {
+    let reply = tcp_diag(SOCK_DIAG_BY_FAMILY, family, local, peer, [0xff; 8])?;
+    if diag_answer(&reply)? != Some(TIME_WAIT) {
         return Ok(false);
     }
-    diag_answer(&tcp_diag(SOCK_DESTROY, family, local, peer)?)?;
+    // That very socket (its cookie), not a connection made on the same
+    // addresses since.
+    let cookie: [u8; 8] = reply
+        .get(16 + 44..16 + 52)
+        .and_then(|c| c.try_into().ok())
+        .ok_or_else(|| io::Error::other("short sock_diag reply"))?;
+    diag_answer(&tcp_diag(SOCK_DESTROY, family, local, peer, cookie)?)?;
     Ok(true)
 }
