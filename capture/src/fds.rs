@@ -108,10 +108,7 @@ fn classify(pid: i32, f: &OpenFd) -> Result<u32, String> {
         // (A FIFO whose path was removed is made again in its directory,
         // and removed again.)
         libc::S_IFIFO => Ok(fd_kind::FIFO),
-        libc::S_IFLNK if deleted => Err(format!(
-            "fd {} is an O_PATH fd on a removed symbolic link ({t}); not supported yet",
-            f.fd
-        )),
+        // (A removed one is made again with what it pointed to.)
         libc::S_IFLNK => Ok(fd_kind::SYMLINK),
         _ if t.starts_with("/proc/") && !deleted => {
             // /proc/PID/...: this process's own (reopened under its new
@@ -231,6 +228,35 @@ pub fn capture(
                 };
             }
             fd_kind::REGULAR => file = crate::vma::file_id(b, &f.target),
+            fd_kind::SYMLINK if f.target.ends_with(" (deleted)") => {
+                // What it pointed to, read through our copy of the fd.
+                let to = pidfd
+                    .as_ref()
+                    .ok_or_else(|| std::io::Error::other("pidfd_open failed"))
+                    .and_then(|p| sys::pidfd_getfd(p, f.fd))
+                    .and_then(|d| sys::readlink_fd(&d));
+                match to {
+                    Ok(to) => {
+                        let path = b.strings.add(&String::from_utf8_lossy(&to));
+                        b.files.push(cryo_image::FileId {
+                            path,
+                            mode: f.mode,
+                            flags: cryo_image::fds::file_flags::LINK,
+                            uid: f.uid,
+                            gid: f.gid,
+                            ..Default::default()
+                        });
+                        file = (b.files.len() - 1) as u32;
+                    }
+                    Err(e) => {
+                        obs.push(format!(
+                            "fd {} is an O_PATH fd on a removed symbolic link ({}), which cryo cannot read: {e}",
+                            f.fd, f.target
+                        ));
+                        continue;
+                    }
+                }
+            }
             _ => {}
         }
         // The first earlier fd with the same open file description.

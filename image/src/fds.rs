@@ -80,6 +80,9 @@ pub mod file_flags {
     pub const DELETED: u32 = 1 << 0;
     /// A memfd (`memfd_create`): restored as a memfd of the same name.
     pub const MEMFD: u32 = 1 << 1;
+    /// (5.0) What a removed symbolic link pointed to, as `path` (the
+    /// file of an O_PATH fd on it, kind SYMLINK): made again with it.
+    pub const LINK: u32 = 1 << 2;
 }
 
 record! {

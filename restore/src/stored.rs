@@ -33,6 +33,7 @@ pub(crate) fn plan_removed(
     f: &cryo_image::Fd,
     target: &str,
     flags: i32,
+    link: Option<String>,
     err: &FdErr,
 ) -> Result<Source, RestoreError> {
     let path = target.trim_end_matches(" (deleted)").to_owned();
@@ -48,6 +49,7 @@ pub(crate) fn plan_removed(
         mode: f.mode,
         rdev: f.rdev,
         flags,
+        link,
     })
 }
 
@@ -184,14 +186,15 @@ pub(crate) fn make_removed(
     mode: u32,
     rdev: u64,
     flags: i32,
+    link: Option<&str>,
 ) -> Result<i32, RestoreError> {
     let at = free_name(path);
     let c = cpath(&at);
     let dir = mode & libc::S_IFMT == libc::S_IFDIR;
-    let made = if dir {
-        sys::mkdir(&c, mode & 0o7777)
-    } else {
-        sys::mknod(&c, mode, rdev)
+    let made = match link {
+        Some(to) => std::os::unix::fs::symlink(to, &at),
+        None if dir => sys::mkdir(&c, mode & 0o7777),
+        None => sys::mknod(&c, mode, rdev),
     };
     made.map_err(|e| {
         fd_err(
@@ -199,12 +202,19 @@ pub(crate) fn make_removed(
             Why::sys(format!("making it again at {}", at.display()), e),
         )
     })?;
-    let fd = sys::open(&c, flags | libc::O_CLOEXEC);
+    let extra = if link.is_some() {
+        libc::O_PATH | libc::O_NOFOLLOW
+    } else {
+        0
+    };
+    let fd = sys::open(&c, flags | extra | libc::O_CLOEXEC);
     // The object goes, the open fd keeps it.
     let _ = if dir { sys::rmdir(&c) } else { sys::unlink(&c) };
     let fd = fd.map_err(|e| fd_err(p, Why::sys("opening it again", e)))?;
-    // mkdir/mknod applied the umask.
-    let _ = sys::fchmod(fd.as_fd(), mode & 0o7777);
+    // mkdir/mknod applied the umask (a link has no mode of its own).
+    if link.is_none() {
+        let _ = sys::fchmod(fd.as_fd(), mode & 0o7777);
+    }
     Ok(fd.into_raw_fd())
 }
 

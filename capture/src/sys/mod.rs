@@ -106,6 +106,24 @@ pub fn fionread(fd: &impl AsRawFd) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// What the symbolic link an O_PATH fd is open on points to
+/// (readlinkat(fd, "")).
+pub fn readlink_fd(fd: &impl AsRawFd) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: readlinkat writes at most buf.len() bytes into `buf`, ours;
+    // the path is an empty C string.
+    let n = cvt(unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    } as libc::c_long)?;
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
 /// Bytes sent and not yet acknowledged, or not yet sent (SIOCOUTQ).
 pub fn outq(fd: &impl AsRawFd) -> io::Result<usize> {
     let mut n: libc::c_int = 0;

@@ -186,6 +186,7 @@ pub fn install(
                 mode,
                 rdev,
                 flags,
+                link,
             } => {
                 // One object per removed path: another fd on it (its own
                 // description) opens the one already made.
@@ -196,7 +197,7 @@ pub fn install(
                             .map_err(|e| fd_err(p, e))?
                             .into_raw_fd()
                     }
-                    None => stored::make_removed(p, path, *mode, *rdev, *flags)?,
+                    None => stored::make_removed(p, path, *mode, *rdev, *flags, link.as_deref())?,
                 };
                 let d = park(raw, high)?;
                 if !remade.iter().any(|(q, _)| q == path) {

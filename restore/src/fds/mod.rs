@@ -11,7 +11,8 @@
 //! - files of the process's own /proc directory are reopened under the
 //!   restored PID;
 //! - unlinked files and memfds are made again from their stored bytes and
-//!   unlinked again; an unlinked directory or device node is made again
+//!   unlinked again; an unlinked directory, device node or symbolic link
+//!   (with what it pointed to) is made again
 //!   (empty, same mode and device number) and removed;
 //! - a pipe or FIFO whose every end is in the process is made again with
 //!   the bytes that were in it;
@@ -84,12 +85,14 @@ pub enum Source {
     /// A pidfd of another process of the tree (which exists by the time
     /// fds are installed).
     Pidfd { pid: i32, flags: i32 },
-    /// A removed directory or device node, made again and removed.
+    /// A removed directory, device node or symbolic link (`link`: what
+    /// it pointed to), made again and removed.
     Remade {
         path: String,
         mode: u32,
         rdev: u64,
         flags: i32,
+        link: Option<String>,
     },
 }
 
@@ -318,7 +321,16 @@ fn source_of(
             Ok(crate::stored::plan_fd(f, flags, out))
         }
         fd_kind::DIRECTORY | fd_kind::CHAR_DEVICE if deleted => {
-            crate::stored::plan_removed(f, target, flags, err)
+            crate::stored::plan_removed(f, target, flags, None, err)
+        }
+        fd_kind::SYMLINK if deleted => {
+            let to = file
+                .filter(|x| x.flags & file_flags::LINK != 0)
+                .and_then(|x| img.str(x.path))
+                .ok_or_else(|| {
+                    err.why("what the removed link pointed to is missing from the image")
+                })?;
+            crate::stored::plan_removed(f, target, flags, Some(to.to_owned()), err)
         }
         fd_kind::REGULAR | fd_kind::DIRECTORY | fd_kind::SYMLINK => {
             let md = if f.kind == fd_kind::SYMLINK {
