@@ -226,6 +226,27 @@ pub fn shape_obstacles(t: &Tree, obs: &mut Obstacles) {
                 r.pid, r.pgid
             ));
         }
+        // One fd table, one fs context for two processes (clone with
+        // CLONE_FILES / CLONE_FS, not threads): a restore gives each its
+        // own, and an fd one opens would be missing in the other.
+        if r.state != proc_state::ZOMBIE {
+            for p in t.members[..i]
+                .iter()
+                .filter(|p| p.rec.state != proc_state::ZOMBIE)
+            {
+                for (kind, what) in [
+                    (2, "file descriptor table (CLONE_FILES)"),
+                    (3, "working directory and umask (CLONE_FS)"),
+                ] {
+                    if crate::sys::kcmp(p.rec.pid as i32, r.pid as i32, kind).unwrap_or(false) {
+                        obs.push(format!(
+                            "processes {} and {} share one {what}; cryo restores each process with its own",
+                            p.rec.pid, r.pid
+                        ));
+                    }
+                }
+            }
+        }
         if r.state == proc_state::ZOMBIE && r.exit_status & 0x80 != 0 {
             obs.push(format!(
                 "process {} is a zombie killed by signal {} with a core dump; cryo cannot make a zombie with that status",

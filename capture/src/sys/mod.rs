@@ -51,6 +51,14 @@ pub fn shared_description((p, a): (i32, i32), (q, b): (i32, i32)) -> io::Result<
     Ok(r == 0)
 }
 
+/// kcmp(p, q, kind, 0, 0) == 0: processes `p` and `q` share one kernel
+/// object of `kind` (KCMP_FILES 2: fd table, KCMP_FS 3: fs context).
+pub fn kcmp(p: i32, q: i32, kind: libc::c_long) -> io::Result<bool> {
+    // SAFETY: kcmp takes integers only and changes nothing.
+    let r = cvt(unsafe { libc::syscall(libc::SYS_kcmp, p, q, kind, 0, 0) })?;
+    Ok(r == 0)
+}
+
 /// kcmp(pid, pid, KCMP_EPOLL_TFD, tfd, {epfd, tfd, 0}) == 0: the file
 /// epoll instance `epfd` of `pid` watches under fd number `tfd` is the
 /// file open at `tfd`.
@@ -122,6 +130,22 @@ pub fn readlink_fd(fd: &impl AsRawFd) -> io::Result<Vec<u8>> {
     } as libc::c_long)?;
     buf.truncate(n as usize);
     Ok(buf)
+}
+
+/// F_GETOWN_EX: (F_OWNER_TID 0 / PID 1 / PGRP 2, the id; 0: none).
+pub fn owner(fd: &impl AsRawFd) -> io::Result<(i32, i32)> {
+    /// struct f_owner_ex (the libc crate lacks it).
+    #[repr(C)]
+    struct OwnerEx {
+        kind: libc::c_int,
+        pid: libc::pid_t,
+    }
+    const F_GETOWN_EX: libc::c_int = 16;
+    let mut o = OwnerEx { kind: 0, pid: 0 };
+    // SAFETY: F_GETOWN_EX writes one struct f_owner_ex (two ints) into
+    // `o`, ours.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWN_EX, &mut o) } as libc::c_long)?;
+    Ok((o.kind, o.pid))
 }
 
 /// Bytes sent and not yet acknowledged, or not yet sent (SIOCOUTQ).
