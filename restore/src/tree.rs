@@ -337,7 +337,18 @@ fn make_shared<'a>(
             let Some(end_fd) = end_fd else {
                 return Err(RestoreError::Tree("a pipe's write end was not made".into()));
             };
-            let fd = if std::mem::replace(&mut first[end as usize], false) {
+            // A read-write description (a FIFO opened O_RDWR): one of its
+            // own, through the read end, reading and writing (the pipe's
+            // write end alone would not read: EBADF, zdtm fifo-rowo-pair).
+            let rw = f.flags as i32 & libc::O_ACCMODE == libc::O_RDWR;
+            let fd = if rw {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(format!("/proc/self/fd/{}", pipe.read.as_raw_fd()))
+                    .map(std::os::fd::IntoRawFd::into_raw_fd)
+            } else if std::mem::replace(&mut first[end as usize], false) {
                 sys::dup_above(end_fd.as_raw_fd(), 3)
             } else {
                 // Another description of the same end: opened again.
