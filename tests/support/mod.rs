@@ -186,12 +186,22 @@ impl Target {
     /// with extra environment) and wait for its READY line.
     pub fn spawn(mut cmd: Command, name: &str) -> Target {
         sanitize_fds();
-        let mut child = cmd
-            .stdin(Stdio::piped())
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+            .stderr(Stdio::piped());
+        // A program copied just now may still be open for writing in a
+        // child another test thread is forking (until its exec closes
+        // it): ETXTBSY for a moment. Try again.
+        let mut tries = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 200 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                r => break r.unwrap_or_else(|e| panic!("starting {name}: {e}")),
+            }
+        };
         let out = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
