@@ -624,19 +624,32 @@ fn refused_capture_leaves_every_thread_running() {
     assert_eq!((code, last.as_str()), (0, expected.as_str()), "{err}");
 }
 
-fn restore_out_with(img: &std::path::Path, mode: &[&str], input: &str) -> (i32, String, String) {
+/// `cryo restore MODE IMG` with `input` on its stdin (None: /dev/null):
+/// (exit code, stdout, stderr).
+fn restore_out_with(
+    img: &std::path::Path,
+    mode: &[&str],
+    input: Option<&str>,
+) -> (i32, String, String) {
     use std::io::Write;
+    use std::process::Stdio;
     sanitize_fds();
     let mut c = std::process::Command::new(cryo())
         .arg("restore")
         .args(mode)
         .arg(img)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("cryo restore");
-    let _ = c.stdin.take().unwrap().write_all(input.as_bytes());
+    if let (Some(i), Some(mut w)) = (input, c.stdin.take()) {
+        let _ = w.write_all(i.as_bytes());
+    }
     let out = c.wait_with_output().expect("cryo restore");
     (
         out.status.code().unwrap_or(-1),
@@ -646,19 +659,7 @@ fn restore_out_with(img: &std::path::Path, mode: &[&str], input: &str) -> (i32, 
 }
 
 fn restore_out(img: &std::path::Path, mode: &[&str]) -> (i32, String, String) {
-    sanitize_fds();
-    let out = std::process::Command::new(cryo())
-        .arg("restore")
-        .args(mode)
-        .arg(img)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("cryo restore");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    restore_out_with(img, mode, None)
 }
 
 #[test]
@@ -705,7 +706,7 @@ fn tcp_connection_to_itself_comes_back() {
     assert_eq!(code, 0, "{err}");
     drop(t);
     for mode in [&[][..], &["--lazy"], &[]] {
-        let (code, out, err) = restore_out_with(&img, mode, "x\n");
+        let (code, out, err) = restore_out_with(&img, mode, Some("x\n"));
         assert_eq!(
             (code, out.lines().last().unwrap_or("")),
             (0, "PASS"),

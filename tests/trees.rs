@@ -595,6 +595,30 @@ fn pty_pair_keeps_its_settings_session_foreground_and_unread_bytes() {
     }
 }
 
+/// `python3 -c script` (it prints "READY PID", waits for a line on stdin,
+/// then checks what it must and prints PASS): captured with --kill (and
+/// its descendants), looked at by `check`, then restored in each of
+/// `modes`, each restore printing PASS and exiting 0.
+fn python_round_trips(tag: &str, script: &str, check: impl Fn(&Path), modes: &[&[&str]]) {
+    let dir = scratch(tag);
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn(cmd, tag);
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    check(&img);
+    let pids = tree_pids(&img);
+    wait_gone(&pids);
+    for mode in modes {
+        let (code, out, err) = finish(restore(&img, mode), "x\n");
+        assert_eq!(code, 0, "restore {mode:?}: {out}{err}");
+        assert_eq!(out.lines().last(), Some("PASS"), "{mode:?}: {out}{err}");
+        wait_gone(pids.get(1..).unwrap_or(&[]));
+    }
+}
+
 #[test]
 fn pty_pair_inside_one_process_keeps_its_unread_bytes() {
     let script = r#"
@@ -616,20 +640,7 @@ assert os.read(s, 100) == b"and h\x7falf a line\n"
 assert not termios.tcgetattr(s)[3] & termios.ECHO
 print("PASS", flush=True)
 "#;
-    let dir = scratch("pty-single");
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", script]);
-    let t = Target::spawn(cmd, "python3 pty");
-    t.wait_sleeping();
-    let img = dir.join("img");
-    capture_kill(t.pid, &img);
-    drop(t);
-    wait_gone(&[]);
-    for mode in [&[][..], &["--lazy"]] {
-        let (code, out, err) = finish(restore(&img, mode), "x\n");
-        assert_eq!(code, 0, "restore {mode:?}: {out}{err}");
-        assert_eq!(out.lines().last(), Some("PASS"), "{mode:?}: {out}{err}");
-    }
+    python_round_trips("pty-single", script, |_| {}, &[&[], &["--lazy"]]);
 }
 
 #[test]
@@ -731,22 +742,12 @@ assert a2.recv(10) == b"new"
 os.unlink(path)
 print("PASS", flush=True)
 "#;
-    let dir = scratch("tree-named");
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", script]);
-    let t = Target::spawn(cmd, "python3 named");
-    t.wait_sleeping();
-    let img = dir.join("img");
-    capture_kill(t.pid, &img);
-    drop(t);
-    let pids = tree_pids(&img);
-    wait_gone(&pids);
-    for mode in [&[][..], &["--lazy"], &["--same-pid"]] {
-        let (code, out, err) = finish(restore(&img, mode), "x\n");
-        assert_eq!(code, 0, "restore {mode:?}: {out}{err}");
-        assert_eq!(out.lines().last(), Some("PASS"), "{mode:?}: {out}{err}");
-        wait_gone(&pids[1..]);
-    }
+    python_round_trips(
+        "tree-named",
+        script,
+        |_| {},
+        &[&[], &["--lazy"], &["--same-pid"]],
+    );
 }
 
 #[test]
@@ -785,19 +786,7 @@ for name, srv, a, c, i in ends:
 os.unlink(path)
 print("PASS", flush=True)
 "#;
-    let dir = scratch("named-self");
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", script]);
-    let t = Target::spawn(cmd, "python3 named-self");
-    t.wait_sleeping();
-    let img = dir.join("img");
-    capture_kill(t.pid, &img);
-    drop(t);
-    for mode in [&[][..], &["--lazy"]] {
-        let (code, out, err) = finish(restore(&img, mode), "x\n");
-        assert_eq!(code, 0, "restore {mode:?}: {out}{err}");
-        assert_eq!(out.lines().last(), Some("PASS"), "{mode:?}: {out}{err}");
-    }
+    python_round_trips("named-self", script, |_| {}, &[&[], &["--lazy"]]);
 }
 
 #[test]
@@ -825,24 +814,14 @@ for s in (a, c):
         pass
 print("PASS", flush=True)
 "#;
-    let dir = scratch("widowed");
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", script]);
-    let t = Target::spawn(cmd, "python3 widowed");
-    t.wait_sleeping();
-    let img = dir.join("img");
-    capture_kill(t.pid, &img);
-    drop(t);
-    let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
-    assert!(
-        text.contains("other end closed, 11 bytes left to read"),
-        "{text}"
-    );
-    for mode in [&[][..], &["--lazy"]] {
-        let (code, out, err) = finish(restore(&img, mode), "x\n");
-        assert_eq!(code, 0, "restore {mode:?}: {out}{err}");
-        assert_eq!(out.lines().last(), Some("PASS"), "{mode:?}: {out}{err}");
-    }
+    let check = |img: &Path| {
+        let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+        assert!(
+            text.contains("other end closed, 11 bytes left to read"),
+            "{text}"
+        );
+    };
+    python_round_trips("widowed", script, check, &[&[], &["--lazy"]]);
 }
 
 #[test]
@@ -896,20 +875,5 @@ c2.close()
 a2.close()
 print("PASS", flush=True)
 "#;
-    let dir = scratch("tree-tcp");
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", script]);
-    let t = Target::spawn(cmd, "python3 tcp");
-    t.wait_sleeping();
-    let img = dir.join("img");
-    capture_kill(t.pid, &img);
-    drop(t);
-    let pids = tree_pids(&img);
-    wait_gone(&pids);
-    for mode in [&[][..], &["--lazy"], &["--map"]] {
-        let (code, out, err) = finish(restore(&img, mode), "x\n");
-        assert_eq!(code, 0, "restore {mode:?}: {out}{err}");
-        assert_eq!(out.lines().last(), Some("PASS"), "{mode:?}: {out}{err}");
-        wait_gone(&pids[1..]);
-    }
+    python_round_trips("tree-tcp", script, |_| {}, &[&[], &["--lazy"], &["--map"]]);
 }

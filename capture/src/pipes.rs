@@ -23,8 +23,10 @@ pub struct Scope {
     /// The unix sockets of the process being inspected that are connected
     /// outside it (taken by the caller after each process).
     pub cross: Vec<crate::sockets::CrossEnd>,
-    /// Who holds each pty (scanned on first use).
+    /// Who holds each pty: among every process we can see, and among
+    /// the captured ones (each scanned on first use).
     pub(crate) ptys: Option<crate::ptys::Holders>,
+    pub(crate) pty_inside: Option<crate::ptys::Holders>,
     /// Ptys whose state a process of the scope captured already, by index.
     pub(crate) pty_state: HashMap<u32, cryo_image::fds::Pty>,
 }
@@ -36,6 +38,7 @@ impl Scope {
             holders: None,
             cross: Vec::new(),
             ptys: None,
+            pty_inside: None,
             pty_state: HashMap::new(),
         }
     }
@@ -54,46 +57,57 @@ impl Scope {
     fn of(&mut self, ino: u64) -> &[i32] {
         let map = self.holders.get_or_insert_with(|| {
             let mut m: HashMap<u64, Vec<i32>> = HashMap::new();
-            let own = std::process::id() as i32;
-            let Ok(procs) = std::fs::read_dir("/proc") else {
-                return m;
-            };
-            for p in procs.flatten() {
-                let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                    continue;
-                };
-                if pid == own {
-                    continue;
-                }
-                let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-                    continue;
-                };
-                for e in fds.flatten() {
-                    let Ok(t) = std::fs::read_link(e.path()) else {
-                        continue;
-                    };
-                    let t = t.to_string_lossy();
-                    let ino = t
-                        .strip_prefix("pipe:[")
-                        .and_then(|s| s.strip_suffix(']'))
-                        .and_then(|s| s.parse().ok())
-                        .or_else(|| {
-                            std::fs::metadata(e.path())
-                                .ok()
-                                .filter(|m| m.mode() & libc::S_IFMT == libc::S_IFIFO)
-                                .map(|m| m.ino())
-                        });
-                    if let Some(ino) = ino {
-                        let v = m.entry(ino).or_default();
-                        if !v.contains(&pid) {
-                            v.push(pid);
-                        }
+            each_fd(None, |pid, path, t| {
+                let ino = t
+                    .strip_prefix("pipe:[")
+                    .and_then(|s| s.strip_suffix(']'))
+                    .and_then(|s| s.parse().ok())
+                    .or_else(|| {
+                        std::fs::metadata(path)
+                            .ok()
+                            .filter(|m| m.mode() & libc::S_IFMT == libc::S_IFIFO)
+                            .map(|m| m.ino())
+                    });
+                if let Some(ino) = ino {
+                    let v = m.entry(ino).or_default();
+                    if !v.contains(&pid) {
+                        v.push(pid);
                     }
                 }
-            }
+            });
             m
         });
         map.get(&ino).map_or(&[], |v| v.as_slice())
+    }
+}
+
+/// Every open fd of the processes `pids` (None: of every process we can
+/// see but this one): `each(pid, its /proc/PID/fd/N path, its target)`.
+pub(crate) fn each_fd(pids: Option<&[i32]>, mut each: impl FnMut(i32, &std::path::Path, &str)) {
+    let all: Vec<i32> = match pids {
+        Some(p) => p.to_vec(),
+        None => {
+            let own = std::process::id() as i32;
+            let Ok(procs) = std::fs::read_dir("/proc") else {
+                return;
+            };
+            procs
+                .flatten()
+                .filter_map(|p| p.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|&p| p != own)
+                .collect()
+        }
+    };
+    for pid in all {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for e in fds.flatten() {
+            let path = e.path();
+            if let Ok(t) = std::fs::read_link(&path) {
+                each(pid, &path, &t.to_string_lossy());
+            }
+        }
     }
 }
 

@@ -42,43 +42,25 @@ pub struct Holders {
 }
 
 impl Holders {
-    fn scan() -> Holders {
+    /// Of the processes `pids` (None: every process we can see).
+    fn scan(pids: Option<&[i32]>) -> Holders {
         let mut h = Holders::default();
-        let own = std::process::id() as i32;
-        let Ok(procs) = std::fs::read_dir("/proc") else {
-            return h;
-        };
-        for p in procs.flatten() {
-            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
+        crate::pipes::each_fd(pids, |pid, path, t| {
+            let (map, index) = if t == "/dev/ptmx" || t == "/dev/pts/ptmx" {
+                let info = path.to_string_lossy().replacen("/fd/", "/fdinfo/", 1);
+                let info = std::fs::read_to_string(info).unwrap_or_default();
+                (&mut h.masters, master_index(&info))
+            } else {
+                let n = t.strip_prefix("/dev/pts/").and_then(|n| n.parse().ok());
+                (&mut h.slaves, n)
             };
-            if pid == own {
-                continue;
-            }
-            let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-                continue;
-            };
-            for e in fds.flatten() {
-                let Ok(t) = std::fs::read_link(e.path()) else {
-                    continue;
-                };
-                let t = t.to_string_lossy();
-                let (map, index) = if t == "/dev/ptmx" || t == "/dev/pts/ptmx" {
-                    let info = format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy());
-                    let info = std::fs::read_to_string(info).unwrap_or_default();
-                    (&mut h.masters, master_index(&info))
-                } else {
-                    let n = t.strip_prefix("/dev/pts/").and_then(|n| n.parse().ok());
-                    (&mut h.slaves, n)
-                };
-                if let Some(n) = index {
-                    let v = map.entry(n).or_default();
-                    if !v.contains(&pid) {
-                        v.push(pid);
-                    }
+            if let Some(n) = index {
+                let v = map.entry(n).or_default();
+                if !v.contains(&pid) {
+                    v.push(pid);
                 }
             }
-        }
+        });
         h
     }
 }
@@ -92,24 +74,25 @@ pub fn master_index(fdinfo: &str) -> Option<u32> {
 }
 
 impl Scope {
-    fn pty_holders(&mut self) -> &Holders {
-        self.ptys.get_or_insert_with(Holders::scan)
+    /// Who holds each pty among the processes captured: a scan of their
+    /// fds only (a terminal is common; most are not ptys of theirs).
+    fn pty_holders_inside(&mut self) -> &Holders {
+        let pids = &self.pids;
+        self.pty_inside
+            .get_or_insert_with(|| Holders::scan(Some(pids)))
     }
 
     /// Whether a process captured with `pid` holds the master of pty
     /// `index` (its slave is then one end of a pair restored as a pair).
     pub fn pty_master_inside(&mut self, index: u32) -> bool {
-        let pids = self.pids.clone();
-        self.pty_holders()
-            .masters
-            .get(&index)
-            .is_some_and(|v| v.iter().any(|p| pids.contains(p)))
+        self.pty_holders_inside().masters.contains_key(&index)
     }
 
     /// Processes outside the scope holding pty `index`'s master or slave.
     fn pty_outside(&mut self, index: u32) -> Vec<i32> {
+        // Every process's fds: scanned only once a master is captured.
         let pids = self.pids.clone();
-        let h = self.pty_holders();
+        let h = self.ptys.get_or_insert_with(|| Holders::scan(None));
         let mut out: Vec<i32> = h
             .masters
             .get(&index)
@@ -170,7 +153,7 @@ pub fn capture(
     let pidfd = pidfd.ok_or_else(|| format!("{name}: cannot reach it (pidfd_open failed)"))?;
     let master =
         File::from(sys::pidfd_getfd(pidfd, f.fd).map_err(|e| format!("{name}: pidfd_getfd: {e}"))?);
-    let slave_held = scope.pty_holders().slaves.contains_key(&index);
+    let slave_held = scope.pty_holders_inside().slaves.contains_key(&index);
     let (rec, input, output) =
         read(&master, index, slave_held).map_err(|e| format!("{name}: {e}"))?;
     scope.pty_state.insert(index, rec);

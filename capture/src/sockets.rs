@@ -152,6 +152,8 @@ pub struct Sockets {
     connected: Vec<Connected>,
     /// Stream ends whose other end was closed: (index, bytes left in it).
     widowed: Vec<(usize, Vec<u8>)>,
+    /// The machine's TCP sockets, read at the first established one.
+    tcp: Option<sock::TcpTable>,
 }
 
 /// An unnamed unix socket connected to a socket outside its process,
@@ -365,9 +367,10 @@ pub fn capture(
                 // of the processes captured (the tree's pass, or `link`,
                 // pairs them by inode), nothing in flight.
                 let to = peer.as_deref().map_or("?".into(), sockaddr_display);
-                let peer_ino = peer
-                    .as_deref()
-                    .and_then(|p| sock::tcp_peer_inode(&addr, p).ok().flatten());
+                let tcp = seen
+                    .tcp
+                    .get_or_insert_with(|| sock::TcpTable::read().unwrap_or_default());
+                let peer_ino = peer.as_deref().and_then(|p| tcp.peer_inode(&addr, p));
                 let Some(peer_ino) = peer_ino.and_then(|i| u32::try_from(i).ok()) else {
                     return Err(format!(
                         "fd {fd} is a TCP connection {shown} -> {to} (ESTABLISHED) to another machine or a socket cryo cannot see; established connections are restored only between processes it captures (TCP repair is not supported)"
@@ -380,7 +383,7 @@ pub fn capture(
                     ));
                 }
                 let rqueue = crate::sys::fionread(&dup).map_err(|e| io("queued bytes", e))? as u32;
-                if sock::tcp_listener_at(&addr).unwrap_or(false) {
+                if tcp.listener_at(&addr) {
                     s.flags |= cryo_image::fds::socket_flags::ACCEPTED;
                 }
                 keep_dup = Some((

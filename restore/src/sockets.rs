@@ -514,13 +514,17 @@ fn clear_time_wait(local: &[u8], peer: &[u8]) {
     let (Some((lip, lport)), Some((pip, pport))) = (split(local), split(peer)) else {
         return;
     };
-    let mapped = |ip: &[u8; 16]| ip[..10] == [0; 10] && ip[10..12] == [0xff, 0xff];
     for (a, b) in [((lip, lport), (pip, pport)), ((pip, pport), (lip, lport))] {
-        if mapped(&a.0) && mapped(&b.0) {
+        if v4_mapped(&a.0) && v4_mapped(&b.0) {
             let _ = sys::tcp_clear_time_wait(libc::AF_INET, (&a.0[12..], a.1), (&b.0[12..], b.1));
         }
         let _ = sys::tcp_clear_time_wait(libc::AF_INET6, (&a.0, a.1), (&b.0, b.1));
     }
+}
+
+/// An IPv6 address (16 bytes) that is an IPv4 one, mapped (::ffff:a.b.c.d).
+fn v4_mapped(ip: &[u8]) -> bool {
+    ip.len() == 16 && ip[..10] == [0; 10] && ip[10..12] == [0xff, 0xff]
 }
 
 /// `addr` (an IPv4 or IPv6 sockaddr) at the wildcard address, same port:
@@ -531,9 +535,7 @@ fn clear_time_wait(local: &[u8], peer: &[u8]) {
 /// does not set V6ONLY, and the wildcard would not reach it).
 fn port_only(addr: &[u8]) -> Vec<u8> {
     let mut any = addr.to_vec();
-    let mapped = addr
-        .get(8..20)
-        .is_some_and(|p| p[..10] == [0; 10] && p[10..] == [0xff, 0xff]);
+    let mapped = addr.get(8..24).is_some_and(v4_mapped);
     match i32::from(u16::from_ne_bytes([addr[0], addr[1]])) {
         libc::AF_INET => any[4..8].fill(0),
         libc::AF_INET6 if !mapped => any[8..24].fill(0),
@@ -566,24 +568,39 @@ fn connected_tcp(
         Ok(fd)
     };
     let at = addr_of(sa);
-    clear_time_wait(&addr_of(sb), &peer_of(sb));
+    let (mine, to) = (addr_of(sb), peer_of(sb));
+    // A TIME_WAIT on these very addresses shows as the address in use:
+    // cleared then (only then: it costs netlink round trips), and tried
+    // again.
+    let mut cleared = false;
+    let mut busy = |e: &std::io::Error| {
+        let hit = matches!(
+            e.raw_os_error(),
+            Some(libc::EADDRNOTAVAIL | libc::EADDRINUSE)
+        );
+        if hit && !std::mem::replace(&mut cleared, true) {
+            clear_time_wait(&mine, &to);
+        }
+        hit
+    };
+    let bind = |fd: BorrowedFd, a: &[u8], busy: &mut dyn FnMut(&std::io::Error) -> bool| {
+        let at = port_only(a);
+        match sys::bind(fd, &at) {
+            Err(e) if busy(&e) => sys::bind(fd, &at),
+            r => r,
+        }
+        .map_err(|e| in_use(&sockaddr_display(a), e))
+    };
     let listener = sock(sa, 0)?;
-    sys::bind(listener.as_fd(), &port_only(&at)).map_err(|e| in_use(&sockaddr_display(&at), e))?;
+    bind(listener.as_fd(), &at, &mut busy)?;
     sys::listen(listener.as_fd(), 1).map_err(|e| Why::sys("listen", e))?;
     let c = sock(sb, 1)?;
-    let mine = addr_of(sb);
-    sys::bind(c.as_fd(), &port_only(&mine)).map_err(|e| in_use(&sockaddr_display(&mine), e))?;
-    let to = peer_of(sb);
+    bind(c.as_fd(), &mine, &mut busy)?;
     let t0 = std::time::Instant::now();
     loop {
         match sys::connect(c.as_fd(), &to) {
             Ok(()) => break,
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EADDRNOTAVAIL | libc::EADDRINUSE)
-                ) && t0.elapsed() < std::time::Duration::from_secs(3) =>
-            {
+            Err(e) if busy(&e) && t0.elapsed() < std::time::Duration::from_secs(3) => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(e) => {

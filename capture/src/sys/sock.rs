@@ -386,7 +386,7 @@ pub fn inet_shutdown(family: i32, protocol: i32, ino: u64) -> io::Result<Option<
 }
 
 /// An IPv4 or IPv6 sockaddr as (address in IPv6 form, v4 mapped; port).
-fn inet_key(addr: &[u8]) -> Option<([u8; 16], u16)> {
+fn inet_key(addr: &[u8]) -> Option<InetKey> {
     let port = u16::from_be_bytes([*addr.get(2)?, *addr.get(3)?]);
     let mut ip = [0u8; 16];
     match i32::from(u16::from_ne_bytes([addr[0], addr[1]])) {
@@ -401,72 +401,77 @@ fn inet_key(addr: &[u8]) -> Option<([u8; 16], u16)> {
     Some((ip, port))
 }
 
-/// Whether a TCP socket listens on `local`'s port, at its address or at
-/// the wildcard (an established socket there was accepted by it).
-pub fn tcp_listener_at(local: &[u8]) -> io::Result<bool> {
-    const LISTEN: u32 = 1 << 10;
-    let Some((ip, port)) = inet_key(local) else {
-        return Ok(false);
-    };
-    let v4_any = {
-        let mut a = [0u8; 16];
-        a[10] = 0xff;
-        a[11] = 0xff;
-        a
-    };
-    for family in [libc::AF_INET, libc::AF_INET6] {
-        let found = inet_dump(family, libc::IPPROTO_TCP, LISTEN, |m| {
-            let lport = u16::from_be_bytes([*m.get(4)?, *m.get(5)?]);
-            let mut lip = [0u8; 16];
-            if i32::from(m[0]) == libc::AF_INET {
-                lip[10] = 0xff;
-                lip[11] = 0xff;
-                lip[12..].copy_from_slice(m.get(8..12)?);
-            } else {
-                lip.copy_from_slice(m.get(8..24)?);
-            }
-            (lport == port && (lip == ip || lip == [0; 16] || lip == v4_any)).then_some(())
-        })?;
-        if found.is_some() {
-            return Ok(true);
-        }
+/// An address in IPv6 form (IPv4 v4-mapped) and a port.
+type InetKey = ([u8; 16], u16);
+
+/// The key of one end in an inet_diag message: inet_diag_sockid at 4 has
+/// sport, dport (big-endian) at 4 and 6, src and dst at 8 and 24; an
+/// AF_INET message has its addresses in their first 4 bytes.
+fn diag_key(m: &[u8], port_at: usize, ip_at: usize) -> Option<InetKey> {
+    let port = u16::from_be_bytes([*m.get(port_at)?, *m.get(port_at + 1)?]);
+    let mut ip = [0u8; 16];
+    if i32::from(*m.first()?) == libc::AF_INET {
+        ip[10] = 0xff;
+        ip[11] = 0xff;
+        ip[12..].copy_from_slice(m.get(ip_at..ip_at + 4)?);
+    } else {
+        ip.copy_from_slice(m.get(ip_at..ip_at + 16)?);
     }
-    Ok(false)
+    Some((ip, port))
 }
 
-/// The inode of the established TCP socket at the other end of the
-/// connection whose own address is `local` and peer `peer` (sockaddrs),
-/// if it is a socket of this machine (loopback, or an address of ours).
-pub fn tcp_peer_inode(local: &[u8], peer: &[u8]) -> io::Result<Option<u64>> {
-    const ESTABLISHED: u32 = 1 << 1;
-    let (Some(me), Some(them)) = (inet_key(local), inet_key(peer)) else {
-        return Ok(None);
-    };
-    for family in [libc::AF_INET, libc::AF_INET6] {
-        let found = inet_dump(family, libc::IPPROTO_TCP, ESTABLISHED, |m| {
-            // inet_diag_sockid at 4: sport, dport (big-endian), src[16],
-            // dst[16]; an AF_INET message has its addresses in the first 4.
-            let key = |port_at: usize, ip_at: usize| -> Option<([u8; 16], u16)> {
-                let port = u16::from_be_bytes([*m.get(port_at)?, *m.get(port_at + 1)?]);
-                let mut ip = [0u8; 16];
-                if i32::from(m[0]) == libc::AF_INET {
-                    ip[10] = 0xff;
-                    ip[11] = 0xff;
-                    ip[12..].copy_from_slice(m.get(ip_at..ip_at + 4)?);
-                } else {
-                    ip.copy_from_slice(m.get(ip_at..ip_at + 16)?);
+/// This machine's established and listening TCP sockets, read once (two
+/// inet_diag dumps) for every connection of a capture to look up.
+#[derive(Debug, Default)]
+pub struct TcpTable {
+    /// (own address, peer address, inode).
+    established: Vec<(InetKey, InetKey, u64)>,
+    listening: Vec<InetKey>,
+}
+
+impl TcpTable {
+    pub fn read() -> io::Result<TcpTable> {
+        const ESTABLISHED: u8 = 1;
+        const LISTEN: u8 = 10;
+        let mut t = TcpTable::default();
+        let states = (1u32 << ESTABLISHED) | (1u32 << LISTEN);
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            inet_dump(family, libc::IPPROTO_TCP, states, |m| -> Option<()> {
+                let (me, them) = (diag_key(m, 4, 8)?, diag_key(m, 6, 24)?);
+                match *m.get(1)? {
+                    LISTEN => t.listening.push(me),
+                    ESTABLISHED => t.established.push((me, them, u64::from(ne_u32(m, 68)?))),
+                    _ => {}
                 }
-                Some((ip, port))
-            };
-            (key(4, 8) == Some(them) && key(6, 24) == Some(me))
-                .then(|| ne_u32(m, 68).map(u64::from))
-                .flatten()
-        })?;
-        if found.is_some() {
-            return Ok(found);
+                None
+            })?;
         }
+        Ok(t)
     }
-    Ok(None)
+
+    /// Whether a socket listens on `local`'s port, at its address or at
+    /// the wildcard (an established socket there was accepted by it).
+    pub fn listener_at(&self, local: &[u8]) -> bool {
+        let Some((ip, port)) = inet_key(local) else {
+            return false;
+        };
+        let mut v4_any = [0u8; 16];
+        v4_any[10..12].copy_from_slice(&[0xff, 0xff]);
+        self.listening
+            .iter()
+            .any(|&(lip, lport)| lport == port && (lip == ip || lip == [0; 16] || lip == v4_any))
+    }
+
+    /// The inode of the established socket at the other end of the
+    /// connection whose own address is `local` and peer `peer`
+    /// (sockaddrs), if it is a socket of this machine.
+    pub fn peer_inode(&self, local: &[u8], peer: &[u8]) -> Option<u64> {
+        let (me, them) = (inet_key(local)?, inet_key(peer)?);
+        self.established
+            .iter()
+            .find(|&&(own, other, _)| own == them && other == me)
+            .map(|&(_, _, ino)| ino)
+    }
 }
 
 /// SO_LINGER {on, 0 s}: a close resets the connection.

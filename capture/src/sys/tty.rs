@@ -28,7 +28,7 @@ pub fn set_termios(fd: &impl AsRawFd, t: &libc::termios2) -> io::Result<()> {
     Ok(())
 }
 
-pub fn zeroed_termios() -> libc::termios2 {
+fn zeroed_termios() -> libc::termios2 {
     // SAFETY: termios2 is plain integers and bytes: all zeros is valid.
     unsafe { std::mem::zeroed() }
 }
@@ -54,8 +54,8 @@ pub fn get_int(fd: &impl AsRawFd, req: libc::Ioctl) -> io::Result<i32> {
 /// A new open file description of a pty master's slave (TIOCGPTPEER).
 pub fn peer(master: &impl AsRawFd, flags: i32) -> io::Result<OwnedFd> {
     // SAFETY: TIOCGPTPEER takes open(2) flags by value and returns a new fd.
-    let fd =
-        cvt(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) } as libc::c_long)?;
+    let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+    let fd = cvt(r as libc::c_long)?;
     // SAFETY: the kernel just returned this fd to us; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }

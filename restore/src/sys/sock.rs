@@ -118,8 +118,8 @@ pub fn sockname(fd: BorrowedFd) -> io::Result<Vec<u8>> {
     Ok(buf[..(len as usize).min(buf.len())].to_vec())
 }
 
-/// send(2) one message (a datagram or seqpacket record) without waiting.
-pub fn send_message(fd: BorrowedFd, buf: &[u8]) -> io::Result<()> {
+/// send(2) without waiting (MSG_NOSIGNAL | MSG_DONTWAIT): bytes sent.
+fn send_now(fd: BorrowedFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`.
     let n = cvt(unsafe {
         libc::send(
@@ -129,7 +129,13 @@ pub fn send_message(fd: BorrowedFd, buf: &[u8]) -> io::Result<()> {
             libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
         )
     })?;
-    if n as usize != buf.len() {
+    Ok(n as usize)
+}
+
+/// send(2) one message (a datagram or seqpacket record) without waiting.
+pub fn send_message(fd: BorrowedFd, buf: &[u8]) -> io::Result<()> {
+    let n = send_now(fd, buf)?;
+    if n != buf.len() {
         return Err(io::Error::other(format!(
             "sent {n} of a {}-byte message",
             buf.len()
@@ -148,16 +154,8 @@ pub fn shutdown(fd: BorrowedFd, how: i32) -> io::Result<()> {
 /// send(2) all of `buf` without waiting: EAGAIN if it does not fit.
 pub fn send_all(fd: BorrowedFd, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
-        // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`.
-        let n = cvt(unsafe {
-            libc::send(
-                fd.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        })?;
-        buf = &buf[n as usize..];
+        let n = send_now(fd, buf)?;
+        buf = &buf[n..];
     }
     Ok(())
 }
