@@ -655,9 +655,13 @@ fn script_runs_its_shell_under_a_pty_after_restore() {
             "-q",
             "-e",
             "-c",
-            "sh -c 'stty -echo; echo started; read x; echo got:$x; exit 3'",
+            "stty -echo; echo started; read x; echo got:$x; exit 3",
             "/dev/null",
         ])
+        // script runs $SHELL -c; dash (CI has no SHELL, so /bin/sh) does
+        // not exec a last command the way bash does, so the shell is fixed
+        // here and the tree is always script and one shell.
+        .env("SHELL", "/bin/sh")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
