@@ -644,6 +644,56 @@ print("PASS", flush=True)
 }
 
 #[test]
+fn children_stopped_by_job_control_stay_stopped_by_their_own_signal() {
+    // Three children, each in its own process group of the parent's
+    // session (groups that are not orphaned, so job-control stops take
+    // effect), stopped by SIGTSTP, SIGTTIN and SIGSTOP. After restore the
+    // parent's waitid reports each one stopped by its own signal; SIGCONT
+    // lets each finish with its own exit code.
+    let script = r#"
+import os, signal, sys, time
+kids = {}
+for sig, code in ((signal.SIGTSTP, 11), (signal.SIGTTIN, 12), (signal.SIGSTOP, 13)):
+    pid = os.fork()
+    if pid == 0:
+        os.setpgid(0, 0)
+        time.sleep(0.2)
+        os._exit(code)
+    os.setpgid(pid, pid)
+    os.kill(pid, sig)
+    info = os.waitid(os.P_PID, pid, os.WSTOPPED)
+    assert info.si_status == sig, (info, sig)
+    kids[pid] = (sig, code)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+for pid, (sig, code) in kids.items():
+    info = os.waitid(os.P_PID, pid, os.WSTOPPED | os.WNOWAIT)
+    assert info.si_code == os.CLD_STOPPED and info.si_status == sig, (info, sig)
+    os.kill(pid, signal.SIGCONT)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == code, (status, code)
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "tree-stopped",
+        script,
+        |img| {
+            let pids = tree_pids(img);
+            assert_eq!(pids.len(), 4);
+            for (pid, sig) in pids[1..].iter().zip(["SIGTSTP", "SIGTTIN", "SIGSTOP"]) {
+                let sub = img.join(format!("procs/{pid}"));
+                let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", sub.to_str().unwrap()]);
+                assert!(
+                    text.contains(&format!("was stopped ({sig})")),
+                    "{sig}: {text}"
+                );
+            }
+        },
+        &[&[], &["--lazy"]],
+    );
+}
+
+#[test]
 fn script_runs_its_shell_under_a_pty_after_restore() {
     // script(1) from util-linux: sh under a pty (its own session, the pty
     // its controlling terminal), script blocking every signal for a

@@ -47,6 +47,7 @@ pub fn capture(
     p.pid = pid as u32;
     if t.was_stopped() {
         p.flags |= process_flags::WAS_STOPPED;
+        p.stop_signal = t.stop_signal() as u32;
     }
     if cwd_deleted {
         p.flags |= process_flags::CWD_DELETED;

@@ -97,6 +97,8 @@ pub struct Tracee {
     /// The task (thread) traced: every ptrace request names it.
     pid: i32,
     was_stopped: bool,
+    /// The signal of that group-stop, as the kernel reported it.
+    stop_signal: i32,
     /// Signals intercepted while stopping it, queued again after detach.
     intercepted: Vec<libc::siginfo_t>,
     attached: bool,
@@ -181,13 +183,23 @@ impl Tracee {
             tgid,
             pid,
             was_stopped,
+            stop_signal: libc::SIGSTOP,
             intercepted: Vec::new(),
             attached: true,
             restarted_poll,
         };
         ptrace::request(libc::PTRACE_INTERRUPT as libc::c_uint, pid, 0)
             .map_err(|e| sys_err("PTRACE_INTERRUPT", pid, e))?;
-        t.wait_event_stop()?;
+        let status = t.wait_event_stop()?;
+        // A task seized in group-stop reports that stop's signal (the
+        // kernel's jobctl stop signal); one that was running reports
+        // SIGTRAP for our interrupt.
+        let sig = libc::WSTOPSIG(status);
+        if was_stopped
+            && [libc::SIGSTOP, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU].contains(&sig)
+        {
+            t.stop_signal = sig;
+        }
         Ok(t)
     }
 
@@ -212,6 +224,11 @@ impl Tracee {
         self.was_stopped
     }
 
+    /// The signal of that group-stop (SIGSTOP when not known).
+    pub fn stop_signal(&self) -> i32 {
+        self.stop_signal
+    }
+
     fn waitpid(&self) -> Result<i32, PtraceError> {
         let (_, status) =
             ptrace::waitpid(self.pid, libc::__WALL).map_err(|source| PtraceError::Sys {
@@ -225,15 +242,16 @@ impl Tracee {
         Ok(status)
     }
 
-    /// Wait for the PTRACE_EVENT_STOP, intercepting signal-delivery-stops.
-    fn wait_event_stop(&mut self) -> Result<(), PtraceError> {
+    /// Wait for the PTRACE_EVENT_STOP, intercepting signal-delivery-stops;
+    /// its wait status.
+    fn wait_event_stop(&mut self) -> Result<i32, PtraceError> {
         loop {
             let status = self.waitpid()?;
             if !libc::WIFSTOPPED(status) {
                 continue;
             }
             if status >> 16 == PTRACE_EVENT_STOP {
-                return Ok(());
+                return Ok(status);
             }
             // A signal that was already being delivered when we seized:
             // let it be delivered (its handler frame is set up, then the

@@ -408,7 +408,18 @@ impl Plan {
             _ => None,
         };
         if self.finish == Finish::Tracer {
-            if let Err(e) = tracer::start(self.gadget, self.opts.keep_stopped, server.as_ref()) {
+            // A process captured stopped by a job-control signal is
+            // stopped again with that signal.
+            let stop = self.opts.keep_stopped.then(|| {
+                let p = self.image().process();
+                let captured = p.stop_signal as i32;
+                if p.flags & cryo_image::process_flags::WAS_STOPPED != 0 && captured != 0 {
+                    captured
+                } else {
+                    libc::SIGSTOP
+                }
+            });
+            if let Err(e) = tracer::start(self.gadget, stop, server.as_ref()) {
                 return e;
             }
         }

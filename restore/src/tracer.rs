@@ -86,9 +86,12 @@ impl std::fmt::Display for Status {
 /// Start the tracer: fork, and in the child start a new session and fork
 /// the tracer, which the exit of its parent reparents away from us. Waits
 /// for its word that it has seized this process.
+///
+/// `stop`: the signal to leave the process stopped with (`--keep-stopped`,
+/// or a tree's process captured in group-stop), None to let it run.
 pub fn start(
     gadget: u64,
-    keep_stopped: bool,
+    stop: Option<i32>,
     server: Option<&ServerStart>,
 ) -> Result<(), RestoreError> {
     let target = std::process::id() as i32;
@@ -100,7 +103,7 @@ pub fn start(
             match sys::fork() {
                 Ok(Forked::Child) => {
                     drop(r);
-                    tracer_main(target, w, gadget, keep_stopped, server);
+                    tracer_main(target, w, gadget, stop, server);
                 }
                 Ok(Forked::Parent(_)) => sys::exit_now(0),
                 Err(_) => sys::exit_now(1),
@@ -132,7 +135,7 @@ fn tracer_main(
     target: i32,
     w: OwnedFd,
     gadget: u64,
-    keep_stopped: bool,
+    stop: Option<i32>,
     server: Option<&ServerStart>,
 ) -> ! {
     // Hold nothing of the restored process's: pipes it writes to must see
@@ -203,7 +206,7 @@ fn tracer_main(
         target,
         server: server_pid,
     };
-    let rc = match trace(&mut w, gadget, keep_stopped) {
+    let rc = match trace(&mut w, gadget, stop) {
         Ok(()) => watchdog(&mut w, pidfd.as_ref().map(|p| p.as_fd())),
         Err(e) => {
             say(&e.to_string());
@@ -271,6 +274,52 @@ fn watchdog(w: &mut Waiter, pidfd: Option<BorrowedFd>) -> i32 {
     }
 }
 
+/// The signal that stops `pid` the way `sig` stopped it when captured (a
+/// parent's waitid reports it). The kernel discards SIGTSTP, SIGTTIN and
+/// SIGTTOU for a process whose group is orphaned (no member has a parent
+/// in another group of the same session), so the process would run on:
+/// then, or if the group cannot be read, SIGSTOP (stopped, as captured,
+/// but reported as SIGSTOP).
+fn stopping_signal(pid: i32, sig: i32) -> i32 {
+    if sig == libc::SIGSTOP || group_has_outside_parent(pid) == Some(true) {
+        sig
+    } else {
+        libc::SIGSTOP
+    }
+}
+
+/// (state, ppid, pgrp, session) from /proc/PID/stat.
+fn stat_ids(pid: i32) -> Option<(char, i32, i32, i32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut f = s.rsplit_once(") ")?.1.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let mut n = || -> Option<i32> { f.next()?.parse().ok() };
+    Some((state, n()?, n()?, n()?))
+}
+
+/// Whether a live member of `pid`'s process group has a parent in another
+/// group of the same session (the group is not orphaned); None if a
+/// member's parent cannot be seen (outside this PID namespace).
+fn group_has_outside_parent(pid: i32) -> Option<bool> {
+    let (_, _, pgrp, _) = stat_ids(pid)?;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Some((state, ppid, g, sid)) = stat_ids(p) else {
+            continue;
+        };
+        if g != pgrp || state == 'Z' || state == 'X' {
+            continue;
+        }
+        let (_, _, pg, psid) = stat_ids(ppid)?;
+        if pg != pgrp && psid == sid {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
 /// SIGKILL the restored process and everything it forked.
 fn kill_all(target: i32, pidfd: Option<BorrowedFd>) {
     let mut victims = vec![target];
@@ -324,7 +373,7 @@ fn resume(req: Resume, pid: i32, sig: i32) -> Result<(), TracerError> {
     sys::resume(req, pid, sig).map_err(TracerError::Resume)
 }
 
-fn trace(w: &mut Waiter, gadget: u64, keep_stopped: bool) -> Result<(), TracerError> {
+fn trace(w: &mut Waiter, gadget: u64, stop: Option<i32>) -> Result<(), TracerError> {
     let pid = w.target;
     loop {
         let st = w.wait()?;
@@ -348,7 +397,7 @@ fn trace(w: &mut Waiter, gadget: u64, keep_stopped: bool) -> Result<(), TracerEr
             resume(Resume::Cont, pid, sig)?;
             continue;
         }
-        return finish(w, r, gadget, keep_stopped);
+        return finish(w, r, gadget, stop);
     }
 }
 
@@ -380,7 +429,7 @@ fn finish(
     w: &mut Waiter,
     at_stop: libc::user_regs_struct,
     gadget: u64,
-    keep_stopped: bool,
+    stop: Option<i32>,
 ) -> Result<(), TracerError> {
     let pid = w.target;
     let frame_sp = at_stop.r8;
@@ -404,7 +453,7 @@ fn finish(
     // their own words set and returns).
     let release = at_stop.r9;
     let mut after = after;
-    if release != 0 && !keep_stopped {
+    if release != 0 && stop.is_none() {
         let mut r = after;
         r.rax = libc::SYS_futex as u64;
         r.orig_rax = u64::MAX;
@@ -428,8 +477,10 @@ fn finish(
     r.rip = gadget;
     r.rsp = frame_sp;
     set_regs(pid, &r)?;
-    if keep_stopped {
-        let _ = sys::kill(pid, libc::SIGSTOP);
+    if let Some(sig) = stop {
+        // Pending, and blocked until the rt_sigreturn installs the
+        // program's mask: the process stops before its first instruction.
+        let _ = sys::kill(pid, stopping_signal(pid, sig));
     }
     // The captured pending signals were queued by the shim itself, with
     // their siginfo, before its trap (every signal blocked until the

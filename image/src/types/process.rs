@@ -106,7 +106,10 @@ record! {
         pub rseq_flags: u32,
         /// XSAVE area size in bytes (the `Xsave` section's length).
         pub xsave_size: u32,
-        pub _pad0: u32,
+        /// With `WAS_STOPPED`: the signal that stopped it (SIGSTOP,
+        /// SIGTSTP, SIGTTIN or SIGTTOU, as a parent's waitid reports it);
+        /// 0 in images before 5.1 (SIGSTOP).
+        pub stop_signal: u32,
         /// XCR0 (enabled state components) of the capturing CPU.
         pub xcr0: u64,
         /// glibc TCB fields at fs_base: stack protector canary (%fs:0x28).

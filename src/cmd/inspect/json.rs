@@ -70,6 +70,7 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
             "pid": p.pid, "comm": comm(img), "exe": s(img, p.exe), "cwd": s(img, p.cwd),
             "kernel": s(img, p.kernel), "captured_at": p.captured_at,
             "was_stopped": p.flags & process_flags::WAS_STOPPED != 0,
+            "stop_signal": p.stop_signal,
             "in_syscall": p.flags & process_flags::IN_SYSCALL != 0,
             "personality": p.personality, "umask": p.umask, "rss_kib": p.rss_kib,
             "mm": p.mm, "regs": p.regs, "raw_regs": p.raw_regs,

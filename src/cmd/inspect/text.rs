@@ -55,7 +55,12 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
     }
     let mut state = vec![];
     if p.flags & process_flags::WAS_STOPPED != 0 {
-        state.push("was stopped".to_string());
+        state.push(match p.stop_signal as i32 {
+            libc::SIGTSTP => "was stopped (SIGTSTP)".to_string(),
+            libc::SIGTTIN => "was stopped (SIGTTIN)".to_string(),
+            libc::SIGTTOU => "was stopped (SIGTTOU)".to_string(),
+            _ => "was stopped (SIGSTOP)".to_string(),
+        });
     } else {
         state.push("was running".to_string());
     }
