@@ -12,6 +12,11 @@ the start and the SIGTERM; this script does the same with cryo:
   eager   start, `cryo capture --kill`, `cryo restore`, SIGTERM, PASS?
   lazy    the same with `cryo restore --lazy`
   map     the same with `cryo restore --map` (memory mapped from pages.img)
+  pidns   the same with `cryo restore --pidns` (every PID as captured, the
+          root's too, in a PID namespace of its own); only for tests that
+          name it: a child that stored its parent's PID (zdtm's task_waiter
+          waits for a message from getppid() as it was) needs the root's
+          own PID back, which a plain restore does not give
   refused start, `cryo capture --kill` must fail and name the obstacle;
           the original must be running as before and still PASS
           (cryo must never harm its target)
@@ -20,6 +25,7 @@ What each test must do is in an expectations file (tests/zdtm-expected.txt):
 
   NAME pass                 # plain, eager, lazy and map must all PASS
   NAME pass except map      # ... in every mode but map (a documented difference)
+  NAME pass in pidns        # plain, and restored in these modes only
   NAME refused SUBSTRING    # capture must refuse, its message contain SUBSTRING
 
 Nothing of CRIU's is in this repository: the tests are built at run time
@@ -151,6 +157,40 @@ def kill(pid, since, sig):
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+def running_test(pid, binary, below):
+    """Whether pid (below: a process under pid) runs binary, untraced."""
+    pids = descendants(pid) if below else [pid]
+    for p in pids:
+        try:
+            exe = os.readlink('/proc/%d/exe' % p)
+            with open('/proc/%d/status' % p) as f:
+                tracer = [ln.split()[1] for ln in f if ln.startswith('TracerPid:')][0]
+            if exe == binary and tracer == '0':
+                return True
+        except (OSError, IndexError):
+            pass
+    return False
+
+
+def descendants(pid):
+    kids = {}
+    for d in os.listdir('/proc'):
+        if not d.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % d) as f:
+                ppid = int(f.read().rsplit(') ', 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out += kids.get(p, [])
+        todo += kids.get(p, [])
+    return out
 
 
 def pstate(pid):
@@ -392,14 +432,10 @@ class Test:
             rc = exited(rpid, t0)
             if rc is not None:
                 raise Failed('%s: restore exited with %d before SIGTERM:\n%s' % (mode, rc, tail(log)))
-            try:
-                exe = os.readlink('/proc/%d/exe' % rpid)
-                with open('/proc/%d/status' % rpid) as f:
-                    tracer = [ln.split()[1] for ln in f if ln.startswith('TracerPid:')][0]
-                if exe == self.binary and tracer == '0':
-                    break
-            except (OSError, IndexError):
-                pass
+            # (--pidns: `cryo restore` stays, as the parent of the
+            # namespace's init, whose child is the test)
+            if running_test(rpid, self.binary, mode == 'pidns'):
+                break
             if time.monotonic() - t0 > RESTORE_TIMEOUT:
                 kill(rpid, t0, signal.SIGKILL)
                 wait_exit(rpid, t0, 10)
@@ -470,24 +506,29 @@ def parse_expect(path):
         elif len(w) == 3 and w[1] == 'pass' and w[2].startswith('except '):
             # modes the test is known to fail in, for a documented reason
             exp[w[0]] = ('pass', w[2].split()[1].split(','))
+        elif len(w) == 3 and w[1] == 'pass' and w[2].startswith('in '):
+            # restored in these modes only (a mode not run by default)
+            exp[w[0]] = ('pass-in', w[2].split()[1].split(','))
         elif len(w) == 3 and w[1] == 'refused':
             exp[w[0]] = ('refused', w[2])
         else:
-            sys.exit('zdtm: %s:%d: expected `NAME pass [except MODES]` or `NAME refused SUBSTRING`'
+            sys.exit('zdtm: %s:%d: expected `NAME pass [except MODES | in MODES]` or `NAME refused SUBSTRING`'
                      % (path, i))
     return exp
 
 
 # How each restore mode runs `cryo restore`.
-MODE_ARGS = {'eager': [], 'lazy': ['--lazy'], 'map': ['--map']}
+MODE_ARGS = {'eager': [], 'lazy': ['--lazy'], 'map': ['--map'], 'pidns': ['--pidns']}
 # The modes a `pass` test must pass in (--modes).
-MODES = list(MODE_ARGS)
+MODES = ['eager', 'lazy', 'map']
 
 
 def check(t, kind, want):
     """Run a test against its expectation: list of step notes; raises Failed."""
     if kind == 'pass':
         return [t.plain()] + [t.restored(m) for m in MODES if m not in (want or [])]
+    if kind == 'pass-in':
+        return [t.plain()] + [t.restored(m) for m in want]
     return [t.refused(want)]
 
 
@@ -509,7 +550,13 @@ def survey(t):
             t.restored(m)
         return '%s pass' % t.name
     except Failed as e:
-        return '# %s captured, then: %s' % (t.name, str(e).replace('\n', ' | ')[:200])
+        first = '# %s captured, then: %s' % (t.name, str(e).replace('\n', ' | ')[:200])
+    try:
+        # every PID as captured (a child that stored its parent's PID)
+        t.restored('pidns')
+        return '%s pass in pidns  %s' % (t.name, first)
+    except Failed:
+        return first
 
 
 def main():
@@ -522,8 +569,9 @@ def main():
     ap.add_argument('--only', help='run only these tests of the expectations (a,b,...)')
     ap.add_argument('-j', '--jobs', type=int, default=os.cpu_count() or 2)
     ap.add_argument('--keep', action='store_true', help='keep every work dir (failed ones are always kept)')
-    ap.add_argument('--modes', default=','.join(MODE_ARGS),
-                    help='restore modes a `pass` test must pass in (default: eager,lazy,map)')
+    ap.add_argument('--modes', default=','.join(MODES),
+                    help='restore modes a `pass` test must pass in (default: eager,lazy,map; '
+                    'also: pidns)')
     a = ap.parse_args()
     unknown = [m for m in a.modes.split(',') if m not in MODE_ARGS]
     if unknown:
@@ -648,11 +696,12 @@ def main():
         if not a.keep:
             cleanup(work)
         return 0
-    npass = sum(1 for n in exp if exp[n][0] == 'pass' and n not in failures)
+    npass = sum(1 for n in exp if exp[n][0] in ('pass', 'pass-in') and n not in failures)
     nref = sum(1 for n in exp if exp[n][0] == 'refused' and n not in failures)
-    print('\nzdtm: %d tests: %d pass (%s), %d refused as expected, %d failed; '
-          '%.1f s (build %.1f s)' % (len(exp), npass, ', '.join(MODES), nref, len(failures),
-                                     total, t_build))
+    nin = sum(1 for n in exp if exp[n][0] == 'pass-in' and n not in failures)
+    print('\nzdtm: %d tests: %d pass (%s; %d of them in named modes only), %d refused as expected, '
+          '%d failed; %.1f s (build %.1f s)' % (len(exp), npass, ', '.join(MODES), nin, nref,
+                                                len(failures), total, t_build))
     if failures:
         print('zdtm: FAILED (work dirs kept in %s):' % work)
         for n in sorted(failures):
