@@ -524,6 +524,21 @@ print("PASS", flush=True)
         &[],
         "outside the captured processes; capture that process with it",
     );
+    // A listening socket whose path was removed and bound again by
+    // another: its name now leads to the other one.
+    let ghost = r#"
+import os, socket, sys, tempfile
+d = tempfile.mkdtemp()
+path = os.path.join(d, "sock")
+a = socket.socket(socket.AF_UNIX); a.bind(path); a.listen()
+os.unlink(path)
+b = socket.socket(socket.AF_UNIX); b.bind(path); b.listen()
+print("READY", flush=True); sys.stdin.readline()
+c = socket.socket(socket.AF_UNIX); c.connect(path)
+assert b.accept()[0] is not None
+print("PASS", flush=True)
+"#;
+    refused(ghost, &[], "that path no longer leads to this socket");
 }
 
 #[test]

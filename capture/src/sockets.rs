@@ -85,6 +85,8 @@ fn options(family: i32, sock_type: i32) -> Vec<(i32, i32)> {
             v.extend(
                 [
                     IPV6_V6ONLY,
+                    // The inet flag IP_FREEBIND sets too (on any family).
+                    IPV6_FREEBIND,
                     IPV6_UNICAST_HOPS,
                     IPV6_RECVPKTINFO,
                     IPV6_TCLASS,
@@ -393,6 +395,7 @@ pub fn capture(
                         rqueue,
                         wqueue: 0,
                         shutdown: 0,
+                        vfs: None,
                     },
                     dup,
                 ));
@@ -417,6 +420,21 @@ pub fn capture(
         }
     } else {
         let d = sock::unix_diag(ino as u32).map_err(|e| io("state (unix_diag)", e))?;
+        if let (Some(path), Some((vino, vdev))) = (unix_bound_path(&addr), d.vfs) {
+            // The name the socket reports is only what it was bound to:
+            // bound again there, it would be another socket than the one
+            // the path now leads to (if any).
+            use std::os::unix::fs::MetadataExt;
+            let same = std::fs::symlink_metadata(&path).is_ok_and(|m| {
+                let kdev = ((libc::major(m.dev()) as u64) << 20) | libc::minor(m.dev()) as u64;
+                m.ino() == u64::from(vino) && kdev == u64::from(vdev)
+            });
+            if !same {
+                return Err(format!(
+                    "fd {fd} ({what} bound to {shown}): that path no longer leads to this socket (removed or replaced since the bind); a socket whose name is gone cannot be restored"
+                ));
+            }
+        }
         if d.state == 10 {
             if d.rqueue > 0 {
                 return Err(format!(
@@ -495,6 +513,17 @@ pub fn capture(
         });
     }
     Ok(index as u32)
+}
+
+/// The path a unix socket address names (not abstract, not unnamed).
+fn unix_bound_path(addr: &[u8]) -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = addr.get(2..)?;
+    if p.first().is_none_or(|&c| c == 0) {
+        return None;
+    }
+    let end = p.iter().position(|&c| c == 0).unwrap_or(p.len());
+    Some(std::ffi::OsStr::from_bytes(&p[..end]).into())
 }
 
 fn opt(index: usize, level: i32, name: i32, bytes: &[u8]) -> SockOpt {

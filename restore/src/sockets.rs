@@ -88,7 +88,7 @@ pub(crate) fn plan(
                     if s.family as i32 == libc::AF_INET6 {
                         v6only_like(img, object, t.as_fd())?;
                     }
-                    sys::bind(t.as_fd(), &addr)
+                    bind_inet(t.as_fd(), &addr)
                 });
             // A connection of the image through this port, closed by the
             // program of an earlier restore and left in TIME_WAIT: made
@@ -217,12 +217,18 @@ fn opt_name(level: i32, name: i32) -> String {
 /// from what `fd` has; each read back and compared.
 pub(crate) fn set_options(img: &Image, object: u32, fd: BorrowedFd) -> Result<(), Why> {
     let late = late_reuse(img, object);
+    let late_port = late_reuseport(img, object);
     for o in img
         .sockopts()
         .iter()
         .filter(|o| o.sock == object && !(late && is_reuse(o)))
     {
-        let (want, n) = opt_bytes(&o);
+        let (mut want, mut n) = opt_bytes(&o);
+        if late_port && is_reuseport(&o) {
+            // On for the bind; as captured once every socket is bound.
+            (want, n) = ([0; 16], 4);
+            want[..4].copy_from_slice(&1i32.to_ne_bytes());
+        }
         let want = &want[..n];
         let mut cur = [0u8; 16];
         let got = sys::getsockopt(fd, o.level, o.name, &mut cur)
@@ -260,6 +266,43 @@ fn is_reuse(o: &cryo_image::fds::SockOpt) -> bool {
     o.level == libc::SOL_SOCKET && o.name == libc::SO_REUSEADDR
 }
 
+fn is_reuseport(o: &cryo_image::fds::SockOpt) -> bool {
+    o.level == libc::SOL_SOCKET && o.name == libc::SO_REUSEPORT
+}
+
+/// Whether socket `object` has SO_REUSEPORT set (as captured).
+fn reuseport_on(img: &Image, object: u32) -> bool {
+    img.sockopts()
+        .iter()
+        .any(|o| o.sock == object && is_reuseport(&o) && opt_bytes(&o).0[..4] != [0; 4])
+}
+
+/// A bound TCP/UDP socket whose SO_REUSEPORT was off when captured while
+/// another socket of the image, on the same port and of the same type,
+/// had it on: both were bound with it on (a reuseport group), and the
+/// program turned it off afterwards. Bound in that order again, the
+/// second bind fails, so this one is bound with it on and
+/// [`finish_reuse`] turns it off again.
+fn late_reuseport(img: &Image, object: u32) -> bool {
+    let socks = img.sockets();
+    let Some(s) = socks.get(object as usize) else {
+        return false;
+    };
+    let bound = matches!(s.state, socket_state::BOUND | socket_state::LISTENING);
+    if !inet(&s) || !bound || reuseport_on(img, object) {
+        return false;
+    }
+    let port = port_of(&addr_of(&s));
+    socks.iter().enumerate().any(|(i, t)| {
+        i as u32 != object
+            && inet(&t)
+            && t.sock_type == s.sock_type
+            && matches!(t.state, socket_state::BOUND | socket_state::LISTENING)
+            && port_of(&addr_of(&t)) == port
+            && reuseport_on(img, i as u32)
+    })
+}
+
 /// A TCP connection's end keeps SO_REUSEADDR on (from the listener that
 /// made it) until every socket of the restore is made: the program's own
 /// listener on the same port, without SO_REUSEADDR (Python's socketserver
@@ -276,7 +319,11 @@ fn late_reuse(img: &Image, object: u32) -> bool {
 /// [`late_reuse`]); fds are at their numbers now.
 pub(crate) fn finish_reuse(img: &Image, plan: &crate::fds::Plan) -> Result<(), RestoreError> {
     for f in img.fds().iter() {
-        if f.kind != cryo_image::fd_kind::SOCKET || !late_reuse(img, f.object) {
+        if f.kind != cryo_image::fd_kind::SOCKET {
+            continue;
+        }
+        let (addr, port) = (late_reuse(img, f.object), late_reuseport(img, f.object));
+        if !addr && !port {
             continue;
         }
         // Only a socket this restore made (an fd 0-2 kept as the
@@ -291,19 +338,47 @@ pub(crate) fn finish_reuse(img: &Image, plan: &crate::fds::Plan) -> Result<(), R
         for o in img
             .sockopts()
             .iter()
-            .filter(|o| o.sock == f.object && is_reuse(o))
+            .filter(|o| o.sock == f.object && ((addr && is_reuse(o)) || (port && is_reuseport(o))))
         {
             let (want, n) = opt_bytes(&o);
             sys::setsockopt_at(f.fd, o.level, o.name, &want[..n]).map_err(|e| {
                 RestoreError::Fd {
                     fd: f.fd,
-                    what: "TCP connection".into(),
-                    why: Why::sys("setting SO_REUSEADDR as it was", e),
+                    what: "socket".into(),
+                    why: Why::sys(
+                        format!("setting {} as it was", opt_name(o.level, o.name)),
+                        e,
+                    ),
                 }
             })?;
         }
     }
     Ok(())
+}
+
+/// bind(2) of a TCP/UDP socket. An address this machine does not have
+/// (EADDRNOTAVAIL) is bound with IP_FREEBIND on for the bind, and the
+/// flag put back after: the captured socket was bound to it, so it was
+/// either bound with IP_FREEBIND (turned off since: zdtm's
+/// sk-freebind-false) or the address was the machine's then and is gone
+/// now, as it can go from under a running process.
+fn bind_inet(fd: BorrowedFd, addr: &[u8]) -> std::io::Result<()> {
+    match sys::bind(fd, addr) {
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+            let mut cur = [0u8; 4];
+            sys::getsockopt(fd, libc::SOL_IP, libc::IP_FREEBIND, &mut cur)?;
+            if cur != [0; 4] {
+                return Err(e);
+            }
+            let set =
+                |v: i32| sys::setsockopt(fd, libc::SOL_IP, libc::IP_FREEBIND, &v.to_ne_bytes());
+            set(1)?;
+            let r = sys::bind(fd, addr);
+            set(0)?;
+            r
+        }
+        r => r,
+    }
 }
 
 /// Bind `fd` to `s`'s address (and listen, if it listened): with
@@ -329,7 +404,7 @@ fn bind(s: &Socket, fd: BorrowedFd) -> Result<(), Why> {
         if off {
             set(1).map_err(|e| Why::sys("setting SO_REUSEADDR", e))?;
         }
-        sys::bind(fd, &addr).map_err(|e| in_use(&shown, e))?;
+        bind_inet(fd, &addr).map_err(|e| in_use(&shown, e))?;
         listen()?;
         if off {
             set(0).map_err(|e| Why::sys("clearing SO_REUSEADDR", e))?;

@@ -209,6 +209,9 @@ pub struct UnixDiag {
     pub wqueue: u32,
     /// RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2.
     pub shutdown: u8,
+    /// Bound to a path: the inode and device (the kernel's dev_t, major
+    /// << 20 | minor) of the file the bind made.
+    pub vfs: Option<(u32, u32)>,
 }
 
 /// A NETLINK_SOCK_DIAG socket that has sent one SOCK_DIAG_BY_FAMILY
@@ -279,6 +282,7 @@ fn attrs(b: &[u8], from: usize, to: usize) -> impl Iterator<Item = (u16, &[u8])>
 /// unix_diag for the unix socket with inode `ino` (SOCK_DIAG_BY_FAMILY,
 /// exact lookup by inode).
 pub fn unix_diag(ino: u32) -> io::Result<UnixDiag> {
+    const UDIAG_SHOW_VFS: u32 = 2;
     const UDIAG_SHOW_PEER: u32 = 4;
     const UDIAG_SHOW_RQLEN: u32 = 16;
     // unix_diag_req (24 bytes).
@@ -286,7 +290,7 @@ pub fn unix_diag(ino: u32) -> io::Result<UnixDiag> {
     req.extend_from_slice(&[libc::AF_UNIX as u8, 0, 0, 0]);
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
     req.extend_from_slice(&ino.to_ne_bytes());
-    req.extend_from_slice(&(UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
+    req.extend_from_slice(&(UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // no cookie
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     let nl = Diag::ask(0, &req)?;
@@ -295,6 +299,7 @@ pub fn unix_diag(ino: u32) -> io::Result<UnixDiag> {
     parse_unix_diag(&buf[..n])
 }
 
+const UNIX_DIAG_VFS: u16 = 1;
 const UNIX_DIAG_PEER: u16 = 2;
 const UNIX_DIAG_RQLEN: u16 = 4;
 const UNIX_DIAG_SHUTDOWN: u16 = 6;
@@ -314,6 +319,7 @@ fn parse_unix_diag(b: &[u8]) -> io::Result<UnixDiag> {
     };
     for (kind, p) in attrs(b, 16 + 16, len) {
         match kind {
+            UNIX_DIAG_VFS => d.vfs = ne_u32(p, 0).zip(ne_u32(p, 4)),
             UNIX_DIAG_PEER => d.peer = ne_u32(p, 0).unwrap_or(0),
             UNIX_DIAG_RQLEN => {
                 d.rqueue = ne_u32(p, 0).unwrap_or(0);
