@@ -709,6 +709,35 @@ print("PASS", flush=True)
 }
 
 #[test]
+fn epoll_items_whose_fd_was_closed_or_reused_still_fire() {
+    // An epoll item is keyed by its file and the fd number it was added
+    // under; closing that fd leaves the item while the file is open
+    // elsewhere. Here one item's fd was closed, another's number now
+    // holds a different file; both still report their pipe under their
+    // old numbers, and the fd now at the reused number is its own file.
+    let script = r#"
+import os, select, sys
+r1, w1 = os.pipe()
+r2, w2 = os.pipe()
+ep = select.epoll()
+a = os.dup(r1); ep.register(a, select.EPOLLIN); os.close(a)
+b = os.dup(r2); ep.register(b, select.EPOLLIN); os.close(b)
+f = os.open("/dev/null", os.O_RDONLY)
+assert f == b, (f, b)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+assert ep.poll(0) == []
+os.write(w1, b"x"); os.write(w2, b"y")
+assert sorted(ep.poll(1)) == sorted([(a, select.EPOLLIN), (b, select.EPOLLIN)]), ep.poll(0)
+assert os.read(f, 1) == b""
+assert os.read(r2, 1) == b"y"
+assert ep.poll(0) == [(a, select.EPOLLIN)], ep.poll(0)
+print("PASS", flush=True)
+"#;
+    python_round_trips("epoll-closed", script, |_| {}, &[&[], &["--lazy"]]);
+}
+
+#[test]
 fn script_runs_its_shell_under_a_pty_after_restore() {
     // script(1) from util-linux: sh under a pty (its own session, the pty
     // its controlling terminal), script blocking every signal for a

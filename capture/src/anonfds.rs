@@ -81,11 +81,24 @@ pub fn capture(kind: u32, f: &OpenFd, b: &mut ImageBuilder) -> Result<u32, Strin
     }
 }
 
-/// What epoll instance `f` (the fds table's `desc`) watches. Each item
-/// must still be the file open at the fd number it was added under
-/// (kcmp KCMP_EPOLL_TFD): an item whose fd was closed, or replaced, would
-/// come back watching another file.
-pub fn epoll(pid: i32, f: &OpenFd, desc: u32, b: &mut ImageBuilder) -> Result<(), String> {
+/// What epoll instance `f` (the fds table's `desc`) watches. An item is
+/// keyed by its file and the fd number it was added under; that number
+/// may have been closed since, or hold another file (the item stays while
+/// its file is open anywhere). Each item's file is compared (kcmp
+/// KCMP_EPOLL_TFD) with the file open at its number, and else with every
+/// fd of the process on the same inode: one of them is recorded
+/// (`via`) to make the registration again through. An item whose file
+/// none of the process's fds has is refused: it would come back watching
+/// another file, or nothing.
+pub fn epoll(
+    pid: i32,
+    f: &OpenFd,
+    desc: u32,
+    fds: &[OpenFd],
+    b: &mut ImageBuilder,
+) -> Result<(), String> {
+    // Items seen per fd number: the kcmp slot's `toff` picks the n-th.
+    let mut seen: std::collections::HashMap<i32, u32> = std::collections::HashMap::new();
     for l in f.info.lines() {
         let Some(rest) = l.strip_prefix("tfd:") else {
             continue;
@@ -104,17 +117,35 @@ pub fn epoll(pid: i32, f: &OpenFd, desc: u32, b: &mut ImageBuilder) -> Result<()
         ) else {
             return Err(format!("fd {} (epoll): unreadable item {l:?}", f.fd));
         };
-        if !crate::sys::epoll_target_is(pid, f.fd, tfd).unwrap_or(false) {
-            return Err(format!(
-                "fd {} (epoll) watches a file under fd {tfd}, which is no longer open at fd {tfd} (closed or replaced); its registration cannot be made again",
-                f.fd
-            ));
-        }
+        let toff = {
+            let n = seen.entry(tfd).or_insert(0);
+            *n += 1;
+            *n - 1
+        };
+        let is = |fd: i32| crate::sys::epoll_target_is(pid, f.fd, fd, tfd, toff).unwrap_or(false);
+        let via = if toff == 0 && is(tfd) {
+            0
+        } else {
+            let ino = hex("ino:");
+            match fds
+                .iter()
+                .filter(|g| ino.is_none_or(|i| i == g.ino))
+                .find(|g| is(g.fd))
+            {
+                Some(g) => g.fd as u32 + 1,
+                None => {
+                    return Err(format!(
+                        "fd {} (epoll) watches a file under fd {tfd}, which is no longer open there (closed or replaced) nor at any other fd of the process; its registration cannot be made again",
+                        f.fd
+                    ))
+                }
+            }
+        };
         b.epoll_items.push(EpollItem {
             desc,
             tfd,
             events: events as u32,
-            _pad: 0,
+            via,
             data,
         });
     }

@@ -362,7 +362,7 @@ pub fn capture(
         }
         if kind == fd_kind::EPOLL && desc == b.fds.len() - base {
             let first = b.fds.len() as u32;
-            if let Err(why) = crate::anonfds::epoll(pid, f, first, b) {
+            if let Err(why) = crate::anonfds::epoll(pid, f, first, fds, b) {
                 obs.push(why);
                 continue;
             }

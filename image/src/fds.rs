@@ -240,7 +240,12 @@ record! {
         pub desc: u32,
         pub tfd: i32,
         pub events: u32,
-        pub _pad: u32,
+        /// (5.1) 0: the item's file is open at `tfd`. Else the item's fd
+        /// was closed (or another file is open at it now) and this is 1 +
+        /// the number of an fd of the same process with the item's open
+        /// file description: restore puts it at `tfd` for the moment of
+        /// the registration.
+        pub via: u32,
         pub data: u64,
     }
 }

@@ -334,7 +334,14 @@ impl<'a> Image<'a> {
             let on_epoll = fdt
                 .get(e.desc as usize)
                 .is_some_and(|f| f.kind == fd_kind::EPOLL);
-            if !on_epoll || !fdt.iter().any(|f| f.fd == e.tfd) {
+            // Registered through its own number, or (`via`) through
+            // another fd of the image, at a number that is not negative.
+            let reachable = if e.via == 0 {
+                fdt.iter().any(|f| f.fd == e.tfd)
+            } else {
+                e.tfd >= 0 && fdt.iter().any(|f| f.fd as i64 == i64::from(e.via) - 1)
+            };
+            if !on_epoll || !reachable {
                 return Err(ImageError::BadIndex {
                     section: "epoll_items",
                     index: i as u64,

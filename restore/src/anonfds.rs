@@ -6,7 +6,7 @@
 use crate::fds::{fd_err, set_status_flags, FdPlan, Plan, Source};
 use crate::{sys, RestoreError, Why};
 use cryo_image::{fd_kind, Image};
-use std::os::fd::{AsFd, IntoRawFd};
+use std::os::fd::{AsFd, IntoRawFd, RawFd};
 
 /// Make the eventfd, timerfd or signalfd `object` of `kind`.
 pub(crate) fn make(
@@ -111,8 +111,35 @@ pub(crate) fn fill_epolls(img: &Image, plan: &Plan) -> Result<(), RestoreError> 
         else {
             continue;
         };
-        sys::epoll_add(p.fd, e.tfd, e.events, e.data)
-            .map_err(|err| fd_err(p, Why::sys(format!("watching fd {} again", e.tfd), err)))?;
+        let add = || sys::epoll_add(p.fd, e.tfd, e.events, e.data);
+        let r = if e.via == 0 {
+            add()
+        } else {
+            through(e.via as i32 - 1, e.tfd, add)
+        };
+        r.map_err(|err| fd_err(p, Why::sys(format!("watching fd {} again", e.tfd), err)))?;
     }
     Ok(())
+}
+
+/// Run `f` with fd `at` a copy of fd `via` (an epoll item whose fd was
+/// closed or replaced is registered through the number it was added
+/// under): what is at `at` now, if anything, is put back after, and a
+/// copy made for the moment is closed. Closing an fd does not remove the
+/// items of its file (only its file's last close does).
+fn through(via: RawFd, at: RawFd, f: impl FnOnce() -> std::io::Result<()>) -> std::io::Result<()> {
+    let saved = match sys::getfl(at) {
+        Ok(_) => Some(sys::dup_above(at, 3)?),
+        Err(_) => None,
+    };
+    let r = sys::dup2(via, at).and_then(|()| f());
+    match saved {
+        Some(s) => {
+            let back = sys::dup2(s, at);
+            sys::close(s);
+            back?;
+        }
+        None => sys::close(at),
+    }
+    r
 }

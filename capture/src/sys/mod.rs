@@ -59,10 +59,10 @@ pub fn kcmp(p: i32, q: i32, kind: libc::c_long) -> io::Result<bool> {
     Ok(r == 0)
 }
 
-/// kcmp(pid, pid, KCMP_EPOLL_TFD, tfd, {epfd, tfd, 0}) == 0: the file
-/// epoll instance `epfd` of `pid` watches under fd number `tfd` is the
-/// file open at `tfd`.
-pub fn epoll_target_is(pid: i32, epfd: i32, tfd: i32) -> io::Result<bool> {
+/// kcmp(pid, pid, KCMP_EPOLL_TFD, fd, {epfd, tfd, toff}) == 0: the file
+/// of the `toff`-th item epoll instance `epfd` of `pid` watches under fd
+/// number `tfd` is the file open at `fd`.
+pub fn epoll_target_is(pid: i32, epfd: i32, fd: i32, tfd: i32, toff: u32) -> io::Result<bool> {
     #[repr(C)]
     struct Slot {
         efd: u32,
@@ -73,7 +73,7 @@ pub fn epoll_target_is(pid: i32, epfd: i32, tfd: i32) -> io::Result<bool> {
     let slot = Slot {
         efd: epfd as u32,
         tfd: tfd as u32,
-        toff: 0,
+        toff,
     };
     // SAFETY: kcmp reads one struct kcmp_epoll_slot we own and changes
     // nothing.
@@ -83,7 +83,7 @@ pub fn epoll_target_is(pid: i32, epfd: i32, tfd: i32) -> io::Result<bool> {
             pid,
             pid,
             KCMP_EPOLL_TFD,
-            tfd,
+            fd,
             &slot as *const Slot,
         )
     })?;

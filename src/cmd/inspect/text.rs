@@ -479,12 +479,14 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
             .get(o)
             .map_or(String::new(), |s| format!(" [mask {}]", sigset(s.mask))),
         fd_kind::EPOLL => {
-            let n = img
-                .epoll_items()
-                .iter()
-                .filter(|e| e.desc == f.desc)
-                .count();
-            format!(" [{n} watched]")
+            let items = img.epoll_items();
+            let mine = || items.iter().filter(|e| e.desc == f.desc);
+            let (n, closed) = (mine().count(), mine().filter(|e| e.via != 0).count());
+            if closed == 0 {
+                format!(" [{n} watched]")
+            } else {
+                format!(" [{n} watched, {closed} under an fd number closed or reused since]")
+            }
         }
         fd_kind::FANOTIFY => {
             let marks: Vec<String> = img
