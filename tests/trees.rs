@@ -738,6 +738,55 @@ print("PASS", flush=True)
 }
 
 #[test]
+fn a_small_file_mapped_shared_is_made_again_when_it_is_gone() {
+    // A JVM maps its hsperfdata file shared and removes it when it exits,
+    // so an image restored once found its file gone the next time. Such a
+    // file's bytes are kept; the restore makes it again at its path, and
+    // the mapping is that file again (a write shows through the path).
+    let dir = scratch("kept-file-dir");
+    let path = dir.join("perfdata");
+    std::fs::write(&path, [b"captured".as_slice(), &[0u8; 4088]].concat()).unwrap();
+    let script = format!(
+        r#"
+import ctypes, os, sys
+p = "{}"
+# (Python's mmap keeps a dup of the fd; a JVM closes its fd after mmap.)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+fd = os.open(p, os.O_RDWR)
+addr = libc.mmap(None, 4096, 3, 1, fd, 0)  # PROT_READ|PROT_WRITE, MAP_SHARED
+os.close(fd)
+m = (ctypes.c_char * 4096).from_address(addr)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+assert m.raw[:8] == b"captured", m.raw[:8]
+assert os.stat(p).st_size == 4096
+ctypes.memmove(addr, b"restored", 8)
+with open(p, "rb") as f:
+    assert f.read(8) == b"restored"
+os.unlink(p)
+print("PASS", flush=True)
+"#,
+        path.display()
+    );
+    python_round_trips(
+        "kept-file",
+        &script,
+        |img| {
+            let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+            assert!(text.contains("(bytes kept: made again if gone)"), "{text}");
+            // Still there (the original was killed before it removed
+            // it): the first restore maps it; that one removes it, and
+            // the next ones make it again.
+            assert!(path.exists());
+        },
+        &[&[], &["--lazy"], &["--map"]],
+    );
+    assert!(!path.exists());
+}
+
+#[test]
 fn script_runs_its_shell_under_a_pty_after_restore() {
     // script(1) from util-linux: sh under a pty (its own session, the pty
     // its controlling terminal), script blocking every signal for a

@@ -263,7 +263,10 @@ pub fn capture(
                     None => continue,
                 };
             }
-            fd_kind::REGULAR => file = crate::vma::file_id(b, &f.target),
+            fd_kind::REGULAR => {
+                file = crate::vma::file_id(b, &f.target);
+                crate::stored::not_kept(b, file);
+            }
             fd_kind::SYMLINK if f.target.ends_with(" (deleted)") => {
                 // What it pointed to, read through our copy of the fd.
                 let to = pidfd

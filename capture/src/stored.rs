@@ -171,6 +171,73 @@ impl StoredFiles {
     }
 }
 
+/// Largest file mapped shared whose bytes are kept (`file_flags::KEPT`).
+pub const MAX_KEPT: u64 = 1 << 20;
+
+impl StoredFiles {
+    /// A file on disk that the process maps shared and writable (`index` in the files
+    /// table, opened through `open_path`): its bytes kept, to make it
+    /// again at its path if it is gone at restore, when it is a regular
+    /// file of at most [`MAX_KEPT`] bytes of data still the one at its
+    /// path. Nothing is kept otherwise (the restore then needs the file).
+    pub fn keep(&mut self, b: &mut ImageBuilder, index: u32, open_path: &str) {
+        let Some(id) = b.files.get(index as usize) else {
+            return;
+        };
+        if id.flags != 0 {
+            return;
+        }
+        let Ok(f) = std::fs::File::open(open_path) else {
+            return;
+        };
+        let Ok(md) = f.metadata() else {
+            return;
+        };
+        let same = md.dev() == id.dev
+            && md.ino() == id.ino
+            && md.len() == id.size
+            && md.mtime() == id.mtime_sec
+            && md.mtime_nsec() as u32 == id.mtime_nsec;
+        let small = data_ranges(&f, md.len())
+            .iter()
+            .map(|(a, b)| b - a)
+            .sum::<u64>()
+            <= MAX_KEPT;
+        if !md.is_file() || !same || !small {
+            return;
+        }
+        let Ok(ext) = data_extents(&f, md.len()) else {
+            return;
+        };
+        let first_extent = b.extents.len() as u32;
+        for (off, bytes) in ext {
+            b.extents.push(Extent {
+                file_off: off,
+                data: Blob::default(),
+            });
+            self.blobs.push(PendingBlob {
+                to: BlobOwner::Extent(b.extents.len() - 1),
+                bytes,
+            });
+        }
+        let id = &mut b.files[index as usize];
+        id.flags = file_flags::KEPT;
+        id.first_extent = first_extent;
+        id.extent_count = b.extents.len() as u32 - first_extent;
+    }
+}
+
+/// A file an fd refers to is not made again (the fd reopens its path), so
+/// a kept copy of it is dropped: only mappings are made from one.
+pub fn not_kept(b: &mut ImageBuilder, index: u32) {
+    if let Some(id) = b.files.get_mut(index as usize) {
+        if id.flags == file_flags::KEPT {
+            id.flags = 0;
+            id.extent_count = 0;
+        }
+    }
+}
+
 /// The data ranges [start, end) of a file (SEEK_DATA / SEEK_HOLE).
 fn data_ranges(f: &std::fs::File, size: u64) -> Vec<(u64, u64)> {
     data_ranges_in(f, 0, size)

@@ -267,7 +267,7 @@ pub(crate) fn shared_memory(procs: &[(i32, &Inspected)]) -> Vec<TreeFile> {
     let mut files: HashMap<(u64, u64), Vec<(i32, u32)>> = HashMap::new();
     for (pid, ins) in procs {
         for (i, f) in ins.b.files.iter().enumerate() {
-            if f.flags & (file_flags::DELETED | file_flags::MEMFD) != 0 {
+            if f.flags & (file_flags::DELETED | file_flags::MEMFD | file_flags::KEPT) != 0 {
                 files
                     .entry((f.dev, f.ino))
                     .or_default()

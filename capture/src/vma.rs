@@ -74,6 +74,15 @@ pub fn classify_all<'a>(
                     obs,
                 )
                 .unwrap_or(NO_INDEX),
+            // Written through: the process uses the file as shared
+            // memory, and it may be gone at restore (see `keep`). A
+            // read-only shared mapping (glibc's gconv cache, say) is a
+            // file of the system: never made again.
+            vma_kind::FILE_SHARED if m.write => {
+                let i = file_id(b, &m.path);
+                stored.keep(b, i, &map_files);
+                i
+            }
             vma_kind::FILE_PRIVATE | vma_kind::FILE_SHARED => file_id(b, &m.path),
             _ => NO_INDEX,
         };

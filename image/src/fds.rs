@@ -83,6 +83,14 @@ pub mod file_flags {
     /// (5.0) What a removed symbolic link pointed to, as `path` (the
     /// file of an O_PATH fd on it, kind SYMLINK): made again with it.
     pub const LINK: u32 = 1 << 2;
+    /// (5.1) A small file on disk that the process maps shared and
+    /// writable, and no fd of it refers to, with a
+    /// copy of its bytes (`extents`): made again at its path from them if
+    /// it is gone at restore (a JVM removes its hsperfdata file when it
+    /// exits, so its image restored once could not be restored again).
+    /// If it is there it must be the very file captured, as any mapped
+    /// file.
+    pub const KEPT: u32 = 1 << 3;
 }
 
 record! {
@@ -466,6 +474,8 @@ impl Pty {
 /// into the other end with termios that make the line discipline keep
 /// each byte as it is (no translation, no echo, no signals), then the
 /// terminal's own termios set again. Linux's termios bits (asm-generic).
+// (Most are used by the std-only replay; the shim sees the module too.)
+#[cfg_attr(not(any(feature = "std", test)), allow(dead_code))]
 pub mod pty_replay {
     const BRKINT: u32 = 0o2;
     const PARMRK: u32 = 0o10;

@@ -90,10 +90,22 @@ pub fn mapped_files(img: &Image) -> Result<(), RestoreError> {
             continue; // made again from the image (fds::plan checks it)
         }
         let path = img.str(f.path).unwrap_or("").to_owned();
-        let md = std::fs::metadata(&path).map_err(|source| RestoreError::FileMissing {
-            path: path.clone(),
-            source,
-        })?;
+        let md = match std::fs::metadata(&path) {
+            Ok(md) => md,
+            // Made again from its kept bytes (stored::make).
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && f.flags & cryo_image::fds::file_flags::KEPT != 0 =>
+            {
+                continue
+            }
+            Err(source) => {
+                return Err(RestoreError::FileMissing {
+                    path: path.clone(),
+                    source,
+                })
+            }
+        };
         let mut what = Vec::new();
         if md.dev() != f.dev || md.ino() != f.ino {
             what.push("a different file now (device/inode)".to_owned());

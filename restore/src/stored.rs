@@ -1,6 +1,7 @@
 //! Files that exist nowhere else, made again: unlinked files and memfds
 //! from their stored bytes (holes kept, size, mode, owner, mtime, seals),
-//! unlinked again under their own name where it is free; removed
+//! unlinked again under their own name where it is free; a small file
+//! mapped shared that is gone, at its path (`file_flags::KEPT`); removed
 //! directories and device nodes (made, opened, removed); a removed
 //! working directory.
 
@@ -61,7 +62,8 @@ pub(crate) fn plan_mapped(img: &Image, out: &mut Plan) -> Result<(), RestoreErro
             .then(|| img.files().get(v.file as usize))
             .flatten()
         {
-            if file.flags & file_flags::DELETED != 0 && !out.stored.contains(&v.file) {
+            let made = file.flags & (file_flags::DELETED | file_flags::KEPT) != 0;
+            if made && !out.stored.contains(&v.file) {
                 out.stored.push(v.file);
             }
         }
@@ -72,7 +74,8 @@ pub(crate) fn plan_mapped(img: &Image, out: &mut Plan) -> Result<(), RestoreErro
         if f.flags & file_flags::MEMFD == 0 {
             let path = img.str(f.path).unwrap_or("");
             let parent = Path::new(path).parent().unwrap_or(Path::new("/"));
-            if !parent.is_dir() {
+            let there = f.flags & file_flags::KEPT != 0 && Path::new(path).exists();
+            if !there && !parent.is_dir() {
                 return Err(RestoreError::Stored {
                     path: path.to_owned(),
                     why: Why::Said(format!(
@@ -123,6 +126,21 @@ pub(crate) fn make(
         path: shown.clone(),
         why,
     };
+    if f.flags & file_flags::KEPT != 0 {
+        // The file itself if it is there (checks::mapped_files made sure
+        // it is the one captured); else made again at its path below,
+        // and left there.
+        let c = cpath(Path::new(&shown));
+        let open = |acc| sys::open(&c, acc | libc::O_CLOEXEC);
+        match open(libc::O_RDWR).or_else(|e| match e.raw_os_error() {
+            Some(libc::EACCES | libc::EROFS) => open(libc::O_RDONLY),
+            _ => Err(e),
+        }) {
+            Ok(fd) => return Ok(fd),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(err(Why::sys("opening it", e))),
+        }
+    }
     let fd = if f.flags & file_flags::MEMFD != 0 {
         const F_SEAL_SEAL: u32 = 1;
         let name = CString::new(shown.trim_start_matches("memfd:")).unwrap_or_default();
@@ -133,6 +151,9 @@ pub(crate) fn make(
         };
         sys::memfd_create(&name, libc::MFD_CLOEXEC | sealing)
             .map_err(|e| err(Why::sys("memfd_create", e)))?
+    } else if f.flags & file_flags::KEPT != 0 {
+        let c = cpath(Path::new(&shown));
+        sys::create_new(&c, 0o600).map_err(|e| err(Why::sys("making it again", e)))?
     } else {
         let at = free_name(&shown);
         let c = cpath(&at);

@@ -9,6 +9,13 @@ use crate::{check, die, scratch, Args};
 use cryo_image::fds::file_flags;
 use cryo_image::{vma_kind, Image, NO_INDEX};
 
+/// Whether `cryo restore` made (or opened) the file and passes it at
+/// FILES_FD: an unlinked file or memfd, and a kept file (which a packed
+/// restorer, with no FILES_FD, opens by its path like any other).
+fn made_by_restore(flags: u32, files_fd: usize) -> bool {
+    flags & file_flags::DELETED != 0 || (flags & file_flags::KEPT != 0 && files_fd != usize::MAX)
+}
+
 /// One fd per files-table entry (or -1), kept in the shim's scratch
 /// pages (there is no allocator).
 pub struct Files<'a> {
@@ -85,9 +92,10 @@ impl<'a> Files<'a> {
         let Some(f) = img.files().get(idx as usize) else {
             die(format_args!("file index {idx} out of range"));
         };
-        if f.flags & file_flags::DELETED != 0 {
-            // Made again by `cryo restore` (unlinked file, memfd): the k-th
-            // such file of the table is at FILES_FD + k.
+        if made_by_restore(f.flags, self.files_fd) {
+            // Made again (unlinked file, memfd) or opened (a kept file) by
+            // `cryo restore`: the k-th such file of the table is at
+            // FILES_FD + k.
             if self.files_fd == usize::MAX {
                 die(format_args!(
                     "file {idx} was not made again by cryo restore"
@@ -97,7 +105,7 @@ impl<'a> Files<'a> {
                 .files()
                 .iter()
                 .take(idx as usize)
-                .filter(|g| g.flags & file_flags::DELETED != 0)
+                .filter(|g| made_by_restore(g.flags, self.files_fd))
                 .count();
             let fd = self.files_fd + k;
             let mut st = [0u64; 18];
@@ -176,7 +184,7 @@ impl<'a> Files<'a> {
                 .img
                 .files()
                 .iter()
-                .filter(|f| f.flags & file_flags::DELETED != 0)
+                .filter(|f| made_by_restore(f.flags, self.files_fd))
                 .count();
             for k in 0..made {
                 syscall3(SYS_CLOSE, self.files_fd + k, 0, 0);

@@ -30,6 +30,7 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
             json!({"path": s(img, f.path), "dev": f.dev, "ino": f.ino, "size": f.size,
                    "mtime_sec": f.mtime_sec, "mtime_nsec": f.mtime_nsec, "mode": f.mode,
                    "unlinked": f.flags & file_flags::DELETED != 0,
+                   "kept": f.flags & file_flags::KEPT != 0,
                    "memfd": f.flags & file_flags::MEMFD != 0, "seals": f.seals,
                    "uid": f.uid, "gid": f.gid,
                    "extents": img.extents().iter().skip(f.first_extent as usize)

@@ -106,6 +106,13 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
         if !fl.is_empty() {
             let _ = write!(name, "  [{}]", fl.join(","));
         }
+        let kept = (v.file != cryo_image::NO_INDEX)
+            .then(|| img.files().get(v.file as usize))
+            .flatten()
+            .is_some_and(|f| f.flags & file_flags::KEPT != 0);
+        if kept {
+            name.push_str("  (bytes kept: made again if gone)");
+        }
         let _ = writeln!(
             o,
             "{:016x} {:>10} {:>8} {:>8} {:>6} {:<4} {:<13} {}",
