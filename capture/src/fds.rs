@@ -226,7 +226,10 @@ pub fn capture(
     let mut pipes: HashMap<u64, usize> = HashMap::new();
     let base = b.fds.len();
     let mut sockets = crate::sockets::Sockets::default();
-    for (i, f) in fds.iter().enumerate() {
+    // (dev, ino, mode, link target) -> (fd, record) of each description
+    // of that file, in the kernel's order of descriptions.
+    let mut descriptions: HashMap<(u64, u64, u32, &str), Vec<(i32, usize)>> = HashMap::new();
+    for f in fds.iter() {
         let kind = match classify(pid, f) {
             // The slave of a pty whose master is captured too: made again
             // with it.
@@ -298,14 +301,15 @@ pub fn capture(
             }
             _ => {}
         }
-        // The first earlier fd with the same open file description.
-        let desc = (0..i)
-            .filter(|&j| {
-                let g = &fds[j];
-                g.dev == f.dev && g.ino == f.ino && g.mode == f.mode && g.target == f.target
-            })
-            .find(|&j| sys::same_description(pid, fds[j].fd, f.fd).unwrap_or(false))
-            .and_then(|j| b.fds[base..].iter().position(|r| r.fd == fds[j].fd))
+        // The record of an earlier fd with the same open file
+        // description: each file's descriptions are kept sorted in the
+        // kernel's order, so this is a binary search (a process with
+        // thousands of fds on one file was O(n²) kcmp calls, frozen).
+        let same_file = (f.dev, f.ino, f.mode, f.target.as_str());
+        let order = |g: &(i32, usize)| sys::description_order((pid, g.0), (pid, f.fd));
+        let desc = descriptions
+            .get(&same_file)
+            .and_then(|v| v.binary_search_by(order).ok().map(|k| v[k].1))
             .unwrap_or(b.fds.len() - base);
         let mut object = NO_INDEX;
         if matches!(kind, fd_kind::PIPE | fd_kind::FIFO) {
@@ -398,6 +402,12 @@ pub fn capture(
             match crate::locks::parse(pid, f) {
                 Ok(l) => b.locks.extend(l),
                 Err(why) => obs.push(why),
+            }
+        }
+        if desc == b.fds.len() - base {
+            let v = descriptions.entry(same_file).or_default();
+            if let Err(k) = v.binary_search_by(order) {
+                v.insert(k, (f.fd, desc));
             }
         }
         let target = b.strings.add(&f.target);

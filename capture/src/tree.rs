@@ -337,19 +337,20 @@ pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> (Vec<Tr
         if procs_here < 2 {
             continue;
         }
-        // Descriptions: classes of kcmp-equal fds.
+        // Descriptions: classes of kcmp-equal fds, found by a binary
+        // search among the classes sorted in the kernel's order.
         let mut descs: Vec<Vec<(usize, usize)>> = Vec::new();
+        let mut sorted: Vec<((i32, i32), usize)> = Vec::new();
         for &(p, i) in cands {
             let (pid, ins) = procs[p];
             let fd = ins.b.fds[i].fd;
-            let found = descs.iter_mut().find(|d| {
-                let (q, j) = d[0];
-                let (qpid, qins) = procs[q];
-                crate::sys::shared_description((pid, fd), (qpid, qins.b.fds[j].fd)).unwrap_or(false)
-            });
-            match found {
-                Some(d) => d.push((p, i)),
-                None => descs.push(vec![(p, i)]),
+            match sorted.binary_search_by(|(rep, _)| crate::sys::description_order(*rep, (pid, fd)))
+            {
+                Ok(k) => descs[sorted[k].1].push((p, i)),
+                Err(k) => {
+                    sorted.insert(k, ((pid, fd), descs.len()));
+                    descs.push(vec![(p, i)]);
+                }
             }
         }
         let first = procs[cands[0].0].1.b.fds[cands[0].1];

@@ -36,19 +36,18 @@ pub fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
-/// kcmp(pid, pid, KCMP_FILE, a, b) == 0: fds `a` and `b` of `pid` are one
-/// open file description.
-pub fn same_description(pid: i32, a: i32, b: i32) -> io::Result<bool> {
-    shared_description((pid, a), (pid, b))
-}
-
-/// kcmp(p, q, KCMP_FILE, a, b) == 0: fd `a` of process `p` and fd `b` of
-/// process `q` are one open file description.
-pub fn shared_description((p, a): (i32, i32), (q, b): (i32, i32)) -> io::Result<bool> {
+/// The kernel's order of two open file descriptions (kcmp KCMP_FILE: 0
+/// one description, 1 `a`'s first, 2 `b`'s first; a total order of
+/// obfuscated pointers), so fds can be sorted by description and each
+/// one found among many by a binary search; an error sorts after.
+pub fn description_order((p, a): (i32, i32), (q, b): (i32, i32)) -> std::cmp::Ordering {
     const KCMP_FILE: libc::c_long = 0;
     // SAFETY: kcmp takes integers only and changes nothing.
-    let r = cvt(unsafe { libc::syscall(libc::SYS_kcmp, p, q, KCMP_FILE, a, b) })?;
-    Ok(r == 0)
+    match cvt(unsafe { libc::syscall(libc::SYS_kcmp, p, q, KCMP_FILE, a, b) }) {
+        Ok(0) => std::cmp::Ordering::Equal,
+        Ok(1) => std::cmp::Ordering::Less,
+        _ => std::cmp::Ordering::Greater,
+    }
 }
 
 /// kcmp(p, q, kind, 0, 0) == 0: processes `p` and `q` share one kernel
