@@ -212,6 +212,10 @@ fn anon_name(kind: &str) -> &'static str {
 
 /// Capture every fd of `pid` into `b` (fds, pipes, locks, stored files);
 /// what cannot be restored goes to `obs`.
+/// (dev, ino, mode, link target) of an fd: its open file descriptions are
+/// kept with (fd, record) of each, in the kernel's order of descriptions.
+type SameFile<'a> = (u64, u64, u32, &'a str);
+
 pub fn capture(
     pid: i32,
     fds: &[OpenFd],
@@ -226,9 +230,7 @@ pub fn capture(
     let mut pipes: HashMap<u64, usize> = HashMap::new();
     let base = b.fds.len();
     let mut sockets = crate::sockets::Sockets::default();
-    // (dev, ino, mode, link target) -> (fd, record) of each description
-    // of that file, in the kernel's order of descriptions.
-    let mut descriptions: HashMap<(u64, u64, u32, &str), Vec<(i32, usize)>> = HashMap::new();
+    let mut descriptions: HashMap<SameFile, Vec<(i32, usize)>> = HashMap::new();
     for f in fds.iter() {
         let kind = match classify(pid, f) {
             // The slave of a pty whose master is captured too: made again
