@@ -539,6 +539,26 @@ assert b.accept()[0] is not None
 print("PASS", flush=True)
 "#;
     refused(ghost, &[], "that path no longer leads to this socket");
+    // A file in flight that cryo cannot restore (a netlink socket): named
+    // as in flight, and the process keeps none of what capture held.
+    let flying = r#"
+import os, socket, sys
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+n = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+socket.send_fds(a, [b"x"], [n.fileno()])
+n.close()
+before = sorted(os.listdir("/proc/self/fd"))
+print("READY", flush=True); sys.stdin.readline()
+assert sorted(os.listdir("/proc/self/fd")) == before
+msg, fds, _, _ = socket.recv_fds(b, 10, 1)
+assert msg == b"x" and len(fds) == 1
+print("PASS", flush=True)
+"#;
+    refused(
+        flying,
+        &[],
+        "a file in flight (SCM_RIGHTS) in the queue of fd",
+    );
 }
 
 #[test]
@@ -615,11 +635,24 @@ fn pty_pair_keeps_its_settings_session_foreground_and_unread_bytes() {
 /// its descendants), looked at by `check`, then restored in each of
 /// `modes`, each restore printing PASS and exiting 0.
 fn python_round_trips(tag: &str, script: &str, check: impl Fn(&Path), modes: &[&[&str]]) {
+    python_round_trips_with(tag, script, |_| {}, check, modes)
+}
+
+/// [`python_round_trips`], with `before` run on the blocked target's PID
+/// before its capture.
+fn python_round_trips_with(
+    tag: &str,
+    script: &str,
+    before: impl Fn(i32),
+    check: impl Fn(&Path),
+    modes: &[&[&str]],
+) {
     let dir = scratch(tag);
     let mut cmd = Command::new("python3");
     cmd.args(["-c", script]);
     let t = Target::spawn(cmd, tag);
     t.wait_sleeping();
+    before(t.pid);
     let img = dir.join("img");
     capture_kill(t.pid, &img);
     drop(t);
@@ -784,6 +817,68 @@ print("PASS", flush=True)
         &[&[], &["--lazy"], &["--map"]],
     );
     assert!(!path.exists());
+}
+
+#[test]
+fn files_in_flight_in_a_socket_pair_come_back_with_their_messages() {
+    // SCM_RIGHTS: a pipe whose ends exist only in flight (bytes in it), a
+    // file whose description the process also keeps open (one offset), a
+    // message without fds between them. A dry run first: the process
+    // holds the files in flight for the capture and must not keep them.
+    let script = r#"
+import os, socket, sys
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+r, w = os.pipe()
+os.write(w, b"in the pipe")
+socket.send_fds(a, [b"first"], [r, w])
+os.close(r); os.close(w)
+a.send(b"plain")
+f = os.open("/proc/self/exe", os.O_RDONLY)
+os.lseek(f, 7, os.SEEK_SET)
+socket.send_fds(a, [b"third"], [f])
+before = sorted(os.listdir("/proc/self/fd"))
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+assert sorted(os.listdir("/proc/self/fd")) == before, (os.listdir("/proc/self/fd"), before)
+msg, fds, _, _ = socket.recv_fds(b, 100, 4)
+assert msg == b"first" and len(fds) == 2, (msg, fds)
+assert os.read(fds[0], 100) == b"in the pipe"
+os.write(fds[1], b"more"); assert os.read(fds[0], 100) == b"more"
+assert b.recv(100) == b"plain"
+msg, fds, _, _ = socket.recv_fds(b, 100, 4)
+assert msg == b"third" and len(fds) == 1
+assert os.lseek(fds[0], 0, os.SEEK_CUR) == 7
+os.lseek(fds[0], 9, os.SEEK_SET); assert os.lseek(f, 0, os.SEEK_CUR) == 9
+b.setblocking(False)
+try:
+    b.recv(100); assert False, "one message too many"
+except BlockingIOError:
+    pass
+print("PASS", flush=True)
+"#;
+    let fds = |pid: i32| {
+        let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    python_round_trips_with(
+        "in-flight",
+        script,
+        |pid| {
+            let was = fds(pid);
+            let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &pid.to_string()]);
+            assert_eq!(code, 0, "{out}{err}");
+            assert_eq!(fds(pid), was, "the dry run left fds behind");
+        },
+        |img| {
+            let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+            assert!(text.contains("in flight"), "{text}");
+        },
+        &[&[], &["--lazy"], &["--map"]],
+    );
 }
 
 #[test]

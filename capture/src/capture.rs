@@ -400,25 +400,33 @@ pub(crate) fn inspect(
         .iter()
         .map(|c| (c.kind, c.flags, c.file))
         .collect();
-    let fds = procinfo::fds(pid)?;
-    crate::fds::capture(
-        pid,
-        &fds,
-        scope,
-        &mut b,
-        &mut stored,
-        &opts.limits,
-        &mut obs,
-    );
+    let Some(vdso) = crate::mm::vdso(&g.main, &maps)? else {
+        return Err(refused(pid, "it has no [vdso] mapping"));
+    };
+    // Files in flight in its sockets' queues, held by the process for the
+    // moment: captured with its fds, then closed in it again.
+    let in_flight = crate::inflight::hold(&mut g.main, pid, &vdso)?;
+    let fds = procinfo::fds(pid);
+    if let Ok(fds) = &fds {
+        crate::fds::capture(
+            pid,
+            fds,
+            scope,
+            &mut b,
+            &mut stored,
+            &opts.limits,
+            &in_flight,
+            &mut obs,
+        );
+    }
+    crate::inflight::release(&mut g.main, &vdso, &in_flight)?;
+    fds?;
     // The main thread: registers, xsave, mask, rseq, TLS words; queued
     // signals (its own and the process's).
     let t = &mut g.main;
     crate::regs::capture(t, &mut b)?;
     crate::signals::queued(pid, &mut b)?;
     let status = procinfo::status(pid)?;
-    let Some(vdso) = crate::mm::vdso(t, &maps)? else {
-        return Err(refused(pid, "it has no [vdso] mapping"));
-    };
     // State only the task itself can tell: injected system calls.
     let timers = procinfo::timers(pid)?;
     let mut task = cryo_image::task::TaskState::default();

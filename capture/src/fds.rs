@@ -216,6 +216,7 @@ fn anon_name(kind: &str) -> &'static str {
 /// kept with (fd, record) of each, in the kernel's order of descriptions.
 type SameFile<'a> = (u64, u64, u32, &'a str);
 
+#[allow(clippy::too_many_arguments)]
 pub fn capture(
     pid: i32,
     fds: &[OpenFd],
@@ -223,6 +224,7 @@ pub fn capture(
     b: &mut ImageBuilder,
     stored: &mut StoredFiles,
     limits: &Limits,
+    in_flight: &crate::inflight::InFlight,
     obs: &mut Obstacles,
 ) {
     let pidfd = sys::pidfd_open(pid).ok();
@@ -231,7 +233,20 @@ pub fn capture(
     let base = b.fds.len();
     let mut sockets = crate::sockets::Sockets::default();
     let mut descriptions: HashMap<SameFile, Vec<(i32, usize)>> = HashMap::new();
+    // An obstacle about a file in flight is named as what it is: no fd of
+    // the program's (reworded once the next fd is reached).
+    let reword = |obs: &mut Obstacles, last: Option<(i32, usize)>| {
+        if let Some((fd, from)) = last.filter(|(fd, _)| in_flight.hidden.contains(fd)) {
+            let sock = in_flight.socket_of(fd);
+            obs.reword_from(from, |o| {
+                format!("a file in flight (SCM_RIGHTS) in the queue of fd {sock}, held at fd {fd} for the capture: {o}")
+            });
+        }
+    };
+    let mut last = None;
     for f in fds.iter() {
+        reword(obs, last.take());
+        last = Some((f.fd, obs.len()));
         let kind = match classify(pid, f) {
             // The slave of a pty whose master is captured too: made again
             // with it.
@@ -402,6 +417,10 @@ pub fn capture(
             // each fd of the description they were taken through (POSIX):
             // record them once, on its first fd.
             match crate::locks::parse(pid, f) {
+                Ok(l) if !l.is_empty() && in_flight.hidden.contains(&f.fd) => obs.push(format!(
+                    "a file in flight (SCM_RIGHTS) to fd {} has locks taken through it; not supported",
+                    in_flight.socket_of(f.fd)
+                )),
                 Ok(l) => b.locks.extend(l),
                 Err(why) => obs.push(why),
             }
@@ -413,15 +432,17 @@ pub fn capture(
             }
         }
         let target = b.strings.add(&f.target);
+        // (A file in flight has no fd flags: it is closed before the exec.)
+        let flying = in_flight.hidden.contains(&f.fd);
         b.fds.push(Fd {
             fd: f.fd,
             kind,
             flags: f.flags & !(libc::O_CLOEXEC as u32),
-            cloexec: u32::from(f.flags & libc::O_CLOEXEC as u32 != 0),
+            cloexec: u32::from(f.flags & libc::O_CLOEXEC as u32 != 0 && !flying),
             pos: f.pos,
             target,
             file,
-            _pad: 0,
+            in_flight: u32::from(flying),
             rdev: f.rdev,
             ino: f.ino,
             desc: (base + desc) as u32,
@@ -431,9 +452,10 @@ pub fn capture(
             _pad2: 0,
         });
     }
+    reword(obs, last);
     // The pipes: who holds their ends, their capacity and their bytes.
     crate::pipes::capture(pid, scope, pidfd.as_ref(), &pipes, base, b, stored, obs);
     // Unix sockets connected to each other.
     let cross = (scope.pids.len() > 1).then_some(&mut scope.cross);
-    crate::sockets::link(b, sockets, stored, cross, obs);
+    crate::sockets::link(b, sockets, stored, cross, in_flight, obs);
 }

@@ -7,6 +7,7 @@ mod fanotify;
 pub mod fds;
 mod gadget;
 pub mod glibc;
+mod inflight;
 mod inotify;
 mod locks;
 mod mm;

@@ -25,4 +25,10 @@ impl Obstacles {
     pub fn into_vec(self) -> Vec<String> {
         self.0
     }
+    /// Reword the obstacles from the `from`-th on.
+    pub fn reword_from(&mut self, from: usize, f: impl Fn(&str) -> String) {
+        for o in self.0.iter_mut().skip(from) {
+            *o = f(o);
+        }
+    }
 }

@@ -224,6 +224,73 @@ impl<'a> Remote<'a> {
         Ok([w(0), w(1), w(2), w(3)])
     }
 
+    /// recvmsg(fd, MSG_PEEK) with no bytes and room for SCM_MAX_FD fds:
+    /// the fds of the message at the socket's peek offset, which the
+    /// kernel installs in the tracee. None if it has none or they did not
+    /// all fit (MSG_CTRUNC: those that did are closed again).
+    pub fn peek_fds(&mut self, fd: i32) -> Result<Option<Vec<i32>>, InjectError> {
+        const CTRL: u64 = 64;
+        const CTRL_LEN: u64 = 2048;
+        let s = self.scratch;
+        // struct msghdr: name, namelen, iov, iovlen, control, controllen,
+        // flags (56 bytes); no iovec: nothing is copied.
+        let mut m = [0u8; 56];
+        m[32..40].copy_from_slice(&(s + CTRL).to_le_bytes());
+        m[40..48].copy_from_slice(&CTRL_LEN.to_le_bytes());
+        self.t.write_mem(s, &m)?;
+        self.t.write_mem(s + CTRL, &[0u8; CTRL_LEN as usize])?;
+        let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
+        let r = self.syscall(libc::SYS_recvmsg, [fd as u64, s, flags as u64, 0, 0])?;
+        if r < 0 {
+            return Ok(None);
+        }
+        let b = self.read_scratch((CTRL + CTRL_LEN) as usize)?;
+        let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+        let int = |i: usize| i32::from_le_bytes(b[i..i + 4].try_into().unwrap_or([0; 4]));
+        let cut = int(48) & libc::MSG_CTRUNC != 0;
+        let used = (word(40) as usize).min(CTRL_LEN as usize);
+        let mut fds = Vec::new();
+        let mut at = CTRL as usize;
+        let end = CTRL as usize + used;
+        // struct cmsghdr: len (8), level (4), type (4), data; each aligned to 8.
+        while at + 16 <= end {
+            let len = word(at) as usize;
+            if len < 16 || at + len > end {
+                break;
+            }
+            if int(at + 8) == libc::SOL_SOCKET && int(at + 12) == libc::SCM_RIGHTS {
+                for k in 0..(len - 16) / 4 {
+                    fds.push(int(at + 16 + 4 * k));
+                }
+            }
+            at += len.div_ceil(8) * 8;
+        }
+        if cut || fds.is_empty() {
+            for &n in &fds {
+                let _ = self.close(n);
+            }
+            return Ok(None);
+        }
+        Ok(Some(fds))
+    }
+
+    /// fcntl(fd, F_DUPFD_CLOEXEC, min): a copy at the lowest free number
+    /// from `min` on.
+    pub fn dup_above(&mut self, fd: i32, min: i32) -> Result<i32, InjectError> {
+        let r = self.call(
+            "fcntl(F_DUPFD_CLOEXEC)",
+            libc::SYS_fcntl,
+            [fd as u64, libc::F_DUPFD_CLOEXEC as u64, min as u64, 0, 0],
+        )?;
+        Ok(r as i32)
+    }
+
+    /// close(fd).
+    pub fn close(&mut self, fd: i32) -> Result<(), InjectError> {
+        self.call("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0])?;
+        Ok(())
+    }
+
     /// Put the registers and the scratch bytes back exactly.
     pub fn finish(self) -> Result<(), InjectError> {
         let m = self.t.set_sigmask(self.saved_mask);

@@ -187,7 +187,11 @@ impl CrossEnd {
         }
         if self.messages {
             return match sock::peek_messages(&self.dup, self.rqueue as usize) {
-                Ok(Ok(m)) => Ok(sock::frame(&m)),
+                Ok(Ok(m)) if m.iter().any(|m| m.nfds > 0) => Err(format!(
+                    "fd {} (a unix socket paired with another process) has file descriptors in flight (SCM_RIGHTS); not supported yet between processes",
+                    self.fd
+                )),
+                Ok(Ok(m)) => Ok(sock::frame(&m, &[])),
                 Ok(Err(why)) => Err(format!(
                     "fd {} (a unix socket paired with another process) has {why}; not supported yet",
                     self.fd
@@ -554,8 +558,10 @@ pub fn link(
     seen: Sockets,
     stored: &mut StoredFiles,
     mut cross: Option<&mut Vec<CrossEnd>>,
+    in_flight: &crate::inflight::InFlight,
     obs: &mut crate::obstacles::Obstacles,
 ) {
+    let in_flight = &in_flight.by_socket;
     for (index, bytes) in seen.widowed {
         if !bytes.is_empty() {
             stored.blobs.push(PendingBlob {
@@ -594,10 +600,27 @@ pub fn link(
                 if s.sock_type as i32 != libc::SOCK_STREAM {
                     // Messages, each sent again on its own.
                     match sock::peek_messages(&c.dup, c.diag.rqueue as usize) {
-                        Ok(Ok(m)) => stored.blobs.push(PendingBlob {
-                            to: BlobOwner::Socket(c.index),
-                            bytes: sock::frame(&m),
-                        }),
+                        Ok(Ok(m)) => {
+                            // Files in flight: held in the process for
+                            // the capture (`crate::inflight`), as many as
+                            // the messages have.
+                            let held = in_flight.get(&c.fd).map_or(&[][..], |v| v.as_slice());
+                            let counts: Vec<usize> =
+                                m.iter().filter(|m| m.nfds > 0).map(|m| m.nfds).collect();
+                            let same = held.len() == counts.len()
+                                && held.iter().zip(&counts).all(|(h, &n)| h.len() == n);
+                            if !same {
+                                obs.push(format!(
+                                    "fd {} ({what}, paired with fd {}) has file descriptors in flight (SCM_RIGHTS) that cryo could not hold for the capture",
+                                    c.fd, o.fd
+                                ));
+                                continue;
+                            }
+                            stored.blobs.push(PendingBlob {
+                                to: BlobOwner::Socket(c.index),
+                                bytes: sock::frame(&m, held),
+                            })
+                        }
                         Ok(Err(why)) => obs.push(format!(
                             "fd {} ({what}, paired with fd {}) has {why}; not supported yet",
                             c.fd, o.fd

@@ -160,8 +160,8 @@ impl<'a> Image<'a> {
                 index: i as u64,
                 why,
             };
-            if f.fd < 0 || (f.file != NO_INDEX && f.file >= nfiles) {
-                return Err(bad("bad fd number or file index"));
+            if f.fd < 0 || (f.file != NO_INDEX && f.file >= nfiles) || f.in_flight > 1 {
+                return Err(bad("bad fd number, file index or in-flight mark"));
             }
             // The description's first fd comes first and names itself.
             let first = fdt.get(f.desc as usize);

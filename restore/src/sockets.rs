@@ -514,15 +514,112 @@ fn put_back(s: &Socket, from: BorrowedFd, bytes: &[u8]) -> Result<(), Why> {
     if s.sock_type as i32 == libc::SOCK_STREAM {
         return sent(sys::send_all(from, bytes));
     }
+    let messages = messages(bytes)?;
+    if messages.iter().any(|(_, fds)| !fds.is_empty()) {
+        // With files in flight: sent once every fd is at its number
+        // ([`send_in_flight`]), all of the queue, in order.
+        return Ok(());
+    }
+    for (m, _) in messages {
+        sent(sys::send_message(from, m))?;
+    }
+    Ok(())
+}
+
+/// A queued message and the fd numbers of its files in flight.
+type Queued<'a> = (&'a [u8], Vec<i32>);
+
+/// The messages of a datagram or seqpacket queue as the image frames them
+/// (capture's `sock::frame`): each with the numbers of its files in
+/// flight (`Fd::in_flight`), if any.
+fn messages(bytes: &[u8]) -> Result<Vec<Queued<'_>>, Why> {
+    let short = || Why::Said("the queued messages in the image are cut short".into());
+    let word = |b: &[u8], at: usize| {
+        b.get(at..at + 4)
+            .map(|l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]))
+    };
+    let mut out = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {
-        let n = rest
-            .get(..4)
-            .map(|l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize)
-            .filter(|&n| n <= rest.len() - 4)
-            .ok_or_else(|| Why::Said("the queued messages in the image are cut short".into()))?;
-        sent(sys::send_message(from, &rest[4..4 + n]))?;
-        rest = &rest[4 + n..];
+        let head = word(rest, 0).ok_or_else(short)?;
+        let n = (head & !(1 << 31)) as usize;
+        let mut at = 4;
+        let mut fds = Vec::new();
+        if head & 1 << 31 != 0 {
+            let k = word(rest, 4).ok_or_else(short)? as usize;
+            if k == 0 || k > 253 {
+                return Err(Why::Said(format!(
+                    "a queued message with {k} files in flight"
+                )));
+            }
+            for i in 0..k {
+                fds.push(word(rest, 8 + 4 * i).ok_or_else(short)? as i32);
+            }
+            at = 8 + 4 * k;
+        }
+        let m = rest.get(at..at + n).ok_or_else(short)?;
+        out.push((m, fds));
+        rest = &rest[at + n..];
+    }
+    Ok(out)
+}
+
+/// The queues of socket pairs that hold files in flight, sent again from
+/// the other end of each pair, every fd at its number by now (the files
+/// in flight too, at the numbers the image has them at); then those
+/// numbers are closed, leaving the files in flight only.
+pub(crate) fn send_in_flight(
+    loaded: &LoadedImage,
+    img: &Image,
+    verify: bool,
+) -> Result<(), RestoreError> {
+    let fds: Vec<cryo_image::Fd> = img.fds().iter().collect();
+    let mut done = Vec::new();
+    for f in &fds {
+        if f.kind != cryo_image::fd_kind::SOCKET || done.contains(&f.object) {
+            continue;
+        }
+        let Some(s) = img.sockets().get(f.object as usize) else {
+            continue;
+        };
+        if s.state != socket_state::PAIR
+            || s.data.len == 0
+            || s.sock_type as i32 == libc::SOCK_STREAM
+        {
+            continue;
+        }
+        done.push(f.object);
+        let err = |why: Why| RestoreError::Fd {
+            fd: f.fd,
+            what: "socket".into(),
+            why,
+        };
+        let bytes = loaded
+            .read_blob(&s.data, verify)
+            .map_err(|e| err(Why::Said(e.to_string())))?;
+        let messages = messages(&bytes).map_err(err)?;
+        if messages.iter().all(|(_, fds)| fds.is_empty()) {
+            continue;
+        }
+        let from = fds
+            .iter()
+            .find(|g| g.kind == cryo_image::fd_kind::SOCKET && g.object == s.pair)
+            .ok_or_else(|| {
+                err(Why::Said(
+                    "its other end, which sent its files in flight, is not in the image".into(),
+                ))
+            })?;
+        for (m, with) in messages {
+            sys::send_with_fds(from.fd, m, &with).map_err(|e| {
+                err(Why::sys(
+                    "sending a queued message and its files in flight again",
+                    e,
+                ))
+            })?;
+        }
+    }
+    for f in fds.iter().filter(|f| f.in_flight != 0) {
+        sys::close(f.fd);
     }
     Ok(())
 }

@@ -60,6 +60,8 @@ pub struct Peeked {
     /// File descriptors were queued with the bytes (SCM_RIGHTS); the
     /// copies the peek gave us are closed again.
     pub fds: bool,
+    /// How many (0 if the control data was cut short).
+    pub nfds: usize,
     /// Other control data (credentials) came with the bytes.
     pub other_control: bool,
     /// Nothing was queued (EAGAIN), as opposed to an empty message.
@@ -101,6 +103,7 @@ pub fn peek(fd: &impl AsRawFd, len: usize) -> io::Result<Peeked> {
         )));
     }
     let (mut fds, mut other) = (msg.msg_flags & libc::MSG_CTRUNC != 0, false);
+    let mut nfds = 0;
     // SAFETY: CMSG_FIRSTHDR/NXTHDR walk the control buffer the kernel
     // filled, within msg_controllen; SCM_RIGHTS data is an array of ints
     // (fds now ours), which we close.
@@ -111,6 +114,7 @@ pub fn peek(fd: &impl AsRawFd, len: usize) -> io::Result<Peeked> {
                 fds = true;
                 let data = libc::CMSG_DATA(c).cast::<i32>();
                 let k = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                nfds += k;
                 for i in 0..k {
                     libc::close(data.add(i).read_unaligned());
                 }
@@ -121,9 +125,13 @@ pub fn peek(fd: &impl AsRawFd, len: usize) -> io::Result<Peeked> {
         }
     }
     buf.truncate(n);
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        nfds = 0;
+    }
     Ok(Peeked {
         bytes: buf,
         fds,
+        nfds,
         other_control: other,
         none,
     })
@@ -140,7 +148,7 @@ pub fn peek(fd: &impl AsRawFd, len: usize) -> io::Result<Peeked> {
 pub fn peek_messages(
     fd: &impl AsRawFd,
     largest: usize,
-) -> io::Result<Result<Vec<Vec<u8>>, String>> {
+) -> io::Result<Result<Vec<Message>, String>> {
     set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
     let mut out = Vec::new();
     let cap = largest.max(sndbuf_of(fd)).max(1 << 16) + 1;
@@ -151,19 +159,30 @@ pub fn peek_messages(
         match peek(fd, cap) {
             Err(e) => break Err(e),
             Ok(p) if p.none => break Ok(Ok(())),
-            Ok(p) if p.fds || p.other_control => {
+            Ok(p) if p.other_control => {
+                break Ok(Err("a message queued with credentials (SO_PASSCRED)".into()))
+            }
+            Ok(p) if p.fds && p.nfds == 0 => {
                 break Ok(Err(
-                    "a message queued with file descriptors or credentials".into()
+                    "a message queued with more file descriptors than cryo can read".into(),
                 ))
             }
             Ok(p) if p.bytes.is_empty() => break Ok(Err("an empty message queued".into())),
-            Ok(p) => out.push(p.bytes),
+            Ok(p) => out.push(Message {
+                bytes: p.bytes,
+                nfds: p.nfds,
+            }),
         }
     };
     let off = set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, -1);
     let got = got?;
     off?;
     Ok(got.map(|()| out))
+}
+
+/// SO_PEEK_OFF (-1: off).
+pub fn set_peek_off(fd: &impl AsRawFd, off: i32) -> io::Result<()> {
+    set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off)
 }
 
 /// SO_SNDBUF: a bound on the size of one datagram its peer could send.
@@ -185,13 +204,33 @@ fn set_int(fd: &impl AsRawFd, level: i32, name: i32, v: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Messages as one blob: each a 4-byte little-endian length, then its
-/// bytes (`cryo_image::fds::Socket::data` of a datagram or seqpacket pair).
-pub fn frame(messages: &[Vec<u8>]) -> Vec<u8> {
+/// One message queued in a datagram or seqpacket socket.
+pub struct Message {
+    pub bytes: Vec<u8>,
+    /// File descriptors in flight with it (SCM_RIGHTS).
+    pub nfds: usize,
+}
+
+/// Messages as one blob (`cryo_image::fds::Socket::data` of a datagram or
+/// seqpacket pair): each a 4-byte little-endian length, then its bytes;
+/// a message with fds in flight has the length's top bit set and, before
+/// its bytes, their count and the numbers they are held at in the image
+/// (`Fd::in_flight`), 4 bytes each. `fds`: those numbers, per message.
+pub fn frame(messages: &[Message], fds: &[Vec<i32>]) -> Vec<u8> {
     let mut b = Vec::new();
+    let mut with = fds.iter();
     for m in messages {
-        b.extend_from_slice(&(m.len() as u32).to_le_bytes());
-        b.extend_from_slice(m);
+        match (m.nfds > 0).then(|| with.next()).flatten() {
+            Some(f) => {
+                b.extend_from_slice(&(m.bytes.len() as u32 | 1 << 31).to_le_bytes());
+                b.extend_from_slice(&(f.len() as u32).to_le_bytes());
+                for n in f {
+                    b.extend_from_slice(&n.to_le_bytes());
+                }
+            }
+            None => b.extend_from_slice(&(m.bytes.len() as u32).to_le_bytes()),
+        }
+        b.extend_from_slice(&m.bytes);
     }
     b
 }

@@ -236,6 +236,9 @@ pub fn install(
     for l in &plan.locks {
         crate::locks::take(plans, l)?;
     }
+    // Queues with files in flight, sent again now that those files are
+    // at their numbers; the numbers are closed then.
+    crate::sockets::send_in_flight(loaded, img, verify)?;
 
     // 4. Everything else goes (parked copies, our own files, inherited
     //    extras), except the fds for the shim.

@@ -132,6 +132,52 @@ fn send_now(fd: BorrowedFd, buf: &[u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// sendmsg(2) of one message with `fds` in flight (SCM_RIGHTS), from the
+/// socket at number `fd`, without waiting.
+pub fn send_with_fds(fd: RawFd, buf: &[u8], fds: &[i32]) -> io::Result<()> {
+    let data = std::mem::size_of_val(fds) as u32;
+    // SAFETY: CMSG_SPACE computes a size.
+    let space = unsafe { libc::CMSG_SPACE(data) } as usize;
+    let mut ctrl = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (no name, no iovecs).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        msg.msg_control = ctrl.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+    }
+    // SAFETY: the control buffer (when given) has CMSG_SPACE(data)
+    // bytes, so its first header and the data after it fit; the kernel
+    // only reads `buf` (the iovec's pointer is not written through) and
+    // `ctrl`, both alive for the call.
+    let n = unsafe {
+        if !fds.is_empty() {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(data) as usize;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr(),
+                libc::CMSG_DATA(c).cast::<i32>(),
+                fds.len(),
+            );
+        }
+        cvt(libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) as i32)?
+    };
+    if n as usize != buf.len() {
+        return Err(io::Error::other(format!(
+            "sent {n} of a {}-byte message",
+            buf.len()
+        )));
+    }
+    Ok(())
+}
+
 /// send(2) one message (a datagram or seqpacket record) without waiting.
 pub fn send_message(fd: BorrowedFd, buf: &[u8]) -> io::Result<()> {
     let n = send_now(fd, buf)?;

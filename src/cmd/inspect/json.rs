@@ -47,6 +47,7 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
                    "cloexec": f.cloexec != 0, "pos": f.pos, "target": s(img, f.target),
                    "rdev": f.rdev, "ino": f.ino, "dev": f.dev, "mode": f.mode,
                    "same_description_as": fdt[f.desc as usize].fd,
+                   "in_flight": f.in_flight != 0,
                    "object": (f.object != cryo_image::NO_INDEX).then_some(f.object),
                    "file": (f.file != cryo_image::NO_INDEX).then_some(f.file)})
         })

@@ -291,6 +291,12 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
             );
         }
         let _ = write!(extra, "{}", anon_state(img, f));
+        if f.in_flight != 0 {
+            let _ = write!(
+                extra,
+                " [in flight: sent with SCM_RIGHTS, queued in a socket; made, sent again, closed]"
+            );
+        }
         if let Some(fi) = (f.file != cryo_image::NO_INDEX)
             .then(|| img.files().get(f.file as usize))
             .flatten()
