@@ -30,7 +30,10 @@ use std::path::PathBuf;
 /// zombies, pipes and socket pairs between the processes with their
 /// bytes, shared memory and shared descriptions as one. Nothing runs
 /// until every process is in place. Every captured PID but the root's
-/// must be free (--same-pid: the root's too).
+/// must be free (--same-pid: the root's too). The children see this
+/// PID as their parent's: a program that kept its own PID to recognise
+/// itself later (Python's multiprocessing joins its pool only from the
+/// PID that made it) needs --same-pid or --pidns.
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct RestoreArgs {
