@@ -882,6 +882,42 @@ print("PASS", flush=True)
 }
 
 #[test]
+fn pidfds_of_the_root_name_the_root_as_restored() {
+    // A pidfd of itself, and a child's pidfd of its parent (the root):
+    // after a plain restore the root has the restorer's PID, and both
+    // pidfds name it (fdinfo's Pid, a signal through them).
+    let script = r#"
+import os, signal, sys
+def pid_of(fd):
+    for l in open("/proc/self/fdinfo/%d" % fd):
+        if l.startswith("Pid:"):
+            return int(l.split()[1])
+me = os.pidfd_open(os.getpid())
+r, w = os.pipe()
+child = os.fork()
+if child == 0:
+    os.close(w); os.close(me)
+    parent = os.pidfd_open(os.getppid())
+    os.read(r, 1)
+    assert pid_of(parent) == os.getppid(), (pid_of(parent), os.getppid())
+    signal.pidfd_send_signal(parent, signal.SIGUSR1)
+    os._exit(0)
+os.close(r)
+got = []
+signal.signal(signal.SIGUSR1, lambda *a: got.append(1))
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+assert pid_of(me) == os.getpid(), (pid_of(me), os.getpid())
+signal.pidfd_send_signal(me, 0)
+os.write(w, b"x")
+_, st = os.waitpid(child, 0)
+assert st == 0 and got == [1], (st, got)
+print("PASS", flush=True)
+"#;
+    python_round_trips("pidfd-root", script, |_| {}, &[&[], &["--lazy"]]);
+}
+
+#[test]
 fn script_runs_its_shell_under_a_pty_after_restore() {
     // script(1) from util-linux: sh under a pty (its own session, the pty
     // its controlling terminal), script blocking every signal for a

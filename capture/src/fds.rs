@@ -32,15 +32,12 @@ fn pidfd_target(f: &OpenFd, scope: &crate::pipes::Scope) -> Result<u32, String> 
         ));
     }
     let pid = pid as i32;
-    if !scope.pids.contains(&pid) || scope.pids.first() == Some(&pid) {
+    // (The root's is opened again on the root as restored: with the
+    // restorer's PID in a plain restore, as its getpid() says.)
+    if !scope.pids.contains(&pid) {
         return Err(format!(
-            "fd {} is a pidfd of process {pid}, which is {}; only pidfds of the tree's other processes keep their process",
-            f.fd,
-            if scope.pids.first() == Some(&pid) {
-                "the captured root (it gets the restorer's PID)"
-            } else {
-                "not in the captured tree"
-            }
+            "fd {} is a pidfd of process {pid}, which is not in the captured tree; only pidfds of the tree's processes keep their process",
+            f.fd
         ));
     }
     Ok(pid as u32)

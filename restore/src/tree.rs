@@ -578,6 +578,7 @@ pub(crate) fn exec(root: Plan, tree: Box<Tree>) -> RestoreError {
         Ok(b) => b,
         Err(e) => return crate::IntoSys::into_sys(e, "mapping the tree's barrier"),
     };
+    let _ = ROOT.set((tree.members[0].rec.pid as i32, std::process::id() as i32));
     let cx = Cx {
         tree: &tree,
         bar,
@@ -624,6 +625,22 @@ pub(crate) fn exec(root: Plan, tree: Box<Tree>) -> RestoreError {
     let e = root.exec_with(&mut hook);
     cx.fail();
     e
+}
+
+/// The tree's root: its captured PID and its PID now (the restorer's, in
+/// a plain restore), set before any other process of the tree is forked.
+static ROOT: std::sync::OnceLock<(i32, i32)> = std::sync::OnceLock::new();
+
+/// The PID now of the process captured as `captured` (a pidfd's), seen
+/// from a process captured as `own`: only the root's changes (a plain
+/// restore gives it the restorer's PID); the root of a single process is
+/// the process itself.
+pub(crate) fn pid_now(captured: i32, own: i32) -> i32 {
+    match ROOT.get() {
+        Some(&(c, now)) if c == captured => now,
+        None if captured == own => std::process::id() as i32,
+        _ => captured,
+    }
 }
 
 /// The state letter of `pid` (/proc/PID/stat), None if there is none.

@@ -171,6 +171,7 @@ pub fn install(
                 )?,
             },
             Source::Pidfd { pid, flags } => {
+                let pid = &crate::tree::pid_now(*pid, img.process().pid as i32);
                 let fd = sys::pidfd_open_flags(*pid, flags & libc::O_NONBLOCK)
                     .map_err(|e| fd_err(p, Why::sys(format!("pidfd_open({pid})"), e)))?;
                 park(fd.into_raw_fd(), high)?
