@@ -559,6 +559,31 @@ print("PASS", flush=True)
         &[],
         "a file in flight (SCM_RIGHTS) in the queue of fd",
     );
+    // A file in flight the process holds a POSIX lock on: holding it for
+    // the capture (and closing it again) would drop the lock. Refused,
+    // and the lock is still the process's after the refusal.
+    let locked = r#"
+import fcntl, os, socket, sys, tempfile
+path = tempfile.mktemp()
+f = os.open(path, os.O_RDWR | os.O_CREAT)
+fcntl.lockf(f, fcntl.LOCK_EX)
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+socket.send_fds(a, [b"x"], [f])
+print("READY", flush=True); sys.stdin.readline()
+pid = os.fork()
+if pid == 0:
+    g = os.open(path, os.O_RDWR)
+    try:
+        fcntl.lockf(g, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os._exit(1)
+    except OSError:
+        os._exit(0)
+_, st = os.waitpid(pid, 0)
+assert st == 0, "the lock was lost"
+os.unlink(path)
+print("PASS", flush=True)
+"#;
+    refused(locked, &[], "holds POSIX locks on");
 }
 
 #[test]
@@ -864,6 +889,24 @@ print("PASS", flush=True)
         v.sort();
         v
     };
+    // Sent, then shut down for writing: the queue goes back before the
+    // shutdown.
+    let shut = r#"
+import os, socket, sys
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+r, w = os.pipe()
+socket.send_fds(a, [b"end"], [w])
+os.close(w)
+a.shutdown(socket.SHUT_WR)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+msg, fds, _, _ = socket.recv_fds(b, 10, 1)
+assert msg == b"end" and len(fds) == 1
+os.write(fds[0], b"ok"); assert os.read(r, 2) == b"ok"
+assert b.recv(10) == b""
+print("PASS", flush=True)
+"#;
+    python_round_trips("in-flight-shut", shut, |_| {}, &[&[], &["--lazy"]]);
     python_round_trips_with(
         "in-flight",
         script,

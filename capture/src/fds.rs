@@ -282,7 +282,7 @@ pub fn capture(
             }
             fd_kind::REGULAR => {
                 file = crate::vma::file_id(b, &f.target);
-                crate::stored::not_kept(b, file);
+                stored.not_kept(b, file);
             }
             fd_kind::SYMLINK if f.target.ends_with(" (deleted)") => {
                 // What it pointed to, read through our copy of the fd.

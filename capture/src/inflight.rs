@@ -5,9 +5,13 @@
 //! with MSG_PEEK, injected into it), which gives it a copy of every file
 //! in flight; the copies are moved above the process's own fds, captured
 //! like any fd (`Fd::in_flight`), and closed in the process again before
-//! the capture ends, whatever happened. The queue is left as it was (a
-//! peek takes nothing; the socket's peek offset, which it did not use, is
-//! turned off again).
+//! the capture goes on (`release`, on every path). The queue is left as
+//! it was (a peek takes nothing; the socket's peek offset, which it did
+//! not use, is turned off again).
+//!
+//! Closing a file in a process drops every POSIX lock the process holds
+//! on that file, through any fd: a socket whose files in flight include
+//! one the process holds a POSIX lock on is not held, and refused.
 
 use crate::remote::{InjectError, Remote};
 use crate::sys::sock;
@@ -20,6 +24,8 @@ pub struct InFlight {
     /// Socket fd -> for each of its queued messages with fds, in queue
     /// order: the numbers the process holds that message's files at.
     pub by_socket: HashMap<i32, Vec<Vec<i32>>>,
+    /// Socket fd -> why its files in flight were not held.
+    pub not_held: HashMap<i32, String>,
     /// Every number held (closed by [`release`]).
     pub hidden: Vec<i32>,
 }
@@ -34,10 +40,19 @@ impl InFlight {
     }
 }
 
-/// The fds of process `pid` that are unix datagram or seqpacket sockets
-/// with a message carrying fds queued, each with the peek offsets of
-/// those messages; and the highest fd number of the process.
-fn sockets_with_fds(pid: i32) -> (Vec<(i32, Vec<usize>)>, i32) {
+/// A unix datagram or seqpacket socket of the process with messages
+/// carrying fds queued.
+struct WithFds {
+    fd: i32,
+    /// The peek offset of each such message.
+    offsets: Vec<usize>,
+    /// (st_dev, st_ino) of every file in flight in it.
+    files: Vec<(u64, u64)>,
+}
+
+/// The sockets of process `pid` with files in flight (each socket once,
+/// at its lowest fd), and the highest fd number of the process.
+fn sockets_with_fds(pid: i32) -> (Vec<WithFds>, i32) {
     let mut out = Vec::new();
     let mut top = -1;
     let Ok(pidfd) = crate::sys::pidfd_open(pid) else {
@@ -52,14 +67,21 @@ fn sockets_with_fds(pid: i32) -> (Vec<(i32, Vec<usize>)>, i32) {
             continue;
         };
         top = top.max(fd);
-        let is_socket =
-            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:["));
-        if is_socket {
-            socks.push(fd);
+        if let Ok(l) = std::fs::read_link(e.path()) {
+            let l = l.to_string_lossy().into_owned();
+            if l.starts_with("socket:[") {
+                socks.push((fd, l));
+            }
         }
     }
     socks.sort_unstable();
-    for fd in socks {
+    let mut seen = Vec::new();
+    for (fd, name) in socks {
+        // A socket at several fds (dup) is one queue.
+        if seen.contains(&name) {
+            continue;
+        }
+        seen.push(name.clone());
         let Ok(dup) = crate::sys::pidfd_getfd(&pidfd, fd) else {
             continue;
         };
@@ -71,28 +93,78 @@ fn sockets_with_fds(pid: i32) -> (Vec<(i32, Vec<usize>)>, i32) {
         if !unix || !messages || int(libc::SO_PEEK_OFF).unwrap_or(0) >= 0 {
             continue;
         }
-        let Ok(Ok(msgs)) = sock::peek_messages(&dup, 0) else {
+        // (A seqpacket end shut down for reading, as its peer's
+        // shutdown for writing makes it, reads as empty at its end.)
+        let ino = name
+            .trim_start_matches("socket:[")
+            .trim_end_matches(']')
+            .parse::<u32>()
+            .unwrap_or(0);
+        let eof_at = match sock::unix_diag(ino) {
+            Ok(d)
+                if d.shutdown & 1 != 0 && int(libc::SO_TYPE).ok() == Some(libc::SOCK_SEQPACKET) =>
+            {
+                Some(d.rqueue as usize)
+            }
+            _ => None,
+        };
+        let Ok(Ok(msgs)) = sock::peek_messages(&dup, 0, eof_at) else {
             continue; // refused when the socket is captured
         };
+        let mut w = WithFds {
+            fd,
+            offsets: Vec::new(),
+            files: Vec::new(),
+        };
         let mut off = 0;
-        let mut at = Vec::new();
         for m in &msgs {
             if m.nfds > 0 {
-                at.push(off);
+                w.offsets.push(off);
+                w.files.extend(&m.files);
             }
             off += m.bytes.len();
         }
-        if !at.is_empty() {
-            out.push((fd, at));
+        if !w.offsets.is_empty() {
+            out.push(w);
         }
     }
     (out, top)
 }
 
+/// (st_dev, st_ino) of the files process `pid` holds POSIX locks on
+/// (/proc/locks: "N: POSIX ADVISORY WRITE PID MAJ:MIN:INO START END").
+fn posix_locked(pid: i32) -> Vec<(u64, u64)> {
+    let Ok(text) = std::fs::read_to_string("/proc/locks") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        // (A blocked request's line starts "N: ->".)
+        let Some(k) = w.iter().position(|x| *x == "POSIX") else {
+            continue;
+        };
+        if w.get(k + 3).and_then(|p| p.parse::<i32>().ok()) != Some(pid) {
+            continue;
+        }
+        let Some(id) = w.get(k + 4) else { continue };
+        let mut parts = id.split(':');
+        let hex = |s: Option<&str>| s.and_then(|v| u64::from_str_radix(v, 16).ok());
+        let (Some(maj), Some(min)) = (hex(parts.next()), hex(parts.next())) else {
+            continue;
+        };
+        let Some(ino) = parts.next().and_then(|v| v.parse::<u64>().ok()) else {
+            continue;
+        };
+        out.push((libc::makedev(maj as u32, min as u32), ino));
+    }
+    out
+}
+
 /// Hold the files in flight in the queues of process `pid` (its main
 /// thread `t`, frozen; `vdso`: its address and bytes, for the injection).
-/// A message whose files cannot be held is left out: the socket's capture
-/// then refuses it by name.
+/// A socket whose files cannot be held is left out, with the reason: its
+/// capture then refuses it by name.
 pub fn hold(t: &mut Tracee, pid: i32, vdso: &(u64, Vec<u8>)) -> Result<InFlight, InjectError> {
     let mut held = InFlight::default();
     let (socks, top) = sockets_with_fds(pid);
@@ -103,36 +175,71 @@ pub fn hold(t: &mut Tracee, pid: i32, vdso: &(u64, Vec<u8>)) -> Result<InFlight,
         Ok(p) => p,
         Err(_) => return Ok(held),
     };
+    let locked = posix_locked(pid);
     let mut rem = Remote::new(t, vdso.0, &vdso.1)?;
-    let mut next = top + 1;
+    // Above the process's own fds, out of its way (and never 0-2, which
+    // a restore gives the invoker's).
+    let mut next = (top + 1).max(3);
     let r = (|| -> Result<(), InjectError> {
-        for (fd, offsets) in socks {
-            let Ok(dup) = crate::sys::pidfd_getfd(&pidfd, fd) else {
+        for w in socks {
+            if w.files.iter().any(|f| locked.contains(f)) {
+                held.not_held.insert(
+                    w.fd,
+                    "a file in flight the process holds POSIX locks on (holding it for the capture would drop them)".into(),
+                );
+                continue;
+            }
+            let Ok(dup) = crate::sys::pidfd_getfd(&pidfd, w.fd) else {
                 continue;
             };
             let mut msgs = Vec::new();
-            for off in offsets {
-                if sock::set_peek_off(&dup, off as i32).is_err() {
+            let mut failed = None;
+            for off in w.offsets {
+                if let Err(e) = sock::set_peek_off(&dup, off as i32) {
+                    failed = Some(format!("setting a peek offset: {e}"));
                     break;
                 }
-                let got = rem.peek_fds(fd);
+                let got = rem.peek_fds(w.fd);
                 let _ = sock::set_peek_off(&dup, -1);
                 let Some(low) = got? else {
+                    failed = Some("more files in flight than fit in one peek".into());
                     break;
                 };
-                // Above the process's own fds, out of its way.
                 let mut nums = Vec::with_capacity(low.len());
-                for n in low {
-                    let m = rem.dup_above(n, next);
-                    rem.close(n)?;
-                    let m = m?;
-                    held.hidden.push(m);
-                    nums.push(m);
-                    next = m + 1;
+                let mut close_err = None;
+                for &n in &low {
+                    if failed.is_none() {
+                        match rem.dup_above(n, next) {
+                            Ok(m) => {
+                                held.hidden.push(m);
+                                nums.push(m);
+                                next = m + 1;
+                            }
+                            Err(e) => failed = Some(e.to_string()),
+                        }
+                    }
+                    // Every number the peek made is closed, whatever failed.
+                    if let Err(e) = rem.close(n) {
+                        close_err = Some(e);
+                    }
+                }
+                if let Some(e) = close_err {
+                    return Err(e);
+                }
+                if failed.is_some() {
+                    break;
                 }
                 msgs.push(nums);
             }
-            held.by_socket.insert(fd, msgs);
+            match failed {
+                // (What was held of it stays in `hidden`: closed by release.)
+                Some(why) => {
+                    held.not_held.insert(w.fd, why);
+                }
+                None => {
+                    held.by_socket.insert(w.fd, msgs);
+                }
+            }
         }
         Ok(())
     })();

@@ -186,7 +186,7 @@ impl CrossEnd {
             return Ok(Vec::new());
         }
         if self.messages {
-            return match sock::peek_messages(&self.dup, self.rqueue as usize) {
+            return match sock::peek_messages(&self.dup, self.rqueue as usize, None) {
                 Ok(Ok(m)) if m.iter().any(|m| m.nfds > 0) => Err(format!(
                     "fd {} (a unix socket paired with another process) has file descriptors in flight (SCM_RIGHTS); not supported yet between processes",
                     self.fd
@@ -309,6 +309,9 @@ pub fn capture(
     } else {
         socket_state::UNBOUND
     };
+    if inet && bound && foreign_address(&addr) {
+        s.flags |= cryo_image::fds::socket_flags::FOREIGN;
+    }
     if sock::getsockopt_int(&dup, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1) >= 0 {
         return Err(format!(
             "fd {fd} ({what} {shown}) has a peek offset (SO_PEEK_OFF); reading its queue would move it"
@@ -428,11 +431,14 @@ pub fn capture(
             // The name the socket reports is only what it was bound to:
             // bound again there, it would be another socket than the one
             // the path now leads to (if any).
+            // By inode number alone, as unix_diag has it (32 bits): its
+            // device is the superblock's, which a stat on overlayfs does
+            // not report; another file on another device, at this very
+            // path, with the same 32 low inode bits, is not worth a
+            // refusal of every socket there.
             use std::os::unix::fs::MetadataExt;
-            let same = std::fs::symlink_metadata(&path).is_ok_and(|m| {
-                let kdev = ((libc::major(m.dev()) as u64) << 20) | libc::minor(m.dev()) as u64;
-                m.ino() == u64::from(vino) && kdev == u64::from(vdev)
-            });
+            let _ = vdev;
+            let same = std::fs::symlink_metadata(&path).is_ok_and(|m| m.ino() as u32 == vino);
             if !same {
                 return Err(format!(
                     "fd {fd} ({what} bound to {shown}): that path no longer leads to this socket (removed or replaced since the bind); a socket whose name is gone cannot be restored"
@@ -519,6 +525,34 @@ pub fn capture(
     Ok(index as u32)
 }
 
+/// Whether the IP address of a TCP/UDP sockaddr is one this machine does
+/// not have (a bind to it, port 0, fails with EADDRNOTAVAIL): the socket
+/// was bound with IP_FREEBIND (or the address has gone since).
+fn foreign_address(addr: &[u8]) -> bool {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+    let family = addr
+        .get(..2)
+        .map(|f| i32::from(u16::from_ne_bytes([f[0], f[1]])));
+    let at: Option<SocketAddr> = match family {
+        Some(libc::AF_INET) => addr
+            .get(4..8)
+            .map(|a| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3])), 0)),
+        Some(libc::AF_INET6) => addr.get(8..28).map(|a| {
+            let ip: [u8; 16] = a[..16].try_into().unwrap_or([0; 16]);
+            let scope = u32::from_ne_bytes([a[16], a[17], a[18], a[19]]);
+            SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), 0, 0, scope))
+        }),
+        _ => None,
+    };
+    match at {
+        Some(a) if !a.ip().is_unspecified() => matches!(
+            std::net::UdpSocket::bind(a),
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+        ),
+        _ => false,
+    }
+}
+
 /// The path a unix socket address names (not abstract, not unnamed).
 fn unix_bound_path(addr: &[u8]) -> Option<std::path::PathBuf> {
     use std::os::unix::ffi::OsStrExt;
@@ -561,7 +595,6 @@ pub fn link(
     in_flight: &crate::inflight::InFlight,
     obs: &mut crate::obstacles::Obstacles,
 ) {
-    let in_flight = &in_flight.by_socket;
     for (index, bytes) in seen.widowed {
         if !bytes.is_empty() {
             stored.blobs.push(PendingBlob {
@@ -599,19 +632,31 @@ pub fn link(
                 }
                 if s.sock_type as i32 != libc::SOCK_STREAM {
                     // Messages, each sent again on its own.
-                    match sock::peek_messages(&c.dup, c.diag.rqueue as usize) {
+                    let eof_at = (s.sock_type as i32 == libc::SOCK_SEQPACKET
+                        && c.diag.shutdown & 1 != 0)
+                        .then_some(c.diag.rqueue as usize);
+                    match sock::peek_messages(&c.dup, c.diag.rqueue as usize, eof_at) {
                         Ok(Ok(m)) => {
                             // Files in flight: held in the process for
                             // the capture (`crate::inflight`), as many as
                             // the messages have.
-                            let held = in_flight.get(&c.fd).map_or(&[][..], |v| v.as_slice());
+                            let held = in_flight
+                                .by_socket
+                                .get(&c.fd)
+                                .map_or(&[][..], |v| v.as_slice());
                             let counts: Vec<usize> =
                                 m.iter().filter(|m| m.nfds > 0).map(|m| m.nfds).collect();
                             let same = held.len() == counts.len()
                                 && held.iter().zip(&counts).all(|(h, &n)| h.len() == n);
                             if !same {
+                                let why = in_flight
+                                    .not_held
+                                    .get(&c.fd)
+                                    .map_or("which cryo could not hold for the capture", |w| {
+                                        w.as_str()
+                                    });
                                 obs.push(format!(
-                                    "fd {} ({what}, paired with fd {}) has file descriptors in flight (SCM_RIGHTS) that cryo could not hold for the capture",
+                                    "fd {} ({what}, paired with fd {}) has file descriptors in flight (SCM_RIGHTS): {why}",
                                     c.fd, o.fd
                                 ));
                                 continue;

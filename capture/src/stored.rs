@@ -227,13 +227,24 @@ impl StoredFiles {
     }
 }
 
-/// A file an fd refers to is not made again (the fd reopens its path), so
-/// a kept copy of it is dropped: only mappings are made from one.
-pub fn not_kept(b: &mut ImageBuilder, index: u32) {
-    if let Some(id) = b.files.get_mut(index as usize) {
-        if id.flags == file_flags::KEPT {
-            id.flags = 0;
-            id.extent_count = 0;
+impl StoredFiles {
+    /// A file an fd refers to is not made again (the fd reopens its
+    /// path), so a kept copy of it is dropped (its extents stay, empty):
+    /// only mappings are made from one.
+    pub fn not_kept(&mut self, b: &mut ImageBuilder, index: u32) {
+        let Some(id) = b.files.get_mut(index as usize) else {
+            return;
+        };
+        if id.flags != file_flags::KEPT {
+            return;
+        }
+        let range = id.first_extent as usize..(id.first_extent + id.extent_count) as usize;
+        id.flags = 0;
+        id.extent_count = 0;
+        for blob in &mut self.blobs {
+            if matches!(blob.to, BlobOwner::Extent(i) if range.contains(&i)) {
+                blob.bytes = Vec::new();
+            }
         }
     }
 }

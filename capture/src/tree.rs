@@ -337,6 +337,20 @@ pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> (Vec<Tr
         if procs_here < 2 {
             continue;
         }
+        // A file in flight was held by its process for that process's
+        // capture only (its number is closed again): kcmp cannot say any
+        // more whether another process holds the same description.
+        if let Some(&(p, i)) = cands
+            .iter()
+            .find(|&&(p, i)| procs[p].1.b.fds[i].in_flight != 0)
+        {
+            obs.push(format!(
+                "process {}: a file in flight (SCM_RIGHTS) held at fd {} for the capture is also open in another process of the tree; not supported yet",
+                procs[p].0,
+                procs[p].1.b.fds[i].fd
+            ));
+            continue;
+        }
         // Descriptions: classes of kcmp-equal fds, found by a binary
         // search among the classes sorted in the kernel's order.
         let mut descs: Vec<Vec<(usize, usize)>> = Vec::new();

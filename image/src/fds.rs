@@ -328,6 +328,9 @@ pub mod socket_flags {
     /// A TCP pair's end that a listener accepted (its port is a listening
     /// socket's): restore makes it the accepting end again.
     pub const ACCEPTED: u32 = 1 << 0;
+    /// (5.1) Bound to an address this machine did not have at capture
+    /// (IP_FREEBIND at the bind): bound so again.
+    pub const FOREIGN: u32 = 1 << 1;
 }
 
 /// The bytes of a sockaddr held in a `[u64; 16]` (little-endian words).

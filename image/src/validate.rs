@@ -160,7 +160,10 @@ impl<'a> Image<'a> {
                 index: i as u64,
                 why,
             };
-            if f.fd < 0 || (f.file != NO_INDEX && f.file >= nfiles) || f.in_flight > 1 {
+            // (A file in flight is held above the process's fds, never at
+            // 0-2, which a restore gives the invoker's.)
+            let flying_ok = f.in_flight == 0 || (f.in_flight == 1 && f.fd > 2);
+            if f.fd < 0 || (f.file != NO_INDEX && f.file >= nfiles) || !flying_ok {
                 return Err(bad("bad fd number, file index or in-flight mark"));
             }
             // The description's first fd comes first and names itself.

@@ -114,8 +114,12 @@ pub(crate) fn fill_epolls(img: &Image, plan: &Plan) -> Result<(), RestoreError> 
         let add = || sys::epoll_add(p.fd, e.tfd, e.events, e.data);
         let r = if e.via == 0 {
             add()
+        } else if e.tfd == p.fd {
+            // (Its number is the epoll instance's own now: a copy there
+            // would replace the instance.)
+            Err(std::io::Error::from_raw_os_error(libc::EBUSY))
         } else {
-            through(e.via as i32 - 1, e.tfd, add)
+            through((e.via - 1) as i32, e.tfd, add)
         };
         r.map_err(|err| fd_err(p, Why::sys(format!("watching fd {} again", e.tfd), err)))?;
     }

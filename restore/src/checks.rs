@@ -117,6 +117,13 @@ pub fn mapped_files(img: &Image) -> Result<(), RestoreError> {
             what.push("modification time".to_owned());
         }
         if !what.is_empty() {
+            if f.flags & cryo_image::fds::file_flags::KEPT != 0 {
+                // (Left by a restored process that was killed, say: one
+                // that ended normally removed it.)
+                what.push(
+                    "cryo makes this file again if it is gone: remove it if nothing uses it".into(),
+                );
+            }
             return Err(RestoreError::FileChanged {
                 path,
                 what: what.join(", "),

@@ -363,10 +363,13 @@ impl Plan {
         if let Err(e) = ptys::lead_session(ptys, root) {
             return e;
         }
-        match self.tree.take() {
+        let e = match self.tree.take() {
             Some(t) => tree::exec(self, t),
             None => self.exec_with(&mut || Ok(())),
-        }
+        };
+        // Nothing of a failed restore stays behind.
+        stored::remove_made_again();
+        e
     }
 
     /// [`Plan::exec`], calling `ready` once everything is set up, right

@@ -12,7 +12,7 @@
 
 use crate::fds::{fd_err, set_status_flags, FdErr, FdPlan, Source};
 use crate::{sys, RestoreError, Why};
-use cryo_image::fds::{sockaddr_bytes, sockaddr_display, socket_state, Socket};
+use cryo_image::fds::{sockaddr_bytes, sockaddr_display, socket_flags, socket_state, Socket};
 use cryo_image::load::LoadedImage;
 use cryo_image::Image;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
@@ -88,7 +88,7 @@ pub(crate) fn plan(
                     if s.family as i32 == libc::AF_INET6 {
                         v6only_like(img, object, t.as_fd())?;
                     }
-                    bind_inet(t.as_fd(), &addr)
+                    bind_inet(t.as_fd(), &addr, s.flags & socket_flags::FOREIGN != 0)
                 });
             // A connection of the image through this port, closed by the
             // program of an earlier restore and left in TIME_WAIT: made
@@ -358,13 +358,13 @@ pub(crate) fn finish_reuse(img: &Image, plan: &crate::fds::Plan) -> Result<(), R
 
 /// bind(2) of a TCP/UDP socket. An address this machine does not have
 /// (EADDRNOTAVAIL) is bound with IP_FREEBIND on for the bind, and the
-/// flag put back after: the captured socket was bound to it, so it was
-/// either bound with IP_FREEBIND (turned off since: zdtm's
-/// sk-freebind-false) or the address was the machine's then and is gone
-/// now, as it can go from under a running process.
-fn bind_inet(fd: BorrowedFd, addr: &[u8]) -> std::io::Result<()> {
+/// flag put back after, if it was not the machine's at capture either
+/// (`foreign`): the socket was bound with IP_FREEBIND, turned off since
+/// (zdtm's sk-freebind-false). An address the machine had then and has
+/// no more is refused (a listener there would never hear from anyone).
+fn bind_inet(fd: BorrowedFd, addr: &[u8], foreign: bool) -> std::io::Result<()> {
     match sys::bind(fd, addr) {
-        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) && foreign => {
             let mut cur = [0u8; 4];
             sys::getsockopt(fd, libc::SOL_IP, libc::IP_FREEBIND, &mut cur)?;
             if cur != [0; 4] {
@@ -404,7 +404,8 @@ fn bind(s: &Socket, fd: BorrowedFd) -> Result<(), Why> {
         if off {
             set(1).map_err(|e| Why::sys("setting SO_REUSEADDR", e))?;
         }
-        bind_inet(fd, &addr).map_err(|e| in_use(&shown, e))?;
+        bind_inet(fd, &addr, s.flags & socket_flags::FOREIGN != 0)
+            .map_err(|e| in_use(&shown, e))?;
         listen()?;
         if off {
             set(0).map_err(|e| Why::sys("clearing SO_REUSEADDR", e))?;
@@ -514,16 +515,19 @@ fn put_back(s: &Socket, from: BorrowedFd, bytes: &[u8]) -> Result<(), Why> {
     if s.sock_type as i32 == libc::SOCK_STREAM {
         return sent(sys::send_all(from, bytes));
     }
-    let messages = messages(bytes)?;
-    if messages.iter().any(|(_, fds)| !fds.is_empty()) {
-        // With files in flight: sent once every fd is at its number
-        // ([`send_in_flight`]), all of the queue, in order.
-        return Ok(());
-    }
-    for (m, _) in messages {
+    for (m, _) in messages(bytes)? {
         sent(sys::send_message(from, m))?;
     }
     Ok(())
+}
+
+/// Whether a datagram or seqpacket queue of pair `s` has files in flight
+/// (its queues are then sent by [`send_in_flight`]).
+fn carries_files(s: &Socket, bytes: &[u8]) -> Result<bool, Why> {
+    if s.sock_type as i32 == libc::SOCK_STREAM {
+        return Ok(false);
+    }
+    Ok(messages(bytes)?.iter().any(|(_, fds)| !fds.is_empty()))
 }
 
 /// A queued message and the fd numbers of its files in flight.
@@ -566,15 +570,28 @@ fn messages(bytes: &[u8]) -> Result<Vec<Queued<'_>>, Why> {
 
 /// The queues of socket pairs that hold files in flight, sent again from
 /// the other end of each pair, every fd at its number by now (the files
-/// in flight too, at the numbers the image has them at); then those
-/// numbers are closed, leaving the files in flight only.
+/// in flight too, at the numbers the image has them at), and the pair's
+/// ends shut down as they were after that; then those numbers are
+/// closed, leaving the files in flight only. Every number a queue names
+/// must be a file in flight of the image, named once.
 pub(crate) fn send_in_flight(
     loaded: &LoadedImage,
     img: &Image,
     verify: bool,
 ) -> Result<(), RestoreError> {
     let fds: Vec<cryo_image::Fd> = img.fds().iter().collect();
-    let mut done = Vec::new();
+    let flying: Vec<i32> = fds
+        .iter()
+        .filter(|f| f.in_flight != 0)
+        .map(|f| f.fd)
+        .collect();
+    let mut named: Vec<i32> = Vec::new();
+    let mut done: Vec<u32> = Vec::new();
+    let fd_of = |object: u32| {
+        fds.iter()
+            .find(|g| g.kind == cryo_image::fd_kind::SOCKET && g.object == object)
+            .map(|g| g.fd)
+    };
     for f in &fds {
         if f.kind != cryo_image::fd_kind::SOCKET || done.contains(&f.object) {
             continue;
@@ -582,44 +599,68 @@ pub(crate) fn send_in_flight(
         let Some(s) = img.sockets().get(f.object as usize) else {
             continue;
         };
-        if s.state != socket_state::PAIR
-            || s.data.len == 0
-            || s.sock_type as i32 == libc::SOCK_STREAM
-        {
+        if s.state != socket_state::PAIR || s.sock_type as i32 == libc::SOCK_STREAM {
             continue;
         }
-        done.push(f.object);
         let err = |why: Why| RestoreError::Fd {
             fd: f.fd,
             what: "socket".into(),
             why,
         };
-        let bytes = loaded
-            .read_blob(&s.data, verify)
-            .map_err(|e| err(Why::Said(e.to_string())))?;
-        let messages = messages(&bytes).map_err(err)?;
-        if messages.iter().all(|(_, fds)| fds.is_empty()) {
+        let Some(other) = img.sockets().get(s.pair as usize) else {
+            continue;
+        };
+        let read = |data: &cryo_image::fds::Blob| -> Result<Vec<u8>, RestoreError> {
+            if data.len == 0 {
+                return Ok(Vec::new());
+            }
+            loaded
+                .read_blob(data, verify)
+                .map_err(|e| err(Why::Said(e.to_string())))
+        };
+        let (mine, theirs) = (read(&s.data)?, read(&other.data)?);
+        let files =
+            carries_files(&s, &mine).map_err(err)? || carries_files(&s, &theirs).map_err(err)?;
+        if !files {
             continue;
         }
-        let from = fds
-            .iter()
-            .find(|g| g.kind == cryo_image::fd_kind::SOCKET && g.object == s.pair)
-            .ok_or_else(|| {
-                err(Why::Said(
-                    "its other end, which sent its files in flight, is not in the image".into(),
-                ))
-            })?;
-        for (m, with) in messages {
-            sys::send_with_fds(from.fd, m, &with).map_err(|e| {
-                err(Why::sys(
-                    "sending a queued message and its files in flight again",
-                    e,
-                ))
-            })?;
+        done.extend([f.object, s.pair]);
+        let peer = fd_of(s.pair).ok_or_else(|| {
+            err(Why::Said(
+                "its other end, which sent its files in flight, is not in the image".into(),
+            ))
+        })?;
+        // What waits in an end was sent by the other.
+        for (bytes, from) in [(&mine, peer), (&theirs, f.fd)] {
+            for (m, with) in messages(bytes).map_err(err)? {
+                for n in &with {
+                    if !flying.contains(n) || named.contains(n) {
+                        return Err(err(Why::Said(format!(
+                            "a queued message names fd {n} as a file in flight, which the image does not have (once)"
+                        ))));
+                    }
+                    named.push(*n);
+                }
+                sys::send_with_fds(from, m, &with).map_err(|e| {
+                    err(Why::sys(
+                        "sending a queued message and its files in flight again",
+                        e,
+                    ))
+                })?;
+            }
+        }
+        for (fd, bits) in [(f.fd, s.shutdown), (peer, other.shutdown)] {
+            let how = match bits & 3 {
+                0 => continue,
+                1 => libc::SHUT_RD,
+                2 => libc::SHUT_WR,
+                _ => libc::SHUT_RDWR,
+            };
+            sys::shutdown_at(fd, how).map_err(|e| err(Why::sys("shutdown", e)))?;
         }
     }
-    for f in fds.iter().filter(|f| f.in_flight != 0) {
-        sys::close(f.fd);
+    for &n in &flying {
+        sys::close(n);
     }
     Ok(())
 }
@@ -847,17 +888,28 @@ pub(crate) fn make(
                 let (a, b) = connected(&s, &other, hint, &v6).map_err(|w| fd_err(p, w))?;
                 set_options(img, object, a.as_fd()).map_err(|w| fd_err(p, w))?;
                 set_options(img, s.pair, b.as_fd()).map_err(|w| fd_err(p, w))?;
-                // What waited to be read from an end is sent by the other.
+                // What waited to be read from an end is sent by the other
+                // (with files in flight: later, by `send_in_flight`, and
+                // the ends shut down after that).
+                let mut queues = Vec::new();
                 for (data, from) in [(s.data, b.as_fd()), (other.data, a.as_fd())] {
                     if data.len > 0 {
                         let bytes = loaded
                             .read_blob(&data, verify)
                             .map_err(|e| fd_err(p, Why::Said(e.to_string())))?;
-                        put_back(&s, from, &bytes).map_err(|w| fd_err(p, w))?;
+                        queues.push((bytes, from));
                     }
                 }
-                shut(a.as_fd(), s.shutdown).map_err(|w| fd_err(p, w))?;
-                shut(b.as_fd(), other.shutdown).map_err(|w| fd_err(p, w))?;
+                let later = queues
+                    .iter()
+                    .any(|(q, _)| carries_files(&s, q).unwrap_or(false));
+                if !later {
+                    for (bytes, from) in &queues {
+                        put_back(&s, *from, bytes).map_err(|w| fd_err(p, w))?;
+                    }
+                    shut(a.as_fd(), s.shutdown).map_err(|w| fd_err(p, w))?;
+                    shut(b.as_fd(), other.shutdown).map_err(|w| fd_err(p, w))?;
+                }
                 pairs.push((s.pair, b));
                 a
             }

@@ -113,6 +113,20 @@ fn cpath(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
 }
 
+/// Kept files this restore made again at their paths (removed again if
+/// the restore fails before its exec: see [`remove_made_again`]).
+static MADE_AGAIN: std::sync::Mutex<Vec<CString>> = std::sync::Mutex::new(Vec::new());
+
+/// Remove the kept files this restore made again (it failed): a later
+/// restore would find a file that is not the captured one there.
+pub(crate) fn remove_made_again() {
+    if let Ok(mut v) = MADE_AGAIN.lock() {
+        for c in v.drain(..) {
+            let _ = sys::unlink(&c);
+        }
+    }
+}
+
 /// Make an unlinked file or memfd again from its stored bytes.
 pub(crate) fn make(
     loaded: &LoadedImage,
@@ -153,7 +167,11 @@ pub(crate) fn make(
             .map_err(|e| err(Why::sys("memfd_create", e)))?
     } else if f.flags & file_flags::KEPT != 0 {
         let c = cpath(Path::new(&shown));
-        sys::create_new(&c, 0o600).map_err(|e| err(Why::sys("making it again", e)))?
+        let fd = sys::create_new(&c, 0o600).map_err(|e| err(Why::sys("making it again", e)))?;
+        if let Ok(mut v) = MADE_AGAIN.lock() {
+            v.push(c);
+        }
+        fd
     } else {
         let at = free_name(&shown);
         let c = cpath(&at);

@@ -62,6 +62,8 @@ pub struct Peeked {
     pub fds: bool,
     /// How many (0 if the control data was cut short).
     pub nfds: usize,
+    /// Their (st_dev, st_ino).
+    pub files: Vec<(u64, u64)>,
     /// Other control data (credentials) came with the bytes.
     pub other_control: bool,
     /// Nothing was queued (EAGAIN), as opposed to an empty message.
@@ -72,7 +74,8 @@ pub struct Peeked {
 /// queued for their reader.
 pub fn peek(fd: &impl AsRawFd, len: usize) -> io::Result<Peeked> {
     let mut buf = vec![0u8; len.max(1)];
-    let mut ctrl = [0u64; 64];
+    // Room for SCM_MAX_FD (253) fds and credentials.
+    let mut ctrl = [0u64; 160];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -104,9 +107,11 @@ pub fn peek(fd: &impl AsRawFd, len: usize) -> io::Result<Peeked> {
     }
     let (mut fds, mut other) = (msg.msg_flags & libc::MSG_CTRUNC != 0, false);
     let mut nfds = 0;
+    let mut files = Vec::new();
     // SAFETY: CMSG_FIRSTHDR/NXTHDR walk the control buffer the kernel
     // filled, within msg_controllen; SCM_RIGHTS data is an array of ints
-    // (fds now ours), which we close.
+    // (fds now ours), each fstat'ed into a zeroed stat of ours, then
+    // closed.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
@@ -116,7 +121,12 @@ pub fn peek(fd: &impl AsRawFd, len: usize) -> io::Result<Peeked> {
                 let k = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
                 nfds += k;
                 for i in 0..k {
-                    libc::close(data.add(i).read_unaligned());
+                    let fd = data.add(i).read_unaligned();
+                    let mut st: libc::stat = std::mem::zeroed();
+                    if libc::fstat(fd, &mut st) == 0 {
+                        files.push((st.st_dev, st.st_ino));
+                    }
+                    libc::close(fd);
                 }
             } else {
                 other = true;
@@ -132,6 +142,7 @@ pub fn peek(fd: &impl AsRawFd, len: usize) -> io::Result<Peeked> {
         bytes: buf,
         fds,
         nfds,
+        files,
         other_control: other,
         none,
     })
@@ -145,12 +156,18 @@ pub fn peek(fd: &impl AsRawFd, len: usize) -> io::Result<Peeked> {
 /// the first datagram's for datagrams). Err(why) for what cannot be
 /// kept: fds or credentials with a message, an empty message (the
 /// offset cannot step over it), more than 1 << 16 messages.
+///
+/// `eof_at`: a seqpacket end its peer shut down for writing reads as
+/// empty (end of file) once its queue is read, as an empty record would:
+/// the queue's byte count (unix_diag's, for seqpacket every byte queued)
+/// tells the end from an empty record.
 pub fn peek_messages(
     fd: &impl AsRawFd,
     largest: usize,
+    eof_at: Option<usize>,
 ) -> io::Result<Result<Vec<Message>, String>> {
     set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
-    let mut out = Vec::new();
+    let mut out: Vec<Message> = Vec::new();
     let cap = largest.max(sndbuf_of(fd)).max(1 << 16) + 1;
     let got = loop {
         if out.len() > 1 << 16 {
@@ -167,10 +184,17 @@ pub fn peek_messages(
                     "a message queued with more file descriptors than cryo can read".into(),
                 ))
             }
+            Ok(p)
+                if p.bytes.is_empty()
+                    && eof_at == Some(out.iter().map(|m| m.bytes.len()).sum()) =>
+            {
+                break Ok(Ok(()))
+            }
             Ok(p) if p.bytes.is_empty() => break Ok(Err("an empty message queued".into())),
             Ok(p) => out.push(Message {
                 bytes: p.bytes,
                 nfds: p.nfds,
+                files: p.files,
             }),
         }
     };
@@ -209,6 +233,8 @@ pub struct Message {
     pub bytes: Vec<u8>,
     /// File descriptors in flight with it (SCM_RIGHTS).
     pub nfds: usize,
+    /// Their (st_dev, st_ino).
+    pub files: Vec<(u64, u64)>,
 }
 
 /// Messages as one blob (`cryo_image::fds::Socket::data` of a datagram or

@@ -190,6 +190,13 @@ pub fn send_message(fd: BorrowedFd, buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// shutdown(fd, how) of the socket at number `fd`.
+pub fn shutdown_at(fd: RawFd, how: i32) -> io::Result<()> {
+    // SAFETY: integers only (not open: EBADF).
+    cvt(unsafe { libc::shutdown(fd, how) })?;
+    Ok(())
+}
+
 /// shutdown(fd, how).
 pub fn shutdown(fd: BorrowedFd, how: i32) -> io::Result<()> {
     // SAFETY: integers only.
