@@ -755,6 +755,43 @@ fn target_killed_mid_capture() {
 }
 
 #[test]
+fn interrupted_capture_leaves_the_target_as_it_was() {
+    // Ctrl-C in the middle of a capture: the capture first leaves its
+    // target as it was (an injected system call is never cut in half),
+    // then the command ends as interrupted (128 + SIGINT).
+    let dir = scratch("sigint");
+    let t = Target::start("c-bigheap", &["stop", "768"]);
+    t.wait_stopped();
+    let img = dir.join("img");
+    let cap = std::process::Command::new(cryo())
+        .args(["capture", &t.pid.to_string(), img.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("capture to start", Duration::from_secs(30), || {
+        std::fs::read_dir(&dir)
+            .map(|d| d.count() > 0)
+            .unwrap_or(false)
+    });
+    // SAFETY: kill takes no pointers.
+    unsafe { libc::kill(cap.id() as i32, libc::SIGINT) };
+    let out = cap.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(130) => assert!(err.contains("interrupted (SIGINT)"), "{err}"),
+        Some(0) => {} // finished before the signal came
+        other => panic!("capture ended {other:?}: {err}"),
+    }
+    if img.exists() {
+        LoadedImage::open(&img)
+            .unwrap()
+            .verify_pages(|_| {})
+            .unwrap();
+    }
+    assert_unharmed_and_passes(t, "stop");
+}
+
+#[test]
 fn full_disk_leaves_nothing_and_target_unharmed() {
     let dir = scratch("fulldisk");
     let mnt = dir.join("mnt");

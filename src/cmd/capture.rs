@@ -133,7 +133,11 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
         single: a.single,
     };
     if a.dry_run {
-        let obstacles = cryo_capture::check(a.pid, &opts)?;
+        let (obstacles, sig) = uninterrupted(|| cryo_capture::check(a.pid, &opts));
+        if let Some(code) = interrupted(sig, None) {
+            return Ok(code);
+        }
+        let obstacles = obstacles?;
         if a.json {
             println!(
                 "{}",
@@ -208,11 +212,73 @@ pub fn capture_with_progress(pid: i32, dir: &Path, opts: &Options, quiet: bool) 
         });
         b.set_position(p.done_bytes);
     };
-    let r = cryo_capture::capture(pid, dir, opts, &mut on_progress);
+    let (r, sig) = uninterrupted(|| cryo_capture::capture(pid, dir, opts, &mut on_progress));
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    if let Some(code) = interrupted(sig, r.as_ref().ok().map(|_| dir)) {
+        std::process::exit(code);
+    }
     Ok(r?)
+}
+
+/// The signals a terminal or a supervisor ends a command with.
+const STOPPING: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// Run `f` with the signals that would end this command held back (every
+/// thread it starts inherits that), and say which one came meanwhile, if
+/// any (taken, so it does not end the command later). Ended in the middle
+/// of a capture, cryo would leave its target frozen halfway through a
+/// system call injected into it (registers, signal mask and scratch
+/// stack not yet put back), or with files in flight still held: the
+/// capture always gets to leave its target as it was first.
+fn uninterrupted<T>(f: impl FnOnce() -> T) -> (T, Option<i32>) {
+    // SAFETY: sigset_t is plain data (all-zero is a valid value), filled
+    // by sigemptyset/sigaddset and pthread_sigmask below.
+    let (mut set, mut old): (libc::sigset_t, libc::sigset_t) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // SAFETY: the sets are ours and valid; pthread_sigmask only changes
+    // this thread's mask (threads started by `f` inherit it).
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for s in STOPPING {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+    }
+    let r = f();
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: sigtimedwait with a zero timeout takes a pending signal of
+    // `set` (or returns -1 at once); then the mask is put back.
+    let got = unsafe {
+        let n = libc::sigtimedwait(&set, std::ptr::null_mut(), &zero);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        n
+    };
+    (r, (got > 0).then_some(got))
+}
+
+/// A signal held back by [`uninterrupted`]: said, and the exit status it
+/// stands for (128 + its number). `done`: the image written, if it was.
+fn interrupted(sig: Option<i32>, done: Option<&Path>) -> Option<i32> {
+    let sig = sig?;
+    let name = match sig {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "SIGQUIT",
+    };
+    match done {
+        Some(dir) => eprintln!(
+            "cryo: interrupted ({name}) once the capture had finished: the target was left as it was, and {} is complete",
+            dir.display()
+        ),
+        None => eprintln!("cryo: interrupted ({name}): the target was left as it was"),
+    }
+    Some(128 + sig)
 }
 
 pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
