@@ -961,6 +961,36 @@ print("PASS", flush=True)
 }
 
 #[test]
+fn shared_anonymous_memory_mapped_twice_stays_one_object() {
+    // MAP_SHARED|MAP_ANONYMOUS memory opened through map_files, mapped
+    // again at an offset, and the fd kept: one object after restore.
+    let script = r#"
+import ctypes, mmap, os, sys
+n = 4 * 4096
+a = mmap.mmap(-1, n, mmap.MAP_SHARED)
+a[4096:4101] = b"hello"
+start = ctypes.addressof(ctypes.c_char.from_buffer(a))
+fd = os.open("/proc/self/map_files/%x-%x" % (start, start + n), os.O_RDWR)
+b = mmap.mmap(fd, 2 * 4096, mmap.MAP_SHARED, offset=4096)
+assert b[:5] == b"hello"
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+b[:5] = b"world"
+assert a[4096:4101] == b"world", a[4096:4101]
+assert os.pread(fd, 5, 4096) == b"world"
+os.pwrite(fd, b"again", 4096)
+assert b[:5] == b"again" and a[4096:4101] == b"again"
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "shared-anon-twice",
+        script,
+        |_| {},
+        &[&[], &["--lazy"], &["--map"]],
+    );
+}
+
+#[test]
 fn script_runs_its_shell_under_a_pty_after_restore() {
     // script(1) from util-linux: sh under a pty (its own session, the pty
     // its controlling terminal), script blocking every signal for a

@@ -43,6 +43,11 @@ fn pidfd_target(f: &OpenFd, scope: &crate::pipes::Scope) -> Result<u32, String> 
     Ok(pid as u32)
 }
 
+/// An fd of shared anonymous memory (opened through /proc/PID/map_files).
+fn shared_anon(target: &str) -> bool {
+    target == "/dev/zero (deleted)" || target.starts_with("/[anon_shmem")
+}
+
 /// What an fd is, or why cryo cannot restore it (an obstacle).
 fn classify(pid: i32, f: &OpenFd) -> Result<u32, String> {
     let t = &f.target;
@@ -76,11 +81,10 @@ fn classify(pid: i32, f: &OpenFd) -> Result<u32, String> {
             f.fd
         ));
     }
-    if t == "/dev/zero (deleted)" || t.starts_with("/[anon_shmem") {
-        return Err(format!(
-            "fd {} is shared anonymous memory ({t}, opened through /proc/PID/map_files); not supported yet",
-            f.fd
-        ));
+    if shared_anon(t) {
+        // Opened through /proc/PID/map_files: the object stored as the
+        // shmem file it is (see `capture`).
+        return Ok(fd_kind::REGULAR);
     }
     if !t.starts_with('/') {
         return Err(format!(
@@ -268,10 +272,17 @@ pub fn capture(
                     ));
                     continue;
                 }
+                // Shared anonymous memory is the shmem object its mappings
+                // have too (one file, by inode), made again as a memfd.
+                let shown = if shared_anon(&f.target) {
+                    crate::vma::SHARED_ANON_NAME
+                } else {
+                    &f.target
+                };
                 file = match stored.file(
                     b,
                     &format!("/proc/{pid}/fd/{}", f.fd),
-                    &f.target,
+                    shown,
                     &format!("fd {}", f.fd),
                     limits,
                     obs,

@@ -45,7 +45,20 @@ pub fn classify_all<'a>(
                 (vma_kind::ANON_PRIVATE, 0)
             }
         };
-        if in_tree && kind == vma_kind::ANON_SHARED {
+        // Shared anonymous memory mapped more than once (or opened
+        // through map_files and mapped again), or at an offset into its
+        // object: one object, stored as the shmem file it is and mapped
+        // again from one file, as for a tree.
+        let many = kind == vma_kind::ANON_SHARED
+            && (m.offset != 0
+                || maps.iter().any(|o| {
+                    !std::ptr::eq(o, m)
+                        && o.inode == m.inode
+                        && m.inode != 0
+                        && o.dev_major == m.dev_major
+                        && o.dev_minor == m.dev_minor
+                }));
+        if (in_tree || many) && kind == vma_kind::ANON_SHARED {
             let shm = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
             let what = format!("mapping {:x}-{:x}", m.start, m.end);
             let file = stored.file(b, &shm, SHARED_ANON_NAME, &what, limits, obs);
