@@ -991,6 +991,31 @@ print("PASS", flush=True)
 }
 
 #[test]
+fn a_file_whose_name_was_replaced_by_a_link_is_reopened_by_it() {
+    // Opened as A, linked as B in the same directory, A removed: the fd
+    // is the file B names (one inode: a write through one shows in the
+    // other), with its offset.
+    let script = r#"
+import os, sys, tempfile
+d = tempfile.mkdtemp()
+a, b = os.path.join(d, "a"), os.path.join(d, "b")
+fd = os.open(a, os.O_RDWR | os.O_CREAT, 0o640)
+os.write(fd, b"0123456789")
+os.link(a, b); os.unlink(a)
+os.lseek(fd, 4, os.SEEK_SET)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+assert os.read(fd, 3) == b"456"
+os.write(fd, b"X")
+assert open(b, "rb").read() == b"0123456X89"
+st = os.fstat(fd)
+assert st.st_ino == os.stat(b).st_ino and st.st_nlink == 1 and st.st_mode & 0o777 == 0o640
+print("PASS", flush=True)
+"#;
+    python_round_trips("relinked", script, |_| {}, &[&[], &["--lazy"]]);
+}
+
+#[test]
 fn script_runs_its_shell_under_a_pty_after_restore() {
     // script(1) from util-linux: sh under a pty (its own session, the pty
     // its controlling terminal), script blocking every signal for a

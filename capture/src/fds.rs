@@ -272,6 +272,16 @@ pub fn capture(
                     ));
                     continue;
                 }
+                // Its name was removed, but the file has another in the
+                // same directory (linked, then the first name removed):
+                // reopened by that one, as a mapping of it is.
+                let fd_path = format!("/proc/{pid}/fd/{}", f.fd);
+                if !shared_anon(&f.target) {
+                    if let Some(other) = crate::vma::other_link(&fd_path, &f.target) {
+                        file = crate::vma::file_id(b, &other);
+                        stored.not_kept(b, file);
+                    }
+                }
                 // Shared anonymous memory is the shmem object its mappings
                 // have too (one file, by inode), made again as a memfd.
                 let shown = if shared_anon(&f.target) {
@@ -279,14 +289,9 @@ pub fn capture(
                 } else {
                     &f.target
                 };
-                file = match stored.file(
-                    b,
-                    &format!("/proc/{pid}/fd/{}", f.fd),
-                    shown,
-                    &format!("fd {}", f.fd),
-                    limits,
-                    obs,
-                ) {
+                file = match (file != NO_INDEX).then_some(file).or_else(|| {
+                    stored.file(b, &fd_path, shown, &format!("fd {}", f.fd), limits, obs)
+                }) {
                     Some(i) => i,
                     None => continue,
                 };

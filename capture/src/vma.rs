@@ -133,7 +133,7 @@ pub fn classify_all<'a>(
 /// removed but that still has a link (Python's multiprocessing makes a
 /// semaphore under a temporary name, links it to its real name and
 /// removes the first): the file is mapped again by that name.
-fn other_link(map_files: &str, deleted: &str) -> Option<String> {
+pub(crate) fn other_link(map_files: &str, deleted: &str) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(map_files).ok()?;
     if md.nlink() == 0 || !md.is_file() {

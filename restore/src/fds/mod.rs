@@ -333,6 +333,13 @@ fn source_of(
             crate::stored::plan_removed(f, target, flags, Some(to.to_owned()), err)
         }
         fd_kind::REGULAR | fd_kind::DIRECTORY | fd_kind::SYMLINK => {
+            // A file whose name was removed and that has another: by
+            // that one (the files table's path).
+            let relinked = (deleted && f.kind == fd_kind::REGULAR)
+                .then(|| file.and_then(|x| img.str(x.path)))
+                .flatten()
+                .filter(|p| !p.is_empty());
+            let target = relinked.unwrap_or(target);
             let md = if f.kind == fd_kind::SYMLINK {
                 std::fs::symlink_metadata(target)
             } else {
