@@ -1016,6 +1016,26 @@ print("PASS", flush=True)
 }
 
 #[test]
+fn a_directory_removed_with_its_parent_stays_open_and_removed() {
+    let script = r#"
+import os, sys, tempfile
+top = tempfile.mkdtemp()
+d = os.path.join(top, "d"); sub = os.path.join(d, "sub")
+os.mkdir(d); os.mkdir(sub, 0o751)
+fd = os.open(sub, os.O_RDONLY | os.O_DIRECTORY)
+os.rmdir(sub); os.rmdir(d)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+st = os.fstat(fd)
+assert st.st_nlink == 0 and st.st_mode & 0o7777 == 0o751, st
+assert os.readlink("/proc/self/fd/%d" % fd) == sub + " (deleted)", os.readlink("/proc/self/fd/%d" % fd)
+assert not os.path.exists(d) and os.listdir(fd) == []
+print("PASS", flush=True)
+"#;
+    python_round_trips("rmdir-open", script, |_| {}, &[&[], &["--lazy"]]);
+}
+
+#[test]
 fn script_runs_its_shell_under_a_pty_after_restore() {
     // script(1) from util-linux: sh under a pty (its own session, the pty
     // its controlling terminal), script blocking every signal for a

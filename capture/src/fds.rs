@@ -94,10 +94,16 @@ fn classify(pid: i32, f: &OpenFd) -> Result<u32, String> {
     }
     let deleted = t.ends_with(" (deleted)");
     if deleted && !t.starts_with("/memfd:") {
-        // Made again in its directory at restore: that must exist.
+        // Made again in its directory at restore: that must exist, but
+        // for a removed directory, device node or link, whose removed
+        // directories are made for the moment too.
         let path = std::path::Path::new(t.trim_end_matches(" (deleted)"));
         let parent = path.parent().unwrap_or(std::path::Path::new("/"));
-        if !parent.is_dir() || parent.starts_with("/proc") {
+        let chain = matches!(
+            fmt,
+            libc::S_IFDIR | libc::S_IFCHR | libc::S_IFBLK | libc::S_IFLNK
+        );
+        if (!parent.is_dir() && !chain) || parent.starts_with("/proc") {
             return Err(format!(
                 "fd {} is {t}, removed together with its directory {}; cryo cannot make it again",
                 f.fd,

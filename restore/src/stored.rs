@@ -39,9 +39,9 @@ pub(crate) fn plan_removed(
 ) -> Result<Source, RestoreError> {
     let path = target.trim_end_matches(" (deleted)").to_owned();
     let parent = Path::new(&path).parent().unwrap_or(Path::new("/"));
-    if !parent.is_dir() {
+    if parent.starts_with("/proc") {
         return Err(err.why(format!(
-            "it was removed, and cryo makes it again in its directory, {}, which is gone",
+            "it was removed, and cryo cannot make directories under {}",
             parent.display()
         )));
     }
@@ -220,6 +220,46 @@ pub(crate) fn make(
 
 /// A removed directory or device node, made again, opened and removed.
 pub(crate) fn make_removed(
+    p: &FdPlan,
+    path: &str,
+    mode: u32,
+    rdev: u64,
+    flags: i32,
+    link: Option<&str>,
+) -> Result<i32, RestoreError> {
+    // Its directories, removed with it, are made for the moment too (and
+    // removed again below, deepest first): its path reads as it did.
+    let mut made_dirs = Vec::new();
+    let mut up = Path::new(path).parent();
+    let mut missing = Vec::new();
+    while let Some(d) = up {
+        if d.as_os_str().is_empty() || std::fs::symlink_metadata(d).is_ok() {
+            break;
+        }
+        missing.push(d.to_owned());
+        up = d.parent();
+    }
+    for d in missing.iter().rev() {
+        let c = cpath(d);
+        sys::mkdir(&c, 0o700).map_err(|e| {
+            fd_err(
+                p,
+                Why::sys(
+                    format!("making its removed directory {} for a moment", d.display()),
+                    e,
+                ),
+            )
+        })?;
+        made_dirs.push(c);
+    }
+    let r = make_removed_in(p, path, mode, rdev, flags, link);
+    for c in made_dirs.iter().rev() {
+        let _ = sys::rmdir(c);
+    }
+    r
+}
+
+fn make_removed_in(
     p: &FdPlan,
     path: &str,
     mode: u32,
