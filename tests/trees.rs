@@ -1036,6 +1036,28 @@ print("PASS", flush=True)
 }
 
 #[test]
+fn an_inotify_watch_on_a_removed_file_held_open_still_fires() {
+    let script = r#"
+import ctypes, os, select, struct, sys, tempfile
+libc = ctypes.CDLL(None, use_errno=True)
+d = tempfile.mkdtemp(); path = os.path.join(d, "f")
+fd = os.open(path, os.O_RDWR | os.O_CREAT)
+ino = libc.inotify_init1(os.O_NONBLOCK)
+IN_MODIFY = 2
+wd = libc.inotify_add_watch(ino, path.encode(), IN_MODIFY)
+os.unlink(path)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+os.write(fd, b"x")
+ev = os.read(ino, 4096)
+w, mask, _, _ = struct.unpack_from("iIII", ev)
+assert (w, mask) == (wd, IN_MODIFY), (w, mask, wd)
+print("PASS", flush=True)
+"#;
+    python_round_trips("inotify-removed", script, |_| {}, &[&[], &["--lazy"]]);
+}
+
+#[test]
 fn script_runs_its_shell_under_a_pty_after_restore() {
     // script(1) from util-linux: sh under a pty (its own session, the pty
     // its controlling terminal), script blocking every signal for a

@@ -419,7 +419,7 @@ pub fn capture(
         }
         if kind == fd_kind::INOTIFY && desc == b.fds.len() - base {
             let first = b.fds.len() as u32;
-            if let Err(why) = crate::inotify::capture(pid, pidfd.as_ref(), f, first, b) {
+            if let Err(why) = crate::inotify::capture(pid, pidfd.as_ref(), f, first, fds, b) {
                 obs.push(why);
                 continue;
             }

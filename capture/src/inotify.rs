@@ -18,6 +18,7 @@ pub fn capture(
     pidfd: Option<&OwnedFd>,
     f: &OpenFd,
     desc: u32,
+    fds: &[OpenFd],
     b: &mut ImageBuilder,
 ) -> Result<(), String> {
     let name = format!("fd {} (inotify)", f.fd);
@@ -61,15 +62,31 @@ pub fn capture(
                 .filter_map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).ok())
                 .collect()
         };
-        let path = watched_path(dev, ino, kind, &handle).ok_or_else(|| {
-            format!("{name}: watch {wd} is on inode {ino} of device {:x}, which cryo cannot find a path to (removed?)", sdev)
-        })?;
+        // By a path to its inode; else, a removed file, through an fd of
+        // the process on it (made again from the image at restore).
+        let (path, via) = match watched_path(dev, ino, kind, &handle) {
+            Some(p) => (p, 0),
+            None => {
+                let held = fds.iter().find(|g| {
+                    (g.dev, g.ino) == (dev, ino)
+                        && g.target.ends_with(" (deleted)")
+                        && g.mode & libc::S_IFMT == libc::S_IFREG
+                });
+                match held {
+                    Some(g) => (g.target.clone(), g.fd as u32 + 1),
+                    None => return Err(format!(
+                        "{name}: watch {wd} is on inode {ino} of device {:x}, which cryo cannot find a path to (removed, and no fd of the process holds it)",
+                        sdev
+                    )),
+                }
+            }
+        };
         let path = b.strings.add(&path);
         watches.push(cryo_image::fds::InotifyWatch {
             desc,
             wd,
             mask: mask as u32,
-            _pad: 0,
+            via,
             dev,
             ino,
             path,

@@ -154,7 +154,11 @@ record! {
         /// Events and flags (IN_ONESHOT, IN_EXCL_UNLINK ...) as inotify
         /// reports them.
         pub mask: u32,
-        pub _pad: u32,
+        /// (5.1) 0: watched by `path`. Else 1 + the number of an fd of
+        /// the process on the watched inode, a removed file it holds
+        /// open (`path` then shows that fd's target): the watch is added
+        /// again on the file made again for that fd.
+        pub via: u32,
         /// The watched inode, by identity and by the path found for it at
         /// capture.
         pub dev: u64,

@@ -11,6 +11,24 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 /// Every watch's inode must still be at its path.
 pub(crate) fn plan(img: &Image, i: usize, flags: i32, err: &FdErr) -> Result<Source, RestoreError> {
     for w in img.inotify().iter().filter(|w| w.desc == i as u32) {
+        if w.via != 0 {
+            // On a removed file an fd holds: made again with that fd.
+            let held = img
+                .fds()
+                .iter()
+                .find(|f| i64::from(f.fd) == i64::from(w.via) - 1);
+            let made = held
+                .and_then(|f| img.files().get(f.file as usize))
+                .is_some_and(|x| x.flags & cryo_image::fds::file_flags::DELETED != 0);
+            if !made {
+                return Err(err.why(format!(
+                    "watch {} is on a removed file through fd {}, which the image does not make again",
+                    w.wd,
+                    i64::from(w.via) - 1
+                )));
+            }
+            continue;
+        }
         let path = img.str(w.path).unwrap_or("");
         let md = std::fs::metadata(path)
             .map_err(|e| err.why(format!("watch {} on {path}: {e}", w.wd)))?;
@@ -31,19 +49,46 @@ pub(crate) fn plan(img: &Image, i: usize, flags: i32, err: &FdErr) -> Result<Sou
 /// each at its own watch descriptor: the kernel hands them out in
 /// increasing order, so a watch that gets a smaller one than it had is
 /// added and removed again until it gets its own.
-pub(crate) fn make(img: &Image, p: &FdPlan, desc: u32, flags: i32) -> Result<i32, RestoreError> {
+/// `stored`: the files made again from the image (file index, fd), for a
+/// watch on a removed file.
+pub(crate) fn make(
+    img: &Image,
+    p: &FdPlan,
+    desc: u32,
+    flags: i32,
+    stored: &[(u32, std::os::fd::OwnedFd)],
+) -> Result<i32, RestoreError> {
     let fd = sys::inotify_init(libc::IN_NONBLOCK | libc::IN_CLOEXEC)
         .map_err(|e| fd_err(p, Why::sys("inotify_init1", e)))?;
     // (An `OwnedFd`: closed on the way out of any failure below.)
     for w in img.inotify().iter().filter(|w| w.desc == desc) {
         let path = img.str(w.path).unwrap_or("");
+        let made = (w.via != 0)
+            .then(|| {
+                let held = img
+                    .fds()
+                    .iter()
+                    .find(|f| i64::from(f.fd) == i64::from(w.via) - 1)?;
+                stored.iter().find(|(i, _)| *i == held.file)
+            })
+            .flatten();
+        let open_path = match made {
+            Some((_, m)) => format!("/proc/self/fd/{}", m.as_raw_fd()),
+            None if w.via != 0 => {
+                return Err(fd_err(
+                    p,
+                    format!("watch {} on {path}: its file was not made again", w.wd),
+                ))
+            }
+            None => path.to_owned(),
+        };
         let f = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_PATH)
-            .open(path)
+            .open(&open_path)
             .map_err(|e| fd_err(p, format!("watch {} on {path}: {e}", w.wd)))?;
         let md = f.metadata().map_err(|e| fd_err(p, e))?;
-        if (md.dev(), md.ino()) != (w.dev, w.ino) {
+        if made.is_none() && (md.dev(), md.ino()) != (w.dev, w.ino) {
             return Err(fd_err(
                 p,
                 format!("watch {} on {path}: replaced while restoring", w.wd),

@@ -177,7 +177,7 @@ pub fn install(
                 park(fd.into_raw_fd(), high)?
             }
             Source::Inotify { desc, flags } => {
-                park(crate::inotify::make(img, p, *desc, *flags)?, high)?
+                park(crate::inotify::make(img, p, *desc, *flags, &stored)?, high)?
             }
             Source::Fanotify { desc, flags } => {
                 park(crate::fanotify::make(img, p, *desc, *flags)?, high)?
