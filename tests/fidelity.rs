@@ -381,8 +381,10 @@ fn every_obstacle_at_once() {
 }
 
 /// What would come back wrong is refused by name, not restored wrongly:
-/// a namespace fd, shared anonymous memory mapped twice, a file whose name
-/// was removed while another link remains.
+/// a namespace fd. (The same program's shared anonymous memory mapped
+/// twice and its file whose name was removed while another link remains
+/// were refused too until stop 20; both are restored now, and tested in
+/// tests/trees.rs.)
 #[test]
 fn more_obstacles_named() {
     let dir = scratch("fidelity-refuse2");
@@ -390,13 +392,9 @@ fn more_obstacles_named() {
     t.wait_stopped();
     let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
     assert_eq!(code, 1);
-    for want in [
-        "4 obstacles",
-        "net:[",
-        "shared anonymous memory mapped more than once",
-        "other link(s)",
-    ] {
-        assert!(out.contains(want), "names {want}: {out}");
+    assert!(out.contains("1 obstacle") && out.contains("net:["), "{out}");
+    for gone in ["mapped more than once", "other link(s)"] {
+        assert!(!out.contains(gone), "no longer an obstacle: {gone}: {out}");
     }
     // SAFETY: kill takes integers.
     unsafe { libc::kill(t.pid, libc::SIGKILL) };
