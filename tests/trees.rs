@@ -1058,6 +1058,24 @@ print("PASS", flush=True)
 }
 
 #[test]
+fn a_working_directory_removed_with_its_parent_comes_back_removed() {
+    let script = r#"
+import os, sys, tempfile
+top = tempfile.mkdtemp()
+d = os.path.join(top, "d"); sub = os.path.join(d, "sub")
+os.makedirs(sub)
+os.chdir(sub)
+os.rmdir(sub); os.rmdir(d)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+assert os.readlink("/proc/self/cwd") == sub + " (deleted)", os.readlink("/proc/self/cwd")
+assert os.stat(".").st_nlink == 0 and not os.path.exists(d)
+print("PASS", flush=True)
+"#;
+    python_round_trips("cwd-removed-parent", script, |_| {}, &[&[], &["--lazy"]]);
+}
+
+#[test]
 fn script_runs_its_shell_under_a_pty_after_restore() {
     // script(1) from util-linux: sh under a pty (its own session, the pty
     // its controlling terminal), script blocking every signal for a

@@ -34,11 +34,12 @@ pub fn capture(
     let comm = procinfo::comm(pid)?;
     let cwd_deleted = cwd.ends_with(" (deleted)");
     if cwd_deleted {
+        // (Made again at restore, with the directories above it that
+        // were removed too, for a moment.)
         let path = std::path::Path::new(cwd.trim_end_matches(" (deleted)"));
-        let parent = path.parent().unwrap_or(std::path::Path::new("/"));
-        if !parent.is_dir() || path.starts_with("/proc") {
+        if path.starts_with("/proc") {
             obs.push(format!(
-                "its working directory {cwd} was removed together with its parent (or is a dead process's /proc directory); cryo cannot make it again"
+                "its working directory {cwd} is a dead process's /proc directory; cryo cannot make it again"
             ));
         }
     }

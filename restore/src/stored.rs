@@ -229,7 +229,19 @@ pub(crate) fn make_removed(
 ) -> Result<i32, RestoreError> {
     // Its directories, removed with it, are made for the moment too (and
     // removed again below, deepest first): its path reads as it did.
-    let mut made_dirs = Vec::new();
+    let made_dirs = make_parents(path).map_err(|(d, e)| {
+        fd_err(
+            p,
+            Why::sys(format!("making its removed directory {d} for a moment"), e),
+        )
+    })?;
+    let r = make_removed_in(p, path, mode, rdev, flags, link);
+    remove_parents(&made_dirs);
+    r
+}
+
+/// The missing directories above `path`, made (0700), shallowest first.
+fn make_parents(path: &str) -> Result<Vec<CString>, (String, std::io::Error)> {
     let mut up = Path::new(path).parent();
     let mut missing = Vec::new();
     while let Some(d) = up {
@@ -239,24 +251,23 @@ pub(crate) fn make_removed(
         missing.push(d.to_owned());
         up = d.parent();
     }
+    let mut made = Vec::new();
     for d in missing.iter().rev() {
         let c = cpath(d);
-        sys::mkdir(&c, 0o700).map_err(|e| {
-            fd_err(
-                p,
-                Why::sys(
-                    format!("making its removed directory {} for a moment", d.display()),
-                    e,
-                ),
-            )
-        })?;
-        made_dirs.push(c);
+        if let Err(e) = sys::mkdir(&c, 0o700) {
+            remove_parents(&made);
+            return Err((d.display().to_string(), e));
+        }
+        made.push(c);
     }
-    let r = make_removed_in(p, path, mode, rdev, flags, link);
-    for c in made_dirs.iter().rev() {
+    Ok(made)
+}
+
+/// Remove what [`make_parents`] made, deepest first.
+fn remove_parents(made: &[CString]) {
+    for c in made.iter().rev() {
         let _ = sys::rmdir(c);
     }
-    r
 }
 
 fn make_removed_in(
@@ -311,11 +322,17 @@ pub fn enter_removed_dir(plan: &Plan, path: &str) -> Result<(), RestoreError> {
         return sys::fchdir(p.fd)
             .map_err(|e| e.into_sys(format!("entering the removed working directory {path}")));
     }
+    let parents = make_parents(path).map_err(|(d, e)| {
+        e.into_sys(format!(
+            "making {d}, removed with the working directory {path}, for a moment"
+        ))
+    })?;
     let at = free_name(path);
     let c = cpath(&at);
-    sys::mkdir(&c, 0o700)
+    let r = sys::mkdir(&c, 0o700)
         .and_then(|()| sys::chdir(&c))
-        .map_err(|e| e.into_sys(format!("making the removed working directory {path} again")))?;
+        .map_err(|e| e.into_sys(format!("making the removed working directory {path} again")));
     let _ = sys::rmdir(&c);
-    Ok(())
+    remove_parents(&parents);
+    r
 }
