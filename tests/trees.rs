@@ -1076,6 +1076,35 @@ print("PASS", flush=True)
 }
 
 #[test]
+fn pidfds_of_an_ended_process_stay_of_one_ended_process() {
+    let script = r#"
+import os, select, signal, sys
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+a = os.pidfd_open(pid); b = os.pidfd_open(pid)
+os.waitpid(pid, 0)
+pid2 = os.fork()
+if pid2 == 0:
+    os._exit(0)
+c = os.pidfd_open(pid2)
+os.waitpid(pid2, 0)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+assert os.fstat(a).st_ino == os.fstat(b).st_ino != os.fstat(c).st_ino
+for fd in (a, b, c):
+    try:
+        signal.pidfd_send_signal(fd, 0); assert False, "signalled an ended process"
+    except ProcessLookupError:
+        pass
+    assert select.select([fd], [], [], 0)[0] == [fd]
+    assert "Pid:\t-1" in open("/proc/self/fdinfo/%d" % fd).read()
+print("PASS", flush=True)
+"#;
+    python_round_trips("pidfd-dead", script, |_| {}, &[&[], &["--lazy"]]);
+}
+
+#[test]
 fn script_runs_its_shell_under_a_pty_after_restore() {
     // script(1) from util-linux: sh under a pty (its own session, the pty
     // its controlling terminal), script blocking every signal for a

@@ -25,9 +25,15 @@ fn pidfd_target(f: &OpenFd, scope: &crate::pipes::Scope) -> Result<u32, String> 
         .find_map(|l| l.strip_prefix("Pid:"))
         .and_then(|v| v.trim().parse::<i64>().ok())
         .unwrap_or(0);
+    if pid == -1 {
+        // Of a process that has ended (and been waited for): made again
+        // on a process that ends at restore, one per process pidfds named
+        // (their inode), so two of one compare equal again.
+        return Ok(cryo_image::NO_INDEX);
+    }
     if pid <= 0 {
         return Err(format!(
-            "fd {} is a pidfd of a process that is gone (or in another PID namespace); cryo cannot make one again",
+            "fd {} is a pidfd of a process in another PID namespace; cryo cannot make one again",
             f.fd
         ));
     }

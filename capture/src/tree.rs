@@ -337,6 +337,19 @@ pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> (Vec<Tr
         if procs_here < 2 {
             continue;
         }
+        // Pidfds of one ended process in several processes: each process
+        // makes its own ended process at restore, so theirs would differ.
+        if let Some(&(p, i)) = cands.iter().find(|&&(p, i)| {
+            let f = procs[p].1.b.fds[i];
+            f.kind == fd_kind::PIDFD && f.object == cryo_image::NO_INDEX
+        }) {
+            obs.push(format!(
+                "process {}: fd {} is a pidfd of an ended process that another process of the tree has a pidfd of too; not supported yet",
+                procs[p].0,
+                procs[p].1.b.fds[i].fd
+            ));
+            continue;
+        }
         // A file in flight was held by its process for that process's
         // capture only (its number is closed again): kcmp cannot say any
         // more whether another process holds the same description.

@@ -45,6 +45,8 @@ pub fn install(
     }
     // 1. Every source, opened and parked above the highest target.
     let mut parked: Vec<i32> = Vec::with_capacity(plans.len());
+    // (The processes made to end for dead pidfds: waited for below.)
+    let mut dead: Vec<(u64, i32)> = Vec::new();
     let mut given: Vec<u32> = Vec::new();
     let mut remade: Vec<(String, i32)> = Vec::new();
     let mut pairs = Vec::new();
@@ -170,6 +172,23 @@ pub fn install(
                     high,
                 )?,
             },
+            Source::DeadPidfd { process, flags } => {
+                let pid = match dead.iter().find(|(k, _)| k == process) {
+                    Some(&(_, pid)) => pid,
+                    None => {
+                        let pid = match sys::fork().map_err(|e| e.into_sys("fork"))? {
+                            sys::Forked::Child => sys::exit_now(0),
+                            sys::Forked::Parent(pid) => pid,
+                        };
+                        dead.push((*process, pid));
+                        pid
+                    }
+                };
+                // (An ended, not yet waited-for child: pidfd_open works.)
+                let fd = sys::pidfd_open_flags(pid, flags & libc::O_NONBLOCK)
+                    .map_err(|e| fd_err(p, Why::sys("pidfd_open of an ended process", e)))?;
+                park(fd.into_raw_fd(), high)?
+            }
             Source::Pidfd { pid, flags } => {
                 let pid = &crate::tree::pid_now(*pid, img.process().pid as i32);
                 let fd = sys::pidfd_open_flags(*pid, flags & libc::O_NONBLOCK)
@@ -222,6 +241,11 @@ pub fn install(
     drop(pipes);
     drop(stored);
 
+    // The processes of dead pidfds end now (waited for: no child of
+    // ours is left for the restored program to find).
+    for &(_, pid) in &dead {
+        let _ = sys::waitpid(pid, 0);
+    }
     // 2. Down to their numbers.
     for (p, &src) in plans.iter().zip(&parked) {
         if src >= 0 {

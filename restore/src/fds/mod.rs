@@ -85,6 +85,10 @@ pub enum Source {
     /// A pidfd of another process of the tree (which exists by the time
     /// fds are installed).
     Pidfd { pid: i32, flags: i32 },
+    /// A pidfd of a process that had ended: one made for the moment per
+    /// `process` (the captured pidfd's inode), waited for once every fd
+    /// is made.
+    DeadPidfd { process: u64, flags: i32 },
     /// A removed directory, device node or symbolic link (`link`: what
     /// it pointed to), made again and removed.
     Remade {
@@ -410,6 +414,10 @@ fn source_of(
         }),
         fd_kind::TTY => plan_tty(f, target, flags, err),
         fd_kind::PTY | fd_kind::PTY_SLAVE => crate::ptys::source(cx.ptys, f, img, flags, err),
+        fd_kind::PIDFD if f.object == NO_INDEX => Ok(Source::DeadPidfd {
+            process: f.ino,
+            flags,
+        }),
         fd_kind::PIDFD => Ok(Source::Pidfd {
             pid: f.object as i32,
             flags,
