@@ -1105,6 +1105,29 @@ print("PASS", flush=True)
 }
 
 #[test]
+fn a_connection_waiting_to_be_accepted_and_the_socket_file_mode_come_back() {
+    // A listener whose socket file the program chmod'ed, with two of its
+    // own connections waiting in order, not accepted yet.
+    let script = r#"
+import os, socket, sys, tempfile
+path = os.path.join(tempfile.mkdtemp(), "sock")
+l = socket.socket(socket.AF_UNIX); l.bind(path); l.listen(4)
+os.chmod(path, 0o604)
+a = socket.socket(socket.AF_UNIX); a.connect(path)
+b = socket.socket(socket.AF_UNIX); b.connect(path)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+assert os.stat(path).st_mode & 0o7777 == 0o604, oct(os.stat(path).st_mode)
+assert a.getpeername() == path
+first, _ = l.accept(); second, _ = l.accept()
+a.sendall(b"from a"); b.sendall(b"from b")
+assert first.recv(10) == b"from a" and second.recv(10) == b"from b"
+print("PASS", flush=True)
+"#;
+    python_round_trips("pending-conn", script, |_| {}, &[&[], &["--lazy"]]);
+}
+
+#[test]
 fn script_runs_its_shell_under_a_pty_after_restore() {
     // script(1) from util-linux: sh under a pty (its own session, the pty
     // its controlling terminal), script blocking every signal for a

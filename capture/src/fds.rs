@@ -386,6 +386,15 @@ pub fn capture(
             } else {
                 b.fds[base + desc].object
             };
+            // A unix socket bound to a path: its socket file (mode and
+            // owner, which a bind at restore does not give).
+            if kind == fd_kind::SOCKET {
+                file = if desc == b.fds.len() - base {
+                    crate::sockets::socket_file(b, object)
+                } else {
+                    b.fds[base + desc].file
+                };
+            }
         }
         if kind == fd_kind::PTY {
             object = if desc == b.fds.len() - base {

@@ -148,10 +148,28 @@ struct Connected {
     dup: OwnedFd,
 }
 
+/// A unix stream or seqpacket socket connected to no socket with an
+/// inode: waiting in a listener's queue (not accepted yet), or connected
+/// to a socket that is gone.
+struct Connecting {
+    index: usize,
+    fd: i32,
+    ino: u32,
+    /// Bytes sent on it and not yet read (by the accepting end).
+    sent: u32,
+    shutdown: u8,
+    /// The refusal if it is not waiting in a listener of the process.
+    gone: String,
+}
+
 /// Sockets seen so far, for the pass that pairs them.
 #[derive(Default)]
 pub struct Sockets {
     connected: Vec<Connected>,
+    /// Listeners with connections waiting: (index, fd, the connecting
+    /// ends' inodes in queue order).
+    waiting: Vec<(usize, i32, Vec<u32>)>,
+    connecting: Vec<Connecting>,
     /// Stream ends whose other end was closed: (index, bytes left in it).
     widowed: Vec<(usize, Vec<u8>)>,
     /// The machine's TCP sockets, read at the first established one.
@@ -447,10 +465,16 @@ pub fn capture(
         }
         if d.state == 10 {
             if d.rqueue > 0 {
-                return Err(format!(
-                    "fd {fd} ({what} listening on {shown}) has {} connections waiting to be accepted; they cannot be restored",
-                    d.rqueue
-                ));
+                // Connections waiting: made again if each connecting end
+                // is a socket of the process (matched in `link`).
+                let icons = sock::unix_icons(ino as u32).unwrap_or_default();
+                if icons.len() != d.rqueue as usize || icons.contains(&0) {
+                    return Err(format!(
+                        "fd {fd} ({what} listening on {shown}) has {} connections waiting to be accepted; they cannot be restored",
+                        d.rqueue
+                    ));
+                }
+                seen.waiting.push((b.sockets.len(), fd, icons));
             }
             s.state = socket_state::LISTENING;
             s.backlog = d.wqueue;
@@ -503,10 +527,17 @@ pub fn capture(
             ));
         } else if d.state == 1 && sock_type != libc::SOCK_DGRAM {
             // (A datagram socket someone connected to shows ESTABLISHED
-            // too: that is the other one's connection.)
-            return Err(format!(
-                "fd {fd} ({what} {shown}) is connected to a socket that is gone"
-            ));
+            // too: that is the other one's connection.) A connection
+            // waiting in a listener's queue shows no peer either (the
+            // accepting end has no inode yet): `link` looks for it.
+            seen.connecting.push(Connecting {
+                index: b.sockets.len(),
+                fd,
+                ino: ino as u32,
+                sent: d.wqueue,
+                shutdown: d.shutdown,
+                gone: format!("fd {fd} ({what} {shown}) is connected to a socket that is gone"),
+            });
         }
     }
     let index = b.sockets.len();
@@ -553,6 +584,22 @@ fn foreign_address(addr: &[u8]) -> bool {
     }
 }
 
+/// The files-table entry of the socket file a unix socket of the image
+/// (`index`) is bound to (its mode and owner), NO_INDEX if it has none.
+pub fn socket_file(b: &mut ImageBuilder, index: u32) -> u32 {
+    let Some(s) = b.sockets.get(index as usize) else {
+        return NO_INDEX;
+    };
+    if s.family as i32 != libc::AF_UNIX {
+        return NO_INDEX;
+    }
+    let (a, n) = cryo_image::fds::sockaddr_bytes(&s.addr, s.addr_len);
+    match unix_bound_path(&a[..n]) {
+        Some(p) if p.is_absolute() => crate::vma::file_id(b, &p.to_string_lossy()),
+        _ => NO_INDEX,
+    }
+}
+
 /// The path a unix socket address names (not abstract, not unnamed).
 fn unix_bound_path(addr: &[u8]) -> Option<std::path::PathBuf> {
     use std::os::unix::ffi::OsStrExt;
@@ -595,6 +642,39 @@ pub fn link(
     in_flight: &crate::inflight::InFlight,
     obs: &mut crate::obstacles::Obstacles,
 ) {
+    // Connections waiting in a listener of the process: connected again
+    // to it, in queue order, once it listens.
+    for c in &seen.connecting {
+        let at = seen.waiting.iter().find_map(|(l, lfd, icons)| {
+            icons
+                .iter()
+                .position(|&i| i == c.ino)
+                .map(|k| (*l, *lfd, k))
+        });
+        match at {
+            None => obs.push(c.gone.clone()),
+            Some((_, lfd, _)) if c.sent > 0 || c.shutdown != 0 => obs.push(format!(
+                "fd {} is connecting to the listener at fd {lfd} (not accepted yet), and sent {} bytes or shut down; not supported",
+                c.fd, c.sent
+            )),
+            Some((l, _, k)) => {
+                b.sockets[c.index].state = socket_state::PENDING;
+                b.sockets[c.index].pair = l as u32;
+                b.sockets[c.index].backlog = k as u32;
+            }
+        }
+    }
+    for (_, lfd, icons) in &seen.waiting {
+        let outside = icons
+            .iter()
+            .filter(|&&i| !seen.connecting.iter().any(|c| c.ino == i))
+            .count();
+        if outside > 0 {
+            obs.push(format!(
+                "fd {lfd} (a unix listener) has {outside} connections waiting to be accepted from outside the process; they cannot be restored"
+            ));
+        }
+    }
     for (index, bytes) in seen.widowed {
         if !bytes.is_empty() {
             stored.blobs.push(PendingBlob {

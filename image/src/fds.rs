@@ -280,6 +280,10 @@ pub mod socket_state {
     /// (5.0) One end of a unix stream pair or connection whose other end
     /// was closed: `data` is what is left to read before end of file.
     pub const WIDOWED: u32 = 6;
+    /// (5.1) A unix stream or seqpacket socket whose connection waits in
+    /// the queue of listener `pair` (of the process), not yet accepted,
+    /// nothing sent on it; `backlog` is its place in that queue.
+    pub const PENDING: u32 = 7;
 
     pub fn name(s: u32) -> &'static str {
         match s {
@@ -289,6 +293,7 @@ pub mod socket_state {
             CONNECTED => "connected",
             PAIR => "pair",
             WIDOWED => "other end closed",
+            PENDING => "connecting, not yet accepted",
             _ => "unknown",
         }
     }

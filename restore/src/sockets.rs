@@ -69,6 +69,7 @@ pub(crate) fn plan(
             | socket_state::CONNECTED
             | socket_state::PAIR
             | socket_state::WIDOWED
+            | socket_state::PENDING
     ) {
         return Err(err.why(format!("unknown socket state {}", s.state)));
     }
@@ -568,6 +569,84 @@ fn messages(bytes: &[u8]) -> Result<Vec<Queued<'_>>, Why> {
     Ok(out)
 }
 
+/// The socket file a unix socket was bound to, with the mode and owner
+/// it had (a bind makes it with the restorer's umask and ids; programs
+/// chmod it to say who may connect).
+fn socket_file_as_it_was(img: &Image, object: u32, s: &Socket) -> Result<(), Why> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some(path) = unix_path(&addr_of(s)) else {
+        return Ok(());
+    };
+    let Some(id) = img
+        .fds()
+        .iter()
+        .find(|f| {
+            f.kind == cryo_image::fd_kind::SOCKET
+                && f.object == object
+                && f.file != cryo_image::NO_INDEX
+        })
+        .and_then(|f| img.files().get(f.file as usize))
+    else {
+        return Ok(());
+    };
+    let md =
+        std::fs::symlink_metadata(&path).map_err(|e| Why::sys(format!("{}", path.display()), e))?;
+    if (md.uid(), md.gid()) != (id.uid, id.gid) {
+        std::os::unix::fs::lchown(&path, Some(id.uid), Some(id.gid)).map_err(|e| {
+            Why::sys(
+                format!("giving {} its owner {}:{}", path.display(), id.uid, id.gid),
+                e,
+            )
+        })?;
+    }
+    if md.mode() & 0o7777 != id.mode & 0o7777 {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(id.mode & 0o7777))
+            .map_err(|e| Why::sys(format!("giving {} its mode", path.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Connections that waited in a listener's queue, made again: each
+/// connecting socket connects to its listener (listening by now), in the
+/// order they waited, so that accept() takes them in that order.
+pub(crate) fn connect_waiting(img: &Image) -> Result<(), RestoreError> {
+    let socks = img.sockets();
+    let mut waiting: Vec<(u32, u32, i32)> = img
+        .fds()
+        .iter()
+        .filter(|f| f.kind == cryo_image::fd_kind::SOCKET)
+        .filter_map(|f| {
+            let s = socks.get(f.object as usize)?;
+            (s.state == socket_state::PENDING).then_some((s.pair, s.backlog, f.fd))
+        })
+        .collect();
+    waiting.sort_unstable();
+    waiting.dedup_by_key(|w| (w.0, w.1));
+    for (listener, _, fd) in waiting {
+        let err = |why: Why| RestoreError::Fd {
+            fd,
+            what: "socket".into(),
+            why,
+        };
+        let l = socks
+            .get(listener as usize)
+            .filter(|l| l.state == socket_state::LISTENING)
+            .ok_or_else(|| {
+                err(Why::Said(
+                    "the listener it waited in is not in the image".into(),
+                ))
+            })?;
+        let addr = addr_of(&l);
+        sys::connect_at(fd, &addr).map_err(|e| {
+            err(Why::sys(
+                format!("connecting to {} again", sockaddr_display(&addr)),
+                e,
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// The queues of socket pairs that hold files in flight, sent again from
 /// the other end of each pair, every fd at its number by now (the files
 /// in flight too, at the numbers the image has them at), and the pair's
@@ -919,9 +998,11 @@ pub(crate) fn make(
             .map_err(|e| sysw("socket", e))?;
         set_options(img, object, fd.as_fd()).map_err(|w| fd_err(p, w))?;
         let bound = matches!(s.state, socket_state::BOUND | socket_state::LISTENING)
-            || (s.state == socket_state::CONNECTED && bound_addr(&s));
+            || (matches!(s.state, socket_state::CONNECTED | socket_state::PENDING)
+                && bound_addr(&s));
         if bound {
             bind(&s, fd.as_fd()).map_err(|w| fd_err(p, w))?;
+            socket_file_as_it_was(img, object, &s).map_err(|w| fd_err(p, w))?;
         }
         if s.state == socket_state::CONNECTED {
             let peer = peer_of(&s);

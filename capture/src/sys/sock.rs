@@ -344,6 +344,38 @@ fn attrs(b: &[u8], from: usize, to: usize) -> impl Iterator<Item = (u16, &[u8])>
     })
 }
 
+/// The inodes of the sockets whose connections wait in the queue of
+/// listening unix socket `ino`, in queue order (unix_diag's UNIX_DIAG_ICONS:
+/// the connecting ends; 0 for one whose end is gone).
+pub fn unix_icons(ino: u32) -> io::Result<Vec<u32>> {
+    const UDIAG_SHOW_ICONS: u32 = 8;
+    const UNIX_DIAG_ICONS: u16 = 3;
+    let mut req = Vec::with_capacity(24);
+    req.extend_from_slice(&[libc::AF_UNIX as u8, 0, 0, 0]);
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    req.extend_from_slice(&ino.to_ne_bytes());
+    req.extend_from_slice(&UDIAG_SHOW_ICONS.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // no cookie
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    let nl = Diag::ask(0, &req)?;
+    let mut buf = vec![0u8; 1 << 16];
+    let n = nl.recv(&mut buf)?;
+    let b = &buf[..n];
+    let bad = || io::Error::other("short unix_diag reply");
+    let len = ne_u32(b, 0).ok_or_else(bad)? as usize;
+    if ne_u16(b, 4).ok_or_else(bad)? == libc::NLMSG_ERROR as u16 {
+        let errno = ne_u32(b, 16).ok_or_else(bad)? as i32;
+        return Err(io::Error::from_raw_os_error(-errno));
+    }
+    let mut out = Vec::new();
+    for (kind, p) in attrs(b, 16 + 16, len) {
+        if kind == UNIX_DIAG_ICONS {
+            out.extend((0..p.len() / 4).filter_map(|i| ne_u32(p, 4 * i)));
+        }
+    }
+    Ok(out)
+}
+
 /// unix_diag for the unix socket with inode `ino` (SOCK_DIAG_BY_FAMILY,
 /// exact lookup by inode).
 pub fn unix_diag(ino: u32) -> io::Result<UnixDiag> {

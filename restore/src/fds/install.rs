@@ -264,6 +264,8 @@ pub fn install(
     // Queues with files in flight, sent again now that those files are
     // at their numbers; the numbers are closed then.
     crate::sockets::send_in_flight(loaded, img, verify)?;
+    // Connections that waited in a listener, waiting there again.
+    crate::sockets::connect_waiting(img)?;
 
     // 4. Everything else goes (parked copies, our own files, inherited
     //    extras), except the fds for the shim.

@@ -74,6 +74,14 @@ pub fn bind(fd: BorrowedFd, addr: &[u8]) -> io::Result<()> {
 }
 
 /// connect(2) to the sockaddr `addr`.
+/// connect(2) of the socket at number `fd`.
+pub fn connect_at(fd: RawFd, addr: &[u8]) -> io::Result<()> {
+    // SAFETY: the kernel reads `addr.len()` bytes of a sockaddr from
+    // `addr`; `fd` is a number (not open: EBADF).
+    cvt(unsafe { libc::connect(fd, addr.as_ptr().cast(), addr.len() as libc::socklen_t) })?;
+    Ok(())
+}
+
 pub fn connect(fd: BorrowedFd, addr: &[u8]) -> io::Result<()> {
     // SAFETY: the kernel reads `addr.len()` bytes of a sockaddr from `addr`.
     cvt(unsafe {
