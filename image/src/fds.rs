@@ -83,7 +83,7 @@ pub mod file_flags {
     /// (5.0) What a removed symbolic link pointed to, as `path` (the
     /// file of an O_PATH fd on it, kind SYMLINK): made again with it.
     pub const LINK: u32 = 1 << 2;
-    /// (5.1) A small file on disk that the process maps shared and
+    /// (6.0) A small file on disk that the process maps shared and
     /// writable, and no fd of it refers to, with a
     /// copy of its bytes (`extents`): made again at its path from them if
     /// it is gone at restore (a JVM removes its hsperfdata file when it
@@ -154,7 +154,7 @@ record! {
         /// Events and flags (IN_ONESHOT, IN_EXCL_UNLINK ...) as inotify
         /// reports them.
         pub mask: u32,
-        /// (5.1) 0: watched by `path`. Else 1 + the number of an fd of
+        /// (6.0) 0: watched by `path`. Else 1 + the number of an fd of
         /// the process on the watched inode, a removed file it holds
         /// open (`path` then shows that fd's target): the watch is added
         /// again on the file made again for that fd.
@@ -252,7 +252,7 @@ record! {
         pub desc: u32,
         pub tfd: i32,
         pub events: u32,
-        /// (5.1) 0: the item's file is open at `tfd`. Else the item's fd
+        /// (6.0) 0: the item's file is open at `tfd`. Else the item's fd
         /// was closed (or another file is open at it now) and this is 1 +
         /// the number of an fd of the same process with the item's open
         /// file description: restore puts it at `tfd` for the moment of
@@ -280,7 +280,7 @@ pub mod socket_state {
     /// (5.0) One end of a unix stream pair or connection whose other end
     /// was closed: `data` is what is left to read before end of file.
     pub const WIDOWED: u32 = 6;
-    /// (5.1) A unix stream or seqpacket socket whose connection waits in
+    /// (6.0) A unix stream or seqpacket socket whose connection waits in
     /// the queue of listener `pair` (of the process), not yet accepted,
     /// nothing sent on it; `backlog` is its place in that queue.
     pub const PENDING: u32 = 7;
@@ -337,7 +337,7 @@ pub mod socket_flags {
     /// A TCP pair's end that a listener accepted (its port is a listening
     /// socket's): restore makes it the accepting end again.
     pub const ACCEPTED: u32 = 1 << 0;
-    /// (5.1) Bound to an address this machine did not have at capture
+    /// (6.0) Bound to an address this machine did not have at capture
     /// (IP_FREEBIND at the bind): bound so again.
     pub const FOREIGN: u32 = 1 << 1;
 }

@@ -111,7 +111,7 @@ record! {
         pub target: StrRef,
         /// Index into the files table (regular files), else NO_INDEX.
         pub file: u32,
-        /// (5.1) 1: not an fd of the process but a file in flight, sent
+        /// (6.0) 1: not an fd of the process but a file in flight, sent
         /// with SCM_RIGHTS and queued in a socket (`fd` is a number above
         /// the process's own, at which capture held it): made like any
         /// fd, sent again with its message, then closed.

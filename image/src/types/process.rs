@@ -108,7 +108,7 @@ record! {
         pub xsave_size: u32,
         /// With `WAS_STOPPED`: the signal that stopped it (SIGSTOP,
         /// SIGTSTP, SIGTTIN or SIGTTOU, as a parent's waitid reports it);
-        /// 0 in images before 5.1 (SIGSTOP).
+        /// 0 in images before 6.0 (SIGSTOP).
         pub stop_signal: u32,
         /// XCR0 (enabled state components) of the capturing CPU.
         pub xcr0: u64,
