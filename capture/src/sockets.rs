@@ -595,7 +595,11 @@ pub fn socket_file(b: &mut ImageBuilder, index: u32) -> u32 {
     }
     let (a, n) = cryo_image::fds::sockaddr_bytes(&s.addr, s.addr_len);
     match unix_bound_path(&a[..n]) {
-        Some(p) if p.is_absolute() => crate::vma::file_id(b, &p.to_string_lossy()),
+        // (Not when it cannot be read: a mode 0 owned by root would be
+        // given to the socket file made again.)
+        Some(p) if p.is_absolute() && std::fs::symlink_metadata(&p).is_ok() => {
+            crate::vma::file_id(b, &p.to_string_lossy())
+        }
         _ => NO_INDEX,
     }
 }

@@ -611,17 +611,23 @@ fn socket_file_as_it_was(img: &Image, object: u32, s: &Socket) -> Result<(), Why
 /// order they waited, so that accept() takes them in that order.
 pub(crate) fn connect_waiting(img: &Image) -> Result<(), RestoreError> {
     let socks = img.sockets();
+    // (One per socket: its first fd.)
+    let mut seen = Vec::new();
     let mut waiting: Vec<(u32, u32, i32)> = img
         .fds()
         .iter()
         .filter(|f| f.kind == cryo_image::fd_kind::SOCKET)
+        .filter(|f| {
+            let first = !seen.contains(&f.object);
+            seen.push(f.object);
+            first
+        })
         .filter_map(|f| {
             let s = socks.get(f.object as usize)?;
             (s.state == socket_state::PENDING).then_some((s.pair, s.backlog, f.fd))
         })
         .collect();
     waiting.sort_unstable();
-    waiting.dedup_by_key(|w| (w.0, w.1));
     for (listener, _, fd) in waiting {
         let err = |why: Why| RestoreError::Fd {
             fd,
@@ -637,7 +643,13 @@ pub(crate) fn connect_waiting(img: &Image) -> Result<(), RestoreError> {
                 ))
             })?;
         let addr = addr_of(&l);
-        sys::connect_at(fd, &addr).map_err(|e| {
+        // Without waiting: a listener whose queue filled up meanwhile
+        // (someone else connected first) is an error, not a hang.
+        let fl = sys::getfl(fd).map_err(|e| err(Why::sys("F_GETFL", e)))?;
+        sys::setfl(fd, fl | libc::O_NONBLOCK).map_err(|e| err(Why::sys("F_SETFL", e)))?;
+        let r = sys::connect_at(fd, &addr);
+        sys::setfl(fd, fl).map_err(|e| err(Why::sys("F_SETFL", e)))?;
+        r.map_err(|e| {
             err(Why::sys(
                 format!("connecting to {} again", sockaddr_display(&addr)),
                 e,

@@ -134,8 +134,9 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
     };
     if a.dry_run {
         let (obstacles, sig) = uninterrupted(|| cryo_capture::check(a.pid, &opts));
-        if let Some(code) = interrupted(sig, None) {
-            return Ok(code);
+        if let Some(sig) = sig {
+            eprintln!("cryo: {}", Interrupted { sig, done: None });
+            return Ok(128 + sig);
         }
         let obstacles = obstacles?;
         if a.json {
@@ -158,7 +159,16 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
         .dir
         .as_deref()
         .expect("clap requires DIR without --dry-run");
-    let s = capture_with_progress(a.pid, dir, &opts, a.quiet)?;
+    let s = match capture_with_progress(a.pid, dir, &opts, a.quiet) {
+        Err(e) => match e.downcast_ref::<Interrupted>() {
+            Some(i) => {
+                eprintln!("cryo: {i}");
+                return Ok(128 + i.sig);
+            }
+            None => return Err(e),
+        },
+        Ok(s) => s,
+    };
     print_summary(&s, a.json, a.quiet)?;
     Ok(0)
 }
@@ -216,11 +226,45 @@ pub fn capture_with_progress(pid: i32, dir: &Path, opts: &Options, quiet: bool) 
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    if let Some(code) = interrupted(sig, r.as_ref().ok().map(|_| dir)) {
-        std::process::exit(code);
+    if let Some(sig) = sig {
+        return Err(Interrupted {
+            sig,
+            done: r.is_ok().then(|| dir.to_owned()),
+        }
+        .into());
     }
     Ok(r?)
 }
+
+/// A capture that a signal came during (held back until the target was
+/// left as it was).
+#[derive(Debug)]
+pub struct Interrupted {
+    pub sig: i32,
+    /// The image, if the capture had finished.
+    pub done: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let name = match self.sig {
+            libc::SIGINT => "SIGINT",
+            libc::SIGTERM => "SIGTERM",
+            libc::SIGHUP => "SIGHUP",
+            _ => "SIGQUIT",
+        };
+        match &self.done {
+            Some(dir) => write!(
+                f,
+                "interrupted ({name}) once the capture had finished: the target was left as it was, and {} is complete",
+                dir.display()
+            ),
+            None => write!(f, "interrupted ({name}): the target was left as it was"),
+        }
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 /// The signals a terminal or a supervisor ends a command with.
 const STOPPING: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
@@ -237,12 +281,20 @@ fn uninterrupted<T>(f: impl FnOnce() -> T) -> (T, Option<i32>) {
     // by sigemptyset/sigaddset and pthread_sigmask below.
     let (mut set, mut old): (libc::sigset_t, libc::sigset_t) =
         unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
-    // SAFETY: the sets are ours and valid; pthread_sigmask only changes
-    // this thread's mask (threads started by `f` inherit it).
+    // (A signal this command ignores, as under nohup, stays ignored: a
+    // blocked signal is queued even when its action is to ignore it.)
+    // SAFETY: the sets and the sigaction read into are ours and valid
+    // (all-zero is valid plain data); pthread_sigmask only changes this
+    // thread's mask (threads started by `f` inherit it).
     unsafe {
         libc::sigemptyset(&mut set);
         for s in STOPPING {
-            libc::sigaddset(&mut set, s);
+            let mut act: libc::sigaction = std::mem::zeroed();
+            let ignored = libc::sigaction(s, std::ptr::null(), &mut act) == 0
+                && act.sa_sigaction == libc::SIG_IGN;
+            if !ignored {
+                libc::sigaddset(&mut set, s);
+            }
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
     }
@@ -251,34 +303,21 @@ fn uninterrupted<T>(f: impl FnOnce() -> T) -> (T, Option<i32>) {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    let mut first = None;
     // SAFETY: sigtimedwait with a zero timeout takes a pending signal of
-    // `set` (or returns -1 at once); then the mask is put back.
-    let got = unsafe {
-        let n = libc::sigtimedwait(&set, std::ptr::null_mut(), &zero);
+    // `set` (or returns -1 at once), every one that came (the first is
+    // said); then the mask is put back. Both sets are ours.
+    unsafe {
+        loop {
+            let n = libc::sigtimedwait(&set, std::ptr::null_mut(), &zero);
+            if n <= 0 {
+                break;
+            }
+            first.get_or_insert(n);
+        }
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        n
-    };
-    (r, (got > 0).then_some(got))
-}
-
-/// A signal held back by [`uninterrupted`]: said, and the exit status it
-/// stands for (128 + its number). `done`: the image written, if it was.
-fn interrupted(sig: Option<i32>, done: Option<&Path>) -> Option<i32> {
-    let sig = sig?;
-    let name = match sig {
-        libc::SIGINT => "SIGINT",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGHUP => "SIGHUP",
-        _ => "SIGQUIT",
-    };
-    match done {
-        Some(dir) => eprintln!(
-            "cryo: interrupted ({name}) once the capture had finished: the target was left as it was, and {} is complete",
-            dir.display()
-        ),
-        None => eprintln!("cryo: interrupted ({name}): the target was left as it was"),
     }
-    Some(128 + sig)
+    (r, first)
 }
 
 pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {

@@ -176,10 +176,10 @@ pub fn install(
                 let pid = match dead.iter().find(|(k, _)| k == process) {
                     Some(&(_, pid)) => pid,
                     None => {
-                        let pid = match sys::fork().map_err(|e| e.into_sys("fork"))? {
-                            sys::Forked::Child => sys::exit_now(0),
-                            sys::Forked::Parent(pid) => pid,
-                        };
+                        // (No SIGCHLD comes of it, and nothing reaps it
+                        // before its pidfds are open.)
+                        let pid = sys::ended_child()
+                            .map_err(|e| e.into_sys("clone3 of a child to end"))?;
                         dead.push((*process, pid));
                         pid
                     }
@@ -244,7 +244,7 @@ pub fn install(
     // The processes of dead pidfds end now (waited for: no child of
     // ours is left for the restored program to find).
     for &(_, pid) in &dead {
-        let _ = sys::waitpid(pid, 0);
+        let _ = sys::waitpid(pid, libc::__WALL);
     }
     // 2. Down to their numbers.
     for (p, &src) in plans.iter().zip(&parked) {
@@ -261,11 +261,12 @@ pub fn install(
     for l in &plan.locks {
         crate::locks::take(plans, l)?;
     }
+    // Connections that waited in a listener, waiting there again (before
+    // a socket in flight among them is closed below).
+    crate::sockets::connect_waiting(img)?;
     // Queues with files in flight, sent again now that those files are
     // at their numbers; the numbers are closed then.
     crate::sockets::send_in_flight(loaded, img, verify)?;
-    // Connections that waited in a listener, waiting there again.
-    crate::sockets::connect_waiting(img)?;
 
     // 4. Everything else goes (parked copies, our own files, inherited
     //    extras), except the fds for the shim.

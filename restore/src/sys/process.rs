@@ -159,6 +159,41 @@ pub fn resume(req: Resume, pid: i32, sig: i32) -> io::Result<()> {
 
 /// fork(2) that gives the child PID `pid` (clone3 with `set_tid`; needs
 /// CAP_SYS_ADMIN over the PID namespace). EEXIST: the PID is taken.
+/// A child that ends at once and that nothing reaps but
+/// `waitpid(pid, __WALL)`: clone3 with exit signal 0 (no SIGCHLD is sent,
+/// and a parent ignoring SIGCHLD does not reap it automatically). Its
+/// PID (a pidfd of it can be opened until it is waited for).
+pub fn ended_child() -> io::Result<i32> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+    }
+    let args = CloneArgs::default();
+    // SAFETY: without CLONE_VM or a stack this is fork(2) with no exit
+    // signal: the child gets a copy of this (single-threaded) process,
+    // returns here with 0 and exits at once without running any code of
+    // ours; the kernel reads `args`, alive for the call.
+    let r = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    })?;
+    if r == 0 {
+        exit_now(0);
+    }
+    Ok(r as i32)
+}
+
 pub fn fork_with_pid(pid: i32) -> io::Result<Forked> {
     #[repr(C)]
     #[derive(Default)]
