@@ -536,7 +536,9 @@ pub fn capture(
                 ino: ino as u32,
                 sent: d.wqueue,
                 shutdown: d.shutdown,
-                gone: format!("fd {fd} ({what} {shown}) is connected to a socket that is gone"),
+                gone: format!(
+                    "fd {fd} ({what} {shown}) is connected to a socket that is gone, or waits to be accepted by a listener of another process; cryo cannot connect it again"
+                ),
             });
         }
     }
