@@ -715,23 +715,29 @@ fn tcp_connection_to_itself_comes_back() {
     }
 }
 
+/// `cryo capture PID IMG` started, once it is under way (its temporary
+/// directory exists in `dir`).
+fn capture_under_way(pid: i32, dir: &Path, img: &Path) -> std::process::Child {
+    let cap = std::process::Command::new(cryo())
+        .args(["capture", &pid.to_string(), img.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("capture to start", Duration::from_secs(30), || {
+        std::fs::read_dir(dir)
+            .map(|d| d.count() > 0)
+            .unwrap_or(false)
+    });
+    cap
+}
+
 #[test]
 fn target_killed_mid_capture() {
     let dir = scratch("midkill");
     let t = Target::start("c-bigheap", &["stop", "768"]);
     t.wait_stopped();
     let img = dir.join("img");
-    let cap = std::process::Command::new(cryo())
-        .args(["capture", &t.pid.to_string(), img.to_str().unwrap()])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until the capture is under way (its temporary directory exists).
-    wait_for("capture to start", Duration::from_secs(30), || {
-        std::fs::read_dir(&dir)
-            .map(|d| d.count() > 0)
-            .unwrap_or(false)
-    });
+    let cap = capture_under_way(t.pid, &dir, &img);
     std::thread::sleep(Duration::from_millis(30));
     // SAFETY: kill takes no pointers.
     unsafe { libc::kill(t.pid, libc::SIGKILL) };
@@ -763,16 +769,7 @@ fn interrupted_capture_leaves_the_target_as_it_was() {
     let t = Target::start("c-bigheap", &["stop", "768"]);
     t.wait_stopped();
     let img = dir.join("img");
-    let cap = std::process::Command::new(cryo())
-        .args(["capture", &t.pid.to_string(), img.to_str().unwrap()])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for("capture to start", Duration::from_secs(30), || {
-        std::fs::read_dir(&dir)
-            .map(|d| d.count() > 0)
-            .unwrap_or(false)
-    });
+    let cap = capture_under_way(t.pid, &dir, &img);
     // SAFETY: kill takes no pointers.
     unsafe { libc::kill(cap.id() as i32, libc::SIGINT) };
     let out = cap.wait_with_output().unwrap();

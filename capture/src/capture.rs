@@ -404,9 +404,15 @@ pub(crate) fn inspect(
         return Err(refused(pid, "it has no [vdso] mapping"));
     };
     // Files in flight in its sockets' queues, held by the process for the
-    // moment: captured with its fds, then closed in it again.
-    let in_flight = crate::inflight::hold(&mut g.main, pid, &vdso)?;
-    let fds = procinfo::fds(pid);
+    // moment: captured with its fds (read again then), and closed in it
+    // again.
+    let fds = procinfo::fds(pid)?;
+    let in_flight = crate::inflight::hold(&mut g.main, pid, &vdso, &fds)?;
+    let fds = if in_flight.hidden.is_empty() {
+        Ok(fds)
+    } else {
+        procinfo::fds(pid)
+    };
     if let Ok(fds) = &fds {
         crate::fds::capture(
             pid,

@@ -13,10 +13,12 @@
 //! on that file, through any fd: a socket whose files in flight include
 //! one the process holds a POSIX lock on is not held, and refused.
 
+use crate::procinfo::OpenFd;
 use crate::remote::{InjectError, Remote};
 use crate::sys::sock;
 use crate::tracee::Tracee;
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 
 /// The files in flight held in the process for its capture.
 #[derive(Default)]
@@ -50,30 +52,15 @@ struct WithFds {
     files: Vec<(u64, u64)>,
 }
 
-/// The sockets of process `pid` with files in flight (each socket once,
-/// at its lowest fd), and the highest fd number of the process.
-fn sockets_with_fds(pid: i32) -> (Vec<WithFds>, i32) {
+/// The sockets among the process's `fds` with files in flight (each
+/// socket once, at its lowest fd).
+fn sockets_with_fds(pidfd: &OwnedFd, fds: &[OpenFd]) -> Vec<WithFds> {
     let mut out = Vec::new();
-    let mut top = -1;
-    let Ok(pidfd) = crate::sys::pidfd_open(pid) else {
-        return (out, top);
-    };
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return (out, top);
-    };
-    let mut socks = Vec::new();
-    for e in rd.flatten() {
-        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        top = top.max(fd);
-        if let Ok(l) = std::fs::read_link(e.path()) {
-            let l = l.to_string_lossy().into_owned();
-            if l.starts_with("socket:[") {
-                socks.push((fd, l));
-            }
-        }
-    }
+    let mut socks: Vec<(i32, &str)> = fds
+        .iter()
+        .filter(|f| f.target.starts_with("socket:["))
+        .map(|f| (f.fd, f.target.as_str()))
+        .collect();
     socks.sort_unstable();
     let mut seen = Vec::new();
     for (fd, name) in socks {
@@ -81,8 +68,8 @@ fn sockets_with_fds(pid: i32) -> (Vec<WithFds>, i32) {
         if seen.contains(&name) {
             continue;
         }
-        seen.push(name.clone());
-        let Ok(dup) = crate::sys::pidfd_getfd(&pidfd, fd) else {
+        seen.push(name);
+        let Ok(dup) = crate::sys::pidfd_getfd(pidfd, fd) else {
             continue;
         };
         let int = |name| sock::getsockopt_int(&dup, libc::SOL_SOCKET, name);
@@ -128,7 +115,7 @@ fn sockets_with_fds(pid: i32) -> (Vec<WithFds>, i32) {
             out.push(w);
         }
     }
-    (out, top)
+    out
 }
 
 /// (st_dev, st_ino) of the files process `pid` holds POSIX locks on
@@ -165,16 +152,24 @@ fn posix_locked(pid: i32) -> Vec<(u64, u64)> {
 /// thread `t`, frozen; `vdso`: its address and bytes, for the injection).
 /// A socket whose files cannot be held is left out, with the reason: its
 /// capture then refuses it by name.
-pub fn hold(t: &mut Tracee, pid: i32, vdso: &(u64, Vec<u8>)) -> Result<InFlight, InjectError> {
+///
+/// `fds`: the process's fds as read before; with files held, they must be
+/// read again.
+pub fn hold(
+    t: &mut Tracee,
+    pid: i32,
+    vdso: &(u64, Vec<u8>),
+    fds: &[OpenFd],
+) -> Result<InFlight, InjectError> {
     let mut held = InFlight::default();
-    let (socks, top) = sockets_with_fds(pid);
+    let Ok(pidfd) = crate::sys::pidfd_open(pid) else {
+        return Ok(held);
+    };
+    let socks = sockets_with_fds(&pidfd, fds);
     if socks.is_empty() {
         return Ok(held);
     }
-    let pidfd = match crate::sys::pidfd_open(pid) {
-        Ok(p) => p,
-        Err(_) => return Ok(held),
-    };
+    let top = fds.iter().map(|f| f.fd).max().unwrap_or(-1);
     let locked = posix_locked(pid);
     let mut rem = Remote::new(t, vdso.0, &vdso.1)?;
     // Above the process's own fds, out of its way (and never 0-2, which

@@ -115,7 +115,8 @@ impl StoredFiles {
             base.to_owned()
         };
         // Only data is stored (holes are not): the limit is on that.
-        let stored: u64 = data_ranges(&f, md.len()).iter().map(|(a, b)| b - a).sum();
+        let ranges = data_ranges(&f, md.len());
+        let stored: u64 = ranges.iter().map(|(a, b)| b - a).sum();
         if md.is_file() && stored > limits.max_file_data {
             obs.push(format!(
                 "{what} ({shown}) holds {stored} bytes of data, over the {} bytes cryo stores for a file that exists nowhere else (--max-file-data)",
@@ -130,19 +131,8 @@ impl StoredFiles {
         };
         let first_extent = b.extents.len() as u32;
         if md.is_file() {
-            match data_extents(&f, md.len()) {
-                Ok(ext) => {
-                    for (off, bytes) in ext {
-                        b.extents.push(Extent {
-                            file_off: off,
-                            data: Blob::default(),
-                        });
-                        self.blobs.push(PendingBlob {
-                            to: BlobOwner::Extent(b.extents.len() - 1),
-                            bytes,
-                        });
-                    }
-                }
+            match read_ranges(&f, &ranges) {
+                Ok(ext) => self.push_extents(b, ext),
                 Err(e) => {
                     obs.push(format!("{what} ({shown}): reading its contents: {e}"));
                     return None;
@@ -175,6 +165,21 @@ impl StoredFiles {
 pub const MAX_KEPT: u64 = 1 << 20;
 
 impl StoredFiles {
+    /// Data extents of a file into the extents table, their bytes to
+    /// pages.img after the memory.
+    fn push_extents(&mut self, b: &mut ImageBuilder, ext: Vec<(u64, Vec<u8>)>) {
+        for (off, bytes) in ext {
+            b.extents.push(Extent {
+                file_off: off,
+                data: Blob::default(),
+            });
+            self.blobs.push(PendingBlob {
+                to: BlobOwner::Extent(b.extents.len() - 1),
+                bytes,
+            });
+        }
+    }
+
     /// A file on disk that the process maps shared and writable (`index` in the files
     /// table, opened through `open_path`): its bytes kept, to make it
     /// again at its path if it is gone at restore, when it is a regular
@@ -198,28 +203,16 @@ impl StoredFiles {
             && md.len() == id.size
             && md.mtime() == id.mtime_sec
             && md.mtime_nsec() as u32 == id.mtime_nsec;
-        let small = data_ranges(&f, md.len())
-            .iter()
-            .map(|(a, b)| b - a)
-            .sum::<u64>()
-            <= MAX_KEPT;
+        let ranges = data_ranges(&f, md.len());
+        let small = ranges.iter().map(|(a, b)| b - a).sum::<u64>() <= MAX_KEPT;
         if !md.is_file() || !same || !small {
             return;
         }
-        let Ok(ext) = data_extents(&f, md.len()) else {
+        let Ok(ext) = read_ranges(&f, &ranges) else {
             return;
         };
         let first_extent = b.extents.len() as u32;
-        for (off, bytes) in ext {
-            b.extents.push(Extent {
-                file_off: off,
-                data: Blob::default(),
-            });
-            self.blobs.push(PendingBlob {
-                to: BlobOwner::Extent(b.extents.len() - 1),
-                bytes,
-            });
-        }
+        self.push_extents(b, ext);
         let id = &mut b.files[index as usize];
         id.flags = file_flags::KEPT;
         id.first_extent = first_extent;
@@ -278,10 +271,10 @@ pub(crate) fn data_ranges_in(f: &std::fs::File, from: u64, to: u64) -> Vec<(u64,
     out
 }
 
-/// The data extents of a file, read in full.
-fn data_extents(f: &std::fs::File, size: u64) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
+/// The data ranges of a file, read in full.
+fn read_ranges(f: &std::fs::File, ranges: &[(u64, u64)]) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
     let mut out = Vec::new();
-    for (start, end) in data_ranges(f, size) {
+    for &(start, end) in ranges {
         let mut buf = vec![0u8; (end - start) as usize];
         f.read_exact_at(&mut buf, start)?;
         out.push((start, buf));

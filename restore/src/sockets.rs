@@ -676,6 +676,10 @@ pub(crate) fn send_in_flight(
         .filter(|f| f.in_flight != 0)
         .map(|f| f.fd)
         .collect();
+    // (No file in flight, no queue that holds one: nothing is read again.)
+    if flying.is_empty() {
+        return Ok(());
+    }
     let mut named: Vec<i32> = Vec::new();
     let mut done: Vec<u32> = Vec::new();
     let fd_of = |object: u32| {
@@ -994,6 +998,12 @@ pub(crate) fn make(
                 let later = queues
                     .iter()
                     .any(|(q, _)| carries_files(&s, q).unwrap_or(false));
+                if later && !img.fds().iter().any(|f| f.in_flight != 0) {
+                    return Err(fd_err(
+                        p,
+                        "a queued message names files in flight the image does not have",
+                    ));
+                }
                 if !later {
                     for (bytes, from) in &queues {
                         put_back(&s, *from, bytes).map_err(|w| fd_err(p, w))?;

@@ -235,7 +235,36 @@ pub(crate) fn make_removed(
             Why::sys(format!("making its removed directory {d} for a moment"), e),
         )
     })?;
-    let r = make_removed_in(p, path, mode, rdev, flags, link);
+    let r = (|| -> Result<i32, RestoreError> {
+        let at = free_name(path);
+        let c = cpath(&at);
+        let dir = mode & libc::S_IFMT == libc::S_IFDIR;
+        let made = match link {
+            Some(to) => std::os::unix::fs::symlink(to, &at),
+            None if dir => sys::mkdir(&c, mode & 0o7777),
+            None => sys::mknod(&c, mode, rdev),
+        };
+        made.map_err(|e| {
+            fd_err(
+                p,
+                Why::sys(format!("making it again at {}", at.display()), e),
+            )
+        })?;
+        let extra = if link.is_some() {
+            libc::O_PATH | libc::O_NOFOLLOW
+        } else {
+            0
+        };
+        let fd = sys::open(&c, flags | extra | libc::O_CLOEXEC);
+        // The object goes, the open fd keeps it.
+        let _ = if dir { sys::rmdir(&c) } else { sys::unlink(&c) };
+        let fd = fd.map_err(|e| fd_err(p, Why::sys("opening it again", e)))?;
+        // mkdir/mknod applied the umask (a link has no mode of its own).
+        if link.is_none() {
+            let _ = sys::fchmod(fd.as_fd(), mode & 0o7777);
+        }
+        Ok(fd.into_raw_fd())
+    })();
     remove_parents(&made_dirs);
     r
 }
@@ -268,44 +297,6 @@ fn remove_parents(made: &[CString]) {
     for c in made.iter().rev() {
         let _ = sys::rmdir(c);
     }
-}
-
-fn make_removed_in(
-    p: &FdPlan,
-    path: &str,
-    mode: u32,
-    rdev: u64,
-    flags: i32,
-    link: Option<&str>,
-) -> Result<i32, RestoreError> {
-    let at = free_name(path);
-    let c = cpath(&at);
-    let dir = mode & libc::S_IFMT == libc::S_IFDIR;
-    let made = match link {
-        Some(to) => std::os::unix::fs::symlink(to, &at),
-        None if dir => sys::mkdir(&c, mode & 0o7777),
-        None => sys::mknod(&c, mode, rdev),
-    };
-    made.map_err(|e| {
-        fd_err(
-            p,
-            Why::sys(format!("making it again at {}", at.display()), e),
-        )
-    })?;
-    let extra = if link.is_some() {
-        libc::O_PATH | libc::O_NOFOLLOW
-    } else {
-        0
-    };
-    let fd = sys::open(&c, flags | extra | libc::O_CLOEXEC);
-    // The object goes, the open fd keeps it.
-    let _ = if dir { sys::rmdir(&c) } else { sys::unlink(&c) };
-    let fd = fd.map_err(|e| fd_err(p, Why::sys("opening it again", e)))?;
-    // mkdir/mknod applied the umask (a link has no mode of its own).
-    if link.is_none() {
-        let _ = sys::fchmod(fd.as_fd(), mode & 0o7777);
-    }
-    Ok(fd.into_raw_fd())
 }
 
 /// The restored process's working directory, removed at capture: the

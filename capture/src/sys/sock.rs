@@ -344,20 +344,26 @@ fn attrs(b: &[u8], from: usize, to: usize) -> impl Iterator<Item = (u16, &[u8])>
     })
 }
 
+/// A unix_diag_req (24 bytes) for the socket with inode `ino`, asking for
+/// the `show` attributes.
+fn unix_diag_req(ino: u32, show: u32) -> Vec<u8> {
+    let mut req = Vec::with_capacity(24);
+    req.extend_from_slice(&[libc::AF_UNIX as u8, 0, 0, 0]);
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    req.extend_from_slice(&ino.to_ne_bytes());
+    req.extend_from_slice(&show.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // no cookie
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req
+}
+
 /// The inodes of the sockets whose connections wait in the queue of
 /// listening unix socket `ino`, in queue order (unix_diag's UNIX_DIAG_ICONS:
 /// the connecting ends; 0 for one whose end is gone).
 pub fn unix_icons(ino: u32) -> io::Result<Vec<u32>> {
     const UDIAG_SHOW_ICONS: u32 = 8;
     const UNIX_DIAG_ICONS: u16 = 3;
-    let mut req = Vec::with_capacity(24);
-    req.extend_from_slice(&[libc::AF_UNIX as u8, 0, 0, 0]);
-    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
-    req.extend_from_slice(&ino.to_ne_bytes());
-    req.extend_from_slice(&UDIAG_SHOW_ICONS.to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // no cookie
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    let nl = Diag::ask(0, &req)?;
+    let nl = Diag::ask(0, &unix_diag_req(ino, UDIAG_SHOW_ICONS))?;
     let mut buf = vec![0u8; 1 << 16];
     let n = nl.recv(&mut buf)?;
     let b = &buf[..n];
@@ -382,15 +388,8 @@ pub fn unix_diag(ino: u32) -> io::Result<UnixDiag> {
     const UDIAG_SHOW_VFS: u32 = 2;
     const UDIAG_SHOW_PEER: u32 = 4;
     const UDIAG_SHOW_RQLEN: u32 = 16;
-    // unix_diag_req (24 bytes).
-    let mut req = Vec::with_capacity(24);
-    req.extend_from_slice(&[libc::AF_UNIX as u8, 0, 0, 0]);
-    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
-    req.extend_from_slice(&ino.to_ne_bytes());
-    req.extend_from_slice(&(UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // no cookie
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    let nl = Diag::ask(0, &req)?;
+    let show = UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN;
+    let nl = Diag::ask(0, &unix_diag_req(ino, show))?;
     let mut buf = vec![0u8; 8192];
     let n = nl.recv(&mut buf)?;
     parse_unix_diag(&buf[..n])

@@ -157,76 +157,36 @@ pub fn resume(req: Resume, pid: i32, sig: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// fork(2) that gives the child PID `pid` (clone3 with `set_tid`; needs
-/// CAP_SYS_ADMIN over the PID namespace). EEXIST: the PID is taken.
-/// A child that ends at once and that nothing reaps but
-/// `waitpid(pid, __WALL)`: clone3 with exit signal 0 (no SIGCHLD is sent,
-/// and a parent ignoring SIGCHLD does not reap it automatically). Its
-/// PID (a pidfd of it can be opened until it is waited for).
-pub fn ended_child() -> io::Result<i32> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-    }
-    let args = CloneArgs::default();
-    // SAFETY: without CLONE_VM or a stack this is fork(2) with no exit
-    // signal: the child gets a copy of this (single-threaded) process,
-    // returns here with 0 and exits at once without running any code of
-    // ours; the kernel reads `args`, alive for the call.
-    let r = cvt(unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    })?;
-    if r == 0 {
-        exit_now(0);
-    }
-    Ok(r as i32)
+/// struct clone_args up to `cgroup` (clone3 reads the size it is given).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
 }
 
-pub fn fork_with_pid(pid: i32) -> io::Result<Forked> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
-    }
-    let tid = [pid as libc::pid_t];
-    let args = CloneArgs {
-        exit_signal: libc::SIGCHLD as u64,
-        set_tid: tid.as_ptr() as u64,
-        set_tid_size: 1,
-        ..Default::default()
-    };
-    // SAFETY: without CLONE_VM or a stack this is fork(2): the child gets a
-    // copy of this process and returns here with 0. As for [`fork`], this
-    // process runs one thread (the module's invariant), so the child finds
-    // no lock held by a thread it does not have. The kernel reads `args`
-    // and `tid`, both alive for the call; glibc's fork handlers do not
-    // run, and restore registers none.
+/// clone3 without CLONE_VM or a stack: fork(2) with `args`' exit signal
+/// and PID wishes. As for [`fork`], this process runs one thread (the
+/// module's invariant), so the child finds no lock held by a thread it
+/// does not have; glibc's fork handlers do not run, and restore
+/// registers none.
+fn clone3_fork(args: &CloneArgs) -> io::Result<Forked> {
+    // SAFETY: without CLONE_VM or a stack the child gets a copy of this
+    // process and returns here with 0; the kernel reads `args` (and what
+    // its `set_tid` points to, the caller's, alive for the call).
     let r = cvt(unsafe {
         libc::syscall(
             libc::SYS_clone3,
-            &args as *const CloneArgs,
+            args as *const CloneArgs,
             std::mem::size_of::<CloneArgs>(),
         )
     })?;
@@ -234,6 +194,29 @@ pub fn fork_with_pid(pid: i32) -> io::Result<Forked> {
         Forked::Child
     } else {
         Forked::Parent(r as i32)
+    })
+}
+
+/// A child that ends at once and that nothing reaps but
+/// `waitpid(pid, __WALL)`: clone3 with exit signal 0 (no SIGCHLD is sent,
+/// and a parent ignoring SIGCHLD does not reap it automatically). Its
+/// PID (a pidfd of it can be opened until it is waited for).
+pub fn ended_child() -> io::Result<i32> {
+    match clone3_fork(&CloneArgs::default())? {
+        Forked::Child => exit_now(0),
+        Forked::Parent(pid) => Ok(pid),
+    }
+}
+
+/// fork(2) that gives the child PID `pid` (clone3 with `set_tid`; needs
+/// CAP_SYS_ADMIN over the PID namespace). EEXIST: the PID is taken.
+pub fn fork_with_pid(pid: i32) -> io::Result<Forked> {
+    let tid = [pid as libc::pid_t];
+    clone3_fork(&CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
     })
 }
 
