@@ -602,8 +602,10 @@ impl Tree {
     pub fn let_go(&mut self, after: crate::capture::After) -> Result<(), PtraceError> {
         use crate::capture::After;
         let mut first = None;
+        let mut killed = Vec::new();
         for m in self.members.iter_mut().rev() {
             if let Some(g) = m.group.take() {
+                killed.push(g.pid());
                 let r = match after {
                     After::AsItWas => g.detach(),
                     After::LeaveStopped => g.leave_stopped(),
@@ -612,6 +614,20 @@ impl Tree {
                 if let Err(e) = r {
                     first.get_or_insert(e);
                 }
+            }
+        }
+        if after == After::Kill {
+            // Dead before this returns (a zombie at most): a restore
+            // started right after finds the captured PIDs free of live
+            // processes (a SIGKILLed task still runs its exit for a
+            // moment, more so on a loaded machine).
+            let t0 = std::time::Instant::now();
+            while killed
+                .iter()
+                .any(|&p| stat(p).is_some_and(|s| s.state != 'Z' && s.state != 'X'))
+                && t0.elapsed() < std::time::Duration::from_secs(5)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
         match first {
