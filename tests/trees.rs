@@ -612,6 +612,31 @@ fn restore_refuses_a_taken_pid_before_touching_anything() {
     assert_eq!(last, "PASS tree");
 }
 
+/// A process in seccomp strict mode is killed by any system call but
+/// read, write, exit and sigreturn: its capture is refused by name with
+/// nothing injected into it, and it goes on (an earlier cryo killed it
+/// with its first injected query, then refused).
+#[test]
+fn seccomp_strict_child_is_refused_and_left_alive() {
+    let dir = scratch("tree-seccomp");
+    let mut t = Target::start("c-tree", &["seccomp"]);
+    t.wait_sleeping();
+    let img = dir.join("img");
+    for args in [&["capture"][..], &["capture", "--dry-run"]] {
+        let mut a = args.to_vec();
+        let pid = t.pid.to_string();
+        a.extend([pid.as_str(), img.to_str().unwrap()]);
+        let (code, out, err) = cryo_cmd(&a);
+        assert_eq!(code, 1, "{err}");
+        // (--dry-run lists the obstacles on stdout)
+        assert!((out + &err).contains("seccomp strict mode"), "{err}");
+        assert!(!img.exists());
+    }
+    t.poke_stdin();
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, "PASS seccomp"), "{err}");
+}
+
 #[test]
 fn pty_pair_keeps_its_settings_session_foreground_and_unread_bytes() {
     let dir = scratch("tree-pty");

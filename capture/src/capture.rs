@@ -403,11 +403,18 @@ pub(crate) fn inspect(
     let Some(vdso) = crate::mm::vdso(&g.main, &maps)? else {
         return Err(refused(pid, "it has no [vdso] mapping"));
     };
+    // Under seccomp nothing may be injected (it could kill the process):
+    // what can be seen from outside is reported, and the capture refused.
+    let seccomp = crate::threads::under_seccomp(g, &st, &mut obs);
     // Files in flight in its sockets' queues, held by the process for the
     // moment: captured with its fds (read again then), and closed in it
     // again.
     let fds = procinfo::fds(pid)?;
-    let in_flight = crate::inflight::hold(&mut g.main, pid, &vdso, &fds)?;
+    let in_flight = if seccomp {
+        crate::inflight::InFlight::default()
+    } else {
+        crate::inflight::hold(&mut g.main, pid, &vdso, &fds)?
+    };
     let fds = if in_flight.hidden.is_empty() {
         Ok(fds)
     } else {
@@ -427,6 +434,12 @@ pub(crate) fn inspect(
     }
     crate::inflight::release(&mut g.main, &vdso, &in_flight)?;
     fds?;
+    if seccomp {
+        return Err(CaptureError::Refused {
+            pid,
+            obstacles: obs.into_vec(),
+        });
+    }
     // The main thread: registers, xsave, mask, rseq, TLS words; queued
     // signals (its own and the process's).
     let t = &mut g.main;

@@ -196,6 +196,32 @@ pub fn capture(
     Ok(())
 }
 
+/// Whether any thread of the process runs under seccomp, which no system
+/// call may be injected into: strict mode kills the process at the first
+/// one but read, write, exit and sigreturn, and a filter may kill it or
+/// answer with a made-up error. Such a process is refused (the main
+/// thread's mode by `task::obstacles`, another thread's as a difference
+/// from the main thread's, named here: never both) without injecting
+/// anything.
+pub fn under_seccomp(g: &Group, main_status: &StatusText, obs: &mut Obstacles) -> bool {
+    let pid = g.pid();
+    let on = |st: &StatusText| !matches!(st.get("Seccomp"), Some("0") | None);
+    let mut any = on(main_status);
+    for t in &g.others {
+        let tid = t.pid();
+        let st = StatusText::read_task(pid, tid);
+        any |= on(&st);
+        if st.get("Seccomp") != main_status.get("Seccomp")
+            || st.get("Seccomp_filters") != main_status.get("Seccomp_filters")
+        {
+            let comm =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+            differences(pid, tid, comm.trim_end_matches('\n'), main_status, obs);
+        }
+    }
+    any
+}
+
 /// The task's set_tid_address (PR_GET_TID_ADDRESS; 0 if the kernel
 /// does not tell).
 pub fn tid_address(rem: &mut Remote) -> Result<u64, InjectError> {

@@ -35,6 +35,12 @@
  * The foreground group G must read both lines exactly and find the
  * termios and window as they were; C must still lead the terminal's
  * session, with G's group in the foreground. PASS pty.
+ *
+ * `tree seccomp`: the root forks a child that enters seccomp strict mode
+ * (only read, write, exit and sigreturn allowed: any other system call
+ * kills it) and waits for a byte on a pipe. A capture must refuse it
+ * without running anything in it; after it the root sends the byte, the
+ * child answers and exits 0 (through the exit system call). PASS seccomp.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -47,7 +53,10 @@
 #include <string.h>
 #include <termios.h>
 #include <fcntl.h>
+#include <linux/seccomp.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -419,12 +428,41 @@ static int pty(void) {
   return 0;
 }
 
+static int strict(void) {
+  int go[2], back[2];
+  if (pipe(go) || pipe(back)) fail("pipe");
+  pid_t c = fork();
+  if (c < 0) fail("fork");
+  if (c == 0) {
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT) != 0) fail("PR_SET_SECCOMP");
+    char x;
+    if (write(back[1], "s", 1) != 1 || read(go[0], &x, 1) != 1 || write(back[1], &x, 1) != 1)
+      syscall(SYS_exit, 3);
+    syscall(SYS_exit, 0);
+  }
+  char x;
+  read_full(back[0], &x, 1, "waiting for the child to enter strict mode");
+  printf("READY %d\n", getpid());
+  if (read(0, &x, 1) != 1) fail("reading stdin");
+  if (write(go[1], "g", 1) != 1) fail("writing to the child (it is gone)");
+  read_full(back[0], &x, 1, "the child's answer");
+  int st;
+  if (waitpid(c, &st, 0) != c) fail("waitpid");
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || x != 'g') {
+    printf("FAIL the child's status %#x\n", st);
+    return 1;
+  }
+  printf("PASS seccomp\n");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc > 2 && !strcmp(argv[1], "cow")) return cow(atoi(argv[2]));
   if (argc > 1 && !strcmp(argv[1], "family")) return family();
   if (argc > 2 && !strcmp(argv[1], "prefork")) return prefork(argv[2]);
   if (argc > 1 && !strcmp(argv[1], "pty")) return pty();
-  fprintf(stderr, "usage: tree family | tree prefork SOCKET_PATH | tree pty\n");
+  if (argc > 1 && !strcmp(argv[1], "seccomp")) return strict();
+  fprintf(stderr, "usage: tree family | tree prefork SOCKET_PATH | tree pty | tree seccomp\n");
   return 2;
 }
