@@ -12,6 +12,9 @@ the start and the SIGTERM; this script does the same with cryo:
   eager   start, `cryo capture --kill`, `cryo restore`, SIGTERM, PASS?
   lazy    the same with `cryo restore --lazy`
   map     the same with `cryo restore --map` (memory mapped from pages.img)
+  cgroups the same with `cryo restore --cgroups captured` (each process
+          back in the cgroups it was captured in; only for tests that name
+          it: a single process stays in the restorer's cgroups by default)
   pidns   the same with `cryo restore --pidns` (every PID as captured, the
           root's too, in a PID namespace of its own); only for tests that
           name it: a child that stored its parent's PID (zdtm's task_waiter
@@ -518,7 +521,8 @@ def parse_expect(path):
 
 
 # How each restore mode runs `cryo restore`.
-MODE_ARGS = {'eager': [], 'lazy': ['--lazy'], 'map': ['--map'], 'pidns': ['--pidns']}
+MODE_ARGS = {'eager': [], 'lazy': ['--lazy'], 'map': ['--map'], 'pidns': ['--pidns'],
+             'cgroups': ['--cgroups', 'captured']}
 # The modes a `pass` test must pass in (--modes).
 MODES = ['eager', 'lazy', 'map']
 

@@ -10,7 +10,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
@@ -715,6 +715,130 @@ fn python_round_trips_with(
         assert_eq!(out.lines().last(), Some("PASS"), "{mode:?}: {out}{err}");
         wait_gone(pids.get(1..).unwrap_or(&[]));
     }
+}
+
+/// Datagram clients connected by path to a server bound in the same
+/// process (the client made first, at the lower fd) and in another
+/// process of the tree: every server is bound again before a client
+/// connects (the first restores failed with "Connection refused" in
+/// either case, after a capture that had succeeded).
+#[test]
+fn datagram_clients_connect_after_their_servers_are_bound() {
+    let script = r#"
+import os, socket, sys, tempfile
+d = tempfile.mkdtemp(prefix="cryo-dgram-")
+theirs, mine = os.path.join(d, "child.sock"), os.path.join(d, "mine.sock")
+r, w = os.pipe()
+back_r, back_w = os.pipe()
+ready_r, ready_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(theirs)
+    os.write(ready_w, b"r")
+    os.read(r, 1)
+    os.write(back_w, srv.recv(100))
+    os._exit(0)
+os.read(ready_r, 1)
+to_child = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+to_me = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+srv.bind(mine)
+to_child.connect(theirs)
+to_me.connect(mine)
+assert to_me.fileno() < srv.fileno()
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+to_child.send(b"to the child")
+to_me.send(b"to myself")
+os.write(w, b"g")
+assert os.read(back_r, 100) == b"to the child"
+assert srv.recv(100) == b"to myself"
+assert srv.getsockname() == mine and to_me.getpeername() == mine
+_, st = os.waitpid(pid, 0)
+assert st == 0
+print("PASS", flush=True)
+"#;
+    python_round_trips("tree-dgram", script, |_| {}, &[&[], &["--pidns"]]);
+}
+
+/// The cgroup2 directory this test process is in, where the hierarchy
+/// is mounted (a cgroup2 mount whose root is an ancestor of it).
+fn own_cgroup2_dir() -> Option<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?.to_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|l| {
+        let (a, b) = l.split_once(" - ")?;
+        let f: Vec<&str> = a.split(' ').collect();
+        if !b.starts_with("cgroup2 ") {
+            return None;
+        }
+        let rest = path.strip_prefix(f[3].trim_end_matches('/'))?;
+        Some(PathBuf::from(f[4]).join(rest.trim_start_matches('/')))
+    })
+}
+
+/// A tree whose child moved itself into a cgroup of its own: the child
+/// goes back to that cgroup (`--cgroups auto`: the processes were in
+/// different cgroups, which a restore must not merge without a word),
+/// the root stays where it was. With the cgroup gone the restore is
+/// refused, naming it, before anything is made.
+#[test]
+fn tree_members_go_back_to_their_own_cgroups() {
+    let base = own_cgroup2_dir().expect("a cgroup2 hierarchy mounted here (cgroup v2 or hybrid)");
+    let cg = base.join(format!("cryo-test-{}", std::process::id()));
+    std::fs::create_dir_all(&cg).expect("a cgroup of our own");
+    let script = format!(
+        r#"
+import os, sys
+cg = {cg:?}
+def v2():
+    return [l for l in open("/proc/self/cgroup").read().split("\n") if l.startswith("0::")][0]
+r, w = os.pipe()
+ready_r, ready_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    open(cg + "/cgroup.procs", "w").write("0")
+    mine = v2()
+    os.write(ready_w, b"r")
+    os.read(r, 1)
+    assert v2() == mine and mine.endswith("/" + os.path.basename(cg)), (v2(), mine)
+    os._exit(0)
+os.read(ready_r, 1)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+root = v2()
+assert not root.endswith(os.path.basename(cg)), root
+os.write(w, b"g")
+_, st = os.waitpid(pid, 0)
+assert st == 0, st
+print("PASS", flush=True)
+"#,
+        cg = cg.to_str().unwrap()
+    );
+    let img = std::cell::RefCell::new(PathBuf::new());
+    python_round_trips(
+        "tree-cgroups",
+        &script,
+        |i| {
+            let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", i.to_str().unwrap()]);
+            assert!(text.contains("cgroups "), "{text}");
+            *img.borrow_mut() = i.to_owned();
+        },
+        &[&[], &["--pidns"], &["--cgroups", "captured"]],
+    );
+    std::fs::remove_dir(&cg).expect("the test's cgroup, empty again");
+    let img = img.into_inner();
+    let (code, out, err) = finish(restore(&img, &[]), "x\n");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("cannot be joined here")
+            && err.contains("is gone")
+            && err.contains("--cgroups inherit"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
 }
 
 #[test]

@@ -464,6 +464,7 @@ pub(crate) fn inspect(
         fin?;
     }
     crate::task::outside(pid, &mut task);
+    task.cgroups = b.strings.add(&crate::task::cgroups(pid, &mut obs));
     b.task = Some(task);
     let (creds, groups) = crate::task::creds(&st, securebits);
     b.creds = Some(creds);

@@ -325,6 +325,7 @@ pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> (Vec<Tr
             }
         }
     }
+    let served = served_elsewhere(procs);
     let mut keys: Vec<_> = by_inode.keys().copied().collect();
     keys.sort();
     for key in keys {
@@ -334,7 +335,7 @@ pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> (Vec<Tr
             v.dedup();
             v.len()
         };
-        if procs_here < 2 {
+        if procs_here < 2 && !cands.iter().any(|c| served.contains(c)) {
             continue;
         }
         // Pidfds of one ended process in several processes: each process
@@ -396,9 +397,10 @@ pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> (Vec<Tr
                 v.len()
             };
             // A pipe whose ends are in several processes is made once:
-            // every description of it is a tree object. Anything else is
-            // one when more than one process holds the description.
-            if held_by < 2 && !inside_pipe {
+            // every description of it is a tree object. So is a socket
+            // another process is connected to. Anything else is one when
+            // more than one process holds the description.
+            if held_by < 2 && !inside_pipe && !d.iter().any(|c| served.contains(c)) {
                 continue;
             }
             let (p0, i0) = d[0];
@@ -426,6 +428,54 @@ pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> (Vec<Tr
         }
     }
     (out, queued)
+}
+
+/// Bound unix sockets (process, first fd of the description) that a
+/// socket of another process is connected to by their path (a datagram
+/// server and its clients): made by the restore before any process
+/// exists, so that every client connects to a bound socket whatever
+/// order the processes install their fds in. (Within one process the
+/// restore connects after binding.)
+fn served_elsewhere(procs: &[(i32, &Inspected)]) -> Vec<(usize, usize)> {
+    use cryo_image::fds::sockaddr_bytes;
+    let path = |words: &[u64; 16], len: u32| {
+        let (b, n) = sockaddr_bytes(words, len);
+        let a = b[..n].to_vec();
+        // AF_UNIX with a path (not abstract, not unnamed)
+        (a.len() > 2 && a[..2] == (libc::AF_UNIX as u16).to_ne_bytes() && a[2] != 0).then_some(a)
+    };
+    fn sock<'a>(ins: &'a Inspected, f: &Fd) -> Option<&'a cryo_image::fds::Socket> {
+        (f.kind == fd_kind::SOCKET)
+            .then(|| ins.b.sockets.get(f.object as usize))
+            .flatten()
+    }
+    let mut peers: Vec<(usize, Vec<u8>)> = Vec::new();
+    for (p, (_, ins)) in procs.iter().enumerate() {
+        for f in &ins.b.fds {
+            if let Some(s) = sock(ins, f).filter(|s| s.state == socket_state::CONNECTED) {
+                if let Some(a) = path(&s.peer, s.peer_len) {
+                    peers.push((p, a));
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (p, (_, ins)) in procs.iter().enumerate() {
+        for (i, f) in ins.b.fds.iter().enumerate() {
+            if f.desc as usize != i {
+                continue;
+            }
+            let Some(s) = sock(ins, f).filter(|s| s.state == socket_state::BOUND) else {
+                continue;
+            };
+            if let Some(a) = path(&s.addr, s.addr_len) {
+                if peers.iter().any(|(q, b)| *q != p && *b == a) {
+                    out.push((p, i));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Every fd of every holder of a description (`holders`: the process and

@@ -65,5 +65,8 @@ record! {
         pub ioprio: i64,
         /// CPU affinity mask (CPUs 0-1023).
         pub affinity: [u64; 16],
+        /// (7.0) /proc/PID/cgroup as read at capture: a line per
+        /// hierarchy, `ID:CONTROLLERS:PATH` (empty: not read).
+        pub cgroups: crate::StrRef,
     }
 }

@@ -26,6 +26,9 @@ impl<'a> Image<'a> {
         self.check_str(p.exe, "process", 0)?;
         self.check_str(p.cwd, "process", 0)?;
         self.check_str(p.kernel, "process", 0)?;
+        if let Some(t) = self.task() {
+            self.check_str(t.cgroups, "task", 0)?;
+        }
         if p.exe_file != NO_INDEX && p.exe_file >= nfiles {
             return Err(ImageError::BadIndex {
                 section: "process",

@@ -77,6 +77,24 @@ pub struct Options {
     /// Restore the whole tree, root included, in a new PID namespace where
     /// every captured PID is free ([`pidns`]).
     pub pidns: bool,
+    /// Which cgroups the restored processes join ([`Cgroups`]).
+    pub cgroups: Cgroups,
+}
+
+/// Which cgroups restored processes join.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Cgroups {
+    /// `Inherit` when every process of the image was in the same cgroups
+    /// (a single process always), else `Captured`: processes that were in
+    /// different cgroups are never merged into one without a word.
+    #[default]
+    Auto,
+    /// Every process stays in the cgroups of `cryo restore`, as any
+    /// program it started would.
+    Inherit,
+    /// Every process joins the cgroups it was captured in (each must
+    /// exist); refused before anything is made if one does not.
+    Captured,
 }
 
 /// How the restore ends once the shim has rebuilt the process.
@@ -243,7 +261,7 @@ fn prepare_one(
         made.ptys,
     )?;
     fds.premade = made.files.to_vec();
-    let checked = task::check(&img, &own_status)?;
+    let checked = task::check(&img, &own_status, opts.cgroups == Cgroups::Captured)?;
     let setup = Setup {
         checked,
         cwd: img.str(p.cwd).unwrap_or("/").to_owned(),

@@ -606,14 +606,34 @@ fn socket_file_as_it_was(img: &Image, object: u32, s: &Socket) -> Result<(), Why
     Ok(())
 }
 
-/// Connections that waited in a listener's queue, made again: each
-/// connecting socket connects to its listener (listening by now), in the
-/// order they waited, so that accept() takes them in that order.
+/// Whether a unix socket of the process is bound at the address `s` is
+/// connected to (a datagram client of a server of its own, or a socket
+/// connected to itself): `s` connects once every socket is bound.
+fn peer_bound_here(img: &Image, s: &Socket) -> bool {
+    let peer = peer_of(s);
+    !inet(s)
+        && unix_path(&peer).is_some()
+        && img.sockets().iter().any(|o| {
+            !inet(&o)
+                && matches!(
+                    o.state,
+                    socket_state::BOUND | socket_state::LISTENING | socket_state::CONNECTED
+                )
+                && bound_addr(&o)
+                && addr_of(&o) == peer
+        })
+}
+
+/// Connections made once every socket of the process is bound: sockets
+/// connected to one of the process's own bound sockets, then the
+/// connections that waited in a listener's queue, each connecting socket
+/// to its listener (listening by now), in the order they waited, so that
+/// accept() takes them in that order.
 pub(crate) fn connect_waiting(img: &Image) -> Result<(), RestoreError> {
     let socks = img.sockets();
     // (One per socket: its first fd.)
     let mut seen = Vec::new();
-    let mut waiting: Vec<(u32, u32, i32)> = img
+    let firsts: Vec<(Socket, i32)> = img
         .fds()
         .iter()
         .filter(|f| f.kind == cryo_image::fd_kind::SOCKET)
@@ -622,10 +642,22 @@ pub(crate) fn connect_waiting(img: &Image) -> Result<(), RestoreError> {
             seen.push(f.object);
             first
         })
-        .filter_map(|f| {
-            let s = socks.get(f.object as usize)?;
-            (s.state == socket_state::PENDING).then_some((s.pair, s.backlog, f.fd))
-        })
+        .filter_map(|f| Some((socks.get(f.object as usize)?, f.fd)))
+        .collect();
+    for (s, fd) in &firsts {
+        if s.state == socket_state::CONNECTED && peer_bound_here(img, s) {
+            let peer = peer_of(s);
+            sys::connect_at(*fd, &peer).map_err(|e| RestoreError::Fd {
+                fd: *fd,
+                what: "socket".into(),
+                why: Why::sys(format!("connecting to {}", sockaddr_display(&peer)), e),
+            })?;
+        }
+    }
+    let mut waiting: Vec<(u32, u32, i32)> = firsts
+        .iter()
+        .filter(|(s, _)| s.state == socket_state::PENDING)
+        .map(|(s, fd)| (s.pair, s.backlog, *fd))
         .collect();
     waiting.sort_unstable();
     for (listener, _, fd) in waiting {
@@ -1026,7 +1058,9 @@ pub(crate) fn make(
             bind(&s, fd.as_fd()).map_err(|w| fd_err(p, w))?;
             socket_file_as_it_was(img, object, &s).map_err(|w| fd_err(p, w))?;
         }
-        if s.state == socket_state::CONNECTED {
+        // (Connected to a socket this process binds: later, once that
+        // one is bound, by `connect_waiting`.)
+        if s.state == socket_state::CONNECTED && !peer_bound_here(img, &s) {
             let peer = peer_of(&s);
             sys::connect(fd.as_fd(), &peer)
                 .map_err(|e| sysw(&format!("connecting to {}", sockaddr_display(&peer)), e))?;

@@ -72,16 +72,83 @@ fn refuse(why: String) -> RestoreError {
 
 /// What `check` found, for the exec: whether the shim must change the
 /// credentials, and this process's oom score and loginuid.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Checked {
     pub same_creds: bool,
     own_oom: Option<i64>,
     own_loginuid: Option<i64>,
+    /// The cgroup directories to join (`Cgroups::Captured`).
+    cgroups: Vec<std::path::PathBuf>,
+}
+
+/// The directory of each cgroup in `text` (/proc/PID/cgroup's lines,
+/// `ID:CONTROLLERS:PATH`), where its hierarchy is mounted here: cgroup2
+/// for ID 0, else the cgroup mount whose options name every controller.
+/// Lines this process already shares are left out. Every line that has
+/// no mount, or whose directory is gone, is an error, all named at once.
+pub fn cgroup_dirs(text: &str) -> Result<Vec<std::path::PathBuf>, String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // (root of the mount, mount point, fs type, super options)
+    let mounts: Vec<(&str, &str, &str, &str)> = mounts
+        .lines()
+        .filter_map(|l| {
+            let (a, b) = l.split_once(" - ")?;
+            let f: Vec<&str> = a.split(' ').collect();
+            let g: Vec<&str> = b.split(' ').collect();
+            Some((*f.get(3)?, *f.get(4)?, *g.first()?, *g.get(2)?))
+        })
+        .filter(|m| m.2 == "cgroup" || m.2 == "cgroup2")
+        .collect();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut dirs = Vec::new();
+    let mut missing = Vec::new();
+    // (A hierarchy where this process is in that cgroup already needs
+    // nothing, mounted or not.)
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !own.lines().any(|o| o == *l))
+    {
+        let mut it = line.splitn(3, ':');
+        let (Some(id), Some(ctl), Some(path)) = (it.next(), it.next(), it.next()) else {
+            missing.push(format!("{line} (not a cgroup line)"));
+            continue;
+        };
+        let found = mounts.iter().find(|(root, _, fs, opts)| {
+            let kind = if id == "0" && ctl.is_empty() {
+                *fs == "cgroup2"
+            } else {
+                *fs == "cgroup" && ctl.split(',').all(|c| opts.split(',').any(|o| o == c))
+            };
+            kind && (*root == "/" || path == *root || path.starts_with(&format!("{root}/")))
+        });
+        let dir = found.map(|(root, at, _, _)| {
+            let rest = path
+                .strip_prefix(root)
+                .unwrap_or(path)
+                .trim_start_matches('/');
+            std::path::Path::new(at).join(rest)
+        });
+        match dir {
+            Some(d) if d.join("cgroup.procs").exists() => dirs.push(d),
+            Some(d) => missing.push(format!("{line} ({} is gone)", d.display())),
+            None => missing.push(format!("{line} (its hierarchy is not mounted here)")),
+        }
+    }
+    if missing.is_empty() {
+        Ok(dirs)
+    } else {
+        Err(missing.join(", "))
+    }
 }
 
 /// Can the captured credentials and task state be given back here?
 /// Refuses, before anything changes, what this process cannot do.
-pub fn check(img: &Image, status: &crate::OwnStatus) -> Result<Checked, RestoreError> {
+/// `cgroups`: join the captured cgroups (each must exist).
+pub fn check(
+    img: &Image,
+    status: &crate::OwnStatus,
+    cgroups: bool,
+) -> Result<Checked, RestoreError> {
     let own = Own::from_status(&status.text);
     let mine = |f: &str| {
         std::fs::read_to_string(format!("/proc/self/{f}"))
@@ -90,9 +157,17 @@ pub fn check(img: &Image, status: &crate::OwnStatus) -> Result<Checked, RestoreE
     };
     let mut out = Checked {
         same_creds: true,
-        own_oom: None,
-        own_loginuid: None,
+        ..Checked::default()
     };
+    if let Some(t) = img.task().filter(|_| cgroups) {
+        let text = img.str(t.cgroups).unwrap_or("");
+        out.cgroups = cgroup_dirs(text).map_err(|e| {
+            refuse(format!(
+                "process {} was captured in cgroups that cannot be joined here: {e} (restore with --cgroups inherit to stay in this one's)",
+                img.process().pid
+            ))
+        })?;
+    }
     if let Some(c) = img.creds() {
         let groups: Vec<u32> = img.groups().iter().map(|g| g.gid).collect();
         let ids_differ = c.uid != own.uid || c.gid != own.gid || groups != own.groups;
@@ -184,6 +259,11 @@ pub fn apply_before_exec(img: &Image, checked: &Checked) -> Result<(), RestoreEr
     };
     write("oom_score_adj", checked.own_oom, t.oom_score_adj)?;
     write("loginuid", checked.own_loginuid, t.loginuid)?;
+    for d in &checked.cgroups {
+        // ("0": the process writing it.)
+        std::fs::write(d.join("cgroup.procs"), "0")
+            .map_err(|e| e.into_sys(format!("joining cgroup {}", d.display())))?;
+    }
     Ok(())
 }
 

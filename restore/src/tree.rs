@@ -67,7 +67,11 @@ impl Tree {
 
 /// Load and check every process of the tree whose root image is `root`;
 /// make the shared objects. Changes nothing outside this process.
-pub(crate) fn prepare(dir: &Path, root: LoadedImage, opts: Options) -> Result<Plan, RestoreError> {
+pub(crate) fn prepare(
+    dir: &Path,
+    root: LoadedImage,
+    mut opts: Options,
+) -> Result<Plan, RestoreError> {
     let img = root.image()?;
     let recs: Vec<TreeProc> = img.tree().iter().collect();
     can_set_pids()?;
@@ -94,6 +98,23 @@ pub(crate) fn prepare(dir: &Path, root: LoadedImage, opts: Options) -> Result<Pl
         };
         l.and_then(|l| Some((l, l.image().ok()?)))
     };
+    // Processes that were in different cgroups go back to them; a tree
+    // in one set of cgroups stays in ours (`Cgroups::Auto`).
+    if opts.cgroups == crate::Cgroups::Auto {
+        let sets: Vec<String> = (0..recs.len())
+            .filter_map(img_of)
+            .map(|(_, i)| {
+                i.task()
+                    .and_then(|t| i.str(t.cgroups).map(str::to_owned))
+                    .unwrap_or_default()
+            })
+            .collect();
+        opts.cgroups = if sets.windows(2).all(|w| w[0] == w[1]) {
+            crate::Cgroups::Inherit
+        } else {
+            crate::Cgroups::Captured
+        };
+    }
     // Ptys first: shared objects may be fds of them.
     let ptys = {
         let live: Vec<(&LoadedImage, Image)> = (0..recs.len()).filter_map(img_of).collect();

@@ -125,6 +125,16 @@ pub struct RestoreArgs {
     /// namespace ends. Needs CAP_SYS_ADMIN.
     #[arg(long)]
     pub pidns: bool,
+    /// Which cgroups the restored processes join. `auto`: a process, or a
+    /// tree whose processes were all in the same cgroups, stays in cryo
+    /// restore's (as any program it starts would); a tree whose processes
+    /// were in different cgroups goes back to the captured ones, so they
+    /// are never merged into one. `inherit`: always cryo restore's.
+    /// `captured`: each process joins the cgroups it was captured in (on
+    /// every hierarchy mounted here; `cryo inspect` lists them), refused
+    /// before anything is made if one is gone.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub cgroups: CgroupsArg,
     /// Check everything and report, but do not restore.
     #[arg(long)]
     pub dry_run: bool,
@@ -136,6 +146,13 @@ pub struct RestoreArgs {
     /// finish alone (the way lazy and --keep-stopped restores finish).
     #[arg(long)]
     pub use_tracer: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum CgroupsArg {
+    Auto,
+    Inherit,
+    Captured,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -171,6 +188,11 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         restore_stdio: args.restore_stdio.clone().unwrap_or_default(),
         same_pid: args.same_pid,
         pidns: args.pidns,
+        cgroups: match args.cgroups {
+            CgroupsArg::Auto => cryo_restore::Cgroups::Auto,
+            CgroupsArg::Inherit => cryo_restore::Cgroups::Inherit,
+            CgroupsArg::Captured => cryo_restore::Cgroups::Captured,
+        },
         map: args.map,
         lazy: args.lazy.map(|m| cryo_restore::LazyOptions {
             mode: match m {

@@ -408,6 +408,13 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
             v(t.oom_score_adj),
             v(t.loginuid)
         );
+        if let Some(cg) = img.str(t.cgroups).filter(|c| !c.is_empty()) {
+            let _ = writeln!(
+                o,
+                "          cgroups {}",
+                cg.lines().collect::<Vec<_>>().join(" ")
+            );
+        }
     }
     if !img.timers().is_empty()
         || img.itimers().iter().any(|t| {
