@@ -121,7 +121,9 @@ const RESTORE_MODES: [&[&str]; 5] = [
 /// mode of RESTORE_MODES.
 fn round_trip(name: &str, args: &[&str], how: &str) {
     let expected = plain_run(name, args, how);
-    let tag = format!("rt-{name}-{how}");
+    // (Two tests run one program with different arguments at once: the
+    // tag, and so the scratch directory, names them.)
+    let tag = format!("rt-{name}-{}-{how}", args.join("-"));
     let img = capture_killed(name, args, how, &tag);
     let before = image_digest(&img);
     // Every program here runs on glibc: capture finds both gadgets, so the

@@ -762,6 +762,57 @@ print("PASS", flush=True)
     python_round_trips("tree-dgram", script, |_| {}, &[&[], &["--pidns"]]);
 }
 
+/// UDP sockets shut down (one unconnected, for reading: the kernel sets
+/// it and answers ENOTCONN; one connected, for writing) come back shut
+/// down: poll reports the read side hung up, a send fails with EPIPE.
+/// (Refused by name before.)
+#[test]
+fn udp_sockets_keep_their_shutdown() {
+    let script = r#"
+import errno, os, select, socket, sys
+a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); a.bind(("127.0.0.1", 0))
+b = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); b.bind(("::1", 0))
+c = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); c.bind(("::1", 0))
+d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+b.connect(c.getsockname())
+try:
+    a.shutdown(socket.SHUT_RD)
+except OSError as e:
+    assert e.errno == errno.ENOTCONN
+b.shutdown(socket.SHUT_WR)
+def state():
+    p = select.poll()
+    for s in (a, b, c):
+        p.register(s, select.POLLIN | select.POLLOUT | select.POLLRDHUP)
+    ev = sorted(p.poll(0))
+    try:
+        b.send(b"x"); w = "sent"
+    except OSError as e:
+        w = errno.errorcode[e.errno]
+    d.sendto(b"y", a.getsockname())
+    return ev, w, a.recv(10)
+before = state()
+assert before[1] == "EPIPE" and before[2] == b"y", before
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+after = state()
+assert after == before, (before, after)
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "udp-shutdown",
+        script,
+        |img| {
+            let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+            assert!(
+                text.contains("shut down for reading") && text.contains("shut down for writing"),
+                "{text}"
+            );
+        },
+        &[&[], &["--lazy"]],
+    );
+}
+
 /// The cgroup2 directory this test process is in, where the hierarchy
 /// is mounted (a cgroup2 mount whose root is an ancestor of it).
 fn own_cgroup2_dir() -> Option<PathBuf> {

@@ -357,7 +357,10 @@ pub fn capture(
                 u8::from(rdhup)
             }
         };
-        if how != 0 {
+        if how != 0 && sock_type == libc::SOCK_DGRAM {
+            // UDP: made again by a shutdown after the bind and connect.
+            s.shutdown = u32::from(how);
+        } else if how != 0 {
             return Err(format!(
                 "fd {fd} ({what} {shown}) is shut down for {} (shutdown(2)); not supported yet",
                 match how {

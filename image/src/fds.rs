@@ -325,7 +325,8 @@ record! {
         /// PAIR, stream: the bytes waiting to be read from this end.
         pub data: Blob,
         /// (5.0) PAIR: how the end was shut down (shutdown(2), as
-        /// unix_diag shows it: 1 for reading, 2 for writing).
+        /// unix_diag shows it: 1 for reading, 2 for writing); (7.0) a
+        /// UDP socket's too.
         pub shutdown: u32,
         /// (5.0) `socket_flags` bits.
         pub flags: u32,

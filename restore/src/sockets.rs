@@ -1065,6 +1065,14 @@ pub(crate) fn make(
             sys::connect(fd.as_fd(), &peer)
                 .map_err(|e| sysw(&format!("connecting to {}", sockaddr_display(&peer)), e))?;
         }
+        // A UDP socket shut down: the kernel sets the shutdown even on
+        // an unconnected one, answering ENOTCONN.
+        if inet(&s) && s.sock_type as i32 == libc::SOCK_DGRAM {
+            match shut(fd.as_fd(), s.shutdown) {
+                Err(Why::Sys { source, .. }) if source.raw_os_error() == Some(libc::ENOTCONN) => {}
+                r => r.map_err(|w| fd_err(p, w))?,
+            }
+        }
         fd
     };
     let raw = fd.into_raw_fd();

@@ -555,6 +555,12 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
                 }
                 _ => {}
             }
+            match k.shutdown & 3 {
+                1 => out += ", shut down for reading",
+                2 => out += ", shut down for writing",
+                3 => out += ", shut down",
+                _ => {}
+            }
             let opts = img.sockopts().iter().filter(|x| x.sock == f.object).count();
             out + &format!(", {opts} options]")
         }),
