@@ -381,10 +381,10 @@ fn every_obstacle_at_once() {
 }
 
 /// What would come back wrong is refused by name, not restored wrongly:
-/// a namespace fd. (The same program's shared anonymous memory mapped
+/// a socket filter. (The same program's shared anonymous memory mapped
 /// twice and its file whose name was removed while another link remains
-/// were refused too until stop 20; both are restored now, and tested in
-/// tests/trees.rs.)
+/// were refused too until stop 20, its namespace fd until stop 21; all
+/// are restored now, and tested in tests/trees.rs.)
 #[test]
 fn more_obstacles_named() {
     let dir = scratch("fidelity-refuse2");
@@ -392,8 +392,11 @@ fn more_obstacles_named() {
     t.wait_stopped();
     let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
     assert_eq!(code, 1);
-    assert!(out.contains("1 obstacle") && out.contains("net:["), "{out}");
-    for gone in ["mapped more than once", "other link(s)"] {
+    assert!(
+        out.contains("1 obstacle") && out.contains("SO_ATTACH_FILTER"),
+        "{out}"
+    );
+    for gone in ["mapped more than once", "other link(s)", "net:["] {
         assert!(!out.contains(gone), "no longer an obstacle: {gone}: {out}");
     }
     // SAFETY: kill takes integers.

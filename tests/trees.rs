@@ -813,6 +813,91 @@ print("PASS", flush=True)
     );
 }
 
+/// /proc files and namespaces held open: a child's own /proc file (it
+/// was opened as the restorer's: the plan named the PID at prepare time,
+/// in `cryo restore`), the parent's fd on its child's /proc file, one on
+/// a process outside the tree (checked to be the same process: PID and
+/// start time), and a namespace (proc-self: refused before).
+#[test]
+fn proc_files_and_namespaces_refer_to_the_same_processes() {
+    let script = format!(
+        r#"
+import os, sys
+outside = {outside}
+r, w = os.pipe()
+ready_r, ready_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    own = os.open("/proc/self/status", os.O_RDONLY)
+    ns = os.open("/proc/self/ns/net", os.O_RDONLY)
+    os.write(ready_w, b"r")
+    os.read(r, 1)
+    st = os.pread(own, 4096, 0).decode()
+    assert ("\nPid:\t%d\n" % os.getpid()) in st, st
+    assert os.readlink("/proc/self/fd/%d" % ns) == os.readlink("/proc/self/ns/net")
+    os._exit(0)
+os.read(ready_r, 1)
+kid = os.open("/proc/%d/status" % pid, os.O_RDONLY)
+out = os.open("/proc/%d/stat" % outside, os.O_RDONLY)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+assert ("\nPid:\t%d\n" % pid) in os.pread(kid, 4096, 0).decode()
+assert os.pread(out, 100, 0).decode().startswith("%d " % outside)
+os.write(w, b"g")
+_, st = os.waitpid(pid, 0)
+assert st == 0, st
+print("PASS", flush=True)
+"#,
+        outside = std::process::id()
+    );
+    python_round_trips(
+        "proc-files",
+        &script,
+        |img| {
+            let child = std::fs::read_dir(img.join("procs"))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path();
+            let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", child.to_str().unwrap()]);
+            assert!(
+                text.contains("namespace") && text.contains("net:["),
+                "{text}"
+            );
+        },
+        &[&[], &["--lazy"], &["--same-pid"]],
+    );
+
+    // A process outside the tree that has ended since: refused by name,
+    // nothing restored.
+    let dir = scratch("proc-files-gone");
+    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    let script = format!(
+        r#"
+import os, sys
+fd = os.open("/proc/{}/stat", os.O_RDONLY)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+print("PASS", flush=True)
+"#,
+        sleeper.id()
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &script]);
+    let t = Target::spawn(cmd, "proc-files-gone");
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    let (code, out, err) = finish(restore(&img, &[]), "x\n");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("not the process it was at capture"), "{err}");
+    assert!(!out.contains("PASS"), "{out}");
+}
+
 /// The cgroup2 directory this test process is in, where the hierarchy
 /// is mounted (a cgroup2 mount whose root is an ancestor of it).
 fn own_cgroup2_dir() -> Option<PathBuf> {

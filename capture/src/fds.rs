@@ -49,13 +49,51 @@ fn pidfd_target(f: &OpenFd, scope: &crate::pipes::Scope) -> Result<u32, String> 
     Ok(pid as u32)
 }
 
+/// The namespace type of an nsfs fd's target (`net:[4026531833]`).
+pub(crate) fn namespace_kind(target: &str) -> Option<&str> {
+    let (kind, rest) = target.split_once(":[")?;
+    let num = rest.strip_suffix(']')?;
+    (matches!(
+        kind,
+        "mnt" | "net" | "uts" | "ipc" | "pid" | "user" | "cgroup" | "time"
+    ) && !num.is_empty()
+        && num.bytes().all(|c| c.is_ascii_digit()))
+    .then_some(kind)
+}
+
+/// For an fd on another process's /proc file (`/proc/P/...`, P not
+/// `pid`): 0 if P is a process of the captured tree (restored with its
+/// PID, or the root's as restored), else P's start time (clock ticks
+/// after boot, /proc/P/stat field 22), which a restore checks, so the
+/// file is opened again only on the very same process.
+fn proc_owner(pid: i32, f: &OpenFd, scope: &crate::pipes::Scope) -> Result<u64, String> {
+    let Some(p) = f
+        .target
+        .strip_prefix("/proc/")
+        .and_then(|r| r.split('/').next())
+        .and_then(|p| p.parse::<i32>().ok())
+        .filter(|&p| p != pid)
+    else {
+        return Ok(0);
+    };
+    if scope.pids.contains(&p) {
+        return Ok(0);
+    }
+    cryo_image::fds::proc_start_time(p).ok_or_else(|| {
+        format!(
+            "fd {} is {}, a /proc file of process {p}, which cannot be read (gone?)",
+            f.fd, f.target
+        )
+    })
+}
+
 /// An fd of shared anonymous memory (opened through /proc/PID/map_files).
 fn shared_anon(target: &str) -> bool {
     target == "/dev/zero (deleted)" || target.starts_with("/[anon_shmem")
 }
 
 /// What an fd is, or why cryo cannot restore it (an obstacle).
-fn classify(pid: i32, f: &OpenFd) -> Result<u32, String> {
+fn classify(f: &OpenFd) -> Result<u32, String> {
     let t = &f.target;
     let fmt = f.mode & libc::S_IFMT;
     if t.starts_with("socket:") || fmt == libc::S_IFSOCK {
@@ -92,9 +130,12 @@ fn classify(pid: i32, f: &OpenFd) -> Result<u32, String> {
         // shmem file it is (see `capture`).
         return Ok(fd_kind::REGULAR);
     }
+    if namespace_kind(t).is_some() {
+        return Ok(fd_kind::NAMESPACE);
+    }
     if !t.starts_with('/') {
         return Err(format!(
-            "fd {} is {t} (a namespace or another kernel object), which cryo cannot reopen",
+            "fd {} is {t} (a kernel object), which cryo cannot reopen",
             f.fd
         ));
     }
@@ -123,24 +164,10 @@ fn classify(pid: i32, f: &OpenFd) -> Result<u32, String> {
         libc::S_IFIFO => Ok(fd_kind::FIFO),
         // (A removed one is made again with what it pointed to.)
         libc::S_IFLNK => Ok(fd_kind::SYMLINK),
-        _ if t.starts_with("/proc/") && !deleted => {
-            // /proc/PID/...: this process's own (reopened under its new
-            // PID) or another's (refused); the rest (/proc/sys, meminfo)
-            // is the same for everyone.
-            let other = t
-                .strip_prefix("/proc/")
-                .and_then(|r| r.split('/').next())
-                .and_then(|p| p.parse::<i32>().ok())
-                .is_some_and(|p| p != pid);
-            if other {
-                Err(format!(
-                    "fd {} is {t}, another process's /proc file; cryo cannot tell what it would refer to after a restore",
-                    f.fd
-                ))
-            } else {
-                Ok(fd_kind::PROC)
-            }
-        }
+        // /proc/PID/...: this process's own (reopened under its new PID)
+        // or another's (`proc_owner`); the rest (/proc/sys, meminfo) is
+        // the same for everyone.
+        _ if t.starts_with("/proc/") && !deleted => Ok(fd_kind::PROC),
         libc::S_IFREG => Ok(fd_kind::REGULAR),
         libc::S_IFDIR => Ok(fd_kind::DIRECTORY),
         libc::S_IFCHR | libc::S_IFBLK => {
@@ -260,7 +287,7 @@ pub fn capture(
     for f in fds.iter() {
         reword(obs, last.take());
         last = Some((f.fd, obs.len()));
-        let kind = match classify(pid, f) {
+        let kind = match classify(f) {
             // The slave of a pty whose master is captured too: made again
             // with it.
             Ok(fd_kind::TTY)
@@ -409,6 +436,16 @@ pub fn capture(
                 b.fds[base + desc].object
             };
         }
+        let mut rdev = f.rdev;
+        if kind == fd_kind::PROC {
+            match proc_owner(pid, f, scope) {
+                Ok(start) => rdev = start,
+                Err(why) => {
+                    obs.push(why);
+                    continue;
+                }
+            }
+        }
         if kind == fd_kind::PIDFD {
             match pidfd_target(f, scope) {
                 Ok(p) => object = p,
@@ -477,7 +514,7 @@ pub fn capture(
             target,
             file,
             in_flight: u32::from(flying),
-            rdev: f.rdev,
+            rdev,
             ino: f.ino,
             desc: (base + desc) as u32,
             mode: f.mode,

@@ -605,3 +605,14 @@ pub mod pty_replay {
         oflag & !OPOST
     }
 }
+
+/// A process's start time (clock ticks after boot, field 22 of
+/// /proc/PID/stat), which with its PID names one process: a PID taken
+/// again by another process has another start time. (`fd_kind::PROC`)
+#[cfg(feature = "std")]
+pub fn proc_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(std::format!("/proc/{pid}/stat")).ok()?;
+    // After the command's closing parenthesis: field 3 onwards.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(22 - 3)?.parse().ok()
+}

@@ -41,6 +41,7 @@
 #include <sys/prctl.h>
 #include <sys/personality.h>
 #include <sys/resource.h>
+#include <linux/filter.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <stddef.h>
@@ -1260,12 +1261,16 @@ static void refuse_setup(void) {
 }
 static void refuse_check(void) {}
 
-/* Refused too: a namespace fd. (Shared anonymous memory split in two by
- * mprotect, and a file whose name was removed but which has another link,
- * were refused until stop 20; both are captured now, and the dry run must
- * not name them.) */
+/* Refused too: a socket with a filter. (Shared anonymous memory split in
+ * two by mprotect, and a file whose name was removed but which has another
+ * link, were refused until stop 20, a namespace fd until stop 21; all are
+ * captured now, and the dry run must not name them.) */
 static void refuse2_setup(void) {
     CHECK(open("/proc/self/ns/net", O_RDONLY) >= 0, "ns fd");
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sock_filter accept_all[] = {{0x06, 0, 0, 0xffffffff}}; /* ret #-1 */
+    struct sock_fprog prog = {1, accept_all};
+    CHECK(u >= 0 && setsockopt(u, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) == 0, "socket filter");
     uint8_t *m = mmap(NULL, 4 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     CHECK(m != MAP_FAILED, "mmap");
     CHECK(mprotect(m + 2 * 4096, 2 * 4096, PROT_READ) == 0, "split");

@@ -41,8 +41,11 @@ pub mod fd_kind {
     pub const FIFO: u32 = 7;
     /// An O_PATH fd on a symbolic link itself.
     pub const SYMLINK: u32 = 8;
-    /// A file of the process's own /proc directory (`/proc/PID/...`):
-    /// reopened under the restored process's PID.
+    /// A /proc file: of the process's own directory (`/proc/PID/...`),
+    /// reopened under the restored process's PID; (7.0) of another
+    /// process's, reopened where that PID is the same process: a process
+    /// of the tree (`Fd::rdev` 0), or one outside it that has the start
+    /// time in `Fd::rdev` (clock ticks after boot).
     pub const PROC: u32 = 9;
     /// An inotify instance (its watches are in the `inotify` section).
     pub const INOTIFY: u32 = 10;
@@ -69,6 +72,10 @@ pub mod fd_kind {
     /// pty (its `Pty::index`), whose record is in the image of a holder
     /// of its master.
     pub const PTY_SLAVE: u32 = 19;
+    /// (7.0) A namespace (nsfs: /proc/PID/ns/TYPE opened); `target` is
+    /// `TYPE:[INODE]`, `ino` its inode. Opened again on a process in
+    /// that very namespace.
+    pub const NAMESPACE: u32 = 20;
 
     pub fn name(k: u32) -> &'static str {
         match k {
@@ -85,6 +92,7 @@ pub mod fd_kind {
             PIDFD => "pidfd",
             PTY => "pty master",
             PTY_SLAVE => "pty",
+            NAMESPACE => "namespace",
             REGULAR => "file",
             CHAR_DEVICE => "chardev",
             PIPE => "pipe",

@@ -189,6 +189,33 @@ pub fn install(
                     .map_err(|e| fd_err(p, Why::sys("pidfd_open of an ended process", e)))?;
                 park(fd.into_raw_fd(), high)?
             }
+            Source::Proc {
+                path,
+                pid,
+                start,
+                flags,
+                pos,
+            } => {
+                let own = img.process().pid as i32;
+                let path = match pid {
+                    Some(c) => {
+                        let now = crate::tree::pid_now(*c, own);
+                        if *start != 0 && cryo_image::fds::proc_start_time(now) != Some(*start) {
+                            return Err(fd_err(
+                                p,
+                                format!("process {c} of {path} is no longer the one captured"),
+                            ));
+                        }
+                        super::proc_path(path, *c, now)
+                    }
+                    None => path.clone(),
+                };
+                park(open_path(p, &path, *flags, *pos, None, None)?, high)?
+            }
+            Source::Namespace { kind, ino, flags } => {
+                let path = super::namespace_path(kind, *ino).map_err(|e| fd_err(p, e))?;
+                park(open_path(p, &path, *flags, 0, None, None)?, high)?
+            }
             Source::Pidfd { pid, flags } => {
                 let pid = &crate::tree::pid_now(*pid, img.process().pid as i32);
                 let fd = sys::pidfd_open_flags(*pid, flags & libc::O_NONBLOCK)

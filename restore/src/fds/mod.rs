@@ -85,6 +85,20 @@ pub enum Source {
     /// A pidfd of another process of the tree (which exists by the time
     /// fds are installed).
     Pidfd { pid: i32, flags: i32 },
+    /// A /proc file, opened when fds are installed (every process of the
+    /// tree exists then, with its PID): `/proc/P/...` of process `pid`
+    /// (captured), under the PID it has now; `start`: the start time it
+    /// must have (a process outside the tree), 0 for a tree's process.
+    Proc {
+        path: String,
+        pid: Option<i32>,
+        start: u64,
+        flags: i32,
+        pos: u64,
+    },
+    /// A namespace (`kind`: mnt, net, ...; `ino`: its inode), opened
+    /// through the /proc/PID/ns file of a process in it.
+    Namespace { kind: String, ino: u64, flags: i32 },
     /// A pidfd of a process that had ended: one made for the moment per
     /// `process` (the captured pidfd's inode), waited for once every fd
     /// is made.
@@ -368,13 +382,33 @@ fn source_of(
                 rdev: None,
             })
         }
-        fd_kind::PROC => Ok(Source::Open {
-            path: proc_path(target, img.process().pid, std::process::id()),
-            flags,
-            pos: f.pos,
-            dev_ino: None,
-            rdev: None,
-        }),
+        fd_kind::PROC => {
+            let pid = proc_pid(target);
+            if let Some(p) = pid.filter(|_| f.rdev != 0) {
+                // (Checked again when it is opened.)
+                if cryo_image::fds::proc_start_time(p) != Some(f.rdev) {
+                    return Err(err.why(format!(
+                        "{target} belongs to process {p}, which is not the process it was at capture (gone, or its PID taken again)"
+                    )));
+                }
+            }
+            Ok(Source::Proc {
+                path: target.to_owned(),
+                pid,
+                start: f.rdev,
+                flags,
+                pos: f.pos,
+            })
+        }
+        fd_kind::NAMESPACE => {
+            let kind = target.split(':').next().unwrap_or("").to_owned();
+            namespace_path(&kind, f.ino).map_err(|e| err.why(e))?;
+            Ok(Source::Namespace {
+                kind,
+                ino: f.ino,
+                flags,
+            })
+        }
         fd_kind::NULL_DEVICE | fd_kind::CHAR_DEVICE => {
             let md = std::fs::metadata(target).map_err(|e| err.why(format!("{target}: {e}")))?;
             let fmt = |m: u32| m & libc::S_IFMT;
@@ -427,16 +461,50 @@ fn source_of(
     }
 }
 
-/// /proc/CAPTURED_PID/... is this process's own now.
-fn proc_path(target: &str, captured_pid: u32, my_pid: u32) -> String {
-    let own = format!("/proc/{captured_pid}/");
+/// The PID of a `/proc/PID/...` path (None: /proc/sys, meminfo...).
+fn proc_pid(target: &str) -> Option<i32> {
+    target
+        .strip_prefix("/proc/")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `/proc/CAPTURED/...` as the path of process `now` (its threads'
+/// directories too).
+pub(crate) fn proc_path(target: &str, captured: i32, now: i32) -> String {
+    let own = format!("/proc/{captured}/");
     match target.strip_prefix(&own) {
         Some(rest) => {
-            let rest = rest.replace(&format!("task/{captured_pid}/"), &format!("task/{my_pid}/"));
-            format!("/proc/{my_pid}/{rest}")
+            let rest = rest.replace(&format!("task/{captured}/"), &format!("task/{now}/"));
+            format!("/proc/{now}/{rest}")
         }
         None => target.to_owned(),
     }
+}
+
+/// A /proc/PID/ns file of namespace `kind` whose inode is `ino`: this
+/// process's own if it is in that namespace, else any process's that is.
+pub(crate) fn namespace_path(kind: &str, ino: u64) -> Result<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let is = |p: &str| std::fs::metadata(p).is_ok_and(|m| m.ino() == ino);
+    let own = format!("/proc/self/ns/{kind}");
+    if is(&own) {
+        return Ok(own);
+    }
+    let pids = std::fs::read_dir("/proc")
+        .map_err(|e| format!("listing /proc: {e}"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok());
+    for pid in pids {
+        let p = format!("/proc/{pid}/ns/{kind}");
+        if is(&p) {
+            return Ok(p);
+        }
+    }
+    Err(format!(
+        "the {kind} namespace {kind}:[{ino}] is gone: no process here is in it"
+    ))
 }
 
 /// A terminal: the same terminal as one of this command's fds 0-2 (an
