@@ -898,6 +898,71 @@ print("PASS", flush=True)
     assert!(!out.contains("PASS"), "{out}");
 }
 
+/// Datagrams waiting in named unix sockets (a path and an abstract name),
+/// sent by an unnamed socket and by a named socket of the process, come
+/// back in order with their senders' addresses (zdtm socket_dgram_data:
+/// refused before); one sent by another process's named socket is
+/// refused by name, since no restore could send it from that address.
+#[test]
+fn queued_datagrams_come_back_from_their_senders() {
+    let script = r#"
+import os, socket, sys, tempfile
+d = tempfile.mkdtemp(prefix="cryo-dgq-")
+U = socket.AF_UNIX
+srv = socket.socket(U, socket.SOCK_DGRAM); srv.bind(d + "/srv")
+srv2 = socket.socket(U, socket.SOCK_DGRAM); srv2.bind("\0cryo-dgq-srv-%d" % os.getpid())
+named = socket.socket(U, socket.SOCK_DGRAM); named.bind("\0cryo-dgq-%d" % os.getpid())
+anon = socket.socket(U, socket.SOCK_DGRAM)
+anon.sendto(b"one", d + "/srv")
+named.sendto(b"two", d + "/srv")
+anon.sendto(b"three", d + "/srv")
+named.sendto(b"four", srv2.getsockname())
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+for s, want in [(srv, [(b"one", None), (b"two", named), (b"three", None)]), (srv2, [(b"four", named)])]:
+    for data, who in want:
+        got, addr = s.recvfrom(100)
+        assert got == data, (got, data)
+        if who is None:
+            assert addr in (None, "", b""), addr
+        else:
+            assert addr == who.getsockname(), (addr, who.getsockname())
+    s.setblocking(False)
+    try:
+        s.recv(100)
+        assert False, "more queued"
+    except BlockingIOError:
+        pass
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "dgram-queued",
+        script,
+        |_| {},
+        &[&[], &["--lazy"], &["--map"]],
+    );
+    let from_child = r#"
+import os, socket, sys
+U = socket.AF_UNIX
+srv = socket.socket(U, socket.SOCK_DGRAM); srv.bind("\0cryo-dgq2-srv-%d" % os.getpid())
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    c = socket.socket(U, socket.SOCK_DGRAM); c.bind("\0cryo-dgq2-kid-%d" % os.getpid())
+    c.sendto(b"hello", srv.getsockname())
+    os.read(r, 1)
+    os._exit(0)
+srv.recv(0, socket.MSG_PEEK)
+print("READY", flush=True)
+sys.stdin.readline()
+assert srv.recv(100) == b"hello"
+os.write(w, b"x")
+os.waitpid(pid, 0)
+print("PASS", flush=True)
+"#;
+    refused(from_child, &[], "a socket outside the process");
+}
+
 /// The cgroup2 directory this test process is in, where the hierarchy
 /// is mounted (a cgroup2 mount whose root is an ancestor of it).
 fn own_cgroup2_dir() -> Option<PathBuf> {

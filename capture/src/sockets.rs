@@ -172,6 +172,9 @@ pub struct Sockets {
     connecting: Vec<Connecting>,
     /// Stream ends whose other end was closed: (index, bytes left in it).
     widowed: Vec<(usize, Vec<u8>)>,
+    /// Named unix datagram sockets with datagrams queued: (index, fd,
+    /// the datagrams, each with its sender's address).
+    datagrams: Vec<(usize, i32, Vec<sock::Message>)>,
     /// The machine's TCP sockets, read at the first established one.
     tcp: Option<sock::TcpTable>,
 }
@@ -209,7 +212,7 @@ impl CrossEnd {
                     "fd {} (a unix socket paired with another process) has file descriptors in flight (SCM_RIGHTS); not supported yet between processes",
                     self.fd
                 )),
-                Ok(Ok(m)) => Ok(sock::frame(&m, &[])),
+                Ok(Ok(m)) => Ok(sock::frame(&m, &[], false)),
                 Ok(Err(why)) => Err(format!(
                     "fd {} (a unix socket paired with another process) has {why}; not supported yet",
                     self.fd
@@ -523,6 +526,22 @@ pub fn capture(
             s.state = socket_state::WIDOWED;
             s.shutdown = 3;
             seen.widowed.push((b.sockets.len(), bytes));
+        } else if d.rqueue > 0 && sock_type == libc::SOCK_DGRAM && bound {
+            // Datagrams sent to its name: sent to it again at restore, each
+            // from a socket with its sender's address (`link` checks that
+            // the process has one, or that the sender was unnamed).
+            match sock::peek_messages(&dup, d.rqueue as usize, None) {
+                Ok(Ok(m)) if m.iter().any(|m| m.nfds > 0) => {
+                    return Err(format!(
+                        "fd {fd} ({what} {shown}) has datagrams queued with file descriptors in flight; not supported yet"
+                    ))
+                }
+                Ok(Ok(m)) => seen.datagrams.push((b.sockets.len(), fd, m)),
+                Ok(Err(why)) => {
+                    return Err(format!("fd {fd} ({what} {shown}) has {why}; not supported yet"))
+                }
+                Err(e) => return Err(io("queued datagrams", e)),
+            }
         } else if d.rqueue > 0 {
             return Err(format!(
                 "fd {fd} ({what} {shown}) has {} bytes queued; they cannot be restored",
@@ -651,6 +670,35 @@ pub fn link(
     in_flight: &crate::inflight::InFlight,
     obs: &mut crate::obstacles::Obstacles,
 ) {
+    // Datagrams queued in a named socket: each sender unnamed, or a socket
+    // of the process bound to the sender's name (which sends it again).
+    for (index, fd, msgs) in &seen.datagrams {
+        let names: Vec<Vec<u8>> = b
+            .sockets
+            .iter()
+            .filter(|s| s.family as i32 == libc::AF_UNIX && s.addr_len > 2)
+            .map(|s| {
+                let (a, n) = cryo_image::fds::sockaddr_bytes(&s.addr, s.addr_len);
+                a[..n].to_vec()
+            })
+            .collect();
+        let strangers: Vec<String> = msgs
+            .iter()
+            .filter(|m| !m.from.is_empty() && !names.contains(&m.from))
+            .map(|m| sockaddr_display(&m.from))
+            .collect();
+        if strangers.is_empty() {
+            stored.blobs.push(PendingBlob {
+                to: BlobOwner::Socket(*index),
+                bytes: sock::frame(msgs, &[], true),
+            });
+        } else {
+            obs.push(format!(
+                "fd {fd} (unix datagram socket) has datagrams queued from {}, a socket outside the process; they cannot be sent again from that address",
+                strangers.join(", ")
+            ));
+        }
+    }
     // Connections waiting in a listener of the process: connected again
     // to it, in queue order, once it listens.
     for c in &seen.connecting {
@@ -752,7 +800,7 @@ pub fn link(
                             }
                             stored.blobs.push(PendingBlob {
                                 to: BlobOwner::Socket(c.index),
-                                bytes: sock::frame(&m, held),
+                                bytes: sock::frame(&m, held, false),
                             })
                         }
                         Ok(Err(why)) => obs.push(format!(

@@ -516,8 +516,8 @@ fn put_back(s: &Socket, from: BorrowedFd, bytes: &[u8]) -> Result<(), Why> {
     if s.sock_type as i32 == libc::SOCK_STREAM {
         return sent(sys::send_all(from, bytes));
     }
-    for (m, _) in messages(bytes)? {
-        sent(sys::send_message(from, m))?;
+    for q in messages(bytes)? {
+        sent(sys::send_message(from, q.bytes))?;
     }
     Ok(())
 }
@@ -528,11 +528,16 @@ fn carries_files(s: &Socket, bytes: &[u8]) -> Result<bool, Why> {
     if s.sock_type as i32 == libc::SOCK_STREAM {
         return Ok(false);
     }
-    Ok(messages(bytes)?.iter().any(|(_, fds)| !fds.is_empty()))
+    Ok(messages(bytes)?.iter().any(|q| !q.fds.is_empty()))
 }
 
-/// A queued message and the fd numbers of its files in flight.
-type Queued<'a> = (&'a [u8], Vec<i32>);
+/// A queued message, the fd numbers of its files in flight, and its
+/// sender's address (a datagram sent to a named socket; else empty).
+struct Queued<'a> {
+    bytes: &'a [u8],
+    fds: Vec<i32>,
+    from: &'a [u8],
+}
 
 /// The messages of a datagram or seqpacket queue as the image frames them
 /// (capture's `sock::frame`): each with the numbers of its files in
@@ -547,7 +552,7 @@ fn messages(bytes: &[u8]) -> Result<Vec<Queued<'_>>, Why> {
     let mut rest = bytes;
     while !rest.is_empty() {
         let head = word(rest, 0).ok_or_else(short)?;
-        let n = (head & !(1 << 31)) as usize;
+        let n = (head & !(3 << 30)) as usize;
         let mut at = 4;
         let mut fds = Vec::new();
         if head & 1 << 31 != 0 {
@@ -562,8 +567,19 @@ fn messages(bytes: &[u8]) -> Result<Vec<Queued<'_>>, Why> {
             }
             at = 8 + 4 * k;
         }
-        let m = rest.get(at..at + n).ok_or_else(short)?;
-        out.push((m, fds));
+        let mut from: &[u8] = &[];
+        if head & 1 << 30 != 0 {
+            let k = word(rest, at).ok_or_else(short)? as usize;
+            if !(3..=128).contains(&k) {
+                return Err(Why::Said(format!(
+                    "a queued message from an address of {k} bytes"
+                )));
+            }
+            from = rest.get(at + 4..at + 4 + k).ok_or_else(short)?;
+            at += 4 + k;
+        }
+        let bytes = rest.get(at..at + n).ok_or_else(short)?;
+        out.push(Queued { bytes, fds, from });
         rest = &rest[at + n..];
     }
     Ok(out)
@@ -691,6 +707,74 @@ pub(crate) fn connect_waiting(img: &Image) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// Datagrams that waited in a named unix datagram socket (not one end of
+/// a pair), sent to it again in their order once every socket of the
+/// process is made: each from the process's socket bound to its sender's
+/// name, or from an unnamed socket of the moment if its sender had none.
+pub(crate) fn send_datagrams(
+    loaded: &LoadedImage,
+    img: &Image,
+    verify: bool,
+) -> Result<(), RestoreError> {
+    let socks = img.sockets();
+    let fds: Vec<cryo_image::Fd> = img
+        .fds()
+        .iter()
+        .filter(|f| f.kind == cryo_image::fd_kind::SOCKET)
+        .collect();
+    let first_fd = |object: u32| fds.iter().find(|f| f.object == object).map(|f| f.fd);
+    for (object, s) in socks.iter().enumerate() {
+        // (What capture stores for them: a pair's or a widowed end's
+        // queue is sent by its other end.)
+        if s.state != socket_state::BOUND
+            || s.sock_type as i32 != libc::SOCK_DGRAM
+            || s.data.len == 0
+            || inet(&s)
+        {
+            continue;
+        }
+        let Some(fd) = first_fd(object as u32) else {
+            continue;
+        };
+        let err = |why: Why| RestoreError::Fd {
+            fd,
+            what: "unix datagram socket".into(),
+            why,
+        };
+        let bytes = loaded
+            .read_blob(&s.data, verify)
+            .map_err(|e| err(Why::Said(e.to_string())))?;
+        let to = addr_of(&s);
+        let mut unnamed: Option<OwnedFd> = None;
+        for q in messages(&bytes).map_err(err)? {
+            let from = if q.from.is_empty() {
+                if unnamed.is_none() {
+                    unnamed = Some(
+                        sys::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0)
+                            .map_err(|e| err(Why::sys("socket", e)))?,
+                    );
+                }
+                unnamed.as_ref().map_or(-1, |u| u.as_raw_fd())
+            } else {
+                socks
+                    .iter()
+                    .enumerate()
+                    .find(|(_, o)| !inet(o) && addr_of(o) == q.from)
+                    .and_then(|(k, _)| first_fd(k as u32))
+                    .ok_or_else(|| {
+                        err(Why::Said(format!(
+                            "a datagram queued from {} names a socket the image does not have",
+                            sockaddr_display(q.from)
+                        )))
+                    })?
+            };
+            sys::sendto_at(from, q.bytes, &to)
+                .map_err(|e| err(Why::sys("sending a queued datagram again", e)))?;
+        }
+    }
+    Ok(())
+}
+
 /// The queues of socket pairs that hold files in flight, sent again from
 /// the other end of each pair, every fd at its number by now (the files
 /// in flight too, at the numbers the image has them at), and the pair's
@@ -759,7 +843,8 @@ pub(crate) fn send_in_flight(
         })?;
         // What waits in an end was sent by the other.
         for (bytes, from) in [(&mine, peer), (&theirs, f.fd)] {
-            for (m, with) in messages(bytes).map_err(err)? {
+            for q in messages(bytes).map_err(err)? {
+                let (m, with) = (q.bytes, q.fds);
                 for n in &with {
                     if !flying.contains(n) || named.contains(n) {
                         return Err(err(Why::Said(format!(

@@ -68,6 +68,8 @@ pub struct Peeked {
     pub other_control: bool,
     /// Nothing was queued (EAGAIN), as opposed to an empty message.
     pub none: bool,
+    /// The sender's address (a datagram's; empty: unnamed, or none).
+    pub from: Vec<u8>,
 }
 
 /// recvmsg(MSG_PEEK | MSG_DONTWAIT) of up to `len` bytes: the bytes stay
@@ -80,8 +82,13 @@ pub fn peek(fd: &impl AsRawFd, len: usize) -> io::Result<Peeked> {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    // SAFETY: an all-zero msghdr is valid (no name, no iovecs).
+    // SAFETY: an all-zero sockaddr_storage and msghdr are valid (no
+    // name, no iovecs).
+    let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = std::mem::size_of_val(&name) as libc::socklen_t;
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = ctrl.as_mut_ptr().cast();
@@ -138,7 +145,22 @@ pub fn peek(fd: &impl AsRawFd, len: usize) -> io::Result<Peeked> {
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
         nfds = 0;
     }
+    let namelen = (msg.msg_namelen as usize).min(std::mem::size_of_val(&name));
+    // SAFETY: `name` is plain bytes the kernel filled up to msg_namelen.
+    let from = unsafe {
+        std::slice::from_raw_parts(
+            (&name as *const libc::sockaddr_storage).cast::<u8>(),
+            namelen,
+        )
+    };
+    // (An unnamed unix sender gives just the family.)
+    let from = if from.len() > 2 {
+        from.to_vec()
+    } else {
+        Vec::new()
+    };
     Ok(Peeked {
+        from,
         bytes: buf,
         fds,
         nfds,
@@ -195,6 +217,7 @@ pub fn peek_messages(
                 bytes: p.bytes,
                 nfds: p.nfds,
                 files: p.files,
+                from: p.from,
             }),
         }
     };
@@ -235,6 +258,8 @@ pub struct Message {
     pub nfds: usize,
     /// Their (st_dev, st_ino).
     pub files: Vec<(u64, u64)>,
+    /// The sender's address (empty: unnamed).
+    pub from: Vec<u8>,
 }
 
 /// Messages as one blob (`cryo_image::fds::Socket::data` of a datagram or
@@ -242,19 +267,28 @@ pub struct Message {
 /// a message with fds in flight has the length's top bit set and, before
 /// its bytes, their count and the numbers they are held at in the image
 /// (`Fd::in_flight`), 4 bytes each. `fds`: those numbers, per message.
-pub fn frame(messages: &[Message], fds: &[Vec<i32>]) -> Vec<u8> {
+/// With `senders`, a message from a named socket has bit 30 set and,
+/// before its bytes (after any fd numbers), the sender's address: its
+/// length, 4 bytes, then the sockaddr.
+pub fn frame(messages: &[Message], fds: &[Vec<i32>], senders: bool) -> Vec<u8> {
     let mut b = Vec::new();
     let mut with = fds.iter();
     for m in messages {
-        match (m.nfds > 0).then(|| with.next()).flatten() {
-            Some(f) => {
-                b.extend_from_slice(&(m.bytes.len() as u32 | 1 << 31).to_le_bytes());
-                b.extend_from_slice(&(f.len() as u32).to_le_bytes());
-                for n in f {
-                    b.extend_from_slice(&n.to_le_bytes());
-                }
+        let held = (m.nfds > 0).then(|| with.next()).flatten();
+        let from = senders && !m.from.is_empty();
+        let head = m.bytes.len() as u32
+            | if held.is_some() { 1 << 31 } else { 0 }
+            | if from { 1 << 30 } else { 0 };
+        b.extend_from_slice(&head.to_le_bytes());
+        if let Some(f) = held {
+            b.extend_from_slice(&(f.len() as u32).to_le_bytes());
+            for n in f {
+                b.extend_from_slice(&n.to_le_bytes());
             }
-            None => b.extend_from_slice(&(m.bytes.len() as u32).to_le_bytes()),
+        }
+        if from {
+            b.extend_from_slice(&(m.from.len() as u32).to_le_bytes());
+            b.extend_from_slice(&m.from);
         }
         b.extend_from_slice(&m.bytes);
     }

@@ -291,6 +291,8 @@ pub fn install(
     // Connections that waited in a listener, waiting there again (before
     // a socket in flight among them is closed below).
     crate::sockets::connect_waiting(img)?;
+    // Datagrams that waited in named sockets, sent to them again.
+    crate::sockets::send_datagrams(loaded, img, verify)?;
     // Queues with files in flight, sent again now that those files are
     // at their numbers; the numbers are closed then.
     crate::sockets::send_in_flight(loaded, img, verify)?;

@@ -198,6 +198,30 @@ pub fn send_message(fd: BorrowedFd, buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// sendto(fd, buf, MSG_DONTWAIT, addr) of one whole datagram from the
+/// socket at number `fd`.
+pub fn sendto_at(fd: RawFd, buf: &[u8], addr: &[u8]) -> io::Result<()> {
+    // SAFETY: the kernel reads `buf.len()` bytes from `buf` and a
+    // sockaddr of `addr.len()` bytes from `addr`; `fd` is a number.
+    let n = cvt(unsafe {
+        libc::sendto(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            addr.as_ptr().cast(),
+            addr.len() as libc::socklen_t,
+        )
+    } as libc::c_long)? as usize;
+    if n != buf.len() {
+        return Err(io::Error::other(format!(
+            "sent {n} of a {}-byte datagram",
+            buf.len()
+        )));
+    }
+    Ok(())
+}
+
 /// shutdown(fd, how) of the socket at number `fd`.
 pub fn shutdown_at(fd: RawFd, how: i32) -> io::Result<()> {
     // SAFETY: integers only (not open: EBADF).
