@@ -195,15 +195,24 @@ fn classify(f: &OpenFd) -> Result<u32, String> {
     }
 }
 
-/// Why fd `fd`'s description cannot be restored as it is because of its
-/// signal-driven I/O settings (None: it has none).
-/// A lease's holder owns its file (the kernel sets it, to send the
-/// lease break): restoring the lease sets it again, so that is no
-/// obstacle.
-fn owner(pidfd: &std::os::fd::OwnedFd, me: i32, f: &OpenFd) -> Option<String> {
+/// Who gets SIGIO and SIGURG for fd `f`'s description (F_GETOWN_EX) and
+/// as which signal (F_GETSIG), as the image keeps it (`desc` is the
+/// caller's to set); None if nobody does, or if it is a lease's holder,
+/// which restoring the lease sets again. Refused: a thread but the main
+/// one (its id changes), another process group than the process's own.
+fn owner(
+    pidfd: &std::os::fd::OwnedFd,
+    me: i32,
+    f: &OpenFd,
+    scope: &crate::pipes::Scope,
+) -> Result<Option<cryo_image::fds::FdOwner>, String> {
     let fd = f.fd;
-    let dup = sys::pidfd_getfd(pidfd, fd).ok()?;
-    let (kind, pid) = sys::owner(&dup).ok()?;
+    let Ok(dup) = sys::pidfd_getfd(pidfd, fd) else {
+        return Ok(None);
+    };
+    let Ok((kind, pid)) = sys::owner(&dup) else {
+        return Ok(None);
+    };
     // F_GETSIG is 11 (10 is F_SETSIG); the libc crate lacks it.
     const F_GETSIG: i32 = 11;
     let sig = sys::fcntl_int(&dup, F_GETSIG, 0).unwrap_or(0);
@@ -212,23 +221,36 @@ fn owner(pidfd: &std::os::fd::OwnedFd, me: i32, f: &OpenFd) -> Option<String> {
         .lines()
         .any(|l| l.starts_with("lock:") && l.contains("LEASE"));
     if sig == 0 && (pid == 0 || (lease && kind == 1 && pid == me)) {
-        return None;
+        return Ok(None);
     }
     // F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2.
-    let who = match kind {
-        0 => format!("thread {pid}"),
-        2 => format!("process group {pid}"),
-        _ => format!("process {pid}"),
+    // SAFETY: getpgid takes an integer.
+    let own_group = unsafe { libc::getpgid(me) };
+    let start = match kind {
+        0 if pid == 0 || pid == me => 0,
+        0 => {
+            return Err(format!(
+                "fd {fd} sends SIGIO to thread {pid} (F_SETOWN_EX), whose id a restore changes; not supported"
+            ))
+        }
+        2 if pid == 0 || pid == own_group => 0,
+        2 => {
+            return Err(format!(
+                "fd {fd} sends SIGIO to process group {pid}, not the process's own; not supported"
+            ))
+        }
+        _ if pid == 0 || pid == me || scope.pids.contains(&pid) => 0,
+        _ => cryo_image::fds::proc_start_time(pid).ok_or_else(|| {
+            format!("fd {fd} sends SIGIO to process {pid}, which cannot be read (gone?)")
+        })?,
     };
-    Some(format!(
-        "fd {fd} sends SIGIO{} to {who} (F_SETOWN{}); cryo does not restore that yet",
-        if sig != 0 {
-            format!(" as signal {sig}")
-        } else {
-            String::new()
-        },
-        if sig != 0 { ", F_SETSIG" } else { "" }
-    ))
+    Ok(Some(cryo_image::fds::FdOwner {
+        desc: 0,
+        kind,
+        pid,
+        sig,
+        start,
+    }))
 }
 
 /// A readable name for an anon_inode kind, with the runtime that likely
@@ -478,11 +500,17 @@ pub fn capture(
         }
         if desc == b.fds.len() - base {
             // An owner for SIGIO/SIGURG (F_SETOWN) or a signal for them
-            // (F_SETSIG) belongs to the description: not restored yet,
-            // and lost without a word if let through (zdtm file_fown).
-            if let Some(why) = pidfd.as_ref().and_then(|p| owner(p, pid, f)) {
+            // (F_SETSIG) belongs to the description: kept, and set again
+            // once every fd is made (lost without a word before: zdtm
+            // file_fown).
+            match pidfd.as_ref().map(|p| owner(p, pid, f, scope)) {
+                Some(Ok(Some(mut o))) => {
+                    o.desc = b.fds.len() as u32;
+                    b.fd_owners.push(o);
+                }
                 // (Its locks are still looked at: every obstacle at once.)
-                obs.push(why);
+                Some(Err(why)) => obs.push(why),
+                _ => {}
             }
             // Locks belong to a description (flock, OFD) or are shown on
             // each fd of the description they were taken through (POSIX):

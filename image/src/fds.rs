@@ -211,6 +211,25 @@ record! {
 }
 
 record! {
+    /// (7.0) Who gets SIGIO and SIGURG for an open file description
+    /// (F_SETOWN_EX), and as which signal (F_SETSIG).
+    pub struct FdOwner {
+        /// Index in the fds table of the description's first fd.
+        pub desc: u32,
+        /// F_OWNER_TID 0 (the main thread only), F_OWNER_PID 1,
+        /// F_OWNER_PGRP 2 (the process's own group only).
+        pub kind: i32,
+        /// The owner as captured (0: none).
+        pub pid: i32,
+        /// F_SETSIG (0: SIGIO).
+        pub sig: i32,
+        /// The owner's start time (clock ticks after boot) when it is a
+        /// process outside the tree, checked at restore; else 0.
+        pub start: u64,
+    }
+}
+
+record! {
     /// An eventfd's counter and mode (Fd::object indexes these).
     pub struct EventFd {
         pub count: u64,

@@ -302,6 +302,10 @@ impl<'a> Image<'a> {
     pub fn ptys(&self) -> Table<'a, fds::Pty> {
         self.table(SectionKind::Ptys)
     }
+    /// (7.0) SIGIO owners of open file descriptions.
+    pub fn fd_owners(&self) -> Table<'a, fds::FdOwner> {
+        self.table(SectionKind::FdOwners)
+    }
     /// The processes captured with this one (root image of a tree; empty
     /// for a single process).
     pub fn tree(&self) -> Table<'a, crate::tree::TreeProc> {

@@ -207,6 +207,20 @@ impl<'a> Image<'a> {
                 });
             }
         }
+        let nfds = self.fds().len() as u32;
+        for (i, o) in self.fd_owners().iter().enumerate() {
+            if o.desc >= nfds
+                || !(0..=2).contains(&o.kind)
+                || o.pid < 0
+                || !(0..=64).contains(&o.sig)
+            {
+                return Err(ImageError::BadIndex {
+                    section: "fd_owners",
+                    index: i as u64,
+                    why: "no such fd, owner kind or signal",
+                });
+            }
+        }
         for (i, t) in self.ptys().iter().enumerate() {
             // A line discipline's buffer holds at most 4096 bytes.
             if t.input.len > 4096 || t.output.len > 4096 {

@@ -70,6 +70,7 @@ pub struct ImageBuilder {
     pub sockets: Vec<crate::fds::Socket>,
     pub sockopts: Vec<crate::fds::SockOpt>,
     pub ptys: Vec<crate::fds::Pty>,
+    pub fd_owners: Vec<crate::fds::FdOwner>,
     pub tree: Vec<crate::tree::TreeProc>,
     pub tree_fds: Vec<crate::tree::TreeFd>,
     pub tree_files: Vec<crate::tree::TreeFile>,
@@ -139,6 +140,9 @@ impl ImageBuilder {
         ];
         if !self.ptys.is_empty() {
             sections.push((SectionKind::Ptys, table(&self.ptys)));
+        }
+        if !self.fd_owners.is_empty() {
+            sections.push((SectionKind::FdOwners, table(&self.fd_owners)));
         }
         if !self.tree.is_empty() {
             sections.push((SectionKind::Tree, table(&self.tree)));

@@ -68,10 +68,12 @@ pub enum SectionKind {
     TreeFiles = 34,
     /// Format 4.1: pseudo-terminal pairs ([`crate::fds::Pty`]).
     Ptys = 35,
+    /// Format 7.0: SIGIO owners and signals ([`crate::fds::FdOwner`]).
+    FdOwners = 36,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 35] = [
+    pub const ALL: [SectionKind; 36] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -107,6 +109,7 @@ impl SectionKind {
         SectionKind::TreeFds,
         SectionKind::TreeFiles,
         SectionKind::Ptys,
+        SectionKind::FdOwners,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -148,6 +151,7 @@ impl SectionKind {
             SectionKind::TreeFds => "tree_fds",
             SectionKind::TreeFiles => "tree_files",
             SectionKind::Ptys => "ptys",
+            SectionKind::FdOwners => "fd_owners",
         }
     }
     /// Record size this reader knows for the section (1 for byte blobs).
@@ -188,6 +192,7 @@ impl SectionKind {
             SectionKind::TreeFds => crate::tree::TreeFd::SIZE,
             SectionKind::TreeFiles => crate::tree::TreeFile::SIZE,
             SectionKind::Ptys => crate::fds::Pty::SIZE,
+            SectionKind::FdOwners => crate::fds::FdOwner::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -238,6 +243,7 @@ impl SectionKind {
             SectionKind::TreeFiles => 1 << 24,
             // devpts allows 4096 ptys by default (kernel.pty.max).
             SectionKind::Ptys => 1 << 20,
+            SectionKind::FdOwners => 1 << 20,
         }
     }
     /// Sections every valid image must have.

@@ -288,6 +288,33 @@ pub fn install(
     for l in &plan.locks {
         crate::locks::take(plans, l)?;
     }
+    // Who gets SIGIO (after the leases, whose taking set their holder).
+    for o in img.fd_owners().iter() {
+        let Some(f) = img.fds().get(o.desc as usize) else {
+            continue;
+        };
+        let own = img.process().pid as i32;
+        let pid = match o.kind {
+            // (The process's own group, as capture allowed.)
+            2 if o.pid != 0 => sys::getpgid(0).unwrap_or(0),
+            _ if o.pid != 0 => crate::tree::pid_now(o.pid, own),
+            _ => 0,
+        };
+        if o.start != 0 && cryo_image::fds::proc_start_time(pid) != Some(o.start) {
+            return Err(RestoreError::Fd {
+                fd: f.fd,
+                what: "SIGIO owner".into(),
+                why: Why::Said(format!(
+                    "process {pid}, which got its SIGIO, is no longer the one captured"
+                )),
+            });
+        }
+        sys::set_owner(f.fd, o.kind, pid, o.sig).map_err(|e| RestoreError::Fd {
+            fd: f.fd,
+            what: "SIGIO owner".into(),
+            why: Why::sys(format!("F_SETOWN_EX to {pid}, F_SETSIG {}", o.sig), e),
+        })?;
+    }
     // Connections that waited in a listener, waiting there again (before
     // a socket in flight among them is closed below).
     crate::sockets::connect_waiting(img)?;

@@ -556,7 +556,10 @@ pub(crate) fn fd_err(p: &FdPlan, why: impl Into<Why>) -> RestoreError {
 
 /// F_SETFL with the status flags fcntl can change.
 pub(crate) fn set_status_flags(fd: RawFd, flags: i32) -> std::io::Result<()> {
-    let settable = libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME;
+    // (O_ASYNC: signal-driven I/O, registered by F_SETFL only; an open
+    // with it does not. Its owner is set once every fd is made.)
+    let settable =
+        libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME | libc::O_ASYNC;
     // (A failed F_GETFL reads as -1, and the F_SETFL then fails too.)
     let cur = sys::getfl(fd).unwrap_or(-1);
     let want = (cur & !settable) | (flags & settable);

@@ -65,6 +65,29 @@ pub fn setfl(fd: RawFd, flags: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// F_SETOWN_EX (kind: F_OWNER_TID 0, PID 1, PGRP 2), then F_SETSIG if
+/// `sig` is not 0: who gets SIGIO/SIGURG for `fd`'s description, and as
+/// which signal.
+pub fn set_owner(fd: RawFd, kind: i32, pid: i32, sig: i32) -> io::Result<()> {
+    /// struct f_owner_ex (the libc crate lacks it).
+    #[repr(C)]
+    struct OwnerEx {
+        kind: libc::c_int,
+        pid: libc::pid_t,
+    }
+    const F_SETOWN_EX: libc::c_int = 15;
+    const F_SETSIG: libc::c_int = 10;
+    let o = OwnerEx { kind, pid };
+    // SAFETY: F_SETOWN_EX reads one struct f_owner_ex (two ints) from
+    // `o`, which lives across the call.
+    cvt(unsafe { libc::fcntl(fd, F_SETOWN_EX, &o) })?;
+    if sig != 0 {
+        // SAFETY: F_SETSIG takes an integer.
+        cvt(unsafe { libc::fcntl(fd, F_SETSIG, sig) })?;
+    }
+    Ok(())
+}
+
 /// F_SETFD 0: `fd` stays open across an exec.
 pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
     // SAFETY: F_SETFD takes an integer.
