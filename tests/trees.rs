@@ -1016,6 +1016,63 @@ print("PASS", flush=True)
     python_round_trips("sigio", script, |_| {}, &[&[], &["--pidns"]]);
 }
 
+/// A signal pending when a process comes back (sent while it was stopped,
+/// before its capture) is handled as the kernel would have handled it:
+/// the system call it interrupts (CPython reading stdin, its handler
+/// installed without SA_RESTART) returns EINTR, and CPython runs the
+/// handler at once. Restarted instead, the read went on waiting for input
+/// while the handler waited for the read.
+#[test]
+fn signal_pending_at_resume_interrupts_the_call() {
+    let script = r#"
+import os, signal, sys
+signal.signal(signal.SIGUSR1, lambda *a: print("HANDLED", flush=True))
+print("READY", os.getpid(), flush=True)
+line = sys.stdin.readline()
+print("PASS", line.strip(), flush=True)
+"#;
+    let dir = scratch("pending-eintr");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn(cmd, "pending-eintr");
+    t.wait_sleeping();
+    // SAFETY: kill takes integers.
+    unsafe { libc::kill(t.pid, libc::SIGSTOP) };
+    wait_for("the target to stop", Duration::from_secs(10), || {
+        state(t.pid) == Some('T')
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(t.pid, libc::SIGUSR1) };
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    for mode in [&[][..], &["--lazy"], &["--use-tracer"]] {
+        let mut c = restore(&img, mode);
+        let mut out = BufReader::new(c.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut first = String::new();
+            let _ = out.read_line(&mut first);
+            tx.send(first).ok();
+            let mut rest = String::new();
+            let _ = out.read_to_string(&mut rest);
+            rest
+        });
+        let first = rx.recv_timeout(Duration::from_secs(20));
+        if let Some(mut i) = c.stdin.take() {
+            let _ = i.write_all(b"x\n");
+        }
+        let rest = reader.join().unwrap();
+        let st = c.wait().unwrap();
+        assert_eq!(
+            first.as_deref().map(str::trim),
+            Ok("HANDLED"),
+            "{mode:?}: the handler must run before any input; then: {rest}"
+        );
+        assert_eq!((st.code(), rest.trim()), (Some(0), "PASS x"), "{mode:?}");
+    }
+}
+
 /// The cgroup2 directory this test process is in, where the hierarchy
 /// is mounted (a cgroup2 mount whose root is an ancestor of it).
 fn own_cgroup2_dir() -> Option<PathBuf> {

@@ -16,11 +16,62 @@ pub fn build(img: &Image) -> usize {
     let alt = (p.sigaltstack_sp, p.sigaltstack_size, p.sigaltstack_flags);
     write(
         cryo_image::frame_top(p.regs.rsp, alt, p.xsave_size) as usize,
-        &p.regs,
+        &resume_regs(&p.regs, &p.raw_regs, p.sig_blocked),
         Some((img.xsave(), p.xcr0)),
         p.sig_blocked,
         (p.sigaltstack_sp, p.sigaltstack_flags, p.sigaltstack_size),
     )
+}
+
+/// The registers a thread captured in an interrupted system call resumes
+/// with: `restart` (rewound to the call) as capture made them, unless a
+/// signal pending now (sent while the process was being restored, or
+/// queued at capture) will be handled the moment the program's mask is
+/// back, by a handler that would have made the kernel return EINTR:
+/// ERESTARTSYS (-512) and a handler without SA_RESTART, or ERESTARTNOHAND
+/// (-514) and any handler. Then the call returns EINTR, as it would have,
+/// instead of starting again after the handler (which a program that
+/// checks for signals after EINTR, as CPython does, would miss). The
+/// kernel handles the lowest pending signal first; a default or ignored
+/// disposition interrupts nothing there, and the next one decides.
+/// (A signal sent after this check, before the final rt_sigreturn, still
+/// finds the call restarted.)
+fn resume_regs(restart: &Regs, raw: &Regs, blocked: u64) -> Regs {
+    const SYS_RT_SIGPENDING: usize = 127;
+    const SA_RESTART: u64 = 0x1000_0000;
+    let kind = raw.rax as i64;
+    if (raw.orig_rax as i64) < 0 || !(kind == -512 || kind == -514) || restart.rip == raw.rip {
+        return *restart;
+    }
+    // (Every signal is blocked in the shim: all that is pending.)
+    let mut pending = 0u64;
+    syscall6(
+        SYS_RT_SIGPENDING,
+        &mut pending as *mut u64 as usize,
+        8,
+        0,
+        0,
+        0,
+        0,
+    );
+    for sig in 1..=64usize {
+        if (pending & !blocked) & (1u64 << (sig - 1)) == 0 {
+            continue;
+        }
+        // The kernel's sigaction: handler, flags, restorer, mask.
+        let mut act = [0u64; 4];
+        syscall6(SYS_RT_SIGACTION, sig, 0, act.as_mut_ptr() as usize, 8, 0, 0);
+        if act[0] <= 1 {
+            continue; // SIG_DFL, SIG_IGN
+        }
+        if kind == -514 || act[1] & SA_RESTART == 0 {
+            let mut r = *raw;
+            r.rax = (-EINTR) as u64;
+            return r;
+        }
+        return *restart;
+    }
+    *restart
 }
 
 /// Build the kernel's x86_64 `struct rt_sigframe` below `top`: pretcode,
