@@ -4,7 +4,7 @@
 //! Both sides use this module; nothing here is written twice.
 //!
 //! ```text
-//! cryo-shim META_FD PAGES_FD TID_OFFSET FLAGS EXEC_NS SOCK_FD ALIAS_FD FILES_FD
+//! cryo-shim META_FD PAGES_FD TID_OFFSET FLAGS EXEC_NS SOCK_FD ALIAS_FD FILES_FD BARRIER_FD
 //! ```
 //!
 //! Every argument is a decimal number; [`NONE`] (written as `-`) stands
@@ -16,7 +16,7 @@
 pub const NONE: u64 = u64::MAX;
 
 /// Number of arguments after argv[0].
-pub const ARGC: usize = 8;
+pub const ARGC: usize = 9;
 
 /// FLAGS bits.
 pub mod flags {
@@ -37,8 +37,17 @@ pub mod flags {
     /// Mapped restore: private anonymous memory is mapped from pages.img
     /// (`crate::mapped`) instead of copied.
     pub const MAP: u64 = 1 << 5;
+    /// The restore of a tree: BARRIER_FD is a seqpacket socket, and no
+    /// process goes past its point of no return before every one has its
+    /// files open (a process that resumed could remove a file another
+    /// still has to open). Every process but the root sends one byte once
+    /// its files are open (`x` instead if it fails before that) and waits
+    /// for one back; the root's shim, its own files open, takes one from
+    /// each live process of the tree (the image's tree section), then
+    /// sends one to each.
+    pub const BARRIER: u64 = 1 << 6;
     /// Every bit this version knows.
-    pub const ALL: u64 = PHASES | LAZY | SELF_UNMAP | SAME_CREDS | MAP;
+    pub const ALL: u64 = PHASES | LAZY | SELF_UNMAP | SAME_CREDS | MAP | BARRIER;
 }
 
 /// rsi at the shim's final `int3`, so the tracer knows the trap is ours.
@@ -65,6 +74,8 @@ pub struct Handoff {
     pub alias_fd: u64,
     /// First fd of the recreated files, or NONE if there are none.
     pub files_fd: u64,
+    /// The tree's barrier socket ([`flags::BARRIER`]), or NONE.
+    pub barrier_fd: u64,
 }
 
 /// Why the shim's arguments were refused.
@@ -80,7 +91,7 @@ impl core::fmt::Display for HandoffError {
         match self {
             HandoffError::Count => write!(
                 f,
-                "usage: cryo-shim META_FD PAGES_FD TID_OFFSET FLAGS EXEC_NS SOCK_FD ALIAS_FD FILES_FD (run by `cryo restore`, not by hand)"
+                "usage: cryo-shim META_FD PAGES_FD TID_OFFSET FLAGS EXEC_NS SOCK_FD ALIAS_FD FILES_FD BARRIER_FD (run by `cryo restore`, not by hand)"
             ),
             HandoffError::NotANumber(i) => write!(f, "argument {i} is not a number"),
             HandoffError::UnknownFlags(v) => {
@@ -120,6 +131,7 @@ impl Handoff {
             self.sock_fd,
             self.alias_fd,
             self.files_fd,
+            self.barrier_fd,
         ]
     }
 
@@ -143,6 +155,7 @@ impl Handoff {
             sock_fd: v[5],
             alias_fd: v[6],
             files_fd: v[7],
+            barrier_fd: v[8],
         };
         if h.flags & !flags::ALL != 0 {
             return Err(HandoffError::UnknownFlags(h.flags));
@@ -239,6 +252,7 @@ mod tests {
             sock_fd: 11,
             alias_fd: NONE,
             files_fd: NONE,
+            barrier_fd: 12,
         };
         let a = h.encode();
         assert_eq!(a[6], "-");

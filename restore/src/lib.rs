@@ -383,7 +383,7 @@ impl Plan {
         }
         let e = match self.tree.take() {
             Some(t) => tree::exec(self, t),
-            None => self.exec_with(&mut || Ok(())),
+            None => self.exec_with(&mut || Ok(()), None),
         };
         // Nothing of a failed restore stays behind.
         stored::remove_made_again();
@@ -391,8 +391,13 @@ impl Plan {
     }
 
     /// [`Plan::exec`], calling `ready` once everything is set up, right
-    /// before the exec (an error from it is returned instead).
-    fn exec_with(self, ready: &mut dyn FnMut() -> Result<(), RestoreError>) -> RestoreError {
+    /// before the exec (an error from it is returned instead). `barrier`:
+    /// a tree's barrier socket for the shim (`handoff::flags::BARRIER`).
+    fn exec_with(
+        self,
+        ready: &mut dyn FnMut() -> Result<(), RestoreError>,
+        barrier: Option<i32>,
+    ) -> RestoreError {
         let Setup {
             checked,
             cwd,
@@ -453,6 +458,9 @@ impl Plan {
             sys::close(s.server_end);
             extra.push(s.shim_end);
         }
+        if let Some(b) = barrier {
+            extra.push(b);
+        }
         if let Some(f) = &alias {
             extra.push(f.as_raw_fd());
         }
@@ -464,6 +472,11 @@ impl Plan {
             };
         let (meta_fd, pages_fd) = (installed[0], installed[1]);
         let sock_fd = if server.is_some() { installed[2] } else { -1 };
+        let barrier_fd = if barrier.is_some() {
+            installed[2 + usize::from(server.is_some())]
+        } else {
+            -1
+        };
         let alias_fd = if alias.is_some() {
             installed[installed.len() - 1]
         } else {
@@ -475,7 +488,8 @@ impl Plan {
             | bit(server.is_some(), handoff::flags::LAZY)
             | bit(self.finish == Finish::Gadgets, handoff::flags::SELF_UNMAP)
             | bit(checked.same_creds, handoff::flags::SAME_CREDS)
-            | bit(self.opts.map, handoff::flags::MAP);
+            | bit(self.opts.map, handoff::flags::MAP)
+            | bit(barrier.is_some(), handoff::flags::BARRIER);
         let cwd_done = if *cwd_deleted {
             stored::enter_removed_dir(&self.fds, cwd)
         } else {
@@ -528,6 +542,7 @@ impl Plan {
             sock_fd: fd(sock_fd),
             alias_fd: fd(alias_fd),
             files_fd: files_fd.map_or(handoff::NONE, |f| f as u64),
+            barrier_fd: fd(barrier_fd),
         };
         let args: Vec<CString> = std::iter::once("cryo-shim".to_owned())
             .chain(h.encode())

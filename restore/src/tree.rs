@@ -581,6 +581,9 @@ use std::os::unix::fs::OpenOptionsExt;
 struct Cx<'a> {
     tree: &'a Tree,
     bar: Barrier,
+    /// The barrier the shims meet at (`handoff::flags::BARRIER`): the
+    /// root's end, and the end every other process's shim shares.
+    meet: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
     root_pid: i32,
     /// The process group the root is in now (the invoker's).
     root_pgid: i32,
@@ -599,10 +602,15 @@ pub(crate) fn exec(root: Plan, tree: Box<Tree>) -> RestoreError {
         Ok(b) => b,
         Err(e) => return crate::IntoSys::into_sys(e, "mapping the tree's barrier"),
     };
+    let meet = match sys::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET) {
+        Ok(p) => p,
+        Err(e) => return crate::IntoSys::into_sys(e, "socketpair for the tree's barrier"),
+    };
     let _ = ROOT.set((tree.members[0].rec.pid as i32, std::process::id() as i32));
     let cx = Cx {
         tree: &tree,
         bar,
+        meet,
         root_pid: std::process::id() as i32,
         root_pgid: sys::getpgid(0).unwrap_or(0),
     };
@@ -643,7 +651,7 @@ pub(crate) fn exec(root: Plan, tree: Box<Tree>) -> RestoreError {
         cx.bar.go(Step::Ready);
         Ok(())
     };
-    let e = root.exec_with(&mut hook);
+    let e = root.exec_with(&mut hook, Some(cx.meet.0.as_raw_fd()));
     cx.fail();
     e
 }
@@ -811,7 +819,7 @@ impl Cx<'_> {
                 ))
             }
         };
-        let e = plan.exec_with(&mut hook);
+        let e = plan.exec_with(&mut hook, Some(self.meet.1.as_raw_fd()));
         if self.bar.aborted() {
             sys::exit_now(1);
         }

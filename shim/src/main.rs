@@ -174,7 +174,101 @@ fn die(args: fmt::Arguments) -> ! {
     let _ = m.write_fmt(args);
     let _ = m.write_str("\n");
     write(2, &m.b[..m.n]);
+    // A tree's barrier not passed yet: the others hear of it.
+    let b = BARRIER_FD.load(core::sync::atomic::Ordering::Relaxed);
+    if b != usize::MAX {
+        barrier_send(b, b'x');
+    }
     exit(if packed.is_some() { 1 } else { 125 })
+}
+
+/// A tree's barrier socket until it is passed ([`tree_barrier`]).
+static BARRIER_FD: core::sync::atomic::AtomicUsize =
+    core::sync::atomic::AtomicUsize::new(usize::MAX);
+
+const SYS_SENDTO: usize = 44;
+const SYS_RECVFROM: usize = 45;
+
+fn barrier_send(fd: usize, b: u8) -> isize {
+    let v = [b];
+    const MSG_NOSIGNAL: usize = 0x4000;
+    syscall6(SYS_SENDTO, fd, v.as_ptr() as usize, 1, MSG_NOSIGNAL, 0, 0)
+}
+
+/// One byte from the barrier socket within `ms` milliseconds: Some(byte),
+/// Some(0) at end of file (every other end closed), None if none came.
+fn barrier_recv(fd: usize, ms: usize) -> Option<u8> {
+    const SYS_POLL: usize = 7;
+    const POLLIN: u16 = 1;
+    // struct pollfd: fd (i32), events (i16), revents (i16).
+    let mut p = [0u8; 8];
+    p[..4].copy_from_slice(&(fd as i32).to_ne_bytes());
+    p[4..6].copy_from_slice(&POLLIN.to_ne_bytes());
+    let r = syscall3(SYS_POLL, p.as_mut_ptr() as usize, 1, ms);
+    if r <= 0 {
+        return None;
+    }
+    let mut g = [0u8];
+    let n = syscall6(SYS_RECVFROM, fd, g.as_mut_ptr() as usize, 1, 0x40, 0, 0);
+    match n {
+        1 => Some(g[0]),
+        0 => Some(0),
+        _ if n == -EINTR || n == -11 => None,
+        _ => Some(0),
+    }
+}
+
+/// A tree's barrier ([`flags::BARRIER`]): no process of the tree goes
+/// past its point of no return before every one has its files open. The
+/// root (its image lists the tree) takes a byte from each other live
+/// process, then sends one to each; every other process sends one and
+/// waits for one. A failure before that (`x`, or the other side gone)
+/// ends the shim here, before its point of no return; a root that hears
+/// from nobody for 60 s gives up.
+fn tree_barrier(a: &Args, img: &cryo_image::Image) {
+    let fd = a.barrier_fd;
+    if a.flags & flags::BARRIER == 0 || fd == usize::MAX {
+        return;
+    }
+    let recs = img.tree();
+    let abandoned = || -> ! {
+        die(format_args!(
+            "a process of the tree could not be restored (see above)"
+        ))
+    };
+    if recs.len() > 1 {
+        let n = recs
+            .iter()
+            .skip(1)
+            .filter(|r| r.state == cryo_image::tree::proc_state::LIVE)
+            .count();
+        let (mut got, mut quiet) = (0, 0);
+        while got < n {
+            match barrier_recv(fd, 100) {
+                Some(b'o') => (got, quiet) = (got + 1, 0),
+                Some(_) => abandoned(),
+                None if quiet < 600 => quiet += 1,
+                None => die(format_args!(
+                    "{} of the tree's {n} other processes did not get their files open within 60 s",
+                    n - got
+                )),
+            }
+        }
+        for _ in 0..n {
+            check(barrier_send(fd, b'g'), format_args!("the tree's barrier"));
+        }
+    } else {
+        check(barrier_send(fd, b'o'), format_args!("the tree's barrier"));
+        loop {
+            match barrier_recv(fd, 1000) {
+                Some(b'g') => break,
+                Some(_) => abandoned(),
+                None => {}
+            }
+        }
+    }
+    BARRIER_FD.store(usize::MAX, core::sync::atomic::Ordering::Relaxed);
+    syscall3(SYS_CLOSE, fd, 0, 0);
 }
 
 fn check(r: isize, what: fmt::Arguments) -> usize {
@@ -195,6 +289,7 @@ struct Args {
     sock_fd: usize,
     alias_fd: usize,
     files_fd: usize,
+    barrier_fd: usize,
 }
 
 /// The bytes of a NUL-terminated argv string.
@@ -254,6 +349,7 @@ extern "C" fn shim_main(sp: *const usize) -> ! {
             sock_fd: fd(h.sock_fd),
             alias_fd: fd(h.alias_fd),
             files_fd: fd(h.files_fd),
+            barrier_fd: fd(h.barrier_fd),
         },
         false,
     )
@@ -265,6 +361,9 @@ extern "C" fn shim_main(sp: *const usize) -> ! {
 /// a packed restorer (`packed`), which checks and sets up here what `cryo
 /// restore` would have before its exec.
 fn restore(a: &Args, packed: bool) -> ! {
+    if a.flags & flags::BARRIER != 0 {
+        BARRIER_FD.store(a.barrier_fd, core::sync::atomic::Ordering::Relaxed);
+    }
     let on = a.flags & flags::PHASES != 0;
     let mut ph = Phases { t: [0; 8], n: 0 };
     ph.mark(on);
@@ -292,6 +391,9 @@ fn restore(a: &Args, packed: bool) -> ! {
     // 3. Off the shim's own file (PR_SET_MM_MAP would refuse the exe).
     ph.mark(on);
     selfmap::leave_own_file(a.alias_fd);
+    // In a tree, nobody past this point before every process has its
+    // files open.
+    tree_barrier(a, &img);
     // 4. Point of no return: everything outside the window goes.
     packed::past_no_return();
     vma::unmap_everything();

@@ -153,6 +153,7 @@ pub fn open(r: &Record) -> Args {
         sock_fd: usize::MAX,
         alias_fd: usize::MAX,
         files_fd: usize::MAX,
+        barrier_fd: usize::MAX,
     }
 }
 
