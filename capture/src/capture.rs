@@ -405,7 +405,8 @@ pub(crate) fn inspect(
     };
     // Under seccomp nothing may be injected (it could kill the process):
     // what can be seen from outside is reported, and the capture refused.
-    let seccomp = crate::threads::under_seccomp(g, &st, &mut obs);
+    let thread_status = crate::threads::statuses(g);
+    let seccomp = crate::threads::under_seccomp(g, &st, &thread_status, &mut obs);
     // Files in flight in its sockets' queues, held by the process for the
     // moment: captured with its fds (read again then), and closed in it
     // again.
@@ -464,7 +465,8 @@ pub(crate) fn inspect(
         fin?;
     }
     crate::task::outside(pid, &mut task);
-    task.cgroups = b.strings.add(&crate::task::cgroups(pid, &mut obs));
+    let tids: Vec<i32> = g.others.iter().map(|t| t.pid()).collect();
+    task.cgroups = b.strings.add(&crate::task::cgroups(pid, &tids, &mut obs));
     b.task = Some(task);
     let (creds, groups) = crate::task::creds(&st, securebits);
     b.creds = Some(creds);
@@ -474,7 +476,7 @@ pub(crate) fn inspect(
     b.gadgets = crate::gadget::find(pid, &classified);
     drop(classified);
     // Every other thread; where glibc caches each thread's id.
-    crate::threads::capture(g, &vdso, &st, &mut b, &mut obs)?;
+    crate::threads::capture(g, &vdso, &st, &thread_status, &mut b, &mut obs)?;
     tid_offset(pid, &maps, &mut b, &mut obs);
     if !b.threads.is_empty() && b.gadgets.is_none() {
         obs.push(format!(

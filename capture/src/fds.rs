@@ -224,8 +224,7 @@ fn owner(
         return Ok(None);
     }
     // F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2.
-    // SAFETY: getpgid takes an integer.
-    let own_group = unsafe { libc::getpgid(me) };
+    let own_group = crate::tree::stat(me).map_or(0, |s| s.pgid as i32);
     let start = match kind {
         0 if pid == 0 || pid == me => 0,
         0 => {

@@ -150,18 +150,13 @@ pub fn outside(pid: i32, t: &mut TaskState) {
     t.loginuid = num("loginuid");
 }
 
-/// The process's cgroups (/proc/PID/cgroup), which every thread must
-/// share: a restore puts a process in cgroups, not its threads.
-pub fn cgroups(pid: i32, obs: &mut Obstacles) -> String {
+/// The process's cgroups (/proc/PID/cgroup), which every other thread
+/// (`tids`, the frozen ones) must share: a restore puts a process in
+/// cgroups, not its threads.
+pub fn cgroups(pid: i32, tids: &[i32], obs: &mut Obstacles) -> String {
     let read = |p: String| std::fs::read_to_string(p).unwrap_or_default();
     let own = read(format!("/proc/{pid}/cgroup"));
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    for tid in tasks.into_iter().filter(|&t| t != pid) {
+    for &tid in tids {
         let theirs = read(format!("/proc/{pid}/task/{tid}/cgroup"));
         if !theirs.is_empty() && theirs != own {
             let differ: Vec<&str> = theirs

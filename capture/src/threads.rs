@@ -106,10 +106,12 @@ impl Group {
 
 /// The threads' own state, into `b.threads` (and their xsave areas after
 /// the main thread's, their queued signals into `b.signals`).
+/// `statuses`: the other threads' status files ([`statuses`]).
 pub fn capture(
     g: &mut Group,
     vdso: &(u64, Vec<u8>),
     main_status: &StatusText,
+    statuses: &[StatusText],
     b: &mut ImageBuilder,
     obs: &mut Obstacles,
 ) -> Result<(), CaptureError> {
@@ -121,13 +123,10 @@ pub fn capture(
         ));
         return Ok(());
     }
-    for (k, t) in g.others.iter_mut().enumerate() {
+    for (k, (t, st)) in g.others.iter_mut().zip(statuses).enumerate() {
         let tid = t.pid();
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-            .unwrap_or_default()
-            .trim_end_matches('\n')
-            .to_owned();
-        differences(pid, tid, &comm, main_status, obs);
+        let comm = comm_of(pid, tid);
+        differences(tid, &comm, st, main_status, obs);
         let raw = to_regs(&t.regs()?);
         let (regs, sflags) = restart_fixup(&raw, t.restarted_poll());
         let (xsave, _) = t.xstate()?;
@@ -203,23 +202,42 @@ pub fn capture(
 /// thread's mode by `task::obstacles`, another thread's as a difference
 /// from the main thread's, named here: never both) without injecting
 /// anything.
-pub fn under_seccomp(g: &Group, main_status: &StatusText, obs: &mut Obstacles) -> bool {
+pub fn under_seccomp(
+    g: &Group,
+    main_status: &StatusText,
+    statuses: &[StatusText],
+    obs: &mut Obstacles,
+) -> bool {
     let pid = g.pid();
     let on = |st: &StatusText| !matches!(st.get("Seccomp"), Some("0") | None);
     let mut any = on(main_status);
-    for t in &g.others {
+    for (t, st) in g.others.iter().zip(statuses) {
         let tid = t.pid();
-        let st = StatusText::read_task(pid, tid);
-        any |= on(&st);
+        any |= on(st);
         if st.get("Seccomp") != main_status.get("Seccomp")
             || st.get("Seccomp_filters") != main_status.get("Seccomp_filters")
         {
-            let comm =
-                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
-            differences(pid, tid, comm.trim_end_matches('\n'), main_status, obs);
+            differences(tid, &comm_of(pid, tid), st, main_status, obs);
         }
     }
     any
+}
+
+/// /proc/PID/task/TID/status of every other thread, in `g.others`' order
+/// (read once, while frozen, for [`under_seccomp`] and [`capture`]).
+pub fn statuses(g: &Group) -> Vec<StatusText> {
+    g.others
+        .iter()
+        .map(|t| StatusText::read_task(g.pid(), t.pid()))
+        .collect()
+}
+
+/// A thread's name (/proc/PID/task/TID/comm), without its newline.
+fn comm_of(pid: i32, tid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+        .unwrap_or_default()
+        .trim_end_matches('\n')
+        .to_owned()
 }
 
 /// The task's set_tid_address (PR_GET_TID_ADDRESS; 0 if the kernel
@@ -233,8 +251,7 @@ pub fn tid_address(rem: &mut Remote) -> Result<u64, InjectError> {
 
 /// What a thread may not have of its own: cryo restores the main
 /// thread's credentials, no_new_privs and seccomp state in every thread.
-fn differences(pid: i32, tid: i32, comm: &str, main: &StatusText, obs: &mut Obstacles) {
-    let st = StatusText::read_task(pid, tid);
+fn differences(tid: i32, comm: &str, st: &StatusText, main: &StatusText, obs: &mut Obstacles) {
     let keys = [
         "Uid",
         "Gid",

@@ -39,15 +39,15 @@ pub struct Tree {
 }
 
 /// What /proc/PID/stat says of a process's place in the tree.
-struct Stat {
+pub(crate) struct Stat {
     state: char,
     ppid: u32,
-    pgid: u32,
+    pub(crate) pgid: u32,
     sid: u32,
     exit_code: u32,
 }
 
-fn stat(pid: i32) -> Option<Stat> {
+pub(crate) fn stat(pid: i32) -> Option<Stat> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = s.rsplit_once(") ")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();

@@ -717,6 +717,18 @@ pub(crate) fn send_datagrams(
     verify: bool,
 ) -> Result<(), RestoreError> {
     let socks = img.sockets();
+    // (What capture stores for them: a pair's or a widowed end's queue is
+    // sent by its other end.)
+    let queued = |s: &Socket| {
+        s.state == socket_state::BOUND
+            && s.sock_type as i32 == libc::SOCK_DGRAM
+            && s.data.len > 0
+            && !inet(s)
+    };
+    // (Most restores have none: nothing else is looked at then.)
+    if !socks.iter().any(|s| queued(&s)) {
+        return Ok(());
+    }
     let fds: Vec<cryo_image::Fd> = img
         .fds()
         .iter()
@@ -724,13 +736,7 @@ pub(crate) fn send_datagrams(
         .collect();
     let first_fd = |object: u32| fds.iter().find(|f| f.object == object).map(|f| f.fd);
     for (object, s) in socks.iter().enumerate() {
-        // (What capture stores for them: a pair's or a widowed end's
-        // queue is sent by its other end.)
-        if s.state != socket_state::BOUND
-            || s.sock_type as i32 != libc::SOCK_DGRAM
-            || s.data.len == 0
-            || inet(&s)
-        {
+        if !queued(&s) {
             continue;
         }
         let Some(fd) = first_fd(object as u32) else {
