@@ -36,9 +36,64 @@ pub fn sanitize_fds() {
     });
 }
 
-/// A fresh scratch directory for one test.
+/// Whether a test of this binary has failed (set by the panic hook
+/// [`scratch_root`] installs).
+static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The directory every scratch directory of this test binary is made in,
+/// `$TMPDIR/cryo-tests-PID` (0700), also the `TMPDIR` of the programs the
+/// tests start. It is removed when the binary exits with every test
+/// passed, and kept (with a line saying where) when one failed. Made the
+/// first time it is asked for, which also removes what test binaries that
+/// are no longer running left (killed, or failed).
+pub fn scratch_root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        if let Ok(dir) = std::fs::read_dir(&tmp) {
+            for e in dir.flatten() {
+                let name = e.file_name();
+                let Some(pid) = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("cryo-tests-"))
+                    .and_then(|p| p.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let root = tmp.join(format!("cryo-tests-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("create the scratch root");
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700));
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            FAILED.store(true, std::sync::atomic::Ordering::SeqCst);
+            previous(info)
+        }));
+        extern "C" fn remove_root() {
+            let root = std::env::temp_dir().join(format!("cryo-tests-{}", std::process::id()));
+            if FAILED.load(std::sync::atomic::Ordering::SeqCst) {
+                eprintln!("cryo tests: scratch directories kept in {}", root.display());
+            } else {
+                let _ = std::fs::remove_dir_all(&root);
+            }
+        }
+        // SAFETY: atexit registers a function without arguments that
+        // exit() calls once (libtest's main returns, or calls exit(101)
+        // after a failure); it only touches the file system.
+        unsafe { libc::atexit(remove_root) };
+        root
+    })
+}
+
+/// A fresh scratch directory for one test (in [`scratch_root`]).
 pub fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cryo-test-{tag}-{}", std::process::id()));
+    let d = scratch_root().join(tag);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("create scratch dir");
     d
@@ -186,6 +241,11 @@ impl Target {
     /// with extra environment) and wait for its READY line.
     pub fn spawn(mut cmd: Command, name: &str) -> Target {
         sanitize_fds();
+        // What the program makes in the temporary directory goes with
+        // the tests' scratch directories.
+        if !cmd.get_envs().any(|(k, _)| k == "TMPDIR") {
+            cmd.env("TMPDIR", scratch_root());
+        }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
