@@ -605,8 +605,8 @@ fn capture_while_threads_come_and_go() {
 }
 
 /// A refused capture of a process whose threads come and go (it holds a
-/// socket pair with an fd in flight) lets every thread go on: the result
-/// is exact.
+/// socket pair with a message queued with credentials) lets every thread
+/// go on: the result is exact.
 #[test]
 fn refused_capture_leaves_every_thread_running() {
     let rounds = "1500";
@@ -617,7 +617,7 @@ fn refused_capture_leaves_every_thread_running() {
         let img = dir.join(format!("img{i}"));
         let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
         assert_eq!(code, 1, "{err}");
-        assert!(err.contains("in flight (SCM_RIGHTS)"), "{err}");
+        assert!(err.contains("credentials (SO_PASSCRED)"), "{err}");
         assert!(!img.exists());
     }
     let (code, last, err) = t.finish();

@@ -1385,6 +1385,75 @@ print("PASS", flush=True)
 }
 
 #[test]
+fn files_in_flight_in_a_stream_pair_come_back_where_they_were_sent() {
+    // A stream merges what was sent for its reader, but files in flight
+    // arrive with the first byte read of the send that carried them: a
+    // reader of a 4-byte header must find it without them, and the next
+    // read, of the message, with them. So each send with files is cut
+    // out where it began and ended (a peek does not show where it began:
+    // it hands over the next files whatever it copies), sent again alone,
+    // and the runs between them as they are. Also: a message with files
+    // first in the queue, one whose first bytes (and so its files) were
+    // read before the capture, and bytes queued the other way.
+    let script = r#"
+import array, os, socket, sys
+a, b = socket.socketpair()
+r, w = os.pipe()
+os.write(w, b"in the pipe")
+a.send(b"hdr1"); a.send(b"more")
+socket.send_fds(a, [b"xyz"], [r])
+a.send(b"tail")
+socket.send_fds(a, [b"AB"], [w, r])
+os.close(r); os.close(w)
+f = os.open("/proc/self/exe", os.O_RDONLY)
+socket.send_fds(b, [b"first"], [f])
+b.send(b"back")
+socket.send_fds(a, [b"PARTIAL"], [f])
+os.close(f)
+def rd(s, n):
+    msg, anc, flags, _ = s.recvmsg(n, socket.CMSG_LEN(40))
+    assert flags & socket.MSG_CTRUNC == 0
+    fds = array.array("i")
+    for _, _, data in anc:
+        fds.frombytes(data[:len(data) - len(data) % 4])
+    return msg, list(fds)
+# (The partial message's files are taken now, with its first bytes.)
+a2, b2 = socket.socketpair()
+socket.send_fds(a2, [b"PARTIAL"], [1])
+m, g = rd(b2, 3); assert (m, len(g)) == (b"PAR", 1); os.close(g[0])
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+m, g = rd(b, 4); assert (m, g) == (b"hdr1", []), (m, g)
+m, g = rd(b, 100); assert m == b"morexyz" and len(g) == 1, (m, g)
+assert os.read(g[0], 100) == b"in the pipe"
+m, g = rd(b, 2); assert (m, g) == (b"ta", []), (m, g)
+m, g = rd(b, 100); assert m == b"ilAB" and len(g) == 2, (m, g)
+os.write(g[0], b"again"); assert os.read(g[1], 100) == b"again"
+m, g = rd(b, 100); assert m == b"PARTIAL" and len(g) == 1, (m, g)
+assert os.readlink("/proc/self/fd/%d" % g[0]) == os.readlink("/proc/self/exe")
+m, g = rd(a, 1); assert m == b"f" and len(g) == 1, (m, g)
+m, g = rd(a, 100); assert (m, g) == (b"irstback", []), (m, g)
+m, g = rd(b2, 100); assert (m, g) == (b"TIAL", []), (m, g)
+for s in (a, b, b2):
+    s.setblocking(False)
+    try:
+        s.recv(100); assert False, "more queued"
+    except BlockingIOError:
+        pass
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "stream-in-flight",
+        script,
+        |img| {
+            let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+            assert!(text.contains("a queue with files in flight"), "{text}");
+        },
+        &[&[], &["--lazy"], &["--map"]],
+    );
+}
+
+#[test]
 fn pidfds_of_the_root_name_the_root_as_restored() {
     // A pidfd of itself, and a child's pidfd of its parent (the root):
     // after a plain restore the root has the restorer's PID, and both

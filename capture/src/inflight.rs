@@ -1,5 +1,5 @@
 //! Files in flight: fds sent with SCM_RIGHTS and still queued in a unix
-//! datagram or seqpacket socket of the process. They are no fd of the
+//! socket of the process. They are no fd of the
 //! process, and cryo describes a file through an fd that holds it. So,
 //! for the capture, the process itself peeks each such message (recvmsg
 //! with MSG_PEEK, injected into it), which gives it a copy of every file
@@ -42,8 +42,8 @@ impl InFlight {
     }
 }
 
-/// A unix datagram or seqpacket socket of the process with messages
-/// carrying fds queued.
+/// A unix socket of the process with messages carrying fds queued (for
+/// a stream, the skbs that carry them: `sock::peek_stream`).
 struct WithFds {
     fd: i32,
     /// The peek offset of each such message.
@@ -74,28 +74,38 @@ fn sockets_with_fds(pidfd: &OwnedFd, fds: &[OpenFd]) -> Vec<WithFds> {
         };
         let int = |name| sock::getsockopt_int(&dup, libc::SOL_SOCKET, name);
         let unix = int(libc::SO_DOMAIN).is_ok_and(|d| d == libc::AF_UNIX);
-        let messages =
-            int(libc::SO_TYPE).is_ok_and(|t| t == libc::SOCK_DGRAM || t == libc::SOCK_SEQPACKET);
+        let ty = int(libc::SO_TYPE).unwrap_or(-1);
+        let known = [libc::SOCK_DGRAM, libc::SOCK_SEQPACKET, libc::SOCK_STREAM].contains(&ty);
         // (A socket using a peek offset is refused on its own.)
-        if !unix || !messages || int(libc::SO_PEEK_OFF).unwrap_or(0) >= 0 {
+        if !unix || !known || int(libc::SO_PEEK_OFF).unwrap_or(0) >= 0 {
             continue;
         }
-        // (A seqpacket end shut down for reading, as its peer's
-        // shutdown for writing makes it, reads as empty at its end.)
         let ino = name
             .trim_start_matches("socket:[")
             .trim_end_matches(']')
             .parse::<u32>()
             .unwrap_or(0);
-        let eof_at = match sock::unix_diag(ino) {
-            Ok(d)
-                if d.shutdown & 1 != 0 && int(libc::SO_TYPE).ok() == Some(libc::SOCK_SEQPACKET) =>
-            {
-                Some(d.rqueue as usize)
+        let diag = sock::unix_diag(ino);
+        let msgs = if ty == libc::SOCK_STREAM {
+            // (A listener's count is connections, not bytes.)
+            match diag {
+                Ok(d) if d.state != 10 && d.rqueue > 0 => {
+                    sock::peek_stream(&dup, d.rqueue as usize)
+                }
+                _ => continue,
             }
-            _ => None,
+        } else {
+            // (A seqpacket end shut down for reading, as its peer's
+            // shutdown for writing makes it, reads as empty at its end.)
+            let eof_at = match diag {
+                Ok(d) if d.shutdown & 1 != 0 && ty == libc::SOCK_SEQPACKET => {
+                    Some(d.rqueue as usize)
+                }
+                _ => None,
+            };
+            sock::peek_messages(&dup, 0, eof_at)
         };
-        let Ok(Ok(msgs)) = sock::peek_messages(&dup, 0, eof_at) else {
+        let Ok(Ok(msgs)) = msgs else {
             continue; // refused when the socket is captured
         };
         let mut w = WithFds {

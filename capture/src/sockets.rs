@@ -767,74 +767,64 @@ pub fn link(
                 if c.diag.rqueue == 0 {
                     continue;
                 }
-                if s.sock_type as i32 != libc::SOCK_STREAM {
-                    // Messages, each sent again on its own.
+                // A datagram or seqpacket pair's messages, each sent again
+                // on its own; a stream's bytes, cut where files in flight
+                // are (`sock::peek_stream`).
+                let is_stream = s.sock_type as i32 == libc::SOCK_STREAM;
+                let peeked = if is_stream {
+                    sock::peek_stream(&c.dup, c.diag.rqueue as usize)
+                } else {
                     let eof_at = (s.sock_type as i32 == libc::SOCK_SEQPACKET
                         && c.diag.shutdown & 1 != 0)
                         .then_some(c.diag.rqueue as usize);
-                    match sock::peek_messages(&c.dup, c.diag.rqueue as usize, eof_at) {
-                        Ok(Ok(m)) => {
-                            // Files in flight: held in the process for
-                            // the capture (`crate::inflight`), as many as
-                            // the messages have.
-                            let held = in_flight
-                                .by_socket
-                                .get(&c.fd)
-                                .map_or(&[][..], |v| v.as_slice());
-                            let counts: Vec<usize> =
-                                m.iter().filter(|m| m.nfds > 0).map(|m| m.nfds).collect();
-                            let same = held.len() == counts.len()
-                                && held.iter().zip(&counts).all(|(h, &n)| h.len() == n);
-                            if !same {
-                                let why = in_flight
-                                    .not_held
-                                    .get(&c.fd)
-                                    .map_or("which cryo could not hold for the capture", |w| {
-                                        w.as_str()
-                                    });
-                                obs.push(format!(
-                                    "fd {} ({what}, paired with fd {}) has file descriptors in flight (SCM_RIGHTS): {why}",
-                                    c.fd, o.fd
-                                ));
-                                continue;
-                            }
-                            stored.blobs.push(PendingBlob {
-                                to: BlobOwner::Socket(c.index),
-                                bytes: sock::frame(&m, held, false),
-                            })
-                        }
-                        Ok(Err(why)) => obs.push(format!(
-                            "fd {} ({what}, paired with fd {}) has {why}; not supported yet",
-                            c.fd, o.fd
-                        )),
-                        Err(e) => obs.push(format!(
-                            "fd {} ({what}): reading the messages queued in it: {e}",
-                            c.fd
-                        )),
+                    sock::peek_messages(&c.dup, c.diag.rqueue as usize, eof_at)
+                };
+                match peeked {
+                    Ok(Ok(m)) if is_stream && m.iter().all(|m| m.nfds == 0) => {
+                        stored.blobs.push(PendingBlob {
+                            to: BlobOwner::Socket(c.index),
+                            bytes: m.into_iter().flat_map(|m| m.bytes).collect(),
+                        })
                     }
-                    continue;
-                }
-                match sock::peek(&c.dup, c.diag.rqueue as usize + 1) {
-                    Ok(p) if p.fds => obs.push(format!(
-                        "fd {} ({what}, paired with fd {}) has file descriptors in flight (SCM_RIGHTS); not supported yet",
+                    Ok(Ok(m)) => {
+                        // Files in flight: held in the process for the
+                        // capture (`crate::inflight`), as many as the
+                        // messages have.
+                        let held = in_flight
+                            .by_socket
+                            .get(&c.fd)
+                            .map_or(&[][..], |v| v.as_slice());
+                        let counts: Vec<usize> =
+                            m.iter().filter(|m| m.nfds > 0).map(|m| m.nfds).collect();
+                        let same = held.len() == counts.len()
+                            && held.iter().zip(&counts).all(|(h, &n)| h.len() == n);
+                        if !same {
+                            let why = in_flight
+                                .not_held
+                                .get(&c.fd)
+                                .map_or("which cryo could not hold for the capture", |w| {
+                                    w.as_str()
+                                });
+                            obs.push(format!(
+                                "fd {} ({what}, paired with fd {}) has file descriptors in flight (SCM_RIGHTS): {why}",
+                                c.fd, o.fd
+                            ));
+                            continue;
+                        }
+                        if is_stream {
+                            b.sockets[c.index].flags |= cryo_image::fds::socket_flags::FRAMED;
+                        }
+                        stored.blobs.push(PendingBlob {
+                            to: BlobOwner::Socket(c.index),
+                            bytes: sock::frame(&m, held, false),
+                        })
+                    }
+                    Ok(Err(why)) => obs.push(format!(
+                        "fd {} ({what}, paired with fd {}) has {why}; not supported yet",
                         c.fd, o.fd
                     )),
-                    Ok(p) if p.other_control => obs.push(format!(
-                        "fd {} ({what}, paired with fd {}) has bytes queued with credentials (SO_PASSCRED); they would come back with the restorer's",
-                        c.fd, o.fd
-                    )),
-                    Ok(p) if p.bytes.len() != c.diag.rqueue as usize => obs.push(format!(
-                        "fd {} ({what}): peeked {} of the {} bytes queued",
-                        c.fd,
-                        p.bytes.len(),
-                        c.diag.rqueue
-                    )),
-                    Ok(p) => stored.blobs.push(PendingBlob {
-                        to: BlobOwner::Socket(c.index),
-                        bytes: p.bytes,
-                    }),
                     Err(e) => obs.push(format!(
-                        "fd {} ({what}): reading the bytes queued in it: {e}",
+                        "fd {} ({what}): reading what is queued in it: {e}",
                         c.fd
                     )),
                 }

@@ -360,6 +360,11 @@ pub mod socket_flags {
     /// (6.0) Bound to an address this machine did not have at capture
     /// (IP_FREEBIND at the bind): bound so again.
     pub const FOREIGN: u32 = 1 << 1;
+    /// (8.0) A unix stream pair's end whose queue had files in flight:
+    /// its `data` is framed as a datagram pair's is, each run of bytes
+    /// without files a message, and each skb that carried files a
+    /// message with them, sent again one `sendmsg` each.
+    pub const FRAMED: u32 = 1 << 2;
 }
 
 /// The bytes of a sockaddr held in a `[u64; 16]` (little-endian words).

@@ -513,19 +513,37 @@ fn shut(fd: BorrowedFd, bits: u32) -> Result<(), Why> {
 /// by message (each a 4-byte little-endian length, then its bytes).
 fn put_back(s: &Socket, from: BorrowedFd, bytes: &[u8]) -> Result<(), Why> {
     let sent = |r: std::io::Result<()>| r.map_err(|e| Why::sys("putting the queued bytes back", e));
-    if s.sock_type as i32 == libc::SOCK_STREAM {
+    if s.sock_type as i32 == libc::SOCK_STREAM && !framed(s) {
         return sent(sys::send_all(from, bytes));
     }
     for q in messages(bytes)? {
-        sent(sys::send_message(from, q.bytes))?;
+        if !q.fds.is_empty() {
+            // ([`send_in_flight`] sends those, in one process.)
+            return Err(Why::Said(
+                "a queued message with files in flight, which only a pair inside one process keeps"
+                    .into(),
+            ));
+        }
+        if s.sock_type as i32 == libc::SOCK_STREAM {
+            sent(sys::send_all(from, q.bytes))?;
+        } else {
+            sent(sys::send_message(from, q.bytes))?;
+        }
     }
     Ok(())
 }
 
-/// Whether a datagram or seqpacket queue of pair `s` has files in flight
-/// (its queues are then sent by [`send_in_flight`]).
+/// Whether the queue of pair end `s` is framed as messages (a datagram or
+/// seqpacket pair's always; a stream's when files were in flight in it:
+/// `socket_flags::FRAMED`, format 8.0).
+fn framed(s: &Socket) -> bool {
+    s.sock_type as i32 != libc::SOCK_STREAM || s.flags & socket_flags::FRAMED != 0
+}
+
+/// Whether a queue of pair `s` has files in flight (its queues are then
+/// sent by [`send_in_flight`]).
 fn carries_files(s: &Socket, bytes: &[u8]) -> Result<bool, Why> {
-    if s.sock_type as i32 == libc::SOCK_STREAM {
+    if !framed(s) {
         return Ok(false);
     }
     Ok(messages(bytes)?.iter().any(|q| !q.fds.is_empty()))
@@ -816,7 +834,7 @@ pub(crate) fn send_in_flight(
         let Some(s) = img.sockets().get(f.object as usize) else {
             continue;
         };
-        if s.state != socket_state::PAIR || s.sock_type as i32 == libc::SOCK_STREAM {
+        if s.state != socket_state::PAIR {
             continue;
         }
         let err = |why: Why| RestoreError::Fd {
@@ -836,8 +854,10 @@ pub(crate) fn send_in_flight(
                 .map_err(|e| err(Why::Said(e.to_string())))
         };
         let (mine, theirs) = (read(&s.data)?, read(&other.data)?);
-        let files =
-            carries_files(&s, &mine).map_err(err)? || carries_files(&s, &theirs).map_err(err)?;
+        // (Each end's own frame flag: a stream end without files in its
+        // queue has its bytes as they are.)
+        let files = carries_files(&s, &mine).map_err(err)?
+            || carries_files(&other, &theirs).map_err(err)?;
         if !files {
             continue;
         }
@@ -848,7 +868,13 @@ pub(crate) fn send_in_flight(
             ))
         })?;
         // What waits in an end was sent by the other.
-        for (bytes, from) in [(&mine, peer), (&theirs, f.fd)] {
+        let stream = s.sock_type as i32 == libc::SOCK_STREAM;
+        for (bytes, from, end) in [(&mine, peer, &s), (&theirs, f.fd, &other)] {
+            if !framed(end) {
+                sys::send_all_at(from, bytes)
+                    .map_err(|e| err(Why::sys("putting the queued bytes back", e)))?;
+                continue;
+            }
             for q in messages(bytes).map_err(err)? {
                 let (m, with) = (q.bytes, q.fds);
                 for n in &with {
@@ -859,7 +885,14 @@ pub(crate) fn send_in_flight(
                     }
                     named.push(*n);
                 }
-                sys::send_with_fds(from, m, &with).map_err(|e| {
+                // (A stream's run without files: its bytes, in as many
+                // sends as it takes; a message with files is one skb.)
+                let sent = if stream && with.is_empty() {
+                    sys::send_all_at(from, m)
+                } else {
+                    sys::send_with_fds(from, m, &with)
+                };
+                sent.map_err(|e| {
                     err(Why::sys(
                         "sending a queued message and its files in flight again",
                         e,
@@ -1110,17 +1143,17 @@ pub(crate) fn make(
                 // (with files in flight: later, by `send_in_flight`, and
                 // the ends shut down after that).
                 let mut queues = Vec::new();
-                for (data, from) in [(s.data, b.as_fd()), (other.data, a.as_fd())] {
-                    if data.len > 0 {
+                for (end, from) in [(&s, b.as_fd()), (&other, a.as_fd())] {
+                    if end.data.len > 0 {
                         let bytes = loaded
-                            .read_blob(&data, verify)
+                            .read_blob(&end.data, verify)
                             .map_err(|e| fd_err(p, Why::Said(e.to_string())))?;
-                        queues.push((bytes, from));
+                        queues.push((bytes, from, end));
                     }
                 }
                 let later = queues
                     .iter()
-                    .any(|(q, _)| carries_files(&s, q).unwrap_or(false));
+                    .any(|(q, _, end)| carries_files(end, q).unwrap_or(false));
                 if later && !img.fds().iter().any(|f| f.in_flight != 0) {
                     return Err(fd_err(
                         p,
@@ -1128,8 +1161,8 @@ pub(crate) fn make(
                     ));
                 }
                 if !later {
-                    for (bytes, from) in &queues {
-                        put_back(&s, *from, bytes).map_err(|w| fd_err(p, w))?;
+                    for (bytes, from, end) in &queues {
+                        put_back(end, *from, bytes).map_err(|w| fd_err(p, w))?;
                     }
                     shut(a.as_fd(), s.shutdown).map_err(|w| fd_err(p, w))?;
                     shut(b.as_fd(), other.shutdown).map_err(|w| fd_err(p, w))?;

@@ -7,9 +7,10 @@
  * value through a mutex and condition variable and is joined. The
  * result does not depend on timing: after ROUNDS rounds (and every
  * detached thread done) it prints "DONE <checksum> <total>" and exits 0.
- * "READY <pid>" first. With "socket" it also holds a socket pair with a
- * file descriptor in flight (SCM_RIGHTS, which cryo refuses: a refused
- * capture must leave every thread running). */
+ * "READY <pid>" first. With "socket" it also holds a datagram socket
+ * pair with a message queued with credentials (SO_PASSCRED, which cryo
+ * refuses: they would come back as the restorer's; a refused capture
+ * must leave every thread running). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdatomic.h>
@@ -49,23 +50,6 @@ static void *handoff(void *a) {
     return NULL;
 }
 
-/* Send fd `fd` over socket `s` with one byte (SCM_RIGHTS); 0 on success. */
-static int send_fd(int s, int fd) {
-    char byte = 'f';
-    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
-    union {
-        struct cmsghdr h;
-        char buf[CMSG_SPACE(sizeof(int))];
-    } u;
-    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
-    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof(int));
-    return sendmsg(s, &m, 0) == 1 ? 0 : -1;
-}
-
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: threads ROUNDS [socket]\n");
@@ -73,7 +57,10 @@ int main(int argc, char **argv) {
     }
     long rounds = atol(argv[1]);
     int sv[2];
-    if (argc > 2 && !strcmp(argv[2], "socket") && (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) || send_fd(sv[0], 0)))
+    int on = 1;
+    if (argc > 2 && !strcmp(argv[2], "socket") &&
+        (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) || setsockopt(sv[1], SOL_SOCKET, SO_PASSCRED, &on, sizeof on) ||
+         send(sv[0], "c", 1, 0) != 1))
         return 3;
     printf("READY %d\n", getpid());
     fflush(stdout);

@@ -227,6 +227,184 @@ pub fn peek_messages(
     Ok(got.map(|()| out))
 }
 
+/// How many bytes a peek at the peek offset copies into a buffer of
+/// `len` bytes that ends where a page the kernel cannot write starts:
+/// only whole skbs (the kernel copies one skb at a time and drops the
+/// count of an skb whose copy faults), so the answer is where the last
+/// skb boundary before `len` bytes from the offset is (0: none). A unix
+/// stream socket merges its skbs for a reader and nothing else shows
+/// where they start; see [`peek_stream`] for why it matters.
+/// [`skb_bounds_visible`] checks that this kernel does so.
+fn peek_whole_skbs(fd: &impl AsRawFd, len: usize) -> io::Result<usize> {
+    let page = 4096usize;
+    let room = len.div_ceil(page) * page;
+    let span = room + page;
+    // SAFETY: a new private anonymous mapping of our own, unmapped below
+    // on every path; no other memory is touched.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            span,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let r = (|| {
+        // SAFETY: the last page of the mapping made above becomes one
+        // nobody may touch; the mapping is ours.
+        let guard = unsafe { base.cast::<u8>().add(room) };
+        // SAFETY: as above.
+        let r = unsafe { libc::mprotect(guard.cast(), page, libc::PROT_NONE) };
+        cvt(r as libc::c_long)?;
+        let mut iov = libc::iovec {
+            // SAFETY: `room - len` is within the mapping.
+            iov_base: unsafe { base.cast::<u8>().add(room - len) }.cast(),
+            iov_len: len + page,
+        };
+        // SAFETY: an all-zero msghdr is valid (no name, no iovecs, no
+        // control: fds in flight a peek reached would be closed by the
+        // kernel, never given to us).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        // SAFETY: the kernel writes through the iovec into our mapping;
+        // its last page faults, which the kernel reports as EFAULT.
+        let n = cvt(unsafe {
+            libc::recvmsg(
+                fd.as_raw_fd(),
+                &mut msg,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        } as libc::c_long);
+        match n {
+            Ok(n) => Ok(n as usize),
+            Err(e) if e.raw_os_error() == Some(libc::EFAULT) => Ok(0),
+            Err(e) => Err(e),
+        }
+    })();
+    // SAFETY: the mapping made above, unmapped once.
+    unsafe { libc::munmap(base, span) };
+    r
+}
+
+/// Whether [`peek_whole_skbs`] shows skb boundaries on this kernel (a
+/// pair of our own: "ab" then "cd" sent; a peek that has room for 3
+/// bytes copies 2, one with room for 1 copies none). Asked once.
+pub fn skb_bounds_visible() -> bool {
+    static SEEN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SEEN.get_or_init(|| {
+        use std::io::Write;
+        let Ok((mut a, b)) = std::os::unix::net::UnixStream::pair() else {
+            return false;
+        };
+        if a.write_all(b"ab").is_err() || a.write_all(b"cd").is_err() {
+            return false;
+        }
+        let at = |off: i32, len: usize| {
+            set_peek_off(&b, off).ok()?;
+            peek_whole_skbs(&b, len).ok()
+        };
+        at(0, 3) == Some(2) && at(0, 1) == Some(0) && at(2, 2) == Some(2) && at(1, 3) == Some(3)
+    })
+}
+
+/// The bytes queued in a unix stream socket, without taking them, cut
+/// where files in flight are: runs without files, and each skb that
+/// carries files (SCM_RIGHTS) as a message of its own. A reader gets a
+/// message's files with the first byte it reads of that skb, and reads
+/// merge the skbs without files before it: a reader that reads a 4-byte
+/// header and then the message with its files must find the header
+/// without them. So where each such skb starts matters, and a peek does
+/// not tell (a peek reaches the next skb with files and hands over its
+/// files even when it copies no byte of it): [`peek_whole_skbs`] does.
+/// Peek offsets as in [`peek_messages`]. `queued`: unix_diag's count of
+/// the bytes queued.
+pub fn peek_stream(fd: &impl AsRawFd, queued: usize) -> io::Result<Result<Vec<Message>, String>> {
+    let mut out: Vec<Message> = Vec::new();
+    let got = (|| -> io::Result<Result<(), String>> {
+        let mut pos = 0;
+        while pos < queued {
+            if out.len() > 1 << 16 {
+                return Ok(Err("more than 65536 messages with files queued".into()));
+            }
+            set_peek_off(fd, pos as i32)?;
+            let p = peek(fd, queued - pos + 1)?;
+            if p.other_control {
+                return Ok(Err("bytes queued with credentials (SO_PASSCRED)".into()));
+            }
+            if p.fds && p.nfds == 0 {
+                return Ok(Err(
+                    "bytes queued with more file descriptors than cryo can read".into(),
+                ));
+            }
+            if p.bytes.is_empty() {
+                return Ok(Err(format!("peeked {pos} of the {queued} bytes queued")));
+            }
+            let n = p.bytes.len();
+            if !p.fds {
+                if pos + n != queued {
+                    return Ok(Err(format!(
+                        "peeked {} of the {queued} bytes queued",
+                        pos + n
+                    )));
+                }
+                out.push(Message {
+                    bytes: p.bytes,
+                    nfds: 0,
+                    files: Vec::new(),
+                    from: Vec::new(),
+                });
+                break;
+            }
+            // The skb with the files ends where the peek stopped; it
+            // starts at the last skb boundary before that.
+            if !skb_bounds_visible() {
+                return Ok(Err(
+                    "file descriptors in flight, and this kernel does not show where their message starts".into(),
+                ));
+            }
+            let start = if n > 1 {
+                set_peek_off(fd, pos as i32)?;
+                peek_whole_skbs(fd, n - 1)?
+            } else {
+                0
+            };
+            if start >= n {
+                return Ok(Err(
+                    "a message with files in flight cryo could not delimit".into()
+                ));
+            }
+            let mut bytes = p.bytes;
+            let tail = bytes.split_off(start);
+            if !bytes.is_empty() {
+                out.push(Message {
+                    bytes,
+                    nfds: 0,
+                    files: Vec::new(),
+                    from: Vec::new(),
+                });
+            }
+            out.push(Message {
+                bytes: tail,
+                nfds: p.nfds,
+                files: p.files,
+                from: Vec::new(),
+            });
+            pos += n;
+        }
+        Ok(Ok(()))
+    })();
+    let off = set_peek_off(fd, -1);
+    let got = got?;
+    off?;
+    Ok(got.map(|()| out))
+}
+
 /// SO_PEEK_OFF (-1: off).
 pub fn set_peek_off(fd: &impl AsRawFd, off: i32) -> io::Result<()> {
     set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off)

@@ -128,16 +128,35 @@ pub fn sockname(fd: BorrowedFd) -> io::Result<Vec<u8>> {
 
 /// send(2) without waiting (MSG_NOSIGNAL | MSG_DONTWAIT): bytes sent.
 fn send_now(fd: BorrowedFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`.
+    send_now_at(fd.as_raw_fd(), buf)
+}
+
+/// [`send_now`] from the socket at number `fd`.
+fn send_now_at(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`; `fd`
+    // is a number (not open: EBADF).
     let n = cvt(unsafe {
         libc::send(
-            fd.as_raw_fd(),
+            fd,
             buf.as_ptr().cast(),
             buf.len(),
             libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
         )
     })?;
     Ok(n as usize)
+}
+
+/// Every byte of `buf` through the stream socket at number `fd`, without
+/// waiting.
+pub fn send_all_at(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = send_now_at(fd, buf)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
 }
 
 /// sendmsg(2) of one message with `fds` in flight (SCM_RIGHTS), from the

@@ -188,6 +188,8 @@ fn sockets(img: &Image) -> serde_json::Value {
             "peer": (pn > 0).then(|| cryo_image::fds::sockaddr_display(&pa[..pn])),
             "pair": (k.pair != cryo_image::NO_INDEX).then_some(k.pair),
             "queued_bytes": k.data.len,
+            "queue_framed": k.sock_type as i32 != libc::SOCK_STREAM
+                || k.flags & cryo_image::fds::socket_flags::FRAMED != 0,
             "options": img.sockopts().iter().filter(|o| o.sock as usize == i).map(|o| json!({
                 "level": o.level, "name": o.name, "len": o.len, "value": o.val})).collect::<Vec<_>>(),
         })}).collect::<Vec<_>>())

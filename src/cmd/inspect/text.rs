@@ -549,7 +549,12 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
                         Some(g) => out += &format!(" with fd {}", g.fd),
                         None => out += " with another process of the tree",
                     }
-                    if k.data.len > 0 {
+                    if k.flags & cryo_image::fds::socket_flags::FRAMED != 0 {
+                        out += &format!(
+                            ", a queue with files in flight ({} bytes framed as messages)",
+                            k.data.len
+                        );
+                    } else if k.data.len > 0 {
                         out += &format!(", {} bytes queued", k.data.len);
                     }
                 }
