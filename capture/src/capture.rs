@@ -185,7 +185,12 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
             let files = crate::tree::shared_memory(&procs);
             let (shared, queued) = crate::tree::share(&procs, &mut obs);
             all[0].b.tree_fds = shared;
-            for (p, index, bytes) in queued {
+            for (p, index, bytes, framed) in queued {
+                if framed {
+                    if let Some(s) = all[p].b.sockets.get_mut(index) {
+                        s.flags |= cryo_image::fds::socket_flags::FRAMED;
+                    }
+                }
                 all[p].stored.blobs.push(crate::stored::PendingBlob {
                     to: crate::stored::BlobOwner::Socket(index),
                     bytes,

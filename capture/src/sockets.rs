@@ -194,53 +194,66 @@ pub struct CrossEnd {
     pub stream: bool,
     /// Datagram or seqpacket: its queue is messages.
     pub messages: bool,
+    pub seqpacket: bool,
     /// Our copy of it, to read the bytes queued in it.
     pub dup: OwnedFd,
     pub obstacle: String,
+    /// The numbers the files in flight in its queue are held at in its
+    /// process for the capture, per message that has them
+    /// (`crate::inflight`); or why they were not held.
+    pub held: Vec<Vec<i32>>,
+    pub not_held: Option<String>,
 }
 
 impl CrossEnd {
-    /// The bytes waiting to be read from this end (a stream), or why they
-    /// cannot be kept.
-    pub fn queued(&self) -> Result<Vec<u8>, String> {
+    /// What waits to be read from this end: a stream's bytes as they are,
+    /// or (`true`) framed as messages, as a datagram or seqpacket end's
+    /// always are and a stream's are when files are in flight in it
+    /// (held in its process for the capture: `held`); or why it cannot
+    /// be kept.
+    pub fn queued(&self) -> Result<(Vec<u8>, bool), String> {
         if self.rqueue == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
-        if self.messages {
-            return match sock::peek_messages(&self.dup, self.rqueue as usize, None) {
-                Ok(Ok(m)) if m.iter().any(|m| m.nfds > 0) => Err(format!(
-                    "fd {} (a unix socket paired with another process) has file descriptors in flight (SCM_RIGHTS); not supported yet between processes",
+        let what = "a unix socket paired with another process";
+        // (A seqpacket end shut down for reading, as its peer's shutdown
+        // for writing makes it, reads as empty at its end.)
+        let eof_at = (self.seqpacket && self.shutdown & 1 != 0).then_some(self.rqueue as usize);
+        let peeked = if self.messages {
+            sock::peek_messages(&self.dup, self.rqueue as usize, eof_at)
+        } else {
+            sock::peek_stream(&self.dup, self.rqueue as usize)
+        };
+        let m = match peeked {
+            Ok(Ok(m)) => m,
+            Ok(Err(why)) => {
+                return Err(format!(
+                    "fd {} ({what}) has {why}; not supported yet",
                     self.fd
-                )),
-                Ok(Ok(m)) => Ok(sock::frame(&m, &[], false)),
-                Ok(Err(why)) => Err(format!(
-                    "fd {} (a unix socket paired with another process) has {why}; not supported yet",
-                    self.fd
-                )),
-                Err(e) => Err(format!(
-                    "fd {}: reading the messages queued in it: {e}",
-                    self.fd
-                )),
-            };
+                ))
+            }
+            Err(e) => return Err(format!("fd {}: reading what is queued in it: {e}", self.fd)),
+        };
+        if m.iter().all(|m| m.nfds == 0) {
+            return Ok(if self.messages {
+                (sock::frame(&m, &[], false), true)
+            } else {
+                (m.into_iter().flat_map(|m| m.bytes).collect(), false)
+            });
         }
-        match sock::peek(&self.dup, self.rqueue as usize + 1) {
-            Ok(p) if p.fds => Err(format!(
-                "fd {} (a unix socket paired with another process) has file descriptors in flight (SCM_RIGHTS); not supported yet",
-                self.fd
-            )),
-            Ok(p) if p.other_control => Err(format!(
-                "fd {} (a unix socket paired with another process) has bytes queued with credentials (SO_PASSCRED); they would come back with the restorer's",
-                self.fd
-            )),
-            Ok(p) if p.bytes.len() != self.rqueue as usize => Err(format!(
-                "fd {}: peeked {} of the {} bytes queued",
+        let counts: Vec<usize> = m.iter().filter(|m| m.nfds > 0).map(|m| m.nfds).collect();
+        let same = self.held.len() == counts.len()
+            && self.held.iter().zip(&counts).all(|(h, &n)| h.len() == n);
+        if !same {
+            return Err(format!(
+                "fd {} ({what}) has file descriptors in flight (SCM_RIGHTS): {}",
                 self.fd,
-                p.bytes.len(),
-                self.rqueue
-            )),
-            Ok(p) => Ok(p.bytes),
-            Err(e) => Err(format!("fd {}: reading the bytes queued in it: {e}", self.fd)),
+                self.not_held
+                    .as_deref()
+                    .unwrap_or("which cryo could not hold for the capture")
+            ));
         }
+        Ok((sock::frame(&m, &self.held, false), true))
     }
 }
 
@@ -878,8 +891,11 @@ pub fn link(
                             shutdown: c.diag.shutdown,
                             stream,
                             messages: s.sock_type as i32 != libc::SOCK_STREAM,
+                            seqpacket: s.sock_type as i32 == libc::SOCK_SEQPACKET,
                             dup,
                             obstacle,
+                            held: in_flight.by_socket.get(&c.fd).cloned().unwrap_or_default(),
+                            not_held: in_flight.not_held.get(&c.fd).cloned(),
                         })
                     }
                     _ => obs.push(obstacle),

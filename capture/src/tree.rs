@@ -501,8 +501,9 @@ fn describe(
     }
 }
 
-/// Bytes queued in socket pair ends: (process, socket index, bytes).
-pub(crate) type Queued = Vec<(usize, usize, Vec<u8>)>;
+/// Bytes queued in socket pair ends: (process, socket index, bytes, and
+/// whether a stream's are framed as messages: `socket_flags::FRAMED`).
+pub(crate) type Queued = Vec<(usize, usize, Vec<u8>, bool)>;
 
 /// Unix socket pairs whose ends (or whose ends' descriptions) are in more
 /// than one process: each end a tree object naming the other. Returns the
@@ -563,6 +564,7 @@ fn socket_pairs(
         }
         done.extend([a, b]);
         let mut ok = true;
+        let mut flying = Vec::new();
         for end in [a, b] {
             // An end whose process saw it paired outside: its bytes and
             // shutdown state are read here (an end paired inside its
@@ -575,13 +577,30 @@ fn socket_pairs(
                 continue;
             };
             match c.queued() {
-                Ok(bytes) if !bytes.is_empty() => queued.push((p, c.index, bytes)),
+                Ok((bytes, framed)) if !bytes.is_empty() => {
+                    if framed && c.held.iter().any(|h| !h.is_empty()) {
+                        flying.push((p, c.fd, c.shutdown));
+                    }
+                    queued.push((p, c.index, bytes, framed && !c.messages))
+                }
                 Ok(_) => {}
                 Err(why) => {
                     obs.push(format!("process {}: {why}", procs[p].0));
                     ok = false;
                 }
             }
+        }
+        // Files in flight both ways: each process sends its own queue
+        // again at restore, and neither knows when the other has, which
+        // a shutdown must follow.
+        if flying.len() == 2 && flying.iter().any(|f| f.2 & 3 != 0) {
+            obs.push(format!(
+                "process {}: fd {} (a unix socket paired with process {}) has files in flight queued at both ends and was shut down; not supported yet",
+                procs[flying[0].0].0,
+                flying[0].1,
+                procs[flying[1].0].0
+            ));
+            ok = false;
         }
         if !ok {
             continue;

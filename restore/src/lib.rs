@@ -221,6 +221,8 @@ pub(crate) struct MadeFor<'a> {
     fds: &'a [(i32, i32)],
     files: &'a [(u32, i32)],
     ptys: Option<&'a ptys::Ptys>,
+    /// `fds::Plan::peers`.
+    peers: &'a [(i32, i32, u32)],
 }
 
 /// One process's plan (`made`: its fds, and the files it maps or holds,
@@ -261,6 +263,7 @@ fn prepare_one(
         made.ptys,
     )?;
     fds.premade = made.files.to_vec();
+    fds.peers = made.peers.to_vec();
     let checked = task::check(&img, &own_status, opts.cgroups == Cgroups::Captured)?;
     let setup = Setup {
         checked,

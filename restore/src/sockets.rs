@@ -805,10 +805,16 @@ pub(crate) fn send_datagrams(
 /// ends shut down as they were after that; then those numbers are
 /// closed, leaving the files in flight only. Every number a queue names
 /// must be a file in flight of the image, named once.
+///
+/// `peers`: the ends of pairs with another process of a tree whose queue
+/// this process sends (`fds::Plan::peers`, our copy of the other end now
+/// at the second number): sent through it, then both ends shut down as
+/// they were.
 pub(crate) fn send_in_flight(
     loaded: &LoadedImage,
     img: &Image,
     verify: bool,
+    peers: &[(i32, i32, u32)],
 ) -> Result<(), RestoreError> {
     let fds: Vec<cryo_image::Fd> = img.fds().iter().collect();
     let flying: Vec<i32> = fds
@@ -842,9 +848,6 @@ pub(crate) fn send_in_flight(
             what: "socket".into(),
             why,
         };
-        let Some(other) = img.sockets().get(s.pair as usize) else {
-            continue;
-        };
         let read = |data: &cryo_image::fds::Blob| -> Result<Vec<u8>, RestoreError> {
             if data.len == 0 {
                 return Ok(Vec::new());
@@ -853,7 +856,33 @@ pub(crate) fn send_in_flight(
                 .read_blob(data, verify)
                 .map_err(|e| err(Why::Said(e.to_string())))
         };
-        let (mine, theirs) = (read(&s.data)?, read(&other.data)?);
+        // A pair with another process of the tree: this end's queue only
+        // (the other's, if it holds files, is that process's to send).
+        let cross = peers.iter().find(|(n, ..)| {
+            fds.iter()
+                .any(|g| g.fd == *n && g.kind == f.kind && g.object == f.object)
+        });
+        let (other, peer) = match cross {
+            Some(&(_, peer, bits)) => (
+                Socket {
+                    shutdown: bits,
+                    ..Socket::default()
+                },
+                Some(peer),
+            ),
+            None => {
+                let Some(other) = img.sockets().get(s.pair as usize) else {
+                    continue;
+                };
+                (other, fd_of(s.pair))
+            }
+        };
+        let theirs_blob = if cross.is_some() {
+            cryo_image::fds::Blob::default()
+        } else {
+            other.data
+        };
+        let (mine, theirs) = (read(&s.data)?, read(&theirs_blob)?);
         // (Each end's own frame flag: a stream end without files in its
         // queue has its bytes as they are.)
         let files = carries_files(&s, &mine).map_err(err)?
@@ -862,7 +891,7 @@ pub(crate) fn send_in_flight(
             continue;
         }
         done.extend([f.object, s.pair]);
-        let peer = fd_of(s.pair).ok_or_else(|| {
+        let peer = peer.ok_or_else(|| {
             err(Why::Said(
                 "its other end, which sent its files in flight, is not in the image".into(),
             ))
@@ -1214,11 +1243,16 @@ pub(crate) struct PairEnd<'a> {
 
 /// Make a socket pair whose ends the processes of a tree hold: each end
 /// with its options and flags, the bytes that waited to be read from each
-/// sent through the other. Returns our ends, in order.
+/// sent through the other. Returns our ends, in order, and for each
+/// whether its queue holds files in flight: the process that holds that
+/// end (whose image has them) sends it then, when its files are made
+/// ([`send_in_flight`], through our other end, which it inherits), and
+/// shuts both ends down after (a pair with both queues so and shut down
+/// is refused: neither process would know when the other had sent).
 pub(crate) fn make_pair(
     ends: [&PairEnd; 2],
     verify: bool,
-) -> Result<(OwnedFd, OwnedFd), RestoreError> {
+) -> Result<(OwnedFd, OwnedFd, [bool; 2]), RestoreError> {
     let sock = |e: &PairEnd| e.img.sockets().get(e.fd.object as usize);
     let set = |e: &PairEnd, fd: BorrowedFd| set_options(&e.img, e.fd.object, fd);
     let err = |e: &PairEnd, why: Why| RestoreError::Fd {
@@ -1238,18 +1272,33 @@ pub(crate) fn make_pair(
     for (e, fd) in [(ends[0], a.as_fd()), (ends[1], b.as_fd())] {
         set(e, fd).map_err(|w| err(e, w))?;
     }
-    for (e, s, from) in [(ends[0], sa, b.as_fd()), (ends[1], sb, a.as_fd())] {
+    let mut later = [false; 2];
+    for (k, (e, s, from)) in [(ends[0], sa, b.as_fd()), (ends[1], sb, a.as_fd())]
+        .into_iter()
+        .enumerate()
+    {
         if s.data.len > 0 {
             let bytes = e
                 .loaded
                 .read_blob(&s.data, verify)
                 .map_err(|x| err(e, Why::Said(x.to_string())))?;
-            put_back(&s, from, &bytes).map_err(|w| err(e, w))?;
+            later[k] = carries_files(&s, &bytes).map_err(|w| err(e, w))?;
+            if !later[k] {
+                put_back(&s, from, &bytes).map_err(|w| err(e, w))?;
+            }
         }
     }
+    if later == [true, true] && (sa.shutdown | sb.shutdown) & 3 != 0 {
+        return Err(err(
+            ends[0],
+            "both of its queues hold files in flight and it was shut down".into(),
+        ));
+    }
     for (e, s, fd) in [(ends[0], sa, &a), (ends[1], sb, &b)] {
-        shut(fd.as_fd(), s.shutdown).map_err(|w| err(e, w))?;
+        if later == [false, false] {
+            shut(fd.as_fd(), s.shutdown).map_err(|w| err(e, w))?;
+        }
         set_status_flags(fd.as_raw_fd(), e.fd.flags as i32).map_err(|x| err(e, Why::from(x)))?;
     }
-    Ok((a, b))
+    Ok((a, b, later))
 }

@@ -122,11 +122,12 @@ pub(crate) fn prepare(
         crate::ptys::Ptys::make(&live, &forked, opts.same_pid || opts.pidns, !opts.no_verify)?
     };
     let made = make_shared(&recs, &img, &img_of, &opts, &ptys)?;
-    let (no_fds, no_files) = (Vec::new(), Vec::new());
+    let (no_fds, no_files, no_peers) = (Vec::new(), Vec::new(), Vec::new());
     let made_of = |pid: u32| crate::MadeFor {
         fds: made.fds.get(&pid).unwrap_or(&no_fds).as_slice(),
         files: made.files.get(&pid).unwrap_or(&no_files).as_slice(),
         ptys: Some(&ptys),
+        peers: made.peers.get(&pid).unwrap_or(&no_peers).as_slice(),
     };
     let mut members = vec![Member {
         rec: recs[0],
@@ -232,6 +233,8 @@ pub(crate) fn pids_free(pids: &[u32]) -> Result<(), RestoreError> {
 struct Made {
     fds: BTreeMap<u32, Vec<(i32, i32)>>,
     files: BTreeMap<u32, Vec<(u32, i32)>>,
+    /// `fds::Plan::peers`, by PID.
+    peers: BTreeMap<u32, Vec<(i32, i32, u32)>>,
     ours: Vec<OwnedFd>,
 }
 
@@ -395,10 +398,30 @@ fn make_shared<'a>(
                 "a socket pair's end (object {oa} or {ob}) has no holder"
             )));
         };
-        let (a, b) = (pair_end(fa, img_of)?, pair_end(fb, img_of)?);
-        let (ea, eb) = crate::sockets::make_pair([&a, &b], verify)?;
-        give(fa, ea.into_raw_fd(), &mut made);
-        give(fb, eb.into_raw_fd(), &mut made);
+        let ((a, ka), (b, kb)) = (pair_end(fa, img_of)?, pair_end(fb, img_of)?);
+        let (ea, eb, later) = crate::sockets::make_pair([&a, &b], verify)?;
+        let (ea, eb) = (ea.into_raw_fd(), eb.into_raw_fd());
+        // A queue with files in flight: sent by the process whose image
+        // has it, through the other end, which it inherits with ours.
+        let shutdown = |e: &crate::sockets::PairEnd| {
+            e.img
+                .sockets()
+                .get(e.fd.object as usize)
+                .map_or(0, |s| s.shutdown)
+        };
+        for (go, k, mine, other, theirs) in [
+            (later[0], ka, &a, eb, shutdown(&b)),
+            (later[1], kb, &b, ea, shutdown(&a)),
+        ] {
+            if go {
+                made.peers
+                    .entry(recs[k].pid)
+                    .or_default()
+                    .push((mine.fd.fd, other, theirs));
+            }
+        }
+        give(fa, ea, &mut made);
+        give(fb, eb, &mut made);
     }
     // Pairs inside one process that were connected through a named
     // socket: made here as well, before any process makes a listener
@@ -458,7 +481,9 @@ fn make_shared<'a>(
                     fd: *g,
                 },
             ];
-            let (ea, eb) = crate::sockets::make_pair([&ends[0], &ends[1]], verify)
+            // (With files in flight, the process sends its queues itself:
+            // both ends are its.)
+            let (ea, eb, _) = crate::sockets::make_pair([&ends[0], &ends[1]], verify)
                 .map_err(|e| in_process(rec.pid, e))?;
             give(&ha, ea.into_raw_fd(), &mut made);
             give(&hb, eb.into_raw_fd(), &mut made);
@@ -516,11 +541,11 @@ fn make_shared<'a>(
 }
 
 /// One end of a socket pair, as a holder whose image has the bytes that
-/// waited in it, if one has them.
+/// waited in it, if one has them; and that holder's member index.
 fn pair_end<'a>(
     fds: &[(usize, i32, u32)],
     img_of: &dyn Fn(usize) -> Option<(&'a LoadedImage, Image<'a>)>,
-) -> Result<crate::sockets::PairEnd<'a>, RestoreError> {
+) -> Result<(crate::sockets::PairEnd<'a>, usize), RestoreError> {
     let mut first = None;
     for &(k, n, _) in fds {
         let Some((loaded, img)) = img_of(k) else {
@@ -533,9 +558,9 @@ fn pair_end<'a>(
             .is_some_and(|s| s.data.len > 0);
         let e = crate::sockets::PairEnd { loaded, img, fd };
         if queued {
-            return Ok(e);
+            return Ok((e, k));
         }
-        first.get_or_insert(e);
+        first.get_or_insert((e, k));
     }
     first.ok_or_else(|| RestoreError::Tree("a socket pair's end is missing from its images".into()))
 }

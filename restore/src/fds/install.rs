@@ -18,6 +18,12 @@ pub fn install(
 ) -> Result<(Vec<i32>, Option<i32>), RestoreError> {
     let plans = &plan.fds;
     let high = plans.iter().map(|p| p.fd).max().unwrap_or(2).max(2) + 1;
+    // Other ends of pairs whose queues this process sends (inherited, at
+    // numbers its own fds may take): parked above them first.
+    let mut peers = Vec::with_capacity(plan.peers.len());
+    for &(n, ours, bits) in &plan.peers {
+        peers.push((n, dup_above(ours, high)?, bits));
+    }
     // 0. Pipes and stored files.
     let mut pipes = Vec::new();
     for m in &plan.pipes {
@@ -322,7 +328,7 @@ pub fn install(
     crate::sockets::send_datagrams(loaded, img, verify)?;
     // Queues with files in flight, sent again now that those files are
     // at their numbers; the numbers are closed then.
-    crate::sockets::send_in_flight(loaded, img, verify)?;
+    crate::sockets::send_in_flight(loaded, img, verify, &peers)?;
 
     // 4. Everything else goes (parked copies, our own files, inherited
     //    extras), except the fds for the shim.

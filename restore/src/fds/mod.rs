@@ -137,6 +137,10 @@ pub struct Plan {
     /// Files of `stored` a tree's restore made already: (files-table
     /// index, our fd).
     pub premade: Vec<(u32, i32)>,
+    /// Ends of socket pairs with another process of a tree whose queue
+    /// holds files in flight, which this process sends again: (its fd,
+    /// our fd of the other end, that end's shutdown bits).
+    pub peers: Vec<(i32, i32, u32)>,
 }
 
 /// open(2) flags that only matter when creating: dropped when reopening.
