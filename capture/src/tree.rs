@@ -639,7 +639,12 @@ fn unshareable(ins: &Inspected, f: &Fd) -> Option<String> {
         | fd_kind::PTY
         | fd_kind::PTY_SLAVE
         | fd_kind::PIPE
-        | fd_kind::FIFO => None,
+        | fd_kind::FIFO
+        // (Made once, by cryo restore before it forks: one counter, one
+        // timer, one signal mask for every holder, as before.)
+        | fd_kind::EVENTFD
+        | fd_kind::TIMERFD
+        | fd_kind::SIGNALFD => None,
         fd_kind::SOCKET => {
             let s = ins.b.sockets.get(f.object as usize)?;
             match s.state {

@@ -593,6 +593,17 @@ fn make_one(
             let mut pairs = Vec::new();
             crate::sockets::make(loaded, img, p, *sock, *flags, &mut pairs, verify)
         }
+        Source::Anon {
+            kind,
+            object,
+            flags,
+        } if matches!(
+            *kind,
+            fd_kind::EVENTFD | fd_kind::TIMERFD | fd_kind::SIGNALFD
+        ) =>
+        {
+            crate::anonfds::make(img, p, *kind, *object, *flags)
+        }
         _ => Err(fds::fd_err(
             p,
             "this kind cannot be shared between processes of a tree yet",
