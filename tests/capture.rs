@@ -313,24 +313,24 @@ fn check_zdtm_info(img: &Image, pid: i32, how: &str) {
 
 #[test]
 fn c_dynamic_at_self_stop() {
-    capture_and_check("c-zdtm", &["stop", "/tmp"], "stop");
+    capture_and_check("c-zdtm", &["stop", tmp()], "stop");
 }
 
 #[test]
 fn c_dynamic_blocked_in_read() {
-    capture_and_check("c-zdtm", &["read", "/tmp"], "read");
+    capture_and_check("c-zdtm", &["read", tmp()], "read");
 }
 
 /// The page cache path (`--buffered`) writes the same image as O_DIRECT.
 #[test]
 fn c_dynamic_at_self_stop_buffered() {
-    capture_and_check_with("c-zdtm", &["stop", "/tmp"], "stop", &["--buffered"]);
+    capture_and_check_with("c-zdtm", &["stop", tmp()], "stop", &["--buffered"]);
 }
 
 #[test]
 fn c_dynamic_blocked_in_nanosleep() {
     let dir = scratch("nanosleep");
-    let t = Target::start("c-zdtm", &["sleep", "/tmp"]);
+    let t = Target::start("c-zdtm", &["sleep", tmp()]);
     t.wait_sleeping();
     let img = dir.join("img");
     let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
@@ -352,12 +352,12 @@ fn c_dynamic_blocked_in_nanosleep() {
 
 #[test]
 fn c_static_at_self_stop() {
-    capture_and_check("c-zdtm-static", &["stop", "/tmp"], "stop");
+    capture_and_check("c-zdtm-static", &["stop", tmp()], "stop");
 }
 
 #[test]
 fn c_static_blocked_in_read() {
-    capture_and_check("c-zdtm-static", &["read", "/tmp"], "read");
+    capture_and_check("c-zdtm-static", &["read", tmp()], "read");
 }
 
 #[test]
@@ -408,7 +408,7 @@ fn ghc_program_v0_has_no_timer() {
 #[test]
 fn running_target_keeps_running_and_image_is_complete() {
     let dir = scratch("busy");
-    let t = Target::start("c-zdtm", &["busy", "/tmp"]);
+    let t = Target::start("c-zdtm", &["busy", tmp()]);
     let img = dir.join("img");
     let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
@@ -433,7 +433,7 @@ fn run_capture_on_stop_then_continue_and_kill() {
     let out = std::process::Command::new(cryo())
         .args(["run", "--capture-on-stop", img.to_str().unwrap(), "--"])
         .arg(&zdtm)
-        .args(["stop", "/tmp"])
+        .args(["stop", tmp()])
         .output()
         .unwrap();
     assert!(
@@ -458,7 +458,7 @@ fn run_capture_on_stop_then_continue_and_kill() {
             "--",
         ])
         .arg(&zdtm)
-        .args(["stop", "/tmp"])
+        .args(["stop", tmp()])
         .output()
         .unwrap();
     assert!(
@@ -511,7 +511,7 @@ fn run_then_kill_a_threaded_program() {
 #[test]
 fn kill_after_capture() {
     let dir = scratch("kill");
-    let t = Target::start("c-zdtm", &["stop", "/tmp"]);
+    let t = Target::start("c-zdtm", &["stop", tmp()]);
     t.wait_stopped();
     let img = dir.join("img");
     let (code, _, err) = cryo_cmd(&[
@@ -799,7 +799,7 @@ fn full_disk_leaves_nothing_and_target_unharmed() {
         .status()
         .expect("mount");
     assert!(st.success(), "mounting a small tmpfs (needs root)");
-    let t = Target::start("c-zdtm", &["stop", "/tmp"]);
+    let t = Target::start("c-zdtm", &["stop", tmp()]);
     t.wait_stopped();
     let (code, _, err) = cryo_cmd(&[
         "capture",
@@ -817,7 +817,7 @@ fn full_disk_leaves_nothing_and_target_unharmed() {
 #[test]
 fn corrupted_and_truncated_images_get_one_line_errors() {
     let dir = scratch("corrupt");
-    let t = Target::start("c-zdtm", &["stop", "/tmp"]);
+    let t = Target::start("c-zdtm", &["stop", tmp()]);
     t.wait_stopped();
     let img = dir.join("img");
     let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
@@ -894,7 +894,7 @@ fn corrupted_and_truncated_images_get_one_line_errors() {
 #[test]
 fn existing_image_needs_force() {
     let dir = scratch("force");
-    let t = Target::start("c-zdtm", &["stop", "/tmp"]);
+    let t = Target::start("c-zdtm", &["stop", tmp()]);
     t.wait_stopped();
     let img = dir.join("img");
     let pid = t.pid.to_string();

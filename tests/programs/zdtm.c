@@ -99,7 +99,8 @@ static uint64_t mix(uint64_t h, uint64_t v) {
 
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "stop";
-    const char *dir = argc > 2 ? argv[2] : "/tmp";
+    const char *tmp = getenv("TMPDIR");
+    const char *dir = argc > 2 ? argv[2] : tmp && *tmp ? tmp : "/tmp";
     uint64_t sum = 0;
 
     /* Heap: a pattern, with every 8th (real, address-aligned) page left

@@ -91,6 +91,13 @@ pub fn scratch_root() -> &'static Path {
     })
 }
 
+/// [`scratch_root`] as a string, for a program's arguments.
+pub fn tmp() -> &'static str {
+    scratch_root()
+        .to_str()
+        .expect("a UTF-8 temporary directory")
+}
+
 /// A fresh scratch directory for one test (in [`scratch_root`]).
 pub fn scratch(tag: &str) -> PathBuf {
     let d = scratch_root().join(tag);
