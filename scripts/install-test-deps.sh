@@ -11,6 +11,8 @@ dpkg -s libclang1-14 >/dev/null 2>&1 || need+=(libclang1-14)
 command -v go >/dev/null 2>&1 || need+=(golang-go)
 # Real servers the socket tests restore.
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
+command -v dbus-send >/dev/null 2>&1 || need+=(dbus-bin)
 [ -x /usr/bin/python3 ] || need+=(python3)
 if [ ${#need[@]} -eq 0 ]; then
   echo "install-test-deps: everything present"

@@ -2,7 +2,8 @@
 //! every mode: redis-server (TCP listeners on v4 and v6, epoll, its
 //! background threads) keeps its data and answers; a Python asyncio server
 //! (a listener, epoll, the event loop's socket-pair self-pipe) echoes and
-//! exits cleanly. A client talks to each before the capture and to every
+//! exits cleanly; dbus-daemon (a unix listener, epoll, inotify, an audit
+//! netlink socket) keeps its bus and its count of clients. A client talks to each before the capture and to every
 //! restore of it.
 
 mod support;
@@ -193,5 +194,69 @@ fn python_asyncio_server_echoes_after_restore() {
         finish(r, &format!("restore {mode:?} of the asyncio server"));
         let out = std::fs::read_to_string(&log).unwrap();
         assert_eq!(out.lines().last(), Some("PASS served 3"), "{mode:?}: {out}");
+    }
+}
+
+#[test]
+fn dbus_daemon_keeps_its_bus_and_answers() {
+    let daemon = which("dbus-daemon");
+    let send = which("dbus-send");
+    let dir = scratch("dbus");
+    let bus = format!("unix:path={}", dir.join("bus").display());
+    sanitize_fds();
+    let mut server = Command::new(&daemon)
+        .args(["--session", "--nofork", &format!("--address={bus}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("log")).unwrap())
+        .spawn()
+        .expect("dbus-daemon");
+    // The bus's own name, and the unique names of the clients connected
+    // (each dbus-send is one, for the length of its call).
+    let names = || {
+        let out = Command::new(&send)
+            .args([
+                &format!("--bus={bus}"),
+                "--print-reply",
+                "--dest=org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus.ListNames",
+            ])
+            .output()
+            .expect("dbus-send");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let pid = server.id() as i32;
+    wait_for("dbus-daemon to answer", Duration::from_secs(10), || {
+        names().contains("org.freedesktop.DBus")
+    });
+    assert!(names().contains(":1.1"), "the second client");
+    wait_for(
+        "dbus-daemon to wait in epoll",
+        Duration::from_secs(10),
+        || state(pid) == Some('S'),
+    );
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&["capture", "--kill", &pid.to_string(), img.to_str().unwrap()]);
+    assert_eq!(code, 0, "capture: {err}");
+    let _ = server.wait();
+    let (_, out, _) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
+    assert!(out.contains("[netlink unbound"), "{out}");
+    for (i, mode) in MODES.iter().enumerate() {
+        let r = restore(&img, mode, &dir.join(format!("out{i}")));
+        let mut got = String::new();
+        wait_for(
+            "the restored dbus-daemon to answer",
+            Duration::from_secs(10),
+            || {
+                got = names();
+                got.contains("org.freedesktop.DBus")
+            },
+        );
+        // It counted its clients: the next one is the third.
+        assert!(got.contains(":1.2"), "{mode:?}: {got}");
+        // SAFETY: kill takes integers.
+        unsafe { libc::kill(r.id() as i32, libc::SIGTERM) };
+        finish(r, &format!("restore {mode:?} of dbus-daemon"));
     }
 }

@@ -563,12 +563,23 @@ os.waitpid(pid, 0); print("PASS", flush=True)
         &[],
         "has files in flight queued at both ends and was shut down",
     );
-    // A file in flight that cryo cannot restore (a netlink socket): named
+    // A netlink socket with the kernel's answers waiting to be read: they
+    // cannot be sent again.
+    let answers = r#"
+import os, socket, struct, sys
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+s.send(struct.pack("=LHHLL", 32, 18, 0x301, 7, 0) + bytes(16))
+print("READY", flush=True); sys.stdin.readline()
+assert struct.unpack("=LHHLL", s.recv(65536)[:16])[3] == 7
+print("PASS", flush=True)
+"#;
+    refused(answers, &[], "has messages waiting to be read");
+    // A file in flight that cryo cannot restore (a packet socket): named
     // as in flight, and the process keeps none of what capture held.
     let flying = r#"
 import os, socket, sys
 a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-n = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+n = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
 socket.send_fds(a, [b"x"], [n.fileno()])
 n.close()
 before = sorted(os.listdir("/proc/self/fd"))
@@ -1628,6 +1639,42 @@ except BlockingIOError:
 print("PASS", flush=True)
 "#;
     python_round_trips("tree-eventfd", script, |_| {}, &[&[], &["--lazy"]]);
+}
+
+#[test]
+fn netlink_sockets_keep_their_port_groups_and_options() {
+    // A route socket bound to its port id (the kernel's pick: the PID it
+    // had) and a multicast group, with an option set, and an unbound
+    // audit socket (dbus-daemon keeps one). After the restore the kernel
+    // answers a dump to the same port id, which programs check.
+    let script = r#"
+import os, socket, struct, sys
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+s.bind((0, 1))
+port, groups = s.getsockname()
+assert port != 0 and groups == 1
+s.setsockopt(270, 11, 1)  # NETLINK_EXT_ACK
+u = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9)  # NETLINK_AUDIT
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+assert s.getsockname() == (port, 1), (s.getsockname(), port)
+assert s.getsockopt(270, 11) == 1
+assert u.getsockname() == (0, 0) and u.proto == 9
+# RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, sequence 7
+s.send(struct.pack("=LHHLL", 32, 18, 0x301, 7, 0) + bytes(16))
+ln, ty, fl, seq, pid = struct.unpack("=LHHLL", s.recv(65536)[:16])
+assert (seq, pid) == (7, port), (seq, pid, port)
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "netlink",
+        script,
+        |img| {
+            let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+            assert!(text.contains("[netlink bound netlink port"), "{text}");
+        },
+        &[&[], &["--lazy"], &["--map"]],
+    );
 }
 
 #[test]

@@ -49,6 +49,11 @@ fn options(family: i32, sock_type: i32) -> Vec<(i32, i32)> {
     .iter()
     .map(|&n| (SOL_SOCKET, n))
     .collect();
+    if family == AF_NETLINK {
+        // NETLINK_PKTINFO, BROADCAST_ERROR, NO_ENOBUFS, LISTEN_ALL_NSID,
+        // CAP_ACK, EXT_ACK, GET_STRICT_CHK (not in the libc crate).
+        v.extend([3, 4, 5, 8, 10, 11, 12].iter().map(|&n| (SOL_NETLINK, n)));
+    }
     if family == AF_INET || family == AF_INET6 {
         if sock_type == SOCK_STREAM {
             v.extend(
@@ -275,9 +280,12 @@ pub fn capture(
     let family = int(libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(|e| io("family", e))?;
     let sock_type = int(libc::SOL_SOCKET, libc::SO_TYPE).map_err(|e| io("type", e))?;
     let protocol = int(libc::SOL_SOCKET, libc::SO_PROTOCOL).map_err(|e| io("protocol", e))?;
+    if family == libc::AF_NETLINK {
+        return netlink(fd, &dup, sock_type, protocol, b);
+    }
     if !matches!(family, libc::AF_UNIX | libc::AF_INET | libc::AF_INET6) {
         return Err(format!(
-            "fd {fd} is {}; cryo restores unix, TCP and UDP sockets only",
+            "fd {fd} is {}; cryo restores unix, TCP, UDP and netlink sockets only",
             family_name(family)
         ));
     }
@@ -590,6 +598,99 @@ pub fn capture(
             dup,
         });
     }
+    Ok(index as u32)
+}
+
+/// A netlink socket (format 8.0): its protocol, port id and the groups it
+/// joined (bound again at restore with them, the port id included:
+/// programs match the kernel's replies by it), the kernel destination it
+/// was connected to, its options. Refused: messages waiting to be read
+/// (the kernel's answers or broadcasts: they cannot be sent again), a
+/// group above 32, a socket filter.
+fn netlink(
+    fd: i32,
+    dup: &OwnedFd,
+    sock_type: i32,
+    protocol: i32,
+    b: &mut ImageBuilder,
+) -> Result<u32, String> {
+    const NETLINK_LIST_MEMBERSHIPS: i32 = 9;
+    let io = |what: &str, e: std::io::Error| {
+        format!("fd {fd} (netlink socket): reading its {what}: {e}")
+    };
+    if !matches!(sock_type, libc::SOCK_RAW | libc::SOCK_DGRAM) {
+        return Err(format!(
+            "fd {fd} is a netlink socket of type {sock_type}; cryo restores raw and datagram ones only"
+        ));
+    }
+    let addr = sock::sockname(dup).map_err(|e| io("address", e))?;
+    let shown = sockaddr_display(&addr);
+    let what = format!("netlink socket, protocol {protocol}, {shown}");
+    // (An unconnected one reports destination port 0, groups 0.)
+    let peer = sock::peername(dup)
+        .ok()
+        .filter(|p| p.get(4..12).is_some_and(|d| d.iter().any(|&c| c != 0)));
+    let mut groups = [0u8; 128];
+    let n = sock::getsockopt(
+        dup,
+        libc::SOL_NETLINK,
+        NETLINK_LIST_MEMBERSHIPS,
+        &mut groups,
+    )
+    .map_err(|e| io("groups", e))?;
+    if groups[4.min(n)..n].iter().any(|&g| g != 0) {
+        return Err(format!(
+            "fd {fd} ({what}) joined a multicast group above 32; not supported yet"
+        ));
+    }
+    if sock::getsockopt_len(dup, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER).unwrap_or(0) > 0 {
+        return Err(format!(
+            "fd {fd} ({what}) has a socket filter (SO_ATTACH_FILTER); not supported yet"
+        ));
+    }
+    // (A peek with room for the longest message netlink sends: one
+    // page's worth, or 32 KiB for a dump.)
+    match sock::peek(dup, 1 << 16) {
+        Ok(p) if p.none => {}
+        Ok(_) => {
+            return Err(format!(
+                "fd {fd} ({what}) has messages waiting to be read; they cannot be restored (capture when it is idle)"
+            ))
+        }
+        Err(e) => return Err(io("queue", e)),
+    }
+    let mut s = Socket {
+        family: libc::AF_NETLINK as u32,
+        sock_type: sock_type as u32,
+        protocol: protocol as u32,
+        pair: NO_INDEX,
+        addr_len: addr.len() as u32,
+        addr: sockaddr_words(&addr),
+        ..Default::default()
+    };
+    let bound = addr.get(4..12).is_some_and(|a| a.iter().any(|&c| c != 0));
+    s.state = if bound {
+        socket_state::BOUND
+    } else {
+        socket_state::UNBOUND
+    };
+    if let Some(p) = &peer {
+        s.peer_len = p.len() as u32;
+        s.peer = sockaddr_words(p);
+        s.state = socket_state::CONNECTED;
+    }
+    let opts: Vec<(i32, i32, Vec<u8>)> = options(libc::AF_NETLINK, sock_type)
+        .into_iter()
+        .filter_map(|(level, name)| {
+            let mut val = [0u8; 16];
+            let len = sock::getsockopt(dup, level, name, &mut val).ok()?;
+            Some((level, name, val[..len].to_vec()))
+        })
+        .collect();
+    let index = b.sockets.len();
+    b.sockopts
+        .extend(opts.iter().map(|(l, n, v)| opt(index, *l, *n, v)));
+    b.sockets.push(s);
     Ok(index as u32)
 }
 

@@ -432,6 +432,15 @@ pub fn sockaddr_display(b: &[u8]) -> std::string::String {
             }
         }
         0 => "unbound".to_string(),
+        // (8.0) struct sockaddr_nl: family, pad, port id, groups.
+        16 if b.len() >= 12 => {
+            let word = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+            match (word(4), word(8)) {
+                (0, 0) => "netlink unbound".to_string(),
+                (port, 0) => format!("netlink port {port}"),
+                (port, groups) => format!("netlink port {port} groups {groups:#x}"),
+            }
+        }
         f => format!("(address family {f})"),
     }
 }

@@ -31,6 +31,32 @@ fn inet(s: &Socket) -> bool {
     s.family as i32 != libc::AF_UNIX
 }
 
+/// A netlink socket bound (to a port id or to groups) at capture.
+fn netlink_bound(s: &Socket) -> bool {
+    s.family as i32 == libc::AF_NETLINK
+        && addr_of(s)
+            .get(4..12)
+            .is_some_and(|a| a.iter().any(|&c| c != 0))
+}
+
+/// Make a netlink socket as it was: its options, bound to its port id and
+/// groups, connected to its destination.
+fn make_netlink(img: &Image, object: u32, s: &Socket) -> Result<OwnedFd, Why> {
+    let fd = sys::socket(s.family as i32, s.sock_type as i32, s.protocol as i32)
+        .map_err(|e| Why::sys("socket", e))?;
+    set_options(img, object, fd.as_fd())?;
+    let addr = addr_of(s);
+    if netlink_bound(s) {
+        sys::bind(fd.as_fd(), &addr).map_err(|e| in_use(&sockaddr_display(&addr), e))?;
+    }
+    if s.state == socket_state::CONNECTED {
+        let peer = peer_of(s);
+        sys::connect(fd.as_fd(), &peer)
+            .map_err(|e| Why::sys(format!("connecting to {}", sockaddr_display(&peer)), e))?;
+    }
+    Ok(fd)
+}
+
 /// A unix path (not abstract, not unnamed).
 fn unix_path(addr: &[u8]) -> Option<std::path::PathBuf> {
     use std::os::unix::ffi::OsStrExt;
@@ -72,6 +98,28 @@ pub(crate) fn plan(
             | socket_state::PENDING
     ) {
         return Err(err.why(format!("unknown socket state {}", s.state)));
+    }
+    if s.family as i32 == libc::AF_NETLINK {
+        if !matches!(
+            s.state,
+            socket_state::UNBOUND | socket_state::BOUND | socket_state::CONNECTED
+        ) {
+            return Err(err.why(format!(
+                "a netlink socket in state {}",
+                socket_state::name(s.state)
+            )));
+        }
+        // Its port id must be free: a probe binds it and is closed.
+        if netlink_bound(&s) {
+            let addr = addr_of(&s);
+            sys::socket(s.family as i32, s.sock_type as i32, s.protocol as i32)
+                .and_then(|t| sys::bind(t.as_fd(), &addr))
+                .map_err(|e| err.why(in_use(&sockaddr_display(&addr), e)))?;
+        }
+        return Ok(Source::Socket {
+            sock: object,
+            flags,
+        });
     }
     let bound = matches!(s.state, socket_state::BOUND | socket_state::LISTENING)
         || (s.state == socket_state::CONNECTED && bound_addr(&s));
@@ -1200,6 +1248,8 @@ pub(crate) fn make(
                 a
             }
         }
+    } else if s.family as i32 == libc::AF_NETLINK {
+        make_netlink(img, object, &s).map_err(|w| fd_err(p, w))?
     } else {
         let fd = sys::socket(s.family as i32, s.sock_type as i32, s.protocol as i32)
             .map_err(|e| sysw("socket", e))?;

@@ -526,6 +526,7 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
                 (libc::AF_INET, libc::SOCK_STREAM) => "tcp",
                 (libc::AF_INET6, libc::SOCK_STREAM) => "tcp6",
                 (libc::AF_INET, _) => "udp",
+                (libc::AF_NETLINK, _) => "netlink",
                 _ => "udp6",
             };
             let (a, n) = sockaddr_bytes(&k.addr, k.addr_len);
