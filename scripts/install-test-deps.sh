@@ -13,6 +13,8 @@ command -v go >/dev/null 2>&1 || need+=(golang-go)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
 command -v dbus-send >/dev/null 2>&1 || need+=(dbus-bin)
+# A real process tree with System V shared memory.
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 [ -x /usr/bin/python3 ] || need+=(python3)
 if [ ${#need[@]} -eq 0 ]; then
   echo "install-test-deps: everything present"

@@ -3,7 +3,9 @@
 //! background threads) keeps its data and answers; a Python asyncio server
 //! (a listener, epoll, the event loop's socket-pair self-pipe) echoes and
 //! exits cleanly; dbus-daemon (a unix listener, epoll, inotify, an audit
-//! netlink socket) keeps its bus and its count of clients. A client talks to each before the capture and to every
+//! netlink socket) keeps its bus and its count of clients; PostgreSQL (a
+//! tree of six processes sharing System V and POSIX shared memory, a
+//! unix listener) answers queries on the rows it had. A client talks to each before the capture and to every
 //! restore of it.
 
 mod support;
@@ -259,4 +261,158 @@ fn dbus_daemon_keeps_its_bus_and_answers() {
         unsafe { libc::kill(r.id() as i32, libc::SIGTERM) };
         finish(r, &format!("restore {mode:?} of dbus-daemon"));
     }
+}
+
+/// PostgreSQL's programs (initdb, postgres), in Debian's versioned
+/// directory.
+fn postgres_bin() -> std::path::PathBuf {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|d| {
+            d.flatten()
+                .map(|e| e.path().join("bin"))
+                .find(|b| b.join("postgres").exists())
+        })
+        .expect("PostgreSQL is not installed: run scripts/install-test-deps.sh")
+}
+
+#[test]
+fn postgresql_tree_answers_queries_after_restore() {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = postgres_bin();
+    let psql = which("psql");
+    // The server runs as postgres: its directory, and every one above,
+    // must be searchable by it.
+    let dir = scratch("postgres");
+    std::fs::set_permissions(scratch_root(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let data = dir.join("data");
+    // The postgres user (the package makes it), by `id`.
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("id");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a postgres user")
+    };
+    let (uid, gid) = (id("-u"), id("-g"));
+    let as_postgres = |prog: &str| {
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new(bin.join(prog));
+        c.uid(uid).gid(gid).env("HOME", &dir).stdin(Stdio::null());
+        c
+    };
+    let init = as_postgres("initdb")
+        .args([
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ])
+        .output()
+        .expect("initdb");
+    assert!(
+        init.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let port = free_port().to_string();
+    // The killed tree's helpers are ours to reap (their PIDs must be free
+    // for the restore).
+    adopt_orphans();
+    sanitize_fds();
+    let mut server = as_postgres("postgres")
+        .args([
+            "-D",
+            data.to_str().unwrap(),
+            "-k",
+            dir.to_str().unwrap(),
+            "-p",
+            &port,
+        ])
+        .args(["-c", "listen_addresses=", "-c", "fsync=off"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("log")).unwrap())
+        .spawn()
+        .expect("postgres");
+    let sql = |q: &str| {
+        let out = Command::new(&psql)
+            .args([
+                "-h",
+                dir.to_str().unwrap(),
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-tAc",
+                q,
+            ])
+            .output()
+            .expect("psql");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    };
+    wait_for("postgres to answer", Duration::from_secs(20), || {
+        sql("select 1").0
+    });
+    assert!(sql("create table t(x int); insert into t values (40), (2)").0);
+    // The postmaster and its five helpers, all asleep.
+    let root = server.id() as i32;
+    wait_for("postgres to settle", Duration::from_secs(10), || {
+        state(root) == Some('S')
+    });
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &root.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "capture: {err}");
+    let _ = server.wait();
+    let (_, out, _) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
+    assert!(out.contains("sysv-shm"), "{out}");
+    // Its helpers signal the postmaster by the PID they keep: --same-pid.
+    // One restore: it writes the database (a second restore of the same
+    // image would find its files changed under it, as any program would).
+    let pids = tree_pids(&img);
+    wait_gone(&pids);
+    // A failure below leaves no server running (with its shared memory).
+    struct Stop(Vec<i32>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                for &p in &self.0 {
+                    // SAFETY: kill takes integers.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+    let _stop = Stop(pids.clone());
+    let r = restore(&img, &["--same-pid"], &dir.join("out"));
+    let mut got = (false, String::new());
+    wait_for(
+        "the restored postgres to answer",
+        Duration::from_secs(20),
+        || {
+            got = sql("select sum(x) from t");
+            got.0
+        },
+    );
+    assert_eq!(got.1, "42");
+    assert!(sql("insert into t values (1)").0);
+    assert_eq!(sql("select sum(x) from t"), (true, "43".into()));
+    // A fast shutdown: every helper ends, then the postmaster, with 0.
+    // SAFETY: kill takes integers.
+    unsafe { libc::kill(root, libc::SIGINT) };
+    finish(r, "restore of postgres");
 }

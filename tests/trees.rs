@@ -15,45 +15,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
-/// Every PID of a captured tree (from `cryo inspect --json`).
-fn tree_pids(img: &Path) -> Vec<i32> {
-    let (code, out, err) = cryo_cmd(&["inspect", "--json", "--no-verify", img.to_str().unwrap()]);
-    assert_eq!(code, 0, "inspect: {err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("inspect json");
-    v["tree"]["processes"]
-        .as_array()
-        .expect("a tree")
-        .iter()
-        .map(|p| p["pid"].as_i64().unwrap() as i32)
-        .collect()
-}
-
-/// Become the reaper of orphans: a killed tree's children are then ours to
-/// wait for, not init's (which may never reap them: under `unshare
-/// --pid`, PID 1 is whatever the command was).
-fn adopt_orphans() {
-    // SAFETY: integers only.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-}
-
-/// Wait until the captured (and killed) tree is gone: its PIDs are free
-/// (reaping those that became ours).
-fn wait_gone(pids: &[i32]) {
-    wait_for(
-        "the killed tree to be reaped",
-        Duration::from_secs(30),
-        || {
-            pids.iter().all(|&p| {
-                let mut st = 0;
-                // SAFETY: waitpid writes one int we own; a PID that is not our
-                // child fails with ECHILD and changes nothing.
-                unsafe { libc::waitpid(p, &mut st, libc::WNOHANG) };
-                state(p).is_none()
-            })
-        },
-    );
-}
-
 fn capture_kill(pid: i32, img: &Path) {
     adopt_orphans();
     let (code, _, err) = cryo_cmd(&["capture", "--kill", &pid.to_string(), img.to_str().unwrap()]);
@@ -1675,6 +1636,119 @@ print("PASS", flush=True)
         },
         &[&[], &["--lazy"], &["--map"]],
     );
+}
+
+#[test]
+fn system_v_shared_memory_is_attached_again_or_made_again() {
+    // A keyed segment attached twice by a parent (once read-only) and
+    // once by its child (through the fork). The first restore finds the
+    // segment still there (it outlives the killed original) and attaches
+    // it; the program then removes it, so each later restore makes it
+    // again, with its id, key, size and the bytes it had. shmid_ds says
+    // it is the same segment, attached by shmat (nattch counts, shmdt
+    // works).
+    let script = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+libc.shmdt.argtypes = [ctypes.c_void_p]
+libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+key = 0x63000000 | (os.getpid() & 0xffffff)
+sid = libc.shmget(key, 10000, 0o1640)
+assert sid >= 0, ctypes.get_errno()
+p = libc.shmat(sid, None, 0)
+ctypes.memmove(p, b"parent wrote", 12)
+ro = libc.shmat(sid, None, 0o10000)
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(w)
+    os.read(r, 1)
+    assert ctypes.string_at(p, 12) == b"parent wrote"
+    ctypes.memmove(p + 5000, b"child wrote", 11)
+    assert libc.shmdt(p) == 0
+    os._exit(0)
+os.close(r)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+os.write(w, b"g")
+_, st = os.waitpid(pid, 0)
+assert st == 0, st
+assert ctypes.string_at(ro + 5000, 11) == b"child wrote"
+ds = ctypes.create_string_buffer(128)
+assert libc.shmctl(sid, 2, ds) == 0, ctypes.get_errno()  # IPC_STAT
+word = lambda a, n: int.from_bytes(ds.raw[a:a + n], "little")
+assert word(0, 4) == key and word(20, 2) & 0o777 == 0o640, (word(0, 4), key, oct(word(20, 2)))
+assert word(48, 8) == 10000 and word(88, 8) == 2, (word(48, 8), word(88, 8))
+assert libc.shmdt(ro) == 0 and libc.shmdt(p) == 0
+assert libc.shmctl(sid, 0, None) == 0  # IPC_RMID
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "tree-sysv",
+        script,
+        |img| {
+            let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+            assert!(text.contains("sysv-shm"), "{text}");
+        },
+        &[&[], &["--lazy"], &["--map"]],
+    );
+}
+
+#[test]
+fn system_v_segment_whose_key_was_taken_is_refused_by_name() {
+    // Captured and killed; its segment removed and another made with its
+    // key: the restore refuses, naming both, before anything is made.
+    // Once that one is gone too, the segment is made again.
+    let script = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+key = 0x64000000 | (os.getpid() & 0xffffff)
+sid = libc.shmget(key, 4096, 0o1600)
+p = libc.shmat(sid, None, 0)
+ctypes.memmove(p, b"kept", 4)
+print("READY", os.getpid(), flush=True)
+print(key, sid, flush=True)
+sys.stdin.readline()
+assert ctypes.string_at(p, 4) == b"kept"
+assert libc.shmctl(sid, 0, None) == 0
+print("PASS", flush=True)
+"#;
+    let dir = scratch("tree-sysv-taken");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let mut t = Target::spawn(cmd, "sysv-taken");
+    let words: Vec<i64> = t
+        .line(Duration::from_secs(10))
+        .expect("key and id")
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let (key, id) = (words[0] as i32, words[1] as i32);
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    // SAFETY: integers only (a null buffer for IPC_RMID).
+    unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+    // SAFETY: integers only.
+    let other = unsafe { libc::shmget(key, 4096, libc::IPC_CREAT | 0o600) };
+    assert!(other >= 0 && other != id);
+    let (code, _, err) = finish(restore(&img, &[]), "x\n");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("segment {id} (key {:#x}", key as u32))
+            && err.contains(&format!("its key now names segment {other}")),
+        "{err}"
+    );
+    // SAFETY: as above.
+    unsafe { libc::shmctl(other, libc::IPC_RMID, std::ptr::null_mut()) };
+    let (code, out, err) = finish(restore(&img, &[]), "x\n");
+    assert_eq!((code, out.lines().last()), (0, Some("PASS")), "{err}");
 }
 
 #[test]

@@ -401,6 +401,14 @@ pub(crate) fn inspect(
         &opts.limits,
         &mut obs,
     );
+    crate::sysv::attaches(
+        pid,
+        &classified,
+        &mut b,
+        &mut stored,
+        &opts.limits,
+        &mut obs,
+    );
     let classes: Vec<(u32, u32, u32)> = classified
         .iter()
         .map(|c| (c.kind, c.flags, c.file))

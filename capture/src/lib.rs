@@ -22,6 +22,7 @@ mod signals;
 pub mod sockets;
 pub mod stored;
 mod sys;
+mod sysv;
 pub mod task;
 pub mod threads;
 mod timers;

@@ -25,6 +25,7 @@ pub enum BlobOwner {
     Socket(usize),
     PtyInput(usize),
     PtyOutput(usize),
+    Sysv(usize),
 }
 
 impl PendingBlob {
@@ -40,6 +41,7 @@ impl PendingBlob {
             BlobOwner::Socket(i) => b.sockets[i].data = blob,
             BlobOwner::PtyInput(i) => b.ptys[i].input = blob,
             BlobOwner::PtyOutput(i) => b.ptys[i].output = blob,
+            BlobOwner::Sysv(i) => b.sysv_shm[i].data = blob,
         }
     }
 }

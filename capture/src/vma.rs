@@ -220,9 +220,8 @@ fn classify(m: &Mapping) -> Result<(u32, u32), String> {
                 "mapping {range} is an AIO ring (io_setup): a request in flight is invisible from outside the kernel and would be lost, so cryo refuses AIO contexts"
             ))
         }
-        p if p.starts_with("/SYSV") => {
-            return Err(format!("mapping {range} {p} is System V shared memory"))
-        }
+        // (The inode is the segment's id: `crate::sysv`.)
+        p if p.starts_with("/SYSV") => vma_kind::SYSV,
         // A regular file under /dev (a POSIX shared memory object or
         // named semaphore in /dev/shm) is a file like any other.
         p if p.starts_with("/dev/")
@@ -252,6 +251,7 @@ fn dumps(kind: u32) -> bool {
             | vma_kind::VVAR_VCLOCK
             | vma_kind::VSYSCALL
             | vma_kind::FILE_SHARED
+            | vma_kind::SYSV
     )
 }
 

@@ -230,6 +230,31 @@ record! {
 }
 
 record! {
+    /// (8.0) A System V shared memory segment attached (shmat) at `start`:
+    /// the mappings from `start` to `start + size` rounded up to pages
+    /// (kind `vma_kind::SYSV`) are that attach. Restore attaches the
+    /// segment with that id if it is still there, with the same key and
+    /// size; else makes it again (same key, id, mode, owner, with `data`,
+    /// its bytes at capture) before anything else.
+    pub struct SysvShm {
+        pub start: u64,
+        pub size: u64,
+        /// shmid (the maps inode).
+        pub id: i32,
+        /// The key (IPC_PRIVATE 0).
+        pub key: i32,
+        /// Permission bits (shm_perm.mode & 0o777).
+        pub mode: u32,
+        pub uid: u32,
+        pub gid: u32,
+        /// Attached read-only (SHM_RDONLY).
+        pub rdonly: u32,
+        /// The segment's bytes at capture.
+        pub data: Blob,
+    }
+}
+
+record! {
     /// An eventfd's counter and mode (Fd::object indexes these).
     pub struct EventFd {
         pub count: u64,

@@ -303,6 +303,10 @@ impl<'a> Image<'a> {
         self.table(SectionKind::Ptys)
     }
     /// (7.0) SIGIO owners of open file descriptions.
+    /// (8.0) System V shared memory attached.
+    pub fn sysv_shm(&self) -> Table<'a, fds::SysvShm> {
+        self.table(SectionKind::SysvShm)
+    }
     pub fn fd_owners(&self) -> Table<'a, fds::FdOwner> {
         self.table(SectionKind::FdOwners)
     }

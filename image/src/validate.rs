@@ -207,6 +207,59 @@ impl<'a> Image<'a> {
                 });
             }
         }
+        // Each attach of System V memory: page aligned, and exactly the
+        // SYSV mappings from its start (so the shim's shmat covers them).
+        let vmas = self.vmas();
+        for (i, s) in self.sysv_shm().iter().enumerate() {
+            let end = s
+                .size
+                .div_ceil(PAGE_SIZE)
+                .saturating_mul(PAGE_SIZE)
+                .saturating_add(s.start);
+            let covered = s.start.is_multiple_of(PAGE_SIZE)
+                && s.size > 0
+                && s.id >= 0
+                && s.rdonly <= 1
+                && s.data.len <= s.size
+                && vmas
+                    .iter()
+                    .any(|v| v.start == s.start && v.kind == crate::vma_kind::SYSV && v.pgoff == 0)
+                && vmas
+                    .iter()
+                    .filter(|v| v.start >= s.start && v.start < end)
+                    .all(|v| {
+                        v.kind == crate::vma_kind::SYSV
+                            && v.end <= end
+                            && v.pgoff == v.start - s.start
+                    })
+                && vmas
+                    .iter()
+                    .filter(|v| v.start >= s.start && v.start < end)
+                    .map(|v| v.len())
+                    .sum::<u64>()
+                    == end - s.start;
+            if !covered {
+                return Err(ImageError::BadIndex {
+                    section: "sysv_shm",
+                    index: i as u64,
+                    why: "not the System V mappings at its address",
+                });
+            }
+        }
+        for (i, v) in vmas.iter().enumerate() {
+            if v.kind == crate::vma_kind::SYSV
+                && !self
+                    .sysv_shm()
+                    .iter()
+                    .any(|s| s.start == v.start - v.pgoff.min(v.start))
+            {
+                return Err(ImageError::BadIndex {
+                    section: "vmas",
+                    index: i as u64,
+                    why: "System V memory without its segment",
+                });
+            }
+        }
         let nfds = self.fds().len() as u32;
         for (i, o) in self.fd_owners().iter().enumerate() {
             if o.desc >= nfds

@@ -71,6 +71,7 @@ pub struct ImageBuilder {
     pub sockopts: Vec<crate::fds::SockOpt>,
     pub ptys: Vec<crate::fds::Pty>,
     pub fd_owners: Vec<crate::fds::FdOwner>,
+    pub sysv_shm: Vec<crate::fds::SysvShm>,
     pub tree: Vec<crate::tree::TreeProc>,
     pub tree_fds: Vec<crate::tree::TreeFd>,
     pub tree_files: Vec<crate::tree::TreeFile>,
@@ -140,6 +141,9 @@ impl ImageBuilder {
         ];
         if !self.ptys.is_empty() {
             sections.push((SectionKind::Ptys, table(&self.ptys)));
+        }
+        if !self.sysv_shm.is_empty() {
+            sections.push((SectionKind::SysvShm, table(&self.sysv_shm)));
         }
         if !self.fd_owners.is_empty() {
             sections.push((SectionKind::FdOwners, table(&self.fd_owners)));

@@ -52,6 +52,9 @@ pub enum RestoreError {
     /// A process tree cannot be (or could not be) made.
     #[error("{0}")]
     Tree(String),
+    /// System V shared memory the image attaches cannot be had again.
+    #[error("System V shared memory: {0}")]
+    Sysv(String),
     #[error("{what}: {source}")]
     Sys {
         what: String,

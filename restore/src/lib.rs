@@ -23,6 +23,7 @@ mod sockets;
 mod stored;
 mod supervise;
 mod sys;
+mod sysv;
 mod task;
 mod tracer;
 mod tree;
@@ -283,6 +284,7 @@ fn prepare_one(
     } else {
         Finish::Tracer
     };
+    sysv::check(&img)?;
     let shim_ok = std::fs::metadata(&opts.shim)
         .map(|m| m.is_file() && m.mode() & 0o111 != 0)
         .unwrap_or(false);
@@ -384,12 +386,24 @@ impl Plan {
         if let Err(e) = ptys::lead_session(ptys, root) {
             return e;
         }
-        let e = match self.tree.take() {
-            Some(t) => tree::exec(self, t),
-            None => self.exec_with(&mut || Ok(()), None),
+        // System V segments gone since the capture, made again (once for
+        // a tree, before it forks).
+        let verify = !self.opts.no_verify;
+        let made = sysv::ensure(&self.image, &self.image(), verify).and_then(|()| {
+            self.tree.as_ref().map_or(Ok(()), |t| {
+                t.each_image(&mut |l, i| sysv::ensure(l, i, verify))
+            })
+        });
+        let e = match made {
+            Err(e) => e,
+            Ok(()) => match self.tree.take() {
+                Some(t) => tree::exec(self, t),
+                None => self.exec_with(&mut || Ok(()), None),
+            },
         };
         // Nothing of a failed restore stays behind.
         stored::remove_made_again();
+        sysv::remove_made();
         e
     }
 

@@ -23,6 +23,12 @@ pub fn obstacles(plan: &Plan) -> Vec<String> {
             plan.processes()
         ));
     }
+    if !img.sysv_shm().is_empty() {
+        out.push(
+            "it attaches System V shared memory, which cryo restore makes again if it is gone"
+                .into(),
+        );
+    }
     if plan.finish() != Finish::Gadgets {
         out.push(
             "it needs a tracer to finish (no usable `syscall; ret` and `rt_sigreturn` code in the image, or --keep-stopped/--use-tracer)"

@@ -56,6 +56,20 @@ pub(crate) struct Tree {
 }
 
 impl Tree {
+    /// Call `f` with every other process's image (the root's is its
+    /// plan's own).
+    pub(crate) fn each_image(
+        &self,
+        f: &mut dyn FnMut(&LoadedImage, &Image) -> Result<(), RestoreError>,
+    ) -> Result<(), RestoreError> {
+        for m in &self.members {
+            if let Some(p) = m.plan.borrow().as_ref() {
+                f(&p.image, &p.image())?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn len(&self) -> usize {
         self.members.len()
     }

@@ -46,7 +46,9 @@ pub fn place_vdso(img: &Image) {
 pub fn map_all(img: &Image, files: &mut Files, a: &Args, lazy: bool, map: bool) {
     let mut prev: Option<Vma> = None;
     for v in img.vmas().iter() {
-        if !v.is_special() {
+        if v.kind == vma_kind::SYSV {
+            attach_sysv(img, &v);
+        } else if !v.is_special() {
             let fd = if v.file != NO_INDEX {
                 files.open(v.file)
             } else {
@@ -61,6 +63,45 @@ pub fn map_all(img: &Image, files: &mut Files, a: &Args, lazy: bool, map: bool) 
         }
         prev = Some(v);
     }
+}
+
+/// A mapping of System V shared memory: the segment attached again
+/// (shmat, at the attach's start: one attach covers all its mappings, as
+/// the capture checked), then each mapping's protection and flags. Its
+/// bytes are the segment's: `cryo restore` made it again with them if it
+/// was gone.
+fn attach_sysv(img: &Image, v: &Vma) {
+    const SHM_RDONLY: usize = 0o10000;
+    const SHM_EXEC: usize = 0o100000;
+    if v.pgoff == 0 {
+        let Some(s) = img.sysv_shm().iter().find(|s| s.start == v.start) else {
+            die(format_args!(
+                "System V memory at {:#x} without its segment",
+                v.start
+            ));
+        };
+        let mut flags = if s.rdonly != 0 { SHM_RDONLY } else { 0 };
+        if v.prot & cryo_image::prot::EXEC != 0 {
+            flags |= SHM_EXEC;
+        }
+        let r = syscall3(SYS_SHMAT, s.id as usize, v.start as usize, flags);
+        if r as usize != v.start as usize {
+            die(format_args!(
+                "attaching System V segment {} at {:#x}: errno {}",
+                s.id, v.start, -r
+            ));
+        }
+    }
+    check(
+        syscall3(
+            SYS_MPROTECT,
+            v.start as usize,
+            v.len() as usize,
+            prot_bits(v.prot),
+        ),
+        format_args!("mprotect {:#x}", v.start),
+    );
+    restore_vma_flags(v);
 }
 
 fn prot_bits(p: u32) -> usize {

@@ -376,3 +376,42 @@ pub fn cryo_cmd(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Every PID of a captured tree (from `cryo inspect --json`).
+pub fn tree_pids(img: &Path) -> Vec<i32> {
+    let (code, out, err) = cryo_cmd(&["inspect", "--json", "--no-verify", img.to_str().unwrap()]);
+    assert_eq!(code, 0, "inspect: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("inspect json");
+    v["tree"]["processes"]
+        .as_array()
+        .expect("a tree")
+        .iter()
+        .map(|p| p["pid"].as_i64().unwrap() as i32)
+        .collect()
+}
+
+/// Become the reaper of orphans: a killed tree's children are then ours to
+/// wait for, not init's (which may never reap them: under `unshare
+/// --pid`, PID 1 is whatever the command was).
+pub fn adopt_orphans() {
+    // SAFETY: integers only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+}
+
+/// Wait until the captured (and killed) tree is gone: its PIDs are free
+/// (reaping those that became ours).
+pub fn wait_gone(pids: &[i32]) {
+    wait_for(
+        "the killed tree to be reaped",
+        Duration::from_secs(30),
+        || {
+            pids.iter().all(|&p| {
+                let mut st = 0;
+                // SAFETY: waitpid writes one int we own; a PID that is not our
+                // child fails with ECHILD and changes nothing.
+                unsafe { libc::waitpid(p, &mut st, libc::WNOHANG) };
+                state(p).is_none()
+            })
+        },
+    );
+}

@@ -70,10 +70,12 @@ pub enum SectionKind {
     Ptys = 35,
     /// Format 7.0: SIGIO owners and signals ([`crate::fds::FdOwner`]).
     FdOwners = 36,
+    /// Format 8.0: System V shared memory attached ([`crate::fds::SysvShm`]).
+    SysvShm = 37,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 36] = [
+    pub const ALL: [SectionKind; 37] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -110,6 +112,7 @@ impl SectionKind {
         SectionKind::TreeFiles,
         SectionKind::Ptys,
         SectionKind::FdOwners,
+        SectionKind::SysvShm,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -152,6 +155,7 @@ impl SectionKind {
             SectionKind::TreeFiles => "tree_files",
             SectionKind::Ptys => "ptys",
             SectionKind::FdOwners => "fd_owners",
+            SectionKind::SysvShm => "sysv_shm",
         }
     }
     /// Record size this reader knows for the section (1 for byte blobs).
@@ -193,6 +197,7 @@ impl SectionKind {
             SectionKind::TreeFiles => crate::tree::TreeFile::SIZE,
             SectionKind::Ptys => crate::fds::Pty::SIZE,
             SectionKind::FdOwners => crate::fds::FdOwner::SIZE,
+            SectionKind::SysvShm => crate::fds::SysvShm::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -244,6 +249,8 @@ impl SectionKind {
             // devpts allows 4096 ptys by default (kernel.pty.max).
             SectionKind::Ptys => 1 << 20,
             SectionKind::FdOwners => 1 << 20,
+            // (kernel.shmmni is 4096 by default.)
+            SectionKind::SysvShm => 1 << 16,
         }
     }
     /// Sections every valid image must have.

@@ -16,6 +16,8 @@ pub mod vma_kind {
     pub const VVAR: u32 = 8;
     pub const VVAR_VCLOCK: u32 = 9;
     pub const VSYSCALL: u32 = 10;
+    /// (8.0) An attach of System V shared memory (`fds::SysvShm`).
+    pub const SYSV: u32 = 11;
 
     pub fn name(k: u32) -> &'static str {
         match k {
@@ -29,6 +31,7 @@ pub mod vma_kind {
             VVAR => "vvar",
             VVAR_VCLOCK => "vvar_vclock",
             VSYSCALL => "vsyscall",
+            SYSV => "sysv-shm",
             _ => "unknown",
         }
     }

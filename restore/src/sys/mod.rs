@@ -21,6 +21,7 @@ mod barrier;
 mod fd;
 mod own;
 mod process;
+mod shm;
 mod sock;
 pub mod tty;
 
@@ -29,6 +30,7 @@ pub use barrier::{Barrier, Step};
 pub use fd::*;
 pub use own::*;
 pub use process::*;
+pub use shm::*;
 pub use sock::*;
 
 use std::io;

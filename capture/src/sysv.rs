@@ -1,0 +1,138 @@
+//! System V shared memory (format 8.0): each attach (shmat) of a segment
+//! the process has, with what restore needs to attach it again (the id,
+//! key, size, mode and owner from /proc/sysvipc/shm) and, to make it
+//! again if it is gone by then, its bytes (read through the process's
+//! /proc/PID/map_files entry, the segment's shmem file: nothing touches
+//! the process or the segment's attach count and times).
+
+use crate::obstacles::Obstacles;
+use crate::procinfo::Mapping;
+use crate::stored::{BlobOwner, Limits, PendingBlob, StoredFiles};
+use crate::vma::Classified;
+use cryo_image::fds::SysvShm;
+use cryo_image::write::ImageBuilder;
+use cryo_image::{vma_kind, PAGE_SIZE};
+use std::io::Read;
+
+/// One line of /proc/sysvipc/shm.
+struct Segment {
+    key: i32,
+    mode: u32,
+    size: u64,
+    uid: u32,
+    gid: u32,
+}
+
+/// The segment with id `id`, as /proc/sysvipc/shm shows it ("key shmid
+/// perms size cpid lpid nattch uid gid cuid cgid ...").
+fn segment(id: u64) -> Option<Segment> {
+    let text = std::fs::read_to_string("/proc/sysvipc/shm").ok()?;
+    text.lines().skip(1).find_map(|l| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if w.get(1)?.parse::<u64>().ok()? != id {
+            return None;
+        }
+        Some(Segment {
+            key: w[0].parse().ok()?,
+            mode: u32::from_str_radix(w[2], 8).ok()?,
+            size: w.get(3)?.parse().ok()?,
+            uid: w.get(7)?.parse().ok()?,
+            gid: w.get(8)?.parse().ok()?,
+        })
+    })
+}
+
+/// Record every attach among the process's `classified` mappings (kind
+/// `vma_kind::SYSV`), or say why one cannot be restored.
+pub fn attaches(
+    pid: i32,
+    classified: &[Classified],
+    b: &mut ImageBuilder,
+    stored: &mut StoredFiles,
+    limits: &Limits,
+    obs: &mut Obstacles,
+) {
+    for (i, c) in classified.iter().enumerate() {
+        let m: &Mapping = c.m;
+        if c.kind != vma_kind::SYSV || m.offset != 0 {
+            continue;
+        }
+        let range = format!("{:x}-{:x}", m.start, m.end);
+        let what = format!("mapping {range} {} (System V shared memory)", m.path);
+        let Some(seg) = segment(m.inode) else {
+            obs.push(format!(
+                "{what}: its segment {} is not in /proc/sysvipc/shm",
+                m.inode
+            ));
+            continue;
+        };
+        // SHM_DEST: removed (IPC_RMID), alive while attached.
+        if seg.mode & 0o1000 != 0 {
+            obs.push(format!(
+                "{what}: its segment {} was marked for removal (IPC_RMID); not supported yet",
+                m.inode
+            ));
+            continue;
+        }
+        let len = seg.size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let end = m.start + len;
+        // The attach's mappings, from its start: all of it, each at its
+        // offset (mprotect may have split it; a part unmapped would not
+        // come back with one shmat).
+        let mut at = m.start;
+        for d in classified[i..]
+            .iter()
+            .map(|d| d.m)
+            .take_while(|d| d.start < end)
+        {
+            if d.start != at || d.inode != m.inode || d.offset != d.start - m.start {
+                break;
+            }
+            at = d.end;
+        }
+        if at != end {
+            obs.push(format!(
+                "{what}: only part of the segment is mapped there (munmap'ed or remapped); cryo attaches whole segments"
+            ));
+            continue;
+        }
+        if seg.size > limits.max_file_data {
+            obs.push(format!(
+                "{what}: the segment is {} bytes, more than --max-file-data ({})",
+                seg.size, limits.max_file_data
+            ));
+            continue;
+        }
+        let mut data = Vec::with_capacity(seg.size as usize);
+        let read = std::fs::File::open(format!("/proc/{pid}/map_files/{range}"))
+            .and_then(|f| f.take(seg.size).read_to_end(&mut data));
+        match read {
+            Ok(n) if n as u64 == seg.size => {}
+            Ok(n) => {
+                obs.push(format!("{what}: read {n} of its {} bytes", seg.size));
+                continue;
+            }
+            Err(e) => {
+                obs.push(format!("{what}: reading its bytes: {e}"));
+                continue;
+            }
+        }
+        let index = b.sysv_shm.len();
+        b.sysv_shm.push(SysvShm {
+            start: m.start,
+            size: seg.size,
+            id: m.inode as i32,
+            key: seg.key,
+            mode: seg.mode & 0o777,
+            uid: seg.uid,
+            gid: seg.gid,
+            // (SHM_RDONLY leaves the attach without VM_MAYWRITE.)
+            rdonly: u32::from(!m.has_flag("mw")),
+            data: Default::default(),
+        });
+        stored.blobs.push(PendingBlob {
+            to: BlobOwner::Sysv(index),
+            bytes: data,
+        });
+    }
+}
