@@ -353,7 +353,8 @@ fn every_obstacle_at_once() {
     for want in [
         "6 obstacles",
         "child processes",
-        "fd 3 is a netlink socket",
+        "fd 3 (netlink socket, protocol 0, netlink port",
+        "has messages waiting to be read",
         "fd 4 (UDP socket 127.0.0.1:",
         "datagrams queued (4 bytes in the first)",
         "fd 5 is a userfaultfd",

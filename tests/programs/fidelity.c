@@ -49,6 +49,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -1231,10 +1232,17 @@ static void fanotify_check(void) {
     close(m->fd);
 }
 
-/* Refused, all at once: a socket pair, an eventfd, an inotify instance
- * with an event queued, an AIO ring and a child. */
+/* Refused, all at once: a netlink socket with the kernel's answers
+ * waiting, a UDP socket with a datagram waiting, a userfaultfd, an inotify
+ * instance with an event queued, an AIO ring and a child. */
 static void refuse_setup(void) {
     CHECK(socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE) == 3, "netlink socket");
+    struct {
+        struct nlmsghdr h;
+        struct rtgenmsg g;
+    } dump = {.h = {.nlmsg_len = sizeof dump, .nlmsg_type = RTM_GETLINK, .nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP, .nlmsg_seq = 1},
+              .g = {.rtgen_family = AF_UNSPEC}};
+    CHECK(send(3, &dump, sizeof dump, 0) == (ssize_t)sizeof dump, "a link dump asked, its answer left unread");
     /* A UDP socket with a datagram (sent to itself) waiting in it. */
     int u = socket(AF_INET, SOCK_DGRAM, 0);
     struct sockaddr_in ua = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
