@@ -1697,6 +1697,55 @@ print("PASS", flush=True)
 }
 
 #[test]
+fn system_v_segment_removed_while_attached_comes_back_removed() {
+    // The common "make, attach, IPC_RMID at once" (X11's MIT-SHM, say):
+    // the segment lives while attached. Made again with its id and bytes
+    // at every restore, shared by parent and child, removed again: gone
+    // with its last detach.
+    let script = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+libc.shmdt.argtypes = [ctypes.c_void_p]
+libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+sid = libc.shmget(0, 8192, 0o600)
+p = libc.shmat(sid, None, 0)
+assert libc.shmctl(sid, 0, None) == 0  # IPC_RMID, still attached
+ctypes.memmove(p + 4096, b"before", 6)
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(w)
+    os.read(r, 1)
+    assert ctypes.string_at(p + 4096, 6) == b"before"
+    ctypes.memmove(p, b"child", 5)
+    os._exit(0)
+os.close(r)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+os.write(w, b"g")
+_, st = os.waitpid(pid, 0)
+assert st == 0, st
+assert ctypes.string_at(p, 5) == b"child"
+ds = ctypes.create_string_buffer(128)
+assert libc.shmctl(sid, 2, ds) == 0, ctypes.get_errno()  # IPC_STAT
+word = lambda a, n: int.from_bytes(ds.raw[a:a + n], "little")
+# Private, removed (SHM_DEST), attached once (the child ended).
+assert word(0, 4) == 0 and word(20, 2) & 0o1000 and word(88, 8) == 1, (word(0, 4), oct(word(20, 2)), word(88, 8))
+assert libc.shmdt(p) == 0
+assert libc.shmctl(sid, 2, ds) == -1 and ctypes.get_errno() in (22, 43)
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "tree-sysv-removed",
+        script,
+        |_| {},
+        &[&[], &["--lazy"], &["--map"]],
+    );
+}
+
+#[test]
 fn system_v_segment_whose_key_was_taken_is_refused_by_name() {
     // Captured and killed; its segment removed and another made with its
     // key: the restore refuses, naming both, before anything is made.

@@ -9,7 +9,7 @@ use crate::obstacles::Obstacles;
 use crate::procinfo::Mapping;
 use crate::stored::{BlobOwner, Limits, PendingBlob, StoredFiles};
 use crate::vma::Classified;
-use cryo_image::fds::SysvShm;
+use cryo_image::fds::{sysv_flags, SysvShm};
 use cryo_image::write::ImageBuilder;
 use cryo_image::{vma_kind, PAGE_SIZE};
 use std::io::Read;
@@ -66,14 +66,6 @@ pub fn attaches(
             ));
             continue;
         };
-        // SHM_DEST: removed (IPC_RMID), alive while attached.
-        if seg.mode & 0o1000 != 0 {
-            obs.push(format!(
-                "{what}: its segment {} was marked for removal (IPC_RMID); not supported yet",
-                m.inode
-            ));
-            continue;
-        }
         let len = seg.size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
         let end = m.start + len;
         // The attach's mappings, from its start: all of it, each at its
@@ -126,8 +118,17 @@ pub fn attaches(
             mode: seg.mode & 0o777,
             uid: seg.uid,
             gid: seg.gid,
-            // (SHM_RDONLY leaves the attach without VM_MAYWRITE.)
-            rdonly: u32::from(!m.has_flag("mw")),
+            // (SHM_RDONLY leaves the attach without VM_MAYWRITE; SHM_DEST:
+            // removed, alive while attached.)
+            flags: if m.has_flag("mw") {
+                0
+            } else {
+                sysv_flags::RDONLY
+            } | if seg.mode & 0o1000 != 0 {
+                sysv_flags::REMOVED
+            } else {
+                0
+            },
             data: Default::default(),
         });
         stored.blobs.push(PendingBlob {

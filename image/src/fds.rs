@@ -229,6 +229,16 @@ record! {
     }
 }
 
+/// `SysvShm::flags` bits.
+pub mod sysv_flags {
+    /// Attached read-only (SHM_RDONLY).
+    pub const RDONLY: u32 = 1 << 0;
+    /// Marked for removal (IPC_RMID while attached: SHM_DEST): made again
+    /// as a new private segment, with its id, and marked so again by the
+    /// shim once it is attached.
+    pub const REMOVED: u32 = 1 << 1;
+}
+
 record! {
     /// (8.0) A System V shared memory segment attached (shmat) at `start`:
     /// the mappings from `start` to `start + size` rounded up to pages
@@ -247,8 +257,8 @@ record! {
         pub mode: u32,
         pub uid: u32,
         pub gid: u32,
-        /// Attached read-only (SHM_RDONLY).
-        pub rdonly: u32,
+        /// `sysv_flags` bits.
+        pub flags: u32,
         /// The segment's bytes at capture.
         pub data: Blob,
     }

@@ -9,6 +9,13 @@
 //! bytes it had at capture. A segment made here is removed again if the
 //! restore fails before the shim runs ([`remove_made`]). `prepare` only
 //! checks ([`check`]); the exec makes them ([`ensure`]), once for a tree.
+//!
+//! A segment removed while attached (IPC_RMID: SHM_DEST, its key made
+//! private) belongs to the tree alone: it is always made again (its id
+//! must be free: the captured process, or another restore of it, still
+//! running has it), and each shim marks it removed again once attached.
+//! Were a shim to fail between its exec and that, the segment would stay
+//! (`ipcs -m` shows it, with no process attached).
 
 use crate::{sys, LoadedImage, RestoreError};
 use cryo_image::Image;
@@ -47,7 +54,14 @@ fn state(s: &cryo_image::fds::SysvShm) -> Result<bool, RestoreError> {
         "segment {} (key {:#x}, {} bytes)",
         s.id, s.key as u32, s.size
     );
+    let removed = s.flags & cryo_image::fds::sysv_flags::REMOVED != 0;
     match sys::shm_stat(s.id).map_err(|e| err(format!("{was}: IPC_STAT: {e}")))? {
+        // Removed while attached: the tree's own, never another's.
+        Some(_) if removed => {
+            return Err(err(format!(
+                "{was} was removed while attached, the tree's own, and that id is taken (by the captured process, or a restore of it, still running?); end it first"
+            )))
+        }
         Some(now) if now.key == s.key && now.size == s.size && now.mode & 0o1000 == 0 => {
             return Ok(true)
         }
@@ -75,7 +89,9 @@ fn state(s: &cryo_image::fds::SysvShm) -> Result<bool, RestoreError> {
 pub(crate) fn ensure(loaded: &LoadedImage, img: &Image, verify: bool) -> Result<(), RestoreError> {
     let mut done: Vec<i32> = Vec::new();
     for s in img.sysv_shm().iter() {
-        if done.contains(&s.id) {
+        // (Once: another process of the tree may have made it already.)
+        let made_here = MADE.lock().is_ok_and(|v| v.contains(&s.id));
+        if done.contains(&s.id) || made_here {
             continue;
         }
         done.push(s.id);

@@ -17,6 +17,7 @@ pub const SYS_PREAD64: usize = 17;
 pub const SYS_PWRITE64: usize = 18;
 pub const SYS_MREMAP: usize = 25;
 pub const SYS_SHMAT: usize = 30;
+pub const SYS_SHMCTL: usize = 31;
 pub const SYS_MADVISE: usize = 28;
 pub const SYS_SETITIMER: usize = 38;
 pub const SYS_GETPID: usize = 39;

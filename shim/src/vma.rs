@@ -80,7 +80,12 @@ fn attach_sysv(img: &Image, v: &Vma) {
                 v.start
             ));
         };
-        let mut flags = if s.rdonly != 0 { SHM_RDONLY } else { 0 };
+        use cryo_image::fds::sysv_flags;
+        let mut flags = if s.flags & sysv_flags::RDONLY != 0 {
+            SHM_RDONLY
+        } else {
+            0
+        };
         if v.prot & cryo_image::prot::EXEC != 0 {
             flags |= SHM_EXEC;
         }
@@ -90,6 +95,16 @@ fn attach_sysv(img: &Image, v: &Vma) {
                 "attaching System V segment {} at {:#x}: errno {}",
                 s.id, v.start, -r
             ));
+        }
+        // Removed while attached, as it was: gone with its last detach.
+        // (Every process of a tree that attaches it says so; the first
+        // does it, and the others may still attach it by its id.)
+        if s.flags & sysv_flags::REMOVED != 0 {
+            const IPC_RMID: usize = 0;
+            check(
+                syscall3(SYS_SHMCTL, s.id as usize, IPC_RMID, 0),
+                format_args!("removing System V segment {} again", s.id),
+            );
         }
     }
     check(
