@@ -150,6 +150,8 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
     });
     // (Past the json! macro's recursion limit.)
     v["ptys"] = json!(ptys);
+    v["sysv_shm"] = json!(img.sysv_shm().iter().collect::<Vec<_>>());
+    v["fd_owners"] = json!(img.fd_owners().iter().collect::<Vec<_>>());
     v
 }
 

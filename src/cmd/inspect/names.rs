@@ -6,7 +6,10 @@ use cryo_image::{vma_flags, vma_kind, Vma};
 pub(super) fn perms(v: &Vma) -> String {
     use cryo_image::prot::*;
     let f = |b, c| if v.prot & b != 0 { c } else { '-' };
-    let shared = matches!(v.kind, vma_kind::ANON_SHARED | vma_kind::FILE_SHARED);
+    let shared = matches!(
+        v.kind,
+        vma_kind::ANON_SHARED | vma_kind::FILE_SHARED | vma_kind::SYSV
+    );
     format!(
         "{}{}{}{}",
         f(READ, 'r'),

@@ -113,6 +113,27 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
         if kept {
             name.push_str("  (bytes kept: made again if gone)");
         }
+        if let Some(s) = img.sysv_shm().iter().find(|s| s.start == v.start) {
+            use cryo_image::fds::sysv_flags;
+            let removed = s.flags & sysv_flags::REMOVED != 0;
+            name.push_str(&format!(
+                "  (segment {} key {:#x}, {} bytes kept, mode {:o}{}{})",
+                s.id,
+                s.key as u32,
+                s.size,
+                s.mode,
+                if s.flags & sysv_flags::RDONLY != 0 {
+                    ", attached read-only"
+                } else {
+                    ""
+                },
+                if removed {
+                    ", removed while attached: made again at every restore"
+                } else {
+                    ": attached again, made again if gone"
+                },
+            ));
+        }
         let _ = writeln!(
             o,
             "{:016x} {:>10} {:>8} {:>8} {:>6} {:<4} {:<13} {}",
