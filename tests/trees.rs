@@ -1544,6 +1544,7 @@ s, _ = l.accept()
 f = os.open("/proc/self/exe", os.O_RDONLY)
 socket.send_fds(c, [b"with a file"], [f])
 os.close(f)
+s.send(b"back")  # the other way, without files: once
 ready_r, ready_w = os.pipe()
 pid = os.fork()
 if pid == 0:
@@ -1560,11 +1561,13 @@ for _, _, data in anc:
     fds.frombytes(data[:len(data) - len(data) % 4])
 assert msg == b"with a file" and len(fds) == 1, (msg, list(fds))
 assert os.readlink("/proc/self/fd/%d" % fds[0]) == os.readlink("/proc/self/exe")
-s.setblocking(False)
-try:
-    s.recv(100); assert False, "a message too many"
-except BlockingIOError:
-    pass
+assert c.recv(100) == b"back"
+for x in (s, c):
+    x.setblocking(False)
+    try:
+        x.recv(100); assert False, "a message too many"
+    except BlockingIOError:
+        pass
 os.kill(pid, 9); os.waitpid(pid, 0)
 os.unlink(path)
 print("PASS", flush=True)

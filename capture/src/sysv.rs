@@ -52,11 +52,31 @@ pub fn attaches(
     limits: &Limits,
     obs: &mut Obstacles,
 ) {
+    // Attaches recorded or refused (by their start).
+    let mut seen: Vec<u64> = Vec::new();
     for (i, c) in classified.iter().enumerate() {
         let m: &Mapping = c.m;
-        if c.kind != vma_kind::SYSV || m.offset != 0 {
+        if c.kind != vma_kind::SYSV {
             continue;
         }
+        if m.offset != 0 {
+            // Part of an attach whose start is mapped: handled there.
+            // Else its first pages were unmapped.
+            let head = m.start.saturating_sub(m.offset);
+            if !seen.contains(&head)
+                && !classified[..i]
+                    .iter()
+                    .any(|d| d.m.start == head && d.kind == vma_kind::SYSV && d.m.inode == m.inode)
+            {
+                seen.push(head);
+                obs.push(format!(
+                    "mapping {:x}-{:x} {} (System V shared memory): the start of its attach was unmapped; cryo attaches whole segments",
+                    m.start, m.end, m.path
+                ));
+            }
+            continue;
+        }
+        seen.push(m.start);
         let range = format!("{:x}-{:x}", m.start, m.end);
         let what = format!("mapping {range} {} (System V shared memory)", m.path);
         let Some(seg) = segment(m.inode) else {

@@ -352,12 +352,14 @@ impl<'a> Image<'a> {
         let ext = self.extents();
         let socks = self.sockets();
         let ptys = self.ptys();
+        let sysv = self.sysv_shm();
         pipes
             .iter()
             .map(|p| p.data)
             .chain(ext.iter().map(|e| e.data))
             .chain(socks.iter().map(|s| s.data))
             .chain(ptys.iter().flat_map(|t| [t.input, t.output]))
+            .chain(sysv.iter().map(|s| s.data))
             .filter(|b| b.len > 0)
     }
 

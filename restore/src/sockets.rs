@@ -1299,9 +1299,16 @@ pub(crate) struct PairEnd<'a> {
 /// ([`send_in_flight`], through our other end, which it inherits), and
 /// shuts both ends down after (a pair with both queues so and shut down
 /// is refused: neither process would know when the other had sent).
+///
+/// `one`: both ends are in one process's image (a pair connected through
+/// a named socket inside a process, or one whose end another process
+/// also holds): that process's `send_in_flight` sends both queues, as
+/// for a pair it makes itself, so with files in flight in either, both
+/// wait for it (else the other queue would come twice).
 pub(crate) fn make_pair(
     ends: [&PairEnd; 2],
     verify: bool,
+    one: bool,
 ) -> Result<(OwnedFd, OwnedFd, [bool; 2]), RestoreError> {
     let sock = |e: &PairEnd| e.img.sockets().get(e.fd.object as usize);
     let set = |e: &PairEnd, fd: BorrowedFd| set_options(&e.img, e.fd.object, fd);
@@ -1323,6 +1330,7 @@ pub(crate) fn make_pair(
         set(e, fd).map_err(|w| err(e, w))?;
     }
     let mut later = [false; 2];
+    let mut queues = Vec::new();
     for (k, (e, s, from)) in [(ends[0], sa, b.as_fd()), (ends[1], sb, a.as_fd())]
         .into_iter()
         .enumerate()
@@ -1333,12 +1341,18 @@ pub(crate) fn make_pair(
                 .read_blob(&s.data, verify)
                 .map_err(|x| err(e, Why::Said(x.to_string())))?;
             later[k] = carries_files(&s, &bytes).map_err(|w| err(e, w))?;
-            if !later[k] {
-                put_back(&s, from, &bytes).map_err(|w| err(e, w))?;
-            }
+            queues.push((k, e, s, from, bytes));
         }
     }
-    if later == [true, true] && (sa.shutdown | sb.shutdown) & 3 != 0 {
+    if one && later != [false, false] {
+        later = [true, true];
+    }
+    for (k, e, s, from, bytes) in &queues {
+        if !later[*k] {
+            put_back(s, *from, bytes).map_err(|w| err(e, w))?;
+        }
+    }
+    if !one && later == [true, true] && (sa.shutdown | sb.shutdown) & 3 != 0 {
         return Err(err(
             ends[0],
             "both of its queues hold files in flight and it was shut down".into(),

@@ -110,7 +110,8 @@ pub(crate) fn ensure(loaded: &LoadedImage, img: &Image, verify: bool) -> Result<
                 "{was} is gone, and making it again with its id needs {next}: {e}"
             ))
         })?;
-        let id = sys::shm_create(s.key, s.size, s.mode);
+        // (Ours to fill first; its mode as captured after.)
+        let id = sys::shm_create(s.key, s.size, 0o600);
         let _ = std::fs::write(next, "-1");
         let id = id.map_err(|e| err(format!("{was} is gone; making it again: {e}")))?;
         if let Ok(mut v) = MADE.lock() {

@@ -413,7 +413,10 @@ fn make_shared<'a>(
             )));
         };
         let ((a, ka), (b, kb)) = (pair_end(fa, img_of)?, pair_end(fb, img_of)?);
-        let (ea, eb, later) = crate::sockets::make_pair([&a, &b], verify)?;
+        // (Both ends in one process's image: that process sends both
+        // queues itself, as for a pair inside it.)
+        let one = ka == kb;
+        let (ea, eb, later) = crate::sockets::make_pair([&a, &b], verify, one)?;
         let (ea, eb) = (ea.into_raw_fd(), eb.into_raw_fd());
         // A queue with files in flight: sent by the process whose image
         // has it, through the other end, which it inherits with ours.
@@ -427,7 +430,7 @@ fn make_shared<'a>(
             (later[0], ka, &a, eb, shutdown(&b)),
             (later[1], kb, &b, ea, shutdown(&a)),
         ] {
-            if go {
+            if go && !one {
                 made.peers
                     .entry(recs[k].pid)
                     .or_default()
@@ -497,7 +500,7 @@ fn make_shared<'a>(
             ];
             // (With files in flight, the process sends its queues itself:
             // both ends are its.)
-            let (ea, eb, _) = crate::sockets::make_pair([&ends[0], &ends[1]], verify)
+            let (ea, eb, _) = crate::sockets::make_pair([&ends[0], &ends[1]], verify, true)
                 .map_err(|e| in_process(rec.pid, e))?;
             give(&ha, ea.into_raw_fd(), &mut made);
             give(&hb, eb.into_raw_fd(), &mut made);

@@ -98,13 +98,12 @@ fn attach_sysv(img: &Image, v: &Vma) {
         }
         // Removed while attached, as it was: gone with its last detach.
         // (Every process of a tree that attaches it says so; the first
-        // does it, and the others may still attach it by its id.)
+        // does it, and the others may still attach it by its id. Best
+        // effort: a process that may not remove it leaves it to another,
+        // or in place, which `cryo restore`'s documentation says.)
         if s.flags & sysv_flags::REMOVED != 0 {
             const IPC_RMID: usize = 0;
-            check(
-                syscall3(SYS_SHMCTL, s.id as usize, IPC_RMID, 0),
-                format_args!("removing System V segment {} again", s.id),
-            );
+            syscall3(SYS_SHMCTL, s.id as usize, IPC_RMID, 0);
         }
     }
     check(
