@@ -644,7 +644,10 @@ fn unshareable(ins: &Inspected, f: &Fd) -> Option<String> {
         // timer, one signal mask for every holder, as before.)
         | fd_kind::EVENTFD
         | fd_kind::TIMERFD
-        | fd_kind::SIGNALFD => None,
+        | fd_kind::SIGNALFD
+        // (Made by its first holder with its items, which name that
+        // process's fds; the others take that one at restore.)
+        | fd_kind::EPOLL => None,
         fd_kind::SOCKET => {
             let s = ins.b.sockets.get(f.object as usize)?;
             match s.state {

@@ -224,6 +224,9 @@ pub(crate) struct MadeFor<'a> {
     ptys: Option<&'a ptys::Ptys>,
     /// `fds::Plan::peers`.
     peers: &'a [(i32, i32, u32)],
+    /// Epoll sets another process of the tree makes: (fd, that process
+    /// as captured, its fd): `fds::Source::FromPeer`.
+    from_peer: &'a [(i32, i32, i32)],
 }
 
 /// One process's plan (`made`: its fds, and the files it maps or holds,
@@ -265,6 +268,11 @@ fn prepare_one(
     )?;
     fds.premade = made.files.to_vec();
     fds.peers = made.peers.to_vec();
+    for &(n, pid, fd) in made.from_peer {
+        if let Some(p) = fds.fds.iter_mut().find(|p| p.fd == n) {
+            p.source = fds::Source::FromPeer { pid, fd };
+        }
+    }
     let checked = task::check(&img, &own_status, opts.cgroups == Cgroups::Captured)?;
     let setup = Setup {
         checked,
@@ -542,6 +550,10 @@ impl Plan {
         // Last, with every signal blocked: in a tree, another process may
         // be restored and send this one a signal as soon as this returns.
         if let Err(e) = ready() {
+            return e;
+        }
+        // Epoll sets another process of the tree made: theirs now.
+        if let Err(e) = fds::take_from_peers(&self.fds) {
             return e;
         }
         // Every process's sockets are made: TCP connections' SO_REUSEADDR

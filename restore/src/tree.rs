@@ -136,12 +136,13 @@ pub(crate) fn prepare(
         crate::ptys::Ptys::make(&live, &forked, opts.same_pid || opts.pidns, !opts.no_verify)?
     };
     let made = make_shared(&recs, &img, &img_of, &opts, &ptys)?;
-    let (no_fds, no_files, no_peers) = (Vec::new(), Vec::new(), Vec::new());
+    let (no_fds, no_files, no_peers, no_from) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let made_of = |pid: u32| crate::MadeFor {
         fds: made.fds.get(&pid).unwrap_or(&no_fds).as_slice(),
         files: made.files.get(&pid).unwrap_or(&no_files).as_slice(),
         ptys: Some(&ptys),
         peers: made.peers.get(&pid).unwrap_or(&no_peers).as_slice(),
+        from_peer: made.from_peer.get(&pid).unwrap_or(&no_from).as_slice(),
     };
     let mut members = vec![Member {
         rec: recs[0],
@@ -249,6 +250,8 @@ struct Made {
     files: BTreeMap<u32, Vec<(u32, i32)>>,
     /// `fds::Plan::peers`, by PID.
     peers: BTreeMap<u32, Vec<(i32, i32, u32)>>,
+    /// `MadeFor::from_peer`, by PID.
+    from_peer: BTreeMap<u32, Vec<(i32, i32, i32)>>,
     ours: Vec<OwnedFd>,
 }
 
@@ -512,6 +515,23 @@ fn make_shared<'a>(
         let fds = &objects[&obj];
         let (k, n, _) = fds.iter().copied().find(|h| h.0 == 0).unwrap_or(fds[0]);
         let (loaded, img) = img_of(k).expect("checked above");
+        // An epoll set: its items name fds of one process, which makes it
+        // as it would alone (the first holder, nearest the root); the
+        // others take that one once every process has its fds.
+        let epoll = img
+            .fds()
+            .iter()
+            .any(|f| f.fd == n && f.kind == fd_kind::EPOLL);
+        if epoll {
+            let (k, n, _) = fds.iter().copied().min_by_key(|h| h.0).unwrap_or(fds[0]);
+            for &(j, m, _) in fds.iter().filter(|h| h.0 != k) {
+                made.from_peer
+                    .entry(recs[j].pid)
+                    .or_default()
+                    .push((m, recs[k].pid as i32, n));
+            }
+            continue;
+        }
         let i = img
             .fds()
             .iter()

@@ -171,6 +171,11 @@ pub fn install(
                 object,
                 flags,
             } => park(crate::anonfds::make(img, p, *kind, *object, *flags)?, high)?,
+            // (A stand-in, /dev/null, until `take_from_peers`.)
+            Source::FromPeer { .. } => park(
+                open_path(p, "/dev/null", libc::O_RDONLY, 0, None, None)?,
+                high,
+            )?,
             Source::Socket { sock, flags } => match early.iter().find(|(j, _)| *j == k) {
                 Some(&(_, fd)) => fd,
                 None => park(

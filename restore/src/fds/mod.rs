@@ -82,6 +82,11 @@ pub enum Source {
     Anon { kind: u32, object: u32, flags: i32 },
     /// A socket made again (`sock`: its index in the sockets table).
     Socket { sock: u32, flags: i32 },
+    /// An epoll set another process of the tree makes, with its items
+    /// (captured as `pid`, at its fd `fd`): a stand-in until every
+    /// process has its fds, then that process's own (pidfd_getfd; see
+    /// [`take_from_peers`]).
+    FromPeer { pid: i32, fd: i32 },
     /// A pidfd of another process of the tree (which exists by the time
     /// fds are installed).
     Pidfd { pid: i32, flags: i32 },
@@ -569,6 +574,32 @@ pub(crate) fn set_status_flags(fd: RawFd, flags: i32) -> std::io::Result<()> {
     let want = (cur & !settable) | (flags & settable);
     if want != cur {
         sys::setfl(fd, want)?;
+    }
+    Ok(())
+}
+
+/// Every fd of `plan` that is another process's epoll set
+/// (`Source::FromPeer`): that process's own now, at its number (called
+/// once every process of the tree has its fds, before any shim passes
+/// its barrier, so the program that owns it cannot have closed it).
+pub(crate) fn take_from_peers(plan: &Plan) -> Result<(), RestoreError> {
+    for p in &plan.fds {
+        let Source::FromPeer { pid, fd } = p.source else {
+            continue;
+        };
+        let now = crate::tree::pid_now(pid, -1);
+        let got = sys::fd_of_process(now, fd).map_err(|e| {
+            fd_err(
+                p,
+                Why::sys(
+                    format!("taking the epoll set of process {now} (fd {fd}), which made it"),
+                    e,
+                ),
+            )
+        })?;
+        let r = sys::dup2(got, p.fd);
+        sys::close(got);
+        r.map_err(|e| fd_err(p, Why::sys("dup2", e)))?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use nix::sys::ptrace;
 use nix::unistd::Pid;
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// Which side of a [`fork`] this is.
 pub enum Forked {
@@ -70,6 +70,15 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes integers and returns a new fd.
     let r = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
     new_fd(r as libc::c_int)
+}
+
+/// A copy of fd `fd` of process `pid` (pidfd_getfd), as a raw fd of
+/// ours (the caller closes it).
+pub fn fd_of_process(pid: i32, fd: i32) -> io::Result<RawFd> {
+    let p = pidfd_open(pid)?;
+    // SAFETY: integers only; returns a new fd (close-on-exec).
+    let r = cvt(unsafe { libc::syscall(libc::SYS_pidfd_getfd, p.as_raw_fd(), fd, 0) })?;
+    Ok(r as RawFd)
 }
 
 /// pidfd_send_signal(pidfd, sig, NULL, 0): the process the pidfd pins,
