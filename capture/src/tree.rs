@@ -645,9 +645,12 @@ fn unshareable(ins: &Inspected, f: &Fd) -> Option<String> {
         | fd_kind::EVENTFD
         | fd_kind::TIMERFD
         | fd_kind::SIGNALFD
-        // (Made by its first holder with its items, which name that
-        // process's fds; the others take that one at restore.)
-        | fd_kind::EPOLL => None,
+        // (Made by its first holder with its items or watches (an epoll
+        // set's name that process's fds); the others take that one at
+        // restore.)
+        | fd_kind::EPOLL
+        | fd_kind::INOTIFY
+        | fd_kind::FANOTIFY => None,
         fd_kind::SOCKET => {
             let s = ins.b.sockets.get(f.object as usize)?;
             match s.state {

@@ -552,7 +552,8 @@ impl Plan {
         if let Err(e) = ready() {
             return e;
         }
-        // Epoll sets another process of the tree made: theirs now.
+        // Epoll sets, inotify and fanotify instances another process of the
+        // tree made: theirs now.
         if let Err(e) = fds::take_from_peers(&self.fds) {
             return e;
         }

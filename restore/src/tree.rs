@@ -515,14 +515,18 @@ fn make_shared<'a>(
         let fds = &objects[&obj];
         let (k, n, _) = fds.iter().copied().find(|h| h.0 == 0).unwrap_or(fds[0]);
         let (loaded, img) = img_of(k).expect("checked above");
-        // An epoll set: its items name fds of one process, which makes it
-        // as it would alone (the first holder, nearest the root); the
-        // others take that one once every process has its fds.
-        let epoll = img
-            .fds()
-            .iter()
-            .any(|f| f.fd == n && f.kind == fd_kind::EPOLL);
-        if epoll {
+        // An epoll set (its items name fds of one process), an inotify or
+        // fanotify instance (its watches, marks): made by one process as
+        // it would alone (the first holder, nearest the root); the others
+        // take that one once every process has its fds.
+        let by_one = img.fds().iter().any(|f| {
+            f.fd == n
+                && matches!(
+                    f.kind,
+                    fd_kind::EPOLL | fd_kind::INOTIFY | fd_kind::FANOTIFY
+                )
+        });
+        if by_one {
             let (k, n, _) = fds.iter().copied().min_by_key(|h| h.0).unwrap_or(fds[0]);
             for &(j, m, _) in fds.iter().filter(|h| h.0 != k) {
                 made.from_peer

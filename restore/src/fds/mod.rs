@@ -82,10 +82,10 @@ pub enum Source {
     Anon { kind: u32, object: u32, flags: i32 },
     /// A socket made again (`sock`: its index in the sockets table).
     Socket { sock: u32, flags: i32 },
-    /// An epoll set another process of the tree makes, with its items
-    /// (captured as `pid`, at its fd `fd`): a stand-in until every
-    /// process has its fds, then that process's own (pidfd_getfd; see
-    /// [`take_from_peers`]).
+    /// An epoll set, inotify or fanotify instance another process of the
+    /// tree makes, with its items, watches or marks (captured as `pid`,
+    /// at its fd `fd`): a stand-in until every process has its fds, then
+    /// that process's own (pidfd_getfd; see [`take_from_peers`]).
     FromPeer { pid: i32, fd: i32 },
     /// A pidfd of another process of the tree (which exists by the time
     /// fds are installed).
@@ -578,8 +578,9 @@ pub(crate) fn set_status_flags(fd: RawFd, flags: i32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Every fd of `plan` that is another process's epoll set
-/// (`Source::FromPeer`): that process's own now, at its number (called
+/// Every fd of `plan` that is another process's epoll set, inotify or
+/// fanotify instance (`Source::FromPeer`): that process's own now, at
+/// its number (called
 /// once every process of the tree has its fds, before any shim passes
 /// its barrier, so the program that owns it cannot have closed it).
 pub(crate) fn take_from_peers(plan: &Plan) -> Result<(), RestoreError> {
@@ -592,7 +593,7 @@ pub(crate) fn take_from_peers(plan: &Plan) -> Result<(), RestoreError> {
             fd_err(
                 p,
                 Why::sys(
-                    format!("taking the epoll set of process {now} (fd {fd}), which made it"),
+                    format!("taking the instance process {now} made (its fd {fd})"),
                     e,
                 ),
             )
