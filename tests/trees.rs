@@ -49,6 +49,32 @@ fn finish(mut c: Child, input: &str) -> (i32, String, String) {
     (st.code().unwrap_or(-1), out, err)
 }
 
+/// A Python script's start: a reader of a unix socket that returns the
+/// bytes and the files in flight it got (`rd(sock, n)`).
+const PY_RD: &str = r#"import array, os, socket, sys
+def rd(s, n):
+    msg, anc, flags, _ = s.recvmsg(n, socket.CMSG_LEN(40))
+    assert flags & socket.MSG_CTRUNC == 0
+    fds = array.array("i")
+    for _, _, data in anc:
+        fds.frombytes(data[:len(data) - len(data) % 4])
+    return msg, list(fds)
+"#;
+
+/// A Python script's start: System V shared memory through ctypes.
+const PY_SHM: &str = r#"import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+libc.shmdt.argtypes = [ctypes.c_void_p]
+libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+"#;
+
+/// `cryo inspect --no-verify IMG`'s text.
+fn inspect_text(img: &Path) -> String {
+    cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]).1
+}
+
 #[test]
 fn shell_pipeline_finishes_byte_exact_after_restore() {
     let dir = scratch("tree-pipeline");
@@ -98,7 +124,7 @@ fn family_keeps_zombies_groups_sessions_pids_and_pipe_bytes() {
     t.wait_sleeping();
     capture_kill(t.pid, &img);
     drop(t);
-    let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+    let text = inspect_text(&img);
     assert!(text.contains("zombie, exited 7"), "{text}");
     assert!(text.contains("zombie, killed by signal 15"), "{text}");
     let pids = tree_pids(&img);
@@ -245,7 +271,7 @@ fn socket_pair_and_shared_memory_between_parent_and_child() {
     let img = dir.join("img");
     capture_kill(t.pid, &img);
     drop(t);
-    let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+    let text = inspect_text(&img);
     assert!(
         text.contains("unix stream pair with another process of the tree"),
         "{text}"
@@ -654,7 +680,7 @@ fn pty_pair_keeps_its_settings_session_foreground_and_unread_bytes() {
     let img = dir.join("img");
     capture_kill(t.pid, &img);
     drop(t);
-    let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+    let text = inspect_text(&img);
     assert!(
         text.contains("33x101, canonical, controls session")
             && text.contains("13 bytes typed and 33 of output unread"),
@@ -800,7 +826,7 @@ print("PASS", flush=True)
         "udp-shutdown",
         script,
         |img| {
-            let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+            let text = inspect_text(img);
             assert!(
                 text.contains("shut down for reading") && text.contains("shut down for writing"),
                 "{text}"
@@ -1289,7 +1315,7 @@ print("PASS", flush=True)
         "kept-file",
         &script,
         |img| {
-            let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+            let text = inspect_text(img);
             assert!(text.contains("(bytes kept: made again if gone)"), "{text}");
             // Still there (the original was killed before it removed
             // it): the first restore maps it; that one removes it, and
@@ -1374,7 +1400,7 @@ print("PASS", flush=True)
             assert_eq!(fds(pid), was, "the dry run left fds behind");
         },
         |img| {
-            let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+            let text = inspect_text(img);
             assert!(text.contains("in flight"), "{text}");
         },
         &[&[], &["--lazy"], &["--map"]],
@@ -1392,8 +1418,9 @@ fn files_in_flight_in_a_stream_pair_come_back_where_they_were_sent() {
     // and the runs between them as they are. Also: a message with files
     // first in the queue, one whose first bytes (and so its files) were
     // read before the capture, and bytes queued the other way.
-    let script = r#"
-import array, os, socket, sys
+    let script = format!(
+        "{PY_RD}{}",
+        r#"
 a, b = socket.socketpair()
 r, w = os.pipe()
 os.write(w, b"in the pipe")
@@ -1407,13 +1434,6 @@ socket.send_fds(b, [b"first"], [f])
 b.send(b"back")
 socket.send_fds(a, [b"PARTIAL"], [f])
 os.close(f)
-def rd(s, n):
-    msg, anc, flags, _ = s.recvmsg(n, socket.CMSG_LEN(40))
-    assert flags & socket.MSG_CTRUNC == 0
-    fds = array.array("i")
-    for _, _, data in anc:
-        fds.frombytes(data[:len(data) - len(data) % 4])
-    return msg, list(fds)
 # (The partial message's files are taken now, with its first bytes.)
 a2, b2 = socket.socketpair()
 socket.send_fds(a2, [b"PARTIAL"], [1])
@@ -1438,12 +1458,13 @@ for s in (a, b, b2):
     except BlockingIOError:
         pass
 print("PASS", flush=True)
-"#;
+"#
+    );
     python_round_trips(
         "stream-in-flight",
-        script,
+        &script,
         |img| {
-            let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+            let text = inspect_text(img);
             assert!(text.contains("a queue with files in flight"), "{text}");
         },
         &[&[], &["--lazy"], &["--map"]],
@@ -1458,15 +1479,9 @@ fn files_in_flight_between_processes_of_a_tree_come_back() {
     // sender after the send. The receiving process holds the files for
     // the capture and sends its queue again at restore, through its copy
     // of the other end, which it then closes; the shutdown follows.
-    let script = r#"
-import array, os, socket, sys
-def rd(s, n):
-    msg, anc, flags, _ = s.recvmsg(n, socket.CMSG_LEN(40))
-    assert flags & socket.MSG_CTRUNC == 0
-    fds = array.array("i")
-    for _, _, data in anc:
-        fds.frombytes(data[:len(data) - len(data) % 4])
-    return msg, list(fds)
+    let script = format!(
+        "{PY_RD}{}",
+        r#"
 st_a, st_b = socket.socketpair()
 dg_a, dg_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
 sq_a, sq_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -1515,12 +1530,13 @@ assert sq_a.recv(10) == b""
 _, status = os.waitpid(pid, 0)
 assert status == 0, status
 print("PASS", flush=True)
-"#;
+"#
+    );
     python_round_trips(
         "tree-in-flight",
-        script,
+        &script,
         |img| {
-            let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+            let text = inspect_text(img);
             assert!(text.contains("in flight"), "{text}");
         },
         &[&[], &["--lazy"]],
@@ -1715,7 +1731,7 @@ print("PASS", flush=True)
         "netlink",
         script,
         |img| {
-            let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+            let text = inspect_text(img);
             assert!(text.contains("[netlink bound netlink port"), "{text}");
         },
         &[&[], &["--lazy"], &["--map"]],
@@ -1731,13 +1747,9 @@ fn system_v_shared_memory_is_attached_again_or_made_again() {
     // again, with its id, key, size and the bytes it had. shmid_ds says
     // it is the same segment, attached by shmat (nattch counts, shmdt
     // works).
-    let script = r#"
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-libc.shmat.restype = ctypes.c_void_p
-libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
-libc.shmdt.argtypes = [ctypes.c_void_p]
-libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    let script = format!(
+        "{PY_SHM}{}",
+        r#"
 key = 0x63000000 | (os.getpid() & 0xffffff)
 sid = libc.shmget(key, 10000, 0o1640)
 assert sid >= 0, ctypes.get_errno()
@@ -1768,12 +1780,13 @@ assert word(48, 8) == 10000 and word(88, 8) == 2, (word(48, 8), word(88, 8))
 assert libc.shmdt(ro) == 0 and libc.shmdt(p) == 0
 assert libc.shmctl(sid, 0, None) == 0  # IPC_RMID
 print("PASS", flush=True)
-"#;
+"#
+    );
     python_round_trips(
         "tree-sysv",
-        script,
+        &script,
         |img| {
-            let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+            let text = inspect_text(img);
             assert!(text.contains("sysv-shm"), "{text}");
         },
         &[&[], &["--lazy"], &["--map"]],
@@ -1786,13 +1799,9 @@ fn system_v_segment_removed_while_attached_comes_back_removed() {
     // the segment lives while attached. Made again with its id and bytes
     // at every restore, shared by parent and child, removed again: gone
     // with its last detach.
-    let script = r#"
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-libc.shmat.restype = ctypes.c_void_p
-libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
-libc.shmdt.argtypes = [ctypes.c_void_p]
-libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    let script = format!(
+        "{PY_SHM}{}",
+        r#"
 sid = libc.shmget(0, 8192, 0o600)
 p = libc.shmat(sid, None, 0)
 assert libc.shmctl(sid, 0, None) == 0  # IPC_RMID, still attached
@@ -1820,10 +1829,11 @@ assert word(0, 4) == 0 and word(20, 2) & 0o1000 and word(88, 8) == 1, (word(0, 4
 assert libc.shmdt(p) == 0
 assert libc.shmctl(sid, 2, ds) == -1 and ctypes.get_errno() in (22, 43)
 print("PASS", flush=True)
-"#;
+"#
+    );
     python_round_trips(
         "tree-sysv-removed",
-        script,
+        &script,
         |_| {},
         &[&[], &["--lazy"], &["--map"]],
     );
@@ -1834,12 +1844,9 @@ fn system_v_segment_whose_key_was_taken_is_refused_by_name() {
     // Captured and killed; its segment removed and another made with its
     // key: the restore refuses, naming both, before anything is made.
     // Once that one is gone too, the segment is made again.
-    let script = r#"
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-libc.shmat.restype = ctypes.c_void_p
-libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
-libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    let script = format!(
+        "{PY_SHM}{}",
+        r#"
 key = 0x64000000 | (os.getpid() & 0xffffff)
 sid = libc.shmget(key, 4096, 0o1600)
 p = libc.shmat(sid, None, 0)
@@ -1850,10 +1857,11 @@ sys.stdin.readline()
 assert ctypes.string_at(p, 4) == b"kept"
 assert libc.shmctl(sid, 0, None) == 0
 print("PASS", flush=True)
-"#;
+"#
+    );
     let dir = scratch("tree-sysv-taken");
     let mut cmd = Command::new("python3");
-    cmd.args(["-c", script]);
+    cmd.args(["-c", &script]);
     let mut t = Target::spawn(cmd, "sysv-taken");
     let words: Vec<i64> = t
         .line(Duration::from_secs(10))
@@ -2129,7 +2137,7 @@ fn script_runs_its_shell_under_a_pty_after_restore() {
     });
     let img = dir.join("img");
     capture_kill(pid, &img);
-    let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+    let text = inspect_text(&img);
     assert!(!text.contains("returns -EINTR"), "{text}");
     let _ = c.wait();
     let pids = tree_pids(&img);
@@ -2263,7 +2271,7 @@ for s in (a, c):
 print("PASS", flush=True)
 "#;
     let check = |img: &Path| {
-        let (_, text, _) = cryo_cmd(&["inspect", "--no-verify", img.to_str().unwrap()]);
+        let text = inspect_text(img);
         assert!(
             text.contains("other end closed, 11 bytes left to read"),
             "{text}"

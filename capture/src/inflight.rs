@@ -85,19 +85,17 @@ fn sockets_with_fds(pidfd: &OwnedFd, fds: &[OpenFd]) -> Vec<WithFds> {
             .trim_end_matches(']')
             .parse::<u32>()
             .unwrap_or(0);
-        let diag = sock::unix_diag(ino);
         let msgs = if ty == libc::SOCK_STREAM {
-            // (A listener's count is connections, not bytes.)
-            match diag {
-                Ok(d) if d.state != 10 && d.rqueue > 0 => {
-                    sock::peek_stream(&dup, d.rqueue as usize)
-                }
+            // Bytes queued (FIONREAD; a listener answers EINVAL), and
+            // files among them: only then is the queue read and cut.
+            match crate::sys::fionread(&dup) {
+                Ok(n) if n > 0 && sock::stream_has_fds(&dup) => sock::peek_stream(&dup, n),
                 _ => continue,
             }
         } else {
             // (A seqpacket end shut down for reading, as its peer's
             // shutdown for writing makes it, reads as empty at its end.)
-            let eof_at = match diag {
+            let eof_at = match sock::unix_diag(ino) {
                 Ok(d) if d.shutdown & 1 != 0 && ty == libc::SOCK_SEQPACKET => {
                     Some(d.rqueue as usize)
                 }

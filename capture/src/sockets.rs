@@ -302,14 +302,7 @@ pub fn capture(
         ));
     }
     let what = type_name(family, sock_type);
-    let opts: Vec<(i32, i32, Vec<u8>)> = options(family, sock_type)
-        .into_iter()
-        .filter_map(|(level, name)| {
-            let mut val = [0u8; 16];
-            let len = sock::getsockopt(&dup, level, name, &mut val).ok()?;
-            Some((level, name, val[..len].to_vec()))
-        })
-        .collect();
+    let opts = read_options(&dup, family, sock_type);
     let addr = sock::sockname(&dup).map_err(|e| io("address", e))?;
     let peer = sock::peername(&dup).ok();
     let shown = sockaddr_display(&addr);
@@ -585,10 +578,7 @@ pub fn capture(
             });
         }
     }
-    let index = b.sockets.len();
-    b.sockopts
-        .extend(opts.iter().map(|(l, n, v)| opt(index, *l, *n, v)));
-    b.sockets.push(s);
+    let index = push(b, s, &opts);
     if let Some((diag, dup)) = keep_dup {
         seen.connected.push(Connected {
             index,
@@ -679,19 +669,29 @@ fn netlink(
         s.peer = sockaddr_words(p);
         s.state = socket_state::CONNECTED;
     }
-    let opts: Vec<(i32, i32, Vec<u8>)> = options(libc::AF_NETLINK, sock_type)
+    Ok(push(b, s, &read_options(dup, libc::AF_NETLINK, sock_type)) as u32)
+}
+
+/// Every option of [`options`] the socket `dup` answers: (level, name,
+/// the bytes getsockopt gave).
+fn read_options(dup: &OwnedFd, family: i32, sock_type: i32) -> Vec<(i32, i32, Vec<u8>)> {
+    options(family, sock_type)
         .into_iter()
         .filter_map(|(level, name)| {
             let mut val = [0u8; 16];
             let len = sock::getsockopt(dup, level, name, &mut val).ok()?;
             Some((level, name, val[..len].to_vec()))
         })
-        .collect();
+        .collect()
+}
+
+/// Add socket `s` and its options to the image; its index.
+fn push(b: &mut ImageBuilder, s: Socket, opts: &[(i32, i32, Vec<u8>)]) -> usize {
     let index = b.sockets.len();
     b.sockopts
         .extend(opts.iter().map(|(l, n, v)| opt(index, *l, *n, v)));
     b.sockets.push(s);
-    Ok(index as u32)
+    index
 }
 
 /// Whether the IP address of a TCP/UDP sockaddr is one this machine does

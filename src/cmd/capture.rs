@@ -277,9 +277,9 @@ const STOPPING: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIG
 /// stack not yet put back), or with files in flight still held: the
 /// capture always gets to leave its target as it was first.
 fn uninterrupted<T>(f: impl FnOnce() -> T) -> (T, Option<i32>) {
-    // SAFETY: sigset_t is plain data (all-zero is a valid value), filled
-    // by sigemptyset/sigaddset and pthread_sigmask below.
     let (mut set, mut old): (libc::sigset_t, libc::sigset_t) =
+        // SAFETY: sigset_t is plain data (all-zero is a valid value),
+        // filled by sigemptyset/sigaddset and pthread_sigmask below.
         unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
     // (A signal this command ignores, as under nohup, stays ignored: a
     // blocked signal is queued even when its action is to ignore it.)

@@ -25,7 +25,7 @@ fn main() {
     out.lock().flush().expect("flush");
     let pool = (mode == "threads").then(Pool::start);
     if mode == "stop" || mode == "threads" {
-        // SAFETY-free: raise is async-signal-safe and takes an int.
+        // SAFETY: raise is async-signal-safe and takes an int.
         unsafe { raise(19) };
     } else {
         let mut b = [0u8; 1];

@@ -313,6 +313,19 @@ pub fn skb_bounds_visible() -> bool {
     })
 }
 
+/// Whether any skb queued in unix stream socket `fd` carries files in
+/// flight, without reading the queue: a peek of one byte at offset 0
+/// runs on over the skbs after that byte, copying nothing, until one
+/// with files (whose copies it hands over, closed by `peek`).
+pub fn stream_has_fds(fd: &impl AsRawFd) -> bool {
+    if set_peek_off(fd, 0).is_err() {
+        return true; // (let `peek_stream` say why)
+    }
+    let p = peek(fd, 1);
+    let _ = set_peek_off(fd, -1);
+    p.map_or(true, |p| p.fds)
+}
+
 /// The bytes queued in a unix stream socket, without taking them, cut
 /// where files in flight are: runs without files, and each skb that
 /// carries files (SCM_RIGHTS) as a message of its own. A reader gets a

@@ -598,9 +598,7 @@ pub(crate) fn take_from_peers(plan: &Plan) -> Result<(), RestoreError> {
                 ),
             )
         })?;
-        let r = sys::dup2(got, p.fd);
-        sys::close(got);
-        r.map_err(|e| fd_err(p, Why::sys("dup2", e)))?;
+        sys::dup2(got.as_raw_fd(), p.fd).map_err(|e| fd_err(p, Why::sys("dup2", e)))?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use nix::sys::ptrace;
 use nix::unistd::Pid;
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 /// Which side of a [`fork`] this is.
 pub enum Forked {
@@ -72,13 +72,12 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     new_fd(r as libc::c_int)
 }
 
-/// A copy of fd `fd` of process `pid` (pidfd_getfd), as a raw fd of
-/// ours (the caller closes it).
-pub fn fd_of_process(pid: i32, fd: i32) -> io::Result<RawFd> {
+/// A copy of fd `fd` of process `pid` (pidfd_getfd).
+pub fn fd_of_process(pid: i32, fd: i32) -> io::Result<OwnedFd> {
     let p = pidfd_open(pid)?;
     // SAFETY: integers only; returns a new fd (close-on-exec).
     let r = cvt(unsafe { libc::syscall(libc::SYS_pidfd_getfd, p.as_raw_fd(), fd, 0) })?;
-    Ok(r as RawFd)
+    new_fd(r as libc::c_int)
 }
 
 /// pidfd_send_signal(pidfd, sig, NULL, 0): the process the pidfd pins,

@@ -256,12 +256,8 @@ pub fn shutdown(fd: BorrowedFd, how: i32) -> io::Result<()> {
 }
 
 /// send(2) all of `buf` without waiting: EAGAIN if it does not fit.
-pub fn send_all(fd: BorrowedFd, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        let n = send_now(fd, buf)?;
-        buf = &buf[n..];
-    }
-    Ok(())
+pub fn send_all(fd: BorrowedFd, buf: &[u8]) -> io::Result<()> {
+    send_all_at(fd.as_raw_fd(), buf)
 }
 
 /// One request to the kernel's socket diagnostics (NETLINK_SOCK_DIAG)
