@@ -5,7 +5,9 @@
 //! exits cleanly; dbus-daemon (a unix listener, epoll, inotify, an audit
 //! netlink socket) keeps its bus and its count of clients; PostgreSQL (a
 //! tree of six processes sharing System V and POSIX shared memory, a
-//! unix listener) answers queries on the rows it had. A client talks to each before the capture and to every
+//! unix listener) answers queries on the rows it had; gunicorn (a master and
+//! two workers sharing a TCP listener and unlinked heartbeat files) keeps
+//! its workers. A client talks to each before the capture and to every
 //! restore of it.
 
 mod support;
@@ -415,4 +417,106 @@ fn postgresql_tree_answers_queries_after_restore() {
     // SAFETY: kill takes integers.
     unsafe { libc::kill(root, libc::SIGINT) };
     finish(r, "restore of postgres");
+}
+
+/// One HTTP/1.0 GET of / on 127.0.0.1:port: the body.
+fn http_get(port: u16) -> String {
+    let mut s = connect(port);
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    all.split_once("\r\n\r\n")
+        .map_or(all.clone(), |(_, b)| b.to_owned())
+}
+
+/// Gunicorn, a pre-fork server: a master and two workers that inherit its
+/// listener and an unlinked file each, which the worker touches (fchmod)
+/// as its heartbeat and the master watches (fstat): one description held
+/// by two processes. With `--timeout 2`, a master whose file were not the
+/// worker's would see no heartbeat and kill the worker within 2 s.
+#[test]
+fn gunicorn_workers_keep_their_heartbeat_files() {
+    let gunicorn = which("gunicorn");
+    let dir = scratch("gunicorn");
+    let port = free_port();
+    // The killed tree's workers are ours to reap (their PIDs must be free
+    // for the restore).
+    adopt_orphans();
+    sanitize_fds();
+    let mut server = Command::new(gunicorn)
+        .args(["--chdir", root().join("tests/programs").to_str().unwrap()])
+        .args(["-w", "2", "--timeout", "2", "-b"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("wsgi_count:app")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("log")).unwrap())
+        .spawn()
+        .expect("gunicorn");
+    let root_pid = server.id() as i32;
+    let served = |body: &str| -> (i32, u32) {
+        let mut w = body.split_whitespace().map(|x| x.parse::<i64>().unwrap());
+        (w.next().unwrap() as i32, w.next().unwrap() as u32)
+    };
+    let mut before = std::collections::BTreeMap::new();
+    // Until both workers have answered once.
+    wait_for("both workers to answer", Duration::from_secs(30), || {
+        let (pid, n) = served(&http_get(port));
+        before.insert(pid, n);
+        before.len() == 2
+    });
+    // Master and workers asleep.
+    wait_for("gunicorn to settle", Duration::from_secs(10), || {
+        [root_pid]
+            .iter()
+            .chain(before.keys())
+            .all(|&p| state(p) == Some('S'))
+    });
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &root_pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "capture: {err}");
+    let _ = server.wait();
+    let pids = tree_pids(&img);
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    let (_, out, _) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
+    assert!(out.contains("(deleted)"), "{out}");
+    // Each worker checks that its parent is the PID it keeps: --same-pid.
+    for (i, mode) in [&["--same-pid"][..], &["--same-pid", "--lazy"]]
+        .iter()
+        .enumerate()
+    {
+        wait_gone(&pids);
+        let r = restore(&img, mode, &dir.join(format!("out{i}")));
+        // Past the master's timeout: the workers it would have killed
+        // for a missed heartbeat still answer, with their counts.
+        std::thread::sleep(Duration::from_secs(3));
+        let mut after = std::collections::BTreeMap::new();
+        wait_for(
+            "both restored workers to answer",
+            Duration::from_secs(30),
+            || {
+                let (pid, n) = served(&http_get(port));
+                after.insert(pid, n);
+                after.len() == 2
+            },
+        );
+        for (pid, n) in &after {
+            let was = before.get(pid).unwrap_or_else(|| {
+                panic!(
+                    "{mode:?}: worker {pid} is new (the master replaced a captured one): {}",
+                    std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+                )
+            });
+            assert!(n > was, "{mode:?}: worker {pid} served {n} after {was}");
+        }
+        // A graceful stop: the workers end, then the master, with 0.
+        // SAFETY: kill takes integers.
+        unsafe { libc::kill(root_pid, libc::SIGTERM) };
+        finish(r, &format!("restore {mode:?} of gunicorn"));
+    }
 }

@@ -477,11 +477,10 @@ os.waitpid(pid, 0); print("PASS", flush=True)
         &["--single"],
         "--single captures one process only",
     );
-    // A memfd both processes hold (by fd, not mapped).
-    let efd = r#"
+    // A pidfd both processes hold.
+    let pidfd = r#"
 import os, sys
-e = os.memfd_create("both")
-os.write(e, b"kept")
+p = os.pidfd_open(os.getpid())
 pid = os.fork()
 if pid == 0:
     sys.stdin.readline(); os._exit(0)
@@ -489,9 +488,9 @@ print("READY", flush=True); sys.stdin.readline()
 os.waitpid(pid, 0); print("PASS", flush=True)
 "#;
     refused(
-        efd,
+        pidfd,
         &[],
-        "an unlinked file or memfd shared between processes is not supported yet",
+        "sharing pidfd between processes is not supported yet",
     );
     // A pty whose slave a process outside the tree holds (an orphan).
     let pty_outside = r#"
@@ -738,6 +737,61 @@ fn python_round_trips_with(
         assert_eq!(out.lines().last(), Some("PASS"), "{mode:?}: {out}{err}");
         wait_gone(pids.get(1..).unwrap_or(&[]));
     }
+}
+
+/// An unlinked file (Python's mkstemp then unlink, as gunicorn and
+/// php-fpm do before they fork their workers) and a memfd, each one open
+/// file description held by parent and child: after the restore they are
+/// still one file and one description (an offset the parent sets is where
+/// the child writes; a mode the child sets is the parent's to see), and
+/// the file is still unlinked.
+#[test]
+fn unlinked_file_and_memfd_held_by_two_processes_stay_one() {
+    let script = r#"
+import os, stat, sys, tempfile
+fd, path = tempfile.mkstemp(prefix="cryo-shared-")
+os.unlink(path)
+os.write(fd, b"0123456789")
+m = os.memfd_create("both")
+os.write(m, b"memfd bytes")
+os.lseek(m, 2, 0)
+r, w = os.pipe()
+back_r, back_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.read(r, 1)
+    os.write(fd, b"child")
+    os.fchmod(fd, 0o640)
+    got = os.read(m, 5)
+    os.write(back_w, b"%d %s" % (os.fstat(fd).st_ino, got))
+    os._exit(0)
+print("READY", os.getpid(), flush=True); sys.stdin.readline()
+st = os.fstat(fd)
+assert st.st_nlink == 0, st
+assert os.lseek(fd, 0, os.SEEK_CUR) == 10
+os.lseek(fd, 4, os.SEEK_SET)
+os.write(w, b"g")
+ino, got = os.read(back_r, 100).split(b" ", 1)
+assert os.waitpid(pid, 0)[1] == 0
+st = os.fstat(fd)
+assert int(ino) == st.st_ino, (ino, st)
+assert stat.S_IMODE(st.st_mode) == 0o640, oct(st.st_mode)
+assert os.lseek(fd, 0, os.SEEK_CUR) == 9
+os.lseek(fd, 0, os.SEEK_SET)
+assert os.read(fd, 100) == b"0123child9"
+assert got == b"mfd b", got
+assert os.lseek(m, 0, os.SEEK_CUR) == 7
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "tree-unlinked",
+        script,
+        |img| {
+            let text = inspect_text(img);
+            assert!(text.contains("(deleted)"), "{text}");
+        },
+        &[&[], &["--lazy"], &["--map"]],
+    );
 }
 
 /// Datagram clients connected by path to a server bound in the same

@@ -616,17 +616,9 @@ fn socket_pairs(
 /// Why a description of this kind cannot be handed to several processes
 /// by a restore yet (None: it can).
 fn unshareable(ins: &Inspected, f: &Fd) -> Option<String> {
-    if f.file != cryo_image::NO_INDEX
-        && ins
-            .b
-            .files
-            .get(f.file as usize)
-            .is_some_and(|x| x.flags & (file_flags::DELETED | file_flags::MEMFD) != 0)
-    {
-        return Some(
-            "an unlinked file or memfd shared between processes is not supported yet".into(),
-        );
-    }
+    // (An unlinked file or memfd held by several processes is a
+    // `tree_files` object too: made once, and this description opened on
+    // it once.)
     if f.kind == fd_kind::CHAR_DEVICE && target(ins, f).ends_with(" (deleted)") {
         return Some("a removed device node shared between processes is not supported yet".into());
     }

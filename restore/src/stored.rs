@@ -11,7 +11,7 @@ use cryo_image::fds::file_flags;
 use cryo_image::load::LoadedImage;
 use cryo_image::{Image, NO_INDEX};
 use std::ffi::CString;
-use std::os::fd::{AsFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -52,6 +52,24 @@ pub(crate) fn plan_removed(
         flags,
         link,
     })
+}
+
+/// The program's own description of a file made again (`made`, O_RDWR):
+/// opened again through /proc with its flags, at its offset. (Not with
+/// O_NOFOLLOW, which Python's `tempfile` opens with: /proc/self/fd/N is a
+/// symlink, and the open would fail with ELOOP. The flag is kept in the
+/// description, but only for F_GETFL to show: it acts on open alone.)
+pub(crate) fn reopen(p: &FdPlan, made: RawFd, flags: i32, pos: u64) -> Result<RawFd, RestoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let acc = flags & libc::O_ACCMODE;
+    let f = std::fs::OpenOptions::new()
+        .read(acc == libc::O_RDONLY || acc == libc::O_RDWR)
+        .write(acc == libc::O_WRONLY || acc == libc::O_RDWR)
+        .custom_flags(flags & !(libc::O_ACCMODE | libc::O_TRUNC | libc::O_NOFOLLOW))
+        .open(format!("/proc/self/fd/{made}"))
+        .map_err(|e| fd_err(p, e))?;
+    crate::fds::seek(p, f.as_raw_fd(), pos)?;
+    Ok(f.into_raw_fd())
 }
 
 /// Mapped files made again (unlinked, memfd) too, once each; an unlinked

@@ -509,6 +509,36 @@ fn make_shared<'a>(
             give(&hb, eb.into_raw_fd(), &mut made);
         }
     }
+    // Unlinked files and memfds several processes map or hold.
+    let mut files: BTreeMap<u32, Vec<(usize, u32)>> = BTreeMap::new();
+    // (member, file index) -> the file made.
+    let mut stored: BTreeMap<(usize, u32), RawFd> = BTreeMap::new();
+    for t in root_img.tree_files().iter() {
+        let Some(k) = index_of(t.pid) else { continue };
+        files.entry(t.object).or_default().push((k, t.file));
+    }
+    for holders in files.values() {
+        let (k, idx) = holders[0];
+        let Some((loaded, img)) = img_of(k) else {
+            continue;
+        };
+        if img.files().get(idx as usize).is_none() {
+            return Err(in_process(
+                recs[k].pid,
+                RestoreError::Tree(format!("shared file {idx} missing from its image")),
+            ));
+        }
+        let f = crate::stored::make(loaded, &img, idx, verify)
+            .map_err(|e| in_process(recs[k].pid, e))?;
+        for &(k, idx) in holders {
+            stored.insert((k, idx), f.as_raw_fd());
+            made.files
+                .entry(recs[k].pid)
+                .or_default()
+                .push((idx, f.as_raw_fd()));
+        }
+        made.ours.push(f);
+    }
     // Everything else: made as the first holder (the root, where it holds
     // it) would make it alone.
     for obj in rest {
@@ -548,35 +578,10 @@ fn make_shared<'a>(
         };
         let (p, _) = fds::source_one(loaded, &img, i, stdio, verify, Some(ptys))
             .map_err(|e| in_process(recs[k].pid, e))?;
-        let fd = make_one(loaded, &img, &p, verify).map_err(|e| in_process(recs[k].pid, e))?;
-        give(fds, fd, &mut made);
-    }
-    // Unlinked files and memfds several processes map or hold.
-    let mut files: BTreeMap<u32, Vec<(usize, u32)>> = BTreeMap::new();
-    for t in root_img.tree_files().iter() {
-        let Some(k) = index_of(t.pid) else { continue };
-        files.entry(t.object).or_default().push((k, t.file));
-    }
-    for holders in files.values() {
-        let (k, idx) = holders[0];
-        let Some((loaded, img)) = img_of(k) else {
-            continue;
-        };
-        if img.files().get(idx as usize).is_none() {
-            return Err(in_process(
-                recs[k].pid,
-                RestoreError::Tree(format!("shared file {idx} missing from its image")),
-            ));
-        }
-        let f = crate::stored::make(loaded, &img, idx, verify)
+        let made_file = |file: u32| stored.get(&(k, file)).copied();
+        let fd = make_one(loaded, &img, &p, verify, &made_file)
             .map_err(|e| in_process(recs[k].pid, e))?;
-        for &(k, idx) in holders {
-            made.files
-                .entry(recs[k].pid)
-                .or_default()
-                .push((idx, f.as_raw_fd()));
-        }
-        made.ours.push(f);
+        give(fds, fd, &mut made);
     }
     Ok(made)
 }
@@ -610,12 +615,15 @@ fn fd_at(img: &Image, n: i32) -> Option<cryo_image::Fd> {
     img.fds().iter().find(|f| f.fd == n)
 }
 
-/// Make one shared object as its holder's plan says.
+/// Make one shared object as its holder's plan says (`made_file`: the
+/// unlinked files and memfds made for the tree, by index in the holder's
+/// files table).
 fn make_one(
     loaded: &LoadedImage,
     img: &Image,
     p: &FdPlan,
     verify: bool,
+    made_file: &dyn Fn(u32) -> Option<RawFd>,
 ) -> Result<RawFd, RestoreError> {
     let dup = |n: i32| {
         sys::dup_above(n, 3).map_err(|e| crate::IntoSys::into_sys(e, format!("duplicating fd {n}")))
@@ -644,6 +652,13 @@ fn make_one(
         ) =>
         {
             crate::anonfds::make(img, p, *kind, *object, *flags)
+        }
+        // An unlinked file or memfd: this description opened on the one
+        // file made for every holder.
+        Source::Stored { file, flags, pos } => {
+            let made = made_file(*file)
+                .ok_or_else(|| fds::fd_err(p, "its unlinked file was not made for the tree"))?;
+            crate::stored::reopen(p, made, *flags, *pos)
         }
         _ => Err(fds::fd_err(
             p,

@@ -153,18 +153,10 @@ pub fn install(
                     .iter()
                     .find(|(i, _)| i == file)
                     .expect("every planned file was made");
-                // The program's own description: opened again through
-                // /proc with its flags (the made fd is O_RDWR).
-                let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-                let acc = flags & libc::O_ACCMODE;
-                let f = std::fs::OpenOptions::new()
-                    .read(acc == libc::O_RDONLY || acc == libc::O_RDWR)
-                    .write(acc == libc::O_WRONLY || acc == libc::O_RDWR)
-                    .custom_flags(flags & !(libc::O_ACCMODE | libc::O_TRUNC))
-                    .open(&path)
-                    .map_err(|e| fd_err(p, e))?;
-                seek(p, f.as_raw_fd(), *pos)?;
-                park(f.into_raw_fd(), high)?
+                park(
+                    crate::stored::reopen(p, fd.as_raw_fd(), *flags, *pos)?,
+                    high,
+                )?
             }
             Source::Anon {
                 kind,
