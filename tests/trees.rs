@@ -477,10 +477,14 @@ os.waitpid(pid, 0); print("PASS", flush=True)
         &["--single"],
         "--single captures one process only",
     );
-    // A pidfd both processes hold.
+    // A pidfd of an ended process that two processes hold.
     let pidfd = r#"
 import os, sys
-p = os.pidfd_open(os.getpid())
+dead = os.fork()
+if dead == 0:
+    os._exit(0)
+p = os.pidfd_open(dead)
+os.waitpid(dead, 0)
 pid = os.fork()
 if pid == 0:
     sys.stdin.readline(); os._exit(0)
@@ -490,7 +494,7 @@ os.waitpid(pid, 0); print("PASS", flush=True)
     refused(
         pidfd,
         &[],
-        "sharing pidfd between processes is not supported yet",
+        "is a pidfd of an ended process that another process of the tree has a pidfd of too",
     );
     // A pty whose slave a process outside the tree holds (an orphan).
     let pty_outside = r#"
@@ -791,6 +795,49 @@ print("PASS", flush=True)
             assert!(text.contains("(deleted)"), "{text}");
         },
         &[&[], &["--lazy"], &["--map"]],
+    );
+}
+
+/// A pidfd (of a child) that its parent and a second child hold: after
+/// the restore one description still (the O_NONBLOCK the second child
+/// sets, the parent sees), on the first child as restored: the second
+/// child kills it through the pidfd, the parent sees it end by polling the
+/// pidfd and reaps it.
+#[test]
+fn pidfd_held_by_two_processes_stays_one() {
+    let script = r#"
+import fcntl, os, select, signal, sys
+r, w = os.pipe()
+a = os.fork()
+if a == 0:
+    os.read(r, 1)
+    os._exit(3)
+pa = os.pidfd_open(a)
+go_r, go_w = os.pipe()
+back_r, back_w = os.pipe()
+b = os.fork()
+if b == 0:
+    os.read(go_r, 1)
+    fcntl.fcntl(pa, fcntl.F_SETFL, fcntl.fcntl(pa, fcntl.F_GETFL) | os.O_NONBLOCK)
+    signal.pidfd_send_signal(pa, signal.SIGTERM)
+    os.write(back_w, b"k")
+    os._exit(0)
+print("READY", os.getpid(), flush=True); sys.stdin.readline()
+assert not fcntl.fcntl(pa, fcntl.F_GETFL) & os.O_NONBLOCK
+os.write(go_w, b"g")
+os.read(back_r, 1)
+assert fcntl.fcntl(pa, fcntl.F_GETFL) & os.O_NONBLOCK
+assert select.select([pa], [], [], 10)[0] == [pa]
+_, st = os.waitpid(a, 0)
+assert os.WIFSIGNALED(st) and os.WTERMSIG(st) == signal.SIGTERM, st
+assert os.waitpid(b, 0)[1] == 0
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "tree-pidfd",
+        script,
+        |_| {},
+        &[&[], &["--lazy"], &["--same-pid"]],
     );
 }
 

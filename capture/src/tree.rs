@@ -642,7 +642,11 @@ fn unshareable(ins: &Inspected, f: &Fd) -> Option<String> {
         // restore.)
         | fd_kind::EPOLL
         | fd_kind::INOTIFY
-        | fd_kind::FANOTIFY => None,
+        | fd_kind::FANOTIFY
+        // (A pidfd of a live process of the tree, likewise: opened by its
+        // first holder once every process exists. One of an ended process
+        // was refused above.)
+        | fd_kind::PIDFD => None,
         fd_kind::SOCKET => {
             let s = ins.b.sockets.get(f.object as usize)?;
             match s.state {

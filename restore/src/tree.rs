@@ -546,14 +546,15 @@ fn make_shared<'a>(
         let (k, n, _) = fds.iter().copied().find(|h| h.0 == 0).unwrap_or(fds[0]);
         let (loaded, img) = img_of(k).expect("checked above");
         // An epoll set (its items name fds of one process), an inotify or
-        // fanotify instance (its watches, marks): made by one process as
-        // it would alone (the first holder, nearest the root); the others
-        // take that one once every process has its fds.
+        // fanotify instance (its watches, marks), a pidfd (of a process
+        // that does not exist yet): made by one process as it would alone
+        // (the first holder, nearest the root); the others take that one
+        // once every process has its fds.
         let by_one = img.fds().iter().any(|f| {
             f.fd == n
                 && matches!(
                     f.kind,
-                    fd_kind::EPOLL | fd_kind::INOTIFY | fd_kind::FANOTIFY
+                    fd_kind::EPOLL | fd_kind::INOTIFY | fd_kind::FANOTIFY | fd_kind::PIDFD
                 )
         });
         if by_one {

@@ -579,7 +579,7 @@ pub(crate) fn set_status_flags(fd: RawFd, flags: i32) -> std::io::Result<()> {
 }
 
 /// Every fd of `plan` that is another process's epoll set, inotify or
-/// fanotify instance (`Source::FromPeer`): that process's own now, at
+/// fanotify instance or pidfd (`Source::FromPeer`): that process's own now, at
 /// its number (called
 /// once every process of the tree has its fds, before any shim passes
 /// its barrier, so the program that owns it cannot have closed it).
