@@ -429,3 +429,76 @@ fn unlinked_file_over_the_limit_is_refused() {
     // SAFETY: kill takes integers.
     unsafe { libc::kill(t.pid, libc::SIGKILL) };
 }
+
+/// System V semaphores. A process that used one with SEM_UNDO holds
+/// adjustments the kernel applies when it ends (a lock it holds is
+/// released), which nothing can read: refused by name, as is a threaded
+/// process while any semaphore set exists (pthread_create gives every
+/// threaded process an undo list, and an empty one looks the same). A
+/// single-threaded process that used one without SEM_UNDO is restored and
+/// goes on using it (the set outlives the killed original).
+#[test]
+fn semaphore_undo_refused_plain_semaphore_kept() {
+    // A private IPC namespace for this test's thread, which cryo and the
+    // targets it starts inherit: another test's threaded program would be
+    // refused while this test's semaphore set exists.
+    // SAFETY: integers only; it changes this thread's namespaces alone.
+    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWIPC) }, 0);
+    let script = r#"
+import ctypes, os, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+class Sembuf(ctypes.Structure):
+    _fields_ = [("num", ctypes.c_ushort), ("op", ctypes.c_short), ("flg", ctypes.c_short)]
+def semop(sid, op, flg):
+    b = Sembuf(0, op, flg)
+    assert libc.semop(sid, ctypes.byref(b), 1) == 0, ctypes.get_errno()
+mode = sys.argv[1]
+sid = libc.semget(0, 1, 0o1000 | 0o600)
+assert sid >= 0
+semop(sid, 2, 0x1000 if mode == "undo" else 0)
+if mode == "threaded":
+    t = threading.Thread(target=lambda: None); t.start(); t.join()
+print("READY", os.getpid(), flush=True); sys.stdin.readline()
+semop(sid, -1, 0)
+assert libc.semctl(sid, 0, 12) == 1  # GETVAL
+assert libc.semctl(sid, 0, 0) == 0  # IPC_RMID
+print("PASS", flush=True)
+"#;
+    let start = |mode: &str| {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", script, mode]);
+        Target::spawn(cmd, mode)
+    };
+    for mode in ["undo", "threaded"] {
+        let mut t = start(mode);
+        t.wait_sleeping();
+        let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
+        assert_eq!(code, 1, "{mode}: {out}");
+        assert!(
+            out.contains("System V semaphore undo adjustments"),
+            "{mode}: {out}"
+        );
+        // Left as it was: it goes on (its stdin closed) and passes.
+        drop(t.stdin.take());
+        let (code, last, err) = t.finish();
+        assert_eq!((code, last.as_str()), (0, "PASS"), "{mode}: {err}");
+    }
+    let t = start("plain");
+    t.wait_sleeping();
+    let dir = scratch("fidelity-semaphore");
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "capture: {err}");
+    drop(t);
+    let (code, out, err) = restore(&img, &[]);
+    assert_eq!(
+        (code, out.trim_end().lines().last().unwrap_or("")),
+        (0, "PASS"),
+        "restore: {out}{err}"
+    );
+}

@@ -409,6 +409,7 @@ pub(crate) fn inspect(
         &opts.limits,
         &mut obs,
     );
+    crate::sysv::semaphore_undo(pid, &mut obs);
     let classes: Vec<(u32, u32, u32)> = classified
         .iter()
         .map(|c| (c.kind, c.flags, c.file))

@@ -3,7 +3,8 @@
 //! key, size, mode and owner from /proc/sysvipc/shm) and, to make it
 //! again if it is gone by then, its bytes (read through the process's
 //! /proc/PID/map_files entry, the segment's shmem file: nothing touches
-//! the process or the segment's attach count and times).
+//! the process or the segment's attach count and times). And System V
+//! semaphore undo adjustments, which no restore can read: refused.
 
 use crate::obstacles::Obstacles;
 use crate::procinfo::Mapping;
@@ -155,5 +156,39 @@ pub fn attaches(
             to: BlobOwner::Sysv(index),
             bytes: data,
         });
+    }
+}
+
+/// A process that has used a System V semaphore with SEM_UNDO has an undo
+/// list: adjustments the kernel applies to the semaphores when it ends (a
+/// lock held is released). Nothing shows the list or its values, and a
+/// restored process would have none: the semaphores it holds would stay
+/// held after it ends. Refused when it may have one: kcmp(KCMP_SYSVSEM)
+/// against a process with none tells whether it has a list, and a list
+/// holds adjustments only while a semaphore set exists (removing a set
+/// drops them). Every threaded process has a list (pthread_create's
+/// CLONE_SYSVSEM makes one to share), so a threaded process is refused
+/// whenever a semaphore set exists: cryo cannot tell an empty list.
+pub fn semaphore_undo(pid: i32, obs: &mut Obstacles) {
+    const KCMP_SYSVSEM: libc::c_long = 6;
+    let sets: Vec<String> = std::fs::read_to_string("/proc/sysvipc/sem")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        .collect();
+    if sets.is_empty() {
+        return;
+    }
+    let has_list = match crate::sys::Idle::start() {
+        Ok(none) => !matches!(crate::sys::kcmp(pid, none.pid(), KCMP_SYSVSEM), Ok(true)),
+        Err(_) => true,
+    };
+    if has_list {
+        obs.push(format!(
+            "it may hold System V semaphore undo adjustments (semop with SEM_UNDO; semaphore sets here: {}): \
+             cryo cannot read them, and without them its semaphores would not be released when it ends",
+            sets.join(", ")
+        ));
     }
 }

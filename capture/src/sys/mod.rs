@@ -19,6 +19,47 @@ pub(crate) fn cvt(r: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
+/// A child of this process that only waits to be killed, killed and
+/// reaped when dropped: a process with no System V semaphore undo list
+/// (a fork does not share one), for kcmp to compare with.
+pub struct Idle(i32);
+
+impl Idle {
+    pub fn start() -> io::Result<Idle> {
+        // SAFETY: fork in a threaded process: the child calls only
+        // async-signal-safe system calls (prctl, getppid, pause, _exit)
+        // and never returns into Rust code.
+        let pid = cvt(unsafe { libc::fork() } as libc::c_long)?;
+        if pid == 0 {
+            // SAFETY: integers only; see above.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                if libc::getppid() == 1 {
+                    libc::_exit(0);
+                }
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        Ok(Idle(pid as i32))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.0
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        // SAFETY: integers only; the child is ours and not yet reaped.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            libc::waitpid(self.0, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
 /// pidfd_open(pid, 0).
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes two integers and returns a new fd we own.
