@@ -16,7 +16,9 @@
 use crate::procinfo::OpenFd;
 use crate::stored::{BlobOwner, PendingBlob, StoredFiles};
 use crate::sys::sock::{self, UnixDiag};
-use cryo_image::fds::{sockaddr_display, sockaddr_words, socket_state, SockOpt, Socket};
+use cryo_image::fds::{
+    filter_flags, sockaddr_display, sockaddr_words, socket_state, SockFilterInsn, SockOpt, Socket,
+};
 use cryo_image::write::ImageBuilder;
 use cryo_image::NO_INDEX;
 use std::os::fd::OwnedFd;
@@ -352,9 +354,16 @@ pub fn capture(
             "fd {fd} ({what} {shown}) has a peek offset (SO_PEEK_OFF); reading its queue would move it"
         ));
     }
-    if sock::getsockopt_len(&dup, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER).unwrap_or(0) > 0 {
+    let filter = read_filter(fd, &dup, &format!("{what} {shown}"))?;
+    if !filter.is_empty()
+        && !inet
+        && sock_type != libc::SOCK_STREAM
+        && crate::sys::fionread(&dup).unwrap_or(0) > 0
+    {
+        // (Sent to it again at restore, the queue would pass the filter a
+        // second time.)
         return Err(format!(
-            "fd {fd} ({what} {shown}) has a socket filter (SO_ATTACH_FILTER); not supported yet"
+            "fd {fd} ({what} {shown}) has a socket filter and messages queued; not supported yet"
         ));
     }
     if inet {
@@ -578,7 +587,7 @@ pub fn capture(
             });
         }
     }
-    let index = push(b, s, &opts);
+    let index = push(b, s, &opts, &filter);
     if let Some((diag, dup)) = keep_dup {
         seen.connected.push(Connected {
             index,
@@ -633,11 +642,7 @@ fn netlink(
             "fd {fd} ({what}) joined a multicast group above 32; not supported yet"
         ));
     }
-    if sock::getsockopt_len(dup, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER).unwrap_or(0) > 0 {
-        return Err(format!(
-            "fd {fd} ({what}) has a socket filter (SO_ATTACH_FILTER); not supported yet"
-        ));
-    }
+    let filter = read_filter(fd, dup, &what)?;
     // (A peek with room for the longest message netlink sends: one
     // page's worth, or 32 KiB for a dump.)
     match sock::peek(dup, 1 << 16) {
@@ -669,7 +674,8 @@ fn netlink(
         s.peer = sockaddr_words(p);
         s.state = socket_state::CONNECTED;
     }
-    Ok(push(b, s, &read_options(dup, libc::AF_NETLINK, sock_type)) as u32)
+    let opts = read_options(dup, libc::AF_NETLINK, sock_type);
+    Ok(push(b, s, &opts, &filter) as u32)
 }
 
 /// Every option of [`options`] the socket `dup` answers: (level, name,
@@ -685,13 +691,64 @@ fn read_options(dup: &OwnedFd, family: i32, sock_type: i32) -> Vec<(i32, i32, Ve
         .collect()
 }
 
-/// Add socket `s` and its options to the image; its index.
-fn push(b: &mut ImageBuilder, s: Socket, opts: &[(i32, i32, Vec<u8>)]) -> usize {
+/// Add socket `s`, its options and its filter to the image; its index.
+fn push(
+    b: &mut ImageBuilder,
+    s: Socket,
+    opts: &[(i32, i32, Vec<u8>)],
+    filter: &[SockFilterInsn],
+) -> usize {
     let index = b.sockets.len();
     b.sockopts
         .extend(opts.iter().map(|(l, n, v)| opt(index, *l, *n, v)));
+    b.sock_filters.extend(filter.iter().map(|i| SockFilterInsn {
+        sock: index as u32,
+        ..*i
+    }));
     b.sockets.push(s);
     index
+}
+
+/// The socket's classic BPF filter (SO_ATTACH_FILTER), read back with
+/// SO_GET_FILTER, and whether it is locked (SO_LOCK_FILTER); empty when
+/// it has none. An eBPF program (SO_ATTACH_BPF) cannot be read back: the
+/// kernel answers EACCES, and it is refused.
+fn read_filter(fd: i32, dup: &OwnedFd, what: &str) -> Result<Vec<SockFilterInsn>, String> {
+    const SO_GET_FILTER: i32 = libc::SO_ATTACH_FILTER;
+    let io = |e: std::io::Error| format!("fd {fd} ({what}): reading its socket filter: {e}");
+    // (With no buffer, the kernel answers the number of instructions.)
+    let n = match sock::getsockopt_len(dup, libc::SOL_SOCKET, SO_GET_FILTER) {
+        Ok(0) => return Ok(Vec::new()),
+        Ok(n) => n as usize,
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+            return Err(format!(
+                "fd {fd} ({what}) has an eBPF socket filter (SO_ATTACH_BPF), which cannot be read back; not supported"
+            ))
+        }
+        Err(e) => return Err(io(e)),
+    };
+    // (The length given and returned counts instructions, not bytes.)
+    let mut buf = vec![0u8; n * 8];
+    let got = sock::getsockopt(dup, libc::SOL_SOCKET, SO_GET_FILTER, &mut buf).map_err(io)?;
+    if got != n {
+        return Err(format!(
+            "fd {fd} ({what}): its socket filter changed while it was read"
+        ));
+    }
+    let locked =
+        sock::getsockopt_int(dup, libc::SOL_SOCKET, libc::SO_LOCK_FILTER).map_err(io)? != 0;
+    let flags = if locked { filter_flags::LOCKED } else { 0 };
+    Ok(buf
+        .chunks_exact(8)
+        .map(|c| SockFilterInsn {
+            sock: 0,
+            flags,
+            code: u32::from(u16::from_ne_bytes([c[0], c[1]])),
+            jt: u32::from(c[2]),
+            jf: u32::from(c[3]),
+            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect())
 }
 
 /// Whether the IP address of a TCP/UDP sockaddr is one this machine does

@@ -265,6 +265,33 @@ record! {
 }
 
 record! {
+    /// (9.0) One instruction of a socket's classic BPF filter
+    /// (SO_ATTACH_FILTER, read back with SO_GET_FILTER), in order: a
+    /// socket's instructions are consecutive records.
+    pub struct SockFilterInsn {
+        /// Index in the sockets table.
+        pub sock: u32,
+        /// `filter_flags` (the same on every instruction of a socket).
+        pub flags: u32,
+        /// `struct sock_filter`: code (16 bits), jt, jf (8 bits each), k.
+        pub code: u32,
+        pub jt: u32,
+        pub jf: u32,
+        pub k: u32,
+    }
+}
+
+/// `SockFilterInsn::flags` bits.
+pub mod filter_flags {
+    /// The filter was locked (SO_LOCK_FILTER): it cannot be changed or
+    /// taken off.
+    pub const LOCKED: u32 = 1 << 0;
+}
+
+/// The most instructions a classic BPF filter may have (BPF_MAXINSNS).
+pub const MAX_FILTER_INSNS: usize = 4096;
+
+record! {
     /// An eventfd's counter and mode (Fd::object indexes these).
     pub struct EventFd {
         pub count: u64,

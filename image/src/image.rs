@@ -307,6 +307,10 @@ impl<'a> Image<'a> {
     pub fn sysv_shm(&self) -> Table<'a, fds::SysvShm> {
         self.table(SectionKind::SysvShm)
     }
+    /// (9.0) Sockets' classic BPF filters.
+    pub fn sock_filters(&self) -> Table<'a, fds::SockFilterInsn> {
+        self.table(SectionKind::SockFilters)
+    }
     pub fn fd_owners(&self) -> Table<'a, fds::FdOwner> {
         self.table(SectionKind::FdOwners)
     }

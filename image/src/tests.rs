@@ -179,6 +179,22 @@ pub(crate) fn sample_full_with(edit: impl FnOnce(&mut ImageBuilder)) -> (Vec<u8>
         tid: 1235,
         ..Default::default()
     });
+    // (9.0) A UDP socket with a two-instruction filter, locked.
+    b.sockets.push(Socket {
+        family: 2,
+        sock_type: 2,
+        pair: NO_INDEX,
+        ..Default::default()
+    });
+    for (code, k) in [(0x30, 8), (0x06, 0xffff_ffff)] {
+        b.sock_filters.push(SockFilterInsn {
+            sock: 0,
+            flags: filter_flags::LOCKED,
+            code,
+            k,
+            ..Default::default()
+        });
+    }
     let x = b.xsave.clone();
     b.xsave.extend_from_slice(&x);
     let mut pages = page.clone();
@@ -531,4 +547,30 @@ fn pty_index_and_replay_rules() {
     let (i, l) = pty_replay::input_flags(0o2400 | 0o40000, canon | 0o10 | 0o1 | iexten, false);
     assert_eq!((i, l), (0o42000, canon));
     assert_eq!(pty_replay::output_flags(0o5), 0o4);
+}
+
+#[test]
+fn socket_filters_round_trip_and_are_checked() {
+    let (meta, _) = sample_full();
+    let img = Image::parse(&meta).expect("parse");
+    img.validate().expect("validate");
+    let f: Vec<_> = img.sock_filters().iter().collect();
+    assert_eq!(f.len(), 2);
+    assert_eq!((f[0].code, f[0].k, f[1].code), (0x30, 8, 0x06));
+    // Refused: a filter of a socket that is not there, two flags values
+    // in one filter, a code wider than 16 bits, and one too long.
+    let bad: [&dyn Fn(&mut ImageBuilder); 4] = [
+        &|b| b.sock_filters[1].sock = 7,
+        &|b| b.sock_filters[1].flags = 0,
+        &|b| b.sock_filters[0].code = 0x1_0000,
+        &|b| {
+            let i = b.sock_filters[0];
+            b.sock_filters = vec![i; crate::fds::MAX_FILTER_INSNS + 1];
+        },
+    ];
+    for (n, edit) in bad.iter().enumerate() {
+        let (meta, _) = sample_full_with(|b| edit(b));
+        let img = Image::parse(&meta).expect("parse");
+        assert!(img.validate().is_err(), "case {n} must be refused");
+    }
 }

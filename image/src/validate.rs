@@ -260,6 +260,34 @@ impl<'a> Image<'a> {
                 });
             }
         }
+        // Filters: each socket's instructions consecutive, sockets in
+        // order, one flags value each, at most BPF_MAXINSNS.
+        let nsockets = self.sockets().len() as u32;
+        let mut run: Option<(u32, u32, usize)> = None;
+        for (i, f) in self.sock_filters().iter().enumerate() {
+            let ok = f.sock < nsockets
+                && f.flags & !crate::fds::filter_flags::LOCKED == 0
+                && f.code <= 0xffff
+                && f.jt <= 0xff
+                && f.jf <= 0xff;
+            let next = match run {
+                Some((s, fl, n)) if s == f.sock => {
+                    (fl == f.flags && n < crate::fds::MAX_FILTER_INSNS).then_some((s, fl, n + 1))
+                }
+                Some((s, _, _)) => (f.sock > s).then_some((f.sock, f.flags, 1)),
+                None => Some((f.sock, f.flags, 1)),
+            };
+            match next {
+                Some(r) if ok => run = Some(r),
+                _ => {
+                    return Err(ImageError::BadIndex {
+                        section: "sock_filters",
+                        index: i as u64,
+                        why: "bad socket index, flags or instruction, or a filter out of order or too long",
+                    })
+                }
+            }
+        }
         let nfds = self.fds().len() as u32;
         for (i, o) in self.fd_owners().iter().enumerate() {
             if o.desc >= nfds

@@ -72,6 +72,7 @@ pub struct ImageBuilder {
     pub ptys: Vec<crate::fds::Pty>,
     pub fd_owners: Vec<crate::fds::FdOwner>,
     pub sysv_shm: Vec<crate::fds::SysvShm>,
+    pub sock_filters: Vec<crate::fds::SockFilterInsn>,
     pub tree: Vec<crate::tree::TreeProc>,
     pub tree_fds: Vec<crate::tree::TreeFd>,
     pub tree_files: Vec<crate::tree::TreeFile>,
@@ -144,6 +145,9 @@ impl ImageBuilder {
         }
         if !self.sysv_shm.is_empty() {
             sections.push((SectionKind::SysvShm, table(&self.sysv_shm)));
+        }
+        if !self.sock_filters.is_empty() {
+            sections.push((SectionKind::SockFilters, table(&self.sock_filters)));
         }
         if !self.fd_owners.is_empty() {
             sections.push((SectionKind::FdOwners, table(&self.fd_owners)));

@@ -308,6 +308,57 @@ pub(crate) fn set_options(img: &Image, object: u32, fd: BorrowedFd) -> Result<()
             )));
         }
     }
+    attach_filter(img, object, fd)
+}
+
+/// Socket `object`'s classic BPF filter (if it had one), read back and
+/// compared; locked again if it was.
+fn attach_filter(img: &Image, object: u32, fd: BorrowedFd) -> Result<(), Why> {
+    use cryo_image::fds::filter_flags;
+    let mut flags = 0;
+    let insns: Vec<libc::sock_filter> = img
+        .sock_filters()
+        .iter()
+        .filter(|i| i.sock == object)
+        .map(|i| {
+            flags = i.flags;
+            libc::sock_filter {
+                code: i.code as u16,
+                jt: i.jt as u8,
+                jf: i.jf as u8,
+                k: i.k,
+            }
+        })
+        .collect();
+    if insns.is_empty() {
+        return Ok(());
+    }
+    sys::attach_filter(fd, &insns).map_err(|e| Why::sys("attaching its socket filter", e))?;
+    // (SO_GET_FILTER: the length given and returned counts instructions.)
+    let mut back = vec![0u8; insns.len() * 8];
+    let n = sys::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &mut back)
+        .map_err(|e| Why::sys("reading its socket filter back", e))?;
+    let same = n == insns.len()
+        && back.chunks_exact(8).zip(&insns).all(|(c, i)| {
+            u16::from_ne_bytes([c[0], c[1]]) == i.code
+                && c[2] == i.jt
+                && c[3] == i.jf
+                && u32::from_ne_bytes([c[4], c[5], c[6], c[7]]) == i.k
+        });
+    if !same {
+        return Err(Why::Said(
+            "its socket filter did not take as captured".into(),
+        ));
+    }
+    if flags & filter_flags::LOCKED != 0 {
+        sys::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LOCK_FILTER,
+            &1i32.to_ne_bytes(),
+        )
+        .map_err(|e| Why::sys("locking its socket filter (SO_LOCK_FILTER)", e))?;
+    }
     Ok(())
 }
 

@@ -42,6 +42,7 @@
 #include <sys/personality.h>
 #include <sys/resource.h>
 #include <linux/filter.h>
+#include <linux/bpf.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <stddef.h>
@@ -1269,16 +1270,87 @@ static void refuse_setup(void) {
 }
 static void refuse_check(void) {}
 
-/* Refused too: a socket with a filter. (Shared anonymous memory split in
- * two by mprotect, and a file whose name was removed but which has another
- * link, were refused until stop 20, a namespace fd until stop 21; all are
- * captured now, and the dry run must not name them.) */
+/* Socket filters (classic BPF, SO_ATTACH_FILTER): a UDP socket that takes
+ * only datagrams whose first byte is 'A' (locked: SO_LOCK_FILTER), and a
+ * unix datagram pair's end that takes only messages of 4 bytes or more.
+ * After the restore each filter is there, as long, and filters. */
+static int sf_udp, sf_pair[2];
+static struct sockaddr_in sf_addr;
+static void sockfilter_setup(void) {
+    struct sock_filter first_a[] = {
+        {BPF_LD | BPF_B | BPF_ABS, 0, 0, 8}, /* the first byte after the UDP header */
+        {BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 'A'},
+        {BPF_RET | BPF_K, 0, 0, 0xffffffff},
+        {BPF_RET | BPF_K, 0, 0, 0},
+    };
+    struct sock_filter long_enough[] = {
+        {BPF_LD | BPF_W | BPF_LEN, 0, 0, 0},
+        {BPF_JMP | BPF_JGE | BPF_K, 0, 1, 4},
+        {BPF_RET | BPF_K, 0, 0, 0xffffffff},
+        {BPF_RET | BPF_K, 0, 0, 0},
+    };
+    struct sock_fprog a = {4, first_a}, l = {4, long_enough};
+    int one = 1;
+    sf_udp = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    sf_addr = (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof sf_addr;
+    CHECK(sf_udp >= 0 && bind(sf_udp, (struct sockaddr *)&sf_addr, sizeof sf_addr) == 0 &&
+              getsockname(sf_udp, (struct sockaddr *)&sf_addr, &al) == 0,
+          "udp bind");
+    CHECK(setsockopt(sf_udp, SOL_SOCKET, SO_ATTACH_FILTER, &a, sizeof a) == 0 &&
+              setsockopt(sf_udp, SOL_SOCKET, SO_LOCK_FILTER, &one, sizeof one) == 0,
+          "udp filter, locked");
+    CHECK(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK, 0, sf_pair) == 0 &&
+              setsockopt(sf_pair[0], SOL_SOCKET, SO_ATTACH_FILTER, &l, sizeof l) == 0,
+          "unix pair filter");
+}
+static int sf_len(int fd) {
+    socklen_t n = 0;
+    return getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, NULL, &n) == 0 ? (int)n : -1;
+}
+static void sockfilter_check(void) {
+    int locked = 0;
+    socklen_t ll = sizeof locked;
+    CHECK(sf_len(sf_udp) == 4 && sf_len(sf_pair[0]) == 4 && sf_len(sf_pair[1]) == 0, "filter lengths %d %d %d",
+          sf_len(sf_udp), sf_len(sf_pair[0]), sf_len(sf_pair[1]));
+    CHECK(getsockopt(sf_udp, SOL_SOCKET, SO_LOCK_FILTER, &locked, &ll) == 0 && locked == 1, "still locked");
+    int zero = 0;
+    CHECK(setsockopt(sf_udp, SOL_SOCKET, SO_DETACH_FILTER, &zero, sizeof zero) == -1 && errno == EPERM,
+          "a locked filter stays (%s)", strerror(errno));
+    CHECK(sendto(sf_udp, "B1", 2, 0, (struct sockaddr *)&sf_addr, sizeof sf_addr) == 2 &&
+              sendto(sf_udp, "A2", 2, 0, (struct sockaddr *)&sf_addr, sizeof sf_addr) == 2,
+          "udp sends");
+    struct pollfd p = {sf_udp, POLLIN, 0};
+    CHECK(poll(&p, 1, 5000) == 1, "a datagram passes");
+    char buf[16] = {0};
+    CHECK(recv(sf_udp, buf, sizeof buf, 0) == 2 && memcmp(buf, "A2", 2) == 0, "only A2 passes (got %.2s)", buf);
+    CHECK(recv(sf_udp, buf, sizeof buf, 0) == -1 && errno == EAGAIN, "B1 was dropped");
+    CHECK(send(sf_pair[1], "xy", 2, 0) == 2 && send(sf_pair[1], "long", 4, 0) == 4, "unix sends");
+    CHECK(recv(sf_pair[0], buf, sizeof buf, 0) == 4 && memcmp(buf, "long", 4) == 0, "only the long one passes");
+    CHECK(recv(sf_pair[0], buf, sizeof buf, 0) == -1 && errno == EAGAIN, "the short one was dropped");
+}
+
+/* Refused too: a socket with an eBPF filter (SO_ATTACH_BPF), which the
+ * kernel does not give back. (A classic filter was refused until stop 23;
+ * shared anonymous memory split in two by mprotect, and a file whose name
+ * was removed but which has another link, until stop 20, a namespace fd
+ * until stop 21; all are captured now, and the dry run must not name
+ * them.) */
 static void refuse2_setup(void) {
     CHECK(open("/proc/self/ns/net", O_RDONLY) >= 0, "ns fd");
     int u = socket(AF_INET, SOCK_DGRAM, 0);
-    struct sock_filter accept_all[] = {{0x06, 0, 0, 0xffffffff}}; /* ret #-1 */
-    struct sock_fprog prog = {1, accept_all};
-    CHECK(u >= 0 && setsockopt(u, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) == 0, "socket filter");
+    struct bpf_insn accept_all[] = {
+        {.code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = -1}, /* r0 = -1 */
+        {.code = BPF_JMP | BPF_EXIT},
+    };
+    union bpf_attr attr = {.prog_type = BPF_PROG_TYPE_SOCKET_FILTER,
+                           .insn_cnt = 2,
+                           .insns = (uint64_t)(uintptr_t)accept_all,
+                           .license = (uint64_t)(uintptr_t) "GPL"};
+    int prog = syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof attr);
+    CHECK(prog >= 0, "bpf prog load: %s", strerror(errno));
+    CHECK(u >= 0 && setsockopt(u, SOL_SOCKET, SO_ATTACH_BPF, &prog, sizeof prog) == 0, "eBPF socket filter");
+    close(prog);
     uint8_t *m = mmap(NULL, 4 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     CHECK(m != MAP_FAILED, "mmap");
     CHECK(mprotect(m + 2 * 4096, 2 * 4096, PROT_READ) == 0, "split");
@@ -1478,6 +1550,7 @@ static const struct fcase cases[] = {
     {"threads", threads_setup, threads_check, threads_settle},
     {"fanotify", fanotify_setup, fanotify_check, NULL},
     {"sockets", sockets_setup, sockets_check, NULL},
+    {"sockfilter", sockfilter_setup, sockfilter_check, NULL},
     {"refuse", refuse_setup, refuse_check, NULL},
     {"refuse2", refuse2_setup, refuse_check, NULL},
 };

@@ -72,10 +72,12 @@ pub enum SectionKind {
     FdOwners = 36,
     /// Format 8.0: System V shared memory attached ([`crate::fds::SysvShm`]).
     SysvShm = 37,
+    /// Format 9.0: sockets' classic BPF filters ([`crate::fds::SockFilterInsn`]).
+    SockFilters = 38,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 37] = [
+    pub const ALL: [SectionKind; 38] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -113,6 +115,7 @@ impl SectionKind {
         SectionKind::Ptys,
         SectionKind::FdOwners,
         SectionKind::SysvShm,
+        SectionKind::SockFilters,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -156,6 +159,7 @@ impl SectionKind {
             SectionKind::Ptys => "ptys",
             SectionKind::FdOwners => "fd_owners",
             SectionKind::SysvShm => "sysv_shm",
+            SectionKind::SockFilters => "sock_filters",
         }
     }
     /// Record size this reader knows for the section (1 for byte blobs).
@@ -198,6 +202,7 @@ impl SectionKind {
             SectionKind::Ptys => crate::fds::Pty::SIZE,
             SectionKind::FdOwners => crate::fds::FdOwner::SIZE,
             SectionKind::SysvShm => crate::fds::SysvShm::SIZE,
+            SectionKind::SockFilters => crate::fds::SockFilterInsn::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -251,6 +256,7 @@ impl SectionKind {
             SectionKind::FdOwners => 1 << 20,
             // (kernel.shmmni is 4096 by default.)
             SectionKind::SysvShm => 1 << 16,
+            SectionKind::SockFilters => 1 << 24,
         }
     }
     /// Sections every valid image must have.

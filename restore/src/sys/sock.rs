@@ -60,6 +60,28 @@ pub fn setsockopt_at(fd: RawFd, level: i32, name: i32, val: &[u8]) -> io::Result
     Ok(())
 }
 
+/// SO_ATTACH_FILTER: the classic BPF program `insns` on the socket.
+pub fn attach_filter(fd: BorrowedFd, insns: &[libc::sock_filter]) -> io::Result<()> {
+    let len = u16::try_from(insns.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: insns.as_ptr().cast_mut(),
+    };
+    // SAFETY: the kernel reads the sock_fprog and, through it, `len`
+    // instructions from `insns`, ours and alive for the call; it writes
+    // nothing of ours.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
 /// bind(2) to the sockaddr `addr`.
 pub fn bind(fd: BorrowedFd, addr: &[u8]) -> io::Result<()> {
     // SAFETY: the kernel reads `addr.len()` bytes of a sockaddr from `addr`.

@@ -194,5 +194,9 @@ fn sockets(img: &Image) -> serde_json::Value {
                 || k.flags & cryo_image::fds::socket_flags::FRAMED != 0,
             "options": img.sockopts().iter().filter(|o| o.sock as usize == i).map(|o| json!({
                 "level": o.level, "name": o.name, "len": o.len, "value": o.val})).collect::<Vec<_>>(),
+            "filter": img.sock_filters().iter().filter(|x| x.sock as usize == i).map(|x| json!({
+                "code": x.code, "jt": x.jt, "jf": x.jf, "k": x.k})).collect::<Vec<_>>(),
+            "filter_locked": img.sock_filters().iter().any(|x| x.sock as usize == i
+                && x.flags & cryo_image::fds::filter_flags::LOCKED != 0),
         })}).collect::<Vec<_>>())
 }

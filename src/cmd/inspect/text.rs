@@ -588,6 +588,22 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
                 3 => out += ", shut down",
                 _ => {}
             }
+            let filter: Vec<_> = img
+                .sock_filters()
+                .iter()
+                .filter(|x| x.sock == f.object)
+                .collect();
+            if let Some(i) = filter.first() {
+                out += &format!(
+                    ", a {}-instruction socket filter{}",
+                    filter.len(),
+                    if i.flags & cryo_image::fds::filter_flags::LOCKED != 0 {
+                        " (locked)"
+                    } else {
+                        ""
+                    }
+                );
+            }
             let opts = img.sockopts().iter().filter(|x| x.sock == f.object).count();
             out + &format!(", {opts} options]")
         }),
