@@ -158,6 +158,45 @@ fn redis_server_keeps_its_data_and_answers() {
         let _ = c.write_all(b"SHUTDOWN NOSAVE\r\n");
         finish(r, &format!("restore {mode:?} of redis-server"));
     }
+    // A client connected at capture keeps its connection (--tcp-established).
+    adopt_orphans();
+    let mut server = Command::new(&redis)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "no", "--dir", dir.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let mut c = connect(port);
+    assert_eq!(ask(&mut c, "SET kept 42"), "+OK");
+    let pid = server.id() as i32;
+    wait_for("redis to wait in epoll", Duration::from_secs(10), || {
+        state(pid) == Some('S')
+    });
+    let img = dir.join("img-client");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        "--tcp-established",
+        &pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "capture: {err}");
+    let _ = server.wait();
+    let r = restore(&img, &[], &dir.join("out-client"));
+    // (Quiet until the connection is made again: a listener answers.)
+    drop(connect(port));
+    assert_eq!(redis_get(&mut c, "kept"), "$2 42");
+    let _ = c.write_all(b"SHUTDOWN NOSAVE\r\n");
+    finish(r, "restore of redis-server with a client");
 }
 
 #[test]
@@ -518,5 +557,108 @@ fn gunicorn_workers_keep_their_heartbeat_files() {
         // SAFETY: kill takes integers.
         unsafe { libc::kill(root_pid, libc::SIGTERM) };
         finish(r, &format!("restore {mode:?} of gunicorn"));
+    }
+}
+
+/// An established TCP connection to a process not captured, kept with TCP
+/// repair (`--tcp-established`): the client keeps its connection across
+/// `capture --kill` and the restore, and nothing is lost either way
+/// (16 MiB the server had queued and not sent, a line the client had sent
+/// and the server not read). Without the option the connection is refused
+/// by name. One restore per capture: the connection goes on in it.
+#[test]
+fn tcp_connection_to_outside_kept_with_tcp_repair() {
+    let dir = scratch("tcp-repair");
+    for (i, mode) in [&[][..], &["--lazy"]].iter().enumerate() {
+        let mut cmd = Command::new("python3");
+        cmd.arg(root().join("tests/programs/tcp_peer.py"));
+        let mut t = Target::spawn(cmd, "tcp-peer");
+        let port: u16 = t
+            .line(Duration::from_secs(30))
+            .and_then(|l| l.strip_prefix("PORT ")?.parse().ok())
+            .expect("PORT line");
+        let mut c = connect(port);
+        let sent = t
+            .line(Duration::from_secs(30))
+            .and_then(|l| l.strip_prefix("SENT ")?.parse::<usize>().ok())
+            .expect("SENT line");
+        assert!(sent < 16 << 20, "the connection took everything: {sent}");
+        c.write_all(b"hello-unread\n").unwrap();
+        t.wait_sleeping();
+        let img = dir.join(format!("img{i}"));
+        let pid = t.pid.to_string();
+        if i == 0 {
+            let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &pid]);
+            assert_eq!(code, 1, "{out}");
+            assert!(out.contains("--tcp-established"), "{out}");
+            // Captured and left running: the connection leaves repair
+            // mode as it was (the rest of the test reads it whole), and
+            // its image is refused while it is there.
+            let live = dir.join("live");
+            let (code, _, err) =
+                cryo_cmd(&["capture", "--tcp-established", &pid, live.to_str().unwrap()]);
+            assert_eq!(code, 0, "capture: {err}");
+            let (code, _, err) = cryo_cmd(&["restore", live.to_str().unwrap()]);
+            // (Its listener's port, or the connection: both still there.)
+            assert_eq!(code, 1, "{err}");
+            assert!(err.contains("still"), "{err}");
+            t.wait_sleeping();
+        }
+        let (code, _, err) = cryo_cmd(&[
+            "capture",
+            "--kill",
+            "--tcp-established",
+            &pid,
+            img.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "capture: {err}");
+        drop(t);
+        let (_, out, _) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
+        assert!(out.contains("established (TCP repair)"), "{out}");
+        sanitize_fds();
+        let mut r = Command::new(cryo())
+            .arg("restore")
+            .args(*mode)
+            .arg(&img)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cryo restore");
+        // The client stays quiet until the restore has made the
+        // connection again (the restored program waits on its stdin): a
+        // window update sent while no socket has the port gets a reset
+        // (cryo does not hold the packets back, as CRIU's network lock
+        // does).
+        let rp = r.id() as i32;
+        wait_for("the restored server", Duration::from_secs(30), || {
+            std::fs::read_link(format!("/proc/{rp}/exe"))
+                .is_ok_and(|e| e.to_string_lossy().contains("python"))
+                && state(rp) == Some('S')
+        });
+        r.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        // Everything the server sent, in order, then its echo.
+        let want: Vec<u8> = b"greeting\n"
+            .iter()
+            .copied()
+            .chain((0..16 << 20).map(|k| (k % 256) as u8))
+            .chain(b"echo:hello-unread\n".iter().copied())
+            .collect();
+        let mut got = vec![0u8; want.len()];
+        if let Err(e) = c.read_exact(&mut got) {
+            let _ = r.kill();
+            let mut err = String::new();
+            let _ = r.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("{mode:?}: reading the stream: {e}; restore: {err}");
+        }
+        assert!(got == want, "{mode:?}: the stream differs");
+        c.write_all(b"after\n").unwrap();
+        let mut bye = [0u8; 4];
+        c.read_exact(&mut bye).unwrap();
+        assert_eq!(&bye, b"bye\n");
+        let mut out = String::new();
+        r.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        let (code, _) = finish(r, &format!("restore {mode:?} of the TCP server"));
+        assert_eq!((code, out.lines().last()), (0, Some("PASS")), "{out}");
     }
 }

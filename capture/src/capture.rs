@@ -43,6 +43,9 @@ pub struct Options {
     /// Capture this process only, refusing if it has children (the
     /// default captures every descendant with it).
     pub single: bool,
+    /// Capture established TCP connections to outside the captured
+    /// processes with TCP repair (else each is an obstacle).
+    pub tcp_established: bool,
 }
 
 /// Progress of the page dump, for a progress bar.
@@ -154,6 +157,7 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
     let pids = tree.live_pids();
     // Every process of the tree, zombies too (a pidfd may name one).
     let mut scope = crate::pipes::Scope::new(tree.records().iter().map(|r| r.pid as i32).collect());
+    scope.tcp_repair = opts.tcp_established;
     let many = tree.members.len() > 1;
     let mut all = Vec::new();
     let mut obstacles: Vec<String> = Vec::new();
@@ -263,6 +267,8 @@ pub fn capture(
         .is_some_and(|g| g.was_stopped());
     let mut frozen = None;
     if opts.after == After::AsItWas {
+        // (Connections read with TCP repair out of it first.)
+        all.iter_mut().for_each(|i| i.repaired.release());
         tree.let_go(After::AsItWas)?;
         frozen = Some(t_frozen.elapsed());
     }
@@ -289,14 +295,20 @@ pub fn capture(
         .skip(1)
         .map(|(ins, m)| (cryo_image::tree::proc_dir(ins.b.process.pid), m.as_slice()))
         .collect();
-    let b = &all[0].b;
     let dir = writer.commit_tree(&metas[0], &sums, &others)?;
     if opts.after == After::Kill {
         for ins in &all {
             crate::sockets::abort_on_kill(ins.b.process.pid as i32, &ins.b);
         }
     }
+    if opts.after != After::Kill {
+        all.iter_mut().for_each(|i| i.repaired.release());
+    }
     tree.let_go(opts.after)?;
+    // Killed: their connections read with TCP repair end without a packet
+    // (the peer keeps them for the restore).
+    all.iter_mut().for_each(|i| i.repaired.close_silently());
+    let b = &all[0].b;
     let frozen = frozen.unwrap_or_else(|| t_frozen.elapsed());
     let dump_s: f64 = dumps.iter().map(|d| d.dump_time.as_secs_f64()).sum();
     let stored: u64 = dumps.iter().map(|d| d.stored).sum();
@@ -369,6 +381,8 @@ pub(crate) struct Inspected {
     pub cross: Vec<crate::sockets::CrossEnd>,
     /// (kind, flags, file) of each mapping, as `vma::classify_all` said.
     classes: Vec<(u32, u32, u32)>,
+    /// Its TCP connections in repair mode (out of it when dropped).
+    pub repaired: crate::sockets::Repaired,
 }
 
 /// Read the state of a stopped target, refusing (with every obstacle at
@@ -384,6 +398,8 @@ pub(crate) fn inspect(
     let mut obs = Obstacles::default();
     let mut stored = StoredFiles::default();
     scope.cross.clear();
+    // (Those of a process refused before: it goes on as it was.)
+    scope.repaired.release();
 
     // Process-wide conditions: children (with --single), namespaces, seccomp.
     let st = crate::task::StatusText::read(pid);
@@ -511,6 +527,7 @@ pub(crate) fn inspect(
         cross: std::mem::take(&mut scope.cross),
         classes,
         stored,
+        repaired: std::mem::take(&mut scope.repaired),
     })
 }
 

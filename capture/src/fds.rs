@@ -293,6 +293,8 @@ pub fn capture(
     let mut pipes: HashMap<u64, usize> = HashMap::new();
     let base = b.fds.len();
     let mut sockets = crate::sockets::Sockets::default();
+    sockets.tcp_repair = scope.tcp_repair;
+    sockets.scope = scope.pids.clone();
     let mut descriptions: HashMap<SameFile, Vec<(i32, usize)>> = HashMap::new();
     // An obstacle about a file in flight is named as what it is: no fd of
     // the program's (reworded once the next fd is reached).
@@ -555,5 +557,6 @@ pub fn capture(
     crate::pipes::capture(pid, scope, pidfd.as_ref(), &pipes, base, b, stored, obs);
     // Unix sockets connected to each other.
     let cross = (scope.pids.len() > 1).then_some(&mut scope.cross);
+    scope.repaired.append(&mut sockets.repaired);
     crate::sockets::link(b, sockets, stored, cross, in_flight, obs);
 }

@@ -29,6 +29,11 @@ pub struct Scope {
     pub(crate) pty_inside: Option<crate::ptys::Holders>,
     /// Ptys whose state a process of the scope captured already, by index.
     pub(crate) pty_state: HashMap<u32, cryo_image::fds::Pty>,
+    /// Capture established TCP connections to outside with TCP repair.
+    pub tcp_repair: bool,
+    /// The connections in repair mode of the process being inspected
+    /// (taken by the caller after each process).
+    pub repaired: crate::sockets::Repaired,
 }
 
 impl Scope {
@@ -40,6 +45,8 @@ impl Scope {
             ptys: None,
             pty_inside: None,
             pty_state: HashMap::new(),
+            tcp_repair: false,
+            repaired: Default::default(),
         }
     }
 

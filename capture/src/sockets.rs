@@ -18,6 +18,7 @@ use crate::stored::{BlobOwner, PendingBlob, StoredFiles};
 use crate::sys::sock::{self, UnixDiag};
 use cryo_image::fds::{
     filter_flags, sockaddr_display, sockaddr_words, socket_state, SockFilterInsn, SockOpt, Socket,
+    TcpConn,
 };
 use cryo_image::write::ImageBuilder;
 use cryo_image::NO_INDEX;
@@ -86,6 +87,12 @@ fn options(family: i32, sock_type: i32) -> Vec<(i32, i32)> {
                     IP_MULTICAST_LOOP,
                 ]
                 .iter()
+                // (Not on TCP, which refuses to set IP_MULTICAST_TTL: a
+                // socket accept made has the TTL of the SYN there, 64,
+                // which a socket made again could not be given.)
+                .filter(|&&n| {
+                    sock_type != SOCK_STREAM || !matches!(n, IP_MULTICAST_TTL | IP_MULTICAST_LOOP)
+                })
                 .map(|&n| (IPPROTO_IP, n)),
             );
         } else {
@@ -184,6 +191,151 @@ pub struct Sockets {
     datagrams: Vec<(usize, i32, Vec<sock::Message>)>,
     /// The machine's TCP sockets, read at the first established one.
     tcp: Option<sock::TcpTable>,
+    /// Whether an established TCP connection to outside is captured with
+    /// TCP repair (`--tcp-established`) rather than refused.
+    pub tcp_repair: bool,
+    /// The connections put in repair mode, and their queues: (index in
+    /// `tcp_conns`, send queue, receive queue).
+    pub repaired: Repaired,
+    tcp_queues: Vec<(usize, Vec<u8>, Vec<u8>)>,
+    /// Every process captured with this one.
+    pub scope: Vec<i32>,
+    /// The socket inodes they hold (read at the first use).
+    held: Option<std::collections::HashSet<u64>>,
+}
+
+impl Sockets {
+    /// Whether a process captured holds socket inode `ino`.
+    fn captured_holds(&mut self, ino: u64) -> bool {
+        let scope = &self.scope;
+        self.held
+            .get_or_insert_with(|| {
+                let mut set = std::collections::HashSet::new();
+                crate::pipes::each_fd(Some(scope), |_, _, t| {
+                    if let Some(i) = t
+                        .strip_prefix("socket:[")
+                        .and_then(|s| s.strip_suffix(']'))
+                        .and_then(|s| s.parse().ok())
+                    {
+                        set.insert(i);
+                    }
+                });
+                set
+            })
+            .contains(&ino)
+    }
+}
+
+/// Our copies of TCP connections put in repair mode to be read. Dropped,
+/// they leave repair mode without a packet (the process goes on with them
+/// as before: every exit path of a capture but a kill);
+/// [`Repaired::close_silently`] closes them still in repair mode once
+/// their process is killed, so that the connection ends without a packet
+/// (no FIN, no reset) and the peer keeps it for the restore.
+#[derive(Debug, Default)]
+pub struct Repaired(Vec<OwnedFd>);
+
+/// setsockopt(TCP_REPAIR) values.
+const TCP_REPAIR: i32 = 19;
+const TCP_REPAIR_ON: i32 = 1;
+const TCP_REPAIR_OFF_NO_WP: i32 = -1;
+
+impl Repaired {
+    /// Out of repair mode, each as it was.
+    pub fn release(&mut self) {
+        for fd in self.0.drain(..) {
+            let _ = sock::setsockopt_int(&fd, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
+        }
+    }
+    /// Closed in repair mode (their processes are gone).
+    pub fn close_silently(&mut self) {
+        self.0.clear();
+    }
+    pub fn append(&mut self, other: &mut Repaired) {
+        self.0.append(&mut other.0);
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Drop for Repaired {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Read an established TCP connection with TCP repair (`dup`: our copy,
+/// kept in `seen.repaired`, in repair mode until the capture lets its
+/// process go): its sequence numbers, options, window, timestamp clock
+/// and both queues; `s` becomes REPAIRED and its state a `TcpConn`.
+fn repair(
+    dup: OwnedFd,
+    s: &mut Socket,
+    b: &mut ImageBuilder,
+    seen: &mut Sockets,
+) -> Result<(), String> {
+    const TCP_REPAIR_QUEUE: i32 = 20;
+    const TCP_QUEUE_SEQ: i32 = 21;
+    const TCP_TIMESTAMP: i32 = 24;
+    const TCP_REPAIR_WINDOW: i32 = 29;
+    const RECV_QUEUE: i32 = 1;
+    const SEND_QUEUE: i32 = 2;
+    let tcp = libc::IPPROTO_TCP;
+    let e = |what: &'static str| move |e: std::io::Error| format!("{what}: {e}");
+    // An acknowledgement the kernel delays (up to 40 ms) goes now: once in
+    // repair mode nothing is sent, and the peer would send the bytes again
+    // to a port where, after a kill, no socket answers but with a reset.
+    sock::setsockopt_int(&dup, tcp, libc::TCP_QUICKACK, 1).map_err(e("TCP_QUICKACK"))?;
+    sock::setsockopt_int(&dup, tcp, TCP_REPAIR, TCP_REPAIR_ON).map_err(e(
+        "putting it in repair mode (TCP_REPAIR, needs CAP_NET_ADMIN)",
+    ))?;
+    seen.repaired.0.push(dup);
+    let dup = seen.repaired.0.last().expect("just pushed");
+    let outq = crate::sys::outq(dup).map_err(e("its send queue (SIOCOUTQ)"))?;
+    let unsent = sock::outq_unsent(dup).map_err(e("its unsent bytes (SIOCOUTQNSD)"))?;
+    let inq = crate::sys::fionread(dup).map_err(e("its receive queue (FIONREAD)"))?;
+    let queue = |q: i32, len: usize| -> Result<(u32, Vec<u8>), String> {
+        sock::setsockopt_int(dup, tcp, TCP_REPAIR_QUEUE, q).map_err(e("TCP_REPAIR_QUEUE"))?;
+        let seq = sock::getsockopt_int(dup, tcp, TCP_QUEUE_SEQ).map_err(e("TCP_QUEUE_SEQ"))?;
+        let bytes = sock::peek_exact(dup, len).map_err(e("reading its queue"))?;
+        Ok((seq as u32, bytes))
+    };
+    let (snd_seq, sendq) = queue(SEND_QUEUE, outq)?;
+    let (rcv_seq, recvq) = queue(RECV_QUEUE, inq)?;
+    let mut window = [0u8; 20];
+    sock::getsockopt(dup, tcp, TCP_REPAIR_WINDOW, &mut window).map_err(e("TCP_REPAIR_WINDOW"))?;
+    let timestamp = sock::getsockopt_int(dup, tcp, TCP_TIMESTAMP).map_err(e("TCP_TIMESTAMP"))?;
+    let mss = sock::getsockopt_int(dup, tcp, libc::TCP_MAXSEG).map_err(e("TCP_MAXSEG"))?;
+    // struct tcp_info: tcpi_options (byte 5), tcpi_snd_wscale and
+    // tcpi_rcv_wscale (byte 6, low and high nibbles).
+    let mut info = [0u8; 8];
+    sock::getsockopt(dup, tcp, libc::TCP_INFO, &mut info).map_err(e("TCP_INFO"))?;
+    let w = |i: usize| {
+        u32::from_ne_bytes([
+            window[4 * i],
+            window[4 * i + 1],
+            window[4 * i + 2],
+            window[4 * i + 3],
+        ])
+    };
+    s.state = socket_state::REPAIRED;
+    let conn = b.tcp_conns.len();
+    b.tcp_conns.push(TcpConn {
+        sock: b.sockets.len() as u32,
+        options: u32::from(info[5]) & 7,
+        snd_seq,
+        rcv_seq,
+        mss: mss as u32,
+        snd_wscale: u32::from(info[6] & 15),
+        rcv_wscale: u32::from(info[6] >> 4),
+        timestamp: timestamp as u32,
+        window: [w(0), w(1), w(2), w(3), w(4)],
+        unsent: unsent.min(outq) as u32,
+        ..Default::default()
+    });
+    seen.tcp_queues.push((conn, sendq, recvq));
+    Ok(())
 }
 
 /// An unnamed unix socket connected to a socket outside its process,
@@ -427,10 +579,21 @@ pub fn capture(
                     .tcp
                     .get_or_insert_with(|| sock::TcpTable::read().unwrap_or_default());
                 let peer_ino = peer.as_deref().and_then(|p| tcp.peer_inode(&addr, p));
+                let accepted = tcp.listener_at(&addr);
+                // (A peer on this machine that no captured process holds
+                // is outside too: a client of the server captured.)
+                let inside = peer_ino.is_some_and(|i| seen.captured_holds(i));
+                let peer_ino = peer_ino.filter(|_| inside);
                 let Some(peer_ino) = peer_ino.and_then(|i| u32::try_from(i).ok()) else {
-                    return Err(format!(
-                        "fd {fd} is a TCP connection {shown} -> {to} (ESTABLISHED) to another machine or a socket cryo cannot see; established connections are restored only between processes it captures (TCP repair is not supported)"
-                    ));
+                    if !seen.tcp_repair {
+                        return Err(format!(
+                            "fd {fd} is a TCP connection {shown} -> {to} (ESTABLISHED) to another machine or a process not captured; `cryo capture --tcp-established` keeps it (TCP repair)"
+                        ));
+                    }
+                    repair(dup, &mut s, b, seen).map_err(|why| {
+                        format!("fd {fd} (TCP connection {shown} -> {to}): {why}")
+                    })?;
+                    return Ok(push(b, s, &opts, &filter) as u32);
                 };
                 let outq = crate::sys::outq(&dup).map_err(|e| io("send queue", e))?;
                 if outq > 0 {
@@ -439,7 +602,7 @@ pub fn capture(
                     ));
                 }
                 let rqueue = crate::sys::fionread(&dup).map_err(|e| io("queued bytes", e))? as u32;
-                if tcp.listener_at(&addr) {
+                if accepted {
                     s.flags |= cryo_image::fds::socket_flags::ACCEPTED;
                 }
                 keep_dup = Some((
@@ -841,6 +1004,20 @@ pub fn link(
     in_flight: &crate::inflight::InFlight,
     obs: &mut crate::obstacles::Obstacles,
 ) {
+    // The queues of connections captured with TCP repair.
+    for (conn, sendq, recvq) in &seen.tcp_queues {
+        for (to, bytes) in [
+            (BlobOwner::TcpSend(*conn), sendq),
+            (BlobOwner::TcpRecv(*conn), recvq),
+        ] {
+            if !bytes.is_empty() {
+                stored.blobs.push(PendingBlob {
+                    to,
+                    bytes: bytes.clone(),
+                });
+            }
+        }
+    }
     // Datagrams queued in a named socket: each sender unnamed, or a socket
     // of the process bound to the sender's name (which sends it again).
     for (index, fd, msgs) in &seen.datagrams {

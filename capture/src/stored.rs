@@ -26,6 +26,8 @@ pub enum BlobOwner {
     PtyInput(usize),
     PtyOutput(usize),
     Sysv(usize),
+    TcpSend(usize),
+    TcpRecv(usize),
 }
 
 impl PendingBlob {
@@ -42,6 +44,8 @@ impl PendingBlob {
             BlobOwner::PtyInput(i) => b.ptys[i].input = blob,
             BlobOwner::PtyOutput(i) => b.ptys[i].output = blob,
             BlobOwner::Sysv(i) => b.sysv_shm[i].data = blob,
+            BlobOwner::TcpSend(i) => b.tcp_conns[i].sendq = blob,
+            BlobOwner::TcpRecv(i) => b.tcp_conns[i].recvq = blob,
         }
     }
 }

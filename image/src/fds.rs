@@ -281,6 +281,48 @@ record! {
     }
 }
 
+record! {
+    /// (9.0) What TCP repair read of an established connection (a socket
+    /// in state `socket_state::REPAIRED`), to make it again in repair
+    /// mode: no packet is sent, the peer sees the same connection.
+    pub struct TcpConn {
+        /// Index in the sockets table.
+        pub sock: u32,
+        /// TCP_INFO's `tcpi_options`: `tcp_opts` bits.
+        pub options: u32,
+        /// TCP_QUEUE_SEQ of the send queue: the sequence number after the
+        /// last byte queued to send.
+        pub snd_seq: u32,
+        /// TCP_QUEUE_SEQ of the receive queue: the next sequence number
+        /// expected.
+        pub rcv_seq: u32,
+        /// TCP_MAXSEG.
+        pub mss: u32,
+        /// Window scale shifts (TCP_INFO), each end's.
+        pub snd_wscale: u32,
+        pub rcv_wscale: u32,
+        /// TCP_TIMESTAMP: the connection's timestamp clock at capture.
+        pub timestamp: u32,
+        /// TCP_REPAIR_WINDOW: snd_wl1, snd_wnd, max_window, rcv_wnd,
+        /// rcv_wup.
+        pub window: [u32; 5],
+        /// Bytes at the end of `sendq` never sent (SIOCOUTQNSD): sent
+        /// again normally once the connection is out of repair.
+        pub unsent: u32,
+        /// The send queue (sent and not yet acknowledged, then unsent).
+        pub sendq: Blob,
+        /// What waited to be read.
+        pub recvq: Blob,
+    }
+}
+
+/// `TcpConn::options` bits (TCPI_OPT_*).
+pub mod tcp_opts {
+    pub const TIMESTAMPS: u32 = 1;
+    pub const SACK: u32 = 2;
+    pub const WSCALE: u32 = 4;
+}
+
 /// `SockFilterInsn::flags` bits.
 pub mod filter_flags {
     /// The filter was locked (SO_LOCK_FILTER): it cannot be changed or
@@ -365,6 +407,11 @@ pub mod socket_state {
     /// the queue of listener `pair` (of the process), not yet accepted,
     /// nothing sent on it; `backlog` is its place in that queue.
     pub const PENDING: u32 = 7;
+    /// (9.0) An established TCP connection to a socket outside the
+    /// captured processes, captured with TCP repair (`cryo capture
+    /// --tcp-established`): `addr` and `peer` are its ends, its sequence
+    /// numbers, options, window and queues a [`super::TcpConn`].
+    pub const REPAIRED: u32 = 8;
 
     pub fn name(s: u32) -> &'static str {
         match s {
@@ -375,6 +422,7 @@ pub mod socket_state {
             PAIR => "pair",
             WIDOWED => "other end closed",
             PENDING => "connecting, not yet accepted",
+            REPAIRED => "established (TCP repair)",
             _ => "unknown",
         }
     }

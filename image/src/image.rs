@@ -307,6 +307,10 @@ impl<'a> Image<'a> {
     pub fn sysv_shm(&self) -> Table<'a, fds::SysvShm> {
         self.table(SectionKind::SysvShm)
     }
+    /// (9.0) TCP connections captured with TCP repair.
+    pub fn tcp_conns(&self) -> Table<'a, fds::TcpConn> {
+        self.table(SectionKind::TcpConns)
+    }
     /// (9.0) Sockets' classic BPF filters.
     pub fn sock_filters(&self) -> Table<'a, fds::SockFilterInsn> {
         self.table(SectionKind::SockFilters)
@@ -357,6 +361,7 @@ impl<'a> Image<'a> {
         let socks = self.sockets();
         let ptys = self.ptys();
         let sysv = self.sysv_shm();
+        let tcp = self.tcp_conns();
         pipes
             .iter()
             .map(|p| p.data)
@@ -364,6 +369,7 @@ impl<'a> Image<'a> {
             .chain(socks.iter().map(|s| s.data))
             .chain(ptys.iter().flat_map(|t| [t.input, t.output]))
             .chain(sysv.iter().map(|s| s.data))
+            .chain(tcp.iter().flat_map(|t| [t.sendq, t.recvq]))
             .filter(|b| b.len > 0)
     }
 

@@ -195,6 +195,24 @@ pub(crate) fn sample_full_with(edit: impl FnOnce(&mut ImageBuilder)) -> (Vec<u8>
             ..Default::default()
         });
     }
+    // (9.0) A TCP connection captured with TCP repair.
+    b.sockets.push(Socket {
+        family: 2,
+        sock_type: 1,
+        state: socket_state::REPAIRED,
+        pair: NO_INDEX,
+        ..Default::default()
+    });
+    b.tcp_conns.push(TcpConn {
+        sock: 1,
+        options: tcp_opts::TIMESTAMPS | tcp_opts::WSCALE,
+        snd_seq: 1000,
+        rcv_seq: 2000,
+        mss: 1460,
+        snd_wscale: 7,
+        rcv_wscale: 7,
+        ..Default::default()
+    });
     let x = b.xsave.clone();
     b.xsave.extend_from_slice(&x);
     let mut pages = page.clone();
@@ -567,6 +585,29 @@ fn socket_filters_round_trip_and_are_checked() {
             let i = b.sock_filters[0];
             b.sock_filters = vec![i; crate::fds::MAX_FILTER_INSNS + 1];
         },
+    ];
+    for (n, edit) in bad.iter().enumerate() {
+        let (meta, _) = sample_full_with(|b| edit(b));
+        let img = Image::parse(&meta).expect("parse");
+        assert!(img.validate().is_err(), "case {n} must be refused");
+    }
+}
+
+#[test]
+fn tcp_repair_state_is_checked() {
+    let (meta, _) = sample_full();
+    let img = Image::parse(&meta).expect("parse");
+    img.validate().expect("validate");
+    assert_eq!(img.tcp_conns().get(0).map(|t| t.rcv_seq), Some(2000));
+    // Refused: unknown options, a scale above 14, more unsent bytes than
+    // queued, the state of a socket that is not REPAIRED, a REPAIRED
+    // socket without it.
+    let bad: [&dyn Fn(&mut ImageBuilder); 5] = [
+        &|b| b.tcp_conns[0].options = 8,
+        &|b| b.tcp_conns[0].snd_wscale = 15,
+        &|b| b.tcp_conns[0].unsent = 1,
+        &|b| b.tcp_conns[0].sock = 0,
+        &|b| b.tcp_conns.clear(),
     ];
     for (n, edit) in bad.iter().enumerate() {
         let (meta, _) = sample_full_with(|b| edit(b));

@@ -260,6 +260,36 @@ impl<'a> Image<'a> {
                 });
             }
         }
+        // TCP repair: one per REPAIRED socket, each of a REPAIRED one.
+        let socks = self.sockets();
+        for (i, t) in self.tcp_conns().iter().enumerate() {
+            let ok = socks
+                .get(t.sock as usize)
+                .is_some_and(|s| s.state == crate::fds::socket_state::REPAIRED)
+                && t.options & !7 == 0
+                && t.snd_wscale <= 14
+                && t.rcv_wscale <= 14
+                && u64::from(t.unsent) <= t.sendq.len
+                && self.tcp_conns().iter().filter(|u| u.sock == t.sock).count() == 1;
+            if !ok {
+                return Err(ImageError::BadIndex {
+                    section: "tcp_conns",
+                    index: i as u64,
+                    why: "not one REPAIRED socket's, or bad options, scale or unsent length",
+                });
+            }
+        }
+        for (i, s) in socks.iter().enumerate() {
+            if s.state == crate::fds::socket_state::REPAIRED
+                && !self.tcp_conns().iter().any(|t| t.sock as usize == i)
+            {
+                return Err(ImageError::BadIndex {
+                    section: "sockets",
+                    index: i as u64,
+                    why: "a repaired TCP connection without its state",
+                });
+            }
+        }
         // Filters: each socket's instructions consecutive, sockets in
         // order, one flags value each, at most BPF_MAXINSNS.
         let nsockets = self.sockets().len() as u32;

@@ -73,6 +73,7 @@ pub struct ImageBuilder {
     pub fd_owners: Vec<crate::fds::FdOwner>,
     pub sysv_shm: Vec<crate::fds::SysvShm>,
     pub sock_filters: Vec<crate::fds::SockFilterInsn>,
+    pub tcp_conns: Vec<crate::fds::TcpConn>,
     pub tree: Vec<crate::tree::TreeProc>,
     pub tree_fds: Vec<crate::tree::TreeFd>,
     pub tree_files: Vec<crate::tree::TreeFile>,
@@ -145,6 +146,9 @@ impl ImageBuilder {
         }
         if !self.sysv_shm.is_empty() {
             sections.push((SectionKind::SysvShm, table(&self.sysv_shm)));
+        }
+        if !self.tcp_conns.is_empty() {
+            sections.push((SectionKind::TcpConns, table(&self.tcp_conns)));
         }
         if !self.sock_filters.is_empty() {
             sections.push((SectionKind::SockFilters, table(&self.sock_filters)));

@@ -57,6 +57,124 @@ fn make_netlink(img: &Image, object: u32, s: &Socket) -> Result<OwnedFd, Why> {
     Ok(fd)
 }
 
+/// An established TCP connection captured with TCP repair, made again in
+/// repair mode, so that no packet is sent: its sequence numbers and
+/// timestamp clock, bound and "connected" to its two addresses (the
+/// kernel lets a socket in repair mode share the port of a listener),
+/// its options as negotiated, the bytes it had sent and not yet seen
+/// acknowledged (to be sent again if the peer asks), what waited to be
+/// read, its window; then out of repair mode (a window probe asks the
+/// peer where it is), and the bytes it had never sent are sent.
+fn make_repaired(
+    loaded: &LoadedImage,
+    img: &Image,
+    object: u32,
+    s: &Socket,
+    verify: bool,
+) -> Result<OwnedFd, Why> {
+    use cryo_image::fds::tcp_opts;
+    const TCP_REPAIR: i32 = 19;
+    const TCP_REPAIR_QUEUE: i32 = 20;
+    const TCP_QUEUE_SEQ: i32 = 21;
+    const TCP_REPAIR_OPTIONS: i32 = 22;
+    const TCP_TIMESTAMP: i32 = 24;
+    const TCP_REPAIR_WINDOW: i32 = 29;
+    const RECV_QUEUE: i32 = 1;
+    const SEND_QUEUE: i32 = 2;
+    // (TCPOPT_* codes for TCP_REPAIR_OPTIONS.)
+    const MSS: u32 = 2;
+    const WINDOW: u32 = 3;
+    const SACK_PERM: u32 = 4;
+    const TIMESTAMP: u32 = 8;
+    let t = img
+        .tcp_conns()
+        .iter()
+        .find(|t| t.sock == object)
+        .ok_or_else(|| Why::Said("its TCP repair state is missing from the image".into()))?;
+    let blob = |b: &cryo_image::fds::Blob| -> Result<Vec<u8>, Why> {
+        if b.len == 0 {
+            return Ok(Vec::new());
+        }
+        loaded
+            .read_blob(b, verify)
+            .map_err(|e| Why::Said(e.to_string()))
+    };
+    let (sendq, recvq) = (blob(&t.sendq)?, blob(&t.recvq)?);
+    let fd = sys::socket(s.family as i32, libc::SOCK_STREAM, s.protocol as i32)
+        .map_err(|e| Why::sys("socket", e))?;
+    // (Buffer sizes before the queues go in.)
+    set_plain_options(img, object, fd.as_fd())?;
+    let set = |name: i32, what: &str, val: &[u8]| {
+        sys::setsockopt(fd.as_fd(), libc::IPPROTO_TCP, name, val).map_err(|e| Why::sys(what, e))
+    };
+    let int = |name: i32, what: &str, v: i32| set(name, what, &v.to_ne_bytes());
+    int(TCP_REPAIR, "TCP_REPAIR (needs CAP_NET_ADMIN)", 1)?;
+    let sent = sendq.len() - (t.unsent as usize).min(sendq.len());
+    for (q, seq, len) in [
+        (SEND_QUEUE, t.snd_seq, sendq.len()),
+        (RECV_QUEUE, t.rcv_seq, recvq.len()),
+    ] {
+        int(TCP_REPAIR_QUEUE, "TCP_REPAIR_QUEUE", q)?;
+        int(
+            TCP_QUEUE_SEQ,
+            "TCP_QUEUE_SEQ",
+            seq.wrapping_sub(len as u32) as i32,
+        )?;
+    }
+    if t.options & tcp_opts::TIMESTAMPS != 0 {
+        int(TCP_TIMESTAMP, "TCP_TIMESTAMP", t.timestamp as i32)?;
+    }
+    // (The connect computes the segment size from the MSS clamp, which is
+    // the default, 536, until TCP_REPAIR_OPTIONS sets it after the
+    // connect: 524-byte segments. A user MSS for the connect, taken off
+    // again after it, gives it the captured one.)
+    // (At most 32767, MAX_TCP_WINDOW.)
+    int(libc::TCP_MAXSEG, "TCP_MAXSEG", t.mss.min(32767) as i32)?;
+    let (a, b) = (addr_of(s), peer_of(s));
+    sys::bind(fd.as_fd(), &a)
+        .map_err(|e| Why::sys(format!("binding {}", sockaddr_display(&a)), e))?;
+    sys::connect(fd.as_fd(), &b).map_err(|e| {
+        Why::sys(
+            format!("connecting to {} in repair mode", sockaddr_display(&b)),
+            e,
+        )
+    })?;
+    let mut opts: Vec<u8> = Vec::new();
+    let mut opt = |code: u32, val: u32| {
+        opts.extend_from_slice(&code.to_ne_bytes());
+        opts.extend_from_slice(&val.to_ne_bytes());
+    };
+    opt(MSS, t.mss);
+    if t.options & tcp_opts::WSCALE != 0 {
+        opt(WINDOW, t.snd_wscale | (t.rcv_wscale << 16));
+    }
+    if t.options & tcp_opts::SACK != 0 {
+        opt(SACK_PERM, 0);
+    }
+    if t.options & tcp_opts::TIMESTAMPS != 0 {
+        opt(TIMESTAMP, 0);
+    }
+    set(TCP_REPAIR_OPTIONS, "TCP_REPAIR_OPTIONS", &opts)?;
+    int(libc::TCP_MAXSEG, "TCP_MAXSEG", 0)?;
+    int(TCP_REPAIR_QUEUE, "TCP_REPAIR_QUEUE", SEND_QUEUE)?;
+    sys::send_all(fd.as_fd(), &sendq[..sent])
+        .map_err(|e| Why::sys("putting back the bytes sent and not acknowledged", e))?;
+    int(TCP_REPAIR_QUEUE, "TCP_REPAIR_QUEUE", RECV_QUEUE)?;
+    // (In pieces: each becomes one buffer of the receive queue.)
+    for piece in recvq.chunks(64 << 10) {
+        sys::send_all(fd.as_fd(), piece)
+            .map_err(|e| Why::sys("putting back the bytes waiting to be read", e))?;
+    }
+    let w: Vec<u8> = t.window.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    set(TCP_REPAIR_WINDOW, "TCP_REPAIR_WINDOW", &w)?;
+    int(TCP_REPAIR, "leaving repair mode", 0)?;
+    sys::send_all(fd.as_fd(), &sendq[sent..])
+        .map_err(|e| Why::sys("sending the bytes never sent", e))?;
+    // (Leaving repair mode cleared SO_REUSEADDR.)
+    set_options(img, object, fd.as_fd())?;
+    Ok(fd)
+}
+
 /// A unix path (not abstract, not unnamed).
 fn unix_path(addr: &[u8]) -> Option<std::path::PathBuf> {
     use std::os::unix::ffi::OsStrExt;
@@ -96,8 +214,25 @@ pub(crate) fn plan(
             | socket_state::PAIR
             | socket_state::WIDOWED
             | socket_state::PENDING
+            | socket_state::REPAIRED
     ) {
         return Err(err.why(format!("unknown socket state {}", s.state)));
+    }
+    if s.state == socket_state::REPAIRED {
+        // The connection must not be there any more: the captured
+        // process (or an earlier restore of it) would still have it.
+        let (a, b) = (addr_of(&s), peer_of(&s));
+        if tcp_connection_exists(&a, &b) {
+            return Err(err.why(format!(
+                "the TCP connection {} -> {} still exists (the captured process, or an earlier restore of it, still has it)",
+                sockaddr_display(&a),
+                sockaddr_display(&b)
+            )));
+        }
+        return Ok(Source::Socket {
+            sock: object,
+            flags,
+        });
     }
     if s.family as i32 == libc::AF_NETLINK {
         if !matches!(
@@ -171,6 +306,37 @@ pub(crate) fn plan(
     Ok(Source::Socket {
         sock: object,
         flags,
+    })
+}
+
+/// Whether /proc/net/tcp (tcp6) lists a socket with local address `a`
+/// and remote address `b` (sockaddr bytes), in any state.
+fn tcp_connection_exists(a: &[u8], b: &[u8]) -> bool {
+    // As the kernel prints them: each 32-bit word of the address as a
+    // host-order hex number, then the port.
+    let shown = |s: &[u8]| -> Option<String> {
+        let (ip, port) = match i32::from(u16::from_ne_bytes([*s.first()?, *s.get(1)?])) {
+            libc::AF_INET => (s.get(4..8)?, s.get(2..4)?),
+            libc::AF_INET6 => (s.get(8..24)?, s.get(2..4)?),
+            _ => return None,
+        };
+        let mut out: String = ip
+            .chunks(4)
+            .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+            .collect();
+        out += &format!(":{:04X}", u16::from_be_bytes([port[0], port[1]]));
+        Some(out)
+    };
+    let (Some(a), Some(b)) = (shown(a), shown(b)) else {
+        return false;
+    };
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|t| {
+            t.lines().skip(1).any(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                w.get(1) == Some(&a.as_str()) && w.get(2) == Some(&b.as_str())
+            })
+        })
     })
 }
 
@@ -263,8 +429,14 @@ fn opt_name(level: i32, name: i32) -> String {
 }
 
 /// Every captured option of socket `object` on `fd`, where it differs
-/// from what `fd` has; each read back and compared.
+/// from what `fd` has, each read back and compared; then its filter.
 pub(crate) fn set_options(img: &Image, object: u32, fd: BorrowedFd) -> Result<(), Why> {
+    set_plain_options(img, object, fd)?;
+    attach_filter(img, object, fd)
+}
+
+/// [`set_options`] without the filter.
+fn set_plain_options(img: &Image, object: u32, fd: BorrowedFd) -> Result<(), Why> {
     let late = late_reuse(img, object);
     let late_port = late_reuseport(img, object);
     for o in img
@@ -308,7 +480,7 @@ pub(crate) fn set_options(img: &Image, object: u32, fd: BorrowedFd) -> Result<()
             )));
         }
     }
-    attach_filter(img, object, fd)
+    Ok(())
 }
 
 /// Socket `object`'s classic BPF filter (if it had one), read back and
@@ -1299,6 +1471,8 @@ pub(crate) fn make(
                 a
             }
         }
+    } else if s.state == socket_state::REPAIRED {
+        make_repaired(loaded, img, object, &s, verify).map_err(|w| fd_err(p, w))?
     } else if s.family as i32 == libc::AF_NETLINK {
         make_netlink(img, object, &s).map_err(|w| fd_err(p, w))?
     } else {

@@ -67,6 +67,17 @@ pub struct CaptureArgs {
     /// with it, into one image).
     #[arg(long)]
     pub single: bool,
+    /// Keep established TCP connections to other machines or to processes
+    /// not captured, with TCP repair (CAP_NET_ADMIN): their sequence
+    /// numbers, window, options and queued bytes; the restore makes each
+    /// again without a packet, and the peer goes on with the same
+    /// connection. With --kill the connection ends without a FIN or reset;
+    /// the restore must come before the peer sends anything (a packet to
+    /// the port in between gets a reset: cryo does not block them, as
+    /// CRIU's network lock does). Without --kill the process goes on with
+    /// them, and the image restores only once it is gone.
+    #[arg(long)]
+    pub tcp_established: bool,
     /// Replace DIR if it already holds a cryo image.
     #[arg(long)]
     pub force: bool,
@@ -103,6 +114,10 @@ pub struct DumpArgs {
     /// Accepted for CRIU compatibility (terminals are always recorded as such).
     #[arg(long, hide = true)]
     pub shell_job: bool,
+    /// Keep established TCP connections with TCP repair (as `cryo
+    /// capture --tcp-established`).
+    #[arg(long)]
+    pub tcp_established: bool,
     /// Replace DIR if it already holds a cryo image.
     #[arg(long)]
     pub force: bool,
@@ -131,6 +146,7 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
             max_file_data: a.max_file_data,
         },
         single: a.single,
+        tcp_established: a.tcp_established,
     };
     if a.dry_run {
         let (obstacles, sig) = uninterrupted(|| cryo_capture::check(a.pid, &opts));
@@ -195,6 +211,7 @@ pub fn run_dump(a: DumpArgs) -> Result<i32> {
         max_file_data: 256 << 20,
         after: a.after,
         single: false,
+        tcp_established: a.tcp_established,
         force: a.force,
         buffered: false,
         json: false,

@@ -111,6 +111,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
             max_file_data: a.max_file_data,
         },
         single: false,
+        tcp_established: false,
     };
     let res = capture_with_progress(pid.as_raw(), &a.capture_on_stop, &opts, a.quiet);
     match res {

@@ -831,3 +831,51 @@ pub fn getsockopt_len(fd: &impl AsRawFd, level: i32, name: i32) -> io::Result<u3
     cvt(r as libc::c_long)?;
     Ok(len)
 }
+
+/// setsockopt of one int.
+pub fn setsockopt_int(fd: &impl AsRawFd, level: i32, name: i32, val: i32) -> io::Result<()> {
+    // SAFETY: setsockopt reads one int from `val`, ours.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&val as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    } as libc::c_long)?;
+    Ok(())
+}
+
+/// Bytes of a TCP socket's send queue not yet sent (SIOCOUTQNSD).
+pub fn outq_unsent(fd: &impl AsRawFd) -> io::Result<usize> {
+    const SIOCOUTQNSD: libc::c_ulong = 0x894b;
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQNSD writes one int to `n`, which we own.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), SIOCOUTQNSD, &mut n) } as libc::c_long)?;
+    Ok(n as usize)
+}
+
+/// Exactly `len` bytes peeked from the socket (recv MSG_PEEK, not
+/// waiting); an error if fewer are there.
+pub fn peek_exact(fd: &impl AsRawFd, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    if len == 0 {
+        return Ok(buf);
+    }
+    // SAFETY: recv writes at most `len` bytes into `buf`, ours.
+    let n = cvt(unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            len,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    } as libc::c_long)? as usize;
+    if n != len {
+        return Err(io::Error::other(format!(
+            "{n} bytes of {len} could be read"
+        )));
+    }
+    Ok(buf)
+}

@@ -74,10 +74,12 @@ pub enum SectionKind {
     SysvShm = 37,
     /// Format 9.0: sockets' classic BPF filters ([`crate::fds::SockFilterInsn`]).
     SockFilters = 38,
+    /// Format 9.0: TCP connections captured with TCP repair ([`crate::fds::TcpConn`]).
+    TcpConns = 39,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 38] = [
+    pub const ALL: [SectionKind; 39] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -116,6 +118,7 @@ impl SectionKind {
         SectionKind::FdOwners,
         SectionKind::SysvShm,
         SectionKind::SockFilters,
+        SectionKind::TcpConns,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -160,6 +163,7 @@ impl SectionKind {
             SectionKind::FdOwners => "fd_owners",
             SectionKind::SysvShm => "sysv_shm",
             SectionKind::SockFilters => "sock_filters",
+            SectionKind::TcpConns => "tcp_conns",
         }
     }
     /// Record size this reader knows for the section (1 for byte blobs).
@@ -203,6 +207,7 @@ impl SectionKind {
             SectionKind::FdOwners => crate::fds::FdOwner::SIZE,
             SectionKind::SysvShm => crate::fds::SysvShm::SIZE,
             SectionKind::SockFilters => crate::fds::SockFilterInsn::SIZE,
+            SectionKind::TcpConns => crate::fds::TcpConn::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -257,6 +262,7 @@ impl SectionKind {
             // (kernel.shmmni is 4096 by default.)
             SectionKind::SysvShm => 1 << 16,
             SectionKind::SockFilters => 1 << 24,
+            SectionKind::TcpConns => 1 << 20,
         }
     }
     /// Sections every valid image must have.

@@ -196,6 +196,11 @@ fn sockets(img: &Image) -> serde_json::Value {
                 "level": o.level, "name": o.name, "len": o.len, "value": o.val})).collect::<Vec<_>>(),
             "filter": img.sock_filters().iter().filter(|x| x.sock as usize == i).map(|x| json!({
                 "code": x.code, "jt": x.jt, "jf": x.jf, "k": x.k})).collect::<Vec<_>>(),
+            "tcp_repair": img.tcp_conns().iter().find(|t| t.sock as usize == i).map(|t| json!({
+                "snd_seq": t.snd_seq, "rcv_seq": t.rcv_seq, "mss": t.mss, "options": t.options,
+                "snd_wscale": t.snd_wscale, "rcv_wscale": t.rcv_wscale, "timestamp": t.timestamp,
+                "window": t.window, "send_queue_bytes": t.sendq.len, "unsent_bytes": t.unsent,
+                "receive_queue_bytes": t.recvq.len})),
             "filter_locked": img.sock_filters().iter().any(|x| x.sock as usize == i
                 && x.flags & cryo_image::fds::filter_flags::LOCKED != 0),
         })}).collect::<Vec<_>>())

@@ -559,6 +559,15 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
             match k.state {
                 socket_state::LISTENING => out += &format!(", backlog {}", k.backlog),
                 socket_state::CONNECTED => out += &format!(" -> {}", sockaddr_display(&pa[..pn])),
+                socket_state::REPAIRED => {
+                    out += &format!(" -> {}", sockaddr_display(&pa[..pn]));
+                    if let Some(t) = img.tcp_conns().iter().find(|t| t.sock == f.object) {
+                        out += &format!(
+                            ", {} bytes to send ({} never sent), {} to read",
+                            t.sendq.len, t.unsent, t.recvq.len
+                        );
+                    }
+                }
                 socket_state::WIDOWED if k.data.len > 0 => {
                     out += &format!(", {} bytes left to read", k.data.len)
                 }
