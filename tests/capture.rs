@@ -677,10 +677,19 @@ fn tcp_connection_to_another_process_is_refused_by_name() {
     assert_eq!(code, 1);
     assert!(
         err.contains(&format!(
-            "fd 3 (TCP socket) is connected to 127.0.0.1:{port}, outside the process"
+            "fd 3 is a TCP connection 127.0.0.1:{} -> 127.0.0.1:{port} (ESTABLISHED) to another machine or a process not captured; `cryo capture --tcp-established` keeps it",
+            _conn.peer_addr().unwrap().port()
         )),
         "{err}"
     );
+    // With TCP repair it can be captured (looked at only, here).
+    let (code, out, _) = cryo_cmd(&[
+        "capture",
+        "--dry-run",
+        "--tcp-established",
+        &t.pid.to_string(),
+    ]);
+    assert_eq!(code, 0, "{out}");
     assert!(!dir.join("img").exists());
     assert_eq!(state(t.pid), Some('S'), "left running");
     assert_eq!(
