@@ -841,6 +841,44 @@ print("PASS", flush=True)
     );
 }
 
+/// A pidfd of a process outside the captured tree (here a `sleep` the
+/// test started) is opened again on that process if it is still the one
+/// captured (its start time): the restored program kills it through the
+/// pidfd and sees it end. Once it is gone, the image is refused by name.
+#[test]
+fn pidfd_of_a_process_outside_the_tree() {
+    let mut outside = Command::new("sleep").arg("60").spawn().expect("sleep");
+    let script = format!(
+        r#"
+import os, select, signal, sys
+p = os.pidfd_open({})
+print("READY", os.getpid(), flush=True); sys.stdin.readline()
+signal.pidfd_send_signal(p, signal.SIGTERM)
+assert select.select([p], [], [], 10)[0] == [p]
+print("PASS", flush=True)
+"#,
+        outside.id()
+    );
+    let dir = scratch("tree-pidfd-outside");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &script]);
+    let t = Target::spawn(cmd, "pidfd-outside");
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    let (code, out, err) = finish(restore(&img, &[]), "x\n");
+    assert_eq!((code, out.lines().last()), (0, Some("PASS")), "{out}{err}");
+    // Ended by the restored program: gone for the next restore.
+    let _ = outside.wait();
+    let (code, out, err) = finish(restore(&img, &[]), "x\n");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("outside the captured tree, which is gone"),
+        "{err}"
+    );
+}
+
 /// Datagram clients connected by path to a server bound in the same
 /// process (the client made first, at the lower fd) and in another
 /// process of the tree: every server is bound again before a client

@@ -15,10 +15,11 @@ pub use crate::stored::{Limits, StoredFiles};
 
 const O_PATH: u32 = libc::O_PATH as u32;
 
-/// The PID a pidfd refers to, if a restore can open a pidfd of it again:
-/// a process of the captured tree that keeps its PID (not the root, whose
-/// PID is the restorer's).
-fn pidfd_target(f: &OpenFd, scope: &crate::pipes::Scope) -> Result<u32, String> {
+/// The PID a pidfd refers to, if a restore can open a pidfd of it again
+/// (a process of the captured tree, which keeps its PID, or the root as
+/// restored), and 0, or for a process outside the tree its start time: a
+/// restore opens it again only on that very process, still running.
+fn pidfd_target(f: &OpenFd, scope: &crate::pipes::Scope) -> Result<(u32, u64), String> {
     let pid = f
         .info
         .lines()
@@ -29,7 +30,7 @@ fn pidfd_target(f: &OpenFd, scope: &crate::pipes::Scope) -> Result<u32, String> 
         // Of a process that has ended (and been waited for): made again
         // on a process that ends at restore, one per process pidfds named
         // (their inode), so two of one compare equal again.
-        return Ok(cryo_image::NO_INDEX);
+        return Ok((cryo_image::NO_INDEX, 0));
     }
     if pid <= 0 {
         return Err(format!(
@@ -41,12 +42,15 @@ fn pidfd_target(f: &OpenFd, scope: &crate::pipes::Scope) -> Result<u32, String> 
     // (The root's is opened again on the root as restored: with the
     // restorer's PID in a plain restore, as its getpid() says.)
     if !scope.pids.contains(&pid) {
-        return Err(format!(
-            "fd {} is a pidfd of process {pid}, which is not in the captured tree; only pidfds of the tree's processes keep their process",
-            f.fd
-        ));
+        let start = cryo_image::fds::proc_start_time(pid).ok_or_else(|| {
+            format!(
+                "fd {} is a pidfd of process {pid}, outside the captured tree, whose start time cannot be read (gone?)",
+                f.fd
+            )
+        })?;
+        return Ok((pid as u32, start));
     }
-    Ok(pid as u32)
+    Ok((pid as u32, 0))
 }
 
 /// The namespace type of an nsfs fd's target (`net:[4026531833]`).
@@ -471,7 +475,7 @@ pub fn capture(
         }
         if kind == fd_kind::PIDFD {
             match pidfd_target(f, scope) {
-                Ok(p) => object = p,
+                Ok((p, start)) => (object, rdev) = (p, start),
                 Err(why) => {
                     obs.push(why);
                     continue;

@@ -219,10 +219,22 @@ pub fn install(
                 let path = super::namespace_path(kind, *ino).map_err(|e| fd_err(p, e))?;
                 park(open_path(p, &path, *flags, 0, None, None)?, high)?
             }
-            Source::Pidfd { pid, flags } => {
-                let pid = &crate::tree::pid_now(*pid, img.process().pid as i32);
-                let fd = sys::pidfd_open_flags(*pid, flags & libc::O_NONBLOCK)
+            Source::Pidfd { pid, flags, start } => {
+                let pid = if *start != 0 {
+                    *pid
+                } else {
+                    crate::tree::pid_now(*pid, img.process().pid as i32)
+                };
+                let fd = sys::pidfd_open_flags(pid, flags & libc::O_NONBLOCK)
                     .map_err(|e| fd_err(p, Why::sys(format!("pidfd_open({pid})"), e)))?;
+                // (After the open, which holds the process: the one
+                // captured, not another that took its PID since.)
+                if *start != 0 && cryo_image::fds::proc_start_time(pid) != Some(*start) {
+                    return Err(fd_err(
+                        p,
+                        format!("process {pid}, outside the captured tree, is gone (or its PID now another's)"),
+                    ));
+                }
                 park(fd.into_raw_fd(), high)?
             }
             Source::Inotify { desc, flags } => {

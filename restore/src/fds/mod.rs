@@ -88,8 +88,9 @@ pub enum Source {
     /// that process's own (pidfd_getfd; see [`take_from_peers`]).
     FromPeer { pid: i32, fd: i32 },
     /// A pidfd of another process of the tree (which exists by the time
-    /// fds are installed).
-    Pidfd { pid: i32, flags: i32 },
+    /// fds are installed), or (`start` not 0) of a process outside it that
+    /// must still be the one captured (its start time).
+    Pidfd { pid: i32, flags: i32, start: u64 },
     /// A /proc file, opened when fds are installed (every process of the
     /// tree exists then, with its PID): `/proc/P/...` of process `pid`
     /// (captured), under the PID it has now; `start`: the start time it
@@ -461,10 +462,20 @@ fn source_of(
             process: f.ino,
             flags,
         }),
-        fd_kind::PIDFD => Ok(Source::Pidfd {
-            pid: f.object as i32,
-            flags,
-        }),
+        fd_kind::PIDFD => {
+            // (Checked again when it is opened.)
+            if f.rdev != 0 && cryo_image::fds::proc_start_time(f.object as i32) != Some(f.rdev) {
+                return Err(err.why(format!(
+                    "it is a pidfd of process {}, outside the captured tree, which is gone (or its PID now another's)",
+                    f.object
+                )));
+            }
+            Ok(Source::Pidfd {
+                pid: f.object as i32,
+                flags,
+                start: f.rdev,
+            })
+        }
         fd_kind::SOCKET => crate::sockets::plan(img, f.object, flags, err),
         _ => Err(err.why("unsupported kind")),
     }
