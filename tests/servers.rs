@@ -569,15 +569,30 @@ fn gunicorn_workers_keep_their_heartbeat_files() {
 #[test]
 fn tcp_connection_to_outside_kept_with_tcp_repair() {
     let dir = scratch("tcp-repair");
-    for (i, mode) in [&[][..], &["--lazy"]].iter().enumerate() {
+    // Over IPv6 too where this machine has its loopback.
+    let v6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    let rounds: &[(&[&str], bool)] = &[(&[], false), (&["--lazy"], false), (&[], true)];
+    for (i, &(mode, six)) in rounds.iter().enumerate() {
+        if six && !v6 {
+            continue;
+        }
         let mut cmd = Command::new("python3");
         cmd.arg(root().join("tests/programs/tcp_peer.py"));
+        if six {
+            cmd.arg("6");
+        }
         let mut t = Target::spawn(cmd, "tcp-peer");
         let port: u16 = t
             .line(Duration::from_secs(30))
             .and_then(|l| l.strip_prefix("PORT ")?.parse().ok())
             .expect("PORT line");
-        let mut c = connect(port);
+        let mut c = if six {
+            let s = TcpStream::connect(("::1", port)).expect("connect to ::1");
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s
+        } else {
+            connect(port)
+        };
         let sent = t
             .line(Duration::from_secs(30))
             .and_then(|l| l.strip_prefix("SENT ")?.parse::<usize>().ok())
@@ -618,7 +633,7 @@ fn tcp_connection_to_outside_kept_with_tcp_repair() {
         sanitize_fds();
         let mut r = Command::new(cryo())
             .arg("restore")
-            .args(*mode)
+            .args(mode)
             .arg(&img)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -3,14 +3,15 @@
 # waits on stdin (captured then, with TCP repair, what the client sent
 # unread in its queue and the rest of its sends in its own); then it sends
 # the rest, echoes what the client had sent, answers one more line, and
-# ends with PASS.
+# ends with PASS. With the argument 6: over IPv6 (::1).
 import os
 import socket
 import sys
 
 BIG = bytes(range(256)) * (16 << 12)
-lst = socket.socket()
-lst.bind(("127.0.0.1", 0))
+v6 = sys.argv[1:] == ["6"]
+lst = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
+lst.bind(("::1" if v6 else "127.0.0.1", 0))
 lst.listen(1)
 print("READY", os.getpid(), flush=True)
 print("PORT", lst.getsockname()[1], flush=True)
