@@ -40,22 +40,44 @@ pub fn sanitize_fds() {
 /// [`scratch_root`] installs).
 static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// This test binary's scratch root's name: `cryo-tests-NS-PID`, NS the
+/// inode of its PID namespace (a PID means nothing in another one).
+fn root_name() -> String {
+    let ns = std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .and_then(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("pid:[")?
+                .strip_suffix(']')
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    format!("cryo-tests-{ns}-{}", std::process::id())
+}
+
 /// The directory every scratch directory of this test binary is made in,
-/// `$TMPDIR/cryo-tests-PID` (0700), also the `TMPDIR` of the programs the
-/// tests start. It is removed when the binary exits with every test
+/// `$TMPDIR/cryo-tests-NS-PID` (0700), also the `TMPDIR` of the programs
+/// the tests start. It is removed when the binary exits with every test
 /// passed, and kept (with a line saying where) when one failed. Made the
-/// first time it is asked for, which also removes what test binaries that
-/// are no longer running left (killed, or failed).
+/// first time it is asked for, which also removes what test binaries of
+/// this PID namespace that are no longer running left (killed, or
+/// failed). (Not those of another namespace: a run there removed a
+/// running suite's directories, whose PIDs it could not see.)
 pub fn scratch_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
         let tmp = std::env::temp_dir();
+        let own = root_name();
+        let ns_prefix = own
+            .rsplit_once('-')
+            .map_or(own.clone(), |(n, _)| n.to_owned())
+            + "-";
         if let Ok(dir) = std::fs::read_dir(&tmp) {
             for e in dir.flatten() {
                 let name = e.file_name();
                 let Some(pid) = name
                     .to_str()
-                    .and_then(|n| n.strip_prefix("cryo-tests-"))
+                    .and_then(|n| n.strip_prefix(&ns_prefix))
                     .and_then(|p| p.parse::<u32>().ok())
                 else {
                     continue;
@@ -65,7 +87,7 @@ pub fn scratch_root() -> &'static Path {
                 }
             }
         }
-        let root = tmp.join(format!("cryo-tests-{}", std::process::id()));
+        let root = tmp.join(own);
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).expect("create the scratch root");
         use std::os::unix::fs::PermissionsExt;
@@ -76,7 +98,7 @@ pub fn scratch_root() -> &'static Path {
             previous(info)
         }));
         extern "C" fn remove_root() {
-            let root = std::env::temp_dir().join(format!("cryo-tests-{}", std::process::id()));
+            let root = std::env::temp_dir().join(root_name());
             if FAILED.load(std::sync::atomic::Ordering::SeqCst) {
                 eprintln!("cryo tests: scratch directories kept in {}", root.display());
             } else {
