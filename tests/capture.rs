@@ -704,23 +704,28 @@ fn tcp_connection_to_another_process_is_refused_by_name() {
 #[test]
 fn tcp_connection_to_itself_comes_back() {
     let dir = scratch("socket-self");
-    let t = Target::start("c-socket", &["self"]);
-    let img = dir.join("img");
-    let (code, _, err) = cryo_cmd(&[
-        "capture",
-        "--kill",
-        &t.pid.to_string(),
-        img.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    drop(t);
-    for mode in [&[][..], &["--lazy"], &[]] {
-        let (code, out, err) = restore_out_with(&img, mode, Some("x\n"));
-        assert_eq!(
-            (code, out.lines().last().unwrap_or("")),
-            (0, "PASS"),
-            "restore {mode:?}: {out}{err}"
-        );
+    // Made again through its listener, and (--tcp-established) each end
+    // with TCP repair; restored again and again (the last restore's
+    // connection left in TIME_WAIT does not stand in the way).
+    for repair in [false, true] {
+        let t = Target::start("c-socket", &["self"]);
+        let img = dir.join(format!("img-{repair}"));
+        let pid = t.pid.to_string();
+        let mut args = vec!["capture", "--kill", &pid, img.to_str().unwrap()];
+        if repair {
+            args.insert(1, "--tcp-established");
+        }
+        let (code, _, err) = cryo_cmd(&args);
+        assert_eq!(code, 0, "{err}");
+        drop(t);
+        for mode in [&[][..], &["--lazy"], &[]] {
+            let (code, out, err) = restore_out_with(&img, mode, Some("x\n"));
+            assert_eq!(
+                (code, out.lines().last().unwrap_or("")),
+                (0, "PASS"),
+                "restore {mode:?} (TCP repair: {repair}): {out}{err}"
+            );
+        }
     }
 }
 

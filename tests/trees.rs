@@ -879,6 +879,90 @@ print("PASS", flush=True)
     );
 }
 
+/// A TCP connection between parent and child with bytes in flight both
+/// ways (the child sent 16 MiB its parent has not read, most of it never
+/// sent: the window was full; the parent sent a line the child has not
+/// read) is refused without TCP repair, and kept whole with it
+/// (`--tcp-established`): each end made again in repair mode in its own
+/// process, out of it once both exist.
+#[test]
+fn tcp_connection_in_the_tree_with_bytes_in_flight() {
+    let script = r#"
+import os, socket, sys
+BIG = bytes(range(256)) * (16 << 12)
+lst = socket.socket()
+lst.bind(("127.0.0.1", 0))
+lst.listen(1)
+pid = os.fork()
+if pid == 0:
+    c = socket.create_connection(lst.getsockname())
+    c.setblocking(False)
+    sent = 0
+    try:
+        while sent < len(BIG):
+            sent += c.send(BIG[sent:])
+    except BlockingIOError:
+        pass
+    c.setblocking(True)
+    assert c.recv(100) == b"from parent\n"
+    c.sendall(BIG[sent:])
+    c.close()
+    os._exit(0)
+s, _ = lst.accept()
+s.sendall(b"from parent\n")
+# Until the child's sends fill the connection (it blocks in recv then).
+import time
+while len(os.listdir("/proc/%d/task" % pid)) and open("/proc/%d/stat" % pid).read().split(") ")[1][0] != "S":
+    time.sleep(0.01)
+time.sleep(0.2)
+print("READY", os.getpid(), flush=True); sys.stdin.readline()
+got = bytearray()
+while True:
+    d = s.recv(1 << 20)
+    if not d:
+        break
+    got += d
+assert got == BIG, len(got)
+assert os.waitpid(pid, 0)[1] == 0
+print("PASS", flush=True)
+"#;
+    let dir = scratch("tree-tcp-repair");
+    for (i, mode) in [&[][..], &["--lazy"]].iter().enumerate() {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", script]);
+        let t = Target::spawn(cmd, "tcp-in-tree");
+        t.wait_sleeping();
+        if i == 0 {
+            let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
+            assert_eq!(code, 1, "{out}");
+            assert!(
+                out.contains("`cryo capture --tcp-established` keeps them"),
+                "{out}"
+            );
+        }
+        let img = dir.join(format!("img{i}"));
+        adopt_orphans();
+        let (code, _, err) = cryo_cmd(&[
+            "capture",
+            "--kill",
+            "--tcp-established",
+            &t.pid.to_string(),
+            img.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "capture: {err}");
+        drop(t);
+        let pids = tree_pids(&img);
+        wait_gone(&pids);
+        let (code, out, err) = finish(restore(&img, mode), "x\n");
+        assert_eq!(
+            (code, out.lines().last()),
+            (0, Some("PASS")),
+            "{mode:?}: {out}{err}"
+        );
+        wait_gone(pids.get(1..).unwrap_or(&[]));
+    }
+}
+
 /// Datagram clients connected by path to a server bound in the same
 /// process (the client made first, at the lower fd) and in another
 /// process of the tree: every server is bound again before a client

@@ -584,21 +584,24 @@ pub fn capture(
                 // is outside too: a client of the server captured.)
                 let inside = peer_ino.is_some_and(|i| seen.captured_holds(i));
                 let peer_ino = peer_ino.filter(|_| inside);
-                let Some(peer_ino) = peer_ino.and_then(|i| u32::try_from(i).ok()) else {
-                    if !seen.tcp_repair {
-                        return Err(format!(
-                            "fd {fd} is a TCP connection {shown} -> {to} (ESTABLISHED) to another machine or a process not captured; `cryo capture --tcp-established` keeps it (TCP repair)"
-                        ));
-                    }
+                // With TCP repair, every connection: to outside, and
+                // between captured processes too (each end made again as
+                // it was, bytes in flight included).
+                if seen.tcp_repair {
                     repair(dup, &mut s, b, seen).map_err(|why| {
                         format!("fd {fd} (TCP connection {shown} -> {to}): {why}")
                     })?;
                     return Ok(push(b, s, &opts, &filter) as u32);
+                }
+                let Some(peer_ino) = peer_ino.and_then(|i| u32::try_from(i).ok()) else {
+                    return Err(format!(
+                        "fd {fd} is a TCP connection {shown} -> {to} (ESTABLISHED) to another machine or a process not captured; `cryo capture --tcp-established` keeps it (TCP repair)"
+                    ));
                 };
                 let outq = crate::sys::outq(&dup).map_err(|e| io("send queue", e))?;
                 if outq > 0 {
                     return Err(format!(
-                        "fd {fd} is a TCP connection {shown} -> {to} with {outq} bytes sent and not yet acknowledged; they cannot be restored (capture when the connection is idle)"
+                        "fd {fd} is a TCP connection {shown} -> {to} with {outq} bytes sent and not yet acknowledged, or not yet sent; `cryo capture --tcp-established` keeps them (TCP repair)"
                     ));
                 }
                 let rqueue = crate::sys::fionread(&dup).map_err(|e| io("queued bytes", e))? as u32;

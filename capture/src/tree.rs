@@ -651,6 +651,12 @@ fn unshareable(ins: &Inspected, f: &Fd) -> Option<String> {
             let s = ins.b.sockets.get(f.object as usize)?;
             match s.state {
                 socket_state::UNBOUND | socket_state::BOUND | socket_state::LISTENING => None,
+                // (Each holder would take it out of repair mode and send
+                // its bytes never sent.)
+                socket_state::REPAIRED => Some(
+                    "a TCP connection kept with TCP repair shared between processes is not supported yet"
+                        .into(),
+                ),
                 // One end left of a pair: made alone.
                 socket_state::WIDOWED => None,
                 _ => Some(

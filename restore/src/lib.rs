@@ -562,6 +562,11 @@ impl Plan {
         if let Err(e) = sockets::finish_reuse(&img, &self.fds) {
             return e;
         }
+        // TCP connections made again in repair mode: out of it now that
+        // their peers in the tree exist too.
+        if let Err(e) = sockets::finish_repair(&img, &self.fds) {
+            return e;
+        }
         let fd = |v: i32| if v < 0 { handoff::NONE } else { v as u64 };
         let h = Handoff {
             meta_fd: meta_fd as u64,

@@ -108,6 +108,21 @@ fn make_repaired(
         sys::setsockopt(fd.as_fd(), libc::IPPROTO_TCP, name, val).map_err(|e| Why::sys(what, e))
     };
     let int = |name: i32, what: &str, v: i32| set(name, what, &v.to_ne_bytes());
+    // Room for the whole send queue: the kernel counts each buffer with
+    // its overhead, which differs from the original's, so the bytes the
+    // original held in its send buffer may not fit in one of the same
+    // size (EAGAIN, seen on a client connection with 16 MiB queued).
+    // Until `finish_repair` sets the size as it was (the queue may then
+    // be over it for a while, as an original's can be).
+    let room =
+        i32::try_from(sendq.len().saturating_mul(2).saturating_add(1 << 20)).unwrap_or(i32::MAX);
+    sys::setsockopt(
+        fd.as_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_SNDBUFFORCE,
+        &room.to_ne_bytes(),
+    )
+    .map_err(|e| Why::sys("SO_SNDBUFFORCE", e))?;
     int(TCP_REPAIR, "TCP_REPAIR (needs CAP_NET_ADMIN)", 1)?;
     let sent = sendq.len() - (t.unsent as usize).min(sendq.len());
     for (q, seq, len) in [
@@ -134,10 +149,18 @@ fn make_repaired(
     sys::bind(fd.as_fd(), &a)
         .map_err(|e| Why::sys(format!("binding {}", sockaddr_display(&a)), e))?;
     sys::connect(fd.as_fd(), &b).map_err(|e| {
-        Why::sys(
-            format!("connecting to {} in repair mode", sockaddr_display(&b)),
-            e,
-        )
+        if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+            Why::Said(format!(
+                "the connection {} -> {} is held in TIME_WAIT (an earlier restore of it ended), which the kernel does not let it take over (it does for loopback connections with timestamps); it expires within 60 s",
+                sockaddr_display(&a),
+                sockaddr_display(&b)
+            ))
+        } else {
+            Why::sys(
+                format!("connecting to {} in repair mode", sockaddr_display(&b)),
+                e,
+            )
+        }
     })?;
     let mut opts: Vec<u8> = Vec::new();
     let mut opt = |code: u32, val: u32| {
@@ -167,12 +190,58 @@ fn make_repaired(
     }
     let w: Vec<u8> = t.window.iter().flat_map(|v| v.to_ne_bytes()).collect();
     set(TCP_REPAIR_WINDOW, "TCP_REPAIR_WINDOW", &w)?;
-    int(TCP_REPAIR, "leaving repair mode", 0)?;
-    sys::send_all(fd.as_fd(), &sendq[sent..])
-        .map_err(|e| Why::sys("sending the bytes never sent", e))?;
-    // (Leaving repair mode cleared SO_REUSEADDR.)
-    set_options(img, object, fd.as_fd())?;
+    // Still in repair mode: it leaves it in `finish_repair`, once every
+    // process of the tree has its sockets (its peer may be one of them,
+    // made later: a segment to a port no socket has gets a reset). A
+    // socket in repair mode takes what arrives meanwhile, and one closed
+    // in it (a restore that fails before) sends nothing.
+    if let Ok(mut u) = UNSENT.lock() {
+        u.push((object, sendq[sent..].to_vec()));
+    }
     Ok(fd)
+}
+
+/// The bytes never sent of each connection made in repair mode by this
+/// process, by socket index: sent by [`finish_repair`].
+static UNSENT: std::sync::Mutex<Vec<(u32, Vec<u8>)>> = std::sync::Mutex::new(Vec::new());
+
+/// Every TCP connection this process made again in repair mode out of it
+/// (a window probe tells its peer where it is), the bytes it had never
+/// sent sent, its options as they were (leaving repair mode cleared
+/// SO_REUSEADDR), its filter. Called once every process of the tree has
+/// its sockets, before any shim runs.
+pub(crate) fn finish_repair(img: &Image, plan: &crate::fds::Plan) -> Result<(), RestoreError> {
+    const TCP_REPAIR: i32 = 19;
+    let pending = UNSENT
+        .lock()
+        .map(|mut u| std::mem::take(&mut *u))
+        .unwrap_or_default();
+    for (object, unsent) in pending {
+        // Its fd here (the first of its description).
+        let Some(f) = img.fds().iter().find(|f| {
+            f.kind == cryo_image::fd_kind::SOCKET
+                && f.object == object
+                && plan
+                    .fds
+                    .iter()
+                    .any(|p| p.fd == f.fd && !matches!(p.source, Source::Keep))
+        }) else {
+            continue;
+        };
+        let err = |why: Why| RestoreError::Fd {
+            fd: f.fd,
+            what: "TCP connection".into(),
+            why,
+        };
+        // SAFETY: f.fd is open in this process (installed from the plan)
+        // and stays open for the whole borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(f.fd) };
+        sys::setsockopt(fd, libc::IPPROTO_TCP, TCP_REPAIR, &0i32.to_ne_bytes())
+            .map_err(|e| err(Why::sys("leaving repair mode", e)))?;
+        sys::send_all(fd, &unsent).map_err(|e| err(Why::sys("sending the bytes never sent", e)))?;
+        set_options(img, object, fd).map_err(err)?;
+    }
+    Ok(())
 }
 
 /// A unix path (not abstract, not unnamed).
@@ -310,7 +379,9 @@ pub(crate) fn plan(
 }
 
 /// Whether /proc/net/tcp (tcp6) lists a socket with local address `a`
-/// and remote address `b` (sockaddr bytes), in any state.
+/// and remote address `b` (sockaddr bytes), in any state but TIME_WAIT
+/// (what an earlier restore of it left: a socket in repair mode may take
+/// its place, where the kernel allows it).
 fn tcp_connection_exists(a: &[u8], b: &[u8]) -> bool {
     // As the kernel prints them: each 32-bit word of the address as a
     // host-order hex number, then the port.
@@ -334,7 +405,9 @@ fn tcp_connection_exists(a: &[u8], b: &[u8]) -> bool {
         std::fs::read_to_string(f).is_ok_and(|t| {
             t.lines().skip(1).any(|l| {
                 let w: Vec<&str> = l.split_whitespace().collect();
-                w.get(1) == Some(&a.as_str()) && w.get(2) == Some(&b.as_str())
+                w.get(1) == Some(&a.as_str())
+                    && w.get(2) == Some(&b.as_str())
+                    && w.get(3) != Some(&"06")
             })
         })
     })
