@@ -87,6 +87,8 @@ pub struct Summary {
     /// Whether pages.img was written with O_DIRECT.
     pub direct_io: bool,
     pub in_syscall: bool,
+    /// TCP connections kept with TCP repair (`--tcp-established`).
+    pub tcp_repaired: usize,
 }
 
 /// Why a capture failed. The target was left as it was in every case.
@@ -337,6 +339,7 @@ pub fn capture(
         was_stopped,
         direct_io,
         in_syscall: b.process.flags & process_flags::IN_SYSCALL != 0,
+        tcp_repaired: all.iter().map(|i| i.b.tcp_conns.len()).sum(),
     })
 }
 

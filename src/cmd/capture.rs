@@ -365,6 +365,13 @@ pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
             s.frozen_ms,
             s.throughput_gib_s
         );
+        if s.tcp_repaired > 0 {
+            eprintln!(
+                "{} TCP connection{} kept with TCP repair (once the original is gone, restore before a peer sends anything: a packet to a port no socket has gets a reset)",
+                s.tcp_repaired,
+                if s.tcp_repaired == 1 { "" } else { "s" },
+            );
+        }
     }
     Ok(())
 }
