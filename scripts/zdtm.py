@@ -398,8 +398,11 @@ class Test:
     def capture(self, wd, pid):
         img = os.path.join(wd, 'img')
         log = os.path.join(wd, 'capture.log')
-        rc = run([self.cryo, 'capture', '-q', '--kill', str(pid), img], wd, dict(os.environ),
-                 log, CAPTURE_TIMEOUT)
+        # (CRYO_ZDTM_CAPTURE_ARGS: more capture options for a survey, e.g.
+        # --tcp-established for the TCP tests.)
+        extra = os.environ.get('CRYO_ZDTM_CAPTURE_ARGS', '').split()
+        rc = run([self.cryo, 'capture', '-q', '--kill', *extra, str(pid), img], wd,
+                 dict(os.environ), log, CAPTURE_TIMEOUT)
         if rc is None:
             raise Failed('cryo capture still running after %d s (killed)' % CAPTURE_TIMEOUT)
         with open(log, 'rb') as f:

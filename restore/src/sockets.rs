@@ -239,7 +239,12 @@ pub(crate) fn finish_repair(img: &Image, plan: &crate::fds::Plan) -> Result<(), 
         sys::setsockopt(fd, libc::IPPROTO_TCP, TCP_REPAIR, &0i32.to_ne_bytes())
             .map_err(|e| err(Why::sys("leaving repair mode", e)))?;
         sys::send_all(fd, &unsent).map_err(|e| err(Why::sys("sending the bytes never sent", e)))?;
-        set_options(img, object, fd).map_err(err)?;
+        // The socket-level ones only (SO_REUSEADDR, which leaving repair
+        // mode cleared; the buffer sizes, forced for the queue): the
+        // others were set before, and some cannot be changed on a
+        // connected socket (IPV6_V6ONLY: EINVAL).
+        set_options_of_level(img, object, fd, Some(libc::SOL_SOCKET)).map_err(err)?;
+        attach_filter(img, object, fd).map_err(err)?;
     }
     Ok(())
 }
@@ -510,13 +515,21 @@ pub(crate) fn set_options(img: &Image, object: u32, fd: BorrowedFd) -> Result<()
 
 /// [`set_options`] without the filter.
 fn set_plain_options(img: &Image, object: u32, fd: BorrowedFd) -> Result<(), Why> {
+    set_options_of_level(img, object, fd, None)
+}
+
+/// [`set_plain_options`], of one level only (`Some(SOL_SOCKET)`...).
+fn set_options_of_level(
+    img: &Image,
+    object: u32,
+    fd: BorrowedFd,
+    level: Option<i32>,
+) -> Result<(), Why> {
     let late = late_reuse(img, object);
     let late_port = late_reuseport(img, object);
-    for o in img
-        .sockopts()
-        .iter()
-        .filter(|o| o.sock == object && !(late && is_reuse(o)))
-    {
+    for o in img.sockopts().iter().filter(|o| {
+        o.sock == object && !(late && is_reuse(o)) && level.is_none_or(|l| l == o.level)
+    }) {
         let (mut want, mut n) = opt_bytes(&o);
         if late_port && is_reuseport(&o) {
             // On for the bind; as captured once every socket is bound.
