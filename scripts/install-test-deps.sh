@@ -13,6 +13,8 @@ command -v go >/dev/null 2>&1 || need+=(golang-go)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
 command -v dbus-send >/dev/null 2>&1 || need+=(dbus-bin)
+# The network lock of TCP connections kept with TCP repair.
+command -v nft >/dev/null 2>&1 || need+=(nftables)
 # A pre-fork server whose master and workers share unlinked files.
 command -v gunicorn >/dev/null 2>&1 || need+=(gunicorn)
 # A real process tree with System V shared memory.

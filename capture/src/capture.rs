@@ -89,6 +89,9 @@ pub struct Summary {
     pub in_syscall: bool,
     /// TCP connections kept with TCP repair (`--tcp-established`).
     pub tcp_repaired: usize,
+    /// How many of them are locked (`cryo_image::netlock`) until the
+    /// restore makes them again.
+    pub tcp_locked: usize,
 }
 
 /// Why a capture failed. The target was left as it was in every case.
@@ -160,6 +163,8 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
     // Every process of the tree, zombies too (a pidfd may name one).
     let mut scope = crate::pipes::Scope::new(tree.records().iter().map(|r| r.pid as i32).collect());
     scope.tcp_repair = opts.tcp_established;
+    scope.tcp_lock =
+        opts.tcp_established && opts.after == After::Kill && cryo_image::netlock::available();
     let many = tree.members.len() > 1;
     let mut all = Vec::new();
     let mut obstacles: Vec<String> = Vec::new();
@@ -340,6 +345,11 @@ pub fn capture(
         direct_io,
         in_syscall: b.process.flags & process_flags::IN_SYSCALL != 0,
         tcp_repaired: all.iter().map(|i| i.b.tcp_conns.len()).sum(),
+        tcp_locked: all
+            .iter()
+            .flat_map(|i| i.b.tcp_conns.iter())
+            .filter(|t| t.options & cryo_image::fds::tcp_opts::LOCKED != 0)
+            .count(),
     })
 }
 

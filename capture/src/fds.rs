@@ -298,6 +298,7 @@ pub fn capture(
     let base = b.fds.len();
     let mut sockets = crate::sockets::Sockets::default();
     sockets.tcp_repair = scope.tcp_repair;
+    sockets.tcp_lock = scope.tcp_lock;
     sockets.scope = scope.pids.clone();
     let mut descriptions: HashMap<SameFile, Vec<(i32, usize)>> = HashMap::new();
     // An obstacle about a file in flight is named as what it is: no fd of

@@ -31,6 +31,8 @@ pub struct Scope {
     pub(crate) pty_state: HashMap<u32, cryo_image::fds::Pty>,
     /// Capture established TCP connections to outside with TCP repair.
     pub tcp_repair: bool,
+    /// And lock them (`cryo_image::netlock`).
+    pub tcp_lock: bool,
     /// The connections in repair mode of the process being inspected
     /// (taken by the caller after each process).
     pub repaired: crate::sockets::Repaired,
@@ -46,6 +48,7 @@ impl Scope {
             pty_inside: None,
             pty_state: HashMap::new(),
             tcp_repair: false,
+            tcp_lock: false,
             repaired: Default::default(),
         }
     }

@@ -194,6 +194,9 @@ pub struct Sockets {
     /// Whether an established TCP connection to outside is captured with
     /// TCP repair (`--tcp-established`) rather than refused.
     pub tcp_repair: bool,
+    /// Whether those connections are locked (`cryo_image::netlock`): the
+    /// capture kills, and nftables is there.
+    pub tcp_lock: bool,
     /// The connections put in repair mode, and their queues: (index in
     /// `tcp_conns`, send queue, receive queue).
     pub repaired: Repaired,
@@ -233,7 +236,11 @@ impl Sockets {
 /// their process is killed, so that the connection ends without a packet
 /// (no FIN, no reset) and the peer keeps it for the restore.
 #[derive(Debug, Default)]
-pub struct Repaired(Vec<OwnedFd>);
+pub struct Repaired(Vec<(OwnedFd, Option<Ends>)>);
+
+/// A TCP connection's two ends, locked (`cryo_image::netlock`): local and
+/// peer sockaddr bytes.
+type Ends = (Vec<u8>, Vec<u8>);
 
 /// setsockopt(TCP_REPAIR) values.
 const TCP_REPAIR: i32 = 19;
@@ -241,13 +248,17 @@ const TCP_REPAIR_ON: i32 = 1;
 const TCP_REPAIR_OFF_NO_WP: i32 = -1;
 
 impl Repaired {
-    /// Out of repair mode, each as it was.
+    /// Out of repair mode, each as it was (and unlocked).
     pub fn release(&mut self) {
-        for fd in self.0.drain(..) {
+        for (fd, ends) in self.0.drain(..) {
             let _ = sock::setsockopt_int(&fd, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
+            if let Some((a, b)) = ends {
+                let _ = cryo_image::netlock::unlock(&a, &b);
+            }
         }
     }
-    /// Closed in repair mode (their processes are gone).
+    /// Closed in repair mode (their processes are gone), still locked:
+    /// the restore unlocks them.
     pub fn close_silently(&mut self) {
         self.0.clear();
     }
@@ -274,6 +285,7 @@ fn repair(
     s: &mut Socket,
     b: &mut ImageBuilder,
     seen: &mut Sockets,
+    ends: (&[u8], Option<&[u8]>),
 ) -> Result<(), String> {
     const TCP_REPAIR_QUEUE: i32 = 20;
     const TCP_QUEUE_SEQ: i32 = 21;
@@ -283,15 +295,27 @@ fn repair(
     const SEND_QUEUE: i32 = 2;
     let tcp = libc::IPPROTO_TCP;
     let e = |what: &'static str| move |e: std::io::Error| format!("{what}: {e}");
+    // Locked first (a capture that kills): from here to the end of the
+    // restore, its packets are dropped, not answered with a reset.
+    let locked = match (seen.tcp_lock, ends.1) {
+        (true, Some(peer)) => {
+            cryo_image::netlock::lock(ends.0, peer)
+                .map_err(|why| format!("locking it (nftables): {why}"))?;
+            Some((ends.0.to_vec(), peer.to_vec()))
+        }
+        _ => None,
+    };
+    let is_locked = locked.is_some();
     // An acknowledgement the kernel delays (up to 40 ms) goes now: once in
     // repair mode nothing is sent, and the peer would send the bytes again
     // to a port where, after a kill, no socket answers but with a reset.
-    sock::setsockopt_int(&dup, tcp, libc::TCP_QUICKACK, 1).map_err(e("TCP_QUICKACK"))?;
-    sock::setsockopt_int(&dup, tcp, TCP_REPAIR, TCP_REPAIR_ON).map_err(e(
+    // (Pushed first: on any error below it is released, and unlocked.)
+    seen.repaired.0.push((dup, locked));
+    let dup = &seen.repaired.0.last().expect("just pushed").0;
+    sock::setsockopt_int(dup, tcp, libc::TCP_QUICKACK, 1).map_err(e("TCP_QUICKACK"))?;
+    sock::setsockopt_int(dup, tcp, TCP_REPAIR, TCP_REPAIR_ON).map_err(e(
         "putting it in repair mode (TCP_REPAIR, needs CAP_NET_ADMIN)",
     ))?;
-    seen.repaired.0.push(dup);
-    let dup = seen.repaired.0.last().expect("just pushed");
     let outq = crate::sys::outq(dup).map_err(e("its send queue (SIOCOUTQ)"))?;
     let unsent = sock::outq_unsent(dup).map_err(e("its unsent bytes (SIOCOUTQNSD)"))?;
     let inq = crate::sys::fionread(dup).map_err(e("its receive queue (FIONREAD)"))?;
@@ -323,7 +347,12 @@ fn repair(
     let conn = b.tcp_conns.len();
     b.tcp_conns.push(TcpConn {
         sock: b.sockets.len() as u32,
-        options: u32::from(info[5]) & 7,
+        options: (u32::from(info[5]) & 7)
+            | if is_locked {
+                cryo_image::fds::tcp_opts::LOCKED
+            } else {
+                0
+            },
         snd_seq,
         rcv_seq,
         mss: mss as u32,
@@ -588,7 +617,7 @@ pub fn capture(
                 // between captured processes too (each end made again as
                 // it was, bytes in flight included).
                 if seen.tcp_repair {
-                    repair(dup, &mut s, b, seen).map_err(|why| {
+                    repair(dup, &mut s, b, seen, (&addr, peer.as_deref())).map_err(|why| {
                         format!("fd {fd} (TCP connection {shown} -> {to}): {why}")
                     })?;
                     return Ok(push(b, s, &opts, &filter) as u32);

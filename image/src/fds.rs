@@ -316,11 +316,14 @@ record! {
     }
 }
 
-/// `TcpConn::options` bits (TCPI_OPT_*).
+/// `TcpConn::options` bits (TCPI_OPT_*, and cryo's own above them).
 pub mod tcp_opts {
     pub const TIMESTAMPS: u32 = 1;
     pub const SACK: u32 = 2;
     pub const WSCALE: u32 = 4;
+    /// (cryo) Locked at capture (`netlock`): the restore unlocks it once
+    /// it is made again.
+    pub const LOCKED: u32 = 1 << 8;
 }
 
 /// `SockFilterInsn::flags` bits.

@@ -51,6 +51,8 @@ mod header;
 mod image;
 #[cfg(feature = "std")]
 pub mod load;
+#[cfg(feature = "std")]
+pub mod netlock;
 pub mod pack;
 pub mod record;
 pub mod signals;

@@ -266,7 +266,7 @@ impl<'a> Image<'a> {
             let ok = socks
                 .get(t.sock as usize)
                 .is_some_and(|s| s.state == crate::fds::socket_state::REPAIRED)
-                && t.options & !7 == 0
+                && t.options & !(7 | crate::fds::tcp_opts::LOCKED) == 0
                 && t.snd_wscale <= 14
                 && t.rcv_wscale <= 14
                 && u64::from(t.unsent) <= t.sendq.len

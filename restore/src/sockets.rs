@@ -245,6 +245,15 @@ pub(crate) fn finish_repair(img: &Image, plan: &crate::fds::Plan) -> Result<(), 
         // connected socket (IPV6_V6ONLY: EINVAL).
         set_options_of_level(img, object, fd, Some(libc::SOL_SOCKET)).map_err(err)?;
         attach_filter(img, object, fd).map_err(err)?;
+        // Its packets through again (the capture locked it).
+        let locked = img
+            .tcp_conns()
+            .iter()
+            .any(|t| t.sock == object && t.options & cryo_image::fds::tcp_opts::LOCKED != 0);
+        if let Some(s) = img.sockets().get(object as usize).filter(|_| locked) {
+            cryo_image::netlock::unlock(&addr_of(&s), &peer_of(&s))
+                .map_err(|why| err(Why::Said(format!("unlocking it: {why}"))))?;
+        }
     }
     Ok(())
 }
@@ -296,6 +305,17 @@ pub(crate) fn plan(
         // The connection must not be there any more: the captured
         // process (or an earlier restore of it) would still have it.
         let (a, b) = (addr_of(&s), peer_of(&s));
+        let locked = img
+            .tcp_conns()
+            .iter()
+            .any(|t| t.sock == object && t.options & cryo_image::fds::tcp_opts::LOCKED != 0);
+        if locked && !cryo_image::netlock::available() {
+            return Err(err.why(format!(
+                "the capture locked the TCP connection {} -> {} with nftables (its packets are dropped until the restore), and `nft` is not here to unlock it (apt-get install nftables)",
+                sockaddr_display(&a),
+                sockaddr_display(&b)
+            )));
+        }
         if tcp_connection_exists(&a, &b) {
             return Err(err.why(format!(
                 "the TCP connection {} -> {} still exists (the captured process, or an earlier restore of it, still has it)",

@@ -67,14 +67,15 @@ pub struct CaptureArgs {
     /// with it, into one image).
     #[arg(long)]
     pub single: bool,
-    /// Keep established TCP connections to other machines or to processes
-    /// not captured, with TCP repair (CAP_NET_ADMIN): their sequence
+    /// Keep every established TCP connection with TCP repair
+    /// (CAP_NET_ADMIN): to other machines, to processes not captured,
+    /// between captured processes with bytes in flight; their sequence
     /// numbers, window, options and queued bytes; the restore makes each
     /// again without a packet, and the peer goes on with the same
-    /// connection. With --kill the connection ends without a FIN or reset;
-    /// the restore must come before the peer sends anything (a packet to
-    /// the port in between gets a reset: cryo does not block them, as
-    /// CRIU's network lock does). Without --kill the process goes on with
+    /// connection. With --kill the connection ends without a FIN or reset,
+    /// and is locked (with nftables, if `nft` is installed): its packets
+    /// are dropped until the restore makes it again (or for 10 minutes),
+    /// instead of getting a reset. Without --kill the process goes on with
     /// them, and the image restores only once it is gone.
     #[arg(long)]
     pub tcp_established: bool,
@@ -366,11 +367,19 @@ pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
             s.throughput_gib_s
         );
         if s.tcp_repaired > 0 {
-            eprintln!(
-                "{} TCP connection{} kept with TCP repair (once the original is gone, restore before a peer sends anything: a packet to a port no socket has gets a reset)",
-                s.tcp_repaired,
-                if s.tcp_repaired == 1 { "" } else { "s" },
-            );
+            let n = s.tcp_repaired;
+            let many = if n == 1 { "" } else { "s" };
+            if s.tcp_locked == n {
+                eprintln!(
+                    "{n} TCP connection{many} kept with TCP repair, locked (nftables drops {} packets until the restore; `nft delete table inet cryo_netlock` lets them through)",
+                    if n == 1 { "its" } else { "their" }
+                );
+            } else {
+                eprintln!(
+                    "{n} TCP connection{many} kept with TCP repair, {} not locked (after --kill, with nftables installed, they are): once the original is gone, restore before a peer sends anything, or it gets a reset",
+                    n - s.tcp_locked
+                );
+            }
         }
     }
     Ok(())

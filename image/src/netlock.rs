@@ -1,0 +1,155 @@
+//! The network lock of TCP connections kept with TCP repair (`cryo
+//! capture --kill --tcp-established`): between the capture and the end
+//! of the restore no socket has their ports, and a packet of the peer
+//! would get a reset. While a connection is locked, nftables drops its
+//! packets both ways (table `inet cryo_netlock`: a set of locked
+//! connections per family, one drop rule per set in the input and output
+//! hooks); the peer sends them again later, to the restored socket. Both
+//! sides follow these rules: capture locks, restore unlocks once the
+//! connection is made again, and a capture that does not kill unlocks
+//! before it lets the process go. The table goes once no connection is
+//! locked. A lock expires by itself after [`LOCK_SECS`]: an image never
+//! restored would otherwise leave its addresses and ports blocked, and a
+//! new connection that happened to get the same ephemeral port would be
+//! dropped without a word (the comparison of CRIU's tests left several).
+//! A restore after that is not protected any more (a packet of the peer
+//! then gets a reset). `nft delete table inet cryo_netlock` unlocks
+//! everything by hand.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::process::{Command, Stdio};
+
+const TABLE: &str = "cryo_netlock";
+/// How long a lock lasts if no restore takes it off.
+pub const LOCK_SECS: u32 = 600;
+/// (Linux's address families; this crate has no libc.)
+const AF_INET: i32 = 2;
+const AF_INET6: i32 = 10;
+
+/// Whether `nft` is there to run.
+pub fn available() -> bool {
+    Command::new("nft")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `nft ARGS` (or `nft -f -` with `script`); its error output on failure.
+fn nft(args: &[&str], script: Option<&str>) -> Result<String, String> {
+    let mut c = Command::new("nft");
+    c.args(args)
+        .stdin(if script.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().map_err(|e| format!("running nft: {e}"))?;
+    if let (Some(s), Some(mut i)) = (script, child.stdin.take()) {
+        i.write_all(s.as_bytes())
+            .map_err(|e| format!("writing to nft: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("running nft: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// (address, port) of a TCP sockaddr (AF_INET or AF_INET6 bytes).
+fn endpoint(sa: &[u8]) -> Option<(IpAddr, u16)> {
+    let family = i32::from(u16::from_ne_bytes([*sa.first()?, *sa.get(1)?]));
+    let port = u16::from_be_bytes([*sa.get(2)?, *sa.get(3)?]);
+    match family {
+        AF_INET => {
+            let a: [u8; 4] = sa.get(4..8)?.try_into().ok()?;
+            Some((IpAddr::V4(Ipv4Addr::from(a)), port))
+        }
+        AF_INET6 => {
+            let a: [u8; 16] = sa.get(8..24)?.try_into().ok()?;
+            Some((IpAddr::V6(Ipv6Addr::from(a)), port))
+        }
+        _ => None,
+    }
+}
+
+/// The set a connection goes in and its two elements (each direction),
+/// each followed by `extra` (a timeout, when adding).
+fn elements(local: &[u8], peer: &[u8], extra: &str) -> Result<(&'static str, String), String> {
+    let (Some((la, lp)), Some((pa, pp))) = (endpoint(local), endpoint(peer)) else {
+        return Err("not a TCP/IP connection".into());
+    };
+    let set = match (la, pa) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => "c4",
+        (IpAddr::V6(_), IpAddr::V6(_)) => "c6",
+        _ => return Err("its two ends are of different families".into()),
+    };
+    Ok((
+        set,
+        format!("{{ {la} . {lp} . {pa} . {pp}{extra}, {pa} . {pp} . {la} . {lp}{extra} }}"),
+    ))
+}
+
+/// Drop every packet of the connection `local` <-> `peer` from now on.
+pub fn lock(local: &[u8], peer: &[u8]) -> Result<(), String> {
+    let (set, elems) = elements(local, peer, &format!(" timeout {LOCK_SECS}s"))?;
+    if nft(&["list", "table", "inet", TABLE], None).is_err() {
+        let rules = "ip saddr . tcp sport . ip daddr . tcp dport @c4 drop; \
+                     ip6 saddr . tcp sport . ip6 daddr . tcp dport @c6 drop;";
+        let script = format!(
+            "table inet {TABLE} {{\n\
+             set c4 {{ type ipv4_addr . inet_service . ipv4_addr . inet_service; flags timeout; }}\n\
+             set c6 {{ type ipv6_addr . inet_service . ipv6_addr . inet_service; flags timeout; }}\n\
+             chain input {{ type filter hook input priority -150; policy accept; {rules} }}\n\
+             chain output {{ type filter hook output priority -150; policy accept; {rules} }}\n\
+             }}\n"
+        );
+        nft(&["-f", "-"], Some(&script))?;
+    }
+    nft(&["add", "element", "inet", TABLE, set, &elems], None).map(|_| ())
+}
+
+/// Let the connection's packets through again (and remove the table once
+/// nothing is locked). Unlocking a connection that is not locked is no
+/// error.
+pub fn unlock(local: &[u8], peer: &[u8]) -> Result<(), String> {
+    let (set, elems) = elements(local, peer, "")?;
+    if nft(&["list", "table", "inet", TABLE], None).is_err() {
+        return Ok(());
+    }
+    // Each direction on its own: a delete of two fails whole when one
+    // is gone (expired, or the other end of a connection inside the
+    // captured processes unlocked it first).
+    let inner = elems.trim_start_matches("{ ").trim_end_matches(" }");
+    for e in inner.split(", ") {
+        let _ = nft(
+            &[
+                "delete",
+                "element",
+                "inet",
+                TABLE,
+                set,
+                &format!("{{ {e} }}"),
+            ],
+            None,
+        );
+    }
+    let still = ["c4", "c6"].iter().any(|s| {
+        nft(&["list", "set", "inet", TABLE, s], None).is_ok_and(|o| o.contains("elements"))
+    });
+    if !still {
+        let _ = nft(&["delete", "table", "inet", TABLE], None);
+    }
+    Ok(())
+}
