@@ -29,6 +29,9 @@ What each test must do is in an expectations file (tests/zdtm-expected.txt):
   NAME pass                 # plain, eager, lazy and map must all PASS
   NAME pass except map      # ... in every mode but map (a documented difference)
   NAME pass in pidns        # plain, and restored in these modes only
+  NAME pass with OPTIONS    # every mode, captured with these options (comma-separated,
+                            # e.g. --tcp-established); run one at a time, after the
+                            # others (such tests bind fixed ports)
   NAME refused SUBSTRING    # capture must refuse, its message contain SUBSTRING
 
 Nothing of CRIU's is in this repository: the tests are built at run time
@@ -348,6 +351,8 @@ class Test:
         self.binary = os.path.realpath(os.path.join(static, name))   # as /proc/PID/exe shows it
         self.work, self.cryo = work, cryo
         self.timeout = float(desc.get('timeout', 30))
+        # more `cryo capture` options (`NAME pass with OPTIONS`)
+        self.capture_args = []
 
     def env(self):
         env = {'TMPDIR': '/tmp', 'PATH': '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
@@ -400,7 +405,7 @@ class Test:
         log = os.path.join(wd, 'capture.log')
         # (CRYO_ZDTM_CAPTURE_ARGS: more capture options for a survey, e.g.
         # --tcp-established for the TCP tests.)
-        extra = os.environ.get('CRYO_ZDTM_CAPTURE_ARGS', '').split()
+        extra = self.capture_args + os.environ.get('CRYO_ZDTM_CAPTURE_ARGS', '').split()
         rc = run([self.cryo, 'capture', '-q', '--kill', *extra, str(pid), img], wd,
                  dict(os.environ), log, CAPTURE_TIMEOUT)
         if rc is None:
@@ -515,11 +520,14 @@ def parse_expect(path):
         elif len(w) == 3 and w[1] == 'pass' and w[2].startswith('in '):
             # restored in these modes only (a mode not run by default)
             exp[w[0]] = ('pass-in', w[2].split()[1].split(','))
+        elif len(w) == 3 and w[1] == 'pass' and w[2].startswith('with '):
+            # every mode, captured with these options
+            exp[w[0]] = ('pass-with', w[2].split()[1].split(','))
         elif len(w) == 3 and w[1] == 'refused':
             exp[w[0]] = ('refused', w[2])
         else:
-            sys.exit('zdtm: %s:%d: expected `NAME pass [except MODES | in MODES]` or `NAME refused SUBSTRING`'
-                     % (path, i))
+            sys.exit('zdtm: %s:%d: expected `NAME pass [except MODES | in MODES | with OPTIONS]` or '
+                     '`NAME refused SUBSTRING`' % (path, i))
     return exp
 
 
@@ -536,6 +544,9 @@ def check(t, kind, want):
         return [t.plain()] + [t.restored(m) for m in MODES if m not in (want or [])]
     if kind == 'pass-in':
         return [t.plain()] + [t.restored(m) for m in want]
+    if kind == 'pass-with':
+        t.capture_args = want
+        return [t.plain()] + [t.restored(m) for m in MODES] + ['captured with ' + ' '.join(want)]
     return [t.refused(want)]
 
 
@@ -687,7 +698,9 @@ def main():
             print(res, flush=True)
 
     todo = [n for n in names if n not in failures]
-    excl = [n for n in todo if 'excl' in flags(descs[n])]   # zdtm runs these alone
+    # zdtm runs these alone; and those captured with options (TCP tests on
+    # fixed ports)
+    excl = [n for n in todo if 'excl' in flags(descs[n]) or exp[n][0] == 'pass-with']
     try:
         with ThreadPoolExecutor(max(1, a.jobs)) as ex:
             list(ex.map(job, [n for n in todo if n not in excl]))
@@ -703,12 +716,13 @@ def main():
         if not a.keep:
             cleanup(work)
         return 0
-    npass = sum(1 for n in exp if exp[n][0] in ('pass', 'pass-in') and n not in failures)
+    npass = sum(1 for n in exp if exp[n][0] in ('pass', 'pass-in', 'pass-with') and n not in failures)
     nref = sum(1 for n in exp if exp[n][0] == 'refused' and n not in failures)
     nin = sum(1 for n in exp if exp[n][0] == 'pass-in' and n not in failures)
-    print('\nzdtm: %d tests: %d pass (%s; %d of them in named modes only), %d refused as expected, '
-          '%d failed; %.1f s (build %.1f s)' % (len(exp), npass, ', '.join(MODES), nin, nref,
-                                                len(failures), total, t_build))
+    nwith = sum(1 for n in exp if exp[n][0] == 'pass-with' and n not in failures)
+    print('\nzdtm: %d tests: %d pass (%s; %d of them in named modes only, %d captured with options), '
+          '%d refused as expected, %d failed; %.1f s (build %.1f s)'
+          % (len(exp), npass, ', '.join(MODES), nin, nwith, nref, len(failures), total, t_build))
     if failures:
         print('zdtm: FAILED (work dirs kept in %s):' % work)
         for n in sorted(failures):

@@ -494,15 +494,8 @@ print("PASS", flush=True)
     }
     let t = start("plain");
     t.wait_sleeping();
-    let dir = scratch("fidelity-semaphore");
-    let img = dir.join("img");
-    let (code, _, err) = cryo_cmd(&[
-        "capture",
-        "--kill",
-        &t.pid.to_string(),
-        img.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "capture: {err}");
+    let img = scratch("fidelity-semaphore").join("img");
+    capture_killed(t.pid, &img, &[]);
     drop(t);
     let (code, out, err) = restore(&img, &[]);
     assert_eq!(

@@ -182,14 +182,7 @@ fn redis_server_keeps_its_data_and_answers() {
         state(pid) == Some('S')
     });
     let img = dir.join("img-client");
-    let (code, _, err) = cryo_cmd(&[
-        "capture",
-        "--kill",
-        "--tcp-established",
-        &pid.to_string(),
-        img.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "capture: {err}");
+    capture_killed(pid, &img, &["--tcp-established"]);
     let _ = server.wait();
     let r = restore(&img, &[], &dir.join("out-client"));
     // (Quiet until the connection is made again: a listener answers.)
@@ -512,13 +505,7 @@ fn gunicorn_workers_keep_their_heartbeat_files() {
             .all(|&p| state(p) == Some('S'))
     });
     let img = dir.join("img");
-    let (code, _, err) = cryo_cmd(&[
-        "capture",
-        "--kill",
-        &root_pid.to_string(),
-        img.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "capture: {err}");
+    capture_killed(root_pid, &img, &[]);
     let _ = server.wait();
     let pids = tree_pids(&img);
     assert_eq!(pids.len(), 3, "{pids:?}");
@@ -620,14 +607,7 @@ fn tcp_connection_to_outside_kept_with_tcp_repair() {
             assert!(err.contains("still"), "{err}");
             t.wait_sleeping();
         }
-        let (code, _, err) = cryo_cmd(&[
-            "capture",
-            "--kill",
-            "--tcp-established",
-            &pid,
-            img.to_str().unwrap(),
-        ]);
-        assert_eq!(code, 0, "capture: {err}");
+        capture_killed(t.pid, &img, &["--tcp-established"]);
         drop(t);
         let (_, out, _) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
         assert!(out.contains("established (TCP repair)"), "{out}");

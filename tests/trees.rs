@@ -942,14 +942,7 @@ print("PASS", flush=True)
         }
         let img = dir.join(format!("img{i}"));
         adopt_orphans();
-        let (code, _, err) = cryo_cmd(&[
-            "capture",
-            "--kill",
-            "--tcp-established",
-            &t.pid.to_string(),
-            img.to_str().unwrap(),
-        ]);
-        assert_eq!(code, 0, "capture: {err}");
+        capture_killed(t.pid, &img, &["--tcp-established"]);
         drop(t);
         let pids = tree_pids(&img);
         wait_gone(&pids);

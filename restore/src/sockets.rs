@@ -547,8 +547,33 @@ fn set_options_of_level(
 ) -> Result<(), Why> {
     let late = late_reuse(img, object);
     let late_port = late_reuseport(img, object);
+    // A buffer size the program did not set (SO_BUF_LOCK, Linux 5.14,
+    // says which it did) is the kernel's: grown by autotuning, it may be
+    // odd or above net.core.rmem_max/wmem_max, which SO_RCVBUF and
+    // SO_SNDBUF cannot give (seen: CRIU's socket-tcpbuf-local, "SO_RCVBUF
+    // did not take"). Left to the kernel to tune again.
+    const SO_BUF_LOCK: i32 = 72;
+    let buf_lock = img
+        .sockopts()
+        .iter()
+        .find(|o| o.sock == object && o.level == libc::SOL_SOCKET && o.name == SO_BUF_LOCK)
+        .map(|o| {
+            let (b, _) = opt_bytes(&o);
+            i32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+        });
+    let tuned = |o: &cryo_image::fds::SockOpt| {
+        o.level == libc::SOL_SOCKET
+            && match (o.name, buf_lock) {
+                (libc::SO_SNDBUF, Some(l)) => l & 1 == 0,
+                (libc::SO_RCVBUF, Some(l)) => l & 2 == 0,
+                _ => false,
+            }
+    };
     for o in img.sockopts().iter().filter(|o| {
-        o.sock == object && !(late && is_reuse(o)) && level.is_none_or(|l| l == o.level)
+        o.sock == object
+            && !(late && is_reuse(o))
+            && level.is_none_or(|l| l == o.level)
+            && !tuned(o)
     }) {
         let (mut want, mut n) = opt_bytes(&o);
         if late_port && is_reuseport(&o) {

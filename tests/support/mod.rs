@@ -399,6 +399,16 @@ pub fn cryo_cmd(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `cryo capture --kill [OPTIONS] PID IMG`, which must succeed.
+pub fn capture_killed(pid: i32, img: &Path, options: &[&str]) {
+    let pid = pid.to_string();
+    let mut args = vec!["capture", "--kill"];
+    args.extend_from_slice(options);
+    args.extend([pid.as_str(), img.to_str().unwrap()]);
+    let (code, _, err) = cryo_cmd(&args);
+    assert_eq!(code, 0, "capture of {pid}: {err}");
+}
+
 /// Every PID of a captured tree (from `cryo inspect --json`).
 pub fn tree_pids(img: &Path) -> Vec<i32> {
     let (code, out, err) = cryo_cmd(&["inspect", "--json", "--no-verify", img.to_str().unwrap()]);
