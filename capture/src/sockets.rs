@@ -250,12 +250,12 @@ const TCP_REPAIR_OFF_NO_WP: i32 = -1;
 impl Repaired {
     /// Out of repair mode, each as it was (and unlocked).
     pub fn release(&mut self) {
+        let mut locked = Vec::new();
         for (fd, ends) in self.0.drain(..) {
             let _ = sock::setsockopt_int(&fd, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
-            if let Some((a, b)) = ends {
-                let _ = cryo_image::netlock::unlock(&a, &b);
-            }
+            locked.extend(ends);
         }
+        let _ = cryo_image::netlock::unlock_all(&locked);
     }
     /// Closed in repair mode (their processes are gone), still locked:
     /// the restore unlocks them.

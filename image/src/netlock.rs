@@ -104,52 +104,83 @@ fn elements(local: &[u8], peer: &[u8], extra: &str) -> Result<(&'static str, Str
 /// Drop every packet of the connection `local` <-> `peer` from now on.
 pub fn lock(local: &[u8], peer: &[u8]) -> Result<(), String> {
     let (set, elems) = elements(local, peer, &format!(" timeout {LOCK_SECS}s"))?;
-    if nft(&["list", "table", "inet", TABLE], None).is_err() {
-        let rules = "ip saddr . tcp sport . ip daddr . tcp dport @c4 drop; \
-                     ip6 saddr . tcp sport . ip6 daddr . tcp dport @c6 drop;";
-        let script = format!(
-            "table inet {TABLE} {{\n\
-             set c4 {{ type ipv4_addr . inet_service . ipv4_addr . inet_service; flags timeout; }}\n\
-             set c6 {{ type ipv6_addr . inet_service . ipv6_addr . inet_service; flags timeout; }}\n\
-             chain input {{ type filter hook input priority -150; policy accept; {rules} }}\n\
-             chain output {{ type filter hook output priority -150; policy accept; {rules} }}\n\
-             }}\n"
-        );
-        nft(&["-f", "-"], Some(&script))?;
-    }
-    nft(&["add", "element", "inet", TABLE, set, &elems], None).map(|_| ())
-}
-
-/// Let the connection's packets through again (and remove the table once
-/// nothing is locked). Unlocking a connection that is not locked is no
-/// error.
-pub fn unlock(local: &[u8], peer: &[u8]) -> Result<(), String> {
-    let (set, elems) = elements(local, peer, "")?;
-    if nft(&["list", "table", "inet", TABLE], None).is_err() {
+    // (One run of nft when the table is there; it is made at the first.)
+    let add = || nft(&["add", "element", "inet", TABLE, set, &elems], None).map(|_| ());
+    if add().is_ok() {
         return Ok(());
     }
-    // Each direction on its own: a delete of two fails whole when one
-    // is gone (expired, or the other end of a connection inside the
-    // captured processes unlocked it first).
-    let inner = elems.trim_start_matches("{ ").trim_end_matches(" }");
-    for e in inner.split(", ") {
-        let _ = nft(
-            &[
-                "delete",
-                "element",
-                "inet",
-                TABLE,
-                set,
-                &format!("{{ {e} }}"),
-            ],
-            None,
-        );
+    let rules = "ip saddr . tcp sport . ip daddr . tcp dport @c4 drop; \
+                 ip6 saddr . tcp sport . ip6 daddr . tcp dport @c6 drop;";
+    let script = format!(
+        "table inet {TABLE} {{\n\
+         set c4 {{ type ipv4_addr . inet_service . ipv4_addr . inet_service; flags timeout; }}\n\
+         set c6 {{ type ipv6_addr . inet_service . ipv6_addr . inet_service; flags timeout; }}\n\
+         chain input {{ type filter hook input priority -150; policy accept; {rules} }}\n\
+         chain output {{ type filter hook output priority -150; policy accept; {rules} }}\n\
+         }}\n"
+    );
+    // (Another capture may have made it meanwhile: then only the add.)
+    if nft(&["list", "table", "inet", TABLE], None).is_err() {
+        nft(&["-f", "-"], Some(&script))?;
     }
-    let still = ["c4", "c6"].iter().any(|s| {
-        nft(&["list", "set", "inet", TABLE, s], None).is_ok_and(|o| o.contains("elements"))
-    });
-    if !still {
-        let _ = nft(&["delete", "table", "inet", TABLE], None);
+    add()
+}
+
+/// Let the packets of these connections (local, peer) through again, and
+/// remove the table once nothing is locked: two runs of nft (one lists
+/// what is locked, one deletes, in one transaction, the elements that are
+/// there; or the whole table when they are all there is). A connection
+/// that is not locked (expired, or unlocked by the other end of a
+/// connection inside the captured processes) is no error.
+pub fn unlock_all(conns: &[(Vec<u8>, Vec<u8>)]) -> Result<(), String> {
+    if conns.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let Ok(table) = nft(&["list", "table", "inet", TABLE], None) else {
+        return Ok(());
+    };
+    let mut deletes = String::new();
+    let mut ours = 0;
+    let mut keys: Vec<String> = Vec::new();
+    for (local, peer) in conns {
+        let (Some((la, lp)), Some((pa, pp))) = (endpoint(local), endpoint(peer)) else {
+            continue;
+        };
+        let set = if la.is_ipv4() { "c4" } else { "c6" };
+        for e in [
+            format!("{la} . {lp} . {pa} . {pp}"),
+            format!("{pa} . {pp} . {la} . {lp}"),
+        ] {
+            // (Listed as "KEY expires ...," or "KEY }".)
+            if table.contains(&format!("{e} ")) || table.contains(&format!("{e},")) {
+                deletes += &format!("delete element inet {TABLE} {set} {{ {e} }}\n");
+                ours += 1;
+                keys.push(format!("{e} "));
+            }
+        }
+    }
+    // Every element locked now (each KEY has three " . ").
+    let locked: usize = table
+        .split("elements = {")
+        .skip(1)
+        .map(|rest| rest.split('}').next().unwrap_or("").matches(" . ").count() / 3)
+        .sum();
+    let script = if ours == locked {
+        format!("delete table inet {TABLE}\n")
+    } else {
+        deletes
+    };
+    if script.is_empty() {
+        return Ok(());
+    }
+    match nft(&["-f", "-"], Some(&script)) {
+        Ok(_) => Ok(()),
+        // Another process (the other end of a connection inside a tree)
+        // unlocked or removed them meanwhile: done, if none is left.
+        Err(why) => match nft(&["list", "table", "inet", TABLE], None) {
+            Err(_) => Ok(()),
+            Ok(t) if !keys.iter().any(|k| t.contains(k.as_str())) => Ok(()),
+            Ok(_) => Err(why),
+        },
+    }
 }

@@ -216,6 +216,22 @@ pub(crate) fn finish_repair(img: &Image, plan: &crate::fds::Plan) -> Result<(), 
         .lock()
         .map(|mut u| std::mem::take(&mut *u))
         .unwrap_or_default();
+    // Unlocked first, all at once (the capture locked them): every socket
+    // exists now, and one still in repair mode takes what arrives; the
+    // window probe of leaving repair mode then reaches the peer.
+    let locked: Vec<(Vec<u8>, Vec<u8>)> = pending
+        .iter()
+        .filter(|(object, _)| {
+            img.tcp_conns()
+                .iter()
+                .any(|t| t.sock == *object && t.options & cryo_image::fds::tcp_opts::LOCKED != 0)
+        })
+        .filter_map(|(object, _)| img.sockets().get(*object as usize))
+        .map(|s| (addr_of(&s), peer_of(&s)))
+        .collect();
+    cryo_image::netlock::unlock_all(&locked).map_err(|why| {
+        RestoreError::Tree(format!("unlocking its TCP connections (nftables): {why}"))
+    })?;
     for (object, unsent) in pending {
         // Its fd here (the first of its description).
         let Some(f) = img.fds().iter().find(|f| {
@@ -245,15 +261,6 @@ pub(crate) fn finish_repair(img: &Image, plan: &crate::fds::Plan) -> Result<(), 
         // connected socket (IPV6_V6ONLY: EINVAL).
         set_options_of_level(img, object, fd, Some(libc::SOL_SOCKET)).map_err(err)?;
         attach_filter(img, object, fd).map_err(err)?;
-        // Its packets through again (the capture locked it).
-        let locked = img
-            .tcp_conns()
-            .iter()
-            .any(|t| t.sock == object && t.options & cryo_image::fds::tcp_opts::LOCKED != 0);
-        if let Some(s) = img.sockets().get(object as usize).filter(|_| locked) {
-            cryo_image::netlock::unlock(&addr_of(&s), &peer_of(&s))
-                .map_err(|why| err(Why::Said(format!("unlocking it: {why}"))))?;
-        }
     }
     Ok(())
 }
