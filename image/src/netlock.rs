@@ -151,8 +151,10 @@ pub fn unlock_all(conns: &[(Vec<u8>, Vec<u8>)]) -> Result<(), String> {
             format!("{la} . {lp} . {pa} . {pp}"),
             format!("{pa} . {pp} . {la} . {lp}"),
         ] {
-            // (Listed as "KEY expires ...," or "KEY }".)
-            if table.contains(&format!("{e} ")) || table.contains(&format!("{e},")) {
+            // (Listed as "KEY expires ...," or "KEY }". Once each: both
+            // ends of a connection inside the process name it twice.)
+            let known = keys.contains(&format!("{e} "));
+            if !known && (table.contains(&format!("{e} ")) || table.contains(&format!("{e},"))) {
                 deletes += &format!("delete element inet {TABLE} {set} {{ {e} }}\n");
                 ours += 1;
                 keys.push(format!("{e} "));

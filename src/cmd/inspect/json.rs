@@ -200,7 +200,8 @@ fn sockets(img: &Image) -> serde_json::Value {
                 "snd_seq": t.snd_seq, "rcv_seq": t.rcv_seq, "mss": t.mss, "options": t.options,
                 "snd_wscale": t.snd_wscale, "rcv_wscale": t.rcv_wscale, "timestamp": t.timestamp,
                 "window": t.window, "send_queue_bytes": t.sendq.len, "unsent_bytes": t.unsent,
-                "receive_queue_bytes": t.recvq.len})),
+                "receive_queue_bytes": t.recvq.len,
+                "locked": t.options & cryo_image::fds::tcp_opts::LOCKED != 0})),
             "filter_locked": img.sock_filters().iter().any(|x| x.sock as usize == i
                 && x.flags & cryo_image::fds::filter_flags::LOCKED != 0),
         })}).collect::<Vec<_>>())

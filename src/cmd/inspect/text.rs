@@ -563,8 +563,15 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
                     out += &format!(" -> {}", sockaddr_display(&pa[..pn]));
                     if let Some(t) = img.tcp_conns().iter().find(|t| t.sock == f.object) {
                         out += &format!(
-                            ", {} bytes to send ({} never sent), {} to read",
-                            t.sendq.len, t.unsent, t.recvq.len
+                            ", {} bytes to send ({} never sent), {} to read{}",
+                            t.sendq.len,
+                            t.unsent,
+                            t.recvq.len,
+                            if t.options & cryo_image::fds::tcp_opts::LOCKED != 0 {
+                                ", locked until restored (nftables)"
+                            } else {
+                                ""
+                            }
                         );
                     }
                 }
