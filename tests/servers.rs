@@ -649,8 +649,8 @@ fn tcp_connection_to_outside_kept_with_tcp_repair() {
         r.stdout.take().unwrap().read_to_string(&mut out).unwrap();
         let (code, _) = finish(r, &format!("restore {mode:?} of the TCP server"));
         assert_eq!((code, out.lines().last()), (0, Some("PASS")), "{out}");
-        // Unlocked (the table goes with its last connection; another
-        // test's may hold it meanwhile).
+        // Unlocked (the table stays; another test's connection may be
+        // locked in it meanwhile).
         let left = Command::new("nft")
             .args(["list", "table", "inet", "cryo_netlock"])
             .output()

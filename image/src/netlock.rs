@@ -7,14 +7,15 @@
 //! hooks); the peer sends them again later, to the restored socket. Both
 //! sides follow these rules: capture locks, restore unlocks once the
 //! connection is made again, and a capture that does not kill unlocks
-//! before it lets the process go. The table goes once no connection is
-//! locked. A lock expires by itself after [`LOCK_SECS`]: an image never
+//! before it lets the process go. The table stays once made, empty when
+//! nothing is locked (removing it then raced with another capture
+//! locking a connection meanwhile). A lock expires by itself after [`LOCK_SECS`]: an image never
 //! restored would otherwise leave its addresses and ports blocked, and a
 //! new connection that happened to get the same ephemeral port would be
 //! dropped without a word (the comparison of CRIU's tests left several).
 //! A restore after that is not protected any more (a packet of the peer
 //! then gets a reset). `nft delete table inet cryo_netlock` unlocks
-//! everything by hand.
+//! everything and removes the table.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -126,12 +127,11 @@ pub fn lock(local: &[u8], peer: &[u8]) -> Result<(), String> {
     add()
 }
 
-/// Let the packets of these connections (local, peer) through again, and
-/// remove the table once nothing is locked: two runs of nft (one lists
-/// what is locked, one deletes, in one transaction, the elements that are
-/// there; or the whole table when they are all there is). A connection
-/// that is not locked (expired, or unlocked by the other end of a
-/// connection inside the captured processes) is no error.
+/// Let the packets of these connections (local, peer) through again: two
+/// runs of nft (one lists what is locked, one deletes, in one
+/// transaction, the elements that are there). A connection that is not
+/// locked (expired, or unlocked by the other end of a connection inside
+/// the captured processes) is no error.
 pub fn unlock_all(conns: &[(Vec<u8>, Vec<u8>)]) -> Result<(), String> {
     if conns.is_empty() {
         return Ok(());
@@ -140,7 +140,6 @@ pub fn unlock_all(conns: &[(Vec<u8>, Vec<u8>)]) -> Result<(), String> {
         return Ok(());
     };
     let mut deletes = String::new();
-    let mut ours = 0;
     let mut keys: Vec<String> = Vec::new();
     for (local, peer) in conns {
         let (Some((la, lp)), Some((pa, pp))) = (endpoint(local), endpoint(peer)) else {
@@ -156,22 +155,14 @@ pub fn unlock_all(conns: &[(Vec<u8>, Vec<u8>)]) -> Result<(), String> {
             let known = keys.contains(&format!("{e} "));
             if !known && (table.contains(&format!("{e} ")) || table.contains(&format!("{e},"))) {
                 deletes += &format!("delete element inet {TABLE} {set} {{ {e} }}\n");
-                ours += 1;
                 keys.push(format!("{e} "));
             }
         }
     }
-    // Every element locked now (each KEY has three " . ").
-    let locked: usize = table
-        .split("elements = {")
-        .skip(1)
-        .map(|rest| rest.split('}').next().unwrap_or("").matches(" . ").count() / 3)
-        .sum();
-    let script = if ours == locked {
-        format!("delete table inet {TABLE}\n")
-    } else {
-        deletes
-    };
+    // (The table stays, empty: deleting it once nothing seemed locked
+    // raced with another capture locking a connection meanwhile, whose
+    // lock went with it.)
+    let script = deletes;
     if script.is_empty() {
         return Ok(());
     }
