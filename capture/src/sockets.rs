@@ -243,7 +243,7 @@ pub struct Repaired(Vec<(OwnedFd, Option<Ends>)>);
 type Ends = (Vec<u8>, Vec<u8>);
 
 /// setsockopt(TCP_REPAIR) values.
-const TCP_REPAIR: i32 = 19;
+const TCP_REPAIR: i32 = libc::TCP_REPAIR;
 const TCP_REPAIR_ON: i32 = 1;
 const TCP_REPAIR_OFF_NO_WP: i32 = -1;
 
@@ -287,10 +287,8 @@ fn repair(
     seen: &mut Sockets,
     ends: (&[u8], Option<&[u8]>),
 ) -> Result<(), String> {
-    const TCP_REPAIR_QUEUE: i32 = 20;
-    const TCP_QUEUE_SEQ: i32 = 21;
-    const TCP_TIMESTAMP: i32 = 24;
-    const TCP_REPAIR_WINDOW: i32 = 29;
+    use libc::{TCP_QUEUE_SEQ, TCP_REPAIR_QUEUE, TCP_REPAIR_WINDOW, TCP_TIMESTAMP};
+    // (TCP_REPAIR_QUEUE's values.)
     const RECV_QUEUE: i32 = 1;
     const SEND_QUEUE: i32 = 2;
     let tcp = libc::IPPROTO_TCP;

@@ -28,14 +28,17 @@ pub const LOCK_SECS: u32 = 600;
 const AF_INET: i32 = 2;
 const AF_INET6: i32 = 10;
 
-/// Whether `nft` is there to run.
+/// Whether `nft` is there to run (asked once per process).
 pub fn available() -> bool {
-    Command::new("nft")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    static THERE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *THERE.get_or_init(|| {
+        Command::new("nft")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
 }
 
 /// `nft ARGS` (or `nft -f -` with `script`); its error output on failure.

@@ -73,12 +73,11 @@ fn make_repaired(
     verify: bool,
 ) -> Result<OwnedFd, Why> {
     use cryo_image::fds::tcp_opts;
-    const TCP_REPAIR: i32 = 19;
-    const TCP_REPAIR_QUEUE: i32 = 20;
-    const TCP_QUEUE_SEQ: i32 = 21;
-    const TCP_REPAIR_OPTIONS: i32 = 22;
-    const TCP_TIMESTAMP: i32 = 24;
-    const TCP_REPAIR_WINDOW: i32 = 29;
+    use libc::{
+        TCP_QUEUE_SEQ, TCP_REPAIR, TCP_REPAIR_OPTIONS, TCP_REPAIR_QUEUE, TCP_REPAIR_WINDOW,
+        TCP_TIMESTAMP,
+    };
+    // (TCP_REPAIR_QUEUE's values.)
     const RECV_QUEUE: i32 = 1;
     const SEND_QUEUE: i32 = 2;
     // (TCPOPT_* codes for TCP_REPAIR_OPTIONS.)
@@ -211,7 +210,6 @@ static UNSENT: std::sync::Mutex<Vec<(u32, Vec<u8>)>> = std::sync::Mutex::new(Vec
 /// SO_REUSEADDR), its filter. Called once every process of the tree has
 /// its sockets, before any shim runs.
 pub(crate) fn finish_repair(img: &Image, plan: &crate::fds::Plan) -> Result<(), RestoreError> {
-    const TCP_REPAIR: i32 = 19;
     let pending = UNSENT
         .lock()
         .map(|mut u| std::mem::take(&mut *u))
@@ -252,7 +250,7 @@ pub(crate) fn finish_repair(img: &Image, plan: &crate::fds::Plan) -> Result<(), 
         // SAFETY: f.fd is open in this process (installed from the plan)
         // and stays open for the whole borrow.
         let fd = unsafe { BorrowedFd::borrow_raw(f.fd) };
-        sys::setsockopt(fd, libc::IPPROTO_TCP, TCP_REPAIR, &0i32.to_ne_bytes())
+        sys::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR, &0i32.to_ne_bytes())
             .map_err(|e| err(Why::sys("leaving repair mode", e)))?;
         sys::send_all(fd, &unsent).map_err(|e| err(Why::sys("sending the bytes never sent", e)))?;
         // The socket-level ones only (SO_REUSEADDR, which leaving repair
@@ -433,14 +431,19 @@ fn tcp_connection_exists(a: &[u8], b: &[u8]) -> bool {
     let (Some(a), Some(b)) = (shown(a), shown(b)) else {
         return false;
     };
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
-        std::fs::read_to_string(f).is_ok_and(|t| {
-            t.lines().skip(1).any(|l| {
-                let w: Vec<&str> = l.split_whitespace().collect();
-                w.get(1) == Some(&a.as_str())
-                    && w.get(2) == Some(&b.as_str())
-                    && w.get(3) != Some(&"06")
-            })
+    any_tcp_socket(|w| {
+        w.get(1) == Some(&a.as_str()) && w.get(2) == Some(&b.as_str()) && w.get(3) != Some(&"06")
+    })
+}
+
+/// Whether a line of /proc/net/tcp or tcp6 (its fields: sl, local
+/// address, remote address, state, ...) satisfies `f`.
+fn any_tcp_socket(f: impl Fn(&[&str]) -> bool) -> bool {
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|path| {
+        std::fs::read_to_string(path).is_ok_and(|t| {
+            t.lines()
+                .skip(1)
+                .any(|l| f(&l.split_whitespace().collect::<Vec<_>>()))
         })
     })
 }
@@ -453,17 +456,12 @@ fn port_of(addr: &[u8]) -> u16 {
 /// Whether a TCP socket listens on `port` (any address, v4 or v6), by
 /// /proc/net/tcp and tcp6 (state 0A).
 fn tcp_listener_on(port: u16) -> bool {
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
-        std::fs::read_to_string(f).is_ok_and(|t| {
-            t.lines().skip(1).any(|l| {
-                let w: Vec<&str> = l.split_whitespace().collect();
-                let p = w
-                    .get(1)
-                    .and_then(|a| a.rsplit_once(':'))
-                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-                p == Some(port) && w.get(3) == Some(&"0A")
-            })
-        })
+    any_tcp_socket(|w| {
+        let p = w
+            .get(1)
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        p == Some(port) && w.get(3) == Some(&"0A")
     })
 }
 

@@ -188,7 +188,7 @@ pub fn peek_messages(
     largest: usize,
     eof_at: Option<usize>,
 ) -> io::Result<Result<Vec<Message>, String>> {
-    set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
     let mut out: Vec<Message> = Vec::new();
     let cap = largest.max(sndbuf_of(fd)).max(1 << 16) + 1;
     let got = loop {
@@ -221,7 +221,7 @@ pub fn peek_messages(
             }),
         }
     };
-    let off = set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, -1);
+    let off = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, -1);
     let got = got?;
     off?;
     Ok(got.map(|()| out))
@@ -420,7 +420,7 @@ pub fn peek_stream(fd: &impl AsRawFd, queued: usize) -> io::Result<Result<Vec<Me
 
 /// SO_PEEK_OFF (-1: off).
 pub fn set_peek_off(fd: &impl AsRawFd, off: i32) -> io::Result<()> {
-    set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off)
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off)
 }
 
 /// SO_SNDBUF: a bound on the size of one datagram its peer could send.
@@ -428,7 +428,8 @@ fn sndbuf_of(fd: &impl AsRawFd) -> usize {
     getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF).map_or(0, |v| v.max(0) as usize)
 }
 
-fn set_int(fd: &impl AsRawFd, level: i32, name: i32, v: i32) -> io::Result<()> {
+/// setsockopt of one int.
+pub fn setsockopt_int(fd: &impl AsRawFd, level: i32, name: i32, v: i32) -> io::Result<()> {
     // SAFETY: setsockopt reads one int from `v`.
     cvt(unsafe {
         libc::setsockopt(
@@ -832,27 +833,11 @@ pub fn getsockopt_len(fd: &impl AsRawFd, level: i32, name: i32) -> io::Result<u3
     Ok(len)
 }
 
-/// setsockopt of one int.
-pub fn setsockopt_int(fd: &impl AsRawFd, level: i32, name: i32, val: i32) -> io::Result<()> {
-    // SAFETY: setsockopt reads one int from `val`, ours.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&val as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    } as libc::c_long)?;
-    Ok(())
-}
-
 /// Bytes of a TCP socket's send queue not yet sent (SIOCOUTQNSD).
 pub fn outq_unsent(fd: &impl AsRawFd) -> io::Result<usize> {
-    const SIOCOUTQNSD: libc::c_ulong = 0x894b;
     let mut n: libc::c_int = 0;
     // SAFETY: SIOCOUTQNSD writes one int to `n`, which we own.
-    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), SIOCOUTQNSD, &mut n) } as libc::c_long)?;
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCOUTQNSD, &mut n) } as libc::c_long)?;
     Ok(n as usize)
 }
 
