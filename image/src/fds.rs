@@ -362,6 +362,39 @@ record! {
     }
 }
 
+impl TimerFd {
+    /// How restore arms the timer again: `(settime flags, [interval sec,
+    /// interval nsec, value sec, value nsec])`, given `now` on its clock
+    /// (asked only for an absolute timer).
+    ///
+    /// A periodic timer whose expiration was due at capture (fdinfo shows
+    /// it_value 0 until the expirations are read, and the kernel re-arms
+    /// it only on that read) is armed one interval on: setting a zero
+    /// value would disarm it for good (seen: the threaded GHC RTS's
+    /// ticker then blocks in read() forever and the program hangs at
+    /// exit). An absolute timer gets the time it had left, from now.
+    pub fn rearm(&self, now: impl FnOnce() -> (i64, i64)) -> (u32, [i64; 4]) {
+        const TFD_TIMER_ABSTIME: u32 = 1;
+        let interval = (self.interval_sec, self.interval_nsec);
+        let mut value = if (self.value_sec, self.value_nsec) == (0, 0) && interval != (0, 0) {
+            interval
+        } else {
+            (self.value_sec, self.value_nsec)
+        };
+        let abs = self.settime_flags & TFD_TIMER_ABSTIME != 0;
+        if abs && value != (0, 0) {
+            let (now_sec, now_nsec) = now();
+            let ns = (now_nsec + value.1) as u64;
+            value = (
+                now_sec + value.0 + (ns / 1_000_000_000) as i64,
+                (ns % 1_000_000_000) as i64,
+            );
+        }
+        let flags = if abs { self.settime_flags } else { 0 };
+        (flags, [interval.0, interval.1, value.0, value.1])
+    }
+}
+
 record! {
     /// A signalfd's mask.
     pub struct SignalFd {

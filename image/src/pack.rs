@@ -172,6 +172,55 @@ pub const fn empty() -> [u8; RECORD_LEN] {
     b
 }
 
+/// Why a packed restorer cannot make the fd `f` of `img` itself, if it
+/// cannot. It makes eventfds, timerfds, signalfds, epoll sets and pipes
+/// whose every end is in the process (with their bytes), at their
+/// numbers, with their status flags, descriptions shared as captured;
+/// fds 0-2 are its invoker's, as `cryo restore`'s are. `cryo pack`
+/// refuses an image with any other fd, naming each; the packed shim
+/// checks again before it touches anything.
+pub fn fd_obstacle(img: &crate::Image, f: &crate::Fd) -> Option<&'static str> {
+    use crate::fd_kind;
+    use crate::fds::pipe_flags;
+    if f.fd <= 2 {
+        return None;
+    }
+    if f.in_flight != 0 {
+        return Some("a file in flight in a socket's queue");
+    }
+    match f.kind {
+        fd_kind::EVENTFD | fd_kind::TIMERFD | fd_kind::SIGNALFD => None,
+        fd_kind::EPOLL => img
+            .epoll_items()
+            .iter()
+            .any(|e| e.desc == f.desc && e.via != 0)
+            .then_some("an epoll set watching a file whose fd was closed"),
+        fd_kind::PIPE => {
+            let Some(p) = img.pipes().get(f.object as usize) else {
+                return Some("a pipe without its state in the image");
+            };
+            const ACC: u32 = 3;
+            let ends = || {
+                img.fds()
+                    .iter()
+                    .filter(move |g| g.kind == fd_kind::PIPE && g.object == f.object)
+            };
+            if p.flags & pipe_flags::INSIDE == 0 {
+                Some("a pipe with an end outside the process")
+            } else if f.flags & ACC == 2 {
+                Some("a pipe end open for reading and writing")
+            } else if ends().any(|g| g.fd <= 2 || g.in_flight != 0) {
+                Some("a pipe whose other end is at fd 0-2 (the invoker's in a packed restorer) or in flight")
+            } else if ends().any(|g| g.flags & ACC == f.flags & ACC && g.desc != f.desc) {
+                Some("a pipe end opened twice (two descriptions)")
+            } else {
+                None
+            }
+        }
+        _ => Some("a kind of file a packed restorer does not make"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,42 +42,20 @@ pub(crate) fn make(
                 .ok_or_else(|| fd_err(p, "no timerfd state in the image"))?;
             let fd = sys::timerfd_create(t.clock, libc::TFD_CLOEXEC)
                 .map_err(|e| os("timerfd_create", e))?;
-            // A periodic timer whose expiration was due at capture (fdinfo
-            // shows it_value 0 until the expirations are read, and the
-            // kernel re-arms it only on that read) is armed: its next
-            // expiration one interval on. Setting a zero value would
-            // disarm it for good (seen: the threaded GHC RTS's ticker then
-            // blocks in read() forever and the program hangs at exit).
-            let (value_sec, value_nsec) = if (t.value_sec, t.value_nsec) == (0, 0)
-                && (t.interval_sec, t.interval_nsec) != (0, 0)
-            {
-                (t.interval_sec, t.interval_nsec)
-            } else {
-                (t.value_sec, t.value_nsec)
-            };
-            let mut value = libc::timespec {
-                tv_sec: value_sec,
-                tv_nsec: value_nsec,
-            };
-            let abs = t.settime_flags as i32 & libc::TFD_TIMER_ABSTIME != 0;
-            if abs && (value_sec, value_nsec) != (0, 0) {
-                // The time left at capture, from now, as a deadline.
-                let (now_sec, now_nsec) = sys::clock_gettime(t.clock).unwrap_or((0, 0));
-                let ns = (now_nsec + value_nsec) as u64;
-                value = libc::timespec {
-                    tv_sec: now_sec + value_sec + (ns / 1_000_000_000) as i64,
-                    tv_nsec: (ns % 1_000_000_000) as i64,
-                };
-            }
+            let (sflags, [i_sec, i_nsec, v_sec, v_nsec]) =
+                t.rearm(|| sys::clock_gettime(t.clock).unwrap_or((0, 0)));
             let its = libc::itimerspec {
                 it_interval: libc::timespec {
-                    tv_sec: t.interval_sec,
-                    tv_nsec: t.interval_nsec,
+                    tv_sec: i_sec,
+                    tv_nsec: i_nsec,
                 },
-                it_value: value,
+                it_value: libc::timespec {
+                    tv_sec: v_sec,
+                    tv_nsec: v_nsec,
+                },
             };
-            let sflags = if abs { t.settime_flags as i32 } else { 0 };
-            sys::timerfd_settime(fd.as_fd(), sflags, &its).map_err(|e| os("timerfd_settime", e))?;
+            sys::timerfd_settime(fd.as_fd(), sflags as i32, &its)
+                .map_err(|e| os("timerfd_settime", e))?;
             if t.ticks > 0 {
                 // The expirations the program has not read yet.
                 sys::timerfd_set_ticks(fd.as_fd(), t.ticks)

@@ -38,21 +38,24 @@ pub fn obstacles(plan: &Plan) -> Vec<String> {
     let fds: Vec<String> = img
         .fds()
         .iter()
-        .filter(|f| f.fd > 2)
-        .map(|f| {
-            format!(
-                "fd {} ({} {})",
+        .filter_map(|f| {
+            let why = cryo_image::pack::fd_obstacle(&img, &f)?;
+            Some(format!(
+                "fd {} ({} {}: {why})",
                 f.fd,
                 fd_kind::name(f.kind),
                 img.str(f.target).unwrap_or("?")
-            )
+            ))
         })
         .collect();
     if !fds.is_empty() {
         out.push(format!(
-            "a packed restorer gives the program only fds 0-2 (its invoker's), and it has {}",
+            "a packed restorer gives the program fds 0-2 (its invoker's) and makes only eventfds, timerfds, signalfds, epoll sets and pipes within the process; it has {}",
             fds.join(", ")
         ));
+    }
+    if !img.fd_owners().is_empty() {
+        out.push("it has SIGIO owners (F_SETOWN), which only cryo restore sets again".into());
     }
     let mut deleted: Vec<&str> = img
         .vmas()

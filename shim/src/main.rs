@@ -25,6 +25,7 @@ mod load;
 mod mem;
 mod mm;
 mod packed;
+mod packfds;
 mod rseq;
 mod selfmap;
 mod signals;
@@ -280,6 +281,7 @@ fn check(r: isize, what: fmt::Arguments) -> usize {
 
 /// The handoff arguments as the shim uses them (fds as usize, absent:
 /// usize::MAX).
+#[derive(Clone, Copy)]
 struct Args {
     meta_fd: usize,
     pages_fd: usize,
@@ -381,9 +383,15 @@ fn restore(a: &Args, packed: bool) -> ! {
     );
     // 1. The image, mapped into the window and validated again.
     let img = load::image(a.meta_fd);
-    if packed {
+    let made;
+    let a = if packed {
         packed::check_and_set(&img);
-    }
+        // The program's fds, before any file of the shim's takes a number.
+        made = packfds::make(&img, a);
+        &made
+    } else {
+        a
+    };
     // 2. Every file behind a mapping, and the executable, opened and
     //    checked to be what was captured.
     mem::map_anon_at(scratch::AT, scratch::LEN, "scratch");
