@@ -17,6 +17,8 @@ command -v dbus-send >/dev/null 2>&1 || need+=(dbus-bin)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 # A pre-fork server whose master and workers share unlinked files.
 command -v gunicorn >/dev/null 2>&1 || need+=(gunicorn)
+# A master that keeps its own PID (nginx-light: the smallest build).
+command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 # A real process tree with System V shared memory.
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 [ -x /usr/bin/python3 ] || need+=(python3)

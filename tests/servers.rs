@@ -7,8 +7,9 @@
 //! tree of six processes sharing System V and POSIX shared memory, a
 //! unix listener) answers queries on the rows it had; gunicorn (a master and
 //! two workers sharing a TCP listener and unlinked heartbeat files) keeps
-//! its workers. A client talks to each before the capture and to every
-//! restore of it.
+//! its workers; nginx (a master that keeps its own PID, and two workers)
+//! reloads under its own PID. A client talks to each before the capture
+//! and to every restore of it.
 
 mod support;
 
@@ -661,4 +662,123 @@ fn tcp_connection_to_outside_kept_with_tcp_repair() {
             "the lock is left: {left}"
         );
     }
+}
+
+/// The PIDs of `pid`'s children (its /proc task children list).
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// nginx: a master and two workers sharing its listener, which keeps its
+/// own PID in its .bss (`ngx_pid`) and uses it on reload (F_SETOWN of the
+/// channel to each new worker). Capture says where the PID is kept, and
+/// so does `restore --dry-run`. Restored as it is, the tree serves; with
+/// --same-pid, a reload (SIGHUP) replaces the workers with new ones that
+/// serve, and a graceful stop (SIGQUIT) ends it with status 0. (Without
+/// --same-pid the master runs under cryo restore's PID, and its reload
+/// fails: "fcntl(F_SETOWN) failed ... No such process".)
+#[test]
+fn nginx_master_keeps_its_pid_with_same_pid_and_reloads() {
+    let nginx = which("nginx");
+    let dir = scratch("nginx");
+    let port = free_port();
+    std::fs::create_dir_all(dir.join("html")).unwrap();
+    std::fs::write(dir.join("html/index.html"), "hello from nginx\n").unwrap();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "user root; worker_processes 2; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; server {{ listen 127.0.0.1:{port}; root {d}/html; }} }}\n"
+        ),
+    )
+    .unwrap();
+    adopt_orphans();
+    sanitize_fds();
+    let start = || {
+        Command::new(&nginx)
+            .args(["-c", dir.join("nginx.conf").to_str().unwrap(), "-p"])
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+            .spawn()
+            .expect("nginx")
+    };
+    let mut server = start();
+    let root_pid = server.id() as i32;
+    wait_for("nginx to answer", Duration::from_secs(30), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert_eq!(http_get(port), "hello from nginx\n");
+    wait_for("nginx to settle", Duration::from_secs(10), || {
+        let kids = children_of(root_pid);
+        kids.len() == 2
+            && [root_pid]
+                .iter()
+                .chain(&kids)
+                .all(|&p| state(p) == Some('S'))
+    });
+    let img = dir.join("img");
+    let pid = root_pid.to_string();
+    let (code, _, err) = cryo_cmd(&["capture", "--kill", &pid, img.to_str().unwrap()]);
+    assert_eq!(code, 0, "capture: {err}");
+    assert!(
+        err.contains(&format!("pid {pid} keeps its own PID in memory"))
+            && err.contains("--same-pid"),
+        "capture names the kept PID: {err}"
+    );
+    let _ = server.wait();
+    let pids = tree_pids(&img);
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    wait_gone(&pids);
+    let (code, out, err) = cryo_cmd(&["restore", "--dry-run", img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("keeps its own PID {pid} in memory (1 place"))
+            && out.contains("nginx's .bss"),
+        "dry run names the place: {out}"
+    );
+    let (_, out, _) = cryo_cmd(&["restore", "--dry-run", "--same-pid", img.to_str().unwrap()]);
+    assert!(!out.contains("keeps its own PID"), "{out}");
+
+    // As it is: it serves, and stops gracefully.
+    let r = restore(&img, &[], &dir.join("out0"));
+    let restored = r.id() as i32;
+    wait_for(
+        "the restored nginx to answer",
+        Duration::from_secs(30),
+        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+    assert_eq!(http_get(port), "hello from nginx\n");
+    // SAFETY: kill takes integers.
+    unsafe { libc::kill(restored, libc::SIGQUIT) };
+    finish(r, "restore of nginx");
+
+    // With its PID: a reload makes two new workers, which serve.
+    wait_gone(&pids);
+    let r = restore(&img, &["--same-pid"], &dir.join("out1"));
+    wait_for(
+        "the restored nginx to answer",
+        Duration::from_secs(30),
+        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+    assert_eq!(http_get(port), "hello from nginx\n");
+    // SAFETY: kill takes integers.
+    unsafe { libc::kill(root_pid, libc::SIGHUP) };
+    wait_for("the reload's new workers", Duration::from_secs(30), || {
+        let kids = children_of(root_pid);
+        kids.len() == 2 && kids.iter().all(|k| !pids.contains(k))
+    });
+    assert_eq!(http_get(port), "hello from nginx\n");
+    let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+    assert!(!log.contains("F_SETOWN"), "{log}");
+    // SAFETY: kill takes integers.
+    unsafe { libc::kill(root_pid, libc::SIGQUIT) };
+    finish(r, "restore --same-pid of nginx");
 }

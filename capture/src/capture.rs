@@ -92,6 +92,10 @@ pub struct Summary {
     /// How many of them are locked (`cryo_image::netlock`) until the
     /// restore makes them again.
     pub tcp_locked: usize,
+    /// Where the root kept its own PID in its data
+    /// (`cryo_image::task::PidRef`): restored under another PID, it goes on
+    /// with the captured one there.
+    pub own_pid_refs: Vec<u64>,
 }
 
 /// Why a capture failed. The target was left as it was in every case.
@@ -350,6 +354,7 @@ pub fn capture(
             .flat_map(|i| i.b.tcp_conns.iter())
             .filter(|t| t.options & cryo_image::fds::tcp_opts::LOCKED != 0)
             .count(),
+        own_pid_refs: b.pid_refs.iter().map(|r| r.addr).collect(),
     })
 }
 
@@ -521,6 +526,8 @@ pub(crate) fn inspect(
     // Every other thread; where glibc caches each thread's id.
     crate::threads::capture(g, &vdso, &st, &thread_status, &mut b, &mut obs)?;
     tid_offset(pid, &maps, &mut b, &mut obs);
+    let tid_at = (b.process.tid_offset != 0).then(|| b.process.regs.fs_base + b.process.tid_offset);
+    b.pid_refs = crate::pidrefs::find(pid, &maps, tid_at);
     if !b.threads.is_empty() && b.gadgets.is_none() {
         obs.push(format!(
             "it has {} threads and no `syscall; ret` and `rt_sigreturn` code of its own; the other threads wait in that code while the shim is removed",

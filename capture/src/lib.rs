@@ -13,6 +13,7 @@ mod locks;
 mod mm;
 pub mod obstacles;
 pub mod pages;
+mod pidrefs;
 pub mod pipes;
 pub mod procinfo;
 mod ptys;

@@ -172,6 +172,10 @@ pub const fn empty() -> [u8; RECORD_LEN] {
     b
 }
 
+/// [`fd_obstacle`]'s answer for a kind of file a packed restorer never
+/// makes (a regular file, a socket, ...: the kind says why).
+pub const NOT_MADE: &str = "a kind of file a packed restorer does not make";
+
 /// Why a packed restorer cannot make the fd `f` of `img` itself, if it
 /// cannot. It makes eventfds, timerfds, signalfds, epoll sets and pipes
 /// whose every end is in the process (with their bytes), at their
@@ -217,7 +221,7 @@ pub fn fd_obstacle(img: &crate::Image, f: &crate::Fd) -> Option<&'static str> {
                 None
             }
         }
-        _ => Some("a kind of file a packed restorer does not make"),
+        _ => Some(NOT_MADE),
     }
 }
 

@@ -34,6 +34,22 @@ record! {
     }
 }
 
+/// The most [`PidRef`]s an image records (capture stops counting there).
+pub const MAX_PID_REFS: usize = 64;
+
+record! {
+    /// (9.1) A place in the process's data (writable private mappings of
+    /// its executable and libraries, and what follows them: .data and
+    /// .bss) that held the process's own PID at capture, as a 32-bit
+    /// value: a program that keeps its PID (nginx's master, bash's `$$`,
+    /// PostgreSQL's postmaster) and is restored under another PID goes on
+    /// with the captured one. Restore says so, by address; it never
+    /// changes memory.
+    pub struct PidRef {
+        pub addr: u64,
+    }
+}
+
 /// Value meaning "not readable here" in [`TaskState`] fields.
 pub const UNKNOWN: i64 = i64::MIN;
 

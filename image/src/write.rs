@@ -74,6 +74,7 @@ pub struct ImageBuilder {
     pub sysv_shm: Vec<crate::fds::SysvShm>,
     pub sock_filters: Vec<crate::fds::SockFilterInsn>,
     pub tcp_conns: Vec<crate::fds::TcpConn>,
+    pub pid_refs: Vec<crate::task::PidRef>,
     pub tree: Vec<crate::tree::TreeProc>,
     pub tree_fds: Vec<crate::tree::TreeFd>,
     pub tree_files: Vec<crate::tree::TreeFile>,
@@ -149,6 +150,9 @@ impl ImageBuilder {
         }
         if !self.tcp_conns.is_empty() {
             sections.push((SectionKind::TcpConns, table(&self.tcp_conns)));
+        }
+        if !self.pid_refs.is_empty() {
+            sections.push((SectionKind::PidRefs, table(&self.pid_refs)));
         }
         if !self.sock_filters.is_empty() {
             sections.push((SectionKind::SockFilters, table(&self.sock_filters)));

@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 use error::IntoSys;
 pub use error::{RestoreError, Why};
 pub use fds::FdPlan;
+pub use task::own_pid_note;
 
 /// What the user asked for.
 #[derive(Debug, Clone, Default)]

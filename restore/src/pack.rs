@@ -40,8 +40,13 @@ pub fn obstacles(plan: &Plan) -> Vec<String> {
         .iter()
         .filter_map(|f| {
             let why = cryo_image::pack::fd_obstacle(&img, &f)?;
+            let why = if why == cryo_image::pack::NOT_MADE {
+                String::new()
+            } else {
+                format!(": {why}")
+            };
             Some(format!(
-                "fd {} ({} {}: {why})",
+                "fd {} ({} {}{why})",
                 f.fd,
                 fd_kind::name(f.kind),
                 img.str(f.target).unwrap_or("?")

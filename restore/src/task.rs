@@ -303,3 +303,39 @@ fn apply_sched(t: &TaskState) -> Result<(), RestoreError> {
     }
     Ok(())
 }
+
+/// Where the process kept its own PID in its data
+/// (`cryo_image::task::PidRef`, found at capture), in words: restored
+/// under another PID, it goes on with the captured one there.
+pub fn own_pid_note(img: &Image) -> Option<String> {
+    let refs = img.pid_refs();
+    let p = img.process();
+    let first = refs.get(0)?;
+    let vmas = img.vmas();
+    let path = |i: usize| {
+        vmas.get(i)
+            .filter(|v| v.file != cryo_image::NO_INDEX)
+            .and_then(|v| img.files().get(v.file as usize))
+            .and_then(|f| img.str(f.path))
+    };
+    let place = match vmas
+        .iter()
+        .position(|v| v.start <= first.addr && first.addr < v.end)
+    {
+        Some(i) => match (path(i), i.checked_sub(1).and_then(path)) {
+            (Some(p), _) => format!("{p}'s data"),
+            (None, Some(p)) => format!("{p}'s .bss"),
+            _ => "its data".to_owned(),
+        },
+        None => "its data".to_owned(),
+    };
+    let n = refs.len();
+    Some(format!(
+        "{} keeps its own PID {} in memory ({n} place{}, the first at {:#x} in {place}); under another PID it goes on with {} there (nginx's master then cannot start workers on reload, bash's $$ names another process)",
+        img.str(p.exe).unwrap_or("the program"),
+        p.pid,
+        if n == 1 { "" } else { "s" },
+        first.addr,
+        p.pid,
+    ))
+}

@@ -366,6 +366,15 @@ pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
             s.frozen_ms,
             s.throughput_gib_s
         );
+        if let Some(first) = s.own_pid_refs.first() {
+            let n = s.own_pid_refs.len();
+            eprintln!(
+                "note: pid {} keeps its own PID in memory ({n} place{}, the first at {first:#x}; `cryo inspect` shows them): restored under another PID it goes on with {} there (nginx's master then cannot start workers on reload, bash's $$ names another process); `cryo restore --same-pid` or `--pidns` gives it its own",
+                s.pid,
+                if n == 1 { "" } else { "s" },
+                s.pid
+            );
+        }
         if s.tcp_repaired > 0 {
             let n = s.tcp_repaired;
             let many = if n == 1 { "" } else { "s" };

@@ -107,7 +107,9 @@ pub fn run(args: PackArgs) -> anyhow::Result<i32> {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("writing {}", out.display()));
     }
-    let p = plan.image().process();
+    let img = plan.image();
+    let p = img.process();
+    let note = cryo_restore::own_pid_note(&img);
     if args.json {
         println!(
             "{}",
@@ -117,6 +119,7 @@ pub fn run(args: PackArgs) -> anyhow::Result<i32> {
                 "bytes": bytes.len(),
                 "pid": p.pid,
                 "map": args.map,
+                "own_pid_note": note,
             })
         );
     } else {
@@ -129,6 +132,9 @@ pub fn run(args: PackArgs) -> anyhow::Result<i32> {
             if args.map { ", mapped" } else { "" },
             dir.display()
         );
+        if let Some(n) = note {
+            eprintln!("note: {n}; a packed restorer runs it under the PID of whoever runs it");
+        }
     }
     Ok(0)
 }

@@ -229,6 +229,13 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
                 cryo_restore::Finish::Tracer => "by a ptrace tracer",
             }
         );
+        if !args.same_pid && !args.pidns {
+            if let Some(n) = cryo_restore::own_pid_note(&img) {
+                println!(
+                    "note: {n}; this restore runs it under cryo restore's PID: --same-pid or --pidns gives it its own"
+                );
+            }
+        }
         if args.map {
             println!(
                 "map: {} pages mapped from pages.img",

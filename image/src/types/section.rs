@@ -76,10 +76,12 @@ pub enum SectionKind {
     SockFilters = 38,
     /// Format 9.0: TCP connections captured with TCP repair ([`crate::fds::TcpConn`]).
     TcpConns = 39,
+    /// Format 9.1: where the process kept its own PID ([`crate::task::PidRef`]).
+    PidRefs = 40,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 39] = [
+    pub const ALL: [SectionKind; 40] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -119,6 +121,7 @@ impl SectionKind {
         SectionKind::SysvShm,
         SectionKind::SockFilters,
         SectionKind::TcpConns,
+        SectionKind::PidRefs,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -164,6 +167,7 @@ impl SectionKind {
             SectionKind::SysvShm => "sysv_shm",
             SectionKind::SockFilters => "sock_filters",
             SectionKind::TcpConns => "tcp_conns",
+            SectionKind::PidRefs => "pid_refs",
         }
     }
     /// Record size this reader knows for the section (1 for byte blobs).
@@ -208,6 +212,7 @@ impl SectionKind {
             SectionKind::SysvShm => crate::fds::SysvShm::SIZE,
             SectionKind::SockFilters => crate::fds::SockFilterInsn::SIZE,
             SectionKind::TcpConns => crate::fds::TcpConn::SIZE,
+            SectionKind::PidRefs => crate::task::PidRef::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -263,6 +268,7 @@ impl SectionKind {
             SectionKind::SysvShm => 1 << 16,
             SectionKind::SockFilters => 1 << 24,
             SectionKind::TcpConns => 1 << 20,
+            SectionKind::PidRefs => crate::task::MAX_PID_REFS as u64,
         }
     }
     /// Sections every valid image must have.

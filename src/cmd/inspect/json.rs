@@ -85,6 +85,7 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
             "tls": {"canary": p.tls_canary, "pointer_guard": p.tls_pointer_guard,
                     "tid_offset": p.tid_offset},
             "clear_child_tid": p.clear_child_tid,
+            "pid_refs": img.pid_refs().iter().map(|r| r.addr).collect::<Vec<u64>>(),
             "vdso": {"start": p.vdso_start, "len": p.vdso_len, "hash": p.vdso_hash},
         },
         "vmas": vmas,

@@ -193,6 +193,16 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
             let _ = writeln!(o, "finish    no gadgets found (restore uses its tracer)");
         }
     }
+    let refs = img.pid_refs();
+    if !refs.is_empty() {
+        let addrs: Vec<String> = refs.iter().map(|r| format!("{:#x}", r.addr)).collect();
+        let _ = writeln!(
+            o,
+            "own pid   kept in its data at {} (restored under another PID, it goes on using {})",
+            addrs.join(" "),
+            p.pid
+        );
+    }
     if p.flags & process_flags::HAS_RSEQ != 0 {
         let _ = writeln!(
             o,

@@ -1,0 +1,88 @@
+//! Where a process keeps its own PID: the places in its data (writable
+//! private mappings of its executable and libraries, and the anonymous
+//! mapping right after one: .data and .bss) that hold the PID as a 32-bit
+//! value. A program restored under another PID (`cryo restore` without
+//! `--same-pid` or `--pidns`: the root of an image gets the restorer's)
+//! goes on with the captured one there: nginx's master then fails to make
+//! its workers on reload (F_SETOWN to a PID that is gone), bash's `$$`
+//! names another process. Restore says so; nothing here changes memory.
+//!
+//! A heuristic, made to miss rather than cry wolf: the heap and stacks
+//! are not read (values there come and go), PIDs below 1000 are not
+//! looked for (too common a number), a value that is half of a 64-bit
+//! word pointing into a mapping is a pointer, and only pages present in
+//! memory are read (through /proc/PID/mem: nothing is faulted in or
+//! unshared).
+
+use crate::pages::{read_unpinned, Pagemap};
+use crate::procinfo::Mapping;
+use cryo_image::task::{PidRef, MAX_PID_REFS};
+use cryo_image::PAGE_SIZE;
+
+/// Below this a PID is too common a number to look for.
+const MIN_PID: i32 = 1000;
+/// Mappings larger than this are not data segments.
+const MAX_MAPPING: u64 = 16 << 20;
+
+/// The places of `pid`'s data that hold `pid`, up to [`MAX_PID_REFS`];
+/// `tid_at`: where glibc caches the main thread's id (its TCB), which
+/// restore rewrites.
+pub fn find(pid: i32, maps: &[Mapping], tid_at: Option<u64>) -> Vec<PidRef> {
+    let mut out = Vec::new();
+    if pid < MIN_PID {
+        return out;
+    }
+    let Ok(mut pagemap) = Pagemap::open(pid) else {
+        return out;
+    };
+    let mut mem = None;
+    let mapped = |v: u64| maps.iter().any(|m| m.start <= v && v < m.end);
+    let mut page = vec![0u8; PAGE_SIZE as usize];
+    for (i, m) in maps.iter().enumerate() {
+        if !is_data(maps, i) {
+            continue;
+        }
+        let Ok(entries) = pagemap.read(m.start, m.end) else {
+            continue;
+        };
+        for (k, &e) in entries.iter().enumerate() {
+            const PM_PRESENT: u64 = 1 << 63;
+            if e & PM_PRESENT == 0 {
+                continue;
+            }
+            let at = m.start + k as u64 * PAGE_SIZE;
+            if read_unpinned(&mut mem, pid, at, &mut page).is_err() {
+                break;
+            }
+            for (w, word) in page.chunks_exact(4).enumerate() {
+                if i32::from_le_bytes([word[0], word[1], word[2], word[3]]) != pid {
+                    continue;
+                }
+                // The 64-bit word it is half of: a pointer into a mapping
+                // whose address has the PID as its high or low half.
+                let q = (w & !1) * 4;
+                let quad = u64::from_le_bytes(page[q..q + 8].try_into().unwrap_or([0; 8]));
+                let addr = at + w as u64 * 4;
+                if mapped(quad) || Some(addr) == tid_at {
+                    continue;
+                }
+                out.push(PidRef { addr });
+                if out.len() == MAX_PID_REFS {
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A writable private mapping of a file, or the anonymous one right
+/// after it (its .bss).
+fn is_data(maps: &[Mapping], i: usize) -> bool {
+    let m = &maps[i];
+    if !m.write || m.shared || m.end - m.start > MAX_MAPPING || !m.image_pages.is_empty() {
+        return false;
+    }
+    let file = |m: &Mapping| m.inode != 0 && m.path.starts_with('/');
+    file(m) || (m.path.is_empty() && i > 0 && file(&maps[i - 1]) && maps[i - 1].end == m.start)
+}
