@@ -283,6 +283,13 @@ fn unlinked_file() {
     case("deleted");
 }
 
+/// A file open by a name that was removed, whose other link is in another
+/// directory: reopened by its file handle, the same inode.
+#[test]
+fn removed_name_with_a_link_elsewhere() {
+    case("linked-elsewhere");
+}
+
 /// A sealed memfd mapped shared, and shared anonymous memory.
 #[test]
 fn memfd_and_shared_anonymous_memory() {

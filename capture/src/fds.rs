@@ -347,6 +347,10 @@ pub fn capture(
                     if let Some(other) = crate::vma::other_link(&fd_path, &f.target) {
                         file = crate::vma::file_id(b, &other);
                         stored.not_kept(b, file);
+                    } else if let Some(i) = crate::vma::by_handle(b, &fd_path, &f.target) {
+                        // Its other link is in another directory: reopened
+                        // through its file handle.
+                        file = i;
                     }
                 }
                 // Shared anonymous memory is the shmem object its mappings

@@ -147,6 +147,48 @@ pub(crate) fn other_link(map_files: &str, deleted: &str) -> Option<String> {
     })
 }
 
+/// A file whose opened name was removed and that has a link elsewhere
+/// (not in the same directory: [`other_link`] looks there), as a files
+/// entry reopened through its file handle (`file_flags::HANDLE`); None
+/// if it has no link, is not a regular file, or its file system gives no
+/// handles (then it is stored or refused as an unlinked file).
+pub(crate) fn by_handle(b: &mut ImageBuilder, fd_path: &str, shown: &str) -> Option<u32> {
+    use cryo_image::fds::{file_flags, FileHandle};
+    use std::os::unix::fs::MetadataExt;
+    if shown.starts_with("/memfd:") {
+        return None;
+    }
+    let md = std::fs::metadata(fd_path).ok()?;
+    if md.nlink() == 0 || !md.is_file() {
+        return None;
+    }
+    let (kind, bytes) = crate::sys::name_to_handle(fd_path).ok()?;
+    let index = b.files.len() as u32;
+    let handle = FileHandle::new(index, kind, &bytes)?;
+    if let Some(i) = b
+        .files
+        .iter()
+        .position(|f| f.flags & file_flags::HANDLE != 0 && (f.dev, f.ino) == (md.dev(), md.ino()))
+    {
+        return Some(i as u32);
+    }
+    b.files.push(FileId {
+        path: b.strings.add(""),
+        dev: md.dev(),
+        ino: md.ino(),
+        size: md.size(),
+        mtime_sec: md.mtime(),
+        mtime_nsec: md.mtime_nsec() as u32,
+        mode: md.mode(),
+        flags: file_flags::HANDLE,
+        uid: md.uid(),
+        gid: md.gid(),
+        ..Default::default()
+    });
+    b.file_handles.push(handle);
+    Some(index)
+}
+
 /// What a shared anonymous mapping of a tree is restored as: a memfd of
 /// this name (/proc/PID/maps then shows `/memfd:dev/zero (deleted)`).
 pub const SHARED_ANON_NAME: &str = "/memfd:dev/zero (deleted)";

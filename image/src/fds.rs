@@ -91,6 +91,59 @@ pub mod file_flags {
     /// If it is there it must be the very file captured, as any mapped
     /// file.
     pub const KEPT: u32 = 1 << 3;
+    /// (9.1) A file whose opened name was removed and that has a link
+    /// in another directory (found by no name): reopened through its file
+    /// handle (section `file_handles`), with open_by_handle_at on a mount
+    /// of its device. `path` is empty: a reader that does not know this
+    /// flag opens the fd's own removed name and refuses.
+    pub const HANDLE: u32 = 1 << 4;
+}
+
+/// The longest file handle (MAX_HANDLE_SZ).
+pub const MAX_HANDLE: usize = 128;
+
+record! {
+    /// (9.1) The file handle of a file of the files table (name_to_handle_at
+    /// at capture): open_by_handle_at finds the inode again without a name.
+    pub struct FileHandle {
+        /// Index in the files table.
+        pub file: u32,
+        /// handle_type.
+        pub kind: i32,
+        /// handle_bytes (at most [`MAX_HANDLE`]).
+        pub len: u32,
+        pub _pad: u32,
+        /// f_handle, little-endian words ([`FileHandle::bytes`]).
+        pub words: [u64; MAX_HANDLE / 8],
+    }
+}
+
+impl FileHandle {
+    /// The handle of files-table entry `file`; None if it is too long.
+    pub fn new(file: u32, kind: i32, bytes: &[u8]) -> Option<FileHandle> {
+        if bytes.len() > MAX_HANDLE {
+            return None;
+        }
+        let mut words = [0u64; MAX_HANDLE / 8];
+        for (i, b) in bytes.iter().enumerate() {
+            words[i / 8] |= (*b as u64) << (8 * (i % 8));
+        }
+        Some(FileHandle {
+            file,
+            kind,
+            len: bytes.len() as u32,
+            _pad: 0,
+            words,
+        })
+    }
+    /// f_handle's bytes: the first `len` of the result.
+    pub fn bytes(&self) -> [u8; MAX_HANDLE] {
+        let mut out = [0u8; MAX_HANDLE];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = (self.words[i / 8] >> (8 * (i % 8))) as u8;
+        }
+        out
+    }
 }
 
 record! {

@@ -308,6 +308,9 @@ impl<'a> Image<'a> {
         self.table(SectionKind::SysvShm)
     }
     /// (9.0) TCP connections captured with TCP repair.
+    pub fn file_handles(&self) -> Table<'a, fds::FileHandle> {
+        self.table(SectionKind::FileHandles)
+    }
     pub fn pid_refs(&self) -> Table<'a, task::PidRef> {
         self.table(SectionKind::PidRefs)
     }

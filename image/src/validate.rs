@@ -260,6 +260,38 @@ impl<'a> Image<'a> {
                 });
             }
         }
+        // File handles: of a HANDLE file, one each, within MAX_HANDLE.
+        let files = self.files();
+        for (i, h) in self.file_handles().iter().enumerate() {
+            let ok = files
+                .get(h.file as usize)
+                .is_some_and(|f| f.flags & crate::fds::file_flags::HANDLE != 0)
+                && h.len as usize <= crate::fds::MAX_HANDLE
+                && self
+                    .file_handles()
+                    .iter()
+                    .filter(|g| g.file == h.file)
+                    .count()
+                    == 1;
+            if !ok {
+                return Err(ImageError::BadIndex {
+                    section: "file_handles",
+                    index: i as u64,
+                    why: "not one HANDLE file's, or longer than MAX_HANDLE_SZ",
+                });
+            }
+        }
+        for (i, f) in files.iter().enumerate() {
+            if f.flags & crate::fds::file_flags::HANDLE != 0
+                && !self.file_handles().iter().any(|h| h.file as usize == i)
+            {
+                return Err(ImageError::BadIndex {
+                    section: "files",
+                    index: i as u64,
+                    why: "a file to reopen by handle without its handle",
+                });
+            }
+        }
         // TCP repair: one per REPAIRED socket, each of a REPAIRED one.
         let socks = self.sockets();
         for (i, t) in self.tcp_conns().iter().enumerate() {

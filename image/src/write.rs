@@ -75,6 +75,7 @@ pub struct ImageBuilder {
     pub sock_filters: Vec<crate::fds::SockFilterInsn>,
     pub tcp_conns: Vec<crate::fds::TcpConn>,
     pub pid_refs: Vec<crate::task::PidRef>,
+    pub file_handles: Vec<crate::fds::FileHandle>,
     pub tree: Vec<crate::tree::TreeProc>,
     pub tree_fds: Vec<crate::tree::TreeFd>,
     pub tree_files: Vec<crate::tree::TreeFile>,
@@ -153,6 +154,9 @@ impl ImageBuilder {
         }
         if !self.pid_refs.is_empty() {
             sections.push((SectionKind::PidRefs, table(&self.pid_refs)));
+        }
+        if !self.file_handles.is_empty() {
+            sections.push((SectionKind::FileHandles, table(&self.file_handles)));
         }
         if !self.sock_filters.is_empty() {
             sections.push((SectionKind::SockFilters, table(&self.sock_filters)));

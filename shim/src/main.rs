@@ -383,11 +383,14 @@ fn restore(a: &Args, packed: bool) -> ! {
     );
     // 1. The image, mapped into the window and validated again.
     let img = load::image(a.meta_fd);
-    let made;
+    let mut made;
     let a = if packed {
         packed::check_and_set(&img);
         // The program's fds, before any file of the shim's takes a number.
         made = packfds::make(&img, a);
+        if task::creds_same(&img) {
+            made.flags |= flags::SAME_CREDS;
+        }
         &made
     } else {
         a

@@ -260,6 +260,69 @@ pub fn check_settable(img: &Image) {
     }
 }
 
+/// This thread's credentials, and whether they are the captured ones
+/// (`groups`: the captured supplementary groups).
+struct Now {
+    uid: [u32; 4],
+    gid: [u32; 4],
+    same_groups: bool,
+    securebits: u32,
+    same: bool,
+}
+
+fn compare(c: &Creds, groups: &[u32]) -> Now {
+    const MAX_GROUPS: usize = 1024;
+    let mut have = [0u32; MAX_GROUPS];
+    let hn = syscall3(SYS_GETGROUPS, MAX_GROUPS, have.as_mut_ptr() as usize, 0);
+    let uid = ids(SYS_GETRESUID, SYS_SETFSUID);
+    let gid = ids(SYS_GETRESGID, SYS_SETFSGID);
+    let (eff, prm, inh) = capget();
+    let securebits = syscall3(SYS_PRCTL, PR_GET_SECUREBITS, 0, 0) as u32;
+    let same_groups = hn >= 0 && hn as usize == groups.len() && have[..groups.len()] == *groups;
+    let mut bnd_differs = false;
+    for cap in 0..64 {
+        let ours = syscall3(SYS_PRCTL, PR_CAPBSET_READ, cap, 0);
+        if ours < 0 {
+            break;
+        }
+        if (ours == 1) != (c.cap_bnd & (1 << cap) != 0) {
+            bnd_differs = true;
+        }
+    }
+    let same = uid == c.uid
+        && gid == c.gid
+        && same_groups
+        && (eff, prm, inh) == (c.cap_eff, c.cap_prm, c.cap_inh)
+        && !bnd_differs
+        && securebits == c.securebits
+        && c.cap_amb == 0;
+    Now {
+        uid,
+        gid,
+        same_groups,
+        securebits,
+        same,
+    }
+}
+
+/// Whether this process already has the captured credentials (a packed
+/// restorer asks once, so that its threads need not each ask again, as
+/// `cryo restore` tells the shim with `SAME_CREDS`).
+pub fn creds_same(img: &Image) -> bool {
+    let Some(c) = img.creds() else {
+        return true;
+    };
+    let mut want = [0u32; 1024];
+    let n = img.groups().len();
+    if n > want.len() {
+        return false;
+    }
+    for (i, g) in img.groups().iter().enumerate() {
+        want[i] = g.gid;
+    }
+    compare(&c, &want[..n]).same
+}
+
 /// The captured credentials, if they differ from the shim's (cryo
 /// restore checked it has the privilege to switch). Order matters:
 /// bounding set and groups while privileged; keep the permitted
@@ -271,33 +334,17 @@ pub fn restore_creds(img: &Image, c: &Creds) {
     for (i, g) in img.groups().iter().take(n).enumerate() {
         want[i] = g.gid;
     }
-    let mut have = [0u32; MAX_GROUPS];
-    let hn = syscall3(SYS_GETGROUPS, MAX_GROUPS, have.as_mut_ptr() as usize, 0);
-    let uid = ids(SYS_GETRESUID, SYS_SETFSUID);
-    let gid = ids(SYS_GETRESGID, SYS_SETFSGID);
-    let (eff, prm, inh) = capget();
-    let securebits = syscall3(SYS_PRCTL, PR_GET_SECUREBITS, 0, 0) as u32;
-    let same_groups = hn >= 0 && hn as usize == n && have[..n] == want[..n];
-    let mut bnd_differs = false;
-    for cap in 0..64 {
-        let ours = syscall3(SYS_PRCTL, PR_CAPBSET_READ, cap, 0);
-        if ours < 0 {
-            break;
-        }
-        if (ours == 1) != (c.cap_bnd & (1 << cap) != 0) {
-            bnd_differs = true;
-        }
-    }
-    if uid == c.uid
-        && gid == c.gid
-        && same_groups
-        && (eff, prm, inh) == (c.cap_eff, c.cap_prm, c.cap_inh)
-        && !bnd_differs
-        && securebits == c.securebits
-        && c.cap_amb == 0
-    {
+    let now = compare(c, &want[..n]);
+    if now.same {
         return;
     }
+    let Now {
+        uid,
+        gid,
+        same_groups,
+        securebits,
+        ..
+    } = now;
     for cap in 0..64usize {
         if c.cap_bnd & (1 << cap) == 0 && syscall3(SYS_PRCTL, PR_CAPBSET_READ, cap, 0) == 1 {
             check(

@@ -78,10 +78,12 @@ pub enum SectionKind {
     TcpConns = 39,
     /// Format 9.1: where the process kept its own PID ([`crate::task::PidRef`]).
     PidRefs = 40,
+    /// Format 9.1: file handles of files reopened without a name ([`crate::fds::FileHandle`]).
+    FileHandles = 41,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 40] = [
+    pub const ALL: [SectionKind; 41] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -122,6 +124,7 @@ impl SectionKind {
         SectionKind::SockFilters,
         SectionKind::TcpConns,
         SectionKind::PidRefs,
+        SectionKind::FileHandles,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -168,6 +171,7 @@ impl SectionKind {
             SectionKind::SockFilters => "sock_filters",
             SectionKind::TcpConns => "tcp_conns",
             SectionKind::PidRefs => "pid_refs",
+            SectionKind::FileHandles => "file_handles",
         }
     }
     /// Record size this reader knows for the section (1 for byte blobs).
@@ -213,6 +217,7 @@ impl SectionKind {
             SectionKind::SockFilters => crate::fds::SockFilterInsn::SIZE,
             SectionKind::TcpConns => crate::fds::TcpConn::SIZE,
             SectionKind::PidRefs => crate::task::PidRef::SIZE,
+            SectionKind::FileHandles => crate::fds::FileHandle::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -269,6 +274,7 @@ impl SectionKind {
             SectionKind::SockFilters => 1 << 24,
             SectionKind::TcpConns => 1 << 20,
             SectionKind::PidRefs => crate::task::MAX_PID_REFS as u64,
+            SectionKind::FileHandles => 1 << 20,
         }
     }
     /// Sections every valid image must have.

@@ -80,6 +80,21 @@ pub fn install(
                 dev_ino,
                 rdev,
             } => park(open_path(p, path, *flags, *pos, *dev_ino, *rdev)?, high)?,
+            Source::Handle {
+                dev,
+                ino,
+                kind,
+                bytes,
+                name,
+                flags,
+                pos,
+            } => {
+                let by = sys::open_by_handle(*dev, *kind, bytes).map_err(|e| fd_err(p, e))?;
+                park(
+                    open_by_name_again(p, &by, name, *flags, *pos, (*dev, *ino))?,
+                    high,
+                )?
+            }
             Source::PipeEnd { pipe, write, flags } => {
                 let m = pipes
                     .iter()
@@ -403,6 +418,35 @@ pub(crate) fn open_path(
     }
     seek(p, file.as_raw_fd(), pos)?;
     Ok(file.into_raw_fd())
+}
+
+/// The file `by` (an O_PATH fd from its handle) opened with `flags` at
+/// `pos`: at its removed `name`, linked there for the moment and removed
+/// again, so that the fd reads `NAME (deleted)` as the captured one did;
+/// through `by` itself where that name is taken or its directory gone.
+fn open_by_name_again(
+    p: &FdPlan,
+    by: &std::os::fd::OwnedFd,
+    name: &str,
+    flags: i32,
+    pos: u64,
+    dev_ino: (u64, u64),
+) -> Result<RawFd, RestoreError> {
+    let c = std::ffi::CString::new(name).ok();
+    if let Some(c) = c.filter(|_| !name.is_empty()) {
+        if sys::link_fd(by.as_raw_fd(), &c).is_ok() {
+            let r = open_path(p, name, flags, pos, Some(dev_ino), None);
+            let removed = sys::unlink(&c);
+            let fd = r?;
+            if let Err(e) = removed {
+                sys::close(fd);
+                return Err(fd_err(p, Why::sys(format!("removing {name} again"), e)));
+            }
+            return Ok(fd);
+        }
+    }
+    let path = format!("/proc/self/fd/{}", by.as_raw_fd());
+    open_path(p, &path, flags, pos, Some(dev_ino), None)
 }
 
 /// Move a made fd (ours) above the highest target number: its duplicate

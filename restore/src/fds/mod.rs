@@ -57,6 +57,21 @@ pub enum Source {
         dev_ino: Option<(u64, u64)>,
         rdev: Option<u64>,
     },
+    /// Reopen through a file handle (a file whose name was removed and
+    /// that has a link elsewhere): open_by_handle_at on a mount of `dev`.
+    /// It is opened at `name`, its removed name, linked there for the
+    /// moment (so /proc shows `NAME (deleted)` as before), where that name
+    /// is free; else through the handle itself (/proc then shows the other
+    /// name).
+    Handle {
+        dev: u64,
+        ino: u64,
+        kind: i32,
+        bytes: Vec<u8>,
+        name: String,
+        flags: i32,
+        pos: u64,
+    },
     /// The same open file description as the plan at this index.
     SameAs(usize),
     /// An end of a pipe or FIFO made again (`pipes` index), read or write.
@@ -359,6 +374,33 @@ fn source_of(
                     err.why("what the removed link pointed to is missing from the image")
                 })?;
             crate::stored::plan_removed(f, target, flags, Some(to.to_owned()), err)
+        }
+        fd_kind::REGULAR if file.is_some_and(|x| x.flags & file_flags::HANDLE != 0) => {
+            let h = img
+                .file_handles()
+                .iter()
+                .find(|h| h.file == f.file)
+                .ok_or_else(|| err.why("its file handle is missing from the image"))?;
+            let bytes = h.bytes()[..h.len as usize].to_vec();
+            // Checked now, opened again when installed.
+            let fd = sys::open_by_handle(f.dev, h.kind, &bytes).map_err(|e| {
+                err.why(format!(
+                    "its name was removed and its other link is elsewhere; reopening it by its file handle (open_by_handle_at, which needs CAP_DAC_READ_SEARCH): {e}"
+                ))
+            })?;
+            let st = sys::fstat(fd.as_raw_fd()).map_err(|e| err.why(e.to_string()))?;
+            if (st.st_dev, st.st_ino) != (f.dev, f.ino) {
+                return Err(err.why("its file handle names another file now"));
+            }
+            Ok(Source::Handle {
+                dev: f.dev,
+                ino: f.ino,
+                kind: h.kind,
+                bytes,
+                name: target.trim_end_matches(" (deleted)").to_owned(),
+                flags,
+                pos: f.pos,
+            })
         }
         fd_kind::REGULAR | fd_kind::DIRECTORY | fd_kind::SYMLINK => {
             // A file whose name was removed and that has another: by

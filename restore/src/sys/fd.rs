@@ -250,3 +250,69 @@ pub fn mkfifo(path: &std::path::Path, mode: u32) -> io::Result<()> {
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(mode))?;
     Ok(())
 }
+
+/// An O_PATH fd on the file a handle (type, bytes) names on the device
+/// `dev`: open_by_handle_at on a mount of that device (from our
+/// mountinfo; needs CAP_DAC_READ_SEARCH).
+pub fn open_by_handle(dev: u64, kind: i32, bytes: &[u8]) -> io::Result<OwnedFd> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut last = io::Error::from_raw_os_error(libc::ENODEV);
+    for l in info.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let (Some(majmin), Some(mnt)) = (w.get(2), w.get(4)) else {
+            continue;
+        };
+        let Some((ma, mi)) = majmin.split_once(':') else {
+            continue;
+        };
+        let (Ok(ma), Ok(mi)) = (ma.parse::<u32>(), mi.parse::<u32>()) else {
+            continue;
+        };
+        if libc::makedev(ma, mi) != dev {
+            continue;
+        }
+        let Ok(mount) = std::fs::File::open(mnt) else {
+            continue;
+        };
+        // struct file_handle { u32 handle_bytes; int handle_type; u8 f_handle[]; }
+        let mut buf = vec![0u8; 8 + bytes.len()];
+        buf[0..4].copy_from_slice(&(bytes.len() as u32).to_ne_bytes());
+        buf[4..8].copy_from_slice(&kind.to_ne_bytes());
+        buf[8..].copy_from_slice(bytes);
+        // SAFETY: the kernel reads a file_handle of handle_bytes bytes from
+        // our buffer (allocated that long) and returns a new fd we own.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_open_by_handle_at,
+                mount.as_raw_fd(),
+                buf.as_ptr(),
+                libc::O_PATH | libc::O_CLOEXEC,
+            )
+        };
+        match cvt(r) {
+            // SAFETY: a fresh fd.
+            Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// linkat(AT_FDCWD, "/proc/self/fd/FD", AT_FDCWD, path, AT_SYMLINK_FOLLOW):
+/// a new name for the file `fd` is open on (needs CAP_DAC_READ_SEARCH
+/// for an O_PATH fd).
+pub fn link_fd(fd: RawFd, path: &CStr) -> io::Result<()> {
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{fd}"))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: both paths are NUL-terminated strings we own.
+    cvt(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })?;
+    Ok(())
+}

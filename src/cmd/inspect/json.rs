@@ -32,6 +32,7 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
                    "unlinked": f.flags & file_flags::DELETED != 0,
                    "kept": f.flags & file_flags::KEPT != 0,
                    "memfd": f.flags & file_flags::MEMFD != 0, "seals": f.seals,
+                   "by_handle": f.flags & file_flags::HANDLE != 0,
                    "uid": f.uid, "gid": f.gid,
                    "extents": img.extents().iter().skip(f.first_extent as usize)
                        .take(f.extent_count as usize)

@@ -352,6 +352,12 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
                     fi.size
                 );
             }
+            if fi.flags & file_flags::HANDLE != 0 {
+                let _ = write!(
+                    extra,
+                    " [its other link is elsewhere: reopened by its file handle]"
+                );
+            }
         }
         let _ = writeln!(
             o,
