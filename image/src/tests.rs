@@ -213,6 +213,18 @@ pub(crate) fn sample_full_with(edit: impl FnOnce(&mut ImageBuilder)) -> (Vec<u8>
         rcv_wscale: 7,
         ..Default::default()
     });
+    // (9.1) Where the process kept its PID; a file reopened by handle.
+    b.pid_refs.push(PidRef { addr: 0x1000 });
+    let handled = b.files.len() as u32;
+    b.files.push(FileId {
+        path: b.strings.add(""),
+        dev: 8,
+        ino: 99,
+        flags: file_flags::HANDLE,
+        ..Default::default()
+    });
+    b.file_handles
+        .push(FileHandle::new(handled, 1, &[1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap());
     let x = b.xsave.clone();
     b.xsave.extend_from_slice(&x);
     let mut pages = page.clone();
@@ -608,6 +620,34 @@ fn tcp_repair_state_is_checked() {
         &|b| b.tcp_conns[0].unsent = 1,
         &|b| b.tcp_conns[0].sock = 0,
         &|b| b.tcp_conns.clear(),
+    ];
+    for (n, edit) in bad.iter().enumerate() {
+        let (meta, _) = sample_full_with(|b| edit(b));
+        let img = Image::parse(&meta).expect("parse");
+        assert!(img.validate().is_err(), "case {n} must be refused");
+    }
+}
+
+#[test]
+fn format_9_1_sections_round_trip_and_are_checked() {
+    let (meta, _) = sample_full();
+    let img = Image::parse(&meta).expect("parse");
+    img.validate().expect("validate");
+    assert_eq!(img.pid_refs().get(0).map(|r| r.addr), Some(0x1000));
+    let h = img.file_handles().get(0).expect("a handle");
+    assert_eq!((h.kind, h.len), (1, 9));
+    assert_eq!(&h.bytes()[..10], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 0]);
+    assert!(crate::fds::FileHandle::new(0, 1, &[0; 129]).is_none());
+    // Refused: a handle longer than MAX_HANDLE_SZ, one of a file without
+    // the flag, two for one file, a HANDLE file without one.
+    let bad: [&dyn Fn(&mut ImageBuilder); 4] = [
+        &|b| b.file_handles[0].len = 129,
+        &|b| b.file_handles[0].file = 0,
+        &|b| {
+            let h = b.file_handles[0];
+            b.file_handles.push(h)
+        },
+        &|b| b.file_handles.clear(),
     ];
     for (n, edit) in bad.iter().enumerate() {
         let (meta, _) = sample_full_with(|b| edit(b));
