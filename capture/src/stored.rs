@@ -160,6 +160,8 @@ impl StoredFiles {
             extent_count: b.extents.len() as u32 - first_extent,
             uid: md.uid(),
             gid: md.gid(),
+            // (Made again at restore: a new birth.)
+            ..Default::default()
         });
         let idx = (b.files.len() - 1) as u32;
         self.by_inode.insert((md.dev(), md.ino()), idx);

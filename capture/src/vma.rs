@@ -183,6 +183,8 @@ pub(crate) fn by_handle(b: &mut ImageBuilder, fd_path: &str, shown: &str) -> Opt
         flags: file_flags::HANDLE,
         uid: md.uid(),
         gid: md.gid(),
+        btime_sec: born(&md).0,
+        btime_nsec: born(&md).1,
         ..Default::default()
     });
     b.file_handles.push(handle);
@@ -319,9 +321,20 @@ pub(crate) fn file_id(b: &mut ImageBuilder, path: &str) -> u32 {
         mode: md.as_ref().map_or(0, |m| m.mode()),
         uid: md.as_ref().map_or(0, |m| m.uid()),
         gid: md.as_ref().map_or(0, |m| m.gid()),
+        btime_sec: md.as_ref().map_or(0, |m| born(m).0),
+        btime_nsec: md.as_ref().map_or(0, |m| born(m).1),
         ..Default::default()
     });
     (b.files.len() - 1) as u32
+}
+
+/// A file's birth time (statx STATX_BTIME, through std), (0, 0) where the
+/// file system does not tell.
+pub(crate) fn born(md: &std::fs::Metadata) -> (i64, u32) {
+    md.created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or((0, 0), |d| (d.as_secs() as i64, d.subsec_nanos()))
 }
 
 /// What [`dump`] wrote.

@@ -177,9 +177,11 @@ pub const fn empty() -> [u8; RECORD_LEN] {
 pub const NOT_MADE: &str = "a kind of file a packed restorer does not make";
 
 /// Why a packed restorer cannot make the fd `f` of `img` itself, if it
-/// cannot. It makes eventfds, timerfds, signalfds, epoll sets and pipes
-/// whose every end is in the process (with their bytes), at their
-/// numbers, with their status flags, descriptions shared as captured;
+/// cannot. It opens files, directories and devices under /dev again (the
+/// same inode or device, at their offsets; no locks), and makes
+/// eventfds, timerfds, signalfds, epoll sets and pipes whose every end
+/// is in the process (with their bytes), at their numbers, with their
+/// status flags, descriptions shared as captured;
 /// fds 0-2 are its invoker's, as `cryo restore`'s are. `cryo pack`
 /// refuses an image with any other fd, naming each; the packed shim
 /// checks again before it touches anything.
@@ -192,7 +194,30 @@ pub fn fd_obstacle(img: &crate::Image, f: &crate::Fd) -> Option<&'static str> {
     if f.in_flight != 0 {
         return Some("a file in flight in a socket's queue");
     }
+    const O_PATH: u32 = 0o10000000;
+    let deleted = img.str(f.target).is_none_or(|t| t.ends_with(" (deleted)"));
+    let file_flags = (f.file != crate::NO_INDEX)
+        .then(|| img.files().get(f.file as usize))
+        .flatten()
+        .map(|x| x.flags);
     match f.kind {
+        fd_kind::REGULAR | fd_kind::DIRECTORY | fd_kind::NULL_DEVICE | fd_kind::CHAR_DEVICE
+            if deleted || f.flags & O_PATH != 0 =>
+        {
+            Some("a removed file or an O_PATH fd, which only cryo restore opens again")
+        }
+        fd_kind::REGULAR if file_flags != Some(0) => {
+            Some("a file that only cryo restore makes or finds again")
+        }
+        fd_kind::REGULAR | fd_kind::DIRECTORY if img.locks().iter().any(|l| l.fd == f.fd) => {
+            Some("a file with a lock, which only cryo restore takes again")
+        }
+        fd_kind::REGULAR | fd_kind::DIRECTORY => None,
+        fd_kind::NULL_DEVICE | fd_kind::CHAR_DEVICE
+            if img.str(f.target).is_some_and(|t| t.starts_with("/dev/")) =>
+        {
+            None
+        }
         fd_kind::EVENTFD | fd_kind::TIMERFD | fd_kind::SIGNALFD => None,
         fd_kind::EPOLL => img
             .epoll_items()

@@ -116,6 +116,9 @@ pub fn mapped_files(img: &Image) -> Result<(), RestoreError> {
         if md.mtime() != f.mtime_sec || md.mtime_nsec() as u32 != f.mtime_nsec {
             what.push("modification time".to_owned());
         }
+        if !f.same_birth(crate::sys::born(&md)) {
+            what.push("a different file now (made again: birth time)".to_owned());
+        }
         if !what.is_empty() {
             if f.flags & cryo_image::fds::file_flags::KEPT != 0 {
                 // (Left by a restored process that was killed, say: one

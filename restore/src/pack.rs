@@ -55,7 +55,7 @@ pub fn obstacles(plan: &Plan) -> Vec<String> {
         .collect();
     if !fds.is_empty() {
         out.push(format!(
-            "a packed restorer gives the program fds 0-2 (its invoker's) and makes only eventfds, timerfds, signalfds, epoll sets and pipes within the process; it has {}",
+            "a packed restorer gives the program fds 0-2 (its invoker's), opens files, directories and devices under /dev again, and makes only eventfds, timerfds, signalfds, epoll sets and pipes within the process; it has {}",
             fds.join(", ")
         ));
     }

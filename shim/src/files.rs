@@ -157,11 +157,12 @@ impl<'a> Files<'a> {
             || size != f.size
             || mtime != f.mtime_sec
             || mtime_ns != f.mtime_nsec
+            || !f.same_birth(born(fd as usize))
         {
             // (Worded as `cryo restore`'s refusal: a packed restorer
             // checks here what it checks before its exec.)
             die(format_args!(
-                "{path} changed since capture (device/inode, size or modification time); restore needs the very same file"
+                "{path} changed since capture (device/inode, size, modification or birth time); restore needs the very same file"
             ));
         }
         *slot = fd as i32;

@@ -1,7 +1,8 @@
 //! A packed restorer's own fds (`cryo restore` makes them before its
-//! exec): eventfds, timerfds, signalfds, epoll sets and pipes whose every
-//! end is in the process, each at its number with its status flags and
-//! its state, descriptions shared as captured (`cryo_image::pack::
+//! exec): files, directories and devices opened again (the same inode, at
+//! their offsets), eventfds, timerfds, signalfds, epoll sets and pipes
+//! whose every end is in the process, each at its number with its status
+//! flags and its state, descriptions shared as captured (`cryo_image::pack::
 //! fd_obstacle` says what else `cryo pack` refused). Made before the
 //! point of no return: a failure leaves the process as it was, with
 //! `cryo restore`'s one line and status 1.
@@ -88,7 +89,7 @@ pub fn make(img: &Image, a: &Args) -> Args {
                 }
             }
             kind => {
-                let made = anon(img, &f, kind);
+                let made = make_one(img, &f, kind);
                 put(above(made, hi), f.fd, true);
                 status_flags(&f);
             }
@@ -160,9 +161,8 @@ fn status_flags(f: &Fd) {
     }
 }
 
-/// An eventfd, timerfd, signalfd or epoll set as captured (at the lowest
-/// free number).
-fn anon(img: &Image, f: &Fd, kind: u32) -> usize {
+/// An fd as captured (at the lowest free number).
+fn make_one(img: &Image, f: &Fd, kind: u32) -> usize {
     let missing = || -> ! { die(format_args!("fd {}: no state in the image", f.fd)) };
     match kind {
         fd_kind::EVENTFD => {
@@ -255,11 +255,70 @@ fn anon(img: &Image, f: &Fd, kind: u32) -> usize {
             syscall3(SYS_EPOLL_CREATE1, O_CLOEXEC, 0, 0),
             format_args!("epoll_create1 for fd {}", f.fd),
         ),
+        fd_kind::REGULAR | fd_kind::DIRECTORY | fd_kind::NULL_DEVICE | fd_kind::CHAR_DEVICE => {
+            open_again(img, f, kind)
+        }
         _ => die(format_args!(
             "fd {}: not a kind a packed restorer makes",
             f.fd
         )),
     }
+}
+
+/// A file, directory or device opened again by its path with its open
+/// flags (none that creates or truncates) at its offset: the same inode
+/// (a device: the same device number) as captured, else a refusal.
+fn open_again(img: &Image, f: &Fd, kind: u32) -> usize {
+    const O_CREAT: u32 = 0o100;
+    const O_EXCL: u32 = 0o200;
+    const O_NOCTTY: u32 = 0o400;
+    const O_TRUNC: u32 = 0o1000;
+    const O_TMPFILE_ONLY: u32 = 0o20000000;
+    let path = img.str(f.target).unwrap_or("");
+    let mut buf = [0u8; 4200];
+    if path.is_empty() || path.len() >= buf.len() {
+        die(format_args!("fd {}: no path to open it again", f.fd));
+    }
+    buf[..path.len()].copy_from_slice(path.as_bytes());
+    let device = matches!(kind, fd_kind::NULL_DEVICE | fd_kind::CHAR_DEVICE);
+    let flags = f.flags & !(O_CREAT | O_EXCL | O_TRUNC | O_TMPFILE_ONLY | O_CLOEXEC as u32)
+        | if device { O_NOCTTY } else { 0 };
+    let fd = syscall3(
+        SYS_OPEN,
+        buf.as_ptr() as usize,
+        flags as usize | O_CLOEXEC,
+        0,
+    );
+    if fd < 0 {
+        die(format_args!("opening {path} (fd {}): errno {}", f.fd, -fd));
+    }
+    let fd = fd as usize;
+    let mut st = [0u64; 18];
+    check(
+        syscall3(SYS_FSTAT, fd, st.as_mut_ptr() as usize, 0),
+        format_args!("fstat {path}"),
+    );
+    const S_IFMT: u64 = 0o170000;
+    let mode = st[3] & 0xffff_ffff;
+    let same = (st[0], st[1]) == (f.dev, f.ino)
+        && (!device || (st[5] == f.rdev && mode & S_IFMT == f.mode as u64 & S_IFMT));
+    let file = (f.file != cryo_image::NO_INDEX)
+        .then(|| img.files().get(f.file as usize))
+        .flatten();
+    let same_birth = file.is_none_or(|id| id.same_birth(born(fd)));
+    if !same || !same_birth {
+        die(format_args!(
+            "{path} (fd {}) is a different file now (device/inode, or made again: birth time)",
+            f.fd
+        ));
+    }
+    if f.pos != 0 {
+        check(
+            syscall3(SYS_LSEEK, fd, f.pos as usize, 0),
+            format_args!("seeking fd {} to {}", f.fd, f.pos),
+        );
+    }
+    fd
 }
 
 /// The pipe of `f` made again with its capacity and bytes; the first fd

@@ -23,15 +23,16 @@ use std::path::PathBuf;
 /// A failed check prints `cryo: cannot restore DIR: ...` and exits 1, the
 /// process untouched. Pages are checked against sums.img once, here.
 ///
-/// A packed restorer makes the program's eventfds, timerfds, signalfds,
-/// epoll sets (with what they watch) and pipes whose every end is in the
-/// process (with their bytes) itself, at their numbers; fds 0-2 are its
-/// invoker's, as with `cryo restore`.
+/// A packed restorer opens the program's files, directories and devices
+/// under /dev again (the same inode, at their offsets), and makes its
+/// eventfds, timerfds, signalfds, epoll sets (with what they watch) and
+/// pipes whose every end is in the process (with their bytes) itself, at
+/// their numbers; fds 0-2 are its invoker's, as with `cryo restore`.
 ///
 /// Not every image can be packed: a packed restorer restores one process
 /// and finishes through the program's own code. Pack refuses, naming
-/// every obstacle, an image with other fds (files, FIFOs, sockets, ptys,
-/// ...), a tree, unlinked files or memfds to make again, a removed
+/// every obstacle, an image with other fds (locked or removed files,
+/// FIFOs, sockets, ptys, ...), a tree, unlinked files or memfds to make again, a removed
 /// working directory, or no usable gadgets; `cryo restore` restores
 /// those.
 #[derive(clap::Args, Debug)]

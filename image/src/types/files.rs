@@ -26,6 +26,26 @@ record! {
         /// Owner (restored on recreated files).
         pub uid: u32,
         pub gid: u32,
+        /// (9.1) Birth time (statx STATX_BTIME), 0 where the file system
+        /// does not tell: a file removed and made again under the same
+        /// name often gets the same inode number (ext4 reuses it at once),
+        /// and only its birth time tells it from the captured one.
+        pub btime_sec: i64,
+        pub btime_nsec: u32,
+        pub _pad_b: u32,
+    }
+}
+
+impl FileId {
+    /// Whether a file born at (`sec`, `nsec`) (None: not told) may be this
+    /// one: the same birth time, or one side does not know it.
+    pub fn same_birth(&self, born: Option<(i64, u32)>) -> bool {
+        match born {
+            Some(b) if (self.btime_sec, self.btime_nsec) != (0, 0) => {
+                b == (self.btime_sec, self.btime_nsec)
+            }
+            _ => true,
+        }
     }
 }
 

@@ -421,6 +421,11 @@ fn source_of(
             if !same {
                 return Err(err.why(format!("{target} is a different file now (device/inode)")));
             }
+            if !file.is_none_or(|id| id.same_birth(sys::born(&md))) {
+                return Err(err.why(format!(
+                    "{target} is a different file now (made again: its birth time differs)"
+                )));
+            }
             let nofollow = if f.kind == fd_kind::SYMLINK {
                 libc::O_NOFOLLOW
             } else {

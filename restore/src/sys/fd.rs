@@ -316,3 +316,12 @@ pub fn link_fd(fd: RawFd, path: &CStr) -> io::Result<()> {
     })?;
     Ok(())
 }
+
+/// A file's birth time (statx STATX_BTIME, through std), None where the
+/// file system does not tell.
+pub fn born(md: &std::fs::Metadata) -> Option<(i64, u32)> {
+    md.created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| (d.as_secs() as i64, d.subsec_nanos()))
+}
