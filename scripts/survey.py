@@ -3,15 +3,16 @@
 
 Each program builds some state (a table, a map, threads waiting on a
 queue), prints READY and waits on stdin. It is captured there (`cryo
-capture --kill`) and restored in every mode (eager, --lazy, --map); the
-restored program is given the rest of its input and must print exactly
+capture --kill`) and restored in every mode (eager, --lazy, --map, and
+packed with `cryo pack` where it can be: a refusal by name is reported,
+not failed); the restored program is given the rest of its input and must print exactly
 what an uninterrupted run prints, with the same exit status.
 
 Programs whose interpreter or compiler is not installed are reported
 `missing`, not failed. Go, GHC (-threaded, -N2) and Java programs are
 compiled into a temporary directory first.
 
-Usage: scripts/survey.py [--cryo PATH] [--modes eager,lazy,map] [NAME ...]
+Usage: scripts/survey.py [--cryo PATH] [--modes eager,lazy,map,pack] [NAME ...]
 Exit status 0 when every program that ran came back exactly.
 """
 
@@ -191,13 +192,13 @@ def main():
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cryo", default=os.path.join(here, "target/x86_64-unknown-linux-gnu/release/cryo"))
-    ap.add_argument("--modes", default="eager,lazy,map")
+    ap.add_argument("--modes", default="eager,lazy,map,pack")
     ap.add_argument("names", nargs="*")
     a = ap.parse_args()
-    modes = [[] if m == "eager" else [f"--{m}"] for m in a.modes.split(",")]
+    modes = [[] if m == "eager" else [m] if m == "pack" else [f"--{m}"] for m in a.modes.split(",")]
     work = tempfile.mkdtemp(prefix="cryo-survey-")
     os.chmod(work, 0o700)
-    failed = ran = 0
+    failed = ran = refused = 0
     try:
         built = build_all(work)
         progs = programs(built)
@@ -235,15 +236,26 @@ def main():
                 print(f"{name:16} {'capture':8} REFUSED {c.stderr.strip()[:300]}")
                 continue
             for mode in modes:
-                r = subprocess.run([a.cryo, "restore", *mode, img], input=post, capture_output=True,
-                                   text=True, timeout=120)
+                argv = [a.cryo, "restore", *mode, img]
+                if mode == ["pack"]:
+                    # A packed restorer (cryo pack), run directly; an image
+                    # it cannot restore is refused by name, which is no
+                    # failure.
+                    exe = os.path.join(work, f"{name}.restored")
+                    k = subprocess.run([a.cryo, "pack", img, "-o", exe], capture_output=True, text=True)
+                    if k.returncode != 0:
+                        refused += 1
+                        print(f"{name:16} {'pack':8} REFUSED {k.stderr.strip()[:300]}", flush=True)
+                        continue
+                    argv = [exe]
+                r = subprocess.run(argv, input=post, capture_output=True, text=True, timeout=120)
                 got = (r.returncode, first + r.stdout)
                 ok = got == want
                 failed += not ok
                 shown = " ".join(mode) or "eager"
                 print(f"{name:16} {shown:8} {'OK' if ok else 'DIFF'}",
                       "" if ok else f"want {want!r} got {got!r} stderr {r.stderr[:300]!r}", flush=True)
-        print(f"survey: {ran} programs, {failed} failures ({a.modes})")
+        print(f"survey: {ran} programs, {failed} failures, {refused} refused by pack ({a.modes})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 1 if failed else 0
