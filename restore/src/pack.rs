@@ -77,6 +77,21 @@ pub fn obstacles(plan: &Plan) -> Vec<String> {
             "it maps {path}, an unlinked file or memfd that only cryo restore makes again"
         ));
     }
+    let mut kept: Vec<&str> = img
+        .vmas()
+        .iter()
+        .filter(|v| v.file != NO_INDEX)
+        .filter_map(|v| img.files().get(v.file as usize))
+        .filter(|f| f.flags & file_flags::KEPT != 0)
+        .filter_map(|f| img.str(f.path))
+        .collect();
+    kept.sort_unstable();
+    kept.dedup();
+    for path in kept {
+        out.push(format!(
+            "it maps {path} shared and writable, which only cryo restore makes again from the image when it is gone (a JVM removes its hsperfdata file at exit)"
+        ));
+    }
     if img.process().flags & process_flags::CWD_DELETED != 0 {
         out.push("its working directory was removed; only cryo restore makes it again".into());
     }
