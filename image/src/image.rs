@@ -43,12 +43,30 @@ impl<'a, T: Record> Table<'a, T> {
         if i >= self.count {
             return None;
         }
-        Some(T::decode(&self.bytes[i * self.stride..]))
+        Some(decode_at(self.bytes, self.stride, i))
     }
     pub fn iter(&self) -> impl Iterator<Item = T> + 'a {
-        let t = *self;
-        (0..t.count).map(move |i| T::decode(&t.bytes[i * t.stride..]))
+        let (bytes, stride) = (self.bytes, self.stride);
+        (0..self.count).map(move |i| decode_at(bytes, stride, i))
     }
+}
+
+/// The longest record a section may hold shorter than this reader's
+/// (`SectionKind::min_record_size`; checked by a test).
+pub(crate) const MAX_PADDED_RECORD: usize = 256;
+
+/// Record `i` of a table of `stride`-byte records; one shorter than this
+/// reader's (an older minor version's, `SectionKind::min_record_size`)
+/// reads its missing fields as zero.
+fn decode_at<T: Record>(bytes: &[u8], stride: usize, i: usize) -> T {
+    let at = &bytes[i * stride..];
+    if stride >= T::SIZE {
+        return T::decode(at);
+    }
+    let mut padded = [0u8; MAX_PADDED_RECORD];
+    let n = stride.min(MAX_PADDED_RECORD);
+    padded[..n].copy_from_slice(&at[..n]);
+    T::decode(&padded[..T::SIZE.min(MAX_PADDED_RECORD)])
 }
 
 /// A parsed, checksum-verified image (borrowing meta.img's bytes).
@@ -148,7 +166,7 @@ impl<'a> Image<'a> {
             if !e.offset.is_multiple_of(8) {
                 return Err(ImageError::SectionMisaligned { kind: e.kind });
             }
-            let need = kind.known_record_size() as u32;
+            let need = kind.min_record_size() as u32;
             if e.record_size < need || e.record_size == 0 {
                 return Err(ImageError::RecordTooShort {
                     section: kind.name(),

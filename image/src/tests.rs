@@ -655,3 +655,65 @@ fn format_9_1_sections_round_trip_and_are_checked() {
         assert!(img.validate().is_err(), "case {n} must be refused");
     }
 }
+
+#[test]
+fn older_minor_records_read_with_zero_tails() {
+    use crate::record::Record;
+    // Only small records may be shorter (they are padded on the stack).
+    for k in SectionKind::ALL {
+        if k.min_record_size() < k.known_record_size() {
+            assert!(
+                k.known_record_size() <= crate::image::MAX_PADDED_RECORD,
+                "{}",
+                k.name()
+            );
+        }
+    }
+    // A 9.0 image: `files` records without the birth time (72 bytes).
+    let (meta, _) = sample_full_with(|b| {
+        b.files[0].btime_sec = 0;
+    });
+    let img = Image::parse(&meta).expect("parse");
+    let want: Vec<FileId> = img.files().iter().collect();
+    let old = with_record_size(&meta, SectionKind::Files, 72);
+    let img = Image::parse(&old).expect("a 9.0 files section is read");
+    img.validate().expect("validate");
+    let got: Vec<FileId> = img.files().iter().collect();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(
+            (g.path, g.dev, g.ino, g.uid, g.gid),
+            (w.path, w.dev, w.ino, w.uid, w.gid)
+        );
+        assert_eq!((g.btime_sec, g.btime_nsec), (0, 0));
+    }
+    assert_eq!(<FileId as Record>::SIZE, 88);
+    // Shorter than 9.0's: refused.
+    let short = with_record_size(&meta, SectionKind::Files, 64);
+    assert!(Image::parse(&short).is_err());
+}
+
+/// `meta` with the records of section `kind` cut to `size` bytes each (as
+/// an older writer that knew fewer fields wrote them), resealed.
+fn with_record_size(meta: &[u8], kind: SectionKind, size: u32) -> Vec<u8> {
+    use crate::record::Field;
+    use crate::{DirEntry, DIR_ENTRY_SIZE, HEADER_SIZE};
+    let mut m = meta.to_vec();
+    let n = u32::get(&m[16..]) as usize;
+    for i in 0..n {
+        let at = HEADER_SIZE + i * DIR_ENTRY_SIZE;
+        let mut e = DirEntry::decode(&m[at..]);
+        if e.kind != kind as u32 {
+            continue;
+        }
+        let (old, off) = (e.record_size as usize, e.offset as usize);
+        for r in 0..e.count as usize {
+            let rec = m[off + r * old..off + r * old + size as usize].to_vec();
+            m[off + r * size as usize..off + (r + 1) * size as usize].copy_from_slice(&rec);
+        }
+        e.record_size = size;
+        e.encode(&mut m[at..]);
+    }
+    crate::write::reseal(&mut m);
+    m
+}

@@ -82,6 +82,9 @@ pub enum SectionKind {
     FileHandles = 41,
 }
 
+/// A `files` record as 9.0 wrote it (before the birth time).
+const FILE_ID_9_0: usize = 72;
+
 impl SectionKind {
     pub const ALL: [SectionKind; 41] = [
         SectionKind::Process,
@@ -172,6 +175,16 @@ impl SectionKind {
             SectionKind::TcpConns => "tcp_conns",
             SectionKind::PidRefs => "pid_refs",
             SectionKind::FileHandles => "file_handles",
+        }
+    }
+    /// The shortest records this reader accepts for the section: what it
+    /// knows, but for records that gained fields at their end in a minor
+    /// version, which read as zero from an older image (`files`: 9.1
+    /// added the birth time, 0 meaning "not known").
+    pub fn min_record_size(self) -> usize {
+        match self {
+            SectionKind::Files => FILE_ID_9_0,
+            k => k.known_record_size(),
         }
     }
     /// Record size this reader knows for the section (1 for byte blobs).
