@@ -782,3 +782,45 @@ fn nginx_master_keeps_its_pid_with_same_pid_and_reloads() {
     unsafe { libc::kill(root_pid, libc::SIGQUIT) };
     finish(r, "restore --same-pid of nginx");
 }
+
+/// A TCP connection its peer has closed (CLOSE_WAIT) is refused by its
+/// state, even with --tcp-established, and the process goes on as it was:
+/// it still reads the end of the stream.
+#[test]
+fn closing_tcp_connection_is_refused_by_its_state() {
+    let script = r#"
+import socket, sys, time
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+c = socket.create_connection(l.getsockname())
+s, _ = l.accept()
+c.close()
+time.sleep(0.2)
+print("READY", flush=True)
+sys.stdin.readline()
+print("read", s.recv(10), flush=True)
+"#;
+    sanitize_fds();
+    let mut p = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let mut out = BufReader::new(p.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "READY");
+    let dir = scratch("close-wait");
+    let pid = p.id().to_string();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&["capture", "--tcp-established", &pid, img.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("closing TCP connection (CLOSE_WAIT"), "{err}");
+    assert!(!img.exists(), "nothing written");
+    p.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "read b''", "the original goes on");
+    assert!(p.wait().unwrap().success());
+}

@@ -566,6 +566,18 @@ pub fn capture(
             // UDP: made again by a shutdown after the bind and connect.
             s.shutdown = u32::from(how);
         } else if how != 0 {
+            // A TCP connection that is closing: named by its state (a
+            // peer's FIN reads as a shutdown for reading here).
+            let mut info = [0u8; 8];
+            let state = (sock_type == libc::SOCK_STREAM)
+                .then(|| sock::getsockopt(&dup, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info).ok())
+                .flatten()
+                .and_then(|_| tcp_closing_state(info[0]));
+            if let Some(st) = state {
+                return Err(format!(
+                    "fd {fd} ({what} {shown}) is a closing TCP connection ({st}); cryo keeps established connections only (--tcp-established); not supported yet"
+                ));
+            }
             return Err(format!(
                 "fd {fd} ({what} {shown}) is shut down for {} (shutdown(2)); not supported yet",
                 match how {
@@ -1296,4 +1308,16 @@ pub fn abort_on_kill(pid: i32, b: &ImageBuilder) {
             let _ = sock::set_linger_zero(&dup);
         }
     }
+}
+
+/// The name of a closing TCP state (tcp_states.h), with what it means.
+fn tcp_closing_state(state: u8) -> Option<&'static str> {
+    Some(match state {
+        4 => "FIN_WAIT1: it shut down or closed its side, unacknowledged",
+        5 => "FIN_WAIT2: it shut down its side, the peer not yet",
+        8 => "CLOSE_WAIT: the peer closed its side, this one not yet",
+        9 => "LAST_ACK: both sides closed, the last acknowledgement pending",
+        11 => "CLOSING: both sides closing at once",
+        _ => return None,
+    })
 }
