@@ -288,7 +288,7 @@ fn prepare_one(
     if !img.threads().is_empty() && !gadgets_ok {
         return Err(RestoreError::NoThreadGadgets(img.threads().len() + 1));
     }
-    let finish = if opts.lazy.is_none() && !opts.keep_stopped && !opts.use_tracer && gadgets_ok {
+    let finish = if !opts.keep_stopped && !opts.use_tracer && gadgets_ok {
         Finish::Gadgets
     } else {
         Finish::Tracer
@@ -459,7 +459,10 @@ impl Plan {
             }),
             _ => None,
         };
-        if self.finish == Finish::Tracer {
+        // The tracer finishes the restore where the shim cannot; a lazy
+        // restore needs its process (the page server's parent and
+        // watchdog) either way, tracing nothing when the shim finishes.
+        if self.finish == Finish::Tracer || server.is_some() {
             // A process captured stopped by a job-control signal is
             // stopped again with that signal.
             let stop = self.opts.keep_stopped.then(|| {
@@ -471,7 +474,8 @@ impl Plan {
                     libc::SIGSTOP
                 }
             });
-            if let Err(e) = tracer::start(self.gadget, stop, server.as_ref()) {
+            let seize = self.finish == Finish::Tracer;
+            if let Err(e) = tracer::start(self.gadget, stop, server.as_ref(), seize) {
                 return e;
             }
         }

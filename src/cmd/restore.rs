@@ -143,7 +143,7 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub phases: bool,
     /// Finish with a ptrace tracer even where the image allows the shim to
-    /// finish alone (the way lazy and --keep-stopped restores finish).
+    /// finish alone (the way --keep-stopped restores finish).
     #[arg(long)]
     pub use_tracer: bool,
 }
