@@ -1101,8 +1101,15 @@ pub fn link(
         match at {
             None => obs.push(c.gone.clone()),
             Some((_, lfd, _)) if c.sent > 0 || c.shutdown != 0 => obs.push(format!(
-                "fd {} is connecting to the listener at fd {lfd} (not accepted yet), and sent {} bytes or shut down; not supported",
-                c.fd, c.sent
+                "fd {} is connecting to the listener at fd {lfd} (not accepted yet), and {}; not supported",
+                c.fd,
+                if c.shutdown != 0 {
+                    "is shut down".to_owned()
+                } else {
+                    // (unix_diag's write queue is the memory its sent
+                    // buffers hold, not the bytes.)
+                    format!("has sent data ({} bytes of buffers in use)", c.sent)
+                }
             )),
             Some((l, _, k)) => {
                 b.sockets[c.index].state = socket_state::PENDING;
@@ -1118,7 +1125,7 @@ pub fn link(
             .count();
         if outside > 0 {
             obs.push(format!(
-                "fd {lfd} (a unix listener) has {outside} connections waiting to be accepted from outside the process; they cannot be restored"
+                "fd {lfd} (a unix listener) has {outside} connections waiting to be accepted from another process or from outside; they cannot be restored"
             ));
         }
     }
