@@ -743,6 +743,52 @@ fn python_round_trips_with(
     }
 }
 
+/// A file whose opened name was removed and whose other link is in
+/// another directory, one open file description held by parent and child:
+/// reopened by its file handle once for both (the offset the parent sets
+/// is where the child writes), the same inode as the other name, and the
+/// fd still reads as its removed name.
+#[test]
+fn removed_name_with_a_link_elsewhere_held_by_two_processes() {
+    let script = r#"
+import os, sys, tempfile
+d = tempfile.mkdtemp(prefix="cryo-linked-")
+os.mkdir(d + "/one"); os.mkdir(d + "/two")
+fd = os.open(d + "/one/f", os.O_RDWR | os.O_CREAT, 0o600)
+os.write(fd, b"0123456789")
+os.link(d + "/one/f", d + "/two/g")
+os.unlink(d + "/one/f")
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.read(r, 1)
+    os.write(fd, b"kid")
+    os._exit(0)
+print("READY", os.getpid(), flush=True); sys.stdin.readline()
+assert os.readlink("/proc/self/fd/%d" % fd) == d + "/one/f (deleted)", os.readlink("/proc/self/fd/%d" % fd)
+assert os.fstat(fd).st_ino == os.stat(d + "/two/g").st_ino
+assert os.lseek(fd, 0, os.SEEK_CUR) == 10
+os.lseek(fd, 2, os.SEEK_SET)
+os.write(w, b"g")
+assert os.waitpid(pid, 0)[1] == 0
+assert os.lseek(fd, 0, os.SEEK_CUR) == 5
+assert open(d + "/two/g", "rb").read() == b"01kid56789"
+# As it was, for the next restore of the same image.
+os.pwrite(fd, b"234", 2)
+os.lseek(fd, 10, os.SEEK_SET)
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "tree-linked-elsewhere",
+        script,
+        |img| {
+            let text = inspect_text(img);
+            assert!(text.contains("reopened by its file handle"), "{text}");
+        },
+        &[&[], &["--lazy"], &["--map"]],
+    );
+}
+
 /// An unlinked file (Python's mkstemp then unlink, as gunicorn and
 /// php-fpm do before they fork their workers) and a memfd, each one open
 /// file description held by parent and child: after the restore they are

@@ -424,7 +424,7 @@ pub(crate) fn open_path(
 /// `pos`: at its removed `name`, linked there for the moment and removed
 /// again, so that the fd reads `NAME (deleted)` as the captured one did;
 /// through `by` itself where that name is taken or its directory gone.
-fn open_by_name_again(
+pub(crate) fn open_by_name_again(
     p: &FdPlan,
     by: &std::os::fd::OwnedFd,
     name: &str,
