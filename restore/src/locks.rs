@@ -28,8 +28,10 @@ fn check_posix_locks(img: &Image, plan: &Plan) -> Result<(), RestoreError> {
         let Some(p) = plan.fds.iter().find(|p| p.fd == l.fd) else {
             continue;
         };
-        let Source::Open { path, .. } = &p.source else {
-            continue; // made here (unlinked): no one else can hold it
+        let path = match &p.source {
+            Source::Open { path, .. } => path,
+            Source::Relinked { other, .. } => other,
+            _ => continue, // made here (unlinked): no one else can hold it
         };
         let Ok(file) = std::fs::OpenOptions::new().read(true).open(path) else {
             continue;

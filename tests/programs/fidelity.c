@@ -751,8 +751,8 @@ static void deleted_check(void) {
 /* A file open by a name that was removed, with its other link in another
  * directory: the same inode after restore (reopened by its file handle),
  * its offset and flags, writes seen through the other name. */
-static int lnk_fd;
-static char lnk_other[8192];
+static int lnk_fd, lnk_fd2;
+static char lnk_other[8192], lnk_beside[8192];
 static void linked_setup(void) {
     char d1[4096], d2[4096], p[8192];
     path_in_dir(d1, sizeof d1, "one");
@@ -764,6 +764,13 @@ static void linked_setup(void) {
     CHECK(lnk_fd >= 0 && write(lnk_fd, "0123456789", 10) == 10, "create");
     CHECK(link(p, lnk_other) == 0 && unlink(p) == 0, "link elsewhere, unlink");
     CHECK(lseek(lnk_fd, 4, SEEK_SET) == 4, "seek");
+    /* And one whose other link is beside it, in the same directory: the
+     * snapshot checks /proc still names the removed one. */
+    snprintf(p, sizeof p, "%s/h", d1);
+    snprintf(lnk_beside, sizeof lnk_beside, "%s/h2", d1);
+    lnk_fd2 = open(p, O_RDWR | O_CREAT, 0600);
+    CHECK(lnk_fd2 >= 0 && write(lnk_fd2, "xyz", 3) == 3, "create beside");
+    CHECK(link(p, lnk_beside) == 0 && unlink(p) == 0, "link beside, unlink");
 }
 static void linked_check(void) {
     struct stat a, b;
@@ -780,6 +787,9 @@ static void linked_check(void) {
     /* As it was, for the next restore of the same image (the file is not
      * in the image: every restore shares it). */
     CHECK(ftruncate(lnk_fd, 10) == 0, "truncate back");
+    CHECK(fstat(lnk_fd2, &a) == 0 && stat(lnk_beside, &b) == 0 && a.st_ino == b.st_ino && a.st_nlink == 1,
+          "the same inode as the link beside it");
+    CHECK(lseek(lnk_fd2, 0, SEEK_CUR) == 3, "offset beside");
 }
 
 /* A memfd with seals, mapped shared, and shared anonymous memory. */

@@ -95,6 +95,13 @@ pub fn install(
                     high,
                 )?
             }
+            Source::Relinked {
+                other,
+                name,
+                flags,
+                pos,
+                dev_ino,
+            } => park(open_relinked(p, other, name, *flags, *pos, *dev_ino)?, high)?,
             Source::PipeEnd { pipe, write, flags } => {
                 let m = pipes
                     .iter()
@@ -447,6 +454,31 @@ pub(crate) fn open_by_name_again(
     }
     let path = format!("/proc/self/fd/{}", by.as_raw_fd());
     open_path(p, &path, flags, pos, Some(dev_ino), None)
+}
+
+/// A file whose removed name has another in the same directory: found
+/// by that one, opened at the removed name ([`open_by_name_again`]).
+pub(crate) fn open_relinked(
+    p: &FdPlan,
+    other: &str,
+    name: &str,
+    flags: i32,
+    pos: u64,
+    dev_ino: (u64, u64),
+) -> Result<RawFd, RestoreError> {
+    let by = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(other)
+        .map_err(|e| fd_err(p, Why::sys(other, e)))?;
+    open_by_name_again(
+        p,
+        &std::os::fd::OwnedFd::from(by),
+        name,
+        flags,
+        pos,
+        dev_ino,
+    )
 }
 
 /// Move a made fd (ours) above the highest target number: its duplicate

@@ -37,7 +37,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 pub use crate::pipes::PipeMake;
 pub use install::install;
-pub(crate) use install::{open_by_name_again, open_path};
+pub(crate) use install::{open_by_name_again, open_path, open_relinked};
 
 mod install;
 
@@ -71,6 +71,16 @@ pub enum Source {
         name: String,
         flags: i32,
         pos: u64,
+    },
+    /// A file whose opened name was removed, reopened through its other
+    /// name in the same directory (`other`) and opened at `name`, its
+    /// removed name, linked there for the moment, as [`Source::Handle`].
+    Relinked {
+        other: String,
+        name: String,
+        flags: i32,
+        pos: u64,
+        dev_ino: (u64, u64),
     },
     /// The same open file description as the plan at this index.
     SameAs(usize),
@@ -426,6 +436,15 @@ fn source_of(
                     "{target} is a different file now (made again: its birth time differs)"
                 )));
             }
+            if let Some(other) = relinked {
+                return Ok(Source::Relinked {
+                    other: other.to_owned(),
+                    name: f_target_name(img, &f),
+                    flags,
+                    pos: f.pos,
+                    dev_ino: (md.dev(), md.ino()),
+                });
+            }
             let nofollow = if f.kind == fd_kind::SYMLINK {
                 libc::O_NOFOLLOW
             } else {
@@ -659,4 +678,13 @@ pub(crate) fn take_from_peers(plan: &Plan) -> Result<(), RestoreError> {
         sys::dup2(got.as_raw_fd(), p.fd).map_err(|e| fd_err(p, Why::sys("dup2", e)))?;
     }
     Ok(())
+}
+
+/// The name an fd had, without the " (deleted)" /proc adds to a removed
+/// one.
+fn f_target_name(img: &Image, f: &cryo_image::Fd) -> String {
+    img.str(f.target)
+        .unwrap_or("")
+        .trim_end_matches(" (deleted)")
+        .to_owned()
 }
