@@ -439,7 +439,7 @@ fn source_of(
             if let Some(other) = relinked {
                 return Ok(Source::Relinked {
                     other: other.to_owned(),
-                    name: f_target_name(img, &f),
+                    name: f_target_name(img, f),
                     flags,
                     pos: f.pos,
                     dev_ino: (md.dev(), md.ino()),
