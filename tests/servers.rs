@@ -749,6 +749,30 @@ fn nginx_master_keeps_its_pid_with_same_pid_and_reloads() {
     );
     let (_, out, _) = cryo_cmd(&["restore", "--dry-run", "--same-pid", img.to_str().unwrap()]);
     assert!(!out.contains("keeps its own PID"), "{out}");
+    // The same for scripts.
+    let json = |extra: &[&str]| -> serde_json::Value {
+        let mut a = vec!["restore", "--dry-run", "--json"];
+        a.extend_from_slice(extra);
+        a.push(img.to_str().unwrap());
+        let (code, out, err) = cryo_cmd(&a);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).expect("restore --dry-run --json")
+    };
+    let v = json(&[]);
+    assert_eq!(v["processes"], 3, "{v}");
+    assert_eq!(
+        v["own_pid"]["refs"].as_array().map(|a| a.len()),
+        Some(1),
+        "{v}"
+    );
+    assert!(
+        v["own_pid"]["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nginx's .bss"),
+        "{v}"
+    );
+    assert!(json(&["--same-pid"])["own_pid"]["note"].is_null());
 
     // As it is: it serves, and stops gracefully.
     let r = restore(&img, &[], &dir.join("out0"));

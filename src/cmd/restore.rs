@@ -138,6 +138,11 @@ pub struct RestoreArgs {
     /// Check everything and report, but do not restore.
     #[arg(long)]
     pub dry_run: bool,
+    /// With --dry-run: the report as JSON (image, pid, executable,
+    /// mappings, fds, processes, how the restore finishes, mapped and lazy
+    /// pages, where the program keeps its own PID).
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
     /// Print the shim's phase times (exec, image, unmap, map+fill, state)
     /// on stderr, for benchmarks.
     #[arg(long)]
@@ -206,6 +211,38 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
     };
     let plan = cryo_restore::prepare(&args.dir, opts)
         .with_context(|| format!("cannot restore {}", args.dir.display()))?;
+    if args.dry_run && args.json {
+        let img = plan.image();
+        let p = img.process();
+        let note = (!args.same_pid && !args.pidns)
+            .then(|| cryo_restore::own_pid_note(&img))
+            .flatten();
+        println!(
+            "{}",
+            serde_json::json!({
+                "image": args.dir,
+                "pid": p.pid,
+                "exe": img.str(p.exe),
+                "mappings": img.vmas().len(),
+                "fds": plan.fds().len(),
+                "processes": plan.processes(),
+                "finish": match plan.finish() {
+                    cryo_restore::Finish::Gadgets => "gadgets",
+                    cryo_restore::Finish::Tracer => "tracer",
+                },
+                "map_pages": args.map.then(|| cryo_restore::mapped_pages(&img)),
+                "lazy": plan.lazy().map(|l| serde_json::json!({
+                    "pages": cryo_restore::lazy::lazy_pages(&img),
+                    "prefetch_runs": l.prefetch.len(),
+                })),
+                "own_pid": {
+                    "refs": img.pid_refs().iter().map(|r| r.addr).collect::<Vec<u64>>(),
+                    "note": note,
+                },
+            })
+        );
+        return Ok(0);
+    }
     if args.dry_run {
         let img = plan.image();
         let p = img.process();
