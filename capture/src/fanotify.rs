@@ -129,34 +129,9 @@ pub fn capture(
 /// The mount point of the first mount in `mountinfo` for which `want(mount
 /// id, device)` holds.
 fn mount_point(mountinfo: &str, want: impl Fn(u64, u64) -> bool) -> Option<String> {
-    mountinfo.lines().find_map(|l| {
-        let w: Vec<&str> = l.split_whitespace().collect();
-        let id: u64 = w.first()?.parse().ok()?;
-        let (ma, mi) = w.get(2)?.split_once(':')?;
-        let dev = libc::makedev(ma.parse().ok()?, mi.parse().ok()?);
-        let point = w.get(4)?;
-        want(id, dev).then(|| unescape(point))
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push(((b[i + 1] - b'0') << 6) | ((b[i + 2] - b'0') << 3) | (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    cryo_image::mountinfo::mounts(mountinfo)
+        .find(|m| want(m.id, m.dev))
+        .map(|m| m.point)
 }
 
 #[cfg(test)]

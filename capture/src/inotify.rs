@@ -102,21 +102,8 @@ pub fn capture(
 /// of the fd it gives; checked to be that inode.
 pub(crate) fn watched_path(dev: u64, ino: u64, kind: i32, handle: &[u8]) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    for l in info.lines() {
-        let w: Vec<&str> = l.split_whitespace().collect();
-        let (Some(majmin), Some(mnt)) = (w.get(2), w.get(4)) else {
-            continue;
-        };
-        let Some((ma, mi)) = majmin.split_once(':') else {
-            continue;
-        };
-        let (Ok(ma), Ok(mi)) = (ma.parse::<u32>(), mi.parse::<u32>()) else {
-            continue;
-        };
-        if libc::makedev(ma, mi) != dev {
-            continue;
-        }
-        let Ok(mount) = std::fs::File::open(mnt) else {
+    for m in cryo_image::mountinfo::mounts(&info).filter(|m| m.dev == dev) {
+        let Ok(mount) = std::fs::File::open(&m.point) else {
             continue;
         };
         let Ok(fd) = sys::open_by_handle(&mount, kind, handle) else {

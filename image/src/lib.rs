@@ -52,6 +52,8 @@ mod image;
 #[cfg(feature = "std")]
 pub mod load;
 #[cfg(feature = "std")]
+pub mod mountinfo;
+#[cfg(feature = "std")]
 pub mod netlock;
 pub mod pack;
 pub mod record;

@@ -257,21 +257,8 @@ pub fn mkfifo(path: &std::path::Path, mode: u32) -> io::Result<()> {
 pub fn open_by_handle(dev: u64, kind: i32, bytes: &[u8]) -> io::Result<OwnedFd> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     let mut last = io::Error::from_raw_os_error(libc::ENODEV);
-    for l in info.lines() {
-        let w: Vec<&str> = l.split_whitespace().collect();
-        let (Some(majmin), Some(mnt)) = (w.get(2), w.get(4)) else {
-            continue;
-        };
-        let Some((ma, mi)) = majmin.split_once(':') else {
-            continue;
-        };
-        let (Ok(ma), Ok(mi)) = (ma.parse::<u32>(), mi.parse::<u32>()) else {
-            continue;
-        };
-        if libc::makedev(ma, mi) != dev {
-            continue;
-        }
-        let Ok(mount) = std::fs::File::open(mnt) else {
+    for m in cryo_image::mountinfo::mounts(&info).filter(|m| m.dev == dev) {
+        let Ok(mount) = std::fs::File::open(&m.point) else {
             continue;
         };
         // struct file_handle { u32 handle_bytes; int handle_type; u8 f_handle[]; }
