@@ -639,25 +639,7 @@ fn make_one(
             dev_ino,
             rdev,
         } => fds::open_path(p, path, *flags, *pos, *dev_ino, *rdev),
-        Source::Handle {
-            dev,
-            ino,
-            kind,
-            bytes,
-            name,
-            flags,
-            pos,
-        } => {
-            let by = sys::open_by_handle(*dev, *kind, bytes).map_err(|e| fds::fd_err(p, e))?;
-            fds::open_by_name_again(p, &by, name, *flags, *pos, (*dev, *ino))
-        }
-        Source::Relinked {
-            other,
-            name,
-            flags,
-            pos,
-            dev_ino,
-        } => fds::open_relinked(p, other, name, *flags, *pos, *dev_ino),
+        Source::Handle { .. } | Source::Relinked { .. } => fds::open_removed(p),
         Source::Socket { sock, flags } => {
             let mut pairs = Vec::new();
             crate::sockets::make(loaded, img, p, *sock, *flags, &mut pairs, verify)

@@ -80,28 +80,7 @@ pub fn install(
                 dev_ino,
                 rdev,
             } => park(open_path(p, path, *flags, *pos, *dev_ino, *rdev)?, high)?,
-            Source::Handle {
-                dev,
-                ino,
-                kind,
-                bytes,
-                name,
-                flags,
-                pos,
-            } => {
-                let by = sys::open_by_handle(*dev, *kind, bytes).map_err(|e| fd_err(p, e))?;
-                park(
-                    open_by_name_again(p, &by, name, *flags, *pos, (*dev, *ino))?,
-                    high,
-                )?
-            }
-            Source::Relinked {
-                other,
-                name,
-                flags,
-                pos,
-                dev_ino,
-            } => park(open_relinked(p, other, name, *flags, *pos, *dev_ino)?, high)?,
+            Source::Handle { .. } | Source::Relinked { .. } => park(open_removed(p)?, high)?,
             Source::PipeEnd { pipe, write, flags } => {
                 let m = pipes
                     .iter()
@@ -427,20 +406,54 @@ pub(crate) fn open_path(
     Ok(file.into_raw_fd())
 }
 
-/// The file `by` (an O_PATH fd from its handle) opened with `flags` at
-/// `pos`: at its removed `name`, linked there for the moment and removed
-/// again, so that the fd reads `NAME (deleted)` as the captured one did;
-/// through `by` itself where that name is taken or its directory gone.
-pub(crate) fn open_by_name_again(
-    p: &FdPlan,
-    by: &std::os::fd::OwnedFd,
-    name: &str,
-    flags: i32,
-    pos: u64,
-    dev_ino: (u64, u64),
-) -> Result<RawFd, RestoreError> {
-    let c = std::ffi::CString::new(name).ok();
-    if let Some(c) = c.filter(|_| !name.is_empty()) {
+/// A file whose opened name was removed but that has another link
+/// (`Source::Handle`: elsewhere, found by its file handle;
+/// `Source::Relinked`: beside it, by that name), opened with its flags at
+/// its offset: at its removed name, linked there for the moment and
+/// removed again, so that the fd reads `NAME (deleted)` as the captured
+/// one did; through the other link itself where that name is taken or its
+/// directory gone.
+pub(crate) fn open_removed(p: &FdPlan) -> Result<RawFd, RestoreError> {
+    let (by, name, flags, pos, dev_ino) = match &p.source {
+        Source::Handle {
+            dev,
+            ino,
+            kind,
+            bytes,
+            name,
+            flags,
+            pos,
+        } => (
+            sys::open_by_handle(*dev, *kind, bytes).map_err(|e| fd_err(p, e))?,
+            name,
+            *flags,
+            *pos,
+            (*dev, *ino),
+        ),
+        Source::Relinked {
+            other,
+            name,
+            flags,
+            pos,
+            dev_ino,
+        } => (
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+                .open(other)
+                .map(std::os::fd::OwnedFd::from)
+                .map_err(|e| fd_err(p, Why::sys(other, e)))?,
+            name,
+            *flags,
+            *pos,
+            *dev_ino,
+        ),
+        _ => return Err(fd_err(p, "not a file found by another link")),
+    };
+    if let Some(c) = std::ffi::CString::new(name.as_str())
+        .ok()
+        .filter(|_| !name.is_empty())
+    {
         if sys::link_fd(by.as_raw_fd(), &c).is_ok() {
             let r = open_path(p, name, flags, pos, Some(dev_ino), None);
             let removed = sys::unlink(&c);
@@ -454,31 +467,6 @@ pub(crate) fn open_by_name_again(
     }
     let path = format!("/proc/self/fd/{}", by.as_raw_fd());
     open_path(p, &path, flags, pos, Some(dev_ino), None)
-}
-
-/// A file whose removed name has another in the same directory: found
-/// by that one, opened at the removed name ([`open_by_name_again`]).
-pub(crate) fn open_relinked(
-    p: &FdPlan,
-    other: &str,
-    name: &str,
-    flags: i32,
-    pos: u64,
-    dev_ino: (u64, u64),
-) -> Result<RawFd, RestoreError> {
-    let by = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-        .open(other)
-        .map_err(|e| fd_err(p, Why::sys(other, e)))?;
-    open_by_name_again(
-        p,
-        &std::os::fd::OwnedFd::from(by),
-        name,
-        flags,
-        pos,
-        dev_ino,
-    )
 }
 
 /// Move a made fd (ours) above the highest target number: its duplicate

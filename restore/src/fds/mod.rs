@@ -37,7 +37,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 pub use crate::pipes::PipeMake;
 pub use install::install;
-pub(crate) use install::{open_by_name_again, open_path, open_relinked};
+pub(crate) use install::{open_path, open_removed};
 
 mod install;
 
