@@ -715,9 +715,7 @@ fn nginx_master_keeps_its_pid_with_same_pid_and_reloads() {
     };
     let mut server = start();
     let root_pid = server.id() as i32;
-    wait_for("nginx to answer", Duration::from_secs(30), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    // (http_get's connect waits until it listens.)
     assert_eq!(http_get(port), "hello from nginx\n");
     wait_for("nginx to settle", Duration::from_secs(10), || {
         let kids = children_of(root_pid);
@@ -777,11 +775,7 @@ fn nginx_master_keeps_its_pid_with_same_pid_and_reloads() {
     // As it is: it serves, and stops gracefully.
     let r = restore(&img, &[], &dir.join("out0"));
     let restored = r.id() as i32;
-    wait_for(
-        "the restored nginx to answer",
-        Duration::from_secs(30),
-        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
-    );
+    // (http_get's connect waits until it listens.)
     assert_eq!(http_get(port), "hello from nginx\n");
     // SAFETY: kill takes integers.
     unsafe { libc::kill(restored, libc::SIGQUIT) };
@@ -790,11 +784,7 @@ fn nginx_master_keeps_its_pid_with_same_pid_and_reloads() {
     // With its PID: a reload makes two new workers, which serve.
     wait_gone(&pids);
     let r = restore(&img, &["--same-pid"], &dir.join("out1"));
-    wait_for(
-        "the restored nginx to answer",
-        Duration::from_secs(30),
-        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
-    );
+    // (http_get's connect waits until it listens.)
     assert_eq!(http_get(port), "hello from nginx\n");
     // SAFETY: kill takes integers.
     unsafe { libc::kill(root_pid, libc::SIGHUP) };

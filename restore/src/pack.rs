@@ -62,32 +62,27 @@ pub fn obstacles(plan: &Plan) -> Vec<String> {
     if !img.fd_owners().is_empty() {
         out.push("it has SIGIO owners (F_SETOWN), which only cryo restore sets again".into());
     }
-    let mut deleted: Vec<&str> = img
-        .vmas()
-        .iter()
-        .filter(|v| v.file != NO_INDEX)
-        .filter_map(|v| img.files().get(v.file as usize))
-        .filter(|f| f.flags & file_flags::DELETED != 0)
-        .filter_map(|f| img.str(f.path))
-        .collect();
-    deleted.sort_unstable();
-    deleted.dedup();
-    for path in deleted {
+    // Files behind mappings that only cryo restore makes again, each named
+    // once.
+    let mapped_with = |flag: u32| {
+        let mut paths: Vec<&str> = img
+            .vmas()
+            .iter()
+            .filter(|v| v.file != NO_INDEX)
+            .filter_map(|v| img.files().get(v.file as usize))
+            .filter(|f| f.flags & flag != 0)
+            .filter_map(|f| img.str(f.path))
+            .collect();
+        paths.sort_unstable();
+        paths.dedup();
+        paths
+    };
+    for path in mapped_with(file_flags::DELETED) {
         out.push(format!(
             "it maps {path}, an unlinked file or memfd that only cryo restore makes again"
         ));
     }
-    let mut kept: Vec<&str> = img
-        .vmas()
-        .iter()
-        .filter(|v| v.file != NO_INDEX)
-        .filter_map(|v| img.files().get(v.file as usize))
-        .filter(|f| f.flags & file_flags::KEPT != 0)
-        .filter_map(|f| img.str(f.path))
-        .collect();
-    kept.sort_unstable();
-    kept.dedup();
-    for path in kept {
+    for path in mapped_with(file_flags::KEPT) {
         out.push(format!(
             "it maps {path} shared and writable, which only cryo restore makes again from the image when it is gone (a JVM removes its hsperfdata file at exit)"
         ));
