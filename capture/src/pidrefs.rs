@@ -37,7 +37,10 @@ pub fn find(pid: i32, maps: &[Mapping], tid_at: Option<u64>) -> Vec<PidRef> {
     };
     let mut mem = None;
     let mapped = |v: u64| maps.iter().any(|m| m.start <= v && v < m.end);
-    let mut page = vec![0u8; PAGE_SIZE as usize];
+    // Runs of present pages, each read at once (the target is frozen
+    // meanwhile), up to this many pages.
+    const RUN: usize = 256;
+    let mut buf = vec![0u8; RUN * PAGE_SIZE as usize];
     for (i, m) in maps.iter().enumerate() {
         if !is_data(maps, i) {
             continue;
@@ -45,30 +48,41 @@ pub fn find(pid: i32, maps: &[Mapping], tid_at: Option<u64>) -> Vec<PidRef> {
         let Ok(entries) = pagemap.read(m.start, m.end) else {
             continue;
         };
-        for (k, &e) in entries.iter().enumerate() {
-            const PM_PRESENT: u64 = 1 << 63;
-            if e & PM_PRESENT == 0 {
+        const PM_PRESENT: u64 = 1 << 63;
+        let mut k = 0;
+        while k < entries.len() {
+            if entries[k] & PM_PRESENT == 0 {
+                k += 1;
                 continue;
             }
+            let n = entries[k..]
+                .iter()
+                .take(RUN)
+                .take_while(|&&e| e & PM_PRESENT != 0)
+                .count();
             let at = m.start + k as u64 * PAGE_SIZE;
-            if read_unpinned(&mut mem, pid, at, &mut page).is_err() {
+            k += n;
+            let run = &mut buf[..n * PAGE_SIZE as usize];
+            if read_unpinned(&mut mem, pid, at, run).is_err() {
                 break;
             }
-            for (w, word) in page.chunks_exact(4).enumerate() {
-                if i32::from_le_bytes([word[0], word[1], word[2], word[3]]) != pid {
-                    continue;
-                }
-                // The 64-bit word it is half of: a pointer into a mapping
-                // whose address has the PID as its high or low half.
-                let q = (w & !1) * 4;
-                let quad = u64::from_le_bytes(page[q..q + 8].try_into().unwrap_or([0; 8]));
-                let addr = at + w as u64 * 4;
-                if mapped(quad) || Some(addr) == tid_at {
-                    continue;
-                }
-                out.push(PidRef { addr });
-                if out.len() == MAX_PID_REFS {
-                    return out;
+            // Aligned 64-bit words; the PID is either half of one.
+            for (q, quad) in run.chunks_exact(8).enumerate() {
+                let quad = u64::from_le_bytes(quad.try_into().unwrap_or([0; 8]));
+                for half in 0..2u64 {
+                    if (quad >> (32 * half)) as u32 as i32 != pid {
+                        continue;
+                    }
+                    // Half of a pointer into a mapping whose address has
+                    // the PID as its high or low half.
+                    let addr = at + q as u64 * 8 + 4 * half;
+                    if mapped(quad) || Some(addr) == tid_at {
+                        continue;
+                    }
+                    out.push(PidRef { addr });
+                    if out.len() == MAX_PID_REFS {
+                        return out;
+                    }
                 }
             }
         }
