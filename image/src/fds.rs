@@ -74,6 +74,17 @@ record! {
     }
 }
 
+/// The open flags of a description that F_SETFL sets, restored on it:
+/// O_APPEND, O_NONBLOCK, O_DIRECT, O_NOATIME and O_ASYNC (x86_64 values;
+/// checked against libc in cryo-restore's tests).
+pub const STATUS_FLAGS: u32 = 0o2000 | 0o4000 | 0o40000 | 0o1000000 | 0o20000;
+
+/// Open flags that only matter when a file is created or first opened,
+/// dropped when an fd is opened again: O_CREAT, O_EXCL, O_NOCTTY,
+/// O_TRUNC, O_CLOEXEC and O_TMPFILE's own bit (O_NOCTTY is added back for
+/// devices: a terminal must never become the restorer's controlling one).
+pub const CREATE_ONLY_FLAGS: u32 = 0o100 | 0o200 | 0o400 | 0o1000 | 0o2000000 | 0o20000000;
+
 /// `FileId::flags` bits.
 pub mod file_flags {
     /// Unlinked: restored from its stored contents, unlinked again.

@@ -32,10 +32,7 @@ const F_GETFL: usize = 3;
 const F_SETFL: usize = 4;
 const F_SETPIPE_SZ: usize = 1031;
 const O_NONBLOCK: usize = 0o4000;
-const O_APPEND: usize = 0o2000;
 const O_DIRECT: usize = 0o40000;
-const O_NOATIME: usize = 0o1000000;
-const O_ASYNC: usize = 0o20000;
 const EFD_SEMAPHORE: usize = 1;
 const EPOLL_CTL_ADD: usize = 1;
 /// _IOW('T', 0, u64)
@@ -147,7 +144,7 @@ fn put(from: usize, at: i32, close: bool) {
 
 /// The open flags F_SETFL sets, as captured (first fd of a description).
 fn status_flags(f: &Fd) {
-    let settable = O_APPEND | O_NONBLOCK | O_DIRECT | O_NOATIME | O_ASYNC;
+    let settable = cryo_image::fds::STATUS_FLAGS as usize;
     let cur = check(
         syscall3(SYS_FCNTL, f.fd as usize, F_GETFL, 0),
         format_args!("F_GETFL on fd {}", f.fd),
@@ -269,11 +266,7 @@ fn make_one(img: &Image, f: &Fd, kind: u32) -> usize {
 /// flags (none that creates or truncates) at its offset: the same inode
 /// (a device: the same device number) as captured, else a refusal.
 fn open_again(img: &Image, f: &Fd, kind: u32) -> usize {
-    const O_CREAT: u32 = 0o100;
-    const O_EXCL: u32 = 0o200;
     const O_NOCTTY: u32 = 0o400;
-    const O_TRUNC: u32 = 0o1000;
-    const O_TMPFILE_ONLY: u32 = 0o20000000;
     let path = img.str(f.target).unwrap_or("");
     let mut buf = [0u8; 4200];
     if path.is_empty() || path.len() >= buf.len() {
@@ -281,8 +274,7 @@ fn open_again(img: &Image, f: &Fd, kind: u32) -> usize {
     }
     buf[..path.len()].copy_from_slice(path.as_bytes());
     let device = matches!(kind, fd_kind::NULL_DEVICE | fd_kind::CHAR_DEVICE);
-    let flags = f.flags & !(O_CREAT | O_EXCL | O_TRUNC | O_TMPFILE_ONLY | O_CLOEXEC as u32)
-        | if device { O_NOCTTY } else { 0 };
+    let flags = f.flags & !cryo_image::fds::CREATE_ONLY_FLAGS | if device { O_NOCTTY } else { 0 };
     let fd = syscall3(
         SYS_OPEN,
         buf.as_ptr() as usize,

@@ -179,13 +179,7 @@ pub struct Plan {
 /// added where devices are opened: a terminal must never become the
 /// restorer's controlling one by being reopened.)
 fn reopen_flags(flags: u32) -> i32 {
-    flags as i32
-        & !(libc::O_CREAT
-            | libc::O_TRUNC
-            | libc::O_EXCL
-            | libc::O_CLOEXEC
-            | libc::O_NOCTTY
-            | (libc::O_TMPFILE & !libc::O_DIRECTORY))
+    (flags & !cryo_image::fds::CREATE_ONLY_FLAGS) as i32
 }
 
 /// What `plan` needs for every fd.
@@ -644,8 +638,7 @@ pub(crate) fn fd_err(p: &FdPlan, why: impl Into<Why>) -> RestoreError {
 pub(crate) fn set_status_flags(fd: RawFd, flags: i32) -> std::io::Result<()> {
     // (O_ASYNC: signal-driven I/O, registered by F_SETFL only; an open
     // with it does not. Its owner is set once every fd is made.)
-    let settable =
-        libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME | libc::O_ASYNC;
+    let settable = cryo_image::fds::STATUS_FLAGS as i32;
     // (A failed F_GETFL reads as -1, and the F_SETFL then fails too.)
     let cur = sys::getfl(fd).unwrap_or(-1);
     let want = (cur & !settable) | (flags & settable);
@@ -687,4 +680,23 @@ fn f_target_name(img: &Image, f: &cryo_image::Fd) -> String {
         .unwrap_or("")
         .trim_end_matches(" (deleted)")
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The flag sets both restorers share, as this libc spells them.
+    #[test]
+    fn shared_flag_sets_are_libc_s() {
+        use cryo_image::fds::{CREATE_ONLY_FLAGS, STATUS_FLAGS};
+        let status =
+            libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME | libc::O_ASYNC;
+        assert_eq!(STATUS_FLAGS, status as u32);
+        let create = libc::O_CREAT
+            | libc::O_TRUNC
+            | libc::O_EXCL
+            | libc::O_CLOEXEC
+            | libc::O_NOCTTY
+            | (libc::O_TMPFILE & !libc::O_DIRECTORY);
+        assert_eq!(CREATE_ONLY_FLAGS, create as u32);
+    }
 }
