@@ -94,6 +94,33 @@ fn finish(mut c: Child, what: &str) -> (i32, String) {
     (code, err)
 }
 
+/// Spawn `cmd` under a PID that capture's search for kept PIDs looks for
+/// (other tests may take the one made ready: the child checks its PID
+/// before exec, and a few tries are made).
+fn spawn_searched(cmd: &mut Command) -> Child {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook only calls getpid (async-signal-safe) and
+    // allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if pid_searched(libc::getpid()) {
+                Ok(())
+            } else {
+                Err(std::io::Error::from_raw_os_error(libc::EAGAIN))
+            }
+        })
+    };
+    let mut last = None;
+    for _ in 0..10 {
+        next_pid_searched();
+        match cmd.spawn() {
+            Ok(child) => return child,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("no PID that capture searches for in 10 tries: {last:?}");
+}
+
 fn which(prog: &str) -> String {
     let out = Command::new("sh")
         .args(["-c", &format!("command -v {prog}")])
@@ -703,17 +730,15 @@ fn nginx_master_keeps_its_pid_with_same_pid_and_reloads() {
     .unwrap();
     adopt_orphans();
     sanitize_fds();
-    let start = || {
+    // A PID that capture's search for kept PIDs looks for.
+    let mut server = spawn_searched(
         Command::new(&nginx)
             .args(["-c", dir.join("nginx.conf").to_str().unwrap(), "-p"])
             .arg(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
-            .spawn()
-            .expect("nginx")
-    };
-    let mut server = start();
+            .stderr(std::fs::File::create(dir.join("stderr")).unwrap()),
+    );
     let root_pid = server.id() as i32;
     // (http_get's connect waits until it listens.)
     assert_eq!(http_get(port), "hello from nginx\n");
@@ -727,6 +752,17 @@ fn nginx_master_keeps_its_pid_with_same_pid_and_reloads() {
     });
     let img = dir.join("img");
     let pid = root_pid.to_string();
+    // A dry run says so too, and leaves it serving.
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &pid]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("pid {pid} keeps its own PID in memory (1 place")),
+        "dry run names the kept PID: {out}"
+    );
+    let (_, out, _) = cryo_cmd(&["capture", "--dry-run", "--json", &pid]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("capture --dry-run --json");
+    assert_eq!(v["own_pid_refs"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(http_get(port), "hello from nginx\n");
     let (code, _, err) = cryo_cmd(&["capture", "--kill", &pid, img.to_str().unwrap()]);
     assert_eq!(code, 0, "capture: {err}");
     assert!(

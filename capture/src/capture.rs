@@ -135,14 +135,32 @@ fn refused(pid: i32, why: impl Into<String>) -> CaptureError {
 /// `opts.single`, its descendants) can be captured: every obstacle, all at
 /// once (empty: it can). The processes are frozen only while they are
 /// looked at, and left as they were.
-pub fn check(pid: i32, opts: &Options) -> Result<Vec<String>, CaptureError> {
+pub fn check(pid: i32, opts: &Options) -> Result<Checked, CaptureError> {
     let root = Group::seize(pid)?;
     let r = freeze_and_inspect(root, opts);
     match r {
-        Ok(_) => Ok(Vec::new()),
-        Err(CaptureError::Refused { obstacles, .. }) => Ok(obstacles),
+        Ok((_, all)) => Ok(Checked {
+            obstacles: Vec::new(),
+            own_pid_refs: all
+                .first()
+                .map(|i| i.b.pid_refs.iter().map(|r| r.addr).collect())
+                .unwrap_or_default(),
+        }),
+        Err(CaptureError::Refused { obstacles, .. }) => Ok(Checked {
+            obstacles,
+            own_pid_refs: Vec::new(),
+        }),
         Err(e) => Err(exited_or(pid, e)),
     }
+}
+
+/// What [`check`] found.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// Every obstacle to a faithful capture (empty: it can be captured).
+    pub obstacles: Vec<String>,
+    /// As [`Summary::own_pid_refs`], when it can be captured.
+    pub own_pid_refs: Vec<u64>,
 }
 
 /// A target that died while it was looked at says so.

@@ -155,7 +155,8 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
             eprintln!("cryo: {}", Interrupted { sig, done: None });
             return Ok(128 + sig);
         }
-        let obstacles = obstacles?;
+        let checked = obstacles?;
+        let obstacles = &checked.obstacles;
         if a.json {
             println!(
                 "{}",
@@ -163,12 +164,16 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
                     "pid": a.pid,
                     "capturable": obstacles.is_empty(),
                     "obstacles": obstacles,
+                    "own_pid_refs": checked.own_pid_refs,
                 }))?
             );
         } else if obstacles.is_empty() {
             println!("pid {} can be captured", a.pid);
+            if let Some(note) = own_pid_note(a.pid, &checked.own_pid_refs) {
+                println!("{note}");
+            }
         } else {
-            println!("{}", obstacle_list(a.pid, &obstacles));
+            println!("{}", obstacle_list(a.pid, obstacles));
         }
         return Ok(if obstacles.is_empty() { 0 } else { 1 });
     }
@@ -188,6 +193,16 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
     };
     print_summary(&s, a.json, a.quiet)?;
     Ok(0)
+}
+
+/// The note on a PID kept in memory, if any (`refs`: where).
+fn own_pid_note(pid: i32, refs: &[u64]) -> Option<String> {
+    let first = refs.first()?;
+    let n = refs.len();
+    Some(format!(
+        "note: pid {pid} keeps its own PID in memory ({n} place{}, the first at {first:#x}; `cryo inspect` shows them): restored under another PID it goes on with {pid} there (nginx's master then cannot start workers on reload, bash's $$ names another process); `cryo restore --same-pid` or `--pidns` gives it its own",
+        if n == 1 { "" } else { "s" },
+    ))
 }
 
 /// Every obstacle on its own line.
@@ -366,14 +381,8 @@ pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
             s.frozen_ms,
             s.throughput_gib_s
         );
-        if let Some(first) = s.own_pid_refs.first() {
-            let n = s.own_pid_refs.len();
-            eprintln!(
-                "note: pid {} keeps its own PID in memory ({n} place{}, the first at {first:#x}; `cryo inspect` shows them): restored under another PID it goes on with {} there (nginx's master then cannot start workers on reload, bash's $$ names another process); `cryo restore --same-pid` or `--pidns` gives it its own",
-                s.pid,
-                if n == 1 { "" } else { "s" },
-                s.pid
-            );
+        if let Some(note) = own_pid_note(s.pid, &s.own_pid_refs) {
+            eprintln!("{note}");
         }
         if s.tcp_repaired > 0 {
             let n = s.tcp_repaired;

@@ -430,6 +430,33 @@ pub fn adopt_orphans() {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
 }
 
+/// Whether capture's search for a kept PID looks for `pid` (it skips
+/// those below 1000 and round ones, multiples of 100 or 256).
+pub fn pid_searched(pid: i32) -> bool {
+    pid >= 1000 && pid % 100 != 0 && pid % 256 != 0
+}
+
+/// Make the next PID of this PID namespace one that capture's search for
+/// a kept PID looks for ([`pid_searched`]), by raising `ns_last_pid`
+/// (root only) when needed. A fresh machine or PID namespace starts low:
+/// CI's nginx master once was PID 724. Other tests may take PIDs
+/// meanwhile: check the PID you get.
+pub fn next_pid_searched() {
+    let path = "/proc/sys/kernel/ns_last_pid";
+    let last: i32 = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let mut next = last.max(999) + 1;
+    while !pid_searched(next) {
+        next += 1;
+    }
+    if next != last + 1 {
+        std::fs::write(path, (next - 1).to_string())
+            .unwrap_or_else(|e| panic!("writing {path}: {e}"));
+    }
+}
+
 /// Wait until the captured (and killed) tree is gone: its PIDs are free
 /// (reaping those that became ours).
 pub fn wait_gone(pids: &[i32]) {
