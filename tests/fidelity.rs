@@ -290,6 +290,14 @@ fn removed_name_with_a_link_elsewhere() {
     case("linked-elsewhere");
 }
 
+/// Unix sockets bound to relative names (a listener and a datagram
+/// socket in a subdirectory): bound again from the directory they were
+/// bound in, under the same names.
+#[test]
+fn unix_sockets_bound_to_relative_names() {
+    case("relsock");
+}
+
 /// A sealed memfd mapped shared, and shared anonymous memory.
 #[test]
 fn memfd_and_shared_anonymous_memory() {
@@ -396,6 +404,8 @@ fn every_obstacle_at_once() {
 }
 
 /// What would come back wrong is refused by name, not restored wrongly:
+/// a unix socket bound to a relative name from a directory the process
+/// has left (where it was bound is recorded nowhere), and
 /// an eBPF socket filter, which the kernel does not give back (until stop
 /// 23 it was not even seen: the capture succeeded and the restored socket
 /// had no filter). (A classic filter was refused until stop 23; the same
@@ -410,7 +420,9 @@ fn more_obstacles_named() {
     let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
     assert_eq!(code, 1);
     assert!(
-        out.contains("1 obstacle") && out.contains("eBPF socket filter (SO_ATTACH_BPF)"),
+        out.contains("2 obstacles")
+            && out.contains("eBPF socket filter (SO_ATTACH_BPF)")
+            && out.contains("bound to the relative path r.sock): that name does not lead to this socket from the process's working directory"),
         "{out}"
     );
     for gone in ["mapped more than once", "other link(s)", "net:["] {

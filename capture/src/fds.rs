@@ -300,6 +300,7 @@ pub fn capture(
     sockets.tcp_repair = scope.tcp_repair;
     sockets.tcp_lock = scope.tcp_lock;
     sockets.scope = scope.pids.clone();
+    sockets.pid = pid;
     let mut descriptions: HashMap<SameFile, Vec<(i32, usize)>> = HashMap::new();
     // An obstacle about a file in flight is named as what it is: no fd of
     // the program's (reworded once the next fd is reached).
@@ -449,7 +450,7 @@ pub fn capture(
             // owner, which a bind at restore does not give).
             if kind == fd_kind::SOCKET {
                 file = if desc == b.fds.len() - base {
-                    crate::sockets::socket_file(b, object)
+                    crate::sockets::socket_file(b, &sockets, object)
                 } else {
                     b.fds[base + desc].file
                 };

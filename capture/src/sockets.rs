@@ -203,6 +203,12 @@ pub struct Sockets {
     tcp_queues: Vec<(usize, Vec<u8>, Vec<u8>)>,
     /// Every process captured with this one.
     pub scope: Vec<i32>,
+    /// The process whose sockets these are (its working directory
+    /// resolves a relative name).
+    pub pid: i32,
+    /// Unix sockets bound to a relative name: (index, the absolute path
+    /// of its socket file, found from the working directory).
+    relative: Vec<(u32, std::path::PathBuf)>,
     /// The socket inodes they hold (read at the first use).
     held: Option<std::collections::HashSet<u64>>,
 }
@@ -503,16 +509,18 @@ pub fn capture(
     // A unix path the kernel resolved against the cwd of the bind (or
     // connect), which nothing records: bound again from another cwd it
     // would be another file (seen: zdtm sk-unix-rel restored, then its
-    // connect failed).
+    // connect failed). A bound socket that is not connected is found from
+    // the process's working directory below; a connection's names are
+    // not.
     let relative = |a: &[u8]| !inet && a.len() > 2 && a[2] != 0 && a[2] != b'/';
-    if relative(&addr) || peer.as_deref().is_some_and(relative) {
+    if peer.as_deref().is_some_and(relative) || (relative(&addr) && peer.is_some()) {
         let name = if relative(&addr) {
             shown.clone()
         } else {
             peer.as_deref().map(sockaddr_display).unwrap_or_default()
         };
         return Err(format!(
-            "fd {fd} ({what}) is bound or connected to the relative path {name}; cryo cannot tell which directory it was resolved in"
+            "fd {fd} ({what}) is connected, and its own or its peer's name is the relative path {name}; cryo cannot tell which directory it was resolved in"
         ));
     }
     let bound = if inet {
@@ -679,7 +687,30 @@ pub fn capture(
         }
     } else {
         let d = sock::unix_diag(ino as u32).map_err(|e| io("state (unix_diag)", e))?;
-        if let (Some(path), Some((vino, vdev))) = (unix_bound_path(&addr), d.vfs) {
+        let path = unix_bound_path(&addr);
+        if let Some(rel) = path.as_ref().filter(|p| p.is_relative()) {
+            // Bound to a relative name: from the working directory, if it
+            // leads to this very socket there (a bind in another
+            // directory is not recorded anywhere).
+            use std::os::unix::fs::MetadataExt;
+            let cwd = std::fs::read_link(format!("/proc/{}/cwd", seen.pid)).ok();
+            let here = format!("/proc/{}/cwd", seen.pid);
+            let same = d.vfs.is_some_and(|(vino, _)| {
+                std::fs::symlink_metadata(std::path::Path::new(&here).join(rel))
+                    .is_ok_and(|m| m.ino() as u32 == vino)
+            });
+            match cwd {
+                Some(dir) if same && dir.is_absolute() => {
+                    seen.relative.push((b.sockets.len() as u32, dir.join(rel)));
+                    s.flags |= cryo_image::fds::socket_flags::RELATIVE;
+                }
+                _ => {
+                    return Err(format!(
+                        "fd {fd} ({what} bound to the relative path {shown}): that name does not lead to this socket from the process's working directory (bound from another directory, or removed since); cryo cannot tell which directory it was resolved in"
+                    ))
+                }
+            }
+        } else if let (Some(path), Some((vino, vdev))) = (path, d.vfs) {
             // The name the socket reports is only what it was bound to:
             // bound again there, it would be another socket than the one
             // the path now leads to (if any).
@@ -986,7 +1017,7 @@ fn foreign_address(addr: &[u8]) -> bool {
 
 /// The files-table entry of the socket file a unix socket of the image
 /// (`index`) is bound to (its mode and owner), NO_INDEX if it has none.
-pub fn socket_file(b: &mut ImageBuilder, index: u32) -> u32 {
+pub fn socket_file(b: &mut ImageBuilder, seen: &Sockets, index: u32) -> u32 {
     let Some(s) = b.sockets.get(index as usize) else {
         return NO_INDEX;
     };
@@ -994,7 +1025,12 @@ pub fn socket_file(b: &mut ImageBuilder, index: u32) -> u32 {
         return NO_INDEX;
     }
     let (a, n) = cryo_image::fds::sockaddr_bytes(&s.addr, s.addr_len);
-    match unix_bound_path(&a[..n]) {
+    // (A relative name: its path from the working directory, checked.)
+    let found = seen.relative.iter().find(|(i, _)| *i == index);
+    match found
+        .map(|(_, p)| p.clone())
+        .or_else(|| unix_bound_path(&a[..n]))
+    {
         // (Not when it cannot be read: a mode 0 owned by root would be
         // given to the socket file made again.)
         Some(p) if p.is_absolute() && std::fs::symlink_metadata(&p).is_ok() => {

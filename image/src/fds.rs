@@ -575,6 +575,13 @@ pub mod socket_flags {
     /// without files a message, and each skb that carried files a
     /// message with them, sent again one `sendmsg` each.
     pub const FRAMED: u32 = 1 << 2;
+    /// (10.0) A unix socket bound to a relative path (the kernel keeps
+    /// the name as given): bound again from the directory it was resolved
+    /// in, the directory of its socket file (`Fd::file`, an absolute path
+    /// ending in the name), so that it reads the same name.
+    pub const RELATIVE: u32 = 1 << 3;
+    /// Every bit a reader of this version knows.
+    pub const ALL: u32 = ACCEPTED | FOREIGN | FRAMED | RELATIVE;
 }
 
 /// The bytes of a sockaddr held in a `[u64; 16]` (little-endian words).

@@ -198,12 +198,13 @@ impl<'a> Image<'a> {
             let ok = (s.pair == NO_INDEX || (s.pair < nsocks && s.pair != i as u32))
                 && s.shutdown <= 3
                 && s.addr_len <= 128
-                && s.peer_len <= 128;
+                && s.peer_len <= 128
+                && s.flags & !crate::fds::socket_flags::ALL == 0;
             if !ok {
                 return Err(ImageError::BadIndex {
                     section: "sockets",
                     index: i as u64,
-                    why: "bad pair index, shutdown or address length",
+                    why: "bad pair index, shutdown, address length or flags",
                 });
             }
         }

@@ -396,7 +396,11 @@ pub(crate) fn plan(
                 Err(e) => return Err(err.why(in_use(&shown, e))),
                 Ok(()) => {}
             }
-        } else if unix_path(&addr).is_some_and(|p| p.exists()) && unix_in_use(&s, &addr) {
+        } else if in_bind_dir(img, object, &s, || {
+            Ok(unix_path(&addr).is_some_and(|p| p.exists()) && unix_in_use(&s, &addr))
+        })
+        .map_err(|w| err.why(w))?
+        {
             return Err(err.why(format!(
                 "{shown} is in use: a socket listens there (the captured process, or another, still runs)"
             )));
@@ -1015,19 +1019,16 @@ fn messages(bytes: &[u8]) -> Result<Vec<Queued<'_>>, Why> {
 /// chmod it to say who may connect).
 fn socket_file_as_it_was(img: &Image, object: u32, s: &Socket) -> Result<(), Why> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let Some(path) = unix_path(&addr_of(s)) else {
+    let Some(id) = socket_file(img, object) else {
         return Ok(());
     };
-    let Some(id) = img
-        .fds()
-        .iter()
-        .find(|f| {
-            f.kind == cryo_image::fd_kind::SOCKET
-                && f.object == object
-                && f.file != cryo_image::NO_INDEX
-        })
-        .and_then(|f| img.files().get(f.file as usize))
-    else {
+    // (A relative name: the file's absolute path, as capture found it.)
+    let path = if s.flags & socket_flags::RELATIVE != 0 {
+        img.str(id.path).map(std::path::PathBuf::from)
+    } else {
+        unix_path(&addr_of(s))
+    };
+    let Some(path) = path else {
         return Ok(());
     };
     let md =
@@ -1045,6 +1046,59 @@ fn socket_file_as_it_was(img: &Image, object: u32, s: &Socket) -> Result<(), Why
             .map_err(|e| Why::sys(format!("giving {} its mode", path.display()), e))?;
     }
     Ok(())
+}
+
+/// The files-table entry of socket `object`'s socket file, if recorded.
+fn socket_file(img: &Image, object: u32) -> Option<cryo_image::FileId> {
+    img.fds()
+        .iter()
+        .find(|f| {
+            f.kind == cryo_image::fd_kind::SOCKET
+                && f.object == object
+                && f.file != cryo_image::NO_INDEX
+        })
+        .and_then(|f| img.files().get(f.file as usize))
+}
+
+/// Run `f` in the directory a unix socket bound to a relative name
+/// (`socket_flags::RELATIVE`) was bound from, so that it is bound again
+/// under the same name: the directory of its socket file, whose absolute
+/// path capture found ending in that name. Then back in this process's
+/// working directory. Other sockets: `f` as it is.
+fn in_bind_dir<T>(
+    img: &Image,
+    object: u32,
+    s: &Socket,
+    f: impl FnOnce() -> Result<T, Why>,
+) -> Result<T, Why> {
+    use std::os::unix::ffi::OsStrExt;
+    if s.flags & socket_flags::RELATIVE == 0 {
+        return f();
+    }
+    let name = unix_path(&addr_of(s)).unwrap_or_default();
+    let file = socket_file(img, object).and_then(|id| img.str(id.path));
+    let dir = file.and_then(|p| {
+        let p = p.as_bytes();
+        let n = name.as_os_str().as_bytes();
+        (p.len() > n.len() + 1 && p.ends_with(n) && p[p.len() - n.len() - 1] == b'/')
+            .then(|| std::ffi::OsStr::from_bytes(&p[..p.len() - n.len() - 1]).to_owned())
+    });
+    let Some(dir) = dir else {
+        return Err(format!(
+            "bound to the relative name {}, but the image has no directory for it",
+            name.display()
+        )
+        .into());
+    };
+    let back = sys::open(c".", libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .map_err(|e| Why::sys("opening the working directory", e))?;
+    let shown = std::path::Path::new(&dir).display().to_string();
+    std::env::set_current_dir(&dir)
+        .map_err(|e| Why::sys(format!("entering {shown}, where it was bound"), e))?;
+    let r = f();
+    sys::fchdir(back.as_raw_fd())
+        .map_err(|e| Why::sys(format!("leaving {shown}, where it was bound"), e))?;
+    r
 }
 
 /// Whether a unix socket of the process is bound at the address `s` is
@@ -1619,7 +1673,7 @@ pub(crate) fn make(
             || (matches!(s.state, socket_state::CONNECTED | socket_state::PENDING)
                 && bound_addr(&s));
         if bound {
-            bind(&s, fd.as_fd()).map_err(|w| fd_err(p, w))?;
+            in_bind_dir(img, object, &s, || bind(&s, fd.as_fd())).map_err(|w| fd_err(p, w))?;
             socket_file_as_it_was(img, object, &s).map_err(|w| fd_err(p, w))?;
         }
         // (Connected to a socket this process binds: later, once that

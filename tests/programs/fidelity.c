@@ -895,6 +895,52 @@ static void cwd_check(void) {
     CHECK((a.st_mode & 07777) == 0750, "its mode");
 }
 
+/* Unix sockets bound to relative names (the kernel keeps the name as
+ * given): a stream listener at "l.sock" and a datagram socket at
+ * "sub/d.sock", bound from the working directory, which stays. After the
+ * restore each reads the same relative name, and connects and sends by
+ * that name reach them. */
+static int rel_l, rel_d;
+static struct sockaddr_un rel_addr(const char *name) {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", name);
+    return a;
+}
+static void relsock_setup(void) {
+    char p[4096];
+    path_in_dir(p, sizeof p, "rel");
+    CHECK(mkdir(p, 0700) == 0 && chdir(p) == 0 && mkdir("sub", 0700) == 0, "cwd");
+    struct sockaddr_un l = rel_addr("l.sock"), d = rel_addr("sub/d.sock");
+    rel_l = socket(AF_UNIX, SOCK_STREAM, 0);
+    rel_d = socket(AF_UNIX, SOCK_DGRAM, 0);
+    CHECK(rel_l >= 0 && bind(rel_l, (struct sockaddr *)&l, sizeof l) == 0 && listen(rel_l, 4) == 0, "listener");
+    CHECK(rel_d >= 0 && bind(rel_d, (struct sockaddr *)&d, sizeof d) == 0, "datagram socket");
+    CHECK(chmod("l.sock", 0640) == 0, "chmod");
+}
+static void relsock_check(void) {
+    struct sockaddr_un a;
+    socklen_t n = sizeof a;
+    CHECK(getsockname(rel_l, (struct sockaddr *)&a, &n) == 0 && !strcmp(a.sun_path, "l.sock"), "listener's name: %s",
+          a.sun_path);
+    n = sizeof a;
+    CHECK(getsockname(rel_d, (struct sockaddr *)&a, &n) == 0 && !strcmp(a.sun_path, "sub/d.sock"),
+          "datagram socket's name: %s", a.sun_path);
+    struct stat st;
+    CHECK(stat("l.sock", &st) == 0 && S_ISSOCK(st.st_mode) && (st.st_mode & 07777) == 0640, "socket file and mode");
+    struct sockaddr_un l = rel_addr("l.sock"), d = rel_addr("sub/d.sock");
+    int c = socket(AF_UNIX, SOCK_STREAM, 0);
+    CHECK(c >= 0 && connect(c, (struct sockaddr *)&l, sizeof l) == 0, "connect by the relative name");
+    int s = accept(rel_l, NULL, NULL);
+    char buf[16] = {0};
+    CHECK(s >= 0 && write(c, "rel", 3) == 3 && read(s, buf, sizeof buf) == 3 && !memcmp(buf, "rel", 3), "through it");
+    close(c);
+    close(s);
+    int u = socket(AF_UNIX, SOCK_DGRAM, 0);
+    CHECK(u >= 0 && sendto(u, "dg", 2, 0, (struct sockaddr *)&d, sizeof d) == 2, "send by the relative name");
+    CHECK(recv(rel_d, buf, sizeof buf, 0) == 2 && !memcmp(buf, "dg", 2), "datagram received");
+    close(u);
+}
+
 /* A droppable mapping (MAP_DROPPABLE) and a sealed one (mseal). */
 #ifndef MAP_DROPPABLE
 #define MAP_DROPPABLE 0x08
@@ -1404,6 +1450,15 @@ static void refuse2_setup(void) {
     int f = make_file("linked", 100, 0);
     CHECK(link(a, b) == 0 && unlink(a) == 0, "link, unlink");
     (void)f;
+    /* A unix socket bound to a relative name from a directory the process
+     * has left: nothing records where that name was resolved. */
+    char d[4096];
+    path_in_dir(d, sizeof d, "left");
+    struct sockaddr_un r = {.sun_family = AF_UNIX, .sun_path = "r.sock"};
+    int rs = socket(AF_UNIX, SOCK_STREAM, 0);
+    CHECK(mkdir(d, 0700) == 0 && chdir(d) == 0 && rs >= 0 && bind(rs, (struct sockaddr *)&r, sizeof r) == 0 &&
+              chdir(DIRPATH) == 0,
+          "bound relative, then left");
 }
 
 /* Sockets: TCP listeners (v4 with options, v6 only-v6), an unbound and a
@@ -1588,6 +1643,7 @@ static const struct fcase cases[] = {
     {"memfd", memfd_setup, memfd_check, NULL},
     {"opath", opath_setup, opath_check, NULL},
     {"cwd", cwd_setup, cwd_check, NULL},
+    {"relsock", relsock_setup, relsock_check, NULL},
     {"special-maps", special_maps_setup, special_maps_check, NULL},
     {"inotify", inotify_setup, inotify_check, NULL},
     {"sigtrap", sigtrap_setup, sigtrap_check, NULL},

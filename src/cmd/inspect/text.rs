@@ -572,6 +572,13 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
             if n > 2 && k.state != socket_state::UNBOUND {
                 out += &format!(" {}", sockaddr_display(&a[..n]));
             }
+            if k.flags & cryo_image::fds::socket_flags::RELATIVE != 0 {
+                let file = img
+                    .files()
+                    .get(f.file as usize)
+                    .and_then(|id| img.str(id.path));
+                out += &format!(" (a relative name: {})", file.unwrap_or("?"));
+            }
             match k.state {
                 socket_state::LISTENING => out += &format!(", backlog {}", k.backlog),
                 socket_state::CONNECTED => out += &format!(" -> {}", sockaddr_display(&pa[..pn])),
