@@ -298,6 +298,14 @@ fn unix_sockets_bound_to_relative_names() {
     case("relsock");
 }
 
+/// Datagram and seqpacket pair ends whose other end was closed, with
+/// messages left in them (and a datagram end without any): each reads
+/// its messages, and fails its sends, as before.
+#[test]
+fn pair_ends_whose_other_end_was_closed() {
+    case("widowed");
+}
+
 /// A sealed memfd mapped shared, and shared anonymous memory.
 #[test]
 fn memfd_and_shared_anonymous_memory() {

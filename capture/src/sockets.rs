@@ -746,7 +746,11 @@ pub fn capture(
         } else if d.peer != 0 {
             // Paired up (or refused) once every fd of the process is seen.
             keep_dup = Some((d, dup));
-        } else if d.state == 1 && sock_type == libc::SOCK_STREAM && d.shutdown == 3 && !bound {
+        } else if d.state == 1
+            && matches!(sock_type, libc::SOCK_STREAM | libc::SOCK_SEQPACKET)
+            && d.shutdown == 3
+            && !bound
+        {
             // (Peer 0 with no shutdown: a connection still waiting in a
             // listener's queue, whose other end has no inode yet; a named
             // end was accepted, and a pair would not keep its name: both
@@ -762,7 +766,10 @@ pub fn capture(
                     "fd {fd} ({what} {shown}): its other end was closed with bytes unread, which left an error pending (ECONNRESET); not supported"
                 ));
             }
-            let bytes = if d.rqueue > 0 {
+            let bytes = if d.rqueue > 0 && sock_type == libc::SOCK_SEQPACKET {
+                // Its messages, then end of file.
+                widowed_messages(fd, what, &shown, &dup, d.rqueue, Some(d.rqueue as usize))?
+            } else if d.rqueue > 0 {
                 match sock::peek(&dup, d.rqueue as usize + 1) {
                     Ok(p) if p.fds || p.other_control => {
                         return Err(format!(
@@ -784,6 +791,25 @@ pub fn capture(
             };
             s.state = socket_state::WIDOWED;
             s.shutdown = 3;
+            seen.widowed.push((b.sockets.len(), bytes));
+        } else if sock_type == libc::SOCK_DGRAM
+            && d.peer == 0
+            && !bound
+            && peer.as_deref().map_or(d.rqueue > 0, |p| p.len() <= 2)
+        {
+            // An unnamed datagram socket whose peer was closed (a pair's
+            // end): it still names the dead peer (getpeername answers,
+            // and its next send fails with ECONNREFUSED, then ENOTCONN),
+            // or no longer (`peer_len` 0: that send was made); messages
+            // the peer sent before its close wait in it. Made again as a
+            // pair whose other end sends them and is closed (and then
+            // disconnected, if it was).
+            let bytes = if d.rqueue > 0 {
+                widowed_messages(fd, what, &shown, &dup, d.rqueue, None)?
+            } else {
+                Vec::new()
+            };
+            s.state = socket_state::WIDOWED;
             seen.widowed.push((b.sockets.len(), bytes));
         } else if d.rqueue > 0 && sock_type == libc::SOCK_DGRAM && bound {
             // Datagrams sent to its name: sent to it again at restore, each
@@ -834,6 +860,30 @@ pub fn capture(
         });
     }
     Ok(index as u32)
+}
+
+/// The messages waiting in a datagram or seqpacket socket whose other end
+/// was closed, framed as a pair's (`sock::frame`); refused if one carries
+/// files or came from a named socket (the pair made again has no name).
+fn widowed_messages(
+    fd: i32,
+    what: &str,
+    shown: &str,
+    dup: &OwnedFd,
+    rqueue: u32,
+    eof_at: Option<usize>,
+) -> Result<Vec<u8>, String> {
+    match sock::peek_messages(dup, rqueue as usize, eof_at) {
+        Ok(Ok(m)) if m.iter().any(|m| m.nfds > 0) => Err(format!(
+            "fd {fd} ({what} {shown}): its other end was closed with file descriptors in flight to it (SCM_RIGHTS); not supported yet"
+        )),
+        Ok(Ok(m)) if m.iter().any(|m| !m.from.is_empty()) => Err(format!(
+            "fd {fd} ({what} {shown}): its other end was closed, and messages queued in it came from a named socket; not supported"
+        )),
+        Ok(Ok(m)) => Ok(sock::frame(&m, &[], false)),
+        Ok(Err(why)) => Err(format!("fd {fd} ({what} {shown}) has {why}; not supported yet")),
+        Err(e) => Err(format!("fd {fd} ({what} {shown}): reading its queued messages: {e}")),
+    }
 }
 
 /// A netlink socket (format 8.0): its protocol, port id and the groups it

@@ -1601,7 +1601,7 @@ pub(crate) fn make(
     let sysw = |what: &str, e| fd_err(p, Why::sys(what, e));
     let fd = if s.state == socket_state::WIDOWED {
         // Its other end was closed: a pair whose other end sends the
-        // bytes left and is closed.
+        // bytes (or messages) left and is closed.
         let (a, b) = sys::socketpair(s.family as i32, s.sock_type as i32)
             .map_err(|e| sysw("socketpair", e))?;
         set_options(img, object, a.as_fd()).map_err(|w| fd_err(p, w))?;
@@ -1609,10 +1609,15 @@ pub(crate) fn make(
             let bytes = loaded
                 .read_blob(&s.data, verify)
                 .map_err(|e| fd_err(p, Why::Said(e.to_string())))?;
-            sys::send_all(b.as_fd(), &bytes)
-                .map_err(|e| sysw("putting the queued bytes back", e))?;
+            put_back(&s, b.as_fd(), &bytes).map_err(|w| fd_err(p, w))?;
         }
         drop(b);
+        // A datagram socket that had already let go of its dead peer (a
+        // send failed with ECONNREFUSED): disconnected again.
+        if s.sock_type as i32 == libc::SOCK_DGRAM && s.peer_len == 0 {
+            let unspec = (libc::AF_UNSPEC as u16).to_ne_bytes();
+            sys::connect(a.as_fd(), &unspec).map_err(|e| sysw("disconnecting it", e))?;
+        }
         a
     } else if s.state == socket_state::PAIR {
         match pairs.iter().position(|(i, _)| *i == object) {

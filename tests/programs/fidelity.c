@@ -941,6 +941,47 @@ static void relsock_check(void) {
     close(u);
 }
 
+/* Pair ends whose other end was closed: a datagram end with two messages
+ * the other end sent first, an empty one, and a seqpacket end with two
+ * messages. A datagram end still names its dead peer (getpeername answers;
+ * the first send fails with ECONNREFUSED, the next with ENOTCONN); the
+ * seqpacket end reads its messages, then end of file, and a send fails
+ * with EPIPE. */
+static int wd_dg, wd_dg0, wd_sp;
+static void widowed_setup(void) {
+    int p[2];
+    CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, p) == 0 && send(p[1], "one", 3, 0) == 3 && send(p[1], "four", 4, 0) == 4,
+          "datagram pair");
+    close(p[1]);
+    wd_dg = p[0];
+    CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, p) == 0, "empty datagram pair");
+    close(p[1]);
+    wd_dg0 = p[0];
+    CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, p) == 0 && send(p[1], "sp1", 3, 0) == 3 && send(p[1], "sp22", 4, 0) == 4,
+          "seqpacket pair");
+    close(p[1]);
+    wd_sp = p[0];
+}
+static void widowed_check(void) {
+    char buf[16];
+    struct sockaddr_un a;
+    socklen_t n = sizeof a;
+    CHECK(getpeername(wd_dg, (struct sockaddr *)&a, &n) == 0 && n == sizeof(sa_family_t), "it still names its peer");
+    n = sizeof a;
+    CHECK(getpeername(wd_dg0, (struct sockaddr *)&a, &n) == 0, "the empty one too");
+    CHECK(recv(wd_dg, buf, sizeof buf, MSG_DONTWAIT) == 3 && !memcmp(buf, "one", 3), "first message");
+    CHECK(recv(wd_dg, buf, sizeof buf, MSG_DONTWAIT) == 4 && !memcmp(buf, "four", 4), "second message");
+    CHECK(recv(wd_dg, buf, sizeof buf, MSG_DONTWAIT) == -1 && errno == EAGAIN, "no more");
+    CHECK(recv(wd_dg0, buf, sizeof buf, MSG_DONTWAIT) == -1 && errno == EAGAIN, "none in the empty one");
+    CHECK(send(wd_dg, "x", 1, 0) == -1 && errno == ECONNREFUSED, "first send: ECONNREFUSED (%s)", strerror(errno));
+    CHECK(send(wd_dg, "x", 1, 0) == -1 && errno == ENOTCONN, "second send: ENOTCONN (%s)", strerror(errno));
+    CHECK(send(wd_dg0, "x", 1, 0) == -1 && errno == ECONNREFUSED, "the empty one's send: ECONNREFUSED");
+    CHECK(recv(wd_sp, buf, sizeof buf, 0) == 3 && !memcmp(buf, "sp1", 3), "first seqpacket message");
+    CHECK(recv(wd_sp, buf, sizeof buf, 0) == 4 && !memcmp(buf, "sp22", 4), "second seqpacket message");
+    CHECK(recv(wd_sp, buf, sizeof buf, 0) == 0, "then end of file");
+    CHECK(send(wd_sp, "z", 1, MSG_NOSIGNAL) == -1 && errno == EPIPE, "seqpacket send: EPIPE");
+}
+
 /* A droppable mapping (MAP_DROPPABLE) and a sealed one (mseal). */
 #ifndef MAP_DROPPABLE
 #define MAP_DROPPABLE 0x08
@@ -1644,6 +1685,7 @@ static const struct fcase cases[] = {
     {"opath", opath_setup, opath_check, NULL},
     {"cwd", cwd_setup, cwd_check, NULL},
     {"relsock", relsock_setup, relsock_check, NULL},
+    {"widowed", widowed_setup, widowed_check, NULL},
     {"special-maps", special_maps_setup, special_maps_check, NULL},
     {"inotify", inotify_setup, inotify_check, NULL},
     {"sigtrap", sigtrap_setup, sigtrap_check, NULL},
