@@ -306,6 +306,14 @@ fn pair_ends_whose_other_end_was_closed() {
     case("widowed");
 }
 
+/// Unix sockets whose files were removed, or replaced by a regular file,
+/// since their bind: each has its name again and no file, and the
+/// regular file stays as it was.
+#[test]
+fn unix_sockets_whose_files_are_gone() {
+    case("ghost");
+}
+
 /// A sealed memfd mapped shared, and shared anonymous memory.
 #[test]
 fn memfd_and_shared_anonymous_memory() {
@@ -413,7 +421,8 @@ fn every_obstacle_at_once() {
 
 /// What would come back wrong is refused by name, not restored wrongly:
 /// a unix socket bound to a relative name from a directory the process
-/// has left (where it was bound is recorded nowhere), and
+/// has left (where it was bound is recorded nowhere), a datagram socket
+/// connected by a name that now leads to another socket, and
 /// an eBPF socket filter, which the kernel does not give back (until stop
 /// 23 it was not even seen: the capture succeeded and the restored socket
 /// had no filter). (A classic filter was refused until stop 23; the same
@@ -428,8 +437,9 @@ fn more_obstacles_named() {
     let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
     assert_eq!(code, 1);
     assert!(
-        out.contains("2 obstacles")
+        out.contains("3 obstacles")
             && out.contains("eBPF socket filter (SO_ATTACH_BPF)")
+            && out.contains("but that name no longer leads to the socket it is connected to")
             && out.contains("bound to the relative path r.sock): that name does not lead to this socket from the process's working directory"),
         "{out}"
     );

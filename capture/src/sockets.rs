@@ -722,10 +722,27 @@ pub fn capture(
             use std::os::unix::fs::MetadataExt;
             let _ = vdev;
             let same = std::fs::symlink_metadata(&path).is_ok_and(|m| m.ino() as u32 == vino);
-            if !same {
+            // Its file removed (or replaced) since the bind: a ghost,
+            // bound again at the name and the file removed at once, if
+            // nothing needs to reach it by the name at restore.
+            let dir_there = path
+                .parent()
+                .is_some_and(|d| std::fs::metadata(d).is_ok_and(|m| m.is_dir()));
+            let quiet = peer.is_none() && d.rqueue == 0 && (d.state == 10 || d.peer == 0);
+            if !same && !(dir_there && quiet) {
                 return Err(format!(
-                    "fd {fd} ({what} bound to {shown}): that path no longer leads to this socket (removed or replaced since the bind); a socket whose name is gone cannot be restored"
+                    "fd {fd} ({what} bound to {shown}): that path no longer leads to this socket (removed or replaced since the bind), and {}; cryo cannot restore it",
+                    if !dir_there {
+                        "its directory is gone"
+                    } else if d.state == 10 {
+                        "connections wait in it"
+                    } else {
+                        "it is connected or has messages queued"
+                    }
                 ));
+            }
+            if !same {
+                s.flags |= cryo_image::fds::socket_flags::GHOST;
             }
         }
         if d.state == 10 {
@@ -1076,6 +1093,10 @@ pub fn socket_file(b: &mut ImageBuilder, seen: &Sockets, index: u32) -> u32 {
     }
     let (a, n) = cryo_image::fds::sockaddr_bytes(&s.addr, s.addr_len);
     // (A relative name: its path from the working directory, checked.)
+    if s.flags & cryo_image::fds::socket_flags::GHOST != 0 {
+        // (Its file is gone: what the path leads to now is another.)
+        return NO_INDEX;
+    }
     let found = seen.relative.iter().find(|(i, _)| *i == index);
     match found
         .map(|(_, p)| p.clone())
@@ -1314,7 +1335,29 @@ pub fn link(
             }
             _ if !stream && s.peer_len > 2 && c.diag.rqueue == 0 => {
                 // A datagram socket connected to a named socket (/dev/log):
-                // connected again by address.
+                // connected again by address, if the name still leads to
+                // that socket (else the connect would reach another, or
+                // nothing: its file was removed or replaced).
+                let (a, _) = cryo_image::fds::sockaddr_bytes(&s.peer, s.peer_len);
+                let name = &a[..s.peer_len as usize];
+                let leads = match (unix_bound_path(name), sock::unix_diag(c.diag.peer)) {
+                    (Some(p), Ok(pd)) => pd.vfs.is_some_and(|(vino, _)| {
+                        use std::os::unix::fs::MetadataExt;
+                        std::fs::symlink_metadata(&p).is_ok_and(|m| m.ino() as u32 == vino)
+                    }),
+                    // (An abstract name leads to its socket; a peer that
+                    // unix_diag does not find, in another network
+                    // namespace, cannot be checked.)
+                    (None, _) | (Some(_), Err(_)) => true,
+                };
+                if !leads {
+                    obs.push(format!(
+                        "fd {} ({what}) is connected to {}, but that name no longer leads to the socket it is connected to (its file was removed or replaced); connected again by the name, it would reach another",
+                        c.fd,
+                        sockaddr_display(name)
+                    ));
+                    continue;
+                }
                 b.sockets[c.index].state = socket_state::CONNECTED;
             }
             _ => {

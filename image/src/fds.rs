@@ -580,8 +580,12 @@ pub mod socket_flags {
     /// in, the directory of its socket file (`Fd::file`, an absolute path
     /// ending in the name), so that it reads the same name.
     pub const RELATIVE: u32 = 1 << 3;
+    /// (10.0) A unix socket whose file was removed (or replaced) since
+    /// its bind: bound again at its name, and that file removed at once
+    /// (another file at the name is moved aside for the moment).
+    pub const GHOST: u32 = 1 << 4;
     /// Every bit a reader of this version knows.
-    pub const ALL: u32 = ACCEPTED | FOREIGN | FRAMED | RELATIVE;
+    pub const ALL: u32 = ACCEPTED | FOREIGN | FRAMED | RELATIVE | GHOST;
 }
 
 /// The bytes of a sockaddr held in a `[u64; 16]` (little-endian words).

@@ -396,10 +396,11 @@ pub(crate) fn plan(
                 Err(e) => return Err(err.why(in_use(&shown, e))),
                 Ok(()) => {}
             }
-        } else if in_bind_dir(img, object, &s, || {
-            Ok(unix_path(&addr).is_some_and(|p| p.exists()) && unix_in_use(&s, &addr))
-        })
-        .map_err(|w| err.why(w))?
+        } else if s.flags & socket_flags::GHOST == 0
+            && in_bind_dir(img, object, &s, || {
+                Ok(unix_path(&addr).is_some_and(|p| p.exists()) && unix_in_use(&s, &addr))
+            })
+            .map_err(|w| err.why(w))?
         {
             return Err(err.why(format!(
                 "{shown} is in use: a socket listens there (the captured process, or another, still runs)"
@@ -832,6 +833,18 @@ fn bind(s: &Socket, fd: BorrowedFd) -> Result<(), Why> {
             if unix_in_use(s, &addr) {
                 return Err(in_use(&shown, e));
             }
+            // (Only a socket file is stale: anything else there is
+            // someone's, put there since the capture.)
+            use std::os::unix::fs::FileTypeExt;
+            if !path
+                .symlink_metadata()
+                .is_ok_and(|m| m.file_type().is_socket())
+            {
+                return Err(format!(
+                    "{shown} is taken by a file that is not a socket; cryo does not remove it"
+                )
+                .into());
+            }
             std::fs::remove_file(&path)
                 .map_err(|e| Why::sys(format!("removing the stale socket file {shown}"), e))?;
             sys::bind(fd, &addr).map_err(|e| in_use(&shown, e))
@@ -840,6 +853,54 @@ fn bind(s: &Socket, fd: BorrowedFd) -> Result<(), Why> {
     };
     bound?;
     listen()
+}
+
+/// Bind a unix socket whose file was removed (or replaced) after its bind
+/// (`socket_flags::GHOST`) at its name again, and remove the file the bind
+/// makes, so that it has its name and no file, as it had. A file at the
+/// name now (what replaced it, or a socket restored there) is moved aside
+/// in its directory for the bind and moved back.
+fn bind_ghost(s: &Socket, fd: BorrowedFd) -> Result<(), Why> {
+    let addr = addr_of(s);
+    let shown = sockaddr_display(&addr);
+    let Some(path) = unix_path(&addr) else {
+        return Err(
+            format!("{shown}: a socket without a file marked as one whose file is gone").into(),
+        );
+    };
+    let aside = if path.symlink_metadata().is_ok() {
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(format!(".cryo-aside-{}", std::process::id()));
+        let tmp = std::path::PathBuf::from(tmp);
+        std::fs::rename(&path, &tmp).map_err(|e| {
+            Why::sys(
+                format!("moving {shown} aside to bind the socket whose file it replaced"),
+                e,
+            )
+        })?;
+        Some(tmp)
+    } else {
+        None
+    };
+    let made = sys::bind(fd, &addr)
+        .map_err(|e| Why::sys(format!("binding {shown}"), e))
+        .and_then(|()| {
+            std::fs::remove_file(&path).map_err(|e| {
+                Why::sys(
+                    format!("removing {shown} (its file was gone at capture)"),
+                    e,
+                )
+            })
+        });
+    if let Some(tmp) = aside {
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| Why::sys(format!("moving {} back to {shown}", tmp.display()), e))?;
+    }
+    made?;
+    if s.state == socket_state::LISTENING {
+        sys::listen(fd, s.backlog as i32).map_err(|e| Why::sys("listen", e))?;
+    }
+    Ok(())
 }
 
 /// The two ends of a connected unix pair, as `sa` and `sb` were: made
@@ -1678,8 +1739,12 @@ pub(crate) fn make(
             || (matches!(s.state, socket_state::CONNECTED | socket_state::PENDING)
                 && bound_addr(&s));
         if bound {
-            in_bind_dir(img, object, &s, || bind(&s, fd.as_fd())).map_err(|w| fd_err(p, w))?;
-            socket_file_as_it_was(img, object, &s).map_err(|w| fd_err(p, w))?;
+            if s.flags & socket_flags::GHOST != 0 {
+                bind_ghost(&s, fd.as_fd()).map_err(|w| fd_err(p, w))?;
+            } else {
+                in_bind_dir(img, object, &s, || bind(&s, fd.as_fd())).map_err(|w| fd_err(p, w))?;
+                socket_file_as_it_was(img, object, &s).map_err(|w| fd_err(p, w))?;
+            }
         }
         // (Connected to a socket this process binds: later, once that
         // one is bound, by `connect_waiting`.)

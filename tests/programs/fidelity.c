@@ -982,6 +982,67 @@ static void widowed_check(void) {
     CHECK(send(wd_sp, "z", 1, MSG_NOSIGNAL) == -1 && errno == EPIPE, "seqpacket send: EPIPE");
 }
 
+/* Unix sockets whose files are gone: a listener whose file was removed,
+ * a listener whose file was replaced by a regular file, and a datagram
+ * socket whose file was removed. After the restore each has its name, the
+ * removed names lead to nothing, and the regular file is still there with
+ * its bytes. */
+static int gh_l, gh_r, gh_d;
+static char gh_lp[108], gh_rp[108], gh_dp[108];
+static int gh_bind(int type, const char *path, int backlog) {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+    int s = socket(AF_UNIX, type, 0);
+    CHECK(s >= 0 && bind(s, (struct sockaddr *)&a, sizeof a) == 0 && (backlog < 0 || listen(s, backlog) == 0),
+          "bind %s: %s", path, strerror(errno));
+    return s;
+}
+static void ghost_setup(void) {
+    char d[4096];
+    path_in_dir(d, sizeof d, "gh");
+    CHECK(mkdir(d, 0700) == 0 && chdir(d) == 0, "dir");
+    /* (Absolute names, short enough for sun_path: from the directory.) */
+    CHECK(getcwd(d, sizeof d) != NULL && strlen(d) < 80, "a short enough directory: %s", d);
+    snprintf(gh_lp, sizeof gh_lp, "%s/l", d);
+    snprintf(gh_rp, sizeof gh_rp, "%s/r", d);
+    snprintf(gh_dp, sizeof gh_dp, "%s/d", d);
+    gh_l = gh_bind(SOCK_STREAM, gh_lp, 3);
+    gh_r = gh_bind(SOCK_STREAM, gh_rp, 5);
+    gh_d = gh_bind(SOCK_DGRAM, gh_dp, -1);
+    CHECK(unlink(gh_lp) == 0 && unlink(gh_rp) == 0 && unlink(gh_dp) == 0, "unlink");
+    int f = open(gh_rp, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    CHECK(f >= 0 && write(f, "mine", 4) == 4 && close(f) == 0, "a file where the socket was");
+}
+static void ghost_check(void) {
+    const char *paths[] = {gh_lp, gh_rp, gh_dp};
+    int socks[] = {gh_l, gh_r, gh_d};
+    for (int i = 0; i < 3; i++) {
+        struct sockaddr_un a;
+        socklen_t n = sizeof a;
+        CHECK(getsockname(socks[i], (struct sockaddr *)&a, &n) == 0 && !strcmp(a.sun_path, paths[i]), "name of %s",
+              paths[i]);
+    }
+    int acc = 0;
+    socklen_t n = sizeof acc;
+    CHECK(getsockopt(gh_l, SOL_SOCKET, SO_ACCEPTCONN, &acc, &n) == 0 && acc == 1, "still listening");
+    struct stat st;
+    CHECK(lstat(gh_lp, &st) == -1 && errno == ENOENT, "no file at the removed listener's name");
+    CHECK(lstat(gh_dp, &st) == -1 && errno == ENOENT, "no file at the removed datagram socket's name");
+    char buf[8] = {0};
+    int f = open(gh_rp, O_RDONLY);
+    CHECK(f >= 0 && read(f, buf, sizeof buf) == 4 && !memcmp(buf, "mine", 4) && fstat(f, &st) == 0 &&
+              S_ISREG(st.st_mode),
+          "the regular file is still there, as it was");
+    close(f);
+    /* Nothing reaches them by name; the datagram socket still receives
+     * from an fd that holds it. */
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", gh_lp);
+    int c = socket(AF_UNIX, SOCK_STREAM, 0);
+    CHECK(connect(c, (struct sockaddr *)&a, sizeof a) == -1 && errno == ENOENT, "the removed name leads nowhere");
+    close(c);
+}
+
 /* A droppable mapping (MAP_DROPPABLE) and a sealed one (mseal). */
 #ifndef MAP_DROPPABLE
 #define MAP_DROPPABLE 0x08
@@ -1500,6 +1561,19 @@ static void refuse2_setup(void) {
     CHECK(mkdir(d, 0700) == 0 && chdir(d) == 0 && rs >= 0 && bind(rs, (struct sockaddr *)&r, sizeof r) == 0 &&
               chdir(DIRPATH) == 0,
           "bound relative, then left");
+    /* A datagram socket connected by name to a socket whose file was then
+     * replaced by another socket's: connected again by the name, it would
+     * reach the other. */
+    struct sockaddr_un g = {.sun_family = AF_UNIX};
+    char gp[4096];
+    snprintf(gp, sizeof gp, "%s/g.%d", DIRPATH, getpid());
+    CHECK(strlen(gp) < sizeof g.sun_path, "a short enough name: %s", gp);
+    memcpy(g.sun_path, gp, strlen(gp) + 1);
+    int srv = socket(AF_UNIX, SOCK_DGRAM, 0), cli = socket(AF_UNIX, SOCK_DGRAM, 0), other = socket(AF_UNIX, SOCK_DGRAM, 0);
+    CHECK(bind(srv, (struct sockaddr *)&g, sizeof g) == 0 &&
+              connect(cli, (struct sockaddr *)&g, sizeof g) == 0 && unlink(g.sun_path) == 0 &&
+              bind(other, (struct sockaddr *)&g, sizeof g) == 0,
+          "connected by a name that now leads to another socket");
 }
 
 /* Sockets: TCP listeners (v4 with options, v6 only-v6), an unbound and a
@@ -1686,6 +1760,7 @@ static const struct fcase cases[] = {
     {"cwd", cwd_setup, cwd_check, NULL},
     {"relsock", relsock_setup, relsock_check, NULL},
     {"widowed", widowed_setup, widowed_check, NULL},
+    {"ghost", ghost_setup, ghost_check, NULL},
     {"special-maps", special_maps_setup, special_maps_check, NULL},
     {"inotify", inotify_setup, inotify_check, NULL},
     {"sigtrap", sigtrap_setup, sigtrap_check, NULL},
