@@ -729,7 +729,7 @@ pub fn capture(
                 .parent()
                 .is_some_and(|d| std::fs::metadata(d).is_ok_and(|m| m.is_dir()));
             let quiet = peer.is_none() && d.rqueue == 0 && (d.state == 10 || d.peer == 0);
-            if !same && !(dir_there && quiet) {
+            if !(same || (dir_there && quiet)) {
                 return Err(format!(
                     "fd {fd} ({what} bound to {shown}): that path no longer leads to this socket (removed or replaced since the bind), and {}; cryo cannot restore it",
                     if !dir_there {
