@@ -300,7 +300,8 @@ fn unix_sockets_bound_to_relative_names() {
 
 /// Datagram and seqpacket pair ends whose other end was closed, with
 /// messages left in them (and a datagram end without any): each reads
-/// its messages, and fails its sends, as before.
+/// its messages, and fails its sends, as before. A stream end and a
+/// datagram end among them hold a pipe in flight (SCM_RIGHTS).
 #[test]
 fn pair_ends_whose_other_end_was_closed() {
     case("widowed");

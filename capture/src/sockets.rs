@@ -186,6 +186,11 @@ pub struct Sockets {
     connecting: Vec<Connecting>,
     /// Stream ends whose other end was closed: (index, bytes left in it).
     widowed: Vec<(usize, Vec<u8>)>,
+    /// Ends whose other end was closed with messages left in them (a
+    /// datagram or seqpacket end's, or a stream end's runs cut where files
+    /// are in flight): (index, fd, the messages), framed in `link` with
+    /// the numbers their files are held at.
+    widowed_messages: Vec<(usize, i32, Vec<sock::Message>)>,
     /// Named unix datagram sockets with datagrams queued: (index, fd,
     /// the datagrams, each with its sender's address).
     datagrams: Vec<(usize, i32, Vec<sock::Message>)>,
@@ -785,13 +790,33 @@ pub fn capture(
             }
             let bytes = if d.rqueue > 0 && sock_type == libc::SOCK_SEQPACKET {
                 // Its messages, then end of file.
-                widowed_messages(fd, what, &shown, &dup, d.rqueue, Some(d.rqueue as usize))?
+                let m =
+                    widowed_messages(fd, what, &shown, &dup, d.rqueue, Some(d.rqueue as usize))?;
+                seen.widowed_messages.push((b.sockets.len(), fd, m));
+                Vec::new()
             } else if d.rqueue > 0 {
                 match sock::peek(&dup, d.rqueue as usize + 1) {
-                    Ok(p) if p.fds || p.other_control => {
+                    Ok(p) if p.other_control => {
                         return Err(format!(
-                            "fd {fd} ({what} {shown}) has file descriptors or credentials in flight; not supported yet"
+                            "fd {fd} ({what} {shown}) has credentials in flight; not supported yet"
                         ))
+                    }
+                    Ok(p) if p.fds => {
+                        // Files in flight: its runs of bytes, cut where
+                        // they are (framed as messages).
+                        match sock::peek_stream(&dup, d.rqueue as usize) {
+                            Ok(Ok(m)) => {
+                                s.flags |= cryo_image::fds::socket_flags::FRAMED;
+                                seen.widowed_messages.push((b.sockets.len(), fd, m));
+                            }
+                            Ok(Err(why)) => {
+                                return Err(format!(
+                                    "fd {fd} ({what} {shown}) has {why}; not supported yet"
+                                ))
+                            }
+                            Err(e) => return Err(io("queued bytes", e)),
+                        }
+                        Vec::new()
                     }
                     Ok(p) if p.bytes.len() == d.rqueue as usize => p.bytes,
                     Ok(p) => {
@@ -821,13 +846,11 @@ pub fn capture(
             // the peer sent before its close wait in it. Made again as a
             // pair whose other end sends them and is closed (and then
             // disconnected, if it was).
-            let bytes = if d.rqueue > 0 {
-                widowed_messages(fd, what, &shown, &dup, d.rqueue, None)?
-            } else {
-                Vec::new()
-            };
+            if d.rqueue > 0 {
+                let m = widowed_messages(fd, what, &shown, &dup, d.rqueue, None)?;
+                seen.widowed_messages.push((b.sockets.len(), fd, m));
+            }
             s.state = socket_state::WIDOWED;
-            seen.widowed.push((b.sockets.len(), bytes));
         } else if d.rqueue > 0 && sock_type == libc::SOCK_DGRAM && bound {
             // Datagrams sent to its name: sent to it again at restore, each
             // from a socket with its sender's address (`link` checks that
@@ -880,8 +903,8 @@ pub fn capture(
 }
 
 /// The messages waiting in a datagram or seqpacket socket whose other end
-/// was closed, framed as a pair's (`sock::frame`); refused if one carries
-/// files or came from a named socket (the pair made again has no name).
+/// was closed; refused if one came from a named socket (the pair made
+/// again has no name).
 fn widowed_messages(
     fd: i32,
     what: &str,
@@ -889,15 +912,12 @@ fn widowed_messages(
     dup: &OwnedFd,
     rqueue: u32,
     eof_at: Option<usize>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<sock::Message>, String> {
     match sock::peek_messages(dup, rqueue as usize, eof_at) {
-        Ok(Ok(m)) if m.iter().any(|m| m.nfds > 0) => Err(format!(
-            "fd {fd} ({what} {shown}): its other end was closed with file descriptors in flight to it (SCM_RIGHTS); not supported yet"
-        )),
         Ok(Ok(m)) if m.iter().any(|m| !m.from.is_empty()) => Err(format!(
             "fd {fd} ({what} {shown}): its other end was closed, and messages queued in it came from a named socket; not supported"
         )),
-        Ok(Ok(m)) => Ok(sock::frame(&m, &[], false)),
+        Ok(Ok(m)) => Ok(m),
         Ok(Err(why)) => Err(format!("fd {fd} ({what} {shown}) has {why}; not supported yet")),
         Err(e) => Err(format!("fd {fd} ({what} {shown}): reading its queued messages: {e}")),
     }
@@ -1243,6 +1263,33 @@ pub fn link(
                 bytes,
             });
         }
+    }
+    // Ends whose other end was closed, with messages: their files in
+    // flight held in the process for the capture, as for a pair.
+    for (index, fd, m) in seen.widowed_messages {
+        let held = in_flight
+            .by_socket
+            .get(&fd)
+            .map_or(&[][..], |v| v.as_slice());
+        let counts: Vec<usize> = m.iter().filter(|m| m.nfds > 0).map(|m| m.nfds).collect();
+        let same =
+            held.len() == counts.len() && held.iter().zip(&counts).all(|(h, &n)| h.len() == n);
+        if !same {
+            let s = b.sockets[index];
+            let what = type_name(s.family as i32, s.sock_type as i32);
+            let why = in_flight
+                .not_held
+                .get(&fd)
+                .map_or("which cryo could not hold for the capture", |w| w.as_str());
+            obs.push(format!(
+                "fd {fd} ({what}, its other end closed) has file descriptors in flight (SCM_RIGHTS): {why}"
+            ));
+            continue;
+        }
+        stored.blobs.push(PendingBlob {
+            to: BlobOwner::Socket(index),
+            bytes: sock::frame(&m, held, false),
+        });
     }
     let all = &seen.connected;
     for c in all {

@@ -1362,14 +1362,55 @@ pub(crate) fn send_in_flight(
         let Some(s) = img.sockets().get(f.object as usize) else {
             continue;
         };
-        if s.state != socket_state::PAIR {
-            continue;
-        }
         let err = |why: Why| RestoreError::Fd {
             fd: f.fd,
             what: "socket".into(),
             why,
         };
+        if s.state == socket_state::WIDOWED {
+            // Its other end, kept open for this: sends what waited, files
+            // and all, and is closed.
+            let other = {
+                let mut others = widowed_others();
+                let k = others.iter().position(|(o, _)| *o == f.object);
+                k.map(|k| others.swap_remove(k).1)
+            };
+            let Some(other) = other else {
+                continue;
+            };
+            done.push(f.object);
+            let bytes = loaded
+                .read_blob(&s.data, verify)
+                .map_err(|e| err(Why::Said(e.to_string())))?;
+            let stream = s.sock_type as i32 == libc::SOCK_STREAM;
+            for q in messages(&bytes).map_err(err)? {
+                for n in &q.fds {
+                    if !flying.contains(n) || named.contains(n) {
+                        return Err(err(Why::Said(format!(
+                            "a queued message names fd {n} as a file in flight, which the image does not have (once)"
+                        ))));
+                    }
+                    named.push(*n);
+                }
+                let from = other.as_raw_fd();
+                let sent = if stream && q.fds.is_empty() {
+                    sys::send_all_at(from, q.bytes)
+                } else {
+                    sys::send_with_fds(from, q.bytes, &q.fds)
+                };
+                sent.map_err(|e| {
+                    err(Why::sys(
+                        "sending a queued message and its files in flight again",
+                        e,
+                    ))
+                })?;
+            }
+            drop(other);
+            continue;
+        }
+        if s.state != socket_state::PAIR {
+            continue;
+        }
         let read = |data: &cryo_image::fds::Blob| -> Result<Vec<u8>, RestoreError> {
             if data.len == 0 {
                 return Ok(Vec::new());
@@ -1465,6 +1506,13 @@ pub(crate) fn send_in_flight(
         sys::close(n);
     }
     Ok(())
+}
+
+/// The other ends of widowed sockets (by socket index) whose queues hold
+/// files in flight: open until [`send_in_flight`] sends through them.
+fn widowed_others() -> std::sync::MutexGuard<'static, Vec<(u32, OwnedFd)>> {
+    static OTHERS: std::sync::Mutex<Vec<(u32, OwnedFd)>> = std::sync::Mutex::new(Vec::new());
+    OTHERS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether socket `object` is one end of a pair made inside the process
@@ -1666,13 +1714,26 @@ pub(crate) fn make(
         let (a, b) = sys::socketpair(s.family as i32, s.sock_type as i32)
             .map_err(|e| sysw("socketpair", e))?;
         set_options(img, object, a.as_fd()).map_err(|w| fd_err(p, w))?;
-        if s.data.len > 0 {
-            let bytes = loaded
+        let bytes = if s.data.len > 0 {
+            loaded
                 .read_blob(&s.data, verify)
-                .map_err(|e| fd_err(p, Why::Said(e.to_string())))?;
+                .map_err(|e| fd_err(p, Why::Said(e.to_string())))?
+        } else {
+            Vec::new()
+        };
+        if carries_files(&s, &bytes).map_err(|w| fd_err(p, w))? {
+            // Files in flight: sent by [`send_in_flight`] once they are at
+            // their numbers, and the other end closed then (kept above
+            // every number the image has meanwhile).
+            let high = img.fds().iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 1;
+            let kept = sys::dup_above(b.as_raw_fd(), high)
+                .map_err(|e| sysw("keeping its other end aside", e))?;
+            drop(b);
+            widowed_others().push((object, sys::adopt(kept)));
+        } else {
             put_back(&s, b.as_fd(), &bytes).map_err(|w| fd_err(p, w))?;
+            drop(b);
         }
-        drop(b);
         // A datagram socket that had already let go of its dead peer (a
         // send failed with ECONNREFUSED): disconnected again.
         if s.sock_type as i32 == libc::SOCK_DGRAM && s.peer_len == 0 {

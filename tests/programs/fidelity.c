@@ -947,9 +947,54 @@ static void relsock_check(void) {
  * the first send fails with ECONNREFUSED, the next with ENOTCONN); the
  * seqpacket end reads its messages, then end of file, and a send fails
  * with EPIPE. */
-static int wd_dg, wd_dg0, wd_sp;
+static int wd_dg, wd_dg0, wd_sp, wd_st, wd_dgf;
+/* Send `len` bytes with fd `fd` (SCM_RIGHTS). */
+static void wd_send_fd(int via, const char *bytes, size_t len, int fd) {
+    char ctrl[CMSG_SPACE(sizeof(int))] = {0};
+    struct iovec iov = {.iov_base = (void *)bytes, .iov_len = len};
+    struct msghdr h = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof ctrl};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&h);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    CHECK(sendmsg(via, &h, 0) == (ssize_t)len, "sendmsg with an fd");
+}
+/* Receive up to `len` bytes and any fd (-1 if none). */
+static ssize_t wd_recv_fd(int via, char *buf, size_t len, int *fd) {
+    char ctrl[CMSG_SPACE(sizeof(int))] = {0};
+    struct iovec iov = {.iov_base = buf, .iov_len = len};
+    struct msghdr h = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof ctrl};
+    ssize_t n = recvmsg(via, &h, MSG_DONTWAIT);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&h);
+    *fd = -1;
+    if (n >= 0 && c && c->cmsg_type == SCM_RIGHTS) memcpy(fd, CMSG_DATA(c), sizeof *fd);
+    return n;
+}
+/* A pipe holding `text`; its read end (the write end closed). */
+static int wd_pipe(const char *text) {
+    int q[2];
+    CHECK(pipe(q) == 0 && write(q[1], text, strlen(text)) == (ssize_t)strlen(text), "pipe");
+    close(q[1]);
+    return q[0];
+}
 static void widowed_setup(void) {
     int p[2];
+    /* A stream end with bytes, bytes with a pipe in flight, and bytes; and
+     * a datagram end with a message carrying a pipe. */
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, p) == 0 && send(p[1], "ab", 2, 0) == 2, "stream pair");
+    int q = wd_pipe("piped");
+    wd_send_fd(p[1], "cd", 2, q);
+    close(q);
+    CHECK(send(p[1], "ef", 2, 0) == 2, "more bytes");
+    close(p[1]);
+    wd_st = p[0];
+    CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, p) == 0 && send(p[1], "m0", 2, 0) == 2, "datagram pair with files");
+    q = wd_pipe("dg-piped");
+    wd_send_fd(p[1], "m1", 2, q);
+    close(q);
+    close(p[1]);
+    wd_dgf = p[0];
     CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, p) == 0 && send(p[1], "one", 3, 0) == 3 && send(p[1], "four", 4, 0) == 4,
           "datagram pair");
     close(p[1]);
@@ -980,6 +1025,27 @@ static void widowed_check(void) {
     CHECK(recv(wd_sp, buf, sizeof buf, 0) == 4 && !memcmp(buf, "sp22", 4), "second seqpacket message");
     CHECK(recv(wd_sp, buf, sizeof buf, 0) == 0, "then end of file");
     CHECK(send(wd_sp, "z", 1, MSG_NOSIGNAL) == -1 && errno == EPIPE, "seqpacket send: EPIPE");
+    /* The stream: every byte in order, one pipe among them, then EOF. */
+    char all[16] = {0};
+    size_t got = 0;
+    int fds = 0, pfd = -1, f;
+    ssize_t r;
+    while ((r = wd_recv_fd(wd_st, all + got, sizeof all - 1 - got, &f)) > 0) {
+        got += r;
+        if (f >= 0) {
+            fds++;
+            pfd = f;
+        }
+    }
+    CHECK(r == 0 && got == 6 && !memcmp(all, "abcdef", 6) && fds == 1, "stream: %zu bytes '%s', %d fds, then EOF",
+          got, all, fds);
+    CHECK(read(pfd, buf, sizeof buf) == 5 && !memcmp(buf, "piped", 5), "the pipe in flight, with its bytes");
+    close(pfd);
+    /* The datagram end: its message, then the one with the pipe. */
+    CHECK(wd_recv_fd(wd_dgf, buf, sizeof buf, &f) == 2 && !memcmp(buf, "m0", 2) && f == -1, "first datagram");
+    CHECK(wd_recv_fd(wd_dgf, buf, sizeof buf, &f) == 2 && !memcmp(buf, "m1", 2) && f >= 0, "datagram with a pipe");
+    CHECK(read(f, buf, sizeof buf) == 8 && !memcmp(buf, "dg-piped", 8), "its pipe, with its bytes");
+    close(f);
 }
 
 /* Unix sockets whose files are gone: a listener whose file was removed,
