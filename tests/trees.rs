@@ -517,20 +517,28 @@ print("PASS", flush=True)
         "outside the captured processes; capture that process with it",
     );
     // A listening socket whose path was removed and bound again by
-    // another: its name now leads to the other one.
+    // another, with a connection waiting in it: that connection cannot be
+    // made again by the name, which leads to the other one. (Without it,
+    // such a "ghost" is restored: tests/fidelity.rs, `ghost`.)
     let ghost = r#"
 import os, socket, sys, tempfile
 d = tempfile.mkdtemp()
 path = os.path.join(d, "sock")
 a = socket.socket(socket.AF_UNIX); a.bind(path); a.listen()
+w = socket.socket(socket.AF_UNIX); w.connect(path)
 os.unlink(path)
 b = socket.socket(socket.AF_UNIX); b.bind(path); b.listen()
 print("READY", flush=True); sys.stdin.readline()
+assert a.accept()[0] is not None
 c = socket.socket(socket.AF_UNIX); c.connect(path)
 assert b.accept()[0] is not None
 print("PASS", flush=True)
 "#;
-    refused(ghost, &[], "that path no longer leads to this socket");
+    refused(
+        ghost,
+        &[],
+        "that path no longer leads to this socket (removed or replaced since the bind), and connections wait in it",
+    );
     // Files in flight queued both ways in a pair between two processes,
     // shut down after: each process would send its own queue again, and
     // neither would know when to shut down.
