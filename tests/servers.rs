@@ -578,6 +578,87 @@ fn gunicorn_workers_keep_their_heartbeat_files() {
     }
 }
 
+/// Gunicorn bound to a unix socket by a relative name (`--bind
+/// unix:app.sock`, as a deployment behind a proxy often is), from its
+/// working directory: refused until stop 25 ("cannot tell which directory
+/// it was resolved in"). Restored by a `cryo restore` run elsewhere, the
+/// listener is bound again in that directory under the same name, and
+/// both workers answer through it.
+#[test]
+fn gunicorn_on_a_relative_unix_socket_answers_after_restore() {
+    let gunicorn = which("gunicorn");
+    let dir = scratch("gunicorn-unix");
+    std::fs::copy(
+        root().join("tests/programs/wsgi_count.py"),
+        dir.join("wsgi_count.py"),
+    )
+    .unwrap();
+    adopt_orphans();
+    sanitize_fds();
+    let mut server = Command::new(gunicorn)
+        .current_dir(&dir)
+        .args(["-w", "2", "-b", "unix:app.sock", "wsgi_count:app"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("log")).unwrap())
+        .spawn()
+        .expect("gunicorn");
+    let root_pid = server.id() as i32;
+    let sock = dir.join("app.sock");
+    let get = || -> Option<(i32, u32)> {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut all = String::new();
+        s.read_to_string(&mut all).ok()?;
+        let body = all.split_once("\r\n\r\n")?.1.to_owned();
+        let mut w = body.split_whitespace().map(|x| x.parse::<i64>().ok());
+        Some((w.next()?? as i32, w.next()?? as u32))
+    };
+    let mut before = std::collections::BTreeMap::new();
+    wait_for("both workers to answer", Duration::from_secs(30), || {
+        if let Some((pid, n)) = get() {
+            before.insert(pid, n);
+        }
+        before.len() == 2
+    });
+    wait_for("gunicorn to settle", Duration::from_secs(10), || {
+        [root_pid]
+            .iter()
+            .chain(before.keys())
+            .all(|&p| state(p) == Some('S'))
+    });
+    let img = dir.join("img");
+    capture_killed(root_pid, &img, &[]);
+    let _ = server.wait();
+    let pids = tree_pids(&img);
+    let (_, out, _) = cryo_cmd(&["inspect", "--json", img.to_str().unwrap()]);
+    assert!(out.contains("\"relative_name\": true"), "{out}");
+    wait_gone(&pids);
+    // (This test's working directory is not the server's.)
+    assert_ne!(std::env::current_dir().unwrap(), dir);
+    let r = restore(&img, &["--same-pid"], &dir.join("out"));
+    let mut after = std::collections::BTreeMap::new();
+    wait_for(
+        "both restored workers to answer",
+        Duration::from_secs(30),
+        || {
+            if let Some((pid, n)) = get() {
+                after.insert(pid, n);
+            }
+            after.len() == 2
+        },
+    );
+    for (pid, n) in &after {
+        let was = before
+            .get(pid)
+            .unwrap_or_else(|| panic!("worker {pid} is new"));
+        assert!(n > was, "worker {pid} served {n} after {was}");
+    }
+    // SAFETY: kill takes integers.
+    unsafe { libc::kill(root_pid, libc::SIGTERM) };
+    finish(r, "restore of gunicorn on a relative unix socket");
+}
+
 /// An established TCP connection to a process not captured, kept with TCP
 /// repair (`--tcp-established`): the client keeps its connection across
 /// `capture --kill` and the restore, and nothing is lost either way
