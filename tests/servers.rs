@@ -499,6 +499,7 @@ fn http_get(port: u16) -> String {
 /// worker's would see no heartbeat and kill the worker within 2 s.
 #[test]
 fn gunicorn_workers_keep_their_heartbeat_files() {
+    let _one = one_gunicorn();
     let gunicorn = which("gunicorn");
     let dir = scratch("gunicorn");
     let port = free_port();
@@ -578,6 +579,15 @@ fn gunicorn_workers_keep_their_heartbeat_files() {
     }
 }
 
+/// One gunicorn test at a time: the heartbeat test's master replaces a
+/// worker whose heartbeat is 2 s late, which a second tree of workers
+/// starting on these two CPUs can make it be (seen once: "worker ... is
+/// new").
+fn one_gunicorn() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Gunicorn bound to a unix socket by a relative name (`--bind
 /// unix:app.sock`, as a deployment behind a proxy often is), from its
 /// working directory: refused until stop 25 ("cannot tell which directory
@@ -586,6 +596,7 @@ fn gunicorn_workers_keep_their_heartbeat_files() {
 /// both workers answer through it.
 #[test]
 fn gunicorn_on_a_relative_unix_socket_answers_after_restore() {
+    let _one = one_gunicorn();
     let gunicorn = which("gunicorn");
     let dir = scratch("gunicorn-unix");
     std::fs::copy(

@@ -75,8 +75,16 @@ pub fn classify_all<'a>(
             && m.deleted())
         .then(|| other_link(&map_files, &m.path))
         .flatten();
+        // Its other link in another directory: reopened by its file
+        // handle, as an fd on it is.
+        let handled = (matches!(kind, vma_kind::FILE_PRIVATE | vma_kind::FILE_SHARED)
+            && m.deleted()
+            && relinked.is_none())
+        .then(|| by_handle(b, &map_files, &m.path))
+        .flatten();
         let file = match kind {
             _ if relinked.is_some() => file_id(b, relinked.as_deref().unwrap_or_default()),
+            _ if handled.is_some() => handled.unwrap_or(NO_INDEX),
             vma_kind::FILE_PRIVATE | vma_kind::FILE_SHARED if m.deleted() => stored
                 .file(
                     b,

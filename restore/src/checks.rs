@@ -89,6 +89,9 @@ pub fn mapped_files(img: &Image) -> Result<(), RestoreError> {
         if f.flags & cryo_image::fds::file_flags::DELETED != 0 {
             continue; // made again from the image (fds::plan checks it)
         }
+        if f.flags & cryo_image::fds::file_flags::HANDLE != 0 {
+            continue; // opened by its handle (stored::make, the shim checks it)
+        }
         let path = img.str(f.path).unwrap_or("").to_owned();
         let md = match std::fs::metadata(&path) {
             Ok(md) => md,

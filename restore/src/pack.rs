@@ -87,6 +87,15 @@ pub fn obstacles(plan: &Plan) -> Vec<String> {
             "it maps {path} shared and writable, which only cryo restore makes again from the image when it is gone (a JVM removes its hsperfdata file at exit)"
         ));
     }
+    let handled = img
+        .vmas()
+        .iter()
+        .filter(|v| v.file != NO_INDEX)
+        .filter_map(|v| img.files().get(v.file as usize))
+        .any(|f| f.flags & file_flags::HANDLE != 0);
+    if handled {
+        out.push("it maps a file whose name was removed and whose other link is elsewhere, which only cryo restore reopens (by its file handle)".into());
+    }
     if img.process().flags & process_flags::CWD_DELETED != 0 {
         out.push("its working directory was removed; only cryo restore makes it again".into());
     }

@@ -80,16 +80,24 @@ pub(crate) fn plan_mapped(img: &Image, out: &mut Plan) -> Result<(), RestoreErro
             .then(|| img.files().get(v.file as usize))
             .flatten()
         {
-            let made = file.flags & (file_flags::DELETED | file_flags::KEPT) != 0;
+            let made =
+                file.flags & (file_flags::DELETED | file_flags::KEPT | file_flags::HANDLE) != 0;
             if made && !out.stored.contains(&v.file) {
                 out.stored.push(v.file);
             }
         }
     }
+    // Every file opened by its handle, mapped or not: the shim counts them
+    // all among the files passed to it (an fd's own is opened apart).
+    for (i, f) in img.files().iter().enumerate() {
+        if f.flags & file_flags::HANDLE != 0 && !out.stored.contains(&(i as u32)) {
+            out.stored.push(i as u32);
+        }
+    }
     out.stored.sort_unstable();
     for s in &out.stored {
         let f = img.files().get(*s as usize).expect("validated index");
-        if f.flags & file_flags::MEMFD == 0 {
+        if f.flags & (file_flags::MEMFD | file_flags::HANDLE) == 0 {
             let path = img.str(f.path).unwrap_or("");
             let parent = Path::new(path).parent().unwrap_or(Path::new("/"));
             let there = f.flags & file_flags::KEPT != 0 && Path::new(path).exists();
@@ -158,6 +166,62 @@ pub(crate) fn make(
         path: shown.clone(),
         why,
     };
+    if f.flags & file_flags::HANDLE != 0 {
+        // Its name was removed and its other link is elsewhere: by its
+        // file handle, the very inode (the shim checks the rest of its
+        // identity before anything is torn down).
+        let h = img
+            .file_handles()
+            .iter()
+            .find(|h| h.file == idx)
+            .ok_or_else(|| {
+                err(Why::Said(
+                    "its file handle is missing from the image".into(),
+                ))
+            })?;
+        let bytes = h.bytes()[..h.len as usize].to_vec();
+        let fd = sys::open_by_handle(f.dev, h.kind, &bytes).map_err(|e| {
+            err(Why::Said(format!(
+                "its name was removed and its other link is elsewhere; reopening it by its file handle (open_by_handle_at, which needs CAP_DAC_READ_SEARCH): {e}"
+            )))
+        })?;
+        let st = sys::fstat(fd.as_raw_fd()).map_err(|e| err(Why::sys("fstat", e)))?;
+        if (st.st_dev, st.st_ino) != (f.dev, f.ino) {
+            return Err(err(Why::Said(
+                "its file handle names another file now".into(),
+            )));
+        }
+        // (An O_PATH fd, which mmap does not take: opened again, read-write
+        // where it may be. At its removed name for the moment (linked
+        // there, opened, removed again), so that its mappings read
+        // `NAME (deleted)` as the captured ones did; through the fd itself
+        // where that name is taken or its directory gone.)
+        let open_at = |c: &CString| {
+            let open = |acc| sys::open(c, acc | libc::O_CLOEXEC);
+            open(libc::O_RDWR).or_else(|e| match e.raw_os_error() {
+                Some(libc::EACCES | libc::EROFS | libc::ETXTBSY) => open(libc::O_RDONLY),
+                _ => Err(e),
+            })
+        };
+        let removed_name = img
+            .vmas()
+            .iter()
+            .find(|v| v.file == idx)
+            .and_then(|v| img.str(v.name))
+            .and_then(|n| n.strip_suffix(" (deleted)"))
+            .map(|n| cpath(Path::new(n)));
+        if let Some(c) = removed_name {
+            if sys::link_fd(fd.as_raw_fd(), &c).is_ok() {
+                let r = open_at(&c);
+                let removed = sys::unlink(&c);
+                let made = r.map_err(|e| err(Why::sys("opening it through its handle", e)))?;
+                removed.map_err(|e| err(Why::sys("removing its name again", e)))?;
+                return Ok(made);
+            }
+        }
+        let c = cpath(Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())));
+        return open_at(&c).map_err(|e| err(Why::sys("opening it through its handle", e)));
+    }
     if f.flags & file_flags::KEPT != 0 {
         // The file itself if it is there (checks::mapped_files made sure
         // it is the one captured); else made again at its path below,

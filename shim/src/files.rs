@@ -10,10 +10,12 @@ use cryo_image::fds::file_flags;
 use cryo_image::{vma_kind, Image, NO_INDEX};
 
 /// Whether `cryo restore` made (or opened) the file and passes it at
-/// FILES_FD: an unlinked file or memfd, and a kept file (which a packed
-/// restorer, with no FILES_FD, opens by its path like any other).
+/// FILES_FD: an unlinked file or memfd, a file opened by its handle (its
+/// name removed, its other link elsewhere), and a kept file (which a
+/// packed restorer, with no FILES_FD, opens by its path like any other).
 fn made_by_restore(flags: u32, files_fd: usize) -> bool {
-    flags & file_flags::DELETED != 0 || (flags & file_flags::KEPT != 0 && files_fd != usize::MAX)
+    flags & (file_flags::DELETED | file_flags::HANDLE) != 0
+        || (flags & file_flags::KEPT != 0 && files_fd != usize::MAX)
 }
 
 /// One fd per files-table entry (or -1), kept in the shim's scratch

@@ -752,7 +752,8 @@ static void deleted_check(void) {
  * directory: the same inode after restore (reopened by its file handle),
  * its offset and flags, writes seen through the other name. */
 static int lnk_fd, lnk_fd2;
-static char lnk_other[8192], lnk_beside[8192];
+static char lnk_other[8192], lnk_beside[8192], lnk_mapped_other[8192];
+static char *lnk_shared, *lnk_private;
 static void linked_setup(void) {
     char d1[4096], d2[4096], p[8192];
     path_in_dir(d1, sizeof d1, "one");
@@ -771,6 +772,20 @@ static void linked_setup(void) {
     lnk_fd2 = open(p, O_RDWR | O_CREAT, 0600);
     CHECK(lnk_fd2 >= 0 && write(lnk_fd2, "xyz", 3) == 3, "create beside");
     CHECK(link(p, lnk_beside) == 0 && unlink(p) == 0, "link beside, unlink");
+    /* And one mapped (shared and private), its fd closed, its name removed,
+     * its other link in the other directory. */
+    snprintf(p, sizeof p, "%s/m", d1);
+    snprintf(lnk_mapped_other, sizeof lnk_mapped_other, "%s/n", d2);
+    int m = open(p, O_RDWR | O_CREAT, 0600);
+    char page[4096];
+    memset(page, 'M', sizeof page);
+    CHECK(m >= 0 && write(m, page, sizeof page) == 4096, "create mapped");
+    lnk_shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, m, 0);
+    lnk_private = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE, m, 0);
+    CHECK(lnk_shared != MAP_FAILED && lnk_private != MAP_FAILED, "mmap");
+    lnk_private[0] = 'p';
+    close(m);
+    CHECK(link(p, lnk_mapped_other) == 0 && unlink(p) == 0, "mapped: link elsewhere, unlink");
 }
 static void linked_check(void) {
     struct stat a, b;
@@ -790,6 +805,15 @@ static void linked_check(void) {
     CHECK(fstat(lnk_fd2, &a) == 0 && stat(lnk_beside, &b) == 0 && a.st_ino == b.st_ino && a.st_nlink == 1,
           "the same inode as the link beside it");
     CHECK(lseek(lnk_fd2, 0, SEEK_CUR) == 3, "offset beside");
+    /* The mappings: the same file (a write through the shared one is read
+     * through the other name), the private copy as it was. */
+    CHECK(lnk_shared[0] == 'M' && lnk_private[0] == 'p' && lnk_private[1] == 'M', "mapped contents");
+    lnk_shared[1] = 'Z';
+    CHECK(msync(lnk_shared, 4096, MS_SYNC) == 0, "msync");
+    int g2 = open(lnk_mapped_other, O_RDONLY);
+    CHECK(g2 >= 0 && pread(g2, buf, 2, 0) == 2 && !memcmp(buf, "MZ", 2), "written through the mapping, read by the other name");
+    close(g2);
+    lnk_shared[1] = 'M'; /* as it was, for the next restore */
 }
 
 /* A memfd with seals, mapped shared, and shared anonymous memory. */
