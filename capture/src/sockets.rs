@@ -733,7 +733,11 @@ pub fn capture(
             let dir_there = path
                 .parent()
                 .is_some_and(|d| std::fs::metadata(d).is_ok_and(|m| m.is_dir()));
-            let quiet = peer.is_none() && d.rqueue == 0 && (d.state == 10 || d.peer == 0);
+            // (A connection's two ends are made again through a listener
+            // bound at the name for the moment: a connected stream or
+            // seqpacket end needs no file either.)
+            let quiet = (peer.is_none() && d.rqueue == 0 && (d.state == 10 || d.peer == 0))
+                || (peer.is_some() && sock_type != libc::SOCK_DGRAM);
             if !(same || (dir_there && quiet)) {
                 return Err(format!(
                     "fd {fd} ({what} bound to {shown}): that path no longer leads to this socket (removed or replaced since the bind), and {}; cryo cannot restore it",
@@ -742,7 +746,7 @@ pub fn capture(
                     } else if d.state == 10 {
                         "connections wait in it"
                     } else {
-                        "it is connected or has messages queued"
+                        "it is a connected datagram socket or has messages queued"
                     }
                 ));
             }

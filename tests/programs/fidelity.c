@@ -1077,7 +1077,7 @@ static void widowed_check(void) {
  * socket whose file was removed. After the restore each has its name, the
  * removed names lead to nothing, and the regular file is still there with
  * its bytes. */
-static int gh_l, gh_r, gh_d;
+static int gh_l, gh_r, gh_d, gh_c, gh_a;
 static char gh_lp[108], gh_rp[108], gh_dp[108];
 static int gh_bind(int type, const char *path, int backlog) {
     struct sockaddr_un a = {.sun_family = AF_UNIX};
@@ -1099,6 +1099,13 @@ static void ghost_setup(void) {
     gh_l = gh_bind(SOCK_STREAM, gh_lp, 3);
     gh_r = gh_bind(SOCK_STREAM, gh_rp, 5);
     gh_d = gh_bind(SOCK_DGRAM, gh_dp, -1);
+    /* A connection through the listener, accepted, before its file goes. */
+    struct sockaddr_un la = {.sun_family = AF_UNIX};
+    memcpy(la.sun_path, gh_lp, strlen(gh_lp) + 1);
+    gh_c = socket(AF_UNIX, SOCK_STREAM, 0);
+    CHECK(gh_c >= 0 && connect(gh_c, (struct sockaddr *)&la, sizeof la) == 0, "connect");
+    gh_a = accept(gh_l, NULL, NULL);
+    CHECK(gh_a >= 0 && write(gh_c, "queued", 6) == 6, "accept");
     CHECK(unlink(gh_lp) == 0 && unlink(gh_rp) == 0 && unlink(gh_dp) == 0, "unlink");
     int f = open(gh_rp, O_WRONLY | O_CREAT | O_EXCL, 0600);
     CHECK(f >= 0 && write(f, "mine", 4) == 4 && close(f) == 0, "a file where the socket was");
@@ -1131,6 +1138,14 @@ static void ghost_check(void) {
     int c = socket(AF_UNIX, SOCK_STREAM, 0);
     CHECK(connect(c, (struct sockaddr *)&a, sizeof a) == -1 && errno == ENOENT, "the removed name leads nowhere");
     close(c);
+    /* The connection made through it: its names, its queued bytes, both
+     * ways. */
+    n = sizeof a;
+    CHECK(getpeername(gh_c, (struct sockaddr *)&a, &n) == 0 && !strcmp(a.sun_path, gh_lp), "the client's peer name");
+    n = sizeof a;
+    CHECK(getsockname(gh_a, (struct sockaddr *)&a, &n) == 0 && !strcmp(a.sun_path, gh_lp), "the accepted end's name");
+    CHECK(read(gh_a, buf, sizeof buf) == 6 && !memcmp(buf, "queued", 6), "queued bytes");
+    CHECK(write(gh_a, "back", 4) == 4 && read(gh_c, buf, sizeof buf) == 4 && !memcmp(buf, "back", 4), "and back");
 }
 
 /* A droppable mapping (MAP_DROPPABLE) and a sealed one (mseal). */
