@@ -522,20 +522,7 @@ fn gunicorn_workers_keep_their_heartbeat_files() {
         let mut w = body.split_whitespace().map(|x| x.parse::<i64>().unwrap());
         (w.next().unwrap() as i32, w.next().unwrap() as u32)
     };
-    let mut before = std::collections::BTreeMap::new();
-    // Until both workers have answered once.
-    wait_for("both workers to answer", Duration::from_secs(30), || {
-        let (pid, n) = served(&http_get(port));
-        before.insert(pid, n);
-        before.len() == 2
-    });
-    // Master and workers asleep.
-    wait_for("gunicorn to settle", Duration::from_secs(10), || {
-        [root_pid]
-            .iter()
-            .chain(before.keys())
-            .all(|&p| state(p) == Some('S'))
-    });
+    let before = gunicorn_workers(root_pid, || Some(served(&http_get(port))));
     let img = dir.join("img");
     capture_killed(root_pid, &img, &[]);
     let _ = server.wait();
@@ -577,6 +564,29 @@ fn gunicorn_workers_keep_their_heartbeat_files() {
         unsafe { libc::kill(root_pid, libc::SIGTERM) };
         finish(r, &format!("restore {mode:?} of gunicorn"));
     }
+}
+
+/// Ask gunicorn (`get`: one request, the answering worker's PID and
+/// count) until both its workers have answered, then wait until master
+/// and workers are asleep: each worker's count.
+fn gunicorn_workers(
+    root_pid: i32,
+    mut get: impl FnMut() -> Option<(i32, u32)>,
+) -> std::collections::BTreeMap<i32, u32> {
+    let mut seen = std::collections::BTreeMap::new();
+    wait_for("both workers to answer", Duration::from_secs(30), || {
+        if let Some((pid, n)) = get() {
+            seen.insert(pid, n);
+        }
+        seen.len() == 2
+    });
+    wait_for("gunicorn to settle", Duration::from_secs(10), || {
+        [root_pid]
+            .iter()
+            .chain(seen.keys())
+            .all(|&p| state(p) == Some('S'))
+    });
+    seen
 }
 
 /// One gunicorn test at a time: the heartbeat test's master replaces a
@@ -625,19 +635,7 @@ fn gunicorn_on_a_relative_unix_socket_answers_after_restore() {
         let mut w = body.split_whitespace().map(|x| x.parse::<i64>().ok());
         Some((w.next()?? as i32, w.next()?? as u32))
     };
-    let mut before = std::collections::BTreeMap::new();
-    wait_for("both workers to answer", Duration::from_secs(30), || {
-        if let Some((pid, n)) = get() {
-            before.insert(pid, n);
-        }
-        before.len() == 2
-    });
-    wait_for("gunicorn to settle", Duration::from_secs(10), || {
-        [root_pid]
-            .iter()
-            .chain(before.keys())
-            .all(|&p| state(p) == Some('S'))
-    });
+    let before = gunicorn_workers(root_pid, get);
     let img = dir.join("img");
     capture_killed(root_pid, &img, &[]);
     let _ = server.wait();
