@@ -477,24 +477,29 @@ os.waitpid(pid, 0); print("PASS", flush=True)
         &["--single"],
         "--single captures one process only",
     );
-    // A pidfd of an ended process that two processes hold.
+    // Pidfds of one ended process opened apart (two descriptions) and held
+    // by two processes: each would be made again on an ended process of
+    // its own. (One description that both hold comes back:
+    // `pidfd_of_an_ended_process_held_by_two`.)
     let pidfd = r#"
 import os, sys
 dead = os.fork()
 if dead == 0:
     os._exit(0)
-p = os.pidfd_open(dead)
+p1 = os.pidfd_open(dead)
+p2 = os.pidfd_open(dead)
 os.waitpid(dead, 0)
 pid = os.fork()
 if pid == 0:
-    sys.stdin.readline(); os._exit(0)
+    os.close(p1); sys.stdin.readline(); os._exit(0)
+os.close(p2)
 print("READY", flush=True); sys.stdin.readline()
 os.waitpid(pid, 0); print("PASS", flush=True)
 "#;
     refused(
         pidfd,
         &[],
-        "is a pidfd of an ended process that another process of the tree has a pidfd of too",
+        "is a pidfd of an ended process that another process of the tree opened a pidfd of apart",
     );
     // A pty whose slave a process outside the tree holds (an orphan).
     let pty_outside = r#"
@@ -889,6 +894,50 @@ print("PASS", flush=True)
 "#;
     python_round_trips(
         "tree-pidfd",
+        script,
+        |_| {},
+        &[&[], &["--lazy"], &["--same-pid"]],
+    );
+}
+
+/// A pidfd of an ended (reaped) process that a parent and its child hold
+/// (one description, inherited by the fork; refused until stop 25): after
+/// the restore both hold the same one (one inode, the O_NONBLOCK the child
+/// sets seen by the parent), of an ended process (poll says readable,
+/// pidfd_send_signal fails with ESRCH).
+#[test]
+fn pidfd_of_an_ended_process_held_by_two() {
+    let script = r#"
+import fcntl, os, select, signal, sys
+dead = os.fork()
+if dead == 0:
+    os._exit(0)
+p = os.pidfd_open(dead)
+os.waitpid(dead, 0)
+go_r, go_w = os.pipe()
+back_r, back_w = os.pipe()
+c = os.fork()
+if c == 0:
+    os.read(go_r, 1)
+    fcntl.fcntl(p, fcntl.F_SETFL, fcntl.fcntl(p, fcntl.F_GETFL) | os.O_NONBLOCK)
+    os.write(back_w, str(os.fstat(p).st_ino).encode())
+    os._exit(0)
+print("READY", os.getpid(), flush=True); sys.stdin.readline()
+os.write(go_w, b"g")
+ino = int(os.read(back_r, 64))
+assert ino == os.fstat(p).st_ino, (ino, os.fstat(p).st_ino)
+assert fcntl.fcntl(p, fcntl.F_GETFL) & os.O_NONBLOCK
+assert select.select([p], [], [], 10)[0] == [p]
+try:
+    signal.pidfd_send_signal(p, signal.SIGTERM)
+    assert False, "signalled an ended process"
+except ProcessLookupError:
+    pass
+assert os.waitpid(c, 0)[1] == 0
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "tree-pidfd-dead",
         script,
         |_| {},
         &[&[], &["--lazy"], &["--same-pid"]],

@@ -338,19 +338,11 @@ pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> (Vec<Tr
         if procs_here < 2 && !cands.iter().any(|c| served.contains(c)) {
             continue;
         }
-        // Pidfds of one ended process in several processes: each process
-        // makes its own ended process at restore, so theirs would differ.
-        if let Some(&(p, i)) = cands.iter().find(|&&(p, i)| {
+        // A pidfd of an ended process.
+        let dead_pidfd = cands.iter().find(|&&(p, i)| {
             let f = procs[p].1.b.fds[i];
             f.kind == fd_kind::PIDFD && f.object == cryo_image::NO_INDEX
-        }) {
-            obs.push(format!(
-                "process {}: fd {} is a pidfd of an ended process that another process of the tree has a pidfd of too; not supported yet",
-                procs[p].0,
-                procs[p].1.b.fds[i].fd
-            ));
-            continue;
-        }
+        });
         // A file in flight was held by its process for that process's
         // capture only (its number is closed again): kcmp cannot say any
         // more whether another process holds the same description.
@@ -380,6 +372,19 @@ pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> (Vec<Tr
                     descs.push(vec![(p, i)]);
                 }
             }
+        }
+        // Pidfds of one ended process opened apart (several descriptions)
+        // in several processes: each description's first holder makes an
+        // ended process of its own at restore, so they would name two.
+        // One description (inherited by a fork) is made once, by its first
+        // holder, and taken by the others, as a live process's is.
+        if let (Some(&(p, i)), true) = (dead_pidfd, descs.len() > 1) {
+            obs.push(format!(
+                "process {}: fd {} is a pidfd of an ended process that another process of the tree opened a pidfd of apart (pidfd_open twice); not supported yet",
+                procs[p].0,
+                procs[p].1.b.fds[i].fd
+            ));
+            continue;
         }
         let first = procs[cands[0].0].1.b.fds[cands[0].1];
         let pipe = key.0 == fd_kind::PIPE;
@@ -644,8 +649,8 @@ fn unshareable(ins: &Inspected, f: &Fd) -> Option<String> {
         | fd_kind::INOTIFY
         | fd_kind::FANOTIFY
         // (A pidfd of a live process of the tree, likewise: opened by its
-        // first holder once every process exists. One of an ended process
-        // was refused above.)
+        // first holder once every process exists; one of an ended process
+        // made by its first holder, one description only: see `share`.)
         | fd_kind::PIDFD => None,
         fd_kind::SOCKET => {
             let s = ins.b.sockets.get(f.object as usize)?;
