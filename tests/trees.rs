@@ -756,6 +756,46 @@ fn python_round_trips_with(
     }
 }
 
+/// A zombie in the process group of another child (its leader): it comes
+/// back in that group, not in the one it is forked in (until stop 25 it
+/// ended before any process joined a group, in its parent's: a silent
+/// loss), and its status is still there to reap.
+#[test]
+fn zombie_in_another_childs_group_stays_there() {
+    let script = r#"
+import os, sys, time
+r, w = os.pipe()
+leader = os.fork()
+if leader == 0:
+    os.setpgid(0, 0); os.read(r, 1); os._exit(0)
+while os.getpgid(leader) != leader:
+    time.sleep(0.01)
+z = os.fork()
+if z == 0:
+    os.setpgid(0, leader); os._exit(7)
+while True:
+    try:
+        if open(f"/proc/{z}/stat").read().rsplit(") ", 1)[1][0] == "Z":
+            break
+    except OSError:
+        pass
+    time.sleep(0.01)
+assert os.getpgid(z) == leader
+print("READY", os.getpid(), flush=True); sys.stdin.readline()
+assert os.getpgid(z) == leader, (os.getpgid(z), leader)
+os.write(w, b"x"); os.waitpid(leader, 0)
+_, st = os.waitpid(z, 0)
+assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 7, st
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "tree-zombie-group",
+        script,
+        |_| {},
+        &[&[], &["--lazy"], &["--same-pid"]],
+    );
+}
+
 /// A file whose opened name was removed and whose other link is in
 /// another directory, one open file description held by parent and child:
 /// reopened by its file handle once for both (the offset the parent sets

@@ -714,7 +714,6 @@ pub(crate) fn exec(root: Plan, tree: Box<Tree>) -> RestoreError {
             return e;
         }
     }
-    cx.wait_zombies(0);
     let live: Vec<i32> = tree
         .members
         .iter()
@@ -729,6 +728,8 @@ pub(crate) fn exec(root: Plan, tree: Box<Tree>) -> RestoreError {
         return RestoreError::Tree("a process of the tree could not be made (see above)".into());
     }
     cx.bar.go(Step::Forked);
+    // (Zombie children end once in their groups.)
+    cx.wait_zombies(0);
     // Every group exists: the foreground of the terminal of a session the
     // root leads.
     if let Err(e) = crate::ptys::give_foreground(&tree.ptys, cx.rec(0).pid) {
@@ -850,6 +851,23 @@ impl Cx<'_> {
         Ok(())
     }
 
+    /// Join the process group `r` was in (led by another process, which
+    /// leads it by now), if it is not its own.
+    fn join_group(&self, r: TreeProc) -> Result<(), String> {
+        if r.pgid == r.pid {
+            return Ok(());
+        }
+        let want = if r.pgid == self.rec(0).pgid {
+            self.root_pgid
+        } else {
+            r.pgid as i32
+        };
+        if sys::getpgid(0).ok() != Some(want) {
+            sys::setpgid(0, want).map_err(|e| format!("joining process group {want}: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// The forked process that becomes member `i`.
     fn become_member(&self, i: usize) -> ! {
         let r = self.rec(i);
@@ -861,7 +879,18 @@ impl Cx<'_> {
         if let Err(e) = self.own_session_and_group(r) {
             die(format!("setting its session or process group: {e}"));
         }
+        let root = self.root_pid;
+        let mut root_alive = || running(root);
         if r.state == proc_state::ZOMBIE {
+            // It ends once it is in its group: every process exists then,
+            // and every leader leads (a zombie keeps the group it ended
+            // in; waitpid(-PGID) and getpgid look at it).
+            if !self.bar.wait_go(Step::Forked, &mut root_alive) {
+                sys::exit_now(1);
+            }
+            if let Err(e) = self.join_group(r) {
+                die(e);
+            }
             sys::die_with(r.exit_status as i32);
         }
         for c in self.children(i) {
@@ -869,27 +898,15 @@ impl Cx<'_> {
                 die(e.to_string());
             }
         }
-        self.wait_zombies(i);
-        let root = self.root_pid;
-        let mut root_alive = || running(root);
         self.bar.arrive(Step::Forked);
         if !self.bar.wait_go(Step::Forked, &mut root_alive) {
             sys::exit_now(1);
         }
         // Every process exists, every group leader leads its group: join.
-        if r.pgid != r.pid {
-            let root_rec = self.rec(0);
-            let want = if r.pgid == root_rec.pgid {
-                self.root_pgid
-            } else {
-                r.pgid as i32
-            };
-            if sys::getpgid(0).ok() != Some(want) {
-                if let Err(e) = sys::setpgid(0, want) {
-                    die(format!("joining process group {want}: {e}"));
-                }
-            }
+        if let Err(e) = self.join_group(r) {
+            die(e);
         }
+        self.wait_zombies(i);
         // Every group exists: the foreground of its terminal.
         if r.sid == r.pid {
             if let Err(e) = crate::ptys::give_foreground(&self.tree.ptys, r.pid) {
