@@ -796,6 +796,50 @@ print("PASS", flush=True)
     );
 }
 
+/// A zombie in a process group whose leader ended before the capture
+/// (zdtm's zombie01; refused until stop 25: "whose leader is not in the
+/// tree"): the group is made again by a holder with its id, the zombie
+/// joins it and ends, the holder goes. After the restore the zombie is in
+/// that group and its status is there to reap; nothing else is our child.
+#[test]
+fn zombie_in_a_group_whose_leader_ended() {
+    let script = r#"
+import os, sys, time
+r, w = os.pipe()
+leader = os.fork()
+if leader == 0:
+    os.setpgid(0, 0); os.read(r, 1); os._exit(0)
+while os.getpgid(leader) != leader:
+    time.sleep(0.01)
+z = os.fork()
+if z == 0:
+    os.setpgid(0, leader); os._exit(9)
+while open(f"/proc/{z}/stat").read().rsplit(") ", 1)[1][0] != "Z":
+    time.sleep(0.01)
+os.write(w, b"x"); os.waitpid(leader, 0)
+assert os.getpgid(z) == leader
+print("READY", os.getpid(), flush=True); sys.stdin.readline()
+assert os.getpgid(z) == leader, (os.getpgid(z), leader)
+_, st = os.waitpid(-1, 0)
+assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 9, st
+try:
+    os.waitpid(-1, os.WNOHANG)
+    assert False, "another child"
+except ChildProcessError:
+    pass
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "tree-zombie-orphan-group",
+        script,
+        |img| {
+            let out = inspect_text(img);
+            assert!(out.contains("zombie"), "{out}");
+        },
+        &[&[], &["--lazy"], &["--same-pid"]],
+    );
+}
+
 /// A file whose opened name was removed and whose other link is in
 /// another directory, one open file description held by parent and child:
 /// reopened by its file handle once for both (the offset the parent sets

@@ -708,6 +708,29 @@ pub(crate) fn exec(root: Plan, tree: Box<Tree>) -> RestoreError {
         root_pid: std::process::id() as i32,
         root_pgid: sys::getpgid(0).unwrap_or(0),
     };
+    // Groups whose leader was gone at capture (in the root's session): a
+    // holder with the group's id leads each until its members are in it.
+    let holders = match orphan_groups(&tree)
+        .into_iter()
+        .map(|g| {
+            sys::group_holder(g).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EEXIST) {
+                    RestoreError::Tree(format!(
+                        "PID {g} is taken: process group {g}, whose leader was gone at the capture, is made again by a process with that PID"
+                    ))
+                } else {
+                    crate::IntoSys::into_sys(
+                        e,
+                        format!("making process group {g} again (clone3 set_tid, setpgid)"),
+                    )
+                }
+            })
+        })
+        .collect::<Result<Vec<i32>, _>>()
+    {
+        Ok(h) => GroupHolders(std::cell::RefCell::new(h)),
+        Err(e) => return e,
+    };
     for c in cx.children(0) {
         if let Err(e) = cx.fork(c) {
             cx.fail();
@@ -743,12 +766,54 @@ pub(crate) fn exec(root: Plan, tree: Box<Tree>) -> RestoreError {
                 "a process of the tree could not be restored (see above)".into(),
             ));
         }
+        // Every process is in its group by now (zombies too): the groups'
+        // holders go.
+        holders.release();
         cx.bar.go(Step::Ready);
         Ok(())
     };
     let e = root.exec_with(&mut hook, Some(cx.meet.0.as_raw_fd()));
     cx.fail();
     e
+}
+
+/// Process groups of the tree whose leader is not in it (it ended before
+/// the capture), in the root's session and not the root's own group: made
+/// again by a holder (`sys::group_holder`).
+fn orphan_groups(tree: &Tree) -> Vec<i32> {
+    let root = tree.members[0].rec;
+    let mut out: Vec<i32> = tree
+        .members
+        .iter()
+        .skip(1)
+        .map(|m| m.rec)
+        .filter(|r| r.pgid != r.pid && r.pgid != root.pgid && r.sid == root.sid)
+        .filter(|r| !tree.members.iter().any(|m| m.rec.pid == r.pgid))
+        .map(|r| r.pgid as i32)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The holders of [`orphan_groups`]: killed and reaped once every
+/// process is in its group, or when the restore fails.
+struct GroupHolders(std::cell::RefCell<Vec<i32>>);
+
+impl GroupHolders {
+    /// Kill and reap them (once: their PIDs may be reused after).
+    fn release(&self) {
+        for h in std::mem::take(&mut *self.0.borrow_mut()) {
+            let _ = sys::kill(h, libc::SIGKILL);
+            let _ = sys::waitpid(h, libc::__WALL);
+        }
+    }
+}
+
+impl Drop for GroupHolders {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// The tree's root: its captured PID and its PID now (the restorer's, in

@@ -216,6 +216,35 @@ pub fn ended_child() -> io::Result<i32> {
     }
 }
 
+/// A child with PID `pgid` that leads a process group of that id, for
+/// processes to join whose captured group's leader is gone; it waits,
+/// doing nothing, until it is killed (SIGKILL), and sends no SIGCHLD when
+/// it ends (exit signal 0: reaped by `waitpid(pid, __WALL)` only).
+/// EEXIST: the PID is taken.
+pub fn group_holder(pgid: i32) -> io::Result<i32> {
+    let tid = [pgid as libc::pid_t];
+    match clone3_fork(&CloneArgs {
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    })? {
+        Forked::Child => loop {
+            // SAFETY: pause takes nothing.
+            unsafe { libc::pause() };
+        },
+        Forked::Parent(pid) => {
+            // (Its group made by the parent: made before this returns,
+            // whenever the child runs.)
+            if let Err(e) = setpgid(pid, pid) {
+                let _ = kill(pid, libc::SIGKILL);
+                let _ = waitpid(pid, libc::__WALL);
+                return Err(e);
+            }
+            Ok(pid)
+        }
+    }
+}
+
 /// fork(2) that gives the child PID `pid` (clone3 with `set_tid`; needs
 /// CAP_SYS_ADMIN over the PID namespace). EEXIST: the PID is taken.
 pub fn fork_with_pid(pid: i32) -> io::Result<Forked> {
