@@ -704,8 +704,17 @@ pub fn capture(
                 std::fs::symlink_metadata(std::path::Path::new(&here).join(rel))
                     .is_ok_and(|m| m.ino() as u32 == vino)
             });
+            // (Its path as the restore will take it, seen from here: the
+            // socket file's entry records it, or restore has no directory.)
+            let cwd = cwd.filter(|dir| {
+                dir.is_absolute()
+                    && d.vfs.is_some_and(|(vino, _)| {
+                        std::fs::symlink_metadata(dir.join(rel))
+                            .is_ok_and(|m| m.ino() as u32 == vino)
+                    })
+            });
             match cwd {
-                Some(dir) if same && dir.is_absolute() => {
+                Some(dir) if same => {
                     seen.relative.push((b.sockets.len() as u32, dir.join(rel)));
                     s.flags |= cryo_image::fds::socket_flags::RELATIVE;
                 }
