@@ -376,19 +376,11 @@ pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> (Vec<Tr
                 }
             }
         }
-        // Pidfds of one ended process opened apart (several descriptions)
-        // in several processes: each description's first holder makes an
-        // ended process of its own at restore, so they would name two.
-        // One description (inherited by a fork) is made once, by its first
-        // holder, and taken by the others, as a live process's is.
-        if let (Some(&(p, i)), true) = (dead_pidfd, descs.len() > 1) {
-            obs.push(format!(
-                "process {}: fd {} is a pidfd of an ended process that another process of the tree opened a pidfd of apart (pidfd_open twice); not supported yet",
-                procs[p].0,
-                procs[p].1.b.fds[i].fd
-            ));
-            continue;
-        }
+        // Pidfds of one ended process in several processes: every
+        // description of them is a tree object, made by the restore before
+        // it forks, all on one ended process (so that they name one, as
+        // zdtm pidfd_diffdead checks through their inodes).
+        let every_description = dead_pidfd.is_some();
         let first = procs[cands[0].0].1.b.fds[cands[0].1];
         let pipe = key.0 == fd_kind::PIPE;
         let inside_pipe = pipe && {
@@ -408,7 +400,11 @@ pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> (Vec<Tr
             // every description of it is a tree object. So is a socket
             // another process is connected to. Anything else is one when
             // more than one process holds the description.
-            if held_by < 2 && !inside_pipe && !d.iter().any(|c| served.contains(c)) {
+            if held_by < 2
+                && !inside_pipe
+                && !every_description
+                && !d.iter().any(|c| served.contains(c))
+            {
                 continue;
             }
             let (p0, i0) = d[0];
@@ -653,7 +649,7 @@ fn unshareable(ins: &Inspected, f: &Fd) -> Option<String> {
         | fd_kind::FANOTIFY
         // (A pidfd of a live process of the tree, likewise: opened by its
         // first holder once every process exists; one of an ended process
-        // made by its first holder, one description only: see `share`.)
+        // made by the restore before it forks: see `share`.)
         | fd_kind::PIDFD => None,
         fd_kind::SOCKET => {
             let s = ins.b.sockets.get(f.object as usize)?;

@@ -550,12 +550,15 @@ fn make_shared<'a>(
         // that does not exist yet): made by one process as it would alone
         // (the first holder, nearest the root); the others take that one
         // once every process has its fds.
+        // (A pidfd of an ended process is made here, every description of
+        // it on one ended process: `make_one`.)
         let by_one = img.fds().iter().any(|f| {
             f.fd == n
                 && matches!(
                     f.kind,
                     fd_kind::EPOLL | fd_kind::INOTIFY | fd_kind::FANOTIFY | fd_kind::PIDFD
                 )
+                && !(f.kind == fd_kind::PIDFD && f.object == cryo_image::NO_INDEX)
         });
         if by_one {
             let (k, n, _) = fds.iter().copied().min_by_key(|h| h.0).unwrap_or(fds[0]);
@@ -584,7 +587,19 @@ fn make_shared<'a>(
             .map_err(|e| in_process(recs[k].pid, e))?;
         give(fds, fd, &mut made);
     }
+    // The ended processes of those pidfds: waited for now that every
+    // pidfd of them is open (no child of ours is left).
+    for (_, pid) in std::mem::take(&mut *ended().lock().unwrap_or_else(|e| e.into_inner())) {
+        let _ = sys::waitpid(pid, libc::__WALL);
+    }
     Ok(made)
+}
+
+/// Ended processes made for pidfds of the tree: (pidfs inode at capture,
+/// PID now), one per ended process captured.
+fn ended() -> &'static std::sync::Mutex<Vec<(u64, i32)>> {
+    static ENDED: std::sync::Mutex<Vec<(u64, i32)>> = std::sync::Mutex::new(Vec::new());
+    &ENDED
 }
 
 /// One end of a socket pair, as a holder whose image has the bytes that
@@ -654,6 +669,25 @@ fn make_one(
         ) =>
         {
             crate::anonfds::make(img, p, *kind, *object, *flags)
+        }
+        // A pidfd of an ended process: on the one ended process made for
+        // every pidfd of it (no SIGCHLD comes of it; waited for once all
+        // are open).
+        Source::DeadPidfd { process, flags } => {
+            let mut ended = ended().lock().unwrap_or_else(|e| e.into_inner());
+            let pid = match ended.iter().find(|(k, _)| k == process) {
+                Some(&(_, pid)) => pid,
+                None => {
+                    let pid = sys::ended_child()
+                        .map_err(|e| crate::IntoSys::into_sys(e, "clone3 of a child to end"))?;
+                    ended.push((*process, pid));
+                    pid
+                }
+            };
+            let fd = sys::pidfd_open_flags(pid, flags & libc::O_NONBLOCK).map_err(|e| {
+                fds::fd_err(p, crate::Why::sys("pidfd_open of an ended process", e))
+            })?;
+            Ok(fd.into_raw_fd())
         }
         // An unlinked file or memfd: this description opened on the one
         // file made for every holder.
