@@ -33,6 +33,22 @@ pub struct InFlight {
 }
 
 impl InFlight {
+    /// The numbers the files in flight of socket `fd`'s queued messages
+    /// `m` are held at, one list per message with files; or why they were
+    /// not all held.
+    pub fn held_for<'a>(&'a self, fd: i32, m: &[sock::Message]) -> Result<&'a [Vec<i32>], &'a str> {
+        let held = self.by_socket.get(&fd).map_or(&[][..], |v| v.as_slice());
+        let counts: Vec<usize> = m.iter().filter(|m| m.nfds > 0).map(|m| m.nfds).collect();
+        if held.len() == counts.len() && held.iter().zip(&counts).all(|(h, &n)| h.len() == n) {
+            Ok(held)
+        } else {
+            Err(self
+                .not_held
+                .get(&fd)
+                .map_or("which cryo could not hold for the capture", |w| w.as_str()))
+        }
+    }
+
     /// The socket in whose queue the file held at `fd` is.
     pub fn socket_of(&self, fd: i32) -> i32 {
         self.by_socket

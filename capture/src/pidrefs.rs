@@ -8,12 +8,12 @@
 //! names another process. Restore says so; nothing here changes memory.
 //!
 //! A heuristic, made to miss rather than cry wolf: the heap and stacks
-//! are not read (values there come and go), PIDs below 1000 or
-//! round (a multiple of 100 or 256) are not looked for (too common a number), nor a value the mapped file holds at
-//! the same place (a constant since load), a value that is half of a 64-bit
-//! word pointing into a mapping is a pointer, and only pages present in
-//! memory are read (through /proc/PID/mem: nothing is faulted in or
-//! unshared).
+//! are not read (values there come and go), PIDs below 1000 or round (a
+//! multiple of 100 or 256) are not looked for (too common a number), nor
+//! a value the mapped file holds at the same place (a constant since
+//! load); a value that is half of a 64-bit word pointing into a mapping
+//! is a pointer, and only pages present in memory are read (through
+//! /proc/PID/mem: nothing is faulted in or unshared).
 
 use crate::pages::{read_unpinned, Pagemap};
 use crate::procinfo::Mapping;

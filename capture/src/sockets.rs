@@ -697,24 +697,16 @@ pub fn capture(
             // Bound to a relative name: from the working directory, if it
             // leads to this very socket there (a bind in another
             // directory is not recorded anywhere).
-            use std::os::unix::fs::MetadataExt;
-            let cwd = std::fs::read_link(format!("/proc/{}/cwd", seen.pid)).ok();
-            let here = format!("/proc/{}/cwd", seen.pid);
-            let same = d.vfs.is_some_and(|(vino, _)| {
-                std::fs::symlink_metadata(std::path::Path::new(&here).join(rel))
-                    .is_ok_and(|m| m.ino() as u32 == vino)
-            });
-            // (Its path as the restore will take it, seen from here: the
-            // socket file's entry records it, or restore has no directory.)
-            let cwd = cwd.filter(|dir| {
-                dir.is_absolute()
-                    && d.vfs.is_some_and(|(vino, _)| {
-                        std::fs::symlink_metadata(dir.join(rel))
-                            .is_ok_and(|m| m.ino() as u32 == vino)
-                    })
-            });
+            // Through the process's own view of it, and by the path the
+            // socket file's entry records (restore's directory).
+            let here = std::path::Path::new(&format!("/proc/{}/cwd", seen.pid)).join(rel);
+            let cwd = std::fs::read_link(format!("/proc/{}/cwd", seen.pid))
+                .ok()
+                .filter(|dir| {
+                    dir.is_absolute() && leads_to(&here, d.vfs) && leads_to(&dir.join(rel), d.vfs)
+                });
             match cwd {
-                Some(dir) if same => {
+                Some(dir) => {
                     seen.relative.push((b.sockets.len() as u32, dir.join(rel)));
                     s.flags |= cryo_image::fds::socket_flags::RELATIVE;
                 }
@@ -724,18 +716,11 @@ pub fn capture(
                     ))
                 }
             }
-        } else if let (Some(path), Some((vino, vdev))) = (path, d.vfs) {
+        } else if let (Some(path), Some(_)) = (path, d.vfs) {
             // The name the socket reports is only what it was bound to:
             // bound again there, it would be another socket than the one
             // the path now leads to (if any).
-            // By inode number alone, as unix_diag has it (32 bits): its
-            // device is the superblock's, which a stat on overlayfs does
-            // not report; another file on another device, at this very
-            // path, with the same 32 low inode bits, is not worth a
-            // refusal of every socket there.
-            use std::os::unix::fs::MetadataExt;
-            let _ = vdev;
-            let same = std::fs::symlink_metadata(&path).is_ok_and(|m| m.ino() as u32 == vino);
+            let same = leads_to(&path, d.vfs);
             // Its file removed (or replaced) since the bind: a ghost,
             // bound again at the name and the file removed at once, if
             // nothing needs to reach it by the name at restore.
@@ -1125,11 +1110,11 @@ pub fn socket_file(b: &mut ImageBuilder, seen: &Sockets, index: u32) -> u32 {
         return NO_INDEX;
     }
     let (a, n) = cryo_image::fds::sockaddr_bytes(&s.addr, s.addr_len);
-    // (A relative name: its path from the working directory, checked.)
     if s.flags & cryo_image::fds::socket_flags::GHOST != 0 {
         // (Its file is gone: what the path leads to now is another.)
         return NO_INDEX;
     }
+    // (A relative name: its path from the working directory, checked.)
     let found = seen.relative.iter().find(|(i, _)| *i == index);
     match found
         .map(|(_, p)| p.clone())
@@ -1142,6 +1127,19 @@ pub fn socket_file(b: &mut ImageBuilder, seen: &Sockets, index: u32) -> u32 {
         }
         _ => NO_INDEX,
     }
+}
+
+/// Whether `path` leads to the socket file unix_diag names (`vfs`: its
+/// inode and device). By inode number alone, as unix_diag has it (32
+/// bits): its device is the superblock's, which a stat on overlayfs does
+/// not report; another file on another device, at this very path, with
+/// the same 32 low inode bits, is not worth a refusal of every socket
+/// there.
+fn leads_to(path: &std::path::Path, vfs: Option<(u32, u32)>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    vfs.is_some_and(|(vino, _)| {
+        std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() as u32 == vino)
+    })
 }
 
 /// The path a unix socket address names (not abstract, not unnamed).
@@ -1280,25 +1278,17 @@ pub fn link(
     // Ends whose other end was closed, with messages: their files in
     // flight held in the process for the capture, as for a pair.
     for (index, fd, m) in seen.widowed_messages {
-        let held = in_flight
-            .by_socket
-            .get(&fd)
-            .map_or(&[][..], |v| v.as_slice());
-        let counts: Vec<usize> = m.iter().filter(|m| m.nfds > 0).map(|m| m.nfds).collect();
-        let same =
-            held.len() == counts.len() && held.iter().zip(&counts).all(|(h, &n)| h.len() == n);
-        if !same {
-            let s = b.sockets[index];
-            let what = type_name(s.family as i32, s.sock_type as i32);
-            let why = in_flight
-                .not_held
-                .get(&fd)
-                .map_or("which cryo could not hold for the capture", |w| w.as_str());
-            obs.push(format!(
-                "fd {fd} ({what}, its other end closed) has file descriptors in flight (SCM_RIGHTS): {why}"
-            ));
-            continue;
-        }
+        let held = match in_flight.held_for(fd, &m) {
+            Ok(h) => h,
+            Err(why) => {
+                let s = b.sockets[index];
+                let what = type_name(s.family as i32, s.sock_type as i32);
+                obs.push(format!(
+                    "fd {fd} ({what}, its other end closed) has file descriptors in flight (SCM_RIGHTS): {why}"
+                ));
+                continue;
+            }
+        };
         stored.blobs.push(PendingBlob {
             to: BlobOwner::Socket(index),
             bytes: sock::frame(&m, held, false),
@@ -1354,27 +1344,16 @@ pub fn link(
                         // Files in flight: held in the process for the
                         // capture (`crate::inflight`), as many as the
                         // messages have.
-                        let held = in_flight
-                            .by_socket
-                            .get(&c.fd)
-                            .map_or(&[][..], |v| v.as_slice());
-                        let counts: Vec<usize> =
-                            m.iter().filter(|m| m.nfds > 0).map(|m| m.nfds).collect();
-                        let same = held.len() == counts.len()
-                            && held.iter().zip(&counts).all(|(h, &n)| h.len() == n);
-                        if !same {
-                            let why = in_flight
-                                .not_held
-                                .get(&c.fd)
-                                .map_or("which cryo could not hold for the capture", |w| {
-                                    w.as_str()
-                                });
-                            obs.push(format!(
-                                "fd {} ({what}, paired with fd {}) has file descriptors in flight (SCM_RIGHTS): {why}",
-                                c.fd, o.fd
-                            ));
-                            continue;
-                        }
+                        let held = match in_flight.held_for(c.fd, &m) {
+                            Ok(h) => h,
+                            Err(why) => {
+                                obs.push(format!(
+                                    "fd {} ({what}, paired with fd {}) has file descriptors in flight (SCM_RIGHTS): {why}",
+                                    c.fd, o.fd
+                                ));
+                                continue;
+                            }
+                        };
                         if is_stream {
                             b.sockets[c.index].flags |= cryo_image::fds::socket_flags::FRAMED;
                         }
@@ -1401,10 +1380,7 @@ pub fn link(
                 let (a, _) = cryo_image::fds::sockaddr_bytes(&s.peer, s.peer_len);
                 let name = &a[..s.peer_len as usize];
                 let leads = match (unix_bound_path(name), sock::unix_diag(c.diag.peer)) {
-                    (Some(p), Ok(pd)) => pd.vfs.is_some_and(|(vino, _)| {
-                        use std::os::unix::fs::MetadataExt;
-                        std::fs::symlink_metadata(&p).is_ok_and(|m| m.ino() as u32 == vino)
-                    }),
+                    (Some(p), Ok(pd)) => leads_to(&p, pd.vfs),
                     // (An abstract name leads to its socket; a peer that
                     // unix_diag does not find, in another network
                     // namespace, cannot be checked.)

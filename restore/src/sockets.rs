@@ -1383,28 +1383,7 @@ pub(crate) fn send_in_flight(
                 .read_blob(&s.data, verify)
                 .map_err(|e| err(Why::Said(e.to_string())))?;
             let stream = s.sock_type as i32 == libc::SOCK_STREAM;
-            for q in messages(&bytes).map_err(err)? {
-                for n in &q.fds {
-                    if !flying.contains(n) || named.contains(n) {
-                        return Err(err(Why::Said(format!(
-                            "a queued message names fd {n} as a file in flight, which the image does not have (once)"
-                        ))));
-                    }
-                    named.push(*n);
-                }
-                let from = other.as_raw_fd();
-                let sent = if stream && q.fds.is_empty() {
-                    sys::send_all_at(from, q.bytes)
-                } else {
-                    sys::send_with_fds(from, q.bytes, &q.fds)
-                };
-                sent.map_err(|e| {
-                    err(Why::sys(
-                        "sending a queued message and its files in flight again",
-                        e,
-                    ))
-                })?;
-            }
+            send_framed(other.as_raw_fd(), &bytes, stream, &flying, &mut named).map_err(err)?;
             drop(other);
             continue;
         }
@@ -1467,30 +1446,7 @@ pub(crate) fn send_in_flight(
                     .map_err(|e| err(Why::sys("putting the queued bytes back", e)))?;
                 continue;
             }
-            for q in messages(bytes).map_err(err)? {
-                let (m, with) = (q.bytes, q.fds);
-                for n in &with {
-                    if !flying.contains(n) || named.contains(n) {
-                        return Err(err(Why::Said(format!(
-                            "a queued message names fd {n} as a file in flight, which the image does not have (once)"
-                        ))));
-                    }
-                    named.push(*n);
-                }
-                // (A stream's run without files: its bytes, in as many
-                // sends as it takes; a message with files is one skb.)
-                let sent = if stream && with.is_empty() {
-                    sys::send_all_at(from, m)
-                } else {
-                    sys::send_with_fds(from, m, &with)
-                };
-                sent.map_err(|e| {
-                    err(Why::sys(
-                        "sending a queued message and its files in flight again",
-                        e,
-                    ))
-                })?;
-            }
+            send_framed(from, bytes, stream, &flying, &mut named).map_err(err)?;
         }
         for (fd, bits) in [(f.fd, s.shutdown), (peer, other.shutdown)] {
             let how = match bits & 3 {
@@ -1504,6 +1460,37 @@ pub(crate) fn send_in_flight(
     }
     for &n in &flying {
         sys::close(n);
+    }
+    Ok(())
+}
+
+/// Send a queue framed as messages (`messages`) again from `from`, files
+/// in flight and all: each file number must be one of `flying` and named
+/// once (`named` keeps those named so far).
+fn send_framed(
+    from: RawFd,
+    bytes: &[u8],
+    stream: bool,
+    flying: &[i32],
+    named: &mut Vec<i32>,
+) -> Result<(), Why> {
+    for q in messages(bytes)? {
+        for n in &q.fds {
+            if !flying.contains(n) || named.contains(n) {
+                return Err(Why::Said(format!(
+                    "a queued message names fd {n} as a file in flight, which the image does not have (once)"
+                )));
+            }
+            named.push(*n);
+        }
+        // (A stream's run without files: its bytes, in as many sends as
+        // it takes; a message with files is one skb.)
+        let sent = if stream && q.fds.is_empty() {
+            sys::send_all_at(from, q.bytes)
+        } else {
+            sys::send_with_fds(from, q.bytes, &q.fds)
+        };
+        sent.map_err(|e| Why::sys("sending a queued message and its files in flight again", e))?;
     }
     Ok(())
 }

@@ -153,6 +153,30 @@ pub(crate) fn remove_made_again() {
     }
 }
 
+/// Files-table entry `idx`, a file whose name was removed and whose other
+/// link is elsewhere (`file_flags::HANDLE`), opened by its file handle
+/// (O_PATH) and checked to be the very inode captured; with the handle's
+/// type and bytes.
+pub(crate) fn by_handle(img: &Image, idx: u32) -> Result<(OwnedFd, i32, Vec<u8>), Why> {
+    let f = img.files().get(idx as usize).expect("validated index");
+    let h = img
+        .file_handles()
+        .iter()
+        .find(|h| h.file == idx)
+        .ok_or_else(|| Why::Said("its file handle is missing from the image".into()))?;
+    let bytes = h.bytes()[..h.len as usize].to_vec();
+    let fd = sys::open_by_handle(f.dev, h.kind, &bytes).map_err(|e| {
+        Why::Said(format!(
+            "its name was removed and its other link is elsewhere; reopening it by its file handle (open_by_handle_at, which needs CAP_DAC_READ_SEARCH): {e}"
+        ))
+    })?;
+    let st = sys::fstat(fd.as_raw_fd()).map_err(|e| Why::sys("fstat", e))?;
+    if (st.st_dev, st.st_ino) != (f.dev, f.ino) {
+        return Err(Why::Said("its file handle names another file now".into()));
+    }
+    Ok((fd, h.kind, bytes))
+}
+
 /// Make an unlinked file or memfd again from its stored bytes.
 pub(crate) fn make(
     loaded: &LoadedImage,
@@ -170,27 +194,7 @@ pub(crate) fn make(
         // Its name was removed and its other link is elsewhere: by its
         // file handle, the very inode (the shim checks the rest of its
         // identity before anything is torn down).
-        let h = img
-            .file_handles()
-            .iter()
-            .find(|h| h.file == idx)
-            .ok_or_else(|| {
-                err(Why::Said(
-                    "its file handle is missing from the image".into(),
-                ))
-            })?;
-        let bytes = h.bytes()[..h.len as usize].to_vec();
-        let fd = sys::open_by_handle(f.dev, h.kind, &bytes).map_err(|e| {
-            err(Why::Said(format!(
-                "its name was removed and its other link is elsewhere; reopening it by its file handle (open_by_handle_at, which needs CAP_DAC_READ_SEARCH): {e}"
-            )))
-        })?;
-        let st = sys::fstat(fd.as_raw_fd()).map_err(|e| err(Why::sys("fstat", e)))?;
-        if (st.st_dev, st.st_ino) != (f.dev, f.ino) {
-            return Err(err(Why::Said(
-                "its file handle names another file now".into(),
-            )));
-        }
+        let (fd, _, _) = by_handle(img, idx).map_err(err)?;
         // (An O_PATH fd, which mmap does not take: opened again, read-write
         // where it may be. At its removed name for the moment (linked
         // there, opened, removed again), so that its mappings read

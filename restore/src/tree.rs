@@ -675,19 +675,7 @@ fn make_one(
         // are open).
         Source::DeadPidfd { process, flags } => {
             let mut ended = ended().lock().unwrap_or_else(|e| e.into_inner());
-            let pid = match ended.iter().find(|(k, _)| k == process) {
-                Some(&(_, pid)) => pid,
-                None => {
-                    let pid = sys::ended_child()
-                        .map_err(|e| crate::IntoSys::into_sys(e, "clone3 of a child to end"))?;
-                    ended.push((*process, pid));
-                    pid
-                }
-            };
-            let fd = sys::pidfd_open_flags(pid, flags & libc::O_NONBLOCK).map_err(|e| {
-                fds::fd_err(p, crate::Why::sys("pidfd_open of an ended process", e))
-            })?;
-            Ok(fd.into_raw_fd())
+            Ok(fds::dead_pidfd(p, &mut ended, *process, *flags)?.into_raw_fd())
         }
         // An unlinked file or memfd: this description opened on the one
         // file made for every holder.

@@ -176,23 +176,10 @@ pub fn install(
                     high,
                 )?,
             },
-            Source::DeadPidfd { process, flags } => {
-                let pid = match dead.iter().find(|(k, _)| k == process) {
-                    Some(&(_, pid)) => pid,
-                    None => {
-                        // (No SIGCHLD comes of it, and nothing reaps it
-                        // before its pidfds are open.)
-                        let pid = sys::ended_child()
-                            .map_err(|e| e.into_sys("clone3 of a child to end"))?;
-                        dead.push((*process, pid));
-                        pid
-                    }
-                };
-                // (An ended, not yet waited-for child: pidfd_open works.)
-                let fd = sys::pidfd_open_flags(pid, flags & libc::O_NONBLOCK)
-                    .map_err(|e| fd_err(p, Why::sys("pidfd_open of an ended process", e)))?;
-                park(fd.into_raw_fd(), high)?
-            }
+            Source::DeadPidfd { process, flags } => park(
+                dead_pidfd(p, &mut dead, *process, *flags)?.into_raw_fd(),
+                high,
+            )?,
             Source::Proc {
                 path,
                 pid,
@@ -467,6 +454,30 @@ pub(crate) fn open_removed(p: &FdPlan) -> Result<RawFd, RestoreError> {
     }
     let path = format!("/proc/self/fd/{}", by.as_raw_fd());
     open_path(p, &path, flags, pos, Some(dev_ino), None)
+}
+
+/// A pidfd of the ended process captured as `process` (its pidfs inode):
+/// on the child made to end for it in `ended` (capture inode, PID), made
+/// now if there is none yet. Such a child sends no SIGCHLD, and nothing
+/// reaps it until its caller waits for every one of `ended` (`__WALL`),
+/// once all their pidfds are open.
+pub(crate) fn dead_pidfd(
+    p: &FdPlan,
+    ended: &mut Vec<(u64, i32)>,
+    process: u64,
+    flags: i32,
+) -> Result<std::os::fd::OwnedFd, RestoreError> {
+    let pid = match ended.iter().find(|(k, _)| *k == process) {
+        Some(&(_, pid)) => pid,
+        None => {
+            let pid = sys::ended_child().map_err(|e| e.into_sys("clone3 of a child to end"))?;
+            ended.push((process, pid));
+            pid
+        }
+    };
+    // (An ended, not yet waited-for child: pidfd_open works.)
+    sys::pidfd_open_flags(pid, flags & libc::O_NONBLOCK)
+        .map_err(|e| fd_err(p, Why::sys("pidfd_open of an ended process", e)))
 }
 
 /// Move a made fd (ours) above the highest target number: its duplicate

@@ -37,7 +37,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 pub use crate::pipes::PipeMake;
 pub use install::install;
-pub(crate) use install::{open_path, open_removed};
+pub(crate) use install::{dead_pidfd, open_path, open_removed};
 
 mod install;
 
@@ -380,26 +380,12 @@ fn source_of(
             crate::stored::plan_removed(f, target, flags, Some(to.to_owned()), err)
         }
         fd_kind::REGULAR if file.is_some_and(|x| x.flags & file_flags::HANDLE != 0) => {
-            let h = img
-                .file_handles()
-                .iter()
-                .find(|h| h.file == f.file)
-                .ok_or_else(|| err.why("its file handle is missing from the image"))?;
-            let bytes = h.bytes()[..h.len as usize].to_vec();
             // Checked now, opened again when installed.
-            let fd = sys::open_by_handle(f.dev, h.kind, &bytes).map_err(|e| {
-                err.why(format!(
-                    "its name was removed and its other link is elsewhere; reopening it by its file handle (open_by_handle_at, which needs CAP_DAC_READ_SEARCH): {e}"
-                ))
-            })?;
-            let st = sys::fstat(fd.as_raw_fd()).map_err(|e| err.why(e.to_string()))?;
-            if (st.st_dev, st.st_ino) != (f.dev, f.ino) {
-                return Err(err.why("its file handle names another file now"));
-            }
+            let (_, kind, bytes) = crate::stored::by_handle(img, f.file).map_err(|w| err.why(w))?;
             Ok(Source::Handle {
                 dev: f.dev,
                 ino: f.ino,
-                kind: h.kind,
+                kind,
                 bytes,
                 name: target.trim_end_matches(" (deleted)").to_owned(),
                 flags,
