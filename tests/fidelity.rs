@@ -375,6 +375,16 @@ fn socket_filters() {
     case("sockfilter");
 }
 
+/// Seccomp filters (two, the second logged and deciding on an argument;
+/// a thread made after them) are installed again: both decide in both
+/// threads, a tracer reads the same programs and flags, and a filter
+/// synchronised to every thread (TSYNC) can still be added, so the
+/// threads share them as before.
+#[test]
+fn seccomp_filters() {
+    case("seccomp");
+}
+
 /// A process cryo cannot restore faithfully is refused with every
 /// obstacle named at once, before anything is written; --dry-run lists
 /// them too; the target is left running as it was.
@@ -449,6 +459,35 @@ fn more_obstacles_named() {
     }
     // SAFETY: kill takes integers.
     unsafe { libc::kill(t.pid, libc::SIGKILL) };
+}
+
+/// Seccomp filters a restore could not bring back faithfully are refused,
+/// all at once, each by name: one that would refuse the restore's own
+/// last munmap, one that hands calls to a supervisor (USER_NOTIF), and a
+/// thread with a filter of its own. The process goes on as it was.
+#[test]
+fn seccomp_filters_cryo_cannot_restore_are_refused() {
+    let dir = scratch("fidelity-seccomp-refused");
+    let t = Target::spawn(fidelity_cmd("seccomp-refused", &dir), "fidelity");
+    t.wait_stopped();
+    let pid = t.pid.to_string();
+    let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &pid]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("3 obstacles")
+            && out.contains("its seccomp filter 1 hands system calls to a supervisor (SECCOMP_RET_USER_NOTIF)")
+            && out.contains("would stop the restore's own last system calls (munmap of the restore's window: ERRNO(1))")
+            && out.contains("has other seccomp filters than the main thread (3 filter(s) of 9 instructions, against 2 filter(s) of 8 instructions)"),
+        "{out}"
+    );
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &pid, img.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!img.exists(), "nothing written");
+    assert_eq!(state(t.pid), Some('T'), "left stopped, as it was");
+    t.cont();
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, "PASS seccomp-refused"), "{err}");
 }
 
 /// An unlinked file bigger than --max-file-data is refused by name.

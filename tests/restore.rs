@@ -238,6 +238,15 @@ fn python_threads_program() {
     round_trip("py-threads", &[], "stop");
 }
 
+/// CPython that sandboxed itself with libseccomp (python3-seccomp) after
+/// start-up, a worker thread sharing the filter (TSYNC): after every kind
+/// of restore the filter still refuses mkdir and an argument-matched
+/// kill, in both threads.
+#[test]
+fn python_seccomp_sandbox() {
+    round_trip("py-seccomp", &[], "stop");
+}
+
 #[test]
 fn go_program() {
     round_trip("go-threads", &[], "stop");

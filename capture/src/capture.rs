@@ -469,8 +469,9 @@ pub(crate) fn inspect(
     let Some(vdso) = crate::mm::vdso(&g.main, &maps)? else {
         return Err(refused(pid, "it has no [vdso] mapping"));
     };
-    // Under seccomp nothing may be injected (it could kill the process):
-    // what can be seen from outside is reported, and the capture refused.
+    // Under seccomp not suspended nothing may be injected (it could kill
+    // the process): what can be seen from outside is reported, and the
+    // capture refused.
     let thread_status = crate::threads::statuses(g);
     let seccomp = crate::threads::under_seccomp(g, &st, &thread_status, &mut obs);
     // Files in flight in its sockets' queues, held by the process for the
@@ -541,6 +542,17 @@ pub(crate) fn inspect(
     crate::mm::capture(t, &maps, &status, &vdso, &mut b, &mut obs)?;
     b.gadgets = crate::gadget::find(pid, &classified);
     drop(classified);
+    // Seccomp filters: every thread's, checked against what the restore
+    // does after installing them.
+    crate::seccomp::capture(
+        &g.main,
+        &g.others,
+        &st,
+        &thread_status,
+        b.gadgets.as_ref(),
+        &mut b.seccomp,
+        &mut obs,
+    );
     // Every other thread; where glibc caches each thread's id.
     crate::threads::capture(g, &vdso, &st, &thread_status, &mut b, &mut obs)?;
     tid_offset(pid, &maps, &mut b, &mut obs);

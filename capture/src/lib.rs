@@ -19,6 +19,7 @@ pub mod procinfo;
 mod ptys;
 pub mod regs;
 pub mod remote;
+mod seccomp;
 mod signals;
 pub mod sockets;
 pub mod stored;

@@ -227,13 +227,9 @@ pub fn obstacles(pid: i32, st: &StatusText, single: bool, obs: &mut Obstacles) {
             ));
         }
     }
-    match st.get("Seccomp") {
-        Some("0") | None => {}
-        Some("1") => obs.push("it runs in seccomp strict mode, which cryo cannot restore"),
-        Some(_) => obs.push(format!(
-            "it has {} seccomp filter(s), which cryo cannot restore",
-            st.get("Seccomp_filters").unwrap_or("?")
-        )),
+    // (Filters, mode 2: `seccomp::capture`.)
+    if st.get("Seccomp") == Some("1") {
+        obs.push("it runs in seccomp strict mode, which cryo cannot restore");
     }
     if let Some(f) = st.get("x86_Thread_features") {
         if !f.is_empty() {

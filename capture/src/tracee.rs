@@ -105,6 +105,21 @@ pub struct Tracee {
     /// Read before the freeze: it was blocked in restart_syscall for a
     /// poll(2) an earlier stop interrupted ([`restarted_poll`]).
     restarted_poll: Option<[u64; 8]>,
+    /// Seized with PTRACE_O_SUSPEND_SECCOMP: its seccomp filters do not
+    /// apply to the system calls injected into it.
+    seccomp_suspended: bool,
+}
+
+/// Whether task `tid` of `tgid` runs under seccomp (mode 1 or 2), from
+/// /proc/TGID/task/TID/status.
+fn under_seccomp(tgid: i32, tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{tgid}/task/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Seccomp:").map(|v| v.trim() != "0"))
+        })
+        .unwrap_or(false)
 }
 
 /// Whether thread `tid` blocks, right now, in restart_syscall for a
@@ -167,7 +182,26 @@ impl Tracee {
 
     fn attach(tgid: i32, pid: i32, was_stopped: bool) -> Result<Tracee, PtraceError> {
         let restarted_poll = restarted_poll(tgid, pid);
-        if let Err(e) = ptrace::seize(pid, libc::PTRACE_O_TRACESYSGOOD) {
+        // A task under seccomp is seized with its filters suspended
+        // (CAP_SYS_ADMIN), so that system calls can be injected into it;
+        // without the privilege it is seized as any other and refused
+        // later (`threads::under_seccomp`).
+        const PTRACE_O_SUSPEND_SECCOMP: libc::c_int = 1 << 21;
+        let mut seccomp_suspended = under_seccomp(tgid, pid);
+        let mut seized = if seccomp_suspended {
+            ptrace::seize(pid, libc::PTRACE_O_TRACESYSGOOD | PTRACE_O_SUSPEND_SECCOMP)
+        } else {
+            ptrace::seize(pid, libc::PTRACE_O_TRACESYSGOOD)
+        };
+        if seccomp_suspended
+            && seized
+                .as_ref()
+                .is_err_and(|e| e.raw_os_error() == Some(libc::EPERM))
+        {
+            seccomp_suspended = false;
+            seized = ptrace::seize(pid, libc::PTRACE_O_TRACESYSGOOD);
+        }
+        if let Err(e) = seized {
             return Err(match e.raw_os_error() {
                 Some(libc::ESRCH) if pid != tgid => PtraceError::Exited(pid),
                 Some(libc::ESRCH) => PtraceError::NoSuchProcess(pid),
@@ -187,6 +221,7 @@ impl Tracee {
             intercepted: Vec::new(),
             attached: true,
             restarted_poll,
+            seccomp_suspended,
         };
         ptrace::request(libc::PTRACE_INTERRUPT as libc::c_uint, pid, 0)
             .map_err(|e| sys_err("PTRACE_INTERRUPT", pid, e))?;
@@ -220,6 +255,12 @@ impl Tracee {
     }
 
     /// The process was in group-stop when seized.
+    /// Whether its seccomp filters are suspended while it is traced
+    /// (false for a task not under seccomp at the seize).
+    pub fn seccomp_suspended(&self) -> bool {
+        self.seccomp_suspended
+    }
+
     pub fn was_stopped(&self) -> bool {
         self.was_stopped
     }

@@ -61,6 +61,17 @@ pub fn is_sigreturn(code: &[u8]) -> bool {
     matches(code, SIGRETURN_RAX, None) || matches(code, SIGRETURN_EAX, None)
 }
 
+/// Length of the `sigreturn` sequence `code` starts with: the instruction
+/// pointer a seccomp filter sees for its rt_sigreturn is the gadget's
+/// address plus this.
+pub fn sigreturn_len(code: &[u8]) -> usize {
+    if matches(code, SIGRETURN_RAX, None) {
+        SIGRETURN_RAX.len()
+    } else {
+        SIGRETURN_EAX.len()
+    }
+}
+
 /// Offset of the first `syscall_ret` sequence in `code`.
 pub fn find_syscall_ret(code: &[u8]) -> Option<usize> {
     find(code, 0x0f, is_syscall_ret)

@@ -332,6 +332,21 @@ impl<'a> Image<'a> {
     pub fn pid_refs(&self) -> Table<'a, task::PidRef> {
         self.table(SectionKind::PidRefs)
     }
+    /// (11.0) The seccomp filters, in the order they were installed.
+    pub fn seccomp(&self) -> Table<'a, task::SeccompInsn> {
+        self.table(SectionKind::Seccomp)
+    }
+    /// Whether the seccomp filters need a privilege the restored process
+    /// does not have to be installed (neither no_new_privs nor
+    /// CAP_SYS_ADMIN: installed before the program dropped it), so that
+    /// the shim installs them before it restores the credentials, and
+    /// only a restore whose tracer suspends them can do that.
+    pub fn seccomp_before_creds(&self) -> bool {
+        const CAP_SYS_ADMIN: u64 = 1 << 21;
+        !self.seccomp().is_empty()
+            && self.task().is_none_or(|t| t.no_new_privs != 1)
+            && self.creds().is_none_or(|c| c.cap_eff & CAP_SYS_ADMIN == 0)
+    }
     pub fn tcp_conns(&self) -> Table<'a, fds::TcpConn> {
         self.table(SectionKind::TcpConns)
     }

@@ -82,7 +82,7 @@ pub const PAGES_FILE: &str = "pages.img";
 pub const SUMS_FILE: &str = "sums.img";
 
 pub const MAGIC: [u8; 8] = *b"CRYOIMG\0";
-pub const VERSION_MAJOR: u16 = 10;
+pub const VERSION_MAJOR: u16 = 11;
 pub const VERSION_MINOR: u16 = 0;
 pub const HEADER_SIZE: usize = 64;
 pub const DIR_ENTRY_SIZE: usize = 32;

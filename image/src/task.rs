@@ -50,6 +50,43 @@ record! {
     }
 }
 
+/// The most instructions of seccomp filters one task may have: the
+/// kernel's MAX_INSNS_PER_PATH (each filter also counts 4 more).
+pub const MAX_SECCOMP_INSNS: usize = 32768;
+/// The most instructions of one filter (BPF_MAXINSNS).
+pub const MAX_SECCOMP_FILTER_INSNS: usize = 4096;
+
+/// `SeccompInsn::flags`: the seccomp(2) flags a filter is installed with
+/// again (the kernel's own values).
+pub mod seccomp_flags {
+    /// SECCOMP_FILTER_FLAG_LOG: actions but ALLOW are logged.
+    pub const LOG: u32 = 2;
+    /// SECCOMP_FILTER_FLAG_SPEC_ALLOW: installing it leaves speculative
+    /// store bypass mitigation as it is.
+    pub const SPEC_ALLOW: u32 = 4;
+    pub const ALL: u32 = LOG | SPEC_ALLOW;
+}
+
+record! {
+    /// (11.0) One instruction of a seccomp filter (mode 2), as
+    /// PTRACE_SECCOMP_GET_FILTER read it. A filter's instructions are
+    /// consecutive records; filters in the order they were installed
+    /// (`filter` 0 first), each installed again with its `flags` by the
+    /// shim as its last act before the program resumes. Every thread of
+    /// the process has this one chain (capture refuses otherwise); the
+    /// main thread installs it for all of them (SECCOMP_FILTER_FLAG_TSYNC).
+    pub struct SeccompInsn {
+        pub filter: u32,
+        /// `seccomp_flags` (the same on every instruction of a filter).
+        pub flags: u32,
+        /// `struct sock_filter`: code (16 bits), jt, jf (8 bits each), k.
+        pub code: u32,
+        pub jt: u32,
+        pub jf: u32,
+        pub k: u32,
+    }
+}
+
 /// Value meaning "not readable here" in [`TaskState`] fields.
 pub const UNKNOWN: i64 = i64::MIN;
 

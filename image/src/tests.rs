@@ -195,6 +195,20 @@ pub(crate) fn sample_full_with(edit: impl FnOnce(&mut ImageBuilder)) -> (Vec<u8>
             ..Default::default()
         });
     }
+    // (11.0) Two seccomp filters: one instruction, then two (logged).
+    for (filter, flags, code, k) in [
+        (0, 0, 0x06, 0x7fff_0000),
+        (1, crate::task::seccomp_flags::LOG, 0x20, 0),
+        (1, crate::task::seccomp_flags::LOG, 0x06, 0x7fff_0000),
+    ] {
+        b.seccomp.push(crate::task::SeccompInsn {
+            filter,
+            flags,
+            code,
+            k,
+            ..Default::default()
+        });
+    }
     // (9.0) A TCP connection captured with TCP repair.
     b.sockets.push(Socket {
         family: 2,
@@ -596,6 +610,34 @@ fn socket_filters_round_trip_and_are_checked() {
         &|b| {
             let i = b.sock_filters[0];
             b.sock_filters = vec![i; crate::fds::MAX_FILTER_INSNS + 1];
+        },
+    ];
+    for (n, edit) in bad.iter().enumerate() {
+        let (meta, _) = sample_full_with(|b| edit(b));
+        let img = Image::parse(&meta).expect("parse");
+        assert!(img.validate().is_err(), "case {n} must be refused");
+    }
+}
+
+#[test]
+fn seccomp_filters_round_trip_and_are_checked() {
+    let (meta, _) = sample_full();
+    let img = Image::parse(&meta).expect("parse");
+    img.validate().expect("validate");
+    let f: Vec<_> = img.seccomp().iter().map(|i| (i.filter, i.code)).collect();
+    assert_eq!(f, [(0, 0x06), (1, 0x20), (1, 0x06)]);
+    // Refused: a filter skipped, not starting at 0, two flags values in
+    // one filter, an unknown flag, a code wider than 16 bits, a filter
+    // too long.
+    let bad: [&dyn Fn(&mut ImageBuilder); 6] = [
+        &|b| b.seccomp[1].filter = 2,
+        &|b| b.seccomp[0].filter = 1,
+        &|b| b.seccomp[2].flags = 0,
+        &|b| b.seccomp[0].flags = 1,
+        &|b| b.seccomp[0].code = 0x1_0000,
+        &|b| {
+            let i = b.seccomp[0];
+            b.seccomp = vec![i; crate::task::MAX_SECCOMP_FILTER_INSNS + 1];
         },
     ];
     for (n, edit) in bad.iter().enumerate() {

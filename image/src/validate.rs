@@ -351,6 +351,33 @@ impl<'a> Image<'a> {
                 }
             }
         }
+        // Seccomp filters: numbered from 0 in order, each 1 to
+        // BPF_MAXINSNS instructions with one flags value.
+        let mut run: Option<(u32, u32, usize)> = None;
+        for (i, f) in self.seccomp().iter().enumerate() {
+            use crate::task::{seccomp_flags, MAX_SECCOMP_FILTER_INSNS};
+            let ok = f.flags & !seccomp_flags::ALL == 0
+                && f.code <= 0xffff
+                && f.jt <= 0xff
+                && f.jf <= 0xff;
+            let next = match run {
+                Some((n, fl, len)) if n == f.filter => {
+                    (fl == f.flags && len < MAX_SECCOMP_FILTER_INSNS).then_some((n, fl, len + 1))
+                }
+                Some((n, _, _)) => (f.filter == n + 1).then_some((f.filter, f.flags, 1)),
+                None => (f.filter == 0).then_some((0, f.flags, 1)),
+            };
+            match next {
+                Some(r) if ok => run = Some(r),
+                _ => {
+                    return Err(ImageError::BadIndex {
+                        section: "seccomp",
+                        index: i as u64,
+                        why: "bad flags or instruction, or a filter out of order or too long",
+                    })
+                }
+            }
+        }
         let nfds = self.fds().len() as u32;
         for (i, o) in self.fd_owners().iter().enumerate() {
             if o.desc >= nfds

@@ -75,6 +75,7 @@ pub struct ImageBuilder {
     pub sock_filters: Vec<crate::fds::SockFilterInsn>,
     pub tcp_conns: Vec<crate::fds::TcpConn>,
     pub pid_refs: Vec<crate::task::PidRef>,
+    pub seccomp: Vec<crate::task::SeccompInsn>,
     pub file_handles: Vec<crate::fds::FileHandle>,
     pub tree: Vec<crate::tree::TreeProc>,
     pub tree_fds: Vec<crate::tree::TreeFd>,
@@ -151,6 +152,9 @@ impl ImageBuilder {
         }
         if !self.tcp_conns.is_empty() {
             sections.push((SectionKind::TcpConns, table(&self.tcp_conns)));
+        }
+        if !self.seccomp.is_empty() {
+            sections.push((SectionKind::Seccomp, table(&self.seccomp)));
         }
         if !self.pid_refs.is_empty() {
             sections.push((SectionKind::PidRefs, table(&self.pid_refs)));

@@ -288,11 +288,15 @@ fn prepare_one(
     if !img.threads().is_empty() && !gadgets_ok {
         return Err(RestoreError::NoThreadGadgets(img.threads().len() + 1));
     }
-    let finish = if !opts.keep_stopped && !opts.use_tracer && gadgets_ok {
-        Finish::Gadgets
-    } else {
-        Finish::Tracer
-    };
+    // Seccomp filters that need a privilege the program dropped are
+    // installed before the credentials, which only a tracer that
+    // suspends them lets the shim restore.
+    let finish =
+        if !opts.keep_stopped && !opts.use_tracer && gadgets_ok && !img.seccomp_before_creds() {
+            Finish::Gadgets
+        } else {
+            Finish::Tracer
+        };
     sysv::check(&img)?;
     let shim_ok = std::fs::metadata(&opts.shim)
         .map(|m| m.is_file() && m.mode() & 0o111 != 0)
@@ -475,7 +479,8 @@ impl Plan {
                 }
             });
             let seize = self.finish == Finish::Tracer;
-            if let Err(e) = tracer::start(self.gadget, stop, server.as_ref(), seize) {
+            let filters = !self.image().seccomp().is_empty();
+            if let Err(e) = tracer::start(self.gadget, stop, server.as_ref(), seize, filters) {
                 return e;
             }
         }

@@ -29,7 +29,12 @@ pub fn obstacles(plan: &Plan) -> Vec<String> {
                 .into(),
         );
     }
-    if plan.finish() != Finish::Gadgets {
+    if img.seccomp_before_creds() {
+        out.push(
+            "its seccomp filters need a privilege the program has dropped since it installed them: only cryo restore, whose tracer suspends them, can install them before the credentials"
+                .into(),
+        );
+    } else if plan.finish() != Finish::Gadgets {
         out.push(
             "it needs a tracer to finish (no usable `syscall; ret` and `rt_sigreturn` code in the image, or --keep-stopped/--use-tracer)"
                 .into(),

@@ -91,11 +91,17 @@ impl std::fmt::Display for Status {
 ///
 /// `stop`: the signal to leave the process stopped with (`--keep-stopped`,
 /// or a tree's process captured in group-stop), None to let it run.
+/// `suspend_seccomp`: the image has seccomp filters, which the shim
+/// installs before it stops for the tracer: seize with them suspended
+/// (PTRACE_O_SUSPEND_SECCOMP), so that they do not see the tracer's
+/// injected calls (the rt_sigreturn after the detach they do see; capture
+/// checked they allow it).
 pub fn start(
     gadget: u64,
     stop: Option<i32>,
     server: Option<&ServerStart>,
     seize: bool,
+    suspend_seccomp: bool,
 ) -> Result<(), RestoreError> {
     let target = std::process::id() as i32;
     let (r, w) = sys::pipe2(libc::O_CLOEXEC).map_err(|e| e.into_sys("pipe"))?;
@@ -106,7 +112,7 @@ pub fn start(
             match sys::fork() {
                 Ok(Forked::Child) => {
                     drop(r);
-                    tracer_main(target, w, gadget, stop, server, seize);
+                    tracer_main(target, w, gadget, stop, server, seize, suspend_seccomp);
                 }
                 Ok(Forked::Parent(_)) => sys::exit_now(0),
                 Err(_) => sys::exit_now(1),
@@ -141,6 +147,7 @@ fn tracer_main(
     stop: Option<i32>,
     server: Option<&ServerStart>,
     seize: bool,
+    suspend_seccomp: bool,
 ) -> ! {
     // Hold nothing of the restored process's: pipes it writes to must see
     // EOF when it exits, not when we do. Keep stderr for messages.
@@ -196,9 +203,15 @@ fn tracer_main(
     // (Not tracing: a lazy restore the shim finishes itself, where this
     // process is only the page server's parent and watchdog.)
     let seized = if seize {
+        const PTRACE_O_SUSPEND_SECCOMP: libc::c_int = 1 << 21;
+        let suspend = if suspend_seccomp {
+            PTRACE_O_SUSPEND_SECCOMP
+        } else {
+            0
+        };
         sys::ptrace_seize(
             target,
-            libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD,
+            libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD | suspend,
         )
     } else {
         Ok(())

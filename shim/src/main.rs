@@ -69,6 +69,9 @@ mod scratch {
     /// One i32 fd and one byte per files-table entry (`files`).
     pub const FILES_OFF: usize = 0x1400;
     pub const FILES: usize = AT + FILES_OFF;
+    /// One seccomp filter's `struct sock_filter`s, 8 bytes each (`task`),
+    /// at the very end, when nothing else uses the scratch.
+    pub const SECCOMP: usize = AT + 0x30_0000;
 }
 
 fn now_ns() -> u64 {
@@ -455,10 +458,19 @@ fn restore(a: &Args, packed: bool) -> ! {
     //     (after everything that needs privilege), then what a
     //     credentials change resets, then memory-deny-write-execute (no
     //     mapping is made after it).
+    //     Seccomp filters installed with a privilege the program dropped
+    //     since go in before the credentials (step 12): finishing through
+    //     the tracer, which suspended them for this task.
     signals::queue_pending(&img);
-    task::restore(&img, a.flags & flags::SAME_CREDS != 0);
+    let filters_first = img.seccomp_before_creds() && a.flags & flags::SELF_UNMAP == 0;
+    if !filters_first {
+        task::restore(&img, a.flags & flags::SAME_CREDS != 0);
+    }
     // 12. The signal frame; every thread out of the shim; into the
-    //     program.
+    //     program. The seccomp filters, for every thread (all waiting in
+    //     the program's code): from here on only the system calls capture
+    //     checked them to allow (or, finishing with the tracer, what it
+    //     injects: it suspended them).
     let frame_sp = frame::build(&img);
     let release = (nthreads > 0).then(|| {
         let word = frame::release_word(frame_sp);
@@ -468,6 +480,10 @@ fn restore(a: &Args, packed: bool) -> ! {
     ph.mark(on);
     if on {
         ph.print(a.exec_ns);
+    }
+    task::install_seccomp(&img, nthreads > 0);
+    if filters_first {
+        task::restore(&img, a.flags & flags::SAME_CREDS != 0);
     }
     if a.flags & flags::SELF_UNMAP != 0 {
         frame::finish_without_tracer(&img, frame_sp, release);

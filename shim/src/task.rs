@@ -153,6 +153,66 @@ pub fn restore_after_creds(t: &TaskState) {
     }
 }
 
+/// The seccomp filters, in the order they were installed, each with its
+/// flags; with other threads (all waiting in the program's code, capture
+/// checked they had this one chain) synchronised to every thread
+/// (SECCOMP_FILTER_FLAG_TSYNC), so that they share each filter as they
+/// did. Capture checked that these filters allow the install of each next
+/// one and the restore's last system calls; any failure here is after the
+/// point of no return.
+pub fn install_seccomp(img: &Image, threads: bool) {
+    const SECCOMP_SET_MODE_FILTER: usize = 1;
+    const SECCOMP_FILTER_FLAG_TSYNC: usize = 1;
+    #[repr(C)]
+    struct SockFprog {
+        len: u16,
+        filter: *const u64,
+    }
+    let buf = crate::scratch::SECCOMP as *mut u64;
+    let insns = img.seccomp();
+    let mut i = 0;
+    while let Some(first) = insns.get(i) {
+        let mut len = 0;
+        while let Some(ins) = insns.get(i).filter(|x| x.filter == first.filter) {
+            let word = ins.code as u64
+                | (ins.jt as u64) << 16
+                | (ins.jf as u64) << 24
+                | (ins.k as u64) << 32;
+            // SAFETY: the scratch mapping holds 1 MiB from SECCOMP, and a
+            // filter at most 4096 eight-byte instructions (validated).
+            unsafe { core::ptr::write(buf.add(len), word) };
+            len += 1;
+            i += 1;
+        }
+        let prog = SockFprog {
+            len: len as u16,
+            filter: buf,
+        };
+        let flags = first.flags as usize
+            | if threads {
+                SECCOMP_FILTER_FLAG_TSYNC
+            } else {
+                0
+            };
+        let r = syscall3(
+            SYS_SECCOMP,
+            SECCOMP_SET_MODE_FILTER,
+            flags,
+            &prog as *const SockFprog as usize,
+        );
+        if r > 0 {
+            die(format_args!(
+                "seccomp filter {}: thread {r} could not take it (TSYNC)",
+                first.filter
+            ));
+        }
+        check(
+            r,
+            format_args!("installing seccomp filter {}", first.filter),
+        );
+    }
+}
+
 /// Memory-deny-write-execute, after the last mapping is made.
 pub fn restore_mdwe(t: &TaskState) {
     if let Some(v) = known(t.mdwe) {

@@ -23,6 +23,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/membarrier.h>
+#include <linux/seccomp.h>
+#include <linux/audit.h>
+#include <sys/ptrace.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1837,6 +1840,168 @@ static void sockets_check(void) {
 
 static void none(void) {}
 
+/* seccomp: two filters (the second logged, deciding on an argument) and a
+ * thread made after them, so sharing them. After the restore each filter
+ * still decides, in both threads; a child tracing this process reads the
+ * same two programs with their flags; and a third filter can be
+ * synchronised to every thread (TSYNC: each thread's filter must be an
+ * ancestor of ours, so the threads still share the chain). */
+static int sc_pipe[2], sc_result, sc_ask[2], sc_answer[2];
+static volatile pid_t sc_tid;
+static pid_t sc_helper;
+static pthread_t sc_th;
+static struct sock_filter sc_no_mkdir[] = {
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_mkdir, 0, 1),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+};
+static struct sock_filter sc_no_winch[] = {
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_kill, 0, 3),
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SIGWINCH, 0, 1),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EACCES),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+};
+static long sc_install(struct sock_filter *f, size_t n, unsigned flags) {
+    struct sock_fprog p = {(unsigned short)n, f};
+    return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &p);
+}
+static int sc_traced_filters(pid_t parent);
+static void *sc_thread(void *arg) {
+    (void)arg;
+    char c, path[2100];
+    sc_tid = (pid_t)syscall(SYS_gettid);
+    if (read(sc_pipe[0], &c, 1) != 1) return NULL;
+    snprintf(path, sizeof path, "%s/sc-thread", DIRPATH);
+    sc_result = mkdir(path, 0700) == -1 && errno == EPERM ? 1 : -errno;
+    return NULL;
+}
+static void seccomp_setup(void) {
+    /* A tracer must not be under seccomp itself to read filters: a child
+     * made before them, which reads ours when asked. */
+    CHECK(pipe(sc_ask) == 0 && pipe(sc_answer) == 0, "pipes");
+    sc_helper = fork();
+    CHECK(sc_helper >= 0, "fork");
+    if (sc_helper == 0) {
+        char c;
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (read(sc_ask[0], &c, 1) != 1) _exit(1);
+        c = (char)sc_traced_filters(getppid());
+        _exit(write(sc_answer[1], &c, 1) == 1 ? 0 : 1);
+    }
+    CHECK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0, "no_new_privs");
+    CHECK(sc_install(sc_no_mkdir, sizeof sc_no_mkdir / sizeof sc_no_mkdir[0], 0) == 0, "filter 1: %s",
+          strerror(errno));
+    CHECK(sc_install(sc_no_winch, sizeof sc_no_winch / sizeof sc_no_winch[0], SECCOMP_FILTER_FLAG_LOG) == 0,
+          "filter 2: %s", strerror(errno));
+    CHECK(pipe(sc_pipe) == 0 && pthread_create(&sc_th, NULL, sc_thread, NULL) == 0, "thread");
+    /* Asleep in its read (not still starting, every signal blocked). */
+    for (int tries = 0; tries < 5000; tries++) {
+        char p[128], st[512];
+        snprintf(p, sizeof p, "/proc/self/task/%d/stat", (int)sc_tid);
+        if (sc_tid && read_file(p, st, sizeof st) > 0 && strrchr(st, ')')[2] == 'S') break;
+        usleep(1000);
+    }
+}
+/* Before the second snapshot: the restored thread may not have run yet
+ * since its release, and still show the restore's all-blocked mask
+ * (docs/pitfalls.md; as threads_settle). */
+static void seccomp_settle(void) {
+    for (int tries = 0; tries < 5000; tries++) {
+        char p[128], st[4096];
+        snprintf(p, sizeof p, "/proc/self/task/%d/status", (int)sc_tid);
+        if (read_file(p, st, sizeof st) > 0 && !strstr(st, "SigBlk:\tfffffffffffbfeff")) break;
+        usleep(1000);
+    }
+}
+/* In a child: trace this process and compare its filters (the kernel
+ * numbers them from the oldest) with what it installed: 0 if equal, else
+ * which check failed. */
+static int sc_traced_filters(pid_t parent) {
+    struct sock_filter got[16];
+    struct sock_filter *want[] = {sc_no_mkdir, sc_no_winch};
+    long nwant[] = {sizeof sc_no_mkdir / sizeof sc_no_mkdir[0], sizeof sc_no_winch / sizeof sc_no_winch[0]};
+    unsigned long long wflags[] = {0, SECCOMP_FILTER_FLAG_LOG};
+    int st;
+    if (ptrace(PTRACE_SEIZE, parent, 0, 0) || ptrace(PTRACE_INTERRUPT, parent, 0, 0) ||
+        waitpid(parent, &st, __WALL) != parent)
+        return 10;
+    int r = 0;
+    for (long i = 0; i < 3 && !r; i++) {
+        long n = ptrace(PTRACE_SECCOMP_GET_FILTER, parent, (void *)i, NULL);
+        if (i == 2) {
+            r = n == -1 && errno == ENOENT ? 0 : 11;
+            break;
+        }
+        struct {
+            unsigned long long off, flags;
+        } md = {(unsigned long long)i, 0};
+        if (n != nwant[i] || ptrace(PTRACE_SECCOMP_GET_FILTER, parent, (void *)i, got) != n)
+            r = 20 + (int)i + (n < 0 ? 100 : 0);
+        else if (memcmp(got, want[i], n * sizeof got[0]))
+            r = 30 + (int)i;
+        else if (ptrace(PTRACE_SECCOMP_GET_METADATA, parent, (void *)sizeof md, &md) < 0 || md.flags != wflags[i])
+            r = 40 + (int)i;
+    }
+    ptrace(PTRACE_DETACH, parent, 0, 0);
+    return r;
+}
+static void seccomp_check(void) {
+    char path[2100];
+    snprintf(path, sizeof path, "%s/sc-main", DIRPATH);
+    CHECK(mkdir(path, 0700) == -1 && errno == EPERM, "mkdir still refused (%s)", strerror(errno));
+    CHECK(kill(getpid(), SIGWINCH) == -1 && errno == EACCES, "kill SIGWINCH still refused (%s)", strerror(errno));
+    CHECK(kill(getpid(), 0) == 0, "kill 0 allowed");
+    char r = 99;
+    int st;
+    CHECK(write(sc_ask[1], "?", 1) == 1 && read(sc_answer[0], &r, 1) == 1 && r == 0,
+          "the filters read by a tracer (check %d)", r);
+    CHECK(waitpid(sc_helper, &st, 0) == sc_helper && WIFEXITED(st) && WEXITSTATUS(st) == 0, "helper");
+    struct sock_filter allow[] = {BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)};
+    long t = sc_install(allow, 1, SECCOMP_FILTER_FLAG_TSYNC);
+    CHECK(t == 0, "a filter synchronised to every thread: %ld (%s)", t, strerror(errno));
+    CHECK(write(sc_pipe[1], "x", 1) == 1 && pthread_join(sc_th, NULL) == 0, "thread");
+    CHECK(sc_result == 1, "the thread's mkdir refused too (%d)", sc_result);
+}
+
+/* seccomp-refused: filters cryo cannot restore faithfully, each named:
+ * one that refuses munmap (which the restore's last act is), one that
+ * hands a call to a supervisor (SECCOMP_RET_USER_NOTIF), and a thread
+ * with a filter of its own. */
+static pthread_t scr_th;
+static volatile int scr_ready;
+static void *scr_thread(void *arg) {
+    (void)arg;
+    struct sock_filter own[] = {BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)};
+    scr_ready = sc_install(own, 1, 0) == 0 ? 1 : -1;
+    for (;;) pause();
+    return NULL;
+}
+static void seccomp_refused_setup(void) {
+    struct sock_filter no_munmap[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_munmap, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_filter notify[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_getppid, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    CHECK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0, "no_new_privs");
+    CHECK(sc_install(no_munmap, 4, 0) == 0 && sc_install(notify, 4, 0) == 0, "filters: %s", strerror(errno));
+    CHECK(pthread_create(&scr_th, NULL, scr_thread, NULL) == 0, "thread");
+    while (!scr_ready) usleep(1000);
+    CHECK(scr_ready == 1, "the thread's filter");
+}
+
 struct fcase {
     const char *name;
     void (*setup)(void);
@@ -1874,6 +2039,8 @@ static const struct fcase cases[] = {
     {"fanotify", fanotify_setup, fanotify_check, NULL},
     {"sockets", sockets_setup, sockets_check, NULL},
     {"sockfilter", sockfilter_setup, sockfilter_check, NULL},
+    {"seccomp", seccomp_setup, seccomp_check, seccomp_settle},
+    {"seccomp-refused", seccomp_refused_setup, refuse_check, NULL},
     {"refuse", refuse_setup, refuse_check, NULL},
     {"refuse2", refuse2_setup, refuse_check, NULL},
 };

@@ -22,6 +22,69 @@ pub fn seize(tid: i32, options: libc::c_int) -> io::Result<()> {
     ok(unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0usize, options as usize) })
 }
 
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+const PTRACE_GET_SECCOMP_METADATA: libc::c_uint = 0x420d;
+
+/// One instruction of a classic BPF program (`struct sock_filter`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct SockFilter {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
+}
+
+/// The instructions of seccomp filter `index` of a stopped tracee (0: the
+/// one installed first). Err(ENOENT) past the newest.
+pub fn seccomp_filter(tid: i32, index: usize) -> io::Result<Vec<SockFilter>> {
+    // SAFETY: with a null buffer the kernel only returns the count.
+    let n = unsafe {
+        libc::ptrace(
+            PTRACE_SECCOMP_GET_FILTER,
+            tid,
+            index,
+            std::ptr::null_mut::<c_void>(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut v = vec![SockFilter::default(); n as usize];
+    // SAFETY: the kernel writes that filter's n instructions (the count it
+    // just gave; a filter never changes) into `v`, which holds n.
+    let m = unsafe { libc::ptrace(PTRACE_SECCOMP_GET_FILTER, tid, index, v.as_mut_ptr()) };
+    if m < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    v.truncate(m as usize);
+    Ok(v)
+}
+
+/// The flags seccomp filter `index` of a stopped tracee was installed
+/// with, as far as the kernel keeps them (SECCOMP_FILTER_FLAG_LOG).
+pub fn seccomp_flags(tid: i32, index: usize) -> io::Result<u64> {
+    #[repr(C)]
+    struct Metadata {
+        filter_off: u64,
+        flags: u64,
+    }
+    let mut m = Metadata {
+        filter_off: index as u64,
+        flags: 0,
+    };
+    // SAFETY: the kernel reads and writes at most `addr` bytes of `m`.
+    ok(unsafe {
+        libc::ptrace(
+            PTRACE_GET_SECCOMP_METADATA,
+            tid,
+            std::mem::size_of::<Metadata>(),
+            &mut m as *mut Metadata,
+        )
+    })?;
+    Ok(m.flags)
+}
+
 /// A request that takes no pointers: PTRACE_INTERRUPT, PTRACE_CONT,
 /// PTRACE_SYSCALL, PTRACE_DETACH, PTRACE_LISTEN (`sig`: the signal to
 /// deliver, 0 none).

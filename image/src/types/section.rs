@@ -80,13 +80,15 @@ pub enum SectionKind {
     PidRefs = 40,
     /// Format 9.1: file handles of files reopened without a name ([`crate::fds::FileHandle`]).
     FileHandles = 41,
+    /// Format 11.0: the process's seccomp filters ([`crate::task::SeccompInsn`]).
+    Seccomp = 42,
 }
 
 /// A `files` record as 9.0 wrote it (before the birth time).
 const FILE_ID_9_0: usize = 72;
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 41] = [
+    pub const ALL: [SectionKind; 42] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -128,6 +130,7 @@ impl SectionKind {
         SectionKind::TcpConns,
         SectionKind::PidRefs,
         SectionKind::FileHandles,
+        SectionKind::Seccomp,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -175,6 +178,7 @@ impl SectionKind {
             SectionKind::TcpConns => "tcp_conns",
             SectionKind::PidRefs => "pid_refs",
             SectionKind::FileHandles => "file_handles",
+            SectionKind::Seccomp => "seccomp",
         }
     }
     /// The shortest records this reader accepts for the section: what it
@@ -231,6 +235,7 @@ impl SectionKind {
             SectionKind::TcpConns => crate::fds::TcpConn::SIZE,
             SectionKind::PidRefs => crate::task::PidRef::SIZE,
             SectionKind::FileHandles => crate::fds::FileHandle::SIZE,
+            SectionKind::Seccomp => crate::task::SeccompInsn::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -288,6 +293,9 @@ impl SectionKind {
             SectionKind::TcpConns => 1 << 20,
             SectionKind::PidRefs => crate::task::MAX_PID_REFS as u64,
             SectionKind::FileHandles => 1 << 20,
+            // The kernel's limit on the instructions of one task's filters
+            // (MAX_INSNS_PER_PATH).
+            SectionKind::Seccomp => crate::task::MAX_SECCOMP_INSNS as u64,
         }
     }
     /// Sections every valid image must have.

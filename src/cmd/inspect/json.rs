@@ -87,6 +87,7 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
                     "tid_offset": p.tid_offset},
             "clear_child_tid": p.clear_child_tid,
             "pid_refs": img.pid_refs().iter().map(|r| r.addr).collect::<Vec<u64>>(),
+            "seccomp": seccomp_json(img),
             "vdso": {"start": p.vdso_start, "len": p.vdso_len, "hash": p.vdso_hash},
         },
         "vmas": vmas,
@@ -208,4 +209,21 @@ fn sockets(img: &Image) -> serde_json::Value {
             "filter_locked": img.sock_filters().iter().any(|x| x.sock as usize == i
                 && x.flags & cryo_image::fds::filter_flags::LOCKED != 0),
         })}).collect::<Vec<_>>())
+}
+
+/// The seccomp filters, oldest first: flags and instructions
+/// (`[code, jt, jf, k]`), and whether they go in before the credentials.
+fn seccomp_json(img: &Image) -> serde_json::Value {
+    let insns: Vec<_> = img.seccomp().iter().collect();
+    let n = insns.last().map_or(0, |i| i.filter + 1);
+    let filters: Vec<_> = (0..n)
+        .map(|k| {
+            let f: Vec<_> = insns.iter().filter(|i| i.filter == k).collect();
+            json!({
+                "flags": f.first().map_or(0, |i| i.flags),
+                "insns": f.iter().map(|i| [i.code, i.jt, i.jf, i.k]).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({"filters": filters, "before_creds": img.seccomp_before_creds()})
 }

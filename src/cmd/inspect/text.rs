@@ -453,6 +453,7 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
             );
         }
     }
+    seccomp_lines(&mut o, img);
     if !img.timers().is_empty()
         || img.itimers().iter().any(|t| {
             t.interval_sec != 0 || t.interval_usec != 0 || t.value_sec != 0 || t.value_usec != 0
@@ -686,5 +687,42 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
             None => String::new(),
         },
         _ => String::new(),
+    }
+}
+
+/// The seccomp filters, one line each: instructions, flags; and whether
+/// they go in before the credentials.
+fn seccomp_lines(o: &mut String, img: &Image) {
+    use cryo_image::task::seccomp_flags;
+    let insns: Vec<_> = img.seccomp().iter().collect();
+    let Some(last) = insns.last() else {
+        return;
+    };
+    let _ = writeln!(
+        o,
+        "seccomp   {} filter(s) for every thread, installed {}",
+        last.filter + 1,
+        if img.seccomp_before_creds() {
+            "before the credentials (through the tracer, which suspends them)"
+        } else {
+            "last"
+        }
+    );
+    for n in 0..=last.filter {
+        let f: Vec<_> = insns.iter().filter(|i| i.filter == n).collect();
+        let flags = f.first().map_or(0, |i| i.flags);
+        let mut names = Vec::new();
+        if flags & seccomp_flags::LOG != 0 {
+            names.push("log");
+        }
+        if flags & seccomp_flags::SPEC_ALLOW != 0 {
+            names.push("spec_allow");
+        }
+        let _ = writeln!(
+            o,
+            "          filter {n}: {} instructions [{}]",
+            f.len(),
+            names.join(",")
+        );
     }
 }

@@ -1,0 +1,468 @@
+//! Seccomp filters (mode 2): read from every thread with
+//! PTRACE_SECCOMP_GET_FILTER while it is frozen, checked, and recorded once
+//! for the process (`task::SeccompInsn`); the shim installs them again as
+//! its last act (docs/design.md, "Seccomp filters").
+//!
+//! The capture itself injects system calls into a task under seccomp: it
+//! is seized with PTRACE_O_SUSPEND_SECCOMP (`tracee.rs`), so its filters
+//! do not see them. What the restore does after the filters are installed
+//! again (the window's munmap, the threads' wake-up, rt_sigreturn, and for
+//! each filter the install of the next) must pass the filters: capture
+//! runs them on those very calls here, with a classic BPF interpreter of
+//! its own, and refuses a process whose filters would stop them.
+
+use crate::obstacles::Obstacles;
+use crate::sys::ptrace::{self, SockFilter};
+use crate::task::StatusText;
+use crate::tracee::Tracee;
+use cryo_image::task::{seccomp_flags, SeccompInsn};
+use cryo_image::Gadgets;
+
+/// One filter as installed: its flags (`seccomp_flags`) and program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Filter {
+    pub flags: u32,
+    pub insns: Vec<SockFilter>,
+}
+
+/// The filters of a stopped task, the oldest first (as the kernel numbers
+/// them: PTRACE_SECCOMP_GET_FILTER's index 0 is the first installed).
+pub fn chain(tid: i32) -> std::io::Result<Vec<Filter>> {
+    const SECCOMP_FILTER_FLAG_LOG: u64 = 2;
+    let mut out = Vec::new();
+    for index in 0.. {
+        let insns = match ptrace::seccomp_filter(tid, index) {
+            Ok(v) => v,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(e),
+        };
+        let log = ptrace::seccomp_flags(tid, index)? & SECCOMP_FILTER_FLAG_LOG != 0;
+        out.push(Filter {
+            flags: if log { seccomp_flags::LOG } else { 0 },
+            insns,
+        });
+    }
+    Ok(out)
+}
+
+/// The process's seccomp state, for the image: every thread's chain read,
+/// compared with the main thread's (the restore installs one chain for
+/// all), checked (below), recorded. Strict mode is `task::obstacles`'.
+pub fn capture(
+    main: &Tracee,
+    others: &[Tracee],
+    main_status: &StatusText,
+    statuses: &[StatusText],
+    gadgets: Option<&Gadgets>,
+    out: &mut Vec<SeccompInsn>,
+    obs: &mut Obstacles,
+) {
+    let mode = |st: &StatusText| st.get("Seccomp").unwrap_or("0").to_owned();
+    let read = |t: &Tracee, st: &StatusText| -> Result<Vec<Filter>, String> {
+        match mode(st).as_str() {
+            "0" => Ok(Vec::new()),
+            "2" => chain(t.pid()).map_err(|e| {
+                format!(
+                    "its seccomp filters cannot be read (PTRACE_SECCOMP_GET_FILTER: {e}; that needs CAP_SYS_ADMIN)"
+                )
+            }),
+            m => Err(format!("seccomp mode {m}")),
+        }
+    };
+    let filters = match read(main, main_status) {
+        Ok(f) => f,
+        Err(e) => {
+            // Strict mode (1) is named by task::obstacles.
+            if mode(main_status) == "2" {
+                obs.push(e);
+            }
+            return;
+        }
+    };
+    for (t, st) in others.iter().zip(statuses) {
+        let theirs = read(t, st);
+        if theirs.as_ref() != Ok(&filters) {
+            obs.push(format!(
+                "thread {} has other seccomp filters than the main thread ({}, against {}); cryo installs the main thread's filters in every thread",
+                t.pid(),
+                describe(theirs.as_deref()),
+                describe(Ok(&filters)),
+            ));
+        }
+    }
+    if filters.is_empty() {
+        return;
+    }
+    let before = obs.len();
+    check(main.tgid(), &filters, gadgets, !others.is_empty(), obs);
+    if obs.len() != before {
+        return;
+    }
+    // Installing a filter without SECCOMP_FILTER_FLAG_SPEC_ALLOW may force
+    // the speculative store bypass mitigation on: only where it was.
+    let forced = main_status
+        .get("Speculation_Store_Bypass")
+        .is_some_and(|v| v.contains("force mitigated"));
+    let spec = if forced { 0 } else { seccomp_flags::SPEC_ALLOW };
+    for (n, f) in filters.iter().enumerate() {
+        out.extend(f.insns.iter().map(|i| SeccompInsn {
+            filter: n as u32,
+            flags: f.flags | spec,
+            code: i.code.into(),
+            jt: i.jt.into(),
+            jf: i.jf.into(),
+            k: i.k,
+        }));
+    }
+}
+
+fn describe(c: Result<&[Filter], &String>) -> String {
+    match c {
+        Ok([]) => "none".into(),
+        Ok(f) => format!(
+            "{} filter(s) of {} instructions",
+            f.len(),
+            f.iter().map(|f| f.insns.len()).sum::<usize>()
+        ),
+        Err(e) => e.clone(),
+    }
+}
+
+const SYS_RT_SIGRETURN: i32 = 15;
+const SYS_MUNMAP: i32 = 11;
+const SYS_FUTEX: i32 = 202;
+const SYS_SECCOMP: i32 = 317;
+const SECCOMP_SET_MODE_FILTER: u64 = 1;
+const SECCOMP_FILTER_FLAG_TSYNC: u64 = 1;
+const FUTEX_WAKE_PRIVATE: u64 = 129;
+
+/// What the restore could not do with these filters: actions it cannot
+/// make again, and its own last system calls, each run through the
+/// filters installed before it. (Filters installed with a privilege the
+/// program dropped since need no check here: the restore installs them
+/// before the credentials, its tracer suspending them,
+/// `Image::seccomp_before_creds`.)
+fn check(
+    pid: i32,
+    filters: &[Filter],
+    gadgets: Option<&Gadgets>,
+    threads: bool,
+    obs: &mut Obstacles,
+) {
+    for (n, f) in filters.iter().enumerate() {
+        for i in &f.insns {
+            if i.code == BPF_RET | BPF_K && i.k & ACTION_FULL == RET_USER_NOTIF {
+                obs.push(format!(
+                    "its seccomp filter {n} hands system calls to a supervisor (SECCOMP_RET_USER_NOTIF), which a restore cannot reconnect"
+                ));
+                break;
+            }
+            if i.code & 0x07 == BPF_RET && i.code != BPF_RET | BPF_K {
+                obs.push(format!(
+                    "its seccomp filter {n} returns an action computed at run time, which cryo cannot check"
+                ));
+                break;
+            }
+        }
+    }
+    let Some(g) = gadgets else {
+        obs.push("it has seccomp filters and no `syscall; ret` and `rt_sigreturn` code of its own, in which the restore finishes once they are installed");
+        return;
+    };
+    let window = cryo_image::SHIM_WINDOW;
+    let after_syscall = g.syscall_ret + 2;
+    let after_sigreturn = g.sigreturn + sigreturn_len(pid, g);
+    let tsync = if threads {
+        SECCOMP_FILTER_FLAG_TSYNC
+    } else {
+        0
+    };
+    let mut calls: Vec<(String, usize, Data)> = Vec::new();
+    for (n, f) in filters.iter().enumerate().skip(1) {
+        calls.push((
+            format!("seccomp(SECCOMP_SET_MODE_FILTER) of filter {n}"),
+            n,
+            Data::new(
+                SYS_SECCOMP,
+                window,
+                [
+                    SECCOMP_SET_MODE_FILTER,
+                    u64::from(f.flags) | tsync,
+                    window,
+                    0,
+                    0,
+                    0,
+                ],
+            ),
+        ));
+    }
+    let all = filters.len();
+    calls.push((
+        "munmap of the restore's window".into(),
+        all,
+        Data::new(
+            SYS_MUNMAP,
+            after_syscall,
+            [window, cryo_image::SHIM_WINDOW_LEN, 0, 0, 0, 0],
+        ),
+    ));
+    if threads {
+        calls.push((
+            "futex(FUTEX_WAKE_PRIVATE) of the other threads".into(),
+            all,
+            Data::new(
+                SYS_FUTEX,
+                after_syscall,
+                [0, FUTEX_WAKE_PRIVATE, i32::MAX as u64, 0, 0, 0],
+            ),
+        ));
+    }
+    calls.push((
+        "rt_sigreturn".into(),
+        all,
+        Data::new(SYS_RT_SIGRETURN, after_sigreturn, [0; 6]),
+    ));
+    let stopped: Vec<String> = calls
+        .iter()
+        .filter_map(|(what, upto, d)| {
+            let r = run_chain(&filters[..*upto], d);
+            (!allows(r)).then(|| format!("{what}: {}", action_name(r)))
+        })
+        .collect();
+    if !stopped.is_empty() {
+        obs.push(format!(
+            "its seccomp filters would stop the restore's own last system calls ({}); cryo installs them again just before those",
+            stopped.join("; ")
+        ));
+    }
+}
+
+/// Length of the sigreturn gadget, read from the process's code: the
+/// instruction pointer a filter sees is the address after its `syscall`.
+fn sigreturn_len(pid: i32, g: &Gadgets) -> u64 {
+    let mut code = [0u8; cryo_image::gadget::SIGRETURN_MAX];
+    let _ = crate::pages::read_remote(pid, g.sigreturn, &mut code);
+    cryo_image::gadget::sigreturn_len(&code) as u64
+}
+
+// Classic BPF, as seccomp allows it (kernel/seccomp.c, seccomp_check_filter).
+const BPF_LD: u16 = 0x00;
+const BPF_LDX: u16 = 0x01;
+const BPF_ST: u16 = 0x02;
+const BPF_STX: u16 = 0x03;
+const BPF_ALU: u16 = 0x04;
+const BPF_JMP: u16 = 0x05;
+const BPF_RET: u16 = 0x06;
+const BPF_MISC: u16 = 0x07;
+const BPF_K: u16 = 0x00;
+const BPF_X: u16 = 0x08;
+const BPF_A: u16 = 0x10;
+const ACTION_FULL: u32 = 0xffff_0000;
+const RET_USER_NOTIF: u32 = 0x7fc0_0000;
+const RET_ALLOW: u32 = 0x7fff_0000;
+const RET_LOG: u32 = 0x7ffc_0000;
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+
+/// `struct seccomp_data`: what a filter reads.
+pub struct Data([u8; 64]);
+
+impl Data {
+    pub fn new(nr: i32, ip: u64, args: [u64; 6]) -> Data {
+        let mut b = [0u8; 64];
+        b[0..4].copy_from_slice(&nr.to_le_bytes());
+        b[4..8].copy_from_slice(&AUDIT_ARCH_X86_64.to_le_bytes());
+        b[8..16].copy_from_slice(&ip.to_le_bytes());
+        for (i, a) in args.iter().enumerate() {
+            b[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_le_bytes());
+        }
+        Data(b)
+    }
+    fn word(&self, k: u32) -> Option<u32> {
+        let k = k as usize;
+        (k.is_multiple_of(4) && k + 4 <= 64)
+            .then(|| u32::from_le_bytes(self.0[k..k + 4].try_into().unwrap()))
+    }
+}
+
+/// What one filter returns for `d` (the kernel checked the program when
+/// it was installed; anything it would not have run reads as KILL).
+pub fn run(prog: &[SockFilter], d: &Data) -> u32 {
+    const KILL: u32 = 0;
+    let (mut a, mut x) = (0u32, 0u32);
+    let mut mem = [0u32; 16];
+    let mut pc = 0usize;
+    while let Some(i) = prog.get(pc) {
+        pc += 1;
+        let k = i.k;
+        let src = if i.code & BPF_X != 0 { x } else { k };
+        match i.code & 0x07 {
+            BPF_LD | BPF_LDX => {
+                let v = match i.code & 0xe0 {
+                    0x00 => k, // IMM
+                    0x20 if i.code & 0x18 == 0 => match d.word(k) {
+                        // ABS, W
+                        Some(v) => v,
+                        None => return KILL,
+                    },
+                    0x60 => match mem.get(k as usize) {
+                        // MEM
+                        Some(v) => *v,
+                        None => return KILL,
+                    },
+                    0x80 => 64, // LEN
+                    _ => return KILL,
+                };
+                if i.code & 0x07 == BPF_LD {
+                    a = v
+                } else {
+                    x = v
+                }
+            }
+            BPF_ST | BPF_STX => match mem.get_mut(k as usize) {
+                Some(m) => *m = if i.code & 0x07 == BPF_ST { a } else { x },
+                None => return KILL,
+            },
+            BPF_ALU => {
+                a = match i.code & 0xf0 {
+                    0x00 => a.wrapping_add(src),
+                    0x10 => a.wrapping_sub(src),
+                    0x20 => a.wrapping_mul(src),
+                    0x30 if src != 0 => a / src,
+                    0x40 => a | src,
+                    0x50 => a & src,
+                    0x60 => a.checked_shl(src).unwrap_or(0),
+                    0x70 => a.checked_shr(src).unwrap_or(0),
+                    0x80 => a.wrapping_neg(),
+                    0x90 if src != 0 => a % src,
+                    0xa0 => a ^ src,
+                    _ => return KILL,
+                }
+            }
+            BPF_JMP => {
+                let taken = match i.code & 0xf0 {
+                    0x00 => {
+                        pc += k as usize;
+                        continue;
+                    }
+                    0x10 => a == src,
+                    0x20 => a > src,
+                    0x30 => a >= src,
+                    0x40 => a & src != 0,
+                    _ => return KILL,
+                };
+                pc += usize::from(if taken { i.jt } else { i.jf });
+            }
+            BPF_RET => {
+                return match i.code & 0x18 {
+                    BPF_K => k,
+                    BPF_A => a,
+                    _ => KILL,
+                }
+            }
+            BPF_MISC => match i.code & 0xf8 {
+                0x00 => x = a, // TAX
+                0x80 => a = x, // TXA
+                _ => return KILL,
+            },
+            _ => return KILL,
+        }
+    }
+    KILL
+}
+
+/// What a chain of filters decides: the action of highest precedence
+/// (lowest as a signed action) among all of theirs, as the kernel takes.
+pub fn run_chain(filters: &[Filter], d: &Data) -> u32 {
+    filters
+        .iter()
+        .map(|f| run(&f.insns, d))
+        .fold(RET_ALLOW, |best, r| {
+            if ((r & ACTION_FULL) as i32) < ((best & ACTION_FULL) as i32) {
+                r
+            } else {
+                best
+            }
+        })
+}
+
+fn allows(r: u32) -> bool {
+    matches!(r & ACTION_FULL, RET_ALLOW | RET_LOG)
+}
+
+fn action_name(r: u32) -> String {
+    match r & ACTION_FULL {
+        0x8000_0000 => "KILL_PROCESS".into(),
+        0x0000_0000 => "KILL_THREAD".into(),
+        0x0003_0000 => "TRAP".into(),
+        0x0005_0000 => format!("ERRNO({})", r & 0xffff),
+        RET_USER_NOTIF => "USER_NOTIF".into(),
+        0x7ff0_0000 => "TRACE".into(),
+        a => format!("action {a:#x}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ins(code: u16, jt: u8, jf: u8, k: u32) -> SockFilter {
+        SockFilter { code, jt, jf, k }
+    }
+
+    /// Deny `nr` with ERRNO(1), allow the rest (what libseccomp writes for
+    /// one rule: check the arch, load nr, compare, return).
+    fn deny(nr: u32) -> Filter {
+        Filter {
+            flags: 0,
+            insns: vec![
+                ins(0x20, 0, 0, 4),                 // ld arch
+                ins(0x15, 1, 0, AUDIT_ARCH_X86_64), // jeq arch
+                ins(0x06, 0, 0, 0x8000_0000),       // kill process
+                ins(0x20, 0, 0, 0),                 // ld nr
+                ins(0x15, 0, 1, nr),                // jeq nr
+                ins(0x06, 0, 0, 0x0005_0001),       // errno 1
+                ins(0x06, 0, 0, RET_ALLOW),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_chain_takes_the_strictest_action() {
+        let d = |nr| Data::new(nr, 0x1000, [0; 6]);
+        let chain = [deny(SYS_MUNMAP as u32), deny(SYS_FUTEX as u32)];
+        assert_eq!(run_chain(&chain, &d(SYS_MUNMAP)), 0x0005_0001);
+        assert_eq!(run_chain(&chain, &d(SYS_FUTEX)), 0x0005_0001);
+        assert_eq!(run_chain(&chain, &d(SYS_RT_SIGRETURN)), RET_ALLOW);
+        assert!(allows(run_chain(&[], &d(0))));
+        // KILL_PROCESS (negative) wins over ERRNO.
+        let kill = Filter {
+            flags: 0,
+            insns: vec![ins(0x06, 0, 0, 0x8000_0000)],
+        };
+        assert_eq!(run_chain(&[deny(11), kill], &d(11)), 0x8000_0000);
+    }
+
+    #[test]
+    fn arguments_arithmetic_and_scratch_memory() {
+        // A = args[1] low word; A += 1; M[3] = A; X = M[3]; A = X;
+        // if A & 0x80 then ERRNO(2) else ALLOW.
+        let p = [
+            ins(0x20, 0, 0, 24),
+            ins(0x04, 0, 0, 1),
+            ins(0x02, 0, 0, 3),
+            ins(0x61, 0, 0, 3),
+            ins(0x87, 0, 0, 0),
+            ins(0x45, 0, 1, 0x80),
+            ins(0x06, 0, 0, 0x0005_0002),
+            ins(0x06, 0, 0, RET_ALLOW),
+        ];
+        assert_eq!(
+            run(&p, &Data::new(0, 0, [0, 0x7f, 0, 0, 0, 0])),
+            0x0005_0002
+        );
+        assert_eq!(run(&p, &Data::new(0, 0, [0, 0x7e, 0, 0, 0, 0])), RET_ALLOW);
+        // A load outside seccomp_data, or falling off the end, kills.
+        assert_eq!(run(&[ins(0x20, 0, 0, 64)], &Data::new(0, 0, [0; 6])), 0);
+        assert_eq!(run(&[ins(0x20, 0, 0, 0)], &Data::new(0, 0, [0; 6])), 0);
+    }
+}
