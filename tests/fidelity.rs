@@ -55,7 +55,8 @@ fn restore(img: &Path, mode: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn case(name: &str) {
+/// Returns the image, for a test that looks at it.
+fn case(name: &str) -> std::path::PathBuf {
     let dir = scratch(&format!("fidelity-{name}"));
     // Plain: the program's own checks pass without cryo.
     let t = Target::spawn(fidelity_cmd(name, &dir), "fidelity");
@@ -103,6 +104,7 @@ fn case(name: &str) {
             "restore {mode:?}: stdout {out}\nstderr {err}"
         );
     }
+    img
 }
 
 /// Seven threads, each blocked or running its own way (one on a 3 KiB stack of its own), with state of their
@@ -382,7 +384,13 @@ fn socket_filters() {
 /// threads share them as before.
 #[test]
 fn seccomp_filters() {
-    case("seccomp");
+    let img = case("seccomp");
+    let (_, out, _) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
+    assert!(
+        out.contains("seccomp   2 filter(s) for every thread, installed last")
+            && out.contains("filter 1: 6 instructions [log"),
+        "{out}"
+    );
 }
 
 /// A process cryo cannot restore faithfully is refused with every
@@ -459,6 +467,19 @@ fn more_obstacles_named() {
     }
     // SAFETY: kill takes integers.
     unsafe { libc::kill(t.pid, libc::SIGKILL) };
+}
+
+/// A thread that switched its own credentials (uid/gid 1000, one
+/// capability kept) gets them back while the main thread stays root: /proc
+/// shows both, and only the main thread opens a file only root may read.
+#[test]
+fn thread_with_credentials_of_its_own() {
+    let img = case("thread-creds");
+    let (_, out, _) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
+    assert!(
+        out.contains("credentials of its own: uid [1000, 1000, 1000, 1000] gid [1000, 1000, 1000, 1000] caps eff 0x400 prm 0x400"),
+        "{out}"
+    );
 }
 
 /// Seccomp filters a restore could not bring back faithfully are refused,

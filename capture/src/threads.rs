@@ -123,6 +123,7 @@ pub fn capture(
         ));
         return Ok(());
     }
+    let mut creds = Vec::with_capacity(g.others.len());
     for (k, (t, st)) in g.others.iter_mut().zip(statuses).enumerate() {
         let tid = t.pid();
         let comm = comm_of(pid, tid);
@@ -184,6 +185,14 @@ pub fn capture(
                 None,
             )?;
             th.timer_slack_ns = slack.map_or(u64::MAX, |v| v as u64);
+            // Its credentials (per thread in the kernel: raw setresuid,
+            // capset): its status, and its securebits asked in it.
+            let bits = rem.query(
+                libc::SYS_prctl,
+                [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0],
+                None,
+            )?;
+            creds.push(crate::task::creds(st, bits.unwrap_or(0) as u32).0);
             Ok(())
         })();
         let fin = rem.finish();
@@ -191,6 +200,10 @@ pub fn capture(
         fin?;
         b.xsave.extend_from_slice(&xsave);
         b.threads.push(th);
+    }
+    // Recorded only where a thread's differ from the main thread's.
+    if b.creds.is_some_and(|main| creds.iter().any(|c| *c != main)) {
+        b.thread_creds = creds;
     }
     Ok(())
 }
@@ -245,29 +258,19 @@ pub fn tid_address(rem: &mut Remote) -> Result<u64, InjectError> {
         .unwrap_or(0))
 }
 
-/// What a thread may not have of its own: cryo restores the main
-/// thread's credentials and no_new_privs in every thread (seccomp
+/// What a thread may not have of its own: cryo restores each thread's
+/// ids and capabilities (`thread_creds`), but the main thread's
+/// supplementary groups and no_new_privs in every thread (seccomp
 /// filters: `seccomp::capture`).
 fn differences(tid: i32, comm: &str, st: &StatusText, main: &StatusText, obs: &mut Obstacles) {
-    let keys = [
-        "Uid",
-        "Gid",
-        "Groups",
-        "CapInh",
-        "CapPrm",
-        "CapEff",
-        "CapBnd",
-        "CapAmb",
-        "NoNewPrivs",
-        "x86_Thread_features",
-    ];
+    let keys = ["Groups", "NoNewPrivs", "x86_Thread_features"];
     let differ: Vec<&str> = keys
         .into_iter()
         .filter(|k| st.get(k) != main.get(k))
         .collect();
     if !differ.is_empty() {
         obs.push(format!(
-            "thread {tid} ({comm}) differs from the main thread in {}; cryo gives every thread the main thread's credentials and no_new_privs",
+            "thread {tid} ({comm}) differs from the main thread in {}; cryo gives every thread the main thread's supplementary groups and no_new_privs",
             differ.join(", ")
         ));
     }

@@ -336,6 +336,13 @@ impl<'a> Image<'a> {
     pub fn seccomp(&self) -> Table<'a, task::SeccompInsn> {
         self.table(SectionKind::Seccomp)
     }
+    /// (11.0) Every other thread's credentials, in `threads` order, when
+    /// one differs from the main thread's (empty otherwise: every thread
+    /// has the main thread's). A thread's supplementary groups are the
+    /// main thread's (`ngroups` too).
+    pub fn thread_creds(&self) -> Table<'a, task::Creds> {
+        self.table(SectionKind::ThreadCreds)
+    }
     /// Whether the seccomp filters need a privilege the restored process
     /// does not have to be installed (neither no_new_privs nor
     /// CAP_SYS_ADMIN: installed before the program dropped it), so that

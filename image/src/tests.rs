@@ -179,6 +179,13 @@ pub(crate) fn sample_full_with(edit: impl FnOnce(&mut ImageBuilder)) -> (Vec<u8>
         tid: 1235,
         ..Default::default()
     });
+    // (11.0) The thread has credentials of its own.
+    b.thread_creds.push(Creds {
+        uid: [2000; 4],
+        gid: [2000; 4],
+        ngroups: 2,
+        ..Default::default()
+    });
     // (9.0) A UDP socket with a two-instruction filter, locked.
     b.sockets.push(Socket {
         family: 2,
@@ -286,6 +293,14 @@ fn format_3_sections_round_trip() {
     assert!(refused(|b| b.files[1].extent_count = 2), "extent range");
     assert!(refused(|b| b.locks[0].fd = 42), "lock on no fd");
     assert!(refused(|b| b.groups.pop().map_or((), drop)), "group count");
+    assert!(
+        refused(|b| b.thread_creds[0].ngroups = 1),
+        "a thread's groups are the main thread's"
+    );
+    assert!(
+        refused(|b| b.thread_creds.push(crate::task::Creds::default())),
+        "one credentials record per thread"
+    );
     assert!(refused(|b| b.signals[0].signo = 65), "signal number");
     assert!(refused(|b| b.signals[0].thread = 2), "queue of no thread");
     assert!(

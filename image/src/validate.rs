@@ -351,6 +351,19 @@ impl<'a> Image<'a> {
                 }
             }
         }
+        // Threads' own credentials: none, or one per thread, each with the
+        // main thread's groups.
+        let tc = self.thread_creds();
+        if !tc.is_empty() {
+            let ngroups = self.groups().len() as u32;
+            if tc.len() != self.threads().len() || tc.iter().any(|c| c.ngroups != ngroups) {
+                return Err(ImageError::BadIndex {
+                    section: "thread_creds",
+                    index: 0,
+                    why: "not one per thread, or other groups than the main thread's",
+                });
+            }
+        }
         // Seccomp filters: numbered from 0 in order, each 1 to
         // BPF_MAXINSNS instructions with one flags value.
         let mut run: Option<(u32, u32, usize)> = None;

@@ -76,6 +76,7 @@ pub struct ImageBuilder {
     pub tcp_conns: Vec<crate::fds::TcpConn>,
     pub pid_refs: Vec<crate::task::PidRef>,
     pub seccomp: Vec<crate::task::SeccompInsn>,
+    pub thread_creds: Vec<crate::task::Creds>,
     pub file_handles: Vec<crate::fds::FileHandle>,
     pub tree: Vec<crate::tree::TreeProc>,
     pub tree_fds: Vec<crate::tree::TreeFd>,
@@ -152,6 +153,9 @@ impl ImageBuilder {
         }
         if !self.tcp_conns.is_empty() {
             sections.push((SectionKind::TcpConns, table(&self.tcp_conns)));
+        }
+        if !self.thread_creds.is_empty() {
+            sections.push((SectionKind::ThreadCreds, table(&self.thread_creds)));
         }
         if !self.seccomp.is_empty() {
             sections.push((SectionKind::Seccomp, table(&self.seccomp)));

@@ -179,26 +179,31 @@ pub fn check(
             && c.cap_amb == Own::hex_of(&status.text, "CapAmb")
             // securebits are not in /proc: let the shim compare if any.
             && c.securebits == 0;
-        if ids_differ {
-            let need = [CAP_SETUID, CAP_SETGID];
-            if need.iter().any(|&n| !own.has(n)) {
+        // The main thread's, then each other thread's own (the same
+        // groups: capture checked).
+        for c in std::iter::once(c).chain(img.thread_creds().iter()) {
+            let ids_differ = c.uid != own.uid || c.gid != own.gid || groups != own.groups;
+            if ids_differ {
+                let need = [CAP_SETUID, CAP_SETGID];
+                if need.iter().any(|&n| !own.has(n)) {
+                    return Err(refuse(format!(
+                        "the image ran as uid {:?} gid {:?} groups {groups:?}, this restore as uid {:?} gid {:?} groups {:?}: switching needs CAP_SETUID and CAP_SETGID (restore as root, or as the captured user)",
+                        c.uid, c.gid, own.uid, own.gid, own.groups
+                    )));
+                }
+            }
+            if c.cap_prm & !own.cap_prm != 0 || c.cap_bnd & !own.cap_bnd != 0 {
                 return Err(refuse(format!(
-                    "the image ran as uid {:?} gid {:?} groups {groups:?}, this restore as uid {:?} gid {:?} groups {:?}: switching needs CAP_SETUID and CAP_SETGID (restore as root, or as the captured user)",
-                    c.uid, c.gid, own.uid, own.gid, own.groups
+                    "the image holds capabilities this process does not (permitted {:#x} vs {:#x}, bounding {:#x} vs {:#x}); restore as root",
+                    c.cap_prm, own.cap_prm, c.cap_bnd, own.cap_bnd
                 )));
             }
-        }
-        if c.cap_prm & !own.cap_prm != 0 || c.cap_bnd & !own.cap_bnd != 0 {
-            return Err(refuse(format!(
-                "the image holds capabilities this process does not (permitted {:#x} vs {:#x}, bounding {:#x} vs {:#x}); restore as root",
-                c.cap_prm, own.cap_prm, c.cap_bnd, own.cap_bnd
-            )));
-        }
-        if c.cap_bnd != own.cap_bnd && !own.has(CAP_SETPCAP) {
-            return Err(refuse(
-                "the image's capability bounding set is smaller; dropping ours needs CAP_SETPCAP"
-                    .into(),
-            ));
+            if c.cap_bnd != own.cap_bnd && !own.has(CAP_SETPCAP) {
+                return Err(refuse(
+                    "the image's capability bounding set is smaller; dropping ours needs CAP_SETPCAP"
+                        .into(),
+                ));
+            }
         }
     }
     if let Some(t) = img.task() {

@@ -282,7 +282,8 @@ fn ids(getres: usize, setfs: usize) -> [u32; 4] {
 /// switch (CAP_SETUID, CAP_SETGID and CAP_SETPCAP); and no_new_privs not
 /// set here unless it was there (it cannot be cleared).
 pub fn check_settable(img: &Image) {
-    if let Some(c) = img.creds() {
+    // The main thread's, then each other thread's own.
+    for c in img.creds().into_iter().chain(img.thread_creds().iter()) {
         let uid = ids(SYS_GETRESUID, SYS_SETFSUID);
         let gid = ids(SYS_GETRESGID, SYS_SETFSGID);
         let (eff, prm, inh) = capget();

@@ -238,9 +238,12 @@ fn thread_main(img: &Image, index: usize, handoff_flags: u64) -> ! {
             format_args!("thread {}: queueing signal {sig} again", t.tid),
         );
     }
-    // Credentials are per thread: this one sets its own (the main
-    // thread's, which capture checked they equal), then no_new_privs.
-    if handoff_flags & flags::SAME_CREDS == 0 {
+    // Credentials are per thread: this one sets its own (recorded when
+    // some thread's differ from the main thread's, else the main
+    // thread's), then no_new_privs.
+    if let Some(c) = img.thread_creds().get(index) {
+        crate::task::restore_creds(img, &c);
+    } else if handoff_flags & flags::SAME_CREDS == 0 {
         if let Some(c) = img.creds() {
             crate::task::restore_creds(img, &c);
         }

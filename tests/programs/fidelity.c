@@ -26,6 +26,7 @@
 #include <linux/seccomp.h>
 #include <linux/audit.h>
 #include <sys/ptrace.h>
+#include <linux/capability.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -2002,6 +2003,72 @@ static void seccomp_refused_setup(void) {
     CHECK(scr_ready == 1, "the thread's filter");
 }
 
+/* thread-creds: a thread that switched its own credentials (raw
+ * setresgid/setresuid, as Samba's per-thread credentials do; glibc's
+ * wrappers would switch every thread) to uid/gid 1000, keeping only
+ * CAP_NET_BIND_SERVICE. After the restore it still runs as 1000 with that
+ * capability while the main thread is root: /proc shows both, and a file
+ * only root may read opens in the main thread and not in the other. */
+static pthread_t tc_th;
+static volatile pid_t tc_tid;
+static int tc_go[2], tc_done[2];
+static char tc_path[2100];
+static void *tc_thread(void *arg) {
+    (void)arg;
+    long r = prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0);
+    r |= syscall(SYS_setresgid, 1000, 1000, 1000);
+    r |= syscall(SYS_setresuid, 1000, 1000, 1000);
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct d[2] = {{1u << 10, 1u << 10, 0}, {0, 0, 0}}; /* CAP_NET_BIND_SERVICE */
+    r |= syscall(SYS_capset, &h, d);
+    tc_tid = r == 0 ? (pid_t)syscall(SYS_gettid) : -1;
+    char c;
+    if (read(tc_go[0], &c, 1) != 1) return NULL;
+    int fd = open(tc_path, O_RDONLY);
+    c = fd < 0 && errno == EACCES ? 'y' : 'n';
+    if (fd >= 0) close(fd);
+    if (write(tc_done[1], &c, 1) != 1) return NULL;
+    return NULL;
+}
+static void thread_creds_setup(void) {
+    path_in_dir(tc_path, sizeof tc_path, "root-only");
+    int f = open(tc_path, O_CREAT | O_WRONLY | O_TRUNC, 0600);
+    CHECK(f >= 0 && fchown(f, 0, 0) == 0 && close(f) == 0, "root-only file");
+    CHECK(pipe(tc_go) == 0 && pipe(tc_done) == 0, "pipes");
+    CHECK(pthread_create(&tc_th, NULL, tc_thread, NULL) == 0, "thread");
+    for (int tries = 0; tries < 5000 && !tc_tid; tries++) usleep(1000);
+    CHECK(tc_tid > 0, "the thread switched its credentials");
+    for (int tries = 0; tries < 5000; tries++) {
+        char p[128], st[512];
+        snprintf(p, sizeof p, "/proc/self/task/%d/stat", (int)tc_tid);
+        if (read_file(p, st, sizeof st) > 0 && strrchr(st, ')')[2] == 'S') break;
+        usleep(1000);
+    }
+}
+static void thread_creds_settle(void) {
+    for (int tries = 0; tries < 5000; tries++) {
+        char p[128], st[4096];
+        snprintf(p, sizeof p, "/proc/self/task/%d/status", (int)tc_tid);
+        if (read_file(p, st, sizeof st) > 0 && !strstr(st, "SigBlk:\tfffffffffffbfeff")) break;
+        usleep(1000);
+    }
+}
+static void thread_creds_check(void) {
+    char p[128], st[4096];
+    snprintf(p, sizeof p, "/proc/self/task/%d/status", (int)tc_tid);
+    CHECK(read_file(p, st, sizeof st) > 0 && strstr(st, "Uid:\t1000\t1000\t1000\t1000") &&
+              strstr(st, "Gid:\t1000\t1000\t1000\t1000") && strstr(st, "CapEff:\t0000000000000400") &&
+              strstr(st, "CapPrm:\t0000000000000400"),
+          "the thread's credentials: %s", st);
+    CHECK(getuid() == 0 && geteuid() == 0, "the main thread is still root");
+    int fd = open(tc_path, O_RDONLY);
+    CHECK(fd >= 0 && close(fd) == 0, "the main thread opens the root-only file");
+    char c = 0;
+    CHECK(write(tc_go[1], "x", 1) == 1 && read(tc_done[0], &c, 1) == 1 && c == 'y',
+          "the thread may not open it (%c)", c);
+    CHECK(pthread_join(tc_th, NULL) == 0, "join");
+}
+
 struct fcase {
     const char *name;
     void (*setup)(void);
@@ -2041,6 +2108,7 @@ static const struct fcase cases[] = {
     {"sockfilter", sockfilter_setup, sockfilter_check, NULL},
     {"seccomp", seccomp_setup, seccomp_check, seccomp_settle},
     {"seccomp-refused", seccomp_refused_setup, refuse_check, NULL},
+    {"thread-creds", thread_creds_setup, thread_creds_check, thread_creds_settle},
     {"refuse", refuse_setup, refuse_check, NULL},
     {"refuse2", refuse2_setup, refuse_check, NULL},
 };

@@ -82,13 +82,16 @@ pub enum SectionKind {
     FileHandles = 41,
     /// Format 11.0: the process's seccomp filters ([`crate::task::SeccompInsn`]).
     Seccomp = 42,
+    /// Format 11.0: every other thread's credentials, when one differs
+    /// from the main thread's ([`crate::task::Creds`]).
+    ThreadCreds = 43,
 }
 
 /// A `files` record as 9.0 wrote it (before the birth time).
 const FILE_ID_9_0: usize = 72;
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 42] = [
+    pub const ALL: [SectionKind; 43] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -131,6 +134,7 @@ impl SectionKind {
         SectionKind::PidRefs,
         SectionKind::FileHandles,
         SectionKind::Seccomp,
+        SectionKind::ThreadCreds,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -179,6 +183,7 @@ impl SectionKind {
             SectionKind::PidRefs => "pid_refs",
             SectionKind::FileHandles => "file_handles",
             SectionKind::Seccomp => "seccomp",
+            SectionKind::ThreadCreds => "thread_creds",
         }
     }
     /// The shortest records this reader accepts for the section: what it
@@ -236,6 +241,7 @@ impl SectionKind {
             SectionKind::PidRefs => crate::task::PidRef::SIZE,
             SectionKind::FileHandles => crate::fds::FileHandle::SIZE,
             SectionKind::Seccomp => crate::task::SeccompInsn::SIZE,
+            SectionKind::ThreadCreds => crate::task::Creds::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -296,6 +302,7 @@ impl SectionKind {
             // The kernel's limit on the instructions of one task's filters
             // (MAX_INSNS_PER_PATH).
             SectionKind::Seccomp => crate::task::MAX_SECCOMP_INSNS as u64,
+            SectionKind::ThreadCreds => 1 << 16,
         }
     }
     /// Sections every valid image must have.

@@ -120,8 +120,9 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
         "inotify": img.inotify().iter().map(|w| json!({
             "fd": fdt.get(w.desc as usize).map(|f| f.fd), "wd": w.wd, "mask": w.mask,
             "dev": w.dev, "ino": w.ino, "path": s(img, w.path)})).collect::<Vec<_>>(),
-        "threads": img.threads().iter().map(|t| json!({
+        "threads": img.threads().iter().enumerate().map(|(k, t)| json!({
             "tid": t.tid,
+            "creds": img.thread_creds().get(k),
             "comm": String::from_utf8_lossy(&t.comm).trim_end_matches('\0'),
             "in_syscall": t.flags & process_flags::IN_SYSCALL != 0,
             "regs": t.regs, "raw_regs": t.raw_regs, "sig_blocked": t.sig_blocked,

@@ -271,7 +271,7 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
                 v => format!("{v:#x}"),
             }
         );
-        for t in img.threads().iter() {
+        for (k, t) in img.threads().iter().enumerate() {
             let name = String::from_utf8_lossy(&t.comm);
             let name = name.trim_end_matches('\0');
             let state = if t.flags & process_flags::IN_SYSCALL != 0 {
@@ -289,6 +289,13 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
                 state,
                 sigset(t.sig_blocked)
             );
+            if let Some(c) = img.thread_creds().get(k).filter(|c| Some(*c) != img.creds()) {
+                let _ = writeln!(
+                    o,
+                    "           credentials of its own: uid {:?} gid {:?} caps eff {:#x} prm {:#x} inh {:#x} bnd {:#x} amb {:#x} securebits {:#x}",
+                    c.uid, c.gid, c.cap_eff, c.cap_prm, c.cap_inh, c.cap_bnd, c.cap_amb, c.securebits
+                );
+            }
         }
     }
     let _ = writeln!(o, "\nfds ({})", img.fds().len());
