@@ -289,7 +289,11 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
                 state,
                 sigset(t.sig_blocked)
             );
-            if let Some(c) = img.thread_creds().get(k).filter(|c| Some(*c) != img.creds()) {
+            if let Some(c) = img
+                .thread_creds()
+                .get(k)
+                .filter(|c| Some(*c) != img.creds())
+            {
                 let _ = writeln!(
                     o,
                     "           credentials of its own: uid {:?} gid {:?} caps eff {:#x} prm {:#x} inh {:#x} bnd {:#x} amb {:#x} securebits {:#x}",
