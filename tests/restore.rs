@@ -247,6 +247,42 @@ fn python_seccomp_sandbox() {
     round_trip("py-seccomp", &[], "stop");
 }
 
+/// CPython that confined itself with chroot after start-up: after every
+/// kind of restore it is still inside (its root lists only its own file,
+/// its working directory is /).
+#[test]
+fn python_in_a_chroot() {
+    round_trip("py-chroot", &[], "stop");
+}
+
+/// A unix socket a chrooted process bound by path names a file inside its
+/// root: made again from cryo's root it would be another file, so capture
+/// refuses it by name (and leaves the process as it was).
+#[test]
+fn unix_socket_bound_inside_a_chroot_is_refused() {
+    let script = "import os, signal, socket, tempfile\n\
+        root = tempfile.mkdtemp(prefix='cryo-chroot-sock-')\n\
+        os.chroot(root); os.chdir('/')\n\
+        s = socket.socket(socket.AF_UNIX); s.bind('/s.sock'); s.listen()\n\
+        print('READY', os.getpid(), flush=True)\n\
+        os.kill(os.getpid(), signal.SIGSTOP)\n\
+        print('PASS', flush=True)\n";
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn(cmd, "python chroot socket");
+    t.wait_stopped();
+    let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("fd 3 (unix stream socket) has the path name /s.sock inside the process's root directory")
+            && out.contains("(chroot); cryo would bind or connect it from its own root"),
+        "{out}"
+    );
+    t.cont();
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, "PASS"), "{err}");
+}
+
 #[test]
 fn go_program() {
     round_trip("go-threads", &[], "stop");

@@ -534,6 +534,7 @@ pub(crate) fn inspect(
     crate::task::outside(pid, &mut task);
     let tids: Vec<i32> = g.others.iter().map(|t| t.pid()).collect();
     task.cgroups = b.strings.add(&crate::task::cgroups(pid, &tids, &mut obs));
+    task.root = b.strings.add(&crate::task::root(pid));
     b.task = Some(task);
     let (creds, groups) = crate::task::creds(&st, securebits);
     b.creds = Some(creds);

@@ -528,6 +528,24 @@ pub fn capture(
             "fd {fd} ({what}) is connected, and its own or its peer's name is the relative path {name}; cryo cannot tell which directory it was resolved in"
         ));
     }
+    // A path name of a process in a changed root (chroot) is its own
+    // view, inside that root: made again from cryo's root it would be
+    // another file (bound as a "ghost" at the wrong place; found by a
+    // socket bound in a Python chroot).
+    let pathname = |a: &[u8]| !inet && a.len() > 2 && a[2] != 0;
+    if pathname(&addr) || peer.as_deref().is_some_and(pathname) {
+        let root = crate::task::root(seen.pid);
+        if !root.is_empty() {
+            let name = if pathname(&addr) {
+                shown.clone()
+            } else {
+                peer.as_deref().map(sockaddr_display).unwrap_or_default()
+            };
+            return Err(format!(
+                "fd {fd} ({what}) has the path name {name} inside the process's root directory {root} (chroot); cryo would bind or connect it from its own root"
+            ));
+        }
+    }
     let bound = if inet {
         addr.get(2..4).is_some_and(|p| p != [0, 0])
     } else {

@@ -153,6 +153,15 @@ pub fn outside(pid: i32, t: &mut TaskState) {
 /// The process's cgroups (/proc/PID/cgroup), which every other thread
 /// (`tids`, the frozen ones) must share: a restore puts a process in
 /// cgroups, not its threads.
+/// Its root directory if not `/` (chroot): absolute, as seen from cryo's.
+pub fn root(pid: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/root"))
+        .ok()
+        .map(|r| r.to_string_lossy().into_owned())
+        .filter(|r| r != "/")
+        .unwrap_or_default()
+}
+
 pub fn cgroups(pid: i32, tids: &[i32], obs: &mut Obstacles) -> String {
     let read = |p: String| std::fs::read_to_string(p).unwrap_or_default();
     let own = read(format!("/proc/{pid}/cgroup"));
@@ -219,11 +228,13 @@ pub fn obstacles(pid: i32, st: &StatusText, single: bool, obs: &mut Obstacles) {
             });
         }
     }
+    // A changed root (chroot) is entered again (`root`), if it still has
+    // a name.
     if let Ok(root) = std::fs::read_link(format!("/proc/{pid}/root")) {
-        if root != std::path::Path::new("/") {
+        let r = root.to_string_lossy();
+        if r.ends_with(" (deleted)") || !root.is_dir() {
             obs.push(format!(
-                "its root directory is {} (chroot); a restore would not enter it",
-                root.display()
+                "its root directory is {r} (chroot), which has no name to enter again"
             ));
         }
     }

@@ -121,5 +121,8 @@ record! {
         /// (7.0) /proc/PID/cgroup as read at capture: a line per
         /// hierarchy, `ID:CONTROLLERS:PATH` (empty: not read).
         pub cgroups: crate::StrRef,
+        /// (11.0) Its root directory (chroot), absolute as cryo saw it;
+        /// empty: `/`.
+        pub root: crate::StrRef,
     }
 }

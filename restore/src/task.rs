@@ -11,6 +11,7 @@ use cryo_image::Image;
 const CAP_SETGID: u32 = 6;
 const CAP_SETUID: u32 = 7;
 const CAP_SETPCAP: u32 = 8;
+const CAP_SYS_CHROOT: u32 = 18;
 const CAP_SYS_RESOURCE: u32 = 24;
 const CAP_AUDIT_CONTROL: u32 = 30;
 
@@ -204,6 +205,24 @@ pub fn check(
                         .into(),
                 ));
             }
+        }
+    }
+    if let Some(root) = img
+        .task()
+        .and_then(|t| img.str(t.root))
+        .filter(|r| !r.is_empty())
+    {
+        if !std::path::Path::new(root).is_dir() {
+            return Err(refuse(format!(
+                "process {} ran with its root directory at {root} (chroot), which is not a directory here",
+                img.process().pid
+            )));
+        }
+        if !own.has(CAP_SYS_CHROOT) {
+            return Err(refuse(format!(
+                "process {} ran with its root directory at {root} (chroot); entering it needs CAP_SYS_CHROOT (restore as root)",
+                img.process().pid
+            )));
         }
     }
     if let Some(t) = img.task() {

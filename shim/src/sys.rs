@@ -26,6 +26,7 @@ pub const SYS_TGKILL: usize = 234;
 pub const SYS_EXIT_GROUP: usize = 231;
 pub const SYS_PRCTL: usize = 157;
 pub const SYS_SECCOMP: usize = 317;
+pub const SYS_CHROOT: usize = 161;
 pub const SYS_ARCH_PRCTL: usize = 158;
 pub const SYS_TIMER_CREATE: usize = 222;
 pub const SYS_TIMER_SETTIME: usize = 223;

@@ -47,6 +47,14 @@ pub fn restore_prctl_state(img: &Image) {
 /// restore` found them equal to its own, which the exec kept), what a
 /// credentials change resets, then MDWE.
 pub fn restore(img: &Image, same_creds: bool) {
+    // Its root directory (chroot), while privileged: every file was
+    // opened by its path from ours, and the working directory is set.
+    if let Some(root) = root_of(img) {
+        check(
+            syscall3(SYS_CHROOT, c_path(root), 0, 0),
+            format_args!("chroot into {root}"),
+        );
+    }
     if let Some(c) = img.creds().filter(|_| !same_creds) {
         restore_creds(img, &c);
     }
@@ -54,6 +62,27 @@ pub fn restore(img: &Image, same_creds: bool) {
         restore_after_creds(&t);
         restore_mdwe(&t);
     }
+}
+
+/// Its captured root directory, if not `/`.
+fn root_of<'a>(img: &Image<'a>) -> Option<&'a str> {
+    img.task()
+        .and_then(|t| img.str(t.root))
+        .filter(|r| !r.is_empty())
+}
+
+/// `s` NUL-terminated in the scratch path buffer (dies if too long).
+fn c_path(s: &str) -> usize {
+    let buf = crate::scratch::PATH;
+    if s.len() >= crate::scratch::PATH_LEN {
+        die(format_args!("path too long: {s}"));
+    }
+    // SAFETY: the scratch path buffer has PATH_LEN bytes; s is shorter.
+    unsafe {
+        core::ptr::copy_nonoverlapping(s.as_ptr(), buf as *mut u8, s.len());
+        *(buf as *mut u8).add(s.len()) = 0;
+    }
+    buf
 }
 
 /// The task's name (comm).
@@ -307,6 +336,24 @@ pub fn check_settable(img: &Image) {
             die(format_args!(
                 "the captured credentials (uid {}, gid {}, groups, capabilities) differ from this process's, which may not change them (CAP_SETUID, CAP_SETGID and CAP_SETPCAP): run it as the captured user, or restore with cryo restore as root",
                 c.uid[1], c.gid[1]
+            ));
+        }
+    }
+    if let Some(root) = root_of(img) {
+        const CAP_SYS_CHROOT: u64 = 1 << 18;
+        const O_PATH: usize = 0o10_000_000;
+        const O_DIRECTORY: usize = 0o200_000;
+        let fd = syscall3(SYS_OPEN, c_path(root), O_PATH | O_DIRECTORY, 0);
+        if fd < 0 {
+            die(format_args!(
+                "its root directory {root} (chroot) is not a directory here (errno {})",
+                -fd
+            ));
+        }
+        syscall3(SYS_CLOSE, fd as usize, 0, 0);
+        if capget().0 & CAP_SYS_CHROOT == 0 {
+            die(format_args!(
+                "it ran with its root directory at {root} (chroot), and entering it needs CAP_SYS_CHROOT"
             ));
         }
     }

@@ -150,7 +150,7 @@ fn run_build(cmd: &mut Command, what: &str) {
 /// Build a target program (once per test binary) and return its path.
 /// Names: `c-zdtm`, `c-zdtm-static`, `c-threads`, `c-socket`, `c-bigheap`, `c-lazy`, `c-fidelity`, `c-tree`, `c-mapped`,
 /// `rust-target`, `hs-datamap`, `hs-datamap-v0`, `hs-datamap-threaded`, `go-threads`,
-/// `py-threads`, `py-seccomp`.
+/// `py-threads`, `py-seccomp`, `py-chroot`.
 pub fn program(name: &str) -> PathBuf {
     sanitize_fds();
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
@@ -216,7 +216,7 @@ pub fn program(name: &str) -> PathBuf {
                 .env("GO111MODULE", "off");
             (src, c)
         }
-        "py-threads" | "py-seccomp" => {
+        "py-threads" | "py-seccomp" | "py-chroot" => {
             // A script: run by the system's Python (its #! line).
             let src = progs.join(format!("{}.py", name.replace('-', "_")));
             built.insert(name.to_owned(), src.clone());

@@ -156,6 +156,11 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
     v["ptys"] = json!(ptys);
     v["sysv_shm"] = json!(img.sysv_shm().iter().collect::<Vec<_>>());
     v["fd_owners"] = json!(img.fd_owners().iter().collect::<Vec<_>>());
+    v["root"] = json!(img
+        .task()
+        .and_then(|t| img.str(t.root))
+        .filter(|r| !r.is_empty())
+        .unwrap_or("/"));
     v
 }
 

@@ -456,6 +456,9 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
             v(t.oom_score_adj),
             v(t.loginuid)
         );
+        if let Some(root) = img.str(t.root).filter(|r| !r.is_empty()) {
+            let _ = writeln!(o, "          root {root} (chroot)");
+        }
         if let Some(cg) = img.str(t.cgroups).filter(|c| !c.is_empty()) {
             let _ = writeln!(
                 o,
