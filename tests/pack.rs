@@ -68,6 +68,10 @@ fn packed_restorers_restore_c_rust_and_ghc_programs() {
         // The threaded RTS holds epoll sets, eventfds, a timerfd and
         // pipes, which the packed restorer makes itself.
         ("hs-datamap-threaded", &["stop", "20000"]),
+        // A seccomp filter (installed last, for both threads), and a
+        // changed root directory (entered before the credentials).
+        ("py-seccomp", &[]),
+        ("py-chroot", &[]),
     ] {
         let dir = scratch(&format!("pack-{name}"));
         let mut cmd = Command::new(program(name));

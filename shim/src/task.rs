@@ -50,8 +50,9 @@ pub fn restore(img: &Image, same_creds: bool) {
     // Its root directory (chroot), while privileged: every file was
     // opened by its path from ours, and the working directory is set.
     if let Some(root) = root_of(img) {
+        let mut buf = [0u8; 4096];
         check(
-            syscall3(SYS_CHROOT, c_path(root), 0, 0),
+            syscall3(SYS_CHROOT, c_path(root, &mut buf), 0, 0),
             format_args!("chroot into {root}"),
         );
     }
@@ -71,18 +72,14 @@ fn root_of<'a>(img: &Image<'a>) -> Option<&'a str> {
         .filter(|r| !r.is_empty())
 }
 
-/// `s` NUL-terminated in the scratch path buffer (dies if too long).
-fn c_path(s: &str) -> usize {
-    let buf = crate::scratch::PATH;
-    if s.len() >= crate::scratch::PATH_LEN {
+/// `s` NUL-terminated in `buf` (dies if too long): its address.
+fn c_path(s: &str, buf: &mut [u8]) -> usize {
+    if s.len() >= buf.len() {
         die(format_args!("path too long: {s}"));
     }
-    // SAFETY: the scratch path buffer has PATH_LEN bytes; s is shorter.
-    unsafe {
-        core::ptr::copy_nonoverlapping(s.as_ptr(), buf as *mut u8, s.len());
-        *(buf as *mut u8).add(s.len()) = 0;
-    }
-    buf
+    buf[..s.len()].copy_from_slice(s.as_bytes());
+    buf[s.len()] = 0;
+    buf.as_ptr() as usize
 }
 
 /// The task's name (comm).
@@ -343,7 +340,9 @@ pub fn check_settable(img: &Image) {
         const CAP_SYS_CHROOT: u64 = 1 << 18;
         const O_PATH: usize = 0o10_000_000;
         const O_DIRECTORY: usize = 0o200_000;
-        let fd = syscall3(SYS_OPEN, c_path(root), O_PATH | O_DIRECTORY, 0);
+        // (Before the scratch mapping exists: on the stack.)
+        let mut buf = [0u8; 4096];
+        let fd = syscall3(SYS_OPEN, c_path(root, &mut buf), O_PATH | O_DIRECTORY, 0);
         if fd < 0 {
             die(format_args!(
                 "its root directory {root} (chroot) is not a directory here (errno {})",
