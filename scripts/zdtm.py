@@ -58,6 +58,8 @@ Usage:
   scripts/zdtm.py --cryo PATH/cryo --expect FILE --only fifo,pipe01 --keep
   scripts/zdtm.py --cryo PATH/cryo --survey all   # try every host test, print
                                                   # expectation lines for them
+  scripts/zdtm.py --cryo PATH/cryo --with-criu target/criu/criu-4.1.1/criu/criu \
+      --survey a,b          # the same tests through CRIU itself (as root), to compare
 Exit status: 0 every expectation met, 1 some not, 2 cannot run (no CRIU
 source, build failure of the zdtm library, bad arguments).
 """
@@ -353,11 +355,13 @@ class Test:
         self.timeout = float(desc.get('timeout', 30))
         # more `cryo capture` options (`NAME pass with OPTIONS`)
         self.capture_args = []
+        # start it without dropping to ZDTM_UID (--with-criu)
+        self.as_root = False
 
     def env(self):
         env = {'TMPDIR': '/tmp', 'PATH': '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
                'ZDTM_THREAD_BOMB': '5'}
-        if 'suid' not in flags(self.desc):
+        if 'suid' not in flags(self.desc) and not self.as_root:
             # as zdtm.py: the test drops to these ids after its set-up
             env.update(ZDTM_UID='18943', ZDTM_GID='58467', ZDTM_GROUPS='27495 48244')
         return env
@@ -462,6 +466,48 @@ class Test:
             raise Failed('%s: restored test exited %d%s:\n%s' % (
                 mode, rc, '' if has_pass(log) else ' without PASS', tail(log)))
         return '%s (running again %.2fs after cryo restore)' % (mode, secs)
+
+    def with_criu(self, criu):
+        """The same test through CRIU itself (`criu dump`, which kills it,
+        then `criu restore -d`): 'criu pass', or raise Failed. For
+        comparing what CRIU brings back on this machine with cryo."""
+        # As root: CRIU reads the test's rlimits with prlimit, which
+        # needs CAP_SYS_RESOURCE for another user's process (absent on
+        # this machine: every test that drops to ZDTM_UID fails to dump).
+        self.as_root = True
+        wd = os.path.join(self.work, 'criu', self.name)
+        pid, since = self.start(wd)
+        img = os.path.join(wd, 'criu-img')
+        os.makedirs(img)
+        opts = ['--shell-job', '--file-locks', '--tcp-established', '--ext-unix-sk', '-v4']
+        rc = run([criu, 'dump', '-t', str(pid), '-D', img, '-o', 'dump.log'] + opts, wd,
+                 dict(os.environ), os.path.join(wd, 'criu-dump.out'), CAPTURE_TIMEOUT)
+        if rc != 0:
+            kill(pid, since, signal.SIGKILL)
+            raise Failed('criu dump failed (%s): %s' % (rc, tail(os.path.join(img, 'dump.log'), 300)))
+        if wait_exit(pid, since, 10) is None:
+            kill(pid, since, signal.SIGKILL)
+            raise Failed('the original still runs after criu dump')
+        t0 = time.monotonic()
+        rc = run([criu, 'restore', '-d', '-D', img, '-o', 'restore.log'] + opts, wd,
+                 dict(os.environ), os.path.join(wd, 'criu-restore.out'), RESTORE_TIMEOUT)
+        if rc != 0:
+            raise Failed('criu restore failed (%s): %s' % (rc, tail(os.path.join(img, 'restore.log'), 300)))
+        # Restored with its PID, detached (not our child): SIGTERM, then
+        # poll until it is gone.
+        time.sleep(SETTLE)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            raise Failed('criu restore: the test is not running')
+        while pstate(pid) not in (None, 'Z', 'X'):
+            if time.monotonic() - t0 > STOP_TIMEOUT:
+                os.kill(pid, signal.SIGKILL)
+                raise Failed('criu: still running %d s after SIGTERM' % STOP_TIMEOUT)
+            time.sleep(0.02)
+        if not has_pass(*self.outs(wd)):
+            raise Failed('criu: restored test without PASS: %s' % tail(self.outs(wd)[0], 300).strip())
+        return 'criu pass'
 
     def refused(self, want):
         wd = os.path.join(self.work, 'refused', self.name)
@@ -583,6 +629,9 @@ def main():
     ap.add_argument('--expect', help='expectations file (NAME pass | NAME refused SUBSTRING)')
     ap.add_argument('--survey', help='instead: run these tests (a,b or all) and print expectation lines')
     ap.add_argument('--criu-src', help='CRIU source dir (default: target/criu/criu-*)')
+    ap.add_argument('--with-criu', metavar='CRIU',
+                    help='with --survey: run each test through this criu binary (dump, restore -d) '
+                    'instead of cryo, to compare what CRIU brings back on this machine')
     ap.add_argument('--build-dir', help='where test/zdtm is copied and built (default: target/zdtm/<criu dir name>)')
     ap.add_argument('--only', help='run only these tests of the expectations (a,b,...)')
     ap.add_argument('-j', '--jobs', type=int, default=os.cpu_count() or 2)
@@ -675,7 +724,14 @@ def main():
         kind, want = exp[n]
         if kind == 'survey':
             try:
-                line = survey(t)
+                if a.with_criu:
+                    try:
+                        t.plain()
+                        line = '%s %s' % (n, t.with_criu(os.path.abspath(a.with_criu)))
+                    except Failed as e:
+                        line = '# %s %s' % (n, str(e).replace('\n', ' | ')[:200])
+                else:
+                    line = survey(t)
             except Exception as e:   # a bug here: reported, not fatal
                 line = '# %s runner error: %r' % (n, e)
             with lock:
