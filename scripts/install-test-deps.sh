@@ -22,6 +22,8 @@ command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 # A real process tree with System V shared memory.
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 [ -x /usr/bin/python3 ] || need+=(python3)
+# A terminal multiplexer: a server, a shell on its pty, a unix socket.
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
 # A program that sandboxes itself with libseccomp.
 /usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || need+=(python3-seccomp)
 if [ ${#need[@]} -eq 0 ]; then

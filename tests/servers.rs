@@ -967,3 +967,82 @@ print("read", s.recv(10), flush=True)
     assert_eq!(line.trim(), "read b''", "the original goes on");
     assert!(p.wait().unwrap().success());
 }
+
+/// tmux: a server (daemon, its own session) holding a pty whose shell
+/// runs a loop printing ticks and reading lines, and a unix socket its
+/// clients talk to.
+/// Captured as a tree and restored with --same-pid (the shell waits for
+/// its `sleep` child by PID): the client reaches the restored server
+/// through its socket, the ticks go on in the pane, and keys sent to the
+/// pane reach the shell through the pty.
+#[test]
+fn tmux_server_with_a_shell_on_its_pty_goes_on() {
+    let tmux = which("tmux");
+    let dir = scratch("tmux");
+    adopt_orphans();
+    sanitize_fds();
+    let t = |args: &[&str]| -> (bool, String) {
+        let out = Command::new(&tmux)
+            .env("TMUX_TMPDIR", &dir)
+            .env_remove("TMUX")
+            .args(["-L", "cryo"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("tmux");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, _) = t(&[
+        "new",
+        "-d",
+        "-s",
+        "x",
+        "-x",
+        "80",
+        "-y",
+        "24",
+        "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.05; read -t 0.05 l && echo got-$l; done",
+    ]);
+    assert!(ok, "tmux new");
+    let last_tick = |pane: &str| -> u32 {
+        pane.lines()
+            .filter_map(|l| l.strip_prefix("tick ")?.trim().parse().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    let pane = || t(&["capture-pane", "-p", "-t", "x"]).1;
+    wait_for("ticks in the pane", Duration::from_secs(10), || {
+        last_tick(&pane()) >= 3
+    });
+    let (_, pid) = t(&["display", "-p", "#{pid}"]);
+    let server: i32 = pid.trim().parse().expect("tmux server pid");
+    let img = dir.join("img");
+    capture_killed(server, &img, &[]);
+    let pids = tree_pids(&img);
+    assert!(pids.len() >= 3, "server, shell, sleep: {pids:?}");
+    wait_gone(&pids);
+    let r = restore(&img, &["--same-pid"], &dir.join("out"));
+    let mut first = 0;
+    wait_for(
+        "the restored server to answer and the ticks to go on",
+        Duration::from_secs(20),
+        || {
+            let n = last_tick(&pane());
+            if first == 0 {
+                first = n;
+            }
+            first > 0 && n >= first + 3
+        },
+    );
+    t(&["send-keys", "-t", "x", "restored", "Enter"]);
+    wait_for(
+        "the shell to read keys sent through the pty",
+        Duration::from_secs(10),
+        || pane().lines().any(|l| l.trim() == "got-restored"),
+    );
+    t(&["kill-server"]);
+    finish(r, "restore of the tmux server");
+}
