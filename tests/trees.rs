@@ -628,28 +628,48 @@ fn restore_refuses_a_taken_pid_before_touching_anything() {
 }
 
 /// A process in seccomp strict mode is killed by any system call but
-/// read, write, exit and sigreturn: its capture is refused by name with
-/// nothing injected into it, and it goes on (an earlier cryo killed it
-/// with its first injected query, then refused).
+/// read, write, exit and sigreturn: it is captured with its seccomp
+/// suspended (nothing injected would pass otherwise; an earlier cryo
+/// killed it with its first injected query), goes on after a capture
+/// that leaves it running, and is restored in strict mode in every mode:
+/// its parent finds `Seccomp: 1` in /proc, it answers, and the forbidden
+/// call it makes then kills it.
 #[test]
-fn seccomp_strict_child_is_refused_and_left_alive() {
+fn seccomp_strict_child_is_captured_and_restored_strict() {
     let dir = scratch("tree-seccomp");
     let mut t = Target::start("c-tree", &["seccomp"]);
     t.wait_sleeping();
-    let img = dir.join("img");
-    for args in [&["capture"][..], &["capture", "--dry-run"]] {
-        let mut a = args.to_vec();
-        let pid = t.pid.to_string();
-        a.extend([pid.as_str(), img.to_str().unwrap()]);
-        let (code, out, err) = cryo_cmd(&a);
-        assert_eq!(code, 1, "{err}");
-        // (--dry-run lists the obstacles on stdout)
-        assert!((out + &err).contains("seccomp strict mode"), "{err}");
-        assert!(!img.exists());
-    }
+    let img0 = dir.join("img0");
+    let pid = t.pid.to_string();
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &pid]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = cryo_cmd(&["capture", &pid, img0.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
     t.poke_stdin();
     let (code, last, err) = t.finish();
     assert_eq!((code, last.as_str()), (0, "PASS seccomp"), "{err}");
+    let t = Target::start("c-tree", &["seccomp"]);
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    let pids = tree_pids(&img);
+    let child = dir.join("img/procs").join(pids[1].to_string());
+    assert!(
+        inspect_text(&child).contains("seccomp   strict mode (main thread)"),
+        "{}",
+        inspect_text(&child)
+    );
+    wait_gone(&pids);
+    for mode in [&[][..], &["--use-tracer"], &["--lazy"], &["--map"]] {
+        let (code, out, err) = finish(restore(&img, mode), "x");
+        assert_eq!(
+            (code, out.lines().last()),
+            (0, Some("PASS seccomp")),
+            "restore {mode:?}: {out}{err}"
+        );
+        wait_gone(&pids[1..]);
+    }
 }
 
 #[test]

@@ -545,15 +545,18 @@ pub(crate) fn inspect(
     drop(classified);
     // Seccomp filters: every thread's, checked against what the restore
     // does after installing them.
-    crate::seccomp::capture(
+    let sc = crate::seccomp::capture(
         &g.main,
         &g.others,
         &st,
         &thread_status,
         b.gadgets.as_ref(),
-        &mut b.seccomp,
         &mut obs,
     );
+    b.seccomp = sc.filters;
+    if let Some(task) = b.task.as_mut() {
+        task.seccomp_strict = i64::from(sc.strict);
+    }
     // Every other thread; where glibc caches each thread's id.
     crate::threads::capture(g, &vdso, &st, &thread_status, &mut b, &mut obs)?;
     tid_offset(pid, &maps, &mut b, &mut obs);

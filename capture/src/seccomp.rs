@@ -45,18 +45,18 @@ pub fn chain(tid: i32) -> std::io::Result<Vec<Filter>> {
     Ok(out)
 }
 
-/// The process's seccomp state, for the image: every thread's chain read,
-/// compared with the main thread's (the restore installs one chain for
-/// all), checked (below), recorded. Strict mode is `task::obstacles`'.
+/// The process's seccomp state, for the image: strict mode (`strict`), or
+/// every thread's chain of filters read, compared with the main thread's
+/// (the restore installs one chain for all), checked (below), recorded.
 pub fn capture(
     main: &Tracee,
     others: &[Tracee],
     main_status: &StatusText,
     statuses: &[StatusText],
     gadgets: Option<&Gadgets>,
-    out: &mut Vec<SeccompInsn>,
     obs: &mut Obstacles,
-) {
+) -> Captured {
+    let mut c = Captured::default();
     let mode = |st: &StatusText| st.get("Seccomp").unwrap_or("0").to_owned();
     let read = |t: &Tracee, st: &StatusText| -> Result<Vec<Filter>, String> {
         match mode(st).as_str() {
@@ -69,17 +69,35 @@ pub fn capture(
             m => Err(format!("seccomp mode {m}")),
         }
     };
+    // Strict mode (1): entered again by the main thread as the restore's
+    // last call but rt_sigreturn (the one other call it allows that the
+    // restore makes); another thread's is not.
+    for (t, st) in others.iter().zip(statuses) {
+        if mode(st) == "1" {
+            obs.push(format!(
+                "thread {} runs in seccomp strict mode; cryo enters it again in the main thread only",
+                t.pid()
+            ));
+        }
+    }
+    if mode(main_status) == "1" {
+        if gadgets.is_none() {
+            obs.push("it runs in seccomp strict mode and has no `syscall; ret` and `rt_sigreturn` code of its own, from which the restore enters it again");
+        }
+        c.strict = true;
+        return c;
+    }
     let filters = match read(main, main_status) {
         Ok(f) => f,
         Err(e) => {
-            // Strict mode (1) is named by task::obstacles.
-            if mode(main_status) == "2" {
-                obs.push(e);
-            }
-            return;
+            obs.push(e);
+            return c;
         }
     };
     for (t, st) in others.iter().zip(statuses) {
+        if mode(st) == "1" {
+            continue;
+        }
         let theirs = read(t, st);
         if theirs.as_ref() != Ok(&filters) {
             obs.push(format!(
@@ -91,12 +109,12 @@ pub fn capture(
         }
     }
     if filters.is_empty() {
-        return;
+        return c;
     }
     let before = obs.len();
     check(main.tgid(), &filters, gadgets, !others.is_empty(), obs);
     if obs.len() != before {
-        return;
+        return c;
     }
     // Installing a filter without SECCOMP_FILTER_FLAG_SPEC_ALLOW may force
     // the speculative store bypass mitigation on: only where it was.
@@ -105,7 +123,7 @@ pub fn capture(
         .is_some_and(|v| v.contains("force mitigated"));
     let spec = if forced { 0 } else { seccomp_flags::SPEC_ALLOW };
     for (n, f) in filters.iter().enumerate() {
-        out.extend(f.insns.iter().map(|i| SeccompInsn {
+        c.filters.extend(f.insns.iter().map(|i| SeccompInsn {
             filter: n as u32,
             flags: f.flags | spec,
             code: i.code.into(),
@@ -114,6 +132,16 @@ pub fn capture(
             k: i.k,
         }));
     }
+    c
+}
+
+/// What the image keeps of a process's seccomp state.
+#[derive(Default)]
+pub struct Captured {
+    /// Its filters' instructions (`task::SeccompInsn`), oldest first.
+    pub filters: Vec<SeccompInsn>,
+    /// The main thread runs in strict mode.
+    pub strict: bool,
 }
 
 fn describe(c: Result<&[Filter], &String>) -> String {

@@ -238,10 +238,8 @@ pub fn obstacles(pid: i32, st: &StatusText, single: bool, obs: &mut Obstacles) {
             ));
         }
     }
-    // (Filters, mode 2: `seccomp::capture`.)
-    if st.get("Seccomp") == Some("1") {
-        obs.push("it runs in seccomp strict mode, which cryo cannot restore");
-    }
+    // (Strict mode, 1, is entered again: `seccomp::capture`; filters,
+    // mode 2, too.)
     if let Some(f) = st.get("x86_Thread_features") {
         if !f.is_empty() {
             obs.push(format!(

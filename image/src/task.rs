@@ -124,5 +124,8 @@ record! {
         /// (11.0) Its root directory (chroot), absolute as cryo saw it;
         /// empty: `/`.
         pub root: crate::StrRef,
+        /// (11.0) 1: the main thread runs in seccomp strict mode (entered
+        /// again as the restore's last system call but rt_sigreturn).
+        pub seccomp_strict: i64,
     }
 }

@@ -479,7 +479,9 @@ impl Plan {
                 }
             });
             let seize = self.finish == Finish::Tracer;
-            let filters = !self.image().seccomp().is_empty();
+            let img = self.image();
+            let filters =
+                !img.seccomp().is_empty() || img.task().is_some_and(|t| t.seccomp_strict == 1);
             if let Err(e) = tracer::start(self.gadget, stop, server.as_ref(), seize, filters) {
                 return e;
             }

@@ -276,38 +276,60 @@ pub fn release_word(frame_sp: usize) -> usize {
 /// the syscall-ret gadget with rax = munmap(window). Nothing of the shim
 /// runs after that syscall. With threads (`release`: the word they wait
 /// on), one more frame in between: its rt_sigreturn lands on the
-/// syscall-ret gadget again to wake them (FUTEX_WAKE), whose `ret` enters
-/// the main thread's own frame.
-pub fn finish_without_tracer(img: &Image, frame_sp: usize, release: Option<usize>) -> ! {
+/// syscall-ret gadget again to wake them (FUTEX_WAKE); with seccomp
+/// strict mode (`strict`) one more after that, entering it
+/// (seccomp(SECCOMP_SET_MODE_STRICT)), whose `ret` enters the main
+/// thread's own frame through rt_sigreturn, the one call of these that
+/// strict mode allows.
+pub fn finish_without_tracer(
+    img: &Image,
+    frame_sp: usize,
+    release: Option<usize>,
+    strict: bool,
+) -> ! {
     let g = checked_gadgets(img);
+    let p = img.process();
+    let alt = (p.sigaltstack_sp, p.sigaltstack_flags, p.sigaltstack_size);
+    // Built from the last frame back: each frame's rsp is the slot of the
+    // next one's sigreturn gadget; each lower on the stack than the last.
     poke_u64(frame_sp - 8, g.sigreturn);
-    let sp = match release {
-        None => frame_sp - 8,
-        Some(word) => {
-            let p = img.process();
-            let wake = Regs {
-                rip: g.syscall_ret,
-                rsp: (frame_sp - 8) as u64,
-                rax: SYS_FUTEX as u64,
-                rdi: word as u64,
-                rsi: FUTEX_WAKE_PRIVATE as u64,
-                rdx: i32::MAX as u64,
-                cs: p.regs.cs,
-                ss: p.regs.ss,
-                eflags: 0x202,
-                ..Default::default()
-            };
-            let sp1 = write(
-                word - 64,
-                &wake,
-                None,
-                !0,
-                (p.sigaltstack_sp, p.sigaltstack_flags, p.sigaltstack_size),
-            );
-            poke_u64(sp1 - 8, g.sigreturn);
-            sp1 - 8
-        }
+    let mut next = frame_sp - 8;
+    let mut top = match release {
+        Some(word) => word - 64,
+        None => (frame_sp - 8 - 64) & !63,
     };
+    let mut chain = |rax: usize, rdi: usize, rsi: usize, rdx: usize, next: &mut usize| {
+        let r = Regs {
+            rip: g.syscall_ret,
+            rsp: *next as u64,
+            rax: rax as u64,
+            rdi: rdi as u64,
+            rsi: rsi as u64,
+            rdx: rdx as u64,
+            cs: p.regs.cs,
+            ss: p.regs.ss,
+            eflags: 0x202,
+            ..Default::default()
+        };
+        let sp = write(top, &r, None, !0, alt);
+        poke_u64(sp - 8, g.sigreturn);
+        *next = sp - 8;
+        top = (sp - 8 - 64) & !63;
+    };
+    if strict {
+        const SECCOMP_SET_MODE_STRICT: usize = 0;
+        chain(SYS_SECCOMP, SECCOMP_SET_MODE_STRICT, 0, 0, &mut next);
+    }
+    if let Some(word) = release {
+        chain(
+            SYS_FUTEX,
+            word,
+            FUTEX_WAKE_PRIVATE,
+            i32::MAX as usize,
+            &mut next,
+        );
+    }
+    let sp = next;
     // The munmap removes this code and stack; the gadget's `ret` pops the
     // sigreturn gadget, whose rt_sigreturn loads every register from the
     // frame. Nothing returns here.

@@ -485,8 +485,18 @@ fn restore(a: &Args, packed: bool) -> ! {
     if filters_first {
         task::restore(&img, a.flags & flags::SAME_CREDS != 0);
     }
+    // Seccomp strict mode: entered last, through the program's code (its
+    // rt_sigreturn is the one call after it), or here when the tracer
+    // finishes (it suspended seccomp for this task).
+    let strict = img.task().is_some_and(|t| t.seccomp_strict == 1);
     if a.flags & flags::SELF_UNMAP != 0 {
-        frame::finish_without_tracer(&img, frame_sp, release);
+        frame::finish_without_tracer(&img, frame_sp, release, strict);
+    }
+    if strict {
+        check(
+            syscall3(SYS_SECCOMP, 0, 0, 0),
+            format_args!("entering seccomp strict mode"),
+        );
     }
     frame::finish_with_tracer(frame_sp, release)
 }

@@ -231,5 +231,9 @@ fn seccomp_json(img: &Image) -> serde_json::Value {
             })
         })
         .collect();
-    json!({"filters": filters, "before_creds": img.seccomp_before_creds()})
+    json!({
+        "filters": filters,
+        "before_creds": img.seccomp_before_creds(),
+        "strict": img.task().is_some_and(|t| t.seccomp_strict == 1),
+    })
 }

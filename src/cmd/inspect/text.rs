@@ -708,6 +708,9 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
 /// they go in before the credentials.
 fn seccomp_lines(o: &mut String, img: &Image) {
     use cryo_image::task::seccomp_flags;
+    if img.task().is_some_and(|t| t.seccomp_strict == 1) {
+        let _ = writeln!(o, "seccomp   strict mode (main thread), entered again last");
+    }
     let insns: Vec<_> = img.seccomp().iter().collect();
     let Some(last) = insns.last() else {
         return;
