@@ -482,6 +482,13 @@ fn thread_with_credentials_of_its_own() {
     );
 }
 
+/// A process that unmapped its vDSO and vvar pages comes back without
+/// them, in every mode (the tracer injects through its own `syscall`).
+#[test]
+fn process_without_a_vdso() {
+    case("no-vdso");
+}
+
 /// Seccomp filters a restore could not bring back faithfully are refused,
 /// all at once, each by name: one that would refuse the restore's own
 /// last munmap, one that hands calls to a supervisor (USER_NOTIF), and a

@@ -466,8 +466,20 @@ pub(crate) fn inspect(
         .iter()
         .map(|c| (c.kind, c.flags, c.file))
         .collect();
-    let Some(vdso) = crate::mm::vdso(&g.main, &maps)? else {
-        return Err(refused(pid, "it has no [vdso] mapping"));
+    // System calls are injected through a `syscall` of the vDSO, or of
+    // the program's own code when it unmapped its vDSO (zdtm vdso02).
+    let vdso_seen = crate::mm::vdso(&g.main, &maps)?;
+    let vdso = match &vdso_seen {
+        Some(v) => v.clone(),
+        None => match crate::gadget::find(pid, &classified) {
+            Some(gd) => (gd.syscall_ret, vec![0x0f, 0x05]),
+            None => {
+                return Err(refused(
+                    pid,
+                    "it has no [vdso] mapping and no `syscall; ret` code of its own to ask it things through",
+                ))
+            }
+        },
     };
     // Under seccomp not suspended nothing may be injected (it could kill
     // the process): what can be seen from outside is reported, and the
@@ -540,7 +552,7 @@ pub(crate) fn inspect(
     b.creds = Some(creds);
     b.groups = groups;
     // The process record: layout, identity, limits; the restore gadgets.
-    crate::mm::capture(t, &maps, &status, &vdso, &mut b, &mut obs)?;
+    crate::mm::capture(t, &maps, &status, vdso_seen.as_ref(), &mut b, &mut obs)?;
     b.gadgets = crate::gadget::find(pid, &classified);
     drop(classified);
     // Seccomp filters: every thread's, checked against what the restore

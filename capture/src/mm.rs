@@ -24,7 +24,7 @@ pub fn capture(
     t: &Tracee,
     maps: &[Mapping],
     status: &Status,
-    vdso: &(u64, Vec<u8>),
+    vdso: Option<&(u64, Vec<u8>)>,
     b: &mut ImageBuilder,
     obs: &mut Obstacles,
 ) -> Result<(), CaptureError> {
@@ -76,9 +76,12 @@ pub fn capture(
     };
     p.sig_pending = status.sig_pending;
     p.sig_shared_pending = status.shd_pending;
-    p.vdso_start = vdso.0;
-    p.vdso_len = vdso.1.len() as u64;
-    p.vdso_hash = cryo_image::checksum(&vdso.1);
+    // (None: the program unmapped its vDSO; all three stay 0.)
+    if let Some(vdso) = vdso {
+        p.vdso_start = vdso.0;
+        p.vdso_len = vdso.1.len() as u64;
+        p.vdso_hash = cryo_image::checksum(&vdso.1);
+    }
     p.rss_kib = status.vm_rss_kib;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     b.process.kernel = b.strings.add(kernel.trim());

@@ -43,6 +43,10 @@ pub fn differs(
     special: impl Fn(&str) -> Option<(u64, u64)>,
 ) -> Option<VdsoDiff> {
     let p = img.process();
+    // A process that had unmapped its vDSO gets none, whatever ours is.
+    if p.vdso_len == 0 {
+        return None;
+    }
     let Some((start, bytes)) = here else {
         return Some(VdsoDiff::Missing);
     };

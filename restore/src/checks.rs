@@ -57,6 +57,17 @@ pub fn vdso(img: &Image) -> Result<u64, RestoreError> {
             kernel,
         });
     }
+    // Without a vDSO the tracer injects through the program's own
+    // `syscall; ret`.
+    if p.vdso_len == 0 {
+        return img
+            .gadgets()
+            .map(|g| g.syscall_ret)
+            .ok_or_else(|| RestoreError::VdsoDiffers {
+                what: "the process had no vDSO, and the image no `syscall; ret` code".into(),
+                kernel: kernel.clone(),
+            });
+    }
     let bytes = vdso.map_or(&[][..], |(_, b)| b);
     bytes
         .windows(2)

@@ -2069,6 +2069,33 @@ static void thread_creds_check(void) {
     CHECK(pthread_join(tc_th, NULL) == 0, "join");
 }
 
+/* no-vdso: the process unmaps its vDSO and vvar pages (as a program run
+ * with vdso=0 has none; zdtm vdso02). After the restore it still has
+ * none: /proc/self/maps names no [vdso] or [vvar], and the clock answers
+ * through the system call. (glibc keeps pointers into the vDSO: nothing
+ * here may call its clock functions.) */
+static void no_vdso_setup(void) {
+    char maps[1 << 16];
+    CHECK(read_file("/proc/self/maps", maps, sizeof maps) > 0, "maps");
+    unsigned long ranges[8][2];
+    int n = 0;
+    for (char *l = strtok(maps, "\n"); l && n < 8; l = strtok(NULL, "\n"))
+        if (strstr(l, "[vdso]") || strstr(l, "[vvar]") || strstr(l, "[vvar_vclock]")) {
+            CHECK(sscanf(l, "%lx-%lx", &ranges[n][0], &ranges[n][1]) == 2, "parse");
+            n++;
+        }
+    CHECK(n >= 2, "vdso and vvar found (%d)", n);
+    for (int i = 0; i < n; i++)
+        CHECK(syscall(SYS_munmap, ranges[i][0], ranges[i][1] - ranges[i][0]) == 0, "munmap");
+}
+static void no_vdso_check(void) {
+    char maps[1 << 16];
+    CHECK(read_file("/proc/self/maps", maps, sizeof maps) > 0, "maps");
+    CHECK(!strstr(maps, "[vdso]") && !strstr(maps, "[vvar"), "no vDSO after the restore:\n%s", maps);
+    struct timespec ts = {0, 0};
+    CHECK(syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &ts) == 0 && ts.tv_sec + ts.tv_nsec > 0, "the clock");
+}
+
 struct fcase {
     const char *name;
     void (*setup)(void);
@@ -2109,6 +2136,7 @@ static const struct fcase cases[] = {
     {"seccomp", seccomp_setup, seccomp_check, seccomp_settle},
     {"seccomp-refused", seccomp_refused_setup, refuse_check, NULL},
     {"thread-creds", thread_creds_setup, thread_creds_check, thread_creds_settle},
+    {"no-vdso", no_vdso_setup, no_vdso_check, NULL},
     {"refuse", refuse_setup, refuse_check, NULL},
     {"refuse2", refuse2_setup, refuse_check, NULL},
 };
