@@ -15,7 +15,7 @@ use crate::obstacles::Obstacles;
 use crate::sys::ptrace::{self, SockFilter};
 use crate::task::StatusText;
 use crate::tracee::Tracee;
-use cryo_image::task::{seccomp_flags, SeccompInsn};
+use cryo_image::task::{seccomp_flags, SeccompInsn, EVERY_THREAD};
 use cryo_image::Gadgets;
 
 /// One filter as installed: its flags (`seccomp_flags`) and program.
@@ -46,8 +46,10 @@ pub fn chain(tid: i32) -> std::io::Result<Vec<Filter>> {
 }
 
 /// The process's seccomp state, for the image: strict mode (`strict`), or
-/// every thread's chain of filters read, compared with the main thread's
-/// (the restore installs one chain for all), checked (below), recorded.
+/// every thread's chain of filters, checked (below) and recorded: one
+/// chain when every thread has the same (installed for all at once, so
+/// they share it again), else each thread's own (installed by that
+/// thread; filters they shared are then each their own copy).
 pub fn capture(
     main: &Tracee,
     others: &[Tracee],
@@ -60,13 +62,12 @@ pub fn capture(
     let mode = |st: &StatusText| st.get("Seccomp").unwrap_or("0").to_owned();
     let read = |t: &Tracee, st: &StatusText| -> Result<Vec<Filter>, String> {
         match mode(st).as_str() {
-            "0" => Ok(Vec::new()),
             "2" => chain(t.pid()).map_err(|e| {
                 format!(
                     "its seccomp filters cannot be read (PTRACE_SECCOMP_GET_FILTER: {e}; that needs CAP_SYS_ADMIN)"
                 )
             }),
-            m => Err(format!("seccomp mode {m}")),
+            _ => Ok(Vec::new()),
         }
     };
     // Strict mode (1): entered again by the main thread as the restore's
@@ -87,32 +88,65 @@ pub fn capture(
         c.strict = true;
         return c;
     }
-    let filters = match read(main, main_status) {
-        Ok(f) => f,
-        Err(e) => {
-            obs.push(e);
-            return c;
+    // Every thread's chain: the main thread's first.
+    let mut chains = Vec::with_capacity(others.len() + 1);
+    for (t, st) in std::iter::once((main, main_status)).chain(others.iter().zip(statuses)) {
+        match read(t, st) {
+            Ok(f) => chains.push(f),
+            Err(e) => {
+                obs.push(e);
+                return c;
+            }
         }
+    }
+    if chains.iter().all(|f| f.is_empty()) {
+        return c;
+    }
+    let Some(g) = gadgets else {
+        obs.push("it has seccomp filters and no `syscall; ret` and `rt_sigreturn` code of its own, in which the restore finishes once they are installed");
+        return c;
     };
-    for (t, st) in others.iter().zip(statuses) {
-        if mode(st) == "1" {
+    let shared = chains.iter().all(|f| *f == chains[0]);
+    let threads = !others.is_empty();
+    let pid = main.tgid();
+    let before = obs.len();
+    let own_threads = |k: usize| if shared { EVERY_THREAD } else { k as u32 };
+    for (k, filters) in chains.iter().enumerate() {
+        if filters.is_empty() || (shared && k > 0) {
             continue;
         }
-        let theirs = read(t, st);
-        if theirs.as_ref() != Ok(&filters) {
+        let who = if k == 0 {
+            "its".to_owned()
+        } else {
+            format!("thread {}'s", others[k - 1].pid())
+        };
+        // The calls after each thread's own install: the main thread's
+        // unmap of the window, wake-up of the others and rt_sigreturn;
+        // another thread's count of itself as ready (from the shim), its
+        // wait in the program's code and its rt_sigreturn.
+        let last = if k == 0 {
+            main_calls(pid, g, threads)
+        } else {
+            thread_calls(pid, g)
+        };
+        check(&who, filters, shared && threads, &last, obs);
+        // A thread installs its own chain with its own credentials.
+        let st = if k == 0 {
+            main_status
+        } else {
+            &statuses[k - 1]
+        };
+        let nnp = st.get("NoNewPrivs") == Some("1");
+        let admin = st
+            .get("CapEff")
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .is_some_and(|v| v & (1 << 21) != 0);
+        if k > 0 && !nnp && !admin {
             obs.push(format!(
-                "thread {} has other seccomp filters than the main thread ({}, against {}); cryo installs the main thread's filters in every thread",
-                t.pid(),
-                describe(theirs.as_deref()),
-                describe(Ok(&filters)),
+                "{who} seccomp filters need no_new_privs or CAP_SYS_ADMIN to be installed again, and the thread has neither"
             ));
         }
     }
-    if filters.is_empty() {
-        return c;
-    }
-    let before = obs.len();
-    check(main.tgid(), &filters, gadgets, !others.is_empty(), obs);
     if obs.len() != before {
         return c;
     }
@@ -122,15 +156,21 @@ pub fn capture(
         .get("Speculation_Store_Bypass")
         .is_some_and(|v| v.contains("force mitigated"));
     let spec = if forced { 0 } else { seccomp_flags::SPEC_ALLOW };
-    for (n, f) in filters.iter().enumerate() {
-        c.filters.extend(f.insns.iter().map(|i| SeccompInsn {
-            filter: n as u32,
-            flags: f.flags | spec,
-            code: i.code.into(),
-            jt: i.jt.into(),
-            jf: i.jf.into(),
-            k: i.k,
-        }));
+    for (k, filters) in chains.iter().enumerate() {
+        if shared && k > 0 {
+            break;
+        }
+        for (n, f) in filters.iter().enumerate() {
+            c.filters.extend(f.insns.iter().map(|i| SeccompInsn {
+                thread: own_threads(k),
+                filter: n as u32,
+                flags: f.flags | spec,
+                code: i.code.into(),
+                jt: i.jt.into(),
+                jf: i.jf.into(),
+                k: i.k,
+            }));
+        }
     }
     c
 }
@@ -144,18 +184,6 @@ pub struct Captured {
     pub strict: bool,
 }
 
-fn describe(c: Result<&[Filter], &String>) -> String {
-    match c {
-        Ok([]) => "none".into(),
-        Ok(f) => format!(
-            "{} filter(s) of {} instructions",
-            f.len(),
-            f.iter().map(|f| f.insns.len()).sum::<usize>()
-        ),
-        Err(e) => e.clone(),
-    }
-}
-
 const SYS_RT_SIGRETURN: i32 = 15;
 const SYS_MUNMAP: i32 = 11;
 const SYS_FUTEX: i32 = 202;
@@ -163,81 +191,93 @@ const SYS_SECCOMP: i32 = 317;
 const SECCOMP_SET_MODE_FILTER: u64 = 1;
 const SECCOMP_FILTER_FLAG_TSYNC: u64 = 1;
 const FUTEX_WAKE_PRIVATE: u64 = 129;
+const FUTEX_WAIT_PRIVATE: u64 = 128;
 
-/// What the restore could not do with these filters: actions it cannot
-/// make again, and its own last system calls, each run through the
-/// filters installed before it. (Filters installed with a privilege the
-/// program dropped since need no check here: the restore installs them
-/// before the credentials, its tracer suspending them,
+/// What the restore could not do with one thread's chain: actions it
+/// cannot make again, and the calls made once it is installed: each
+/// filter's install under the filters before it (`tsync`: with
+/// SECCOMP_FILTER_FLAG_TSYNC), then `last` (the restore's own last calls
+/// in that thread). (Filters installed with a privilege the program
+/// dropped since need no check here: the restore installs the main
+/// thread's before the credentials, its tracer suspending them,
 /// `Image::seccomp_before_creds`.)
-fn check(
-    pid: i32,
-    filters: &[Filter],
-    gadgets: Option<&Gadgets>,
-    threads: bool,
-    obs: &mut Obstacles,
-) {
+fn check(who: &str, filters: &[Filter], tsync: bool, last: &[(String, Data)], obs: &mut Obstacles) {
     for (n, f) in filters.iter().enumerate() {
         for i in &f.insns {
             if i.code == BPF_RET | BPF_K && i.k & ACTION_FULL == RET_USER_NOTIF {
                 obs.push(format!(
-                    "its seccomp filter {n} hands system calls to a supervisor (SECCOMP_RET_USER_NOTIF), which a restore cannot reconnect"
+                    "{who} seccomp filter {n} hands system calls to a supervisor (SECCOMP_RET_USER_NOTIF), which a restore cannot reconnect"
                 ));
                 break;
             }
             if i.code & 0x07 == BPF_RET && i.code != BPF_RET | BPF_K {
                 obs.push(format!(
-                    "its seccomp filter {n} returns an action computed at run time, which cryo cannot check"
+                    "{who} seccomp filter {n} returns an action computed at run time, which cryo cannot check"
                 ));
                 break;
             }
         }
     }
-    let Some(g) = gadgets else {
-        obs.push("it has seccomp filters and no `syscall; ret` and `rt_sigreturn` code of its own, in which the restore finishes once they are installed");
-        return;
-    };
     let window = cryo_image::SHIM_WINDOW;
-    let after_syscall = g.syscall_ret + 2;
-    let after_sigreturn = g.sigreturn + sigreturn_len(pid, g);
-    let tsync = if threads {
-        SECCOMP_FILTER_FLAG_TSYNC
-    } else {
-        0
-    };
-    let mut calls: Vec<(String, usize, Data)> = Vec::new();
+    let tsync = if tsync { SECCOMP_FILTER_FLAG_TSYNC } else { 0 };
+    let mut stopped = Vec::new();
     for (n, f) in filters.iter().enumerate().skip(1) {
-        calls.push((
-            format!("seccomp(SECCOMP_SET_MODE_FILTER) of filter {n}"),
-            n,
-            Data::new(
-                SYS_SECCOMP,
+        let d = Data::new(
+            SYS_SECCOMP,
+            window,
+            [
+                SECCOMP_SET_MODE_FILTER,
+                u64::from(f.flags) | tsync,
                 window,
-                [
-                    SECCOMP_SET_MODE_FILTER,
-                    u64::from(f.flags) | tsync,
-                    window,
-                    0,
-                    0,
-                    0,
-                ],
-            ),
+                0,
+                0,
+                0,
+            ],
+        );
+        let r = run_chain(&filters[..n], &d);
+        if !allows(r) {
+            stopped.push(format!(
+                "seccomp(SECCOMP_SET_MODE_FILTER) of filter {n}: {}",
+                action_name(r)
+            ));
+        }
+    }
+    for (what, d) in last {
+        let r = run_chain(filters, d);
+        if !allows(r) {
+            stopped.push(format!("{what}: {}", action_name(r)));
+        }
+    }
+    if !stopped.is_empty() {
+        obs.push(format!(
+            "{who} seccomp filters would stop the restore's own last system calls ({}); cryo installs them again just before those",
+            stopped.join("; ")
         ));
     }
-    let all = filters.len();
-    calls.push((
-        "munmap of the restore's window".into(),
-        all,
+}
+
+/// The main thread's last calls: the window's munmap, the other threads'
+/// wake-up, rt_sigreturn (from the program's gadgets).
+fn main_calls(pid: i32, g: &Gadgets, threads: bool) -> Vec<(String, Data)> {
+    let after_syscall = g.syscall_ret + 2;
+    let mut v = vec![(
+        "munmap of the restore's window".to_owned(),
         Data::new(
             SYS_MUNMAP,
             after_syscall,
-            [window, cryo_image::SHIM_WINDOW_LEN, 0, 0, 0, 0],
+            [
+                cryo_image::SHIM_WINDOW,
+                cryo_image::SHIM_WINDOW_LEN,
+                0,
+                0,
+                0,
+                0,
+            ],
         ),
-    ));
+    )];
     if threads {
-        calls.push((
-            "futex(FUTEX_WAKE_PRIVATE) of the other threads".into(),
-            all,
+        v.push((
+            "futex(FUTEX_WAKE_PRIVATE) of the other threads".to_owned(),
             Data::new(
                 SYS_FUTEX,
                 after_syscall,
@@ -245,24 +285,46 @@ fn check(
             ),
         ));
     }
-    calls.push((
-        "rt_sigreturn".into(),
-        all,
-        Data::new(SYS_RT_SIGRETURN, after_sigreturn, [0; 6]),
+    v.push((
+        "rt_sigreturn".to_owned(),
+        Data::new(
+            SYS_RT_SIGRETURN,
+            g.sigreturn + sigreturn_len(pid, g),
+            [0; 6],
+        ),
     ));
-    let stopped: Vec<String> = calls
-        .iter()
-        .filter_map(|(what, upto, d)| {
-            let r = run_chain(&filters[..*upto], d);
-            (!allows(r)).then(|| format!("{what}: {}", action_name(r)))
-        })
-        .collect();
-    if !stopped.is_empty() {
-        obs.push(format!(
-            "its seccomp filters would stop the restore's own last system calls ({}); cryo installs them again just before those",
-            stopped.join("; ")
-        ));
-    }
+    v
+}
+
+/// Another thread's last calls: it counts itself ready (a futex wake from
+/// the shim), waits in the program's code, then rt_sigreturn.
+fn thread_calls(pid: i32, g: &Gadgets) -> Vec<(String, Data)> {
+    vec![
+        (
+            "futex(FUTEX_WAKE_PRIVATE) as the thread counts itself ready".to_owned(),
+            Data::new(
+                SYS_FUTEX,
+                cryo_image::SHIM_WINDOW,
+                [0, FUTEX_WAKE_PRIVATE, 1, 0, 0, 0],
+            ),
+        ),
+        (
+            "futex(FUTEX_WAIT_PRIVATE) of the thread for its release".to_owned(),
+            Data::new(
+                SYS_FUTEX,
+                g.syscall_ret + 2,
+                [0, FUTEX_WAIT_PRIVATE, 0, 0, 0, 0],
+            ),
+        ),
+        (
+            "rt_sigreturn".to_owned(),
+            Data::new(
+                SYS_RT_SIGRETURN,
+                g.sigreturn + sigreturn_len(pid, g),
+                [0; 6],
+            ),
+        ),
+    ]
 }
 
 /// Length of the sigreturn gadget, read from the process's code: the

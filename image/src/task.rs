@@ -67,15 +67,22 @@ pub mod seccomp_flags {
     pub const ALL: u32 = LOG | SPEC_ALLOW;
 }
 
+/// `SeccompInsn::thread` of a chain every thread shares.
+pub const EVERY_THREAD: u32 = u32::MAX;
+
 record! {
     /// (11.0) One instruction of a seccomp filter (mode 2), as
     /// PTRACE_SECCOMP_GET_FILTER read it. A filter's instructions are
-    /// consecutive records; filters in the order they were installed
-    /// (`filter` 0 first), each installed again with its `flags` by the
-    /// shim as its last act before the program resumes. Every thread of
-    /// the process has this one chain (capture refuses otherwise); the
-    /// main thread installs it for all of them (SECCOMP_FILTER_FLAG_TSYNC).
+    /// consecutive records; a chain's filters in the order they were
+    /// installed (`filter` 0 first), each installed again with its
+    /// `flags` by the shim as its last act before the program resumes.
+    /// `thread`: [`EVERY_THREAD`] for one chain that every thread shares
+    /// (the main thread installs it for all with SECCOMP_FILTER_FLAG_TSYNC,
+    /// so they share it again), else whose chain this is (0 the main
+    /// thread, k + 1 the k-th entry of `threads`), each installed by its
+    /// own thread; chains in that order.
     pub struct SeccompInsn {
+        pub thread: u32,
         pub filter: u32,
         /// `seccomp_flags` (the same on every instruction of a filter).
         pub flags: u32,

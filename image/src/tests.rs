@@ -209,6 +209,7 @@ pub(crate) fn sample_full_with(edit: impl FnOnce(&mut ImageBuilder)) -> (Vec<u8>
         (1, crate::task::seccomp_flags::LOG, 0x06, 0x7fff_0000),
     ] {
         b.seccomp.push(crate::task::SeccompInsn {
+            thread: crate::task::EVERY_THREAD,
             filter,
             flags,
             code,
@@ -644,7 +645,13 @@ fn seccomp_filters_round_trip_and_are_checked() {
     // Refused: a filter skipped, not starting at 0, two flags values in
     // one filter, an unknown flag, a code wider than 16 bits, a filter
     // too long.
-    let bad: [&dyn Fn(&mut ImageBuilder); 6] = [
+    let bad: [&dyn Fn(&mut ImageBuilder); 8] = [
+        &|b| b.seccomp[1].thread = 0,
+        &|b| {
+            for i in b.seccomp.iter_mut() {
+                i.thread = 2;
+            }
+        },
         &|b| b.seccomp[1].filter = 2,
         &|b| b.seccomp[0].filter = 1,
         &|b| b.seccomp[2].flags = 0,
@@ -660,6 +667,18 @@ fn seccomp_filters_round_trip_and_are_checked() {
         let img = Image::parse(&meta).expect("parse");
         assert!(img.validate().is_err(), "case {n} must be refused");
     }
+    // Chains of their own: the main thread's filter, then the thread's.
+    let (meta, _) = sample_full_with(|b| {
+        b.seccomp[0].thread = 0;
+        for i in &mut b.seccomp[1..] {
+            i.thread = 1;
+            i.filter = 0;
+        }
+    });
+    Image::parse(&meta)
+        .expect("parse")
+        .validate()
+        .expect("a chain per thread");
 }
 
 #[test]

@@ -364,21 +364,34 @@ impl<'a> Image<'a> {
                 });
             }
         }
-        // Seccomp filters: numbered from 0 in order, each 1 to
+        // Seccomp filters: chains in thread order (one shared by every
+        // thread, alone), each numbered from 0 in order, each filter 1 to
         // BPF_MAXINSNS instructions with one flags value.
-        let mut run: Option<(u32, u32, usize)> = None;
-        for (i, f) in self.seccomp().iter().enumerate() {
+        let nthreads = self.threads().len() as u32;
+        let mut run: Option<(u32, u32, u32, usize)> = None;
+        let insns = self.seccomp();
+        let shared = insns
+            .get(0)
+            .is_some_and(|i| i.thread == crate::task::EVERY_THREAD);
+        for (i, f) in insns.iter().enumerate() {
             use crate::task::{seccomp_flags, MAX_SECCOMP_FILTER_INSNS};
             let ok = f.flags & !seccomp_flags::ALL == 0
                 && f.code <= 0xffff
                 && f.jt <= 0xff
-                && f.jf <= 0xff;
+                && f.jf <= 0xff
+                && (f.thread == crate::task::EVERY_THREAD) == shared
+                && (shared || f.thread <= nthreads);
             let next = match run {
-                Some((n, fl, len)) if n == f.filter => {
-                    (fl == f.flags && len < MAX_SECCOMP_FILTER_INSNS).then_some((n, fl, len + 1))
+                Some((t, n, fl, len)) if t == f.thread && n == f.filter => {
+                    (fl == f.flags && len < MAX_SECCOMP_FILTER_INSNS).then_some((t, n, fl, len + 1))
                 }
-                Some((n, _, _)) => (f.filter == n + 1).then_some((f.filter, f.flags, 1)),
-                None => (f.filter == 0).then_some((0, f.flags, 1)),
+                Some((t, n, _, _)) if t == f.thread => {
+                    (f.filter == n + 1).then_some((t, f.filter, f.flags, 1))
+                }
+                Some((t, _, _, _)) => {
+                    (f.thread > t && f.filter == 0).then_some((f.thread, 0, f.flags, 1))
+                }
+                None => (f.filter == 0).then_some((f.thread, 0, f.flags, 1)),
             };
             match next {
                 Some(r) if ok => run = Some(r),
@@ -386,7 +399,8 @@ impl<'a> Image<'a> {
                     return Err(ImageError::BadIndex {
                         section: "seccomp",
                         index: i as u64,
-                        why: "bad flags or instruction, or a filter out of order or too long",
+                        why:
+                            "bad thread, flags or instruction, or a filter out of order or too long",
                     })
                 }
             }

@@ -69,9 +69,6 @@ mod scratch {
     /// One i32 fd and one byte per files-table entry (`files`).
     pub const FILES_OFF: usize = 0x1400;
     pub const FILES: usize = AT + FILES_OFF;
-    /// One seccomp filter's `struct sock_filter`s, 8 bytes each (`task`),
-    /// at the very end, when nothing else uses the scratch.
-    pub const SECCOMP: usize = AT + 0x30_0000;
 }
 
 fn now_ns() -> u64 {

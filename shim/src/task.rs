@@ -179,14 +179,32 @@ pub fn restore_after_creds(t: &TaskState) {
     }
 }
 
-/// The seccomp filters, in the order they were installed, each with its
-/// flags; with other threads (all waiting in the program's code, capture
-/// checked they had this one chain) synchronised to every thread
-/// (SECCOMP_FILTER_FLAG_TSYNC), so that they share each filter as they
-/// did. Capture checked that these filters allow the install of each next
-/// one and the restore's last system calls; any failure here is after the
-/// point of no return.
+/// The main thread's seccomp filters, in the order they were installed,
+/// each with its flags: a chain every thread shares installed for all at
+/// once (other threads all waiting in the program's code;
+/// SECCOMP_FILTER_FLAG_TSYNC), so that they share each filter as they
+/// did; else the main thread's own (each other thread installed its own,
+/// [`install_seccomp_chain`]). Capture checked that these filters allow
+/// the install of each next one and the restore's last system calls; any
+/// failure here is after the point of no return.
 pub fn install_seccomp(img: &Image, threads: bool) {
+    let shared = img
+        .seccomp()
+        .get(0)
+        .is_some_and(|i| i.thread == cryo_image::task::EVERY_THREAD);
+    // (On the shim's 1 MiB stack.)
+    let mut buf = [0u64; cryo_image::task::MAX_SECCOMP_FILTER_INSNS];
+    if shared {
+        install_seccomp_chain(img, cryo_image::task::EVERY_THREAD, threads, &mut buf);
+    } else {
+        install_seccomp_chain(img, 0, false, &mut buf);
+    }
+}
+
+/// One chain of seccomp filters (`thread` as in `SeccompInsn`) into the
+/// calling thread (`tsync`: and every other thread of the process);
+/// `buf` holds one filter's `struct sock_filter`s while it is installed.
+pub fn install_seccomp_chain(img: &Image, thread: u32, tsync: bool, buf: &mut [u64]) {
     const SECCOMP_SET_MODE_FILTER: usize = 1;
     const SECCOMP_FILTER_FLAG_TSYNC: usize = 1;
     #[repr(C)]
@@ -194,32 +212,33 @@ pub fn install_seccomp(img: &Image, threads: bool) {
         len: u16,
         filter: *const u64,
     }
-    let buf = crate::scratch::SECCOMP as *mut u64;
     let insns = img.seccomp();
     let mut i = 0;
     while let Some(first) = insns.get(i) {
+        if first.thread != thread {
+            i += 1;
+            continue;
+        }
         let mut len = 0;
-        while let Some(ins) = insns.get(i).filter(|x| x.filter == first.filter) {
-            let word = ins.code as u64
+        while let Some(ins) = insns
+            .get(i)
+            .filter(|x| x.thread == thread && x.filter == first.filter)
+        {
+            if len == buf.len() {
+                die(format_args!("seccomp filter {} is too long", first.filter));
+            }
+            buf[len] = ins.code as u64
                 | (ins.jt as u64) << 16
                 | (ins.jf as u64) << 24
                 | (ins.k as u64) << 32;
-            // SAFETY: the scratch mapping holds 1 MiB from SECCOMP, and a
-            // filter at most 4096 eight-byte instructions (validated).
-            unsafe { core::ptr::write(buf.add(len), word) };
             len += 1;
             i += 1;
         }
         let prog = SockFprog {
             len: len as u16,
-            filter: buf,
+            filter: buf.as_ptr(),
         };
-        let flags = first.flags as usize
-            | if threads {
-                SECCOMP_FILTER_FLAG_TSYNC
-            } else {
-                0
-            };
+        let flags = first.flags as usize | if tsync { SECCOMP_FILTER_FLAG_TSYNC } else { 0 };
         let r = syscall3(
             SYS_SECCOMP,
             SECCOMP_SET_MODE_FILTER,

@@ -38,6 +38,10 @@ const NEW_TIDS: usize = AT;
 const WAITS: usize = AT + 0x4000;
 const STACKS: usize = AT + 0x1_0000;
 const STACK_LEN: usize = 24 << 10;
+/// Each thread's buffer for one seccomp filter of its own (mapped only
+/// for an image whose threads have chains of their own).
+const SECCOMP_BUFS: usize = W + 0x2800_0000;
+const SECCOMP_BUF_LEN: usize = cryo_image::task::MAX_SECCOMP_FILTER_INSNS * 8;
 /// Most threads the window holds stacks for (capture refuses more).
 pub const MAX: usize = 4096;
 
@@ -74,6 +78,17 @@ pub fn spawn_all(img: &Image, flags: u64) -> usize {
         die(format_args!("{n} threads: the shim holds at most {MAX}"));
     }
     map_anon_at(AT, STACKS - AT + n * STACK_LEN, "thread stacks");
+    let own_filters = img
+        .seccomp()
+        .iter()
+        .any(|i| i.thread != cryo_image::task::EVERY_THREAD && i.thread > 0);
+    if own_filters {
+        map_anon_at(
+            SECCOMP_BUFS,
+            n * SECCOMP_BUF_LEN,
+            "threads' seccomp buffers",
+        );
+    }
     IMG.store(img as *const Image as usize, Ordering::Release);
     FLAGS.store(flags as usize, Ordering::Release);
     const CLONE_VM: u64 = 0x100;
@@ -271,6 +286,20 @@ fn thread_main(img: &Image, index: usize, handoff_flags: u64) -> ! {
     poke_u64(WAITS + index * 8, word as u64);
     let g = crate::frame::checked_gadgets(img);
     poke_u64(frame_sp - 8, g.sigreturn);
+    // Seccomp filters of its own (capture checked they allow what
+    // follows: the wake below, the wait and rt_sigreturn).
+    if img.seccomp().iter().any(|i| i.thread == index as u32 + 1) {
+        // SAFETY: spawn_all mapped SECCOMP_BUF_LEN bytes for each thread
+        // at SECCOMP_BUFS when any thread has filters of its own; this
+        // thread's slot is its alone.
+        let buf = unsafe {
+            core::slice::from_raw_parts_mut(
+                (SECCOMP_BUFS + index * SECCOMP_BUF_LEN) as *mut u64,
+                cryo_image::task::MAX_SECCOMP_FILTER_INSNS,
+            )
+        };
+        crate::task::install_seccomp_chain(img, index as u32 + 1, false, buf);
+    }
     READY.fetch_add(1, Ordering::AcqRel);
     syscall6(
         SYS_FUTEX,

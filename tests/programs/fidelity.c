@@ -1972,8 +1972,8 @@ static void seccomp_check(void) {
 
 /* seccomp-refused: filters cryo cannot restore faithfully, each named:
  * one that refuses munmap (which the restore's last act is), one that
- * hands a call to a supervisor (SECCOMP_RET_USER_NOTIF), and a thread
- * with a filter of its own. */
+ * hands a call to a supervisor (SECCOMP_RET_USER_NOTIF); and a thread
+ * with a filter of its own, so a chain of its own, named apart. */
 static pthread_t scr_th;
 static volatile int scr_ready;
 static void *scr_thread(void *arg) {
@@ -2096,6 +2096,64 @@ static void no_vdso_check(void) {
     CHECK(syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &ts) == 0 && ts.tv_sec + ts.tv_nsec > 0, "the clock");
 }
 
+/* seccomp-threads: the main thread's filter (mkdir refused), and a thread
+ * made after it that adds one of its own (kill with SIGWINCH refused),
+ * without TSYNC: after the restore each thread has its own chain again
+ * (2 filters in the thread, 1 in the main thread) and each decides. */
+static pthread_t st_th;
+static volatile pid_t st_tid;
+static int st_go[2], st_done[2];
+static void *st_thread(void *arg) {
+    (void)arg;
+    long r = sc_install(sc_no_winch, sizeof sc_no_winch / sizeof sc_no_winch[0], 0);
+    st_tid = r == 0 ? (pid_t)syscall(SYS_gettid) : -1;
+    char c, path[2100];
+    if (read(st_go[0], &c, 1) != 1) return NULL;
+    snprintf(path, sizeof path, "%s/st-thread", DIRPATH);
+    int mk = mkdir(path, 0700) == -1 && errno == EPERM;
+    int k = kill(getpid(), SIGWINCH) == -1 && errno == EACCES;
+    c = mk && k ? 'y' : 'n';
+    if (write(st_done[1], &c, 1) != 1) return NULL;
+    return NULL;
+}
+static void seccomp_threads_setup(void) {
+    CHECK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0, "no_new_privs");
+    CHECK(sc_install(sc_no_mkdir, sizeof sc_no_mkdir / sizeof sc_no_mkdir[0], 0) == 0, "filter: %s",
+          strerror(errno));
+    CHECK(pipe(st_go) == 0 && pipe(st_done) == 0, "pipes");
+    CHECK(pthread_create(&st_th, NULL, st_thread, NULL) == 0, "thread");
+    for (int tries = 0; tries < 5000 && !st_tid; tries++) usleep(1000);
+    CHECK(st_tid > 0, "the thread's own filter");
+    for (int tries = 0; tries < 5000; tries++) {
+        char p[128], st[512];
+        snprintf(p, sizeof p, "/proc/self/task/%d/stat", (int)st_tid);
+        if (read_file(p, st, sizeof st) > 0 && strrchr(st, ')')[2] == 'S') break;
+        usleep(1000);
+    }
+}
+static void seccomp_threads_settle(void) {
+    for (int tries = 0; tries < 5000; tries++) {
+        char p[128], st[4096];
+        snprintf(p, sizeof p, "/proc/self/task/%d/status", (int)st_tid);
+        if (read_file(p, st, sizeof st) > 0 && !strstr(st, "SigBlk:\tfffffffffffbfeff")) break;
+        usleep(1000);
+    }
+}
+static void seccomp_threads_check(void) {
+    char p[128], st[4096], path[2100];
+    snprintf(p, sizeof p, "/proc/self/task/%d/status", (int)st_tid);
+    CHECK(read_file(p, st, sizeof st) > 0 && strstr(st, "Seccomp_filters:\t2\n"), "the thread's 2 filters: %s", st);
+    CHECK(read_file("/proc/self/status", st, sizeof st) > 0 && strstr(st, "Seccomp_filters:\t1\n"),
+          "the main thread's 1 filter: %s", st);
+    snprintf(path, sizeof path, "%s/st-main", DIRPATH);
+    CHECK(mkdir(path, 0700) == -1 && errno == EPERM, "mkdir refused in the main thread (%s)", strerror(errno));
+    CHECK(kill(getpid(), 0) == 0, "kill allowed in the main thread");
+    char c = 0;
+    CHECK(write(st_go[1], "x", 1) == 1 && read(st_done[0], &c, 1) == 1 && c == 'y',
+          "the thread's own filter and the main thread's decide in it (%c)", c);
+    CHECK(pthread_join(st_th, NULL) == 0, "join");
+}
+
 struct fcase {
     const char *name;
     void (*setup)(void);
@@ -2137,6 +2195,7 @@ static const struct fcase cases[] = {
     {"seccomp-refused", seccomp_refused_setup, refuse_check, NULL},
     {"thread-creds", thread_creds_setup, thread_creds_check, thread_creds_settle},
     {"no-vdso", no_vdso_setup, no_vdso_check, NULL},
+    {"seccomp-threads", seccomp_threads_setup, seccomp_threads_check, seccomp_threads_settle},
     {"refuse", refuse_setup, refuse_check, NULL},
     {"refuse2", refuse2_setup, refuse_check, NULL},
 };

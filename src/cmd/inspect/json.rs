@@ -221,18 +221,32 @@ fn sockets(img: &Image) -> serde_json::Value {
 /// (`[code, jt, jf, k]`), and whether they go in before the credentials.
 fn seccomp_json(img: &Image) -> serde_json::Value {
     let insns: Vec<_> = img.seccomp().iter().collect();
-    let n = insns.last().map_or(0, |i| i.filter + 1);
-    let filters: Vec<_> = (0..n)
-        .map(|k| {
-            let f: Vec<_> = insns.iter().filter(|i| i.filter == k).collect();
+    let mut threads: Vec<u32> = insns.iter().map(|i| i.thread).collect();
+    threads.dedup();
+    let chains: Vec<_> = threads
+        .iter()
+        .map(|&t| {
+            let chain: Vec<_> = insns.iter().filter(|i| i.thread == t).collect();
+            let n = chain.last().map_or(0, |i| i.filter + 1);
+            let filters: Vec<_> = (0..n)
+                .map(|k| {
+                    let f: Vec<_> = chain.iter().filter(|i| i.filter == k).collect();
+                    json!({
+                        "flags": f.first().map_or(0, |i| i.flags),
+                        "insns": f.iter().map(|i| [i.code, i.jt, i.jf, i.k]).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
             json!({
-                "flags": f.first().map_or(0, |i| i.flags),
-                "insns": f.iter().map(|i| [i.code, i.jt, i.jf, i.k]).collect::<Vec<_>>(),
+                // null: every thread shares it; 0 the main thread, k + 1
+                // the k-th of `threads`.
+                "thread": (t != cryo_image::task::EVERY_THREAD).then_some(t),
+                "filters": filters,
             })
         })
         .collect();
     json!({
-        "filters": filters,
+        "chains": chains,
         "before_creds": img.seccomp_before_creds(),
         "strict": img.task().is_some_and(|t| t.seccomp_strict == 1),
     })

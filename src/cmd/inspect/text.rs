@@ -712,34 +712,46 @@ fn seccomp_lines(o: &mut String, img: &Image) {
         let _ = writeln!(o, "seccomp   strict mode (main thread), entered again last");
     }
     let insns: Vec<_> = img.seccomp().iter().collect();
-    let Some(last) = insns.last() else {
-        return;
-    };
-    let _ = writeln!(
-        o,
-        "seccomp   {} filter(s) for every thread, installed {}",
-        last.filter + 1,
-        if img.seccomp_before_creds() {
-            "before the credentials (through the tracer, which suspends them)"
-        } else {
-            "last"
-        }
-    );
-    for n in 0..=last.filter {
-        let f: Vec<_> = insns.iter().filter(|i| i.filter == n).collect();
-        let flags = f.first().map_or(0, |i| i.flags);
-        let mut names = Vec::new();
-        if flags & seccomp_flags::LOG != 0 {
-            names.push("log");
-        }
-        if flags & seccomp_flags::SPEC_ALLOW != 0 {
-            names.push("spec_allow");
-        }
+    let mut threads: Vec<u32> = insns.iter().map(|i| i.thread).collect();
+    threads.dedup();
+    for t in threads {
+        let chain: Vec<_> = insns.iter().filter(|i| i.thread == t).collect();
+        let n = chain.last().map_or(0, |i| i.filter + 1);
+        let whose = match t {
+            cryo_image::task::EVERY_THREAD => "for every thread".to_owned(),
+            0 => "of the main thread".to_owned(),
+            k => format!(
+                "of thread {}",
+                img.threads().get(k as usize - 1).map_or(0, |th| th.tid)
+            ),
+        };
         let _ = writeln!(
             o,
-            "          filter {n}: {} instructions [{}]",
-            f.len(),
-            names.join(",")
+            "seccomp   {n} filter(s) {whose}, installed {}",
+            if img.seccomp_before_creds() && t != cryo_image::task::EVERY_THREAD && t > 0 {
+                "last by the thread"
+            } else if img.seccomp_before_creds() {
+                "before the credentials (through the tracer, which suspends them)"
+            } else {
+                "last"
+            }
         );
+        for f in 0..n {
+            let fi: Vec<_> = chain.iter().filter(|i| i.filter == f).collect();
+            let flags = fi.first().map_or(0, |i| i.flags);
+            let mut names = Vec::new();
+            if flags & seccomp_flags::LOG != 0 {
+                names.push("log");
+            }
+            if flags & seccomp_flags::SPEC_ALLOW != 0 {
+                names.push("spec_allow");
+            }
+            let _ = writeln!(
+                o,
+                "          filter {f}: {} instructions [{}]",
+                fi.len(),
+                names.join(",")
+            );
+        }
     }
 }
