@@ -517,13 +517,17 @@ pub fn capture(
     // connect failed). A bound socket that is not connected is found from
     // the process's working directory below; a connection's names are
     // not.
-    let relative = |a: &[u8]| !inet && a.len() > 2 && a[2] != 0 && a[2] != b'/';
-    if peer.as_deref().is_some_and(relative) || (relative(&addr) && peer.is_some()) {
-        let name = if relative(&addr) {
+    // The name `is`: its own, else its peer's.
+    let name_that = |is: &dyn Fn(&[u8]) -> bool| {
+        if is(&addr) {
             shown.clone()
         } else {
             peer.as_deref().map(sockaddr_display).unwrap_or_default()
-        };
+        }
+    };
+    let relative = |a: &[u8]| !inet && a.len() > 2 && a[2] != 0 && a[2] != b'/';
+    if peer.as_deref().is_some_and(relative) || (relative(&addr) && peer.is_some()) {
+        let name = name_that(&relative);
         return Err(format!(
             "fd {fd} ({what}) is connected, and its own or its peer's name is the relative path {name}; cryo cannot tell which directory it was resolved in"
         ));
@@ -536,11 +540,7 @@ pub fn capture(
     if pathname(&addr) || peer.as_deref().is_some_and(pathname) {
         let root = crate::task::root(seen.pid);
         if !root.is_empty() {
-            let name = if pathname(&addr) {
-                shown.clone()
-            } else {
-                peer.as_deref().map(sockaddr_display).unwrap_or_default()
-            };
+            let name = name_that(&pathname);
             return Err(format!(
                 "fd {fd} ({what}) has the path name {name} inside the process's root directory {root} (chroot); cryo would bind or connect it from its own root"
             ));

@@ -1841,6 +1841,28 @@ static void sockets_check(void) {
 
 static void none(void) {}
 
+/* Wait until thread *tid (set by the thread itself) sleeps in its call:
+ * past glibc's start, where every signal is blocked. */
+static void wait_asleep(volatile pid_t *tid) {
+    for (int tries = 0; tries < 5000; tries++) {
+        char p[128], st[512];
+        snprintf(p, sizeof p, "/proc/self/task/%d/stat", (int)*tid);
+        if (*tid > 0 && read_file(p, st, sizeof st) > 0 && strrchr(st, ')')[2] == 'S') break;
+        usleep(1000);
+    }
+}
+/* Before the second snapshot: a restored thread may not have run yet since
+ * its release, and still show the restore's all-blocked mask
+ * (docs/pitfalls.md; as threads_settle). */
+static void wait_released(pid_t tid) {
+    for (int tries = 0; tries < 5000; tries++) {
+        char p[128], st[4096];
+        snprintf(p, sizeof p, "/proc/self/task/%d/status", (int)tid);
+        if (read_file(p, st, sizeof st) > 0 && !strstr(st, "SigBlk:\tfffffffffffbfeff")) break;
+        usleep(1000);
+    }
+}
+
 /* seccomp: two filters (the second logged, deciding on an argument) and a
  * thread made after them, so sharing them. After the restore each filter
  * still decides, in both threads; a child tracing this process reads the
@@ -1901,25 +1923,9 @@ static void seccomp_setup(void) {
     CHECK(sc_install(sc_no_winch, sizeof sc_no_winch / sizeof sc_no_winch[0], SECCOMP_FILTER_FLAG_LOG) == 0,
           "filter 2: %s", strerror(errno));
     CHECK(pipe(sc_pipe) == 0 && pthread_create(&sc_th, NULL, sc_thread, NULL) == 0, "thread");
-    /* Asleep in its read (not still starting, every signal blocked). */
-    for (int tries = 0; tries < 5000; tries++) {
-        char p[128], st[512];
-        snprintf(p, sizeof p, "/proc/self/task/%d/stat", (int)sc_tid);
-        if (sc_tid && read_file(p, st, sizeof st) > 0 && strrchr(st, ')')[2] == 'S') break;
-        usleep(1000);
-    }
+    wait_asleep(&sc_tid);
 }
-/* Before the second snapshot: the restored thread may not have run yet
- * since its release, and still show the restore's all-blocked mask
- * (docs/pitfalls.md; as threads_settle). */
-static void seccomp_settle(void) {
-    for (int tries = 0; tries < 5000; tries++) {
-        char p[128], st[4096];
-        snprintf(p, sizeof p, "/proc/self/task/%d/status", (int)sc_tid);
-        if (read_file(p, st, sizeof st) > 0 && !strstr(st, "SigBlk:\tfffffffffffbfeff")) break;
-        usleep(1000);
-    }
-}
+static void seccomp_settle(void) { wait_released(sc_tid); }
 /* In a child: trace this process and compare its filters (the kernel
  * numbers them from the oldest) with what it installed: 0 if equal, else
  * which check failed. */
@@ -2038,21 +2044,9 @@ static void thread_creds_setup(void) {
     CHECK(pthread_create(&tc_th, NULL, tc_thread, NULL) == 0, "thread");
     for (int tries = 0; tries < 5000 && !tc_tid; tries++) usleep(1000);
     CHECK(tc_tid > 0, "the thread switched its credentials");
-    for (int tries = 0; tries < 5000; tries++) {
-        char p[128], st[512];
-        snprintf(p, sizeof p, "/proc/self/task/%d/stat", (int)tc_tid);
-        if (read_file(p, st, sizeof st) > 0 && strrchr(st, ')')[2] == 'S') break;
-        usleep(1000);
-    }
+    wait_asleep(&tc_tid);
 }
-static void thread_creds_settle(void) {
-    for (int tries = 0; tries < 5000; tries++) {
-        char p[128], st[4096];
-        snprintf(p, sizeof p, "/proc/self/task/%d/status", (int)tc_tid);
-        if (read_file(p, st, sizeof st) > 0 && !strstr(st, "SigBlk:\tfffffffffffbfeff")) break;
-        usleep(1000);
-    }
-}
+static void thread_creds_settle(void) { wait_released(tc_tid); }
 static void thread_creds_check(void) {
     char p[128], st[4096];
     snprintf(p, sizeof p, "/proc/self/task/%d/status", (int)tc_tid);
@@ -2124,21 +2118,9 @@ static void seccomp_threads_setup(void) {
     CHECK(pthread_create(&st_th, NULL, st_thread, NULL) == 0, "thread");
     for (int tries = 0; tries < 5000 && !st_tid; tries++) usleep(1000);
     CHECK(st_tid > 0, "the thread's own filter");
-    for (int tries = 0; tries < 5000; tries++) {
-        char p[128], st[512];
-        snprintf(p, sizeof p, "/proc/self/task/%d/stat", (int)st_tid);
-        if (read_file(p, st, sizeof st) > 0 && strrchr(st, ')')[2] == 'S') break;
-        usleep(1000);
-    }
+    wait_asleep(&st_tid);
 }
-static void seccomp_threads_settle(void) {
-    for (int tries = 0; tries < 5000; tries++) {
-        char p[128], st[4096];
-        snprintf(p, sizeof p, "/proc/self/task/%d/status", (int)st_tid);
-        if (read_file(p, st, sizeof st) > 0 && !strstr(st, "SigBlk:\tfffffffffffbfeff")) break;
-        usleep(1000);
-    }
-}
+static void seccomp_threads_settle(void) { wait_released(st_tid); }
 static void seccomp_threads_check(void) {
     char p[128], st[4096], path[2100];
     snprintf(p, sizeof p, "/proc/self/task/%d/status", (int)st_tid);
