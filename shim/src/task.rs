@@ -188,6 +188,13 @@ pub fn restore_after_creds(t: &TaskState) {
 /// the install of each next one and the restore's last system calls; any
 /// failure here is after the point of no return.
 pub fn install_seccomp(img: &Image, threads: bool) {
+    if img
+        .seccomp()
+        .iter()
+        .all(|i| i.thread != 0 && i.thread != cryo_image::task::EVERY_THREAD)
+    {
+        return;
+    }
     let shared = img
         .seccomp()
         .get(0)
