@@ -468,10 +468,12 @@ pub(crate) fn inspect(
         .collect();
     // System calls are injected through a `syscall` of the vDSO, or of
     // the program's own code when it unmapped its vDSO (zdtm vdso02).
+    // (The restore gadgets: found once, here.)
+    let gadgets = crate::gadget::find(pid, &classified);
     let vdso_seen = crate::mm::vdso(&g.main, &maps)?;
     let vdso = match &vdso_seen {
         Some(v) => v.clone(),
-        None => match crate::gadget::find(pid, &classified) {
+        None => match gadgets {
             Some(gd) => (gd.syscall_ret, vec![0x0f, 0x05]),
             None => {
                 return Err(refused(
@@ -553,7 +555,7 @@ pub(crate) fn inspect(
     b.groups = groups;
     // The process record: layout, identity, limits; the restore gadgets.
     crate::mm::capture(t, &maps, &status, vdso_seen.as_ref(), &mut b, &mut obs)?;
-    b.gadgets = crate::gadget::find(pid, &classified);
+    b.gadgets = gadgets;
     drop(classified);
     // Seccomp filters: every thread's, checked against what the restore
     // does after installing them.

@@ -110,7 +110,7 @@ pub fn capture(
     let threads = !others.is_empty();
     let pid = main.tgid();
     let before = obs.len();
-    let own_threads = |k: usize| if shared { EVERY_THREAD } else { k as u32 };
+    let record_thread = |k: usize| if shared { EVERY_THREAD } else { k as u32 };
     for (k, filters) in chains.iter().enumerate() {
         if filters.is_empty() || (shared && k > 0) {
             continue;
@@ -162,7 +162,7 @@ pub fn capture(
         }
         for (n, f) in filters.iter().enumerate() {
             c.filters.extend(f.insns.iter().map(|i| SeccompInsn {
-                thread: own_threads(k),
+                thread: record_thread(k),
                 filter: n as u32,
                 flags: f.flags | spec,
                 code: i.code.into(),

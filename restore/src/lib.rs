@@ -480,9 +480,11 @@ impl Plan {
             });
             let seize = self.finish == Finish::Tracer;
             let img = self.image();
-            let filters =
+            let suspend_seccomp =
                 !img.seccomp().is_empty() || img.task().is_some_and(|t| t.seccomp_strict == 1);
-            if let Err(e) = tracer::start(self.gadget, stop, server.as_ref(), seize, filters) {
+            if let Err(e) =
+                tracer::start(self.gadget, stop, server.as_ref(), seize, suspend_seccomp)
+            {
                 return e;
             }
         }

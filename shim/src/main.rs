@@ -294,6 +294,16 @@ struct Args {
     barrier_fd: usize,
 }
 
+/// `s` NUL-terminated in `buf` (dies if too long): its address.
+fn c_path(s: &str, buf: &mut [u8]) -> usize {
+    if s.len() >= buf.len() {
+        die(format_args!("path too long: {s}"));
+    }
+    buf[..s.len()].copy_from_slice(s.as_bytes());
+    buf[s.len()] = 0;
+    buf.as_ptr() as usize
+}
+
 /// The bytes of a NUL-terminated argv string.
 fn arg_bytes(p: *const u8) -> &'static [u8] {
     if p.is_null() {

@@ -4,7 +4,7 @@
 //! (after the last mapping). See `cryo_image::task`.
 
 use crate::sys::*;
-use crate::{check, die};
+use crate::{c_path, check, die};
 use cryo_image::task::{Creds, TaskState, UNKNOWN};
 use cryo_image::Image;
 
@@ -70,16 +70,6 @@ fn root_of<'a>(img: &Image<'a>) -> Option<&'a str> {
     img.task()
         .and_then(|t| img.str(t.root))
         .filter(|r| !r.is_empty())
-}
-
-/// `s` NUL-terminated in `buf` (dies if too long): its address.
-fn c_path(s: &str, buf: &mut [u8]) -> usize {
-    if s.len() >= buf.len() {
-        die(format_args!("path too long: {s}"));
-    }
-    buf[..s.len()].copy_from_slice(s.as_bytes());
-    buf[s.len()] = 0;
-    buf.as_ptr() as usize
 }
 
 /// The task's name (comm).
@@ -188,24 +178,17 @@ pub fn restore_after_creds(t: &TaskState) {
 /// the install of each next one and the restore's last system calls; any
 /// failure here is after the point of no return.
 pub fn install_seccomp(img: &Image, threads: bool) {
-    if img
-        .seccomp()
-        .iter()
-        .all(|i| i.thread != 0 && i.thread != cryo_image::task::EVERY_THREAD)
-    {
-        return;
-    }
-    let shared = img
-        .seccomp()
-        .get(0)
-        .is_some_and(|i| i.thread == cryo_image::task::EVERY_THREAD);
+    use cryo_image::task::EVERY_THREAD;
+    // Chains are in thread order: the shared one, or the main thread's,
+    // comes first.
+    let (thread, tsync) = match img.seccomp().get(0).map(|i| i.thread) {
+        Some(EVERY_THREAD) => (EVERY_THREAD, threads),
+        Some(0) => (0, false),
+        _ => return,
+    };
     // (On the shim's 1 MiB stack.)
     let mut buf = [0u64; cryo_image::task::MAX_SECCOMP_FILTER_INSNS];
-    if shared {
-        install_seccomp_chain(img, cryo_image::task::EVERY_THREAD, threads, &mut buf);
-    } else {
-        install_seccomp_chain(img, 0, false, &mut buf);
-    }
+    install_seccomp_chain(img, thread, tsync, &mut buf);
 }
 
 /// One chain of seccomp filters (`thread` as in `SeccompInsn`) into the
