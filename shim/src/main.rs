@@ -27,6 +27,7 @@ mod mm;
 mod packed;
 mod packfds;
 mod rseq;
+mod seccomp;
 mod selfmap;
 mod signals;
 mod sys;
@@ -488,7 +489,7 @@ fn restore(a: &Args, packed: bool) -> ! {
     if on {
         ph.print(a.exec_ns);
     }
-    task::install_seccomp(&img, nthreads > 0);
+    seccomp::install(&img, nthreads > 0);
     if filters_first {
         task::restore(&img, a.flags & flags::SAME_CREDS != 0);
     }

@@ -298,7 +298,7 @@ fn thread_main(img: &Image, index: usize, handoff_flags: u64) -> ! {
                 cryo_image::task::MAX_SECCOMP_FILTER_INSNS,
             )
         };
-        crate::task::install_seccomp_chain(img, index as u32 + 1, false, buf);
+        crate::seccomp::install_chain(img, index as u32 + 1, false, buf);
     }
     READY.fetch_add(1, Ordering::AcqRel);
     syscall6(
