@@ -317,6 +317,16 @@ fn unix_sockets_whose_files_are_gone() {
     case("ghost");
 }
 
+/// Datagram sockets connected to servers whose files (and directory)
+/// were removed, two of them bound one after the other to one name, and
+/// a datagram pair whose ends were both bound to one removed name: each
+/// client reaches its own server again, every name reads as it did, the
+/// pair keeps its queued message, and the directory stays gone.
+#[test]
+fn datagram_sockets_connected_to_ghosts() {
+    case("ghost-dgram");
+}
+
 /// A sealed memfd mapped shared, and shared anonymous memory.
 #[test]
 fn memfd_and_shared_anonymous_memory() {
@@ -440,8 +450,10 @@ fn every_obstacle_at_once() {
 
 /// What would come back wrong is refused by name, not restored wrongly:
 /// a unix socket bound to a relative name from a directory the process
-/// has left (where it was bound is recorded nowhere), a datagram socket
-/// connected by a name that now leads to another socket, and
+/// has left (where it was bound is recorded nowhere), a datagram waiting
+/// in a socket whose name now leads to another socket (and so its client,
+/// connected by that name: a client of a ghost without one is restored
+/// since stop 27), and
 /// an eBPF socket filter, which the kernel does not give back (until stop
 /// 23 it was not even seen: the capture succeeded and the restored socket
 /// had no filter). (A classic filter was refused until stop 23; the same
@@ -456,9 +468,10 @@ fn more_obstacles_named() {
     let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
     assert_eq!(code, 1);
     assert!(
-        out.contains("3 obstacles")
+        out.contains("4 obstacles")
             && out.contains("eBPF socket filter (SO_ATTACH_BPF)")
             && out.contains("but that name no longer leads to the socket it is connected to")
+            && out.contains("that path no longer leads to this socket (removed or replaced since the bind), and datagrams sent to it wait in it")
             && out.contains("bound to the relative path r.sock): that name does not lead to this socket from the process's working directory"),
         "{out}"
     );

@@ -216,6 +216,8 @@ pub struct Sockets {
     relative: Vec<(u32, std::path::PathBuf)>,
     /// The socket inodes they hold (read at the first use).
     held: Option<std::collections::HashSet<u64>>,
+    /// Every unix socket of the process: (inode, index).
+    unix: Vec<(u64, usize)>,
 }
 
 impl Sockets {
@@ -740,25 +742,26 @@ pub fn capture(
             // the path now leads to (if any).
             let same = leads_to(&path, d.vfs);
             // Its file removed (or replaced) since the bind: a ghost,
-            // bound again at the name and the file removed at once, if
-            // nothing needs to reach it by the name at restore.
-            let dir_there = path
-                .parent()
-                .is_some_and(|d| std::fs::metadata(d).is_ok_and(|m| m.is_dir()));
+            // bound again at the name (its directories made for the
+            // moment if they are gone too) and the file removed at once,
+            // if nothing needs to reach it by the name later: no
+            // connection waits in it, no datagram sent to it waits.
             // (A connection's two ends are made again through a listener
             // bound at the name for the moment: a connected stream or
-            // seqpacket end needs no file either.)
+            // seqpacket end needs no file either. A datagram socket
+            // connected to another is one end of a pair, or connected
+            // again by that one's name: `link` refuses what is neither.
+            // Datagram sockets connected to it are connected again while
+            // it is bound there: `link`.)
             let quiet = (peer.is_none() && d.rqueue == 0 && (d.state == 10 || d.peer == 0))
-                || (peer.is_some() && sock_type != libc::SOCK_DGRAM);
-            if !(same || (dir_there && quiet)) {
+                || peer.is_some();
+            if !(same || quiet) {
                 return Err(format!(
                     "fd {fd} ({what} bound to {shown}): that path no longer leads to this socket (removed or replaced since the bind), and {}; cryo cannot restore it",
-                    if !dir_there {
-                        "its directory is gone"
-                    } else if d.state == 10 {
+                    if d.state == 10 {
                         "connections wait in it"
                     } else {
-                        "it is a connected datagram socket or has messages queued"
+                        "datagrams sent to it wait in it"
                     }
                 ));
             }
@@ -906,6 +909,9 @@ pub fn capture(
         }
     }
     let index = push(b, s, &opts, &filter);
+    if !inet {
+        seen.unix.push((ino, index));
+    }
     if let Some((diag, dup)) = keep_dup {
         seen.connected.push(Connected {
             index,
@@ -1327,13 +1333,6 @@ pub fn link(
             }
             Some(o) if mutual => {
                 b.sockets[c.index].shutdown = u32::from(c.diag.shutdown & 3);
-                if !stream && (s.addr_len > 2 || b.sockets[o.index].addr_len > 2) {
-                    obs.push(format!(
-                        "fd {} ({what}) is connected to fd {} and one of them has a name; only unnamed datagram pairs (socketpair) are restored",
-                        c.fd, o.fd
-                    ));
-                    continue;
-                }
                 b.sockets[c.index].state = socket_state::PAIR;
                 b.sockets[c.index].pair = o.index as u32;
                 if c.diag.rqueue == 0 {
@@ -1404,6 +1403,21 @@ pub fn link(
                     // namespace, cannot be checked.)
                     (None, _) | (Some(_), Err(_)) => true,
                 };
+                // A ghost of the process (zdtm sk-unix01): connected
+                // again while it is bound there again.
+                let ghost = seen
+                    .unix
+                    .iter()
+                    .find(|&&(ino, _)| ino == u64::from(c.diag.peer))
+                    .map(|&(_, g)| g)
+                    .filter(|&g| b.sockets[g].flags & cryo_image::fds::socket_flags::GHOST != 0);
+                if let (false, Some(g)) = (leads, ghost) {
+                    let me = &mut b.sockets[c.index];
+                    me.state = socket_state::CONNECTED;
+                    me.pair = g as u32;
+                    me.flags |= cryo_image::fds::socket_flags::GHOST_PEER;
+                    continue;
+                }
                 if !leads {
                     obs.push(format!(
                         "fd {} ({what}) is connected to {}, but that name no longer leads to the socket it is connected to (its file was removed or replaced); connected again by the name, it would reach another",

@@ -541,7 +541,9 @@ record! {
         pub state: u32,
         /// listen(2) backlog (LISTENING).
         pub backlog: u32,
-        /// PAIR: index of the other end in this table; else NO_INDEX.
+        /// PAIR: index of the other end in this table; PENDING: the
+        /// listener's; CONNECTED with `socket_flags::GHOST_PEER`: the
+        /// socket it is connected to; else NO_INDEX.
         pub pair: u32,
         /// Length of `addr` (getsockname; 0: unbound).
         pub addr_len: u32,
@@ -584,8 +586,13 @@ pub mod socket_flags {
     /// its bind: bound again at its name, and that file removed at once
     /// (another file at the name is moved aside for the moment).
     pub const GHOST: u32 = 1 << 4;
+    /// (11.1) A unix datagram socket (CONNECTED) connected to the GHOST
+    /// socket `pair` of the process: its name leads to nothing (or to
+    /// another file) now, so restore connects it while that socket is
+    /// bound there again, before the file is removed.
+    pub const GHOST_PEER: u32 = 1 << 5;
     /// Every bit a reader of this version knows.
-    pub const ALL: u32 = ACCEPTED | FOREIGN | FRAMED | RELATIVE | GHOST;
+    pub const ALL: u32 = ACCEPTED | FOREIGN | FRAMED | RELATIVE | GHOST | GHOST_PEER;
 }
 
 /// The bytes of a sockaddr held in a `[u64; 16]` (little-endian words).

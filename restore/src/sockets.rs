@@ -856,11 +856,18 @@ fn bind(s: &Socket, fd: BorrowedFd) -> Result<(), Why> {
 }
 
 /// Bind a unix socket whose file was removed (or replaced) after its bind
-/// (`socket_flags::GHOST`) at its name again, and remove the file the bind
-/// makes, so that it has its name and no file, as it had. A file at the
-/// name now (what replaced it, or a socket restored there) is moved aside
-/// in its directory for the bind and moved back.
-fn bind_ghost(s: &Socket, fd: BorrowedFd) -> Result<(), Why> {
+/// (`socket_flags::GHOST`) at its name again, run `while_bound` (the
+/// datagram sockets connected to it connect then), and remove the file
+/// the bind makes, so that it has its name and no file, as it had. A
+/// file at the name now (what replaced it, or a socket restored there)
+/// is moved aside in its directory for the bind and moved back;
+/// directories of the name that are gone too are made for the moment
+/// ([`DirsMade`]).
+fn bind_ghost(
+    s: &Socket,
+    fd: BorrowedFd,
+    while_bound: impl FnOnce(&[u8]) -> Result<(), Why>,
+) -> Result<(), Why> {
     let addr = addr_of(s);
     let shown = sockaddr_display(&addr);
     let Some(path) = unix_path(&addr) else {
@@ -868,6 +875,7 @@ fn bind_ghost(s: &Socket, fd: BorrowedFd) -> Result<(), Why> {
             format!("{shown}: a socket without a file marked as one whose file is gone").into(),
         );
     };
+    let dirs = DirsMade::for_path(&path)?;
     let aside = if path.symlink_metadata().is_ok() {
         let mut tmp = path.clone().into_os_string();
         tmp.push(format!(".cryo-aside-{}", std::process::id()));
@@ -882,25 +890,94 @@ fn bind_ghost(s: &Socket, fd: BorrowedFd) -> Result<(), Why> {
     } else {
         None
     };
-    let made = sys::bind(fd, &addr)
-        .map_err(|e| Why::sys(format!("binding {shown}"), e))
-        .and_then(|()| {
-            std::fs::remove_file(&path).map_err(|e| {
+    let bound = sys::bind(fd, &addr).map_err(|e| Why::sys(format!("binding {shown}"), e));
+    let made = bound.and_then(|()| {
+        let r = while_bound(&addr);
+        std::fs::remove_file(&path)
+            .map_err(|e| {
                 Why::sys(
                     format!("removing {shown} (its file was gone at capture)"),
                     e,
                 )
             })
-        });
+            .and(r)
+    });
     if let Some(tmp) = aside {
         std::fs::rename(&tmp, &path)
             .map_err(|e| Why::sys(format!("moving {} back to {shown}", tmp.display()), e))?;
     }
+    dirs.remove()?;
     made?;
     if s.state == socket_state::LISTENING {
         sys::listen(fd, s.backlog as i32).map_err(|e| Why::sys("listen", e))?;
     }
     Ok(())
+}
+
+/// The directories of a unix socket's path that are gone (removed since
+/// its bind, zdtm sk-unix01), made (0700) for a bind at that path, and
+/// removed again, deepest first, once it is done: [`DirsMade::remove`],
+/// or on drop if an error came first.
+struct DirsMade(Vec<std::path::PathBuf>);
+
+impl DirsMade {
+    fn for_path(path: &std::path::Path) -> Result<DirsMade, Why> {
+        use std::os::unix::fs::DirBuilderExt;
+        let mut gone: Vec<std::path::PathBuf> = path
+            .ancestors()
+            .skip(1)
+            .filter(|d| !d.as_os_str().is_empty())
+            .take_while(|d| d.symlink_metadata().is_err())
+            .map(std::path::Path::to_path_buf)
+            .collect();
+        gone.reverse();
+        let mut made = DirsMade(Vec::new());
+        for d in gone {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&d)
+                .map_err(|e| {
+                    Why::sys(
+                        format!(
+                            "making the directory {} again for the moment (it was removed after the socket's bind)",
+                            d.display()
+                        ),
+                        e,
+                    )
+                })?;
+            made.0.push(d);
+        }
+        Ok(made)
+    }
+
+    fn remove(mut self) -> Result<(), Why> {
+        while let Some(d) = self.0.pop() {
+            std::fs::remove_dir(&d).map_err(|e| {
+                Why::sys(
+                    format!("removing {} again (gone at capture)", d.display()),
+                    e,
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DirsMade {
+    fn drop(&mut self) {
+        while let Some(d) = self.0.pop() {
+            let _ = std::fs::remove_dir(&d);
+        }
+    }
+}
+
+/// Whether a datagram socket of the process is connected to `object`, a
+/// ghost (`socket_flags::GHOST_PEER`): it is bound later, in
+/// [`connect_waiting`], and they connect while it is.
+fn has_ghost_peers(img: &Image, object: u32) -> bool {
+    img.sockets()
+        .iter()
+        .any(|o| o.flags & socket_flags::GHOST_PEER != 0 && o.pair == object)
 }
 
 /// The two ends of a connected unix pair, as `sa` and `sb` were: made
@@ -928,6 +1005,27 @@ fn connected(
     if sa.addr_len <= 2 && sb.addr_len <= 2 {
         return sys::socketpair(family, ty).map_err(|e| Why::sys("socketpair", e));
     }
+    if ty == libc::SOCK_DGRAM {
+        // A datagram end's peer name is whatever its peer is bound to
+        // now: a pair, then each end bound (again as a ghost if its file
+        // was gone; zdtm sk-unix01 binds both ends to one name).
+        let (a, b) = sys::socketpair(family, ty).map_err(|e| Why::sys("socketpair", e))?;
+        for (s, fd) in [(sa, a.as_fd()), (sb, b.as_fd())] {
+            if s.addr_len <= 2 {
+                continue;
+            }
+            let s = Socket {
+                state: socket_state::BOUND,
+                ..*s
+            };
+            if s.flags & socket_flags::GHOST != 0 {
+                bind_ghost(&s, fd, |_| Ok(()))?;
+            } else {
+                bind(&s, fd)?;
+            }
+        }
+        return Ok((a, b));
+    }
     // (Both named: either may take the listener's part; the addresses
     // come out the same.)
     let a_accepted = sa.addr_len > 2 && addr_of(sa) == peer_of(sb);
@@ -937,6 +1035,8 @@ fn connected(
         return Err("the two ends' addresses do not name each other".into());
     }
     let path = unix_path(&at);
+    // (Its directory may be gone too: made for the moment.)
+    let dirs = path.as_deref().map(DirsMade::for_path).transpose()?;
     let existed = path.as_ref().is_some_and(|p| p.symlink_metadata().is_ok());
     let listener = sys::socket(family, ty, 0).map_err(|e| Why::sys("socket", e))?;
     let tmp = Socket {
@@ -962,6 +1062,9 @@ fn connected(
     drop(listener);
     if let Some(p) = path.filter(|_| !existed) {
         let _ = std::fs::remove_file(p);
+    }
+    if let Some(d) = dirs {
+        d.remove()?;
     }
     let (s, c) = made?;
     Ok(if a_accepted { (s, c) } else { (c, s) })
@@ -1168,6 +1271,7 @@ fn in_bind_dir<T>(
 fn peer_bound_here(img: &Image, s: &Socket) -> bool {
     let peer = peer_of(s);
     !inet(s)
+        && s.flags & socket_flags::GHOST_PEER == 0
         && unix_path(&peer).is_some()
         && img.sockets().iter().any(|o| {
             !inet(&o)
@@ -1189,7 +1293,7 @@ pub(crate) fn connect_waiting(img: &Image) -> Result<(), RestoreError> {
     let socks = img.sockets();
     // (One per socket: its first fd.)
     let mut seen = Vec::new();
-    let firsts: Vec<(Socket, i32)> = img
+    let with_objects: Vec<(u32, Socket, i32)> = img
         .fds()
         .iter()
         .filter(|f| f.kind == cryo_image::fd_kind::SOCKET)
@@ -1198,8 +1302,43 @@ pub(crate) fn connect_waiting(img: &Image) -> Result<(), RestoreError> {
             seen.push(f.object);
             first
         })
-        .filter_map(|f| Some((socks.get(f.object as usize)?, f.fd)))
+        .filter_map(|f| Some((f.object, socks.get(f.object as usize)?, f.fd)))
         .collect();
+    // Ghosts with datagram sockets of the process connected to them, one
+    // at a time (several may have had one name): each bound there again,
+    // those connected, its file removed.
+    for (object, g, fd) in &with_objects {
+        if g.flags & socket_flags::GHOST == 0 || !has_ghost_peers(img, *object) {
+            continue;
+        }
+        let err = |fd: i32, why: Why| RestoreError::Fd {
+            fd,
+            what: "socket".into(),
+            why,
+        };
+        let ours = sys::dup_above(*fd, 3)
+            .map(sys::adopt)
+            .map_err(|e| err(*fd, Why::sys("F_DUPFD", e)))?;
+        let clients = with_objects
+            .iter()
+            .filter(|(_, c, _)| c.flags & socket_flags::GHOST_PEER != 0 && c.pair == *object);
+        bind_ghost(g, ours.as_fd(), |addr| {
+            for (_, _, cfd) in clients {
+                sys::connect_at(*cfd, addr).map_err(|e| {
+                    Why::sys(
+                        format!(
+                            "connecting fd {cfd} to {} (fd {fd}), bound there for the moment",
+                            sockaddr_display(addr)
+                        ),
+                        e,
+                    )
+                })?;
+            }
+            Ok(())
+        })
+        .map_err(|w| err(*fd, w))?;
+    }
+    let firsts: Vec<(Socket, i32)> = with_objects.into_iter().map(|(_, s, fd)| (s, fd)).collect();
     for (s, fd) in &firsts {
         if s.state == socket_state::CONNECTED && peer_bound_here(img, s) {
             let peer = peer_of(s);
@@ -1743,6 +1882,11 @@ pub(crate) fn make(
                 let (a, b) = connected(&s, &other, hint, &v6).map_err(|w| fd_err(p, w))?;
                 set_options(img, object, a.as_fd()).map_err(|w| fd_err(p, w))?;
                 set_options(img, s.pair, b.as_fd()).map_err(|w| fd_err(p, w))?;
+                if s.sock_type as i32 == libc::SOCK_DGRAM {
+                    // (Named ends bound by `connected`: their files' modes.)
+                    socket_file_as_it_was(img, object, &s).map_err(|w| fd_err(p, w))?;
+                    socket_file_as_it_was(img, s.pair, &other).map_err(|w| fd_err(p, w))?;
+                }
                 // What waited to be read from an end is sent by the other
                 // (with files in flight: later, by `send_in_flight`, and
                 // the ends shut down after that).
@@ -1788,15 +1932,23 @@ pub(crate) fn make(
                 && bound_addr(&s));
         if bound {
             if s.flags & socket_flags::GHOST != 0 {
-                bind_ghost(&s, fd.as_fd()).map_err(|w| fd_err(p, w))?;
+                // (One that sockets of the process are connected to: in
+                // `connect_waiting`, with them.)
+                if !has_ghost_peers(img, object) {
+                    bind_ghost(&s, fd.as_fd(), |_| Ok(())).map_err(|w| fd_err(p, w))?;
+                }
             } else {
                 in_bind_dir(img, object, &s, || bind(&s, fd.as_fd())).map_err(|w| fd_err(p, w))?;
                 socket_file_as_it_was(img, object, &s).map_err(|w| fd_err(p, w))?;
             }
         }
-        // (Connected to a socket this process binds: later, once that
-        // one is bound, by `connect_waiting`.)
-        if s.state == socket_state::CONNECTED && !peer_bound_here(img, &s) {
+        // (Connected to a socket this process binds, or to a ghost of
+        // the process: later, once that one is bound, by
+        // `connect_waiting`.)
+        if s.state == socket_state::CONNECTED
+            && s.flags & socket_flags::GHOST_PEER == 0
+            && !peer_bound_here(img, &s)
+        {
             let peer = peer_of(&s);
             sys::connect(fd.as_fd(), &peer)
                 .map_err(|e| sysw(&format!("connecting to {}", sockaddr_display(&peer)), e))?;

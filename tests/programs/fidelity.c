@@ -1152,6 +1152,81 @@ static void ghost_check(void) {
     CHECK(write(gh_a, "back", 4) == 4 && read(gh_c, buf, sizeof buf) == 4 && !memcmp(buf, "back", 4), "and back");
 }
 
+/* Datagram sockets connected to ghosts (zdtm sk-unix01): two servers
+ * bound one after the other to one name in a directory, each with clients
+ * connected to it, and a datagram pair whose ends were both bound to one
+ * name, a message queued in it; every name removed, then the directory.
+ * After the restore each client still reaches its own server (not the
+ * other one bound to the same name), each socket has its name, the pair
+ * its message, and the directory is gone. */
+static int gd_s1, gd_s2, gd_c1, gd_c2, gd_c3, gd_p[2];
+static char gd_dir[96], gd_sp[108], gd_pp[108];
+static int gd_connect(const char *path) {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+    int s = socket(AF_UNIX, SOCK_DGRAM, 0);
+    CHECK(s >= 0 && connect(s, (struct sockaddr *)&a, sizeof a) == 0, "connect %s", path);
+    return s;
+}
+static void ghost_dgram_setup(void) {
+    char d[4096];
+    path_in_dir(d, sizeof d, "gd");
+    CHECK(mkdir(d, 0700) == 0 && chdir(d) == 0 && mkdir("sub", 0755) == 0, "dirs");
+    CHECK(getcwd(d, sizeof d) != NULL && strlen(d) < 80, "a short enough directory: %s", d);
+    snprintf(gd_dir, sizeof gd_dir, "%s/sub", d);
+    snprintf(gd_sp, sizeof gd_sp, "%s/s", gd_dir);
+    snprintf(gd_pp, sizeof gd_pp, "%s/p", gd_dir);
+    gd_s1 = gh_bind(SOCK_DGRAM, gd_sp, -1);
+    gd_c1 = gd_connect(gd_sp);
+    gd_c2 = gd_connect(gd_sp);
+    CHECK(unlink(gd_sp) == 0, "unlink");
+    gd_s2 = gh_bind(SOCK_DGRAM, gd_sp, -1);
+    gd_c3 = gd_connect(gd_sp);
+    CHECK(unlink(gd_sp) == 0, "unlink");
+    CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, gd_p) == 0, "socketpair");
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", gd_pp);
+    CHECK(bind(gd_p[0], (struct sockaddr *)&a, sizeof a) == 0 && unlink(gd_pp) == 0, "bind pair 0");
+    CHECK(bind(gd_p[1], (struct sockaddr *)&a, sizeof a) == 0 && unlink(gd_pp) == 0, "bind pair 1");
+    CHECK(send(gd_p[1], "queued", 6, 0) == 6, "queue");
+    CHECK(rmdir(gd_dir) == 0, "rmdir");
+}
+static void gd_name(int s, int peer, const char *want) {
+    struct sockaddr_un a;
+    socklen_t n = sizeof a;
+    int r = peer ? getpeername(s, (struct sockaddr *)&a, &n) : getsockname(s, (struct sockaddr *)&a, &n);
+    CHECK(r == 0 && !strcmp(a.sun_path, want), "%s of fd %d: %s", peer ? "peer" : "name", s, r == 0 ? a.sun_path : "?");
+}
+static void gd_hop(int from, int to, const char *msg) {
+    char buf[16] = {0};
+    CHECK(send(from, msg, strlen(msg), 0) == (ssize_t)strlen(msg), "send %s", msg);
+    CHECK(recv(to, buf, sizeof buf, MSG_DONTWAIT) == (ssize_t)strlen(msg) && !memcmp(buf, msg, strlen(msg)),
+          "%s reaches its own socket", msg);
+}
+static void ghost_dgram_check(void) {
+    int named[] = {gd_s1, gd_s2, gd_p[0], gd_p[1]};
+    const char *names[] = {gd_sp, gd_sp, gd_pp, gd_pp};
+    for (int i = 0; i < 4; i++) gd_name(named[i], 0, names[i]);
+    gd_name(gd_c1, 1, gd_sp);
+    gd_name(gd_c3, 1, gd_sp);
+    gd_name(gd_p[0], 1, gd_pp);
+    char buf[16];
+    CHECK(recv(gd_p[0], buf, sizeof buf, MSG_DONTWAIT) == 6 && !memcmp(buf, "queued", 6), "the pair's queued message");
+    gd_hop(gd_c1, gd_s1, "one");
+    gd_hop(gd_c2, gd_s1, "two");
+    gd_hop(gd_c3, gd_s2, "three");
+    CHECK(recv(gd_s1, buf, sizeof buf, MSG_DONTWAIT) == -1 && errno == EAGAIN, "nothing more at the first server");
+    gd_hop(gd_p[1], gd_p[0], "x");
+    gd_hop(gd_p[0], gd_p[1], "y");
+    struct stat st;
+    CHECK(lstat(gd_dir, &st) == -1 && errno == ENOENT, "the removed directory is still gone");
+    int c = socket(AF_UNIX, SOCK_DGRAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", gd_sp);
+    CHECK(connect(c, (struct sockaddr *)&a, sizeof a) == -1 && errno == ENOENT, "the removed name leads nowhere");
+    close(c);
+}
+
 /* A droppable mapping (MAP_DROPPABLE) and a sealed one (mseal). */
 #ifndef MAP_DROPPABLE
 #define MAP_DROPPABLE 0x08
@@ -1670,9 +1745,10 @@ static void refuse2_setup(void) {
     CHECK(mkdir(d, 0700) == 0 && chdir(d) == 0 && rs >= 0 && bind(rs, (struct sockaddr *)&r, sizeof r) == 0 &&
               chdir(DIRPATH) == 0,
           "bound relative, then left");
-    /* A datagram socket connected by name to a socket whose file was then
-     * replaced by another socket's: connected again by the name, it would
-     * reach the other. */
+    /* A datagram socket whose file was replaced by another socket's, with
+     * a datagram waiting in it: sent again by the name, it would reach the
+     * other. (Its client, connected before, is restored: connected while
+     * it is bound there again.) */
     struct sockaddr_un g = {.sun_family = AF_UNIX};
     char gp[4096];
     snprintf(gp, sizeof gp, "%s/g.%d", DIRPATH, getpid());
@@ -1680,9 +1756,9 @@ static void refuse2_setup(void) {
     memcpy(g.sun_path, gp, strlen(gp) + 1);
     int srv = socket(AF_UNIX, SOCK_DGRAM, 0), cli = socket(AF_UNIX, SOCK_DGRAM, 0), other = socket(AF_UNIX, SOCK_DGRAM, 0);
     CHECK(bind(srv, (struct sockaddr *)&g, sizeof g) == 0 &&
-              connect(cli, (struct sockaddr *)&g, sizeof g) == 0 && unlink(g.sun_path) == 0 &&
-              bind(other, (struct sockaddr *)&g, sizeof g) == 0,
-          "connected by a name that now leads to another socket");
+              connect(cli, (struct sockaddr *)&g, sizeof g) == 0 && send(cli, "x", 1, 0) == 1 &&
+              unlink(g.sun_path) == 0 && bind(other, (struct sockaddr *)&g, sizeof g) == 0,
+          "a datagram waiting in a socket whose name now leads to another");
 }
 
 /* Sockets: TCP listeners (v4 with options, v6 only-v6), an unbound and a
@@ -2165,6 +2241,7 @@ static const struct fcase cases[] = {
     {"relsock", relsock_setup, relsock_check, NULL},
     {"widowed", widowed_setup, widowed_check, NULL},
     {"ghost", ghost_setup, ghost_check, NULL},
+    {"ghost-dgram", ghost_dgram_setup, ghost_dgram_check, NULL},
     {"special-maps", special_maps_setup, special_maps_check, NULL},
     {"inotify", inotify_setup, inotify_check, NULL},
     {"sigtrap", sigtrap_setup, sigtrap_check, NULL},

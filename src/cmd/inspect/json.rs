@@ -199,6 +199,8 @@ fn sockets(img: &Image) -> serde_json::Value {
             "peer": (pn > 0).then(|| cryo_image::fds::sockaddr_display(&pa[..pn])),
             "pair": (k.pair != cryo_image::NO_INDEX).then_some(k.pair),
             "relative_name": k.flags & cryo_image::fds::socket_flags::RELATIVE != 0,
+            "file_gone": k.flags & cryo_image::fds::socket_flags::GHOST != 0,
+            "connected_to_file_gone": k.flags & cryo_image::fds::socket_flags::GHOST_PEER != 0,
             "queued_bytes": k.data.len,
             "queue_framed": k.sock_type as i32 != libc::SOCK_STREAM
                 || k.flags & cryo_image::fds::socket_flags::FRAMED != 0,

@@ -594,7 +594,23 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
                     .and_then(|id| img.str(id.path));
                 out += &format!(" (a relative name: {})", file.unwrap_or("?"));
             }
+            if k.flags & cryo_image::fds::socket_flags::GHOST != 0 {
+                out += " (its file was gone: bound, then removed)";
+            }
             match k.state {
+                socket_state::CONNECTED
+                    if k.flags & cryo_image::fds::socket_flags::GHOST_PEER != 0 =>
+                {
+                    let g = img
+                        .fds()
+                        .iter()
+                        .find(|g| g.kind == fd_kind::SOCKET && g.object == k.pair)
+                        .map_or(-1, |g| g.fd);
+                    out += &format!(
+                        " -> {} (fd {g}, whose file was gone: connected while it is bound)",
+                        sockaddr_display(&pa[..pn])
+                    )
+                }
                 socket_state::LISTENING => out += &format!(", backlog {}", k.backlog),
                 socket_state::CONNECTED => out += &format!(" -> {}", sockaddr_display(&pa[..pn])),
                 socket_state::REPAIRED => {
