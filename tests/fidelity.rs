@@ -294,7 +294,8 @@ fn removed_name_with_a_link_elsewhere() {
 
 /// Unix sockets bound to relative names (a listener and a datagram
 /// socket in a subdirectory): bound again from the directory they were
-/// bound in, under the same names.
+/// bound in, under the same names; a connection waiting in the listener
+/// (its peer's name relative too) is connected again from there.
 #[test]
 fn unix_sockets_bound_to_relative_names() {
     case("relsock");

@@ -174,6 +174,10 @@ struct Connecting {
     shutdown: u8,
     /// The refusal if it is not waiting in a listener of the process.
     gone: String,
+    /// Its peer's name (the listener's), if relative, and the refusal if
+    /// the listener it waits in is not bound to that name from a known
+    /// directory (`socket_flags::RELATIVE`).
+    relative_peer: Option<(Vec<u8>, String)>,
 }
 
 /// Sockets seen so far, for the pass that pairs them.
@@ -528,12 +532,17 @@ pub fn capture(
         }
     };
     let relative = |a: &[u8]| !inet && a.len() > 2 && a[2] != 0 && a[2] != b'/';
-    if peer.as_deref().is_some_and(relative) || (relative(&addr) && peer.is_some()) {
+    // (One exception, resolved in `link`: a connection waiting in a
+    // listener of the process bound to a relative name, whose directory
+    // is known, zdtm sk-unix-listen01.)
+    let relative_peer = (peer.as_deref().is_some_and(relative)
+        || (relative(&addr) && peer.is_some()))
+    .then(|| {
         let name = name_that(&relative);
-        return Err(format!(
+        format!(
             "fd {fd} ({what}) is connected, and its own or its peer's name is the relative path {name}; cryo cannot tell which directory it was resolved in"
-        ));
-    }
+        )
+    });
     // A path name of a process in a changed root (chroot) is its own
     // view, inside that root: made again from cryo's root it would be
     // another file (bound as a "ghost" at the wrong place; found by a
@@ -905,7 +914,17 @@ pub fn capture(
                 gone: format!(
                     "fd {fd} ({what} {shown}) is connected to a socket that is gone, or waits to be accepted by a listener of another process; cryo cannot connect it again"
                 ),
+                relative_peer: None,
             });
+        }
+    }
+    if let Some(why) = relative_peer {
+        // Unnamed itself, waiting in a queue: the listener's name.
+        match seen.connecting.last_mut() {
+            Some(c) if c.index == b.sockets.len() && !relative(&addr) => {
+                c.relative_peer = peer.map(|p| (p, why));
+            }
+            _ => return Err(why),
         }
     }
     let index = push(b, s, &opts, &filter);
@@ -1273,6 +1292,15 @@ pub fn link(
                     format!("has sent data ({} bytes of buffers in use)", c.sent)
                 }
             )),
+            Some((l, _, _))
+                if c.relative_peer.as_ref().is_some_and(|(name, _)| {
+                    let ls = &b.sockets[l];
+                    let (a, n) = cryo_image::fds::sockaddr_bytes(&ls.addr, ls.addr_len);
+                    ls.flags & cryo_image::fds::socket_flags::RELATIVE == 0 || a[..n] != name[..]
+                }) =>
+            {
+                obs.push(c.relative_peer.as_ref().map(|(_, why)| why.clone()).unwrap_or_default())
+            }
             Some((l, _, k)) => {
                 b.sockets[c.index].state = socket_state::PENDING;
                 b.sockets[c.index].pair = l as u32;

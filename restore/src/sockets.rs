@@ -1374,14 +1374,17 @@ pub(crate) fn connect_waiting(img: &Image) -> Result<(), RestoreError> {
         // (someone else connected first) is an error, not a hang.
         let fl = sys::getfl(fd).map_err(|e| err(Why::sys("F_GETFL", e)))?;
         sys::setfl(fd, fl | libc::O_NONBLOCK).map_err(|e| err(Why::sys("F_SETFL", e)))?;
-        let r = sys::connect_at(fd, &addr);
+        // (A listener bound to a relative name: from its directory.)
+        let r = in_bind_dir(img, listener, &l, || {
+            sys::connect_at(fd, &addr).map_err(|e| {
+                Why::sys(
+                    format!("connecting to {} again", sockaddr_display(&addr)),
+                    e,
+                )
+            })
+        });
         sys::setfl(fd, fl).map_err(|e| err(Why::sys("F_SETFL", e)))?;
-        r.map_err(|e| {
-            err(Why::sys(
-                format!("connecting to {} again", sockaddr_display(&addr)),
-                e,
-            ))
-        })?;
+        r.map_err(err)?;
     }
     Ok(())
 }

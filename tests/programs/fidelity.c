@@ -934,6 +934,7 @@ static struct sockaddr_un rel_addr(const char *name) {
     snprintf(a.sun_path, sizeof a.sun_path, "%s", name);
     return a;
 }
+static int rel_w;
 static void relsock_setup(void) {
     char p[4096];
     path_in_dir(p, sizeof p, "rel");
@@ -944,6 +945,10 @@ static void relsock_setup(void) {
     CHECK(rel_l >= 0 && bind(rel_l, (struct sockaddr *)&l, sizeof l) == 0 && listen(rel_l, 4) == 0, "listener");
     CHECK(rel_d >= 0 && bind(rel_d, (struct sockaddr *)&d, sizeof d) == 0, "datagram socket");
     CHECK(chmod("l.sock", 0640) == 0, "chmod");
+    /* A connection waiting in the listener's queue, not accepted yet: its
+     * peer's name is the listener's relative one. */
+    rel_w = socket(AF_UNIX, SOCK_STREAM, 0);
+    CHECK(rel_w >= 0 && connect(rel_w, (struct sockaddr *)&l, sizeof l) == 0, "a connection waiting");
 }
 static void relsock_check(void) {
     struct sockaddr_un a;
@@ -955,6 +960,14 @@ static void relsock_check(void) {
           "datagram socket's name: %s", a.sun_path);
     struct stat st;
     CHECK(stat("l.sock", &st) == 0 && S_ISSOCK(st.st_mode) && (st.st_mode & 07777) == 0640, "socket file and mode");
+    n = sizeof a;
+    CHECK(getpeername(rel_w, (struct sockaddr *)&a, &n) == 0 && !strcmp(a.sun_path, "l.sock"),
+          "the waiting connection's peer name: %s", a.sun_path);
+    char wb[8] = {0};
+    int w = accept(rel_l, NULL, NULL);
+    CHECK(w >= 0 && write(rel_w, "wait", 4) == 4 && read(w, wb, sizeof wb) == 4 && !memcmp(wb, "wait", 4),
+          "the waiting connection is accepted first");
+    close(w);
     struct sockaddr_un l = rel_addr("l.sock"), d = rel_addr("sub/d.sock");
     int c = socket(AF_UNIX, SOCK_STREAM, 0);
     CHECK(c >= 0 && connect(c, (struct sockaddr *)&l, sizeof l) == 0, "connect by the relative name");
