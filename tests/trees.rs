@@ -520,6 +520,33 @@ print("PASS", flush=True)
         &[],
         "that path no longer leads to this socket (removed or replaced since the bind), and connections wait in it",
     );
+    // Two datagram servers bound in turn to one name, both removed, each
+    // with a client in a child: both files would be needed at once while
+    // the children connect again by the name.
+    let two_ghosts = r#"
+import os, socket, sys, tempfile
+d = tempfile.mkdtemp()
+path = os.path.join(d, "sock")
+srvs, kids = [], []
+for i in range(2):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(path); srvs.append(s)
+    r, w = os.pipe()
+    g, go = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c.connect(path)
+        os.write(w, b"r"); os.read(g, 1); c.send(b"%d" % i); os._exit(0)
+    os.read(r, 1)
+    os.unlink(path)
+    kids.append((pid, go))
+print("READY", flush=True); sys.stdin.readline()
+for i, (pid, go) in enumerate(kids):
+    os.write(go, b"g")
+    assert srvs[i].recv(10) == b"%d" % i
+    assert os.waitpid(pid, 0)[1] == 0
+print("PASS", flush=True)
+"#;
+    refused(two_ghosts, &[], "were both bound to");
     // Files in flight queued both ways in a pair between two processes,
     // shut down after: each process would send its own queue again, and
     // neither would know when to shut down.
@@ -1221,6 +1248,71 @@ assert st == 0
 print("PASS", flush=True)
 "#;
     python_round_trips("tree-dgram", script, |_| {}, &[&[], &["--pidns"]]);
+}
+
+/// Datagram clients in two children (one holding the server too, as
+/// forked, one not) and one in the server's own process, connected to a
+/// server whose file, and its directory, were
+/// removed since (zdtm sk-unix-dgram-ghost; refused until stop 27): the
+/// restore binds the server at its name for as long as every process
+/// takes to connect again, then removes the file and the directory, so
+/// each client reaches the server again and the name leads nowhere.
+#[test]
+fn datagram_clients_in_other_processes_reach_a_ghost_server() {
+    let script = r#"
+import os, socket, sys, tempfile
+d = tempfile.mkdtemp(prefix="cryo-dgghost-")
+sub = os.path.join(d, "sub"); os.mkdir(sub)
+path = os.path.join(sub, "srv")
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+srv.bind(path)
+kids = []
+for i in range(2):
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        # (Child 0 does not hold the server; child 1 does, as forked.)
+        if i == 0:
+            srv.close()
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        c.connect(path)
+        os.write(ready_w, b"r")
+        os.read(go_r, 1)
+        assert c.getpeername() == path
+        c.send(b"from child %d" % i)
+        os._exit(0)
+    os.read(ready_r, 1)
+    kids.append((pid, go_w))
+mine = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+mine.connect(path)
+os.unlink(path); os.rmdir(sub)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+assert not os.path.exists(sub)
+for pid, w in kids:
+    os.write(w, b"g")
+got = sorted(srv.recv(100) for _ in kids)
+assert got == [b"from child 0", b"from child 1"], got
+mine.send(b"mine")
+assert srv.recv(100) == b"mine"
+assert srv.getsockname() == path
+probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+try:
+    probe.connect(path)
+    raise SystemExit("the removed name leads somewhere")
+except FileNotFoundError:
+    pass
+for pid, _ in kids:
+    assert os.waitpid(pid, 0)[1] == 0
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "tree-dgram-ghost",
+        script,
+        |_| {},
+        &[&[], &["--lazy"], &["--map"], &["--pidns"]],
+    );
 }
 
 /// UDP sockets shut down (one unconnected, for reading: the kernel sets

@@ -414,7 +414,7 @@ pub(crate) struct Inspected {
     pub b: ImageBuilder,
     pub maps: Vec<procinfo::Mapping>,
     /// Unix sockets connected outside the process (a tree pairs them).
-    pub cross: Vec<crate::sockets::CrossEnd>,
+    pub cross: crate::sockets::Cross,
     /// (kind, flags, file) of each mapping, as `vma::classify_all` said.
     classes: Vec<(u32, u32, u32)>,
     /// Its TCP connections in repair mode (out of it when dropped).
@@ -433,7 +433,7 @@ pub(crate) fn inspect(
     let mut b = ImageBuilder::default();
     let mut obs = Obstacles::default();
     let mut stored = StoredFiles::default();
-    scope.cross.clear();
+    scope.cross = crate::sockets::Cross::default();
     // (Those of a process refused before: it goes on as it was.)
     scope.repaired.release();
 

@@ -22,7 +22,7 @@ pub struct Scope {
     holders: Option<HashMap<u64, Vec<i32>>>,
     /// The unix sockets of the process being inspected that are connected
     /// outside it (taken by the caller after each process).
-    pub cross: Vec<crate::sockets::CrossEnd>,
+    pub cross: crate::sockets::Cross,
     /// Who holds each pty: among every process we can see, and among
     /// the captured ones (each scanned on first use).
     pub(crate) ptys: Option<crate::ptys::Holders>,
@@ -43,7 +43,7 @@ impl Scope {
         Scope {
             pids,
             holders: None,
-            cross: Vec::new(),
+            cross: crate::sockets::Cross::default(),
             ptys: None,
             pty_inside: None,
             pty_state: HashMap::new(),

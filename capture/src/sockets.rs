@@ -382,6 +382,26 @@ fn repair(
     Ok(())
 }
 
+/// A tree process's unix sockets connected outside it, resolved by the
+/// tree's pass.
+#[derive(Debug, Default)]
+pub struct Cross {
+    pub ends: Vec<CrossEnd>,
+    pub ghost_clients: Vec<GhostClient>,
+}
+
+/// A datagram socket connected to a socket whose name leads elsewhere now
+/// (or nowhere), outside its process: the tree's pass accepts it if that
+/// socket is a ghost (`socket_flags::GHOST`) of another process of the
+/// tree, or refuses it with `obstacle`.
+#[derive(Debug)]
+pub struct GhostClient {
+    pub fd: i32,
+    /// The inode of the socket it is connected to.
+    pub peer: u64,
+    pub obstacle: String,
+}
+
 /// An unnamed unix socket connected to a socket outside its process,
 /// which may be in another process of the tree (a socketpair made before
 /// a fork): the tree's pass pairs it, or refuses it with `obstacle`.
@@ -1223,7 +1243,7 @@ pub fn link(
     b: &mut ImageBuilder,
     seen: Sockets,
     stored: &mut StoredFiles,
-    mut cross: Option<&mut Vec<CrossEnd>>,
+    mut cross: Option<&mut Cross>,
     in_flight: &crate::inflight::InFlight,
     obs: &mut crate::obstacles::Obstacles,
 ) {
@@ -1447,11 +1467,26 @@ pub fn link(
                     continue;
                 }
                 if !leads {
-                    obs.push(format!(
+                    let obstacle = format!(
                         "fd {} ({what}) is connected to {}, but that name no longer leads to the socket it is connected to (its file was removed or replaced); connected again by the name, it would reach another",
                         c.fd,
                         sockaddr_display(name)
-                    ));
+                    );
+                    // A ghost of another process of the tree (zdtm
+                    // sk-unix-dgram-ghost): its pass checks.
+                    match cross.as_deref_mut() {
+                        Some(x) => {
+                            let me = &mut b.sockets[c.index];
+                            me.state = socket_state::CONNECTED;
+                            me.flags |= cryo_image::fds::socket_flags::GHOST_PEER;
+                            x.ghost_clients.push(GhostClient {
+                                fd: c.fd,
+                                peer: u64::from(c.diag.peer),
+                                obstacle,
+                            });
+                        }
+                        None => obs.push(obstacle),
+                    }
                     continue;
                 }
                 b.sockets[c.index].state = socket_state::CONNECTED;
@@ -1491,7 +1526,7 @@ pub fn link(
                                 continue;
                             }
                         };
-                        v.push(CrossEnd {
+                        v.ends.push(CrossEnd {
                             index: c.index,
                             fd: c.fd,
                             ino: c.ino,

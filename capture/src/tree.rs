@@ -21,7 +21,7 @@ use crate::tracee::PtraceError;
 use cryo_image::fds::{file_flags, pipe_flags, socket_state};
 use cryo_image::tree::{proc_state, TreeFd, TreeFile, TreeProc};
 use cryo_image::{fd_kind, Fd, NO_INDEX};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// One process of the tree.
 #[derive(Debug)]
@@ -329,6 +329,7 @@ pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> (Vec<Tr
         }
     }
     let served = served_elsewhere(procs);
+    ghosts_served(procs, &served, obs);
     let mut keys: Vec<_> = by_inode.keys().copied().collect();
     keys.sort();
     for key in keys {
@@ -482,6 +483,75 @@ fn served_elsewhere(procs: &[(i32, &Inspected)]) -> Vec<(usize, usize)> {
     out
 }
 
+/// Ghosts (`socket_flags::GHOST`) that datagram sockets connect to by
+/// name at a tree's restore. A client of a ghost of another process
+/// (`sockets::GhostClient`) must be connected to a ghost bound in the
+/// tree, else it is refused by name. A ghost the restore makes once for
+/// several processes (held by several, or `served` by name to another)
+/// while some client connects by its name is bound by `cryo restore` with
+/// its file kept until every process has its fds (`KeptGhost`): no other
+/// ghost of the tree may have that name then (it would be bound in the
+/// same window, and a client could reach the wrong one), so that is
+/// refused too, naming both.
+fn ghosts_served(procs: &[(i32, &Inspected)], served: &[(usize, usize)], obs: &mut Obstacles) {
+    use cryo_image::fds::{sockaddr_bytes, sockaddr_display, socket_flags};
+    let name = |words: &[u64; 16], len: u32| {
+        let (a, n) = sockaddr_bytes(words, len);
+        a[..n].to_vec()
+    };
+    // Every ghost: inode -> (bound, its name, the processes holding it).
+    let mut ghosts: BTreeMap<u64, (bool, Vec<u8>, Vec<usize>)> = BTreeMap::new();
+    // The names GHOST_PEER clients connect to.
+    let mut wanted: Vec<Vec<u8>> = Vec::new();
+    for (p, (_, ins)) in procs.iter().enumerate() {
+        for f in ins.b.fds.iter().filter(|f| f.kind == fd_kind::SOCKET) {
+            let Some(s) = ins.b.sockets.get(f.object as usize) else {
+                continue;
+            };
+            if s.flags & socket_flags::GHOST != 0 {
+                let e = ghosts.entry(f.ino).or_insert_with(|| {
+                    (
+                        s.state == socket_state::BOUND,
+                        name(&s.addr, s.addr_len),
+                        Vec::new(),
+                    )
+                });
+                if !e.2.contains(&p) {
+                    e.2.push(p);
+                }
+            }
+            if s.flags & socket_flags::GHOST_PEER != 0 {
+                wanted.push(name(&s.peer, s.peer_len));
+            }
+        }
+    }
+    for (pid, ins) in procs {
+        for c in &ins.cross.ghost_clients {
+            if !ghosts.get(&c.peer).is_some_and(|g| g.0) {
+                obs.push(format!("process {pid}: {}", c.obstacle));
+            }
+        }
+    }
+    let served_inos: Vec<u64> = served
+        .iter()
+        .filter_map(|&(p, i)| procs[p].1.b.fds.get(i).map(|f| f.ino))
+        .collect();
+    let mut said: Vec<&Vec<u8>> = Vec::new();
+    for (ino, (bound, n, holders)) in &ghosts {
+        let kept = *bound && wanted.contains(n) && (holders.len() > 1 || served_inos.contains(ino));
+        if !kept || said.contains(&n) {
+            continue;
+        }
+        if let Some((other, _)) = ghosts.iter().find(|(i, g)| *i != ino && g.1 == *n) {
+            said.push(n);
+            obs.push(format!(
+                "unix sockets socket:[{ino}] and socket:[{other}] of the tree were both bound to {} and their files removed since, and processes connect to it by that name at restore; cryo can bind only one of them there while they do",
+                sockaddr_display(n)
+            ));
+        }
+    }
+}
+
 /// Every fd of every holder of a description (`holders`: the process and
 /// the description's first fd there) as object `object`.
 fn describe(
@@ -546,7 +616,7 @@ fn socket_pairs(
         }
     }
     for (_, ins) in procs {
-        for c in &ins.cross {
+        for c in &ins.cross.ends {
             if holders.contains_key(&c.peer) {
                 pairs.push((c.ino.min(c.peer), c.ino.max(c.peer)));
             } else {
@@ -573,11 +643,9 @@ fn socket_pairs(
             // An end whose process saw it paired outside: its bytes and
             // shutdown state are read here (an end paired inside its
             // process had them read with it).
-            let Some((p, c)) = procs
-                .iter()
-                .enumerate()
-                .find_map(|(p, (_, ins))| ins.cross.iter().find(|c| c.ino == end).map(|c| (p, c)))
-            else {
+            let Some((p, c)) = procs.iter().enumerate().find_map(|(p, (_, ins))| {
+                ins.cross.ends.iter().find(|c| c.ino == end).map(|c| (p, c))
+            }) else {
                 continue;
             };
             match c.queued() {

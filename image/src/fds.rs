@@ -589,7 +589,9 @@ pub mod socket_flags {
     /// (11.1) A unix datagram socket (CONNECTED) connected to the GHOST
     /// socket `pair` of the process: its name leads to nothing (or to
     /// another file) now, so restore connects it while that socket is
-    /// bound there again, before the file is removed.
+    /// bound there again, before the file is removed. `pair` NO_INDEX: a
+    /// ghost of another process of the tree, which `cryo restore` makes
+    /// and keeps the file of until every process has its fds.
     pub const GHOST_PEER: u32 = 1 << 5;
     /// Every bit a reader of this version knows.
     pub const ALL: u32 = ACCEPTED | FOREIGN | FRAMED | RELATIVE | GHOST | GHOST_PEER;

@@ -200,13 +200,15 @@ impl<'a> Image<'a> {
                 && s.addr_len <= 128
                 && s.peer_len <= 128
                 && s.flags & !crate::fds::socket_flags::ALL == 0;
-            // Connected to a ghost of the process: that socket is one.
+            // Connected to a ghost of the process (that socket is one), or
+            // of another process of the tree (NO_INDEX).
             let ghost_peer = s.flags & crate::fds::socket_flags::GHOST_PEER == 0
                 || (s.state == crate::fds::socket_state::CONNECTED
-                    && self
-                        .sockets()
-                        .get(s.pair as usize)
-                        .is_some_and(|g| g.flags & crate::fds::socket_flags::GHOST != 0));
+                    && (s.pair == NO_INDEX
+                        || self
+                            .sockets()
+                            .get(s.pair as usize)
+                            .is_some_and(|g| g.flags & crate::fds::socket_flags::GHOST != 0)));
             if !(ok && ghost_peer) {
                 return Err(ImageError::BadIndex {
                     section: "sockets",

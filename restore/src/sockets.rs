@@ -971,6 +971,119 @@ impl Drop for DirsMade {
     }
 }
 
+/// A ghost (`socket_flags::GHOST`) that datagram sockets of other
+/// processes of a tree are connected to: made by `cryo restore` before the
+/// tree is forked, bound at its name with its file kept (and what was at
+/// the name moved aside, directories made) until every process has
+/// connected to it, then put as it was: [`KeptGhost::release`] (by the
+/// root, at the *ready* barrier), or on drop if the restore fails. (Only
+/// one process drops it: the forked processes of the tree end with
+/// `exit_now` or exec, and panics abort.)
+pub(crate) struct KeptGhost {
+    path: std::path::PathBuf,
+    aside: Option<std::path::PathBuf>,
+    dirs: Option<DirsMade>,
+    done: bool,
+}
+
+impl KeptGhost {
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    pub(crate) fn release(mut self) -> Result<(), RestoreError> {
+        self.undo().map_err(|w| RestoreError::Fd {
+            fd: -1,
+            what: "unix socket whose file was gone".into(),
+            why: w,
+        })
+    }
+
+    fn undo(&mut self) -> Result<(), Why> {
+        self.done = true;
+        let shown = self.path.display().to_string();
+        let removed = std::fs::remove_file(&self.path).map_err(|e| {
+            Why::sys(
+                format!("removing {shown} (its file was gone at capture)"),
+                e,
+            )
+        });
+        if let Some(tmp) = self.aside.take() {
+            std::fs::rename(&tmp, &self.path)
+                .map_err(|e| Why::sys(format!("moving {} back to {shown}", tmp.display()), e))?;
+        }
+        if let Some(d) = self.dirs.take() {
+            d.remove()?;
+        }
+        removed
+    }
+}
+
+impl Drop for KeptGhost {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.undo();
+        }
+    }
+}
+
+/// Make a ghost socket (`fds::Plan` `p`, socket `object`) that clients in
+/// other processes of the tree connect to by name: bound there, its file
+/// kept ([`KeptGhost`]).
+pub(crate) fn make_kept_ghost(
+    img: &Image,
+    p: &FdPlan,
+    object: u32,
+    flags: i32,
+) -> Result<(RawFd, KeptGhost), RestoreError> {
+    let s = img
+        .sockets()
+        .get(object as usize)
+        .ok_or_else(|| fd_err(p, "no socket state in the image"))?;
+    let addr = addr_of(&s);
+    let shown = sockaddr_display(&addr);
+    let path = unix_path(&addr)
+        .ok_or_else(|| fd_err(p, format!("{shown}: a ghost without a path name")))?;
+    let fd = sys::socket(s.family as i32, s.sock_type as i32, s.protocol as i32)
+        .map_err(|e| fd_err(p, Why::sys("socket", e)))?;
+    set_options(img, object, fd.as_fd()).map_err(|w| fd_err(p, w))?;
+    let dirs = DirsMade::for_path(&path).map_err(|w| fd_err(p, w))?;
+    let mut kept = KeptGhost {
+        path: path.clone(),
+        aside: None,
+        dirs: Some(dirs),
+        // (Nothing of ours at the path yet.)
+        done: true,
+    };
+    if path.symlink_metadata().is_ok() {
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(format!(".cryo-aside-{}", std::process::id()));
+        let tmp = std::path::PathBuf::from(tmp);
+        std::fs::rename(&path, &tmp).map_err(|e| {
+            fd_err(
+                p,
+                Why::sys(
+                    format!("moving {shown} aside to bind the socket whose file it replaced"),
+                    e,
+                ),
+            )
+        })?;
+        kept.aside = Some(tmp);
+    }
+    let bound = sys::bind(fd.as_fd(), &addr);
+    kept.done = bound.is_err();
+    if let Err(e) = bound {
+        // (What was moved aside goes back, the directories made go.)
+        if let Some(tmp) = kept.aside.take() {
+            let _ = std::fs::rename(&tmp, &kept.path);
+        }
+        return Err(fd_err(p, Why::sys(format!("binding {shown}"), e)));
+    }
+    let raw = fd.into_raw_fd();
+    set_status_flags(raw, flags).map_err(|e| fd_err(p, e))?;
+    Ok((raw, kept))
+}
+
 /// Whether a datagram socket of the process is connected to `object`, a
 /// ghost (`socket_flags::GHOST_PEER`): it is bound later, in
 /// [`connect_waiting`], and they connect while it is.
@@ -1322,7 +1435,7 @@ pub(crate) fn connect_waiting(img: &Image) -> Result<(), RestoreError> {
         let clients = with_objects
             .iter()
             .filter(|(_, c, _)| c.flags & socket_flags::GHOST_PEER != 0 && c.pair == *object);
-        bind_ghost(g, ours.as_fd(), |addr| {
+        let connect = |addr: &[u8]| {
             for (_, _, cfd) in clients {
                 sys::connect_at(*cfd, addr).map_err(|e| {
                     Why::sys(
@@ -1335,8 +1448,14 @@ pub(crate) fn connect_waiting(img: &Image) -> Result<(), RestoreError> {
                 })?;
             }
             Ok(())
-        })
-        .map_err(|w| err(*fd, w))?;
+        };
+        // (Bound already: a ghost other processes of the tree connect to
+        // too, made by `cryo restore` with its file kept, `KeptGhost`.)
+        if sys::sockname(ours.as_fd()).is_ok_and(|a| a.len() > 2) {
+            connect(&addr_of(g)).map_err(|w| err(*fd, w))?;
+            continue;
+        }
+        bind_ghost(g, ours.as_fd(), connect).map_err(|w| err(*fd, w))?;
     }
     let firsts: Vec<(Socket, i32)> = with_objects.into_iter().map(|(_, s, fd)| (s, fd)).collect();
     for (s, fd) in &firsts {
@@ -1948,10 +2067,8 @@ pub(crate) fn make(
         // (Connected to a socket this process binds, or to a ghost of
         // the process: later, once that one is bound, by
         // `connect_waiting`.)
-        if s.state == socket_state::CONNECTED
-            && s.flags & socket_flags::GHOST_PEER == 0
-            && !peer_bound_here(img, &s)
-        {
+        let ghost_here = s.flags & socket_flags::GHOST_PEER != 0 && s.pair != cryo_image::NO_INDEX;
+        if s.state == socket_state::CONNECTED && !ghost_here && !peer_bound_here(img, &s) {
             let peer = peer_of(&s);
             sys::connect(fd.as_fd(), &peer)
                 .map_err(|e| sysw(&format!("connecting to {}", sockaddr_display(&peer)), e))?;

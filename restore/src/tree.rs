@@ -51,6 +51,9 @@ pub(crate) struct Tree {
     members: Vec<Member>,
     /// The shared objects, ours until every process has its copies.
     _made: Vec<OwnedFd>,
+    /// Ghost sockets whose files are kept until every process has
+    /// connected to them (released at the *ready* barrier).
+    ghosts: RefCell<Vec<crate::sockets::KeptGhost>>,
     /// The pty pairs made again.
     ptys: crate::ptys::Ptys,
 }
@@ -183,6 +186,7 @@ pub(crate) fn prepare(
     plan.tree = Some(Box::new(Tree {
         members,
         _made: made.ours,
+        ghosts: RefCell::new(made.ghosts),
         ptys,
     }));
     Ok(plan)
@@ -253,6 +257,7 @@ struct Made {
     /// `MadeFor::from_peer`, by PID.
     from_peer: BTreeMap<u32, Vec<(i32, i32, i32)>>,
     ours: Vec<OwnedFd>,
+    ghosts: Vec<crate::sockets::KeptGhost>,
 }
 
 /// Make every object of `tree_fds` once.
@@ -583,8 +588,39 @@ fn make_shared<'a>(
         let (p, _) = fds::source_one(loaded, &img, i, stdio, verify, Some(ptys))
             .map_err(|e| in_process(recs[k].pid, e))?;
         let made_file = |file: u32| stored.get(&(k, file)).copied();
-        let fd = make_one(loaded, &img, &p, verify, &made_file)
-            .map_err(|e| in_process(recs[k].pid, e))?;
+        // A ghost socket that clients (of any process) connect to by
+        // name: its file kept until they all have.
+        let ghost = match p.source {
+            Source::Socket { sock, flags } => img
+                .sockets()
+                .get(sock as usize)
+                .filter(|s| {
+                    s.flags & cryo_image::fds::socket_flags::GHOST != 0
+                        && s.state == socket_state::BOUND
+                        && ghost_wanted(s, recs.len(), img_of)
+                })
+                .map(|_| (sock, flags)),
+            _ => None,
+        };
+        let fd = match ghost {
+            Some((sock, flags)) => {
+                let (fd, kept) = crate::sockets::make_kept_ghost(&img, &p, sock, flags)
+                    .map_err(|e| in_process(recs[k].pid, e))?;
+                if made.ghosts.iter().any(|g| g.path() == kept.path()) {
+                    return Err(in_process(
+                        recs[k].pid,
+                        RestoreError::Tree(format!(
+                            "two sockets whose files were gone are bound to {} and connected to by that name (capture refuses this)",
+                            kept.path().display()
+                        )),
+                    ));
+                }
+                made.ghosts.push(kept);
+                fd
+            }
+            None => make_one(loaded, &img, &p, verify, &made_file)
+                .map_err(|e| in_process(recs[k].pid, e))?,
+        };
         give(fds, fd, &mut made);
     }
     // The ended processes of those pidfds: waited for now that every
@@ -593,6 +629,27 @@ fn make_shared<'a>(
         let _ = sys::waitpid(pid, libc::__WALL);
     }
     Ok(made)
+}
+
+/// Whether a datagram socket of the tree connects to ghost `g` by its name
+/// (`socket_flags::GHOST_PEER`): clients of a ghost shared by several
+/// processes, or of another process's.
+fn ghost_wanted<'a>(
+    g: &cryo_image::fds::Socket,
+    n: usize,
+    img_of: &dyn Fn(usize) -> Option<(&'a LoadedImage, Image<'a>)>,
+) -> bool {
+    let name = |w: &[u64; 16], len: u32| {
+        let (a, n) = cryo_image::fds::sockaddr_bytes(w, len);
+        a[..n].to_vec()
+    };
+    let want = name(&g.addr, g.addr_len);
+    (0..n).filter_map(img_of).any(|(_, img)| {
+        img.sockets().iter().any(|s| {
+            s.flags & cryo_image::fds::socket_flags::GHOST_PEER != 0
+                && name(&s.peer, s.peer_len) == want
+        })
+    })
 }
 
 /// Ended processes made for pidfds of the tree: (pidfs inode at capture,
@@ -789,8 +846,12 @@ pub(crate) fn exec(root: Plan, tree: Box<Tree>) -> RestoreError {
             ));
         }
         // Every process is in its group by now (zombies too): the groups'
-        // holders go.
+        // holders go. Every process has connected to the ghosts: their
+        // files go.
         holders.release();
+        for g in std::mem::take(&mut *tree.ghosts.borrow_mut()) {
+            g.release()?;
+        }
         cx.bar.go(Step::Ready);
         Ok(())
     };

@@ -605,9 +605,11 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
                         .fds()
                         .iter()
                         .find(|g| g.kind == fd_kind::SOCKET && g.object == k.pair)
-                        .map_or(-1, |g| g.fd);
+                        .map_or("in another process of the tree".to_owned(), |g| {
+                            format!("fd {}", g.fd)
+                        });
                     out += &format!(
-                        " -> {} (fd {g}, whose file was gone: connected while it is bound)",
+                        " -> {} ({g}, whose file was gone: connected while it is bound)",
                         sockaddr_display(&pa[..pn])
                     )
                 }
