@@ -341,6 +341,14 @@ fn o_path_and_proc_fds() {
     case("opath");
 }
 
+/// A working directory that is the /proc directory of a process that
+/// ended: made again from a process with that PID, ended at once
+/// (refused until stop 27).
+#[test]
+fn working_directory_of_a_dead_process_in_proc() {
+    case("proc-cwd");
+}
+
 #[test]
 fn removed_working_directory() {
     case("cwd");

@@ -36,10 +36,15 @@ pub fn capture(
     if cwd_deleted {
         // (Made again at restore, with the directories above it that
         // were removed too, for a moment.)
-        let path = std::path::Path::new(cwd.trim_end_matches(" (deleted)"));
-        if path.starts_with("/proc") {
+        // A dead process's /proc/PID itself (zdtm unhashed_proc) is made
+        // again from a process with that PID, ended at once; anything
+        // deeper in one is not.
+        let path = cwd.trim_end_matches(" (deleted)");
+        if std::path::Path::new(path).starts_with("/proc")
+            && cryo_image::types::dead_proc_dir(path).is_none()
+        {
             obs.push(format!(
-                "its working directory {cwd} is a dead process's /proc directory; cryo cannot make it again"
+                "its working directory {cwd} is in a dead process's /proc directory; cryo makes /proc/PID of a dead process again, nothing deeper in it"
             ));
         }
     }

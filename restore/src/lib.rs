@@ -284,6 +284,20 @@ fn prepare_one(
         personality: p.personality,
         rlimits,
     };
+    // A dead process's /proc directory as the working directory: entered
+    // from a process made with that PID (in a new PID namespace, free).
+    if let Some(pid) = cryo_image::dead_proc_dir(&setup.cwd).filter(|_| setup.cwd_deleted) {
+        if !own_status.cap_sys_admin {
+            return Err(RestoreError::Task(format!(
+                "its working directory was /proc/{pid} of a process that had ended; making it again needs a process with PID {pid} for a moment (clone3 set_tid), which needs CAP_SYS_ADMIN"
+            )));
+        }
+        if !opts.pidns && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(RestoreError::Task(format!(
+                "its working directory was /proc/{pid} of a process that had ended, and PID {pid} is taken now; end that process, or restore with --pidns"
+            )));
+        }
+    }
     let gadgets_ok = checks::gadgets_in_image(&image, &img);
     if !img.threads().is_empty() && !gadgets_ok {
         return Err(RestoreError::NoThreadGadgets(img.threads().len() + 1));

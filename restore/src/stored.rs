@@ -390,6 +390,13 @@ fn remove_parents(made: &[CString]) {
 /// are one directory again), else an empty directory made at its path
 /// (or next to it), entered, removed.
 pub fn enter_removed_dir(plan: &Plan, path: &str) -> Result<(), RestoreError> {
+    if let Some(pid) = cryo_image::dead_proc_dir(path) {
+        return sys::enter_dead_proc_dir(pid).map_err(|e| {
+            e.into_sys(format!(
+                "entering {path} of a process made with PID {pid} and ended (the working directory was that dead process's /proc directory)"
+            ))
+        });
+    }
     let same = plan.fds.iter().find(|p| {
         matches!(&p.source, Source::Remade { path: q, mode, .. }
             if q == path && mode & libc::S_IFMT == libc::S_IFDIR)

@@ -923,6 +923,38 @@ static void cwd_check(void) {
     CHECK((a.st_mode & 07777) == 0750, "its mode");
 }
 
+/* A working directory that is the /proc directory of a process that ended
+ * (zdtm unhashed_proc): getcwd fails, and /proc/self/cwd names that
+ * process's directory, its PID the same. */
+static char pc_link[64];
+static void proc_cwd_setup(void) {
+    pid_t p = fork();
+    CHECK(p >= 0, "fork");
+    if (p == 0) {
+        pause();
+        _exit(0);
+    }
+    char d[32];
+    snprintf(d, sizeof d, "/proc/%d", p);
+    CHECK(chdir(d) == 0, "chdir %s", d);
+    CHECK(kill(p, SIGKILL) == 0 && waitpid(p, NULL, 0) == p, "its end");
+    ssize_t n = readlink("/proc/self/cwd", pc_link, sizeof pc_link - 1);
+    CHECK(n > 0, "readlink");
+    pc_link[n] = 0;
+    char want[64];
+    snprintf(want, sizeof want, "/proc/%d (deleted)", p);
+    CHECK(!strcmp(pc_link, want), "a dead process's directory: %s", pc_link);
+}
+static void proc_cwd_check(void) {
+    char buf[4096];
+    CHECK(getcwd(buf, sizeof buf) == NULL && errno == ENOENT, "getcwd fails as it did");
+    ssize_t n = readlink("/proc/self/cwd", buf, sizeof buf - 1);
+    CHECK(n > 0, "readlink");
+    buf[n] = 0;
+    CHECK(!strcmp(buf, pc_link), "the same dead process's directory: %s, was %s", buf, pc_link);
+    CHECK(chdir("/") == 0 && chdir("..") == 0, "and it can leave it");
+}
+
 /* Unix sockets bound to relative names (the kernel keeps the name as
  * given): a stream listener at "l.sock" and a datagram socket at
  * "sub/d.sock", bound from the working directory, which stays. After the
@@ -2255,6 +2287,7 @@ static const struct fcase cases[] = {
     {"widowed", widowed_setup, widowed_check, NULL},
     {"ghost", ghost_setup, ghost_check, NULL},
     {"ghost-dgram", ghost_dgram_setup, ghost_dgram_check, NULL},
+    {"proc-cwd", proc_cwd_setup, proc_cwd_check, NULL},
     {"special-maps", special_maps_setup, special_maps_check, NULL},
     {"inotify", inotify_setup, inotify_check, NULL},
     {"sigtrap", sigtrap_setup, sigtrap_check, NULL},

@@ -67,7 +67,20 @@ pub mod process_flags {
     pub const HAS_RSEQ: u32 = 1 << 3;
     /// The working directory had been removed (`cwd` is its last path);
     /// restore makes an empty directory there, enters it and removes it.
+    /// (11.1) `cwd` /proc/PID ([`super::dead_proc_dir`]): the /proc
+    /// directory of a process that ended, entered again from a process
+    /// made with that PID and ended at once.
     pub const CWD_DELETED: u32 = 1 << 4;
+}
+
+/// The PID of a path /proc/PID (digits only), the /proc directory of a
+/// process (a removed working directory there is a dead process's).
+pub fn dead_proc_dir(path: &str) -> Option<i32> {
+    let n = path.strip_prefix("/proc/")?;
+    (!n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+        .then(|| n.parse().ok())
+        .flatten()
+        .filter(|&p| p > 0)
 }
 
 record! {

@@ -245,6 +245,32 @@ pub fn group_holder(pgid: i32) -> io::Result<i32> {
     }
 }
 
+/// Enter /proc/PID of a process made with PID `pid` for the moment and
+/// ended at once: the working directory is then that dead process's /proc
+/// directory (getcwd fails with ENOENT, /proc/self/cwd reads
+/// "/proc/PID (deleted)"), as the captured one was (zdtm unhashed_proc).
+/// The process has no exit signal (no SIGCHLD for the restored program).
+pub fn enter_dead_proc_dir(pid: i32) -> io::Result<()> {
+    let tid = [pid as libc::pid_t];
+    match clone3_fork(&CloneArgs {
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    })? {
+        Forked::Child => loop {
+            // SAFETY: pause takes nothing.
+            unsafe { libc::pause() };
+        },
+        Forked::Parent(p) => {
+            let path = std::ffi::CString::new(format!("/proc/{p}")).expect("no NUL");
+            let r = crate::sys::chdir(&path);
+            let _ = kill(p, libc::SIGKILL);
+            let _ = waitpid(p, libc::__WALL);
+            r
+        }
+    }
+}
+
 /// fork(2) that gives the child PID `pid` (clone3 with `set_tid`; needs
 /// CAP_SYS_ADMIN over the PID namespace). EEXIST: the PID is taken.
 pub fn fork_with_pid(pid: i32) -> io::Result<Forked> {
