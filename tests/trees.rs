@@ -547,6 +547,31 @@ for i, (pid, go) in enumerate(kids):
 print("PASS", flush=True)
 "#;
     refused(two_ghosts, &[], "were both bound to");
+    // One hung-up terminal opened separately by two processes: made again
+    // in each, it would be two terminals.
+    let hung_up = r#"
+import os, pty, sys
+m, s = pty.openpty()
+name = os.ttyname(s)
+r, w = os.pipe()
+g, go = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(m)
+    mine = os.open(name, os.O_RDWR | os.O_NOCTTY)
+    os.write(w, b"r"); os.read(g, 1); os._exit(0)
+os.read(r, 1)
+os.close(m)
+print("READY", flush=True); sys.stdin.readline()
+os.write(go, b"g")
+assert os.waitpid(pid, 0)[1] == 0
+print("PASS", flush=True)
+"#;
+    refused(
+        hung_up,
+        &[],
+        "not through one shared open; cryo would make it again as several terminals",
+    );
     // Files in flight queued both ways in a pair between two processes,
     // shut down after: each process would send its own queue again, and
     // neither would know when to shut down.
@@ -1309,6 +1334,67 @@ print("PASS", flush=True)
 "#;
     python_round_trips(
         "tree-dgram-ghost",
+        script,
+        |_| {},
+        &[&[], &["--lazy"], &["--map"], &["--pidns"]],
+    );
+}
+
+/// A child whose terminal was hung up (its master closed, as when an ssh
+/// session ends under a program that ignores SIGHUP): its fds 0-2 (one
+/// open) and another open of that terminal come back hung up, one
+/// terminal still: reads give end of file, writes and ioctls EIO, and it
+/// has no controlling terminal. (Refused as "a terminal of a removed
+/// devpts instance" until stop 27.)
+#[test]
+fn child_with_a_hung_up_terminal() {
+    let script = r#"
+import os, pty, signal, sys, termios, errno
+m, s = pty.openpty()
+r, w = os.pipe()
+go_r, go_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(m)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    os.setsid()
+    import fcntl
+    fcntl.ioctl(s, termios.TIOCSCTTY, 0)
+    for n in (0, 1, 2):
+        os.dup2(s, n)
+    other = os.open(os.ttyname(s), os.O_RDWR | os.O_NOCTTY)
+    os.close(s)
+    os.write(w, b"r")
+    os.read(go_r, 1)
+    def fails(f, code):
+        try:
+            f()
+        except (OSError, termios.error) as e:
+            return e.args[0] == code
+        return False
+    ok = (
+        os.read(0, 10) == b""
+        and fails(lambda: os.write(1, b"x"), errno.EIO)
+        and fails(lambda: termios.tcgetattr(other), errno.EIO)
+        and os.fstat(0).st_rdev == os.fstat(other).st_rdev
+        and os.major(os.fstat(0).st_rdev) == 136
+        and fails(lambda: os.open("/dev/tty", os.O_RDWR), errno.ENXIO)
+        and os.readlink("/proc/self/fd/0").endswith(" (deleted)")
+    )
+    os.write(w, b"y" if ok else b"n")
+    os._exit(0 if ok else 1)
+os.close(w)
+os.read(r, 1)
+os.close(m); os.close(s)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+os.write(go_w, b"g")
+assert os.read(r, 1) == b"y"
+assert os.waitpid(pid, 0)[1] == 0
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "tree-hung-up-tty",
         script,
         |_| {},
         &[&[], &["--lazy"], &["--map"], &["--pidns"]],

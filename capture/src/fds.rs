@@ -182,10 +182,9 @@ fn classify(f: &OpenFd) -> Result<u32, String> {
             {
                 Ok(fd_kind::PTY)
             } else if fmt == libc::S_IFCHR && maj == 136 && deleted {
-                Err(format!(
-                    "fd {} is a terminal of a removed devpts instance ({t}); not supported",
-                    f.fd
-                ))
+                // (Its master closed, checked with the fd: else a
+                // terminal of a devpts instance unmounted since.)
+                Ok(fd_kind::HUNG_UP_TTY)
             } else if fmt == libc::S_IFCHR && (maj == 136 || maj == 4 || (maj == 5 && min <= 1)) {
                 Ok(fd_kind::TTY)
             } else {
@@ -332,6 +331,33 @@ pub fn capture(
         };
         let mut file = NO_INDEX;
         match kind {
+            // A terminal whose master was closed (zdtm pty04; a program
+            // left running after its ssh session ended) is hung up: every
+            // ioctl fails with EIO. One that answers is a terminal of a
+            // devpts instance unmounted since, which cryo cannot make.
+            fd_kind::HUNG_UP_TTY => {
+                let dup = pidfd
+                    .as_ref()
+                    .ok_or_else(|| std::io::Error::other("pidfd_open failed"))
+                    .and_then(|p| sys::pidfd_getfd(p, f.fd));
+                match dup.map(|d| sys::tty::termios(&d)) {
+                    Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => {}
+                    Ok(_) => {
+                        obs.push(format!(
+                            "fd {} is a terminal of a removed devpts instance ({}); not supported",
+                            f.fd, f.target
+                        ));
+                        continue;
+                    }
+                    Err(e) => {
+                        obs.push(format!(
+                            "fd {} ({}): cannot reach the terminal to check it is hung up: {e}",
+                            f.fd, f.target
+                        ));
+                        continue;
+                    }
+                }
+            }
             fd_kind::REGULAR if f.target.ends_with(" (deleted)") => {
                 if f.flags & O_PATH != 0 {
                     obs.push(format!(

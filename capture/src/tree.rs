@@ -432,6 +432,7 @@ pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> (Vec<Tr
             next_object += 1;
         }
     }
+    hung_up_terminals(procs, &out, obs);
     (out, queued)
 }
 
@@ -547,6 +548,35 @@ fn ghosts_served(procs: &[(i32, &Inspected)], served: &[(usize, usize)], obs: &m
             obs.push(format!(
                 "unix sockets socket:[{ino}] and socket:[{other}] of the tree were both bound to {} and their files removed since, and processes connect to it by that name at restore; cryo can bind only one of them there while they do",
                 sockaddr_display(n)
+            ));
+        }
+    }
+}
+
+/// A hung-up terminal (`fd_kind::HUNG_UP_TTY`) is made again as the slave
+/// of a new pair: the descriptions one process makes itself from one
+/// pair, those several processes hold (`shared`, made by `cryo restore`)
+/// from one pair. So a terminal open in several processes must be so
+/// through shared descriptions only, else parts of it would come back as
+/// another terminal: refused by name.
+fn hung_up_terminals(procs: &[(i32, &Inspected)], shared: &[TreeFd], obs: &mut Obstacles) {
+    // rdev -> (processes, whether one of its fds is not shared)
+    let mut by_tty: BTreeMap<u64, (Vec<usize>, bool)> = BTreeMap::new();
+    for (p, (pid, ins)) in procs.iter().enumerate() {
+        for f in ins.b.fds.iter().filter(|f| f.kind == fd_kind::HUNG_UP_TTY) {
+            let e = by_tty.entry(f.rdev).or_default();
+            if !e.0.contains(&p) {
+                e.0.push(p);
+            }
+            e.1 |= !shared.iter().any(|t| t.pid == *pid as u32 && t.fd == f.fd);
+        }
+    }
+    for (rdev, (ps, own)) in by_tty {
+        if ps.len() > 1 && own {
+            obs.push(format!(
+                "the hung-up terminal /dev/pts/{} (its master closed) is open in processes {}, not through one shared open; cryo would make it again as several terminals",
+                libc::minor(rdev),
+                ps.iter().map(|&p| procs[p].0.to_string()).collect::<Vec<_>>().join(", ")
             ));
         }
     }
@@ -700,6 +730,7 @@ fn unshareable(ins: &Inspected, f: &Fd) -> Option<String> {
         | fd_kind::NULL_DEVICE
         | fd_kind::CHAR_DEVICE
         | fd_kind::TTY
+        | fd_kind::HUNG_UP_TTY
         | fd_kind::PTY
         | fd_kind::PTY_SLAVE
         | fd_kind::PIPE

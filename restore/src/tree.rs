@@ -623,6 +623,9 @@ fn make_shared<'a>(
         };
         give(fds, fd, &mut made);
     }
+    // Hung-up terminals shared between processes hang up (before any
+    // fork: a copy of a master would keep them up).
+    crate::ptys::hang_up();
     // The ended processes of those pidfds: waited for now that every
     // pidfd of them is open (no child of ours is left).
     for (_, pid) in std::mem::take(&mut *ended().lock().unwrap_or_else(|e| e.into_inner())) {
@@ -712,6 +715,8 @@ fn make_one(
             rdev,
         } => fds::open_path(p, path, *flags, *pos, *dev_ino, *rdev),
         Source::Handle { .. } | Source::Relinked { .. } => fds::open_removed(p),
+        // (Its master closed once every shared object is made.)
+        Source::HungUpTty { rdev, flags } => crate::ptys::hung_up(p, *rdev, *flags),
         Source::Socket { sock, flags } => {
             let mut pairs = Vec::new();
             crate::sockets::make(loaded, img, p, *sock, *flags, &mut pairs, verify)

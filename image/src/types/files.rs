@@ -96,6 +96,12 @@ pub mod fd_kind {
     /// `TYPE:[INODE]`, `ino` its inode. Opened again on a process in
     /// that very namespace.
     pub const NAMESPACE: u32 = 20;
+    /// (11.1) A terminal (/dev/pts/N) hung up because its master was
+    /// closed: its devpts node is gone, reads and writes fail with EIO.
+    /// Made again as the slave of a new pair whose master is closed; fds
+    /// with the same `rdev` (several descriptions of one terminal) are
+    /// slaves of one pair. Its number N may differ.
+    pub const HUNG_UP_TTY: u32 = 21;
 
     pub fn name(k: u32) -> &'static str {
         match k {
@@ -113,6 +119,7 @@ pub mod fd_kind {
             PTY => "pty master",
             PTY_SLAVE => "pty",
             NAMESPACE => "namespace",
+            HUNG_UP_TTY => "hung-up tty",
             REGULAR => "file",
             CHAR_DEVICE => "chardev",
             PIPE => "pipe",

@@ -207,6 +207,9 @@ pub fn install(
                 let path = super::namespace_path(kind, *ino).map_err(|e| fd_err(p, e))?;
                 park(open_path(p, &path, *flags, 0, None, None)?, high)?
             }
+            Source::HungUpTty { rdev, flags } => {
+                park(crate::ptys::hung_up(p, *rdev, *flags)?, high)?
+            }
             Source::Pidfd { pid, flags, start } => {
                 let pid = if *start != 0 {
                     *pid
@@ -270,6 +273,8 @@ pub fn install(
     // installing, as they may sit at numbers the program's fds take.
     drop(pipes);
     drop(stored);
+    // Hung-up terminals hang up: their masters close.
+    crate::ptys::hang_up();
 
     // The processes of dead pidfds end now (waited for: no child of
     // ours is left for the restored program to find).

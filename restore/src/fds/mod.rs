@@ -130,6 +130,9 @@ pub enum Source {
     /// A namespace (`kind`: mnt, net, ...; `ino`: its inode), opened
     /// through the /proc/PID/ns file of a process in it.
     Namespace { kind: String, ino: u64, flags: i32 },
+    /// A hung-up terminal (its master was closed): the slave of a pair
+    /// made for captured terminal `rdev` ([`crate::ptys::hung_up`]).
+    HungUpTty { rdev: u64, flags: i32 },
     /// A pidfd of a process that had ended: one made for the moment per
     /// `process` (the captured pidfd's inode), waited for once every fd
     /// is made.
@@ -503,6 +506,10 @@ fn source_of(
             flags,
         }),
         fd_kind::TTY => plan_tty(f, target, flags, err),
+        fd_kind::HUNG_UP_TTY => Ok(Source::HungUpTty {
+            rdev: f.rdev,
+            flags,
+        }),
         fd_kind::PTY | fd_kind::PTY_SLAVE => crate::ptys::source(cx.ptys, f, img, flags, err),
         fd_kind::PIDFD if f.object == NO_INDEX => Ok(Source::DeadPidfd {
             process: f.ino,
