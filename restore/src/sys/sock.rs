@@ -95,8 +95,7 @@ pub fn bind(fd: BorrowedFd, addr: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// connect(2) to the sockaddr `addr`.
-/// connect(2) of the socket at number `fd`.
+/// connect(2) of the socket at number `fd` to the sockaddr `addr`.
 pub fn connect_at(fd: RawFd, addr: &[u8]) -> io::Result<()> {
     // SAFETY: the kernel reads `addr.len()` bytes of a sockaddr from
     // `addr`; `fd` is a number (not open: EBADF).
@@ -104,6 +103,7 @@ pub fn connect_at(fd: RawFd, addr: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// connect(2) to the sockaddr `addr`.
 pub fn connect(fd: BorrowedFd, addr: &[u8]) -> io::Result<()> {
     // SAFETY: the kernel reads `addr.len()` bytes of a sockaddr from `addr`.
     cvt(unsafe {
