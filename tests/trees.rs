@@ -547,6 +547,36 @@ for i, (pid, go) in enumerate(kids):
 print("PASS", flush=True)
 "#;
     refused(two_ghosts, &[], "were both bound to");
+    // A datagram server whose directory was removed, clients of it in a
+    // child, and the processes' working directory that directory: the
+    // restore would make it again for the server while the working
+    // directories are made again there.
+    let ghost_dir = r#"
+import os, shutil, socket, sys, tempfile
+d = tempfile.mkdtemp()
+path = os.path.join(d, "sock")
+os.chdir(d)
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); srv.bind(path)
+r, w = os.pipe()
+g, go = os.pipe()
+pid = os.fork()
+if pid == 0:
+    srv.close()
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c.connect(path)
+    os.write(w, b"r"); os.read(g, 1); c.send(b"x"); os._exit(0)
+os.read(r, 1)
+shutil.rmtree(d)
+print("READY", flush=True); sys.stdin.readline()
+os.write(go, b"g")
+assert srv.recv(10) == b"x"
+assert os.waitpid(pid, 0)[1] == 0
+print("PASS", flush=True)
+"#;
+    refused(
+        ghost_dir,
+        &[],
+        "cryo would make that directory again for it while process",
+    );
     // One hung-up terminal opened separately by two processes: made again
     // in each, it would be two terminals.
     let hung_up = r#"

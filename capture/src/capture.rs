@@ -217,6 +217,7 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
             let procs: Vec<(i32, &Inspected)> = pids.iter().copied().zip(all.iter()).collect();
             let files = crate::tree::shared_memory(&procs);
             let (shared, queued) = crate::tree::share(&procs, &mut obs);
+            crate::tree::dead_proc_cwds(&tree, &procs, &mut obs);
             all[0].b.tree_fds = shared;
             for (p, index, bytes, framed) in queued {
                 if framed {

@@ -1398,7 +1398,32 @@ pub fn link(
                         .then_some(c.diag.rqueue as usize);
                     sock::peek_messages(&c.dup, c.diag.rqueue as usize, eof_at)
                 };
+                // A datagram end takes messages from anyone until it is
+                // connected: one that came from another socket than its
+                // peer would be sent again by the peer, with the peer's
+                // name as its sender.
+                let stranger = |m: &[sock::Message]| {
+                    let other = &b.sockets[o.index];
+                    let (a, n) = cryo_image::fds::sockaddr_bytes(&other.addr, other.addr_len);
+                    let want = if n > 2 { a[..n].to_vec() } else { Vec::new() };
+                    m.iter().find(|m| m.from != want).map(|m| m.from.clone())
+                };
                 match peeked {
+                    Ok(Ok(m))
+                        if s.sock_type as i32 == libc::SOCK_DGRAM && stranger(&m).is_some() =>
+                    {
+                        let from = stranger(&m).unwrap_or_default();
+                        obs.push(format!(
+                            "fd {} ({what}, paired with fd {}) has datagrams queued that came from {} before it was connected, not from its peer; they cannot be sent again from that address",
+                            c.fd,
+                            o.fd,
+                            if from.is_empty() {
+                                "an unnamed socket".to_owned()
+                            } else {
+                                sockaddr_display(&from)
+                            }
+                        ));
+                    }
                     Ok(Ok(m)) if is_stream && m.iter().all(|m| m.nfds == 0) => {
                         stored.blobs.push(PendingBlob {
                             to: BlobOwner::Socket(c.index),

@@ -436,6 +436,35 @@ pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> (Vec<Tr
     (out, queued)
 }
 
+/// A working directory that is a dead process's /proc/PID is entered at
+/// restore from a process made with that PID for a moment: not while a
+/// holder of process group PID (its leader gone) holds it, which lives
+/// until every process is ready.
+pub(crate) fn dead_proc_cwds(t: &Tree, procs: &[(i32, &Inspected)], obs: &mut Obstacles) {
+    for (pid, ins) in procs {
+        let p = &ins.b.process;
+        if p.flags & cryo_image::process_flags::CWD_DELETED == 0 {
+            continue;
+        }
+        let r = p.cwd;
+        let cwd = ins
+            .b
+            .strings
+            .bytes()
+            .get(r.off as usize..(r.off + r.len) as usize)
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        let Some(dead) = cryo_image::dead_proc_dir(&cwd) else {
+            continue;
+        };
+        if t.members.iter().any(|m| m.rec.pgid == dead as u32) {
+            obs.push(format!(
+                "process {pid}'s working directory is /proc/{dead} of a process that ended, and {dead} is the id of a process group of the tree that lives on; a restore cannot make both"
+            ));
+        }
+    }
+}
+
 /// Bound unix sockets (process, first fd of the description) that a
 /// socket of another process is connected to by their path (a datagram
 /// server and its clients): made by the restore before any process
@@ -501,9 +530,12 @@ fn ghosts_served(procs: &[(i32, &Inspected)], served: &[(usize, usize)], obs: &m
         a[..n].to_vec()
     };
     // Every ghost: inode -> (bound, its name, the processes holding it).
-    let mut ghosts: BTreeMap<u64, (bool, Vec<u8>, Vec<usize>)> = BTreeMap::new();
+    let mut ghosts: BTreeMap<u64, Ghost> = BTreeMap::new();
     // The names GHOST_PEER clients connect to.
     let mut wanted: Vec<Vec<u8>> = Vec::new();
+    // The names other sockets have (bound there, or a connection's end
+    // made through a listener bound there for a moment).
+    let mut named: Vec<(Vec<u8>, i32, i32)> = Vec::new();
     for (p, (_, ins)) in procs.iter().enumerate() {
         for f in ins.b.fds.iter().filter(|f| f.kind == fd_kind::SOCKET) {
             let Some(s) = ins.b.sockets.get(f.object as usize) else {
@@ -524,6 +556,9 @@ fn ghosts_served(procs: &[(i32, &Inspected)], served: &[(usize, usize)], obs: &m
             if s.flags & socket_flags::GHOST_PEER != 0 {
                 wanted.push(name(&s.peer, s.peer_len));
             }
+            if s.flags & socket_flags::GHOST == 0 && s.addr_len > 2 {
+                named.push((name(&s.addr, s.addr_len), procs[p].0, f.fd));
+            }
         }
     }
     for (pid, ins) in procs {
@@ -537,10 +572,14 @@ fn ghosts_served(procs: &[(i32, &Inspected)], served: &[(usize, usize)], obs: &m
         .iter()
         .filter_map(|&(p, i)| procs[p].1.b.fds.get(i).map(|f| f.ino))
         .collect();
+    let kept = |ino: &u64, (bound, n, holders): &Ghost| {
+        *bound && wanted.contains(n) && (holders.len() > 1 || served_inos.contains(ino))
+    };
+    ghost_dirs(procs, &ghosts, &kept, obs);
     let mut said: Vec<&Vec<u8>> = Vec::new();
-    for (ino, (bound, n, holders)) in &ghosts {
-        let kept = *bound && wanted.contains(n) && (holders.len() > 1 || served_inos.contains(ino));
-        if !kept || said.contains(&n) {
+    for (ino, g) in &ghosts {
+        let n = &g.1;
+        if !kept(ino, g) || said.contains(&n) {
             continue;
         }
         if let Some((other, _)) = ghosts.iter().find(|(i, g)| *i != ino && g.1 == *n) {
@@ -548,6 +587,102 @@ fn ghosts_served(procs: &[(i32, &Inspected)], served: &[(usize, usize)], obs: &m
             obs.push(format!(
                 "unix sockets socket:[{ino}] and socket:[{other}] of the tree were both bound to {} and their files removed since, and processes connect to it by that name at restore; cryo can bind only one of them there while they do",
                 sockaddr_display(n)
+            ));
+        } else if let Some((_, pid, fd)) = named.iter().find(|(a, _, _)| a == n) {
+            said.push(n);
+            obs.push(format!(
+                "unix socket socket:[{ino}] of the tree was bound to {} and its file removed since, processes connect to it by that name at restore, and process {pid}'s fd {fd} has that name now; cryo would bind both there while they do",
+                sockaddr_display(n)
+            ));
+        }
+    }
+}
+
+/// A ghost of the tree: whether bound (not listening), its name, the
+/// processes holding it.
+type Ghost = (bool, Vec<u8>, Vec<usize>);
+
+/// A ghost whose directory is gone too is bound in that directory made
+/// again for a moment (`DirsMade`; a kept ghost's until every process is
+/// ready). Processes of a tree restore at once: anything else made again
+/// under that directory in another process, or while a kept ghost holds
+/// it (another ghost, a removed working directory, a removed file or
+/// directory an fd held), would find it there, or be found: refused,
+/// naming both.
+fn ghost_dirs(
+    procs: &[(i32, &Inspected)],
+    ghosts: &BTreeMap<u64, Ghost>,
+    kept: &dyn Fn(&u64, &Ghost) -> bool,
+    obs: &mut Obstacles,
+) {
+    use std::path::{Path, PathBuf};
+    let path_of = |n: &[u8]| -> Option<PathBuf> {
+        use std::os::unix::ffi::OsStrExt;
+        let p = n.get(2..)?;
+        let end = p.iter().position(|&c| c == 0).unwrap_or(p.len());
+        (end > 0 && p[0] == b'/').then(|| std::ffi::OsStr::from_bytes(&p[..end]).into())
+    };
+    // The topmost directory of `p` that is gone now.
+    let gone_top = |p: &Path| -> Option<PathBuf> {
+        p.ancestors()
+            .skip(1)
+            .take_while(|d| !d.as_os_str().is_empty() && d.symlink_metadata().is_err())
+            .last()
+            .map(Path::to_path_buf)
+    };
+    // What else is made again at a path: (path, processes, kept ghost).
+    let mut things: Vec<(PathBuf, Vec<usize>, bool, String)> = Vec::new();
+    for (ino, g) in ghosts {
+        if let Some(p) = path_of(&g.1) {
+            things.push((p, g.2.clone(), kept(ino, g), format!("socket:[{ino}]")));
+        }
+    }
+    for (p, (pid, ins)) in procs.iter().enumerate() {
+        let text = |r: cryo_image::StrRef| {
+            ins.b
+                .strings
+                .bytes()
+                .get(r.off as usize..(r.off + r.len) as usize)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
+        if ins.b.process.flags & cryo_image::process_flags::CWD_DELETED != 0 {
+            let cwd = text(ins.b.process.cwd);
+            things.push((
+                PathBuf::from(cwd.trim_end_matches(" (deleted)")),
+                vec![p],
+                false,
+                format!("process {pid}'s working directory"),
+            ));
+        }
+        for f in &ins.b.fds {
+            let t = text(f.target);
+            if let Some(removed) = t.strip_suffix(" (deleted)").filter(|t| t.starts_with('/')) {
+                things.push((
+                    PathBuf::from(removed),
+                    vec![p],
+                    false,
+                    format!("process {pid}'s fd {}", f.fd),
+                ));
+            }
+        }
+    }
+    for (ino, g) in ghosts {
+        let Some(top) = path_of(&g.1).as_deref().and_then(gone_top) else {
+            continue;
+        };
+        let me = format!("socket:[{ino}]");
+        let clash = things.iter().find(|(p, holders, other_kept, what)| {
+            *what != me
+                && p.starts_with(&top)
+                && (kept(ino, g) || *other_kept || *holders != g.2 || g.2.len() > 1)
+        });
+        if let Some((p, _, _, what)) = clash {
+            obs.push(format!(
+                "unix socket {me} was bound to {} and its directory {} removed since; restoring the tree, cryo would make that directory again for it while {what} ({}) is made again there too",
+                cryo_image::fds::sockaddr_display(&g.1),
+                top.display(),
+                p.display()
             ));
         }
     }
@@ -560,18 +695,19 @@ fn ghosts_served(procs: &[(i32, &Inspected)], served: &[(usize, usize)], obs: &m
 /// through shared descriptions only, else parts of it would come back as
 /// another terminal: refused by name.
 fn hung_up_terminals(procs: &[(i32, &Inspected)], shared: &[TreeFd], obs: &mut Obstacles) {
-    // rdev -> (processes, whether one of its fds is not shared)
-    let mut by_tty: BTreeMap<u64, (Vec<usize>, bool)> = BTreeMap::new();
+    // (devpts instance, rdev) -> (processes, whether one of its fds is not
+    // shared)
+    let mut by_tty: BTreeMap<(u64, u64), (Vec<usize>, bool)> = BTreeMap::new();
     for (p, (pid, ins)) in procs.iter().enumerate() {
         for f in ins.b.fds.iter().filter(|f| f.kind == fd_kind::HUNG_UP_TTY) {
-            let e = by_tty.entry(f.rdev).or_default();
+            let e = by_tty.entry((f.dev, f.rdev)).or_default();
             if !e.0.contains(&p) {
                 e.0.push(p);
             }
             e.1 |= !shared.iter().any(|t| t.pid == *pid as u32 && t.fd == f.fd);
         }
     }
-    for (rdev, (ps, own)) in by_tty {
+    for ((_, rdev), (ps, own)) in by_tty {
         if ps.len() > 1 && own {
             obs.push(format!(
                 "the hung-up terminal /dev/pts/{} (its master closed) is open in processes {}, not through one shared open; cryo would make it again as several terminals",

@@ -300,18 +300,20 @@ pub(crate) fn give_foreground(ptys: &Ptys, sid: u32) -> std::io::Result<()> {
 
 /// Masters of the pairs made for hung-up terminals, by the captured
 /// terminal's device number, until [`hang_up`] closes them.
-fn hung_up_masters() -> std::sync::MutexGuard<'static, Vec<(u64, OwnedFd)>> {
-    static M: std::sync::Mutex<Vec<(u64, OwnedFd)>> = std::sync::Mutex::new(Vec::new());
+fn hung_up_masters() -> std::sync::MutexGuard<'static, Vec<((u64, u64), OwnedFd)>> {
+    static M: std::sync::Mutex<Vec<((u64, u64), OwnedFd)>> = std::sync::Mutex::new(Vec::new());
     M.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A description of a terminal that was hung up at capture (its master
 /// closed; `fd_kind::HUNG_UP_TTY`): the slave of a new pair, one pair per
-/// captured terminal (`rdev`), so that several descriptions of one are
-/// one terminal again. Hung up by [`hang_up`], which closes the masters.
+/// captured terminal (`tty`: its devpts instance's device and its own
+/// device number), so that several descriptions of one are one terminal
+/// again, with its status flags. Hung up by [`hang_up`], which closes the
+/// masters.
 pub(crate) fn hung_up(
     p: &crate::fds::FdPlan,
-    rdev: u64,
+    tty: (u64, u64),
     flags: i32,
 ) -> Result<std::os::fd::RawFd, RestoreError> {
     use std::os::fd::IntoRawFd;
@@ -319,19 +321,21 @@ pub(crate) fn hung_up(
         crate::fds::fd_err(p, crate::Why::sys(format!("a hung-up terminal: {what}"), e))
     };
     let mut masters = hung_up_masters();
-    if !masters.iter().any(|(r, _)| *r == rdev) {
+    if !masters.iter().any(|(r, _)| *r == tty) {
         let m = sys::open(
             c"/dev/ptmx",
             libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
         )
         .map_err(|e| err("opening /dev/ptmx", e))?;
         tty::set_int(m.as_fd(), libc::TIOCSPTLCK, 0).map_err(|e| err("TIOCSPTLCK", e))?;
-        masters.push((rdev, m));
+        masters.push((tty, m));
     }
-    let (_, m) = masters.iter().find(|(r, _)| *r == rdev).expect("just made");
+    let (_, m) = masters.iter().find(|(r, _)| *r == tty).expect("just made");
     let access = flags & libc::O_ACCMODE;
     let slave = tty::peer(m.as_fd(), access | libc::O_NOCTTY | libc::O_CLOEXEC)
         .map_err(|e| err("TIOCGPTPEER", e))?;
+    crate::fds::set_status_flags(slave.as_raw_fd(), flags)
+        .map_err(|e| err("setting its status flags", e))?;
     Ok(slave.into_raw_fd())
 }
 

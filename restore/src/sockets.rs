@@ -981,6 +981,9 @@ impl Drop for DirsMade {
 /// `exit_now` or exec, and panics abort.)
 pub(crate) struct KeptGhost {
     path: std::path::PathBuf,
+    /// The socket file the bind made (device, inode): removed only if the
+    /// path still leads to it.
+    made: (u64, u64),
     aside: Option<std::path::PathBuf>,
     dirs: Option<DirsMade>,
     done: bool,
@@ -1000,14 +1003,23 @@ impl KeptGhost {
     }
 
     fn undo(&mut self) -> Result<(), Why> {
+        use std::os::unix::fs::MetadataExt;
         self.done = true;
         let shown = self.path.display().to_string();
-        let removed = std::fs::remove_file(&self.path).map_err(|e| {
-            Why::sys(
-                format!("removing {shown} (its file was gone at capture)"),
-                e,
-            )
-        });
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.made);
+        let removed = if ours {
+            std::fs::remove_file(&self.path).map_err(|e| {
+                Why::sys(
+                    format!("removing {shown} (its file was gone at capture)"),
+                    e,
+                )
+            })
+        } else {
+            Err(Why::Said(format!(
+                "{shown}, bound for the moment for the socket whose file was gone, is another file now; left as it is"
+            )))
+        };
         if let Some(tmp) = self.aside.take() {
             std::fs::rename(&tmp, &self.path)
                 .map_err(|e| Why::sys(format!("moving {} back to {shown}", tmp.display()), e))?;
@@ -1050,6 +1062,7 @@ pub(crate) fn make_kept_ghost(
     let dirs = DirsMade::for_path(&path).map_err(|w| fd_err(p, w))?;
     let mut kept = KeptGhost {
         path: path.clone(),
+        made: (0, 0),
         aside: None,
         dirs: Some(dirs),
         // (Nothing of ours at the path yet.)
@@ -1072,6 +1085,10 @@ pub(crate) fn make_kept_ghost(
     }
     let bound = sys::bind(fd.as_fd(), &addr);
     kept.done = bound.is_err();
+    if let Ok(m) = std::fs::symlink_metadata(&path) {
+        use std::os::unix::fs::MetadataExt;
+        kept.made = (m.dev(), m.ino());
+    }
     if let Err(e) = bound {
         // (What was moved aside goes back, the directories made go.)
         if let Some(tmp) = kept.aside.take() {
@@ -1079,9 +1096,8 @@ pub(crate) fn make_kept_ghost(
         }
         return Err(fd_err(p, Why::sys(format!("binding {shown}"), e)));
     }
-    let raw = fd.into_raw_fd();
-    set_status_flags(raw, flags).map_err(|e| fd_err(p, e))?;
-    Ok((raw, kept))
+    set_status_flags(fd.as_raw_fd(), flags).map_err(|e| fd_err(p, e))?;
+    Ok((fd.into_raw_fd(), kept))
 }
 
 /// Whether a datagram socket of the process is connected to `object`, a

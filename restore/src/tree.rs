@@ -545,7 +545,19 @@ fn make_shared<'a>(
         made.ours.push(f);
     }
     // Everything else: made as the first holder (the root, where it holds
-    // it) would make it alone.
+    // it) would make it alone. Ghost sockets first: a client made here
+    // connects by the name at once.
+    let ghost_first = |obj: &u32| {
+        let (k, n, _) = objects[obj][0];
+        let ghost = img_of(k).and_then(|(_, img)| {
+            let f = fd_at(&img, n).filter(|f| f.kind == fd_kind::SOCKET)?;
+            img.sockets()
+                .get(f.object as usize)
+                .map(|s| s.flags & cryo_image::fds::socket_flags::GHOST != 0)
+        });
+        !ghost.unwrap_or(false)
+    };
+    rest.sort_by_key(ghost_first);
     for obj in rest {
         let fds = &objects[&obj];
         let (k, n, _) = fds.iter().copied().find(|h| h.0 == 0).unwrap_or(fds[0]);
@@ -716,7 +728,7 @@ fn make_one(
         } => fds::open_path(p, path, *flags, *pos, *dev_ino, *rdev),
         Source::Handle { .. } | Source::Relinked { .. } => fds::open_removed(p),
         // (Its master closed once every shared object is made.)
-        Source::HungUpTty { rdev, flags } => crate::ptys::hung_up(p, *rdev, *flags),
+        Source::HungUpTty { dev, rdev, flags } => crate::ptys::hung_up(p, (*dev, *rdev), *flags),
         Source::Socket { sock, flags } => {
             let mut pairs = Vec::new();
             crate::sockets::make(loaded, img, p, *sock, *flags, &mut pairs, verify)

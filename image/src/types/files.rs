@@ -99,8 +99,8 @@ pub mod fd_kind {
     /// (11.1) A terminal (/dev/pts/N) hung up because its master was
     /// closed: its devpts node is gone, reads and writes fail with EIO.
     /// Made again as the slave of a new pair whose master is closed; fds
-    /// with the same `rdev` (several descriptions of one terminal) are
-    /// slaves of one pair. Its number N may differ.
+    /// with the same `dev` and `rdev` (several descriptions of one
+    /// terminal) are slaves of one pair. Its number N may differ.
     pub const HUNG_UP_TTY: u32 = 21;
 
     pub fn name(k: u32) -> &'static str {

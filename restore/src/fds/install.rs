@@ -207,8 +207,8 @@ pub fn install(
                 let path = super::namespace_path(kind, *ino).map_err(|e| fd_err(p, e))?;
                 park(open_path(p, &path, *flags, 0, None, None)?, high)?
             }
-            Source::HungUpTty { rdev, flags } => {
-                park(crate::ptys::hung_up(p, *rdev, *flags)?, high)?
+            Source::HungUpTty { dev, rdev, flags } => {
+                park(crate::ptys::hung_up(p, (*dev, *rdev), *flags)?, high)?
             }
             Source::Pidfd { pid, flags, start } => {
                 let pid = if *start != 0 {

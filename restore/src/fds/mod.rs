@@ -131,8 +131,9 @@ pub enum Source {
     /// through the /proc/PID/ns file of a process in it.
     Namespace { kind: String, ino: u64, flags: i32 },
     /// A hung-up terminal (its master was closed): the slave of a pair
-    /// made for captured terminal `rdev` ([`crate::ptys::hung_up`]).
-    HungUpTty { rdev: u64, flags: i32 },
+    /// made for captured terminal `rdev` of devpts instance `dev`
+    /// ([`crate::ptys::hung_up`]).
+    HungUpTty { dev: u64, rdev: u64, flags: i32 },
     /// A pidfd of a process that had ended: one made for the moment per
     /// `process` (the captured pidfd's inode), waited for once every fd
     /// is made.
@@ -507,6 +508,7 @@ fn source_of(
         }),
         fd_kind::TTY => plan_tty(f, target, flags, err),
         fd_kind::HUNG_UP_TTY => Ok(Source::HungUpTty {
+            dev: f.dev,
             rdev: f.rdev,
             flags,
         }),

@@ -252,11 +252,25 @@ pub fn group_holder(pgid: i32) -> io::Result<i32> {
 /// The process has no exit signal (no SIGCHLD for the restored program).
 pub fn enter_dead_proc_dir(pid: i32) -> io::Result<()> {
     let tid = [pid as libc::pid_t];
-    match clone3_fork(&CloneArgs {
-        set_tid: tid.as_ptr() as u64,
-        set_tid_size: 1,
-        ..Default::default()
-    })? {
+    // (Processes of a tree with that same working directory each make
+    // one, in turn: the PID is free again microseconds later.)
+    let t0 = std::time::Instant::now();
+    let forked = loop {
+        match clone3_fork(&CloneArgs {
+            set_tid: tid.as_ptr() as u64,
+            set_tid_size: 1,
+            ..Default::default()
+        }) {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EEXIST)
+                    && t0.elapsed() < std::time::Duration::from_secs(2) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            r => break r?,
+        }
+    };
+    match forked {
         Forked::Child => loop {
             // SAFETY: pause takes nothing.
             unsafe { libc::pause() };
