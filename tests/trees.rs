@@ -577,6 +577,33 @@ print("PASS", flush=True)
         &[],
         "cryo would make that directory again for it while process",
     );
+    // Connections waiting in one listener from two processes: each
+    // would connect again in its own order, not in theirs.
+    let pending_two = r#"
+import os, socket, sys, tempfile
+d = tempfile.mkdtemp()
+path = os.path.join(d, "l")
+l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); l.bind(path); l.listen(4)
+mine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); mine.connect(path)
+r, w = os.pipe()
+g, go = os.pipe()
+pid = os.fork()
+if pid == 0:
+    l.close(); mine.close()
+    theirs = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); theirs.connect(path)
+    os.write(w, b"r"); os.read(g, 1); os._exit(0)
+os.read(r, 1)
+print("READY", flush=True); sys.stdin.readline()
+os.write(go, b"g")
+l.accept(); l.accept()
+assert os.waitpid(pid, 0)[1] == 0
+print("PASS", flush=True)
+"#;
+    refused(
+        pending_two,
+        &[],
+        "has connections waiting from more than one process of the tree",
+    );
     // One hung-up terminal opened separately by two processes: made again
     // in each, it would be two terminals.
     let hung_up = r#"
@@ -1425,6 +1452,51 @@ print("PASS", flush=True)
 "#;
     python_round_trips(
         "tree-hung-up-tty",
+        script,
+        |_| {},
+        &[&[], &["--lazy"], &["--map"], &["--pidns"]],
+    );
+}
+
+/// Two connections a child made to its parent's listener, not accepted
+/// yet (a client racing a pre-fork server's accept): the listener is made
+/// again before any process, the child connects again in the same order,
+/// and the parent accepts them in that order. (Refused until stop 27.)
+#[test]
+fn connections_waiting_in_another_process_listener() {
+    let script = r#"
+import os, socket, sys, tempfile
+d = tempfile.mkdtemp(prefix="cryo-pend-")
+path = os.path.join(d, "l")
+l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+l.bind(path); l.listen(4)
+r, w = os.pipe()
+g, go = os.pipe()
+pid = os.fork()
+if pid == 0:
+    l.close()
+    a = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); a.connect(path)
+    b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); b.connect(path)
+    os.write(w, b"r"); os.read(g, 1)
+    a.sendall(b"first"); b.sendall(b"second")
+    assert a.getpeername() == path
+    assert a.recv(10) == b"ok-first" and b.recv(10) == b"ok-second"
+    os._exit(0)
+os.close(w)
+os.read(r, 1)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+os.write(go, b"g")
+for want in (b"first", b"second"):
+    c, _ = l.accept()
+    got = c.recv(10)
+    assert got == want, (got, want)
+    c.sendall(b"ok-" + got)
+assert os.waitpid(pid, 0)[1] == 0
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "tree-pending",
         script,
         |_| {},
         &[&[], &["--lazy"], &["--map"], &["--pidns"]],

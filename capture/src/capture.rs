@@ -216,9 +216,16 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
         if obstacles.is_empty() {
             let procs: Vec<(i32, &Inspected)> = pids.iter().copied().zip(all.iter()).collect();
             let files = crate::tree::shared_memory(&procs);
-            let (shared, queued) = crate::tree::share(&procs, &mut obs);
+            let (shared, queued, places) = crate::tree::share(&procs, &mut obs);
             crate::tree::dead_proc_cwds(&tree, &procs, &mut obs);
             all[0].b.tree_fds = shared;
+            // Connections waiting in another process's listener: their
+            // places in its queue.
+            for (p, index, place) in places {
+                if let Some(s) = all[p].b.sockets.get_mut(index) {
+                    s.backlog = place;
+                }
+            }
             for (p, index, bytes, framed) in queued {
                 if framed {
                     if let Some(s) = all[p].b.sockets.get_mut(index) {

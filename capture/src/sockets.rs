@@ -388,6 +388,32 @@ fn repair(
 pub struct Cross {
     pub ends: Vec<CrossEnd>,
     pub ghost_clients: Vec<GhostClient>,
+    /// Connections waiting, not accepted yet, in a listener that is not
+    /// the process's (`socket_state::PENDING`, `pair` NO_INDEX).
+    pub pending: Vec<CrossPending>,
+    /// Listeners with connections waiting that are not the process's.
+    pub waiting: Vec<CrossWaiting>,
+}
+
+/// A connection waiting in a listener outside its process: the tree's
+/// pass finds the listener in another process (`CrossWaiting`) and its
+/// place in that listener's queue, or refuses it with `obstacle`.
+#[derive(Debug)]
+pub struct CrossPending {
+    pub index: usize,
+    pub ino: u64,
+    pub obstacle: String,
+}
+
+/// A listener with connections waiting from outside its process: the
+/// connecting sockets' inodes in queue order (`icons`), those not the
+/// process's (`outside`).
+#[derive(Debug)]
+pub struct CrossWaiting {
+    pub fd: i32,
+    pub icons: Vec<u32>,
+    pub outside: usize,
+    pub obstacle: String,
 }
 
 /// A datagram socket connected to a socket whose name leads elsewhere now
@@ -1300,7 +1326,27 @@ pub fn link(
                 .map(|k| (*l, *lfd, k))
         });
         match at {
-            None => obs.push(c.gone.clone()),
+            // Maybe waiting in a listener of another process of the tree:
+            // its pass looks (nothing sent on it, not shut down, a
+            // listener's name that is not relative).
+            None => match cross.as_deref_mut() {
+                Some(x)
+                    if c.sent == 0
+                        && c.shutdown == 0
+                        && c.relative_peer.is_none()
+                        && b.sockets[c.index].peer_len > 2 =>
+                {
+                    let me = &mut b.sockets[c.index];
+                    me.state = socket_state::PENDING;
+                    me.pair = NO_INDEX;
+                    x.pending.push(CrossPending {
+                        index: c.index,
+                        ino: u64::from(c.ino),
+                        obstacle: c.gone.clone(),
+                    });
+                }
+                _ => obs.push(c.gone.clone()),
+            },
             Some((_, lfd, _)) if c.sent > 0 || c.shutdown != 0 => obs.push(format!(
                 "fd {} is connecting to the listener at fd {lfd} (not accepted yet), and {}; not supported",
                 c.fd,
@@ -1334,9 +1380,18 @@ pub fn link(
             .filter(|&&i| !seen.connecting.iter().any(|c| c.ino == i))
             .count();
         if outside > 0 {
-            obs.push(format!(
+            let obstacle = format!(
                 "fd {lfd} (a unix listener) has {outside} connections waiting to be accepted from another process or from outside; they cannot be restored"
-            ));
+            );
+            match cross.as_deref_mut() {
+                Some(x) => x.waiting.push(CrossWaiting {
+                    fd: *lfd,
+                    icons: icons.clone(),
+                    outside,
+                    obstacle,
+                }),
+                None => obs.push(obstacle),
+            }
         }
     }
     for (index, bytes) in seen.widowed {

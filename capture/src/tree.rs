@@ -304,7 +304,10 @@ pub(crate) fn shared_memory(procs: &[(i32, &Inspected)]) -> Vec<TreeFile> {
 /// inspected state) of every live process, root first.
 /// Also returns the bytes queued in the ends of socket pairs between
 /// processes: (process, socket index, bytes) for the caller to store.
-pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> (Vec<TreeFd>, Queued) {
+pub(crate) fn share(
+    procs: &[(i32, &Inspected)],
+    obs: &mut Obstacles,
+) -> (Vec<TreeFd>, Queued, Vec<(usize, usize, u32)>) {
     let mut out = Vec::new();
     let mut next_object = 0u32;
     let (pairs_done, queued) = socket_pairs(procs, &mut out, &mut next_object, obs);
@@ -328,8 +331,9 @@ pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> (Vec<Tr
             }
         }
     }
-    let served = served_elsewhere(procs);
+    let mut served = served_elsewhere(procs);
     ghosts_served(procs, &served, obs);
+    let places = pending_elsewhere(procs, &mut served, obs);
     let mut keys: Vec<_> = by_inode.keys().copied().collect();
     keys.sort();
     for key in keys {
@@ -433,7 +437,80 @@ pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> (Vec<Tr
         }
     }
     hung_up_terminals(procs, &out, obs);
-    (out, queued)
+    (out, queued, places)
+}
+
+/// Connections waiting, not accepted yet, in a listener of another
+/// process of the tree (`sockets::CrossPending`, `CrossWaiting`): the
+/// listener is made by `cryo restore` before any process (`served`), and
+/// the connecting process connects its sockets to it by its name in
+/// queue order (`Socket::backlog`, returned as (process, socket index,
+/// place) to set). Its queue order is kept only if every waiting
+/// connection is one process's: else refused, as is a connection whose
+/// listener is not in the tree.
+fn pending_elsewhere(
+    procs: &[(i32, &Inspected)],
+    served: &mut Vec<(usize, usize)>,
+    obs: &mut Obstacles,
+) -> Vec<(usize, usize, u32)> {
+    let mut places = Vec::new();
+    let mut placed: Vec<u64> = Vec::new();
+    for (pb, (pid, ins)) in procs.iter().enumerate() {
+        for w in &ins.cross.waiting {
+            let mut from: Vec<usize> = Vec::new();
+            let mut found = Vec::new();
+            for (k, &icon) in w.icons.iter().enumerate() {
+                let theirs = procs.iter().enumerate().find_map(|(pa, (_, a))| {
+                    a.cross
+                        .pending
+                        .iter()
+                        .find(|c| c.ino == u64::from(icon))
+                        .map(|c| (pa, c.index))
+                });
+                if let Some((pa, index)) = theirs.filter(|(pa, _)| *pa != pb) {
+                    if !from.contains(&pa) {
+                        from.push(pa);
+                    }
+                    found.push((pa, index, k as u32, u64::from(icon)));
+                }
+            }
+            if found.len() < w.outside {
+                obs.push(format!("process {pid}: {}", w.obstacle));
+                continue;
+            }
+            if from.len() > 1 || w.icons.len() > w.outside {
+                obs.push(format!(
+                    "process {pid}: fd {} (a unix listener) has connections waiting from more than one process of the tree; cryo connects each process's again in order, but not their order between processes",
+                    w.fd
+                ));
+                continue;
+            }
+            let Some(desc) = ins
+                .b
+                .fds
+                .iter()
+                .find(|f| f.fd == w.fd)
+                .map(|f| f.desc as usize)
+            else {
+                continue;
+            };
+            if !served.contains(&(pb, desc)) {
+                served.push((pb, desc));
+            }
+            for (pa, index, place, ino) in found {
+                places.push((pa, index, place));
+                placed.push(ino);
+            }
+        }
+    }
+    for (pid, ins) in procs {
+        for c in &ins.cross.pending {
+            if !placed.contains(&c.ino) {
+                obs.push(format!("process {pid}: {}", c.obstacle));
+            }
+        }
+    }
+    places
 }
 
 /// A working directory that is a dead process's /proc/PID is entered at

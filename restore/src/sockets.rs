@@ -1484,18 +1484,37 @@ pub(crate) fn connect_waiting(img: &Image) -> Result<(), RestoreError> {
             })?;
         }
     }
-    let mut waiting: Vec<(u32, u32, i32)> = firsts
+    let mut waiting: Vec<(u32, u32, i32, Vec<u8>)> = firsts
         .iter()
         .filter(|(s, _)| s.state == socket_state::PENDING)
-        .map(|(s, fd)| (s.pair, s.backlog, *fd))
+        .map(|(s, fd)| (s.pair, s.backlog, *fd, peer_of(s)))
         .collect();
     waiting.sort_unstable();
-    for (listener, _, fd) in waiting {
+    for (listener, _, fd, peer) in waiting {
         let err = |why: Why| RestoreError::Fd {
             fd,
             what: "socket".into(),
             why,
         };
+        if listener == cryo_image::NO_INDEX {
+            // A listener of another process of the tree, made by `cryo
+            // restore` before any process (by its name, in queue order:
+            // every connection that waited in it is this process's).
+            let fl = sys::getfl(fd).map_err(|e| err(Why::sys("F_GETFL", e)))?;
+            sys::setfl(fd, fl | libc::O_NONBLOCK).map_err(|e| err(Why::sys("F_SETFL", e)))?;
+            let r = sys::connect_at(fd, &peer).map_err(|e| {
+                Why::sys(
+                    format!(
+                        "connecting to {} (another process's listener) again",
+                        sockaddr_display(&peer)
+                    ),
+                    e,
+                )
+            });
+            sys::setfl(fd, fl).map_err(|e| err(Why::sys("F_SETFL", e)))?;
+            r.map_err(err)?;
+            continue;
+        }
         let l = socks
             .get(listener as usize)
             .filter(|l| l.state == socket_state::LISTENING)
