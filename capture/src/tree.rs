@@ -534,9 +534,12 @@ pub(crate) fn dead_proc_cwds(t: &Tree, procs: &[(i32, &Inspected)], obs: &mut Ob
         let Some(dead) = cryo_image::dead_proc_dir(&cwd) else {
             continue;
         };
-        if t.members.iter().any(|m| m.rec.pgid == dead as u32) {
+        if t.members
+            .iter()
+            .any(|m| m.rec.pgid == dead as u32 || m.rec.pid == dead as u32)
+        {
             obs.push(format!(
-                "process {pid}'s working directory is /proc/{dead} of a process that ended, and {dead} is the id of a process group of the tree that lives on; a restore cannot make both"
+                "process {pid}'s working directory is /proc/{dead} of a process that ended, and {dead} is the PID or process group of a process of the tree now; a restore cannot make both"
             ));
         }
     }
@@ -653,6 +656,36 @@ fn ghosts_served(procs: &[(i32, &Inspected)], served: &[(usize, usize)], obs: &m
         *bound && wanted.contains(n) && (holders.len() > 1 || served_inos.contains(ino))
     };
     ghost_dirs(procs, &ghosts, &kept, obs);
+    // A ghost one process binds during its own fd install moves whatever
+    // is at its name aside for that moment, while the other processes
+    // install theirs: one that binds at that name, or connects by it,
+    // would meet it. (Made before any fork, a shared one cannot.)
+    for (ino, g) in &ghosts {
+        if g.2.len() != 1 || served_inos.contains(ino) {
+            continue;
+        }
+        let other = procs.iter().enumerate().find_map(|(p, (pid, ins))| {
+            if p == g.2[0] {
+                return None;
+            }
+            ins.b.fds.iter().find_map(|f| {
+                let s = ins.b.sockets.get(f.object as usize)?;
+                let uses = f.kind == fd_kind::SOCKET
+                    && s.state != socket_state::PAIR
+                    && s.flags & socket_flags::GHOST == 0
+                    && (name(&s.addr, s.addr_len) == g.1
+                        || (matches!(s.state, socket_state::CONNECTED | socket_state::PENDING)
+                            && name(&s.peer, s.peer_len) == g.1));
+                uses.then_some((*pid, f.fd))
+            })
+        });
+        if let Some((pid, fd)) = other {
+            obs.push(format!(
+                "unix socket socket:[{ino}] was bound to {} and its file removed since, and process {pid}'s fd {fd} binds or connects at that name too; restoring the tree at once, they would meet",
+                sockaddr_display(&g.1)
+            ));
+        }
+    }
     let mut said: Vec<&Vec<u8>> = Vec::new();
     for (ino, g) in &ghosts {
         let n = &g.1;

@@ -1006,8 +1006,24 @@ impl KeptGhost {
         use std::os::unix::fs::MetadataExt;
         self.done = true;
         let shown = self.path.display().to_string();
-        let ours =
-            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.made);
+        let now = std::fs::symlink_metadata(&self.path);
+        let gone = now
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+        let ours = now.is_ok_and(|m| (m.dev(), m.ino()) == self.made);
+        if !ours && !gone {
+            // Someone else's file now: nothing is moved back over it (the
+            // directories made stay if it is in them).
+            let aside = self
+                .aside
+                .take()
+                .map(|t| format!(" (what was there at capture is at {})", t.display()))
+                .unwrap_or_default();
+            drop(self.dirs.take());
+            return Err(Why::Said(format!(
+                "{shown}, bound for the moment for the socket whose file was gone, is another file now; left as it is{aside}"
+            )));
+        }
         let removed = if ours {
             std::fs::remove_file(&self.path).map_err(|e| {
                 Why::sys(
@@ -1016,9 +1032,7 @@ impl KeptGhost {
                 )
             })
         } else {
-            Err(Why::Said(format!(
-                "{shown}, bound for the moment for the socket whose file was gone, is another file now; left as it is"
-            )))
+            Ok(())
         };
         if let Some(tmp) = self.aside.take() {
             std::fs::rename(&tmp, &self.path)
