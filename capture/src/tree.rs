@@ -637,7 +637,28 @@ fn ghosts_served(procs: &[(i32, &Inspected)], served: &[(usize, usize)], obs: &m
                 wanted.push(name(&s.peer, s.peer_len));
             }
             if s.flags & socket_flags::GHOST == 0 && s.addr_len > 2 {
-                named.push((name(&s.addr, s.addr_len), procs[p].0, f.fd));
+                // (A relative name: the absolute path of its socket file.)
+                let abs = ins
+                    .b
+                    .files
+                    .get(f.file as usize)
+                    .filter(|_| s.flags & socket_flags::RELATIVE != 0)
+                    .and_then(|id| {
+                        ins.b
+                            .strings
+                            .bytes()
+                            .get(id.path.off as usize..(id.path.off + id.path.len) as usize)
+                    })
+                    .map(|path| {
+                        let mut a = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+                        a.extend_from_slice(path);
+                        a
+                    });
+                named.push((
+                    abs.unwrap_or_else(|| name(&s.addr, s.addr_len)),
+                    procs[p].0,
+                    f.fd,
+                ));
             }
         }
     }
@@ -673,9 +694,9 @@ fn ghosts_served(procs: &[(i32, &Inspected)], served: &[(usize, usize)], obs: &m
                 let uses = f.kind == fd_kind::SOCKET
                     && s.state != socket_state::PAIR
                     && s.flags & socket_flags::GHOST == 0
-                    && (name(&s.addr, s.addr_len) == g.1
+                    && (same_name(&name(&s.addr, s.addr_len), &g.1)
                         || (matches!(s.state, socket_state::CONNECTED | socket_state::PENDING)
-                            && name(&s.peer, s.peer_len) == g.1));
+                            && same_name(&name(&s.peer, s.peer_len), &g.1)));
                 uses.then_some((*pid, f.fd))
             })
         });
@@ -698,7 +719,7 @@ fn ghosts_served(procs: &[(i32, &Inspected)], served: &[(usize, usize)], obs: &m
                 "unix sockets socket:[{ino}] and socket:[{other}] of the tree were both bound to {} and their files removed since, and processes connect to it by that name at restore; cryo can bind only one of them there while they do",
                 sockaddr_display(n)
             ));
-        } else if let Some((_, pid, fd)) = named.iter().find(|(a, _, _)| a == n) {
+        } else if let Some((_, pid, fd)) = named.iter().find(|(a, _, _)| same_name(a, n)) {
             said.push(n);
             obs.push(format!(
                 "unix socket socket:[{ino}] of the tree was bound to {} and its file removed since, processes connect to it by that name at restore, and process {pid}'s fd {fd} has that name now; cryo would bind both there while they do",
@@ -706,6 +727,16 @@ fn ghosts_served(procs: &[(i32, &Inspected)], served: &[(usize, usize)], obs: &m
             ));
         }
     }
+}
+
+/// Whether two unix socket names (sockaddr bytes) are one path: with or
+/// without the NUL a program may have passed in the length.
+fn same_name(a: &[u8], b: &[u8]) -> bool {
+    let trim = |x: &[u8]| {
+        let end = x.iter().rposition(|&c| c != 0).map_or(0, |i| i + 1);
+        x[..end.max(2.min(x.len()))].to_vec()
+    };
+    trim(a) == trim(b)
 }
 
 /// A ghost of the tree: whether bound (not listening), its name, the

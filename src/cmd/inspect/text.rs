@@ -614,6 +614,21 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
                     )
                 }
                 socket_state::LISTENING => out += &format!(", backlog {}", k.backlog),
+                socket_state::PENDING => {
+                    let l = img
+                        .fds()
+                        .iter()
+                        .find(|g| g.kind == fd_kind::SOCKET && g.object == k.pair)
+                        .map_or(
+                            "a listener of another process of the tree".to_owned(),
+                            |g| format!("fd {}", g.fd),
+                        );
+                    out += &format!(
+                        " -> {}, place {} in the queue of {l}",
+                        sockaddr_display(&pa[..pn]),
+                        k.backlog
+                    )
+                }
                 socket_state::CONNECTED => out += &format!(" -> {}", sockaddr_display(&pa[..pn])),
                 socket_state::REPAIRED => {
                     out += &format!(" -> {}", sockaddr_display(&pa[..pn]));
