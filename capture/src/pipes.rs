@@ -243,7 +243,5 @@ fn pipe_bytes(r: &OwnedFd, size: u32) -> std::io::Result<Vec<u8>> {
 }
 
 fn describe_target(b: &ImageBuilder, f: &Fd) -> String {
-    let s = b.strings.bytes();
-    let (o, l) = (f.target.off as usize, f.target.len as usize);
-    String::from_utf8_lossy(s.get(o..o + l).unwrap_or(&[])).into_owned()
+    b.strings.text(f.target)
 }

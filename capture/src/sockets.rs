@@ -1232,7 +1232,7 @@ fn leads_to(path: &std::path::Path, vfs: Option<(u32, u32)>) -> bool {
 }
 
 /// The path a unix socket address names (not abstract, not unnamed).
-fn unix_bound_path(addr: &[u8]) -> Option<std::path::PathBuf> {
+pub(crate) fn unix_bound_path(addr: &[u8]) -> Option<std::path::PathBuf> {
     use std::os::unix::ffi::OsStrExt;
     let p = addr.get(2..)?;
     if p.first().is_none_or(|&c| c == 0) {

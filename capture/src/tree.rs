@@ -523,14 +523,7 @@ pub(crate) fn dead_proc_cwds(t: &Tree, procs: &[(i32, &Inspected)], obs: &mut Ob
         if p.flags & cryo_image::process_flags::CWD_DELETED == 0 {
             continue;
         }
-        let r = p.cwd;
-        let cwd = ins
-            .b
-            .strings
-            .bytes()
-            .get(r.off as usize..(r.off + r.len) as usize)
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default();
+        let cwd = ins.b.strings.text(p.cwd);
         let Some(dead) = cryo_image::dead_proc_dir(&cwd) else {
             continue;
         };
@@ -643,15 +636,9 @@ fn ghosts_served(procs: &[(i32, &Inspected)], served: &[(usize, usize)], obs: &m
                     .files
                     .get(f.file as usize)
                     .filter(|_| s.flags & socket_flags::RELATIVE != 0)
-                    .and_then(|id| {
-                        ins.b
-                            .strings
-                            .bytes()
-                            .get(id.path.off as usize..(id.path.off + id.path.len) as usize)
-                    })
-                    .map(|path| {
+                    .map(|id| {
                         let mut a = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
-                        a.extend_from_slice(path);
+                        a.extend_from_slice(ins.b.strings.text(id.path).as_bytes());
                         a
                     });
                 named.push((
@@ -757,12 +744,7 @@ fn ghost_dirs(
     obs: &mut Obstacles,
 ) {
     use std::path::{Path, PathBuf};
-    let path_of = |n: &[u8]| -> Option<PathBuf> {
-        use std::os::unix::ffi::OsStrExt;
-        let p = n.get(2..)?;
-        let end = p.iter().position(|&c| c == 0).unwrap_or(p.len());
-        (end > 0 && p[0] == b'/').then(|| std::ffi::OsStr::from_bytes(&p[..end]).into())
-    };
+    let path_of = |n: &[u8]| crate::sockets::unix_bound_path(n).filter(|p| p.is_absolute());
     // The topmost directory of `p` that is gone now.
     let gone_top = |p: &Path| -> Option<PathBuf> {
         p.ancestors()
@@ -779,14 +761,7 @@ fn ghost_dirs(
         }
     }
     for (p, (pid, ins)) in procs.iter().enumerate() {
-        let text = |r: cryo_image::StrRef| {
-            ins.b
-                .strings
-                .bytes()
-                .get(r.off as usize..(r.off + r.len) as usize)
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default()
-        };
+        let text = |r| ins.b.strings.text(r);
         if ins.b.process.flags & cryo_image::process_flags::CWD_DELETED != 0 {
             let cwd = text(ins.b.process.cwd);
             things.push((
@@ -1053,9 +1028,7 @@ fn unshareable(ins: &Inspected, f: &Fd) -> Option<String> {
 }
 
 fn target(ins: &Inspected, f: &Fd) -> String {
-    let s = ins.b.strings.bytes();
-    let (o, l) = (f.target.off as usize, f.target.len as usize);
-    String::from_utf8_lossy(s.get(o..o + l).unwrap_or(&[])).into_owned()
+    ins.b.strings.text(f.target)
 }
 
 impl Tree {

@@ -32,6 +32,11 @@ impl Strings {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+    /// The string `r` refers to (lossy; empty if out of range).
+    pub fn text(&self, r: StrRef) -> String {
+        let (o, l) = (r.off as usize, r.len as usize);
+        String::from_utf8_lossy(self.bytes.get(o..o + l).unwrap_or(&[])).into_owned()
+    }
 }
 
 /// Everything meta.img holds, in owned form.

@@ -858,56 +858,19 @@ fn bind(s: &Socket, fd: BorrowedFd) -> Result<(), Why> {
 /// Bind a unix socket whose file was removed (or replaced) after its bind
 /// (`socket_flags::GHOST`) at its name again, run `while_bound` (the
 /// datagram sockets connected to it connect then), and remove the file
-/// the bind makes, so that it has its name and no file, as it had. A
-/// file at the name now (what replaced it, or a socket restored there)
-/// is moved aside in its directory for the bind and moved back;
-/// directories of the name that are gone too are made for the moment
-/// ([`DirsMade`]).
+/// the bind makes, so that it has its name and no file, as it had
+/// ([`KeptGhost`] for that moment: what is at the name now is moved aside
+/// and back, directories of the name that are gone too are made and
+/// removed again).
 fn bind_ghost(
     s: &Socket,
     fd: BorrowedFd,
     while_bound: impl FnOnce(&[u8]) -> Result<(), Why>,
 ) -> Result<(), Why> {
-    let addr = addr_of(s);
-    let shown = sockaddr_display(&addr);
-    let Some(path) = unix_path(&addr) else {
-        return Err(
-            format!("{shown}: a socket without a file marked as one whose file is gone").into(),
-        );
-    };
-    let dirs = DirsMade::for_path(&path)?;
-    let aside = if path.symlink_metadata().is_ok() {
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(format!(".cryo-aside-{}", std::process::id()));
-        let tmp = std::path::PathBuf::from(tmp);
-        std::fs::rename(&path, &tmp).map_err(|e| {
-            Why::sys(
-                format!("moving {shown} aside to bind the socket whose file it replaced"),
-                e,
-            )
-        })?;
-        Some(tmp)
-    } else {
-        None
-    };
-    let bound = sys::bind(fd, &addr).map_err(|e| Why::sys(format!("binding {shown}"), e));
-    let made = bound.and_then(|()| {
-        let r = while_bound(&addr);
-        std::fs::remove_file(&path)
-            .map_err(|e| {
-                Why::sys(
-                    format!("removing {shown} (its file was gone at capture)"),
-                    e,
-                )
-            })
-            .and(r)
-    });
-    if let Some(tmp) = aside {
-        std::fs::rename(&tmp, &path)
-            .map_err(|e| Why::sys(format!("moving {} back to {shown}", tmp.display()), e))?;
-    }
-    dirs.remove()?;
-    made?;
+    let mut kept = KeptGhost::bind(s, fd)?;
+    let r = while_bound(&addr_of(s));
+    kept.undo()?;
+    r?;
     if s.state == socket_state::LISTENING {
         sys::listen(fd, s.backlog as i32).map_err(|e| Why::sys("listen", e))?;
     }
@@ -990,6 +953,53 @@ pub(crate) struct KeptGhost {
 }
 
 impl KeptGhost {
+    /// Bind `fd` at ghost `s`'s name, its file kept until [`Self::undo`]:
+    /// what is at the name now moved aside in its directory, directories
+    /// of the name that are gone made ([`DirsMade`]).
+    fn bind(s: &Socket, fd: BorrowedFd) -> Result<KeptGhost, Why> {
+        use std::os::unix::fs::MetadataExt;
+        let addr = addr_of(s);
+        let shown = sockaddr_display(&addr);
+        let Some(path) = unix_path(&addr) else {
+            return Err(format!(
+                "{shown}: a socket without a file marked as one whose file is gone"
+            )
+            .into());
+        };
+        let mut kept = KeptGhost {
+            dirs: Some(DirsMade::for_path(&path)?),
+            path,
+            made: (0, 0),
+            aside: None,
+            // (Nothing of ours at the path yet.)
+            done: true,
+        };
+        if kept.path.symlink_metadata().is_ok() {
+            let mut tmp = kept.path.clone().into_os_string();
+            tmp.push(format!(".cryo-aside-{}", std::process::id()));
+            let tmp = std::path::PathBuf::from(tmp);
+            std::fs::rename(&kept.path, &tmp).map_err(|e| {
+                Why::sys(
+                    format!("moving {shown} aside to bind the socket whose file it replaced"),
+                    e,
+                )
+            })?;
+            kept.aside = Some(tmp);
+        }
+        if let Err(e) = sys::bind(fd, &addr) {
+            // (What was moved aside goes back, the directories made go.)
+            if let Some(tmp) = kept.aside.take() {
+                let _ = std::fs::rename(&tmp, &kept.path);
+            }
+            return Err(Why::sys(format!("binding {shown}"), e));
+        }
+        kept.done = false;
+        if let Ok(m) = std::fs::symlink_metadata(&kept.path) {
+            kept.made = (m.dev(), m.ino());
+        }
+        Ok(kept)
+    }
+
     pub(crate) fn path(&self) -> &std::path::Path {
         &self.path
     }
@@ -1066,52 +1076,36 @@ pub(crate) fn make_kept_ghost(
         .sockets()
         .get(object as usize)
         .ok_or_else(|| fd_err(p, "no socket state in the image"))?;
-    let addr = addr_of(&s);
-    let shown = sockaddr_display(&addr);
-    let path = unix_path(&addr)
-        .ok_or_else(|| fd_err(p, format!("{shown}: a ghost without a path name")))?;
     let fd = sys::socket(s.family as i32, s.sock_type as i32, s.protocol as i32)
         .map_err(|e| fd_err(p, Why::sys("socket", e)))?;
     set_options(img, object, fd.as_fd()).map_err(|w| fd_err(p, w))?;
-    let dirs = DirsMade::for_path(&path).map_err(|w| fd_err(p, w))?;
-    let mut kept = KeptGhost {
-        path: path.clone(),
-        made: (0, 0),
-        aside: None,
-        dirs: Some(dirs),
-        // (Nothing of ours at the path yet.)
-        done: true,
-    };
-    if path.symlink_metadata().is_ok() {
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(format!(".cryo-aside-{}", std::process::id()));
-        let tmp = std::path::PathBuf::from(tmp);
-        std::fs::rename(&path, &tmp).map_err(|e| {
-            fd_err(
-                p,
-                Why::sys(
-                    format!("moving {shown} aside to bind the socket whose file it replaced"),
-                    e,
-                ),
-            )
-        })?;
-        kept.aside = Some(tmp);
-    }
-    let bound = sys::bind(fd.as_fd(), &addr);
-    kept.done = bound.is_err();
-    if let Ok(m) = std::fs::symlink_metadata(&path) {
-        use std::os::unix::fs::MetadataExt;
-        kept.made = (m.dev(), m.ino());
-    }
-    if let Err(e) = bound {
-        // (What was moved aside goes back, the directories made go.)
-        if let Some(tmp) = kept.aside.take() {
-            let _ = std::fs::rename(&tmp, &kept.path);
-        }
-        return Err(fd_err(p, Why::sys(format!("binding {shown}"), e)));
-    }
+    let kept = KeptGhost::bind(&s, fd.as_fd()).map_err(|w| fd_err(p, w))?;
     set_status_flags(fd.as_raw_fd(), flags).map_err(|e| fd_err(p, e))?;
     Ok((fd.into_raw_fd(), kept))
+}
+
+/// Whether socket `object` of `img` (a shared object of a tree) is a bound
+/// ghost that datagram sockets of the tree (`images`) connect to by its
+/// name (`socket_flags::GHOST_PEER`): clients of a ghost several
+/// processes hold, or of another process's. Made by `cryo restore` with
+/// its file kept ([`make_kept_ghost`]).
+pub(crate) fn kept_ghost<'a>(
+    img: &Image,
+    object: u32,
+    mut images: impl Iterator<Item = Image<'a>>,
+) -> bool {
+    let Some(g) = img.sockets().get(object as usize) else {
+        return false;
+    };
+    if g.flags & socket_flags::GHOST == 0 || g.state != socket_state::BOUND {
+        return false;
+    }
+    let want = addr_of(&g);
+    images.any(|i| {
+        i.sockets()
+            .iter()
+            .any(|s| s.flags & socket_flags::GHOST_PEER != 0 && peer_of(&s) == want)
+    })
 }
 
 /// Whether a datagram socket of the process is connected to `object`, a
@@ -1510,47 +1504,41 @@ pub(crate) fn connect_waiting(img: &Image) -> Result<(), RestoreError> {
             what: "socket".into(),
             why,
         };
-        if listener == cryo_image::NO_INDEX {
-            // A listener of another process of the tree, made by `cryo
-            // restore` before any process (by its name, in queue order:
-            // every connection that waited in it is this process's).
-            let fl = sys::getfl(fd).map_err(|e| err(Why::sys("F_GETFL", e)))?;
-            sys::setfl(fd, fl | libc::O_NONBLOCK).map_err(|e| err(Why::sys("F_SETFL", e)))?;
-            let r = sys::connect_at(fd, &peer).map_err(|e| {
-                Why::sys(
-                    format!(
-                        "connecting to {} (another process's listener) again",
-                        sockaddr_display(&peer)
-                    ),
-                    e,
-                )
-            });
-            sys::setfl(fd, fl).map_err(|e| err(Why::sys("F_SETFL", e)))?;
-            r.map_err(err)?;
-            continue;
-        }
-        let l = socks
-            .get(listener as usize)
-            .filter(|l| l.state == socket_state::LISTENING)
-            .ok_or_else(|| {
-                err(Why::Said(
-                    "the listener it waited in is not in the image".into(),
-                ))
-            })?;
-        let addr = addr_of(&l);
-        // Without waiting: a listener whose queue filled up meanwhile
-        // (someone else connected first) is an error, not a hang.
-        let fl = sys::getfl(fd).map_err(|e| err(Why::sys("F_GETFL", e)))?;
-        sys::setfl(fd, fl | libc::O_NONBLOCK).map_err(|e| err(Why::sys("F_SETFL", e)))?;
-        // (A listener bound to a relative name: from its directory.)
-        let r = in_bind_dir(img, listener, &l, || {
+        // NO_INDEX: a listener of another process of the tree, made by
+        // `cryo restore` before any process, by its name (every
+        // connection that waited in it is this process's, in order).
+        let l = if listener == cryo_image::NO_INDEX {
+            None
+        } else {
+            Some(
+                socks
+                    .get(listener as usize)
+                    .filter(|l| l.state == socket_state::LISTENING)
+                    .ok_or_else(|| {
+                        err(Why::Said(
+                            "the listener it waited in is not in the image".into(),
+                        ))
+                    })?,
+            )
+        };
+        let addr = l.as_ref().map_or(peer, addr_of);
+        let connect = || {
             sys::connect_at(fd, &addr).map_err(|e| {
                 Why::sys(
                     format!("connecting to {} again", sockaddr_display(&addr)),
                     e,
                 )
             })
-        });
+        };
+        // Without waiting: a listener whose queue filled up meanwhile
+        // (someone else connected first) is an error, not a hang.
+        let fl = sys::getfl(fd).map_err(|e| err(Why::sys("F_GETFL", e)))?;
+        sys::setfl(fd, fl | libc::O_NONBLOCK).map_err(|e| err(Why::sys("F_SETFL", e)))?;
+        // (A listener bound to a relative name: from its directory.)
+        let r = match &l {
+            Some(l) => in_bind_dir(img, listener, l, connect),
+            None => connect(),
+        };
         sys::setfl(fd, fl).map_err(|e| err(Why::sys("F_SETFL", e)))?;
         r.map_err(err)?;
     }

@@ -557,7 +557,7 @@ fn make_shared<'a>(
         });
         !ghost.unwrap_or(false)
     };
-    rest.sort_by_key(ghost_first);
+    rest.sort_by_cached_key(ghost_first);
     for obj in rest {
         let fds = &objects[&obj];
         let (k, n, _) = fds.iter().copied().find(|h| h.0 == 0).unwrap_or(fds[0]);
@@ -603,15 +603,15 @@ fn make_shared<'a>(
         // A ghost socket that clients (of any process) connect to by
         // name: its file kept until they all have.
         let ghost = match p.source {
-            Source::Socket { sock, flags } => img
-                .sockets()
-                .get(sock as usize)
-                .filter(|s| {
-                    s.flags & cryo_image::fds::socket_flags::GHOST != 0
-                        && s.state == socket_state::BOUND
-                        && ghost_wanted(s, recs.len(), img_of)
-                })
-                .map(|_| (sock, flags)),
+            Source::Socket { sock, flags }
+                if crate::sockets::kept_ghost(
+                    &img,
+                    sock,
+                    (0..recs.len()).filter_map(img_of).map(|(_, i)| i),
+                ) =>
+            {
+                Some((sock, flags))
+            }
             _ => None,
         };
         let fd = match ghost {
@@ -644,27 +644,6 @@ fn make_shared<'a>(
         let _ = sys::waitpid(pid, libc::__WALL);
     }
     Ok(made)
-}
-
-/// Whether a datagram socket of the tree connects to ghost `g` by its name
-/// (`socket_flags::GHOST_PEER`): clients of a ghost shared by several
-/// processes, or of another process's.
-fn ghost_wanted<'a>(
-    g: &cryo_image::fds::Socket,
-    n: usize,
-    img_of: &dyn Fn(usize) -> Option<(&'a LoadedImage, Image<'a>)>,
-) -> bool {
-    let name = |w: &[u64; 16], len: u32| {
-        let (a, n) = cryo_image::fds::sockaddr_bytes(w, len);
-        a[..n].to_vec()
-    };
-    let want = name(&g.addr, g.addr_len);
-    (0..n).filter_map(img_of).any(|(_, img)| {
-        img.sockets().iter().any(|s| {
-            s.flags & cryo_image::fds::socket_flags::GHOST_PEER != 0
-                && name(&s.peer, s.peer_len) == want
-        })
-    })
 }
 
 /// Ended processes made for pidfds of the tree: (pidfs inode at capture,

@@ -216,13 +216,11 @@ pub fn ended_child() -> io::Result<i32> {
     }
 }
 
-/// A child with PID `pgid` that leads a process group of that id, for
-/// processes to join whose captured group's leader is gone; it waits,
-/// doing nothing, until it is killed (SIGKILL), and sends no SIGCHLD when
-/// it ends (exit signal 0: reaped by `waitpid(pid, __WALL)` only).
-/// EEXIST: the PID is taken.
-pub fn group_holder(pgid: i32) -> io::Result<i32> {
-    let tid = [pgid as libc::pid_t];
+/// A child with PID `pid` that waits, doing nothing, until it is killed
+/// (SIGKILL), and sends no SIGCHLD when it ends (exit signal 0: reaped by
+/// `waitpid(pid, __WALL)` only). EEXIST: the PID is taken.
+fn holder(pid: i32) -> io::Result<i32> {
+    let tid = [pid as libc::pid_t];
     match clone3_fork(&CloneArgs {
         set_tid: tid.as_ptr() as u64,
         set_tid_size: 1,
@@ -232,35 +230,39 @@ pub fn group_holder(pgid: i32) -> io::Result<i32> {
             // SAFETY: pause takes nothing.
             unsafe { libc::pause() };
         },
-        Forked::Parent(pid) => {
-            // (Its group made by the parent: made before this returns,
-            // whenever the child runs.)
-            if let Err(e) = setpgid(pid, pid) {
-                let _ = kill(pid, libc::SIGKILL);
-                let _ = waitpid(pid, libc::__WALL);
-                return Err(e);
-            }
-            Ok(pid)
-        }
+        Forked::Parent(pid) => Ok(pid),
     }
 }
 
-/// Enter /proc/PID of a process made with PID `pid` for the moment and
+/// Kill and reap a [`holder`].
+fn release(pid: i32) {
+    let _ = kill(pid, libc::SIGKILL);
+    let _ = waitpid(pid, libc::__WALL);
+}
+
+/// A [`holder`] with PID `pgid` that leads a process group of that id,
+/// for processes to join whose captured group's leader is gone.
+pub fn group_holder(pgid: i32) -> io::Result<i32> {
+    let pid = holder(pgid)?;
+    // (Its group made by the parent: made before this returns, whenever
+    // the child runs.)
+    if let Err(e) = setpgid(pid, pid) {
+        release(pid);
+        return Err(e);
+    }
+    Ok(pid)
+}
+
+/// Enter /proc/PID of a [`holder`] made with PID `pid` for the moment and
 /// ended at once: the working directory is then that dead process's /proc
 /// directory (getcwd fails with ENOENT, /proc/self/cwd reads
 /// "/proc/PID (deleted)"), as the captured one was (zdtm unhashed_proc).
-/// The process has no exit signal (no SIGCHLD for the restored program).
 pub fn enter_dead_proc_dir(pid: i32) -> io::Result<()> {
-    let tid = [pid as libc::pid_t];
     // (Processes of a tree with that same working directory each make
     // one, in turn: the PID is free again microseconds later.)
     let t0 = std::time::Instant::now();
-    let forked = loop {
-        match clone3_fork(&CloneArgs {
-            set_tid: tid.as_ptr() as u64,
-            set_tid_size: 1,
-            ..Default::default()
-        }) {
+    let p = loop {
+        match holder(pid) {
             Err(e)
                 if e.raw_os_error() == Some(libc::EEXIST)
                     && t0.elapsed() < std::time::Duration::from_secs(2) =>
@@ -270,19 +272,10 @@ pub fn enter_dead_proc_dir(pid: i32) -> io::Result<()> {
             r => break r?,
         }
     };
-    match forked {
-        Forked::Child => loop {
-            // SAFETY: pause takes nothing.
-            unsafe { libc::pause() };
-        },
-        Forked::Parent(p) => {
-            let path = std::ffi::CString::new(format!("/proc/{p}")).expect("no NUL");
-            let r = crate::sys::chdir(&path);
-            let _ = kill(p, libc::SIGKILL);
-            let _ = waitpid(p, libc::__WALL);
-            r
-        }
-    }
+    let path = std::ffi::CString::new(format!("/proc/{p}")).expect("no NUL");
+    let r = crate::sys::chdir(&path);
+    release(p);
+    r
 }
 
 /// fork(2) that gives the child PID `pid` (clone3 with `set_tid`; needs
