@@ -386,6 +386,76 @@ fn capture_keeps_copy_on_write_sharing_and_restore_gets_the_heap_back() {
     wait_gone(&kids);
 }
 
+/// Children that changed their copy of the parent's memory after the
+/// fork (written, dropped, unmapped, mprotected, grown, a mapping of
+/// their own, another working directory and fds) come back exactly as
+/// they were, and an eager restore forks them from their parent's shim:
+/// the pages they still shared with it are shared again (the same
+/// physical pages, as the program itself checks through pagemap). A child
+/// with a child of its own execs its own shim (its grandchild is forked
+/// by it). Each child gets the signal the restored root sends it at once.
+#[test]
+fn children_that_changed_their_memory_after_the_fork_share_the_rest_again() {
+    let dir = scratch("tree-diverge");
+    let t = Target::start("c-tree", &["diverge"]);
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    let pids = tree_pids(&img);
+    assert_eq!(pids.len(), 5, "{pids:?}");
+    wait_gone(&pids);
+    for mode in [&["--phases"][..], &["--lazy"], &["--pidns", "--phases"]] {
+        let mut r = restore(&img, mode);
+        let mut stdin = r.stdin.take().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        let mut lines = BufReader::new(r.stdout.take().unwrap()).lines();
+        let shared = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+        let checked = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+        stdin.write_all(b"end\n").unwrap();
+        drop(stdin);
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let mut err = String::new();
+        r.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(
+            r.wait().unwrap().success(),
+            "{mode:?}: {shared} {checked} {rest:?} {err}"
+        );
+        assert_eq!(checked, "CHECKED", "{mode:?}: {shared} {rest:?} {err}");
+        assert_eq!(
+            rest.last().map(String::as_str),
+            Some("PASS diverge"),
+            "{mode:?}: {rest:?} {err}"
+        );
+        let counts: Vec<u32> = shared
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        assert_eq!(counts.len(), 4, "{shared}");
+        if mode.contains(&"--lazy") {
+            // Each process its own exec: nothing shared.
+            assert_eq!(&counts[..3], &[0, 0, 0], "{shared}");
+        } else {
+            // Children 0 and 1 forked by the root's shim share every page
+            // of the part of the heap nobody wrote; child 2 (a parent
+            // itself) execs its own shim.
+            assert_eq!(&counts[..2], &[counts[3], counts[3]], "{shared}\n{err}");
+            for (k, how) in [
+                (1, "is forked by its parent's shim"),
+                (2, "is forked by its parent's shim"),
+                (3, "execs its own shim: it has children"),
+                (4, "is forked by its parent's shim"),
+            ] {
+                assert!(
+                    err.contains(&format!("process {} {how}", pids[k])),
+                    "{k} {how}: {err}"
+                );
+            }
+        }
+        wait_gone(&pids[1..]);
+    }
+}
+
 /// `--pidns`: a tree restored while the original still runs (every PID
 /// taken), in a PID namespace of its own; both finish right. The exit
 /// status and a signal pass through init and cryo restore.

@@ -44,10 +44,24 @@ pub mod flags {
     /// its files are open (`x` instead if it fails before that) and waits
     /// for one back; the root's shim, its own files open, takes one from
     /// each live process of the tree (the image's tree section), then
-    /// sends one to each.
+    /// sends one to each. A [`STAND_IN`] sends `s` and waits for nothing;
+    /// with stand-ins in the tree the byte back is `h`, and a second round
+    /// follows before any program runs (shim `round_two`).
     pub const BARRIER: u64 = 1 << 6;
+    /// A stand-in (eager restore of a tree): this process only holds a
+    /// child's place (its PID, its fds and working directory as `cryo
+    /// restore` set them up) until its parent's shim, its memory in, forks
+    /// the child itself, so that the pages they shared copy-on-write are
+    /// shared again. Its shim checks the image and opens the files as any
+    /// does, sends `s` at the tree's barrier instead of `o`, closes what it
+    /// opened, and waits to be killed; the parent takes its fds (pidfd_getfd),
+    /// working directory and these arguments (/proc/PID/cmdline).
+    pub const STAND_IN: u64 = 1 << 7;
+    /// This process's children that are [`STAND_IN`]s are forked by its
+    /// shim once its memory is in (`docs/design.md`, "Process trees").
+    pub const FORKS: u64 = 1 << 8;
     /// Every bit this version knows.
-    pub const ALL: u64 = PHASES | LAZY | SELF_UNMAP | SAME_CREDS | MAP | BARRIER;
+    pub const ALL: u64 = PHASES | LAZY | SELF_UNMAP | SAME_CREDS | MAP | BARRIER | STAND_IN | FORKS;
 }
 
 /// rsi at the shim's final `int3`, so the tracer knows the trap is ours.

@@ -20,6 +20,7 @@ mod pidns;
 mod pipes;
 mod ptys;
 mod sockets;
+mod standin;
 mod stored;
 mod supervise;
 mod sys;
@@ -137,6 +138,12 @@ pub struct Plan {
     tree: Option<Box<tree::Tree>>,
     /// The pty pairs made again (ours until every process has its fds).
     ptys: ptys::Ptys,
+    /// Hand-off flags a tree sets ([`handoff::flags::STAND_IN`],
+    /// [`handoff::flags::FORKS`]).
+    ///
+    /// [`handoff::flags::STAND_IN`]: cryo_image::handoff::flags::STAND_IN
+    /// [`handoff::flags::FORKS`]: cryo_image::handoff::flags::FORKS
+    extra_flags: u64,
 }
 
 /// Process state `exec` applies before the shim runs, read from the image
@@ -329,6 +336,7 @@ fn prepare_one(
         finish,
         tree: None,
         ptys: ptys::Ptys::default(),
+        extra_flags: 0,
     })
 }
 
@@ -542,7 +550,8 @@ impl Plan {
             | bit(self.finish == Finish::Gadgets, handoff::flags::SELF_UNMAP)
             | bit(checked.same_creds, handoff::flags::SAME_CREDS)
             | bit(self.opts.map, handoff::flags::MAP)
-            | bit(barrier.is_some(), handoff::flags::BARRIER);
+            | bit(barrier.is_some(), handoff::flags::BARRIER)
+            | self.extra_flags;
         let cwd_done = if *cwd_deleted {
             stored::enter_removed_dir(&self.fds, cwd)
         } else {

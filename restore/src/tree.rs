@@ -44,6 +44,9 @@ pub(crate) struct Member {
     /// Its restore (None for the root, whose plan is the outer one, and
     /// for zombies). Taken by the forked process that becomes it.
     plan: RefCell<Option<Plan>>,
+    /// Forked by its parent's shim; `cryo restore` forks a stand-in
+    /// (`crate::standin`).
+    stand_in: bool,
 }
 
 /// The tree behind a root's [`Plan`].
@@ -150,6 +153,7 @@ pub(crate) fn prepare(
     let mut members = vec![Member {
         rec: recs[0],
         plan: RefCell::new(None),
+        stand_in: false,
     }];
     for (r, image) in recs.iter().zip(images).skip(1) {
         let plan = match image {
@@ -180,9 +184,11 @@ pub(crate) fn prepare(
         members.push(Member {
             rec: *r,
             plan: RefCell::new(plan),
+            stand_in: false,
         });
     }
     let mut plan = crate::prepare_one(dir, root, opts, made_of(recs[0].pid))?;
+    choose_stand_ins(&recs, &mut plan, &mut members);
     plan.tree = Some(Box::new(Tree {
         members,
         _made: made.ours,
@@ -190,6 +196,63 @@ pub(crate) fn prepare(
         ptys,
     }));
     Ok(plan)
+}
+
+/// The children their parent's shim forks (`crate::standin`): each gets
+/// [`flags::STAND_IN`], its parent [`flags::FORKS`]. `--phases` says which
+/// and why not.
+///
+/// [`flags::STAND_IN`]: cryo_image::handoff::flags::STAND_IN
+/// [`flags::FORKS`]: cryo_image::handoff::flags::FORKS
+fn choose_stand_ins(recs: &[TreeProc], root: &mut Plan, members: &mut [Member]) {
+    use cryo_image::handoff::flags;
+    let mut refs = std::collections::BTreeSet::new();
+    crate::standin::referenced(&root.image(), &mut refs);
+    for m in members.iter() {
+        if let Some(p) = m.plan.borrow().as_ref() {
+            crate::standin::referenced(&p.image(), &mut refs);
+        }
+    }
+    for c in 1..members.len() {
+        let Some(p) = members
+            .iter()
+            .position(|m| m.rec.pid == members[c].rec.ppid)
+        else {
+            continue;
+        };
+        let why = {
+            let cp = members[c].plan.borrow();
+            let Some(cp) = cp.as_ref() else { continue };
+            let pp = members[p].plan.borrow();
+            let pp = if p == 0 { Some(&*root) } else { pp.as_ref() };
+            let Some(pp) = pp else { continue };
+            crate::standin::obstacle(recs, &refs, (members[p].rec, pp), (members[c].rec, cp))
+        };
+        if root.opts.phases {
+            match why {
+                None => eprintln!(
+                    "cryo restore: process {} is forked by its parent's shim (copy-on-write sharing kept)",
+                    members[c].rec.pid
+                ),
+                Some(w) => eprintln!(
+                    "cryo restore: process {} execs its own shim: {w}",
+                    members[c].rec.pid
+                ),
+            }
+        }
+        if why.is_some() {
+            continue;
+        }
+        members[c].stand_in = true;
+        if let Some(cp) = members[c].plan.borrow_mut().as_mut() {
+            cp.extra_flags |= flags::STAND_IN;
+        }
+        if p == 0 {
+            root.extra_flags |= flags::FORKS;
+        } else if let Some(pp) = members[p].plan.borrow_mut().as_mut() {
+            pp.extra_flags |= flags::FORKS;
+        }
+    }
 }
 
 fn in_process(pid: u32, e: RestoreError) -> RestoreError {
@@ -947,7 +1010,12 @@ impl Cx<'_> {
     /// return).
     fn fork(&self, c: usize) -> Result<i32, RestoreError> {
         let r = self.rec(c);
-        match sys::fork_with_pid(r.pid as i32) {
+        let forked = if self.tree.members[c].stand_in {
+            sys::fork_stand_in(r.pid as i32)
+        } else {
+            sys::fork_with_pid(r.pid as i32)
+        };
+        match forked {
             Ok(Forked::Child) => self.become_member(c),
             Ok(Forked::Parent(p)) => Ok(p),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(RestoreError::Tree(format!(
@@ -978,7 +1046,8 @@ impl Cx<'_> {
             let _ = sys::kill(m.rec.pid as i32, libc::SIGKILL);
         }
         for c in self.children(0) {
-            let _ = sys::waitpid(self.rec(c).pid as i32, 0);
+            // (__WALL: a stand-in sends no SIGCHLD.)
+            let _ = sys::waitpid(self.rec(c).pid as i32, libc::__WALL);
         }
     }
 
@@ -1020,6 +1089,13 @@ impl Cx<'_> {
             self.bar.abort();
             sys::exit_now(1)
         };
+        if self.tree.members[i].stand_in {
+            // Gone with its parent, whose shim would have replaced it.
+            let parent = pid_now(r.ppid as i32, r.pid as i32);
+            if sys::die_with_parent().is_err() || sys::getppid() != parent {
+                sys::exit_now(1);
+            }
+        }
         if let Err(e) = self.own_session_and_group(r) {
             die(format!("setting its session or process group: {e}"));
         }

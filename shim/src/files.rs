@@ -170,6 +170,18 @@ impl<'a> Files<'a> {
         fd as usize
     }
 
+    /// Close every fd the shim opened itself, leaving the made files' fds
+    /// (a stand-in's, which the child forked in its place takes).
+    pub fn close_opened(self) {
+        for (i, f) in self.img.files().iter().enumerate().take(self.n) {
+            // SAFETY: i < n.
+            let fd = unsafe { *self.fds.add(i) };
+            if fd >= 0 && !made_by_restore(f.flags, self.files_fd) {
+                syscall3(SYS_CLOSE, fd as usize, 0, 0);
+            }
+        }
+    }
+
     /// Close every fd the shim opened, and the made files' fds (the
     /// program's own fds were installed by `cryo restore` at their numbers
     /// and are untouched).

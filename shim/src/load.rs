@@ -7,6 +7,11 @@ use crate::{check, die, META_AT, PG, W, W_END};
 use cryo_image::{vma_kind, Image, MAX_META_LEN};
 
 pub fn image(meta_fd: usize) -> Image<'static> {
+    image_at(meta_fd, META_AT)
+}
+
+/// [`image`], mapped at `at` in the window.
+pub fn image_at(meta_fd: usize, at: usize) -> Image<'static> {
     let len = check(
         syscall3(SYS_LSEEK, meta_fd, 0, 2),
         format_args!("meta.img size"),
@@ -22,20 +27,20 @@ pub fn image(meta_fd: usize) -> Image<'static> {
     // call; every byte is checksummed below anyway.
     let buf_len = (len + PG - 1) & !(PG - 1);
     let r = mmap(
-        META_AT,
+        at,
         buf_len,
         PROT_READ,
         MAP_PRIVATE | MAP_FIXED_NOREPLACE | MAP_POPULATE,
         meta_fd,
         0,
     );
-    if r as usize != META_AT {
+    if r as usize != at {
         die(format_args!("mapping meta.img: errno {}", -r));
     }
-    // SAFETY: META_AT..+len was just mapped (readable, len bytes of the
+    // SAFETY: at..+len was just mapped (readable, len bytes of the
     // file, the rest of the last page zero); it stays mapped (inside the
     // window) until the shim is gone.
-    let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(META_AT as *const u8, len) };
+    let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(at as *const u8, len) };
     let img = match Image::parse(bytes) {
         Ok(i) => i,
         Err(e) => die(format_args!("image: {e}")),

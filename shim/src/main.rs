@@ -20,6 +20,7 @@
 
 mod fds;
 mod files;
+mod forked;
 mod frame;
 mod load;
 mod mem;
@@ -49,7 +50,10 @@ const STACK_AT: usize = W + 0x0800_0000;
 const STACK_LEN: usize = 1 << 20;
 const META_AT: usize = W + 0x1000_0000;
 const SELF_COPY_AT: usize = W + 0x3000_0000;
-const TEMP_AT: usize = W + 0x4000_0000;
+/// A child forked by its parent's shim maps its own meta.img here (its
+/// parent's stays at META_AT).
+const CHILD_META_AT: usize = W + 0x4000_0000;
+const TEMP_AT: usize = W + 0x5000_0000;
 const TEMP_LEN: usize = W_END - TEMP_AT;
 /// Top of the x86_64 user address space (4-level paging).
 const USER_END: usize = 0x7fff_ffff_f000;
@@ -190,6 +194,7 @@ static BARRIER_FD: core::sync::atomic::AtomicUsize =
 
 const SYS_SENDTO: usize = 44;
 const SYS_RECVFROM: usize = 45;
+const SYS_NANOSLEEP: usize = 35;
 
 fn barrier_send(fd: usize, b: u8) -> isize {
     let v = [b];
@@ -200,6 +205,11 @@ fn barrier_send(fd: usize, b: u8) -> isize {
 /// One byte from the barrier socket within `ms` milliseconds: Some(byte),
 /// Some(0) at end of file (every other end closed), None if none came.
 fn barrier_recv(fd: usize, ms: usize) -> Option<u8> {
+    barrier_take(fd, ms, 0)
+}
+
+/// [`barrier_recv`] with recvfrom's `flags` (MSG_PEEK: the byte stays).
+fn barrier_take(fd: usize, ms: usize, flags: usize) -> Option<u8> {
     const SYS_POLL: usize = 7;
     const POLLIN: u16 = 1;
     // struct pollfd: fd (i32), events (i16), revents (i16).
@@ -211,7 +221,15 @@ fn barrier_recv(fd: usize, ms: usize) -> Option<u8> {
         return None;
     }
     let mut g = [0u8];
-    let n = syscall6(SYS_RECVFROM, fd, g.as_mut_ptr() as usize, 1, 0x40, 0, 0);
+    let n = syscall6(
+        SYS_RECVFROM,
+        fd,
+        g.as_mut_ptr() as usize,
+        1,
+        0x40 | flags,
+        0,
+        0,
+    );
     match n {
         1 => Some(g[0]),
         0 => Some(0),
@@ -223,32 +241,36 @@ fn barrier_recv(fd: usize, ms: usize) -> Option<u8> {
 /// A tree's barrier ([`flags::BARRIER`]): no process of the tree goes
 /// past its point of no return before every one has its files open. The
 /// root (its image lists the tree) takes a byte from each other live
-/// process, then sends one to each; every other process sends one and
-/// waits for one. A failure before that (`x`, or the other side gone)
-/// ends the shim here, before its point of no return; a root that hears
-/// from nobody for 60 s gives up.
+/// process (`o`, or `s` from a stand-in, `forked`), then sends one to each
+/// but the stand-ins; every other process sends one and waits for one. A
+/// failure before that (`x`, or the other side gone) ends the shim here,
+/// before its point of no return; a root that hears from nobody for 60 s
+/// gives up. With stand-ins in the tree the byte back is `h`: a second
+/// round follows ([`round_two`]).
 fn tree_barrier(a: &Args, img: &cryo_image::Image) {
     let fd = a.barrier_fd;
     if a.flags & flags::BARRIER == 0 || fd == usize::MAX {
         return;
     }
     let recs = img.tree();
-    let abandoned = || -> ! {
+    let abandoned = |_: u8| -> ! {
         die(format_args!(
             "a process of the tree could not be restored (see above)"
         ))
     };
+    let mut second = false;
     if recs.len() > 1 {
         let n = recs
             .iter()
             .skip(1)
             .filter(|r| r.state == cryo_image::tree::proc_state::LIVE)
             .count();
-        let (mut got, mut quiet) = (0, 0);
+        let (mut got, mut stand_ins, mut quiet) = (0, 0, 0);
         while got < n {
             match barrier_recv(fd, 100) {
                 Some(b'o') => (got, quiet) = (got + 1, 0),
-                Some(_) => abandoned(),
+                Some(b's') => (got, stand_ins, quiet) = (got + 1, stand_ins + 1, 0),
+                Some(b) => abandoned(b),
                 None if quiet < 600 => quiet += 1,
                 None => die(format_args!(
                     "{} of the tree's {n} other processes did not get their files open within 60 s",
@@ -256,20 +278,90 @@ fn tree_barrier(a: &Args, img: &cryo_image::Image) {
                 )),
             }
         }
-        for _ in 0..n {
-            check(barrier_send(fd, b'g'), format_args!("the tree's barrier"));
+        second = stand_ins > 0;
+        let reply = if second { b'h' } else { b'g' };
+        for _ in 0..n - stand_ins {
+            check(barrier_send(fd, reply), format_args!("the tree's barrier"));
         }
+        ROUND_TWO_N.store(n - stand_ins, core::sync::atomic::Ordering::Relaxed);
     } else {
         check(barrier_send(fd, b'o'), format_args!("the tree's barrier"));
         loop {
             match barrier_recv(fd, 1000) {
                 Some(b'g') => break,
-                Some(_) => abandoned(),
+                Some(b'h') => {
+                    second = true;
+                    break;
+                }
+                Some(b) => abandoned(b),
                 None => {}
             }
         }
     }
     BARRIER_FD.store(usize::MAX, core::sync::atomic::Ordering::Relaxed);
+    if second {
+        ROUND_TWO_FD.store(fd, core::sync::atomic::Ordering::Relaxed);
+    } else {
+        syscall3(SYS_CLOSE, fd, 0, 0);
+    }
+}
+
+/// The barrier socket kept for [`round_two`], and (the root) how many
+/// processes meet there.
+static ROUND_TWO_FD: core::sync::atomic::AtomicUsize =
+    core::sync::atomic::AtomicUsize::new(usize::MAX);
+static ROUND_TWO_N: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// The second round of a tree's barrier, where some children are forked
+/// by their parents' shims: no process enters its program before those
+/// children exist (a signal sent to a stand-in would be lost with it).
+/// Every process but the root sends `f` once it has forked its children
+/// (if it has any to fork) and waits for `G`; the root takes one `f` from
+/// each, then sends one `G` to each. Past every point of no return, so
+/// a process that died is not waited for beyond 10 s of silence. Every
+/// process but the root reads from one queue: a byte of the first round
+/// another process has yet to take is only looked at (MSG_PEEK), never
+/// taken from it.
+fn round_two(root: bool) {
+    use core::sync::atomic::Ordering::Relaxed;
+    let fd = ROUND_TWO_FD.swap(usize::MAX, Relaxed);
+    if fd == usize::MAX {
+        return;
+    }
+    if root {
+        let n = ROUND_TWO_N.load(Relaxed);
+        let (mut got, mut quiet) = (0, 0);
+        while got < n && quiet < 100 {
+            match barrier_recv(fd, 100) {
+                Some(b'f') => (got, quiet) = (got + 1, 0),
+                Some(0) => break,
+                Some(_) => {}
+                None => quiet += 1,
+            }
+        }
+        for _ in 0..n {
+            barrier_send(fd, b'G');
+        }
+    } else if barrier_send(fd, b'f') == 1 {
+        const MSG_PEEK: usize = 2;
+        loop {
+            match barrier_take(fd, 1000, MSG_PEEK) {
+                // (Every process waiting here gets one: the root sends
+                // one for each.)
+                Some(b'G') => {
+                    while barrier_recv(fd, 1000).is_none() {}
+                    break;
+                }
+                Some(0) => break,
+                // Another's byte of the first round.
+                Some(_) => {
+                    let ts = [0i64, 1_000_000];
+                    syscall3(SYS_NANOSLEEP, ts.as_ptr() as usize, 0, 0);
+                }
+                None => {}
+            }
+        }
+    }
     syscall3(SYS_CLOSE, fd, 0, 0);
 }
 
@@ -410,6 +502,10 @@ fn restore(a: &Args, packed: bool) -> ! {
     //    checked to be what was captured.
     mem::map_anon_at(scratch::AT, scratch::LEN, "scratch");
     let (mut files, exe_fd) = files::Files::open_all(&img, a);
+    // A stand-in (a tree's child its parent's shim forks): no further.
+    if a.flags & flags::STAND_IN != 0 {
+        forked::stand_in(a, files);
+    }
     // 3. Off the shim's own file (PR_SET_MM_MAP would refuse the exe).
     ph.mark(on);
     selfmap::leave_own_file(a.alias_fd);
@@ -436,21 +532,56 @@ fn restore(a: &Args, packed: bool) -> ! {
     if lazy {
         uffd::hand_to_page_server(&img, a.sock_fd);
     }
+    // The children whose pages were this process's too, forked now
+    // that its memory is in.
+    if a.flags & flags::FORKS != 0 {
+        forked::fork_children(&img);
+    }
     ph.mark(on);
+    finish(&img, files, exe_fd, a, ph, lazy)
+}
+
+/// A child forked by its parent's shim (`forked`), its fds and working
+/// directory in place: its image and files, its mappings made from its
+/// parent's, then the rest of the restore as after an exec.
+fn restore_forked(a: &Args, parent: &cryo_image::Image) -> ! {
+    ROUND_TWO_FD.store(usize::MAX, core::sync::atomic::Ordering::Relaxed);
+    let on = a.flags & flags::PHASES != 0;
+    let mut ph = Phases { t: [0; 8], n: 0 };
+    ph.mark(on);
+    let img = load::image_at(a.meta_fd, CHILD_META_AT);
+    let (mut files, exe_fd) = files::Files::open_all(&img, a);
+    ph.mark(on);
+    ph.mark(on);
+    forked::reshape(parent, &img, &mut files, a.pages_fd);
+    ph.mark(on);
+    finish(&img, files, exe_fd, a, ph, false)
+}
+
+/// Steps 7 to 12 of [`restore`]: the process's state, then the program.
+fn finish<'a>(
+    img: &'a cryo_image::Image<'a>,
+    files: files::Files<'a>,
+    exe_fd: u32,
+    a: &Args,
+    mut ph: Phases,
+    lazy: bool,
+) -> ! {
+    let on = a.flags & flags::PHASES != 0;
     // 7. mm fields, auxv and the executable.
-    mm::restore(&img, exe_fd);
+    mm::restore(img, exe_fd);
     // 8. The main thread's state and the process's.
-    tls::restore(&img, a.tid_offset);
-    rseq::register(&img);
-    signals::restore_dispositions(&img);
-    task::set_comm(&img);
-    task::restore_prctl_state(&img);
+    tls::restore(img, a.tid_offset);
+    rseq::register(img);
+    signals::restore_dispositions(img);
+    task::set_comm(img);
+    task::restore_prctl_state(img);
     // 9. The shim's own fds go; the program's get their flags and locks.
     files.close_all();
     syscall3(SYS_CLOSE, a.meta_fd, 0, 0);
     syscall3(SYS_CLOSE, a.pages_fd, 0, 0);
     vma::close_mem_fd();
-    fds::restore(&img);
+    fds::restore(img);
     if lazy {
         uffd::wait_go(a.sock_fd);
     }
@@ -458,9 +589,9 @@ fn restore(a: &Args, packed: bool) -> ! {
     // 10. Every other thread, each restoring its own state and frame
     //     (after the page server is ready: they write to their stacks);
     //     then the timers (which may name a thread).
-    let nthreads = threads::spawn_all(&img, a.flags);
+    let nthreads = threads::spawn_all(img, a.flags);
     let new_pid = syscall3(SYS_GETPID, 0, 0, 0) as u32;
-    timers::restore(&img, |old| threads::new_tid(&img, old, new_pid));
+    timers::restore(img, |old| threads::new_tid(img, old, new_pid));
     // 11. The signals queued at capture, with their siginfo (every signal
     //     is blocked until the final rt_sigreturn); the credentials
     //     (after everything that needs privilege), then what a
@@ -469,17 +600,17 @@ fn restore(a: &Args, packed: bool) -> ! {
     //     Seccomp filters installed with a privilege the program dropped
     //     since go in before the credentials (step 12): finishing through
     //     the tracer, which suspended them for this task.
-    signals::queue_pending(&img);
+    signals::queue_pending(img);
     let filters_first = img.seccomp_before_creds() && a.flags & flags::SELF_UNMAP == 0;
     if !filters_first {
-        task::restore(&img, a.flags & flags::SAME_CREDS != 0);
+        task::restore(img, a.flags & flags::SAME_CREDS != 0);
     }
     // 12. The signal frame; every thread out of the shim; into the
     //     program. The seccomp filters, for every thread (all waiting in
     //     the program's code): from here on only the system calls capture
     //     checked them to allow (or, finishing with the tracer, what it
     //     injects: it suspended them).
-    let frame_sp = frame::build(&img);
+    let frame_sp = frame::build(img);
     let release = (nthreads > 0).then(|| {
         let word = frame::release_word(frame_sp);
         threads::gather(nthreads, word);
@@ -489,16 +620,18 @@ fn restore(a: &Args, packed: bool) -> ! {
     if on {
         ph.print(a.exec_ns);
     }
-    seccomp::install(&img, nthreads > 0);
+    // A tree with children forked by their parents' shims: all forked.
+    round_two(img.tree().len() > 1);
+    seccomp::install(img, nthreads > 0);
     if filters_first {
-        task::restore(&img, a.flags & flags::SAME_CREDS != 0);
+        task::restore(img, a.flags & flags::SAME_CREDS != 0);
     }
     // Seccomp strict mode: entered last, through the program's code (its
     // rt_sigreturn is the one call after it), or here when the tracer
     // finishes (it suspended seccomp for this task).
     let strict = img.task().is_some_and(|t| t.seccomp_strict == 1);
     if a.flags & flags::SELF_UNMAP != 0 {
-        frame::finish_without_tracer(&img, frame_sp, release, strict);
+        frame::finish_without_tracer(img, frame_sp, release, strict);
     }
     if strict {
         check(

@@ -70,7 +70,7 @@ pub fn map_all(img: &Image, files: &mut Files, a: &Args, lazy: bool, map: bool) 
 /// the capture checked), then each mapping's protection and flags. Its
 /// bytes are the segment's: `cryo restore` made it again with them if it
 /// was gone.
-fn attach_sysv(img: &Image, v: &Vma) {
+pub(crate) fn attach_sysv(img: &Image, v: &Vma) {
     const SHM_RDONLY: usize = 0o10000;
     const SHM_EXEC: usize = 0o100000;
     if v.pgoff == 0 {
@@ -138,7 +138,7 @@ fn mergeable(prev: &Vma, v: &Vma) -> bool {
 /// pages inside this window (a lazy mapping; the page server serves the
 /// rest). `mapped`: map its runs of data from pages.img (MAP_PRIVATE,
 /// over the anonymous mapping) rather than copy them.
-fn map_vma(
+pub(crate) fn map_vma(
     img: &Image,
     v: &Vma,
     prev: Option<&Vma>,
@@ -359,7 +359,7 @@ fn map_vma(
 
 /// The VmFlags only madvise, mlock and mseal set (`cryo_image::vmflag_rule`
 /// says which): after the mapping is filled and has its protection.
-fn restore_vma_flags(v: &Vma) {
+pub(crate) fn restore_vma_flags(v: &Vma) {
     use cryo_image::vmflag;
     const ADVICE: [(u64, usize, &str); 8] = [
         (vmflag("dc"), 10, "MADV_DONTFORK"),

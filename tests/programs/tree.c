@@ -43,6 +43,25 @@
  * and sends the byte; the child answers, then makes one system call
  * strict mode forbids (getpid), which must kill it (SIGKILL): it was
  * strict to the end. PASS seccomp.
+ *
+ * `tree diverge`: a root with a 16 MiB heap (its own mapping) and a few
+ * pages on the brk heap forks children that share both copy-on-write,
+ * and then each changes its own copy differently before the capture:
+ *   - child 0 writes its own bytes over the heap's second MiB, unmaps the
+ *     heap's last MiB, makes one page read-only, maps 1 MiB of its own;
+ *   - child 1 drops the heap's third MiB (MADV_DONTNEED: zeros), grows
+ *     the brk heap by 256 KiB of its own bytes, enters /tmp, opens a file
+ *     at fd 40 and closes its copy of the go pipe's write end;
+ *   - child 2 changes nothing but forks a grandchild that writes one page.
+ * READY once all of that is in place; the root then reads a line of
+ * stdin (the capture is taken while it waits). After it, the root at once
+ * sends each child SIGUSR1 (a child forked late by a restore must not
+ * miss it), and lets them go: each checks every byte of its own memory,
+ * the mappings' bounds and protection, its fds and working directory and
+ * that it got the signal, and says so. The root then prints which pages
+ * it still shares with the children (/proc/PID/pagemap: the same
+ * physical page; needs CAP_SYS_ADMIN) as `SHARED a b c of n`, reads one more
+ * line, ends them and prints PASS diverge.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -57,6 +76,7 @@
 #include <fcntl.h>
 #include <linux/seccomp.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/socket.h>
@@ -332,6 +352,170 @@ static int cow(int mib) {
   return 0;
 }
 
+#define DV_MIB 16
+static unsigned char dv_pat(size_t i) { return (unsigned char)(i * 13 + 5); }
+
+/* 1 if [p, p+n) is mapped (and its protection in /proc/self/maps is
+ * `perm`, if given), 0 if not mapped at all. */
+static int dv_mapped(void *p, size_t n, const char *perm) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  if (!f) fail("maps");
+  unsigned long a = (unsigned long)p, e = a + n, s, t;
+  char pr[8], line[512];
+  int hit = 0;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "%lx-%lx %7s", &s, &t, pr) == 3 && s < e && t > a) {
+      if (s <= a && t >= e && (!perm || !strncmp(pr, perm, 4))) hit = 1;
+      else hit = -1;
+    }
+  fclose(f);
+  return hit;
+}
+
+/* The physical page of `pid`'s page at `p` (0 if not present). */
+static unsigned long long dv_pfn(pid_t pid, void *p) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/pagemap", pid);
+  int fd = open(path, O_RDONLY);
+  if (fd < 0) fail("pagemap");
+  unsigned long long e = 0;
+  if (pread(fd, &e, 8, ((unsigned long)p / 4096) * 8) != 8) fail("pagemap read");
+  close(fd);
+  return (e >> 63) ? (e & ((1ULL << 55) - 1)) : 0;
+}
+
+static int diverge(void) {
+  size_t n = (size_t)DV_MIB << 20, mib = 1 << 20;
+  unsigned char *h = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (h == MAP_FAILED) fail("mmap heap");
+  for (size_t i = 0; i < n; i++) h[i] = dv_pat(i);
+  unsigned char *small = sbrk(0);
+  if (sbrk(3 * 4096) == (void *)-1) fail("sbrk");
+  memset(small, 0x5a, 3 * 4096);
+  signal(SIGUSR1, on_usr1);
+  int go[2], done[2], end[2], ready[2];
+  if (pipe(go) || pipe(done) || pipe(end) || pipe(ready)) fail("pipe");
+  pid_t kids[3];
+  for (int k = 0; k < 3; k++) {
+    kids[k] = fork();
+    if (kids[k]) continue;
+    char c;
+    unsigned char *own = NULL, *grown = NULL;
+    pid_t grand = 0;
+    close(done[0]);
+    close(end[1]);
+    close(ready[0]);
+    if (k == 0) {
+      memset(h + mib, 0xc0, mib);
+      if (munmap(h + n - mib, mib)) _exit(10);
+      if (mprotect(h + 5 * mib, 4096, PROT_READ)) _exit(11);
+      /* Away from the heap (a hint): next to it, the kernel would give it
+       * the unmapped last MiB, or merge it with the heap. */
+      own = mmap((void *)0x200000000000UL, mib, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (own == MAP_FAILED) _exit(12);
+      for (size_t i = 0; i < mib; i++) own[i] = (unsigned char)(i ^ 0x3c);
+    } else if (k == 1) {
+      if (madvise(h + 2 * mib, mib, MADV_DONTNEED)) _exit(13);
+      grown = sbrk(0);
+      if (sbrk(256 << 10) == (void *)-1) _exit(14);
+      for (size_t i = 0; i < (256 << 10); i++) grown[i] = (unsigned char)(i * 3 + 1);
+      if (chdir("/tmp")) _exit(15);
+      int f = open("/proc/self/exe", O_RDONLY);
+      if (f < 0 || dup2(f, 40) != 40) _exit(16);
+      close(f);
+      close(go[1]);
+    } else {
+      grand = fork();
+      if (grand == 0) {
+        memset(h + 7 * mib, 0x77, 4096);
+        if (write(ready[1], "r", 1) != 1) _exit(20);
+        read_full(go[0], &c, 1, "grandchild reading go");
+        for (size_t i = 0; i < n; i++) {
+          unsigned char want = (i >= 7 * mib && i < 7 * mib + 4096) ? 0x77 : dv_pat(i);
+          if (h[i] != want) _exit(21);
+        }
+        if (write(done[1], "g", 1) != 1) _exit(22);
+        read_full(end[0], &c, 1, "grandchild reading end");
+        _exit(0);
+      }
+    }
+    if (write(ready[1], "r", 1) != 1) _exit(17);
+    read_full(go[0], &c, 1, "child reading go");
+    /* Every byte of the heap as this child left it. */
+    for (size_t i = 0; i < n; i++) {
+      if (k == 0 && i >= n - mib) break;
+      unsigned char want = dv_pat(i);
+      if (k == 0 && i >= mib && i < 2 * mib) want = 0xc0;
+      if (k == 1 && i >= 2 * mib && i < 3 * mib) want = 0;
+      if (h[i] != want) _exit(30);
+    }
+    for (size_t i = 0; i < 3 * 4096; i++)
+      if (small[i] != 0x5a) _exit(31);
+    if (k == 0) {
+      if (dv_mapped(h + n - mib, mib, NULL) != 0) _exit(32);
+      if (dv_mapped(h + 5 * mib, 4096, "r--p") != 1) _exit(33);
+      if (dv_mapped(h + 4 * mib, mib, "rw-p") != 1) _exit(34);
+      for (size_t i = 0; i < mib; i++)
+        if (own[i] != (unsigned char)(i ^ 0x3c)) _exit(35);
+    }
+    if (k == 1) {
+      for (size_t i = 0; i < (256 << 10); i++)
+        if (grown[i] != (unsigned char)(i * 3 + 1)) _exit(36);
+      char cwd[64];
+      if (!getcwd(cwd, sizeof cwd) || strcmp(cwd, "/tmp")) _exit(37);
+      char a[4], b[4] = {0x7f, 'E', 'L', 'F'};
+      if (pread(40, a, 4, 0) != 4 || memcmp(a, b, 4)) _exit(38);
+      if (fcntl(go[1], F_GETFD) != -1 || errno != EBADF) _exit(39);
+    }
+    if (!got_usr1) _exit(40);
+    if (write(done[1], "k", 1) != 1) _exit(41);
+    read_full(end[0], &c, 1, "child reading end");
+    if (grand) {
+      int st;
+      if (waitpid(grand, &st, 0) != grand || !WIFEXITED(st) || WEXITSTATUS(st)) _exit(42);
+    }
+    _exit(0);
+  }
+  close(go[0]);
+  close(done[1]);
+  close(end[0]);
+  close(ready[1]);
+  char rs[4];
+  read_full(ready[0], rs, 4, "children ready");
+  printf("READY %d\n", getpid());
+  char line[16];
+  if (!fgets(line, sizeof line, stdin)) fail("reading stdin");
+  for (int k = 0; k < 3; k++)
+    if (kill(kids[k], SIGUSR1)) fail("kill");
+  if (write(go[1], "gggg", 4) != 4) fail("go");
+  for (size_t i = 0; i < n; i++)
+    if (h[i] != dv_pat(i)) fail("heap");
+  char ks[4];
+  read_full(done[0], ks, 4, "children checked");
+  /* Pages of the heap's untouched part this root shares with children
+   * 0 and 2 (child 1's first MiB, too). */
+  int shared[3] = {0, 0, 0}, pages = 0;
+  for (size_t off = 8 * mib; off < 12 * mib; off += 4096, pages++)
+    for (int k = 0; k < 3; k++) {
+      unsigned long long mine = dv_pfn(getpid(), h + off);
+      if (mine && mine == dv_pfn(kids[k], h + off)) shared[k]++;
+    }
+  printf("SHARED %d %d %d of %d\n", shared[0], shared[1], shared[2], pages);
+  printf("CHECKED\n");
+  if (!fgets(line, sizeof line, stdin)) fail("reading stdin");
+  if (write(end[1], "eeee", 4) != 4) fail("end");
+  for (int k = 0; k < 3; k++) {
+    int st;
+    if (waitpid(kids[k], &st, 0) != kids[k]) fail("waitpid");
+    if (!WIFEXITED(st) || WEXITSTATUS(st)) {
+      printf("FAIL child %d status %#x\n", k, st);
+      return 1;
+    }
+  }
+  printf("PASS diverge\n");
+  return 0;
+}
+
 static const char EARLY_OUT[] = "C wrote this before the capture\n";
 static const char EARLY_IN[] = "line one\nhalf";
 
@@ -476,6 +660,7 @@ int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc > 2 && !strcmp(argv[1], "cow")) return cow(atoi(argv[2]));
   if (argc > 1 && !strcmp(argv[1], "family")) return family();
+  if (argc > 1 && !strcmp(argv[1], "diverge")) return diverge();
   if (argc > 2 && !strcmp(argv[1], "prefork")) return prefork(argv[2]);
   if (argc > 1 && !strcmp(argv[1], "pty")) return pty();
   if (argc > 1 && !strcmp(argv[1], "seccomp")) return strict();

@@ -290,6 +290,32 @@ pub fn fork_with_pid(pid: i32) -> io::Result<Forked> {
     })
 }
 
+/// [`fork_with_pid`] for a stand-in (`crate::standin`): exit signal 0, so
+/// that its end, when its parent's shim kills it, sends no SIGCHLD the
+/// restored parent would see (reaped by `waitpid(pid, __WALL)` only).
+pub fn fork_stand_in(pid: i32) -> io::Result<Forked> {
+    let tid = [pid as libc::pid_t];
+    clone3_fork(&CloneArgs {
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    })
+}
+
+/// getppid(2).
+pub fn getppid() -> i32 {
+    // SAFETY: no arguments.
+    unsafe { libc::getppid() }
+}
+
+/// SIGKILL when the parent thread ends (PR_SET_PDEATHSIG; kept across a
+/// non-setuid exec).
+pub fn die_with_parent() -> io::Result<()> {
+    // SAFETY: integers only.
+    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) })?;
+    Ok(())
+}
+
 /// setpgid(pid, pgid).
 pub fn setpgid(pid: i32, pgid: i32) -> io::Result<()> {
     // SAFETY: integers only.

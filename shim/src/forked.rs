@@ -1,0 +1,661 @@
+//! A child forked by its parent's shim ([`flags::FORKS`],
+//! [`flags::STAND_IN`]): an eager restore of a tree keeps the private
+//! pages a parent and its child shared copy-on-write (docs/design.md,
+//! "Process trees").
+//!
+//! `cryo restore` made a stand-in with the child's PID, fds and working
+//! directory. Its shim ([`stand_in`]) checked the child's image and files,
+//! says `s` at the tree's barrier and waits. The parent's shim, its memory
+//! in ([`fork_children`]), takes the stand-in's fds and working directory
+//! and reads its arguments, kills it, and forks the child with its PID.
+//! The child ([`child`]) installs them, keeps every mapping it had in
+//! common with its parent and the pages it shared with it ([`reshape`]),
+//! makes the rest as a shim makes any mapping, and goes on as every shim
+//! does.
+
+use crate::files::Files;
+use crate::mem::*;
+use crate::sys::*;
+use crate::vma::{attach_sysv, map_vma, restore_vma_flags};
+use crate::{check, die, Args, W};
+use cryo_image::handoff::{self, flags, Handoff};
+use cryo_image::{run_kind, vma_kind, vmflag, Image, Vma, NO_INDEX, PAGE_SIZE};
+
+const SYS_PAUSE: usize = 34;
+const SYS_DUP3: usize = 292;
+const SYS_FCHDIR: usize = 81;
+const SYS_GETDENTS64: usize = 217;
+const SYS_WAITID: usize = 247;
+const SYS_PIDFD_OPEN: usize = 434;
+const SYS_PIDFD_GETFD: usize = 438;
+const F_DUPFD_CLOEXEC: usize = 1030;
+const O_DIRECTORY: usize = 0o200000;
+const O_PATH: usize = 0o10000000;
+const EBADF: isize = 9;
+
+/// The fds taken from a stand-in: (its number, ours) pairs of i32.
+const TABLE_AT: usize = W + 0x2800_0000;
+const TABLE_LEN: usize = 1 << 20;
+const TABLE_MAX: usize = TABLE_LEN / 8;
+
+/// The stand-in's part: its files were opened and checked (so a changed
+/// file fails the tree's restore before any point of no return); close
+/// them, say `s` at the barrier, and wait for the parent's shim to kill
+/// this process.
+pub fn stand_in(a: &Args, files: Files) -> ! {
+    files.close_opened();
+    if a.alias_fd != usize::MAX {
+        syscall3(SYS_CLOSE, a.alias_fd, 0, 0);
+    }
+    let fd = a.barrier_fd;
+    if a.flags & flags::BARRIER == 0 || fd == usize::MAX {
+        die(format_args!("a stand-in outside a tree's restore"));
+    }
+    check(
+        crate::barrier_send(fd, b's'),
+        format_args!("the tree's barrier"),
+    );
+    crate::BARRIER_FD.store(usize::MAX, core::sync::atomic::Ordering::Relaxed);
+    loop {
+        // Every signal is blocked: only SIGKILL ends it.
+        syscall3(SYS_PAUSE, 0, 0, 0);
+    }
+}
+
+/// One piece of a path: text or a decimal number.
+enum Part<'a> {
+    S(&'a str),
+    N(u32),
+}
+
+/// The parts NUL-terminated in `buf`: its address.
+fn path(buf: &mut [u8; 64], parts: &[Part]) -> usize {
+    let mut n = 0;
+    let mut put = |b: u8| {
+        if n < 63 {
+            buf[n] = b;
+            n += 1;
+        }
+    };
+    for part in parts {
+        match part {
+            Part::S(s) => s.bytes().for_each(&mut put),
+            Part::N(v) => {
+                let mut digits = [0u8; 10];
+                let (mut k, mut v) = (0, *v);
+                loop {
+                    digits[k] = b'0' + (v % 10) as u8;
+                    k += 1;
+                    v /= 10;
+                    if v == 0 {
+                        break;
+                    }
+                }
+                digits[..k].iter().rev().for_each(|&d| put(d));
+            }
+        }
+    }
+    buf[n] = 0;
+    buf.as_ptr() as usize
+}
+
+/// "/proc/<pid><tail>" NUL-terminated in `buf`: its address.
+fn proc_path(buf: &mut [u8; 64], pid: u32, tail: &str) -> usize {
+    path(buf, &[Part::S("/proc/"), Part::N(pid), Part::S(tail)])
+}
+
+/// Read a small file whole into `buf`: the bytes read (0 if it cannot be
+/// opened).
+fn read_small(path: usize, buf: &mut [u8]) -> usize {
+    let fd = syscall3(SYS_OPEN, path, O_RDONLY | O_CLOEXEC, 0);
+    if fd < 0 {
+        return 0;
+    }
+    let mut n = 0;
+    while n < buf.len() {
+        let r = syscall3(
+            SYS_READ,
+            fd as usize,
+            buf[n..].as_mut_ptr() as usize,
+            buf.len() - n,
+        );
+        if r <= 0 {
+            break;
+        }
+        n += r as usize;
+    }
+    syscall3(SYS_CLOSE, fd as usize, 0, 0);
+    n
+}
+
+/// The decimal numbers in `s`, separated by anything else.
+fn numbers(s: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    s.split(|c| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .filter_map(|w| handoff::parse_arg(w).map(|v| v as u32))
+}
+
+/// The arguments of child `pid`'s shim if it is a stand-in.
+fn stand_in_args(pid: u32) -> Option<Handoff> {
+    let mut p = [0u8; 64];
+    let mut buf = [0u8; 512];
+    let n = read_small(proc_path(&mut p, pid, "/cmdline"), &mut buf);
+    let mut args = buf[..n].split(|&c| c == 0);
+    args.next()?; // argv[0]
+    let rest: [&[u8]; handoff::ARGC] = core::array::from_fn(|_| args.next().unwrap_or(b""));
+    let h = Handoff::decode(rest.iter().copied()).ok()?;
+    (h.flags & flags::STAND_IN != 0).then_some(h)
+}
+
+/// Every fd number open in `/proc/<pid>/fd` (`pid` 0: this process).
+fn each_fd(pid: u32, mut f: impl FnMut(usize)) {
+    let mut p = [0u8; 64];
+    let path = if pid == 0 {
+        c"/proc/self/fd".as_ptr() as usize
+    } else {
+        proc_path(&mut p, pid, "/fd")
+    };
+    let dir = check(
+        syscall3(SYS_OPEN, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0),
+        format_args!("listing the fds of process {pid}"),
+    );
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = check(
+            syscall3(SYS_GETDENTS64, dir, buf.as_mut_ptr() as usize, buf.len()),
+            format_args!("listing the fds of process {pid}"),
+        );
+        if n == 0 {
+            break;
+        }
+        // struct linux_dirent64: d_ino (8), d_off (8), d_reclen (2),
+        // d_type (1), d_name (NUL-terminated).
+        let mut at = 0;
+        while at + 19 < n {
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            let name = &buf[at + 19..at + reclen];
+            let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
+            if let Some(v) = handoff::parse_arg(name).filter(|&v| v != handoff::NONE) {
+                // (Our own listing's fd is not one of this process's.)
+                if pid != 0 || v as usize != dir {
+                    f(v as usize);
+                }
+            }
+            at += reclen.max(1);
+        }
+    }
+    syscall3(SYS_CLOSE, dir, 0, 0);
+}
+
+/// What the parent's shim took from a stand-in, at numbers from `floor`
+/// up (above every fd of both).
+struct Taken {
+    n: usize,
+    floor: usize,
+    cwd: usize,
+}
+
+impl Taken {
+    fn pair(&self, i: usize) -> (usize, usize) {
+        // SAFETY: i < n <= TABLE_MAX pairs of i32 at TABLE_AT (mapped by
+        // take).
+        let (a, b) = unsafe {
+            let p = (TABLE_AT as *const i32).add(2 * i);
+            (*p, *p.add(1))
+        };
+        (a as usize, b as usize)
+    }
+
+    fn close(&self) {
+        for i in 0..self.n {
+            syscall3(SYS_CLOSE, self.pair(i).1, 0, 0);
+        }
+        syscall3(SYS_CLOSE, self.cwd, 0, 0);
+    }
+}
+
+/// Take stand-in `pid`'s fds (but the shim's own barrier, alias and page
+/// server sockets) and its working directory.
+fn take(pid: u32, h: &Handoff) -> Taken {
+    let r = mmap(
+        TABLE_AT,
+        TABLE_LEN,
+        PROT_READ | PROT_WRITE,
+        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+        usize::MAX,
+        0,
+    );
+    if r as usize != TABLE_AT {
+        die(format_args!("mapping the fd table: errno {}", -r));
+    }
+    let table = TABLE_AT as *mut i32;
+    let skip = [h.barrier_fd, h.alias_fd, h.sock_fd];
+    let (mut n, mut top) = (0usize, 0usize);
+    each_fd(pid, |fd| {
+        if skip.contains(&(fd as u64)) {
+            return;
+        }
+        if n == TABLE_MAX {
+            die(format_args!("process {pid} has too many fds"));
+        }
+        // SAFETY: n < TABLE_MAX pairs fit the table just mapped.
+        unsafe { *table.add(2 * n) = fd as i32 };
+        n += 1;
+        top = top.max(fd);
+    });
+    each_fd(0, |fd| top = top.max(fd));
+    let floor = top + 1;
+    let pidfd = check(
+        syscall3(SYS_PIDFD_OPEN, pid as usize, 0, 0),
+        format_args!("pidfd_open of process {pid}"),
+    );
+    let above = |fd: isize, what: &dyn core::fmt::Display| -> usize {
+        let fd = check(fd, format_args!("taking {what} of process {pid}"));
+        let moved = check(
+            syscall3(SYS_FCNTL, fd, F_DUPFD_CLOEXEC, floor),
+            format_args!("moving {what} of process {pid} above {floor}"),
+        );
+        syscall3(SYS_CLOSE, fd, 0, 0);
+        moved
+    };
+    let mut kept = 0;
+    for i in 0..n {
+        // SAFETY: i < n pairs written above.
+        let theirs = unsafe { *table.add(2 * i) } as usize;
+        let r = syscall3(SYS_PIDFD_GETFD, pidfd, theirs, 0);
+        if r == -EBADF {
+            continue; // closed since it was listed (none should be)
+        }
+        let ours = above(r, &format_args!("fd {theirs}"));
+        // SAFETY: kept <= i < n pairs.
+        unsafe {
+            *table.add(2 * kept) = theirs as i32;
+            *table.add(2 * kept + 1) = ours as i32;
+        }
+        kept += 1;
+    }
+    syscall3(SYS_CLOSE, pidfd, 0, 0);
+    let mut p = [0u8; 64];
+    let cwd = syscall3(
+        SYS_OPEN,
+        proc_path(&mut p, pid, "/cwd"),
+        O_PATH | O_DIRECTORY | O_CLOEXEC,
+        0,
+    );
+    let cwd = above(cwd, &"the working directory");
+    Taken {
+        n: kept,
+        floor,
+        cwd,
+    }
+}
+
+/// Kill stand-in `pid` and reap it (exit signal 0: no SIGCHLD, `__WALL`),
+/// which frees its PID.
+fn end(pid: u32) {
+    const P_PID: usize = 1;
+    const WEXITED: usize = 4;
+    const WALL: usize = 0x4000_0000;
+    syscall3(SYS_KILL, pid as usize, SIGKILL, 0);
+    let mut info = [0u64; 16];
+    loop {
+        let r = syscall6(
+            SYS_WAITID,
+            P_PID,
+            pid as usize,
+            info.as_mut_ptr() as usize,
+            WEXITED | WALL,
+            0,
+            0,
+        );
+        if r != -4 {
+            check(r, format_args!("reaping the stand-in of process {pid}"));
+            return;
+        }
+    }
+}
+
+/// fork with PID `pid` (clone3 `set_tid`): 0 in the child.
+fn fork_with_pid(pid: u32) -> isize {
+    const SIGCHLD: u64 = 17;
+    let tid = [pid as i32];
+    // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal,
+    // stack, stack_size, tls, set_tid, set_tid_size, cgroup.
+    let args: [u64; 11] = [0, 0, 0, 0, SIGCHLD, 0, 0, 0, tid.as_ptr() as u64, 1, 0];
+    syscall3(
+        SYS_CLONE3,
+        args.as_ptr() as usize,
+        core::mem::size_of_val(&args),
+        0,
+    )
+}
+
+/// In the parent, its memory in: fork every child a stand-in holds the
+/// place of, with its PID. Returns in the parent; each child goes on in
+/// [`child`].
+pub fn fork_children(parent: &Image) {
+    let me = syscall3(SYS_GETPID, 0, 0, 0) as u32;
+    let mut p = [0u8; 64];
+    let mut buf = [0u8; 4096];
+    let children = path(
+        &mut p,
+        &[
+            Part::S("/proc/"),
+            Part::N(me),
+            Part::S("/task/"),
+            Part::N(me),
+            Part::S("/children"),
+        ],
+    );
+    let n = read_small(children, &mut buf);
+    let mut found = 0;
+    for pid in numbers(&buf[..n]) {
+        let Some(h) = stand_in_args(pid) else {
+            continue;
+        };
+        found += 1;
+        let t = take(pid, &h);
+        end(pid);
+        match fork_with_pid(pid) {
+            0 => child(parent, &h, &t),
+            r if r < 0 => {
+                // Past the point of no return: the parent goes on, the
+                // child is lost, and says so.
+                let mut m = crate::Msg { b: [0; 768], n: 0 };
+                let _ = core::fmt::Write::write_fmt(
+                    &mut m,
+                    format_args!(
+                        "cryo-shim: process {pid} could not be forked with its PID (clone3 set_tid: errno {}); it is missing\n",
+                        -r
+                    ),
+                );
+                write(2, &m.b[..m.n]);
+                t.close();
+            }
+            _ => t.close(),
+        }
+    }
+    if found == 0 {
+        write(
+            2,
+            b"cryo-shim: none of the children this process's shim was to fork was found; they are missing\n",
+        );
+    }
+}
+
+/// The child, just forked: its fds and working directory in place, then
+/// the restore of its own image from its mappings on.
+fn child(parent: &Image, h: &Handoff, t: &Taken) -> ! {
+    // The parent's /proc/self/mem names the parent's memory.
+    crate::vma::close_mem_fd();
+    syscall3(SYS_CLOSE_RANGE, 0, t.floor - 1, 0);
+    for i in 0..t.n {
+        let (theirs, ours) = t.pair(i);
+        check(
+            syscall3(SYS_DUP3, ours, theirs, 0),
+            format_args!("installing fd {theirs}"),
+        );
+    }
+    check(
+        syscall3(SYS_FCHDIR, t.cwd, 0, 0),
+        format_args!("entering the working directory"),
+    );
+    syscall3(SYS_CLOSE_RANGE, t.floor, u32::MAX as usize, 0);
+    let fd = |v: u64| {
+        if v == handoff::NONE {
+            usize::MAX
+        } else {
+            v as usize
+        }
+    };
+    let a = Args {
+        meta_fd: fd(h.meta_fd),
+        pages_fd: fd(h.pages_fd),
+        tid_offset: fd(h.tid_offset),
+        flags: h.flags & !(flags::BARRIER | flags::STAND_IN | flags::FORKS),
+        exec_ns: 0,
+        sock_fd: usize::MAX,
+        alias_fd: usize::MAX,
+        files_fd: fd(h.files_fd),
+        barrier_fd: usize::MAX,
+    };
+    crate::restore_forked(&a, parent)
+}
+
+/// VmFlags a fork does not copy (mlock) or the shim sets after: the rest
+/// must be the same for a mapping to be kept.
+const NOT_COMPARED: u64 = vmflag("lo") | vmflag("lf");
+
+/// Whether the child's mapping `v` starts inside the parent's `p` as the
+/// fork left it: same kind, backing (its offset too, so a part of it
+/// split off by mprotect or munmap counts) and flags; the protection and
+/// the end may differ.
+fn from_parent(pi: &Image, p: &Vma, ci: &Image, v: &Vma) -> bool {
+    let same_file = match (p.file, v.file) {
+        (NO_INDEX, NO_INDEX) => true,
+        (NO_INDEX, _) | (_, NO_INDEX) => false,
+        (a, b) => match (pi.files().get(a as usize), ci.files().get(b as usize)) {
+            (Some(f), Some(g)) => {
+                (f.dev, f.ino) == (g.dev, g.ino) && pi.str(f.path) == ci.str(g.path)
+            }
+            _ => false,
+        },
+    };
+    p.start <= v.start
+        && v.start < p.end
+        // (/proc/PID/maps shows 0 for anonymous private memory.)
+        && (p.file == NO_INDEX
+            && matches!(p.kind, vma_kind::ANON_PRIVATE | vma_kind::HEAP | vma_kind::STACK)
+            || v.pgoff == p.pgoff + (v.start - p.start) / PAGE_SIZE)
+        && p.kind == v.kind
+        && p.flags == v.flags
+        && !p.is_special()
+        && p.vmflags & vmflag("dc") == 0
+        && p.vmflags & !NOT_COMPARED == v.vmflags & !NOT_COMPARED
+        && same_file
+}
+
+/// The index of the first mapping of `img` that ends after `addr`.
+fn first_ending_after(img: &Image, addr: u64) -> usize {
+    let vmas = img.vmas();
+    let (mut lo, mut hi) = (0, vmas.len());
+    while lo < hi {
+        let m = lo + (hi - lo) / 2;
+        match vmas.get(m) {
+            Some(v) if v.end <= addr => lo = m + 1,
+            _ => hi = m,
+        }
+    }
+    lo
+}
+
+/// The parent's mapping the child's `v` starts in, if `v` comes from it.
+fn source(pi: &Image, ci: &Image, v: &Vma) -> Option<Vma> {
+    pi.vmas()
+        .get(first_ending_after(pi, v.start))
+        .filter(|p| from_parent(pi, p, ci, v))
+}
+
+/// The child's address space from its parent's: every part of a parent's
+/// mapping that no mapping of the child comes from goes; every mapping
+/// that comes from one keeps the pages it shared and gets its own others;
+/// every other mapping of the child is made as a shim makes any.
+pub fn reshape(pi: &Image, ci: &Image, files: &mut Files, pages_fd: usize) {
+    for p in pi.vmas().iter() {
+        if p.is_special() || p.vmflags & vmflag("dc") != 0 {
+            continue; // (the vDSO stays; MADV_DONTFORK: not forked)
+        }
+        let mut at = p.start;
+        let vmas = ci.vmas();
+        for v in (first_ending_after(ci, p.start)..vmas.len()).map_while(|i| vmas.get(i)) {
+            if v.start >= p.end {
+                break;
+            }
+            if from_parent(pi, &p, ci, &v) {
+                if at < v.start {
+                    unmap(at, v.start);
+                }
+                at = v.end.min(p.end);
+            }
+        }
+        if at < p.end {
+            unmap(at, p.end);
+        }
+    }
+    let mut prev: Option<Vma> = None;
+    for v in ci.vmas().iter() {
+        if !v.is_special() {
+            match source(pi, ci, &v) {
+                Some(p) => fix_up(pi, &p, ci, &v, pages_fd),
+                None if v.kind == vma_kind::SYSV => attach_sysv(ci, &v),
+                None => {
+                    let fd = if v.file != NO_INDEX {
+                        files.open(v.file)
+                    } else {
+                        usize::MAX
+                    };
+                    map_vma(ci, &v, prev.as_ref(), fd, pages_fd, None, false);
+                }
+            }
+        }
+        prev = Some(v);
+    }
+}
+
+fn unmap(start: u64, end: u64) {
+    check(
+        syscall3(SYS_MUNMAP, start as usize, (end - start) as usize, 0),
+        format_args!("unmapping {start:#x}-{end:#x}"),
+    );
+}
+
+/// Where a process's page runs put address `a`: the run's kind (0: no
+/// run, the page was not present), the page's offset in pages.img, and
+/// where that state ends.
+struct Runs<'a> {
+    img: &'a Image<'a>,
+    i: usize,
+    end: usize,
+}
+
+impl<'a> Runs<'a> {
+    fn of(img: &'a Image<'a>, v: &Vma) -> Runs<'a> {
+        let i = v.first_run as usize;
+        Runs {
+            img,
+            i,
+            end: i + v.run_count as usize,
+        }
+    }
+
+    fn none(img: &'a Image<'a>) -> Runs<'a> {
+        Runs { img, i: 0, end: 0 }
+    }
+
+    fn at(&mut self, a: u64) -> (u32, u64, u64) {
+        let runs = self.img.page_runs();
+        while self.i < self.end {
+            match runs.get(self.i) {
+                Some(r) if r.vaddr + r.len() <= a => self.i += 1,
+                Some(r) if r.vaddr <= a => {
+                    return (r.kind, r.offset + (a - r.vaddr), r.vaddr + r.len())
+                }
+                Some(r) => return (0, 0, r.vaddr),
+                None => break,
+            }
+        }
+        (0, 0, u64::MAX)
+    }
+}
+
+/// The child's mapping `v`, which the fork left as the parent's `p`:
+/// its end, its pages where they are not the parent's, its protection
+/// and flags.
+fn fix_up(pi: &Image, p: &Vma, ci: &Image, v: &Vma, pages_fd: usize) {
+    let (start, len) = (v.start as usize, v.len() as usize);
+    if p.end < v.end {
+        // (What follows it was unmapped above, or was never there; what
+        // the fork left from v.start is the end of a mapping.)
+        let r = syscall6(SYS_MREMAP, start, (p.end - v.start) as usize, len, 0, 0, 0);
+        if r as usize != start {
+            die(format_args!(
+                "growing the mapping at {start:#x} to {:#x}: errno {}",
+                v.end, -r
+            ));
+        }
+    }
+    let shared = matches!(
+        v.kind,
+        vma_kind::FILE_SHARED | vma_kind::ANON_SHARED | vma_kind::SYSV
+    );
+    let mut prot = (p.prot & 7) as usize;
+    if !shared {
+        let file = v.file != NO_INDEX;
+        // MADV_WIPEONFORK: the child's copy is empty.
+        let wiped = p.vmflags & vmflag("wf") != 0;
+        let mut theirs = if wiped {
+            Runs::none(pi)
+        } else {
+            Runs::of(pi, p)
+        };
+        let mut ours = Runs::of(ci, v);
+        let writable = |prot: &mut usize| {
+            if *prot & PROT_WRITE == 0 {
+                *prot |= PROT_WRITE;
+                check(
+                    syscall3(SYS_MPROTECT, start, len, *prot),
+                    format_args!("mprotect {start:#x}"),
+                );
+            }
+        };
+        let mut a = v.start;
+        while a < v.end {
+            let (ck, co, c_until) = ours.at(a);
+            let (pk, po, p_until) = if a < p.end {
+                theirs.at(a)
+            } else {
+                (0, 0, u64::MAX)
+            };
+            let seg = c_until
+                .min(p_until)
+                .min(v.end)
+                .min(if a < p.end { p.end } else { v.end });
+            let n = (seg - a) as usize;
+            let drop = |at: u64| {
+                check(
+                    syscall3(SYS_MADVISE, at as usize, n, MADV_DONTNEED),
+                    format_args!("MADV_DONTNEED {at:#x}"),
+                );
+            };
+            match ck {
+                run_kind::DATA if pk == run_kind::DATA && po == co => {}
+                run_kind::DATA => {
+                    writable(&mut prot);
+                    if let Err(e) = pread_all(pages_fd, a as usize, n, co) {
+                        die(format_args!("reading pages for {a:#x}: errno {}", -e));
+                    }
+                }
+                run_kind::ZERO if file && pk == run_kind::ZERO => {}
+                run_kind::ZERO if file => {
+                    writable(&mut prot);
+                    // SAFETY: a..a+n lies inside this mapping, writable now
+                    // (validate checks runs lie inside their VMA).
+                    unsafe { core::ptr::write_bytes(a as *mut u8, 0, n) };
+                }
+                // Anonymous: zero or not present reads zeros; a file's
+                // private mapping not present reads the file.
+                _ if pk == run_kind::DATA || (file && pk == run_kind::ZERO) => drop(a),
+                _ => {}
+            }
+            a = seg;
+        }
+    }
+    let want = (v.prot & 7) as usize;
+    if prot != want {
+        check(
+            syscall3(SYS_MPROTECT, start, len, want),
+            format_args!("mprotect {start:#x}"),
+        );
+    }
+    restore_vma_flags(v);
+}
