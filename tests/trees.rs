@@ -456,6 +456,50 @@ fn children_that_changed_their_memory_after_the_fork_share_the_rest_again() {
     }
 }
 
+/// A child with threads of its own (waiting on an event) is forked by its
+/// parent's shim like any (its shim then makes its threads); they run and
+/// end after the restore.
+#[test]
+fn child_with_threads_is_forked_by_its_parents_shim() {
+    let script = r#"
+import os, sys, threading
+big = bytearray(range(256)) * 65536
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    ev = threading.Event()
+    res = []
+    def worker(i):
+        ev.wait()
+        res.append(i * 2)
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    for t in ts:
+        t.start()
+    os.read(r, 1)
+    ev.set()
+    for t in ts:
+        t.join()
+    ok = sorted(res) == [0, 2, 4] and big[1000] == 1000 % 256
+    os._exit(0 if ok else 5)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+os.write(w, b"g")
+_, st = os.waitpid(pid, 0)
+assert st == 0, st
+print("PASS", flush=True)
+"#;
+    let errs = python_round_trips_with(
+        "tree-threads-child",
+        script,
+        |_| {},
+        |_| {},
+        &[&["--phases"], &["--pidns", "--phases"], &["--lazy"]],
+    );
+    for err in &errs[..2] {
+        assert!(err.contains("is forked by its parent's shim"), "{err}");
+    }
+}
+
 /// `--pidns`: a tree restored while the original still runs (every PID
 /// taken), in a PID namespace of its own; both finish right. The exit
 /// status and a signal pass through init and cryo restore.
@@ -899,18 +943,18 @@ fn pty_pair_keeps_its_settings_session_foreground_and_unread_bytes() {
 /// its descendants), looked at by `check`, then restored in each of
 /// `modes`, each restore printing PASS and exiting 0.
 fn python_round_trips(tag: &str, script: &str, check: impl Fn(&Path), modes: &[&[&str]]) {
-    python_round_trips_with(tag, script, |_| {}, check, modes)
+    python_round_trips_with(tag, script, |_| {}, check, modes);
 }
 
 /// [`python_round_trips`], with `before` run on the blocked target's PID
-/// before its capture.
+/// before its capture. Returns each restore's stderr.
 fn python_round_trips_with(
     tag: &str,
     script: &str,
     before: impl Fn(i32),
     check: impl Fn(&Path),
     modes: &[&[&str]],
-) {
+) -> Vec<String> {
     let dir = scratch(tag);
     let mut cmd = Command::new("python3");
     cmd.args(["-c", script]);
@@ -923,12 +967,15 @@ fn python_round_trips_with(
     check(&img);
     let pids = tree_pids(&img);
     wait_gone(&pids);
+    let mut errs = Vec::new();
     for mode in modes {
         let (code, out, err) = finish(restore(&img, mode), "x\n");
         assert_eq!(code, 0, "restore {mode:?}: {out}{err}");
         assert_eq!(out.lines().last(), Some("PASS"), "{mode:?}: {out}{err}");
         wait_gone(pids.get(1..).unwrap_or(&[]));
+        errs.push(err);
     }
+    errs
 }
 
 /// A zombie in the process group of another child (its leader): it comes

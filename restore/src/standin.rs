@@ -85,11 +85,34 @@ pub(crate) fn obstacle(
         return Some("its working directory was removed");
     }
     let (pi, ci) = (pp.image(), cp.image());
-    if !ci.threads().is_empty() {
-        return Some("it has threads");
-    }
     if !ci.seccomp().is_empty() || ci.task().is_some_and(|t| t.seccomp_strict != 0) {
         return Some("it has seccomp filters");
+    }
+    // A lease's breaks are signalled to the process that took it again:
+    // the stand-in.
+    if ci
+        .locks()
+        .iter()
+        .any(|l| l.kind == cryo_image::fds::lock_kind::LEASE)
+    {
+        return Some("it holds a lease");
+    }
+    // The parent's shim takes the stand-in's fds above every fd either
+    // has: they must stay below the open-file limit.
+    let top = |i: &Image| {
+        i.fds()
+            .iter()
+            .map(|f| f.fd.max(0) as u64)
+            .max()
+            .unwrap_or(0)
+    };
+    let nofile = ci
+        .rlimits()
+        .iter()
+        .find(|r| r.resource == libc::RLIMIT_NOFILE)
+        .map_or(u64::MAX, |r| r.cur);
+    if top(&pi).max(top(&ci)) + ci.fds().len() as u64 + 64 >= nofile {
+        return Some("its fds are too close to its open-file limit");
     }
     if let Some(why) = differs(&pi, &ci) {
         return Some(why);
@@ -135,6 +158,13 @@ fn differs(p: &Image, c: &Image) -> Option<&'static str> {
             };
             if sched(&a) != sched(&b) {
                 return Some("its scheduling, oom score or loginuid");
+            }
+            // (A fork resets it.)
+            const SCHED_RESET_ON_FORK: i64 = 0x4000_0000;
+            if b.sched_policy != cryo_image::task::UNKNOWN
+                && b.sched_policy & SCHED_RESET_ON_FORK != 0
+            {
+                return Some("its scheduling resets on fork");
             }
             if p.str(a.cgroups) != c.str(b.cgroups) || p.str(a.root) != c.str(b.root) {
                 return Some("its cgroups or root directory");
