@@ -97,6 +97,16 @@ pub(crate) fn obstacle(
     {
         return Some("it holds a lease");
     }
+    // A flock or OFD lock `cryo restore` takes again may be taken by the
+    // stand-in: /proc/locks would name it (in a PID namespace, a PID that
+    // is gone: zdtm file_locks03/04 under `unshare --pid`).
+    if ci
+        .locks()
+        .iter()
+        .any(|l| l.kind != cryo_image::fds::lock_kind::POSIX)
+    {
+        return Some("it holds a flock or OFD lock");
+    }
     // The parent's shim takes the stand-in's fds above every fd either
     // has: they must stay below the open-file limit.
     let top = |i: &Image| {
