@@ -22,13 +22,11 @@ use cryo_image::handoff::{self, flags, Handoff};
 use cryo_image::{run_kind, vma_kind, vmflag, Image, Vma, NO_INDEX, PAGE_SIZE};
 
 const SYS_PAUSE: usize = 34;
-const SYS_DUP3: usize = 292;
 const SYS_FCHDIR: usize = 81;
 const SYS_GETDENTS64: usize = 217;
 const SYS_WAITID: usize = 247;
 const SYS_PIDFD_OPEN: usize = 434;
 const SYS_PIDFD_GETFD: usize = 438;
-const F_DUPFD_CLOEXEC: usize = 1030;
 const O_DIRECTORY: usize = 0o200000;
 const O_PATH: usize = 0o10000000;
 const EBADF: isize = 9;
@@ -107,25 +105,7 @@ fn proc_path(buf: &mut [u8; 64], pid: u32, tail: &str) -> usize {
 /// Read a small file whole into `buf`: the bytes read (0 if it cannot be
 /// opened).
 fn read_small(path: usize, buf: &mut [u8]) -> usize {
-    let fd = syscall3(SYS_OPEN, path, O_RDONLY | O_CLOEXEC, 0);
-    if fd < 0 {
-        return 0;
-    }
-    let mut n = 0;
-    while n < buf.len() {
-        let r = syscall3(
-            SYS_READ,
-            fd as usize,
-            buf[n..].as_mut_ptr() as usize,
-            buf.len() - n,
-        );
-        if r <= 0 {
-            break;
-        }
-        n += r as usize;
-    }
-    syscall3(SYS_CLOSE, fd as usize, 0, 0);
-    n
+    read_whole(path, buf).unwrap_or(0)
 }
 
 /// The decimal numbers in `s`, separated by anything else.

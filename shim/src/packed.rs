@@ -204,29 +204,10 @@ fn hex(s: &[u8]) -> Option<u64> {
 fn vdso(img: &Image) {
     let p = img.process();
     let mut maps = [0u8; 8192];
-    let fd = syscall3(
-        SYS_OPEN,
-        c"/proc/self/maps".as_ptr() as usize,
-        O_RDONLY | O_CLOEXEC,
-        0,
-    );
-    if fd < 0 {
-        die(format_args!("reading /proc/self/maps: errno {}", -fd));
-    }
-    let mut n = 0;
-    while n < maps.len() {
-        let r = syscall3(
-            SYS_READ,
-            fd as usize,
-            maps[n..].as_mut_ptr() as usize,
-            maps.len() - n,
-        );
-        if r <= 0 {
-            break;
-        }
-        n += r as usize;
-    }
-    syscall3(SYS_CLOSE, fd as usize, 0, 0);
+    let n = match read_whole(c"/proc/self/maps".as_ptr() as usize, &mut maps) {
+        Ok(n) => n,
+        Err(e) => die(format_args!("reading /proc/self/maps: errno {}", -e)),
+    };
     let maps = &maps[..n];
     let kernel = img.str(p.kernel).unwrap_or("?");
     let here = own_special(maps, b"[vdso]").map(|(vs, ve)| {

@@ -137,6 +137,33 @@ pub fn exit(code: i32) -> ! {
     unsafe { core::hint::unreachable_unchecked() }
 }
 
+pub const SYS_DUP3: usize = 292;
+pub const F_DUPFD_CLOEXEC: usize = 1030;
+
+/// Read the file at `path` (NUL-terminated) whole into `buf`, as much as
+/// fits: the bytes read, or the open's -errno.
+pub fn read_whole(path: usize, buf: &mut [u8]) -> Result<usize, isize> {
+    let fd = syscall3(SYS_OPEN, path, O_RDONLY | O_CLOEXEC, 0);
+    if fd < 0 {
+        return Err(fd);
+    }
+    let mut n = 0;
+    while n < buf.len() {
+        let r = syscall3(
+            SYS_READ,
+            fd as usize,
+            buf[n..].as_mut_ptr() as usize,
+            buf.len() - n,
+        );
+        if r <= 0 {
+            break;
+        }
+        n += r as usize;
+    }
+    syscall3(SYS_CLOSE, fd as usize, 0, 0);
+    Ok(n)
+}
+
 /// pread into `len` bytes at address `dst` (loops over short reads).
 pub fn pread_all(fd: usize, dst: usize, len: usize, off: u64) -> Result<(), isize> {
     let mut done = 0usize;
