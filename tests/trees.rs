@@ -500,6 +500,68 @@ print("PASS", flush=True)
     }
 }
 
+/// A child forked by the root's shim signals its cousin the moment it
+/// runs again, while the cousin's parent (an exec'd shim with 256 MiB to
+/// read) has yet to fork it: no process enters its program before every
+/// forked child exists. (Before stop 29 children forked by a shim went
+/// straight into their programs, and the signal hit the cousin's
+/// stand-in and was lost with it.)
+#[test]
+fn no_forked_child_runs_before_every_forked_child_exists() {
+    let script = r#"
+import os, signal, sys, time
+def started():
+    return open("/proc/self/stat").read().rsplit(") ", 1)[1].split()[19]
+def restored(start):
+    while started() == start:
+        time.sleep(0.002)
+r, w = os.pipe()
+b = os.fork()
+if b == 0:
+    big = b"\x01" * (256 << 20)
+    r2, w2 = os.pipe()
+    c = os.fork()
+    if c == 0:
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+        os.write(w2, b"c")
+        start = started()
+        restored(start)
+        got = signal.sigtimedwait([signal.SIGUSR1], 20)
+        os._exit(0 if got is not None and big[12345] == 1 else 6)
+    os.read(r2, 1)
+    os.write(w, b"%d\n" % c)
+    _, st = os.waitpid(c, 0)
+    os._exit(0 if st == 0 else 7)
+c = int(os.read(r, 16))
+a = os.fork()
+if a == 0:
+    start = started()
+    restored(start)
+    os.kill(c, signal.SIGUSR1)
+    os._exit(0)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+for p in (a, b):
+    _, st = os.waitpid(p, 0)
+    assert st == 0, (p, st)
+print("PASS", flush=True)
+"#;
+    let errs = python_round_trips_with(
+        "tree-round-two",
+        script,
+        |_| {},
+        |_| {},
+        &[&["--phases"], &["--pidns", "--phases"]],
+    );
+    for err in &errs {
+        assert_eq!(
+            err.matches("is forked by its parent's shim").count(),
+            2,
+            "{err}"
+        );
+    }
+}
+
 /// `--pidns`: a tree restored while the original still runs (every PID
 /// taken), in a PID namespace of its own; both finish right. The exit
 /// status and a signal pass through init and cryo restore.

@@ -16,7 +16,7 @@
 pub const NONE: u64 = u64::MAX;
 
 /// Number of arguments after argv[0].
-pub const ARGC: usize = 9;
+pub const ARGC: usize = 10;
 
 /// FLAGS bits.
 pub mod flags {
@@ -90,6 +90,9 @@ pub struct Handoff {
     pub files_fd: u64,
     /// The tree's barrier socket ([`flags::BARRIER`]), or NONE.
     pub barrier_fd: u64,
+    /// The socket of the barrier's second round (children forked by
+    /// their parents' shims), or NONE.
+    pub round_fd: u64,
 }
 
 /// Why the shim's arguments were refused.
@@ -105,7 +108,7 @@ impl core::fmt::Display for HandoffError {
         match self {
             HandoffError::Count => write!(
                 f,
-                "usage: cryo-shim META_FD PAGES_FD TID_OFFSET FLAGS EXEC_NS SOCK_FD ALIAS_FD FILES_FD BARRIER_FD (run by `cryo restore`, not by hand)"
+                "usage: cryo-shim META_FD PAGES_FD TID_OFFSET FLAGS EXEC_NS SOCK_FD ALIAS_FD FILES_FD BARRIER_FD ROUND_FD (run by `cryo restore`, not by hand)"
             ),
             HandoffError::NotANumber(i) => write!(f, "argument {i} is not a number"),
             HandoffError::UnknownFlags(v) => {
@@ -146,6 +149,7 @@ impl Handoff {
             self.alias_fd,
             self.files_fd,
             self.barrier_fd,
+            self.round_fd,
         ]
     }
 
@@ -170,6 +174,7 @@ impl Handoff {
             alias_fd: v[6],
             files_fd: v[7],
             barrier_fd: v[8],
+            round_fd: v[9],
         };
         if h.flags & !flags::ALL != 0 {
             return Err(HandoffError::UnknownFlags(h.flags));
@@ -267,6 +272,7 @@ mod tests {
             alias_fd: NONE,
             files_fd: NONE,
             barrier_fd: 12,
+            round_fd: 13,
         };
         let a = h.encode();
         assert_eq!(a[6], "-");

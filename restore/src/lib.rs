@@ -444,11 +444,12 @@ impl Plan {
 
     /// [`Plan::exec`], calling `ready` once everything is set up, right
     /// before the exec (an error from it is returned instead). `barrier`:
-    /// a tree's barrier socket for the shim (`handoff::flags::BARRIER`).
+    /// a tree's barrier sockets for the shim (`handoff::flags::BARRIER`):
+    /// the first round's and the second's.
     fn exec_with(
         self,
         ready: &mut dyn FnMut() -> Result<(), RestoreError>,
-        barrier: Option<i32>,
+        barrier: Option<(i32, i32)>,
     ) -> RestoreError {
         let Setup {
             checked,
@@ -519,8 +520,9 @@ impl Plan {
             sys::close(s.server_end);
             extra.push(s.shim_end);
         }
-        if let Some(b) = barrier {
+        if let Some((b, r)) = barrier {
             extra.push(b);
+            extra.push(r);
         }
         if let Some(f) = &alias {
             extra.push(f.as_raw_fd());
@@ -533,10 +535,11 @@ impl Plan {
             };
         let (meta_fd, pages_fd) = (installed[0], installed[1]);
         let sock_fd = if server.is_some() { installed[2] } else { -1 };
-        let barrier_fd = if barrier.is_some() {
-            installed[2 + usize::from(server.is_some())]
+        let (barrier_fd, round_fd) = if barrier.is_some() {
+            let at = 2 + usize::from(server.is_some());
+            (installed[at], installed[at + 1])
         } else {
-            -1
+            (-1, -1)
         };
         let alias_fd = if alias.is_some() {
             installed[installed.len() - 1]
@@ -615,6 +618,7 @@ impl Plan {
             alias_fd: fd(alias_fd),
             files_fd: files_fd.map_or(handoff::NONE, |f| f as u64),
             barrier_fd: fd(barrier_fd),
+            round_fd: fd(round_fd),
         };
         let args: Vec<CString> = std::iter::once("cryo-shim".to_owned())
             .chain(h.encode())

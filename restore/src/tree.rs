@@ -816,6 +816,10 @@ struct Cx<'a> {
     /// The barrier the shims meet at (`handoff::flags::BARRIER`): the
     /// root's end, and the end every other process's shim shares.
     meet: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+    /// The same for the barrier's second round (a socket of its own, so
+    /// that a byte of the first round left by a process that ended never
+    /// stands in front of the second round's).
+    round: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
     root_pid: i32,
     /// The process group the root is in now (the invoker's).
     root_pgid: i32,
@@ -838,11 +842,16 @@ pub(crate) fn exec(root: Plan, tree: Box<Tree>) -> RestoreError {
         Ok(p) => p,
         Err(e) => return crate::IntoSys::into_sys(e, "socketpair for the tree's barrier"),
     };
+    let round = match sys::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET) {
+        Ok(p) => p,
+        Err(e) => return crate::IntoSys::into_sys(e, "socketpair for the tree's barrier"),
+    };
     let _ = ROOT.set((tree.members[0].rec.pid as i32, std::process::id() as i32));
     let cx = Cx {
         tree: &tree,
         bar,
         meet,
+        round,
         root_pid: std::process::id() as i32,
         root_pgid: sys::getpgid(0).unwrap_or(0),
     };
@@ -914,7 +923,10 @@ pub(crate) fn exec(root: Plan, tree: Box<Tree>) -> RestoreError {
         cx.bar.go(Step::Ready);
         Ok(())
     };
-    let e = root.exec_with(&mut hook, Some(cx.meet.0.as_raw_fd()));
+    let e = root.exec_with(
+        &mut hook,
+        Some((cx.meet.0.as_raw_fd(), cx.round.0.as_raw_fd())),
+    );
     cx.fail();
     e
 }
@@ -1150,7 +1162,10 @@ impl Cx<'_> {
                 ))
             }
         };
-        let e = plan.exec_with(&mut hook, Some(self.meet.1.as_raw_fd()));
+        let e = plan.exec_with(
+            &mut hook,
+            Some((self.meet.1.as_raw_fd(), self.round.1.as_raw_fd())),
+        );
         if self.bar.aborted() {
             sys::exit_now(1);
         }

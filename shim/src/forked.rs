@@ -108,6 +108,19 @@ fn read_small(path: usize, buf: &mut [u8]) -> usize {
     read_whole(path, buf).unwrap_or(0)
 }
 
+/// Whether process `pid` has ended: no /proc entry, or a zombie.
+pub fn ended(pid: u32) -> bool {
+    let mut p = [0u8; 64];
+    let mut buf = [0u8; 512];
+    let n = read_small(proc_path(&mut p, pid, "/stat"), &mut buf);
+    // "pid (comm) S ...": the state follows the last ") ".
+    let stat = &buf[..n];
+    match stat.windows(2).rposition(|w| w == b") ") {
+        Some(i) => stat.get(i + 2).is_none_or(|&c| c == b'Z' || c == b'X'),
+        None => true,
+    }
+}
+
 /// The decimal numbers in `s`, separated by anything else.
 fn numbers(s: &[u8]) -> impl Iterator<Item = u32> + '_ {
     s.split(|c| !c.is_ascii_digit())
@@ -173,6 +186,8 @@ struct Taken {
     n: usize,
     floor: usize,
     cwd: usize,
+    /// The stand-in's end of the tree's barrier's second round.
+    round: usize,
 }
 
 impl Taken {
@@ -191,11 +206,13 @@ impl Taken {
             syscall3(SYS_CLOSE, self.pair(i).1, 0, 0);
         }
         syscall3(SYS_CLOSE, self.cwd, 0, 0);
+        syscall3(SYS_CLOSE, self.round, 0, 0);
     }
 }
 
-/// Take stand-in `pid`'s fds (but the shim's own barrier, alias and page
-/// server sockets) and its working directory.
+/// Take stand-in `pid`'s fds (but the shim's own: barrier, alias and page
+/// server sockets), its working directory, and apart from the program's
+/// fds its end of the barrier's second round.
 fn take(pid: u32, h: &Handoff) -> Taken {
     let r = mmap(
         TABLE_AT,
@@ -209,9 +226,12 @@ fn take(pid: u32, h: &Handoff) -> Taken {
         die(format_args!("mapping the fd table: errno {}", -r));
     }
     let table = TABLE_AT as *mut i32;
-    let skip = [h.barrier_fd, h.alias_fd, h.sock_fd];
+    let skip = [h.barrier_fd, h.round_fd, h.alias_fd, h.sock_fd];
     let (mut n, mut top) = (0usize, 0usize);
     each_fd(pid, |fd| {
+        // (Above the barrier too: the child has its second round's at
+        // its number.)
+        top = top.max(fd);
         if skip.contains(&(fd as u64)) {
             return;
         }
@@ -221,7 +241,6 @@ fn take(pid: u32, h: &Handoff) -> Taken {
         // SAFETY: n < TABLE_MAX pairs fit the table just mapped.
         unsafe { *table.add(2 * n) = fd as i32 };
         n += 1;
-        top = top.max(fd);
     });
     each_fd(0, |fd| top = top.max(fd));
     let floor = top + 1;
@@ -254,7 +273,6 @@ fn take(pid: u32, h: &Handoff) -> Taken {
         }
         kept += 1;
     }
-    syscall3(SYS_CLOSE, pidfd, 0, 0);
     let mut p = [0u8; 64];
     let cwd = syscall3(
         SYS_OPEN,
@@ -263,10 +281,16 @@ fn take(pid: u32, h: &Handoff) -> Taken {
         0,
     );
     let cwd = above(cwd, &"the working directory");
+    let round = above(
+        syscall3(SYS_PIDFD_GETFD, pidfd, h.round_fd as usize, 0),
+        &"the tree's barrier",
+    );
+    syscall3(SYS_CLOSE, pidfd, 0, 0);
     Taken {
         n: kept,
         floor,
         cwd,
+        round,
     }
 }
 
@@ -380,6 +404,12 @@ fn child(parent: &Image, h: &Handoff, t: &Taken) -> ! {
         syscall3(SYS_FCHDIR, t.cwd, 0, 0),
         format_args!("entering the working directory"),
     );
+    // The second round's socket at the stand-in's number (none of the
+    // program's).
+    check(
+        syscall3(SYS_DUP3, t.round, h.round_fd as usize, O_CLOEXEC),
+        format_args!("installing the tree's barrier"),
+    );
     syscall3(SYS_CLOSE_RANGE, t.floor, u32::MAX as usize, 0);
     let fd = |v: u64| {
         if v == handoff::NONE {
@@ -398,6 +428,7 @@ fn child(parent: &Image, h: &Handoff, t: &Taken) -> ! {
         alias_fd: usize::MAX,
         files_fd: fd(h.files_fd),
         barrier_fd: usize::MAX,
+        round_fd: fd(h.round_fd),
     };
     crate::restore_forked(&a, parent)
 }

@@ -194,7 +194,6 @@ static BARRIER_FD: core::sync::atomic::AtomicUsize =
 
 const SYS_SENDTO: usize = 44;
 const SYS_RECVFROM: usize = 45;
-const SYS_NANOSLEEP: usize = 35;
 
 fn barrier_send(fd: usize, b: u8) -> isize {
     let v = [b];
@@ -205,11 +204,6 @@ fn barrier_send(fd: usize, b: u8) -> isize {
 /// One byte from the barrier socket within `ms` milliseconds: Some(byte),
 /// Some(0) at end of file (every other end closed), None if none came.
 fn barrier_recv(fd: usize, ms: usize) -> Option<u8> {
-    barrier_take(fd, ms, 0)
-}
-
-/// [`barrier_recv`] with recvfrom's `flags` (MSG_PEEK: the byte stays).
-fn barrier_take(fd: usize, ms: usize, flags: usize) -> Option<u8> {
     const SYS_POLL: usize = 7;
     const POLLIN: u16 = 1;
     // struct pollfd: fd (i32), events (i16), revents (i16).
@@ -226,7 +220,7 @@ fn barrier_take(fd: usize, ms: usize, flags: usize) -> Option<u8> {
         fd,
         g.as_mut_ptr() as usize,
         1,
-        0x40 | flags,
+        0x40, // MSG_DONTWAIT
         0,
         0,
     );
@@ -246,7 +240,8 @@ fn barrier_take(fd: usize, ms: usize, flags: usize) -> Option<u8> {
 /// failure before that (`x`, or the other side gone) ends the shim here,
 /// before its point of no return; a root that hears from nobody for 60 s
 /// gives up. With stand-ins in the tree the byte back is `h`: a second
-/// round follows ([`round_two`]).
+/// round follows ([`round_two`]) on the other socket, which is closed
+/// otherwise.
 fn tree_barrier(a: &Args, img: &cryo_image::Image) {
     let fd = a.barrier_fd;
     if a.flags & flags::BARRIER == 0 || fd == usize::MAX {
@@ -283,7 +278,9 @@ fn tree_barrier(a: &Args, img: &cryo_image::Image) {
         for _ in 0..n - stand_ins {
             check(barrier_send(fd, reply), format_args!("the tree's barrier"));
         }
-        ROUND_TWO_N.store(n - stand_ins, core::sync::atomic::Ordering::Relaxed);
+        // In the second round the children made in place of the stand-ins
+        // take part too.
+        ROUND_TWO_N.store(n, core::sync::atomic::Ordering::Relaxed);
     } else {
         check(barrier_send(fd, b'o'), format_args!("the tree's barrier"));
         loop {
@@ -299,10 +296,11 @@ fn tree_barrier(a: &Args, img: &cryo_image::Image) {
         }
     }
     BARRIER_FD.store(usize::MAX, core::sync::atomic::Ordering::Relaxed);
+    syscall3(SYS_CLOSE, fd, 0, 0);
     if second {
-        ROUND_TWO_FD.store(fd, core::sync::atomic::Ordering::Relaxed);
+        ROUND_TWO_FD.store(a.round_fd, core::sync::atomic::Ordering::Relaxed);
     } else {
-        syscall3(SYS_CLOSE, fd, 0, 0);
+        syscall3(SYS_CLOSE, a.round_fd, 0, 0);
     }
 }
 
@@ -315,14 +313,17 @@ static ROUND_TWO_N: core::sync::atomic::AtomicUsize = core::sync::atomic::Atomic
 /// The second round of a tree's barrier, where some children are forked
 /// by their parents' shims: no process enters its program before those
 /// children exist (a signal sent to a stand-in would be lost with it).
-/// Every process but the root sends `f` once it has forked its children
-/// (if it has any to fork) and waits for `G`; the root takes one `f` from
-/// each, then sends one `G` to each. Past every point of no return, so
-/// a process that died is not waited for beyond 10 s of silence. Every
-/// process but the root reads from one queue: a byte of the first round
-/// another process has yet to take is only looked at (MSG_PEEK), never
-/// taken from it.
-fn round_two(root: bool) {
+/// Every process but the root, forked ones included, sends `f` once it
+/// has forked its children (if it has any to fork) and waits for `G`; the
+/// root takes one `f` from each, then sends one `G` to each. Past every
+/// point of no return, and with no time limit (a process may take long to
+/// read its memory): the root stops waiting only when a process of the
+/// tree has ended (gone or a zombie at two looks a second apart; it said
+/// why), as then its `f` may never come. The round has a socket of its
+/// own (`round_fd`): a byte of the first round that a process which ended
+/// never took cannot stand in front of a `G`.
+fn round_two(img: &cryo_image::Image) {
+    let root = img.tree().len() > 1;
     use core::sync::atomic::Ordering::Relaxed;
     let fd = ROUND_TWO_FD.swap(usize::MAX, Relaxed);
     if fd == usize::MAX {
@@ -330,39 +331,44 @@ fn round_two(root: bool) {
     }
     if root {
         let n = ROUND_TWO_N.load(Relaxed);
-        let (mut got, mut quiet) = (0, 0);
-        while got < n && quiet < 100 {
+        let (mut got, mut quiet, mut ended) = (0, 0, 0);
+        while got < n && ended < 2 {
             match barrier_recv(fd, 100) {
                 Some(b'f') => (got, quiet) = (got + 1, 0),
                 Some(0) => break,
                 Some(_) => {}
-                None => quiet += 1,
+                None => {
+                    quiet += 1;
+                    if quiet % 10 == 0 {
+                        ended = if any_ended(img) { ended + 1 } else { 0 };
+                    }
+                }
             }
+        }
+        if got < n && ended == 2 {
+            write(
+                2,
+                b"cryo-shim: a process of the tree ended before its restore was done (see above, or it was killed); the others go on without it\n",
+            );
         }
         for _ in 0..n {
             barrier_send(fd, b'G');
         }
     } else if barrier_send(fd, b'f') == 1 {
-        const MSG_PEEK: usize = 2;
-        loop {
-            match barrier_take(fd, 1000, MSG_PEEK) {
-                // (Every process waiting here gets one: the root sends
-                // one for each.)
-                Some(b'G') => {
-                    while barrier_recv(fd, 1000).is_none() {}
-                    break;
-                }
-                Some(0) => break,
-                // Another's byte of the first round.
-                Some(_) => {
-                    let ts = [0i64, 1_000_000];
-                    syscall3(SYS_NANOSLEEP, ts.as_ptr() as usize, 0, 0);
-                }
-                None => {}
-            }
-        }
+        // (Every process waiting here gets one `G`: the root sends one
+        // for each. End of file: the root has ended.)
+        while barrier_recv(fd, 1000).is_none() {}
     }
     syscall3(SYS_CLOSE, fd, 0, 0);
+}
+
+/// Whether a live process of the tree (other than the root) has ended.
+fn any_ended(img: &cryo_image::Image) -> bool {
+    img.tree()
+        .iter()
+        .skip(1)
+        .filter(|r| r.state == cryo_image::tree::proc_state::LIVE)
+        .any(|r| forked::ended(r.pid))
 }
 
 fn check(r: isize, what: fmt::Arguments) -> usize {
@@ -385,6 +391,7 @@ struct Args {
     alias_fd: usize,
     files_fd: usize,
     barrier_fd: usize,
+    round_fd: usize,
 }
 
 /// `s` NUL-terminated in `buf` (dies if too long): its address.
@@ -455,6 +462,7 @@ extern "C" fn shim_main(sp: *const usize) -> ! {
             alias_fd: fd(h.alias_fd),
             files_fd: fd(h.files_fd),
             barrier_fd: fd(h.barrier_fd),
+            round_fd: fd(h.round_fd),
         },
         false,
     )
@@ -545,7 +553,8 @@ fn restore(a: &Args, packed: bool) -> ! {
 /// directory in place: its image and files, its mappings made from its
 /// parent's, then the rest of the restore as after an exec.
 fn restore_forked(a: &Args, parent: &cryo_image::Image) -> ! {
-    ROUND_TWO_FD.store(usize::MAX, core::sync::atomic::Ordering::Relaxed);
+    // Its stand-in's end of the barrier's second round.
+    ROUND_TWO_FD.store(a.round_fd, core::sync::atomic::Ordering::Relaxed);
     let on = a.flags & flags::PHASES != 0;
     let mut ph = Phases { t: [0; 8], n: 0 };
     ph.mark(on);
@@ -621,7 +630,7 @@ fn finish<'a>(
         ph.print(a.exec_ns);
     }
     // A tree with children forked by their parents' shims: all forked.
-    round_two(img.tree().len() > 1);
+    round_two(img);
     seccomp::install(img, nthreads > 0);
     if filters_first {
         task::restore(img, a.flags & flags::SAME_CREDS != 0);

@@ -164,6 +164,7 @@ pub fn open(r: &Record) -> Args {
         alias_fd: usize::MAX,
         files_fd: usize::MAX,
         barrier_fd: usize::MAX,
+        round_fd: usize::MAX,
     }
 }
 
