@@ -41,10 +41,16 @@ fn finish(mut c: Child, input: &str) -> (i32, String, String) {
     if let Some(mut i) = c.stdin.take() {
         let _ = i.write_all(input.as_bytes());
     }
+    // (stderr read alongside: a tree's `--phases` lines fill a pipe.)
+    let mut e = c.stderr.take().unwrap();
+    let errs = std::thread::spawn(move || {
+        let mut err = String::new();
+        e.read_to_string(&mut err).unwrap();
+        err
+    });
     let mut out = String::new();
-    let mut err = String::new();
     c.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let err = errs.join().unwrap();
     let st = c.wait().expect("wait restore");
     (st.code().unwrap_or(-1), out, err)
 }
@@ -560,6 +566,78 @@ print("PASS", flush=True)
             "{err}"
         );
     }
+}
+
+/// A signal sent from outside to a child while its stand-in holds its
+/// place (its parent's shim still reading 512 MiB) reaches the child
+/// (before stop 29 it was lost with the stand-in).
+#[test]
+fn signal_sent_to_a_stand_in_reaches_the_child() {
+    let script = r#"
+import os, signal, sys
+big = b"\x02" * (512 << 20)
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1, signal.SIGUSR2])
+a = os.fork()
+if a == 0:
+    sys.stdin.readline()
+    got = signal.sigtimedwait([signal.SIGUSR1], 0)
+    ok = got is not None and signal.sigpending() == {signal.SIGUSR2}
+    os._exit(0 if ok and big[777] == 2 else 6)
+print("READY", os.getpid(), flush=True)
+_, st = os.waitpid(a, 0)
+assert st == 0, st
+print("PASS", flush=True)
+"#;
+    let dir = scratch("tree-stand-in-signal");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn(cmd, "tree-stand-in-signal");
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    let pids = tree_pids(&img);
+    wait_gone(&pids);
+    let a = pids[1];
+    let r = restore(&img, &["--phases"]);
+    wait_for("the child's stand-in", Duration::from_secs(20), || {
+        std::fs::read(format!("/proc/{a}/cmdline")).is_ok_and(|c| c.starts_with(b"cryo-shim"))
+    });
+    // SAFETY: kill takes no pointers.
+    unsafe {
+        libc::kill(a, libc::SIGUSR1);
+        libc::kill(a, libc::SIGUSR2);
+    }
+    let (code, out, err) = finish(r, "x\n");
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.lines().last(), Some("PASS"), "{out}{err}");
+    assert!(
+        err.contains(&format!("process {a} is forked by its parent's shim")),
+        "{err}"
+    );
+}
+
+/// A parent with 900 children, every one forked by its shim: its shim
+/// reads /proc/PID/task/PID/children 4 KiB at a time (~680 PIDs of 5
+/// digits) until no stand-in is left. Before stop 29 it read it once, and
+/// 126 of the 900 stayed stand-ins.
+#[test]
+fn nine_hundred_children_are_all_forked_by_their_parents_shim() {
+    let dir = scratch("tree-900");
+    let t = Target::start("c-tree", &["cow", "1", "900"]);
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    let pids = tree_pids(&img);
+    assert_eq!(pids.len(), 901);
+    wait_gone(&pids);
+    let (code, out, err) = finish(restore(&img, &["--phases"]), "go\nend\n");
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.lines().last(), Some("PASS cow"), "{out}{err}");
+    let forked = err.matches("is forked by its parent's shim").count();
+    assert_eq!(forked, 900, "{err}");
+    assert!(!err.contains("missing"), "{err}");
 }
 
 /// `--pidns`: a tree restored while the original still runs (every PID

@@ -32,9 +32,13 @@ const O_PATH: usize = 0o10000000;
 const EBADF: isize = 9;
 
 /// The fds taken from a stand-in: (its number, ours) pairs of i32.
-const TABLE_AT: usize = W + 0x2800_0000;
+/// (Between the scratch area and the threads' seccomp buffers.)
+const TABLE_AT: usize = W + 0x2400_0000;
 const TABLE_LEN: usize = 1 << 20;
 const TABLE_MAX: usize = TABLE_LEN / 8;
+/// A read of the parent's /proc/PID/task/PID/children (some 700 PIDs of
+/// 5 digits; [`fork_children`] reads it again until it finds no stand-in).
+const CHILDREN_LEN: usize = 4096;
 
 /// The stand-in's part: its files were opened and checked (so a changed
 /// file fails the tree's restore before any point of no return); close
@@ -188,6 +192,9 @@ struct Taken {
     cwd: usize,
     /// The stand-in's end of the tree's barrier's second round.
     round: usize,
+    /// The signals pending on the stand-in (sent to the child's PID while
+    /// it held the place): its thread's, and the process's.
+    pending: (u64, u64),
 }
 
 impl Taken {
@@ -286,11 +293,27 @@ fn take(pid: u32, h: &Handoff) -> Taken {
         &"the tree's barrier",
     );
     syscall3(SYS_CLOSE, pidfd, 0, 0);
+    let mut status = [0u8; 2048];
+    let len = read_small(proc_path(&mut p, pid, "/status"), &mut status);
+    let mask = |field: &[u8]| -> u64 {
+        let s = &status[..len];
+        let Some(at) = s.windows(field.len()).position(|w| w == field) else {
+            return 0;
+        };
+        s[at + field.len()..]
+            .iter()
+            .skip_while(|c| c.is_ascii_whitespace())
+            .take_while(|c| c.is_ascii_hexdigit())
+            .fold(0u64, |v, &c| {
+                v << 4 | (c as char).to_digit(16).unwrap_or(0) as u64
+            })
+    };
     Taken {
         n: kept,
         floor,
         cwd,
         round,
+        pending: (mask(b"\nSigPnd:"), mask(b"\nShdPnd:")),
     }
 }
 
@@ -340,7 +363,8 @@ fn fork_with_pid(pid: u32) -> isize {
 pub fn fork_children(parent: &Image) {
     let me = syscall3(SYS_GETPID, 0, 0, 0) as u32;
     let mut p = [0u8; 64];
-    let mut buf = [0u8; 4096];
+    let mut list = [0u8; CHILDREN_LEN];
+    let buf = &mut list;
     let children = path(
         &mut p,
         &[
@@ -351,32 +375,24 @@ pub fn fork_children(parent: &Image) {
             Part::S("/children"),
         ],
     );
-    let n = read_small(children, &mut buf);
+    // Passes until one finds no stand-in: a list longer than the buffer
+    // shows the rest next time (the oldest children first, and a forked
+    // child is no stand-in).
     let mut found = 0;
-    for pid in numbers(&buf[..n]) {
-        let Some(h) = stand_in_args(pid) else {
-            continue;
-        };
-        found += 1;
-        let t = take(pid, &h);
-        end(pid);
-        match fork_with_pid(pid) {
-            0 => child(parent, &h, &t),
-            r if r < 0 => {
-                // Past the point of no return: the parent goes on, the
-                // child is lost, and says so.
-                let mut m = crate::Msg { b: [0; 768], n: 0 };
-                let _ = core::fmt::Write::write_fmt(
-                    &mut m,
-                    format_args!(
-                        "cryo-shim: process {pid} could not be forked with its PID (clone3 set_tid: errno {}); it is missing\n",
-                        -r
-                    ),
-                );
-                write(2, &m.b[..m.n]);
-                t.close();
+    loop {
+        let mut n = read_small(children, buf);
+        if n == CHILDREN_LEN {
+            // (The last number may be cut.)
+            n = buf.iter().rposition(|&c| c == b' ').unwrap_or(0);
+        }
+        let before = found;
+        for pid in numbers(&buf[..n]) {
+            if fork_child(parent, pid) {
+                found += 1;
             }
-            _ => t.close(),
+        }
+        if found == before {
+            break;
         }
     }
     if found == 0 {
@@ -385,6 +401,35 @@ pub fn fork_children(parent: &Image) {
             b"cryo-shim: none of the children this process's shim was to fork was found; they are missing\n",
         );
     }
+}
+
+/// Fork child `pid` in the place of its stand-in, if it is one: whether
+/// it was.
+fn fork_child(parent: &Image, pid: u32) -> bool {
+    let Some(h) = stand_in_args(pid) else {
+        return false;
+    };
+    let t = take(pid, &h);
+    end(pid);
+    match fork_with_pid(pid) {
+        0 => child(parent, &h, &t),
+        r if r < 0 => {
+            // Past the point of no return: the parent goes on, the child
+            // is lost, and says so.
+            let mut m = crate::Msg { b: [0; 768], n: 0 };
+            let _ = core::fmt::Write::write_fmt(
+                &mut m,
+                format_args!(
+                    "cryo-shim: process {pid} could not be forked with its PID (clone3 set_tid: errno {}); it is missing\n",
+                    -r
+                ),
+            );
+            write(2, &m.b[..m.n]);
+            t.close();
+        }
+        _ => t.close(),
+    }
+    true
 }
 
 /// The child, just forked: its fds and working directory in place, then
@@ -411,6 +456,19 @@ fn child(parent: &Image, h: &Handoff, t: &Taken) -> ! {
         format_args!("installing the tree's barrier"),
     );
     syscall3(SYS_CLOSE_RANGE, t.floor, u32::MAX as usize, 0);
+    // What was sent to the stand-in, again (every signal is blocked in
+    // the shim): the signal kept, its siginfo and a realtime signal's
+    // count not.
+    let me = syscall3(SYS_GETPID, 0, 0, 0) as usize;
+    for sig in 1..=64usize {
+        let bit = 1u64 << (sig - 1);
+        if t.pending.0 & bit != 0 {
+            syscall3(SYS_TGKILL, me, me, sig);
+        }
+        if t.pending.1 & bit != 0 {
+            syscall3(SYS_KILL, me, sig, 0);
+        }
+    }
     let fd = |v: u64| {
         if v == handoff::NONE {
             usize::MAX

@@ -302,11 +302,11 @@ static int prefork(const char *path) {
   return 0;
 }
 
-/* `tree cow MIB`: a heap filled before 3 children are forked, all blocked
- * until a line on stdin; then every process checks its whole heap, the
+/* `tree cow MIB [KIDS]`: a heap filled before KIDS (default 3) children
+ * are forked, all blocked until a line on stdin; then every process checks its whole heap, the
  * root prints CHECKED once all have, and after one more line on stdin the
  * children exit and the root prints PASS. */
-static int cow(int mib) {
+static int cow(int mib, int nk) {
   size_t n = (size_t)mib << 20;
   unsigned char *h = malloc(n);
   for (size_t i = 0; i < n; i++) h[i] = (unsigned char)(i * 7);
@@ -314,9 +314,12 @@ static int cow(int mib) {
    * on one pipe would take another child's go byte as its end. */
   int go[2], done[2], end[2];
   if (pipe(go) || pipe(done) || pipe(end)) fail("pipe");
-  pid_t kids[3];
-  for (int k = 0; k < 3; k++) {
+  pid_t *kids = calloc(nk, sizeof *kids);
+  char *bytes = malloc(nk);
+  if (!kids || !bytes) fail("calloc");
+  for (int k = 0; k < nk; k++) {
     kids[k] = fork();
+    if (kids[k] < 0) fail("fork");
     if (kids[k] == 0) {
       char c;
       close(go[1]);
@@ -336,15 +339,16 @@ static int cow(int mib) {
   printf("READY %d\n", getpid());
   char line[16];
   if (!fgets(line, sizeof line, stdin)) fail("reading stdin");
-  if (write(go[1], "ggg", 3) != 3) fail("go");
+  memset(bytes, 'g', nk);
+  if (write(go[1], bytes, nk) != nk) fail("go");
   for (size_t i = 0; i < n; i++)
     if (h[i] != (unsigned char)(i * 7)) fail("heap");
-  char ks[3];
-  read_full(done[0], ks, 3, "children checked");
+  read_full(done[0], bytes, nk, "children checked");
   printf("CHECKED\n");
   if (!fgets(line, sizeof line, stdin)) fail("reading stdin");
-  if (write(end[1], "eee", 3) != 3) fail("end");
-  for (int k = 0; k < 3; k++) {
+  memset(bytes, 'e', nk);
+  if (write(end[1], bytes, nk) != nk) fail("end");
+  for (int k = 0; k < nk; k++) {
     int st;
     if (waitpid(kids[k], &st, 0) != kids[k] || !WIFEXITED(st) || WEXITSTATUS(st)) fail("child");
   }
@@ -658,7 +662,8 @@ static int strict(void) {
 
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
-  if (argc > 2 && !strcmp(argv[1], "cow")) return cow(atoi(argv[2]));
+  if (argc > 2 && !strcmp(argv[1], "cow"))
+    return cow(atoi(argv[2]), argc > 3 ? atoi(argv[3]) : 3);
   if (argc > 1 && !strcmp(argv[1], "family")) return family();
   if (argc > 1 && !strcmp(argv[1], "diverge")) return diverge();
   if (argc > 2 && !strcmp(argv[1], "prefork")) return prefork(argv[2]);
