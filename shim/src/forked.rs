@@ -145,23 +145,26 @@ fn stand_in_args(pid: u32) -> Option<Handoff> {
 }
 
 /// Every fd number open in `/proc/<pid>/fd` (`pid` 0: this process).
-fn each_fd(pid: u32, mut f: impl FnMut(usize)) {
+fn each_fd(pid: u32, mut f: impl FnMut(usize)) -> Result<(), Failed> {
     let mut p = [0u8; 64];
     let path = if pid == 0 {
         c"/proc/self/fd".as_ptr() as usize
     } else {
         proc_path(&mut p, pid, "/fd")
     };
-    let dir = check(
-        syscall3(SYS_OPEN, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0),
-        format_args!("listing the fds of process {pid}"),
-    );
+    let dir = syscall3(SYS_OPEN, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+    if dir < 0 {
+        return Err(Failed("listing its fds", usize::MAX, dir));
+    }
+    let dir = dir as usize;
     let mut buf = [0u8; 4096];
     loop {
-        let n = check(
-            syscall3(SYS_GETDENTS64, dir, buf.as_mut_ptr() as usize, buf.len()),
-            format_args!("listing the fds of process {pid}"),
-        );
+        let n = syscall3(SYS_GETDENTS64, dir, buf.as_mut_ptr() as usize, buf.len());
+        if n < 0 {
+            syscall3(SYS_CLOSE, dir, 0, 0);
+            return Err(Failed("listing its fds", usize::MAX, n));
+        }
+        let n = n as usize;
         if n == 0 {
             break;
         }
@@ -182,7 +185,12 @@ fn each_fd(pid: u32, mut f: impl FnMut(usize)) {
         }
     }
     syscall3(SYS_CLOSE, dir, 0, 0);
+    Ok(())
 }
+
+/// Why a stand-in's place could not be taken: what, an fd number (or
+/// usize::MAX), the errno.
+struct Failed(&'static str, usize, isize);
 
 /// What the parent's shim took from a stand-in, at numbers from `floor`
 /// up (above every fd of both).
@@ -212,15 +220,18 @@ impl Taken {
         for i in 0..self.n {
             syscall3(SYS_CLOSE, self.pair(i).1, 0, 0);
         }
-        syscall3(SYS_CLOSE, self.cwd, 0, 0);
-        syscall3(SYS_CLOSE, self.round, 0, 0);
+        for fd in [self.cwd, self.round] {
+            if fd != usize::MAX {
+                syscall3(SYS_CLOSE, fd, 0, 0);
+            }
+        }
     }
 }
 
 /// Take stand-in `pid`'s fds (but the shim's own: barrier, alias and page
 /// server sockets), its working directory, and apart from the program's
 /// fds its end of the barrier's second round.
-fn take(pid: u32, h: &Handoff) -> Taken {
+fn take(pid: u32, h: &Handoff) -> Result<Taken, Failed> {
     let r = mmap(
         TABLE_AT,
         TABLE_LEN,
@@ -230,7 +241,7 @@ fn take(pid: u32, h: &Handoff) -> Taken {
         0,
     );
     if r as usize != TABLE_AT {
-        die(format_args!("mapping the fd table: errno {}", -r));
+        return Err(Failed("mapping the fd table", usize::MAX, r));
     }
     let table = TABLE_AT as *mut i32;
     let skip = [h.barrier_fd, h.round_fd, h.alias_fd, h.sock_fd];
@@ -239,60 +250,76 @@ fn take(pid: u32, h: &Handoff) -> Taken {
         // (Above the barrier too: the child has its second round's at
         // its number.)
         top = top.max(fd);
-        if skip.contains(&(fd as u64)) {
+        if skip.contains(&(fd as u64)) || n == TABLE_MAX {
             return;
-        }
-        if n == TABLE_MAX {
-            die(format_args!("process {pid} has too many fds"));
         }
         // SAFETY: n < TABLE_MAX pairs fit the table just mapped.
         unsafe { *table.add(2 * n) = fd as i32 };
         n += 1;
-    });
-    each_fd(0, |fd| top = top.max(fd));
+    })?;
+    if n == TABLE_MAX {
+        return Err(Failed("too many fds", n, -24));
+    }
+    each_fd(0, |fd| top = top.max(fd))?;
     let floor = top + 1;
-    let pidfd = check(
-        syscall3(SYS_PIDFD_OPEN, pid as usize, 0, 0),
-        format_args!("pidfd_open of process {pid}"),
-    );
-    let above = |fd: isize, what: &dyn core::fmt::Display| -> usize {
-        let fd = check(fd, format_args!("taking {what} of process {pid}"));
-        let moved = check(
-            syscall3(SYS_FCNTL, fd, F_DUPFD_CLOEXEC, floor),
-            format_args!("moving {what} of process {pid} above {floor}"),
-        );
-        syscall3(SYS_CLOSE, fd, 0, 0);
-        moved
+    let pidfd = syscall3(SYS_PIDFD_OPEN, pid as usize, 0, 0);
+    if pidfd < 0 {
+        return Err(Failed("pidfd_open", usize::MAX, pidfd));
+    }
+    let pidfd = pidfd as usize;
+    // An fd above the floor, or why not.
+    let above = |fd: isize, what: &'static str, num: usize| -> Result<usize, Failed> {
+        if fd < 0 {
+            return Err(Failed(what, num, fd));
+        }
+        let moved = syscall3(SYS_FCNTL, fd as usize, F_DUPFD_CLOEXEC, floor);
+        syscall3(SYS_CLOSE, fd as usize, 0, 0);
+        if moved < 0 {
+            return Err(Failed("moving it above the fds of both", num, moved));
+        }
+        Ok(moved as usize)
     };
-    let mut kept = 0;
-    for i in 0..n {
-        // SAFETY: i < n pairs written above.
-        let theirs = unsafe { *table.add(2 * i) } as usize;
-        let r = syscall3(SYS_PIDFD_GETFD, pidfd, theirs, 0);
-        if r == -EBADF {
-            continue; // closed since it was listed (none should be)
+    let mut t = Taken {
+        n: 0,
+        floor,
+        cwd: usize::MAX,
+        round: usize::MAX,
+        pending: (0, 0),
+    };
+    let got = (|| {
+        for i in 0..n {
+            // SAFETY: i < n pairs written above.
+            let theirs = unsafe { *table.add(2 * i) } as usize;
+            let r = syscall3(SYS_PIDFD_GETFD, pidfd, theirs, 0);
+            if r == -EBADF {
+                continue; // closed since it was listed (none should be)
+            }
+            let ours = above(r, "taking fd", theirs)?;
+            // SAFETY: t.n <= i < n pairs.
+            unsafe {
+                *table.add(2 * t.n) = theirs as i32;
+                *table.add(2 * t.n + 1) = ours as i32;
+            }
+            t.n += 1;
         }
-        let ours = above(r, &format_args!("fd {theirs}"));
-        // SAFETY: kept <= i < n pairs.
-        unsafe {
-            *table.add(2 * kept) = theirs as i32;
-            *table.add(2 * kept + 1) = ours as i32;
-        }
-        kept += 1;
+        let mut p = [0u8; 64];
+        let cwd = syscall3(
+            SYS_OPEN,
+            proc_path(&mut p, pid, "/cwd"),
+            O_PATH | O_DIRECTORY | O_CLOEXEC,
+            0,
+        );
+        t.cwd = above(cwd, "opening its working directory", usize::MAX)?;
+        let round = syscall3(SYS_PIDFD_GETFD, pidfd, h.round_fd as usize, 0);
+        t.round = above(round, "taking the tree's barrier", h.round_fd as usize)?;
+        Ok(())
+    })();
+    syscall3(SYS_CLOSE, pidfd, 0, 0);
+    if let Err(e) = got {
+        t.close();
+        return Err(e);
     }
     let mut p = [0u8; 64];
-    let cwd = syscall3(
-        SYS_OPEN,
-        proc_path(&mut p, pid, "/cwd"),
-        O_PATH | O_DIRECTORY | O_CLOEXEC,
-        0,
-    );
-    let cwd = above(cwd, &"the working directory");
-    let round = above(
-        syscall3(SYS_PIDFD_GETFD, pidfd, h.round_fd as usize, 0),
-        &"the tree's barrier",
-    );
-    syscall3(SYS_CLOSE, pidfd, 0, 0);
     let mut status = [0u8; 2048];
     let len = read_small(proc_path(&mut p, pid, "/status"), &mut status);
     let mask = |field: &[u8]| -> u64 {
@@ -308,13 +335,8 @@ fn take(pid: u32, h: &Handoff) -> Taken {
                 v << 4 | (c as char).to_digit(16).unwrap_or(0) as u64
             })
     };
-    Taken {
-        n: kept,
-        floor,
-        cwd,
-        round,
-        pending: (mask(b"\nSigPnd:"), mask(b"\nShdPnd:")),
-    }
+    t.pending = (mask(b"\nSigPnd:"), mask(b"\nShdPnd:"));
+    Ok(t)
 }
 
 /// Kill stand-in `pid` and reap it (exit signal 0: no SIGCHLD, `__WALL`),
@@ -409,7 +431,28 @@ fn fork_child(parent: &Image, pid: u32) -> bool {
     let Some(h) = stand_in_args(pid) else {
         return false;
     };
-    let t = take(pid, &h);
+    let t = match take(pid, &h) {
+        Ok(t) => t,
+        Err(Failed(what, num, e)) => {
+            // Past the point of no return: the parent and the rest of the
+            // tree go on without this child, and say so.
+            end(pid);
+            let mut m = crate::Msg { b: [0; 768], n: 0 };
+            let _ = if num == usize::MAX {
+                core::fmt::Write::write_fmt(
+                    &mut m,
+                    format_args!("cryo-shim: process {pid} could not be forked: {what} of its stand-in: errno {}; it is missing\n", -e),
+                )
+            } else {
+                core::fmt::Write::write_fmt(
+                    &mut m,
+                    format_args!("cryo-shim: process {pid} could not be forked: {what} {num} of its stand-in: errno {}; it is missing\n", -e),
+                )
+            };
+            write(2, &m.b[..m.n]);
+            return true;
+        }
+    };
     end(pid);
     match fork_with_pid(pid) {
         0 => child(parent, &h, &t),
