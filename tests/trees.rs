@@ -1158,6 +1158,58 @@ print("PASS", flush=True)
     );
 }
 
+/// A process group whose leader ended, in a session other than the
+/// root's (a job of a shell started with setsid, as in a tmux pane): its
+/// session leader's restore makes it again with a holder, and the
+/// member comes back in it (refused until stop 29: "a restore cannot
+/// make that group again").
+#[test]
+fn group_whose_leader_ended_in_another_session() {
+    let script = r#"
+import os, sys, time
+r, w = os.pipe()
+rs, ws = os.pipe()
+sl = os.fork()
+if sl == 0:
+    os.setsid()
+    sl_pid = os.getpid()
+    lr, lw = os.pipe()
+    leader = os.fork()
+    if leader == 0:
+        os.setpgid(0, 0); os.read(lr, 1); os._exit(0)
+    while os.getpgid(leader) != leader:
+        time.sleep(0.01)
+    m = os.fork()
+    if m == 0:
+        os.setpgid(0, leader)
+        os.read(r, 1)
+        ok = os.getpgid(0) == leader and os.getsid(0) == sl_pid
+        os._exit(0 if ok else 5)
+    while os.getpgid(m) != leader:
+        time.sleep(0.01)
+    os.write(lw, b"x")
+    os.waitpid(leader, 0)
+    os.write(ws, b"%d %d\n" % (leader, m))
+    _, st = os.waitpid(m, 0)
+    os._exit(st >> 8)
+leader, m = map(int, os.read(rs, 64).split())
+while os.getpgid(m) != leader:
+    time.sleep(0.01)
+print("READY", os.getpid(), flush=True); sys.stdin.readline()
+assert os.getpgid(m) == leader and os.getsid(m) == sl, (os.getpgid(m), os.getsid(m))
+os.write(w, b"x")
+_, st = os.waitpid(sl, 0)
+assert st == 0, st
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "tree-orphan-group-session",
+        script,
+        |_| {},
+        &[&[], &["--lazy"], &["--pidns"]],
+    );
+}
+
 /// A zombie in a process group whose leader ended before the capture
 /// (zdtm's zombie01; refused until stop 25: "whose leader is not in the
 /// tree"): the group is made again by a holder with its id, the zombie

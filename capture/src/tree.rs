@@ -221,11 +221,21 @@ pub fn shape_obstacles(t: &Tree, obs: &mut Obstacles) {
             .iter()
             .any(|p| p.rec.pid == r.pgid && p.rec.sid == r.sid);
         // A group whose leader ended (a zombie's, say: zdtm zombie01) is
-        // made again by a holder with its id in the root's session, where
-        // the restore runs; in another session it cannot be.
-        if r.pgid != r.pid && r.pgid != root.pgid && !leader_here && r.sid != root.sid {
+        // made again by a holder with its id: in the root's session the
+        // root's, in another the session leader's, which must be a live
+        // process of the tree (a zombie leader ends before anyone joins).
+        let session_leader_live = t
+            .members
+            .iter()
+            .any(|p| p.rec.pid == r.sid && p.rec.state == proc_state::LIVE);
+        if r.pgid != r.pid
+            && r.pgid != root.pgid
+            && !leader_here
+            && r.sid != root.sid
+            && !session_leader_live
+        {
             obs.push(format!(
-                "process {} is in process group {}, whose leader is not in the tree, in session {} (not the root's); a restore cannot make that group again",
+                "process {} is in process group {}, whose leader is not in the tree, in session {} (not the root's), whose leader is not a live process of the tree; a restore cannot make that group again",
                 r.pid, r.pgid, r.sid
             ));
         }

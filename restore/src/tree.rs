@@ -936,12 +936,18 @@ pub(crate) fn exec(root: Plan, tree: Box<Tree>) -> RestoreError {
 /// again by a holder (`sys::group_holder`).
 fn orphan_groups(tree: &Tree) -> Vec<i32> {
     let root = tree.members[0].rec;
+    orphan_groups_in(tree, root.sid, root.pgid)
+}
+
+/// The groups in session `sid` (but group `but`) whose leader is not in
+/// the tree.
+fn orphan_groups_in(tree: &Tree, sid: u32, but: u32) -> Vec<i32> {
     let mut out: Vec<i32> = tree
         .members
         .iter()
         .skip(1)
         .map(|m| m.rec)
-        .filter(|r| r.pgid != r.pid && r.pgid != root.pgid && r.sid == root.sid)
+        .filter(|r| r.pgid != r.pid && r.pgid != but && r.sid == sid)
         .filter(|r| !tree.members.iter().any(|m| m.rec.pid == r.pgid))
         .map(|r| r.pgid as i32)
         .collect();
@@ -1111,6 +1117,23 @@ impl Cx<'_> {
         if let Err(e) = self.own_session_and_group(r) {
             die(format!("setting its session or process group: {e}"));
         }
+        // A session leader makes again the groups of its session whose
+        // leader ended (the root makes those of its own session); they go
+        // once every process is in its group.
+        let holders = GroupHolders(std::cell::RefCell::new(Vec::new()));
+        if r.sid == r.pid && r.state == proc_state::LIVE {
+            for g in orphan_groups_in(self.tree, r.sid, r.pgid) {
+                match sys::group_holder(g) {
+                    Ok(h) => holders.0.borrow_mut().push(h),
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => die(format!(
+                        "PID {g} is taken: process group {g} of its session, whose leader was gone at the capture, is made again by a process with that PID"
+                    )),
+                    Err(e) => die(format!(
+                        "making process group {g} of its session again (clone3 set_tid, setpgid): {e}"
+                    )),
+                }
+            }
+        }
         let root = self.root_pid;
         let mut root_alive = || running(root);
         if r.state == proc_state::ZOMBIE {
@@ -1155,6 +1178,7 @@ impl Cx<'_> {
             bar.arrive(Step::Ready);
             let mut root_alive = || running(root);
             if bar.wait_go(Step::Ready, &mut root_alive) {
+                holders.release();
                 Ok(())
             } else {
                 Err(RestoreError::Tree(

@@ -226,10 +226,14 @@ fn holder(pid: i32) -> io::Result<i32> {
         set_tid_size: 1,
         ..Default::default()
     })? {
-        Forked::Child => loop {
-            // SAFETY: pause takes nothing.
-            unsafe { libc::pause() };
-        },
+        Forked::Child => {
+            // (Gone with its maker, should that end first.)
+            let _ = die_with_parent();
+            loop {
+                // SAFETY: pause takes nothing.
+                unsafe { libc::pause() };
+            }
+        }
         Forked::Parent(pid) => Ok(pid),
     }
 }
