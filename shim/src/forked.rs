@@ -534,9 +534,12 @@ fn child(parent: &Image, h: &Handoff, t: &Taken) -> ! {
     crate::restore_forked(&a, parent)
 }
 
-/// VmFlags a fork does not copy (mlock) or the shim sets after: the rest
-/// must be the same for a mapping to be kept.
-const NOT_COMPARED: u64 = vmflag("lo") | vmflag("lf");
+/// VmFlags a fork does not copy (mlock) or the shim sets after (mlock,
+/// and the protection: a part of a parent's mapping the child
+/// mprotect'ed is kept and shared too): the rest must be the same for a
+/// mapping to be kept.
+const NOT_COMPARED: u64 =
+    vmflag("lo") | vmflag("lf") | vmflag("rd") | vmflag("wr") | vmflag("ex");
 
 /// Whether the child's mapping `v` starts inside the parent's `p` as the
 /// fork left it: same kind, backing (its offset too, so a part of it
