@@ -1158,6 +1158,52 @@ print("PASS", flush=True)
     );
 }
 
+/// fds 0-2 shared by the whole tree (captured as `2>&1`) are this
+/// command's, by number, for every process: restored with stdout and
+/// stderr apart, each process's stderr goes to the restore's stderr, as
+/// a single process's does (until stop 29 the tree's all went to stdout).
+#[test]
+fn stdout_and_stderr_shared_by_a_tree_are_the_restores_by_number() {
+    let script = r#"
+import os, sys
+os.dup2(1, 2)
+r, w = os.pipe()
+kid = os.fork()
+if kid == 0:
+    os.read(r, 1)
+    print("child out", flush=True); print("child err", file=sys.stderr, flush=True)
+    os._exit(0)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+os.write(w, b"x"); os.waitpid(kid, 0)
+print("root err", file=sys.stderr, flush=True)
+print("PASS", flush=True)
+"#;
+    let dir = scratch("tree-stdio");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn(cmd, "tree-stdio");
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    let pids = tree_pids(&img);
+    wait_gone(&pids);
+    for mode in [&[][..], &["--pidns"], &["--lazy"]] {
+        let (code, out, err) = finish(restore(&img, mode), "x\n");
+        assert_eq!(code, 0, "{mode:?}: {out}{err}");
+        assert_eq!(
+            out, "child out\nPASS\n",
+            "{mode:?}: stdout {out:?}, stderr {err:?}"
+        );
+        assert!(
+            err.contains("child err\n") && err.contains("root err\n") && !err.contains("out\n"),
+            "{mode:?}: stdout {out:?}, stderr {err:?}"
+        );
+        wait_gone(&pids[1..]);
+    }
+}
+
 /// A process group whose leader ended, in a session other than the
 /// root's (a job of a shell started with setsid, as in a tmux pane): its
 /// session leader's restore makes it again with a holder, and the

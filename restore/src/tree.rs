@@ -662,6 +662,24 @@ fn make_shared<'a>(
         };
         let (p, _) = fds::source_one(loaded, &img, i, stdio, verify, Some(ptys))
             .map_err(|e| in_process(recs[k].pid, e))?;
+        if matches!(p.source, Source::Keep) {
+            // One of the root's fds 0-2, which are this command's: each
+            // holder gets ours at the number the root had it at (a
+            // single restore's `2>&1` captured, `>o 2>e` restored: stdout
+            // to o, stderr to e, for every process that shared them).
+            let root_at: Vec<i32> = fds.iter().filter(|h| h.0 == 0).map(|h| h.1).collect();
+            for &(j, m, _) in fds {
+                let ours = if root_at.contains(&m) { m } else { n };
+                let fd = sys::dup_above(ours, 3).map_err(|e| {
+                    in_process(
+                        recs[j].pid,
+                        crate::IntoSys::into_sys(e, format!("duplicating fd {ours}")),
+                    )
+                })?;
+                give(&[(j, m, 0)], fd, &mut made);
+            }
+            continue;
+        }
         let made_file = |file: u32| stored.get(&(k, file)).copied();
         // A ghost socket that clients (of any process) connect to by
         // name: its file kept until they all have.

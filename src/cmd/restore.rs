@@ -33,7 +33,11 @@ use std::path::PathBuf;
 /// must be free (--same-pid: the root's too). The children see this
 /// PID as their parent's: a program that kept its own PID to recognise
 /// itself later (Python's multiprocessing joins its pool only from the
-/// PID that made it) needs --same-pid or --pidns.
+/// PID that made it; Ruby aborts on its next fork) needs --same-pid or
+/// --pidns. fds 0-2 the root shared with other processes are this
+/// command's for them too, by the number the root had them at (captured
+/// with `2>&1`, restored with `>out 2>err`: every process's stderr goes
+/// to err).
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct RestoreArgs {
