@@ -538,8 +538,7 @@ fn child(parent: &Image, h: &Handoff, t: &Taken) -> ! {
 /// and the protection: a part of a parent's mapping the child
 /// mprotect'ed is kept and shared too): the rest must be the same for a
 /// mapping to be kept.
-const NOT_COMPARED: u64 =
-    vmflag("lo") | vmflag("lf") | vmflag("rd") | vmflag("wr") | vmflag("ex");
+const NOT_COMPARED: u64 = vmflag("lo") | vmflag("lf") | vmflag("rd") | vmflag("wr") | vmflag("ex");
 
 /// Whether the child's mapping `v` starts inside the parent's `p` as the
 /// fork left it: same kind, backing (its offset too, so a part of it
