@@ -1167,6 +1167,7 @@ fn stdout_and_stderr_shared_by_a_tree_are_the_restores_by_number() {
     let script = r#"
 import os, sys
 os.dup2(1, 2)
+d = os.dup(1)
 r, w = os.pipe()
 kid = os.fork()
 if kid == 0:
@@ -1177,6 +1178,7 @@ print("READY", os.getpid(), flush=True)
 sys.stdin.readline()
 os.write(w, b"x"); os.waitpid(kid, 0)
 print("root err", file=sys.stderr, flush=True)
+os.write(d, b"root dup\n")
 print("PASS", flush=True)
 "#;
     let dir = scratch("tree-stdio");
@@ -1192,12 +1194,16 @@ print("PASS", flush=True)
     for mode in [&[][..], &["--pidns"], &["--lazy"]] {
         let (code, out, err) = finish(restore(&img, mode), "x\n");
         assert_eq!(code, 0, "{mode:?}: {out}{err}");
+        // (The root's dup of its stdout at fd 3 is the restore's stdout.)
         assert_eq!(
-            out, "child out\nPASS\n",
+            out, "child out\nroot dup\nPASS\n",
             "{mode:?}: stdout {out:?}, stderr {err:?}"
         );
         assert!(
-            err.contains("child err\n") && err.contains("root err\n") && !err.contains("out\n"),
+            err.contains("child err\n")
+                && err.contains("root err\n")
+                && !err.contains("out\n")
+                && !err.contains("dup"),
             "{mode:?}: stdout {out:?}, stderr {err:?}"
         );
         wait_gone(&pids[1..]);

@@ -667,7 +667,16 @@ fn make_shared<'a>(
             // holder gets ours at the number the root had it at (a
             // single restore's `2>&1` captured, `>o 2>e` restored: stdout
             // to o, stderr to e, for every process that shared them).
-            let root_at: Vec<i32> = fds.iter().filter(|h| h.0 == 0).map(|h| h.1).collect();
+            // (Only 0-2 kept as ours, not restored by --restore-stdio,
+            // and open: the root's fd 255 or a dup at 3 gets ours at n.)
+            let tty = fd_at(&img, n).is_some_and(|f| f.kind == fd_kind::TTY);
+            let root_at: Vec<i32> = fds
+                .iter()
+                .filter(|h| h.0 == 0 && (0..=2).contains(&h.1))
+                .map(|h| h.1)
+                .filter(|m| tty || !opts.restore_stdio.contains(m))
+                .filter(|&m| sys::is_open(m))
+                .collect();
             for &(j, m, _) in fds {
                 let ours = if root_at.contains(&m) { m } else { n };
                 let fd = sys::dup_above(ours, 3).map_err(|e| {

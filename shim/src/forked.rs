@@ -36,9 +36,9 @@ const EBADF: isize = 9;
 const TABLE_AT: usize = W + 0x2400_0000;
 const TABLE_LEN: usize = 1 << 20;
 const TABLE_MAX: usize = TABLE_LEN / 8;
-/// A read of the parent's /proc/PID/task/PID/children (some 700 PIDs of
-/// 5 digits; [`fork_children`] reads it again until it finds no stand-in).
-const CHILDREN_LEN: usize = 4096;
+/// The stand-ins among a parent's children (u32 PIDs).
+const STAND_INS_AT: usize = W + 0x2500_0000;
+const STAND_INS_LEN: usize = 1 << 20;
 
 /// The stand-in's part: its files were opened and checked (so a changed
 /// file fails the tree's restore before any point of no return); close
@@ -123,13 +123,6 @@ pub fn ended(pid: u32) -> bool {
         Some(i) => stat.get(i + 2).is_none_or(|&c| c == b'Z' || c == b'X'),
         None => true,
     }
-}
-
-/// The decimal numbers in `s`, separated by anything else.
-fn numbers(s: &[u8]) -> impl Iterator<Item = u32> + '_ {
-    s.split(|c| !c.is_ascii_digit())
-        .filter(|w| !w.is_empty())
-        .filter_map(|w| handoff::parse_arg(w).map(|v| v as u32))
 }
 
 /// The arguments of child `pid`'s shim if it is a stand-in.
@@ -245,20 +238,24 @@ fn take(pid: u32, h: &Handoff) -> Result<Taken, Failed> {
     }
     let table = TABLE_AT as *mut i32;
     let skip = [h.barrier_fd, h.round_fd, h.alias_fd, h.sock_fd];
-    let (mut n, mut top) = (0usize, 0usize);
+    let (mut n, mut top, mut over) = (0usize, 0usize, false);
     each_fd(pid, |fd| {
         // (Above the barrier too: the child has its second round's at
         // its number.)
         top = top.max(fd);
-        if skip.contains(&(fd as u64)) || n == TABLE_MAX {
+        if skip.contains(&(fd as u64)) {
+            return;
+        }
+        if n == TABLE_MAX {
+            over = true;
             return;
         }
         // SAFETY: n < TABLE_MAX pairs fit the table just mapped.
         unsafe { *table.add(2 * n) = fd as i32 };
         n += 1;
     })?;
-    if n == TABLE_MAX {
-        return Err(Failed("too many fds", n, -24));
+    if over {
+        return Err(Failed("more fds than", TABLE_MAX, -24));
     }
     each_fd(0, |fd| top = top.max(fd))?;
     let floor = top + 1;
@@ -320,20 +317,24 @@ fn take(pid: u32, h: &Handoff) -> Result<Taken, Failed> {
         return Err(e);
     }
     let mut p = [0u8; 64];
-    let mut status = [0u8; 2048];
+    let mut status = [0u8; 16384];
     let len = read_small(proc_path(&mut p, pid, "/status"), &mut status);
     let mask = |field: &[u8]| -> u64 {
         let s = &status[..len];
         let Some(at) = s.windows(field.len()).position(|w| w == field) else {
             return 0;
         };
-        s[at + field.len()..]
-            .iter()
-            .skip_while(|c| c.is_ascii_whitespace())
-            .take_while(|c| c.is_ascii_hexdigit())
-            .fold(0u64, |v, &c| {
-                v << 4 | (c as char).to_digit(16).unwrap_or(0) as u64
-            })
+        // Exactly 16 hex digits and the line's end (else unreadable:
+        // cut short, say), or nothing.
+        let v = s[at + field.len()..].trim_ascii_start();
+        match (v.get(..16), v.get(16)) {
+            (Some(d), Some(b'\n')) if d.iter().all(u8::is_ascii_hexdigit) => {
+                d.iter().fold(0u64, |v, &c| {
+                    v << 4 | (c as char).to_digit(16).unwrap_or(0) as u64
+                })
+            }
+            _ => 0,
+        }
     };
     t.pending = (mask(b"\nSigPnd:"), mask(b"\nShdPnd:"));
     Ok(t)
@@ -384,31 +385,27 @@ fn fork_with_pid(pid: u32) -> isize {
 /// [`child`].
 pub fn fork_children(parent: &Image) {
     let me = syscall3(SYS_GETPID, 0, 0, 0) as u32;
-    let mut p = [0u8; 64];
-    let mut list = [0u8; CHILDREN_LEN];
-    let buf = &mut list;
-    let children = path(
-        &mut p,
-        &[
-            Part::S("/proc/"),
-            Part::N(me),
-            Part::S("/task/"),
-            Part::N(me),
-            Part::S("/children"),
-        ],
+    let r = mmap(
+        STAND_INS_AT,
+        STAND_INS_LEN,
+        PROT_READ | PROT_WRITE,
+        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+        usize::MAX,
+        0,
     );
-    // Passes until one finds no stand-in: a list longer than the buffer
-    // shows the rest next time (the oldest children first, and a forked
-    // child is no stand-in).
+    if r as usize != STAND_INS_AT {
+        die(format_args!("mapping the list of stand-ins: errno {}", -r));
+    }
+    // SAFETY: STAND_INS_LEN bytes just mapped, ours alone; u32 aligned.
+    let list =
+        unsafe { core::slice::from_raw_parts_mut(STAND_INS_AT as *mut u32, STAND_INS_LEN / 4) };
+    // Every stand-in among the children, the whole list read first (it
+    // changes as they are forked), then forked; again until a pass finds
+    // none (more than the list holds, or one missed).
     let mut found = 0;
     loop {
-        let mut n = read_small(children, buf);
-        if n == CHILDREN_LEN {
-            // (The last number may be cut.)
-            n = buf.iter().rposition(|&c| c == b' ').unwrap_or(0);
-        }
-        let before = found;
-        for pid in numbers(&buf[..n]) {
+        let (n, before) = (stand_ins(me, list), found);
+        for &pid in &list[..n] {
             if fork_child(parent, pid) {
                 found += 1;
             }
@@ -423,6 +420,59 @@ pub fn fork_children(parent: &Image) {
             b"cryo-shim: none of the children this process's shim was to fork was found; they are missing\n",
         );
     }
+}
+
+/// The PIDs of this process's (`me`) children that are stand-ins, into
+/// `list`: how many. Dies if the list cannot be read (its stand-ins end
+/// with it, and the tree's second round sees them gone).
+fn stand_ins(me: u32, list: &mut [u32]) -> usize {
+    let mut p = [0u8; 64];
+    let path = path(
+        &mut p,
+        &[
+            Part::S("/proc/"),
+            Part::N(me),
+            Part::S("/task/"),
+            Part::N(me),
+            Part::S("/children"),
+        ],
+    );
+    let fd = check(
+        syscall3(SYS_OPEN, path, O_RDONLY | O_CLOEXEC, 0),
+        format_args!("opening the list of its children"),
+    );
+    let mut buf = [0u8; 4096];
+    let (mut n, mut cur, mut digits) = (0usize, 0u64, 0u32);
+    let mut add = |pid: u64, n: &mut usize| {
+        if *n < list.len() && pid <= u32::MAX as u64 && stand_in_args(pid as u32).is_some() {
+            list[*n] = pid as u32;
+            *n += 1;
+        }
+    };
+    loop {
+        let r = check(
+            syscall3(SYS_READ, fd, buf.as_mut_ptr() as usize, buf.len()),
+            format_args!("reading the list of its children"),
+        );
+        if r == 0 {
+            break;
+        }
+        // (A number may go on in the next read.)
+        for &c in &buf[..r] {
+            if c.is_ascii_digit() && digits < 19 {
+                cur = cur * 10 + (c - b'0') as u64;
+                digits += 1;
+            } else if digits > 0 {
+                add(cur, &mut n);
+                (cur, digits) = (0, 0);
+            }
+        }
+    }
+    if digits > 0 {
+        add(cur, &mut n);
+    }
+    syscall3(SYS_CLOSE, fd, 0, 0);
+    n
 }
 
 /// Fork child `pid` in the place of its stand-in, if it is one: whether
@@ -450,6 +500,7 @@ fn fork_child(parent: &Image, pid: u32) -> bool {
                 )
             };
             write(2, &m.b[..m.n]);
+            crate::round_lost(pid);
             return true;
         }
     };
@@ -468,6 +519,7 @@ fn fork_child(parent: &Image, pid: u32) -> bool {
                 ),
             );
             write(2, &m.b[..m.n]);
+            crate::round_lost(pid);
             t.close();
         }
         _ => t.close(),

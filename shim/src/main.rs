@@ -313,13 +313,14 @@ static ROUND_TWO_N: core::sync::atomic::AtomicUsize = core::sync::atomic::Atomic
 /// The second round of a tree's barrier, where some children are forked
 /// by their parents' shims: no process enters its program before those
 /// children exist (a signal sent to a stand-in would be lost with it).
-/// Every process but the root, forked ones included, sends `f` once it
-/// has forked its children (if it has any to fork) and waits for `G`; the
-/// root takes one `f` from each, then sends one `G` to each. Past every
-/// point of no return, and with no time limit (a process may take long to
-/// read its memory): the root stops waiting only when a process of the
-/// tree has ended (gone or a zombie at two looks a second apart; it said
-/// why), as then its `f` may never come. The round has a socket of its
+/// Every process but the root, forked ones included, sends `f` and its
+/// PID once it has forked its children (if it has any to fork; and `f`
+/// for each child it lost) and waits for `G`; the root takes one `f` for
+/// each, then sends one `G` to each. Past every point of no return, and
+/// with no time limit (a process may take long to read its memory): a
+/// process not heard from counts only once it has ended (gone or a
+/// zombie at two looks a second apart; it said why), as then its `f` may
+/// never come. The round has a socket of its
 /// own (`round_fd`): a byte of the first round that a process which ended
 /// never took cannot stand in front of a `G`.
 fn round_two(img: &cryo_image::Image) {
@@ -330,31 +331,72 @@ fn round_two(img: &cryo_image::Image) {
         return;
     }
     if root {
+        // Who was heard from (or ended: never will be), by the index of
+        // its record; up to TRACKED processes, counted past that.
+        const TRACKED: usize = 1 << 16;
+        let recs = img.tree();
         let n = ROUND_TWO_N.load(Relaxed);
-        let (mut got, mut quiet, mut ended) = (0, 0, 0);
-        while got < n && ended < 2 {
-            match barrier_recv(fd, 100) {
-                Some(b'f') => (got, quiet) = (got + 1, 0),
-                Some(0) => break,
-                Some(_) => {}
-                None => {
+        let mut heard = [0u64; TRACKED / 64];
+        let mut suspect = [0u64; TRACKED / 64];
+        let on = |s: &[u64], i: usize| i < TRACKED && s[i / 64] >> (i % 64) & 1 != 0;
+        let put = |s: &mut [u64], i: usize, v: bool| {
+            if i < TRACKED {
+                s[i / 64] = s[i / 64] & !(1 << (i % 64)) | (v as u64) << (i % 64);
+            }
+        };
+        let (mut got, mut lost, mut quiet) = (0, 0, 0);
+        while got < n {
+            match round_recv(fd, 100) {
+                Round::From(pid) => {
+                    quiet = 0;
+                    match recs.iter().position(|r| r.pid == pid) {
+                        Some(i) if on(&heard, i) => {}
+                        Some(i) => {
+                            put(&mut heard, i, true);
+                            got += 1;
+                        }
+                        None => got += 1,
+                    }
+                }
+                Round::End => break,
+                Round::Quiet => {
                     quiet += 1;
-                    if quiet % 10 == 0 {
-                        ended = if any_ended(img) { ended + 1 } else { 0 };
+                    if quiet % 10 != 0 {
+                        continue;
+                    }
+                    // A live process not heard from that has ended (gone
+                    // or a zombie at two looks a second apart: a
+                    // stand-in's PID is free for microseconds between its
+                    // end and the fork) never will be.
+                    for (i, r) in recs.iter().enumerate().skip(1) {
+                        if r.state != cryo_image::tree::proc_state::LIVE
+                            || i >= TRACKED
+                            || on(&heard, i)
+                        {
+                            continue;
+                        }
+                        let ended = forked::ended(r.pid);
+                        if ended && on(&suspect, i) {
+                            put(&mut heard, i, true);
+                            got += 1;
+                            lost += 1;
+                        }
+                        put(&mut suspect, i, ended);
                     }
                 }
             }
         }
-        if got < n && ended == 2 {
-            write(
-                2,
-                b"cryo-shim: a process of the tree ended before its restore was done (see above, or it was killed); the others go on without it\n",
-            );
+        if lost > 0 {
+            let mut m = Msg { b: [0; 768], n: 0 };
+            let _ = m.write_fmt(format_args!(
+                "cryo-shim: {lost} process(es) of the tree ended before their restore was done (see above, or killed); the others go on without them\n"
+            ));
+            write(2, &m.b[..m.n]);
         }
         for _ in 0..n {
             barrier_send(fd, b'G');
         }
-    } else if barrier_send(fd, b'f') == 1 {
+    } else if round_send(fd, syscall3(SYS_GETPID, 0, 0, 0) as u32) {
         // (Every process waiting here gets one `G`: the root sends one
         // for each. End of file: the root has ended.)
         while barrier_recv(fd, 1000).is_none() {}
@@ -362,13 +404,54 @@ fn round_two(img: &cryo_image::Image) {
     syscall3(SYS_CLOSE, fd, 0, 0);
 }
 
-/// Whether a live process of the tree (other than the root) has ended.
-fn any_ended(img: &cryo_image::Image) -> bool {
-    img.tree()
-        .iter()
-        .skip(1)
-        .filter(|r| r.state == cryo_image::tree::proc_state::LIVE)
-        .any(|r| forked::ended(r.pid))
+/// A message of the second round, as the root takes it.
+enum Round {
+    /// `f` and the PID of a process that has forked its children (or of
+    /// a child its parent's shim lost).
+    From(u32),
+    /// Every other end closed.
+    End,
+    /// Nothing within the time given.
+    Quiet,
+}
+
+/// Say `f` for process `pid` in the second round: whether it was sent.
+fn round_send(fd: usize, pid: u32) -> bool {
+    let p = pid.to_le_bytes();
+    let v = [b'f', p[0], p[1], p[2], p[3]];
+    const MSG_NOSIGNAL: usize = 0x4000;
+    syscall6(SYS_SENDTO, fd, v.as_ptr() as usize, 5, MSG_NOSIGNAL, 0, 0) == 5
+}
+
+/// Say `f` for a child this process's shim was to fork and lost (the
+/// root waits for every process's).
+pub fn round_lost(pid: u32) {
+    let fd = ROUND_TWO_FD.load(core::sync::atomic::Ordering::Relaxed);
+    if fd != usize::MAX {
+        round_send(fd, pid);
+    }
+}
+
+/// One message of the second round within `ms` milliseconds.
+fn round_recv(fd: usize, ms: usize) -> Round {
+    const SYS_POLL: usize = 7;
+    const POLLIN: u16 = 1;
+    let mut p = [0u8; 8];
+    p[..4].copy_from_slice(&(fd as i32).to_ne_bytes());
+    p[4..6].copy_from_slice(&POLLIN.to_ne_bytes());
+    if syscall3(SYS_POLL, p.as_mut_ptr() as usize, 1, ms) <= 0 {
+        return Round::Quiet;
+    }
+    let mut g = [0u8; 8];
+    let n = syscall6(SYS_RECVFROM, fd, g.as_mut_ptr() as usize, 8, 0x40, 0, 0);
+    match n {
+        5 if g[0] == b'f' => Round::From(u32::from_le_bytes([g[1], g[2], g[3], g[4]])),
+        0 => Round::End,
+        _ if n == -EINTR || n == -11 => Round::Quiet,
+        // (Anything else is no process's.)
+        _ if n > 0 => Round::Quiet,
+        _ => Round::End,
+    }
 }
 
 fn check(r: isize, what: fmt::Arguments) -> usize {

@@ -221,14 +221,22 @@ pub fn ended_child() -> io::Result<i32> {
 /// `waitpid(pid, __WALL)` only). EEXIST: the PID is taken.
 fn holder(pid: i32) -> io::Result<i32> {
     let tid = [pid as libc::pid_t];
+    let maker = std::process::id() as i32;
     match clone3_fork(&CloneArgs {
         set_tid: tid.as_ptr() as u64,
         set_tid_size: 1,
         ..Default::default()
     })? {
         Forked::Child => {
-            // (Gone with its maker, should that end first.)
-            let _ = die_with_parent();
+            // Gone with its maker, should that end first (or have ended
+            // already); holding none of its fds (a pipe's or socket's end
+            // would keep its peer from seeing the end).
+            if die_with_parent().is_err() || getppid() != maker {
+                exit_now(1);
+            }
+            // SAFETY: integers only; the child owns nothing it closes
+            // here (it only pauses until killed).
+            unsafe { libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) };
             loop {
                 // SAFETY: pause takes nothing.
                 unsafe { libc::pause() };
