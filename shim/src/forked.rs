@@ -400,8 +400,8 @@ pub fn fork_children(parent: &Image) {
     let list =
         unsafe { core::slice::from_raw_parts_mut(STAND_INS_AT as *mut u32, STAND_INS_LEN / 4) };
     // Every stand-in among the children, the whole list read first (it
-    // changes as they are forked), then forked; again until a pass finds
-    // none (more than the list holds, or one missed).
+    // changes as they are forked), then forked; again while the list was
+    // full.
     let mut found = 0;
     loop {
         let (n, before) = (stand_ins(me, list), found);
@@ -410,7 +410,10 @@ pub fn fork_children(parent: &Image) {
                 found += 1;
             }
         }
-        if found == before {
+        // (A list that held them all: every stand-in was in it. A second
+        // read would wait on each forked child's memory map, which its
+        // /proc/PID/cmdline reads.)
+        if found == before || n < list.len() {
             break;
         }
     }
