@@ -112,17 +112,35 @@ fn read_small(path: usize, buf: &mut [u8]) -> usize {
     read_whole(path, buf).unwrap_or(0)
 }
 
-/// Whether process `pid` has ended: no /proc entry, or a zombie.
-pub fn ended(pid: u32) -> bool {
+/// Whether process `pid`, child of `parent`, has ended: no /proc entry
+/// (ENOENT), a zombie, or the PID another's (its parent is not
+/// `parent`: the PID was reused). Any other failure to read it: not
+/// known to have ended.
+pub fn ended(pid: u32, parent: u32) -> bool {
+    const ENOENT: isize = 2;
+    const ESRCH: isize = 3;
     let mut p = [0u8; 64];
     let mut buf = [0u8; 512];
-    let n = read_small(proc_path(&mut p, pid, "/stat"), &mut buf);
-    // "pid (comm) S ...": the state follows the last ") ".
+    let n = match read_whole(proc_path(&mut p, pid, "/stat"), &mut buf) {
+        Ok(n) => n,
+        Err(e) => return e == -ENOENT || e == -ESRCH,
+    };
+    // "pid (comm) S PPID ...": the state follows the last ") ".
     let stat = &buf[..n];
-    match stat.windows(2).rposition(|w| w == b") ") {
-        Some(i) => stat.get(i + 2).is_none_or(|&c| c == b'Z' || c == b'X'),
-        None => true,
+    let Some(i) = stat.windows(2).rposition(|w| w == b") ") else {
+        return n == 0;
+    };
+    let rest = &stat[i + 2..];
+    if rest.first().is_none_or(|&c| c == b'Z' || c == b'X') {
+        return true;
     }
+    let ppid = rest
+        .get(2..)
+        .unwrap_or(b"")
+        .split(|&c| c == b' ')
+        .next()
+        .and_then(handoff::parse_arg);
+    ppid.is_some_and(|v| v != parent as u64)
 }
 
 /// The arguments of child `pid`'s shim if it is a stand-in.

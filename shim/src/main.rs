@@ -281,6 +281,7 @@ fn tree_barrier(a: &Args, img: &cryo_image::Image) {
         // In the second round the children made in place of the stand-ins
         // take part too.
         ROUND_TWO_N.store(n, core::sync::atomic::Ordering::Relaxed);
+        IS_ROOT.store(true, core::sync::atomic::Ordering::Relaxed);
     } else {
         check(barrier_send(fd, b'o'), format_args!("the tree's barrier"));
         loop {
@@ -345,6 +346,18 @@ fn round_two(img: &cryo_image::Image) {
             }
         };
         let (mut got, mut lost, mut quiet) = (0, 0, 0);
+        // The children this shim lost (it said nothing for them: its
+        // `f` would go to the others' end).
+        for slot in ROOT_LOST.iter().take(ROOT_LOST_N.load(Relaxed)) {
+            let pid = slot.load(Relaxed);
+            if let Some(i) = recs.iter().position(|r| r.pid == pid) {
+                if !on(&heard, i) {
+                    put(&mut heard, i, true);
+                    got += 1;
+                }
+            }
+        }
+        let me = syscall3(SYS_GETPID, 0, 0, 0) as u32;
         while got < n {
             match round_recv(fd, 100) {
                 Round::From(pid) => {
@@ -365,9 +378,10 @@ fn round_two(img: &cryo_image::Image) {
                         continue;
                     }
                     // A live process not heard from that has ended (gone
-                    // or a zombie at two looks a second apart: a
-                    // stand-in's PID is free for microseconds between its
-                    // end and the fork) never will be.
+                    // or a zombie at two looks a second apart) never will
+                    // be. Not while its parent is still to be heard from:
+                    // a stand-in's PID is free from its end until its
+                    // fork has copied the parent's memory map.
                     for (i, r) in recs.iter().enumerate().skip(1) {
                         if r.state != cryo_image::tree::proc_state::LIVE
                             || i >= TRACKED
@@ -375,7 +389,16 @@ fn round_two(img: &cryo_image::Image) {
                         {
                             continue;
                         }
-                        let ended = forked::ended(r.pid);
+                        let pending_parent = recs
+                            .iter()
+                            .position(|p| p.pid == r.ppid)
+                            .is_some_and(|k| k != 0 && !on(&heard, k));
+                        let parent = if Some(r.ppid) == recs.get(0).map(|r| r.pid) {
+                            me
+                        } else {
+                            r.ppid
+                        };
+                        let ended = !pending_parent && forked::ended(r.pid, parent);
                         if ended && on(&suspect, i) {
                             put(&mut heard, i, true);
                             got += 1;
@@ -399,7 +422,7 @@ fn round_two(img: &cryo_image::Image) {
     } else if round_send(fd, syscall3(SYS_GETPID, 0, 0, 0) as u32) {
         // (Every process waiting here gets one `G`: the root sends one
         // for each. End of file: the root has ended.)
-        while barrier_recv(fd, 1000).is_none() {}
+        while !matches!(barrier_recv(fd, 1000), Some(b'G' | 0)) {}
     }
     syscall3(SYS_CLOSE, fd, 0, 0);
 }
@@ -415,18 +438,40 @@ enum Round {
     Quiet,
 }
 
-/// Say `f` for process `pid` in the second round: whether it was sent.
+/// Say `f` for process `pid` in the second round: whether it was sent
+/// (again after EINTR or EAGAIN).
 fn round_send(fd: usize, pid: u32) -> bool {
     let p = pid.to_le_bytes();
     let v = [b'f', p[0], p[1], p[2], p[3]];
     const MSG_NOSIGNAL: usize = 0x4000;
-    syscall6(SYS_SENDTO, fd, v.as_ptr() as usize, 5, MSG_NOSIGNAL, 0, 0) == 5
+    loop {
+        match syscall6(SYS_SENDTO, fd, v.as_ptr() as usize, 5, MSG_NOSIGNAL, 0, 0) {
+            5 => return true,
+            r if r == -EINTR || r == -11 => {}
+            _ => return false,
+        }
+    }
 }
 
+/// Whether this shim is the tree's root (set at the barrier).
+static IS_ROOT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// Children the root's own shim lost, for its [`round_two`].
+static ROOT_LOST: [core::sync::atomic::AtomicU32; 256] =
+    [const { core::sync::atomic::AtomicU32::new(0) }; 256];
+static ROOT_LOST_N: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
 /// Say `f` for a child this process's shim was to fork and lost (the
-/// root waits for every process's).
+/// root waits for every process's); the root notes it for itself.
 pub fn round_lost(pid: u32) {
-    let fd = ROUND_TWO_FD.load(core::sync::atomic::Ordering::Relaxed);
+    use core::sync::atomic::Ordering::Relaxed;
+    if IS_ROOT.load(Relaxed) {
+        let k = ROOT_LOST_N.fetch_add(1, Relaxed);
+        if let Some(slot) = ROOT_LOST.get(k) {
+            slot.store(pid, Relaxed);
+        }
+        return;
+    }
+    let fd = ROUND_TWO_FD.load(Relaxed);
     if fd != usize::MAX {
         round_send(fd, pid);
     }
