@@ -590,16 +590,7 @@ _, st = os.waitpid(a, 0)
 assert st == 0, st
 print("PASS", flush=True)
 "#;
-    let dir = scratch("tree-stand-in-signal");
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", script]);
-    let t = Target::spawn(cmd, "tree-stand-in-signal");
-    t.wait_sleeping();
-    let img = dir.join("img");
-    capture_kill(t.pid, &img);
-    drop(t);
-    let pids = tree_pids(&img);
-    wait_gone(&pids);
+    let (img, pids) = capture_python_tree("tree-stand-in-signal", script, |_| {});
     let a = pids[1];
     let r = restore(&img, &["--phases"]);
     wait_for("the child's stand-in", Duration::from_secs(20), || {
@@ -1088,15 +1079,10 @@ fn python_round_trips(tag: &str, script: &str, check: impl Fn(&Path), modes: &[&
     python_round_trips_with(tag, script, |_| {}, check, modes);
 }
 
-/// [`python_round_trips`], with `before` run on the blocked target's PID
-/// before its capture. Returns each restore's stderr.
-fn python_round_trips_with(
-    tag: &str,
-    script: &str,
-    before: impl Fn(i32),
-    check: impl Fn(&Path),
-    modes: &[&[&str]],
-) -> Vec<String> {
+/// Start `script` under python3, wait until it blocks, run `before` on
+/// its PID, capture its tree with --kill and wait until every captured
+/// process is gone: the image and the tree's PIDs (the root's first).
+fn capture_python_tree(tag: &str, script: &str, before: impl Fn(i32)) -> (PathBuf, Vec<i32>) {
     let dir = scratch(tag);
     let mut cmd = Command::new("python3");
     cmd.args(["-c", script]);
@@ -1106,9 +1092,22 @@ fn python_round_trips_with(
     let img = dir.join("img");
     capture_kill(t.pid, &img);
     drop(t);
-    check(&img);
     let pids = tree_pids(&img);
     wait_gone(&pids);
+    (img, pids)
+}
+
+/// [`python_round_trips`], with `before` run on the blocked target's PID
+/// before its capture. Returns each restore's stderr.
+fn python_round_trips_with(
+    tag: &str,
+    script: &str,
+    before: impl Fn(i32),
+    check: impl Fn(&Path),
+    modes: &[&[&str]],
+) -> Vec<String> {
+    let (img, pids) = capture_python_tree(tag, script, before);
+    check(&img);
     let mut errs = Vec::new();
     for mode in modes {
         let (code, out, err) = finish(restore(&img, mode), "x\n");
@@ -1183,16 +1182,7 @@ print("root err", file=sys.stderr, flush=True)
 os.write(d, b"root dup\n")
 print("PASS", flush=True)
 "#;
-    let dir = scratch("tree-stdio");
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", script]);
-    let t = Target::spawn(cmd, "tree-stdio");
-    t.wait_sleeping();
-    let img = dir.join("img");
-    capture_kill(t.pid, &img);
-    drop(t);
-    let pids = tree_pids(&img);
-    wait_gone(&pids);
+    let (img, pids) = capture_python_tree("tree-stdio", script, |_| {});
     for mode in [&[][..], &["--pidns"], &["--lazy"]] {
         let (code, out, err) = finish(restore(&img, mode), "x\n");
         assert_eq!(code, 0, "{mode:?}: {out}{err}");

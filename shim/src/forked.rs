@@ -64,46 +64,27 @@ pub fn stand_in(a: &Args, files: Files) -> ! {
     }
 }
 
-/// One piece of a path: text or a decimal number.
-enum Part<'a> {
-    S(&'a str),
-    N(u32),
-}
-
-/// The parts NUL-terminated in `buf`: its address.
-fn path(buf: &mut [u8; 64], parts: &[Part]) -> usize {
-    let mut n = 0;
-    let mut put = |b: u8| {
-        if n < 63 {
-            buf[n] = b;
-            n += 1;
-        }
-    };
-    for part in parts {
-        match part {
-            Part::S(s) => s.bytes().for_each(&mut put),
-            Part::N(v) => {
-                let mut digits = [0u8; 10];
-                let (mut k, mut v) = (0, *v);
-                loop {
-                    digits[k] = b'0' + (v % 10) as u8;
-                    k += 1;
-                    v /= 10;
-                    if v == 0 {
-                        break;
-                    }
-                }
-                digits[..k].iter().rev().for_each(|&d| put(d));
-            }
+/// `args` NUL-terminated in `buf` (cut at 63 bytes): its address.
+fn path(buf: &mut [u8; 64], args: core::fmt::Arguments) -> usize {
+    struct To<'a>(&'a mut [u8; 64], usize);
+    impl core::fmt::Write for To<'_> {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            let take = s.len().min(63 - self.1);
+            self.0[self.1..self.1 + take].copy_from_slice(&s.as_bytes()[..take]);
+            self.1 += take;
+            Ok(())
         }
     }
+    let mut to = To(buf, 0);
+    let _ = core::fmt::write(&mut to, args);
+    let n = to.1;
     buf[n] = 0;
     buf.as_ptr() as usize
 }
 
 /// "/proc/<pid><tail>" NUL-terminated in `buf`: its address.
 fn proc_path(buf: &mut [u8; 64], pid: u32, tail: &str) -> usize {
-    path(buf, &[Part::S("/proc/"), Part::N(pid), Part::S(tail)])
+    path(buf, format_args!("/proc/{pid}{tail}"))
 }
 
 /// Read a small file whole into `buf`: the bytes read (0 if it cannot be
@@ -403,17 +384,7 @@ fn fork_with_pid(pid: u32) -> isize {
 /// [`child`].
 pub fn fork_children(parent: &Image) {
     let me = syscall3(SYS_GETPID, 0, 0, 0) as u32;
-    let r = mmap(
-        STAND_INS_AT,
-        STAND_INS_LEN,
-        PROT_READ | PROT_WRITE,
-        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-        usize::MAX,
-        0,
-    );
-    if r as usize != STAND_INS_AT {
-        die(format_args!("mapping the list of stand-ins: errno {}", -r));
-    }
+    map_anon_at(STAND_INS_AT, STAND_INS_LEN, "the list of stand-ins");
     // SAFETY: STAND_INS_LEN bytes just mapped, ours alone; u32 aligned.
     let list =
         unsafe { core::slice::from_raw_parts_mut(STAND_INS_AT as *mut u32, STAND_INS_LEN / 4) };
@@ -448,16 +419,7 @@ pub fn fork_children(parent: &Image) {
 /// with it, and the tree's second round sees them gone).
 fn stand_ins(me: u32, list: &mut [u32]) -> usize {
     let mut p = [0u8; 64];
-    let path = path(
-        &mut p,
-        &[
-            Part::S("/proc/"),
-            Part::N(me),
-            Part::S("/task/"),
-            Part::N(me),
-            Part::S("/children"),
-        ],
-    );
+    let path = path(&mut p, format_args!("/proc/{me}/task/{me}/children"));
     let fd = check(
         syscall3(SYS_OPEN, path, O_RDONLY | O_CLOEXEC, 0),
         format_args!("opening the list of its children"),
