@@ -310,6 +310,15 @@ fn pair_ends_whose_other_end_was_closed() {
     case("widowed");
 }
 
+/// Accepted unix connections whose clients closed (a stream end at a
+/// path, a seqpacket end at an abstract name): each keeps the name it was
+/// accepted under, reads what was left, then end of file; the listener at
+/// the path still answers. Refused until stop 30.
+#[test]
+fn accepted_ends_whose_client_closed_keep_their_names() {
+    case("accepted-widow");
+}
+
 /// Unix sockets whose files were removed, or replaced by a regular file,
 /// since their bind: each has its name again and no file, and the
 /// regular file stays as it was.

@@ -2349,6 +2349,118 @@ print("PASS", flush=True)
     python_round_trips("epoll-closed", script, |_| {}, &[&[], &["--lazy"]]);
 }
 
+/// An epoll set shared by a fork, whose child closed the fd of a file
+/// the set watches (redis's BGSAVE child closes its clients' sockets, its
+/// parent's event loop still watches them): the parent, which makes the
+/// set, has the file; the child takes that set. Refused until stop 30
+/// (the child's item named no fd of the child). Restoring the child's
+/// image alone cannot register the item, and refuses by name.
+#[test]
+fn epoll_shared_with_a_child_that_closed_a_watched_fd() {
+    let script = r#"
+import os, select, sys
+r, w = os.pipe()
+ep = select.epoll()
+ep.register(r, select.EPOLLIN)
+go_r, go_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(r); os.close(w); os.close(go_w)
+    assert os.read(go_r, 1) == b"g"
+    ev = ep.poll(5)
+    assert ev == [(r, select.EPOLLIN)], ev
+    os._exit(0)
+os.close(go_r)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+assert ep.poll(0) == []
+os.write(w, b"x")
+assert ep.poll(1) == [(r, select.EPOLLIN)]
+os.write(go_w, b"g")
+_, st = os.waitpid(pid, 0)
+assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, st
+print("PASS", flush=True)
+"#;
+    let (img, pids) = capture_python_tree("epoll-child-closed", script, |_| {});
+    let child = img.join(format!("procs/{}", pids[1]));
+    let text = inspect_text(&child);
+    assert!(
+        text.contains("1 on files only another process of the tree holds"),
+        "{text}"
+    );
+    for mode in [&[][..], &["--lazy"], &["--pidns"]] {
+        let (code, out, err) = finish(restore(&img, mode), "x\n");
+        assert_eq!(code, 0, "restore {mode:?}: {out}{err}");
+        assert_eq!(out.lines().last(), Some("PASS"), "{mode:?}: {out}{err}");
+        wait_gone(&pids[1..]);
+    }
+    let (code, out, err) = finish(restore(&child, &[]), "");
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains(
+            "only another process of its tree held; restore the tree from its root's image"
+        ),
+        "{err}"
+    );
+}
+
+/// redis's BGSAVE, in small: a child forked while the parent served a
+/// client keeps that connection (the parent closed its copy and its
+/// client left), and the child's end keeps the listener's name while the
+/// parent's listener, at that name, goes on accepting. The restore makes
+/// the child's end (accepted again at that name, what is there moved
+/// aside for the moment) before any process binds. Refused until stop 30.
+#[test]
+fn a_child_keeps_a_connection_its_parent_accepted_whose_client_left() {
+    let dir = scratch("tree-accepted-widow-sock").join("sock");
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join("srv.sock");
+    let script = format!(
+        r#"
+import os, socket, sys
+path = "{}"
+l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+l.bind(path); l.listen(4)
+c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); c.connect(path)
+a, _ = l.accept()
+go_r, go_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    l.close(); c.close(); os.close(go_w)
+    assert os.read(go_r, 1) == b"g"
+    assert a.getsockname() == path, a.getsockname()
+    assert a.recv(16) == b"last words"
+    assert a.recv(16) == b""
+    os._exit(0)
+a.close(); os.close(go_r)
+c.sendall(b"last words"); c.close()
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+n = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); n.connect(path)
+b, _ = l.accept(); n.sendall(b"new"); assert b.recv(3) == b"new"
+assert sorted(os.listdir(os.path.dirname(path))) == ["srv.sock"], os.listdir(os.path.dirname(path))
+os.write(go_w, b"g")
+_, st = os.waitpid(pid, 0)
+assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, st
+print("PASS", flush=True)
+"#,
+        path.display()
+    );
+    python_round_trips(
+        "tree-accepted-widow",
+        &script,
+        |img| {
+            let pids = tree_pids(img);
+            let child = inspect_text(&img.join(format!("procs/{}", pids[1])));
+            assert!(
+                child.contains(&format!("unix stream other end closed {}", path.display())),
+                "{child}"
+            );
+        },
+        &[&[], &["--lazy"], &["--pidns"]],
+    );
+}
+
 #[test]
 fn a_small_file_mapped_shared_is_made_again_when_it_is_gone() {
     // A JVM maps its hsperfdata file shared and removes it when it exits,

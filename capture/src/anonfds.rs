@@ -4,7 +4,7 @@
 //! events and data), read from fdinfo.
 
 use crate::procinfo::OpenFd;
-use cryo_image::fds::{EpollItem, EventFd, SignalFd, TimerFd};
+use cryo_image::fds::{EpollItem, EventFd, SignalFd, TimerFd, EPOLL_VIA_ELSEWHERE};
 use cryo_image::write::ImageBuilder;
 use cryo_image::{fd_kind, NO_INDEX};
 
@@ -89,14 +89,21 @@ pub fn capture(kind: u32, f: &OpenFd, b: &mut ImageBuilder) -> Result<u32, Strin
 /// fd of the process on the same inode: one of them is recorded
 /// (`via`) to make the registration again through. An item whose file
 /// none of the process's fds has is refused: it would come back watching
-/// another file, or nothing.
+/// another file, or nothing. In a tree (`in_tree`) another process may
+/// hold this epoll set and the file (a child that closed the watched fd
+/// after its fork, the parent still has it: redis's BGSAVE child), and
+/// make it: such an item is recorded as `EPOLL_VIA_ELSEWHERE`, and its
+/// refusal returned for the tree to keep or drop
+/// (`tree::epolls_made_elsewhere`).
 pub fn epoll(
     pid: i32,
     f: &OpenFd,
     desc: u32,
     fds: &[OpenFd],
+    in_tree: bool,
     b: &mut ImageBuilder,
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
+    let mut elsewhere = Vec::new();
     // Items seen per fd number: the kcmp slot's `toff` picks the n-th.
     let mut seen: std::collections::HashMap<i32, u32> = std::collections::HashMap::new();
     for l in f.info.lines() {
@@ -134,10 +141,15 @@ pub fn epoll(
             {
                 Some(g) => g.fd as u32 + 1,
                 None => {
-                    return Err(format!(
+                    let why = format!(
                         "fd {} (epoll) watches a file under fd {tfd}, which is no longer open there (closed or replaced) nor at any other fd of the process; its registration cannot be made again",
                         f.fd
-                    ))
+                    );
+                    if !in_tree {
+                        return Err(why);
+                    }
+                    elsewhere.push(why);
+                    EPOLL_VIA_ELSEWHERE
                 }
             }
         };
@@ -149,7 +161,7 @@ pub fn epoll(
             data,
         });
     }
-    Ok(())
+    Ok(elsewhere)
 }
 
 #[cfg(test)]

@@ -208,6 +208,12 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
             Err(e) => return Err(e),
         }
     }
+    if !many {
+        // (A live process alone, with zombies: no other holder.)
+        for ins in &all {
+            obstacles.extend(ins.epoll_elsewhere.iter().map(|(_, why)| why.clone()));
+        }
+    }
     if many {
         tree.check_still()?;
         let mut obs = Obstacles::default();
@@ -217,6 +223,7 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
             let procs: Vec<(i32, &Inspected)> = pids.iter().copied().zip(all.iter()).collect();
             let files = crate::tree::shared_memory(&procs);
             let (shared, queued, places) = crate::tree::share(&procs, &mut obs);
+            crate::tree::epolls_made_elsewhere(&procs, &shared, &mut obs);
             crate::tree::dead_proc_cwds(&tree, &procs, &mut obs);
             all[0].b.tree_fds = shared;
             // Connections waiting in another process's listener: their
@@ -427,6 +434,9 @@ pub(crate) struct Inspected {
     classes: Vec<(u32, u32, u32)>,
     /// Its TCP connections in repair mode (out of it when dropped).
     pub repaired: crate::sockets::Repaired,
+    /// Epoll items whose file only another process may hold: (epoll fd,
+    /// refusal), kept or dropped by `tree::epolls_made_elsewhere`.
+    pub epoll_elsewhere: Vec<(i32, String)>,
 }
 
 /// Read the state of a stopped target, refusing (with every obstacle at
@@ -442,6 +452,7 @@ pub(crate) fn inspect(
     let mut obs = Obstacles::default();
     let mut stored = StoredFiles::default();
     scope.cross = crate::sockets::Cross::default();
+    scope.epoll_elsewhere.clear();
     // (Those of a process refused before: it goes on as it was.)
     scope.repaired.release();
 
@@ -604,6 +615,7 @@ pub(crate) fn inspect(
         classes,
         stored,
         repaired: std::mem::take(&mut scope.repaired),
+        epoll_elsewhere: std::mem::take(&mut scope.epoll_elsewhere),
     })
 }
 

@@ -516,9 +516,15 @@ pub fn capture(
         }
         if kind == fd_kind::EPOLL && desc == b.fds.len() - base {
             let first = b.fds.len() as u32;
-            if let Err(why) = crate::anonfds::epoll(pid, f, first, fds, b) {
-                obs.push(why);
-                continue;
+            let in_tree = scope.pids.len() > 1;
+            match crate::anonfds::epoll(pid, f, first, fds, in_tree, b) {
+                Ok(elsewhere) => scope
+                    .epoll_elsewhere
+                    .extend(elsewhere.into_iter().map(|why| (f.fd, why))),
+                Err(why) => {
+                    obs.push(why);
+                    continue;
+                }
             }
         }
         if kind == fd_kind::FANOTIFY && desc == b.fds.len() - base {

@@ -36,6 +36,10 @@ pub struct Scope {
     /// The connections in repair mode of the process being inspected
     /// (taken by the caller after each process).
     pub repaired: crate::sockets::Repaired,
+    /// (epoll fd, refusal) of each epoll item of the process being
+    /// inspected whose file only another process may hold
+    /// (`anonfds::epoll`; taken by the caller after each process).
+    pub epoll_elsewhere: Vec<(i32, String)>,
 }
 
 impl Scope {
@@ -50,6 +54,7 @@ impl Scope {
             tcp_repair: false,
             tcp_lock: false,
             repaired: Default::default(),
+            epoll_elsewhere: Vec::new(),
         }
     }
 

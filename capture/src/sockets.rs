@@ -824,6 +824,11 @@ pub fn capture(
                 s.flags |= cryo_image::fds::socket_flags::GHOST;
             }
         }
+        // A named end whose other end was closed is made again accepted
+        // at its name (not a relative one: that would be bound in cryo
+        // restore's directory), from an unnamed client, as its peer was.
+        let widow_keeps_name = s.flags & cryo_image::fds::socket_flags::RELATIVE == 0
+            && peer.as_deref().is_none_or(|p| p.len() <= 2);
         if d.state == 10 {
             if d.rqueue > 0 {
                 // Connections waiting: made again if each connecting end
@@ -845,12 +850,14 @@ pub fn capture(
         } else if d.state == 1
             && matches!(sock_type, libc::SOCK_STREAM | libc::SOCK_SEQPACKET)
             && d.shutdown == 3
-            && !bound
+            && (!bound || widow_keeps_name)
         {
             // (Peer 0 with no shutdown: a connection still waiting in a
-            // listener's queue, whose other end has no inode yet; a named
-            // end was accepted, and a pair would not keep its name: both
-            // keep the refusal below.)
+            // listener's queue, whose other end has no inode yet: it
+            // keeps the refusal below. A named end was accepted, its
+            // client gone since (a server's connection; redis's BGSAVE
+            // child holds those): made again accepted from a listener
+            // bound at its name for the moment, which keeps its name.)
             // One end of a pair (or connection) whose other end was
             // closed: it reads the bytes left in it, then end of file,
             // and writing to it fails (EPIPE). Made again as a pair whose

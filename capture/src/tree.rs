@@ -344,6 +344,7 @@ pub(crate) fn share(
     let mut served = served_elsewhere(procs);
     ghosts_served(procs, &served, obs);
     let places = pending_elsewhere(procs, &mut served, obs);
+    served.extend(named_widows(procs, obs));
     let mut keys: Vec<_> = by_inode.keys().copied().collect();
     keys.sort();
     for key in keys {
@@ -523,6 +524,38 @@ fn pending_elsewhere(
     places
 }
 
+/// An epoll item whose file no fd of its process has
+/// (`Inspected::epoll_elsewhere`) is no obstacle when that epoll set is a
+/// tree object made by another process (its first holder, as the restore
+/// picks it: `restore::tree`), which checked its own items against its
+/// own fds: redis's BGSAVE child closes the clients' fds its parent's
+/// epoll set still watches. Else it is refused as a process alone would
+/// be. `procs`: root first, as `share` had them.
+pub(crate) fn epolls_made_elsewhere(
+    procs: &[(i32, &Inspected)],
+    shared: &[TreeFd],
+    obs: &mut Obstacles,
+) {
+    for (p, (pid, ins)) in procs.iter().enumerate() {
+        for (fd, why) in &ins.epoll_elsewhere {
+            let object = shared
+                .iter()
+                .find(|t| t.pid == *pid as u32 && t.fd == *fd)
+                .map(|t| t.object);
+            let maker = object.and_then(|o| {
+                shared
+                    .iter()
+                    .filter(|t| t.object == o)
+                    .filter_map(|t| procs.iter().position(|(q, _)| *q as u32 == t.pid))
+                    .min()
+            });
+            if maker.is_none_or(|m| m == p) {
+                obs.push(format!("process {pid}: {why}"));
+            }
+        }
+    }
+}
+
 /// A working directory that is a dead process's /proc/PID is entered at
 /// restore from a process made with that PID for a moment: not while a
 /// holder of process group PID (its leader gone) holds it, which lives
@@ -546,6 +579,42 @@ pub(crate) fn dead_proc_cwds(t: &Tree, procs: &[(i32, &Inspected)], obs: &mut Ob
             ));
         }
     }
+}
+
+/// Named stream or seqpacket ends whose other end was closed (process,
+/// first fd of the description): each is made again accepted from a
+/// listener bound at its name for the moment, with what is at that name
+/// moved aside (`restore::sockets::accepted_widow`). In a tree that is
+/// done by the restore before any process exists: a process binding its
+/// own listener at that name meanwhile would find its path gone.
+fn named_widows(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for (p, (_, ins)) in procs.iter().enumerate() {
+        for (i, f) in ins.b.fds.iter().enumerate() {
+            let widow = (f.kind == fd_kind::SOCKET && f.desc as usize == i)
+                .then(|| ins.b.sockets.get(f.object as usize))
+                .flatten()
+                .is_some_and(|s| {
+                    s.state == socket_state::WIDOWED
+                        && s.sock_type != libc::SOCK_DGRAM as u32
+                        && s.addr_len > 2
+                });
+            if !widow {
+                continue;
+            }
+            // (Files in flight to it are sent by its process once they
+            // are at their numbers.)
+            if ins.b.sockets[f.object as usize].flags & cryo_image::fds::socket_flags::FRAMED != 0 {
+                obs.push(format!(
+                    "process {}: fd {} (a unix socket whose other end was closed) has files in flight queued, and a name; not supported yet in a tree",
+                    procs[p].0, f.fd
+                ));
+                continue;
+            }
+            out.push((p, i));
+        }
+    }
+    out
 }
 
 /// Bound unix sockets (process, first fd of the description) that a

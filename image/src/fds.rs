@@ -479,11 +479,18 @@ record! {
         /// was closed (or another file is open at it now) and this is 1 +
         /// the number of an fd of the same process with the item's open
         /// file description: restore puts it at `tfd` for the moment of
-        /// the registration.
+        /// the registration. (11.2) [`EPOLL_VIA_ELSEWHERE`]: no fd of
+        /// this process has the item's file.
         pub via: u32,
         pub data: u64,
     }
 }
+
+/// `EpollItem::via` (format 11.2): no fd of this process has the item's
+/// file; another process of the tree that holds the same epoll set does,
+/// and makes it (this process takes that one). A restore of this process
+/// alone cannot register the item, and refuses.
+pub const EPOLL_VIA_ELSEWHERE: u32 = u32::MAX;
 
 /// `Socket::state` values.
 pub mod socket_state {

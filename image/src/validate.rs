@@ -562,9 +562,12 @@ impl<'a> Image<'a> {
                 .get(e.desc as usize)
                 .is_some_and(|f| f.kind == fd_kind::EPOLL);
             // Registered through its own number, or (`via`) through
-            // another fd of the image, at a number that is not negative.
+            // another fd of the image, at a number that is not negative,
+            // or by another process of the tree.
             let reachable = if e.via == 0 {
                 fdt.iter().any(|f| f.fd == e.tfd)
+            } else if e.via == crate::fds::EPOLL_VIA_ELSEWHERE {
+                e.tfd >= 0
             } else {
                 e.tfd >= 0 && fdt.iter().any(|f| f.fd as i64 == i64::from(e.via) - 1)
             };

@@ -89,6 +89,17 @@ pub(crate) fn fill_epolls(img: &Image, plan: &Plan) -> Result<(), RestoreError> 
         else {
             continue;
         };
+        if e.via == cryo_image::fds::EPOLL_VIA_ELSEWHERE {
+            // (In the tree it was captured in, the set's first holder
+            // makes it, and this process takes that one.)
+            return Err(fd_err(
+                p,
+                format!(
+                    "it watched a file under fd {} that only another process of its tree held; restore the tree from its root's image",
+                    e.tfd
+                ),
+            ));
+        }
         let add = || sys::epoll_add(p.fd, e.tfd, e.events, e.data);
         let r = if e.via == 0 {
             add()

@@ -855,6 +855,45 @@ fn bind(s: &Socket, fd: BorrowedFd) -> Result<(), Why> {
     listen()
 }
 
+/// A stream or seqpacket end with a name whose other end was closed (a
+/// server's connection whose client left; redis's BGSAVE child holds
+/// those): accepted again from a listener bound at its name for the
+/// moment, from an unnamed client, so that getsockname says what it did.
+/// What is at the name now (the program's own listener, made again
+/// already, or its file) is moved aside for that moment, as for a ghost
+/// ([`KeptGhost`]); an abstract name must be free. Returns (the accepted
+/// end, the client).
+fn accepted_widow(s: &Socket) -> Result<(OwnedFd, OwnedFd), Why> {
+    let addr = addr_of(s);
+    let shown = sockaddr_display(&addr);
+    let ty = s.sock_type as i32;
+    let listener = sys::socket(libc::AF_UNIX, ty, 0).map_err(|e| Why::sys("socket", e))?;
+    let mut kept = if unix_path(&addr).is_some() {
+        Some(KeptGhost::bind(s, listener.as_fd())?)
+    } else {
+        sys::bind(listener.as_fd(), &addr).map_err(|e| {
+            Why::sys(
+                format!("binding {shown} for the moment, to accept its connection again"),
+                e,
+            )
+        })?;
+        None
+    };
+    let pair = (|| {
+        sys::listen(listener.as_fd(), 1).map_err(|e| Why::sys("listen", e))?;
+        let client = sys::socket(libc::AF_UNIX, ty, 0).map_err(|e| Why::sys("socket", e))?;
+        sys::connect(client.as_fd(), &addr)
+            .map_err(|e| Why::sys(format!("connecting to {shown} for the moment"), e))?;
+        let accepted = sys::accept(listener.as_fd())
+            .map_err(|e| Why::sys(format!("accepting at {shown}"), e))?;
+        Ok::<_, Why>((accepted, client))
+    })();
+    if let Some(k) = kept.as_mut() {
+        k.undo()?;
+    }
+    pair
+}
+
 /// Bind a unix socket whose file was removed (or replaced) after its bind
 /// (`socket_flags::GHOST`) at its name again, run `while_bound` (the
 /// datagram sockets connected to it connect then), and remove the file
@@ -1996,8 +2035,12 @@ pub(crate) fn make(
     let fd = if s.state == socket_state::WIDOWED {
         // Its other end was closed: a pair whose other end sends the
         // bytes (or messages) left and is closed.
-        let (a, b) = sys::socketpair(s.family as i32, s.sock_type as i32)
-            .map_err(|e| sysw("socketpair", e))?;
+        let (a, b) = if s.sock_type as i32 != libc::SOCK_DGRAM && s.addr_len > 2 {
+            accepted_widow(&s).map_err(|w| fd_err(p, w))?
+        } else {
+            sys::socketpair(s.family as i32, s.sock_type as i32)
+                .map_err(|e| sysw("socketpair", e))?
+        };
         set_options(img, object, a.as_fd()).map_err(|w| fd_err(p, w))?;
         let bytes = if s.data.len > 0 {
             loaded

@@ -1051,6 +1051,74 @@ static int wd_pipe(const char *text) {
     close(q[1]);
     return q[0];
 }
+/* Accepted ends whose client closed (a server's connections; redis's
+ * BGSAVE child holds those): a stream end at a path with bytes left, a
+ * seqpacket end at an abstract name with two messages. Each keeps the
+ * name it was accepted under (getsockname), names an unnamed peer, reads
+ * what was left, then end of file, and a send fails with EPIPE; the
+ * listener at the path still accepts, and its directory holds only its
+ * socket file. */
+static int unix_addr(struct sockaddr_un *u, const char *name, int abstract);
+static int aw_l, aw_st, aw_sp;
+static struct sockaddr_un aw_path, aw_abs;
+static socklen_t aw_path_len, aw_abs_len;
+static void accepted_widow_setup(void) {
+    aw_path_len = (socklen_t)unix_addr(&aw_path, "aw.sock", 0);
+    char abs_name[64];
+    snprintf(abs_name, sizeof abs_name, "cryo-fidelity-aw.%d", getpid());
+    aw_abs_len = (socklen_t)unix_addr(&aw_abs, abs_name, 1);
+    aw_l = socket(AF_UNIX, SOCK_STREAM, 0);
+    CHECK(aw_l >= 0 && bind(aw_l, (struct sockaddr *)&aw_path, aw_path_len) == 0 && listen(aw_l, 4) == 0,
+          "listener at a path");
+    int c = socket(AF_UNIX, SOCK_STREAM, 0);
+    CHECK(c >= 0 && connect(c, (struct sockaddr *)&aw_path, aw_path_len) == 0, "client");
+    aw_st = accept(aw_l, NULL, NULL);
+    CHECK(aw_st >= 0 && send(c, "bye", 3, 0) == 3, "accepted, bytes sent");
+    close(c);
+    int l = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+    CHECK(l >= 0 && bind(l, (struct sockaddr *)&aw_abs, aw_abs_len) == 0 && listen(l, 1) == 0, "abstract listener");
+    c = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+    CHECK(c >= 0 && connect(c, (struct sockaddr *)&aw_abs, aw_abs_len) == 0, "seqpacket client");
+    aw_sp = accept(l, NULL, NULL);
+    CHECK(aw_sp >= 0 && send(c, "m1", 2, 0) == 2 && send(c, "m22", 3, 0) == 3, "messages sent");
+    close(c);
+    close(l);
+}
+static void accepted_widow_check(void) {
+    struct sockaddr_un a;
+    socklen_t n = sizeof a;
+    CHECK(getsockname(aw_st, (struct sockaddr *)&a, &n) == 0 &&
+              n == offsetof(struct sockaddr_un, sun_path) + strlen(aw_path.sun_path) + 1 &&
+              !strcmp(a.sun_path, aw_path.sun_path),
+          "stream end's name: %s (%u)", a.sun_path, n);
+    n = sizeof a;
+    CHECK(getsockname(aw_sp, (struct sockaddr *)&a, &n) == 0 && n == aw_abs_len &&
+              !memcmp(a.sun_path, aw_abs.sun_path, n - offsetof(struct sockaddr_un, sun_path)),
+          "seqpacket end's abstract name (%u bytes)", n);
+    n = sizeof a;
+    CHECK(getpeername(aw_st, (struct sockaddr *)&a, &n) == 0 && n == sizeof(sa_family_t), "an unnamed peer");
+    char buf[8];
+    CHECK(recv(aw_st, buf, sizeof buf, 0) == 3 && !memcmp(buf, "bye", 3), "the bytes left");
+    CHECK(recv(aw_st, buf, sizeof buf, 0) == 0, "then end of file");
+    CHECK(send(aw_st, "x", 1, MSG_NOSIGNAL) == -1 && errno == EPIPE, "send: EPIPE (%s)", strerror(errno));
+    CHECK(recv(aw_sp, buf, sizeof buf, 0) == 2 && !memcmp(buf, "m1", 2), "first message");
+    CHECK(recv(aw_sp, buf, sizeof buf, 0) == 3 && !memcmp(buf, "m22", 3), "second message");
+    CHECK(recv(aw_sp, buf, sizeof buf, 0) == 0, "then end of file");
+    int c = socket(AF_UNIX, SOCK_STREAM, 0);
+    CHECK(c >= 0 && connect(c, (struct sockaddr *)&aw_path, aw_path_len) == 0, "the listener answers at its path");
+    int w = accept(aw_l, NULL, NULL);
+    CHECK(w >= 0 && send(c, "hi", 2, 0) == 2 && recv(w, buf, sizeof buf, 0) == 2, "a new connection");
+    close(c);
+    close(w);
+    struct stat st;
+    CHECK(stat(aw_path.sun_path, &st) == 0 && S_ISSOCK(st.st_mode), "the listener's socket file");
+    DIR *d = opendir(DIRPATH);
+    CHECK(d != NULL, "opendir");
+    struct dirent *e;
+    while ((e = readdir(d)))
+        CHECK(!strstr(e->d_name, "cryo-aside"), "nothing left aside: %s", e->d_name);
+    closedir(d);
+}
 static void widowed_setup(void) {
     int p[2];
     /* A stream end with bytes, bytes with a pipe in flight, and bytes; and
@@ -2285,6 +2353,7 @@ static const struct fcase cases[] = {
     {"cwd", cwd_setup, cwd_check, NULL},
     {"relsock", relsock_setup, relsock_check, NULL},
     {"widowed", widowed_setup, widowed_check, NULL},
+    {"accepted-widow", accepted_widow_setup, accepted_widow_check, NULL},
     {"ghost", ghost_setup, ghost_check, NULL},
     {"ghost-dgram", ghost_dgram_setup, ghost_dgram_check, NULL},
     {"proc-cwd", proc_cwd_setup, proc_cwd_check, NULL},

@@ -553,12 +553,21 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
         fd_kind::EPOLL => {
             let items = img.epoll_items();
             let mine = || items.iter().filter(|e| e.desc == f.desc);
-            let (n, closed) = (mine().count(), mine().filter(|e| e.via != 0).count());
-            if closed == 0 {
-                format!(" [{n} watched]")
-            } else {
-                format!(" [{n} watched, {closed} under an fd number closed or reused since]")
+            let elsewhere =
+                |e: &cryo_image::fds::EpollItem| e.via == cryo_image::fds::EPOLL_VIA_ELSEWHERE;
+            let (n, closed, away) = (
+                mine().count(),
+                mine().filter(|e| e.via != 0 && !elsewhere(e)).count(),
+                mine().filter(|e| elsewhere(e)).count(),
+            );
+            let mut t = format!(" [{n} watched");
+            if closed > 0 {
+                t += &format!(", {closed} under an fd number closed or reused since");
             }
+            if away > 0 {
+                t += &format!(", {away} on files only another process of the tree holds (that process makes this epoll set)");
+            }
+            t + "]"
         }
         fd_kind::FANOTIFY => {
             let marks: Vec<String> = img
