@@ -1,6 +1,7 @@
 //! Real servers holding sockets, captured while they serve and restored in
 //! every mode: redis-server (TCP listeners on v4 and v6, epoll, its
-//! background threads) keeps its data and answers; a Python asyncio server
+//! background threads) keeps its data and answers, and finishes a BGSAVE
+//! it was captured in; a Python asyncio server
 //! (a listener, epoll, the event loop's socket-pair self-pipe) echoes and
 //! exits cleanly; dbus-daemon (a unix listener, epoll, inotify, an audit
 //! netlink socket) keeps its bus and its count of clients; PostgreSQL (a
@@ -218,6 +219,102 @@ fn redis_server_keeps_its_data_and_answers() {
     assert_eq!(redis_get(&mut c, "kept"), "$2 42");
     let _ = c.write_all(b"SHUTDOWN NOSAVE\r\n");
     finish(r, "restore of redis-server with a client");
+}
+
+/// redis during BGSAVE (a tree: the server and its saving child), on a
+/// unix socket: the child still holds the connection of a client that
+/// left after asking for the save (its end accepted at the server's name,
+/// its client gone), and the epoll set it shares with its parent watches
+/// fds the child closed. Both were refused until stop 30. Restored, the
+/// child finishes the save, the parent reaps it and says so, and the
+/// server answers with its data.
+#[test]
+fn redis_restored_during_bgsave_finishes_the_save() {
+    use std::os::unix::net::UnixStream;
+    let redis = which("redis-server");
+    let dir = scratch("redis-bgsave");
+    let sock = dir.join("redis.sock");
+    let log = dir.join("log");
+    adopt_orphans();
+    sanitize_fds();
+    let mut server = Command::new(&redis)
+        .args(["--port", "0", "--unixsocket"])
+        .arg(&sock)
+        // 100 keys, 30 ms each: the save lasts 3 s.
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--rdb-key-save-delay",
+            "30000",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--logfile")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    wait_for("redis's socket", Duration::from_secs(10), || sock.exists());
+    let ask = |c: &mut UnixStream, cmd: &str| -> String {
+        c.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        BufReader::new(c.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line.trim_end().to_owned()
+    };
+    let mut c = UnixStream::connect(&sock).unwrap();
+    for i in 0..100 {
+        assert_eq!(ask(&mut c, &format!("SET k{i} v{i}")), "+OK");
+    }
+    assert_eq!(ask(&mut c, "BGSAVE"), "+Background saving started");
+    drop(c);
+    let pid = server.id() as i32;
+    // The child, and the parent done with the client that left.
+    wait_for("the saving child", Duration::from_secs(10), || {
+        children_of(pid).len() == 1 && state(pid) == Some('S')
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let img = dir.join("img");
+    capture_killed(pid, &img, &[]);
+    let _ = server.wait();
+    let pids = tree_pids(&img);
+    assert_eq!(pids.len(), 2, "the server and its saving child");
+    let child = cryo_cmd(&[
+        "inspect",
+        img.join(format!("procs/{}", pids[1])).to_str().unwrap(),
+    ])
+    .1;
+    assert!(
+        child.contains(&format!("unix stream other end closed {}", sock.display())),
+        "{child}"
+    );
+    wait_gone(&pids);
+    let r = restore(&img, &[], &dir.join("out"));
+    let mut c = None;
+    wait_for("the restored redis", Duration::from_secs(10), || {
+        c = UnixStream::connect(&sock).ok();
+        c.is_some()
+    });
+    let mut c = c.unwrap();
+    c.write_all(b"GET k42\r\n").unwrap();
+    let mut r2 = BufReader::new(c.try_clone().unwrap());
+    let (mut head, mut val) = (String::new(), String::new());
+    r2.read_line(&mut head).unwrap();
+    r2.read_line(&mut val).unwrap();
+    assert_eq!((head.trim_end(), val.trim_end()), ("$3", "v42"));
+    wait_for("the save to finish", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Background saving terminated with success")
+    });
+    assert!(dir.join("dump.rdb").exists());
+    let _ = c.write_all(b"SHUTDOWN NOSAVE\r\n");
+    finish(r, "restore of redis-server during BGSAVE");
 }
 
 #[test]
