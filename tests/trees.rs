@@ -2354,7 +2354,9 @@ print("PASS", flush=True)
 /// parent's event loop still watches them): the parent, which makes the
 /// set, has the file; the child takes that set. Refused until stop 30
 /// (the child's item named no fd of the child). Restoring the child's
-/// image alone cannot register the item, and refuses by name.
+/// image alone cannot register the item, and refuses by name. Then the
+/// other way round: the parent closed it, the child has it and makes the
+/// set.
 #[test]
 fn epoll_shared_with_a_child_that_closed_a_watched_fd() {
     let script = r#"
@@ -2401,6 +2403,42 @@ print("PASS", flush=True)
             "only another process of its tree held; restore the tree from its root's image"
         ),
         "{err}"
+    );
+    let script = r#"
+import os, select, sys
+r, w = os.pipe()
+ep = select.epoll()
+ep.register(r, select.EPOLLIN)
+go_r, go_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(w); os.close(go_w)
+    assert os.read(go_r, 1) == b"g"
+    assert ep.poll(5) == [(r, select.EPOLLIN)]
+    assert os.read(r, 1) == b"x"
+    os._exit(0)
+os.close(r); os.close(go_r)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+assert ep.poll(0) == []
+os.write(w, b"x")
+assert ep.poll(1) == [(r, select.EPOLLIN)]
+os.write(go_w, b"g")
+_, st = os.waitpid(pid, 0)
+assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, st
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "epoll-parent-closed",
+        script,
+        |img| {
+            let text = inspect_text(img);
+            assert!(
+                text.contains("1 on files only another process of the tree holds"),
+                "{text}"
+            );
+        },
+        &[&[], &["--lazy"], &["--pidns"]],
     );
 }
 

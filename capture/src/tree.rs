@@ -526,30 +526,43 @@ fn pending_elsewhere(
 
 /// An epoll item whose file no fd of its process has
 /// (`Inspected::epoll_elsewhere`) is no obstacle when that epoll set is a
-/// tree object made by another process (its first holder, as the restore
-/// picks it: `restore::tree`), which checked its own items against its
-/// own fds: redis's BGSAVE child closes the clients' fds its parent's
-/// epoll set still watches. Else it is refused as a process alone would
-/// be. `procs`: root first, as `share` had them.
+/// tree object and another of its holders has every file it watches: the
+/// restore has the first such holder, nearest the root, make it
+/// (`restore::tree`), with its own fds, and the others take it. Redis's
+/// BGSAVE child closes the clients' fds its parent's epoll set still
+/// watches. Else it is refused as a process alone would be (each
+/// holder's items that no fd of it has). `procs`: root first, as `share`
+/// had them.
 pub(crate) fn epolls_made_elsewhere(
     procs: &[(i32, &Inspected)],
     shared: &[TreeFd],
     obs: &mut Obstacles,
 ) {
-    for (p, (pid, ins)) in procs.iter().enumerate() {
+    // Whether process `pid` has every file epoll set `object` watches
+    // (its items were recorded under the set's first fd there).
+    let whole = |pid: u32, object: u32| {
+        procs
+            .iter()
+            .find(|(q, _)| *q as u32 == pid)
+            .is_some_and(|(_, ins)| {
+                !shared
+                    .iter()
+                    .filter(|t| t.object == object && t.pid == pid)
+                    .any(|t| ins.epoll_elsewhere.iter().any(|(f, _)| *f == t.fd))
+            })
+    };
+    for (pid, ins) in procs.iter() {
         for (fd, why) in &ins.epoll_elsewhere {
             let object = shared
                 .iter()
                 .find(|t| t.pid == *pid as u32 && t.fd == *fd)
                 .map(|t| t.object);
-            let maker = object.and_then(|o| {
+            let made_elsewhere = object.is_some_and(|o| {
                 shared
                     .iter()
-                    .filter(|t| t.object == o)
-                    .filter_map(|t| procs.iter().position(|(q, _)| *q as u32 == t.pid))
-                    .min()
+                    .any(|t| t.object == o && t.pid != *pid as u32 && whole(t.pid, o))
             });
-            if maker.is_none_or(|m| m == p) {
+            if !made_elsewhere {
                 obs.push(format!("process {pid}: {why}"));
             }
         }

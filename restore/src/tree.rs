@@ -641,7 +641,26 @@ fn make_shared<'a>(
                 && !(f.kind == fd_kind::PIDFD && f.object == cryo_image::NO_INDEX)
         });
         if by_one {
-            let (k, n, _) = fds.iter().copied().min_by_key(|h| h.0).unwrap_or(fds[0]);
+            // The holder nearest the root that has every file an epoll
+            // set watches (`EPOLL_VIA_ELSEWHERE`: another holder has it;
+            // capture checked that one does).
+            let whole = |k: usize, n: i32| {
+                img_of(k).is_some_and(|(_, img)| {
+                    let Some(f) = img.fds().iter().find(|f| f.fd == n) else {
+                        return false;
+                    };
+                    !img.epoll_items()
+                        .iter()
+                        .any(|e| e.desc == f.desc && e.via == cryo_image::fds::EPOLL_VIA_ELSEWHERE)
+                })
+            };
+            let mut order = fds.clone();
+            order.sort_by_key(|h| h.0);
+            let (k, n, _) = order
+                .iter()
+                .copied()
+                .find(|h| whole(h.0, h.1))
+                .unwrap_or(order[0]);
             for &(j, m, _) in fds.iter().filter(|h| h.0 != k) {
                 made.from_peer
                     .entry(recs[j].pid)
