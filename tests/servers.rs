@@ -1143,3 +1143,68 @@ fn tmux_server_with_a_shell_on_its_pty_goes_on() {
     t(&["kill-server"]);
     finish(r, "restore of the tmux server");
 }
+
+/// node keeps process.pid in V8's heap (a small integer), which capture's
+/// search for kept PIDs did not read: restored under another PID,
+/// process.pid named the captured one without a word (found by a survey
+/// of servers). Capture now names it, and --same-pid gives it its own.
+#[test]
+fn node_keeps_process_pid_and_capture_says_so() {
+    which("node");
+    let script = "console.log('READY', process.pid); \
+        process.stdin.once('data', () => { console.log(process.pid === require('process').pid \
+        && String(process.pid) === require('fs').readlinkSync('/proc/self') ? 'PASS' : 'WRONG'); \
+        process.exit(0); });";
+    let mut cmd = Command::new("node");
+    cmd.args(["-e", script]);
+    let mut t = spawn_searched_target(cmd);
+    t.wait_sleeping();
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("pid {} keeps its own PID in memory", t.pid)),
+        "{out}{err}"
+    );
+    let dir = scratch("node-pid");
+    let img = dir.join("img");
+    capture_killed(t.pid, &img, &[]);
+    let pid = t.pid;
+    let _ = &mut t;
+    drop(t);
+    wait_gone(&[pid]);
+    let r = Command::new(cryo())
+        .args(["restore", "--same-pid"])
+        .arg(&img)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cryo restore");
+    let mut r = r;
+    r.stdin.take().unwrap().write_all(b"x\n").unwrap();
+    let out = r.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "PASS",
+        "{:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// [`Target::spawn`] under a PID that capture's search looks for.
+fn spawn_searched_target(mut cmd: Command) -> Target {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook only calls getpid (async-signal-safe).
+    unsafe {
+        cmd.pre_exec(|| {
+            if pid_searched(libc::getpid()) {
+                Ok(())
+            } else {
+                Err(std::io::Error::from_raw_os_error(libc::EAGAIN))
+            }
+        })
+    };
+    next_pid_searched();
+    Target::spawn(cmd, "node")
+}

@@ -1202,6 +1202,77 @@ print("PASS", flush=True)
     }
 }
 
+/// Copies at 3 and up of fds 0-2, in a process alone and in a tree: a
+/// copy of stdout (a pipe) is the restore's stdout, as stdout is; a copy
+/// of a file at fd 2 (nginx dup2s its error.log onto fd 2 and keeps it at
+/// fd 3) is that file, opened again, while fd 2 is the restore's stderr.
+/// Until stop 30 a process alone got at such a number whatever cryo
+/// restore had there (its meta.img, or nothing), and a tree's got our
+/// stderr for the log (found by a survey: nginx's error log went to the
+/// terminal).
+#[test]
+fn copies_of_stdio_at_3_and_up_are_ours_or_their_file() {
+    let dir = scratch("stdio-copies-log");
+    for (tag, fork) in [("stdio-copies", false), ("stdio-copies-tree", true)] {
+        let log = dir.join(format!("{tag}.log"));
+        let script = format!(
+            r#"
+import os, sys
+f = os.open("{}", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+os.dup2(f, 2)
+if f != 3:
+    os.dup2(f, 3); os.close(f)
+os.dup2(1, 5)
+kid = None
+if {}:
+    r, w = os.pipe()
+    kid = os.fork()
+    if kid == 0:
+        os.read(r, 1)
+        os.write(3, b"child log\n"); os.write(5, b"child out\n"); os.write(2, b"child err\n")
+        os._exit(0)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+if kid:
+    os.write(w, b"x"); os.waitpid(kid, 0)
+os.write(3, b"root log\n"); os.write(5, b"root out\n"); os.write(2, b"root err\n")
+print("PASS", flush=True)
+"#,
+            log.display(),
+            if fork { "True" } else { "False" }
+        );
+        let (img, pids) = capture_python_tree(tag, &script, |_| {});
+        for mode in [&[][..], &["--lazy"]] {
+            std::fs::write(&log, "").unwrap();
+            let (code, out, err) = finish(restore(&img, mode), "x\n");
+            assert_eq!(code, 0, "{tag} {mode:?}: {out}{err}");
+            let want_out = if fork {
+                "child out\nroot out\nPASS\n"
+            } else {
+                "root out\nPASS\n"
+            };
+            let want_err = if fork {
+                "child err\nroot err\n"
+            } else {
+                "root err\n"
+            };
+            let want_log = if fork {
+                "child log\nroot log\n"
+            } else {
+                "root log\n"
+            };
+            assert_eq!(out, want_out, "{tag} {mode:?}: stderr {err}");
+            assert_eq!(err, want_err, "{tag} {mode:?}");
+            assert_eq!(
+                std::fs::read_to_string(&log).unwrap(),
+                want_log,
+                "{tag} {mode:?}"
+            );
+            wait_gone(pids.get(1..).unwrap_or(&[]));
+        }
+    }
+}
+
 /// A process group whose leader ended, in a session other than the
 /// root's (a job of a shell started with setsid, as in a tmux pane): its
 /// session leader's restore makes it again with a holder, and the

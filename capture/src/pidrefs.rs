@@ -8,7 +8,8 @@
 //! names another process. Restore says so; nothing here changes memory.
 //!
 //! A heuristic, made to miss rather than cry wolf: the heap and stacks
-//! are not read (values there come and go), PIDs below 1000 or round (a
+//! are not read (values there come and go; but V8's heap is read for
+//! process.pid in V8's own form), PIDs below 1000 or round (a
 //! multiple of 100 or 256) are not looked for (too common a number), nor
 //! a value the mapped file holds at the same place (a constant since
 //! load); a value that is half of a 64-bit word pointing into a mapping
@@ -26,6 +27,8 @@ use std::os::unix::fs::FileExt;
 const MIN_PID: i32 = 1000;
 /// Mappings larger than this are not data segments.
 const MAX_MAPPING: u64 = 16 << 20;
+/// Nor, larger than this, a V8 heap's pages.
+const MAX_HEAP_MAPPING: u64 = 64 << 20;
 
 /// The places of `pid`'s data that hold `pid`, up to [`MAX_PID_REFS`];
 /// `tid_at`: where glibc caches the main thread's id (its TCB), which
@@ -46,8 +49,17 @@ pub fn find(pid: i32, maps: &[Mapping], tid_at: Option<u64>) -> Vec<PidRef> {
     // meanwhile), up to this many pages.
     const RUN: usize = 256;
     let mut buf = vec![0u8; RUN * PAGE_SIZE as usize];
+    // V8 (node) keeps process.pid in its heap, as a small integer (a
+    // Smi: on x86_64 without pointer compression the value in a word's
+    // high half, its low half zero). Its heap's pages are anonymous
+    // mappings, read for that form only (measured on node 18: 6 such
+    // words for its PID, none for ten numbers near it).
+    let v8 = maps
+        .iter()
+        .any(|m| m.path.ends_with("/node") || m.path.contains("/libnode.so"));
     for (i, m) in maps.iter().enumerate() {
-        if !is_data(maps, i) {
+        let smi_only = v8 && !is_data(maps, i) && is_anon_heap(m);
+        if !is_data(maps, i) && !smi_only {
             continue;
         }
         let mut file = None;
@@ -75,6 +87,9 @@ pub fn find(pid: i32, maps: &[Mapping], tid_at: Option<u64>) -> Vec<PidRef> {
             // Aligned 64-bit words; the PID is either half of one.
             for (q, quad) in run.chunks_exact(8).enumerate() {
                 let quad = u64::from_le_bytes(quad.try_into().unwrap_or([0; 8]));
+                if smi_only && quad != (pid as u32 as u64) << 32 {
+                    continue;
+                }
                 for half in 0..2u64 {
                     if (quad >> (32 * half)) as u32 as i32 != pid {
                         continue;
@@ -112,6 +127,17 @@ fn in_file(pid: i32, m: &Mapping, file: &mut Option<Option<File>>, addr: u64, va
         f.read_exact_at(&mut word, m.offset + (addr - m.start))
             .is_ok()
     }) && i32::from_le_bytes(word) == value
+}
+
+/// A writable private anonymous mapping no larger than a V8 heap space's
+/// pages are (not a stack).
+fn is_anon_heap(m: &Mapping) -> bool {
+    m.write
+        && !m.shared
+        && m.inode == 0
+        && m.path.is_empty()
+        && m.end - m.start <= MAX_HEAP_MAPPING
+        && m.image_pages.is_empty()
 }
 
 /// A writable private mapping of a file, or the anonymous one right

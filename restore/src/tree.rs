@@ -696,7 +696,21 @@ fn make_shared<'a>(
                 .filter(|m| tty || !opts.restore_stdio.contains(m))
                 .filter(|&m| sys::is_open(m))
                 .collect();
-            for &(j, m, _) in fds {
+            // A file (nginx's error.log, at 2 and 3 in the master and its
+            // workers): its copies at 3 and up are the file, opened again
+            // once for all of them (ours is only for 0-2).
+            let file = fd_at(&img, n).is_some_and(|f| f.kind == fd_kind::REGULAR);
+            let high: Vec<(usize, i32, u32)> =
+                fds.iter().copied().filter(|h| file && h.1 > 2).collect();
+            if !high.is_empty() {
+                let (p, _) = fds::source_one(loaded, &img, i, &[n], verify, Some(ptys))
+                    .map_err(|e| in_process(recs[k].pid, e))?;
+                let made_file = |file: u32| stored.get(&(k, file)).copied();
+                let fd = make_one(loaded, &img, &p, verify, &made_file)
+                    .map_err(|e| in_process(recs[k].pid, e))?;
+                give(&high, fd, &mut made);
+            }
+            for &(j, m, _) in fds.iter().filter(|h| !(file && h.1 > 2)) {
                 let ours = if root_at.contains(&m) { m } else { n };
                 let fd = sys::dup_above(ours, 3).map_err(|e| {
                     in_process(

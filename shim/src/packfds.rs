@@ -65,12 +65,25 @@ pub fn make(img: &Image, a: &Args) -> Args {
             continue;
         }
         if f.desc as usize != i {
-            // The same description as an fd before it, placed already.
+            // The same description as an fd before it, placed already;
+            // but a file kept as the caller's at 0-2 (nginx's error.log
+            // at 2 and 3) is the file again for its copies at 3 and up,
+            // as `cryo restore` makes it.
             let first = fds
                 .get(f.desc as usize)
                 .unwrap_or_else(|| die(format_args!("fd {}: no fd shares its file", f.fd)));
-            put(first.fd as usize, f.fd, false);
-            continue;
+            let own = if first.fd <= 2 && f.kind == fd_kind::REGULAR {
+                fds.iter()
+                    .position(|g| g.desc == f.desc && g.fd > 2)
+                    .unwrap_or(i)
+            } else {
+                f.desc as usize
+            };
+            if own != i {
+                let from = fds.get(own).map_or(first.fd, |g| g.fd);
+                put(from as usize, f.fd, false);
+                continue;
+            }
         }
         match f.kind {
             fd_kind::PIPE => {

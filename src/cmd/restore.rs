@@ -15,7 +15,10 @@ use std::path::PathBuf;
 /// does all of this in a single exec, for images that allow it.)
 ///
 /// fds 0-2 of the restored program are this command's (like CRIU's
-/// --shell-job; --restore-stdio gives them back as they were). Every other fd comes back with its number, flags and
+/// --shell-job; --restore-stdio gives them back as they were); a copy of
+/// one of them at 3 and up is this command's too, unless it was a file
+/// (nginx's error.log at 2 and 3): that copy is the file, opened again.
+/// Every other fd comes back with its number, flags and
 /// offset, dup'ed fds sharing one description again: files, directories
 /// and devices are reopened (same inode checked), unlinked files and
 /// memfds are made again from the image, pipes whose ends were all in the

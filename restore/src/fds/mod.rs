@@ -345,10 +345,43 @@ fn source_of(
         return Ok(Source::Inherit(ours));
     }
     let first = f.desc as usize;
+    // fds 0-2 are this command's unless --restore-stdio names them (a
+    // terminal always is).
+    let ours = |g: &cryo_image::Fd| {
+        g.fd <= 2 && (!cx.restore_stdio.contains(&g.fd) || g.kind == fd_kind::TTY)
+    };
     if first != i {
-        return Ok(Source::SameAs(first));
-    }
-    if f.fd <= 2 && (!cx.restore_stdio.contains(&f.fd) || f.kind == fd_kind::TTY) {
+        let kept = img.fds().get(first).filter(|g| ours(g));
+        match kept {
+            // A copy at 3 and up of a description kept as ours at 0-2 (a
+            // dup of stdout, bash's fd 255 of its terminal): ours too, at
+            // that number. Until stop 30 it was left to whatever cryo
+            // restore had at its number (meta.img, or nothing).
+            Some(g) if f.fd > 2 && f.kind != fd_kind::REGULAR => {
+                if !sys::is_open(g.fd) {
+                    return Err(err.why(format!(
+                        "it is a copy of fd {}, which is cryo restore's own and closed",
+                        g.fd
+                    )));
+                }
+                return Ok(Source::Inherit(g.fd));
+            }
+            // The same of a file (nginx's error.log, at 2 and 3): the file,
+            // opened again for its copies at 3 and up, one description of
+            // their own (ours is only for 0-2).
+            Some(_) if f.fd > 2 => {
+                let own = img
+                    .fds()
+                    .iter()
+                    .position(|h| h.desc == f.desc && h.fd > 2)
+                    .unwrap_or(i);
+                if own != i {
+                    return Ok(Source::SameAs(own));
+                }
+            }
+            _ => return Ok(Source::SameAs(first)),
+        }
+    } else if ours(f) {
         if !sys::is_open(f.fd) {
             return Err(err.why(format!(
                 "it is inherited from cryo restore's own fd {}, which is closed",
