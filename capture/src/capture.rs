@@ -208,12 +208,6 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
             Err(e) => return Err(e),
         }
     }
-    if !many {
-        // (A live process alone, with zombies: no other holder.)
-        for ins in &all {
-            obstacles.extend(ins.epoll_elsewhere.iter().map(|(_, why)| why.clone()));
-        }
-    }
     if many {
         tree.check_still()?;
         let mut obs = Obstacles::default();

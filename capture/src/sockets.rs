@@ -912,8 +912,24 @@ pub fn capture(
             } else {
                 Vec::new()
             };
+            // (In a tree `cryo restore` makes a named one before any
+            // process; files in flight are sent by the process that holds
+            // it once they are at their numbers.)
+            let flying = s.flags & cryo_image::fds::socket_flags::FRAMED != 0
+                || seen
+                    .widowed_messages
+                    .last()
+                    .is_some_and(|(i, _, m)| *i == b.sockets.len() && m.iter().any(|m| m.nfds > 0));
+            if bound && seen.scope.len() > 1 && flying {
+                return Err(format!(
+                    "fd {fd} ({what} {shown}): its other end was closed, and files in flight wait in it; with a name, in a tree, not supported yet"
+                ));
+            }
             s.state = socket_state::WIDOWED;
             s.shutdown = 3;
+            // (Its name's file gone or not, it is accepted again at that
+            // name, with what is there moved aside: not a ghost.)
+            s.flags &= !cryo_image::fds::socket_flags::GHOST;
             seen.widowed.push((b.sockets.len(), bytes));
         } else if sock_type == libc::SOCK_DGRAM
             && d.peer == 0

@@ -344,7 +344,7 @@ pub(crate) fn share(
     let mut served = served_elsewhere(procs);
     ghosts_served(procs, &served, obs);
     let places = pending_elsewhere(procs, &mut served, obs);
-    served.extend(named_widows(procs, obs));
+    served.extend(named_widows(procs));
     let mut keys: Vec<_> = by_inode.keys().copied().collect();
     keys.sort();
     for key in keys {
@@ -600,7 +600,7 @@ pub(crate) fn dead_proc_cwds(t: &Tree, procs: &[(i32, &Inspected)], obs: &mut Ob
 /// moved aside (`restore::sockets::accepted_widow`). In a tree that is
 /// done by the restore before any process exists: a process binding its
 /// own listener at that name meanwhile would find its path gone.
-fn named_widows(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> Vec<(usize, usize)> {
+fn named_widows(procs: &[(i32, &Inspected)]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     for (p, (_, ins)) in procs.iter().enumerate() {
         for (i, f) in ins.b.fds.iter().enumerate() {
@@ -612,19 +612,11 @@ fn named_widows(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> Vec<(usize,
                         && s.sock_type != libc::SOCK_DGRAM as u32
                         && s.addr_len > 2
                 });
-            if !widow {
-                continue;
+            // (One in flight is its process's own, made with the queue
+            // that holds it; one holding files in flight was refused.)
+            if widow && f.in_flight == 0 {
+                out.push((p, i));
             }
-            // (Files in flight to it are sent by its process once they
-            // are at their numbers.)
-            if ins.b.sockets[f.object as usize].flags & cryo_image::fds::socket_flags::FRAMED != 0 {
-                obs.push(format!(
-                    "process {}: fd {} (a unix socket whose other end was closed) has files in flight queued, and a name; not supported yet in a tree",
-                    procs[p].0, f.fd
-                ));
-                continue;
-            }
-            out.push((p, i));
         }
     }
     out

@@ -281,6 +281,27 @@ fn prepare_one(
             p.source = fds::Source::FromPeer { pid, fd };
         }
     }
+    // An epoll set this process makes itself whose item's file only
+    // another process of its tree had: refused now, before anything is
+    // torn down (`anonfds::fill_epolls` says the same).
+    for e in img.epoll_items().iter() {
+        if e.via != cryo_image::fds::EPOLL_VIA_ELSEWHERE {
+            continue;
+        }
+        let makes = fds.fds.iter().find(|p| {
+            matches!(p.source, fds::Source::Anon { kind: cryo_image::fd_kind::EPOLL, object, .. } if object == e.desc)
+        });
+        if let Some(p) = makes {
+            return Err(RestoreError::Fd {
+                fd: p.fd,
+                what: p.what.clone(),
+                why: Why::Said(format!(
+                    "it watched a file under fd {} that only another process of its tree held; restore the tree from its root's image",
+                    e.tfd
+                )),
+            });
+        }
+    }
     let checked = task::check(&img, &own_status, opts.cgroups == Cgroups::Captured)?;
     let setup = Setup {
         checked,

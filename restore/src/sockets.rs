@@ -282,6 +282,20 @@ fn unix_in_use(s: &Socket, addr: &[u8]) -> bool {
         .is_ok()
 }
 
+/// Whether a socket listens at unix address `addr` (a connection
+/// attempt that does not wait: a full queue is a listener too).
+fn unix_listening(ty: i32, addr: &[u8]) -> bool {
+    let Ok(t) = sys::socket(libc::AF_UNIX, ty, 0) else {
+        return false;
+    };
+    let fl = sys::getfl(t.as_raw_fd()).unwrap_or(0);
+    let _ = sys::setfl(t.as_raw_fd(), fl | libc::O_NONBLOCK);
+    match sys::connect(t.as_fd(), addr) {
+        Ok(()) => true,
+        Err(e) => e.raw_os_error() == Some(libc::EAGAIN),
+    }
+}
+
 /// Check fd `f`'s socket can be made here: its address is free.
 pub(crate) fn plan(
     img: &Image,
@@ -305,6 +319,18 @@ pub(crate) fn plan(
             | socket_state::REPAIRED
     ) {
         return Err(err.why(format!("unknown socket state {}", s.state)));
+    }
+    if s.state == socket_state::WIDOWED
+        && s.sock_type as i32 != libc::SOCK_DGRAM
+        && s.addr_len > 2
+        && unix_listening(s.sock_type as i32, &addr_of(&s))
+    {
+        // (`accepted_widow` would move a live socket's file aside, or
+        // find an abstract name taken.)
+        return Err(err.why(format!(
+            "it was accepted at {}, where a socket listens now (the captured process, or an earlier restore of it, still has it); it would be made again there",
+            sockaddr_display(&addr_of(&s))
+        )));
     }
     if s.state == socket_state::REPAIRED {
         // The connection must not be there any more: the captured
@@ -859,10 +885,13 @@ fn bind(s: &Socket, fd: BorrowedFd) -> Result<(), Why> {
 /// server's connection whose client left; redis's BGSAVE child holds
 /// those): accepted again from a listener bound at its name for the
 /// moment, from an unnamed client, so that getsockname says what it did.
-/// What is at the name now (the program's own listener, made again
-/// already, or its file) is moved aside for that moment, as for a ghost
-/// ([`KeptGhost`]); an abstract name must be free. Returns (the accepted
-/// end, the client).
+/// What is at the path now (the stale file of the program's listener:
+/// these are made before any listener of the restore, and `plan` refused
+/// a live one) is moved aside for that moment, as for a ghost
+/// ([`KeptGhost`]); an abstract name must be free. A stranger connecting
+/// to the name meanwhile is turned away: only the connection whose peer
+/// is this process is taken, and nothing waits for long. Returns (the
+/// accepted end, the client).
 fn accepted_widow(s: &Socket) -> Result<(OwnedFd, OwnedFd), Why> {
     let addr = addr_of(s);
     let shown = sockaddr_display(&addr);
@@ -879,19 +908,84 @@ fn accepted_widow(s: &Socket) -> Result<(OwnedFd, OwnedFd), Why> {
         })?;
         None
     };
-    let pair = (|| {
-        sys::listen(listener.as_fd(), 1).map_err(|e| Why::sys("listen", e))?;
-        let client = sys::socket(libc::AF_UNIX, ty, 0).map_err(|e| Why::sys("socket", e))?;
-        sys::connect(client.as_fd(), &addr)
-            .map_err(|e| Why::sys(format!("connecting to {shown} for the moment"), e))?;
-        let accepted = sys::accept(listener.as_fd())
-            .map_err(|e| Why::sys(format!("accepting at {shown}"), e))?;
-        Ok::<_, Why>((accepted, client))
-    })();
+    let pair = accept_own(listener.as_fd(), ty, &addr, &shown);
     if let Some(k) = kept.as_mut() {
         k.undo()?;
     }
     pair
+}
+
+/// Connect a client of ours to `listener` (bound at `addr`, ours) and
+/// accept it: connections of others that reach it meanwhile are closed,
+/// and after 2 s it gives up.
+fn accept_own(
+    listener: BorrowedFd,
+    ty: i32,
+    addr: &[u8],
+    shown: &str,
+) -> Result<(OwnedFd, OwnedFd), Why> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let nonblock = |fd: BorrowedFd, on: bool| -> Result<(), Why> {
+        let fl = sys::getfl(fd.as_raw_fd()).map_err(|e| Why::sys("F_GETFL", e))?;
+        let fl = if on {
+            fl | libc::O_NONBLOCK
+        } else {
+            fl & !libc::O_NONBLOCK
+        };
+        sys::setfl(fd.as_raw_fd(), fl).map_err(|e| Why::sys("F_SETFL", e))
+    };
+    let me = std::process::id() as i32;
+    let peer_pid = |fd: BorrowedFd| {
+        let mut cred = [0u8; 12];
+        sys::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred)
+            .ok()
+            .map(|_| i32::from_ne_bytes([cred[0], cred[1], cred[2], cred[3]]))
+    };
+    let late = || {
+        Why::Said(format!(
+            "{shown}: others kept connecting to it while cryo restore made a connection there again; try again"
+        ))
+    };
+    sys::listen(listener, 64).map_err(|e| Why::sys("listen", e))?;
+    nonblock(listener, true)?;
+    let client = sys::socket(libc::AF_UNIX, ty, 0).map_err(|e| Why::sys("socket", e))?;
+    nonblock(client.as_fd(), true)?;
+    // Others' connections taken off the queue and closed (they reached a
+    // listener of the moment, not the program's).
+    let turn_away = || -> Result<Option<OwnedFd>, Why> {
+        loop {
+            match sys::accept(listener) {
+                Ok(a) if peer_pid(a.as_fd()) == Some(me) => return Ok(Some(a)),
+                Ok(_) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(None),
+                Err(e) => return Err(Why::sys(format!("accepting at {shown}"), e)),
+            }
+        }
+    };
+    loop {
+        match sys::connect(client.as_fd(), addr) {
+            Ok(()) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                if turn_away()?.is_some() || std::time::Instant::now() > deadline {
+                    return Err(late());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(e) => {
+                return Err(Why::sys(format!("connecting to {shown} for the moment"), e));
+            }
+        }
+    }
+    loop {
+        if let Some(a) = turn_away()? {
+            nonblock(client.as_fd(), false)?;
+            return Ok((a, client));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(late());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// Bind a unix socket whose file was removed (or replaced) after its bind
@@ -1845,6 +1939,14 @@ pub(crate) fn is_pair(img: &Image, object: u32) -> bool {
     img.sockets()
         .get(object as usize)
         .is_some_and(|s| matches!(s.state, socket_state::PAIR | socket_state::WIDOWED))
+}
+
+/// Whether socket `object` is an end with a name whose other end was
+/// closed (`accepted_widow` makes it: before any listener).
+pub(crate) fn is_named_widow(img: &Image, object: u32) -> bool {
+    img.sockets().get(object as usize).is_some_and(|s| {
+        s.state == socket_state::WIDOWED && s.sock_type as i32 != libc::SOCK_DGRAM && s.addr_len > 2
+    })
 }
 
 /// Whether a TCP socket was accepted (rather than connected): capture

@@ -620,7 +620,18 @@ fn make_shared<'a>(
         });
         !ghost.unwrap_or(false)
     };
-    rest.sort_by_cached_key(ghost_first);
+    // Ends with a name whose other end was closed first of all: each is
+    // accepted again from a listener bound at its name for the moment,
+    // which a listener of the tree bound there already would forbid.
+    let named_widow = |obj: &u32| {
+        let (k, n, _) = objects[obj][0];
+        img_of(k).is_some_and(|(_, img)| {
+            fd_at(&img, n).is_some_and(|f| {
+                f.kind == fd_kind::SOCKET && crate::sockets::is_named_widow(&img, f.object)
+            })
+        })
+    };
+    rest.sort_by_cached_key(|o| (!named_widow(o), ghost_first(o)));
     for obj in rest {
         let fds = &objects[&obj];
         let (k, n, _) = fds.iter().copied().find(|h| h.0 == 0).unwrap_or(fds[0]);
