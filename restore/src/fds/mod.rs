@@ -379,6 +379,15 @@ fn source_of(
                     return Ok(Source::SameAs(own));
                 }
             }
+            // At 0-2 too (`2>&1` captured): ours at its own number, which
+            // must be open (else the number is free for whatever cryo
+            // restore opens next).
+            Some(_) if !sys::is_open(f.fd) => {
+                return Err(err.why(format!(
+                    "it is inherited from cryo restore's own fd {}, which is closed",
+                    f.fd
+                )));
+            }
             _ => return Ok(Source::SameAs(first)),
         }
     } else if ours(f) {
