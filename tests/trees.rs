@@ -824,8 +824,8 @@ print("PASS", flush=True)
         &[],
         "cryo would make that directory again for it while process",
     );
-    // Connections waiting in one listener from two processes: each
-    // would connect again in its own order, not in theirs.
+    // Connections waiting in one listener from its own process and from
+    // another: each would connect again in its own order, not in theirs.
     let pending_two = r#"
 import os, socket, sys, tempfile
 d = tempfile.mkdtemp()
@@ -849,7 +849,7 @@ print("PASS", flush=True)
     refused(
         pending_two,
         &[],
-        "has connections waiting from more than one process of the tree",
+        "has connections waiting from its own process and from another of the tree",
     );
     // One hung-up terminal opened separately by two processes: made again
     // in each, it would be two terminals.
@@ -1924,6 +1924,62 @@ print("PASS", flush=True)
         script,
         |_| {},
         &[&[], &["--lazy"], &["--map"], &["--pidns"]],
+    );
+}
+
+/// Connections from two children waiting in their parent's listener,
+/// their order interleaved (a, then b, then a again): `cryo restore`
+/// makes and connects them all, in that order, so accept() takes them as
+/// it would have. Refused until stop 30 (each process connected its own
+/// again, and the order between processes was lost).
+#[test]
+fn connections_waiting_from_two_processes_keep_their_order() {
+    let script = r#"
+import os, socket, sys, tempfile
+d = tempfile.mkdtemp(prefix="cryo-pend2-")
+path = os.path.join(d, "l")
+l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+l.bind(path); l.listen(8)
+turn = [os.pipe() for _ in range(3)]
+done_r, done_w = os.pipe()
+g, go = os.pipe()
+def child(mine):
+    socks = []
+    for k in mine:
+        os.read(turn[k][0], 1)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(path)
+        socks.append((k, s))
+        os.write(done_w, b"d")
+    os.read(g, 1)
+    for k, s in socks:
+        s.sendall(b"conn%d" % k)
+        assert s.recv(16) == b"ok%d" % k
+    os._exit(0)
+kids = []
+for mine in ([0, 2], [1]):
+    pid = os.fork()
+    if pid == 0:
+        l.close(); child(mine)
+    kids.append(pid)
+for k in range(3):
+    os.write(turn[k][1], b"t"); os.read(done_r, 1)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+os.write(go, b"gg")
+for k in range(3):
+    c, _ = l.accept()
+    got = c.recv(16)
+    assert got == b"conn%d" % k, (got, k)
+    c.sendall(b"ok%d" % k)
+for pid in kids:
+    assert os.waitpid(pid, 0)[1] == 0
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "tree-pending-two",
+        script,
+        |_| {},
+        &[&[], &["--lazy"], &["--pidns"]],
     );
 }
 

@@ -489,9 +489,9 @@ fn pending_elsewhere(
                 obs.push(format!("process {pid}: {}", w.obstacle));
                 continue;
             }
-            if from.len() > 1 || w.icons.len() > w.outside {
+            if w.icons.len() > w.outside {
                 obs.push(format!(
-                    "process {pid}: fd {} (a unix listener) has connections waiting from more than one process of the tree; cryo connects each process's again in order, but not their order between processes",
+                    "process {pid}: fd {} (a unix listener) has connections waiting from its own process and from another of the tree; cryo connects each process's again in order, but not their order between processes",
                     w.fd
                 ));
                 continue;
@@ -511,6 +511,21 @@ fn pending_elsewhere(
             for (pa, index, place, ino) in found {
                 places.push((pa, index, place));
                 placed.push(ino);
+                // Made and connected by `cryo restore`, in queue order
+                // whatever process each is in (stop 30; one process's
+                // only, connecting by itself, before).
+                let first = procs[pa]
+                    .1
+                    .b
+                    .fds
+                    .iter()
+                    .position(|f| f.kind == fd_kind::SOCKET && f.object as usize == index);
+                if let Some(i) = first {
+                    let i = procs[pa].1.b.fds[i].desc as usize;
+                    if !served.contains(&(pa, i)) {
+                        served.push((pa, i));
+                    }
+                }
             }
         }
     }
@@ -1098,6 +1113,9 @@ fn unshareable(ins: &Inspected, f: &Fd) -> Option<String> {
                 ),
                 // One end left of a pair: made alone.
                 socket_state::WIDOWED => None,
+                // Waiting in a listener of another process: made and
+                // connected by `cryo restore`, in queue order.
+                socket_state::PENDING if s.pair == NO_INDEX => None,
                 _ => Some(
                     "a connected socket or socket pair shared between processes is not supported yet"
                         .into(),

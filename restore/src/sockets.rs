@@ -1559,7 +1559,7 @@ fn peer_bound_here(img: &Image, s: &Socket) -> bool {
 /// connections that waited in a listener's queue, each connecting socket
 /// to its listener (listening by now), in the order they waited, so that
 /// accept() takes them in that order.
-pub(crate) fn connect_waiting(img: &Image) -> Result<(), RestoreError> {
+pub(crate) fn connect_waiting(img: &Image, given: &[i32]) -> Result<(), RestoreError> {
     let socks = img.sockets();
     // (One per socket: its first fd.)
     let mut seen = Vec::new();
@@ -1627,7 +1627,7 @@ pub(crate) fn connect_waiting(img: &Image) -> Result<(), RestoreError> {
     }
     let mut waiting: Vec<(u32, u32, i32, Vec<u8>)> = firsts
         .iter()
-        .filter(|(s, _)| s.state == socket_state::PENDING)
+        .filter(|(s, fd)| s.state == socket_state::PENDING && !given.contains(fd))
         .map(|(s, fd)| (s.pair, s.backlog, *fd, peer_of(s)))
         .collect();
     waiting.sort_unstable();
@@ -1939,6 +1939,47 @@ pub(crate) fn is_pair(img: &Image, object: u32) -> bool {
     img.sockets()
         .get(object as usize)
         .is_some_and(|s| matches!(s.state, socket_state::PAIR | socket_state::WIDOWED))
+}
+
+/// A connection that waited in a listener of another process of a tree
+/// (`socket_state::PENDING`, `pair` NO_INDEX), made by `cryo restore`:
+/// connected to that listener (made already, listening) by its name,
+/// without waiting. (`cryo restore` makes those of every process in the
+/// order they waited.)
+pub(crate) fn connect_pending(img: &Image, object: u32, fd: RawFd) -> Result<(), Why> {
+    let Some(s) = img.sockets().get(object as usize) else {
+        return Err(Why::Said("no socket state in the image".into()));
+    };
+    let mut peer = peer_of(&s);
+    // A relative name, from the working directory its process has (as
+    // that process would connect); the name its peer reports is the
+    // listener's own either way.
+    if unix_path(&peer).is_some_and(|p| p.is_relative()) {
+        let cwd = img.str(img.process().cwd).unwrap_or("/");
+        let mut abs = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        abs.extend_from_slice(cwd.trim_end_matches('/').as_bytes());
+        abs.push(b'/');
+        abs.extend_from_slice(&peer[2..]);
+        peer = abs;
+    }
+    let fl = sys::getfl(fd).map_err(|e| Why::sys("F_GETFL", e))?;
+    sys::setfl(fd, fl | libc::O_NONBLOCK).map_err(|e| Why::sys("F_SETFL", e))?;
+    let r = sys::connect_at(fd, &peer).map_err(|e| {
+        Why::sys(
+            format!("connecting to {} again", sockaddr_display(&peer)),
+            e,
+        )
+    });
+    sys::setfl(fd, fl).map_err(|e| Why::sys("F_SETFL", e))?;
+    r
+}
+
+/// Whether socket `object` waited in a listener of another process of
+/// its tree (made and connected by `cryo restore`: `connect_pending`).
+pub(crate) fn is_pending_elsewhere(img: &Image, object: u32) -> bool {
+    img.sockets()
+        .get(object as usize)
+        .is_some_and(|s| s.state == socket_state::PENDING && s.pair == cryo_image::NO_INDEX)
 }
 
 /// Whether socket `object` is an end with a name whose other end was

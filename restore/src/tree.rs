@@ -632,7 +632,26 @@ fn make_shared<'a>(
         })
     };
     rest.sort_by_cached_key(|o| (!named_widow(o), ghost_first(o)));
-    for obj in rest {
+    // Connections that waited in a listener of another process: made
+    // last (their listeners are made by now), and connected here in the
+    // order they waited, whichever processes they are in.
+    let pending_of = |obj: &u32| {
+        let (k, n, _) = objects[obj][0];
+        img_of(k).and_then(|(_, img)| {
+            let f = fd_at(&img, n).filter(|f| f.kind == fd_kind::SOCKET)?;
+            crate::sockets::is_pending_elsewhere(&img, f.object)
+                .then(|| {
+                    img.sockets()
+                        .get(f.object as usize)
+                        .map(|s| (s.peer, s.backlog))
+                })
+                .flatten()
+        })
+    };
+    let (mut pending, rest): (Vec<u32>, Vec<u32>) =
+        rest.into_iter().partition(|o| pending_of(o).is_some());
+    pending.sort_by_cached_key(|o| pending_of(o).map(|(peer, place)| (peer.to_vec(), place)));
+    for obj in rest.into_iter().chain(pending.iter().copied()) {
         let fds = &objects[&obj];
         let (k, n, _) = fds.iter().copied().find(|h| h.0 == 0).unwrap_or(fds[0]);
         let (loaded, img) = img_of(k).expect("checked above");
@@ -767,6 +786,20 @@ fn make_shared<'a>(
             None => make_one(loaded, &img, &p, verify, &made_file)
                 .map_err(|e| in_process(recs[k].pid, e))?,
         };
+        if let Source::Socket { sock, .. } = p.source {
+            if crate::sockets::is_pending_elsewhere(&img, sock) {
+                crate::sockets::connect_pending(&img, sock, fd).map_err(|why| {
+                    in_process(
+                        recs[k].pid,
+                        RestoreError::Fd {
+                            fd: n,
+                            what: "socket".into(),
+                            why,
+                        },
+                    )
+                })?;
+            }
+        }
         give(fds, fd, &mut made);
     }
     // Hung-up terminals shared between processes hang up (before any

@@ -325,7 +325,14 @@ pub fn install(
     }
     // Connections that waited in a listener, waiting there again (before
     // a socket in flight among them is closed below).
-    crate::sockets::connect_waiting(img)?;
+    // (Not one given to us already connected: made by a tree's restore,
+    // or --inherit-fd.)
+    let given: Vec<i32> = plans
+        .iter()
+        .filter(|p| matches!(p.source, Source::Inherit(_)))
+        .map(|p| p.fd)
+        .collect();
+    crate::sockets::connect_waiting(img, &given)?;
     // Datagrams that waited in named sockets, sent to them again.
     crate::sockets::send_datagrams(loaded, img, verify)?;
     // Queues with files in flight, sent again now that those files are
