@@ -824,33 +824,6 @@ print("PASS", flush=True)
         &[],
         "cryo would make that directory again for it while process",
     );
-    // Connections waiting in one listener from its own process and from
-    // another: each would connect again in its own order, not in theirs.
-    let pending_two = r#"
-import os, socket, sys, tempfile
-d = tempfile.mkdtemp()
-path = os.path.join(d, "l")
-l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); l.bind(path); l.listen(4)
-mine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); mine.connect(path)
-r, w = os.pipe()
-g, go = os.pipe()
-pid = os.fork()
-if pid == 0:
-    l.close(); mine.close()
-    theirs = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); theirs.connect(path)
-    os.write(w, b"r"); os.read(g, 1); os._exit(0)
-os.read(r, 1)
-print("READY", flush=True); sys.stdin.readline()
-os.write(go, b"g")
-l.accept(); l.accept()
-assert os.waitpid(pid, 0)[1] == 0
-print("PASS", flush=True)
-"#;
-    refused(
-        pending_two,
-        &[],
-        "has connections waiting from its own process and from another of the tree",
-    );
     // One hung-up terminal opened separately by two processes: made again
     // in each, it would be two terminals.
     let hung_up = r#"
@@ -1978,6 +1951,37 @@ print("PASS", flush=True)
     python_round_trips(
         "tree-pending-two",
         script,
+        |_| {},
+        &[&[], &["--lazy"], &["--pidns"]],
+    );
+    // The listener's own process's first, then its child's (refused
+    // until stop 30 too).
+    let mixed = r#"
+import os, socket, sys, tempfile
+d = tempfile.mkdtemp()
+path = os.path.join(d, "l")
+l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); l.bind(path); l.listen(4)
+mine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); mine.connect(path)
+r, w = os.pipe()
+g, go = os.pipe()
+pid = os.fork()
+if pid == 0:
+    l.close(); mine.close()
+    theirs = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); theirs.connect(path)
+    os.write(w, b"r"); os.read(g, 1)
+    theirs.sendall(b"theirs"); os._exit(0)
+os.read(r, 1)
+print("READY", os.getpid(), flush=True); sys.stdin.readline()
+mine.sendall(b"mine")
+os.write(go, b"g")
+a, _ = l.accept(); b, _ = l.accept()
+assert a.recv(8) == b"mine" and b.recv(8) == b"theirs"
+assert os.waitpid(pid, 0)[1] == 0
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "tree-pending-mixed",
+        mixed,
         |_| {},
         &[&[], &["--lazy"], &["--pidns"]],
     );

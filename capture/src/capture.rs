@@ -222,9 +222,12 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
             all[0].b.tree_fds = shared;
             // Connections waiting in another process's listener: their
             // places in its queue.
+            // (Made and connected by `cryo restore`, by name, the
+            // listener's own process's too: no listener index.)
             for (p, index, place) in places {
                 if let Some(s) = all[p].b.sockets.get_mut(index) {
                     s.backlog = place;
+                    s.pair = cryo_image::NO_INDEX;
                 }
             }
             for (p, index, bytes, framed) in queued {

@@ -425,7 +425,18 @@ pub(crate) fn share(
             }
             let (p0, i0) = d[0];
             let f = procs[p0].1.b.fds[i0];
-            if let Some(why) = unshareable(procs[p0].1, &f) {
+            // (A connection waiting in a listener the restore makes is
+            // made and connected by `cryo restore`: `pending_elsewhere`
+            // served it.)
+            let pending_served = f.kind == fd_kind::SOCKET
+                && procs[p0]
+                    .1
+                    .b
+                    .sockets
+                    .get(f.object as usize)
+                    .is_some_and(|s| s.state == socket_state::PENDING)
+                && d.iter().any(|c| served.contains(c));
+            if let Some(why) = unshareable(procs[p0].1, &f).filter(|_| !pending_served) {
                 let holders: Vec<String> = d
                     .iter()
                     .map(|&(p, i)| format!("pid {} fd {}", procs[p].0, procs[p].1.b.fds[i].fd))
@@ -483,17 +494,26 @@ fn pending_elsewhere(
                         from.push(pa);
                     }
                     found.push((pa, index, k as u32, u64::from(icon)));
+                    continue;
+                }
+                // One of the listener's own process: made and connected
+                // by `cryo restore` too, in its place (detached from its
+                // listener by the caller: `pair` NO_INDEX).
+                let own = ins.b.fds.iter().find(|f| {
+                    f.kind == fd_kind::SOCKET
+                        && f.ino == u64::from(icon)
+                        && ins
+                            .b
+                            .sockets
+                            .get(f.object as usize)
+                            .is_some_and(|s| s.state == socket_state::PENDING)
+                });
+                if let Some(f) = own {
+                    found.push((pb, f.object as usize, k as u32, u64::from(icon)));
                 }
             }
-            if found.len() < w.outside {
+            if found.len() < w.icons.len() {
                 obs.push(format!("process {pid}: {}", w.obstacle));
-                continue;
-            }
-            if w.icons.len() > w.outside {
-                obs.push(format!(
-                    "process {pid}: fd {} (a unix listener) has connections waiting from its own process and from another of the tree; cryo connects each process's again in order, but not their order between processes",
-                    w.fd
-                ));
                 continue;
             }
             let Some(desc) = ins
@@ -1113,9 +1133,6 @@ fn unshareable(ins: &Inspected, f: &Fd) -> Option<String> {
                 ),
                 // One end left of a pair: made alone.
                 socket_state::WIDOWED => None,
-                // Waiting in a listener of another process: made and
-                // connected by `cryo restore`, in queue order.
-                socket_state::PENDING if s.pair == NO_INDEX => None,
                 _ => Some(
                     "a connected socket or socket pair shared between processes is not supported yet"
                         .into(),
