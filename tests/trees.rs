@@ -1196,6 +1196,8 @@ os.dup2(f, 2)
 if f != 3:
     os.dup2(f, 3); os.close(f)
 os.dup2(1, 5)
+import fcntl
+fcntl.flock(3, fcntl.LOCK_EX)
 kid = None
 if {}:
     r, w = os.pipe()
@@ -1208,11 +1210,18 @@ print("READY", os.getpid(), flush=True)
 sys.stdin.readline()
 if kid:
     os.write(w, b"x"); os.waitpid(kid, 0)
+# The lock is the log's, held through fd 3 (not our stderr's).
+other = os.open("{}", os.O_RDONLY)
+try:
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB); assert False, "not locked"
+except BlockingIOError:
+    pass
 os.write(3, b"root log\n"); os.write(5, b"root out\n"); os.write(2, b"root err\n")
 print("PASS", flush=True)
 "#,
             log.display(),
-            if fork { "True" } else { "False" }
+            if fork { "True" } else { "False" },
+            log.display()
         );
         let (img, pids) = capture_python_tree(tag, &script, |_| {});
         for mode in [&[][..], &["--lazy"]] {
@@ -1985,6 +1994,11 @@ print("PASS", flush=True)
         |_| {},
         &[&[], &["--lazy"], &["--pidns"]],
     );
+    // The same with the root's connection held by the child too (the
+    // fork): every holder's record has its place (a review found it
+    // left unconnected, without a word).
+    let both = mixed.replace("l.close(); mine.close()", "l.close()");
+    python_round_trips("tree-pending-both", &both, |_| {}, &[&[], &["--pidns"]]);
 }
 
 /// UDP sockets shut down (one unconnected, for reading: the kernel sets

@@ -224,10 +224,39 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
             // places in its queue.
             // (Made and connected by `cryo restore`, by name, the
             // listener's own process's too: no listener index.)
+            // Every holder's record of it (a fork may have left it in
+            // several processes; the restore makes it from the first).
             for (p, index, place) in places {
-                if let Some(s) = all[p].b.sockets.get_mut(index) {
-                    s.backlog = place;
-                    s.pair = cryo_image::NO_INDEX;
+                let ino = all[p]
+                    .b
+                    .fds
+                    .iter()
+                    .find(|f| f.kind == cryo_image::fd_kind::SOCKET && f.object as usize == index)
+                    .map(|f| f.ino);
+                let Some(ino) = ino else { continue };
+                for ins in all.iter_mut() {
+                    let objects: Vec<usize> = ins
+                        .b
+                        .fds
+                        .iter()
+                        .filter(|f| f.kind == cryo_image::fd_kind::SOCKET && f.ino == ino)
+                        .map(|f| f.object as usize)
+                        .collect();
+                    for o in objects {
+                        let listener = ins.b.sockets.get(o).map(|s| s.pair).and_then(|l| {
+                            ins.b.sockets.get(l as usize).map(|l| (l.addr, l.addr_len))
+                        });
+                        if let Some(s) = ins.b.sockets.get_mut(o) {
+                            // (Its listener's name, to connect by.)
+                            if s.peer_len <= 2 {
+                                if let Some((addr, len)) = listener {
+                                    (s.peer, s.peer_len) = (addr, len);
+                                }
+                            }
+                            s.backlog = place;
+                            s.pair = cryo_image::NO_INDEX;
+                        }
+                    }
                 }
             }
             for (p, index, bytes, framed) in queued {

@@ -209,7 +209,13 @@ pub fn fd_obstacle(img: &crate::Image, f: &crate::Fd) -> Option<&'static str> {
         fd_kind::REGULAR if file_flags != Some(0) => {
             Some("a file that only cryo restore makes or finds again")
         }
-        fd_kind::REGULAR | fd_kind::DIRECTORY if img.locks().iter().any(|l| l.fd == f.fd) => {
+        // (A lock is recorded at its description's first fd, which may
+        // be one of 0-2.)
+        fd_kind::REGULAR | fd_kind::DIRECTORY
+            if img.locks().iter().any(|l| {
+                l.fd == f.fd || img.fds().get(f.desc as usize).is_some_and(|d| d.fd == l.fd)
+            }) =>
+        {
             Some("a file with a lock, which only cryo restore takes again")
         }
         fd_kind::REGULAR | fd_kind::DIRECTORY => None,

@@ -787,6 +787,20 @@ fn make_shared<'a>(
                 .map_err(|e| in_process(recs[k].pid, e))?,
         };
         if let Source::Socket { sock, .. } = p.source {
+            // (A connection waiting in a listener, made here: connected
+            // here, or never: every holder skips it.)
+            let waiting = img
+                .sockets()
+                .get(sock as usize)
+                .is_some_and(|s| s.state == cryo_image::fds::socket_state::PENDING);
+            if waiting && !crate::sockets::is_pending_elsewhere(&img, sock) {
+                return Err(in_process(
+                    recs[k].pid,
+                    RestoreError::Tree(format!(
+                        "fd {n}: a connection waiting in a listener, shared between processes, without its place in the queue (the image is inconsistent)"
+                    )),
+                ));
+            }
             if crate::sockets::is_pending_elsewhere(&img, sock) {
                 crate::sockets::connect_pending(&img, sock, fd).map_err(|why| {
                     in_process(

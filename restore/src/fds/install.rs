@@ -294,7 +294,11 @@ pub fn install(
     //    own now), flock and OFD locks on the installed descriptions.
     crate::anonfds::fill_epolls(img, plan)?;
     for l in &plan.locks {
-        crate::locks::take(plans, l)?;
+        let l = cryo_image::fds::Lock {
+            fd: split_copy(img, l.fd),
+            ..*l
+        };
+        crate::locks::take(plans, &l)?;
     }
     // Who gets SIGIO (after the leases, whose taking set their holder).
     for o in img.fd_owners().iter() {
@@ -317,8 +321,9 @@ pub fn install(
                 )),
             });
         }
-        sys::set_owner(f.fd, o.kind, pid, o.sig).map_err(|e| RestoreError::Fd {
-            fd: f.fd,
+        let at = split_copy(img, f.fd);
+        sys::set_owner(at, o.kind, pid, o.sig).map_err(|e| RestoreError::Fd {
+            fd: at,
             what: "SIGIO owner".into(),
             why: Why::sys(format!("F_SETOWN_EX to {pid}, F_SETSIG {}", o.sig), e),
         })?;
@@ -498,4 +503,28 @@ fn park(raw: RawFd, high: i32) -> Result<i32, RestoreError> {
     let d = dup_above(raw, high);
     sys::close(raw);
     d
+}
+
+/// Where what belongs to the description at fd `n` is set: `n`, unless
+/// `n` is one of fds 0-2 that is ours now (not the captured file) while
+/// the description's first copy at 3 and up is that file, opened again
+/// (`fds::source_of`, a tree's `Source::Keep` branch): then that copy,
+/// which the program holds (a lock, a SIGIO owner, taken there and not
+/// on our stdio). Told by what is open at each number now.
+fn split_copy(img: &Image, n: i32) -> i32 {
+    if n > 2 {
+        return n;
+    }
+    let fds = img.fds();
+    let Some(f) = fds.iter().find(|f| f.fd == n) else {
+        return n;
+    };
+    let is_file = |fd: i32| sys::fstat(fd).is_ok_and(|st| (st.st_dev, st.st_ino) == (f.dev, f.ino));
+    if is_file(n) {
+        return n;
+    }
+    fds.iter()
+        .find(|g| g.desc == f.desc && g.fd > 2)
+        .filter(|g| is_file(g.fd))
+        .map_or(n, |g| g.fd)
 }

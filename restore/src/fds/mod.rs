@@ -347,8 +347,12 @@ fn source_of(
     let first = f.desc as usize;
     // fds 0-2 are this command's unless --restore-stdio names them (a
     // terminal always is).
+    // (Not one --inherit-fd names, or a tree's restore made: its copies
+    // follow it.)
+    let given =
+        |n: i32| cx.inherit.iter().any(|(m, _)| *m == n) || cx.made.iter().any(|(m, _)| *m == n);
     let ours = |g: &cryo_image::Fd| {
-        g.fd <= 2 && (!cx.restore_stdio.contains(&g.fd) || g.kind == fd_kind::TTY)
+        g.fd <= 2 && (!cx.restore_stdio.contains(&g.fd) || g.kind == fd_kind::TTY) && !given(g.fd)
     };
     if first != i {
         let kept = img.fds().get(first).filter(|g| ours(g));
