@@ -91,6 +91,7 @@ fn relocate_self() {
     let start = core::ptr::addr_of!(__executable_start) as usize & !(PG - 1);
     let end = (core::ptr::addr_of!(_end) as usize + PG - 1) & !(PG - 1);
     let len = end - start;
+    fill_holes(start, end);
     let r = mmap(
         SELF_COPY_AT,
         len,
@@ -132,5 +133,47 @@ fn relocate_self() {
             "moving the shim into anonymous memory: errno {}",
             -ret
         ));
+    }
+}
+
+/// Map zeros in the pages of [start, end) between the shim's own
+/// segments, so that one copy of the whole range reads no hole. (The
+/// linker may leave a page unmapped between the code and the data: the
+/// packed restorers, which copy themselves, died there with SIGSEGV once
+/// the code grew past a page boundary.)
+fn fill_holes(start: usize, end: usize) {
+    let base = start;
+    let phoff = peek_u64(base + 0x20) as usize;
+    let phentsize = (peek_u32(base + 0x34) >> 16) as usize;
+    let phnum = (peek_u32(base + 0x38) & 0xffff) as usize;
+    let mut at = start;
+    while at < end {
+        let covered = (0..phnum).any(|i| {
+            let ph = base + phoff + i * phentsize;
+            if peek_u32(ph) != 1 {
+                return false; // not PT_LOAD
+            }
+            let (vaddr, memsz) = (peek_u64(ph + 16) as usize, peek_u64(ph + 40) as usize);
+            let s = vaddr & !(PG - 1);
+            let e = (vaddr + memsz + PG - 1) & !(PG - 1);
+            s <= at && at < e
+        });
+        if !covered {
+            let r = mmap(
+                at,
+                PG,
+                PROT_READ,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+                usize::MAX,
+                0,
+            );
+            if r as usize != at {
+                die(format_args!(
+                    "mapping the hole at {at:#x} in the shim: errno {}",
+                    -r
+                ));
+            }
+        }
+        at += PG;
     }
 }
