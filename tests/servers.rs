@@ -295,9 +295,18 @@ fn redis_restored_during_bgsave_finishes_the_save() {
     );
     wait_gone(&pids);
     let r = restore(&img, &[], &dir.join("out"));
+    // (A connection made while the restore had its own listener at the
+    // path for a moment, to accept the child's connection again, is
+    // turned away: reset. A client tries again, as with any restart.)
     let mut c = None;
     wait_for("the restored redis", Duration::from_secs(10), || {
-        c = UnixStream::connect(&sock).ok();
+        c = UnixStream::connect(&sock).ok().filter(|c| {
+            let mut c = c.try_clone().unwrap();
+            let mut line = String::new();
+            c.write_all(b"PING\r\n").is_ok()
+                && BufReader::new(c).read_line(&mut line).is_ok()
+                && line.trim_end() == "+PONG"
+        });
         c.is_some()
     });
     let mut c = c.unwrap();
