@@ -1164,24 +1164,34 @@ fn node_keeps_process_pid_and_capture_says_so() {
         process.stdin.once('data', () => { console.log(process.pid === require('process').pid \
         && String(process.pid) === require('fs').readlinkSync('/proc/self') ? 'PASS' : 'WRONG'); \
         process.exit(0); });";
-    let mut cmd = Command::new("node");
-    cmd.args(["-e", script]);
-    let mut t = spawn_searched_target(cmd);
-    t.wait_sleeping();
-    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
+    sanitize_fds();
+    let mut node = spawn_searched(
+        Command::new("node")
+            .args(["-e", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let pid = node.id() as i32;
+    let mut ready = String::new();
+    BufReader::new(node.stdout.as_mut().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(ready.starts_with("READY"), "{ready}");
+    wait_for("node to wait for input", Duration::from_secs(10), || {
+        state(pid) == Some('S')
+    });
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &pid.to_string()]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains(&format!("pid {} keeps its own PID in memory", t.pid)),
+        out.contains(&format!("pid {pid} keeps its own PID in memory")),
         "{out}{err}"
     );
-    let dir = scratch("node-pid");
-    let img = dir.join("img");
-    capture_killed(t.pid, &img, &[]);
-    let pid = t.pid;
-    let _ = &mut t;
-    drop(t);
-    wait_gone(&[pid]);
-    let r = Command::new(cryo())
+    let img = scratch("node-pid").join("img");
+    capture_killed(pid, &img, &[]);
+    let _ = node.wait();
+    sanitize_fds();
+    let mut r = Command::new(cryo())
         .args(["restore", "--same-pid"])
         .arg(&img)
         .stdin(Stdio::piped())
@@ -1189,7 +1199,6 @@ fn node_keeps_process_pid_and_capture_says_so() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("cryo restore");
-    let mut r = r;
     r.stdin.take().unwrap().write_all(b"x\n").unwrap();
     let out = r.wait_with_output().unwrap();
     assert_eq!(
@@ -1199,21 +1208,4 @@ fn node_keeps_process_pid_and_capture_says_so() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// [`Target::spawn`] under a PID that capture's search looks for.
-fn spawn_searched_target(mut cmd: Command) -> Target {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the hook only calls getpid (async-signal-safe).
-    unsafe {
-        cmd.pre_exec(|| {
-            if pid_searched(libc::getpid()) {
-                Ok(())
-            } else {
-                Err(std::io::Error::from_raw_os_error(libc::EAGAIN))
-            }
-        })
-    };
-    next_pid_searched();
-    Target::spawn(cmd, "node")
 }

@@ -1663,17 +1663,12 @@ pub(crate) fn connect_waiting(img: &Image, given: &[i32]) -> Result<(), RestoreE
                 )
             })
         };
-        // Without waiting: a listener whose queue filled up meanwhile
-        // (someone else connected first) is an error, not a hang.
-        let fl = sys::getfl(fd).map_err(|e| err(Why::sys("F_GETFL", e)))?;
-        sys::setfl(fd, fl | libc::O_NONBLOCK).map_err(|e| err(Why::sys("F_SETFL", e)))?;
         // (A listener bound to a relative name: from its directory.)
-        let r = match &l {
+        without_waiting(fd, || match &l {
             Some(l) => in_bind_dir(img, listener, l, connect),
             None => connect(),
-        };
-        sys::setfl(fd, fl).map_err(|e| err(Why::sys("F_SETFL", e)))?;
-        r.map_err(err)?;
+        })
+        .map_err(err)?;
     }
     Ok(())
 }
@@ -1950,26 +1945,25 @@ pub(crate) fn connect_pending(img: &Image, object: u32, fd: RawFd) -> Result<(),
     let Some(s) = img.sockets().get(object as usize) else {
         return Err(Why::Said("no socket state in the image".into()));
     };
-    let mut peer = peer_of(&s);
-    // A relative name, from the working directory its process has (as
-    // that process would connect); the name its peer reports is the
-    // listener's own either way.
-    if unix_path(&peer).is_some_and(|p| p.is_relative()) {
-        let cwd = img.str(img.process().cwd).unwrap_or("/");
-        let mut abs = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
-        abs.extend_from_slice(cwd.trim_end_matches('/').as_bytes());
-        abs.push(b'/');
-        abs.extend_from_slice(&peer[2..]);
-        peer = abs;
-    }
+    // (By its listener's name: capture refused a relative one.)
+    let peer = peer_of(&s);
+    without_waiting(fd, || {
+        sys::connect_at(fd, &peer).map_err(|e| {
+            Why::sys(
+                format!("connecting to {} again", sockaddr_display(&peer)),
+                e,
+            )
+        })
+    })
+}
+
+/// Run `connect` on `fd` made non-blocking for it: a listener whose queue
+/// filled up meanwhile (someone else connected first) is an error, not a
+/// hang. The fd's flags are as they were after.
+fn without_waiting(fd: RawFd, connect: impl FnOnce() -> Result<(), Why>) -> Result<(), Why> {
     let fl = sys::getfl(fd).map_err(|e| Why::sys("F_GETFL", e))?;
     sys::setfl(fd, fl | libc::O_NONBLOCK).map_err(|e| Why::sys("F_SETFL", e))?;
-    let r = sys::connect_at(fd, &peer).map_err(|e| {
-        Why::sys(
-            format!("connecting to {} again", sockaddr_display(&peer)),
-            e,
-        )
-    });
+    let r = connect();
     sys::setfl(fd, fl).map_err(|e| Why::sys("F_SETFL", e))?;
     r
 }

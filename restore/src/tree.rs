@@ -786,14 +786,18 @@ fn make_shared<'a>(
             None => make_one(loaded, &img, &p, verify, &made_file)
                 .map_err(|e| in_process(recs[k].pid, e))?,
         };
-        if let Source::Socket { sock, .. } = p.source {
-            // (A connection waiting in a listener, made here: connected
-            // here, or never: every holder skips it.)
-            let waiting = img
+        // A connection waiting in a listener, made here: connected here,
+        // in its place, or never (every holder skips it).
+        let waiting = match p.source {
+            Source::Socket { sock, .. } => img
                 .sockets()
                 .get(sock as usize)
-                .is_some_and(|s| s.state == cryo_image::fds::socket_state::PENDING);
-            if waiting && !crate::sockets::is_pending_elsewhere(&img, sock) {
+                .filter(|s| s.state == cryo_image::fds::socket_state::PENDING)
+                .map(|s| (sock, s.pair)),
+            _ => None,
+        };
+        if let Some((sock, pair)) = waiting {
+            if pair != cryo_image::NO_INDEX {
                 return Err(in_process(
                     recs[k].pid,
                     RestoreError::Tree(format!(
@@ -801,18 +805,16 @@ fn make_shared<'a>(
                     )),
                 ));
             }
-            if crate::sockets::is_pending_elsewhere(&img, sock) {
-                crate::sockets::connect_pending(&img, sock, fd).map_err(|why| {
-                    in_process(
-                        recs[k].pid,
-                        RestoreError::Fd {
-                            fd: n,
-                            what: "socket".into(),
-                            why,
-                        },
-                    )
-                })?;
-            }
+            crate::sockets::connect_pending(&img, sock, fd).map_err(|why| {
+                in_process(
+                    recs[k].pid,
+                    RestoreError::Fd {
+                        fd: n,
+                        what: "socket".into(),
+                        why,
+                    },
+                )
+            })?;
         }
         give(fds, fd, &mut made);
     }

@@ -128,10 +128,11 @@ impl<'a> Files<'a> {
         if path.is_empty() || path.len() >= scratch::PATH_LEN {
             die(format_args!("file {idx} has no usable path"));
         }
-        // SAFETY: the scratch mapping holds PATH_LEN bytes at PATH, used
-        // by nothing else while this file is opened.
-        let buf =
-            unsafe { core::slice::from_raw_parts_mut(scratch::PATH as *mut u8, scratch::PATH_LEN) };
+        let buf = {
+            // SAFETY: the scratch mapping holds PATH_LEN bytes at PATH,
+            // used by nothing else while this file is opened.
+            unsafe { core::slice::from_raw_parts_mut(scratch::PATH as *mut u8, scratch::PATH_LEN) }
+        };
         let path_buf = crate::c_path(path, buf);
         // SAFETY: need_rw has n bytes.
         let rw = unsafe { *self.need_rw.add(idx as usize) } != 0;

@@ -385,9 +385,10 @@ fn fork_with_pid(pid: u32) -> isize {
 pub fn fork_children(parent: &Image) {
     let me = syscall3(SYS_GETPID, 0, 0, 0) as u32;
     map_anon_at(STAND_INS_AT, STAND_INS_LEN, "the list of stand-ins");
-    // SAFETY: STAND_INS_LEN bytes just mapped, ours alone; u32 aligned.
-    let list =
-        unsafe { core::slice::from_raw_parts_mut(STAND_INS_AT as *mut u32, STAND_INS_LEN / 4) };
+    let list = {
+        // SAFETY: STAND_INS_LEN bytes just mapped, ours alone; u32 aligned.
+        unsafe { core::slice::from_raw_parts_mut(STAND_INS_AT as *mut u32, STAND_INS_LEN / 4) }
+    };
     // Every stand-in among the children, the whole list read first (it
     // changes as they are forked), then forked; again while the list was
     // full.

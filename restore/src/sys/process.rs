@@ -26,7 +26,8 @@ pub fn fork() -> io::Result<Forked> {
     // (malloc's, stdio's) that the child then finds held forever; restore
     // runs one thread when it forks (the module's invariant), so what the
     // child does after fork is as safe as it was before.
-    Ok(match unsafe { nix::unistd::fork() }? {
+    let forked = unsafe { nix::unistd::fork() }?;
+    Ok(match forked {
         nix::unistd::ForkResult::Child => Forked::Child,
         nix::unistd::ForkResult::Parent { child } => Forked::Parent(child.as_raw()),
     })
