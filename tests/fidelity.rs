@@ -466,6 +466,32 @@ fn every_obstacle_at_once() {
     unsafe { libc::kill(t.pid, libc::SIGKILL) };
 }
 
+/// A process given AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM) is
+/// refused by name where the machine has AMX (it would come back without
+/// the permission: SIGILL at its next tile instruction); elsewhere the
+/// request fails and the case is restored like any other.
+#[test]
+fn amx_permission_is_refused_where_there_is_amx() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    if !cpuinfo.contains(" amx_tile") {
+        case("amx");
+        return;
+    }
+    let dir = scratch("fidelity-amx");
+    let t = Target::spawn(fidelity_cmd("amx", &dir), "fidelity");
+    t.wait_stopped();
+    let pid = t.pid.to_string();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &pid, img.to_str().unwrap()]);
+    assert_eq!(code, 1, "refused: {err}");
+    assert!(err.contains("AMX tile state"), "{err}");
+    assert!(!img.exists(), "nothing written");
+    assert_eq!(state(t.pid), Some('T'), "left stopped, as it was");
+    t.cont();
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, "PASS amx"), "{err}");
+}
+
 /// What would come back wrong is refused by name, not restored wrongly:
 /// a unix socket bound to a relative name from a directory the process
 /// has left (where it was bound is recorded nowhere), a datagram waiting

@@ -577,6 +577,7 @@ pub(crate) fn inspect(
     let timers = procinfo::timers(pid)?;
     let mut task = cryo_image::task::TaskState::default();
     let mut securebits = 0;
+    let mut xcomp_perm = 0u64;
     {
         let mut rem = Remote::new(t, vdso.0, &vdso.1)?;
         let r = (|| -> Result<(), InjectError> {
@@ -584,12 +585,14 @@ pub(crate) fn inspect(
             crate::timers::inject(&mut rem, &timers, &mut b)?;
             securebits = crate::task::injected(&mut rem, &mut task)?;
             b.process.clear_child_tid = crate::threads::tid_address(&mut rem)?;
+            xcomp_perm = crate::task::xcomp_perm(&mut rem)?;
             Ok(())
         })();
         let fin = rem.finish();
         r?;
         fin?;
     }
+    crate::task::amx_obstacle(xcomp_perm, &mut obs);
     crate::task::outside(pid, &mut task);
     let tids: Vec<i32> = g.others.iter().map(|t| t.pid()).collect();
     task.cgroups = b.strings.add(&crate::task::cgroups(pid, &tids, &mut obs));

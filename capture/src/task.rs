@@ -105,6 +105,27 @@ pub fn injected(rem: &mut Remote, t: &mut TaskState) -> Result<u32, InjectError>
     Ok(if securebits < 0 { 0 } else { securebits as u32 })
 }
 
+/// The dynamic xsave features the process was given (arch_prctl
+/// ARCH_GET_XCOMP_PERM); 0 where the kernel does not tell.
+pub fn xcomp_perm(rem: &mut Remote) -> Result<u64, InjectError> {
+    const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
+    Ok(rem
+        .query_word(libc::SYS_arch_prctl, [ARCH_GET_XCOMP_PERM, 0, 0, 0, 0], 1)?
+        .unwrap_or(0))
+}
+
+/// AMX: a process given tile data (ARCH_REQ_XCOMP_PERM) would come back
+/// without the permission (its next tile instruction: SIGILL) and without
+/// its tiles. The shim restores every other xsave feature.
+pub fn amx_obstacle(perm: u64, obs: &mut Obstacles) {
+    const XTILEDATA: u64 = 1 << 18;
+    if perm & XTILEDATA != 0 {
+        obs.push(
+            "the process asked for AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM): cryo cannot give back that permission or the tiles",
+        );
+    }
+}
+
 /// A task's scheduling: nice, policy, RT priority (UNKNOWN where the
 /// kernel would not tell) and CPU affinity (CPUs 0-1023).
 pub struct Sched {

@@ -74,6 +74,30 @@ fn resume_regs(restart: &Regs, raw: &Regs, blocked: u64) -> Regs {
     *restart
 }
 
+/// XFEATURE_XTILEDATA (AMX tile data, 8 KiB): a dynamic feature. XCR0
+/// has it wherever the CPU does, and ptrace's xsave area includes it, but a
+/// task gets it only by asking (arch_prctl ARCH_REQ_XCOMP_PERM) and then
+/// using it; until then `rt_sigreturn` takes an area only up to the end of
+/// the other features, and from a larger one restores x87 and SSE alone
+/// (every AVX and AVX-512 register of the program came back zero).
+const XTILEDATA: u64 = 1 << 18;
+
+/// The size of a standard-format xsave area holding the features of
+/// `xcr0` (their offsets and sizes from CPUID leaf 0xD), at least the
+/// legacy area and the header.
+fn signal_xsave_size(xcr0: u64) -> usize {
+    let mut end = 576;
+    for bit in 2..64u32 {
+        if xcr0 & (1 << bit) != 0 {
+            // (Leaf 0xD exists where XCR0 does: captured on an XSAVE
+            // machine, checked equal here.)
+            let r = core::arch::x86_64::__cpuid_count(0xd, bit);
+            end = end.max(r.ebx as usize + r.eax as usize);
+        }
+    }
+    end
+}
+
 /// Build the kernel's x86_64 `struct rt_sigframe` below `top`: pretcode,
 /// ucontext (flags, link, altstack, sigcontext, mask), siginfo, then the
 /// xsave area if any (64-byte aligned, with the `_fpx_sw_bytes` software
@@ -93,12 +117,16 @@ pub fn write(
     let mut fp = 0usize;
     let mut below = top;
     if let Some((xsave, xcr0)) = xsave {
-        let xsize = xsave.len();
+        let xcr0 = xcr0 & !XTILEDATA;
+        let xsize = signal_xsave_size(xcr0).min(xsave.len());
         fp = (top - xsize - 4) & !63;
         // SAFETY: fp..fp+xsize+4 lies on the program's stack below its red
         // zone (memory the kernel itself would use for a signal frame),
-        // mapped writable above; xsave has xsize bytes.
+        // mapped writable above; xsave has at least xsize bytes.
         unsafe { core::ptr::copy_nonoverlapping(xsave.as_ptr(), fp as *mut u8, xsize) };
+        // The header's XSTATE_BV without tile data (capture refuses a
+        // program whose tiles hold data).
+        poke_u64(fp + 512, peek_u64(fp + 512) & !XTILEDATA);
         // _fpx_sw_bytes at offset 464 of the legacy area (ptrace put XCR0 there).
         poke_u32(fp + 464, 0x4650_5853); // FP_XSTATE_MAGIC1
         poke_u32(fp + 468, xsize as u32 + 4); // extended_size

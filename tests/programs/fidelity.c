@@ -2325,6 +2325,13 @@ static void seccomp_threads_check(void) {
     CHECK(pthread_join(st_th, NULL) == 0, "join");
 }
 
+/* amx: ask for AMX tile state (a no-op where the CPU or kernel has none:
+ * then the case is "basic"); capture must refuse a process given it. */
+static void amx_setup(void) {
+    long r = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */);
+    fprintf(stderr, "INFO amx %s\n", r == 0 ? "granted" : "unavailable");
+}
+
 struct fcase {
     const char *name;
     void (*setup)(void);
@@ -2370,6 +2377,7 @@ static const struct fcase cases[] = {
     {"thread-creds", thread_creds_setup, thread_creds_check, thread_creds_settle},
     {"no-vdso", no_vdso_setup, no_vdso_check, NULL},
     {"seccomp-threads", seccomp_threads_setup, seccomp_threads_check, seccomp_threads_settle},
+    {"amx", amx_setup, none, NULL},
     {"refuse", refuse_setup, refuse_check, NULL},
     {"refuse2", refuse2_setup, refuse_check, NULL},
 };
