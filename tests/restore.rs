@@ -431,7 +431,7 @@ fn maps_equal_of(tag: &str, mode: &[&str], name: &str, args: &[&str], pass: &str
     // SAFETY: kill takes integers.
     unsafe { libc::kill(r.pid, libc::SIGCONT) };
     let (code, out, err) = r.finish();
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 0, "{err}\n{out}");
     assert!(last_line(&out).starts_with(pass), "{out}");
 }
 
@@ -612,6 +612,38 @@ fn lazy_threads_fault_together() {
 #[test]
 fn lazy_every_word_checked() {
     lazy_case("check");
+}
+
+/// Walks with a fixed stride, up and down, and a drop ahead of the walk
+/// midway: the page server follows a walk (copies ahead of it; on demand
+/// --lazy-stats counts them) and never brings back a page the program
+/// dropped, even one it had already copied ahead.
+#[test]
+fn lazy_strided_walks_are_followed_and_drops_stay_zero() {
+    let args = ["stride", "16"];
+    let expected = plain_run("c-lazy", &args, "stop");
+    assert!(expected.starts_with("PASS "), "plain run: {expected}");
+    let img = capture_killed("c-lazy", &args, "stop", "lazy-stride");
+    for lazy in LAZY_MODES {
+        let f = img
+            .parent()
+            .unwrap()
+            .join(format!("stride-stats-{}", lazy.len()));
+        let (code, out, err) =
+            Restored::start(&img, &[lazy, "--lazy-stats", f.to_str().unwrap()]).finish();
+        assert_eq!(
+            (code, last_line(&out)),
+            (0, expected.as_str()),
+            "{lazy}: stderr:\n{err}"
+        );
+        let text = std::fs::read_to_string(&f).expect("stats written");
+        let st: serde_json::Value = serde_json::from_str(&text).expect("stats JSON");
+        // (In background mode the stream may have brought the walk's
+        // pages in first.)
+        if lazy == "--lazy=on-demand" {
+            assert!(st["stride_pages"].as_u64().unwrap() > 0, "{st}");
+        }
+    }
 }
 
 /// pids of processes whose parent is `ppid`.

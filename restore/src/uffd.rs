@@ -10,6 +10,8 @@ use cryo_image::handoff::uffd as abi;
 const UFFDIO_COPY: libc::c_ulong = abi::UFFDIO_COPY as libc::c_ulong;
 const UFFDIO_ZEROPAGE: libc::c_ulong = abi::UFFDIO_ZEROPAGE as libc::c_ulong;
 const UFFDIO_WAKE: libc::c_ulong = abi::UFFDIO_WAKE as libc::c_ulong;
+/// uffdio_copy.mode: do not wake the range's waiters.
+const UFFDIO_COPY_MODE_DONTWAKE: u64 = 1;
 const UFFDIO_API: libc::c_ulong = abi::UFFDIO_API as libc::c_ulong;
 /// The features the shim asks for (the same constant it uses).
 pub const FEATURES: u64 = abi::CRYO_FEATURES;
@@ -145,8 +147,11 @@ impl Uffd {
 
     /// UFFDIO_COPY the bytes of `src` to `dst` in the process. Returns the
     /// outcome and the bytes copied.
-    pub fn copy(&self, dst: u64, src: &[u8]) -> (Fill, u64) {
-        let mut a = [dst, src.as_ptr() as u64, src.len() as u64, 0, 0];
+    /// `wake`: wake what waits on the range (else its fault, read later,
+    /// finds the page there and wakes it then).
+    pub fn copy(&self, dst: u64, src: &[u8], wake: bool) -> (Fill, u64) {
+        let mode = if wake { 0 } else { UFFDIO_COPY_MODE_DONTWAKE };
+        let mut a = [dst, src.as_ptr() as u64, src.len() as u64, mode, 0];
         self.ioctl_fill(UFFDIO_COPY, &mut a, 4)
     }
 

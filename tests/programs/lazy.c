@@ -17,6 +17,11 @@
  *             grow a third in place; expect the data to follow, zeros in
  *             the grown part, and the unmapped range gone
  *   slow      touch one page every 2 ms (for killing the page server)
+ *   stride    walks with a fixed stride (which the page server follows,
+ *             copying ahead): one word every 16 pages up the first half,
+ *             dropping (MADV_DONTNEED) a stretch ahead of the walk
+ *             midway, which must then read zeros; every 3 pages down the
+ *             second half; then every word (zeros where dropped)
  *   threads   eight threads wait at a barrier across the capture; after
  *             it six read every word at once, in the same order (faults
  *             on the same pages at the same time), one drops and moves
@@ -209,6 +214,27 @@ int main(int argc, char **argv) {
         for (int i = 1; i < NTH - 2; i++)
             if (tsum[i] != tsum[0]) return fail("thread sums differ", (size_t)i);
         sum = tsum[0];
+    } else if (!strcmp(mode, "stride")) {
+        size_t pw = PAGE / 8, half = pages / 2;
+        size_t d0 = 70 * 16, d1 = 100 * 16; /* dropped pages [d0, d1) */
+        for (size_t pg = 0; pg < half; pg += 16) {
+            if (pg == 60 * 16 && madvise((char *)h + d0 * PAGE, (d1 - d0) * PAGE, MADV_DONTNEED))
+                return fail("madvise", 0);
+            size_t w = pg * pw + 5;
+            uint64_t want = pg >= d0 && pg < d1 ? 0 : pat(w);
+            if (h[w] != want) return fail("walk up", w);
+            sum += h[w];
+        }
+        for (size_t pg = pages - 1; pg >= half; pg -= 3) {
+            size_t w = pg * pw + 7;
+            if (h[w] != pat(w)) return fail("walk down", w);
+            sum += h[w];
+        }
+        for (size_t i = 0; i < words; i++) {
+            uint64_t want = i >= d0 * pw && i < d1 * pw ? 0 : pat(i);
+            if (h[i] != want) return fail("data after the walks", i);
+            sum += h[i];
+        }
     } else if (!strcmp(mode, "slow")) {
         for (size_t pg = 0; pg < pages; pg++) {
             size_t w = pg * (PAGE / 8);

@@ -21,6 +21,7 @@ mod layout;
 mod server;
 mod space;
 mod stats;
+mod stride;
 mod working_set;
 
 use crate::uffd::{self, Mapped, Uffd};
@@ -49,6 +50,11 @@ const FAULT_AROUND: u64 = 16;
 /// for it (and so does the program's exit, for the mmap lock). 64 KiB
 /// first, doubling up to this (8 MiB measured 4x slower exits at 1 %).
 const MAX_BATCH: u64 = 128 << 10;
+
+/// Pages copied ahead of a walk with a fixed stride between two reads
+/// of the uffds (`stride`): a fault that arrives meanwhile waits for at
+/// most these few copies (~3 µs each).
+const STRIDE_STEP: u64 = 4;
 
 /// How long the on-demand server keeps polling without sleeping after a
 /// fault (docs/benchmarks.md, "Lazy faults").
@@ -200,7 +206,17 @@ fn serve(
             std::thread::yield_now(); // sched_yield
             continue;
         }
-        let streaming = mode == Mode::Background || !root_alive;
+        // A walk with a fixed stride: the pages ahead of it before
+        // anything else (in background mode the stream waits: the walk is
+        // what the program waits for), a few between two reads.
+        if srv.stride_step()? {
+            continue;
+        }
+        // While the program walks, its faults come first: no stream
+        // batch for them to wait behind (the walk's own pages come in
+        // ahead of it above).
+        let background = mode == Mode::Background || !root_alive;
+        let streaming = background && !srv.walking();
         if streaming {
             // Faults first: only stream when nothing waits.
             let mut any = false;
@@ -240,7 +256,7 @@ fn serve(
             events: libc::POLLIN,
             revents: 0,
         });
-        let r = uffd::poll(&mut fds, 1000);
+        let r = uffd::poll(&mut fds, if background { 1 } else { 1000 });
         let exited = pidfd >= 0 && fds.last().is_some_and(|p| p.revents != 0);
         if exited {
             root_alive = false;

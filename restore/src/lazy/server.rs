@@ -5,7 +5,7 @@
 use super::layout::{Bits, Layout};
 use super::space::Space;
 use super::stats::Stats;
-use super::{Fatal, FAULT_AROUND, MAP_AHEAD, PG};
+use super::{Fatal, FAULT_AROUND, MAP_AHEAD, PG, STRIDE_STEP};
 use crate::uffd::{send_fd, Fill, Mapped, Msg, Uffd};
 use cryo_image::SUMS_PER_BLOCK;
 use std::os::fd::RawFd;
@@ -109,17 +109,22 @@ impl<'a> Server<'a> {
 
     /// Fill every pending page of space `s` in [lo, hi), each stretch that
     /// is contiguous in memory and in pages.img with one copy.
+    /// `wake`: wake what waits there at once (the background stream does
+    /// not: a fault its copy answers is still read and woken after it, so
+    /// the server sees where the program goes even when the stream keeps
+    /// just ahead of it).
     fn fill_range(
         &mut self,
         s: usize,
         lo: u64,
         hi: u64,
         count: &mut u64,
+        wake: bool,
     ) -> Result<Outcome, Fatal> {
         let pieces = self.spaces[s].pieces(&self.layout, lo, hi);
         for p in pieces {
             self.ready(p.dst, p.src, p.len)?;
-            let (outcome, done) = self.copy(s, p.dst, p.src, p.len);
+            let (outcome, done) = self.copy(s, p.dst, p.src, p.len, wake);
             if done > 0 {
                 self.spaces[s].drop_range(&self.layout, p.dst, p.dst + done);
             }
@@ -141,7 +146,7 @@ impl<'a> Server<'a> {
 
     /// UFFDIO_COPY with the kernel's partial results handled. Returns the
     /// outcome and how many bytes from `dst` on are now present.
-    fn copy(&mut self, s: usize, dst: u64, src: u64, len: u64) -> (Outcome, u64) {
+    fn copy(&mut self, s: usize, dst: u64, src: u64, len: u64, wake: bool) -> (Outcome, u64) {
         let mut done = 0u64;
         // After ENOENT for a range of pages: one page at a time, because
         // the kernel refuses a copy that crosses from one mapping into the
@@ -153,7 +158,7 @@ impl<'a> Server<'a> {
             let Some(bytes) = self.pages.get(src + done, want) else {
                 return (Outcome::Gone, done);
             };
-            let (f, n) = self.spaces[s].uffd.copy(dst + done, bytes);
+            let (f, n) = self.spaces[s].uffd.copy(dst + done, bytes, wake);
             match f {
                 Fill::Done => {
                     done += want;
@@ -198,6 +203,12 @@ impl<'a> Server<'a> {
     fn fault(&mut self, s: usize, addr: u64) -> Result<Outcome, Fatal> {
         let page = addr & !(PG - 1);
         let t = Instant::now();
+        // Every fault tells where the program goes, also one whose page a
+        // copy brought in since (the stream, running just ahead of a walk
+        // it then paces).
+        if !self.recording {
+            self.spaces[s].stride.fault(page);
+        }
         if self.spaces[s].is_pending(&self.layout, page) {
             let mut n = 0;
             // A fault in a block of FAULT_AROUND pages (64 KiB) where the
@@ -214,7 +225,7 @@ impl<'a> Server<'a> {
             } else {
                 (page, page + PG)
             };
-            let o = self.fill_range(s, lo, hi, &mut n)?;
+            let o = self.fill_range(s, lo, hi, &mut n, true)?;
             if matches!(o, Outcome::Done) {
                 self.stats.faults += 1;
                 self.stats.fault_pages += n;
@@ -292,6 +303,7 @@ impl<'a> Server<'a> {
                             root: false,
                             cursor: 0,
                             retry: Vec::new(),
+                            stride: Default::default(),
                         };
                         self.spaces.push(child);
                     }
@@ -379,7 +391,7 @@ impl<'a> Server<'a> {
         };
         let end = start.saturating_add(budget);
         let mut count = 0;
-        match self.fill_range(s, start, end, &mut count)? {
+        match self.fill_range(s, start, end, &mut count, false)? {
             Outcome::Done => {
                 let sp = &mut self.spaces[s];
                 if sp.moved_at(start).is_none() {
@@ -394,6 +406,55 @@ impl<'a> Server<'a> {
         }
         self.stats.background_pages += count;
         Ok(true)
+    }
+
+    /// Copy a few pages ahead of each space's walk with a fixed stride
+    /// (`super::stride`), if it has one. Returns whether there was any
+    /// such work (the caller reads the uffds again before more).
+    pub(super) fn stride_step(&mut self) -> Result<bool, Fatal> {
+        if self.recording {
+            return Ok(false);
+        }
+        let mut any = false;
+        let mut s = 0;
+        while s < self.spaces.len() {
+            let (mut copied, mut looked) = (0, 0);
+            while copied < STRIDE_STEP && looked < 8 * STRIDE_STEP {
+                let Some(a) = self.spaces[s].stride.next_page() else {
+                    break;
+                };
+                looked += 1;
+                any = true;
+                // Only what is still to come from the image: a point the
+                // program dropped, or with no data, stays as it is.
+                if !self.spaces[s].is_pending(&self.layout, a) {
+                    continue;
+                }
+                let mut n = 0;
+                match self.fill_range(s, a, a + PG, &mut n, true)? {
+                    Outcome::Done => {
+                        copied += 1;
+                        self.stats.stride_pages += n;
+                    }
+                    Outcome::Again => {
+                        // Events first; this page again after them.
+                        self.spaces[s].stride.unnext(a);
+                        return Ok(true);
+                    }
+                    Outcome::Gone | Outcome::Failed(_) => {
+                        self.spaces.remove(s);
+                        return Ok(true);
+                    }
+                }
+            }
+            s += 1;
+        }
+        Ok(any)
+    }
+
+    /// Whether a program is on a walk with a fixed stride right now.
+    pub(super) fn walking(&self) -> bool {
+        self.spaces.iter().any(|sp| sp.stride.walking())
     }
 
     /// Copy the recorded working set (page addresses) before the program
@@ -411,7 +472,7 @@ impl<'a> Server<'a> {
             let (lo, hi) = (pages[k], pages[e - 1] + PG);
             k = e;
             let mut count = 0;
-            while let Outcome::Again = self.fill_range(0, lo, hi, &mut count)? {
+            while let Outcome::Again = self.fill_range(0, lo, hi, &mut count, true)? {
                 self.pump_all()?;
             }
             if count > 0 {

@@ -2,6 +2,7 @@
 //! image, and how the program's REMOVE, UNMAP and REMAP events change that.
 
 use super::layout::{Bits, Layout};
+use super::stride::Stride;
 use super::PG;
 use crate::uffd::Uffd;
 
@@ -42,6 +43,8 @@ pub(super) struct Space {
     /// EAGAIN (an event's producer has not finished it). They are never
     /// dropped: nothing would ask for them again.
     pub(super) retry: Vec<u64>,
+    /// Its program's walk with a fixed stride, if any (`super::stride`).
+    pub(super) stride: Stride,
 }
 
 impl Space {
@@ -53,6 +56,7 @@ impl Space {
             root,
             cursor: 0,
             retry: Vec::new(),
+            stride: Stride::default(),
         }
     }
 
@@ -340,6 +344,7 @@ mod tests {
             root: false,
             cursor: 0,
             retry: Vec::new(),
+            stride: Default::default(),
         };
         assert_eq!(pending(&child, &l), pending(&s, &l));
     }

@@ -8,6 +8,8 @@ pub(super) struct Stats {
     pub(super) background_pages: u64,
     pub(super) prefetch_pages: u64,
     pub(super) prefetch_copies: u64,
+    /// Pages copied ahead of a walk with a fixed stride.
+    pub(super) stride_pages: u64,
     pub(super) forks: u64,
     /// Pages checksummed (and sums.img blocks), and the time spent on it.
     pub(super) verified_pages: u64,
@@ -30,13 +32,14 @@ pub(super) fn stats_json(st: &mut Stats) -> String {
         }
     };
     format!(
-        "{{\"faults\":{},\"zero_faults\":{},\"fault_pages\":{},\"background_pages\":{},\"prefetch_pages\":{},\"prefetch_copies\":{},\"forks\":{},\"removes\":{},\"unmaps\":{},\"remaps\":{},\"verified_pages\":{},\"verified_blocks\":{},\"verify_ns\":{},\"fault_service_ns_p10\":{},\"fault_service_ns_median\":{},\"fault_service_ns_p90\":{}}}\n",
+        "{{\"faults\":{},\"zero_faults\":{},\"fault_pages\":{},\"background_pages\":{},\"prefetch_pages\":{},\"prefetch_copies\":{},\"stride_pages\":{},\"forks\":{},\"removes\":{},\"unmaps\":{},\"remaps\":{},\"verified_pages\":{},\"verified_blocks\":{},\"verify_ns\":{},\"fault_service_ns_p10\":{},\"fault_service_ns_median\":{},\"fault_service_ns_p90\":{}}}\n",
         st.faults,
         st.zero_faults,
         st.fault_pages,
         st.background_pages,
         st.prefetch_pages,
         st.prefetch_copies,
+        st.stride_pages,
         st.forks,
         st.removes,
         st.unmaps,
