@@ -195,7 +195,7 @@ fn serve(
         if srv.spaces.is_empty() {
             break;
         }
-        let now_served = srv.stats.faults + srv.stats.zero_faults;
+        let now_served = srv.stats.faults + srv.stats.zero_faults + srv.stats.answered_faults;
         if now_served != served {
             served = now_served;
             last_fault = std::time::Instant::now();
@@ -222,10 +222,17 @@ fn serve(
             let mut any = false;
             let mut s = 0;
             while s < srv.spaces.len() {
+                let n = srv.spaces.len();
                 if srv.stream(s, budget)? {
                     any = true;
                 }
-                s += 1;
+                // (A space whose process is gone was removed: the next
+                // one is at s now.)
+                if srv.spaces.len() == n {
+                    s += 1;
+                } else {
+                    any = true;
+                }
             }
             budget = (budget * 2).min(MAX_BATCH);
             if !any {
@@ -269,10 +276,13 @@ fn serve(
             // space whose process is gone fails with ESRCH and drops it.
             let mut s = 0;
             while s < srv.spaces.len() {
+                let n = srv.spaces.len();
                 if !srv.spaces[s].root {
                     srv.stream(s, PG)?;
                 }
-                s += 1;
+                if srv.spaces.len() == n {
+                    s += 1;
+                }
             }
         }
     }

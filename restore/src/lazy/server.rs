@@ -245,6 +245,9 @@ impl<'a> Server<'a> {
                 Outcome::Done
             }
             Fill::Exists | Fill::NoVma => {
+                // (Answered meanwhile: by the stream, or another thread's
+                // fault on the same page.)
+                self.stats.answered_faults += 1;
                 self.spaces[s].uffd.wake(page, PG);
                 Outcome::Done
             }
@@ -437,8 +440,10 @@ impl<'a> Server<'a> {
                         self.stats.stride_pages += n;
                     }
                     Outcome::Again => {
-                        // Events first; this page again after them.
+                        // Events first; this page again after them, once
+                        // the thread whose event it waits for has run.
                         self.spaces[s].stride.unnext(a);
+                        std::thread::yield_now(); // sched_yield
                         return Ok(true);
                     }
                     Outcome::Gone | Outcome::Failed(_) => {

@@ -4,6 +4,9 @@
 pub(super) struct Stats {
     pub(super) faults: u64,
     pub(super) zero_faults: u64,
+    /// Faults whose page was there when they were read (the stream's copy
+    /// answered them, or another thread's fault on the same page).
+    pub(super) answered_faults: u64,
     pub(super) fault_pages: u64,
     pub(super) background_pages: u64,
     pub(super) prefetch_pages: u64,
@@ -32,9 +35,10 @@ pub(super) fn stats_json(st: &mut Stats) -> String {
         }
     };
     format!(
-        "{{\"faults\":{},\"zero_faults\":{},\"fault_pages\":{},\"background_pages\":{},\"prefetch_pages\":{},\"prefetch_copies\":{},\"stride_pages\":{},\"forks\":{},\"removes\":{},\"unmaps\":{},\"remaps\":{},\"verified_pages\":{},\"verified_blocks\":{},\"verify_ns\":{},\"fault_service_ns_p10\":{},\"fault_service_ns_median\":{},\"fault_service_ns_p90\":{}}}\n",
+        "{{\"faults\":{},\"zero_faults\":{},\"answered_faults\":{},\"fault_pages\":{},\"background_pages\":{},\"prefetch_pages\":{},\"prefetch_copies\":{},\"stride_pages\":{},\"forks\":{},\"removes\":{},\"unmaps\":{},\"remaps\":{},\"verified_pages\":{},\"verified_blocks\":{},\"verify_ns\":{},\"fault_service_ns_p10\":{},\"fault_service_ns_median\":{},\"fault_service_ns_p90\":{}}}\n",
         st.faults,
         st.zero_faults,
+        st.answered_faults,
         st.fault_pages,
         st.background_pages,
         st.prefetch_pages,

@@ -23,7 +23,7 @@ const LOCK_AFTER: u32 = 3;
 const MAX_HITS: u32 = 6;
 /// A locked walk whose last fault is more recent than this is still
 /// going on (background streaming waits for it).
-const WALKING: Duration = Duration::from_millis(2);
+const WALKING: Duration = Duration::from_millis(10);
 /// Faults without following a walk after one turned out a dense scan.
 const QUIET: u32 = 256;
 /// Strides the server follows: at least two pages (one page apart is a
@@ -100,16 +100,27 @@ impl Stride {
                         // the walk is finer than thought (two of its points
                         // to each stream batch the program followed), or
                         // it is no walk (a dense scan paced by the stream).
+                        // A page next to a point: a dense scan. The next
+                        // point of a finer lattice: the walk's. Anything
+                        // else: a stray.
                         let r = (d % self.stride).unsigned_abs();
-                        if r >= MIN_STRIDE && self.stride.unsigned_abs().is_multiple_of(r) {
+                        if r < MIN_STRIDE {
+                            self.quiet = QUIET;
+                            self.hits = 0;
+                        } else if d.unsigned_abs() < self.stride.unsigned_abs()
+                            && self.stride.unsigned_abs().is_multiple_of(r)
+                        {
                             self.stride = r as i64 * self.stride.signum();
                             self.last = Some(page);
                             self.next = self.point(page, 1).unwrap_or(page);
                             self.at = Some(Instant::now());
                             return;
+                        } else {
+                            self.hits -= 1;
+                            if self.locked() {
+                                return;
+                            }
                         }
-                        self.quiet = QUIET;
-                        self.hits = 0;
                     } else {
                         self.hits -= 1;
                         if self.locked() {
@@ -264,6 +275,19 @@ mod tests {
         let more: Vec<u64> = (1..=QUIET as u64).map(|k| 1000 + 10 * k).collect();
         walk(&mut s, &more);
         assert!(s.locked());
+    }
+
+    #[test]
+    fn a_stray_fault_within_reach_of_the_walk_is_forgiven_too() {
+        let mut s = Stride::default();
+        walk(&mut s, &[0, 16, 32, 48, 64]);
+        // 1603 and 1608 pages on: within 257 points of 16 pages, on no
+        // lattice point, not next to one (1608: on a finer one, but not
+        // the next point of it).
+        walk(&mut s, &[64 + 1603, 64 + 1608]);
+        assert!(s.locked());
+        walk(&mut s, &[80]);
+        assert_eq!(ahead(&mut s, 1), [96]);
     }
 
     #[test]
