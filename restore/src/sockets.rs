@@ -187,7 +187,10 @@ fn make_repaired(
         sys::send_all(fd.as_fd(), piece)
             .map_err(|e| Why::sys("putting back the bytes waiting to be read", e))?;
     }
-    let w: Vec<u8> = t.window.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let w: Vec<u8> = consistent_window(t.window, t.rcv_seq)
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect();
     set(TCP_REPAIR_WINDOW, "TCP_REPAIR_WINDOW", &w)?;
     // Still in repair mode: it leaves it in `finish_repair`, once every
     // process of the tree has its sockets (its peer may be one of them,
@@ -2387,4 +2390,45 @@ pub(crate) fn make_pair(
         set_status_flags(fd.as_raw_fd(), e.fd.flags as i32).map_err(|x| err(e, Why::from(x)))?;
     }
     Ok((a, b, later))
+}
+
+/// TCP_REPAIR_WINDOW's values (snd_wl1, snd_wnd, max_window, rcv_wnd,
+/// rcv_wup) made consistent with the receive sequence `rcv_nxt` the
+/// restore gives the socket, as the kernel demands (else EINVAL). A
+/// segment that arrived out of order (after a hole: one the network lock
+/// dropped while the next was already past it, or a full receive buffer)
+/// updated the window from its sequence number, ahead of `rcv_nxt`; its
+/// bytes, in the out-of-order queue, are not captured (the peer sends
+/// them again), so the window is taken as if it never came: snd_wl1 at
+/// `rcv_nxt`. (zdtm socket-tcpbuf, 1 run in 3 here: snd_wl1 327 415 bytes
+/// past rcv_nxt, with a 131 072-byte window.)
+fn consistent_window(w: [u32; 5], rcv_nxt: u32) -> [u32; 5] {
+    let after = |a: u32, b: u32| (b.wrapping_sub(a) as i32) < 0;
+    let [mut snd_wl1, snd_wnd, mut max_window, rcv_wnd, mut rcv_wup] = w;
+    if after(snd_wl1, rcv_nxt.wrapping_add(rcv_wnd)) {
+        snd_wl1 = rcv_nxt;
+    }
+    if after(rcv_wup, rcv_nxt) {
+        rcv_wup = rcv_nxt;
+    }
+    max_window = max_window.max(snd_wnd);
+    [snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::consistent_window;
+
+    #[test]
+    fn the_window_is_made_consistent_with_the_receive_sequence() {
+        // socket-tcpbuf's: snd_wl1 past rcv_nxt + rcv_wnd.
+        let w = [2198586009, 1024, 65536, 131072, 2198258594];
+        assert_eq!(
+            consistent_window(w, 2198258594),
+            [2198258594, 1024, 65536, 131072, 2198258594]
+        );
+        // Consistent already (and across the wrap of 2^32): unchanged.
+        let w = [5, 65536, 65536, 65536, u32::MAX - 10];
+        assert_eq!(consistent_window(w, u32::MAX - 10), w);
+    }
 }
