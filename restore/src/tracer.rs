@@ -166,40 +166,6 @@ fn tracer_main(
     }
     // The target is alive (it waits for our 'R').
     let pidfd = sys::pidfd_open(target).ok();
-    let mut server_pid = None;
-    if let Some(s) = server {
-        let (keep_a, keep_b) = match crate::lazy::socketpair() {
-            Ok(v) => v,
-            Err(e) => {
-                say(&format!("socketpair for the page server: {e}"));
-                // No 'R': the restore fails.
-                sys::exit_now(1)
-            }
-        };
-        // This process is single-threaded: see sys::fork.
-        let forked = sys::fork();
-        if let Ok(Forked::Child) = forked {
-            // Fds the server does not use.
-            drop(w);
-            sys::close(keep_a);
-            drop(pidfd);
-            let rc = crate::lazy::run(
-                s.img,
-                (&s.pages, &s.sums),
-                &s.cfg,
-                s.server_end,
-                keep_b,
-                target,
-            );
-            sys::exit_now(rc);
-        }
-        // The watchdog keeps keep_a (children's uffds queue there) and
-        // server_end (the second copy of the uffd queues there).
-        sys::close(keep_b);
-        if let Ok(Forked::Parent(pid)) = forked {
-            server_pid = Some(pid);
-        }
-    }
     // (Not tracing: a lazy restore the shim finishes itself, where this
     // process is only the page server's parent and watchdog.)
     let seized = if seize {
@@ -224,6 +190,49 @@ fn tracer_main(
     drop(w);
     if seized.is_err() {
         sys::exit_now(1);
+    }
+    // The page server is forked after the 'R', while `cryo restore` execs
+    // the shim (which sends it the uffd through a socket that holds it
+    // meanwhile, and waits for its go only at the end): one fork less
+    // before the program starts.
+    let mut server_pid = None;
+    if let Some(s) = server {
+        let (keep_a, keep_b) = match crate::lazy::socketpair() {
+            Ok(v) => v,
+            Err(e) => {
+                say(&format!("socketpair for the page server: {e}"));
+                kill_all(target, pidfd.as_ref().map(|p| p.as_fd()));
+                sys::exit_now(1)
+            }
+        };
+        // This process is single-threaded: see sys::fork.
+        let forked = sys::fork();
+        if let Ok(Forked::Child) = forked {
+            // Fds the server does not use.
+            sys::close(keep_a);
+            drop(pidfd);
+            let rc = crate::lazy::run(
+                s.img,
+                (&s.pages, &s.sums),
+                &s.cfg,
+                s.server_end,
+                keep_b,
+                target,
+            );
+            sys::exit_now(rc);
+        }
+        // The watchdog keeps keep_a (children's uffds queue there) and
+        // server_end (the second copy of the uffd queues there).
+        sys::close(keep_b);
+        match forked {
+            Ok(Forked::Parent(pid)) => server_pid = Some(pid),
+            // The shim would wait for the server's go for ever.
+            _ => {
+                say("forking the page server failed; killing the restored process");
+                kill_all(target, pidfd.as_ref().map(|p| p.as_fd()));
+                sys::exit_now(1)
+            }
+        }
     }
     let mut w = Waiter {
         target,
