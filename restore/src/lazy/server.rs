@@ -199,6 +199,22 @@ impl<'a> Server<'a> {
         })
     }
 
+    /// Whether the block at `block` has data in the image and none of it
+    /// is pending in space `s` any more (brought in whole).
+    fn block_done(&self, s: usize, block: u64) -> bool {
+        let sp = &self.spaces[s];
+        let end = block + FAULT_AROUND * PG;
+        let mut any = false;
+        let all = self.layout.runs_in(block, end).all(|(_, r)| {
+            let (lo, hi) = (r.vaddr.max(block), (r.vaddr + r.len()).min(end));
+            any |= lo < hi;
+            (lo..hi)
+                .step_by(PG as usize)
+                .all(|a| !sp.layout_pending(&self.layout, a, r.offset + (a - r.vaddr)))
+        });
+        any && all
+    }
+
     /// Serve one fault. Returns Again if it must be retried after events.
     fn fault(&mut self, s: usize, addr: u64) -> Result<Outcome, Fatal> {
         let page = addr & !(PG - 1);
@@ -220,7 +236,13 @@ impl<'a> Server<'a> {
             // pages touched, in order (pages brought in around them would
             // never fault, and never be recorded for the prefetch).
             let block = page & !(FAULT_AROUND * PG - 1);
-            let (lo, hi) = if !self.recording && self.block_touched(s, block, page) {
+            let bytes = FAULT_AROUND * PG;
+            let dense = self.block_touched(s, block, page)
+                || block
+                    .checked_sub(bytes)
+                    .is_some_and(|b| self.block_done(s, b))
+                || self.block_done(s, block + bytes);
+            let (lo, hi) = if !self.recording && dense {
                 (block, block + FAULT_AROUND * PG)
             } else {
                 (page, page + PG)
