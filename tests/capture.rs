@@ -928,3 +928,121 @@ fn existing_image_needs_force() {
     );
     assert_unharmed_and_passes(t, "stop");
 }
+
+/// Memory a program maps in cryo-shim's window cannot be restored (the
+/// shim runs there): capture refuses it by name, the target unharmed.
+/// (Until stop 32 capture wrote the image and every restore refused it.)
+#[test]
+fn mapping_in_shim_window_is_refused_at_capture() {
+    let dir = scratch("window-capture");
+    let mut cmd = std::process::Command::new(program("c-zdtm"));
+    cmd.args(["stop", tmp()]).env(
+        "ZDTM_MAP_AT",
+        format!("{:#x}", cryo_image::SHIM_WINDOW + 0x10_0000),
+    );
+    let t = Target::spawn(cmd, "c-zdtm");
+    t.wait_stopped();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("mapping 3f0000100000-3f0000101000 (anonymous) lies in cryo-shim's window"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(!img.exists());
+    assert_unharmed_and_passes(t, "stop");
+}
+
+/// A process caught while `cryo restore` (or a packed restorer) is still
+/// filling its memory: the survey of stop 31 captured one into an image
+/// no restore accepts, and `--kill` lost it. Capture refuses it, says
+/// why, and the restore goes on to the program's own end.
+#[test]
+fn a_process_still_being_restored_is_refused_and_its_restore_goes_on() {
+    let expected = plain_run("c-bigheap", &["stop", "768"], "stop");
+    let dir = scratch("mid-restore");
+    let t = Target::start("c-bigheap", &["stop", "768"]);
+    t.wait_stopped();
+    let img = dir.join("img");
+    capture_killed(t.pid, &img, &[]);
+    drop(t);
+    let packed = dir.join("bigheap.restored");
+    let (code, _, err) = cryo_cmd(&[
+        "pack",
+        img.to_str().unwrap(),
+        "-o",
+        packed.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "pack: {err}");
+    let restore = {
+        let mut c = std::process::Command::new(cryo());
+        c.args(["restore", img.to_str().unwrap()]);
+        c
+    };
+    for (how, cmd) in [
+        ("cryo restore", restore),
+        ("packed", std::process::Command::new(&packed)),
+    ] {
+        let mut cmd = cmd;
+        sanitize_fds();
+        let r = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the restore");
+        let pid = r.id() as i32;
+        let window = format!("{:x}-", cryo_image::SHIM_WINDOW);
+        let in_window = || {
+            std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains(&window))
+        };
+        // The restorer maps its window first, then fills 768 MiB (a few
+        // hundred ms): stop it there.
+        let t0 = std::time::Instant::now();
+        while !in_window() {
+            assert!(t0.elapsed() < Duration::from_secs(30), "{how}: no window");
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        // SAFETY: kill takes no pointers.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        wait_for("the restorer to stop", Duration::from_secs(10), || {
+            state(pid) == Some('T')
+        });
+        assert!(
+            in_window(),
+            "{how}: the restore ended before it could be stopped"
+        );
+        let img2 = dir.join("img2");
+        let (code, _, err) = cryo_cmd(&[
+            "capture",
+            "--kill",
+            &pid.to_string(),
+            img2.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 1, "{how}: {err}");
+        assert!(
+            err.contains("the process is still being restored by cryo"),
+            "{how}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(!img2.exists());
+        assert_eq!(state(pid), Some('T'), "{how}: left as it was");
+        // SAFETY: kill takes no pointers.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        let out = r.wait_with_output().expect("wait for the restore");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{how}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout.lines().last(), Some(expected.as_str()), "{how}");
+    }
+}

@@ -37,6 +37,7 @@ pub fn classify_all<'a>(
     obs: &mut Obstacles,
 ) -> Vec<Classified<'a>> {
     let mut out = Vec::with_capacity(maps.len());
+    shim_window(pid, maps, obs);
     for m in maps {
         let (kind, flags) = match classify(m) {
             Ok(k) => k,
@@ -137,6 +138,54 @@ pub fn classify_all<'a>(
     out
 }
 
+/// Whether a mapping lies (in part) in cryo-shim's window.
+fn in_shim_window(m: &Mapping) -> bool {
+    m.start < SHIM_WINDOW + SHIM_WINDOW_LEN && m.end > SHIM_WINDOW
+}
+
+/// Memory in cryo-shim's window cannot be restored: the shim runs there.
+/// Above all, a process still inside `cryo restore` (or a packed
+/// restorer: its shim filling memory, before the program runs again) has
+/// its restorer there; its image would be refused by every restore, and
+/// `--kill` would lose the process. One obstacle for all of it, before
+/// the mappings are classified (which skips them).
+fn shim_window(pid: i32, maps: &[Mapping], obs: &mut Obstacles) {
+    let inside: Vec<&Mapping> = maps.iter().filter(|m| in_shim_window(m)).collect();
+    if inside.is_empty() {
+        return;
+    }
+    let window = format!("{SHIM_WINDOW:#x}-{:#x}", SHIM_WINDOW + SHIM_WINDOW_LEN);
+    // The restorer's code: the shim (mapped through its hard link
+    // cryo-shim.text while /proc/PID/exe says cryo-shim) or a packed
+    // restorer's shim (copied into anonymous memory there). Programs do
+    // not put code in the window.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some(m) = inside.iter().find(|m| m.exec) {
+        obs.push(format!(
+            "the process is still being restored by cryo ({exe} runs at {:x}-{:x}, in cryo-shim's window {window}); capture it once its program runs again",
+            m.start, m.end
+        ));
+        return;
+    }
+    let list: Vec<String> = inside
+        .iter()
+        .map(|m| {
+            let name = if m.path.is_empty() {
+                "anonymous"
+            } else {
+                &m.path
+            };
+            format!("{:x}-{:x} ({name})", m.start, m.end)
+        })
+        .collect();
+    obs.push(format!(
+        "mapping {} lies in cryo-shim's window {window}, where cryo restore runs its shim: memory there cannot be restored",
+        list.join(", ")
+    ));
+}
+
 /// The other name, in the same directory, of a mapped file whose name was
 /// removed but that still has a link (Python's multiprocessing makes a
 /// semaphore under a temporary name, links it to its real name and
@@ -206,6 +255,10 @@ pub const SHARED_ANON_NAME: &str = "/memfd:dev/zero (deleted)";
 /// Classify a mapping, or say why cryo cannot restore it.
 fn classify(m: &Mapping) -> Result<(u32, u32), String> {
     let range = format!("{:x}-{:x}", m.start, m.end);
+    if in_shim_window(m) {
+        // Refused once for all of them (`shim_window`).
+        return Ok((vma_kind::ANON_PRIVATE, 0));
+    }
     let special = matches!(
         m.path.as_str(),
         "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
