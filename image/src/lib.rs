@@ -64,6 +64,8 @@ pub mod tree;
 pub mod types;
 mod validate;
 pub mod vdso;
+#[cfg(feature = "std")]
+pub mod verified;
 #[cfg(any(feature = "std", test))]
 pub mod write;
 

@@ -362,8 +362,9 @@ fn prepare_one(
 }
 
 /// Lazy restore: a usable userfaultfd, the pages the shim reads verified
-/// now (the page server verifies the rest as it serves), the working set
-/// to prefetch. Eager: every page verified.
+/// now (the page server verifies the rest as it serves) unless the image
+/// is stamped as checked, the working set to prefetch. Eager: every page
+/// verified, unless stamped.
 fn lazy_config(
     dir: &Path,
     image: &LoadedImage,
@@ -379,12 +380,15 @@ fn lazy_config(
         }
         Some(l) => {
             uffd::probe().map_err(RestoreError::NoLazy)?;
-            // Only what the shim reads is verified now (and the lengths of
-            // pages.img and sums.img); the page server verifies each page
-            // before it serves it, so the time to resume does not grow with
-            // the image.
+            // A stamp that says every page was checked (by capture, or an
+            // earlier restore) is trusted as an eager restore trusts it:
+            // nothing is checked again. Otherwise only what the shim reads
+            // is verified now (and the lengths of pages.img and sums.img);
+            // the page server verifies each page before it serves it, so
+            // the time to resume does not grow with the image.
+            let checked = !opts.no_verify && !opts.verify && verified::stamped(image);
             image.verify_pages_where(|v| match () {
-                _ if opts.no_verify => None,
+                _ if opts.no_verify || checked => None,
                 _ if cryo_image::lazy::is_lazy(v) => {
                     Some(cryo_image::lazy::eager_in(img, v.start, v.end).unwrap_or((0, 0)))
                 }
@@ -409,7 +413,7 @@ fn lazy_config(
                 prefetch,
                 stats: l.stats.clone(),
                 image_id,
-                verify: !opts.no_verify,
+                verify: !opts.no_verify && !checked,
             })
         }
     })

@@ -179,6 +179,13 @@ impl ImageDirWriter {
                 .and_then(|d| d.sync_all())
                 .map_err(io_at(&at))?;
         }
+        // The stamp that every page matches sums.img (restore then skips
+        // checking them all again): the sums were computed from these very
+        // bytes. Taken after the last hard link (which changes the change
+        // time it records). Best effort: without it the first restore checks.
+        if let Some(line) = cryo_image::verified::stamp(&self.tmp, meta) {
+            let _ = cryo_image::verified::write(&self.tmp, &line);
+        }
         if let Some(procs) = others.first().and_then(|(rel, _)| rel.split('/').next()) {
             let procs = self.tmp.join(procs);
             File::open(&procs)
