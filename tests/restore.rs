@@ -662,6 +662,59 @@ fn lazy_strided_walks_are_followed_and_drops_stay_zero() {
     }
 }
 
+/// A dense walk up and down the heap (the page server copies ahead of
+/// it, in growing windows) with a stretch dropped ahead of it that must
+/// stay zero, and a mapping with pages that have no data in the image
+/// beside pages that have (a zero fault zeroes its block's empty pages,
+/// never one with data).
+#[test]
+fn lazy_dense_walks_are_read_ahead_and_empty_pages_zeroed_around() {
+    let args = ["dense", "16"];
+    let expected = plain_run("c-lazy", &args, "stop");
+    assert!(expected.starts_with("PASS "), "plain run: {expected}");
+    let img = capture_killed("c-lazy", &args, "stop", "lazy-dense");
+    for lazy in LAZY_MODES {
+        let f = img
+            .parent()
+            .unwrap()
+            .join(format!("dense-stats-{}", lazy.len()));
+        let (code, out, err) =
+            Restored::start(&img, &[lazy, "--lazy-stats", f.to_str().unwrap()]).finish();
+        assert_eq!(
+            (code, last_line(&out)),
+            (0, expected.as_str()),
+            "{lazy}: stderr:
+{err}"
+        );
+        let text = std::fs::read_to_string(&f).expect("stats written");
+        let st: serde_json::Value = serde_json::from_str(&text).expect("stats JSON");
+        // (In background mode the stream may have brought the pages in
+        // first.)
+        if lazy == "--lazy=on-demand" {
+            assert!(st["ahead_pages"].as_u64().unwrap() > 0, "{st}");
+            assert!(st["zero_pages"].as_u64().unwrap() > 0, "{st}");
+        }
+        // Capture stamped the image as checked: no page is checked again.
+        assert_eq!(st["verified_pages"].as_u64(), Some(0), "{st}");
+    }
+    // --verify: every page served is checked.
+    let f = img.parent().unwrap().join("dense-stats-verify");
+    let (code, out, err) = Restored::start(
+        &img,
+        &[
+            "--lazy=on-demand",
+            "--verify",
+            "--lazy-stats",
+            f.to_str().unwrap(),
+        ],
+    )
+    .finish();
+    assert_eq!((code, last_line(&out)), (0, expected.as_str()), "{err}");
+    let st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+    assert!(st["verified_pages"].as_u64().unwrap() > 0, "{st}");
+}
+
 /// pids of processes whose parent is `ppid`.
 fn children_of(ppid: i32) -> Vec<i32> {
     std::fs::read_dir("/proc")

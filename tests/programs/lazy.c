@@ -22,6 +22,14 @@
  *             dropping (MADV_DONTNEED) a stretch ahead of the walk
  *             midway, which must then read zeros; every 3 pages down the
  *             second half; then every word (zeros where dropped)
+ *   dense     a second mapping (a quarter of the heap) of which only every
+ *             third page was written before the capture: one page without
+ *             data read first in each block of 16 pages (the page server
+ *             zeroes such pages around it), then every page checked (data
+ *             or zeros) and the empty ones written; then every word of the
+ *             heap read up to its middle (the server copies ahead of a
+ *             dense walk), dropping a stretch ahead of the walk early on,
+ *             which must read zeros; then every word down from the top
  *   threads   eight threads wait at a barrier across the capture; after
  *             it six read every word at once, in the same order (faults
  *             on the same pages at the same time), one drops and moves
@@ -116,6 +124,13 @@ int main(int argc, char **argv) {
         small[i] = malloc(100 + i * 37);
         memset(small[i], 'a' + i % 26, 100 + i * 37);
     }
+    /* dense mode: every third page of G written, the rest never. */
+    size_t gn = n / 4, gpages = gn / PAGE, gpw = PAGE / 8;
+    uint64_t *g = mmap(NULL, gn, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (g == MAP_FAILED) return 2;
+    if (!strcmp(mode, "dense"))
+        for (size_t pg = 0; pg < gpages; pg += 3)
+            for (size_t k = 0; k < gpw; k++) g[pg * gpw + k] = ~pat(pg * gpw + k);
     pthread_t th[NTH];
     if (!strcmp(mode, "threads")) {
         TH = h;
@@ -233,6 +248,32 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < words; i++) {
             uint64_t want = i >= d0 * pw && i < d1 * pw ? 0 : pat(i);
             if (h[i] != want) return fail("data after the walks", i);
+            sum += h[i];
+        }
+    } else if (!strcmp(mode, "dense")) {
+        for (size_t pg = 1; pg < gpages; pg += 16) {
+            size_t e = pg % 3 == 0 ? pg + 1 : pg; /* a page without data */
+            if (g[e * gpw + 3] != 0) return fail("empty page not zero", e * gpw + 3);
+        }
+        for (size_t pg = 0; pg < gpages; pg++)
+            for (size_t k = 0; k < gpw; k++) {
+                size_t w = pg * gpw + k;
+                if (g[w] != (pg % 3 == 0 ? ~pat(w) : 0)) return fail("sparse mapping", w);
+            }
+        for (size_t pg = 1; pg < gpages; pg += 3) {
+            g[pg * gpw] = pg;
+            if (g[pg * gpw] != pg) return fail("write to an empty page", pg * gpw);
+        }
+        size_t d0 = words * 3 / 16, d1 = words / 4; /* dropped words [d0, d1) */
+        for (size_t i = 0; i < words / 2; i++) {
+            if (i == words / 8 && madvise((char *)h + d0 * 8, (d1 - d0) * 8, MADV_DONTNEED))
+                return fail("madvise", 0);
+            uint64_t want = i >= d0 && i < d1 ? 0 : pat(i);
+            if (h[i] != want) return fail("dense walk up", i);
+            sum += h[i];
+        }
+        for (size_t i = words; i-- > words / 2;) {
+            if (h[i] != pat(i)) return fail("dense walk down", i);
             sum += h[i];
         }
     } else if (!strcmp(mode, "slow")) {

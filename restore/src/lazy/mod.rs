@@ -212,6 +212,10 @@ fn serve(
         if srv.stride_step()? {
             continue;
         }
+        // The rest of a dense fault's window, a block between two reads.
+        if srv.ahead_step()? {
+            continue;
+        }
         // While the program walks, its faults come first: no stream
         // batch for them to wait behind (the walk's own pages come in
         // ahead of it above).

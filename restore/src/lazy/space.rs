@@ -45,6 +45,21 @@ pub(super) struct Space {
     pub(super) retry: Vec<u64>,
     /// Its program's walk with a fixed stride, if any (`super::stride`).
     pub(super) stride: Stride,
+    /// Faults in a row that found their part of memory touched densely:
+    /// each doubles the window brought in around the next (`super::server`).
+    pub(super) dense_run: u32,
+    /// The rest of the last dense fault's window, copied a block at a time
+    /// after the fault is answered, while the program goes on.
+    pub(super) ahead: Option<Ahead>,
+}
+
+/// Pages to copy ahead of a dense walk: [lo, hi), from the end the walk
+/// comes from.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Ahead {
+    pub(super) lo: u64,
+    pub(super) hi: u64,
+    pub(super) down: bool,
 }
 
 impl Space {
@@ -57,6 +72,8 @@ impl Space {
             cursor: 0,
             retry: Vec::new(),
             stride: Stride::default(),
+            dense_run: 0,
+            ahead: None,
         }
     }
 
@@ -345,6 +362,8 @@ mod tests {
             cursor: 0,
             retry: Vec::new(),
             stride: Default::default(),
+            dense_run: 0,
+            ahead: None,
         };
         assert_eq!(pending(&child, &l), pending(&s, &l));
     }

@@ -13,6 +13,10 @@ pub(super) struct Stats {
     pub(super) prefetch_copies: u64,
     /// Pages copied ahead of a walk with a fixed stride.
     pub(super) stride_pages: u64,
+    /// Pages copied ahead of a dense walk (the rest of a fault's window).
+    pub(super) ahead_pages: u64,
+    /// Pages zeroed around a zero fault (`Server::zero_around`).
+    pub(super) zero_pages: u64,
     pub(super) forks: u64,
     /// Pages checksummed (and sums.img blocks), and the time spent on it.
     pub(super) verified_pages: u64,
@@ -35,7 +39,7 @@ pub(super) fn stats_json(st: &mut Stats) -> String {
         }
     };
     format!(
-        "{{\"faults\":{},\"zero_faults\":{},\"answered_faults\":{},\"fault_pages\":{},\"background_pages\":{},\"prefetch_pages\":{},\"prefetch_copies\":{},\"stride_pages\":{},\"forks\":{},\"removes\":{},\"unmaps\":{},\"remaps\":{},\"verified_pages\":{},\"verified_blocks\":{},\"verify_ns\":{},\"fault_service_ns_p10\":{},\"fault_service_ns_median\":{},\"fault_service_ns_p90\":{}}}\n",
+        "{{\"faults\":{},\"zero_faults\":{},\"answered_faults\":{},\"fault_pages\":{},\"background_pages\":{},\"prefetch_pages\":{},\"prefetch_copies\":{},\"stride_pages\":{},\"ahead_pages\":{},\"zero_pages\":{},\"forks\":{},\"removes\":{},\"unmaps\":{},\"remaps\":{},\"verified_pages\":{},\"verified_blocks\":{},\"verify_ns\":{},\"fault_service_ns_p10\":{},\"fault_service_ns_median\":{},\"fault_service_ns_p90\":{}}}\n",
         st.faults,
         st.zero_faults,
         st.answered_faults,
@@ -44,6 +48,8 @@ pub(super) fn stats_json(st: &mut Stats) -> String {
         st.prefetch_pages,
         st.prefetch_copies,
         st.stride_pages,
+        st.ahead_pages,
+        st.zero_pages,
         st.forks,
         st.removes,
         st.unmaps,
