@@ -43,6 +43,12 @@ impl<'a> Layout<'a> {
             .is_some_and(|&(lo, hi)| (lo..hi).contains(&a))
     }
 
+    /// The bounds of the lazy mapping (as captured) that holds `a`.
+    pub(super) fn vma_of(&self, a: u64) -> Option<(u64, u64)> {
+        let i = self.vmas.partition_point(|v| v.1 <= a);
+        self.vmas.get(i).filter(|v| v.0 <= a).map(|v| (v.0, v.1))
+    }
+
     /// Is `a` the first page of a lazy mapping?
     pub(super) fn starts_mapping(&self, a: u64) -> bool {
         self.vmas.binary_search_by_key(&a, |v| v.0).is_ok()

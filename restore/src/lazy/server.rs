@@ -318,16 +318,44 @@ impl<'a> Server<'a> {
     /// After a zero fault: every other page of its block (FAULT_AROUND
     /// pages) with nothing to come from the image gets zeros too, a run of
     /// them per call. A program that touches one such page touches its
-    /// neighbours (GHC allocating through its nursery, a fresh part of a
-    /// heap): 14 zero faults of a GHC hello's 28, one each. Zeros need no
-    /// memory (the zero page is mapped); a page present already (EEXIST)
-    /// is stepped over; anything else ends it (the fault is answered).
+    /// neighbours (GHC allocating through its nursery, Go its fresh spans):
+    /// 14 zero faults of a GHC hello's 28, one each. A zero fault right
+    /// next to the last window doubles it (up to MAX_WINDOW blocks, within
+    /// the mapping), as dense data faults do. Zeros need no memory (the
+    /// zero page is mapped; a write then takes an ordinary fault); a page
+    /// present already (EEXIST) is stepped over; anything else ends it
+    /// (the fault itself is answered).
     fn zero_around(&mut self, s: usize, page: u64) {
-        let block = page & !(FAULT_AROUND * PG - 1);
-        let end = block + FAULT_AROUND * PG;
+        let bytes = FAULT_AROUND * PG;
+        let block = page & !(bytes - 1);
+        let sp = &mut self.spaces[s];
+        let (lo, hi) = sp.last_zero;
+        let reach = (hi - lo).max(bytes);
+        let up = block >= hi && block - hi < reach;
+        let down = !up && block < lo && lo - block <= reach;
+        sp.zero_run = if up || down { sp.zero_run + 1 } else { 0 };
+        let w = bytes << sp.zero_run.min(MAX_WINDOW.trailing_zeros());
+        let (mut start, mut end) = if down {
+            ((block + bytes).saturating_sub(w), block + bytes)
+        } else {
+            (block, block.saturating_add(w))
+        };
+        // Within the mapping (a call across two fails whole); a page in
+        // memory the program moved: its block only.
+        match self.layout.vma_of(page) {
+            Some((vlo, vhi)) => {
+                start = start.max(vlo);
+                end = end.min(vhi);
+            }
+            None => {
+                start = start.max(block);
+                end = end.min(block + bytes);
+            }
+        }
+        sp.last_zero = (start, end);
         let sp = &self.spaces[s];
         let zero = |a: u64| a != page && !sp.is_pending(&self.layout, a);
-        let mut a = block;
+        let mut a = start;
         while a < end {
             if !zero(a) {
                 a += PG;
@@ -401,6 +429,8 @@ impl<'a> Server<'a> {
                             stride: Default::default(),
                             dense_run: 0,
                             ahead: None,
+                            last_zero: (0, 0),
+                            zero_run: 0,
                         };
                         self.spaces.push(child);
                     }

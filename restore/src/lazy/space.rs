@@ -51,6 +51,10 @@ pub(super) struct Space {
     /// The rest of the last dense fault's window, copied a block at a time
     /// after the fault is answered, while the program goes on.
     pub(super) ahead: Option<Ahead>,
+    /// The last window of zeros (`Server::zero_around`) and how many zero
+    /// faults in a row came right next to the one before.
+    pub(super) last_zero: (u64, u64),
+    pub(super) zero_run: u32,
 }
 
 /// Pages to copy ahead of a dense walk: [lo, hi), from the end the walk
@@ -74,6 +78,8 @@ impl Space {
             stride: Stride::default(),
             dense_run: 0,
             ahead: None,
+            last_zero: (0, 0),
+            zero_run: 0,
         }
     }
 
@@ -364,6 +370,8 @@ mod tests {
             stride: Default::default(),
             dense_run: 0,
             ahead: None,
+            last_zero: (0, 0),
+            zero_run: 0,
         };
         assert_eq!(pending(&child, &l), pending(&s, &l));
     }
