@@ -592,7 +592,10 @@ pub(crate) fn inspect(
         r?;
         fin?;
     }
-    crate::task::amx_obstacle(xcomp_perm, &mut obs);
+    crate::task::xcomp_obstacle(xcomp_perm, &mut obs);
+    // Recorded only where it holds tile data (the static features every
+    // process is given need no asking).
+    task.xcomp_perm = (xcomp_perm & cryo_image::task::XCOMP_TILEDATA as u64) as i64;
     crate::task::outside(pid, &mut task);
     let tids: Vec<i32> = g.others.iter().map(|t| t.pid()).collect();
     task.cgroups = b.strings.add(&crate::task::cgroups(pid, &tids, &mut obs));

@@ -114,15 +114,17 @@ pub fn xcomp_perm(rem: &mut Remote) -> Result<u64, InjectError> {
         .unwrap_or(0))
 }
 
-/// AMX: a process given tile data (ARCH_REQ_XCOMP_PERM) would come back
-/// without the permission (its next tile instruction: SIGILL) and without
-/// its tiles. The shim restores every other xsave feature.
-pub fn amx_obstacle(perm: u64, obs: &mut Obstacles) {
-    const XTILEDATA: u64 = 1 << 18;
-    if perm & XTILEDATA != 0 {
-        obs.push(
-            "the process asked for AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM): cryo cannot give back that permission or the tiles",
-        );
+/// The dynamic xsave features a process was given beyond those every
+/// process has: AMX tile data is
+/// asked for again by the shim (and each thread's tiles come back from
+/// its frame); any other (none exists yet) cannot be, and is refused.
+pub fn xcomp_obstacle(perm: u64, obs: &mut Obstacles) {
+    // (Every process is given the static features: cryo's own set.)
+    let other = perm & !crate::sys::own_xcomp_perm() & !(cryo_image::task::XCOMP_TILEDATA as u64);
+    if other != 0 {
+        obs.push(format!(
+            "the process was given dynamic xsave features {other:#x} (arch_prctl ARCH_REQ_XCOMP_PERM) that cryo does not know how to give back"
+        ));
     }
 }
 

@@ -53,7 +53,7 @@ impl<'a, T: Record> Table<'a, T> {
 
 /// The longest record a section may hold shorter than this reader's
 /// (`SectionKind::min_record_size`; checked by a test).
-pub(crate) const MAX_PADDED_RECORD: usize = 256;
+pub(crate) const MAX_PADDED_RECORD: usize = 512;
 
 /// Record `i` of a table of `stride`-byte records; one shorter than this
 /// reader's (an older minor version's, `SectionKind::min_record_size`)

@@ -134,5 +134,13 @@ record! {
         /// (11.0) 1: the main thread runs in seccomp strict mode (entered
         /// again as the restore's last system call but rt_sigreturn).
         pub seccomp_strict: i64,
+        /// (11.3) The dynamic xsave features the process was given
+        /// (arch_prctl ARCH_GET_XCOMP_PERM): bit 18, AMX tile data, asked
+        /// for again by the shim, whose threads then take their tiles
+        /// from their frames. 0 in older images.
+        pub xcomp_perm: i64,
     }
 }
+
+/// XFEATURE_XTILEDATA in [`TaskState::xcomp_perm`].
+pub const XCOMP_TILEDATA: i64 = 1 << 18;

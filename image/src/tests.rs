@@ -767,6 +767,29 @@ fn older_minor_records_read_with_zero_tails() {
     // Shorter than 9.0's: refused.
     let short = with_record_size(&meta, SectionKind::Files, 64);
     assert!(Image::parse(&short).is_err());
+    // An 11.2 image: `task` without `xcomp_perm`, which reads as 0.
+    use crate::task::TaskState;
+    let (meta, _) = sample_full_with(|b| {
+        if let Some(t) = b.task.as_mut() {
+            t.xcomp_perm = crate::task::XCOMP_TILEDATA;
+        }
+    });
+    let want = Image::parse(&meta).unwrap().task().expect("task");
+    assert_eq!(want.xcomp_perm, crate::task::XCOMP_TILEDATA);
+    let size = <TaskState as Record>::SIZE as u32 - 8;
+    let old = with_record_size(&meta, SectionKind::Task, size);
+    let img = Image::parse(&old).expect("an 11.2 task section is read");
+    img.validate().expect("validate");
+    let got = img.task().expect("task");
+    assert_eq!(
+        (got.xcomp_perm, got.seccomp_strict),
+        (0, want.seccomp_strict)
+    );
+    assert_eq!(
+        (got.affinity, got.oom_score_adj),
+        (want.affinity, want.oom_score_adj)
+    );
+    assert!(Image::parse(&with_record_size(&meta, SectionKind::Task, size - 8)).is_err());
 }
 
 /// `meta` with the records of section `kind` cut to `size` bytes each (as

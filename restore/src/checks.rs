@@ -3,7 +3,7 @@
 
 use crate::{sys, IntoSys, RestoreError};
 use cryo_image::load::LoadedImage;
-use cryo_image::{vma_kind, Image, Process, NO_INDEX, SHIM_WINDOW, SHIM_WINDOW_LEN};
+use cryo_image::{vma_kind, Image, NO_INDEX, SHIM_WINDOW, SHIM_WINDOW_LEN};
 use std::os::unix::fs::MetadataExt;
 
 /// The shim's window must be free in the captured layout.
@@ -23,8 +23,19 @@ pub fn window(img: &Image) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// The same CPU state layout (xsave size and XCR0).
-pub fn xsave(p: &Process) -> Result<(), RestoreError> {
+/// The same CPU state layout (xsave size and XCR0), and AMX tile data
+/// offered where the process had it (the shim asks for it again).
+pub fn xsave(img: &Image) -> Result<(), RestoreError> {
+    let p = img.process();
+    if img
+        .task()
+        .is_some_and(|t| t.xcomp_perm & cryo_image::task::XCOMP_TILEDATA != 0)
+        && sys::xcomp_supported() & cryo_image::task::XCOMP_TILEDATA as u64 == 0
+    {
+        return Err(RestoreError::XsaveDiffers {
+            what: "the process had AMX tile data, which this kernel does not offer".into(),
+        });
+    }
     let size = std::arch::x86_64::__cpuid_count(0xd, 0).ebx;
     let xcr0 = sys::xcr0();
     if size != p.xsave_size || xcr0 != p.xcr0 {

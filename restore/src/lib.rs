@@ -249,7 +249,7 @@ fn prepare_one(
     let p = img.process();
     let lazy_cfg = lazy_config(dir, &image, &img, &opts)?;
     checks::window(&img)?;
-    checks::xsave(&p)?;
+    checks::xsave(&img)?;
     let gadget = checks::vdso(&img)?;
     checks::mapped_files(&img)?;
     checks::timers(&img)?;

@@ -17,10 +17,17 @@ pub fn build(img: &Image) -> usize {
     write(
         cryo_image::frame_top(p.regs.rsp, alt, p.xsave_size) as usize,
         &resume_regs(&p.regs, &p.raw_regs, p.sig_blocked),
-        Some((img.xsave(), p.xcr0)),
+        Some((img.xsave(), p.xcr0, tiles(img))),
         p.sig_blocked,
         (p.sigaltstack_sp, p.sigaltstack_flags, p.sigaltstack_size),
     )
+}
+
+/// Whether the process had AMX tile data (its permission is asked for
+/// again: `task::restore_xcomp_perm`), so frames carry the tiles.
+pub fn tiles(img: &Image) -> bool {
+    img.task()
+        .is_some_and(|t| t.xcomp_perm & cryo_image::task::XCOMP_TILEDATA != 0)
 }
 
 /// The registers a thread captured in an interrupted system call resumes
@@ -77,10 +84,41 @@ fn resume_regs(restart: &Regs, raw: &Regs, blocked: u64) -> Regs {
 /// XFEATURE_XTILEDATA (AMX tile data, 8 KiB): a dynamic feature. XCR0
 /// has it wherever the CPU does, and ptrace's xsave area includes it, but a
 /// task gets it only by asking (arch_prctl ARCH_REQ_XCOMP_PERM) and then
-/// using it; until then `rt_sigreturn` takes an area only up to the end of
-/// the other features, and from a larger one restores x87 and SSE alone
-/// (every AVX and AVX-512 register of the program came back zero).
+/// using it (its first tile instruction traps, and the kernel makes its
+/// register buffer large enough); until then `rt_sigreturn` takes an area
+/// only up to the end of the other features, and from a larger one
+/// restores x87 and SSE alone (every AVX and AVX-512 register of the
+/// program came back zero). A process without the permission gets a
+/// frame without tile data; one with it (asked for again by then) has
+/// each thread use tile data first ([`use_tiles`]), then gets its tiles
+/// from its frame.
 const XTILEDATA: u64 = 1 << 18;
+
+/// The calling thread's first use of tile data, so that the kernel gives
+/// it room for it (its process has the permission): LDTILECFG of one 16 ×
+/// 64-byte tile, TILEZERO of it, TILERELEASE (all tiles back to their
+/// initial state; the shim keeps nothing in them). Measured here: neither
+/// TILERELEASE nor LDTILECFG alone does it, the signal frame stays 2 816
+/// bytes; after TILEZERO it is 11 008.
+fn use_tiles() {
+    let mut cfg = [0u8; 64];
+    cfg[0] = 1; // palette 1
+    cfg[16] = 64; // colsb[0]
+    cfg[48] = 16; // rows[0]
+                  // SAFETY: LDTILECFG reads the 64 bytes at rax (ours, on the stack);
+                  // TILEZERO and TILERELEASE touch only this thread's tile registers.
+                  // Executed only where the process has AMX permission, so the kernel
+                  // handles the first-use trap.
+    unsafe {
+        core::arch::asm!(
+            ".byte 0xc4, 0xe2, 0x78, 0x49, 0x00", // ldtilecfg (%rax)
+            ".byte 0xc4, 0xe2, 0x7b, 0x49, 0xc0", // tilezero %tmm0
+            ".byte 0xc4, 0xe2, 0x78, 0x49, 0xc0", // tilerelease
+            in("rax") cfg.as_ptr(),
+            options(nostack, readonly),
+        )
+    };
+}
 
 /// The size of a standard-format xsave area holding the features of
 /// `xcr0` (their offsets and sizes from CPUID leaf 0xD), at least the
@@ -107,7 +145,7 @@ fn signal_xsave_size(xcr0: u64) -> usize {
 pub fn write(
     top: usize,
     r: &Regs,
-    xsave: Option<(&[u8], u64)>,
+    xsave: Option<(&[u8], u64, bool)>,
     mask: u64,
     altstack: (u64, u32, u64),
 ) -> usize {
@@ -116,17 +154,24 @@ pub fn write(
     const UC_STRICT_RESTORE_SS: u64 = 4;
     let mut fp = 0usize;
     let mut below = top;
-    if let Some((xsave, xcr0)) = xsave {
-        let xcr0 = xcr0 & !XTILEDATA;
+    if let Some((xsave, xcr0, tiles)) = xsave {
+        let xcr0 = if tiles {
+            use_tiles();
+            xcr0
+        } else {
+            xcr0 & !XTILEDATA
+        };
         let xsize = signal_xsave_size(xcr0).min(xsave.len());
         fp = (top - xsize - 4) & !63;
         // SAFETY: fp..fp+xsize+4 lies on the program's stack below its red
         // zone (memory the kernel itself would use for a signal frame),
         // mapped writable above; xsave has at least xsize bytes.
         unsafe { core::ptr::copy_nonoverlapping(xsave.as_ptr(), fp as *mut u8, xsize) };
-        // The header's XSTATE_BV without tile data (capture refuses a
-        // program whose tiles hold data).
-        poke_u64(fp + 512, peek_u64(fp + 512) & !XTILEDATA);
+        // The header's XSTATE_BV without tile data where the process had
+        // no permission for it (its tiles cannot hold data then).
+        if !tiles {
+            poke_u64(fp + 512, peek_u64(fp + 512) & !XTILEDATA);
+        }
         // _fpx_sw_bytes at offset 464 of the legacy area (ptrace put XCR0 there).
         poke_u32(fp + 464, 0x4650_5853); // FP_XSTATE_MAGIC1
         poke_u32(fp + 468, xsize as u32 + 4); // extended_size

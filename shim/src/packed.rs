@@ -241,6 +241,21 @@ fn xsave(img: &Image) {
             p.xsave_size, p.xcr0
         ));
     }
+    if crate::frame::tiles(img) {
+        const ARCH_GET_XCOMP_SUPP: usize = 0x1021;
+        let mut supp = 0u64;
+        let r = syscall3(
+            SYS_ARCH_PRCTL,
+            ARCH_GET_XCOMP_SUPP,
+            &mut supp as *mut u64 as usize,
+            0,
+        );
+        if r != 0 || supp & cryo_image::task::XCOMP_TILEDATA as u64 == 0 {
+            die(format_args!(
+                "this CPU's xsave layout differs from the captured one (the process had AMX tile data, which this kernel does not offer); restore on the same kind of CPU"
+            ));
+        }
+    }
 }
 
 /// cwd, umask, personality, rlimits, scheduling, oom_score_adj and

@@ -37,6 +37,24 @@ fn known(v: i64) -> Option<usize> {
 
 /// prctl state (before the threads are cloned: those that are per thread
 /// are inherited).
+/// AMX: the permission for tile data (arch_prctl ARCH_REQ_XCOMP_PERM),
+/// asked for again before any thread is made (it is the process's), so
+/// that every thread's frame can carry its tiles ([`crate::frame`]).
+/// `cryo restore` checked that this kernel grants it.
+pub fn restore_xcomp_perm(img: &Image) {
+    const ARCH_REQ_XCOMP_PERM: usize = 0x1023;
+    const XFEATURE_XTILEDATA: usize = 18;
+    if img
+        .task()
+        .is_some_and(|t| t.xcomp_perm & cryo_image::task::XCOMP_TILEDATA != 0)
+    {
+        check(
+            syscall3(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA, 0),
+            format_args!("arch_prctl ARCH_REQ_XCOMP_PERM (AMX tile data)"),
+        );
+    }
+}
+
 pub fn restore_prctl_state(img: &Image) {
     if let Some(t) = img.task() {
         restore_prctl(&t);

@@ -277,7 +277,11 @@ fn thread_main(img: &Image, index: usize, handoff_flags: u64) -> ! {
     let frame_sp = crate::frame::write(
         cryo_image::frame_top(r.rsp, alt, img.process().xsave_size) as usize,
         &r,
-        Some((img.xsave_of(index + 1), img.process().xcr0)),
+        Some((
+            img.xsave_of(index + 1),
+            img.process().xcr0,
+            crate::frame::tiles(img),
+        )),
         t.sig_blocked,
         (t.sigaltstack_sp, t.sigaltstack_flags, t.sigaltstack_size),
     );

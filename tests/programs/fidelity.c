@@ -2325,11 +2325,74 @@ static void seccomp_threads_check(void) {
     CHECK(pthread_join(st_th, NULL) == 0, "join");
 }
 
-/* amx: ask for AMX tile state (a no-op where the CPU or kernel has none:
- * then the case is "basic"); capture must refuse a process given it. */
+/* amx: ask for AMX tile state and load two tiles, and a second thread one
+ * of its own (where the CPU or kernel has none the request fails and the
+ * case is "basic"); after: the permission is still there, the tile
+ * configuration and every tile hold what was loaded, and a tile can be
+ * loaded and stored again. */
+static int amx_on;
+static unsigned char amx_cfg[64], amx_a[16 * 64], amx_b[16 * 64];
+static void amx_load(void) {
+    __asm__ volatile("ldtilecfg (%0)" ::"r"(amx_cfg) : "memory");
+    __asm__ volatile("tileloadd (%0,%1,1), %%tmm0" ::"r"(amx_a), "r"(64L) : "memory");
+    __asm__ volatile("tileloadd (%0,%1,1), %%tmm1" ::"r"(amx_b), "r"(64L) : "memory");
+}
+/* A second thread with tiles of its own, loaded before the capture and
+ * checked after it. */
+static pthread_barrier_t amx_bar;
+static pthread_t amx_th;
+static int amx_th_ok;
+static void *amx_thread(void *arg) {
+    (void)arg;
+    unsigned char c[16 * 64], got[16 * 64];
+    for (int i = 0; i < 16 * 64; i++) c[i] = (unsigned char)(i * 13 + 5);
+    __asm__ volatile("ldtilecfg (%0)" ::"r"(amx_cfg) : "memory");
+    __asm__ volatile("tileloadd (%0,%1,1), %%tmm1" ::"r"(c), "r"(64L) : "memory");
+    pthread_barrier_wait(&amx_bar); /* loaded */
+    pthread_barrier_wait(&amx_bar); /* after the capture */
+    __asm__ volatile("tilestored %%tmm1, (%0,%1,1)" ::"r"(got), "r"(64L) : "memory");
+    amx_th_ok = memcmp(got, c, sizeof c) == 0;
+    return NULL;
+}
 static void amx_setup(void) {
     long r = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */);
     fprintf(stderr, "INFO amx %s\n", r == 0 ? "granted" : "unavailable");
+    if (r != 0) return;
+    amx_on = 1;
+    amx_cfg[0] = 1; /* palette 1 */
+    for (int t = 0; t < 2; t++) {
+        amx_cfg[16 + 2 * t] = 64; /* colsb[t]: bytes per row */
+        amx_cfg[48 + t] = 16;     /* rows[t] */
+    }
+    for (int i = 0; i < 16 * 64; i++) {
+        amx_a[i] = (unsigned char)(i * 7 + 1);
+        amx_b[i] = (unsigned char)(255 - i * 3);
+    }
+    amx_load();
+    pthread_barrier_init(&amx_bar, NULL, 2);
+    CHECK(pthread_create(&amx_th, NULL, amx_thread, NULL) == 0, "amx thread");
+    pthread_barrier_wait(&amx_bar);
+}
+static void amx_check(void) {
+    if (!amx_on) return;
+    unsigned long perm = 0;
+    CHECK(syscall(SYS_arch_prctl, 0x1022 /* ARCH_GET_XCOMP_PERM */, &perm) == 0 && (perm & (1ul << 18)),
+          "AMX permission kept (%#lx)", perm);
+    unsigned char cfg[64], a[16 * 64], b[16 * 64];
+    memset(cfg, 0xee, sizeof cfg);
+    __asm__ volatile("sttilecfg (%0)" ::"r"(cfg) : "memory");
+    CHECK(memcmp(cfg, amx_cfg, 64) == 0, "tile configuration kept (palette %d, colsb %d, rows %d)", cfg[0], cfg[16], cfg[48]);
+    __asm__ volatile("tilestored %%tmm0, (%0,%1,1)" ::"r"(a), "r"(64L) : "memory");
+    __asm__ volatile("tilestored %%tmm1, (%0,%1,1)" ::"r"(b), "r"(64L) : "memory");
+    CHECK(memcmp(a, amx_a, sizeof a) == 0, "tile 0 kept");
+    CHECK(memcmp(b, amx_b, sizeof b) == 0, "tile 1 kept");
+    amx_load();
+    __asm__ volatile("tilestored %%tmm1, (%0,%1,1)" ::"r"(a), "r"(64L) : "memory");
+    CHECK(memcmp(a, amx_b, sizeof a) == 0, "tiles usable after");
+    __asm__ volatile("tilerelease" ::: "memory");
+    pthread_barrier_wait(&amx_bar);
+    CHECK(pthread_join(amx_th, NULL) == 0, "join the amx thread");
+    CHECK(amx_th_ok, "the second thread's tile kept");
 }
 
 struct fcase {
@@ -2377,7 +2440,7 @@ static const struct fcase cases[] = {
     {"thread-creds", thread_creds_setup, thread_creds_check, thread_creds_settle},
     {"no-vdso", no_vdso_setup, no_vdso_check, NULL},
     {"seccomp-threads", seccomp_threads_setup, seccomp_threads_check, seccomp_threads_settle},
-    {"amx", amx_setup, none, NULL},
+    {"amx", amx_setup, amx_check, NULL},
     {"refuse", refuse_setup, refuse_check, NULL},
     {"refuse2", refuse2_setup, refuse_check, NULL},
 };

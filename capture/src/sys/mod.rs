@@ -460,6 +460,27 @@ pub fn ioprio_of(pid: i32) -> io::Result<i64> {
     cvt(r)
 }
 
+/// arch_prctl(ARCH_GET_XCOMP_PERM) of this process (which never asks for
+/// more): the xsave features every process is given (0 where the kernel
+/// does not tell).
+pub fn own_xcomp_perm() -> u64 {
+    const ARCH_GET_XCOMP_PERM: libc::c_long = 0x1022;
+    let mut perm = 0u64;
+    // SAFETY: the kernel writes one u64 at the address given, which we own.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_GET_XCOMP_PERM,
+            &mut perm as *mut u64,
+        )
+    };
+    if r == 0 {
+        perm
+    } else {
+        0
+    }
+}
+
 /// This thread's fs base (ARCH_GET_FS).
 #[cfg(test)]
 pub fn own_fs_base() -> io::Result<u64> {

@@ -89,6 +89,8 @@ pub enum SectionKind {
 
 /// A `files` record as 9.0 wrote it (before the birth time).
 const FILE_ID_9_0: usize = 72;
+/// A `task` record as 11.2 wrote it (before `xcomp_perm`).
+const TASK_STATE_11_2: usize = <crate::task::TaskState as crate::record::Record>::SIZE - 8;
 
 impl SectionKind {
     pub const ALL: [SectionKind; 43] = [
@@ -189,10 +191,12 @@ impl SectionKind {
     /// The shortest records this reader accepts for the section: what it
     /// knows, but for records that gained fields at their end in a minor
     /// version, which read as zero from an older image (`files`: 9.1
-    /// added the birth time, 0 meaning "not known").
+    /// added the birth time, 0 meaning "not known"; `task`: 11.3 added
+    /// `xcomp_perm`).
     pub fn min_record_size(self) -> usize {
         match self {
             SectionKind::Files => FILE_ID_9_0,
+            SectionKind::Task => TASK_STATE_11_2,
             k => k.known_record_size(),
         }
     }

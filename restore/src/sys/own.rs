@@ -151,6 +151,26 @@ pub fn xcr0() -> u64 {
     ((hi as u64) << 32) | lo as u64
 }
 
+/// arch_prctl(ARCH_GET_XCOMP_SUPP): the dynamic xsave features this
+/// kernel offers (0 where it does not tell).
+pub fn xcomp_supported() -> u64 {
+    const ARCH_GET_XCOMP_SUPP: i32 = 0x1021;
+    let mut supp = 0u64;
+    // SAFETY: the kernel writes one u64 at the address given, which we own.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_GET_XCOMP_SUPP,
+            &mut supp as *mut u64,
+        )
+    };
+    if r == 0 {
+        supp
+    } else {
+        0
+    }
+}
+
 /// arch_prctl(ARCH_GET_FS): this thread's TLS base.
 pub fn fs_base() -> io::Result<u64> {
     const ARCH_GET_FS: i32 = 0x1003;

@@ -456,6 +456,12 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
             v(t.oom_score_adj),
             v(t.loginuid)
         );
+        if t.xcomp_perm & cryo_image::task::XCOMP_TILEDATA != 0 {
+            let _ = writeln!(
+                o,
+                "          AMX tile data (permission asked for again; each thread's tiles in its xsave)"
+            );
+        }
         if let Some(root) = img.str(t.root).filter(|r| !r.is_empty()) {
             let _ = writeln!(o, "          root {root} (chroot)");
         }
