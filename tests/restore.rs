@@ -852,3 +852,48 @@ fn lazy_working_set_recorded_then_prefetched() {
     assert_eq!(code, 1);
     assert!(err.contains("working-set"), "{err}");
 }
+
+/// A program that watches its stdin with epoll (GHC's threaded IO
+/// manager, an event loop), restored with a regular file as stdin: the
+/// kernel will not watch a regular file (EPERM). The restore refuses in
+/// one line that says what to give it instead, before anything runs; with
+/// a pipe there it comes back and reads it.
+#[test]
+fn epoll_on_stdin_needs_a_pollable_stdin() {
+    let dir = scratch("epoll-stdin");
+    let script = r#"
+import os, select, signal, sys
+ep = select.epoll()
+ep.register(0, select.EPOLLIN)
+print("READY", os.getpid(), flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+ev = ep.poll(10)
+ok = len(ev) == 1 and ev[0][0] == 0 and ev[0][1] & select.EPOLLIN
+print("PASS", bool(ok), sys.stdin.readline().strip(), flush=True)
+"#;
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-c", script]);
+    let img = capture_cmd(cmd, "python3", "stop", &dir);
+    let file = dir.join("input");
+    std::fs::write(&file, "from a file\n").unwrap();
+    sanitize_fds();
+    let out = Command::new(cryo())
+        .args(["restore", img.to_str().unwrap()])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("give the restore a pipe or terminal"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(out.stdout.is_empty(), "nothing ran");
+    let mut r = Restored::start(&img, &[]);
+    let s = r.child.stdin.as_mut().expect("stdin");
+    s.write_all(b"from a pipe\n").expect("write stdin");
+    let (code, out, err) = r.finish();
+    assert_eq!(
+        (code, last_line(&out)),
+        (0, "PASS True from a pipe"),
+        "{err}"
+    );
+}

@@ -110,7 +110,19 @@ pub(crate) fn fill_epolls(img: &Image, plan: &Plan) -> Result<(), RestoreError> 
         } else {
             through((e.via - 1) as i32, e.tfd, add)
         };
-        r.map_err(|err| fd_err(p, Why::sys(format!("watching fd {} again", e.tfd), err)))?;
+        r.map_err(|err| {
+            // Our own stdin, stdout or stderr (the program's are ours) of
+            // a kind epoll cannot watch: say what to give it instead.
+            let what = if e.tfd <= 2 && err.raw_os_error() == Some(libc::EPERM) {
+                format!(
+                    "watching fd {} again (it is ours, a file epoll cannot watch: the program watched its own with epoll; give the restore a pipe or terminal there, e.g. `cat FILE | cryo restore ...`)",
+                    e.tfd
+                )
+            } else {
+                format!("watching fd {} again", e.tfd)
+            };
+            fd_err(p, Why::sys(what, err))
+        })?;
     }
     Ok(())
 }
