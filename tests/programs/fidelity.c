@@ -2342,8 +2342,10 @@ static void amx_load(void) {
 static pthread_barrier_t amx_bar;
 static pthread_t amx_th;
 static int amx_th_ok;
+static volatile pid_t amx_tid;
 static void *amx_thread(void *arg) {
     (void)arg;
+    amx_tid = (pid_t)syscall(SYS_gettid);
     unsigned char c[16 * 64], got[16 * 64];
     for (int i = 0; i < 16 * 64; i++) c[i] = (unsigned char)(i * 13 + 5);
     __asm__ volatile("ldtilecfg (%0)" ::"r"(amx_cfg) : "memory");
@@ -2372,6 +2374,10 @@ static void amx_setup(void) {
     pthread_barrier_init(&amx_bar, NULL, 2);
     CHECK(pthread_create(&amx_th, NULL, amx_thread, NULL) == 0, "amx thread");
     pthread_barrier_wait(&amx_bar);
+    wait_asleep(&amx_tid);
+}
+static void amx_settle(void) {
+    if (amx_on) wait_released(amx_tid);
 }
 static void amx_check(void) {
     if (!amx_on) return;
@@ -2440,7 +2446,7 @@ static const struct fcase cases[] = {
     {"thread-creds", thread_creds_setup, thread_creds_check, thread_creds_settle},
     {"no-vdso", no_vdso_setup, no_vdso_check, NULL},
     {"seccomp-threads", seccomp_threads_setup, seccomp_threads_check, seccomp_threads_settle},
-    {"amx", amx_setup, amx_check, NULL},
+    {"amx", amx_setup, amx_check, amx_settle},
     {"refuse", refuse_setup, refuse_check, NULL},
     {"refuse2", refuse2_setup, refuse_check, NULL},
 };
