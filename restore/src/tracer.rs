@@ -2,7 +2,8 @@
 //!
 //! The shim cannot unmap its own window (it would unmap the code it runs)
 //! and the restored program must not find a trace of cryo. So before the
-//! exec, `cryo restore` double-forks a tracer (reparented away from the
+//! exec, `cryo restore` double-forks a tracer (`sys::spawn_detached`;
+//! reparented away from the
 //! restoring process, so the restored program never sees it as a child and
 //! never gets its SIGCHLD) that PTRACE_SEIZEs the restoring process. When
 //! the shim is done it sends itself SIGSTOP with r8 = the signal frame and
@@ -105,23 +106,13 @@ pub fn start(
 ) -> Result<(), RestoreError> {
     let target = std::process::id() as i32;
     let (r, w) = sys::pipe2(libc::O_CLOEXEC).map_err(|e| e.into_sys("pipe"))?;
-    // The children run ordinary code after fork: see sys::fork.
-    let pid = match sys::fork().map_err(|e| e.into_sys("fork"))? {
-        Forked::Child => {
-            let _ = sys::setsid();
-            match sys::fork() {
-                Ok(Forked::Child) => {
-                    drop(r);
-                    tracer_main(target, w, gadget, stop, server, seize, suspend_seccomp);
-                }
-                Ok(Forked::Parent(_)) => sys::exit_now(0),
-                Err(_) => sys::exit_now(1),
-            }
-        }
-        Forked::Parent(pid) => pid,
-    };
-    drop(w);
-    let _ = sys::waitpid(pid, 0);
+    // The tracer runs ordinary code after fork: see sys::fork.
+    let rfd = r.as_raw_fd();
+    sys::spawn_detached(move || {
+        sys::close(rfd);
+        tracer_main(target, w, gadget, stop, server, seize, suspend_seccomp)
+    })
+    .map_err(|e| e.into_sys("fork"))?;
     let mut b = [0u8; 1];
     let n = sys::read(r.as_fd(), &mut b);
     drop(r);
@@ -149,21 +140,6 @@ fn tracer_main(
     seize: bool,
     suspend_seccomp: bool,
 ) -> ! {
-    // Hold nothing of the restored process's: pipes it writes to must see
-    // EOF when it exits, not when we do. Keep stderr for messages.
-    let keep_fd = server.map_or(-1, |s| s.server_end);
-    if let Ok(rd) = std::fs::read_dir("/proc/self/fd") {
-        let fds: Vec<i32> = rd
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
-        for fd in fds {
-            if fd != w.as_raw_fd() && fd != 2 && fd != keep_fd {
-                // Inherited: whatever owned it in the restorer never runs
-                // here (this process ends in exit_now).
-                sys::close(fd);
-            }
-        }
-    }
     // The target is alive (it waits for our 'R').
     let pidfd = sys::pidfd_open(target).ok();
     // (Not tracing: a lazy restore the shim finishes itself, where this
@@ -190,6 +166,24 @@ fn tracer_main(
     drop(w);
     if seized.is_err() {
         sys::exit_now(1);
+    }
+    // Hold nothing of the restored process's: pipes it writes to must see
+    // EOF when it exits, not when we do. Keep stderr for messages. (After
+    // the 'R', while `cryo restore` execs the shim: the program runs only
+    // after the shim has rebuilt it.)
+    let keep_fd = server.map_or(-1, |s| s.server_end);
+    let pidfd_raw = pidfd.as_ref().map_or(-1, |p| p.as_raw_fd());
+    if let Ok(rd) = std::fs::read_dir("/proc/self/fd") {
+        let fds: Vec<i32> = rd
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        for fd in fds {
+            if fd != 2 && fd != keep_fd && fd != pidfd_raw {
+                // Inherited: whatever owned it in the restorer never runs
+                // here (this process ends in exit_now).
+                sys::close(fd);
+            }
+        }
     }
     // The page server is forked after the 'R', while `cryo restore` execs
     // the shim (which sends it the uffd through a socket that holds it
