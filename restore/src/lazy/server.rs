@@ -189,20 +189,6 @@ impl<'a> Server<'a> {
         (Outcome::Done, done)
     }
 
-    /// Whether a page of the block at `block` other than `page`, with data
-    /// in the image, is no longer pending in space `s` (filled, or given
-    /// up by the program).
-    fn block_touched(&self, s: usize, block: u64, page: u64) -> bool {
-        let sp = &self.spaces[s];
-        let end = block + FAULT_AROUND * PG;
-        self.layout.runs_in(block, end).any(|(_, r)| {
-            let (lo, hi) = (r.vaddr.max(block), (r.vaddr + r.len()).min(end));
-            (lo..hi)
-                .step_by(PG as usize)
-                .any(|a| a != page && !sp.layout_pending(&self.layout, a, r.offset + (a - r.vaddr)))
-        })
-    }
-
     /// Whether the block at `block` has data in the image and none of it
     /// is pending in space `s` any more (brought in whole).
     fn block_done(&self, s: usize, block: u64) -> bool {
@@ -225,14 +211,17 @@ impl<'a> Server<'a> {
         let t = Instant::now();
         // Every fault tells where the program goes, also one whose page a
         // copy brought in since (the stream, running just ahead of a walk
-        // it then paces).
-        if !self.recording {
+        // it then paces), but a fault in memory the program touches
+        // densely (below): that is no walk with a stride, and its faults
+        // at the edges of growing windows looked like one, which then
+        // kept the detector quiet through a real walk after it.
+        if !self.recording && !self.spaces[s].is_pending(&self.layout, page) {
             self.spaces[s].stride.fault(page);
         }
         if self.spaces[s].is_pending(&self.layout, page) {
             let mut n = 0;
             // A fault in a block of FAULT_AROUND pages (64 KiB) where the
-            // program already had a page filled brings in the whole block:
+            // program faulted before brings in the whole block:
             // it touches this part of memory densely (a fold over a heap
             // then takes ~2 faults per block, not 16). A first fault in a
             // block brings in its page only: a sparse walk copies no page
@@ -253,7 +242,14 @@ impl<'a> Server<'a> {
                 .checked_sub(bytes)
                 .is_some_and(|b| self.block_done(s, b));
             let above = !below && self.block_done(s, block + bytes);
-            let dense = below || above || self.block_touched(s, block, page);
+            // (A block where the program faulted before: not one where a
+            // page is merely in, which the stride follower's copies of a
+            // walk that was not quite regular made of every block they
+            // touched, each next fault then a block and a window.)
+            let dense = below || above || !self.spaces[s].faulted.insert(block);
+            if !self.recording && !dense {
+                self.spaces[s].stride.fault(page);
+            }
             let sp = &mut self.spaces[s];
             sp.dense_run = if dense { sp.dense_run + 1 } else { 0 };
             let (lo, hi) = if !self.recording && dense {
@@ -431,6 +427,7 @@ impl<'a> Server<'a> {
                             ahead: None,
                             last_zero: (0, 0),
                             zero_run: 0,
+                            faulted: parent.faulted.clone(),
                         };
                         self.spaces.push(child);
                     }
@@ -454,7 +451,12 @@ impl<'a> Server<'a> {
                     Outcome::Gone | Outcome::Failed(_) => return Ok(false),
                 }
             }
-            if retry.is_empty() && msgs.is_empty() {
+            // Every fault read is answered: back to the caller, which
+            // copies ahead of a walk (stride, read-ahead) before it reads
+            // again. (Reading on while the program faults again at once
+            // starved those copies: in a debug build a walk was never
+            // copied ahead of, its program always a fault ahead.)
+            if retry.is_empty() {
                 return Ok(true);
             }
             if msgs.is_empty() {

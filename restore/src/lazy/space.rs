@@ -55,6 +55,9 @@ pub(super) struct Space {
     /// faults in a row came right next to the one before.
     pub(super) last_zero: (u64, u64),
     pub(super) zero_run: u32,
+    /// Blocks of FAULT_AROUND pages where the program had a data fault:
+    /// a second fault in one is dense.
+    pub(super) faulted: std::collections::HashSet<u64>,
 }
 
 /// Pages to copy ahead of a dense walk: [lo, hi), from the end the walk
@@ -80,6 +83,7 @@ impl Space {
             ahead: None,
             last_zero: (0, 0),
             zero_run: 0,
+            faulted: Default::default(),
         }
     }
 
@@ -372,6 +376,7 @@ mod tests {
             ahead: None,
             last_zero: (0, 0),
             zero_run: 0,
+            faulted: Default::default(),
         };
         assert_eq!(pending(&child, &l), pending(&s, &l));
     }
