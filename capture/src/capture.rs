@@ -143,7 +143,7 @@ pub fn check(pid: i32, opts: &Options) -> Result<Checked, CaptureError> {
             obstacles: Vec::new(),
             own_pid_refs: all
                 .first()
-                .map(|i| i.b.pid_refs.iter().map(|r| r.addr).collect())
+                .map(|i| own_values(&i.b.pid_refs))
                 .unwrap_or_default(),
         }),
         Err(CaptureError::Refused { obstacles, .. }) => Ok(Checked {
@@ -152,6 +152,15 @@ pub fn check(pid: i32, opts: &Options) -> Result<Checked, CaptureError> {
         }),
         Err(e) => Err(exited_or(pid, e)),
     }
+}
+
+/// The places that keep the PID as a value (mutex owners, which restore
+/// rewrites, are not the program's to worry about).
+fn own_values(refs: &[cryo_image::task::PidRef]) -> Vec<u64> {
+    refs.iter()
+        .filter(|r| r.kind == cryo_image::task::pid_ref::VALUE)
+        .map(|r| r.addr)
+        .collect()
 }
 
 /// What [`check`] found.
@@ -413,7 +422,7 @@ pub fn capture(
             .flat_map(|i| i.b.tcp_conns.iter())
             .filter(|t| t.options & cryo_image::fds::tcp_opts::LOCKED != 0)
             .count(),
-        own_pid_refs: b.pid_refs.iter().map(|r| r.addr).collect(),
+        own_pid_refs: own_values(&b.pid_refs),
     })
 }
 

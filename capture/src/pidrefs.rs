@@ -8,8 +8,9 @@
 //! names another process. Restore says so; nothing here changes memory.
 //!
 //! A heuristic, made to miss rather than cry wolf: the heap and stacks
-//! are not read (values there come and go; but V8's heap is read for
-//! process.pid in V8's own form), PIDs below 1000 or round (a
+//! are not read for the bare value (values there come and go; but V8's
+//! heap is read for process.pid in V8's own form, and other heaps for
+//! mutexes the main thread holds whose kind checks the owner), PIDs below 1000 or round (a
 //! multiple of 100 or 256) are not looked for (too common a number), nor
 //! a value the mapped file holds at the same place (a constant since
 //! load); a value that is half of a 64-bit word pointing into a mapping
@@ -18,7 +19,7 @@
 
 use crate::pages::{read_unpinned, Pagemap};
 use crate::procinfo::Mapping;
-use cryo_image::task::{PidRef, MAX_PID_REFS};
+use cryo_image::task::{pid_ref, PidRef, MAX_PID_REFS};
 use cryo_image::PAGE_SIZE;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -64,15 +65,17 @@ pub fn find(pid: i32, maps: &[Mapping], tid_at: Option<u64>) -> Vec<PidRef> {
     // longer reading all of it.)
     let mut heap_budget: u64 = MAX_HEAP_SCAN;
     for (i, m) in maps.iter().enumerate() {
-        let smi_only = v8
-            && !is_data(maps, i)
-            && is_anon_heap(m)
+        let heap = !is_data(maps, i)
+            && (is_anon_heap(m) || m.path == "[heap]")
             && !after_guard(maps, i)
             && heap_budget >= m.end - m.start;
-        if !is_data(maps, i) && !smi_only {
+        let smi_only = v8 && heap;
+        // Elsewhere in the heap: a mutex the main thread holds (below).
+        let mutex_only = heap && !v8;
+        if !is_data(maps, i) && !heap {
             continue;
         }
-        if smi_only {
+        if heap {
             heap_budget -= m.end - m.start;
         }
         let mut file = None;
@@ -97,6 +100,26 @@ pub fn find(pid: i32, maps: &[Mapping], tid_at: Option<u64>) -> Vec<PidRef> {
             if read_unpinned(&mut mem, pid, at, run).is_err() {
                 break;
             }
+            // Mutexes the main thread holds (restore rewrites their
+            // owner), in data and heap alike; their words are not values.
+            let held = held_mutexes(run, pid);
+            for &(q, pi) in &held {
+                out.push(PidRef {
+                    addr: at + q as u64,
+                    kind: if pi {
+                        pid_ref::PI_MUTEX_OWNER
+                    } else {
+                        pid_ref::MUTEX_OWNER
+                    },
+                });
+                if out.len() == MAX_PID_REFS {
+                    return out;
+                }
+            }
+            if mutex_only {
+                continue;
+            }
+            let in_mutex = |q: usize| held.iter().any(|&(o, _)| q == o || q + 8 == o);
             // Aligned 64-bit words; the PID is either half of one.
             for (q, quad) in run.chunks_exact(8).enumerate() {
                 let quad = u64::from_le_bytes(quad.try_into().unwrap_or([0; 8]));
@@ -110,7 +133,7 @@ pub fn find(pid: i32, maps: &[Mapping], tid_at: Option<u64>) -> Vec<PidRef> {
                     // Half of a pointer into a mapping whose address has
                     // the PID as its high or low half.
                     let addr = at + q as u64 * 8 + 4 * half;
-                    if mapped(quad) || Some(addr) == tid_at {
+                    if mapped(quad) || Some(addr) == tid_at || in_mutex(q * 8 + 4 * half as usize) {
                         continue;
                     }
                     // A constant of the file itself (nginx's .data holds
@@ -118,13 +141,50 @@ pub fn find(pid: i32, maps: &[Mapping], tid_at: Option<u64>) -> Vec<PidRef> {
                     if m.inode != 0 && in_file(pid, m, &mut file, addr, pid) {
                         continue;
                     }
-                    out.push(PidRef { addr });
+                    out.push(PidRef {
+                        addr,
+                        kind: pid_ref::VALUE,
+                    });
                     if out.len() == MAX_PID_REFS {
                         return out;
                     }
                 }
             }
         }
+    }
+    out
+}
+
+/// Offsets in `buf` of glibc mutexes (`pthread_mutex_t`, 8-byte aligned:
+/// lock, count, owner, nusers, kind) that thread `tid` holds and whose
+/// kind checks the owner: recursive, error-checking or
+/// priority-inheriting (robust ones are on the robust list, which restore
+/// rewrites). Restored under another id, the main thread no longer owns
+/// them: unlock fails with EPERM, a recursive lock with EBUSY, and OCaml's
+/// stdin channel hung (the survey of stop 32). The offset is the owner's;
+/// true: priority-inheriting (its lock word holds the id too).
+fn held_mutexes(buf: &[u8], tid: i32) -> Vec<(usize, bool)> {
+    let word = |o: usize| u32::from_le_bytes(buf[o..o + 4].try_into().unwrap_or([0; 4]));
+    let mut out = Vec::new();
+    let mut o = 0;
+    while o + 20 <= buf.len() {
+        if word(o + 8) as i32 == tid {
+            let (lock, count, nusers, kind) = (word(o), word(o + 4), word(o + 12), word(o + 16));
+            const ROBUST: u32 = 0x10;
+            const PI: u32 = 0x20;
+            let known = kind & !0xff == 0 && kind & ROBUST == 0;
+            let checks_owner = matches!(kind & 3, 1 | 2) || kind & PI != 0;
+            let locked = if kind & PI != 0 {
+                lock & 0x3fff_ffff == tid as u32
+            } else {
+                lock == 1 || lock == 2
+            };
+            if known && checks_owner && locked && (1..1 << 16).contains(&nusers) && count < 1 << 24
+            {
+                out.push((o + 8, kind & PI != 0));
+            }
+        }
+        o += 8;
     }
     out
 }

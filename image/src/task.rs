@@ -47,7 +47,23 @@ record! {
     /// changes memory.
     pub struct PidRef {
         pub addr: u64,
+        /// (11.4) [`pid_ref`]: what the place is (0 in older images: a
+        /// value).
+        pub kind: u64,
     }
+}
+
+/// `PidRef::kind`.
+pub mod pid_ref {
+    /// The PID as a value the program keeps: named, never changed.
+    pub const VALUE: u64 = 0;
+    /// The owner field of a glibc mutex the main thread holds whose kind
+    /// checks the owner (recursive, error-checking): restore rewrites it
+    /// to the restored main thread's id, as it rewrites robust mutexes.
+    pub const MUTEX_OWNER: u64 = 1;
+    /// The same for a priority-inheriting mutex, whose lock word (8 bytes
+    /// before) holds the owner's id too.
+    pub const PI_MUTEX_OWNER: u64 = 2;
 }
 
 /// The most instructions of seccomp filters one task may have: the

@@ -236,7 +236,10 @@ pub(crate) fn sample_full_with(edit: impl FnOnce(&mut ImageBuilder)) -> (Vec<u8>
         ..Default::default()
     });
     // (9.1) Where the process kept its PID; a file reopened by handle.
-    b.pid_refs.push(PidRef { addr: 0x1000 });
+    b.pid_refs.push(PidRef {
+        addr: 0x1000,
+        kind: 0,
+    });
     let handled = b.files.len() as u32;
     b.files.push(FileId {
         path: b.strings.add(""),

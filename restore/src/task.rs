@@ -332,9 +332,13 @@ fn apply_sched(t: &TaskState) -> Result<(), RestoreError> {
 /// (`cryo_image::task::PidRef`, found at capture), in words: restored
 /// under another PID, it goes on with the captured one there.
 pub fn own_pid_note(img: &Image) -> Option<String> {
-    let refs = img.pid_refs();
+    let refs: Vec<cryo_image::task::PidRef> = img
+        .pid_refs()
+        .iter()
+        .filter(|r| r.kind == cryo_image::task::pid_ref::VALUE)
+        .collect();
     let p = img.process();
-    let first = refs.get(0)?;
+    let first = refs.first()?;
     let vmas = img.vmas();
     let path = |i: usize| {
         vmas.get(i)

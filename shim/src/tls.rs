@@ -27,6 +27,7 @@ pub fn restore(img: &Image, tid_offset: usize) {
     let new_pid = syscall3(SYS_GETPID, 0, 0, 0) as u32;
     fix_cached_tid(img, r.fs_base, tid_offset, p.pid, new_pid);
     fix_robust_owners(img, p.robust_list, p.pid, new_pid);
+    fix_mutex_owners(img, p.pid, new_pid);
     if p.robust_list != 0 {
         syscall3(
             SYS_SET_ROBUST_LIST,
@@ -86,6 +87,35 @@ pub fn fix_cached_tid(img: &Image, fs_base: u64, hint: usize, old: u32, new: u32
     }
     if count == 1 {
         poke_u32(found, new);
+    }
+}
+
+/// Mutexes the main thread held at capture whose kind checks the owner
+/// (recursive, error-checking, priority-inheriting; capture found them,
+/// `PidRef` of kind MUTEX_OWNER or PI_MUTEX_OWNER): their owner field,
+/// and a PI mutex's lock word, get the main thread's new id, as robust
+/// ones do below. Each only if it still holds the old one.
+pub fn fix_mutex_owners(img: &Image, old: u32, new: u32) {
+    use cryo_image::task::pid_ref;
+    const TID_MASK: u32 = 0x3fff_ffff;
+    if old == new {
+        return;
+    }
+    for r in img.pid_refs().iter() {
+        if r.kind == pid_ref::VALUE || r.addr < 8 || !writable(img, r.addr - 8, 12) {
+            continue;
+        }
+        let (owner, lock) = (r.addr as usize, r.addr as usize - 8);
+        if peek_u32(owner) != old {
+            continue;
+        }
+        poke_u32(owner, new);
+        if r.kind == pid_ref::PI_MUTEX_OWNER {
+            let word = peek_u32(lock);
+            if word & TID_MASK == old {
+                poke_u32(lock, (word & !TID_MASK) | new);
+            }
+        }
     }
 }
 

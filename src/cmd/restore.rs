@@ -243,7 +243,12 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
                     "prefetch_runs": l.prefetch.len(),
                 })),
                 "own_pid": {
-                    "refs": img.pid_refs().iter().map(|r| r.addr).collect::<Vec<u64>>(),
+                    "refs": img.pid_refs().iter()
+                        .filter(|r| r.kind == cryo_image::task::pid_ref::VALUE)
+                        .map(|r| r.addr).collect::<Vec<u64>>(),
+                    "held_mutexes": img.pid_refs().iter()
+                        .filter(|r| r.kind != cryo_image::task::pid_ref::VALUE)
+                        .map(|r| r.addr).collect::<Vec<u64>>(),
                     "note": note,
                 },
             })

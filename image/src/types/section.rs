@@ -89,6 +89,8 @@ pub enum SectionKind {
 
 /// A `files` record as 9.0 wrote it (before the birth time).
 const FILE_ID_9_0: usize = 72;
+/// A `pid_refs` record as 11.3 wrote it (before `kind`).
+const PID_REF_11_3: usize = 8;
 /// A `task` record as 11.2 wrote it (before `xcomp_perm`).
 const TASK_STATE_11_2: usize = <crate::task::TaskState as crate::record::Record>::SIZE - 8;
 
@@ -197,6 +199,7 @@ impl SectionKind {
         match self {
             SectionKind::Files => FILE_ID_9_0,
             SectionKind::Task => TASK_STATE_11_2,
+            SectionKind::PidRefs => PID_REF_11_3,
             k => k.known_record_size(),
         }
     }

@@ -86,7 +86,13 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
             "tls": {"canary": p.tls_canary, "pointer_guard": p.tls_pointer_guard,
                     "tid_offset": p.tid_offset},
             "clear_child_tid": p.clear_child_tid,
-            "pid_refs": img.pid_refs().iter().map(|r| r.addr).collect::<Vec<u64>>(),
+            "pid_refs": img.pid_refs().iter()
+                .filter(|r| r.kind == cryo_image::task::pid_ref::VALUE)
+                .map(|r| r.addr).collect::<Vec<u64>>(),
+            "held_mutexes": img.pid_refs().iter()
+                .filter(|r| r.kind != cryo_image::task::pid_ref::VALUE)
+                .map(|r| json!({"owner": r.addr, "pi": r.kind == cryo_image::task::pid_ref::PI_MUTEX_OWNER}))
+                .collect::<Vec<_>>(),
             "seccomp": seccomp_json(img),
             "vdso": {"start": p.vdso_start, "len": p.vdso_len, "hash": p.vdso_hash},
         },

@@ -193,7 +193,18 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
             let _ = writeln!(o, "finish    no gadgets found (restore uses its tracer)");
         }
     }
-    let refs = img.pid_refs();
+    let (mutexes, refs): (Vec<_>, Vec<_>) = img
+        .pid_refs()
+        .iter()
+        .partition(|r| r.kind != cryo_image::task::pid_ref::VALUE);
+    if !mutexes.is_empty() {
+        let addrs: Vec<String> = mutexes.iter().map(|r| format!("{:#x}", r.addr)).collect();
+        let _ = writeln!(
+            o,
+            "mutexes   held by the main thread, owner fields at {} (rewritten to its id at restore)",
+            addrs.join(" ")
+        );
+    }
     if !refs.is_empty() {
         let addrs: Vec<String> = refs.iter().map(|r| format!("{:#x}", r.addr)).collect();
         let _ = writeln!(
