@@ -64,6 +64,7 @@ fn quick_compare_agrees_on_every_available_method() {
         "cold",
         "cryo-eager",
         "cryo-lazy",
+        "cryo-lazy-on-demand",
         "cryo-lazy-prefetch",
         "cryo-map",
     ];

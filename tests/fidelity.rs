@@ -14,7 +14,12 @@ use std::process::{Command, Stdio};
 use support::*;
 
 /// Every way an image is restored.
-const MODES: [&[&str]; 4] = [&[], &["--use-tracer"], &["--lazy"], &["--lazy=on-demand"]];
+const MODES: [&[&str]; 4] = [
+    &[],
+    &["--use-tracer"],
+    &["--lazy", "--lazy-min-mib=0"],
+    &["--lazy=on-demand", "--lazy-min-mib=0"],
+];
 
 fn fidelity_cmd(case: &str, dir: &Path) -> Command {
     let mut cmd = Command::new(program("c-fidelity"));

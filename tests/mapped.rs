@@ -177,7 +177,7 @@ fn mapped_restore_captured_again_stands_alone() {
             "a mapping of the old image: {name}"
         );
     }
-    for mode in [&[][..], &["--map"], &["--lazy"]] {
+    for mode in [&[][..], &["--map"], &["--lazy", "--lazy-min-mib=0"]] {
         let (code, out, err) = finish(restore(&img2, mode));
         assert_eq!(code, 0, "{mode:?}: {out}\n{err}");
         assert!(out.ends_with("PASS again\n"), "{mode:?}: {out}");

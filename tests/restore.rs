@@ -112,8 +112,8 @@ fn capture_cmd(cmd: Command, name: &str, how: &str, dir: &Path) -> std::path::Pa
 const RESTORE_MODES: [&[&str]; 5] = [
     &[],
     &["--use-tracer"],
-    &["--lazy"],
-    &["--lazy=on-demand"],
+    &["--lazy", "--lazy-min-mib=0"],
+    &["--lazy=on-demand", "--lazy-min-mib=0"],
     &["--map"],
 ];
 
@@ -342,7 +342,7 @@ fn maps_equal_the_capture_and_no_trace_of_cryo() {
 
 #[test]
 fn maps_equal_the_capture_after_lazy_restore() {
-    maps_equal("maps-lazy", &["--lazy=on-demand"]);
+    maps_equal("maps-lazy", &["--lazy=on-demand", "--lazy-min-mib=0"]);
 }
 
 /// Eight threads (fidelity's threads case): the maps are the capture's
@@ -352,7 +352,7 @@ fn maps_equal_the_capture_after_lazy_restore() {
 fn maps_equal_the_capture_with_threads() {
     for (tag, mode) in [
         ("maps-threads", &[][..]),
-        ("maps-threads-lazy", &["--lazy"][..]),
+        ("maps-threads-lazy", &["--lazy", "--lazy-min-mib=0"][..]),
     ] {
         let dir = scratch(tag);
         let args = ["threads".to_owned(), dir.to_str().unwrap().to_owned()];
@@ -594,7 +594,7 @@ fn lazy_case(mode: &str) {
     assert!(expected.starts_with("PASS "), "plain run: {expected}");
     let img = capture_killed("c-lazy", &args, "stop", &format!("lazy-{mode}"));
     for lazy in LAZY_MODES {
-        let (code, out, err) = Restored::start(&img, &[lazy]).finish();
+        let (code, out, err) = Restored::start(&img, &[lazy, "--lazy-min-mib=0"]).finish();
         assert_eq!(
             (code, last_line(&out)),
             (0, expected.as_str()),
@@ -630,6 +630,60 @@ fn lazy_every_word_checked() {
     lazy_case("check");
 }
 
+/// `--lazy` on an image with less lazy memory than `--lazy-min-mib`
+/// (default 4 MiB) fills it eagerly instead, and says so (`--dry-run`,
+/// its JSON, `--lazy-stats`); a larger image, or `--lazy-min-mib=0`, is
+/// served by the page server. Both give the program's own answer.
+#[test]
+fn lazy_fills_a_small_image_eagerly_and_says_so() {
+    let stats = |img: &std::path::Path, extra: &[&str], tag: &str, expected: &str| {
+        let f = img.parent().unwrap().join(format!("small-stats-{tag}"));
+        let mut a = extra.to_vec();
+        a.extend(["--lazy-stats", f.to_str().unwrap()]);
+        let (code, out, err) = Restored::start(img, &a).finish();
+        assert_eq!((code, last_line(&out)), (0, expected), "{tag}: {err}");
+        let text = std::fs::read_to_string(&f).expect("stats written");
+        serde_json::from_str::<serde_json::Value>(&text).expect("stats JSON")
+    };
+    for (mib, small) in [("1", true), ("8", false)] {
+        let args = ["check", mib];
+        let expected = plain_run("c-lazy", &args, "stop");
+        assert!(expected.starts_with("PASS "), "plain run: {expected}");
+        let img = capture_killed("c-lazy", &args, "stop", &format!("lazy-small-{mib}"));
+        let (code, out, err) = cryo_cmd(&[
+            "restore",
+            img.to_str().unwrap(),
+            "--lazy",
+            "--dry-run",
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let dry: serde_json::Value = serde_json::from_str(&out).expect("dry-run JSON");
+        assert_eq!(dry["eager_fill"].is_object(), small, "{dry}");
+        assert_eq!(dry["lazy"].is_object(), !small, "{dry}");
+        let (_, text, _) = cryo_cmd(&["restore", img.to_str().unwrap(), "--lazy", "--dry-run"]);
+        assert_eq!(text.contains("filled eagerly instead"), small, "{text}");
+        for lazy in LAZY_MODES {
+            let st = stats(&img, &[lazy], &format!("{mib}{}", lazy.len()), &expected);
+            assert_eq!(st["filled_eagerly"].as_bool(), Some(small), "{st}");
+            if small {
+                assert_eq!(st["faults"].as_u64(), Some(0), "{st}");
+                assert!(st["lazy_pages"].as_u64().unwrap() < 1024, "{st}");
+            }
+        }
+        // On demand, every page the program reads is a fault or copied
+        // ahead of one: the page server served it.
+        let st = stats(
+            &img,
+            &["--lazy=on-demand", "--lazy-min-mib=0"],
+            &format!("{mib}-forced"),
+            &expected,
+        );
+        assert_eq!(st["filled_eagerly"].as_bool(), Some(false), "{st}");
+        assert!(st["faults"].as_u64().unwrap() > 0, "{st}");
+    }
+}
+
 /// Walks with a fixed stride, up and down, and a drop ahead of the walk
 /// midway: the page server follows a walk (copies ahead of it; on demand
 /// --lazy-stats counts them) and never brings back a page the program
@@ -645,8 +699,16 @@ fn lazy_strided_walks_are_followed_and_drops_stay_zero() {
             .parent()
             .unwrap()
             .join(format!("stride-stats-{}", lazy.len()));
-        let (code, out, err) =
-            Restored::start(&img, &[lazy, "--lazy-stats", f.to_str().unwrap()]).finish();
+        let (code, out, err) = Restored::start(
+            &img,
+            &[
+                lazy,
+                "--lazy-min-mib=0",
+                "--lazy-stats",
+                f.to_str().unwrap(),
+            ],
+        )
+        .finish();
         assert_eq!(
             (code, last_line(&out)),
             (0, expected.as_str()),
@@ -678,8 +740,16 @@ fn lazy_dense_walks_are_read_ahead_and_empty_pages_zeroed_around() {
             .parent()
             .unwrap()
             .join(format!("dense-stats-{}", lazy.len()));
-        let (code, out, err) =
-            Restored::start(&img, &[lazy, "--lazy-stats", f.to_str().unwrap()]).finish();
+        let (code, out, err) = Restored::start(
+            &img,
+            &[
+                lazy,
+                "--lazy-min-mib=0",
+                "--lazy-stats",
+                f.to_str().unwrap(),
+            ],
+        )
+        .finish();
         assert_eq!(
             (code, last_line(&out)),
             (0, expected.as_str()),
@@ -703,6 +773,7 @@ fn lazy_dense_walks_are_read_ahead_and_empty_pages_zeroed_around() {
         &img,
         &[
             "--lazy=on-demand",
+            "--lazy-min-mib=0",
             "--verify",
             "--lazy-stats",
             f.to_str().unwrap(),
@@ -737,7 +808,7 @@ fn children_of(ppid: i32) -> Vec<i32> {
 #[test]
 fn lazy_page_server_killed_kills_the_program_loudly() {
     let img = capture_killed("c-lazy", &["slow", "16"], "stop", "lazy-kill");
-    let mut r = Restored::start(&img, &["--lazy=on-demand"]);
+    let mut r = Restored::start(&img, &["--lazy=on-demand", "--lazy-min-mib=0"]);
     // Wait until the program runs (it prints RESUMED), then find the page
     // server: the child of the watchdog, a `cryo restore` of this image
     // that is not the restored process.
@@ -799,7 +870,8 @@ fn lazy_corrupt_page_kills_the_program_loudly() {
     std::fs::write(&p, &b).unwrap();
     // A lazy restore is killed, never finishes, and says what is corrupt.
     let dies_saying = |what: &str| {
-        let (code, out, err) = Restored::start(&img, &["--lazy=on-demand"]).finish();
+        let (code, out, err) =
+            Restored::start(&img, &["--lazy=on-demand", "--lazy-min-mib=0"]).finish();
         assert_eq!(code, 128 + libc::SIGKILL, "killed: out {out} err {err}");
         assert!(!out.contains("PASS"), "{out}");
         assert!(
@@ -840,7 +912,7 @@ fn lazy_working_set_recorded_then_prefetched() {
     let md = std::fs::metadata(&ws).expect("working set recorded");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(md.permissions().mode() & 0o777, 0o600);
-    let second = run(&["--lazy=on-demand"], "pre");
+    let second = run(&["--lazy=on-demand", "--lazy-min-mib=0"], "pre");
     let f1 = first["faults"].as_u64().unwrap();
     let f2 = second["faults"].as_u64().unwrap();
     assert!(f1 >= 40, "the recording run faulted: {first}");
@@ -848,7 +920,7 @@ fn lazy_working_set_recorded_then_prefetched() {
     assert!(f2 * 10 <= f1, "prefetch cut faults by 90 %: {f1} → {f2}");
     // A working set from another image is refused, clearly.
     std::fs::write(&ws, b"CRYOWSET garbage garbage garbage").unwrap();
-    let (code, _, err) = Restored::start(&img, &["--lazy"]).finish();
+    let (code, _, err) = Restored::start(&img, &["--lazy", "--lazy-min-mib=0"]).finish();
     assert_eq!(code, 1);
     assert!(err.contains("working-set"), "{err}");
 }

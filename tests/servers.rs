@@ -21,7 +21,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
-const MODES: [&[&str]; 4] = [&[], &["--use-tracer"], &["--lazy"], &["--lazy=on-demand"]];
+const MODES: [&[&str]; 4] = [
+    &[],
+    &["--use-tracer"],
+    &["--lazy", "--lazy-min-mib=0"],
+    &["--lazy=on-demand", "--lazy-min-mib=0"],
+];
 
 /// A port no one listens on now (the kernel's pick, released).
 fn free_port() -> u16 {
@@ -637,9 +642,12 @@ fn gunicorn_workers_keep_their_heartbeat_files() {
     let (_, out, _) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
     assert!(out.contains("(deleted)"), "{out}");
     // Each worker checks that its parent is the PID it keeps: --same-pid.
-    for (i, mode) in [&["--same-pid"][..], &["--same-pid", "--lazy"]]
-        .iter()
-        .enumerate()
+    for (i, mode) in [
+        &["--same-pid"][..],
+        &["--same-pid", "--lazy", "--lazy-min-mib=0"],
+    ]
+    .iter()
+    .enumerate()
     {
         wait_gone(&pids);
         let r = restore(&img, mode, &dir.join(format!("out{i}")));
@@ -786,7 +794,11 @@ fn tcp_connection_to_outside_kept_with_tcp_repair() {
     which("nft");
     // Over IPv6 too where this machine has its loopback.
     let v6 = std::net::TcpListener::bind("[::1]:0").is_ok();
-    let rounds: &[(&[&str], bool)] = &[(&[], false), (&["--lazy"], false), (&[], true)];
+    let rounds: &[(&[&str], bool)] = &[
+        (&[], false),
+        (&["--lazy", "--lazy-min-mib=0"], false),
+        (&[], true),
+    ];
     for (i, &(mode, six)) in rounds.iter().enumerate() {
         if six && !v6 {
             continue;

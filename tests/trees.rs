@@ -113,7 +113,12 @@ fn shell_pipeline_finishes_byte_exact_after_restore() {
     let at_capture = std::fs::read(&out).unwrap();
     assert!(at_capture.len() < want.len());
     wait_gone(&pids);
-    for mode in [&[][..], &["--lazy"], &["--use-tracer"], &["--map"]] {
+    for mode in [
+        &[][..],
+        &["--lazy", "--lazy-min-mib=0"],
+        &["--use-tracer"],
+        &["--map"],
+    ] {
         std::fs::write(&out, &at_capture).unwrap();
         let (code, _, err) = finish(restore(&img, mode), "");
         assert_eq!(code, 0, "restore {mode:?}: {err}");
@@ -139,8 +144,8 @@ fn family_keeps_zombies_groups_sessions_pids_and_pipe_bytes() {
     for mode in [
         &[][..],
         &["--use-tracer"],
-        &["--lazy"],
-        &["--lazy=on-demand"],
+        &["--lazy", "--lazy-min-mib=0"],
+        &["--lazy=on-demand", "--lazy-min-mib=0"],
         &["--same-pid"],
         &["--map"],
         &["--pidns"],
@@ -198,7 +203,7 @@ fn prefork_workers_share_their_listening_sockets_after_restore() {
     let pids = tree_pids(&img);
     assert_eq!(pids.len(), 3);
     wait_gone(&pids);
-    for mode in [&[][..], &["--lazy"]] {
+    for mode in [&[][..], &["--lazy", "--lazy-min-mib=0"]] {
         let r = restore(&img, mode);
         let mut workers = std::collections::BTreeSet::new();
         for i in 0..8 {
@@ -284,7 +289,7 @@ fn socket_pair_and_shared_memory_between_parent_and_child() {
     );
     let pids = tree_pids(&img);
     wait_gone(&pids);
-    for mode in [&[][..], &["--lazy"]] {
+    for mode in [&[][..], &["--lazy", "--lazy-min-mib=0"]] {
         let (code, out, err) = finish(restore(&img, mode), "go\n");
         assert_eq!(code, 0, "{mode:?}: {out}{err}");
         assert_eq!(out.lines().last(), Some("PASS"), "{mode:?}: {out}{err}");
@@ -358,7 +363,7 @@ fn capture_keeps_copy_on_write_sharing_and_restore_gets_the_heap_back() {
     let (code, last, err) = t.finish();
     assert_eq!((code, last.as_str()), (0, "PASS cow"), "{err}");
     wait_gone(&kids);
-    for mode in [&[][..], &["--lazy"]] {
+    for mode in [&[][..], &["--lazy", "--lazy-min-mib=0"]] {
         let (code, out, err) = finish(restore(&img, mode), "go\nend\n");
         assert_eq!(code, 0, "{mode:?}: {out}{err}");
         assert_eq!(out.lines().last(), Some("PASS cow"), "{mode:?}: {out}{err}");
@@ -411,7 +416,11 @@ fn children_that_changed_their_memory_after_the_fork_share_the_rest_again() {
     let pids = tree_pids(&img);
     assert_eq!(pids.len(), 5, "{pids:?}");
     wait_gone(&pids);
-    for mode in [&["--phases"][..], &["--lazy"], &["--pidns", "--phases"]] {
+    for mode in [
+        &["--phases"][..],
+        &["--lazy", "--lazy-min-mib=0"],
+        &["--pidns", "--phases"],
+    ] {
         let mut r = restore(&img, mode);
         let mut stdin = r.stdin.take().unwrap();
         stdin.write_all(b"go\n").unwrap();
@@ -499,7 +508,11 @@ print("PASS", flush=True)
         script,
         |_| {},
         |_| {},
-        &[&["--phases"], &["--pidns", "--phases"], &["--lazy"]],
+        &[
+            &["--phases"],
+            &["--pidns", "--phases"],
+            &["--lazy", "--lazy-min-mib=0"],
+        ],
     );
     for err in &errs[..2] {
         assert!(err.contains("is forked by its parent's shim"), "{err}");
@@ -990,7 +1003,12 @@ fn seccomp_strict_child_is_captured_and_restored_strict() {
         inspect_text(&child)
     );
     wait_gone(&pids);
-    for mode in [&[][..], &["--use-tracer"], &["--lazy"], &["--map"]] {
+    for mode in [
+        &[][..],
+        &["--use-tracer"],
+        &["--lazy", "--lazy-min-mib=0"],
+        &["--map"],
+    ] {
         let (code, out, err) = finish(restore(&img, mode), "x");
         assert_eq!(
             (code, out.lines().last()),
@@ -1033,7 +1051,7 @@ fn pty_pair_keeps_its_settings_session_foreground_and_unread_bytes() {
     for mode in [
         &[][..],
         &["--use-tracer"],
-        &["--lazy"],
+        &["--lazy", "--lazy-min-mib=0"],
         &["--map"],
         &["--pidns"],
     ] {
@@ -1128,7 +1146,7 @@ print("PASS", flush=True)
         "tree-zombie-group",
         script,
         |_| {},
-        &[&[], &["--lazy"], &["--same-pid"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--same-pid"]],
     );
 }
 
@@ -1156,7 +1174,7 @@ os.write(d, b"root dup\n")
 print("PASS", flush=True)
 "#;
     let (img, pids) = capture_python_tree("tree-stdio", script, |_| {});
-    for mode in [&[][..], &["--pidns"], &["--lazy"]] {
+    for mode in [&[][..], &["--pidns"], &["--lazy", "--lazy-min-mib=0"]] {
         let (code, out, err) = finish(restore(&img, mode), "x\n");
         assert_eq!(code, 0, "{mode:?}: {out}{err}");
         // (The root's dup of its stdout at fd 3 is the restore's stdout.)
@@ -1224,7 +1242,7 @@ print("PASS", flush=True)
             log.display()
         );
         let (img, pids) = capture_python_tree(tag, &script, |_| {});
-        for mode in [&[][..], &["--lazy"]] {
+        for mode in [&[][..], &["--lazy", "--lazy-min-mib=0"]] {
             std::fs::write(&log, "").unwrap();
             let (code, out, err) = finish(restore(&img, mode), "x\n");
             assert_eq!(code, 0, "{tag} {mode:?}: {out}{err}");
@@ -1303,7 +1321,7 @@ print("PASS", flush=True)
         "tree-orphan-group-session",
         script,
         |_| {},
-        &[&[], &["--lazy"], &["--pidns"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--pidns"]],
     );
 }
 
@@ -1347,7 +1365,7 @@ print("PASS", flush=True)
             let out = inspect_text(img);
             assert!(out.contains("zombie"), "{out}");
         },
-        &[&[], &["--lazy"], &["--same-pid"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--same-pid"]],
     );
 }
 
@@ -1393,7 +1411,7 @@ print("PASS", flush=True)
             let text = inspect_text(img);
             assert!(text.contains("reopened by its file handle"), "{text}");
         },
-        &[&[], &["--lazy"], &["--map"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--map"]],
     );
 }
 
@@ -1448,7 +1466,7 @@ print("PASS", flush=True)
             let text = inspect_text(img);
             assert!(text.contains("(deleted)"), "{text}");
         },
-        &[&[], &["--lazy"], &["--map"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--map"]],
     );
 }
 
@@ -1491,7 +1509,7 @@ print("PASS", flush=True)
         "tree-pidfd",
         script,
         |_| {},
-        &[&[], &["--lazy"], &["--same-pid"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--same-pid"]],
     );
 }
 
@@ -1535,7 +1553,7 @@ print("PASS", flush=True)
         "tree-pidfd-dead",
         script,
         |_| {},
-        &[&[], &["--lazy"], &["--same-pid"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--same-pid"]],
     );
 }
 
@@ -1574,7 +1592,7 @@ print("PASS", flush=True)
         "tree-pidfd-apart",
         script,
         |_| {},
-        &[&[], &["--lazy"], &["--same-pid"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--same-pid"]],
     );
 }
 
@@ -1664,7 +1682,10 @@ assert os.waitpid(pid, 0)[1] == 0
 print("PASS", flush=True)
 "#;
     let dir = scratch("tree-tcp-repair");
-    for (i, mode) in [&[][..], &["--lazy"]].iter().enumerate() {
+    for (i, mode) in [&[][..], &["--lazy", "--lazy-min-mib=0"]]
+        .iter()
+        .enumerate()
+    {
         let mut cmd = Command::new("python3");
         cmd.args(["-c", script]);
         let t = Target::spawn(cmd, "tcp-in-tree");
@@ -1799,7 +1820,12 @@ print("PASS", flush=True)
         "tree-dgram-ghost",
         script,
         |_| {},
-        &[&[], &["--lazy"], &["--map"], &["--pidns"]],
+        &[
+            &[],
+            &["--lazy", "--lazy-min-mib=0"],
+            &["--map"],
+            &["--pidns"],
+        ],
     );
 }
 
@@ -1860,7 +1886,12 @@ print("PASS", flush=True)
         "tree-hung-up-tty",
         script,
         |_| {},
-        &[&[], &["--lazy"], &["--map"], &["--pidns"]],
+        &[
+            &[],
+            &["--lazy", "--lazy-min-mib=0"],
+            &["--map"],
+            &["--pidns"],
+        ],
     );
 }
 
@@ -1905,7 +1936,12 @@ print("PASS", flush=True)
         "tree-pending",
         script,
         |_| {},
-        &[&[], &["--lazy"], &["--map"], &["--pidns"]],
+        &[
+            &[],
+            &["--lazy", "--lazy-min-mib=0"],
+            &["--map"],
+            &["--pidns"],
+        ],
     );
 }
 
@@ -1961,7 +1997,7 @@ print("PASS", flush=True)
         "tree-pending-two",
         script,
         |_| {},
-        &[&[], &["--lazy"], &["--pidns"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--pidns"]],
     );
     // The listener's own process's first, then its child's (refused
     // until stop 30 too).
@@ -1992,7 +2028,7 @@ print("PASS", flush=True)
         "tree-pending-mixed",
         mixed,
         |_| {},
-        &[&[], &["--lazy"], &["--pidns"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--pidns"]],
     );
     // The same with the root's connection held by the child too (the
     // fork): every holder's record has its place (a review found it
@@ -2048,7 +2084,7 @@ print("PASS", flush=True)
                 "{text}"
             );
         },
-        &[&[], &["--lazy"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"]],
     );
 }
 
@@ -2105,7 +2141,7 @@ print("PASS", flush=True)
                 "{text}"
             );
         },
-        &[&[], &["--lazy"], &["--same-pid"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--same-pid"]],
     );
 
     // A process outside the tree that has ended since: refused by name,
@@ -2178,7 +2214,7 @@ print("PASS", flush=True)
         "dgram-queued",
         script,
         |_| {},
-        &[&[], &["--lazy"], &["--map"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--map"]],
     );
     let from_child = r#"
 import os, socket, sys
@@ -2285,7 +2321,7 @@ print("PASS", line.strip(), flush=True)
     let img = dir.join("img");
     capture_kill(t.pid, &img);
     drop(t);
-    for mode in [&[][..], &["--lazy"], &["--use-tracer"]] {
+    for mode in [&[][..], &["--lazy", "--lazy-min-mib=0"], &["--use-tracer"]] {
         let mut c = restore(&img, mode);
         let mut out = BufReader::new(c.stdout.take().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
@@ -2412,7 +2448,12 @@ assert os.read(s, 100) == b"and h\x7falf a line\n"
 assert not termios.tcgetattr(s)[3] & termios.ECHO
 print("PASS", flush=True)
 "#;
-    python_round_trips("pty-single", script, |_| {}, &[&[], &["--lazy"]]);
+    python_round_trips(
+        "pty-single",
+        script,
+        |_| {},
+        &[&[], &["--lazy", "--lazy-min-mib=0"]],
+    );
 }
 
 #[test]
@@ -2461,7 +2502,7 @@ print("PASS", flush=True)
                 );
             }
         },
-        &[&[], &["--lazy"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"]],
     );
 }
 
@@ -2491,7 +2532,12 @@ assert os.read(r2, 1) == b"y"
 assert ep.poll(0) == [(a, select.EPOLLIN)], ep.poll(0)
 print("PASS", flush=True)
 "#;
-    python_round_trips("epoll-closed", script, |_| {}, &[&[], &["--lazy"]]);
+    python_round_trips(
+        "epoll-closed",
+        script,
+        |_| {},
+        &[&[], &["--lazy", "--lazy-min-mib=0"]],
+    );
 }
 
 /// An epoll set shared by a fork, whose child closed the fd of a file
@@ -2535,7 +2581,7 @@ print("PASS", flush=True)
         text.contains("1 on files only another process of the tree holds"),
         "{text}"
     );
-    for mode in [&[][..], &["--lazy"], &["--pidns"]] {
+    for mode in [&[][..], &["--lazy", "--lazy-min-mib=0"], &["--pidns"]] {
         let (code, out, err) = finish(restore(&img, mode), "x\n");
         assert_eq!(code, 0, "restore {mode:?}: {out}{err}");
         assert_eq!(out.lines().last(), Some("PASS"), "{mode:?}: {out}{err}");
@@ -2570,7 +2616,7 @@ print("PASS", flush=True)
                 "{text}"
             );
         },
-        &[&[], &["--lazy"], &["--pidns"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--pidns"]],
     );
 }
 
@@ -2627,7 +2673,7 @@ print("PASS", flush=True)
                 "{child}"
             );
         },
-        &[&[], &["--lazy"], &["--pidns"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--pidns"]],
     );
 }
 
@@ -2668,7 +2714,7 @@ print("PASS", flush=True)
         "tree-abstract-widow",
         script,
         |_| {},
-        &[&[], &["--lazy"], &["--pidns"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--pidns"]],
     );
     let flying = r#"
 import os, socket, sys
@@ -2729,7 +2775,7 @@ print("PASS", flush=True)
                 "{text}"
             );
         },
-        &[&[], &["--lazy"], &["--map"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--map"]],
     );
 }
 
@@ -2777,7 +2823,7 @@ print("PASS", flush=True)
             // the next ones make it again.
             assert!(path.exists());
         },
-        &[&[], &["--lazy"], &["--map"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--map"]],
     );
     assert!(!path.exists());
 }
@@ -2844,7 +2890,12 @@ os.write(fds[0], b"ok"); assert os.read(r, 2) == b"ok"
 assert b.recv(10) == b""
 print("PASS", flush=True)
 "#;
-    python_round_trips("in-flight-shut", shut, |_| {}, &[&[], &["--lazy"]]);
+    python_round_trips(
+        "in-flight-shut",
+        shut,
+        |_| {},
+        &[&[], &["--lazy", "--lazy-min-mib=0"]],
+    );
     python_round_trips_with(
         "in-flight",
         script,
@@ -2858,7 +2909,7 @@ print("PASS", flush=True)
             let text = inspect_text(img);
             assert!(text.contains("in flight"), "{text}");
         },
-        &[&[], &["--lazy"], &["--map"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--map"]],
     );
 }
 
@@ -2922,7 +2973,7 @@ print("PASS", flush=True)
             let text = inspect_text(img);
             assert!(text.contains("a queue with files in flight"), "{text}");
         },
-        &[&[], &["--lazy"], &["--map"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--map"]],
     );
 }
 
@@ -2994,7 +3045,7 @@ print("PASS", flush=True)
             let text = inspect_text(img);
             assert!(text.contains("in flight"), "{text}");
         },
-        &[&[], &["--lazy"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"]],
     );
 }
 
@@ -3044,7 +3095,12 @@ os.kill(pid, 9); os.waitpid(pid, 0)
 os.unlink(path)
 print("PASS", flush=True)
 "#;
-    python_round_trips("tree-named-in-flight", script, |_| {}, &[&[], &["--lazy"]]);
+    python_round_trips(
+        "tree-named-in-flight",
+        script,
+        |_| {},
+        &[&[], &["--lazy", "--lazy-min-mib=0"]],
+    );
 }
 
 #[test]
@@ -3077,7 +3133,12 @@ assert st == 0, st
 assert ep.poll(0) == [(r, select.EPOLLIN)]
 print("PASS", flush=True)
 "#;
-    python_round_trips("tree-epoll", script, |_| {}, &[&[], &["--lazy"]]);
+    python_round_trips(
+        "tree-epoll",
+        script,
+        |_| {},
+        &[&[], &["--lazy", "--lazy-min-mib=0"]],
+    );
     // An inotify instance with a watch, made by the parent, inherited by
     // the child, which reads the event of the parent's new file.
     let inotify = r#"
@@ -3104,7 +3165,12 @@ assert st == 0, st
 os.unlink(os.path.join(d, "new"))
 print("PASS", flush=True)
 "#;
-    python_round_trips("tree-inotify", inotify, |_| {}, &[&[], &["--lazy"]]);
+    python_round_trips(
+        "tree-inotify",
+        inotify,
+        |_| {},
+        &[&[], &["--lazy", "--lazy-min-mib=0"]],
+    );
     let pool = r#"
 import asyncio, concurrent.futures, os, sys
 def work(n):
@@ -3123,7 +3189,10 @@ asyncio.run(main())
         "tree-asyncio-pool",
         pool,
         |_| {},
-        &[&["--same-pid"], &["--same-pid", "--lazy"]],
+        &[
+            &["--same-pid"],
+            &["--same-pid", "--lazy", "--lazy-min-mib=0"],
+        ],
     );
 }
 
@@ -3154,7 +3223,12 @@ except BlockingIOError:
     pass
 print("PASS", flush=True)
 "#;
-    python_round_trips("tree-eventfd", script, |_| {}, &[&[], &["--lazy"]]);
+    python_round_trips(
+        "tree-eventfd",
+        script,
+        |_| {},
+        &[&[], &["--lazy", "--lazy-min-mib=0"]],
+    );
 }
 
 #[test]
@@ -3189,7 +3263,7 @@ print("PASS", flush=True)
             let text = inspect_text(img);
             assert!(text.contains("[netlink bound netlink port"), "{text}");
         },
-        &[&[], &["--lazy"], &["--map"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--map"]],
     );
 }
 
@@ -3244,7 +3318,7 @@ print("PASS", flush=True)
             let text = inspect_text(img);
             assert!(text.contains("sysv-shm"), "{text}");
         },
-        &[&[], &["--lazy"], &["--map"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--map"]],
     );
 }
 
@@ -3290,7 +3364,7 @@ print("PASS", flush=True)
         "tree-sysv-removed",
         &script,
         |_| {},
-        &[&[], &["--lazy"], &["--map"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--map"]],
     );
 }
 
@@ -3380,7 +3454,12 @@ _, st = os.waitpid(child, 0)
 assert st == 0 and got == [1], (st, got)
 print("PASS", flush=True)
 "#;
-    python_round_trips("pidfd-root", script, |_| {}, &[&[], &["--lazy"]]);
+    python_round_trips(
+        "pidfd-root",
+        script,
+        |_| {},
+        &[&[], &["--lazy", "--lazy-min-mib=0"]],
+    );
 }
 
 #[test]
@@ -3409,7 +3488,7 @@ print("PASS", flush=True)
         "shared-anon-twice",
         script,
         |_| {},
-        &[&[], &["--lazy"], &["--map"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--map"]],
     );
 }
 
@@ -3435,7 +3514,12 @@ st = os.fstat(fd)
 assert st.st_ino == os.stat(b).st_ino and st.st_nlink == 1 and st.st_mode & 0o777 == 0o640
 print("PASS", flush=True)
 "#;
-    python_round_trips("relinked", script, |_| {}, &[&[], &["--lazy"]]);
+    python_round_trips(
+        "relinked",
+        script,
+        |_| {},
+        &[&[], &["--lazy", "--lazy-min-mib=0"]],
+    );
 }
 
 #[test]
@@ -3455,7 +3539,12 @@ assert os.readlink("/proc/self/fd/%d" % fd) == sub + " (deleted)", os.readlink("
 assert not os.path.exists(d) and os.listdir(fd) == []
 print("PASS", flush=True)
 "#;
-    python_round_trips("rmdir-open", script, |_| {}, &[&[], &["--lazy"]]);
+    python_round_trips(
+        "rmdir-open",
+        script,
+        |_| {},
+        &[&[], &["--lazy", "--lazy-min-mib=0"]],
+    );
 }
 
 #[test]
@@ -3477,7 +3566,12 @@ w, mask, _, _ = struct.unpack_from("iIII", ev)
 assert (w, mask) == (wd, IN_MODIFY), (w, mask, wd)
 print("PASS", flush=True)
 "#;
-    python_round_trips("inotify-removed", script, |_| {}, &[&[], &["--lazy"]]);
+    python_round_trips(
+        "inotify-removed",
+        script,
+        |_| {},
+        &[&[], &["--lazy", "--lazy-min-mib=0"]],
+    );
 }
 
 #[test]
@@ -3495,7 +3589,12 @@ assert os.readlink("/proc/self/cwd") == sub + " (deleted)", os.readlink("/proc/s
 assert os.stat(".").st_nlink == 0 and not os.path.exists(d)
 print("PASS", flush=True)
 "#;
-    python_round_trips("cwd-removed-parent", script, |_| {}, &[&[], &["--lazy"]]);
+    python_round_trips(
+        "cwd-removed-parent",
+        script,
+        |_| {},
+        &[&[], &["--lazy", "--lazy-min-mib=0"]],
+    );
 }
 
 #[test]
@@ -3524,7 +3623,12 @@ for fd in (a, b, c):
     assert "Pid:\t-1" in open("/proc/self/fdinfo/%d" % fd).read()
 print("PASS", flush=True)
 "#;
-    python_round_trips("pidfd-dead", script, |_| {}, &[&[], &["--lazy"]]);
+    python_round_trips(
+        "pidfd-dead",
+        script,
+        |_| {},
+        &[&[], &["--lazy", "--lazy-min-mib=0"]],
+    );
 }
 
 #[test]
@@ -3547,7 +3651,12 @@ a.sendall(b"from a"); b.sendall(b"from b")
 assert first.recv(10) == b"from a" and second.recv(10) == b"from b"
 print("PASS", flush=True)
 "#;
-    python_round_trips("pending-conn", script, |_| {}, &[&[], &["--lazy"]]);
+    python_round_trips(
+        "pending-conn",
+        script,
+        |_| {},
+        &[&[], &["--lazy", "--lazy-min-mib=0"]],
+    );
 }
 
 #[test]
@@ -3598,7 +3707,7 @@ fn script_runs_its_shell_under_a_pty_after_restore() {
     let pids = tree_pids(&img);
     assert_eq!(pids.len(), 2, "script and sh");
     wait_gone(&pids);
-    for mode in [&[][..], &["--lazy"]] {
+    for mode in [&[][..], &["--lazy", "--lazy-min-mib=0"]] {
         let (code, out, err) = finish(restore(&img, mode), "hello\n");
         assert_eq!(code, 3, "restore {mode:?}: {out}{err}");
         assert!(out.contains("got:hello"), "{mode:?}: {out}{err}");
@@ -3657,7 +3766,7 @@ print("PASS", flush=True)
         "tree-named",
         script,
         |_| {},
-        &[&[], &["--lazy"], &["--same-pid"]],
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--same-pid"]],
     );
 }
 
@@ -3697,7 +3806,12 @@ for name, srv, a, c, i in ends:
 os.unlink(path)
 print("PASS", flush=True)
 "#;
-    python_round_trips("named-self", script, |_| {}, &[&[], &["--lazy"]]);
+    python_round_trips(
+        "named-self",
+        script,
+        |_| {},
+        &[&[], &["--lazy", "--lazy-min-mib=0"]],
+    );
 }
 
 #[test]
@@ -3732,7 +3846,12 @@ print("PASS", flush=True)
             "{text}"
         );
     };
-    python_round_trips("widowed", script, check, &[&[], &["--lazy"]]);
+    python_round_trips(
+        "widowed",
+        script,
+        check,
+        &[&[], &["--lazy", "--lazy-min-mib=0"]],
+    );
 }
 
 #[test]
@@ -3786,5 +3905,10 @@ c2.close()
 a2.close()
 print("PASS", flush=True)
 "#;
-    python_round_trips("tree-tcp", script, |_| {}, &[&[], &["--lazy"], &["--map"]]);
+    python_round_trips(
+        "tree-tcp",
+        script,
+        |_| {},
+        &[&[], &["--lazy", "--lazy-min-mib=0"], &["--map"]],
+    );
 }

@@ -55,6 +55,7 @@ pub enum Method {
     Thaw,
     CryoEager,
     CryoLazy,
+    CryoLazyOnDemand,
     CryoLazyPrefetch,
     CryoMap,
     CryoPack,
@@ -62,11 +63,12 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 8] = [
+    pub const ALL: [Method; 9] = [
         Method::Cold,
         Method::Thaw,
         Method::CryoEager,
         Method::CryoLazy,
+        Method::CryoLazyOnDemand,
         Method::CryoLazyPrefetch,
         Method::CryoMap,
         Method::CryoPack,
@@ -79,6 +81,7 @@ impl Method {
             Method::Thaw => "thaw",
             Method::CryoEager => "cryo-eager",
             Method::CryoLazy => "cryo-lazy",
+            Method::CryoLazyOnDemand => "cryo-lazy-on-demand",
             Method::CryoLazyPrefetch => "cryo-lazy-prefetch",
             Method::CryoMap => "cryo-map",
             Method::CryoPack => "cryo-pack",
@@ -230,6 +233,10 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Report, CompareErr
                 None
             }
         };
+        let notes: Vec<Option<String>> = prepared
+            .iter()
+            .map(|(_, p)| p.as_ref().ok().and_then(runners::eager_fill_note))
+            .collect();
         let mut warm: Vec<Vec<Sample>> = prepared.iter().map(|_| Vec::new()).collect();
         let mut cold: Vec<Vec<Sample>> = prepared.iter().map(|_| Vec::new()).collect();
         let mut failed: Vec<Option<String>> = prepared
@@ -280,7 +287,19 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Report, CompareErr
                     (None, "cold", Err(why)) => {
                         Row::unavailable(&w.name, m.name(), cache, why.clone())
                     }
-                    _ => Row::from_samples(&w.name, m.name(), cache, reference.as_deref(), samples),
+                    _ => {
+                        let mut row = Row::from_samples(
+                            &w.name,
+                            m.name(),
+                            cache,
+                            reference.as_deref(),
+                            samples,
+                        );
+                        if row.note.is_none() {
+                            row.note = notes[k].clone();
+                        }
+                        row
+                    }
                 };
                 if cache == "warm" {
                     log(&format!(

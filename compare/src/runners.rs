@@ -194,7 +194,8 @@ pub(crate) fn prepare(
             Ok(Runner::Direct(w.argv(cx.built, "thaw", Some(&file))))
         }
         Method::CryoEager => Ok(cryo(&["--eager"], &image()?)),
-        Method::CryoLazy => Ok(cryo(&["--lazy=on-demand", "--no-prefetch"], &image()?)),
+        Method::CryoLazy => Ok(cryo(&["--lazy", "--no-prefetch"], &image()?)),
+        Method::CryoLazyOnDemand => Ok(cryo(&["--lazy=on-demand", "--no-prefetch"], &image()?)),
         Method::CryoLazyPrefetch => {
             let img = image()?;
             let rec = cryo(&["--lazy=on-demand", "--record-working-set"], &img);
@@ -233,6 +234,33 @@ pub(crate) fn prepare(
             Err(why) => Err(why.clone()),
         },
     }
+}
+
+/// What to say beside a lazy method's numbers when `cryo restore` fills
+/// the image eagerly instead (too few lazy pages: `--lazy-min-mib`), from
+/// its `--dry-run --json`.
+pub(crate) fn eager_fill_note(r: &Runner) -> Option<String> {
+    let Runner::Direct(argv) = r else { return None };
+    if !argv
+        .iter()
+        .any(|a| a.to_string_lossy().starts_with("--lazy"))
+    {
+        return None;
+    }
+    let out = Command::new(&argv[0])
+        .args(&argv[1..])
+        .args(["--dry-run", "--json"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let f = v.get("eager_fill")?.as_object()?;
+    Some(format!(
+        "filled eagerly: {} lazy pages, fewer than --lazy-min-mib's {}",
+        f.get("lazy_pages")?.as_u64()?,
+        f.get("lazy_min_pages")?.as_u64()?
+    ))
 }
 
 /// Run a prepared method once.

@@ -122,6 +122,39 @@ pub struct LazyOptions {
     pub no_prefetch: bool,
     /// Write the page server's statistics (JSON) here when it exits.
     pub stats: Option<PathBuf>,
+    /// Fill memory eagerly instead when the image (every process of a
+    /// tree together) has fewer lazy pages than this: a page server's
+    /// start and round trips cost more than copying so little
+    /// (docs/benchmarks.md, "Lazy or eager by size"). 0: always lazy.
+    /// Not applied when recording a working set.
+    pub min_pages: u64,
+}
+
+/// A lazy restore asked for an image too small for it
+/// ([`LazyOptions::min_pages`]): memory is filled eagerly.
+#[derive(Debug, Clone)]
+pub struct EagerFill {
+    /// Lazy pages in the image (every process of a tree).
+    pub lazy_pages: u64,
+    /// The [`LazyOptions::min_pages`] they fell below.
+    pub min_pages: u64,
+    stats: Option<PathBuf>,
+}
+
+/// Set `opts.lazy` aside (and say so) when the image's `lazy_pages` are
+/// below its `min_pages`.
+fn eager_if_small(opts: &mut Options, lazy_pages: u64) -> Option<EagerFill> {
+    let l = opts.lazy.as_ref()?;
+    if l.record_working_set || lazy_pages >= l.min_pages {
+        return None;
+    }
+    let fill = EagerFill {
+        lazy_pages,
+        min_pages: l.min_pages,
+        stats: l.stats.clone(),
+    };
+    opts.lazy = None;
+    Some(fill)
 }
 
 /// A restore that passed every check and is ready to exec.
@@ -133,6 +166,8 @@ pub struct Plan {
     tid_offset: usize,
     setup: Setup,
     lazy: Option<lazy::Config>,
+    /// `--lazy` set aside: the image is too small for it.
+    eager_fill: Option<EagerFill>,
     finish: Finish,
     /// The other processes of a captured tree (this plan is its root's).
     tree: Option<Box<tree::Tree>>,
@@ -173,6 +208,11 @@ impl Plan {
     pub fn lazy(&self) -> Option<&lazy::Config> {
         self.lazy.as_ref()
     }
+    /// A lazy restore that fills memory eagerly instead (too few lazy
+    /// pages for a page server to pay).
+    pub fn eager_fill(&self) -> Option<&EagerFill> {
+        self.eager_fill.as_ref()
+    }
     /// How the restore will end.
     pub fn finish(&self) -> Finish {
         self.finish
@@ -186,7 +226,7 @@ impl Plan {
 
 /// Load and check everything; change nothing (a tree's shared objects are
 /// made, in this process only).
-pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
+pub fn prepare(dir: &Path, mut opts: Options) -> Result<Plan, RestoreError> {
     let image = LoadedImage::open(dir)?;
     if opts.pidns {
         // Every captured PID is free in a namespace of its own.
@@ -201,6 +241,7 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
     if image.image()?.tree().len() > 1 {
         return tree::prepare(dir, image, opts);
     }
+    let eager_fill = eager_if_small(&mut opts, lazy::lazy_pages(&image.image()?));
     let ptys = {
         let img = image.image()?;
         ptys::Ptys::make(
@@ -220,6 +261,7 @@ pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
         },
     )?;
     plan.ptys = ptys;
+    plan.eager_fill = eager_fill;
     Ok(plan)
 }
 
@@ -354,6 +396,7 @@ fn prepare_one(
         tid_offset: checks::own_tid_offset(),
         setup,
         lazy: lazy_cfg,
+        eager_fill: None,
         finish,
         tree: None,
         ptys: ptys::Ptys::default(),
@@ -424,6 +467,15 @@ impl Plan {
     /// every process of it, see [`tree`]). Returns only on failure (the
     /// process may then be half set up: fds moved).
     pub fn exec(mut self) -> RestoreError {
+        if let Some(f) = &self.eager_fill {
+            if let Some(path) = &f.stats {
+                if let Err(e) =
+                    std::fs::write(path, lazy::eager_fill_json(f.lazy_pages, f.min_pages))
+                {
+                    return e.into_sys(format!("writing {}", path.display()));
+                }
+            }
+        }
         if self.opts.pidns {
             let pid = self.image().process().pid as i32;
             if let Err(e) = pidns::enter(pid) {

@@ -118,6 +118,11 @@ pub(crate) fn prepare(
         };
         l.and_then(|l| Some((l, l.image().ok()?)))
     };
+    let lazy_pages = (0..recs.len())
+        .filter_map(img_of)
+        .map(|(_, i)| crate::lazy::lazy_pages(&i))
+        .sum();
+    let eager_fill = crate::eager_if_small(&mut opts, lazy_pages);
     // Processes that were in different cgroups go back to them; a tree
     // in one set of cgroups stays in ours (`Cgroups::Auto`).
     if opts.cgroups == crate::Cgroups::Auto {
@@ -189,6 +194,7 @@ pub(crate) fn prepare(
     }
     let mut plan = crate::prepare_one(dir, root, opts, made_of(recs[0].pid))?;
     choose_stand_ins(&recs, &mut plan, &mut members);
+    plan.eager_fill = eager_fill;
     plan.tree = Some(Box::new(Tree {
         members,
         _made: made.ours,

@@ -14,7 +14,10 @@ use std::path::PathBuf;
 ///                        region, read back with importCompact
 ///   cryo-eager           cryo restore --eager of the process captured at its
 ///                        self-stop right after the build
-///   cryo-lazy            cryo restore --lazy=on-demand --no-prefetch
+///   cryo-lazy            cryo restore --lazy --no-prefetch: served on first
+///                        touch, the rest streamed in the background
+///   cryo-lazy-on-demand  cryo restore --lazy=on-demand --no-prefetch: only
+///                        what is touched (and read ahead of dense walks)
 ///   cryo-lazy-prefetch   cryo restore --lazy=on-demand with a working set
 ///                        recorded by one earlier restore
 ///   cryo-map             cryo restore --map: the heap mapped from pages.img

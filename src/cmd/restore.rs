@@ -73,6 +73,14 @@ pub struct RestoreArgs {
     /// place). See docs/design.md.
     #[arg(long, conflicts_with_all = ["lazy", "eager"])]
     pub map: bool,
+    /// Lazy: fill memory eagerly instead when the image (every process of
+    /// a tree together) has less than this many MiB of lazy memory. Below
+    /// about 4 MiB the page server's start and its round trips cost more
+    /// than copying the pages, even for a program that touches 1 % of them
+    /// (docs/benchmarks.md, "Lazy or eager by size"). 0: always lazy.
+    /// `--dry-run` and `--lazy-stats` say which it was.
+    #[arg(long, value_name = "MIB", default_value_t = 4, requires = "lazy")]
+    pub lazy_min_mib: u64,
     /// Lazy: record which pages the program touches first, in order, into
     /// DIR/working-set (serves on demand while recording). Later --lazy
     /// restores prefetch that set.
@@ -214,6 +222,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             record_working_set: args.record_working_set,
             no_prefetch: args.no_prefetch,
             stats: args.lazy_stats.clone(),
+            min_pages: args.lazy_min_mib.saturating_mul(1 << 20) / cryo_image::PAGE_SIZE,
         }),
     };
     let plan = cryo_restore::prepare(&args.dir, opts)
@@ -241,6 +250,10 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
                 "lazy": plan.lazy().map(|l| serde_json::json!({
                     "pages": cryo_restore::lazy::lazy_pages(&img),
                     "prefetch_runs": l.prefetch.len(),
+                })),
+                "eager_fill": plan.eager_fill().map(|f| serde_json::json!({
+                    "lazy_pages": f.lazy_pages,
+                    "lazy_min_pages": f.min_pages,
                 })),
                 "own_pid": {
                     "refs": img.pid_refs().iter()
@@ -289,6 +302,14 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             println!(
                 "map: {} pages mapped from pages.img",
                 cryo_restore::mapped_pages(&img)
+            );
+        }
+        if let Some(f) = plan.eager_fill() {
+            println!(
+                "lazy: filled eagerly instead: {} lazy pages ({:.1} MiB) is below --lazy-min-mib ({} MiB); --lazy-min-mib 0 serves them lazily",
+                f.lazy_pages,
+                (f.lazy_pages * cryo_image::PAGE_SIZE) as f64 / (1u64 << 20) as f64,
+                (f.min_pages * cryo_image::PAGE_SIZE) >> 20
             );
         }
         if let Some(l) = plan.lazy() {

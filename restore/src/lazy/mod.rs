@@ -29,6 +29,7 @@ use cryo_image::{Image, PAGE_SIZE};
 use layout::{Bits, Layout};
 use server::Server;
 use space::Space;
+pub use stats::eager_fill_json;
 use stats::{stats_json, Stats};
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};

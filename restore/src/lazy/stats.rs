@@ -29,7 +29,23 @@ pub(super) struct Stats {
     pub(super) service_ns: Vec<u32>,
 }
 
+/// The statistics as one JSON object; `filled_eagerly` false.
 pub(super) fn stats_json(st: &mut Stats) -> String {
+    json_with(st, "\"filled_eagerly\":false")
+}
+
+/// What `--lazy-stats` writes for a lazy restore that filled memory
+/// eagerly instead (`crate::EagerFill`): no page server, every count 0.
+pub fn eager_fill_json(lazy_pages: u64, min_pages: u64) -> String {
+    json_with(
+        &mut Stats::default(),
+        &format!(
+            "\"filled_eagerly\":true,\"lazy_pages\":{lazy_pages},\"lazy_min_pages\":{min_pages}"
+        ),
+    )
+}
+
+fn json_with(st: &mut Stats, extra: &str) -> String {
     st.service_ns.sort_unstable();
     let q = |f: f64| -> u64 {
         if st.service_ns.is_empty() {
@@ -39,7 +55,7 @@ pub(super) fn stats_json(st: &mut Stats) -> String {
         }
     };
     format!(
-        "{{\"faults\":{},\"zero_faults\":{},\"answered_faults\":{},\"fault_pages\":{},\"background_pages\":{},\"prefetch_pages\":{},\"prefetch_copies\":{},\"stride_pages\":{},\"ahead_pages\":{},\"zero_pages\":{},\"forks\":{},\"removes\":{},\"unmaps\":{},\"remaps\":{},\"verified_pages\":{},\"verified_blocks\":{},\"verify_ns\":{},\"fault_service_ns_p10\":{},\"fault_service_ns_median\":{},\"fault_service_ns_p90\":{}}}\n",
+        "{{\"faults\":{},\"zero_faults\":{},\"answered_faults\":{},\"fault_pages\":{},\"background_pages\":{},\"prefetch_pages\":{},\"prefetch_copies\":{},\"stride_pages\":{},\"ahead_pages\":{},\"zero_pages\":{},\"forks\":{},\"removes\":{},\"unmaps\":{},\"remaps\":{},\"verified_pages\":{},\"verified_blocks\":{},\"verify_ns\":{},\"fault_service_ns_p10\":{},\"fault_service_ns_median\":{},\"fault_service_ns_p90\":{},{}}}\n",
         st.faults,
         st.zero_faults,
         st.answered_faults,
@@ -59,6 +75,7 @@ pub(super) fn stats_json(st: &mut Stats) -> String {
         st.verify_ns,
         q(0.1),
         q(0.5),
-        q(0.9)
+        q(0.9),
+        extra
     )
 }
