@@ -590,10 +590,12 @@ fn capture_while_threads_come_and_go() {
     }
     let (code, last, err) = t.finish();
     assert_eq!((code, last.as_str()), (0, expected.as_str()), "{err}");
-    for (img, mode) in images
-        .iter()
-        .zip([&[][..], &["--lazy"], &["--use-tracer"], &[]])
-    {
+    for (img, mode) in images.iter().zip([
+        &[][..],
+        &["--lazy", "--lazy-min-mib=0"],
+        &["--use-tracer"],
+        &[],
+    ]) {
         let (code, out, err) = restore_out(img, mode);
         assert_eq!(
             (code, out.lines().last().unwrap_or("")),
@@ -724,7 +726,7 @@ fn tcp_connection_to_itself_comes_back() {
         let (code, _, err) = cryo_cmd(&args);
         assert_eq!(code, 0, "{err}");
         drop(t);
-        for mode in [&[][..], &["--lazy"], &[]] {
+        for mode in [&[][..], &["--lazy", "--lazy-min-mib=0"], &[]] {
             let (code, out, err) = restore_out_with(&img, mode, Some("x\n"));
             assert_eq!(
                 (code, out.lines().last().unwrap_or("")),
@@ -1047,15 +1049,16 @@ fn a_process_still_being_restored_is_refused_and_its_restore_goes_on() {
     }
 }
 
-/// Mutexes the main thread holds carry its thread id (glibc's owner
-/// field; a priority-inheriting one's lock word too): restored under
-/// another PID it no longer owned them (unlock: EPERM; OCaml's stdin
-/// channel hung; stop 32's survey, without a word). Capture records where
-/// they are, and the shim gives them the new id: a recursive and an
+/// Mutexes a thread holds carry its thread id (glibc's owner field; a
+/// priority-inheriting one's lock word too): restored under another id it
+/// no longer owned them (unlock: EPERM; OCaml's stdin channel hung; stop
+/// 32's survey, without a word). Capture records where they are and which
+/// thread holds each, and the shim gives them that thread's new id: the
+/// main thread and a second one each hold a recursive and an
 /// error-checking mutex on the heap and a PI one in .bss, each unlocked
 /// after a plain, lazy and mapped restore, and with `--same-pid`.
 #[test]
-fn mutexes_the_main_thread_holds_are_its_own_after_restore() {
+fn mutexes_the_threads_hold_are_their_own_after_restore() {
     let dir = scratch("held-mutex");
     let src = dir.join("m.c");
     std::fs::write(
@@ -1065,7 +1068,8 @@ fn mutexes_the_main_thread_holds_are_its_own_after_restore() {
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
-static pthread_mutex_t pi;
+static pthread_mutex_t pi, tpi;
+static pthread_barrier_t b1, b2;
 static pthread_mutex_t *mk(int type) {
     pthread_mutex_t *m = malloc(sizeof *m);
     pthread_mutexattr_t a;
@@ -1074,17 +1078,43 @@ static pthread_mutex_t *mk(int type) {
     pthread_mutex_init(m, &a);
     return m;
 }
-int main(void) {
-    pthread_mutex_t *rec = mk(PTHREAD_MUTEX_RECURSIVE);
-    pthread_mutex_t *chk = mk(PTHREAD_MUTEX_ERRORCHECK);
+static void mkpi(pthread_mutex_t *m) {
     pthread_mutexattr_t a;
     pthread_mutexattr_init(&a);
     pthread_mutexattr_setprotocol(&a, PTHREAD_PRIO_INHERIT);
-    pthread_mutex_init(&pi, &a);
+    pthread_mutex_init(m, &a);
+}
+/* The thread's own: locked before the capture, unlocked after it. */
+static int tres = -1;
+static void *worker(void *arg) {
+    (void)arg;
+    pthread_mutex_t *rec = mk(PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_t *chk = mk(PTHREAD_MUTEX_ERRORCHECK);
+    pthread_mutex_lock(rec);
+    pthread_mutex_lock(chk);
+    pthread_mutex_lock(&tpi);
+    pthread_barrier_wait(&b1);
+    pthread_barrier_wait(&b2);
+    int r = pthread_mutex_unlock(rec) | pthread_mutex_unlock(chk) | pthread_mutex_unlock(&tpi);
+    int again = pthread_mutex_trylock(chk) | pthread_mutex_unlock(chk) |
+                pthread_mutex_trylock(&tpi) | pthread_mutex_unlock(&tpi);
+    tres = r | again;
+    return NULL;
+}
+int main(void) {
+    pthread_mutex_t *rec = mk(PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_t *chk = mk(PTHREAD_MUTEX_ERRORCHECK);
+    mkpi(&pi);
+    mkpi(&tpi);
+    pthread_barrier_init(&b1, NULL, 2);
+    pthread_barrier_init(&b2, NULL, 2);
+    pthread_t th;
+    pthread_create(&th, NULL, worker, NULL);
     pthread_mutex_lock(rec);
     pthread_mutex_lock(rec);
     pthread_mutex_lock(chk);
     pthread_mutex_lock(&pi);
+    pthread_barrier_wait(&b1);
     printf("READY %d\n", getpid());
     fflush(stdout);
     raise(SIGSTOP);
@@ -1093,7 +1123,9 @@ int main(void) {
     int c1 = pthread_mutex_unlock(chk), p1 = pthread_mutex_unlock(&pi);
     int again = pthread_mutex_trylock(chk) | pthread_mutex_unlock(chk) | pthread_mutex_trylock(&pi) |
                 pthread_mutex_unlock(&pi);
-    printf("PASS %d %d %d %d %d %d\n", r1, r2, r3 != 0, c1, p1, again);
+    pthread_barrier_wait(&b2);
+    pthread_join(th, NULL);
+    printf("PASS %d %d %d %d %d %d %d\n", r1, r2, r3 != 0, c1, p1, again, tres);
     return 0;
 }
 "#,
@@ -1110,14 +1142,10 @@ int main(void) {
     let t = Target::spawn(std::process::Command::new(&exe), "held-mutex");
     t.wait_stopped();
     let img = dir.join("img");
-    let (code, _, err) = cryo_cmd(&[
-        "capture",
-        "--kill",
-        &t.pid.to_string(),
-        img.to_str().unwrap(),
-    ]);
+    // Not killed: while it stays (stopped) its threads keep their ids, so
+    // the restored ones get new ids (a free id is taken back).
+    let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    t.finish();
     let (code, out, _) = cryo_cmd(&["inspect", "--json", "--no-verify", img.to_str().unwrap()]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -1125,9 +1153,30 @@ int main(void) {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    assert_eq!(held.len(), 3, "{}", v["process"]);
-    assert_eq!(held.iter().filter(|m| m["pi"] == true).count(), 1);
-    for mode in [&[][..], &["--lazy"], &["--map"], &["--same-pid"]] {
+    assert_eq!(held.len(), 6, "{}", v["process"]);
+    assert_eq!(held.iter().filter(|m| m["pi"] == true).count(), 2);
+    // Three of them the main thread's, three the second thread's.
+    assert_eq!(
+        held.iter().filter(|m| m["thread"] == 1).count(),
+        3,
+        "{held:?}"
+    );
+    let mut target = Some(t);
+    for mode in [
+        &[][..],
+        &["--lazy", "--lazy-min-mib=0"],
+        &["--map"],
+        &["--same-pid"],
+    ] {
+        if mode == ["--same-pid"] {
+            // Its PID (and its threads' ids) free again.
+            let t = target.take().unwrap();
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(t.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            t.finish();
+        }
         sanitize_fds();
         let out = std::process::Command::new(cryo())
             .arg("restore")
@@ -1139,7 +1188,7 @@ int main(void) {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(
             (out.status.code(), stdout.trim_end().lines().last()),
-            (Some(0), Some("PASS 0 0 1 0 0 0")),
+            (Some(0), Some("PASS 0 0 1 0 0 0 0")),
             "{mode:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );

@@ -635,7 +635,10 @@ pub(crate) fn inspect(
     crate::threads::capture(g, &vdso, &st, &thread_status, &mut b, &mut obs)?;
     tid_offset(pid, &maps, &mut b, &mut obs);
     let tid_at = (b.process.tid_offset != 0).then(|| b.process.regs.fs_base + b.process.tid_offset);
-    b.pid_refs = crate::pidrefs::find(pid, &maps, tid_at);
+    let tids: Vec<i32> = std::iter::once(pid)
+        .chain(b.threads.iter().map(|t| t.tid as i32))
+        .collect();
+    b.pid_refs = crate::pidrefs::find(pid, &tids, &maps, tid_at);
     if !b.threads.is_empty() && b.gadgets.is_none() {
         obs.push(format!(
             "it has {} threads and no `syscall; ret` and `rt_sigreturn` code of its own; the other threads wait in that code while the shim is removed",

@@ -26,6 +26,10 @@ use std::os::unix::fs::FileExt;
 
 /// Below this a PID is too common a number to look for.
 const MIN_PID: i32 = 1000;
+/// Below this a thread id is too small a number to take a mutex-shaped
+/// group of words holding it for a held mutex (the kernel hands out ids
+/// below 300 only at a PID namespace's start: RESERVED_PIDS).
+const MIN_MUTEX_TID: i32 = 300;
 /// Mappings larger than this are not data segments.
 const MAX_MAPPING: u64 = 16 << 20;
 /// Nor, larger than this, a V8 heap's pages.
@@ -33,16 +37,15 @@ const MAX_HEAP_MAPPING: u64 = 64 << 20;
 /// How much of V8's heap mappings is read for its process.pid.
 const MAX_HEAP_SCAN: u64 = 64 << 20;
 
-/// The places of `pid`'s data that hold `pid`, up to [`MAX_PID_REFS`];
-/// `tid_at`: where glibc caches the main thread's id (its TCB), which
-/// restore rewrites.
-pub fn find(pid: i32, maps: &[Mapping], tid_at: Option<u64>) -> Vec<PidRef> {
+/// The places of `pid`'s data that hold `pid`, and the mutexes its
+/// threads hold (`tids`: the main thread's id, then the others' in the
+/// image's order), up to [`MAX_PID_REFS`]; `tid_at`: where glibc caches
+/// the main thread's id (its TCB), which restore rewrites.
+pub fn find(pid: i32, tids: &[i32], maps: &[Mapping], tid_at: Option<u64>) -> Vec<PidRef> {
     let mut out = Vec::new();
     // A round number is a size or a limit (4096: 13 to 24 hits in nginx,
     // python3, redis-server and node; 2000: one in vim; none the PID).
-    if pid < MIN_PID || pid % 256 == 0 || pid % 100 == 0 {
-        return out;
-    }
+    let values = !(pid < MIN_PID || pid % 256 == 0 || pid % 100 == 0);
     let Ok(mut pagemap) = Pagemap::open(pid) else {
         return out;
     };
@@ -70,8 +73,8 @@ pub fn find(pid: i32, maps: &[Mapping], tid_at: Option<u64>) -> Vec<PidRef> {
             && !after_guard(maps, i)
             && heap_budget >= m.end - m.start;
         let smi_only = v8 && heap;
-        // Elsewhere in the heap: a mutex the main thread holds (below).
-        let mutex_only = heap && !v8;
+        // Elsewhere in the heap: a mutex a thread holds (below).
+        let mutex_only = (heap && !v8) || !values;
         if !is_data(maps, i) && !heap {
             continue;
         }
@@ -100,10 +103,10 @@ pub fn find(pid: i32, maps: &[Mapping], tid_at: Option<u64>) -> Vec<PidRef> {
             if read_unpinned(&mut mem, pid, at, run).is_err() {
                 break;
             }
-            // Mutexes the main thread holds (restore rewrites their
-            // owner), in data and heap alike; their words are not values.
-            let held = held_mutexes(run, pid);
-            for &(q, pi) in &held {
+            // Mutexes the threads hold (restore rewrites their owner),
+            // in data and heap alike; their words are not values.
+            let held = held_mutexes(run, tids);
+            for &(q, pi, owner) in &held {
                 out.push(PidRef {
                     addr: at + q as u64,
                     kind: if pi {
@@ -111,6 +114,7 @@ pub fn find(pid: i32, maps: &[Mapping], tid_at: Option<u64>) -> Vec<PidRef> {
                     } else {
                         pid_ref::MUTEX_OWNER
                     },
+                    owner: owner as u64,
                 });
                 if out.len() == MAX_PID_REFS {
                     return out;
@@ -119,7 +123,7 @@ pub fn find(pid: i32, maps: &[Mapping], tid_at: Option<u64>) -> Vec<PidRef> {
             if mutex_only {
                 continue;
             }
-            let in_mutex = |q: usize| held.iter().any(|&(o, _)| q == o || q + 8 == o);
+            let in_mutex = |q: usize| held.iter().any(|&(o, _, _)| q == o || q + 8 == o);
             // Aligned 64-bit words; the PID is either half of one.
             for (q, quad) in run.chunks_exact(8).enumerate() {
                 let quad = u64::from_le_bytes(quad.try_into().unwrap_or([0; 8]));
@@ -144,6 +148,7 @@ pub fn find(pid: i32, maps: &[Mapping], tid_at: Option<u64>) -> Vec<PidRef> {
                     out.push(PidRef {
                         addr,
                         kind: pid_ref::VALUE,
+                        owner: 0,
                     });
                     if out.len() == MAX_PID_REFS {
                         return out;
@@ -156,19 +161,22 @@ pub fn find(pid: i32, maps: &[Mapping], tid_at: Option<u64>) -> Vec<PidRef> {
 }
 
 /// Offsets in `buf` of glibc mutexes (`pthread_mutex_t`, 8-byte aligned:
-/// lock, count, owner, nusers, kind) that thread `tid` holds and whose
-/// kind checks the owner: recursive, error-checking or
+/// lock, count, owner, nusers, kind) that one of the threads `tids` holds
+/// and whose kind checks the owner: recursive, error-checking or
 /// priority-inheriting (robust ones are on the robust list, which restore
-/// rewrites). Restored under another id, the main thread no longer owns
-/// them: unlock fails with EPERM, a recursive lock with EBUSY, and OCaml's
+/// rewrites). Restored under another id, a thread no longer owns them:
+/// unlock fails with EPERM, a recursive lock with EBUSY, and OCaml's
 /// stdin channel hung (the survey of stop 32). The offset is the owner's;
-/// true: priority-inheriting (its lock word holds the id too).
-fn held_mutexes(buf: &[u8], tid: i32) -> Vec<(usize, bool)> {
+/// true: priority-inheriting (its lock word holds the id too); the index
+/// in `tids` of the thread that holds it.
+fn held_mutexes(buf: &[u8], tids: &[i32]) -> Vec<(usize, bool, usize)> {
     let word = |o: usize| u32::from_le_bytes(buf[o..o + 4].try_into().unwrap_or([0; 4]));
     let mut out = Vec::new();
     let mut o = 0;
     while o + 20 <= buf.len() {
-        if word(o + 8) as i32 == tid {
+        let owner = word(o + 8) as i32;
+        if let Some(who) = tids.iter().position(|&t| t == owner && t >= MIN_MUTEX_TID) {
+            let tid = owner;
             let (lock, count, nusers, kind) = (word(o), word(o + 4), word(o + 12), word(o + 16));
             const ROBUST: u32 = 0x10;
             const PI: u32 = 0x20;
@@ -181,7 +189,7 @@ fn held_mutexes(buf: &[u8], tid: i32) -> Vec<(usize, bool)> {
             };
             if known && checks_owner && locked && (1..1 << 16).contains(&nusers) && count < 1 << 24
             {
-                out.push((o + 8, kind & PI != 0));
+                out.push((o + 8, kind & PI != 0, who));
             }
         }
         o += 8;
@@ -227,4 +235,42 @@ fn is_data(maps: &[Mapping], i: usize) -> bool {
     }
     let file = |m: &Mapping| m.inode != 0 && m.path.starts_with('/');
     file(m) || (m.path.is_empty() && i > 0 && file(&maps[i - 1]) && maps[i - 1].end == m.start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::held_mutexes;
+
+    /// A glibc mutex's words: lock, count, owner, nusers, kind (and the
+    /// list's two words), at 8-byte aligned `o`.
+    fn put(buf: &mut [u8], o: usize, words: [u32; 5]) {
+        for (k, w) in words.iter().enumerate() {
+            buf[o + 4 * k..o + 4 * k + 4].copy_from_slice(&w.to_le_bytes());
+        }
+    }
+
+    #[test]
+    fn mutexes_are_found_with_the_thread_that_holds_them() {
+        let mut buf = vec![0u8; 256];
+        // Recursive, locked twice by the main thread (4321).
+        put(&mut buf, 0, [1, 2, 4321, 1, 1]);
+        // Error-checking, contended, held by the second thread (4400).
+        put(&mut buf, 40, [2, 0, 4400, 1, 2]);
+        // Priority-inheriting, held by the first thread (4399): its lock
+        // word is the owner's id.
+        put(&mut buf, 80, [4399, 0, 4399, 1, 0x20]);
+        // A plain (timed) mutex: unlock does not check the owner.
+        put(&mut buf, 120, [1, 0, 4321, 1, 0]);
+        // Robust: on the robust list, rewritten from there.
+        put(&mut buf, 160, [4321, 0, 4321, 1, 0x11]);
+        // A recursive mutex of a thread that is not this process's, and
+        // one held by a small id (a number more likely than a mutex).
+        put(&mut buf, 200, [1, 0, 9999, 1, 1]);
+        put(&mut buf, 224, [1, 0, 12, 1, 1]);
+        let tids = [4321, 4399, 4400, 12];
+        assert_eq!(
+            held_mutexes(&buf, &tids),
+            vec![(8, false, 0), (48, false, 2), (88, true, 1)]
+        );
+    }
 }

@@ -50,6 +50,10 @@ record! {
         /// (11.4) [`pid_ref`]: what the place is (0 in older images: a
         /// value).
         pub kind: u64,
+        /// (11.5) For a mutex: the thread that holds it, 0 the main
+        /// thread, k the k-th of `threads` (0 in older images, which
+        /// recorded the main thread's only).
+        pub owner: u64,
     }
 }
 
@@ -57,9 +61,10 @@ record! {
 pub mod pid_ref {
     /// The PID as a value the program keeps: named, never changed.
     pub const VALUE: u64 = 0;
-    /// The owner field of a glibc mutex the main thread holds whose kind
-    /// checks the owner (recursive, error-checking): restore rewrites it
-    /// to the restored main thread's id, as it rewrites robust mutexes.
+    /// The owner field of a glibc mutex a thread holds (`PidRef::owner`)
+    /// whose kind checks the owner (recursive, error-checking): restore
+    /// rewrites it to the restored thread's id, as it rewrites robust
+    /// mutexes.
     pub const MUTEX_OWNER: u64 = 1;
     /// The same for a priority-inheriting mutex, whose lock word (8 bytes
     /// before) holds the owner's id too.

@@ -239,6 +239,13 @@ pub(crate) fn sample_full_with(edit: impl FnOnce(&mut ImageBuilder)) -> (Vec<u8>
     b.pid_refs.push(PidRef {
         addr: 0x1000,
         kind: 0,
+        owner: 0,
+    });
+    // (11.5) A mutex the first thread holds.
+    b.pid_refs.push(PidRef {
+        addr: 0x2008,
+        kind: task::pid_ref::MUTEX_OWNER,
+        owner: 1,
     });
     let handled = b.files.len() as u32;
     b.files.push(FileId {
@@ -713,6 +720,10 @@ fn format_9_1_sections_round_trip_and_are_checked() {
     let img = Image::parse(&meta).expect("parse");
     img.validate().expect("validate");
     assert_eq!(img.pid_refs().get(0).map(|r| r.addr), Some(0x1000));
+    assert_eq!(
+        img.pid_refs().get(1).map(|r| (r.addr, r.kind, r.owner)),
+        Some((0x2008, task::pid_ref::MUTEX_OWNER, 1))
+    );
     let h = img.file_handles().get(0).expect("a handle");
     assert_eq!((h.kind, h.len), (1, 9));
     assert_eq!(&h.bytes()[..10], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 0]);

@@ -373,6 +373,25 @@ impl<'a> Image<'a> {
                 });
             }
         }
+        // Places of the PID and held mutexes: a known kind, a mutex's
+        // holder one of the threads, a value the main thread's.
+        for (i, r) in self.pid_refs().iter().enumerate() {
+            use crate::task::pid_ref;
+            let ok = match r.kind {
+                pid_ref::VALUE => r.owner == 0,
+                pid_ref::MUTEX_OWNER | pid_ref::PI_MUTEX_OWNER => {
+                    r.owner <= self.threads().len() as u64
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(ImageError::BadIndex {
+                    section: "pid_refs",
+                    index: i as u64,
+                    why: "unknown kind, or a holder that is not one of the threads",
+                });
+            }
+        }
         // Seccomp filters: chains in thread order (one shared by every
         // thread, alone), each numbered from 0 in order, each filter 1 to
         // BPF_MAXINSNS instructions with one flags value.

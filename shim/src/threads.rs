@@ -205,6 +205,7 @@ fn thread_main(img: &Image, index: usize, handoff_flags: u64) -> ! {
     if tid != t.tid {
         crate::tls::fix_cached_tid(img, r.fs_base, 0, t.tid, tid);
         crate::tls::fix_robust_owners(img, t.robust_list, t.tid, tid);
+        crate::tls::fix_mutex_owners(img, index as u64 + 1, t.tid, tid);
     }
     if t.robust_list != 0 {
         syscall3(

@@ -27,7 +27,7 @@ pub fn restore(img: &Image, tid_offset: usize) {
     let new_pid = syscall3(SYS_GETPID, 0, 0, 0) as u32;
     fix_cached_tid(img, r.fs_base, tid_offset, p.pid, new_pid);
     fix_robust_owners(img, p.robust_list, p.pid, new_pid);
-    fix_mutex_owners(img, p.pid, new_pid);
+    fix_mutex_owners(img, 0, p.pid, new_pid);
     if p.robust_list != 0 {
         syscall3(
             SYS_SET_ROBUST_LIST,
@@ -90,19 +90,25 @@ pub fn fix_cached_tid(img: &Image, fs_base: u64, hint: usize, old: u32, new: u32
     }
 }
 
-/// Mutexes the main thread held at capture whose kind checks the owner
-/// (recursive, error-checking, priority-inheriting; capture found them,
-/// `PidRef` of kind MUTEX_OWNER or PI_MUTEX_OWNER): their owner field,
-/// and a PI mutex's lock word, get the main thread's new id, as robust
-/// ones do below. Each only if it still holds the old one.
-pub fn fix_mutex_owners(img: &Image, old: u32, new: u32) {
+/// Mutexes thread `thread` (0 the main thread, k the k-th of the image's
+/// threads) held at capture whose kind checks the owner (recursive,
+/// error-checking, priority-inheriting; capture found them, `PidRef` of
+/// kind MUTEX_OWNER or PI_MUTEX_OWNER): their owner field, and a PI
+/// mutex's lock word, get its new id, as robust ones do below. Each only
+/// if it still holds the old one. (By the recorded owner, not by the
+/// value alone: a thread's new id may be another's old one.)
+pub fn fix_mutex_owners(img: &Image, thread: u64, old: u32, new: u32) {
     use cryo_image::task::pid_ref;
     const TID_MASK: u32 = 0x3fff_ffff;
     if old == new {
         return;
     }
     for r in img.pid_refs().iter() {
-        if r.kind == pid_ref::VALUE || r.addr < 8 || !writable(img, r.addr - 8, 12) {
+        if r.kind == pid_ref::VALUE
+            || r.owner != thread
+            || r.addr < 8
+            || !writable(img, r.addr - 8, 12)
+        {
             continue;
         }
         let (owner, lock) = (r.addr as usize, r.addr as usize - 8);

@@ -91,7 +91,8 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
                 .map(|r| r.addr).collect::<Vec<u64>>(),
             "held_mutexes": img.pid_refs().iter()
                 .filter(|r| r.kind != cryo_image::task::pid_ref::VALUE)
-                .map(|r| json!({"owner": r.addr, "pi": r.kind == cryo_image::task::pid_ref::PI_MUTEX_OWNER}))
+                .map(|r| json!({"owner": r.addr, "thread": r.owner,
+                                "pi": r.kind == cryo_image::task::pid_ref::PI_MUTEX_OWNER}))
                 .collect::<Vec<_>>(),
             "seccomp": seccomp_json(img),
             "vdso": {"start": p.vdso_start, "len": p.vdso_len, "hash": p.vdso_hash},

@@ -198,10 +198,16 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
         .iter()
         .partition(|r| r.kind != cryo_image::task::pid_ref::VALUE);
     if !mutexes.is_empty() {
-        let addrs: Vec<String> = mutexes.iter().map(|r| format!("{:#x}", r.addr)).collect();
+        let addrs: Vec<String> = mutexes
+            .iter()
+            .map(|r| match r.owner {
+                0 => format!("{:#x}", r.addr),
+                k => format!("{:#x} (thread {k})", r.addr),
+            })
+            .collect();
         let _ = writeln!(
             o,
-            "mutexes   held by the main thread, owner fields at {} (rewritten to its id at restore)",
+            "mutexes   held, owner fields at {} (the main thread's unless a thread is named; rewritten to the holder's id at restore)",
             addrs.join(" ")
         );
     }
