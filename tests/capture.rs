@@ -852,6 +852,26 @@ fn corrupted_and_truncated_images_get_one_line_errors() {
     assert_eq!(code, 0);
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(j["vmas"].as_array().unwrap().len() > 5);
+    // Into a pipe nobody reads any more (`cryo inspect DIR | head`): no
+    // panic, no error.
+    for json in [false, true] {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        drop(r);
+        let mut c = std::process::Command::new(cryo());
+        c.arg("inspect");
+        if json {
+            c.arg("--json");
+        }
+        let o = c
+            .arg(&img)
+            .stdout(std::process::Stdio::from(w))
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        assert!(err.is_empty(), "{err}");
+    }
 
     // `cryo inspect` of the damaged copy fails with one line that says `what`.
     let bad = dir.join("bad");

@@ -37,12 +37,24 @@ pub fn run(a: InspectArgs) -> Result<i32> {
         loaded.verify_pages(|_| {})?;
     }
     let img = loaded.image()?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&img, &loaded))?);
+    let text = if a.json {
+        serde_json::to_string_pretty(&to_json(&img, &loaded))? + "\n"
     } else {
-        print!("{}", to_text(&img, &loaded));
-    }
+        to_text(&img, &loaded)
+    };
+    write_out(&text)?;
     Ok(0)
+}
+
+/// `text` to stdout; a reader that went away early (`cryo inspect DIR |
+/// head`) is not an error (print! panicked there).
+fn write_out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
 }
 
 /// A tree member's state for people: running, or a zombie with how it
