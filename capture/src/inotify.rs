@@ -82,7 +82,7 @@ pub fn capture(
             }
         };
         let path = b.strings.add(&path);
-        watches.push(cryo_image::fds::InotifyWatch {
+        let mut w = cryo_image::fds::InotifyWatch {
             desc,
             wd,
             mask: mask as u32,
@@ -90,7 +90,10 @@ pub fn capture(
             dev,
             ino,
             path,
-        });
+            ..Default::default()
+        };
+        w.set_handle(kind, &handle);
+        watches.push(w);
     }
     watches.sort_by_key(|w| w.wd);
     b.inotify.extend(watches);

@@ -228,6 +228,39 @@ record! {
         pub dev: u64,
         pub ino: u64,
         pub path: crate::StrRef,
+        /// (11.5) Its file handle as inotify reports it (type, length in
+        /// bytes, bytes as in [`FileHandle::words`]); length 0: none
+        /// (older images). Restore checks that the file at `path` has this
+        /// handle: an inode number can be used again by a file made later
+        /// (a directory removed and made again), its handle differs.
+        pub handle_kind: i32,
+        pub handle_len: u32,
+        pub handle: [u64; MAX_HANDLE / 8],
+    }
+}
+
+impl InotifyWatch {
+    /// The handle's bytes: the first `handle_len` of the result (validated
+    /// at most [`MAX_HANDLE`]).
+    pub fn handle_bytes(&self) -> [u8; MAX_HANDLE] {
+        let mut out = [0u8; MAX_HANDLE];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = (self.handle[i / 8] >> (8 * (i % 8))) as u8;
+        }
+        out
+    }
+
+    /// Set the handle (none if longer than [`MAX_HANDLE`]).
+    pub fn set_handle(&mut self, kind: i32, bytes: &[u8]) {
+        if bytes.len() > MAX_HANDLE {
+            return;
+        }
+        self.handle = [0; MAX_HANDLE / 8];
+        for (i, b) in bytes.iter().enumerate() {
+            self.handle[i / 8] |= (*b as u64) << (8 * (i % 8));
+        }
+        self.handle_kind = kind;
+        self.handle_len = bytes.len() as u32;
     }
 }
 

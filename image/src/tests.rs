@@ -149,6 +149,28 @@ pub(crate) fn sample_full_with(edit: impl FnOnce(&mut ImageBuilder)) -> (Vec<u8>
         object: NO_INDEX,
         ..Default::default()
     });
+    // (11.5) An inotify instance watching a directory, with its handle.
+    let inotify = b.strings.add("anon_inode:inotify");
+    b.fds.push(Fd {
+        fd: 7,
+        kind: fd_kind::INOTIFY,
+        target: inotify,
+        file: NO_INDEX,
+        desc: 4,
+        object: NO_INDEX,
+        ..Default::default()
+    });
+    let mut w = InotifyWatch {
+        desc: 4,
+        wd: 1,
+        mask: 0x100,
+        dev: 8,
+        ino: 1234,
+        path: b.strings.add("/tmp/watched"),
+        ..Default::default()
+    };
+    w.set_handle(1, &[0xd2, 4, 0, 0, 7, 0, 0, 0]);
+    b.inotify.push(w);
     b.locks.push(Lock {
         fd: 6,
         kind: lock_kind::FLOCK,
@@ -275,7 +297,7 @@ fn format_3_sections_round_trip() {
     img.validate().expect("validate");
     img.verify_pages(&pages, &sample_sums(&pages))
         .expect("pages and blobs");
-    assert_eq!(img.fds().len(), 4);
+    assert_eq!(img.fds().len(), 5);
     assert_eq!(img.fds().get(2).unwrap().desc, 0);
     assert_eq!(img.pipes().get(0).unwrap().data.len, 27);
     assert_eq!(img.blobs().count(), 2);
@@ -303,6 +325,10 @@ fn format_3_sections_round_trip() {
     );
     assert!(refused(|b| b.files[1].extent_count = 2), "extent range");
     assert!(refused(|b| b.locks[0].fd = 42), "lock on no fd");
+    assert!(
+        refused(|b| b.inotify[0].handle_len = 129),
+        "inotify handle too long"
+    );
     assert!(refused(|b| b.groups.pop().map_or((), drop)), "group count");
     assert!(
         refused(|b| b.thread_creds[0].ngroups = 1),
@@ -759,6 +785,17 @@ fn older_minor_records_read_with_zero_tails() {
             );
         }
     }
+    // An 11.4 image: `inotify` records without the file handle (40
+    // bytes), read with none.
+    let (meta, _) = sample_full();
+    let w = Image::parse(&meta).unwrap().inotify().get(0).unwrap();
+    assert_eq!((w.handle_kind, w.handle_len), (1, 8));
+    assert_eq!(&w.handle_bytes()[..8], &[0xd2, 4, 0, 0, 7, 0, 0, 0]);
+    let old = with_record_size(&meta, SectionKind::Inotify, 40);
+    let img = Image::parse(&old).expect("an 11.4 inotify section is read");
+    img.validate().expect("validate");
+    let o = img.inotify().get(0).unwrap();
+    assert_eq!((o.wd, o.ino, o.handle_len), (1, 1234, 0));
     // A 9.0 image: `files` records without the birth time (72 bytes).
     let (meta, _) = sample_full_with(|b| {
         b.files[0].btime_sec = 0;

@@ -545,11 +545,12 @@ impl<'a> Image<'a> {
                 .get(w.desc as usize)
                 .is_none_or(|f| f.kind != fd_kind::INOTIFY)
                 || w.wd <= 0
+                || w.handle_len as usize > crate::fds::MAX_HANDLE
             {
                 return Err(ImageError::BadIndex {
                     section: "inotify",
                     index: i as u64,
-                    why: "watch of no inotify fd, or a bad watch descriptor",
+                    why: "watch of no inotify fd, a bad watch descriptor or too long a file handle",
                 });
             }
         }

@@ -38,6 +38,12 @@ pub(crate) fn plan(img: &Image, i: usize, flags: i32, err: &FdErr) -> Result<Sou
                 w.wd
             )));
         }
+        if !same_handle(&w, path) {
+            return Err(err.why(format!(
+                "watch {} on {path}: a different file now with the same inode number (its file handle differs: removed and made again since the capture)",
+                w.wd
+            )));
+        }
     }
     Ok(Source::Inotify {
         desc: i as u32,
@@ -88,7 +94,10 @@ pub(crate) fn make(
             .open(&open_path)
             .map_err(|e| fd_err(p, format!("watch {} on {path}: {e}", w.wd)))?;
         let md = f.metadata().map_err(|e| fd_err(p, e))?;
-        if made.is_none() && (md.dev(), md.ino()) != (w.dev, w.ino) {
+        if made.is_none()
+            && ((md.dev(), md.ino()) != (w.dev, w.ino)
+                || !same_handle(&w, &format!("/proc/self/fd/{}", f.as_raw_fd())))
+        {
             return Err(fd_err(
                 p,
                 format!("watch {} on {path}: replaced while restoring", w.wd),
@@ -122,4 +131,18 @@ pub(crate) fn make(
     while sys::read(fd.as_fd(), &mut buf).is_ok_and(|n| n > 0) {}
     set_status_flags(fd.as_raw_fd(), flags).map_err(|e| fd_err(p, e))?;
     Ok(fd.into_raw_fd())
+}
+
+/// Whether the file at `path` is the watched one by its file handle too
+/// (the inode number alone can be a later file's). True where the image
+/// has no handle or the filesystem gives none now.
+fn same_handle(w: &cryo_image::fds::InotifyWatch, path: &str) -> bool {
+    if w.handle_len == 0 {
+        return true;
+    }
+    let want = &w.handle_bytes()[..w.handle_len as usize];
+    match sys::name_to_handle(path) {
+        Ok((kind, bytes)) => kind == w.handle_kind && bytes == want,
+        Err(_) => true,
+    }
 }

@@ -251,6 +251,31 @@ pub fn mkfifo(path: &std::path::Path, mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// name_to_handle_at(AT_FDCWD, path, AT_SYMLINK_FOLLOW): the file handle
+/// (type, bytes) of the file `path` leads to.
+pub fn name_to_handle(path: &str) -> io::Result<(i32, Vec<u8>)> {
+    let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // struct file_handle { u32 handle_bytes; int handle_type; u8 f_handle[128]; }
+    let mut buf = [0u8; 8 + 128];
+    buf[0..4].copy_from_slice(&128u32.to_ne_bytes());
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: the kernel writes at most handle_bytes (128) bytes of handle
+    // after the 8-byte header into our buffer, and one int into mount_id.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id as *mut libc::c_int,
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })?;
+    let len = (u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize).min(128);
+    let kind = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    Ok((kind, buf[8..8 + len].to_vec()))
+}
+
 /// An O_PATH fd on the file a handle (type, bytes) names on the device
 /// `dev`: open_by_handle_at on a mount of that device (from our
 /// mountinfo; needs CAP_DAC_READ_SEARCH).
