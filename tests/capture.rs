@@ -1069,34 +1069,49 @@ fn a_process_still_being_restored_is_refused_and_its_restore_goes_on() {
     }
 }
 
-/// An inotify watch on a directory that was removed and made again after
-/// the capture: ext4 gives the new one the old inode number at once, so
-/// device and inode matched and the watch was restored on the new
-/// directory without a word (stop 32's survey). The watched file's handle
-/// (inode and generation) tells them apart: restore refuses in one line.
-/// The same directory, untouched, restores and its watch fires.
+/// An inotify watch (or a fanotify inode mark) on a directory that was
+/// removed and made again after the capture: ext4 gives the new one the
+/// old inode number at once, so device and inode matched and the watch
+/// was restored on the new directory without a word (stop 32's survey).
+/// The watched file's handle (inode and generation) tells them apart:
+/// restore refuses in one line. The same directory, untouched, restores
+/// and its watch fires.
 #[test]
 fn inotify_watch_on_a_directory_made_again_is_refused() {
     let dir = scratch("inotify-again");
     let src = dir.join("w.c");
     std::fs::write(
         &src,
-        r#"#include <signal.h>
+        r#"#include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/fanotify.h>
 #include <sys/inotify.h>
 #include <unistd.h>
+/* w DIR ino|fan: watch DIR (inotify IN_CREATE, or a fanotify inode mark
+ * for opens), stop; then make DIR/x (or open DIR) and read the event. */
 int main(int argc, char **argv) {
-    int fd = inotify_init1(0);
-    int wd = inotify_add_watch(fd, argv[1], IN_CREATE);
+    int fan = strcmp(argv[2], "fan") == 0;
+    int fd = fan ? fanotify_init(FAN_CLASS_NOTIF, O_RDONLY) : inotify_init1(0);
+    int wd = fan ? fanotify_mark(fd, FAN_MARK_ADD, FAN_OPEN | FAN_ONDIR, AT_FDCWD, argv[1])
+                 : inotify_add_watch(fd, argv[1], IN_CREATE);
+    if (fd < 0 || wd < 0) { perror("watch"); return 2; }
     printf("READY %d\n", getpid());
     fflush(stdout);
     raise(SIGSTOP);
+    char buf[4096];
+    if (fan) {
+        close(open(argv[1], O_RDONLY | O_DIRECTORY));
+        ssize_t n = read(fd, buf, sizeof buf);
+        struct fanotify_event_metadata *m = (struct fanotify_event_metadata *)buf;
+        printf("PASS %d %d x\n", n > 0, n > 0 && (m->mask & FAN_OPEN) != 0);
+        return 0;
+    }
     char path[4096];
     snprintf(path, sizeof path, "%s/x", argv[1]);
     FILE *f = fopen(path, "w");
     if (f) fclose(f);
-    char buf[4096];
     ssize_t n = read(fd, buf, sizeof buf);
     struct inotify_event *e = (struct inotify_event *)buf;
     printf("PASS %d %d %s\n", n > 0, n > 0 && e->wd == wd, n > 0 ? e->name : "-");
@@ -1113,41 +1128,51 @@ int main(int argc, char **argv) {
         .status()
         .expect("cc");
     assert!(st.success());
-    let watched = dir.join("watched");
-    std::fs::create_dir(&watched).unwrap();
-    let mut cmd = std::process::Command::new(&exe);
-    cmd.arg(&watched);
-    let t = Target::spawn(cmd, "inotify-again");
-    t.wait_stopped();
-    let img = dir.join("img");
-    let (code, _, err) = cryo_cmd(&[
-        "capture",
-        "--kill",
-        &t.pid.to_string(),
-        img.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    t.finish();
-    let (code, out, err) = cryo_cmd(&["restore", img.to_str().unwrap()]);
-    assert_eq!(
-        (code, out.trim_end().lines().last()),
-        (0, Some("PASS 1 1 x")),
-        "{err}"
-    );
-    use std::os::unix::fs::MetadataExt;
-    let ino = std::fs::metadata(&watched).unwrap().ino();
-    std::fs::remove_file(watched.join("x")).unwrap();
-    std::fs::remove_dir(&watched).unwrap();
-    std::fs::create_dir(&watched).unwrap();
-    let reused = std::fs::metadata(&watched).unwrap().ino() == ino;
-    let (code, out, err) = cryo_cmd(&["restore", img.to_str().unwrap()]);
-    assert_eq!(code, 1, "{out}{err}");
-    assert!(err.contains("a different file now"), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    if reused {
-        assert!(err.contains("file handle differs"), "{err}");
-    } else {
-        eprintln!("(this filesystem gave the new directory another inode number: the handle check was not reached)");
+    for how in ["ino", "fan"] {
+        let watched = dir.join(format!("watched-{how}"));
+        std::fs::create_dir(&watched).unwrap();
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg(&watched).arg(how);
+        let t = Target::spawn(cmd, "inotify-again");
+        t.wait_stopped();
+        let img = dir.join(format!("img-{how}"));
+        let (code, _, err) = cryo_cmd(&[
+            "capture",
+            "--kill",
+            &t.pid.to_string(),
+            img.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{how}: {err}");
+        t.finish();
+        let (code, out, err) = cryo_cmd(&["restore", img.to_str().unwrap()]);
+        assert_eq!(
+            (code, out.trim_end().lines().last()),
+            (0, Some("PASS 1 1 x")),
+            "{how}: {err}"
+        );
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(&watched).unwrap().ino();
+        let _ = std::fs::remove_file(watched.join("x"));
+        std::fs::remove_dir(&watched).unwrap();
+        std::fs::create_dir(&watched).unwrap();
+        // (A new directory that got another free inode is moved aside,
+        // keeping that one, until one gets the old number.)
+        let mut aside = 0;
+        while std::fs::metadata(&watched).unwrap().ino() != ino && aside < 16 {
+            std::fs::rename(&watched, dir.join(format!("aside-{how}-{aside}"))).unwrap();
+            std::fs::create_dir(&watched).unwrap();
+            aside += 1;
+        }
+        let reused = std::fs::metadata(&watched).unwrap().ino() == ino;
+        let (code, out, err) = cryo_cmd(&["restore", img.to_str().unwrap()]);
+        assert_eq!(code, 1, "{how}: {out}{err}");
+        assert!(err.contains("a different file"), "{how}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{how}: {err}");
+        if reused {
+            assert!(err.contains("file handle differs"), "{how}: {err}");
+        } else {
+            eprintln!("({how}: this filesystem gave the new directory another inode number: the handle check was not reached)");
+        }
     }
 }
 

@@ -79,6 +79,7 @@ pub fn capture(
         ) else {
             return Err(bad());
         };
+        let mut fh = (0, Vec::new());
         let (kind, path, dev, ino) = if let Some(ino) = hex(rest, "ino") {
             let dev = kdev(hex(rest, "sdev").ok_or_else(bad)?);
             let htype = field(rest, "fhandle-type")
@@ -91,6 +92,7 @@ pub fn capture(
             let path = crate::inotify::watched_path(dev, ino, htype, &handle).ok_or_else(|| {
                 format!("{name}: a mark is on inode {ino} of device {dev:x}, which cryo cannot find a path to (removed?)")
             })?;
+            fh = (htype, handle);
             (fanotify_mark_kind::INODE, path, dev, ino)
         } else if let Some(mnt_id) = hex(rest, "mnt_id") {
             let point = mount_point(&mountinfo, |id, _| id == mnt_id).ok_or_else(|| {
@@ -111,7 +113,7 @@ pub fn capture(
             return Err(bad());
         };
         let path = b.strings.add(&path);
-        b.fanotify_marks.push(FanotifyMark {
+        let mut m = FanotifyMark {
             desc,
             kind,
             mflags: mflags as u32,
@@ -121,7 +123,10 @@ pub fn capture(
             dev,
             ino,
             path,
-        });
+            ..Default::default()
+        };
+        m.set_handle(fh.0, &fh.1);
+        b.fanotify_marks.push(m);
     }
     Ok(())
 }

@@ -135,25 +135,17 @@ impl FileHandle {
         if bytes.len() > MAX_HANDLE {
             return None;
         }
-        let mut words = [0u64; MAX_HANDLE / 8];
-        for (i, b) in bytes.iter().enumerate() {
-            words[i / 8] |= (*b as u64) << (8 * (i % 8));
-        }
         Some(FileHandle {
             file,
             kind,
             len: bytes.len() as u32,
             _pad: 0,
-            words,
+            words: handle_words(bytes)?,
         })
     }
     /// f_handle's bytes: the first `len` of the result.
     pub fn bytes(&self) -> [u8; MAX_HANDLE] {
-        let mut out = [0u8; MAX_HANDLE];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = (self.words[i / 8] >> (8 * (i % 8))) as u8;
-        }
-        out
+        handle_bytes(&self.words)
     }
 }
 
@@ -239,28 +231,42 @@ record! {
     }
 }
 
+/// A file handle kept in a record as `MAX_HANDLE / 8` little-endian words
+/// ([`FileHandle::words`]' layout): its bytes, the first `len` of the
+/// result.
+pub fn handle_bytes(words: &[u64; MAX_HANDLE / 8]) -> [u8; MAX_HANDLE] {
+    let mut out = [0u8; MAX_HANDLE];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = (words[i / 8] >> (8 * (i % 8))) as u8;
+    }
+    out
+}
+
+/// `bytes` as [`handle_bytes`] reads them (None if longer than
+/// [`MAX_HANDLE`]).
+pub fn handle_words(bytes: &[u8]) -> Option<[u64; MAX_HANDLE / 8]> {
+    if bytes.len() > MAX_HANDLE {
+        return None;
+    }
+    let mut words = [0u64; MAX_HANDLE / 8];
+    for (i, b) in bytes.iter().enumerate() {
+        words[i / 8] |= (*b as u64) << (8 * (i % 8));
+    }
+    Some(words)
+}
+
 impl InotifyWatch {
     /// The handle's bytes: the first `handle_len` of the result (validated
     /// at most [`MAX_HANDLE`]).
     pub fn handle_bytes(&self) -> [u8; MAX_HANDLE] {
-        let mut out = [0u8; MAX_HANDLE];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = (self.handle[i / 8] >> (8 * (i % 8))) as u8;
-        }
-        out
+        handle_bytes(&self.handle)
     }
 
     /// Set the handle (none if longer than [`MAX_HANDLE`]).
     pub fn set_handle(&mut self, kind: i32, bytes: &[u8]) {
-        if bytes.len() > MAX_HANDLE {
-            return;
+        if let Some(w) = handle_words(bytes) {
+            (self.handle_kind, self.handle_len, self.handle) = (kind, bytes.len() as u32, w);
         }
-        self.handle = [0; MAX_HANDLE / 8];
-        for (i, b) in bytes.iter().enumerate() {
-            self.handle[i / 8] |= (*b as u64) << (8 * (i % 8));
-        }
-        self.handle_kind = kind;
-        self.handle_len = bytes.len() as u32;
     }
 }
 
@@ -304,6 +310,25 @@ record! {
         pub dev: u64,
         pub ino: u64,
         pub path: crate::StrRef,
+        /// (11.5) An inode mark's file handle, as for
+        /// [`InotifyWatch::handle`] (length 0: none).
+        pub handle_kind: i32,
+        pub handle_len: u32,
+        pub handle: [u64; MAX_HANDLE / 8],
+    }
+}
+
+impl FanotifyMark {
+    /// As [`InotifyWatch::handle_bytes`].
+    pub fn handle_bytes(&self) -> [u8; MAX_HANDLE] {
+        handle_bytes(&self.handle)
+    }
+
+    /// As [`InotifyWatch::set_handle`].
+    pub fn set_handle(&mut self, kind: i32, bytes: &[u8]) {
+        if let Some(w) = handle_words(bytes) {
+            (self.handle_kind, self.handle_len, self.handle) = (kind, bytes.len() as u32, w);
+        }
     }
 }
 

@@ -569,11 +569,15 @@ impl<'a> Image<'a> {
         }
         for (i, m) in self.fanotify_marks().iter().enumerate() {
             self.check_str(m.path, "fanotify_marks", i)?;
-            if !is_fanotify(m.desc) || !(1..=3).contains(&m.kind) {
+            if !is_fanotify(m.desc)
+                || !(1..=3).contains(&m.kind)
+                || m.handle_len as usize > crate::fds::MAX_HANDLE
+            {
                 return Err(ImageError::BadIndex {
                     section: "fanotify_marks",
                     index: i as u64,
-                    why: "mark of no fanotify fd, or of an unknown kind",
+                    why:
+                        "mark of no fanotify fd, of an unknown kind, or with too long a file handle",
                 });
             }
         }

@@ -49,6 +49,16 @@ fn check(img: &Image, m: &FanotifyMark) -> Result<std::fs::File, String> {
             }
         ));
     }
+    let handle = &m.handle_bytes()[..m.handle_len as usize];
+    if !crate::inotify::has_handle(
+        &format!("/proc/self/fd/{}", f.as_raw_fd()),
+        m.handle_kind,
+        handle,
+    ) {
+        return Err(format!(
+            "its mark on {path}: a different file there now with the same inode number (its file handle differs: removed and made again since the capture)"
+        ));
+    }
     Ok(f)
 }
 

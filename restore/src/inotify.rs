@@ -134,15 +134,24 @@ pub(crate) fn make(
 }
 
 /// Whether the file at `path` is the watched one by its file handle too
-/// (the inode number alone can be a later file's). True where the image
-/// has no handle or the filesystem gives none now.
+/// (the inode number alone can be a later file's).
 fn same_handle(w: &cryo_image::fds::InotifyWatch, path: &str) -> bool {
-    if w.handle_len == 0 {
+    has_handle(
+        path,
+        w.handle_kind,
+        &w.handle_bytes()[..w.handle_len as usize],
+    )
+}
+
+/// Whether the file at `path` has the file handle (`kind`, `bytes`) a
+/// record kept. True where the record has none (older images) or the
+/// filesystem gives none now.
+pub(crate) fn has_handle(path: &str, kind: i32, bytes: &[u8]) -> bool {
+    if bytes.is_empty() {
         return true;
     }
-    let want = &w.handle_bytes()[..w.handle_len as usize];
     match sys::name_to_handle(path) {
-        Ok((kind, bytes)) => kind == w.handle_kind && bytes == want,
+        Ok((k, b)) => k == kind && b == bytes,
         Err(_) => true,
     }
 }

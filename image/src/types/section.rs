@@ -93,6 +93,8 @@ const FILE_ID_9_0: usize = 72;
 const PID_REF_11_3: usize = 8;
 /// An `inotify` record as 11.4 wrote it (before the file handle).
 const INOTIFY_WATCH_11_4: usize = 40;
+/// A `fanotify_marks` record as 11.4 wrote it (before the file handle).
+const FANOTIFY_MARK_11_4: usize = 64;
 /// A `task` record as 11.2 wrote it (before `xcomp_perm`).
 const TASK_STATE_11_2: usize = <crate::task::TaskState as crate::record::Record>::SIZE - 8;
 
@@ -196,13 +198,14 @@ impl SectionKind {
     /// knows, but for records that gained fields at their end in a minor
     /// version, which read as zero from an older image (`files`: 9.1
     /// added the birth time, 0 meaning "not known"; `task`: 11.3 added
-    /// `xcomp_perm`; `inotify`: 11.5 added the watched file's handle).
+    /// `xcomp_perm`; `inotify`, `fanotify_marks`: 11.5 added the file handle).
     pub fn min_record_size(self) -> usize {
         match self {
             SectionKind::Files => FILE_ID_9_0,
             SectionKind::Task => TASK_STATE_11_2,
             SectionKind::PidRefs => PID_REF_11_3,
             SectionKind::Inotify => INOTIFY_WATCH_11_4,
+            SectionKind::FanotifyMarks => FANOTIFY_MARK_11_4,
             k => k.known_record_size(),
         }
     }
