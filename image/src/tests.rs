@@ -329,6 +329,10 @@ fn format_3_sections_round_trip() {
         refused(|b| b.inotify[0].handle_len = 129),
         "inotify handle too long"
     );
+    assert!(
+        refused(|b| b.task.as_mut().unwrap().frame_xsave = 100),
+        "frame xsave below the legacy area"
+    );
     assert!(refused(|b| b.groups.pop().map_or((), drop)), "group count");
     assert!(
         refused(|b| b.thread_creds[0].ngroups = 1),
@@ -818,23 +822,34 @@ fn older_minor_records_read_with_zero_tails() {
     // Shorter than 9.0's: refused.
     let short = with_record_size(&meta, SectionKind::Files, 64);
     assert!(Image::parse(&short).is_err());
-    // An 11.2 image: `task` without `xcomp_perm`, which reads as 0.
+    // An 11.2 image: `task` without `xcomp_perm` (nor 11.5's
+    // `frame_xsave`), which read as 0; an 11.4 one without `frame_xsave`.
     use crate::task::TaskState;
     let (meta, _) = sample_full_with(|b| {
         if let Some(t) = b.task.as_mut() {
             t.xcomp_perm = crate::task::XCOMP_TILEDATA;
+            t.frame_xsave = 2688;
         }
     });
     let want = Image::parse(&meta).unwrap().task().expect("task");
     assert_eq!(want.xcomp_perm, crate::task::XCOMP_TILEDATA);
     let size = <TaskState as Record>::SIZE as u32 - 8;
+    let m114 = with_record_size(&meta, SectionKind::Task, size);
+    let img = Image::parse(&m114).expect("an 11.4 task section is read");
+    img.validate().expect("validate");
+    let got = img.task().expect("task");
+    assert_eq!(
+        (got.xcomp_perm, got.frame_xsave),
+        (crate::task::XCOMP_TILEDATA, 0)
+    );
+    let size = size - 8;
     let old = with_record_size(&meta, SectionKind::Task, size);
     let img = Image::parse(&old).expect("an 11.2 task section is read");
     img.validate().expect("validate");
     let got = img.task().expect("task");
     assert_eq!(
-        (got.xcomp_perm, got.seccomp_strict),
-        (0, want.seccomp_strict)
+        (got.xcomp_perm, got.frame_xsave, got.seccomp_strict),
+        (0, 0, want.seccomp_strict)
     );
     assert_eq!(
         (got.affinity, got.oom_score_adj),

@@ -373,6 +373,15 @@ impl<'a> Image<'a> {
                 });
             }
         }
+        // The frame's xsave size: unknown, or within the captured area.
+        if let Some(t) = self.task() {
+            let x = self.process().xsave_size as u64;
+            if t.frame_xsave != 0 && !(576..=x).contains(&t.frame_xsave) {
+                return Err(ImageError::Invalid(
+                    "task: frame_xsave outside the captured xsave area",
+                ));
+            }
+        }
         // Places of the PID and held mutexes: a known kind, a mutex's
         // holder one of the threads, a value the main thread's.
         for (i, r) in self.pid_refs().iter().enumerate() {

@@ -6,6 +6,7 @@ use crate::mem::*;
 use crate::sys::*;
 use crate::{die, W, W_END};
 use core::mem::{offset_of, size_of};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use cryo_image::handoff::HANDOFF_MAGIC;
 use cryo_image::{Image, Regs};
 
@@ -120,20 +121,39 @@ fn use_tiles() {
     };
 }
 
-/// The size of a standard-format xsave area holding the features of
-/// `xcr0` (their offsets and sizes from CPUID leaf 0xD), at least the
-/// legacy area and the header.
+/// The xsave size of a signal frame for `xcr0` (with or without tile
+/// data): without, as capture recorded it ([`know_sizes`]); else asked of
+/// the CPU once (`cryo_image::frame_xsave_size`: a CPUID per feature,
+/// 5.7 µs each in this VM, had been a third of each thread's restore) and
+/// kept for every other thread.
 fn signal_xsave_size(xcr0: u64) -> usize {
-    let mut end = 576;
-    for bit in 2..64u32 {
-        if xcr0 & (1 << bit) != 0 {
-            // (Leaf 0xD exists where XCR0 does: captured on an XSAVE
-            // machine, checked equal here.)
-            let r = core::arch::x86_64::__cpuid_count(0xd, bit);
-            end = end.max(r.ebx as usize + r.eax as usize);
+    let slot = if xcr0 & XTILEDATA != 0 {
+        &WITH_TILES
+    } else {
+        &NO_TILES
+    };
+    match slot.load(Ordering::Relaxed) {
+        0 => {
+            let n = cryo_image::frame_xsave_size(xcr0);
+            slot.store(n, Ordering::Relaxed);
+            n
         }
+        n => n,
     }
-    end
+}
+
+static NO_TILES: AtomicUsize = AtomicUsize::new(0);
+static WITH_TILES: AtomicUsize = AtomicUsize::new(0);
+
+/// Take the frame's xsave size without tile data from the image (capture
+/// recorded it; the CPU's layout was checked the same as the capturing
+/// one's before the exec, or by a packed restorer): called before any
+/// frame is written.
+pub fn know_sizes(img: &Image) {
+    let n = img.task().map_or(0, |t| t.frame_xsave as usize);
+    if n != 0 {
+        NO_TILES.store(n, Ordering::Relaxed);
+    }
 }
 
 /// Build the kernel's x86_64 `struct rt_sigframe` below `top`: pretcode,

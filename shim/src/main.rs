@@ -723,6 +723,7 @@ fn finish<'a>(
         uffd::wait_go(a.sock_fd);
     }
     task::restore_xcomp_perm(img);
+    frame::know_sizes(img);
     ph.mark(on);
     // 10. Every other thread, each restoring its own state and frame
     //     (after the page server is ready: they write to their stacks);

@@ -95,8 +95,9 @@ const PID_REF_11_3: usize = 8;
 const INOTIFY_WATCH_11_4: usize = 40;
 /// A `fanotify_marks` record as 11.4 wrote it (before the file handle).
 const FANOTIFY_MARK_11_4: usize = 64;
-/// A `task` record as 11.2 wrote it (before `xcomp_perm`).
-const TASK_STATE_11_2: usize = <crate::task::TaskState as crate::record::Record>::SIZE - 8;
+/// A `task` record as 11.2 wrote it (before `xcomp_perm` and, 11.5,
+/// `frame_xsave`).
+const TASK_STATE_11_2: usize = <crate::task::TaskState as crate::record::Record>::SIZE - 16;
 
 impl SectionKind {
     pub const ALL: [SectionKind; 43] = [
@@ -198,7 +199,8 @@ impl SectionKind {
     /// knows, but for records that gained fields at their end in a minor
     /// version, which read as zero from an older image (`files`: 9.1
     /// added the birth time, 0 meaning "not known"; `task`: 11.3 added
-    /// `xcomp_perm`; `inotify`, `fanotify_marks`: 11.5 added the file handle).
+    /// `xcomp_perm`; `inotify`, `fanotify_marks`: 11.5 added the file handle, and `task`
+    /// `frame_xsave`).
     pub fn min_record_size(self) -> usize {
         match self {
             SectionKind::Files => FILE_ID_9_0,

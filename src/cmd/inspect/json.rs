@@ -83,6 +83,7 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
             "rseq": (p.flags & process_flags::HAS_RSEQ != 0).then(|| json!({
                 "addr": p.rseq_addr, "size": p.rseq_size, "sig": p.rseq_sig, "flags": p.rseq_flags})),
             "xsave_size": p.xsave_size, "xcr0": p.xcr0,
+            "frame_xsave": img.task().map_or(0, |t| t.frame_xsave),
             "tls": {"canary": p.tls_canary, "pointer_guard": p.tls_pointer_guard,
                     "tid_offset": p.tid_offset},
             "clear_child_tid": p.clear_child_tid,

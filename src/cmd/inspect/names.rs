@@ -90,11 +90,14 @@ pub(super) fn xcr0_names(x: u64) -> String {
         "pt",
         "pkru",
     ];
+    // (and AMX: XTILECFG 17, XTILEDATA 18)
     names
         .iter()
         .enumerate()
         .filter(|(i, _)| x & (1 << i) != 0)
         .map(|(_, n)| *n)
+        .chain((x & 1 << 17 != 0).then_some("tilecfg"))
+        .chain((x & 1 << 18 != 0).then_some("tiledata"))
         .collect::<Vec<_>>()
         .join(" ")
 }

@@ -171,10 +171,14 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
     );
     let _ = writeln!(
         o,
-        "  xsave {} bytes, XCR0 {:#x} ({})",
+        "  xsave {} bytes, XCR0 {:#x} ({}){}",
         p.xsave_size,
         p.xcr0,
-        xcr0_names(p.xcr0)
+        xcr0_names(p.xcr0),
+        match img.task().map_or(0, |t| t.frame_xsave) {
+            0 => String::new(),
+            n => format!(", {n} in a signal frame"),
+        }
     );
     let _ = writeln!(
         o,
