@@ -83,6 +83,10 @@ fn remap_self(alias: usize) -> bool {
 }
 
 /// Copy the shim's own image into anonymous memory and move that over it.
+/// The copy's pages are allocated by the mmap (MAP_POPULATE) rather than
+/// one fault each during the copy: a packed hello 0.57 → 0.54 ms to its
+/// answer, 203 → 150 faults (docs/benchmarks.md). (The same for the top
+/// of the shim's stack took 16 faults off and no time.)
 fn relocate_self() {
     extern "C" {
         static __executable_start: u8;
@@ -96,7 +100,7 @@ fn relocate_self() {
         SELF_COPY_AT,
         len,
         PROT_READ | PROT_WRITE | PROT_EXEC,
-        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE | MAP_POPULATE,
         usize::MAX,
         0,
     );
