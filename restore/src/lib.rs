@@ -141,11 +141,16 @@ pub struct EagerFill {
     stats: Option<PathBuf>,
 }
 
-/// Set `opts.lazy` aside (and say so) when the image's `lazy_pages` are
-/// below its `min_pages`.
-fn eager_if_small(opts: &mut Options, lazy_pages: u64) -> Option<EagerFill> {
+/// Set `opts.lazy` aside (and say so) when the image's lazy pages (counted
+/// by `lazy_pages`, only for a lazy restore: an eager one is the hot path)
+/// are below its `min_pages`.
+fn eager_if_small(opts: &mut Options, lazy_pages: impl FnOnce() -> u64) -> Option<EagerFill> {
     let l = opts.lazy.as_ref()?;
-    if l.record_working_set || lazy_pages >= l.min_pages {
+    if l.record_working_set || l.min_pages == 0 {
+        return None;
+    }
+    let lazy_pages = lazy_pages();
+    if lazy_pages >= l.min_pages {
         return None;
     }
     let fill = EagerFill {
@@ -241,7 +246,8 @@ pub fn prepare(dir: &Path, mut opts: Options) -> Result<Plan, RestoreError> {
     if image.image()?.tree().len() > 1 {
         return tree::prepare(dir, image, opts);
     }
-    let eager_fill = eager_if_small(&mut opts, lazy::lazy_pages(&image.image()?));
+    let img = image.image()?;
+    let eager_fill = eager_if_small(&mut opts, || lazy::lazy_pages(&img));
     let ptys = {
         let img = image.image()?;
         ptys::Ptys::make(

@@ -118,11 +118,12 @@ pub(crate) fn prepare(
         };
         l.and_then(|l| Some((l, l.image().ok()?)))
     };
-    let lazy_pages = (0..recs.len())
-        .filter_map(img_of)
-        .map(|(_, i)| crate::lazy::lazy_pages(&i))
-        .sum();
-    let eager_fill = crate::eager_if_small(&mut opts, lazy_pages);
+    let eager_fill = crate::eager_if_small(&mut opts, || {
+        (0..recs.len())
+            .filter_map(img_of)
+            .map(|(_, i)| crate::lazy::lazy_pages(&i))
+            .sum()
+    });
     // Processes that were in different cgroups go back to them; a tree
     // in one set of cgroups stays in ours (`Cgroups::Auto`).
     if opts.cgroups == crate::Cgroups::Auto {
