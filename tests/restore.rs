@@ -586,6 +586,22 @@ fn pipe_from_outside_needs_inherit_fd() {
 
 const LAZY_MODES: [&str; 2] = ["--lazy", "--lazy=on-demand"];
 
+/// Restore `img` with `extra` and `--lazy-stats` (file named by `tag`
+/// beside the image); the program must answer `expected`. The statistics.
+fn restore_with_stats(img: &Path, extra: &[&str], tag: &str, expected: &str) -> serde_json::Value {
+    let f = img.parent().unwrap().join(format!("stats-{tag}"));
+    let mut a = extra.to_vec();
+    a.extend(["--lazy-stats", f.to_str().unwrap()]);
+    let (code, out, err) = Restored::start(img, &a).finish();
+    assert_eq!(
+        (code, last_line(&out)),
+        (0, expected),
+        "{extra:?}: stderr:\n{err}"
+    );
+    let text = std::fs::read_to_string(&f).expect("stats written");
+    serde_json::from_str(&text).expect("stats JSON")
+}
+
 /// tests/programs/lazy.c in MODE over a 16 MiB heap: the plain run's PASS
 /// line, then capture once and restore in both lazy modes.
 fn lazy_case(mode: &str) {
@@ -636,15 +652,6 @@ fn lazy_every_word_checked() {
 /// served by the page server. Both give the program's own answer.
 #[test]
 fn lazy_fills_a_small_image_eagerly_and_says_so() {
-    let stats = |img: &std::path::Path, extra: &[&str], tag: &str, expected: &str| {
-        let f = img.parent().unwrap().join(format!("small-stats-{tag}"));
-        let mut a = extra.to_vec();
-        a.extend(["--lazy-stats", f.to_str().unwrap()]);
-        let (code, out, err) = Restored::start(img, &a).finish();
-        assert_eq!((code, last_line(&out)), (0, expected), "{tag}: {err}");
-        let text = std::fs::read_to_string(&f).expect("stats written");
-        serde_json::from_str::<serde_json::Value>(&text).expect("stats JSON")
-    };
     for (mib, small) in [("1", true), ("8", false)] {
         let args = ["check", mib];
         let expected = plain_run("c-lazy", &args, "stop");
@@ -664,7 +671,12 @@ fn lazy_fills_a_small_image_eagerly_and_says_so() {
         let (_, text, _) = cryo_cmd(&["restore", img.to_str().unwrap(), "--lazy", "--dry-run"]);
         assert_eq!(text.contains("filled eagerly instead"), small, "{text}");
         for lazy in LAZY_MODES {
-            let st = stats(&img, &[lazy], &format!("{mib}{}", lazy.len()), &expected);
+            let st = restore_with_stats(
+                &img,
+                &[lazy],
+                &format!("small-{mib}{}", lazy.len()),
+                &expected,
+            );
             assert_eq!(st["filled_eagerly"].as_bool(), Some(small), "{st}");
             if small {
                 assert_eq!(st["faults"].as_u64(), Some(0), "{st}");
@@ -673,10 +685,10 @@ fn lazy_fills_a_small_image_eagerly_and_says_so() {
         }
         // On demand, every page the program reads is a fault or copied
         // ahead of one: the page server served it.
-        let st = stats(
+        let st = restore_with_stats(
             &img,
             &["--lazy=on-demand", "--lazy-min-mib=0"],
-            &format!("{mib}-forced"),
+            &format!("small-{mib}-forced"),
             &expected,
         );
         assert_eq!(st["filled_eagerly"].as_bool(), Some(false), "{st}");
@@ -695,27 +707,12 @@ fn lazy_strided_walks_are_followed_and_drops_stay_zero() {
     assert!(expected.starts_with("PASS "), "plain run: {expected}");
     let img = capture_killed("c-lazy", &args, "stop", "lazy-stride");
     for lazy in LAZY_MODES {
-        let f = img
-            .parent()
-            .unwrap()
-            .join(format!("stride-stats-{}", lazy.len()));
-        let (code, out, err) = Restored::start(
+        let st = restore_with_stats(
             &img,
-            &[
-                lazy,
-                "--lazy-min-mib=0",
-                "--lazy-stats",
-                f.to_str().unwrap(),
-            ],
-        )
-        .finish();
-        assert_eq!(
-            (code, last_line(&out)),
-            (0, expected.as_str()),
-            "{lazy}: stderr:\n{err}"
+            &[lazy, "--lazy-min-mib=0"],
+            &format!("stride-{}", lazy.len()),
+            &expected,
         );
-        let text = std::fs::read_to_string(&f).expect("stats written");
-        let st: serde_json::Value = serde_json::from_str(&text).expect("stats JSON");
         // (In background mode the stream may have brought the walk's
         // pages in first.)
         if lazy == "--lazy=on-demand" {
@@ -736,28 +733,12 @@ fn lazy_dense_walks_are_read_ahead_and_empty_pages_zeroed_around() {
     assert!(expected.starts_with("PASS "), "plain run: {expected}");
     let img = capture_killed("c-lazy", &args, "stop", "lazy-dense");
     for lazy in LAZY_MODES {
-        let f = img
-            .parent()
-            .unwrap()
-            .join(format!("dense-stats-{}", lazy.len()));
-        let (code, out, err) = Restored::start(
+        let st = restore_with_stats(
             &img,
-            &[
-                lazy,
-                "--lazy-min-mib=0",
-                "--lazy-stats",
-                f.to_str().unwrap(),
-            ],
-        )
-        .finish();
-        assert_eq!(
-            (code, last_line(&out)),
-            (0, expected.as_str()),
-            "{lazy}: stderr:
-{err}"
+            &[lazy, "--lazy-min-mib=0"],
+            &format!("dense-{}", lazy.len()),
+            &expected,
         );
-        let text = std::fs::read_to_string(&f).expect("stats written");
-        let st: serde_json::Value = serde_json::from_str(&text).expect("stats JSON");
         // (In background mode the stream may have brought the pages in
         // first.)
         if lazy == "--lazy=on-demand" {
@@ -768,21 +749,12 @@ fn lazy_dense_walks_are_read_ahead_and_empty_pages_zeroed_around() {
         assert_eq!(st["verified_pages"].as_u64(), Some(0), "{st}");
     }
     // --verify: every page served is checked.
-    let f = img.parent().unwrap().join("dense-stats-verify");
-    let (code, out, err) = Restored::start(
+    let st = restore_with_stats(
         &img,
-        &[
-            "--lazy=on-demand",
-            "--lazy-min-mib=0",
-            "--verify",
-            "--lazy-stats",
-            f.to_str().unwrap(),
-        ],
-    )
-    .finish();
-    assert_eq!((code, last_line(&out)), (0, expected.as_str()), "{err}");
-    let st: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        &["--lazy=on-demand", "--lazy-min-mib=0", "--verify"],
+        "dense-verify",
+        &expected,
+    );
     assert!(st["verified_pages"].as_u64().unwrap() > 0, "{st}");
 }
 
@@ -896,17 +868,7 @@ fn lazy_working_set_recorded_then_prefetched() {
     let args = ["touch", "16", "10"];
     let expected = plain_run("c-lazy", &args, "stop");
     let img = capture_killed("c-lazy", &args, "stop", "lazy-ws");
-    let stats = img.parent().unwrap().join("stats");
-    let run = |extra: &[&str], tag: &str| -> serde_json::Value {
-        let f = stats.with_extension(tag);
-        let mut a = extra.to_vec();
-        a.extend(["--lazy-stats", f.to_str().unwrap()]);
-        let (code, out, err) = Restored::start(&img, &a).finish();
-        assert_eq!(code, 0, "{err}");
-        assert_eq!(last_line(&out), expected, "{err}");
-        let text = std::fs::read_to_string(&f).expect("stats written");
-        serde_json::from_str(&text).expect("stats JSON")
-    };
+    let run = |extra: &[&str], tag: &str| restore_with_stats(&img, extra, tag, &expected);
     let first = run(&["--lazy=on-demand", "--record-working-set"], "rec");
     let ws = img.join("working-set");
     let md = std::fs::metadata(&ws).expect("working set recorded");
