@@ -143,6 +143,12 @@ fn in_shim_window(m: &Mapping) -> bool {
     m.start < SHIM_WINDOW + SHIM_WINDOW_LEN && m.end > SHIM_WINDOW
 }
 
+/// Whether code runs in cryo-shim's window: the process is still being
+/// restored (`shim_window` says so).
+pub(crate) fn being_restored(maps: &[Mapping]) -> bool {
+    maps.iter().any(|m| m.exec && in_shim_window(m))
+}
+
 /// Memory in cryo-shim's window cannot be restored: the shim runs there.
 /// Above all, a process still inside `cryo restore` (or a packed
 /// restorer: its shim filling memory, before the program runs again) has
