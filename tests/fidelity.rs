@@ -637,7 +637,9 @@ fn unlinked_file_over_the_limit_is_refused() {
 /// process while any semaphore set exists (pthread_create gives every
 /// threaded process an undo list, and an empty one looks the same). A
 /// single-threaded process that used one without SEM_UNDO is restored and
-/// goes on using it (the set outlives the killed original).
+/// goes on using it (the set outlives the killed original), and restored
+/// again once the first restore has removed the set: made again, with
+/// its id and the value it had at capture.
 #[test]
 fn semaphore_undo_refused_plain_semaphore_kept() {
     // A private IPC namespace for this test's thread, which cryo and the
@@ -689,10 +691,82 @@ print("PASS", flush=True)
     let img = scratch("fidelity-semaphore").join("img");
     capture_killed(t.pid, &img, &[]);
     drop(t);
-    let (code, out, err) = restore(&img, &[]);
-    assert_eq!(
-        (code, out.trim_end().lines().last().unwrap_or("")),
-        (0, "PASS"),
-        "restore: {out}{err}"
+    for round in ["the set still there", "the set gone"] {
+        let (code, out, err) = restore(&img, &[]);
+        assert_eq!(
+            (code, out.trim_end().lines().last().unwrap_or("")),
+            (0, "PASS"),
+            "restore, {round}: {out}{err}"
+        );
+    }
+}
+
+/// System V message queues: the process's own ids name nothing once a
+/// queue is gone, and the kernel does not say which queues a process
+/// uses, so capture records every queue it could use, with its messages
+/// (read with MSG_COPY, left in place). A restore leaves a queue still
+/// there alone and makes one gone again (its id, key, mode, messages);
+/// one whose key now names another queue is refused by name.
+#[test]
+fn message_queue_made_again_with_its_messages() {
+    // (A private IPC namespace, as for the semaphore test.)
+    // SAFETY: integers only; it changes this thread's namespaces alone.
+    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWIPC) }, 0);
+    const KEY: i32 = 0x1234abcd;
+    let script = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class Msg(ctypes.Structure):
+    _fields_ = [("mtype", ctypes.c_long), ("text", ctypes.c_char * 64)]
+qid = libc.msgget(0x1234abcd, 0o1000 | 0o640)
+assert qid >= 0, ctypes.get_errno()
+sent = [(3, b"first"), (5, b"second\0with a nul")]
+for t, b in sent:
+    m = Msg(t); ctypes.memmove(ctypes.addressof(m) + 8, b, len(b))
+    assert libc.msgsnd(qid, ctypes.byref(m), len(b), 0) == 0
+print("READY", os.getpid(), flush=True); sys.stdin.readline()
+for t, b in sent:
+    m = Msg(); n = libc.msgrcv(qid, ctypes.byref(m), 64, 0, 0o4000)
+    got = (n, m.mtype, ctypes.string_at(ctypes.addressof(m) + 8, max(n, 0)))
+    assert got == (len(b), t, b), got
+assert libc.msgrcv(qid, ctypes.byref(Msg()), 64, 0, 0o4000) == -1  # empty
+perms = [l.split()[2] for l in open("/proc/sysvipc/msg").readlines()[1:] if int(l.split()[1]) == qid]
+assert perms == ["640"], perms
+assert libc.msgctl(qid, 0, None) == 0  # IPC_RMID
+print("PASS", flush=True)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn(cmd, "msq");
+    t.wait_sleeping();
+    let img = scratch("fidelity-msq").join("img");
+    capture_killed(t.pid, &img, &[]);
+    drop(t);
+    let (code, text, err) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains("message queue") && text.contains("2 message(s)"),
+        "{text}"
     );
+    for round in ["the queue still there", "the queue gone"] {
+        let (code, out, err) = restore(&img, &[]);
+        assert_eq!(
+            (code, out.trim_end().lines().last().unwrap_or("")),
+            (0, "PASS"),
+            "restore, {round}: {out}{err}"
+        );
+    }
+    // Another queue has the key now: refused, nothing run.
+    // SAFETY: integers only.
+    let other = unsafe { libc::msgget(KEY, libc::IPC_CREAT | 0o600) };
+    assert!(other >= 0);
+    let (code, out, err) = restore(&img, &[]);
+    // SAFETY: integers only; IPC_RMID takes no buffer.
+    unsafe { libc::msgctl(other, libc::IPC_RMID, std::ptr::null_mut()) };
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("its key now names queue {other}")),
+        "{err}"
+    );
+    assert!(out.is_empty(), "nothing ran: {out}");
 }

@@ -509,6 +509,13 @@ pub(crate) fn inspect(
         &mut obs,
     );
     crate::sysv::semaphore_undo(pid, &mut obs);
+    crate::sysv::sets_and_queues(
+        &crate::sysv::IpcUser::of(&st),
+        &mut b,
+        &mut stored,
+        &opts.limits,
+        &mut obs,
+    );
     let classes: Vec<(u32, u32, u32)> = classified
         .iter()
         .map(|c| (c.kind, c.flags, c.file))

@@ -26,6 +26,8 @@ pub enum BlobOwner {
     PtyInput(usize),
     PtyOutput(usize),
     Sysv(usize),
+    Sem(usize),
+    Msq(usize),
     TcpSend(usize),
     TcpRecv(usize),
 }
@@ -44,6 +46,8 @@ impl PendingBlob {
             BlobOwner::PtyInput(i) => b.ptys[i].input = blob,
             BlobOwner::PtyOutput(i) => b.ptys[i].output = blob,
             BlobOwner::Sysv(i) => b.sysv_shm[i].data = blob,
+            BlobOwner::Sem(i) => b.sysv_sem[i].values = blob,
+            BlobOwner::Msq(i) => b.sysv_msq[i].messages = blob,
             BlobOwner::TcpSend(i) => b.tcp_conns[i].sendq = blob,
             BlobOwner::TcpRecv(i) => b.tcp_conns[i].recvq = blob,
         }

@@ -192,3 +192,196 @@ pub fn semaphore_undo(pid: i32, obs: &mut Obstacles) {
         ));
     }
 }
+
+/// Whose System V objects a process may use: its effective ids and
+/// groups, and whether it has CAP_IPC_OWNER (every object).
+pub struct IpcUser {
+    euid: u32,
+    egid: u32,
+    groups: Vec<u32>,
+    owner: bool,
+}
+
+impl IpcUser {
+    pub fn of(st: &crate::task::StatusText) -> IpcUser {
+        let second = |key| st.nums::<u32>(key).get(1).copied().unwrap_or(u32::MAX);
+        IpcUser {
+            euid: second("Uid"),
+            egid: second("Gid"),
+            groups: st.nums("Groups"),
+            // (CAP_IPC_OWNER is capability 15.)
+            owner: st.hex("CapEff") & (1 << 15) != 0,
+        }
+    }
+    /// Whether the process may read or alter an object with these owners
+    /// and mode (the kernel's ipcperms).
+    fn may_use(&self, [uid, gid, cuid, cgid]: [u32; 4], mode: u32) -> bool {
+        let in_group = |g| self.egid == g || self.groups.contains(&g);
+        let bits = if self.owner {
+            0o6
+        } else if self.euid == uid || self.euid == cuid {
+            mode >> 6
+        } else if in_group(gid) || in_group(cgid) {
+            mode >> 3
+        } else {
+            mode
+        };
+        bits & 0o6 != 0
+    }
+}
+
+/// The lines of /proc/sysvipc/`what` after its header, split in words.
+fn ipc_table(what: &str) -> Vec<Vec<String>> {
+    std::fs::read_to_string(format!("/proc/sysvipc/{what}"))
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+/// A message: its type and bytes.
+type Message = (i64, Vec<u8>);
+
+/// Every System V semaphore set and message queue the process may use,
+/// with their values and messages (see `cryo_image::fds::SysvSem`): the
+/// kernel does not say which of them it uses, only their ids are in its
+/// memory, and a restore after one is gone would find an id that names
+/// nothing (semop fails with EINVAL).
+pub fn sets_and_queues(
+    who: &IpcUser,
+    b: &mut ImageBuilder,
+    stored: &mut StoredFiles,
+    limits: &Limits,
+    obs: &mut Obstacles,
+) {
+    let num = |w: &[String], i: usize| w.get(i).and_then(|v| v.parse::<i64>().ok());
+    let oct = |w: &[String], i: usize| w.get(i).and_then(|v| u32::from_str_radix(v, 8).ok());
+    // "key semid perms nsems uid gid cuid cgid otime ctime"
+    for w in ipc_table("sem") {
+        let (
+            Some(key),
+            Some(id),
+            Some(mode),
+            Some(nsems),
+            Some(uid),
+            Some(gid),
+            Some(cuid),
+            Some(cgid),
+        ) = (
+            num(&w, 0),
+            num(&w, 1),
+            oct(&w, 2),
+            num(&w, 3),
+            num(&w, 4),
+            num(&w, 5),
+            num(&w, 6),
+            num(&w, 7),
+        )
+        else {
+            continue;
+        };
+        let (uid, gid) = (uid as u32, gid as u32);
+        if !who.may_use([uid, gid, cuid as u32, cgid as u32], mode) {
+            continue;
+        }
+        let what = format!("System V semaphore set {id} (key {:#x})", key as u32);
+        let values = match crate::sys::ipc::sem_values(id as i32, nsems as u32) {
+            Ok(v) => v,
+            // (Removed since the table was read.)
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => continue,
+            Err(e) => {
+                obs.push(format!("{what}: reading its values: {e}"));
+                continue;
+            }
+        };
+        let index = b.sysv_sem.len();
+        b.sysv_sem.push(cryo_image::fds::SysvSem {
+            id: id as i32,
+            key: key as i32,
+            mode: mode & 0o777,
+            uid,
+            gid,
+            nsems: nsems as u32,
+            values: Default::default(),
+        });
+        stored.blobs.push(PendingBlob {
+            to: BlobOwner::Sem(index),
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        });
+    }
+    // "key msqid perms cbytes qnum lspid lrpid uid gid cuid cgid stime rtime ctime"
+    for w in ipc_table("msg") {
+        let (
+            Some(key),
+            Some(id),
+            Some(mode),
+            Some(cbytes),
+            Some(uid),
+            Some(gid),
+            Some(cuid),
+            Some(cgid),
+        ) = (
+            num(&w, 0),
+            num(&w, 1),
+            oct(&w, 2),
+            num(&w, 3),
+            num(&w, 7),
+            num(&w, 8),
+            num(&w, 9),
+            num(&w, 10),
+        )
+        else {
+            continue;
+        };
+        let (uid, gid) = (uid as u32, gid as u32);
+        if !who.may_use([uid, gid, cuid as u32, cgid as u32], mode) {
+            continue;
+        }
+        let id = id as i32;
+        let what = format!("System V message queue {id} (key {:#x})", key as u32);
+        if cbytes as u64 > limits.max_file_data {
+            obs.push(format!(
+                "{what}: its messages are {cbytes} bytes, more than --max-file-data ({})",
+                limits.max_file_data
+            ));
+            continue;
+        }
+        let read = || -> std::io::Result<(u64, Vec<Message>)> {
+            let qbytes = crate::sys::ipc::msq_qbytes(id)?;
+            // (One message is at most kernel.msgmax bytes, and no more
+            // than the queue holds.)
+            let max = (qbytes as usize).max(cbytes as usize).max(1);
+            let mut messages = Vec::new();
+            while let Some(m) = crate::sys::ipc::msg_copy(id, messages.len(), max)? {
+                messages.push(m);
+            }
+            Ok((qbytes, messages))
+        };
+        let (qbytes, messages) = match read() {
+            Ok(r) => r,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => continue,
+            Err(e) => {
+                obs.push(format!("{what}: reading its messages (MSG_COPY): {e}"));
+                continue;
+            }
+        };
+        let index = b.sysv_msq.len();
+        b.sysv_msq.push(cryo_image::fds::SysvMsq {
+            id,
+            key: key as i32,
+            mode: mode & 0o777,
+            uid,
+            gid,
+            count: messages.len() as u32,
+            qbytes,
+            messages: Default::default(),
+        });
+        stored.blobs.push(PendingBlob {
+            to: BlobOwner::Msq(index),
+            bytes: cryo_image::fds::sysv_messages_blob(
+                messages.iter().map(|(k, m)| (*k, m.as_slice())),
+            ),
+        });
+    }
+}

@@ -27,14 +27,14 @@ impl StatusText {
                 .map(str::trim)
         })
     }
-    fn nums<T: std::str::FromStr>(&self, key: &str) -> Vec<T> {
+    pub fn nums<T: std::str::FromStr>(&self, key: &str) -> Vec<T> {
         self.get(key)
             .unwrap_or("")
             .split_whitespace()
             .filter_map(|w| w.parse().ok())
             .collect()
     }
-    fn hex(&self, key: &str) -> u64 {
+    pub fn hex(&self, key: &str) -> u64 {
         self.get(key)
             .and_then(|v| u64::from_str_radix(v, 16).ok())
             .unwrap_or(0)

@@ -387,6 +387,90 @@ record! {
 }
 
 record! {
+    /// (11.6) A System V semaphore set the process could use (its
+    /// permissions let the process's credentials read or alter it: the
+    /// kernel shows no more which sets a process uses, only their ids in
+    /// its memory). Restore leaves a set still there with the same key and
+    /// size alone (it is shared, as a file is) and makes one gone again:
+    /// the same id, key, mode, owner, and `values`.
+    pub struct SysvSem {
+        /// semid.
+        pub id: i32,
+        /// The key (IPC_PRIVATE 0).
+        pub key: i32,
+        /// Permission bits (sem_perm.mode & 0o777).
+        pub mode: u32,
+        pub uid: u32,
+        pub gid: u32,
+        /// Semaphores in the set (1 or more).
+        pub nsems: u32,
+        /// Their values at capture: `nsems` u16, little-endian.
+        pub values: Blob,
+    }
+}
+
+record! {
+    /// (11.6) A System V message queue the process could use (as for
+    /// [`SysvSem`]), with the messages in it at capture. Restore leaves a
+    /// queue still there with the same key alone and makes one gone
+    /// again: the same id, key, mode, owner, byte limit and messages.
+    pub struct SysvMsq {
+        /// msqid.
+        pub id: i32,
+        /// The key (IPC_PRIVATE 0).
+        pub key: i32,
+        /// Permission bits (msg_perm.mode & 0o777).
+        pub mode: u32,
+        pub uid: u32,
+        pub gid: u32,
+        /// Messages in `messages`.
+        pub count: u32,
+        /// msg_qbytes: the most bytes the queue holds.
+        pub qbytes: u64,
+        /// The messages, oldest first, each its type (i64), its length
+        /// (u64), its bytes, then zeros to a multiple of 8; all
+        /// little-endian ([`sysv_messages`] reads them).
+        pub messages: Blob,
+    }
+}
+
+/// The messages of a [`SysvMsq`]'s blob, `(type, bytes)` oldest first;
+/// None if the blob does not hold exactly `count` well-formed messages.
+#[cfg(any(feature = "std", test))]
+pub fn sysv_messages(blob: &[u8], count: u32) -> Option<std::vec::Vec<(i64, &[u8])>> {
+    let mut out = std::vec::Vec::new();
+    let mut at = 0usize;
+    while at < blob.len() {
+        let head = blob.get(at..at.checked_add(16)?)?;
+        let kind = i64::from_le_bytes(head[..8].try_into().ok()?);
+        let len = usize::try_from(u64::from_le_bytes(head[8..].try_into().ok()?)).ok()?;
+        let start = at + 16;
+        let end = start.checked_add(len)?;
+        out.push((kind, blob.get(start..end)?));
+        at = end.next_multiple_of(8);
+        if kind <= 0 || out.len() > count as usize {
+            return None;
+        }
+    }
+    (at == blob.len() && out.len() == count as usize).then_some(out)
+}
+
+/// A [`SysvMsq`]'s blob for `messages` (see [`sysv_messages`]).
+#[cfg(any(feature = "std", test))]
+pub fn sysv_messages_blob<'a>(
+    messages: impl IntoIterator<Item = (i64, &'a [u8])>,
+) -> std::vec::Vec<u8> {
+    let mut out = std::vec::Vec::new();
+    for (kind, bytes) in messages {
+        out.extend_from_slice(&kind.to_le_bytes());
+        out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        out.extend_from_slice(bytes);
+        out.resize(out.len().next_multiple_of(8), 0);
+    }
+    out
+}
+
+record! {
     /// (9.0) One instruction of a socket's classic BPF filter
     /// (SO_ATTACH_FILTER, read back with SO_GET_FILTER), in order: a
     /// socket's instructions are consecutive records.

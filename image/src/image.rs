@@ -325,6 +325,14 @@ impl<'a> Image<'a> {
     pub fn sysv_shm(&self) -> Table<'a, fds::SysvShm> {
         self.table(SectionKind::SysvShm)
     }
+    /// (11.6) System V semaphore sets the process could use.
+    pub fn sysv_sem(&self) -> Table<'a, fds::SysvSem> {
+        self.table(SectionKind::SysvSem)
+    }
+    /// (11.6) System V message queues the process could use.
+    pub fn sysv_msq(&self) -> Table<'a, fds::SysvMsq> {
+        self.table(SectionKind::SysvMsq)
+    }
     /// (9.0) TCP connections captured with TCP repair.
     pub fn file_handles(&self) -> Table<'a, fds::FileHandle> {
         self.table(SectionKind::FileHandles)
@@ -408,6 +416,8 @@ impl<'a> Image<'a> {
         let ptys = self.ptys();
         let sysv = self.sysv_shm();
         let tcp = self.tcp_conns();
+        let sems = self.sysv_sem();
+        let msqs = self.sysv_msq();
         pipes
             .iter()
             .map(|p| p.data)
@@ -416,6 +426,8 @@ impl<'a> Image<'a> {
             .chain(ptys.iter().flat_map(|t| [t.input, t.output]))
             .chain(sysv.iter().map(|s| s.data))
             .chain(tcp.iter().flat_map(|t| [t.sendq, t.recvq]))
+            .chain(sems.iter().map(|s| s.values))
+            .chain(msqs.iter().map(|q| q.messages))
             .filter(|b| b.len > 0)
     }
 

@@ -279,6 +279,22 @@ pub(crate) fn sample_full_with(edit: impl FnOnce(&mut ImageBuilder)) -> (Vec<u8>
     });
     b.file_handles
         .push(FileHandle::new(handled, 1, &[1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap());
+    // (11.6) A semaphore set of two (its values in the blob page) and an
+    // empty message queue.
+    b.sysv_sem.push(SysvSem {
+        id: 32768,
+        key: 0x1234,
+        mode: 0o600,
+        nsems: 2,
+        values: Blob { off: 4096, len: 4 },
+        ..Default::default()
+    });
+    b.sysv_msq.push(SysvMsq {
+        id: 5,
+        mode: 0o640,
+        qbytes: 16384,
+        ..Default::default()
+    });
     let x = b.xsave.clone();
     b.xsave.extend_from_slice(&x);
     let mut pages = page.clone();
@@ -300,7 +316,9 @@ fn format_3_sections_round_trip() {
     assert_eq!(img.fds().len(), 5);
     assert_eq!(img.fds().get(2).unwrap().desc, 0);
     assert_eq!(img.pipes().get(0).unwrap().data.len, 27);
-    assert_eq!(img.blobs().count(), 2);
+    assert_eq!(img.blobs().count(), 3);
+    assert_eq!(img.sysv_sem().get(0).unwrap().nsems, 2);
+    assert_eq!(img.sysv_msq().get(0).unwrap().qbytes, 16384);
     assert_eq!(img.creds().unwrap().uid, [1000; 4]);
     assert_eq!(img.groups().len(), 2);
     assert_eq!(img.task().unwrap().nice, 5);
@@ -333,6 +351,15 @@ fn format_3_sections_round_trip() {
         refused(|b| b.task.as_mut().unwrap().frame_xsave = 100),
         "frame xsave below the legacy area"
     );
+    assert!(
+        refused(|b| b.sysv_sem[0].nsems = 3),
+        "values of another size"
+    );
+    assert!(
+        refused(|b| b.sysv_sem.push(b.sysv_sem[0])),
+        "a semaphore set twice"
+    );
+    assert!(refused(|b| b.sysv_msq[0].count = 1), "messages not stored");
     assert!(refused(|b| b.groups.pop().map_or((), drop)), "group count");
     assert!(
         refused(|b| b.thread_creds[0].ngroups = 1),
@@ -881,4 +908,23 @@ fn with_record_size(meta: &[u8], kind: SectionKind, size: u32) -> Vec<u8> {
     }
     crate::write::reseal(&mut m);
     m
+}
+
+#[test]
+fn sysv_messages_round_trip_and_refuse_what_is_not_them() {
+    use crate::fds::{sysv_messages, sysv_messages_blob};
+    let msgs: [(i64, &[u8]); 3] = [(3, b"first"), (1, b""), (7, b"eight by")];
+    let blob = sysv_messages_blob(msgs);
+    assert_eq!(blob.len(), 24 + 16 + 24);
+    assert_eq!(sysv_messages(&blob, 3).unwrap(), msgs.to_vec());
+    assert_eq!(sysv_messages(&[], 0), Some(vec![]));
+    assert!(sysv_messages(&blob, 2).is_none(), "more than counted");
+    assert!(sysv_messages(&blob, 4).is_none(), "fewer than counted");
+    assert!(sysv_messages(&blob[..20], 1).is_none(), "cut short");
+    let mut bad = blob.clone();
+    bad[8] = 200; // a length past the end
+    assert!(sysv_messages(&bad, 3).is_none());
+    let mut bad = blob;
+    bad[..8].copy_from_slice(&0i64.to_le_bytes()); // type 0
+    assert!(sysv_messages(&bad, 3).is_none());
 }

@@ -256,6 +256,29 @@ impl<'a> Image<'a> {
                 });
             }
         }
+        // System V semaphore sets and message queues: each id once, the
+        // blobs of the sizes their records say (the messages' layout is
+        // checked where they are read).
+        for (i, s) in self.sysv_sem().iter().enumerate() {
+            let dup = self.sysv_sem().iter().take(i).any(|o| o.id == s.id);
+            if s.id < 0 || dup || s.nsems == 0 || s.values.len != 2 * u64::from(s.nsems) {
+                return Err(ImageError::BadIndex {
+                    section: "sysv_sem",
+                    index: i as u64,
+                    why: "bad id, repeated id, or values not two bytes per semaphore",
+                });
+            }
+        }
+        for (i, q) in self.sysv_msq().iter().enumerate() {
+            let dup = self.sysv_msq().iter().take(i).any(|o| o.id == q.id);
+            if q.id < 0 || dup || (q.count == 0) != (q.messages.len == 0) {
+                return Err(ImageError::BadIndex {
+                    section: "sysv_msq",
+                    index: i as u64,
+                    why: "bad id, repeated id, or messages not as counted",
+                });
+            }
+        }
         for (i, v) in vmas.iter().enumerate() {
             if v.kind == crate::vma_kind::SYSV
                 && !self

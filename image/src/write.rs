@@ -77,6 +77,8 @@ pub struct ImageBuilder {
     pub ptys: Vec<crate::fds::Pty>,
     pub fd_owners: Vec<crate::fds::FdOwner>,
     pub sysv_shm: Vec<crate::fds::SysvShm>,
+    pub sysv_sem: Vec<crate::fds::SysvSem>,
+    pub sysv_msq: Vec<crate::fds::SysvMsq>,
     pub sock_filters: Vec<crate::fds::SockFilterInsn>,
     pub tcp_conns: Vec<crate::fds::TcpConn>,
     pub pid_refs: Vec<crate::task::PidRef>,
@@ -155,6 +157,12 @@ impl ImageBuilder {
         }
         if !self.sysv_shm.is_empty() {
             sections.push((SectionKind::SysvShm, table(&self.sysv_shm)));
+        }
+        if !self.sysv_sem.is_empty() {
+            sections.push((SectionKind::SysvSem, table(&self.sysv_sem)));
+        }
+        if !self.sysv_msq.is_empty() {
+            sections.push((SectionKind::SysvMsq, table(&self.sysv_msq)));
         }
         if !self.tcp_conns.is_empty() {
             sections.push((SectionKind::TcpConns, table(&self.tcp_conns)));

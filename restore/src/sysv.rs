@@ -16,21 +16,67 @@
 //! running has it), and each shim marks it removed again once attached.
 //! Were a shim to fail between its exec and that, the segment would stay
 //! (`ipcs -m` shows it, with no process attached).
+//!
+//! Semaphore sets and message queues (format 11.6) the same way, but for
+//! all those the process could use (the kernel does not say which it
+//! uses): one still there with the same key (and size, for a set) is left
+//! as it is, shared; one gone is made again with its id, key, mode,
+//! owner, and the values or messages it had at capture.
 
 use crate::{sys, LoadedImage, RestoreError};
 use cryo_image::Image;
+use sys::Ipc;
 
-/// The segments this restore made (removed again if it fails before
+/// The objects this restore made (removed again if it fails before
 /// its exec: see [`remove_made`]).
-static MADE: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+static MADE: std::sync::Mutex<Vec<(Ipc, i32)>> = std::sync::Mutex::new(Vec::new());
 
-/// Remove the segments this restore made (it failed).
+/// Remove the objects this restore made (it failed).
 pub(crate) fn remove_made() {
     if let Ok(mut v) = MADE.lock() {
-        for id in v.drain(..) {
-            sys::shm_remove(id);
+        for (kind, id) in v.drain(..) {
+            sys::ipc_remove(kind, id);
         }
     }
+}
+
+fn made(kind: Ipc, id: i32) -> bool {
+    MADE.lock().is_ok_and(|v| v.contains(&(kind, id)))
+}
+
+/// Make an object of `kind` gone since the capture again with its id
+/// `id` (`make` makes one with the next id, kernel.*_next_id, which the
+/// kernel sets back to -1), and set its owner and mode. `was` names it.
+fn make_again(
+    kind: Ipc,
+    id: i32,
+    (uid, gid, mode): (u32, u32, u32),
+    was: &str,
+    make: impl FnOnce() -> std::io::Result<i32>,
+) -> Result<(), RestoreError> {
+    let next = match kind {
+        Ipc::Shm => "/proc/sys/kernel/shm_next_id",
+        Ipc::Sem => "/proc/sys/kernel/sem_next_id",
+        Ipc::Msq => "/proc/sys/kernel/msg_next_id",
+    };
+    std::fs::write(next, id.to_string()).map_err(|e| {
+        err(format!(
+            "{was} is gone, and making it again with its id needs {next}: {e}"
+        ))
+    })?;
+    let made = make();
+    let _ = std::fs::write(next, "-1");
+    let new = made.map_err(|e| err(format!("{was} is gone; making it again: {e}")))?;
+    if let Ok(mut v) = MADE.lock() {
+        v.push((kind, new));
+    }
+    if new != id {
+        return Err(err(format!(
+            "{was} is gone, and it was made again as {new}, not with its id"
+        )));
+    }
+    sys::ipc_set_owner(kind, id, uid, gid, mode)
+        .map_err(|e| err(format!("{was}: setting its owner and mode: {e}")))
 }
 
 fn err(s: String) -> RestoreError {
@@ -44,7 +90,72 @@ pub(crate) fn check(img: &Image) -> Result<(), RestoreError> {
     for s in img.sysv_shm().iter() {
         state(&s)?;
     }
+    for s in img.sysv_sem().iter() {
+        sem_state(&s)?;
+    }
+    for q in img.sysv_msq().iter() {
+        msq_state(&q)?;
+    }
     Ok(())
+}
+
+fn sem_name(s: &cryo_image::fds::SysvSem) -> String {
+    format!(
+        "semaphore set {} (key {:#x}, {} semaphores)",
+        s.id, s.key as u32, s.nsems
+    )
+}
+
+fn msq_name(q: &cryo_image::fds::SysvMsq) -> String {
+    format!("message queue {} (key {:#x})", q.id, q.key as u32)
+}
+
+/// Whether set `s` is there as captured (true) or gone, its id and key
+/// free (false).
+fn sem_state(s: &cryo_image::fds::SysvSem) -> Result<bool, RestoreError> {
+    let was = sem_name(s);
+    match sys::sem_stat(s.id).map_err(|e| err(format!("{was}: IPC_STAT: {e}")))? {
+        Some((key, n)) if key == s.key && n == s.nsems => return Ok(true),
+        Some((key, n)) => {
+            return Err(err(format!(
+                "{was}: that id is now another set (key {:#x}, {n} semaphores); remove it or restore elsewhere",
+                key as u32
+            )))
+        }
+        None => {}
+    }
+    if s.key != 0 {
+        if let Some(other) = sys::sem_find(s.key).map_err(|e| err(format!("{was}: {e}")))? {
+            return Err(err(format!(
+                "{was}: its key now names set {other}; remove it or restore elsewhere"
+            )));
+        }
+    }
+    Ok(false)
+}
+
+/// Whether queue `q` is there as captured (true) or gone, its id and key
+/// free (false).
+fn msq_state(q: &cryo_image::fds::SysvMsq) -> Result<bool, RestoreError> {
+    let was = msq_name(q);
+    match sys::msq_stat(q.id).map_err(|e| err(format!("{was}: IPC_STAT: {e}")))? {
+        Some(key) if key == q.key => return Ok(true),
+        Some(key) => {
+            return Err(err(format!(
+                "{was}: that id is now another queue (key {:#x}); remove it or restore elsewhere",
+                key as u32
+            )))
+        }
+        None => {}
+    }
+    if q.key != 0 {
+        if let Some(other) = sys::msq_find(q.key).map_err(|e| err(format!("{was}: {e}")))? {
+            return Err(err(format!(
+                "{was}: its key now names queue {other}; remove it or restore elsewhere"
+            )));
+        }
+    }
+    Ok(false)
 }
 
 /// Whether segment `s` is there as captured (true) or gone, its id and
@@ -85,48 +196,53 @@ fn state(s: &cryo_image::fds::SysvShm) -> Result<bool, RestoreError> {
     Ok(false)
 }
 
-/// Every segment `img` attaches, there again (see the module's comment).
+/// Every segment `img` attaches, and every semaphore set and message
+/// queue it records, there again (see the module's comment).
 pub(crate) fn ensure(loaded: &LoadedImage, img: &Image, verify: bool) -> Result<(), RestoreError> {
-    let mut done: Vec<i32> = Vec::new();
     for s in img.sysv_shm().iter() {
         // (Once: another process of the tree may have made it already.)
-        let made_here = MADE.lock().is_ok_and(|v| v.contains(&s.id));
-        if done.contains(&s.id) || made_here {
-            continue;
-        }
-        done.push(s.id);
-        if state(&s)? {
+        if made(Ipc::Shm, s.id) || state(&s)? {
             continue;
         }
         let was = format!(
             "segment {} (key {:#x}, {} bytes)",
             s.id, s.key as u32, s.size
         );
-        // Made again with its id: the next shmget takes kernel.shm_next_id
-        // (then set back to -1 by the kernel).
-        let next = "/proc/sys/kernel/shm_next_id";
-        std::fs::write(next, s.id.to_string()).map_err(|e| {
-            err(format!(
-                "{was} is gone, and making it again with its id needs {next}: {e}"
-            ))
-        })?;
-        // (Ours to fill first; its mode as captured after.)
-        let id = sys::shm_create(s.key, s.size, 0o600);
-        let _ = std::fs::write(next, "-1");
-        let id = id.map_err(|e| err(format!("{was} is gone; making it again: {e}")))?;
-        if let Ok(mut v) = MADE.lock() {
-            v.push(id);
-        }
-        if id != s.id {
-            return Err(err(format!(
-                "{was} is gone, and it was made again as {id}, not with its id"
-            )));
-        }
         let bytes = loaded.read_blob(&s.data, verify)?;
-        sys::shm_fill(id, &bytes)
-            .map_err(|e| err(format!("{was}: putting its bytes back: {e}")))?;
-        sys::shm_set(id, s.uid, s.gid, s.mode)
-            .map_err(|e| err(format!("{was}: setting its owner and mode: {e}")))?;
+        // (Ours to fill first; its mode as captured after.)
+        make_again(Ipc::Shm, s.id, (s.uid, s.gid, s.mode), &was, || {
+            let id = sys::shm_create(s.key, s.size, 0o600)?;
+            if id == s.id {
+                sys::shm_fill(id, &bytes)?;
+            }
+            Ok(id)
+        })?;
+    }
+    for s in img.sysv_sem().iter() {
+        if made(Ipc::Sem, s.id) || sem_state(&s)? {
+            continue;
+        }
+        let was = sem_name(&s);
+        let values: Vec<u16> = loaded
+            .read_blob(&s.values, verify)?
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        make_again(Ipc::Sem, s.id, (s.uid, s.gid, s.mode), &was, || {
+            sys::sem_create(s.key, &values)
+        })?;
+    }
+    for q in img.sysv_msq().iter() {
+        if made(Ipc::Msq, q.id) || msq_state(&q)? {
+            continue;
+        }
+        let was = msq_name(&q);
+        let blob = loaded.read_blob(&q.messages, verify)?;
+        let messages = cryo_image::fds::sysv_messages(&blob, q.count)
+            .ok_or_else(|| err(format!("{was}: its messages in the image are corrupt")))?;
+        make_again(Ipc::Msq, q.id, (q.uid, q.gid, q.mode), &was, || {
+            sys::msq_create(q.key, q.qbytes, &messages)
+        })?;
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 pub mod buf;
+pub mod ipc;
 pub mod ptrace;
 pub mod sock;
 pub mod tty;

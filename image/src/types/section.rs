@@ -85,6 +85,12 @@ pub enum SectionKind {
     /// Format 11.0: every other thread's credentials, when one differs
     /// from the main thread's ([`crate::task::Creds`]).
     ThreadCreds = 43,
+    /// Format 11.6: System V semaphore sets the process could use
+    /// ([`crate::fds::SysvSem`]).
+    SysvSem = 44,
+    /// Format 11.6: System V message queues the process could use
+    /// ([`crate::fds::SysvMsq`]).
+    SysvMsq = 45,
 }
 
 /// A `files` record as 9.0 wrote it (before the birth time).
@@ -100,7 +106,7 @@ const FANOTIFY_MARK_11_4: usize = 64;
 const TASK_STATE_11_2: usize = <crate::task::TaskState as crate::record::Record>::SIZE - 16;
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 43] = [
+    pub const ALL: [SectionKind; 45] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -144,6 +150,8 @@ impl SectionKind {
         SectionKind::FileHandles,
         SectionKind::Seccomp,
         SectionKind::ThreadCreds,
+        SectionKind::SysvSem,
+        SectionKind::SysvMsq,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -193,6 +201,8 @@ impl SectionKind {
             SectionKind::FileHandles => "file_handles",
             SectionKind::Seccomp => "seccomp",
             SectionKind::ThreadCreds => "thread_creds",
+            SectionKind::SysvSem => "sysv_sem",
+            SectionKind::SysvMsq => "sysv_msq",
         }
     }
     /// The shortest records this reader accepts for the section: what it
@@ -257,6 +267,8 @@ impl SectionKind {
             SectionKind::FileHandles => crate::fds::FileHandle::SIZE,
             SectionKind::Seccomp => crate::task::SeccompInsn::SIZE,
             SectionKind::ThreadCreds => crate::task::Creds::SIZE,
+            SectionKind::SysvSem => crate::fds::SysvSem::SIZE,
+            SectionKind::SysvMsq => crate::fds::SysvMsq::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -318,6 +330,8 @@ impl SectionKind {
             // (MAX_INSNS_PER_PATH).
             SectionKind::Seccomp => crate::task::MAX_SECCOMP_INSNS as u64,
             SectionKind::ThreadCreds => 1 << 16,
+            // (kernel.sem's SEMMNI and kernel.msgmni are 32000 by default.)
+            SectionKind::SysvSem | SectionKind::SysvMsq => 1 << 16,
         }
     }
     /// Sections every valid image must have.

@@ -1,5 +1,6 @@
-//! System V shared memory: what a segment is now, making one again with
-//! a given id, key and bytes, and removing it.
+//! System V IPC objects (shared memory segments, semaphore sets, message
+//! queues): what one is now, making one again with a given key and
+//! contents, setting its owner, and removing it.
 
 use super::cvt;
 use std::io;
@@ -96,4 +97,156 @@ pub fn shm_set(id: i32, uid: u32, gid: u32, mode: u32) -> io::Result<()> {
 pub fn shm_remove(id: i32) {
     // SAFETY: integers only; a null buffer is allowed for IPC_RMID.
     unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+}
+
+/// None for EINVAL or EIDRM (no such object), else the call's result.
+fn gone<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EIDRM)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// None for ENOENT (no object has the key), else the call's result.
+fn no_key(r: io::Result<i32>) -> io::Result<Option<i32>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Key and size of semaphore set `id` (None: no such set).
+pub fn sem_stat(id: i32) -> io::Result<Option<(i32, u32)>> {
+    // SAFETY: an all-zero semid_ds is valid; the kernel fills it.
+    let mut ds: libc::semid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: IPC_STAT writes one semid_ds to `ds`, ours.
+    let r = cvt(unsafe { libc::semctl(id, 0, libc::IPC_STAT, &mut ds) });
+    Ok(gone(r)?.map(|_| (ds.sem_perm.__key, ds.sem_nsems as u32)))
+}
+
+/// The id of the semaphore set with `key` (None: none has it).
+pub fn sem_find(key: i32) -> io::Result<Option<i32>> {
+    // SAFETY: integers only; no flags look the key up.
+    no_key(cvt(unsafe { libc::semget(key, 0, 0) }))
+}
+
+/// A new semaphore set (IPC_CREAT | IPC_EXCL) with `key`, `values` and
+/// mode 0600 (ours to fill; [`ipc_set_owner`] after); its id.
+pub fn sem_create(key: i32, values: &[u16]) -> io::Result<i32> {
+    // SAFETY: integers only.
+    let id = cvt(unsafe {
+        libc::semget(
+            key,
+            values.len() as i32,
+            libc::IPC_CREAT | libc::IPC_EXCL | 0o600,
+        )
+    })?;
+    // SAFETY: SETALL reads one unsigned short per semaphore of the set,
+    // which has `values.len()`.
+    if let Err(e) = cvt(unsafe { libc::semctl(id, 0, libc::SETALL, values.as_ptr()) }) {
+        ipc_remove(Ipc::Sem, id);
+        return Err(e);
+    }
+    Ok(id)
+}
+
+/// The id of the message queue with `key` (None: none has it).
+pub fn msq_find(key: i32) -> io::Result<Option<i32>> {
+    // SAFETY: integers only; no flags look the key up.
+    no_key(cvt(unsafe { libc::msgget(key, 0) }))
+}
+
+/// Key of message queue `id` (None: no such queue).
+pub fn msq_stat(id: i32) -> io::Result<Option<i32>> {
+    // SAFETY: an all-zero msqid_ds is valid; the kernel fills it.
+    let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: IPC_STAT writes one msqid_ds to `ds`, ours.
+    let r = cvt(unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) });
+    Ok(gone(r)?.map(|_| ds.msg_perm.__key))
+}
+
+/// A new message queue (IPC_CREAT | IPC_EXCL) with `key`, mode 0600,
+/// limit `qbytes` and `messages` in it, oldest first; its id.
+pub fn msq_create(key: i32, qbytes: u64, messages: &[(i64, &[u8])]) -> io::Result<i32> {
+    // SAFETY: integers only.
+    let id = cvt(unsafe { libc::msgget(key, libc::IPC_CREAT | libc::IPC_EXCL | 0o600) })?;
+    let fill = || -> io::Result<()> {
+        // SAFETY: an all-zero msqid_ds is valid; IPC_STAT fills it.
+        let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: IPC_STAT writes one msqid_ds to `ds`, ours.
+        cvt(unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) })?;
+        if ds.msg_qbytes != qbytes {
+            ds.msg_qbytes = qbytes;
+            // SAFETY: IPC_SET reads the msqid_ds, ours.
+            cvt(unsafe { libc::msgctl(id, libc::IPC_SET, &mut ds) })?;
+        }
+        for (kind, bytes) in messages {
+            let mut buf = Vec::with_capacity(8 + bytes.len());
+            buf.extend_from_slice(&kind.to_ne_bytes());
+            buf.extend_from_slice(bytes);
+            // SAFETY: `buf` is a long (the type) followed by the message's
+            // bytes, as msgsnd reads it.
+            cvt(unsafe { libc::msgsnd(id, buf.as_ptr().cast(), bytes.len(), libc::IPC_NOWAIT) })?;
+        }
+        Ok(())
+    };
+    if let Err(e) = fill() {
+        ipc_remove(Ipc::Msq, id);
+        return Err(e);
+    }
+    Ok(id)
+}
+
+/// A kind of System V object.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Ipc {
+    Shm,
+    Sem,
+    Msq,
+}
+
+/// Owner and permission bits of object `id` (IPC_SET).
+pub fn ipc_set_owner(kind: Ipc, id: i32, uid: u32, gid: u32, mode: u32) -> io::Result<()> {
+    match kind {
+        Ipc::Shm => shm_set(id, uid, gid, mode),
+        Ipc::Sem => {
+            // SAFETY: an all-zero semid_ds is valid; IPC_STAT fills it.
+            let mut ds: libc::semid_ds = unsafe { std::mem::zeroed() };
+            // SAFETY: IPC_STAT writes one semid_ds to `ds`, ours.
+            cvt(unsafe { libc::semctl(id, 0, libc::IPC_STAT, &mut ds) })?;
+            (ds.sem_perm.uid, ds.sem_perm.gid) = (uid, gid);
+            ds.sem_perm.mode = (mode & 0o777) as u16;
+            // SAFETY: IPC_SET reads the semid_ds, ours.
+            cvt(unsafe { libc::semctl(id, 0, libc::IPC_SET, &mut ds) })?;
+            Ok(())
+        }
+        Ipc::Msq => {
+            // SAFETY: an all-zero msqid_ds is valid; IPC_STAT fills it.
+            let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+            // SAFETY: IPC_STAT writes one msqid_ds to `ds`, ours.
+            cvt(unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) })?;
+            (ds.msg_perm.uid, ds.msg_perm.gid) = (uid, gid);
+            ds.msg_perm.mode = (mode & 0o777) as u16;
+            // SAFETY: IPC_SET reads the msqid_ds, ours.
+            cvt(unsafe { libc::msgctl(id, libc::IPC_SET, &mut ds) })?;
+            Ok(())
+        }
+    }
+}
+
+/// Remove object `id` (IPC_RMID).
+pub fn ipc_remove(kind: Ipc, id: i32) {
+    match kind {
+        Ipc::Shm => shm_remove(id),
+        // SAFETY: integers only; IPC_RMID takes no buffer.
+        Ipc::Sem => unsafe {
+            libc::semctl(id, 0, libc::IPC_RMID);
+        },
+        // SAFETY: integers only; a null buffer is allowed for IPC_RMID.
+        Ipc::Msq => unsafe {
+            libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut());
+        },
+    }
 }

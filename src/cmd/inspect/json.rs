@@ -163,6 +163,8 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
     // (Past the json! macro's recursion limit.)
     v["ptys"] = json!(ptys);
     v["sysv_shm"] = json!(img.sysv_shm().iter().collect::<Vec<_>>());
+    v["sysv_sem"] = json!(img.sysv_sem().iter().collect::<Vec<_>>());
+    v["sysv_msq"] = json!(img.sysv_msq().iter().collect::<Vec<_>>());
     v["fd_owners"] = json!(img.fd_owners().iter().collect::<Vec<_>>());
     v["root"] = json!(img
         .task()

@@ -495,6 +495,7 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
         }
     }
     seccomp_lines(&mut o, img);
+    sysv_lines(&mut o, img, loaded);
     if !img.timers().is_empty()
         || img.itimers().iter().any(|t| {
             t.interval_sec != 0 || t.interval_usec != 0 || t.value_sec != 0 || t.value_usec != 0
@@ -775,6 +776,44 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
 
 /// The seccomp filters, one line each: instructions, flags; and whether
 /// they go in before the credentials.
+/// System V semaphore sets and message queues the process could use
+/// (made again by restore if gone).
+fn sysv_lines(o: &mut String, img: &Image, loaded: &LoadedImage) {
+    if img.sysv_sem().is_empty() && img.sysv_msq().is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\nSystem V objects it may use (made again if gone, as they were)"
+    );
+    for s in img.sysv_sem().iter() {
+        let values = loaded.read_blob(&s.values, false).map_or_else(
+            |e| format!("(unreadable: {e})"),
+            |b| {
+                let v: Vec<String> = b
+                    .chunks_exact(2)
+                    .take(16)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]).to_string())
+                    .collect();
+                let more = if s.nsems > 16 { ", ..." } else { "" };
+                format!("[{}{more}]", v.join(", "))
+            },
+        );
+        let _ = writeln!(
+            o,
+            "  semaphore set {} key {:#x} mode {:o} owner {}:{}  values {values}",
+            s.id, s.key as u32, s.mode, s.uid, s.gid
+        );
+    }
+    for q in img.sysv_msq().iter() {
+        let _ = writeln!(
+            o,
+            "  message queue {} key {:#x} mode {:o} owner {}:{}  {} message(s), {} bytes stored, limit {}",
+            q.id, q.key as u32, q.mode, q.uid, q.gid, q.count, q.messages.len, q.qbytes
+        );
+    }
+}
+
 fn seccomp_lines(o: &mut String, img: &Image) {
     use cryo_image::task::seccomp_flags;
     if img.task().is_some_and(|t| t.seccomp_strict == 1) {

@@ -1,0 +1,59 @@
+//! System V semaphore sets and message queues, read from cryo itself
+//! (GETALL and MSG_COPY change neither the objects nor their times).
+
+use std::io;
+
+fn cvt(r: i32) -> io::Result<i32> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// The values of the `nsems` semaphores of set `id` (GETALL).
+pub fn sem_values(id: i32, nsems: u32) -> io::Result<Vec<u16>> {
+    let mut v = vec![0u16; nsems as usize];
+    // SAFETY: GETALL writes one unsigned short per semaphore of the set to
+    // the array, which holds `nsems` (the set's size; a set never grows).
+    cvt(unsafe { libc::semctl(id, 0, libc::GETALL, v.as_mut_ptr()) })?;
+    Ok(v)
+}
+
+/// msg_qbytes of queue `id` (IPC_STAT).
+pub fn msq_qbytes(id: i32) -> io::Result<u64> {
+    // SAFETY: an all-zero msqid_ds is valid; the kernel fills it.
+    let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: IPC_STAT writes one msqid_ds to `ds`, ours.
+    cvt(unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) })?;
+    Ok(ds.msg_qbytes)
+}
+
+/// A copy of message `index` (0 the oldest) of queue `id`, left in the
+/// queue (MSG_COPY); None past the last. `max`: its largest size.
+pub fn msg_copy(id: i32, index: usize, max: usize) -> io::Result<Option<(i64, Vec<u8>)>> {
+    const MSG_COPY: i32 = 0o40000;
+    let mut buf = vec![0u8; 8 + max];
+    // SAFETY: msgrcv writes a long (the type) and at most `max` bytes to
+    // `buf`, which holds 8 + `max`.
+    let n = unsafe {
+        libc::msgrcv(
+            id,
+            buf.as_mut_ptr().cast(),
+            max,
+            index as libc::c_long,
+            libc::IPC_NOWAIT | MSG_COPY,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOMSG) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    let kind = i64::from_ne_bytes(buf[..8].try_into().expect("8 bytes"));
+    buf.truncate(8 + n as usize);
+    buf.drain(..8);
+    Ok(Some((kind, buf)))
+}
