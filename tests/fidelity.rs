@@ -770,3 +770,91 @@ print("PASS", flush=True)
     );
     assert!(out.is_empty(), "nothing ran: {out}");
 }
+
+/// POSIX message queues: one opened by name is opened again by that name
+/// (the queue is the IPC namespace's, as a file is the filesystem's: its
+/// messages are what is in it at restore), with the fd's flags; one gone
+/// by then is refused by name, and so, at capture, is one whose name was
+/// removed (nothing reads its messages without taking them).
+#[test]
+fn message_queue_by_name_opened_again_unlinked_refused() {
+    // (A private IPC namespace: its own queues.)
+    // SAFETY: integers only; it changes this thread's namespaces alone.
+    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWIPC) }, 0);
+    let script = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class Attr(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_long), ("maxmsg", ctypes.c_long),
+                ("msgsize", ctypes.c_long), ("curmsgs", ctypes.c_long),
+                ("pad", ctypes.c_long * 4)]
+def mq(name, flags):
+    a = Attr(0, 4, 32, 0)
+    q = libc.mq_open(name, flags | 0o100, ctypes.c_int(0o600), ctypes.byref(a))  # O_CREAT
+    assert q >= 0, ctypes.get_errno()
+    return q
+q = mq(b"/cryo-fidelity", 2 | 0o4000)  # O_RDWR | O_NONBLOCK
+for text, prio in [(b"low", 1), (b"high", 9), (b"mid", 5)]:
+    assert libc.mq_send(q, text, len(text), prio) == 0
+if sys.argv[1] == "unlinked":
+    u = mq(b"/cryo-fidelity-gone", 2)
+    assert libc.mq_send(u, b"kept?", 5, 0) == 0
+    assert libc.mq_unlink(b"/cryo-fidelity-gone") == 0
+print("READY", os.getpid(), flush=True); sys.stdin.readline()
+a = Attr(); assert libc.mq_getattr(q, ctypes.byref(a)) == 0
+assert (a.flags, a.maxmsg, a.msgsize, a.curmsgs) == (0o4000, 4, 32, 3), (a.flags, a.maxmsg, a.msgsize, a.curmsgs)
+buf = ctypes.create_string_buffer(32); prio = ctypes.c_uint()
+got = []
+for _ in range(3):
+    n = libc.mq_receive(q, buf, 32, ctypes.byref(prio)); assert n > 0
+    got.append((buf.raw[:n], prio.value))
+assert got == [(b"high", 9), (b"mid", 5), (b"low", 1)], got
+assert libc.mq_receive(q, buf, 32, ctypes.byref(prio)) == -1  # empty, O_NONBLOCK
+assert libc.mq_unlink(b"/cryo-fidelity") == 0
+print("PASS", flush=True)
+"#;
+    let start = |mode: &str| {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", script, mode]);
+        Target::spawn(cmd, mode)
+    };
+    // Removed name: refused, and the original goes on.
+    let mut t = start("unlinked");
+    t.wait_sleeping();
+    let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("POSIX message queue whose name was removed (/cryo-fidelity-gone (deleted)"),
+        "{out}"
+    );
+    drop(t.stdin.take());
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, "PASS"), "{err}");
+    // By name: opened again, its messages as they are (the killed
+    // original took none).
+    let t = start("named");
+    t.wait_sleeping();
+    let img = scratch("fidelity-mqueue").join("img");
+    capture_killed(t.pid, &img, &[]);
+    drop(t);
+    let (code, text, err) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains("mqueue") && text.contains("/cryo-fidelity"),
+        "{text}"
+    );
+    let (code, out, err) = restore(&img, &[]);
+    assert_eq!(
+        (code, out.trim_end().lines().last().unwrap_or("")),
+        (0, "PASS"),
+        "restore: {out}{err}"
+    );
+    // The restored program removed it: the next restore refuses.
+    let (code, out, err) = restore(&img, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("the message queue /cryo-fidelity is gone"),
+        "{err}"
+    );
+    assert!(out.is_empty(), "nothing ran: {out}");
+}

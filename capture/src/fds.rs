@@ -96,6 +96,36 @@ fn shared_anon(target: &str) -> bool {
     target == "/dev/zero (deleted)" || target.starts_with("/[anon_shmem")
 }
 
+/// Why POSIX message queue `f` (state `q`) cannot be restored, if so.
+fn mqueue_obstacle(
+    f: &OpenFd,
+    q: &sys::ipc::MqState,
+    scope: &crate::pipes::Scope,
+) -> Result<(), String> {
+    if f.target.ends_with(" (deleted)") {
+        return Err(format!(
+            "fd {} is a POSIX message queue whose name was removed ({}, mq_unlink): nothing reads its messages without taking them, and no name opens it again",
+            f.fd, f.target
+        ));
+    }
+    if q.notify_pid != 0 && scope.pids.contains(&q.notify_pid) {
+        return Err(format!(
+            "fd {} is the POSIX message queue {} with a notification process {} registered (mq_notify), which cryo does not register again",
+            f.fd,
+            mq_name(&f.target),
+            q.notify_pid
+        ));
+    }
+    Ok(())
+}
+
+/// A queue's name ("/NAME") from its fd's target: every queue of an IPC
+/// namespace is at the top of its mqueue filesystem, wherever that is
+/// mounted ("/NAME" through mq_open, "/dev/mqueue/NAME" through open).
+fn mq_name(target: &str) -> String {
+    format!("/{}", target.rsplit('/').next().unwrap_or(""))
+}
+
 /// What an fd is, or why cryo cannot restore it (an obstacle).
 fn classify(f: &OpenFd) -> Result<u32, String> {
     let t = &f.target;
@@ -315,7 +345,32 @@ pub fn capture(
     for f in fds.iter() {
         reword(obs, last.take());
         last = Some((f.fd, obs.len()));
-        let kind = match classify(f) {
+        let mqueue = if f.target.starts_with('/') {
+            sys::ipc::mqueue_at(&format!("/proc/{pid}/fd/{}", f.fd))
+        } else {
+            Ok(None)
+        };
+        let mqueue = match mqueue {
+            Ok(None) => None,
+            Ok(Some(q)) => match mqueue_obstacle(f, &q, scope) {
+                Ok(()) => Some(q),
+                Err(why) => {
+                    obs.push(why);
+                    continue;
+                }
+            },
+            Err(e) => {
+                obs.push(format!(
+                    "fd {} ({}): cannot tell what it is: {e}",
+                    f.fd, f.target
+                ));
+                continue;
+            }
+        };
+        let kind = match mqueue
+            .as_ref()
+            .map_or_else(|| classify(f), |_| Ok(fd_kind::MQUEUE))
+        {
             // The slave of a pty whose master is captured too: made again
             // with it.
             Ok(fd_kind::TTY)
@@ -505,6 +560,9 @@ pub fn capture(
                 }
             }
         }
+        if let Some(q) = &mqueue {
+            rdev = (q.maxmsg as u64) << 32 | (q.msgsize as u64 & 0xffff_ffff);
+        }
         if kind == fd_kind::PIDFD {
             match pidfd_target(f, scope) {
                 Ok((p, start)) => (object, rdev) = (p, start),
@@ -573,7 +631,11 @@ pub fn capture(
                 v.insert(k, (f.fd, desc));
             }
         }
-        let target = b.strings.add(&f.target);
+        let target = if mqueue.is_some() {
+            b.strings.add(&mq_name(&f.target))
+        } else {
+            b.strings.add(&f.target)
+        };
         // (A file in flight has no fd flags: it is closed before the exec.)
         let flying = in_flight.hidden.contains(&f.fd);
         b.fds.push(Fd {

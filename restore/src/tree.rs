@@ -898,6 +898,9 @@ fn make_one(
         Source::Handle { .. } | Source::Relinked { .. } => fds::open_removed(p),
         // (Its master closed once every shared object is made.)
         Source::HungUpTty { dev, rdev, flags } => crate::ptys::hung_up(p, (*dev, *rdev), *flags),
+        Source::MQueue { name, flags, sizes } => fds::mqueue_check(name, *flags, *sizes)
+            .map(|fd| fd.into_raw_fd())
+            .map_err(|e| fds::fd_err(p, e)),
         Source::Socket { sock, flags } => {
             let mut pairs = Vec::new();
             crate::sockets::make(loaded, img, p, *sock, *flags, &mut pairs, verify)

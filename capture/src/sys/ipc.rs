@@ -57,3 +57,45 @@ pub fn msg_copy(id: i32, index: usize, max: usize) -> io::Result<Option<(i64, Ve
     buf.drain(..8);
     Ok(Some((kind, buf)))
 }
+
+/// A POSIX message queue's state, from a description of its own on it.
+pub struct MqState {
+    pub maxmsg: i64,
+    pub msgsize: i64,
+    /// The process registered for its notification (mq_notify; 0: none).
+    pub notify_pid: i32,
+}
+
+/// If `path` (a /proc/PID/fd/N link) is a POSIX message queue, its
+/// state (None: it is not one). Opening it makes a description of our
+/// own; neither that nor reading its status line takes a message.
+pub fn mqueue_at(path: &str) -> io::Result<Option<MqState>> {
+    const MQUEUE_MAGIC: i64 = 0x1980_0202;
+    let c = std::ffi::CString::new(path).map_err(io::Error::other)?;
+    // SAFETY: an all-zero statfs is valid; the kernel fills it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path; statfs writes one struct.
+    cvt(unsafe { libc::statfs(c.as_ptr(), &mut st) })?;
+    if st.f_type != MQUEUE_MAGIC {
+        return Ok(None);
+    }
+    let f = std::fs::File::open(path)?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero mq_attr is valid; the kernel fills it.
+    let mut a: libc::mq_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: `f` is an open message queue; mq_getattr writes one mq_attr.
+    cvt(unsafe { libc::mq_getattr(f.as_raw_fd(), &mut a) })?;
+    // "QSIZE:%-10lu NOTIFY:%-5d SIGNO:%-5d NOTIFY_PID:%-6d"
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut &f, &mut text)?;
+    let notify_pid = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("NOTIFY_PID:"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(Some(MqState {
+        maxmsg: a.mq_maxmsg,
+        msgsize: a.mq_msgsize,
+        notify_pid,
+    }))
+}

@@ -102,6 +102,13 @@ pub mod fd_kind {
     /// with the same `dev` and `rdev` (several descriptions of one
     /// terminal) are slaves of one pair. Its number N may differ.
     pub const HUNG_UP_TTY: u32 = 21;
+    /// (11.6) A POSIX message queue (mq_open) by its name, `target`
+    /// ("/NAME"); `rdev` its sizes, mq_maxmsg << 32 | mq_msgsize. Opened
+    /// again by name: the queue is the namespace's, as a file is the
+    /// filesystem's, and its messages are what is in it then. A queue
+    /// whose name was removed is refused at capture (nothing reads its
+    /// messages without taking them).
+    pub const MQUEUE: u32 = 22;
 
     pub fn name(k: u32) -> &'static str {
         match k {
@@ -120,6 +127,7 @@ pub mod fd_kind {
             PTY_SLAVE => "pty",
             NAMESPACE => "namespace",
             HUNG_UP_TTY => "hung-up tty",
+            MQUEUE => "mqueue",
             REGULAR => "file",
             CHAR_DEVICE => "chardev",
             PIPE => "pipe",

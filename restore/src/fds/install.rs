@@ -210,6 +210,10 @@ pub fn install(
             Source::HungUpTty { dev, rdev, flags } => {
                 park(crate::ptys::hung_up(p, (*dev, *rdev), *flags)?, high)?
             }
+            Source::MQueue { name, flags, sizes } => {
+                let fd = super::mqueue_check(name, *flags, *sizes).map_err(|e| fd_err(p, e))?;
+                park(fd.into_raw_fd(), high)?
+            }
             Source::Pidfd { pid, flags, start } => {
                 let pid = if *start != 0 {
                     *pid

@@ -130,6 +130,14 @@ pub enum Source {
     /// A namespace (`kind`: mnt, net, ...; `ino`: its inode), opened
     /// through the /proc/PID/ns file of a process in it.
     Namespace { kind: String, ino: u64, flags: i32 },
+    /// A POSIX message queue, opened by its name (never made: its
+    /// messages are the namespace's); `sizes`: (mq_maxmsg, mq_msgsize) it
+    /// must still have.
+    MQueue {
+        name: String,
+        flags: i32,
+        sizes: (i64, i64),
+    },
     /// A hung-up terminal (its master was closed): the slave of a pair
     /// made for captured terminal `rdev` of devpts instance `dev`
     /// ([`crate::ptys::hung_up`]).
@@ -515,6 +523,15 @@ fn source_of(
                 flags,
             })
         }
+        fd_kind::MQUEUE => {
+            let sizes = ((f.rdev >> 32) as i64, (f.rdev & 0xffff_ffff) as i64);
+            mqueue_check(target, flags, sizes).map_err(|e| err.why(e))?;
+            Ok(Source::MQueue {
+                name: target.to_owned(),
+                flags,
+                sizes,
+            })
+        }
         fd_kind::NULL_DEVICE | fd_kind::CHAR_DEVICE => {
             let md = std::fs::metadata(target).map_err(|e| err.why(format!("{target}: {e}")))?;
             let fmt = |m: u32| m & libc::S_IFMT;
@@ -721,6 +738,26 @@ fn f_target_name(img: &Image, f: &cryo_image::Fd) -> String {
         .unwrap_or("")
         .trim_end_matches(" (deleted)")
         .to_owned()
+}
+
+/// POSIX message queue `name` opened with `flags`, if it is still there
+/// with `sizes` (mq_maxmsg, mq_msgsize); else why not.
+pub(crate) fn mqueue_check(
+    name: &str,
+    flags: i32,
+    sizes: (i64, i64),
+) -> Result<std::os::fd::OwnedFd, String> {
+    match sys::mq_open_existing(name, flags) {
+        Ok((fd, max, size)) if (max, size) == sizes => Ok(fd),
+        Ok((_, max, size)) => Err(format!(
+            "the message queue {name} is another now: {max} messages of {size} bytes at most, not {} of {}",
+            sizes.0, sizes.1
+        )),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Err(format!(
+            "the message queue {name} is gone (mq_unlink); cryo opens a queue again by its name and does not make one, whose messages are gone with it"
+        )),
+        Err(e) => Err(format!("opening the message queue {name}: {e}")),
+    }
 }
 
 #[cfg(test)]

@@ -250,3 +250,26 @@ pub fn ipc_remove(kind: Ipc, id: i32) {
         },
     }
 }
+
+/// POSIX message queue `name` ("/NAME") opened with `flags` (access mode
+/// and O_NONBLOCK; never made), and its sizes (mq_maxmsg, mq_msgsize).
+pub fn mq_open_existing(name: &str, flags: i32) -> io::Result<(std::os::fd::OwnedFd, i64, i64)> {
+    use std::os::fd::FromRawFd;
+    let c = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: `c` is a NUL-terminated name; without O_CREAT no mode or
+    // attributes are read.
+    let fd = cvt(unsafe {
+        libc::mq_open(
+            c.as_ptr(),
+            flags & (libc::O_ACCMODE | libc::O_NONBLOCK) | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: mq_open returned a new fd, ours alone.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero mq_attr is valid; the kernel fills it.
+    let mut a: libc::mq_attr = unsafe { std::mem::zeroed() };
+    use std::os::fd::AsRawFd;
+    // SAFETY: `fd` is an open message queue; mq_getattr writes one mq_attr.
+    cvt(unsafe { libc::mq_getattr(fd.as_raw_fd(), &mut a) })?;
+    Ok((fd, a.mq_maxmsg, a.mq_msgsize))
+}
