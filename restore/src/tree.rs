@@ -282,6 +282,7 @@ pub(crate) fn can_set_pids() -> Result<(), RestoreError> {
 /// live process.
 pub(crate) fn pids_free(pids: &[u32]) -> Result<(), RestoreError> {
     let t0 = std::time::Instant::now();
+    let mut said = false;
     loop {
         let mut taken = Vec::new();
         let mut all_zombies = true;
@@ -311,6 +312,25 @@ pub(crate) fn pids_free(pids: &[u32]) -> Result<(), RestoreError> {
                 taken.join(", "),
                 if taken.len() == 1 { "it" } else { "them" }
             )));
+        }
+        // (Said once: a wait of a second or more without a word looks
+        // like a hang; this VM's init reaps every ~1.4 s.)
+        if !said && t0.elapsed() > std::time::Duration::from_millis(200) {
+            said = true;
+            let parents: std::collections::BTreeSet<String> = pids
+                .iter()
+                .filter_map(|p| {
+                    let st = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+                    st.lines()
+                        .find_map(|l| l.strip_prefix("PPid:"))
+                        .map(|v| v.trim().to_owned())
+                })
+                .collect();
+            eprintln!(
+                "cryo restore: waiting up to 5 s for the captured PIDs to be free: {}; their parent (PID {}) has not reaped them yet",
+                taken.join(", "),
+                parents.into_iter().collect::<Vec<_>>().join(", ")
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
