@@ -691,7 +691,39 @@ print("PASS", flush=True)
     let img = scratch("fidelity-semaphore").join("img");
     capture_killed(t.pid, &img, &[]);
     drop(t);
-    for round in ["the set still there", "the set gone"] {
+    // A packed restorer cannot make a set again: it restores while the
+    // set is there, and refuses by name, before touching anything, once
+    // a restored program has removed it; cryo restore makes it again.
+    let exe = img.with_file_name("sem.restored");
+    let (code, _, err) = cryo_cmd(&["pack", img.to_str().unwrap(), "-o", exe.to_str().unwrap()]);
+    assert_eq!(code, 0, "pack: {err}");
+    let packed = || {
+        sanitize_fds();
+        let o = Command::new(&exe)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the packed restorer");
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        (
+            o.status.code(),
+            out,
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = packed();
+    assert_eq!(
+        (code, out.trim_end().lines().last().unwrap_or("")),
+        (Some(0), "PASS"),
+        "packed, the set still there: {out}{err}"
+    );
+    let (code, out, err) = packed();
+    assert_eq!(code, Some(1), "packed, the set gone: {out}{err}");
+    assert!(
+        err.contains("semaphore set") && err.contains("is gone or another now"),
+        "{err}"
+    );
+    assert!(out.is_empty(), "nothing ran: {out}");
+    for round in ["the set gone", "again"] {
         let (code, out, err) = restore(&img, &[]);
         assert_eq!(
             (code, out.trim_end().lines().last().unwrap_or("")),

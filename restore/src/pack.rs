@@ -29,13 +29,8 @@ pub fn obstacles(plan: &Plan) -> Vec<String> {
                 .into(),
         );
     }
-    if !img.sysv_sem().is_empty() || !img.sysv_msq().is_empty() {
-        out.push(format!(
-            "it may use System V semaphore sets or message queues ({} and {} recorded), which cryo restore makes again if they are gone",
-            img.sysv_sem().len(),
-            img.sysv_msq().len()
-        ));
-    }
+    // (System V semaphore sets and message queues: the packed restorer
+    // checks each is still there, and refuses if not.)
     if img.seccomp_before_creds() {
         out.push(
             "its seccomp filters need a privilege the program has dropped since it installed them: only cryo restore, whose tracer suspends them, can install them before the credentials"

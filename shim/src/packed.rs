@@ -173,6 +173,7 @@ pub fn open(r: &Record) -> Args {
 pub fn check_and_set(img: &Image) {
     vdso(img);
     xsave(img);
+    sysv(img);
     crate::task::check_settable(img);
     environment(img);
 }
@@ -221,6 +222,51 @@ fn vdso(img: &Image) {
         die(format_args!(
             "this kernel's vDSO differs from the captured one ({d}); restore on the kernel that captured the image ({kernel})"
         ));
+    }
+}
+
+/// Every System V semaphore set and message queue the image records is
+/// still there, the same (key; a set's size): `cryo restore` makes one
+/// that is gone again, a packed restorer cannot, and a program whose id
+/// names nothing would fail every semop or msgsnd.
+fn sysv(img: &Image) {
+    const IPC_STAT: usize = 2;
+    const EACCES: isize = 13;
+    // IPC_STAT of object `id`: Ok(its key, and for a set its number of
+    // semaphores), Err(true) when only write permission is ours (IPC_STAT
+    // needs read: there, as far as can be told), Err(false) when gone.
+    // (struct semid64_ds and msqid64_ds: the key first, a set's size at
+    // byte 80; 120 bytes each on x86_64.)
+    let stat = |nr: usize, id: i32| -> Result<(i32, u64), bool> {
+        let mut ds = [0u64; 16];
+        let buf = ds.as_mut_ptr() as usize;
+        let r = if nr == SYS_MSGCTL {
+            syscall3(nr, id as usize, IPC_STAT, buf)
+        } else {
+            syscall6(nr, id as usize, 0, IPC_STAT, buf, 0, 0)
+        };
+        match r {
+            0.. => Ok((ds[0] as u32 as i32, ds[10])),
+            r => Err(r == -EACCES),
+        }
+    };
+    for s in img.sysv_sem().iter() {
+        let now = stat(SYS_SEMCTL, s.id);
+        if now != Ok((s.key, u64::from(s.nsems))) && now != Err(true) {
+            die(format_args!(
+                "the System V semaphore set {} (key {:#x}, {} semaphores) the program may use is gone or another now; cryo restore makes it again, a packed restorer does not",
+                s.id, s.key as u32, s.nsems
+            ));
+        }
+    }
+    for q in img.sysv_msq().iter() {
+        let now = stat(SYS_MSGCTL, q.id).map(|(k, _)| k);
+        if now != Ok(q.key) && now != Err(true) {
+            die(format_args!(
+                "the System V message queue {} (key {:#x}) the program may use is gone or another now; cryo restore makes it again, a packed restorer does not",
+                q.id, q.key as u32
+            ));
+        }
     }
 }
 
