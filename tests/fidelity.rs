@@ -634,8 +634,9 @@ fn unlinked_file_over_the_limit_is_refused() {
 /// System V semaphores. A process that used one with SEM_UNDO holds
 /// adjustments the kernel applies when it ends (a lock it holds is
 /// released), which nothing can read: refused by name, as is a threaded
-/// process while any semaphore set exists (pthread_create gives every
-/// threaded process an undo list, and an empty one looks the same). A
+/// process while a semaphore set operated on since it started exists
+/// (pthread_create gives every threaded process an undo list, and an
+/// empty one looks the same); one last operated on before is not. A
 /// single-threaded process that used one without SEM_UNDO is restored and
 /// goes on using it (the set outlives the killed original), and restored
 /// again once the first restore has removed the set: made again, with
@@ -656,11 +657,14 @@ def semop(sid, op, flg):
     b = Sembuf(0, op, flg)
     assert libc.semop(sid, ctypes.byref(b), 1) == 0, ctypes.get_errno()
 mode = sys.argv[1]
+if mode in ("threaded", "untouched"):
+    t = threading.Thread(target=lambda: None); t.start(); t.join()
+if mode == "untouched":
+    print("READY", os.getpid(), flush=True); sys.stdin.readline()
+    print("PASS", flush=True); sys.exit(0)
 sid = libc.semget(0, 1, 0o1000 | 0o600)
 assert sid >= 0
 semop(sid, 2, 0x1000 if mode == "undo" else 0)
-if mode == "threaded":
-    t = threading.Thread(target=lambda: None); t.start(); t.join()
 print("READY", os.getpid(), flush=True); sys.stdin.readline()
 semop(sid, -1, 0)
 assert libc.semctl(sid, 0, 12) == 1  # GETVAL
@@ -672,6 +676,29 @@ print("PASS", flush=True)
         cmd.args(["-c", script, mode]);
         Target::spawn(cmd, mode)
     };
+    // A threaded process has an undo list, but a set last operated on
+    // before it started cannot be in it: captured (the set's sem_otime is
+    // in whole seconds: one and a bit before the process).
+    // SAFETY: integers only.
+    let other = unsafe { libc::semget(libc::IPC_PRIVATE, 1, 0o600) };
+    assert!(other >= 0);
+    let mut up = libc::sembuf {
+        sem_num: 0,
+        sem_op: 1,
+        sem_flg: 0,
+    };
+    // SAFETY: one sembuf, ours.
+    assert_eq!(unsafe { libc::semop(other, &mut up, 1) }, 0);
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    let mut t = start("untouched");
+    t.wait_sleeping();
+    let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
+    assert_eq!(code, 0, "a set it cannot have used: {out}");
+    drop(t.stdin.take());
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, "PASS"), "{err}");
+    // SAFETY: integers only; IPC_RMID takes no argument.
+    unsafe { libc::semctl(other, 0, libc::IPC_RMID) };
     for mode in ["undo", "threaded"] {
         let mut t = start(mode);
         t.wait_sleeping();

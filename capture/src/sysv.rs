@@ -165,17 +165,20 @@ pub fn attaches(
 /// restored process would have none: the semaphores it holds would stay
 /// held after it ends. Refused when it may have one: kcmp(KCMP_SYSVSEM)
 /// against a process with none tells whether it has a list, and a list
-/// holds adjustments only while a semaphore set exists (removing a set
-/// drops them). Every threaded process has a list (pthread_create's
-/// CLONE_SYSVSEM makes one to share), so a threaded process is refused
-/// whenever a semaphore set exists: cryo cannot tell an empty list.
+/// holds adjustments only for a set a semop changed since the list was
+/// made (removing a set drops them). Every threaded process has a list
+/// (pthread_create's CLONE_SYSVSEM makes one to share), empty or not, so
+/// what tells is the sets: one whose last semop (sem_otime) is older than
+/// the process cannot be in its list, and neither can one never operated
+/// on. A list shared with its parent (clone with CLONE_SYSVSEM but not a
+/// thread) may be older than the process: then every set operated on
+/// counts.
 pub fn semaphore_undo(pid: i32, obs: &mut Obstacles) {
     const KCMP_SYSVSEM: libc::c_long = 6;
-    let sets: Vec<String> = std::fs::read_to_string("/proc/sysvipc/sem")
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+    // "key semid perms nsems uid gid cuid cgid otime ctime"
+    let sets: Vec<(String, u64)> = ipc_table("sem")
+        .into_iter()
+        .filter_map(|w| Some((w.get(1)?.clone(), w.get(8)?.parse().ok()?)))
         .collect();
     if sets.is_empty() {
         return;
@@ -184,13 +187,68 @@ pub fn semaphore_undo(pid: i32, obs: &mut Obstacles) {
         Ok(none) => !matches!(crate::sys::kcmp(pid, none.pid(), KCMP_SYSVSEM), Ok(true)),
         Err(_) => true,
     };
-    if has_list {
+    if !has_list {
+        return;
+    }
+    let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.get(s.rfind(')')? + 2..)?
+                .split(' ')
+                .nth(1)?
+                .parse::<i32>()
+                .ok()
+        })
+        .unwrap_or(0);
+    let shared_with_parent =
+        ppid > 0 && matches!(crate::sys::kcmp(pid, ppid, KCMP_SYSVSEM), Ok(true));
+    // (Seconds since the epoch, rounded down, as sem_otime is: a set
+    // operated on in the second the process started counts. The start is
+    // read against the clock now: a clock set forward since the process's
+    // last semop would hide that set, the one case this check gets wrong.)
+    let since = if shared_with_parent {
+        0
+    } else {
+        started_at(pid).unwrap_or(0)
+    };
+    let touched: Vec<String> = sets
+        .into_iter()
+        .filter(|(_, otime)| *otime != 0 && *otime >= since)
+        .map(|(id, _)| id)
+        .collect();
+    if !touched.is_empty() {
         obs.push(format!(
-            "it may hold System V semaphore undo adjustments (semop with SEM_UNDO; semaphore sets here: {}): \
+            "it may hold System V semaphore undo adjustments (semop with SEM_UNDO; semaphore sets operated on since it started: {}): \
              cryo cannot read them, and without them its semaphores would not be released when it ends",
-            sets.join(", ")
+            touched.join(", ")
         ));
     }
+}
+
+/// When process `pid` started, in seconds since the epoch (rounded down,
+/// and 50 ms earlier still for the clocks' own steps). /proc/stat's
+/// btime is rounded to the second, and adding the start's ticks to it was
+/// up to two seconds early (the test met it, one run in two); the boot
+/// is the clock now less CLOCK_BOOTTIME, which the start's ticks count.
+fn started_at(pid: i32) -> Option<u64> {
+    let ticks = cryo_image::fds::proc_start_time(pid)?;
+    let mut up = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, ours.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut up) } != 0 {
+        return None;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
+    let boot = now - (up.tv_sec as f64 + up.tv_nsec as f64 * 1e-9);
+    // SAFETY: sysconf takes an integer.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let start = boot + ticks as f64 / hz - 0.05;
+    (start > 0.0).then_some(start as u64)
 }
 
 /// Whose System V objects a process may use: its effective ids and
