@@ -815,6 +815,15 @@ print("PASS", flush=True)
             "restore, {round}: {out}{err}"
         );
     }
+    // Gone again: --dry-run says it would be made again.
+    let (code, out, err) = cryo_cmd(&["restore", "--dry-run", img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("System V: made again as captured")
+            && out.contains("message queue")
+            && out.contains("(key 0x1234abcd) with 2 message(s)"),
+        "{out}"
+    );
     // Another queue has the key now: refused, nothing run.
     // SAFETY: integers only.
     let other = unsafe { libc::msgget(KEY, libc::IPC_CREAT | 0o600) };

@@ -227,6 +227,22 @@ impl Plan {
     pub fn processes(&self) -> usize {
         self.tree.as_ref().map_or(1, |t| t.len())
     }
+    /// The System V segments, semaphore sets and message queues the
+    /// restore would make again (gone since the capture), named.
+    pub fn sysv_to_make_again(&self) -> Vec<String> {
+        let mut out = sysv::to_make_again(&self.image());
+        if let Some(t) = &self.tree {
+            let _ = t.each_image(&mut |_, i| {
+                for o in sysv::to_make_again(i) {
+                    if !out.contains(&o) {
+                        out.push(o);
+                    }
+                }
+                Ok(())
+            });
+        }
+        out
+    }
 }
 
 /// Load and check everything; change nothing (a tree's shared objects are

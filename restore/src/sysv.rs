@@ -99,6 +99,44 @@ pub(crate) fn check(img: &Image) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// The System V objects of `img` that are gone and that a restore would
+/// make again, named (for `--dry-run`); changes nothing. (An image whose
+/// objects cannot be restored is refused before this is asked.)
+pub fn to_make_again(img: &Image) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in img.sysv_shm().iter() {
+        let removed = s.flags & cryo_image::fds::sysv_flags::REMOVED != 0;
+        if (removed || state(&s).is_ok_and(|there| !there))
+            && !out
+                .iter()
+                .any(|o: &String| o.starts_with(&format!("segment {} ", s.id)))
+        {
+            out.push(format!(
+                "segment {} (key {:#x}, {} bytes){}",
+                s.id,
+                s.key as u32,
+                s.size,
+                if removed {
+                    ", removed while attached"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    for s in img.sysv_sem().iter() {
+        if sem_state(&s).is_ok_and(|there| !there) {
+            out.push(sem_name(&s));
+        }
+    }
+    for q in img.sysv_msq().iter() {
+        if msq_state(&q).is_ok_and(|there| !there) {
+            out.push(format!("{} with {} message(s)", msq_name(&q), q.count));
+        }
+    }
+    out
+}
+
 fn sem_name(s: &cryo_image::fds::SysvSem) -> String {
     format!(
         "semaphore set {} (key {:#x}, {} semaphores)",

@@ -251,6 +251,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
                     "pages": cryo_restore::lazy::lazy_pages(&img),
                     "prefetch_runs": l.prefetch.len(),
                 })),
+                "sysv_made_again": plan.sysv_to_make_again(),
                 "eager_fill": plan.eager_fill().map(|f| serde_json::json!({
                     "lazy_pages": f.lazy_pages,
                     "lazy_min_pages": f.min_pages,
@@ -297,6 +298,13 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
                     "note: {n}; this restore runs it under cryo restore's PID: --same-pid or --pidns gives it its own"
                 );
             }
+        }
+        let remade = plan.sysv_to_make_again();
+        if !remade.is_empty() {
+            println!(
+                "System V: made again as captured (gone since the capture): {}",
+                remade.join(", ")
+            );
         }
         if args.map {
             println!(
