@@ -827,6 +827,17 @@ fn older_minor_records_read_with_zero_tails() {
     img.validate().expect("validate");
     let o = img.inotify().get(0).unwrap();
     assert_eq!((o.wd, o.ino, o.handle_len), (1, 1234, 0));
+    // An 11.4 image: `fanotify_marks` records without the handle (56
+    // bytes; 64 was required until stop 34, and every image older than
+    // 11.5 was refused, fanotify or not: the section is always there).
+    let (meta, _) = sample_full();
+    let old = with_record_size(&meta, SectionKind::FanotifyMarks, 56);
+    let img = Image::parse(&old).expect("an 11.4 fanotify_marks section is read");
+    img.validate().expect("validate");
+    assert_eq!(
+        <crate::fds::FanotifyMark as Record>::SIZE,
+        56 + 8 + crate::fds::MAX_HANDLE
+    );
     // A 9.0 image: `files` records without the birth time (72 bytes).
     let (meta, _) = sample_full_with(|b| {
         b.files[0].btime_sec = 0;

@@ -100,7 +100,7 @@ const PID_REF_11_3: usize = 8;
 /// An `inotify` record as 11.4 wrote it (before the file handle).
 const INOTIFY_WATCH_11_4: usize = 40;
 /// A `fanotify_marks` record as 11.4 wrote it (before the file handle).
-const FANOTIFY_MARK_11_4: usize = 64;
+const FANOTIFY_MARK_11_4: usize = 56;
 /// A `task` record as 11.2 wrote it (before `xcomp_perm` and, 11.5,
 /// `frame_xsave`).
 const TASK_STATE_11_2: usize = <crate::task::TaskState as crate::record::Record>::SIZE - 16;
