@@ -1023,7 +1023,15 @@ fn nginx_master_keeps_its_pid_with_same_pid_and_reloads() {
     assert_eq!(http_get(port), "hello from nginx\n");
     // SAFETY: kill takes integers.
     unsafe { libc::kill(restored, libc::SIGQUIT) };
-    finish(r, "restore of nginx");
+    let (_, err) = finish(r, "restore of nginx");
+    // The restore itself says so, first (a script that captured with -q
+    // meets it there), and -q does not.
+    assert!(
+        err.starts_with("cryo restore: note: ")
+            && err.contains(&format!("keeps its own PID {pid} in memory"))
+            && err.contains("--same-pid"),
+        "{err}"
+    );
 
     // With its PID: a reload makes two new workers, which serve.
     wait_gone(&pids);

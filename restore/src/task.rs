@@ -359,7 +359,7 @@ pub fn own_pid_note(img: &Image) -> Option<String> {
     };
     let n = refs.len();
     Some(format!(
-        "{} keeps its own PID {} in memory ({n} place{}, the first at {:#x} in {place}); under another PID it goes on with {} there (nginx's master then cannot start workers on reload, bash's $$ names another process)",
+        "{} keeps its own PID {} in memory ({n} place{}, the first at {:#x} in {place}); under another PID it goes on with {} there (nginx's master then cannot start workers on reload, bash's $$ names another process, Python's asyncio finds no running loop)",
         img.str(p.exe).unwrap_or("the program"),
         p.pid,
         if n == 1 { "" } else { "s" },

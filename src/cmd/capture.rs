@@ -200,7 +200,7 @@ fn own_pid_note(pid: i32, refs: &[u64]) -> Option<String> {
     let first = refs.first()?;
     let n = refs.len();
     Some(format!(
-        "note: pid {pid} keeps its own PID in memory ({n} place{}, the first at {first:#x}; `cryo inspect` shows them): restored under another PID it goes on with {pid} there (nginx's master then cannot start workers on reload, bash's $$ names another process, Ruby aborts on its next fork, Python's multiprocessing cannot join its pool, node's process.pid names another process); `cryo restore --same-pid` or `--pidns` gives it its own",
+        "note: pid {pid} keeps its own PID in memory ({n} place{}, the first at {first:#x}; `cryo inspect` shows them): restored under another PID it goes on with {pid} there (nginx's master then cannot start workers on reload, bash's $$ names another process, Ruby aborts on its next fork, Python's multiprocessing cannot join its pool and its asyncio finds no running loop, node's process.pid names another process); `cryo restore --same-pid` or `--pidns` gives it its own",
         if n == 1 { "" } else { "s" },
     ))
 }

@@ -162,6 +162,12 @@ pub struct RestoreArgs {
     /// on stderr, for benchmarks.
     #[arg(long)]
     pub phases: bool,
+    /// Say nothing but errors: without it, restoring under cryo restore's
+    /// PID a program that keeps its own PID in memory (bash's $$, nginx's
+    /// master, Python's asyncio and multiprocessing) says so on stderr
+    /// first, with --same-pid and --pidns as the way out.
+    #[arg(short, long)]
+    pub quiet: bool,
     /// Finish with a ptrace tracer even where the image allows the shim to
     /// finish alone (the way --keep-stopped restores finish).
     #[arg(long)]
@@ -328,6 +334,13 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             );
         }
         return Ok(0);
+    }
+    if !args.quiet && !args.same_pid && !args.pidns {
+        if let Some(n) = cryo_restore::own_pid_note(&plan.image()) {
+            eprintln!(
+                "cryo restore: note: {n}; this restore runs it under cryo restore's PID: --same-pid or --pidns gives it its own (-q: not said)"
+            );
+        }
     }
     let e = plan.exec();
     Err(anyhow::Error::new(e).context(format!("restoring {}", args.dir.display())))
