@@ -799,7 +799,17 @@ print("PASS", flush=True)
     let t = Target::spawn(cmd, "msq");
     t.wait_sleeping();
     let img = scratch("fidelity-msq").join("img");
-    capture_killed(t.pid, &img, &[]);
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("System V message queues ") && err.contains(" recorded"),
+        "capture says what it recorded: {err}"
+    );
     drop(t);
     let (code, text, err) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");

@@ -96,6 +96,10 @@ pub struct Summary {
     /// (`cryo_image::task::PidRef`): restored under another PID, it goes on
     /// with the captured one there.
     pub own_pid_refs: Vec<u64>,
+    /// System V semaphore sets and message queues recorded (those the
+    /// process could use; made again at restore if gone), by id.
+    pub sysv_sets: Vec<i32>,
+    pub sysv_queues: Vec<i32>,
 }
 
 /// Why a capture failed. The target was left as it was in every case.
@@ -416,7 +420,17 @@ pub fn capture(
             .filter(|t| t.options & cryo_image::fds::tcp_opts::LOCKED != 0)
             .count(),
         own_pid_refs: own_values(&b.pid_refs),
+        sysv_sets: ids(all.iter().flat_map(|i| i.b.sysv_sem.iter().map(|s| s.id))),
+        sysv_queues: ids(all.iter().flat_map(|i| i.b.sysv_msq.iter().map(|q| q.id))),
     })
+}
+
+/// Each id once, in order.
+fn ids(it: impl Iterator<Item = i32>) -> Vec<i32> {
+    let mut v: Vec<i32> = it.collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// glibc's offset of the cached TID in each thread's TCB, read from its

@@ -384,6 +384,25 @@ pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
         if let Some(note) = own_pid_note(s.pid, &s.own_pid_refs) {
             eprintln!("{note}");
         }
+        if !s.sysv_sets.is_empty() || !s.sysv_queues.is_empty() {
+            let list = |v: &[i32]| {
+                v.iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let mut what = Vec::new();
+            if !s.sysv_sets.is_empty() {
+                what.push(format!("semaphore sets {}", list(&s.sysv_sets)));
+            }
+            if !s.sysv_queues.is_empty() {
+                what.push(format!("message queues {}", list(&s.sysv_queues)));
+            }
+            eprintln!(
+                "System V {} recorded (every one it could use: the kernel does not say which it uses); a restore makes one that is gone again",
+                what.join(" and ")
+            );
+        }
         if s.tcp_repaired > 0 {
             let n = s.tcp_repaired;
             let many = if n == 1 { "" } else { "s" };
