@@ -807,7 +807,7 @@ print("PASS", flush=True)
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("System V message queues ") && err.contains(" recorded"),
+        err.contains("System V message queue ") && err.contains(" recorded"),
         "capture says what it recorded: {err}"
     );
     drop(t);

@@ -392,11 +392,15 @@ pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
                     .join(", ")
             };
             let mut what = Vec::new();
-            if !s.sysv_sets.is_empty() {
-                what.push(format!("semaphore sets {}", list(&s.sysv_sets)));
-            }
-            if !s.sysv_queues.is_empty() {
-                what.push(format!("message queues {}", list(&s.sysv_queues)));
+            for (v, one, many) in [
+                (&s.sysv_sets, "semaphore set", "semaphore sets"),
+                (&s.sysv_queues, "message queue", "message queues"),
+            ] {
+                match v.len() {
+                    0 => {}
+                    1 => what.push(format!("{one} {}", list(v))),
+                    _ => what.push(format!("{many} {}", list(v))),
+                }
             }
             eprintln!(
                 "System V {} recorded (every one it could use: the kernel does not say which it uses); a restore makes one that is gone again",
