@@ -47,23 +47,39 @@ fn made(kind: Ipc, id: i32) -> bool {
 /// Make an object of `kind` gone since the capture again with its id
 /// `id` (`make` makes one with the next id, kernel.*_next_id, which the
 /// kernel sets back to -1), and set its owner and mode. `was` names it.
+/// Restores running at once (clones of one image) take turns: each holds
+/// an flock on the next-id file while it sets it and makes the object,
+/// and one that finds the object made meanwhile (`there`) shares it.
 fn make_again(
     kind: Ipc,
     id: i32,
     (uid, gid, mode): (u32, u32, u32),
     was: &str,
+    there: impl Fn() -> Result<bool, RestoreError>,
     make: impl FnOnce() -> std::io::Result<i32>,
 ) -> Result<(), RestoreError> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
     let next = match kind {
         Ipc::Shm => "/proc/sys/kernel/shm_next_id",
         Ipc::Sem => "/proc/sys/kernel/sem_next_id",
         Ipc::Msq => "/proc/sys/kernel/msg_next_id",
     };
-    std::fs::write(next, id.to_string()).map_err(|e| {
+    let needs = |e: std::io::Error| {
         err(format!(
             "{was} is gone, and making it again with its id needs {next}: {e}"
         ))
-    })?;
+    };
+    let mut knob = std::fs::OpenOptions::new()
+        .write(true)
+        .open(next)
+        .map_err(needs)?;
+    // (Released when `knob` is closed.)
+    sys::flock(knob.as_raw_fd(), libc::LOCK_EX).map_err(needs)?;
+    if there()? {
+        return Ok(());
+    }
+    knob.write_all(id.to_string().as_bytes()).map_err(needs)?;
     let made = make();
     let _ = std::fs::write(next, "-1");
     let new = made.map_err(|e| err(format!("{was} is gone; making it again: {e}")))?;
@@ -248,13 +264,20 @@ pub(crate) fn ensure(loaded: &LoadedImage, img: &Image, verify: bool) -> Result<
         );
         let bytes = loaded.read_blob(&s.data, verify)?;
         // (Ours to fill first; its mode as captured after.)
-        make_again(Ipc::Shm, s.id, (s.uid, s.gid, s.mode), &was, || {
-            let id = sys::shm_create(s.key, s.size, 0o600)?;
-            if id == s.id {
-                sys::shm_fill(id, &bytes)?;
-            }
-            Ok(id)
-        })?;
+        make_again(
+            Ipc::Shm,
+            s.id,
+            (s.uid, s.gid, s.mode),
+            &was,
+            || state(&s),
+            || {
+                let id = sys::shm_create(s.key, s.size, 0o600)?;
+                if id == s.id {
+                    sys::shm_fill(id, &bytes)?;
+                }
+                Ok(id)
+            },
+        )?;
     }
     for s in img.sysv_sem().iter() {
         if made(Ipc::Sem, s.id) || sem_state(&s)? {
@@ -266,9 +289,14 @@ pub(crate) fn ensure(loaded: &LoadedImage, img: &Image, verify: bool) -> Result<
             .chunks_exact(2)
             .map(|b| u16::from_le_bytes([b[0], b[1]]))
             .collect();
-        make_again(Ipc::Sem, s.id, (s.uid, s.gid, s.mode), &was, || {
-            sys::sem_create(s.key, &values)
-        })?;
+        make_again(
+            Ipc::Sem,
+            s.id,
+            (s.uid, s.gid, s.mode),
+            &was,
+            || sem_state(&s),
+            || sys::sem_create(s.key, &values),
+        )?;
     }
     for q in img.sysv_msq().iter() {
         if made(Ipc::Msq, q.id) || msq_state(&q)? {
@@ -278,9 +306,14 @@ pub(crate) fn ensure(loaded: &LoadedImage, img: &Image, verify: bool) -> Result<
         let blob = loaded.read_blob(&q.messages, verify)?;
         let messages = cryo_image::fds::sysv_messages(&blob, q.count)
             .ok_or_else(|| err(format!("{was}: its messages in the image are corrupt")))?;
-        make_again(Ipc::Msq, q.id, (q.uid, q.gid, q.mode), &was, || {
-            sys::msq_create(q.key, q.qbytes, &messages)
-        })?;
+        make_again(
+            Ipc::Msq,
+            q.id,
+            (q.uid, q.gid, q.mode),
+            &was,
+            || msq_state(&q),
+            || sys::msq_create(q.key, q.qbytes, &messages),
+        )?;
     }
     Ok(())
 }
