@@ -936,3 +936,60 @@ print("PASS", flush=True)
     );
     assert!(out.is_empty(), "nothing ran: {out}");
 }
+
+/// Clones of one image restored at once, the set they use gone: they take
+/// turns making it again (an flock on kernel.sem_next_id), and all share
+/// the one set, as processes sharing the original would: three of five
+/// take a semaphore of its three, two meet EAGAIN; none fails to restore.
+#[test]
+fn clones_restored_at_once_share_the_set_they_make_again() {
+    // (A private IPC namespace, as for the semaphore test.)
+    // SAFETY: integers only; it changes this thread's namespaces alone.
+    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWIPC) }, 0);
+    let script = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class Sembuf(ctypes.Structure):
+    _fields_ = [("num", ctypes.c_ushort), ("op", ctypes.c_short), ("flg", ctypes.c_short)]
+sid = libc.semget(0, 1, 0o1000 | 0o600)
+assert libc.semop(sid, ctypes.byref(Sembuf(0, 3, 0)), 1) == 0
+print("READY", os.getpid(), flush=True); sys.stdin.readline()
+rc = libc.semop(sid, ctypes.byref(Sembuf(0, -1, 0o4000)), 1)  # IPC_NOWAIT
+print("took" if rc == 0 else "EAGAIN" if ctypes.get_errno() == 11 else "errno %d" % ctypes.get_errno(), flush=True)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn(cmd, "sem-clones");
+    t.wait_sleeping();
+    let img = scratch("fidelity-sem-clones").join("img");
+    capture_killed(t.pid, &img, &[]);
+    drop(t);
+    // The set goes (every set of this namespace: the test's own).
+    let sets = std::fs::read_to_string("/proc/sysvipc/sem").unwrap();
+    for id in sets
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+    {
+        // SAFETY: integers only; IPC_RMID takes no argument.
+        unsafe { libc::semctl(id.parse().unwrap(), 0, libc::IPC_RMID) };
+    }
+    let clones: Vec<_> = (0..5)
+        .map(|_| {
+            let img = img.clone();
+            std::thread::spawn(move || restore(&img, &["-q"]))
+        })
+        .collect();
+    let mut said: Vec<String> = Vec::new();
+    for c in clones {
+        let (code, out, err) = c.join().unwrap();
+        assert_eq!(code, 0, "{out}{err}");
+        said.push(out.trim_end().lines().last().unwrap_or("").to_owned());
+    }
+    said.sort();
+    assert_eq!(
+        said,
+        ["EAGAIN", "EAGAIN", "took", "took", "took"],
+        "{said:?}"
+    );
+}
