@@ -49,6 +49,11 @@ pub use task::own_pid_note;
 pub struct Options {
     /// Leave the restored process stopped (SIGSTOP) instead of running.
     pub keep_stopped: bool,
+    /// Say on stderr, right before the exec, once every check and every
+    /// fd is done (a refusal stays one line), that the program keeps its
+    /// own PID in memory ([`own_pid_note`]) when it runs under another
+    /// (neither `same_pid` nor `pidns`).
+    pub say_own_pid: bool,
     /// (restored fd, our fd): give the restored process our fd.
     pub inherit_fds: Vec<(i32, i32)>,
     /// Path of the cryo-shim binary.
@@ -705,6 +710,15 @@ impl Plan {
         // their peers in the tree exist too.
         if let Err(e) = sockets::finish_repair(&img, &self.fds) {
             return e;
+        }
+        // Said last, once nothing of ours can fail but the exec: a
+        // refusal is one line.
+        if self.opts.say_own_pid && !self.opts.same_pid && !self.opts.pidns {
+            if let Some(n) = own_pid_note(&img) {
+                eprintln!(
+                    "cryo restore: note: {n}; this restore runs it under cryo restore's PID: --same-pid or --pidns gives it its own (-q: not said)"
+                );
+            }
         }
         let fd = |v: i32| if v < 0 { handoff::NONE } else { v as u64 };
         let h = Handoff {

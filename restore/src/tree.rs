@@ -178,6 +178,7 @@ pub(crate) fn prepare(
                     keep_stopped: opts.keep_stopped || was_stopped,
                     same_pid: false,
                     pidns: false,
+                    say_own_pid: false,
                     ..opts.clone()
                 };
                 let sub = dir.join(proc_dir(r.pid));

@@ -214,6 +214,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         restore_stdio: args.restore_stdio.clone().unwrap_or_default(),
         same_pid: args.same_pid,
         pidns: args.pidns,
+        say_own_pid: !args.quiet && !args.dry_run,
         cgroups: match args.cgroups {
             CgroupsArg::Auto => cryo_restore::Cgroups::Auto,
             CgroupsArg::Inherit => cryo_restore::Cgroups::Inherit,
@@ -334,13 +335,6 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             );
         }
         return Ok(0);
-    }
-    if !args.quiet && !args.same_pid && !args.pidns {
-        if let Some(n) = cryo_restore::own_pid_note(&plan.image()) {
-            eprintln!(
-                "cryo restore: note: {n}; this restore runs it under cryo restore's PID: --same-pid or --pidns gives it its own (-q: not said)"
-            );
-        }
     }
     let e = plan.exec();
     Err(anyhow::Error::new(e).context(format!("restoring {}", args.dir.display())))
