@@ -847,6 +847,36 @@ print("PASS", flush=True)
         "{err}"
     );
     assert!(out.is_empty(), "nothing ran: {out}");
+    // A message longer than kernel.msgmax (lowered since it was sent):
+    // MSG_COPY cannot read it, and the queue is refused by name, not
+    // left out of the image.
+    // SAFETY: integers only.
+    let q = unsafe { libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600) };
+    assert!(q >= 0);
+    let mut m = vec![0u8; 8 + 4000];
+    m[..8].copy_from_slice(&1i64.to_ne_bytes());
+    // SAFETY: a long and 4000 bytes, ours.
+    assert_eq!(unsafe { libc::msgsnd(q, m.as_ptr().cast(), 4000, 0) }, 0);
+    let msgmax = "/proc/sys/kernel/msgmax";
+    let was = std::fs::read_to_string(msgmax).unwrap();
+    std::fs::write(msgmax, "100").unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-c",
+        "import os, sys; print('READY', os.getpid(), flush=True); sys.stdin.readline()",
+    ]);
+    let mut t = Target::spawn(cmd, "msgmax");
+    t.wait_sleeping();
+    let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
+    std::fs::write(msgmax, was.trim()).unwrap();
+    // SAFETY: integers only; a null buffer is allowed for IPC_RMID.
+    unsafe { libc::msgctl(q, libc::IPC_RMID, std::ptr::null_mut()) };
+    drop(t.stdin.take());
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("System V message queue {q} ")) && out.contains("kernel.msgmax"),
+        "{out}"
+    );
 }
 
 /// POSIX message queues: one opened by name is opened again by that name

@@ -257,7 +257,6 @@ pub struct IpcUser {
     euid: u32,
     egid: u32,
     groups: Vec<u32>,
-    owner: bool,
 }
 
 impl IpcUser {
@@ -267,17 +266,17 @@ impl IpcUser {
             euid: second("Uid"),
             egid: second("Gid"),
             groups: st.nums("Groups"),
-            // (CAP_IPC_OWNER is capability 15.)
-            owner: st.hex("CapEff") & (1 << 15) != 0,
         }
     }
     /// Whether the process may read or alter an object with these owners
-    /// and mode (the kernel's ipcperms).
+    /// and mode by its permission bits (the kernel's ipcperms, but for
+    /// CAP_IPC_OWNER: with it a root process could use every object of
+    /// the namespace, other users' included, and its image would record,
+    /// and its restore make again, each of them; programs use the objects
+    /// their ids and the bits give them).
     fn may_use(&self, [uid, gid, cuid, cgid]: [u32; 4], mode: u32) -> bool {
         let in_group = |g| self.egid == g || self.groups.contains(&g);
-        let bits = if self.owner {
-            0o6
-        } else if self.euid == uid || self.euid == cuid {
+        let bits = if self.euid == uid || self.euid == cuid {
             mode >> 6
         } else if in_group(gid) || in_group(cgid) {
             mode >> 3
@@ -360,6 +359,8 @@ pub fn sets_and_queues(
             mode: mode & 0o777,
             uid,
             gid,
+            cuid: cuid as u32,
+            cgid: cgid as u32,
             nsems: nsems as u32,
             values: Default::default(),
         });
@@ -407,9 +408,14 @@ pub fn sets_and_queues(
         }
         let read = || -> std::io::Result<(u64, Vec<Message>)> {
             let qbytes = crate::sys::ipc::msq_qbytes(id)?;
-            // (One message is at most kernel.msgmax bytes, and no more
-            // than the queue holds.)
-            let max = (qbytes as usize).max(cbytes as usize).max(1);
+            // A message is no longer than the bytes the queue holds, and
+            // MSG_COPY copies at most kernel.msgmax (a longer message,
+            // sent before msgmax was lowered, fails with EINVAL).
+            let msgmax: usize = std::fs::read_to_string("/proc/sys/kernel/msgmax")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(8192);
+            let max = (cbytes.max(1) as usize).min(msgmax.max(1));
             let mut messages = Vec::new();
             while let Some(m) = crate::sys::ipc::msg_copy(id, messages.len(), max)? {
                 messages.push(m);
@@ -418,9 +424,20 @@ pub fn sets_and_queues(
         };
         let (qbytes, messages) = match read() {
             Ok(r) => r,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => continue,
+            // (Removed since the table was read; EINVAL is also a message
+            // longer than kernel.msgmax now, or one more than the queue
+            // held when the table was read: the queue is still there.)
+            Err(e) if e.raw_os_error() == Some(libc::EIDRM) => continue,
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINVAL)
+                    && crate::sys::ipc::msq_qbytes(id).is_err() =>
+            {
+                continue
+            }
             Err(e) => {
-                obs.push(format!("{what}: reading its messages (MSG_COPY): {e}"));
+                obs.push(format!(
+                    "{what}: reading its messages (MSG_COPY, at most kernel.msgmax bytes each; a queue changing meanwhile): {e}"
+                ));
                 continue;
             }
         };
@@ -431,6 +448,8 @@ pub fn sets_and_queues(
             mode: mode & 0o777,
             uid,
             gid,
+            cuid: cuid as u32,
+            cgid: cgid as u32,
             count: messages.len() as u32,
             qbytes,
             messages: Default::default(),

@@ -402,6 +402,10 @@ record! {
         pub mode: u32,
         pub uid: u32,
         pub gid: u32,
+        /// Its creator (cuid, cgid), whom IPC_SET cannot change: one made
+        /// again is made by the restorer.
+        pub cuid: u32,
+        pub cgid: u32,
         /// Semaphores in the set (1 or more).
         pub nsems: u32,
         /// Their values at capture: `nsems` u16, little-endian.
@@ -423,6 +427,9 @@ record! {
         pub mode: u32,
         pub uid: u32,
         pub gid: u32,
+        /// Its creator, as for [`SysvSem`].
+        pub cuid: u32,
+        pub cgid: u32,
         /// Messages in `messages`.
         pub count: u32,
         /// msg_qbytes: the most bytes the queue holds.

@@ -153,6 +153,22 @@ pub fn to_make_again(img: &Image) -> Vec<String> {
     out
 }
 
+/// An object made again is made by the restorer (root: creator 0:0), and
+/// IPC_SET cannot change its creator; a process that used it as its
+/// creator (cuid, cgid), not its owner, could not any more. Refused then.
+fn creator_kept(
+    was: &str,
+    (uid, gid): (u32, u32),
+    (cuid, cgid): (u32, u32),
+) -> Result<(), RestoreError> {
+    if (cuid, cgid) == (0, 0) || (cuid, cgid) == (uid, gid) {
+        return Ok(());
+    }
+    Err(err(format!(
+        "{was} is gone, and its creator ({cuid}:{cgid}) was not its owner ({uid}:{gid}): made again by cryo restore, its creator would be root, and a process that used it as its creator could not"
+    )))
+}
+
 fn sem_name(s: &cryo_image::fds::SysvSem) -> String {
     format!(
         "semaphore set {} (key {:#x}, {} semaphores)",
@@ -273,7 +289,10 @@ pub(crate) fn ensure(loaded: &LoadedImage, img: &Image, verify: bool) -> Result<
             || {
                 let id = sys::shm_create(s.key, s.size, 0o600)?;
                 if id == s.id {
-                    sys::shm_fill(id, &bytes)?;
+                    if let Err(e) = sys::shm_fill(id, &bytes) {
+                        sys::shm_remove(id);
+                        return Err(e);
+                    }
                 }
                 Ok(id)
             },
@@ -284,6 +303,7 @@ pub(crate) fn ensure(loaded: &LoadedImage, img: &Image, verify: bool) -> Result<
             continue;
         }
         let was = sem_name(&s);
+        creator_kept(&was, (s.uid, s.gid), (s.cuid, s.cgid))?;
         let values: Vec<u16> = loaded
             .read_blob(&s.values, verify)?
             .chunks_exact(2)
@@ -303,6 +323,7 @@ pub(crate) fn ensure(loaded: &LoadedImage, img: &Image, verify: bool) -> Result<
             continue;
         }
         let was = msq_name(&q);
+        creator_kept(&was, (q.uid, q.gid), (q.cuid, q.cgid))?;
         let blob = loaded.read_blob(&q.messages, verify)?;
         let messages = cryo_image::fds::sysv_messages(&blob, q.count)
             .ok_or_else(|| err(format!("{was}: its messages in the image are corrupt")))?;

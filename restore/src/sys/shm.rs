@@ -177,10 +177,17 @@ pub fn msq_create(key: i32, qbytes: u64, messages: &[(i64, &[u8])]) -> io::Resul
         let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
         // SAFETY: IPC_STAT writes one msqid_ds to `ds`, ours.
         cvt(unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) })?;
-        if ds.msg_qbytes != qbytes {
+        // (Raised before the messages are sent, lowered after: a queue
+        // may have held more than its limit, lowered since.)
+        let set = |ds: &mut libc::msqid_ds| -> io::Result<()> {
             ds.msg_qbytes = qbytes;
             // SAFETY: IPC_SET reads the msqid_ds, ours.
-            cvt(unsafe { libc::msgctl(id, libc::IPC_SET, &mut ds) })?;
+            cvt(unsafe { libc::msgctl(id, libc::IPC_SET, ds) })?;
+            Ok(())
+        };
+        let lower = ds.msg_qbytes > qbytes;
+        if ds.msg_qbytes < qbytes {
+            set(&mut ds)?;
         }
         for (kind, bytes) in messages {
             let mut buf = Vec::with_capacity(8 + bytes.len());
@@ -189,6 +196,9 @@ pub fn msq_create(key: i32, qbytes: u64, messages: &[(i64, &[u8])]) -> io::Resul
             // SAFETY: `buf` is a long (the type) followed by the message's
             // bytes, as msgsnd reads it.
             cvt(unsafe { libc::msgsnd(id, buf.as_ptr().cast(), bytes.len(), libc::IPC_NOWAIT) })?;
+        }
+        if lower {
+            set(&mut ds)?;
         }
         Ok(())
     };
