@@ -369,6 +369,15 @@ pub fn sets_and_queues(
             bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         });
     }
+    let many = |n: usize, what: &str| {
+        format!(
+            "it could use {n} System V {what} (by their permission bits), more than cryo records ({})",
+            cryo_image::MAX_SYSV_OBJECTS
+        )
+    };
+    if b.sysv_sem.len() > cryo_image::MAX_SYSV_OBJECTS {
+        obs.push(many(b.sysv_sem.len(), "semaphore sets"));
+    }
     // "key msqid perms cbytes qnum lspid lrpid uid gid cuid cgid stime rtime ctime"
     for w in ipc_table("msg") {
         let (
@@ -460,5 +469,8 @@ pub fn sets_and_queues(
                 messages.iter().map(|(k, m)| (*k, m.as_slice())),
             ),
         });
+    }
+    if b.sysv_msq.len() > cryo_image::MAX_SYSV_OBJECTS {
+        obs.push(many(b.sysv_msq.len(), "message queues"));
     }
 }

@@ -93,6 +93,9 @@ pub enum SectionKind {
     SysvMsq = 45,
 }
 
+/// Most System V semaphore sets, and most message queues, an image records.
+pub const MAX_SYSV_OBJECTS: usize = 4096;
+
 /// A `files` record as 9.0 wrote it (before the birth time).
 const FILE_ID_9_0: usize = 72;
 /// A `pid_refs` record as 11.3 wrote it (before `kind`).
@@ -330,8 +333,9 @@ impl SectionKind {
             // (MAX_INSNS_PER_PATH).
             SectionKind::Seccomp => crate::task::MAX_SECCOMP_INSNS as u64,
             SectionKind::ThreadCreds => 1 << 16,
-            // (kernel.sem's SEMMNI and kernel.msgmni are 32000 by default.)
-            SectionKind::SysvSem | SectionKind::SysvMsq => 1 << 16,
+            // (Validation compares each id with those before it; a process
+            // that could use more than 4096 sets or queues is refused.)
+            SectionKind::SysvSem | SectionKind::SysvMsq => MAX_SYSV_OBJECTS as u64,
         }
     }
     /// Sections every valid image must have.
