@@ -22,6 +22,8 @@ struct Segment {
     size: u64,
     uid: u32,
     gid: u32,
+    cuid: u32,
+    cgid: u32,
 }
 
 /// The segment with id `id`, as /proc/sysvipc/shm shows it ("key shmid
@@ -39,6 +41,8 @@ fn segment(id: u64) -> Option<Segment> {
             size: w.get(3)?.parse().ok()?,
             uid: w.get(7)?.parse().ok()?,
             gid: w.get(8)?.parse().ok()?,
+            cuid: w.get(9)?.parse().ok()?,
+            cgid: w.get(10)?.parse().ok()?,
         })
     })
 }
@@ -151,6 +155,8 @@ pub fn attaches(
                 0
             },
             data: Default::default(),
+            cuid: seg.cuid,
+            cgid: seg.cgid,
         });
         stored.blobs.push(PendingBlob {
             to: BlobOwner::Sysv(index),

@@ -383,6 +383,10 @@ record! {
         pub flags: u32,
         /// The segment's bytes at capture.
         pub data: Blob,
+        /// (11.6) Its creator, as for [`SysvSem`] (older images: 0, not
+        /// known, not checked).
+        pub cuid: u32,
+        pub cgid: u32,
     }
 }
 

@@ -838,6 +838,26 @@ fn older_minor_records_read_with_zero_tails() {
         <crate::fds::FanotifyMark as Record>::SIZE,
         56 + 8 + crate::fds::MAX_HANDLE
     );
+    // An 11.5 image: `sysv_shm` records without the creator (56 bytes).
+    let (meta, _) = sample_full_with(|b| {
+        b.sysv_shm.push(crate::fds::SysvShm {
+            cuid: 5,
+            cgid: 6,
+            ..Default::default()
+        })
+    });
+    let full = Image::parse(&meta).unwrap();
+    assert_eq!(
+        full.sysv_shm().get(0).map(|s| (s.cuid, s.cgid)),
+        Some((5, 6))
+    );
+    let old = with_record_size(&meta, SectionKind::SysvShm, 56);
+    let img = Image::parse(&old).expect("an 11.5 sysv_shm section is read");
+    assert_eq!(
+        img.sysv_shm().get(0).map(|s| (s.cuid, s.cgid)),
+        Some((0, 0))
+    );
+    assert_eq!(<crate::fds::SysvShm as Record>::SIZE, 64);
     // A 9.0 image: `files` records without the birth time (72 bytes).
     let (meta, _) = sample_full_with(|b| {
         b.files[0].btime_sec = 0;

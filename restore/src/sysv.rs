@@ -278,6 +278,7 @@ pub(crate) fn ensure(loaded: &LoadedImage, img: &Image, verify: bool) -> Result<
             "segment {} (key {:#x}, {} bytes)",
             s.id, s.key as u32, s.size
         );
+        creator_kept(&was, (s.uid, s.gid), (s.cuid, s.cgid))?;
         let bytes = loaded.read_blob(&s.data, verify)?;
         // (Ours to fill first; its mode as captured after.)
         make_again(

@@ -96,6 +96,8 @@ pub enum SectionKind {
 /// Most System V semaphore sets, and most message queues, an image records.
 pub const MAX_SYSV_OBJECTS: usize = 4096;
 
+/// A `sysv_shm` record as 11.5 wrote it (before the creator).
+const SYSV_SHM_11_5: usize = 56;
 /// A `files` record as 9.0 wrote it (before the birth time).
 const FILE_ID_9_0: usize = 72;
 /// A `pid_refs` record as 11.3 wrote it (before `kind`).
@@ -213,7 +215,7 @@ impl SectionKind {
     /// version, which read as zero from an older image (`files`: 9.1
     /// added the birth time, 0 meaning "not known"; `task`: 11.3 added
     /// `xcomp_perm`; `inotify`, `fanotify_marks`: 11.5 added the file handle, and `task`
-    /// `frame_xsave`).
+    /// `frame_xsave`; `sysv_shm`: 11.6 added the creator).
     pub fn min_record_size(self) -> usize {
         match self {
             SectionKind::Files => FILE_ID_9_0,
@@ -221,6 +223,7 @@ impl SectionKind {
             SectionKind::PidRefs => PID_REF_11_3,
             SectionKind::Inotify => INOTIFY_WATCH_11_4,
             SectionKind::FanotifyMarks => FANOTIFY_MARK_11_4,
+            SectionKind::SysvShm => SYSV_SHM_11_5,
             k => k.known_record_size(),
         }
     }
