@@ -1023,3 +1023,49 @@ print("took" if rc == 0 else "EAGAIN" if ctypes.get_errno() == 11 else "errno %d
         "{said:?}"
     );
 }
+
+/// A program that keeps its own PID in memory (the interpreter does, in
+/// libpython's data) restored under cryo restore's PID: the restore says
+/// so, right before it restores, to a terminal (`script` gives it one),
+/// and says nothing into a pipe, which is the program's stderr alone.
+#[test]
+fn own_pid_note_goes_to_a_terminal_only() {
+    let script = r#"
+import os, sys
+print("READY", os.getpid(), flush=True); sys.stdin.readline()
+print("PASS", flush=True)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn(cmd, "own-pid");
+    t.wait_sleeping();
+    let img = scratch("fidelity-own-pid").join("img");
+    capture_killed(t.pid, &img, &[]);
+    drop(t);
+    let (code, out, err) = restore(&img, &[]);
+    assert_eq!((code, out.trim_end()), (0, "PASS"), "{err}");
+    assert!(!err.contains("cryo restore: note"), "a pipe: {err}");
+    sanitize_fds();
+    let o = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "echo | {} restore {}",
+            cryo().display(),
+            img.display()
+        ))
+        .arg("/dev/null")
+        .env_remove("SHELL")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    let first = text.lines().next().unwrap_or("");
+    assert!(
+        first.starts_with("cryo restore: note: ")
+            && first.contains("keeps its own PID")
+            && first.contains("--same-pid"),
+        "a terminal: {text}"
+    );
+    assert!(text.contains("PASS"), "{text}");
+}

@@ -49,10 +49,10 @@ pub use task::own_pid_note;
 pub struct Options {
     /// Leave the restored process stopped (SIGSTOP) instead of running.
     pub keep_stopped: bool,
-    /// Say on stderr, right before the exec, once every check and every
-    /// fd is done (a refusal stays one line), that the program keeps its
-    /// own PID in memory ([`own_pid_note`]) when it runs under another
-    /// (neither `same_pid` nor `pidns`).
+    /// Say on stderr, if it is a terminal, right before the exec, once
+    /// every check and every fd is done (a refusal stays one line), that
+    /// the program keeps its own PID in memory ([`own_pid_note`]) when it
+    /// runs under another (neither `same_pid` nor `pidns`).
     pub say_own_pid: bool,
     /// (restored fd, our fd): give the restored process our fd.
     pub inherit_fds: Vec<(i32, i32)>,
@@ -711,9 +711,16 @@ impl Plan {
         if let Err(e) = sockets::finish_repair(&img, &self.fds) {
             return e;
         }
-        // Said last, once nothing of ours can fail but the exec: a
-        // refusal is one line.
-        if self.opts.say_own_pid && !self.opts.same_pid && !self.opts.pidns {
+        // Said last, once nothing of ours can fail but the exec (a
+        // refusal is one line), and only to a terminal: this stderr is the
+        // program's from the exec on, and a file or pipe must get exactly
+        // what the program writes.
+        use std::io::IsTerminal;
+        if self.opts.say_own_pid
+            && !self.opts.same_pid
+            && !self.opts.pidns
+            && std::io::stderr().is_terminal()
+        {
             if let Some(n) = own_pid_note(&img) {
                 eprintln!(
                     "cryo restore: note: {n}; this restore runs it under cryo restore's PID: --same-pid or --pidns gives it its own (-q: not said)"

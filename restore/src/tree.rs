@@ -316,7 +316,12 @@ pub(crate) fn pids_free(pids: &[u32]) -> Result<(), RestoreError> {
         }
         // (Said once: a wait of a second or more without a word looks
         // like a hang; this VM's init reaps every ~1.4 s.)
-        if !said && t0.elapsed() > std::time::Duration::from_millis(200) {
+        // (To a terminal only: this stderr is the restored program's.)
+        use std::io::IsTerminal;
+        if !said
+            && t0.elapsed() > std::time::Duration::from_millis(200)
+            && std::io::stderr().is_terminal()
+        {
             said = true;
             let parents: std::collections::BTreeSet<String> = pids
                 .iter()

@@ -165,7 +165,8 @@ pub struct RestoreArgs {
     /// Say nothing but errors: without it, restoring under cryo restore's
     /// PID a program that keeps its own PID in memory (bash's $$, nginx's
     /// master, Python's asyncio and multiprocessing) says so on stderr
-    /// first, with --same-pid and --pidns as the way out.
+    /// first, with --same-pid and --pidns as the way out, when stderr is
+    /// a terminal (else it is the program's alone: `--dry-run` says it).
     #[arg(short, long)]
     pub quiet: bool,
     /// Finish with a ptrace tracer even where the image allows the shim to
