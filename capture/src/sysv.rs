@@ -421,21 +421,30 @@ pub fn sets_and_queues(
             ));
             continue;
         }
+        // Read whole: the same queue before and after (a message taken
+        // or sent meanwhile shifts the indices MSG_COPY reads by); a few
+        // tries, then refused.
         let read = || -> std::io::Result<(u64, Vec<Message>)> {
-            let qbytes = crate::sys::ipc::msq_qbytes(id)?;
             // A message is no longer than the bytes the queue holds, and
             // MSG_COPY copies at most kernel.msgmax (a longer message,
-            // sent before msgmax was lowered, fails with EINVAL).
+            // sent before msgmax was lowered, fails).
             let msgmax: usize = std::fs::read_to_string("/proc/sys/kernel/msgmax")
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(8192);
-            let max = (cbytes.max(1) as usize).min(msgmax.max(1));
-            let mut messages = Vec::new();
-            while let Some(m) = crate::sys::ipc::msg_copy(id, messages.len(), max)? {
-                messages.push(m);
+            for _ in 0..5 {
+                let before = crate::sys::ipc::msq_stat(id)?;
+                let max = (before.cbytes.max(1) as usize).min(msgmax.max(1));
+                let mut messages = Vec::new();
+                while let Some(m) = crate::sys::ipc::msg_copy(id, messages.len(), max)? {
+                    messages.push(m);
+                }
+                let after = crate::sys::ipc::msq_stat(id)?;
+                if before == after && messages.len() as u64 == after.qnum {
+                    return Ok((after.qbytes, messages));
+                }
             }
-            Ok((qbytes, messages))
+            Err(std::io::Error::other("it kept changing while it was read"))
         };
         let (qbytes, messages) = match read() {
             Ok(r) => r,
@@ -445,7 +454,7 @@ pub fn sets_and_queues(
             Err(e) if e.raw_os_error() == Some(libc::EIDRM) => continue,
             Err(e)
                 if e.raw_os_error() == Some(libc::EINVAL)
-                    && crate::sys::ipc::msq_qbytes(id).is_err() =>
+                    && crate::sys::ipc::msq_stat(id).is_err() =>
             {
                 continue
             }

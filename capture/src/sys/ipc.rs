@@ -20,13 +20,30 @@ pub fn sem_values(id: i32, nsems: u32) -> io::Result<Vec<u16>> {
     Ok(v)
 }
 
-/// msg_qbytes of queue `id` (IPC_STAT).
-pub fn msq_qbytes(id: i32) -> io::Result<u64> {
+/// What IPC_STAT says of a message queue.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct MsqStat {
+    pub qbytes: u64,
+    pub qnum: u64,
+    pub cbytes: u64,
+    /// Times of the last msgsnd and msgrcv.
+    pub stime: i64,
+    pub rtime: i64,
+}
+
+/// IPC_STAT of queue `id`.
+pub fn msq_stat(id: i32) -> io::Result<MsqStat> {
     // SAFETY: an all-zero msqid_ds is valid; the kernel fills it.
     let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
     // SAFETY: IPC_STAT writes one msqid_ds to `ds`, ours.
     cvt(unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) })?;
-    Ok(ds.msg_qbytes)
+    Ok(MsqStat {
+        qbytes: ds.msg_qbytes,
+        qnum: ds.msg_qnum,
+        cbytes: ds.__msg_cbytes,
+        stime: ds.msg_stime,
+        rtime: ds.msg_rtime,
+    })
 }
 
 /// A copy of message `index` (0 the oldest) of queue `id`, left in the
