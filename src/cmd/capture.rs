@@ -56,8 +56,10 @@ pub struct CaptureArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Largest unlinked file or memfd whose contents are stored in the
-    /// image (they exist nowhere else); a bigger one is refused. Accepts
-    /// K, M and G suffixes.
+    /// image (they exist nowhere else); a bigger one is refused. The same
+    /// bound holds for a System V segment's bytes and a System V message
+    /// queue's messages (stored so that a restore can make them again if
+    /// they are gone). Accepts K, M and G suffixes.
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
     pub max_file_data: u64,
     #[command(flatten)]
