@@ -948,7 +948,9 @@ print("PASS", flush=True)
     let (code, text, err) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        text.contains("mqueue") && text.contains("/cryo-fidelity"),
+        text.contains("mqueue")
+            && text.contains("/cryo-fidelity")
+            && text.contains("POSIX message queue: 4 messages of 32 bytes at most"),
         "{text}"
     );
     let (code, out, err) = restore(&img, &[]);

@@ -764,6 +764,11 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
             }
             out + ", made again with a new number]"
         }),
+        fd_kind::MQUEUE => format!(
+            " [POSIX message queue: {} messages of {} bytes at most; opened again by name, its messages as they are then]",
+            f.rdev >> 32,
+            f.rdev & 0xffff_ffff
+        ),
         fd_kind::PTY_SLAVE => match cryo_image::fds::Pty::index_of_rdev(f.rdev) {
             Some(n) => {
                 format!(" [slave of /dev/pts/{n}, whose master is captured: made again with it]")
