@@ -1071,3 +1071,60 @@ print("PASS", flush=True)
     );
     assert!(text.contains("PASS"), "{text}");
 }
+
+/// A sleep the capture's freeze interrupted goes on after the restore: the
+/// kernel would restart it through a restart block, which does not
+/// survive a restore, so capture executes the call again (a relative
+/// sleep waits its whole time again, a late wake-up; never an early one).
+/// Until stop 34 the restored call returned EINTR at once: perl's
+/// `sleep 3` returned 1, nanosleep failed with EINTR.
+#[test]
+fn sleeps_interrupted_by_the_freeze_go_on() {
+    let script = r#"
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+class Ts(ctypes.Structure):
+    _fields_ = [("s", ctypes.c_long), ("ns", ctypes.c_long)]
+print("READY", os.getpid(), flush=True)
+t0 = time.monotonic()
+rc = libc.nanosleep(ctypes.byref(Ts(2, 0)), None)
+print("nanosleep", rc, ctypes.get_errno() if rc else 0, flush=True)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn(cmd, "nanosleep");
+    t.wait_sleeping();
+    let img = scratch("fidelity-nanosleep").join("img");
+    capture_killed(t.pid, &img, &[]);
+    drop(t);
+    let t0 = std::time::Instant::now();
+    let (code, out, err) = restore(&img, &[]);
+    assert_eq!(
+        (code, out.trim_end().lines().last().unwrap_or("")),
+        (0, "nanosleep 0 0"),
+        "{err}"
+    );
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
+    // perl's sleep says how long it slept (by the clock).
+    let mut cmd = Command::new("perl");
+    cmd.args([
+        "-e",
+        "$| = 1; print \"READY $$\\n\"; my $n = sleep 3; print \"slept $n\\n\";",
+    ]);
+    let t = Target::spawn(cmd, "perl-sleep");
+    t.wait_sleeping();
+    let img = scratch("fidelity-perl-sleep").join("img");
+    capture_killed(t.pid, &img, &[]);
+    drop(t);
+    let (code, out, err) = restore(&img, &[]);
+    let slept: u32 = out
+        .trim_end()
+        .strip_prefix("slept ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(code == 0 && slept >= 3, "{out}{err}");
+}

@@ -38,10 +38,12 @@ pub fn to_regs(r: &libc::user_regs_struct) -> Regs {
 
 /// The syscall-restart fix-up (as CRIU does): a process stopped inside a
 /// system call resumes by re-executing it, or sees -EINTR where the kernel
-/// would have used a restart block, which does not survive a restore
-/// (nanosleep, clock_nanosleep, futex waits with a timeout: callers retry
-/// or take it as an early wake-up). poll(2) with a timeout is the
-/// exception: it is executed again, with its whole timeout (its
+/// would have used a restart block, which does not survive a restore, and
+/// nothing says which call it stands for (restart_syscall after an earlier
+/// stop). nanosleep, clock_nanosleep and timed futex waits interrupted by
+/// the freeze itself are executed again (until stop 34 they saw -EINTR:
+/// perl's `sleep 6` returned after 2, sem_timedwait failed with EINTR).
+/// poll(2) with a timeout is executed again too, with its whole timeout (its
 /// arguments are still in the registers; the time already waited is
 /// lost, as if the process had not run for that long), because a poll
 /// whose signals are all blocked can never see EINTR, and programs that
@@ -68,9 +70,23 @@ pub fn restart_fixup(raw: &Regs, restarted_poll: Option<&[u64; 8]>) -> (Regs, u3
     let poll = raw.orig_rax == libc::SYS_poll as u64
         || (raw.orig_rax == libc::SYS_restart_syscall as u64
             && restarted_poll.is_some_and(was_poll));
+    // Sleeps and timed futex waits the freeze interrupted: executed again
+    // with their arguments, still in the registers (an absolute deadline,
+    // clock_nanosleep's TIMER_ABSTIME or FUTEX_WAIT_BITSET's, is exact; a
+    // relative one waits its whole time again: a late wake-up, as if the
+    // process had not run meanwhile, never an early one).
+    let sleep = matches!(
+        raw.orig_rax as i64,
+        libc::SYS_nanosleep | libc::SYS_clock_nanosleep | libc::SYS_futex
+    );
     match raw.rax as i64 {
         ERESTART_RESTARTBLOCK if poll => {
             r.rax = libc::SYS_poll as u64;
+            r.rip = raw.rip.wrapping_sub(2);
+            (r, process_flags::IN_SYSCALL)
+        }
+        ERESTART_RESTARTBLOCK if sleep => {
+            r.rax = raw.orig_rax;
             r.rip = raw.rip.wrapping_sub(2);
             (r, process_flags::IN_SYSCALL)
         }
@@ -149,11 +165,13 @@ mod tests {
         };
         let (f, fl) = restart_fixup(&r, None);
         assert_eq!((f.rax, f.rip, fl), (35, 0x1000, process_flags::IN_SYSCALL));
+        // A sleep through a restart block: executed again.
         r.rax = (-516i64) as u64;
         let (f, fl) = restart_fixup(&r, None);
-        assert_eq!(f.rax as i64, -4);
-        assert_eq!(f.rip, 0x1002);
-        assert!(fl & process_flags::RESTART_BLOCK_EINTR != 0);
+        assert_eq!((f.rax, f.rip, fl), (35, 0x1000, process_flags::IN_SYSCALL));
+        r.orig_rax = 202; // a timed futex wait: the same
+        let (f, _) = restart_fixup(&r, None);
+        assert_eq!((f.rax, f.rip), (202, 0x1000));
         r.orig_rax = 7; // poll with a timeout: executed again
         let (f, fl) = restart_fixup(&r, None);
         assert_eq!((f.rax, f.rip, fl), (7, 0x1000, process_flags::IN_SYSCALL));
