@@ -2506,6 +2506,53 @@ print("PASS", flush=True)
     );
 }
 
+/// bash with job control, a background job stopped (kill -STOP), and
+/// after restore the job continued at once (kill -CONT): the job runs and
+/// bash sees it run. Until stop 35 the job's stop was queued by its
+/// restore's tracer after the others had started: one restore in two, the
+/// SIGCONT came first and was lost (the job stopped for ever), or
+/// cancelled the stop still pending (no CLD_CONTINUED: bash's job stayed
+/// "Stopped"); `wait` then gave 147 (SIGSTOP) instead of 143 (SIGTERM).
+/// Several restores of one image, so that the race shows.
+#[test]
+fn stopped_job_continued_at_once_after_restore_runs() {
+    let dir = scratch("tree-jobcontinue");
+    let script = r#"set -m
+sleep 100 &
+J=$!
+kill -STOP $J
+until grep -q '^State:.T' /proc/$J/status; do sleep 0.02; done
+echo READY $$
+read line
+kill -CONT $J
+for i in $(seq 100); do jobs %1 | grep -q Running && break; sleep 0.05; done
+jobs %1 | sed "s/ *sleep.*//"
+grep '^State:' /proc/$J/status | tr -s '\t ' ' '
+kill $J
+wait $J
+echo "rc $?"
+"#;
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", script]);
+    let t = Target::spawn(cmd, "bash job control");
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    let pids = tree_pids(&img);
+    assert_eq!(pids.len(), 2, "bash and its stopped job: {pids:?}");
+    wait_gone(&pids);
+    for mode in [&[][..], &[], &["--lazy", "--lazy-min-mib=0"], &[], &[]] {
+        let (code, out, err) = finish(restore(&img, mode), "x\n");
+        assert_eq!(code, 0, "restore {mode:?}: {out}{err}");
+        assert_eq!(
+            out, "[1]+  Running\nState: S (sleeping)\nrc 143\n",
+            "{mode:?}: {err}"
+        );
+        wait_gone(&pids[1..]);
+    }
+}
+
 #[test]
 fn epoll_items_whose_fd_was_closed_or_reused_still_fire() {
     // An epoll item is keyed by its file and the fd number it was added

@@ -69,6 +69,10 @@ enum TracerError {
     Munmap(i64),
     #[error("waking the restored threads failed: errno {0}")]
     Wake(i64),
+    #[error("taking the tree's second round from the restored process: {0}")]
+    Round(io::Error),
+    #[error("closing the tree's second round in the restored process failed: errno {0}")]
+    RoundClose(i64),
 }
 
 /// How a child ended: its wait status, said as the tracer says it.
@@ -469,6 +473,33 @@ fn trace(w: &mut Waiter, gadget: u64, stop: Option<i32>) -> Result<(), TracerErr
     }
 }
 
+/// Say `f` and `pid` on the tree's second round (`fd`, one end every
+/// process but the root shares), then, if `wait`, wait for the root's `G`
+/// (or its end). As the shim's `round_two` does for a process it finishes.
+fn round_two(fd: BorrowedFd, pid: u32, wait: bool) {
+    let p = pid.to_le_bytes();
+    let msg = [b'f', p[0], p[1], p[2], p[3]];
+    loop {
+        match sys::write(fd, &msg) {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Ok(5) => break,
+            // The root is gone: nobody waits.
+            _ => return,
+        }
+    }
+    if !wait {
+        return;
+    }
+    loop {
+        let mut b = [0u8; 8];
+        match sys::read(fd, &mut b) {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Ok(n) if n > 0 && b[0] != b'G' => continue,
+            _ => break,
+        }
+    }
+}
+
 /// Resume to the syscall-exit stop of the system call the registers are
 /// set up for (entry stop, then exit stop), passing over group-stops.
 fn run_syscall(w: &mut Waiter) -> Result<(), TracerError> {
@@ -515,6 +546,28 @@ fn finish(
     if after.rax != 0 {
         return Err(TracerError::Munmap(-(after.rax as i64)));
     }
+    // A tree's process: its end of the second round (r12, plus one),
+    // ours now and closed in the process.
+    let round = match at_stop.r12 {
+        0 => None,
+        n => {
+            let fd = (n - 1) as i32;
+            let ours = sys::fd_of_process(pid, fd).map_err(TracerError::Round)?;
+            let mut r = after;
+            r.rax = libc::SYS_close as u64;
+            r.orig_rax = u64::MAX;
+            r.rdi = fd as u64;
+            r.rip = gadget;
+            r.rsp = frame_sp;
+            set_regs(pid, &r)?;
+            run_syscall(w)?;
+            let closed = regs(pid)?;
+            if closed.rax != 0 {
+                return Err(TracerError::RoundClose(-(closed.rax as i64)));
+            }
+            Some(ours)
+        }
+    };
     // The other threads wait on the release word (r9) in the program's
     // code: wake them, unless the process is to stay stopped (the SIGSTOP
     // below interrupts their wait; restarted after SIGCONT, it finds
@@ -545,14 +598,54 @@ fn finish(
     r.rip = gadget;
     r.rsp = frame_sp;
     set_regs(pid, &r)?;
-    if let Some(sig) = stop {
+    let stopping = stop.map(|sig| stopping_signal(pid, sig));
+    if let Some(sig) = stopping {
         // Pending, and blocked until the rt_sigreturn installs the
         // program's mask: the process stops before its first instruction.
-        let _ = sys::kill(pid, stopping_signal(pid, sig));
+        let _ = sys::kill(pid, sig);
+    }
+    // The tree's second round, for the process: no other process enters
+    // its program before this one is ready to, or stopped if it is to be.
+    // Stopped, not only with the stop pending: a SIGCONT its parent sends
+    // at once would cancel a pending stop without a word to the parent
+    // (no CLD_CONTINUED for a process that was not stopped: bash's job
+    // stays "Stopped" for ever), and one sent before the stop is queued
+    // would be lost (the process stopped for ever).
+    if let (Some(fd), None) = (&round, stopping) {
+        round_two(fd.as_fd(), pid as u32, true);
     }
     // The captured pending signals were queued by the shim itself, with
     // their siginfo, before its trap (every signal blocked until the
     // rt_sigreturn installs the program's mask).
     resume(Resume::Detach, pid, 0)?;
+    if let (Some(fd), Some(sig)) = (&round, stopping) {
+        wait_stopped(pid, sig);
+        round_two(fd.as_fd(), pid as u32, false);
+    }
     Ok(())
+}
+
+/// Until process `pid` has taken the stop signal `sig` queued to it (it is
+/// stopped, or something cancelled the stop, or it is gone).
+fn wait_stopped(pid: i32, sig: i32) {
+    let path = format!("/proc/{pid}/status");
+    let bit = 1u64 << (sig - 1);
+    loop {
+        let Ok(s) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        let field = |name: &str| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(0)
+        };
+        if (field("SigPnd:") | field("ShdPnd:")) & bit != 0 {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+            continue;
+        }
+        // Taken (dequeued and the stop made under the same lock as
+        // these sets are read under): stopped, or cancelled by a SIGCONT.
+        return;
+    }
 }

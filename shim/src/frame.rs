@@ -443,13 +443,15 @@ pub fn finish_without_tracer(
 }
 
 /// Stop for the tracer with a SIGSTOP to ourselves (r10 = the magic, r8 =
-/// the frame, r9 = the threads' release word or 0): the tracer meets it
+/// the frame, r9 = the threads' release word or 0, r12 = 1 + this
+/// process's end of the tree's second round, which the tracer takes and
+/// closes, or 0 (`round_fd` usize::MAX: none)): the tracer meets it
 /// at its signal-delivery-stop, unmaps the window, wakes the threads and
 /// resumes at rt_sigreturn with rsp = frame_sp; we never run again. Not
 /// `int3`: its SIGTRAP is forced on a task that blocks it (every signal is
 /// blocked here) by resetting the program's SIGTRAP handler, just
 /// restored, to SIG_DFL.
-pub fn finish_with_tracer(frame_sp: usize, release: Option<usize>) -> ! {
+pub fn finish_with_tracer(frame_sp: usize, release: Option<usize>, round_fd: usize) -> ! {
     let pid = syscall3(SYS_GETPID, 0, 0, 0) as usize;
     // SAFETY: tgkill(pid, pid, SIGSTOP) only stops this process; the
     // tracer never lets it return here (ud2 otherwise).
@@ -464,6 +466,7 @@ pub fn finish_with_tracer(frame_sp: usize, release: Option<usize>) -> ! {
             in("r10") HANDOFF_MAGIC as usize,
             in("r8") frame_sp,
             in("r9") release.unwrap_or(0),
+            in("r12") round_fd.wrapping_add(1),
             options(noreturn)
         )
     }

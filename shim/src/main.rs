@@ -261,10 +261,12 @@ fn tree_barrier(a: &Args, img: &cryo_image::Image) {
             .filter(|r| r.state == cryo_image::tree::proc_state::LIVE)
             .count();
         let (mut got, mut stand_ins, mut quiet) = (0, 0, 0);
+        let mut by_tracer = false;
         while got < n {
             match barrier_recv(fd, 100) {
                 Some(b'o') => (got, quiet) = (got + 1, 0),
                 Some(b's') => (got, stand_ins, quiet) = (got + 1, stand_ins + 1, 0),
+                Some(b't') => (got, by_tracer, quiet) = (got + 1, true, 0),
                 Some(b) => abandoned(b),
                 None if quiet < 600 => quiet += 1,
                 None => die(format_args!(
@@ -273,7 +275,7 @@ fn tree_barrier(a: &Args, img: &cryo_image::Image) {
                 )),
             }
         }
-        second = stand_ins > 0;
+        second = stand_ins > 0 || by_tracer;
         let reply = if second { b'h' } else { b'g' };
         for _ in 0..n - stand_ins {
             check(barrier_send(fd, reply), format_args!("the tree's barrier"));
@@ -283,7 +285,16 @@ fn tree_barrier(a: &Args, img: &cryo_image::Image) {
         ROUND_TWO_N.store(n, core::sync::atomic::Ordering::Relaxed);
         IS_ROOT.store(true, core::sync::atomic::Ordering::Relaxed);
     } else {
-        check(barrier_send(fd, b'o'), format_args!("the tree's barrier"));
+        // `t`: this process finishes through its tracer, which takes its
+        // part in the second round (so there is one): a process to be left
+        // stopped is stopped before any other runs its program, so that
+        // a SIGCONT its parent sends at once is not lost.
+        let me = if a.flags & flags::SELF_UNMAP == 0 {
+            b't'
+        } else {
+            b'o'
+        };
+        check(barrier_send(fd, me), format_args!("the tree's barrier"));
         loop {
             match barrier_recv(fd, 1000) {
                 Some(b'g') => break,
@@ -759,8 +770,19 @@ fn finish<'a>(
     if on {
         ph.print(a.exec_ns);
     }
-    // A tree with children forked by their parents' shims: all forked.
-    round_two(img);
+    // A tree with children forked by their parents' shims (or with
+    // processes finishing through their tracers): all forked. A process
+    // finishing through its tracer hands its end of the round to it
+    // (`frame::finish_with_tracer`): the tracer takes part once the
+    // process is ready to run, or stopped as captured.
+    let round_fd = if a.flags & flags::SELF_UNMAP == 0
+        && !IS_ROOT.load(core::sync::atomic::Ordering::Relaxed)
+    {
+        ROUND_TWO_FD.swap(usize::MAX, core::sync::atomic::Ordering::Relaxed)
+    } else {
+        round_two(img);
+        usize::MAX
+    };
     seccomp::install(img, nthreads > 0);
     if filters_first {
         task::restore(img, a.flags & flags::SAME_CREDS != 0);
@@ -778,5 +800,5 @@ fn finish<'a>(
             format_args!("entering seccomp strict mode"),
         );
     }
-    frame::finish_with_tracer(frame_sp, release)
+    frame::finish_with_tracer(frame_sp, release, round_fd)
 }
