@@ -234,6 +234,15 @@ fn mapping_flags() {
     case("vmflags");
 }
 
+/// mlockall(MCL_CURRENT|MCL_FUTURE) over a guard page, and with
+/// MCL_ONFAULT: every mapping locked as it was, and mappings made after
+/// restore locked too.
+#[test]
+fn mlockall_now_and_for_mappings_to_come() {
+    case("mlockall");
+    case("mlockall-onfault");
+}
+
 /// THP disable, subreaper, pdeathsig, timer slack, name, machine-check
 /// policy, speculation control, dumpable, no_new_privs.
 #[test]

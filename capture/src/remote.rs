@@ -73,6 +73,11 @@ impl<'a> Remote<'a> {
         })
     }
 
+    /// The tracee's PID.
+    pub fn pid(&self) -> i32 {
+        self.t.pid()
+    }
+
     /// Address of the scratch buffer in the tracee.
     pub fn scratch(&self) -> u64 {
         self.scratch
@@ -80,7 +85,14 @@ impl<'a> Remote<'a> {
 
     /// Run one system call; returns rax (negative errno on failure).
     pub fn syscall(&mut self, nr: i64, args: [u64; 5]) -> Result<i64, InjectError> {
+        let [a, b, c, d, e] = args;
+        self.syscall6(nr, [a, b, c, d, e, self.saved.r9])
+    }
+
+    /// [`Remote::syscall`] with a sixth argument (r9: mmap's offset).
+    pub fn syscall6(&mut self, nr: i64, args: [u64; 6]) -> Result<i64, InjectError> {
         let mut r = self.saved;
+        r.r9 = args[5];
         r.rax = nr as u64;
         r.orig_rax = u64::MAX;
         r.rdi = args[0];

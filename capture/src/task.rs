@@ -101,8 +101,67 @@ pub fn injected(rem: &mut Remote, t: &mut TaskState) -> Result<u32, InjectError>
             None,
         )?
         .unwrap_or(UNKNOWN);
+    t.mlock_future = mlock_future(rem)?;
     let securebits = q(rem, libc::PR_GET_SECUREBITS, 0, false)?;
     Ok(if securebits < 0 { 0 } else { securebits as u32 })
+}
+
+/// What mlockall(MCL_FUTURE) set for the process's mappings to come
+/// (`TaskState::mlock_future`): nothing in /proc tells, so a page is
+/// mapped in the target and looked at. MADV_DONTNEED refuses a locked
+/// mapping (EINVAL); one locked as it was made has its page in
+/// (mincore) unless MCL_ONFAULT. The page goes again at once. (mmap
+/// refusing it with EAGAIN: only a locked one can pass RLIMIT_MEMLOCK.)
+fn mlock_future(rem: &mut Remote) -> Result<u64, InjectError> {
+    use cryo_image::task::{MCL_FUTURE, MCL_ONFAULT};
+    const PAGE: u64 = 4096;
+    let addr = rem.syscall6(
+        libc::SYS_mmap,
+        [
+            0,
+            PAGE,
+            libc::PROT_READ as u64,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+            u64::MAX,
+            0,
+        ],
+    )?;
+    if addr == -(libc::EAGAIN as i64) {
+        return Ok(MCL_FUTURE);
+    }
+    if (-4095..0).contains(&addr) {
+        return Err(InjectError::Failed {
+            name: "mmap (the mlockall probe)",
+            pid: rem.pid(),
+            errno: -addr,
+        });
+    }
+    let addr = addr as u64;
+    let probe = (|| -> Result<u64, InjectError> {
+        let r = rem.syscall(
+            libc::SYS_madvise,
+            [addr, PAGE, libc::MADV_DONTNEED as u64, 0, 0],
+        )?;
+        if r != -(libc::EINVAL as i64) {
+            return Ok(0);
+        }
+        let resident = rem.query(libc::SYS_mincore, [addr, PAGE, 0, 0, 0], Some(2))?;
+        Ok(if resident.is_some_and(|v| v & 1 == 0) {
+            MCL_FUTURE | MCL_ONFAULT
+        } else {
+            MCL_FUTURE
+        })
+    })();
+    let unmapped = rem.syscall(libc::SYS_munmap, [addr, PAGE, 0, 0, 0]);
+    let got = probe?;
+    if let r @ -4095..=-1 = unmapped? {
+        return Err(InjectError::Failed {
+            name: "munmap (the mlockall probe)",
+            pid: rem.pid(),
+            errno: -r,
+        });
+    }
+    Ok(got)
 }
 
 /// The dynamic xsave features the process was given (arch_prctl

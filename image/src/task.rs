@@ -167,8 +167,16 @@ record! {
         /// CPUID for every feature (5.7 µs each in a VM: a third of a
         /// thread's restore). 0: unknown (older images; the shim asks).
         pub frame_xsave: u64,
+        /// (11.7) What mlockall set for mappings to come: 0, or
+        /// [`MCL_FUTURE`] with [`MCL_ONFAULT`] if they are locked as they
+        /// fault in. 0 in older images (their restores lost it).
+        pub mlock_future: u64,
     }
 }
+
+/// mlockall flags in [`TaskState::mlock_future`].
+pub const MCL_FUTURE: u64 = 2;
+pub const MCL_ONFAULT: u64 = 4;
 
 /// XFEATURE_XTILEDATA in [`TaskState::xcomp_perm`].
 pub const XCOMP_TILEDATA: i64 = 1 << 18;

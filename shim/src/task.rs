@@ -65,6 +65,14 @@ pub fn restore_prctl_state(img: &Image) {
 /// restore` found them equal to its own, which the exec kept), what a
 /// credentials change resets, then MDWE.
 pub fn restore(img: &Image, same_creds: bool) {
+    // Mappings to come locked (mlockall MCL_FUTURE), while privileged:
+    // the shim makes none after this (its window goes by munmap).
+    if let Some(t) = img.task().filter(|t| t.mlock_future != 0) {
+        check(
+            syscall3(SYS_MLOCKALL, t.mlock_future as usize, 0, 0),
+            format_args!("mlockall({:#x}) for the mappings to come", t.mlock_future),
+        );
+    }
     // Its root directory (chroot), while privileged: every file was
     // opened by its path from ours, and the working directory is set.
     if let Some(root) = root_of(img) {

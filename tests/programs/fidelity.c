@@ -557,6 +557,33 @@ static void vmflags_check(void) {
     CHECK(WEXITSTATUS(st) == 0, "fork semantics (wipeonfork/dontfork): child status %d", WEXITSTATUS(st));
 }
 
+/* mlockall(MCL_CURRENT|MCL_FUTURE[|MCL_ONFAULT]) with a mapping without
+ * access among the locked (a guard page: mlock of it alone fails with
+ * ENOMEM, which mlockall ignores; the restore died there until stop 35).
+ * The snapshot checks every mapping's VmFlags; the check, that a mapping
+ * made after restore is locked (MADV_DONTNEED refuses it) and faulted in
+ * at once, or not with MCL_ONFAULT (mincore). */
+static uint8_t *m_guarded;
+static int mlockall_onfault;
+static void mlockall_common(int onfault) {
+    mlockall_onfault = onfault;
+    m_guarded = mk(3 * 4096);
+    CHECK(mprotect(m_guarded + 4096, 4096, PROT_NONE) == 0, "guard page");
+    CHECK(mlockall(MCL_CURRENT | MCL_FUTURE | (onfault ? MCL_ONFAULT : 0)) == 0, "mlockall");
+}
+static void mlockall_setup(void) { mlockall_common(0); }
+static void mlockall_onfault_setup(void) { mlockall_common(1); }
+static void mlockall_check(void) {
+    CHECK(m_guarded[0] == 1 && m_guarded[2 * 4096] == 3, "guarded mapping's pages");
+    uint8_t *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(p != MAP_FAILED, "mmap after restore");
+    CHECK(madvise(p, 4096, MADV_DONTNEED) == -1 && errno == EINVAL, "a new mapping is locked (MCL_FUTURE)");
+    unsigned char in = 9;
+    CHECK(mincore(p, 4096, &in) == 0, "mincore");
+    CHECK((in & 1) == !mlockall_onfault, "a new mapping faulted in at once unless MCL_ONFAULT: %d", in);
+    CHECK(munmap(p, 4096) == 0, "munmap");
+}
+
 /* prctl state a process sets for itself. */
 static void prctl_setup(void) {
     CHECK(prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0, "thp disable");
@@ -2414,6 +2441,8 @@ static const struct fcase cases[] = {
     {"fifo", fifo_setup, fifo_check, NULL},
     {"fifo-removed", rfifo_setup, rfifo_check, NULL},
     {"vmflags", vmflags_setup, vmflags_check, NULL},
+    {"mlockall", mlockall_setup, mlockall_check, NULL},
+    {"mlockall-onfault", mlockall_onfault_setup, mlockall_check, NULL},
     {"prctl", prctl_setup, prctl_check, NULL},
     {"mdwe", mdwe_setup, mdwe_check, NULL},
     {"sched", sched_setup, sched_check, NULL},

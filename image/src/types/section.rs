@@ -108,7 +108,7 @@ const INOTIFY_WATCH_11_4: usize = 40;
 const FANOTIFY_MARK_11_4: usize = 56;
 /// A `task` record as 11.2 wrote it (before `xcomp_perm` and, 11.5,
 /// `frame_xsave`).
-const TASK_STATE_11_2: usize = <crate::task::TaskState as crate::record::Record>::SIZE - 16;
+const TASK_STATE_11_2: usize = <crate::task::TaskState as crate::record::Record>::SIZE - 24;
 
 impl SectionKind {
     pub const ALL: [SectionKind; 45] = [
@@ -215,7 +215,8 @@ impl SectionKind {
     /// version, which read as zero from an older image (`files`: 9.1
     /// added the birth time, 0 meaning "not known"; `task`: 11.3 added
     /// `xcomp_perm`; `inotify`, `fanotify_marks`: 11.5 added the file handle, and `task`
-    /// `frame_xsave`; `sysv_shm`: 11.6 added the creator).
+    /// `frame_xsave`; `sysv_shm`: 11.6 added the creator; `task`: 11.7
+    /// added `mlock_future`).
     pub fn min_record_size(self) -> usize {
         match self {
             SectionKind::Files => FILE_ID_9_0,

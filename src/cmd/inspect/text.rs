@@ -477,6 +477,14 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
             v(t.oom_score_adj),
             v(t.loginuid)
         );
+        if t.mlock_future != 0 {
+            let onfault = t.mlock_future & cryo_image::task::MCL_ONFAULT != 0;
+            let _ = writeln!(
+                o,
+                "          mappings to come are locked (mlockall MCL_FUTURE{})",
+                if onfault { "|MCL_ONFAULT" } else { "" }
+            );
+        }
         if t.xcomp_perm & cryo_image::task::XCOMP_TILEDATA != 0 {
             let _ = writeln!(
                 o,
