@@ -2506,6 +2506,71 @@ print("PASS", flush=True)
     );
 }
 
+/// A process that called setsid() (a daemon's way) and its child: after
+/// restore it leads its own session and group again, and the child is in
+/// them (until stop 35 both were in cryo restore's session and group).
+/// Restored by a `cryo restore` that leads a process group of its own (as
+/// a job-control shell starts it: setsid refuses it, a child of it leads
+/// the session), and with --same-pid.
+#[test]
+fn session_of_its_own_is_led_again() {
+    use std::os::unix::process::CommandExt;
+    let script = r#"
+import os, sys
+os.setsid()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(w)
+    os.read(r, 1)
+    ok = os.getsid(0) == os.getppid() and os.getpgrp() == os.getppid()
+    os._exit(0 if ok else 1)
+os.close(r)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+me = os.getpid()
+assert os.getsid(0) == me and os.getpgrp() == me, (os.getsid(0), os.getpgrp(), me)
+os.write(w, b"x")
+_, st = os.waitpid(pid, 0)
+assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, st
+print("PASS", flush=True)
+"#;
+    let (img, pids) = capture_python_tree("tree-setsid", script, |_| {});
+    assert!(
+        inspect_text(&img).contains("led its own session"),
+        "inspect names it"
+    );
+    for (mode, own_group) in [
+        (&[][..], false),
+        (&[][..], true),
+        (&["--same-pid"][..], true),
+    ] {
+        sanitize_fds();
+        let mut cmd = Command::new(cryo());
+        cmd.arg("restore")
+            .args(mode)
+            .arg(&img)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if own_group {
+            cmd.process_group(0);
+        }
+        let c = cmd.spawn().expect("cryo restore");
+        let (code, out, err) = finish(c, "x\n");
+        assert_eq!(
+            code, 0,
+            "restore {mode:?} own group {own_group}: {out}{err}"
+        );
+        assert_eq!(
+            out.lines().last(),
+            Some("PASS"),
+            "{mode:?} {own_group}: {out}{err}"
+        );
+        wait_gone(&pids);
+    }
+}
+
 /// bash with job control, a background job stopped (kill -STOP), and
 /// after restore the job continued at once (kill -CONT): the job runs and
 /// bash sees it run. Until stop 35 the job's stop was queued by its

@@ -58,6 +58,11 @@ pub fn capture(
     if cwd_deleted {
         p.flags |= process_flags::CWD_DELETED;
     }
+    // A session of its own without a terminal (a daemon's setsid): led
+    // again at restore.
+    if crate::tree::stat(pid).is_some_and(|s| s.sid == pid as u32 && s.tty_nr == 0) {
+        p.flags |= process_flags::SESSION_LEADER;
+    }
     p.personality = procinfo::personality(pid)?;
     p.umask = status.umask;
     let cb = comm.as_bytes();

@@ -43,7 +43,9 @@ pub(crate) struct Stat {
     state: char,
     ppid: u32,
     pub(crate) pgid: u32,
-    sid: u32,
+    pub(crate) sid: u32,
+    /// The controlling terminal's device number (0: none).
+    pub(crate) tty_nr: u32,
     exit_code: u32,
 }
 
@@ -57,6 +59,7 @@ pub(crate) fn stat(pid: i32) -> Option<Stat> {
         ppid: num(1),
         pgid: num(2),
         sid: num(3),
+        tty_nr: num(4),
         // Field 52 of stat(5): the exit status as waitpid reports it.
         exit_code: num(49),
     })

@@ -250,6 +250,28 @@ impl Plan {
     }
 }
 
+/// Lead a session of our own (setsid), unless we do already. setsid
+/// refuses a process group's leader (a job-control shell started `cryo
+/// restore` as a job): then a child of ours leads it and becomes the
+/// restored process, which `cryo restore` waits for and passes the job's
+/// signals on to, as with --same-pid.
+fn lead_own_session() -> Result<(), RestoreError> {
+    let what = "setsid (the restored process led its own session)";
+    if sys::getsid().ok() == Some(std::process::id() as i32) {
+        return Ok(());
+    }
+    match sys::setsid() {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => match sys::fork() {
+            Ok(sys::Forked::Child) => sys::setsid().map_err(|e| e.into_sys(what)),
+            Ok(sys::Forked::Parent(child)) => supervise::run(child),
+            Err(e) => Err(e.into_sys(
+                "fork (a child leads the restored process's session: this one leads a process group)",
+            )),
+        },
+        r => r.map_err(|e| e.into_sys(what)),
+    }
+}
+
 /// Load and check everything; change nothing (a tree's shared objects are
 /// made, in this process only).
 pub fn prepare(dir: &Path, mut opts: Options) -> Result<Plan, RestoreError> {
@@ -516,6 +538,14 @@ impl Plan {
                 Err(e) => {
                     return e.into_sys(format!("forking the restored process with its PID {pid}"))
                 }
+            }
+        }
+        // A process that led its own session without a terminal (a
+        // daemon's setsid) leads one again, before it forks the rest of
+        // the tree.
+        if self.image().process().flags & cryo_image::process_flags::SESSION_LEADER != 0 {
+            if let Err(e) = lead_own_session() {
+                return e;
             }
         }
         // A root that led the session of a pty of the image leads one

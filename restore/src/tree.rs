@@ -17,7 +17,8 @@
 //! once all of them have, execs its own shim. The root is this process
 //! (it keeps the invoker's PID, session and process group, as a single
 //! restore does): processes captured in the root's process group join
-//! the invoker's.
+//! the invoker's. A root that led a session of its own without a
+//! terminal leads one again first (`lead_own_session`).
 //!
 //! Nothing runs before everything is in place: until every process has
 //! installed its fds, all wait at a barrier ([`crate::sys::Barrier`]); a

@@ -25,7 +25,10 @@ use std::path::PathBuf;
 /// process are made again with the bytes that were in them, and flock,
 /// OFD and POSIX locks are taken again. Pipes and terminals connected to
 /// something outside need --inherit-fd. A process captured while stopped
-/// is resumed unless --keep-stopped.
+/// is resumed unless --keep-stopped. A process that led a session of its
+/// own without a terminal (a daemon's setsid) leads one again; where
+/// this command leads a process group (a job-control shell's job), a
+/// child of it does, and this command waits for it as with --same-pid.
 ///
 /// An image of a process tree comes back whole: this process becomes its
 /// root, and every other process is forked again with its captured PID

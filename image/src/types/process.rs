@@ -71,6 +71,12 @@ pub mod process_flags {
     /// directory of a process that ended, entered again from a process
     /// made with that PID and ended at once.
     pub const CWD_DELETED: u32 = 1 << 4;
+    /// (11.7) The process led its session (setsid: the session's id is
+    /// its PID) and had no controlling terminal: restore makes it lead a
+    /// session of its own again. (With a controlling terminal, that of a
+    /// pty pair of the image is made again and led; any other terminal
+    /// is the invoker's, whose session a restore stays in.)
+    pub const SESSION_LEADER: u32 = 1 << 5;
 }
 
 /// The PID of a path /proc/PID (digits only), the /proc directory of a

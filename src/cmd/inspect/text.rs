@@ -64,6 +64,9 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
     } else {
         state.push("was running".to_string());
     }
+    if p.flags & process_flags::SESSION_LEADER != 0 {
+        state.push("led its own session without a terminal (setsid; led again on restore)".into());
+    }
     if p.flags & process_flags::IN_SYSCALL != 0 {
         state.push(format!(
             "in syscall {} ({})",
