@@ -708,6 +708,41 @@ fn tcp_connection_to_another_process_is_refused_by_name() {
     );
 }
 
+/// A socket pair one end of which has a peek offset (SO_PEEK_OFF) is
+/// refused by that end alone: its other end, in the process too, is not
+/// "connected outside the process" (stop 35's survey found that second,
+/// false obstacle); the process goes on, its offset where it was.
+#[test]
+fn peek_offset_refusal_names_only_that_end() {
+    let script = r#"
+import os, socket, sys
+a, b = socket.socketpair()
+a.send(b"abcdef")
+b.setsockopt(socket.SOL_SOCKET, 42, 0)  # SO_PEEK_OFF
+assert b.recv(2, socket.MSG_PEEK) == b"ab"
+print("READY", os.getpid(), flush=True)
+sys.stdin.read(1)
+assert b.recv(2, socket.MSG_PEEK) == b"cd", "the offset moved"
+print("PASS", flush=True)
+"#;
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", script]);
+    let mut t = Target::spawn(cmd, "peek offset");
+    t.wait_sleeping();
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
+    // (--dry-run says what it found on stdout.)
+    let said = format!("{out}{err}");
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains("(1 obstacle)") && said.contains("has a peek offset (SO_PEEK_OFF)"),
+        "{said}"
+    );
+    assert!(!said.contains("outside the process"), "{said}");
+    t.poke_stdin();
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, "PASS"), "{err}");
+}
+
 /// A TCP connection of a process to itself comes back with its addresses
 /// and the bytes waiting each way, beside its listener.
 #[test]

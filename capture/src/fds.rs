@@ -521,6 +521,9 @@ pub fn capture(
                     Ok(i) => i,
                     Err(why) => {
                         obs.push(why);
+                        if kind == fd_kind::SOCKET {
+                            sockets.refused(f.ino);
+                        }
                         continue;
                     }
                 }

@@ -222,9 +222,19 @@ pub struct Sockets {
     held: Option<std::collections::HashSet<u64>>,
     /// Every unix socket of the process: (inode, index).
     unix: Vec<(u64, usize)>,
+    /// Sockets of the process refused on their own (named in an obstacle
+    /// already), by inode: their peers are not "outside".
+    refused: Vec<u64>,
 }
 
 impl Sockets {
+    /// Socket inode `ino` of the process was refused (its obstacle says
+    /// why): its peer in the process is not reported as connected to
+    /// something outside it.
+    pub fn refused(&mut self, ino: u64) {
+        self.refused.push(ino);
+    }
+
     /// Whether a process captured holds socket inode `ino`.
     fn captured_holds(&mut self, ino: u64) -> bool {
         let scope = &self.scope;
@@ -1601,6 +1611,11 @@ pub fn link(
                 } else {
                     format!("socket:[{}]", c.diag.peer)
                 };
+                if seen.refused.contains(&u64::from(c.diag.peer)) {
+                    // Its other end, in this process, was refused: that
+                    // obstacle says why (a peek offset, a filter).
+                    continue;
+                }
                 let obstacle = if c.diag.rqueue > 0 {
                     format!(
                         "fd {} ({what}) has {} bytes queued from {to}; they cannot be restored",
