@@ -708,6 +708,49 @@ fn tcp_connection_to_another_process_is_refused_by_name() {
     );
 }
 
+/// A dnotify watch (fcntl F_NOTIFY) cannot be read back: it was lost
+/// without a word until stop 35 (the restored program never heard of a
+/// file made in its directory). The owner F_NOTIFY sets on the
+/// directory's description tells it: refused by name, and the process
+/// goes on with its watch.
+#[test]
+fn dnotify_watch_is_refused_by_name() {
+    let dir = scratch("dnotify");
+    let watched = dir.join("watched");
+    std::fs::create_dir(&watched).unwrap();
+    let script = r#"
+import fcntl, os, signal, sys
+got = []
+signal.signal(signal.SIGIO, lambda s, f: got.append(s))
+d = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+fcntl.fcntl(d, fcntl.F_NOTIFY, fcntl.DN_CREATE | fcntl.DN_MULTISHOT)
+print("READY", os.getpid(), flush=True)
+sys.stdin.read(1)
+open(os.path.join(sys.argv[1], "new"), "w").close()
+signal.sigtimedwait([], 0.2)
+assert got, "the watch is still there"
+print("PASS", flush=True)
+"#;
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", script, watched.to_str().unwrap()]);
+    let mut t = Target::spawn(cmd, "dnotify");
+    t.wait_sleeping();
+    let (code, out, err) = cryo_cmd(&[
+        "capture",
+        &t.pid.to_string(),
+        dir.join("img").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("as a dnotify watch (fcntl F_NOTIFY) sets") && err.contains("watched"),
+        "{err}"
+    );
+    assert!(!dir.join("img").exists());
+    t.poke_stdin();
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, "PASS"), "{err}");
+}
+
 /// A socket pair one end of which has a peek offset (SO_PEEK_OFF) is
 /// refused by that end alone: its other end, in the process too, is not
 /// "connected outside the process" (stop 35's survey found that second,

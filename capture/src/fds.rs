@@ -608,6 +608,13 @@ pub fn capture(
             // once every fd is made (lost without a word before: zdtm
             // file_fown).
             match pidfd.as_ref().map(|p| owner(p, pid, f, scope)) {
+                // fcntl(F_NOTIFY) makes the process the directory's
+                // description's owner; nothing reads its watch back
+                // (no fdinfo), and SIGIO means nothing else there.
+                Some(Ok(Some(_))) if f.mode & libc::S_IFMT == libc::S_IFDIR => obs.push(format!(
+                    "fd {} (directory {}) has a signal owner, as a dnotify watch (fcntl F_NOTIFY) sets: the watch cannot be read back, so it would be lost; not supported",
+                    f.fd, f.target
+                )),
                 Some(Ok(Some(mut o))) => {
                     o.desc = b.fds.len() as u32;
                     b.fd_owners.push(o);
