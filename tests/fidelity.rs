@@ -1133,4 +1133,36 @@ print("nanosleep", rc, ctypes.get_errno() if rc else 0, flush=True)
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(code == 0 && slept >= 3, "{out}{err}");
+    // The same sleep stopped and continued before the capture (now in
+    // restart_syscall, which names no call): it goes on too (it returned
+    // at once until stop 35, as 0 or 1 seconds).
+    let t = Target::spawn(
+        {
+            let mut cmd = Command::new("perl");
+            cmd.args([
+                "-e",
+                "$| = 1; print \"READY $$\\n\"; my $n = sleep 3; print \"slept $n\\n\";",
+            ]);
+            cmd
+        },
+        "perl-sleep-restarted",
+    );
+    t.wait_sleeping();
+    // SAFETY: kill takes no pointers.
+    unsafe { libc::kill(t.pid, libc::SIGSTOP) };
+    wait_for("the stop", std::time::Duration::from_secs(10), || {
+        state(t.pid) == Some('T')
+    });
+    t.cont();
+    t.wait_sleeping();
+    let img = scratch("fidelity-perl-sleep-restarted").join("img");
+    capture_killed(t.pid, &img, &[]);
+    drop(t);
+    let (code, out, err) = restore(&img, &[]);
+    let slept: u32 = out
+        .trim_end()
+        .strip_prefix("slept ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(code == 0 && slept >= 3, "restarted: {out}{err}");
 }

@@ -79,7 +79,23 @@ pub fn restart_fixup(raw: &Regs, restarted_poll: Option<&[u64; 8]>) -> (Regs, u3
         raw.orig_rax as i64,
         libc::SYS_nanosleep | libc::SYS_clock_nanosleep | libc::SYS_futex
     );
+    // A clock_nanosleep an earlier stop interrupted is restart_syscall
+    // too, its arguments still in the registers: a clock id (0-11) and
+    // flags (0 or TIMER_ABSTIME) first, where every other call the kernel
+    // restarts this way has a pointer (nanosleep's request, futex's word,
+    // poll's array). glibc's sleep, usleep and nanosleep all make this
+    // call. (nanosleep(2) and futex themselves cannot be told apart
+    // there: -EINTR, as before.)
+    let restarted_clock_sleep = raw.orig_rax == libc::SYS_restart_syscall as u64
+        && !poll
+        && raw.rdi < 12
+        && raw.rsi <= libc::TIMER_ABSTIME as u64;
     match raw.rax as i64 {
+        ERESTART_RESTARTBLOCK if restarted_clock_sleep => {
+            r.rax = libc::SYS_clock_nanosleep as u64;
+            r.rip = raw.rip.wrapping_sub(2);
+            (r, process_flags::IN_SYSCALL)
+        }
         ERESTART_RESTARTBLOCK if poll => {
             r.rax = libc::SYS_poll as u64;
             r.rip = raw.rip.wrapping_sub(2);
@@ -189,6 +205,17 @@ mod tests {
         assert!(fl & process_flags::RESTART_BLOCK_EINTR != 0);
         let (f, _) = restart_fixup(&r, None);
         assert_eq!(f.rax as i64, -4);
+        // A clock_nanosleep restarted by an earlier stop: a clock id and
+        // flags first (CLOCK_MONOTONIC, TIMER_ABSTIME): executed again.
+        let mut c = r;
+        (c.rdi, c.rsi, c.rdx) = (1, 1, 0x7000);
+        let (f, fl) = restart_fixup(&c, None);
+        assert_eq!(
+            (f.rax as i64, f.rip, fl),
+            (libc::SYS_clock_nanosleep, 0x1000, process_flags::IN_SYSCALL)
+        );
+        c.rsi = 0x7100; // a pointer second: not one
+        assert_eq!(restart_fixup(&c, None).0.rax as i64, -4);
         r.rax = 0; // completed syscall (e.g. tgkill before a group-stop)
         assert_eq!(restart_fixup(&r, None), (r, 0));
         r.orig_rax = u64::MAX; // not in a syscall
