@@ -1115,6 +1115,40 @@ print("nanosleep", rc, ctypes.get_errno() if rc else 0, flush=True)
         "{:?}",
         t0.elapsed()
     );
+    // A relative clock_nanosleep given a place for the time left (as
+    // glibc's sleep gives its request) sleeps what was left at the
+    // capture, not its whole time again: 4 s, captured 1.5 s in.
+    let script = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class Ts(ctypes.Structure):
+    _fields_ = [("s", ctypes.c_long), ("ns", ctypes.c_long)]
+req, rem = Ts(4, 0), Ts(0, 0)
+print("READY", os.getpid(), flush=True)
+rc = libc.clock_nanosleep(1, 0, ctypes.byref(req), ctypes.byref(rem))
+print("clock_nanosleep", rc, req.s, flush=True)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn(cmd, "clock_nanosleep");
+    t.wait_sleeping();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let img = scratch("fidelity-clock-nanosleep").join("img");
+    capture_killed(t.pid, &img, &[]);
+    drop(t);
+    let t0 = std::time::Instant::now();
+    let (code, out, err) = restore(&img, &[]);
+    let took = t0.elapsed();
+    assert_eq!(
+        (code, out.trim_end().lines().last().unwrap_or("")),
+        (0, "clock_nanosleep 0 4"),
+        "{err}"
+    );
+    assert!(
+        took >= std::time::Duration::from_millis(1500)
+            && took < std::time::Duration::from_millis(3500),
+        "2.5 s were left: {took:?}"
+    );
     // perl's sleep says how long it slept (by the clock).
     let mut cmd = Command::new("perl");
     cmd.args([

@@ -90,10 +90,25 @@ pub fn restart_fixup(raw: &Regs, restarted_poll: Option<&[u64; 8]>) -> (Regs, u3
         && !poll
         && raw.rdi < 12
         && raw.rsi <= libc::TIMER_ABSTIME as u64;
+    // A relative sleep given somewhere for the time left (glibc's sleep
+    // passes its request there too) had that time written there when the
+    // freeze interrupted it: it sleeps that, not its whole time again.
+    let from_rest = |r: &mut Regs| {
+        let nr = r.rax;
+        if nr == libc::SYS_clock_nanosleep as u64
+            && r.rsi & libc::TIMER_ABSTIME as u64 == 0
+            && r.r10 != 0
+        {
+            r.rdx = r.r10;
+        } else if nr == libc::SYS_nanosleep as u64 && r.rsi != 0 {
+            r.rdi = r.rsi;
+        }
+    };
     match raw.rax as i64 {
         ERESTART_RESTARTBLOCK if restarted_clock_sleep => {
             r.rax = libc::SYS_clock_nanosleep as u64;
             r.rip = raw.rip.wrapping_sub(2);
+            from_rest(&mut r);
             (r, process_flags::IN_SYSCALL)
         }
         ERESTART_RESTARTBLOCK if poll => {
@@ -104,6 +119,7 @@ pub fn restart_fixup(raw: &Regs, restarted_poll: Option<&[u64; 8]>) -> (Regs, u3
         ERESTART_RESTARTBLOCK if sleep => {
             r.rax = raw.orig_rax;
             r.rip = raw.rip.wrapping_sub(2);
+            from_rest(&mut r);
             (r, process_flags::IN_SYSCALL)
         }
         ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
@@ -185,6 +201,18 @@ mod tests {
         r.rax = (-516i64) as u64;
         let (f, fl) = restart_fixup(&r, None);
         assert_eq!((f.rax, f.rip, fl), (35, 0x1000, process_flags::IN_SYSCALL));
+        // Given somewhere for the time left, it sleeps that instead.
+        let mut n = r;
+        (n.rdi, n.rsi) = (0x5000, 0x6000);
+        assert_eq!(restart_fixup(&n, None).0.rdi, 0x6000);
+        let mut c = r;
+        c.orig_rax = libc::SYS_clock_nanosleep as u64;
+        (c.rdi, c.rsi, c.rdx, c.r10) = (1, 0, 0x5000, 0x6000);
+        assert_eq!(restart_fixup(&c, None).0.rdx, 0x6000);
+        c.rsi = libc::TIMER_ABSTIME as u64; // a deadline: as it is
+        assert_eq!(restart_fixup(&c, None).0.rdx, 0x5000);
+        (c.rsi, c.r10) = (0, 0); // nowhere for the time left
+        assert_eq!(restart_fixup(&c, None).0.rdx, 0x5000);
         r.orig_rax = 202; // a timed futex wait: the same
         let (f, _) = restart_fixup(&r, None);
         assert_eq!((f.rax, f.rip), (202, 0x1000));
