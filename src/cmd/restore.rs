@@ -140,7 +140,10 @@ pub struct RestoreArgs {
     /// The namespace's init (PID 1) is the root's parent; cryo restore
     /// stays outside, passes on the signals a shell sends a job and exits
     /// as the root does; when the root ends, every process left in the
-    /// namespace ends. Needs CAP_SYS_ADMIN.
+    /// namespace ends. The root's session and process group stay the
+    /// invoker's, outside the namespace (getpgrp() is 0 there): a program
+    /// that kept its group's id (bash with job control, started by
+    /// another script) cannot put children in it. Needs CAP_SYS_ADMIN.
     #[arg(long)]
     pub pidns: bool,
     /// Which cgroups the restored processes join. `auto`: a process, or a
