@@ -275,3 +275,32 @@ fn pack_refuses_what_a_packed_restorer_cannot_restore() {
         "no temporary left"
     );
 }
+
+/// A process that led its own session (a daemon's setsid) leads one again
+/// when its packed restorer runs (stop 35), as under `cryo restore`; run
+/// as a job-control shell's job (leading a process group, which setsid
+/// refuses) the restorer refuses in one line and runs nothing.
+#[test]
+fn packed_restorer_leads_the_session_its_process_led() {
+    use std::os::unix::process::CommandExt;
+    let dir = scratch("pack-setsid");
+    let script = "import os, signal\nos.setsid()\nprint('READY', os.getpid(), flush=True)\nos.kill(os.getpid(), signal.SIGSTOP)\nme = os.getpid()\nassert os.getsid(0) == me and os.getpgrp() == me, (os.getsid(0), os.getpgrp(), me)\nprint('PASS', flush=True)\n";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let img = capture(cmd, "setsid", &dir);
+    let exe = dir.join("restorer");
+    pack(&img, &exe, &[]);
+    let (code, out, err) = run(&exe, &[]);
+    assert_eq!((code, out.trim()), (0, "PASS"), "{err}");
+    sanitize_fds();
+    let o = Command::new(&exe)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .output()
+        .expect("restorer");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("led its own session"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(o.stdout.is_empty(), "nothing ran");
+}

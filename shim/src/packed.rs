@@ -112,6 +112,7 @@ fn open_in(dir: &[u8], name: &str) -> usize {
 
 fn errno_name(e: isize) -> &'static str {
     match e {
+        1 => "Operation not permitted (os error 1)",
         2 => "No such file or directory (os error 2)",
         13 => "Permission denied (os error 13)",
         20 => "Not a directory (os error 20)",
@@ -321,6 +322,23 @@ fn environment(img: &Image) {
     }
     syscall3(SYS_UMASK, p.umask as usize, 0, 0);
     syscall3(SYS_PERSONALITY, p.personality as usize, 0, 0);
+    // A process that led its own session without a terminal leads one
+    // again (as `cryo restore` does). setsid refuses a process group's
+    // leader, which a job-control shell makes of this restorer: `cryo
+    // restore` then leads it from a child; here, one line and nothing
+    // done.
+    if p.flags & cryo_image::process_flags::SESSION_LEADER != 0 {
+        let me = syscall3(SYS_GETPID, 0, 0, 0);
+        if syscall3(SYS_GETSID, 0, 0, 0) != me {
+            let r = syscall3(SYS_SETSID, 0, 0, 0);
+            if r < 0 {
+                die(format_args!(
+                    "the process led its own session (setsid), and this restorer leads a process group (a job-control shell's job), which cannot start one: {}; run it as `setsid -w RESTORER`, or restore the image with cryo restore",
+                    errno_name(-r)
+                ));
+            }
+        }
+    }
     for r in img.rlimits().iter() {
         let mut cur = [0u64; 2];
         if syscall6(
