@@ -2540,6 +2540,12 @@ print("PASS", flush=True)
         inspect_text(&img).contains("led its own session"),
         "inspect names it"
     );
+    let (code, out, err) = cryo_cmd(&["restore", "--dry-run", img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("session: it led its own, and leads a new one"),
+        "{out}"
+    );
     for (mode, own_group) in [
         (&[][..], false),
         (&[][..], true),

@@ -266,6 +266,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
                     "prefetch_runs": l.prefetch.len(),
                 })),
                 "sysv_made_again": plan.sysv_to_make_again(),
+                "leads_session": p.flags & cryo_image::process_flags::SESSION_LEADER != 0,
                 "eager_fill": plan.eager_fill().map(|f| serde_json::json!({
                     "lazy_pages": f.lazy_pages,
                     "lazy_min_pages": f.min_pages,
@@ -312,6 +313,20 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
                     "note: {n}; this restore runs it under cryo restore's PID: --same-pid or --pidns gives it its own"
                 );
             }
+        }
+        if p.flags & cryo_image::process_flags::SESSION_LEADER != 0 {
+            // (setsid refuses a process group's leader: then a child.)
+            let me = std::process::id() as i32;
+            let leads_group = nix::unistd::getpgrp().as_raw() == me
+                && nix::unistd::getsid(None).map(|s| s.as_raw()) != Ok(me);
+            println!(
+                "session: it led its own, and leads a new one{}",
+                if leads_group && !args.same_pid && !args.pidns {
+                    " (from a child of cryo restore: this command leads a process group, which cannot start one)"
+                } else {
+                    ""
+                }
+            );
         }
         let remade = plan.sysv_to_make_again();
         if !remade.is_empty() {
