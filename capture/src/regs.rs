@@ -53,7 +53,16 @@ pub fn to_regs(r: &libc::user_regs_struct) -> Regs {
 /// freeze, [`crate::tracee::Tracee::restarted_poll`]) says it is a poll,
 /// if the registers are still those: then poll is executed again too.
 /// Returns the registers to resume with and the `process_flags` bits.
-pub fn restart_fixup(raw: &Regs, restarted_poll: Option<&[u64; 8]>) -> (Regs, u32) {
+///
+/// `timespec_at(addr)`: whether a valid struct timespec can be read at
+/// `addr` in the process (a restarted clock_nanosleep's request, and its
+/// `rem` if any, must be one: a restarted poll(NULL, 0, ms) has small
+/// integers where they would be).
+pub fn restart_fixup(
+    raw: &Regs,
+    restarted_poll: Option<&[u64; 8]>,
+    timespec_at: &dyn Fn(u64) -> bool,
+) -> (Regs, u32) {
     const ERESTARTSYS: i64 = -512;
     const ERESTARTNOINTR: i64 = -513;
     const ERESTARTNOHAND: i64 = -514;
@@ -89,7 +98,9 @@ pub fn restart_fixup(raw: &Regs, restarted_poll: Option<&[u64; 8]>) -> (Regs, u3
     let restarted_clock_sleep = raw.orig_rax == libc::SYS_restart_syscall as u64
         && !poll
         && raw.rdi < 12
-        && raw.rsi <= libc::TIMER_ABSTIME as u64;
+        && raw.rsi <= libc::TIMER_ABSTIME as u64
+        && timespec_at(raw.rdx)
+        && (raw.r10 == 0 || timespec_at(raw.r10));
     // A relative sleep given somewhere for the time left (glibc's sleep
     // passes its request there too) had that time written there when the
     // freeze interrupted it: it sleeps that, not its whole time again.
@@ -138,6 +149,17 @@ pub fn restart_fixup(raw: &Regs, restarted_poll: Option<&[u64; 8]>) -> (Regs, u3
     }
 }
 
+/// Whether a valid struct timespec (seconds ≥ 0, nanoseconds below a
+/// second) can be read at `addr` in the stopped task.
+pub fn timespec_at(t: &crate::tracee::Tracee, addr: u64) -> bool {
+    let mut b = [0u8; 16];
+    let word = |b: &[u8]| i64::from_le_bytes(b.try_into().unwrap_or([0xff; 8]));
+    addr >= 4096
+        && t.read_mem(addr, &mut b).is_ok()
+        && word(&b[..8]) >= 0
+        && (0..1_000_000_000).contains(&word(&b[8..]))
+}
+
 /// The stopped task's registers (as read, and as a restore resumes them),
 /// full xsave area, signal mask, rseq registration, robust futex list and
 /// glibc's TLS words (stack canary %fs:0x28, pointer guard %fs:0x30), into
@@ -148,7 +170,7 @@ pub fn capture(
 ) -> Result<(), crate::tracee::PtraceError> {
     let raw = t.regs()?;
     let raw_regs = to_regs(&raw);
-    let (regs, sflags) = restart_fixup(&raw_regs, t.restarted_poll());
+    let (regs, sflags) = restart_fixup(&raw_regs, t.restarted_poll(), &|a| timespec_at(t, a));
     let (xsave, xcr0) = t.xstate()?;
     let blocked = t.sigmask()?;
     let rseq = t.rseq()?;
@@ -189,35 +211,36 @@ mod tests {
 
     #[test]
     fn restart_fixup_cases() {
+        let ok = |a: u64| a >= 0x1000;
         let mut r = Regs {
             orig_rax: 35, // nanosleep
             rax: (-512i64) as u64,
             rip: 0x1002,
             ..Default::default()
         };
-        let (f, fl) = restart_fixup(&r, None);
+        let (f, fl) = restart_fixup(&r, None, &ok);
         assert_eq!((f.rax, f.rip, fl), (35, 0x1000, process_flags::IN_SYSCALL));
         // A sleep through a restart block: executed again.
         r.rax = (-516i64) as u64;
-        let (f, fl) = restart_fixup(&r, None);
+        let (f, fl) = restart_fixup(&r, None, &ok);
         assert_eq!((f.rax, f.rip, fl), (35, 0x1000, process_flags::IN_SYSCALL));
         // Given somewhere for the time left, it sleeps that instead.
         let mut n = r;
         (n.rdi, n.rsi) = (0x5000, 0x6000);
-        assert_eq!(restart_fixup(&n, None).0.rdi, 0x6000);
+        assert_eq!(restart_fixup(&n, None, &ok).0.rdi, 0x6000);
         let mut c = r;
         c.orig_rax = libc::SYS_clock_nanosleep as u64;
         (c.rdi, c.rsi, c.rdx, c.r10) = (1, 0, 0x5000, 0x6000);
-        assert_eq!(restart_fixup(&c, None).0.rdx, 0x6000);
+        assert_eq!(restart_fixup(&c, None, &ok).0.rdx, 0x6000);
         c.rsi = libc::TIMER_ABSTIME as u64; // a deadline: as it is
-        assert_eq!(restart_fixup(&c, None).0.rdx, 0x5000);
+        assert_eq!(restart_fixup(&c, None, &ok).0.rdx, 0x5000);
         (c.rsi, c.r10) = (0, 0); // nowhere for the time left
-        assert_eq!(restart_fixup(&c, None).0.rdx, 0x5000);
+        assert_eq!(restart_fixup(&c, None, &ok).0.rdx, 0x5000);
         r.orig_rax = 202; // a timed futex wait: the same
-        let (f, _) = restart_fixup(&r, None);
+        let (f, _) = restart_fixup(&r, None, &ok);
         assert_eq!((f.rax, f.rip), (202, 0x1000));
         r.orig_rax = 7; // poll with a timeout: executed again
-        let (f, fl) = restart_fixup(&r, None);
+        let (f, fl) = restart_fixup(&r, None, &ok);
         assert_eq!((f.rax, f.rip, fl), (7, 0x1000, process_flags::IN_SYSCALL));
         // A poll restarted by an earlier stop: executed again as poll if
         // the registers are what /proc showed, else -EINTR.
@@ -225,29 +248,33 @@ mod tests {
         r.rdi = 0x5000;
         r.rsp = 0x7ff0;
         let seen = [0x5000, 0, 0, 0, 0, 0, 0x7ff0, 0x1002];
-        let (f, fl) = restart_fixup(&r, Some(&seen));
+        let (f, fl) = restart_fixup(&r, Some(&seen), &ok);
         assert_eq!((f.rax, f.rip, fl), (7, 0x1000, process_flags::IN_SYSCALL));
         let other = [0x6000, 0, 0, 0, 0, 0, 0x7ff0, 0x1002];
-        let (f, fl) = restart_fixup(&r, Some(&other));
+        let (f, fl) = restart_fixup(&r, Some(&other), &ok);
         assert_eq!(f.rax as i64, -4);
         assert!(fl & process_flags::RESTART_BLOCK_EINTR != 0);
-        let (f, _) = restart_fixup(&r, None);
+        let (f, _) = restart_fixup(&r, None, &ok);
         assert_eq!(f.rax as i64, -4);
         // A clock_nanosleep restarted by an earlier stop: a clock id and
         // flags first (CLOCK_MONOTONIC, TIMER_ABSTIME): executed again.
         let mut c = r;
         (c.rdi, c.rsi, c.rdx) = (1, 1, 0x7000);
-        let (f, fl) = restart_fixup(&c, None);
+        let (f, fl) = restart_fixup(&c, None, &ok);
         assert_eq!(
             (f.rax as i64, f.rip, fl),
             (libc::SYS_clock_nanosleep, 0x1000, process_flags::IN_SYSCALL)
         );
         c.rsi = 0x7100; // a pointer second: not one
-        assert_eq!(restart_fixup(&c, None).0.rax as i64, -4);
+        assert_eq!(restart_fixup(&c, None, &ok).0.rax as i64, -4);
+        // poll(NULL, 0, 20000) restarted: no timespec where one would be.
+        (c.rdi, c.rsi, c.rdx, c.r10) = (0, 0, 20000, 0);
+        let no = |_: u64| false;
+        assert_eq!(restart_fixup(&c, None, &no).0.rax as i64, -4);
         r.rax = 0; // completed syscall (e.g. tgkill before a group-stop)
-        assert_eq!(restart_fixup(&r, None), (r, 0));
+        assert_eq!(restart_fixup(&r, None, &ok), (r, 0));
         r.orig_rax = u64::MAX; // not in a syscall
         r.rax = (-512i64) as u64;
-        assert_eq!(restart_fixup(&r, None).1, 0);
+        assert_eq!(restart_fixup(&r, None, &ok).1, 0);
     }
 }

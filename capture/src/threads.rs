@@ -129,7 +129,9 @@ pub fn capture(
         let comm = comm_of(pid, tid);
         differences(tid, &comm, st, main_status, obs);
         let raw = to_regs(&t.regs()?);
-        let (regs, sflags) = restart_fixup(&raw, t.restarted_poll());
+        let (regs, sflags) = restart_fixup(&raw, t.restarted_poll(), &|a| {
+            crate::regs::timespec_at(t, a)
+        });
         let (xsave, _) = t.xstate()?;
         if xsave.len() != b.process.xsave_size as usize {
             return Err(CaptureError::Refused {

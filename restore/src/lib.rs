@@ -639,9 +639,14 @@ impl Plan {
             let img = self.image();
             let suspend_seccomp =
                 !img.seccomp().is_empty() || img.task().is_some_and(|t| t.seccomp_strict == 1);
-            if let Err(e) =
-                tracer::start(self.gadget, stop, server.as_ref(), seize, suspend_seccomp)
-            {
+            if let Err(e) = tracer::start(
+                self.gadget,
+                stop,
+                server.as_ref(),
+                seize,
+                suspend_seccomp,
+                barrier.map(|(_, round)| round),
+            ) {
                 return e;
             }
         }

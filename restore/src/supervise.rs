@@ -64,8 +64,9 @@ pub(crate) fn run_reporting(child: i32, report: Option<OwnedFd>) -> ! {
         match sys::wait_signal_info(&set) {
             Ok((libc::SIGCHLD, _)) | Err(_) => {}
             // From the terminal to its foreground process group: the
-            // restored process, in our group, has its own copy.
-            Ok((_, libc::SI_KERNEL)) => {}
+            // restored process, if in our group, has its own copy (not
+            // once it leads a session of its own: `lead_own_session`).
+            Ok((_, libc::SI_KERNEL)) if sys::getpgid(child).ok() == sys::getpgid(0).ok() => {}
             Ok((sig, _)) => {
                 let _ = sys::kill(child, sig);
             }

@@ -69,8 +69,6 @@ enum TracerError {
     Munmap(i64),
     #[error("waking the restored threads failed: errno {0}")]
     Wake(i64),
-    #[error("taking the tree's second round from the restored process: {0}")]
-    Round(io::Error),
     #[error("closing the tree's second round in the restored process failed: errno {0}")]
     RoundClose(i64),
 }
@@ -107,6 +105,7 @@ pub fn start(
     server: Option<&ServerStart>,
     seize: bool,
     suspend_seccomp: bool,
+    round: Option<RawFd>,
 ) -> Result<(), RestoreError> {
     let target = std::process::id() as i32;
     let (r, w) = sys::pipe2(libc::O_CLOEXEC).map_err(|e| e.into_sys("pipe"))?;
@@ -114,7 +113,16 @@ pub fn start(
     let rfd = r.as_raw_fd();
     sys::spawn_detached(move || {
         sys::close(rfd);
-        tracer_main(target, w, gadget, stop, server, seize, suspend_seccomp)
+        tracer_main(
+            target,
+            w,
+            gadget,
+            stop,
+            server,
+            seize,
+            suspend_seccomp,
+            round,
+        )
     })
     .map_err(|e| e.into_sys("fork"))?;
     let mut b = [0u8; 1];
@@ -135,6 +143,7 @@ fn say(msg: &str) {
     let _ = sys::write(io::stderr().as_fd(), m.as_bytes());
 }
 
+#[allow(clippy::too_many_arguments)]
 fn tracer_main(
     target: i32,
     w: OwnedFd,
@@ -143,6 +152,7 @@ fn tracer_main(
     server: Option<&ServerStart>,
     seize: bool,
     suspend_seccomp: bool,
+    round: Option<RawFd>,
 ) -> ! {
     // The target is alive (it waits for our 'R').
     let pidfd = sys::pidfd_open(target).ok();
@@ -182,7 +192,7 @@ fn tracer_main(
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
             .collect();
         for fd in fds {
-            if fd != 2 && fd != keep_fd && fd != pidfd_raw {
+            if fd != 2 && fd != keep_fd && fd != pidfd_raw && Some(fd) != round {
                 // Inherited: whatever owned it in the restorer never runs
                 // here (this process ends in exit_now).
                 sys::close(fd);
@@ -237,7 +247,10 @@ fn tracer_main(
         server: server_pid,
     };
     let traced = if seize {
-        trace(&mut w, gadget, stop)
+        // (Our copy of the tree's second round, inherited: the process
+        // hands its own over at its trap, and we take its part.)
+        let round = round.map(sys::adopt);
+        trace(&mut w, gadget, stop, round)
     } else {
         Ok(())
     };
@@ -445,7 +458,12 @@ fn resume(req: Resume, pid: i32, sig: i32) -> Result<(), TracerError> {
     sys::resume(req, pid, sig).map_err(TracerError::Resume)
 }
 
-fn trace(w: &mut Waiter, gadget: u64, stop: Option<i32>) -> Result<(), TracerError> {
+fn trace(
+    w: &mut Waiter,
+    gadget: u64,
+    stop: Option<i32>,
+    round: Option<OwnedFd>,
+) -> Result<(), TracerError> {
     let pid = w.target;
     loop {
         let st = w.wait()?;
@@ -469,7 +487,7 @@ fn trace(w: &mut Waiter, gadget: u64, stop: Option<i32>) -> Result<(), TracerErr
             resume(Resume::Cont, pid, sig)?;
             continue;
         }
-        return finish(w, r, gadget, stop);
+        return finish(w, r, gadget, stop, round);
     }
 }
 
@@ -529,6 +547,7 @@ fn finish(
     at_stop: libc::user_regs_struct,
     gadget: u64,
     stop: Option<i32>,
+    round: Option<OwnedFd>,
 ) -> Result<(), TracerError> {
     let pid = w.target;
     let frame_sp = at_stop.r8;
@@ -546,13 +565,14 @@ fn finish(
     if after.rax != 0 {
         return Err(TracerError::Munmap(-(after.rax as i64)));
     }
-    // A tree's process: its end of the second round (r12, plus one),
-    // ours now and closed in the process.
-    let round = match at_stop.r12 {
-        0 => None,
-        n => {
+    // A tree's process: its end of the second round (r12, plus one) is
+    // closed in the process; we take its part with our own copy
+    // (inherited: pidfd_getfd would need ptrace rights a process made
+    // undumpable again refuses a restorer without CAP_SYS_PTRACE).
+    let round = match (at_stop.r12, round) {
+        (0, _) | (_, None) => None,
+        (n, Some(ours)) => {
             let fd = (n - 1) as i32;
-            let ours = sys::fd_of_process(pid, fd).map_err(TracerError::Round)?;
             let mut r = after;
             r.rax = libc::SYS_close as u64;
             r.orig_rax = u64::MAX;
@@ -568,6 +588,18 @@ fn finish(
             Some(ours)
         }
     };
+    let stopping = stop.map(|sig| stopping_signal(pid, sig));
+    // The tree's second round, for the process: no other process enters
+    // its program before this one is ready to, or stopped if it is to be.
+    // Stopped, not only with the stop pending: a SIGCONT its parent sends
+    // at once would cancel a pending stop without a word to the parent
+    // (no CLD_CONTINUED for a process that was not stopped: bash's job
+    // stays "Stopped" for ever), and one sent before the stop is queued
+    // would be lost (the process stopped for ever). One to run waits
+    // here, before its threads are woken.
+    if let (Some(fd), None) = (&round, stopping) {
+        round_two(fd.as_fd(), pid as u32, true);
+    }
     // The other threads wait on the release word (r9) in the program's
     // code: wake them, unless the process is to stay stopped (the SIGSTOP
     // below interrupts their wait; restarted after SIGCONT, it finds
@@ -598,21 +630,10 @@ fn finish(
     r.rip = gadget;
     r.rsp = frame_sp;
     set_regs(pid, &r)?;
-    let stopping = stop.map(|sig| stopping_signal(pid, sig));
     if let Some(sig) = stopping {
         // Pending, and blocked until the rt_sigreturn installs the
         // program's mask: the process stops before its first instruction.
         let _ = sys::kill(pid, sig);
-    }
-    // The tree's second round, for the process: no other process enters
-    // its program before this one is ready to, or stopped if it is to be.
-    // Stopped, not only with the stop pending: a SIGCONT its parent sends
-    // at once would cancel a pending stop without a word to the parent
-    // (no CLD_CONTINUED for a process that was not stopped: bash's job
-    // stays "Stopped" for ever), and one sent before the stop is queued
-    // would be lost (the process stopped for ever).
-    if let (Some(fd), None) = (&round, stopping) {
-        round_two(fd.as_fd(), pid as u32, true);
     }
     // The captured pending signals were queued by the shim itself, with
     // their siginfo, before its trap (every signal blocked until the
@@ -625,27 +646,42 @@ fn finish(
     Ok(())
 }
 
-/// Until process `pid` has taken the stop signal `sig` queued to it (it is
-/// stopped, or something cancelled the stop, or it is gone).
+/// Until process `pid` has taken the stop signal `sig` queued to it (no
+/// longer pending for the process: kill queues it there) and is stopped
+/// (every thread, once the group stop is complete), or
+/// something cancelled the stop, or it is gone; at most about 2 s, then
+/// the others go on anyway (a tree must not wait for ever on one).
 fn wait_stopped(pid: i32, sig: i32) {
     let path = format!("/proc/{pid}/status");
     let bit = 1u64 << (sig - 1);
-    loop {
+    for _ in 0..20_000 {
         let Ok(s) = std::fs::read_to_string(&path) else {
             return;
         };
-        let field = |name: &str| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-                .unwrap_or(0)
-        };
-        if (field("SigPnd:") | field("ShdPnd:")) & bit != 0 {
-            std::thread::sleep(std::time::Duration::from_micros(100));
-            continue;
+        let field = |name: &str| s.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+        let pending = field("ShdPnd:")
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .unwrap_or(0);
+        // (Taken and nobody stopped: cancelled by a SIGCONT.)
+        if pending & bit == 0 && !group_stopping(pid) {
+            return;
         }
-        // Taken (dequeued and the stop made under the same lock as
-        // these sets are read under): stopped, or cancelled by a SIGCONT.
-        return;
+        std::thread::sleep(std::time::Duration::from_micros(100));
     }
+}
+
+/// Whether some thread of `pid` is still on its way into a group stop
+/// (the stop taken by one thread, the others not stopped yet).
+fn group_stopping(pid: i32) -> bool {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let states: Vec<char> = rd
+        .flatten()
+        .filter_map(|e| {
+            let st = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            st.rsplit_once(") ")?.1.chars().next()
+        })
+        .collect();
+    states.contains(&'T') && states.iter().any(|&c| c != 'T')
 }

@@ -92,6 +92,7 @@ pub const O_RDWR: usize = 2;
 pub const O_CLOEXEC: usize = 0o2000000;
 pub const EEXIST: isize = 17;
 pub const EINTR: isize = 4;
+pub const ENOMEM: isize = 12;
 
 pub const PROT_READ: usize = 1;
 pub const PROT_WRITE: usize = 2;

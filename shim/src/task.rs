@@ -223,6 +223,13 @@ struct CapData {
 
 const CAP_V3: u32 = 0x2008_0522;
 
+/// Whether this process may lock memory beyond RLIMIT_MEMLOCK
+/// (CAP_IPC_LOCK in its effective set).
+pub fn can_lock_any() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    capget().0 >> CAP_IPC_LOCK & 1 != 0
+}
+
 fn capget() -> (u64, u64, u64) {
     let mut h = CapHeader {
         version: CAP_V3,

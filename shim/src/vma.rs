@@ -6,7 +6,7 @@ use crate::files::Files;
 use crate::mem::*;
 use crate::sys::*;
 use crate::{check, die, Args, PG, TEMP_AT, TEMP_LEN, USER_END, W, W_END};
-use cryo_image::{prot, run_kind, vma_flags, vma_kind, Image, Vma, NO_INDEX, PAGE_SIZE};
+use cryo_image::{run_kind, vma_flags, vma_kind, Image, Vma, NO_INDEX, PAGE_SIZE};
 
 /// The point of no return: everything outside the window goes.
 pub fn unmap_everything() {
@@ -399,26 +399,17 @@ pub(crate) fn restore_vma_flags(v: &Vma) {
         } else {
             0
         };
-        // mlock of a mapping without access fails (ENOMEM: it cannot
-        // fault its pages in) after marking it locked; mlockall ignores
-        // that. Locked while readable, then without access again: locked,
-        // as the original (a guard page under mlockall, stop 35's survey).
-        let none = how == 0 && v.prot & (prot::READ | prot::WRITE | prot::EXEC) == 0;
-        if none {
-            check(
-                syscall3(SYS_MPROTECT, start, len, PROT_READ),
-                format_args!("mprotect of {start:#x}-{:#x} to lock it", v.end),
-            );
-        }
-        check(
-            syscall3(SYS_MLOCK2, start, len, how),
-            format_args!("mlock of {start:#x}-{:#x}", v.end),
-        );
-        if none {
-            check(
-                syscall3(SYS_MPROTECT, start, len, 0),
-                format_args!("mprotect of {start:#x}-{:#x} after locking it", v.end),
-            );
+        // mlock marks the mapping locked, then faults its pages in; that
+        // fails (ENOMEM) for a mapping without access (a guard page under
+        // mlockall, stop 35's survey) or past the end of its file, where
+        // mlockall ignores it. The mapping is locked then, as the
+        // original was, unless the ENOMEM is RLIMIT_MEMLOCK's, which
+        // CAP_IPC_LOCK lifts. (Made readable to lock it, a 4 GiB
+        // reservation got 8 MiB of page tables, and a mapping past its
+        // file's end failed the same way: a review.)
+        let r = syscall3(SYS_MLOCK2, start, len, how);
+        if !(r == -ENOMEM && crate::task::can_lock_any()) {
+            check(r, format_args!("mlock of {start:#x}-{:#x}", v.end));
         }
     }
     if v.vmflags & vmflag("sl") != 0 {

@@ -569,6 +569,16 @@ static void mlockall_common(int onfault) {
     mlockall_onfault = onfault;
     m_guarded = mk(3 * 4096);
     CHECK(mprotect(m_guarded + 4096, 4096, PROT_NONE) == 0, "guard page");
+    /* Mappings running past the end of their 4 KiB file, readable and
+     * not (mlock of them alone fails: their last pages cannot be faulted
+     * in), and a 1 GiB reservation without access (made readable to be
+     * locked, it would get page tables for all of it). */
+    int f = make_file("mlockall-short", 4096, O_CLOEXEC);
+    CHECK(mmap(NULL, 3 * 4096, PROT_READ, MAP_PRIVATE, f, 0) != MAP_FAILED, "mmap past EOF");
+    CHECK(mmap(NULL, 3 * 4096, PROT_NONE, MAP_PRIVATE, f, 0) != MAP_FAILED, "mmap past EOF, no access");
+    close(f);
+    CHECK(mmap(NULL, 1UL << 30, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0) != MAP_FAILED,
+          "reservation");
     CHECK(mlockall(MCL_CURRENT | MCL_FUTURE | (onfault ? MCL_ONFAULT : 0)) == 0, "mlockall");
 }
 static void mlockall_setup(void) { mlockall_common(0); }
