@@ -11,6 +11,7 @@ use cryo_image::Image;
 const CAP_SETGID: u32 = 6;
 const CAP_SETUID: u32 = 7;
 const CAP_SETPCAP: u32 = 8;
+const CAP_IPC_LOCK: u32 = 14;
 const CAP_SYS_CHROOT: u32 = 18;
 const CAP_SYS_RESOURCE: u32 = 24;
 const CAP_AUDIT_CONTROL: u32 = 30;
@@ -229,6 +230,18 @@ pub fn check(
         if own.no_new_privs && t.no_new_privs == 0 {
             return Err(refuse(
                 "this process has no_new_privs set, the image did not; it cannot be unset (restore from a shell without it)".into(),
+            ));
+        }
+        // mlockall(MCL_FUTURE) needs CAP_IPC_LOCK or a memory-lock limit
+        // above 0 (the captured one: the shim sets it first).
+        let memlock = img
+            .rlimits()
+            .iter()
+            .find(|r| r.resource == libc::RLIMIT_MEMLOCK as u32)
+            .map_or(u64::MAX, |r| r.cur);
+        if t.mlock_future != 0 && memlock == 0 && !own.has(CAP_IPC_LOCK) {
+            return Err(refuse(
+                "the image locks the process's mappings to come (mlockall MCL_FUTURE) with a memory-lock limit of 0, which needs CAP_IPC_LOCK".into(),
             ));
         }
         if t.memory_merge == 1 && !own.has(CAP_SYS_RESOURCE) {
