@@ -237,7 +237,7 @@ pub fn check(
         let memlock = img
             .rlimits()
             .iter()
-            .find(|r| r.resource == libc::RLIMIT_MEMLOCK as u32)
+            .find(|r| r.resource == libc::RLIMIT_MEMLOCK)
             .map_or(u64::MAX, |r| r.cur);
         if t.mlock_future != 0 && memlock == 0 && !own.has(CAP_IPC_LOCK) {
             return Err(refuse(
