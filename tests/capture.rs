@@ -1400,3 +1400,17 @@ int main(void) {
         );
     }
 }
+
+/// Capturing a process cryo itself descends from (a script capturing its
+/// own `$$`) is refused by that reason, not "a zombie or being traced"
+/// (stop 35's survey); the target, this test, goes on.
+#[test]
+fn capturing_cryos_own_ancestor_is_refused_by_name() {
+    let me = std::process::id().to_string();
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &me]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("runs in the tree of pid") && err.contains("its ancestor"),
+        "{err}"
+    );
+}

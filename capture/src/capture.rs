@@ -128,11 +128,43 @@ fn join_obstacles(o: &[String]) -> String {
     }
 }
 
+/// Refuse a target that is this process or one of its ancestors (unless
+/// `--single` and an ancestor): cryo would be in the tree it freezes (a
+/// script capturing its own `$$` was told the target was "a zombie or
+/// being traced").
+fn not_our_own(pid: i32, opts: &Options) -> Result<(), CaptureError> {
+    let me = std::process::id() as i32;
+    let mut p = me;
+    for _ in 0..4096 {
+        if p == pid {
+            let why = if p == me {
+                format!("pid {pid} is this cryo itself")
+            } else if opts.single {
+                return Ok(());
+            } else {
+                format!(
+                    "cryo itself (pid {me}) runs in the tree of pid {pid}, its ancestor, which it would freeze with it; capture it from outside that tree, or the process alone with --single"
+                )
+            };
+            return Err(CaptureError::Refused {
+                pid,
+                obstacles: vec![why],
+            });
+        }
+        match crate::tree::stat(p) {
+            Some(s) if s.ppid > 0 => p = s.ppid as i32,
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
 /// Check, without writing anything, whether `pid` (and, unless
 /// `opts.single`, its descendants) can be captured: every obstacle, all at
 /// once (empty: it can). The processes are frozen only while they are
 /// looked at, and left as they were.
 pub fn check(pid: i32, opts: &Options) -> Result<Checked, CaptureError> {
+    not_our_own(pid, opts)?;
     let root = Group::seize(pid)?;
     let r = freeze_and_inspect(root, opts);
     match r {
@@ -303,6 +335,7 @@ pub fn capture(
     if crate::tracee::proc_state(pid).is_none() {
         return Err(PtraceError::NoSuchProcess(pid).into());
     }
+    not_our_own(pid, opts)?;
     // The resident size, to allocate the page buffers before the freeze.
     let rss = procinfo::status(pid).map_or(0, |s| s.vm_rss_kib * 1024);
     let mut writer = ImageDirWriter::create(dest, opts.force, opts.direct_io, rss)?;

@@ -224,7 +224,7 @@ pub fn semaphore_undo(pid: i32, obs: &mut Obstacles) {
         .collect();
     if !touched.is_empty() {
         obs.push(format!(
-            "it may hold System V semaphore undo adjustments (semop with SEM_UNDO; semaphore sets operated on since it started: {}): \
+            "it may hold System V semaphore undo adjustments (semop with SEM_UNDO; semaphore sets operated on since it started, by id: {}): \
              cryo cannot read them, and without them its semaphores would not be released when it ends",
             touched.join(", ")
         ));

@@ -41,7 +41,7 @@ pub struct Tree {
 /// What /proc/PID/stat says of a process's place in the tree.
 pub(crate) struct Stat {
     state: char,
-    ppid: u32,
+    pub(crate) ppid: u32,
     pub(crate) pgid: u32,
     pub(crate) sid: u32,
     /// The controlling terminal's device number (0: none).
