@@ -4030,3 +4030,32 @@ print("PASS", flush=True)
         &[&[], &["--lazy", "--lazy-min-mib=0"], &["--map"]],
     );
 }
+
+/// An obstacle of a child is named by the child's PID: "fd 3" alone read
+/// as the root's (stop 35's survey: the root had only fds 0-2).
+#[test]
+fn a_childs_socket_obstacle_names_the_child() {
+    let dir = scratch("tree-child-obstacle");
+    let path = dir.join("srv");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let script = format!(
+        "import os, socket, sys, time\nr, w = os.pipe()\nif os.fork() == 0:\n    c = socket.socket(socket.AF_UNIX)\n    c.connect({:?})\n    os.write(w, b'x')\n    time.sleep(60)\n    os._exit(0)\nos.read(r, 1)\nprint('READY', os.getpid(), flush=True)\nsys.stdin.readline()\n",
+        path.to_str().unwrap()
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &script]);
+    let t = Target::spawn(cmd, "child with a socket");
+    let _conn = listener.accept().unwrap();
+    t.wait_sleeping();
+    let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", t.pid)).unwrap();
+    let child: i32 = kids.split_whitespace().next().unwrap().parse().unwrap();
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
+    assert_eq!(code, 1, "{out}{err}");
+    let said = format!("{out}{err}");
+    assert!(
+        said.contains(&format!("process {child}: fd ")) && said.contains("is connected to"),
+        "{said}"
+    );
+    // SAFETY: kill takes no pointers.
+    unsafe { libc::kill(child, libc::SIGKILL) };
+}

@@ -1618,7 +1618,7 @@ pub fn link(
                 }
                 let obstacle = if c.diag.rqueue > 0 {
                     format!(
-                        "fd {} ({what}) has {} bytes queued from {to}; they cannot be restored",
+                        "fd {} ({what}) is connected to {to}, outside the process, and has {} bytes queued from it; cryo can neither restore them nor connect it again",
                         c.fd, c.diag.rqueue
                     )
                 } else {

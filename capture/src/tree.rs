@@ -1019,12 +1019,13 @@ fn socket_pairs(
             }
         }
     }
-    for (_, ins) in procs {
+    for (pid, ins) in procs {
         for c in &ins.cross.ends {
             if holders.contains_key(&c.peer) {
                 pairs.push((c.ino.min(c.peer), c.ino.max(c.peer)));
             } else {
-                obs.push(c.obstacle.clone());
+                // (Named by its process: "fd 3" alone read as the root's.)
+                obs.push(format!("process {pid}: {}", c.obstacle));
             }
         }
     }
