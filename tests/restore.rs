@@ -931,3 +931,34 @@ print("PASS", bool(ok), sys.stdin.readline().strip(), flush=True)
         "{err}"
     );
 }
+
+/// A restore that finds a live socket at the captured name refuses
+/// without connecting to it (stop 35's survey: the live server, the
+/// uncaptured original here, accepted a phantom client from every check).
+#[test]
+fn a_socket_name_in_use_is_found_without_connecting() {
+    let dir = scratch("sock-in-use");
+    let path = dir.join("s.sock");
+    let script = format!(
+        "import os, select, socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.bind({:?})\ns.listen(5)\nprint('READY', os.getpid(), flush=True)\nn = 0\nwhile True:\n    r, _, _ = select.select([s, sys.stdin], [], [])\n    if s in r:\n        s.accept(); n += 1\n    if sys.stdin in r:\n        break\nprint('accepted', n, flush=True)\n",
+        path.to_str().unwrap()
+    );
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", &script]);
+    let mut t = Target::spawn(cmd, "unix server");
+    t.wait_sleeping();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    for args in [&["--dry-run"][..], &[]] {
+        let mut a = vec!["restore"];
+        a.extend_from_slice(args);
+        a.push(img.to_str().unwrap());
+        let (code, out, err) = cryo_cmd(&a);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(err.contains("is in use: a socket listens there"), "{err}");
+    }
+    t.poke_stdin();
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, "accepted 0"), "{err}");
+}

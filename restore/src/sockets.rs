@@ -277,9 +277,49 @@ fn unix_path(addr: &[u8]) -> Option<std::path::PathBuf> {
     Some(std::ffi::OsStr::from_bytes(&p[..end]).into())
 }
 
-/// Whether a socket listens (or receives) at unix path `addr`: a connect
-/// to it succeeds. A leftover socket file refuses (ECONNREFUSED).
+/// The state of a live socket bound at unix address `addr`, if one is,
+/// found without connecting to it: by its file's inode (a path name), or
+/// by its name in /proc/net/unix (an abstract one). None where the
+/// kernel cannot be asked (then a connect tells, as before).
+fn unix_bound_state(addr: &[u8]) -> Option<Option<u8>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    match unix_path(addr) {
+        Some(p) => match p.symlink_metadata() {
+            Ok(m) if m.file_type().is_socket() => sys::unix_bound_to(m.dev(), m.ino()).ok(),
+            // (Nothing there, or not a socket file: nothing bound to it.)
+            _ => Some(None),
+        },
+        None => {
+            let name = addr.get(2..).filter(|n| n.first() == Some(&0))?;
+            let shown: String = name
+                .iter()
+                .map(|&c| if c == 0 { '@' } else { c as char })
+                .collect();
+            let table = std::fs::read_to_string("/proc/net/unix").ok()?;
+            // Num RefCount Protocol Flags Type St Inode Path
+            Some(table.lines().skip(1).find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 8 && f[7..].join(" ") == shown).then(|| {
+                    u8::from_str_radix(f[5], 16)
+                        .map_or(1, |st| if f[3] == "00010000" { 10 } else { st })
+                })
+            }))
+        }
+    }
+}
+
+/// Whether a socket listens (or receives) at unix path `addr`. A leftover
+/// socket file is not in use.
 fn unix_in_use(s: &Socket, addr: &[u8]) -> bool {
+    if let Some(state) = unix_bound_state(addr) {
+        return state.is_some();
+    }
+    unix_connects(s, addr)
+}
+
+/// Whether a connect to unix address `addr` succeeds (a leftover socket
+/// file refuses: ECONNREFUSED). A client the socket's owner may count.
+fn unix_connects(s: &Socket, addr: &[u8]) -> bool {
     sys::socket(libc::AF_UNIX, s.sock_type as i32, 0)
         .and_then(|t| sys::connect(t.as_fd(), addr))
         .is_ok()
@@ -288,6 +328,9 @@ fn unix_in_use(s: &Socket, addr: &[u8]) -> bool {
 /// Whether a socket listens at unix address `addr` (a connection
 /// attempt that does not wait: a full queue is a listener too).
 fn unix_listening(ty: i32, addr: &[u8]) -> bool {
+    if let Some(state) = unix_bound_state(addr) {
+        return state == Some(10);
+    }
     let Ok(t) = sys::socket(libc::AF_UNIX, ty, 0) else {
         return false;
     };
@@ -859,7 +902,9 @@ fn bind(s: &Socket, fd: BorrowedFd) -> Result<(), Why> {
             let Some(path) = unix_path(&addr) else {
                 return Err(in_use(&shown, e));
             };
-            if unix_in_use(s, &addr) {
+            // (Before a socket file is removed as stale, a connect too:
+            // a client too many beats a live server's name taken.)
+            if unix_in_use(s, &addr) || unix_connects(s, &addr) {
                 return Err(in_use(&shown, e));
             }
             // (Only a socket file is stale: anything else there is
