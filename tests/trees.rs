@@ -1622,6 +1622,14 @@ print("PASS", flush=True)
     let img = dir.join("img");
     capture_kill(t.pid, &img);
     drop(t);
+    // A new PID namespace cannot see it: refused at --dry-run already
+    // (it said yes, and the restore failed, until stop 35).
+    let (code, out, err) = cryo_cmd(&["restore", "--pidns", "--dry-run", img.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("which a new PID namespace (--pidns) cannot see"),
+        "{err}"
+    );
     let (code, out, err) = finish(restore(&img, &[]), "x\n");
     assert_eq!((code, out.lines().last()), (0, Some("PASS")), "{out}{err}");
     // Ended by the restored program: gone for the next restore.
