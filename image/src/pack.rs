@@ -202,9 +202,19 @@ pub fn fd_obstacle(img: &crate::Image, f: &crate::Fd) -> Option<&'static str> {
         .map(|x| x.flags);
     match f.kind {
         fd_kind::REGULAR | fd_kind::DIRECTORY | fd_kind::NULL_DEVICE | fd_kind::CHAR_DEVICE
-            if deleted || f.flags & O_PATH != 0 =>
+            if f.flags & O_PATH != 0 =>
         {
-            Some("a removed file or an O_PATH fd, which only cryo restore opens again")
+            Some("an O_PATH fd, which only cryo restore opens again")
+        }
+        fd_kind::REGULAR
+            if deleted && img.str(f.target).is_some_and(|t| t.starts_with("/memfd:")) =>
+        {
+            Some("a memfd, which only cryo restore makes again")
+        }
+        fd_kind::REGULAR | fd_kind::DIRECTORY | fd_kind::NULL_DEVICE | fd_kind::CHAR_DEVICE
+            if deleted =>
+        {
+            Some("a removed file, which only cryo restore makes again")
         }
         fd_kind::REGULAR if file_flags != Some(0) => {
             Some("a file that only cryo restore makes or finds again")
