@@ -277,17 +277,24 @@ fn unix_path(addr: &[u8]) -> Option<std::path::PathBuf> {
     Some(std::ffi::OsStr::from_bytes(&p[..end]).into())
 }
 
-/// The state of a live socket bound at unix address `addr`, if one is,
-/// found without connecting to it: by its file's inode (a path name), or
-/// by its name in /proc/net/unix (an abstract one). None where the
-/// kernel cannot be asked (then a connect tells, as before).
-fn unix_bound_state(addr: &[u8]) -> Option<Option<u8>> {
+/// Whether a live socket of type `ty` would take a connect at unix
+/// address `addr` (a listener, or a bound datagram socket), found
+/// without connecting: by its file's inode (a path name), or by its name
+/// in /proc/net/unix (an abstract one). `listening`: a listener only.
+/// None where the kernel cannot be asked (then a connect tells).
+fn unix_takes(ty: i32, addr: &[u8], listening: bool) -> Option<bool> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    const LISTEN: u8 = 10;
+    let takes = |t: u8, st: u8| {
+        t as i32 == ty && (st == LISTEN || (!listening && t as i32 == libc::SOCK_DGRAM))
+    };
     match unix_path(addr) {
         Some(p) => match p.symlink_metadata() {
-            Ok(m) if m.file_type().is_socket() => sys::unix_bound_to(m.dev(), m.ino()).ok(),
+            Ok(m) if m.file_type().is_socket() => sys::unix_bound_to(m.dev(), m.ino())
+                .ok()
+                .map(|v| v.iter().any(|&(t, st)| takes(t, st))),
             // (Nothing there, or not a socket file: nothing bound to it.)
-            _ => Some(None),
+            _ => Some(false),
         },
         None => {
             let name = addr.get(2..).filter(|n| n.first() == Some(&0))?;
@@ -296,25 +303,25 @@ fn unix_bound_state(addr: &[u8]) -> Option<Option<u8>> {
                 .map(|&c| if c == 0 { '@' } else { c as char })
                 .collect();
             let table = std::fs::read_to_string("/proc/net/unix").ok()?;
-            // Num RefCount Protocol Flags Type St Inode Path
-            Some(table.lines().skip(1).find_map(|l| {
+            // Num RefCount Protocol Flags Type St Inode Path (a stream
+            // connection accepted from a listener has its name too).
+            Some(table.lines().skip(1).any(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() >= 8 && f[7..].join(" ") == shown).then(|| {
-                    u8::from_str_radix(f[5], 16)
-                        .map_or(1, |st| if f[3] == "00010000" { 10 } else { st })
-                })
+                f.len() >= 8 && f[7..].join(" ") == shown && {
+                    let t = u8::from_str_radix(f[4], 16).unwrap_or(0);
+                    let st = if f[3] == "00010000" { LISTEN } else { 0 };
+                    takes(t, st)
+                }
             }))
         }
     }
 }
 
 /// Whether a socket listens (or receives) at unix path `addr`. A leftover
-/// socket file is not in use.
+/// socket file is not in use, nor is a name only connections accepted
+/// from a listener that is gone still have.
 fn unix_in_use(s: &Socket, addr: &[u8]) -> bool {
-    if let Some(state) = unix_bound_state(addr) {
-        return state.is_some();
-    }
-    unix_connects(s, addr)
+    unix_takes(s.sock_type as i32, addr, false).unwrap_or_else(|| unix_connects(s, addr))
 }
 
 /// Whether a connect to unix address `addr` succeeds (a leftover socket
@@ -328,8 +335,8 @@ fn unix_connects(s: &Socket, addr: &[u8]) -> bool {
 /// Whether a socket listens at unix address `addr` (a connection
 /// attempt that does not wait: a full queue is a listener too).
 fn unix_listening(ty: i32, addr: &[u8]) -> bool {
-    if let Some(state) = unix_bound_state(addr) {
-        return state == Some(10);
+    if let Some(yes) = unix_takes(ty, addr, true) {
+        return yes;
     }
     let Ok(t) = sys::socket(libc::AF_UNIX, ty, 0) else {
         return false;

@@ -374,13 +374,14 @@ pub fn tcp_clear_time_wait(
     Ok(true)
 }
 
-/// The state (TCP_LISTEN 10 first) of a live unix socket bound to the
-/// file with inode `ino` on device `dev` (as stat(2) gives them), if one
-/// is: every unix socket the kernel knows, dumped by socket diagnostics
-/// (NETLINK_SOCK_DIAG, UNIX_DIAG_VFS), matched by the inode its name's
-/// file has. Nothing connects to it (a connect is a client the socket's
-/// owner would accept: stop 35's survey saw a live server count one).
-pub fn unix_bound_to(dev: u64, ino: u64) -> io::Result<Option<u8>> {
+/// (type, state) of every live unix socket whose name is the file with
+/// inode `ino` on device `dev` (as stat(2) gives them): every unix socket
+/// the kernel knows, dumped by socket diagnostics (NETLINK_SOCK_DIAG,
+/// UNIX_DIAG_VFS), matched by the inode its name's file has. (A stream
+/// connection accepted from a listener has the listener's name too.)
+/// Nothing connects to it (a connect is a client the socket's owner
+/// would accept: stop 35's survey saw a live server count one).
+pub fn unix_bound_to(dev: u64, ino: u64) -> io::Result<Vec<(u8, u8)>> {
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const UDIAG_SHOW_VFS: u32 = 2;
     const UNIX_DIAG_VFS: u16 = 1;
@@ -417,7 +418,7 @@ pub fn unix_bound_to(dev: u64, ino: u64) -> io::Result<Option<u8>> {
     };
     let ne16 = |b: &[u8], o: usize| b.get(o..o + 2).map(|x| u16::from_ne_bytes([x[0], x[1]]));
     let mut buf = vec![0u8; 1 << 16];
-    let mut found: Option<u8> = None;
+    let mut found: Vec<(u8, u8)> = Vec::new();
     loop {
         // SAFETY: the kernel writes at most buf.len() bytes into `buf`, ours.
         let n = cvt(unsafe { libc::recv(nl.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) })?;
@@ -447,10 +448,9 @@ pub fn unix_bound_to(dev: u64, ino: u64) -> io::Result<Option<u8>> {
                     && ne32(b, a + 4) == Some(ino as u32)
                     && ne32(b, a + 8) == Some(want_dev)
                 {
+                    let ty = b.get(o + 17).copied().unwrap_or(0);
                     let state = b.get(o + 18).copied().unwrap_or(0);
-                    if found != Some(10) {
-                        found = Some(state);
-                    }
+                    found.push((ty, state));
                 }
                 a += (alen + 3) & !3;
             }
