@@ -2265,9 +2265,11 @@ def async_to(fd, pid, sig):
     if sig:
         fcntl.fcntl(fd, F_SETSIG, sig)
 go_r, go_w = os.pipe()
+ok_r, ok_w = os.pipe()
 kid = os.fork()
 if kid == 0:
     signal.signal(signal.SIGUSR2, lambda *a: os._exit(7))
+    os.write(ok_w, b"k")
     os.read(go_r, 1)
     # (Short sleeps: a signal whose C handler ran just before a long
     # blocking call is handled in Python only after it.)
@@ -2277,6 +2279,10 @@ if kid == 0:
 r1, w1 = os.pipe(); async_to(r1, os.getpid(), signal.SIGUSR1)
 r2, w2 = os.pipe(); async_to(r2, os.getpid(), 0)
 r3, w3 = os.pipe(); async_to(r3, kid, signal.SIGUSR2)
+# (The child's handler in place before the capture: a child captured
+# before it, slow to set it after restore, died of the SIGUSR2 under
+# load, one fresh-clone run.)
+os.read(ok_r, 1)
 print("READY", os.getpid(), flush=True)
 sys.stdin.readline()
 for fd, pid, sig in [(r1, os.getpid(), signal.SIGUSR1), (r2, os.getpid(), 0), (r3, kid, signal.SIGUSR2)]:
