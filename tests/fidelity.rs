@@ -1153,54 +1153,40 @@ print("clock_nanosleep", rc, req.s, flush=True)
         took >= left && took < std::time::Duration::from_millis(3700),
         "at least {left:?} and at most 2.5 s were left: {took:?}"
     );
-    // perl's sleep says how long it slept (by the clock).
-    let mut cmd = Command::new("perl");
-    cmd.args([
-        "-e",
-        "$| = 1; print \"READY $$\\n\"; my $n = sleep 3; print \"slept $n\\n\";",
-    ]);
-    let t = Target::spawn(cmd, "perl-sleep");
-    t.wait_sleeping();
-    let img = scratch("fidelity-perl-sleep").join("img");
-    capture_killed(t.pid, &img, &[]);
-    drop(t);
-    let (code, out, err) = restore(&img, &[]);
-    let slept: u32 = out
-        .trim_end()
-        .strip_prefix("slept ")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(code == 0 && slept >= 3, "{out}{err}");
-    // The same sleep stopped and continued before the capture (now in
-    // restart_syscall, which names no call): it goes on too (it returned
-    // at once until stop 35, as 0 or 1 seconds).
-    let t = Target::spawn(
-        {
-            let mut cmd = Command::new("perl");
-            cmd.args([
-                "-e",
-                "$| = 1; print \"READY $$\\n\"; my $n = sleep 3; print \"slept $n\\n\";",
-            ]);
-            cmd
-        },
-        "perl-sleep-restarted",
-    );
-    t.wait_sleeping();
-    // SAFETY: kill takes no pointers.
-    unsafe { libc::kill(t.pid, libc::SIGSTOP) };
-    wait_for("the stop", std::time::Duration::from_secs(10), || {
-        state(t.pid) == Some('T')
-    });
-    t.cont();
-    t.wait_sleeping();
-    let img = scratch("fidelity-perl-sleep-restarted").join("img");
-    capture_killed(t.pid, &img, &[]);
-    drop(t);
-    let (code, out, err) = restore(&img, &[]);
-    let slept: u32 = out
-        .trim_end()
-        .strip_prefix("slept ")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(code == 0 && slept >= 3, "restarted: {out}{err}");
+    // perl's sleep says how long it slept (by the clock): captured while
+    // it sleeps, and (`stopped_first`) after a stop and continue turned
+    // it into restart_syscall, which names no call (it returned at once
+    // until stop 35, as 0 or 1 seconds). (exit code, seconds, output).
+    let perl_sleep = |name: &str, stopped_first: bool| {
+        let mut cmd = Command::new("perl");
+        cmd.args([
+            "-e",
+            "$| = 1; print \"READY $$\\n\"; my $n = sleep 3; print \"slept $n\\n\";",
+        ]);
+        let t = Target::spawn(cmd, name);
+        t.wait_sleeping();
+        if stopped_first {
+            // SAFETY: kill takes no pointers.
+            unsafe { libc::kill(t.pid, libc::SIGSTOP) };
+            wait_for("the stop", std::time::Duration::from_secs(10), || {
+                state(t.pid) == Some('T')
+            });
+            t.cont();
+            t.wait_sleeping();
+        }
+        let img = scratch(&format!("fidelity-{name}")).join("img");
+        capture_killed(t.pid, &img, &[]);
+        drop(t);
+        let (code, out, err) = restore(&img, &[]);
+        let slept: u32 = out
+            .trim_end()
+            .strip_prefix("slept ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        (code, slept, format!("{out}{err}"))
+    };
+    let (code, slept, said) = perl_sleep("perl-sleep", false);
+    assert!(code == 0 && slept >= 3, "{said}");
+    let (code, slept, said) = perl_sleep("perl-sleep-restarted", true);
+    assert!(code == 0 && slept >= 3, "restarted: {said}");
 }

@@ -272,29 +272,6 @@ fn lead_own_session() -> Result<(), RestoreError> {
     }
 }
 
-/// Refuse, for --pidns, an fd that names a process outside the captured
-/// tree (a pidfd, a file under its /proc directory): a new PID namespace
-/// cannot see it. (`--dry-run` said yes, the restore then failed:
-/// stop 35's survey.)
-fn outside_of_pidns(img: &Image) -> Result<(), RestoreError> {
-    use cryo_image::fd_kind;
-    for f in img.fds().iter() {
-        let outside = match f.kind {
-            fd_kind::PIDFD => f.object != cryo_image::NO_INDEX && f.rdev != 0,
-            fd_kind::PROC => f.rdev != 0,
-            _ => false,
-        };
-        if outside {
-            return Err(RestoreError::Fd {
-                fd: f.fd,
-                what: if f.kind == fd_kind::PIDFD { "pidfd" } else { "/proc file" }.into(),
-                why: "it names a process outside the captured tree, which a new PID namespace (--pidns) cannot see; restore without --pidns".into(),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Load and check everything; change nothing (a tree's shared objects are
 /// made, in this process only).
 pub fn prepare(dir: &Path, mut opts: Options) -> Result<Plan, RestoreError> {
@@ -313,16 +290,16 @@ pub fn prepare(dir: &Path, mut opts: Options) -> Result<Plan, RestoreError> {
         let pidns = opts.pidns;
         let plan = tree::prepare(dir, image, opts)?;
         if pidns {
-            outside_of_pidns(&plan.image())?;
+            fds::outside_of_pidns(&plan.image())?;
             if let Some(t) = &plan.tree {
-                t.each_image(&mut |_, img| outside_of_pidns(img))?;
+                t.each_image(&mut |_, img| fds::outside_of_pidns(img))?;
             }
         }
         return Ok(plan);
     }
     let img = image.image()?;
     if opts.pidns {
-        outside_of_pidns(&img)?;
+        fds::outside_of_pidns(&img)?;
     }
     let eager_fill = eager_if_small(&mut opts, || lazy::lazy_pages(&img));
     let ptys = {

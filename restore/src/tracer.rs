@@ -518,6 +518,30 @@ fn round_two(fd: BorrowedFd, pid: u32, wait: bool) {
     }
 }
 
+/// Run system call `nr` in the stopped target through its `syscall; ret`
+/// gadget on stack `sp` (`at` = (gadget, sp)), its first arguments
+/// `args` (rdi, rsi, rdx), every other register `base`'s: the registers
+/// after it.
+fn syscall_in(
+    w: &mut Waiter,
+    base: &libc::user_regs_struct,
+    (gadget, sp): (u64, u64),
+    nr: i64,
+    args: &[u64],
+) -> Result<libc::user_regs_struct, TracerError> {
+    let mut r = *base;
+    r.rax = nr as u64;
+    r.orig_rax = u64::MAX;
+    for (reg, &v) in [&mut r.rdi, &mut r.rsi, &mut r.rdx].into_iter().zip(args) {
+        *reg = v;
+    }
+    r.rip = gadget;
+    r.rsp = sp;
+    set_regs(w.target, &r)?;
+    run_syscall(w)?;
+    regs(w.target)
+}
+
 /// Resume to the syscall-exit stop of the system call the registers are
 /// set up for (entry stop, then exit stop), passing over group-stops.
 fn run_syscall(w: &mut Waiter) -> Result<(), TracerError> {
@@ -552,16 +576,13 @@ fn finish(
     let pid = w.target;
     let frame_sp = at_stop.r8;
     // munmap(window) from the program's vDSO.
-    let mut r = at_stop;
-    r.rax = libc::SYS_munmap as u64;
-    r.orig_rax = u64::MAX;
-    r.rdi = SHIM_WINDOW;
-    r.rsi = SHIM_WINDOW_LEN;
-    r.rip = gadget;
-    r.rsp = frame_sp;
-    set_regs(pid, &r)?;
-    run_syscall(w)?;
-    let after = regs(pid)?;
+    let after = syscall_in(
+        w,
+        &at_stop,
+        (gadget, frame_sp),
+        libc::SYS_munmap,
+        &[SHIM_WINDOW, SHIM_WINDOW_LEN],
+    )?;
     if after.rax != 0 {
         return Err(TracerError::Munmap(-(after.rax as i64)));
     }
@@ -572,16 +593,7 @@ fn finish(
     let round = match (at_stop.r12, round) {
         (0, _) | (_, None) => None,
         (n, Some(ours)) => {
-            let fd = (n - 1) as i32;
-            let mut r = after;
-            r.rax = libc::SYS_close as u64;
-            r.orig_rax = u64::MAX;
-            r.rdi = fd as u64;
-            r.rip = gadget;
-            r.rsp = frame_sp;
-            set_regs(pid, &r)?;
-            run_syscall(w)?;
-            let closed = regs(pid)?;
+            let closed = syscall_in(w, &after, (gadget, frame_sp), libc::SYS_close, &[n - 1])?;
             if closed.rax != 0 {
                 return Err(TracerError::RoundClose(-(closed.rax as i64)));
             }
@@ -607,17 +619,14 @@ fn finish(
     let release = at_stop.r9;
     let mut after = after;
     if release != 0 && stop.is_none() {
-        let mut r = after;
-        r.rax = libc::SYS_futex as u64;
-        r.orig_rax = u64::MAX;
-        r.rdi = release;
-        r.rsi = (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as u64;
-        r.rdx = i32::MAX as u64;
-        r.rip = gadget;
-        r.rsp = frame_sp;
-        set_regs(pid, &r)?;
-        run_syscall(w)?;
-        after = regs(pid)?;
+        let wake = (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as u64;
+        after = syscall_in(
+            w,
+            &after,
+            (gadget, frame_sp),
+            libc::SYS_futex,
+            &[release, wake, i32::MAX as u64],
+        )?;
         if (after.rax as i64) < 0 {
             return Err(TracerError::Wake(-(after.rax as i64)));
         }

@@ -599,6 +599,29 @@ fn source_of(
     }
 }
 
+/// Refuse, for --pidns, an fd that names a process outside the captured
+/// tree (a pidfd, a file under its /proc directory): a new PID namespace
+/// cannot see it. (`--dry-run` said yes, the restore then failed:
+/// stop 35's survey.)
+pub(crate) fn outside_of_pidns(img: &Image) -> Result<(), RestoreError> {
+    use cryo_image::fd_kind;
+    for f in img.fds().iter() {
+        let outside = match f.kind {
+            fd_kind::PIDFD => f.object != cryo_image::NO_INDEX && f.rdev != 0,
+            fd_kind::PROC => f.rdev != 0,
+            _ => false,
+        };
+        if outside {
+            return Err(RestoreError::Fd {
+                fd: f.fd,
+                what: if f.kind == fd_kind::PIDFD { "pidfd" } else { "/proc file" }.into(),
+                why: "it names a process outside the captured tree, which a new PID namespace (--pidns) cannot see; restore without --pidns".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The PID of a `/proc/PID/...` path (None: /proc/sys, meminfo...).
 fn proc_pid(target: &str) -> Option<i32> {
     target

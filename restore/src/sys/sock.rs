@@ -282,6 +282,24 @@ pub fn send_all(fd: BorrowedFd, buf: &[u8]) -> io::Result<()> {
     send_all_at(fd.as_raw_fd(), buf)
 }
 
+/// A socket diagnostics socket (NETLINK_SOCK_DIAG) that has sent request
+/// `m`; its answers are to be read from it.
+fn diag_ask(m: &[u8]) -> io::Result<OwnedFd> {
+    // SAFETY: integers only; the result is a new fd we own.
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    })?;
+    // SAFETY: the kernel just returned it; nobody else owns it.
+    let nl = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: the kernel reads m.len() bytes from `m`, ours.
+    cvt(unsafe { libc::send(nl.as_raw_fd(), m.as_ptr().cast(), m.len(), 0) })?;
+    Ok(nl)
+}
+
 /// One request to the kernel's socket diagnostics (NETLINK_SOCK_DIAG)
 /// about the TCP socket of `family` with exactly these addresses
 /// (`local`, `peer`: address in the family's form, 4 or 16 bytes, and
@@ -310,18 +328,7 @@ fn tcp_diag(
     }
     m.extend_from_slice(&0u32.to_ne_bytes()); // interface
     m.extend_from_slice(&cookie);
-    // SAFETY: integers only; the result is a new fd we own.
-    let fd = cvt(unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    })?;
-    // SAFETY: the kernel just returned it; nobody else owns it.
-    let nl = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: the kernel reads m.len() bytes from `m`, ours.
-    cvt(unsafe { libc::send(nl.as_raw_fd(), m.as_ptr().cast(), m.len(), 0) })?;
+    let nl = diag_ask(&m)?;
     let mut buf = vec![0u8; 4096];
     // SAFETY: the kernel writes at most buf.len() bytes into `buf`, ours.
     let n = cvt(unsafe { libc::recv(nl.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) })?;
@@ -397,18 +404,7 @@ pub fn unix_bound_to(dev: u64, ino: u64) -> io::Result<Vec<(u8, u8)>> {
     m.extend_from_slice(&UDIAG_SHOW_VFS.to_ne_bytes());
     m.extend_from_slice(&u32::MAX.to_ne_bytes());
     m.extend_from_slice(&u32::MAX.to_ne_bytes());
-    // SAFETY: integers only; the result is a new fd we own.
-    let fd = cvt(unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    })?;
-    // SAFETY: the kernel just returned it; nobody else owns it.
-    let nl = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: the kernel reads m.len() bytes from `m`, ours.
-    cvt(unsafe { libc::send(nl.as_raw_fd(), m.as_ptr().cast(), m.len(), 0) })?;
+    let nl = diag_ask(&m)?;
     // The device number as unix_diag gives it: the kernel's own dev_t
     // (major << 20 | minor; seen: 266338304 for 254:0), not stat's.
     let want_dev = ((libc::major(dev) as u32) << 20) | libc::minor(dev) as u32;
