@@ -1,4 +1,7 @@
 //! cryo — process-level checkpoint/restore for Linux x86_64.
+// (The `cryo inspect --json` document is one json! literal deeper than
+// the default limit of 128 allows.)
+#![recursion_limit = "256"]
 
 mod cmd;
 

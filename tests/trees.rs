@@ -685,6 +685,50 @@ fn pidns_restores_a_tree_beside_its_running_original() {
     assert_eq!((code, last.as_str()), (0, "PASS cow"), "{err}");
 }
 
+/// A child cloned with CLONE_FILES shares its parent's fd table after an
+/// eager restore (forked so by its parent's shim): an fd the root opens
+/// after the restore is the child's, one the child closes is closed for
+/// the root, kcmp says one table, and the unlinked file they both map
+/// (made again by `cryo restore`, found by the child where its parent's
+/// shim took it from its stand-in) is the same file; a sibling forked
+/// without it keeps a table of its own (`tree fdshare`). Until stop 36
+/// such a tree was refused. A lazy or mapped restore cannot make the
+/// table shared again (a process that execs its own shim gets its own):
+/// refused before anything runs, and the original image still restores.
+#[test]
+fn a_child_sharing_its_parents_fd_table_shares_it_again() {
+    let dir = scratch("tree-fdshare");
+    let t = Target::start("c-tree", &["fdshare"]);
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    let pids = tree_pids(&img);
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    wait_gone(&pids);
+    // The child that shares it (cloned first: the lower PID).
+    let a = pids[1].min(pids[2]);
+    for mode in [&["--map"][..], &["--lazy", "--lazy-min-mib", "0"]] {
+        let (code, out, err) = finish(restore(&img, mode), "go\n");
+        assert_eq!(code, 1, "{mode:?}: {out}{err}");
+        assert!(
+            err.contains(&format!("process {a} shared its parent's fd table"))
+                && err.contains("a lazy or mapped restore"),
+            "{mode:?}: {err}"
+        );
+        assert!(out.is_empty(), "{mode:?}: {out}");
+    }
+    for _ in 0..2 {
+        let (code, out, err) = finish(restore(&img, &["--phases"]), "go\n");
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(out.lines().last(), Some("PASS fdshare"), "{out}{err}");
+        assert!(
+            err.contains(&format!("process {a} is forked by its parent's shim")),
+            "{err}"
+        );
+    }
+}
+
 /// A command whose tree cryo must refuse: the refusal names `what`, and
 /// every process is left running as it was.
 fn refused(script: &str, args: &[&str], what: &str) {
@@ -736,6 +780,27 @@ os.waitpid(pid, 0); print("PASS", flush=True)
         fork_and_wait,
         &["--single"],
         "--single captures one process only",
+    );
+    // A child that shares its parent's fd table (a raw clone with
+    // CLONE_FILES) and has a child of its own: a restore forks such a
+    // child from its parent's shim, which makes no grandchildren.
+    let shared_table_with_child = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+r, w = os.pipe()
+pid = libc.syscall(56, 0x400 | 17, 0, 0, 0, 0)
+if pid == 0:
+    g = os.fork()
+    if g == 0:
+        os.read(r, 1); os._exit(0)
+    os.read(r, 1); os.waitpid(g, 0); os._exit(0)
+print("READY", flush=True); sys.stdin.readline()
+os.write(w, b"xx"); os.waitpid(pid, 0); print("PASS", flush=True)
+"#;
+    refused(
+        shared_table_with_child,
+        &[],
+        "shares its parent's fd table (clone with CLONE_FILES), which a restore makes again only by forking it from its parent's shim, and it has children",
     );
     // A pty whose slave a process outside the tree holds (an orphan).
     let pty_outside = r#"

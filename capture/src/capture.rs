@@ -250,6 +250,12 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
         tree.check_still()?;
         let mut obs = Obstacles::default();
         crate::tree::shape_obstacles(&tree, &mut obs);
+        let shares_fds = crate::tree::shared_fd_tables(&tree, &mut obs);
+        for (pid, ins) in pids.iter().zip(all.iter_mut()) {
+            if shares_fds.contains(&(*pid as u32)) {
+                ins.b.process.flags |= cryo_image::process_flags::SHARES_PARENT_FDS;
+            }
+        }
         // What they share, once each of them could be read.
         if obstacles.is_empty() {
             let procs: Vec<(i32, &Inspected)> = pids.iter().copied().zip(all.iter()).collect();
@@ -311,6 +317,10 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
             all[0].b.tree_files = files;
             all[0].b.tree = tree.records();
         }
+        obstacles.extend(obs.into_vec());
+    } else {
+        let mut obs = Obstacles::default();
+        crate::tree::shared_fd_tables(&tree, &mut obs);
         obstacles.extend(obs.into_vec());
     }
     if !obstacles.is_empty() {

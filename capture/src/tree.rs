@@ -202,6 +202,76 @@ fn member(pid: i32, parent: u32) -> Result<Option<Member>, CaptureError> {
     }
 }
 
+/// The processes of the tree that share their parent's fd table (cloned
+/// with CLONE_FILES, not threads), which a restore makes again by forking
+/// them so from their parent's shim. Any other sharing of one (the root
+/// with its parent outside the tree; two processes of the tree neither of
+/// which is the other's ancestor through children that share it) is an
+/// obstacle: a restore would give each its own table, and an fd one opens
+/// would be missing in the other.
+pub fn shared_fd_tables(t: &Tree, obs: &mut Obstacles) -> Vec<u32> {
+    const KCMP_FILES: libc::c_long = 2;
+    let live = |m: &Member| m.rec.state != proc_state::ZOMBIE;
+    let shares = |a: u32, b: u32| crate::sys::kcmp(a as i32, b as i32, KCMP_FILES).unwrap_or(false);
+    let root = t.members[0].rec;
+    if root.ppid > 0 && shares(root.ppid, root.pid) {
+        obs.push(format!(
+            "process {} shares its fd table with its parent {}, outside the tree (clone with CLONE_FILES); capture the parent instead",
+            root.pid, root.ppid
+        ));
+    }
+    // The first process of its table's chain of sharing children.
+    let mut table_of: Vec<usize> = (0..t.members.len()).collect();
+    let mut out = Vec::new();
+    for (i, m) in t.members.iter().enumerate().skip(1) {
+        if !live(m) {
+            continue;
+        }
+        let parent = t.members[..i].iter().position(|p| p.rec.pid == m.rec.ppid);
+        if let Some(p) = parent.filter(|&p| live(&t.members[p])) {
+            if shares(t.members[p].rec.pid, m.rec.pid) {
+                table_of[i] = table_of[p];
+                out.push(m.rec.pid);
+                // Made again by a fork from its parent's shim, which
+                // makes a process without children, in its parent's
+                // group (docs/design.md, "Process trees").
+                let pr = t.members[p].rec;
+                let r = m.rec;
+                let why = if t.members.iter().any(|c| c.rec.ppid == r.pid) {
+                    Some("it has children")
+                } else if r.pgid != pr.pgid || r.sid != pr.sid {
+                    Some("it is not in its parent's process group")
+                } else if t
+                    .members
+                    .iter()
+                    .any(|c| c.rec.pgid == r.pid || c.rec.sid == r.pid)
+                {
+                    Some("it leads a process group or session")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    obs.push(format!(
+                        "process {} shares its parent's fd table (clone with CLONE_FILES), which a restore makes again only by forking it from its parent's shim, and {why}",
+                        r.pid
+                    ));
+                }
+            }
+        }
+    }
+    for (i, m) in t.members.iter().enumerate().skip(1) {
+        for (j, p) in t.members[..i].iter().enumerate() {
+            if live(m) && live(p) && table_of[i] != table_of[j] && shares(p.rec.pid, m.rec.pid) {
+                obs.push(format!(
+                    "processes {} and {} share one fd table, and neither is a child of the other or of a process sharing it (clone with CLONE_FILES); cryo restores a shared fd table between a parent and its children only",
+                    p.rec.pid, m.rec.pid
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// What restore cannot bring back of the tree's shape: sessions and groups
 /// whose leader is not where a restore can make it, zombies that dumped
 /// core.
@@ -242,24 +312,19 @@ pub fn shape_obstacles(t: &Tree, obs: &mut Obstacles) {
                 r.pid, r.pgid, r.sid
             ));
         }
-        // One fd table, one fs context for two processes (clone with
-        // CLONE_FILES / CLONE_FS, not threads): a restore gives each its
-        // own, and an fd one opens would be missing in the other.
+        // One fs context for two processes (clone with CLONE_FS, not
+        // threads): a restore gives each its own, and a chdir of one would
+        // be missing in the other.
         if r.state != proc_state::ZOMBIE {
             for p in t.members[..i]
                 .iter()
                 .filter(|p| p.rec.state != proc_state::ZOMBIE)
             {
-                for (kind, what) in [
-                    (2, "file descriptor table (CLONE_FILES)"),
-                    (3, "working directory and umask (CLONE_FS)"),
-                ] {
-                    if crate::sys::kcmp(p.rec.pid as i32, r.pid as i32, kind).unwrap_or(false) {
-                        obs.push(format!(
-                            "processes {} and {} share one {what}; cryo restores each process with its own",
-                            p.rec.pid, r.pid
-                        ));
-                    }
+                if crate::sys::kcmp(p.rec.pid as i32, r.pid as i32, 3).unwrap_or(false) {
+                    obs.push(format!(
+                        "processes {} and {} share one working directory and umask (CLONE_FS); cryo restores each process with its own",
+                        p.rec.pid, r.pid
+                    ));
                 }
             }
         }
@@ -1125,6 +1190,20 @@ fn unshareable(ins: &Inspected, f: &Fd) -> Option<String> {
         // first holder once every process exists; one of an ended process
         // made by the restore before it forks: see `share`.)
         | fd_kind::PIDFD => None,
+        // A /proc file of no process (/proc/sys/..., /proc/meminfo) or of
+        // one outside the tree (its start time in `rdev`): opened once by
+        // `cryo restore`, as a file is. One of a process of the tree is
+        // opened by its holder once that process exists.
+        fd_kind::PROC => {
+            let names_pid = target(ins, f)
+                .strip_prefix("/proc/")
+                .and_then(|t| t.split('/').next())
+                .is_some_and(|t| !t.is_empty() && t.bytes().all(|c| c.is_ascii_digit()));
+            (names_pid && f.rdev == 0).then(|| {
+                "a /proc file of a process of the tree shared between processes is not supported yet"
+                    .into()
+            })
+        }
         fd_kind::SOCKET => {
             let s = ins.b.sockets.get(f.object as usize)?;
             match s.state {

@@ -60,8 +60,14 @@ pub mod flags {
     /// This process's children that are [`STAND_IN`]s are forked by its
     /// shim once its memory is in (`docs/design.md`, "Process trees").
     pub const FORKS: u64 = 1 << 8;
+    /// With [`STAND_IN`]: the child shared its parent's fd table (clone
+    /// with CLONE_FILES), and its parent's shim forks it so: the child
+    /// takes none of the stand-in's fds but the shim's own, and keeps
+    /// them at the numbers the parent's shim took them at.
+    pub const SHARES_FDS: u64 = 1 << 9;
     /// Every bit this version knows.
-    pub const ALL: u64 = PHASES | LAZY | SELF_UNMAP | SAME_CREDS | MAP | BARRIER | STAND_IN | FORKS;
+    pub const ALL: u64 =
+        PHASES | LAZY | SELF_UNMAP | SAME_CREDS | MAP | BARRIER | STAND_IN | FORKS | SHARES_FDS;
 }
 
 /// rsi at the shim's final `int3`, so the tracer knows the trap is ours.

@@ -52,12 +52,14 @@ pub(crate) fn referenced(img: &Image, into: &mut std::collections::BTreeSet<u32>
 
 /// Why child `c` of `p` cannot be forked by `p`'s shim, None if it can.
 /// `recs`: the whole tree; `refs`: the PIDs its fds refer to
-/// ([`referenced`]).
+/// ([`referenced`]); `shares_fds`: it shared its parent's fd table (then
+/// it is forked so whether it shared pages or not).
 pub(crate) fn obstacle(
     recs: &[TreeProc],
     refs: &std::collections::BTreeSet<u32>,
     p: (TreeProc, &Plan),
     c: (TreeProc, &Plan),
+    shares_fds: bool,
 ) -> Option<&'static str> {
     let ((pr, pp), (cr, cp)) = (p, c);
     if refs.contains(&cr.pid) {
@@ -130,7 +132,19 @@ pub(crate) fn obstacle(
     if !same_file(&pp.image.pages_path(), &cp.image.pages_path()) {
         return Some("its pages are in another pages.img");
     }
-    if !shares_pages(&pi, &ci) {
+    // A POSIX lock belongs to the fd table: the close of any fd of its
+    // file by either shim (its own files, closed after the other took the
+    // lock again) would drop it.
+    if shares_fds
+        && [&pi, &ci].iter().any(|i| {
+            i.locks()
+                .iter()
+                .any(|l| l.kind == cryo_image::fds::lock_kind::POSIX)
+        })
+    {
+        return Some("a POSIX lock is held in the shared fd table");
+    }
+    if !shares_fds && !shares_pages(&pi, &ci) {
         return Some("it shared no page with its parent");
     }
     None

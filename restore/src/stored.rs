@@ -65,7 +65,11 @@ pub(crate) fn reopen(p: &FdPlan, made: RawFd, flags: i32, pos: u64) -> Result<Ra
     let f = std::fs::OpenOptions::new()
         .read(acc == libc::O_RDONLY || acc == libc::O_RDWR)
         .write(acc == libc::O_WRONLY || acc == libc::O_RDWR)
-        .custom_flags(flags & !(libc::O_ACCMODE | libc::O_TRUNC | libc::O_NOFOLLOW))
+        // (The made file is a regular file or memfd: never O_DIRECTORY,
+        // which an O_TMPFILE's flags carry.)
+        .custom_flags(
+            flags & !(libc::O_ACCMODE | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_DIRECTORY),
+        )
         .open(format!("/proc/self/fd/{made}"))
         .map_err(|e| fd_err(p, e))?;
     crate::fds::seek(p, f.as_raw_fd(), pos)?;

@@ -196,7 +196,7 @@ pub(crate) fn prepare(
         });
     }
     let mut plan = crate::prepare_one(dir, root, opts, made_of(recs[0].pid))?;
-    choose_stand_ins(&recs, &mut plan, &mut members);
+    choose_stand_ins(&recs, &mut plan, &mut members)?;
     plan.eager_fill = eager_fill;
     plan.tree = Some(Box::new(Tree {
         members,
@@ -213,7 +213,15 @@ pub(crate) fn prepare(
 ///
 /// [`flags::STAND_IN`]: cryo_image::handoff::flags::STAND_IN
 /// [`flags::FORKS`]: cryo_image::handoff::flags::FORKS
-fn choose_stand_ins(recs: &[TreeProc], root: &mut Plan, members: &mut [Member]) {
+///
+/// A child that shared its parent's fd table can only be made so (a
+/// process that execs gets a table of its own): where it cannot be, the
+/// restore is refused, naming why.
+fn choose_stand_ins(
+    recs: &[TreeProc],
+    root: &mut Plan,
+    members: &mut [Member],
+) -> Result<(), RestoreError> {
     use cryo_image::handoff::flags;
     let mut refs = std::collections::BTreeSet::new();
     crate::standin::referenced(&root.image(), &mut refs);
@@ -229,14 +237,29 @@ fn choose_stand_ins(recs: &[TreeProc], root: &mut Plan, members: &mut [Member]) 
         else {
             continue;
         };
-        let why = {
+        let (why, shares_fds) = {
             let cp = members[c].plan.borrow();
             let Some(cp) = cp.as_ref() else { continue };
             let pp = members[p].plan.borrow();
             let pp = if p == 0 { Some(&*root) } else { pp.as_ref() };
             let Some(pp) = pp else { continue };
-            crate::standin::obstacle(recs, &refs, (members[p].rec, pp), (members[c].rec, cp))
+            let shares_fds =
+                cp.image().process().flags & cryo_image::process_flags::SHARES_PARENT_FDS != 0;
+            let why = crate::standin::obstacle(
+                recs,
+                &refs,
+                (members[p].rec, pp),
+                (members[c].rec, cp),
+                shares_fds,
+            );
+            (why, shares_fds)
         };
+        if let (Some(w), true) = (why, shares_fds) {
+            return Err(RestoreError::Tree(format!(
+                "process {} shared its parent's fd table (clone with CLONE_FILES), which a restore makes again only by forking it from its parent's shim, and cannot here: {w}",
+                members[c].rec.pid
+            )));
+        }
         if root.opts.phases {
             match why {
                 None => eprintln!(
@@ -255,6 +278,9 @@ fn choose_stand_ins(recs: &[TreeProc], root: &mut Plan, members: &mut [Member]) 
         members[c].stand_in = true;
         if let Some(cp) = members[c].plan.borrow_mut().as_mut() {
             cp.extra_flags |= flags::STAND_IN;
+            if shares_fds {
+                cp.extra_flags |= flags::SHARES_FDS;
+            }
         }
         if p == 0 {
             root.extra_flags |= flags::FORKS;
@@ -262,6 +288,7 @@ fn choose_stand_ins(recs: &[TreeProc], root: &mut Plan, members: &mut [Member]) 
             pp.extra_flags |= flags::FORKS;
         }
     }
+    Ok(())
 }
 
 fn in_process(pid: u32, e: RestoreError) -> RestoreError {
@@ -923,6 +950,28 @@ fn make_one(
             rdev,
         } => fds::open_path(p, path, *flags, *pos, *dev_ino, *rdev),
         Source::Handle { .. } | Source::Relinked { .. } => fds::open_removed(p),
+        // A /proc file of no process, or of one outside the tree (the one
+        // captured: its start time was checked with the plan, and is
+        // again after the open).
+        Source::Proc {
+            path,
+            pid,
+            start,
+            flags,
+            pos,
+        } if pid.is_none() || *start != 0 => {
+            let fd = fds::open_path(p, path, *flags, *pos, None, None)?;
+            if let Some(c) = pid {
+                if cryo_image::fds::proc_start_time(*c) != Some(*start) {
+                    sys::close(fd);
+                    return Err(fds::fd_err(
+                        p,
+                        format!("process {c} of {path} is no longer the one captured"),
+                    ));
+                }
+            }
+            Ok(fd)
+        }
         // (Its master closed once every shared object is made.)
         Source::HungUpTty { dev, rdev, flags } => crate::ptys::hung_up(p, (*dev, *rdev), *flags),
         Source::MQueue { name, flags, sizes } => fds::mqueue_check(name, *flags, *sizes)

@@ -18,6 +18,17 @@ fn made_by_restore(flags: u32, files_fd: usize) -> bool {
         || (flags & file_flags::KEPT != 0 && files_fd != usize::MAX)
 }
 
+/// Where the files `cryo restore` made are, when not at consecutive fds
+/// from FILES_FD: the address of an i32 table, the k-th made file's fd
+/// at index k (0: at FILES_FD + k). A child sharing its parent's fd table
+/// finds them where its parent's shim took them from its stand-in.
+static MADE_AT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// The made files are listed at `table` (see [`MADE_AT`]).
+pub fn made_files_at(table: usize) {
+    MADE_AT.store(table, core::sync::atomic::Ordering::Relaxed);
+}
+
 /// One fd per files-table entry (or -1), kept in the shim's scratch
 /// pages (there is no allocator).
 pub struct Files<'a> {
@@ -80,6 +91,17 @@ impl<'a> Files<'a> {
         (f, exe)
     }
 
+    /// The fd of the k-th file `cryo restore` made.
+    fn made_fd(&self, k: usize) -> usize {
+        match MADE_AT.load(core::sync::atomic::Ordering::Relaxed) {
+            0 => self.files_fd + k,
+            // SAFETY: a table set up by the forked child's shim, with an
+            // entry for every fd taken at FILES_FD or above (-1 where
+            // none: close and fstat then fail on it).
+            at => (unsafe { *(at as *const i32).add(k) }) as usize,
+        }
+    }
+
     /// The fd of file `idx`, opened and checked the first time.
     pub fn open(&mut self, idx: u32) -> usize {
         if idx as usize >= self.n {
@@ -109,7 +131,7 @@ impl<'a> Files<'a> {
                 .take(idx as usize)
                 .filter(|g| made_by_restore(g.flags, self.files_fd))
                 .count();
-            let fd = self.files_fd + k;
+            let fd = self.made_fd(k);
             let mut st = [0u64; 18];
             check(
                 syscall3(SYS_FSTAT, fd, st.as_mut_ptr() as usize, 0),
@@ -202,7 +224,7 @@ impl<'a> Files<'a> {
                 .filter(|f| made_by_restore(f.flags, self.files_fd))
                 .count();
             for k in 0..made {
-                syscall3(SYS_CLOSE, self.files_fd + k, 0, 0);
+                syscall3(SYS_CLOSE, self.made_fd(k), 0, 0);
             }
         }
     }

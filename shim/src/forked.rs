@@ -364,13 +364,28 @@ fn end(pid: u32) {
     }
 }
 
-/// fork with PID `pid` (clone3 `set_tid`): 0 in the child.
-fn fork_with_pid(pid: u32) -> isize {
+/// fork with PID `pid` (clone3 `set_tid`), sharing this process's fd
+/// table if `share_fds` (CLONE_FILES): 0 in the child.
+fn fork_with_pid(pid: u32, share_fds: bool) -> isize {
     const SIGCHLD: u64 = 17;
+    const CLONE_FILES: u64 = 0x400;
     let tid = [pid as i32];
+    let clone_flags = if share_fds { CLONE_FILES } else { 0 };
     // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal,
     // stack, stack_size, tls, set_tid, set_tid_size, cgroup.
-    let args: [u64; 11] = [0, 0, 0, 0, SIGCHLD, 0, 0, 0, tid.as_ptr() as u64, 1, 0];
+    let args: [u64; 11] = [
+        clone_flags,
+        0,
+        0,
+        0,
+        SIGCHLD,
+        0,
+        0,
+        0,
+        tid.as_ptr() as u64,
+        1,
+        0,
+    ];
     syscall3(
         SYS_CLONE3,
         args.as_ptr() as usize,
@@ -489,7 +504,8 @@ fn fork_child(parent: &Image, pid: u32) -> bool {
         }
     };
     end(pid);
-    match fork_with_pid(pid) {
+    let share_fds = h.flags & flags::SHARES_FDS != 0;
+    match fork_with_pid(pid, share_fds) {
         0 => child(parent, &h, &t),
         r if r < 0 => {
             // Past the point of no return: the parent goes on, the child
@@ -506,6 +522,9 @@ fn fork_child(parent: &Image, pid: u32) -> bool {
             crate::round_lost(pid);
             t.close();
         }
+        // (In a table shared with the child, what was taken is the
+        // child's to close.)
+        _ if share_fds => {}
         _ => t.close(),
     }
     true
@@ -514,6 +533,9 @@ fn fork_child(parent: &Image, pid: u32) -> bool {
 /// The child, just forked: its fds and working directory in place, then
 /// the restore of its own image from its mappings on.
 fn child(parent: &Image, h: &Handoff, t: &Taken) -> ! {
+    if h.flags & flags::SHARES_FDS != 0 {
+        shared_table_child(parent, h, t)
+    }
     // The parent's /proc/self/mem names the parent's memory.
     crate::vma::close_mem_fd();
     syscall3(SYS_CLOSE_RANGE, 0, t.floor - 1, 0);
@@ -535,6 +557,93 @@ fn child(parent: &Image, h: &Handoff, t: &Taken) -> ! {
         format_args!("installing the tree's barrier"),
     );
     syscall3(SYS_CLOSE_RANGE, t.floor, u32::MAX as usize, 0);
+    let fd = |v: u64| {
+        if v == handoff::NONE {
+            usize::MAX
+        } else {
+            v as usize
+        }
+    };
+    go_on(
+        parent,
+        h,
+        t,
+        fd(h.meta_fd),
+        fd(h.pages_fd),
+        fd(h.files_fd),
+        fd(h.round_fd),
+    )
+}
+
+/// A child that shares its parent's fd table (CLONE_FILES): the program's
+/// fds are in place already, and so are its parent's shim's own, which
+/// it leaves alone. What was taken from its stand-in stays where the
+/// parent's shim put it (the stand-in's numbers may be the parent shim's
+/// own): the shim's files it uses from there and closes when done, the
+/// rest at once.
+fn shared_table_child(parent: &Image, h: &Handoff, t: &Taken) -> ! {
+    // (Its number is the parent's: closed by the parent's shim.)
+    crate::vma::forget_mem_fd();
+    let ours = |v: u64| {
+        if v == handoff::NONE {
+            return usize::MAX;
+        }
+        (0..t.n)
+            .map(|i| t.pair(i))
+            .find(|&(theirs, _)| theirs as u64 == v)
+            .map_or(usize::MAX, |(_, ours)| ours)
+    };
+    let (meta, pages, files) = (ours(h.meta_fd), ours(h.pages_fd), ours(h.files_fd));
+    // The files `cryo restore` made are the stand-in's last fds, from
+    // FILES_FD up (above every fd of the program): listed by their place
+    // there, in the list of stand-ins (of no more use here).
+    let made = STAND_INS_AT as *mut i32;
+    let slots = STAND_INS_LEN / 4;
+    for k in 0..slots.min(t.n) {
+        // SAFETY: k < slots i32s of the mapping, ours (a private copy).
+        unsafe { *made.add(k) = -1 };
+    }
+    for i in 0..t.n {
+        let (theirs, o) = t.pair(i);
+        let k = (files != usize::MAX && h.files_fd != handoff::NONE)
+            .then(|| (theirs as u64).wrapping_sub(h.files_fd) as usize)
+            .filter(|&k| k < slots.min(t.n));
+        match k {
+            // SAFETY: k < slots.
+            Some(k) => unsafe { *made.add(k) = o as i32 },
+            None if o != meta && o != pages => {
+                syscall3(SYS_CLOSE, o, 0, 0);
+            }
+            None => {}
+        }
+    }
+    if files != usize::MAX {
+        crate::files::made_files_at(STAND_INS_AT);
+    }
+    check(
+        syscall3(SYS_FCHDIR, t.cwd, 0, 0),
+        format_args!("entering the working directory"),
+    );
+    syscall3(SYS_CLOSE, t.cwd, 0, 0);
+    if meta == usize::MAX {
+        die(format_args!(
+            "the image of a process sharing its parent's fds was not taken from its stand-in"
+        ));
+    }
+    go_on(parent, h, t, meta, pages, files, t.round)
+}
+
+/// The child, its fds and working directory in place: the signals sent
+/// to its stand-in, then its restore.
+fn go_on(
+    parent: &Image,
+    h: &Handoff,
+    t: &Taken,
+    meta_fd: usize,
+    pages_fd: usize,
+    files_fd: usize,
+    round_fd: usize,
+) -> ! {
     // What was sent to the stand-in, again (every signal is blocked in
     // the shim): the signal kept, its siginfo and a realtime signal's
     // count not.
@@ -548,24 +657,21 @@ fn child(parent: &Image, h: &Handoff, t: &Taken) -> ! {
             syscall3(SYS_KILL, me, sig, 0);
         }
     }
-    let fd = |v: u64| {
-        if v == handoff::NONE {
+    let a = Args {
+        meta_fd,
+        pages_fd,
+        tid_offset: if h.tid_offset == handoff::NONE {
             usize::MAX
         } else {
-            v as usize
-        }
-    };
-    let a = Args {
-        meta_fd: fd(h.meta_fd),
-        pages_fd: fd(h.pages_fd),
-        tid_offset: fd(h.tid_offset),
-        flags: h.flags & !(flags::BARRIER | flags::STAND_IN | flags::FORKS),
+            h.tid_offset as usize
+        },
+        flags: h.flags & !(flags::BARRIER | flags::STAND_IN | flags::FORKS | flags::SHARES_FDS),
         exec_ns: 0,
         sock_fd: usize::MAX,
         alias_fd: usize::MAX,
-        files_fd: fd(h.files_fd),
+        files_fd,
         barrier_fd: usize::MAX,
-        round_fd: fd(h.round_fd),
+        round_fd,
     };
     crate::restore_forked(&a, parent)
 }

@@ -439,6 +439,13 @@ pub fn close_mem_fd() {
     }
 }
 
+/// Forget what `give_anon_vma` opened without closing it: a child
+/// forked sharing its parent's fd table, whose number is the parent's.
+pub fn forget_mem_fd() {
+    // SAFETY: as in close_mem_fd (the child is single-threaded too).
+    unsafe { MEM_FD = -1 };
+}
+
 fn give_anon_vma(addr: usize, writable: bool) {
     if writable {
         // SAFETY: addr is the first page of the writable mapping just made

@@ -159,8 +159,13 @@ static void fds_lines(int skip) {
         struct stat st;
         fstat(fd, &st);
         off_t pos = lseek(fd, 0, SEEK_CUR);
+        /* (A file made with O_TMPFILE keeps __O_TMPFILE | O_DIRECTORY in
+         * its flags, which no reopen sets: a documented difference,
+         * docs/pitfalls.md, "O_TMPFILE".) */
+        int fl = fcntl(fd, F_GETFL);
+        if (S_ISREG(st.st_mode)) fl &= ~O_TMPFILE;
         out("fd %d cloexec=%d fl=%o mode=%o rdev=%x size=%lld pos=%lld\n", fd,
-            fcntl(fd, F_GETFD), fcntl(fd, F_GETFL), st.st_mode, (unsigned)st.st_rdev,
+            fcntl(fd, F_GETFD), fl, st.st_mode, (unsigned)st.st_rdev,
             S_ISREG(st.st_mode) ? (long long)st.st_size : 0LL, (long long)pos);
         char path[64], link[4096];
         snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
@@ -753,9 +758,14 @@ static void locks_check(void) {
 
 /* An unlinked file: open at an offset, mapped shared and private, with a
  * hole; its bytes exist nowhere but in this process. */
-static int del_fd;
+static int del_fd, del_tmp;
 static uint8_t *del_shared, *del_private;
 static void deleted_setup(void) {
+    /* A file made unlinked (O_TMPFILE), open write-only: its flags keep
+     * O_TMPFILE, which is __O_TMPFILE | O_DIRECTORY (the reopen at
+     * restore failed ENOTDIR until stop 36). */
+    del_tmp = open(DIRPATH, O_TMPFILE | O_WRONLY, 0600);
+    CHECK(del_tmp >= 0 && write(del_tmp, "made unlinked", 13) == 13, "O_TMPFILE");
     char p[4096];
     path_in_dir(p, sizeof p, "deleted");
     del_fd = open(p, O_RDWR | O_CREAT | O_TRUNC, 0640);
@@ -787,6 +797,14 @@ static void deleted_check(void) {
     del_shared[4096] = 'S';
     char c;
     CHECK(pread(del_fd, &c, 1, 4096) == 1 && c == 'S', "a write through the mapping is seen through the fd");
+    CHECK((fcntl(del_tmp, F_GETFL) & O_ACCMODE) == O_WRONLY && write(del_tmp, ", still", 7) == 7,
+          "the O_TMPFILE file, write-only");
+    char tp[64], tb[32] = {0};
+    snprintf(tp, sizeof tp, "/proc/self/fd/%d", del_tmp);
+    int r = open(tp, O_RDONLY);
+    CHECK(r >= 0 && read(r, tb, sizeof tb - 1) == 20 && !strcmp(tb, "made unlinked, still"),
+          "the O_TMPFILE file's bytes (%s)", tb);
+    close(r);
 }
 
 /* A file open by a name that was removed, with its other link in another

@@ -62,12 +62,26 @@
  * it still shares with the children (/proc/PID/pagemap: the same
  * physical page; needs CAP_SYS_ADMIN) as `SHARED a b c of n`, reads one more
  * line, ends them and prints PASS diverge.
+ *
+ * `tree fdshare`: the root maps a file it made with O_TMPFILE (unlinked)
+ * shared, then clones a child A that shares its fd table (CLONE_FILES)
+ * and forks a child B that does not. A opens /dev/null at fd 60 before
+ * B is forked (so B has its own copy of it). READY once that is in
+ * place; the root then reads a line of stdin (the capture is taken while
+ * it waits). After it the root checks with kcmp that A shares its fd
+ * table and B does not, puts a pipe at fds 70 and 71 and tells A to go:
+ * A must find 70 and 71 (the root's, in the table they share), write
+ * through 71, close 60, and find the unlinked file's mapping as it was
+ * and write its own bytes there. The root must then read A's bytes on
+ * 70, find 60 closed and A's bytes in the mapping; B must still have its
+ * own 60 and no 70. PASS fdshare.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -660,6 +674,83 @@ static int strict(void) {
   return 0;
 }
 
+static int is_open(int fd) { return fcntl(fd, F_GETFD) >= 0; }
+
+static int fdshare(void) {
+  static const char DATA[] = "bytes of an unlinked file, mapped shared";
+  int tf = open("/tmp", O_TMPFILE | O_RDWR, 0600);
+  if (tf < 0) fail("O_TMPFILE");
+  if (ftruncate(tf, 4096) || pwrite(tf, DATA, sizeof DATA, 0) != (ssize_t)sizeof DATA)
+    fail("filling the unlinked file");
+  char *map = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, tf, 0);
+  if (map == MAP_FAILED) fail("mmap");
+  int go_a[2], go_b[2], done[2];
+  if (pipe(go_a) || pipe(go_b) || pipe(done)) fail("pipe");
+  /* (A raw clone without a stack: a fork that shares the fd table.) */
+  pid_t a = syscall(SYS_clone, CLONE_FILES | SIGCHLD, 0, 0, 0, 0);
+  if (a < 0) fail("clone");
+  if (a == 0) {
+    char c;
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (dup2(open("/dev/null", O_RDONLY), 60) != 60) _exit(10);
+    if (write(done[1], "o", 1) != 1) _exit(11);
+    read_full(go_a[0], &c, 1, "A reading go");
+    if (!is_open(70) || !is_open(71)) _exit(12);
+    if (write(71, "from A", 6) != 6) _exit(13);
+    if (close(60)) _exit(14);
+    if (memcmp(map, DATA, sizeof DATA)) _exit(15);
+    memcpy(map + 1000, "A wrote this", 12);
+    if (write(done[1], "a", 1) != 1) _exit(16);
+    _exit(0);
+  }
+  char c;
+  read_full(done[0], &c, 1, "A opening fd 60");
+  if (!is_open(60)) fail("A's fd 60 in the root");
+  pid_t b = fork();
+  if (b < 0) fail("fork");
+  if (b == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL); /* (ends with a root ended early) */
+    read_full(go_b[0], &c, 1, "B reading go");
+    if (!is_open(60)) _exit(20);
+    if (is_open(70)) _exit(21);
+    _exit(0);
+  }
+  printf("READY %d\n", getpid());
+  char line[16];
+  if (!fgets(line, sizeof line, stdin)) fail("reading stdin");
+  /* (A child that lost its end of `done` would leave the root waiting:
+   * ended by SIGALRM instead.) */
+  alarm(60);
+  if (syscall(SYS_kcmp, getpid(), a, 2 /* KCMP_FILES */, 0, 0) != 0)
+    fail("A shares the root's fd table no more");
+  if (syscall(SYS_kcmp, getpid(), b, 2 /* KCMP_FILES */, 0, 0) == 0)
+    fail("B shares the root's fd table");
+  int p[2];
+  if (pipe(p) || dup2(p[0], 70) != 70 || dup2(p[1], 71) != 71) fail("pipe at 70, 71");
+  close(p[0]);
+  close(p[1]);
+  if (write(go_a[1], "g", 1) != 1) fail("go A");
+  read_full(done[0], &c, 1, "A done");
+  if (c != 'a') fail("A's answer");
+  char got[6];
+  read_full(70, got, 6, "A's bytes on fd 70");
+  if (memcmp(got, "from A", 6)) fail("A's bytes");
+  if (is_open(60)) fail("fd 60, closed by A, in the root");
+  if (memcmp(map + 1000, "A wrote this", 12)) fail("A's bytes in the mapping");
+  if (write(go_b[1], "g", 1) != 1) fail("go B");
+  int st;
+  if (waitpid(a, &st, 0) != a || !WIFEXITED(st) || WEXITSTATUS(st)) {
+    printf("FAIL A status %#x\n", st);
+    return 1;
+  }
+  if (waitpid(b, &st, 0) != b || !WIFEXITED(st) || WEXITSTATUS(st)) {
+    printf("FAIL B status %#x\n", st);
+    return 1;
+  }
+  printf("PASS fdshare\n");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc > 2 && !strcmp(argv[1], "cow"))
@@ -669,6 +760,7 @@ int main(int argc, char **argv) {
   if (argc > 2 && !strcmp(argv[1], "prefork")) return prefork(argv[2]);
   if (argc > 1 && !strcmp(argv[1], "pty")) return pty();
   if (argc > 1 && !strcmp(argv[1], "seccomp")) return strict();
-  fprintf(stderr, "usage: tree family | tree prefork SOCKET_PATH | tree pty | tree seccomp\n");
+  if (argc > 1 && !strcmp(argv[1], "fdshare")) return fdshare();
+  fprintf(stderr, "usage: tree family | tree prefork SOCKET_PATH | tree pty | tree seccomp | tree fdshare\n");
   return 2;
 }

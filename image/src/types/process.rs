@@ -77,6 +77,10 @@ pub mod process_flags {
     /// pty pair of the image is made again and led; any other terminal
     /// is the invoker's, whose session a restore stays in.)
     pub const SESSION_LEADER: u32 = 1 << 5;
+    /// (11.8) The process shared its parent's fd table (cloned with
+    /// CLONE_FILES, not a thread): restore forks it from its parent's
+    /// shim with CLONE_FILES, or refuses.
+    pub const SHARES_PARENT_FDS: u32 = 1 << 6;
 }
 
 /// The PID of a path /proc/PID (digits only), the /proc directory of a

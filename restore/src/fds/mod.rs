@@ -191,7 +191,16 @@ pub struct Plan {
 /// added where devices are opened: a terminal must never become the
 /// restorer's controlling one by being reopened.)
 fn reopen_flags(flags: u32) -> i32 {
-    (flags & !cryo_image::fds::CREATE_ONLY_FLAGS) as i32
+    // (O_TMPFILE is __O_TMPFILE | O_DIRECTORY, and the file's flags keep
+    // both: the file is a regular one, which O_DIRECTORY would refuse,
+    // ENOTDIR.)
+    let tmpfile = (libc::O_TMPFILE & !libc::O_DIRECTORY) as u32;
+    let drop = if flags & tmpfile != 0 {
+        cryo_image::fds::CREATE_ONLY_FLAGS | libc::O_DIRECTORY as u32
+    } else {
+        cryo_image::fds::CREATE_ONLY_FLAGS
+    };
+    (flags & !drop) as i32
 }
 
 /// What `plan` needs for every fd.

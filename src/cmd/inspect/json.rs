@@ -75,6 +75,8 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
             "was_stopped": p.flags & process_flags::WAS_STOPPED != 0,
             "stop_signal": p.stop_signal,
             "in_syscall": p.flags & process_flags::IN_SYSCALL != 0,
+            "leads_session": p.flags & process_flags::SESSION_LEADER != 0,
+            "shares_parent_fds": p.flags & process_flags::SHARES_PARENT_FDS != 0,
             "personality": p.personality, "umask": p.umask, "rss_kib": p.rss_kib,
             "mm": p.mm, "regs": p.regs, "raw_regs": p.raw_regs,
             "sig_blocked": p.sig_blocked, "sig_pending": p.sig_pending,
