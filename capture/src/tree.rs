@@ -212,9 +212,23 @@ fn member(pid: i32, parent: u32) -> Result<Option<Member>, CaptureError> {
 pub fn shared_fd_tables(t: &Tree, obs: &mut Obstacles) -> Vec<u32> {
     const KCMP_FILES: libc::c_long = 2;
     let live = |m: &Member| m.rec.state != proc_state::ZOMBIE;
-    let shares = |a: u32, b: u32| crate::sys::kcmp(a as i32, b as i32, KCMP_FILES).unwrap_or(false);
+    // (A kcmp that fails cannot say: an obstacle, not "not shared".)
+    let failed = std::cell::RefCell::new(Vec::new());
+    let shares = |a: u32, b: u32| match crate::sys::kcmp(a as i32, b as i32, KCMP_FILES) {
+        Ok(same) => same,
+        Err(e) => {
+            failed.borrow_mut().push(format!(
+                "cannot tell whether processes {a} and {b} share one fd table: kcmp: {e}"
+            ));
+            false
+        }
+    };
     let root = t.members[0].rec;
-    if root.ppid > 0 && shares(root.ppid, root.pid) {
+    // (The parent outside may be another user's, which kcmp may not
+    // compare: not an obstacle of its own.)
+    if root.ppid > 0
+        && crate::sys::kcmp(root.ppid as i32, root.pid as i32, KCMP_FILES).unwrap_or(false)
+    {
         obs.push(format!(
             "process {} shares its fd table with its parent {}, outside the tree (clone with CLONE_FILES); capture the parent instead",
             root.pid, root.ppid
@@ -268,6 +282,9 @@ pub fn shared_fd_tables(t: &Tree, obs: &mut Obstacles) -> Vec<u32> {
                 ));
             }
         }
+    }
+    for f in failed.into_inner() {
+        obs.push(f);
     }
     out
 }

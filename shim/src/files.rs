@@ -195,7 +195,7 @@ impl<'a> Files<'a> {
 
     /// Close every fd the shim opened itself, leaving the made files' fds
     /// (a stand-in's, which the child forked in its place takes).
-    pub fn close_opened(self) {
+    pub fn close_opened(&self) {
         for (i, f) in self.img.files().iter().enumerate().take(self.n) {
             // SAFETY: i < n.
             let fd = unsafe { *self.fds.add(i) };
@@ -209,13 +209,11 @@ impl<'a> Files<'a> {
     /// program's own fds were installed by `cryo restore` at their numbers
     /// and are untouched).
     pub fn close_all(self) {
-        for i in 0..self.n {
-            // SAFETY: i < n.
-            let fd = unsafe { *self.fds.add(i) };
-            if fd >= 0 {
-                syscall3(SYS_CLOSE, fd as usize, 0, 0);
-            }
-        }
+        // Each fd once: a made file's slot holds its FILES_FD + k, closed
+        // below with the others. (A second close of a number is never
+        // harmless: a child sharing this fd table may have been given it
+        // in between, found by a review of stop 36.)
+        self.close_opened();
         if self.files_fd != usize::MAX {
             let made = self
                 .img
