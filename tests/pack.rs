@@ -276,6 +276,45 @@ fn pack_refuses_what_a_packed_restorer_cannot_restore() {
     );
 }
 
+/// Bytes left unread in the pipe at fd 0: pack refuses, and names the
+/// option that accepts losing them; `cryo pack --drop-pipe-data` packs it
+/// (a survey of stop 36: pack's refusal advised the option, which only
+/// `cryo restore` had), and the restorer runs on its invoker's stdin.
+#[test]
+fn pack_drops_unread_stdin_bytes_only_when_told() {
+    let dir = scratch("pack-pipe-data");
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-c",
+        "import os, signal\nprint('READY', os.getpid(), flush=True)\nassert os.read(0, 4) == b'one\\n'\nos.kill(os.getpid(), signal.SIGSTOP)\nprint('resumed', os.read(0, 100), flush=True)\nos._exit(3)",
+    ]);
+    let mut t = Target::spawn(cmd, "py-stdin");
+    use std::io::Write;
+    t.stdin.as_mut().unwrap().write_all(b"one\ntwo\n").unwrap();
+    t.wait_stopped();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "capture: {err}");
+    t.finish();
+    let out = dir.join("restorer");
+    let (code, _, err) = cryo_cmd(&["pack", img.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("4 bytes were unread in this pipe") && err.contains("--drop-pipe-data"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing written");
+    pack(&img, &out, &["--drop-pipe-data"]);
+    // (Its stdin is /dev/null here: it reads nothing, and goes on.)
+    let (code, stdout, err) = run(&out, &[]);
+    assert_eq!((code, stdout.as_str()), (3, "resumed b''\n"), "{err}");
+}
+
 /// A process that led its own session (a daemon's setsid) leads one again
 /// when its packed restorer runs (stop 35), as under `cryo restore`; run
 /// as a job-control shell's job (leading a process group, which setsid

@@ -777,6 +777,35 @@ fn children_of(ppid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// A process a lazy restore still serves (its page server holds the
+/// userfaultfd its mappings are registered with) cannot be captured: one
+/// line that says so, not one per mapping blaming the program's own
+/// userfaultfd (a survey of stop 36); the program is left to finish.
+#[test]
+fn a_process_still_served_lazily_is_refused_in_one_line() {
+    let img = capture_killed("c-lazy", &["slow", "4"], "stop", "lazy-served");
+    let mut r = Restored::start(&img, &["--lazy=on-demand", "--lazy-min-mib=0"]);
+    let mut so = r.child.stdout.take().expect("stdout");
+    let mut first = [0u8; 8];
+    so.read_exact(&mut first).expect("restored program prints");
+    assert_eq!(&first, b"RESUMED ");
+    let img2 = img.with_file_name("again");
+    let (code, _, err) = cryo_cmd(&["capture", &r.pid.to_string(), img2.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("registered with a userfaultfd the process does not hold")
+            && err.contains("page server of a lazy `cryo restore`"),
+        "{err}"
+    );
+    assert!(!err.contains("program's own userfaultfd"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(!img2.exists());
+    r.child.stdout = Some(so);
+    let (code, out, err) = r.finish();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("PASS"), "{out}{err}");
+}
+
 #[test]
 fn lazy_page_server_killed_kills_the_program_loudly() {
     let img = capture_killed("c-lazy", &["slow", "16"], "stop", "lazy-kill");

@@ -729,6 +729,38 @@ fn a_child_sharing_its_parents_fd_table_shares_it_again() {
     }
 }
 
+/// `--keep-stopped` of a tree stops its root alone, and `kill -CONT` of
+/// the root resumes the program: the children run as captured. Until
+/// stop 36 every process was kept stopped, and a child nobody continued
+/// (Erlang's erl_child_setup, in a session of its own) hung the program
+/// and outlived it.
+#[test]
+fn keep_stopped_tree_stops_its_root_and_cont_resumes_it() {
+    let dir = scratch("tree-keep-stopped");
+    let t = Target::start("c-tree", &["cow", "1"]);
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    let pids = tree_pids(&img);
+    wait_gone(&pids);
+    let r = restore(&img, &["--keep-stopped"]);
+    let root = r.id() as i32;
+    wait_for("the root to stop", Duration::from_secs(20), || {
+        state(root) == Some('T')
+    });
+    for &c in &pids[1..] {
+        wait_for("a child to run", Duration::from_secs(20), || {
+            matches!(state(c), Some('S') | Some('R'))
+        });
+    }
+    // SAFETY: kill takes no pointers.
+    unsafe { libc::kill(root, libc::SIGCONT) };
+    let (code, out, err) = finish(r, "go\nend\n");
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.lines().last(), Some("PASS cow"), "{out}{err}");
+}
+
 /// A command whose tree cryo must refuse: the refusal names `what`, and
 /// every process is left running as it was.
 fn refused(script: &str, args: &[&str], what: &str) {

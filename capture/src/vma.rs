@@ -38,8 +38,9 @@ pub fn classify_all<'a>(
 ) -> Vec<Classified<'a>> {
     let mut out = Vec::with_capacity(maps.len());
     shim_window(pid, maps, obs);
+    let served = served_by_another(pid, maps, obs);
     for m in maps {
-        let (kind, flags) = match classify(m) {
+        let (kind, flags) = match classify(m, served) {
             Ok(k) => k,
             Err(why) => {
                 obs.push(why);
@@ -258,8 +259,45 @@ pub(crate) fn by_handle(b: &mut ImageBuilder, fd_path: &str, shown: &str) -> Opt
 /// this name (/proc/PID/maps then shows `/memfd:dev/zero (deleted)`).
 pub const SHARED_ANON_NAME: &str = "/memfd:dev/zero (deleted)";
 
-/// Classify a mapping, or say why cryo cannot restore it.
-fn classify(m: &Mapping) -> Result<(u32, u32), String> {
+/// The userfaultfd flags of a mapping (VmFlags um, uw, ui).
+const UFFD_FLAGS: [&str; 3] = ["um", "uw", "ui"];
+
+/// Mappings registered with a userfaultfd the process does not hold
+/// (another process's: above all the page server of a lazy `cryo
+/// restore` still serving it). One obstacle for all of them, which says
+/// so, rather than one per mapping blaming the program's own userfaultfd
+/// (a survey of stop 36). Whether that is so.
+fn served_by_another(pid: i32, maps: &[Mapping], obs: &mut Obstacles) -> bool {
+    let registered: Vec<&Mapping> = maps
+        .iter()
+        .filter(|m| m.vmflags.iter().any(|f| UFFD_FLAGS.contains(&f.as_str())))
+        .collect();
+    let Some(first) = registered.first() else {
+        return false;
+    };
+    let holds_one = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:[userfaultfd]")
+        });
+    if holds_one {
+        return false;
+    }
+    obs.push(format!(
+        "{} of its mappings (the first {:x}-{:x} {}) are registered with a userfaultfd the process does not hold: another process serves their pages, as the page server of a lazy `cryo restore` does until every page is in (`--lazy` streams them all, then lets go; `--lazy=on-demand` never does); capture it once that is done, or restore it eagerly or with --map to capture it again",
+        registered.len(),
+        first.start,
+        first.end,
+        first.path
+    ));
+    true
+}
+
+/// Classify a mapping, or say why cryo cannot restore it. `served`: its
+/// userfaultfd flags were refused already ([`served_by_another`]).
+fn classify(m: &Mapping, served: bool) -> Result<(u32, u32), String> {
     let range = format!("{:x}-{:x}", m.start, m.end);
     if in_shim_window(m) {
         // Refused once for all of them (`shim_window`).
@@ -278,6 +316,9 @@ fn classify(m: &Mapping) -> Result<(u32, u32), String> {
     // the shim, or a reason to refuse (cryo_image::vmflag_rule).
     let mut why: Vec<String> = Vec::new();
     for f in &m.vmflags {
+        if served && UFFD_FLAGS.contains(&f.as_str()) {
+            continue;
+        }
         if let VmFlagRule::Refused(r) = vmflag_rule(f, special) {
             let r = format!("{r} (VmFlags '{f}')");
             if !why.contains(&r) {

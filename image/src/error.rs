@@ -130,7 +130,7 @@ impl fmt::Display for ImageError {
                 f,
                 "truncated image: sums.img is {actual} bytes, the image needs {expected}"
             ),
-            SumsChecksum { block } => write!(f, "corrupt image: sums.img block {block} fails its checksum"),
+            SumsChecksum { block } => write!(f, "corrupt image: sums.img block {block} fails its checksum in meta.img (sums.img is corrupt, or meta.img is another capture's)"),
             Invalid(why) => write!(f, "corrupt image: {why}"),
         }
     }

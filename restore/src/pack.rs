@@ -111,7 +111,10 @@ pub fn obstacles(plan: &Plan) -> Vec<String> {
 
 /// A file's identity as the record keeps it.
 pub fn identity(path: &Path) -> std::io::Result<Identity> {
-    let md = std::fs::metadata(path)?;
+    // (Named: "cannot pack DIR: No such file or directory" said not
+    // which file, a survey of stop 36.)
+    let md = std::fs::metadata(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     Ok([
         md.dev(),
         md.ino(),

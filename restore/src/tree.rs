@@ -170,13 +170,18 @@ pub(crate) fn prepare(
                 // they were (or shared with the root, as they were).
                 // A process that was stopped (job control) stays stopped:
                 // its parent may be waiting to see it so. (The root is
-                // resumed, as a single restore is, unless --keep-stopped.)
+                // resumed, as a single restore is, unless --keep-stopped,
+                // which is the root's alone: `kill -CONT ROOT` must
+                // resume the program, and a child kept stopped with it
+                // stayed stopped for good, one in a session of its own
+                // out of reach of a group's SIGCONT: a survey of stop 36,
+                // Erlang's erl_child_setup.)
                 let was_stopped =
                     image.image()?.process().flags & cryo_image::process_flags::WAS_STOPPED != 0;
                 let child_opts = Options {
                     inherit_fds: Vec::new(),
                     restore_stdio: vec![0, 1, 2],
-                    keep_stopped: opts.keep_stopped || was_stopped,
+                    keep_stopped: was_stopped,
                     same_pid: false,
                     pidns: false,
                     say_own_pid: false,

@@ -47,6 +47,12 @@ pub struct PackArgs {
     /// `cryo restore --map` (see its help for what differs).
     #[arg(long)]
     pub map: bool,
+    /// Accept losing bytes that were unread in a pipe at fds 0-2 at
+    /// capture: the packed restorer gives the program its invoker's fds
+    /// 0-2, never that pipe, and pack refuses by default when it still
+    /// held data (as `cryo restore --drop-pipe-data`).
+    #[arg(long)]
+    pub drop_pipe_data: bool,
     /// Print what was written as JSON.
     #[arg(long)]
     pub json: bool,
@@ -63,6 +69,7 @@ pub fn run(args: PackArgs) -> anyhow::Result<i32> {
         shim: shim.clone(),
         verify: true,
         map: args.map,
+        drop_pipe_data: args.drop_pipe_data,
         ..Default::default()
     };
     let plan = cryo_restore::prepare(&dir, opts)

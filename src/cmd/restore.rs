@@ -50,6 +50,7 @@ pub struct RestoreArgs {
     /// Image directory written by `cryo capture`.
     pub dir: PathBuf,
     /// Leave the restored process stopped (SIGSTOP); `kill -CONT` resumes it.
+    /// Of a tree, the root: the others run (or stay stopped) as captured.
     #[arg(long)]
     pub keep_stopped: bool,
     /// Fill every page before the program runs (the default).

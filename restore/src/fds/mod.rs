@@ -342,7 +342,7 @@ fn source_of(
     let unread = |pipe: Option<cryo_image::fds::Pipe>| -> Result<(), RestoreError> {
         match pipe {
             Some(p) if p.data.len > 0 && !cx.drop_pipe_data => Err(err.why(format!(
-                "{} bytes were unread in this pipe at capture; the fd it gets here is another pipe, so they would be lost (--drop-pipe-data accepts that)",
+                "{} bytes were unread in this pipe at capture; the fd it gets here is not that pipe, so they would be lost (--drop-pipe-data accepts that)",
                 p.data.len
             ))),
             _ => Ok(()),

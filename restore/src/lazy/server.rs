@@ -85,7 +85,7 @@ impl<'a> Server<'a> {
                         .is_some_and(|b| cryo_image::sum_block_ok(&b, block));
                     if !ok {
                         return Err(Fatal(format!(
-                            "sums.img is corrupt: block {k} fails its checksum"
+                            "sums.img is corrupt: block {k} fails its checksum in meta.img (or meta.img is another capture's)"
                         )));
                     }
                     self.block_ok.set(k);
