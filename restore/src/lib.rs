@@ -261,13 +261,14 @@ fn lead_own_session() -> Result<(), RestoreError> {
         return Ok(());
     }
     match sys::setsid() {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => match sys::fork() {
-            Ok(sys::Forked::Child) => sys::setsid().map_err(|e| e.into_sys(what)),
-            Ok(sys::Forked::Parent(child)) => supervise::run(child),
-            Err(e) => Err(e.into_sys(
-                "fork (a child leads the restored process's session: this one leads a process group)",
-            )),
-        },
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            supervise::fork_and_supervise(sys::fork).map_err(|e| {
+                e.into_sys(
+                    "fork (a child leads the restored process's session: this one leads a process group)",
+                )
+            })?;
+            sys::setsid().map_err(|e| e.into_sys(what))
+        }
         r => r.map_err(|e| e.into_sys(what)),
     }
 }
@@ -543,12 +544,8 @@ impl Plan {
             }
         } else if self.opts.same_pid {
             let pid = self.image().process().pid as i32;
-            match sys::fork_with_pid(pid) {
-                Ok(sys::Forked::Child) => {}
-                Ok(sys::Forked::Parent(child)) => supervise::run(child),
-                Err(e) => {
-                    return e.into_sys(format!("forking the restored process with its PID {pid}"))
-                }
+            if let Err(e) = supervise::fork_and_supervise(|| sys::fork_with_pid(pid)) {
+                return e.into_sys(format!("forking the restored process with its PID {pid}"));
             }
         }
         // A process that led its own session without a terminal (a

@@ -240,7 +240,26 @@ pub(crate) fn make(
             Some(libc::EACCES | libc::EROFS) => open(libc::O_RDONLY),
             _ => Err(e),
         }) {
-            Ok(fd) => return Ok(fd),
+            // The one captured: checked again here, as it may have come
+            // since the checks found it gone (another restore of this
+            // image making it again at the same moment: both ran, on the
+            // one being written, one time in 20 in a survey of stop 36).
+            Ok(fd) => {
+                let md = std::fs::File::from(fd.try_clone().map_err(|e| err(Why::Io(e)))?)
+                    .metadata()
+                    .map_err(|e| err(Why::Io(e)))?;
+                let same = (md.dev(), md.ino(), md.size()) == (f.dev, f.ino, f.size)
+                    && md.mtime() == f.mtime_sec
+                    && md.mtime_nsec() as u32 == f.mtime_nsec
+                    && f.same_birth(crate::sys::born(&md));
+                if !same {
+                    return Err(err(Why::Said(
+                        "a file appeared at its path since it was found gone (another restore of this image making it again?); it is not the one captured"
+                            .into(),
+                    )));
+                }
+                return Ok(fd);
+            }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(err(Why::sys("opening it", e))),
         }

@@ -20,6 +20,28 @@ pub(crate) const FORWARDED: [i32; 8] = [
     libc::SIGCONT,
 ];
 
+/// Fork the restored process (`fork`), with the signals this process
+/// passes on blocked across the fork: one that came between the fork and
+/// [`run`] blocking them ended `cryo restore` by its default action and
+/// left the restored program running (seen twice under load with
+/// --same-pid and SIGTERM, a survey of stop 36). The child gets the mask
+/// it had back. Returns in the child; the parent waits in [`run`].
+pub(crate) fn fork_and_supervise(
+    fork: impl FnOnce() -> std::io::Result<sys::Forked>,
+) -> std::io::Result<()> {
+    let mut set = FORWARDED.to_vec();
+    set.push(libc::SIGCHLD);
+    let old = sys::block_signals_saving(&set)?;
+    match fork() {
+        Ok(sys::Forked::Child) => sys::set_signal_mask(&old),
+        Ok(sys::Forked::Parent(child)) => run(child),
+        Err(e) => {
+            let _ = sys::set_signal_mask(&old);
+            Err(e)
+        }
+    }
+}
+
 /// Wait for `child`, passing signals on; end as it ended.
 pub(crate) fn run(child: i32) -> ! {
     run_reporting(child, None)

@@ -488,6 +488,23 @@ pub fn block_signals(sigs: &[i32]) -> io::Result<()> {
     Ok(())
 }
 
+/// Block `sigs`; the mask before, for [`set_signal_mask`].
+pub fn block_signals_saving(sigs: &[i32]) -> io::Result<libc::sigset_t> {
+    let set = sigset(sigs);
+    // SAFETY: zeroes are a valid sigset_t, overwritten by sigprocmask.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigset_ts we own.
+    cvt(unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old) })?;
+    Ok(old)
+}
+
+/// Set the signal mask to `mask` (from [`block_signals_saving`]).
+pub fn set_signal_mask(mask: &libc::sigset_t) -> io::Result<()> {
+    // SAFETY: a sigset_t we own; no old set wanted.
+    cvt(unsafe { libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) })?;
+    Ok(())
+}
+
 /// Wait for one of `sigs` (blocked); the signal and its si_code
 /// (SI_KERNEL: sent by the kernel, e.g. a terminal's ^C to its foreground
 /// process group).
