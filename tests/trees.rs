@@ -370,31 +370,47 @@ fn capture_keeps_copy_on_write_sharing_and_restore_gets_the_heap_back() {
         wait_gone(&kids);
     }
     // Mapped, the restored processes share the heap again: the page cache
-    // of the one pages.img. Measured once every process has read its
-    // whole heap.
-    let mut r = restore(&img, &["--map"]);
-    let mut stdin = r.stdin.take().unwrap();
-    stdin.write_all(b"go\n").unwrap();
-    let mut lines = BufReader::new(r.stdout.take().unwrap()).lines();
-    let line = lines.next().and_then(|l| l.ok());
-    assert_eq!(line.as_deref(), Some("CHECKED"));
-    let mut restored = vec![r.id() as i32];
-    restored.extend(&kids);
-    let shared = pss(&restored);
+    // of the one pages.img. `--lazy` too (stop 36): the heap shared
+    // copy-on-write is above --lazy-min-mib, so the tree is filled
+    // eagerly and its children forked sharing it (served lazily, each
+    // process got a copy: 4 × 32 MiB). Measured once every process has
+    // read its whole heap.
+    let (code, out, err) = cryo_cmd(&["restore", "--dry-run", "--lazy", img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
     assert!(
-        shared < heap / 1024 + heap / 1024 / 10 + 4096,
-        "4 mapped processes that each read a 32 MiB heap shared since a fork: PSS {shared} KiB"
+        out.contains("lazy: filled eagerly instead: the tree's processes shared"),
+        "{out}"
     );
-    stdin.write_all(b"end\n").unwrap();
-    drop(stdin);
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert_eq!(
-        rest.last().map(String::as_str),
-        Some("PASS cow"),
-        "{rest:?}"
-    );
-    assert!(r.wait().unwrap().success());
-    wait_gone(&kids);
+    let stats = dir.join("lazy-stats.json");
+    let stats_arg = format!("--lazy-stats={}", stats.display());
+    for mode in [&["--lazy", &stats_arg][..], &["--map"]] {
+        let mut r = restore(&img, mode);
+        let mut stdin = r.stdin.take().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        let mut lines = BufReader::new(r.stdout.take().unwrap()).lines();
+        let line = lines.next().and_then(|l| l.ok());
+        assert_eq!(line.as_deref(), Some("CHECKED"), "{mode:?}");
+        let mut restored = vec![r.id() as i32];
+        restored.extend(&kids);
+        let shared = pss(&restored);
+        assert!(
+            shared < heap / 1024 + heap / 1024 / 10 + 4096,
+            "{mode:?}: 4 processes that each read a 32 MiB heap shared since a fork: PSS {shared} KiB"
+        );
+        stdin.write_all(b"end\n").unwrap();
+        drop(stdin);
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        assert_eq!(
+            rest.last().map(String::as_str),
+            Some("PASS cow"),
+            "{mode:?}: {rest:?}"
+        );
+        assert!(r.wait().unwrap().success(), "{mode:?}");
+        wait_gone(&kids);
+    }
+    let stats = std::fs::read_to_string(&stats).unwrap();
+    assert!(stats.contains("\"filled_eagerly\":true"), "{stats}");
+    assert!(!stats.contains("\"shared_pages\":0"), "{stats}");
 }
 
 /// Children that changed their copy of the parent's memory after the

@@ -143,6 +143,11 @@ pub struct EagerFill {
     pub lazy_pages: u64,
     /// The [`LazyOptions::min_pages`] they fell below.
     pub min_pages: u64,
+    /// Or (a tree): the pages its processes shared copy-on-write beyond
+    /// the first copy, at least `min_pages`, which a lazy restore would
+    /// copy into each process and an eager one shares again (0: the
+    /// small-image rule).
+    pub shared_pages: u64,
     stats: Option<PathBuf>,
 }
 
@@ -161,6 +166,27 @@ fn eager_if_small(opts: &mut Options, lazy_pages: impl FnOnce() -> u64) -> Optio
     let fill = EagerFill {
         lazy_pages,
         min_pages: l.min_pages,
+        shared_pages: 0,
+        stats: l.stats.clone(),
+    };
+    opts.lazy = None;
+    Some(fill)
+}
+
+/// Set `opts.lazy` aside (and say so) for a tree whose processes shared
+/// `shared_pages` pages copy-on-write beyond their first copies, at least
+/// its `min_pages`: served lazily, each process gets a copy of its own
+/// (a userfaultfd fills a page into one address space); filled eagerly,
+/// children are forked sharing them again.
+fn eager_if_shared(opts: &mut Options, shared_pages: u64) -> Option<EagerFill> {
+    let l = opts.lazy.as_ref()?;
+    if l.record_working_set || l.min_pages == 0 || shared_pages < l.min_pages {
+        return None;
+    }
+    let fill = EagerFill {
+        lazy_pages: 0,
+        min_pages: l.min_pages,
+        shared_pages,
         stats: l.stats.clone(),
     };
     opts.lazy = None;
@@ -530,9 +556,10 @@ impl Plan {
     pub fn exec(mut self) -> RestoreError {
         if let Some(f) = &self.eager_fill {
             if let Some(path) = &f.stats {
-                if let Err(e) =
-                    std::fs::write(path, lazy::eager_fill_json(f.lazy_pages, f.min_pages))
-                {
+                if let Err(e) = std::fs::write(
+                    path,
+                    lazy::eager_fill_json(f.lazy_pages, f.min_pages, f.shared_pages),
+                ) {
                     return e.into_sys(format!("writing {}", path.display()));
                 }
             }

@@ -124,6 +124,10 @@ pub(crate) fn prepare(
             .filter_map(img_of)
             .map(|(_, i)| crate::lazy::lazy_pages(&i))
             .sum()
+    })
+    .or_else(|| {
+        let images: Vec<Image> = (0..recs.len()).filter_map(img_of).map(|(_, i)| i).collect();
+        crate::eager_if_shared(&mut opts, shared_copies(&images))
     });
     // Processes that were in different cgroups go back to them; a tree
     // in one set of cgroups stays in ours (`Cgroups::Auto`).
@@ -210,6 +214,35 @@ pub(crate) fn prepare(
         ptys,
     }));
     Ok(plan)
+}
+
+/// The pages of pages.img that more than one process of the tree maps
+/// (capture stored a page shared copy-on-write once), counted once per
+/// process beyond the first: what a restore that gives each process its
+/// own copy adds.
+fn shared_copies(images: &[Image]) -> u64 {
+    let mut runs: Vec<(u64, u64)> = images
+        .iter()
+        .flat_map(|i| {
+            i.page_runs()
+                .iter()
+                .filter(|r| r.kind == cryo_image::run_kind::DATA)
+                .map(|r| (r.offset / cryo_image::PAGE_SIZE, r.npages as u64))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let all: u64 = runs.iter().map(|r| r.1).sum();
+    // The distinct pages: the runs' union.
+    runs.sort_unstable();
+    let (mut distinct, mut end) = (0u64, 0u64);
+    for (start, n) in runs {
+        let stop = start + n;
+        if stop > end {
+            distinct += stop - start.max(end);
+            end = stop;
+        }
+    }
+    all - distinct
 }
 
 /// The children their parent's shim forks (`crate::standin`): each gets

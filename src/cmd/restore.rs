@@ -81,8 +81,11 @@ pub struct RestoreArgs {
     /// a tree together) has less than this many MiB of lazy memory. Below
     /// about 4 MiB the page server's start and its round trips cost more
     /// than copying the pages, even for a program that touches 1 % of them
-    /// (docs/benchmarks.md, "Lazy or eager by size"). 0: always lazy.
-    /// `--dry-run` and `--lazy-stats` say which it was.
+    /// (docs/benchmarks.md, "Lazy or eager by size"). Likewise when the
+    /// processes of a tree shared at least this many MiB copy-on-write
+    /// (beyond the first copy): served lazily, each would get a copy of
+    /// its own; filled eagerly, children are forked sharing them again.
+    /// 0: always lazy. `--dry-run` and `--lazy-stats` say which it was.
     #[arg(long, value_name = "MIB", default_value_t = 4, requires = "lazy")]
     pub lazy_min_mib: u64,
     /// Lazy: record which pages the program touches first, in order, into
@@ -271,6 +274,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
                 "eager_fill": plan.eager_fill().map(|f| serde_json::json!({
                     "lazy_pages": f.lazy_pages,
                     "lazy_min_pages": f.min_pages,
+                    "shared_pages": f.shared_pages,
                 })),
                 "own_pid": {
                     "refs": img.pid_refs().iter()
@@ -342,13 +346,21 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
                 cryo_restore::mapped_pages(&img)
             );
         }
-        if let Some(f) = plan.eager_fill() {
-            println!(
+        let mib = |pages: u64| (pages * cryo_image::PAGE_SIZE) as f64 / (1u64 << 20) as f64;
+        match plan.eager_fill() {
+            Some(f) if f.shared_pages > 0 => println!(
+                "lazy: filled eagerly instead: the tree's processes shared {} pages ({:.1} MiB) copy-on-write, at least --lazy-min-mib ({} MiB); served lazily each process would get its own copy, filled eagerly the children are forked sharing them again; --lazy-min-mib 0 serves them lazily",
+                f.shared_pages,
+                mib(f.shared_pages),
+                (f.min_pages * cryo_image::PAGE_SIZE) >> 20
+            ),
+            Some(f) => println!(
                 "lazy: filled eagerly instead: {} lazy pages ({:.1} MiB) is below --lazy-min-mib ({} MiB); --lazy-min-mib 0 serves them lazily",
                 f.lazy_pages,
-                (f.lazy_pages * cryo_image::PAGE_SIZE) as f64 / (1u64 << 20) as f64,
+                mib(f.lazy_pages),
                 (f.min_pages * cryo_image::PAGE_SIZE) >> 20
-            );
+            ),
+            None => {}
         }
         if let Some(l) = plan.lazy() {
             println!(

@@ -36,11 +36,11 @@ pub(super) fn stats_json(st: &mut Stats) -> String {
 
 /// What `--lazy-stats` writes for a lazy restore that filled memory
 /// eagerly instead (`crate::EagerFill`): no page server, every count 0.
-pub fn eager_fill_json(lazy_pages: u64, min_pages: u64) -> String {
+pub fn eager_fill_json(lazy_pages: u64, min_pages: u64, shared_pages: u64) -> String {
     json_with(
         &mut Stats::default(),
         &format!(
-            "\"filled_eagerly\":true,\"lazy_pages\":{lazy_pages},\"lazy_min_pages\":{min_pages}"
+            "\"filled_eagerly\":true,\"lazy_pages\":{lazy_pages},\"lazy_min_pages\":{min_pages},\"shared_pages\":{shared_pages}"
         ),
     )
 }
