@@ -777,6 +777,71 @@ fn children_of(ppid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// A process with 2 000 fds under a limit of 3 000: restored by a `cryo
+/// restore` whose soft open-file limit is 1 024 (it raises it to its hard
+/// limit while it puts the fds in place, and the program gets its own
+/// limit back), and refused before anything is done, `--dry-run`
+/// included, where even the hard limit is too low for the fds parked
+/// above the highest; `capture --kill` refuses it (its own limit could not
+/// restore it), a capture that leaves it running does not (a survey of
+/// stop 36: 10 000 fds under 20 000 were captured with --kill, the dry
+/// run said yes, and every restore failed "Too many open files").
+#[test]
+fn many_fds_restore_under_a_lower_soft_limit_or_are_refused_up_front() {
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-c",
+        "import os, resource, signal\nresource.setrlimit(resource.RLIMIT_NOFILE, (3000, 3000))\nfd = os.open('/dev/null', os.O_RDONLY)\nfds = [os.dup(fd) for _ in range(2000)]\nprint('READY', os.getpid(), flush=True)\nos.kill(os.getpid(), signal.SIGSTOP)\nok = all(os.fstat(f).st_rdev == os.fstat(fd).st_rdev for f in fds)\nprint('PASS' if ok and resource.getrlimit(resource.RLIMIT_NOFILE) == (3000, 3000) else 'FAIL', len(fds), flush=True)",
+    ]);
+    let t = Target::spawn(cmd, "py-fds");
+    t.wait_stopped();
+    let img = scratch("many-fds").join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("above its own open-file limit of 3000"),
+        "{err}"
+    );
+    assert!(!img.exists());
+    assert_eq!(state(t.pid), Some('T'), "left as it was");
+    let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    drop(t);
+    let under = |limits: &str, args: &str| {
+        sanitize_fds();
+        let out = Command::new("sh")
+            .args([
+                "-c",
+                &format!("ulimit {limits} && exec \"$0\" restore {args} \"$1\""),
+                cryo().to_str().unwrap(),
+                img.to_str().unwrap(),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for args in ["--dry-run", ""] {
+        let (code, out, err) = under("-n 3000", args);
+        assert_eq!(code, 1, "{args}: {out}{err}");
+        assert!(
+            err.contains("need up to") && err.contains("open-file limit of 3000"),
+            "{args}: {err}"
+        );
+    }
+    let (code, out, err) = under("-Sn 1024", "");
+    assert_eq!((code, out.trim()), (0, "PASS 2000"), "{err}");
+}
+
 /// A process a lazy restore still serves (its page server holds the
 /// userfaultfd its mappings are registered with) cannot be captured: one
 /// line that says so, not one per mapping blaming the program's own

@@ -688,6 +688,35 @@ pub(crate) fn inspect(
     b.groups = groups;
     // The process record: layout, identity, limits; the restore gadgets.
     crate::mm::capture(t, &maps, &status, vdso_seen.as_ref(), &mut b, &mut obs)?;
+    // A restore parks every fd above the highest before it moves them
+    // into place: with the process's own hard limit, past it no restore
+    // can (a survey of stop 36: 10 000 fds under 20 000, captured, and
+    // every restore failed "Too many open files").
+    if let Some(l) = b
+        .rlimits
+        .iter()
+        .find(|r| r.resource == libc::RLIMIT_NOFILE as u32)
+    {
+        let high = b
+            .fds
+            .iter()
+            .map(|f| f.fd.max(0) as u64)
+            .max()
+            .unwrap_or(2)
+            .max(2)
+            + 1;
+        let need = high + b.fds.len() as u64 + 16;
+        // (With --kill only: otherwise the process goes on, and a restore
+        // where the limit is higher can, as its `--dry-run` says.)
+        if need > l.max && opts.after == After::Kill {
+            obs.push(format!(
+                "its {} fds (the highest {}) would need up to {need} open at once while a restore puts them in place, above its own open-file limit of {}, and --kill would end it: capture it without --kill and restore it where `ulimit -Hn` is at least {need}",
+                b.fds.len(),
+                high - 1,
+                l.max
+            ));
+        }
+    }
     b.gadgets = gadgets;
     drop(classified);
     // Seccomp filters: every thread's, checked against what the restore

@@ -405,6 +405,7 @@ fn prepare_one(
     )?;
     fds.premade = made.files.to_vec();
     fds.peers = made.peers.to_vec();
+    fds::fits_our_limit(&fds)?;
     for &(n, pid, fd) in made.from_peer {
         if let Some(p) = fds.fds.iter_mut().find(|p| p.fd == n) {
             p.source = fds::Source::FromPeer { pid, fd };

@@ -16,6 +16,17 @@ pub fn install(
     extra: &[i32],
     verify: bool,
 ) -> Result<(Vec<i32>, Option<i32>), RestoreError> {
+    // (Put back however install ends: the limits the restored process
+    // gets are set from the image before the exec.)
+    struct Back(Option<(u64, u64)>);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            if let Some((soft, hard)) = self.0 {
+                let _ = sys::setrlimit(libc::RLIMIT_NOFILE as u32, soft, hard);
+            }
+        }
+    }
+    let _back = Back(super::raise_limit_for(plan));
     let plans = &plan.fds;
     let high = plans.iter().map(|p| p.fd).max().unwrap_or(2).max(2) + 1;
     // Other ends of pairs whose queues this process sends (inherited, at
