@@ -692,11 +692,7 @@ pub(crate) fn inspect(
     // into place: with the process's own hard limit, past it no restore
     // can (a survey of stop 36: 10 000 fds under 20 000, captured, and
     // every restore failed "Too many open files").
-    if let Some(l) = b
-        .rlimits
-        .iter()
-        .find(|r| r.resource == libc::RLIMIT_NOFILE as u32)
-    {
+    if let Some(l) = b.rlimits.iter().find(|r| r.resource == libc::RLIMIT_NOFILE) {
         let high = b
             .fds
             .iter()

@@ -22,7 +22,7 @@ pub fn install(
     impl Drop for Back {
         fn drop(&mut self) {
             if let Some((soft, hard)) = self.0 {
-                let _ = sys::setrlimit(libc::RLIMIT_NOFILE as u32, soft, hard);
+                let _ = sys::setrlimit(libc::RLIMIT_NOFILE, soft, hard);
             }
         }
     }

@@ -727,8 +727,8 @@ fn fds_at_once(plan: &Plan) -> u64 {
 /// the hard one for it).
 pub(crate) fn fits_our_limit(plan: &Plan) -> Result<(), RestoreError> {
     let need = fds_at_once(plan);
-    let (_, hard) = sys::getrlimit(libc::RLIMIT_NOFILE as u32)
-        .map_err(|e| e.into_sys("getrlimit(RLIMIT_NOFILE)"))?;
+    let (_, hard) =
+        sys::getrlimit(libc::RLIMIT_NOFILE).map_err(|e| e.into_sys("getrlimit(RLIMIT_NOFILE)"))?;
     if need > hard {
         return Err(RestoreError::Task(format!(
             "its {} fds (the highest {}) need up to {need} open at once while they are put in place, above this process's open-file limit of {hard} (ulimit -Hn); restore it where that limit is higher",
@@ -742,10 +742,9 @@ pub(crate) fn fits_our_limit(plan: &Plan) -> Result<(), RestoreError> {
 /// Raise the soft open-file limit for `install` (to at most the hard
 /// one); returns the soft limit to put back.
 pub(crate) fn raise_limit_for(plan: &Plan) -> Option<(u64, u64)> {
-    let (soft, hard) = sys::getrlimit(libc::RLIMIT_NOFILE as u32).ok()?;
+    let (soft, hard) = sys::getrlimit(libc::RLIMIT_NOFILE).ok()?;
     let need = fds_at_once(plan).min(hard);
-    (need > soft && sys::setrlimit(libc::RLIMIT_NOFILE as u32, need, hard).is_ok())
-        .then_some((soft, hard))
+    (need > soft && sys::setrlimit(libc::RLIMIT_NOFILE, need, hard).is_ok()).then_some((soft, hard))
 }
 
 pub(crate) fn dup_above(fd: i32, min: i32) -> Result<i32, RestoreError> {
