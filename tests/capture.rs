@@ -1010,6 +1010,29 @@ fn corrupted_and_truncated_images_get_one_line_errors() {
     )
     .unwrap();
     refused("not a cryo image");
+    // (A survey of stop 36.) A pages.img of another length is refused
+    // even where pages are not verified (restore --no-verify of one died
+    // in the shim), and a FIFO in place of meta.img or pages.img is
+    // refused at once (every command hung on it).
+    std::fs::copy(img.join("meta.img"), bad.join("meta.img")).unwrap();
+    std::fs::copy(img.join("sums.img"), bad.join("sums.img")).unwrap();
+    let mut longer = std::fs::read(img.join("pages.img")).unwrap();
+    longer.extend_from_slice(&[0u8; 4096]);
+    std::fs::write(bad.join("pages.img"), &longer).unwrap();
+    refused("pages.img is");
+    let (code, _, err) = cryo_cmd(&["restore", "--no-verify", "--dry-run", bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("another capture's pages.img"), "{err}");
+    for name in ["pages.img", "meta.img"] {
+        for f in ["pages.img", "meta.img"] {
+            // (Removed first: a copy onto a FIFO would wait for a reader.)
+            let _ = std::fs::remove_file(bad.join(f));
+            std::fs::copy(img.join(f), bad.join(f)).unwrap();
+        }
+        std::fs::remove_file(bad.join(name)).unwrap();
+        nix::unistd::mkfifo(&bad.join(name), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        refused("not a regular file");
+    }
 }
 
 #[test]

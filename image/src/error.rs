@@ -120,9 +120,13 @@ impl fmt::Display for ImageError {
             BadVma { index, why } => write!(f, "corrupt image: mapping {index}: {why}"),
             BadPageRun { index, why } => write!(f, "corrupt image: page run {index}: {why}"),
             BadIndex { section, index, why } => write!(f, "corrupt image: '{section}' record {index}: {why}"),
-            PagesLength { expected, actual } => write!(
+            PagesLength { expected, actual } if actual < expected => write!(
                 f,
                 "truncated image: pages.img is {actual} bytes, the image needs {expected}"
+            ),
+            PagesLength { expected, actual } => write!(
+                f,
+                "corrupt image: pages.img is {actual} bytes, the image needs {expected} (another capture's pages.img?)"
             ),
             PageChecksum { vaddr } => write!(f, "corrupt image: pages.img data for the page at {vaddr:#x} fails its checksum"),
             BlobChecksum { offset } => write!(f, "corrupt image: pages.img bytes at offset {offset:#x} (pipe data or file contents) fail their checksum"),

@@ -45,6 +45,24 @@ impl LoadedImage {
             path: path.clone(),
             source,
         };
+        // Each of the image's files a regular file, looked at before it is
+        // opened: a FIFO in its place hung every command (a survey of
+        // stop 36). And pages.img as long as meta.img says, whatever the
+        // verification asked for: a restore with --no-verify of a
+        // pages.img of another length died in the shim (SIGSEGV, or an
+        // I/O error past the point of no return).
+        for name in [META_FILE, PAGES_FILE, SUMS_FILE] {
+            let p = dir.join(name);
+            match std::fs::metadata(&p) {
+                Ok(md) if !md.is_file() => {
+                    return Err(LoadError::Io {
+                        path: p,
+                        source: std::io::Error::other("not a regular file"),
+                    })
+                }
+                _ => {}
+            }
+        }
         let mut f = File::open(&path).map_err(io_err)?;
         let len = f.metadata().map_err(io_err)?.len();
         if len > MAX_META_LEN {
@@ -59,9 +77,24 @@ impl LoadedImage {
             path: path.clone(),
             source,
         };
-        Image::parse(&meta)
-            .and_then(|i| i.validate())
-            .map_err(img_err)?;
+        let img = Image::parse(&meta).map_err(img_err)?;
+        img.validate().map_err(img_err)?;
+        let pages = dir.join(PAGES_FILE);
+        let actual = std::fs::metadata(&pages)
+            .map_err(|source| LoadError::Io {
+                path: pages.clone(),
+                source,
+            })?
+            .len();
+        if actual != img.header.pages_len {
+            return Err(LoadError::Image {
+                path: pages,
+                source: ImageError::PagesLength {
+                    expected: img.header.pages_len,
+                    actual,
+                },
+            });
+        }
         Ok(LoadedImage {
             dir: dir.to_owned(),
             meta,
