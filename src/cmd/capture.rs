@@ -42,6 +42,12 @@ impl AfterCapture {
 /// unix socket connected outside the process, a seccomp filter, an
 /// eventfd shared by two processes...) is refused, every obstacle named at once; `--dry-run` lists
 /// them without writing anything.
+///
+/// Interrupted (^C, SIGTERM), a capture finishes leaving the processes as
+/// they were. Do not SIGKILL it: one killed while it runs a system call
+/// in a target leaves that target with cryo's registers, and it dies.
+/// What a killed capture leaves beside DIR, the next capture there
+/// removes.
 #[derive(clap::Args, Debug)]
 pub struct CaptureArgs {
     /// PID of the process (all its threads, and all its descendants, are

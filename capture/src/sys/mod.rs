@@ -20,6 +20,28 @@ pub(crate) fn cvt(r: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
+/// renameat2(a, b, RENAME_EXCHANGE): the two paths swap, at once.
+pub fn rename_exchange(a: &std::path::Path, b: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &std::path::Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: two NUL-terminated paths we own, alive for the call.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    })?;
+    Ok(())
+}
+
 /// A child of this process that only waits to be killed, killed and
 /// reaped when dropped: a process with no System V semaphore undo list
 /// (a fork does not share one), for kcmp to compare with.

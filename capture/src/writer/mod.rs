@@ -77,10 +77,7 @@ impl ImageDirWriter {
             return Err(WriteError::NoParent(dest.to_owned()));
         }
         let tmp = parent.join(format!(".{name}.cryo-tmp-{}", std::process::id()));
-        if tmp.exists() {
-            // A leftover of a crashed capture by a process with our PID.
-            let _ = fs::remove_dir_all(&tmp);
-        }
+        remove_leftovers(&parent, &name);
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&tmp)
@@ -197,11 +194,25 @@ impl ImageDirWriter {
             .map_err(io_at(&self.tmp))?;
         if self.dest.exists() {
             // Checked in create(): an empty directory or (forced) an image.
-            // Move it aside first so that a valid image exists at every instant.
-            let old = self.tmp.with_extension("old");
-            fs::rename(&self.dest, &old).map_err(io_at(&self.dest))?;
-            fs::rename(&self.tmp, &self.dest).map_err(io_at(&self.dest))?;
-            let _ = fs::remove_dir_all(&old);
+            // Swapped with the new one at once (a valid image at every
+            // instant), then removed from our temporary name. (Until stop
+            // 36 it was moved aside to a fixed `.NAME.old` first: a
+            // capture killed before it was removed left it there, and
+            // every later --force failed "Directory not empty".)
+            match crate::sys::rename_exchange(&self.tmp, &self.dest) {
+                Ok(()) => {
+                    let _ = fs::remove_dir_all(&self.tmp);
+                }
+                // (A filesystem without RENAME_EXCHANGE: aside first, to
+                // a name of this capture's.)
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    let old = PathBuf::from(format!("{}-old", self.tmp.display()));
+                    fs::rename(&self.dest, &old).map_err(io_at(&self.dest))?;
+                    fs::rename(&self.tmp, &self.dest).map_err(io_at(&self.dest))?;
+                    let _ = fs::remove_dir_all(&old);
+                }
+                Err(e) => return Err(io_at(&self.dest)(e)),
+            }
         } else {
             fs::rename(&self.tmp, &self.dest).map_err(io_at(&self.dest))?;
         }
@@ -210,6 +221,36 @@ impl ImageDirWriter {
         }
         self.committed = true;
         Ok(self.dest.clone())
+    }
+}
+
+/// Remove what killed captures into `parent/name` left beside it: their
+/// temporary directories `.NAME.cryo-tmp-PID` (a SIGKILL of `cryo
+/// capture` left one full of pages: a survey of stop 36) whose PID is no
+/// longer a cryo, and an old image moved aside to `.NAME.old` by an
+/// earlier version.
+fn remove_leftovers(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.cryo-tmp-");
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let file = file.to_string_lossy();
+        let stale = match file.strip_prefix(&prefix) {
+            // (PID, or PID-old: an image moved aside.)
+            Some(pid) => match pid.split('-').next().unwrap_or("").parse::<u32>() {
+                // (Ours: a crashed capture by a process with our PID.)
+                Ok(p) if p == std::process::id() => true,
+                Ok(p) => fs::read_to_string(format!("/proc/{p}/comm"))
+                    .map_or(true, |c| c.trim() != "cryo"),
+                Err(_) => false,
+            },
+            None => file == format!(".{name}.old"),
+        };
+        if stale && e.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = fs::remove_dir_all(e.path());
+        }
     }
 }
 
@@ -347,6 +388,33 @@ mod tests {
         std::process::Command::new("umount").arg(&mnt).status().ok();
         assert_eq!(left, 0, "the temporary directory is removed");
         fs::remove_dir_all(&base).ok();
+    }
+
+    /// What killed captures left beside an image (a temporary directory
+    /// of a PID that is no cryo, an old image moved aside to the fixed
+    /// name earlier versions used) is removed by the next capture there;
+    /// another live capture's is not (a survey of stop 36: a `.img.old`
+    /// left by a killed capture failed every later --force).
+    #[test]
+    fn leftovers_of_killed_captures_are_removed() {
+        let base = tmpdir("leftovers");
+        let dest = base.join("img");
+        let w = ImageDirWriter::create(&dest, false, false, 0).unwrap();
+        w.commit(b"meta", b"").unwrap();
+        // PID 1 is init, not a cryo; a PID above pid_max is no process.
+        for stale in [".img.cryo-tmp-1", ".img.cryo-tmp-99999999-old", ".img.old"] {
+            fs::create_dir(base.join(stale)).unwrap();
+            fs::write(base.join(stale).join(META_FILE), b"old").unwrap();
+        }
+        let w = ImageDirWriter::create(&dest, true, false, 0).unwrap();
+        w.commit(b"meta2", b"").unwrap();
+        assert_eq!(fs::read(dest.join(META_FILE)).unwrap(), b"meta2");
+        let left: Vec<String> = fs::read_dir(&base)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["img"], "{left:?}");
+        fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
