@@ -777,6 +777,60 @@ fn keep_stopped_tree_stops_its_root_and_cont_resumes_it() {
     assert_eq!(out.lines().last(), Some("PASS cow"), "{out}{err}");
 }
 
+/// A parent waiting in vfork() and its child, which runs in the parent's
+/// memory: both refused at once, by name, before either is seized (the
+/// seize of the parent waited until the child exec'd or exited, and the
+/// child alone was captured and restored with a copy of its own: a survey
+/// of stop 36).
+#[test]
+fn a_vfork_parent_and_child_are_refused_at_once() {
+    let t = Target::start("c-tree", &["vfork"]);
+    let child = wait_child(t.pid);
+    let img = scratch("tree-vfork").join("img");
+    let t0 = Instant::now();
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
+    assert!(
+        (out.clone() + &err).contains(&format!("is waiting in vfork() for its child {child}")),
+        "{code}: {out}{err}"
+    );
+    let (code, _, err) = cryo_cmd(&["capture", &child.to_string(), img.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("runs in the memory of its parent {}", t.pid)),
+        "{err}"
+    );
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("vfork()"), "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "at once: {:?}",
+        t0.elapsed()
+    );
+    assert!(!img.exists());
+    assert_ne!(state(t.pid), None, "left as it was");
+    // SAFETY: kill takes no pointers.
+    unsafe { libc::kill(child, libc::SIGKILL) };
+}
+
+/// The first child of `pid`, once it has one.
+fn wait_child(pid: i32) -> i32 {
+    let mut child = 0;
+    wait_for("a child", Duration::from_secs(10), || {
+        child = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        child != 0
+    });
+    child
+}
+
 /// A command whose tree cryo must refuse: the refusal names `what`, and
 /// every process is left running as it was.
 fn refused(script: &str, args: &[&str], what: &str) {

@@ -159,12 +159,61 @@ fn not_our_own(pid: i32, opts: &Options) -> Result<(), CaptureError> {
     Ok(())
 }
 
+/// Refuse, before any process is seized, a target whose memory is
+/// another process's too (not a thread of it): a parent waiting in
+/// vfork() (the seize waited until its child exec'd or exited, 20 s in a
+/// survey of stop 36, ^C held back), or a child sharing its parent's
+/// memory (vfork, CLONE_VM: captured alone, restored with a copy of its
+/// own, its writes never reached the parent). kcmp KCMP_VM.
+fn shares_its_memory(pid: i32) -> Result<(), CaptureError> {
+    const KCMP_VM: libc::c_long = 1;
+    let same = |a: i32, b: i32| crate::sys::kcmp(a, b, KCMP_VM).unwrap_or(false);
+    let mut obstacles = Vec::new();
+    let children: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect();
+    for c in children {
+        if same(pid, c) {
+            obstacles.push(format!(
+                "pid {pid} is waiting in vfork() for its child {c}, which runs in its memory until it execs or exits; capture it after that"
+            ));
+        }
+    }
+    if let Some(s) = crate::tree::stat(pid).filter(|s| s.ppid > 0) {
+        if same(s.ppid as i32, pid) {
+            obstacles.push(format!(
+                "pid {pid} runs in the memory of its parent {} (a vfork() child, or cloned with CLONE_VM), which a restore cannot share again; capture it once it has exec'd",
+                s.ppid
+            ));
+        }
+    }
+    if obstacles.is_empty() {
+        Ok(())
+    } else {
+        Err(CaptureError::Refused { pid, obstacles })
+    }
+}
+
 /// Check, without writing anything, whether `pid` (and, unless
 /// `opts.single`, its descendants) can be captured: every obstacle, all at
 /// once (empty: it can). The processes are frozen only while they are
 /// looked at, and left as they were.
 pub fn check(pid: i32, opts: &Options) -> Result<Checked, CaptureError> {
     not_our_own(pid, opts)?;
+    if let Err(CaptureError::Refused { obstacles, .. }) = shares_its_memory(pid) {
+        return Ok(Checked {
+            obstacles,
+            ..Default::default()
+        });
+    }
     let root = Group::seize(pid)?;
     let r = freeze_and_inspect(root, opts);
     match r {
@@ -346,6 +395,7 @@ pub fn capture(
         return Err(PtraceError::NoSuchProcess(pid).into());
     }
     not_our_own(pid, opts)?;
+    shares_its_memory(pid)?;
     // The resident size, to allocate the page buffers before the freeze.
     let rss = procinfo::status(pid).map_or(0, |s| s.vm_rss_kib * 1024);
     let mut writer = ImageDirWriter::create(dest, opts.force, opts.direct_io, rss)?;

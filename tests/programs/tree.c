@@ -75,6 +75,8 @@
  * and write its own bytes there. The root must then read A's bytes on
  * 70, find 60 closed and A's bytes in the mapping; B must still have its
  * own 60 and no 70. PASS fdshare.
+ *
+ * `tree vfork`: see vforked().
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -87,6 +89,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <termios.h>
+#include <time.h>
 #include <fcntl.h>
 #include <linux/seccomp.h>
 #include <sys/ioctl.h>
@@ -751,8 +754,26 @@ static int fdshare(void) {
   return 0;
 }
 
+/* `tree vfork`: the root vfork()s a child that says READY (with the
+ * root's PID) and sleeps 30 s in the root's memory before it exits:
+ * capture must refuse both, at once. */
+static int vforked(void) {
+  pid_t c = vfork();
+  if (c == 0) {
+    char line[64];
+    int n = snprintf(line, sizeof line, "READY %d\n", (int)getppid());
+    if (write(1, line, n) != n) _exit(2);
+    struct timespec ts = {30, 0};
+    nanosleep(&ts, NULL);
+    _exit(0);
+  }
+  printf("PASS vfork\n");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
+  if (argc > 1 && !strcmp(argv[1], "vfork")) return vforked();
   if (argc > 2 && !strcmp(argv[1], "cow"))
     return cow(atoi(argv[2]), argc > 3 ? atoi(argv[3]) : 3);
   if (argc > 1 && !strcmp(argv[1], "family")) return family();
