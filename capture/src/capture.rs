@@ -167,7 +167,19 @@ fn not_our_own(pid: i32, opts: &Options) -> Result<(), CaptureError> {
 /// own, its writes never reached the parent). kcmp KCMP_VM.
 fn shares_its_memory(pid: i32) -> Result<(), CaptureError> {
     const KCMP_VM: libc::c_long = 1;
-    let same = |a: i32, b: i32| crate::sys::kcmp(a, b, KCMP_VM).unwrap_or(false);
+    // (Kernel threads and zombies have no memory at all, which kcmp
+    // finds equal: only processes with some are compared.)
+    let has_mm = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/statm"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .is_some_and(|pages| pages > 0)
+    };
+    if !has_mm(pid) {
+        return Ok(());
+    }
+    let same =
+        |a: i32, b: i32| has_mm(a) && has_mm(b) && crate::sys::kcmp(a, b, KCMP_VM).unwrap_or(false);
     let mut obstacles = Vec::new();
     let children: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
@@ -391,8 +403,11 @@ pub fn capture(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, CaptureError> {
     let t_start = Instant::now();
-    if crate::tracee::proc_state(pid).is_none() {
-        return Err(PtraceError::NoSuchProcess(pid).into());
+    match crate::tracee::proc_state(pid) {
+        None => return Err(PtraceError::NoSuchProcess(pid).into()),
+        // (Said as such: "exited during capture" it was not.)
+        Some('Z' | 'X') => return Err(PtraceError::NotTraceable(pid).into()),
+        _ => {}
     }
     not_our_own(pid, opts)?;
     shares_its_memory(pid)?;

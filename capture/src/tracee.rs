@@ -26,7 +26,7 @@ pub enum PtraceError {
     NoSuchProcess(i32),
     #[error("pid {0} exited during capture")]
     Exited(i32),
-    #[error("pid {0} is a zombie or being traced by another process")]
+    #[error("pid {} {}", .0, not_traceable_why(*.0))]
     NotTraceable(i32),
     #[error("pid {0}'s main thread has exited while its other threads run (pthread_exit from main); cryo needs the main thread to capture a process")]
     LeaderExited(i32),
@@ -36,6 +36,45 @@ pub enum PtraceError {
         pid: i32,
         source: io::Error,
     },
+}
+
+/// Why ptrace would not take `pid`, as /proc tells (a survey of stop 36:
+/// a kernel thread, a zombie and a process under strace were all "a
+/// zombie or being traced by another process").
+fn not_traceable_why(pid: i32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Field 9, after the command's closing parenthesis: the task's flags.
+    let flags: u64 = stat
+        .rsplit_once(") ")
+        .and_then(|(_, r)| r.split_whitespace().nth(6)?.parse().ok())
+        .unwrap_or(0);
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    if flags & PF_KTHREAD != 0 {
+        return "is a kernel thread: there is no program to capture".into();
+    }
+    if field("State:").is_some_and(|s| s.starts_with('Z') || s.starts_with('X')) {
+        return "is a zombie (it has exited, its parent has not waited for it): there is nothing to capture".into();
+    }
+    match field("TracerPid:").and_then(|t| t.parse::<i32>().ok()) {
+        Some(t) if t != 0 => {
+            let comm = std::fs::read_to_string(format!("/proc/{t}/comm")).unwrap_or_default();
+            format!(
+                "is being traced by process {t} ({}); capture it once that tracer has detached",
+                comm.trim()
+            )
+        }
+        _ => {
+            "cannot be traced (ptrace refused it: another user's process, or the Yama ptrace scope)"
+                .into()
+        }
+    }
 }
 
 fn sys_err(op: &'static str, pid: i32, source: io::Error) -> PtraceError {
