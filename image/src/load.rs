@@ -38,8 +38,14 @@ impl LoadedImage {
             return Err(LoadError::NoDir(dir.to_owned()));
         }
         let path = dir.join(META_FILE);
-        if !path.exists() {
-            return Err(LoadError::NotImage(dir.to_owned()));
+        // (Not there, or not to be looked at: a user without access to a
+        // root's 0700 image was told it was no image, a survey of stop 36.)
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(LoadError::NotImage(dir.to_owned()));
+            }
+            Err(source) => return Err(LoadError::Io { path, source }),
+            Ok(_) => {}
         }
         let io_err = |source| LoadError::Io {
             path: path.clone(),

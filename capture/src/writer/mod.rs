@@ -51,6 +51,17 @@ impl ImageDirWriter {
     /// page bytes expected, to size the buffers allocated now (see
     /// [`PageWriter`]).
     pub fn create(dest: &Path, force: bool, direct: bool, expect: u64) -> Result<Self, WriteError> {
+        // An existing directory by its real path: `.` has no name to write
+        // beside ("parent directory does not exist"), and a symbolic link
+        // to a directory was replaced by the image, the directory it named
+        // left empty (a survey of stop 36).
+        let real;
+        let dest = if dest.is_dir() {
+            real = fs::canonicalize(dest).map_err(io_at(dest))?;
+            real.as_path()
+        } else {
+            dest
+        };
         if dest.exists() {
             let is_image = dest.join(META_FILE).exists();
             let empty = fs::read_dir(dest)
@@ -414,6 +425,26 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(left, ["img"], "{left:?}");
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// DIR a symbolic link to an empty directory: the image goes into the
+    /// directory, the link stays (it was replaced by the image).
+    #[test]
+    fn a_link_to_a_directory_is_written_through() {
+        let base = tmpdir("link");
+        fs::create_dir(base.join("real")).unwrap();
+        std::os::unix::fs::symlink(base.join("real"), base.join("link")).unwrap();
+        let w = ImageDirWriter::create(&base.join("link"), false, false, 0).unwrap();
+        w.commit(b"meta", b"").unwrap();
+        assert!(fs::symlink_metadata(base.join("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            fs::read(base.join("real").join(META_FILE)).unwrap(),
+            b"meta"
+        );
         fs::remove_dir_all(&base).unwrap();
     }
 
