@@ -1424,6 +1424,47 @@ int main(void) {
     }
 }
 
+/// A zombie is refused as a zombie (a survey of stop 36: "a zombie or
+/// being traced by another process" by capture --dry-run, "exited during
+/// capture" by capture), and its parent goes on to reap it.
+#[test]
+fn a_zombie_is_refused_as_one() {
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args([
+        "-c",
+        "import os, sys\np = os.fork()\nif p == 0:\n    os._exit(3)\nprint('READY', os.getpid(), flush=True)\nprint(p, flush=True)\nsys.stdin.readline()\n_, st = os.waitpid(p, 0)\nprint('PASS' if os.WEXITSTATUS(st) == 3 else 'FAIL', flush=True)",
+    ]);
+    let mut t = Target::spawn(cmd, "py-zombie");
+    let child: i32 = t
+        .line(Duration::from_secs(10))
+        .expect("the child's PID")
+        .trim()
+        .parse()
+        .unwrap();
+    wait_for("the child to be a zombie", Duration::from_secs(10), || {
+        state(child) == Some('Z')
+    });
+    let img = scratch("zombie").join("img");
+    for args in [&["capture", "--dry-run"][..], &["capture"]] {
+        let mut a = args.to_vec();
+        let pid = child.to_string();
+        a.push(&pid);
+        if args.len() == 1 {
+            a.push(img.to_str().unwrap());
+        }
+        let (code, out, err) = cryo_cmd(&a);
+        assert_ne!(code, 0, "{args:?}: {out}{err}");
+        assert!(
+            (out.clone() + &err).contains(&format!("pid {child} is a zombie")),
+            "{args:?}: {out}{err}"
+        );
+    }
+    assert!(!img.exists());
+    std::io::Write::write_all(t.stdin.as_mut().unwrap(), b"\n").unwrap();
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, "PASS"), "{err}");
+}
+
 /// Capturing a process cryo itself descends from (a script capturing its
 /// own `$$`) is refused by that reason, not "a zombie or being traced"
 /// (stop 35's survey); the target, this test, goes on.
