@@ -15,7 +15,18 @@ use support::*;
 
 /// Capture `cmd` (brought to its self-stop) with --kill into `dir/img`.
 fn capture(cmd: Command, name: &str, dir: &Path) -> PathBuf {
-    let t = Target::spawn(cmd, name);
+    capture_after(cmd, name, dir, |_| {})
+}
+
+/// [`capture`], with `before` given the target once it says READY.
+fn capture_after(
+    cmd: Command,
+    name: &str,
+    dir: &Path,
+    before: impl FnOnce(&mut Target),
+) -> PathBuf {
+    let mut t = Target::spawn(cmd, name);
+    before(&mut t);
     t.wait_stopped();
     let img = dir.join("img");
     let (code, _, err) = cryo_cmd(&[
@@ -288,19 +299,10 @@ fn pack_drops_unread_stdin_bytes_only_when_told() {
         "-c",
         "import os, signal\nprint('READY', os.getpid(), flush=True)\nassert os.read(0, 4) == b'one\\n'\nos.kill(os.getpid(), signal.SIGSTOP)\nprint('resumed', os.read(0, 100), flush=True)\nos._exit(3)",
     ]);
-    let mut t = Target::spawn(cmd, "py-stdin");
-    use std::io::Write;
-    t.stdin.as_mut().unwrap().write_all(b"one\ntwo\n").unwrap();
-    t.wait_stopped();
-    let img = dir.join("img");
-    let (code, _, err) = cryo_cmd(&[
-        "capture",
-        "--kill",
-        &t.pid.to_string(),
-        img.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "capture: {err}");
-    t.finish();
+    let img = capture_after(cmd, "py-stdin", &dir, |t| {
+        use std::io::Write;
+        t.stdin.as_mut().unwrap().write_all(b"one\ntwo\n").unwrap();
+    });
     let out = dir.join("restorer");
     let (code, _, err) = cryo_cmd(&["pack", img.to_str().unwrap(), "-o", out.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");

@@ -38,37 +38,30 @@ impl LoadedImage {
             return Err(LoadError::NoDir(dir.to_owned()));
         }
         let path = dir.join(META_FILE);
-        // (Not there, or not to be looked at: a user without access to a
-        // root's 0700 image was told it was no image, a survey of stop 36.)
+        // Each of the image's files a regular file, looked at before it is
+        // opened: a FIFO in its place hung every command (a survey of
+        // stop 36). meta.img not there, or not to be looked at: a user
+        // without access to a root's 0700 image was told it was no image.
+        let not_regular = |path: PathBuf| LoadError::Io {
+            path,
+            source: std::io::Error::other("not a regular file"),
+        };
         match std::fs::metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(LoadError::NotImage(dir.to_owned()));
             }
             Err(source) => return Err(LoadError::Io { path, source }),
+            Ok(md) if !md.is_file() => return Err(not_regular(path)),
             Ok(_) => {}
+        }
+        let sums = dir.join(SUMS_FILE);
+        if std::fs::metadata(&sums).is_ok_and(|md| !md.is_file()) {
+            return Err(not_regular(sums));
         }
         let io_err = |source| LoadError::Io {
             path: path.clone(),
             source,
         };
-        // Each of the image's files a regular file, looked at before it is
-        // opened: a FIFO in its place hung every command (a survey of
-        // stop 36). And pages.img as long as meta.img says, whatever the
-        // verification asked for: a restore with --no-verify of a
-        // pages.img of another length died in the shim (SIGSEGV, or an
-        // I/O error past the point of no return).
-        for name in [META_FILE, PAGES_FILE, SUMS_FILE] {
-            let p = dir.join(name);
-            match std::fs::metadata(&p) {
-                Ok(md) if !md.is_file() => {
-                    return Err(LoadError::Io {
-                        path: p,
-                        source: std::io::Error::other("not a regular file"),
-                    })
-                }
-                _ => {}
-            }
-        }
         let mut f = File::open(&path).map_err(io_err)?;
         let len = f.metadata().map_err(io_err)?.len();
         if len > MAX_META_LEN {
@@ -85,13 +78,19 @@ impl LoadedImage {
         };
         let img = Image::parse(&meta).map_err(img_err)?;
         img.validate().map_err(img_err)?;
+        // pages.img as long as meta.img says, whatever the verification
+        // asked for: a restore with --no-verify of a pages.img of another
+        // length died in the shim (SIGSEGV, or an I/O error past the point
+        // of no return).
         let pages = dir.join(PAGES_FILE);
-        let actual = std::fs::metadata(&pages)
-            .map_err(|source| LoadError::Io {
-                path: pages.clone(),
-                source,
-            })?
-            .len();
+        let md = std::fs::metadata(&pages).map_err(|source| LoadError::Io {
+            path: pages.clone(),
+            source,
+        })?;
+        if !md.is_file() {
+            return Err(not_regular(pages));
+        }
+        let actual = md.len();
         if actual != img.header.pages_len {
             return Err(LoadError::Image {
                 path: pages,

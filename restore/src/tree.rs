@@ -988,28 +988,15 @@ fn make_one(
             rdev,
         } => fds::open_path(p, path, *flags, *pos, *dev_ino, *rdev),
         Source::Handle { .. } | Source::Relinked { .. } => fds::open_removed(p),
-        // A /proc file of no process, or of one outside the tree (the one
-        // captured: its start time was checked with the plan, and is
-        // again after the open).
+        // A /proc file of no process, or of one outside the tree (checked
+        // to be the one captured, as a single process's is).
         Source::Proc {
             path,
             pid,
             start,
             flags,
             pos,
-        } if pid.is_none() || *start != 0 => {
-            let fd = fds::open_path(p, path, *flags, *pos, None, None)?;
-            if let Some(c) = pid {
-                if cryo_image::fds::proc_start_time(*c) != Some(*start) {
-                    sys::close(fd);
-                    return Err(fds::fd_err(
-                        p,
-                        format!("process {c} of {path} is no longer the one captured"),
-                    ));
-                }
-            }
-            Ok(fd)
-        }
+        } if pid.is_none() || *start != 0 => fds::open_proc(p, path, *pid, *start, 0, *flags, *pos),
         // (Its master closed once every shared object is made.)
         Source::HungUpTty { dev, rdev, flags } => crate::ptys::hung_up(p, (*dev, *rdev), *flags),
         Source::MQueue { name, flags, sizes } => fds::mqueue_check(name, *flags, *sizes)

@@ -557,13 +557,7 @@ fn child(parent: &Image, h: &Handoff, t: &Taken) -> ! {
         format_args!("installing the tree's barrier"),
     );
     syscall3(SYS_CLOSE_RANGE, t.floor, u32::MAX as usize, 0);
-    let fd = |v: u64| {
-        if v == handoff::NONE {
-            usize::MAX
-        } else {
-            v as usize
-        }
-    };
+    let fd = crate::handoff_arg;
     go_on(
         parent,
         h,
@@ -660,11 +654,7 @@ fn go_on(
     let a = Args {
         meta_fd,
         pages_fd,
-        tid_offset: if h.tid_offset == handoff::NONE {
-            usize::MAX
-        } else {
-            h.tid_offset as usize
-        },
+        tid_offset: crate::handoff_arg(h.tid_offset),
         flags: h.flags & !(flags::BARRIER | flags::STAND_IN | flags::FORKS | flags::SHARES_FDS),
         exec_ns: 0,
         sock_fd: usize::MAX,

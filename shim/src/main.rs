@@ -579,13 +579,7 @@ extern "C" fn shim_main(sp: *const usize) -> ! {
         Ok(h) => h,
         Err(e) => die(format_args!("{e}")),
     };
-    let fd = |v: u64| {
-        if v == handoff::NONE {
-            usize::MAX
-        } else {
-            v as usize
-        }
-    };
+    let fd = handoff_arg;
     restore(
         &Args {
             meta_fd: fd(h.meta_fd),
@@ -605,6 +599,15 @@ extern "C" fn shim_main(sp: *const usize) -> ! {
         },
         false,
     )
+}
+
+/// A hand-off value as an fd or offset: usize::MAX for none.
+fn handoff_arg(v: u64) -> usize {
+    if v == handoff::NONE {
+        usize::MAX
+    } else {
+        v as usize
+    }
 }
 
 /// The restore, as its steps; every step that can fail before step 4

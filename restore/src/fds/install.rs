@@ -199,20 +199,10 @@ pub fn install(
                 pos,
             } => {
                 let own = img.process().pid as i32;
-                let path = match pid {
-                    Some(c) => {
-                        let now = crate::tree::pid_now(*c, own);
-                        if *start != 0 && cryo_image::fds::proc_start_time(now) != Some(*start) {
-                            return Err(fd_err(
-                                p,
-                                format!("process {c} of {path} is no longer the one captured"),
-                            ));
-                        }
-                        super::proc_path(path, *c, now)
-                    }
-                    None => path.clone(),
-                };
-                park(open_path(p, &path, *flags, *pos, None, None)?, high)?
+                park(
+                    super::open_proc(p, path, *pid, *start, own, *flags, *pos)?,
+                    high,
+                )?
             }
             Source::Namespace { kind, ino, flags } => {
                 let path = super::namespace_path(kind, *ino).map_err(|e| fd_err(p, e))?;

@@ -643,6 +643,35 @@ fn proc_pid(target: &str) -> Option<i32> {
 
 /// `/proc/CAPTURED/...` as the path of process `now` (its threads'
 /// directories too).
+/// Open the /proc file of `Source::Proc` at the PID the process it names
+/// has now (`own`: the restored process's captured PID), once that
+/// process is checked to be the one captured (`start`, its start time;
+/// 0: a process of the tree, or none).
+pub(crate) fn open_proc(
+    p: &FdPlan,
+    path: &str,
+    pid: Option<i32>,
+    start: u64,
+    own: i32,
+    flags: i32,
+    pos: u64,
+) -> Result<RawFd, RestoreError> {
+    let path = match pid {
+        Some(c) => {
+            let now = crate::tree::pid_now(c, own);
+            if start != 0 && cryo_image::fds::proc_start_time(now) != Some(start) {
+                return Err(fd_err(
+                    p,
+                    format!("process {c} of {path} is no longer the one captured"),
+                ));
+            }
+            proc_path(path, c, now)
+        }
+        None => path.to_owned(),
+    };
+    open_path(p, &path, flags, pos, None, None)
+}
+
 pub(crate) fn proc_path(target: &str, captured: i32, now: i32) -> String {
     let own = format!("/proc/{captured}/");
     match target.strip_prefix(&own) {
