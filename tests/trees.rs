@@ -2805,6 +2805,76 @@ echo "rc $?"
     }
 }
 
+/// A stopped child's stop report, as its parent saw it: taken already
+/// (waitpid WUNTRACED before the capture) or still waiting. The restore
+/// stops the child again, which reports again; until format 11.9 a
+/// parent that had taken the report got it a second time, with a
+/// SIGCHLD (bash shows the job stopped again), and a report still
+/// waiting must still be there.
+#[test]
+fn a_stop_report_taken_before_the_capture_is_not_reported_again() {
+    let script = |taken: bool| {
+        format!(
+            r#"
+import os, signal, sys, time
+got = []
+signal.signal(signal.SIGCHLD, lambda s, f: got.append(s))
+def stopped(p):
+    return open(f"/proc/{{p}}/stat").read().rsplit(") ", 1)[1][0] == "T"
+c = os.fork()
+if c == 0:
+    os.kill(os.getpid(), signal.SIGSTOP)
+    os._exit(7)
+if {taken}:
+    pid, st = os.waitpid(c, os.WUNTRACED)
+    assert os.WIFSTOPPED(st) and os.WSTOPSIG(st) == signal.SIGSTOP
+while not stopped(c):
+    time.sleep(0.01)
+time.sleep(0.1)
+got.clear()
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+for _ in range(300):
+    if stopped(c):
+        break
+    time.sleep(0.01)
+time.sleep(0.3)
+report = os.waitpid(c, os.WUNTRACED | os.WNOHANG)
+if {taken}:
+    assert report == (0, 0) and got == [], (report, got)
+else:
+    assert report[0] == c and os.WIFSTOPPED(report[1]), report
+os.kill(c, signal.SIGCONT)
+pid, st = os.waitpid(c, os.WCONTINUED)
+assert os.WIFCONTINUED(st), st
+pid, st = os.waitpid(c, 0)
+assert os.WEXITSTATUS(st) == 7, st
+print("PASS", flush=True)
+"#,
+            taken = if taken { "True" } else { "False" }
+        )
+    };
+    let modes: &[&[&str]] = &[&[], &["--lazy", "--lazy-min-mib=0"]];
+    python_round_trips(
+        "stop-report-taken",
+        &script(true),
+        |img| {
+            let out = inspect_text(img);
+            assert!(out.contains("had taken the stop report"), "{out}");
+        },
+        modes,
+    );
+    python_round_trips(
+        "stop-report-waiting",
+        &script(false),
+        |img| {
+            let out = inspect_text(img);
+            assert!(!out.contains("had taken the stop report"), "{out}");
+        },
+        modes,
+    );
+}
+
 #[test]
 fn epoll_items_whose_fd_was_closed_or_reused_still_fire() {
     // An epoll item is keyed by its file and the fd number it was added

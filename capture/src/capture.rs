@@ -287,6 +287,17 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
     scope.tcp_lock =
         opts.tcp_established && opts.after == After::Kill && cryo_image::netlock::available();
     let many = tree.members.len() > 1;
+    scope.stopped = tree
+        .members
+        .iter()
+        .filter(|m| m.group.as_ref().is_some_and(|g| g.was_stopped()))
+        .filter(|m| {
+            tree.members
+                .iter()
+                .any(|p| p.rec.pid == m.rec.ppid && p.group.is_some())
+        })
+        .map(|m| (m.rec.ppid as i32, m.rec.pid as i32))
+        .collect();
     let mut all = Vec::new();
     let mut obstacles: Vec<String> = Vec::new();
     for m in tree.members.iter_mut() {
@@ -718,6 +729,12 @@ pub(crate) fn inspect(
     let mut task = cryo_image::task::TaskState::default();
     let mut securebits = 0;
     let mut xcomp_perm = 0u64;
+    let stopped_children: Vec<i32> = scope
+        .stopped
+        .iter()
+        .filter(|(parent, _)| *parent == pid)
+        .map(|(_, c)| *c)
+        .collect();
     {
         let mut rem = Remote::new(t, vdso.0, &vdso.1)?;
         let r = (|| -> Result<(), InjectError> {
@@ -726,6 +743,7 @@ pub(crate) fn inspect(
             securebits = crate::task::injected(&mut rem, &mut task)?;
             b.process.clear_child_tid = crate::threads::tid_address(&mut rem)?;
             xcomp_perm = crate::task::xcomp_perm(&mut rem)?;
+            b.taken_stops = crate::task::taken_stops(&mut rem, &stopped_children)?;
             Ok(())
         })();
         let fin = rem.finish();

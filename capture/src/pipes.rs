@@ -40,6 +40,9 @@ pub struct Scope {
     /// inspected whose file only another process may hold
     /// (`anonfds::epoll`; taken by the caller after each process).
     pub epoll_elsewhere: Vec<(i32, String)>,
+    /// (parent, child) of each process of the tree captured in group
+    /// stop whose parent is in the tree too (`task::taken_stops`).
+    pub stopped: Vec<(i32, i32)>,
 }
 
 impl Scope {
@@ -55,6 +58,7 @@ impl Scope {
             tcp_lock: false,
             repaired: Default::default(),
             epoll_elsewhere: Vec::new(),
+            stopped: Vec::new(),
         }
     }
 

@@ -192,6 +192,26 @@ impl<'a> Remote<'a> {
         )))
     }
 
+    /// Whether a stop report of child `pid` waits for the process:
+    /// waitid(P_PID, pid, WSTOPPED | WNOHANG | WNOWAIT | __WALL), which
+    /// takes nothing. None if the kernel refuses (not its child).
+    pub fn stop_report_waiting(&mut self, pid: i32) -> Result<Option<bool>, InjectError> {
+        const P_PID: u64 = 1;
+        let flags = (libc::WSTOPPED | libc::WNOHANG | libc::WNOWAIT | libc::__WALL) as u64;
+        // siginfo_t: si_pid at byte 16 (0 when nothing was reported).
+        self.t.write_mem(self.scratch, &[0u8; 128])?;
+        let r = self.syscall(
+            libc::SYS_waitid,
+            [P_PID, pid as u64, self.scratch, flags, 0],
+        )?;
+        if (-4095..0).contains(&r) {
+            return Ok(None);
+        }
+        let b = self.read_scratch(24)?;
+        let si_pid = i32::from_le_bytes(b[16..20].try_into().unwrap_or([0; 4]));
+        Ok(Some(si_pid == pid))
+    }
+
     /// rt_sigaction(sig, NULL, &old): (handler, flags, restorer, mask).
     pub fn sigaction(&mut self, sig: i32) -> Result<(u64, u64, u64, u64), InjectError> {
         let s = self.scratch;

@@ -106,6 +106,24 @@ pub fn injected(rem: &mut Remote, t: &mut TaskState) -> Result<u32, InjectError>
     Ok(if securebits < 0 { 0 } else { securebits as u32 })
 }
 
+/// Which of `children` (stopped, in group stop) the process had already
+/// taken the stop report of: a waitid(WSTOPPED | WNOWAIT) in it finds
+/// none to take (WNOWAIT: it is still there for the program if it was).
+/// The restore stops them again, which reports again; the shim takes
+/// those reports (`cryo_image::tree::TakenStop`).
+pub fn taken_stops(
+    rem: &mut Remote,
+    children: &[i32],
+) -> Result<Vec<cryo_image::tree::TakenStop>, InjectError> {
+    let mut taken = Vec::new();
+    for &c in children {
+        if rem.stop_report_waiting(c)? == Some(false) {
+            taken.push(cryo_image::tree::TakenStop { pid: c as u32 });
+        }
+    }
+    Ok(taken)
+}
+
 /// What mlockall(MCL_FUTURE) set for the process's mappings to come
 /// (`TaskState::mlock_future`): nothing in /proc tells, so a page is
 /// mapped in the target and looked at. MADV_DONTNEED refuses a locked

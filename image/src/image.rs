@@ -380,6 +380,10 @@ impl<'a> Image<'a> {
     pub fn tree_fds(&self) -> Table<'a, crate::tree::TreeFd> {
         self.table(SectionKind::TreeFds)
     }
+    /// (11.9) Stopped children whose stop report the process had taken.
+    pub fn taken_stops(&self) -> Table<'a, crate::tree::TakenStop> {
+        self.table(SectionKind::TakenStops)
+    }
     pub fn tree_files(&self) -> Table<'a, crate::tree::TreeFile> {
         self.table(SectionKind::TreeFiles)
     }

@@ -295,6 +295,8 @@ pub(crate) fn sample_full_with(edit: impl FnOnce(&mut ImageBuilder)) -> (Vec<u8>
         qbytes: 16384,
         ..Default::default()
     });
+    // (11.9) A stopped child whose stop report the process had taken.
+    b.taken_stops.push(crate::tree::TakenStop { pid: 4321 });
     let x = b.xsave.clone();
     b.xsave.extend_from_slice(&x);
     let mut pages = page.clone();
@@ -319,6 +321,7 @@ fn format_3_sections_round_trip() {
     assert_eq!(img.blobs().count(), 3);
     assert_eq!(img.sysv_sem().get(0).unwrap().nsems, 2);
     assert_eq!(img.sysv_msq().get(0).unwrap().qbytes, 16384);
+    assert_eq!(img.taken_stops().get(0).unwrap().pid, 4321);
     assert_eq!(img.creds().unwrap().uid, [1000; 4]);
     assert_eq!(img.groups().len(), 2);
     assert_eq!(img.task().unwrap().nice, 5);
@@ -360,6 +363,15 @@ fn format_3_sections_round_trip() {
         "a semaphore set twice"
     );
     assert!(refused(|b| b.sysv_msq[0].count = 1), "messages not stored");
+    assert!(
+        refused(|b| b.taken_stops.push(b.taken_stops[0])),
+        "a taken stop twice"
+    );
+    assert!(
+        refused(|b| b.taken_stops[0].pid = b.process.pid),
+        "the process's own stop"
+    );
+    assert!(refused(|b| b.taken_stops[0].pid = 0), "no PID");
     assert!(refused(|b| b.groups.pop().map_or((), drop)), "group count");
     assert!(
         refused(|b| b.thread_creds[0].ngroups = 1),

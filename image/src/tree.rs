@@ -66,6 +66,17 @@ record! {
     }
 }
 
+record! {
+    /// (11.9) A child of this process (in the tree) that was stopped at
+    /// capture, and whose stop report (`waitpid` with WUNTRACED, `waitid`
+    /// with WSTOPPED) this process had already taken. The restore stops
+    /// the child again, which reports the stop again: this process's shim
+    /// takes that report before the program runs, as the original had.
+    pub struct TakenStop {
+        pub pid: u32,
+    }
+}
+
 /// The directory of a non-root process's image inside the tree's image
 /// directory.
 #[cfg(feature = "std")]

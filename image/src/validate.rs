@@ -279,6 +279,16 @@ impl<'a> Image<'a> {
                 });
             }
         }
+        for (i, t) in self.taken_stops().iter().enumerate() {
+            let dup = self.taken_stops().iter().take(i).any(|o| o.pid == t.pid);
+            if t.pid == 0 || t.pid > i32::MAX as u32 || dup || t.pid == self.process().pid {
+                return Err(ImageError::BadIndex {
+                    section: "taken_stops",
+                    index: i as u64,
+                    why: "no PID, a repeated one, or the process's own",
+                });
+            }
+        }
         for (i, v) in vmas.iter().enumerate() {
             if v.kind == crate::vma_kind::SYSV
                 && !self

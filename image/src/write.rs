@@ -79,6 +79,7 @@ pub struct ImageBuilder {
     pub sysv_shm: Vec<crate::fds::SysvShm>,
     pub sysv_sem: Vec<crate::fds::SysvSem>,
     pub sysv_msq: Vec<crate::fds::SysvMsq>,
+    pub taken_stops: Vec<crate::tree::TakenStop>,
     pub sock_filters: Vec<crate::fds::SockFilterInsn>,
     pub tcp_conns: Vec<crate::fds::TcpConn>,
     pub pid_refs: Vec<crate::task::PidRef>,
@@ -163,6 +164,9 @@ impl ImageBuilder {
         }
         if !self.sysv_msq.is_empty() {
             sections.push((SectionKind::SysvMsq, table(&self.sysv_msq)));
+        }
+        if !self.taken_stops.is_empty() {
+            sections.push((SectionKind::TakenStops, table(&self.taken_stops)));
         }
         if !self.tcp_conns.is_empty() {
             sections.push((SectionKind::TcpConns, table(&self.tcp_conns)));

@@ -754,6 +754,7 @@ fn finish<'a>(
     //     since go in before the credentials (step 12): finishing through
     //     the tracer, which suspended them for this task.
     signals::queue_pending(img);
+    signals::take_stop_reports(img);
     let filters_first = img.seccomp_before_creds() && a.flags & flags::SELF_UNMAP == 0;
     if !filters_first {
         task::restore(img, a.flags & flags::SAME_CREDS != 0);

@@ -65,3 +65,95 @@ pub fn queue_pending(img: &Image) {
         }
     }
 }
+
+/// Take again the stop reports the program had taken (format 11.9
+/// `taken_stops`): each such child, stopped again by its tracer, reports
+/// its stop to this process once more; the program had already had that
+/// report, so it must not get it twice (bash would show the job stopped
+/// again, a `waitpid(WUNTRACED)` loop would count it twice). Waits for
+/// each report up to 2 s (the child stops once its tracer lets it run),
+/// then takes the SIGCHLD that stop raised, unless one was pending at
+/// capture (one SIGCHLD covers both) or the disposition raises none for
+/// stops (SIG_IGN, SA_NOCLDSTOP). Every signal is blocked in the shim.
+pub fn take_stop_reports(img: &Image) {
+    const SYS_WAITID: usize = 247;
+    const SYS_NANOSLEEP: usize = 35;
+    const SYS_RT_SIGTIMEDWAIT: usize = 128;
+    const SIGCHLD: usize = 17;
+    const P_PID: usize = 1;
+    const WNOHANG: usize = 1;
+    const WSTOPPED: usize = 2;
+    const WALL: usize = 0x4000_0000;
+    const SA_NOCLDSTOP: u64 = 1;
+    const EINTR: isize = -4;
+    let taken = img.taken_stops();
+    if taken.is_empty() {
+        return;
+    }
+    let mut reported = 0;
+    for t in taken.iter() {
+        for _ in 0..20_000 {
+            // siginfo_t: si_pid at byte 16.
+            let mut info = [0u32; 32];
+            let r = syscall6(
+                SYS_WAITID,
+                P_PID,
+                t.pid as usize,
+                info.as_mut_ptr() as usize,
+                WSTOPPED | WNOHANG | WALL,
+                0,
+                0,
+            );
+            if r == EINTR {
+                continue;
+            }
+            if r < 0 {
+                break; // gone, or not this process's child: nothing to take
+            }
+            if info[4] == t.pid {
+                reported += 1;
+                break;
+            }
+            let ts = [0i64, 100_000];
+            syscall3(SYS_NANOSLEEP, ts.as_ptr() as usize, 0, 0);
+        }
+    }
+    let p = img.process();
+    let bit = 1u64 << (SIGCHLD - 1);
+    let mut act = [0u64; 4];
+    syscall6(
+        SYS_RT_SIGACTION,
+        SIGCHLD,
+        0,
+        act.as_mut_ptr() as usize,
+        8,
+        0,
+        0,
+    );
+    let raised = act[0] != 1 && act[1] & SA_NOCLDSTOP == 0;
+    if reported == 0 || (p.sig_pending | p.sig_shared_pending) & bit != 0 || !raised {
+        return;
+    }
+    // The SIGCHLD follows the report (the kernel marks the group stopped,
+    // then notifies the parent): wait for it, a second at most; then,
+    // after a moment, take one more (several children's merge into one
+    // pending SIGCHLD, or the last one's came after the first was taken).
+    let set = 1u64 << (SIGCHLD - 1);
+    let take = |secs: i64| {
+        let ts = [secs, 0i64];
+        while syscall6(
+            SYS_RT_SIGTIMEDWAIT,
+            &set as *const u64 as usize,
+            0,
+            ts.as_ptr() as usize,
+            8,
+            0,
+            0,
+        ) == EINTR
+        {}
+    };
+    take(1);
+    let pause = [0i64, 1_000_000];
+    syscall3(SYS_NANOSLEEP, pause.as_ptr() as usize, 0, 0);
+    take(0);
+}

@@ -91,6 +91,9 @@ pub enum SectionKind {
     /// Format 11.6: System V message queues the process could use
     /// ([`crate::fds::SysvMsq`]).
     SysvMsq = 45,
+    /// Format 11.9: stopped children whose stop report the process had
+    /// already taken ([`crate::tree::TakenStop`]).
+    TakenStops = 46,
 }
 
 /// Most System V semaphore sets, and most message queues, an image records.
@@ -111,7 +114,7 @@ const FANOTIFY_MARK_11_4: usize = 56;
 const TASK_STATE_11_2: usize = <crate::task::TaskState as crate::record::Record>::SIZE - 24;
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 45] = [
+    pub const ALL: [SectionKind; 46] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -157,6 +160,7 @@ impl SectionKind {
         SectionKind::ThreadCreds,
         SectionKind::SysvSem,
         SectionKind::SysvMsq,
+        SectionKind::TakenStops,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -208,6 +212,7 @@ impl SectionKind {
             SectionKind::ThreadCreds => "thread_creds",
             SectionKind::SysvSem => "sysv_sem",
             SectionKind::SysvMsq => "sysv_msq",
+            SectionKind::TakenStops => "taken_stops",
         }
     }
     /// The shortest records this reader accepts for the section: what it
@@ -276,6 +281,7 @@ impl SectionKind {
             SectionKind::ThreadCreds => crate::task::Creds::SIZE,
             SectionKind::SysvSem => crate::fds::SysvSem::SIZE,
             SectionKind::SysvMsq => crate::fds::SysvMsq::SIZE,
+            SectionKind::TakenStops => crate::tree::TakenStop::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -340,6 +346,8 @@ impl SectionKind {
             // (Validation compares each id with those before it; a process
             // that could use more than 4096 sets or queues is refused.)
             SectionKind::SysvSem | SectionKind::SysvMsq => MAX_SYSV_OBJECTS as u64,
+            // (At most one per process of a tree.)
+            SectionKind::TakenStops => 4096,
         }
     }
     /// Sections every valid image must have.

@@ -73,6 +73,17 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
                 .into(),
         );
     }
+    if !img.taken_stops().is_empty() {
+        let pids: Vec<String> = img
+            .taken_stops()
+            .iter()
+            .map(|t| t.pid.to_string())
+            .collect();
+        state.push(format!(
+            "had taken the stop report of its stopped child {} (taken again on restore)",
+            pids.join(", ")
+        ));
+    }
     if p.flags & process_flags::IN_SYSCALL != 0 {
         state.push(format!(
             "in syscall {} ({})",
