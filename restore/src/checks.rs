@@ -132,7 +132,8 @@ pub fn mapped_files(img: &Image) -> Result<(), RestoreError> {
             }
         };
         let mut what = Vec::new();
-        if md.dev() != f.dev || md.ino() != f.ino {
+        let other = md.dev() != f.dev || md.ino() != f.ino;
+        if other {
             what.push("a different file now (device/inode)".to_owned());
         }
         if md.size() != f.size {
@@ -141,16 +142,27 @@ pub fn mapped_files(img: &Image) -> Result<(), RestoreError> {
         if md.mtime() != f.mtime_sec || md.mtime_nsec() as u32 != f.mtime_nsec {
             what.push("modification time".to_owned());
         }
-        if !f.same_birth(crate::sys::born(&md)) {
+        if !other && !f.same_birth(crate::sys::born(&md)) {
             what.push("a different file now (made again: birth time)".to_owned());
         }
         if !what.is_empty() {
             if f.flags & cryo_image::fds::file_flags::KEPT != 0 {
-                // (Left by a restored process that was killed, say: one
-                // that ended normally removed it.)
-                what.push(
-                    "cryo makes this file again if it is gone: remove it if nothing uses it".into(),
-                );
+                // Left by an earlier run or restore that ended without
+                // removing it (Mono removes /dev/shm/mono.PID by the PID
+                // it has *now*; a killed JVM leaves its hsperfdata file):
+                // no process holds it, so it is made again in its place
+                // (`stored::make`). One held is another run's.
+                let held = holders(md.dev(), md.ino());
+                if held.is_empty() {
+                    continue;
+                }
+                what.push(format!(
+                    "held by {} (another restore of this image?), and cryo makes it again only where it is gone or held by no process",
+                    held.iter()
+                        .map(|p| format!("process {p} ({})", comm_of(*p)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
             }
             return Err(RestoreError::FileChanged {
                 path,
@@ -159,6 +171,51 @@ pub fn mapped_files(img: &Image) -> Result<(), RestoreError> {
         }
     }
     Ok(())
+}
+
+/// The processes that map or hold an fd of the file (`dev`, `ino`), as
+/// far as /proc shows them (those of other users too: cryo restore runs
+/// as root or as the file's owner).
+pub(crate) fn holders(dev: u64, ino: u64) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let dev_field = format!("{major:02x}:{minor:02x}");
+    let ino_field = ino.to_string();
+    let me = std::process::id() as i32;
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        let mapped = maps.lines().any(|l| {
+            let mut w = l.split_ascii_whitespace().skip(3);
+            w.next() == Some(dev_field.as_str()) && w.next() == Some(ino_field.as_str())
+        });
+        let held = mapped
+            || std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.flatten().any(|fd| {
+                    std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+                })
+            });
+        if held {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A process's name, for messages.
+fn comm_of(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end().to_owned())
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// POSIX timers come back with their ids (PR_TIMER_CREATE_RESTORE_IDS).
