@@ -536,8 +536,9 @@ fn more_obstacles_named() {
     let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
     assert_eq!(code, 1);
     assert!(
-        out.contains("4 obstacles")
+        out.contains("5 obstacles")
             && out.contains("eBPF socket filter (SO_ATTACH_BPF)")
+            && out.contains("counts the CPU time of the thread that made it (CLOCK_THREAD_CPUTIME_ID)")
             && out.contains("but that name no longer leads to the socket it is connected to")
             && out.contains("that path no longer leads to this socket (removed or replaced since the bind), and datagrams sent to it wait in it")
             && out.contains("bound to the relative path r.sock): that name does not lead to this socket from the process's working directory"),
@@ -548,6 +549,13 @@ fn more_obstacles_named() {
     }
     // SAFETY: kill takes integers.
     unsafe { libc::kill(t.pid, libc::SIGKILL) };
+}
+
+/// Timers on CPU-time clocks named by thread and process id (haproxy's
+/// watchdog): made on the restored thread's and process's clocks.
+#[test]
+fn cpu_clock_timers_count_the_restored_threads_time() {
+    case("cpu-timers");
 }
 
 /// A thread that switched its own credentials (uid/gid 1000, one

@@ -726,6 +726,15 @@ pub(crate) fn inspect(
     let status = procinfo::status(pid)?;
     // State only the task itself can tell: injected system calls.
     let timers = procinfo::timers(pid)?;
+    {
+        let mut tids = vec![pid];
+        tids.extend(g.others.iter().map(|t| t.pid()));
+        for t in &timers {
+            if let Some(why) = cryo_image::timer_clock_obstacle(t.clock, pid, &tids) {
+                obs.push(format!("POSIX timer {} {why}", t.id));
+            }
+        }
+    }
     let mut task = cryo_image::task::TaskState::default();
     let mut securebits = 0;
     let mut xcomp_perm = 0u64;

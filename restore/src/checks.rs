@@ -219,9 +219,29 @@ fn comm_of(pid: i32) -> String {
 }
 
 /// POSIX timers come back with their ids (PR_TIMER_CREATE_RESTORE_IDS).
+/// Every timer on a CPU-time clock names the process or one of its
+/// threads (images from before stop 37 may name others: the shim's
+/// timer_create would fail past the point of no return).
 pub fn timers(img: &Image) -> Result<(), RestoreError> {
     if !img.timers().is_empty() && sys::timer_restore_ids().is_err() {
         return Err(RestoreError::NoTimerIds);
+    }
+    let pid = img.process().pid as i32;
+    let mut tids = vec![pid];
+    tids.extend(img.threads().iter().map(|t| t.tid as i32));
+    let why: Vec<String> = img
+        .timers()
+        .iter()
+        .filter_map(|t| {
+            cryo_image::timer_clock_obstacle(t.clock, pid, &tids)
+                .map(|w| format!("POSIX timer {} {w}", t.id))
+        })
+        .collect();
+    if !why.is_empty() {
+        return Err(RestoreError::Task(format!(
+            "process {pid}: {}; capture it again with this cryo, which refuses it by name",
+            why.join("; ")
+        )));
     }
     Ok(())
 }

@@ -345,6 +345,32 @@ fn apply_sched(t: &TaskState) -> Result<(), RestoreError> {
 /// (`cryo_image::task::PidRef`, found at capture), in words: restored
 /// under another PID, it goes on with the captured one there.
 pub fn own_pid_note(img: &Image) -> Option<String> {
+    let clocks: Vec<String> = img
+        .timers()
+        .iter()
+        .filter_map(|t| match cryo_image::cpu_clock(t.clock) {
+            Some((id, thread)) if id != 0 => Some(format!(
+                "POSIX timer {} counts the CPU time of {} {id} by its id",
+                t.id,
+                if thread { "thread" } else { "process" }
+            )),
+            _ => None,
+        })
+        .collect();
+    let clocks = (!clocks.is_empty()).then(|| {
+        format!(
+            "{}: the restore makes it on the restored one's clock, but an id the program keeps (pthread_getcpuclockid, as haproxy's watchdog) names the captured one",
+            clocks.join(", ")
+        )
+    });
+    match (values_note(img), clocks) {
+        (Some(v), Some(c)) => Some(format!("{v}; {c}")),
+        (v, c) => v.or(c),
+    }
+}
+
+/// [`own_pid_note`]'s part on the PID kept as a value.
+fn values_note(img: &Image) -> Option<String> {
     let refs: Vec<cryo_image::task::PidRef> = img
         .pid_refs()
         .iter()

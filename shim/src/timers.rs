@@ -25,14 +25,22 @@ pub fn restore(img: &Image, new_tid: impl Fn(u32) -> u32) {
                 sev[16..20].copy_from_slice(&tid.to_le_bytes());
             }
             let mut id: i32 = t.id;
+            // A CPU-time clock names its process or thread by id: the
+            // restored one's (0, the caller, stays).
+            let clock = match cryo_image::cpu_clock(t.clock) {
+                Some((old, _)) if old != 0 => {
+                    cryo_image::cpu_clock_of(t.clock, new_tid(old as u32) as i32)
+                }
+                _ => t.clock,
+            };
             check(
                 syscall3(
                     SYS_TIMER_CREATE,
-                    t.clock as usize,
+                    clock as usize,
                     sev.as_ptr() as usize,
                     &mut id as *mut i32 as usize,
                 ),
-                format_args!("timer_create(id {})", t.id),
+                format_args!("timer_create(id {}, clock {clock})", t.id),
             );
             if id != t.id {
                 die(format_args!("timer {} came back as id {id}", t.id));

@@ -1880,8 +1880,16 @@ static void sockfilter_check(void) {
  * was removed but which has another link, until stop 20, a namespace fd
  * until stop 21; all are captured now, and the dry run must not name
  * them.) */
+static void *caller_clock_worker(void *a);
 static void refuse2_setup(void) {
     CHECK(open("/proc/self/ns/net", O_RDONLY) >= 0, "ns fd");
+    pthread_t cw;
+    CHECK(pthread_create(&cw, NULL, caller_clock_worker, NULL) == 0, "a thread with a timer on its own clock");
+    for (int tries = 0; tries < 2000; tries++) {
+        char t[4096];
+        if (read_file("/proc/self/timers", t, sizeof t) > 0 && strstr(t, "ClockID: -2")) break;
+        usleep(1000);
+    }
     int u = socket(AF_INET, SOCK_DGRAM, 0);
     struct bpf_insn accept_all[] = {
         {.code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = -1}, /* r0 = -1 */
@@ -2456,6 +2464,84 @@ static void amx_check(void) {
     CHECK(amx_th_ok, "the second thread's tile kept");
 }
 
+/* Timers on CPU-time clocks named by id (pthread_getcpuclockid,
+ * clock_getcpuclockid), as haproxy's watchdog arms one per thread: the
+ * restore made them on the captured ids, which name nothing after it
+ * (timer_create EINVAL past the point of no return, stop 37's survey) or
+ * another thread. After the restore the worker's timer counts the
+ * worker's CPU time again, the process's the process's. */
+static pthread_t ct_th;
+static volatile sig_atomic_t ct_thread_ticks, ct_proc_ticks;
+static int ct_go[2], ct_done[2];
+static void ct_on_thread(int s) { (void)s; ct_thread_ticks++; }
+static void ct_on_proc(int s) { (void)s; ct_proc_ticks++; }
+static void ct_burn(double secs) {
+    struct timespec a, b;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
+    do clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
+    while ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9 < secs);
+}
+static void ct_arm(clockid_t c, int sig) {
+    timer_t t;
+    struct sigevent ev = {.sigev_notify = SIGEV_SIGNAL, .sigev_signo = sig};
+    struct itimerspec its = {{0, 20000000}, {0, 20000000}};
+    CHECK(timer_create(c, &ev, &t) == 0 && timer_settime(t, 0, &its, NULL) == 0, "a timer on clock %d", (int)c);
+}
+static void *ct_worker(void *a) {
+    (void)a;
+    clockid_t c;
+    CHECK(pthread_getcpuclockid(pthread_self(), &c) == 0, "the thread's clock");
+    ct_arm(c, SIGRTMIN + 2);
+    char b;
+    while (read(ct_go[0], &b, 1) != 1) {}
+    ct_thread_ticks = 0;
+    ct_burn(0.3);
+    CHECK(write(ct_done[1], "d", 1) == 1, "done");
+    return NULL;
+}
+static void cputimers_setup(void) {
+    struct sigaction sa = {.sa_handler = ct_on_thread, .sa_flags = SA_RESTART};
+    sigaction(SIGRTMIN + 2, &sa, NULL);
+    sa.sa_handler = ct_on_proc;
+    sigaction(SIGRTMIN + 3, &sa, NULL);
+    CHECK(pipe(ct_go) == 0 && pipe(ct_done) == 0, "pipes");
+    clockid_t pc;
+    CHECK(clock_getcpuclockid(getpid(), &pc) == 0 && pc != CLOCK_PROCESS_CPUTIME_ID, "the process's clock by its PID");
+    ct_arm(pc, SIGRTMIN + 3);
+    CHECK(pthread_create(&ct_th, NULL, ct_worker, NULL) == 0, "the worker");
+    /* The worker's timer armed: its clock shows in /proc/self/timers. */
+    for (int tries = 0; tries < 2000; tries++) {
+        char t[4096];
+        int n = read_file("/proc/self/timers", t, sizeof t);
+        int count = 0;
+        for (char *q = t; n > 0 && (q = strstr(q, "ClockID")); q++) count++;
+        if (count == 2) break;
+        usleep(1000);
+    }
+}
+static void cputimers_check(void) {
+    CHECK(write(ct_go[1], "g", 1) == 1, "go");
+    char b;
+    while (read(ct_done[0], &b, 1) != 1) {}
+    CHECK(pthread_join(ct_th, NULL) == 0, "join");
+    CHECK(ct_thread_ticks >= 5, "the worker's CPU-clock timer fired %d times in 0.3 s of its CPU", (int)ct_thread_ticks);
+    ct_proc_ticks = 0;
+    ct_burn(0.3);
+    CHECK(ct_proc_ticks >= 5, "the process's CPU-clock timer fired %d times in 0.3 s", (int)ct_proc_ticks);
+}
+
+/* A thread's timer on "the calling thread's" CPU clock
+ * (CLOCK_THREAD_CPUTIME_ID) in a process of two threads: /proc shows -2
+ * for whichever thread made it, so the restore could not tell it from
+ * the main thread's (it counted the main thread's, silently: stop 37's
+ * survey). Refused by name. */
+static void *caller_clock_worker(void *a) {
+    (void)a;
+    ct_arm(CLOCK_THREAD_CPUTIME_ID, SIGRTMIN + 2);
+    for (;;) pause();
+    return NULL;
+}
+
 struct fcase {
     const char *name;
     void (*setup)(void);
@@ -2506,6 +2592,7 @@ static const struct fcase cases[] = {
     {"amx", amx_setup, amx_check, amx_settle},
     {"refuse", refuse_setup, refuse_check, NULL},
     {"refuse2", refuse2_setup, refuse_check, NULL},
+    {"cpu-timers", cputimers_setup, cputimers_check, NULL},
 };
 
 int main(int argc, char **argv) {

@@ -247,6 +247,70 @@ record! {
     }
 }
 
+/// A CPU-time clock id (negative, as the kernel encodes
+/// `clock_getcpuclockid` and `pthread_getcpuclockid`: the PID or thread
+/// id inverted, shifted left by 3, the clock kind in the low 3 bits; not a
+/// dynamic fd clock): the id it names (0: the caller's process or
+/// thread, as CLOCK_PROCESS_CPUTIME_ID and CLOCK_THREAD_CPUTIME_ID are
+/// recorded) and whether it is a thread's clock.
+pub fn cpu_clock(clock: i32) -> Option<(i32, bool)> {
+    if clock >= 0 || clock & 7 == 3 {
+        return None;
+    }
+    Some((!(clock >> 3), clock & 4 != 0))
+}
+
+/// [`cpu_clock`] `clock` (same kind) of id `id` instead.
+pub fn cpu_clock_of(clock: i32, id: i32) -> i32 {
+    ((!id) << 3) | (clock & 7)
+}
+
+/// Why a timer on `clock`, of process `pid` whose threads are `tids`
+/// (the main thread's too), cannot be made again: the clock counts the CPU time of
+/// another process or thread, or of "the thread that made it" in a
+/// process of several (which one cannot be seen from outside: /proc shows
+/// the same clock id for each).
+pub fn timer_clock_obstacle(clock: i32, pid: i32, tids: &[i32]) -> Option<ClockObstacle> {
+    let (id, thread) = cpu_clock(clock)?;
+    if id == 0 {
+        return (thread && tids.len() > 1).then_some(ClockObstacle::Caller);
+    }
+    let ours = if thread {
+        tids.contains(&id)
+    } else {
+        id == pid
+    };
+    (!ours).then_some(ClockObstacle::Other { id, thread })
+}
+
+/// [`timer_clock_obstacle`]'s answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClockObstacle {
+    /// CLOCK_THREAD_CPUTIME_ID in a process of several threads.
+    Caller,
+    /// The clock of a process or thread (`thread`) not its own.
+    Other { id: i32, thread: bool },
+}
+
+impl core::fmt::Display for ClockObstacle {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ClockObstacle::Caller => write!(
+                f,
+                "counts the CPU time of the thread that made it (CLOCK_THREAD_CPUTIME_ID), and which of the process's threads that was cannot be seen from outside"
+            ),
+            ClockObstacle::Other { id, thread: true } => write!(
+                f,
+                "counts the CPU time of thread {id}, not one of the process's"
+            ),
+            ClockObstacle::Other { id, thread: false } => write!(
+                f,
+                "counts the CPU time of process {id}, not the process itself"
+            ),
+        }
+    }
+}
+
 record! {
     /// An interval timer (getitimer): ITIMER_REAL, _VIRTUAL or _PROF.
     pub struct Itimer {
