@@ -215,6 +215,9 @@ pub struct Sockets {
     /// The process whose sockets these are (its working directory
     /// resolves a relative name).
     pub pid: i32,
+    /// Unix sockets whose file was renamed since their bind: (index, the
+    /// path their file has now).
+    renamed: Vec<(u32, std::path::PathBuf)>,
     /// Unix sockets bound to a relative name: (index, the absolute path
     /// of its socket file, found from the working directory).
     relative: Vec<(u32, std::path::PathBuf)>,
@@ -820,9 +823,17 @@ pub fn capture(
             // it is bound there: `link`.)
             let quiet = (peer.is_none() && d.rqueue == 0 && (d.state == 10 || d.peer == 0))
                 || peer.is_some();
+            // Or renamed since the bind, in its directory (haproxy binds
+            // `admin.sock.PID.tmp` and renames it `admin.sock`): reached
+            // by the new name, which the restore gives its file again.
+            let renamed = (!same).then(|| renamed_to(&path, d.vfs)).flatten();
             if !(same || quiet) {
                 return Err(format!(
-                    "fd {fd} ({what} bound to {shown}): that path no longer leads to this socket (removed or replaced since the bind), and {}; cryo cannot restore it",
+                    "fd {fd} ({what} bound to {shown}): that path no longer leads to this socket ({}), and {}; cryo cannot restore it",
+                    match &renamed {
+                        Some(to) => format!("its file was renamed to {} since the bind", to.display()),
+                        None => "removed or replaced since the bind".into(),
+                    },
                     if d.state == 10 {
                         "connections wait in it"
                     } else {
@@ -830,8 +841,13 @@ pub fn capture(
                     }
                 ));
             }
-            if !same {
-                s.flags |= cryo_image::fds::socket_flags::GHOST;
+            match renamed {
+                Some(to) => {
+                    seen.renamed.push((b.sockets.len() as u32, to));
+                    s.flags |= cryo_image::fds::socket_flags::RENAMED;
+                }
+                None if !same => s.flags |= cryo_image::fds::socket_flags::GHOST,
+                None => {}
             }
         }
         // A named end whose other end was closed is made again accepted
@@ -1236,8 +1252,13 @@ pub fn socket_file(b: &mut ImageBuilder, seen: &Sockets, index: u32) -> u32 {
         // (Its file is gone: what the path leads to now is another.)
         return NO_INDEX;
     }
-    // (A relative name: its path from the working directory, checked.)
-    let found = seen.relative.iter().find(|(i, _)| *i == index);
+    // (A relative name: its path from the working directory, checked; a
+    // renamed file: its name now.)
+    let found = seen
+        .relative
+        .iter()
+        .chain(seen.renamed.iter())
+        .find(|(i, _)| *i == index);
     match found
         .map(|(_, p)| p.clone())
         .or_else(|| unix_bound_path(&a[..n]))
@@ -1249,6 +1270,17 @@ pub fn socket_file(b: &mut ImageBuilder, seen: &Sockets, index: u32) -> u32 {
         }
         _ => NO_INDEX,
     }
+}
+
+/// The other name in `path`'s directory that leads to the socket file
+/// unix_diag names (`vfs`), if one does: its file renamed since the bind.
+fn renamed_to(path: &std::path::Path, vfs: Option<(u32, u32)>) -> Option<std::path::PathBuf> {
+    let dir = path.parent()?;
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p != path && leads_to(p, vfs))
 }
 
 /// Whether `path` leads to the socket file unix_diag names (`vfs`: its

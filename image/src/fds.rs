@@ -753,8 +753,13 @@ pub mod socket_flags {
     /// ghost of another process of the tree, which `cryo restore` makes
     /// and keeps the file of until every process has its fds.
     pub const GHOST_PEER: u32 = 1 << 5;
+    /// (11.9) A unix socket whose file was renamed since its bind (haproxy
+    /// binds `admin.sock.PID.tmp`, then renames it to `admin.sock`): its
+    /// name stays the bind's, its file is at the path of its socket file
+    /// (`Fd::file`). Bound again at its name, then its file renamed there.
+    pub const RENAMED: u32 = 1 << 6;
     /// Every bit a reader of this version knows.
-    pub const ALL: u32 = ACCEPTED | FOREIGN | FRAMED | RELATIVE | GHOST | GHOST_PEER;
+    pub const ALL: u32 = ACCEPTED | FOREIGN | FRAMED | RELATIVE | GHOST | GHOST_PEER | RENAMED;
 }
 
 /// The bytes of a sockaddr held in a `[u64; 16]` (little-endian words).

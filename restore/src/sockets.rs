@@ -1065,6 +1065,55 @@ fn bind_ghost(
     Ok(())
 }
 
+/// A unix socket whose file was renamed since its bind
+/// (`socket_flags::RENAMED`): bound again at its name (what is there now
+/// moved aside for the moment), its file renamed to the name it had at
+/// capture. A live socket at that name is another's: refused; a socket
+/// file no socket listens at is a leftover, replaced.
+fn bind_renamed(img: &Image, object: u32, s: &Socket, fd: BorrowedFd) -> Result<(), Why> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
+    let Some(to) = socket_file(img, object)
+        .and_then(|id| img.str(id.path))
+        .map(std::path::PathBuf::from)
+    else {
+        return Err("its file was renamed since its bind, but the image has no name for it".into());
+    };
+    let shown = to.display().to_string();
+    if let Ok(m) = to.symlink_metadata() {
+        let mut at = vec![libc::AF_UNIX as u8, 0];
+        at.extend_from_slice(to.as_os_str().as_bytes());
+        at.push(0);
+        if !m.file_type().is_socket() {
+            return Err(format!(
+                "its file was renamed {shown} since its bind, and {shown} is a file that is not a socket now; cryo does not remove it"
+            )
+            .into());
+        }
+        if unix_in_use(s, &at) {
+            return Err(format!(
+                "its file was renamed {shown} since its bind, and a socket is in use at {shown} (another restore of this image?)"
+            )
+            .into());
+        }
+    }
+    let mut kept = KeptGhost::bind(
+        &Socket {
+            state: socket_state::BOUND,
+            ..*s
+        },
+        fd,
+    )?;
+    let moved = std::fs::rename(kept.path(), &to)
+        .map_err(|e| Why::sys(format!("renaming its socket file to {shown}, as it was"), e));
+    kept.undo()?;
+    moved?;
+    if s.state == socket_state::LISTENING {
+        sys::listen(fd, s.backlog as i32).map_err(|e| Why::sys("listen", e))?;
+    }
+    Ok(())
+}
+
 /// The directories of a unix socket's path that are gone (removed since
 /// its bind, zdtm sk-unix01), made (0700) for a bind at that path, and
 /// removed again, deepest first, once it is done: [`DirsMade::remove`],
@@ -1511,8 +1560,9 @@ fn socket_file_as_it_was(img: &Image, object: u32, s: &Socket) -> Result<(), Why
     let Some(id) = socket_file(img, object) else {
         return Ok(());
     };
-    // (A relative name: the file's absolute path, as capture found it.)
-    let path = if s.flags & socket_flags::RELATIVE != 0 {
+    // (A relative name: the file's absolute path, as capture found it; a
+    // renamed file: its name now.)
+    let path = if s.flags & (socket_flags::RELATIVE | socket_flags::RENAMED) != 0 {
         img.str(id.path).map(std::path::PathBuf::from)
     } else {
         unix_path(&addr_of(s))
@@ -2331,6 +2381,9 @@ pub(crate) fn make(
                 if !has_ghost_peers(img, object) {
                     bind_ghost(&s, fd.as_fd(), |_| Ok(())).map_err(|w| fd_err(p, w))?;
                 }
+            } else if s.flags & socket_flags::RENAMED != 0 {
+                bind_renamed(img, object, &s, fd.as_fd()).map_err(|w| fd_err(p, w))?;
+                socket_file_as_it_was(img, object, &s).map_err(|w| fd_err(p, w))?;
             } else {
                 in_bind_dir(img, object, &s, || bind(&s, fd.as_fd())).map_err(|w| fd_err(p, w))?;
                 socket_file_as_it_was(img, object, &s).map_err(|w| fd_err(p, w))?;
