@@ -459,6 +459,18 @@ fn file_behind_mapping_changed() {
     f.write_all(b"\0").unwrap();
     drop(f);
     refused(&img, "changed since capture");
+    // Its open file replaced too: both named at once (until stop 37 only
+    // the first, and the user met the next after fixing it).
+    let data = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("zdtm-file."))
+        .expect("the program's file");
+    std::fs::remove_file(&data).unwrap();
+    std::fs::write(&data, b"another").unwrap();
+    refused(&img, "2 obstacles: ");
+    refused(&img, "is a different file now");
 }
 
 #[test]

@@ -92,6 +92,7 @@ pub fn vdso(img: &Image) -> Result<u64, RestoreError> {
 
 /// The files behind mappings and the executable: the very same files.
 pub fn mapped_files(img: &Image) -> Result<(), RestoreError> {
+    let mut errs = Vec::new();
     let p = img.process();
     let mut checked = vec![false; img.files().len()];
     let mut want: Vec<u32> = img
@@ -125,10 +126,11 @@ pub fn mapped_files(img: &Image) -> Result<(), RestoreError> {
                 continue
             }
             Err(source) => {
-                return Err(RestoreError::FileMissing {
+                errs.push(RestoreError::FileMissing {
                     path: path.clone(),
                     source,
-                })
+                });
+                continue;
             }
         };
         let mut what = Vec::new();
@@ -164,13 +166,13 @@ pub fn mapped_files(img: &Image) -> Result<(), RestoreError> {
                         .join(", ")
                 ));
             }
-            return Err(RestoreError::FileChanged {
+            errs.push(RestoreError::FileChanged {
                 path,
                 what: what.join(", "),
             });
         }
     }
-    Ok(())
+    RestoreError::all(errs)
 }
 
 /// The processes that map or hold an fd of the file (`dev`, `ino`), as

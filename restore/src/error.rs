@@ -60,6 +60,28 @@ pub enum RestoreError {
         what: String,
         source: std::io::Error,
     },
+    /// Every obstacle found, at once (files changed, fds that cannot be
+    /// had, timers), so that a user fixing one does not meet the next.
+    #[error("{} obstacles: {}", .0.len(), joined(.0))]
+    Several(Vec<RestoreError>),
+}
+
+fn joined(v: &[RestoreError]) -> String {
+    v.iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl RestoreError {
+    /// `errs` as one error: the only one, or [`RestoreError::Several`].
+    pub fn all(mut errs: Vec<RestoreError>) -> Result<(), RestoreError> {
+        match errs.len() {
+            0 => Ok(()),
+            1 => Err(errs.remove(0)),
+            _ => Err(RestoreError::Several(errs)),
+        }
+    }
 }
 
 /// Why one fd or one stored file cannot be restored.

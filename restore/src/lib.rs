@@ -380,8 +380,15 @@ fn prepare_one(
     checks::window(&img)?;
     checks::xsave(&img)?;
     let gadget = checks::vdso(&img)?;
-    checks::mapped_files(&img)?;
-    checks::timers(&img)?;
+    // Files changed, timers and fds that cannot be had: every one at once.
+    let mut errs: Vec<RestoreError> = [checks::mapped_files(&img), checks::timers(&img)]
+        .into_iter()
+        .filter_map(Result::err)
+        .flat_map(|e| match e {
+            RestoreError::Several(v) => v,
+            e => vec![e],
+        })
+        .collect();
     if opts.map {
         if opts.lazy.is_some() {
             return Err(RestoreError::NotMappable(
@@ -393,7 +400,7 @@ fn prepare_one(
     }
     let own_status = OwnStatus::read();
     let rlimits = checks::rlimits(&img, own_status.cap_sys_resource)?;
-    let mut fds = fds::plan(
+    let fds = fds::plan(
         &image,
         &img,
         &opts.inherit_fds,
@@ -402,7 +409,18 @@ fn prepare_one(
         &opts.restore_stdio,
         !opts.no_verify,
         made.ptys,
-    )?;
+    );
+    let mut fds = match fds {
+        Ok(fds) if errs.is_empty() => fds,
+        r => {
+            match r {
+                Err(RestoreError::Several(v)) => errs.extend(v),
+                Err(e) => errs.push(e),
+                Ok(_) => {}
+            }
+            return Err(RestoreError::all(errs).unwrap_err());
+        }
+    };
     fds.premade = made.files.to_vec();
     fds.peers = made.peers.to_vec();
     fds::fits_our_limit(&fds)?;

@@ -261,6 +261,8 @@ pub fn plan(
         ptys,
     };
     let mut out = Plan::default();
+    // (Every fd that cannot be had, at once.)
+    let mut errs = Vec::new();
     for (i, f) in fds.iter().enumerate() {
         let target = img.str(f.target).unwrap_or("").to_owned();
         let what = format!("{} {}", fd_kind::name(f.kind), target);
@@ -268,7 +270,13 @@ pub fn plan(
             fd: f.fd,
             what: &what,
         };
-        let source = source_of(&cx, i, f, &target, &err, &mut out)?;
+        let source = match source_of(&cx, i, f, &target, &err, &mut out) {
+            Ok(s) => s,
+            Err(e) => {
+                errs.push(e);
+                continue;
+            }
+        };
         out.fds.push(FdPlan {
             fd: f.fd,
             what,
@@ -276,6 +284,7 @@ pub fn plan(
             cloexec: f.cloexec != 0,
         });
     }
+    RestoreError::all(errs)?;
     crate::stored::plan_mapped(img, &mut out)?;
     crate::locks::plan(img, &mut out)?;
     Ok(out)
