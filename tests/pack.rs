@@ -317,6 +317,24 @@ fn pack_drops_unread_stdin_bytes_only_when_told() {
     assert_eq!((code, stdout.as_str()), (3, "resumed b''\n"), "{err}");
 }
 
+/// A copy of fd 0 above 2 (R's `file("stdin")` dups it to fd 4): the
+/// invoker's fd 0 there too, as `cryo restore` gives it. Refused by pack
+/// until stop 37 ("a pipe with an end outside the process").
+#[test]
+fn packed_restorer_gives_a_copy_of_stdin_the_invokers() {
+    let dir = scratch("pack-dup0");
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-c",
+        "import os, signal\nos.dup2(0, 4)\nprint('READY', os.getpid(), flush=True)\nos.kill(os.getpid(), signal.SIGSTOP)\nprint('same', os.path.samestat(os.fstat(0), os.fstat(4)), os.read(4, 10), flush=True)\nos._exit(3)",
+    ]);
+    let img = capture(cmd, "py-dup0", &dir);
+    let out = dir.join("restorer");
+    pack(&img, &out, &[]);
+    let (code, stdout, err) = run(&out, &[]);
+    assert_eq!((code, stdout.as_str()), (3, "same True b''\n"), "{err}");
+}
+
 /// A process that led its own session (a daemon's setsid) leads one again
 /// when its packed restorer runs (stop 35), as under `cryo restore`; run
 /// as a job-control shell's job (leading a process group, which setsid

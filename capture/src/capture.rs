@@ -46,6 +46,9 @@ pub struct Options {
     /// Capture established TCP connections to outside the captured
     /// processes with TCP repair (else each is an obstacle).
     pub tcp_established: bool,
+    /// Drop the datagrams queued in UDP sockets (the network may drop
+    /// any datagram; else each such socket is an obstacle).
+    pub drop_datagrams: bool,
 }
 
 /// Progress of the page dump, for a progress bar.
@@ -284,6 +287,7 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
     // Every process of the tree, zombies too (a pidfd may name one).
     let mut scope = crate::pipes::Scope::new(tree.records().iter().map(|r| r.pid as i32).collect());
     scope.tcp_repair = opts.tcp_established;
+    scope.drop_datagrams = opts.drop_datagrams;
     scope.tcp_lock =
         opts.tcp_established && opts.after == After::Kill && cryo_image::netlock::available();
     let many = tree.members.len() > 1;

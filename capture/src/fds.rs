@@ -327,6 +327,7 @@ pub fn capture(
     let base = b.fds.len();
     let mut sockets = crate::sockets::Sockets::default();
     sockets.tcp_repair = scope.tcp_repair;
+    sockets.drop_datagrams = scope.drop_datagrams;
     sockets.tcp_lock = scope.tcp_lock;
     sockets.scope = scope.pids.clone();
     sockets.pid = pid;

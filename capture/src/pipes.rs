@@ -31,6 +31,8 @@ pub struct Scope {
     pub(crate) pty_state: HashMap<u32, cryo_image::fds::Pty>,
     /// Capture established TCP connections to outside with TCP repair.
     pub tcp_repair: bool,
+    /// Drop the datagrams queued in UDP sockets (`--drop-datagrams`).
+    pub drop_datagrams: bool,
     /// And lock them (`cryo_image::netlock`).
     pub tcp_lock: bool,
     /// The connections in repair mode of the process being inspected
@@ -55,6 +57,7 @@ impl Scope {
             pty_inside: None,
             pty_state: HashMap::new(),
             tcp_repair: false,
+            drop_datagrams: false,
             tcp_lock: false,
             repaired: Default::default(),
             epoll_elsewhere: Vec::new(),

@@ -203,6 +203,9 @@ pub struct Sockets {
     /// Whether an established TCP connection to outside is captured with
     /// TCP repair (`--tcp-established`) rather than refused.
     pub tcp_repair: bool,
+    /// Whether the datagrams queued in a UDP socket are dropped
+    /// (`--drop-datagrams`) rather than refused.
+    pub drop_datagrams: bool,
     /// Whether those connections are locked (`cryo_image::netlock`): the
     /// capture kills, and nftables is there.
     pub tcp_lock: bool,
@@ -770,9 +773,9 @@ pub fn capture(
         }
     } else if inet {
         let queued = crate::sys::fionread(&dup).unwrap_or(0);
-        if queued > 0 {
+        if queued > 0 && !seen.drop_datagrams {
             return Err(format!(
-                "fd {fd} ({what} {shown}) has datagrams queued ({queued} bytes in the first); they cannot be restored"
+                "fd {fd} ({what} {shown}) has datagrams queued ({queued} bytes in the first), which cannot be restored; `--drop-datagrams` drops them (the network may drop any datagram; a server under steady traffic has some queued while it is frozen)"
             ));
         }
         if peer.is_some() {

@@ -194,6 +194,18 @@ pub fn fd_obstacle(img: &crate::Image, f: &crate::Fd) -> Option<&'static str> {
     if f.in_flight != 0 {
         return Some("a file in flight in a socket's queue");
     }
+    // A copy of fd 0-2 (one description: R's file("stdin") dups fd 0):
+    // the invoker's there, as `cryo restore` gives it (a regular file is
+    // opened again for its copies above 2, as below).
+    if f.kind != fd_kind::REGULAR
+        && f.desc as usize != usize::MAX
+        && img
+            .fds()
+            .get(f.desc as usize)
+            .is_some_and(|d| d.fd <= 2 && d.fd != f.fd)
+    {
+        return None;
+    }
     const O_PATH: u32 = 0o10000000;
     let deleted = img.str(f.target).is_none_or(|t| t.ends_with(" (deleted)"));
     let file_flags = (f.file != crate::NO_INDEX)

@@ -151,20 +151,22 @@ pub fn mapped_files(img: &Image) -> Result<(), RestoreError> {
             if f.flags & cryo_image::fds::file_flags::KEPT != 0 {
                 // Left by an earlier run or restore that ended without
                 // removing it (Mono removes /dev/shm/mono.PID by the PID
-                // it has *now*; a killed JVM leaves its hsperfdata file):
-                // no process holds it, so it is made again in its place
-                // (`stored::make`). One held is another run's.
+                // it has *now*; a killed JVM leaves its hsperfdata file),
+                // or changed by a user: never replaced without a word
+                // (that loses the user's change). Who holds it, if anyone,
+                // says which.
                 let held = holders(md.dev(), md.ino());
-                if held.is_empty() {
-                    continue;
-                }
-                what.push(format!(
-                    "held by {} (another restore of this image?), and cryo makes it again only where it is gone or held by no process",
-                    held.iter()
-                        .map(|p| format!("process {p} ({})", comm_of(*p)))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+                what.push(if held.is_empty() {
+                    "no process holds it now (a leftover? Mono, restored under another PID, leaves its /dev/shm/mono.PID behind): remove it and cryo makes it again from the image".to_owned()
+                } else {
+                    format!(
+                        "held by {} (another restore of this image?); cryo makes it again only where it is gone",
+                        held.iter()
+                            .map(|p| format!("process {p} ({})", comm_of(*p)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                });
             }
             errs.push(RestoreError::FileChanged {
                 path,

@@ -230,14 +230,10 @@ pub(crate) fn make(
         let c = cpath(Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())));
         return open_at(&c).map_err(|e| err(Why::sys("opening it through its handle", e)));
     }
-    // A kept file there that is not the one captured, and that no
-    // process holds: replaced by the one made below (checks::mapped_files).
-    let mut replace = false;
-    let mut rename_from: Option<PathBuf> = None;
     if f.flags & file_flags::KEPT != 0 {
         // The file itself if it is there (checks::mapped_files made sure
-        // it is the one captured, or a leftover no process holds); else
-        // made again at its path below, and left there.
+        // it is the one captured); else made again at its path below,
+        // and left there.
         let c = cpath(Path::new(&shown));
         let open = |acc| sys::open(&c, acc | libc::O_CLOEXEC);
         match open(libc::O_RDWR).or_else(|e| match e.raw_os_error() {
@@ -256,16 +252,13 @@ pub(crate) fn make(
                     && md.mtime() == f.mtime_sec
                     && md.mtime_nsec() as u32 == f.mtime_nsec
                     && f.same_birth(crate::sys::born(&md));
-                if same {
-                    return Ok(fd);
-                }
-                if !crate::checks::holders(md.dev(), md.ino()).is_empty() {
+                if !same {
                     return Err(err(Why::Said(
-                        "a file that is not the one captured is at its path, and a process holds it (another restore of this image making it again at the same moment?)"
+                        "a file appeared at its path since it was found gone (another restore of this image making it again?); it is not the one captured"
                             .into(),
                     )));
                 }
-                replace = true;
+                return Ok(fd);
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(err(Why::sys("opening it", e))),
@@ -281,17 +274,6 @@ pub(crate) fn make(
         };
         sys::memfd_create(&name, libc::MFD_CLOEXEC | sealing)
             .map_err(|e| err(Why::sys("memfd_create", e)))?
-    } else if f.flags & file_flags::KEPT != 0 && replace {
-        // Made beside it, then renamed over it (below).
-        let at = free_name(&shown);
-        let c = cpath(&at);
-        let fd = sys::create_new(&c, 0o600)
-            .map_err(|e| err(Why::sys(format!("making it again as {}", at.display()), e)))?;
-        if let Ok(mut v) = MADE_AGAIN.lock() {
-            v.push(c);
-        }
-        rename_from = Some(at);
-        fd
     } else if f.flags & file_flags::KEPT != 0 {
         let c = cpath(Path::new(&shown));
         let fd = sys::create_new(&c, 0o600).map_err(|e| err(Why::sys("making it again", e)))?;
@@ -334,13 +316,6 @@ pub(crate) fn make(
     }
     sys::fchmod(fd, f.mode & 0o7777).map_err(|e| err(Why::sys("chmod", e)))?;
     let _ = sys::set_mtime(fd, f.mtime_sec, f.mtime_nsec as i64);
-    if let Some(at) = rename_from {
-        std::fs::rename(&at, &shown)
-            .map_err(|e| err(Why::sys(format!("renaming {} over it", at.display()), e)))?;
-        if let Ok(mut v) = MADE_AGAIN.lock() {
-            v.push(cpath(Path::new(&shown)));
-        }
-    }
     if f.flags & file_flags::MEMFD != 0 && f.seals & !1 != 0 {
         // Everything but F_SEAL_SEAL first, then that one.
         for s in [f.seals & !1, f.seals & 1] {

@@ -87,6 +87,12 @@ pub struct CaptureArgs {
     /// them, and the image restores only once it is gone.
     #[arg(long)]
     pub tcp_established: bool,
+    /// Drop the datagrams queued in UDP sockets instead of refusing the
+    /// capture: the network may drop any datagram, and a UDP server under
+    /// steady traffic has some queued while it is frozen. The restored
+    /// sockets start empty; the process, if it goes on, still has them.
+    #[arg(long)]
+    pub drop_datagrams: bool,
     /// Replace DIR if it already holds a cryo image.
     #[arg(long)]
     pub force: bool,
@@ -156,6 +162,7 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
         },
         single: a.single,
         tcp_established: a.tcp_established,
+        drop_datagrams: a.drop_datagrams,
     };
     if a.dry_run {
         let (obstacles, sig) = uninterrupted(|| cryo_capture::check(a.pid, &opts));
@@ -236,6 +243,7 @@ pub fn run_dump(a: DumpArgs) -> Result<i32> {
         after: a.after,
         single: false,
         tcp_established: a.tcp_established,
+        drop_datagrams: false,
         force: a.force,
         buffered: false,
         json: false,

@@ -2481,20 +2481,30 @@ static void ct_burn(double secs) {
     do clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
     while ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9 < secs);
 }
-static void ct_arm(clockid_t c, int sig) {
+/* Armed far ahead (none fires before the check: a signal pending at a
+ * snapshot would differ), set going by ct_go_timer in the check. */
+static timer_t ct_arm(clockid_t c, int sig) {
     timer_t t;
     struct sigevent ev = {.sigev_notify = SIGEV_SIGNAL, .sigev_signo = sig};
-    struct itimerspec its = {{0, 20000000}, {0, 20000000}};
+    struct itimerspec its = {{0, 20000000}, {1000, 0}};
     CHECK(timer_create(c, &ev, &t) == 0 && timer_settime(t, 0, &its, NULL) == 0, "a timer on clock %d", (int)c);
+    return t;
 }
+static void ct_go_timer(timer_t t) {
+    struct itimerspec cur, its = {{0, 20000000}, {0, 20000000}};
+    CHECK(timer_gettime(t, &cur) == 0 && cur.it_value.tv_sec >= 990, "still armed far ahead (%ld s)", (long)cur.it_value.tv_sec);
+    CHECK(timer_settime(t, 0, &its, NULL) == 0, "set going");
+}
+static timer_t ct_thread_timer, ct_proc_timer;
 static void *ct_worker(void *a) {
     (void)a;
     clockid_t c;
     CHECK(pthread_getcpuclockid(pthread_self(), &c) == 0, "the thread's clock");
-    ct_arm(c, SIGRTMIN + 2);
+    ct_thread_timer = ct_arm(c, SIGRTMIN + 2);
     char b;
     while (read(ct_go[0], &b, 1) != 1) {}
     ct_thread_ticks = 0;
+    ct_go_timer(ct_thread_timer);
     ct_burn(0.3);
     CHECK(write(ct_done[1], "d", 1) == 1, "done");
     return NULL;
@@ -2507,7 +2517,7 @@ static void cputimers_setup(void) {
     CHECK(pipe(ct_go) == 0 && pipe(ct_done) == 0, "pipes");
     clockid_t pc;
     CHECK(clock_getcpuclockid(getpid(), &pc) == 0 && pc != CLOCK_PROCESS_CPUTIME_ID, "the process's clock by its PID");
-    ct_arm(pc, SIGRTMIN + 3);
+    ct_proc_timer = ct_arm(pc, SIGRTMIN + 3);
     CHECK(pthread_create(&ct_th, NULL, ct_worker, NULL) == 0, "the worker");
     /* The worker's timer armed: its clock shows in /proc/self/timers. */
     for (int tries = 0; tries < 2000; tries++) {
@@ -2526,6 +2536,7 @@ static void cputimers_check(void) {
     CHECK(pthread_join(ct_th, NULL) == 0, "join");
     CHECK(ct_thread_ticks >= 5, "the worker's CPU-clock timer fired %d times in 0.3 s of its CPU", (int)ct_thread_ticks);
     ct_proc_ticks = 0;
+    ct_go_timer(ct_proc_timer);
     ct_burn(0.3);
     CHECK(ct_proc_ticks >= 5, "the process's CPU-clock timer fired %d times in 0.3 s", (int)ct_proc_ticks);
 }
@@ -2537,7 +2548,7 @@ static void cputimers_check(void) {
  * survey). Refused by name. */
 static void *caller_clock_worker(void *a) {
     (void)a;
-    ct_arm(CLOCK_THREAD_CPUTIME_ID, SIGRTMIN + 2);
+    (void)ct_arm(CLOCK_THREAD_CPUTIME_ID, SIGRTMIN + 2);
     for (;;) pause();
     return NULL;
 }
