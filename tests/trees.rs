@@ -3358,9 +3358,11 @@ print("PASS", flush=True)
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(up, "the clone's file at its new name");
-    let (code, out, err) = finish(restore(&img, &[]), "x\n");
-    assert_eq!(code, 1, "{out}{err}");
-    assert!(err.contains("a socket is in use at"), "{err}");
+    for extra in [&["--dry-run"][..], &[]] {
+        let (code, out, err) = finish(restore(&img, extra), "x\n");
+        assert_eq!(code, 1, "{extra:?}: {out}{err}");
+        assert!(err.contains("a socket is in use at"), "{extra:?}: {err}");
+    }
     let (code, out, err) = finish(held, "x\n");
     assert_eq!((code, out.as_str()), (0, "PASS\n"), "{err}");
 }

@@ -475,6 +475,8 @@ pub(crate) fn plan(
                 Err(e) => return Err(err.why(in_use(&shown, e))),
                 Ok(()) => {}
             }
+        } else if let Some(why) = renamed_obstacle(img, object, &s) {
+            return Err(err.why(why));
         } else if s.flags & socket_flags::GHOST == 0
             && in_bind_dir(img, object, &s, || {
                 Ok(unix_path(&addr).is_some_and(|p| p.exists()) && unix_in_use(&s, &addr))
@@ -1071,32 +1073,13 @@ fn bind_ghost(
 /// capture. A live socket at that name is another's: refused; a socket
 /// file no socket listens at is a leftover, replaced.
 fn bind_renamed(img: &Image, object: u32, s: &Socket, fd: BorrowedFd) -> Result<(), Why> {
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::FileTypeExt;
-    let Some(to) = socket_file(img, object)
-        .and_then(|id| img.str(id.path))
-        .map(std::path::PathBuf::from)
-    else {
+    if let Some(why) = renamed_obstacle(img, object, s) {
+        return Err(why.into());
+    }
+    let Some(to) = renamed_path(img, object) else {
         return Err("its file was renamed since its bind, but the image has no name for it".into());
     };
     let shown = to.display().to_string();
-    if let Ok(m) = to.symlink_metadata() {
-        let mut at = vec![libc::AF_UNIX as u8, 0];
-        at.extend_from_slice(to.as_os_str().as_bytes());
-        at.push(0);
-        if !m.file_type().is_socket() {
-            return Err(format!(
-                "its file was renamed {shown} since its bind, and {shown} is a file that is not a socket now; cryo does not remove it"
-            )
-            .into());
-        }
-        if unix_in_use(s, &at) {
-            return Err(format!(
-                "its file was renamed {shown} since its bind, and a socket is in use at {shown} (another restore of this image?)"
-            )
-            .into());
-        }
-    }
     let mut kept = KeptGhost::bind(
         &Socket {
             state: socket_state::BOUND,
@@ -1104,14 +1087,57 @@ fn bind_renamed(img: &Image, object: u32, s: &Socket, fd: BorrowedFd) -> Result<
         },
         fd,
     )?;
-    let moved = std::fs::rename(kept.path(), &to)
-        .map_err(|e| Why::sys(format!("renaming its socket file to {shown}, as it was"), e));
-    kept.undo()?;
-    moved?;
-    if s.state == socket_state::LISTENING {
-        sys::listen(fd, s.backlog as i32).map_err(|e| Why::sys("listen", e))?;
+    // Listening before its file has its name: whoever finds the file
+    // finds it listening.
+    let moved = if s.state == socket_state::LISTENING {
+        sys::listen(fd, s.backlog as i32).map_err(|e| Why::sys("listen", e))
+    } else {
+        Ok(())
     }
-    Ok(())
+    .and_then(|()| {
+        std::fs::rename(kept.path(), &to)
+            .map_err(|e| Why::sys(format!("renaming its socket file to {shown}, as it was"), e))
+    });
+    kept.undo()?;
+    moved
+}
+
+/// The name a `socket_flags::RENAMED` socket's file had at capture.
+fn renamed_path(img: &Image, object: u32) -> Option<std::path::PathBuf> {
+    socket_file(img, object)
+        .and_then(|id| img.str(id.path))
+        .map(std::path::PathBuf::from)
+}
+
+/// Why a `socket_flags::RENAMED` socket's file cannot be given its name
+/// again: a file that is not a socket is there, or a live socket (the
+/// plan checks it, the dry run included; the bind again).
+fn renamed_obstacle(img: &Image, object: u32, s: &Socket) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
+    if s.flags & socket_flags::RENAMED == 0 {
+        return None;
+    }
+    let Some(to) = renamed_path(img, object) else {
+        return Some(
+            "its file was renamed since its bind, but the image has no name for it".into(),
+        );
+    };
+    let shown = to.display().to_string();
+    let m = to.symlink_metadata().ok()?;
+    let mut at = vec![libc::AF_UNIX as u8, 0];
+    at.extend_from_slice(to.as_os_str().as_bytes());
+    at.push(0);
+    if !m.file_type().is_socket() {
+        return Some(format!(
+            "its file was renamed to {shown} since its bind, and {shown} is a file that is not a socket now; cryo does not remove it"
+        ));
+    }
+    unix_in_use(s, &at).then(|| {
+        format!(
+            "its file was renamed to {shown} since its bind, and a socket is in use at {shown} (another restore of this image?)"
+        )
+    })
 }
 
 /// The directories of a unix socket's path that are gone (removed since
