@@ -359,7 +359,7 @@ pub fn own_pid_note(img: &Image) -> Option<String> {
         .collect();
     let clocks = (!clocks.is_empty()).then(|| {
         format!(
-            "{}: the restore makes it on the restored one's clock, but an id the program keeps (pthread_getcpuclockid, as haproxy's watchdog) names the captured one",
+            "{}: the restore makes it on the restored one's clock, but a clock id the program keeps (from pthread_getcpuclockid or clock_getcpuclockid: haproxy's watchdog reads its clock so) names the captured one",
             clocks.join(", ")
         )
     });
