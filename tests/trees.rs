@@ -3338,6 +3338,11 @@ print("PASS", flush=True)
         dir.display()
     );
     let (img, _) = capture_python_tree("renamed-sock", &script, |_| {});
+    let text = inspect_text(&img);
+    assert!(
+        text.contains("(its file renamed ") && text.contains("admin.sock since the bind)"),
+        "{text}"
+    );
     for mode in [&[][..], &["--lazy", "--lazy-min-mib=0"], &[]] {
         let (code, out, err) = finish(restore(&img, mode), "x\n");
         assert_eq!((code, out.as_str()), (0, "PASS\n"), "{mode:?}: {err}");

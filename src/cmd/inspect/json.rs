@@ -213,6 +213,7 @@ fn sockets(img: &Image) -> serde_json::Value {
             "pair": (k.pair != cryo_image::NO_INDEX).then_some(k.pair),
             "relative_name": k.flags & cryo_image::fds::socket_flags::RELATIVE != 0,
             "file_gone": k.flags & cryo_image::fds::socket_flags::GHOST != 0,
+            "file_renamed": k.flags & cryo_image::fds::socket_flags::RENAMED != 0,
             "connected_to_file_gone": k.flags & cryo_image::fds::socket_flags::GHOST_PEER != 0,
             "queued_bytes": k.data.len,
             "queue_framed": k.sock_type as i32 != libc::SOCK_STREAM

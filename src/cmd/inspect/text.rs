@@ -662,6 +662,13 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
             if k.flags & cryo_image::fds::socket_flags::GHOST != 0 {
                 out += " (its file was gone: bound, then removed)";
             }
+            if k.flags & cryo_image::fds::socket_flags::RENAMED != 0 {
+                let file = img
+                    .files()
+                    .get(f.file as usize)
+                    .and_then(|id| img.str(id.path));
+                out += &format!(" (its file renamed {} since the bind)", file.unwrap_or("?"));
+            }
             match k.state {
                 socket_state::CONNECTED
                     if k.flags & cryo_image::fds::socket_flags::GHOST_PEER != 0 =>
