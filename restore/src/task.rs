@@ -363,10 +363,34 @@ pub fn own_pid_note(img: &Image) -> Option<String> {
             clocks.join(", ")
         )
     });
-    match (values_note(img), clocks) {
-        (Some(v), Some(c)) => Some(format!("{v}; {c}")),
-        (v, c) => v.or(c),
-    }
+    // A kept file named by the PID (Mono's /dev/shm/mono.PID, a JVM's
+    // hsperfdata_USER/PID): the program removes it at exit by the PID it
+    // has then, so under another it leaves the captured one behind.
+    let pid = img.process().pid.to_string();
+    let named: Vec<&str> = img
+        .files()
+        .iter()
+        .filter(|f| f.flags & cryo_image::fds::file_flags::KEPT != 0)
+        .filter_map(|f| img.str(f.path))
+        .filter(|p| {
+            p.match_indices(pid.as_str()).any(|(i, _)| {
+                let b = p.as_bytes();
+                !b.get(i.wrapping_sub(1)).is_some_and(u8::is_ascii_digit)
+                    && !b.get(i + pid.len()).is_some_and(u8::is_ascii_digit)
+            })
+        })
+        .collect();
+    let files = (!named.is_empty()).then(|| {
+        format!(
+            "it maps {} named by its PID: a program that removes such a file by the PID it has then (Mono does) leaves it behind under another PID, and the next restore refuses it until it is removed",
+            named.join(", ")
+        )
+    });
+    let parts: Vec<String> = [values_note(img), clocks, files]
+        .into_iter()
+        .flatten()
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// [`own_pid_note`]'s part on the PID kept as a value.
