@@ -3249,7 +3249,8 @@ print("PASS", flush=True)
             let (code, out, err) = finish(restore(&img, extra), "x\n");
             assert_eq!(code, 1, "{extra:?}: {out}{err}");
             assert!(
-                err.contains("changed since capture") && err.contains("no process holds it now"),
+                err.contains("changed since capture")
+                    && err.contains("no process cryo can see holds it now"),
                 "{extra:?}: {err}"
             );
         }

@@ -198,7 +198,7 @@ pub fn fd_obstacle(img: &crate::Image, f: &crate::Fd) -> Option<&'static str> {
     // the invoker's there, as `cryo restore` gives it (a regular file is
     // opened again for its copies above 2, as below).
     if f.kind != fd_kind::REGULAR
-        && f.desc as usize != usize::MAX
+        && f.desc != crate::NO_INDEX
         && img
             .fds()
             .get(f.desc as usize)

@@ -157,7 +157,7 @@ pub fn mapped_files(img: &Image) -> Result<(), RestoreError> {
                 // says which.
                 let held = holders(md.dev(), md.ino());
                 what.push(if held.is_empty() {
-                    "no process holds it now (a leftover? Mono, restored under another PID, leaves its /dev/shm/mono.PID behind): remove it and cryo makes it again from the image".to_owned()
+                    "no process cryo can see holds it now (a leftover? Mono, restored under another PID, leaves its /dev/shm/mono.PID behind): remove it if nothing uses it, and cryo makes it again from the image".to_owned()
                 } else {
                     format!(
                         "held by {} (another restore of this image?); cryo makes it again only where it is gone",
@@ -243,7 +243,7 @@ pub fn timers(img: &Image) -> Result<(), RestoreError> {
         .collect();
     if !why.is_empty() {
         return Err(RestoreError::Task(format!(
-            "process {pid}: {}; capture it again with this cryo, which refuses it by name",
+            "process {pid}: {}; this cryo cannot restore it (an image from an earlier version: a capture by this one refuses it)",
             why.join("; ")
         )));
     }

@@ -71,10 +71,12 @@ pub fn queue_pending(img: &Image) {
 /// its stop to this process once more; the program had already had that
 /// report, so it must not get it twice (bash would show the job stopped
 /// again, a `waitpid(WUNTRACED)` loop would count it twice). Waits for
-/// each report up to 2 s (the child stops once its tracer lets it run),
-/// then takes the SIGCHLD that stop raised, unless one was pending at
-/// capture (one SIGCHLD covers both) or the disposition raises none for
-/// stops (SIG_IGN, SA_NOCLDSTOP). Every signal is blocked in the shim.
+/// each child to stop (its tracer lets it go once its own restore is
+/// done, however long its memory takes: up to 10 minutes) or end, then
+/// takes the SIGCHLD those stops raised, unless one was pending at
+/// capture (one SIGCHLD covers both). Every signal is blocked in the
+/// shim, so a SIGCHLD raised before the program's disposition was back
+/// waits too, whatever that disposition is.
 pub fn take_stop_reports(img: &Image) {
     const SYS_WAITID: usize = 247;
     const SYS_NANOSLEEP: usize = 35;
@@ -83,43 +85,69 @@ pub fn take_stop_reports(img: &Image) {
     const P_PID: usize = 1;
     const WNOHANG: usize = 1;
     const WSTOPPED: usize = 2;
+    const WEXITED: usize = 4;
+    const WNOWAIT: usize = 0x0100_0000;
     const WALL: usize = 0x4000_0000;
+    const CLD_STOPPED: u32 = 5;
     const SA_NOCLDSTOP: u64 = 1;
     const EINTR: isize = -4;
+    const LIMIT_NS: u64 = 600_000_000_000;
     let taken = img.taken_stops();
     if taken.is_empty() {
         return;
     }
+    let waitid = |pid: u32, info: &mut [u32; 32], how: usize| loop {
+        let r = syscall6(
+            SYS_WAITID,
+            P_PID,
+            pid as usize,
+            info.as_mut_ptr() as usize,
+            how | WNOHANG | WALL,
+            0,
+            0,
+        );
+        if r != EINTR {
+            return r;
+        }
+    };
+    let start = monotonic_ns();
     let mut reported = 0;
     for t in taken.iter() {
-        for _ in 0..20_000 {
-            // siginfo_t: si_pid at byte 16.
+        let mut nap = 100_000i64;
+        loop {
+            // Looked at, not taken: stopped (si_code CLD_STOPPED at byte
+            // 8, si_pid at 16), or ended (nothing to take then).
             let mut info = [0u32; 32];
-            let r = syscall6(
-                SYS_WAITID,
-                P_PID,
-                t.pid as usize,
-                info.as_mut_ptr() as usize,
-                WSTOPPED | WNOHANG | WALL,
-                0,
-                0,
-            );
-            if r == EINTR {
-                continue;
-            }
-            if r < 0 {
-                break; // gone, or not this process's child: nothing to take
+            if waitid(t.pid, &mut info, WSTOPPED | WEXITED | WNOWAIT) < 0 {
+                break; // not this process's child: nothing to take
             }
             if info[4] == t.pid {
-                reported += 1;
+                let mut taken_now = [0u32; 32];
+                if info[2] == CLD_STOPPED
+                    && waitid(t.pid, &mut taken_now, WSTOPPED) == 0
+                    && taken_now[4] == t.pid
+                {
+                    reported += 1;
+                }
                 break;
             }
-            let ts = [0i64, 100_000];
+            if monotonic_ns().saturating_sub(start) > LIMIT_NS {
+                write(
+                    2,
+                    b"cryo-shim: a stopped child was not stopped again within 10 minutes; the program may get its stop report twice\n",
+                );
+                break;
+            }
+            let ts = [0i64, nap];
             syscall3(SYS_NANOSLEEP, ts.as_ptr() as usize, 0, 0);
+            nap = (nap * 2).min(10_000_000);
         }
     }
     let p = img.process();
     let bit = 1u64 << (SIGCHLD - 1);
+    if reported == 0 || (p.sig_pending | p.sig_shared_pending) & bit != 0 {
+        return;
+    }
     let mut act = [0u64; 4];
     syscall6(
         SYS_RT_SIGACTION,
@@ -130,14 +158,9 @@ pub fn take_stop_reports(img: &Image) {
         0,
         0,
     );
+    // A stop raises SIGCHLD unless the disposition says not to; one raised
+    // before the program's disposition was back is pending anyway.
     let raised = act[0] != 1 && act[1] & SA_NOCLDSTOP == 0;
-    if reported == 0 || (p.sig_pending | p.sig_shared_pending) & bit != 0 || !raised {
-        return;
-    }
-    // The SIGCHLD follows the report (the kernel marks the group stopped,
-    // then notifies the parent): wait for it, a second at most; then,
-    // after a moment, take one more (several children's merge into one
-    // pending SIGCHLD, or the last one's came after the first was taken).
     let set = 1u64 << (SIGCHLD - 1);
     let take = |secs: i64| {
         let ts = [secs, 0i64];
@@ -152,8 +175,21 @@ pub fn take_stop_reports(img: &Image) {
         ) == EINTR
         {}
     };
-    take(1);
-    let pause = [0i64, 1_000_000];
-    syscall3(SYS_NANOSLEEP, pause.as_ptr() as usize, 0, 0);
+    if raised {
+        // The SIGCHLD follows the report (the kernel marks the group
+        // stopped, then notifies the parent): wait for it, a second at
+        // most, then a moment for a last one (several children's merge
+        // into one pending SIGCHLD, or the last came after the first was
+        // taken).
+        take(1);
+        let pause = [0i64, 1_000_000];
+        syscall3(SYS_NANOSLEEP, pause.as_ptr() as usize, 0, 0);
+    }
     take(0);
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = [0i64; 2];
+    syscall3(SYS_CLOCK_GETTIME, 1, ts.as_mut_ptr() as usize, 0);
+    ts[0] as u64 * 1_000_000_000 + ts[1] as u64
 }
