@@ -3428,6 +3428,39 @@ print("PASS", flush=True)
     }
 }
 
+/// A tracer (strace -p, a debugger) was captured without a word and its
+/// restore failed at once ("strace: wait4(__WALL): No child processes",
+/// a survey of stop 37): a ptrace link cannot be made again. Refused by
+/// name, the tracee named.
+#[test]
+fn a_process_tracing_another_is_refused_by_name() {
+    let script = r#"
+import ctypes, os, sys
+tracee = int(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+assert libc.ptrace(0x4206, tracee, None, None) == 0, ctypes.get_errno()  # PTRACE_SEIZE
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+"#;
+    sanitize_fds();
+    let mut other = Command::new("sleep").arg("100").spawn().unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script, &other.id().to_string()]);
+    let t = Target::spawn(cmd, "tracer");
+    t.wait_sleeping();
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
+    // (The tracer first: a traced child's end waits for its tracer.)
+    drop(t);
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(&format!("it traces process {} (sleep)", other.id())),
+        "{out}{err}"
+    );
+}
+
 #[test]
 fn files_in_flight_in_a_socket_pair_come_back_with_their_messages() {
     // SCM_RIGHTS: a pipe whose ends exist only in flight (bytes in it), a

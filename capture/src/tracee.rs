@@ -66,7 +66,7 @@ fn not_traceable_why(pid: i32) -> String {
         Some(t) if t != 0 => {
             let comm = std::fs::read_to_string(format!("/proc/{t}/comm")).unwrap_or_default();
             format!(
-                "is being traced by process {t} ({}); capture it once that tracer has detached",
+                "is being traced by process {t} ({}); capture it once that tracer has detached (a ptrace link cannot be restored: if the tracer is in the tree, as under `strace CMD`, that tree cannot be captured)",
                 comm.trim()
             )
         }
