@@ -3461,6 +3461,66 @@ sys.stdin.readline()
     );
 }
 
+/// A program's own terminal opened again (less opens /dev/tty as fd 3)
+/// was reopened by its captured number, which a pty hands out again: the
+/// restored less read a stranger's terminal (a survey of stop 37). It
+/// gets the restore's terminal now; a restore without one refuses.
+#[test]
+fn a_terminal_opened_again_is_the_restores_terminal() {
+    let dir = scratch("tty-again");
+    let driver = r#"
+import os, subprocess, sys, time
+cryo, img = sys.argv[1], sys.argv[2]
+def spawn(argv):
+    m, s = os.openpty()
+    p = subprocess.Popen(argv, stdin=s, stdout=s, stderr=s, close_fds=True, start_new_session=True,
+                         preexec_fn=lambda: __import__("fcntl").ioctl(0, __import__("termios").TIOCSCTTY, 0))
+    os.close(s)
+    return p, m
+# (By its name, as less does: /dev/tty itself is reopened as /dev/tty,
+# which is the restored process's own terminal anyway.)
+target = "import os, sys\nfd = os.open(os.ttyname(0), os.O_RDWR)\nassert fd == 3\nprint('READY', flush=True)\nos.read(0, 1)\n"
+hold = os.openpty()
+p, m = spawn([sys.executable, "-c", target])
+assert os.read(m, 100).startswith(b"READY")
+time.sleep(0.3)
+was = os.readlink(f"/proc/{p.pid}/fd/0")
+r = subprocess.run([cryo, "capture", "--kill", str(p.pid), img], capture_output=True, text=True)
+assert r.returncode == 0, r.stderr
+p.wait(); os.close(m)
+# Another terminal takes the captured number.
+other = os.openpty()
+assert os.ttyname(other[1]) == was, (os.ttyname(other[1]), was)
+r, rm = spawn([cryo, "restore", "-q", img])
+for _ in range(100):
+    try:
+        if os.readlink(f"/proc/{r.pid}/exe").endswith("python3") or "python" in os.readlink(f"/proc/{r.pid}/exe"):
+            break
+    except OSError:
+        pass
+    time.sleep(0.05)
+mine, three = os.readlink(f"/proc/{r.pid}/fd/0"), os.readlink(f"/proc/{r.pid}/fd/3")
+r.kill(); r.wait()
+assert three == mine and mine != was, (three, mine, was)
+d = subprocess.run([cryo, "restore", "--dry-run", img], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+assert d.returncode == 1 and "this restore has no terminal at fd 0" in d.stderr, d.stderr
+print("PASS")
+"#;
+    sanitize_fds();
+    let out = Command::new("python3")
+        .args(["-c", driver])
+        .arg(cryo())
+        .arg(dir.join("img"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(o.trim(), "PASS", "{o}{e}");
+}
+
 #[test]
 fn files_in_flight_in_a_socket_pair_come_back_with_their_messages() {
     // SCM_RIGHTS: a pipe whose ends exist only in flight (bytes in it), a

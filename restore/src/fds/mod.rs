@@ -587,7 +587,7 @@ fn source_of(
             object: i as u32,
             flags,
         }),
-        fd_kind::TTY => plan_tty(f, target, flags, err),
+        fd_kind::TTY => plan_tty(cx, f, target, flags, err),
         fd_kind::HUNG_UP_TTY => Ok(Source::HungUpTty {
             dev: f.dev,
             rdev: f.rdev,
@@ -719,12 +719,48 @@ pub(crate) fn namespace_path(kind: &str, ino: u64) -> Result<String, String> {
 /// interactive shell's fd 255 and its stdin): that one. Else the terminal
 /// at its path, if it is there.
 fn plan_tty(
+    cx: &Cx,
     f: &cryo_image::Fd,
     target: &str,
     flags: i32,
     err: &FdErr,
 ) -> Result<Source, RestoreError> {
     let ours = (0..=2).find(|&n| sys::fstat(n).is_ok_and(|st| st.st_rdev == f.rdev));
+    // The process's own terminal (the one at its fds 0-2, which are this
+    // command's), opened again (less opens /dev/tty): this command's
+    // terminal, opened again, never the one that has the captured
+    // number now (a pty's number is reused: a survey of stop 37 found
+    // less reading a stranger's terminal).
+    let twin = cx.fds.iter().find(|g| {
+        g.fd <= 2
+            && g.fd != f.fd
+            && g.kind == fd_kind::TTY
+            && g.rdev == f.rdev
+            && !cx.inherit.iter().any(|(m, _)| *m == g.fd)
+            && !cx.made.iter().any(|(m, _)| *m == g.fd)
+    });
+    if let (Some(g), None, true) = (twin, ours, f.fd > 2) {
+        let st = sys::fstat(g.fd);
+        let tty = st
+            .as_ref()
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFCHR)
+            // SAFETY: isatty only looks at the fd.
+            && unsafe { libc::isatty(g.fd) } == 1;
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", g.fd)).ok();
+        return match (tty, path, st) {
+            (true, Some(path), Ok(st)) => Ok(Source::Open {
+                path: path.to_string_lossy().into_owned(),
+                flags: flags | libc::O_NOCTTY,
+                pos: 0,
+                dev_ino: None,
+                rdev: Some(st.st_rdev),
+            }),
+            _ => Err(err.why(format!(
+                "it is the process's terminal (as its fd {}) opened again, and this restore has no terminal at fd {} to give it (a terminal's number names another after it is gone): restore it on a terminal, or pass --inherit-fd {}[=OUR_FD]",
+                g.fd, g.fd, f.fd
+            ))),
+        };
+    }
     match ours {
         Some(n) => Ok(Source::Inherit(n)),
         None => match std::fs::metadata(target) {
