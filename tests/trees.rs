@@ -3150,20 +3150,14 @@ print("PASS", flush=True)
     );
 }
 
-#[test]
-fn a_small_file_mapped_shared_is_made_again_when_it_is_gone() {
-    // A JVM maps its hsperfdata file shared and removes it when it exits,
-    // so an image restored once found its file gone the next time. Such a
-    // file's bytes are kept; the restore makes it again at its path, and
-    // the mapping is that file again (a write shows through the path).
-    let dir = scratch("kept-file-dir");
-    let path = dir.join("perfdata");
-    std::fs::write(&path, [b"captured".as_slice(), &[0u8; 4088]].concat()).unwrap();
-    let script = format!(
+/// A Python program that maps `path` (4 KiB) shared and writable as `m`
+/// at `addr`, closes its fd (as a JVM or Mono does), says READY, reads a
+/// line, then runs `after`.
+fn kept_file_script(path: &Path, after: &str) -> String {
+    format!(
         r#"
 import ctypes, os, sys
 p = "{}"
-# (Python's mmap keeps a dup of the fd; a JVM closes its fd after mmap.)
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
@@ -3173,6 +3167,24 @@ os.close(fd)
 m = (ctypes.c_char * 4096).from_address(addr)
 print("READY", os.getpid(), flush=True)
 sys.stdin.readline()
+{after}"#,
+        path.display()
+    )
+}
+
+#[test]
+fn a_small_file_mapped_shared_is_made_again_when_it_is_gone() {
+    // A JVM maps its hsperfdata file shared and removes it when it exits,
+    // so an image restored once found its file gone the next time. Such a
+    // file's bytes are kept; the restore makes it again at its path, and
+    // the mapping is that file again (a write shows through the path).
+    let dir = scratch("kept-file-dir");
+    let path = dir.join("perfdata");
+    std::fs::write(&path, [b"captured".as_slice(), &[0u8; 4088]].concat()).unwrap();
+    // (Python's mmap keeps a dup of the fd; a JVM closes its fd after mmap.)
+    let script = kept_file_script(
+        &path,
+        r#"
 assert m.raw[:8] == b"captured", m.raw[:8]
 assert os.stat(p).st_size == 4096
 ctypes.memmove(addr, b"restored", 8)
@@ -3181,7 +3193,6 @@ with open(p, "rb") as f:
 os.unlink(p)
 print("PASS", flush=True)
 "#,
-        path.display()
     );
     python_round_trips(
         "kept-file",
@@ -3212,19 +3223,9 @@ fn a_kept_file_left_changed_is_refused_naming_who_holds_it() {
     let dir = scratch("kept-left-dir");
     let path = dir.join("perfdata");
     std::fs::write(&path, [b"captured".as_slice(), &[0u8; 4088]].concat()).unwrap();
-    let script = format!(
+    let script = kept_file_script(
+        &path,
         r#"
-import ctypes, os, sys
-p = "{}"
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-fd = os.open(p, os.O_RDWR)
-addr = libc.mmap(None, 4096, 3, 1, fd, 0)  # PROT_READ|PROT_WRITE, MAP_SHARED
-os.close(fd)
-m = (ctypes.c_char * 4096).from_address(addr)
-print("READY", os.getpid(), flush=True)
-sys.stdin.readline()
 assert m.raw[:8] == b"captured", m.raw[:8]
 with open(p, "r+b") as f:
     f.write(b"restored")
@@ -3236,7 +3237,6 @@ except FileNotFoundError:
     pass
 print("PASS", flush=True)
 "#,
-        path.display()
     );
     let (img, _) = capture_python_tree("kept-left", &script, |_| {});
     for mode in [&[][..], &["--lazy", "--lazy-min-mib=0"], &["--map"]] {

@@ -623,7 +623,8 @@ pub(crate) fn inspect(
 
     // Process-wide conditions: children (with --single), namespaces, seccomp.
     let st = crate::task::StatusText::read(pid);
-    crate::task::obstacles(pid, &st, opts.single, &mut obs);
+    let tracing = scope.tracing.get_or_insert_with(crate::task::Tracing::scan);
+    crate::task::obstacles(pid, &st, opts.single, tracing, &mut obs);
     // Mappings and fds: what each is (the contents of files that exist
     // nowhere else stored), or why it cannot be restored.
     let maps = procinfo::smaps(pid)?;

@@ -45,6 +45,8 @@ pub struct Scope {
     /// (parent, child) of each process of the tree captured in group
     /// stop whose parent is in the tree too (`task::taken_stops`).
     pub stopped: Vec<(i32, i32)>,
+    /// Who traces whom, read at the first process inspected.
+    pub tracing: Option<crate::task::Tracing>,
 }
 
 impl Scope {
@@ -62,6 +64,7 @@ impl Scope {
             repaired: Default::default(),
             epoll_elsewhere: Vec::new(),
             stopped: Vec::new(),
+            tracing: None,
         }
     }
 

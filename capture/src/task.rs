@@ -283,45 +283,63 @@ pub fn cgroups(pid: i32, tids: &[i32], obs: &mut Obstacles) -> String {
 
 /// Everything that makes a faithful capture impossible and is visible
 /// from outside: children, namespaces, root, seccomp, shadow stacks.
-/// The processes a thread of `pid` traces (their /proc status's
-/// TracerPid), with their names. (cryo's own seize of its target names
-/// cryo, not the target.)
-fn tracees_of(pid: i32) -> Vec<(i32, String)> {
-    let tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in rd.flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
+/// Who traces whom on this machine: (tracer thread, tracee, its name) for
+/// every process whose /proc status names a TracerPid. Read once per
+/// capture (`pipes::Scope::tracing`), not once per captured process.
+#[derive(Debug, Default)]
+pub struct Tracing(Vec<(i32, i32, String)>);
+
+impl Tracing {
+    pub fn scan() -> Tracing {
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return Tracing::default();
         };
-        let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/status")) else {
-            continue;
-        };
-        let field = |name: &str| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim().to_owned())
-        };
-        let tracer: i32 = field("TracerPid:")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if tracer != 0 && tids.contains(&tracer) {
-            out.push((p, field("Name:").unwrap_or_default()));
+        let mut out = Vec::new();
+        for e in rd.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/status")) else {
+                continue;
+            };
+            let field = |name: &str| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_owned())
+            };
+            let tracer: i32 = field("TracerPid:")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if tracer != 0 {
+                out.push((tracer, p, field("Name:").unwrap_or_default()));
+            }
         }
+        Tracing(out)
     }
-    out
+
+    /// The processes a thread of `pid` traces, with their names. (cryo's
+    /// own seize of its target names cryo, not the target.)
+    fn by(&self, pid: i32) -> Vec<(i32, &str)> {
+        if self.0.is_empty() {
+            return Vec::new();
+        }
+        let tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.0
+            .iter()
+            .filter(|(t, _, _)| tids.contains(t))
+            .map(|(_, p, n)| (*p, n.as_str()))
+            .collect()
+    }
 }
 
-pub fn obstacles(pid: i32, st: &StatusText, single: bool, obs: &mut Obstacles) {
-    let traced = tracees_of(pid);
+pub fn obstacles(pid: i32, st: &StatusText, single: bool, tracing: &Tracing, obs: &mut Obstacles) {
+    let traced = tracing.by(pid);
     if !traced.is_empty() {
         obs.push(format!(
             "it traces {} (ptrace: strace, a debugger): a restore cannot attach it again, and the restored tracer would find no tracee",

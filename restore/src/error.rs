@@ -74,12 +74,30 @@ fn joined(v: &[RestoreError]) -> String {
 }
 
 impl RestoreError {
-    /// `errs` as one error: the only one, or [`RestoreError::Several`].
-    pub fn all(mut errs: Vec<RestoreError>) -> Result<(), RestoreError> {
-        match errs.len() {
-            0 => Ok(()),
-            1 => Err(errs.remove(0)),
-            _ => Err(RestoreError::Several(errs)),
+    /// The obstacles this error says ([`RestoreError::Several`]'s each).
+    pub fn into_list(self) -> Vec<RestoreError> {
+        match self {
+            RestoreError::Several(v) => v,
+            e => vec![e],
+        }
+    }
+
+    /// Several obstacles as one error: the only one, or
+    /// [`RestoreError::Several`].
+    pub fn from_list(mut errs: Vec<RestoreError>) -> RestoreError {
+        if errs.len() == 1 {
+            errs.remove(0)
+        } else {
+            RestoreError::Several(errs)
+        }
+    }
+
+    /// [`RestoreError::from_list`] unless there is none.
+    pub fn all(errs: Vec<RestoreError>) -> Result<(), RestoreError> {
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(RestoreError::from_list(errs))
         }
     }
 }

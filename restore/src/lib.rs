@@ -384,10 +384,7 @@ fn prepare_one(
     let mut errs: Vec<RestoreError> = [checks::mapped_files(&img), checks::timers(&img)]
         .into_iter()
         .filter_map(Result::err)
-        .flat_map(|e| match e {
-            RestoreError::Several(v) => v,
-            e => vec![e],
-        })
+        .flat_map(RestoreError::into_list)
         .collect();
     if opts.map {
         if opts.lazy.is_some() {
@@ -400,7 +397,7 @@ fn prepare_one(
     }
     let own_status = OwnStatus::read();
     let rlimits = checks::rlimits(&img, own_status.cap_sys_resource)?;
-    let fds = fds::plan(
+    let planned = fds::plan(
         &image,
         &img,
         &opts.inherit_fds,
@@ -410,15 +407,14 @@ fn prepare_one(
         !opts.no_verify,
         made.ptys,
     );
-    let mut fds = match fds {
-        Ok(fds) if errs.is_empty() => fds,
-        r => {
-            match r {
-                Err(RestoreError::Several(v)) => errs.extend(v),
-                Err(e) => errs.push(e),
-                Ok(_) => {}
-            }
-            return Err(RestoreError::all(errs).unwrap_err());
+    let mut fds = match planned {
+        Ok(fds) => {
+            RestoreError::all(errs)?;
+            fds
+        }
+        Err(e) => {
+            errs.extend(e.into_list());
+            return Err(RestoreError::from_list(errs));
         }
     };
     fds.premade = made.files.to_vec();

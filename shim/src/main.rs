@@ -76,7 +76,8 @@ mod scratch {
     pub const FILES: usize = AT + FILES_OFF;
 }
 
-fn now_ns() -> u64 {
+/// CLOCK_MONOTONIC in ns.
+pub(crate) fn now_ns() -> u64 {
     let mut ts = [0i64; 2];
     syscall3(SYS_CLOCK_GETTIME, 1, ts.as_mut_ptr() as usize, 0);
     ts[0] as u64 * 1_000_000_000 + ts[1] as u64

@@ -110,7 +110,7 @@ pub fn take_stop_reports(img: &Image) {
             return r;
         }
     };
-    let start = monotonic_ns();
+    let start = crate::now_ns();
     let mut reported = 0;
     for t in taken.iter() {
         let mut nap = 100_000i64;
@@ -131,7 +131,7 @@ pub fn take_stop_reports(img: &Image) {
                 }
                 break;
             }
-            if monotonic_ns().saturating_sub(start) > LIMIT_NS {
+            if crate::now_ns().saturating_sub(start) > LIMIT_NS {
                 write(
                     2,
                     b"cryo-shim: a stopped child was not stopped again within 10 minutes; the program may get its stop report twice\n",
@@ -186,10 +186,4 @@ pub fn take_stop_reports(img: &Image) {
         syscall3(SYS_NANOSLEEP, pause.as_ptr() as usize, 0, 0);
     }
     take(0);
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = [0i64; 2];
-    syscall3(SYS_CLOCK_GETTIME, 1, ts.as_mut_ptr() as usize, 0);
-    ts[0] as u64 * 1_000_000_000 + ts[1] as u64
 }

@@ -741,13 +741,8 @@ fn plan_tty(
     });
     if let (Some(g), None, true) = (twin, ours, f.fd > 2) {
         let st = sys::fstat(g.fd);
-        let tty = st
-            .as_ref()
-            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFCHR)
-            // SAFETY: isatty only looks at the fd.
-            && unsafe { libc::isatty(g.fd) } == 1;
         let path = std::fs::read_link(format!("/proc/self/fd/{}", g.fd)).ok();
-        return match (tty, path, st) {
+        return match (sys::isatty(g.fd), path, st) {
             (true, Some(path), Ok(st)) => Ok(Source::Open {
                 path: path.to_string_lossy().into_owned(),
                 flags: flags | libc::O_NOCTTY,

@@ -22,6 +22,12 @@ pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
     Ok(st)
 }
 
+/// Whether `fd` is a terminal.
+pub fn isatty(fd: RawFd) -> bool {
+    // SAFETY: isatty takes an integer and only looks at the fd.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
 /// lseek(fd, pos, SEEK_SET).
 pub fn seek_to(fd: RawFd, pos: u64) -> io::Result<()> {
     // SAFETY: lseek takes integers only.
