@@ -731,15 +731,10 @@ pub(crate) fn inspect(
     let status = procinfo::status(pid)?;
     // State only the task itself can tell: injected system calls.
     let timers = procinfo::timers(pid)?;
-    {
-        let mut tids = vec![pid];
-        tids.extend(g.others.iter().map(|t| t.pid()));
-        for t in &timers {
-            if let Some(why) = cryo_image::timer_clock_obstacle(t.clock, pid, &tids) {
-                obs.push(format!("POSIX timer {} {why}", t.id));
-            }
-        }
-    }
+    let tids: Vec<i32> = std::iter::once(pid)
+        .chain(g.others.iter().map(|t| t.pid()))
+        .collect();
+    crate::timers::clock_obstacles(pid, &tids, &timers, &mut obs);
     let mut task = cryo_image::task::TaskState::default();
     let mut securebits = 0;
     let mut xcomp_perm = 0u64;

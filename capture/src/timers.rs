@@ -6,6 +6,21 @@ use crate::remote::{InjectError, Remote};
 use cryo_image::write::ImageBuilder;
 use cryo_image::{Itimer, PosixTimer};
 
+/// Timers whose CPU-time clock cannot be made again for process `pid`
+/// (threads `tids`, its own first): `cryo_image::timer_clock_obstacle`.
+pub fn clock_obstacles(
+    pid: i32,
+    tids: &[i32],
+    timers: &[TimerInfo],
+    obs: &mut crate::obstacles::Obstacles,
+) {
+    for t in timers {
+        if let Some(why) = cryo_image::timer_clock_obstacle(t.clock, pid, tids) {
+            obs.push(format!("POSIX timer {} {why}", t.id));
+        }
+    }
+}
+
 pub fn inject(
     rem: &mut Remote,
     timers: &[TimerInfo],
