@@ -2812,7 +2812,8 @@ echo "rc $?"
 /// stops the child again, which reports again; until format 11.9 a
 /// parent that had taken the report got it a second time, with a
 /// SIGCHLD (bash shows the job stopped again), and a report still
-/// waiting must still be there.
+/// waiting must still be there. The child waits on a pipe once
+/// continued, so that its exit cannot overtake the continue report.
 #[test]
 fn a_stop_report_taken_before_the_capture_is_not_reported_again() {
     let script = |taken: bool| {
@@ -2823,10 +2824,14 @@ got = []
 signal.signal(signal.SIGCHLD, lambda s, f: got.append(s))
 def stopped(p):
     return open(f"/proc/{{p}}/stat").read().rsplit(") ", 1)[1][0] == "T"
+r, w = os.pipe()
 c = os.fork()
 if c == 0:
+    os.close(w)
     os.kill(os.getpid(), signal.SIGSTOP)
+    os.read(r, 1)
     os._exit(7)
+os.close(r)
 if {taken}:
     pid, st = os.waitpid(c, os.WUNTRACED)
     assert os.WIFSTOPPED(st) and os.WSTOPSIG(st) == signal.SIGSTOP
@@ -2849,6 +2854,7 @@ else:
 os.kill(c, signal.SIGCONT)
 pid, st = os.waitpid(c, os.WCONTINUED)
 assert os.WIFCONTINUED(st), st
+os.close(w)
 pid, st = os.waitpid(c, 0)
 assert os.WEXITSTATUS(st) == 7, st
 print("PASS", flush=True)
