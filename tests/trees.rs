@@ -3527,6 +3527,96 @@ print("PASS")
     assert_eq!(o.trim(), "PASS", "{o}{e}");
 }
 
+/// A program that set its terminal's modes (less and vim turn off
+/// canonical input and echo; `read -s` echo) read the restore's terminal
+/// in whatever modes it had until format 11.10: a password typed to a
+/// restored `read -s` was echoed. The restore's terminal gets the
+/// captured modes when the restore runs in its foreground (cryo restore,
+/// lazily too, and a packed restorer), and the program a SIGWINCH when
+/// the size differs; from the background nothing is changed.
+#[test]
+fn a_terminal_gets_the_modes_the_program_had_set() {
+    let dir = scratch("tty-modes");
+    let driver = r#"
+import os, select, subprocess, sys, time, termios, fcntl, struct
+cryo, d = sys.argv[1], sys.argv[2]
+def spawn(argv, rows, cols):
+    m, s = os.openpty()
+    fcntl.ioctl(s, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    p = subprocess.Popen(argv, stdin=s, stdout=s, stderr=s, close_fds=True, start_new_session=True,
+                         preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(s)
+    return p, m
+def read_until(m, what, t=10):
+    out, end = b"", time.time() + t
+    while what not in out and time.time() < end:
+        if select.select([m], [], [], 0.05)[0]:
+            try:
+                out += os.read(m, 1000)
+            except OSError:
+                break
+    return out
+target = '''
+import os, signal, sys, termios
+winch = []
+signal.signal(signal.SIGWINCH, lambda s, f: winch.append(s))
+t = termios.tcgetattr(0)
+t[3] &= ~(termios.ICANON | termios.ECHO)
+t[6][termios.VMIN], t[6][termios.VTIME] = 1, 0
+termios.tcsetattr(0, termios.TCSANOW, t)
+print("READY", flush=True)
+c = os.read(0, 1)
+l = termios.tcgetattr(0)[3]
+cols, rows = os.get_terminal_size(0)
+print(f"GOT {c!r} canon={bool(l & termios.ICANON)} echo={bool(l & termios.ECHO)} winch={len(winch)} size={rows}x{cols}", flush=True)
+'''
+p, m = spawn([sys.executable, "-c", target], 24, 80)
+assert b"READY" in read_until(m, b"READY")
+time.sleep(0.3)
+img = os.path.join(d, "img")
+r = subprocess.run([cryo, "capture", str(p.pid), img], capture_output=True, text=True)
+assert r.returncode == 0, r.stderr
+p.kill(); p.wait(); os.close(m)
+i = subprocess.run([cryo, "inspect", img], capture_output=True, text=True).stdout
+assert "its terminal: 24x80, raw, echo off" in i, i
+r = subprocess.run([cryo, "pack", img, "-o", img + ".run"], capture_output=True, text=True)
+assert r.returncode == 0, r.stderr
+for argv, rows, winch in [([cryo, "restore", "-q", img], 30, 1),
+                          ([cryo, "restore", "-q", "--lazy", "--lazy-min-mib=0", img], 24, 0),
+                          ([img + ".run"], 40, 1)]:
+    r, rm = spawn(argv, rows, 80)
+    time.sleep(1)
+    os.write(rm, b"x")
+    out = read_until(rm, b"size=")
+    want = f"GOT b'x' canon=False echo=False winch={winch} size={rows}x80".encode()
+    assert want in out and not out.startswith(b"x"), (argv, out)
+    assert r.wait(timeout=10) == 0, argv
+    os.close(rm)
+# From the background (a job-control shell's background job): the shell's
+# terminal keeps its modes.
+r, rm = spawn(["sh", "-c", f"set -m; {cryo} restore -q {img} & sleep 2; stty -a; kill -KILL $!"], 24, 80)
+out = read_until(rm, b"extproc", 15)
+assert b" icanon " in out and b" echo " in out, out
+r.wait(timeout=10)
+d = subprocess.run([cryo, "restore", "--dry-run", img], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+assert "not in the foreground of a terminal at fd 0" in d.stdout, d.stdout
+print("PASS")
+"#;
+    sanitize_fds();
+    let out = Command::new("python3")
+        .args(["-c", driver])
+        .arg(cryo())
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(o.trim(), "PASS", "{o}{e}");
+}
+
 #[test]
 fn files_in_flight_in_a_socket_pair_come_back_with_their_messages() {
     // SCM_RIGHTS: a pipe whose ends exist only in flight (bytes in it), a

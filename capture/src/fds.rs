@@ -127,6 +127,34 @@ fn mq_name(target: &str) -> String {
 }
 
 /// What an fd is, or why cryo cannot restore it (an obstacle).
+/// The modes and size of the terminal at the process's fds 0-2 (the
+/// first that is one, and not a pty of the tree): what the restore's
+/// terminal gets (`cryo_image::fds::Terminal`).
+fn terminal(pidfd: &std::os::fd::OwnedFd, fds: &[Fd]) -> Option<cryo_image::fds::Terminal> {
+    let f = fds.iter().find(|f| f.fd <= 2 && f.kind == fd_kind::TTY)?;
+    let dup = sys::pidfd_getfd(pidfd, f.fd).ok()?;
+    let t = sys::tty::termios(&dup).ok()?;
+    let w = sys::tty::winsize(&dup).ok()?;
+    let mut cc = [0u8; 32];
+    cc[..t.c_cc.len()].copy_from_slice(&t.c_cc);
+    Some(cryo_image::fds::Terminal {
+        fd: f.fd as u32,
+        flags: 0,
+        iflag: t.c_iflag,
+        oflag: t.c_oflag,
+        cflag: t.c_cflag,
+        lflag: t.c_lflag,
+        line: u32::from(t.c_line),
+        ispeed: t.c_ispeed,
+        ospeed: t.c_ospeed,
+        cc,
+        rows: u32::from(w.ws_row),
+        cols: u32::from(w.ws_col),
+        xpixel: u32::from(w.ws_xpixel),
+        ypixel: u32::from(w.ws_ypixel),
+    })
+}
+
 fn classify(f: &OpenFd) -> Result<u32, String> {
     let t = &f.target;
     let fmt = f.mode & libc::S_IFMT;
@@ -668,6 +696,7 @@ pub fn capture(
         });
     }
     reword(obs, last);
+    b.terminal = pidfd.as_ref().and_then(|p| terminal(p, &b.fds[base..]));
     // The pipes: who holds their ends, their capacity and their bytes.
     crate::pipes::capture(pid, scope, pidfd.as_ref(), &pipes, base, b, stored, obs);
     // Unix sockets connected to each other.

@@ -898,6 +898,37 @@ record! {
     }
 }
 
+record! {
+    /// (11.10) The terminal at the process's fds 0-2 (the first of them
+    /// that is one) when it is not a pty of the tree: its modes and size
+    /// at capture. A program that set its terminal's modes (less and vim
+    /// turn off canonical input and echo, `read -s` echo) reads a
+    /// terminal in those modes; the restore's terminal, at the same fd,
+    /// gets them when the restore runs in its foreground, and the
+    /// foreground gets SIGWINCH when its size differs (the program draws
+    /// again, as after a resize).
+    pub struct Terminal {
+        /// The fd (0-2) it was found at.
+        pub fd: u32,
+        /// Reserved (0).
+        pub flags: u32,
+        /// Its termios, as [`Pty`]'s.
+        pub iflag: u32,
+        pub oflag: u32,
+        pub cflag: u32,
+        pub lflag: u32,
+        pub line: u32,
+        pub ispeed: u32,
+        pub ospeed: u32,
+        pub cc: [u8; 32],
+        /// Window size (TIOCGWINSZ).
+        pub rows: u32,
+        pub cols: u32,
+        pub xpixel: u32,
+        pub ypixel: u32,
+    }
+}
+
 impl Pty {
     /// The index of the pty whose slave has device number `rdev` (devpts:
     /// majors 136-143), if it is one.

@@ -65,9 +65,21 @@ pub mod flags {
     /// takes none of the stand-in's fds but the shim's own, and keeps
     /// them at the numbers the parent's shim took them at.
     pub const SHARES_FDS: u64 = 1 << 9;
+    /// The restore runs in the foreground of the terminal at the fd the
+    /// image's `Terminal` names: its shim sets the captured modes on it
+    /// (the root's only).
+    pub const TERMINAL: u64 = 1 << 10;
     /// Every bit this version knows.
-    pub const ALL: u64 =
-        PHASES | LAZY | SELF_UNMAP | SAME_CREDS | MAP | BARRIER | STAND_IN | FORKS | SHARES_FDS;
+    pub const ALL: u64 = PHASES
+        | LAZY
+        | SELF_UNMAP
+        | SAME_CREDS
+        | MAP
+        | BARRIER
+        | STAND_IN
+        | FORKS
+        | SHARES_FDS
+        | TERMINAL;
 }
 
 /// rsi at the shim's final `int3`, so the tracer knows the trap is ours.

@@ -384,6 +384,10 @@ impl<'a> Image<'a> {
     pub fn taken_stops(&self) -> Table<'a, crate::tree::TakenStop> {
         self.table(SectionKind::TakenStops)
     }
+    /// (11.10) The terminal at the process's fds 0-2, its modes and size.
+    pub fn terminal(&self) -> Option<fds::Terminal> {
+        self.table::<fds::Terminal>(SectionKind::Terminal).get(0)
+    }
     pub fn tree_files(&self) -> Table<'a, crate::tree::TreeFile> {
         self.table(SectionKind::TreeFiles)
     }

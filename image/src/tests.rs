@@ -297,6 +297,13 @@ pub(crate) fn sample_full_with(edit: impl FnOnce(&mut ImageBuilder)) -> (Vec<u8>
     });
     // (11.9) A stopped child whose stop report the process had taken.
     b.taken_stops.push(crate::tree::TakenStop { pid: 4321 });
+    // (11.10) The terminal at fd 0: non-canonical, no echo, 30x100.
+    b.terminal = Some(crate::fds::Terminal {
+        lflag: 0o1,
+        rows: 30,
+        cols: 100,
+        ..Default::default()
+    });
     let x = b.xsave.clone();
     b.xsave.extend_from_slice(&x);
     let mut pages = page.clone();
@@ -322,6 +329,7 @@ fn format_3_sections_round_trip() {
     assert_eq!(img.sysv_sem().get(0).unwrap().nsems, 2);
     assert_eq!(img.sysv_msq().get(0).unwrap().qbytes, 16384);
     assert_eq!(img.taken_stops().get(0).unwrap().pid, 4321);
+    assert_eq!(img.terminal().map(|t| (t.rows, t.cols)), Some((30, 100)));
     assert_eq!(img.creds().unwrap().uid, [1000; 4]);
     assert_eq!(img.groups().len(), 2);
     assert_eq!(img.task().unwrap().nice, 5);
@@ -372,6 +380,10 @@ fn format_3_sections_round_trip() {
         "the process's own stop"
     );
     assert!(refused(|b| b.taken_stops[0].pid = 0), "no PID");
+    assert!(
+        refused(|b| b.terminal.as_mut().map_or((), |t| t.fd = 3)),
+        "a terminal past fd 2"
+    );
     assert!(refused(|b| b.groups.pop().map_or((), drop)), "group count");
     assert!(
         refused(|b| b.thread_creds[0].ngroups = 1),

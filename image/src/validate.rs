@@ -289,6 +289,15 @@ impl<'a> Image<'a> {
                 });
             }
         }
+        if let Some(t) = self.terminal() {
+            if t.fd > 2 || t.flags != 0 {
+                return Err(ImageError::BadIndex {
+                    section: "terminal",
+                    index: 0,
+                    why: "not at fds 0-2, or unknown flags",
+                });
+            }
+        }
         for (i, v) in vmas.iter().enumerate() {
             if v.kind == crate::vma_kind::SYSV
                 && !self

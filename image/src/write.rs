@@ -80,6 +80,8 @@ pub struct ImageBuilder {
     pub sysv_sem: Vec<crate::fds::SysvSem>,
     pub sysv_msq: Vec<crate::fds::SysvMsq>,
     pub taken_stops: Vec<crate::tree::TakenStop>,
+    /// (11.10) The terminal at fds 0-2.
+    pub terminal: Option<crate::fds::Terminal>,
     pub sock_filters: Vec<crate::fds::SockFilterInsn>,
     pub tcp_conns: Vec<crate::fds::TcpConn>,
     pub pid_refs: Vec<crate::task::PidRef>,
@@ -167,6 +169,9 @@ impl ImageBuilder {
         }
         if !self.taken_stops.is_empty() {
             sections.push((SectionKind::TakenStops, table(&self.taken_stops)));
+        }
+        if let Some(t) = &self.terminal {
+            sections.push((SectionKind::Terminal, table(std::slice::from_ref(t))));
         }
         if !self.tcp_conns.is_empty() {
             sections.push((SectionKind::TcpConns, table(&self.tcp_conns)));

@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use error::IntoSys;
 pub use error::{RestoreError, Why};
 pub use fds::FdPlan;
-pub use task::own_pid_note;
+pub use task::{own_pid_note, terminal_note};
 
 /// What the user asked for.
 #[derive(Debug, Clone, Default)]
@@ -577,6 +577,14 @@ impl Plan {
                 ) {
                     return e.into_sys(format!("writing {}", path.display()));
                 }
+            }
+        }
+        // The captured modes of the terminal at the program's fds 0-2 go
+        // on this restore's terminal there, when it runs in its
+        // foreground (asked before a PID namespace hides the group).
+        if let Some(t) = self.image().terminal() {
+            if sys::tty::in_foreground(t.fd as i32) {
+                self.extra_flags |= cryo_image::handoff::flags::TERMINAL;
             }
         }
         if self.opts.pidns {

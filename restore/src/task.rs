@@ -430,3 +430,30 @@ fn values_note(img: &Image) -> Option<String> {
         p.pid,
     ))
 }
+
+/// What becomes of the modes of the terminal at the program's fds 0-2
+/// (`cryo_image::fds::Terminal`), when the program had turned off
+/// canonical input or echo (less, vim, `read -s`): set on this restore's
+/// terminal in its foreground, or left as they are.
+pub fn terminal_note(img: &Image) -> Option<String> {
+    let t = img.terminal()?;
+    if t.lflag & libc::ICANON != 0 && t.lflag & libc::ECHO != 0 {
+        return None;
+    }
+    let modes = match (t.lflag & libc::ICANON != 0, t.lflag & libc::ECHO != 0) {
+        (false, false) => "non-canonical, no echo",
+        (false, true) => "non-canonical",
+        _ => "no echo",
+    };
+    Some(if crate::sys::tty::in_foreground(t.fd as i32) {
+        format!(
+            "the program had set its terminal's modes ({modes}); this restore's terminal at fd {} gets them",
+            t.fd
+        )
+    } else {
+        format!(
+            "the program had set its terminal's modes ({modes}); this restore is not in the foreground of a terminal at fd {}, so they are not set: it reads a terminal in other modes (restore it from a terminal's foreground)",
+            t.fd
+        )
+    })
+}

@@ -33,6 +33,7 @@ mod selfmap;
 mod signals;
 mod sys;
 mod task;
+mod terminal;
 mod threads;
 mod timers;
 mod tls;
@@ -639,11 +640,16 @@ fn restore(a: &Args, packed: bool) -> ! {
     let img = load::image(a.meta_fd);
     let mut made;
     let a = if packed {
+        // (Before the restorer leads a session or group of its own.)
+        let foreground = terminal::foreground(&img);
         packed::check_and_set(&img);
         // The program's fds, before any file of the shim's takes a number.
         made = packfds::make(&img, a);
         if task::creds_same(&img) {
             made.flags |= flags::SAME_CREDS;
+        }
+        if foreground {
+            made.flags |= flags::TERMINAL;
         }
         &made
     } else {
@@ -756,6 +762,11 @@ fn finish<'a>(
     //     the tracer, which suspended them for this task.
     signals::queue_pending(img);
     signals::take_stop_reports(img);
+    // The terminal's modes, as the program left them (before any process
+    // of a tree runs: the second round is after).
+    if a.flags & flags::TERMINAL != 0 {
+        terminal::restore(img);
+    }
     let filters_first = img.seccomp_before_creds() && a.flags & flags::SELF_UNMAP == 0;
     if !filters_first {
         task::restore(img, a.flags & flags::SAME_CREDS != 0);

@@ -319,6 +319,9 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
                 );
             }
         }
+        if let Some(n) = cryo_restore::terminal_note(&img) {
+            println!("terminal: {n}");
+        }
         if p.flags & cryo_image::process_flags::SESSION_LEADER != 0 {
             // (setsid refuses a process group's leader: then a child.)
             let me = std::process::id() as i32;

@@ -94,6 +94,9 @@ pub enum SectionKind {
     /// Format 11.9: stopped children whose stop report the process had
     /// already taken ([`crate::tree::TakenStop`]).
     TakenStops = 46,
+    /// Format 11.10: the modes and size of the terminal at the process's
+    /// fds 0-2 ([`crate::fds::Terminal`]).
+    Terminal = 47,
 }
 
 /// Most System V semaphore sets, and most message queues, an image records.
@@ -114,7 +117,7 @@ const FANOTIFY_MARK_11_4: usize = 56;
 const TASK_STATE_11_2: usize = <crate::task::TaskState as crate::record::Record>::SIZE - 24;
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 46] = [
+    pub const ALL: [SectionKind; 47] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -161,6 +164,7 @@ impl SectionKind {
         SectionKind::SysvSem,
         SectionKind::SysvMsq,
         SectionKind::TakenStops,
+        SectionKind::Terminal,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -213,6 +217,7 @@ impl SectionKind {
             SectionKind::SysvSem => "sysv_sem",
             SectionKind::SysvMsq => "sysv_msq",
             SectionKind::TakenStops => "taken_stops",
+            SectionKind::Terminal => "terminal",
         }
     }
     /// The shortest records this reader accepts for the section: what it
@@ -282,6 +287,7 @@ impl SectionKind {
             SectionKind::SysvSem => crate::fds::SysvSem::SIZE,
             SectionKind::SysvMsq => crate::fds::SysvMsq::SIZE,
             SectionKind::TakenStops => crate::tree::TakenStop::SIZE,
+            SectionKind::Terminal => crate::fds::Terminal::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -348,6 +354,7 @@ impl SectionKind {
             SectionKind::SysvSem | SectionKind::SysvMsq => MAX_SYSV_OBJECTS as u64,
             // (At most one per process of a tree.)
             SectionKind::TakenStops => 4096,
+            SectionKind::Terminal => 1,
         }
     }
     /// Sections every valid image must have.

@@ -169,6 +169,7 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
     v["sysv_msq"] = json!(img.sysv_msq().iter().collect::<Vec<_>>());
     v["fd_owners"] = json!(img.fd_owners().iter().collect::<Vec<_>>());
     v["taken_stops"] = json!(img.taken_stops().iter().map(|t| t.pid).collect::<Vec<_>>());
+    v["terminal"] = json!(img.terminal());
     v["root"] = json!(img
         .task()
         .and_then(|t| img.str(t.root))

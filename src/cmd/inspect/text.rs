@@ -810,6 +810,20 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
             }
             None => String::new(),
         },
+        fd_kind::TTY => match img.terminal().filter(|t| t.fd == f.fd as u32) {
+            Some(t) => format!(
+                " [its terminal: {}x{}, {}, echo {}; these modes go on the restore's terminal when it runs in its foreground]",
+                t.rows,
+                t.cols,
+                if t.lflag & libc::ICANON != 0 {
+                    "canonical"
+                } else {
+                    "raw"
+                },
+                if t.lflag & libc::ECHO != 0 { "on" } else { "off" }
+            ),
+            None => String::new(),
+        },
         _ => String::new(),
     }
 }

@@ -1,0 +1,78 @@
+//! The modes of the terminal at the program's fds 0-2 (`fds::Terminal`):
+//! set on the restore's terminal when the restore runs in its
+//! foreground, and SIGWINCH when its size is not the captured one.
+
+use crate::sys::*;
+use cryo_image::Image;
+
+const TIOCGPGRP: usize = 0x540f;
+const TIOCGWINSZ: usize = 0x5413;
+const TCSETS2: usize = 0x402c_542b;
+const SIGWINCH: usize = 28;
+const SYS_GETPGRP: usize = 111;
+
+/// The kernel's struct termios2 (asm-generic/termbits.h).
+#[repr(C)]
+struct Termios2 {
+    iflag: u32,
+    oflag: u32,
+    cflag: u32,
+    lflag: u32,
+    line: u8,
+    cc: [u8; 19],
+    ispeed: u32,
+    ospeed: u32,
+}
+
+/// The foreground process group of the terminal at `fd` is this
+/// process's: what may set its modes (from the background it would take
+/// a SIGTTOU, which the shim, all signals blocked, would not feel). For
+/// the packed restorer, asked before it changes its session or group.
+pub fn foreground(img: &Image) -> bool {
+    let Some(t) = img.terminal() else {
+        return false;
+    };
+    let mut pg: i32 = 0;
+    let r = syscall3(
+        SYS_IOCTL,
+        t.fd as usize,
+        TIOCGPGRP,
+        &mut pg as *mut i32 as usize,
+    );
+    r == 0 && pg > 0 && pg as isize == syscall3(SYS_GETPGRP, 0, 0, 0)
+}
+
+/// The captured modes on the terminal, now (not waiting for output, not
+/// flushing what was typed ahead); SIGWINCH to this process when the
+/// terminal's size differs, blocked until the program's mask is in place,
+/// so that a full-screen program draws itself again for this terminal.
+pub fn restore(img: &Image) {
+    let Some(t) = img.terminal() else {
+        return;
+    };
+    let mut cc = [0u8; 19];
+    cc.copy_from_slice(&t.cc[..19]);
+    let modes = Termios2 {
+        iflag: t.iflag,
+        oflag: t.oflag,
+        cflag: t.cflag,
+        lflag: t.lflag,
+        line: t.line as u8,
+        cc,
+        ispeed: t.ispeed,
+        ospeed: t.ospeed,
+    };
+    let fd = t.fd as usize;
+    // A terminal that will not take them (hung up since the check) leaves
+    // the program with the terminal as it is: nothing else can be done
+    // past the point of no return.
+    syscall3(SYS_IOCTL, fd, TCSETS2, &modes as *const Termios2 as usize);
+    let mut ws = [0u16; 4];
+    if syscall3(SYS_IOCTL, fd, TIOCGWINSZ, ws.as_mut_ptr() as usize) == 0 {
+        let captured = [t.rows, t.cols, t.xpixel, t.ypixel];
+        if ws.iter().zip(captured).any(|(&a, b)| u32::from(a) != b) {
+            let me = syscall3(SYS_GETPID, 0, 0, 0) as usize;
+            syscall3(SYS_KILL, me, SIGWINCH, 0);
+        }
+    }
+}
