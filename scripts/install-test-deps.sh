@@ -24,6 +24,8 @@ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 [ -x /usr/bin/python3 ] || need+=(python3)
 # A terminal multiplexer: a server, a shell on its pty, a unix socket.
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
+# What a packed restorer does with its own code (tests/pack.rs).
+command -v strace >/dev/null 2>&1 || need+=(strace)
 # A program that sandboxes itself with libseccomp.
 /usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || need+=(python3-seccomp)
 if [ ${#need[@]} -eq 0 ]; then

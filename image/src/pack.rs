@@ -32,6 +32,19 @@ pub const VERSION: u32 = 1;
 const HEAD: usize = 16;
 const FIXED: usize = 8 + 8 + 7 * 8 + 7 * 8 + 4;
 
+/// The name of a packed restorer's alias in its image directory: a hard
+/// link `cryo pack` makes to the restorer, named by its inode, which the
+/// restorer maps its code from (a second path to the same file: the
+/// kernel refuses to replace the executable while a mapping has its
+/// path, and the other way is a copy into fresh memory).
+pub struct AliasName(pub u64);
+
+impl core::fmt::Display for AliasName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "packed-{}.text", self.0)
+    }
+}
+
 /// A file's identity: dev, ino, size, mtime (s, ns), ctime (s, ns).
 pub type Identity = [u64; 7];
 

@@ -60,6 +60,7 @@ pub fn make(img: &Image, a: &Args) -> Args {
     let mut moved = *a;
     moved.meta_fd = above(a.meta_fd, hi);
     moved.pages_fd = above(a.pages_fd, hi);
+    moved.alias_fd = above(a.alias_fd, hi);
     for (i, f) in fds.iter().enumerate() {
         if f.fd <= 2 {
             continue;

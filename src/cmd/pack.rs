@@ -12,7 +12,12 @@ use std::path::PathBuf;
 /// its PID, terminal and fds 0-2, and its exit status is FILE's. FILE is
 /// cryo's restore shim with a record naming DIR (absolute) and the
 /// identity of its pages.img and sums.img; it is small and holds no
-/// memory of the program: DIR must stay where it is.
+/// memory of the program: DIR must stay where it is. Pack also gives
+/// FILE a second name in DIR, `packed-INO.text` (a hard link, INO its
+/// inode), from which it maps its own code when run instead of copying
+/// it into fresh memory; a copy of FILE, or FILE on another file system
+/// than DIR, works without it (pack says so). The next pack removes the
+/// names of restorers deleted since.
 ///
 /// Everything `cryo restore` checks before the point of no return is
 /// checked by FILE itself when run, before it touches anything: the
@@ -115,6 +120,7 @@ pub fn run(args: PackArgs) -> anyhow::Result<i32> {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("writing {}", out.display()));
     }
+    let alias = link_alias(&dir, out);
     let img = plan.image();
     let p = img.process();
     let note = cryo_restore::own_pid_note(&img);
@@ -127,6 +133,7 @@ pub fn run(args: PackArgs) -> anyhow::Result<i32> {
                 "bytes": bytes.len(),
                 "pid": p.pid,
                 "map": args.map,
+                "alias": alias.as_ref().ok(),
                 "own_pid_note": note,
             })
         );
@@ -143,6 +150,51 @@ pub fn run(args: PackArgs) -> anyhow::Result<i32> {
         if let Some(n) = note {
             eprintln!("note: {n}; a packed restorer runs it under the PID of whoever runs it");
         }
+        if let Err(why) = &alias {
+            eprintln!(
+                "note: no second name for {} in {} ({why}): when run, it copies its own code into fresh memory (~0.1 ms here); a restorer on the image's file system avoids that",
+                out.display(),
+                dir.display()
+            );
+        }
     }
     Ok(0)
+}
+
+/// A second name for the restorer `out` in the image directory
+/// (`cryo_image::pack::AliasName`: by its inode), which it maps its code
+/// from when run instead of copying it (docs/design.md, "Packed
+/// restorer"). Names left by restorers removed or packed again since
+/// (no other link) go first. Err: why there is none (another file
+/// system, say); the restorer works without it.
+fn link_alias(dir: &std::path::Path, out: &std::path::Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let ours = name
+                .strip_prefix("packed-")
+                .and_then(|n| n.strip_suffix(".text"));
+            if ours.is_some_and(|n| n.parse::<u64>().is_ok())
+                && e.metadata().is_ok_and(|m| m.is_file() && m.nlink() == 1)
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let ino = std::fs::metadata(out).map_err(|e| e.to_string())?.ino();
+    let alias = dir.join(cryo_image::pack::AliasName(ino).to_string());
+    match std::fs::hard_link(out, &alias) {
+        Ok(()) => Ok(alias),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let same = std::fs::metadata(&alias).is_ok_and(|m| m.ino() == ino);
+            if same {
+                Ok(alias)
+            } else {
+                Err(format!("{} is taken", alias.display()))
+            }
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
