@@ -130,16 +130,27 @@ fn mq_name(target: &str) -> String {
 /// The modes and size of the terminal at the process's fds 0-2 (the
 /// first that is one, and not a pty of the tree): what the restore's
 /// terminal gets (`cryo_image::fds::Terminal`).
-fn terminal(pidfd: &std::os::fd::OwnedFd, fds: &[Fd]) -> Option<cryo_image::fds::Terminal> {
+fn terminal(
+    pid: i32,
+    pidfd: &std::os::fd::OwnedFd,
+    fds: &[Fd],
+) -> Option<cryo_image::fds::Terminal> {
     let f = fds.iter().find(|f| f.fd <= 2 && f.kind == fd_kind::TTY)?;
     let dup = sys::pidfd_getfd(pidfd, f.fd).ok()?;
     let t = sys::tty::termios(&dup).ok()?;
     let w = sys::tty::winsize(&dup).ok()?;
+    // Its foreground group: TIOCGPGRP answers only a process whose
+    // controlling terminal it is; /proc/PID/stat tells, when it is the
+    // target's (tty_nr, tpgid).
+    let fg = crate::tree::stat(pid)
+        .filter(|s| u64::from(s.tty_nr) == f.rdev & 0xffff_ffff)
+        .map_or(0, |s| s.tpgid);
     let mut cc = [0u8; 32];
     cc[..t.c_cc.len()].copy_from_slice(&t.c_cc);
     Some(cryo_image::fds::Terminal {
         fd: f.fd as u32,
         flags: 0,
+        fg_pgrp: fg,
         iflag: t.c_iflag,
         oflag: t.c_oflag,
         cflag: t.c_cflag,
@@ -696,7 +707,9 @@ pub fn capture(
         });
     }
     reword(obs, last);
-    b.terminal = pidfd.as_ref().and_then(|p| terminal(p, &b.fds[base..]));
+    b.terminal = pidfd
+        .as_ref()
+        .and_then(|p| terminal(pid, p, &b.fds[base..]));
     // The pipes: who holds their ends, their capacity and their bytes.
     crate::pipes::capture(pid, scope, pidfd.as_ref(), &pipes, base, b, stored, obs);
     // Unix sockets connected to each other.

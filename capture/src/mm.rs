@@ -60,8 +60,15 @@ pub fn capture(
     }
     // A session of its own without a terminal (a daemon's setsid): led
     // again at restore.
-    if crate::tree::stat(pid).is_some_and(|s| s.sid == pid as u32 && s.tty_nr == 0) {
+    let st = crate::tree::stat(pid);
+    if st
+        .as_ref()
+        .is_some_and(|s| s.sid == pid as u32 && s.tty_nr == 0)
+    {
         p.flags |= process_flags::SESSION_LEADER;
+    }
+    if st.is_some_and(|s| s.pgid == pid as u32) {
+        p.flags |= process_flags::GROUP_LEADER;
     }
     p.personality = procinfo::personality(pid)?;
     p.umask = status.umask;

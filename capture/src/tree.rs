@@ -46,6 +46,8 @@ pub(crate) struct Stat {
     pub(crate) sid: u32,
     /// The controlling terminal's device number (0: none).
     pub(crate) tty_nr: u32,
+    /// That terminal's foreground process group (0: none).
+    pub(crate) tpgid: u32,
     exit_code: u32,
 }
 
@@ -60,6 +62,7 @@ pub(crate) fn stat(pid: i32) -> Option<Stat> {
         pgid: num(2),
         sid: num(3),
         tty_nr: num(4),
+        tpgid: num(5),
         // Field 52 of stat(5): the exit status as waitpid reports it.
         exit_code: num(49),
     })

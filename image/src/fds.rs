@@ -912,6 +912,11 @@ record! {
         pub fd: u32,
         /// Reserved (0).
         pub flags: u32,
+        /// Its foreground process group at capture (TIOCGPGRP; 0: none
+        /// or unknown). One of a tree's groups other than its root's
+        /// (less run by an interactive bash) is made the foreground of
+        /// the restore's terminal again.
+        pub fg_pgrp: u32,
         /// Its termios, as [`Pty`]'s.
         pub iflag: u32,
         pub oflag: u32,
@@ -926,6 +931,24 @@ record! {
         pub cols: u32,
         pub xpixel: u32,
         pub ypixel: u32,
+    }
+}
+
+impl Terminal {
+    /// The process group of the tree (`recs`, its root first) that was
+    /// the terminal's foreground at capture, when it is not the root's:
+    /// a live process of the tree is in it. None: the root's group, or
+    /// one outside the tree.
+    pub fn other_foreground(
+        &self,
+        mut recs: impl Iterator<Item = crate::tree::TreeProc>,
+    ) -> Option<u32> {
+        let root = recs.next()?;
+        let fg = self.fg_pgrp;
+        (fg != 0
+            && fg != root.pgid
+            && recs.any(|r| r.pgid == fg && r.state == crate::tree::proc_state::LIVE))
+        .then_some(fg)
     }
 }
 

@@ -69,6 +69,11 @@ pub mod flags {
     /// image's `Terminal` names: its shim sets the captured modes on it
     /// (the root's only).
     pub const TERMINAL: u64 = 1 << 10;
+    /// Another process of the tree, in its root's process group (the
+    /// terminal's foreground), whose terminal has another size than at
+    /// capture: its shim queues itself a SIGWINCH, as a resize would
+    /// have sent the group.
+    pub const WINCH: u64 = 1 << 11;
     /// Every bit this version knows.
     pub const ALL: u64 = PHASES
         | LAZY
@@ -79,7 +84,8 @@ pub mod flags {
         | STAND_IN
         | FORKS
         | SHARES_FDS
-        | TERMINAL;
+        | TERMINAL
+        | WINCH;
 }
 
 /// rsi at the shim's final `int3`, so the tracer knows the trap is ours.

@@ -277,6 +277,37 @@ impl Plan {
 }
 
 /// Lead a session of our own (setsid), unless we do already. setsid
+impl Plan {
+    /// With its own PID (--same-pid), a process that led its process
+    /// group (a shell's job, an interactive shell) leads one again, whose
+    /// id is that PID, as it keeps in memory: an interactive bash gives the
+    /// terminal back to that group once a job of its own ends, and read
+    /// its terminal from the background (EIO: it exited) when the group
+    /// was cryo restore's. The group is the terminal's foreground again if
+    /// it was and this restore is; `cryo restore`, waiting, stops and
+    /// continues with it (`supervise`). A session leader is left to
+    /// `lead_own_session` (setsid makes it lead both).
+    fn lead_own_group(&self, pid: i32) -> Result<(), RestoreError> {
+        use cryo_image::process_flags::{GROUP_LEADER, SESSION_LEADER};
+        let flags = self.image().process().flags;
+        if flags & GROUP_LEADER == 0 || flags & SESSION_LEADER != 0 {
+            return Ok(());
+        }
+        sys::setpgid(0, 0)
+            .map_err(|e| e.into_sys("setpgid (the restored process led its process group)"))?;
+        let fg = self.image().terminal().filter(|t| t.fg_pgrp == pid as u32);
+        if let (Some(t), true) = (
+            fg,
+            self.extra_flags & cryo_image::handoff::flags::TERMINAL != 0,
+        ) {
+            sys::tty::set_foreground(t.fd as i32, pid).map_err(|e| {
+                e.into_sys("tcsetpgrp (the restored process's group was its terminal's foreground)")
+            })?;
+        }
+        Ok(())
+    }
+}
+
 /// refuses a process group's leader (a job-control shell started `cryo
 /// restore` as a job): then a child of ours leads it and becomes the
 /// restored process, which `cryo restore` waits for and passes the job's
@@ -585,6 +616,16 @@ impl Plan {
         if let Some(t) = self.image().terminal() {
             if sys::tty::in_foreground(t.fd as i32) {
                 self.extra_flags |= cryo_image::handoff::flags::TERMINAL;
+                // The rest of the root's group (a shell's pipeline, man's
+                // pager) is the foreground too: a resize signals it all.
+                let size = [t.rows, t.cols, t.xpixel, t.ypixel];
+                let differs = sys::tty::size(t.fd as i32).is_ok_and(|s| s != size);
+                if let (true, Some(tree)) = (differs, &self.tree) {
+                    let img = self.image();
+                    let recs = img.tree();
+                    let root = recs.get(0).map_or(0, |r| r.pgid);
+                    tree.signal_window_change(t.other_foreground(recs.iter()).unwrap_or(root));
+                }
             }
         }
         if self.opts.pidns {
@@ -596,6 +637,9 @@ impl Plan {
             let pid = self.image().process().pid as i32;
             if let Err(e) = supervise::fork_and_supervise(|| sys::fork_with_pid(pid)) {
                 return e.into_sys(format!("forking the restored process with its PID {pid}"));
+            }
+            if let Err(e) = self.lead_own_group(pid) {
+                return e;
             }
         }
         // A process that led its own session without a terminal (a

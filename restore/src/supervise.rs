@@ -62,8 +62,10 @@ pub(crate) fn run_reporting(child: i32, report: Option<OwnedFd>) -> ! {
     if let Err(e) = sys::block_signals(&set) {
         eprintln!("cryo restore: blocking signals: {e}");
     }
+    let tty = (0..=2).find(|&fd| sys::isatty(fd));
     loop {
-        match sys::waitpid(child, libc::WNOHANG) {
+        match sys::waitpid(child, libc::WNOHANG | libc::WUNTRACED) {
+            Ok((p, st)) if p == child && libc::WIFSTOPPED(st) => stop_with(child, tty),
             Ok((p, st)) if p == child => {
                 let mut reported = [0u8; 4];
                 let got = report
@@ -94,4 +96,23 @@ pub(crate) fn run_reporting(child: i32, report: Option<OwnedFd>) -> ! {
             }
         }
     }
+}
+
+/// The restored process, leading a process group of its own
+/// (`Plan::lead_own_group`), was stopped by job control (^Z, or reading
+/// its terminal from the background): this command, the job the invoking
+/// shell knows, stops too; continued, it continues the restored group,
+/// and gives it the terminal first if the shell gave it to this command
+/// (`fg`). In one group, the terminal's signals stopped both already.
+fn stop_with(child: i32, tty: Option<i32>) {
+    let own = sys::getpgid(0).unwrap_or(0);
+    let theirs = match sys::getpgid(child) {
+        Ok(g) if g != own => g,
+        _ => return,
+    };
+    let _ = sys::kill(std::process::id() as i32, libc::SIGSTOP);
+    if let Some(fd) = tty.filter(|&fd| sys::tty::in_foreground(fd)) {
+        let _ = sys::tty::set_foreground(fd, theirs);
+    }
+    let _ = sys::kill(-theirs, libc::SIGCONT);
 }

@@ -81,6 +81,20 @@ impl Tree {
         self.members.len()
     }
 
+    /// Every live process in the foreground group `pgid` (the root's, or
+    /// the other group made the foreground again) but the root queues
+    /// itself a SIGWINCH before its program runs (handoff `WINCH`): the
+    /// terminal they are the foreground of has another size.
+    pub(crate) fn signal_window_change(&self, pgid: u32) {
+        for m in self.members.iter().skip(1) {
+            if m.rec.state == proc_state::LIVE && m.rec.pgid == pgid {
+                if let Some(p) = m.plan.borrow_mut().as_mut() {
+                    p.extra_flags |= cryo_image::handoff::flags::WINCH;
+                }
+            }
+        }
+    }
+
     pub fn ptys(&self) -> &crate::ptys::Ptys {
         &self.ptys
     }

@@ -37,7 +37,8 @@ pub fn tiles(img: &Image) -> bool {
 /// queued at capture) will be handled the moment the program's mask is
 /// back, by a handler that would have made the kernel return EINTR:
 /// ERESTARTSYS (-512) and a handler without SA_RESTART, or ERESTARTNOHAND
-/// (-514) and any handler. Then the call returns EINTR, as it would have,
+/// (-514) or ERESTART_RESTARTBLOCK (-516: a poll or sleep capture made a
+/// call again) and any handler. Then the call returns EINTR, as it would have,
 /// instead of starting again after the handler (which a program that
 /// checks for signals after EINTR, as CPython does, would miss). The
 /// kernel handles the lowest pending signal first; a default or ignored
@@ -48,7 +49,10 @@ fn resume_regs(restart: &Regs, raw: &Regs, blocked: u64) -> Regs {
     const SYS_RT_SIGPENDING: usize = 127;
     const SA_RESTART: u64 = 0x1000_0000;
     let kind = raw.rax as i64;
-    if (raw.orig_rax as i64) < 0 || !(kind == -512 || kind == -514) || restart.rip == raw.rip {
+    if (raw.orig_rax as i64) < 0
+        || !(kind == -512 || kind == -514 || kind == -516)
+        || restart.rip == raw.rip
+    {
         return *restart;
     }
     // (Every signal is blocked in the shim: all that is pending.)
@@ -72,7 +76,9 @@ fn resume_regs(restart: &Regs, raw: &Regs, blocked: u64) -> Regs {
         if act[0] <= 1 {
             continue; // SIG_DFL, SIG_IGN
         }
-        if kind == -514 || act[1] & SA_RESTART == 0 {
+        // (A sleep's time left is in its `rem` already: the freeze
+        // interrupted it and the kernel wrote it there.)
+        if kind != -512 || act[1] & SA_RESTART == 0 {
             let mut r = *raw;
             r.rax = (-EINTR) as u64;
             return r;

@@ -278,6 +278,11 @@ fn tree_barrier(a: &Args, img: &cryo_image::Image) {
             }
         }
         second = stand_ins > 0 || by_tracer;
+        // Every group of the tree exists now, and no process has run its
+        // program: the one that was the terminal's foreground is again.
+        if a.flags & flags::TERMINAL != 0 {
+            terminal::foreground_group(img);
+        }
         let reply = if second { b'h' } else { b'g' };
         for _ in 0..n - stand_ins {
             check(barrier_send(fd, reply), format_args!("the tree's barrier"));
@@ -766,6 +771,9 @@ fn finish<'a>(
     // of a tree runs: the second round is after).
     if a.flags & flags::TERMINAL != 0 {
         terminal::restore(img);
+    }
+    if a.flags & flags::WINCH != 0 {
+        terminal::winch();
     }
     let filters_first = img.seccomp_before_creds() && a.flags & flags::SELF_UNMAP == 0;
     if !filters_first {

@@ -6,6 +6,7 @@ use crate::sys::*;
 use cryo_image::Image;
 
 const TIOCGPGRP: usize = 0x540f;
+const TIOCSPGRP: usize = 0x5410;
 const TIOCGWINSZ: usize = 0x5413;
 const TCSETS2: usize = 0x402c_542b;
 const SIGWINCH: usize = 28;
@@ -42,10 +43,33 @@ pub fn foreground(img: &Image) -> bool {
     r == 0 && pg > 0 && pg as isize == syscall3(SYS_GETPGRP, 0, 0, 0)
 }
 
+/// A tree whose foreground at capture was another group than its root's
+/// (less under an interactive bash) gets that group made the foreground
+/// again, by the root at the tree's barrier: every group exists then, and
+/// no process has run its program yet (less, run first, read the terminal
+/// from the background and stopped). Refused from another session: left
+/// as it is.
+pub fn foreground_group(img: &Image) {
+    let Some(t) = img.terminal() else {
+        return;
+    };
+    if let Some(fg) = t.other_foreground(img.tree().iter()) {
+        syscall3(
+            SYS_IOCTL,
+            t.fd as usize,
+            TIOCSPGRP,
+            &fg as *const u32 as usize,
+        );
+    }
+}
+
 /// The captured modes on the terminal, now (not waiting for output, not
 /// flushing what was typed ahead); SIGWINCH to this process when the
 /// terminal's size differs, blocked until the program's mask is in place,
 /// so that a full-screen program draws itself again for this terminal.
+/// When the foreground is another group of the tree ([`foreground_group`]),
+/// the root, in the background, gets no SIGWINCH: the group does (handoff
+/// `WINCH`, from `cryo restore`).
 pub fn restore(img: &Image) {
     let Some(t) = img.terminal() else {
         return;
@@ -63,6 +87,7 @@ pub fn restore(img: &Image) {
         ospeed: t.ospeed,
     };
     let fd = t.fd as usize;
+    let other = t.other_foreground(img.tree().iter());
     // A terminal that will not take them (hung up since the check) leaves
     // the program with the terminal as it is: nothing else can be done
     // past the point of no return.
@@ -70,9 +95,18 @@ pub fn restore(img: &Image) {
     let mut ws = [0u16; 4];
     if syscall3(SYS_IOCTL, fd, TIOCGWINSZ, ws.as_mut_ptr() as usize) == 0 {
         let captured = [t.rows, t.cols, t.xpixel, t.ypixel];
-        if ws.iter().zip(captured).any(|(&a, b)| u32::from(a) != b) {
-            let me = syscall3(SYS_GETPID, 0, 0, 0) as usize;
-            syscall3(SYS_KILL, me, SIGWINCH, 0);
+        if other.is_none() && ws.iter().zip(captured).any(|(&a, b)| u32::from(a) != b) {
+            winch();
         }
     }
+}
+
+/// A SIGWINCH to this process, pending until the program's mask is in
+/// place (a call it was captured in returns EINTR for it, as for a
+/// resize: `frame::resume_regs`). To the process, not its group: a
+/// supervising `cryo restore` (--same-pid) would pass it on a second
+/// time; the others of the group get handoff `WINCH` and queue their own.
+pub fn winch() {
+    let me = syscall3(SYS_GETPID, 0, 0, 0) as usize;
+    syscall3(SYS_KILL, me, SIGWINCH, 0);
 }

@@ -81,6 +81,11 @@ pub mod process_flags {
     /// CLONE_FILES, not a thread): restore forks it from its parent's
     /// shim with CLONE_FILES, or refuses.
     pub const SHARES_PARENT_FDS: u32 = 1 << 6;
+    /// (11.10) The process led its process group (a job-control shell's
+    /// job, an interactive shell): restored with its own PID (--same-pid),
+    /// it leads one again, with that PID as its id (bash gives the
+    /// terminal back to the group it keeps in memory).
+    pub const GROUP_LEADER: u32 = 1 << 7;
 }
 
 /// The PID of a path /proc/PID (digits only), the /proc directory of a

@@ -731,18 +731,24 @@ fn plan_tty(
     // terminal, opened again, never the one that has the captured
     // number now (a pty's number is reused: a survey of stop 37 found
     // less reading a stranger's terminal).
-    let twin = cx.fds.iter().find(|g| {
-        g.fd <= 2
-            && g.fd != f.fd
-            && g.kind == fd_kind::TTY
-            && g.rdev == f.rdev
-            && !cx.inherit.iter().any(|(m, _)| *m == g.fd)
-            && !cx.made.iter().any(|(m, _)| *m == g.fd)
+    // (In a tree, a process's fds 0-2 on its root's terminal are made by
+    // this command from its own: the terminal is the one there.)
+    let twin = cx.fds.iter().find_map(|g| {
+        if g.fd > 2 || g.fd == f.fd || g.kind != fd_kind::TTY || g.rdev != f.rdev {
+            return None;
+        }
+        if cx.inherit.iter().any(|(m, _)| *m == g.fd) {
+            return None;
+        }
+        match cx.made.iter().find(|(m, _)| *m == g.fd) {
+            Some(&(_, mine)) => Some((g, mine)),
+            None => Some((g, g.fd)),
+        }
     });
-    if let (Some(g), None, true) = (twin, ours, f.fd > 2) {
-        let st = sys::fstat(g.fd);
-        let path = std::fs::read_link(format!("/proc/self/fd/{}", g.fd)).ok();
-        return match (sys::isatty(g.fd), path, st) {
+    if let (Some((g, mine)), None, true) = (twin, ours, f.fd > 2) {
+        let st = sys::fstat(mine);
+        let path = std::fs::read_link(format!("/proc/self/fd/{mine}")).ok();
+        return match (sys::isatty(mine), path, st) {
             (true, Some(path), Ok(st)) => Ok(Source::Open {
                 path: path.to_string_lossy().into_owned(),
                 flags: flags | libc::O_NOCTTY,

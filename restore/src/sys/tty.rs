@@ -79,3 +79,27 @@ pub fn in_foreground(fd: RawFd) -> bool {
     let (fg, own) = unsafe { (libc::tcgetpgrp(fd), libc::getpgrp()) };
     fg > 0 && fg == own
 }
+
+/// The size of the terminal at `fd`: rows, columns, x and y pixels.
+pub fn size(fd: RawFd) -> io::Result<[u32; 4]> {
+    let mut w = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one struct winsize into `w`, which we own.
+    cvt(unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut w) })?;
+    Ok([w.ws_row, w.ws_col, w.ws_xpixel, w.ws_ypixel].map(u32::from))
+}
+
+/// Make `pgid` the foreground process group of the terminal at `fd`
+/// (tcsetpgrp), from the background too: SIGTTOU, which a background
+/// caller would get, is blocked for the call.
+pub fn set_foreground(fd: RawFd, pgid: i32) -> io::Result<()> {
+    let old = super::block_signals_saving(&[libc::SIGTTOU])?;
+    // SAFETY: tcsetpgrp takes integers only.
+    let r = cvt(unsafe { libc::tcsetpgrp(fd, pgid) });
+    let _ = super::set_signal_mask(&old);
+    r.map(|_| ())
+}

@@ -76,6 +76,7 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
             "stop_signal": p.stop_signal,
             "in_syscall": p.flags & process_flags::IN_SYSCALL != 0,
             "leads_session": p.flags & process_flags::SESSION_LEADER != 0,
+            "leads_group": p.flags & process_flags::GROUP_LEADER != 0,
             "shares_parent_fds": p.flags & process_flags::SHARES_PARENT_FDS != 0,
             "personality": p.personality, "umask": p.umask, "rss_kib": p.rss_kib,
             "mm": p.mm, "regs": p.regs, "raw_regs": p.raw_regs,

@@ -67,6 +67,9 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
     if p.flags & process_flags::SESSION_LEADER != 0 {
         state.push("led its own session without a terminal (setsid; led again on restore)".into());
     }
+    if p.flags & process_flags::GROUP_LEADER != 0 && p.flags & process_flags::SESSION_LEADER == 0 {
+        state.push("led its process group (led again, with its PID, under --same-pid)".into());
+    }
     if p.flags & process_flags::SHARES_PARENT_FDS != 0 {
         state.push(
             "shared its parent's fd table (CLONE_FILES; forked so by its parent's shim on restore, eagerly)"
