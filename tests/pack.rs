@@ -414,6 +414,14 @@ fn a_packed_restorer_maps_its_code_from_its_second_name() {
         (code, out.as_str(), used, copied),
         (want.0, want.1.as_str(), true, false)
     );
+    // Run by its second name, that name is its executable's: it copies
+    // (mapped from it, PR_SET_MM_MAP would refuse past the point of no
+    // return).
+    let (code, out, used, copied) = own_code(&alias);
+    assert_eq!(
+        (code, out.as_str(), used, copied),
+        (want.0, want.1.as_str(), false, true)
+    );
     // A copy has another inode: no second name, so it copies itself.
     let copy = dir.join("copy.restored");
     std::fs::copy(&exe, &copy).unwrap();

@@ -3587,7 +3587,11 @@ for argv, rows, winch in [([cryo, "restore", "-q", img], 30, 1),
                           ([cryo, "restore", "-q", "--lazy", "--lazy-min-mib=0", img], 24, 0),
                           ([img + ".run"], 40, 1)]:
     r, rm = spawn(argv, rows, 80)
-    time.sleep(1)
+    # Typed once the restored program's modes are on the terminal.
+    end = time.time() + 30
+    while termios.tcgetattr(rm)[3] & termios.ICANON and time.time() < end:
+        time.sleep(0.02)
+    time.sleep(0.2)
     os.write(rm, b"x")
     out = read_until(rm, b"size=")
     want = f"GOT b'x' canon=False echo=False winch={winch} size={rows}x80".encode()

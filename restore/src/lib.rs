@@ -276,7 +276,6 @@ impl Plan {
     }
 }
 
-/// Lead a session of our own (setsid), unless we do already. setsid
 impl Plan {
     /// With its own PID (--same-pid), a process that led its process
     /// group (a shell's job, an interactive shell) leads one again, whose
@@ -293,21 +292,26 @@ impl Plan {
         if flags & GROUP_LEADER == 0 || flags & SESSION_LEADER != 0 {
             return Ok(());
         }
+        // The terminal this command is the foreground of (still in its
+        // group here), which the new group gets, unless another group of
+        // the tree is made its foreground (at the tree's barrier).
+        let tty = (0..=2).find(|&fd| sys::tty::in_foreground(fd));
         sys::setpgid(0, 0)
             .map_err(|e| e.into_sys("setpgid (the restored process led its process group)"))?;
-        let fg = self.image().terminal().filter(|t| t.fg_pgrp == pid as u32);
-        if let (Some(t), true) = (
-            fg,
-            self.extra_flags & cryo_image::handoff::flags::TERMINAL != 0,
-        ) {
-            sys::tty::set_foreground(t.fd as i32, pid).map_err(|e| {
-                e.into_sys("tcsetpgrp (the restored process's group was its terminal's foreground)")
+        let img = self.image();
+        let other = img
+            .terminal()
+            .and_then(|t| t.other_foreground(img.tree().iter()));
+        if let (Some(fd), None) = (tty, other) {
+            sys::tty::set_foreground(fd, pid).map_err(|e| {
+                e.into_sys("tcsetpgrp (the restored process's group is its terminal's foreground)")
             })?;
         }
         Ok(())
     }
 }
 
+/// Lead a session of our own (setsid), unless we do already. setsid
 /// refuses a process group's leader (a job-control shell started `cryo
 /// restore` as a job): then a child of ours leads it and becomes the
 /// restored process, which `cryo restore` waits for and passes the job's

@@ -65,8 +65,11 @@ pub(crate) fn run_reporting(child: i32, report: Option<OwnedFd>) -> ! {
     let tty = (0..=2).find(|&fd| sys::isatty(fd));
     loop {
         match sys::waitpid(child, libc::WNOHANG | libc::WUNTRACED) {
-            Ok((p, st)) if p == child && libc::WIFSTOPPED(st) => stop_with(child, tty),
+            Ok((p, st)) if p == child && libc::WIFSTOPPED(st) => {
+                stop_with(child, libc::WSTOPSIG(st), tty)
+            }
             Ok((p, st)) if p == child => {
+                give_back(child, tty);
                 let mut reported = [0u8; 4];
                 let got = report
                     .as_ref()
@@ -98,21 +101,56 @@ pub(crate) fn run_reporting(child: i32, report: Option<OwnedFd>) -> ! {
     }
 }
 
-/// The restored process, leading a process group of its own
-/// (`Plan::lead_own_group`), was stopped by job control (^Z, or reading
-/// its terminal from the background): this command, the job the invoking
-/// shell knows, stops too; continued, it continues the restored group,
-/// and gives it the terminal first if the shell gave it to this command
-/// (`fg`). In one group, the terminal's signals stopped both already.
-fn stop_with(child: i32, tty: Option<i32>) {
-    let own = sys::getpgid(0).unwrap_or(0);
-    let theirs = match sys::getpgid(child) {
-        Ok(g) if g != own => g,
-        _ => return,
+/// The group the restored process leads of its own in this command's
+/// session (`Plan::lead_own_group`), None otherwise (one group: the
+/// terminal's signals reach both; a session of its own: no job of ours).
+fn own_group(child: i32) -> Option<i32> {
+    let own = sys::getpgid(0).ok()?;
+    let theirs = sys::getpgid(child).ok()?;
+    (theirs == child && theirs != own && sys::getsid_of(child).ok() == sys::getsid().ok())
+        .then_some(theirs)
+}
+
+/// The restored process, leading a process group of its own, was stopped
+/// by job control (^Z: SIGTSTP, or its terminal read or set from the
+/// background: SIGTTIN, SIGTTOU): this command, the job the invoking shell
+/// knows, stops with the same signal; continued, it continues the
+/// restored group, and gives it the terminal first if the shell gave it
+/// to this command (`fg`). Any other stop (SIGSTOP from someone) is the
+/// restored process's alone. In an orphaned group (no job-control shell
+/// above) the kernel drops the signal: then nothing more is done.
+fn stop_with(child: i32, sig: i32, tty: Option<i32>) {
+    let Some(theirs) = own_group(child) else {
+        return;
     };
-    let _ = sys::kill(std::process::id() as i32, libc::SIGSTOP);
+    if !matches!(sig, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
+        return;
+    }
+    let _ = sys::kill(std::process::id() as i32, sig);
+    // Stopped and continued: the SIGCONT (blocked here, passed on by the
+    // loop) is pending.
+    if !sys::signal_pending(libc::SIGCONT) {
+        return;
+    }
     if let Some(fd) = tty.filter(|&fd| sys::tty::in_foreground(fd)) {
         let _ = sys::tty::set_foreground(fd, theirs);
     }
     let _ = sys::kill(-theirs, libc::SIGCONT);
+}
+
+/// The restored process ended: if the terminal's foreground is still its
+/// group (or one of its tree's that is gone), this command's group gets it
+/// back, as it had it before (a shell that does not take it back itself,
+/// `sh -c`, make, would read from the background).
+fn give_back(child: i32, tty: Option<i32>) {
+    let (Some(fd), Ok(own)) = (tty, sys::getpgid(0)) else {
+        return;
+    };
+    let Some(fg) = sys::tty::foreground(fd) else {
+        return;
+    };
+    let gone = sys::kill(-fg, 0).is_err_and(|e| e.raw_os_error() == Some(libc::ESRCH));
+    if fg != own && (fg == child || gone) {
+        let _ = sys::tty::set_foreground(fd, own);
+    }
 }

@@ -282,6 +282,7 @@ fn tree_barrier(a: &Args, img: &cryo_image::Image) {
         // program: the one that was the terminal's foreground is again.
         if a.flags & flags::TERMINAL != 0 {
             terminal::foreground_group(img);
+            terminal::set_modes(img);
         }
         let reply = if second { b'h' } else { b'g' };
         for _ in 0..n - stand_ins {
@@ -767,8 +768,9 @@ fn finish<'a>(
     //     the tracer, which suspended them for this task.
     signals::queue_pending(img);
     signals::take_stop_reports(img);
-    // The terminal's modes, as the program left them (before any process
-    // of a tree runs: the second round is after).
+    // The terminal's modes, as the program left them (a tree's root set
+    // them at the barrier already, before any process ran its program),
+    // and its SIGWINCH.
     if a.flags & flags::TERMINAL != 0 {
         terminal::restore(img);
     }

@@ -162,6 +162,20 @@ fn alias(dir: &[u8]) -> usize {
         return usize::MAX;
     }
     let p = path_in(&mut buf, dir, name);
+    // Run by that very name (it is executable too), it is no second name:
+    // its mappings would have the executable's path, which PR_SET_MM_MAP
+    // refuses past the point of no return.
+    const SYS_READLINK: usize = 89;
+    let mut exe = [0u8; 4200];
+    let n = syscall3(
+        SYS_READLINK,
+        c"/proc/self/exe".as_ptr() as usize,
+        exe.as_mut_ptr() as usize,
+        exe.len(),
+    );
+    if n < 0 || exe[..n as usize] == p[..p.len() - 1] {
+        return usize::MAX;
+    }
     const O_NONBLOCK: usize = 0o4000;
     let fd = syscall3(
         SYS_OPEN,

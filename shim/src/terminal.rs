@@ -9,6 +9,7 @@ const TIOCGPGRP: usize = 0x540f;
 const TIOCSPGRP: usize = 0x5410;
 const TIOCGWINSZ: usize = 0x5413;
 const TCSETS2: usize = 0x402c_542b;
+const TCGETS2: usize = 0x802c_542a;
 const SIGWINCH: usize = 28;
 const SYS_GETPGRP: usize = 111;
 
@@ -74,24 +75,9 @@ pub fn restore(img: &Image) {
     let Some(t) = img.terminal() else {
         return;
     };
-    let mut cc = [0u8; 19];
-    cc.copy_from_slice(&t.cc[..19]);
-    let modes = Termios2 {
-        iflag: t.iflag,
-        oflag: t.oflag,
-        cflag: t.cflag,
-        lflag: t.lflag,
-        line: t.line as u8,
-        cc,
-        ispeed: t.ispeed,
-        ospeed: t.ospeed,
-    };
+    set_modes(img);
     let fd = t.fd as usize;
     let other = t.other_foreground(img.tree().iter());
-    // A terminal that will not take them (hung up since the check) leaves
-    // the program with the terminal as it is: nothing else can be done
-    // past the point of no return.
-    syscall3(SYS_IOCTL, fd, TCSETS2, &modes as *const Termios2 as usize);
     let mut ws = [0u16; 4];
     if syscall3(SYS_IOCTL, fd, TIOCGWINSZ, ws.as_mut_ptr() as usize) == 0 {
         let captured = [t.rows, t.cols, t.xpixel, t.ypixel];
@@ -99,6 +85,40 @@ pub fn restore(img: &Image) {
             winch();
         }
     }
+}
+
+/// The captured input, output and local modes and control characters on
+/// the terminal, now (not waiting for output, not flushing what was
+/// typed ahead). Its line settings (speeds, character size, parity, flow
+/// control by wire) and line discipline are the terminal's own, as
+/// they are: a capture on a pty must not set a serial line's speed. A
+/// terminal that will not take them (hung up since the check) leaves the
+/// program with the terminal as it is: nothing else can be done past the
+/// point of no return. In a tree, set by the root at the barrier too,
+/// before any process runs its program.
+pub fn set_modes(img: &Image) {
+    let Some(t) = img.terminal() else {
+        return;
+    };
+    let fd = t.fd as usize;
+    let mut modes = Termios2 {
+        iflag: 0,
+        oflag: 0,
+        cflag: 0,
+        lflag: 0,
+        line: 0,
+        cc: [0; 19],
+        ispeed: 0,
+        ospeed: 0,
+    };
+    if syscall3(SYS_IOCTL, fd, TCGETS2, &mut modes as *mut Termios2 as usize) != 0 {
+        return;
+    }
+    modes.iflag = t.iflag;
+    modes.oflag = t.oflag;
+    modes.lflag = t.lflag;
+    modes.cc.copy_from_slice(&t.cc[..19]);
+    syscall3(SYS_IOCTL, fd, TCSETS2, &modes as *const Termios2 as usize);
 }
 
 /// A SIGWINCH to this process, pending until the program's mask is in

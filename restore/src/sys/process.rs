@@ -138,6 +138,19 @@ pub fn getsid() -> io::Result<i32> {
     Ok(nix::unistd::getsid(None)?.as_raw())
 }
 
+/// getsid(pid): another process's session.
+pub fn getsid_of(pid: i32) -> io::Result<i32> {
+    Ok(nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid)))?.as_raw())
+}
+
+/// `sig` is pending for this process (blocked and sent).
+pub fn signal_pending(sig: i32) -> bool {
+    // SAFETY: zeroes are a valid sigset_t, filled by sigpending.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigpending writes the sigset_t we own; sigismember reads it.
+    unsafe { libc::sigpending(&mut set) == 0 && libc::sigismember(&set, sig) == 1 }
+}
+
 /// waitpid(pid, flags): (the pid, its raw status) of the first change.
 pub fn waitpid(pid: i32, flags: i32) -> io::Result<(i32, i32)> {
     let mut st = 0;

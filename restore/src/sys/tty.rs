@@ -103,3 +103,10 @@ pub fn set_foreground(fd: RawFd, pgid: i32) -> io::Result<()> {
     let _ = super::set_signal_mask(&old);
     r.map(|_| ())
 }
+
+/// The foreground process group of the terminal at `fd`, if it has one.
+pub fn foreground(fd: RawFd) -> Option<i32> {
+    // SAFETY: tcgetpgrp takes an integer only.
+    let fg = unsafe { libc::tcgetpgrp(fd) };
+    (fg > 0).then_some(fg)
+}
