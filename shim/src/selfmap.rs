@@ -28,7 +28,11 @@ pub fn leave_own_file(alias_fd: usize) {
 /// another. Same bytes, and for a hard link the same page-cache pages, so
 /// the code that runs on after each mmap is the code that was there.
 /// Cheaper than `relocate_self`'s copy into fresh memory (~50 µs here).
-/// Returns false (nothing changed) if the ELF header does not match.
+/// The writable segments' pages are kept as they are (what the shim wrote
+/// to its statics before this: until stop 38 they came back as the file's
+/// bytes, and .bss in their last page zeroed: the barrier's fd among them).
+/// Returns false (nothing changed) if the ELF header does not match, or a
+/// writable segment is too large to keep on the stack.
 fn remap_self(alias: usize) -> bool {
     extern "C" {
         static __executable_start: u8;
@@ -45,12 +49,36 @@ fn remap_self(alias: usize) -> bool {
     let phoff = peek_u64(base + 0x20) as usize;
     let phentsize = (peek_u32(base + 0x34) >> 16) as usize;
     let phnum = (peek_u32(base + 0x38) & 0xffff) as usize;
+    // A writable segment's pages hold what the shim wrote since its start
+    // (statics: the barrier's fd, a packed restorer's record): kept here
+    // across the mapping and put back, so that nothing written is lost to
+    // the file's bytes. A larger one than this: copied instead.
+    const KEEP: usize = 4 * PG;
+    let mut kept = [0u8; KEEP];
+    let span = |ph: usize| {
+        let (vaddr, filesz) = (peek_u64(ph + 16) as usize, peek_u64(ph + 32) as usize);
+        let start = vaddr & !(PG - 1);
+        (start, ((vaddr + filesz + PG - 1) & !(PG - 1)) - start)
+    };
+    for i in 0..phnum {
+        let ph = base + phoff + i * phentsize;
+        if peek_u32(ph) == 1 && peek_u32(ph + 4) & 2 != 0 && span(ph).1 > KEEP {
+            return false;
+        }
+    }
     for i in 0..phnum {
         let ph = base + phoff + i * phentsize;
         if peek_u32(ph) != 1 {
             continue; // not PT_LOAD
         }
         let flags = peek_u32(ph + 4);
+        let writable = flags & 2 != 0;
+        if writable {
+            let (start, len) = span(ph);
+            // SAFETY: [start, start + len) is this writable segment's pages,
+            // mapped and readable; `kept` holds KEEP >= len bytes.
+            unsafe { core::ptr::copy_nonoverlapping(start as *const u8, kept.as_mut_ptr(), len) };
+        }
         let (off, vaddr, filesz) = (peek_u64(ph + 8), peek_u64(ph + 16), peek_u64(ph + 32));
         let prot = if flags & 4 != 0 { PROT_READ } else { 0 }
             | if flags & 2 != 0 { PROT_WRITE } else { 0 }
@@ -72,11 +100,10 @@ fn remap_self(alias: usize) -> bool {
                 -r
             ));
         }
-        if flags & 2 != 0 && file_end < end {
-            // The rest of the segment's last file page is .bss: zeros (the
-            // kernel cleared it at exec; the file has other bytes there).
-            // SAFETY: [file_end, end) is inside the writable mapping just made.
-            unsafe { core::ptr::write_bytes(file_end as *mut u8, 0, end - file_end) };
+        if writable {
+            // SAFETY: the writable mapping just made is [start, end), the
+            // span saved in `kept` above.
+            unsafe { core::ptr::copy_nonoverlapping(kept.as_ptr(), start as *mut u8, end - start) };
         }
     }
     true
