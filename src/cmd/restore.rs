@@ -29,6 +29,9 @@ use std::path::PathBuf;
 /// own without a terminal (a daemon's setsid) leads one again; where
 /// this command leads a process group (a job-control shell's job), a
 /// child of it does, and this command waits for it as with --same-pid.
+/// The terminal at fds 0-2 gets the modes the program had set (raw, no
+/// echo) when this command is its foreground, and the foreground group a
+/// SIGWINCH when its size is not the captured one.
 ///
 /// An image of a process tree comes back whole: this process becomes its
 /// root, and every other process is forked again with its captured PID
@@ -135,7 +138,11 @@ pub struct RestoreArgs {
     /// the signals a shell sends a job and exits as the restored process
     /// does (same code, or killed by the same signal). For programs that
     /// keep their own PID (Python's multiprocessing checks it before it
-    /// joins its workers). Needs CAP_SYS_ADMIN and the PID free.
+    /// joins its workers), and for an interactive shell: a process that
+    /// led its process group (a shell, a shell's job) leads one again with
+    /// that id, the terminal's foreground if this command had it; ^Z stops
+    /// it and this command with it, and `fg` gives it the terminal back.
+    /// Needs CAP_SYS_ADMIN and the PID free.
     #[arg(long, conflicts_with = "pidns")]
     pub same_pid: bool,
     /// Restore in a new PID namespace (and mount namespace, with its own
