@@ -3537,27 +3537,10 @@ print("PASS")
 #[test]
 fn a_terminal_gets_the_modes_the_program_had_set() {
     let dir = scratch("tty-modes");
-    let driver = r#"
-import ctypes, os, select, subprocess, sys, time, termios, fcntl, struct
+    run_pty_driver(
+        &dir,
+        r#"
 cryo, d = sys.argv[1], sys.argv[2]
-# The captured child, killed, is reaped here (its PID must be free).
-ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
-def spawn(argv, rows, cols):
-    m, s = os.openpty()
-    fcntl.ioctl(s, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-    p = subprocess.Popen(argv, stdin=s, stdout=s, stderr=s, close_fds=True, start_new_session=True,
-                         preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
-    os.close(s)
-    return p, m
-def read_until(m, what, t=10):
-    out, end = b"", time.time() + t
-    while what not in out and time.time() < end:
-        if select.select([m], [], [], 0.05)[0]:
-            try:
-                out += os.read(m, 1000)
-            except OSError:
-                break
-    return out
 target = '''
 import os, signal, sys, termios
 winch = []
@@ -3573,7 +3556,7 @@ cols, rows = os.get_terminal_size(0)
 print(f"GOT {c!r} canon={bool(l & termios.ICANON)} echo={bool(l & termios.ECHO)} winch={len(winch)} size={rows}x{cols}", flush=True)
 '''
 p, m = spawn([sys.executable, "-c", target], 24, 80)
-assert b"READY" in read_until(m, b"READY")
+assert b"READY" in readall(m, 10, b"READY")
 time.sleep(0.3)
 img = os.path.join(d, "img")
 r = subprocess.run([cryo, "capture", str(p.pid), img], capture_output=True, text=True)
@@ -3593,7 +3576,7 @@ for argv, rows, winch in [([cryo, "restore", "-q", img], 30, 1),
         time.sleep(0.02)
     time.sleep(0.2)
     os.write(rm, b"x")
-    out = read_until(rm, b"size=")
+    out = readall(rm, 10, b"size=")
     want = f"GOT b'x' canon=False echo=False winch={winch} size={rows}x80".encode()
     assert want in out and not out.startswith(b"x"), (argv, out)
     assert r.wait(timeout=10) == 0, argv
@@ -3601,26 +3584,14 @@ for argv, rows, winch in [([cryo, "restore", "-q", img], 30, 1),
 # From the background (a job-control shell's background job): the shell's
 # terminal keeps its modes.
 r, rm = spawn(["sh", "-c", f"set -m; {cryo} restore -q {img} & sleep 2; stty -a; kill -KILL $!"], 24, 80)
-out = read_until(rm, b"extproc", 15)
+out = readall(rm, 15, b"extproc")
 assert b" icanon " in out and b" echo " in out, out
 r.wait(timeout=10)
 d = subprocess.run([cryo, "restore", "--dry-run", img], stdin=subprocess.DEVNULL, capture_output=True, text=True)
 assert "not in the foreground of a terminal at fd 0" in d.stdout, d.stdout
 print("PASS")
-"#;
-    sanitize_fds();
-    let out = Command::new("python3")
-        .args(["-c", driver])
-        .arg(cryo())
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let (o, e) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
+"#,
     );
-    assert_eq!(o.trim(), "PASS", "{o}{e}");
 }
 
 /// A resize reaches the whole foreground group at once: after a restore
@@ -3632,27 +3603,10 @@ print("PASS")
 #[test]
 fn a_resize_reaches_the_foreground_group_and_interrupts_its_waits() {
     let dir = scratch("tty-winch-group");
-    let driver = r#"
-import ctypes, os, select, subprocess, sys, time, termios, fcntl, struct
+    run_pty_driver(
+        &dir,
+        r#"
 cryo, d = sys.argv[1], sys.argv[2]
-# The captured child, killed, is reaped here (its PID must be free).
-ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
-def spawn(argv, rows, cols):
-    m, s = os.openpty()
-    fcntl.ioctl(s, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-    p = subprocess.Popen(argv, stdin=s, stdout=s, stderr=s, close_fds=True, start_new_session=True,
-                         preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
-    os.close(s)
-    return p, m
-def read_until(m, what, t=10):
-    out, end = b"", time.time() + t
-    while not all(w in out for w in what) and time.time() < end:
-        if select.select([m], [], [], 0.05)[0]:
-            try:
-                out += os.read(m, 1000)
-            except OSError:
-                break
-    return out
 target = '''
 import os, select, signal, sys
 def said(who):
@@ -3673,44 +3627,26 @@ pid, st = os.waitpid(c, 0)
 print("CHILD ENDED", os.waitstatus_to_exitcode(st), flush=True)
 '''
 p, m = spawn([sys.executable, "-c", target], 24, 80)
-assert b"CHILD READY" in read_until(m, [b"CHILD READY"])
+assert b"CHILD READY" in readall(m, 10, b"CHILD READY")
 time.sleep(0.5)
 img = os.path.join(d, "img")
 r = subprocess.run([cryo, "capture", "--kill", str(p.pid), img], capture_output=True, text=True)
 assert r.returncode == 0, r.stderr
-os.close(m)
-end = time.time() + 5
-while time.time() < end:
-    try:
-        if os.waitpid(-1, os.WNOHANG)[0] == 0:
-            time.sleep(0.02)
-    except ChildProcessError:
-        break
+os.close(m); reap()
 r, rm = spawn([cryo, "restore", "-q", img], 30, 100)
 want = [b"CHILD WINCH 30x100", b"ROOT WINCH 30x100", b"CHILD ENDED 0"]
-out = read_until(rm, want, 15)
+out = readall(rm, 15, want)
 assert all(w in out for w in want), out
 assert r.wait(timeout=10) == 0
 print("PASS")
-"#;
-    sanitize_fds();
-    let out = Command::new("python3")
-        .args(["-c", driver])
-        .arg(cryo())
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let (o, e) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
+"#,
     );
-    assert_eq!(o.trim(), "PASS", "{o}{e}");
 }
 
-/// A pty driver for the interactive-shell tests: `spawn(argv, rows,
-/// cols)` starts argv on a new terminal it controls, `readall(m, t)`
-/// reads what it prints for `t` seconds.
+/// A pty driver for the terminal tests: `spawn(argv, rows, cols)` starts
+/// argv on a new terminal it controls, `readall(m, t, until)` reads what
+/// it prints for `t` seconds or until `until`, `reap()` reaps the
+/// orphans of a captured tree.
 const PTY_DRIVER: &str = r#"
 import ctypes, os, select, subprocess, sys, time, termios, fcntl, struct
 env = dict(os.environ, TERM="xterm", PS1="PROMPT$ ")
@@ -3733,8 +3669,11 @@ def spawn(argv, rows, cols):
     os.close(s)
     return p, m
 def readall(m, t=1.0, until=None):
+    # Until `until` is read (a list: all of them), or `t` seconds.
+    done = lambda out: until is not None and (
+        all(u in out for u in until) if isinstance(until, list) else until in out)
     out, end = b"", time.time() + t
-    while time.time() < end and not (until and until in out):
+    while time.time() < end and not done(out):
         if select.select([m], [], [], 0.05)[0]:
             try:
                 out += os.read(m, 100000)

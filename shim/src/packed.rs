@@ -100,11 +100,11 @@ fn path_in<'b>(buf: &'b mut [u8; 4200], dir: &[u8], name: &str) -> &'b [u8] {
     &buf[..=n]
 }
 
-fn open_in(dir: &[u8], name: &str) -> usize {
-    let mut buf = [0u8; 4200];
-    let p = path_in(&mut buf, dir, name);
-    // (Not blocking: a FIFO in its place would hang the open; a survey of
-    // stop 36. No effect on a regular file.)
+/// Open the NUL-terminated path `p` read-only, and fstat it: the fd and
+/// its struct stat's words (0: device, 1: inode, 3: mode in its low
+/// half), or the open's errno. Not blocking: a FIFO in its place would
+/// hang the open (a survey of stop 36); no effect on a regular file.
+fn open_stat(p: &[u8]) -> Result<(usize, [u64; 18]), isize> {
     const O_NONBLOCK: usize = 0o4000;
     let fd = syscall3(
         SYS_OPEN,
@@ -113,17 +113,25 @@ fn open_in(dir: &[u8], name: &str) -> usize {
         0,
     );
     if fd < 0 {
-        die(format_args!("opening {name}: {}", errno_name(-fd)));
+        return Err(-fd);
     }
     let mut st = [0u64; 18];
-    let r = syscall3(SYS_FSTAT, fd as usize, st.as_mut_ptr() as usize, 0);
-    // st_mode: the low half of the fourth word of struct stat.
+    if syscall3(SYS_FSTAT, fd as usize, st.as_mut_ptr() as usize, 0) < 0 {
+        st = [0; 18];
+    }
+    Ok((fd as usize, st))
+}
+
+fn open_in(dir: &[u8], name: &str) -> usize {
+    let mut buf = [0u8; 4200];
+    let (fd, st) = open_stat(path_in(&mut buf, dir, name))
+        .unwrap_or_else(|e| die(format_args!("opening {name}: {}", errno_name(e))));
     const S_IFMT: u64 = 0o170000;
     const S_IFREG: u64 = 0o100000;
-    if r < 0 || st[3] & S_IFMT != S_IFREG {
+    if st[3] & S_IFMT != S_IFREG {
         die(format_args!("{name} is not a regular file"));
     }
-    fd as usize
+    fd
 }
 
 /// This restorer under another path: `packed-INO.text` in the image
@@ -176,23 +184,14 @@ fn alias(dir: &[u8]) -> usize {
     if n < 0 || exe[..n as usize] == p[..p.len() - 1] {
         return usize::MAX;
     }
-    const O_NONBLOCK: usize = 0o4000;
-    let fd = syscall3(
-        SYS_OPEN,
-        p.as_ptr() as usize,
-        O_RDONLY | O_CLOEXEC | O_NONBLOCK,
-        0,
-    );
-    if fd < 0 {
+    let Ok((fd, st)) = open_stat(p) else {
+        return usize::MAX;
+    };
+    if st[0] != own[0] || st[1] != own[1] {
+        syscall3(SYS_CLOSE, fd, 0, 0);
         return usize::MAX;
     }
-    let mut st = [0u64; 18];
-    let r = syscall3(SYS_FSTAT, fd as usize, st.as_mut_ptr() as usize, 0);
-    if r < 0 || st[0] != own[0] || st[1] != own[1] {
-        syscall3(SYS_CLOSE, fd as usize, 0, 0);
-        return usize::MAX;
-    }
-    fd as usize
+    fd
 }
 
 fn errno_name(e: isize) -> &'static str {

@@ -3,7 +3,11 @@
 //! foreground, and SIGWINCH when its size is not the captured one.
 
 use crate::sys::*;
+use core::sync::atomic::{AtomicBool, Ordering};
 use cryo_image::Image;
+
+/// The modes were set already (a tree's root, at the barrier).
+static MODES_SET: AtomicBool = AtomicBool::new(false);
 
 const TIOCGPGRP: usize = 0x540f;
 const TIOCSPGRP: usize = 0x5410;
@@ -75,7 +79,9 @@ pub fn restore(img: &Image) {
     let Some(t) = img.terminal() else {
         return;
     };
-    set_modes(img);
+    if !MODES_SET.load(Ordering::Relaxed) {
+        set_modes(img);
+    }
     let fd = t.fd as usize;
     let other = t.other_foreground(img.tree().iter());
     let mut ws = [0u16; 4];
@@ -100,6 +106,7 @@ pub fn set_modes(img: &Image) {
     let Some(t) = img.terminal() else {
         return;
     };
+    MODES_SET.store(true, Ordering::Relaxed);
     let fd = t.fd as usize;
     let mut modes = Termios2 {
         iflag: 0,

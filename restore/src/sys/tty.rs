@@ -74,10 +74,8 @@ pub fn poll_now(fd: BorrowedFd, events: i16) -> io::Result<i16> {
 /// The foreground process group of the terminal at `fd` is this
 /// process's (false when `fd` is no terminal).
 pub fn in_foreground(fd: RawFd) -> bool {
-    // SAFETY: tcgetpgrp and getpgrp take an integer or nothing and only
-    // query the kernel.
-    let (fg, own) = unsafe { (libc::tcgetpgrp(fd), libc::getpgrp()) };
-    fg > 0 && fg == own
+    // SAFETY: getpgrp takes nothing and only queries the kernel.
+    foreground(fd) == Some(unsafe { libc::getpgrp() })
 }
 
 /// The size of the terminal at `fd`: rows, columns, x and y pixels.

@@ -655,22 +655,22 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
             if n > 2 && k.state != socket_state::UNBOUND {
                 out += &format!(" {}", sockaddr_display(&a[..n]));
             }
-            if k.flags & cryo_image::fds::socket_flags::RELATIVE != 0 {
-                let file = img
-                    .files()
+            // Its socket file's path (a relative name's, or the name a
+            // renamed one has now).
+            let file = || {
+                img.files()
                     .get(f.file as usize)
-                    .and_then(|id| img.str(id.path));
-                out += &format!(" (a relative name: {})", file.unwrap_or("?"));
+                    .and_then(|id| img.str(id.path))
+                    .unwrap_or("?")
+            };
+            if k.flags & cryo_image::fds::socket_flags::RELATIVE != 0 {
+                out += &format!(" (a relative name: {})", file());
             }
             if k.flags & cryo_image::fds::socket_flags::GHOST != 0 {
                 out += " (its file was gone: bound, then removed)";
             }
             if k.flags & cryo_image::fds::socket_flags::RENAMED != 0 {
-                let file = img
-                    .files()
-                    .get(f.file as usize)
-                    .and_then(|id| img.str(id.path));
-                out += &format!(" (its file renamed {} since the bind)", file.unwrap_or("?"));
+                out += &format!(" (its file renamed {} since the bind)", file());
             }
             match k.state {
                 socket_state::CONNECTED
