@@ -274,10 +274,26 @@ fn queued_signals_with_siginfo() {
     case("sigqueue");
 }
 
-/// Another user's process (uids, gids, groups) restored by root.
+/// Another user's process (uids, gids, groups) restored by root; also by
+/// a packed restorer, which checks from /proc/self/status that it may
+/// switch to them, then switches.
 #[test]
 fn credentials() {
-    case("creds");
+    let img = case("creds");
+    let exe = img.with_file_name("creds.restored");
+    let (code, _, err) = cryo_cmd(&["pack", img.to_str().unwrap(), "-o", exe.to_str().unwrap()]);
+    assert_eq!(code, 0, "pack: {err}");
+    let out = std::process::Command::new(&exe)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the packed restorer");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        (out.status.code(), stdout.trim_end().lines().last()),
+        (Some(0), Some("PASS creds")),
+        "packed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// An unlinked device node comes back as itself (mode 0700), not as

@@ -115,6 +115,98 @@ fn packed_restorers_restore_c_rust_and_ghc_programs() {
     }
 }
 
+/// The signals a packed restorer's invoker ignores (an exec keeps SIG_IGN:
+/// `nohup`, a shell's background job, a daemon's supervisor) are not the
+/// program's: it comes back with exactly its own ignored set, the one
+/// `cryo restore` gives it. (The restorer learns which its invoker
+/// ignores from /proc/self/status and resets only those: one read where
+/// 62 rt_sigaction calls were.)
+#[test]
+fn a_packed_restorer_gives_back_the_programs_ignored_signals_not_its_invokers() {
+    const SCRIPT: &str = r#"
+import os, signal
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+print("READY", os.getpid(), flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+for line in open("/proc/self/status"):
+    if line.startswith(("SigIgn", "SigCgt")):
+        print(line.strip(), flush=True)
+"#;
+    let dir = scratch("pack-sigign");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", SCRIPT]);
+    let img = capture(cmd, "python3", &dir);
+    let want = run(&cryo(), &["restore", img.to_str().unwrap()]);
+    assert_eq!(want.0, 0, "cryo restore: {want:?}");
+    let ignored = |out: &str| {
+        let l = out.lines().find(|l| l.starts_with("SigIgn:")).unwrap_or("");
+        u64::from_str_radix(l.trim_start_matches("SigIgn:").trim(), 16).unwrap_or(0)
+    };
+    let bit = |sig: i32| 1u64 << (sig - 1);
+    // Its own: SIGUSR1, and SIGPIPE (CPython ignores it at start).
+    let own = ignored(&want.1);
+    assert_eq!(
+        own & (bit(libc::SIGUSR1) | bit(libc::SIGPIPE)),
+        bit(libc::SIGUSR1) | bit(libc::SIGPIPE),
+        "{want:?}"
+    );
+    for extra in [&[][..], &["--map"]] {
+        let exe = dir.join(format!("sigign{}.restored", extra.join("")));
+        pack(&img, &exe, extra);
+        sanitize_fds();
+        let mut c = Command::new(&exe);
+        c.stdin(Stdio::null());
+        // SAFETY: signal() is async-signal-safe; the child is about to
+        // exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            c.pre_exec(|| {
+                for s in [
+                    libc::SIGTERM,
+                    libc::SIGHUP,
+                    libc::SIGINT,
+                    libc::SIGQUIT,
+                    libc::SIGUSR2,
+                ] {
+                    libc::signal(s, libc::SIG_IGN);
+                }
+                Ok(())
+            });
+        }
+        let out = c.output().expect("run the packed restorer");
+        let got = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{got} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            got, want.1,
+            "{extra:?}: the restored program's dispositions"
+        );
+        assert_eq!(ignored(&got), own, "{extra:?}");
+    }
+    // From the same file: an invoker with no_new_privs set, which the
+    // program did not have and which cannot be cleared, is refused.
+    let exe = dir.join("sigign.restored");
+    let mut c = Command::new(&exe);
+    c.stdin(Stdio::null());
+    // SAFETY: prctl is async-signal-safe; the child is about to exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        c.pre_exec(|| {
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+            Ok(())
+        });
+    }
+    let out = c.output().expect("run the packed restorer");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no_new_privs is set here"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing ran");
+}
+
 /// The fds a packed restorer makes itself, checked by the program that
 /// made them (tests/programs/fidelity.c compares everything /proc shows
 /// of each fd, and each one's behaviour): files at their offsets (one
@@ -222,6 +314,35 @@ fn packed_restorer_checks_everything_before_touching_anything() {
     cryo_image::write::reseal(&mut meta);
     std::fs::write(&path, &meta).unwrap();
     refused(&packed, &img, "vDSO differs");
+
+    // The same vDSO bytes with its vvar block arranged otherwise (the
+    // recorded [vvar] a page shorter at its start): ARCH_MAP_VDSO_64
+    // would put the vDSO a page off, past the point of no return. The
+    // restorer finds its own block by mincore (no /proc/self/maps read),
+    // which must not accept this one.
+    let (img, packed) = img_of("vvar");
+    let path = img.join(cryo_image::META_FILE);
+    let mut meta = std::fs::read(&path).unwrap();
+    let vvar = {
+        let l = cryo_image::load::LoadedImage::open(&img).unwrap();
+        let i = l.image().unwrap();
+        let v = i.vmas().iter().find(|v| i.str(v.name) == Some("[vvar]"));
+        v.expect("a [vvar] mapping")
+    };
+    let mut was = vvar.start.to_le_bytes().to_vec();
+    was.extend(vvar.end.to_le_bytes());
+    let at = meta
+        .windows(16)
+        .position(|w| w == was)
+        .expect("[vvar]'s range in meta");
+    meta[at..at + 8].copy_from_slice(&(vvar.start + 4096).to_le_bytes());
+    cryo_image::write::reseal(&mut meta);
+    std::fs::write(&path, &meta).unwrap();
+    refused(
+        &packed,
+        &img,
+        "[vvar] size or position relative to [vdso] differs",
+    );
 
     // A corrupt meta.img (one byte flipped, not resealed).
     let (img, packed) = img_of("meta");

@@ -73,3 +73,21 @@ pub fn differs(
     }
     None
 }
+
+/// How far below the captured vDSO the captured vvar block starts, when
+/// `[vvar]` and `[vvar_vclock]` (each if captured) lie contiguous right
+/// below it, the arrangement the kernel makes at exec and again with
+/// ARCH_MAP_VDSO_64. None for any other (a process that moved them).
+pub fn block_below(img: &Image) -> Option<u64> {
+    let p = img.process();
+    let mut lo = p.vdso_start;
+    for name in ["[vvar_vclock]", "[vvar]"] {
+        if let Some(v) = img.vmas().iter().find(|v| img.str(v.name) == Some(name)) {
+            if v.end != lo {
+                return None;
+            }
+            lo = v.start;
+        }
+    }
+    (lo != p.vdso_start).then(|| p.vdso_start - lo)
+}

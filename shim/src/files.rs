@@ -44,7 +44,7 @@ impl<'a> Files<'a> {
     /// the executable's fd (u32::MAX if none).
     pub fn open_all(img: &'a Image<'a>, a: &Args) -> (Files<'a>, u32) {
         let n = img.files().len();
-        if scratch::FILES_OFF + n * 5 > scratch::LEN {
+        if scratch::FILES_OFF + n * 5 > scratch::FILES_END {
             die(format_args!("too many files ({n})"));
         }
         let fds = scratch::FILES as *mut i32;
@@ -170,18 +170,15 @@ impl<'a> Files<'a> {
                 -fd
             ));
         }
-        let mut st = [0u64; 18];
-        check(
-            syscall3(SYS_FSTAT, fd as usize, st.as_mut_ptr() as usize, 0),
-            format_args!("fstat {path}"),
-        );
-        let (dev, ino, size, mtime, mtime_ns) = (st[0], st[1], st[6], st[11] as i64, st[12] as u32);
-        if dev != f.dev
-            || ino != f.ino
-            || size != f.size
-            || mtime != f.mtime_sec
-            || mtime_ns != f.mtime_nsec
-            || !f.same_birth(born(fd as usize))
+        let id = match identify(fd as usize) {
+            Ok(id) => id,
+            Err(e) => die(format_args!("statx {path}: errno {}", -e)),
+        };
+        if id.dev != f.dev
+            || id.ino != f.ino
+            || id.size != f.size
+            || id.mtime != (f.mtime_sec, f.mtime_nsec)
+            || !f.same_birth(id.born)
         {
             // (Worded as `cryo restore`'s refusal: a packed restorer
             // checks here what it checks before its exec.)

@@ -44,6 +44,9 @@ const STAND_INS_LEN: usize = 1 << 20;
 /// file fails the tree's restore before any point of no return); close
 /// them, say `s` at the barrier, and wait for the parent's shim to kill
 /// this process.
+// (A frame of its own: its buffers are not probed into the restore's
+// on every restore, a fresh-page fault each.)
+#[inline(never)]
 pub fn stand_in(a: &Args, files: Files) -> ! {
     files.close_opened();
     if a.alias_fd != usize::MAX {
@@ -397,6 +400,9 @@ fn fork_with_pid(pid: u32, share_fds: bool) -> isize {
 /// In the parent, its memory in: fork every child a stand-in holds the
 /// place of, with its PID. Returns in the parent; each child goes on in
 /// [`child`].
+// (A frame of its own: its buffers are not probed into the restore's
+// on every restore, a fresh-page fault each.)
+#[inline(never)]
 pub fn fork_children(parent: &Image) {
     let me = syscall3(SYS_GETPID, 0, 0, 0) as u32;
     map_anon_at(STAND_INS_AT, STAND_INS_LEN, "the list of stand-ins");

@@ -25,6 +25,7 @@ mod frame;
 mod load;
 mod mem;
 mod mm;
+mod own;
 mod packed;
 mod packfds;
 mod rseq;
@@ -75,6 +76,19 @@ mod scratch {
     /// One i32 fd and one byte per files-table entry (`files`).
     pub const FILES_OFF: usize = 0x1400;
     pub const FILES: usize = AT + FILES_OFF;
+    /// Where the files' tables must end (the areas below are in use while
+    /// they are).
+    pub const FILES_END: usize = LEN / 4 * 3;
+    /// A packed restorer's /proc/self/status (`own`), read and parsed
+    /// before anything above is written: only the pages it fills are
+    /// touched, and its first is the path's (a buffer on the stack is
+    /// touched whole, by the stack probes).
+    pub const STATUS: usize = AT;
+    pub const STATUS_LEN: usize = LEN / 4 * 3;
+    /// The shim's own writable segments' pages, kept while it maps its
+    /// code again from its second name (`selfmap`).
+    pub const SELF_KEPT: usize = AT + LEN / 4 * 3;
+    pub const SELF_KEPT_LEN: usize = LEN / 4;
 }
 
 /// CLOCK_MONOTONIC in ns.
@@ -343,6 +357,9 @@ static ROUND_TWO_N: core::sync::atomic::AtomicUsize = core::sync::atomic::Atomic
 /// never come. The round has a socket of its
 /// own (`round_fd`): a byte of the first round that a process which ended
 /// never took cannot stand in front of a `G`.
+// (A frame of its own: its 16 KiB of bitmaps are not probed into the
+// caller's, a fresh-page fault each, on restores of no tree.)
+#[inline(never)]
 fn round_two(img: &cryo_image::Image) {
     let root = img.tree().len() > 1;
     use core::sync::atomic::Ordering::Relaxed;
@@ -573,6 +590,7 @@ fn arg_bytes(p: *const u8) -> &'static [u8] {
 extern "C" fn shim_main(sp: *const usize) -> ! {
     // A packed restorer: the image is named by the record it carries.
     if let Some(r) = packed::record() {
+        packed::note_auxv(sp);
         let a = packed::open(&r);
         restore(&a, true)
     }
@@ -644,14 +662,15 @@ fn restore(a: &Args, packed: bool) -> ! {
     );
     // 1. The image, mapped into the window and validated again.
     let img = load::image(a.meta_fd);
+    mem::map_anon_at(scratch::AT, scratch::LEN, "scratch");
     let mut made;
     let a = if packed {
         // (Before the restorer leads a session or group of its own.)
         let foreground = terminal::foreground(&img);
-        packed::check_and_set(&img);
+        let own = packed::check_and_set(&img);
         // The program's fds, before any file of the shim's takes a number.
         made = packfds::make(&img, a);
-        if task::creds_same(&img) {
+        if task::creds_same(&img, &own) {
             made.flags |= flags::SAME_CREDS;
         }
         if foreground {
@@ -663,7 +682,6 @@ fn restore(a: &Args, packed: bool) -> ! {
     };
     // 2. Every file behind a mapping, and the executable, opened and
     //    checked to be what was captured.
-    mem::map_anon_at(scratch::AT, scratch::LEN, "scratch");
     let (mut files, exe_fd) = files::Files::open_all(&img, a);
     // A stand-in (a tree's child its parent's shim forks): no further.
     if a.flags & flags::STAND_IN != 0 {

@@ -11,8 +11,9 @@
 //! `cryo: cannot restore DIR: ...`, and exit status 1, like `cryo
 //! restore`'s.
 
+use crate::own::Own;
 use crate::sys::*;
-use crate::{check, die, Args};
+use crate::{check, die, Args, PG};
 use core::sync::atomic::{AtomicUsize, Ordering};
 use cryo_image::pack::{self, Identity, Record, RECORD_LEN};
 use cryo_image::Image;
@@ -255,13 +256,16 @@ pub fn open(r: &Record) -> Args {
 }
 
 /// The checks `cryo restore` makes against this machine, and the state it
-/// sets before its exec.
-pub fn check_and_set(img: &Image) {
+/// sets before its exec. Returns what this process is (its credentials),
+/// read once for these checks and those to come.
+pub fn check_and_set(img: &Image) -> Own {
+    let own = crate::own::read(img);
     vdso(img);
     xsave(img);
     sysv(img);
-    crate::task::check_settable(img);
-    environment(img);
+    crate::task::check_settable(img, &own);
+    environment(img, &own);
+    own
 }
 
 /// One mapping of /proc/self/maps: start, end.
@@ -287,9 +291,88 @@ fn hex(s: &[u8]) -> Option<u64> {
     (!s.is_empty()).then_some(v)
 }
 
+/// The vDSO's address from the auxv (AT_SYSINFO_EHDR), for [`vdso`]; 0
+/// when the kernel gave none.
+static VDSO_AT: AtomicUsize = AtomicUsize::new(0);
+
+/// Note what the kernel's initial stack at `sp` tells: the vDSO's address.
+pub fn note_auxv(sp: *const usize) {
+    const AT_SYSINFO_EHDR: usize = 33;
+    // SAFETY: the kernel's initial stack: argc, the argv pointers and a
+    // NULL, the environment's pointers and a NULL, then (key, value)
+    // pairs up to AT_NULL.
+    unsafe {
+        let mut p = sp.add(1 + *sp + 1);
+        while *p != 0 {
+            p = p.add(1);
+        }
+        p = p.add(1);
+        while *p != 0 {
+            if *p == AT_SYSINFO_EHDR {
+                VDSO_AT.store(*p.add(1), Ordering::Relaxed);
+            }
+            p = p.add(2);
+        }
+    }
+}
+
+/// The vDSO checked without /proc/self/maps, which costs ~30 µs in a
+/// fresh process on the VM of docs/benchmarks.md: the vDSO where the
+/// auxv puts it, with its captured length mapped and a hole after it; the
+/// captured vvar block mapped right below it, with a hole below that
+/// (mincore fails with ENOMEM on an unmapped page); and its bytes the
+/// captured ones. The same bytes are the same kernel, whose vvar block
+/// ARCH_MAP_VDSO_64 makes again as its exec did. Any other answer (a
+/// mapping right next to them, other bytes) goes the long way, whose
+/// verdict stands.
+fn vdso_quick(img: &Image) -> bool {
+    let p = img.process();
+    let base = VDSO_AT.load(Ordering::Relaxed) as u64;
+    let pg = PG as u64;
+    let Some(d) = cryo_image::vdso::block_below(img) else {
+        return false;
+    };
+    let aligned = [base, p.vdso_len, d].iter().all(|x| x.is_multiple_of(pg));
+    if base == 0 || !aligned || d + pg > base {
+        return false;
+    }
+    let mincore = |at: u64, len: u64| -> isize {
+        let mut vec = [0u8; 32];
+        if len == 0 || len > vec.len() as u64 * pg {
+            return -EINVAL;
+        }
+        syscall3(
+            SYS_MINCORE,
+            at as usize,
+            len as usize,
+            vec.as_mut_ptr() as usize,
+        )
+    };
+    if mincore(base - d, d) != 0
+        || mincore(base, p.vdso_len) != 0
+        || mincore(base - d - pg, pg) != -ENOMEM
+        || mincore(base + p.vdso_len, pg) != -ENOMEM
+    {
+        return false;
+    }
+    // SAFETY: [base, base + vdso_len) is mapped (mincore above) and is
+    // the vDSO's: it starts where the auxv says and ends at a hole.
+    let bytes = unsafe { core::slice::from_raw_parts(base as *const u8, p.vdso_len as usize) };
+    cryo_image::checksum(bytes) == p.vdso_hash
+}
+
 /// The same vDSO bytes and the same vvar/vvar_vclock/vDSO arrangement as
 /// captured: the same kernel.
 fn vdso(img: &Image) {
+    if img.process().vdso_len != 0 && !vdso_quick(img) {
+        vdso_by_maps(img);
+    }
+}
+
+/// [`vdso`] the long way, from /proc/self/maps (in a frame of its own:
+/// its 8 KiB buffer is not touched on the quick way).
+#[inline(never)]
+fn vdso_by_maps(img: &Image) {
     let p = img.process();
     let mut maps = [0u8; 8192];
     let n = match read_whole(c"/proc/self/maps".as_ptr() as usize, &mut maps) {
@@ -391,9 +474,12 @@ fn xsave(img: &Image) {
 }
 
 /// cwd, umask, personality, rlimits, scheduling, oom_score_adj and
-/// loginuid as captured; every signal's disposition back to SIG_DFL (an
-/// exec keeps SIG_IGN; the captured ones are set later).
-fn environment(img: &Image) {
+/// loginuid as captured; every signal this process ignores back to
+/// SIG_DFL (an exec keeps SIG_IGN, and resets every other; the captured
+/// dispositions are set later).
+// (A frame of its own: its path buffer is not probed into the caller's.)
+#[inline(never)]
+fn environment(img: &Image, own: &Own) {
     let p = img.process();
     let cwd = img.str(p.cwd).unwrap_or("/");
     let mut buf = [0u8; 4200];
@@ -469,7 +555,7 @@ fn environment(img: &Image) {
         proc_write(b"/proc/self/loginuid\0", t.loginuid, "loginuid");
     }
     for sig in 1..=64usize {
-        if sig == 9 || sig == 19 {
+        if sig == 9 || sig == 19 || own.sig_ign & 1 << (sig - 1) == 0 {
             continue;
         }
         let dfl = [0u64; 4];

@@ -277,6 +277,8 @@ fn make_one(img: &Image, f: &Fd, kind: u32) -> usize {
 /// A file, directory or device opened again by its path with its open
 /// flags (none that creates or truncates) at its offset: the same inode
 /// (a device: the same device number) as captured, else a refusal.
+// (A frame of its own: its path buffer is not probed into the caller's.)
+#[inline(never)]
 fn open_again(img: &Image, f: &Fd, kind: u32) -> usize {
     const O_NOCTTY: u32 = 0o400;
     let path = img.str(f.target).unwrap_or("");

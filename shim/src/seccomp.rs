@@ -24,7 +24,15 @@ pub fn install(img: &Image, threads: bool) {
         Some(0) => (0, false),
         _ => return,
     };
-    // (On the shim's 1 MiB stack.)
+    chain_on_stack(img, thread, tsync);
+}
+
+/// [`install_chain`] with its buffer on the shim's 1 MiB stack: 32 KiB,
+/// in a frame of its own (never inlined into the caller's, where the
+/// stack probes touched all eight pages of it on every restore, a
+/// fresh-page fault each, filters or not).
+#[inline(never)]
+fn chain_on_stack(img: &Image, thread: u32, tsync: bool) {
     let mut buf = [0u64; cryo_image::task::MAX_SECCOMP_FILTER_INSNS];
     install_chain(img, thread, tsync, &mut buf);
 }

@@ -50,11 +50,13 @@ fn remap_self(alias: usize) -> bool {
     let phentsize = (peek_u32(base + 0x34) >> 16) as usize;
     let phnum = (peek_u32(base + 0x38) & 0xffff) as usize;
     // A writable segment's pages hold what the shim wrote since its start
-    // (statics: the barrier's fd, a packed restorer's record): kept here
-    // across the mapping and put back, so that nothing written is lost to
-    // the file's bytes. A larger one than this: copied instead.
-    const KEEP: usize = 4 * PG;
-    let mut kept = [0u8; KEEP];
+    // (statics: the barrier's fd, a packed restorer's record): kept in
+    // the scratch mapping across the mapping and put back, so that
+    // nothing written is lost to the file's bytes. (On the stack, the
+    // probes touched the whole buffer: four fresh pages, a fault each.) A
+    // larger one than that area: copied instead.
+    const KEEP: usize = crate::scratch::SELF_KEPT_LEN;
+    let kept = crate::scratch::SELF_KEPT as *mut u8;
     let span = |ph: usize| {
         let (vaddr, filesz) = (peek_u64(ph + 16) as usize, peek_u64(ph + 32) as usize);
         let start = vaddr & !(PG - 1);
@@ -76,8 +78,9 @@ fn remap_self(alias: usize) -> bool {
         if writable {
             let (start, len) = span(ph);
             // SAFETY: [start, start + len) is this writable segment's pages,
-            // mapped and readable; `kept` holds KEEP >= len bytes.
-            unsafe { core::ptr::copy_nonoverlapping(start as *const u8, kept.as_mut_ptr(), len) };
+            // mapped and readable; `kept` is KEEP >= len bytes of the
+            // scratch mapping, writable and used by nothing else.
+            unsafe { core::ptr::copy_nonoverlapping(start as *const u8, kept, len) };
         }
         let (off, vaddr, filesz) = (peek_u64(ph + 8), peek_u64(ph + 16), peek_u64(ph + 32));
         let prot = if flags & 4 != 0 { PROT_READ } else { 0 }
@@ -103,7 +106,7 @@ fn remap_self(alias: usize) -> bool {
         if writable {
             // SAFETY: the writable mapping just made is [start, end), the
             // span saved in `kept` above.
-            unsafe { core::ptr::copy_nonoverlapping(kept.as_ptr(), start as *mut u8, end - start) };
+            unsafe { core::ptr::copy_nonoverlapping(kept, start as *mut u8, end - start) };
         }
     }
     true

@@ -21,6 +21,7 @@ pub const SYS_SHMCTL: usize = 31;
 pub const SYS_SEMCTL: usize = 66;
 pub const SYS_MSGCTL: usize = 71;
 pub const SYS_MADVISE: usize = 28;
+pub const SYS_MINCORE: usize = 27;
 pub const SYS_SETITIMER: usize = 38;
 pub const SYS_GETPID: usize = 39;
 pub const SYS_SETSID: usize = 112;
@@ -91,6 +92,7 @@ pub const O_RDONLY: usize = 0;
 pub const O_RDWR: usize = 2;
 pub const O_CLOEXEC: usize = 0o2000000;
 pub const EEXIST: isize = 17;
+pub const EINVAL: isize = 22;
 pub const EINTR: isize = 4;
 pub const ENOMEM: isize = 12;
 
@@ -149,18 +151,22 @@ pub const F_DUPFD_CLOEXEC: usize = 1030;
 /// Read the file at `path` (NUL-terminated) whole into `buf`, as much as
 /// fits: the bytes read, or the open's -errno.
 pub fn read_whole(path: usize, buf: &mut [u8]) -> Result<usize, isize> {
+    // SAFETY: buf is `buf.len()` writable bytes.
+    unsafe { read_whole_raw(path, buf.as_mut_ptr(), buf.len()) }
+}
+
+/// [`read_whole`] into `len` bytes at `at`, which need not be initialised.
+///
+/// # Safety
+/// `at..at + len` must be writable memory of the caller's.
+pub unsafe fn read_whole_raw(path: usize, at: *mut u8, len: usize) -> Result<usize, isize> {
     let fd = syscall3(SYS_OPEN, path, O_RDONLY | O_CLOEXEC, 0);
     if fd < 0 {
         return Err(fd);
     }
     let mut n = 0;
-    while n < buf.len() {
-        let r = syscall3(
-            SYS_READ,
-            fd as usize,
-            buf[n..].as_mut_ptr() as usize,
-            buf.len() - n,
-        );
+    while n < len {
+        let r = syscall3(SYS_READ, fd as usize, at as usize + n, len - n);
         if r <= 0 {
             break;
         }
@@ -271,6 +277,61 @@ pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
 }
 
 const SYS_STATX: usize = 332;
+
+/// What identifies the file open at `fd`: device (as fstat's st_dev),
+/// inode, size, modification time, and birth time where the file system
+/// tells. One statx where fstat and a statx for the birth time were two
+/// calls.
+pub struct Identity {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: (i64, u32),
+    pub born: Option<(i64, u32)>,
+}
+
+pub fn identify(fd: usize) -> Result<Identity, isize> {
+    const AT_EMPTY_PATH: usize = 0x1000;
+    const STATX_BASIC_STATS: u32 = 0x7ff;
+    const STATX_BTIME: u32 = 0x800;
+    const STATX_INO: u32 = 0x100;
+    const STATX_SIZE: u32 = 0x200;
+    const STATX_MTIME: u32 = 0x40;
+    // struct statx (256 bytes): stx_mask (u32) at 0, stx_ino at 32,
+    // stx_size at 40, stx_btime at 80, stx_mtime at 112 (each i64 tv_sec,
+    // u32 tv_nsec), stx_dev_major and stx_dev_minor (u32) at 136 and 140.
+    let mut b = [0u64; 32];
+    let r = syscall6(
+        SYS_STATX,
+        fd,
+        c"".as_ptr() as usize,
+        AT_EMPTY_PATH,
+        (STATX_BASIC_STATS | STATX_BTIME) as usize,
+        b.as_mut_ptr() as usize,
+        0,
+    );
+    if r < 0 {
+        return Err(r);
+    }
+    let mask = b[0] as u32;
+    let need = STATX_INO | STATX_SIZE | STATX_MTIME;
+    if mask & need != need {
+        return Err(-EINVAL);
+    }
+    let (major, minor) = (b[17] & 0xffff_ffff, b[17] >> 32);
+    // glibc's makedev, which is st_dev for every device number Linux has.
+    let dev = (major & 0xffff_f000) << 32
+        | (major & 0xfff) << 8
+        | (minor & 0xffff_ff00) << 12
+        | (minor & 0xff);
+    Ok(Identity {
+        dev,
+        ino: b[4],
+        size: b[5],
+        mtime: (b[14] as i64, b[15] as u32),
+        born: (mask & STATX_BTIME != 0).then_some((b[10] as i64, b[11] as u32)),
+    })
+}
 
 /// The birth time of the file open at `fd` (statx STATX_BTIME), None
 /// where the file system does not tell.

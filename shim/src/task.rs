@@ -3,6 +3,7 @@
 //! (after everything that needs privilege), and memory-deny-write-execute
 //! (after the last mapping). See `cryo_image::task`.
 
+use crate::own::Own;
 use crate::sys::*;
 use crate::{c_path, check, die};
 use cryo_image::task::{Creds, TaskState, UNKNOWN};
@@ -270,29 +271,18 @@ fn ids(getres: usize, setfs: usize) -> [u32; 4] {
 /// the point of no return: the same as captured, or the privilege to
 /// switch (CAP_SETUID, CAP_SETGID and CAP_SETPCAP); and no_new_privs not
 /// set here unless it was there (it cannot be cleared).
-pub fn check_settable(img: &Image) {
+// (A frame of its own: its path buffer is not probed into the caller's.)
+#[inline(never)]
+pub fn check_settable(img: &Image, own: &Own) {
     // The main thread's, then each other thread's own.
     for c in img.creds().into_iter().chain(img.thread_creds().iter()) {
-        let uid = ids(SYS_GETRESUID, SYS_SETFSUID);
-        let gid = ids(SYS_GETRESGID, SYS_SETFSGID);
-        let (eff, prm, inh) = capget();
-        let mut groups = [0u32; 1024];
-        let hn = syscall3(SYS_GETGROUPS, groups.len(), groups.as_mut_ptr() as usize, 0);
-        let n = img.groups().len();
-        let same_groups = hn >= 0
-            && hn as usize == n
-            && img
-                .groups()
-                .iter()
-                .zip(&groups[..n.min(1024)])
-                .all(|(g, h)| g.gid == *h);
-        let same = uid == c.uid
-            && gid == c.gid
-            && same_groups
-            && (eff, prm, inh) == (c.cap_eff, c.cap_prm, c.cap_inh)
+        let same = own.uid == c.uid
+            && own.gid == c.gid
+            && own.same_groups
+            && (own.cap_eff, own.cap_prm, own.cap_inh) == (c.cap_eff, c.cap_prm, c.cap_inh)
             && c.cap_amb == 0;
         const NEEDED: u64 = (1 << 6) | (1 << 7) | (1 << 8); // SETGID, SETUID, SETPCAP
-        if !same && eff & NEEDED != NEEDED {
+        if !same && own.cap_eff & NEEDED != NEEDED {
             die(format_args!(
                 "the captured credentials (uid {}, gid {}, groups, capabilities) differ from this process's, which may not change them (CAP_SETUID, CAP_SETGID and CAP_SETPCAP): run it as the captured user, or restore with cryo restore as root",
                 c.uid[1], c.gid[1]
@@ -313,16 +303,14 @@ pub fn check_settable(img: &Image) {
             ));
         }
         syscall3(SYS_CLOSE, fd as usize, 0, 0);
-        if capget().0 & CAP_SYS_CHROOT == 0 {
+        if own.cap_eff & CAP_SYS_CHROOT == 0 {
             die(format_args!(
                 "it ran with its root directory at {root} (chroot), and entering it needs CAP_SYS_CHROOT"
             ));
         }
     }
     if let Some(t) = img.task() {
-        const PR_GET_NO_NEW_PRIVS: usize = 39;
-        let nnp = syscall3(SYS_PRCTL, PR_GET_NO_NEW_PRIVS, 0, 0);
-        if nnp == 1 && t.no_new_privs == 0 {
+        if own.no_new_privs && t.no_new_privs == 0 {
             die(format_args!(
                 "no_new_privs is set here and was not in the captured process, and it cannot be cleared: run it from a process without no_new_privs"
             ));
@@ -378,19 +366,17 @@ fn compare(c: &Creds, groups: &[u32]) -> Now {
 /// Whether this process already has the captured credentials (a packed
 /// restorer asks once, so that its threads need not each ask again, as
 /// `cryo restore` tells the shim with `SAME_CREDS`).
-pub fn creds_same(img: &Image) -> bool {
+pub fn creds_same(img: &Image, own: &Own) -> bool {
     let Some(c) = img.creds() else {
         return true;
     };
-    let mut want = [0u32; 1024];
-    let n = img.groups().len();
-    if n > want.len() {
-        return false;
-    }
-    for (i, g) in img.groups().iter().enumerate() {
-        want[i] = g.gid;
-    }
-    compare(&c, &want[..n]).same
+    own.uid == c.uid
+        && own.gid == c.gid
+        && own.same_groups
+        && (own.cap_eff, own.cap_prm, own.cap_inh) == (c.cap_eff, c.cap_prm, c.cap_inh)
+        && own.cap_bnd == c.cap_bnd
+        && syscall3(SYS_PRCTL, PR_GET_SECUREBITS, 0, 0) as u32 == c.securebits
+        && c.cap_amb == 0
 }
 
 /// The captured credentials, if they differ from the shim's (cryo

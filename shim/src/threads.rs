@@ -135,7 +135,6 @@ pub fn spawn_all(img: &Image, flags: u64) -> usize {
 
 const EEXIST: isize = 17;
 const EPERM: isize = 1;
-const EINVAL: isize = 22;
 
 /// clone3 whose child starts `thread_main(index)` on its new stack.
 fn clone_thread(args: &CloneArgs, index: usize) -> isize {
