@@ -294,6 +294,29 @@ fn credentials() {
         "packed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Run by root without CAP_SETUID (dropped from the bounding set, so
+    // the exec does not give it back): refused in one line, untouched.
+    let mut c = std::process::Command::new(&exe);
+    c.stdin(std::process::Stdio::null());
+    // SAFETY: prctl is async-signal-safe; the child is about to exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        c.pre_exec(|| {
+            const CAP_SETUID: libc::c_ulong = 7;
+            if libc::prctl(libc::PR_CAPBSET_DROP, CAP_SETUID, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = c.output().expect("run the packed restorer");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("which may not change them (CAP_SETUID"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "nothing ran");
 }
 
 /// An unlinked device node comes back as itself (mode 0700), not as

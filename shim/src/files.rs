@@ -172,7 +172,7 @@ impl<'a> Files<'a> {
         }
         let id = match identify(fd as usize) {
             Ok(id) => id,
-            Err(e) => die(format_args!("statx {path}: errno {}", -e)),
+            Err(e) => die(format_args!("fstat {path}: errno {}", -e)),
         };
         if id.dev != f.dev
             || id.ino != f.ino

@@ -17,6 +17,7 @@ pub struct Own {
     pub cap_prm: u64,
     pub cap_eff: u64,
     pub cap_bnd: u64,
+    pub cap_amb: u64,
     pub no_new_privs: bool,
     /// Bit `sig - 1` set: the signal is ignored (an exec keeps SIG_IGN).
     pub sig_ign: u64,
@@ -79,6 +80,7 @@ fn parse(text: &[u8], img: &Image) -> Option<Own> {
         cap_prm: mask(b"CapPrm")?,
         cap_eff: mask(b"CapEff")?,
         cap_bnd: mask(b"CapBnd")?,
+        cap_amb: mask(b"CapAmb")?,
         no_new_privs: dec(line(text, b"NoNewPrivs")?)? != 0,
         sig_ign: mask(b"SigIgn")?,
         same_groups,
@@ -106,7 +108,7 @@ pub fn read(img: &Image) -> Own {
     }
     parse(text, img).unwrap_or_else(|| {
         die(format_args!(
-            "/proc/self/status lacks a line a packed restorer reads (Uid, Gid, Groups, Cap*, NoNewPrivs, SigIgn)"
+            "/proc/self/status lacks a line a packed restorer reads (Uid, Gid, Groups, CapInh, CapPrm, CapEff, CapBnd, CapAmb, NoNewPrivs, SigIgn)"
         ))
     })
 }

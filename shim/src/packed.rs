@@ -355,8 +355,23 @@ fn vdso_quick(img: &Image) -> bool {
     {
         return false;
     }
+    // The vDSO's own length, from its ELF header (its section headers end
+    // the image the kernel maps, rounded up to a page): the captured one,
+    // so that nothing but the vDSO is read below (another mapping right
+    // after a shorter vDSO might not be readable).
+    // SAFETY: the auxv's vDSO starts with its ELF header, 64 bytes of a
+    // mapped, readable page (mincore above).
+    let head = unsafe { core::slice::from_raw_parts(base as *const u8, 64) };
+    let le16 = |at: usize| u16::from_le_bytes([head[at], head[at + 1]]) as u64;
+    let mut shoff = [0u8; 8];
+    shoff.copy_from_slice(&head[0x28..0x30]);
+    let end = u64::from_le_bytes(shoff).saturating_add(le16(0x3c) * le16(0x3a));
+    if head[..4] != *b"\x7fELF" || end.div_ceil(pg) * pg != p.vdso_len {
+        return false;
+    }
     // SAFETY: [base, base + vdso_len) is mapped (mincore above) and is
-    // the vDSO's: it starts where the auxv says and ends at a hole.
+    // the vDSO's: it starts where the auxv says, is as long as its ELF
+    // header says, and ends at a hole.
     let bytes = unsafe { core::slice::from_raw_parts(base as *const u8, p.vdso_len as usize) };
     cryo_image::checksum(bytes) == p.vdso_hash
 }

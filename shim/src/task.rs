@@ -293,7 +293,6 @@ pub fn check_settable(img: &Image, own: &Own) {
         const CAP_SYS_CHROOT: u64 = 1 << 18;
         const O_PATH: usize = 0o10_000_000;
         const O_DIRECTORY: usize = 0o200_000;
-        // (Before the scratch mapping exists: on the stack.)
         let mut buf = [0u8; 4096];
         let fd = syscall3(SYS_OPEN, c_path(root, &mut buf), O_PATH | O_DIRECTORY, 0);
         if fd < 0 {
@@ -347,13 +346,18 @@ fn compare(c: &Creds, groups: &[u32]) -> Now {
             bnd_differs = true;
         }
     }
+    // Ambient capabilities of the invoker's, which an exec keeps: the
+    // program had none when it is "the same" (a review found them kept).
+    const PR_CAP_AMBIENT_IS_SET: usize = 1;
+    let ambient = (0..64).any(|cap| prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, cap) == 1);
     let same = uid == c.uid
         && gid == c.gid
         && same_groups
         && (eff, prm, inh) == (c.cap_eff, c.cap_prm, c.cap_inh)
         && !bnd_differs
         && securebits == c.securebits
-        && c.cap_amb == 0;
+        && c.cap_amb == 0
+        && !ambient;
     Now {
         uid,
         gid,
@@ -376,7 +380,7 @@ pub fn creds_same(img: &Image, own: &Own) -> bool {
         && (own.cap_eff, own.cap_prm, own.cap_inh) == (c.cap_eff, c.cap_prm, c.cap_inh)
         && own.cap_bnd == c.cap_bnd
         && syscall3(SYS_PRCTL, PR_GET_SECUREBITS, 0, 0) as u32 == c.securebits
-        && c.cap_amb == 0
+        && (own.cap_amb, c.cap_amb) == (0, 0)
 }
 
 /// The captured credentials, if they differ from the shim's (cryo
