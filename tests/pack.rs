@@ -117,10 +117,10 @@ fn packed_restorers_restore_c_rust_and_ghc_programs() {
 
 /// What a restorer's invoker has that an exec keeps is not the
 /// program's: the signals it ignores (SIG_IGN survives an exec: `nohup`,
-/// a shell's background job, a daemon's supervisor) and its ambient
-/// capabilities. The program comes back with exactly its own ignored set
-/// and no ambient capability, from `cryo restore` and from a packed
-/// restorer alike. (The restorer learns which signals its invoker ignores
+/// a shell's background job, a daemon's supervisor), its ambient
+/// capabilities and its interval timers. The program comes back with
+/// exactly its own ignored set, no ambient capability and no timer, from
+/// `cryo restore` and from a packed restorer alike. (The restorer learns which signals its invoker ignores
 /// from /proc/self/status and resets only those: one read where 62
 /// rt_sigaction calls were. An ambient capability of the invoker's was
 /// kept by both until a review of stop 39.)
@@ -142,6 +142,7 @@ os.kill(os.getpid(), signal.SIGSTOP)
 for line in open("/proc/self/status"):
     if line.startswith(("SigIgn", "SigCgt", "CapInh", "CapAmb")):
         print(line.strip(), flush=True)
+print("ITIMER_REAL armed:", signal.getitimer(signal.ITIMER_REAL)[0] > 0, flush=True)
 "#;
     let dir = scratch("pack-sigign");
     let mut cmd = Command::new("python3");
@@ -164,8 +165,11 @@ for line in open("/proc/self/status"):
     );
     assert_eq!(field(&want.1, "CapInh:"), 1 << 13, "{want:?}");
     assert_eq!(field(&want.1, "CapAmb:"), 0, "{want:?}");
+    assert!(want.1.contains("ITIMER_REAL armed: False"), "{want:?}");
     // An invoker that ignores seven signals (two of them the program's
-    // own too) and holds CAP_NET_RAW as an ambient capability.
+    // own too), holds CAP_NET_RAW as an ambient capability and has an
+    // interval timer armed (alarm: an exec keeps it, and a SIGALRM would
+    // end the program).
     let odd_invoker = |exe: &Path, args: &[&str]| {
         sanitize_fds();
         let mut c = Command::new(exe);
@@ -185,6 +189,19 @@ for line in open("/proc/self/status"):
                     libc::SIGUSR1,
                 ] {
                     libc::signal(s, libc::SIG_IGN);
+                }
+                let alarm = libc::itimerval {
+                    it_interval: libc::timeval {
+                        tv_sec: 0,
+                        tv_usec: 0,
+                    },
+                    it_value: libc::timeval {
+                        tv_sec: 30,
+                        tv_usec: 0,
+                    },
+                };
+                if libc::setitimer(libc::ITIMER_REAL, &alarm, std::ptr::null_mut()) != 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
                 const CAP_NET_RAW: u32 = 13;
                 let mut head = [0x2008_0522u32, 0]; // _LINUX_CAPABILITY_VERSION_3

@@ -73,19 +73,22 @@ pub fn restore(img: &Image, new_tid: impl Fn(u32) -> u32) {
         // capture of 5). So it is armed for one interval from now: the
         // SIGALRM restored pending is delivered first, and finds it
         // queued, as the kernel would have re-armed it at that moment.
+        // One the program did not have is disarmed: an exec keeps interval
+        // timers, and the invoker's (an `alarm` before its exec) would
+        // otherwise go on into the program, whose SIGALRM ends it (a
+        // survey of stop 39, after a review found the same of ambient
+        // capabilities).
         let armed = it.value_sec != 0 || it.value_usec != 0;
         let periodic = it.interval_sec != 0 || it.interval_usec != 0;
-        if armed || periodic {
-            let (value_sec, value_usec) = if armed {
-                (it.value_sec, it.value_usec)
-            } else {
-                (it.interval_sec, it.interval_usec)
-            };
-            let v = [it.interval_sec, it.interval_usec, value_sec, value_usec];
-            check(
-                syscall3(SYS_SETITIMER, it.which as usize, v.as_ptr() as usize, 0),
-                format_args!("setitimer({})", it.which),
-            );
-        }
+        let (value_sec, value_usec) = if armed {
+            (it.value_sec, it.value_usec)
+        } else {
+            (it.interval_sec, it.interval_usec)
+        };
+        let v = [it.interval_sec, it.interval_usec, value_sec, value_usec];
+        check(
+            syscall3(SYS_SETITIMER, it.which as usize, v.as_ptr() as usize, 0),
+            format_args!("setitimer({})", it.which),
+        );
     }
 }
