@@ -79,7 +79,6 @@ pub fn restore(img: &Image, new_tid: impl Fn(u32) -> u32) {
         // survey of stop 39, after a review found the same of ambient
         // capabilities).
         let armed = it.value_sec != 0 || it.value_usec != 0;
-        let periodic = it.interval_sec != 0 || it.interval_usec != 0;
         let (value_sec, value_usec) = if armed {
             (it.value_sec, it.value_usec)
         } else {
