@@ -112,6 +112,26 @@ fn case(name: &str) -> std::path::PathBuf {
     img
 }
 
+/// `img` packed beside itself as NAME.restored, which run restores the
+/// case to its PASS; the restorer's path.
+fn packed_passes(img: &Path, name: &str) -> std::path::PathBuf {
+    let exe = img.with_file_name(format!("{name}.restored"));
+    let (code, _, err) = cryo_cmd(&["pack", img.to_str().unwrap(), "-o", exe.to_str().unwrap()]);
+    assert_eq!(code, 0, "pack: {err}");
+    let out = std::process::Command::new(&exe)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the packed restorer");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        (out.status.code(), stdout.trim_end().lines().last()),
+        (Some(0), Some(format!("PASS {name}").as_str())),
+        "packed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
 /// Seven threads, each blocked or running its own way (one on a 3 KiB stack of its own), with state of their
 /// own (see tests/programs/fidelity.c).
 #[test]
@@ -280,20 +300,7 @@ fn queued_signals_with_siginfo() {
 #[test]
 fn credentials() {
     let img = case("creds");
-    let exe = img.with_file_name("creds.restored");
-    let (code, _, err) = cryo_cmd(&["pack", img.to_str().unwrap(), "-o", exe.to_str().unwrap()]);
-    assert_eq!(code, 0, "pack: {err}");
-    let out = std::process::Command::new(&exe)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run the packed restorer");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        (out.status.code(), stdout.trim_end().lines().last()),
-        (Some(0), Some("PASS creds")),
-        "packed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let exe = packed_passes(&img, "creds");
     // Run by root without CAP_SETUID (dropped from the bounding set, so
     // the exec does not give it back): refused in one line, untouched.
     let mut c = std::process::Command::new(&exe);
@@ -539,20 +546,7 @@ fn amx_tiles_and_permission_come_back() {
     }
     let img = case("amx");
     // And a packed restorer (its own checks, then the same shim).
-    let exe = img.with_file_name("amx.restored");
-    let (code, _, err) = cryo_cmd(&["pack", img.to_str().unwrap(), "-o", exe.to_str().unwrap()]);
-    assert_eq!(code, 0, "pack: {err}");
-    let out = std::process::Command::new(&exe)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run the packed restorer");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        (out.status.code(), stdout.trim_end().lines().last()),
-        (Some(0), Some("PASS amx")),
-        "packed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    packed_passes(&img, "amx");
 }
 
 /// What would come back wrong is refused by name, not restored wrongly:

@@ -3512,19 +3512,7 @@ d = subprocess.run([cryo, "restore", "--dry-run", img], stdin=subprocess.DEVNULL
 assert d.returncode == 1 and "this restore has no terminal at fd 0" in d.stderr, d.stderr
 print("PASS")
 "#;
-    sanitize_fds();
-    let out = Command::new("python3")
-        .args(["-c", driver])
-        .arg(cryo())
-        .arg(dir.join("img"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let (o, e) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert_eq!(o.trim(), "PASS", "{o}{e}");
+    python_passes(driver, &dir.join("img"));
 }
 
 /// A program that set its terminal's modes (less and vim turn off
@@ -3683,11 +3671,16 @@ def readall(m, t=1.0, until=None):
 "#;
 
 fn run_pty_driver(dir: &std::path::Path, script: &str) {
+    python_passes(&format!("{PTY_DRIVER}{script}"), dir);
+}
+
+/// A python3 driver `script`, given cryo and `arg`, prints PASS.
+fn python_passes(script: &str, arg: &std::path::Path) {
     sanitize_fds();
     let out = Command::new("python3")
-        .args(["-c", &format!("{PTY_DRIVER}{script}")])
+        .args(["-c", script])
         .arg(cryo())
-        .arg(dir)
+        .arg(arg)
         .stdin(Stdio::null())
         .output()
         .unwrap();

@@ -126,7 +126,6 @@ fn mq_name(target: &str) -> String {
     format!("/{}", target.rsplit('/').next().unwrap_or(""))
 }
 
-/// What an fd is, or why cryo cannot restore it (an obstacle).
 /// The modes and size of the terminal at the process's fds 0-2 (the
 /// first that is one, and not a pty of the tree): what the restore's
 /// terminal gets (`cryo_image::fds::Terminal`).
@@ -166,6 +165,7 @@ fn terminal(
     })
 }
 
+/// What an fd is, or why cryo cannot restore it (an obstacle).
 fn classify(f: &OpenFd) -> Result<u32, String> {
     let t = &f.target;
     let fmt = f.mode & libc::S_IFMT;

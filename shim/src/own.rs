@@ -39,7 +39,19 @@ fn dec(w: &[u8]) -> Option<u32> {
     (!w.is_empty()).then_some(v)
 }
 
-fn hex(w: &[u8]) -> Option<u64> {
+impl Own {
+    /// The captured ids, groups and effective, permitted and inheritable
+    /// sets are this process's.
+    pub fn has(&self, c: &cryo_image::task::Creds) -> bool {
+        self.uid == c.uid
+            && self.gid == c.gid
+            && self.same_groups
+            && (self.cap_eff, self.cap_prm, self.cap_inh) == (c.cap_eff, c.cap_prm, c.cap_inh)
+    }
+}
+
+/// A hexadecimal number (a status mask; a maps line's address).
+pub(crate) fn hex(w: &[u8]) -> Option<u64> {
     let mut v = 0u64;
     for &c in w {
         let d = (c as char).to_digit(16)? as u64;

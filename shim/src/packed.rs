@@ -11,7 +11,7 @@
 //! `cryo: cannot restore DIR: ...`, and exit status 1, like `cryo
 //! restore`'s.
 
-use crate::own::Own;
+use crate::own::{hex, Own};
 use crate::sys::*;
 use crate::{check, die, Args, PG};
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -280,15 +280,6 @@ fn own_special(maps: &[u8], name: &[u8]) -> Option<(u64, u64)> {
         return Some((a, b));
     }
     None
-}
-
-fn hex(s: &[u8]) -> Option<u64> {
-    let mut v = 0u64;
-    for &c in s {
-        let d = (c as char).to_digit(16)? as u64;
-        v = v.checked_mul(16)?.checked_add(d)?;
-    }
-    (!s.is_empty()).then_some(v)
 }
 
 /// The vDSO's address from the auxv (AT_SYSINFO_EHDR), for [`vdso`]; 0

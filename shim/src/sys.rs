@@ -346,22 +346,5 @@ pub fn identify(fd: usize) -> Result<Identity, isize> {
 /// The birth time of the file open at `fd` (statx STATX_BTIME), None
 /// where the file system does not tell.
 pub fn born(fd: usize) -> Option<(i64, u32)> {
-    const AT_EMPTY_PATH: usize = 0x1000;
-    const STATX_BTIME: u64 = 0x800;
-    // struct statx: 256 bytes; stx_mask at 0, stx_btime at 80 (tv_sec)
-    // and 88 (tv_nsec).
-    let mut buf = [0u64; 32];
-    let r = syscall6(
-        SYS_STATX,
-        fd,
-        c"".as_ptr() as usize,
-        AT_EMPTY_PATH,
-        STATX_BTIME as usize,
-        buf.as_mut_ptr() as usize,
-        0,
-    );
-    if r < 0 || buf[0] & STATX_BTIME == 0 {
-        return None;
-    }
-    Some((buf[10] as i64, buf[11] as u32))
+    identify(fd).ok()?.born
 }

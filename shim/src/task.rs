@@ -276,11 +276,7 @@ fn ids(getres: usize, setfs: usize) -> [u32; 4] {
 pub fn check_settable(img: &Image, own: &Own) {
     // The main thread's, then each other thread's own.
     for c in img.creds().into_iter().chain(img.thread_creds().iter()) {
-        let same = own.uid == c.uid
-            && own.gid == c.gid
-            && own.same_groups
-            && (own.cap_eff, own.cap_prm, own.cap_inh) == (c.cap_eff, c.cap_prm, c.cap_inh)
-            && c.cap_amb == 0;
+        let same = own.has(&c) && c.cap_amb == 0;
         const NEEDED: u64 = (1 << 6) | (1 << 7) | (1 << 8); // SETGID, SETUID, SETPCAP
         if !same && own.cap_eff & NEEDED != NEEDED {
             die(format_args!(
@@ -374,10 +370,7 @@ pub fn creds_same(img: &Image, own: &Own) -> bool {
     let Some(c) = img.creds() else {
         return true;
     };
-    own.uid == c.uid
-        && own.gid == c.gid
-        && own.same_groups
-        && (own.cap_eff, own.cap_prm, own.cap_inh) == (c.cap_eff, c.cap_prm, c.cap_inh)
+    own.has(&c)
         && own.cap_bnd == c.cap_bnd
         && syscall3(SYS_PRCTL, PR_GET_SECUREBITS, 0, 0) as u32 == c.securebits
         && (own.cap_amb, c.cap_amb) == (0, 0)
