@@ -3434,6 +3434,83 @@ print("PASS", flush=True)
     }
 }
 
+/// An inotify instance and a fanotify group with events queued: no
+/// restore can queue them again, so each is refused with the way out
+/// named; `--drop-fs-events` drops them (a fanotify mount mark on a busy
+/// mount always has some, zdtm fanotify00): each restored instance starts
+/// empty, with its watch and its mark, and reports what happens next.
+#[test]
+fn queued_fs_events_are_refused_or_dropped_when_asked() {
+    let script = r#"
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+d = sys.argv[1]
+watched, marked = os.path.join(d, "watched"), os.path.join(d, "marked")
+for p in (watched, marked):
+    open(p, "w").close()
+ino = libc.inotify_init1(os.O_NONBLOCK)
+assert ino >= 0, ctypes.get_errno()
+wd = libc.inotify_add_watch(ino, watched.encode(), 0x2)  # IN_MODIFY
+assert wd >= 0, ctypes.get_errno()
+fan = libc.fanotify_init(0x2, os.O_RDONLY)  # FAN_NONBLOCK, FAN_CLASS_NOTIF
+assert fan >= 0, ctypes.get_errno()
+libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+assert libc.fanotify_mark(fan, 1, 0x2, -100, marked.encode()) == 0, ctypes.get_errno()  # ADD, FAN_MODIFY
+for p in (watched, marked):
+    with open(p, "a") as f:
+        f.write("before")
+def queued(fd):
+    try:
+        return len(os.read(fd, 4096))
+    except BlockingIOError:
+        return 0
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+assert queued(ino) == 0 and queued(fan) == 0, "events kept"
+for p in (watched, marked):
+    with open(p, "a") as f:
+        f.write("after")
+ev = os.read(ino, 4096)
+w, mask = struct.unpack_from("iI", ev)
+assert (w, mask) == (wd, 0x2), (w, mask)
+ev = os.read(fan, 4096)
+length, vers, _, _, meta_mask, efd, pid = struct.unpack_from("IBBHQii", ev)
+assert meta_mask == 0x2 and pid == os.getpid(), (meta_mask, pid)
+assert os.readlink("/proc/self/fd/%d" % efd) == marked
+print("PASS", flush=True)
+"#;
+    let dir = scratch("drop-fs-events");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).arg(&dir);
+    let t = Target::spawn(cmd, "fs-events");
+    t.wait_sleeping();
+    let pid = t.pid.to_string();
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &pid]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("2 obstacles")
+            && out.contains("(inotify) has 16 bytes of events queued")
+            && out.contains("(fanotify) has 24 bytes of events queued")
+            && out.contains("`--drop-fs-events`"),
+        "{out}"
+    );
+    let img = dir.join("img");
+    adopt_orphans();
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        "--drop-fs-events",
+        &pid,
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    drop(t);
+    for mode in [&[][..], &["--lazy", "--lazy-min-mib=0"], &["--map"]] {
+        let (code, out, err) = finish(restore(&img, mode), "x\n");
+        assert_eq!((code, out.as_str()), (0, "PASS\n"), "{mode:?}: {err}");
+    }
+}
+
 /// A tracer (strace -p, a debugger) was captured without a word and its
 /// restore failed at once ("strace: wait4(__WALL): No child processes",
 /// a survey of stop 37): a ptrace link cannot be made again. Refused by

@@ -49,6 +49,10 @@ pub struct Options {
     /// Drop the datagrams queued in UDP sockets (the network may drop
     /// any datagram; else each such socket is an obstacle).
     pub drop_datagrams: bool,
+    /// Drop the events queued in inotify and fanotify instances (no
+    /// restore can queue them again; else each such instance is an
+    /// obstacle).
+    pub drop_fs_events: bool,
 }
 
 /// Progress of the page dump, for a progress bar.
@@ -288,6 +292,7 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
     let mut scope = crate::pipes::Scope::new(tree.records().iter().map(|r| r.pid as i32).collect());
     scope.tcp_repair = opts.tcp_established;
     scope.drop_datagrams = opts.drop_datagrams;
+    scope.drop_fs_events = opts.drop_fs_events;
     scope.tcp_lock =
         opts.tcp_established && opts.after == After::Kill && cryo_image::netlock::available();
     let many = tree.members.len() > 1;

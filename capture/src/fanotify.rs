@@ -1,8 +1,9 @@
 //! fanotify groups: their init flags and every mark (inode, mount or
 //! filesystem) with its masks and flags, from fdinfo; the marked object is
 //! found by file handle (inodes) or in the process's mountinfo (mounts,
-//! filesystems). A group with events queued, or of a permission class
-//! (its answers are owed to other processes), is refused by name.
+//! filesystems). A group with events queued (unless `--drop-fs-events`
+//! drops them), or of a permission class (its answers are owed to other
+//! processes), is refused by name.
 
 use crate::procinfo::OpenFd;
 use crate::sys;
@@ -31,17 +32,18 @@ pub fn capture(
     pidfd: Option<&OwnedFd>,
     f: &OpenFd,
     desc: u32,
+    drop_events: bool,
     b: &mut ImageBuilder,
 ) -> Result<(), String> {
     let name = format!("fd {} (fanotify)", f.fd);
-    let Some(copy) = pidfd.and_then(|p| sys::pidfd_getfd(p, f.fd).ok()) else {
-        return Err(format!("{name}: cannot reach it to look for queued events"));
-    };
-    let n = sys::fionread(&copy).unwrap_or(0);
-    if n > 0 {
-        return Err(format!(
-            "{name} has {n} bytes of events queued, which cryo cannot put back (capture again once the program has read them)"
-        ));
+    if !drop_events {
+        let Some(copy) = pidfd.and_then(|p| sys::pidfd_getfd(p, f.fd).ok()) else {
+            return Err(format!("{name}: cannot reach it to look for queued events"));
+        };
+        let n = sys::fionread(&copy).unwrap_or(0);
+        if n > 0 {
+            return Err(crate::inotify::queued(&name, n));
+        }
     }
     let head = f
         .info

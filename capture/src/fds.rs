@@ -630,14 +630,18 @@ pub fn capture(
         }
         if kind == fd_kind::FANOTIFY && desc == b.fds.len() - base {
             let first = b.fds.len() as u32;
-            if let Err(why) = crate::fanotify::capture(pid, pidfd.as_ref(), f, first, b) {
+            if let Err(why) =
+                crate::fanotify::capture(pid, pidfd.as_ref(), f, first, scope.drop_fs_events, b)
+            {
                 obs.push(why);
                 continue;
             }
         }
         if kind == fd_kind::INOTIFY && desc == b.fds.len() - base {
             let first = b.fds.len() as u32;
-            if let Err(why) = crate::inotify::capture(pid, pidfd.as_ref(), f, first, fds, b) {
+            if let Err(why) =
+                crate::inotify::capture(pid, pidfd.as_ref(), f, first, fds, scope.drop_fs_events, b)
+            {
                 obs.push(why);
                 continue;
             }

@@ -1,13 +1,22 @@
 //! inotify instances: every watch with its descriptor, mask and a path
 //! to its inode (found through open_by_handle_at); an instance with
 //! events queued is refused (reading them would take them from the
-//! program, and no restore can queue them again).
+//! program, and no restore can queue them again) unless
+//! `--drop-fs-events` drops them.
 
 use crate::procinfo::OpenFd;
 use crate::sys;
 use cryo_image::write::ImageBuilder;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
+
+/// The refusal of an inotify or fanotify instance (`name`) with `n`
+/// bytes of events queued.
+pub(crate) fn queued(name: &str, n: usize) -> String {
+    format!(
+        "{name} has {n} bytes of events queued, which cryo cannot put back (capture again once the program has read them, or drop them: `--drop-fs-events`)"
+    )
+}
 
 /// The watches of an inotify instance (fd `f`, whose record will be the
 /// fds table's `desc`), each with a path found for its inode; refuses an
@@ -19,15 +28,16 @@ pub fn capture(
     f: &OpenFd,
     desc: u32,
     fds: &[OpenFd],
+    drop_events: bool,
     b: &mut ImageBuilder,
 ) -> Result<(), String> {
     let name = format!("fd {} (inotify)", f.fd);
-    if let Some(copy) = pidfd.and_then(|p| sys::pidfd_getfd(p, f.fd).ok()) {
+    if drop_events {
+        // (`--drop-fs-events`: the restored instance starts empty.)
+    } else if let Some(copy) = pidfd.and_then(|p| sys::pidfd_getfd(p, f.fd).ok()) {
         let n = sys::fionread(&copy).unwrap_or(0);
         if n > 0 {
-            return Err(format!(
-                "{name} has {n} bytes of events queued, which cryo cannot put back (capture again once the program has read them)"
-            ));
+            return Err(queued(&name, n));
         }
     } else {
         return Err(format!("{name}: cannot reach it to look for queued events"));

@@ -33,6 +33,9 @@ pub struct Scope {
     pub tcp_repair: bool,
     /// Drop the datagrams queued in UDP sockets (`--drop-datagrams`).
     pub drop_datagrams: bool,
+    /// Drop the events queued in inotify and fanotify instances
+    /// (`--drop-fs-events`).
+    pub drop_fs_events: bool,
     /// And lock them (`cryo_image::netlock`).
     pub tcp_lock: bool,
     /// The connections in repair mode of the process being inspected
@@ -60,6 +63,7 @@ impl Scope {
             pty_state: HashMap::new(),
             tcp_repair: false,
             drop_datagrams: false,
+            drop_fs_events: false,
             tcp_lock: false,
             repaired: Default::default(),
             epoll_elsewhere: Vec::new(),

@@ -93,6 +93,13 @@ pub struct CaptureArgs {
     /// sockets start empty; the process, if it goes on, still has them.
     #[arg(long)]
     pub drop_datagrams: bool,
+    /// Drop the events queued in inotify and fanotify instances instead
+    /// of refusing the capture: no restore can queue them again, and an
+    /// instance watching a busy mount always has some. The restored
+    /// instances keep every watch and mark and start with an empty queue;
+    /// the process, if it goes on, still has them.
+    #[arg(long)]
+    pub drop_fs_events: bool,
     /// Replace DIR if it already holds a cryo image.
     #[arg(long)]
     pub force: bool,
@@ -163,6 +170,7 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
         single: a.single,
         tcp_established: a.tcp_established,
         drop_datagrams: a.drop_datagrams,
+        drop_fs_events: a.drop_fs_events,
     };
     if a.dry_run {
         let (obstacles, sig) = uninterrupted(|| cryo_capture::check(a.pid, &opts));
@@ -244,6 +252,7 @@ pub fn run_dump(a: DumpArgs) -> Result<i32> {
         single: false,
         tcp_established: a.tcp_established,
         drop_datagrams: false,
+        drop_fs_events: false,
         force: a.force,
         buffered: false,
         json: false,
