@@ -361,6 +361,26 @@ fn unix_sockets_bound_to_relative_names() {
     case("relsock");
 }
 
+/// Unix sockets bound to relative names in a directory the process then
+/// left (refused until stop 40: where a relative name was resolved was
+/// thought recorded nowhere; the kernel gives the socket's file,
+/// SIOCUNIXFILE): a listener, bound again in that directory and reached
+/// there by its full path; a datagram socket whose file was removed, and
+/// a client connected to it by that name: bound for the moment in a
+/// directory of the restore's own (nothing is left there, nor in the
+/// working directory) and the client connected to it again (zdtm
+/// fifo_upon_unix_socket01).
+#[test]
+fn unix_sockets_bound_by_relative_names_in_a_directory_left_since() {
+    case("relsock-left");
+    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cryo-ghost-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
 /// Datagram and seqpacket pair ends whose other end was closed, with
 /// messages left in them (and a datagram end without any): each reads
 /// its messages, and fails its sends, as before. A stream end and a
@@ -550,8 +570,11 @@ fn amx_tiles_and_permission_come_back() {
 }
 
 /// What would come back wrong is refused by name, not restored wrongly:
-/// a unix socket bound to a relative name from a directory the process
-/// has left (where it was bound is recorded nowhere), a datagram waiting
+/// a unix listener bound to a relative name in a directory the process
+/// has left, its file removed since, with a connection waiting in it
+/// (and that connection: nothing could reach the listener by its name
+/// again; until stop 40 any relative name from a directory left was
+/// refused), a datagram waiting
 /// in a socket whose name now leads to another socket (and so its client,
 /// connected by that name: a client of a ghost without one is restored
 /// since stop 27), and
@@ -569,12 +592,14 @@ fn more_obstacles_named() {
     let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
     assert_eq!(code, 1);
     assert!(
-        out.contains("5 obstacles")
+        out.contains("6 obstacles")
             && out.contains("eBPF socket filter (SO_ATTACH_BPF)")
             && out.contains("counts the CPU time of the thread that made it (CLOCK_THREAD_CPUTIME_ID)")
             && out.contains("but that name no longer leads to the socket it is connected to")
             && out.contains("that path no longer leads to this socket (removed or replaced since the bind), and datagrams sent to it wait in it")
-            && out.contains("bound to the relative path r.sock): that name does not lead to this socket from the process's working directory"),
+            && out.contains("(unix stream socket bound to the relative path r.sock, in ")
+            && out.contains("its file was removed since the bind, and connections wait in it")
+            && out.contains("(unix stream socket unnamed) is connected to a socket that is gone"),
         "{out}"
     );
     for gone in ["mapped more than once", "other link(s)", "net:["] {

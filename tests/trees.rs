@@ -3511,6 +3511,40 @@ print("PASS", flush=True)
     }
 }
 
+/// A datagram socket bound by a relative name whose file was removed,
+/// with a client connected to it by that name, both held by a parent and
+/// its child: one process alone binds it again for the moment in a
+/// directory of its own restore's (fidelity `relsock-left`), but a tree
+/// keeps it bound while every process is made, from `cryo restore`'s
+/// working directory. Refused by name, before anything is written.
+#[test]
+fn a_tree_sharing_a_ghost_bound_by_a_relative_name_is_refused() {
+    let script = r#"
+import os, socket, sys
+os.chdir(sys.argv[1])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind("x.sock")
+c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c.connect("x.sock")
+os.unlink("x.sock"); os.chdir("/")
+if os.fork() == 0:
+    sys.stdin.readline(); os._exit(0)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+"#;
+    let dir = scratch("relative-ghost-tree");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).arg(&dir);
+    let t = Target::spawn(cmd, "tree");
+    t.wait_sleeping();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("was bound to the relative name x.sock and its file removed since, and other processes of the tree connect to it by that name; not supported"),
+        "{err}"
+    );
+    assert!(!img.exists(), "nothing written");
+}
+
 /// A tracer (strace -p, a debugger) was captured without a word and its
 /// restore failed at once ("strace: wait4(__WALL): No child processes",
 /// a survey of stop 37): a ptrace link cannot be made again. Refused by

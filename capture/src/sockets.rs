@@ -160,6 +160,9 @@ struct Connected {
     ino: u64,
     diag: UnixDiag,
     dup: OwnedFd,
+    /// An unnamed datagram socket connected to a relative name: the
+    /// refusal unless that is a ghost of the process (`link`).
+    relative_peer: Option<String>,
 }
 
 /// A unix stream or seqpacket socket connected to no socket with an
@@ -784,10 +787,27 @@ pub fn capture(
     } else {
         let d = sock::unix_diag(ino as u32).map_err(|e| io("state (unix_diag)", e))?;
         let path = unix_bound_path(&addr);
+        // Nothing needs to reach a socket whose file is gone by its name
+        // later (bound again at the name and its file removed at once: a
+        // ghost): no connection waits in it, no datagram sent to it
+        // waits. (A connection's two ends are made again through a
+        // listener bound at the name for the moment: a connected stream
+        // or seqpacket end needs no file either. A datagram socket
+        // connected to another is one end of a pair, or connected again
+        // by that one's name: `link` refuses what is neither. Datagram
+        // sockets connected to it are connected again while it is bound
+        // there: `link`.)
+        let quiet =
+            (peer.is_none() && d.rqueue == 0 && (d.state == 10 || d.peer == 0)) || peer.is_some();
+        let waiting = if d.state == 10 {
+            "connections wait in it"
+        } else {
+            "datagrams sent to it wait in it"
+        };
         if let Some(rel) = path.as_ref().filter(|p| p.is_relative()) {
             // Bound to a relative name: from the working directory, if it
-            // leads to this very socket there (a bind in another
-            // directory is not recorded anywhere).
+            // leads to this very socket there; else where the kernel
+            // says its file is (`bound_file`).
             // Through the process's own view of it, and by the path the
             // socket file's entry records (restore's directory).
             let here = std::path::Path::new(&format!("/proc/{}/cwd", seen.pid)).join(rel);
@@ -796,14 +816,26 @@ pub fn capture(
                 .filter(|dir| {
                     dir.is_absolute() && leads_to(&here, d.vfs) && leads_to(&dir.join(rel), d.vfs)
                 });
-            match cwd {
-                Some(dir) => {
-                    seen.relative.push((b.sockets.len() as u32, dir.join(rel)));
+            match cwd.map(|dir| dir.join(rel)).ok_or_else(|| bound_file(&dup, rel)) {
+                Ok(at) | Err(Some((at, false))) if leads_to(&at, d.vfs) => {
+                    seen.relative.push((b.sockets.len() as u32, at));
                     s.flags |= cryo_image::fds::socket_flags::RELATIVE;
+                }
+                // Its file removed since the bind (zdtm
+                // fifo_upon_unix_socket01): a ghost, bound again by its
+                // name in a directory of the restore's own for the moment.
+                Err(Some((_, true))) if quiet => {
+                    s.flags |= cryo_image::fds::socket_flags::GHOST;
+                }
+                Err(Some((at, true))) => {
+                    return Err(format!(
+                        "fd {fd} ({what} bound to the relative path {shown}, in {}): its file was removed since the bind, and {waiting}; cryo cannot restore it",
+                        at.parent().unwrap_or(&at).display()
+                    ))
                 }
                 _ => {
                     return Err(format!(
-                        "fd {fd} ({what} bound to the relative path {shown}): that name does not lead to this socket from the process's working directory (bound from another directory, or removed since); cryo cannot tell which directory it was resolved in"
+                        "fd {fd} ({what} bound to the relative path {shown}): that name does not lead to this socket from the process's working directory (bound from another directory, or removed since), and the kernel did not say where its file is (SIOCUNIXFILE needs CAP_NET_ADMIN, or the file was renamed); cryo cannot tell which directory it was resolved in"
                     ))
                 }
             }
@@ -815,17 +847,7 @@ pub fn capture(
             // Its file removed (or replaced) since the bind: a ghost,
             // bound again at the name (its directories made for the
             // moment if they are gone too) and the file removed at once,
-            // if nothing needs to reach it by the name later: no
-            // connection waits in it, no datagram sent to it waits.
-            // (A connection's two ends are made again through a listener
-            // bound at the name for the moment: a connected stream or
-            // seqpacket end needs no file either. A datagram socket
-            // connected to another is one end of a pair, or connected
-            // again by that one's name: `link` refuses what is neither.
-            // Datagram sockets connected to it are connected again while
-            // it is bound there: `link`.)
-            let quiet = (peer.is_none() && d.rqueue == 0 && (d.state == 10 || d.peer == 0))
-                || peer.is_some();
+            // if nothing needs to reach it by the name later (`quiet`).
             // Or renamed since the bind, in its directory (haproxy binds
             // `admin.sock.PID.tmp` and renames it `admin.sock`): reached
             // by the new name, which the restore gives its file again.
@@ -837,11 +859,7 @@ pub fn capture(
                         Some(to) => format!("its file was renamed to {} since the bind", to.display()),
                         None => "removed or replaced since the bind".into(),
                     },
-                    if d.state == 10 {
-                        "connections wait in it"
-                    } else {
-                        "datagrams sent to it wait in it"
-                    }
+                    waiting
                 ));
             }
             match renamed {
@@ -1016,11 +1034,17 @@ pub fn capture(
             });
         }
     }
+    // (An unnamed datagram socket connected by a relative name, to a
+    // socket of the process that `link` finds: `Connected::relative_peer`.)
+    let mut dgram_relative_peer = None;
     if let Some(why) = relative_peer {
         // Unnamed itself, waiting in a queue: the listener's name.
         match seen.connecting.last_mut() {
             Some(c) if c.index == b.sockets.len() && !relative(&addr) => {
                 c.relative_peer = peer.map(|p| (p, why));
+            }
+            _ if keep_dup.is_some() && sock_type == libc::SOCK_DGRAM && !relative(&addr) => {
+                dgram_relative_peer = Some(why);
             }
             _ => return Err(why),
         }
@@ -1036,9 +1060,19 @@ pub fn capture(
             ino,
             diag,
             dup,
+            relative_peer: dgram_relative_peer,
         });
     }
     Ok(index as u32)
+}
+
+/// The index of the unix socket of the process with inode `ino`, if it is
+/// a ghost (`socket_flags::GHOST`).
+fn unix_ghost(unix: &[(u64, usize)], b: &ImageBuilder, ino: u32) -> Option<usize> {
+    unix.iter()
+        .find(|&&(i, _)| i == u64::from(ino))
+        .map(|&(_, g)| g)
+        .filter(|&g| b.sockets[g].flags & cryo_image::fds::socket_flags::GHOST != 0)
 }
 
 /// The messages waiting in a datagram or seqpacket socket whose other end
@@ -1292,11 +1326,40 @@ fn renamed_to(path: &std::path::Path, vfs: Option<(u32, u32)>) -> Option<std::pa
 /// not report; another file on another device, at this very path, with
 /// the same 32 low inode bits, is not worth a refusal of every socket
 /// there.
+/// A relative path leads nowhere here: it would be resolved from cryo's
+/// own directory, not the process's.
 fn leads_to(path: &std::path::Path, vfs: Option<(u32, u32)>) -> bool {
     use std::os::unix::fs::MetadataExt;
-    vfs.is_some_and(|(vino, _)| {
-        std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() as u32 == vino)
-    })
+    path.is_absolute()
+        && vfs.is_some_and(|(vino, _)| {
+            std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() as u32 == vino)
+        })
+}
+
+/// Where the file of a unix socket (`sock`, a copy) bound to the
+/// relative name `rel` is, by the kernel's word (SIOCUNIXFILE), and
+/// whether it was removed: its path if it ends in `rel` (a file renamed
+/// since does not say where the bind was).
+fn bound_file(sock: &OwnedFd, rel: &std::path::Path) -> Option<(std::path::PathBuf, bool)> {
+    use std::os::unix::ffi::OsStrExt;
+    let file = crate::sys::unix_file(sock).ok()?;
+    let link = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&file)
+    ))
+    .ok()?;
+    let bytes = link.as_os_str().as_bytes();
+    let (bytes, removed) = match bytes.strip_suffix(b" (deleted)") {
+        Some(b) => (b, true),
+        None => (bytes, false),
+    };
+    let at = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(bytes));
+    let tail = rel.as_os_str().as_bytes();
+    (at.is_absolute()
+        && bytes.len() > tail.len()
+        && bytes.ends_with(tail)
+        && bytes[bytes.len() - tail.len() - 1] == b'/')
+        .then_some((at, removed))
 }
 
 /// The path a unix socket address names (not abstract, not unnamed).
@@ -1496,6 +1559,22 @@ pub fn link(
         let other = all.iter().find(|o| o.ino == c.diag.peer as u64);
         let mutual = other.is_some_and(|o| o.diag.peer as u64 == c.ino);
         let stream = s.sock_type as i32 != libc::SOCK_DGRAM;
+        if let Some(why) = &c.relative_peer {
+            // Connected by a relative name: to a ghost of the process, bound
+            // again by that name in the restore's directory for the moment
+            // and connected to then (zdtm fifo_upon_unix_socket01); else
+            // where the name was resolved is not known.
+            match unix_ghost(&seen.unix, b, c.diag.peer) {
+                Some(g) if c.diag.rqueue == 0 => {
+                    let me = &mut b.sockets[c.index];
+                    me.state = socket_state::CONNECTED;
+                    me.pair = g as u32;
+                    me.flags |= cryo_image::fds::socket_flags::GHOST_PEER;
+                }
+                _ => obs.push(why.clone()),
+            }
+            continue;
+        }
         match other {
             Some(o) if o.index == c.index && !stream && c.diag.rqueue == 0 => {
                 // A datagram socket connected to its own address: bound
@@ -1601,12 +1680,7 @@ pub fn link(
                 };
                 // A ghost of the process (zdtm sk-unix01): connected
                 // again while it is bound there again.
-                let ghost = seen
-                    .unix
-                    .iter()
-                    .find(|&&(ino, _)| ino == u64::from(c.diag.peer))
-                    .map(|&(_, g)| g)
-                    .filter(|&g| b.sockets[g].flags & cryo_image::fds::socket_flags::GHOST != 0);
+                let ghost = unix_ghost(&seen.unix, b, c.diag.peer);
                 if let (false, Some(g)) = (leads, ghost) {
                     let me = &mut b.sockets[c.index];
                     me.state = socket_state::CONNECTED;

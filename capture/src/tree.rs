@@ -871,6 +871,17 @@ fn ghosts_served(procs: &[(i32, &Inspected)], served: &[(usize, usize)], obs: &m
         *bound && wanted.contains(n) && (holders.len() > 1 || served_inos.contains(ino))
     };
     ghost_dirs(procs, &ghosts, &kept, obs);
+    // One bound by a relative name is bound in a directory of the
+    // restore's own (`KeptGhost`), which would be the working directory
+    // of `cryo restore` while the whole tree is made.
+    for (ino, g) in &ghosts {
+        if kept(ino, g) && g.1.len() > 2 && g.1[2] != 0 && g.1[2] != b'/' {
+            obs.push(format!(
+                "unix socket socket:[{ino}] was bound to the relative name {} and its file removed since, and other processes of the tree connect to it by that name; not supported",
+                sockaddr_display(&g.1)
+            ));
+        }
+    }
     // A ghost one process binds during its own fd install moves whatever
     // is at its name aside for that moment, while the other processes
     // install theirs: one that binds at that name, or connects by it,

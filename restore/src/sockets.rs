@@ -1213,6 +1213,58 @@ pub(crate) struct KeptGhost {
     aside: Option<std::path::PathBuf>,
     dirs: Option<DirsMade>,
     done: bool,
+    /// A relative name: the directory of the restore's own it is bound
+    /// in, this process's working directory meanwhile (last: left after
+    /// the rest is undone).
+    home: Option<PrivateDir>,
+}
+
+/// A fresh directory (0700, in the temporary directory) that this
+/// process works in until it is dropped: then back in the directory it
+/// left, and the directory removed (if it is empty by then). A ghost
+/// socket with a relative name is bound there: only its name says
+/// where it was, and the name is what getsockname gives back.
+struct PrivateDir {
+    path: std::path::PathBuf,
+    back: OwnedFd,
+}
+
+impl PrivateDir {
+    fn enter() -> Result<PrivateDir, Why> {
+        use std::os::unix::fs::DirBuilderExt;
+        let back = sys::open(c".", libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .map_err(|e| Why::sys("opening the working directory", e))?;
+        let base = std::env::temp_dir();
+        let mut n = 0u32;
+        let path = loop {
+            let p = base.join(format!("cryo-ghost-{}-{n}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+                Ok(()) => break p,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+                Err(e) => {
+                    return Err(Why::sys(
+                        format!(
+                            "making {} to bind a socket by its relative name",
+                            p.display()
+                        ),
+                        e,
+                    ))
+                }
+            }
+        };
+        if let Err(e) = std::env::set_current_dir(&path) {
+            let _ = std::fs::remove_dir(&path);
+            return Err(Why::sys(format!("entering {}", path.display()), e));
+        }
+        Ok(PrivateDir { path, back })
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = sys::fchdir(self.back.as_raw_fd());
+        let _ = std::fs::remove_dir(&self.path);
+    }
 }
 
 impl KeptGhost {
@@ -1229,6 +1281,12 @@ impl KeptGhost {
             )
             .into());
         };
+        // (Before anything at the path is looked at: from there.)
+        let home = if path.is_relative() {
+            Some(PrivateDir::enter()?)
+        } else {
+            None
+        };
         let mut kept = KeptGhost {
             dirs: Some(DirsMade::for_path(&path)?),
             path,
@@ -1236,6 +1294,7 @@ impl KeptGhost {
             aside: None,
             // (Nothing of ours at the path yet.)
             done: true,
+            home,
         };
         if kept.path.symlink_metadata().is_ok() {
             let mut tmp = kept.path.clone().into_os_string();
@@ -1314,6 +1373,7 @@ impl KeptGhost {
         if let Some(d) = self.dirs.take() {
             d.remove()?;
         }
+        drop(self.home.take());
         removed
     }
 }

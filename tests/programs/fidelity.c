@@ -1069,6 +1069,54 @@ static void relsock_check(void) {
     close(u);
 }
 
+/* Unix sockets bound by relative names in a directory the process then
+ * left: a listener whose file is still there (the kernel says where:
+ * SIOCUNIXFILE; refused until stop 40, "cannot tell which directory"), and
+ * a datagram socket whose file was removed, a client connected to it by
+ * that relative name (zdtm fifo_upon_unix_socket01). */
+static int left_l, left_g, left_c;
+static char left_dir[4096];
+static void relleft_setup(void) {
+    path_in_dir(left_dir, sizeof left_dir, "left");
+    struct sockaddr_un l = rel_addr("r.sock"), g = rel_addr("gone.sock");
+    left_l = socket(AF_UNIX, SOCK_STREAM, 0);
+    left_g = socket(AF_UNIX, SOCK_DGRAM, 0);
+    left_c = socket(AF_UNIX, SOCK_DGRAM, 0);
+    CHECK(mkdir(left_dir, 0700) == 0 && chdir(left_dir) == 0, "into the directory");
+    CHECK(bind(left_l, (struct sockaddr *)&l, sizeof l) == 0 && listen(left_l, 4) == 0, "listener");
+    CHECK(bind(left_g, (struct sockaddr *)&g, sizeof g) == 0 && connect(left_c, (struct sockaddr *)&g, sizeof g) == 0,
+          "datagram socket and its client");
+    CHECK(unlink("gone.sock") == 0 && chdir(DIRPATH) == 0, "its file removed, the directory left");
+}
+static void relleft_check(void) {
+    struct sockaddr_un a;
+    socklen_t n = sizeof a;
+    CHECK(getsockname(left_l, (struct sockaddr *)&a, &n) == 0 && !strcmp(a.sun_path, "r.sock"), "listener's name: %s",
+          a.sun_path);
+    n = sizeof a;
+    CHECK(getsockname(left_g, (struct sockaddr *)&a, &n) == 0 && !strcmp(a.sun_path, "gone.sock"),
+          "the removed one's name: %s", a.sun_path);
+    n = sizeof a;
+    CHECK(getpeername(left_c, (struct sockaddr *)&a, &n) == 0 && !strcmp(a.sun_path, "gone.sock"),
+          "its client's peer: %s", a.sun_path);
+    char p[4200], buf[8] = {0};
+    snprintf(p, sizeof p, "%s/gone.sock", left_dir);
+    CHECK(access(p, F_OK) != 0 && errno == ENOENT, "no file for the removed one");
+    CHECK(access("gone.sock", F_OK) != 0 && access("r.sock", F_OK) != 0, "nothing in the working directory");
+    CHECK(send(left_c, "g", 1, 0) == 1 && recv(left_g, buf, sizeof buf, MSG_DONTWAIT) == 1 && buf[0] == 'g',
+          "the client reaches it");
+    struct sockaddr_un l = {.sun_family = AF_UNIX};
+    snprintf(p, sizeof p, "%s/r.sock", left_dir);
+    CHECK(strlen(p) < sizeof l.sun_path, "a short enough name: %s", p);
+    memcpy(l.sun_path, p, strlen(p) + 1);
+    int c = socket(AF_UNIX, SOCK_STREAM, 0);
+    CHECK(c >= 0 && connect(c, (struct sockaddr *)&l, sizeof l) == 0, "connect to the listener where it was bound");
+    int s = accept(left_l, NULL, NULL);
+    CHECK(s >= 0 && write(c, "rel", 3) == 3 && read(s, buf, sizeof buf) == 3 && !memcmp(buf, "rel", 3), "through it");
+    close(c);
+    close(s);
+}
+
 /* Pair ends whose other end was closed: a datagram end with two messages
  * the other end sent first, an empty one, and a seqpacket end with two
  * messages. A datagram end still names its dead peer (getpeername answers;
@@ -1912,15 +1960,17 @@ static void refuse2_setup(void) {
     int f = make_file("linked", 100, 0);
     CHECK(link(a, b) == 0 && unlink(a) == 0, "link, unlink");
     (void)f;
-    /* A unix socket bound to a relative name from a directory the process
-     * has left: nothing records where that name was resolved. */
+    /* A unix listener bound to a relative name in a directory the process
+     * has left, then removed, with a connection waiting: what would reach
+     * it by its name? */
     char d[4096];
     path_in_dir(d, sizeof d, "left");
     struct sockaddr_un r = {.sun_family = AF_UNIX, .sun_path = "r.sock"};
-    int rs = socket(AF_UNIX, SOCK_STREAM, 0);
+    int rs = socket(AF_UNIX, SOCK_STREAM, 0), rw = socket(AF_UNIX, SOCK_STREAM, 0);
     CHECK(mkdir(d, 0700) == 0 && chdir(d) == 0 && rs >= 0 && bind(rs, (struct sockaddr *)&r, sizeof r) == 0 &&
+              listen(rs, 2) == 0 && connect(rw, (struct sockaddr *)&r, sizeof r) == 0 && unlink("r.sock") == 0 &&
               chdir(DIRPATH) == 0,
-          "bound relative, then left");
+          "bound relative, a connection waiting, removed, then left");
     /* A datagram socket whose file was replaced by another socket's, with
      * a datagram waiting in it: sent again by the name, it would reach the
      * other. (Its client, connected before, is restored: connected while
@@ -2595,6 +2645,7 @@ static const struct fcase cases[] = {
     {"opath", opath_setup, opath_check, NULL},
     {"cwd", cwd_setup, cwd_check, NULL},
     {"relsock", relsock_setup, relsock_check, NULL},
+    {"relsock-left", relleft_setup, relleft_check, NULL},
     {"widowed", widowed_setup, widowed_check, NULL},
     {"accepted-widow", accepted_widow_setup, accepted_widow_check, NULL},
     {"ghost", ghost_setup, ghost_check, NULL},

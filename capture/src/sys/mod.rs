@@ -195,6 +195,17 @@ pub fn readlink_fd(fd: &impl AsRawFd) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The file a unix socket is bound to, as an O_PATH fd (SIOCUNIXFILE,
+/// Linux 4.10; CAP_NET_ADMIN over the socket's network namespace):
+/// ENOENT for a socket without one.
+pub fn unix_file(sock: &impl AsRawFd) -> io::Result<OwnedFd> {
+    const SIOCUNIXFILE: libc::c_ulong = 0x89e0;
+    // SAFETY: SIOCUNIXFILE takes no argument and returns a new fd.
+    let fd = cvt(unsafe { libc::ioctl(sock.as_raw_fd(), SIOCUNIXFILE) } as libc::c_long)?;
+    // SAFETY: a fresh fd the kernel just gave us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// F_GETOWN_EX: (F_OWNER_TID 0 / PID 1 / PGRP 2, the id; 0: none).
 pub fn owner(fd: &impl AsRawFd) -> io::Result<(i32, i32)> {
     /// struct f_owner_ex (the libc crate lacks it).
