@@ -3511,6 +3511,75 @@ print("PASS", flush=True)
     }
 }
 
+/// A tree's child with an AIO context of its own, one event completed
+/// and not reaped, captured with --aio-idle: restored (forked by its
+/// parent's shim, eagerly; on its own, lazily) with its context at its
+/// id, the event there to reap, and a new request completing.
+#[test]
+fn a_childs_aio_context_comes_back() {
+    let script = r#"
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+null = os.open("/dev/null", os.O_WRONLY)
+byte = ctypes.create_string_buffer(b"x")
+def submit(ctx, data):
+    cb = ctypes.create_string_buffer(struct.pack("QIIHhIQQqQII", data, 0, 0, 1, 0, null, ctypes.addressof(byte), 1, 0, 0, 0, 0))
+    p = (ctypes.c_void_p * 1)(ctypes.addressof(cb))
+    assert libc.syscall(209, ctypes.c_ulong(ctx), 1, p) == 1, ctypes.get_errno()
+def reap(ctx):
+    ev = ctypes.create_string_buffer(32)
+    assert libc.syscall(208, ctypes.c_ulong(ctx), 1, 1, ev, None) == 1, ctypes.get_errno()
+    return struct.unpack_from("Q", ev.raw)[0]
+r, w = os.pipe()
+go_r, go_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    c = ctypes.c_ulong(0)
+    assert libc.syscall(206, 8, ctypes.byref(c)) == 0, ctypes.get_errno()
+    ctx = c.value
+    submit(ctx, 55)
+    os.write(w, b"k")
+    os.read(go_r, 1)
+    assert reap(ctx) == 55
+    submit(ctx, 56)
+    assert reap(ctx) == 56
+    os._exit(0)
+os.read(r, 1)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+os.write(go_w, b"g")
+_, status = os.waitpid(pid, 0)
+print("PASS" if status == 0 else "FAIL %d" % status, flush=True)
+"#;
+    let dir = scratch("aio-child");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn(cmd, "aio");
+    t.wait_sleeping();
+    let pid = t.pid.to_string();
+    let img = dir.join("img");
+    adopt_orphans();
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        "--aio-idle",
+        &pid,
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    drop(t);
+    let pids = tree_pids(&img);
+    wait_gone(&pids);
+    let child = img.join("procs").join(pids[1].to_string());
+    assert!(inspect_text(&child).contains("1 completed and not reaped"));
+    for mode in [&[][..], &["--lazy", "--lazy-min-mib=0"]] {
+        let (code, out, err) = finish(restore(&img, mode), "x\n");
+        assert_eq!((code, out.as_str()), (0, "PASS\n"), "{mode:?}: {err}");
+        wait_gone(pids.get(1..).unwrap_or(&[]));
+    }
+}
+
 /// A datagram socket bound by a relative name whose file was removed,
 /// with a client connected to it by that name, both held by a parent and
 /// its child: one process alone binds it again for the moment in a

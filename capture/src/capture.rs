@@ -53,6 +53,9 @@ pub struct Options {
     /// restore can queue them again; else each such instance is an
     /// obstacle).
     pub drop_fs_events: bool,
+    /// Capture AIO contexts: the user says no request is in flight (the
+    /// kernel shows none from outside; else each context is an obstacle).
+    pub aio_idle: bool,
 }
 
 /// Progress of the page dump, for a progress bar.
@@ -638,6 +641,7 @@ pub(crate) fn inspect(
         pid,
         &maps,
         in_tree,
+        opts.aio_idle,
         &mut b,
         &mut stored,
         &opts.limits,
@@ -651,6 +655,7 @@ pub(crate) fn inspect(
         &opts.limits,
         &mut obs,
     );
+    crate::aio::rings(pid, &classified, &mut b, &mut stored, &mut obs);
     crate::sysv::semaphore_undo(pid, &mut obs);
     crate::sysv::sets_and_queues(
         &crate::sysv::IpcUser::of(&st),

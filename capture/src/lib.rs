@@ -1,6 +1,7 @@
 //! cryo capture: freeze a process (every thread, and every descendant)
 //! with ptrace and write its image (see `capture::capture`).
 
+mod aio;
 mod anonfds;
 pub mod capture;
 mod fanotify;

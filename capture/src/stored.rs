@@ -30,6 +30,7 @@ pub enum BlobOwner {
     Msq(usize),
     TcpSend(usize),
     TcpRecv(usize),
+    Aio(usize),
 }
 
 impl PendingBlob {
@@ -50,6 +51,7 @@ impl PendingBlob {
             BlobOwner::Msq(i) => b.sysv_msq[i].messages = blob,
             BlobOwner::TcpSend(i) => b.tcp_conns[i].sendq = blob,
             BlobOwner::TcpRecv(i) => b.tcp_conns[i].recvq = blob,
+            BlobOwner::Aio(i) => b.aio_rings[i].events = blob,
         }
     }
 }

@@ -27,10 +27,12 @@ pub struct Classified<'a> {
 /// same shared anonymous memory: each such mapping is stored as the
 /// shmem file it is (a memfd at restore, made once for the tree), not
 /// as memory of its own.
+#[allow(clippy::too_many_arguments)]
 pub fn classify_all<'a>(
     pid: i32,
     maps: &'a [Mapping],
     in_tree: bool,
+    aio_idle: bool,
     b: &mut ImageBuilder,
     stored: &mut StoredFiles,
     limits: &Limits,
@@ -40,7 +42,7 @@ pub fn classify_all<'a>(
     shim_window(pid, maps, obs);
     let served = served_by_another(pid, maps, obs);
     for m in maps {
-        let (kind, flags) = match classify(m, served) {
+        let (kind, flags) = match classify(m, served, aio_idle) {
             Ok(k) => k,
             Err(why) => {
                 obs.push(why);
@@ -297,7 +299,9 @@ fn served_by_another(pid: i32, maps: &[Mapping], obs: &mut Obstacles) -> bool {
 
 /// Classify a mapping, or say why cryo cannot restore it. `served`: its
 /// userfaultfd flags were refused already ([`served_by_another`]).
-fn classify(m: &Mapping, served: bool) -> Result<(u32, u32), String> {
+/// `aio_idle`: the user says no AIO request is in flight
+/// (`--aio-idle`), so AIO contexts are captured (`crate::aio`).
+fn classify(m: &Mapping, served: bool, aio_idle: bool) -> Result<(u32, u32), String> {
     let range = format!("{:x}-{:x}", m.start, m.end);
     if in_shim_window(m) {
         // Refused once for all of them (`shim_window`).
@@ -307,10 +311,15 @@ fn classify(m: &Mapping, served: bool) -> Result<(u32, u32), String> {
         m.path.as_str(),
         "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
     );
-    if m.path == "/[aio] (deleted)" {
-        return Err(format!(
-            "mapping {range} is an AIO ring (io_setup): a request in flight is invisible from outside the kernel and would be lost, so cryo refuses AIO contexts"
-        ));
+    if m.path == AIO_PATH {
+        // (Made by io_setup with the flags the kernel gives it.)
+        return if aio_idle {
+            Ok((vma_kind::AIO, 0))
+        } else {
+            Err(format!(
+                "mapping {range} is the ring of an AIO context (io_setup): a request in flight cannot be seen from outside the kernel, and would be lost; if the program has none (every request it submitted has completed: io_getevents or the ring shows it), `--aio-idle` captures it"
+            ))
+        };
     }
     // Every VmFlag is derived from how the mapping is made, set again by
     // the shim, or a reason to refuse (cryo_image::vmflag_rule).
@@ -367,11 +376,6 @@ fn classify(m: &Mapping, served: bool) -> Result<(u32, u32), String> {
                 vma_kind::ANON_PRIVATE
             }
         }
-        "/[aio] (deleted)" => {
-            return Err(format!(
-                "mapping {range} is an AIO ring (io_setup): a request in flight is invisible from outside the kernel and would be lost, so cryo refuses AIO contexts"
-            ))
-        }
         // (The inode is the segment's id: `crate::sysv`.)
         p if p.starts_with("/SYSV") => vma_kind::SYSV,
         // A regular file under /dev (a POSIX shared memory object or
@@ -394,11 +398,15 @@ fn classify(m: &Mapping, served: bool) -> Result<(u32, u32), String> {
     Ok((kind, flags))
 }
 
+/// The maps name of an AIO context's ring.
+pub(crate) const AIO_PATH: &str = "/[aio] (deleted)";
+
 /// Whether pages of this kind of mapping are stored in the image.
 fn dumps(kind: u32) -> bool {
     !matches!(
         kind,
-        vma_kind::VDSO
+        vma_kind::AIO
+            | vma_kind::VDSO
             | vma_kind::VVAR
             | vma_kind::VVAR_VCLOCK
             | vma_kind::VSYSCALL

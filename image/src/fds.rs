@@ -390,6 +390,47 @@ record! {
     }
 }
 
+/// The header of an AIO ring (the kernel's `struct aio_ring`) and of each
+/// of its events (`struct io_event`), in bytes.
+pub const AIO_RING_HEADER: u64 = 32;
+pub const AIO_EVENT: u64 = 32;
+
+record! {
+    /// (11.11) An AIO context (io_setup), captured only when the capture
+    /// was told no request of the process is in flight (`cryo capture
+    /// --aio-idle`: the kernel shows none from outside). Its ring (a
+    /// mapping of kind `vma_kind::AIO` at `start`, `len` bytes) holds
+    /// `nr` events; the events completed and not yet reaped are those from
+    /// `head` to `tail` (modulo `nr`). The shim makes a context with a
+    /// ring of the same size, brings its head and tail to these places
+    /// (requests that complete at once, reaped up to `head`), writes the
+    /// captured events over its own and moves the ring to `start`: the
+    /// context's id is its address, so the program's id names it again.
+    pub struct AioRing {
+        pub start: u64,
+        pub len: u64,
+        /// Events the ring holds (`(len - AIO_RING_HEADER) / AIO_EVENT`).
+        pub nr: u32,
+        pub head: u32,
+        pub tail: u32,
+        /// Reserved (0).
+        pub flags: u32,
+        /// The ring's events at capture, every one of its `nr` (bytes
+        /// `AIO_RING_HEADER..len` of the ring).
+        pub events: Blob,
+    }
+}
+
+impl AioRing {
+    /// The events the program has not reaped.
+    pub fn unreaped(&self) -> u32 {
+        if self.nr == 0 {
+            return 0;
+        }
+        (self.tail + self.nr - self.head % self.nr) % self.nr
+    }
+}
+
 record! {
     /// (11.6) A System V semaphore set the process could use (its
     /// permissions let the process's credentials read or alter it: the

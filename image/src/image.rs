@@ -6,7 +6,7 @@ use crate::*;
 
 /// One slot per section kind, indexed by kind: room for every kind this
 /// reader knows (checked at compile time).
-const SECTION_SLOTS: usize = 48;
+const SECTION_SLOTS: usize = 49;
 const _: () = {
     let mut i = 0;
     while i < SectionKind::ALL.len() {
@@ -384,6 +384,10 @@ impl<'a> Image<'a> {
     pub fn taken_stops(&self) -> Table<'a, crate::tree::TakenStop> {
         self.table(SectionKind::TakenStops)
     }
+    /// (11.11) AIO contexts, each with its ring's events.
+    pub fn aio_rings(&self) -> Table<'a, fds::AioRing> {
+        self.table(SectionKind::AioRings)
+    }
     /// (11.10) The terminal at the process's fds 0-2, its modes and size.
     pub fn terminal(&self) -> Option<fds::Terminal> {
         self.table::<fds::Terminal>(SectionKind::Terminal).get(0)
@@ -426,6 +430,7 @@ impl<'a> Image<'a> {
         let tcp = self.tcp_conns();
         let sems = self.sysv_sem();
         let msqs = self.sysv_msq();
+        let aio = self.aio_rings();
         pipes
             .iter()
             .map(|p| p.data)
@@ -436,6 +441,7 @@ impl<'a> Image<'a> {
             .chain(tcp.iter().flat_map(|t| [t.sendq, t.recvq]))
             .chain(sems.iter().map(|s| s.values))
             .chain(msqs.iter().map(|q| q.messages))
+            .chain(aio.iter().map(|r| r.events))
             .filter(|b| b.len > 0)
     }
 

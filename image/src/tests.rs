@@ -304,12 +304,35 @@ pub(crate) fn sample_full_with(edit: impl FnOnce(&mut ImageBuilder)) -> (Vec<u8>
         cols: 100,
         ..Default::default()
     });
+    // (11.11) An AIO context: a one-page ring, two events unreaped.
+    b.vmas.push(Vma {
+        start: 0x7f0000010000,
+        end: 0x7f0000011000,
+        prot: prot::READ | prot::WRITE,
+        kind: vma_kind::AIO,
+        file: NO_INDEX,
+        first_run: b.page_runs.len() as u32,
+        ..Default::default()
+    });
+    b.aio_rings.push(AioRing {
+        start: 0x7f0000010000,
+        len: 4096,
+        nr: 127,
+        head: 3,
+        tail: 5,
+        flags: 0,
+        events: Blob {
+            off: 8192,
+            len: 4096 - 32,
+        },
+    });
     let x = b.xsave.clone();
     b.xsave.extend_from_slice(&x);
     let mut pages = page.clone();
     let mut blob = b"twenty-seven bytes buffered".to_vec();
     blob.resize(4096, 0);
     pages.extend_from_slice(&blob);
+    pages.extend((0..4096u32).map(|i| (i * 3) as u8));
     b.page_sums = super::write::sum_block_table(&sample_sums(&pages));
     edit(&mut b);
     (b.encode(pages.len() as u64), pages)
@@ -325,7 +348,8 @@ fn format_3_sections_round_trip() {
     assert_eq!(img.fds().len(), 5);
     assert_eq!(img.fds().get(2).unwrap().desc, 0);
     assert_eq!(img.pipes().get(0).unwrap().data.len, 27);
-    assert_eq!(img.blobs().count(), 3);
+    assert_eq!(img.blobs().count(), 4);
+    assert_eq!(img.aio_rings().get(0).unwrap().unreaped(), 2);
     assert_eq!(img.sysv_sem().get(0).unwrap().nsems, 2);
     assert_eq!(img.sysv_msq().get(0).unwrap().qbytes, 16384);
     assert_eq!(img.taken_stops().get(0).unwrap().pid, 4321);
@@ -349,7 +373,7 @@ fn format_3_sections_round_trip() {
     assert!(refused(|b| b.fds[0].desc = 2), "description after the fd");
     assert!(refused(|b| b.fds[0].object = 9), "pipe index");
     assert!(
-        refused(|b| b.pipes[0].data.off = 8192),
+        refused(|b| b.pipes[0].data.off = 12288),
         "blob outside pages.img"
     );
     assert!(refused(|b| b.files[1].extent_count = 2), "extent range");
@@ -380,6 +404,34 @@ fn format_3_sections_round_trip() {
         "the process's own stop"
     );
     assert!(refused(|b| b.taken_stops[0].pid = 0), "no PID");
+    assert!(
+        refused(|b| b.aio_rings[0].nr = 126),
+        "a ring of another size"
+    );
+    assert!(
+        refused(|b| b.vmas.last_mut().unwrap().kind = 13),
+        "a kind of mapping of a newer version"
+    );
+    assert!(
+        refused(|b| b.aio_rings[0].tail = 127),
+        "a tail past the ring"
+    );
+    assert!(
+        refused(|b| b.aio_rings[0].events.len = 32),
+        "events not all stored"
+    );
+    assert!(
+        refused(|b| b.aio_rings.clear()),
+        "an AIO mapping without its context"
+    );
+    assert!(
+        refused(|b| b.aio_rings[0].start = 0x7f0000000000),
+        "a context at a mapping of another kind"
+    );
+    assert!(
+        refused(|b| b.vmas.last_mut().unwrap().run_count = 1),
+        "pages for an AIO ring"
+    );
     assert!(
         refused(|b| b.terminal.as_mut().map_or((), |t| t.fd = 3)),
         "a terminal past fd 2"
@@ -570,6 +622,7 @@ fn overlapping_vmas_are_refused() {
     b.vmas.push(Vma {
         start: 0x1000,
         end: 0x3000,
+        kind: vma_kind::ANON_PRIVATE,
         file: NO_INDEX,
         name: StrRef::NONE,
         ..Default::default()
@@ -577,6 +630,7 @@ fn overlapping_vmas_are_refused() {
     b.vmas.push(Vma {
         start: 0x2000,
         end: 0x4000,
+        kind: vma_kind::ANON_PRIVATE,
         file: NO_INDEX,
         name: StrRef::NONE,
         ..Default::default()

@@ -63,6 +63,11 @@ impl<'a> Image<'a> {
             if v.end <= v.start {
                 return Err(bad("empty or inverted range"));
             }
+            // (A kind of a newer version is something this one would
+            // make as memory of its own: refused, 11.11.)
+            if v.kind == 0 || v.kind > vma_kind::LAST {
+                return Err(bad("a kind of mapping this cryo does not know"));
+            }
             if v.start < prev_end {
                 return Err(bad("overlaps or is out of order"));
             }
@@ -295,6 +300,49 @@ impl<'a> Image<'a> {
                     section: "terminal",
                     index: 0,
                     why: "not at fds 0-2, or unknown flags",
+                });
+            }
+        }
+        // AIO contexts: one ring record per AIO mapping, of its size, a
+        // ring the kernel makes (events filling its pages), head and
+        // tail in it, every event stored, no pages of memory.
+        let rings = self.aio_rings();
+        for (i, r) in rings.iter().enumerate() {
+            use crate::fds::{AIO_EVENT, AIO_RING_HEADER};
+            let one = vmas
+                .iter()
+                .filter(|v| v.kind == crate::vma_kind::AIO && v.start == r.start)
+                .count()
+                == 1;
+            let ok = one
+                && r.start.is_multiple_of(PAGE_SIZE)
+                && r.len.is_multiple_of(PAGE_SIZE)
+                && r.len > AIO_RING_HEADER
+                && u64::from(r.nr) == (r.len - AIO_RING_HEADER) / AIO_EVENT
+                && r.head < r.nr
+                && r.tail < r.nr
+                && r.flags == 0
+                && r.events.len == r.len - AIO_RING_HEADER
+                && vmas
+                    .iter()
+                    .any(|v| v.start == r.start && v.end == r.start.saturating_add(r.len))
+                && !rings.iter().take(i).any(|o| o.start == r.start);
+            if !ok {
+                return Err(ImageError::BadIndex {
+                    section: "aio_rings",
+                    index: i as u64,
+                    why: "not a ring the kernel makes, or not at an AIO mapping of its size",
+                });
+            }
+        }
+        for (i, v) in vmas.iter().enumerate() {
+            if v.kind == crate::vma_kind::AIO
+                && (v.run_count != 0 || !rings.iter().any(|r| r.start == v.start))
+            {
+                return Err(ImageError::BadIndex {
+                    section: "vmas",
+                    index: i as u64,
+                    why: "an AIO ring without its context, or with pages",
                 });
             }
         }

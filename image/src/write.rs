@@ -82,6 +82,8 @@ pub struct ImageBuilder {
     pub taken_stops: Vec<crate::tree::TakenStop>,
     /// (11.10) The terminal at fds 0-2.
     pub terminal: Option<crate::fds::Terminal>,
+    /// (11.11) AIO contexts.
+    pub aio_rings: Vec<crate::fds::AioRing>,
     pub sock_filters: Vec<crate::fds::SockFilterInsn>,
     pub tcp_conns: Vec<crate::fds::TcpConn>,
     pub pid_refs: Vec<crate::task::PidRef>,
@@ -172,6 +174,9 @@ impl ImageBuilder {
         }
         if let Some(t) = &self.terminal {
             sections.push((SectionKind::Terminal, table(std::slice::from_ref(t))));
+        }
+        if !self.aio_rings.is_empty() {
+            sections.push((SectionKind::AioRings, table(&self.aio_rings)));
         }
         if !self.tcp_conns.is_empty() {
             sections.push((SectionKind::TcpConns, table(&self.tcp_conns)));

@@ -250,6 +250,24 @@ pub fn timers(img: &Image) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// Every AIO context can be made again here with a ring of its size (the
+/// kernel sizes a ring by the machine's possible CPUs; fs.aio-max-nr
+/// bounds them all): a trial context each, destroyed at once.
+pub fn aio(img: &Image) -> Result<(), RestoreError> {
+    for r in img.aio_rings().iter() {
+        let why = match sys::aio_ring_nr(r.nr) {
+            Ok(n) if n == r.nr => continue,
+            Ok(n) => format!("its ring would hold {n} events here, not {}", r.nr),
+            Err(e) => format!("io_setup refused it here: {e} (fs.aio-max-nr?)"),
+        };
+        return Err(RestoreError::Task(format!(
+            "the AIO context at {:#x}: {why}",
+            r.start
+        )));
+    }
+    Ok(())
+}
+
 /// Offset of glibc's cached TID in the TCB, found in this process's own
 /// TCB (the restored program almost always uses the same glibc; the shim
 /// verifies the word before rewriting it). 0 if not found exactly once.

@@ -414,6 +414,7 @@ fn prepare_one(
     let lazy_cfg = lazy_config(dir, &image, &img, &opts)?;
     checks::window(&img)?;
     checks::xsave(&img)?;
+    checks::aio(&img)?;
     let gadget = checks::vdso(&img)?;
     // Files changed, timers and fds that cannot be had: every one at once.
     let mut errs: Vec<RestoreError> = [checks::mapped_files(&img), checks::timers(&img)]

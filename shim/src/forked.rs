@@ -760,6 +760,8 @@ pub fn reshape(pi: &Image, ci: &Image, files: &mut Files, pages_fd: usize) {
             match source(pi, ci, &v) {
                 Some(p) => fix_up(pi, &p, ci, &v, pages_fd),
                 None if v.kind == vma_kind::SYSV => attach_sysv(ci, &v),
+                // (Made by io_setup and moved here: `aio::make`.)
+                None if v.kind == vma_kind::AIO => {}
                 None => {
                     let fd = if v.file != NO_INDEX {
                         files.open(v.file)

@@ -18,6 +18,7 @@
 #![no_std]
 #![no_main]
 
+mod aio;
 mod fds;
 mod files;
 mod forked;
@@ -750,6 +751,8 @@ fn finish<'a>(
     lazy: bool,
 ) -> ! {
     let on = a.flags & flags::PHASES != 0;
+    // AIO contexts, their rings moved into the memory made.
+    aio::make(img, a.pages_fd);
     // 7. mm fields, auxv and the executable.
     mm::restore(img, exe_fd);
     // 8. The main thread's state and the process's.

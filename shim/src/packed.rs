@@ -263,6 +263,9 @@ pub fn check_and_set(img: &Image) -> Own {
     vdso(img);
     xsave(img);
     sysv(img);
+    if let Err((at, why)) = crate::aio::check(img) {
+        die(format_args!("the AIO context at {at:#x}: {why}"));
+    }
     crate::task::check_settable(img, &own);
     environment(img, &own);
     own

@@ -48,6 +48,8 @@ pub fn map_all(img: &Image, files: &mut Files, a: &Args, lazy: bool, map: bool) 
     for v in img.vmas().iter() {
         if v.kind == vma_kind::SYSV {
             attach_sysv(img, &v);
+        } else if v.kind == vma_kind::AIO {
+            // (Made by io_setup and moved here: `aio::make`.)
         } else if !v.is_special() {
             let fd = if v.file != NO_INDEX {
                 files.open(v.file)

@@ -100,6 +100,13 @@ pub struct CaptureArgs {
     /// the process, if it goes on, still has them.
     #[arg(long)]
     pub drop_fs_events: bool,
+    /// Capture AIO contexts (io_setup), saying that no request the
+    /// program submitted is still in flight: the kernel shows none from
+    /// outside, and one in flight would be lost (its completion goes to
+    /// the original). Their rings come back with the events completed
+    /// and not yet reaped. Without it each context is refused.
+    #[arg(long)]
+    pub aio_idle: bool,
     /// Replace DIR if it already holds a cryo image.
     #[arg(long)]
     pub force: bool,
@@ -171,6 +178,7 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
         tcp_established: a.tcp_established,
         drop_datagrams: a.drop_datagrams,
         drop_fs_events: a.drop_fs_events,
+        aio_idle: a.aio_idle,
     };
     if a.dry_run {
         let (obstacles, sig) = uninterrupted(|| cryo_capture::check(a.pid, &opts));
@@ -253,6 +261,7 @@ pub fn run_dump(a: DumpArgs) -> Result<i32> {
         tcp_established: a.tcp_established,
         drop_datagrams: false,
         drop_fs_events: false,
+        aio_idle: false,
         force: a.force,
         buffered: false,
         json: false,

@@ -114,6 +114,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
         tcp_established: false,
         drop_datagrams: false,
         drop_fs_events: false,
+        aio_idle: false,
     };
     let res = capture_with_progress(pid.as_raw(), &a.capture_on_stop, &opts, a.quiet);
     match res {

@@ -97,6 +97,8 @@ pub enum SectionKind {
     /// Format 11.10: the modes and size of the terminal at the process's
     /// fds 0-2 ([`crate::fds::Terminal`]).
     Terminal = 47,
+    /// Format 11.11: AIO contexts ([`crate::fds::AioRing`]).
+    AioRings = 48,
 }
 
 /// Most System V semaphore sets, and most message queues, an image records.
@@ -117,7 +119,7 @@ const FANOTIFY_MARK_11_4: usize = 56;
 const TASK_STATE_11_2: usize = <crate::task::TaskState as crate::record::Record>::SIZE - 24;
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 47] = [
+    pub const ALL: [SectionKind; 48] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -165,6 +167,7 @@ impl SectionKind {
         SectionKind::SysvMsq,
         SectionKind::TakenStops,
         SectionKind::Terminal,
+        SectionKind::AioRings,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -218,6 +221,7 @@ impl SectionKind {
             SectionKind::SysvMsq => "sysv_msq",
             SectionKind::TakenStops => "taken_stops",
             SectionKind::Terminal => "terminal",
+            SectionKind::AioRings => "aio_rings",
         }
     }
     /// The shortest records this reader accepts for the section: what it
@@ -288,6 +292,7 @@ impl SectionKind {
             SectionKind::SysvMsq => crate::fds::SysvMsq::SIZE,
             SectionKind::TakenStops => crate::tree::TakenStop::SIZE,
             SectionKind::Terminal => crate::fds::Terminal::SIZE,
+            SectionKind::AioRings => crate::fds::AioRing::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -355,6 +360,9 @@ impl SectionKind {
             // (At most one per process of a tree.)
             SectionKind::TakenStops => 4096,
             SectionKind::Terminal => 1,
+            // (fs.aio-max-nr, 65536 events by default, bounds the
+            // contexts of the whole system.)
+            SectionKind::AioRings => 1 << 16,
         }
     }
     /// Sections every valid image must have.

@@ -18,6 +18,11 @@ pub mod vma_kind {
     pub const VSYSCALL: u32 = 10;
     /// (8.0) An attach of System V shared memory (`fds::SysvShm`).
     pub const SYSV: u32 = 11;
+    /// (11.11) The ring of an AIO context (io_setup; `fds::AioRing`):
+    /// made again by io_setup and moved here, never mapped as memory.
+    pub const AIO: u32 = 12;
+    /// The last kind this version knows.
+    pub const LAST: u32 = AIO;
 
     pub fn name(k: u32) -> &'static str {
         match k {
@@ -32,6 +37,7 @@ pub mod vma_kind {
             VVAR_VCLOCK => "vvar_vclock",
             VSYSCALL => "vsyscall",
             SYSV => "sysv-shm",
+            AIO => "aio-ring",
             _ => "unknown",
         }
     }

@@ -129,6 +129,27 @@ pub fn timer_restore_ids() -> io::Result<i32> {
     cvt(unsafe { libc::prctl(PR_TIMER_CREATE_RESTORE_IDS, GET, 0, 0, 0) })
 }
 
+/// The events the ring of an AIO context made here for a ring of `nr`
+/// events holds, as the shim makes it (io_setup for half of it, less
+/// two: the kernel doubles a request and adds two, at least 4 per
+/// possible CPU, rounded up to whole pages); the context destroyed again.
+pub fn aio_ring_nr(nr: u32) -> io::Result<u32> {
+    let mut ctx: u64 = 0;
+    let want = (nr.saturating_sub(2) / 2).max(1) as libc::c_long;
+    // SAFETY: io_setup writes the new context's id (its ring's address)
+    // to `ctx`, ours.
+    let r = unsafe { libc::syscall(libc::SYS_io_setup, want, &mut ctx as *mut u64) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the id is the address of the ring the kernel just mapped
+    // into this process, whose header's second word is its size.
+    let got = unsafe { std::ptr::read_volatile((ctx as *const u32).add(1)) };
+    // SAFETY: io_destroy takes the id of the context made above.
+    unsafe { libc::syscall(libc::SYS_io_destroy, ctx) };
+    Ok(got)
+}
+
 /// clock_gettime(clock): (seconds, nanoseconds).
 pub fn clock_gettime(clock: i32) -> io::Result<(i64, i64)> {
     let t = nix::time::clock_gettime(nix::time::ClockId::from_raw(clock))?;

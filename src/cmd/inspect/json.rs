@@ -171,6 +171,7 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
     v["fd_owners"] = json!(img.fd_owners().iter().collect::<Vec<_>>());
     v["taken_stops"] = json!(img.taken_stops().iter().map(|t| t.pid).collect::<Vec<_>>());
     v["terminal"] = json!(img.terminal());
+    v["aio_rings"] = json!(img.aio_rings().iter().collect::<Vec<_>>());
     v["root"] = json!(img
         .task()
         .and_then(|t| img.str(t.root))

@@ -136,6 +136,16 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
         if kept {
             name.push_str("  (bytes kept: made again if gone)");
         }
+        if let Some(r) = img.aio_rings().iter().find(|r| r.start == v.start) {
+            let _ = write!(
+                name,
+                "  (AIO context: {} events, head {}, tail {}, {} completed and not reaped)",
+                r.nr,
+                r.head,
+                r.tail,
+                r.unreaped()
+            );
+        }
         if let Some(s) = img.sysv_shm().iter().find(|s| s.start == v.start) {
             use cryo_image::fds::sysv_flags;
             let removed = s.flags & sysv_flags::REMOVED != 0;
