@@ -393,7 +393,8 @@ fn aio_contexts_come_back_with_their_completed_events() {
 /// a client connected to it by that name: bound for the moment in a
 /// directory of the restore's own (nothing is left there, nor in the
 /// working directory) and the client connected to it again (zdtm
-/// fifo_upon_unix_socket01).
+/// fifo_upon_unix_socket01), and another client shut down for writing,
+/// which stays so (a datagram client's shutdown was dropped before).
 #[test]
 fn unix_sockets_bound_by_relative_names_in_a_directory_left_since() {
     case("relsock-left");
@@ -599,7 +600,9 @@ fn amx_tiles_and_permission_come_back() {
 /// has left, its file removed since, with a connection waiting in it
 /// (and that connection: nothing could reach the listener by its name
 /// again; until stop 40 any relative name from a directory left was
-/// refused), a datagram waiting
+/// refused), a datagram socket whose name was removed after a link to
+/// its file was made (restored as a ghost until stop 40, unreachable
+/// by the other name), a datagram waiting
 /// in a socket whose name now leads to another socket (and so its client,
 /// connected by that name: a client of a ghost without one is restored
 /// since stop 27), and
@@ -617,14 +620,14 @@ fn more_obstacles_named() {
     let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
     assert_eq!(code, 1);
     assert!(
-        out.contains("6 obstacles")
+        out.contains("7 obstacles")
             && out.contains("eBPF socket filter (SO_ATTACH_BPF)")
             && out.contains("counts the CPU time of the thread that made it (CLOCK_THREAD_CPUTIME_ID)")
             && out.contains("but that name no longer leads to the socket it is connected to")
             && out.contains("that path no longer leads to this socket (removed or replaced since the bind), and datagrams sent to it wait in it")
-            && out.contains("(unix stream socket bound to the relative path r.sock, in ")
-            && out.contains("its file was removed since the bind, and connections wait in it")
-            && out.contains("(unix stream socket unnamed) is connected to a socket that is gone"),
+            && out.contains("(unix stream socket bound to the relative path r.sock): its file was removed since the bind, and connections wait in it")
+            && out.contains("(unix stream socket unnamed) is connected to a socket that is gone")
+            && out.contains("that name was removed since the bind while another link to its file remains"),
         "{out}"
     );
     for gone in ["mapped more than once", "other link(s)", "net:["] {

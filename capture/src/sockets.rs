@@ -816,24 +816,36 @@ pub fn capture(
                 .filter(|dir| {
                     dir.is_absolute() && leads_to(&here, d.vfs) && leads_to(&dir.join(rel), d.vfs)
                 });
-            match cwd.map(|dir| dir.join(rel)).ok_or_else(|| bound_file(&dup, rel)) {
-                Ok(at) | Err(Some((at, false))) if leads_to(&at, d.vfs) => {
+            match cwd.map(|dir| dir.join(rel)).ok_or_else(|| bound_file(&dup)) {
+                Ok(at) => {
+                    seen.relative.push((b.sockets.len() as u32, at));
+                    s.flags |= cryo_image::fds::socket_flags::RELATIVE;
+                }
+                Err(Some(FileNow::At(at))) if ends_in(&at, rel) && leads_to(&at, d.vfs) => {
                     seen.relative.push((b.sockets.len() as u32, at));
                     s.flags |= cryo_image::fds::socket_flags::RELATIVE;
                 }
                 // Its file removed since the bind (zdtm
                 // fifo_upon_unix_socket01): a ghost, bound again by its
                 // name in a directory of the restore's own for the moment.
-                Err(Some((_, true))) if quiet => {
+                Err(Some(FileNow::Gone)) if quiet => {
                     s.flags |= cryo_image::fds::socket_flags::GHOST;
                 }
-                Err(Some((at, true))) => {
+                Err(Some(FileNow::Gone)) => {
                     return Err(format!(
-                        "fd {fd} ({what} bound to the relative path {shown}, in {}): its file was removed since the bind, and {waiting}; cryo cannot restore it",
-                        at.parent().unwrap_or(&at).display()
+                        "fd {fd} ({what} bound to the relative path {shown}): its file was removed since the bind, and {waiting}; cryo cannot restore it"
                     ))
                 }
-                _ => {
+                Err(Some(FileNow::LinkedElsewhere)) => {
+                    return Err(linked_elsewhere(fd, what, &shown))
+                }
+                Err(Some(FileNow::At(at))) => {
+                    return Err(format!(
+                        "fd {fd} ({what} bound to the relative path {shown}): its file is {} now, renamed since the bind, and where the name was bound is not known; cryo cannot restore it",
+                        at.display()
+                    ))
+                }
+                Err(None) => {
                     return Err(format!(
                         "fd {fd} ({what} bound to the relative path {shown}): that name does not lead to this socket from the process's working directory (bound from another directory, or removed since), and the kernel did not say where its file is (SIOCUNIXFILE needs CAP_NET_ADMIN, or the file was renamed); cryo cannot tell which directory it was resolved in"
                     ))
@@ -852,6 +864,23 @@ pub fn capture(
             // `admin.sock.PID.tmp` and renames it `admin.sock`): reached
             // by the new name, which the restore gives its file again.
             let renamed = (!same).then(|| renamed_to(&path, d.vfs)).flatten();
+            // (Where the kernel can say: a name removed while another
+            // link remains, or the file moved to another directory, would
+            // be lost as a ghost.)
+            if !same && renamed.is_none() {
+                match bound_file(&dup) {
+                    Some(FileNow::LinkedElsewhere) => {
+                        return Err(linked_elsewhere(fd, what, &shown))
+                    }
+                    Some(FileNow::At(at)) => {
+                        return Err(format!(
+                            "fd {fd} ({what} bound to {shown}): its file was moved to {} since the bind; cryo cannot restore it",
+                            at.display()
+                        ))
+                    }
+                    Some(FileNow::Gone) | None => {}
+                }
+            }
             if !(same || quiet) {
                 return Err(format!(
                     "fd {fd} ({what} bound to {shown}): that path no longer leads to this socket ({}), and {}; cryo cannot restore it",
@@ -1336,30 +1365,54 @@ fn leads_to(path: &std::path::Path, vfs: Option<(u32, u32)>) -> bool {
         })
 }
 
-/// Where the file of a unix socket (`sock`, a copy) bound to the
-/// relative name `rel` is, by the kernel's word (SIOCUNIXFILE), and
-/// whether it was removed: its path if it ends in `rel` (a file renamed
-/// since does not say where the bind was).
-fn bound_file(sock: &OwnedFd, rel: &std::path::Path) -> Option<(std::path::PathBuf, bool)> {
+/// Where the file a unix socket is bound to is now, by the kernel's word.
+enum FileNow {
+    /// At this path (the bind's, or where it was renamed to).
+    At(std::path::PathBuf),
+    /// Removed, and no other link to it is left.
+    Gone,
+    /// The bind's name removed while another link to the file remains
+    /// (`link` before the `unlink`): something may reach it there.
+    LinkedElsewhere,
+}
+
+/// Where the file of a unix socket (`sock`, a copy) is now
+/// (SIOCUNIXFILE opens it; its /proc link is its path, " (deleted)"
+/// after it once its name is removed, and its link count says whether
+/// another name is left). None when the kernel does not say (it wants
+/// CAP_NET_ADMIN over the socket's network namespace).
+fn bound_file(sock: &OwnedFd) -> Option<FileNow> {
     use std::os::unix::ffi::OsStrExt;
-    let file = crate::sys::unix_file(sock).ok()?;
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::File::from(crate::sys::unix_file(sock).ok()?);
+    let nlink = file.metadata().ok()?.nlink();
     let link = std::fs::read_link(format!(
         "/proc/self/fd/{}",
         std::os::fd::AsRawFd::as_raw_fd(&file)
     ))
     .ok()?;
     let bytes = link.as_os_str().as_bytes();
-    let (bytes, removed) = match bytes.strip_suffix(b" (deleted)") {
-        Some(b) => (b, true),
-        None => (bytes, false),
-    };
-    let at = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(bytes));
-    let tail = rel.as_os_str().as_bytes();
-    (at.is_absolute()
-        && bytes.len() > tail.len()
-        && bytes.ends_with(tail)
-        && bytes[bytes.len() - tail.len() - 1] == b'/')
-        .then_some((at, removed))
+    Some(match (nlink, bytes.ends_with(b" (deleted)")) {
+        (0, _) => FileNow::Gone,
+        (_, true) => FileNow::LinkedElsewhere,
+        _ => FileNow::At(link),
+    })
+}
+
+/// The refusal of a unix socket (fd `fd`, a `what` named `shown`) whose
+/// bind's name was removed while another link to its file remains.
+fn linked_elsewhere(fd: i32, what: &str, shown: &str) -> String {
+    format!(
+        "fd {fd} ({what} bound to {shown}): that name was removed since the bind while another link to its file remains (what reaches it there would not reach a socket bound again); cryo cannot restore it"
+    )
+}
+
+/// Whether the absolute path `at` ends in the relative name `rel`, as a
+/// name under a directory (`/` included).
+fn ends_in(at: &std::path::Path, rel: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (p, n) = (at.as_os_str().as_bytes(), rel.as_os_str().as_bytes());
+    at.is_absolute() && p.len() > n.len() && p.ends_with(n) && p[p.len() - n.len() - 1] == b'/'
 }
 
 /// The path a unix socket address names (not abstract, not unnamed).
@@ -1570,6 +1623,7 @@ pub fn link(
                     me.state = socket_state::CONNECTED;
                     me.pair = g as u32;
                     me.flags |= cryo_image::fds::socket_flags::GHOST_PEER;
+                    me.shutdown = u32::from(c.diag.shutdown & 3);
                 }
                 _ => obs.push(why.clone()),
             }
@@ -1681,6 +1735,8 @@ pub fn link(
                 // A ghost of the process (zdtm sk-unix01): connected
                 // again while it is bound there again.
                 let ghost = unix_ghost(&seen.unix, b, c.diag.peer);
+                // (Its own shutdown, made again after the connect.)
+                b.sockets[c.index].shutdown = u32::from(c.diag.shutdown & 3);
                 if let (false, Some(g)) = (leads, ghost) {
                     let me = &mut b.sockets[c.index];
                     me.state = socket_state::CONNECTED;

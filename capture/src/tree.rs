@@ -887,7 +887,9 @@ fn ghosts_served(procs: &[(i32, &Inspected)], served: &[(usize, usize)], obs: &m
     // install theirs: one that binds at that name, or connects by it,
     // would meet it. (Made before any fork, a shared one cannot.)
     for (ino, g) in &ghosts {
-        if g.2.len() != 1 || served_inos.contains(ino) {
+        // (A relative name is bound in a directory of the restore's own.)
+        let relative = g.1.len() > 2 && g.1[2] != 0 && g.1[2] != b'/';
+        if g.2.len() != 1 || served_inos.contains(ino) || relative {
             continue;
         }
         let other = procs.iter().enumerate().find_map(|(p, (pid, ins))| {

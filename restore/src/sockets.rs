@@ -1399,6 +1399,15 @@ pub(crate) fn make_kept_ghost(
         .sockets()
         .get(object as usize)
         .ok_or_else(|| fd_err(p, "no socket state in the image"))?;
+    // (Kept bound while the whole tree is made: a relative name would
+    // keep `cryo restore` in a directory of its own meanwhile; capture
+    // refuses it.)
+    if unix_path(&addr_of(&s)).is_some_and(|n| n.is_relative()) {
+        return Err(fd_err(
+            p,
+            "a ghost bound to a relative name that other processes of the tree connect to; not supported",
+        ));
+    }
     let fd = sys::socket(s.family as i32, s.sock_type as i32, s.protocol as i32)
         .map_err(|e| fd_err(p, Why::sys("socket", e)))?;
     set_options(img, object, fd.as_fd()).map_err(|w| fd_err(p, w))?;
@@ -1705,8 +1714,10 @@ fn in_bind_dir<T>(
     let dir = file.and_then(|p| {
         let p = p.as_bytes();
         let n = name.as_os_str().as_bytes();
-        (p.len() > n.len() + 1 && p.ends_with(n) && p[p.len() - n.len() - 1] == b'/')
-            .then(|| std::ffi::OsStr::from_bytes(&p[..p.len() - n.len() - 1]).to_owned())
+        (p.len() > n.len() && p.ends_with(n) && p[p.len() - n.len() - 1] == b'/').then(|| {
+            // (Bound in `/`: the directory is `/`, not an empty name.)
+            std::ffi::OsStr::from_bytes(&p[..(p.len() - n.len() - 1).max(1)]).to_owned()
+        })
     });
     let Some(dir) = dir else {
         return Err(format!(
@@ -2483,6 +2494,13 @@ pub(crate) fn make(
             let peer = peer_of(&s);
             sys::connect(fd.as_fd(), &peer)
                 .map_err(|e| sysw(&format!("connecting to {}", sockaddr_display(&peer)), e))?;
+        }
+        // A unix datagram socket connected by a name, shut down: its own
+        // shutdown (a datagram socket's does not reach its peer), the
+        // same before its connect as after.
+        if !inet(&s) && s.sock_type as i32 == libc::SOCK_DGRAM && s.state == socket_state::CONNECTED
+        {
+            shut(fd.as_fd(), s.shutdown).map_err(|w| fd_err(p, w))?;
         }
         // A UDP socket shut down: the kernel sets the shutdown even on
         // an unconnected one, answering ENOTCONN.

@@ -1127,7 +1127,7 @@ static void aio_check(void) {
  * SIOCUNIXFILE; refused until stop 40, "cannot tell which directory"), and
  * a datagram socket whose file was removed, a client connected to it by
  * that relative name (zdtm fifo_upon_unix_socket01). */
-static int left_l, left_g, left_c;
+static int left_l, left_g, left_c, left_s;
 static char left_dir[4096];
 static void relleft_setup(void) {
     path_in_dir(left_dir, sizeof left_dir, "left");
@@ -1135,10 +1135,13 @@ static void relleft_setup(void) {
     left_l = socket(AF_UNIX, SOCK_STREAM, 0);
     left_g = socket(AF_UNIX, SOCK_DGRAM, 0);
     left_c = socket(AF_UNIX, SOCK_DGRAM, 0);
+    left_s = socket(AF_UNIX, SOCK_DGRAM, 0);
     CHECK(mkdir(left_dir, 0700) == 0 && chdir(left_dir) == 0, "into the directory");
     CHECK(bind(left_l, (struct sockaddr *)&l, sizeof l) == 0 && listen(left_l, 4) == 0, "listener");
     CHECK(bind(left_g, (struct sockaddr *)&g, sizeof g) == 0 && connect(left_c, (struct sockaddr *)&g, sizeof g) == 0,
           "datagram socket and its client");
+    /* A second client, shut down for writing: its sends fail (EPIPE). */
+    CHECK(connect(left_s, (struct sockaddr *)&g, sizeof g) == 0 && shutdown(left_s, SHUT_WR) == 0, "a client shut down");
     CHECK(unlink("gone.sock") == 0 && chdir(DIRPATH) == 0, "its file removed, the directory left");
 }
 static void relleft_check(void) {
@@ -1158,6 +1161,7 @@ static void relleft_check(void) {
     CHECK(access("gone.sock", F_OK) != 0 && access("r.sock", F_OK) != 0, "nothing in the working directory");
     CHECK(send(left_c, "g", 1, 0) == 1 && recv(left_g, buf, sizeof buf, MSG_DONTWAIT) == 1 && buf[0] == 'g',
           "the client reaches it");
+    CHECK(send(left_s, "s", 1, MSG_NOSIGNAL) == -1 && errno == EPIPE, "the client shut down stays so");
     struct sockaddr_un l = {.sun_family = AF_UNIX};
     snprintf(p, sizeof p, "%s/r.sock", left_dir);
     CHECK(strlen(p) < sizeof l.sun_path, "a short enough name: %s", p);
@@ -2024,6 +2028,21 @@ static void refuse2_setup(void) {
               listen(rs, 2) == 0 && connect(rw, (struct sockaddr *)&r, sizeof r) == 0 && unlink("r.sock") == 0 &&
               chdir(DIRPATH) == 0,
           "bound relative, a connection waiting, removed, then left");
+    /* A datagram socket whose name was removed after a link to its file
+     * was made in another directory: bound again, it would be another
+     * file than the one its clients reach by the other name. (A link in
+     * the same directory is as a rename: RENAMED.) */
+    char h1[4096], hd[4096], h2[4200];
+    path_in_dir(h1, sizeof h1, "h1");
+    path_in_dir(hd, sizeof hd, "hl");
+    snprintf(h2, sizeof h2, "%s/h2", hd);
+    CHECK(mkdir(hd, 0700) == 0, "another directory");
+    struct sockaddr_un ha = {.sun_family = AF_UNIX};
+    CHECK(strlen(h1) < sizeof ha.sun_path, "a short enough name: %s", h1);
+    memcpy(ha.sun_path, h1, strlen(h1) + 1);
+    int hs = socket(AF_UNIX, SOCK_DGRAM, 0);
+    CHECK(bind(hs, (struct sockaddr *)&ha, sizeof ha) == 0 && link(h1, h2) == 0 && unlink(h1) == 0,
+          "bound, linked, its name removed");
     /* A datagram socket whose file was replaced by another socket's, with
      * a datagram waiting in it: sent again by the name, it would reach the
      * other. (Its client, connected before, is restored: connected while
