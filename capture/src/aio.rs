@@ -13,6 +13,24 @@ use cryo_image::vma_kind;
 use cryo_image::write::ImageBuilder;
 use std::os::unix::fs::FileExt;
 
+/// The rings of `rings` with no context in the process (io_getevents for
+/// none, which reads nothing, says EINVAL): a ring a fork copied from the
+/// parent, whose context stayed there (it is not VM_DONTCOPY). Asked of
+/// the process itself: a context belongs to its memory.
+pub fn without_context(
+    rem: &mut crate::remote::Remote,
+    rings: &[AioRing],
+) -> Result<Vec<(u64, i64)>, crate::remote::InjectError> {
+    let mut none = Vec::new();
+    for r in rings {
+        let got = rem.syscall(libc::SYS_io_getevents, [r.start, 0, 0, 0, 0])?;
+        if got != 0 {
+            none.push((r.start, got));
+        }
+    }
+    Ok(none)
+}
+
 /// The kernel's `AIO_RING_MAGIC`.
 const MAGIC: u32 = 0xa10a_10a1;
 

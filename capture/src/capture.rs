@@ -754,9 +754,11 @@ pub(crate) fn inspect(
         .filter(|(parent, _)| *parent == pid)
         .map(|(_, c)| *c)
         .collect();
+    let mut no_context = Vec::new();
     {
         let mut rem = Remote::new(t, vdso.0, &vdso.1)?;
         let r = (|| -> Result<(), InjectError> {
+            no_context = crate::aio::without_context(&mut rem, &b.aio_rings)?;
             crate::signals::inject(&mut rem, &status, &mut b)?;
             crate::timers::inject(&mut rem, &timers, &mut b)?;
             securebits = crate::task::injected(&mut rem, &mut task)?;
@@ -768,6 +770,12 @@ pub(crate) fn inspect(
         let fin = rem.finish();
         r?;
         fin?;
+    }
+    for (start, got) in no_context {
+        obs.push(format!(
+            "mapping {start:x} looks like the ring of an AIO context but the process has no context there (io_getevents: {}): a copy of its parent's ring that a fork gave it; not supported",
+            if got == -(libc::EINVAL as i64) { "EINVAL".to_owned() } else { format!("{got}") }
+        ));
     }
     crate::task::xcomp_obstacle(xcomp_perm, &mut obs);
     // Recorded only where it holds tile data (the static features every

@@ -250,22 +250,19 @@ pub fn timers(img: &Image) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Every AIO context can be made again here with a ring of its size (the
-/// kernel sizes a ring by the machine's possible CPUs; fs.aio-max-nr
-/// bounds them all): a trial context each, destroyed at once.
+/// Every AIO context can be made again here, all at once, with a ring of
+/// its size (the kernel sizes a ring by the machine's possible CPUs;
+/// fs.aio-max-nr bounds their sum) that takes as many requests unreaped
+/// as it held: a trial of each, as the shim makes them, destroyed again.
 pub fn aio(img: &Image) -> Result<(), RestoreError> {
-    for r in img.aio_rings().iter() {
-        let why = match sys::aio_ring_nr(r.nr) {
-            Ok(n) if n == r.nr => continue,
-            Ok(n) => format!("its ring would hold {n} events here, not {}", r.nr),
-            Err(e) => format!("io_setup refused it here: {e} (fs.aio-max-nr?)"),
-        };
-        return Err(RestoreError::Task(format!(
+    let rings: Vec<_> = img.aio_rings().iter().collect();
+    let trial: Vec<(u32, u32, u32)> = rings.iter().map(|r| (r.nr, r.head, r.unreaped())).collect();
+    sys::aio_trial(&trial).map_err(|(k, why)| {
+        RestoreError::Task(format!(
             "the AIO context at {:#x}: {why}",
-            r.start
-        )));
-    }
-    Ok(())
+            rings.get(k).map_or(0, |r| r.start)
+        ))
+    })
 }
 
 /// Offset of glibc's cached TID in the TCB, found in this process's own

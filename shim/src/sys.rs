@@ -96,6 +96,7 @@ pub const EINVAL: isize = 22;
 pub const EINTR: isize = 4;
 pub const ENOMEM: isize = 12;
 
+pub const PROT_NONE: usize = 0;
 pub const PROT_READ: usize = 1;
 pub const PROT_WRITE: usize = 2;
 pub const PROT_EXEC: usize = 4;

@@ -4,6 +4,7 @@
 
 use super::cvt;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 pub use nix::sched::CpuSet;
 
@@ -129,25 +130,144 @@ pub fn timer_restore_ids() -> io::Result<i32> {
     cvt(unsafe { libc::prctl(PR_TIMER_CREATE_RESTORE_IDS, GET, 0, 0, 0) })
 }
 
-/// The events the ring of an AIO context made here for a ring of `nr`
-/// events holds, as the shim makes it (io_setup for half of it, less
-/// two: the kernel doubles a request and adds two, at least 4 per
-/// possible CPU, rounded up to whole pages); the context destroyed again.
-pub fn aio_ring_nr(nr: u32) -> io::Result<u32> {
-    let mut ctx: u64 = 0;
-    let want = (nr.saturating_sub(2) / 2).max(1) as libc::c_long;
-    // SAFETY: io_setup writes the new context's id (its ring's address)
-    // to `ctx`, ours.
-    let r = unsafe { libc::syscall(libc::SYS_io_setup, want, &mut ctx as *mut u64) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
+/// A trial of the AIO contexts of an image, as the shim will make them
+/// (`shim/src/aio.rs`): each `(nr, head, unreaped)` a context with a ring
+/// of `nr` events, asked for as little as gives it (fs.aio-max-nr counts
+/// what is asked; all are kept until the end, as their sum counts), its
+/// head reached with requests that complete at once and are reaped, then
+/// `unreaped` more left in it, all on one CPU (a context hands requests
+/// out in per-CPU batches). The first that fails: its index and why.
+/// Every trial context is destroyed again.
+pub fn aio_trial(rings: &[(u32, u32, u32)]) -> Result<(), (usize, String)> {
+    if rings.is_empty() {
+        return Ok(());
     }
-    // SAFETY: the id is the address of the ring the kernel just mapped
-    // into this process, whose header's second word is its size.
-    let got = unsafe { std::ptr::read_volatile((ctx as *const u32).add(1)) };
-    // SAFETY: io_destroy takes the id of the context made above.
-    unsafe { libc::syscall(libc::SYS_io_destroy, ctx) };
-    Ok(got)
+    // SAFETY: memfd_create takes a C string; the fd is ours.
+    let fd = unsafe { libc::memfd_create(c"cryo-aio".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err((0, format!("memfd_create: {}", io::Error::last_os_error())));
+    }
+    // SAFETY: a fresh fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let had = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok();
+    // SAFETY: sched_getcpu takes nothing.
+    let cpu = unsafe { libc::sched_getcpu() };
+    if cpu >= 0 {
+        let mut one = nix::sched::CpuSet::new();
+        if one.set(cpu as usize).is_ok() {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one);
+        }
+    }
+    let mut made: Vec<u64> = Vec::new();
+    let mut verdict = Ok(());
+    for (k, &(nr, head, unreaped)) in rings.iter().enumerate() {
+        let r = aio_setup(nr).and_then(|ctx| {
+            made.push(ctx);
+            aio_place(ctx, head, unreaped, fd.as_raw_fd())
+        });
+        if let Err(why) = r {
+            verdict = Err((k, why));
+            break;
+        }
+    }
+    for ctx in made {
+        // SAFETY: io_destroy takes the id of a context made above.
+        unsafe { libc::syscall(libc::SYS_io_destroy, ctx) };
+    }
+    if let Some(had) = had {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &had);
+    }
+    verdict
+}
+
+/// The events the ring at `ctx` (its address) holds.
+fn aio_ring_nr(ctx: u64) -> u32 {
+    // SAFETY: the id of a context is the address of the ring the kernel
+    // mapped into this process; the second word of its header is its size.
+    unsafe { std::ptr::read_volatile((ctx as *const u32).add(1)) }
+}
+
+/// A context whose ring holds `nr` events, asked for as little as gives
+/// it (1, else what just fills its pages: the kernel doubles a request,
+/// adds two, takes at least 4 per possible CPU, rounds up to pages).
+fn aio_setup(nr: u32) -> Result<u64, String> {
+    let pages = (nr as i64 + 1) / 128;
+    let least = (64 * (pages - 1) - 1).max(1);
+    for want in [1, least] {
+        let mut ctx: u64 = 0;
+        // SAFETY: io_setup writes the new context's id to `ctx`, ours.
+        let r = unsafe { libc::syscall(libc::SYS_io_setup, want, &mut ctx as *mut u64) };
+        if r < 0 {
+            return Err(format!(
+                "io_setup refused it here: {} (fs.aio-max-nr?)",
+                io::Error::last_os_error()
+            ));
+        }
+        if aio_ring_nr(ctx) == nr {
+            return Ok(ctx);
+        }
+        let got = aio_ring_nr(ctx);
+        // SAFETY: io_destroy takes the id of the context made above.
+        unsafe { libc::syscall(libc::SYS_io_destroy, ctx) };
+        if want == least {
+            return Err(format!("its ring would hold {got} events here, not {nr}"));
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// Bring the context `ctx`'s head to `head` (requests to `fd` reaped) and
+/// leave `unreaped` more in it.
+fn aio_place(ctx: u64, head: u32, unreaped: u32, fd: i32) -> Result<(), String> {
+    let byte = 0u8;
+    // struct iocb: data, key, rw_flags, opcode, reqprio, fildes, buf,
+    // nbytes, offset, reserved2, flags, resfd.
+    let mut iocb = [0u8; 64];
+    iocb[16..18].copy_from_slice(&1u16.to_ne_bytes()); // IOCB_CMD_PWRITE
+    iocb[20..24].copy_from_slice(&(fd as u32).to_ne_bytes());
+    iocb[24..32].copy_from_slice(&(&byte as *const u8 as u64).to_ne_bytes());
+    iocb[32..40].copy_from_slice(&1u64.to_ne_bytes());
+    let ptrs = [iocb.as_ptr(); 32];
+    let mut events = [0u8; 32 * 32];
+    let submit = |k: usize| {
+        // SAFETY: `ptrs` holds `k` pointers to one valid iocb, whose buffer
+        // `byte` outlives the call; the writes complete within it.
+        let n =
+            unsafe { libc::syscall(libc::SYS_io_submit, ctx, k as libc::c_long, ptrs.as_ptr()) };
+        n == k as libc::c_long
+    };
+    let mut left = head as usize;
+    while left > 0 {
+        let k = left.min(32);
+        // SAFETY: io_getevents writes at most `k` events of 32 bytes into
+        // `events`, ours, 32 of them long.
+        let ok = submit(k)
+            && unsafe {
+                libc::syscall(
+                    libc::SYS_io_getevents,
+                    ctx,
+                    k as libc::c_long,
+                    k as libc::c_long,
+                    events.as_mut_ptr(),
+                    std::ptr::null::<libc::timespec>(),
+                )
+            } == k as libc::c_long;
+        if !ok {
+            return Err("its head could not be brought to its place here".into());
+        }
+        left -= k;
+    }
+    let mut left = unreaped as usize;
+    while left > 0 {
+        let k = left.min(32);
+        if !submit(k) {
+            return Err(format!(
+                "a context here takes fewer than the {unreaped} requests its ring held unreaped (another number of CPUs?)"
+            ));
+        }
+        left -= k;
+    }
+    Ok(())
 }
 
 /// clock_gettime(clock): (seconds, nanoseconds).
