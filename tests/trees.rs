@@ -16,8 +16,20 @@ use std::time::{Duration, Instant};
 use support::*;
 
 fn capture_kill(pid: i32, img: &Path) {
+    capture_kill_with(pid, img, &[]);
+}
+
+/// [`capture_kill`] with more capture options.
+fn capture_kill_with(pid: i32, img: &Path, opts: &[&str]) {
     adopt_orphans();
-    let (code, _, err) = cryo_cmd(&["capture", "--kill", &pid.to_string(), img.to_str().unwrap()]);
+    let pid_s = pid.to_string();
+    let args = [
+        &["capture", "--kill"],
+        opts,
+        &[pid_s.as_str(), img.to_str().unwrap()],
+    ]
+    .concat();
+    let (code, _, err) = cryo_cmd(&args);
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     assert_eq!(code, 0, "capture of the tree under {pid}: {err}\n{st}");
 }
@@ -3418,15 +3430,7 @@ print("PASS", flush=True)
         "{out}"
     );
     let img = dir.join("img");
-    adopt_orphans();
-    let (code, _, err) = cryo_cmd(&[
-        "capture",
-        "--kill",
-        "--drop-datagrams",
-        &pid,
-        img.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    capture_kill_with(t.pid, &img, &["--drop-datagrams"]);
     drop(t);
     for mode in [&[][..], &["--lazy", "--lazy-min-mib=0"]] {
         let (code, out, err) = finish(restore(&img, mode), "x\n");
@@ -3495,15 +3499,7 @@ print("PASS", flush=True)
         "{out}"
     );
     let img = dir.join("img");
-    adopt_orphans();
-    let (code, _, err) = cryo_cmd(&[
-        "capture",
-        "--kill",
-        "--drop-fs-events",
-        &pid,
-        img.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    capture_kill_with(t.pid, &img, &["--drop-fs-events"]);
     drop(t);
     for mode in [&[][..], &["--lazy", "--lazy-min-mib=0"], &["--map"]] {
         let (code, out, err) = finish(restore(&img, mode), "x\n");
@@ -3517,32 +3513,18 @@ print("PASS", flush=True)
 /// id, the event there to reap, and a new request completing.
 #[test]
 fn a_childs_aio_context_comes_back() {
-    let script = r#"
-import ctypes, os, struct, sys
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
-null = os.open("/dev/null", os.O_WRONLY)
-byte = ctypes.create_string_buffer(b"x")
-def submit(ctx, data):
-    cb = ctypes.create_string_buffer(struct.pack("QIIHhIQQqQII", data, 0, 0, 1, 0, null, ctypes.addressof(byte), 1, 0, 0, 0, 0))
-    p = (ctypes.c_void_p * 1)(ctypes.addressof(cb))
-    assert libc.syscall(209, ctypes.c_ulong(ctx), 1, p) == 1, ctypes.get_errno()
-def reap(ctx):
-    ev = ctypes.create_string_buffer(32)
-    assert libc.syscall(208, ctypes.c_ulong(ctx), 1, 1, ev, None) == 1, ctypes.get_errno()
-    return struct.unpack_from("Q", ev.raw)[0]
+    let script = format!(
+        r#"{PY_AIO}
 r, w = os.pipe()
 go_r, go_w = os.pipe()
 pid = os.fork()
 if pid == 0:
-    c = ctypes.c_ulong(0)
-    assert libc.syscall(206, 8, ctypes.byref(c)) == 0, ctypes.get_errno()
-    ctx = c.value
-    submit(ctx, 55)
+    ctx = setup(8)
+    assert submit(ctx, 55) == 1
     os.write(w, b"k")
     os.read(go_r, 1)
     assert reap(ctx) == 55
-    submit(ctx, 56)
+    assert submit(ctx, 56) == 1
     assert reap(ctx) == 56
     os._exit(0)
 os.read(r, 1)
@@ -3551,23 +3533,15 @@ sys.stdin.readline()
 os.write(go_w, b"g")
 _, status = os.waitpid(pid, 0)
 print("PASS" if status == 0 else "FAIL %d" % status, flush=True)
-"#;
+"#
+    );
     let dir = scratch("aio-child");
     let mut cmd = Command::new("python3");
-    cmd.args(["-c", script]);
+    cmd.args(["-c", &script]);
     let t = Target::spawn(cmd, "aio");
     t.wait_sleeping();
-    let pid = t.pid.to_string();
     let img = dir.join("img");
-    adopt_orphans();
-    let (code, _, err) = cryo_cmd(&[
-        "capture",
-        "--kill",
-        "--aio-idle",
-        &pid,
-        img.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    capture_kill_with(t.pid, &img, &["--aio-idle"]);
     drop(t);
     let pids = tree_pids(&img);
     wait_gone(&pids);
@@ -3623,14 +3597,7 @@ print("PASS", flush=True)
     let t = Target::spawn(cmd, "aio");
     t.wait_sleeping();
     let img = dir.join("img");
-    let (code, _, err) = cryo_cmd(&[
-        "capture",
-        "--kill",
-        "--aio-idle",
-        &t.pid.to_string(),
-        img.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    capture_kill_with(t.pid, &img, &["--aio-idle"]);
     drop(t);
     for mode in [&[][..], &["--lazy", "--lazy-min-mib=0"]] {
         let (code, out, err) = finish(restore(&img, mode), "x\n");

@@ -32,15 +32,14 @@ pub fn capture(
     b: &mut ImageBuilder,
 ) -> Result<(), String> {
     let name = format!("fd {} (inotify)", f.fd);
-    if drop_events {
-        // (`--drop-fs-events`: the restored instance starts empty.)
-    } else if let Some(copy) = pidfd.and_then(|p| sys::pidfd_getfd(p, f.fd).ok()) {
+    if !drop_events {
+        let Some(copy) = pidfd.and_then(|p| sys::pidfd_getfd(p, f.fd).ok()) else {
+            return Err(format!("{name}: cannot reach it to look for queued events"));
+        };
         let n = sys::fionread(&copy).unwrap_or(0);
         if n > 0 {
             return Err(queued(&name, n));
         }
-    } else {
-        return Err(format!("{name}: cannot reach it to look for queued events"));
     }
     let _ = pid;
     let mut watches = Vec::new();

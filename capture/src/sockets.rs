@@ -816,36 +816,37 @@ pub fn capture(
                 .filter(|dir| {
                     dir.is_absolute() && leads_to(&here, d.vfs) && leads_to(&dir.join(rel), d.vfs)
                 });
-            match cwd.map(|dir| dir.join(rel)).ok_or_else(|| bound_file(&dup)) {
-                Ok(at) => {
-                    seen.relative.push((b.sockets.len() as u32, at));
-                    s.flags |= cryo_image::fds::socket_flags::RELATIVE;
-                }
-                Err(Some(FileNow::At(at))) if ends_in(&at, rel) && leads_to(&at, d.vfs) => {
+            // (Where the working directory leads to it, that is where it is.)
+            let now = match cwd {
+                Some(dir) => Some(FileNow::At(dir.join(rel))),
+                None => bound_file(&dup),
+            };
+            match now {
+                Some(FileNow::At(at)) if ends_in(&at, rel) && leads_to(&at, d.vfs) => {
                     seen.relative.push((b.sockets.len() as u32, at));
                     s.flags |= cryo_image::fds::socket_flags::RELATIVE;
                 }
                 // Its file removed since the bind (zdtm
                 // fifo_upon_unix_socket01): a ghost, bound again by its
                 // name in a directory of the restore's own for the moment.
-                Err(Some(FileNow::Gone)) if quiet => {
+                Some(FileNow::Gone) if quiet => {
                     s.flags |= cryo_image::fds::socket_flags::GHOST;
                 }
-                Err(Some(FileNow::Gone)) => {
+                Some(FileNow::Gone) => {
                     return Err(format!(
                         "fd {fd} ({what} bound to the relative path {shown}): its file was removed since the bind, and {waiting}; cryo cannot restore it"
                     ))
                 }
-                Err(Some(FileNow::LinkedElsewhere)) => {
+                Some(FileNow::LinkedElsewhere) => {
                     return Err(linked_elsewhere(fd, what, &shown))
                 }
-                Err(Some(FileNow::At(at))) => {
+                Some(FileNow::At(at)) => {
                     return Err(format!(
                         "fd {fd} ({what} bound to the relative path {shown}): its file is {} now, renamed since the bind, and where the name was bound is not known; cryo cannot restore it",
                         at.display()
                     ))
                 }
-                Err(None) => {
+                None => {
                     return Err(format!(
                         "fd {fd} ({what} bound to the relative path {shown}): that name does not lead to this socket from the process's working directory (bound from another directory, or removed since), and the kernel did not say where its file is (SIOCUNIXFILE needs CAP_NET_ADMIN, or the file was renamed); cryo cannot tell which directory it was resolved in"
                     ))

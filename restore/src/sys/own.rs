@@ -230,28 +230,24 @@ fn aio_place(ctx: u64, head: u32, unreaped: u32, fd: i32) -> Result<(), String> 
     let ptrs = [iocb.as_ptr(); 32];
     let mut events = [0u8; 32 * 32];
     let submit = |k: usize| {
-        // SAFETY: `ptrs` holds `k` pointers to one valid iocb, whose buffer
+        let (k, list) = (k as libc::c_long, ptrs.as_ptr());
+        // SAFETY: `list` holds `k` pointers to one valid iocb, whose buffer
         // `byte` outlives the call; the writes complete within it.
-        let n =
-            unsafe { libc::syscall(libc::SYS_io_submit, ctx, k as libc::c_long, ptrs.as_ptr()) };
-        n == k as libc::c_long
+        let n = unsafe { libc::syscall(libc::SYS_io_submit, ctx, k, list) };
+        n == k
+    };
+    let mut reap = |k: usize| {
+        let (k, wait) = (k as libc::c_long, std::ptr::null::<libc::timespec>());
+        let into = events.as_mut_ptr();
+        // SAFETY: io_getevents writes at most `k` (32 or fewer) events of
+        // 32 bytes into `events`, ours, room for 32.
+        let n = unsafe { libc::syscall(libc::SYS_io_getevents, ctx, k, k, into, wait) };
+        n == k
     };
     let mut left = head as usize;
     while left > 0 {
         let k = left.min(32);
-        // SAFETY: io_getevents writes at most `k` events of 32 bytes into
-        // `events`, ours, 32 of them long.
-        let ok = submit(k)
-            && unsafe {
-                libc::syscall(
-                    libc::SYS_io_getevents,
-                    ctx,
-                    k as libc::c_long,
-                    k as libc::c_long,
-                    events.as_mut_ptr(),
-                    std::ptr::null::<libc::timespec>(),
-                )
-            } == k as libc::c_long;
+        let ok = submit(k) && reap(k);
         if !ok {
             return Err("its head could not be brought to its place here".into());
         }
