@@ -757,6 +757,47 @@ fn a_child_sharing_its_parents_fd_table_shares_it_again() {
     }
 }
 
+/// A child sharing its parent's fd table that has children of its own
+/// (zdtm fdt_shared): one sharing the table too, which has such a child
+/// in turn, and one with a table of its own (`tree fdshare deep`). The
+/// stand-ins of the whole line are taken by the root's shim at once
+/// (they must outlive the stand-in of their parent), and each parent's
+/// shim forks its own children: every process has its parent, its own
+/// memory, the table it shared (kcmp, an fd the root opens after the
+/// restore) or its own copy, and every parent reaps its children. Until
+/// stop 41 such a tree was refused at capture. Restored as captured and
+/// in a PID namespace; a lazy or mapped restore is refused by name.
+#[test]
+fn a_sharing_child_with_children_of_its_own_comes_back_whole() {
+    let dir = scratch("tree-fdshare-deep");
+    let t = Target::start("c-tree", &["fdshare", "deep"]);
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    let pids = tree_pids(&img);
+    assert_eq!(pids.len(), 6, "{pids:?}");
+    wait_gone(&pids);
+    let (code, out, err) = finish(restore(&img, &["--lazy", "--lazy-min-mib", "0"]), "go\n");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("shared its parent's fd table") && err.contains("a lazy or mapped restore"),
+        "{err}"
+    );
+    for mode in [&["--phases"][..], &["--pidns", "--phases"]] {
+        let (code, out, err) = finish(restore(&img, mode), "go\n");
+        assert_eq!(code, 0, "{mode:?}: {out}{err}");
+        assert_eq!(
+            out.lines().last(),
+            Some("PASS fdshare"),
+            "{mode:?}: {out}{err}"
+        );
+        let forked = err.matches("is forked by its parent's shim").count();
+        assert_eq!(forked, 5, "{mode:?}: A, A1, A1a, A2 and B: {err}");
+        assert!(!err.contains("missing"), "{mode:?}: {err}");
+    }
+}
+
 /// `--keep-stopped` of a tree stops its root alone, and `kill -CONT` of
 /// the root resumes the program: the children run as captured. Until
 /// stop 36 every process was kept stopped, and a child nobody continued
@@ -896,25 +937,28 @@ os.waitpid(pid, 0); print("PASS", flush=True)
         "--single captures one process only",
     );
     // A child that shares its parent's fd table (a raw clone with
-    // CLONE_FILES) and has a child of its own: a restore forks such a
-    // child from its parent's shim, which makes no grandchildren.
-    let shared_table_with_child = r#"
+    // CLONE_FILES) and has a child of its own that leads a session: a
+    // restore forks such a child from its parent's shim, and the child's
+    // from its, in their parent's group.
+    let shared_table_with_leader = r#"
 import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
 r, w = os.pipe()
+s_r, s_w = os.pipe()
 pid = libc.syscall(56, 0x400 | 17, 0, 0, 0, 0)
 if pid == 0:
     g = os.fork()
     if g == 0:
-        os.read(r, 1); os._exit(0)
+        os.setsid(); os.write(s_w, b"s"); os.read(r, 1); os._exit(0)
     os.read(r, 1); os.waitpid(g, 0); os._exit(0)
+os.read(s_r, 1)
 print("READY", flush=True); sys.stdin.readline()
 os.write(w, b"xx"); os.waitpid(pid, 0); print("PASS", flush=True)
 "#;
     refused(
-        shared_table_with_child,
+        shared_table_with_leader,
         &[],
-        "shares its parent's fd table (clone with CLONE_FILES), which a restore makes again only by forking it from its parent's shim, and it has children",
+        "shares its parent's fd table (clone with CLONE_FILES), which a restore makes again only by forking it from its parent's shim, and its child",
     );
     // A pty whose slave a process outside the tree holds (an orphan).
     let pty_outside = r#"

@@ -249,23 +249,43 @@ pub fn shared_fd_tables(t: &Tree, obs: &mut Obstacles) -> Vec<u32> {
             if shares(t.members[p].rec.pid, m.rec.pid) {
                 table_of[i] = table_of[p];
                 out.push(m.rec.pid);
-                // Made again by a fork from its parent's shim, which
-                // makes a process without children, in its parent's
-                // group (docs/design.md, "Process trees").
+                // Made again by a fork from its parent's shim, in its
+                // parent's group, leading none; its children forked by
+                // its own shim, so too (docs/design.md, "Process trees").
                 let pr = t.members[p].rec;
                 let r = m.rec;
-                let why = if t.members.iter().any(|c| c.rec.ppid == r.pid) {
-                    Some("it has children")
-                } else if r.pgid != pr.pgid || r.sid != pr.sid {
-                    Some("it is not in its parent's process group")
-                } else if t
+                let leads = |pid: u32| {
+                    t.members
+                        .iter()
+                        .any(|c| c.rec.pgid == pid || c.rec.sid == pid)
+                };
+                let child_why = t
                     .members
                     .iter()
-                    .any(|c| c.rec.pgid == r.pid || c.rec.sid == r.pid)
-                {
-                    Some("it leads a process group or session")
+                    .filter(|c| c.rec.ppid == r.pid)
+                    .find_map(|c| {
+                        let c = c.rec;
+                        let why = if c.state == proc_state::ZOMBIE {
+                            "is a zombie"
+                        } else if c.pgid != r.pgid || c.sid != r.sid {
+                            "is not in its process group"
+                        } else if leads(c.pid) {
+                            "leads a process group or session"
+                        } else if t.members.iter().any(|g| g.rec.ppid == c.pid)
+                            && !shares(r.pid, c.pid)
+                        {
+                            "has children and an fd table of its own"
+                        } else {
+                            return None;
+                        };
+                        Some(format!("its child {} {why}", c.pid))
+                    });
+                let why = if r.pgid != pr.pgid || r.sid != pr.sid {
+                    Some("it is not in its parent's process group".to_owned())
+                } else if leads(r.pid) {
+                    Some("it leads a process group or session".to_owned())
                 } else {
-                    None
+                    child_why
                 };
                 if let Some(why) = why {
                     obs.push(format!(

@@ -16,7 +16,7 @@
 pub const NONE: u64 = u64::MAX;
 
 /// Number of arguments after argv[0].
-pub const ARGC: usize = 10;
+pub const ARGC: usize = 11;
 
 /// FLAGS bits.
 pub mod flags {
@@ -117,6 +117,10 @@ pub struct Handoff {
     /// The socket of the barrier's second round (children forked by
     /// their parents' shims), or NONE.
     pub round_fd: u64,
+    /// A stand-in's ([`flags::STAND_IN`]) parent as captured: the
+    /// process whose shim forks it (its stand-in is the child of the
+    /// nearest ancestor that execs its own shim), or NONE.
+    pub parent: u64,
 }
 
 /// Why the shim's arguments were refused.
@@ -132,7 +136,7 @@ impl core::fmt::Display for HandoffError {
         match self {
             HandoffError::Count => write!(
                 f,
-                "usage: cryo-shim META_FD PAGES_FD TID_OFFSET FLAGS EXEC_NS SOCK_FD ALIAS_FD FILES_FD BARRIER_FD ROUND_FD (run by `cryo restore`, not by hand)"
+                "usage: cryo-shim META_FD PAGES_FD TID_OFFSET FLAGS EXEC_NS SOCK_FD ALIAS_FD FILES_FD BARRIER_FD ROUND_FD PARENT (run by `cryo restore`, not by hand)"
             ),
             HandoffError::NotANumber(i) => write!(f, "argument {i} is not a number"),
             HandoffError::UnknownFlags(v) => {
@@ -174,6 +178,7 @@ impl Handoff {
             self.files_fd,
             self.barrier_fd,
             self.round_fd,
+            self.parent,
         ]
     }
 
@@ -199,6 +204,7 @@ impl Handoff {
             files_fd: v[7],
             barrier_fd: v[8],
             round_fd: v[9],
+            parent: v[10],
         };
         if h.flags & !flags::ALL != 0 {
             return Err(HandoffError::UnknownFlags(h.flags));
@@ -297,6 +303,7 @@ mod tests {
             files_fd: NONE,
             barrier_fd: 12,
             round_fd: 13,
+            parent: 77,
         };
         let a = h.encode();
         assert_eq!(a[6], "-");

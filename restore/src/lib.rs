@@ -215,6 +215,11 @@ pub struct Plan {
     /// [`handoff::flags::STAND_IN`]: cryo_image::handoff::flags::STAND_IN
     /// [`handoff::flags::FORKS`]: cryo_image::handoff::flags::FORKS
     extra_flags: u64,
+    /// A stand-in's parent as captured (the process whose shim forks it),
+    /// or [`handoff::NONE`].
+    ///
+    /// [`handoff::NONE`]: cryo_image::handoff::NONE
+    stand_in_parent: u64,
 }
 
 /// Process state `exec` applies before the shim runs, read from the image
@@ -539,6 +544,7 @@ fn prepare_one(
         tree: None,
         ptys: ptys::Ptys::default(),
         extra_flags: 0,
+        stand_in_parent: cryo_image::handoff::NONE,
     })
 }
 
@@ -881,6 +887,7 @@ impl Plan {
             files_fd: files_fd.map_or(handoff::NONE, |f| f as u64),
             barrier_fd: fd(barrier_fd),
             round_fd: fd(round_fd),
+            parent: self.stand_in_parent,
         };
         let args: Vec<CString> = std::iter::once("cryo-shim".to_owned())
             .chain(h.encode())

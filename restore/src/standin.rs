@@ -74,9 +74,6 @@ pub(crate) fn obstacle(
     if cp.finish != Finish::Gadgets || pp.finish != Finish::Gadgets {
         return Some("restored through the tracer");
     }
-    if recs.iter().any(|r| r.ppid == cr.pid) {
-        return Some("it has children");
-    }
     if cr.sid != pr.sid || cr.pgid != pr.pgid || cr.pgid == cr.pid {
         return Some("not in its parent's process group");
     }

@@ -268,7 +268,9 @@ fn shared_copies(images: &[Image]) -> u64 {
 ///
 /// A child that shared its parent's fd table can only be made so (a
 /// process that execs gets a table of its own): where it cannot be, the
-/// restore is refused, naming why.
+/// restore is refused, naming why. Such a child may have children of its
+/// own if its shim can fork every one of them (zdtm fdt_shared); a child
+/// with a table of its own and children execs its own shim.
 fn choose_stand_ins(
     recs: &[TreeProc],
     root: &mut Plan,
@@ -282,7 +284,10 @@ fn choose_stand_ins(
             crate::standin::referenced(&p.image(), &mut refs);
         }
     }
-    for c in 1..members.len() {
+    // Why each member execs its own shim (children decided before their
+    // parents: members come after their parents).
+    let mut whys: Vec<Option<String>> = vec![None; members.len()];
+    for c in (1..members.len()).rev() {
         let Some(p) = members
             .iter()
             .position(|m| m.rec.pid == members[c].rec.ppid)
@@ -303,17 +308,34 @@ fn choose_stand_ins(
                 (members[p].rec, pp),
                 (members[c].rec, cp),
                 shares_fds,
-            );
+            )
+            .map(str::to_owned);
             (why, shares_fds)
         };
-        if let (Some(w), true) = (why, shares_fds) {
+        // Its children are forked by its shim, their stand-ins by the
+        // nearest ancestor that execs its own (`Cx::forker`).
+        let kids = (c + 1..members.len()).filter(|&k| members[k].rec.ppid == members[c].rec.pid);
+        let why = why.or_else(|| {
+            let mut kids = kids.peekable();
+            if kids.peek().is_some() && !shares_fds {
+                return Some("it has children".to_owned());
+            }
+            kids.find(|&k| !members[k].stand_in).map(|k| {
+                format!(
+                    "its child {} cannot be forked by its shim: {}",
+                    members[k].rec.pid,
+                    whys[k].as_deref().unwrap_or("not a live child")
+                )
+            })
+        });
+        if let (Some(w), true) = (&why, shares_fds) {
             return Err(RestoreError::Tree(format!(
                 "process {} shared its parent's fd table (clone with CLONE_FILES), which a restore makes again only by forking it from its parent's shim, and cannot here: {w}",
                 members[c].rec.pid
             )));
         }
         if root.opts.phases {
-            match why {
+            match &why {
                 None => eprintln!(
                     "cryo restore: process {} is forked by its parent's shim (copy-on-write sharing kept)",
                     members[c].rec.pid
@@ -325,11 +347,13 @@ fn choose_stand_ins(
             }
         }
         if why.is_some() {
+            whys[c] = why;
             continue;
         }
         members[c].stand_in = true;
         if let Some(cp) = members[c].plan.borrow_mut().as_mut() {
             cp.extra_flags |= flags::STAND_IN;
+            cp.stand_in_parent = members[c].rec.ppid as u64;
             if shares_fds {
                 cp.extra_flags |= flags::SHARES_FDS;
             }
@@ -1123,7 +1147,7 @@ pub(crate) fn exec(root: Plan, tree: Box<Tree>) -> RestoreError {
         Ok(h) => GroupHolders(std::cell::RefCell::new(h)),
         Err(e) => return e,
     };
-    for c in cx.children(0) {
+    for c in cx.forks(0) {
         if let Err(e) = cx.fork(c) {
             cx.fail();
             return e;
@@ -1269,6 +1293,32 @@ impl Cx<'_> {
             .collect()
     }
 
+    /// The member that forks member `j` here: its parent, but for a
+    /// stand-in whose parent is a stand-in too, the nearest ancestor that
+    /// execs its own shim. Its shim takes the whole line of stand-ins
+    /// below it at once (a stand-in's children must outlive it: its
+    /// place is taken first), forks the first, whose shim forks the next.
+    fn forker(&self, j: usize) -> usize {
+        let parent = |k: usize| {
+            (0..k)
+                .rev()
+                .find(|&p| self.rec(p).pid == self.rec(k).ppid)
+                .unwrap_or(0)
+        };
+        let mut p = parent(j);
+        while p != 0 && self.tree.members[j].stand_in && self.tree.members[p].stand_in {
+            p = parent(p);
+        }
+        p
+    }
+
+    /// Member indices of the processes `i` forks ([`Cx::forker`]).
+    fn forks(&self, i: usize) -> Vec<usize> {
+        (i + 1..self.tree.members.len())
+            .filter(|&j| self.forker(j) == i)
+            .collect()
+    }
+
     /// Fork member `c` with its PID (in the child: become it, never
     /// return).
     fn fork(&self, c: usize) -> Result<i32, RestoreError> {
@@ -1308,7 +1358,7 @@ impl Cx<'_> {
         for m in self.tree.members.iter().skip(1).rev() {
             let _ = sys::kill(m.rec.pid as i32, libc::SIGKILL);
         }
-        for c in self.children(0) {
+        for c in self.forks(0) {
             // (__WALL: a stand-in sends no SIGCHLD.)
             let _ = sys::waitpid(self.rec(c).pid as i32, libc::__WALL);
         }
@@ -1353,8 +1403,9 @@ impl Cx<'_> {
             sys::exit_now(1)
         };
         if self.tree.members[i].stand_in {
-            // Gone with its parent, whose shim would have replaced it.
-            let parent = pid_now(r.ppid as i32, r.pid as i32);
+            // Gone with the process that forked it, whose shim would have
+            // replaced it.
+            let parent = pid_now(self.rec(self.forker(i)).pid as i32, r.pid as i32);
             if sys::die_with_parent().is_err() || sys::getppid() != parent {
                 sys::exit_now(1);
             }
@@ -1393,7 +1444,7 @@ impl Cx<'_> {
             }
             sys::die_with(r.exit_status as i32);
         }
-        for c in self.children(i) {
+        for c in self.forks(i) {
             if let Err(e) = self.fork(c) {
                 die(e.to_string());
             }

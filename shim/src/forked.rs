@@ -39,6 +39,12 @@ const TABLE_MAX: usize = TABLE_LEN / 8;
 /// The stand-ins among a parent's children (u32 PIDs).
 const STAND_INS_AT: usize = W + 0x2500_0000;
 const STAND_INS_LEN: usize = 1 << 20;
+/// What was taken from the stand-ins of one line ([`Rec`]s, a count
+/// first): a child of the process whose shim took them and every
+/// stand-in below it, which that child's shim forks in turn.
+const RECS_AT: usize = W + 0x2600_0000;
+const RECS_LEN: usize = 1 << 20;
+const RECS_MAX: usize = (RECS_LEN - 64) / core::mem::size_of::<Rec>();
 
 /// The stand-in's part: its files were opened and checked (so a changed
 /// file fails the tree's restore before any point of no return); close
@@ -189,7 +195,10 @@ struct Failed(&'static str, usize, isize);
 
 /// What the parent's shim took from a stand-in, at numbers from `floor`
 /// up (above every fd of both).
+#[derive(Clone, Copy)]
 struct Taken {
+    /// Its first pair in the table, and how many.
+    first: usize,
     n: usize,
     floor: usize,
     cwd: usize,
@@ -202,10 +211,10 @@ struct Taken {
 
 impl Taken {
     fn pair(&self, i: usize) -> (usize, usize) {
-        // SAFETY: i < n <= TABLE_MAX pairs of i32 at TABLE_AT (mapped by
-        // take).
+        // SAFETY: first + i < first + n <= TABLE_MAX pairs of i32 at
+        // TABLE_AT (mapped by fork_children, filled by take).
         let (a, b) = unsafe {
-            let p = (TABLE_AT as *const i32).add(2 * i);
+            let p = (TABLE_AT as *const i32).add(2 * (self.first + i));
             (*p, *p.add(1))
         };
         (a as usize, b as usize)
@@ -225,20 +234,13 @@ impl Taken {
 
 /// Take stand-in `pid`'s fds (but the shim's own: barrier, alias and page
 /// server sockets), its working directory, and apart from the program's
-/// fds its end of the barrier's second round.
-fn take(pid: u32, h: &Handoff) -> Result<Taken, Failed> {
-    let r = mmap(
-        TABLE_AT,
-        TABLE_LEN,
-        PROT_READ | PROT_WRITE,
-        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-        usize::MAX,
-        0,
-    );
-    if r as usize != TABLE_AT {
-        return Err(Failed("mapping the fd table", usize::MAX, r));
-    }
-    let table = TABLE_AT as *mut i32;
+/// fds its end of the barrier's second round. Its pairs go to the table
+/// from `*used` on, which grows by them.
+fn take(pid: u32, h: &Handoff, used: &mut usize) -> Result<Taken, Failed> {
+    // (Pairs from `first` on: the line's earlier stand-ins' are kept.)
+    let first = *used;
+    let table = (TABLE_AT as *mut i32).wrapping_add(2 * first);
+    let room = TABLE_MAX - first;
     let skip = [h.barrier_fd, h.round_fd, h.alias_fd, h.sock_fd];
     let (mut n, mut top, mut over) = (0usize, 0usize, false);
     each_fd(pid, |fd| {
@@ -248,11 +250,11 @@ fn take(pid: u32, h: &Handoff) -> Result<Taken, Failed> {
         if skip.contains(&(fd as u64)) {
             return;
         }
-        if n == TABLE_MAX {
+        if n == room {
             over = true;
             return;
         }
-        // SAFETY: n < TABLE_MAX pairs fit the table just mapped.
+        // SAFETY: first + n < TABLE_MAX pairs fit the table mapped.
         unsafe { *table.add(2 * n) = fd as i32 };
         n += 1;
     })?;
@@ -279,6 +281,7 @@ fn take(pid: u32, h: &Handoff) -> Result<Taken, Failed> {
         Ok(moved as usize)
     };
     let mut t = Taken {
+        first,
         n: 0,
         floor,
         cwd: usize::MAX,
@@ -287,14 +290,14 @@ fn take(pid: u32, h: &Handoff) -> Result<Taken, Failed> {
     };
     let got = (|| {
         for i in 0..n {
-            // SAFETY: i < n pairs written above.
+            // SAFETY: first + i < first + n pairs written above.
             let theirs = unsafe { *table.add(2 * i) } as usize;
             let r = syscall3(SYS_PIDFD_GETFD, pidfd, theirs, 0);
             if r == -EBADF {
                 continue; // closed since it was listed (none should be)
             }
             let ours = above(r, "taking fd", theirs)?;
-            // SAFETY: t.n <= i < n pairs.
+            // SAFETY: first + t.n <= first + i < first + n pairs.
             unsafe {
                 *table.add(2 * t.n) = theirs as i32;
                 *table.add(2 * t.n + 1) = ours as i32;
@@ -339,6 +342,7 @@ fn take(pid: u32, h: &Handoff) -> Result<Taken, Failed> {
         }
     };
     t.pending = (mask(b"\nSigPnd:"), mask(b"\nShdPnd:"));
+    *used = first + t.n;
     Ok(t)
 }
 
@@ -398,14 +402,19 @@ fn fork_with_pid(pid: u32, share_fds: bool) -> isize {
 }
 
 /// In the parent, its memory in: fork every child a stand-in holds the
-/// place of, with its PID. Returns in the parent; each child goes on in
-/// [`child`].
+/// place of, with its PID, and hand it what was taken from the stand-ins
+/// below it, which its shim forks in turn ([`fork_below`]). Returns in
+/// the parent; each child goes on in [`child`].
 // (A frame of its own: its buffers are not probed into the restore's
 // on every restore, a fresh-page fault each.)
 #[inline(never)]
 pub fn fork_children(parent: &Image) {
     let me = syscall3(SYS_GETPID, 0, 0, 0) as u32;
+    // (Its children's stand-ins name it by its PID at the capture.)
+    let me_then = parent.process().pid as u64;
     map_anon_at(STAND_INS_AT, STAND_INS_LEN, "the list of stand-ins");
+    map_anon_at(TABLE_AT, TABLE_LEN, "the table of the fds taken");
+    map_anon_at(RECS_AT, RECS_LEN, "the stand-ins taken");
     let list = {
         // SAFETY: STAND_INS_LEN bytes just mapped, ours alone; u32 aligned.
         unsafe { core::slice::from_raw_parts_mut(STAND_INS_AT as *mut u32, STAND_INS_LEN / 4) }
@@ -416,15 +425,15 @@ pub fn fork_children(parent: &Image) {
     let mut found = 0;
     loop {
         let (n, before) = (stand_ins(me, list), found);
-        for &pid in &list[..n] {
-            if fork_child(parent, pid) {
+        for k in 0..n {
+            if list[2 * k + 1] as u64 == me_then && fork_line(parent, &list[..2 * n], k) {
                 found += 1;
             }
         }
         // (A list that held them all: every stand-in was in it. A second
         // read would wait on each forked child's memory map, which its
         // /proc/PID/cmdline reads.)
-        if found == before || n < list.len() {
+        if found == before || 2 * n < list.len() {
             break;
         }
     }
@@ -436,8 +445,9 @@ pub fn fork_children(parent: &Image) {
     }
 }
 
-/// The PIDs of this process's (`me`) children that are stand-ins, into
-/// `list`: how many. Dies if the list cannot be read (its stand-ins end
+/// The PIDs of this process's (`me`) children that are stand-ins, each
+/// with its parent at the capture (u32::MAX: none), into `list` in
+/// pairs: how many. Dies if the list cannot be read (its stand-ins end
 /// with it, and the tree's second round sees them gone).
 fn stand_ins(me: u32, list: &mut [u32]) -> usize {
     let mut p = [0u8; 64];
@@ -449,9 +459,12 @@ fn stand_ins(me: u32, list: &mut [u32]) -> usize {
     let mut buf = [0u8; 4096];
     let (mut n, mut cur, mut digits) = (0usize, 0u64, 0u32);
     let mut add = |pid: u64, n: &mut usize| {
-        if *n < list.len() && pid <= u32::MAX as u64 && stand_in_args(pid as u32).is_some() {
-            list[*n] = pid as u32;
-            *n += 1;
+        if 2 * *n + 1 < list.len() && pid <= u32::MAX as u64 {
+            if let Some(h) = stand_in_args(pid as u32) {
+                list[2 * *n] = pid as u32;
+                list[2 * *n + 1] = u32::try_from(h.parent).unwrap_or(u32::MAX);
+                *n += 1;
+            }
         }
     };
     loop {
@@ -480,61 +493,223 @@ fn stand_ins(me: u32, list: &mut [u32]) -> usize {
     n
 }
 
-/// Fork child `pid` in the place of its stand-in, if it is one: whether
-/// it was.
-fn fork_child(parent: &Image, pid: u32) -> bool {
+/// A stand-in of a line: its PID, arguments, and what was taken from it.
+#[derive(Clone, Copy)]
+struct Rec {
+    pid: u32,
+    h: Handoff,
+    t: Taken,
+    /// Not taken, or a process above it lost: never forked (said so).
+    lost: bool,
+}
+
+/// How many [`Rec`]s the line holds (at RECS_AT, mapped by
+/// [`fork_children`] and copied into every child forked since).
+fn recs_n() -> usize {
+    // SAFETY: RECS_AT is mapped, ours alone (see above); a usize there.
+    unsafe { *(RECS_AT as *const usize) }
+}
+
+fn rec(i: usize) -> Rec {
+    debug_assert!(i < recs_n());
+    // SAFETY: i < recs_n() <= RECS_MAX records written by fork_line,
+    // after the count's 64 bytes.
+    unsafe { *((RECS_AT + 64) as *const Rec).add(i) }
+}
+
+fn set_rec(i: usize, r: Rec) {
+    if i >= RECS_MAX {
+        return;
+    }
+    // SAFETY: i < RECS_MAX records fit after the count (RECS_LEN).
+    unsafe { *((RECS_AT + 64) as *mut Rec).add(i) = r };
+    if i >= recs_n() {
+        // SAFETY: as in recs_n.
+        unsafe { *(RECS_AT as *mut usize) = i + 1 };
+    }
+}
+
+/// Say that process `pid` could not be forked (`why`) and is missing; the
+/// tree's second round hears `f` for it.
+fn missing(pid: u32, why: core::fmt::Arguments) {
+    let mut m = crate::Msg { b: [0; 768], n: 0 };
+    let _ = core::fmt::Write::write_fmt(
+        &mut m,
+        format_args!("cryo-shim: process {pid} could not be forked: {why}; it is missing\n"),
+    );
+    write(2, &m.b[..m.n]);
+    crate::round_lost(pid);
+}
+
+/// Every stand-in of the line below process `pid`, which is missing:
+/// missing too, and what was taken from them closed (in the one table
+/// of the line, nobody else would).
+fn lose_below(pid: u32) {
+    for i in 0..recs_n() {
+        let mut r = rec(i);
+        if r.lost || r.h.parent != pid as u64 {
+            continue;
+        }
+        r.lost = true;
+        set_rec(i, r);
+        r.t.close();
+        missing(r.pid, format_args!("its parent {pid} is missing"));
+        lose_below(r.pid);
+    }
+}
+
+/// Take the line of stand-in `list[2 k]`, a child of this process's: it
+/// and every stand-in below it (its shim forks those; they are all this
+/// process's children here), then end them all and fork the first.
+/// Whether it was a stand-in.
+fn fork_line(parent: &Image, list: &[u32], k: usize) -> bool {
+    let pid = list[2 * k];
     let Some(h) = stand_in_args(pid) else {
         return false;
     };
-    let t = match take(pid, &h) {
-        Ok(t) => t,
-        Err(Failed(what, num, e)) => {
-            // Past the point of no return: the parent and the rest of the
-            // tree go on without this child, and say so.
-            end(pid);
-            let mut m = crate::Msg { b: [0; 768], n: 0 };
-            let _ = if num == usize::MAX {
-                core::fmt::Write::write_fmt(
-                    &mut m,
-                    format_args!("cryo-shim: process {pid} could not be forked: {what} of its stand-in: errno {}; it is missing\n", -e),
-                )
-            } else {
-                core::fmt::Write::write_fmt(
-                    &mut m,
-                    format_args!("cryo-shim: process {pid} could not be forked: {what} {num} of its stand-in: errno {}; it is missing\n", -e),
-                )
-            };
-            write(2, &m.b[..m.n]);
-            crate::round_lost(pid);
-            return true;
-        }
+    let none = Taken {
+        first: 0,
+        n: 0,
+        floor: 0,
+        cwd: usize::MAX,
+        round: usize::MAX,
+        pending: (0, 0),
     };
-    end(pid);
-    let share_fds = h.flags & flags::SHARES_FDS != 0;
-    match fork_with_pid(pid, share_fds) {
-        0 => child(parent, &h, &t),
-        r if r < 0 => {
-            // Past the point of no return: the parent goes on, the child
-            // is lost, and says so.
-            let mut m = crate::Msg { b: [0; 768], n: 0 };
-            let _ = core::fmt::Write::write_fmt(
-                &mut m,
-                format_args!(
-                    "cryo-shim: process {pid} could not be forked with its PID (clone3 set_tid: errno {}); it is missing\n",
-                    -r
-                ),
-            );
-            write(2, &m.b[..m.n]);
-            crate::round_lost(pid);
-            t.close();
+    // SAFETY: as in recs_n: the line starts empty.
+    unsafe { *(RECS_AT as *mut usize) = 0 };
+    let add = |pid: u32, h: Handoff| {
+        set_rec(
+            recs_n(),
+            Rec {
+                pid,
+                h,
+                t: none,
+                lost: false,
+            },
+        )
+    };
+    add(pid, h);
+    // The stand-ins below it: one whose parent is in the line already,
+    // until no more is (the list was read whole).
+    loop {
+        let before = recs_n();
+        for (j, pair) in list.chunks_exact(2).enumerate() {
+            let (p, up) = (pair[0], pair[1]);
+            if j == k || recs_n() >= RECS_MAX || (0..recs_n()).any(|i| rec(i).pid == p) {
+                continue;
+            }
+            if (0..recs_n()).any(|i| rec(i).pid == up) {
+                if let Some(h) = stand_in_args(p) {
+                    add(p, h);
+                }
+            }
         }
-        // (In a table shared with the child, what was taken is the
-        // child's to close.)
-        _ if share_fds => {}
-        _ => t.close(),
+        if recs_n() == before {
+            break;
+        }
+    }
+    // Each one's fds above every fd of this table (a stand-in below
+    // shares it: its own shim forks it from this table, or from a copy
+    // of it), then all ended: their PIDs free for the forks.
+    let mut used = 0;
+    for i in 0..recs_n() {
+        let mut r = rec(i);
+        match take(r.pid, &r.h, &mut used) {
+            Ok(t) => r.t = t,
+            Err(Failed(what, num, e)) => {
+                r.lost = true;
+                // Past the point of no return: the parent and the rest of
+                // the tree go on without this child, and say so.
+                if num == usize::MAX {
+                    missing(r.pid, format_args!("{what} of its stand-in: errno {}", -e));
+                } else {
+                    missing(
+                        r.pid,
+                        format_args!("{what} {num} of its stand-in: errno {}", -e),
+                    );
+                }
+            }
+        }
+        set_rec(i, r);
+    }
+    for i in 0..recs_n() {
+        end(rec(i).pid);
+    }
+    for i in 0..recs_n() {
+        if rec(i).lost {
+            lose_below(rec(i).pid);
+        }
+    }
+    if !rec(0).lost {
+        fork_rec(parent, 0);
     }
     true
 }
+
+/// Fork record `i` of the line with its PID (its stand-in ended); in the
+/// child, go on as it. What was taken from its stand-in is closed here
+/// unless the two share this table (then it is the child's to close).
+fn fork_rec(parent: &Image, i: usize) {
+    let mut r = rec(i);
+    let share_fds = r.h.flags & flags::SHARES_FDS != 0;
+    match fork_with_pid(r.pid, share_fds) {
+        0 => child(parent, &r.h, &r.t),
+        e if e < 0 => {
+            // Past the point of no return: the parent goes on, the child
+            // is lost, and says so.
+            r.lost = true;
+            set_rec(i, r);
+            r.t.close();
+            missing(
+                r.pid,
+                format_args!("with its PID (clone3 set_tid: errno {})", -e),
+            );
+            lose_below(r.pid);
+        }
+        _ if share_fds => {}
+        _ => r.t.close(),
+    }
+}
+
+/// In a child forked by its parent's shim, its memory in: fork its own
+/// children, whose stand-ins its parent's shim took with it.
+#[inline(never)]
+pub fn fork_below(img: &Image) {
+    let me = syscall3(SYS_GETPID, 0, 0, 0) as u64;
+    let mut forked = 0;
+    for i in 0..recs_n() {
+        let r = rec(i);
+        if !r.lost && r.h.parent == me {
+            fork_rec(img, i);
+            forked += 1;
+        }
+    }
+    if forked == 0 {
+        write(
+            2,
+            b"cryo-shim: none of the children this process's shim was to fork was taken; they are missing\n",
+        );
+    }
+}
+
+/// Where a child forked by its parent's shim maps its image: the place
+/// of the window its parent's is not at (a grandparent's there is of no
+/// more use: the frames that read it never return).
+pub fn child_meta_at() -> usize {
+    use core::sync::atomic::Ordering::Relaxed;
+    let at = if META_SLOT.load(Relaxed) == crate::CHILD_META_AT {
+        crate::META_AT
+    } else {
+        crate::CHILD_META_AT
+    };
+    syscall3(SYS_MUNMAP, at, cryo_image::MAX_META_LEN as usize, 0);
+    META_SLOT.store(at, Relaxed);
+    at
+}
+
+/// Where this process's image is mapped (`child_meta_at`).
+static META_SLOT: core::sync::atomic::AtomicUsize =
+    core::sync::atomic::AtomicUsize::new(crate::META_AT);
 
 /// The child, just forked: its fds and working directory in place, then
 /// the restore of its own image from its mappings on.
@@ -542,8 +717,14 @@ fn child(parent: &Image, h: &Handoff, t: &Taken) -> ! {
     if h.flags & flags::SHARES_FDS != 0 {
         shared_table_child(parent, h, t)
     }
-    // The parent's /proc/self/mem names the parent's memory.
+    // (A child with a table of its own forks none: `cryo restore` makes
+    // no stand-in below it. Its table is about to lose what was taken.)
+    lose_below(syscall3(SYS_GETPID, 0, 0, 0) as u32);
+    // The parent's /proc/self/mem names the parent's memory; its made
+    // files' table (a parent sharing its own parent's table has one) is
+    // not this process's: its made files are at their numbers.
     crate::vma::close_mem_fd();
+    crate::files::made_files_at(0);
     syscall3(SYS_CLOSE_RANGE, 0, t.floor - 1, 0);
     for i in 0..t.n {
         let (theirs, ours) = t.pair(i);
@@ -661,7 +842,8 @@ fn go_on(
         meta_fd,
         pages_fd,
         tid_offset: crate::handoff_arg(h.tid_offset),
-        flags: h.flags & !(flags::BARRIER | flags::STAND_IN | flags::FORKS | flags::SHARES_FDS),
+        // (FORKS kept: it forks its own children, `fork_below`.)
+        flags: h.flags & !(flags::BARRIER | flags::STAND_IN | flags::SHARES_FDS),
         exec_ns: 0,
         sock_fd: usize::MAX,
         alias_fd: usize::MAX,

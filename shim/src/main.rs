@@ -732,11 +732,15 @@ fn restore_forked(a: &Args, parent: &cryo_image::Image) -> ! {
     let on = a.flags & flags::PHASES != 0;
     let mut ph = Phases { t: [0; 8], n: 0 };
     ph.mark(on);
-    let img = load::image_at(a.meta_fd, CHILD_META_AT);
+    let img = load::image_at(a.meta_fd, forked::child_meta_at());
     let (mut files, exe_fd) = files::Files::open_all(&img, a);
     ph.mark(on);
     ph.mark(on);
     forked::reshape(parent, &img, &mut files, a.pages_fd);
+    // Its own children, their stand-ins taken by its parent's shim.
+    if a.flags & flags::FORKS != 0 {
+        forked::fork_below(&img);
+    }
     ph.mark(on);
     finish(&img, files, exe_fd, a, ph, false)
 }

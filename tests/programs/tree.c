@@ -76,6 +76,16 @@
  * 70, find 60 closed and A's bytes in the mapping; B must still have its
  * own 60 and no 70. PASS fdshare.
  *
+ * `tree fdshare deep`: the same, and A has children of its own: A1,
+ * cloned with CLONE_FILES (the root's table too), which clones A1a so
+ * too, and A2, forked (a table of its own, with A's 60). Each keeps its
+ * own bytes in private memory and its parent's PID from before the
+ * capture. After it the root checks with kcmp that A1 and A1a share its
+ * table and A2 does not; once A is done, each finds its parent and its
+ * bytes as they were, A1 and A1a write through the root's fd 71 (which
+ * the root put there after the restore), A2 still has 60 (closed by A in
+ * the shared table) and no 70; every parent reaps its children.
+ *
  * `tree vfork`: see vforked().
  */
 #define _GNU_SOURCE
@@ -679,7 +689,36 @@ static int strict(void) {
 
 static int is_open(int fd) { return fcntl(fd, F_GETFD) >= 0; }
 
-static int fdshare(void) {
+/* Each process's own bytes (private memory, `tree fdshare deep`). */
+static char mine[32];
+
+/* A child of A in `tree fdshare deep` (see above): says its name on
+ * `done` before the capture; after it, once `go` has a byte for it, checks its
+ * parent and bytes, writes `msg` (8 bytes) through fd 71 if it shares
+ * the root's table or checks its own 60 and no 70 if not, and reaps
+ * `child` (if any). Exits 0 when all is as it should be. */
+static void deep_child(const char *name, int done, int go, const char *msg, pid_t child) {
+  pid_t up = getppid();
+  snprintf(mine, sizeof mine, "%s's own", name);
+  if (write(done, name, 1) != 1) _exit(30);
+  char c;
+  read_full(go, &c, 1, "a child of A reading go");
+  if (getppid() != up) _exit(31);
+  char want[32];
+  snprintf(want, sizeof want, "%s's own", name);
+  if (strcmp(mine, want)) _exit(32);
+  if (msg) {
+    if (!is_open(71) || write(71, msg, 8) != 8) _exit(33);
+  } else if (!is_open(60) || is_open(70)) {
+    _exit(34);
+  }
+  int st;
+  if (child > 0 && (waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st)))
+    _exit(35);
+  _exit(0);
+}
+
+static int fdshare(int deep) {
   static const char DATA[] = "bytes of an unlinked file, mapped shared";
   int tf = open("/tmp", O_TMPFILE | O_RDWR, 0600);
   if (tf < 0) fail("O_TMPFILE");
@@ -687,8 +726,10 @@ static int fdshare(void) {
     fail("filling the unlinked file");
   char *map = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, tf, 0);
   if (map == MAP_FAILED) fail("mmap");
-  int go_a[2], go_b[2], done[2];
-  if (pipe(go_a) || pipe(go_b) || pipe(done)) fail("pipe");
+  int go_a[2], go_b[2], done[2], go_deep[2], kids_ready[2];
+  if (pipe(go_a) || pipe(go_b) || pipe(done) || pipe(go_deep) || pipe(kids_ready)) fail("pipe");
+  /* (A's children's PIDs, for the root: in the shared mapping.) */
+  pid_t *kids = (pid_t *)(map + 2048);
   /* (A raw clone without a stack: a fork that shares the fd table.) */
   pid_t a = syscall(SYS_clone, CLONE_FILES | SIGCHLD, 0, 0, 0, 0);
   if (a < 0) fail("clone");
@@ -696,6 +737,32 @@ static int fdshare(void) {
     char c;
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (dup2(open("/dev/null", O_RDONLY), 60) != 60) _exit(10);
+    if (deep) {
+      pid_t a1 = syscall(SYS_clone, CLONE_FILES | SIGCHLD, 0, 0, 0, 0);
+      if (a1 < 0) _exit(18);
+      if (a1 == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        pid_t a1a = syscall(SYS_clone, CLONE_FILES | SIGCHLD, 0, 0, 0, 0);
+        if (a1a < 0) _exit(36);
+        if (a1a == 0) {
+          prctl(PR_SET_PDEATHSIG, SIGKILL);
+          deep_child("Z", kids_ready[1], go_deep[0], "from A1a", 0);
+        }
+        kids[1] = a1a;
+        deep_child("Y", kids_ready[1], go_deep[0], "from A1 ", a1a);
+      }
+      pid_t a2 = fork();
+      if (a2 < 0) _exit(19);
+      if (a2 == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        deep_child("X", kids_ready[1], go_deep[0], NULL, 0);
+      }
+      kids[0] = a1;
+      kids[2] = a2;
+      snprintf(mine, sizeof mine, "A's own");
+      char r[3];
+      read_full(kids_ready[0], r, 3, "A's children ready");
+    }
     if (write(done[1], "o", 1) != 1) _exit(11);
     read_full(go_a[0], &c, 1, "A reading go");
     if (!is_open(70) || !is_open(71)) _exit(12);
@@ -704,6 +771,14 @@ static int fdshare(void) {
     if (memcmp(map, DATA, sizeof DATA)) _exit(15);
     memcpy(map + 1000, "A wrote this", 12);
     if (write(done[1], "a", 1) != 1) _exit(16);
+    if (deep) {
+      if (strcmp(mine, "A's own")) _exit(17);
+      for (int i = 0; i < 3; i += 2) {
+        int st;
+        if (waitpid(kids[i], &st, 0) != kids[i] || !WIFEXITED(st) || WEXITSTATUS(st))
+          _exit(40 + i);
+      }
+    }
     _exit(0);
   }
   char c;
@@ -728,6 +803,14 @@ static int fdshare(void) {
     fail("A shares the root's fd table no more");
   if (syscall(SYS_kcmp, getpid(), b, 2 /* KCMP_FILES */, 0, 0) == 0)
     fail("B shares the root's fd table");
+  if (deep) {
+    if (syscall(SYS_kcmp, getpid(), kids[0], 2, 0, 0) != 0)
+      fail("A1 shares the root's fd table no more");
+    if (syscall(SYS_kcmp, getpid(), kids[1], 2, 0, 0) != 0)
+      fail("A1a shares the root's fd table no more");
+    if (syscall(SYS_kcmp, getpid(), kids[2], 2, 0, 0) == 0)
+      fail("A2 shares the root's fd table");
+  }
   int p[2];
   if (pipe(p) || dup2(p[0], 70) != 70 || dup2(p[1], 71) != 71) fail("pipe at 70, 71");
   close(p[0]);
@@ -740,6 +823,14 @@ static int fdshare(void) {
   if (memcmp(got, "from A", 6)) fail("A's bytes");
   if (is_open(60)) fail("fd 60, closed by A, in the root");
   if (memcmp(map + 1000, "A wrote this", 12)) fail("A's bytes in the mapping");
+  if (deep) {
+    /* (A closed 60 in the shared table: A2 keeps its own.) */
+    if (write(go_deep[1], "ggg", 3) != 3) fail("go A's children");
+    char two[17] = {0};
+    read_full(70, two, 16, "A1's and A1a's bytes on fd 70");
+    if (strcmp(two, "from A1 from A1a") && strcmp(two, "from A1afrom A1 "))
+      fail("A1's and A1a's bytes");
+  }
   if (write(go_b[1], "g", 1) != 1) fail("go B");
   int st;
   if (waitpid(a, &st, 0) != a || !WIFEXITED(st) || WEXITSTATUS(st)) {
@@ -781,7 +872,8 @@ int main(int argc, char **argv) {
   if (argc > 2 && !strcmp(argv[1], "prefork")) return prefork(argv[2]);
   if (argc > 1 && !strcmp(argv[1], "pty")) return pty();
   if (argc > 1 && !strcmp(argv[1], "seccomp")) return strict();
-  if (argc > 1 && !strcmp(argv[1], "fdshare")) return fdshare();
-  fprintf(stderr, "usage: tree family | tree prefork SOCKET_PATH | tree pty | tree seccomp | tree fdshare\n");
+  if (argc > 1 && !strcmp(argv[1], "fdshare"))
+    return fdshare(argc > 2 && !strcmp(argv[2], "deep"));
+  fprintf(stderr, "usage: tree family | tree prefork SOCKET_PATH | tree pty | tree seccomp | tree fdshare [deep]\n");
   return 2;
 }
