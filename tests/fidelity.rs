@@ -394,7 +394,10 @@ fn aio_contexts_come_back_with_their_completed_events() {
 /// directory of the restore's own (nothing is left there, nor in the
 /// working directory) and the client connected to it again (zdtm
 /// fifo_upon_unix_socket01), and another client shut down for writing,
-/// which stays so (a datagram client's shutdown was dropped before).
+/// which stays so (a datagram client's shutdown was dropped before); a
+/// datagram server whose file is still there, and a client connected to
+/// it by its relative name, connected again from that directory (refused
+/// until stop 41).
 #[test]
 fn unix_sockets_bound_by_relative_names_in_a_directory_left_since() {
     case("relsock-left");

@@ -819,7 +819,10 @@ pub fn capture(
             // (Where the working directory leads to it, that is where it is.)
             let now = match cwd {
                 Some(dir) => Some(FileNow::At(dir.join(rel))),
-                None => bound_file(&dup),
+                None => bound_file(&dup).map(|f| match f {
+                    FileNow::At(at) => FileNow::At(as_bound(at, rel)),
+                    f => f,
+                }),
             };
             match now {
                 Some(FileNow::At(at)) if ends_in(&at, rel) && leads_to(&at, d.vfs) => {
@@ -1103,6 +1106,15 @@ fn unix_ghost(unix: &[(u64, usize)], b: &ImageBuilder, ino: u32) -> Option<usize
         .find(|&&(i, _)| i == u64::from(ino))
         .map(|&(_, g)| g)
         .filter(|&g| b.sockets[g].flags & cryo_image::fds::socket_flags::GHOST != 0)
+}
+
+/// The index of the process's unix socket with inode `ino`, if it is bound
+/// by a relative name whose directory capture found.
+fn unix_relative(unix: &[(u64, usize)], b: &ImageBuilder, ino: u32) -> Option<usize> {
+    unix.iter()
+        .find(|&&(i, _)| i == u64::from(ino))
+        .map(|&(_, g)| g)
+        .filter(|&g| b.sockets[g].flags & cryo_image::fds::socket_flags::RELATIVE != 0)
 }
 
 /// The messages waiting in a datagram or seqpacket socket whose other end
@@ -1408,6 +1420,29 @@ fn linked_elsewhere(fd: i32, what: &str, shown: &str) -> String {
     )
 }
 
+/// The socket file's path `at` (as the kernel spells it: no `.` parts,
+/// single slashes) spelled with the name it was bound by, `rel`
+/// (`./x.sock`, `a//x.sock`), where the two name the same file from one
+/// directory; else `at` as it is. (A name with `..` parts says nothing of
+/// the directory it was resolved in.)
+fn as_bound(at: std::path::PathBuf, rel: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let parts: Vec<Component> = rel
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect();
+    let file: Vec<Component> = at.components().collect();
+    if parts.is_empty()
+        || parts.iter().any(|c| !matches!(c, Component::Normal(_)))
+        || file.len() <= parts.len()
+        || !file.ends_with(&parts)
+    {
+        return at;
+    }
+    let dir: std::path::PathBuf = file[..file.len() - parts.len()].iter().collect();
+    dir.join(rel)
+}
+
 /// Whether the absolute path `at` ends in the relative name `rel`, as a
 /// name under a directory (`/` included).
 fn ends_in(at: &std::path::Path, rel: &std::path::Path) -> bool {
@@ -1616,14 +1651,26 @@ pub fn link(
         if let Some(why) = &c.relative_peer {
             // Connected by a relative name: to a ghost of the process, bound
             // again by that name in the restore's directory for the moment
-            // and connected to then (zdtm fifo_upon_unix_socket01); else
-            // where the name was resolved is not known.
-            match unix_ghost(&seen.unix, b, c.diag.peer) {
+            // and connected to then (zdtm fifo_upon_unix_socket01), or to a
+            // socket of the process bound by that name in a directory
+            // capture found (`socket_flags::RELATIVE`), connected to there
+            // once it is bound again; else where the name was resolved is
+            // not known.
+            let ghost = unix_ghost(&seen.unix, b, c.diag.peer);
+            let live = unix_relative(&seen.unix, b, c.diag.peer).filter(|&g| {
+                let (me, g) = (&b.sockets[c.index], &b.sockets[g]);
+                let (p, pn) = cryo_image::fds::sockaddr_bytes(&me.peer, me.peer_len);
+                let (a, an) = cryo_image::fds::sockaddr_bytes(&g.addr, g.addr_len);
+                p[..pn] == a[..an]
+            });
+            match ghost.or(live) {
                 Some(g) if c.diag.rqueue == 0 => {
                     let me = &mut b.sockets[c.index];
                     me.state = socket_state::CONNECTED;
                     me.pair = g as u32;
-                    me.flags |= cryo_image::fds::socket_flags::GHOST_PEER;
+                    if ghost.is_some() {
+                        me.flags |= cryo_image::fds::socket_flags::GHOST_PEER;
+                    }
                     me.shutdown = u32::from(c.diag.shutdown & 3);
                 }
                 _ => obs.push(why.clone()),

@@ -1820,10 +1820,24 @@ pub(crate) fn connect_waiting(img: &Image, given: &[i32]) -> Result<(), RestoreE
     for (s, fd) in &firsts {
         if s.state == socket_state::CONNECTED && peer_bound_here(img, s) {
             let peer = peer_of(s);
-            sys::connect_at(*fd, &peer).map_err(|e| RestoreError::Fd {
+            let connect = || {
+                sys::connect_at(*fd, &peer)
+                    .map_err(|e| Why::sys(format!("connecting to {}", sockaddr_display(&peer)), e))
+            };
+            // (Connected by a relative name: from the directory its
+            // server was bound in, where it is bound again.)
+            match socks.get(s.pair as usize) {
+                Some(g)
+                    if s.pair != cryo_image::NO_INDEX && g.flags & socket_flags::RELATIVE != 0 =>
+                {
+                    in_bind_dir(img, s.pair, &g, connect)
+                }
+                _ => connect(),
+            }
+            .map_err(|why| RestoreError::Fd {
                 fd: *fd,
                 what: "socket".into(),
-                why: Why::sys(format!("connecting to {}", sockaddr_display(&peer)), e),
+                why,
             })?;
         }
     }

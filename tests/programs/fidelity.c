@@ -1126,8 +1126,11 @@ static void aio_check(void) {
  * left: a listener whose file is still there (the kernel says where:
  * SIOCUNIXFILE; refused until stop 40, "cannot tell which directory"), and
  * a datagram socket whose file was removed, a client connected to it by
- * that relative name (zdtm fifo_upon_unix_socket01). */
-static int left_l, left_g, left_c, left_s;
+ * that relative name (zdtm fifo_upon_unix_socket01), and a datagram
+ * server whose file is still there with a client connected to it by its
+ * relative name, and a listener bound by `./dot.sock` (both refused until
+ * stop 41). */
+static int left_l, left_g, left_c, left_s, left_d, left_dc, left_dot;
 static char left_dir[4096];
 static void relleft_setup(void) {
     path_in_dir(left_dir, sizeof left_dir, "left");
@@ -1142,6 +1145,15 @@ static void relleft_setup(void) {
           "datagram socket and its client");
     /* A second client, shut down for writing: its sends fail (EPIPE). */
     CHECK(connect(left_s, (struct sockaddr *)&g, sizeof g) == 0 && shutdown(left_s, SHUT_WR) == 0, "a client shut down");
+    struct sockaddr_un d = rel_addr("d.sock");
+    left_d = socket(AF_UNIX, SOCK_DGRAM, 0);
+    left_dc = socket(AF_UNIX, SOCK_DGRAM, 0);
+    CHECK(bind(left_d, (struct sockaddr *)&d, sizeof d) == 0 && connect(left_dc, (struct sockaddr *)&d, sizeof d) == 0,
+          "a datagram server and its client by its relative name");
+    struct sockaddr_un dot = rel_addr("./dot.sock");
+    left_dot = socket(AF_UNIX, SOCK_STREAM, 0);
+    CHECK(bind(left_dot, (struct sockaddr *)&dot, sizeof dot) == 0 && listen(left_dot, 1) == 0,
+          "a listener bound by ./dot.sock");
     CHECK(unlink("gone.sock") == 0 && chdir(DIRPATH) == 0, "its file removed, the directory left");
 }
 static void relleft_check(void) {
@@ -1162,6 +1174,15 @@ static void relleft_check(void) {
     CHECK(send(left_c, "g", 1, 0) == 1 && recv(left_g, buf, sizeof buf, MSG_DONTWAIT) == 1 && buf[0] == 'g',
           "the client reaches it");
     CHECK(send(left_s, "s", 1, MSG_NOSIGNAL) == -1 && errno == EPIPE, "the client shut down stays so");
+    n = sizeof a;
+    CHECK(getpeername(left_dc, (struct sockaddr *)&a, &n) == 0 && !strcmp(a.sun_path, "d.sock"),
+          "the live server's client's peer: %s", a.sun_path);
+    CHECK(access("d.sock", F_OK) != 0, "nothing in the working directory");
+    CHECK(send(left_dc, "d", 1, 0) == 1 && recv(left_d, buf, sizeof buf, MSG_DONTWAIT) == 1 && buf[0] == 'd',
+          "the client reaches the live server");
+    snprintf(p, sizeof p, "%s/d.sock", left_dir);
+    struct stat st;
+    CHECK(stat(p, &st) == 0 && S_ISSOCK(st.st_mode), "the live server's file where it was bound");
     struct sockaddr_un l = {.sun_family = AF_UNIX};
     snprintf(p, sizeof p, "%s/r.sock", left_dir);
     CHECK(strlen(p) < sizeof l.sun_path, "a short enough name: %s", p);
@@ -1170,6 +1191,18 @@ static void relleft_check(void) {
     CHECK(c >= 0 && connect(c, (struct sockaddr *)&l, sizeof l) == 0, "connect to the listener where it was bound");
     int s = accept(left_l, NULL, NULL);
     CHECK(s >= 0 && write(c, "rel", 3) == 3 && read(s, buf, sizeof buf) == 3 && !memcmp(buf, "rel", 3), "through it");
+    close(c);
+    close(s);
+    n = sizeof a;
+    CHECK(getsockname(left_dot, (struct sockaddr *)&a, &n) == 0 && !strcmp(a.sun_path, "./dot.sock"),
+          "the ./ listener's name: %s", a.sun_path);
+    snprintf(p, sizeof p, "%s/dot.sock", left_dir);
+    CHECK(strlen(p) < sizeof l.sun_path, "a short enough name: %s", p);
+    memcpy(l.sun_path, p, strlen(p) + 1);
+    c = socket(AF_UNIX, SOCK_STREAM, 0);
+    CHECK(c >= 0 && connect(c, (struct sockaddr *)&l, sizeof l) == 0, "connect to the ./ listener where it was bound");
+    s = accept(left_dot, NULL, NULL);
+    CHECK(s >= 0, "accepted by the ./ listener");
     close(c);
     close(s);
 }
