@@ -623,7 +623,9 @@ fn more_obstacles_named() {
     let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
     assert_eq!(code, 1);
     assert!(
-        out.contains("7 obstacles")
+        out.contains("8 obstacles")
+            && out.contains("(unix stream socket bound to the relative path ../up.sock): its file is ")
+            && out.contains("but a name with `..` parts does not say which directory it was resolved in")
             && out.contains("eBPF socket filter (SO_ATTACH_BPF)")
             && out.contains("counts the CPU time of the thread that made it (CLOCK_THREAD_CPUTIME_ID)")
             && out.contains("but that name no longer leads to the socket it is connected to")

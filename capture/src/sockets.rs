@@ -843,6 +843,16 @@ pub fn capture(
                 Some(FileNow::LinkedElsewhere) => {
                     return Err(linked_elsewhere(fd, what, &shown))
                 }
+                Some(FileNow::At(at))
+                    if rel
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir)) =>
+                {
+                    return Err(format!(
+                        "fd {fd} ({what} bound to the relative path {shown}): its file is {}, but a name with `..` parts does not say which directory it was resolved in; cryo cannot restore it",
+                        at.display()
+                    ))
+                }
                 Some(FileNow::At(at)) => {
                     return Err(format!(
                         "fd {fd} ({what} bound to the relative path {shown}): its file is {} now, renamed since the bind, and where the name was bound is not known; cryo cannot restore it",

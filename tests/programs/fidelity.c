@@ -2090,6 +2090,16 @@ static void refuse2_setup(void) {
               connect(cli, (struct sockaddr *)&g, sizeof g) == 0 && send(cli, "x", 1, 0) == 1 &&
               unlink(g.sun_path) == 0 && bind(other, (struct sockaddr *)&g, sizeof g) == 0,
           "a datagram waiting in a socket whose name now leads to another");
+    /* A listener bound by a name with `..` parts from a directory the
+     * process has left: its file is known, the directory it was resolved
+     * in is not. */
+    char sub[4200];
+    snprintf(sub, sizeof sub, "%s/sub", hd);
+    struct sockaddr_un up = {.sun_family = AF_UNIX, .sun_path = "../up.sock"};
+    int us = socket(AF_UNIX, SOCK_STREAM, 0);
+    CHECK(mkdir(sub, 0700) == 0 && chdir(sub) == 0 && bind(us, (struct sockaddr *)&up, sizeof up) == 0 &&
+              listen(us, 1) == 0 && chdir(DIRPATH) == 0,
+          "bound by ../up.sock, then left");
 }
 
 /* Sockets: TCP listeners (v4 with options, v6 only-v6), an unbound and a
