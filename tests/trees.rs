@@ -960,6 +960,60 @@ os.write(w, b"xx"); os.waitpid(pid, 0); print("PASS", flush=True)
         &[],
         "shares its parent's fd table (clone with CLONE_FILES), which a restore makes again only by forking it from its parent's shim, and its child",
     );
+    // The same with a child of its own that lowered its priority: a
+    // fork from its parent's shim would give it its parent's. Every
+    // restore would refuse it, so capture refuses it before --kill (it
+    // was captured and killed, then never restorable: a review of stop
+    // 41).
+    let shared_table_with_nicer_child = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+r, w = os.pipe()
+s_r, s_w = os.pipe()
+pid = libc.syscall(56, 0x400 | 17, 0, 0, 0, 0)
+if pid == 0:
+    g = os.fork()
+    if g == 0:
+        os.nice(1); os.write(s_w, b"s"); os.read(r, 1); os._exit(0)
+    os.read(r, 1); os.waitpid(g, 0); os._exit(0)
+os.read(s_r, 1)
+print("READY", flush=True); sys.stdin.readline()
+os.write(w, b"xx"); os.waitpid(pid, 0); print("PASS", flush=True)
+"#;
+    refused(
+        shared_table_with_nicer_child,
+        &["--kill"],
+        "could not be forked by its shim: its scheduling, oom score or loginuid",
+    );
+    // A sharing child with three children of their own tables, 100 fds
+    // each, under an open-file limit of 256: their stand-ins' fds are
+    // taken into the root's table at once, and would not fit.
+    let line_over_the_limit = r#"
+import ctypes, os, sys, resource
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(100)]
+libc = ctypes.CDLL(None, use_errno=True)
+r, w = os.pipe()
+s_r, s_w = os.pipe()
+pid = libc.syscall(56, 0x400 | 17, 0, 0, 0, 0)
+if pid == 0:
+    kids = []
+    for i in range(3):
+        g = os.fork()
+        if g == 0:
+            os.write(s_w, b"s"); os.read(r, 1); os._exit(0)
+        kids.append(g)
+    for g in kids: os.waitpid(g, 0)
+    os._exit(0)
+os.read(s_r, 3)
+print("READY", flush=True); sys.stdin.readline()
+os.write(w, b"xxx"); os.waitpid(pid, 0); print("PASS", flush=True)
+"#;
+    refused(
+        line_over_the_limit,
+        &["--kill"],
+        "processes below it would hold up to",
+    );
     // A pty whose slave a process outside the tree holds (an orphan).
     let pty_outside = r#"
 import os, pty, sys

@@ -400,6 +400,13 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
             }
             all[0].b.tree_files = files;
             all[0].b.tree = tree.records();
+            // What only the images say of the processes a restore must
+            // fork from their parents' shims (their pages: after they
+            // are read, `capture`).
+            if obs.is_empty() && !shares_fds.is_empty() {
+                let metas: Vec<Vec<u8>> = all.iter().map(|i| i.b.encode(0)).collect();
+                crate::tree::fork_obstacles(&tree, &metas, false, &mut obs);
+            }
         }
         obstacles.extend(obs.into_vec());
     } else {
@@ -494,6 +501,18 @@ pub fn capture(
     for ins in all.iter_mut() {
         ins.b.page_sums = table.clone();
         metas.push(ins.b.encode(pages_bytes));
+    }
+    // A process a restore must fork from its parent's shim that shares
+    // no page with it: refused before anything is written or killed.
+    if all.len() > 1 {
+        let mut obs = crate::obstacles::Obstacles::default();
+        crate::tree::fork_obstacles(&tree, &metas, true, &mut obs);
+        if !obs.is_empty() {
+            return Err(CaptureError::Refused {
+                pid,
+                obstacles: obs.into_vec(),
+            });
+        }
     }
     let meta_bytes: u64 = metas.iter().map(|m| m.len() as u64).sum();
     let others: Vec<(String, &[u8])> = all

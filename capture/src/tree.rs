@@ -312,6 +312,108 @@ pub fn shared_fd_tables(t: &Tree, obs: &mut Obstacles) -> Vec<u32> {
     out
 }
 
+/// Every process a restore must fork from its parent's shim (one that
+/// shared its parent's fd table, and each child of such a process), as
+/// its image says (`cryo_image::fork::obstacle`): where a restore could
+/// not, the tree is refused here, before `--kill` could end a tree that
+/// no restore brings back. `metas`: each live process's encoded image,
+/// in the tree's order of live processes; `pages`: whether their page
+/// runs are in (not before the pages are read).
+pub fn fork_obstacles(t: &Tree, metas: &[Vec<u8>], pages: bool, obs: &mut Obstacles) {
+    let live: Vec<&Member> = t
+        .members
+        .iter()
+        .filter(|m| m.rec.state != proc_state::ZOMBIE)
+        .collect();
+    let images: Vec<cryo_image::Image> = match metas
+        .iter()
+        .map(|m| cryo_image::Image::parse(m))
+        .collect::<Result<_, _>>()
+    {
+        Ok(i) => i,
+        Err(e) => {
+            obs.push(format!(
+                "the tree's images, checked before they are written: {e}"
+            ));
+            return;
+        }
+    };
+    if images.len() != live.len() {
+        return;
+    }
+    let sharing =
+        |i: usize| images[i].process().flags & cryo_image::process_flags::SHARES_PARENT_FDS != 0;
+    if !(0..images.len()).any(sharing) {
+        return;
+    }
+    let recs = t.records();
+    let mut refs = std::collections::BTreeSet::new();
+    for i in &images {
+        cryo_image::fork::referenced(i, &mut refs);
+    }
+    let at = |pid: u32| live.iter().position(|m| m.rec.pid == pid);
+    let why = |p: usize, c: usize| {
+        cryo_image::fork::obstacle(
+            &recs,
+            &refs,
+            (live[p].rec, &images[p]),
+            (live[c].rec, &images[c]),
+            sharing(c),
+            pages,
+        )
+    };
+    const SHARES: &str = "shares its parent's fd table (clone with CLONE_FILES), which a restore makes again only by forking it from its parent's shim";
+    // A line (a sharing child of a process that does not share its
+    // parent's table, and every process below it) is taken into that
+    // process's table at once.
+    for c in (1..live.len()).filter(|&c| sharing(c)) {
+        let Some(p) = at(live[c].rec.ppid) else {
+            continue;
+        };
+        if p != 0 && sharing(p) {
+            continue;
+        }
+        let mut line = vec![c];
+        let mut i = 0;
+        while i < line.len() {
+            let pid = live[line[i]].rec.pid;
+            line.extend((0..live.len()).filter(|&k| live[k].rec.ppid == pid));
+            i += 1;
+        }
+        if line.len() == 1 {
+            continue;
+        }
+        let need: u64 = line
+            .iter()
+            .map(|&k| cryo_image::fork::taken_fds(&images[k], sharing(k)))
+            .sum();
+        if let Some(nofile) = cryo_image::fork::line_over(&images[p], need) {
+            obs.push(format!(
+                "process {} {SHARES}, and with the {} processes below it would hold up to {need} fds at once in the fd table of process {} while they are forked, above its open-file limit of {nofile}",
+                live[c].rec.pid,
+                line.len() - 1,
+                live[p].rec.pid
+            ));
+        }
+    }
+    for c in (1..live.len()).filter(|&c| sharing(c)) {
+        let pid = live[c].rec.pid;
+        if let Some(w) = at(live[c].rec.ppid).and_then(|p| why(p, c)) {
+            obs.push(format!(
+                "process {pid} {SHARES}, and a restore could not: {w}"
+            ));
+        }
+        for k in (0..live.len()).filter(|&k| live[k].rec.ppid == pid) {
+            if let Some(w) = why(c, k) {
+                obs.push(format!(
+                    "process {pid} {SHARES}, and its child {} could not be forked by its shim: {w}",
+                    live[k].rec.pid
+                ));
+            }
+        }
+    }
+}
+
 /// What restore cannot bring back of the tree's shape: sessions and groups
 /// whose leader is not where a restore can make it, zombies that dumped
 /// core.

@@ -45,6 +45,8 @@
 
 mod error;
 pub mod fds;
+#[cfg(feature = "std")]
+pub mod fork;
 pub mod gadget;
 pub mod handoff;
 mod header;

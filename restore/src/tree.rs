@@ -278,10 +278,10 @@ fn choose_stand_ins(
 ) -> Result<(), RestoreError> {
     use cryo_image::handoff::flags;
     let mut refs = std::collections::BTreeSet::new();
-    crate::standin::referenced(&root.image(), &mut refs);
+    cryo_image::fork::referenced(&root.image(), &mut refs);
     for m in members.iter() {
         if let Some(p) = m.plan.borrow().as_ref() {
-            crate::standin::referenced(&p.image(), &mut refs);
+            cryo_image::fork::referenced(&p.image(), &mut refs);
         }
     }
     // Why each member execs its own shim (children decided before their
@@ -362,6 +362,66 @@ fn choose_stand_ins(
             root.extra_flags |= flags::FORKS;
         } else if let Some(pp) = members[p].plan.borrow_mut().as_mut() {
             pp.extra_flags |= flags::FORKS;
+        }
+    }
+    // A line (a stand-in whose parent execs its own shim, and the
+    // stand-ins below it) is taken into its forker's fd table at once:
+    // what its members' shims keep of their stand-ins' fds (a child
+    // sharing the table: its image and the files made for it, at most
+    // one per file of its image; else every fd) must fit below the
+    // forker's open-file limit, or some would be missing past the point
+    // of no return.
+    let parent = |k: usize| {
+        members
+            .iter()
+            .position(|m| m.rec.pid == members[k].rec.ppid)
+    };
+    for c in 1..members.len() {
+        let Some(p) = parent(c) else { continue };
+        if !members[c].stand_in || (p != 0 && members[p].stand_in) {
+            continue;
+        }
+        let mut line = vec![c];
+        let mut i = 0;
+        while i < line.len() {
+            let pid = members[line[i]].rec.pid;
+            line.extend(
+                (c + 1..members.len())
+                    .filter(|&k| members[k].rec.ppid == pid && members[k].stand_in),
+            );
+            i += 1;
+        }
+        if line.len() == 1 {
+            continue;
+        }
+        let need: u64 = line
+            .iter()
+            .map(|&k| {
+                let plan = members[k].plan.borrow();
+                plan.as_ref().map_or(0, |pl| {
+                    cryo_image::fork::taken_fds(
+                        &pl.image(),
+                        pl.extra_flags & flags::SHARES_FDS != 0,
+                    )
+                })
+            })
+            .sum();
+        let over = if p == 0 {
+            cryo_image::fork::line_over(&root.image(), need)
+        } else {
+            let pl = members[p].plan.borrow();
+            match pl.as_ref() {
+                Some(pl) => cryo_image::fork::line_over(&pl.image(), need),
+                None => continue,
+            }
+        };
+        if let Some(nofile) = over {
+            return Err(RestoreError::Tree(format!(
+                "process {} and the {} processes below it that its shim forks would hold up to {need} fds at once in the fd table of process {} while they are forked, above its open-file limit of {nofile}",
+                members[c].rec.pid,
+                line.len() - 1,
+                members[p].rec.pid
+            )));
         }
     }
     Ok(())

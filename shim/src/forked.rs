@@ -22,6 +22,7 @@ use cryo_image::handoff::{self, flags, Handoff};
 use cryo_image::{run_kind, vma_kind, vmflag, Image, Vma, NO_INDEX, PAGE_SIZE};
 
 const SYS_PAUSE: usize = 34;
+const SYS_GETPPID: usize = 110;
 const SYS_FCHDIR: usize = 81;
 const SYS_GETDENTS64: usize = 217;
 const SYS_WAITID: usize = 247;
@@ -45,6 +46,97 @@ const STAND_INS_LEN: usize = 1 << 20;
 const RECS_AT: usize = W + 0x2600_0000;
 const RECS_LEN: usize = 1 << 20;
 const RECS_MAX: usize = (RECS_LEN - 64) / core::mem::size_of::<Rec>();
+
+/// The processes of one shared fd table (a process whose shim forks
+/// children that share its table, and those children, lines included):
+/// slots of (PID, parent, done) u32s after a count, in a shared anonymous
+/// mapping every fork keeps shared. Each leaves its shim only once every
+/// one of them has closed its shim's last fd in the table, its socket of
+/// the second round ([`leave_table`]): a program that ran meanwhile could
+/// put an fd of its own at that number (dup2) and the shim would wait on
+/// it for ever (`tree fdshare`'s root dup2s onto 70 after the restore,
+/// where a sharing child's round socket landed once only its own fds
+/// were taken from its stand-in; a review of stop 41).
+const MEMBERS_AT: usize = W + 0x2700_0000;
+const MEMBERS_LEN: usize = 1 << 20;
+const MEMBERS_MAX: usize = MEMBERS_LEN / 16 - 1;
+
+/// Whether this process is in a table of [`MEMBERS_AT`].
+static IN_TABLE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// The u32 at word `i` of the members' mapping, as an atomic.
+fn member_word(i: usize) -> &'static core::sync::atomic::AtomicU32 {
+    debug_assert!(i < MEMBERS_LEN / 4);
+    // SAFETY: MEMBERS_AT is mapped shared (readable, writable) while
+    // IN_TABLE is set, and i < MEMBERS_LEN / 4 (callers: the count at 0,
+    // slots below MEMBERS_MAX); AtomicU32 has u32's layout.
+    unsafe { &*(MEMBERS_AT as *const core::sync::atomic::AtomicU32).add(i) }
+}
+
+/// Join process `pid` (child of `parent`) to this process's table, this
+/// process first if it is not in it yet (mapping the slots).
+fn join_table(pid: u32, parent: u32) {
+    use core::sync::atomic::Ordering::{AcqRel, Relaxed};
+    if !IN_TABLE.load(Relaxed) {
+        let r = mmap(
+            MEMBERS_AT,
+            MEMBERS_LEN,
+            PROT_READ | PROT_WRITE,
+            MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+            usize::MAX,
+            0,
+        );
+        if r as usize != MEMBERS_AT {
+            die(format_args!(
+                "mapping the shared fd table's members: errno {}",
+                -r
+            ));
+        }
+        IN_TABLE.store(true, Relaxed);
+        let me = syscall3(SYS_GETPID, 0, 0, 0) as u32;
+        let up = syscall3(SYS_GETPPID, 0, 0, 0) as u32;
+        join_table(me, up);
+    }
+    let k = member_word(0).fetch_add(1, AcqRel) as usize;
+    if k >= MEMBERS_MAX {
+        return; // (not waited for: past what the slots hold)
+    }
+    member_word(4 * (k + 1)).store(pid, Relaxed);
+    member_word(4 * (k + 1) + 1).store(parent, Relaxed);
+}
+
+/// Past the second round, with no fd of the shim's left in the table: say
+/// so, and wait until every process of the table has (or has ended),
+/// so that no program runs while a shim still holds a number of it.
+pub fn leave_table() {
+    use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+    if !IN_TABLE.load(Relaxed) {
+        return;
+    }
+    let me = syscall3(SYS_GETPID, 0, 0, 0) as u32;
+    let n = (member_word(0).load(Acquire) as usize).min(MEMBERS_MAX);
+    let slot = |k: usize| 4 * (k + 1);
+    if let Some(k) = (0..n).find(|&k| member_word(slot(k)).load(Relaxed) == me) {
+        member_word(slot(k) + 2).store(1, Release);
+    }
+    const SYS_NANOSLEEP: usize = 35;
+    let pause = [0u64, 50_000];
+    loop {
+        let waiting = (0..n).any(|k| {
+            member_word(slot(k) + 2).load(Acquire) == 0 && {
+                let (pid, parent) = (
+                    member_word(slot(k)).load(Relaxed),
+                    member_word(slot(k) + 1).load(Relaxed),
+                );
+                !ended(pid, parent)
+            }
+        });
+        if !waiting {
+            return;
+        }
+        syscall3(SYS_NANOSLEEP, pause.as_ptr() as usize, 0, 0);
+    }
+}
 
 /// The stand-in's part: its files were opened and checked (so a changed
 /// file fails the tree's restore before any point of no return); close
@@ -242,12 +334,23 @@ fn take(pid: u32, h: &Handoff, used: &mut usize) -> Result<Taken, Failed> {
     let table = (TABLE_AT as *mut i32).wrapping_add(2 * first);
     let room = TABLE_MAX - first;
     let skip = [h.barrier_fd, h.round_fd, h.alias_fd, h.sock_fd];
+    // A child sharing this table has the program's fds already: of its
+    // stand-in's, only its image and the files `cryo restore` made (from
+    // FILES_FD up) are its own (`shared_table_child`). (A line's table
+    // holds every one taken at once.)
+    let share = h.flags & flags::SHARES_FDS != 0;
+    let keeps = |fd: u64| {
+        !share
+            || fd == h.meta_fd
+            || fd == h.pages_fd
+            || (h.files_fd != handoff::NONE && fd >= h.files_fd)
+    };
     let (mut n, mut top, mut over) = (0usize, 0usize, false);
     each_fd(pid, |fd| {
         // (Above the barrier too: the child has its second round's at
         // its number.)
         top = top.max(fd);
-        if skip.contains(&(fd as u64)) {
+        if skip.contains(&(fd as u64)) || !keeps(fd as u64) {
             return;
         }
         if n == room {
@@ -321,6 +424,14 @@ fn take(pid: u32, h: &Handoff, used: &mut usize) -> Result<Taken, Failed> {
         t.close();
         return Err(e);
     }
+    *used = first + t.n;
+    Ok(t)
+}
+
+/// The signals pending on stand-in `pid` (sent to the child's PID while
+/// it held the place): its thread's, and the process's. Read just before
+/// it ends.
+fn pending(pid: u32) -> (u64, u64) {
     let mut p = [0u8; 64];
     let mut status = [0u8; 16384];
     let len = read_small(proc_path(&mut p, pid, "/status"), &mut status);
@@ -341,9 +452,7 @@ fn take(pid: u32, h: &Handoff, used: &mut usize) -> Result<Taken, Failed> {
             _ => 0,
         }
     };
-    t.pending = (mask(b"\nSigPnd:"), mask(b"\nShdPnd:"));
-    *used = first + t.n;
-    Ok(t)
+    (mask(b"\nSigPnd:"), mask(b"\nShdPnd:"))
 }
 
 /// Kill stand-in `pid` and reap it (exit signal 0: no SIGCHLD, `__WALL`),
@@ -426,8 +535,24 @@ pub fn fork_children(parent: &Image) {
     loop {
         let (n, before) = (stand_ins(me, list), found);
         for k in 0..n {
-            if list[2 * k + 1] as u64 == me_then && fork_line(parent, &list[..2 * n], k) {
+            if list[2 * k] != 0
+                && list[2 * k + 1] as u64 == me_then
+                && fork_line(parent, &mut list[..2 * n], k)
+            {
                 found += 1;
+            }
+        }
+        // A stand-in no line took (its line's head gone, or past what a
+        // line holds): ended, and said missing (left, it would be a child
+        // of the program).
+        for k in 0..n {
+            let pid = list[2 * k];
+            if pid != 0 && stand_in_args(pid).is_some() {
+                end(pid);
+                missing(
+                    pid,
+                    format_args!("the stand-in of a process above it was not found"),
+                );
             }
         }
         // (A list that held them all: every stand-in was in it. A second
@@ -562,7 +687,7 @@ fn lose_below(pid: u32) {
 /// and every stand-in below it (its shim forks those; they are all this
 /// process's children here), then end them all and fork the first.
 /// Whether it was a stand-in.
-fn fork_line(parent: &Image, list: &[u32], k: usize) -> bool {
+fn fork_line(parent: &Image, list: &mut [u32], k: usize) -> bool {
     let pid = list[2 * k];
     let Some(h) = stand_in_args(pid) else {
         return false;
@@ -608,6 +733,12 @@ fn fork_line(parent: &Image, list: &[u32], k: usize) -> bool {
             break;
         }
     }
+    // (Each taken off the list: what is left on it no line took.)
+    for pair in list.chunks_exact_mut(2) {
+        if (0..recs_n()).any(|i| rec(i).pid == pair[0]) {
+            pair[0] = 0;
+        }
+    }
     // Each one's fds above every fd of this table (a stand-in below
     // shares it: its own shim forks it from this table, or from a copy
     // of it), then all ended: their PIDs free for the forks.
@@ -633,7 +764,22 @@ fn fork_line(parent: &Image, list: &[u32], k: usize) -> bool {
         set_rec(i, r);
     }
     for i in 0..recs_n() {
-        end(rec(i).pid);
+        let mut r = rec(i);
+        r.t.pending = pending(r.pid);
+        set_rec(i, r);
+        end(r.pid);
+        // (Every process of the table in it before any leaves its shim:
+        // none does before the second round, which waits for this one.)
+        if !r.lost && r.h.flags & flags::SHARES_FDS != 0 {
+            // (The first is this process's child: `parent` names it as
+            // captured, which for the root may be another PID now.)
+            let up = if i == 0 {
+                syscall3(SYS_GETPID, 0, 0, 0) as u32
+            } else {
+                r.h.parent as u32
+            };
+            join_table(r.pid, up);
+        }
     }
     for i in 0..recs_n() {
         if rec(i).lost {
@@ -714,9 +860,15 @@ static META_SLOT: core::sync::atomic::AtomicUsize =
 /// The child, just forked: its fds and working directory in place, then
 /// the restore of its own image from its mappings on.
 fn child(parent: &Image, h: &Handoff, t: &Taken) -> ! {
+    // (Forked from the root's shim, it is not the root: the children it
+    // loses are said in the second round, not noted for itself.)
+    crate::IS_ROOT.store(false, core::sync::atomic::Ordering::Relaxed);
+    crate::ROOT_LOST_N.store(0, core::sync::atomic::Ordering::Relaxed);
     if h.flags & flags::SHARES_FDS != 0 {
         shared_table_child(parent, h, t)
     }
+    // A table of its own: not one of its parent's table.
+    IN_TABLE.store(false, core::sync::atomic::Ordering::Relaxed);
     // (A child with a table of its own forks none: `cryo restore` makes
     // no stand-in below it. Its table is about to lose what was taken.)
     lose_below(syscall3(SYS_GETPID, 0, 0, 0) as u32);

@@ -440,6 +440,12 @@ fn round_two(img: &cryo_image::Image) {
                             put(&mut heard, i, true);
                             got += 1;
                             lost += 1;
+                            let mut m = Msg { b: [0; 768], n: 0 };
+                            let _ = m.write_fmt(format_args!(
+                                "cryo-shim: process {} ended before its restore was done\n",
+                                r.pid
+                            ));
+                            write(2, &m.b[..m.n]);
                         }
                         put(&mut suspect, i, ended);
                     }
@@ -834,6 +840,9 @@ fn finish<'a>(
         round_two(img);
         usize::MAX
     };
+    // In an fd table shared with others restored with it: none goes on
+    // before each has closed its round socket.
+    forked::leave_table();
     seccomp::install(img, nthreads > 0);
     if filters_first {
         task::restore(img, a.flags & flags::SAME_CREDS != 0);
