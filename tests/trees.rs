@@ -987,7 +987,8 @@ os.write(w, b"xx"); os.waitpid(pid, 0); print("PASS", flush=True)
     );
     // A sharing child with three children of their own tables, 100 fds
     // each, under an open-file limit of 256: their stand-ins' fds are
-    // taken into the root's table at once, and would not fit.
+    // taken into the root's table at once, above the highest of theirs,
+    // and would not fit.
     let line_over_the_limit = r#"
 import ctypes, os, sys, resource
 resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
@@ -1012,7 +1013,7 @@ os.write(w, b"xxx"); os.waitpid(pid, 0); print("PASS", flush=True)
     refused(
         line_over_the_limit,
         &["--kill"],
-        "processes below it would hold up to",
+        "fds at once while a restore forks the 4 processes that share its fd table",
     );
     // A pty whose slave a process outside the tree holds (an orphan).
     let pty_outside = r#"

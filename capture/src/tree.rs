@@ -363,36 +363,32 @@ pub fn fork_obstacles(t: &Tree, metas: &[Vec<u8>], pages: bool, obs: &mut Obstac
         )
     };
     const SHARES: &str = "shares its parent's fd table (clone with CLONE_FILES), which a restore makes again only by forking it from its parent's shim";
-    // A line (a sharing child of a process that does not share its
-    // parent's table, and every process below it) is taken into that
-    // process's table at once.
-    for c in (1..live.len()).filter(|&c| sharing(c)) {
-        let Some(p) = at(live[c].rec.ppid) else {
-            continue;
-        };
-        if p != 0 && sharing(p) {
+    const SHARES_ITS: &str = "share its fd table (clone with CLONE_FILES) or are children of one that does (a restore forks each from its parent's shim)";
+    // A process that forks lines holds some of their stand-ins' fds at
+    // once (`cryo_image::fork::forker_over`): every sharing process whose
+    // nearest ancestor of a table of its own it is, and every child of
+    // one of those.
+    let forker = |k: usize| {
+        let mut p = at(live[k].rec.ppid);
+        while let Some(q) = p.filter(|&q| q != 0 && sharing(q)) {
+            p = at(live[q].rec.ppid);
+        }
+        p
+    };
+    for f in (0..live.len()).filter(|&f| f == 0 || !sharing(f)) {
+        let held: Vec<(&cryo_image::Image, bool)> = (1..live.len())
+            .filter(|&k| forker(k) == Some(f))
+            .filter(|&k| sharing(k) || at(live[k].rec.ppid).is_some_and(|p| p != 0 && sharing(p)))
+            .map(|k| (&images[k], sharing(k)))
+            .collect();
+        if held.is_empty() {
             continue;
         }
-        let mut line = vec![c];
-        let mut i = 0;
-        while i < line.len() {
-            let pid = live[line[i]].rec.pid;
-            line.extend((0..live.len()).filter(|&k| live[k].rec.ppid == pid));
-            i += 1;
-        }
-        if line.len() == 1 {
-            continue;
-        }
-        let need: u64 = line
-            .iter()
-            .map(|&k| cryo_image::fork::taken_fds(&images[k], sharing(k)))
-            .sum();
-        if let Some(nofile) = cryo_image::fork::line_over(&images[p], need) {
+        if let Some((need, nofile)) = cryo_image::fork::forker_over(&images[f], &held) {
             obs.push(format!(
-                "process {} {SHARES}, and with the {} processes below it would hold up to {need} fds at once in the fd table of process {} while they are forked, above its open-file limit of {nofile}",
-                live[c].rec.pid,
-                line.len() - 1,
-                live[p].rec.pid
+                "process {} would hold up to {need} fds at once while a restore forks the {} processes that {SHARES_ITS}, above its open-file limit of {nofile}",
+                live[f].rec.pid,
+                held.len()
             ));
         }
     }

@@ -71,8 +71,13 @@ pub fn obstacle(
     if !ci.seccomp().is_empty() || ci.task().is_some_and(|t| t.seccomp_strict != 0) {
         return Some("it has seccomp filters");
     }
-    // Seccomp filters installed before the credentials need the tracer.
-    if pi.seccomp_before_creds() || ci.seccomp_before_creds() {
+    // Seccomp filters installed before the credentials need the tracer,
+    // and so does an image without the code the shim leaves by.
+    if pi.seccomp_before_creds()
+        || ci.seccomp_before_creds()
+        || pi.gadgets().is_none()
+        || ci.gadgets().is_none()
+    {
         return Some("restored through the tracer");
     }
     // A lease's breaks are signalled to the process that took it again:
@@ -137,34 +142,64 @@ const fn libc_nofile() -> u32 {
     7
 }
 
-/// How many fds of its stand-in a process forked by its parent's shim
-/// has taken into the table of the process that forks its line (at
-/// most): a child sharing that table keeps only its image and the files
-/// made for it (at most one per file of its image); another keeps every
-/// fd.
+/// How many fds of its stand-in the shim that takes it holds for a
+/// process forked by its parent's shim (at most): a child sharing that
+/// table keeps only its image, pages, working directory, round socket
+/// and the files made for it (an unlinked file, one opened by handle, a
+/// kept one); another keeps every fd of its own.
 pub fn taken_fds(img: &Image, shares_fds: bool) -> u64 {
     if shares_fds {
-        img.files().len() as u64 + 8
+        let made = img
+            .files()
+            .iter()
+            .filter(|f| {
+                f.flags
+                    & (crate::fds::file_flags::DELETED
+                        | crate::fds::file_flags::HANDLE
+                        | crate::fds::file_flags::KEPT)
+                    != 0
+            })
+            .count();
+        made as u64 + 5
     } else {
-        img.fds().len() as u64 + 8
+        img.fds().len() as u64 + 3
     }
 }
 
-/// Whether `need` fds taken at once fit in the table of `forker` below
-/// its open-file limit: None if they do, else that limit.
-pub fn line_over(forker: &Image, need: u64) -> Option<u64> {
-    let top = forker
-        .fds()
+fn top_fd(img: &Image) -> u64 {
+    img.fds()
         .iter()
         .map(|f| f.fd.max(0) as u64)
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// Whether the fds a shim holds at once while it forks its children fit
+/// below its open-file limit: `held` are the stand-ins whose fds it holds
+/// together (every child sharing its table, in every line, until that
+/// child's shim is done with them, and every process below a line's
+/// first until its parent's shim forks it), each image and whether it
+/// shares the table. One with a table of its own has its fds taken above
+/// every number of both tables. None if they fit, else (the fds needed,
+/// the limit).
+pub fn forker_over(forker: &Image, held: &[(&Image, bool)]) -> Option<(u64, u64)> {
+    let top = held
+        .iter()
+        .filter(|(_, shares)| !shares)
+        .map(|(i, _)| top_fd(i))
+        .fold(top_fd(forker), u64::max);
+    let need = top
+        + held
+            .iter()
+            .map(|(i, shares)| taken_fds(i, *shares))
+            .sum::<u64>()
+        + 64;
     let nofile = forker
         .rlimits()
         .iter()
         .find(|r| r.resource == libc_nofile())
         .map_or(u64::MAX, |r| r.cur);
-    (top + need + 64 >= nofile).then_some(nofile)
+    (need >= nofile).then_some((need, nofile))
 }
 
 /// What the child would inherit from its parent's shim and `cryo restore`

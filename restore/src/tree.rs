@@ -364,63 +364,65 @@ fn choose_stand_ins(
             pp.extra_flags |= flags::FORKS;
         }
     }
-    // A line (a stand-in whose parent execs its own shim, and the
-    // stand-ins below it) is taken into its forker's fd table at once:
-    // what its members' shims keep of their stand-ins' fds (a child
-    // sharing the table: its image and the files made for it, at most
-    // one per file of its image; else every fd) must fit below the
-    // forker's open-file limit, or some would be missing past the point
-    // of no return.
+    // A process that forks lines holds some of their stand-ins' fds at
+    // once (`cryo_image::fork::forker_over`): they must fit below its
+    // open-file limit, or some would be missing past the point of no
+    // return.
     let parent = |k: usize| {
         members
             .iter()
             .position(|m| m.rec.pid == members[k].rec.ppid)
     };
-    for c in 1..members.len() {
-        let Some(p) = parent(c) else { continue };
-        if !members[c].stand_in || (p != 0 && members[p].stand_in) {
+    let forker = |k: usize| {
+        let mut p = parent(k);
+        while let Some(q) = p.filter(|&q| q != 0 && members[q].stand_in) {
+            p = parent(q);
+        }
+        p
+    };
+    for f in 0..members.len() {
+        if f != 0 && members[f].stand_in {
             continue;
         }
-        let mut line = vec![c];
-        let mut i = 0;
-        while i < line.len() {
-            let pid = members[line[i]].rec.pid;
-            line.extend(
-                (c + 1..members.len())
-                    .filter(|&k| members[k].rec.ppid == pid && members[k].stand_in),
-            );
-            i += 1;
-        }
-        if line.len() == 1 {
-            continue;
-        }
-        let need: u64 = line
-            .iter()
-            .map(|&k| {
-                let plan = members[k].plan.borrow();
-                plan.as_ref().map_or(0, |pl| {
-                    cryo_image::fork::taken_fds(
-                        &pl.image(),
-                        pl.extra_flags & flags::SHARES_FDS != 0,
-                    )
-                })
+        let plans: Vec<_> = (1..members.len())
+            .filter(|&k| members[k].stand_in && forker(k) == Some(f))
+            .filter_map(|k| {
+                let shares = members[k]
+                    .plan
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|pl| pl.extra_flags & flags::SHARES_FDS != 0);
+                let below = parent(k).is_some_and(|p| p != 0 && members[p].stand_in);
+                (shares || below).then_some((k, shares))
             })
-            .sum();
-        let over = if p == 0 {
-            cryo_image::fork::line_over(&root.image(), need)
+            .collect();
+        if plans.is_empty() {
+            continue;
+        }
+        let borrowed: Vec<_> = plans
+            .iter()
+            .map(|&(k, _)| members[k].plan.borrow())
+            .collect();
+        let images: Vec<(cryo_image::Image, bool)> = borrowed
+            .iter()
+            .zip(&plans)
+            .filter_map(|(b, &(_, shares))| b.as_ref().map(|pl| (pl.image(), shares)))
+            .collect();
+        let held: Vec<(&cryo_image::Image, bool)> = images.iter().map(|(i, s)| (i, *s)).collect();
+        let over = if f == 0 {
+            cryo_image::fork::forker_over(&root.image(), &held)
         } else {
-            let pl = members[p].plan.borrow();
+            let pl = members[f].plan.borrow();
             match pl.as_ref() {
-                Some(pl) => cryo_image::fork::line_over(&pl.image(), need),
+                Some(pl) => cryo_image::fork::forker_over(&pl.image(), &held),
                 None => continue,
             }
         };
-        if let Some(nofile) = over {
+        if let Some((need, nofile)) = over {
             return Err(RestoreError::Tree(format!(
-                "process {} and the {} processes below it that its shim forks would hold up to {need} fds at once in the fd table of process {} while they are forked, above its open-file limit of {nofile}",
-                members[c].rec.pid,
-                line.len() - 1,
-                members[p].rec.pid
+                "process {} would hold up to {need} fds at once while its shim forks the {} processes that share its fd table or are below one that does, above its open-file limit of {nofile}",
+                members[f].rec.pid,
+                held.len()
             )));
         }
     }

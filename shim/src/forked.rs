@@ -76,7 +76,7 @@ fn member_word(i: usize) -> &'static core::sync::atomic::AtomicU32 {
 /// Join process `pid` (child of `parent`) to this process's table, this
 /// process first if it is not in it yet (mapping the slots).
 fn join_table(pid: u32, parent: u32) {
-    use core::sync::atomic::Ordering::{AcqRel, Relaxed};
+    use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
     if !IN_TABLE.load(Relaxed) {
         let r = mmap(
             MEMBERS_AT,
@@ -97,39 +97,65 @@ fn join_table(pid: u32, parent: u32) {
         let up = syscall3(SYS_GETPPID, 0, 0, 0) as u32;
         join_table(me, up);
     }
-    let k = member_word(0).fetch_add(1, AcqRel) as usize;
+    // (One writer, this process's shim: the slot, then the count.)
+    let k = member_word(0).load(Acquire) as usize;
     if k >= MEMBERS_MAX {
         return; // (not waited for: past what the slots hold)
     }
     member_word(4 * (k + 1)).store(pid, Relaxed);
     member_word(4 * (k + 1) + 1).store(parent, Relaxed);
+    member_word(0).store(k as u32 + 1, Release);
+}
+
+/// Process `pid` of the table is done with it (or lost: never forked).
+fn table_done(pid: u32) {
+    use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+    if !IN_TABLE.load(Relaxed) {
+        return;
+    }
+    let n = (member_word(0).load(Acquire) as usize).min(MEMBERS_MAX);
+    if let Some(k) = (0..n).find(|&k| member_word(4 * (k + 1)).load(Relaxed) == pid) {
+        member_word(4 * (k + 1) + 2).store(1, Release);
+    }
+}
+
+/// Whether process `pid` has ended: no /proc entry, or a zombie.
+fn gone(pid: u32) -> bool {
+    const ENOENT: isize = 2;
+    const ESRCH: isize = 3;
+    let mut p = [0u8; 64];
+    let mut buf = [0u8; 512];
+    let n = match read_whole(proc_path(&mut p, pid, "/stat"), &mut buf) {
+        Ok(n) => n,
+        Err(e) => return e == -ENOENT || e == -ESRCH,
+    };
+    let stat = &buf[..n];
+    match stat.windows(2).rposition(|w| w == b") ") {
+        Some(i) => stat.get(i + 2).is_none_or(|&c| c == b'Z' || c == b'X'),
+        None => n == 0,
+    }
 }
 
 /// Past the second round, with no fd of the shim's left in the table: say
 /// so, and wait until every process of the table has (or has ended),
 /// so that no program runs while a shim still holds a number of it.
 pub fn leave_table() {
-    use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+    use core::sync::atomic::Ordering::{Acquire, Relaxed};
     if !IN_TABLE.load(Relaxed) {
         return;
     }
     let me = syscall3(SYS_GETPID, 0, 0, 0) as u32;
+    table_done(me);
     let n = (member_word(0).load(Acquire) as usize).min(MEMBERS_MAX);
     let slot = |k: usize| 4 * (k + 1);
-    if let Some(k) = (0..n).find(|&k| member_word(slot(k)).load(Relaxed) == me) {
-        member_word(slot(k) + 2).store(1, Release);
-    }
     const SYS_NANOSLEEP: usize = 35;
     let pause = [0u64, 50_000];
     loop {
         let waiting = (0..n).any(|k| {
-            member_word(slot(k) + 2).load(Acquire) == 0 && {
-                let (pid, parent) = (
-                    member_word(slot(k)).load(Relaxed),
-                    member_word(slot(k) + 1).load(Relaxed),
-                );
-                !ended(pid, parent)
-            }
+            // (Ended: by its state alone, not its parent's PID, which a
+            // parent's end changes; one lost before its fork is marked
+            // done by whoever lost it.)
+            member_word(slot(k) + 2).load(Acquire) == 0 && !gone(member_word(slot(k)).load(Relaxed))
         });
         if !waiting {
             return;
@@ -371,10 +397,14 @@ fn take(pid: u32, h: &Handoff, used: &mut usize) -> Result<Taken, Failed> {
         return Err(Failed("pidfd_open", usize::MAX, pidfd));
     }
     let pidfd = pidfd as usize;
-    // An fd above the floor, or why not.
+    // An fd above the floor, or why not. (A sharing child's stay where
+    // they land: it uses them where they are, and installs none.)
     let above = |fd: isize, what: &'static str, num: usize| -> Result<usize, Failed> {
         if fd < 0 {
             return Err(Failed(what, num, fd));
+        }
+        if share {
+            return Ok(fd as usize);
         }
         let moved = syscall3(SYS_FCNTL, fd as usize, F_DUPFD_CLOEXEC, floor);
         syscall3(SYS_CLOSE, fd as usize, 0, 0);
@@ -678,6 +708,7 @@ fn lose_below(pid: u32) {
         r.lost = true;
         set_rec(i, r);
         r.t.close();
+        table_done(r.pid);
         missing(r.pid, format_args!("its parent {pid} is missing"));
         lose_below(r.pid);
     }
@@ -806,6 +837,7 @@ fn fork_rec(parent: &Image, i: usize) {
             r.lost = true;
             set_rec(i, r);
             r.t.close();
+            table_done(r.pid);
             missing(
                 r.pid,
                 format_args!("with its PID (clone3 set_tid: errno {})", -e),
