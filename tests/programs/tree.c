@@ -74,7 +74,8 @@
  * through 71, close 60, and find the unlinked file's mapping as it was
  * and write its own bytes there. The root must then read A's bytes on
  * 70, find 60 closed and A's bytes in the mapping; B must still have its
- * own 60 and no 70. PASS fdshare.
+ * own 60 and no 70. The root also finds no fd in the table it shares
+ * that it did not have before the capture. PASS fdshare.
  *
  * `tree fdshare deep`: the same, and A has children of its own: A1,
  * cloned with CLONE_FILES (the root's table too), which clones A1a so
@@ -793,12 +794,21 @@ static int fdshare(int deep) {
     if (is_open(70)) _exit(21);
     _exit(0);
   }
+  /* The table's fds now: after the restore, none may be added (a shim's
+   * left in the table the root shares with A and its children). */
+  static char before[1024];
+  for (int fd = 0; fd < 1024; fd++) before[fd] = is_open(fd);
   printf("READY %d\n", getpid());
   char line[16];
   if (!fgets(line, sizeof line, stdin)) fail("reading stdin");
   /* (A child that lost its end of `done` would leave the root waiting:
    * ended by SIGALRM instead.) */
   alarm(60);
+  for (int fd = 0; fd < 1024; fd++)
+    if (is_open(fd) && !before[fd]) {
+      printf("FAIL fd %d is open after the restore, and was not before\n", fd);
+      return 1;
+    }
   if (syscall(SYS_kcmp, getpid(), a, 2 /* KCMP_FILES */, 0, 0) != 0)
     fail("A shares the root's fd table no more");
   if (syscall(SYS_kcmp, getpid(), b, 2 /* KCMP_FILES */, 0, 0) == 0)
