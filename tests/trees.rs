@@ -940,7 +940,11 @@ os.waitpid(pid, 0); print("PASS", flush=True)
     // CLONE_FILES) and has a child of its own that leads a session: a
     // restore forks such a child from its parent's shim, and the child's
     // from its, in their parent's group.
-    let shared_table_with_leader = r#"
+    // (Python: a raw clone with CLONE_FILES, whose child forks one that
+    // runs `first` before it says it is ready.)
+    let sharing_child_whose_child = |first: &str| {
+        format!(
+            r#"
 import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
 r, w = os.pipe()
@@ -949,14 +953,16 @@ pid = libc.syscall(56, 0x400 | 17, 0, 0, 0, 0)
 if pid == 0:
     g = os.fork()
     if g == 0:
-        os.setsid(); os.write(s_w, b"s"); os.read(r, 1); os._exit(0)
+        {first}; os.write(s_w, b"s"); os.read(r, 1); os._exit(0)
     os.read(r, 1); os.waitpid(g, 0); os._exit(0)
 os.read(s_r, 1)
 print("READY", flush=True); sys.stdin.readline()
 os.write(w, b"xx"); os.waitpid(pid, 0); print("PASS", flush=True)
-"#;
+"#
+        )
+    };
     refused(
-        shared_table_with_leader,
+        &sharing_child_whose_child("os.setsid()"),
         &[],
         "shares its parent's fd table (clone with CLONE_FILES), which a restore makes again only by forking it from its parent's shim, and its child",
     );
@@ -965,23 +971,8 @@ os.write(w, b"xx"); os.waitpid(pid, 0); print("PASS", flush=True)
     // restore would refuse it, so capture refuses it before --kill (it
     // was captured and killed, then never restorable: a review of stop
     // 41).
-    let shared_table_with_nicer_child = r#"
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-r, w = os.pipe()
-s_r, s_w = os.pipe()
-pid = libc.syscall(56, 0x400 | 17, 0, 0, 0, 0)
-if pid == 0:
-    g = os.fork()
-    if g == 0:
-        os.nice(1); os.write(s_w, b"s"); os.read(r, 1); os._exit(0)
-    os.read(r, 1); os.waitpid(g, 0); os._exit(0)
-os.read(s_r, 1)
-print("READY", flush=True); sys.stdin.readline()
-os.write(w, b"xx"); os.waitpid(pid, 0); print("PASS", flush=True)
-"#;
     refused(
-        shared_table_with_nicer_child,
+        &sharing_child_whose_child("os.nice(1)"),
         &["--kill"],
         "could not be forked by its shim: its scheduling, oom score or loginuid",
     );

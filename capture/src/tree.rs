@@ -351,7 +351,12 @@ pub fn fork_obstacles(t: &Tree, metas: &[Vec<u8>], pages: bool, obs: &mut Obstac
     for i in &images {
         cryo_image::fork::referenced(i, &mut refs);
     }
-    let at = |pid: u32| live.iter().position(|m| m.rec.pid == pid);
+    let index: HashMap<u32, usize> = live
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.rec.pid, i))
+        .collect();
+    let at = |pid: u32| index.get(&pid).copied();
     let why = |p: usize, c: usize| {
         cryo_image::fork::obstacle(
             &recs,
@@ -375,16 +380,15 @@ pub fn fork_obstacles(t: &Tree, metas: &[Vec<u8>], pages: bool, obs: &mut Obstac
         }
         p
     };
-    for f in (0..live.len()).filter(|&f| f == 0 || !sharing(f)) {
-        let held: Vec<(&cryo_image::Image, bool)> = (1..live.len())
-            .filter(|&k| forker(k) == Some(f))
-            .filter(|&k| sharing(k) || at(live[k].rec.ppid).is_some_and(|p| p != 0 && sharing(p)))
-            .map(|k| (&images[k], sharing(k)))
-            .collect();
-        if held.is_empty() {
-            continue;
+    let mut held_by: Vec<Vec<(&cryo_image::Image, bool)>> = vec![Vec::new(); live.len()];
+    for k in 1..live.len() {
+        let below = at(live[k].rec.ppid).is_some_and(|p| p != 0 && sharing(p));
+        if let Some(f) = forker(k).filter(|_| sharing(k) || below) {
+            held_by[f].push((&images[k], sharing(k)));
         }
-        if let Some((need, nofile)) = cryo_image::fork::forker_over(&images[f], &held) {
+    }
+    for (f, held) in held_by.iter().enumerate().filter(|(_, h)| !h.is_empty()) {
+        if let Some((need, nofile)) = cryo_image::fork::forker_over(&images[f], held) {
             obs.push(format!(
                 "process {} would hold up to {need} fds at once while a restore forks the {} processes that {SHARES_ITS}, above its open-file limit of {nofile}",
                 live[f].rec.pid,

@@ -101,19 +101,7 @@ pub fn obstacle(
     }
     // The parent's shim takes the stand-in's fds above every fd either
     // has: they must stay below the open-file limit.
-    let top = |i: &Image| {
-        i.fds()
-            .iter()
-            .map(|f| f.fd.max(0) as u64)
-            .max()
-            .unwrap_or(0)
-    };
-    let nofile = ci
-        .rlimits()
-        .iter()
-        .find(|r| r.resource == libc_nofile())
-        .map_or(u64::MAX, |r| r.cur);
-    if top(pi).max(top(ci)) + taken_fds(ci, shares_fds) + 64 >= nofile {
+    if top_fd(pi).max(top_fd(ci)) + taken_fds(ci, shares_fds) + 64 >= nofile(ci) {
         return Some("its fds are too close to its open-file limit");
     }
     if let Some(why) = differs(pi, ci) {
@@ -137,9 +125,13 @@ pub fn obstacle(
     None
 }
 
-/// RLIMIT_NOFILE.
-const fn libc_nofile() -> u32 {
-    7
+/// The process's open-file limit (RLIMIT_NOFILE, 7), as captured.
+fn nofile(img: &Image) -> u64 {
+    const RLIMIT_NOFILE: u32 = 7;
+    img.rlimits()
+        .iter()
+        .find(|r| r.resource == RLIMIT_NOFILE)
+        .map_or(u64::MAX, |r| r.cur)
 }
 
 /// How many fds of its stand-in the shim that takes it holds for a
@@ -194,11 +186,7 @@ pub fn forker_over(forker: &Image, held: &[(&Image, bool)]) -> Option<(u64, u64)
             .map(|(i, shares)| taken_fds(i, *shares))
             .sum::<u64>()
         + 64;
-    let nofile = forker
-        .rlimits()
-        .iter()
-        .find(|r| r.resource == libc_nofile())
-        .map_or(u64::MAX, |r| r.cur);
+    let nofile = nofile(forker);
     (need >= nofile).then_some((need, nofile))
 }
 

@@ -368,34 +368,21 @@ fn choose_stand_ins(
     // once (`cryo_image::fork::forker_over`): they must fit below its
     // open-file limit, or some would be missing past the point of no
     // return.
-    let parent = |k: usize| {
-        members
-            .iter()
-            .position(|m| m.rec.pid == members[k].rec.ppid)
-    };
-    let forker = |k: usize| {
-        let mut p = parent(k);
-        while let Some(q) = p.filter(|&q| q != 0 && members[q].stand_in) {
-            p = parent(q);
+    let parents = parents(members);
+    let forkers = forkers(members);
+    let mut held_by: Vec<Vec<(usize, bool)>> = vec![Vec::new(); members.len()];
+    for k in (1..members.len()).filter(|&k| members[k].stand_in) {
+        let shares = members[k]
+            .plan
+            .borrow()
+            .as_ref()
+            .is_some_and(|pl| pl.extra_flags & flags::SHARES_FDS != 0);
+        let below = parents[k].is_some_and(|p| p != 0 && members[p].stand_in);
+        if shares || below {
+            held_by[forkers[k]].push((k, shares));
         }
-        p
-    };
-    for f in 0..members.len() {
-        if f != 0 && members[f].stand_in {
-            continue;
-        }
-        let plans: Vec<_> = (1..members.len())
-            .filter(|&k| members[k].stand_in && forker(k) == Some(f))
-            .filter_map(|k| {
-                let shares = members[k]
-                    .plan
-                    .borrow()
-                    .as_ref()
-                    .is_some_and(|pl| pl.extra_flags & flags::SHARES_FDS != 0);
-                let below = parent(k).is_some_and(|p| p != 0 && members[p].stand_in);
-                (shares || below).then_some((k, shares))
-            })
-            .collect();
+    }
+    for (f, plans) in held_by.iter().enumerate() {
         if plans.is_empty() {
             continue;
         }
@@ -405,7 +392,7 @@ fn choose_stand_ins(
             .collect();
         let images: Vec<(cryo_image::Image, bool)> = borrowed
             .iter()
-            .zip(&plans)
+            .zip(plans.iter())
             .filter_map(|(b, &(_, shares))| b.as_ref().map(|pl| (pl.image(), shares)))
             .collect();
         let held: Vec<(&cryo_image::Image, bool)> = images.iter().map(|(i, s)| (i, *s)).collect();
@@ -427,6 +414,38 @@ fn choose_stand_ins(
         }
     }
     Ok(())
+}
+
+/// Each member's parent in the tree, by PID (None: the root's is not in
+/// it).
+fn parents(members: &[Member]) -> Vec<Option<usize>> {
+    let at: std::collections::HashMap<u32, usize> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.rec.pid, i))
+        .collect();
+    members
+        .iter()
+        .map(|m| at.get(&m.rec.ppid).copied())
+        .collect()
+}
+
+/// The member that forks each member here: its parent, but for a
+/// stand-in whose parent is a stand-in too, the nearest ancestor that
+/// execs its own shim. Its shim takes the whole line of stand-ins below
+/// it at once (a stand-in's children must outlive it: its place is taken
+/// first), forks the first, whose shim forks the next.
+fn forkers(members: &[Member]) -> Vec<usize> {
+    let parents = parents(members);
+    (0..members.len())
+        .map(|j| {
+            let mut p = parents[j].unwrap_or(0);
+            while p != 0 && members[j].stand_in && members[p].stand_in {
+                p = parents[p].unwrap_or(0);
+            }
+            p
+        })
+        .collect()
 }
 
 fn in_process(pid: u32, e: RestoreError) -> RestoreError {
@@ -1154,6 +1173,8 @@ struct Cx<'a> {
     root_pid: i32,
     /// The process group the root is in now (the invoker's).
     root_pgid: i32,
+    /// Which member forks each ([`forkers`]).
+    forkers: Vec<usize>,
 }
 
 /// Build the tree and exec every process's shim; this process becomes the
@@ -1185,6 +1206,7 @@ pub(crate) fn exec(root: Plan, tree: Box<Tree>) -> RestoreError {
         round,
         root_pid: std::process::id() as i32,
         root_pgid: sys::getpgid(0).unwrap_or(0),
+        forkers: forkers(&tree.members),
     };
     // Groups whose leader was gone at capture (in the root's session): a
     // holder with the group's id leads each until its members are in it.
@@ -1355,29 +1377,15 @@ impl Cx<'_> {
             .collect()
     }
 
-    /// The member that forks member `j` here: its parent, but for a
-    /// stand-in whose parent is a stand-in too, the nearest ancestor that
-    /// execs its own shim. Its shim takes the whole line of stand-ins
-    /// below it at once (a stand-in's children must outlive it: its
-    /// place is taken first), forks the first, whose shim forks the next.
+    /// The member that forks member `j` here ([`forkers`]).
     fn forker(&self, j: usize) -> usize {
-        let parent = |k: usize| {
-            (0..k)
-                .rev()
-                .find(|&p| self.rec(p).pid == self.rec(k).ppid)
-                .unwrap_or(0)
-        };
-        let mut p = parent(j);
-        while p != 0 && self.tree.members[j].stand_in && self.tree.members[p].stand_in {
-            p = parent(p);
-        }
-        p
+        self.forkers[j]
     }
 
-    /// Member indices of the processes `i` forks ([`Cx::forker`]).
+    /// Member indices of the processes `i` forks.
     fn forks(&self, i: usize) -> Vec<usize> {
         (i + 1..self.tree.members.len())
-            .filter(|&j| self.forker(j) == i)
+            .filter(|&j| self.forkers[j] == i)
             .collect()
     }
 

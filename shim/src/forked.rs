@@ -119,23 +119,6 @@ fn table_done(pid: u32) {
     }
 }
 
-/// Whether process `pid` has ended: no /proc entry, or a zombie.
-fn gone(pid: u32) -> bool {
-    const ENOENT: isize = 2;
-    const ESRCH: isize = 3;
-    let mut p = [0u8; 64];
-    let mut buf = [0u8; 512];
-    let n = match read_whole(proc_path(&mut p, pid, "/stat"), &mut buf) {
-        Ok(n) => n,
-        Err(e) => return e == -ENOENT || e == -ESRCH,
-    };
-    let stat = &buf[..n];
-    match stat.windows(2).rposition(|w| w == b") ") {
-        Some(i) => stat.get(i + 2).is_none_or(|&c| c == b'Z' || c == b'X'),
-        None => n == 0,
-    }
-}
-
 /// Past the second round, with no fd of the shim's left in the table: say
 /// so, and wait until every process of the table has (or has ended),
 /// so that no program runs while a shim still holds a number of it.
@@ -155,7 +138,8 @@ pub fn leave_table() {
             // (Ended: by its state alone, not its parent's PID, which a
             // parent's end changes; one lost before its fork is marked
             // done by whoever lost it.)
-            member_word(slot(k) + 2).load(Acquire) == 0 && !gone(member_word(slot(k)).load(Relaxed))
+            member_word(slot(k) + 2).load(Acquire) == 0
+                && !ended(member_word(slot(k)).load(Relaxed), None)
         });
         if !waiting {
             return;
@@ -221,10 +205,10 @@ fn read_small(path: usize, buf: &mut [u8]) -> usize {
 }
 
 /// Whether process `pid`, child of `parent`, has ended: no /proc entry
-/// (ENOENT), a zombie, or the PID another's (its parent is not
-/// `parent`: the PID was reused). Any other failure to read it: not
-/// known to have ended.
-pub fn ended(pid: u32, parent: u32) -> bool {
+/// (ENOENT), a zombie, or (a parent given) the PID another's (its parent
+/// is not `parent`: the PID was reused). Any other failure to read it:
+/// not known to have ended.
+pub fn ended(pid: u32, parent: Option<u32>) -> bool {
     const ENOENT: isize = 2;
     const ESRCH: isize = 3;
     let mut p = [0u8; 64];
@@ -242,6 +226,9 @@ pub fn ended(pid: u32, parent: u32) -> bool {
     if rest.first().is_none_or(|&c| c == b'Z' || c == b'X') {
         return true;
     }
+    let Some(parent) = parent else {
+        return false;
+    };
     let ppid = rest
         .get(2..)
         .unwrap_or(b"")

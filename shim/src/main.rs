@@ -435,7 +435,7 @@ fn round_two(img: &cryo_image::Image) {
                         } else {
                             r.ppid
                         };
-                        let ended = !pending_parent && forked::ended(r.pid, parent);
+                        let ended = !pending_parent && forked::ended(r.pid, Some(parent));
                         if ended && on(&suspect, i) {
                             put(&mut heard, i, true);
                             got += 1;
