@@ -569,18 +569,87 @@ fn own_code(exe: &Path) -> (i32, String, bool, bool) {
     )
 }
 
+/// A restorer of a program that holds CAP_SYS_ADMIN (or
+/// CAP_CHECKPOINT_RESTORE) never leaves its own file: it names the
+/// program's executable in its last system calls, from the program's
+/// code once its own is unmapped (`selfmap::exe_in_chain`). Neither its
+/// second name nor a copy of itself; the program finds its own
+/// executable and no trace of the restorer, and restores as `cryo
+/// restore` does.
+#[test]
+fn a_packed_restorer_of_a_privileged_program_never_leaves_its_own_file() {
+    let dir = scratch("pack-late-exe");
+    let files = scratch("pack-late-exe-files");
+    let mut cmd = Command::new(program("c-zdtm"));
+    cmd.args(["stop", files.to_str().unwrap()]);
+    let img = capture(cmd, "c-zdtm", &dir);
+    let want = run(&cryo(), &["restore", img.to_str().unwrap()]);
+    assert_eq!(want.0, 0, "cryo restore: {want:?}");
+    assert!(want.1.starts_with("PASS "), "{want:?}");
+    let exe = dir.join("a.restored");
+    pack(&img, &exe, &[]);
+    let (code, out, used, copied) = own_code(&exe);
+    assert_eq!(
+        (code, out.as_str(), used, copied),
+        (want.0, want.1.as_str(), false, false)
+    );
+}
+
+/// The program's executable open for writing (by another process) cannot
+/// be named its executable again (PR_SET_MM_MAP denies writing to it, as
+/// an exec does): refused before anything is touched, by a packed
+/// restorer (status 1, as `cryo restore`'s own checks) and by `cryo
+/// restore`'s shim (status 125, as every failure of its shim), in one
+/// line; nothing of the program runs.
+#[test]
+fn an_executable_open_for_writing_is_refused_before_anything_is_touched() {
+    let dir = scratch("exe-written");
+    // Its own copy of the program: held open for writing below, which
+    // would make every other test's exec of the shared one fail.
+    let prog = dir.join("rust-target");
+    std::fs::copy(program("rust-target"), &prog).unwrap();
+    let mut cmd = Command::new(&prog);
+    cmd.arg("stop");
+    let img = capture(cmd, "rust-target", &dir);
+    let exe = dir.join("a.restored");
+    pack(&img, &exe, &[]);
+    let want = run(&exe, &[]);
+    assert_eq!(want.0, 0, "{want:?}");
+    let writer = std::fs::OpenOptions::new().write(true).open(&prog).unwrap();
+    for (argv, status) in [
+        (vec![exe.clone()], 1),
+        (vec![cryo(), "restore".into(), img.clone()], 125),
+    ] {
+        let args: Vec<&str> = argv[1..].iter().map(|a| a.to_str().unwrap()).collect();
+        let (code, out, err) = run(&argv[0], &args);
+        assert_eq!(code, status, "{argv:?}: {out}{err}");
+        assert!(
+            err.contains("is open for writing (by another process)"),
+            "{argv:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(out.is_empty(), "nothing ran: {out}");
+    }
+    drop(writer);
+    assert_eq!(run(&exe, &[]), want);
+}
+
 /// `cryo pack` links the restorer into the image directory by its inode
 /// (`packed-INO.text`), and the restorer maps its code from that second
 /// name instead of copying itself into fresh memory (~0.13 ms on a VM
-/// where a fault costs 3 µs). A copy of the restorer elsewhere, or a
-/// second name that is another file, copies instead, and restores the
-/// same; names of restorers gone are removed by the next pack.
+/// where a fault costs 3 µs), where it must leave its own file (a program
+/// without CAP_SYS_ADMIN and CAP_CHECKPOINT_RESTORE here). A copy of the
+/// restorer elsewhere, or a second name that is another file, copies
+/// instead, and restores the same; names of restorers gone are removed
+/// by the next pack.
 #[test]
 fn a_packed_restorer_maps_its_code_from_its_second_name() {
     use std::os::unix::fs::MetadataExt;
     let dir = scratch("pack-alias");
-    let mut cmd = Command::new(program("rust-target"));
-    cmd.arg("stop");
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--bounding-set", "-sys_admin,-checkpoint_restore"])
+        .arg(program("rust-target"))
+        .arg("stop");
     let img = capture(cmd, "rust-target", &dir);
     let want = run(&cryo(), &["restore", img.to_str().unwrap()]);
     assert_eq!(want.0, 0, "cryo restore: {want:?}");

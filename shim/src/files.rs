@@ -91,6 +91,23 @@ impl<'a> Files<'a> {
         (f, exe)
     }
 
+    /// Whether file `idx` was made (or opened) by `cryo restore`.
+    pub fn made_by_restore(&self, idx: u32) -> bool {
+        self.img
+            .files()
+            .get(idx as usize)
+            .is_some_and(|f| made_by_restore(f.flags, self.files_fd))
+    }
+
+    /// Leave file `idx`'s fd open past [`Files::close_all`] (its owner
+    /// closes it): the executable the finishing chain names.
+    pub fn leave_open(&mut self, idx: u32) {
+        if (idx as usize) < self.n {
+            // SAFETY: idx < n.
+            unsafe { *self.fds.add(idx as usize) = -1 };
+        }
+    }
+
     /// The fd of the k-th file `cryo restore` made.
     fn made_fd(&self, k: usize) -> usize {
         match MADE_AT.load(core::sync::atomic::Ordering::Relaxed) {

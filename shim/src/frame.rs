@@ -46,7 +46,6 @@ pub fn tiles(img: &Image) -> bool {
 /// (A signal sent after this check, before the final rt_sigreturn, still
 /// finds the call restarted.)
 fn resume_regs(restart: &Regs, raw: &Regs, blocked: u64) -> Regs {
-    const SYS_RT_SIGPENDING: usize = 127;
     const SA_RESTART: u64 = 0x1000_0000;
     let kind = raw.rax as i64;
     if (raw.orig_rax as i64) < 0
@@ -379,12 +378,16 @@ pub fn release_word(frame_sp: usize) -> usize {
 /// strict mode (`strict`) one more after that, entering it
 /// (seccomp(SECCOMP_SET_MODE_STRICT)), whose `ret` enters the main
 /// thread's own frame through rt_sigreturn, the one call of these that
-/// strict mode allows.
+/// strict mode allows. With `exe` (the executable's fd,
+/// `selfmap::exe_in_chain`), two more run first, right after the munmap:
+/// PR_SET_MM_MAP naming the executable (its struct and auxv written on the
+/// stack with the frames), then the fd's close.
 pub fn finish_without_tracer(
     img: &Image,
     frame_sp: usize,
     release: Option<usize>,
     strict: bool,
+    exe: Option<u32>,
 ) -> ! {
     let g = checked_gadgets(img);
     let p = img.process();
@@ -397,34 +400,50 @@ pub fn finish_without_tracer(
         Some(word) => word - 64,
         None => (frame_sp - 8 - 64) & !63,
     };
-    let mut chain = |rax: usize, rdi: usize, rsi: usize, rdx: usize, next: &mut usize| {
+    // One more frame below the last, run before it: a system call from
+    // the syscall-ret gadget (rax, rdi, rsi, rdx, r10).
+    let chain = |call: [usize; 5], top: &mut usize, next: &mut usize| {
         let r = Regs {
             rip: g.syscall_ret,
             rsp: *next as u64,
-            rax: rax as u64,
-            rdi: rdi as u64,
-            rsi: rsi as u64,
-            rdx: rdx as u64,
+            rax: call[0] as u64,
+            rdi: call[1] as u64,
+            rsi: call[2] as u64,
+            rdx: call[3] as u64,
+            r10: call[4] as u64,
             cs: p.regs.cs,
             ss: p.regs.ss,
             eflags: 0x202,
             ..Default::default()
         };
-        let sp = write(top, &r, None, !0, alt);
+        let sp = write(*top, &r, None, !0, alt);
         poke_u64(sp - 8, g.sigreturn);
         *next = sp - 8;
-        top = (sp - 8 - 64) & !63;
+        *top = (sp - 8 - 64) & !63;
     };
     if strict {
         const SECCOMP_SET_MODE_STRICT: usize = 0;
-        chain(SYS_SECCOMP, SECCOMP_SET_MODE_STRICT, 0, 0, &mut next);
+        chain(
+            [SYS_SECCOMP, SECCOMP_SET_MODE_STRICT, 0, 0, 0],
+            &mut top,
+            &mut next,
+        );
     }
     if let Some(word) = release {
         chain(
-            SYS_FUTEX,
-            word,
-            FUTEX_WAKE_PRIVATE,
-            i32::MAX as usize,
+            [SYS_FUTEX, word, FUTEX_WAKE_PRIVATE, i32::MAX as usize, 0],
+            &mut top,
+            &mut next,
+        );
+    }
+    if let Some(fd) = exe {
+        chain([SYS_CLOSE, fd as usize, 0, 0, 0], &mut top, &mut next);
+        let (map, size, lowest) = crate::mm::write_late(img, fd, top);
+        top = (lowest - 64) & !63;
+        use crate::mm::{PR_SET_MM, PR_SET_MM_MAP};
+        chain(
+            [SYS_PRCTL, PR_SET_MM, PR_SET_MM_MAP, map, size],
+            &mut top,
             &mut next,
         );
     }

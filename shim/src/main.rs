@@ -694,9 +694,20 @@ fn restore(a: &Args, packed: bool) -> ! {
     if a.flags & flags::STAND_IN != 0 {
         forked::stand_in(a, files);
     }
-    // 3. Off the shim's own file (PR_SET_MM_MAP would refuse the exe).
+    // 3. Off the shim's own file (PR_SET_MM_MAP would refuse the exe),
+    //    unless the executable is named once the shim is gone.
     ph.mark(on);
-    selfmap::leave_own_file(a.alias_fd);
+    let lazy = a.flags & flags::LAZY != 0;
+    let late_exe = selfmap::exe_in_chain(&img, a, &files, exe_fd, lazy);
+    if late_exe {
+        if a.alias_fd != usize::MAX {
+            syscall3(SYS_CLOSE, a.alias_fd, 0, 0);
+        }
+    } else if packed {
+        selfmap::leave_own_file(packed::alias());
+    } else {
+        selfmap::leave_own_file(a.alias_fd);
+    }
     // In a tree, nobody past this point before every process has its
     // files open.
     tree_barrier(a, &img);
@@ -708,7 +719,6 @@ fn restore(a: &Args, packed: bool) -> ! {
     ph.mark(on);
     // 6. Every mapping with its pages and flags; lazy mappings registered
     //    with a userfaultfd that goes to the page server.
-    let lazy = a.flags & flags::LAZY != 0;
     if lazy && a.sock_fd == usize::MAX {
         die(format_args!("lazy restore without a page-server socket"));
     }
@@ -726,7 +736,7 @@ fn restore(a: &Args, packed: bool) -> ! {
         forked::fork_children(&img);
     }
     ph.mark(on);
-    finish(&img, files, exe_fd, a, ph, lazy)
+    finish(&img, files, exe_fd, a, ph, lazy, late_exe)
 }
 
 /// A child forked by its parent's shim (`forked`), its fds and working
@@ -748,7 +758,7 @@ fn restore_forked(a: &Args, parent: &cryo_image::Image) -> ! {
         forked::fork_below(&img);
     }
     ph.mark(on);
-    finish(&img, files, exe_fd, a, ph, false)
+    finish(&img, files, exe_fd, a, ph, false, false)
 }
 
 /// Steps 7 to 12 of [`restore`]: the process's state, then the program.
@@ -759,19 +769,25 @@ fn finish<'a>(
     a: &Args,
     mut ph: Phases,
     lazy: bool,
+    late_exe: bool,
 ) -> ! {
     let on = a.flags & flags::PHASES != 0;
     // AIO contexts, their rings moved into the memory made.
     aio::make(img, a.pages_fd);
     // 7. mm fields, auxv and the executable.
-    mm::restore(img, exe_fd);
+    mm::restore(img, if late_exe { u32::MAX } else { exe_fd });
     // 8. The main thread's state and the process's.
     tls::restore(img, a.tid_offset);
     rseq::register(img);
     signals::restore_dispositions(img);
     task::set_comm(img);
     task::restore_prctl_state(img);
-    // 9. The shim's own fds go; the program's get their flags and locks.
+    // 9. The shim's own fds go (the executable's in the finishing chain, if
+    //    it names it there); the program's get their flags and locks.
+    let mut files = files;
+    if late_exe {
+        files.leave_open(img.process().exe_file);
+    }
     files.close_all();
     syscall3(SYS_CLOSE, a.meta_fd, 0, 0);
     syscall3(SYS_CLOSE, a.pages_fd, 0, 0);
@@ -852,7 +868,11 @@ fn finish<'a>(
     // finishes (it suspended seccomp for this task).
     let strict = img.task().is_some_and(|t| t.seccomp_strict == 1);
     if a.flags & flags::SELF_UNMAP != 0 {
-        frame::finish_without_tracer(img, frame_sp, release, strict);
+        let exe = late_exe.then_some(exe_fd);
+        if late_exe {
+            mm::check_late(img, exe_fd);
+        }
+        frame::finish_without_tracer(img, frame_sp, release, strict, exe);
     }
     if strict {
         check(

@@ -8,20 +8,75 @@ use core::mem::{offset_of, size_of};
 use cryo_image::Image;
 
 /// PR_SET_MM_MAP with the captured fields, auxv and executable (`exe_fd`,
-/// or u32::MAX to keep it).
+/// or u32::MAX to keep it: named in the finishing chain instead, see
+/// [`check_late`]).
 pub fn restore(img: &Image, exe_fd: u32) {
-    let auxv_buf = scratch::AUXV;
+    let n = auxv_to(img, scratch::AUXV);
+    check(
+        set(&map_of(img, exe_fd, scratch::AUXV as u64, n)),
+        format_args!("prctl(PR_SET_MM, PR_SET_MM_MAP)"),
+    );
+}
+
+/// Before the finishing chain names the executable (`exe_fd`) once the
+/// shim is unmapped (`selfmap::exe_in_chain`): the same call now, with
+/// the program's credentials, which checks everything that one will (the
+/// capability, the file executable by them and on an exec mount) and ends
+/// in EBUSY, changing nothing, for the one thing still in its way: the
+/// shim mapped from the executable it was started as. (Whether anyone has
+/// the file open for writing, its one later check, `selfmap` asked.)
+/// Anything else is a failure here, as it would be there.
+pub fn check_late(img: &Image, exe_fd: u32) {
+    let n = auxv_to(img, scratch::AUXV);
+    let r = set(&map_of(img, exe_fd, scratch::AUXV as u64, n));
+    // (0 cannot be, the shim being mapped from its own file; it would
+    // have named the executable already, and the chain's call would find
+    // it mapped by the program and change nothing.)
+    if r != -EBUSY && r != 0 {
+        check(
+            r,
+            format_args!(
+                "prctl(PR_SET_MM, PR_SET_MM_MAP) naming the executable, before the shim is gone"
+            ),
+        );
+    }
+}
+
+/// The struct and auxv of [`restore`]'s call, with `exe_fd`, written
+/// into memory that outlives the shim: downwards from `top` (the
+/// program's stack below its signal frames). Returns the struct's address
+/// and size, for PR_SET_MM_MAP in the finishing chain, and the lowest
+/// address written.
+pub fn write_late(img: &Image, exe_fd: u32, top: usize) -> (usize, usize, usize) {
+    let auxv_at = (top - scratch::AUXV_WORDS * 8) & !63;
+    let n = auxv_to(img, auxv_at);
+    let at = (auxv_at - size_of::<PrctlMmMap>()) & !63;
+    let map = map_of(img, exe_fd, auxv_at as u64, n);
+    // SAFETY: [at, top) is the program's stack below its frames (memory
+    // the kernel would use for a signal frame; `cryo_image::frame_top`
+    // keeps room for it), writable; PrctlMmMap is plain data.
+    unsafe { core::ptr::write_unaligned(at as *mut PrctlMmMap, map) };
+    (at, size_of::<PrctlMmMap>(), at)
+}
+
+/// The image's auxv as (key, value) words at `at` (at most
+/// `scratch::AUXV_WORDS`): how many words.
+fn auxv_to(img: &Image, at: usize) -> usize {
     let mut n = 0usize;
     for e in img.auxv().iter() {
         if n + 2 > scratch::AUXV_WORDS {
             break;
         }
-        poke_u64(auxv_buf + n * 8, e.key);
-        poke_u64(auxv_buf + n * 8 + 8, e.val);
+        poke_u64(at + n * 8, e.key);
+        poke_u64(at + n * 8 + 8, e.val);
         n += 2;
     }
+    n
+}
+
+fn map_of(img: &Image, exe_fd: u32, auxv: u64, words: usize) -> PrctlMmMap {
     let mm = img.process().mm;
-    let map = PrctlMmMap {
+    PrctlMmMap {
         start_code: mm.start_code,
         end_code: mm.end_code,
         start_data: mm.start_data,
@@ -33,24 +88,25 @@ pub fn restore(img: &Image, exe_fd: u32) {
         arg_end: mm.arg_end,
         env_start: mm.env_start,
         env_end: mm.env_end,
-        auxv: auxv_buf as u64,
-        auxv_size: n as u32 * 8,
+        auxv,
+        auxv_size: words as u32 * 8,
         exe_fd,
-    };
-    const PR_SET_MM: usize = 35;
-    const PR_SET_MM_MAP: usize = 14;
-    check(
-        syscall6(
-            SYS_PRCTL,
-            PR_SET_MM,
-            PR_SET_MM_MAP,
-            &map as *const PrctlMmMap as usize,
-            size_of::<PrctlMmMap>(),
-            0,
-            0,
-        ),
-        format_args!("prctl(PR_SET_MM, PR_SET_MM_MAP)"),
-    );
+    }
+}
+
+pub const PR_SET_MM: usize = 35;
+pub const PR_SET_MM_MAP: usize = 14;
+
+fn set(map: &PrctlMmMap) -> isize {
+    syscall6(
+        SYS_PRCTL,
+        PR_SET_MM,
+        PR_SET_MM_MAP,
+        map as *const PrctlMmMap as usize,
+        size_of::<PrctlMmMap>(),
+        0,
+        0,
+    )
 }
 
 /// The kernel's `struct prctl_mm_map` (include/uapi/linux/prctl.h).

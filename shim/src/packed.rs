@@ -70,6 +70,11 @@ pub fn record() -> Option<Record<'static>> {
 /// The image directory, while a failure still leaves the process as it
 /// was (a packed restorer, before the point of no return).
 pub fn dir_for_message() -> Option<&'static str> {
+    dir().map(|b| core::str::from_utf8(b).unwrap_or("the packed image"))
+}
+
+/// The image directory's bytes, until the point of no return.
+fn dir() -> Option<&'static [u8]> {
     let (at, len) = (
         DIR_AT.load(Ordering::Relaxed),
         DIR_LEN.load(Ordering::Relaxed),
@@ -79,8 +84,7 @@ pub fn dir_for_message() -> Option<&'static str> {
     }
     // SAFETY: at/len are the directory's bytes inside COPY, which lives
     // and is never written again.
-    let b = unsafe { core::slice::from_raw_parts(at as *const u8, len) };
-    Some(core::str::from_utf8(b).unwrap_or("the packed image"))
+    Some(unsafe { core::slice::from_raw_parts(at as *const u8, len) })
 }
 
 /// The point of no return: from here on a failure is the shim's own.
@@ -141,8 +145,13 @@ fn open_in(dir: &[u8], name: &str) -> usize {
 /// it instead of copying itself into fresh memory (`selfmap`), which
 /// took 56 page faults and ~0.13 ms on a VM where a fault costs 3 µs.
 /// None (usize::MAX) when it is missing or another file: the restorer was
-/// copied, or packed into another file system than the image's.
-fn alias(dir: &[u8]) -> usize {
+/// copied, or packed into another file system than the image's. Looked
+/// for only where the shim leaves its own file (`selfmap::exe_in_chain`).
+pub fn alias() -> usize {
+    dir().map_or(usize::MAX, alias_in)
+}
+
+fn alias_in(dir: &[u8]) -> usize {
     const SYS_NEWFSTATAT: usize = 262;
     const AT_FDCWD: isize = -100;
     let mut own = [0u64; 18];
@@ -240,7 +249,6 @@ pub fn open(r: &Record) -> Args {
         }
     }
     syscall3(SYS_CLOSE, sums_fd, 0, 0);
-    let alias_fd = alias(r.dir);
     Args {
         meta_fd,
         pages_fd,
@@ -248,7 +256,7 @@ pub fn open(r: &Record) -> Args {
         flags: r.flags,
         exec_ns: 0,
         sock_fd: usize::MAX,
-        alias_fd,
+        alias_fd: usize::MAX,
         files_fd: usize::MAX,
         barrier_fd: usize::MAX,
         round_fd: usize::MAX,

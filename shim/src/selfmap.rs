@@ -1,12 +1,120 @@
 //! Where the shim runs from. PR_SET_MM_MAP refuses (EBUSY) to replace the
-//! executable while any mapping has the executable's path, so before it
-//! the shim maps its own segments again from `cryo-shim.text` (a hard link
-//! of its binary: another path, the same bytes), or else copies itself
-//! into anonymous memory.
+//! executable while any mapping has the executable's path. Where the
+//! process finishes alone through the program's code, the executable is
+//! named there, once the shim is unmapped (`exe_in_chain`); else, before
+//! PR_SET_MM_MAP, the shim maps its own segments again from
+//! `cryo-shim.text` (a hard link of its binary: another path, the same
+//! bytes), or copies itself into anonymous memory.
 
+use crate::files::Files;
 use crate::mem::*;
 use crate::sys::*;
-use crate::{die, PG, SELF_COPY_AT};
+use crate::{die, Args, PG, SELF_COPY_AT};
+use cryo_image::Image;
+
+/// Whether the executable can be given to PR_SET_MM_MAP in the finishing
+/// chain (`frame::finish_without_tracer`: after the munmap of the shim's
+/// window, before the program runs), so that the shim need not leave its
+/// own file: ~0.1 ms less for a packed restore of a small C program on
+/// the VM of docs/benchmarks.md (the remapping ~55 µs, the code's faults
+/// again, and a packed restorer's search for its second name). Only where
+/// nothing can make that last call fail where the shim could not tell:
+/// - one process finishing alone (not lazily, not in a tree);
+/// - no seccomp filter and no strict mode (the chain's prctl and close
+///   must be allowed);
+/// - no POSIX lock (closing the executable's fd in the chain would drop
+///   the process's locks on that file, taken again before it);
+/// - the capability to name an executable (CAP_SYS_ADMIN or
+///   CAP_CHECKPOINT_RESTORE) still held with the program's credentials,
+///   and, where the shim sets those, file system uid 0 (whose permission
+///   to execute the file the call checks);
+/// - the executable opened here read-only, not made by `cryo restore`,
+///   and open for writing nowhere (`no_writers`).
+///
+/// The rest of what that call checks, `mm::check_late` asks with the
+/// program's credentials just before the chain (a failure there is the
+/// shim's, past the point of no return, as PR_SET_MM_MAP's always was). A
+/// writer that opens the file after this, or a permission changed
+/// meanwhile, would leave /proc/PID/exe naming the restorer: a race of
+/// the kind every mapped file's check has (docs/pitfalls.md).
+pub fn exe_in_chain(img: &Image, a: &Args, files: &Files, exe_fd: u32, lazy: bool) -> bool {
+    use cryo_image::fds::lock_kind;
+    use cryo_image::handoff::flags;
+    const ALONE: u64 = flags::SELF_UNMAP;
+    const TREE: u64 = flags::BARRIER | flags::FORKS | flags::STAND_IN;
+    if exe_fd == u32::MAX || lazy || a.flags & ALONE == 0 || a.flags & TREE != 0 {
+        return false;
+    }
+    if !img.seccomp().is_empty() || img.task().is_some_and(|t| t.seccomp_strict != 0) {
+        return false;
+    }
+    if img.locks().iter().any(|l| l.kind == lock_kind::POSIX) {
+        return false;
+    }
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    const CAP_CHECKPOINT_RESTORE: u64 = 1 << 40;
+    let eff = match img.creds() {
+        Some(c) if a.flags & flags::SAME_CREDS == 0 => {
+            if c.uid[3] != 0 {
+                return false;
+            }
+            c.cap_eff
+        }
+        _ => crate::task::effective_caps(),
+    };
+    if eff & (CAP_SYS_ADMIN | CAP_CHECKPOINT_RESTORE) == 0 {
+        return false;
+    }
+    if files.made_by_restore(img.process().exe_file) {
+        return false;
+    }
+    const F_GETFL: usize = 3;
+    const O_ACCMODE: isize = 3;
+    let fd = exe_fd as usize;
+    if syscall3(SYS_FCNTL, fd, F_GETFL, 0) & O_ACCMODE != O_RDONLY as isize {
+        return false;
+    }
+    no_writers(img, fd)
+}
+
+/// Whether the executable (`fd`, read-only) is open for writing nowhere,
+/// which PR_SET_MM_MAP needs (it denies writing to it, as an exec does)
+/// and checks only after the EBUSY that `mm::restore`'s first call ends
+/// in: a read lease is refused (EAGAIN) while a writer has it open. Taken
+/// and given back at once. A writer that opened it in between was sent
+/// SIGIO (a lease's owner is the process that took it), found pending
+/// here: a failure then, as for a writer before. False where leases are
+/// not to be had (the file system, fs.leases-enable): the shim leaves its
+/// file then.
+fn no_writers(img: &Image, fd: usize) -> bool {
+    const F_SETLEASE: usize = 1024;
+    const F_RDLCK: usize = 0;
+    const F_UNLCK: usize = 2;
+    const EAGAIN: isize = 11;
+    const SIGIO: u64 = 1 << (29 - 1);
+    let pending = || {
+        let mut set = 0u64;
+        syscall3(SYS_RT_SIGPENDING, &mut set as *mut u64 as usize, 8, 0);
+        set & SIGIO
+    };
+    let before = pending();
+    let r = syscall3(SYS_FCNTL, fd, F_SETLEASE, F_RDLCK);
+    if r == 0 {
+        syscall3(SYS_FCNTL, fd, F_SETLEASE, F_UNLCK);
+    }
+    if r == -EAGAIN || (r == 0 && pending() != before) {
+        let p = img.process();
+        let exe = img
+            .files()
+            .get(p.exe_file as usize)
+            .and_then(|f| img.str(f.path))
+            .unwrap_or("?");
+        die(format_args!(
+            "the executable {exe} is open for writing (by another process): it cannot be the program's executable again while it is"
+        ));
+    }
+    r == 0
+}
 
 /// Leave the shim's own file: remap from the alias if there is one (and
 /// close it: the program never opened it), else copy.

@@ -231,6 +231,11 @@ pub fn can_lock_any() -> bool {
     capget().0 >> CAP_IPC_LOCK & 1 != 0
 }
 
+/// This process's effective capabilities.
+pub fn effective_caps() -> u64 {
+    capget().0
+}
+
 fn capget() -> (u64, u64, u64) {
     let mut h = CapHeader {
         version: CAP_V3,
