@@ -52,9 +52,10 @@ pub fn write_late(img: &Image, exe_fd: u32, top: usize) -> (usize, usize, usize)
     let n = auxv_to(img, auxv_at);
     let at = (auxv_at - size_of::<PrctlMmMap>()) & !63;
     let map = map_of(img, exe_fd, auxv_at as u64, n);
-    // SAFETY: [at, top) is the program's stack below its frames (memory
-    // the kernel would use for a signal frame; `cryo_image::frame_top`
-    // keeps room for it), writable; PrctlMmMap is plain data.
+    // SAFETY: [at, top) is the program's stack below its frames, inside
+    // the writable memory `selfmap::room_below_frame` found there (xsave
+    // + 4 KiB below the frame top; the chain takes at most xsave + ~2.4
+    // KiB); PrctlMmMap is plain data.
     unsafe { core::ptr::write_unaligned(at as *mut PrctlMmMap, map) };
     (at, size_of::<PrctlMmMap>(), at)
 }

@@ -18,8 +18,14 @@ use cryo_image::Image;
 /// own file: ~0.1 ms less for a packed restore of a small C program on
 /// the VM of docs/benchmarks.md (the remapping ~55 µs, the code's faults
 /// again, and a packed restorer's search for its second name). Only where
-/// nothing can make that last call fail where the shim could not tell:
-/// - one process finishing alone (not lazily, not in a tree);
+/// nothing can make that last call fail where the shim could not tell,
+/// and nothing of the program can run before it:
+/// - one process of one thread finishing alone (not lazily, not in a
+///   tree): another thread can be let go early (a futex wait restarted
+///   after a stop finds its word set) and would find the restorer its
+///   executable and the fd open, 9 runs in 60 under STOP/CONT (a review);
+/// - room below the main thread's frame for the chain's frames, struct
+///   and auxv, inside the memory they go on (`room_below_frame`);
 /// - no seccomp filter and no strict mode (the chain's prctl and close
 ///   must be allowed);
 /// - no POSIX lock (closing the executable's fd in the chain would drop
@@ -43,6 +49,9 @@ pub fn exe_in_chain(img: &Image, a: &Args, files: &Files, exe_fd: u32, lazy: boo
     const ALONE: u64 = flags::SELF_UNMAP;
     const TREE: u64 = flags::BARRIER | flags::FORKS | flags::STAND_IN;
     if exe_fd == u32::MAX || lazy || a.flags & ALONE == 0 || a.flags & TREE != 0 {
+        return false;
+    }
+    if !img.threads().is_empty() || !room_below_frame(img) {
         return false;
     }
     if !img.seccomp().is_empty() || img.task().is_some_and(|t| t.seccomp_strict != 0) {
@@ -77,32 +86,66 @@ pub fn exe_in_chain(img: &Image, a: &Args, files: &Files, exe_fd: u32, lazy: boo
     no_writers(img, fd)
 }
 
+/// Whether the `xsave_size + 4096` bytes below the main thread's frame
+/// top (`cryo_image::frame_top`, which keeps that much on a sigaltstack
+/// it chooses; the chain naming the executable takes up to xsave + ~2.4
+/// KiB of it) lie in writable memory they may go on: inside one
+/// writable mapping as captured and, when the program was on its
+/// sigaltstack, inside that. Not so, the finishing chain wrote over
+/// whatever lay below a small sigaltstack (a review: 1046 bytes of the
+/// page under an 8 KiB one the program's handler ran on).
+fn room_below_frame(img: &Image) -> bool {
+    const SS_DISABLE: u32 = 2;
+    let p = img.process();
+    let alt = (p.sigaltstack_sp, p.sigaltstack_size, p.sigaltstack_flags);
+    let top = cryo_image::frame_top(p.regs.rsp, alt, p.xsave_size);
+    let Some(low) = top.checked_sub(p.xsave_size as u64 + 4096) else {
+        return false;
+    };
+    let on_alt = p.sigaltstack_flags & SS_DISABLE == 0
+        && p.regs.rsp.wrapping_sub(p.sigaltstack_sp) < p.sigaltstack_size;
+    if on_alt && low < p.sigaltstack_sp {
+        return false;
+    }
+    img.vmas()
+        .iter()
+        .any(|v| v.start <= low && top <= v.end && v.prot & cryo_image::prot::WRITE != 0)
+}
+
 /// Whether the executable (`fd`, read-only) is open for writing nowhere,
 /// which PR_SET_MM_MAP needs (it denies writing to it, as an exec does)
 /// and checks only after the EBUSY that `mm::restore`'s first call ends
 /// in: a read lease is refused (EAGAIN) while a writer has it open. Taken
-/// and given back at once. A writer that opened it in between was sent
-/// SIGIO (a lease's owner is the process that took it), found pending
-/// here: a failure then, as for a writer before. False where leases are
-/// not to be had (the file system, fs.leases-enable): the shim leaves its
-/// file then.
+/// and given back at once. A writer that opened it in between was sent a
+/// signal (a lease's owner is the process that took it): SIGRTMAX, set
+/// for this fd alone (F_SETSIG), found pending here, a failure then as
+/// for a writer before; not SIGIO, which the program's own O_ASYNC fds
+/// may send meanwhile (a review). With SIGRTMAX pending already, the
+/// shim cannot tell, and leaves its file. False too where leases are not
+/// to be had (the file system, fs.leases-enable, a file neither the
+/// invoker's nor leasable without CAP_LEASE): the shim leaves its file.
 fn no_writers(img: &Image, fd: usize) -> bool {
+    const F_SETSIG: usize = 10;
     const F_SETLEASE: usize = 1024;
     const F_RDLCK: usize = 0;
     const F_UNLCK: usize = 2;
     const EAGAIN: isize = 11;
-    const SIGIO: u64 = 1 << (29 - 1);
+    const SIGRTMAX: usize = 64;
     let pending = || {
         let mut set = 0u64;
         syscall3(SYS_RT_SIGPENDING, &mut set as *mut u64 as usize, 8, 0);
-        set & SIGIO
+        set & 1 << (SIGRTMAX - 1) != 0
     };
-    let before = pending();
+    // (The fd's signal stays SIGRTMAX: the file becomes the process's
+    // executable, whose file is never anyone's fd again.)
+    if pending() || syscall3(SYS_FCNTL, fd, F_SETSIG, SIGRTMAX) != 0 {
+        return false;
+    }
     let r = syscall3(SYS_FCNTL, fd, F_SETLEASE, F_RDLCK);
     if r == 0 {
         syscall3(SYS_FCNTL, fd, F_SETLEASE, F_UNLCK);
     }
-    if r == -EAGAIN || (r == 0 && pending() != before) {
+    if r == -EAGAIN || (r == 0 && pending()) {
         let p = img.process();
         let exe = img
             .files()

@@ -13,9 +13,10 @@ use std::path::PathBuf;
 /// cryo's restore shim with a record naming DIR (absolute) and the
 /// identity of its pages.img and sums.img; it is small and holds no
 /// memory of the program: DIR must stay where it is. A restorer of a
-/// program holding CAP_SYS_ADMIN (root's, say) names the program's
-/// executable in its last system calls and never leaves its own file;
-/// for others (the executable must be replaced while no mapping has the
+/// single-threaded program holding CAP_SYS_ADMIN (root's, say) names
+/// the program's executable in its last system calls and never leaves
+/// its own file; for others (threads, a seccomp filter, no such
+/// capability: the executable is replaced while no mapping has the
 /// restorer's path) pack gives FILE a second name in DIR,
 /// `packed-INO.text` (a hard link, INO its inode), from which it maps its
 /// own code when run instead of copying it into fresh memory; a copy of
@@ -155,7 +156,7 @@ pub fn run(args: PackArgs) -> anyhow::Result<i32> {
         }
         if let Err(why) = &alias {
             eprintln!(
-                "note: no second name for {} in {} ({why}): when run, a restorer that must leave its own file (its program holds neither CAP_SYS_ADMIN nor CAP_CHECKPOINT_RESTORE, or has a seccomp filter) copies its code into fresh memory (~0.1 ms here); a restorer on the image's file system avoids that",
+                "note: no second name for {} in {} ({why}): when run, a restorer that must leave its own file (its program has threads or a seccomp filter, or holds neither CAP_SYS_ADMIN nor CAP_CHECKPOINT_RESTORE) copies its code into fresh memory (~0.1 ms here); a restorer on the image's file system avoids that",
                 out.display(),
                 dir.display()
             );
