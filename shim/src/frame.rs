@@ -438,8 +438,8 @@ pub fn finish_without_tracer(
     }
     if let Some(fd) = exe {
         chain([SYS_CLOSE, fd as usize, 0, 0, 0], &mut top, &mut next);
-        let (map, size, lowest) = crate::mm::write_late(img, fd, top);
-        top = (lowest - 64) & !63;
+        let (map, size) = crate::mm::write_late(img, fd, top);
+        top = (map - 64) & !63;
         use crate::mm::{PR_SET_MM, PR_SET_MM_MAP};
         chain(
             [SYS_PRCTL, PR_SET_MM, PR_SET_MM_MAP, map, size],

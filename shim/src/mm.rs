@@ -45,9 +45,9 @@ pub fn check_late(img: &Image, exe_fd: u32) {
 /// The struct and auxv of [`restore`]'s call, with `exe_fd`, written
 /// into memory that outlives the shim: downwards from `top` (the
 /// program's stack below its signal frames). Returns the struct's address
-/// and size, for PR_SET_MM_MAP in the finishing chain, and the lowest
-/// address written.
-pub fn write_late(img: &Image, exe_fd: u32, top: usize) -> (usize, usize, usize) {
+/// (the lowest written) and size, for PR_SET_MM_MAP in the finishing
+/// chain.
+pub fn write_late(img: &Image, exe_fd: u32, top: usize) -> (usize, usize) {
     let auxv_at = (top - scratch::AUXV_WORDS * 8) & !63;
     let n = auxv_to(img, auxv_at);
     let at = (auxv_at - size_of::<PrctlMmMap>()) & !63;
@@ -57,7 +57,7 @@ pub fn write_late(img: &Image, exe_fd: u32, top: usize) -> (usize, usize, usize)
     // + 4 KiB below the frame top; the chain takes at most xsave + ~2.4
     // KiB); PrctlMmMap is plain data.
     unsafe { core::ptr::write_unaligned(at as *mut PrctlMmMap, map) };
-    (at, size_of::<PrctlMmMap>(), at)
+    (at, size_of::<PrctlMmMap>())
 }
 
 /// The image's auxv as (key, value) words at `at` (at most
