@@ -640,7 +640,7 @@ fn an_executable_open_for_writing_is_refused_before_anything_is_touched() {
         let (code, out, err) = run(&argv[0], &args);
         assert_eq!(code, status, "{argv:?}: {out}{err}");
         assert!(
-            err.contains("is open for writing (by another process)"),
+            err.contains("is open for writing elsewhere (or leased)"),
             "{argv:?}: {err}"
         );
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");

@@ -27,8 +27,7 @@ pub fn restore(img: &Image, exe_fd: u32) {
 /// the file open for writing, its one later check, `selfmap` asked.)
 /// Anything else is a failure here, as it would be there.
 pub fn check_late(img: &Image, exe_fd: u32) {
-    let n = auxv_to(img, scratch::AUXV);
-    let r = set(&map_of(img, exe_fd, scratch::AUXV as u64, n));
+    let r = set(&late_map(img, exe_fd));
     // (0 cannot be, the shim being mapped from its own file; it would
     // have named the executable already, and the chain's call would find
     // it mapped by the program and change nothing.)
@@ -42,21 +41,23 @@ pub fn check_late(img: &Image, exe_fd: u32) {
     }
 }
 
-/// The struct and auxv of [`restore`]'s call, with `exe_fd`, written
-/// into memory that outlives the shim: downwards from `top` (the
-/// program's stack below its signal frames). Returns the struct's address
-/// (the lowest written) and size, for PR_SET_MM_MAP in the finishing
-/// chain.
+/// [`restore`]'s fields with `exe_fd` and no auxv: an auxv_size of 0
+/// leaves the one [`restore`] set.
+fn late_map(img: &Image, exe_fd: u32) -> PrctlMmMap {
+    map_of(img, exe_fd, 0, 0)
+}
+
+/// [`late_map`] written into memory that outlives the shim, right below
+/// `top` (the program's stack below its signal frames). Returns its
+/// address (the lowest written) and size, for PR_SET_MM_MAP in the
+/// finishing chain.
 pub fn write_late(img: &Image, exe_fd: u32, top: usize) -> (usize, usize) {
-    let auxv_at = (top - scratch::AUXV_WORDS * 8) & !63;
-    let n = auxv_to(img, auxv_at);
-    let at = (auxv_at - size_of::<PrctlMmMap>()) & !63;
-    let map = map_of(img, exe_fd, auxv_at as u64, n);
+    let at = (top - size_of::<PrctlMmMap>()) & !63;
     // SAFETY: [at, top) is the program's stack below its frames, inside
-    // the writable memory `selfmap::room_below_frame` found there (xsave
-    // + 4 KiB below the frame top; the chain takes at most xsave + ~2.4
-    // KiB); PrctlMmMap is plain data.
-    unsafe { core::ptr::write_unaligned(at as *mut PrctlMmMap, map) };
+    // the memory `selfmap::room_below_frame` found there (xsave + 4 KiB
+    // below the frame top, which the chain stays well inside);
+    // PrctlMmMap is plain data.
+    unsafe { core::ptr::write_unaligned(at as *mut PrctlMmMap, late_map(img, exe_fd)) };
     (at, size_of::<PrctlMmMap>())
 }
 

@@ -83,48 +83,87 @@ pub fn exe_in_chain(img: &Image, a: &Args, files: &Files, exe_fd: u32, lazy: boo
     if syscall3(SYS_FCNTL, fd, F_GETFL, 0) & O_ACCMODE != O_RDONLY as isize {
         return false;
     }
-    no_writers(img, fd)
+    match no_writers(fd) {
+        Writers::None => true,
+        Writers::Unknown => false,
+        Writers::Some => {
+            let p = img.process();
+            let exe = img
+                .files()
+                .get(p.exe_file as usize)
+                .and_then(|f| img.str(f.path))
+                .unwrap_or("?");
+            die(format_args!(
+                "the executable {exe} is open for writing elsewhere (or leased): it cannot be the program's executable again while it is"
+            ))
+        }
+    }
 }
 
-/// Whether the `xsave_size + 4096` bytes below the main thread's frame
-/// top (`cryo_image::frame_top`, which keeps that much on a sigaltstack
-/// it chooses; the chain naming the executable takes up to xsave + ~2.4
-/// KiB of it) lie in writable memory they may go on: inside one
-/// writable mapping as captured and, when the program was on its
-/// sigaltstack, inside that. Not so, the finishing chain wrote over
-/// whatever lay below a small sigaltstack (a review: 1046 bytes of the
-/// page under an 8 KiB one the program's handler ran on).
+/// Whether the chain naming the executable may write below the main
+/// thread's frame: the `xsave_size + 4096` bytes below its top
+/// (`cryo_image::frame_top`; the chain takes ~xsave + 2 KiB) lie on the
+/// sigaltstack that frame_top chose (it keeps that much there), or in the
+/// main thread's `[stack]` mapping as captured. Nowhere else: below a
+/// stack pointer in any other memory (a handler on a sigaltstack, an
+/// SS_AUTODISARM one the kernel reports as disabled, a coroutine's stack
+/// in the heap or a mapping of its own) lies whatever the program put
+/// there, and the chain wrote over up to 1.4 KiB of it where the old way
+/// wrote no deeper than the kernel's own signal frame would (two reviews:
+/// a marker page below an 8 KiB sigaltstack, and below a makecontext
+/// stack, came back changed, restore status 0).
 fn room_below_frame(img: &Image) -> bool {
     const SS_DISABLE: u32 = 2;
     let p = img.process();
-    let alt = (p.sigaltstack_sp, p.sigaltstack_size, p.sigaltstack_flags);
-    let top = cryo_image::frame_top(p.regs.rsp, alt, p.xsave_size);
-    let Some(low) = top.checked_sub(p.xsave_size as u64 + 4096) else {
+    let need = p.xsave_size as u64 + 4096;
+    let (ss_sp, ss_size, flags) = (p.sigaltstack_sp, p.sigaltstack_size, p.sigaltstack_flags);
+    let top = cryo_image::frame_top(p.regs.rsp, (ss_sp, ss_size, flags), p.xsave_size);
+    let Some(low) = top.checked_sub(need) else {
         return false;
     };
-    let on_alt = p.sigaltstack_flags & SS_DISABLE == 0
-        && p.regs.rsp.wrapping_sub(p.sigaltstack_sp) < p.sigaltstack_size;
-    if on_alt && low < p.sigaltstack_sp {
-        return false;
+    let inside = |v: &cryo_image::Vma| {
+        v.start <= low && top <= v.end && v.prot & cryo_image::prot::WRITE != 0
+    };
+    // frame_top's own choice of the sigaltstack's top (not on it, large
+    // enough).
+    let on_it = p.regs.rsp.wrapping_sub(ss_sp) < ss_size;
+    if flags & SS_DISABLE == 0 && ss_size >= need && !on_it && ss_sp != 0 {
+        return low >= ss_sp && img.vmas().iter().any(|v| inside(&v));
     }
     img.vmas()
         .iter()
-        .any(|v| v.start <= low && top <= v.end && v.prot & cryo_image::prot::WRITE != 0)
+        .any(|v| v.kind == cryo_image::vma_kind::STACK && inside(&v))
 }
 
-/// Whether the executable (`fd`, read-only) is open for writing nowhere,
-/// which PR_SET_MM_MAP needs (it denies writing to it, as an exec does)
-/// and checks only after the EBUSY that `mm::restore`'s first call ends
-/// in: a read lease is refused (EAGAIN) while a writer has it open. Taken
-/// and given back at once. A writer that opened it in between was sent a
+/// What a read lease on the executable says of writers (`no_writers`).
+#[derive(PartialEq)]
+pub enum Writers {
+    /// None has it open for writing.
+    None,
+    /// A writer (or another's lease) has it, on a file system whose
+    /// leases are the kernel's own: there EAGAIN says so.
+    Some,
+    /// Cannot tell: no lease to be had (the file system, fs.leases-enable,
+    /// a file neither the invoker's nor leasable without CAP_LEASE), an
+    /// EAGAIN from a file system with leases of its own (NFSv4 without a
+    /// delegation, SMB without an oplock: a review), or SIGRTMAX pending
+    /// already.
+    Unknown,
+}
+
+/// Whether the executable (`fd`, read-only) is open for writing anywhere,
+/// which PR_SET_MM_MAP refuses (it denies writing to the file, as an exec
+/// does) and checks only after the EBUSY that `mm::check_late` ends in: a
+/// read lease is refused (EAGAIN) while a writer has it open. Taken and
+/// given back at once. A writer that opened it in between was sent a
 /// signal (a lease's owner is the process that took it): SIGRTMAX, set
-/// for this fd alone (F_SETSIG), found pending here, a failure then as
-/// for a writer before; not SIGIO, which the program's own O_ASYNC fds
-/// may send meanwhile (a review). With SIGRTMAX pending already, the
-/// shim cannot tell, and leaves its file. False too where leases are not
-/// to be had (the file system, fs.leases-enable, a file neither the
-/// invoker's nor leasable without CAP_LEASE): the shim leaves its file.
-fn no_writers(img: &Image, fd: usize) -> bool {
+/// for this fd alone (F_SETSIG), found pending here (not SIGIO, which the
+/// program's own O_ASYNC fds may send meanwhile, a review). Asked before
+/// the point of no return (a writer then fails the restore in one line)
+/// and again just before the program's signals are queued (a writer may
+/// open the file while the pages are read: seconds for a large image, a
+/// review found /proc/PID/exe left naming the restorer then).
+pub fn no_writers(fd: usize) -> Writers {
     const F_SETSIG: usize = 10;
     const F_SETLEASE: usize = 1024;
     const F_RDLCK: usize = 0;
@@ -139,24 +178,48 @@ fn no_writers(img: &Image, fd: usize) -> bool {
     // (The fd's signal stays SIGRTMAX: the file becomes the process's
     // executable, whose file is never anyone's fd again.)
     if pending() || syscall3(SYS_FCNTL, fd, F_SETSIG, SIGRTMAX) != 0 {
-        return false;
+        return Writers::Unknown;
     }
     let r = syscall3(SYS_FCNTL, fd, F_SETLEASE, F_RDLCK);
     if r == 0 {
         syscall3(SYS_FCNTL, fd, F_SETLEASE, F_UNLCK);
+        return if pending() {
+            Writers::Some
+        } else {
+            Writers::None
+        };
     }
-    if r == -EAGAIN || (r == 0 && pending()) {
-        let p = img.process();
-        let exe = img
-            .files()
-            .get(p.exe_file as usize)
-            .and_then(|f| img.str(f.path))
-            .unwrap_or("?");
-        die(format_args!(
-            "the executable {exe} is open for writing (by another process): it cannot be the program's executable again while it is"
-        ));
+    if r == -EAGAIN && kernel_leases(fd) {
+        Writers::Some
+    } else {
+        Writers::Unknown
     }
-    r == 0
+}
+
+/// Whether `fd`'s file system leaves leases to the kernel's generic code
+/// (local and in-memory ones), where a read lease's EAGAIN means a writer
+/// or another's lease; network file systems decide themselves.
+fn kernel_leases(fd: usize) -> bool {
+    const SYS_FSTATFS: usize = 138;
+    const LOCAL: [i64; 15] = [
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0x8584_58F6, // ramfs
+        0x794C_7630, // overlayfs
+        0xF2F5_2010, // f2fs
+        0x7371_7368, // squashfs
+        0xE0F5_E1E2, // erofs
+        0x2FC1_2FC1, // zfs
+        0xCA45_1A4E, // bcachefs
+        0x4D44,      // vfat
+        0x2011_BAB0, // exfat
+        0x3434,      // nilfs2
+        0x5346_544E, // ntfs3
+    ];
+    let mut st = [0i64; 15];
+    syscall3(SYS_FSTATFS, fd, st.as_mut_ptr() as usize, 0) == 0 && LOCAL.contains(&st[0])
 }
 
 /// Leave the shim's own file: remap from the alias if there is one (and

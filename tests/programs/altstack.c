@@ -1,17 +1,20 @@
-/* Stopped on a small sigaltstack, near its bottom: a restore's signal
- * frames (and whatever the shim's finishing chain puts below them) must
- * stay on the alternate stack, never on the memory below it.
+/* Stopped on a small stack that is not the main one, near its bottom: a
+ * restore's signal frames (and whatever the shim's finishing chain puts
+ * below them) must never reach the memory below that stack.
  *
- *   altstack
+ *   altstack [sigaltstack | autodisarm | coroutine]
  *
- * An 8 KiB alternate stack with a page of 0xAA right below it. A SIGUSR1
- * handler running there moves its stack pointer down until the room left
- * above the stack's bottom is 128 bytes (the red zone) plus the CPU's
- * xsave size plus 1 KiB (what the kernel's own signal frame needs, with
- * some to spare), then stops itself with a raw kill(SIGSTOP) (the capture
- * point; "READY <pid>" first). After it continues and the handler
- * returns: "PASS <room>" and exit 0 when the page below is intact, else
- * "FAIL <n> bytes below the alternate stack changed" and exit 1. */
+ * An 8 KiB stack with a page of 0xAA right below it: a sigaltstack a
+ * SIGUSR1 handler runs on (its flags 0, or SS_AUTODISARM, which the
+ * kernel reports as disabled while the handler runs), or a makecontext
+ * coroutine's stack. There the code moves its stack pointer down until
+ * the room left above the stack's bottom is 128 bytes (the red zone)
+ * plus the CPU's xsave size plus 1 KiB (what the kernel's own signal
+ * frame needs, with some to spare), then stops itself with a raw
+ * kill(SIGSTOP) (the capture point; "READY <pid>" first). After it
+ * continues and returns to main: "PASS <room>" and exit 0 when the page
+ * below is intact, else "FAIL <n> bytes below the stack changed" and
+ * exit 1. */
 #define _GNU_SOURCE
 #include <alloca.h>
 #include <cpuid.h>
@@ -20,16 +23,22 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <ucontext.h>
 #include <unistd.h>
 
+#ifndef SS_AUTODISARM
+#define SS_AUTODISARM (1U << 31) /* linux/signal.h; glibc 2.36 lacks it */
+#endif
+
 #define PAGE 4096
-#define ALT (2 * PAGE)
+#define SMALL (2 * PAGE)
 
 static unsigned char *region;
 static long room;
+static ucontext_t main_ctx, co_ctx;
 
-static void on_usr1(int sig) {
-    (void)sig;
+/* Down to `room` bytes above the small stack's bottom, then stop. */
+static void stop_low(void) {
     char *sp;
     __asm__ volatile("mov %%rsp, %0" : "=r"(sp));
     char *bottom = (char *)region + PAGE;
@@ -46,27 +55,43 @@ static void on_usr1(int sig) {
     (void)r;
 }
 
-int main(void) {
+static void on_usr1(int sig) {
+    (void)sig;
+    stop_low();
+}
+
+int main(int argc, char **argv) {
+    const char *how = argc > 1 ? argv[1] : "sigaltstack";
     unsigned a, b, c, d;
     if (!__get_cpuid_count(0xd, 0, &a, &b, &c, &d)) b = 1024;
     room = 128 + (long)b + 1024;
-    region = mmap(NULL, PAGE + ALT, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    region = mmap(NULL, PAGE + SMALL, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (region == MAP_FAILED) { printf("FAIL mmap\n"); return 1; }
     memset(region, 0xAA, PAGE);
-    stack_t ss = {.ss_sp = region + PAGE, .ss_size = ALT, .ss_flags = 0};
-    if (sigaltstack(&ss, NULL)) { printf("FAIL sigaltstack\n"); return 1; }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_usr1;
-    sa.sa_flags = SA_ONSTACK;
-    sigaction(SIGUSR1, &sa, NULL);
-    raise(SIGUSR1);
+    if (!strcmp(how, "coroutine")) {
+        getcontext(&co_ctx);
+        co_ctx.uc_stack.ss_sp = region + PAGE;
+        co_ctx.uc_stack.ss_size = SMALL;
+        co_ctx.uc_link = &main_ctx;
+        makecontext(&co_ctx, stop_low, 0);
+        swapcontext(&main_ctx, &co_ctx);
+    } else {
+        int flags = !strcmp(how, "autodisarm") ? SS_AUTODISARM : 0;
+        stack_t ss = {.ss_sp = region + PAGE, .ss_size = SMALL, .ss_flags = flags};
+        if (sigaltstack(&ss, NULL)) { printf("FAIL sigaltstack\n"); return 1; }
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_usr1;
+        sa.sa_flags = SA_ONSTACK;
+        sigaction(SIGUSR1, &sa, NULL);
+        raise(SIGUSR1);
+    }
     int changed = 0;
     for (int i = 0; i < PAGE; i++) changed += region[i] != 0xAA;
     if (changed) {
-        printf("FAIL %d bytes below the alternate stack changed\n", changed);
+        printf("FAIL %d bytes below the stack changed\n", changed);
         return 1;
     }
-    printf("PASS %ld\n", room);
+    printf("PASS %s %ld\n", how, room);
     return 0;
 }
