@@ -314,16 +314,15 @@ fn ghc_program_timer_keeps_ticking() {
 /// A program stopped on a small stack that is not its main one, with
 /// little of it left: on a sigaltstack a handler runs on (flags 0, and
 /// SS_AUTODISARM, which the kernel reports as disabled meanwhile), and on
-/// a makecontext coroutine's stack. The restore's frames, and everything
-/// the shim's finishing chain writes below them, stay off the page below
-/// that stack, which the program checks. (Two reviews found the chain
-/// that names the executable last writing up to 1.4 KiB over it,
-/// silently: now it is taken only where the frame is on the main stack or
-/// at the top of a sigaltstack, `selfmap::room_below_frame`.) Every eager
-/// finish, and packed.
+/// a makecontext coroutine's stack, in a mapping of its own or carved out
+/// of main's frame. The restore's frames, and everything the shim's
+/// finishing chain writes, stay off the page below that stack, which the
+/// program checks. (Three reviews found the chain that names the
+/// executable last writing up to 1.4 KiB over it, silently: its frames
+/// go to a mapping of their own now.) Every eager finish, and packed.
 #[test]
 fn frames_stay_on_a_small_stack_the_program_stopped_on() {
-    for how in ["sigaltstack", "autodisarm", "coroutine"] {
+    for how in ["sigaltstack", "autodisarm", "coroutine", "main-coroutine"] {
         let img = capture_killed("c-altstack", &[how], "stop", &format!("altstack-{how}"));
         for mode in [&[][..], &["--use-tracer"][..], &["--map"][..]] {
             let (code, out, err) = Restored::start(&img, mode).finish();

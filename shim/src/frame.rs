@@ -379,9 +379,10 @@ pub fn release_word(frame_sp: usize) -> usize {
 /// (seccomp(SECCOMP_SET_MODE_STRICT)), whose `ret` enters the main
 /// thread's own frame through rt_sigreturn, the one call of these that
 /// strict mode allows. With `exe` (the executable's fd,
-/// `selfmap::exe_in_chain`), two more run first, right after the munmap:
-/// PR_SET_MM_MAP naming the executable (its struct and auxv written on the
-/// stack with the frames), then the fd's close.
+/// `selfmap::exe_in_chain`), the first munmap removes only the shim's own
+/// image, and four more run right after it: PR_SET_MM_MAP naming the
+/// executable, the fd's close, the munmap of the rest of the window, and
+/// that of the mapping these four frames and the struct were written to.
 pub fn finish_without_tracer(
     img: &Image,
     frame_sp: usize,
@@ -437,22 +438,69 @@ pub fn finish_without_tracer(
         );
     }
     if let Some(fd) = exe {
-        chain([SYS_CLOSE, fd as usize, 0, 0, 0], &mut top, &mut next);
-        let (map, size) = crate::mm::write_late(img, fd, top);
-        top = (map - 64) & !63;
+        // Their frames and struct in a mapping of their own, outside the
+        // window, which the last of them unmaps: the program's stack gets
+        // no deeper than its own frame, as without them. (Below a stack
+        // pointer lies what the program keeps there when it is not the
+        // main one: on the program's stack they wrote over up to 1.4 KiB
+        // below a sigaltstack, a coroutine's stack, one carved out of
+        // main's frame: three reviews.)
+        const LEN: usize = 4 * crate::PG;
+        let at = mmap(
+            0,
+            LEN,
+            PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS,
+            usize::MAX,
+            0,
+        );
+        if at < 0 || (at as usize + LEN > W && (at as usize) < W_END) {
+            die(format_args!(
+                "mapping the finishing chain's frames: {at:#x}"
+            ));
+        }
+        let at = at as usize;
+        let mut t = at + LEN;
+        chain([SYS_MUNMAP, at, LEN, 0, 0], &mut t, &mut next);
+        chain([SYS_MUNMAP, W, W_END - W, 0, 0], &mut t, &mut next);
+        chain([SYS_CLOSE, fd as usize, 0, 0, 0], &mut t, &mut next);
+        let (map, size) = crate::mm::write_late(img, fd, t);
+        t = (map - 64) & !63;
         use crate::mm::{PR_SET_MM, PR_SET_MM_MAP};
         chain(
             [SYS_PRCTL, PR_SET_MM, PR_SET_MM_MAP, map, size],
-            &mut top,
+            &mut t,
             &mut next,
         );
     }
     let sp = next;
-    // The munmap removes this code and stack; the gadget's `ret` pops the
-    // sigreturn gadget, whose rt_sigreturn loads every register from the
-    // frame. Nothing returns here.
+    // The first munmap: the window, or with `exe` only the shim's own
+    // image (its file's mappings, which alone stand in PR_SET_MM_MAP's
+    // way; the rest of the window goes after it), so that as little as
+    // can be lies between the last look for a writer of the executable,
+    // here, and the call that names it (a review: a writer opening it
+    // every 20 µs still slipped in once in 12 restores while the whole
+    // window was unmapped first). Any doubt, and the shim leaves its own
+    // file after all (a copy) and names the executable now, as it did
+    // before: a writer then fails that call, loudly; the chain's own call
+    // then changes nothing (EBUSY: the program maps its executable) and
+    // its close closes the fd.
+    let (from, len) = match exe {
+        Some(fd) => {
+            if crate::selfmap::no_writers(fd as usize) != crate::selfmap::Writers::None {
+                crate::selfmap::leave_own_file(usize::MAX);
+                crate::mm::restore(img, fd);
+            }
+            crate::selfmap::own_image()
+        }
+        None => (W, W_END - W),
+    };
+    // The munmap removes this code (and stack); the gadget's `ret` pops
+    // the sigreturn gadget, whose rt_sigreturn loads every register from
+    // the frame. Nothing returns here.
     // SAFETY: sp is the return-address slot of a complete rt_sigframe
-    // (holding the sigreturn gadget) on the program's stack.
+    // (holding the sigreturn gadget) on the program's stack, or in the
+    // chain's own mapping.
     unsafe {
         core::arch::asm!(
             "mov rsp, {sp}",
@@ -460,8 +508,8 @@ pub fn finish_without_tracer(
             sp = in(reg) sp,
             gadget = in(reg) g.syscall_ret,
             in("rax") SYS_MUNMAP,
-            in("rdi") W,
-            in("rsi") W_END - W,
+            in("rdi") from,
+            in("rsi") len,
             options(noreturn)
         )
     }

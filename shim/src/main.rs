@@ -769,7 +769,7 @@ fn finish<'a>(
     a: &Args,
     mut ph: Phases,
     lazy: bool,
-    mut late_exe: bool,
+    late_exe: bool,
 ) -> ! {
     let on = a.flags & flags::PHASES != 0;
     // AIO contexts, their rings moved into the memory made.
@@ -813,19 +813,6 @@ fn finish<'a>(
     //     Seccomp filters installed with a privilege the program dropped
     //     since go in before the credentials (step 12): finishing through
     //     the tracer, which suspended them for this task.
-    // The executable asked about once more, now that the pages are in (a
-    // writer may have opened it meanwhile: seconds for a large image).
-    // Any doubt, and the shim leaves its own file after all (a copy: the
-    // alias is closed) and names the executable now, with the invoker's
-    // credentials, as it did before: a writer then fails PR_SET_MM_MAP,
-    // loudly. Before the program's signals are queued: SIGRTMAX is the
-    // lease's alarm.
-    if late_exe && selfmap::no_writers(exe_fd as usize) != selfmap::Writers::None {
-        selfmap::leave_own_file(usize::MAX);
-        mm::restore(img, exe_fd);
-        syscall3(SYS_CLOSE, exe_fd as usize, 0, 0);
-        late_exe = false;
-    }
     signals::queue_pending(img);
     signals::take_stop_reports(img);
     // The terminal's modes, as the program left them (a tree's root set
@@ -881,6 +868,10 @@ fn finish<'a>(
     // finishes (it suspended seccomp for this task).
     let strict = img.task().is_some_and(|t| t.seccomp_strict == 1);
     if a.flags & flags::SELF_UNMAP != 0 {
+        // (The executable is asked about once more in
+        // finish_without_tracer, as late as can be: a writer may have
+        // opened it since, the pages alone take seconds for a large
+        // image.)
         let exe = late_exe.then_some(exe_fd);
         if late_exe {
             mm::check_late(img, exe_fd);

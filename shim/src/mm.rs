@@ -47,16 +47,15 @@ fn late_map(img: &Image, exe_fd: u32) -> PrctlMmMap {
     map_of(img, exe_fd, 0, 0)
 }
 
-/// [`late_map`] written into memory that outlives the shim, right below
-/// `top` (the program's stack below its signal frames). Returns its
-/// address (the lowest written) and size, for PR_SET_MM_MAP in the
-/// finishing chain.
+/// [`late_map`] written into memory that outlives the shim's window,
+/// right below `top` (the finishing chain's own mapping, below its
+/// frames there). Returns its address (the lowest written) and size, for
+/// PR_SET_MM_MAP in the finishing chain.
 pub fn write_late(img: &Image, exe_fd: u32, top: usize) -> (usize, usize) {
     let at = (top - size_of::<PrctlMmMap>()) & !63;
-    // SAFETY: [at, top) is the program's stack below its frames, inside
-    // the memory `selfmap::room_below_frame` found there (xsave + 4 KiB
-    // below the frame top, which the chain stays well inside);
-    // PrctlMmMap is plain data.
+    // SAFETY: [at, top) lies in the chain's mapping, writable, below the
+    // frames written there (frame::finish_without_tracer keeps 16 KiB for
+    // three frames and this); PrctlMmMap is plain data.
     unsafe { core::ptr::write_unaligned(at as *mut PrctlMmMap, late_map(img, exe_fd)) };
     (at, size_of::<PrctlMmMap>())
 }

@@ -24,8 +24,9 @@ use cryo_image::Image;
 ///   tree): another thread can be let go early (a futex wait restarted
 ///   after a stop finds its word set) and would find the restorer its
 ///   executable and the fd open, 9 runs in 60 under STOP/CONT (a review);
-/// - room below the main thread's frame for the chain's frames, struct
-///   and auxv, inside the memory they go on (`room_below_frame`);
+/// - no mapping of the program's of the shim's own file (the chain's
+///   PR_SET_MM_MAP would meet the EBUSY `mm::check_late` takes for the
+///   shim's: a review, `maps_own_file`);
 /// - no seccomp filter and no strict mode (the chain's prctl and close
 ///   must be allowed);
 /// - no POSIX lock (closing the executable's fd in the chain would drop
@@ -51,7 +52,7 @@ pub fn exe_in_chain(img: &Image, a: &Args, files: &Files, exe_fd: u32, lazy: boo
     if exe_fd == u32::MAX || lazy || a.flags & ALONE == 0 || a.flags & TREE != 0 {
         return false;
     }
-    if !img.threads().is_empty() || !room_below_frame(img) {
+    if !img.threads().is_empty() || maps_own_file(img) {
         return false;
     }
     if !img.seccomp().is_empty() || img.task().is_some_and(|t| t.seccomp_strict != 0) {
@@ -100,39 +101,31 @@ pub fn exe_in_chain(img: &Image, a: &Args, files: &Files, exe_fd: u32, lazy: boo
     }
 }
 
-/// Whether the chain naming the executable may write below the main
-/// thread's frame: the `xsave_size + 4096` bytes below its top
-/// (`cryo_image::frame_top`; the chain takes ~xsave + 2 KiB) lie on the
-/// sigaltstack that frame_top chose (it keeps that much there), or in the
-/// main thread's `[stack]` mapping as captured. Nowhere else: below a
-/// stack pointer in any other memory (a handler on a sigaltstack, an
-/// SS_AUTODISARM one the kernel reports as disabled, a coroutine's stack
-/// in the heap or a mapping of its own) lies whatever the program put
-/// there, and the chain wrote over up to 1.4 KiB of it where the old way
-/// wrote no deeper than the kernel's own signal frame would (two reviews:
-/// a marker page below an 8 KiB sigaltstack, and below a makecontext
-/// stack, came back changed, restore status 0).
-fn room_below_frame(img: &Image) -> bool {
-    const SS_DISABLE: u32 = 2;
-    let p = img.process();
-    let need = p.xsave_size as u64 + 4096;
-    let (ss_sp, ss_size, flags) = (p.sigaltstack_sp, p.sigaltstack_size, p.sigaltstack_flags);
-    let top = cryo_image::frame_top(p.regs.rsp, (ss_sp, ss_size, flags), p.xsave_size);
-    let Some(low) = top.checked_sub(need) else {
-        return false;
-    };
-    let inside = |v: &cryo_image::Vma| {
-        v.start <= low && top <= v.end && v.prot & cryo_image::prot::WRITE != 0
-    };
-    // frame_top's own choice of the sigaltstack's top (not on it, large
-    // enough).
-    let on_it = p.regs.rsp.wrapping_sub(ss_sp) < ss_size;
-    if flags & SS_DISABLE == 0 && ss_size >= need && !on_it && ss_sp != 0 {
-        return low >= ss_sp && img.vmas().iter().any(|v| inside(&v));
-    }
-    img.vmas()
-        .iter()
-        .any(|v| v.kind == cryo_image::vma_kind::STACK && inside(&v))
+/// Whether any of the program's mappings is of the file this shim was
+/// started from (its device and inode, by /proc/self/exe): then the
+/// EBUSY that `mm::check_late` expects could be the program's, not the
+/// shim's, and the chain's call would fail unseen.
+fn maps_own_file(img: &Image) -> bool {
+    const SYS_NEWFSTATAT: usize = 262;
+    const AT_FDCWD: isize = -100;
+    let mut st = [0u64; 18];
+    let r = syscall6(
+        SYS_NEWFSTATAT,
+        AT_FDCWD as usize,
+        c"/proc/self/exe".as_ptr() as usize,
+        st.as_mut_ptr() as usize,
+        0,
+        0,
+        0,
+    );
+    r != 0
+        || img.vmas().iter().any(|v| {
+            v.file != cryo_image::NO_INDEX
+                && img
+                    .files()
+                    .get(v.file as usize)
+                    .is_some_and(|f| (f.dev, f.ino) == (st[0], st[1]))
+        })
 }
 
 /// What a read lease on the executable says of writers (`no_writers`).
@@ -158,11 +151,13 @@ pub enum Writers {
 /// given back at once. A writer that opened it in between was sent a
 /// signal (a lease's owner is the process that took it): SIGRTMAX, set
 /// for this fd alone (F_SETSIG), found pending here (not SIGIO, which the
-/// program's own O_ASYNC fds may send meanwhile, a review). Asked before
-/// the point of no return (a writer then fails the restore in one line)
-/// and again just before the program's signals are queued (a writer may
-/// open the file while the pages are read: seconds for a large image, a
-/// review found /proc/PID/exe left naming the restorer then).
+/// program's own O_ASYNC fds may send meanwhile, a review), and taken
+/// back. Asked before the point of no return (a writer then fails the
+/// restore in one line) and again just before the finishing chain (a
+/// writer may open the file while the pages are read: seconds for a
+/// large image, a review found /proc/PID/exe left naming the restorer
+/// then); with SIGRTMAX pending before (the program's own, queued by
+/// then), that second look cannot tell.
 pub fn no_writers(fd: usize) -> Writers {
     const F_SETSIG: usize = 10;
     const F_SETLEASE: usize = 1024;
@@ -183,11 +178,27 @@ pub fn no_writers(fd: usize) -> Writers {
     let r = syscall3(SYS_FCNTL, fd, F_SETLEASE, F_RDLCK);
     if r == 0 {
         syscall3(SYS_FCNTL, fd, F_SETLEASE, F_UNLCK);
-        return if pending() {
-            Writers::Some
-        } else {
-            Writers::None
-        };
+        if !pending() {
+            return Writers::None;
+        }
+        // The lease's alarm taken back (none was pending before): it
+        // would wait, blocked, for the program, whose default for it is
+        // to die (a review: "Real-time signal 30", 1 run in 10).
+        const SYS_RT_SIGTIMEDWAIT: usize = 128;
+        let set = 1u64 << (SIGRTMAX - 1);
+        let zero = [0u64; 2];
+        let mut info = [0u64; 16];
+        while syscall6(
+            SYS_RT_SIGTIMEDWAIT,
+            &set as *const u64 as usize,
+            info.as_mut_ptr() as usize,
+            zero.as_ptr() as usize,
+            8,
+            0,
+            0,
+        ) == SIGRTMAX as isize
+        {}
+        return Writers::Some;
     }
     if r == -EAGAIN && kernel_leases(fd) {
         Writers::Some
@@ -324,6 +335,18 @@ fn remap_self(alias: usize) -> bool {
         }
     }
     true
+}
+
+/// The shim's own image, pages rounded: (start, length). What its file
+/// maps (and, copied, what `relocate_self` made of it).
+pub fn own_image() -> (usize, usize) {
+    extern "C" {
+        static __executable_start: u8;
+        static _end: u8;
+    }
+    let start = core::ptr::addr_of!(__executable_start) as usize & !(PG - 1);
+    let end = (core::ptr::addr_of!(_end) as usize + PG - 1) & !(PG - 1);
+    (start, end - start)
 }
 
 /// Copy the shim's own image into anonymous memory and move that over it.

@@ -2,12 +2,14 @@
  * restore's signal frames (and whatever the shim's finishing chain puts
  * below them) must never reach the memory below that stack.
  *
- *   altstack [sigaltstack | autodisarm | coroutine]
+ *   altstack [sigaltstack | autodisarm | coroutine | main-coroutine]
  *
  * An 8 KiB stack with a page of 0xAA right below it: a sigaltstack a
  * SIGUSR1 handler runs on (its flags 0, or SS_AUTODISARM, which the
  * kernel reports as disabled while the handler runs), or a makecontext
- * coroutine's stack. There the code moves its stack pointer down until
+ * coroutine's stack, in a mapping of its own or (main-coroutine) carved
+ * out of main's frame on the main stack. There the code moves its stack
+ * pointer down until
  * the room left above the stack's bottom is 128 bytes (the red zone)
  * plus the CPU's xsave size plus 1 KiB (what the kernel's own signal
  * frame needs, with some to spare), then stops itself with a raw
@@ -17,6 +19,7 @@
  * exit 1. */
 #define _GNU_SOURCE
 #include <alloca.h>
+#include <assert.h>
 #include <cpuid.h>
 #include <signal.h>
 #include <stdio.h>
@@ -65,10 +68,16 @@ int main(int argc, char **argv) {
     unsigned a, b, c, d;
     if (!__get_cpuid_count(0xd, 0, &a, &b, &c, &d)) b = 1024;
     room = 128 + (long)b + 1024;
-    region = mmap(NULL, PAGE + SMALL, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (region == MAP_FAILED) { printf("FAIL mmap\n"); return 1; }
+    static_assert(PAGE + SMALL <= 3 * PAGE, "room on main's stack");
+    unsigned char on_main[4 * PAGE];
+    if (!strcmp(how, "main-coroutine")) {
+        region = (unsigned char *)(((unsigned long)on_main + PAGE - 1) & ~(unsigned long)(PAGE - 1));
+    } else {
+        region = mmap(NULL, PAGE + SMALL, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (region == MAP_FAILED) { printf("FAIL mmap\n"); return 1; }
+    }
     memset(region, 0xAA, PAGE);
-    if (!strcmp(how, "coroutine")) {
+    if (!strcmp(how, "coroutine") || !strcmp(how, "main-coroutine")) {
         getcontext(&co_ctx);
         co_ctx.uc_stack.ss_sp = region + PAGE;
         co_ctx.uc_stack.ss_size = SMALL;
