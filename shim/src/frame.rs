@@ -454,9 +454,15 @@ pub fn finish_without_tracer(
             usize::MAX,
             0,
         );
-        if at < 0 || (at as usize + LEN > W && (at as usize) < W_END) {
+        if at < 0 {
             die(format_args!(
-                "mapping the finishing chain's frames: {at:#x}"
+                "mapping the finishing chain's frames: errno {}",
+                -at
+            ));
+        }
+        if at as usize + LEN > W && (at as usize) < W_END {
+            die(format_args!(
+                "the finishing chain's frames mapped inside the window, at {at:#x}"
             ));
         }
         let at = at as usize;

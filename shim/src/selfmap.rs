@@ -27,6 +27,8 @@ use cryo_image::Image;
 /// - no mapping of the program's of the shim's own file (the chain's
 ///   PR_SET_MM_MAP would meet the EBUSY `mm::check_late` takes for the
 ///   shim's: a review, `maps_own_file`);
+/// - room for the chain's mapping and the fallback's copy within the
+///   program's own limits (`room_for_more`);
 /// - no seccomp filter and no strict mode (the chain's prctl and close
 ///   must be allowed);
 /// - no POSIX lock (closing the executable's fd in the chain would drop
@@ -52,7 +54,7 @@ pub fn exe_in_chain(img: &Image, a: &Args, files: &Files, exe_fd: u32, lazy: boo
     if exe_fd == u32::MAX || lazy || a.flags & ALONE == 0 || a.flags & TREE != 0 {
         return false;
     }
-    if !img.threads().is_empty() || maps_own_file(img) {
+    if !img.threads().is_empty() || maps_own_file(img) || !room_for_more(img) {
         return false;
     }
     if !img.seccomp().is_empty() || img.task().is_some_and(|t| t.seccomp_strict != 0) {
@@ -99,6 +101,27 @@ pub fn exe_in_chain(img: &Image, a: &Args, files: &Files, exe_fd: u32, lazy: boo
             ))
         }
     }
+}
+
+/// Whether the program's own limits leave room for what the finishing
+/// chain and its fallback make once the program's state is set: a 16
+/// KiB mapping for the chain's frames, a 244 KiB copy of the shim, its
+/// code made writable and executable (a review: each failed, status 125,
+/// where the old way restored). Not under memory-deny-write-execute (the
+/// copy's RWX mapping is refused), nor with mlockall(MCL_FUTURE) set (both
+/// would be locked, against RLIMIT_MEMLOCK), nor under a finite
+/// RLIMIT_AS (the chain's mapping is a new peak of address space), nor
+/// near the kernel's 65 530 mappings.
+fn room_for_more(img: &Image) -> bool {
+    const RLIMIT_AS: u32 = 9;
+    let task_ok = img
+        .task()
+        .is_none_or(|t| t.mdwe <= 0 && t.mlock_future == 0);
+    let as_ok = img
+        .rlimits()
+        .iter()
+        .all(|r| r.resource != RLIMIT_AS || r.cur == u64::MAX);
+    task_ok && as_ok && img.vmas().len() < 60_000
 }
 
 /// Whether any of the program's mappings is of the file this shim was
@@ -181,14 +204,37 @@ pub fn no_writers(fd: usize) -> Writers {
         if !pending() {
             return Writers::None;
         }
-        // The lease's alarm taken back (none was pending before): it
-        // would wait, blocked, for the program, whose default for it is
-        // to die (a review: "Real-time signal 30", 1 run in 10).
-        const SYS_RT_SIGTIMEDWAIT: usize = 128;
-        let set = 1u64 << (SIGRTMAX - 1);
-        let zero = [0u64; 2];
+        return if take_back_alarm(fd, SIGRTMAX) {
+            Writers::Some
+        } else {
+            Writers::None
+        };
+    }
+    if r == -EAGAIN && kernel_leases(fd) {
+        Writers::Some
+    } else {
+        Writers::Unknown
+    }
+}
+
+/// The lease's alarms taken back (none was pending before the lease): a
+/// SIGRTMAX would wait, blocked, for the program, whose default for it is
+/// to die (a review: "Real-time signal 30", 1 run in 10). Only those the
+/// lease raised (POLL_MSG, this fd); any other, sent to the process in
+/// those microseconds, is queued again as it came (a review found one
+/// taken). Returns whether the lease raised one: a writer opened the
+/// file.
+fn take_back_alarm(fd: usize, sig: usize) -> bool {
+    const SYS_RT_SIGTIMEDWAIT: usize = 128;
+    const SYS_RT_SIGQUEUEINFO: usize = 129;
+    const POLL_MSG: i32 = 3;
+    let set = 1u64 << (sig - 1);
+    let zero = [0u64; 2];
+    let mut others = [[0u64; 16]; 8];
+    let (mut n, mut ours) = (0, false);
+    loop {
         let mut info = [0u64; 16];
-        while syscall6(
+        let r = syscall6(
             SYS_RT_SIGTIMEDWAIT,
             &set as *const u64 as usize,
             info.as_mut_ptr() as usize,
@@ -196,15 +242,26 @@ pub fn no_writers(fd: usize) -> Writers {
             8,
             0,
             0,
-        ) == SIGRTMAX as isize
-        {}
-        return Writers::Some;
+        );
+        if r != sig as isize {
+            break;
+        }
+        // siginfo_t: si_signo, si_errno, si_code (i32 each); for SIGPOLL
+        // si_band (i64) at byte 16, si_fd (i32) at byte 24.
+        let code = (info[1] & 0xffff_ffff) as u32 as i32;
+        let si_fd = (info[3] & 0xffff_ffff) as u32 as i32;
+        if code == POLL_MSG && si_fd == fd as i32 {
+            ours = true;
+        } else if n < others.len() {
+            others[n] = info;
+            n += 1;
+        }
     }
-    if r == -EAGAIN && kernel_leases(fd) {
-        Writers::Some
-    } else {
-        Writers::Unknown
+    let pid = syscall3(SYS_GETPID, 0, 0, 0) as usize;
+    for info in &others[..n] {
+        syscall3(SYS_RT_SIGQUEUEINFO, pid, sig, info.as_ptr() as usize);
     }
+    ours
 }
 
 /// Whether `fd`'s file system leaves leases to the kernel's generic code
