@@ -333,6 +333,8 @@ static void take_snapshot(char *buf, int skip_fd) {
     if (ln > 0) { link[ln] = 0; out("cwd %s\n", link); }
     ln = readlink("/proc/self/root", link, sizeof link - 1);
     if (ln > 0) { link[ln] = 0; out("root %s\n", link); }
+    ln = readlink("/proc/self/exe", link, sizeof link - 1);
+    if (ln > 0) { link[ln] = 0; out("exe %s\n", link); }
     stack_t ss;
     sigaltstack(NULL, &ss);
     out("altstack %p %zu %d\n", ss.ss_sp, ss.ss_size, ss.ss_flags);
@@ -652,16 +654,24 @@ static void membarrier_check(void) {
 }
 
 /* Queued signals: several instances of a real-time signal, each with its
- * value, and a standard one with its siginfo. */
+ * value, and a standard one with its siginfo. And two of SIGRTMAX, the
+ * signal a restorer's lease on the executable raises: pending when it
+ * looks, the restorer cannot tell, and names the executable the old way
+ * (its fallback, taken right before the end). */
 static void sigqueue_setup(void) {
     sigset_t s;
     sigemptyset(&s);
     sigaddset(&s, SIGRTMIN + 1);
+    sigaddset(&s, SIGRTMAX);
     sigaddset(&s, SIGUSR1);
     CHECK(sigprocmask(SIG_BLOCK, &s, NULL) == 0, "block");
     for (int i = 1; i <= 3; i++) {
         union sigval v = {.sival_int = 11 * i};
         CHECK(sigqueue(getpid(), SIGRTMIN + 1, v) == 0, "sigqueue");
+    }
+    for (int i = 1; i <= 2; i++) {
+        union sigval v = {.sival_int = 50 + i};
+        CHECK(sigqueue(getpid(), SIGRTMAX, v) == 0, "sigqueue rtmax");
     }
     union sigval v = {.sival_int = 44};
     CHECK(sigqueue(getpid(), SIGUSR1, v) == 0, "sigqueue usr1");
@@ -682,6 +692,15 @@ static void sigqueue_check(void) {
     sigset_t pend;
     sigpending(&pend);
     CHECK(!sigismember(&pend, SIGRTMIN + 1), "no fourth rt signal");
+    sigemptyset(&s);
+    sigaddset(&s, SIGRTMAX);
+    for (int i = 1; i <= 2; i++) {
+        CHECK(sigwaitinfo(&s, &si) == SIGRTMAX, "SIGRTMAX %d of 2 queued", i);
+        CHECK(si.si_code == SI_QUEUE && si.si_value.sival_int == 50 + i, "SIGRTMAX %d value %d", i,
+              si.si_value.sival_int);
+    }
+    sigpending(&pend);
+    CHECK(!sigismember(&pend, SIGRTMAX), "no third SIGRTMAX");
 }
 
 /* Credentials: not the restorer's (root's). */
