@@ -284,7 +284,7 @@ fn kernel_leases(fd: usize) -> bool {
         0x4D44,      // vfat
         0x2011_BAB0, // exfat
         0x3434,      // nilfs2
-        0x5346_544E, // ntfs3
+        0x7366_746E, // ntfs3
     ];
     let mut st = [0i64; 15];
     syscall3(SYS_FSTATFS, fd, st.as_mut_ptr() as usize, 0) == 0 && LOCAL.contains(&st[0])
