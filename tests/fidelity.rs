@@ -121,12 +121,8 @@ fn case_with(name: &str, opts: &[&str]) -> std::path::PathBuf {
 /// case to its PASS; the restorer's path.
 fn packed_passes(img: &Path, name: &str) -> std::path::PathBuf {
     let exe = img.with_file_name(format!("{name}.restored"));
-    let (code, _, err) = cryo_cmd(&["pack", img.to_str().unwrap(), "-o", exe.to_str().unwrap()]);
-    assert_eq!(code, 0, "pack: {err}");
-    let out = std::process::Command::new(&exe)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run the packed restorer");
+    pack_to(img, &exe);
+    let out = run_packed(&exe);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         (out.status.code(), stdout.trim_end().lines().last()),
@@ -830,14 +826,9 @@ print("PASS", flush=True)
     // set is there, and refuses by name, before touching anything, once
     // a restored program has removed it; cryo restore makes it again.
     let exe = img.with_file_name("sem.restored");
-    let (code, _, err) = cryo_cmd(&["pack", img.to_str().unwrap(), "-o", exe.to_str().unwrap()]);
-    assert_eq!(code, 0, "pack: {err}");
+    pack_to(&img, &exe);
     let packed = || {
-        sanitize_fds();
-        let o = Command::new(&exe)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run the packed restorer");
+        let o = run_packed(&exe);
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
         (
             o.status.code(),

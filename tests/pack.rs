@@ -578,36 +578,38 @@ fn own_code(exe: &Path) -> (i32, String, bool, bool) {
 /// restore` does.
 #[test]
 fn a_packed_restorer_of_a_privileged_program_never_leaves_its_own_file() {
-    let dir = scratch("pack-late-exe");
+    // NAME ARGS captured in DIR, restored by `cryo restore` (its output
+    // `passed`) and by a packed restorer: the same output, and whether
+    // the restorer opened its second name.
+    let leg =
+        |name: &str, args: &[&str], dir: &Path, passed: fn(&str) -> bool, used_alias: bool| {
+            let mut cmd = Command::new(program(name));
+            cmd.args(args);
+            let img = capture(cmd, name, dir);
+            let want = run(&cryo(), &["restore", img.to_str().unwrap()]);
+            assert_eq!(want.0, 0, "cryo restore: {want:?}");
+            assert!(passed(&want.1), "{want:?}");
+            let exe = dir.join("a.restored");
+            pack(&img, &exe, &[]);
+            let (code, out, used, copied) = own_code(&exe);
+            assert_eq!(
+                (code, out.as_str(), used, copied),
+                (want.0, want.1.as_str(), used_alias, false)
+            );
+        };
     let files = scratch("pack-late-exe-files");
-    let mut cmd = Command::new(program("c-zdtm"));
-    cmd.args(["stop", files.to_str().unwrap()]);
-    let img = capture(cmd, "c-zdtm", &dir);
-    let want = run(&cryo(), &["restore", img.to_str().unwrap()]);
-    assert_eq!(want.0, 0, "cryo restore: {want:?}");
-    assert!(want.1.starts_with("PASS "), "{want:?}");
-    let exe = dir.join("a.restored");
-    pack(&img, &exe, &[]);
-    let (code, out, used, copied) = own_code(&exe);
-    assert_eq!(
-        (code, out.as_str(), used, copied),
-        (want.0, want.1.as_str(), false, false)
-    );
+    let dir = scratch("pack-late-exe");
+    let args = ["stop", files.to_str().unwrap()];
+    leg("c-zdtm", &args, &dir, |o| o.starts_with("PASS "), false);
     // With threads it leaves its own file first (another thread can be
     // let go before the chain's last calls: a review).
     let dir = scratch("pack-late-exe-threads");
-    let mut cmd = Command::new(program("hs-datamap-threaded"));
-    cmd.args(["stop", "20000"]);
-    let img = capture(cmd, "hs-datamap-threaded", &dir);
-    let want = run(&cryo(), &["restore", img.to_str().unwrap()]);
-    assert_eq!(want.0, 0, "cryo restore: {want:?}");
-    assert!(want.1.contains("PASS"), "{want:?}");
-    let exe = dir.join("t.restored");
-    pack(&img, &exe, &[]);
-    let (code, out, used, copied) = own_code(&exe);
-    assert_eq!(
-        (code, out.as_str(), used, copied),
-        (want.0, want.1.as_str(), true, false)
+    leg(
+        "hs-datamap-threaded",
+        &["stop", "20000"],
+        &dir,
+        |o| o.contains("PASS"),
+        true,
     );
 }
 

@@ -333,14 +333,8 @@ fn frames_stay_on_a_small_stack_the_program_stopped_on() {
             );
         }
         let exe = img.with_file_name("altstack.restored");
-        let (code, _, err) =
-            cryo_cmd(&["pack", img.to_str().unwrap(), "-o", exe.to_str().unwrap()]);
-        assert_eq!(code, 0, "{err}");
-        sanitize_fds();
-        let o = Command::new(&exe)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
+        pack_to(&img, &exe);
+        let o = run_packed(&exe);
         let out = String::from_utf8_lossy(&o.stdout);
         assert_eq!(o.status.code(), Some(0), "{how}: {out}");
         assert!(last_line(&out).starts_with("PASS "), "{how}: {out}");

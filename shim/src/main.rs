@@ -764,7 +764,7 @@ fn restore_forked(a: &Args, parent: &cryo_image::Image) -> ! {
 /// Steps 7 to 12 of [`restore`]: the process's state, then the program.
 fn finish<'a>(
     img: &'a cryo_image::Image<'a>,
-    files: files::Files<'a>,
+    mut files: files::Files<'a>,
     exe_fd: u32,
     a: &Args,
     mut ph: Phases,
@@ -784,7 +784,6 @@ fn finish<'a>(
     task::restore_prctl_state(img);
     // 9. The shim's own fds go (the executable's in the finishing chain, if
     //    it names it there); the program's get their flags and locks.
-    let mut files = files;
     if late_exe {
         files.leave_open(img.process().exe_file);
     }

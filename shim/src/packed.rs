@@ -152,24 +152,11 @@ pub fn alias() -> usize {
 }
 
 fn alias_in(dir: &[u8]) -> usize {
-    const SYS_NEWFSTATAT: usize = 262;
-    const AT_FDCWD: isize = -100;
-    let mut own = [0u64; 18];
-    let r = syscall6(
-        SYS_NEWFSTATAT,
-        AT_FDCWD as usize,
-        c"/proc/self/exe".as_ptr() as usize,
-        own.as_mut_ptr() as usize,
-        0,
-        0,
-        0,
-    );
-    if r < 0 {
+    let Some(own) = crate::selfmap::own_file() else {
         return usize::MAX;
-    }
+    };
     let mut name = crate::Msg { b: [0; 768], n: 0 };
-    if core::fmt::Write::write_fmt(&mut name, format_args!("{}", pack::AliasName(own[1]))).is_err()
-    {
+    if core::fmt::Write::write_fmt(&mut name, format_args!("{}", pack::AliasName(own.1))).is_err() {
         return usize::MAX;
     }
     let Ok(name) = core::str::from_utf8(&name.b[..name.n]) else {
@@ -197,7 +184,7 @@ fn alias_in(dir: &[u8]) -> usize {
     let Ok((fd, st)) = open_stat(p) else {
         return usize::MAX;
     };
-    if st[0] != own[0] || st[1] != own[1] {
+    if (st[0], st[1]) != own {
         syscall3(SYS_CLOSE, fd, 0, 0);
         return usize::MAX;
     }

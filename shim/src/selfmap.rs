@@ -54,7 +54,7 @@ pub fn exe_in_chain(img: &Image, a: &Args, files: &Files, exe_fd: u32, lazy: boo
     if exe_fd == u32::MAX || lazy || a.flags & ALONE == 0 || a.flags & TREE != 0 {
         return false;
     }
-    if !img.threads().is_empty() || maps_own_file(img) || !room_for_more(img) {
+    if !img.threads().is_empty() || !room_for_more(img) {
         return false;
     }
     if !img.seccomp().is_empty() || img.task().is_some_and(|t| t.seccomp_strict != 0) {
@@ -77,7 +77,7 @@ pub fn exe_in_chain(img: &Image, a: &Args, files: &Files, exe_fd: u32, lazy: boo
     if eff & (CAP_SYS_ADMIN | CAP_CHECKPOINT_RESTORE) == 0 {
         return false;
     }
-    if files.made_by_restore(img.process().exe_file) {
+    if files.made_by_restore(img.process().exe_file) || maps_own_file(img) {
         return false;
     }
     const F_GETFL: usize = 3;
@@ -129,6 +129,21 @@ fn room_for_more(img: &Image) -> bool {
 /// EBUSY that `mm::check_late` expects could be the program's, not the
 /// shim's, and the chain's call would fail unseen.
 fn maps_own_file(img: &Image) -> bool {
+    let Some(own) = own_file() else {
+        return true;
+    };
+    img.vmas().iter().any(|v| {
+        v.file != cryo_image::NO_INDEX
+            && img
+                .files()
+                .get(v.file as usize)
+                .is_some_and(|f| (f.dev, f.ino) == own)
+    })
+}
+
+/// The device and inode of the file this shim was started from (a stat
+/// of /proc/self/exe), if it can be had.
+pub fn own_file() -> Option<(u64, u64)> {
     const SYS_NEWFSTATAT: usize = 262;
     const AT_FDCWD: isize = -100;
     let mut st = [0u64; 18];
@@ -141,14 +156,7 @@ fn maps_own_file(img: &Image) -> bool {
         0,
         0,
     );
-    r != 0
-        || img.vmas().iter().any(|v| {
-            v.file != cryo_image::NO_INDEX
-                && img
-                    .files()
-                    .get(v.file as usize)
-                    .is_some_and(|f| (f.dev, f.ino) == (st[0], st[1]))
-        })
+    (r == 0).then_some((st[0], st[1]))
 }
 
 /// What a read lease on the executable says of writers (`no_writers`).
@@ -412,14 +420,8 @@ pub fn own_image() -> (usize, usize) {
 /// answer, 203 → 150 faults (docs/benchmarks.md). (The same for the top
 /// of the shim's stack took 16 faults off and no time.)
 fn relocate_self() {
-    extern "C" {
-        static __executable_start: u8;
-        static _end: u8;
-    }
-    let start = core::ptr::addr_of!(__executable_start) as usize & !(PG - 1);
-    let end = (core::ptr::addr_of!(_end) as usize + PG - 1) & !(PG - 1);
-    let len = end - start;
-    fill_holes(start, end);
+    let (start, len) = own_image();
+    fill_holes(start, start + len);
     let r = mmap(
         SELF_COPY_AT,
         len,

@@ -228,7 +228,7 @@ const CAP_V3: u32 = 0x2008_0522;
 /// (CAP_IPC_LOCK in its effective set).
 pub fn can_lock_any() -> bool {
     const CAP_IPC_LOCK: u32 = 14;
-    capget().0 >> CAP_IPC_LOCK & 1 != 0
+    effective_caps() >> CAP_IPC_LOCK & 1 != 0
 }
 
 /// This process's effective capabilities.

@@ -388,6 +388,22 @@ pub fn plain_run(name: &str, args: &[&str], how: &str) -> String {
     last
 }
 
+/// Write a packed restorer of `img` at `exe` (`cryo pack`).
+pub fn pack_to(img: &Path, exe: &Path) {
+    let (code, _, err) = cryo_cmd(&["pack", img.to_str().unwrap(), "-o", exe.to_str().unwrap()]);
+    assert_eq!(code, 0, "pack: {err}");
+}
+
+/// Run a packed restorer to its end, stdin from /dev/null, with no stray
+/// fd of the test's.
+pub fn run_packed(exe: &Path) -> std::process::Output {
+    sanitize_fds();
+    Command::new(exe)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the packed restorer")
+}
+
 /// Run cryo with args; returns (status code, stdout, stderr).
 pub fn cryo_cmd(args: &[&str]) -> (i32, String, String) {
     sanitize_fds();
