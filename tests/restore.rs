@@ -13,7 +13,7 @@ use cryo_image::load::LoadedImage;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use support::*;
 
 /// A `cryo restore` run: the restored program's stdio are its.
@@ -338,6 +338,74 @@ fn frames_stay_on_a_small_stack_the_program_stopped_on() {
         let out = String::from_utf8_lossy(&o.stdout);
         assert_eq!(o.status.code(), Some(0), "{how}: {out}");
         assert!(last_line(&out).starts_with("PASS "), "{how}: {out}");
+    }
+}
+
+/// Threads resume only once the restore is done, the restorer's window
+/// gone and the executable named, even when the process is stopped and
+/// continued while it is restored (a thread's wait in the program's code
+/// restarts then, on a word of its own). c-exewatch's threads look at
+/// /proc/self/exe and at the window on every turn of a busy loop. Before
+/// the finishing chain (or the tracer) set and woke each thread's own
+/// word, such a thread ran with the window still mapped (5 restores in
+/// 60), or slept for ever and the program hung (once in 30); finished by
+/// the tracer, every restore so stopped hung (its tracer listened for
+/// the end of a stop that had ended), or died of SIGILL (a SIGCONT
+/// discarded the shim's SIGSTOP for its tracer).
+#[test]
+fn threads_resume_only_once_the_restore_is_done_even_when_stopped_meanwhile() {
+    let img = capture_killed("c-exewatch", &["stop", "4"], "stop", "exewatch");
+    let exe = img.with_file_name("exewatch.restored");
+    pack_to(&img, &exe);
+    let out = img.with_file_name("out");
+    for round in 0..25 {
+        let restore = |extra: &[&str]| {
+            let mut c = Command::new(cryo());
+            c.arg("restore").args(extra).arg(&img);
+            c
+        };
+        for (what, mut cmd) in [
+            ("packed", Command::new(&exe)),
+            ("cryo restore", restore(&[])),
+            ("cryo restore --use-tracer", restore(&["--use-tracer"])),
+        ] {
+            sanitize_fds();
+            let mut child = cmd
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&out).unwrap())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap();
+            let pid = child.id() as i32;
+            // SIGSTOP and SIGCONT every 50 µs for 20 ms (a restore here
+            // takes 1-3 ms), then up to 20 s for the program to end.
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_millis(20) {
+                // SAFETY: signals to our own child, not reaped yet.
+                unsafe {
+                    libc::kill(pid, libc::SIGSTOP);
+                    libc::kill(pid, libc::SIGCONT);
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            let status = loop {
+                if let Some(s) = child.try_wait().unwrap() {
+                    break s;
+                }
+                if t0.elapsed() > Duration::from_secs(20) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("{what}, round {round}: hung");
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            };
+            let got = std::fs::read_to_string(&out).unwrap();
+            assert_eq!(
+                (status.code(), last_line(&got)),
+                (Some(0), "PASS"),
+                "{what}, round {round}: {got}"
+            );
+        }
     }
 }
 

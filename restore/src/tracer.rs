@@ -69,6 +69,8 @@ enum TracerError {
     Munmap(i64),
     #[error("waking the restored threads failed: errno {0}")]
     Wake(i64),
+    #[error("reading the restored threads' wait words: {0}")]
+    OwnWords(io::Error),
     #[error("closing the tree's second round in the restored process failed: errno {0}")]
     RoundClose(i64),
 }
@@ -473,8 +475,18 @@ fn trace(
         let sig = libc::WSTOPSIG(st);
         let event = st >> 16;
         if event == libc::PTRACE_EVENT_STOP {
-            // Group-stop (someone stopped it): stay stopped until SIGCONT.
-            resume(Resume::Listen, pid, 0)?;
+            // A group-stop (someone stopped it; WSTOPSIG is the stopping
+            // signal): stay stopped until SIGCONT. Its end (SIGCONT came:
+            // WSTOPSIG is SIGTRAP then) or an interrupt: go on. Listening
+            // there too left the process in a trap that nothing would
+            // ever end: a restore stopped and continued hung, 20 of 20
+            // under a storm of SIGSTOP/SIGCONT.
+            let how = if sig == libc::SIGTRAP {
+                Resume::Cont
+            } else {
+                Resume::Listen
+            };
+            resume(how, pid, 0)?;
             continue;
         }
         if event != 0 || sig != libc::SIGSTOP {
@@ -520,8 +532,8 @@ fn round_two(fd: BorrowedFd, pid: u32, wait: bool) {
 
 /// Run system call `nr` in the stopped target through its `syscall; ret`
 /// gadget on stack `sp` (`at` = (gadget, sp)), its first arguments
-/// `args` (rdi, rsi, rdx), every other register `base`'s: the registers
-/// after it.
+/// `args` (rdi, rsi, rdx, r10, r8, r9), every other register `base`'s:
+/// the registers after it.
 fn syscall_in(
     w: &mut Waiter,
     base: &libc::user_regs_struct,
@@ -532,7 +544,10 @@ fn syscall_in(
     let mut r = *base;
     r.rax = nr as u64;
     r.orig_rax = u64::MAX;
-    for (reg, &v) in [&mut r.rdi, &mut r.rsi, &mut r.rdx].into_iter().zip(args) {
+    let slots = [
+        &mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.r10, &mut r.r8, &mut r.r9,
+    ];
+    for (reg, &v) in slots.into_iter().zip(args) {
         *reg = v;
     }
     r.rip = gadget;
@@ -575,6 +590,9 @@ fn finish(
 ) -> Result<(), TracerError> {
     let pid = w.target;
     let frame_sp = at_stop.r8;
+    // The other threads' own wait words (r14 of them, listed at r15 in
+    // the window), read before the window goes.
+    let own_words = own_words(pid, at_stop.r15, at_stop.r14)?;
     // munmap(window) from the program's vDSO.
     let after = syscall_in(
         w,
@@ -613,11 +631,31 @@ fn finish(
         round_two(fd.as_fd(), pid as u32, true);
     }
     // The other threads wait on the release word (r9) in the program's
-    // code: wake them, unless the process is to stay stopped (the SIGSTOP
-    // below interrupts their wait; restarted after SIGCONT, it finds
-    // their own words set and returns).
+    // code, or on their own words if a stop (SIGSTOP, then SIGCONT)
+    // restarted their wait: each own word set and woken (FUTEX_WAKE_OP:
+    // set it to 1, wake its waiters if it was 0), then the release word
+    // woken, unless the process is to stay stopped (the SIGSTOP below
+    // interrupts their wait; restarted after SIGCONT, it finds their own
+    // words set and returns). Set only now, with the window gone: a
+    // wait restarted on a word set earlier went on at once, and such a
+    // thread ran with the window mapped (2 restores in 30 under a storm
+    // of SIGSTOP/SIGCONT).
     let release = at_stop.r9;
     let mut after = after;
+    for &word in &own_words {
+        const SET_1_IF_0: u64 = 1 << 12;
+        let wake_op = (libc::FUTEX_WAKE_OP | libc::FUTEX_PRIVATE_FLAG) as u64;
+        after = syscall_in(
+            w,
+            &after,
+            (gadget, frame_sp),
+            libc::SYS_futex,
+            &[release, wake_op, 0, i32::MAX as u64, word, SET_1_IF_0],
+        )?;
+        if (after.rax as i64) < 0 {
+            return Err(TracerError::Wake(-(after.rax as i64)));
+        }
+    }
     if release != 0 && stop.is_none() {
         let wake = (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as u64;
         after = syscall_in(
@@ -653,6 +691,26 @@ fn finish(
         round_two(fd.as_fd(), pid as u32, false);
     }
     Ok(())
+}
+
+/// The `n` own wait words of `pid`'s other threads, from the table at
+/// `table` (u64 addresses, `threads::own_words` in the shim).
+fn own_words(pid: i32, table: u64, n: u64) -> Result<Vec<u64>, TracerError> {
+    use std::os::unix::fs::FileExt;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let read = || -> io::Result<Vec<u64>> {
+        if n > 4096 {
+            return Err(io::Error::other(format!("{n} threads")));
+        }
+        let mut b = vec![0u8; n as usize * 8];
+        std::fs::File::open(format!("/proc/{pid}/mem"))?.read_exact_at(&mut b, table)?;
+        Ok(b.chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect())
+    };
+    read().map_err(TracerError::OwnWords)
 }
 
 /// Until process `pid` has taken the stop signal `sig` queued to it (no

@@ -363,32 +363,92 @@ pub fn checked_gadgets(img: &Image) -> cryo_image::Gadgets {
     g
 }
 
-/// Where the main thread's release word goes: just below its frame.
+/// Where the main thread's release word goes without a chain mapping
+/// ([`Area`]): just below its frame.
 pub fn release_word(frame_sp: usize) -> usize {
     (frame_sp - 8 - 64) & !63
+}
+
+/// The finishing chain's own mapping, outside the window: its frames, the
+/// threads' release word and, with the executable named late, the
+/// PR_SET_MM_MAP struct. The chain's last call but the program's own
+/// unmaps it. Nothing of it is written on the program's stack, where
+/// below a stack pointer may lie what the program keeps there when it is
+/// not the main one (three reviews: up to 1.4 KiB overwritten below a
+/// sigaltstack, a coroutine's stack, one carved out of main's frame).
+#[derive(Clone, Copy)]
+pub struct Area {
+    at: usize,
+    len: usize,
+}
+
+/// Room for one frame of the chain (a 440-byte rt_sigframe without an
+/// xsave area, its return slot, the alignment).
+const CHAIN_FRAME: usize = 640;
+
+impl Area {
+    /// Mapped before the program's mlockall(MCL_FUTURE) and MDWE are back
+    /// (so neither applies to it); `None` where the kernel refuses it
+    /// (RLIMIT_AS, the mapping limit), or it lands in the window. Room
+    /// for five calls (the executable's), one per thread, the release's,
+    /// its own unmapping, and the struct.
+    pub fn map(threads: usize) -> Option<Area> {
+        let len = ((7 + threads) * CHAIN_FRAME + 1024).next_multiple_of(crate::PG);
+        let at = mmap(
+            0,
+            len,
+            PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS,
+            usize::MAX,
+            0,
+        );
+        if at < 0 {
+            return None;
+        }
+        let at = at as usize;
+        if at + len > W && at < W_END {
+            syscall3(SYS_MUNMAP, at, len, 0);
+            return None;
+        }
+        Some(Area { at, len })
+    }
+
+    /// The threads' release word: the area's top cache line.
+    pub fn release_word(&self) -> usize {
+        self.at + self.len - 64
+    }
 }
 
 /// Remove the window and enter the program, all from the program's own
 /// code (see `cryo_image::gadget`): `frame_sp - 8` becomes the frame's
 /// return address slot holding the sigreturn gadget, and the shim jumps to
 /// the syscall-ret gadget with rax = munmap(window). Nothing of the shim
-/// runs after that syscall. With threads (`release`: the word they wait
-/// on), one more frame in between: its rt_sigreturn lands on the
-/// syscall-ret gadget again to wake them (FUTEX_WAKE); with seccomp
-/// strict mode (`strict`) one more after that, entering it
-/// (seccomp(SECCOMP_SET_MODE_STRICT)), whose `ret` enters the main
-/// thread's own frame through rt_sigreturn, the one call of these that
-/// strict mode allows. With `exe` (the executable's fd,
-/// `selfmap::exe_in_chain`), the first munmap removes only the shim's own
-/// image, and four more run right after it: PR_SET_MM_MAP naming the
-/// executable, the fd's close, the munmap of the rest of the window, and
-/// that of the mapping these four frames and the struct were written to.
+/// runs after that syscall. With seccomp strict mode (`strict`), one more
+/// frame just below the program's: its rt_sigreturn lands on the
+/// syscall-ret gadget again to enter it (seccomp(SECCOMP_SET_MODE_STRICT)),
+/// whose `ret` enters the main thread's own frame through rt_sigreturn,
+/// the one call of these that strict mode allows.
+///
+/// With the chain's own mapping (`area`), every other frame is in it, and
+/// runs before that: with `exe` (the executable's fd,
+/// `selfmap::exe_in_chain`) the first munmap removes only the shim's own
+/// image, and PR_SET_MM_MAP naming the executable, the fd's close and the
+/// munmap of the rest of the window follow; then, with threads
+/// (`release`: the word they wait on), one FUTEX_WAKE_OP per thread that
+/// sets its own wait word and wakes a wait restarted there after a stop,
+/// and the FUTEX_WAKE of `release` (a thread's own word is set while it
+/// sleeps: it lies below its frame, where the thread's stack goes once
+/// it runs); then the area's munmap. Without it (the kernel refused it,
+/// or seccomp filters that capture checked for these calls only), the
+/// threads' wake is one frame on the program's stack, just below the
+/// release word, and their own words were set when they were gathered.
 pub fn finish_without_tracer(
     img: &Image,
     frame_sp: usize,
-    release: Option<usize>,
+    release: Option<(usize, usize)>,
     strict: bool,
     exe: Option<u32>,
+    area: Option<Area>,
 ) -> ! {
     let g = checked_gadgets(img);
     let p = img.process();
@@ -397,13 +457,13 @@ pub fn finish_without_tracer(
     // next one's sigreturn gadget; each lower on the stack than the last.
     poke_u64(frame_sp - 8, g.sigreturn);
     let mut next = frame_sp - 8;
-    let mut top = match release {
-        Some(word) => word - 64,
-        None => (frame_sp - 8 - 64) & !63,
+    let mut top = match (release, area) {
+        (Some((word, _)), None) => word - 64,
+        _ => (frame_sp - 8 - 64) & !63,
     };
     // One more frame below the last, run before it: a system call from
-    // the syscall-ret gadget (rax, rdi, rsi, rdx, r10).
-    let chain = |call: [usize; 5], top: &mut usize, next: &mut usize| {
+    // the syscall-ret gadget (rax, rdi, rsi, rdx, r10, r8, r9).
+    let chain = |call: [usize; 7], top: &mut usize, next: &mut usize| {
         let r = Regs {
             rip: g.syscall_ret,
             rsp: *next as u64,
@@ -412,6 +472,8 @@ pub fn finish_without_tracer(
             rsi: call[2] as u64,
             rdx: call[3] as u64,
             r10: call[4] as u64,
+            r8: call[5] as u64,
+            r9: call[6] as u64,
             cs: p.regs.cs,
             ss: p.regs.ss,
             eflags: 0x202,
@@ -425,59 +487,70 @@ pub fn finish_without_tracer(
     if strict {
         const SECCOMP_SET_MODE_STRICT: usize = 0;
         chain(
-            [SYS_SECCOMP, SECCOMP_SET_MODE_STRICT, 0, 0, 0],
+            [SYS_SECCOMP, SECCOMP_SET_MODE_STRICT, 0, 0, 0, 0, 0],
             &mut top,
             &mut next,
         );
     }
-    if let Some(word) = release {
-        chain(
-            [SYS_FUTEX, word, FUTEX_WAKE_PRIVATE, i32::MAX as usize, 0],
-            &mut top,
-            &mut next,
-        );
-    }
-    if let Some(fd) = exe {
-        // Their frames and struct in a mapping of their own, outside the
-        // window, which the last of them unmaps: the program's stack gets
-        // no deeper than its own frame, as without them. (Below a stack
-        // pointer lies what the program keeps there when it is not the
-        // main one: on the program's stack they wrote over up to 1.4 KiB
-        // below a sigaltstack, a coroutine's stack, one carved out of
-        // main's frame: three reviews.)
-        const LEN: usize = 4 * crate::PG;
-        let at = mmap(
+    let wake = |word: usize| {
+        [
+            SYS_FUTEX,
+            word,
+            FUTEX_WAKE_PRIVATE,
+            i32::MAX as usize,
             0,
-            LEN,
-            PROT_READ | PROT_WRITE,
-            MAP_PRIVATE | MAP_ANONYMOUS,
-            usize::MAX,
             0,
-        );
-        if at < 0 {
-            die(format_args!(
-                "mapping the finishing chain's frames: errno {}",
-                -at
-            ));
+            0,
+        ]
+    };
+    match area {
+        None => {
+            if let Some((word, _)) = release {
+                chain(wake(word), &mut top, &mut next);
+            }
+            if exe.is_some() {
+                die(format_args!(
+                    "naming the executable last without the chain's mapping"
+                ));
+            }
         }
-        if at as usize + LEN > W && (at as usize) < W_END {
-            die(format_args!(
-                "the finishing chain's frames mapped inside the window, at {at:#x}"
-            ));
+        Some(ar) => {
+            let mut t = ar.release_word() - 64;
+            chain([SYS_MUNMAP, ar.at, ar.len, 0, 0, 0, 0], &mut t, &mut next);
+            if let Some((word, n)) = release {
+                chain(wake(word), &mut t, &mut next);
+                // FUTEX_OP_SET 1 on the own word, then wake its waiters
+                // if it was 0 (FUTEX_OP_CMP_EQ 0); none on `word`.
+                const SET_1_IF_0: usize = 1 << 12;
+                for i in 0..n {
+                    chain(
+                        [
+                            SYS_FUTEX,
+                            word,
+                            FUTEX_WAKE_OP_PRIVATE,
+                            0,
+                            i32::MAX as usize,
+                            crate::threads::own_word(i),
+                            SET_1_IF_0,
+                        ],
+                        &mut t,
+                        &mut next,
+                    );
+                }
+            }
+            if let Some(fd) = exe {
+                chain([SYS_MUNMAP, W, W_END - W, 0, 0, 0, 0], &mut t, &mut next);
+                chain([SYS_CLOSE, fd as usize, 0, 0, 0, 0, 0], &mut t, &mut next);
+                let (map, size) = crate::mm::write_late(img, fd, t);
+                t = (map - 64) & !63;
+                use crate::mm::{PR_SET_MM, PR_SET_MM_MAP};
+                chain(
+                    [SYS_PRCTL, PR_SET_MM, PR_SET_MM_MAP, map, size, 0, 0],
+                    &mut t,
+                    &mut next,
+                );
+            }
         }
-        let at = at as usize;
-        let mut t = at + LEN;
-        chain([SYS_MUNMAP, at, LEN, 0, 0], &mut t, &mut next);
-        chain([SYS_MUNMAP, W, W_END - W, 0, 0], &mut t, &mut next);
-        chain([SYS_CLOSE, fd as usize, 0, 0, 0], &mut t, &mut next);
-        let (map, size) = crate::mm::write_late(img, fd, t);
-        t = (map - 64) & !63;
-        use crate::mm::{PR_SET_MM, PR_SET_MM_MAP};
-        chain(
-            [SYS_PRCTL, PR_SET_MM, PR_SET_MM_MAP, map, size],
-            &mut t,
-            &mut next,
-        );
     }
     let sp = next;
     // The first munmap: the window, or with `exe` only the shim's own
@@ -524,28 +597,39 @@ pub fn finish_without_tracer(
 /// Stop for the tracer with a SIGSTOP to ourselves (r10 = the magic, r8 =
 /// the frame, r9 = the threads' release word or 0, r12 = 1 + this
 /// process's end of the tree's second round, which the tracer takes and
-/// closes, or 0 (`round_fd` usize::MAX: none)): the tracer meets it
-/// at its signal-delivery-stop, unmaps the window, wakes the threads and
-/// resumes at rt_sigreturn with rsp = frame_sp; we never run again. Not
+/// closes, or 0 (`round_fd` usize::MAX: none), r14 = how many threads,
+/// r15 = the table of their own wait words, in the window): the tracer
+/// meets it at its signal-delivery-stop, unmaps the window, sets and
+/// wakes each thread's own word, wakes the release word and resumes at
+/// rt_sigreturn with rsp = frame_sp; we never run again. Not
 /// `int3`: its SIGTRAP is forced on a task that blocks it (every signal is
 /// blocked here) by resetting the program's SIGTRAP handler, just
 /// restored, to SIG_DFL.
-pub fn finish_with_tracer(frame_sp: usize, release: Option<usize>, round_fd: usize) -> ! {
+pub fn finish_with_tracer(frame_sp: usize, release: Option<(usize, usize)>, round_fd: usize) -> ! {
+    let (word, n) = release.unwrap_or((0, 0));
     let pid = syscall3(SYS_GETPID, 0, 0, 0) as usize;
     // SAFETY: tgkill(pid, pid, SIGSTOP) only stops this process; the
-    // tracer never lets it return here (ud2 otherwise).
+    // tracer never lets it return here once it has met it. A SIGCONT
+    // from elsewhere can discard the SIGSTOP before it is taken (then the
+    // call returns: sent again; it was ud2, and a restore under a storm
+    // of SIGSTOP/SIGCONT died of SIGILL 2 times in 30). rcx and r11 are
+    // the syscall's, r13 keeps the number.
     unsafe {
         core::arch::asm!(
+            "2:",
+            "mov rax, r13",
             "syscall",
-            "ud2",
-            in("rax") SYS_TGKILL,
+            "jmp 2b",
+            in("r13") SYS_TGKILL,
             in("rdi") pid,
             in("rsi") pid,
             in("rdx") SIGSTOP,
             in("r10") HANDOFF_MAGIC as usize,
             in("r8") frame_sp,
-            in("r9") release.unwrap_or(0),
+            in("r9") word,
             in("r12") round_fd.wrapping_add(1),
+            in("r14") n,
+            in("r15") crate::threads::own_words(),
             options(noreturn)
         )
     }

@@ -801,6 +801,22 @@ fn finish<'a>(
     // 10. Every other thread, each restoring its own state and frame
     //     (after the page server is ready: they write to their stacks);
     //     then the timers (which may name a thread).
+    // The finishing chain's own mapping, before the program's mlockall and
+    // MDWE (`frame::Area`): where the shim finishes alone, naming the
+    // executable there, or with threads (their own wait words set there:
+    // unless seccomp filters are back by then, which capture checked
+    // for the chain's calls without it).
+    let alone = a.flags & flags::SELF_UNMAP != 0;
+    let area = if alone && (late_exe || (!img.threads().is_empty() && img.seccomp().is_empty())) {
+        frame::Area::map(img.threads().len())
+    } else {
+        None
+    };
+    if late_exe && area.is_none() {
+        die(format_args!(
+            "mapping the finishing chain's frames: refused"
+        ));
+    }
     let nthreads = threads::spawn_all(img, a.flags);
     let new_pid = syscall3(SYS_GETPID, 0, 0, 0) as u32;
     timers::restore(img, |old| threads::new_tid(img, old, new_pid));
@@ -834,9 +850,13 @@ fn finish<'a>(
     //     injects: it suspended them).
     let frame_sp = frame::build(img);
     let release = (nthreads > 0).then(|| {
-        let word = frame::release_word(frame_sp);
-        threads::gather(nthreads, word);
-        word
+        let word = match &area {
+            Some(ar) => ar.release_word(),
+            None => frame::release_word(frame_sp),
+        };
+        // (Finishing through the tracer, it sets and wakes them.)
+        threads::gather(nthreads, word, alone && area.is_none());
+        (word, nthreads)
     });
     ph.mark(on);
     if on {
@@ -875,7 +895,7 @@ fn finish<'a>(
         if late_exe {
             mm::check_late(img, exe_fd);
         }
-        frame::finish_without_tracer(img, frame_sp, release, strict, exe);
+        frame::finish_without_tracer(img, frame_sp, release, strict, exe, area);
     }
     if strict {
         check(

@@ -54,7 +54,7 @@ pub fn exe_in_chain(img: &Image, a: &Args, files: &Files, exe_fd: u32, lazy: boo
     if exe_fd == u32::MAX || lazy || a.flags & ALONE == 0 || a.flags & TREE != 0 {
         return false;
     }
-    if !img.threads().is_empty() || !room_for_more(img) {
+    if !room_for_more(img) {
         return false;
     }
     if !img.seccomp().is_empty() || img.task().is_some_and(|t| t.seccomp_strict != 0) {

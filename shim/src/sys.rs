@@ -78,6 +78,7 @@ pub const SYS_SCHED_GETSCHEDULER: usize = 145;
 pub const FUTEX_WAIT_PRIVATE: usize = 128;
 pub const FUTEX_WAKE_PRIVATE: usize = 1 | 128;
 pub const FUTEX_CMP_REQUEUE_PRIVATE: usize = 4 | 128;
+pub const FUTEX_WAKE_OP_PRIVATE: usize = 5 | 128;
 
 pub const SIGKILL: usize = 9;
 pub const SIGSTOP: usize = 19;

@@ -14,12 +14,16 @@
 //!
 //! The main thread waits until every thread is ready and then, for each,
 //! until the thread is inside its wait (FUTEX_CMP_REQUEUE moves it to the
-//! main thread's release word and says it did): only then is no thread
-//! running shim code, and the window can go. The last step wakes the
-//! release word after the window is unmapped (see `frame::finish_*`), so
-//! every thread resumes together, each exactly as captured. A thread
-//! whose wait is restarted after a stop (SIGSTOP, then SIGCONT) finds its
-//! own word set and goes on.
+//! release word and says it did): only then is no thread running shim
+//! code, and the window can go. The last steps wake the release word
+//! after the window is unmapped (see `frame::finish_*`), so every thread
+//! resumes together, each exactly as captured. A thread whose wait is
+//! restarted after a stop (SIGSTOP, then SIGCONT) waits on its own word
+//! again: the finishing chain sets and wakes each thread's own word just
+//! before the release word, so that such a thread, too, goes on only
+//! once the window is gone and the executable named (without the
+//! chain's mapping, `gather` sets and wakes them, and such a thread can
+//! run before the window is gone; a fork then would copy it).
 
 use crate::mem::*;
 use crate::sys::*;
@@ -383,10 +387,14 @@ fn sched(img: &Image, t: &Thread) {
 
 /// Wait until every one of the `n` threads is inside its wait in the
 /// program's code, with none left in the shim: then each is moved onto
-/// the release word `release` (a futex word the caller placed on the main
-/// thread's stack, below its frame) and its own word is set, so a wait
-/// restarted after a stop does not sleep again.
-pub fn gather(n: usize, release: usize) {
+/// the release word `release` (a futex word the caller placed in the
+/// finishing chain's mapping, or on the main thread's stack below its
+/// frame). A wait restarted after a stop (SIGSTOP, then SIGCONT) waits on
+/// the thread's own word again: `set_own` sets each now (and wakes such a
+/// wait), so that it does not sleep for ever (but such a thread then goes
+/// on before the window is gone); without it the finishing chain sets
+/// and wakes each, in its last calls ([`own_word`]).
+pub fn gather(n: usize, release: usize, set_own: bool) {
     loop {
         let v = READY.load(Ordering::Acquire);
         if v as usize >= n {
@@ -419,6 +427,32 @@ pub fn gather(n: usize, release: usize) {
             // instructions away.
             syscall3(SYS_SCHED_YIELD, 0, 0, 0);
         }
-        poke_u32(word, 1);
+        if set_own {
+            // And woken: its wait may have been restarted there since it
+            // was moved, before the word was set (a restore under a
+            // storm of SIGSTOP/SIGCONT then left a thread asleep for
+            // ever, and the program hung).
+            poke_u32(word, 1);
+            syscall6(
+                SYS_FUTEX,
+                word,
+                FUTEX_WAKE_PRIVATE,
+                i32::MAX as usize,
+                0,
+                0,
+                0,
+            );
+        }
     }
+}
+
+/// The table of the threads' own wait words (u64 addresses, in thread
+/// order), for the tracer, which reads it before the window goes.
+pub fn own_words() -> usize {
+    WAITS
+}
+
+/// Thread `i`'s own wait word (just below its frame, on its stack).
+pub fn own_word(i: usize) -> usize {
+    peek_u64(WAITS + i * 8) as usize
 }

@@ -13,10 +13,10 @@ use std::path::PathBuf;
 /// cryo's restore shim with a record naming DIR (absolute) and the
 /// identity of its pages.img and sums.img; it is small and holds no
 /// memory of the program: DIR must stay where it is. A restorer of a
-/// single-threaded program holding CAP_SYS_ADMIN (root's, say) names
-/// the program's executable in its last system calls and never leaves
-/// its own file; for others (threads, a seccomp filter, no such
-/// capability: the executable is replaced while no mapping has the
+/// program holding CAP_SYS_ADMIN (root's, say) names the program's
+/// executable in its last system calls and never leaves its own file;
+/// for others (a seccomp filter, a POSIX lock, no such capability: the
+/// executable is replaced while no mapping has the
 /// restorer's path) pack gives FILE a second name in DIR,
 /// `packed-INO.text` (a hard link, INO its inode), from which it maps its
 /// own code when run instead of copying it into fresh memory; a copy of

@@ -148,7 +148,7 @@ fn run_build(cmd: &mut Command, what: &str) {
 }
 
 /// Build a target program (once per test binary) and return its path.
-/// Names: `c-zdtm`, `c-zdtm-static`, `c-threads`, `c-socket`, `c-bigheap`, `c-lazy`, `c-fidelity`, `c-tree`, `c-mapped`, `c-altstack`,
+/// Names: `c-zdtm`, `c-zdtm-static`, `c-threads`, `c-socket`, `c-bigheap`, `c-lazy`, `c-fidelity`, `c-tree`, `c-mapped`, `c-altstack`, `c-exewatch`,
 /// `rust-target`, `hs-datamap`, `hs-datamap-v0`, `hs-datamap-threaded`, `go-threads`,
 /// `py-threads`, `py-seccomp`, `py-chroot`.
 pub fn program(name: &str) -> PathBuf {
@@ -169,7 +169,7 @@ pub fn program(name: &str) -> PathBuf {
     let tmp = out_dir.join(format!(".{name}.{}", std::process::id()));
     let (src, mut cmd) = match name {
         "c-zdtm" | "c-zdtm-static" | "c-threads" | "c-socket" | "c-bigheap" | "c-lazy"
-        | "c-fidelity" | "c-tree" | "c-mapped" | "c-altstack" => {
+        | "c-fidelity" | "c-tree" | "c-mapped" | "c-altstack" | "c-exewatch" => {
             let base = name.trim_start_matches("c-").trim_end_matches("-static");
             let src = progs.join(format!("{base}.c"));
             let mut c = Command::new("cc");
