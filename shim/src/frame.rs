@@ -390,8 +390,9 @@ impl Area {
     /// Mapped before the program's mlockall(MCL_FUTURE) and MDWE are back
     /// (so neither applies to it); `None` where the kernel refuses it
     /// (RLIMIT_AS, the mapping limit), or it lands in the window. Room
-    /// for five calls (the executable's), one per thread, the release's,
-    /// its own unmapping, and the struct.
+    /// for the executable's three calls, one per thread, the release's
+    /// and its own unmapping (a frame takes at most 598 bytes; two to
+    /// spare), the release word, and 1 KiB for the struct.
     pub fn map(threads: usize) -> Option<Area> {
         let len = ((7 + threads) * CHAIN_FRAME + 1024).next_multiple_of(crate::PG);
         let at = mmap(

@@ -54,8 +54,8 @@ fn late_map(img: &Image, exe_fd: u32) -> PrctlMmMap {
 pub fn write_late(img: &Image, exe_fd: u32, top: usize) -> (usize, usize) {
     let at = (top - size_of::<PrctlMmMap>()) & !63;
     // SAFETY: [at, top) lies in the chain's mapping, writable, below the
-    // frames written there (frame::finish_without_tracer keeps 16 KiB for
-    // three frames and this); PrctlMmMap is plain data.
+    // frames written there (`frame::Area::map` sizes it for every frame
+    // of the chain and 1 KiB more for this); PrctlMmMap is plain data.
     unsafe { core::ptr::write_unaligned(at as *mut PrctlMmMap, late_map(img, exe_fd)) };
     (at, size_of::<PrctlMmMap>())
 }

@@ -20,15 +20,18 @@ use cryo_image::Image;
 /// again, and a packed restorer's search for its second name). Only where
 /// nothing can make that last call fail where the shim could not tell,
 /// and nothing of the program can run before it:
-/// - one process of one thread finishing alone (not lazily, not in a
-///   tree): another thread can be let go early (a futex wait restarted
-///   after a stop finds its word set) and would find the restorer its
-///   executable and the fd open, 9 runs in 60 under STOP/CONT (a review);
+/// - one process finishing alone (not lazily, not in a tree); its other
+///   threads go on only after the chain's last calls (the chain sets and
+///   wakes their own wait words: before, a wait restarted after a stop
+///   went on early and found the restorer its executable and the fd
+///   open, 9 runs in 60 under STOP/CONT, a review);
 /// - no mapping of the program's of the shim's own file (the chain's
 ///   PR_SET_MM_MAP would meet the EBUSY `mm::check_late` takes for the
 ///   shim's: a review, `maps_own_file`);
-/// - room for the chain's mapping and the fallback's copy within the
-///   program's own limits (`room_for_more`);
+/// - room for the fallback's copy within the program's own limits
+///   (`room_for_more`; the chain's mapping, `frame::Area`, is made before
+///   the program's mlockall and MDWE, and refused here it fails the
+///   restore);
 /// - no seccomp filter and no strict mode (the chain's prctl and close
 ///   must be allowed);
 /// - no POSIX lock (closing the executable's fd in the chain would drop
@@ -104,14 +107,16 @@ pub fn exe_in_chain(img: &Image, a: &Args, files: &Files, exe_fd: u32, lazy: boo
 }
 
 /// Whether the program's own limits leave room for what the finishing
-/// chain and its fallback make once the program's state is set: a 16
-/// KiB mapping for the chain's frames, a 244 KiB copy of the shim, its
-/// code made writable and executable (a review: each failed, status 125,
-/// where the old way restored). Not under memory-deny-write-execute (the
-/// copy's RWX mapping is refused), nor with mlockall(MCL_FUTURE) set (both
-/// would be locked, against RLIMIT_MEMLOCK), nor under a finite
-/// RLIMIT_AS (the chain's mapping is a new peak of address space), nor
-/// near the kernel's 65 530 mappings.
+/// chain and its fallback make: a mapping for the chain's frames (made
+/// before the program's mlockall and MDWE are back, but under its
+/// rlimits), and, once the program's state is set, a 244 KiB copy of
+/// the shim, its code made writable and executable (a review: each
+/// failed, status 125, where the old way restored, when both were made
+/// last). Not under memory-deny-write-execute (the copy's RWX mapping is
+/// refused), nor with mlockall(MCL_FUTURE) set (the copy would be
+/// locked, against RLIMIT_MEMLOCK), nor under a finite RLIMIT_AS (either
+/// is a new peak of address space), nor near the kernel's 65 530
+/// mappings.
 fn room_for_more(img: &Image) -> bool {
     const RLIMIT_AS: u32 = 9;
     let task_ok = img
