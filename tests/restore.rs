@@ -409,6 +409,62 @@ fn threads_resume_only_once_the_restore_is_done_even_when_stopped_meanwhile() {
     }
 }
 
+/// A threaded process restored stopped (`--keep-stopped`) has run none
+/// of its code when it stops: c-exewatch's busy threads count their
+/// looks, and the count in the restored, stopped process is the count
+/// captured; continued, it passes its own checks (exe, window, stacks).
+/// (A review: the tracer's FUTEX_WAKE_OP for each thread's own word also
+/// woke one thread waiting for its release, even asked to wake none
+/// there, and they ran until the stop: 5 restores of 5.)
+#[test]
+fn a_threaded_process_restored_stopped_has_run_none_of_its_code() {
+    use std::os::unix::fs::FileExt;
+    let count = |pid: i32, at: u64| {
+        let mut b = [0u8; 8];
+        std::fs::File::open(format!("/proc/{pid}/mem"))
+            .and_then(|f| f.read_exact_at(&mut b, at))
+            .unwrap_or_else(|e| panic!("reading the count of {pid}: {e}"));
+        u64::from_ne_bytes(b)
+    };
+    let mut cmd = Command::new(program("c-exewatch"));
+    cmd.args(["stop", "4"]);
+    let mut t = Target::spawn(cmd, "c-exewatch");
+    let line = t.line(Duration::from_secs(10)).expect("LOOKS line");
+    let at = line
+        .strip_prefix("LOOKS 0x")
+        .and_then(|a| u64::from_str_radix(a, 16).ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    t.wait_stopped();
+    let captured = count(t.pid, at);
+    assert!(captured > 0, "no look before the capture");
+    let img = scratch("exewatch-stopped").join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "capture: {err}");
+    t.finish();
+    for round in 0..5 {
+        let r = Restored::start(&img, &["--keep-stopped"]);
+        wait_for(
+            "the restored process to stop",
+            Duration::from_secs(10),
+            || state(r.pid) == Some('T'),
+        );
+        assert_eq!(count(r.pid, at), captured, "round {round}: threads ran");
+        // SAFETY: kill takes integers.
+        unsafe { libc::kill(r.pid, libc::SIGCONT) };
+        let (code, out, err) = r.finish();
+        assert_eq!(
+            (code, last_line(&out)),
+            (0, "PASS"),
+            "round {round}: {out}{err}"
+        );
+    }
+}
+
 /// Without the shim's hard-linked alias, the shim copies itself into
 /// anonymous memory instead (the fallback of remap_self): the restored
 /// program still checks that no trace of cryo is left and that

@@ -69,7 +69,7 @@ enum TracerError {
     Munmap(i64),
     #[error("waking the restored threads failed: errno {0}")]
     Wake(i64),
-    #[error("reading the restored threads' wait words: {0}")]
+    #[error("reading or writing the restored threads' wait words: {0}")]
     OwnWords(io::Error),
     #[error("closing the tree's second round in the restored process failed: errno {0}")]
     RoundClose(i64),
@@ -640,20 +640,31 @@ fn finish(
     // wait restarted on a word set earlier went on at once, and such a
     // thread ran with the window mapped (2 restores in 30 under a storm
     // of SIGSTOP/SIGCONT).
+    // The first word of each FUTEX_WAKE_OP is one nobody waits on
+    // (`release` + 4): the kernel wakes one waiter there even when asked
+    // for none (a review: each call let one thread go early). With the
+    // process to stay stopped, the words are only written: a thread
+    // waiting on its own word since a stop sleeps on until the SIGSTOP
+    // below interrupts it, and runs only after SIGCONT (a review: woken,
+    // threads of a process restored stopped ran meanwhile).
     let release = at_stop.r9;
     let mut after = after;
-    for &word in &own_words {
-        const SET_1_IF_0: u64 = 1 << 12;
-        let wake_op = (libc::FUTEX_WAKE_OP | libc::FUTEX_PRIVATE_FLAG) as u64;
-        after = syscall_in(
-            w,
-            &after,
-            (gadget, frame_sp),
-            libc::SYS_futex,
-            &[release, wake_op, 0, i32::MAX as u64, word, SET_1_IF_0],
-        )?;
-        if (after.rax as i64) < 0 {
-            return Err(TracerError::Wake(-(after.rax as i64)));
+    if stop.is_some() {
+        set_own_words(pid, &own_words)?;
+    } else {
+        for &word in &own_words {
+            const SET_1_IF_0: u64 = 1 << 12;
+            let wake_op = (libc::FUTEX_WAKE_OP | libc::FUTEX_PRIVATE_FLAG) as u64;
+            after = syscall_in(
+                w,
+                &after,
+                (gadget, frame_sp),
+                libc::SYS_futex,
+                &[release + 4, wake_op, 0, i32::MAX as u64, word, SET_1_IF_0],
+            )?;
+            if (after.rax as i64) < 0 {
+                return Err(TracerError::Wake(-(after.rax as i64)));
+            }
         }
     }
     if release != 0 && stop.is_none() {
@@ -711,6 +722,24 @@ fn own_words(pid: i32, table: u64, n: u64) -> Result<Vec<u64>, TracerError> {
             .collect())
     };
     read().map_err(TracerError::OwnWords)
+}
+
+/// Write 1 to each of `pid`'s own wait words (u32), through its memory.
+fn set_own_words(pid: i32, words: &[u64]) -> Result<(), TracerError> {
+    use std::os::unix::fs::FileExt;
+    if words.is_empty() {
+        return Ok(());
+    }
+    let write = || -> io::Result<()> {
+        let mem = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))?;
+        for &w in words {
+            mem.write_all_at(&1u32.to_ne_bytes(), w)?;
+        }
+        Ok(())
+    };
+    write().map_err(TracerError::OwnWords)
 }
 
 /// Until process `pid` has taken the stop signal `sig` queued to it (no

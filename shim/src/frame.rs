@@ -521,13 +521,18 @@ pub fn finish_without_tracer(
             if let Some((word, n)) = release {
                 chain(wake(word), &mut t, &mut next);
                 // FUTEX_OP_SET 1 on the own word, then wake its waiters
-                // if it was 0 (FUTEX_OP_CMP_EQ 0); none on `word`.
+                // if it was 0 (FUTEX_OP_CMP_EQ 0). The first word it
+                // wakes at is one nobody waits on (`word` + 4): the kernel
+                // wakes one waiter there even when asked for none (a
+                // review: with `word` there, each call let one thread go
+                // before its own word was set, and the store landed in
+                // that running thread's stack, 5 restores in 10).
                 const SET_1_IF_0: usize = 1 << 12;
                 for i in 0..n {
                     chain(
                         [
                             SYS_FUTEX,
-                            word,
+                            word + 4,
                             FUTEX_WAKE_OP_PRIVATE,
                             0,
                             i32::MAX as usize,

@@ -1,11 +1,14 @@
 /* Threads that look, each time round a busy loop, at what a restore must
  * have finished before any code of the program runs again: the
- * process's executable (/proc/self/exe names this program) and the
- * restorer's window (no mapping left at 0x3f0000000000).
+ * process's executable (/proc/self/exe names this program), the
+ * restorer's window (no mapping left at 0x3f0000000000), and their own
+ * stacks (8 KiB below the loop, filled and read back: nothing else may
+ * write there once they run). They count their looks.
  *
  *   exewatch stop [THREADS]
  *
- * Starts THREADS (default 4) busy threads, prints "READY <pid>" and stops
+ * Starts THREADS (default 4) busy threads, prints "READY <pid>" and
+ * "LOOKS <address of the count>", and stops
  * itself (SIGSTOP: the capture point). Once continued it lets them look
  * for another 50 ms, stops them and prints "PASS" or one line
  * "FAIL thread N: ..." per thread that saw a restore unfinished, exit 1.
@@ -32,10 +35,24 @@ static atomic_int stop_all;
 static atomic_ulong looks;
 static char seen[MAXT][PATH_MAX + 64];
 
+/* 8 KiB of this thread's stack below its loop filled and read back:
+ * whatever a restore writes below a thread's frame once the thread runs
+ * is seen here. The first byte that changed (its offset + 1), or 0. */
+static __attribute__((noinline)) int deep(void) {
+    volatile unsigned char buf[8192];
+    for (int k = 0; k < (int)sizeof buf; k++) buf[k] = 0xa5;
+    for (int k = 0; k < (int)sizeof buf; k++)
+        if (buf[k] != 0xa5) return k + 1;
+    return 0;
+}
+
 static void *watch(void *arg) {
     long i = (long)arg;
     char now[PATH_MAX];
     while (!atomic_load(&stop_all)) {
+        int off = deep();
+        if (off && !seen[i][0])
+            snprintf(seen[i], sizeof seen[i], "its stack changed under it, %d bytes into 8 KiB", off - 1);
         ssize_t n = readlink("/proc/self/exe", now, sizeof now - 1);
         now[n < 0 ? 0 : n] = 0;
         /* msync fails (ENOMEM) where nothing is mapped. */
@@ -60,7 +77,7 @@ int main(int argc, char **argv) {
     exe[n] = 0;
     pthread_t th[MAXT];
     for (long i = 0; i < nt; i++) pthread_create(&th[i], NULL, watch, (void *)i);
-    printf("READY %d\n", getpid());
+    printf("READY %d\nLOOKS %p\n", getpid(), (void *)&looks);
     fflush(stdout);
     raise(SIGSTOP);
     struct timespec d = {0, 50 * 1000 * 1000};
