@@ -409,6 +409,35 @@ fn threads_resume_only_once_the_restore_is_done_even_when_stopped_meanwhile() {
     }
 }
 
+/// Threads that set one sigaltstack between them (none on it) restore:
+/// each thread's frame and wait word went to the top of its sigaltstack,
+/// where two threads' overwrote each other (a review: the program died
+/// of SIGSEGV or SIGBUS on every restore; stop 42's build refused it
+/// with "gathering thread 1: futex errno 11"). A sigaltstack another
+/// thread has too is not used for that (`Image::frame_alt`).
+#[test]
+fn threads_sharing_one_sigaltstack_restore() {
+    let img = capture_killed(
+        "c-exewatch",
+        &["stop", "4", "shared-altstack"],
+        "stop",
+        "exewatch-shared-alt",
+    );
+    for mode in [&[][..], &["--use-tracer"][..], &["--map"][..]] {
+        let (code, out, err) = Restored::start(&img, mode).finish();
+        assert_eq!((code, last_line(&out)), (0, "PASS"), "{mode:?}: {out}{err}");
+    }
+    let exe = img.with_file_name("shared-alt.restored");
+    pack_to(&img, &exe);
+    let o = run_packed(&exe);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        (o.status.code(), last_line(&out)),
+        (Some(0), "PASS"),
+        "{out}"
+    );
+}
+
 /// A threaded process restored stopped (`--keep-stopped`) has run none
 /// of its code when it stops: c-exewatch's busy threads count their
 /// looks, and the count in the restored, stopped process is the count

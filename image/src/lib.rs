@@ -156,7 +156,8 @@ pub const XCR0_TILEDATA: u64 = 1 << 18;
 /// down from): where the kernel would put a handler's frame for a
 /// handler that runs on the alternate stack. On the thread's sigaltstack,
 /// at its top, if one is set, large enough and the thread is not on it
-/// already; else below the red zone under the stack pointer. Not
+/// already (and no other thread has it: `alt` comes from
+/// `Image::frame_alt`); else below the red zone under the stack pointer. Not
 /// simply the stack: Go runs goroutines on stacks of 2 KiB in its heap,
 /// and a 3 KiB frame written below one overwrote the next goroutine's
 /// stack (a restored Go program crashed: "unexpected return pc ... from

@@ -14,9 +14,8 @@ use cryo_image::{Image, Regs};
 /// [`write`]).
 pub fn build(img: &Image) -> usize {
     let p = img.process();
-    let alt = (p.sigaltstack_sp, p.sigaltstack_size, p.sigaltstack_flags);
     write(
-        cryo_image::frame_top(p.regs.rsp, alt, p.xsave_size) as usize,
+        cryo_image::frame_top(p.regs.rsp, img.frame_alt(0), p.xsave_size) as usize,
         &resume_regs(&p.regs, &p.raw_regs, p.sig_blocked),
         Some((img.xsave(), p.xcr0, tiles(img))),
         p.sig_blocked,

@@ -854,8 +854,7 @@ fn finish<'a>(
             Some(ar) => ar.release_word(),
             None => frame::release_word(frame_sp),
         };
-        // (Finishing through the tracer, it sets and wakes them.)
-        threads::gather(nthreads, word, alone && area.is_none());
+        threads::gather(nthreads, word);
         (word, nthreads)
     });
     ph.mark(on);
@@ -894,6 +893,9 @@ fn finish<'a>(
         let exe = late_exe.then_some(exe_fd);
         if late_exe {
             mm::check_late(img, exe_fd);
+        }
+        if let (None, Some((_, n))) = (&area, release) {
+            threads::set_own_words(n);
         }
         frame::finish_without_tracer(img, frame_sp, release, strict, exe, area);
     }

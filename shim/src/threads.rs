@@ -277,7 +277,7 @@ fn thread_main(img: &Image, index: usize, handoff_flags: u64) -> ! {
         }
     }
     // Its frame, its wait word below it, and out of the shim.
-    let alt = (t.sigaltstack_sp, t.sigaltstack_size, t.sigaltstack_flags);
+    let alt = img.frame_alt(index + 1);
     let frame_sp = crate::frame::write(
         cryo_image::frame_top(r.rsp, alt, img.process().xsave_size) as usize,
         &r,
@@ -390,11 +390,10 @@ fn sched(img: &Image, t: &Thread) {
 /// the release word `release` (a futex word the caller placed in the
 /// finishing chain's mapping, or on the main thread's stack below its
 /// frame). A wait restarted after a stop (SIGSTOP, then SIGCONT) waits on
-/// the thread's own word again: `set_own` sets each now (and wakes such a
-/// wait), so that it does not sleep for ever (but such a thread then goes
-/// on before the window is gone); without it the finishing chain sets
-/// and wakes each, in its last calls ([`own_word`]).
-pub fn gather(n: usize, release: usize, set_own: bool) {
+/// the thread's own word again: the finishing chain (or the tracer) sets
+/// and wakes each, in its last calls; without the chain's mapping,
+/// [`set_own_words`] does, just before the chain.
+pub fn gather(n: usize, release: usize) {
     loop {
         let v = READY.load(Ordering::Acquire);
         if v as usize >= n {
@@ -427,22 +426,29 @@ pub fn gather(n: usize, release: usize, set_own: bool) {
             // instructions away.
             syscall3(SYS_SCHED_YIELD, 0, 0, 0);
         }
-        if set_own {
-            // And woken: its wait may have been restarted there since it
-            // was moved, before the word was set (a restore under a
-            // storm of SIGSTOP/SIGCONT then left a thread asleep for
-            // ever, and the program hung).
-            poke_u32(word, 1);
-            syscall6(
-                SYS_FUTEX,
-                word,
-                FUTEX_WAKE_PRIVATE,
-                i32::MAX as usize,
-                0,
-                0,
-                0,
-            );
-        }
+    }
+}
+
+/// Without the chain's mapping: each of the `n` threads' own words set
+/// and woken, so that a wait restarted there after a stop does not sleep
+/// for ever (a restore under a storm of SIGSTOP/SIGCONT hung once in 30
+/// when the word was set without a wake). Such a thread goes on at once,
+/// before the window is gone: so as late as can be, once every seccomp
+/// filter is in (a review: done in `gather`, such a thread ran without
+/// the program's filter, 3 restores in 60 under the storm).
+pub fn set_own_words(n: usize) {
+    for i in 0..n {
+        let word = own_word(i);
+        poke_u32(word, 1);
+        syscall6(
+            SYS_FUTEX,
+            word,
+            FUTEX_WAKE_PRIVATE,
+            i32::MAX as usize,
+            0,
+            0,
+            0,
+        );
     }
 }
 

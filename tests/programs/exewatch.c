@@ -5,7 +5,10 @@
  * stacks (8 KiB below the loop, filled and read back: nothing else may
  * write there once they run). They count their looks.
  *
- *   exewatch stop [THREADS]
+ *   exewatch stop [THREADS [shared-altstack]]
+ *
+ * With shared-altstack every thread sets the same sigaltstack (legal
+ * while no two take a signal on it at once).
  *
  * Starts THREADS (default 4) busy threads, prints "READY <pid>" and
  * "LOOKS <address of the count>", and stops
@@ -46,9 +49,15 @@ static __attribute__((noinline)) int deep(void) {
     return 0;
 }
 
+static char *shared_alt;
+
 static void *watch(void *arg) {
     long i = (long)arg;
     char now[PATH_MAX];
+    if (shared_alt) {
+        stack_t ss = {.ss_sp = shared_alt, .ss_size = 65536};
+        sigaltstack(&ss, NULL);
+    }
     while (!atomic_load(&stop_all)) {
         int off = deep();
         if (off && !seen[i][0])
@@ -72,6 +81,7 @@ int main(int argc, char **argv) {
     }
     int nt = argc > 2 ? atoi(argv[2]) : 4;
     if (nt < 1 || nt > MAXT) return 2;
+    if (argc > 3 && strcmp(argv[3], "shared-altstack") == 0) shared_alt = malloc(65536);
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n < 0) return 2;
     exe[n] = 0;

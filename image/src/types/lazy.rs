@@ -1,7 +1,7 @@
 //! The rules a lazy restore follows, shared by the shim (which maps and
 //! registers) and the page server (which serves): both must agree exactly.
 
-use super::{vma_flags, vma_kind, Process, Vma, PAGE_SIZE};
+use super::{vma_flags, vma_kind, Vma, PAGE_SIZE};
 
 /// Pages within this distance below the captured stack pointer (and the
 /// page holding it) are filled eagerly: the shim builds the signal frame
@@ -41,28 +41,24 @@ pub fn eager_window_of(rsp: u64, alt: (u64, u64, u32), xsave: u32) -> (u64, u64)
 }
 
 /// The main thread's eager window.
-pub fn eager_window(p: &Process) -> (u64, u64) {
-    eager_window_of(
-        p.regs.rsp,
-        (p.sigaltstack_sp, p.sigaltstack_size, p.sigaltstack_flags),
-        p.xsave_size,
-    )
+pub fn eager_window(img: &crate::Image) -> (u64, u64) {
+    let p = img.process();
+    eager_window_of(p.regs.rsp, img.frame_alt(0), p.xsave_size)
 }
 
 /// Every thread's eager window (the main thread's first): the shim
 /// builds each thread's signal frame there, so it fills them all,
 /// pages without data too, before the page server starts.
-pub fn eager_windows<'a>(img: &crate::Image<'a>) -> impl Iterator<Item = (u64, u64)> + 'a {
+pub fn eager_windows<'a>(img: &'a crate::Image<'a>) -> impl Iterator<Item = (u64, u64)> + 'a {
     let p = img.process();
-    let main = eager_window(&p);
+    let main = eager_window(img);
     let xsave = p.xsave_size;
-    core::iter::once(main).chain(img.threads().iter().map(move |t| {
-        eager_window_of(
-            t.regs.rsp,
-            (t.sigaltstack_sp, t.sigaltstack_size, t.sigaltstack_flags),
-            xsave,
-        )
-    }))
+    core::iter::once(main).chain(
+        img.threads()
+            .iter()
+            .enumerate()
+            .map(move |(i, t)| eager_window_of(t.regs.rsp, img.frame_alt(i + 1), xsave)),
+    )
 }
 
 /// The part of [start, end) the eager windows cover, as one range
