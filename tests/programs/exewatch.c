@@ -21,6 +21,7 @@
 #define _GNU_SOURCE
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -36,6 +37,7 @@
 static char exe[PATH_MAX];
 static atomic_int stop_all;
 static atomic_ulong looks;
+static atomic_int started;
 static char seen[MAXT][PATH_MAX + 64];
 
 /* 8 KiB of this thread's stack below its loop filled and read back:
@@ -54,6 +56,7 @@ static char *shared_alt;
 static void *watch(void *arg) {
     long i = (long)arg;
     char now[PATH_MAX];
+    int seen_once = 0;
     if (shared_alt) {
         stack_t ss = {.ss_sp = shared_alt, .ss_size = 65536};
         sigaltstack(&ss, NULL);
@@ -70,6 +73,10 @@ static void *watch(void *arg) {
             snprintf(seen[i], sizeof seen[i], "exe %s%s", now,
                      window ? ", the restorer's window mapped" : "");
         atomic_fetch_add(&looks, 1);
+        if (!seen_once) {
+            seen_once = 1;
+            atomic_fetch_add(&started, 1);
+        }
     }
     return NULL;
 }
@@ -87,6 +94,9 @@ int main(int argc, char **argv) {
     exe[n] = 0;
     pthread_t th[MAXT];
     for (long i = 0; i < nt; i++) pthread_create(&th[i], NULL, watch, (void *)i);
+    /* Every thread has looked once before the capture point (under load
+     * some had not run yet, and the count was 0 at the stop). */
+    while (atomic_load(&started) < nt) sched_yield();
     printf("READY %d\nLOOKS %p\n", getpid(), (void *)&looks);
     fflush(stdout);
     raise(SIGSTOP);
