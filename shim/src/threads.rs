@@ -19,11 +19,12 @@
 //! after the window is unmapped (see `frame::finish_*`), so every thread
 //! resumes together, each exactly as captured. A thread whose wait is
 //! restarted after a stop (SIGSTOP, then SIGCONT) waits on its own word
-//! again: the finishing chain sets and wakes each thread's own word just
-//! before the release word, so that such a thread, too, goes on only
-//! once the window is gone and the executable named (without the
-//! chain's mapping, `gather` sets and wakes them, and such a thread can
-//! run before the window is gone; a fork then would copy it).
+//! again: the finishing chain (or the tracer) sets and wakes each
+//! thread's own word just before the release word, so that such a
+//! thread, too, goes on only once the window is gone and the executable
+//! named (without the chain's mapping, [`set_own_words`] sets and wakes
+//! them just before the chain, and such a thread can run before the
+//! window is gone; a fork then would copy it).
 
 use crate::mem::*;
 use crate::sys::*;
