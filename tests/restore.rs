@@ -467,13 +467,7 @@ fn a_threaded_process_restored_stopped_has_run_none_of_its_code() {
     let captured = count(t.pid, at);
     assert!(captured > 0, "no look before the capture");
     let img = scratch("exewatch-stopped").join("img");
-    let (code, _, err) = cryo_cmd(&[
-        "capture",
-        "--kill",
-        &t.pid.to_string(),
-        img.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "capture: {err}");
+    support::capture_killed(t.pid, &img, &[]);
     t.finish();
     for round in 0..5 {
         let r = Restored::start(&img, &["--keep-stopped"]);
