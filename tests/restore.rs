@@ -355,13 +355,63 @@ fn frames_stay_on_a_small_stack_the_program_stopped_on() {
 #[test]
 fn threads_resume_only_once_the_restore_is_done_even_when_stopped_meanwhile() {
     let img = capture_killed("c-exewatch", &["stop", "4"], "stop", "exewatch");
+    restores_under_a_storm(&img, 25);
+}
+
+/// The same with a seccomp filter for every thread, which is back before
+/// the threads' release: each thread also checks, on every turn, that
+/// its filter holds (getppid fails). Before capture checked the filters
+/// against the finishing chain's calls, the shim released such threads
+/// from the program's stack instead, and a thread restarted by the storm
+/// ran while the restorer's window was still mapped (4 restores in 60).
+#[test]
+fn threads_with_seccomp_filters_resume_only_once_the_restore_is_done() {
+    let img = capture_killed(
+        "c-exewatch",
+        &["stop", "4", "seccomp"],
+        "stop",
+        "exewatch-seccomp",
+    );
+    restores_under_a_storm(&img, 25);
+}
+
+/// A seccomp filter that would fail the finishing chain's FUTEX_WAKE_OP
+/// (each thread's own word set and woken) is refused by name at capture,
+/// and the process goes on as it was.
+#[test]
+fn a_seccomp_filter_that_stops_the_threads_release_is_refused() {
+    let mut cmd = Command::new(program("c-exewatch"));
+    cmd.args(["stop", "2", "seccomp-no-wake-op"]);
+    let t = Target::spawn(cmd, "c-exewatch");
+    t.wait_stopped();
+    let pid = t.pid.to_string();
+    let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &pid]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("its seccomp filters would stop the restore's own last system calls (futex(FUTEX_WAKE_OP) that sets each thread's own wait word: ERRNO(38))"),
+        "{out}"
+    );
+    let img = scratch("exewatch-no-wake-op").join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &pid, img.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!img.exists(), "nothing written");
+    assert_eq!(state(t.pid), Some('T'), "left stopped, as it was");
+    t.cont();
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, "PASS"), "{err}");
+}
+
+/// `rounds` rounds of c-exewatch's image restored packed, by `cryo
+/// restore` and through the tracer, each under a storm of SIGSTOP and
+/// SIGCONT; each must end with PASS, none hang.
+fn restores_under_a_storm(img: &Path, rounds: usize) {
     let exe = img.with_file_name("exewatch.restored");
-    pack_to(&img, &exe);
+    pack_to(img, &exe);
     let out = img.with_file_name("out");
-    for round in 0..25 {
+    for round in 0..rounds {
         let restore = |extra: &[&str]| {
             let mut c = Command::new(cryo());
-            c.arg("restore").args(extra).arg(&img);
+            c.arg("restore").args(extra).arg(img);
             c
         };
         for (what, mut cmd) in [

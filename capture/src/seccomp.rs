@@ -192,6 +192,9 @@ const SECCOMP_SET_MODE_FILTER: u64 = 1;
 const SECCOMP_FILTER_FLAG_TSYNC: u64 = 1;
 const FUTEX_WAKE_PRIVATE: u64 = 129;
 const FUTEX_WAIT_PRIVATE: u64 = 128;
+const FUTEX_WAKE_OP_PRIVATE: u64 = 5 | 128;
+/// FUTEX_OP_SET 1, if the word was 0 (FUTEX_OP_CMP_EQ 0).
+const FUTEX_OP_SET_1_IF_0: u64 = 1 << 12;
 
 /// What the restore could not do with one thread's chain: actions it
 /// cannot make again, and the calls made once it is installed: each
@@ -256,8 +259,10 @@ fn check(who: &str, filters: &[Filter], tsync: bool, last: &[(String, Data)], ob
     }
 }
 
-/// The main thread's last calls: the window's munmap, the other threads'
-/// wake-up, rt_sigreturn (from the program's gadgets).
+/// The main thread's last calls: the window's munmap; with threads, the
+/// finishing chain's (each thread's own word set and woken, the release
+/// word woken, the chain's own mapping unmapped: `frame::Area` in the
+/// shim); rt_sigreturn (from the program's gadgets).
 fn main_calls(pid: i32, g: &Gadgets, threads: bool) -> Vec<(String, Data)> {
     let after_syscall = g.syscall_ret + 2;
     let mut v = vec![(
@@ -276,6 +281,24 @@ fn main_calls(pid: i32, g: &Gadgets, threads: bool) -> Vec<(String, Data)> {
         ),
     )];
     if threads {
+        // The addresses the restore picks (the release word, each
+        // thread's own word, the chain's own mapping) are not known
+        // here: 0 stands in for them.
+        v.push((
+            "futex(FUTEX_WAKE_OP) that sets each thread's own wait word".to_owned(),
+            Data::new(
+                SYS_FUTEX,
+                after_syscall,
+                [
+                    0,
+                    FUTEX_WAKE_OP_PRIVATE,
+                    0,
+                    i32::MAX as u64,
+                    0,
+                    FUTEX_OP_SET_1_IF_0,
+                ],
+            ),
+        ));
         v.push((
             "futex(FUTEX_WAKE_PRIVATE) of the other threads".to_owned(),
             Data::new(
@@ -283,6 +306,10 @@ fn main_calls(pid: i32, g: &Gadgets, threads: bool) -> Vec<(String, Data)> {
                 after_syscall,
                 [0, FUTEX_WAKE_PRIVATE, i32::MAX as u64, 0, 0, 0],
             ),
+        ));
+        v.push((
+            "munmap of the finishing chain's own mapping".to_owned(),
+            Data::new(SYS_MUNMAP, after_syscall, [0; 6]),
         ));
     }
     v.push((

@@ -803,11 +803,12 @@ fn finish<'a>(
     //     then the timers (which may name a thread).
     // The finishing chain's own mapping, before the program's mlockall and
     // MDWE (`frame::Area`): where the shim finishes alone, naming the
-    // executable there, or with threads (their own wait words set there:
-    // unless seccomp filters are back by then, which capture checked
-    // for the chain's calls without it).
+    // executable there, or with threads (their own wait words set there).
+    // With seccomp filters, which are back by then, only in an image whose
+    // capture checked them against the chain's calls (format 11.12 on).
     let alone = a.flags & flags::SELF_UNMAP != 0;
-    let area = if alone && (late_exe || (!img.threads().is_empty() && img.seccomp().is_empty())) {
+    let chain_checked = img.seccomp().is_empty() || img.header.minor >= 12;
+    let area = if alone && (late_exe || (!img.threads().is_empty() && chain_checked)) {
         frame::Area::map(img.threads().len())
     } else {
         None

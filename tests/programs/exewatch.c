@@ -5,10 +5,15 @@
  * stacks (8 KiB below the loop, filled and read back: nothing else may
  * write there once they run). They count their looks.
  *
- *   exewatch stop [THREADS [shared-altstack]]
+ *   exewatch stop [THREADS [shared-altstack|seccomp|seccomp-no-wake-op]]
  *
  * With shared-altstack every thread sets the same sigaltstack (legal
- * while no two take a signal on it at once).
+ * while no two take a signal on it at once). With seccomp, once every
+ * thread runs, a filter for all of them (SECCOMP_FILTER_FLAG_TSYNC) makes
+ * getppid fail with EPERM, and each look checks that it still does (a
+ * restore must finish its threads' release with the filter back);
+ * seccomp-no-wake-op also makes futex(FUTEX_WAKE_OP) fail, which a
+ * restore needs (capture refuses it, naming the call).
  *
  * Starts THREADS (default 4) busy threads, prints "READY <pid>" and
  * "LOOKS <address of the count>", and stops
@@ -19,7 +24,12 @@
  * wait was restarted run before the restorer had named the executable
  * (a review: 9 restores in 60). */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <limits.h>
+#include <linux/filter.h>
+#include <linux/futex.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -28,6 +38,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,6 +64,26 @@ static __attribute__((noinline)) int deep(void) {
 }
 
 static char *shared_alt;
+static atomic_int filtered;
+
+/* getppid fails with EPERM; with no_wake_op, futex(FUTEX_WAKE_OP) with
+ * ENOSYS; everything else is allowed. For every thread (TSYNC). */
+static int install_filter(int no_wake_op) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_getppid, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_futex, 0, 4),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
+        BPF_STMT(BPF_ALU | BPF_AND | BPF_K, FUTEX_CMD_MASK),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, no_wake_op ? FUTEX_WAKE_OP : 0xffff, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {.len = sizeof f / sizeof f[0], .filter = f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
+    return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) == 0 ? 0 : -1;
+}
 
 static void *watch(void *arg) {
     long i = (long)arg;
@@ -72,6 +104,8 @@ static void *watch(void *arg) {
         if (!seen[i][0] && (strcmp(now, exe) != 0 || window))
             snprintf(seen[i], sizeof seen[i], "exe %s%s", now,
                      window ? ", the restorer's window mapped" : "");
+        if (atomic_load(&filtered) && !seen[i][0] && !(syscall(SYS_getppid) == -1 && errno == EPERM))
+            snprintf(seen[i], sizeof seen[i], "it ran without its seccomp filter");
         atomic_fetch_add(&looks, 1);
         if (!seen_once) {
             seen_once = 1;
@@ -88,7 +122,8 @@ int main(int argc, char **argv) {
     }
     int nt = argc > 2 ? atoi(argv[2]) : 4;
     if (nt < 1 || nt > MAXT) return 2;
-    if (argc > 3 && strcmp(argv[3], "shared-altstack") == 0) shared_alt = malloc(65536);
+    const char *mode = argc > 3 ? argv[3] : "";
+    if (strcmp(mode, "shared-altstack") == 0) shared_alt = malloc(65536);
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n < 0) return 2;
     exe[n] = 0;
@@ -97,6 +132,13 @@ int main(int argc, char **argv) {
     /* Every thread has looked once before the capture point (under load
      * some had not run yet, and the count was 0 at the stop). */
     while (atomic_load(&started) < nt) sched_yield();
+    if (strncmp(mode, "seccomp", 7) == 0) {
+        if (install_filter(strcmp(mode, "seccomp-no-wake-op") == 0) != 0) {
+            perror("seccomp");
+            return 2;
+        }
+        atomic_store(&filtered, 1);
+    }
     printf("READY %d\nLOOKS %p\n", getpid(), (void *)&looks);
     fflush(stdout);
     raise(SIGSTOP);
