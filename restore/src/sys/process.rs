@@ -244,6 +244,11 @@ pub fn setregs(pid: i32, regs: &libc::user_regs_struct) -> io::Result<()> {
     Ok(ptrace::setregs(Pid::from_raw(pid), *regs)?)
 }
 
+/// PTRACE_GETSIGINFO of a tracee in a signal-delivery-stop.
+pub fn getsiginfo(pid: i32) -> io::Result<libc::siginfo_t> {
+    Ok(ptrace::getsiginfo(Pid::from_raw(pid))?)
+}
+
 /// The ptrace requests that resume (or release) a stopped tracee.
 #[derive(Debug, Clone, Copy)]
 pub enum Resume {
