@@ -602,6 +602,79 @@ fn a_threaded_process_restored_stopped_has_run_none_of_its_code() {
     }
 }
 
+/// A threaded process captured stopped by SIGTSTP, which its main thread
+/// blocks (another thread took it), is restored stopped by
+/// `--keep-stopped` and goes on, every thread, once continued. The
+/// restore stopped it with SIGTSTP again, which only the main thread
+/// could take (the others block every signal until released): nobody
+/// took it, the process ran on with its threads waiting for ever. Now
+/// SIGSTOP there. (In a process group of its own, whose parent, this
+/// test, is outside it: the kernel drops SIGTSTP for an orphaned group,
+/// and cryo stops those with SIGSTOP anyway.)
+#[test]
+fn a_process_stopped_by_a_signal_its_main_thread_blocks_restores_stopped() {
+    use std::os::unix::process::CommandExt;
+    let img = capture_killed(
+        "c-exewatch",
+        &["stop", "3", "tstp"],
+        "stop",
+        "exewatch-tstp",
+    );
+    let (_, out, _) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
+    assert!(
+        out.contains("was stopped (SIGTSTP)") && out.contains("blocked SIGTSTP"),
+        "{out}"
+    );
+    sanitize_fds();
+    let mut child = Command::new(cryo())
+        .args(["restore", "--keep-stopped"])
+        .arg(&img)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    // Whatever happens, nothing of it outlives the test (a process left
+    // waiting would hold the test's stderr open).
+    struct KillGroup(i32);
+    impl Drop for KillGroup {
+        fn drop(&mut self) {
+            // SAFETY: kill takes integers: the group this test made.
+            unsafe { libc::kill(-self.0, libc::SIGKILL) };
+        }
+    }
+    let _group = KillGroup(pid);
+    wait_for(
+        "the restored process to stop",
+        Duration::from_secs(10),
+        || state(pid) == Some('T'),
+    );
+    // SAFETY: kill takes integers; our own child, not reaped yet.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("hung: its threads never went on");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!((status.code(), last_line(&out)), (Some(0), "PASS"), "{out}");
+}
+
 /// Without the shim's hard-linked alias, the shim copies itself into
 /// anonymous memory instead (the fallback of remap_self): the restored
 /// program still checks that no trace of cryo is left and that

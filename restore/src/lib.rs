@@ -738,11 +738,20 @@ impl Plan {
         // watchdog) either way, tracing nothing when the shim finishes.
         if self.finish == Finish::Tracer || server.is_some() {
             // A process captured stopped by a job-control signal is
-            // stopped again with that signal.
+            // stopped again with that signal, if its main thread takes
+            // it: the other threads block every signal until they are
+            // released, and a stop nobody takes left the process running
+            // and its threads waiting for ever (SIGTSTP blocked in the
+            // main thread, taken by another at capture). Else SIGSTOP.
             let stop = self.opts.keep_stopped.then(|| {
                 let p = self.image().process();
                 let captured = p.stop_signal as i32;
-                if p.flags & cryo_image::process_flags::WAS_STOPPED != 0 && captured != 0 {
+                let blocked =
+                    (1..=64).contains(&captured) && p.sig_blocked & (1u64 << (captured - 1)) != 0;
+                if p.flags & cryo_image::process_flags::WAS_STOPPED != 0
+                    && captured != 0
+                    && !blocked
+                {
                     captured
                 } else {
                     libc::SIGSTOP

@@ -5,7 +5,7 @@
  * stacks (8 KiB below the loop, filled and read back: nothing else may
  * write there once they run). They count their looks.
  *
- *   exewatch stop [THREADS [shared-altstack|seccomp|seccomp-no-wake-op]]
+ *   exewatch stop [THREADS [shared-altstack|seccomp|seccomp-no-wake-op|tstp]]
  *
  * With shared-altstack every thread sets the same sigaltstack (legal
  * while no two take a signal on it at once). With seccomp, once every
@@ -13,7 +13,10 @@
  * getppid fail with EPERM, and each look checks that it still does (a
  * restore must finish its threads' release with the filter back);
  * seccomp-no-wake-op also makes futex(FUTEX_WAKE_OP) fail, which a
- * restore needs (capture refuses it, naming the call).
+ * restore needs (capture refuses it, naming the call). With tstp the
+ * main thread blocks SIGTSTP and the capture point is a SIGTSTP to the
+ * process, which one of the other threads takes (stopped by SIGTSTP,
+ * its main thread unable to take it).
  *
  * Starts THREADS (default 4) busy threads, prints "READY <pid>" and
  * "LOOKS <address of the count>", and stops
@@ -141,7 +144,15 @@ int main(int argc, char **argv) {
     }
     printf("READY %d\nLOOKS %p\n", getpid(), (void *)&looks);
     fflush(stdout);
-    raise(SIGSTOP);
+    if (strcmp(mode, "tstp") == 0) {
+        sigset_t tstp;
+        sigemptyset(&tstp);
+        sigaddset(&tstp, SIGTSTP);
+        pthread_sigmask(SIG_BLOCK, &tstp, NULL);
+        kill(getpid(), SIGTSTP);
+    } else {
+        raise(SIGSTOP);
+    }
     struct timespec d = {0, 50 * 1000 * 1000};
     nanosleep(&d, NULL);
     atomic_store(&stop_all, 1);
