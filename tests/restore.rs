@@ -614,12 +614,12 @@ fn a_threaded_process_restored_stopped_has_run_none_of_its_code() {
 #[test]
 fn a_process_stopped_by_a_signal_its_main_thread_blocks_restores_stopped() {
     use std::os::unix::process::CommandExt;
-    let img = capture_killed(
-        "c-exewatch",
-        &["stop", "3", "tstp"],
-        "stop",
-        "exewatch-tstp",
-    );
+    // Its own process group for the original too: in an orphaned group
+    // (the test suite's, run without a job-control shell) the kernel
+    // drops SIGTSTP, and it never stopped.
+    let mut cmd = Command::new(program("c-exewatch"));
+    cmd.args(["stop", "3", "tstp"]).process_group(0);
+    let img = capture_cmd(cmd, "c-exewatch", "stop", &scratch("exewatch-tstp"));
     let (_, out, _) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
     assert!(
         out.contains("was stopped (SIGTSTP)") && out.contains("blocked SIGTSTP"),
