@@ -6,15 +6,18 @@
 //! The capture itself injects system calls into a task under seccomp: it
 //! is seized with PTRACE_O_SUSPEND_SECCOMP (`tracee.rs`), so its filters
 //! do not see them. What the restore does after the filters are installed
-//! again (the window's munmap, the threads' wake-up, rt_sigreturn, and for
-//! each filter the install of the next) must pass the filters: capture
-//! runs them on those very calls here, with a classic BPF interpreter of
-//! its own, and refuses a process whose filters would stop them.
+//! again (the window's munmap, the threads' wake-up, rt_sigreturn, and
+//! for each filter the install of the next) must pass the filters:
+//! capture runs them on those very calls here (`cryo_image::bpf`, a
+//! classic BPF interpreter the shim shares: it runs them on its
+//! finishing chain's own calls, whose addresses only it knows), and
+//! refuses a process whose filters would stop them.
 
 use crate::obstacles::Obstacles;
 use crate::sys::ptrace::{self, SockFilter};
 use crate::task::StatusText;
 use crate::tracee::Tracee;
+use cryo_image::bpf::{self, Data, ACTION_FULL, RET_ALLOW, RET_USER_NOTIF};
 use cryo_image::task::{seccomp_flags, SeccompInsn, EVERY_THREAD};
 use cryo_image::Gadgets;
 
@@ -184,6 +187,8 @@ pub struct Captured {
     pub strict: bool,
 }
 
+const BPF_RET: u16 = 0x06;
+const BPF_K: u16 = 0x00;
 const SYS_RT_SIGRETURN: i32 = 15;
 const SYS_MUNMAP: i32 = 11;
 const SYS_FUTEX: i32 = 202;
@@ -192,9 +197,6 @@ const SECCOMP_SET_MODE_FILTER: u64 = 1;
 const SECCOMP_FILTER_FLAG_TSYNC: u64 = 1;
 const FUTEX_WAKE_PRIVATE: u64 = 129;
 const FUTEX_WAIT_PRIVATE: u64 = 128;
-const FUTEX_WAKE_OP_PRIVATE: u64 = 5 | 128;
-/// FUTEX_OP_SET 1, if the word was 0 (FUTEX_OP_CMP_EQ 0).
-const FUTEX_OP_SET_1_IF_0: u64 = 1 << 12;
 
 /// What the restore could not do with one thread's chain: actions it
 /// cannot make again, and the calls made once it is installed: each
@@ -259,10 +261,13 @@ fn check(who: &str, filters: &[Filter], tsync: bool, last: &[(String, Data)], ob
     }
 }
 
-/// The main thread's last calls: the window's munmap; with threads, the
-/// finishing chain's (each thread's own word set and woken, the release
-/// word woken, the chain's own mapping unmapped: `frame::Area` in the
-/// shim); rt_sigreturn (from the program's gadgets).
+/// The main thread's last calls: the window's munmap, the other threads'
+/// wake-up, rt_sigreturn (from the program's gadgets). With threads, the
+/// shim's finishing chain makes more calls from its own mapping (each
+/// thread's own word set and woken, the mapping unmapped: `frame::Area`),
+/// whose addresses only the restore knows: the shim runs the filters on
+/// those itself and, where they would stop one, releases the threads
+/// without them (the calls here).
 fn main_calls(pid: i32, g: &Gadgets, threads: bool) -> Vec<(String, Data)> {
     let after_syscall = g.syscall_ret + 2;
     let mut v = vec![(
@@ -281,24 +286,6 @@ fn main_calls(pid: i32, g: &Gadgets, threads: bool) -> Vec<(String, Data)> {
         ),
     )];
     if threads {
-        // The addresses the restore picks (the release word, each
-        // thread's own word, the chain's own mapping) are not known
-        // here: 0 stands in for them.
-        v.push((
-            "futex(FUTEX_WAKE_OP) that sets each thread's own wait word".to_owned(),
-            Data::new(
-                SYS_FUTEX,
-                after_syscall,
-                [
-                    0,
-                    FUTEX_WAKE_OP_PRIVATE,
-                    0,
-                    i32::MAX as u64,
-                    0,
-                    FUTEX_OP_SET_1_IF_0,
-                ],
-            ),
-        ));
         v.push((
             "futex(FUTEX_WAKE_PRIVATE) of the other threads".to_owned(),
             Data::new(
@@ -306,10 +293,6 @@ fn main_calls(pid: i32, g: &Gadgets, threads: bool) -> Vec<(String, Data)> {
                 after_syscall,
                 [0, FUTEX_WAKE_PRIVATE, i32::MAX as u64, 0, 0, 0],
             ),
-        ));
-        v.push((
-            "munmap of the finishing chain's own mapping".to_owned(),
-            Data::new(SYS_MUNMAP, after_syscall, [0; 6]),
         ));
     }
     v.push((
@@ -362,148 +345,31 @@ fn sigreturn_len(pid: i32, g: &Gadgets) -> u64 {
     cryo_image::gadget::sigreturn_len(&code) as u64
 }
 
-// Classic BPF, as seccomp allows it (kernel/seccomp.c, seccomp_check_filter).
-const BPF_LD: u16 = 0x00;
-const BPF_LDX: u16 = 0x01;
-const BPF_ST: u16 = 0x02;
-const BPF_STX: u16 = 0x03;
-const BPF_ALU: u16 = 0x04;
-const BPF_JMP: u16 = 0x05;
-const BPF_RET: u16 = 0x06;
-const BPF_MISC: u16 = 0x07;
-const BPF_K: u16 = 0x00;
-const BPF_X: u16 = 0x08;
-const BPF_A: u16 = 0x10;
-const ACTION_FULL: u32 = 0xffff_0000;
-const RET_USER_NOTIF: u32 = 0x7fc0_0000;
-const RET_ALLOW: u32 = 0x7fff_0000;
-const RET_LOG: u32 = 0x7ffc_0000;
-const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-
-/// `struct seccomp_data`: what a filter reads.
-pub struct Data([u8; 64]);
-
-impl Data {
-    pub fn new(nr: i32, ip: u64, args: [u64; 6]) -> Data {
-        let mut b = [0u8; 64];
-        b[0..4].copy_from_slice(&nr.to_le_bytes());
-        b[4..8].copy_from_slice(&AUDIT_ARCH_X86_64.to_le_bytes());
-        b[8..16].copy_from_slice(&ip.to_le_bytes());
-        for (i, a) in args.iter().enumerate() {
-            b[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_le_bytes());
-        }
-        Data(b)
-    }
-    fn word(&self, k: u32) -> Option<u32> {
-        let k = k as usize;
-        (k.is_multiple_of(4) && k + 4 <= 64)
-            .then(|| u32::from_le_bytes(self.0[k..k + 4].try_into().unwrap()))
-    }
-}
-
-/// What one filter returns for `d` (the kernel checked the program when
-/// it was installed; anything it would not have run reads as KILL).
+/// What one filter returns for `d`.
 pub fn run(prog: &[SockFilter], d: &Data) -> u32 {
-    const KILL: u32 = 0;
-    let (mut a, mut x) = (0u32, 0u32);
-    let mut mem = [0u32; 16];
-    let mut pc = 0usize;
-    while let Some(i) = prog.get(pc) {
-        pc += 1;
-        let k = i.k;
-        let src = if i.code & BPF_X != 0 { x } else { k };
-        match i.code & 0x07 {
-            BPF_LD | BPF_LDX => {
-                let v = match i.code & 0xe0 {
-                    0x00 => k, // IMM
-                    0x20 if i.code & 0x18 == 0 => match d.word(k) {
-                        // ABS, W
-                        Some(v) => v,
-                        None => return KILL,
-                    },
-                    0x60 => match mem.get(k as usize) {
-                        // MEM
-                        Some(v) => *v,
-                        None => return KILL,
-                    },
-                    0x80 => 64, // LEN
-                    _ => return KILL,
-                };
-                if i.code & 0x07 == BPF_LD {
-                    a = v
-                } else {
-                    x = v
-                }
-            }
-            BPF_ST | BPF_STX => match mem.get_mut(k as usize) {
-                Some(m) => *m = if i.code & 0x07 == BPF_ST { a } else { x },
-                None => return KILL,
-            },
-            BPF_ALU => {
-                a = match i.code & 0xf0 {
-                    0x00 => a.wrapping_add(src),
-                    0x10 => a.wrapping_sub(src),
-                    0x20 => a.wrapping_mul(src),
-                    0x30 if src != 0 => a / src,
-                    0x40 => a | src,
-                    0x50 => a & src,
-                    0x60 => a.checked_shl(src).unwrap_or(0),
-                    0x70 => a.checked_shr(src).unwrap_or(0),
-                    0x80 => a.wrapping_neg(),
-                    0x90 if src != 0 => a % src,
-                    0xa0 => a ^ src,
-                    _ => return KILL,
-                }
-            }
-            BPF_JMP => {
-                let taken = match i.code & 0xf0 {
-                    0x00 => {
-                        pc += k as usize;
-                        continue;
-                    }
-                    0x10 => a == src,
-                    0x20 => a > src,
-                    0x30 => a >= src,
-                    0x40 => a & src != 0,
-                    _ => return KILL,
-                };
-                pc += usize::from(if taken { i.jt } else { i.jf });
-            }
-            BPF_RET => {
-                return match i.code & 0x18 {
-                    BPF_K => k,
-                    BPF_A => a,
-                    _ => KILL,
-                }
-            }
-            BPF_MISC => match i.code & 0xf8 {
-                0x00 => x = a, // TAX
-                0x80 => a = x, // TXA
-                _ => return KILL,
-            },
-            _ => return KILL,
-        }
-    }
-    KILL
+    bpf::run(
+        prog.len(),
+        |i| bpf::Insn {
+            code: prog[i].code,
+            jt: prog[i].jt,
+            jf: prog[i].jf,
+            k: prog[i].k,
+        },
+        d,
+    )
 }
 
 /// What a chain of filters decides: the action of highest precedence
-/// (lowest as a signed action) among all of theirs, as the kernel takes.
+/// among all of theirs, as the kernel takes.
 pub fn run_chain(filters: &[Filter], d: &Data) -> u32 {
     filters
         .iter()
         .map(|f| run(&f.insns, d))
-        .fold(RET_ALLOW, |best, r| {
-            if ((r & ACTION_FULL) as i32) < ((best & ACTION_FULL) as i32) {
-                r
-            } else {
-                best
-            }
-        })
+        .fold(RET_ALLOW, bpf::strictest)
 }
 
 fn allows(r: u32) -> bool {
-    matches!(r & ACTION_FULL, RET_ALLOW | RET_LOG)
+    bpf::allows(r)
 }
 
 fn action_name(r: u32) -> String {
@@ -521,6 +387,7 @@ fn action_name(r: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cryo_image::bpf::AUDIT_ARCH_X86_64;
 
     fn ins(code: u16, jt: u8, jf: u8, k: u32) -> SockFilter {
         SockFilter { code, jt, jf, k }
@@ -557,29 +424,5 @@ mod tests {
             insns: vec![ins(0x06, 0, 0, 0x8000_0000)],
         };
         assert_eq!(run_chain(&[deny(11), kill], &d(11)), 0x8000_0000);
-    }
-
-    #[test]
-    fn arguments_arithmetic_and_scratch_memory() {
-        // A = args[1] low word; A += 1; M[3] = A; X = M[3]; A = X;
-        // if A & 0x80 then ERRNO(2) else ALLOW.
-        let p = [
-            ins(0x20, 0, 0, 24),
-            ins(0x04, 0, 0, 1),
-            ins(0x02, 0, 0, 3),
-            ins(0x61, 0, 0, 3),
-            ins(0x87, 0, 0, 0),
-            ins(0x45, 0, 1, 0x80),
-            ins(0x06, 0, 0, 0x0005_0002),
-            ins(0x06, 0, 0, RET_ALLOW),
-        ];
-        assert_eq!(
-            run(&p, &Data::new(0, 0, [0, 0x7f, 0, 0, 0, 0])),
-            0x0005_0002
-        );
-        assert_eq!(run(&p, &Data::new(0, 0, [0, 0x7e, 0, 0, 0, 0])), RET_ALLOW);
-        // A load outside seccomp_data, or falling off the end, kills.
-        assert_eq!(run(&[ins(0x20, 0, 0, 64)], &Data::new(0, 0, [0; 6])), 0);
-        assert_eq!(run(&[ins(0x20, 0, 0, 0)], &Data::new(0, 0, [0; 6])), 0);
     }
 }

@@ -417,6 +417,50 @@ impl Area {
     pub fn release_word(&self) -> usize {
         self.at + self.len - 64
     }
+
+    /// Unmap it (where the chain will not use it).
+    pub fn unmap(self) {
+        syscall3(SYS_MUNMAP, self.at, self.len, 0);
+    }
+
+    /// The chain's calls from this mapping but the executable's, each
+    /// (rax, rdi, rsi, rdx, r10, r8, r9) to `f` in the order the chain is
+    /// built (the reverse of the order they run in): its own munmap,
+    /// then with threads (`release`: their release word and how many)
+    /// the release word's wake and each thread's FUTEX_WAKE_OP.
+    pub fn calls(&self, release: Option<(usize, usize)>, mut f: impl FnMut([usize; 7])) {
+        f([SYS_MUNMAP, self.at, self.len, 0, 0, 0, 0]);
+        if let Some((word, n)) = release {
+            f([
+                SYS_FUTEX,
+                word,
+                FUTEX_WAKE_PRIVATE,
+                i32::MAX as usize,
+                0,
+                0,
+                0,
+            ]);
+            // FUTEX_OP_SET 1 on the own word, then wake its waiters if it
+            // was 0 (FUTEX_OP_CMP_EQ 0). The first word it wakes at is
+            // one nobody waits on (`word` + 4): the kernel wakes one
+            // waiter there even when asked for none (a review: with
+            // `word` there, each call let one thread go before its own
+            // word was set, and the store landed in that running
+            // thread's stack, 5 restores in 10).
+            const SET_1_IF_0: usize = 1 << 12;
+            for i in 0..n {
+                f([
+                    SYS_FUTEX,
+                    word + 4,
+                    FUTEX_WAKE_OP_PRIVATE,
+                    0,
+                    i32::MAX as usize,
+                    crate::threads::own_word(i),
+                    SET_1_IF_0,
+                ]);
+            }
+        }
+    }
 }
 
 /// Remove the window and enter the program, all from the program's own
@@ -438,10 +482,11 @@ impl Area {
 /// sets its own wait word and wakes a wait restarted there after a stop,
 /// and the FUTEX_WAKE of `release` (a thread's own word is set while it
 /// sleeps: it lies below its frame, where the thread's stack goes once
-/// it runs); then the area's munmap. Without it (the kernel refused it,
-/// or seccomp filters that capture checked for these calls only), the
-/// threads' wake is one frame on the program's stack, just below the
-/// release word, and their own words were set when they were gathered.
+/// it runs); then the area's munmap ([`Area::calls`]). Without it (the
+/// kernel refused it, or seccomp filters would stop one of those calls:
+/// `seccomp::allow_chain`), the threads' wake is one frame on the
+/// program's stack, just below the release word, and their own words
+/// were set right before (`threads::set_own_words`).
 pub fn finish_without_tracer(
     img: &Image,
     frame_sp: usize,
@@ -516,33 +561,7 @@ pub fn finish_without_tracer(
         }
         Some(ar) => {
             let mut t = ar.release_word() - 64;
-            chain([SYS_MUNMAP, ar.at, ar.len, 0, 0, 0, 0], &mut t, &mut next);
-            if let Some((word, n)) = release {
-                chain(wake(word), &mut t, &mut next);
-                // FUTEX_OP_SET 1 on the own word, then wake its waiters
-                // if it was 0 (FUTEX_OP_CMP_EQ 0). The first word it
-                // wakes at is one nobody waits on (`word` + 4): the kernel
-                // wakes one waiter there even when asked for none (a
-                // review: with `word` there, each call let one thread go
-                // before its own word was set, and the store landed in
-                // that running thread's stack, 5 restores in 10).
-                const SET_1_IF_0: usize = 1 << 12;
-                for i in 0..n {
-                    chain(
-                        [
-                            SYS_FUTEX,
-                            word + 4,
-                            FUTEX_WAKE_OP_PRIVATE,
-                            0,
-                            i32::MAX as usize,
-                            crate::threads::own_word(i),
-                            SET_1_IF_0,
-                        ],
-                        &mut t,
-                        &mut next,
-                    );
-                }
-            }
+            ar.calls(release, |c| chain(c, &mut t, &mut next));
             if let Some(fd) = exe {
                 chain([SYS_MUNMAP, W, W_END - W, 0, 0, 0, 0], &mut t, &mut next);
                 chain([SYS_CLOSE, fd as usize, 0, 0, 0, 0, 0], &mut t, &mut next);

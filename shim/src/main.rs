@@ -803,12 +803,11 @@ fn finish<'a>(
     //     then the timers (which may name a thread).
     // The finishing chain's own mapping, before the program's mlockall and
     // MDWE (`frame::Area`): where the shim finishes alone, naming the
-    // executable there, or with threads (their own wait words set there).
-    // With seccomp filters, which are back by then, only in an image whose
-    // capture checked them against the chain's calls (format 11.12 on).
+    // executable there, or with threads (their own wait words set there;
+    // with seccomp filters, kept only if they let its calls through:
+    // below, once the threads are ready).
     let alone = a.flags & flags::SELF_UNMAP != 0;
-    let chain_checked = img.seccomp().is_empty() || img.header.minor >= 12;
-    let area = if alone && (late_exe || (!img.threads().is_empty() && chain_checked)) {
+    let area = if alone && (late_exe || !img.threads().is_empty()) {
         frame::Area::map(img.threads().len())
     } else {
         None
@@ -850,6 +849,23 @@ fn finish<'a>(
     //     checked them to allow (or, finishing with the tracer, what it
     //     injects: it suspended them).
     let frame_sp = frame::build(img);
+    // Seccomp filters are back before the chain runs: its own mapping is
+    // used only if they let each of its calls through, as they will be
+    // made (the threads' own words are known once each is ready); else
+    // the threads are released from the program's stack, with the calls
+    // capture checked. Unmapped now, before the filters are in.
+    let area = match area {
+        Some(ar) if nthreads > 0 && !img.seccomp().is_empty() => {
+            threads::wait_ready(nthreads);
+            if seccomp::allow_chain(img, &ar, Some((ar.release_word(), nthreads))) {
+                Some(ar)
+            } else {
+                ar.unmap();
+                None
+            }
+        }
+        other => other,
+    };
     let release = (nthreads > 0).then(|| {
         let word = match &area {
             Some(ar) => ar.release_word(),

@@ -395,21 +395,7 @@ fn sched(img: &Image, t: &Thread) {
 /// and wakes each, in its last calls; without the chain's mapping,
 /// [`set_own_words`] does, just before the chain.
 pub fn gather(n: usize, release: usize) {
-    loop {
-        let v = READY.load(Ordering::Acquire);
-        if v as usize >= n {
-            break;
-        }
-        syscall6(
-            SYS_FUTEX,
-            READY.as_ptr() as usize,
-            FUTEX_WAIT_PRIVATE,
-            v as usize,
-            0,
-            0,
-            0,
-        );
-    }
+    wait_ready(n);
     poke_u32(release, 0);
     for i in 0..n {
         let word = peek_u64(WAITS + i * 8) as usize;
@@ -427,6 +413,26 @@ pub fn gather(n: usize, release: usize) {
             // instructions away.
             syscall3(SYS_SCHED_YIELD, 0, 0, 0);
         }
+    }
+}
+
+/// Wait until every one of the `n` threads has counted itself ready: its
+/// own wait word ([`own_word`]) is known then.
+pub fn wait_ready(n: usize) {
+    loop {
+        let v = READY.load(Ordering::Acquire);
+        if v as usize >= n {
+            break;
+        }
+        syscall6(
+            SYS_FUTEX,
+            READY.as_ptr() as usize,
+            FUTEX_WAIT_PRIVATE,
+            v as usize,
+            0,
+            0,
+            0,
+        );
     }
 }
 

@@ -5,15 +5,20 @@
  * stacks (8 KiB below the loop, filled and read back: nothing else may
  * write there once they run). They count their looks.
  *
- *   exewatch stop [THREADS [shared-altstack|seccomp|seccomp-no-wake-op|tstp]]
+ *   exewatch stop [THREADS [MODE]]
+ *   MODE: shared-altstack, seccomp, seccomp-no-wake-op, seccomp-munmap-high
+ *         or tstp
  *
  * With shared-altstack every thread sets the same sigaltstack (legal
  * while no two take a signal on it at once). With seccomp, once every
  * thread runs, a filter for all of them (SECCOMP_FILTER_FLAG_TSYNC) makes
  * getppid fail with EPERM, and each look checks that it still does (a
  * restore must finish its threads' release with the filter back);
- * seccomp-no-wake-op also makes futex(FUTEX_WAKE_OP) fail, which a
- * restore needs (capture refuses it, naming the call). With tstp the
+ * seccomp-no-wake-op also makes futex(FUTEX_WAKE_OP) fail, and
+ * seccomp-munmap-high kills the process at a munmap of an address from
+ * 0x700000000000 up (where mmap puts things; not the restorer's window):
+ * calls of the restorer's own finishing chain, which it must not make
+ * under such filters. With tstp the
  * main thread blocks SIGTSTP and the capture point is a SIGTSTP to the
  * process, which one of the other threads takes (stopped by SIGTSTP,
  * its main thread unable to take it).
@@ -70,8 +75,10 @@ static char *shared_alt;
 static atomic_int filtered;
 
 /* getppid fails with EPERM; with no_wake_op, futex(FUTEX_WAKE_OP) with
- * ENOSYS; everything else is allowed. For every thread (TSYNC). */
-static int install_filter(int no_wake_op) {
+ * ENOSYS; with munmap_high, a munmap at an address from 0x700000000000
+ * up kills the process; everything else is allowed. For every thread
+ * (TSYNC). */
+static int install_filter(int no_wake_op, int munmap_high) {
     struct sock_filter f[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_getppid, 0, 1),
@@ -81,6 +88,11 @@ static int install_filter(int no_wake_op) {
         BPF_STMT(BPF_ALU | BPF_AND | BPF_K, FUTEX_CMD_MASK),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, no_wake_op ? FUTEX_WAKE_OP : 0xffff, 0, 1),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_munmap, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]) + 4),
+        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, munmap_high ? 0x7000 : 0xffffffff, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
     struct sock_fprog prog = {.len = sizeof f / sizeof f[0], .filter = f};
@@ -136,7 +148,8 @@ int main(int argc, char **argv) {
      * some had not run yet, and the count was 0 at the stop). */
     while (atomic_load(&started) < nt) sched_yield();
     if (strncmp(mode, "seccomp", 7) == 0) {
-        if (install_filter(strcmp(mode, "seccomp-no-wake-op") == 0) != 0) {
+        if (install_filter(strcmp(mode, "seccomp-no-wake-op") == 0,
+                           strcmp(mode, "seccomp-munmap-high") == 0) != 0) {
             perror("seccomp");
             return 2;
         }
