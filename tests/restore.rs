@@ -412,6 +412,35 @@ fn filters_that_would_stop_the_chains_own_calls_restore() {
     }
 }
 
+/// A seccomp filter that refuses futex(FUTEX_WAKE) of a word on a
+/// thread's stack would stop every release of the restored threads the
+/// shim can make: capture refuses it by name, with a stand-in address on
+/// each thread's stack (with 0 for every address, it passed, and every
+/// restore hung: a review), and the process goes on as it was.
+#[test]
+fn a_seccomp_filter_that_stops_the_threads_release_is_refused() {
+    let mut cmd = Command::new(program("c-exewatch"));
+    cmd.args(["stop", "2", "seccomp-wake-high"]);
+    let t = Target::spawn(cmd, "c-exewatch");
+    t.wait_stopped();
+    let pid = t.pid.to_string();
+    let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &pid]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("its seccomp filters would stop the restore's own last system calls (futex(FUTEX_WAKE_PRIVATE) of thread ")
+            && out.contains("'s own wait word: ERRNO(1)"),
+        "{out}"
+    );
+    let img = scratch("exewatch-wake-high").join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &pid, img.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!img.exists(), "nothing written");
+    assert_eq!(state(t.pid), Some('T'), "left stopped, as it was");
+    t.cont();
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, "PASS"), "{err}");
+}
+
 /// One SIGSTOP sent at any time while a restore runs through the tracer
 /// stops the restored process: sent once per restore, 50 µs later each
 /// round, over the restore's first 8 ms. The tracer resumed the process

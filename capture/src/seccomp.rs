@@ -128,9 +128,17 @@ pub fn capture(
         // another thread's count of itself as ready (from the shim), its
         // wait in the program's code and its rt_sigreturn.
         let last = if k == 0 {
-            main_calls(pid, g, threads)
+            let mut v = main_calls(pid, g, main, others);
+            if shared {
+                // The others' waits, made again after a stop, under
+                // the chain every thread shares.
+                for t in others {
+                    v.push(thread_wait(t, g));
+                }
+            }
+            v
         } else {
-            thread_calls(pid, g)
+            thread_calls(g, &others[k - 1])
         };
         check(&who, filters, shared && threads, &last, obs);
         // A thread installs its own chain with its own credentials.
@@ -261,14 +269,25 @@ fn check(who: &str, filters: &[Filter], tsync: bool, last: &[(String, Data)], ob
     }
 }
 
+/// Where a restore puts a wait word for thread `t`: just below its
+/// signal frame, a few KiB below its stack pointer. A stand-in for the
+/// address only the restore knows (the shim checks the real one before
+/// the filters are back, and ends the restore, loudly, where they would
+/// stop a call): near enough for filters that look at an address's
+/// range, which 0 was not (a review: a filter refusing FUTEX_WAKE at high
+/// addresses passed capture, and every restore hung).
+fn wait_word(t: &Tracee) -> u64 {
+    t.regs().map_or(0, |r| r.rsp.saturating_sub(4096) & !7)
+}
+
 /// The main thread's last calls: the window's munmap, the other threads'
-/// wake-up, rt_sigreturn (from the program's gadgets). With threads, the
-/// shim's finishing chain makes more calls from its own mapping (each
-/// thread's own word set and woken, the mapping unmapped: `frame::Area`),
-/// whose addresses only the restore knows: the shim runs the filters on
-/// those itself and, where they would stop one, releases the threads
-/// without them (the calls here).
-fn main_calls(pid: i32, g: &Gadgets, threads: bool) -> Vec<(String, Data)> {
+/// release (without the finishing chain's own mapping: each one's own
+/// wait word woken, then the release word, below the main thread's
+/// frame), rt_sigreturn (from the program's gadgets). With the chain's
+/// mapping, the chain makes its own calls from there, whose addresses
+/// only the restore knows: the shim runs the filters on those itself and
+/// takes this way where they would stop one.
+fn main_calls(pid: i32, g: &Gadgets, main: &Tracee, others: &[Tracee]) -> Vec<(String, Data)> {
     let after_syscall = g.syscall_ret + 2;
     let mut v = vec![(
         "munmap of the restore's window".to_owned(),
@@ -285,14 +304,26 @@ fn main_calls(pid: i32, g: &Gadgets, threads: bool) -> Vec<(String, Data)> {
             ],
         ),
     )];
-    if threads {
+    let wake = |word: u64| {
+        Data::new(
+            SYS_FUTEX,
+            after_syscall,
+            [word, FUTEX_WAKE_PRIVATE, i32::MAX as u64, 0, 0, 0],
+        )
+    };
+    for t in others {
+        v.push((
+            format!(
+                "futex(FUTEX_WAKE_PRIVATE) of thread {}'s own wait word",
+                t.pid()
+            ),
+            wake(wait_word(t)),
+        ));
+    }
+    if !others.is_empty() {
         v.push((
             "futex(FUTEX_WAKE_PRIVATE) of the other threads".to_owned(),
-            Data::new(
-                SYS_FUTEX,
-                after_syscall,
-                [0, FUTEX_WAKE_PRIVATE, i32::MAX as u64, 0, 0, 0],
-            ),
+            wake(wait_word(main)),
         ));
     }
     v.push((
@@ -306,31 +337,41 @@ fn main_calls(pid: i32, g: &Gadgets, threads: bool) -> Vec<(String, Data)> {
     v
 }
 
-/// Another thread's last calls: it counts itself ready (a futex wake from
-/// the shim), waits in the program's code, then rt_sigreturn.
-fn thread_calls(pid: i32, g: &Gadgets) -> Vec<(String, Data)> {
+/// Thread `t`'s wait for its release, in the program's code.
+fn thread_wait(t: &Tracee, g: &Gadgets) -> (String, Data) {
+    (
+        format!(
+            "futex(FUTEX_WAIT_PRIVATE) of thread {} for its release",
+            t.pid()
+        ),
+        Data::new(
+            SYS_FUTEX,
+            g.syscall_ret + 2,
+            [wait_word(t), FUTEX_WAIT_PRIVATE, 0, 0, 0, 0],
+        ),
+    )
+}
+
+/// Another thread's last calls after its own chain is in: it counts
+/// itself ready (a futex wake of a word in the shim's window, made from
+/// the program's gadget), waits in the program's code, then
+/// rt_sigreturn.
+fn thread_calls(g: &Gadgets, t: &Tracee) -> Vec<(String, Data)> {
     vec![
         (
             "futex(FUTEX_WAKE_PRIVATE) as the thread counts itself ready".to_owned(),
             Data::new(
                 SYS_FUTEX,
-                cryo_image::SHIM_WINDOW,
-                [0, FUTEX_WAKE_PRIVATE, 1, 0, 0, 0],
-            ),
-        ),
-        (
-            "futex(FUTEX_WAIT_PRIVATE) of the thread for its release".to_owned(),
-            Data::new(
-                SYS_FUTEX,
                 g.syscall_ret + 2,
-                [0, FUTEX_WAIT_PRIVATE, 0, 0, 0, 0],
+                [cryo_image::SHIM_WINDOW, FUTEX_WAKE_PRIVATE, 1, 0, 0, 0],
             ),
         ),
+        thread_wait(t, g),
         (
             "rt_sigreturn".to_owned(),
             Data::new(
                 SYS_RT_SIGRETURN,
-                g.sigreturn + sigreturn_len(pid, g),
+                g.sigreturn + sigreturn_len(t.tgid(), g),
                 [0; 6],
             ),
         ),

@@ -122,8 +122,9 @@ pub fn run(len: usize, insn: impl Fn(usize) -> Insn, d: &Data) -> u32 {
                     0x30 if src != 0 => a / src,
                     0x40 => a | src,
                     0x50 => a & src,
-                    0x60 => a.checked_shl(src).unwrap_or(0),
-                    0x70 => a.checked_shr(src).unwrap_or(0),
+                    // The kernel shifts by the count's low 5 bits.
+                    0x60 => a << (src & 31),
+                    0x70 => a >> (src & 31),
                     0x80 => a.wrapping_neg(),
                     0x90 if src != 0 => a % src,
                     0xa0 => a ^ src,
@@ -177,11 +178,16 @@ pub fn allows(r: u32) -> bool {
     matches!(r & ACTION_FULL, RET_ALLOW | RET_LOG)
 }
 
-/// A chain's filters in the image's seccomp table (`task::SeccompInsn`,
-/// consecutive records of one filter) that apply to the main thread (its
-/// own chain, 0, or the one every thread shares): what they decide for
-/// `d`. RET_ALLOW for none.
-pub fn run_main_chain(insns: crate::Table<'_, crate::task::SeccompInsn>, d: &Data) -> u32 {
+/// What the filters of one thread decide for `d`: those in the image's
+/// seccomp table (`task::SeccompInsn`, consecutive records of one
+/// filter) that the thread has once the restore installed them, its own
+/// chain (`thread`: 0 the main thread, k + 1 the k-th other) or the one
+/// every thread shares. RET_ALLOW for none.
+pub fn run_thread_chain(
+    insns: crate::Table<'_, crate::task::SeccompInsn>,
+    thread: u32,
+    d: &Data,
+) -> u32 {
     use crate::task::EVERY_THREAD;
     let mut best = RET_ALLOW;
     let mut i = 0;
@@ -193,7 +199,7 @@ pub fn run_main_chain(insns: crate::Table<'_, crate::task::SeccompInsn>, d: &Dat
         {
             end += 1;
         }
-        if first.thread == 0 || first.thread == EVERY_THREAD {
+        if first.thread == thread || first.thread == EVERY_THREAD {
             let at = |k: usize| {
                 let r = insns.get(i + k).unwrap_or_default();
                 Insn {
@@ -244,6 +250,16 @@ mod tests {
             run_slice(&p, &Data::new(0, 0, [0, 0x7e, 0, 0, 0, 0])),
             RET_ALLOW
         );
+        // Shifts by X take its low 5 bits, as the kernel's (a review's
+        // differential test: checked_shl gave 0 for 33).
+        let shl = [
+            ins(0x20, 0, 0, 16), // A = args[0]
+            ins(0x07, 0, 0, 0),  // X = A
+            ins(0x00, 0, 0, 1),  // A = 1
+            ins(0x6c, 0, 0, 0),  // A <<= X
+            ins(0x16, 0, 0, 0),  // ret A
+        ];
+        assert_eq!(run_slice(&shl, &Data::new(0, 0, [33, 0, 0, 0, 0, 0])), 2);
         // A load outside seccomp_data, or falling off the end, kills.
         assert_eq!(
             run_slice(&[ins(0x20, 0, 0, 64)], &Data::new(0, 0, [0; 6])),

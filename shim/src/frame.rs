@@ -362,6 +362,35 @@ pub fn checked_gadgets(img: &Image) -> cryo_image::Gadgets {
     g
 }
 
+/// System call `call` (rax, rdi, rsi, rdx, r10, r8, r9) made from the
+/// program's `syscall; ret` gadget (`checked_gadgets`), returning here:
+/// for calls the shim makes once seccomp filters are back, which then
+/// see the instruction pointer `seccomp::allows` checks them with.
+pub fn via_gadget(img: &Image, call: [usize; 7]) -> isize {
+    let gadget = checked_gadgets(img).syscall_ret as usize;
+    let ret: isize;
+    // SAFETY: `gadget` is a `syscall; ret` in the program's code, mapped
+    // and executable: `call` pushes our return address on this stack (the
+    // shim's, in the window), the gadget makes the system call, and its
+    // `ret` comes back here. rcx and r11 are the syscall's.
+    unsafe {
+        core::arch::asm!(
+            "call {g}",
+            g = in(reg) gadget,
+            inlateout("rax") call[0] as isize => ret,
+            in("rdi") call[1],
+            in("rsi") call[2],
+            in("rdx") call[3],
+            in("r10") call[4],
+            in("r8") call[5],
+            in("r9") call[6],
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    ret
+}
+
 /// Where the main thread's release word goes without a chain mapping
 /// ([`Area`]): just below its frame.
 pub fn release_word(frame_sp: usize) -> usize {

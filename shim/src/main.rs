@@ -872,6 +872,13 @@ fn finish<'a>(
             None => frame::release_word(frame_sp),
         };
         threads::gather(nthreads, word);
+        // Before the filters are in: each thread's wait as it may be
+        // made again, and the older release's wakes, with their real
+        // addresses (not where the tracer makes them: it suspended the
+        // filters for its calls).
+        let alone = a.flags & flags::SELF_UNMAP != 0;
+        let fallback = (area.is_none() && alone).then_some(word);
+        seccomp::check_release(img, nthreads, fallback);
         (word, nthreads)
     });
     ph.mark(on);
@@ -912,7 +919,7 @@ fn finish<'a>(
             mm::check_late(img, exe_fd);
         }
         if let (None, Some((_, n))) = (&area, release) {
-            threads::set_own_words(n);
+            threads::set_own_words(img, n);
         }
         frame::finish_without_tracer(img, frame_sp, release, strict, exe, area);
     }

@@ -94,29 +94,77 @@ pub fn install_chain(img: &Image, thread: u32, tsync: bool, buf: &mut [u64]) {
     }
 }
 
-/// Whether the main thread's filters, back before the finishing chain
-/// runs, let every call the chain makes from its own mapping (`area`;
-/// `release`: the threads' release word and how many) through, with
-/// their real arguments, from the program's `syscall; ret` gadget.
-/// Capture checked the filters for the calls of the older release only:
-/// these addresses only the restore knows (a review: capture's
-/// placeholder 0 passed a filter that kills a munmap at a high address,
-/// and refused one that allows only some futex operations).
-pub fn allow_chain(
-    img: &Image,
-    area: &crate::frame::Area,
-    release: Option<(usize, usize)>,
-) -> bool {
+/// Whether thread `thread`'s filters (0 the main thread, k + 1 the k-th
+/// other; its own chain or the shared one, as the restore installs them)
+/// let `call` (rax, rdi, rsi, rdx, r10, r8, r9) through from the
+/// program's `syscall; ret` gadget, with these very arguments: capture
+/// checked the restore's last calls with 0 for every address only the
+/// restore knows, which reviews showed wrong both ways (it passed a
+/// filter that kills a munmap at a high address and refused one that
+/// allows only some futex operations).
+pub fn allows(img: &Image, thread: u32, call: [usize; 7]) -> bool {
     use cryo_image::bpf;
     if img.seccomp().is_empty() {
         return true;
     }
     let ip = crate::frame::checked_gadgets(img).syscall_ret + 2;
+    let args = [call[1], call[2], call[3], call[4], call[5], call[6]].map(|a| a as u64);
+    let d = bpf::Data::new(call[0] as i32, ip, args);
+    bpf::allows(bpf::run_thread_chain(img.seccomp(), thread, &d))
+}
+
+/// Whether the main thread's filters, back before the finishing chain
+/// runs, let every call the chain makes from its own mapping (`area`;
+/// `release`: the threads' release word and how many) through.
+pub fn allow_chain(
+    img: &Image,
+    area: &crate::frame::Area,
+    release: Option<(usize, usize)>,
+) -> bool {
     let mut ok = true;
-    area.calls(release, |c| {
-        let args = [c[1], c[2], c[3], c[4], c[5], c[6]].map(|a| a as u64);
-        let d = bpf::Data::new(c[0] as i32, ip, args);
-        ok &= bpf::allows(bpf::run_main_chain(img.seccomp(), &d));
-    });
+    area.calls(release, |c| ok &= allows(img, 0, c));
     ok
+}
+
+/// Every thread's wait for its release, as it may be made again after a
+/// stop (on its own word), must pass its filters; and, without the
+/// chain's mapping (`fallback`: the release word), so must the main
+/// thread's wakes of each own word and of the release word. Else the
+/// restore says so and ends (status 125): a thread whose wait failed
+/// would run before the restore is done, and one never woken would wait
+/// for ever (a review: a filter that refuses FUTEX_WAKE at a high
+/// address, which capture passed with 0 for it, hung every restore).
+pub fn check_release(img: &Image, n: usize, fallback: Option<usize>) {
+    let own = crate::threads::own_word;
+    for i in 0..n {
+        let wait = [SYS_FUTEX, own(i), FUTEX_WAIT_PRIVATE, 0, 0, 0, 0];
+        if !allows(img, i as u32 + 1, wait) {
+            die(format_args!(
+                "thread {}'s seccomp filters would stop its wait for the restore's end (futex(FUTEX_WAIT) at {:#x})",
+                i + 1,
+                own(i)
+            ));
+        }
+    }
+    let Some(release) = fallback else {
+        return;
+    };
+    let wake = |word: usize| {
+        [
+            SYS_FUTEX,
+            word,
+            FUTEX_WAKE_PRIVATE,
+            i32::MAX as usize,
+            0,
+            0,
+            0,
+        ]
+    };
+    for w in (0..n).map(own).chain(core::iter::once(release)) {
+        if !allows(img, 0, wake(w)) {
+            die(format_args!(
+                "the seccomp filters would stop the restore's release of its threads (futex(FUTEX_WAKE) at {w:#x})"
+            ));
+        }
+    }
 }

@@ -296,8 +296,32 @@ fn thread_main(img: &Image, index: usize, handoff_flags: u64) -> ! {
     let g = crate::frame::checked_gadgets(img);
     poke_u64(frame_sp - 8, g.sigreturn);
     // Seccomp filters of its own (capture checked they allow what
-    // follows: the wake below, the wait and rt_sigreturn).
+    // follows: the wake below, the wait and rt_sigreturn; their
+    // arguments, addresses only known here, are checked here, before
+    // they are in: a wait that failed would run the program now).
+    let ready = [
+        SYS_FUTEX,
+        READY.as_ptr() as usize,
+        FUTEX_WAKE_PRIVATE,
+        1,
+        0,
+        0,
+        0,
+    ];
     if img.seccomp().iter().any(|i| i.thread == index as u32 + 1) {
+        let wait = [SYS_FUTEX, word, FUTEX_WAIT_PRIVATE, 0, 0, 0, 0];
+        let me = index as u32 + 1;
+        for (what, call) in [
+            ("count itself ready", ready),
+            ("wait for its release", wait),
+        ] {
+            if !crate::seccomp::allows(img, me, call) {
+                die(format_args!(
+                    "thread {}'s own seccomp filters would stop it as it would {what} (futex at {:#x})",
+                    t.tid, call[1]
+                ));
+            }
+        }
         // SAFETY: spawn_all mapped SECCOMP_BUF_LEN bytes for each thread
         // at SECCOMP_BUFS when any thread has filters of its own; this
         // thread's slot is its alone.
@@ -310,15 +334,7 @@ fn thread_main(img: &Image, index: usize, handoff_flags: u64) -> ! {
         crate::seccomp::install_chain(img, index as u32 + 1, false, buf);
     }
     READY.fetch_add(1, Ordering::AcqRel);
-    syscall6(
-        SYS_FUTEX,
-        READY.as_ptr() as usize,
-        FUTEX_WAKE_PRIVATE,
-        1,
-        0,
-        0,
-        0,
-    );
+    crate::frame::via_gadget(img, ready);
     // SAFETY: frame_sp - 8 holds the sigreturn gadget's address and
     // frame_sp a complete rt_sigframe; the syscall gadget waits on `word`
     // (FUTEX_WAIT while it is 0), then `ret` enters the sigreturn gadget.
@@ -443,18 +459,24 @@ pub fn wait_ready(n: usize) {
 /// before the window is gone: so as late as can be, once every seccomp
 /// filter is in (a review: done in `gather`, such a thread ran without
 /// the program's filter, 3 restores in 60 under the storm).
-pub fn set_own_words(n: usize) {
+///
+/// Made from the program's syscall gadget, as `seccomp::check_release`
+/// checked them.
+pub fn set_own_words(img: &Image, n: usize) {
     for i in 0..n {
         let word = own_word(i);
         poke_u32(word, 1);
-        syscall6(
-            SYS_FUTEX,
-            word,
-            FUTEX_WAKE_PRIVATE,
-            i32::MAX as usize,
-            0,
-            0,
-            0,
+        crate::frame::via_gadget(
+            img,
+            [
+                SYS_FUTEX,
+                word,
+                FUTEX_WAKE_PRIVATE,
+                i32::MAX as usize,
+                0,
+                0,
+                0,
+            ],
         );
     }
 }

@@ -6,8 +6,8 @@
  * write there once they run). They count their looks.
  *
  *   exewatch stop [THREADS [MODE]]
- *   MODE: shared-altstack, seccomp, seccomp-no-wake-op, seccomp-munmap-high
- *         or tstp
+ *   MODE: shared-altstack, seccomp, seccomp-no-wake-op, seccomp-munmap-high,
+ *         seccomp-wake-high or tstp
  *
  * With shared-altstack every thread sets the same sigaltstack (legal
  * while no two take a signal on it at once). With seccomp, once every
@@ -18,7 +18,10 @@
  * seccomp-munmap-high kills the process at a munmap of an address from
  * 0x700000000000 up (where mmap puts things; not the restorer's window):
  * calls of the restorer's own finishing chain, which it must not make
- * under such filters. With tstp the
+ * under such filters; seccomp-wake-high makes futex(FUTEX_WAKE) of a
+ * word on a thread's stack fail, which every way of releasing the
+ * restored threads without the tracer makes (capture refuses it). With
+ * tstp the
  * main thread blocks SIGTSTP and the capture point is a SIGTSTP to the
  * process, which one of the other threads takes (stopped by SIGTSTP,
  * its main thread unable to take it).
@@ -75,19 +78,24 @@ static char *shared_alt;
 static atomic_int filtered;
 
 /* getppid fails with EPERM; with no_wake_op, futex(FUTEX_WAKE_OP) with
- * ENOSYS; with munmap_high, a munmap at an address from 0x700000000000
- * up kills the process; everything else is allowed. For every thread
- * (TSYNC). */
-static int install_filter(int no_wake_op, int munmap_high) {
+ * ENOSYS; with wake_high, futex(FUTEX_WAKE) of a word from
+ * 0x700000000000 up (thread stacks) with EPERM; with munmap_high, a
+ * munmap at an address from there up kills the process; everything
+ * else is allowed. For every thread (TSYNC). */
+static int install_filter(int no_wake_op, int munmap_high, int wake_high) {
     struct sock_filter f[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_getppid, 0, 1),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_futex, 0, 4),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_futex, 0, 8),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
         BPF_STMT(BPF_ALU | BPF_AND | BPF_K, FUTEX_CMD_MASK),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, no_wake_op ? FUTEX_WAKE_OP : 0xffff, 0, 1),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, wake_high ? FUTEX_WAKE : 0xffff, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]) + 4),
+        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x7000, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_munmap, 0, 3),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]) + 4),
@@ -149,7 +157,8 @@ int main(int argc, char **argv) {
     while (atomic_load(&started) < nt) sched_yield();
     if (strncmp(mode, "seccomp", 7) == 0) {
         if (install_filter(strcmp(mode, "seccomp-no-wake-op") == 0,
-                           strcmp(mode, "seccomp-munmap-high") == 0) != 0) {
+                           strcmp(mode, "seccomp-munmap-high") == 0,
+                           strcmp(mode, "seccomp-wake-high") == 0) != 0) {
             perror("seccomp");
             return 2;
         }
