@@ -844,22 +844,25 @@ pub(crate) fn inspect(
     }
     b.gadgets = gadgets;
     drop(classified);
+    // Every other thread; where glibc caches each thread's id.
+    crate::threads::capture(g, &vdso, &st, &thread_status, &mut b, &mut obs)?;
     // Seccomp filters: every thread's, checked against what the restore
-    // does after installing them.
+    // does after installing them (where its wait words go: each thread's
+    // stack pointer, sigaltstack and the frame's size are known now).
+    let words = crate::seccomp::wait_words(&b);
     let sc = crate::seccomp::capture(
         &g.main,
         &g.others,
         &st,
         &thread_status,
         b.gadgets.as_ref(),
+        &words,
         &mut obs,
     );
     b.seccomp = sc.filters;
     if let Some(task) = b.task.as_mut() {
         task.seccomp_strict = i64::from(sc.strict);
     }
-    // Every other thread; where glibc caches each thread's id.
-    crate::threads::capture(g, &vdso, &st, &thread_status, &mut b, &mut obs)?;
     tid_offset(pid, &maps, &mut b, &mut obs);
     let tid_at = (b.process.tid_offset != 0).then(|| b.process.regs.fs_base + b.process.tid_offset);
     let tids: Vec<i32> = std::iter::once(pid)

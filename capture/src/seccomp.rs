@@ -59,6 +59,7 @@ pub fn capture(
     main_status: &StatusText,
     statuses: &[StatusText],
     gadgets: Option<&Gadgets>,
+    words: &[(i32, u64)],
     obs: &mut Obstacles,
 ) -> Captured {
     let mut c = Captured::default();
@@ -128,17 +129,17 @@ pub fn capture(
         // another thread's count of itself as ready (from the shim), its
         // wait in the program's code and its rt_sigreturn.
         let last = if k == 0 {
-            let mut v = main_calls(pid, g, main, others);
+            let mut v = main_calls(pid, g, main, others, words);
             if shared {
                 // The others' waits, made again after a stop, under
                 // the chain every thread shares.
                 for t in others {
-                    v.push(thread_wait(t, g));
+                    v.push(thread_wait(t, g, words));
                 }
             }
             v
         } else {
-            thread_calls(g, &others[k - 1])
+            thread_calls(g, &others[k - 1], words)
         };
         check(&who, filters, shared && threads, &last, obs);
         // A thread installs its own chain with its own credentials.
@@ -269,15 +270,65 @@ fn check(who: &str, filters: &[Filter], tsync: bool, last: &[(String, Data)], ob
     }
 }
 
-/// Where a restore puts a wait word for thread `t`: just below its
-/// signal frame, a few KiB below its stack pointer. A stand-in for the
-/// address only the restore knows (the shim checks the real one before
-/// the filters are back, and ends the restore, loudly, where they would
-/// stop a call): near enough for filters that look at an address's
-/// range, which 0 was not (a review: a filter refusing FUTEX_WAKE at high
-/// addresses passed capture, and every restore hung).
-fn wait_word(t: &Tracee) -> u64 {
-    t.regs().map_or(0, |r| r.rsp.saturating_sub(4096) & !7)
+/// Where the restore puts each thread's wait word, by TID (the main
+/// thread's: the release word, without the finishing chain's own
+/// mapping): just below its signal frame, whose top
+/// `cryo_image::frame_top` places (at the top of the thread's sigaltstack
+/// where it has one of its own, else below its stack pointer), a frame
+/// (an rt_sigframe and the xsave area) further down. A stand-in within a
+/// few hundred bytes of the real word, which only the restore knows (the
+/// shim checks that one before the filters are back, and ends the
+/// restore, loudly, where they would stop a call): near enough for
+/// filters that look at an address's range, which 0 was not (a review: a
+/// filter refusing FUTEX_WAKE at high addresses passed capture, and
+/// every restore hung), nor the stack pointer alone (a third: with a
+/// sigaltstack the word is on that).
+pub fn wait_words(b: &cryo_image::write::ImageBuilder) -> Vec<(i32, u64)> {
+    const SS_DISABLE: u32 = 2;
+    let p = &b.process;
+    let alts: Vec<(u64, u64, u32)> =
+        std::iter::once((p.sigaltstack_sp, p.sigaltstack_size, p.sigaltstack_flags))
+            .chain(
+                b.threads
+                    .iter()
+                    .map(|t| (t.sigaltstack_sp, t.sigaltstack_size, t.sigaltstack_flags)),
+            )
+            .collect();
+    // A sigaltstack another thread has too is not used (`Image::frame_alt`).
+    let set = |a: &(u64, u64, u32)| a.0 != 0 && a.2 & SS_DISABLE == 0;
+    let alt = |k: usize| {
+        let a = alts[k];
+        let shared = alts
+            .iter()
+            .enumerate()
+            .any(|(j, o)| j != k && set(o) && o.0 == a.0);
+        if set(&a) && shared {
+            (0, 0, SS_DISABLE)
+        } else {
+            a
+        }
+    };
+    let word = |rsp: u64, k: usize| {
+        cryo_image::frame_top(rsp, alt(k), p.xsave_size)
+            .saturating_sub(u64::from(p.xsave_size) + 512)
+            & !7
+    };
+    std::iter::once((p.pid as i32, word(p.regs.rsp, 0)))
+        .chain(
+            b.threads
+                .iter()
+                .enumerate()
+                .map(|(k, t)| (t.tid as i32, word(t.regs.rsp, k + 1))),
+        )
+        .collect()
+}
+
+/// Thread `t`'s stand-in wait word ([`wait_words`]).
+fn wait_word(t: &Tracee, words: &[(i32, u64)]) -> u64 {
+    words
+        .iter()
+        .find(|(tid, _)| *tid == t.pid())
+        .map_or(0, |&(_, w)| w)
 }
 
 /// The main thread's last calls: the window's munmap, the other threads'
@@ -287,7 +338,13 @@ fn wait_word(t: &Tracee) -> u64 {
 /// mapping, the chain makes its own calls from there, whose addresses
 /// only the restore knows: the shim runs the filters on those itself and
 /// takes this way where they would stop one.
-fn main_calls(pid: i32, g: &Gadgets, main: &Tracee, others: &[Tracee]) -> Vec<(String, Data)> {
+fn main_calls(
+    pid: i32,
+    g: &Gadgets,
+    main: &Tracee,
+    others: &[Tracee],
+    words: &[(i32, u64)],
+) -> Vec<(String, Data)> {
     let after_syscall = g.syscall_ret + 2;
     let mut v = vec![(
         "munmap of the restore's window".to_owned(),
@@ -317,13 +374,13 @@ fn main_calls(pid: i32, g: &Gadgets, main: &Tracee, others: &[Tracee]) -> Vec<(S
                 "futex(FUTEX_WAKE_PRIVATE) of thread {}'s own wait word",
                 t.pid()
             ),
-            wake(wait_word(t)),
+            wake(wait_word(t, words)),
         ));
     }
     if !others.is_empty() {
         v.push((
             "futex(FUTEX_WAKE_PRIVATE) of the other threads".to_owned(),
-            wake(wait_word(main)),
+            wake(wait_word(main, words)),
         ));
     }
     v.push((
@@ -338,7 +395,7 @@ fn main_calls(pid: i32, g: &Gadgets, main: &Tracee, others: &[Tracee]) -> Vec<(S
 }
 
 /// Thread `t`'s wait for its release, in the program's code.
-fn thread_wait(t: &Tracee, g: &Gadgets) -> (String, Data) {
+fn thread_wait(t: &Tracee, g: &Gadgets, words: &[(i32, u64)]) -> (String, Data) {
     (
         format!(
             "futex(FUTEX_WAIT_PRIVATE) of thread {} for its release",
@@ -347,7 +404,7 @@ fn thread_wait(t: &Tracee, g: &Gadgets) -> (String, Data) {
         Data::new(
             SYS_FUTEX,
             g.syscall_ret + 2,
-            [wait_word(t), FUTEX_WAIT_PRIVATE, 0, 0, 0, 0],
+            [wait_word(t, words), FUTEX_WAIT_PRIVATE, 0, 0, 0, 0],
         ),
     )
 }
@@ -356,7 +413,7 @@ fn thread_wait(t: &Tracee, g: &Gadgets) -> (String, Data) {
 /// itself ready (a futex wake of a word in the shim's window, made from
 /// the program's gadget), waits in the program's code, then
 /// rt_sigreturn.
-fn thread_calls(g: &Gadgets, t: &Tracee) -> Vec<(String, Data)> {
+fn thread_calls(g: &Gadgets, t: &Tracee, words: &[(i32, u64)]) -> Vec<(String, Data)> {
     vec![
         (
             "futex(FUTEX_WAKE_PRIVATE) as the thread counts itself ready".to_owned(),
@@ -366,7 +423,7 @@ fn thread_calls(g: &Gadgets, t: &Tracee) -> Vec<(String, Data)> {
                 [cryo_image::SHIM_WINDOW, FUTEX_WAKE_PRIVATE, 1, 0, 0, 0],
             ),
         ),
-        thread_wait(t, g),
+        thread_wait(t, g, words),
         (
             "rt_sigreturn".to_owned(),
             Data::new(

@@ -7,7 +7,7 @@
  *
  *   exewatch stop [THREADS [MODE]]
  *   MODE: shared-altstack, seccomp, seccomp-no-wake-op, seccomp-munmap-high,
- *         seccomp-wake-high or tstp
+ *         seccomp-wake-high, seccomp-alt-low or tstp
  *
  * With shared-altstack every thread sets the same sigaltstack (legal
  * while no two take a signal on it at once). With seccomp, once every
@@ -20,8 +20,10 @@
  * calls of the restorer's own finishing chain, which it must not make
  * under such filters; seccomp-wake-high makes futex(FUTEX_WAKE) of a
  * word on a thread's stack fail, which every way of releasing the
- * restored threads without the tracer makes (capture refuses it). With
- * tstp the
+ * restored threads without the tracer makes (capture refuses it);
+ * seccomp-alt-low gives each thread a sigaltstack of its own below 4 GiB
+ * and makes futex fail there (where a restore puts their wait words:
+ * capture refuses it). With tstp the
  * main thread blocks SIGTSTP and the capture point is a SIGTSTP to the
  * process, which one of the other threads takes (stopped by SIGTSTP,
  * its main thread unable to take it).
@@ -75,6 +77,7 @@ static __attribute__((noinline)) int deep(void) {
 }
 
 static char *shared_alt;
+static int alt_low;
 static atomic_int filtered;
 
 /* getppid fails with EPERM; with no_wake_op, futex(FUTEX_WAKE_OP) with
@@ -82,12 +85,15 @@ static atomic_int filtered;
  * 0x700000000000 up (thread stacks) with EPERM; with munmap_high, a
  * munmap at an address from there up kills the process; everything
  * else is allowed. For every thread (TSYNC). */
-static int install_filter(int no_wake_op, int munmap_high, int wake_high) {
+static int install_filter(int no_wake_op, int munmap_high, int wake_high, int futex_low) {
     struct sock_filter f[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_getppid, 0, 1),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_futex, 0, 8),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_futex, 0, 11),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]) + 4),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, futex_low ? 0 : 0xffffffff, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
         BPF_STMT(BPF_ALU | BPF_AND | BPF_K, FUTEX_CMD_MASK),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, no_wake_op ? FUTEX_WAKE_OP : 0xffff, 0, 1),
@@ -115,6 +121,17 @@ static void *watch(void *arg) {
     if (shared_alt) {
         stack_t ss = {.ss_sp = shared_alt, .ss_size = 65536};
         sigaltstack(&ss, NULL);
+    }
+    if (alt_low) {
+        /* A sigaltstack of its own below 4 GiB (where a restore puts the
+         * thread's frame and wait word). */
+        void *p = mmap((void *)(0x20000000UL + (unsigned long)i * 0x100000UL), 65536,
+                       PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+        stack_t ss = {.ss_sp = p, .ss_size = 65536};
+        if (p == MAP_FAILED || sigaltstack(&ss, NULL) != 0) {
+            perror("low sigaltstack");
+            exit(2);
+        }
     }
     while (!atomic_load(&stop_all)) {
         int off = deep();
@@ -147,6 +164,7 @@ int main(int argc, char **argv) {
     if (nt < 1 || nt > MAXT) return 2;
     const char *mode = argc > 3 ? argv[3] : "";
     if (strcmp(mode, "shared-altstack") == 0) shared_alt = malloc(65536);
+    alt_low = strcmp(mode, "seccomp-alt-low") == 0;
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n < 0) return 2;
     exe[n] = 0;
@@ -158,7 +176,8 @@ int main(int argc, char **argv) {
     if (strncmp(mode, "seccomp", 7) == 0) {
         if (install_filter(strcmp(mode, "seccomp-no-wake-op") == 0,
                            strcmp(mode, "seccomp-munmap-high") == 0,
-                           strcmp(mode, "seccomp-wake-high") == 0) != 0) {
+                           strcmp(mode, "seccomp-wake-high") == 0,
+                           strcmp(mode, "seccomp-alt-low") == 0) != 0) {
             perror("seccomp");
             return 2;
         }
