@@ -358,6 +358,24 @@ fn threads_resume_only_once_the_restore_is_done_even_when_stopped_meanwhile() {
     restores_under_a_storm(&img, 25);
 }
 
+/// A restored thread keeps its errno even when the restore is stopped
+/// and continued meanwhile. A wait restarted after a stop, on its own
+/// word already set, returns EAGAIN; through a glibc wrapper's
+/// `syscall; cmp; jae; ret` (the gadget capture found first) that error
+/// path wrote errno into the thread's TLS before its rt_sigreturn: 10
+/// restores in 150 under the storm. Capture now prefers a plain
+/// `syscall; ret` (glibc's getpid): 0 in 150.
+#[test]
+fn threads_keep_their_errno_when_the_restore_is_stopped_meanwhile() {
+    let img = capture_killed(
+        "c-exewatch",
+        &["stop", "4", "errno"],
+        "stop",
+        "exewatch-errno",
+    );
+    restores_under_a_storm(&img, 25);
+}
+
 /// The same with a seccomp filter for every thread, which is back before
 /// the threads' release: each thread also checks, on every turn, that
 /// its filter holds (getppid fails). Before capture checked the filters

@@ -77,6 +77,15 @@ pub fn find_syscall_ret(code: &[u8]) -> Option<usize> {
     find(code, 0x0f, is_syscall_ret)
 }
 
+/// Offset of the first plain `syscall; ret` in `code` (glibc's `getpid`
+/// and others that cannot fail): the form to prefer, since the
+/// wrappers' error path writes `errno` (a restored thread whose wait
+/// restarts after a stop, on a word already set, returns EAGAIN there:
+/// its errno changed, 2 stormed restores in 100).
+pub fn find_plain_syscall_ret(code: &[u8]) -> Option<usize> {
+    find(code, 0x0f, |c| matches(c, SYSCALL_RET, None))
+}
+
 /// Offset of the first `sigreturn` sequence in `code`.
 pub fn find_sigreturn(code: &[u8]) -> Option<usize> {
     let a = find(code, 0x48, |c| matches(c, SIGRETURN_RAX, None));

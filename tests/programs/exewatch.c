@@ -7,7 +7,7 @@
  *
  *   exewatch stop [THREADS [MODE]]
  *   MODE: shared-altstack, seccomp, seccomp-no-wake-op, seccomp-munmap-high,
- *         seccomp-wake-high, seccomp-alt-low or tstp
+ *         seccomp-wake-high, seccomp-alt-low, tstp or errno
  *
  * With shared-altstack every thread sets the same sigaltstack (legal
  * while no two take a signal on it at once). With seccomp, once every
@@ -26,7 +26,8 @@
  * capture refuses it). With tstp the
  * main thread blocks SIGTSTP and the capture point is a SIGTSTP to the
  * process, which one of the other threads takes (stopped by SIGTSTP,
- * its main thread unable to take it).
+ * its main thread unable to take it). With errno the threads only set
+ * errno and spin, and check it kept its value.
  *
  * Starts THREADS (default 4) busy threads, prints "READY <pid>" and
  * "LOOKS <address of the count>", and stops
@@ -155,6 +156,21 @@ static void *watch(void *arg) {
     return NULL;
 }
 
+/* With errno: set errno once, then spin without a system call until
+ * told to stop, and check errno is still what it set (a restore's
+ * release must not write it). */
+static void *keep_errno(void *arg) {
+    long i = (long)arg;
+    errno = 1234 + (int)i;
+    atomic_fetch_add(&looks, 1);
+    atomic_fetch_add(&started, 1);
+    while (!atomic_load(&stop_all))
+        ;
+    if (errno != 1234 + (int)i)
+        snprintf(seen[i], sizeof seen[i], "its errno changed to %d", errno);
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "stop") != 0) {
         fprintf(stderr, "usage: exewatch stop [THREADS]\n");
@@ -169,7 +185,8 @@ int main(int argc, char **argv) {
     if (n < 0) return 2;
     exe[n] = 0;
     pthread_t th[MAXT];
-    for (long i = 0; i < nt; i++) pthread_create(&th[i], NULL, watch, (void *)i);
+    for (long i = 0; i < nt; i++)
+        pthread_create(&th[i], NULL, strcmp(mode, "errno") == 0 ? keep_errno : watch, (void *)i);
     /* Every thread has looked once before the capture point (under load
      * some had not run yet, and the count was 0 at the stop). */
     while (atomic_load(&started) < nt) sched_yield();
