@@ -410,23 +410,7 @@ fn filters_that_would_stop_the_chains_own_calls_restore() {
             "stop",
             &format!("exewatch-{mode}"),
         );
-        for how in [&[][..], &["--use-tracer"][..], &["--map"][..]] {
-            let (code, out, err) = Restored::start(&img, how).finish();
-            assert_eq!(
-                (code, last_line(&out)),
-                (0, "PASS"),
-                "{mode} {how:?}: {out}{err}"
-            );
-        }
-        let exe = img.with_file_name("restored");
-        pack_to(&img, &exe);
-        let o = run_packed(&exe);
-        let out = String::from_utf8_lossy(&o.stdout);
-        assert_eq!(
-            (o.status.code(), last_line(&out)),
-            (Some(0), "PASS"),
-            "{mode} packed: {out}"
-        );
+        passes_every_way(&img, mode);
     }
 }
 
@@ -570,17 +554,7 @@ fn restores_under_a_storm(img: &Path, rounds: usize) {
                 }
                 std::thread::sleep(Duration::from_micros(50));
             }
-            let status = loop {
-                if let Some(s) = child.try_wait().unwrap() {
-                    break s;
-                }
-                if t0.elapsed() > Duration::from_secs(20) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("{what}, round {round}: hung");
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            };
+            let status = wait_bounded(&mut child, t0, &format!("{what}, round {round}: hung"));
             let got = std::fs::read_to_string(&out).unwrap();
             assert_eq!(
                 (status.code(), last_line(&got)),
@@ -589,6 +563,48 @@ fn restores_under_a_storm(img: &Path, rounds: usize) {
             );
         }
     }
+}
+
+/// `child`'s exit status, within 20 s of `t0`; else it is killed and the
+/// test fails with `hung`.
+fn wait_bounded(
+    child: &mut std::process::Child,
+    t0: Instant,
+    hung: &str,
+) -> std::process::ExitStatus {
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{hung}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// `img` restored by `cryo restore`, through the tracer, mapped and
+/// packed: each run ends with PASS and status 0 (`what` names it).
+fn passes_every_way(img: &Path, what: &str) {
+    for how in [&[][..], &["--use-tracer"][..], &["--map"][..]] {
+        let (code, out, err) = Restored::start(img, how).finish();
+        assert_eq!(
+            (code, last_line(&out)),
+            (0, "PASS"),
+            "{what} {how:?}: {out}{err}"
+        );
+    }
+    let exe = img.with_file_name("restored");
+    pack_to(img, &exe);
+    let o = run_packed(&exe);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        (o.status.code(), last_line(&out)),
+        (Some(0), "PASS"),
+        "{what} packed: {out}"
+    );
 }
 
 /// Threads that set one sigaltstack between them (none on it) restore:
@@ -605,19 +621,7 @@ fn threads_sharing_one_sigaltstack_restore() {
         "stop",
         "exewatch-shared-alt",
     );
-    for mode in [&[][..], &["--use-tracer"][..], &["--map"][..]] {
-        let (code, out, err) = Restored::start(&img, mode).finish();
-        assert_eq!((code, last_line(&out)), (0, "PASS"), "{mode:?}: {out}{err}");
-    }
-    let exe = img.with_file_name("shared-alt.restored");
-    pack_to(&img, &exe);
-    let o = run_packed(&exe);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(
-        (o.status.code(), last_line(&out)),
-        (Some(0), "PASS"),
-        "{out}"
-    );
+    passes_every_way(&img, "shared sigaltstack");
 }
 
 /// A threaded process restored stopped (`--keep-stopped`) has run none
@@ -722,17 +726,7 @@ fn a_process_stopped_by_a_signal_its_main_thread_blocks_restores_stopped() {
     // SAFETY: kill takes integers; our own child, not reaped yet.
     unsafe { libc::kill(pid, libc::SIGCONT) };
     let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("hung: its threads never went on");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let status = wait_bounded(&mut child, t0, "hung: its threads never went on");
     let mut out = String::new();
     child
         .stdout

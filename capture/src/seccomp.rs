@@ -284,7 +284,6 @@ fn check(who: &str, filters: &[Filter], tsync: bool, last: &[(String, Data)], ob
 /// every restore hung), nor the stack pointer alone (a third: with a
 /// sigaltstack the word is on that).
 pub fn wait_words(b: &cryo_image::write::ImageBuilder) -> Vec<(i32, u64)> {
-    const SS_DISABLE: u32 = 2;
     let p = &b.process;
     let alts: Vec<(u64, u64, u32)> =
         std::iter::once((p.sigaltstack_sp, p.sigaltstack_size, p.sigaltstack_flags))
@@ -294,20 +293,7 @@ pub fn wait_words(b: &cryo_image::write::ImageBuilder) -> Vec<(i32, u64)> {
                     .map(|t| (t.sigaltstack_sp, t.sigaltstack_size, t.sigaltstack_flags)),
             )
             .collect();
-    // A sigaltstack another thread has too is not used (`Image::frame_alt`).
-    let set = |a: &(u64, u64, u32)| a.0 != 0 && a.2 & SS_DISABLE == 0;
-    let alt = |k: usize| {
-        let a = alts[k];
-        let shared = alts
-            .iter()
-            .enumerate()
-            .any(|(j, o)| j != k && set(o) && o.0 == a.0);
-        if set(&a) && shared {
-            (0, 0, SS_DISABLE)
-        } else {
-            a
-        }
-    };
+    let alt = |k: usize| cryo_image::unshared_alt(k, alts.len(), |j| alts.get(j).copied());
     let word = |rsp: u64, k: usize| {
         cryo_image::frame_top(rsp, alt(k), p.xsave_size)
             .saturating_sub(u64::from(p.xsave_size) + 512)

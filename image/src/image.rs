@@ -413,13 +413,8 @@ impl<'a> Image<'a> {
 
     /// The sigaltstack (ss_sp, ss_size, ss_flags) of task `k` (0: the main
     /// thread, k + 1: the k-th entry of the threads table) as
-    /// [`crate::frame_top`] is to see it: its own, or none (SS_DISABLE)
-    /// where another task of the process has the same one set. The shim
-    /// writes each task's frame and wait word at the top of its
-    /// sigaltstack, and two tasks there wrote over each other: threads
-    /// that set one sigaltstack each (a review) crashed on every restore.
+    /// [`crate::frame_top`] is to see it ([`crate::unshared_alt`]).
     pub fn frame_alt(&self, k: usize) -> (u64, u64, u32) {
-        const SS_DISABLE: u32 = 2;
         let p = self.process();
         let alt_of = |k: usize| -> Option<(u64, u64, u32)> {
             if k == 0 {
@@ -429,22 +424,7 @@ impl<'a> Image<'a> {
                 Some((t.sigaltstack_sp, t.sigaltstack_size, t.sigaltstack_flags))
             }
         };
-        let Some(alt) = alt_of(k) else {
-            return (0, 0, SS_DISABLE);
-        };
-        let set = |a: (u64, u64, u32)| a.0 != 0 && a.2 & SS_DISABLE == 0;
-        if !set(alt) {
-            return alt;
-        }
-        let shared = (0..=self.threads().len())
-            .filter(|&j| j != k)
-            .filter_map(alt_of)
-            .any(|a| set(a) && a.0 == alt.0);
-        if shared {
-            (0, 0, SS_DISABLE)
-        } else {
-            alt
-        }
+        crate::unshared_alt(k, self.threads().len() + 1, alt_of)
     }
 
     /// The xsave area of thread `k` (0: the main thread, k + 1: the k-th

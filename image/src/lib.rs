@@ -153,6 +153,36 @@ pub fn frame_xsave_size(xcr0: u64) -> usize {
 /// XCR0's AMX tile data bit (18).
 pub const XCR0_TILEDATA: u64 = 1 << 18;
 
+/// The sigaltstack (ss_sp, ss_size, ss_flags) task `k` of `n` (0 the main
+/// thread; `alt_of(j)`: task j's own) has for [`frame_top`]: its own, or
+/// none (SS_DISABLE) where another task has the same one set. The shim
+/// writes each task's frame and wait word at the top of its sigaltstack,
+/// and two tasks there wrote over each other: threads that set one
+/// sigaltstack each (a review) crashed on every restore.
+pub fn unshared_alt(
+    k: usize,
+    n: usize,
+    alt_of: impl Fn(usize) -> Option<(u64, u64, u32)>,
+) -> (u64, u64, u32) {
+    const SS_DISABLE: u32 = 2;
+    let Some(alt) = alt_of(k) else {
+        return (0, 0, SS_DISABLE);
+    };
+    let set = |a: (u64, u64, u32)| a.0 != 0 && a.2 & SS_DISABLE == 0;
+    if !set(alt) {
+        return alt;
+    }
+    let shared = (0..n)
+        .filter(|&j| j != k)
+        .filter_map(&alt_of)
+        .any(|a| set(a) && a.0 == alt.0);
+    if shared {
+        (0, 0, SS_DISABLE)
+    } else {
+        alt
+    }
+}
+
 /// Where the shim builds a thread's signal frame (the address it grows
 /// down from): where the kernel would put a handler's frame for a
 /// handler that runs on the alternate stack. On the thread's sigaltstack,

@@ -362,21 +362,36 @@ pub fn checked_gadgets(img: &Image) -> cryo_image::Gadgets {
     g
 }
 
+/// futex(`word`, FUTEX_WAKE_PRIVATE, every waiter), as a call for the
+/// chain, [`via_gadget`] or `seccomp::allows`.
+pub fn wake_all(word: usize) -> [usize; 7] {
+    [
+        SYS_FUTEX,
+        word,
+        FUTEX_WAKE_PRIVATE,
+        i32::MAX as usize,
+        0,
+        0,
+        0,
+    ]
+}
+
 /// System call `call` (rax, rdi, rsi, rdx, r10, r8, r9) made from the
-/// program's `syscall; ret` gadget (`checked_gadgets`), returning here:
-/// for calls the shim makes once seccomp filters are back, which then
-/// see the instruction pointer `seccomp::allows` checks them with.
-pub fn via_gadget(img: &Image, call: [usize; 7]) -> isize {
-    let gadget = checked_gadgets(img).syscall_ret as usize;
+/// program's syscall gadget at `gadget` ([`checked_gadgets`]), returning
+/// here: for calls the shim makes once seccomp filters are back, which
+/// then see the instruction pointer `seccomp::allows` checks them with.
+pub fn via_gadget(gadget: u64, call: [usize; 7]) -> isize {
     let ret: isize;
-    // SAFETY: `gadget` is a `syscall; ret` in the program's code, mapped
-    // and executable: `call` pushes our return address on this stack (the
-    // shim's, in the window), the gadget makes the system call, and its
-    // `ret` comes back here. rcx and r11 are the syscall's.
+    // SAFETY: `gadget` is a checked `syscall; ret` in the program's code
+    // (or a glibc wrapper's `syscall; cmp; jae; ret`, whose error path
+    // writes errno in the program's TLS), mapped and executable: `call`
+    // pushes our return address on this stack (the shim's, in the
+    // window), the gadget makes the system call, and its `ret` comes back
+    // here. rcx and r11 are the syscall's; the flags are not kept.
     unsafe {
         core::arch::asm!(
             "call {g}",
-            g = in(reg) gadget,
+            g = in(reg) gadget as usize,
             inlateout("rax") call[0] as isize => ret,
             in("rdi") call[1],
             in("rsi") call[2],
@@ -460,15 +475,7 @@ impl Area {
     pub fn calls(&self, release: Option<(usize, usize)>, mut f: impl FnMut([usize; 7])) {
         f([SYS_MUNMAP, self.at, self.len, 0, 0, 0, 0]);
         if let Some((word, n)) = release {
-            f([
-                SYS_FUTEX,
-                word,
-                FUTEX_WAKE_PRIVATE,
-                i32::MAX as usize,
-                0,
-                0,
-                0,
-            ]);
+            f(wake_all(word));
             // FUTEX_OP_SET 1 on the own word, then wake its waiters if it
             // was 0 (FUTEX_OP_CMP_EQ 0). The first word it wakes at is
             // one nobody waits on (`word` + 4): the kernel wakes one
@@ -566,21 +573,10 @@ pub fn finish_without_tracer(
             &mut next,
         );
     }
-    let wake = |word: usize| {
-        [
-            SYS_FUTEX,
-            word,
-            FUTEX_WAKE_PRIVATE,
-            i32::MAX as usize,
-            0,
-            0,
-            0,
-        ]
-    };
     match area {
         None => {
             if let Some((word, _)) = release {
-                chain(wake(word), &mut top, &mut next);
+                chain(wake_all(word), &mut top, &mut next);
             }
             if exe.is_some() {
                 die(format_args!(

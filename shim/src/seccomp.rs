@@ -107,7 +107,9 @@ pub fn allows(img: &Image, thread: u32, call: [usize; 7]) -> bool {
     if img.seccomp().is_empty() {
         return true;
     }
-    let ip = crate::frame::checked_gadgets(img).syscall_ret + 2;
+    // (Threads and the finishing chain need the gadgets: checked where
+    // they are run.)
+    let ip = img.gadgets().map_or(0, |g| g.syscall_ret + 2);
     let args = [call[1], call[2], call[3], call[4], call[5], call[6]].map(|a| a as u64);
     let d = bpf::Data::new(call[0] as i32, ip, args);
     bpf::allows(bpf::run_thread_chain(img.seccomp(), thread, &d))
@@ -135,6 +137,9 @@ pub fn allow_chain(
 /// for ever (a review: a filter that refuses FUTEX_WAKE at a high
 /// address, which capture passed with 0 for it, hung every restore).
 pub fn check_release(img: &Image, n: usize, fallback: Option<usize>) {
+    if img.seccomp().is_empty() {
+        return;
+    }
     let own = crate::threads::own_word;
     for i in 0..n {
         let wait = [SYS_FUTEX, own(i), FUTEX_WAIT_PRIVATE, 0, 0, 0, 0];
@@ -149,19 +154,8 @@ pub fn check_release(img: &Image, n: usize, fallback: Option<usize>) {
     let Some(release) = fallback else {
         return;
     };
-    let wake = |word: usize| {
-        [
-            SYS_FUTEX,
-            word,
-            FUTEX_WAKE_PRIVATE,
-            i32::MAX as usize,
-            0,
-            0,
-            0,
-        ]
-    };
     for w in (0..n).map(own).chain(core::iter::once(release)) {
-        if !allows(img, 0, wake(w)) {
+        if !allows(img, 0, crate::frame::wake_all(w)) {
             die(format_args!(
                 "the seccomp filters would stop the restore's release of its threads (futex(FUTEX_WAKE) at {w:#x})"
             ));

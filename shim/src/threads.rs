@@ -334,7 +334,7 @@ fn thread_main(img: &Image, index: usize, handoff_flags: u64) -> ! {
         crate::seccomp::install_chain(img, index as u32 + 1, false, buf);
     }
     READY.fetch_add(1, Ordering::AcqRel);
-    crate::frame::via_gadget(img, ready);
+    crate::frame::via_gadget(g.syscall_ret, ready);
     // SAFETY: frame_sp - 8 holds the sigreturn gadget's address and
     // frame_sp a complete rt_sigframe; the syscall gadget waits on `word`
     // (FUTEX_WAIT while it is 0), then `ret` enters the sigreturn gadget.
@@ -463,21 +463,11 @@ pub fn wait_ready(n: usize) {
 /// Made from the program's syscall gadget, as `seccomp::check_release`
 /// checked them.
 pub fn set_own_words(img: &Image, n: usize) {
+    let gadget = crate::frame::checked_gadgets(img).syscall_ret;
     for i in 0..n {
         let word = own_word(i);
         poke_u32(word, 1);
-        crate::frame::via_gadget(
-            img,
-            [
-                SYS_FUTEX,
-                word,
-                FUTEX_WAKE_PRIVATE,
-                i32::MAX as usize,
-                0,
-                0,
-                0,
-            ],
-        );
+        crate::frame::via_gadget(gadget, crate::frame::wake_all(word));
     }
 }
 
