@@ -10,9 +10,18 @@
 //! Numbers: the shim's own fds (meta.img, pages.img) move above the
 //! program's highest fd first, so every number the program had is free
 //! until its file is put there; a file is made at the lowest free number,
-//! moved above the program's too, then put at its number (a pipe's two
-//! ends are made together, and the lowest free numbers may be each
-//! other's places).
+//! which is its own where the program's fds have no gap below it (the
+//! usual case: then it stays), else put at its number (`dup3`: a number
+//! above every fd made so far, free). A pipe's two ends are made
+//! together, and the lowest free numbers may be each other's places:
+//! unless both are their own already, each moves above the program's
+//! fds first, then to its number.
+//!
+//! Everything is made without FD_CLOEXEC, as `cryo restore` installs
+//! them: `fds::restore` sets it where the image has it (the shim execs
+//! nothing meanwhile). Each fd moved used to cost four calls (to a high
+//! number, close, back, close) even where it was made at its number:
+//! ~50 of a threaded GHC program's ~400 calls in the shim.
 
 use crate::sys::*;
 use crate::{check, die, Args};
@@ -99,7 +108,9 @@ pub fn make(img: &Image, a: &Args) -> Args {
             }
             kind => {
                 let made = make_one(img, &f, kind);
-                put(above(made, hi), f.fd, true);
+                if made != f.fd as usize {
+                    put(made, f.fd, true);
+                }
                 status_flags(&f);
             }
         }
@@ -181,7 +192,7 @@ fn make_one(img: &Image, f: &Fd, kind: u32) -> usize {
                 .unwrap_or_else(|| missing());
             let sem = if e.semaphore != 0 { EFD_SEMAPHORE } else { 0 };
             let fd = check(
-                syscall3(SYS_EVENTFD2, 0, O_CLOEXEC | sem, 0),
+                syscall3(SYS_EVENTFD2, 0, sem, 0),
                 format_args!("eventfd for fd {}", f.fd),
             );
             if e.count > 0 {
@@ -202,7 +213,7 @@ fn make_one(img: &Image, f: &Fd, kind: u32) -> usize {
                 .get(f.object as usize)
                 .unwrap_or_else(|| missing());
             let fd = check(
-                syscall3(SYS_TIMERFD_CREATE, t.clock as usize, O_CLOEXEC, 0),
+                syscall3(SYS_TIMERFD_CREATE, t.clock as usize, 0, 0),
                 format_args!("timerfd_create for fd {}", f.fd),
             );
             let (flags, its) = t.rearm(|| {
@@ -253,7 +264,7 @@ fn make_one(img: &Image, f: &Fd, kind: u32) -> usize {
                     usize::MAX,
                     &mask as *const u64 as usize,
                     8,
-                    O_CLOEXEC,
+                    0,
                     0,
                     0,
                 ),
@@ -261,7 +272,7 @@ fn make_one(img: &Image, f: &Fd, kind: u32) -> usize {
             )
         }
         fd_kind::EPOLL => check(
-            syscall3(SYS_EPOLL_CREATE1, O_CLOEXEC, 0, 0),
+            syscall3(SYS_EPOLL_CREATE1, 0, 0, 0),
             format_args!("epoll_create1 for fd {}", f.fd),
         ),
         fd_kind::REGULAR | fd_kind::DIRECTORY | fd_kind::NULL_DEVICE | fd_kind::CHAR_DEVICE => {
@@ -289,12 +300,7 @@ fn open_again(img: &Image, f: &Fd, kind: u32) -> usize {
     buf[..path.len()].copy_from_slice(path.as_bytes());
     let device = matches!(kind, fd_kind::NULL_DEVICE | fd_kind::CHAR_DEVICE);
     let flags = f.flags & !cryo_image::fds::CREATE_ONLY_FLAGS | if device { O_NOCTTY } else { 0 };
-    let fd = syscall3(
-        SYS_OPEN,
-        buf.as_ptr() as usize,
-        flags as usize | O_CLOEXEC,
-        0,
-    );
+    let fd = syscall3(SYS_OPEN, buf.as_ptr() as usize, flags as usize, 0);
     if fd < 0 {
         die(format_args!("opening {path} (fd {}): errno {}", f.fd, -fd));
     }
@@ -341,10 +347,22 @@ fn pipe(img: &Image, f: &Fd, pages_fd: usize, hi: usize) {
     };
     let mut ends = [0i32; 2];
     check(
-        syscall3(SYS_PIPE2, ends.as_mut_ptr() as usize, O_CLOEXEC | packet, 0),
+        syscall3(SYS_PIPE2, ends.as_mut_ptr() as usize, packet, 0),
         format_args!("pipe2 for fd {}", f.fd),
     );
-    let (r, w) = (above(ends[0] as usize, hi), above(ends[1] as usize, hi));
+    let first = |write: bool| {
+        img.fds().iter().find(|g| {
+            g.kind == fd_kind::PIPE && g.object == f.object && (g.flags & O_ACCMODE != 0) == write
+        })
+    };
+    let (reader, writer) = (first(false), first(true));
+    let in_place =
+        reader.is_some_and(|g| g.fd == ends[0]) && writer.is_some_and(|g| g.fd == ends[1]);
+    let (r, w) = if in_place {
+        (ends[0] as usize, ends[1] as usize)
+    } else {
+        (above(ends[0] as usize, hi), above(ends[1] as usize, hi))
+    };
     let got = syscall3(SYS_FCNTL, w, F_SETPIPE_SZ, p.size as usize);
     if got < 0 || (got as u64) < p.size as u64 {
         die(format_args!(
@@ -357,15 +375,12 @@ fn pipe(img: &Image, f: &Fd, pages_fd: usize, hi: usize) {
     if p.data.len > 0 {
         fill(w, pages_fd, p.data.off, p.data.len as usize, f.fd);
     }
-    let first = |write: bool| {
-        img.fds().iter().find(|g| {
-            g.kind == fd_kind::PIPE && g.object == f.object && (g.flags & O_ACCMODE != 0) == write
-        })
-    };
-    for (end, write) in [(r, false), (w, true)] {
-        match first(write) {
+    for (end, g) in [(r, reader), (w, writer)] {
+        match g {
             Some(g) => {
-                put(end, g.fd, true);
+                if !in_place {
+                    put(end, g.fd, true);
+                }
                 status_flags(&g);
             }
             None => {

@@ -438,6 +438,10 @@ static void fds_check(void) {
 
 /* A self-pipe with data in it, and a full one. */
 static int p1[2], p2[2], p1_dup;
+/* A pipe whose write end has the lower number (far above the others: a
+ * restorer that makes its ends at the lowest free numbers must move
+ * both), and an eventfd past a gap, close-on-exec. */
+enum { P3_R = 41, P3_W = 40, EV_GAP = 45 };
 static const char P1DATA[] = "twenty-seven bytes buffered";
 static void pipe_setup(void) {
     CHECK(pipe2(p1, O_CLOEXEC) == 0, "pipe");
@@ -456,8 +460,28 @@ static void pipe_setup(void) {
         total += n;
     }
     CHECK(total == 65536, "pipe 2 holds 64 KiB (%zd)", total);
+    int p3[2];
+    CHECK(pipe(p3) == 0, "pipe 3");
+    CHECK(dup2(p3[0], P3_R) == P3_R && dup2(p3[1], P3_W) == P3_W, "pipe 3 at %d/%d", P3_R, P3_W);
+    close(p3[0]);
+    close(p3[1]);
+    CHECK(fcntl(P3_W, F_SETFD, FD_CLOEXEC) == 0, "pipe 3's write end close-on-exec");
+    CHECK(write(P3_W, "crossed", 7) == 7, "write pipe 3");
+    int ev = eventfd(5, EFD_CLOEXEC);
+    CHECK(ev >= 0 && dup3(ev, EV_GAP, O_CLOEXEC) == EV_GAP, "eventfd at %d", EV_GAP);
+    close(ev);
 }
 static void pipe_check(void) {
+    CHECK(fcntl(p1[0], F_GETFD) == FD_CLOEXEC && fcntl(p1[1], F_GETFD) == FD_CLOEXEC, "pipe 1's ends close-on-exec");
+    CHECK(fcntl(p1_dup, F_GETFD) == 0 && fcntl(p2[0], F_GETFD) == 0 && fcntl(p2[1], F_GETFD) == 0,
+          "pipe 2's ends and the dup not close-on-exec");
+    CHECK(fcntl(P3_R, F_GETFD) == 0 && fcntl(P3_W, F_GETFD) == FD_CLOEXEC, "pipe 3's close-on-exec flags");
+    CHECK(fcntl(EV_GAP, F_GETFD) == FD_CLOEXEC, "the eventfd's close-on-exec flag");
+    uint64_t n = 0;
+    CHECK(read(EV_GAP, &n, 8) == 8 && n == 5, "the eventfd's count (%llu)", (unsigned long long)n);
+    char three[8] = {0};
+    CHECK(read(P3_R, three, sizeof three) == 7 && !memcmp(three, "crossed", 7), "pipe 3's bytes");
+    CHECK(write(P3_W, "x", 1) == 1 && read(P3_R, three, 1) == 1 && three[0] == 'x', "pipe 3 still its pipe");
     char buf[4096];
     CHECK(fcntl(p1[1], F_GETPIPE_SZ) == 128 * 1024, "pipe size");
     CHECK(read(p1_dup, buf, 10) == 10, "read via the dup'ed read end");
