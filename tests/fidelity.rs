@@ -528,6 +528,43 @@ fn seccomp_filters() {
 /// A process cryo cannot restore faithfully is refused with every
 /// obstacle named at once, before anything is written; --dry-run lists
 /// them too; the target is left running as it was.
+/// Options a program gives its sockets beyond the common ones (a TCP
+/// listener's TCP_MAXSEG, IP_TRANSPARENT, TCP_CONGESTION, SO_ZEROCOPY; a
+/// UDP socket's UDP_SEGMENT, IP_MINTTL, SO_RXQ_OVFL; a UDP6 socket's
+/// multicast hops, loop and interface): each read back as set, every way.
+/// A sweep of real servers found them all reset to the kernel's defaults.
+#[test]
+fn socket_options_beyond_the_common_ones() {
+    case("sockopts");
+}
+
+/// A UDP socket that joined a multicast group, and an IPv6 one: refused
+/// by name (group and device), nothing written, the process left as it
+/// was. Before, the restored sockets had left their groups without a
+/// word, and the program heard nothing sent to them.
+#[test]
+fn multicast_memberships_are_refused_by_name() {
+    let dir = scratch("fidelity-mcast");
+    let t = Target::spawn(fidelity_cmd("mcast", &dir), "fidelity");
+    t.wait_stopped();
+    let pid = t.pid.to_string();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &pid, img.to_str().unwrap()]);
+    assert_eq!(code, 1, "refused: {err}");
+    for want in [
+        "2 obstacles",
+        "is a member of multicast group 239.1.2.3 on lo",
+        "is a member of multicast group ff15::1234 on lo",
+    ] {
+        assert!(err.contains(want), "names {want}: {err}");
+    }
+    assert!(!img.exists(), "nothing written");
+    assert_eq!(state(t.pid), Some('T'), "left stopped, as it was");
+    t.cont();
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, "PASS mcast"), "{err}");
+}
+
 #[test]
 fn every_obstacle_at_once() {
     let dir = scratch("fidelity-refuse");

@@ -11,6 +11,7 @@ pub mod glibc;
 mod inflight;
 mod inotify;
 mod locks;
+mod mcast;
 mod mm;
 pub mod obstacles;
 pub mod pages;

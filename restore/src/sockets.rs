@@ -608,6 +608,18 @@ fn opt_name(level: i32, name: i32) -> String {
         (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) => "IPV6_V6ONLY",
         (libc::IPPROTO_IP, libc::IP_TOS) => "IP_TOS",
         (libc::IPPROTO_IP, libc::IP_TTL) => "IP_TTL",
+        (libc::IPPROTO_IP, libc::IP_TRANSPARENT) => "IP_TRANSPARENT",
+        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER) => "IP_MTU_DISCOVER",
+        (libc::IPPROTO_IP, libc::IP_MULTICAST_IF) => "IP_MULTICAST_IF",
+        (libc::IPPROTO_TCP, libc::TCP_MAXSEG) => "TCP_MAXSEG",
+        (libc::IPPROTO_TCP, libc::TCP_CONGESTION) => "TCP_CONGESTION",
+        (libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP) => "TCP_WINDOW_CLAMP",
+        (libc::SOL_SOCKET, libc::SO_TIMESTAMPING) => "SO_TIMESTAMPING",
+        (libc::SOL_SOCKET, libc::SO_BUSY_POLL) => "SO_BUSY_POLL",
+        (libc::SOL_SOCKET, libc::SO_ZEROCOPY) => "SO_ZEROCOPY",
+        (libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE) => "SO_MAX_PACING_RATE",
+        (libc::IPPROTO_IPV6, libc::IPV6_TRANSPARENT) => "IPV6_TRANSPARENT",
+        (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF) => "IPV6_MULTICAST_IF",
         _ => "",
     };
     if n.is_empty() {

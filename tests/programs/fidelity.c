@@ -54,6 +54,7 @@
 #include <poll.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <arpa/inet.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <sys/stat.h>
@@ -2001,6 +2002,125 @@ static void refuse_check(void) {}
  * After the restore each filter is there, as long, and filters. */
 static int sf_udp, sf_pair[2];
 static struct sockaddr_in sf_addr;
+/* sockopts: options a program sets on a TCP listener, a UDP socket and a
+ * UDP6 socket that a new socket does not have (a sweep of real servers,
+ * stop 45: each of these came back as the kernel's default). */
+enum { SO_TCP, SO_UDP, SO_UDP6, SO_N };
+static int so_sk[SO_N];
+struct so_want {
+    int sk, level, name, val;
+};
+#ifndef IP_RECVERR_RFC4884
+#define IP_RECVERR_RFC4884 26
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+#ifndef UDP_CORK
+#define UDP_CORK 1
+#endif
+static const struct so_want so_wants[] = {
+    {SO_TCP, SOL_SOCKET, SO_DONTROUTE, 1},
+    {SO_TCP, SOL_SOCKET, SO_TIMESTAMPNS, 1},
+    {SO_TCP, SOL_SOCKET, SO_BUSY_POLL, 50},
+    {SO_TCP, SOL_SOCKET, SO_ZEROCOPY, 1},
+    {SO_TCP, SOL_SOCKET, SO_SELECT_ERR_QUEUE, 1},
+    {SO_TCP, IPPROTO_IP, IP_TRANSPARENT, 1},
+    {SO_TCP, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1},
+    {SO_TCP, IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT},
+    {SO_TCP, IPPROTO_IP, IP_RECVTOS, 1},
+    {SO_TCP, IPPROTO_TCP, TCP_MAXSEG, 1200},
+    {SO_TCP, IPPROTO_TCP, TCP_SYNCNT, 3},
+    {SO_TCP, IPPROTO_TCP, TCP_LINGER2, 7},
+    {SO_TCP, IPPROTO_TCP, TCP_WINDOW_CLAMP, 40000},
+    {SO_TCP, IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS, 1},
+    {SO_TCP, IPPROTO_TCP, TCP_INQ, 1},
+    {SO_TCP, IPPROTO_TCP, TCP_SAVE_SYN, 1},
+    {SO_UDP, SOL_SOCKET, SO_TIMESTAMP, 1},
+    {SO_UDP, SOL_SOCKET, SO_RXQ_OVFL, 1},
+    {SO_UDP, IPPROTO_IP, IP_RECVTTL, 1},
+    {SO_UDP, IPPROTO_IP, IP_RECVORIGDSTADDR, 1},
+    {SO_UDP, IPPROTO_IP, IP_MULTICAST_ALL, 0},
+    {SO_UDP, IPPROTO_IP, IP_MINTTL, 9},
+    {SO_UDP, IPPROTO_IP, IP_RECVERR_RFC4884, 1},
+    {SO_UDP, IPPROTO_UDP, UDP_CORK, 1},
+    {SO_UDP, IPPROTO_UDP, UDP_SEGMENT, 1000},
+    {SO_UDP, IPPROTO_UDP, UDP_GRO, 1},
+    {SO_UDP6, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, 7},
+    {SO_UDP6, IPPROTO_IPV6, IPV6_MULTICAST_LOOP, 0},
+    {SO_UDP6, IPPROTO_IPV6, IPV6_MULTICAST_IF, 1},
+    {SO_UDP6, IPPROTO_IPV6, IPV6_RECVTCLASS, 1},
+    {SO_UDP6, IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DONT},
+    {SO_UDP6, IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1},
+    {SO_UDP6, IPPROTO_IPV6, IPV6_DONTFRAG, 1},
+    {SO_UDP6, IPPROTO_IPV6, IPV6_TRANSPARENT, 1},
+};
+static void sockopts_setup(void) {
+    so_sk[SO_TCP] = socket(AF_INET, SOCK_STREAM, 0);
+    so_sk[SO_UDP] = socket(AF_INET, SOCK_DGRAM, 0);
+    so_sk[SO_UDP6] = socket(AF_INET6, SOCK_DGRAM, 0);
+    CHECK(so_sk[SO_TCP] >= 0 && so_sk[SO_UDP] >= 0 && so_sk[SO_UDP6] >= 0, "sockets");
+    for (size_t i = 0; i < sizeof so_wants / sizeof *so_wants; i++) {
+        const struct so_want *w = &so_wants[i];
+        CHECK(setsockopt(so_sk[w->sk], w->level, w->name, &w->val, sizeof w->val) == 0, "setsockopt %d/%d = %d: %s",
+              w->level, w->name, w->val, strerror(errno));
+    }
+    CHECK(setsockopt(so_sk[SO_TCP], IPPROTO_TCP, TCP_CONGESTION, "reno", 4) == 0, "TCP_CONGESTION reno");
+    uint64_t rate = 1000000;
+    CHECK(setsockopt(so_sk[SO_TCP], SOL_SOCKET, SO_MAX_PACING_RATE, &rate, sizeof rate) == 0, "SO_MAX_PACING_RATE");
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    CHECK(bind(so_sk[SO_TCP], (struct sockaddr *)&a, sizeof a) == 0 && listen(so_sk[SO_TCP], 4) == 0, "listen");
+    CHECK(bind(so_sk[SO_UDP], (struct sockaddr *)&a, sizeof a) == 0, "bind udp");
+}
+static void sockopts_check(void) {
+    for (size_t i = 0; i < sizeof so_wants / sizeof *so_wants; i++) {
+        const struct so_want *w = &so_wants[i];
+        int v = -1;
+        socklen_t l = sizeof v;
+        CHECK(getsockopt(so_sk[w->sk], w->level, w->name, &v, &l) == 0 && v == w->val,
+              "option %d/%d of socket %d: %d, set %d", w->level, w->name, w->sk, v, w->val);
+    }
+    char cc[16] = {0};
+    socklen_t l = sizeof cc;
+    CHECK(getsockopt(so_sk[SO_TCP], IPPROTO_TCP, TCP_CONGESTION, cc, &l) == 0 && !strcmp(cc, "reno"),
+          "TCP_CONGESTION %s", cc);
+    uint64_t rate = 0;
+    l = sizeof rate;
+    CHECK(getsockopt(so_sk[SO_TCP], SOL_SOCKET, SO_MAX_PACING_RATE, &rate, &l) == 0 && rate == 1000000,
+          "SO_MAX_PACING_RATE %llu", (unsigned long long)rate);
+    /* Still a listener that takes a connection. */
+    struct sockaddr_in a;
+    socklen_t al = sizeof a;
+    CHECK(getsockname(so_sk[SO_TCP], (struct sockaddr *)&a, &al) == 0, "getsockname");
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(connect(c, (struct sockaddr *)&a, sizeof a) == 0, "connect");
+    int s = accept(so_sk[SO_TCP], NULL, NULL);
+    CHECK(s >= 0, "accept");
+    /* (The client closes first: TIME_WAIT on its port, not the
+     * listener's, which the next restore of the image binds again.) */
+    close(c);
+    usleep(1000);
+    close(s);
+}
+
+/* mcast: a UDP socket that joined a multicast group (on lo) and an IPv6
+ * one (ff15::1234 on lo): refused by name, the process left as it was. */
+static void mcast_setup(void) {
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    struct ip_mreqn m = {.imr_ifindex = 1};
+    inet_pton(AF_INET, "239.1.2.3", &m.imr_multiaddr);
+    CHECK(u >= 0 && setsockopt(u, IPPROTO_IP, IP_ADD_MEMBERSHIP, &m, sizeof m) == 0, "IP_ADD_MEMBERSHIP: %s",
+          strerror(errno));
+    int u6 = socket(AF_INET6, SOCK_DGRAM, 0);
+    struct ipv6_mreq m6 = {.ipv6mr_interface = 1};
+    inet_pton(AF_INET6, "ff15::1234", &m6.ipv6mr_multiaddr);
+    CHECK(u6 >= 0 && setsockopt(u6, IPPROTO_IPV6, IPV6_JOIN_GROUP, &m6, sizeof m6) == 0, "IPV6_JOIN_GROUP: %s",
+          strerror(errno));
+}
+
 static void sockfilter_setup(void) {
     struct sock_filter first_a[] = {
         {BPF_LD | BPF_B | BPF_ABS, 0, 0, 8}, /* the first byte after the UDP header */
@@ -2818,6 +2938,8 @@ static const struct fcase cases[] = {
     {"fanotify", fanotify_setup, fanotify_check, NULL},
     {"sockets", sockets_setup, sockets_check, NULL},
     {"sockfilter", sockfilter_setup, sockfilter_check, NULL},
+    {"sockopts", sockopts_setup, sockopts_check, NULL},
+    {"mcast", mcast_setup, refuse_check, NULL},
     {"seccomp", seccomp_setup, seccomp_check, seccomp_settle},
     {"seccomp-refused", seccomp_refused_setup, refuse_check, NULL},
     {"thread-creds", thread_creds_setup, thread_creds_check, thread_creds_settle},
