@@ -733,3 +733,37 @@ fn a_packed_restorer_maps_its_code_from_its_second_name() {
         (want.0, want.1.as_str(), true, false)
     );
 }
+
+/// A program that made a process group of its own leads one again when
+/// its packed restorer runs in a script's group, as with `cryo restore`
+/// (`Image::leads_group_again`): its `kill(0, ...)` would otherwise
+/// reach the script (GNU timeout's way of ending its command).
+#[test]
+fn a_packed_restorer_of_a_group_leader_leads_a_group_of_its_own() {
+    use std::os::unix::process::CommandExt;
+    let dir = scratch("pack-group-leader");
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args([
+        "-c",
+        "import os, signal\nos.setpgid(0, 0)\nprint('READY', os.getpid(), flush=True)\nos.kill(os.getpid(), signal.SIGSTOP)\nprint(os.getpgrp() == os.getpid(), flush=True)\nos.kill(0, signal.SIGTERM)",
+    ]);
+    let img = capture(cmd, "python", &dir);
+    let exe = dir.join("leader.restored");
+    pack(&img, &exe, &[]);
+    sanitize_fds();
+    let out = Command::new("sh")
+        .args(["-c", &format!("{}; echo restored $?", exe.display())])
+        .process_group(0)
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh");
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(0), "True\nrestored 143\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

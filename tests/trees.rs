@@ -5223,3 +5223,58 @@ fn a_childs_socket_obstacle_names_the_child() {
     // SAFETY: kill takes no pointers.
     unsafe { libc::kill(child, libc::SIGKILL) };
 }
+
+/// GNU timeout puts itself in a process group of its own and ends its
+/// command by signalling that group (`kill(0, SIGTERM)`). Restored by a
+/// script (`cryo restore` then runs in the script's group), it leads a
+/// group again: the script lives on and sees timeout's 124. Before, the
+/// restored timeout signalled the script's whole group (a sweep of real
+/// programs, stop 45), and the script died with it.
+#[test]
+fn timeout_leads_its_own_group_again_and_spares_the_script_that_restored_it() {
+    use std::os::unix::process::CommandExt;
+    let dir = scratch("tree-timeout");
+    sanitize_fds();
+    let mut t = Command::new("timeout")
+        .args(["4", "sleep", "60"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("timeout");
+    let pid = t.id() as i32;
+    wait_for("timeout's command", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .is_ok_and(|c| !c.trim().is_empty())
+    });
+    let img = dir.join("img");
+    capture_kill(pid, &img);
+    let _ = t.wait();
+    let pids = tree_pids(&img);
+    assert_eq!(pids.len(), 2, "timeout and sleep: {pids:?}");
+    wait_gone(&pids);
+    for mode in ["", "--map"] {
+        // The script leads its own group, the one `cryo restore` is in.
+        let script = format!(
+            "{} restore {mode} {}; echo restored $?; echo survived",
+            cryo().display(),
+            img.display()
+        );
+        sanitize_fds();
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .output()
+            .expect("sh");
+        assert_eq!(
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).as_ref()
+            ),
+            (Some(0), "restored 124\nsurvived\n"),
+            "{mode}: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_gone(&pids[1..]);
+    }
+}

@@ -106,6 +106,12 @@ pub struct Summary {
     /// (`cryo_image::task::PidRef`): restored under another PID, it goes on
     /// with the captured one there.
     pub own_pid_refs: Vec<u64>,
+    /// The root's fds 0-2 that are regular files (number, path, offset):
+    /// `cryo restore` gives the restored process its own fds 0-2 there
+    /// unless `--restore-stdio` (a program that put its output file at
+    /// fd 1 itself, as `dd of=` and `sort -o` do, would write the rest
+    /// to the restore's stdout: said at capture).
+    pub stdio_files: Vec<(i32, String, u64)>,
     /// System V semaphore sets and message queues recorded (those the
     /// process could use; made again at restore if gone), by id.
     pub sysv_sets: Vec<i32>,
@@ -570,6 +576,12 @@ pub fn capture(
             .filter(|t| t.options & cryo_image::fds::tcp_opts::LOCKED != 0)
             .count(),
         own_pid_refs: own_values(&b.pid_refs),
+        stdio_files: b
+            .fds
+            .iter()
+            .filter(|f| f.fd <= 2 && f.kind == cryo_image::fd_kind::REGULAR)
+            .map(|f| (f.fd, b.strings.text(f.target), f.pos))
+            .collect(),
         sysv_sets: ids(all.iter().flat_map(|i| i.b.sysv_sem.iter().map(|s| s.id))),
         sysv_queues: ids(all.iter().flat_map(|i| i.b.sysv_msq.iter().map(|q| q.id))),
     })

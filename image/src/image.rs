@@ -388,6 +388,25 @@ impl<'a> Image<'a> {
     pub fn aio_rings(&self) -> Table<'a, fds::AioRing> {
         self.table(SectionKind::AioRings)
     }
+    /// Whether the restored process (a tree's root) makes a process group
+    /// of its own again, `setpgid(0, 0)`, when it is not the leader of
+    /// the one it is restored in: it led its group, not its session (a
+    /// session leader's `setsid` makes it lead both), and that group was
+    /// not its terminal's foreground. A group of its own it made itself
+    /// (GNU timeout, which ends its command by signalling its group,
+    /// `kill(0, SIGTERM)`), or a shell's background job: restored in the
+    /// group of a script that ran `cryo restore`, such a program signalled
+    /// the script (a sweep of real programs, stop 45). The foreground
+    /// job of an interactive shell is left in the group it is restored in,
+    /// which is that shell's job and the terminal's foreground.
+    pub fn leads_group_again(&self) -> bool {
+        use crate::process_flags::{GROUP_LEADER, SESSION_LEADER};
+        let p = self.process();
+        p.flags & GROUP_LEADER != 0
+            && p.flags & SESSION_LEADER == 0
+            && self.terminal().is_none_or(|t| t.fg_pgrp != p.pid)
+    }
+
     /// (11.10) The terminal at the process's fds 0-2, its modes and size.
     pub fn terminal(&self) -> Option<fds::Terminal> {
         self.table::<fds::Terminal>(SectionKind::Terminal).get(0)

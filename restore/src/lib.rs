@@ -621,6 +621,19 @@ impl Plan {
                 }
             }
         }
+        // A process that made a group of its own (GNU timeout) or ran as
+        // a shell's background job leads one again
+        // (`Image::leads_group_again`; --same-pid: `lead_own_group`),
+        // before the terminal is looked at: such a group is not its
+        // terminal's foreground, and a tree's children join it.
+        if !self.opts.pidns && !self.opts.same_pid && self.image().leads_group_again() {
+            let me = std::process::id() as i32;
+            if sys::getpgid(0).ok() != Some(me) {
+                if let Err(e) = sys::setpgid(0, 0) {
+                    return e.into_sys("setpgid (the restored process led its process group)");
+                }
+            }
+        }
         // The captured modes of the terminal at the program's fds 0-2 go
         // on this restore's terminal there, when it runs in its
         // foreground (asked before a PID namespace hides the group).

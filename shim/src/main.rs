@@ -672,7 +672,9 @@ fn restore(a: &Args, packed: bool) -> ! {
     mem::map_anon_at(scratch::AT, scratch::LEN, "scratch");
     let mut made;
     let a = if packed {
-        // (Before the restorer leads a session or group of its own.)
+        // (After the restorer leads a group of its own, before it leads a
+        // session.)
+        packed::lead_own_group(&img);
         let foreground = terminal::foreground(&img);
         let own = packed::check_and_set(&img);
         // The program's fds, before any file of the shim's takes a number.

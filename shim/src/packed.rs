@@ -667,3 +667,23 @@ fn fmt_i64(v: i64, out: &mut [u8; 24]) -> usize {
     }
     len
 }
+
+/// A process that made a group of its own (GNU timeout) or ran as a
+/// shell's background job leads one again, as with `cryo restore`
+/// (`Image::leads_group_again`): before the terminal is asked whether
+/// this restorer is its foreground (such a group is not).
+pub fn lead_own_group(img: &Image) {
+    if !img.leads_group_again() {
+        return;
+    }
+    let me = syscall3(SYS_GETPID, 0, 0, 0);
+    if syscall3(SYS_GETPGID, 0, 0, 0) != me {
+        let r = syscall3(SYS_SETPGID, 0, 0, 0);
+        if r < 0 {
+            die(format_args!(
+                "setpgid (the process led its process group): {}",
+                errno_name(-r)
+            ));
+        }
+    }
+}

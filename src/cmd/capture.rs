@@ -236,6 +236,29 @@ fn own_pid_note(pid: i32, refs: &[u64]) -> Option<String> {
     ))
 }
 
+/// The note on fds 0-2 that are files: `cryo restore` gives the
+/// restored process its own there, which loses the rest of an output
+/// file a program put at fd 1 itself (`dd of=FILE`), unless told.
+fn stdio_note(files: &[(i32, String, u64)]) -> Option<String> {
+    if files.is_empty() {
+        return None;
+    }
+    let list = files
+        .iter()
+        .map(|(fd, path, pos)| format!("fd {fd} is {path} (at offset {pos})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let fds = files
+        .iter()
+        .map(|(fd, _, _)| fd.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    Some(format!(
+        "note: {list}; `cryo restore` gives the restored process its own fds 0-2 instead (as a program started anew gets its shell's), so what it writes there goes to the restore's; `cryo restore --restore-stdio={fds}` gives it {} back",
+        if files.len() == 1 { "this file" } else { "these files" }
+    ))
+}
+
 /// Every obstacle on its own line.
 pub fn obstacle_list(pid: i32, obstacles: &[String]) -> String {
     let mut s = format!(
@@ -416,6 +439,9 @@ pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
             s.throughput_gib_s
         );
         if let Some(note) = own_pid_note(s.pid, &s.own_pid_refs) {
+            eprintln!("{note}");
+        }
+        if let Some(note) = stdio_note(&s.stdio_files) {
             eprintln!("{note}");
         }
         if !s.sysv_sets.is_empty() || !s.sysv_queues.is_empty() {
