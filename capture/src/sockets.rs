@@ -24,10 +24,10 @@ use cryo_image::write::ImageBuilder;
 use cryo_image::NO_INDEX;
 use std::os::fd::OwnedFd;
 
-/// The options read from every socket of a family (level, name); those
-/// the kernel does not know for a socket are skipped. `connected`: a TCP
-/// connection, whose TCP_MAXSEG and TCP_WINDOW_CLAMP the kernel sets
-/// from the peer (a socket made again would be clamped to them) and
+/// The options read from every socket of a family (level, name, always);
+/// those the kernel does not know for a socket are skipped. `connected`:
+/// a TCP connection, whose TCP_MAXSEG and TCP_WINDOW_CLAMP the kernel
+/// sets from the peer (a socket made again would be clamped to them) and
 /// whose TCP_FASTOPEN_CONNECT can only be set before it connects.
 ///
 /// Each is set again where it differs from a new socket's and read back
@@ -38,7 +38,16 @@ use std::os::fd::OwnedFd;
 /// every option of these levels a socket can be given with a plain value
 /// of at most 16 bytes, but IP_MULTICAST_IF's interface index
 /// (getsockopt gives its address only: docs/pitfalls.md).
-fn options(family: i32, sock_type: i32, connected: bool) -> Vec<(i32, i32)> {
+///
+/// `always` false: recorded only where it differs from a new socket's
+/// here ([`read_options`]). Several read a default the system gives
+/// (TCP_CONGESTION, TCP_SYNCNT, TCP_LINGER2, IP_MTU_DISCOVER,
+/// SO_BUSY_POLL: sysctls), which, recorded, a restore on a machine or
+/// in a namespace with other defaults would pin, or fail to set (a
+/// congestion control not loaded there): a review found both. Those of
+/// the first list are recorded always, as before stop 45 (the restore
+/// reads SO_BUF_LOCK and IPV6_V6ONLY whatever they are).
+fn options(family: i32, sock_type: i32, connected: bool) -> Vec<(i32, i32, bool)> {
     use libc::*;
     /// Linux 5.14; not in the libc crate yet.
     const SO_BUF_LOCK: i32 = 72;
@@ -49,193 +58,203 @@ fn options(family: i32, sock_type: i32, connected: bool) -> Vec<(i32, i32)> {
     const SO_TXREHASH: i32 = 74;
     const SO_RCVMARK: i32 = 75;
     const SO_PASSPIDFD: i32 = 76;
-    let mut v: Vec<(i32, i32)> = [
-        SO_REUSEADDR,
-        SO_REUSEPORT,
-        SO_KEEPALIVE,
-        SO_BROADCAST,
-        SO_OOBINLINE,
-        SO_PASSCRED,
-        SO_PRIORITY,
-        SO_RCVLOWAT,
-        SO_LINGER,
-        SO_RCVBUF,
-        SO_SNDBUF,
-        // After the sizes: setting a size locks it; the lock as it was.
-        SO_BUF_LOCK,
-        SO_BINDTODEVICE,
-        SO_RCVTIMEO,
-        SO_SNDTIMEO,
-        SO_MARK,
-        SO_DONTROUTE,
-        SO_PASSSEC,
-        // (Setting TIMESTAMPNS sets TIMESTAMP's flag too, which then
-        // reads 0: set in this order, each ends as captured.)
-        SO_TIMESTAMP,
-        SO_TIMESTAMPNS,
-        SO_TIMESTAMP_NEW,
-        SO_TIMESTAMPNS_NEW,
-        SO_TIMESTAMPING,
-        SO_RXQ_OVFL,
-        SO_WIFI_STATUS,
-        SO_PEEK_OFF,
-        SO_NOFCS,
-        SO_SELECT_ERR_QUEUE,
-        SO_BUSY_POLL,
-        SO_MAX_PACING_RATE,
-        SO_ZEROCOPY,
-        SO_PREFER_BUSY_POLL,
-        SO_BUSY_POLL_BUDGET,
-        SO_TXREHASH,
-        SO_RCVMARK,
-        SO_PASSPIDFD,
-    ]
-    .iter()
-    .map(|&n| (SOL_SOCKET, n))
-    .collect();
+    /// IP_RECVERR_RFC4884, IP_LOCAL_PORT_RANGE (Linux 6.3),
+    /// IPV6_RECVERR_RFC4884, TCP_TX_DELAY: not in the libc crate.
+    const IP_RECVERR_RFC4884: i32 = 26;
+    const IP_LOCAL_PORT_RANGE: i32 = 51;
+    const IPV6_RECVERR_RFC4884: i32 = 31;
+    const TCP_TX_DELAY: i32 = 37;
+    let mut v: Vec<(i32, i32, bool)> = Vec::new();
+    let mut add = |level: i32, names: &[i32], always: bool| {
+        v.extend(names.iter().map(|&n| (level, n, always)));
+    };
+    add(
+        SOL_SOCKET,
+        &[
+            SO_REUSEADDR,
+            SO_REUSEPORT,
+            SO_KEEPALIVE,
+            SO_BROADCAST,
+            SO_OOBINLINE,
+            SO_PASSCRED,
+            SO_PRIORITY,
+            SO_RCVLOWAT,
+            SO_LINGER,
+            SO_RCVBUF,
+            SO_SNDBUF,
+            // After the sizes: setting a size locks it; the lock as it was.
+            SO_BUF_LOCK,
+            SO_BINDTODEVICE,
+            SO_RCVTIMEO,
+            SO_SNDTIMEO,
+            SO_MARK,
+        ],
+        true,
+    );
+    add(
+        SOL_SOCKET,
+        &[
+            SO_DONTROUTE,
+            SO_PASSSEC,
+            // Setting SO_TIMESTAMPING clears the flag the _NEW variants
+            // set, and SO_TIMESTAMPNS sets SO_TIMESTAMP's: in this order,
+            // each ends as captured (a review found the _NEW ones lost
+            // with SO_TIMESTAMPING last).
+            SO_TIMESTAMPING,
+            SO_TIMESTAMP,
+            SO_TIMESTAMPNS,
+            SO_TIMESTAMP_NEW,
+            SO_TIMESTAMPNS_NEW,
+            SO_RXQ_OVFL,
+            SO_WIFI_STATUS,
+            SO_PEEK_OFF,
+            SO_NOFCS,
+            SO_SELECT_ERR_QUEUE,
+            SO_BUSY_POLL,
+            SO_MAX_PACING_RATE,
+            SO_ZEROCOPY,
+            SO_PREFER_BUSY_POLL,
+            SO_BUSY_POLL_BUDGET,
+            SO_TXREHASH,
+            SO_RCVMARK,
+            SO_PASSPIDFD,
+        ],
+        false,
+    );
     if family == AF_NETLINK {
         // NETLINK_PKTINFO, BROADCAST_ERROR, NO_ENOBUFS, LISTEN_ALL_NSID,
         // CAP_ACK, EXT_ACK, GET_STRICT_CHK (not in the libc crate).
-        v.extend([3, 4, 5, 8, 10, 11, 12].iter().map(|&n| (SOL_NETLINK, n)));
+        add(SOL_NETLINK, &[3, 4, 5, 8, 10, 11, 12], true);
     }
-    if family == AF_INET || family == AF_INET6 {
-        if sock_type == SOCK_STREAM {
-            v.extend(
-                [
-                    TCP_NODELAY,
-                    TCP_CORK,
-                    TCP_KEEPIDLE,
-                    TCP_KEEPINTVL,
-                    TCP_KEEPCNT,
-                    TCP_DEFER_ACCEPT,
-                    TCP_USER_TIMEOUT,
-                    TCP_FASTOPEN,
-                    TCP_NOTSENT_LOWAT,
-                    TCP_SYNCNT,
-                    TCP_LINGER2,
-                    TCP_THIN_LINEAR_TIMEOUTS,
-                    TCP_CONGESTION,
-                    TCP_SAVE_SYN,
-                    TCP_INQ,
-                    TCP_TX_DELAY,
-                    TCP_FASTOPEN_NO_COOKIE,
-                    TCP_MAXSEG,
-                    TCP_WINDOW_CLAMP,
-                    TCP_FASTOPEN_CONNECT,
-                ]
-                .iter()
-                .filter(|&&n| {
-                    !connected || !matches!(n, TCP_MAXSEG | TCP_WINDOW_CLAMP | TCP_FASTOPEN_CONNECT)
-                })
-                .map(|&n| (IPPROTO_TCP, n)),
-            );
-        }
-        if sock_type == SOCK_DGRAM {
-            /// UDP_NO_CHECK6_TX, UDP_NO_CHECK6_RX, UDP_SEGMENT, UDP_GRO.
-            const MORE: [i32; 4] = [101, 102, 103, 104];
-            v.extend(
-                std::iter::once(UDP_CORK)
-                    .chain(MORE)
-                    .map(|n| (IPPROTO_UDP, n)),
-            );
-        }
-        /// IP_RECVERR_RFC4884, IP_LOCAL_PORT_RANGE (Linux 6.3),
-        /// IPV6_RECVERR_RFC4884, TCP_TX_DELAY: not in the libc crate.
-        const IP_RECVERR_RFC4884: i32 = 26;
-        const IPV6_RECVERR_RFC4884: i32 = 31;
-        const TCP_TX_DELAY: i32 = 37;
-        const IP_LOCAL_PORT_RANGE: i32 = 51;
-        // The inet flags any inet socket has, v6 ones too.
-        v.extend(
-            [IP_TRANSPARENT, IP_BIND_ADDRESS_NO_PORT, IP_LOCAL_PORT_RANGE]
-                .iter()
-                .map(|&n| (IPPROTO_IP, n)),
+    if family != AF_INET && family != AF_INET6 {
+        return v;
+    }
+    if sock_type == SOCK_STREAM {
+        add(
+            IPPROTO_TCP,
+            &[
+                TCP_NODELAY,
+                TCP_CORK,
+                TCP_KEEPIDLE,
+                TCP_KEEPINTVL,
+                TCP_KEEPCNT,
+                TCP_DEFER_ACCEPT,
+                TCP_USER_TIMEOUT,
+                TCP_FASTOPEN,
+                TCP_NOTSENT_LOWAT,
+            ],
+            true,
         );
-        if family == AF_INET {
-            v.extend(
-                [
-                    IP_TOS,
-                    IP_TTL,
-                    IP_FREEBIND,
-                    IP_RECVERR,
-                    IP_PKTINFO,
-                    IP_MULTICAST_TTL,
-                    IP_MULTICAST_LOOP,
-                    IP_MULTICAST_IF,
-                    IP_MULTICAST_ALL,
-                    IP_MTU_DISCOVER,
-                    IP_RECVTTL,
-                    IP_RECVTOS,
-                    IP_RECVOPTS,
-                    IP_RETOPTS,
-                    IP_RECVORIGDSTADDR,
-                    IP_PASSSEC,
-                    IP_MINTTL,
-                    IP_CHECKSUM,
-                    IP_RECVFRAGSIZE,
-                    IP_RECVERR_RFC4884,
-                ]
-                .iter()
-                // (Not on TCP, which refuses to set IP_MULTICAST_TTL: a
-                // socket accept made has the TTL of the SYN there, 64,
-                // which a socket made again could not be given.)
-                .filter(|&&n| {
-                    sock_type != SOCK_STREAM
-                        || !matches!(
-                            n,
-                            IP_MULTICAST_TTL
-                                | IP_MULTICAST_LOOP
-                                | IP_MULTICAST_IF
-                                | IP_MULTICAST_ALL
-                        )
-                })
-                .map(|&n| (IPPROTO_IP, n)),
+        add(
+            IPPROTO_TCP,
+            &[
+                TCP_SYNCNT,
+                TCP_LINGER2,
+                TCP_THIN_LINEAR_TIMEOUTS,
+                TCP_CONGESTION,
+                TCP_SAVE_SYN,
+                TCP_INQ,
+                TCP_TX_DELAY,
+                TCP_FASTOPEN_NO_COOKIE,
+            ],
+            false,
+        );
+        if !connected {
+            add(
+                IPPROTO_TCP,
+                &[TCP_MAXSEG, TCP_WINDOW_CLAMP, TCP_FASTOPEN_CONNECT],
+                false,
             );
-        } else {
-            v.extend(
-                [
-                    IPV6_V6ONLY,
-                    // The inet flag IP_FREEBIND sets too (on any family).
-                    IPV6_FREEBIND,
-                    IPV6_UNICAST_HOPS,
-                    IPV6_RECVPKTINFO,
-                    IPV6_TCLASS,
-                    IPV6_RECVERR,
+        }
+    }
+    if sock_type == SOCK_DGRAM {
+        // UDP_CORK, then UDP_NO_CHECK6_TX, _RX, UDP_SEGMENT, UDP_GRO.
+        add(IPPROTO_UDP, &[UDP_CORK, 101, 102, 103, 104], false);
+    }
+    // The inet flags any inet socket has, v6 ones too.
+    add(
+        IPPROTO_IP,
+        &[IP_TRANSPARENT, IP_BIND_ADDRESS_NO_PORT, IP_LOCAL_PORT_RANGE],
+        false,
+    );
+    if family == AF_INET {
+        add(
+            IPPROTO_IP,
+            &[IP_TOS, IP_TTL, IP_FREEBIND, IP_RECVERR, IP_PKTINFO],
+            true,
+        );
+        // (Not on TCP, which refuses to set IP_MULTICAST_TTL: a socket
+        // accept made has the TTL of the SYN there, 64, which a socket
+        // made again could not be given.)
+        if sock_type != SOCK_STREAM {
+            add(IPPROTO_IP, &[IP_MULTICAST_TTL, IP_MULTICAST_LOOP], true);
+            add(IPPROTO_IP, &[IP_MULTICAST_IF, IP_MULTICAST_ALL], false);
+        }
+        add(
+            IPPROTO_IP,
+            &[
+                IP_MTU_DISCOVER,
+                IP_RECVTTL,
+                IP_RECVTOS,
+                IP_RECVOPTS,
+                IP_RETOPTS,
+                IP_RECVORIGDSTADDR,
+                IP_PASSSEC,
+                IP_MINTTL,
+                IP_CHECKSUM,
+                IP_RECVFRAGSIZE,
+                IP_RECVERR_RFC4884,
+            ],
+            false,
+        );
+    } else {
+        add(
+            IPPROTO_IPV6,
+            &[
+                IPV6_V6ONLY,
+                // The inet flag IP_FREEBIND sets too (on any family).
+                IPV6_FREEBIND,
+                IPV6_UNICAST_HOPS,
+                IPV6_RECVPKTINFO,
+                IPV6_TCLASS,
+                IPV6_RECVERR,
+            ],
+            true,
+        );
+        if sock_type != SOCK_STREAM {
+            add(
+                IPPROTO_IPV6,
+                &[
                     IPV6_MULTICAST_IF,
                     IPV6_MULTICAST_HOPS,
                     IPV6_MULTICAST_LOOP,
                     IPV6_MULTICAST_ALL,
-                    IPV6_MTU_DISCOVER,
-                    IPV6_RECVTCLASS,
-                    IPV6_RECVHOPLIMIT,
-                    IPV6_RECVHOPOPTS,
-                    IPV6_RECVRTHDR,
-                    IPV6_RECVDSTOPTS,
-                    IPV6_RECVPATHMTU,
-                    IPV6_DONTFRAG,
-                    IPV6_AUTOFLOWLABEL,
-                    IPV6_ADDR_PREFERENCES,
-                    IPV6_MINHOPCOUNT,
-                    IPV6_RECVORIGDSTADDR,
-                    IPV6_TRANSPARENT,
-                    IPV6_FLOWINFO_SEND,
-                    IPV6_RECVERR_RFC4884,
-                    IPV6_RECVFRAGSIZE,
-                ]
-                .iter()
-                .filter(|&&n| {
-                    sock_type != SOCK_STREAM
-                        || !matches!(
-                            n,
-                            IPV6_MULTICAST_IF
-                                | IPV6_MULTICAST_HOPS
-                                | IPV6_MULTICAST_LOOP
-                                | IPV6_MULTICAST_ALL
-                        )
-                })
-                .map(|&n| (IPPROTO_IPV6, n)),
+                ],
+                false,
             );
         }
+        add(
+            IPPROTO_IPV6,
+            &[
+                IPV6_MTU_DISCOVER,
+                IPV6_RECVTCLASS,
+                IPV6_RECVHOPLIMIT,
+                IPV6_RECVHOPOPTS,
+                IPV6_RECVRTHDR,
+                IPV6_RECVDSTOPTS,
+                IPV6_RECVPATHMTU,
+                IPV6_DONTFRAG,
+                IPV6_AUTOFLOWLABEL,
+                IPV6_ADDR_PREFERENCES,
+                IPV6_MINHOPCOUNT,
+                IPV6_RECVORIGDSTADDR,
+                IPV6_TRANSPARENT,
+                IPV6_FLOWINFO_SEND,
+                IPV6_RECVERR_RFC4884,
+                IPV6_RECVFRAGSIZE,
+            ],
+            false,
+        );
     }
     v
 }
@@ -693,7 +712,24 @@ pub fn capture(
     let what = type_name(family, sock_type);
     let addr = sock::sockname(&dup).map_err(|e| io("address", e))?;
     let peer = sock::peername(&dup).ok();
-    let opts = read_options(&dup, family, sock_type, peer.is_some());
+    let opts = read_options(&dup, family, sock_type, protocol, peer.is_some());
+    // Timestamps numbered by the kernel (SOF_TIMESTAMPING_OPT_ID): the
+    // counter, which the program matches its sends against, cannot be
+    // set on a new socket (and TCP takes the flag only once connected).
+    const SOF_TIMESTAMPING_OPT_ID: u32 = 1 << 7;
+    let numbered = opts.iter().any(|(l, n, v)| {
+        *l == libc::SOL_SOCKET
+            && *n == libc::SO_TIMESTAMPING
+            && v.get(..4).is_some_and(|b| {
+                u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) & SOF_TIMESTAMPING_OPT_ID != 0
+            })
+    });
+    if numbered {
+        return Err(format!(
+            "fd {fd} ({what} {}) numbers its timestamps (SO_TIMESTAMPING with SOF_TIMESTAMPING_OPT_ID): the kernel's counter cannot be given to a new socket",
+            sockaddr_display(&addr)
+        ));
+    }
     if sock_type == libc::SOCK_DGRAM {
         let groups = crate::mcast::memberships(&dup, family);
         if !groups.is_empty() {
@@ -1359,24 +1395,39 @@ fn netlink(
         s.peer = sockaddr_words(p);
         s.state = socket_state::CONNECTED;
     }
-    let opts = read_options(dup, libc::AF_NETLINK, sock_type, false);
+    let opts = read_options(dup, libc::AF_NETLINK, sock_type, protocol, false);
     Ok(push(b, s, &opts, &filter) as u32)
 }
 
 /// Every option of [`options`] the socket `dup` answers: (level, name,
 /// the bytes getsockopt gave).
+///
+/// An option not marked `always` is left out where a new socket of the
+/// kind, made here (the target's network namespace: another is refused),
+/// reads the same: the program did not set it, and the restore's new
+/// socket gets its own machine's default.
 fn read_options(
     dup: &OwnedFd,
     family: i32,
     sock_type: i32,
+    protocol: i32,
     connected: bool,
 ) -> Vec<(i32, i32, Vec<u8>)> {
+    let fresh = sock::socket(family, sock_type, protocol).ok();
+    let read = |fd: &OwnedFd, level, name| {
+        let mut val = [0u8; 16];
+        let len = sock::getsockopt(fd, level, name, &mut val).ok()?;
+        Some(val[..len].to_vec())
+    };
     options(family, sock_type, connected)
         .into_iter()
-        .filter_map(|(level, name)| {
-            let mut val = [0u8; 16];
-            let len = sock::getsockopt(dup, level, name, &mut val).ok()?;
-            Some((level, name, val[..len].to_vec()))
+        .filter_map(|(level, name, always)| {
+            let val = read(dup, level, name)?;
+            let default = || fresh.as_ref().and_then(|f| read(f, level, name));
+            if !always && default().as_ref() == Some(&val) {
+                return None;
+            }
+            Some((level, name, val))
         })
         .collect()
 }

@@ -637,8 +637,11 @@ impl Plan {
         // The captured modes of the terminal at the program's fds 0-2 go
         // on this restore's terminal there, when it runs in its
         // foreground (asked before a PID namespace hides the group).
+        // (With --pidns such a root leads its group once in the namespace,
+        // below: it will not be the terminal's foreground either.)
+        let own_group_in_ns = self.opts.pidns && self.image().leads_group_again();
         if let Some(t) = self.image().terminal() {
-            if sys::tty::in_foreground(t.fd as i32) {
+            if !own_group_in_ns && sys::tty::in_foreground(t.fd as i32) {
                 self.extra_flags |= cryo_image::handoff::flags::TERMINAL;
                 // The rest of the root's group (a shell's pipeline, man's
                 // pager) is the foreground too: a resize signals it all.
@@ -656,6 +659,15 @@ impl Plan {
             let pid = self.image().process().pid as i32;
             if let Err(e) = pidns::enter(pid) {
                 return e;
+            }
+            // The invoker's group is outside the namespace (getpgrp() is
+            // 0 here), and a kill(0, ...) from inside reaches all of it:
+            // a review found --pidns's restored timeout killing the
+            // script, as the plain restore's did.
+            if own_group_in_ns {
+                if let Err(e) = sys::setpgid(0, 0) {
+                    return e.into_sys("setpgid (the restored process led its process group)");
+                }
             }
         } else if self.opts.same_pid {
             let pid = self.image().process().pid as i32;

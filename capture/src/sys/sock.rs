@@ -26,6 +26,15 @@ pub fn getsockopt(fd: &impl AsRawFd, level: i32, name: i32, buf: &mut [u8]) -> i
 }
 
 /// An int socket option.
+/// A new socket of this kind (close-on-exec).
+pub fn socket(family: i32, sock_type: i32, protocol: i32) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) takes integers and returns a new fd we own.
+    let raw = unsafe { libc::socket(family, sock_type | libc::SOCK_CLOEXEC, protocol) };
+    cvt(raw as libc::c_long)?;
+    // SAFETY: a fresh fd from the kernel, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+}
+
 pub fn getsockopt_int(fd: &impl AsRawFd, level: i32, name: i32) -> io::Result<i32> {
     let mut b = [0u8; 4];
     getsockopt(fd, level, name, &mut b)?;
