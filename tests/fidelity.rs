@@ -565,6 +565,57 @@ fn multicast_memberships_are_refused_by_name() {
     assert_eq!((code, last.as_str()), (0, "PASS mcast"), "{err}");
 }
 
+/// READ_IMPLIES_EXEC set after the program started (an exec clears
+/// it, so `cryo restore`'s before its exec did not last): set again once
+/// the mappings are made, so a new PROT_READ mapping is executable and
+/// those made before it are not. A sweep found it lost every way but
+/// packed.
+#[test]
+fn personality_read_implies_exec() {
+    case("rie");
+}
+
+/// Task state cryo does not restore yet, each refused by name where the
+/// machine has it: syscall user dispatch (Wine's), CPUID faulting, a
+/// process and a thread keyring. A sweep found each lost without a word.
+#[test]
+fn task_state_cryo_does_not_restore_is_refused_by_name() {
+    let dir = scratch("fidelity-unrestored");
+    let t = Target::spawn(fidelity_cmd("unrestored", &dir), "fidelity");
+    t.wait_stopped();
+    let have = std::fs::read_to_string(dir.join("have")).unwrap();
+    let pid = t.pid.to_string();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &pid, img.to_str().unwrap()]);
+    let mut want = Vec::new();
+    for (what, says) in [
+        (
+            "sud",
+            "dispatches its system calls to user space (prctl PR_SET_SYSCALL_USER_DISPATCH)",
+        ),
+        (
+            "cpuid",
+            "has CPUID faulting on (arch_prctl ARCH_SET_CPUID 0)",
+        ),
+        ("process-keyring", "it has a process keyring (keyctl, key"),
+        ("thread-keyring", "it has a thread keyring (keyctl, key"),
+    ] {
+        if have.lines().any(|l| l == what) {
+            want.push(says);
+        }
+    }
+    assert!(!want.is_empty(), "this machine has none of them: {have}");
+    assert_eq!(code, 1, "refused: {err}");
+    for w in &want {
+        assert!(err.contains(w), "names {w}: {err}");
+    }
+    assert!(!img.exists(), "nothing written");
+    assert_eq!(state(t.pid), Some('T'), "left stopped, as it was");
+    t.cont();
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, "PASS unrestored"), "{err}");
+}
+
 #[test]
 fn every_obstacle_at_once() {
     let dir = scratch("fidelity-refuse");

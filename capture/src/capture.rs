@@ -768,6 +768,7 @@ pub(crate) fn inspect(
     // signals (its own and the process's).
     let t = &mut g.main;
     crate::regs::capture(t, &mut b)?;
+    crate::task::dispatch_obstacle(pid, "its main thread", &mut obs);
     crate::signals::queued(pid, &mut b)?;
     let status = procinfo::status(pid)?;
     // State only the task itself can tell: injected system calls.
@@ -795,6 +796,7 @@ pub(crate) fn inspect(
             securebits = crate::task::injected(&mut rem, &mut task)?;
             b.process.clear_child_tid = crate::threads::tid_address(&mut rem)?;
             xcomp_perm = crate::task::xcomp_perm(&mut rem)?;
+            crate::task::unrestored(&mut rem, &mut obs)?;
             b.taken_stops = crate::task::taken_stops(&mut rem, &stopped_children)?;
             Ok(())
         })();

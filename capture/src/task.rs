@@ -191,6 +191,47 @@ pub fn xcomp_perm(rem: &mut Remote) -> Result<u64, InjectError> {
         .unwrap_or(0))
 }
 
+/// Task state cryo does not restore yet, asked of the main thread from
+/// inside (a sweep of kernel features, stop 45: each came back reset,
+/// capture and restore both saying nothing): CPUID faulting (arch_prctl
+/// ARCH_SET_CPUID 0, which an exec resets), and a process or thread
+/// keyring (keyctl: the keys in it gone after a restore, search ENOKEY).
+pub fn unrestored(rem: &mut Remote, obs: &mut Obstacles) -> Result<(), InjectError> {
+    const ARCH_GET_CPUID: u64 = 0x1011;
+    // 0: the CPUID instruction faults (SIGSEGV) in this thread.
+    if rem.syscall(libc::SYS_arch_prctl, [ARCH_GET_CPUID, 0, 0, 0, 0])? == 0 {
+        obs.push(
+            "its main thread has CPUID faulting on (arch_prctl ARCH_SET_CPUID 0), which cryo does not restore yet",
+        );
+    }
+    const KEYCTL_GET_KEYRING_ID: u64 = 0;
+    for (spec, what) in [(-1i64, "thread"), (-2, "process")] {
+        // (create = 0: asks, makes none.)
+        let id = rem.syscall(
+            libc::SYS_keyctl,
+            [KEYCTL_GET_KEYRING_ID, spec as u64, 0, 0, 0],
+        )?;
+        if id >= 0 {
+            obs.push(format!(
+                "it has a {what} keyring (keyctl, key {id}), whose keys cryo does not restore yet"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A thread that dispatches its system calls to user space
+/// (PR_SET_SYSCALL_USER_DISPATCH, as Wine does): not restored yet, so
+/// refused (a sweep, stop 45: the calls were no longer trapped after a
+/// restore). A kernel without the ptrace request cannot have told.
+pub fn dispatch_obstacle(tid: i32, who: &str, obs: &mut Obstacles) {
+    if crate::sys::ptrace::syscall_user_dispatch(tid).is_ok_and(|mode| mode != 0) {
+        obs.push(format!(
+            "{who} dispatches its system calls to user space (prctl PR_SET_SYSCALL_USER_DISPATCH), which cryo does not restore yet"
+        ));
+    }
+}
+
 /// The dynamic xsave features a process was given beyond those every
 /// process has: AMX tile data is
 /// asked for again by the shim (and each thread's tiles come back from

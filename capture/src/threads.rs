@@ -128,6 +128,7 @@ pub fn capture(
         let tid = t.pid();
         let comm = comm_of(pid, tid);
         differences(tid, &comm, st, main_status, obs);
+        crate::task::dispatch_obstacle(tid, &format!("thread {tid}"), obs);
         let raw = to_regs(&t.regs()?);
         let (regs, sflags) = restart_fixup(&raw, t.restarted_poll(), &|a| {
             crate::regs::timespec_at(t, a)

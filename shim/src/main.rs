@@ -784,6 +784,7 @@ fn finish<'a>(
     signals::restore_dispositions(img);
     task::set_comm(img);
     task::restore_prctl_state(img);
+    task::restore_personality(img);
     // 9. The shim's own fds go (the executable's in the finishing chain, if
     //    it names it there); the program's get their flags and locks.
     if late_exe {

@@ -496,7 +496,15 @@ fn environment(img: &Image, own: &Own) {
         die(format_args!("chdir {cwd}: {}", errno_name(-r)));
     }
     syscall3(SYS_UMASK, p.umask as usize, 0, 0);
-    syscall3(SYS_PERSONALITY, p.personality as usize, 0, 0);
+    // (Without READ_IMPLIES_EXEC until the mappings are made:
+    // `task::restore_personality`.)
+    const READ_IMPLIES_EXEC: u32 = 0x0040_0000;
+    syscall3(
+        SYS_PERSONALITY,
+        (p.personality & !READ_IMPLIES_EXEC) as usize,
+        0,
+        0,
+    );
     // A process that led its own session without a terminal leads one
     // again (as `cryo restore` does). setsid refuses a process group's
     // leader, which a job-control shell makes of this restorer: `cryo
@@ -607,6 +615,19 @@ fn sched(t: &cryo_image::task::TaskState) {
             ),
             format_args!("setting the CPU affinity"),
         );
+    }
+    // The I/O priority, as `cryo restore` sets it (a sweep, stop 45: a
+    // packed restorer left it 0).
+    if t.ioprio != UNKNOWN {
+        const SYS_IOPRIO_SET: usize = 251;
+        const SYS_IOPRIO_GET: usize = 252;
+        const IOPRIO_WHO_PROCESS: usize = 1;
+        if syscall3(SYS_IOPRIO_GET, IOPRIO_WHO_PROCESS, 0, 0) as i64 != t.ioprio {
+            check(
+                syscall3(SYS_IOPRIO_SET, IOPRIO_WHO_PROCESS, 0, t.ioprio as usize),
+                format_args!("setting the I/O priority"),
+            );
+        }
     }
 }
 

@@ -100,6 +100,22 @@ fn root_of<'a>(img: &Image<'a>) -> Option<&'a str> {
 }
 
 /// The task's name (comm).
+/// The personality as captured, once the mappings are made. An exec
+/// clears READ_IMPLIES_EXEC (the ELF loader sets it from the executable's
+/// stack), so the one `cryo restore` set before its exec did not last
+/// (a sweep, stop 45: 0x440000 came back 0x40000, and the program's new
+/// PROT_READ mappings were not executable); and made while it is on,
+/// every PROT_READ mapping of the image would be executable too. So the
+/// mappings are made without it and it is set here, before the threads
+/// are cloned (they inherit it).
+pub fn restore_personality(img: &Image) {
+    let want = img.process().personality as usize;
+    const QUERY: usize = 0xffff_ffff;
+    if syscall3(SYS_PERSONALITY, QUERY, 0, 0) as usize != want {
+        syscall3(SYS_PERSONALITY, want, 0, 0);
+    }
+}
+
 pub fn set_comm(img: &Image) {
     const PR_SET_NAME: usize = 15;
     let mut comm = [0u8; 17];

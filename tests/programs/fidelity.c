@@ -2106,6 +2106,52 @@ static void sockopts_check(void) {
     close(s);
 }
 
+/* rie: personality READ_IMPLIES_EXEC, set after start (an exec clears
+ * it): still set after the restore, a new PROT_READ mapping executable,
+ * and the mapping made before it still not. */
+static char *rie_before;
+static int maps_perm_x(void *at) {
+    FILE *f = fopen("/proc/self/maps", "r");
+    CHECK(f != NULL, "maps");
+    char line[512];
+    int x = -1;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long a, b;
+        char perm[5];
+        if (sscanf(line, "%lx-%lx %4s", &a, &b, perm) == 3 && (unsigned long)at >= a && (unsigned long)at < b)
+            x = perm[2] == 'x';
+    }
+    fclose(f);
+    return x;
+}
+static void rie_setup(void) {
+    rie_before = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(rie_before != MAP_FAILED && maps_perm_x(rie_before) == 0, "a PROT_READ mapping");
+    CHECK(personality(personality(0xffffffff) | READ_IMPLIES_EXEC) != -1, "personality");
+}
+static void rie_check(void) {
+    CHECK(personality(0xffffffff) & READ_IMPLIES_EXEC, "READ_IMPLIES_EXEC kept: %#x", personality(0xffffffff));
+    CHECK(maps_perm_x(rie_before) == 0, "the mapping made before it not executable");
+    void *after = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(after != MAP_FAILED && maps_perm_x(after) == 1, "a new PROT_READ mapping executable");
+}
+
+/* unrestored: task state cryo does not restore yet, each refused by name
+ * where this machine has it (listed in the directory's `have`): syscall
+ * user dispatch, CPUID faulting, a process and a thread keyring. */
+static char sud_selector = 0; /* SYSCALL_DISPATCH_FILTER_ALLOW */
+static void unrestored_setup(void) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s/have", DIRPATH);
+    FILE *have = fopen(p, "w");
+    CHECK(have != NULL, "have");
+    if (prctl(59 /* PR_SET_SYSCALL_USER_DISPATCH */, 1 /* ON */, 0UL, 0UL, &sud_selector) == 0) fputs("sud\n", have);
+    if (syscall(SYS_arch_prctl, 0x1012 /* ARCH_SET_CPUID */, 0) == 0) fputs("cpuid\n", have);
+    if (syscall(SYS_add_key, "user", "cryo-test-p", "x", 1, -2 /* process keyring */) >= 0) fputs("process-keyring\n", have);
+    if (syscall(SYS_add_key, "user", "cryo-test-t", "x", 1, -1 /* thread keyring */) >= 0) fputs("thread-keyring\n", have);
+    fclose(have);
+}
+
 /* mcast: a UDP socket that joined a multicast group (on lo) and an IPv6
  * one (ff15::1234 on lo): refused by name, the process left as it was. */
 static void mcast_setup(void) {
@@ -2940,6 +2986,8 @@ static const struct fcase cases[] = {
     {"sockfilter", sockfilter_setup, sockfilter_check, NULL},
     {"sockopts", sockopts_setup, sockopts_check, NULL},
     {"mcast", mcast_setup, refuse_check, NULL},
+    {"rie", rie_setup, rie_check, NULL},
+    {"unrestored", unrestored_setup, refuse_check, NULL},
     {"seccomp", seccomp_setup, seccomp_check, seccomp_settle},
     {"seccomp-refused", seccomp_refused_setup, refuse_check, NULL},
     {"thread-creds", thread_creds_setup, thread_creds_check, thread_creds_settle},

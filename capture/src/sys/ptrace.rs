@@ -188,6 +188,24 @@ pub fn rseq(tid: i32) -> io::Result<libc::ptrace_rseq_configuration> {
     Ok(c)
 }
 
+/// The thread's syscall user dispatch mode (PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG,
+/// Linux 6.4; 0: off).
+pub fn syscall_user_dispatch(tid: i32) -> io::Result<u64> {
+    const PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG: libc::c_uint = 0x4211;
+    // struct ptrace_sud_config: mode, selector, offset, len.
+    let mut c = [0u64; 4];
+    // SAFETY: the kernel writes at most `addr` bytes (32) into `c`.
+    ok(unsafe {
+        libc::ptrace(
+            PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG,
+            tid,
+            std::mem::size_of_val(&c),
+            c.as_mut_ptr(),
+        )
+    })?;
+    Ok(c[0])
+}
+
 /// get_robust_list(tid): (head, len).
 pub fn robust_list(tid: i32) -> io::Result<(u64, u64)> {
     let (mut head, mut len) = (0u64, 0u64);
