@@ -568,11 +568,21 @@ fn multicast_memberships_are_refused_by_name() {
 /// READ_IMPLIES_EXEC set after the program started (an exec clears
 /// it, so `cryo restore`'s before its exec did not last): set again once
 /// the mappings are made, so a new PROT_READ mapping is executable and
-/// those made before it are not. A sweep found it lost every way but
-/// packed.
+/// those made before it are not, every way and packed. A sweep found
+/// it lost every way but packed.
 #[test]
 fn personality_read_implies_exec() {
-    case("rie");
+    let img = case("rie");
+    packed_passes(&img, "rie");
+}
+
+/// The process's coredump_filter (which an exec keeps: a restore gave
+/// the restored process the restorer's, 0x33 for the program's 0x7f, in
+/// a sweep of kernel features), every way.
+#[test]
+fn coredump_filter_comes_back() {
+    let img = case("coredump");
+    packed_passes(&img, "coredump");
 }
 
 /// Task state cryo does not restore yet, each refused by name where the

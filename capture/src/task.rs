@@ -289,6 +289,10 @@ pub fn outside(pid: i32, t: &mut TaskState) {
     };
     t.oom_score_adj = num("oom_score_adj");
     t.loginuid = num("loginuid");
+    t.coredump_filter = std::fs::read_to_string(format!("/proc/{pid}/coredump_filter"))
+        .ok()
+        .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+        .map_or(0, |v| v | cryo_image::task::COREDUMP_FILTER_KNOWN);
 }
 
 /// The process's cgroups (/proc/PID/cgroup), which every other thread

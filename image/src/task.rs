@@ -171,8 +171,16 @@ record! {
         /// [`MCL_FUTURE`] with [`MCL_ONFAULT`] if they are locked as they
         /// fault in. 0 in older images (their restores lost it).
         pub mlock_future: u64,
+        /// (11.12) /proc/PID/coredump_filter with [`COREDUMP_FILTER_KNOWN`]
+        /// set: which mappings a core dump holds (inherited by fork and
+        /// kept by exec, so a restore gave the restored process the
+        /// restorer's). 0 in older images: left as it is.
+        pub coredump_filter: u64,
     }
 }
+
+/// The bit of [`TaskState::coredump_filter`] that says it was read.
+pub const COREDUMP_FILTER_KNOWN: u64 = 1 << 63;
 
 /// mlockall flags in [`TaskState::mlock_future`].
 pub const MCL_FUTURE: u64 = 2;

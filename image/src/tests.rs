@@ -970,13 +970,22 @@ fn older_minor_records_read_with_zero_tails() {
     });
     let want = Image::parse(&meta).unwrap().task().expect("task");
     assert_eq!(want.xcomp_perm, crate::task::XCOMP_TILEDATA);
-    // An 11.6 image: without `mlock_future` (reads 0).
+    // An 11.11 image: without `coredump_filter` (reads 0: not read).
     let size = <TaskState as Record>::SIZE as u32 - 8;
+    let m1111 = with_record_size(&meta, SectionKind::Task, size);
+    let img = Image::parse(&m1111).expect("an 11.11 task section is read");
+    let got = img.task().expect("task");
+    assert_eq!(
+        (got.mlock_future, got.coredump_filter),
+        (crate::task::MCL_FUTURE, 0)
+    );
+    // An 11.6 image: without `mlock_future` (reads 0).
+    let size = <TaskState as Record>::SIZE as u32 - 16;
     let m116 = with_record_size(&meta, SectionKind::Task, size);
     let img = Image::parse(&m116).expect("an 11.6 task section is read");
     let got = img.task().expect("task");
     assert_eq!((got.frame_xsave, got.mlock_future), (2688, 0));
-    let size = <TaskState as Record>::SIZE as u32 - 16;
+    let size = <TaskState as Record>::SIZE as u32 - 24;
     let m114 = with_record_size(&meta, SectionKind::Task, size);
     let img = Image::parse(&m114).expect("an 11.4 task section is read");
     img.validate().expect("validate");

@@ -296,6 +296,20 @@ pub fn apply_before_exec(img: &Image, checked: &Checked) -> Result<(), RestoreEr
     };
     write("oom_score_adj", checked.own_oom, t.oom_score_adj)?;
     write("loginuid", checked.own_loginuid, t.loginuid)?;
+    // Which mappings a core dump holds: kept by the exec (a sweep, stop
+    // 45: the restorer's 0x33 came back where the program had set 0x7f).
+    let known = cryo_image::task::COREDUMP_FILTER_KNOWN;
+    if t.coredump_filter & known != 0 {
+        let want = t.coredump_filter & !known;
+        let path = "/proc/self/coredump_filter";
+        let cur = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| u64::from_str_radix(s.trim(), 16).ok());
+        if cur != Some(want) {
+            std::fs::write(path, format!("{want:#x}"))
+                .map_err(|e| e.into_sys(format!("setting coredump_filter to {want:#x}")))?;
+        }
+    }
     for d in &checked.cgroups {
         // ("0": the process writing it.)
         std::fs::write(d.join("cgroup.procs"), "0")

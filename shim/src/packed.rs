@@ -565,6 +565,7 @@ fn environment(img: &Image, own: &Own) {
             "oom_score_adj",
         );
         proc_write(b"/proc/self/loginuid\0", t.loginuid, "loginuid");
+        coredump_filter(t.coredump_filter);
     }
     for sig in 1..=64usize {
         if sig == 9 || sig == 19 || own.sig_ign & 1 << (sig - 1) == 0 {
@@ -629,6 +630,61 @@ fn sched(t: &cryo_image::task::TaskState) {
             );
         }
     }
+}
+
+/// Which mappings a core dump holds, as captured (`TaskState::
+/// coredump_filter`; an exec keeps the restorer's otherwise), if the
+/// restorer's differs. The file reads in hex.
+fn coredump_filter(v: u64) {
+    let known = cryo_image::task::COREDUMP_FILTER_KNOWN;
+    if v & known == 0 {
+        return;
+    }
+    let want = v & !known;
+    let path = b"/proc/self/coredump_filter\0";
+    let fd = syscall3(SYS_OPEN, path.as_ptr() as usize, O_RDWR | O_CLOEXEC, 0);
+    if fd < 0 {
+        die(format_args!("opening coredump_filter: errno {}", -fd));
+    }
+    let mut cur = [0u8; 24];
+    let n = syscall3(SYS_READ, fd as usize, cur.as_mut_ptr() as usize, cur.len());
+    let got = (n > 0).then(|| {
+        cur[..n as usize]
+            .iter()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .fold(0u64, |a, &c| {
+                a << 4 | (c as char).to_digit(16).unwrap_or(0) as u64
+            })
+    });
+    if got != Some(want) {
+        // "0x" and up to 16 hex digits.
+        let mut text = [0u8; 18];
+        text[..2].copy_from_slice(b"0x");
+        let mut len = 2;
+        for i in (0..16).rev() {
+            let d = (want >> (i * 4)) & 0xf;
+            if d != 0 || len > 2 || i == 0 {
+                text[len] = b"0123456789abcdef"[d as usize];
+                len += 1;
+            }
+        }
+        let r = syscall6(
+            SYS_PWRITE64,
+            fd as usize,
+            text.as_ptr() as usize,
+            len,
+            0,
+            0,
+            0,
+        );
+        if r < 0 {
+            die(format_args!(
+                "setting coredump_filter to {want:#x}: errno {}",
+                -r
+            ));
+        }
+    }
+    syscall3(SYS_CLOSE, fd as usize, 0, 0);
 }
 
 /// Write `v` to a /proc/self file if it holds another value.

@@ -2136,6 +2136,26 @@ static void rie_check(void) {
     CHECK(after != MAP_FAILED && maps_perm_x(after) == 1, "a new PROT_READ mapping executable");
 }
 
+/* coredump: the process's coredump_filter (0x7f: every kind of mapping
+ * but huge pages' DAX), which an exec keeps: after a restore, still 0x7f,
+ * not the restorer's. */
+static unsigned long read_coredump_filter(void) {
+    FILE *f = fopen("/proc/self/coredump_filter", "r");
+    CHECK(f != NULL, "coredump_filter");
+    unsigned long v = 0;
+    CHECK(fscanf(f, "%lx", &v) == 1, "read coredump_filter");
+    fclose(f);
+    return v;
+}
+static void coredump_setup(void) {
+    FILE *f = fopen("/proc/self/coredump_filter", "w");
+    CHECK(f != NULL && fprintf(f, "0x7f") > 0 && fclose(f) == 0, "write coredump_filter");
+    CHECK(read_coredump_filter() == 0x7f, "coredump_filter set");
+}
+static void coredump_check(void) {
+    CHECK(read_coredump_filter() == 0x7f, "coredump_filter %#lx", read_coredump_filter());
+}
+
 /* unrestored: task state cryo does not restore yet, each refused by name
  * where this machine has it (listed in the directory's `have`): syscall
  * user dispatch, CPUID faulting, a process and a thread keyring. */
@@ -2987,6 +3007,7 @@ static const struct fcase cases[] = {
     {"sockopts", sockopts_setup, sockopts_check, NULL},
     {"mcast", mcast_setup, refuse_check, NULL},
     {"rie", rie_setup, rie_check, NULL},
+    {"coredump", coredump_setup, coredump_check, NULL},
     {"unrestored", unrestored_setup, refuse_check, NULL},
     {"seccomp", seccomp_setup, seccomp_check, seccomp_settle},
     {"seccomp-refused", seccomp_refused_setup, refuse_check, NULL},

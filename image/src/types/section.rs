@@ -114,9 +114,9 @@ const PID_REF_11_3: usize = 8;
 const INOTIFY_WATCH_11_4: usize = 40;
 /// A `fanotify_marks` record as 11.4 wrote it (before the file handle).
 const FANOTIFY_MARK_11_4: usize = 56;
-/// A `task` record as 11.2 wrote it (before `xcomp_perm` and, 11.5,
-/// `frame_xsave`).
-const TASK_STATE_11_2: usize = <crate::task::TaskState as crate::record::Record>::SIZE - 24;
+/// A `task` record as 11.2 wrote it (before `xcomp_perm`, 11.5's
+/// `frame_xsave`, 11.7's `mlock_future` and 11.12's `coredump_filter`).
+const TASK_STATE_11_2: usize = <crate::task::TaskState as crate::record::Record>::SIZE - 32;
 
 impl SectionKind {
     pub const ALL: [SectionKind; 48] = [
