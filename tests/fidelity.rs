@@ -587,7 +587,9 @@ fn coredump_filter_comes_back() {
 
 /// Task state cryo does not restore yet, each refused by name where the
 /// machine has it: syscall user dispatch (Wine's), CPUID faulting, a
-/// process and a thread keyring. A sweep found each lost without a word.
+/// process and a thread keyring, a thread's own umask and working
+/// directory (unshare(CLONE_FS)) and I/O priority, a mapping's NUMA
+/// policy (mbind). Sweeps found each lost without a word.
 #[test]
 fn task_state_cryo_does_not_restore_is_refused_by_name() {
     let dir = scratch("fidelity-unrestored");
@@ -609,6 +611,9 @@ fn task_state_cryo_does_not_restore_is_refused_by_name() {
         ),
         ("process-keyring", "it has a process keyring (keyctl, key"),
         ("thread-keyring", "it has a thread keyring (keyctl, key"),
+        ("thread-umask", "has its own umask, working directory"),
+        ("thread-ioprio", "I/O priority (the main thread's differs)"),
+        ("mbind", "has a NUMA memory policy of its own (mbind)"),
     ] {
         if have.lines().any(|l| l == what) {
             want.push(says);

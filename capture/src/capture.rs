@@ -787,6 +787,7 @@ pub(crate) fn inspect(
         .map(|(_, c)| *c)
         .collect();
     let mut no_context = Vec::new();
+    let mut main_policy = false;
     {
         let mut rem = Remote::new(t, vdso.0, &vdso.1)?;
         let r = (|| -> Result<(), InjectError> {
@@ -796,7 +797,7 @@ pub(crate) fn inspect(
             securebits = crate::task::injected(&mut rem, &mut task)?;
             b.process.clear_child_tid = crate::threads::tid_address(&mut rem)?;
             xcomp_perm = crate::task::xcomp_perm(&mut rem)?;
-            crate::task::unrestored(&mut rem, &mut obs)?;
+            main_policy = crate::task::unrestored(&mut rem, &mut obs)?;
             b.taken_stops = crate::task::taken_stops(&mut rem, &stopped_children)?;
             Ok(())
         })();
@@ -811,6 +812,8 @@ pub(crate) fn inspect(
         ));
     }
     crate::task::xcomp_obstacle(xcomp_perm, &mut obs);
+    let others: Vec<i32> = g.others.iter().map(|t| t.pid()).collect();
+    crate::task::numa_obstacles(pid, &others, main_policy, &mut obs);
     // Recorded only where it holds tile data (the static features every
     // process is given need no asking).
     task.xcomp_perm = (xcomp_perm & cryo_image::task::XCOMP_TILEDATA as u64) as i64;

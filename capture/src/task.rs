@@ -196,13 +196,27 @@ pub fn xcomp_perm(rem: &mut Remote) -> Result<u64, InjectError> {
 /// capture and restore both saying nothing): CPUID faulting (arch_prctl
 /// ARCH_SET_CPUID 0, which an exec resets), and a process or thread
 /// keyring (keyctl: the keys in it gone after a restore, search ENOKEY).
-pub fn unrestored(rem: &mut Remote, obs: &mut Obstacles) -> Result<(), InjectError> {
+/// Returns whether the main thread has a NUMA memory policy.
+pub fn unrestored(rem: &mut Remote, obs: &mut Obstacles) -> Result<bool, InjectError> {
     const ARCH_GET_CPUID: u64 = 0x1011;
     // 0: the CPUID instruction faults (SIGSEGV) in this thread.
     if rem.syscall(libc::SYS_arch_prctl, [ARCH_GET_CPUID, 0, 0, 0, 0])? == 0 {
         obs.push(
             "its main thread has CPUID faulting on (arch_prctl ARCH_SET_CPUID 0), which cryo does not restore yet",
         );
+    }
+    // A NUMA memory policy of the main thread (set_mempolicy): mode 0 is
+    // MPOL_DEFAULT (a sweep: MPOL_BIND came back as the default).
+    const GET_MEMPOLICY: i64 = 239;
+    let mut policy = false;
+    if let Some(mode) = rem.query_word(GET_MEMPOLICY, [0, 0, 0, 0, 0], 0)? {
+        if mode as u32 != 0 {
+            policy = true;
+            obs.push(format!(
+                "its main thread has a NUMA memory policy (set_mempolicy, mode {:#x}), which cryo does not restore yet",
+                mode as u32
+            ));
+        }
     }
     const KEYCTL_GET_KEYRING_ID: u64 = 0;
     for (spec, what) in [(-1i64, "thread"), (-2, "process")] {
@@ -217,7 +231,54 @@ pub fn unrestored(rem: &mut Remote, obs: &mut Obstacles) -> Result<(), InjectErr
             ));
         }
     }
-    Ok(())
+    Ok(policy)
+}
+
+/// NUMA memory policies not restored yet (a sweep found each back as
+/// the default): mappings with one of their own (mbind), and threads with
+/// one other than the main thread's (set_mempolicy). /proc/PID/numa_maps
+/// shows each mapping's policy as a task sees it: its own, else that
+/// task's; so with the main thread's own policy (`main_policy`, refused
+/// already) a mapping's cannot be told from it. Absent without NUMA.
+pub fn numa_obstacles(pid: i32, tids: &[i32], main_policy: bool, obs: &mut Obstacles) {
+    let policies = |path: String| -> Option<Vec<(String, String)>> {
+        let text = std::fs::read_to_string(path).ok()?;
+        Some(
+            text.lines()
+                .filter_map(|l| {
+                    let mut w = l.split_whitespace();
+                    Some((w.next()?.to_owned(), w.next()?.to_owned()))
+                })
+                .collect(),
+        )
+    };
+    let Some(main) = policies(format!("/proc/{pid}/numa_maps")) else {
+        return;
+    };
+    for &tid in tids {
+        if policies(format!("/proc/{pid}/task/{tid}/numa_maps")).is_some_and(|t| t != main) {
+            obs.push(format!(
+                "thread {tid} has a NUMA memory policy other than the main thread's (set_mempolicy), which cryo does not restore yet"
+            ));
+        }
+    }
+    if main_policy {
+        return;
+    }
+    let bound: Vec<&str> = main
+        .iter()
+        .filter(|(_, p)| p != "default")
+        .map(|(at, _)| at.as_str())
+        .collect();
+    if let Some(first) = bound.first() {
+        obs.push(format!(
+            "{} mapping{} (the first at {first}) {} a NUMA memory policy of {} own (mbind), which cryo does not restore yet",
+            bound.len(),
+            if bound.len() == 1 { "" } else { "s" },
+            if bound.len() == 1 { "has" } else { "have" },
+            if bound.len() == 1 { "its" } else { "their" },
+        ));
+    }
 }
 
 /// A thread that dispatches its system calls to user space

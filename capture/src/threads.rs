@@ -128,6 +128,7 @@ pub fn capture(
         let tid = t.pid();
         let comm = comm_of(pid, tid);
         differences(tid, &comm, st, main_status, obs);
+        own_differences(pid, tid, &comm, st, main_status, obs);
         crate::task::dispatch_obstacle(tid, &format!("thread {tid}"), obs);
         let raw = to_regs(&t.regs()?);
         let (regs, sflags) = restart_fixup(&raw, t.restarted_poll(), &|a| {
@@ -265,6 +266,50 @@ pub fn tid_address(rem: &mut Remote) -> Result<u64, InjectError> {
 /// ids and capabilities (`thread_creds`), but the main thread's
 /// supplementary groups and no_new_privs in every thread (seccomp
 /// filters: `seccomp::capture`).
+/// What a thread may have of its own that cryo restores per process only
+/// (a sweep of per-thread state, stop 45: each came back as the main
+/// thread's, without a word): a working directory, root or umask of its
+/// own (unshare(CLONE_FS); a restore clones every thread sharing the
+/// main thread's), a personality, an I/O priority.
+fn own_differences(
+    pid: i32,
+    tid: i32,
+    comm: &str,
+    st: &StatusText,
+    main: &StatusText,
+    obs: &mut Obstacles,
+) {
+    let mut differ = Vec::new();
+    if st.get("Umask") != main.get("Umask") {
+        differ.push("umask");
+    }
+    let link = |p: String| std::fs::read_link(p).ok();
+    for what in ["cwd", "root"] {
+        if link(format!("/proc/{pid}/task/{tid}/{what}")) != link(format!("/proc/{pid}/{what}")) {
+            differ.push(if what == "cwd" {
+                "working directory"
+            } else {
+                "root directory"
+            });
+        }
+    }
+    let read = |p: String| std::fs::read_to_string(p).ok();
+    if read(format!("/proc/{pid}/task/{tid}/personality"))
+        != read(format!("/proc/{pid}/personality"))
+    {
+        differ.push("personality");
+    }
+    if crate::sys::ioprio_of(tid).ok() != crate::sys::ioprio_of(pid).ok() {
+        differ.push("I/O priority");
+    }
+    if !differ.is_empty() {
+        obs.push(format!(
+            "thread {tid} ({comm}) has its own {} (the main thread's differs); cryo restores them per process, not per thread",
+            differ.join(", ")
+        ));
+    }
+}
+
 fn differences(tid: i32, comm: &str, st: &StatusText, main: &StatusText, obs: &mut Obstacles) {
     let keys = ["Groups", "NoNewPrivs", "x86_Thread_features"];
     let differ: Vec<&str> = keys

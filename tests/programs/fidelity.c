@@ -2160,6 +2160,20 @@ static void coredump_check(void) {
  * where this machine has it (listed in the directory's `have`): syscall
  * user dispatch, CPUID faulting, a process and a thread keyring. */
 static char sud_selector = 0; /* SYSCALL_DISPATCH_FILTER_ALLOW */
+/* And state cryo restores per process only, in a thread of its own: a
+ * umask and working directory (unshare(CLONE_FS)) and an I/O priority. */
+static pthread_barrier_t un_bar;
+static int un_thread_ioprio;
+static void *unrestored_thread(void *arg) {
+    (void)arg;
+    CHECK(unshare(CLONE_FS) == 0, "unshare(CLONE_FS): %s", strerror(errno));
+    umask(027);
+    CHECK(chdir("/") == 0, "chdir");
+    un_thread_ioprio = syscall(SYS_ioprio_set, 1, (int)syscall(SYS_gettid), (2 << 13) | 6) == 0;
+    pthread_barrier_wait(&un_bar);
+    for (;;) pause();
+    return NULL;
+}
 static void unrestored_setup(void) {
     char p[4096];
     snprintf(p, sizeof p, "%s/have", DIRPATH);
@@ -2169,6 +2183,16 @@ static void unrestored_setup(void) {
     if (syscall(SYS_arch_prctl, 0x1012 /* ARCH_SET_CPUID */, 0) == 0) fputs("cpuid\n", have);
     if (syscall(SYS_add_key, "user", "cryo-test-p", "x", 1, -2 /* process keyring */) >= 0) fputs("process-keyring\n", have);
     if (syscall(SYS_add_key, "user", "cryo-test-t", "x", 1, -1 /* thread keyring */) >= 0) fputs("thread-keyring\n", have);
+    pthread_barrier_init(&un_bar, NULL, 2);
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, unrestored_thread, NULL) == 0, "thread");
+    pthread_barrier_wait(&un_bar);
+    fputs("thread-umask\n", have);
+    if (un_thread_ioprio) fputs("thread-ioprio\n", have);
+    /* A mapping with a policy of its own (a NUMA kernel, node 0). */
+    void *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    unsigned long nodes = 1;
+    if (m != MAP_FAILED && syscall(SYS_mbind, m, 4096, 3 /* MPOL_INTERLEAVE */, &nodes, 2, 0) == 0) fputs("mbind\n", have);
     fclose(have);
 }
 
