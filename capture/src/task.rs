@@ -239,24 +239,44 @@ pub fn unrestored(rem: &mut Remote, obs: &mut Obstacles) -> Result<bool, InjectE
 /// one other than the main thread's (set_mempolicy). /proc/PID/numa_maps
 /// shows each mapping's policy as a task sees it: its own, else that
 /// task's; so with the main thread's own policy (`main_policy`, refused
-/// already) a mapping's cannot be told from it. Absent without NUMA.
+/// already) a mapping's cannot be told from it. A shared file's (tmpfs,
+/// memfd, System V segment) is the file's own: it comes back with it, and
+/// is not counted. Absent without NUMA.
+///
+/// Each line costs a walk of its mapping's pages (a review: 16 ms for a
+/// GiB): the whole file is read once, for the main thread, and only its
+/// first line for each other thread (a thread's policy shows on every
+/// mapping without one of its own, the executable's first).
 pub fn numa_obstacles(pid: i32, tids: &[i32], main_policy: bool, obs: &mut Obstacles) {
-    let policies = |path: String| -> Option<Vec<(String, String)>> {
-        let text = std::fs::read_to_string(path).ok()?;
-        Some(
-            text.lines()
-                .filter_map(|l| {
-                    let mut w = l.split_whitespace();
-                    Some((w.next()?.to_owned(), w.next()?.to_owned()))
-                })
-                .collect(),
-        )
+    use std::io::Read;
+    let first_policy = |path: String| -> Option<String> {
+        let mut buf = [0u8; 512];
+        let n = std::fs::File::open(path).ok()?.read(&mut buf).ok()?;
+        let text = std::str::from_utf8(&buf[..n]).ok()?;
+        text.split_whitespace().nth(1).map(str::to_owned)
     };
-    let Some(main) = policies(format!("/proc/{pid}/numa_maps")) else {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/numa_maps")) else {
         return;
     };
+    let main: Vec<(&str, &str, bool)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (at, policy) = (w.next()?, w.next()?);
+            // (file=PATH, one word: a path with a space is counted, the
+            // safe way. A SysV segment or memfd is shmem by its name,
+            // another file by its mount.)
+            let file = l.split(" file=").nth(1).and_then(|f| f.split(' ').next());
+            let shared_file = file.is_some_and(|f| {
+                f.starts_with("/SYSV") || f.starts_with("/memfd:") || crate::sys::ipc::on_tmpfs(f)
+            });
+            Some((at, policy, shared_file))
+        })
+        .collect();
+    let main_first = main.first().map(|&(_, p, _)| p.to_owned());
     for &tid in tids {
-        if policies(format!("/proc/{pid}/task/{tid}/numa_maps")).is_some_and(|t| t != main) {
+        let t = first_policy(format!("/proc/{pid}/task/{tid}/numa_maps"));
+        if t.is_some() && t != main_first {
             obs.push(format!(
                 "thread {tid} has a NUMA memory policy other than the main thread's (set_mempolicy), which cryo does not restore yet"
             ));
@@ -267,8 +287,8 @@ pub fn numa_obstacles(pid: i32, tids: &[i32], main_policy: bool, obs: &mut Obsta
     }
     let bound: Vec<&str> = main
         .iter()
-        .filter(|(_, p)| p != "default")
-        .map(|(at, _)| at.as_str())
+        .filter(|(_, p, shared_file)| *p != "default" && !shared_file)
+        .map(|(at, _, _)| *at)
         .collect();
     if let Some(first) = bound.first() {
         obs.push(format!(

@@ -173,6 +173,9 @@ pub fn capture(
         th.sched_policy = s.policy.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
         th.sched_priority = s.priority.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
         th.affinity = s.affinity;
+        th.ioprio = crate::sys::ioprio_of(tid).map_or(0, |v| {
+            v as i32 & !cryo_image::threads::IOPRIO_KNOWN | cryo_image::threads::IOPRIO_KNOWN
+        });
         crate::signals::queued_of(tid, k as u32 + 1, false, b)?;
         // Asked inside the thread: its sigaltstack, tid address and timer
         // slack.
@@ -270,7 +273,8 @@ pub fn tid_address(rem: &mut Remote) -> Result<u64, InjectError> {
 /// (a sweep of per-thread state, stop 45: each came back as the main
 /// thread's, without a word): a working directory, root or umask of its
 /// own (unshare(CLONE_FS); a restore clones every thread sharing the
-/// main thread's), a personality, an I/O priority.
+/// main thread's), a personality. (A thread's I/O priority is restored:
+/// `Thread::ioprio`.)
 fn own_differences(
     pid: i32,
     tid: i32,
@@ -298,9 +302,6 @@ fn own_differences(
         != read(format!("/proc/{pid}/personality"))
     {
         differ.push("personality");
-    }
-    if crate::sys::ioprio_of(tid).ok() != crate::sys::ioprio_of(pid).ok() {
-        differ.push("I/O priority");
     }
     if !differ.is_empty() {
         obs.push(format!(

@@ -218,10 +218,11 @@ fn differs(p: &Image, c: &Image) -> Option<&'static str> {
                     t.affinity,
                     t.oom_score_adj,
                     t.loginuid,
+                    t.coredump_filter,
                 )
             };
             if sched(&a) != sched(&b) {
-                return Some("its scheduling, oom score or loginuid");
+                return Some("its scheduling, oom score, loginuid or coredump_filter");
             }
             // (A fork resets it.)
             const SCHED_RESET_ON_FORK: i64 = 0x4000_0000;

@@ -36,9 +36,16 @@ record! {
         pub sched_policy: i32,
         pub sched_priority: i32,
         pub nice: i32,
-        pub _pad: u32,
+        /// (11.12) The thread's I/O priority with [`IOPRIO_KNOWN`] set
+        /// (`ionice -p PID` gives the main thread one, not the others;
+        /// a clone inherits its creator's). 0 in older images: the
+        /// thread keeps the one it is cloned with.
+        pub ioprio: i32,
         pub timer_slack_ns: u64,
         /// CPU affinity mask (CPUs 0-1023).
         pub affinity: [u64; 16],
     }
 }
+
+/// The bit of [`Thread::ioprio`] that says it was read.
+pub const IOPRIO_KNOWN: i32 = 1 << 30;

@@ -400,6 +400,25 @@ fn sched(img: &Image, t: &Thread) {
         const PR_SET_TIMERSLACK: usize = 29;
         syscall3(SYS_PRCTL, PR_SET_TIMERSLACK, t.timer_slack_ns as usize, 0);
     }
+    // Its I/O priority where it differs from the main thread's, which
+    // the clone gave it (`ionice -p PID` sets the main thread's only).
+    let iop = cryo_image::threads::IOPRIO_KNOWN;
+    if t.ioprio & iop != 0 {
+        const SYS_IOPRIO_SET: usize = 251;
+        const SYS_IOPRIO_GET: usize = 252;
+        const IOPRIO_WHO_PROCESS: usize = 1;
+        let want = (t.ioprio & !iop) as i64;
+        let inherited = match main.as_ref().map(|m| m.ioprio) {
+            Some(v) if v != UNKNOWN => v,
+            _ => syscall3(SYS_IOPRIO_GET, IOPRIO_WHO_PROCESS, 0, 0) as i64,
+        };
+        if want != inherited {
+            check(
+                syscall3(SYS_IOPRIO_SET, IOPRIO_WHO_PROCESS, 0, want as usize),
+                format_args!("thread {}: ioprio_set({want:#x})", t.tid),
+            );
+        }
+    }
 }
 
 /// Wait until every one of the `n` threads is inside its wait in the

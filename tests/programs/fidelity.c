@@ -2156,20 +2156,49 @@ static void coredump_check(void) {
     CHECK(read_coredump_filter() == 0x7f, "coredump_filter %#lx", read_coredump_filter());
 }
 
+/* thread-ioprio: I/O priorities per thread (ionice -p gives the main
+ * thread one, not the others): the main thread best-effort 2, one
+ * thread best-effort 6, one made before the main thread's was set and
+ * left with none. Each as it was after the restore. */
+static pthread_barrier_t tio_bar;
+static pid_t tio_tid[2];
+static int tio_ioprio(pid_t tid) { return (int)syscall(SYS_ioprio_get, 1, tid); }
+static void *tio_thread(void *arg) {
+    long i = (long)arg;
+    tio_tid[i] = (pid_t)syscall(SYS_gettid);
+    if (i == 0) CHECK(syscall(SYS_ioprio_set, 1, tio_tid[i], (2 << 13) | 6) == 0, "thread ioprio");
+    pthread_barrier_wait(&tio_bar);
+    for (;;) pause();
+    return NULL;
+}
+static void thread_ioprio_setup(void) {
+    pthread_barrier_init(&tio_bar, NULL, 3);
+    pthread_t a, b;
+    CHECK(pthread_create(&a, NULL, tio_thread, (void *)0L) == 0 && pthread_create(&b, NULL, tio_thread, (void *)1L) == 0,
+          "threads");
+    pthread_barrier_wait(&tio_bar);
+    CHECK(syscall(SYS_ioprio_set, 1, (int)syscall(SYS_gettid), (2 << 13) | 2) == 0, "main ioprio");
+    CHECK(tio_ioprio(tio_tid[0]) == 0x4006 && tio_ioprio(tio_tid[1]) == 0, "set: %#x %#x", tio_ioprio(tio_tid[0]),
+          tio_ioprio(tio_tid[1]));
+}
+static void thread_ioprio_check(void) {
+    pid_t me = (pid_t)syscall(SYS_gettid);
+    CHECK(tio_ioprio(me) == 0x4002 && tio_ioprio(tio_tid[0]) == 0x4006 && tio_ioprio(tio_tid[1]) == 0,
+          "ioprio main %#x, threads %#x %#x", tio_ioprio(me), tio_ioprio(tio_tid[0]), tio_ioprio(tio_tid[1]));
+}
+
 /* unrestored: task state cryo does not restore yet, each refused by name
  * where this machine has it (listed in the directory's `have`): syscall
  * user dispatch, CPUID faulting, a process and a thread keyring. */
 static char sud_selector = 0; /* SYSCALL_DISPATCH_FILTER_ALLOW */
 /* And state cryo restores per process only, in a thread of its own: a
- * umask and working directory (unshare(CLONE_FS)) and an I/O priority. */
+ * umask and working directory (unshare(CLONE_FS)). */
 static pthread_barrier_t un_bar;
-static int un_thread_ioprio;
 static void *unrestored_thread(void *arg) {
     (void)arg;
     CHECK(unshare(CLONE_FS) == 0, "unshare(CLONE_FS): %s", strerror(errno));
     umask(027);
     CHECK(chdir("/") == 0, "chdir");
-    un_thread_ioprio = syscall(SYS_ioprio_set, 1, (int)syscall(SYS_gettid), (2 << 13) | 6) == 0;
     pthread_barrier_wait(&un_bar);
     for (;;) pause();
     return NULL;
@@ -2188,7 +2217,6 @@ static void unrestored_setup(void) {
     CHECK(pthread_create(&th, NULL, unrestored_thread, NULL) == 0, "thread");
     pthread_barrier_wait(&un_bar);
     fputs("thread-umask\n", have);
-    if (un_thread_ioprio) fputs("thread-ioprio\n", have);
     /* A mapping with a policy of its own (a NUMA kernel, node 0). */
     void *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     unsigned long nodes = 1;
@@ -3032,6 +3060,7 @@ static const struct fcase cases[] = {
     {"mcast", mcast_setup, refuse_check, NULL},
     {"rie", rie_setup, rie_check, NULL},
     {"coredump", coredump_setup, coredump_check, NULL},
+    {"thread-ioprio", thread_ioprio_setup, thread_ioprio_check, NULL},
     {"unrestored", unrestored_setup, refuse_check, NULL},
     {"seccomp", seccomp_setup, seccomp_check, seccomp_settle},
     {"seccomp-refused", seccomp_refused_setup, refuse_check, NULL},

@@ -83,6 +83,19 @@ pub struct MqState {
     pub notify_pid: i32,
 }
 
+/// Whether `path` is on tmpfs (shmem: a file whose NUMA policy is its
+/// own); false where it cannot be told.
+pub fn on_tmpfs(path: &str) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return false;
+    };
+    // SAFETY: an all-zero statfs is valid; the kernel fills it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path; statfs writes one struct.
+    cvt(unsafe { libc::statfs(c.as_ptr(), &mut st) }).is_ok() && st.f_type == TMPFS_MAGIC
+}
+
 /// If `path` (a /proc/PID/fd/N link) is a POSIX message queue, its
 /// state (None: it is not one). Opening it makes a description of our
 /// own; neither that nor reading its status line takes a message.
