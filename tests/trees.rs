@@ -974,7 +974,7 @@ os.write(w, b"xx"); os.waitpid(pid, 0); print("PASS", flush=True)
     refused(
         &sharing_child_whose_child("os.nice(1)"),
         &["--kill"],
-        "could not be forked by its shim: its scheduling, oom score or loginuid",
+        "could not be forked by its shim: its scheduling, oom score, loginuid or coredump_filter",
     );
     // A sharing child with three children of their own tables, 100 fds
     // each, under an open-file limit of 256: their stand-ins' fds are
