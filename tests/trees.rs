@@ -901,7 +901,8 @@ fn refused(script: &str, args: &[&str], what: &str) {
         .unwrap();
     assert_eq!(line.trim(), "READY");
     let pid = c.id() as i32;
-    let dir = scratch("tree-refused");
+    // (A name of its own per call: two tests refuse at once.)
+    let dir = scratch(&format!("tree-refused-{pid}"));
     let img = dir.join("img");
     let mut a = vec!["capture"];
     a.extend_from_slice(args);
