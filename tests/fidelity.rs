@@ -544,25 +544,13 @@ fn socket_options_beyond_the_common_ones() {
 /// word, and the program heard nothing sent to them.
 #[test]
 fn multicast_memberships_are_refused_by_name() {
-    let dir = scratch("fidelity-mcast");
-    let t = Target::spawn(fidelity_cmd("mcast", &dir), "fidelity");
-    t.wait_stopped();
-    let pid = t.pid.to_string();
-    let img = dir.join("img");
-    let (code, _, err) = cryo_cmd(&["capture", &pid, img.to_str().unwrap()]);
-    assert_eq!(code, 1, "refused: {err}");
-    for want in [
-        "2 obstacles",
-        "is a member of multicast group 239.1.2.3 on lo",
-        "is a member of multicast group ff15::1234 on lo",
-    ] {
-        assert!(err.contains(want), "names {want}: {err}");
-    }
-    assert!(!img.exists(), "nothing written");
-    assert_eq!(state(t.pid), Some('T'), "left stopped, as it was");
-    t.cont();
-    let (code, last, err) = t.finish();
-    assert_eq!((code, last.as_str()), (0, "PASS mcast"), "{err}");
+    refused_by_name("mcast", |_| {
+        vec![
+            "2 obstacles",
+            "is a member of multicast group 239.1.2.3 on lo",
+            "is a member of multicast group ff15::1234 on lo",
+        ]
+    });
 }
 
 /// READ_IMPLIES_EXEC set after the program started (an exec clears
@@ -602,33 +590,43 @@ fn threads_keep_their_own_io_priorities() {
 /// Sweeps found each lost without a word.
 #[test]
 fn task_state_cryo_does_not_restore_is_refused_by_name() {
-    let dir = scratch("fidelity-unrestored");
-    let t = Target::spawn(fidelity_cmd("unrestored", &dir), "fidelity");
-    t.wait_stopped();
-    let have = std::fs::read_to_string(dir.join("have")).unwrap();
-    let pid = t.pid.to_string();
-    let img = dir.join("img");
-    let (code, _, err) = cryo_cmd(&["capture", &pid, img.to_str().unwrap()]);
-    let mut want = Vec::new();
-    for (what, says) in [
-        (
-            "sud",
-            "dispatches its system calls to user space (prctl PR_SET_SYSCALL_USER_DISPATCH)",
-        ),
-        (
-            "cpuid",
-            "has CPUID faulting on (arch_prctl ARCH_SET_CPUID 0)",
-        ),
-        ("process-keyring", "it has a process keyring (keyctl, key"),
-        ("thread-keyring", "it has a thread keyring (keyctl, key"),
-        ("thread-umask", "has its own umask, working directory"),
-        ("mbind", "has a NUMA memory policy of its own (mbind)"),
-    ] {
-        if have.lines().any(|l| l == what) {
-            want.push(says);
+    refused_by_name("unrestored", |dir| {
+        let have = std::fs::read_to_string(dir.join("have")).unwrap();
+        let mut want = Vec::new();
+        for (what, says) in [
+            (
+                "sud",
+                "dispatches its system calls to user space (prctl PR_SET_SYSCALL_USER_DISPATCH)",
+            ),
+            (
+                "cpuid",
+                "has CPUID faulting on (arch_prctl ARCH_SET_CPUID 0)",
+            ),
+            ("process-keyring", "it has a process keyring (keyctl, key"),
+            ("thread-keyring", "it has a thread keyring (keyctl, key"),
+            ("thread-umask", "has its own umask, working directory"),
+            ("mbind", "has a NUMA memory policy of its own (mbind)"),
+        ] {
+            if have.lines().any(|l| l == what) {
+                want.push(says);
+            }
         }
-    }
-    assert!(!want.is_empty(), "this machine has none of them: {have}");
+        assert!(!want.is_empty(), "this machine has none of them: {have}");
+        want
+    });
+}
+
+/// Case `name`, set up and stopped, then captured: refused, naming each
+/// of `want` (given the case's directory, where a case says what this
+/// machine let it set up), nothing written, and the original left
+/// stopped as it was, to go on to its PASS.
+fn refused_by_name(name: &str, want: impl FnOnce(&Path) -> Vec<&'static str>) {
+    let dir = scratch(&format!("fidelity-{name}"));
+    let t = Target::spawn(fidelity_cmd(name, &dir), "fidelity");
+    t.wait_stopped();
+    let want = want(&dir);
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
     assert_eq!(code, 1, "refused: {err}");
     for w in &want {
         assert!(err.contains(w), "names {w}: {err}");
@@ -637,7 +635,11 @@ fn task_state_cryo_does_not_restore_is_refused_by_name() {
     assert_eq!(state(t.pid), Some('T'), "left stopped, as it was");
     t.cont();
     let (code, last, err) = t.finish();
-    assert_eq!((code, last.as_str()), (0, "PASS unrestored"), "{err}");
+    assert_eq!(
+        (code, last.as_str()),
+        (0, format!("PASS {name}").as_str()),
+        "{err}"
+    );
 }
 
 #[test]

@@ -740,7 +740,6 @@ fn a_packed_restorer_maps_its_code_from_its_second_name() {
 /// reach the script (GNU timeout's way of ending its command).
 #[test]
 fn a_packed_restorer_of_a_group_leader_leads_a_group_of_its_own() {
-    use std::os::unix::process::CommandExt;
     let dir = scratch("pack-group-leader");
     let mut cmd = Command::new("/usr/bin/python3");
     cmd.args([
@@ -750,13 +749,7 @@ fn a_packed_restorer_of_a_group_leader_leads_a_group_of_its_own() {
     let img = capture(cmd, "python", &dir);
     let exe = dir.join("leader.restored");
     pack(&img, &exe, &[]);
-    sanitize_fds();
-    let out = Command::new("sh")
-        .args(["-c", &format!("{}; echo restored $?", exe.display())])
-        .process_group(0)
-        .stdin(Stdio::null())
-        .output()
-        .expect("sh");
+    let out = sh_in_own_group(&format!("{}; echo restored $?", exe.display()));
     assert_eq!(
         (
             out.status.code(),

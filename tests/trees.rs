@@ -5233,7 +5233,6 @@ fn a_childs_socket_obstacle_names_the_child() {
 /// programs, stop 45), and the script died with it.
 #[test]
 fn timeout_leads_its_own_group_again_and_spares_the_script_that_restored_it() {
-    use std::os::unix::process::CommandExt;
     let dir = scratch("tree-timeout");
     sanitize_fds();
     let mut t = Command::new("timeout")
@@ -5259,13 +5258,7 @@ fn timeout_leads_its_own_group_again_and_spares_the_script_that_restored_it() {
             cryo().display(),
             img.display()
         );
-        sanitize_fds();
-        let out = Command::new("sh")
-            .args(["-c", &script])
-            .process_group(0)
-            .stdin(Stdio::null())
-            .output()
-            .expect("sh");
+        let out = sh_in_own_group(&script);
         assert_eq!(
             (
                 out.status.code(),

@@ -124,11 +124,12 @@ pub fn capture(
         return Ok(());
     }
     let mut creds = Vec::with_capacity(g.others.len());
+    let main_own = OwnFs::of(&format!("/proc/{pid}"));
     for (k, (t, st)) in g.others.iter_mut().zip(statuses).enumerate() {
         let tid = t.pid();
         let comm = comm_of(pid, tid);
         differences(tid, &comm, st, main_status, obs);
-        own_differences(pid, tid, &comm, st, main_status, obs);
+        own_differences(pid, tid, &comm, (st, main_status), &main_own, obs);
         crate::task::dispatch_obstacle(tid, &format!("thread {tid}"), obs);
         let raw = to_regs(&t.regs()?);
         let (regs, sflags) = restart_fixup(&raw, t.restarted_poll(), &|a| {
@@ -279,35 +280,45 @@ fn own_differences(
     pid: i32,
     tid: i32,
     comm: &str,
-    st: &StatusText,
-    main: &StatusText,
+    (st, main_st): (&StatusText, &StatusText),
+    main: &OwnFs,
     obs: &mut Obstacles,
 ) {
+    let own = OwnFs::of(&format!("/proc/{pid}/task/{tid}"));
     let mut differ = Vec::new();
-    if st.get("Umask") != main.get("Umask") {
-        differ.push("umask");
-    }
-    let link = |p: String| std::fs::read_link(p).ok();
-    for what in ["cwd", "root"] {
-        if link(format!("/proc/{pid}/task/{tid}/{what}")) != link(format!("/proc/{pid}/{what}")) {
-            differ.push(if what == "cwd" {
-                "working directory"
-            } else {
-                "root directory"
-            });
+    for (what, differs) in [
+        ("umask", st.get("Umask") != main_st.get("Umask")),
+        ("working directory", own.cwd != main.cwd),
+        ("root directory", own.root != main.root),
+        ("personality", own.personality != main.personality),
+    ] {
+        if differs {
+            differ.push(what);
         }
-    }
-    let read = |p: String| std::fs::read_to_string(p).ok();
-    if read(format!("/proc/{pid}/task/{tid}/personality"))
-        != read(format!("/proc/{pid}/personality"))
-    {
-        differ.push("personality");
     }
     if !differ.is_empty() {
         obs.push(format!(
             "thread {tid} ({comm}) has its own {} (the main thread's differs); cryo restores them per process, not per thread",
             differ.join(", ")
         ));
+    }
+}
+
+/// A task's working and root directories and personality, as its /proc
+/// directory `dir` shows them (read once for the main thread).
+struct OwnFs {
+    cwd: Option<std::path::PathBuf>,
+    root: Option<std::path::PathBuf>,
+    personality: Option<String>,
+}
+
+impl OwnFs {
+    fn of(dir: &str) -> OwnFs {
+        OwnFs {
+            cwd: std::fs::read_link(format!("{dir}/cwd")).ok(),
+            root: std::fs::read_link(format!("{dir}/root")).ok(),
+            personality: std::fs::read_to_string(format!("{dir}/personality")).ok(),
+        }
     }
 }
 

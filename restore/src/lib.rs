@@ -316,6 +316,17 @@ impl Plan {
     }
 }
 
+/// Lead a process group of our own (`Image::leads_group_again`), unless
+/// we do already (a job-control shell's job does; in a PID namespace the
+/// invoker's group reads 0).
+fn lead_group_again() -> Result<(), RestoreError> {
+    if sys::getpgid(0).ok() == Some(std::process::id() as i32) {
+        return Ok(());
+    }
+    sys::setpgid(0, 0)
+        .map_err(|e| e.into_sys("setpgid (the restored process led its process group)"))
+}
+
 /// Lead a session of our own (setsid), unless we do already. setsid
 /// refuses a process group's leader (a job-control shell started `cryo
 /// restore` as a job): then a child of ours leads it and becomes the
@@ -627,11 +638,8 @@ impl Plan {
         // before the terminal is looked at: such a group is not its
         // terminal's foreground, and a tree's children join it.
         if !self.opts.pidns && !self.opts.same_pid && self.image().leads_group_again() {
-            let me = std::process::id() as i32;
-            if sys::getpgid(0).ok() != Some(me) {
-                if let Err(e) = sys::setpgid(0, 0) {
-                    return e.into_sys("setpgid (the restored process led its process group)");
-                }
+            if let Err(e) = lead_group_again() {
+                return e;
             }
         }
         // The captured modes of the terminal at the program's fds 0-2 go
@@ -665,8 +673,8 @@ impl Plan {
             // a review found --pidns's restored timeout killing the
             // script, as the plain restore's did.
             if own_group_in_ns {
-                if let Err(e) = sys::setpgid(0, 0) {
-                    return e.into_sys("setpgid (the restored process led its process group)");
+                if let Err(e) = lead_group_again() {
+                    return e;
                 }
             }
         } else if self.opts.same_pid {

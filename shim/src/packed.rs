@@ -634,57 +634,38 @@ fn sched(t: &cryo_image::task::TaskState) {
 
 /// Which mappings a core dump holds, as captured (`TaskState::
 /// coredump_filter`; an exec keeps the restorer's otherwise), if the
-/// restorer's differs. The file reads in hex.
+/// restorer's differs. The file reads in hex, and takes "0x..." (a
+/// bare "0000007f" would be read as octal).
 fn coredump_filter(v: u64) {
     let known = cryo_image::task::COREDUMP_FILTER_KNOWN;
     if v & known == 0 {
         return;
     }
     let want = v & !known;
-    let path = b"/proc/self/coredump_filter\0";
-    let fd = syscall3(SYS_OPEN, path.as_ptr() as usize, O_RDWR | O_CLOEXEC, 0);
-    if fd < 0 {
-        die(format_args!("opening coredump_filter: errno {}", -fd));
+    let mut text = [0u8; 18];
+    text[..2].copy_from_slice(b"0x");
+    let mut len = 2;
+    for i in (0..16).rev() {
+        let d = (want >> (i * 4)) & 0xf;
+        if d != 0 || len > 2 || i == 0 {
+            text[len] = b"0123456789abcdef"[d as usize];
+            len += 1;
+        }
     }
-    let mut cur = [0u8; 24];
-    let n = syscall3(SYS_READ, fd as usize, cur.as_mut_ptr() as usize, cur.len());
-    let got = (n > 0).then(|| {
-        cur[..n as usize]
-            .iter()
-            .take_while(|c| c.is_ascii_hexdigit())
-            .fold(0u64, |a, &c| {
+    let same = |got: &[u8]| {
+        got.iter().all(u8::is_ascii_hexdigit)
+            && got.iter().fold(0u64, |a, &c| {
                 a << 4 | (c as char).to_digit(16).unwrap_or(0) as u64
-            })
-    });
-    if got != Some(want) {
-        // "0x" and up to 16 hex digits.
-        let mut text = [0u8; 18];
-        text[..2].copy_from_slice(b"0x");
-        let mut len = 2;
-        for i in (0..16).rev() {
-            let d = (want >> (i * 4)) & 0xf;
-            if d != 0 || len > 2 || i == 0 {
-                text[len] = b"0123456789abcdef"[d as usize];
-                len += 1;
-            }
+            }) == want
+    };
+    if let Err((opening, e)) = proc_set(b"/proc/self/coredump_filter\0", same, &text[..len]) {
+        if opening {
+            die(format_args!("opening coredump_filter: errno {e}"));
         }
-        let r = syscall6(
-            SYS_PWRITE64,
-            fd as usize,
-            text.as_ptr() as usize,
-            len,
-            0,
-            0,
-            0,
-        );
-        if r < 0 {
-            die(format_args!(
-                "setting coredump_filter to {want:#x}: errno {}",
-                -r
-            ));
-        }
+        die(format_args!(
+            "setting coredump_filter to {want:#x}: errno {e}"
+        ));
     }
-    syscall3(SYS_CLOSE, fd as usize, 0, 0);
 }
 
 /// Write `v` to a /proc/self file if it holds another value.
@@ -692,34 +673,46 @@ fn proc_write(path: &[u8], v: i64, what: &str) {
     if v == cryo_image::task::UNKNOWN {
         return;
     }
+    let mut text = [0u8; 24];
+    let len = fmt_i64(v, &mut text);
+    if let Err((opening, e)) = proc_set(path, |got| got == &text[..len], &text[..len]) {
+        if opening {
+            die(format_args!("opening {what}: errno {e}"));
+        }
+        die(format_args!("setting {what} to {v}: errno {e}"));
+    }
+}
+
+/// Open the /proc/self file `path` and write `text` to it unless what it
+/// reads (without its newline) is `same` already; Err: whether the open
+/// (else the write) failed, and its errno.
+fn proc_set(path: &[u8], same: impl Fn(&[u8]) -> bool, text: &[u8]) -> Result<(), (bool, isize)> {
     let fd = syscall3(SYS_OPEN, path.as_ptr() as usize, O_RDWR | O_CLOEXEC, 0);
     if fd < 0 {
-        die(format_args!("opening {what}: errno {}", -fd));
+        return Err((true, -fd));
     }
     let mut cur = [0u8; 24];
     let n = syscall3(SYS_READ, fd as usize, cur.as_mut_ptr() as usize, cur.len());
-    let mut text = [0u8; 24];
-    let len = fmt_i64(v, &mut text);
-    let same = n > 0 && {
-        let got = &cur[..n as usize];
-        let got = got.strip_suffix(b"\n").unwrap_or(got);
-        got == &text[..len]
-    };
-    if !same {
-        let r = syscall6(
+    let got = &cur[..n.max(0) as usize];
+    let got = got.strip_suffix(b"\n").unwrap_or(got);
+    let r = if n > 0 && same(got) {
+        0
+    } else {
+        syscall6(
             SYS_PWRITE64,
             fd as usize,
             text.as_ptr() as usize,
-            len,
+            text.len(),
             0,
             0,
             0,
-        );
-        if r < 0 {
-            die(format_args!("setting {what} to {v}: errno {}", -r));
-        }
-    }
+        )
+    };
     syscall3(SYS_CLOSE, fd as usize, 0, 0);
+    if r < 0 {
+        return Err((false, -r));
+    }
+    Ok(())
 }
 
 fn fmt_i64(v: i64, out: &mut [u8; 24]) -> usize {

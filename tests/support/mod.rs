@@ -490,3 +490,17 @@ pub fn wait_gone(pids: &[i32]) {
         },
     );
 }
+
+/// `sh -c SCRIPT` leading a process group of its own, as a script a
+/// job-control shell runs (what it starts stays in that group), stdin
+/// /dev/null: its status and output.
+pub fn sh_in_own_group(script: &str) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    sanitize_fds();
+    Command::new("sh")
+        .args(["-c", script])
+        .process_group(0)
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh")
+}

@@ -83,17 +83,21 @@ pub struct MqState {
     pub notify_pid: i32,
 }
 
+/// The file system type (statfs's f_type) `path` is on.
+fn fs_type(path: &str) -> io::Result<i64> {
+    let c = std::ffi::CString::new(path).map_err(io::Error::other)?;
+    // SAFETY: an all-zero statfs is valid; the kernel fills it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path; statfs writes one struct.
+    cvt(unsafe { libc::statfs(c.as_ptr(), &mut st) })?;
+    Ok(st.f_type)
+}
+
 /// Whether `path` is on tmpfs (shmem: a file whose NUMA policy is its
 /// own); false where it cannot be told.
 pub fn on_tmpfs(path: &str) -> bool {
     const TMPFS_MAGIC: i64 = 0x0102_1994;
-    let Ok(c) = std::ffi::CString::new(path) else {
-        return false;
-    };
-    // SAFETY: an all-zero statfs is valid; the kernel fills it.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path; statfs writes one struct.
-    cvt(unsafe { libc::statfs(c.as_ptr(), &mut st) }).is_ok() && st.f_type == TMPFS_MAGIC
+    fs_type(path).is_ok_and(|t| t == TMPFS_MAGIC)
 }
 
 /// If `path` (a /proc/PID/fd/N link) is a POSIX message queue, its
@@ -101,12 +105,7 @@ pub fn on_tmpfs(path: &str) -> bool {
 /// own; neither that nor reading its status line takes a message.
 pub fn mqueue_at(path: &str) -> io::Result<Option<MqState>> {
     const MQUEUE_MAGIC: i64 = 0x1980_0202;
-    let c = std::ffi::CString::new(path).map_err(io::Error::other)?;
-    // SAFETY: an all-zero statfs is valid; the kernel fills it.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path; statfs writes one struct.
-    cvt(unsafe { libc::statfs(c.as_ptr(), &mut st) })?;
-    if st.f_type != MQUEUE_MAGIC {
+    if fs_type(path)? != MQUEUE_MAGIC {
         return Ok(None);
     }
     let f = std::fs::File::open(path)?;

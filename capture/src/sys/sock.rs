@@ -523,17 +523,7 @@ impl Diag {
     /// NLM_F_REQUEST and `flags`.
     fn ask(flags: i32, body: &[u8]) -> io::Result<Diag> {
         const SOCK_DIAG_BY_FAMILY: u16 = 20;
-        // SAFETY: socket(2) takes integers and returns a new fd we own.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                libc::NETLINK_SOCK_DIAG,
-            )
-        };
-        cvt(raw as libc::c_long)?;
-        // SAFETY: a fresh fd from the kernel, owned by nobody else.
-        let nl = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+        let nl = socket(libc::AF_NETLINK, libc::SOCK_DGRAM, libc::NETLINK_SOCK_DIAG)?;
         let mut req = Vec::with_capacity(16 + body.len());
         req.extend_from_slice(&(16 + body.len() as u32).to_ne_bytes());
         req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
