@@ -788,6 +788,7 @@ pub(crate) fn inspect(
         .collect();
     let mut no_context = Vec::new();
     let mut main_policy = false;
+    let mut landlock = crate::task::Landlock::of(pid);
     {
         let mut rem = Remote::new(t, vdso.0, &vdso.1)?;
         let r = (|| -> Result<(), InjectError> {
@@ -798,6 +799,12 @@ pub(crate) fn inspect(
             b.process.clear_child_tid = crate::threads::tid_address(&mut rem)?;
             xcomp_perm = crate::task::xcomp_perm(&mut rem)?;
             main_policy = crate::task::unrestored(&mut rem, &mut obs)?;
+            landlock.check(
+                &mut rem,
+                crate::task::real_ids(&st),
+                "its main thread",
+                &mut obs,
+            )?;
             b.taken_stops = crate::task::taken_stops(&mut rem, &stopped_children)?;
             Ok(())
         })();
@@ -862,7 +869,15 @@ pub(crate) fn inspect(
     b.gadgets = gadgets;
     drop(classified);
     // Every other thread; where glibc caches each thread's id.
-    crate::threads::capture(g, &vdso, &st, &thread_status, &mut b, &mut obs)?;
+    crate::threads::capture(
+        g,
+        &vdso,
+        (&st, &thread_status),
+        &mut landlock,
+        &mut b,
+        &mut obs,
+    )?;
+    drop(landlock);
     // Seccomp filters: every thread's, checked against what the restore
     // does after installing them (where its wait words go: each thread's
     // stack pointer, sigaltstack and the frame's size are known now).

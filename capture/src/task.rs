@@ -234,6 +234,86 @@ pub fn unrestored(rem: &mut Remote, obs: &mut Obstacles) -> Result<bool, InjectE
     Ok(policy)
 }
 
+/// Whether a thread is in a Landlock domain (landlock_restrict_self),
+/// which cryo can neither restore nor read: its rules show nowhere. A
+/// sweep of kernel features (stop 45) found every domain gone after a
+/// restore, a forbidden path open again, and nothing said.
+///
+/// The one trace a domain leaves is Landlock's ptrace rule: a thread in
+/// a domain may not look at a process outside it, whatever its
+/// capabilities. So the thread is asked (kcmp, injected; it changes
+/// nothing) to compare a child of cryo's with itself: a child in no
+/// domain, with the thread's real uid and gid, no capabilities and
+/// dumpable, which any thread in no domain may look at. EPERM then
+/// means a domain. Only where the kernel runs Landlock.
+pub struct Landlock {
+    runs: Option<bool>,
+    probes: Vec<((u32, u32), std::io::Result<crate::sys::Idle>)>,
+}
+
+impl Landlock {
+    /// For the threads of process `pid`. Not asked of one in another
+    /// user namespace (refused for that already): cryo's child would not
+    /// be one it may look at.
+    pub fn of(pid: i32) -> Landlock {
+        let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/user")).ok();
+        Landlock {
+            runs: (ns(&pid.to_string()) != ns("self")).then_some(false),
+            probes: Vec::new(),
+        }
+    }
+
+    /// Asks the thread `rem` runs in (of real uid and gid `ids`, from its
+    /// status) whether it is in a domain; `who` names it in the refusal.
+    pub fn check(
+        &mut self,
+        rem: &mut Remote,
+        ids: (u32, u32),
+        who: &str,
+        obs: &mut Obstacles,
+    ) -> Result<(), InjectError> {
+        if !*self.runs.get_or_insert_with(crate::sys::landlock_runs) {
+            return Ok(());
+        }
+        let at = match self.probes.iter().position(|(k, _)| *k == ids) {
+            Some(at) => at,
+            None => {
+                self.probes
+                    .push((ids, crate::sys::Idle::start_as(ids.0, ids.1)));
+                self.probes.len() - 1
+            }
+        };
+        let probe = match &self.probes[at].1 {
+            Ok(p) => p.pid() as u64,
+            Err(e) => {
+                obs.push(format!(
+                    "cryo could not tell whether {who} is in a Landlock domain (a process of uid {} and gid {} to compare with could not be made: {e})",
+                    ids.0, ids.1
+                ));
+                return Ok(());
+            }
+        };
+        const KCMP_VM: u64 = 1;
+        match rem.syscall(libc::SYS_kcmp, [probe, probe, KCMP_VM, 0, 0])? {
+            0 => {}
+            r if r == -(libc::EPERM as i64) => obs.push(format!(
+                "{who} is in a Landlock domain (landlock_restrict_self), whose rules the kernel does not show; cryo cannot restore it"
+            )),
+            r => obs.push(format!(
+                "cryo could not tell whether {who} is in a Landlock domain (kcmp in it: errno {})",
+                -r
+            )),
+        }
+        Ok(())
+    }
+}
+
+/// A status file's real uid and gid.
+pub fn real_ids(st: &StatusText) -> (u32, u32) {
+    let first = |key| st.nums::<u32>(key).first().copied().unwrap_or(0);
+    (first("Uid"), first("Gid"))
+}
+
 /// NUMA memory policies not restored yet (a sweep found each back as
 /// the default): mappings with one of their own (mbind), and threads with
 /// one other than the main thread's (set_mempolicy). /proc/PID/numa_maps

@@ -110,8 +110,8 @@ impl Group {
 pub fn capture(
     g: &mut Group,
     vdso: &(u64, Vec<u8>),
-    main_status: &StatusText,
-    statuses: &[StatusText],
+    (main_status, statuses): (&StatusText, &[StatusText]),
+    landlock: &mut crate::task::Landlock,
     b: &mut ImageBuilder,
     obs: &mut Obstacles,
 ) -> Result<(), CaptureError> {
@@ -193,6 +193,18 @@ pub fn capture(
                 None,
             )?;
             th.timer_slack_ns = slack.map_or(u64::MAX, |v| v as u64);
+            // Its own parent-death signal (a new thread has none; no /proc
+            // file shows it): not restored per thread yet.
+            let pdeathsig = rem.query(
+                libc::SYS_prctl,
+                [libc::PR_GET_PDEATHSIG as u64, 0, 0, 0, 0],
+                Some(1),
+            )?;
+            if let Some(sig @ 1..) = pdeathsig {
+                obs.push(format!(
+                    "thread {tid} ({comm}) has a parent-death signal of its own (prctl PR_SET_PDEATHSIG, signal {sig}), which cryo restores for the main thread only"
+                ));
+            }
             // Its credentials (per thread in the kernel: raw setresuid,
             // capset): its status, and its securebits asked in it.
             let bits = rem.query(
@@ -201,6 +213,12 @@ pub fn capture(
                 None,
             )?;
             creds.push(crate::task::creds(st, bits.unwrap_or(0) as u32).0);
+            landlock.check(
+                &mut rem,
+                crate::task::real_ids(st),
+                &format!("thread {tid} ({comm})"),
+                obs,
+            )?;
             Ok(())
         })();
         let fin = rem.finish();

@@ -2192,13 +2192,16 @@ static void thread_ioprio_check(void) {
  * user dispatch, CPUID faulting, a process and a thread keyring. */
 static char sud_selector = 0; /* SYSCALL_DISPATCH_FILTER_ALLOW */
 /* And state cryo restores per process only, in a thread of its own: a
- * umask and working directory (unshare(CLONE_FS)). */
+ * umask and working directory (unshare(CLONE_FS)), a parent-death
+ * signal. */
 static pthread_barrier_t un_bar;
 static void *unrestored_thread(void *arg) {
     (void)arg;
     CHECK(unshare(CLONE_FS) == 0, "unshare(CLONE_FS): %s", strerror(errno));
     umask(027);
     CHECK(chdir("/") == 0, "chdir");
+    /* (SIGWINCH: ignored if it ever comes.) */
+    CHECK(prctl(PR_SET_PDEATHSIG, SIGWINCH) == 0, "PR_SET_PDEATHSIG");
     pthread_barrier_wait(&un_bar);
     for (;;) pause();
     return NULL;
@@ -2217,11 +2220,52 @@ static void unrestored_setup(void) {
     CHECK(pthread_create(&th, NULL, unrestored_thread, NULL) == 0, "thread");
     pthread_barrier_wait(&un_bar);
     fputs("thread-umask\n", have);
+    fputs("thread-pdeathsig\n", have);
     /* A mapping with a policy of its own (a NUMA kernel, node 0). */
     void *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     unsigned long nodes = 1;
     if (m != MAP_FAILED && syscall(SYS_mbind, m, 4096, 3 /* MPOL_INTERLEAVE */, &nodes, 2, 0) == 0) fputs("mbind\n", have);
     fclose(have);
+}
+
+/* landlock: the main thread in a Landlock domain, a thread in one of its
+ * own, and a thread in none (made before either): the two named, the
+ * third not. The directory's `have` says whether the kernel runs
+ * Landlock ("landlock") or not ("none"). A sweep found a domain lost
+ * after a restore, without a word. */
+static pthread_barrier_t ll_bar;
+static int ll_restrict(void) {
+    /* (Handles making FIFOs only: the case makes none.) */
+    struct { uint64_t fs, net, scoped; } attr = {1ULL << 9 /* LANDLOCK_ACCESS_FS_MAKE_FIFO */, 0, 0};
+    int fd = (int)syscall(444 /* landlock_create_ruleset */, &attr, sizeof attr.fs, 0);
+    CHECK(fd >= 0, "landlock_create_ruleset: %s", strerror(errno));
+    CHECK(syscall(446 /* landlock_restrict_self */, fd, 0) == 0, "landlock_restrict_self: %s", strerror(errno));
+    close(fd);
+    return 0;
+}
+static void *ll_thread(void *own) {
+    prctl(PR_SET_NAME, own ? "ll-own" : "ll-free");
+    if (own) ll_restrict();
+    pthread_barrier_wait(&ll_bar);
+    for (;;) pause();
+    return NULL;
+}
+static void landlock_setup(void) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s/have", DIRPATH);
+    FILE *have = fopen(p, "w");
+    CHECK(have != NULL, "have");
+    long abi = syscall(444, NULL, 0, 1 /* LANDLOCK_CREATE_RULESET_VERSION */);
+    fputs(abi >= 1 ? "landlock\n" : "none\n", have);
+    fclose(have);
+    if (abi < 1) return;
+    CHECK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0, "no_new_privs");
+    pthread_barrier_init(&ll_bar, NULL, 3);
+    pthread_t a, b;
+    CHECK(pthread_create(&a, NULL, ll_thread, NULL) == 0 && pthread_create(&b, NULL, ll_thread, (void *)1) == 0,
+          "threads");
+    pthread_barrier_wait(&ll_bar);
+    ll_restrict();
 }
 
 /* mcast: a UDP socket that joined a multicast group (on lo) and an IPv6
@@ -3062,6 +3106,7 @@ static const struct fcase cases[] = {
     {"coredump", coredump_setup, coredump_check, NULL},
     {"thread-ioprio", thread_ioprio_setup, thread_ioprio_check, NULL},
     {"unrestored", unrestored_setup, refuse_check, NULL},
+    {"landlock", landlock_setup, refuse_check, NULL},
     {"seccomp", seccomp_setup, seccomp_check, seccomp_settle},
     {"seccomp-refused", seccomp_refused_setup, refuse_check, NULL},
     {"thread-creds", thread_creds_setup, thread_creds_check, thread_creds_settle},

@@ -68,9 +68,87 @@ impl Idle {
         Ok(Idle(pid as i32))
     }
 
+    /// [`Idle::start`] with the identity a process of real user `uid` and
+    /// group `gid` may look at (ptrace's read access): every uid and gid
+    /// of the child set to them, no capabilities, dumpable. Returns once
+    /// the child has them.
+    pub fn start_as(uid: u32, gid: u32) -> io::Result<Idle> {
+        let (r, w) = pipe2(libc::O_CLOEXEC)?;
+        // SAFETY: integers only.
+        let parent = unsafe { libc::getpid() };
+        // SAFETY: fork in a threaded process: the child calls only
+        // async-signal-safe system calls, on integers and its own stack
+        // (setgroups, setresgid, setresuid, capset, prctl, write,
+        // close_range, getppid, pause, _exit), and never returns into
+        // Rust code.
+        let pid = cvt(unsafe { libc::fork() } as libc::c_long)?;
+        if pid == 0 {
+            #[repr(C)]
+            struct CapHeader {
+                version: u32,
+                pid: i32,
+            }
+            let head = CapHeader {
+                version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+                pid: 0,
+            };
+            let none = [0u32; 6];
+            // SAFETY: as above; `head`, `none` and `err` live on this
+            // stack for the calls that read them.
+            unsafe {
+                // (Without CAP_SETGID the groups stay: ptrace's check
+                // does not look at them.)
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>());
+                let set = libc::syscall(libc::SYS_setresgid, gid, gid, gid) == 0
+                    && libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0
+                    && libc::syscall(libc::SYS_capset, &head, none.as_ptr()) == 0
+                    // (A change of identity clears both.)
+                    && libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) == 0
+                    && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == 0;
+                let err: u8 = if set {
+                    0
+                } else {
+                    (*libc::__errno_location()).clamp(1, 255) as u8
+                };
+                libc::write(w.as_raw_fd(), (&err as *const u8).cast(), 1);
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                if !set || libc::getppid() != parent {
+                    libc::_exit(0);
+                }
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        let idle = Idle(pid as i32);
+        drop(w);
+        let mut err = [0u8];
+        match read_exact(&r, &mut err) {
+            Ok(()) if err[0] == 0 => Ok(idle),
+            Ok(()) => Err(io::Error::from_raw_os_error(err[0] as i32)),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.0
     }
+}
+
+/// Whether this kernel runs Landlock (landlock_create_ruleset's ABI
+/// version: ENOSYS not built, EOPNOTSUPP turned off at boot).
+pub fn landlock_runs() -> bool {
+    const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
+    // SAFETY: no ruleset is passed (NULL, 0): the call only answers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    r >= 1
 }
 
 impl Drop for Idle {
