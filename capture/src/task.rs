@@ -198,13 +198,7 @@ pub fn xcomp_perm(rem: &mut Remote) -> Result<u64, InjectError> {
 /// keyring (keyctl: the keys in it gone after a restore, search ENOKEY).
 /// Returns whether the main thread has a NUMA memory policy.
 pub fn unrestored(rem: &mut Remote, obs: &mut Obstacles) -> Result<bool, InjectError> {
-    const ARCH_GET_CPUID: u64 = 0x1011;
-    // 0: the CPUID instruction faults (SIGSEGV) in this thread.
-    if rem.syscall(libc::SYS_arch_prctl, [ARCH_GET_CPUID, 0, 0, 0, 0])? == 0 {
-        obs.push(
-            "its main thread has CPUID faulting on (arch_prctl ARCH_SET_CPUID 0), which cryo does not restore yet",
-        );
-    }
+    thread_unrestored(rem, "its main thread", obs)?;
     // A NUMA memory policy of the main thread (set_mempolicy): mode 0 is
     // MPOL_DEFAULT (a sweep: MPOL_BIND came back as the default).
     const GET_MEMPOLICY: i64 = 239;
@@ -218,20 +212,46 @@ pub fn unrestored(rem: &mut Remote, obs: &mut Obstacles) -> Result<bool, InjectE
             ));
         }
     }
-    const KEYCTL_GET_KEYRING_ID: u64 = 0;
-    for (spec, what) in [(-1i64, "thread"), (-2, "process")] {
-        // (create = 0: asks, makes none.)
-        let id = rem.syscall(
-            libc::SYS_keyctl,
-            [KEYCTL_GET_KEYRING_ID, spec as u64, 0, 0, 0],
-        )?;
-        if id >= 0 {
-            obs.push(format!(
-                "it has a {what} keyring (keyctl, key {id}), whose keys cryo does not restore yet"
-            ));
-        }
+    if let Some(id) = keyring(rem, -2)? {
+        obs.push(format!(
+            "it has a process keyring (keyctl, key {id}), whose keys cryo does not restore yet"
+        ));
     }
     Ok(policy)
+}
+
+/// What [`unrestored`] asks that is a thread's own, asked of any thread
+/// (`who`): CPUID faulting and a thread keyring.
+pub fn thread_unrestored(
+    rem: &mut Remote,
+    who: &str,
+    obs: &mut Obstacles,
+) -> Result<(), InjectError> {
+    const ARCH_GET_CPUID: u64 = 0x1011;
+    // 0: the CPUID instruction faults (SIGSEGV) in this thread.
+    if rem.syscall(libc::SYS_arch_prctl, [ARCH_GET_CPUID, 0, 0, 0, 0])? == 0 {
+        obs.push(format!(
+            "{who} has CPUID faulting on (arch_prctl ARCH_SET_CPUID 0), which cryo does not restore yet"
+        ));
+    }
+    if let Some(id) = keyring(rem, -1)? {
+        let it = if who == "its main thread" { "it" } else { who };
+        obs.push(format!(
+            "{it} has a thread keyring (keyctl, key {id}), whose keys cryo does not restore yet"
+        ));
+    }
+    Ok(())
+}
+
+/// The id of the keyring `spec` (-1 the thread's, -2 the process's) of
+/// the thread `rem` runs in, if it has one (create = 0: asks, makes none).
+fn keyring(rem: &mut Remote, spec: i64) -> Result<Option<i64>, InjectError> {
+    const KEYCTL_GET_KEYRING_ID: u64 = 0;
+    let id = rem.syscall(
+        libc::SYS_keyctl,
+        [KEYCTL_GET_KEYRING_ID, spec as u64, 0, 0, 0],
+    )?;
+    Ok((id >= 0).then_some(id))
 }
 
 /// Whether a thread is in a Landlock domain (landlock_restrict_self),

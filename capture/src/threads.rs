@@ -213,12 +213,9 @@ pub fn capture(
                 None,
             )?;
             creds.push(crate::task::creds(st, bits.unwrap_or(0) as u32).0);
-            landlock.check(
-                &mut rem,
-                crate::task::real_ids(st),
-                &format!("thread {tid} ({comm})"),
-                obs,
-            )?;
+            let who = format!("thread {tid} ({comm})");
+            crate::task::thread_unrestored(&mut rem, &who, obs)?;
+            landlock.check(&mut rem, crate::task::real_ids(st), &who, obs)?;
             Ok(())
         })();
         let fin = rem.finish();

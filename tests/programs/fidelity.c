@@ -2195,6 +2195,7 @@ static char sud_selector = 0; /* SYSCALL_DISPATCH_FILTER_ALLOW */
  * umask and working directory (unshare(CLONE_FS)), a parent-death
  * signal. */
 static pthread_barrier_t un_bar;
+static int un_own_keyring;
 static void *unrestored_thread(void *arg) {
     (void)arg;
     CHECK(unshare(CLONE_FS) == 0, "unshare(CLONE_FS): %s", strerror(errno));
@@ -2202,6 +2203,7 @@ static void *unrestored_thread(void *arg) {
     CHECK(chdir("/") == 0, "chdir");
     /* (SIGWINCH: ignored if it ever comes.) */
     CHECK(prctl(PR_SET_PDEATHSIG, SIGWINCH) == 0, "PR_SET_PDEATHSIG");
+    un_own_keyring = syscall(SYS_add_key, "user", "cryo-test-o", "x", 1, -1 /* thread keyring */) >= 0;
     pthread_barrier_wait(&un_bar);
     for (;;) pause();
     return NULL;
@@ -2221,6 +2223,7 @@ static void unrestored_setup(void) {
     pthread_barrier_wait(&un_bar);
     fputs("thread-umask\n", have);
     fputs("thread-pdeathsig\n", have);
+    if (un_own_keyring) fputs("own-thread-keyring\n", have);
     /* A mapping with a policy of its own (a NUMA kernel, node 0). */
     void *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     unsigned long nodes = 1;
