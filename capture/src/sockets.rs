@@ -730,6 +730,12 @@ pub fn capture(
             sockaddr_display(&addr)
         ));
     }
+    if let Some(long) = long_options(&dup, family, sock_type) {
+        return Err(format!(
+            "fd {fd} ({what} {}) has {long}, which cryo does not restore yet",
+            sockaddr_display(&addr)
+        ));
+    }
     if sock_type == libc::SOCK_DGRAM {
         let groups = crate::mcast::memberships(&dup, family);
         if !groups.is_empty() {
@@ -1406,6 +1412,44 @@ fn netlink(
 /// kind, made here (the target's network namespace: another is refused),
 /// reads the same: the program did not set it, and the restore's new
 /// socket gets its own machine's default.
+/// Options whose values are longer than `options` reads, set on the
+/// socket (a sweep of real servers, stop 45, listed them as not read):
+/// an upper-layer protocol (TCP_ULP: kTLS's "tls", whose keys cannot be
+/// read back), IPv4 header options (IP_OPTIONS), IPv6 sticky extension
+/// headers (hop-by-hop, routing, destination options). Each reads as
+/// empty on a socket without it. None if there are none.
+fn long_options(dup: &OwnedFd, family: i32, sock_type: i32) -> Option<String> {
+    let mut buf = [0u8; 256];
+    let mut got = |level, name| sock::getsockopt(dup, level, name, &mut buf).unwrap_or(0);
+    if sock_type == libc::SOCK_STREAM {
+        const TCP_ULP: i32 = 31;
+        let n = got(libc::IPPROTO_TCP, TCP_ULP);
+        if n > 0 {
+            let name = String::from_utf8_lossy(&buf[..n]);
+            return Some(format!(
+                "the upper-layer protocol {:?} (TCP_ULP; kTLS's keys cannot be read back)",
+                name.trim_end_matches('\0')
+            ));
+        }
+    }
+    if family == libc::AF_INET && got(libc::IPPROTO_IP, libc::IP_OPTIONS) > 0 {
+        return Some("IPv4 header options (IP_OPTIONS)".to_owned());
+    }
+    if family == libc::AF_INET6 {
+        for (name, what) in [
+            (libc::IPV6_HOPOPTS, "IPV6_HOPOPTS"),
+            (libc::IPV6_RTHDRDSTOPTS, "IPV6_RTHDRDSTOPTS"),
+            (libc::IPV6_RTHDR, "IPV6_RTHDR"),
+            (libc::IPV6_DSTOPTS, "IPV6_DSTOPTS"),
+        ] {
+            if got(libc::IPPROTO_IPV6, name) > 0 {
+                return Some(format!("an IPv6 extension header of its own ({what})"));
+            }
+        }
+    }
+    None
+}
+
 fn read_options(
     dup: &OwnedFd,
     family: i32,

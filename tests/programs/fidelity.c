@@ -2271,6 +2271,44 @@ static void landlock_setup(void) {
     ll_restrict();
 }
 
+/* longopts: options with values longer than a word, each on a socket of
+ * its own: kTLS's upper-layer protocol on a loopback connection (where the
+ * kernel has the tls module), IPv4 header options, an IPv6 hop-by-hop
+ * header. Refused by name (the directory's `have` says which were set);
+ * a sweep found them not read. */
+static void longopts_setup(void) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s/have", DIRPATH);
+    FILE *have = fopen(p, "w");
+    CHECK(have != NULL, "have");
+    int l = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    CHECK(l >= 0 && setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0 &&
+              bind(l, (struct sockaddr *)&a, sizeof a) == 0 && listen(l, 1) == 0 &&
+              getsockname(l, (struct sockaddr *)&a, &al) == 0,
+          "listener");
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(c >= 0 && connect(c, (struct sockaddr *)&a, sizeof a) == 0, "connect");
+    int s = accept(l, NULL, NULL);
+    CHECK(s >= 0, "accept");
+    close(l);
+    if (setsockopt(c, IPPROTO_TCP, 31 /* TCP_ULP */, "tls", 3) == 0) fputs("tls\n", have);
+    /* Record route: type 7, length 7, pointer 4, room for one address;
+     * an end-of-list byte pads it to 8. */
+    unsigned char rr[8] = {7, 7, 4, 0, 0, 0, 0, 0};
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    CHECK(u >= 0 && setsockopt(u, IPPROTO_IP, IP_OPTIONS, rr, sizeof rr) == 0, "IP_OPTIONS: %s", strerror(errno));
+    fputs("ip-options\n", have);
+    /* A hop-by-hop header holding only padding (PadN of 4). */
+    unsigned char hbh[8] = {0, 0, 1, 4, 0, 0, 0, 0};
+    int u6 = socket(AF_INET6, SOCK_DGRAM, 0);
+    CHECK(u6 >= 0 && setsockopt(u6, IPPROTO_IPV6, IPV6_HOPOPTS, hbh, sizeof hbh) == 0, "IPV6_HOPOPTS: %s",
+          strerror(errno));
+    fputs("hopopts\n", have);
+    fclose(have);
+}
+
 /* mcast: a UDP socket that joined a multicast group (on lo) and an IPv6
  * one (ff15::1234 on lo): refused by name, the process left as it was. */
 static void mcast_setup(void) {
@@ -3110,6 +3148,7 @@ static const struct fcase cases[] = {
     {"thread-ioprio", thread_ioprio_setup, thread_ioprio_check, NULL},
     {"unrestored", unrestored_setup, refuse_check, NULL},
     {"landlock", landlock_setup, refuse_check, NULL},
+    {"longopts", longopts_setup, refuse_check, NULL},
     {"seccomp", seccomp_setup, seccomp_check, seccomp_settle},
     {"seccomp-refused", seccomp_refused_setup, refuse_check, NULL},
     {"thread-creds", thread_creds_setup, thread_creds_check, thread_creds_settle},
