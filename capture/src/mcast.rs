@@ -2,10 +2,11 @@
 //! on each device of the network namespace (/proc/net/igmp and igmp6),
 //! not which socket joined them; a socket answers getsockopt
 //! MCAST_MSFILTER for a group and device only when it is a member (else
-//! EADDRNOTAVAIL). So every listed group is asked of the socket.
+//! EADDRNOTAVAIL). So every listed group is asked of the socket, and
+//! joined again by the restore (`cryo_image::fds::McastGroup`) unless it
+//! filters sources, which is refused.
 
 use crate::sys::sock;
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 /// A group joined on a device, as /proc lists it.
@@ -73,7 +74,10 @@ fn igmp6(text: &str) -> Vec<Listed> {
 const MCAST_MSFILTER: i32 = 48;
 const FILTER_LEN: usize = 144 + 128;
 
-fn is_member(fd: &impl AsRawFd, l: &Listed) -> bool {
+/// Whether the socket is a member of the listed group, and if so its
+/// source filter: (fmode, number of sources). A plain join is
+/// MCAST_EXCLUDE (0) of no source.
+fn filter(fd: &impl AsRawFd, l: &Listed) -> Option<(u32, u32)> {
     let mut buf = [0u8; FILTER_LEN];
     buf[..4].copy_from_slice(&l.ifindex.to_ne_bytes());
     let level = match &l.group {
@@ -89,26 +93,66 @@ fn is_member(fd: &impl AsRawFd, l: &Listed) -> bool {
         }
     };
     // (The kernel reads the group from the buffer first.)
-    sock::getsockopt(fd, level, MCAST_MSFILTER, &mut buf).is_ok()
+    sock::getsockopt(fd, level, MCAST_MSFILTER, &mut buf).ok()?;
+    let word = |at: usize| u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+    Some((word(136), word(140)))
 }
 
-/// The groups the UDP socket `fd` (of `family`) joined, each as "GROUP on
-/// DEVICE"; an IPv6 socket may have joined IPv4 groups too.
-pub fn memberships(fd: &impl AsRawFd, family: i32) -> Vec<String> {
+/// A group the socket joined.
+pub struct Member {
+    listed: Listed,
+    /// Its source filter is other than a plain join's.
+    pub filtered: bool,
+}
+
+impl Member {
+    /// "GROUP on DEVICE".
+    pub fn shown(&self) -> String {
+        self.record(0).display()
+    }
+
+    /// Its image record, for socket `sock`.
+    pub fn record(&self, sock: usize) -> cryo_image::fds::McastGroup {
+        let l = &self.listed;
+        let (family, group) = match l.group {
+            Group::V4(a) => {
+                let mut g = [0u8; 16];
+                g[..4].copy_from_slice(&a);
+                (libc::AF_INET, g)
+            }
+            Group::V6(a) => (libc::AF_INET6, a),
+        };
+        let mut dev = [0u8; 16];
+        let n = l.dev.len().min(15);
+        dev[..n].copy_from_slice(&l.dev.as_bytes()[..n]);
+        cryo_image::fds::McastGroup {
+            sock: sock as u32,
+            ifindex: l.ifindex,
+            family: family as u32,
+            _pad: 0,
+            group,
+            dev,
+        }
+    }
+}
+
+/// The groups the UDP socket `fd` (of `family`) joined; an IPv6 socket
+/// may have joined IPv4 groups too.
+pub fn memberships(fd: &impl AsRawFd, family: i32) -> Vec<Member> {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let mut listed = igmp(&read("/proc/net/igmp"));
     if family == libc::AF_INET6 {
         listed.extend(igmp6(&read("/proc/net/igmp6")));
     }
     listed
-        .iter()
-        .filter(|l| is_member(fd, l))
-        .map(|l| {
-            let g = match l.group {
-                Group::V4(a) => Ipv4Addr::from(a).to_string(),
-                Group::V6(a) => Ipv6Addr::from(a).to_string(),
-            };
-            format!("{g} on {}", l.dev)
+        .into_iter()
+        .filter_map(|l| {
+            let (mode, sources) = filter(fd, &l)?;
+            const MCAST_EXCLUDE: u32 = 0;
+            Some(Member {
+                listed: l,
+                filtered: mode != MCAST_EXCLUDE || sources != 0,
+            })
         })
         .collect()
 }
@@ -135,6 +179,6 @@ mod tests {
         assert_eq!(l.len(), 2);
         assert_eq!(l[1].dev, "eth0");
         let Group::V6(g) = l[1].group else { panic!() };
-        assert_eq!(Ipv6Addr::from(g).to_string(), "ff02::1:ff00:1");
+        assert_eq!(std::net::Ipv6Addr::from(g).to_string(), "ff02::1:ff00:1");
     }
 }

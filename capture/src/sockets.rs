@@ -736,16 +736,25 @@ pub fn capture(
             sockaddr_display(&addr)
         ));
     }
-    if sock_type == libc::SOCK_DGRAM {
-        let groups = crate::mcast::memberships(&dup, family);
-        if !groups.is_empty() {
-            return Err(format!(
-                "fd {fd} ({what} {}) is a member of multicast group{} {}; cryo does not restore multicast memberships yet",
-                sockaddr_display(&addr),
-                if groups.len() > 1 { "s" } else { "" },
-                groups.join(", ")
-            ));
-        }
+    // Multicast groups: joined again, unless a source filter is set
+    // (not read yet: refused).
+    let groups = if sock_type == libc::SOCK_DGRAM {
+        crate::mcast::memberships(&dup, family)
+    } else {
+        Vec::new()
+    };
+    let filtered: Vec<String> = groups
+        .iter()
+        .filter(|g| g.filtered)
+        .map(|g| g.shown())
+        .collect();
+    if !filtered.is_empty() {
+        return Err(format!(
+            "fd {fd} ({what} {}) filters the sources of multicast group{} {} (MCAST_MSFILTER, IP_ADD_SOURCE_MEMBERSHIP ...); cryo joins groups again, but not source filters yet",
+            sockaddr_display(&addr),
+            if filtered.len() > 1 { "s" } else { "" },
+            filtered.join(", ")
+        ));
     }
     let shown = sockaddr_display(&addr);
     let mut s = Socket {
@@ -1272,6 +1281,8 @@ pub fn capture(
         }
     }
     let index = push(b, s, &opts, &filter);
+    b.mcast_groups
+        .extend(groups.iter().map(|g| g.record(index)));
     if !inet {
         seen.unix.push((ino, index));
     }

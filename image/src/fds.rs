@@ -824,6 +824,29 @@ pub fn sockaddr_words(bytes: &[u8]) -> [u64; 16] {
 }
 
 record! {
+    /// (11.13) A multicast group a UDP socket had joined, with no source
+    /// filter (a filtered one is refused at capture): joined again on the
+    /// device of the same name. The kernel lists groups per device
+    /// (/proc/net/igmp, igmp6), and a socket tells it is a member of one
+    /// when asked (getsockopt MCAST_MSFILTER).
+    pub struct McastGroup {
+        /// Index in the sockets table.
+        pub sock: u32,
+        /// The device's index at capture.
+        pub ifindex: u32,
+        /// AF_INET or AF_INET6: the group's family (an IPv6 socket may
+        /// join IPv4 groups).
+        pub family: u32,
+        pub _pad: u32,
+        /// The group's address in network order (the first 4 bytes of an
+        /// IPv4 group).
+        pub group: [u8; 16],
+        /// The device's name, NUL-padded (IFNAMSIZ).
+        pub dev: [u8; 16],
+    }
+}
+
+record! {
     /// One socket option, as getsockopt(2) gave it at capture; restore
     /// sets it where a new socket differs, and checks it took.
     pub struct SockOpt {
@@ -834,6 +857,23 @@ record! {
         /// Bytes of `val` used (at most 16).
         pub len: u32,
         pub val: [u64; 2],
+    }
+}
+
+impl McastGroup {
+    /// "GROUP on DEVICE".
+    #[cfg(feature = "std")]
+    pub fn display(&self) -> std::string::String {
+        use std::string::ToString;
+        let n = self.dev.iter().position(|&c| c == 0).unwrap_or(16);
+        let dev = std::string::String::from_utf8_lossy(&self.dev[..n]);
+        let g = if self.family == 2 {
+            std::net::Ipv4Addr::from([self.group[0], self.group[1], self.group[2], self.group[3]])
+                .to_string()
+        } else {
+            std::net::Ipv6Addr::from(self.group).to_string()
+        };
+        std::format!("{g} on {dev}")
     }
 }
 

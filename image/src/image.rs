@@ -6,7 +6,7 @@ use crate::*;
 
 /// One slot per section kind, indexed by kind: room for every kind this
 /// reader knows (checked at compile time).
-const SECTION_SLOTS: usize = 49;
+const SECTION_SLOTS: usize = 50;
 const _: () = {
     let mut i = 0;
     while i < SectionKind::ALL.len() {
@@ -315,6 +315,10 @@ impl<'a> Image<'a> {
     }
     pub fn sockopts(&self) -> Table<'a, fds::SockOpt> {
         self.table(SectionKind::SockOpts)
+    }
+    /// (11.13) Multicast groups sockets joined.
+    pub fn mcast_groups(&self) -> Table<'a, fds::McastGroup> {
+        self.table(SectionKind::McastGroups)
     }
     /// Pseudo-terminal pairs whose master this process holds (4.1).
     pub fn ptys(&self) -> Table<'a, fds::Pty> {

@@ -602,6 +602,16 @@ impl<'a> Image<'a> {
                 });
             }
         }
+        for (i, g) in self.mcast_groups().iter().enumerate() {
+            let family = g.family as i32;
+            if g.sock >= nsocks || !(family == 2 || family == 10) || g.dev[15] != 0 {
+                return Err(ImageError::BadIndex {
+                    section: "mcast_groups",
+                    index: i as u64,
+                    why: "bad socket index, family or device name",
+                });
+            }
+        }
         for (i, b) in self.blobs().enumerate() {
             let end = b.off.checked_add(b.pages() * PAGE_SIZE);
             if !b.off.is_multiple_of(PAGE_SIZE) || end.is_none_or(|e| e > self.header.pages_len) {

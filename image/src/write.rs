@@ -74,6 +74,7 @@ pub struct ImageBuilder {
     pub fanotify_marks: Vec<crate::fds::FanotifyMark>,
     pub sockets: Vec<crate::fds::Socket>,
     pub sockopts: Vec<crate::fds::SockOpt>,
+    pub mcast_groups: Vec<crate::fds::McastGroup>,
     pub ptys: Vec<crate::fds::Pty>,
     pub fd_owners: Vec<crate::fds::FdOwner>,
     pub sysv_shm: Vec<crate::fds::SysvShm>,
@@ -156,6 +157,7 @@ impl ImageBuilder {
             (SectionKind::FanotifyMarks, table(&self.fanotify_marks)),
             (SectionKind::Sockets, table(&self.sockets)),
             (SectionKind::SockOpts, table(&self.sockopts)),
+            (SectionKind::McastGroups, table(&self.mcast_groups)),
         ];
         if !self.ptys.is_empty() {
             sections.push((SectionKind::Ptys, table(&self.ptys)));

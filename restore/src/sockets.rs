@@ -633,7 +633,47 @@ fn opt_name(level: i32, name: i32) -> String {
 /// from what `fd` has, each read back and compared; then its filter.
 pub(crate) fn set_options(img: &Image, object: u32, fd: BorrowedFd) -> Result<(), Why> {
     set_plain_options(img, object, fd)?;
-    attach_filter(img, object, fd)
+    attach_filter(img, object, fd)?;
+    join_groups(img, object, fd)
+}
+
+/// The multicast groups socket `object` had joined (11.13), joined
+/// again (MCAST_JOIN_GROUP) on the device of the same name, each asked
+/// back (MCAST_MSFILTER answers only for a member).
+fn join_groups(img: &Image, object: u32, fd: BorrowedFd) -> Result<(), Why> {
+    const MCAST_JOIN_GROUP: i32 = 42;
+    const MCAST_MSFILTER: i32 = 48;
+    for g in img.mcast_groups().iter().filter(|g| g.sock == object) {
+        let dev_len = g.dev.iter().position(|&c| c == 0).unwrap_or(16);
+        let dev = String::from_utf8_lossy(&g.dev[..dev_len]).into_owned();
+        let (level, shown) = if g.family as i32 == libc::AF_INET {
+            let a: [u8; 4] = [g.group[0], g.group[1], g.group[2], g.group[3]];
+            (libc::IPPROTO_IP, std::net::Ipv4Addr::from(a).to_string())
+        } else {
+            (
+                libc::IPPROTO_IPV6,
+                std::net::Ipv6Addr::from(g.group).to_string(),
+            )
+        };
+        let what = format!("multicast group {shown} on {dev}");
+        let ifindex =
+            sys::ifindex(&dev).map_err(|e| Why::sys(format!("finding the device of {what}"), e))?;
+        // struct group_req: the device's index, then a sockaddr_storage
+        // at 8; MCAST_MSFILTER's group_filter has the same start.
+        let mut req = [0u8; 144 + 128];
+        req[..4].copy_from_slice(&ifindex.to_ne_bytes());
+        req[8..10].copy_from_slice(&(g.family as u16).to_ne_bytes());
+        if g.family as i32 == libc::AF_INET {
+            req[12..16].copy_from_slice(&g.group[..4]);
+        } else {
+            req[16..32].copy_from_slice(&g.group);
+        }
+        sys::setsockopt(fd, level, MCAST_JOIN_GROUP, &req[..136])
+            .map_err(|e| Why::sys(format!("joining {what}"), e))?;
+        sys::getsockopt(fd, level, MCAST_MSFILTER, &mut req)
+            .map_err(|e| Why::sys(format!("asking back {what}"), e))?;
+    }
+    Ok(())
 }
 
 /// [`set_options`] without the filter.

@@ -2309,19 +2309,69 @@ static void longopts_setup(void) {
     fclose(have);
 }
 
-/* mcast: a UDP socket that joined a multicast group (on lo) and an IPv6
- * one (ff15::1234 on lo): refused by name, the process left as it was. */
+/* mcast: a UDP socket bound to a port that joined a multicast group on
+ * lo, and an IPv6 one that joined ff15::1234 on lo. After the restore
+ * each is still a member (MCAST_MSFILTER answers only for one), and a
+ * datagram sent to the group's port arrives. A sweep found the groups
+ * gone after a restore, and the program deaf, without a word. */
+static int mc_u, mc_u6;
+static struct sockaddr_in mc_addr;
+static int mc_member(int fd, int level, int family, const char *group) {
+    struct group_filter f;
+    unsigned char buf[sizeof f + 128];
+    memset(buf, 0, sizeof buf);
+    struct group_filter *g = (struct group_filter *)buf;
+    g->gf_interface = 1;
+    g->gf_group.ss_family = family;
+    if (family == AF_INET)
+        inet_pton(AF_INET, group, &((struct sockaddr_in *)&g->gf_group)->sin_addr);
+    else
+        inet_pton(AF_INET6, group, &((struct sockaddr_in6 *)&g->gf_group)->sin6_addr);
+    socklen_t l = sizeof buf;
+    return getsockopt(fd, level, MCAST_MSFILTER, buf, &l) == 0 && g->gf_fmode == MCAST_EXCLUDE && g->gf_numsrc == 0;
+}
 static void mcast_setup(void) {
-    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    mc_u = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    mc_addr = (struct sockaddr_in){.sin_family = AF_INET};
+    socklen_t al = sizeof mc_addr;
+    CHECK(mc_u >= 0 && bind(mc_u, (struct sockaddr *)&mc_addr, sizeof mc_addr) == 0 &&
+              getsockname(mc_u, (struct sockaddr *)&mc_addr, &al) == 0,
+          "bind");
     struct ip_mreqn m = {.imr_ifindex = 1};
     inet_pton(AF_INET, "239.1.2.3", &m.imr_multiaddr);
-    CHECK(u >= 0 && setsockopt(u, IPPROTO_IP, IP_ADD_MEMBERSHIP, &m, sizeof m) == 0, "IP_ADD_MEMBERSHIP: %s",
+    CHECK(setsockopt(mc_u, IPPROTO_IP, IP_ADD_MEMBERSHIP, &m, sizeof m) == 0, "IP_ADD_MEMBERSHIP: %s",
           strerror(errno));
-    int u6 = socket(AF_INET6, SOCK_DGRAM, 0);
+    mc_u6 = socket(AF_INET6, SOCK_DGRAM, 0);
     struct ipv6_mreq m6 = {.ipv6mr_interface = 1};
     inet_pton(AF_INET6, "ff15::1234", &m6.ipv6mr_multiaddr);
-    CHECK(u6 >= 0 && setsockopt(u6, IPPROTO_IPV6, IPV6_JOIN_GROUP, &m6, sizeof m6) == 0, "IPV6_JOIN_GROUP: %s",
-          strerror(errno));
+    CHECK(mc_u6 >= 0 && setsockopt(mc_u6, IPPROTO_IPV6, IPV6_JOIN_GROUP, &m6, sizeof m6) == 0,
+          "IPV6_JOIN_GROUP: %s", strerror(errno));
+}
+static void mcast_check(void) {
+    CHECK(mc_member(mc_u, IPPROTO_IP, AF_INET, "239.1.2.3"), "not a member of 239.1.2.3 on lo");
+    CHECK(mc_member(mc_u6, IPPROTO_IPV6, AF_INET6, "ff15::1234"), "not a member of ff15::1234 on lo");
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct ip_mreqn ifm = {.imr_ifindex = 1};
+    CHECK(s >= 0 && setsockopt(s, IPPROTO_IP, IP_MULTICAST_IF, &ifm, sizeof ifm) == 0, "IP_MULTICAST_IF");
+    struct sockaddr_in to = mc_addr;
+    inet_pton(AF_INET, "239.1.2.3", &to.sin_addr);
+    CHECK(sendto(s, "mc", 2, 0, (struct sockaddr *)&to, sizeof to) == 2, "send: %s", strerror(errno));
+    struct pollfd p = {mc_u, POLLIN, 0};
+    char got[8] = {0};
+    CHECK(poll(&p, 1, 5000) == 1 && recv(mc_u, got, sizeof got, 0) == 2 && memcmp(got, "mc", 2) == 0,
+          "the group's datagram did not arrive");
+    close(s);
+}
+/* mcast-filtered: a group joined with a source filter (SSM), which cryo
+ * does not restore yet: refused by name. */
+static void mcast_filtered_setup(void) {
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    struct ip_mreq_source m = {0};
+    inet_pton(AF_INET, "232.1.2.3", &m.imr_multiaddr);
+    inet_pton(AF_INET, "127.0.0.1", &m.imr_interface);
+    inet_pton(AF_INET, "127.0.0.2", &m.imr_sourceaddr);
+    CHECK(u >= 0 && setsockopt(u, IPPROTO_IP, IP_ADD_SOURCE_MEMBERSHIP, &m, sizeof m) == 0,
+          "IP_ADD_SOURCE_MEMBERSHIP: %s", strerror(errno));
 }
 
 static void sockfilter_setup(void) {
@@ -3142,7 +3192,8 @@ static const struct fcase cases[] = {
     {"sockets", sockets_setup, sockets_check, NULL},
     {"sockfilter", sockfilter_setup, sockfilter_check, NULL},
     {"sockopts", sockopts_setup, sockopts_check, NULL},
-    {"mcast", mcast_setup, refuse_check, NULL},
+    {"mcast", mcast_setup, mcast_check, NULL},
+    {"mcast-filtered", mcast_filtered_setup, refuse_check, NULL},
     {"rie", rie_setup, rie_check, NULL},
     {"coredump", coredump_setup, coredump_check, NULL},
     {"thread-ioprio", thread_ioprio_setup, thread_ioprio_check, NULL},

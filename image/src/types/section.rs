@@ -99,6 +99,8 @@ pub enum SectionKind {
     Terminal = 47,
     /// Format 11.11: AIO contexts ([`crate::fds::AioRing`]).
     AioRings = 48,
+    /// Format 11.13: multicast groups sockets joined ([`crate::fds::McastGroup`]).
+    McastGroups = 49,
 }
 
 /// Most System V semaphore sets, and most message queues, an image records.
@@ -119,7 +121,7 @@ const FANOTIFY_MARK_11_4: usize = 56;
 const TASK_STATE_11_2: usize = <crate::task::TaskState as crate::record::Record>::SIZE - 32;
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 48] = [
+    pub const ALL: [SectionKind; 49] = [
         SectionKind::Process,
         SectionKind::Vmas,
         SectionKind::Files,
@@ -168,6 +170,7 @@ impl SectionKind {
         SectionKind::TakenStops,
         SectionKind::Terminal,
         SectionKind::AioRings,
+        SectionKind::McastGroups,
     ];
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.iter().copied().find(|k| *k as u32 == v)
@@ -222,6 +225,7 @@ impl SectionKind {
             SectionKind::TakenStops => "taken_stops",
             SectionKind::Terminal => "terminal",
             SectionKind::AioRings => "aio_rings",
+            SectionKind::McastGroups => "mcast_groups",
         }
     }
     /// The shortest records this reader accepts for the section: what it
@@ -293,6 +297,7 @@ impl SectionKind {
             SectionKind::TakenStops => crate::tree::TakenStop::SIZE,
             SectionKind::Terminal => crate::fds::Terminal::SIZE,
             SectionKind::AioRings => crate::fds::AioRing::SIZE,
+            SectionKind::McastGroups => crate::fds::McastGroup::SIZE,
         }
     }
     /// Upper bound on the number of records, to refuse absurd images early.
@@ -363,6 +368,7 @@ impl SectionKind {
             // (fs.aio-max-nr, 65536 events by default, bounds the
             // contexts of the whole system.)
             SectionKind::AioRings => 1 << 16,
+            SectionKind::McastGroups => 1 << 20,
         }
     }
     /// Sections every valid image must have.

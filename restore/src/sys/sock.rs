@@ -39,6 +39,18 @@ pub fn getsockopt(fd: BorrowedFd, level: i32, name: i32, buf: &mut [u8]) -> io::
     Ok((len as usize).min(buf.len()))
 }
 
+/// The index of the network device named `name` (if_nametoindex).
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let c =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a NUL-terminated name we own, alive for the call.
+    let r = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if r == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r)
+}
+
 /// setsockopt with `val` as the option's bytes.
 pub fn setsockopt(fd: BorrowedFd, level: i32, name: i32, val: &[u8]) -> io::Result<()> {
     setsockopt_at(fd.as_raw_fd(), level, name, val)

@@ -221,6 +221,8 @@ fn sockets(img: &Image) -> serde_json::Value {
             "queued_bytes": k.data.len,
             "queue_framed": k.sock_type as i32 != libc::SOCK_STREAM
                 || k.flags & cryo_image::fds::socket_flags::FRAMED != 0,
+            "multicast_groups": img.mcast_groups().iter().filter(|g| g.sock as usize == i)
+                .map(|g| g.display()).collect::<Vec<_>>(),
             "options": img.sockopts().iter().filter(|o| o.sock as usize == i).map(|o| json!({
                 "level": o.level, "name": o.name, "len": o.len, "value": o.val})).collect::<Vec<_>>(),
             "filter": img.sock_filters().iter().filter(|x| x.sock as usize == i).map(|x| json!({

@@ -777,6 +777,15 @@ fn anon_state(img: &Image, f: &cryo_image::Fd) -> String {
                 );
             }
             let opts = img.sockopts().iter().filter(|x| x.sock == f.object).count();
+            let groups: Vec<String> = img
+                .mcast_groups()
+                .iter()
+                .filter(|g| g.sock == f.object)
+                .map(|g| g.display())
+                .collect();
+            if !groups.is_empty() {
+                out += &format!(", multicast {}", groups.join(", "));
+            }
             out + &format!(", {opts} options]")
         }),
         fd_kind::PTY => img.ptys().get(o).map_or(String::new(), |t| {
