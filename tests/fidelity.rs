@@ -556,6 +556,30 @@ fn multicast_source_filters_are_refused_by_name() {
     });
 }
 
+/// Socket options with values longer than a word, which capture did not
+/// read (a sweep of real servers): kTLS's upper-layer protocol where the
+/// kernel has it, IPv4 header options, an IPv6 hop-by-hop header and a
+/// listener's TCP MD5 signature key, each refused by name.
+#[test]
+fn long_socket_options_are_refused_by_name() {
+    refused_by_name("longopts", |dir| {
+        let have = std::fs::read_to_string(dir.join("have")).unwrap();
+        let mut want = vec![
+            "has IPv4 header options (IP_OPTIONS)",
+            "has an IPv6 extension header of its own (IPV6_HOPOPTS)",
+            "has TCP MD5 signature keys (TCP_MD5SIG)",
+        ];
+        if have.lines().any(|l| l == "tls") {
+            want.push("has the upper-layer protocol \"tls\" (TCP_ULP");
+            want.push("4 obstacles");
+        } else {
+            eprintln!("this kernel has no tls module: kTLS not tried");
+            want.push("3 obstacles");
+        }
+        want
+    });
+}
+
 /// READ_IMPLIES_EXEC set after the program started (an exec clears
 /// it, so `cryo restore`'s before its exec did not last): set again once
 /// the mappings are made, so a new PROT_READ mapping is executable and

@@ -892,6 +892,21 @@ pub fn capture(
             .map_err(|e| io("TCP state", e))?;
         let u32_at =
             |o: usize| u32::from_ne_bytes([info[o], info[o + 1], info[o + 2], info[o + 3]]);
+        // TCP MD5 signature keys (TCP_MD5SIG, a BGP daemon's): no
+        // getsockopt reads them back, and a socket made again would have
+        // none; the kernel's diagnostics show them (to CAP_NET_ADMIN) on
+        // a listener or a connection.
+        let listed = matches!(info[0], 1 | 10);
+        if listed
+            && seen
+                .tcp
+                .get_or_insert_with(|| sock::TcpTable::read().unwrap_or_default())
+                .has_md5(ino)
+        {
+            return Err(format!(
+                "fd {fd} ({what} {shown}) has TCP MD5 signature keys (TCP_MD5SIG), which cannot be read back; cryo does not restore them"
+            ));
+        }
         match info[0] {
             10 => {
                 if u32_at(24) > 0 {

@@ -2274,7 +2274,7 @@ static void landlock_setup(void) {
 /* longopts: options with values longer than a word, each on a socket of
  * its own: kTLS's upper-layer protocol on a loopback connection (where the
  * kernel has the tls module), IPv4 header options, an IPv6 hop-by-hop
- * header. Refused by name (the directory's `have` says which were set);
+ * header, a listener's TCP MD5 signature key. Refused by name (the directory's `have` says which were set);
  * a sweep found them not read. */
 static void longopts_setup(void) {
     char p[4096];
@@ -2306,6 +2306,17 @@ static void longopts_setup(void) {
     CHECK(u6 >= 0 && setsockopt(u6, IPPROTO_IPV6, IPV6_HOPOPTS, hbh, sizeof hbh) == 0, "IPV6_HOPOPTS: %s",
           strerror(errno));
     fputs("hopopts\n", have);
+    /* A listener with a TCP MD5 signature key for one peer (BGP's). */
+    int md = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in ma = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    CHECK(md >= 0 && bind(md, (struct sockaddr *)&ma, sizeof ma) == 0 && listen(md, 1) == 0, "md5 listener");
+    struct tcp_md5sig key = {.tcpm_keylen = 6};
+    struct sockaddr_in *peer = (struct sockaddr_in *)&key.tcpm_addr;
+    peer->sin_family = AF_INET;
+    inet_pton(AF_INET, "127.0.0.2", &peer->sin_addr);
+    memcpy(key.tcpm_key, "secret", 6);
+    CHECK(setsockopt(md, IPPROTO_TCP, TCP_MD5SIG, &key, sizeof key) == 0, "TCP_MD5SIG: %s", strerror(errno));
+    fputs("md5\n", have);
     fclose(have);
 }
 

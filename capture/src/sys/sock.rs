@@ -654,18 +654,19 @@ fn parse_unix_diag(b: &[u8]) -> io::Result<UnixDiag> {
 }
 
 /// Every socket of an inet_diag dump of `family` and `protocol` in the
-/// TCP states of the `states` bitmask: `each` gets its message (an
-/// inet_diag_msg, 72 bytes, then its attributes) until it returns Some,
-/// which is returned once the dump is read to its end.
+/// TCP states of the `states` bitmask, with the attributes `ext` asks
+/// for: `each` gets its message (an inet_diag_msg, 72 bytes, then its
+/// attributes) until it returns Some, which is returned once the dump is
+/// read to its end.
 fn inet_dump<T>(
     family: i32,
     protocol: i32,
-    states: u32,
+    (states, ext): (u32, u8),
     mut each: impl FnMut(&[u8]) -> Option<T>,
 ) -> io::Result<Option<T>> {
     // inet_diag_req_v2 (56 bytes): family, protocol, ext, pad, states, and
     // an all-zero socket id (a dump takes no id).
-    let mut req = vec![family as u8, protocol as u8, 0, 0];
+    let mut req = vec![family as u8, protocol as u8, ext, 0];
     req.extend_from_slice(&states.to_ne_bytes());
     req.resize(56, 0);
     let nl = Diag::ask(libc::NLM_F_DUMP, &req)?;
@@ -701,7 +702,7 @@ fn inet_dump<T>(
 /// inode); None if it is not found.
 pub fn inet_shutdown(family: i32, protocol: i32, ino: u64) -> io::Result<Option<u8>> {
     const INET_DIAG_SHUTDOWN: u16 = 8;
-    inet_dump(family, protocol, u32::MAX, |m| {
+    inet_dump(family, protocol, (u32::MAX, 0), |m| {
         // inet_diag_msg: its inode at 68, attributes after.
         (ne_u32(m, 68).map(u64::from) == Some(ino)).then(|| {
             attrs(m, 72, m.len())
@@ -754,6 +755,8 @@ pub struct TcpTable {
     /// (own address, peer address, inode).
     established: Vec<(InetKey, InetKey, u64)>,
     listening: Vec<InetKey>,
+    /// Inodes of the sockets with TCP MD5 signature keys (TCP_MD5SIG).
+    md5: Vec<u64>,
 }
 
 impl TcpTable {
@@ -762,18 +765,37 @@ impl TcpTable {
         const LISTEN: u8 = 10;
         let mut t = TcpTable::default();
         let states = (1u32 << ESTABLISHED) | (1u32 << LISTEN);
+        // INET_DIAG_INFO brings the protocol's own attributes: with
+        // CAP_NET_ADMIN, INET_DIAG_MD5SIG where the socket has keys.
+        const INET_DIAG_INFO: u8 = 2;
+        const INET_DIAG_MD5SIG: u16 = 18;
+        let ext = 1 << (INET_DIAG_INFO - 1);
         for family in [libc::AF_INET, libc::AF_INET6] {
-            inet_dump(family, libc::IPPROTO_TCP, states, |m| -> Option<()> {
-                let (me, them) = (diag_key(m, 4, 8)?, diag_key(m, 6, 24)?);
-                match *m.get(1)? {
-                    LISTEN => t.listening.push(me),
-                    ESTABLISHED => t.established.push((me, them, u64::from(ne_u32(m, 68)?))),
-                    _ => {}
-                }
-                None
-            })?;
+            inet_dump(
+                family,
+                libc::IPPROTO_TCP,
+                (states, ext),
+                |m| -> Option<()> {
+                    if attrs(m, 72, m.len()).any(|(k, p)| k == INET_DIAG_MD5SIG && !p.is_empty()) {
+                        t.md5.push(u64::from(ne_u32(m, 68)?));
+                    }
+                    let (me, them) = (diag_key(m, 4, 8)?, diag_key(m, 6, 24)?);
+                    match *m.get(1)? {
+                        LISTEN => t.listening.push(me),
+                        ESTABLISHED => t.established.push((me, them, u64::from(ne_u32(m, 68)?))),
+                        _ => {}
+                    }
+                    None
+                },
+            )?;
         }
         Ok(t)
+    }
+
+    /// Whether the socket of inode `ino` has TCP MD5 signature keys
+    /// (seen only with CAP_NET_ADMIN).
+    pub fn has_md5(&self, ino: u64) -> bool {
+        self.md5.contains(&ino)
     }
 
     /// Whether a socket listens on `local`'s port, at its address or at
