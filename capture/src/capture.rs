@@ -116,6 +116,10 @@ pub struct Summary {
     /// process could use; made again at restore if gone), by id.
     pub sysv_sets: Vec<i32>,
     pub sysv_queues: Vec<i32>,
+    /// cryo itself ran in a Landlock domain (a sandbox): a process in
+    /// that same domain could not be told from one in none, and a
+    /// restore outside the domain gives it none (`task::Landlock`).
+    pub in_landlock_domain: bool,
 }
 
 /// Why a capture failed. The target was left as it was in every case.
@@ -242,8 +246,9 @@ pub fn check(pid: i32, opts: &Options) -> Result<Checked, CaptureError> {
             ..Default::default()
         });
     }
+    let landlock = crate::task::Landlock::start(pid);
     let root = Group::seize(pid)?;
-    let r = freeze_and_inspect(root, opts);
+    let r = freeze_and_inspect(root, opts, landlock);
     match r {
         Ok((_, all)) => Ok(Checked {
             obstacles: Vec::new(),
@@ -289,7 +294,11 @@ fn exited_or(pid: i32, e: CaptureError) -> CaptureError {
 /// Freeze the tree under `root` (frozen) and inspect every live process:
 /// the obstacles of all of them at once, each named by its PID when there
 /// is more than one. The tree's tables go into the root's builder.
-fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspected>), CaptureError> {
+fn freeze_and_inspect(
+    root: Group,
+    opts: &Options,
+    landlock: crate::task::Landlock,
+) -> Result<(Tree, Vec<Inspected>), CaptureError> {
     let root_pid = root.pid();
     let mut tree = if opts.single {
         Tree::single(root)
@@ -299,6 +308,7 @@ fn freeze_and_inspect(root: Group, opts: &Options) -> Result<(Tree, Vec<Inspecte
     let pids = tree.live_pids();
     // Every process of the tree, zombies too (a pidfd may name one).
     let mut scope = crate::pipes::Scope::new(tree.records().iter().map(|r| r.pid as i32).collect());
+    scope.landlock = landlock;
     scope.tcp_repair = opts.tcp_established;
     scope.drop_datagrams = opts.drop_datagrams;
     scope.drop_fs_events = opts.drop_fs_events;
@@ -450,12 +460,15 @@ pub fn capture(
     // The resident size, to allocate the page buffers before the freeze.
     let rss = procinfo::status(pid).map_or(0, |s| s.vm_rss_kib * 1024);
     let mut writer = ImageDirWriter::create(dest, opts.force, opts.direct_io, rss)?;
+    let mut landlock = crate::task::Landlock::start(pid);
+    let in_landlock_domain = landlock.in_own_domain();
     // A target killed as it is seized says that it exited.
     let root = Group::seize(pid).map_err(|e| exited_or(pid, e.into()))?;
     let t_frozen = Instant::now();
     // `tree` detaches every process on drop (on error: each goes on as it
     // was); `writer` removes its temporary directory on drop.
-    let (mut tree, mut all) = freeze_and_inspect(root, opts).map_err(|e| exited_or(pid, e))?;
+    let (mut tree, mut all) =
+        freeze_and_inspect(root, opts, landlock).map_err(|e| exited_or(pid, e))?;
     // The pages of every process, one after the other, into one pages.img
     // (a tree's: the root's image directory has it, each other process's
     // image in procs/PID links it). A page shared copy-on-write between
@@ -584,6 +597,7 @@ pub fn capture(
             .collect(),
         sysv_sets: ids(all.iter().flat_map(|i| i.b.sysv_sem.iter().map(|s| s.id))),
         sysv_queues: ids(all.iter().flat_map(|i| i.b.sysv_msq.iter().map(|q| q.id))),
+        in_landlock_domain,
     })
 }
 
@@ -788,7 +802,7 @@ pub(crate) fn inspect(
         .collect();
     let mut no_context = Vec::new();
     let mut main_policy = false;
-    let mut landlock = crate::task::Landlock::of(pid);
+    let mut landlock = std::mem::take(&mut scope.landlock);
     {
         let mut rem = Remote::new(t, vdso.0, &vdso.1)?;
         let r = (|| -> Result<(), InjectError> {
@@ -801,6 +815,7 @@ pub(crate) fn inspect(
             main_policy = crate::task::unrestored(&mut rem, &mut obs)?;
             landlock.check(
                 &mut rem,
+                pid,
                 crate::task::real_ids(&st),
                 "its main thread",
                 &mut obs,
@@ -877,7 +892,7 @@ pub(crate) fn inspect(
         &mut b,
         &mut obs,
     )?;
-    drop(landlock);
+    scope.landlock = landlock;
     // Seccomp filters: every thread's, checked against what the restore
     // does after installing them (where its wait words go: each thread's
     // stack pointer, sigaltstack and the frame's size are known now).

@@ -50,6 +50,8 @@ pub struct Scope {
     pub stopped: Vec<(i32, i32)>,
     /// Who traces whom, read at the first process inspected.
     pub tracing: Option<crate::task::Tracing>,
+    /// Landlock's probes, shared by the tree's processes.
+    pub landlock: crate::task::Landlock,
 }
 
 impl Scope {
@@ -69,6 +71,7 @@ impl Scope {
             epoll_elsewhere: Vec::new(),
             stopped: Vec::new(),
             tracing: None,
+            landlock: Default::default(),
         }
     }
 

@@ -262,37 +262,89 @@ fn keyring(rem: &mut Remote, spec: i64) -> Result<Option<i64>, InjectError> {
 /// The one trace a domain leaves is Landlock's ptrace rule: a thread in
 /// a domain may not look at a process outside it, whatever its
 /// capabilities. So the thread is asked (kcmp, injected; it changes
-/// nothing) to compare a child of cryo's with itself: a child in no
-/// domain, with the thread's real uid and gid, no capabilities and
-/// dumpable, which any thread in no domain may look at. EPERM then
-/// means a domain. Only where the kernel runs Landlock.
+/// nothing) to compare a probe with itself: a process in no domain, with
+/// the thread's real uid and gid, no capabilities and dumpable, which any
+/// thread in no domain may look at ([`crate::sys::Idle::start_as`]: it
+/// holds nothing). EPERM then means a domain. Only where the kernel runs
+/// Landlock, and for a process in cryo's user and PID namespaces (one in
+/// another is refused for that).
+///
+/// A security label of another LSM (AppArmor, SELinux, Smack) on the
+/// thread other than cryo's makes the answer void (that label may forbid
+/// the look too): the label is refused instead (a restore would not give
+/// it back either: it runs under cryo's). cryo itself in a domain shares
+/// it with its probes: a process in the same domain passes as one in
+/// none, and the capture says so (`Summary::in_landlock_domain`).
+#[derive(Debug, Default)]
 pub struct Landlock {
+    /// Whether to ask (None: not decided yet).
     runs: Option<bool>,
+    /// cryo itself is in a domain (None: not asked yet).
+    own_domain: Option<bool>,
     probes: Vec<((u32, u32), std::io::Result<crate::sys::Idle>)>,
+    /// cryo's own security label (/proc/thread-self/attr/current).
+    own_label: Option<Option<Vec<u8>>>,
 }
 
 impl Landlock {
-    /// For the threads of process `pid`. Not asked of one in another
-    /// user namespace (refused for that already): cryo's child would not
-    /// be one it may look at.
-    pub fn of(pid: i32) -> Landlock {
-        let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/user")).ok();
-        Landlock {
-            runs: (ns(&pid.to_string()) != ns("self")).then_some(false),
-            probes: Vec::new(),
+    /// Ready to ask the threads of process `pid`, with a probe for its
+    /// main thread's ids started now (before the freeze: its exec runs
+    /// while the process is seized).
+    pub fn start(pid: i32) -> Landlock {
+        let mut l = Landlock::default();
+        if l.runs() && askable(pid) {
+            let ids = real_ids(&StatusText::read(pid));
+            l.probes
+                .push((ids, crate::sys::Idle::start_as(ids.0, ids.1)));
         }
+        l
     }
 
-    /// Asks the thread `rem` runs in (of real uid and gid `ids`, from its
-    /// status) whether it is in a domain; `who` names it in the refusal.
+    fn runs(&mut self) -> bool {
+        *self.runs.get_or_insert_with(crate::sys::landlock_runs)
+    }
+
+    /// cryo itself runs in a Landlock domain ([`crate::sys::own_landlock_domain`]):
+    /// its probes are in it too, so a process in that same domain cannot
+    /// be told from one in none (one in a domain of its own still can).
+    pub fn in_own_domain(&mut self) -> bool {
+        self.runs()
+            && *self
+                .own_domain
+                .get_or_insert_with(crate::sys::own_landlock_domain)
+    }
+
+    /// Asks the thread `rem` runs in, of process `pid` (of real uid and
+    /// gid `ids`, from its status), whether it is in a domain, and
+    /// whether it has a security label of its own; `who` names it.
     pub fn check(
         &mut self,
         rem: &mut Remote,
+        pid: i32,
         ids: (u32, u32),
         who: &str,
         obs: &mut Obstacles,
     ) -> Result<(), InjectError> {
-        if !*self.runs.get_or_insert_with(crate::sys::landlock_runs) {
+        if !askable(pid) {
+            return Ok(());
+        }
+        let own = self
+            .own_label
+            .get_or_insert_with(|| label("/proc/thread-self/attr/current"))
+            .clone();
+        if let Some(theirs) = label(&format!("/proc/{pid}/task/{}/attr/current", rem.pid())) {
+            if own.as_ref() != Some(&theirs) {
+                obs.push(format!(
+                    "{who} runs under the security label {:?} (AppArmor, SELinux or Smack: /proc/PID/attr/current), and a restore would run it under cryo's{}; cryo does not restore labels",
+                    String::from_utf8_lossy(&theirs),
+                    own.map(|o| format!(", {:?}", String::from_utf8_lossy(&o)))
+                        .unwrap_or_default()
+                ));
+                // (That label may forbid the look asked below, too.)
+                return Ok(());
+            }
+        }
+        if !self.runs() {
             return Ok(());
         }
         let at = match self.probes.iter().position(|(k, _)| *k == ids) {
@@ -307,7 +359,7 @@ impl Landlock {
             Ok(p) => p.pid() as u64,
             Err(e) => {
                 obs.push(format!(
-                    "cryo could not tell whether {who} is in a Landlock domain (a process of uid {} and gid {} to compare with could not be made: {e})",
+                    "cryo could not tell whether {who} is in a Landlock domain: a process of its uid {} and gid {} to compare with could not be made ({e}; it needs CAP_SETUID and CAP_SETGID, which root has)",
                     ids.0, ids.1
                 ));
                 return Ok(());
@@ -326,6 +378,25 @@ impl Landlock {
         }
         Ok(())
     }
+}
+
+/// Process `pid` is in cryo's user and PID namespaces: a probe of cryo's
+/// is one it may look at, by the number cryo knows it by.
+fn askable(pid: i32) -> bool {
+    ["user", "pid"].iter().all(|ns| {
+        let of = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/{ns}")).ok();
+        of(&pid.to_string()) == of("self")
+    })
+}
+
+/// A security label file's contents without the trailing NUL or newline;
+/// None where no LSM gives one (EINVAL).
+fn label(path: &str) -> Option<Vec<u8>> {
+    let mut l = std::fs::read(path).ok()?;
+    while l.last().is_some_and(|&c| c == 0 || c == b'\n') {
+        l.pop();
+    }
+    Some(l)
 }
 
 /// A status file's real uid and gid.

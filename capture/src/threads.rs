@@ -215,7 +215,7 @@ pub fn capture(
             creds.push(crate::task::creds(st, bits.unwrap_or(0) as u32).0);
             let who = format!("thread {tid} ({comm})");
             crate::task::thread_unrestored(&mut rem, &who, obs)?;
-            landlock.check(&mut rem, crate::task::real_ids(st), &who, obs)?;
+            landlock.check(&mut rem, pid, crate::task::real_ids(st), &who, obs)?;
             Ok(())
         })();
         let fin = rem.finish();

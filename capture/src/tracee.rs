@@ -71,7 +71,7 @@ fn not_traceable_why(pid: i32) -> String {
             )
         }
         _ => {
-            "cannot be traced (ptrace refused it: another user's process, or the Yama ptrace scope)"
+            "cannot be traced (ptrace refused it: another user's process, the Yama ptrace scope, or a sandbox cryo runs in: a Landlock domain the process is not in)"
                 .into()
         }
     }

@@ -1016,6 +1016,15 @@ record! {
 }
 
 impl Terminal {
+    /// The program had turned canonical input off (less, vim, top, a
+    /// shell's line editor): it draws the screen itself, and restored on
+    /// a terminal showing something else it is sent a SIGWINCH, which
+    /// makes each of those draw it all again, even at the same size.
+    pub fn draws_itself(&self) -> bool {
+        const ICANON: u32 = 0o2;
+        self.lflag & ICANON == 0
+    }
+
     /// The process group of the tree (`recs`, its root first) that was
     /// the terminal's foreground at capture, when it is not the root's:
     /// a live process of the tree is in it. None: the root's group, or

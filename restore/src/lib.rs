@@ -652,10 +652,11 @@ impl Plan {
             if !own_group_in_ns && sys::tty::in_foreground(t.fd as i32) {
                 self.extra_flags |= cryo_image::handoff::flags::TERMINAL;
                 // The rest of the root's group (a shell's pipeline, man's
-                // pager) is the foreground too: a resize signals it all.
+                // pager) is the foreground too: a resize signals it all,
+                // as does a screen to draw again (`Terminal::draws_itself`).
                 let size = [t.rows, t.cols, t.xpixel, t.ypixel];
                 let differs = sys::tty::size(t.fd as i32).is_ok_and(|s| s != size);
-                if let (true, Some(tree)) = (differs, &self.tree) {
+                if let (true, Some(tree)) = (differs || t.draws_itself(), &self.tree) {
                     let img = self.image();
                     let recs = img.tree();
                     let root = recs.get(0).map_or(0, |r| r.pgid);

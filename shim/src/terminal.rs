@@ -70,8 +70,10 @@ pub fn foreground_group(img: &Image) {
 
 /// The captured modes on the terminal, now (not waiting for output, not
 /// flushing what was typed ahead); SIGWINCH to this process when the
-/// terminal's size differs, blocked until the program's mask is in place,
-/// so that a full-screen program draws itself again for this terminal.
+/// terminal's size differs, or when the program had turned canonical
+/// input off (a full-screen program, a line editor: the screen is the
+/// restore's, not what it drew), blocked until the program's mask is in
+/// place, so that it draws itself again for this terminal.
 /// When the foreground is another group of the tree ([`foreground_group`]),
 /// the root, in the background, gets no SIGWINCH: the group does (handoff
 /// `WINCH`, from `cryo restore`).
@@ -87,7 +89,8 @@ pub fn restore(img: &Image) {
     let mut ws = [0u16; 4];
     if syscall3(SYS_IOCTL, fd, TIOCGWINSZ, ws.as_mut_ptr() as usize) == 0 {
         let captured = [t.rows, t.cols, t.xpixel, t.ypixel];
-        if other.is_none() && ws.iter().zip(captured).any(|(&a, b)| u32::from(a) != b) {
+        let differs = ws.iter().zip(captured).any(|(&a, b)| u32::from(a) != b);
+        if other.is_none() && (differs || t.draws_itself()) {
             winch();
         }
     }

@@ -444,6 +444,11 @@ pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
         if let Some(note) = stdio_note(&s.stdio_files) {
             eprintln!("{note}");
         }
+        if s.in_landlock_domain {
+            eprintln!(
+                "note: cryo runs in a Landlock domain (a sandbox): a process in that same domain cannot be told from one in none, and restored outside the domain it would be free of it (one in a domain of its own is refused)"
+            );
+        }
         if !s.sysv_sets.is_empty() || !s.sysv_queues.is_empty() {
             let list = |v: &[i32]| {
                 v.iter()

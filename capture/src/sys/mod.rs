@@ -45,6 +45,7 @@ pub fn rename_exchange(a: &std::path::Path, b: &std::path::Path) -> io::Result<(
 /// A child of this process that only waits to be killed, killed and
 /// reaped when dropped: a process with no System V semaphore undo list
 /// (a fork does not share one), for kcmp to compare with.
+#[derive(Debug)]
 pub struct Idle(i32);
 
 impl Idle {
@@ -68,19 +69,29 @@ impl Idle {
         Ok(Idle(pid as i32))
     }
 
-    /// [`Idle::start`] with the identity a process of real user `uid` and
-    /// group `gid` may look at (ptrace's read access): every uid and gid
-    /// of the child set to them, no capabilities, dumpable. Returns once
-    /// the child has them.
+    /// A process that any process of real user `uid` and group `gid` may
+    /// look at (ptrace's read access), and that holds nothing: a child
+    /// that leaves this process's session and terminal (setsid), its
+    /// working directory (for `/`) and its fds (for /dev/null at 0-2),
+    /// takes `uid` and `gid` as every one of its ids, drops every
+    /// capability, and execs `sleep infinity` with an empty environment,
+    /// so no copy of cryo's memory is left in it. (A review found the
+    /// first probe, a plain fork given the ids, open to the target's
+    /// user: it read cryo's environment, wrote to its fds, and typed into
+    /// its terminal.) Dumpable after the exec (its ids all equal, the
+    /// file readable), never before it. Returns once the exec is done.
     pub fn start_as(uid: u32, gid: u32) -> io::Result<Idle> {
+        const SLEEPS: [&std::ffi::CStr; 2] = [c"/bin/sleep", c"/usr/bin/sleep"];
+        let argv = [c"sleep".as_ptr(), c"infinity".as_ptr(), std::ptr::null()];
+        let envp = [std::ptr::null::<libc::c_char>()];
         let (r, w) = pipe2(libc::O_CLOEXEC)?;
         // SAFETY: integers only.
         let parent = unsafe { libc::getpid() };
         // SAFETY: fork in a threaded process: the child calls only
-        // async-signal-safe system calls, on integers and its own stack
-        // (setgroups, setresgid, setresuid, capset, prctl, write,
-        // close_range, getppid, pause, _exit), and never returns into
-        // Rust code.
+        // async-signal-safe system calls, on integers, static strings
+        // and its own stack (setsid, chdir, open, dup2, close_range,
+        // setgroups, setresgid, setresuid, capset, prctl, getppid,
+        // execve, write, _exit), and never returns into Rust code.
         let pid = cvt(unsafe { libc::fork() } as libc::c_long)?;
         if pid == 0 {
             #[repr(C)]
@@ -93,38 +104,47 @@ impl Idle {
                 pid: 0,
             };
             let none = [0u32; 6];
-            // SAFETY: as above; `head`, `none` and `err` live on this
-            // stack for the calls that read them.
+            // SAFETY: as above; `head`, `none`, `err`, `argv` and `envp`
+            // live on this stack for the calls that read them.
             unsafe {
-                // (Without CAP_SETGID the groups stay: ptrace's check
-                // does not look at them.)
-                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>());
-                let set = libc::syscall(libc::SYS_setresgid, gid, gid, gid) == 0
+                let w = w.as_raw_fd();
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                let set = libc::setsid() >= 0
+                    && libc::chdir(c"/".as_ptr()) == 0
+                    && null >= 0
+                    && (0..3).all(|fd| libc::dup2(null, fd) == fd)
+                    && (w == 3
+                        || libc::syscall(libc::SYS_close_range, 3u32, (w - 1) as u32, 0u32) == 0)
+                    && libc::syscall(libc::SYS_close_range, (w + 1) as u32, u32::MAX, 0u32) == 0
+                    && {
+                        // (Without CAP_SETGID the groups stay: ptrace's
+                        // check does not look at them.)
+                        libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>());
+                        true
+                    }
+                    && libc::syscall(libc::SYS_setresgid, gid, gid, gid) == 0
                     && libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0
                     && libc::syscall(libc::SYS_capset, &head, none.as_ptr()) == 0
-                    // (A change of identity clears both.)
-                    && libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) == 0
-                    && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == 0;
-                let err: u8 = if set {
-                    0
-                } else {
-                    (*libc::__errno_location()).clamp(1, 255) as u8
-                };
-                libc::write(w.as_raw_fd(), (&err as *const u8).cast(), 1);
-                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-                if !set || libc::getppid() != parent {
-                    libc::_exit(0);
+                    // (A change of identity clears it; an exec keeps it.)
+                    && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == 0
+                    && libc::getppid() == parent;
+                if set {
+                    for path in SLEEPS {
+                        libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                    }
                 }
-                loop {
-                    libc::pause();
-                }
+                let err: u8 = (*libc::__errno_location()).clamp(1, 255) as u8;
+                libc::write(w, (&err as *const u8).cast(), 1);
+                libc::_exit(127);
             }
         }
         let idle = Idle(pid as i32);
         drop(w);
+        // The exec closes the pipe (close-on-exec): EOF. A byte is the
+        // errno of the step that failed.
         let mut err = [0u8];
         match read_exact(&r, &mut err) {
-            Ok(()) if err[0] == 0 => Ok(idle),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(idle),
             Ok(()) => Err(io::Error::from_raw_os_error(err[0] as i32)),
             Err(e) => Err(e),
         }
@@ -133,6 +153,42 @@ impl Idle {
     pub fn pid(&self) -> i32 {
         self.0
     }
+}
+
+/// Whether cryo itself is in a Landlock domain, as far as it can tell: a
+/// thread in a domain may not look at a kernel thread, which is in none
+/// (kthreadd, PID 2, seen from the first PID namespace). With
+/// CAP_SYS_PTRACE nothing else can deny that look. (Not PID 1: on the
+/// machine this was built on, PID 1 is shielded by another LSM.)
+/// Without CAP_SYS_PTRACE, or without a kernel thread in sight, not known
+/// (false).
+pub fn own_landlock_domain() -> bool {
+    const CAP_SYS_PTRACE: u32 = 19;
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let l = s.lines().find(|l| l.starts_with("CapEff:"))?;
+            u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok()
+        })
+        .unwrap_or(0);
+    // /proc/2/stat: "2 (kthreadd) S ppid ... flags" (flags the 9th field).
+    let kthread = std::fs::read_to_string("/proc/2/stat")
+        .ok()
+        .is_some_and(|s| {
+            s.starts_with("2 (kthreadd) ")
+                && s.rsplit(')')
+                    .next()
+                    .and_then(|rest| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
+                    .is_some_and(|f| f & PF_KTHREAD != 0)
+        });
+    if eff & (1 << CAP_SYS_PTRACE) == 0 || !kthread {
+        return false;
+    }
+    const KCMP_FILES: libc::c_long = 2;
+    // SAFETY: kcmp takes integers only and changes nothing.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, 2, 2, KCMP_FILES, 0, 0) };
+    r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Whether this kernel runs Landlock (landlock_create_ruleset's ABI
