@@ -657,17 +657,7 @@ fn task_state_cryo_does_not_restore_is_refused_by_name() {
 /// does not run Landlock the case says so, and there is nothing to lose.)
 #[test]
 fn a_landlock_domain_is_refused_by_name() {
-    // SAFETY: no ruleset is passed (NULL, 0, LANDLOCK_CREATE_RULESET_VERSION):
-    // the call only answers with the ABI version.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            1u32,
-        )
-    };
-    if abi < 1 {
+    if landlock_abi() < 1 {
         eprintln!("this kernel does not run Landlock: there is no domain to lose");
         return;
     }
@@ -680,6 +670,112 @@ fn a_landlock_domain_is_refused_by_name() {
             "(ll-own) is in a Landlock domain",
         ]
     });
+}
+
+/// cryo run inside a Landlock domain (a sandbox) shares it with its
+/// probes: a program in that same domain is captured, and the capture
+/// says that cryo runs in one (a review found it passing silently, and
+/// the restore outside the domain free of it); a program in a domain of
+/// its own below it is still refused by name.
+#[test]
+fn cryo_in_a_landlock_domain_says_so() {
+    if landlock_abi() < 1 {
+        eprintln!("this kernel does not run Landlock: there is no domain to lose");
+        return;
+    }
+    let dir = scratch("landlock-sandboxed");
+    let run = |name: &str, inner: &str| {
+        let img = dir.join(name);
+        let script = format!(
+            "{inner} & p=$!; sleep 0.3; {} capture \"$p\" {}; r=$?; kill -9 $p; exit $r",
+            cryo().display(),
+            img.display()
+        );
+        let mut c = std::process::Command::new("sh");
+        c.args(["-c", &script]).stdin(std::process::Stdio::null());
+        // SAFETY: only system calls (prctl, landlock_*) and close between
+        // the fork and the exec; the child is about to exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            c.pre_exec(|| {
+                sanitize_child_fds();
+                landlock_restrict()
+            });
+        }
+        let out = c.output().expect("run the sandboxed capture");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            img,
+        )
+    };
+    // In the same domain: captured, and said.
+    let (code, err, img) = run("img-same", "sleep 30");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("note: cryo runs in a Landlock domain (a sandbox)"),
+        "{err}"
+    );
+    assert!(img.join("meta.img").exists(), "written");
+    // In a domain of its own below it: refused.
+    let ll = program("c-fidelity");
+    let (code, err, img) = run(
+        "img-own",
+        &format!("{} landlock {}", ll.display(), dir.display()),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("its main thread is in a Landlock domain"),
+        "{err}"
+    );
+    assert!(!img.exists(), "nothing written");
+}
+
+/// landlock_create_ruleset's ABI version (< 1: no Landlock).
+fn landlock_abi() -> i64 {
+    // SAFETY: no ruleset is passed (NULL, 0, LANDLOCK_CREATE_RULESET_VERSION):
+    // the call only answers with the ABI version.
+    unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    }
+}
+
+/// In a pre_exec closure: this process in a Landlock domain of its own
+/// (handling FIFOs' making only), no_new_privs set for it.
+fn landlock_restrict() -> std::io::Result<()> {
+    let attr: [u64; 3] = [1 << 9, 0, 0]; // LANDLOCK_ACCESS_FS_MAKE_FIFO
+                                         // SAFETY: `attr` lives for the call, which reads 8 bytes of it; the
+                                         // rest are integers.
+    unsafe {
+        let fd = libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            attr.as_ptr(),
+            8usize,
+            0u32,
+        );
+        if fd < 0
+            || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::close(fd as i32);
+    }
+    Ok(())
+}
+
+/// In a pre_exec closure: every fd above 2 closed (the test harness may
+/// leak some into children).
+fn sanitize_child_fds() {
+    // SAFETY: close_range takes integers only.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    }
 }
 
 /// Case `name`, set up and stopped, then captured: refused, naming each
