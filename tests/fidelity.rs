@@ -613,6 +613,7 @@ fn threads_keep_their_own_io_priorities() {
 /// Task state cryo does not restore yet, each refused by name where the
 /// machine has it: syscall user dispatch (Wine's), CPUID faulting, a
 /// process and a thread keyring (the main thread's and another's), a
+/// session keyring of its own holding a key,
 /// thread's own umask and working
 /// directory (unshare(CLONE_FS)), a thread's own parent-death signal, a
 /// mapping's NUMA policy (mbind).
@@ -634,6 +635,10 @@ fn task_state_cryo_does_not_restore_is_refused_by_name() {
             ("process-keyring", "it has a process keyring (keyctl, key"),
             ("thread-keyring", "it has a thread keyring (keyctl, key"),
             ("own-thread-keyring", ") has a thread keyring (keyctl, key"),
+            (
+                "session-keyring",
+                "it has a session keyring of its own (keyctl session, key",
+            ),
             ("thread-umask", "has its own umask, working directory"),
             (
                 "thread-pdeathsig",

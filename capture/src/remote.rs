@@ -108,6 +108,35 @@ impl<'a> Remote<'a> {
         Ok(out.rax as i64)
     }
 
+    /// Load the registers for system call `nr` and resume to it (the first
+    /// half of [`Remote::syscall6`], for [`syscall_all`]).
+    fn begin(&mut self, nr: i64, args: [u64; 6]) -> Result<(), InjectError> {
+        let mut r = self.saved;
+        r.r9 = args[5];
+        r.rax = nr as u64;
+        r.orig_rax = u64::MAX;
+        r.rdi = args[0];
+        r.rsi = args[1];
+        r.rdx = args[2];
+        r.r10 = args[3];
+        r.r8 = args[4];
+        r.rip = self.gadget;
+        self.t.set_regs(&r)?;
+        self.t.syscall_resume()?;
+        Ok(())
+    }
+
+    /// Write `bytes` at the scratch buffer.
+    pub fn write_scratch(&mut self, bytes: &[u8]) -> Result<(), InjectError> {
+        self.t.write_mem(self.scratch, bytes)?;
+        Ok(())
+    }
+
+    /// The first `len` bytes of the scratch buffer.
+    pub fn scratch_bytes(&self, len: usize) -> Result<Vec<u8>, InjectError> {
+        self.read_scratch(len)
+    }
+
     fn call(&mut self, name: &'static str, nr: i64, args: [u64; 5]) -> Result<i64, InjectError> {
         let r = self.syscall(nr, args)?;
         if (-4095..0).contains(&r) {
@@ -129,7 +158,7 @@ impl<'a> Remote<'a> {
     /// Whether a query's result `r` is an answer (false: the kernel does
     /// not know the call or option, EINVAL/ENOSYS, or refuses it,
     /// EPERM/EACCES); any other error is an error.
-    fn answered(&self, r: i64) -> Result<bool, InjectError> {
+    pub fn answered(&self, r: i64) -> Result<bool, InjectError> {
         if !(-4095..0).contains(&r) {
             return Ok(true);
         }
@@ -331,4 +360,39 @@ impl<'a> Remote<'a> {
         m?;
         Ok(())
     }
+}
+
+/// One system call in each of `rems` at once (each a stopped thread of
+/// one process): `call` gives each its number and six arguments, or
+/// None to leave it out. Every thread is resumed to its call first,
+/// then each entry stop is taken and the thread sent on to its exit,
+/// then each exit: the threads' stops overlap, where one call after the
+/// other waits for each round trip in turn (a review measured four more
+/// calls per thread at +0.15 ms a thread, one after the other: 300
+/// threads frozen 121 -> 166 ms). Returns each rax (None where left out).
+pub fn syscall_all(
+    rems: &mut [Remote],
+    call: impl Fn(usize, &Remote) -> Option<(i64, [u64; 6])>,
+) -> Result<Vec<Option<i64>>, InjectError> {
+    let mut asked = Vec::with_capacity(rems.len());
+    for (i, r) in rems.iter_mut().enumerate() {
+        let c = call(i, r);
+        if let Some((nr, args)) = c {
+            r.begin(nr, args)?;
+        }
+        asked.push(c.is_some());
+    }
+    for (r, _) in rems.iter_mut().zip(&asked).filter(|(_, a)| **a) {
+        r.t.syscall_stop(true)?;
+    }
+    let mut out = Vec::with_capacity(rems.len());
+    for (r, a) in rems.iter_mut().zip(&asked) {
+        if *a {
+            r.t.syscall_stop(false)?;
+            out.push(Some(r.t.regs()?.rax as i64));
+        } else {
+            out.push(None);
+        }
+    }
+    Ok(out)
 }

@@ -217,6 +217,25 @@ pub fn unrestored(rem: &mut Remote, obs: &mut Obstacles) -> Result<bool, InjectE
             "it has a process keyring (keyctl, key {id}), whose keys cryo does not restore yet"
         ));
     }
+    // A session keyring of its own (`keyctl session`, a login's
+    // pam_keyinit) other than cryo's, holding keys: a restore gives the
+    // process the restoring one's (a sweep, stop 46: `keyctl session`
+    // then `keyctl add ... @s`, and after a restore the key was not
+    // found, without a word). One that is its user's session keyring
+    // (none of its own) comes back with its user.
+    const KEYCTL_READ: u64 = 11;
+    if let (Some(session), Some(user_session)) = (keyring(rem, -3)?, keyring(rem, -5)?) {
+        if session != user_session && Some(session) != crate::sys::own_keyring(-3) {
+            let len = rem.syscall(libc::SYS_keyctl, [KEYCTL_READ, session as u64, 0, 0, 0])?;
+            if len > 0 {
+                obs.push(format!(
+                    "it has a session keyring of its own (keyctl session, key {session}) holding {} key{}, and a restore gives it the restoring process's; cryo does not restore keys",
+                    len / 4,
+                    if len / 4 == 1 { "" } else { "s" }
+                ));
+            }
+        }
+    }
     Ok(policy)
 }
 
@@ -227,20 +246,40 @@ pub fn thread_unrestored(
     who: &str,
     obs: &mut Obstacles,
 ) -> Result<(), InjectError> {
-    const ARCH_GET_CPUID: u64 = 0x1011;
-    // 0: the CPUID instruction faults (SIGSEGV) in this thread.
-    if rem.syscall(libc::SYS_arch_prctl, [ARCH_GET_CPUID, 0, 0, 0, 0])? == 0 {
+    let (nr, a) = CPUID_CALL;
+    let r = rem.syscall(nr, [a[0], a[1], a[2], a[3], a[4]])?;
+    cpuid_obstacle(r, who, obs);
+    let (nr, a) = THREAD_KEYRING_CALL;
+    let r = rem.syscall(nr, [a[0], a[1], a[2], a[3], a[4]])?;
+    keyring_obstacle(r, who, obs);
+    Ok(())
+}
+
+/// arch_prctl(ARCH_GET_CPUID): 0 where the CPUID instruction faults
+/// (SIGSEGV) in the thread.
+pub const CPUID_CALL: (i64, [u64; 6]) = (libc::SYS_arch_prctl, [0x1011, 0, 0, 0, 0, 0]);
+
+/// keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_THREAD_KEYRING, create 0): the
+/// thread keyring's id, if the thread has one (asks, makes none).
+pub const THREAD_KEYRING_CALL: (i64, [u64; 6]) = (libc::SYS_keyctl, [0, -1i64 as u64, 0, 0, 0, 0]);
+
+/// [`CPUID_CALL`]'s answer `r` in thread `who`.
+pub fn cpuid_obstacle(r: i64, who: &str, obs: &mut Obstacles) {
+    if r == 0 {
         obs.push(format!(
             "{who} has CPUID faulting on (arch_prctl ARCH_SET_CPUID 0), which cryo does not restore yet"
         ));
     }
-    if let Some(id) = keyring(rem, -1)? {
+}
+
+/// [`THREAD_KEYRING_CALL`]'s answer `r` in thread `who`.
+pub fn keyring_obstacle(r: i64, who: &str, obs: &mut Obstacles) {
+    if r >= 0 {
         let it = if who == "its main thread" { "it" } else { who };
         obs.push(format!(
-            "{it} has a thread keyring (keyctl, key {id}), whose keys cryo does not restore yet"
+            "{it} has a thread keyring (keyctl, key {r}), whose keys cryo does not restore yet"
         ));
     }
-    Ok(())
 }
 
 /// The id of the keyring `spec` (-1 the thread's, -2 the process's) of
@@ -325,14 +364,31 @@ impl Landlock {
         who: &str,
         obs: &mut Obstacles,
     ) -> Result<(), InjectError> {
+        if let Some((nr, a)) = self.call(pid, rem.pid(), ids, who, obs) {
+            let r = rem.syscall(nr, [a[0], a[1], a[2], a[3], a[4]])?;
+            Landlock::judge(r, who, obs);
+        }
+        Ok(())
+    }
+
+    /// [`Landlock::check`] of thread `tid` up to the call to inject in it
+    /// (None: none to make, what there was to say said).
+    pub fn call(
+        &mut self,
+        pid: i32,
+        tid: i32,
+        ids: (u32, u32),
+        who: &str,
+        obs: &mut Obstacles,
+    ) -> Option<(i64, [u64; 6])> {
         if !askable(pid) {
-            return Ok(());
+            return None;
         }
         let own = self
             .own_label
             .get_or_insert_with(|| label("/proc/thread-self/attr/current"))
             .clone();
-        if let Some(theirs) = label(&format!("/proc/{pid}/task/{}/attr/current", rem.pid())) {
+        if let Some(theirs) = label(&format!("/proc/{pid}/task/{tid}/attr/current")) {
             if own.as_ref() != Some(&theirs) {
                 obs.push(format!(
                     "{who} runs under the security label {:?} (AppArmor, SELinux or Smack: /proc/PID/attr/current), and a restore would run it under cryo's{}; cryo does not restore labels",
@@ -341,11 +397,11 @@ impl Landlock {
                         .unwrap_or_default()
                 ));
                 // (That label may forbid the look asked below, too.)
-                return Ok(());
+                return None;
             }
         }
         if !self.runs() {
-            return Ok(());
+            return None;
         }
         let at = match self.probes.iter().position(|(k, _)| *k == ids) {
             Some(at) => at,
@@ -362,11 +418,16 @@ impl Landlock {
                     "cryo could not tell whether {who} is in a Landlock domain: a process of its uid {} and gid {} to compare with could not be made ({e}; it needs CAP_SETUID and CAP_SETGID, which root has)",
                     ids.0, ids.1
                 ));
-                return Ok(());
+                return None;
             }
         };
         const KCMP_VM: u64 = 1;
-        match rem.syscall(libc::SYS_kcmp, [probe, probe, KCMP_VM, 0, 0])? {
+        Some((libc::SYS_kcmp, [probe, probe, KCMP_VM, 0, 0, 0]))
+    }
+
+    /// The answer `r` of [`Landlock::call`]'s call in thread `who`.
+    pub fn judge(r: i64, who: &str, obs: &mut Obstacles) {
+        match r {
             0 => {}
             r if r == -(libc::EPERM as i64) => obs.push(format!(
                 "{who} is in a Landlock domain (landlock_restrict_self), whose rules the kernel does not show; cryo cannot restore it"
@@ -376,7 +437,6 @@ impl Landlock {
                 -r
             )),
         }
-        Ok(())
     }
 }
 

@@ -125,6 +125,11 @@ pub fn capture(
     }
     let mut creds = Vec::with_capacity(g.others.len());
     let main_own = OwnFs::of(&format!("/proc/{pid}"));
+    // What is read from outside, thread by thread; then what only a
+    // thread can tell, asked in every thread at once (`syscall_all`).
+    let mut ths = Vec::with_capacity(g.others.len());
+    let mut xsaves = Vec::with_capacity(g.others.len());
+    let mut whos = Vec::with_capacity(g.others.len());
     for (k, (t, st)) in g.others.iter_mut().zip(statuses).enumerate() {
         let tid = t.pid();
         let comm = comm_of(pid, tid);
@@ -178,49 +183,36 @@ pub fn capture(
             v as i32 & !cryo_image::threads::IOPRIO_KNOWN | cryo_image::threads::IOPRIO_KNOWN
         });
         crate::signals::queued_of(tid, k as u32 + 1, false, b)?;
-        // Asked inside the thread: its sigaltstack, tid address and timer
-        // slack.
-        let mut rem = Remote::new(t, vdso.0, &vdso.1)?;
-        let r = (|| -> Result<(), InjectError> {
-            let (sp, flags, size) = rem.sigaltstack()?;
-            th.sigaltstack_sp = sp;
-            th.sigaltstack_flags = flags;
-            th.sigaltstack_size = size;
-            th.clear_child_tid = tid_address(&mut rem)?;
-            let slack = rem.query(
-                libc::SYS_prctl,
-                [libc::PR_GET_TIMERSLACK as u64, 0, 0, 0, 0],
-                None,
-            )?;
-            th.timer_slack_ns = slack.map_or(u64::MAX, |v| v as u64);
-            // Its own parent-death signal (a new thread has none; no /proc
-            // file shows it): not restored per thread yet.
-            let pdeathsig = rem.query(
-                libc::SYS_prctl,
-                [libc::PR_GET_PDEATHSIG as u64, 0, 0, 0, 0],
-                Some(1),
-            )?;
-            if let Some(sig @ 1..) = pdeathsig {
-                obs.push(format!(
-                    "thread {tid} ({comm}) has a parent-death signal of its own (prctl PR_SET_PDEATHSIG, signal {sig}), which cryo restores for the main thread only"
-                ));
+        ths.push(th);
+        xsaves.push(xsave);
+        whos.push(format!("thread {tid} ({comm})"));
+    }
+    let mut rems = Vec::with_capacity(g.others.len());
+    let mut made = Ok(());
+    for t in g.others.iter_mut() {
+        match Remote::new(t, vdso.0, &vdso.1) {
+            Ok(r) => rems.push(r),
+            Err(e) => {
+                made = Err(e);
+                break;
             }
-            // Its credentials (per thread in the kernel: raw setresuid,
-            // capset): its status, and its securebits asked in it.
-            let bits = rem.query(
-                libc::SYS_prctl,
-                [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0],
-                None,
-            )?;
-            creds.push(crate::task::creds(st, bits.unwrap_or(0) as u32).0);
-            let who = format!("thread {tid} ({comm})");
-            crate::task::thread_unrestored(&mut rem, &who, obs)?;
-            landlock.check(&mut rem, pid, crate::task::real_ids(st), &who, obs)?;
-            Ok(())
-        })();
-        let fin = rem.finish();
-        r?;
-        fin?;
+        }
+    }
+    let r = made
+        .and_then(|()| asked_in_threads(&mut rems, pid, statuses, &whos, landlock, &mut ths, obs));
+    let mut fin = Ok(());
+    for rem in rems {
+        let f = rem.finish();
+        if fin.is_ok() {
+            fin = f;
+        }
+    }
+    let bits = r?;
+    fin?;
+    for ((th, xsave), (st, bits)) in ths.into_iter().zip(xsaves).zip(statuses.iter().zip(bits)) {
+        // Its credentials (per thread in the kernel: raw setresuid,
+        // capset): its status, and its securebits asked in it.
+        creds.push(crate::task::creds(st, bits).0);
         b.xsave.extend_from_slice(&xsave);
         b.threads.push(th);
     }
@@ -229,6 +221,115 @@ pub fn capture(
         b.thread_creds = creds;
     }
     Ok(())
+}
+
+/// What only each thread can tell, asked in all of them at once (one
+/// system call in every thread, then the next): its sigaltstack, tid
+/// address, timer slack, securebits (returned, in `ths`' order), its
+/// own parent-death signal, CPUID faulting and keyring (refused by
+/// name: not restored per thread), and its Landlock domain.
+fn asked_in_threads(
+    rems: &mut [Remote],
+    pid: i32,
+    statuses: &[StatusText],
+    whos: &[String],
+    landlock: &mut crate::task::Landlock,
+    ths: &mut [Thread],
+    obs: &mut Obstacles,
+) -> Result<Vec<u32>, InjectError> {
+    use crate::remote::syscall_all;
+    let every = |nr: i64, a: [u64; 6]| move |_: usize, _: &Remote| Some((nr, a));
+    let prctl = |opt: i32| every(libc::SYS_prctl, [opt as u64, 0, 0, 0, 0, 0]);
+    // Into the scratch buffer: sigaltstack's old stack; then the tid
+    // address (a word) and the parent-death signal (an int), each on a
+    // zeroed word.
+    let into_scratch = |nr: i64, a0: u64, at: usize| {
+        move |_: usize, r: &Remote| {
+            let mut a = [a0, 0, 0, 0, 0, 0];
+            a[at] = r.scratch();
+            Some((nr, a))
+        }
+    };
+    let got = syscall_all(rems, into_scratch(libc::SYS_sigaltstack, 0, 1))?;
+    for ((rem, th), r) in rems.iter().zip(ths.iter_mut()).zip(got) {
+        if let Some(r @ -4095..=-1) = r {
+            return Err(InjectError::Failed {
+                name: "sigaltstack",
+                pid: rem.pid(),
+                errno: -r,
+            });
+        }
+        let w = rem.scratch_bytes(24)?;
+        let word = |i: usize| u64::from_le_bytes(w[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        th.sigaltstack_sp = word(0);
+        th.sigaltstack_flags = word(1) as u32;
+        th.sigaltstack_size = word(2);
+    }
+    for rem in rems.iter_mut() {
+        rem.write_scratch(&[0u8; 8])?;
+    }
+    const PR_GET_TID_ADDRESS: u64 = 40;
+    let got = syscall_all(rems, into_scratch(libc::SYS_prctl, PR_GET_TID_ADDRESS, 1))?;
+    for ((rem, th), r) in rems.iter().zip(ths.iter_mut()).zip(got) {
+        th.clear_child_tid = if rem.answered(r.unwrap_or(0))? {
+            let w = rem.scratch_bytes(8)?;
+            u64::from_le_bytes(w[..8].try_into().unwrap_or([0; 8]))
+        } else {
+            0
+        };
+    }
+    let got = syscall_all(rems, prctl(libc::PR_GET_TIMERSLACK))?;
+    for ((rem, th), r) in rems.iter().zip(ths.iter_mut()).zip(got) {
+        let r = r.unwrap_or(0);
+        th.timer_slack_ns = if rem.answered(r)? { r as u64 } else { u64::MAX };
+    }
+    let got = syscall_all(rems, prctl(libc::PR_GET_SECUREBITS))?;
+    let mut bits = Vec::with_capacity(rems.len());
+    for (rem, r) in rems.iter().zip(got) {
+        let r = r.unwrap_or(0);
+        bits.push(if rem.answered(r)? { r as u32 } else { 0 });
+    }
+    // A new thread has no parent-death signal; no /proc file shows one.
+    for rem in rems.iter_mut() {
+        rem.write_scratch(&[0u8; 8])?;
+    }
+    let got = syscall_all(
+        rems,
+        into_scratch(libc::SYS_prctl, libc::PR_GET_PDEATHSIG as u64, 1),
+    )?;
+    for ((rem, who), r) in rems.iter().zip(whos).zip(got) {
+        if rem.answered(r.unwrap_or(0))? {
+            let w = rem.scratch_bytes(4)?;
+            let sig = i32::from_le_bytes(w[..4].try_into().unwrap_or([0; 4]));
+            if sig > 0 {
+                obs.push(format!(
+                    "{who} has a parent-death signal of its own (prctl PR_SET_PDEATHSIG, signal {sig}), which cryo restores for the main thread only"
+                ));
+            }
+        }
+    }
+    let (nr, a) = crate::task::CPUID_CALL;
+    let got = syscall_all(rems, every(nr, a))?;
+    for (who, r) in whos.iter().zip(got) {
+        crate::task::cpuid_obstacle(r.unwrap_or(-1), who, obs);
+    }
+    let (nr, a) = crate::task::THREAD_KEYRING_CALL;
+    let got = syscall_all(rems, every(nr, a))?;
+    for (who, r) in whos.iter().zip(got) {
+        crate::task::keyring_obstacle(r.unwrap_or(-1), who, obs);
+    }
+    let calls: Vec<Option<(i64, [u64; 6])>> = rems
+        .iter()
+        .zip(statuses.iter().zip(whos))
+        .map(|(rem, (st, who))| landlock.call(pid, rem.pid(), crate::task::real_ids(st), who, obs))
+        .collect();
+    let got = syscall_all(rems, |i, _| calls[i])?;
+    for (who, r) in whos.iter().zip(got) {
+        if let Some(r) = r {
+            crate::task::Landlock::judge(r, who, obs);
+        }
+    }
+    Ok(bits)
 }
 
 /// Whether any thread of the process runs under seccomp and could not be

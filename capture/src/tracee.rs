@@ -413,26 +413,35 @@ impl Tracee {
     /// SIGTRAP handler to SIG_DFL (seen: CRIU's zdtm sigtrap01 lost its
     /// handler to a capture, even a --dry-run).
     pub fn syscall_step(&mut self) -> Result<(), PtraceError> {
+        self.syscall_resume()?;
+        self.syscall_stop(true)?; // its entry
+        self.syscall_stop(false) // its exit
+    }
+
+    /// The first part of [`Tracee::syscall_step`], for stepping many
+    /// tracees at once: resumed to its next syscall stop.
+    pub fn syscall_resume(&mut self) -> Result<(), PtraceError> {
+        ptrace::request(libc::PTRACE_SYSCALL, self.pid, 0)
+            .map_err(|e| sys_err("PTRACE_SYSCALL", self.pid, e))
+    }
+
+    /// Wait for the tracee's next syscall stop (resumed by
+    /// [`Tracee::syscall_resume`]), going on past group-stop
+    /// notifications and intercepting signals; resumed again to the next
+    /// one if `go_on`.
+    pub fn syscall_stop(&mut self, go_on: bool) -> Result<(), PtraceError> {
         const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
-        let resume = |pid: i32| {
-            ptrace::request(libc::PTRACE_SYSCALL, pid, 0)
-                .map_err(|e| sys_err("PTRACE_SYSCALL", pid, e))
-        };
-        resume(self.pid)?;
-        let mut exits_seen = 0;
         loop {
             let status = self.waitpid()?;
             if libc::WIFSTOPPED(status) && libc::WSTOPSIG(status) == SYSCALL_STOP {
-                exits_seen += 1;
-                if exits_seen == 2 {
-                    return Ok(()); // entry, then exit
+                if go_on {
+                    self.syscall_resume()?;
                 }
-                resume(self.pid)?;
-                continue;
+                return Ok(());
             }
             if libc::WIFSTOPPED(status) && status >> 16 == PTRACE_EVENT_STOP {
                 // A group-stop notification (SIGSTOP sent meanwhile): go on.
-                resume(self.pid)?;
+                self.syscall_resume()?;
                 continue;
             }
             self.intercept_and_resume(status, libc::PTRACE_SYSCALL)?;

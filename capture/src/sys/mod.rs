@@ -191,6 +191,15 @@ pub fn own_landlock_domain() -> bool {
     r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// The id of this process's keyring `spec` (-3 its session keyring), if
+/// it has one (create 0: asks, makes none).
+pub fn own_keyring(spec: i64) -> Option<i64> {
+    const KEYCTL_GET_KEYRING_ID: libc::c_long = 0;
+    // SAFETY: keyctl with integers only; it asks, and makes nothing.
+    let r = unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_GET_KEYRING_ID, spec, 0) };
+    (r >= 0).then_some(r)
+}
+
 /// Whether this kernel runs Landlock (landlock_create_ruleset's ABI
 /// version: ENOSYS not built, EOPNOTSUPP turned off at boot).
 pub fn landlock_runs() -> bool {
