@@ -96,8 +96,15 @@ impl StoredFiles {
         let f = match std::fs::File::open(open_path) {
             Ok(f) => f,
             Err(e) => {
+                // memfd_secret: its pages are out of the kernel's own
+                // reach, by design (a sweep, stop 46, got a bare ENXIO).
+                let secret = if shown.starts_with("/secretmem") {
+                    ", as secret memory (memfd_secret) is made to be: no other process, nor the kernel, can read it"
+                } else {
+                    ""
+                };
                 obs.push(format!(
-                    "{what} ({shown}): cannot open it to store its contents: {e}"
+                    "{what} ({shown}): cannot open it to store its contents: {e}{secret}"
                 ));
                 return None;
             }
