@@ -790,6 +790,14 @@ fn sanitize_child_fds() {
     }
 }
 
+/// A login's session keyring (pam_keyinit's: only the link to the user's
+/// keyring) is captured and restored, not refused (a review: every
+/// process started by `su -` was).
+#[test]
+fn a_login_session_keyring_is_not_an_obstacle() {
+    case("login-keyring");
+}
+
 /// Case `name`, set up and stopped, then captured: refused, naming each
 /// of `want` (given the case's directory, where a case says what this
 /// machine let it set up), nothing written, and the original left

@@ -223,20 +223,61 @@ pub fn unrestored(rem: &mut Remote, obs: &mut Obstacles) -> Result<bool, InjectE
     // then `keyctl add ... @s`, and after a restore the key was not
     // found, without a word). One that is its user's session keyring
     // (none of its own) comes back with its user.
-    const KEYCTL_READ: u64 = 11;
     if let (Some(session), Some(user_session)) = (keyring(rem, -3)?, keyring(rem, -5)?) {
         if session != user_session && Some(session) != crate::sys::own_keyring(-3) {
-            let len = rem.syscall(libc::SYS_keyctl, [KEYCTL_READ, session as u64, 0, 0, 0])?;
-            if len > 0 {
+            let held = session_keys(rem, session)?;
+            if held > 0 {
                 obs.push(format!(
-                    "it has a session keyring of its own (keyctl session, key {session}) holding {} key{}, and a restore gives it the restoring process's; cryo does not restore keys",
-                    len / 4,
-                    if len / 4 == 1 { "" } else { "s" }
+                    "it has a session keyring of its own (keyctl session, key {session}) holding {held} key{}, and a restore gives it the restoring process's; cryo does not restore keys",
+                    if held == 1 { "" } else { "s" }
                 ));
             }
         }
     }
     Ok(policy)
+}
+
+/// The keys in session keyring `session` that a restore would lose: not
+/// the link to its user's keyring (or user session keyring), which
+/// pam_keyinit puts in every login's session keyring and which comes back
+/// with the user (a review: every process started by `su -`, `login` or
+/// `runuser -l` was refused for it), nor systemd's `invocation_id`,
+/// which names the service run and means nothing to a process a restore
+/// starts.
+fn session_keys(rem: &mut Remote, session: i64) -> Result<usize, InjectError> {
+    const KEYCTL_DESCRIBE: u64 = 6;
+    const KEYCTL_READ: u64 = 11;
+    const ROOM: u64 = 4096;
+    let s = rem.scratch();
+    let len = rem.syscall(libc::SYS_keyctl, [KEYCTL_READ, session as u64, s, ROOM, 0])?;
+    if len <= 0 {
+        return Ok(0);
+    }
+    let list = rem.scratch_bytes(len.min(ROOM as i64) as usize)?;
+    let ids: Vec<i64> = list
+        .chunks_exact(4)
+        .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]) as i64)
+        .collect();
+    // (More keys than the buffer holds: those past it count as held.)
+    let mut held = (len as usize / 4).saturating_sub(ids.len());
+    let linked = [keyring(rem, -4)?, keyring(rem, -5)?];
+    for id in ids {
+        if linked.contains(&Some(id)) {
+            continue;
+        }
+        // "type;uid;gid;perm;description"
+        let n = rem.syscall(libc::SYS_keyctl, [KEYCTL_DESCRIBE, id as u64, s, ROOM, 0])?;
+        if n > 0 {
+            let d = rem.scratch_bytes(n.min(ROOM as i64) as usize)?;
+            let d = String::from_utf8_lossy(&d);
+            let d = d.trim_end_matches('\0');
+            if d.starts_with("user;") && d.ends_with(";invocation_id") {
+                continue;
+            }
+        }
+        held += 1;
+    }
+    Ok(held)
 }
 
 /// What [`unrestored`] asks that is a thread's own, asked of any thread

@@ -198,8 +198,31 @@ pub fn capture(
             }
         }
     }
-    let r = made
-        .and_then(|()| asked_in_threads(&mut rems, pid, statuses, &whos, landlock, &mut ths, obs));
+    // (All at once; one after the other where two threads' scratch
+    // buffers would overlap.)
+    let at_once = if crate::remote::scratch_overlaps(&rems) {
+        1
+    } else {
+        rems.len().max(1)
+    };
+    let r = made.and_then(|()| {
+        let mut bits = Vec::with_capacity(rems.len());
+        let mut from = 0;
+        for chunk in rems.chunks_mut(at_once) {
+            let to = from + chunk.len();
+            bits.extend(asked_in_threads(
+                chunk,
+                pid,
+                &statuses[from..to],
+                &whos[from..to],
+                landlock,
+                &mut ths[from..to],
+                obs,
+            )?);
+            from = to;
+        }
+        Ok(bits)
+    });
     let mut fin = Ok(());
     for rem in rems {
         let f = rem.finish();

@@ -95,13 +95,29 @@ pub fn proc_state(pid: i32) -> Option<char> {
 /// After PTRACE_DETACH from a group-stopped task the kernel wakes it so it
 /// can re-enter the stop; for a moment it is 'R'. Wait (bounded) until it is
 /// back in 'T', so that when cryo returns the target is observably stopped.
+///
+/// A process continued meanwhile (SIGCONT while cryo held it) never
+/// comes back to 'T': a thread seen sleeping ('S', 'D') was continued,
+/// and once one thread of a process has waited its whole time, the
+/// others of that process do not wait again. (A review, stop 46: a
+/// SIGSTOP then SIGCONT sent while cryo attached a 160-thread program
+/// kept it held 2 s per thread, 54 s and more.)
 fn settle_stopped(tgid: i32, tid: i32) {
+    static CONTINUED: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+    let continued = || CONTINUED.lock().is_ok_and(|c| c.contains(&tgid));
+    if continued() {
+        return;
+    }
     let t0 = std::time::Instant::now();
     while t0.elapsed() < std::time::Duration::from_secs(2) {
         match task_state(tgid, tid) {
             Some('T') | Some('Z') | Some('X') | None => return,
+            Some('S') | Some('D') => break,
             _ => std::thread::sleep(std::time::Duration::from_micros(200)),
         }
+    }
+    if let Ok(mut c) = CONTINUED.lock() {
+        c.push(tgid);
     }
 }
 

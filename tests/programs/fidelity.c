@@ -2243,6 +2243,19 @@ static void unrestored_setup(void) {
     fclose(have);
 }
 
+/* login-keyring: a session keyring of its own that holds only the link
+ * to its user's keyring, as pam_keyinit makes for every `su -`, `login`
+ * and `runuser -l`: nothing a restore loses (the user keyring comes back
+ * with the user), so captured and restored (a review found every such
+ * process refused). */
+static void login_keyring_setup(void) {
+    CHECK(syscall(SYS_keyctl, 1 /* KEYCTL_JOIN_SESSION_KEYRING */, "cryo-test-login") >= 0, "join: %s",
+          strerror(errno));
+    CHECK(syscall(SYS_keyctl, 8 /* KEYCTL_LINK */, -4 /* user keyring */, -3 /* session */) == 0, "link: %s",
+          strerror(errno));
+}
+static void login_keyring_check(void) {}
+
 /* landlock: the main thread in a Landlock domain, a thread in one of its
  * own, and a thread in none (made before either): the two named, the
  * third not. The directory's `have` says whether the kernel runs
@@ -3222,6 +3235,7 @@ static const struct fcase cases[] = {
     {"thread-ioprio", thread_ioprio_setup, thread_ioprio_check, thread_ioprio_settle},
     {"unrestored", unrestored_setup, refuse_check, NULL},
     {"landlock", landlock_setup, refuse_check, NULL},
+    {"login-keyring", login_keyring_setup, login_keyring_check, NULL},
     {"longopts", longopts_setup, refuse_check, NULL},
     {"seccomp", seccomp_setup, seccomp_check, seccomp_settle},
     {"seccomp-refused", seccomp_refused_setup, refuse_check, NULL},

@@ -697,20 +697,27 @@ fn inet_dump<T>(
     }
 }
 
-/// RCV_SHUTDOWN | SEND_SHUTDOWN of the TCP or UDP socket with inode
-/// `ino` (inet_diag: a dump of the family and protocol, matched by
-/// inode); None if it is not found.
-pub fn inet_shutdown(family: i32, protocol: i32, ino: u64) -> io::Result<Option<u8>> {
+/// How sockets are shut down (RCV_SHUTDOWN | SEND_SHUTDOWN), by inode.
+pub type Shutdowns = std::collections::HashMap<u64, u8>;
+
+/// RCV_SHUTDOWN | SEND_SHUTDOWN of every TCP or UDP socket of `family`
+/// and `protocol` on the machine, by inode (inet_diag: one dump).
+pub fn inet_shutdowns(
+    family: i32,
+    protocol: i32,
+) -> io::Result<std::collections::HashMap<u64, u8>> {
     const INET_DIAG_SHUTDOWN: u16 = 8;
-    inet_dump(family, protocol, (u32::MAX, 0), |m| {
+    let mut map = std::collections::HashMap::new();
+    inet_dump(family, protocol, (u32::MAX, 0), |m| -> Option<()> {
         // inet_diag_msg: its inode at 68, attributes after.
-        (ne_u32(m, 68).map(u64::from) == Some(ino)).then(|| {
-            attrs(m, 72, m.len())
-                .find(|(k, _)| *k == INET_DIAG_SHUTDOWN)
-                .and_then(|(_, p)| p.first().copied())
-                .unwrap_or(0)
-        })
-    })
+        let how = attrs(m, 72, m.len())
+            .find(|(k, _)| *k == INET_DIAG_SHUTDOWN)
+            .and_then(|(_, p)| p.first().copied())
+            .unwrap_or(0);
+        map.insert(u64::from(ne_u32(m, 68)?), how);
+        None
+    })?;
+    Ok(map)
 }
 
 /// An IPv4 or IPv6 sockaddr as (address in IPv6 form, v4 mapped; port).
