@@ -861,8 +861,12 @@ pub fn capture(
         {
             Some(at) => at,
             None => {
-                seen.shutdowns
-                    .push(((family, proto), sock::inet_shutdowns(family, proto)));
+                // (Once more if it fails: a failed dump would leave every
+                // socket of the kind to poll, which sees no write
+                // shutdown.)
+                let dump = sock::inet_shutdowns(family, proto)
+                    .or_else(|_| sock::inet_shutdowns(family, proto));
+                seen.shutdowns.push(((family, proto), dump));
                 seen.shutdowns.len() - 1
             }
         };

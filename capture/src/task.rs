@@ -223,15 +223,30 @@ pub fn unrestored(rem: &mut Remote, obs: &mut Obstacles) -> Result<bool, InjectE
     // then `keyctl add ... @s`, and after a restore the key was not
     // found, without a word). One that is its user's session keyring
     // (none of its own) comes back with its user.
-    if let (Some(session), Some(user_session)) = (keyring(rem, -3)?, keyring(rem, -5)?) {
-        if session != user_session && Some(session) != crate::sys::own_keyring(-3) {
-            let held = session_keys(rem, session)?;
-            if held > 0 {
-                obs.push(format!(
-                    "it has a session keyring of its own (keyctl session, key {session}) holding {held} key{}, and a restore gives it the restoring process's; cryo does not restore keys",
-                    if held == 1 { "" } else { "s" }
-                ));
-            }
+    // (Its id asks for "search" permission, which a keyring may lack:
+    // then it is its own, and is listed all the same.)
+    const KEYCTL_GET_KEYRING_ID: u64 = 0;
+    let session = rem.syscall(
+        libc::SYS_keyctl,
+        [KEYCTL_GET_KEYRING_ID, -3i64 as u64, 0, 0, 0],
+    )?;
+    let shared =
+        session >= 0 && [keyring(rem, -5)?, crate::sys::own_keyring(-3)].contains(&Some(session));
+    if !shared {
+        let which = if session >= 0 {
+            format!("key {session}")
+        } else {
+            format!("its id not given: errno {}", -session)
+        };
+        match session_keys(rem)? {
+            Ok(0) => {}
+            Ok(held) => obs.push(format!(
+                "it has a session keyring of its own (keyctl session, {which}) holding {held} key{}, and a restore gives it the restoring process's; cryo does not restore keys",
+                if held == 1 { "" } else { "s" }
+            )),
+            Err(errno) => obs.push(format!(
+                "it has a session keyring of its own (keyctl session, {which}) that it cannot list (errno {errno}), and a restore gives it the restoring process's; cryo cannot tell whether keys would be lost"
+            )),
         }
     }
     Ok(policy)
@@ -244,14 +259,22 @@ pub fn unrestored(rem: &mut Remote, obs: &mut Obstacles) -> Result<bool, InjectE
 /// `runuser -l` was refused for it), nor systemd's `invocation_id`,
 /// which names the service run and means nothing to a process a restore
 /// starts.
-fn session_keys(rem: &mut Remote, session: i64) -> Result<usize, InjectError> {
+///
+/// Read through KEY_SPEC_SESSION_KEYRING (-3), which the process holds
+/// whatever the keyring's permissions (by its number, a keyring without
+/// "search" for its owner answered EACCES, and passed: a review). Err
+/// with the errno where even that cannot be read.
+fn session_keys(rem: &mut Remote) -> Result<Result<usize, i64>, InjectError> {
     const KEYCTL_DESCRIBE: u64 = 6;
     const KEYCTL_READ: u64 = 11;
     const ROOM: u64 = 4096;
     let s = rem.scratch();
-    let len = rem.syscall(libc::SYS_keyctl, [KEYCTL_READ, session as u64, s, ROOM, 0])?;
-    if len <= 0 {
-        return Ok(0);
+    let len = rem.syscall(libc::SYS_keyctl, [KEYCTL_READ, -3i64 as u64, s, ROOM, 0])?;
+    if len < 0 {
+        return Ok(Err(-len));
+    }
+    if len == 0 {
+        return Ok(Ok(0));
     }
     let list = rem.scratch_bytes(len.min(ROOM as i64) as usize)?;
     let ids: Vec<i64> = list
@@ -277,7 +300,7 @@ fn session_keys(rem: &mut Remote, session: i64) -> Result<usize, InjectError> {
         }
         held += 1;
     }
-    Ok(held)
+    Ok(Ok(held))
 }
 
 /// What [`unrestored`] asks that is a thread's own, asked of any thread
