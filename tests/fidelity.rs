@@ -790,6 +790,33 @@ fn sanitize_child_fds() {
     }
 }
 
+/// A TUN interface's fd and /dev/kmsg open for reading, refused by name
+/// where the machine has them (a sweep found the interface gone and the
+/// kernel log read again from its start after a restore).
+#[test]
+fn tun_and_kmsg_readers_are_refused_by_name() {
+    refused_by_name("devfds", |dir| {
+        let have = std::fs::read_to_string(dir.join("have")).unwrap();
+        let mut want = Vec::new();
+        if have.lines().any(|l| l == "tun") {
+            want.push("is attached to the TUN/TAP interface cryot");
+        }
+        if have.lines().any(|l| l == "kmsg") {
+            want.push("(/dev/kmsg) reads the kernel log");
+        }
+        assert!(!want.is_empty(), "this machine has neither: {have}");
+        want
+    });
+}
+
+/// An O_TMPFILE file not linked yet can still be given a name after a
+/// restore, and holds its bytes (a sweep found it made again as a removed
+/// file, which linkat refuses).
+#[test]
+fn an_o_tmpfile_file_can_still_be_linked() {
+    case("tmpfile");
+}
+
 /// A login's session keyring (pam_keyinit's: only the link to the user's
 /// keyring) is captured and restored, not refused (a review: every
 /// process started by `su -` was).

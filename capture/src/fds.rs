@@ -245,6 +245,26 @@ fn classify(f: &OpenFd) -> Result<u32, String> {
         libc::S_IFDIR => Ok(fd_kind::DIRECTORY),
         libc::S_IFCHR | libc::S_IFBLK => {
             let (maj, min) = (libc::major(f.rdev), libc::minor(f.rdev));
+            // A TUN/TAP fd attached to its interface (TUNSETIFF: fdinfo
+            // names it), and /dev/kmsg open for reading (its place in the
+            // kernel log): each came back blank from a sweep (stop 46),
+            // the interface gone, the log read again from its start.
+            if let Some(name) = f.info.lines().find_map(|l| l.strip_prefix("iff:")) {
+                return Err(format!(
+                    "fd {} ({t}) is attached to the TUN/TAP interface {} (TUNSETIFF), which cryo does not make again",
+                    f.fd,
+                    name.trim()
+                ));
+            }
+            if fmt == libc::S_IFCHR
+                && (maj, min) == (1, 11)
+                && f.flags & libc::O_ACCMODE as u32 != libc::O_WRONLY as u32
+            {
+                return Err(format!(
+                    "fd {} ({t}) reads the kernel log, whose place in it (a sequence number) cannot be read back: a restore would read it again from the start",
+                    f.fd
+                ));
+            }
             if fmt == libc::S_IFCHR && (maj, min) == (1, 3) && t == "/dev/null" {
                 Ok(fd_kind::NULL_DEVICE)
             } else if fmt == libc::S_IFCHR && (maj, min) == (5, 2) || t.starts_with("/dev/pts/ptmx")

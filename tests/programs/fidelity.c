@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/inotify.h>
 #include <sys/fanotify.h>
 #include <sys/eventfd.h>
@@ -2243,6 +2244,50 @@ static void unrestored_setup(void) {
     fclose(have);
 }
 
+/* devfds: a TUN interface's fd (TUNSETIFF) and /dev/kmsg open for
+ * reading, each refused by name where the machine has it (`have`): a
+ * sweep found the interface gone and the kernel log read again from its
+ * start after a restore, nothing said. */
+static void devfds_setup(void) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s/have", DIRPATH);
+    FILE *have = fopen(p, "w");
+    CHECK(have != NULL, "have");
+    int t = open("/dev/net/tun", O_RDWR);
+    struct {
+        char name[16];
+        short flags;
+        char pad[22];
+    } req = {.flags = 0x0001 | 0x1000 /* IFF_TUN | IFF_NO_PI */};
+    snprintf(req.name, sizeof req.name, "cryot%d", getpid() % 100000);
+    if (t >= 0 && ioctl(t, 0x400454ca /* TUNSETIFF */, &req) == 0) fputs("tun\n", have);
+    int k = open("/dev/kmsg", O_RDONLY | O_NONBLOCK);
+    char b[8192];
+    if (k >= 0 && read(k, b, sizeof b) > 0) fputs("kmsg\n", have);
+    fclose(have);
+}
+
+/* tmpfile: an O_TMPFILE file made without O_EXCL, not linked yet, can
+ * still be given a name after the restore (linkat through /proc/self/fd)
+ * and holds its bytes (a sweep: made again as a removed file, linkat
+ * answered ENOENT). */
+static int tf_fd;
+static void tmpfile_setup(void) {
+    tf_fd = open(DIRPATH, O_TMPFILE | O_RDWR, 0600);
+    CHECK(tf_fd >= 0 && write(tf_fd, "tmpdata", 7) == 7, "O_TMPFILE: %s", strerror(errno));
+}
+static void tmpfile_check(void) {
+    char p[64], to[4096], b[16] = {0};
+    snprintf(p, sizeof p, "/proc/self/fd/%d", tf_fd);
+    snprintf(to, sizeof to, "%s/linked.%d", DIRPATH, getpid());
+    unlink(to);
+    CHECK(linkat(AT_FDCWD, p, AT_FDCWD, to, AT_SYMLINK_FOLLOW) == 0, "linkat: %s", strerror(errno));
+    int fd = open(to, O_RDONLY);
+    CHECK(fd >= 0 && read(fd, b, sizeof b) == 7 && memcmp(b, "tmpdata", 7) == 0, "its bytes: %s", b);
+    close(fd);
+    unlink(to);
+}
+
 /* login-keyring: a session keyring of its own that holds only the link
  * to its user's keyring, as pam_keyinit makes for every `su -`, `login`
  * and `runuser -l`: nothing a restore loses (the user keyring comes back
@@ -3236,6 +3281,8 @@ static const struct fcase cases[] = {
     {"unrestored", unrestored_setup, refuse_check, NULL},
     {"landlock", landlock_setup, refuse_check, NULL},
     {"login-keyring", login_keyring_setup, login_keyring_check, NULL},
+    {"tmpfile", tmpfile_setup, tmpfile_check, NULL},
+    {"devfds", devfds_setup, refuse_check, NULL},
     {"longopts", longopts_setup, refuse_check, NULL},
     {"seccomp", seccomp_setup, seccomp_check, seccomp_settle},
     {"seccomp-refused", seccomp_refused_setup, refuse_check, NULL},
