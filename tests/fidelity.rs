@@ -809,14 +809,6 @@ fn tun_and_kmsg_readers_are_refused_by_name() {
     });
 }
 
-/// An O_TMPFILE file not linked yet can still be given a name after a
-/// restore, and holds its bytes (a sweep found it made again as a removed
-/// file, which linkat refuses).
-#[test]
-fn an_o_tmpfile_file_can_still_be_linked() {
-    case("tmpfile");
-}
-
 /// A login's session keyring (pam_keyinit's: only the link to the user's
 /// keyring) is captured and restored, not refused (a review: every
 /// process started by `su -` was).

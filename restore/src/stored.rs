@@ -281,14 +281,6 @@ pub(crate) fn make(
             v.push(c);
         }
         fd
-    } else if let Some(dir) = made_as_tmpfile(img, idx, &shown) {
-        // An O_TMPFILE file: made so again, so that it may still be given
-        // a name (linkat through /proc/self/fd), as it could be unless it
-        // was made with O_EXCL, which its flags do not keep (a sweep,
-        // stop 46: made as a removed file, linkat said ENOENT after the
-        // restore). One made with O_EXCL becomes linkable too.
-        sys::tmpfile_in(&cpath(&dir), 0o600)
-            .map_err(|e| err(Why::sys(format!("O_TMPFILE in {}", dir.display()), e)))?
     } else {
         let at = free_name(&shown);
         let c = cpath(&at);
@@ -450,20 +442,4 @@ pub fn enter_removed_dir(plan: &Plan, path: &str) -> Result<(), RestoreError> {
     let _ = sys::rmdir(&c);
     remove_parents(&parents);
     r
-}
-
-/// The directory of file `idx` (shown as `shown`, "DIR/#INO (deleted)")
-/// if an fd of the image opened it with O_TMPFILE (its flags keep
-/// __O_TMPFILE) and the directory is there.
-fn made_as_tmpfile(img: &Image, idx: u32, shown: &str) -> Option<std::path::PathBuf> {
-    let tmpfile = (libc::O_TMPFILE & !libc::O_DIRECTORY) as u32;
-    if !img
-        .fds()
-        .iter()
-        .any(|d| d.file == idx && d.flags & tmpfile != 0)
-    {
-        return None;
-    }
-    let dir = Path::new(shown.trim_end_matches(" (deleted)")).parent()?;
-    dir.is_dir().then(|| dir.to_path_buf())
 }

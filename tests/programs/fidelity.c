@@ -2267,27 +2267,6 @@ static void devfds_setup(void) {
     fclose(have);
 }
 
-/* tmpfile: an O_TMPFILE file made without O_EXCL, not linked yet, can
- * still be given a name after the restore (linkat through /proc/self/fd)
- * and holds its bytes (a sweep: made again as a removed file, linkat
- * answered ENOENT). */
-static int tf_fd;
-static void tmpfile_setup(void) {
-    tf_fd = open(DIRPATH, O_TMPFILE | O_RDWR, 0600);
-    CHECK(tf_fd >= 0 && write(tf_fd, "tmpdata", 7) == 7, "O_TMPFILE: %s", strerror(errno));
-}
-static void tmpfile_check(void) {
-    char p[64], to[4096], b[16] = {0};
-    snprintf(p, sizeof p, "/proc/self/fd/%d", tf_fd);
-    snprintf(to, sizeof to, "%s/linked.%d", DIRPATH, getpid());
-    unlink(to);
-    CHECK(linkat(AT_FDCWD, p, AT_FDCWD, to, AT_SYMLINK_FOLLOW) == 0, "linkat: %s", strerror(errno));
-    int fd = open(to, O_RDONLY);
-    CHECK(fd >= 0 && read(fd, b, sizeof b) == 7 && memcmp(b, "tmpdata", 7) == 0, "its bytes: %s", b);
-    close(fd);
-    unlink(to);
-}
-
 /* login-keyring: a session keyring of its own that holds only the link
  * to its user's keyring, as pam_keyinit makes for every `su -`, `login`
  * and `runuser -l`: nothing a restore loses (the user keyring comes back
@@ -3281,7 +3260,6 @@ static const struct fcase cases[] = {
     {"unrestored", unrestored_setup, refuse_check, NULL},
     {"landlock", landlock_setup, refuse_check, NULL},
     {"login-keyring", login_keyring_setup, login_keyring_check, NULL},
-    {"tmpfile", tmpfile_setup, tmpfile_check, NULL},
     {"devfds", devfds_setup, refuse_check, NULL},
     {"longopts", longopts_setup, refuse_check, NULL},
     {"seccomp", seccomp_setup, seccomp_check, seccomp_settle},

@@ -146,16 +146,6 @@ pub fn create_new(path: &CStr, mode: u32) -> io::Result<OwnedFd> {
     )?)
 }
 
-/// A new unnamed file in directory `dir`, read-write, that may be given
-/// a name later with linkat: open(O_TMPFILE) without O_EXCL.
-pub fn tmpfile_in(dir: &CStr, mode: u32) -> io::Result<OwnedFd> {
-    Ok(nix::fcntl::open(
-        dir,
-        OFlag::O_RDWR | OFlag::O_TMPFILE | OFlag::O_CLOEXEC,
-        Mode::from_bits_retain(mode),
-    )?)
-}
-
 /// memfd_create(name, flags).
 pub fn memfd_create(name: &CStr, flags: u32) -> io::Result<OwnedFd> {
     Ok(nix::sys::memfd::memfd_create(
