@@ -563,7 +563,7 @@ fn multicast_source_filters_are_refused_by_name() {
 #[test]
 fn long_socket_options_are_refused_by_name() {
     refused_by_name("longopts", |dir| {
-        let have = std::fs::read_to_string(dir.join("have")).unwrap();
+        let have = have(dir);
         let mut want = vec![
             "has IPv4 header options (IP_OPTIONS)",
             "has an IPv6 extension header of its own (IPV6_HOPOPTS)",
@@ -621,7 +621,7 @@ fn threads_keep_their_own_io_priorities() {
 #[test]
 fn task_state_cryo_does_not_restore_is_refused_by_name() {
     refused_by_name("unrestored", |dir| {
-        let have = std::fs::read_to_string(dir.join("have")).unwrap();
+        let have = have(dir);
         let mut want = Vec::new();
         for (what, says) in [
             (
@@ -667,7 +667,7 @@ fn a_landlock_domain_is_refused_by_name() {
         return;
     }
     refused_by_name("landlock", |dir| {
-        let have = std::fs::read_to_string(dir.join("have")).unwrap();
+        let have = have(dir);
         assert_eq!(have.trim(), "landlock", "the case agrees");
         vec![
             "2 obstacles",
@@ -760,9 +760,10 @@ fn landlock_abi() -> i64 {
 /// In a pre_exec closure: this process in a Landlock domain of its own
 /// (handling FIFOs' making only), no_new_privs set for it.
 fn landlock_restrict() -> std::io::Result<()> {
-    let attr: [u64; 3] = [1 << 9, 0, 0]; // LANDLOCK_ACCESS_FS_MAKE_FIFO
-                                         // SAFETY: `attr` lives for the call, which reads 8 bytes of it; the
-                                         // rest are integers.
+    // (LANDLOCK_ACCESS_FS_MAKE_FIFO.)
+    let attr: [u64; 3] = [1 << 9, 0, 0];
+    // SAFETY: `attr` lives for the call, which reads 8 bytes of it; the
+    // rest are integers.
     unsafe {
         let fd = libc::syscall(
             libc::SYS_landlock_create_ruleset,
@@ -796,7 +797,7 @@ fn sanitize_child_fds() {
 #[test]
 fn tun_and_kmsg_readers_are_refused_by_name() {
     refused_by_name("devfds", |dir| {
-        let have = std::fs::read_to_string(dir.join("have")).unwrap();
+        let have = have(dir);
         let mut want = Vec::new();
         if have.lines().any(|l| l == "tun") {
             want.push("is attached to the TUN/TAP interface cryot");
@@ -815,6 +816,12 @@ fn tun_and_kmsg_readers_are_refused_by_name() {
 #[test]
 fn a_login_session_keyring_is_not_an_obstacle() {
     case("login-keyring");
+}
+
+/// What a case says this machine let it set up (its directory's `have`,
+/// a line each).
+fn have(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("have")).unwrap()
 }
 
 /// Case `name`, set up and stopped, then captured: refused, naming each

@@ -91,6 +91,21 @@ impl<'a> Remote<'a> {
 
     /// [`Remote::syscall`] with a sixth argument (r9: mmap's offset).
     pub fn syscall6(&mut self, nr: i64, args: [u64; 6]) -> Result<i64, InjectError> {
+        self.load(nr, args)?;
+        self.t.syscall_step()?;
+        Ok(self.t.regs()?.rax as i64)
+    }
+
+    /// Load the registers for system call `nr` and resume to it (the first
+    /// half of one call of [`syscall_all`]).
+    fn begin(&mut self, nr: i64, args: [u64; 6]) -> Result<(), InjectError> {
+        self.load(nr, args)?;
+        self.t.syscall_resume()?;
+        Ok(())
+    }
+
+    /// Load the registers for system call `nr` at the `syscall` gadget.
+    fn load(&mut self, nr: i64, args: [u64; 6]) -> Result<(), InjectError> {
         let mut r = self.saved;
         r.r9 = args[5];
         r.rax = nr as u64;
@@ -103,26 +118,6 @@ impl<'a> Remote<'a> {
         r.rip = self.gadget;
         // Keep rsp where it was: the scratch area is below the red zone.
         self.t.set_regs(&r)?;
-        self.t.syscall_step()?;
-        let out = self.t.regs()?;
-        Ok(out.rax as i64)
-    }
-
-    /// Load the registers for system call `nr` and resume to it (the first
-    /// half of [`Remote::syscall6`], for [`syscall_all`]).
-    fn begin(&mut self, nr: i64, args: [u64; 6]) -> Result<(), InjectError> {
-        let mut r = self.saved;
-        r.r9 = args[5];
-        r.rax = nr as u64;
-        r.orig_rax = u64::MAX;
-        r.rdi = args[0];
-        r.rsi = args[1];
-        r.rdx = args[2];
-        r.r10 = args[3];
-        r.r8 = args[4];
-        r.rip = self.gadget;
-        self.t.set_regs(&r)?;
-        self.t.syscall_resume()?;
         Ok(())
     }
 
@@ -130,11 +125,6 @@ impl<'a> Remote<'a> {
     pub fn write_scratch(&mut self, bytes: &[u8]) -> Result<(), InjectError> {
         self.t.write_mem(self.scratch, bytes)?;
         Ok(())
-    }
-
-    /// The first `len` bytes of the scratch buffer.
-    pub fn scratch_bytes(&self, len: usize) -> Result<Vec<u8>, InjectError> {
-        self.read_scratch(len)
     }
 
     fn call(&mut self, name: &'static str, nr: i64, args: [u64; 5]) -> Result<i64, InjectError> {
@@ -149,7 +139,8 @@ impl<'a> Remote<'a> {
         Ok(r)
     }
 
-    fn read_scratch(&self, len: usize) -> Result<Vec<u8>, InjectError> {
+    /// The first `len` bytes of the scratch buffer.
+    pub fn read_scratch(&self, len: usize) -> Result<Vec<u8>, InjectError> {
         let mut b = vec![0u8; len];
         self.t.read_mem(self.scratch, &mut b)?;
         Ok(b)

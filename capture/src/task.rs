@@ -225,11 +225,7 @@ pub fn unrestored(rem: &mut Remote, obs: &mut Obstacles) -> Result<bool, InjectE
     // (none of its own) comes back with its user.
     // (Its id asks for "search" permission, which a keyring may lack:
     // then it is its own, and is listed all the same.)
-    const KEYCTL_GET_KEYRING_ID: u64 = 0;
-    let session = rem.syscall(
-        libc::SYS_keyctl,
-        [KEYCTL_GET_KEYRING_ID, -3i64 as u64, 0, 0, 0],
-    )?;
+    let session = keyring_id(rem, -3)?;
     let shared =
         session >= 0 && [keyring(rem, -5)?, crate::sys::own_keyring(-3)].contains(&Some(session));
     if !shared {
@@ -276,7 +272,7 @@ fn session_keys(rem: &mut Remote) -> Result<Result<usize, i64>, InjectError> {
     if len == 0 {
         return Ok(Ok(0));
     }
-    let list = rem.scratch_bytes(len.min(ROOM as i64) as usize)?;
+    let list = rem.read_scratch(len.min(ROOM as i64) as usize)?;
     let ids: Vec<i64> = list
         .chunks_exact(4)
         .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]) as i64)
@@ -291,7 +287,7 @@ fn session_keys(rem: &mut Remote) -> Result<Result<usize, i64>, InjectError> {
         // "type;uid;gid;perm;description"
         let n = rem.syscall(libc::SYS_keyctl, [KEYCTL_DESCRIBE, id as u64, s, ROOM, 0])?;
         if n > 0 {
-            let d = rem.scratch_bytes(n.min(ROOM as i64) as usize)?;
+            let d = rem.read_scratch(n.min(ROOM as i64) as usize)?;
             let d = String::from_utf8_lossy(&d);
             let d = d.trim_end_matches('\0');
             if d.starts_with("user;") && d.ends_with(";invocation_id") {
@@ -311,11 +307,9 @@ pub fn thread_unrestored(
     obs: &mut Obstacles,
 ) -> Result<(), InjectError> {
     let (nr, a) = CPUID_CALL;
-    let r = rem.syscall(nr, [a[0], a[1], a[2], a[3], a[4]])?;
-    cpuid_obstacle(r, who, obs);
+    cpuid_obstacle(rem.syscall6(nr, a)?, who, obs);
     let (nr, a) = THREAD_KEYRING_CALL;
-    let r = rem.syscall(nr, [a[0], a[1], a[2], a[3], a[4]])?;
-    keyring_obstacle(r, who, obs);
+    keyring_obstacle(rem.syscall6(nr, a)?, who, obs);
     Ok(())
 }
 
@@ -349,12 +343,18 @@ pub fn keyring_obstacle(r: i64, who: &str, obs: &mut Obstacles) {
 /// The id of the keyring `spec` (-1 the thread's, -2 the process's) of
 /// the thread `rem` runs in, if it has one (create = 0: asks, makes none).
 fn keyring(rem: &mut Remote, spec: i64) -> Result<Option<i64>, InjectError> {
+    let id = keyring_id(rem, spec)?;
+    Ok((id >= 0).then_some(id))
+}
+
+/// [`keyring`]'s answer as the kernel gives it (a negative errno where
+/// there is none, or it may not be searched).
+fn keyring_id(rem: &mut Remote, spec: i64) -> Result<i64, InjectError> {
     const KEYCTL_GET_KEYRING_ID: u64 = 0;
-    let id = rem.syscall(
+    rem.syscall(
         libc::SYS_keyctl,
         [KEYCTL_GET_KEYRING_ID, spec as u64, 0, 0, 0],
-    )?;
-    Ok((id >= 0).then_some(id))
+    )
 }
 
 /// Whether a thread is in a Landlock domain (landlock_restrict_self),
@@ -411,10 +411,14 @@ impl Landlock {
     /// its probes are in it too, so a process in that same domain cannot
     /// be told from one in none (one in a domain of its own still can).
     pub fn in_own_domain(&mut self) -> bool {
+        const CAP_SYS_PTRACE: u32 = 19;
         self.runs()
-            && *self
-                .own_domain
-                .get_or_insert_with(crate::sys::own_landlock_domain)
+            && *self.own_domain.get_or_insert_with(|| {
+                // (Without CAP_SYS_PTRACE the look may be denied for other
+                // reasons: not known.)
+                let eff = StatusText::read(std::process::id() as i32).hex("CapEff");
+                eff & (1 << CAP_SYS_PTRACE) != 0 && crate::sys::own_landlock_domain()
+            })
     }
 
     /// Asks the thread `rem` runs in, of process `pid` (of real uid and
@@ -429,8 +433,7 @@ impl Landlock {
         obs: &mut Obstacles,
     ) -> Result<(), InjectError> {
         if let Some((nr, a)) = self.call(pid, rem.pid(), ids, who, obs) {
-            let r = rem.syscall(nr, [a[0], a[1], a[2], a[3], a[4]])?;
-            Landlock::judge(r, who, obs);
+            Landlock::judge(rem.syscall6(nr, a)?, who, obs);
         }
         Ok(())
     }

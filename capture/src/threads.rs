@@ -282,7 +282,7 @@ fn asked_in_threads(
                 errno: -r,
             });
         }
-        let w = rem.scratch_bytes(24)?;
+        let w = rem.read_scratch(24)?;
         let word = |i: usize| u64::from_le_bytes(w[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
         th.sigaltstack_sp = word(0);
         th.sigaltstack_flags = word(1) as u32;
@@ -295,7 +295,7 @@ fn asked_in_threads(
     let got = syscall_all(rems, into_scratch(libc::SYS_prctl, PR_GET_TID_ADDRESS, 1))?;
     for ((rem, th), r) in rems.iter().zip(ths.iter_mut()).zip(got) {
         th.clear_child_tid = if rem.answered(r.unwrap_or(0))? {
-            let w = rem.scratch_bytes(8)?;
+            let w = rem.read_scratch(8)?;
             u64::from_le_bytes(w[..8].try_into().unwrap_or([0; 8]))
         } else {
             0
@@ -322,7 +322,7 @@ fn asked_in_threads(
     )?;
     for ((rem, who), r) in rems.iter().zip(whos).zip(got) {
         if rem.answered(r.unwrap_or(0))? {
-            let w = rem.scratch_bytes(4)?;
+            let w = rem.read_scratch(4)?;
             let sig = i32::from_le_bytes(w[..4].try_into().unwrap_or([0; 4]));
             if sig > 0 {
                 obs.push(format!(

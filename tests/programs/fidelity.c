@@ -2196,6 +2196,16 @@ static void thread_ioprio_check(void) {
           "ioprio main %#x, threads %#x %#x", tio_ioprio(me), tio_ioprio(tio_tid[0]), tio_ioprio(tio_tid[1]));
 }
 
+/* The case's directory's `have`, where a case says what this machine let
+ * it set up (each a line), for the test to expect. */
+static FILE *have_file(void) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s/have", DIRPATH);
+    FILE *have = fopen(p, "w");
+    CHECK(have != NULL, "have");
+    return have;
+}
+
 /* unrestored: task state cryo does not restore yet, each refused by name
  * where this machine has it (listed in the directory's `have`): syscall
  * user dispatch, CPUID faulting, a process and a thread keyring. */
@@ -2218,10 +2228,7 @@ static void *unrestored_thread(void *arg) {
     return NULL;
 }
 static void unrestored_setup(void) {
-    char p[4096];
-    snprintf(p, sizeof p, "%s/have", DIRPATH);
-    FILE *have = fopen(p, "w");
-    CHECK(have != NULL, "have");
+    FILE *have = have_file();
     if (prctl(59 /* PR_SET_SYSCALL_USER_DISPATCH */, 1 /* ON */, 0UL, 0UL, &sud_selector) == 0) fputs("sud\n", have);
     if (syscall(SYS_arch_prctl, 0x1012 /* ARCH_SET_CPUID */, 0) == 0) fputs("cpuid\n", have);
     if (syscall(SYS_add_key, "user", "cryo-test-p", "x", 1, -2 /* process keyring */) >= 0) fputs("process-keyring\n", have);
@@ -2249,10 +2256,7 @@ static void unrestored_setup(void) {
  * sweep found the interface gone and the kernel log read again from its
  * start after a restore, nothing said. */
 static void devfds_setup(void) {
-    char p[4096];
-    snprintf(p, sizeof p, "%s/have", DIRPATH);
-    FILE *have = fopen(p, "w");
-    CHECK(have != NULL, "have");
+    FILE *have = have_file();
     int t = open("/dev/net/tun", O_RDWR);
     struct {
         char name[16];
@@ -2303,10 +2307,7 @@ static void *ll_thread(void *own) {
     return NULL;
 }
 static void landlock_setup(void) {
-    char p[4096];
-    snprintf(p, sizeof p, "%s/have", DIRPATH);
-    FILE *have = fopen(p, "w");
-    CHECK(have != NULL, "have");
+    FILE *have = have_file();
     long abi = syscall(444, NULL, 0, 1 /* LANDLOCK_CREATE_RULESET_VERSION */);
     fputs(abi >= 1 ? "landlock\n" : "none\n", have);
     fclose(have);
@@ -2326,10 +2327,7 @@ static void landlock_setup(void) {
  * header, a listener's TCP MD5 signature key. Refused by name (the directory's `have` says which were set);
  * a sweep found them not read. */
 static void longopts_setup(void) {
-    char p[4096];
-    snprintf(p, sizeof p, "%s/have", DIRPATH);
-    FILE *have = fopen(p, "w");
-    CHECK(have != NULL, "have");
+    FILE *have = have_file();
     int l = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t al = sizeof a;

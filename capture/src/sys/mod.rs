@@ -158,20 +158,11 @@ impl Idle {
 /// Whether cryo itself is in a Landlock domain, as far as it can tell: a
 /// thread in a domain may not look at a kernel thread, which is in none
 /// (kthreadd, PID 2, seen from the first PID namespace). With
-/// CAP_SYS_PTRACE nothing else can deny that look. (Not PID 1: on the
-/// machine this was built on, PID 1 is shielded by another LSM.)
-/// Without CAP_SYS_PTRACE, or without a kernel thread in sight, not known
-/// (false).
+/// CAP_SYS_PTRACE (the caller's to check) nothing else can deny that
+/// look. (Not PID 1: on the machine this was built on, PID 1 is shielded
+/// by another LSM.) Without a kernel thread in sight, not known (false).
 pub fn own_landlock_domain() -> bool {
-    const CAP_SYS_PTRACE: u32 = 19;
     const PF_KTHREAD: u64 = 0x0020_0000;
-    let eff = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let l = s.lines().find(|l| l.starts_with("CapEff:"))?;
-            u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok()
-        })
-        .unwrap_or(0);
     // /proc/2/stat: "2 (kthreadd) S ppid ... flags" (flags the 9th field).
     let kthread = std::fs::read_to_string("/proc/2/stat")
         .ok()
@@ -182,7 +173,7 @@ pub fn own_landlock_domain() -> bool {
                     .and_then(|rest| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
                     .is_some_and(|f| f & PF_KTHREAD != 0)
         });
-    if eff & (1 << CAP_SYS_PTRACE) == 0 || !kthread {
+    if !kthread {
         return false;
     }
     const KCMP_FILES: libc::c_long = 2;
