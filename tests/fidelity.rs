@@ -493,6 +493,15 @@ fn eventfd_timerfd_signalfd_epoll() {
     case("anonfds");
 }
 
+/// epoll items an EPOLLONESHOT disabled stay disabled (a hang-up after the
+/// restore reports none of them; stop 46's restore armed them for
+/// EPOLLERR and EPOLLHUP), in every mode and packed.
+#[test]
+fn epoll_items_disabled_by_oneshot_stay_disabled() {
+    let img = case("epoll-oneshot");
+    packed_passes(&img, "epoll-oneshot");
+}
+
 /// Sockets: TCP listeners (options, v6-only), unbound and bound TCP, UDP
 /// bound and connected, unix listeners (path, abstract), unix datagram
 /// sockets bound and connected by path, socket pairs (stream with bytes

@@ -680,6 +680,32 @@ record! {
     }
 }
 
+impl EpollItem {
+    /// An EPOLLONESHOT item that fired and was reported: the kernel keeps
+    /// only its flags then (`EP_PRIVATE_BITS`: EPOLLONESHOT, EPOLLET,
+    /// EPOLLWAKEUP, EPOLLEXCLUSIVE) until the program re-arms it with
+    /// EPOLL_CTL_MOD. An item added anew has EPOLLERR and EPOLLHUP at
+    /// least (the kernel adds them), so these events come only from a
+    /// firing: a restore adds it with every event ([`epoll::ANY`]) and
+    /// takes its report, so that it is disabled again.
+    pub fn disabled(&self) -> bool {
+        self.events & epoll::ONESHOT != 0 && self.events & !epoll::PRIVATE == 0
+    }
+}
+
+/// epoll's event bits (`<sys/epoll.h>`) a restore uses.
+pub mod epoll {
+    pub const ONESHOT: u32 = 1 << 30;
+    /// The flags of an item, not events: EPOLLEXCLUSIVE, EPOLLWAKEUP,
+    /// EPOLLONESHOT, EPOLLET.
+    pub const PRIVATE: u32 = (1 << 28) | (1 << 29) | (1 << 30) | (1 << 31);
+    /// Every event a file's poll can report: EPOLLIN, EPOLLPRI, EPOLLOUT,
+    /// EPOLLERR, EPOLLHUP, EPOLLRDNORM, EPOLLRDBAND, EPOLLWRNORM,
+    /// EPOLLWRBAND, EPOLLMSG, EPOLLRDHUP.
+    pub const ANY: u32 =
+        0x001 | 0x002 | 0x004 | 0x008 | 0x010 | 0x040 | 0x080 | 0x100 | 0x200 | 0x400 | 0x2000;
+}
+
 /// `EpollItem::via` (format 11.2): no fd of this process has the item's
 /// file; another process of the tree that holds the same epoll set does,
 /// and makes it (this process takes that one). A restore of this process

@@ -5,6 +5,7 @@
 
 use crate::fds::{fd_err, set_status_flags, FdPlan, Plan, Source};
 use crate::{sys, RestoreError, Why};
+use cryo_image::fds::epoll;
 use cryo_image::{fd_kind, Image};
 use std::os::fd::{AsFd, IntoRawFd, RawFd};
 
@@ -80,8 +81,18 @@ pub(crate) fn make(
 
 /// What every epoll instance watched, added once all fds are at their
 /// numbers (items name fds by number).
+///
+/// Items an EPOLLONESHOT disabled come first, while their set holds no
+/// other item that could be reported: each is added with every event,
+/// and, if its file is ready for any, its report is taken, which disables
+/// it again as it was (added with its own events only it would be armed
+/// for EPOLLERR and EPOLLHUP, which the kernel adds to every item: a
+/// sweep of stop 46 saw 40000000 become 40000018 in fdinfo). One whose
+/// file is ready for nothing cannot fire: it is left so armed.
 pub(crate) fn fill_epolls(img: &Image, plan: &Plan) -> Result<(), RestoreError> {
-    for e in img.epoll_items().iter() {
+    let items: Vec<_> = img.epoll_items().iter().collect();
+    let disabled = items.iter().filter(|e| e.disabled());
+    for e in disabled.chain(items.iter().filter(|e| !e.disabled())) {
         let Some(p) = plan
             .fds
             .iter()
@@ -100,7 +111,16 @@ pub(crate) fn fill_epolls(img: &Image, plan: &Plan) -> Result<(), RestoreError> 
                 ),
             ));
         }
-        let add = || sys::epoll_add(p.fd, e.tfd, e.events, e.data);
+        let add = || {
+            if !e.disabled() {
+                return sys::epoll_add(p.fd, e.tfd, e.events, e.data);
+            }
+            sys::epoll_add(p.fd, e.tfd, e.events | epoll::ANY, e.data)?;
+            if sys::epoll_take_one(p.fd)?.is_none() {
+                sys::epoll_mod(p.fd, e.tfd, e.events, e.data)?;
+            }
+            Ok(())
+        };
         let r = if e.via == 0 {
             add()
         } else if e.tfd == p.fd {

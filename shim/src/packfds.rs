@@ -25,7 +25,7 @@
 
 use crate::sys::*;
 use crate::{check, die, Args};
-use cryo_image::fds::pipe_flags;
+use cryo_image::fds::{epoll, pipe_flags, EpollItem};
 use cryo_image::{fd_kind, Fd, Image};
 
 const SYS_EPOLL_CTL: usize = 233;
@@ -42,6 +42,8 @@ const O_NONBLOCK: usize = 0o4000;
 const O_DIRECT: usize = 0o40000;
 const EFD_SEMAPHORE: usize = 1;
 const EPOLL_CTL_ADD: usize = 1;
+const EPOLL_CTL_MOD: usize = 3;
+const SYS_EPOLL_WAIT: usize = 232;
 /// _IOW('T', 0, u64)
 const TFD_IOC_SET_TICKS: usize = 0x4008_5400;
 const O_ACCMODE: u32 = 3;
@@ -115,28 +117,46 @@ pub fn make(img: &Image, a: &Args) -> Args {
             }
         }
     }
-    // What each epoll set watched, now that every fd is at its number.
-    for e in img.epoll_items().iter() {
-        let Some(ep) = fds.get(e.desc as usize) else {
-            die(format_args!("an epoll item of no epoll set"));
-        };
-        let mut ev = [0u8; 12];
-        ev[..4].copy_from_slice(&e.events.to_le_bytes());
-        ev[4..].copy_from_slice(&e.data.to_le_bytes());
-        check(
-            syscall6(
-                SYS_EPOLL_CTL,
-                ep.fd as usize,
-                EPOLL_CTL_ADD,
-                e.tfd as usize,
-                ev.as_ptr() as usize,
-                0,
-                0,
-            ),
-            format_args!("epoll set at fd {}: watching fd {} again", ep.fd, e.tfd),
-        );
+    // What each epoll set watched, now that every fd is at its number:
+    // the items an EPOLLONESHOT disabled first, each disabled again by
+    // a report taken (`cryo_restore`'s `fill_epolls` says why).
+    for pass in [true, false] {
+        for e in img.epoll_items().iter().filter(|e| e.disabled() == pass) {
+            let Some(ep) = fds.get(e.desc as usize) else {
+                die(format_args!("an epoll item of no epoll set"));
+            };
+            let (epfd, events) = (ep.fd as usize, e.events);
+            if !pass {
+                epoll_ctl(epfd, EPOLL_CTL_ADD, &e, events);
+                continue;
+            }
+            epoll_ctl(epfd, EPOLL_CTL_ADD, &e, events | epoll::ANY);
+            let mut out = [0u8; 12];
+            if syscall6(SYS_EPOLL_WAIT, epfd, out.as_mut_ptr() as usize, 1, 0, 0, 0) != 1 {
+                epoll_ctl(epfd, EPOLL_CTL_MOD, &e, events);
+            }
+        }
     }
     moved
+}
+
+/// epoll_ctl(epfd, op, item's fd, {events, item's data}); dies on failure.
+fn epoll_ctl(epfd: usize, op: usize, e: &EpollItem, events: u32) {
+    let mut ev = [0u8; 12];
+    ev[..4].copy_from_slice(&events.to_le_bytes());
+    ev[4..].copy_from_slice(&e.data.to_le_bytes());
+    check(
+        syscall6(
+            SYS_EPOLL_CTL,
+            epfd,
+            op,
+            e.tfd as usize,
+            ev.as_ptr() as usize,
+            0,
+            0,
+        ),
+        format_args!("epoll set at fd {epfd}: watching fd {} again", e.tfd),
+    );
 }
 
 /// `fd` moved to a number at or above `hi` (closed where it was).

@@ -1707,6 +1707,47 @@ static void anonfds_check(void) {
     CHECK(read(a_sfd, &si, sizeof si) == sizeof si && si.ssi_signo == SIGWINCH, "signalfd");
 }
 
+/* epoll items an EPOLLONESHOT disabled (they fired and were reported):
+ * one on a pipe holding a byte, one on a pipe whose write end is closed
+ * (hung up), one edge-triggered, beside a level-triggered item still
+ * ready. Added again with their own events only, the disabled ones came
+ * back armed for EPOLLERR and EPOLLHUP (fdinfo 40000000 became 40000018,
+ * a sweep of stop 46), and a hang-up after the restore reported them. */
+static int eo_ep, eo_a[2], eo_b[2], eo_c[2], eo_d[2];
+static void epoll_oneshot_setup(void) {
+    CHECK(pipe(eo_a) == 0 && pipe(eo_b) == 0 && pipe(eo_c) == 0 && pipe(eo_d) == 0, "pipes");
+    eo_ep = epoll_create1(0);
+    struct epoll_event e = {.events = EPOLLIN | EPOLLONESHOT, .data = {.u64 = 1}};
+    CHECK(epoll_ctl(eo_ep, EPOLL_CTL_ADD, eo_a[0], &e) == 0, "add a");
+    e.data.u64 = 2;
+    CHECK(epoll_ctl(eo_ep, EPOLL_CTL_ADD, eo_b[0], &e) == 0, "add b");
+    e.events = EPOLLIN | EPOLLONESHOT | EPOLLET;
+    e.data.u64 = 3;
+    CHECK(epoll_ctl(eo_ep, EPOLL_CTL_ADD, eo_c[0], &e) == 0, "add c");
+    e.events = EPOLLIN;
+    e.data.u64 = 4;
+    CHECK(epoll_ctl(eo_ep, EPOLL_CTL_ADD, eo_d[0], &e) == 0, "add d");
+    CHECK(write(eo_a[1], "a", 1) == 1 && write(eo_c[1], "c", 1) == 1 && write(eo_d[1], "d", 1) == 1, "writes");
+    close(eo_b[1]);
+    struct epoll_event o[8];
+    CHECK(epoll_wait(eo_ep, o, 8, 0) == 4, "all four fire");
+}
+static void epoll_oneshot_check(void) {
+    struct epoll_event o[8];
+    int n = epoll_wait(eo_ep, o, 8, 0);
+    CHECK(n == 1 && o[0].data.u64 == 4, "only the level-triggered item is ready (%d)", n);
+    close(eo_a[1]);
+    close(eo_c[1]);
+    n = epoll_wait(eo_ep, o, 8, 0);
+    CHECK(n == 1 && o[0].data.u64 == 4, "a hang-up reports no disabled item (%d: %llu)", n,
+          n > 0 ? (unsigned long long)o[0].data.u64 : 0ULL);
+    /* Re-armed, each reports again. */
+    struct epoll_event e = {.events = EPOLLIN | EPOLLONESHOT, .data = {.u64 = 1}};
+    CHECK(epoll_ctl(eo_ep, EPOLL_CTL_MOD, eo_a[0], &e) == 0, "re-arm a");
+    n = epoll_wait(eo_ep, o, 8, 0);
+    CHECK(n == 2, "the re-armed item reports (%d)", n);
+}
+
 /* Threads: one blocked on a condition variable (futex), one in
  * nanosleep, one in read() on an internal pipe, one spinning, one in a
  * timed wait (a restart block: -EINTR after restore, which glibc
@@ -3245,6 +3286,7 @@ static const struct fcase cases[] = {
     {"inotify", inotify_setup, inotify_check, NULL},
     {"sigtrap", sigtrap_setup, sigtrap_check, NULL},
     {"anonfds", anonfds_setup, anonfds_check, NULL},
+    {"epoll-oneshot", epoll_oneshot_setup, epoll_oneshot_check, NULL},
     {"threads", threads_setup, threads_check, threads_settle},
     {"fanotify", fanotify_setup, fanotify_check, NULL},
     {"sockets", sockets_setup, sockets_check, NULL},

@@ -78,6 +78,23 @@ pub fn epoll_add(epfd: RawFd, tfd: RawFd, events: u32, data: u64) -> io::Result<
     Ok(())
 }
 
+/// EPOLL_CTL_MOD: the item of `tfd` in `epfd` now watches `events`.
+pub fn epoll_mod(epfd: RawFd, tfd: RawFd, events: u32, data: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: epoll_ctl reads one epoll_event, which `ev` is.
+    cvt(unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, tfd, &mut ev) })?;
+    Ok(())
+}
+
+/// epoll_wait(epfd, one event, no wait): the data of the item reported,
+/// if one was ready.
+pub fn epoll_take_one(epfd: RawFd) -> io::Result<Option<u64>> {
+    let mut ev = libc::epoll_event { events: 0, u64: 0 };
+    // SAFETY: epoll_wait writes at most one epoll_event, into `ev`.
+    let n = cvt(unsafe { libc::epoll_wait(epfd, &mut ev, 1, 0) })?;
+    Ok((n == 1).then_some(ev.u64))
+}
+
 /// inotify_init1(flags).
 pub fn inotify_init(flags: i32) -> io::Result<OwnedFd> {
     // SAFETY: inotify_init1 takes flags and returns a new fd.
