@@ -5275,3 +5275,86 @@ fn timeout_leads_its_own_group_again_and_spares_the_script_that_restored_it() {
         wait_gone(&pids[1..]);
     }
 }
+
+/// Whether `pid` blocks `sig` (/proc/PID/status `SigBlk`).
+fn blocks(pid: i32, sig: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("SigBlk:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|m| m & (1 << (sig - 1)) != 0)
+}
+
+/// A signal sent to `cryo restore` before its program runs is the
+/// program's: `cryo restore` becomes the restored root, and the invoker
+/// has its PID at once. A tree's restore waits for the killed original's
+/// PIDs to be reaped (here the child's is held as a zombie of this test
+/// until the signal is sent): until stop 47 a SIGUSR1 the program handles
+/// ended `cryo restore` by its default action there (exit 138, a sweep
+/// of stop 46). ^C in that wait ends the restore, with nothing made
+/// (exit 130).
+#[test]
+fn a_signal_sent_while_a_tree_restore_waits_is_the_programs() {
+    let script = r#"
+import os, signal, sys
+got = []
+signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
+c = os.fork()
+if c == 0:
+    while True:
+        signal.pause()
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+os.kill(c, signal.SIGKILL); os.waitpid(c, 0)
+print("PASS" if got == [signal.SIGUSR1] else f"FAIL {got}", flush=True)
+"#;
+    let tag = "tree-held-signal";
+    let dir = scratch(tag);
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn(cmd, tag);
+    t.wait_sleeping();
+    let img = dir.join("img");
+    capture_kill(t.pid, &img);
+    drop(t);
+    let pids = tree_pids(&img);
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    // The killed child is a zombie of this test (adopt_orphans) until
+    // wait_gone: each restore waits for its PID meanwhile.
+    let held = |c: &Child| {
+        let pid = c.id() as i32;
+        wait_for(
+            "cryo restore to hold its signals",
+            Duration::from_secs(10),
+            || blocks(pid, libc::SIGUSR1),
+        );
+        // (In its wait for the PID, which this test holds.)
+        std::thread::sleep(Duration::from_millis(100));
+        pid
+    };
+    let c = restore(&img, &[]);
+    // SAFETY: integers only.
+    unsafe { libc::kill(held(&c), libc::SIGINT) };
+    let (code, out, err) = finish(c, "");
+    assert_eq!(code, 130, "{out}{err}");
+    assert!(
+        err.contains("interrupted (SIGINT) before the restored program was made"),
+        "{err}"
+    );
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        state(pids[1]) == Some('Z'),
+        "the original's zombie is still ours"
+    );
+    let c = restore(&img, &[]);
+    // SAFETY: integers only.
+    unsafe { libc::kill(held(&c), libc::SIGUSR1) };
+    wait_gone(&pids[1..]);
+    let (code, out, err) = finish(c, "x\n");
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.lines().last(), Some("PASS"), "{out}{err}");
+    wait_gone(&pids[1..]);
+}

@@ -60,6 +60,11 @@ pub enum RestoreError {
         what: String,
         source: std::io::Error,
     },
+    /// A signal that ends a command (SIGINT, SIGTERM, SIGHUP, SIGQUIT)
+    /// came while the restore waited, before any process was made: the
+    /// restore stops there ([`crate::hold_signals`]).
+    #[error("interrupted ({}) before the restored program was made: nothing was restored", crate::signal_name(*.0))]
+    Interrupted(i32),
     /// Every obstacle found, at once (files changed, fds that cannot be
     /// had, timers), so that a user fixing one does not meet the next.
     #[error("{} obstacles: {}", .0.len(), joined(.0))]

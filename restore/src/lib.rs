@@ -350,6 +350,73 @@ fn lead_own_session() -> Result<(), RestoreError> {
     }
 }
 
+/// The signals a terminal or a supervisor ends a command with: while the
+/// signals are held ([`hold_signals`]), one of these that comes during a
+/// wait ends the restore before any process is made.
+const STOPPING: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// The signals [`hold_signals`] holds: those sent to a process from
+/// outside (a terminal, a shell, a supervisor, its peers), and SIGIO and
+/// SIGURG of the fds made for the program. Not those this process's own
+/// work may raise, which must not reach the program: SIGCHLD (its
+/// helpers end: a restored script(1) read one from its signalfd and
+/// waited for ever for a child that had not ended), SIGPIPE (ignored,
+/// but a blocked signal is queued even so), SIGTTIN, SIGTTOU, SIGXFSZ,
+/// SIGXCPU; not the faults; not glibc's own two (32, 33), nor a stop
+/// from the terminal (SIGTSTP stops `cryo restore`, as before).
+const HELD: [i32; 15] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGTERM,
+    libc::SIGSTKFLT,
+    libc::SIGCONT,
+    libc::SIGURG,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGWINCH,
+    libc::SIGIO,
+    libc::SIGPWR,
+];
+
+/// Hold the signals sent from outside ([`HELD`], and every real-time
+/// signal) from here on (`cryo restore`, first thing): the process that
+/// restores becomes the restored program, whose PID the invoker has at
+/// once (`$!`), and a signal sent to it meanwhile is the program's,
+/// delivered by the program's own dispositions and mask once it runs.
+/// Until now such a signal ended `cryo restore` by its default action: a
+/// tree's restore, which may wait for a killed original's PIDs to be
+/// reaped (up to 5 s), was ended by a SIGUSR1 that its program handles
+/// (exit 138, a sweep of stop 46). A signal that ends a command, during
+/// such a wait, ends the restore instead, with
+/// [`RestoreError::Interrupted`]. The last steps before the exec block
+/// every signal, as the shim does at its start, and its last
+/// `rt_sigreturn` installs the program's mask.
+pub fn hold_signals() -> Result<(), RestoreError> {
+    let mut set = HELD.to_vec();
+    set.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    sys::block_signals(&set).map_err(|e| e.into_sys("blocking signals"))
+}
+
+/// The first of [`STOPPING`] pending (held), if any.
+pub(crate) fn interrupted() -> Option<i32> {
+    STOPPING.into_iter().find(|&s| sys::signal_pending(s))
+}
+
+/// A signal's name, for messages.
+pub fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGQUIT => "SIGQUIT".into(),
+        n => format!("signal {n}"),
+    }
+}
+
 /// Load and check everything; change nothing (a tree's shared objects are
 /// made, in this process only).
 pub fn prepare(dir: &Path, mut opts: Options) -> Result<Plan, RestoreError> {
@@ -622,6 +689,11 @@ impl Plan {
     /// every process of it, see [`tree`]). Returns only on failure (the
     /// process may then be half set up: fds moved).
     pub fn exec(mut self) -> RestoreError {
+        // (Held since `hold_signals`: ^C while the checks ran ends the
+        // restore here, before anything is made.)
+        if let Some(sig) = interrupted() {
+            return RestoreError::Interrupted(sig);
+        }
         if let Some(f) = &self.eager_fill {
             if let Some(path) = &f.stats {
                 if let Err(e) = std::fs::write(

@@ -59,7 +59,9 @@ pub(crate) fn run_reporting(child: i32, report: Option<OwnedFd>) -> ! {
     }
     let mut set = FORWARDED.to_vec();
     set.push(libc::SIGCHLD);
-    if let Err(e) = sys::block_signals(&set) {
+    // Exactly these: `cryo restore` held every signal until now
+    // (`hold_signals`), and a job-control stop of its own must stop it.
+    if let Err(e) = sys::block_only(&set) {
         eprintln!("cryo restore: blocking signals: {e}");
     }
     let tty = (0..=2).find(|&fd| sys::isatty(fd));

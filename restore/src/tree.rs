@@ -488,6 +488,9 @@ pub(crate) fn pids_free(pids: &[u32]) -> Result<(), RestoreError> {
         if taken.is_empty() {
             return Ok(());
         }
+        if let Some(sig) = crate::interrupted() {
+            return Err(RestoreError::Interrupted(sig));
+        }
         // Zombies only (the killed original, reparented to init or a
         // subreaper that reaps it soon): wait a little. A live process
         // will not go away by waiting.

@@ -33,6 +33,12 @@ use std::path::PathBuf;
 /// echo) when this command is its foreground, and the foreground group a
 /// SIGWINCH when its size is not the captured one.
 ///
+/// A signal sent to this command while it restores is the program's: it
+/// is held and delivered once the program runs, by the program's own
+/// handlers and mask. Only ^C, SIGTERM, SIGHUP or SIGQUIT while it waits
+/// for a tree's captured PIDs to be freed ends it, with nothing restored
+/// (status 128 + the signal).
+///
 /// An image of a process tree comes back whole: this process becomes its
 /// root, and every other process is forked again with its captured PID
 /// (needs root), parent, session and process group; zombies come back as
@@ -250,8 +256,20 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             min_pages: args.lazy_min_mib.saturating_mul(1 << 20) / cryo_image::PAGE_SIZE,
         }),
     };
-    let plan = cryo_restore::prepare(&args.dir, opts)
-        .with_context(|| format!("cannot restore {}", args.dir.display()))?;
+    // Every signal held from here on: they are the restored program's
+    // (`hold_signals`); a dry run ends as any command does.
+    if !args.dry_run {
+        cryo_restore::hold_signals().context("cannot restore")?;
+    }
+    let plan = match cryo_restore::prepare(&args.dir, opts) {
+        Ok(p) => p,
+        Err(cryo_restore::RestoreError::Interrupted(sig)) => return Ok(interrupted(&args, sig)),
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(e).context(format!("cannot restore {}", args.dir.display()))
+            )
+        }
+    };
     if args.dry_run && args.json {
         let img = plan.image();
         let p = img.process();
@@ -381,6 +399,19 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
-    let e = plan.exec();
-    Err(anyhow::Error::new(e).context(format!("restoring {}", args.dir.display())))
+    match plan.exec() {
+        cryo_restore::RestoreError::Interrupted(sig) => Ok(interrupted(&args, sig)),
+        e => Err(anyhow::Error::new(e).context(format!("restoring {}", args.dir.display()))),
+    }
+}
+
+/// Ended by `sig` (^C, SIGTERM, SIGHUP, SIGQUIT) before anything was
+/// made: said, and the status a shell gives a command that signal ended.
+fn interrupted(args: &RestoreArgs, sig: i32) -> i32 {
+    eprintln!(
+        "cryo: cannot restore {}: {}",
+        args.dir.display(),
+        cryo_restore::RestoreError::Interrupted(sig)
+    );
+    128 + sig
 }

@@ -207,6 +207,14 @@ pub fn block_all_signals() -> io::Result<()> {
     Ok(())
 }
 
+/// Set the signal mask to exactly `sigs` blocked.
+pub fn block_only(sigs: &[i32]) -> io::Result<()> {
+    let set = sigset(sigs);
+    // SAFETY: a sigset_t we own; the old mask is not written (null).
+    cvt(unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) })?;
+    Ok(())
+}
+
 /// signal(sig, SIG_DFL).
 pub fn default_disposition(sig: i32) -> io::Result<()> {
     // SAFETY: SIG_DFL installs no handler, so no code of ours can run in a
