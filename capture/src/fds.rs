@@ -215,13 +215,13 @@ fn classify(f: &OpenFd) -> Result<u32, String> {
     let deleted = t.ends_with(" (deleted)");
     if deleted && !t.starts_with("/memfd:") {
         // Made again in its directory at restore: that must exist, but
-        // for a removed directory, device node or link, whose removed
-        // directories are made for the moment too.
+        // for a removed regular file, directory, device node or link,
+        // whose removed directories are made for the moment too.
         let path = std::path::Path::new(t.trim_end_matches(" (deleted)"));
         let parent = path.parent().unwrap_or(std::path::Path::new("/"));
         let chain = matches!(
             fmt,
-            libc::S_IFDIR | libc::S_IFCHR | libc::S_IFBLK | libc::S_IFLNK
+            libc::S_IFREG | libc::S_IFDIR | libc::S_IFCHR | libc::S_IFBLK | libc::S_IFLNK
         );
         if (!parent.is_dir() && !chain) || parent.starts_with("/proc") {
             return Err(format!(

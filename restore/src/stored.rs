@@ -104,12 +104,14 @@ pub(crate) fn plan_mapped(img: &Image, out: &mut Plan) -> Result<(), RestoreErro
         if f.flags & (file_flags::MEMFD | file_flags::HANDLE) == 0 {
             let path = img.str(f.path).unwrap_or("");
             let parent = Path::new(path).parent().unwrap_or(Path::new("/"));
-            let there = f.flags & file_flags::KEPT != 0 && Path::new(path).exists();
-            if !there && !parent.is_dir() {
+            // (An unlinked file's removed directories are made for the
+            // moment, `make`; a kept file made again stays at its path.)
+            let kept = f.flags & file_flags::KEPT != 0;
+            if kept && !Path::new(path).exists() && !parent.is_dir() {
                 return Err(RestoreError::Stored {
                     path: path.to_owned(),
                     why: Why::Said(format!(
-                        "cryo makes the unlinked file again in its directory, {}, which is gone",
+                        "cryo makes the file again at its path, and its directory {} is gone",
                         parent.display()
                     )),
                 });
@@ -282,12 +284,23 @@ pub(crate) fn make(
         }
         fd
     } else {
+        // Its directories, removed with it (`rm -rf` of a temporary
+        // directory whose file is still open), are made for the moment
+        // too, and removed again: its path reads as it did.
+        let made_dirs = make_parents(&shown).map_err(|(d, e)| {
+            err(Why::sys(
+                format!("making its removed directory {d} for a moment"),
+                e,
+            ))
+        })?;
         let at = free_name(&shown);
         let c = cpath(&at);
-        let fd = sys::create_new(&c, 0o600)
-            .map_err(|e| err(Why::sys(format!("creating {}", at.display()), e)))?;
-        let _ = sys::unlink(&c);
-        fd
+        let fd = sys::create_new(&c, 0o600);
+        if fd.is_ok() {
+            let _ = sys::unlink(&c);
+        }
+        remove_parents(&made_dirs);
+        fd.map_err(|e| err(Why::sys(format!("creating {}", at.display()), e)))?
     };
     let file = std::fs::File::from(fd);
     use std::os::unix::fs::FileExt;

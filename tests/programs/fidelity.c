@@ -830,6 +830,31 @@ static void deleted_setup(void) {
     CHECK(fchown(del_fd, 1000, 1000) == 0 && fchmod(del_fd, 06640) == 0, "owner and mode");
     CHECK(unlink(p) == 0, "unlink");
 }
+/* A file removed together with its directories (`rm -rf` of a temporary
+ * directory while the file is open): refused until stop 47 ("removed
+ * together with its directory"); made again with its directories for
+ * the moment, so its /proc name reads as it did, and they are gone
+ * again. */
+static int deld_fd;
+static char deld_top[4000];
+static void deleted_dir_setup(void) {
+    char sub[4200], f[4300];
+    path_in_dir(deld_top, sizeof deld_top, "gone");
+    snprintf(sub, sizeof sub, "%s/sub", deld_top);
+    snprintf(f, sizeof f, "%s/file", sub);
+    CHECK(mkdir(deld_top, 0755) == 0 && mkdir(sub, 0755) == 0, "mkdir");
+    deld_fd = open(f, O_RDWR | O_CREAT | O_EXCL, 0644);
+    CHECK(deld_fd >= 0 && write(deld_fd, "in a removed directory", 22) == 22, "write");
+    CHECK(unlink(f) == 0 && rmdir(sub) == 0 && rmdir(deld_top) == 0, "rm -rf");
+}
+static void deleted_dir_check(void) {
+    char b[64] = {0};
+    CHECK(pread(deld_fd, b, sizeof b - 1, 0) == 22 && !strcmp(b, "in a removed directory"), "its bytes (%s)", b);
+    CHECK(lseek(deld_fd, 0, SEEK_CUR) == 22, "its offset");
+    struct stat st;
+    CHECK(fstat(deld_fd, &st) == 0 && st.st_nlink == 0 && (st.st_mode & 0777) == 0644, "unlinked, its mode");
+    CHECK(access(deld_top, F_OK) != 0, "its directories are gone again");
+}
 static void deleted_check(void) {
     struct stat st;
     CHECK(fstat(del_fd, &st) == 0 && st.st_size == 5 * 4096 && st.st_nlink == 0 && (st.st_mode & 07777) == 06640 &&
@@ -3270,6 +3295,7 @@ static const struct fcase cases[] = {
     {"devnode", devnode_setup, devnode_check, NULL},
     {"locks", locks_setup, locks_check, NULL},
     {"deleted", deleted_setup, deleted_check, NULL},
+    {"deleted-dir", deleted_dir_setup, deleted_dir_check, NULL},
     {"linked-elsewhere", linked_setup, linked_check, NULL},
     {"memfd", memfd_setup, memfd_check, NULL},
     {"opath", opath_setup, opath_check, NULL},
