@@ -875,6 +875,7 @@ fn finish<'a>(
             None => frame::release_word(frame_sp),
         };
         threads::gather(nthreads, word);
+        threads::unpin();
         // Before the filters are in: each thread's wait as it may be
         // made again, and the older release's wakes, with their real
         // addresses (not where the tracer makes them: it suspended the

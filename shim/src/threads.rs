@@ -29,7 +29,7 @@
 use crate::mem::*;
 use crate::sys::*;
 use crate::{check, die, W};
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use cryo_image::handoff::flags;
 use cryo_image::task::UNKNOWN;
 use cryo_image::threads::Thread;
@@ -72,6 +72,82 @@ struct CloneArgs {
     cgroup: u64,
 }
 
+/// Whether the main thread runs pinned to its CPU while the threads are
+/// made ([`pin`]), and its affinity before (the captured one).
+static PINNED: AtomicBool = AtomicBool::new(false);
+static ORIG: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
+
+/// Keep the main thread, and so the threads it clones, on the CPU it runs
+/// on until every thread waits in the program's code: each thread, and
+/// the main thread once they are gathered ([`unpin`]), then takes its own
+/// affinity back. In a VM a wake-up of another CPU (a new thread placed
+/// on the idle one, the main thread woken by the last ready thread)
+/// waits for the host to run that virtual CPU: six threads took 0.15-2.4
+/// ms to make, one restore in two over 1 ms; pinned, 0.17-0.47 ms
+/// (docs/benchmarks.md, stop 47).
+fn pin() {
+    PINNED.store(false, Ordering::Relaxed);
+    let mut mask = [0u64; 16];
+    let r = syscall3(
+        SYS_SCHED_GETAFFINITY,
+        0,
+        core::mem::size_of_val(&mask),
+        mask.as_mut_ptr() as usize,
+    );
+    let mut cpu = 0u32;
+    if r <= 0
+        || syscall3(SYS_GETCPU, &mut cpu as *mut u32 as usize, 0, 0) != 0
+        || mask.iter().map(|w| w.count_ones()).sum::<u32>() <= 1
+        || cpu as usize >= 64 * mask.len()
+    {
+        return;
+    }
+    for (o, w) in ORIG.iter().zip(mask) {
+        o.store(w, Ordering::Relaxed);
+    }
+    let mut one = [0u64; 16];
+    one[cpu as usize / 64] = 1 << (cpu % 64);
+    let r = syscall3(
+        SYS_SCHED_SETAFFINITY,
+        0,
+        core::mem::size_of_val(&one),
+        one.as_ptr() as usize,
+    );
+    PINNED.store(r == 0, Ordering::Release);
+}
+
+/// The affinity a thread made while pinned takes back: its own if the
+/// capture knew it, else the main thread's.
+fn set_affinity(mask: &[u64; 16], what: core::fmt::Arguments) {
+    check(
+        syscall3(
+            SYS_SCHED_SETAFFINITY,
+            0,
+            core::mem::size_of_val(mask),
+            mask.as_ptr() as usize,
+        ),
+        what,
+    );
+}
+
+fn orig() -> [u64; 16] {
+    let mut m = [0u64; 16];
+    for (w, o) in m.iter_mut().zip(ORIG.iter()) {
+        *w = o.load(Ordering::Relaxed);
+    }
+    m
+}
+
+/// The main thread's own affinity back, once every thread is gathered.
+pub fn unpin() {
+    if PINNED.swap(false, Ordering::AcqRel) {
+        set_affinity(
+            &orig(),
+            format_args!("sched_setaffinity (the main thread's)"),
+        );
+    }
+}
+
 /// Clone every thread of the image; returns how many. Each goes its own
 /// way (`thread_main`) until it waits in the program's code.
 pub fn spawn_all(img: &Image, flags: u64) -> usize {
@@ -82,6 +158,7 @@ pub fn spawn_all(img: &Image, flags: u64) -> usize {
     if n > MAX {
         die(format_args!("{n} threads: the shim holds at most {MAX}"));
     }
+    pin();
     map_anon_at(AT, STACKS - AT + n * STACK_LEN, "thread stacks");
     let own_filters = img
         .seccomp()
@@ -308,6 +385,17 @@ fn thread_main(img: &Image, index: usize, handoff_flags: u64) -> ! {
         0,
         0,
     ];
+    // Made pinned to the main thread's CPU (`pin`): its own affinity
+    // back, as late as can be (it stays on that CPU until it waits), and
+    // before its own seccomp filters.
+    if PINNED.load(Ordering::Acquire) {
+        let mask = if t.affinity != [0; 16] {
+            t.affinity
+        } else {
+            orig()
+        };
+        set_affinity(&mask, format_args!("thread {}: sched_setaffinity", t.tid));
+    }
     if img.seccomp().iter().any(|i| i.thread == index as u32 + 1) {
         let wait = [SYS_FUTEX, word, FUTEX_WAIT_PRIVATE, 0, 0, 0, 0];
         let me = index as u32 + 1;
@@ -385,7 +473,7 @@ fn sched(img: &Image, t: &Thread) {
             format_args!("thread {}: setpriority({})", t.tid, t.nice),
         );
     }
-    if t.affinity != [0; 16] && t.affinity != m_aff {
+    if t.affinity != [0; 16] && t.affinity != m_aff && !PINNED.load(Ordering::Acquire) {
         check(
             syscall3(
                 SYS_SCHED_SETAFFINITY,
