@@ -760,3 +760,218 @@ fn a_packed_restorer_of_a_group_leader_leads_a_group_of_its_own() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `cryo pack -o` writes a new regular file only, never into the image
+/// directory: `-o DIR/meta.img` wrote the restorer over the image it
+/// restores, and `-o /dev/null` replaced the device with a file, both
+/// with status 0 (a sweep of stop 47). Each is refused in one line, the
+/// image and the file left as they were.
+#[test]
+fn pack_never_writes_over_the_image_or_a_special_file() {
+    let dir = scratch("pack-output");
+    let mut cmd = Command::new(program("rust-target"));
+    cmd.arg("stop");
+    let img = capture(cmd, "rust-target", &dir);
+    let meta = img.join(cryo_image::META_FILE);
+    let before = std::fs::read(&meta).unwrap();
+    let fifo = dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(dir.join("target-of-link"), &link).unwrap();
+    for (out, want) in [
+        (meta.clone(), "is in the image directory"),
+        (img.join("new.restored"), "is in the image directory"),
+        (fifo.clone(), "is not a regular file (a FIFO)"),
+        (link.clone(), "is not a regular file (a symbolic link)"),
+        (dir.clone(), "is not a regular file (a directory)"),
+    ] {
+        let (code, stdout, err) =
+            cryo_cmd(&["pack", img.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+        assert_eq!(code, 1, "{}: {stdout}{err}", out.display());
+        assert!(err.contains(want), "{}: {err}", out.display());
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    assert_eq!(std::fs::read(&meta).unwrap(), before, "meta.img untouched");
+    assert!(!img.join("new.restored").exists());
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // A regular file is replaced, and restores.
+    let exe = dir.join("a.restored");
+    std::fs::write(&exe, b"old").unwrap();
+    pack(&img, &exe, &[]);
+    let want = run(&cryo(), &["restore", img.to_str().unwrap()]);
+    assert_eq!(want.0, 0, "{want:?}");
+    assert_eq!(run(&exe, &[]).1, want.1);
+}
+
+/// Run `exe` with a limit of `secs`: None if it was still running then
+/// (killed).
+fn run_within(exe: &Path, secs: u64) -> Option<(i32, String, String)> {
+    sanitize_fds();
+    let mut c = Command::new(exe)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            let mut out = String::new();
+            let mut err = String::new();
+            let _ = c.stdout.take().unwrap().read_to_string(&mut out);
+            let _ = c.stderr.take().unwrap().read_to_string(&mut err);
+            return Some((st.code().unwrap_or(-1), out, err));
+        }
+        if t0.elapsed().as_secs() >= secs {
+            let _ = c.kill();
+            let _ = c.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Two ways a packed restorer was fooled or stuck (a sweep of stop 47):
+/// another capture's meta.img put in the image's place was restored with
+/// these pages (the record binds pages.img and sums.img only), into a
+/// state the program never had; and a FIFO put in the place of a file it
+/// maps held it for ever in its open, every signal blocked (SIGTERM and
+/// `timeout` could not end it). Now each is refused in one line, status 1.
+#[test]
+fn a_packed_restorer_refuses_another_captures_meta_and_a_fifo() {
+    let dir = scratch("pack-meta-fifo");
+    let exe_copy = dir.join("rust-copy");
+    std::fs::copy(program("rust-target"), &exe_copy).unwrap();
+    let img_in = |tag: &str| {
+        let d = dir.join(tag);
+        std::fs::create_dir_all(&d).unwrap();
+        let mut cmd = Command::new(&exe_copy);
+        cmd.arg("stop");
+        std::fs::canonicalize(capture(cmd, "rust-copy", &d)).unwrap()
+    };
+    let (a, b) = (img_in("a"), img_in("b"));
+    let exe = dir.join("a.restored");
+    pack(&a, &exe, &[]);
+    let want = run(&exe, &[]);
+    assert_eq!(want.0, 0, "{want:?}");
+    // Another run of the same program: its meta.img checks out on its
+    // own (same executable, same libraries), its pages are others.
+    std::fs::copy(b.join(cryo_image::META_FILE), a.join(cryo_image::META_FILE)).unwrap();
+    refused(&exe, &a, "meta.img is not the one packed with these pages");
+    // cryo restore refuses it too (in its own words: a size, or a block
+    // of sums.img).
+    let (code, out, err) = run(&cryo(), &["restore", a.to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    // The program's executable replaced by a FIFO (no writer).
+    let exe_b = dir.join("b.restored");
+    pack(&b, &exe_b, &[]);
+    std::fs::remove_file(&exe_copy).unwrap();
+    let c = std::ffi::CString::new(exe_copy.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let got = run_within(&exe_b, 20).expect("the restorer ended (a FIFO held it before)");
+    assert_eq!(got.0, 1, "{got:?}");
+    assert!(got.2.contains("rust-copy"), "{got:?}");
+    assert!(got.1.is_empty(), "{got:?}");
+}
+
+/// A program's own small limits on its memory and fds: RLIMIT_DATA,
+/// RLIMIT_AS and RLIMIT_NOFILE were set before the shim made the
+/// mappings and opened the image's files, which the program's limits had
+/// no room for: `cryo restore` and the packed restorer failed past the
+/// point of no return (status 125, "mapping ...: errno 12", "errno 24"; a
+/// sweep of stop 47). They are set last now, and the program has them
+/// exactly, in every mode.
+#[test]
+fn a_programs_small_memory_and_fd_limits_are_set_after_the_restore_needs_none() {
+    let script = r#"import os, resource, signal
+vm = int([l.split()[1] for l in open("/proc/self/status") if l.startswith("VmSize:")][0]) * 1024
+lim = {resource.RLIMIT_AS: (vm + (24 << 20), vm + (32 << 20)),
+       resource.RLIMIT_DATA: (vm + (20 << 20), vm + (30 << 20)),
+       resource.RLIMIT_NOFILE: (8, 9)}
+for r, v in lim.items():
+    resource.setrlimit(r, v)
+print("READY", os.getpid(), flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+got = {r: resource.getrlimit(r) for r in lim}
+print("PASS" if got == lim else f"FAIL {got} {lim}", flush=True)
+"#;
+    let dir = scratch("pack-limits");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let img = capture(cmd, "py-limits", &dir);
+    for mode in [&[][..], &["--map"]] {
+        let mut args = vec!["restore"];
+        args.extend_from_slice(mode);
+        args.push(img.to_str().unwrap());
+        let (code, out, err) = run(&cryo(), &args);
+        assert_eq!((code, out.trim()), (0, "PASS"), "restore {mode:?}: {err}");
+    }
+    let exe = dir.join("limits.restored");
+    pack(&img, &exe, &[]);
+    let (code, out, err) = run(&exe, &[]);
+    assert_eq!((code, out.trim()), (0, "PASS"), "packed: {err}");
+}
+
+/// Naming the program's executable (PR_SET_MM_MAP's exe_fd) needs
+/// CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE: without either, a user's
+/// restore of their own image failed past the point of no return
+/// (status 125, "prctl(PR_SET_MM, PR_SET_MM_MAP): errno 1"; a sweep of
+/// stop 47). `cryo restore` (`--dry-run` too) and a packed restorer
+/// without them refuse first, in one line.
+#[test]
+fn restore_without_the_capability_to_name_the_executable_is_refused_first() {
+    let dir = scratch("pack-nocap");
+    // (Itself without them: else the capabilities it holds are what a
+    // restore without them refuses first.)
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--bounding-set", "-sys_admin,-checkpoint_restore"])
+        .arg(program("rust-target"))
+        .arg("stop");
+    let img = std::fs::canonicalize(capture(cmd, "rust-target", &dir)).unwrap();
+    let exe = dir.join("a.restored");
+    pack(&img, &exe, &[]);
+    let want = "needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE";
+    let without = |argv: &[&str]| {
+        sanitize_fds();
+        let out = Command::new("setpriv")
+            .args(["--bounding-set", "-sys_admin,-checkpoint_restore", "--"])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let c = cryo();
+    for argv in [
+        vec![c.to_str().unwrap(), "restore", img.to_str().unwrap()],
+        vec![
+            c.to_str().unwrap(),
+            "restore",
+            "--dry-run",
+            img.to_str().unwrap(),
+        ],
+        vec![exe.to_str().unwrap()],
+    ] {
+        let (code, out, err) = without(&argv);
+        assert_eq!((code, out.as_str()), (1, ""), "{argv:?}: {err}");
+        assert!(err.contains(want), "{argv:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    // With them, it restores.
+    assert_eq!(run(&exe, &[]).0, 0);
+}

@@ -1241,10 +1241,11 @@ fn children_of(ppid: i32) -> Vec<i32> {
 /// limit while it puts the fds in place, and the program gets its own
 /// limit back), and refused before anything is done, `--dry-run`
 /// included, where even the hard limit is too low for the fds parked
-/// above the highest; `capture --kill` refuses it (its own limit could not
-/// restore it), a capture that leaves it running does not (a survey of
-/// stop 36: 10 000 fds under 20 000 were captured with --kill, the dry
-/// run said yes, and every restore failed "Too many open files").
+/// above the highest; `capture --kill` under the same limit refuses it
+/// (neither its own limit nor cryo's could restore it), a capture that
+/// leaves it running does not (a survey of stop 36: 10 000 fds under
+/// 20 000 were captured with --kill, the dry run said yes, and every
+/// restore failed "Too many open files").
 #[test]
 fn many_fds_restore_under_a_lower_soft_limit_or_are_refused_up_front() {
     // (Numbers under this machine's hard limit: 2 000 fds under 3 000
@@ -1270,12 +1271,22 @@ fn many_fds_restore_under_a_lower_soft_limit_or_are_refused_up_front() {
     let t = Target::spawn(cmd, "py-fds");
     t.wait_stopped();
     let img = scratch("many-fds").join("img");
-    let (code, _, err) = cryo_cmd(&[
-        "capture",
-        "--kill",
-        &t.pid.to_string(),
-        img.to_str().unwrap(),
-    ]);
+    sanitize_fds();
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            &format!("ulimit -n {lim} && exec \"$0\" capture --kill \"$1\" \"$2\""),
+            cryo().to_str().unwrap(),
+            &t.pid.to_string(),
+            img.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (code, err) = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains(&format!("above its own open-file limit of {lim}")),

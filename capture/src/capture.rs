@@ -871,10 +871,14 @@ pub(crate) fn inspect(
             + 1;
         let need = high + b.fds.len() as u64 + 16;
         // (With --kill only: otherwise the process goes on, and a restore
-        // where the limit is higher can, as its `--dry-run` says.)
-        if need > l.max && opts.after == After::Kill {
+        // where the limit is higher can, as its `--dry-run` says. A
+        // restore puts them in place under its own limit, which it only
+        // raises to the program's (`cryo_image::rlimit_set_late`): under
+        // ours here, or the program's, whichever is higher.)
+        let ours = crate::sys::own_nofile_hard().unwrap_or(0);
+        if need > l.max.max(ours) && opts.after == After::Kill {
             obs.push(format!(
-                "its {} fds (the highest {}) would need up to {need} open at once while a restore puts them in place, above its own open-file limit of {}, and --kill would end it: capture it without --kill and restore it where `ulimit -Hn` is at least {need}",
+                "its {} fds (the highest {}) would need up to {need} open at once while a restore puts them in place, above its own open-file limit of {} and cryo's here ({ours}), and --kill would end it: capture it without --kill and restore it where `ulimit -Hn` is at least {need}",
                 b.fds.len(),
                 high - 1,
                 l.max

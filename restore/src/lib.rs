@@ -575,6 +575,15 @@ fn prepare_one(
         personality: p.personality,
         rlimits,
     };
+    // The shim names the program's executable (PR_SET_MM_MAP's exe_fd),
+    // which the kernel lets only a checkpoint/restore-capable process
+    // do: without, a user's restore of their own image failed after the
+    // point of no return (status 125, a sweep of stop 47).
+    if !own_status.cap_sys_admin && !own_status.cap_checkpoint_restore {
+        return Err(RestoreError::Task(
+            "restoring names the program's executable (/proc/PID/exe), which needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE, and this process has neither: restore as root".into(),
+        ));
+    }
     // A dead process's /proc directory as the working directory: entered
     // from a process made with that PID (in a new PID namespace, free).
     if let Some(pid) = cryo_image::dead_proc_dir(&setup.cwd).filter(|_| setup.cwd_deleted) {
@@ -933,7 +942,15 @@ impl Plan {
         sys::umask(umask);
         let _ = sys::personality(personality);
         for r in rlimits {
-            if let Err(e) = sys::setrlimit(r.resource, r.cur, r.max) {
+            // (Those the shim lowers at its end are only raised here:
+            // `cryo_image::rlimit_set_late`.)
+            let (cur, max) = match sys::getrlimit(r.resource) {
+                Ok((c, m)) if cryo_image::rlimit_set_late(r.resource) => {
+                    (r.cur.max(c), r.max.max(m))
+                }
+                _ => (r.cur, r.max),
+            };
+            if let Err(e) = sys::setrlimit(r.resource, cur, max) {
                 return e.into_sys(format!("setrlimit({})", checks::rlimit_name(r.resource)));
             }
         }
@@ -1034,6 +1051,9 @@ pub(crate) struct OwnStatus {
     cap_sys_resource: bool,
     /// clone3's set_tid (a tree's PIDs, --same-pid).
     cap_sys_admin: bool,
+    /// CAP_CHECKPOINT_RESTORE: with CAP_SYS_ADMIN, either names the
+    /// executable (PR_SET_MM_MAP's exe_fd).
+    cap_checkpoint_restore: bool,
     /// SigIgn: the signals this process ignores.
     sig_ignored: u64,
     /// The whole file, for the task checks.
@@ -1054,6 +1074,7 @@ impl OwnStatus {
         OwnStatus {
             cap_sys_resource: hex("CapEff:") & (1 << CAP_SYS_RESOURCE) != 0,
             cap_sys_admin: hex("CapEff:") & (1 << CAP_SYS_ADMIN) != 0,
+            cap_checkpoint_restore: hex("CapEff:") & (1 << 40) != 0,
             sig_ignored: hex("SigIgn:"),
             text,
         }

@@ -178,13 +178,15 @@ impl<'a> Files<'a> {
         let fd = syscall3(
             SYS_OPEN,
             path_buf,
-            if rw { O_RDWR } else { O_RDONLY } | O_CLOEXEC,
+            // (Not blocking: a FIFO in its place would wait for ever;
+            // the identity check below refuses it.)
+            if rw { O_RDWR } else { O_RDONLY } | O_CLOEXEC | O_NONBLOCK,
             0,
         );
         if fd < 0 {
             die(format_args!(
-                "{path} cannot be opened (errno {}); restore needs the file that was mapped",
-                -fd
+                "{path} cannot be opened ({}); restore needs the file that was mapped",
+                crate::packed::errno_name(-fd)
             ));
         }
         let id = match identify(fd as usize) {

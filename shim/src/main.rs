@@ -171,9 +171,9 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 extern "C" fn rust_eh_personality() {}
 
 /// A fixed buffer for one message (no allocator).
-struct Msg {
-    b: [u8; 768],
-    n: usize,
+pub(crate) struct Msg {
+    pub(crate) b: [u8; 768],
+    pub(crate) n: usize,
 }
 
 impl Write for Msg {
@@ -905,6 +905,7 @@ fn finish<'a>(
     // In an fd table shared with others restored with it: none goes on
     // before each has closed its round socket.
     forked::leave_table();
+    task::late_limits(img);
     seccomp::install(img, nthreads > 0);
     if filters_first {
         task::restore(img, a.flags & flags::SAME_CREDS != 0);

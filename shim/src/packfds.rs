@@ -319,10 +319,21 @@ fn open_again(img: &Image, f: &Fd, kind: u32) -> usize {
     }
     buf[..path.len()].copy_from_slice(path.as_bytes());
     let device = matches!(kind, fd_kind::NULL_DEVICE | fd_kind::CHAR_DEVICE);
-    let flags = f.flags & !cryo_image::fds::CREATE_ONLY_FLAGS | if device { O_NOCTTY } else { 0 };
+    // Not blocking: a FIFO put in the file's place would wait for a
+    // writer for ever, every signal blocked (a sweep of stop 47); the
+    // identity check below refuses it. (Its own status flags are set
+    // after, `status_flags`.)
+    const O_NONBLOCK: u32 = 0o4000;
+    let flags = f.flags & !cryo_image::fds::CREATE_ONLY_FLAGS
+        | if device { O_NOCTTY } else { 0 }
+        | O_NONBLOCK;
     let fd = syscall3(SYS_OPEN, buf.as_ptr() as usize, flags as usize, 0);
     if fd < 0 {
-        die(format_args!("opening {path} (fd {}): errno {}", f.fd, -fd));
+        die(format_args!(
+            "opening {path} (fd {}): {}",
+            f.fd,
+            crate::packed::errno_name(-fd)
+        ));
     }
     let fd = fd as usize;
     let mut st = [0u64; 18];

@@ -5,6 +5,7 @@ use core::arch::asm;
 
 pub const SYS_WRITE: usize = 1;
 pub const SYS_OPEN: usize = 2;
+pub const O_NONBLOCK: usize = 0o4000;
 pub const SYS_CLOSE: usize = 3;
 pub const SYS_FSTAT: usize = 5;
 pub const SYS_LSEEK: usize = 8;

@@ -62,6 +62,33 @@ pub fn restore_prctl_state(img: &Image) {
     }
 }
 
+/// The program's RLIMIT_DATA, RLIMIT_NOFILE and RLIMIT_AS, which the
+/// restore only raised before (`cryo_image::rlimit_set_late`): set now,
+/// lowering them, once nothing of the restore maps memory or opens a
+/// file, and before the program's seccomp filters.
+pub fn late_limits(img: &Image) {
+    for r in img.rlimits().iter() {
+        if !cryo_image::rlimit_set_late(r.resource) {
+            continue;
+        }
+        let mut cur = [0u64; 2];
+        let want = [r.cur, r.max];
+        let res = r.resource as usize;
+        if syscall6(SYS_PRLIMIT64, 0, res, 0, cur.as_mut_ptr() as usize, 0, 0) == 0 && cur == want {
+            continue;
+        }
+        check(
+            syscall6(SYS_PRLIMIT64, 0, res, want.as_ptr() as usize, 0, 0, 0),
+            format_args!(
+                "setting {} to {}/{}",
+                cryo_image::rlimit_name(r.resource),
+                r.cur,
+                r.max
+            ),
+        );
+    }
+}
+
 /// The rest of the task state, in order: credentials (unless `cryo
 /// restore` found them equal to its own, which the exec kept), what a
 /// credentials change resets, then MDWE.

@@ -80,7 +80,7 @@ pub fn run(a: CheckArgs) -> Result<i32> {
             "capabilities",
             false,
             caps(),
-            "restore of exe links and ns_last_pid need CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE",
+            "restore names the program's executable (/proc/PID/exe) and a tree's PIDs, which needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE: restore as root",
         ),
         check(
             "userfaultfd",
@@ -114,6 +114,11 @@ pub fn run(a: CheckArgs) -> Result<i32> {
         ),
     ];
     let ok = checks.iter().all(|c| !c.required || c.status == Status::Ok);
+    // Capture works without them (a user's own processes); restore not.
+    let restores = checks
+        .iter()
+        .find(|c| c.name == "capabilities")
+        .is_none_or(|c| c.status == Status::Ok);
     if a.json {
         println!(
             "{}",
@@ -133,8 +138,10 @@ pub fn run(a: CheckArgs) -> Result<i32> {
         }
         println!(
             "{}",
-            if ok {
+            if ok && restores {
                 "cryo can capture and restore on this machine"
+            } else if ok {
+                "cryo can capture on this machine, but cannot restore as this user (see capabilities)"
             } else {
                 "cryo cannot work here: see FAIL lines above"
             }

@@ -49,7 +49,8 @@ use std::path::PathBuf;
 pub struct PackArgs {
     /// Image directory written by `cryo capture`.
     pub dir: PathBuf,
-    /// The executable to write (replaced if it exists).
+    /// The executable to write (a regular file there is replaced; not a
+    /// file in DIR, nor a device, directory or symbolic link).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
     /// Restore with private anonymous memory mapped from pages.img, as
@@ -67,9 +68,52 @@ pub struct PackArgs {
     pub json: bool,
 }
 
+/// The output may replace a regular file only, and none in the image
+/// directory: `-o DIR/meta.img` wrote the restorer over the image it
+/// restores, and `-o /dev/null` replaced the device with a file, each
+/// with status 0 (a sweep of stop 47).
+fn refuse_output(out: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
+    let shown = out.display();
+    if let Ok(md) = std::fs::symlink_metadata(out) {
+        if !md.file_type().is_file() {
+            bail!("cannot pack {}: {shown} exists and is not a regular file (a {}); pack writes a new file there, and would replace it", dir.display(), kind_of(&md));
+        }
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    if std::fs::canonicalize(parent).is_ok_and(|p| p == dir) {
+        bail!(
+            "cannot pack {}: {shown} is in the image directory, whose files pack must not replace; write it elsewhere",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn kind_of(md: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = md.file_type();
+    if t.is_symlink() {
+        "symbolic link"
+    } else if t.is_dir() {
+        "directory"
+    } else if t.is_char_device() || t.is_block_device() {
+        "device"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}
+
 pub fn run(args: PackArgs) -> anyhow::Result<i32> {
     let dir = std::fs::canonicalize(&args.dir)
         .with_context(|| format!("cannot pack {}", args.dir.display()))?;
+    refuse_output(&args.output, &dir)?;
     let shim = crate::cmd::check::shim_path();
     // Read before the pages are checked: a write during the check shows.
     let ids = cryo_restore::pack::identities(&dir)

@@ -228,6 +228,22 @@ const RLIMIT_NAMES: [&str; 16] = [
     "RLIMIT_RTTIME",
 ];
 
+/// Limits the restore itself spends under (its own memory and fds, the
+/// shim's window and image files): RLIMIT_DATA, RLIMIT_NOFILE and
+/// RLIMIT_AS are only raised before the exec (where the program's are
+/// higher), and set to the program's, lowering them, at the shim's last
+/// step before the program's seccomp filters (lowering needs no
+/// privilege). Set before, a program's own small limits failed its
+/// restore past the point of no return (`prlimit --data=4000000:`,
+/// `--as=8000000:`: "mapping ...: errno 12"; `--nofile=4:`, a sweep of
+/// stop 47).
+pub fn rlimit_set_late(r: u32) -> bool {
+    const RLIMIT_DATA: u32 = 2;
+    const RLIMIT_NOFILE: u32 = 7;
+    const RLIMIT_AS: u32 = 9;
+    matches!(r, RLIMIT_DATA | RLIMIT_NOFILE | RLIMIT_AS)
+}
+
 /// The name of resource limit `r` (`RLIMIT_NOFILE`...).
 pub fn rlimit_name(r: u32) -> &'static str {
     RLIMIT_NAMES.get(r as usize).copied().unwrap_or("RLIMIT_?")
