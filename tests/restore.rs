@@ -1545,3 +1545,58 @@ fn a_socket_name_in_use_is_found_without_connecting() {
     let (code, last, err) = t.finish();
     assert_eq!((code, last.as_str()), (0, "accepted 0"), "{err}");
 }
+
+/// An image directory captured into again (`cryo capture --force`, or
+/// moved aside and another put there) between `cryo restore`'s checks and
+/// its exec: the restore refuses, naming the file, instead of going on
+/// with files it did not check. It opened meta.img and pages.img again by
+/// path, and a restore running while the directory was captured again
+/// mixed two captures' files and died of SIGSEGV, or a lazy one hung (a
+/// sweep of stop 47). Here strace holds the restore's second open of
+/// meta.img while the directory is swapped.
+#[test]
+fn an_image_replaced_while_it_is_restored_is_refused() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        panic!("strace is missing: run scripts/install-test-deps.sh");
+    }
+    let dir = std::fs::canonicalize(scratch("replaced")).unwrap();
+    let img_of = |tag: &str| {
+        let t = Target::start("rust-target", &["stop"]);
+        t.wait_stopped();
+        let img = dir.join(tag);
+        support::capture_killed(t.pid, &img, &[]);
+        img
+    };
+    let (a, b) = (img_of("a"), img_of("b"));
+    let img = dir.join("img");
+    std::fs::rename(&a, &img).unwrap();
+    let meta = img.join(cryo_image::META_FILE);
+    sanitize_fds();
+    let child = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=openat", "-P"])
+        .arg(&meta)
+        .args(["-e", "inject=openat:delay_enter=2000000:when=2"])
+        .arg(cryo())
+        .arg("restore")
+        .arg(&img)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strace cryo restore");
+    // (Its checks take a few ms; its second open waits 2 s.)
+    std::thread::sleep(Duration::from_millis(700));
+    std::fs::rename(&img, dir.join("aside")).unwrap();
+    std::fs::rename(&b, &img).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (code, stdout, err) = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!((code, stdout.as_ref()), (1, ""), "{err}");
+    assert!(
+        err.contains("meta.img is another file than the one checked"),
+        "{err}"
+    );
+}

@@ -5358,3 +5358,64 @@ print("PASS" if got == [signal.SIGUSR1] else f"FAIL {got}", flush=True)
     assert_eq!(out.lines().last(), Some("PASS"), "{out}{err}");
     wait_gone(&pids[1..]);
 }
+
+/// Two restores of one tree at once: the one that finds a captured PID
+/// taken while it forks (here its forks delayed by strace, so that the
+/// other takes the PIDs meanwhile) fails, and leaves alone the processes
+/// it did not make. Until stop 47 its clean-up killed every captured PID,
+/// so it killed the winner's child (a sweep of stop 47: two plain
+/// restores at once both failed 12 times in 40).
+#[test]
+fn a_tree_restore_that_loses_its_pids_leaves_the_winners_processes_alone() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        panic!("strace is missing: run scripts/install-test-deps.sh");
+    }
+    let script = r#"
+import os, sys
+r, w = os.pipe()
+c = os.fork()
+if c == 0:
+    os.close(w)
+    assert os.read(r, 1) == b"x"
+    os._exit(0)
+os.close(r)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+os.write(w, b"x")
+_, st = os.waitpid(c, 0)
+print("PASS" if st == 0 else f"FAIL {st}", flush=True)
+"#;
+    let (img, pids) = capture_python_tree("tree-two-restores", script, |_| {});
+    sanitize_fds();
+    let loser = Command::new("strace")
+        .args([
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=clone3",
+            "-e",
+            "inject=clone3:delay_enter=2000000",
+        ])
+        .arg(cryo())
+        .arg("restore")
+        .arg(&img)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strace cryo restore");
+    // (The loser has found the PIDs free and waits in its first fork.)
+    std::thread::sleep(Duration::from_millis(500));
+    let winner = restore(&img, &[]);
+    wait_for("the winner's child", Duration::from_secs(20), || {
+        state(pids[1]) == Some('S')
+    });
+    let out = loser.wait_with_output().expect("the loser");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("taken"), "{err}");
+    let (code, out, err) = finish(winner, "x\n");
+    assert_eq!((code, out.lines().last()), (0, Some("PASS")), "{out}{err}");
+    wait_gone(&pids[1..]);
+}

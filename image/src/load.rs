@@ -19,6 +19,37 @@ pub enum LoadError {
     Io { path: PathBuf, source: io::Error },
     #[error("{}: {source}", .path.display())]
     Image { path: PathBuf, source: ImageError },
+    /// An image file is another file than the one checked (the directory
+    /// was replaced, `cryo capture --force`, while this restore ran).
+    #[error("{} is another file than the one checked a moment ago: the image was replaced while it was being restored; restore it again", .0.display())]
+    Replaced(PathBuf),
+}
+
+/// The files of an image directory ([`LoadedImage::reopen`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageFile {
+    Meta,
+    Pages,
+    Sums,
+}
+
+impl ImageFile {
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageFile::Meta => META_FILE,
+            ImageFile::Pages => PAGES_FILE,
+            ImageFile::Sums => SUMS_FILE,
+        }
+    }
+}
+
+/// A file's device and inode.
+pub type FileId = (u64, u64);
+
+fn file_id(f: &File) -> io::Result<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let md = f.metadata()?;
+    Ok((md.dev(), md.ino()))
 }
 
 /// meta.img read into memory, parsed and validated.
@@ -28,6 +59,13 @@ pub struct LoadedImage {
     /// Private: [`LoadedImage::image`] trusts these bytes to be the ones
     /// `open` verified.
     meta: Vec<u8>,
+    /// meta.img's, pages.img's and sums.img's device and inode as `open`
+    /// found them: every later open by path is checked against them
+    /// ([`LoadedImage::reopen`]). Opened again by path without, a
+    /// restore running while the directory was captured again (`capture
+    /// --force`) mixed two captures' files and died of SIGSEGV in the
+    /// program, or a lazy one hung in a fault (a sweep of stop 47).
+    ids: [Option<FileId>; 3],
 }
 
 impl LoadedImage {
@@ -63,6 +101,7 @@ impl LoadedImage {
             source,
         };
         let mut f = File::open(&path).map_err(io_err)?;
+        let meta_id = file_id(&f).map_err(io_err)?;
         let len = f.metadata().map_err(io_err)?.len();
         if len > MAX_META_LEN {
             return Err(LoadError::Image {
@@ -90,6 +129,11 @@ impl LoadedImage {
         if !md.is_file() {
             return Err(not_regular(pages));
         }
+        let id_of = |path: &Path| -> Option<FileId> {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+        };
+        let ids = [Some(meta_id), id_of(&pages), id_of(&sums)];
         let actual = md.len();
         if actual != img.header.pages_len {
             return Err(LoadError::Image {
@@ -103,7 +147,19 @@ impl LoadedImage {
         Ok(LoadedImage {
             dir: dir.to_owned(),
             meta,
+            ids,
         })
+    }
+
+    /// The device and inode `open` found `which` at, if it was there.
+    pub fn id(&self, which: ImageFile) -> Option<FileId> {
+        self.ids[which as usize]
+    }
+
+    /// Open `which` of the image directory again, refusing another file
+    /// than the one `open` checked ([`LoadError::Replaced`]).
+    pub fn reopen(&self, which: ImageFile) -> Result<File, LoadError> {
+        reopen_checked(&self.dir.join(which.name()), self.id(which))
     }
 
     /// meta.img's bytes, as verified by `open`.
@@ -149,11 +205,11 @@ impl LoadedImage {
             path: path.clone(),
             source,
         };
-        let f = File::open(&path).map_err(io_err)?;
+        let f = self.reopen(ImageFile::Pages)?;
         let mut buf = vec![0u8; (b.pages() * PAGE_SIZE) as usize];
         f.read_exact_at(&mut buf, b.off).map_err(io_err)?;
         if verify {
-            let mut sums = Sums::open(&self.sums_path(), &img)?;
+            let mut sums = Sums::open(self, &img)?;
             for (k, page) in buf.chunks_exact(PAGE_SIZE as usize).enumerate() {
                 let i = b.off / PAGE_SIZE + k as u64;
                 if crate::checksum(page) != sums.get(&img, i)? {
@@ -194,7 +250,7 @@ impl LoadedImage {
             path: path.to_owned(),
             source,
         };
-        let f = File::open(&path).map_err(io_err(&path))?;
+        let f = self.reopen(ImageFile::Pages)?;
         let actual = f.metadata().map_err(io_err(&path))?.len();
         if actual != img.header.pages_len {
             return Err(img_err(
@@ -205,7 +261,7 @@ impl LoadedImage {
                 },
             ));
         }
-        let mut sums = Sums::open(&self.sums_path(), &img)?;
+        let mut sums = Sums::open(self, &img)?;
         let mut buf = Vec::new();
         let mut done = 0u64;
         let runs = img.page_runs();
@@ -260,13 +316,28 @@ struct Sums {
     bytes: Vec<u8>,
 }
 
+/// Open `path`, refusing another file than `want` (device, inode), where
+/// `want` is known.
+pub fn reopen_checked(path: &Path, want: Option<FileId>) -> Result<File, LoadError> {
+    let io_err = |source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let f = File::open(path).map_err(io_err)?;
+    if want.is_some_and(|w| file_id(&f).map_err(io_err).is_ok_and(|id| id != w)) {
+        return Err(LoadError::Replaced(path.to_owned()));
+    }
+    Ok(f)
+}
+
 impl Sums {
-    fn open(path: &Path, img: &Image) -> Result<Sums, LoadError> {
+    fn open(loaded: &LoadedImage, img: &Image) -> Result<Sums, LoadError> {
+        let path = &loaded.sums_path();
         let io_err = |source| LoadError::Io {
             path: path.to_owned(),
             source,
         };
-        let file = File::open(path).map_err(io_err)?;
+        let file = loaded.reopen(ImageFile::Sums)?;
         let actual = file.metadata().map_err(io_err)?.len();
         let expected = img.header.pages_len / PAGE_SIZE * 8;
         if actual != expected {

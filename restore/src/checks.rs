@@ -364,7 +364,7 @@ fn image_bytes(loaded: &LoadedImage, img: &Image, addr: u64, len: usize) -> Opti
             .find(|r| r.vaddr <= a && a < r.vaddr + r.len());
         match run {
             Some(r) if r.kind == cryo_image::run_kind::DATA => {
-                let f = std::fs::File::open(loaded.pages_path()).ok()?;
+                let f = loaded.reopen(cryo_image::load::ImageFile::Pages).ok()?;
                 f.read_exact_at(&mut buf, r.offset + (a - r.vaddr)).ok()?;
             }
             Some(_) => {} // a ZERO run

@@ -824,13 +824,16 @@ impl Plan {
         } = &self.setup;
         let (umask, personality) = (*umask, *personality);
 
-        let meta = match std::fs::File::open(self.image.dir.join(cryo_image::META_FILE)) {
+        // (The very files prepare checked: the directory may have been
+        // captured into again meanwhile.)
+        use cryo_image::load::ImageFile;
+        let meta = match self.image.reopen(ImageFile::Meta) {
             Ok(f) => f,
-            Err(e) => return e.into_sys("opening meta.img"),
+            Err(e) => return e.into(),
         };
-        let pages = match std::fs::File::open(self.image.pages_path()) {
+        let pages = match self.image.reopen(ImageFile::Pages) {
             Ok(f) => f,
-            Err(e) => return e.into_sys("opening pages.img"),
+            Err(e) => return e.into(),
         };
 
         let socks = match self.lazy.as_ref().map(|_| lazy::socketpair()).transpose() {
@@ -840,8 +843,8 @@ impl Plan {
         let server = match (&self.lazy, socks) {
             (Some(cfg), Some((shim_end, server_end))) => Some(tracer::ServerStart {
                 img: self.image(),
-                pages: self.image.pages_path(),
-                sums: self.image.sums_path(),
+                pages: (self.image.pages_path(), self.image.id(ImageFile::Pages)),
+                sums: (self.image.sums_path(), self.image.id(ImageFile::Sums)),
                 cfg: cfg.clone(),
                 server_end,
                 shim_end,

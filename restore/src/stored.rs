@@ -286,21 +286,53 @@ pub(crate) fn make(
     } else {
         // Its directories, removed with it (`rm -rf` of a temporary
         // directory whose file is still open), are made for the moment
-        // too, and removed again: its path reads as it did.
-        let made_dirs = make_parents(&shown).map_err(|(d, e)| {
-            err(Why::sys(
-                format!("making its removed directory {d} for a moment"),
-                e,
-            ))
-        })?;
-        let at = free_name(&shown);
-        let c = cpath(&at);
-        let fd = sys::create_new(&c, 0o600);
-        if fd.is_ok() {
-            let _ = sys::unlink(&c);
+        // too, and removed again: its path reads as it did. Another
+        // restore of the same image may take the free name between the
+        // look and the create, or remove a directory both use: each
+        // tries again, taking the next name, its own `.NAME.cryo-PID-N`
+        // (a sweep of stop 47: 5 of 100 concurrent restores failed "File
+        // exists", and a directory was left behind).
+        let mut last = None;
+        let mut made = None;
+        for _ in 0..64 {
+            let made_dirs = match make_parents(&shown) {
+                Ok(d) => d,
+                Err((d, e)) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    last = Some((PathBuf::from(d), e));
+                    continue;
+                }
+                Err((d, e)) => {
+                    return Err(err(Why::sys(
+                        format!("making its removed directory {d} for a moment"),
+                        e,
+                    )))
+                }
+            };
+            let at = free_name(&shown);
+            let c = cpath(&at);
+            let r = sys::create_new(&c, 0o600);
+            if r.is_ok() {
+                let _ = sys::unlink(&c);
+            }
+            remove_parents(&made_dirs);
+            match r {
+                Ok(fd) => {
+                    made = Some(fd);
+                    break;
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOENT)) => {
+                    last = Some((at, e));
+                }
+                Err(e) => return Err(err(Why::sys(format!("creating {}", at.display()), e))),
+            }
         }
-        remove_parents(&made_dirs);
-        fd.map_err(|e| err(Why::sys(format!("creating {}", at.display()), e)))?
+        match (made, last) {
+            (Some(fd), _) => fd,
+            (None, Some((at, e))) => {
+                return Err(err(Why::sys(format!("creating {}", at.display()), e)))
+            }
+            (None, None) => unreachable!(),
+        }
     };
     let file = std::fs::File::from(fd);
     use std::os::unix::fs::FileExt;
@@ -405,11 +437,18 @@ fn make_parents(path: &str) -> Result<Vec<CString>, (String, std::io::Error)> {
     let mut made = Vec::new();
     for d in missing.iter().rev() {
         let c = cpath(d);
-        if let Err(e) = sys::mkdir(&c, 0o700) {
-            remove_parents(&made);
-            return Err((d.display().to_string(), e));
+        match sys::mkdir(&c, 0o700) {
+            Ok(()) => made.push(c),
+            // Made meanwhile, by another restore of the same image (a
+            // sweep of stop 47: "File exists", and a directory left
+            // behind): used, and removed after if empty then, as a
+            // directory gone at the capture.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && d.is_dir() => made.push(c),
+            Err(e) => {
+                remove_parents(&made);
+                return Err((d.display().to_string(), e));
+            }
         }
-        made.push(c);
     }
     Ok(made)
 }

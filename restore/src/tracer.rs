@@ -38,8 +38,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 /// The page server to start (lazy restore).
 pub struct ServerStart<'a> {
     pub img: cryo_image::Image<'a>,
-    pub pages: std::path::PathBuf,
-    pub sums: std::path::PathBuf,
+    /// pages.img and sums.img, with the device and inode `prepare` found
+    /// (the server opens them by path, and refuses others).
+    pub pages: (std::path::PathBuf, Option<cryo_image::load::FileId>),
+    pub sums: (std::path::PathBuf, Option<cryo_image::load::FileId>),
     pub cfg: crate::lazy::Config,
     /// Our end of the shim's socket (the server's); closed in the restorer.
     pub server_end: RawFd,

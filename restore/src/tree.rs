@@ -1358,6 +1358,32 @@ fn proc_state(pid: i32) -> Option<char> {
 /// parent has not forked it). A process of the tree that dies before the
 /// exec stays a zombie (no parent waits before its own exec), and one
 /// whose parent died is never forked, but its parent is then a zombie.
+/// Whether `pid` is `ancestor` or below it (its parents, by /proc, up to
+/// PID 1).
+fn descends_from(pid: i32, ancestor: i32) -> bool {
+    let mut p = pid;
+    for _ in 0..4096 {
+        if p == ancestor {
+            return true;
+        }
+        if p <= 1 {
+            return false;
+        }
+        let Some(parent) = std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_owned))
+            })
+            .and_then(|v| v.parse::<i32>().ok())
+        else {
+            return false;
+        };
+        p = parent;
+    }
+    false
+}
+
 fn alive(pid: i32) -> bool {
     proc_state(pid).is_none_or(|c| c != 'Z' && c != 'X')
 }
@@ -1425,11 +1451,24 @@ impl Cx<'_> {
         }
     }
 
-    /// Kill every process made so far (children first), reap ours.
+    /// Kill every process made so far (children first), reap ours. Only
+    /// ours: a process at a captured PID that this restore did not make
+    /// (another restore of the same image won that PID, or any process
+    /// took it) is left alone. Killed by its PID alone, a restore that
+    /// lost the race for the PIDs killed the winner's children (a sweep
+    /// of stop 47: two plain restores of one tree at once both failed 12
+    /// times in 40).
     fn fail(&self) {
         self.bar.abort();
+        let me = std::process::id() as i32;
         for m in self.tree.members.iter().skip(1).rev() {
-            let _ = sys::kill(m.rec.pid as i32, libc::SIGKILL);
+            let pid = m.rec.pid as i32;
+            // (Through a pidfd: the process checked is the one killed.)
+            if let Ok(fd) = sys::pidfd_open(pid) {
+                if descends_from(pid, me) {
+                    let _ = sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&fd), libc::SIGKILL);
+                }
+            }
         }
         for c in self.forks(0) {
             // (__WALL: a stand-in sends no SIGCHLD.)

@@ -343,8 +343,13 @@ fn open_again(img: &Image, f: &Fd, kind: u32) -> usize {
     );
     const S_IFMT: u64 = 0o170000;
     let mode = st[3] & 0xffff_ffff;
-    let same = (st[0], st[1]) == (f.dev, f.ino)
-        && (!device || (st[5] == f.rdev && mode & S_IFMT == f.mode as u64 & S_IFMT));
+    // (A device by its number and type, as `cryo restore` checks it: a
+    // node made again for the same device is the same device.)
+    let same = if device {
+        st[5] == f.rdev && mode & S_IFMT == f.mode as u64 & S_IFMT
+    } else {
+        (st[0], st[1]) == (f.dev, f.ino)
+    };
     let file = (f.file != cryo_image::NO_INDEX)
         .then(|| img.files().get(f.file as usize))
         .flatten();

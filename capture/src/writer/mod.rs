@@ -42,6 +42,9 @@ pub struct ImageDirWriter {
     dest: PathBuf,
     pages: PageWriter,
     committed: bool,
+    /// `--force`: an image at `dest` may be replaced (else one that
+    /// appeared there since `create` is refused at `commit`).
+    force: bool,
 }
 
 impl ImageDirWriter {
@@ -106,6 +109,7 @@ impl ImageDirWriter {
             dest: dest.to_owned(),
             pages,
             committed: false,
+            force,
         })
     }
 
@@ -203,6 +207,13 @@ impl ImageDirWriter {
         File::open(&self.tmp)
             .and_then(|d| d.sync_all())
             .map_err(io_at(&self.tmp))?;
+        // Another capture into the same directory that finished since
+        // create() looked: refused, not replaced (two captures into one
+        // new directory both said they had written it, and the first
+        // one's image was gone: a sweep of stop 47).
+        if !self.force && self.dest.join(META_FILE).exists() {
+            return Err(WriteError::ExistsImage(self.dest.clone()));
+        }
         if self.dest.exists() {
             // Checked in create(): an empty directory or (forced) an image.
             // Swapped with the new one at once (a valid image at every

@@ -556,11 +556,11 @@ fn source_of(
             if md.rdev() != f.rdev || fmt(md.mode()) != fmt(f.mode) {
                 return Err(err.why(format!("{target} is a different device now")));
             }
-            if (md.dev(), md.ino()) != (f.dev, f.ino) {
-                return Err(err.why(format!(
-                    "{target} is a different device node now (device/inode)"
-                )));
-            }
+            // (A device is its number and type: a node made again for the
+            // same device, /dev/null recreated, or /dev after a reboot,
+            // is the same device. Its inode was compared until stop 47,
+            // and every image holding /dev/null was refused once it was
+            // recreated: a sweep.)
             Ok(Source::Open {
                 path: target.to_owned(),
                 flags: flags | libc::O_NOCTTY,

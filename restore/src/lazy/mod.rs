@@ -32,7 +32,7 @@ use space::Space;
 pub use stats::eager_fill_json;
 use stats::{stats_json, Stats};
 use std::os::fd::RawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use working_set::write_working_set;
 pub use working_set::{read_working_set, WORKING_SET_FILE};
 
@@ -120,7 +120,7 @@ fn say(msg: &str) {
 /// gone).
 pub fn run(
     img: Image,
-    files: (&Path, &Path),
+    files: (&ImageFileAt, &ImageFileAt),
     cfg: &Config,
     sock: RawFd,
     keeper: RawFd,
@@ -135,23 +135,26 @@ pub fn run(
     }
 }
 
+/// An image file's path and the device and inode it must have.
+pub type ImageFileAt = (std::path::PathBuf, Option<cryo_image::load::FileId>);
+
 fn serve(
     img: Image,
-    (pages_path, sums_path): (&Path, &Path),
+    (pages_at, sums_at): (&ImageFileAt, &ImageFileAt),
     cfg: &Config,
     sock: RawFd,
     keeper: RawFd,
     target: i32,
 ) -> Result<(), Fatal> {
-    let map = |path: &Path, len: u64| {
-        let file = std::fs::File::open(path)
+    let map = |(path, id): &ImageFileAt, len: u64| {
+        let file = cryo_image::load::reopen_checked(path, *id)
             .map_err(|e| Fatal(format!("opening {}: {e}", path.display())))?;
         Mapped::open(&file, len).map_err(|e| Fatal(format!("mapping {}: {e}", path.display())))
     };
     let npages = img.header.pages_len / PG;
     // Their lengths were checked by `cryo restore`.
-    let pages = map(pages_path, img.header.pages_len)?;
-    let sums = map(sums_path, npages * 8)?;
+    let pages = map(pages_at, img.header.pages_len)?;
+    let sums = map(sums_at, npages * 8)?;
     let pidfd = uffd::pidfd_open(target);
     let uffd = match Uffd::recv(sock) {
         Ok(Some(u)) => u,

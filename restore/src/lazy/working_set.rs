@@ -24,16 +24,25 @@ pub(super) fn write_working_set(
     }
     let sum = cryo_image::checksum(&b);
     b.extend_from_slice(&sum.to_le_bytes());
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&b)?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, path)
+    // (A name of this process's: concurrent restores recording at once
+    // shared one, and 19 of 80 lost their recording, "No such file", a
+    // sweep of stop 47. The last to finish is the one kept.)
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&b)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Read a working set recorded for the image `image_id`. Ok(None): no
