@@ -1478,3 +1478,49 @@ fn capturing_cryos_own_ancestor_is_refused_by_name() {
         "{err}"
     );
 }
+
+/// A thread's id given for its process's: refused by name, the process
+/// left as it was (`--dry-run` too). /proc/TID answers as a process
+/// would: a capture took the thread for the main one (the threads came
+/// back swapped), and with --kill waited for ever for it to end, leaving
+/// its target a traced zombie (a sweep of stop 47).
+#[test]
+fn a_thread_id_is_refused_naming_its_process() {
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args([
+        "-c",
+        "import os, threading, time, sys\nthreading.Thread(target=lambda: time.sleep(600), daemon=True).start()\nprint('READY', os.getpid(), flush=True)\nsys.stdin.read(1)\nprint('PASS tid', flush=True)",
+    ]);
+    let mut t = Target::spawn(cmd, "py-tid");
+    t.wait_sleeping();
+    let tid = std::fs::read_dir(format!("/proc/{}/task", t.pid))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&x| x != t.pid)
+        .expect("a second thread");
+    let img = scratch("tid").join("img");
+    for args in [
+        vec!["capture", "--dry-run", &*tid.to_string()],
+        vec![
+            "capture",
+            "--kill",
+            &*tid.to_string(),
+            img.to_str().unwrap(),
+        ],
+    ]
+    .iter()
+    {
+        let args: Vec<&str> = args.iter().map(|s| &**s).collect();
+        let (code, out, err) = cryo_cmd(&args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(
+            err.contains(&format!("{tid} is a thread of process {}", t.pid)),
+            "{err}"
+        );
+    }
+    assert!(!img.exists());
+    assert_eq!(state(t.pid), Some('S'), "left as it was");
+    t.poke_stdin();
+    let (code, last, err) = t.finish();
+    assert_eq!((code, last.as_str()), (0, "PASS tid"), "{err}");
+}

@@ -1600,3 +1600,32 @@ fn an_image_replaced_while_it_is_restored_is_refused() {
         "{err}"
     );
 }
+
+/// A working directory removed after the capture: `--dry-run` says so, as
+/// the restore does, before anything is done (the dry run said "can be
+/// restored here", and the restore failed at its chdir: a sweep of stop
+/// 47).
+#[test]
+fn a_working_directory_gone_since_the_capture_is_refused_by_the_dry_run_too() {
+    let dir = scratch("cwd-gone");
+    let cwd = dir.join("wd");
+    std::fs::create_dir(&cwd).unwrap();
+    let mut cmd = Command::new(program("rust-target"));
+    cmd.arg("stop").current_dir(&cwd);
+    let t = Target::spawn(cmd, "rust-target");
+    t.wait_stopped();
+    let img = dir.join("img");
+    support::capture_killed(t.pid, &img, &[]);
+    drop(t);
+    std::fs::remove_dir(&cwd).unwrap();
+    for args in [&["restore", "--dry-run"][..], &["restore"]] {
+        let mut a = args.to_vec();
+        a.push(img.to_str().unwrap());
+        let (code, out, err) = cryo_cmd(&a);
+        assert_eq!((code, out.as_str()), (1, ""), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("its working directory {} is gone", cwd.display())),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -5419,3 +5419,49 @@ print("PASS" if st == 0 else f"FAIL {st}", flush=True)
     assert_eq!((code, out.lines().last()), (0, Some("PASS")), "{out}{err}");
     wait_gone(&pids[1..]);
 }
+
+/// One process's part of a tree image (`DIR/procs/PID`) given as an
+/// image: refused, naming the tree image to restore (`--dry-run` and pack
+/// too). Restored alone, its pipe to its parent was made again inside
+/// it, and its program died of a broken pipe (a sweep of stop 47).
+#[test]
+fn a_tree_members_part_is_refused_as_an_image_of_its_own() {
+    let script = r#"
+import os, sys
+r, w = os.pipe()
+c = os.fork()
+if c == 0:
+    os.close(r)
+    sys.stdin.readline()
+    os.write(w, b"x")
+    os._exit(0)
+os.close(w)
+print("READY", os.getpid(), flush=True)
+assert os.read(r, 1) == b"x"
+os.waitpid(c, 0)
+print("PASS", flush=True)
+"#;
+    let (img, pids) = capture_python_tree("tree-part", script, |_| {});
+    let part = img.join(format!("procs/{}", pids[1]));
+    assert!(
+        part.join(cryo_image::META_FILE).is_file(),
+        "{}",
+        part.display()
+    );
+    let exe = img.with_file_name("part.restored");
+    for args in [
+        vec!["restore", part.to_str().unwrap()],
+        vec!["restore", "--dry-run", part.to_str().unwrap()],
+        vec!["pack", part.to_str().unwrap(), "-o", exe.to_str().unwrap()],
+    ] {
+        let (code, out, err) = cryo_cmd(&args);
+        assert_eq!((code, out.as_str()), (1, ""), "{args:?}: {err}");
+        assert!(
+            err.contains("is one process's part of the tree image"),
+            "{args:?}: {err}"
+        );
+    }
+    let (code, out, err) = finish(restore(&img, &[]), "x\n");
+    assert_eq!((code, out.lines().last()), (0, Some("PASS")), "{out}{err}");
+    wait_gone(&pids[1..]);
+}

@@ -148,6 +148,27 @@ fn join_obstacles(o: &[String]) -> String {
     }
 }
 
+/// Refuse a thread's id given for a process's: /proc/TID answers as a
+/// process would, and a capture took the thread for the main one (the
+/// threads came back swapped), and with --kill waited for ever for it
+/// to end, the target left a traced zombie (a sweep of stop 47).
+fn not_a_thread(pid: i32) -> Result<(), CaptureError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let tgid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse::<i32>().ok());
+    match tgid {
+        Some(t) if t != pid => Err(CaptureError::Refused {
+            pid,
+            obstacles: vec![format!(
+                "{pid} is a thread of process {t}, not a process: capture {t}, which captures its threads with it"
+            )],
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Refuse a target that is this process or one of its ancestors (unless
 /// `--single` and an ancestor): cryo would be in the tree it freezes (a
 /// script capturing its own `$$` was told the target was "a zombie or
@@ -239,6 +260,7 @@ fn shares_its_memory(pid: i32) -> Result<(), CaptureError> {
 /// once (empty: it can). The processes are frozen only while they are
 /// looked at, and left as they were.
 pub fn check(pid: i32, opts: &Options) -> Result<Checked, CaptureError> {
+    not_a_thread(pid)?;
     not_our_own(pid, opts)?;
     if let Err(CaptureError::Refused { obstacles, .. }) = shares_its_memory(pid) {
         return Ok(Checked {
@@ -455,6 +477,7 @@ pub fn capture(
         Some('Z' | 'X') => return Err(PtraceError::NotTraceable(pid).into()),
         _ => {}
     }
+    not_a_thread(pid)?;
     not_our_own(pid, opts)?;
     shares_its_memory(pid)?;
     // The resident size, to allocate the page buffers before the freeze.

@@ -420,6 +420,24 @@ pub fn signal_name(sig: i32) -> String {
 /// Load and check everything; change nothing (a tree's shared objects are
 /// made, in this process only).
 pub fn prepare(dir: &Path, mut opts: Options) -> Result<Plan, RestoreError> {
+    // One process's part of a tree image (`DIR/procs/PID`) is no image of
+    // its own: restored alone, its pipes and sockets to the others were
+    // made again within it and its program died of a broken pipe (a
+    // sweep of stop 47).
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+    if let Some(top) = abs
+        .parent()
+        .filter(|p| p.file_name().is_some_and(|n| n == "procs"))
+        .and_then(Path::parent)
+        .filter(|t| t.join(cryo_image::META_FILE).is_file())
+    {
+        return Err(RestoreError::Tree(format!(
+            "{} is one process's part of the tree image {}: restore {}, which brings the whole tree back",
+            dir.display(),
+            top.display(),
+            top.display()
+        )));
+    }
     let image = LoadedImage::open(dir)?;
     if opts.pidns {
         // Every captured PID is free in a namespace of its own.
@@ -575,6 +593,14 @@ fn prepare_one(
         personality: p.personality,
         rlimits,
     };
+    // Its working directory, there now (a dry run said yes, and the
+    // restore failed at its chdir: a sweep of stop 47).
+    if !setup.cwd_deleted && !std::path::Path::new(&setup.cwd).is_dir() {
+        return Err(RestoreError::Task(format!(
+            "its working directory {} is gone (or not a directory now)",
+            setup.cwd
+        )));
+    }
     // The shim names the program's executable (PR_SET_MM_MAP's exe_fd),
     // which the kernel lets only a checkpoint/restore-capable process
     // do: without, a user's restore of their own image failed after the

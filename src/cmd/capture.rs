@@ -183,7 +183,14 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
     if a.dry_run {
         let (obstacles, sig) = uninterrupted(|| cryo_capture::check(a.pid, &opts));
         if let Some(sig) = sig {
-            eprintln!("cryo: {}", Interrupted { sig, done: None });
+            eprintln!(
+                "cryo: {}",
+                Interrupted {
+                    sig,
+                    done: None,
+                    after: None
+                }
+            );
             return Ok(128 + sig);
         }
         let checked = obstacles?;
@@ -320,6 +327,7 @@ pub fn capture_with_progress(pid: i32, dir: &Path, opts: &Options, quiet: bool) 
         return Err(Interrupted {
             sig,
             done: r.is_ok().then(|| dir.to_owned()),
+            after: r.is_ok().then_some(opts.after),
         }
         .into());
     }
@@ -333,6 +341,10 @@ pub struct Interrupted {
     pub sig: i32,
     /// The image, if the capture had finished.
     pub done: Option<std::path::PathBuf>,
+    /// What was done with the target then (a finished capture with
+    /// --kill killed it: "left as it was" said otherwise, a sweep of
+    /// stop 47).
+    pub after: Option<cryo_capture::After>,
 }
 
 impl std::fmt::Display for Interrupted {
@@ -343,10 +355,17 @@ impl std::fmt::Display for Interrupted {
             libc::SIGHUP => "SIGHUP",
             _ => "SIGQUIT",
         };
+        let left = match self.after {
+            Some(cryo_capture::After::Kill) => "the target was killed (--kill)",
+            Some(cryo_capture::After::LeaveStopped) => {
+                "the target was left stopped (--leave-stopped)"
+            }
+            _ => "the target was left as it was",
+        };
         match &self.done {
             Some(dir) => write!(
                 f,
-                "interrupted ({name}) once the capture had finished: the target was left as it was, and {} is complete",
+                "interrupted ({name}) once the capture had finished: {left}, and {} is complete",
                 dir.display()
             ),
             None => write!(f, "interrupted ({name}): the target was left as it was"),

@@ -114,11 +114,13 @@ pub fn run(a: CheckArgs) -> Result<i32> {
         ),
     ];
     let ok = checks.iter().all(|c| !c.required || c.status == Status::Ok);
-    // Capture works without them (a user's own processes); restore not.
+    // Capture works without them (a user's own processes); restore not
+    // (nor without its shim: "can capture and restore" was said with the
+    // shim missing, a sweep of stop 47).
     let restores = checks
         .iter()
-        .find(|c| c.name == "capabilities")
-        .is_none_or(|c| c.status == Status::Ok);
+        .filter(|c| c.name == "capabilities" || c.name == "shim")
+        .all(|c| c.status == Status::Ok);
     if a.json {
         println!(
             "{}",
@@ -141,7 +143,7 @@ pub fn run(a: CheckArgs) -> Result<i32> {
             if ok && restores {
                 "cryo can capture and restore on this machine"
             } else if ok {
-                "cryo can capture on this machine, but cannot restore as this user (see capabilities)"
+                "cryo can capture on this machine, but cannot restore here (see capabilities and shim)"
             } else {
                 "cryo cannot work here: see FAIL lines above"
             }

@@ -256,6 +256,35 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             min_pages: args.lazy_min_mib.saturating_mul(1 << 20) / cryo_image::PAGE_SIZE,
         }),
     };
+    // Where the page server writes when the program ends, checked now:
+    // a --lazy-stats file in a missing directory was not written and
+    // nothing said so; a working set on a read-only image directory
+    // failed at the end and killed the program (a sweep of stop 47).
+    if let Some(p) = &args.lazy_stats {
+        let d = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !d.is_dir() {
+            anyhow::bail!(
+                "cannot restore {}: --lazy-stats {}: its directory {} does not exist",
+                args.dir.display(),
+                p.display(),
+                d.display()
+            );
+        }
+    }
+    if args.record_working_set && args.lazy.is_some() && !args.dry_run {
+        let c = std::ffi::CString::new(args.dir.as_os_str().as_encoded_bytes()).unwrap_or_default();
+        // SAFETY: a NUL-terminated path we own.
+        if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+            anyhow::bail!(
+                "cannot restore {}: --record-working-set writes the working set into the image directory, which this user cannot write ({})",
+                args.dir.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
     // Every signal held from here on: they are the restored program's
     // (`hold_signals`); a dry run ends as any command does.
     if !args.dry_run {
