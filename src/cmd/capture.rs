@@ -437,7 +437,10 @@ pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
             "captured pid {}{} into {}: {} mappings, {} pages stored ({:.1} MiB){}, {} zero pages; frozen {:.2} ms, {:.2} GiB/s",
             s.pid,
             if s.processes > 1 {
-                format!(" and {} more processes", s.processes - 1)
+                match s.processes - 1 {
+                    1 => " and 1 more process".to_string(),
+                    n => format!(" and {n} more processes"),
+                }
             } else {
                 String::new()
             },

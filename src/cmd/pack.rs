@@ -125,8 +125,15 @@ pub fn run(args: PackArgs) -> anyhow::Result<i32> {
         drop_pipe_data: args.drop_pipe_data,
         ..Default::default()
     };
-    let plan = cryo_restore::prepare(&dir, opts)
-        .with_context(|| format!("cannot pack {}", dir.display()))?;
+    let plan = match cryo_restore::prepare(&dir, opts) {
+        Ok(p) => p,
+        // (Pack has no --inherit-fd: the advice is cryo restore's.)
+        Err(e) if e.to_string().contains("--inherit-fd") => bail!(
+            "cannot pack {}: {e}; a packed restorer cannot be given fds: restore it with cryo restore",
+            dir.display()
+        ),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot pack {}", dir.display()))),
+    };
     let obstacles = cryo_restore::pack::obstacles(&plan);
     if !obstacles.is_empty() {
         bail!(

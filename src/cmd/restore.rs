@@ -355,6 +355,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             plan.fds().len(),
             match plan.processes() {
                 1 => String::new(),
+                2 => ", with 1 more process of its tree".to_string(),
                 n => format!(", with {} more processes of its tree", n - 1),
             }
         );
