@@ -1524,3 +1524,45 @@ fn a_thread_id_is_refused_naming_its_process() {
     let (code, last, err) = t.finish();
     assert_eq!((code, last.as_str()), (0, "PASS tid"), "{err}");
 }
+
+/// Where the image cannot go is said before any work: `cryo run` checks
+/// DIR before it starts its program (it ran the program's whole start-up,
+/// then found an image there), and an empty mount point, which the
+/// image (written beside it, then renamed into place) cannot replace, is
+/// named as such (it failed "Device or resource busy"; a sweep of stop
+/// 47).
+#[test]
+fn an_image_destination_that_cannot_be_used_is_refused_before_any_work() {
+    let dir = scratch("dest-checks");
+    let taken = dir.join("taken");
+    std::fs::create_dir(&taken).unwrap();
+    std::fs::write(taken.join(cryo_image::META_FILE), b"an image").unwrap();
+    let (code, out, err) = cryo_cmd(&[
+        "run",
+        "--capture-on-stop",
+        taken.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "echo started",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(!out.contains("started"), "the program ran: {out}");
+    assert!(err.contains("already holds a cryo image"), "{err}");
+    // An empty mount point.
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1M", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(mounted, "mount -t tmpfs (root) failed");
+    let t = Target::start("rust-target", &["stop"]);
+    t.wait_stopped();
+    let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), mnt.to_str().unwrap()]);
+    let _ = std::process::Command::new("umount").arg(&mnt).status();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("a mount point"), "{err}");
+    assert_eq!(state(t.pid), Some('T'), "left as it was");
+}

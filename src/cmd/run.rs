@@ -74,6 +74,9 @@ fn wait_exit(pid: Pid) -> Result<i32> {
 
 pub fn run(a: RunArgs) -> Result<i32> {
     let (prog, args) = a.command.split_first().context("no program given")?;
+    // DIR before the program's start-up, not after it.
+    cryo_capture::writer::check_dest(&a.capture_on_stop, a.force)
+        .with_context(|| format!("cannot capture into {}", a.capture_on_stop.display()))?;
     let mut cmd = Command::new(prog);
     cmd.args(args);
     let child = cmd

@@ -24,6 +24,8 @@ pub enum WriteError {
     ExistsImage(PathBuf),
     #[error("{}: parent directory does not exist", .0.display())]
     NoParent(PathBuf),
+    #[error("{}: a mount point, which the image (written beside it, then renamed into place) cannot replace: capture into a directory inside it", .0.display())]
+    MountPoint(PathBuf),
     #[error("writing {}: {source}", .path.display())]
     Io { path: PathBuf, source: io::Error },
 }
@@ -33,6 +35,64 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> WriteError + '_ {
         path: path.to_owned(),
         source,
     }
+}
+
+/// Whether `dest` may receive an image (as [`ImageDirWriter::create`]
+/// will find it), before any work: `cryo run` asks before it starts its
+/// program (it ran the program's whole start-up, then found DIR already
+/// held an image: a sweep of stop 47).
+pub fn check_dest(dest: &Path, force: bool) -> Result<(), WriteError> {
+    checked_dest(dest, force).map(|_| ())
+}
+
+/// [`check_dest`]: the destination by its real path, its name and its
+/// parent.
+fn checked_dest(dest: &Path, force: bool) -> Result<(PathBuf, String, PathBuf), WriteError> {
+    // An existing directory by its real path: `.` has no name to write
+    // beside ("parent directory does not exist"), and a symbolic link
+    // to a directory was replaced by the image, the directory it named
+    // left empty (a survey of stop 36).
+    let dest = if dest.is_dir() {
+        fs::canonicalize(dest).map_err(io_at(dest))?
+    } else {
+        dest.to_owned()
+    };
+    if dest.exists() {
+        let is_image = dest.join(META_FILE).exists();
+        let empty = fs::read_dir(&dest)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if is_image && !force {
+            return Err(WriteError::ExistsImage(dest));
+        }
+        if !is_image && !empty {
+            return Err(WriteError::ExistsNotImage(dest));
+        }
+        // The image is renamed into place: a mount point cannot be
+        // replaced (EBUSY, a sweep of stop 47).
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
+        if dest
+            .parent()
+            .is_some_and(|p| dev(p).is_some() && dev(p) != dev(&dest))
+        {
+            return Err(WriteError::MountPoint(dest));
+        }
+    }
+    let name = dest
+        .file_name()
+        .ok_or_else(|| WriteError::NoParent(dest.clone()))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match dest.parent() {
+        Some(p) if p.as_os_str().is_empty() => PathBuf::from("."),
+        Some(p) => p.to_owned(),
+        None => return Err(WriteError::NoParent(dest.clone())),
+    };
+    if !parent.is_dir() {
+        return Err(WriteError::NoParent(dest));
+    }
+    Ok((dest, name, parent))
 }
 
 /// An image directory being written.
@@ -54,42 +114,8 @@ impl ImageDirWriter {
     /// page bytes expected, to size the buffers allocated now (see
     /// [`PageWriter`]).
     pub fn create(dest: &Path, force: bool, direct: bool, expect: u64) -> Result<Self, WriteError> {
-        // An existing directory by its real path: `.` has no name to write
-        // beside ("parent directory does not exist"), and a symbolic link
-        // to a directory was replaced by the image, the directory it named
-        // left empty (a survey of stop 36).
-        let real;
-        let dest = if dest.is_dir() {
-            real = fs::canonicalize(dest).map_err(io_at(dest))?;
-            real.as_path()
-        } else {
-            dest
-        };
-        if dest.exists() {
-            let is_image = dest.join(META_FILE).exists();
-            let empty = fs::read_dir(dest)
-                .map(|mut d| d.next().is_none())
-                .unwrap_or(false);
-            if is_image && !force {
-                return Err(WriteError::ExistsImage(dest.to_owned()));
-            }
-            if !is_image && !empty {
-                return Err(WriteError::ExistsNotImage(dest.to_owned()));
-            }
-        }
-        let name = dest
-            .file_name()
-            .ok_or_else(|| WriteError::NoParent(dest.to_owned()))?
-            .to_string_lossy()
-            .into_owned();
-        let parent = match dest.parent() {
-            Some(p) if p.as_os_str().is_empty() => PathBuf::from("."),
-            Some(p) => p.to_owned(),
-            None => return Err(WriteError::NoParent(dest.to_owned())),
-        };
-        if !parent.is_dir() {
-            return Err(WriteError::NoParent(dest.to_owned()));
-        }
+        let (dest, name, parent) = checked_dest(dest, force)?;
+        let dest = dest.as_path();
         let tmp = parent.join(format!(".{name}.cryo-tmp-{}", std::process::id()));
         remove_leftovers(&parent, &name);
         fs::DirBuilder::new()
