@@ -1529,8 +1529,8 @@ fn a_thread_id_is_refused_naming_its_process() {
 /// DIR before it starts its program (it ran the program's whole start-up,
 /// then found an image there), and an empty mount point, which the
 /// image (written beside it, then renamed into place) cannot replace, is
-/// named as such (it failed "Device or resource busy"; a sweep of stop
-/// 47).
+/// named as such (it failed "Device or resource busy"), as is the current
+/// directory, which it would replace (a sweep of stop 47).
 #[test]
 fn an_image_destination_that_cannot_be_used_is_refused_before_any_work() {
     let dir = scratch("dest-checks");
@@ -1564,5 +1564,18 @@ fn an_image_destination_that_cannot_be_used_is_refused_before_any_work() {
     let _ = std::process::Command::new("umount").arg(&mnt).status();
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("a mount point"), "{err}");
+    // The current directory (`cryo capture PID .`, empty): it would be
+    // replaced, and the shell left in a removed directory.
+    let here = dir.join("here");
+    std::fs::create_dir(&here).unwrap();
+    let out = std::process::Command::new(cryo())
+        .args(["capture", &t.pid.to_string(), "."])
+        .current_dir(&here)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the current directory"), "{err}");
+    assert!(here.is_dir() && std::fs::read_dir(&here).unwrap().next().is_none());
     assert_eq!(state(t.pid), Some('T'), "left as it was");
 }

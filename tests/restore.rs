@@ -1629,3 +1629,33 @@ fn a_working_directory_gone_since_the_capture_is_refused_by_the_dry_run_too() {
         );
     }
 }
+
+/// `--inherit-fd` for an fd the image lacks, or twice for one fd: refused
+/// in one line before anything is done (it was ignored without a word: a
+/// sweep of stop 47).
+#[test]
+fn inherit_fd_for_an_fd_the_image_lacks_or_twice_is_refused() {
+    let t = Target::start("rust-target", &["stop"]);
+    t.wait_stopped();
+    let img = scratch("inherit-check").join("img");
+    support::capture_killed(t.pid, &img, &[]);
+    drop(t);
+    for (args, want) in [
+        (
+            &["--inherit-fd", "77"][..],
+            "--inherit-fd 77: the captured process had no fd 77",
+        ),
+        (
+            &["--inherit-fd", "1", "--inherit-fd", "1=2"][..],
+            "--inherit-fd 1 is given twice",
+        ),
+    ] {
+        let mut a = vec!["restore"];
+        a.extend_from_slice(args);
+        a.push(img.to_str().unwrap());
+        let (code, out, err) = cryo_cmd(&a);
+        assert_eq!((code, out.as_str()), (1, ""), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+}

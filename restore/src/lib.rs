@@ -532,6 +532,21 @@ fn prepare_one(
         checks::mappable(&img)?;
         checks::mappable_here(&image, &img)?;
     }
+    // --inherit-fd for an fd the image has, once each (one for an fd it
+    // lacks was ignored without a word, and two for one fd taken: a
+    // sweep of stop 47).
+    for (i, &(n, _)) in opts.inherit_fds.iter().enumerate() {
+        if !img.fds().iter().any(|f| f.fd == n) {
+            return Err(RestoreError::Task(format!(
+                "--inherit-fd {n}: the captured process had no fd {n} (`cryo inspect` lists its fds)"
+            )));
+        }
+        if opts.inherit_fds[..i].iter().any(|&(m, _)| m == n) {
+            return Err(RestoreError::Task(format!(
+                "--inherit-fd {n} is given twice"
+            )));
+        }
+    }
     let own_status = OwnStatus::read();
     let rlimits = checks::rlimits(&img, own_status.cap_sys_resource)?;
     let planned = fds::plan(

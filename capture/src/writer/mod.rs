@@ -26,6 +26,8 @@ pub enum WriteError {
     NoParent(PathBuf),
     #[error("{}: a mount point, which the image (written beside it, then renamed into place) cannot replace: capture into a directory inside it", .0.display())]
     MountPoint(PathBuf),
+    #[error("{}: the current directory, which the image (written beside it, then renamed into place) would replace: capture into a directory inside it, or a new one", .0.display())]
+    OwnCwd(PathBuf),
     #[error("writing {}: {source}", .path.display())]
     Io { path: PathBuf, source: io::Error },
 }
@@ -68,8 +70,17 @@ fn checked_dest(dest: &Path, force: bool) -> Result<(PathBuf, String, PathBuf), 
         if !is_image && !empty {
             return Err(WriteError::ExistsNotImage(dest));
         }
-        // The image is renamed into place: a mount point cannot be
-        // replaced (EBUSY, a sweep of stop 47).
+        // The image is renamed into place, so an empty directory is
+        // replaced: never this process's own working directory (`cryo
+        // capture PID .` left the shell in a removed directory, a sweep
+        // of stop 47).
+        if std::env::current_dir()
+            .and_then(fs::canonicalize)
+            .is_ok_and(|c| c == dest)
+        {
+            return Err(WriteError::OwnCwd(dest));
+        }
+        // A mount point cannot be replaced (EBUSY, a sweep of stop 47).
         use std::os::unix::fs::MetadataExt;
         let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
         if dest
