@@ -1573,8 +1573,8 @@ fn an_image_destination_that_cannot_be_used_is_refused_before_any_work() {
         .current_dir(&here)
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, _, err) = outcome(out);
+    assert_eq!(code, 1, "{err}");
     assert!(err.contains("the current directory"), "{err}");
     assert!(here.is_dir() && std::fs::read_dir(&here).unwrap().next().is_none());
     assert_eq!(state(t.pid), Some('T'), "left as it was");

@@ -944,16 +944,13 @@ fn restore_without_the_capability_to_name_the_executable_is_refused_first() {
     let want = "needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE";
     let without = |argv: &[&str]| {
         sanitize_fds();
-        let out = Command::new("setpriv")
-            .args(["--bounding-set", "-sys_admin,-checkpoint_restore", "--"])
-            .args(argv)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        outcome(
+            Command::new("setpriv")
+                .args(["--bounding-set", "-sys_admin,-checkpoint_restore", "--"])
+                .args(argv)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap(),
         )
     };
     let c = cryo();

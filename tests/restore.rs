@@ -1283,10 +1283,7 @@ fn many_fds_restore_under_a_lower_soft_limit_or_are_refused_up_front() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let (code, err) = (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
+    let (code, _, err) = outcome(out);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains(&format!("above its own open-file limit of {lim}")),
@@ -1556,9 +1553,6 @@ fn a_socket_name_in_use_is_found_without_connecting() {
 /// meta.img while the directory is swapped.
 #[test]
 fn an_image_replaced_while_it_is_restored_is_refused() {
-    if Command::new("strace").arg("-V").output().is_err() {
-        panic!("strace is missing: run scripts/install-test-deps.sh");
-    }
     let dir = std::fs::canonicalize(scratch("replaced")).unwrap();
     let img_of = |tag: &str| {
         let t = Target::start("rust-target", &["stop"]);
@@ -1571,30 +1565,27 @@ fn an_image_replaced_while_it_is_restored_is_refused() {
     let img = dir.join("img");
     std::fs::rename(&a, &img).unwrap();
     let meta = img.join(cryo_image::META_FILE);
-    sanitize_fds();
-    let child = Command::new("strace")
-        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=openat", "-P"])
-        .arg(&meta)
-        .args(["-e", "inject=openat:delay_enter=2000000:when=2"])
-        .arg(cryo())
-        .arg("restore")
-        .arg(&img)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("strace cryo restore");
+    let child = restore_under_strace(
+        &[
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=openat",
+            "-P",
+            meta.to_str().unwrap(),
+            "-e",
+            "inject=openat:delay_enter=2000000:when=2",
+        ],
+        &img,
+    );
     // (Its checks take a few ms; its second open waits 2 s.)
     std::thread::sleep(Duration::from_millis(700));
     std::fs::rename(&img, dir.join("aside")).unwrap();
     std::fs::rename(&b, &img).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let (code, stdout, err) = (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert_eq!((code, stdout.as_ref()), (1, ""), "{err}");
+    let (code, stdout, err) = outcome(child.wait_with_output().unwrap());
+    assert_eq!((code, stdout.as_str()), (1, ""), "{err}");
     assert!(
         err.contains("meta.img is another file than the one checked"),
         "{err}"

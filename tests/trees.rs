@@ -5385,9 +5385,6 @@ print("PASS" if got == [signal.SIGUSR1] else f"FAIL {got}", flush=True)
 /// restores at once both failed 12 times in 40).
 #[test]
 fn a_tree_restore_that_loses_its_pids_leaves_the_winners_processes_alone() {
-    if Command::new("strace").arg("-V").output().is_err() {
-        panic!("strace is missing: run scripts/install-test-deps.sh");
-    }
     let script = r#"
 import os, sys
 r, w = os.pipe()
@@ -5404,9 +5401,8 @@ _, st = os.waitpid(c, 0)
 print("PASS" if st == 0 else f"FAIL {st}", flush=True)
 "#;
     let (img, pids) = capture_python_tree("tree-two-restores", script, |_| {});
-    sanitize_fds();
-    let loser = Command::new("strace")
-        .args([
+    let loser = restore_under_strace(
+        &[
             "-qq",
             "-o",
             "/dev/null",
@@ -5414,15 +5410,9 @@ print("PASS" if st == 0 else f"FAIL {st}", flush=True)
             "trace=clone3",
             "-e",
             "inject=clone3:delay_enter=2000000",
-        ])
-        .arg(cryo())
-        .arg("restore")
-        .arg(&img)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("strace cryo restore");
+        ],
+        &img,
+    );
     // (The loser has found the PIDs free and waits in its first fork.)
     std::thread::sleep(Duration::from_millis(500));
     let winner = restore(&img, &[]);

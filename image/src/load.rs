@@ -93,7 +93,8 @@ impl LoadedImage {
             Ok(_) => {}
         }
         let sums = dir.join(SUMS_FILE);
-        if std::fs::metadata(&sums).is_ok_and(|md| !md.is_file()) {
+        let sums_md = std::fs::metadata(&sums).ok();
+        if sums_md.as_ref().is_some_and(|md| !md.is_file()) {
             return Err(not_regular(sums));
         }
         let io_err = |source| LoadError::Io {
@@ -129,11 +130,9 @@ impl LoadedImage {
         if !md.is_file() {
             return Err(not_regular(pages));
         }
-        let id_of = |path: &Path| -> Option<FileId> {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-        };
-        let ids = [Some(meta_id), id_of(&pages), id_of(&sums)];
+        use std::os::unix::fs::MetadataExt;
+        let id = |m: &std::fs::Metadata| (m.dev(), m.ino());
+        let ids = [Some(meta_id), Some(id(&md)), sums_md.as_ref().map(id)];
         let actual = md.len();
         if actual != img.header.pages_len {
             return Err(LoadError::Image {

@@ -403,7 +403,7 @@ pub fn hold_signals() -> Result<(), RestoreError> {
 
 /// The first of [`STOPPING`] pending (held), if any.
 pub(crate) fn interrupted() -> Option<i32> {
-    STOPPING.into_iter().find(|&s| sys::signal_pending(s))
+    sys::first_pending(&STOPPING)
 }
 
 /// A signal's name, for messages.

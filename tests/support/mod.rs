@@ -407,12 +407,32 @@ pub fn run_packed(exe: &Path) -> std::process::Output {
 /// Run cryo with args; returns (status code, stdout, stderr).
 pub fn cryo_cmd(args: &[&str]) -> (i32, String, String) {
     sanitize_fds();
-    let out = Command::new(cryo()).args(args).output().expect("run cryo");
+    outcome(Command::new(cryo()).args(args).output().expect("run cryo"))
+}
+
+/// A finished command's (status code, stdout, stderr).
+pub fn outcome(out: std::process::Output) -> (i32, String, String) {
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `cryo restore IMG` started under `strace STRACE...` (to delay one of
+/// its calls), stdout and stderr piped.
+pub fn restore_under_strace(strace: &[&str], img: &Path) -> Child {
+    sanitize_fds();
+    Command::new("strace")
+        .args(strace)
+        .arg(cryo())
+        .arg("restore")
+        .arg(img)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strace (apt-get install strace; scripts/install-test-deps.sh)")
 }
 
 /// `cryo capture --kill [OPTIONS] PID IMG`, which must succeed.

@@ -151,6 +151,21 @@ pub fn signal_pending(sig: i32) -> bool {
     unsafe { libc::sigpending(&mut set) == 0 && libc::sigismember(&set, sig) == 1 }
 }
 
+/// The first of `sigs` pending for this process (one sigpending).
+pub fn first_pending(sigs: &[i32]) -> Option<i32> {
+    // SAFETY: zeroes are a valid sigset_t, filled by sigpending.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigpending writes the sigset_t we own; sigismember reads it.
+    unsafe {
+        if libc::sigpending(&mut set) != 0 {
+            return None;
+        }
+        sigs.iter()
+            .copied()
+            .find(|&s| libc::sigismember(&set, s) == 1)
+    }
+}
+
 /// waitpid(pid, flags): (the pid, its raw status) of the first change.
 pub fn waitpid(pid: i32, flags: i32) -> io::Result<(i32, i32)> {
     let mut st = 0;
