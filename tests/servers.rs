@@ -127,6 +127,24 @@ fn spawn_searched(cmd: &mut Command) -> Child {
     panic!("no PID that capture searches for in 10 tries: {last:?}");
 }
 
+/// The range of `pid`'s .bss: the anonymous mapping right after its
+/// executable's last mapping (from /proc/PID/maps).
+fn nginx_bss(pid: i32) -> std::ops::Range<u64> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let range = |l: &str| {
+        let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+        Some(u64::from_str_radix(a, 16).ok()?..u64::from_str_radix(b, 16).ok()?)
+    };
+    let lines: Vec<&str> = maps.lines().collect();
+    lines
+        .windows(2)
+        .filter(|w| w[0].ends_with("/nginx") && w[1].split_whitespace().count() == 5)
+        .filter_map(|w| Some((range(w[0])?, range(w[1])?)))
+        .find(|(a, b)| a.end == b.start)
+        .map(|(_, b)| b)
+        .unwrap_or_else(|| panic!("no .bss after nginx in {maps}"))
+}
+
 fn which(prog: &str) -> String {
     let out = Command::new("sh")
         .args(["-c", &format!("command -v {prog}")])
@@ -967,15 +985,26 @@ fn nginx_master_keeps_its_pid_with_same_pid_and_reloads() {
     let img = dir.join("img");
     let pid = root_pid.to_string();
     // A dry run says so too, and leaves it serving.
+    // (nginx's own place is its ngx_pid, in its .bss; the search is a
+    // heuristic, and another value there may equal the PID by chance: CI
+    // once found 2 places for PID 3353, where 40 runs here found 1.)
     let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &pid]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains(&format!("pid {pid} keeps its own PID in memory (1 place")),
+        out.contains(&format!("pid {pid} keeps its own PID in memory (")),
         "dry run names the kept PID: {out}"
     );
     let (_, out, _) = cryo_cmd(&["capture", "--dry-run", "--json", &pid]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("capture --dry-run --json");
-    assert_eq!(v["own_pid_refs"].as_array().map(Vec::len), Some(1), "{v}");
+    let places: Vec<u64> = v["own_pid_refs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+        .unwrap_or_default();
+    let bss = nginx_bss(root_pid);
+    assert!(
+        places.iter().any(|a| bss.contains(a)),
+        "ngx_pid, in nginx's .bss {bss:x?}, among {places:#x?}"
+    );
     assert_eq!(http_get(port), "hello from nginx\n");
     let (code, _, err) = cryo_cmd(&["capture", "--kill", &pid, img.to_str().unwrap()]);
     assert_eq!(code, 0, "capture: {err}");
@@ -990,9 +1019,12 @@ fn nginx_master_keeps_its_pid_with_same_pid_and_reloads() {
     wait_gone(&pids);
     let (code, out, err) = cryo_cmd(&["restore", "--dry-run", img.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
+    let n = places.len();
     assert!(
-        out.contains(&format!("keeps its own PID {pid} in memory (1 place"))
-            && out.contains("nginx's .bss"),
+        out.contains(&format!(
+            "keeps its own PID {pid} in memory ({n} place{}",
+            if n == 1 { "" } else { "s" }
+        )) && out.contains("/nginx's "),
         "dry run names the place: {out}"
     );
     let (_, out, _) = cryo_cmd(&["restore", "--dry-run", "--same-pid", img.to_str().unwrap()]);
@@ -1010,14 +1042,14 @@ fn nginx_master_keeps_its_pid_with_same_pid_and_reloads() {
     assert_eq!(v["processes"], 3, "{v}");
     assert_eq!(
         v["own_pid"]["refs"].as_array().map(|a| a.len()),
-        Some(1),
+        Some(n),
         "{v}"
     );
     assert!(
         v["own_pid"]["note"]
             .as_str()
             .unwrap_or("")
-            .contains("nginx's .bss"),
+            .contains("/nginx's "),
         "{v}"
     );
     assert!(json(&["--same-pid"])["own_pid"]["note"].is_null());
