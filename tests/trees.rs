@@ -1463,6 +1463,128 @@ print("PASS", flush=True)
     }
 }
 
+/// A child whose stderr is a pipe to a process outside the tree (a
+/// shell's `cmd 2>&5` of a pipe another program reads): that reader is
+/// gone for a restore, so the child's fd 2, and its copy at 3 and up, are
+/// the restore's stderr, as the root's fds 0-2 are. Its other pipe to
+/// outside, at fd 9, needs `--inherit-fd PID:9=M`. Until stop 48 such a
+/// tree was captured (even with --kill) and every restore refused it,
+/// with advice (`--inherit-fd 2`) that applies to the root only.
+#[test]
+fn a_childs_pipes_to_outside_the_tree_are_the_restores() {
+    let dir = scratch("tree-outside-pipe");
+    let seen = dir.join("seen-outside");
+    let script = format!(
+        r#"
+import os, sys
+r, w = os.pipe()
+r9, w9 = os.pipe()
+i = os.fork()
+if i == 0:
+    if os.fork() == 0:
+        # The reader: outside the tree once its parent has ended.
+        os.close(w); os.close(w9)
+        with open({seen:?}, "ab") as out:
+            while True:
+                b = os.read(r, 100)
+                if not b:
+                    break
+                out.write(b); out.flush()
+        os._exit(0)
+    os._exit(0)
+os.waitpid(i, 0)
+os.close(r); os.close(r9)
+go_r, go_w = os.pipe()
+kid = os.fork()
+if kid == 0:
+    os.close(go_w)
+    os.dup2(w, 2); os.close(w)
+    os.dup2(w9, 9); os.close(w9)
+    c = os.dup(2)
+    print("child before", file=sys.stderr, flush=True)
+    os.read(go_r, 1)
+    print("child after", file=sys.stderr, flush=True)
+    os.write(c, b"child copy\n")
+    os.write(9, b"child nine\n")
+    os._exit(7)
+os.close(w); os.close(w9)
+os.close(go_r)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+os.write(go_w, b"x")
+_, st = os.waitpid(kid, 0)
+print("child", os.waitstatus_to_exitcode(st), flush=True)
+print("PASS", flush=True)
+"#
+    );
+    let (img, pids) = capture_python_tree("tree-outside-pipe", &script, |_| {
+        wait_for(
+            "the child's first line outside",
+            Duration::from_secs(10),
+            || std::fs::read_to_string(&seen).is_ok_and(|s| s == "child before\n"),
+        );
+    });
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let (code, out, err) = cryo_cmd(&["restore", "--dry-run", img.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("process {0}: fd 9 (pipe pipe:[", pids[1]))
+            && err.contains(&format!(
+                "the other end was outside the process; pass --inherit-fd {}:9[=OUR_FD]",
+                pids[1]
+            )),
+        "{err}"
+    );
+    let give = format!("{}:9=1", pids[1]);
+    let (code, out, err) = cryo_cmd(&[
+        "restore",
+        "--dry-run",
+        "--inherit-fd",
+        &give,
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "stdio: process {}'s fd 2 was a pipe to a process outside the tree",
+            pids[1]
+        )),
+        "{out}"
+    );
+    let (_, out, _) = cryo_cmd(&[
+        "restore",
+        "--dry-run",
+        "--json",
+        "--inherit-fd",
+        &give,
+        img.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("restore --dry-run --json");
+    assert_eq!(
+        v["stdio_given"],
+        serde_json::json!([{"pid": pids[1], "fd": 2}]),
+        "{v}"
+    );
+    for mode in [
+        &["--inherit-fd", &give][..],
+        &["--pidns", "--inherit-fd", &give],
+    ] {
+        let (code, out, err) = finish(restore(&img, mode), "x\n");
+        assert_eq!(code, 0, "{mode:?}: {out}{err}");
+        assert_eq!(out, "child nine\nchild 7\nPASS\n", "{mode:?}: {err}");
+        assert!(
+            err.contains("child after\nchild copy\n"),
+            "{mode:?}: stderr {err:?}"
+        );
+        wait_gone(&pids[1..]);
+    }
+    // Nothing reached the reader after the capture.
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap_or_default(),
+        "child before\n"
+    );
+}
+
 /// Copies at 3 and up of fds 0-2, in a process alone and in a tree: a
 /// copy of stdout (a pipe) is the restore's stdout, as stdout is; a copy
 /// of a file at fd 2 (nginx dup2s its error.log onto fd 2 and keeps it at

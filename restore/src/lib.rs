@@ -56,6 +56,9 @@ pub struct Options {
     pub say_own_pid: bool,
     /// (restored fd, our fd): give the restored process our fd.
     pub inherit_fds: Vec<(i32, i32)>,
+    /// (PID, restored fd, our fd): the same for the process of the image
+    /// with that captured PID (a tree's other processes, or the root).
+    pub inherit_member_fds: Vec<(u32, i32, i32)>,
     /// Path of the cryo-shim binary.
     pub shim: PathBuf,
     /// Skip the pages checksum pass (the shim still checks the tables).
@@ -87,6 +90,9 @@ pub struct Options {
     pub pidns: bool,
     /// Which cgroups the restored processes join ([`Cgroups`]).
     pub cgroups: Cgroups,
+    /// This is a tree's process with this captured PID, not its root:
+    /// advice names it (`--inherit-fd PID:N`).
+    pub member: Option<u32>,
 }
 
 /// Which cgroups restored processes join.
@@ -262,6 +268,14 @@ impl Plan {
     /// zombies included).
     pub fn processes(&self) -> usize {
         self.tree.as_ref().map_or(1, |t| t.len())
+    }
+    /// (PID, fd): the fds 0-2 of a tree's other processes that were pipes
+    /// to a process outside the tree, and get this restore's own fd at
+    /// that number, as the root's fds 0-2 do.
+    pub fn given_stdio(&self) -> Vec<(u32, i32)> {
+        self.tree
+            .as_ref()
+            .map_or_else(Vec::new, |t| t.given_stdio().to_vec())
     }
     /// The System V segments, semaphore sets and message queues the
     /// restore would make again (gone since the capture), named.
@@ -451,6 +465,7 @@ pub fn prepare(dir: &Path, mut opts: Options) -> Result<Plan, RestoreError> {
     }
     if image.image()?.tree().len() > 1 {
         let pidns = opts.pidns;
+        // (`tree::prepare` gives each process its --inherit-fd PID:N.)
         let plan = tree::prepare(dir, image, opts)?;
         if pidns {
             fds::outside_of_pidns(&plan.image())?;
@@ -461,6 +476,15 @@ pub fn prepare(dir: &Path, mut opts: Options) -> Result<Plan, RestoreError> {
         return Ok(plan);
     }
     let img = image.image()?;
+    let pid = img.process().pid;
+    for (p, n, m) in std::mem::take(&mut opts.inherit_member_fds) {
+        if p != pid {
+            return Err(RestoreError::Task(format!(
+                "--inherit-fd {p}:{n}: the image has no process {p} (it holds process {pid} alone)"
+            )));
+        }
+        opts.inherit_fds.push((n, m));
+    }
     if opts.pidns {
         fds::outside_of_pidns(&img)?;
     }
@@ -535,15 +559,16 @@ fn prepare_one(
     // --inherit-fd for an fd the image has, once each (one for an fd it
     // lacks was ignored without a word, and two for one fd taken: a
     // sweep of stop 47).
+    let pid = opts.member.map(|p| format!("{p}:")).unwrap_or_default();
     for (i, &(n, _)) in opts.inherit_fds.iter().enumerate() {
         if !img.fds().iter().any(|f| f.fd == n) {
             return Err(RestoreError::Task(format!(
-                "--inherit-fd {n}: the captured process had no fd {n} (`cryo inspect` lists its fds)"
+                "--inherit-fd {pid}{n}: the captured process had no fd {n} (`cryo inspect` lists its fds)"
             )));
         }
         if opts.inherit_fds[..i].iter().any(|&(m, _)| m == n) {
             return Err(RestoreError::Task(format!(
-                "--inherit-fd {n} is given twice"
+                "--inherit-fd {pid}{n} is given twice"
             )));
         }
     }
@@ -552,6 +577,7 @@ fn prepare_one(
     let planned = fds::plan(
         &image,
         &img,
+        opts.member,
         &opts.inherit_fds,
         made.fds,
         opts.drop_pipe_data,

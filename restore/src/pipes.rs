@@ -39,12 +39,8 @@ pub(crate) fn plan_fd(
     err: &FdErr,
     out: &mut Plan,
 ) -> Result<Source, RestoreError> {
-    if p.flags & pipe_flags::INSIDE == 0 {
-        return Err(err.why(format!(
-            "the other end was outside the process; pass --inherit-fd {}[=OUR_FD] to give it one of ours",
-            f.fd
-        )));
-    }
+    // (One whose other end was outside: `fds::source_of` refuses it.)
+    debug_assert!(p.flags & pipe_flags::INSIDE != 0);
     let index = f.object as usize;
     let removed = f.kind == fd_kind::FIFO && target.ends_with(" (deleted)");
     if !out.pipes.iter().any(|m| m.index == index) {

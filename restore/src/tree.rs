@@ -60,6 +60,9 @@ pub(crate) struct Tree {
     ghosts: RefCell<Vec<crate::sockets::KeptGhost>>,
     /// The pty pairs made again.
     ptys: crate::ptys::Ptys,
+    /// (PID, fd): fds 0-2 of processes but the root, pipes to outside
+    /// the tree, that get this restore's own ([`outside_stdio`]).
+    given_stdio: Vec<(u32, i32)>,
 }
 
 impl Tree {
@@ -79,6 +82,11 @@ impl Tree {
 
     pub fn len(&self) -> usize {
         self.members.len()
+    }
+
+    /// [`Tree::given_stdio`].
+    pub fn given_stdio(&self) -> &[(u32, i32)] {
+        &self.given_stdio
     }
 
     /// Every live process in the foreground group `pgid` (the root's, or
@@ -109,6 +117,29 @@ pub(crate) fn prepare(
 ) -> Result<Plan, RestoreError> {
     let img = root.image()?;
     let recs: Vec<TreeProc> = img.tree().iter().collect();
+    // --inherit-fd PID:N, each for its process (the root's with the
+    // others it has).
+    let mut inherit: BTreeMap<u32, Vec<(i32, i32)>> = BTreeMap::new();
+    for (p, n, m) in std::mem::take(&mut opts.inherit_member_fds) {
+        match recs.iter().find(|r| r.pid == p) {
+            Some(r) if r.state != proc_state::LIVE => {
+                return Err(RestoreError::Tree(format!(
+                    "--inherit-fd {p}:{n}: process {p} had ended (a zombie), and has no fds"
+                )))
+            }
+            Some(r) if r.pid == recs[0].pid => opts.inherit_fds.push((n, m)),
+            Some(_) => inherit.entry(p).or_default().push((n, m)),
+            None => {
+                return Err(RestoreError::Tree(format!(
+                    "--inherit-fd {p}:{n}: the image has no process {p} (its processes: {})",
+                    recs.iter()
+                        .map(|r| r.pid.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            }
+        }
+    }
     can_set_pids()?;
     let mut images: Vec<Option<LoadedImage>> = vec![None];
     let mut pids: Vec<u32> = recs.iter().skip(1).map(|r| r.pid).collect();
@@ -166,7 +197,7 @@ pub(crate) fn prepare(
         let forked: Vec<u32> = recs.iter().skip(1).map(|r| r.pid).collect();
         crate::ptys::Ptys::make(&live, &forked, opts.same_pid || opts.pidns, !opts.no_verify)?
     };
-    let made = make_shared(&recs, &img, &img_of, &opts, &ptys)?;
+    let made = make_shared(&recs, &img, &img_of, &opts, &inherit, &ptys)?;
     let (no_fds, no_files, no_peers, no_from) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let made_of = |pid: u32| crate::MadeFor {
         fds: made.fds.get(&pid).unwrap_or(&no_fds).as_slice(),
@@ -175,6 +206,7 @@ pub(crate) fn prepare(
         peers: made.peers.get(&pid).unwrap_or(&no_peers).as_slice(),
         from_peer: made.from_peer.get(&pid).unwrap_or(&no_from).as_slice(),
     };
+    let mut given_stdio = Vec::new();
     let mut members = vec![Member {
         rec: recs[0],
         plan: RefCell::new(None),
@@ -194,17 +226,36 @@ pub(crate) fn prepare(
                 // stayed stopped for good, one in a session of its own
                 // out of reach of a group's SIGCONT: a survey of stop 36,
                 // Erlang's erl_child_setup.)
+                let child_img = image.image()?;
                 let was_stopped =
-                    image.image()?.process().flags & cryo_image::process_flags::WAS_STOPPED != 0;
+                    child_img.process().flags & cryo_image::process_flags::WAS_STOPPED != 0;
+                // But a pipe at 0-2 whose other end was outside the tree
+                // cannot come back as it was: it gets this restore's own,
+                // as the root's fds 0-2 do (a shell's `2>&5` of a pipe to
+                // an outside reader was captured, and refused by every
+                // restore until stop 48).
+                let outside = outside_stdio(&child_img);
                 let child_opts = Options {
-                    inherit_fds: Vec::new(),
-                    restore_stdio: vec![0, 1, 2],
+                    inherit_fds: inherit.remove(&r.pid).unwrap_or_default(),
+                    member: Some(r.pid),
+                    restore_stdio: [0, 1, 2]
+                        .into_iter()
+                        .filter(|n| !outside.contains(n))
+                        .collect(),
                     keep_stopped: was_stopped,
                     same_pid: false,
                     pidns: false,
                     say_own_pid: false,
                     ..opts.clone()
                 };
+                // (Said of those the root does not share: its fds 0-2
+                // are ours in any case.)
+                given_stdio.extend(
+                    outside
+                        .iter()
+                        .filter(|&&n| !shared_with(&img, (r.pid, n), recs[0].pid))
+                        .map(|&n| (r.pid, n)),
+                );
                 let sub = dir.join(proc_dir(r.pid));
                 let p = crate::prepare_one(&sub, image, child_opts, made_of(r.pid))
                     .map_err(|e| in_process(r.pid, e))?;
@@ -226,8 +277,35 @@ pub(crate) fn prepare(
         _made: made.ours,
         ghosts: RefCell::new(made.ghosts),
         ptys,
+        given_stdio,
     }));
     Ok(plan)
+}
+
+/// Whether process `pid`'s fd `n` is an object of the tree (`tree_fds` of
+/// the root's image) that process `other` holds too.
+fn shared_with(root_img: &Image, (pid, n): (u32, i32), other: u32) -> bool {
+    let t = root_img.tree_fds();
+    t.iter()
+        .find(|e| e.pid == pid && e.fd == n)
+        .is_some_and(|e| t.iter().any(|o| o.pid == other && o.object == e.object))
+}
+
+/// A tree member's fds 0-2 that are a pipe or FIFO whose other end was
+/// outside the tree.
+fn outside_stdio(img: &Image) -> Vec<i32> {
+    img.fds()
+        .iter()
+        .filter(|f| {
+            f.fd <= 2
+                && matches!(f.kind, fd_kind::PIPE | fd_kind::FIFO)
+                && img
+                    .pipes()
+                    .get(f.object as usize)
+                    .is_some_and(|p| p.flags & pipe_flags::INSIDE == 0)
+        })
+        .map(|f| f.fd)
+        .collect()
 }
 
 /// The pages of pages.img that more than one process of the tree maps
@@ -550,9 +628,19 @@ fn make_shared<'a>(
     root_img: &Image,
     img_of: &dyn Fn(usize) -> Option<(&'a LoadedImage, Image<'a>)>,
     opts: &Options,
+    inherit: &BTreeMap<u32, Vec<(i32, i32)>>,
     ptys: &crate::ptys::Ptys,
 ) -> Result<Made, RestoreError> {
     let index_of = |pid: u32| recs.iter().position(|r| r.pid == pid);
+    // Our fd that --inherit-fd gives member k's fd n.
+    let given = |k: usize, n: i32| {
+        let list = if k == 0 {
+            &opts.inherit_fds[..]
+        } else {
+            inherit.get(&recs[k].pid).map_or(&[][..], Vec::as_slice)
+        };
+        list.iter().find(|&&(m, _)| m == n).map(|&(_, ours)| ours)
+    };
     // object -> its fds (member index, fd, pipe end)
     let mut objects: BTreeMap<u32, Vec<(usize, i32, u32)>> = BTreeMap::new();
     // Socket pairs: (end 0's object, end 1's object).
@@ -925,12 +1013,52 @@ fn make_shared<'a>(
             .iter()
             .position(|f| f.fd == n)
             .expect("checked above");
+        // Given by --inherit-fd (any holder's): ours, for every holder.
+        if let Some((j, m, ours)) = fds
+            .iter()
+            .find_map(|&(j, m, _)| given(j, m).map(|o| (j, m, o)))
+        {
+            let pipe = fd_at(&img, n)
+                .filter(|f| matches!(f.kind, fd_kind::PIPE | fd_kind::FIFO))
+                .and_then(|f| img.pipes().get(f.object as usize));
+            let fd = if !sys::is_open(ours) {
+                Err(format!("--inherit-fd names our fd {ours}, which is not open"))
+            } else if pipe.is_some_and(|p| p.data.len > 0) && !opts.drop_pipe_data {
+                Err(format!(
+                    "{} bytes were unread in this pipe at capture; the fd it gets here is not that pipe, so they would be lost (--drop-pipe-data accepts that)",
+                    pipe.map_or(0, |p| p.data.len)
+                ))
+            } else {
+                sys::dup_above(ours, 3).map_err(|e| format!("duplicating fd {ours}: {e}"))
+            }
+            .map_err(|why| {
+                in_process(
+                    recs[j].pid,
+                    RestoreError::Fd {
+                        fd: m,
+                        what: format!("shared fd {m}"),
+                        why: why.into(),
+                    },
+                )
+            })?;
+            give(fds, fd, &mut made);
+            continue;
+        }
+        // A child's fds 0-2 that are pipes to outside the tree are ours
+        // (`outside_stdio`).
+        let child_stdio: Vec<i32>;
         let stdio: &[i32] = if k == 0 {
             &opts.restore_stdio
         } else {
-            &[0, 1, 2]
+            let outside = outside_stdio(&img);
+            child_stdio = [0, 1, 2]
+                .into_iter()
+                .filter(|n| !outside.contains(n))
+                .collect();
+            &child_stdio
         };
-        let (p, _) = fds::source_one(loaded, &img, i, stdio, verify, Some(ptys))
+        let member = (k != 0).then_some(recs[k].pid);
+        let (p, _) = fds::source_one(loaded, &img, member, i, stdio, verify, Some(ptys))
             .map_err(|e| in_process(recs[k].pid, e))?;
         if matches!(p.source, Source::Keep) {
             // One of the root's fds 0-2, which are this command's: each
@@ -954,7 +1082,7 @@ fn make_shared<'a>(
             let high: Vec<(usize, i32, u32)> =
                 fds.iter().copied().filter(|h| file && h.1 > 2).collect();
             if !high.is_empty() {
-                let (p, _) = fds::source_one(loaded, &img, i, &[n], verify, Some(ptys))
+                let (p, _) = fds::source_one(loaded, &img, member, i, &[n], verify, Some(ptys))
                     .map_err(|e| in_process(recs[k].pid, e))?;
                 let made_file = |file: u32| stored.get(&(k, file)).copied();
                 let fd = make_one(loaded, &img, &p, verify, &made_file)

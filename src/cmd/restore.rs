@@ -110,9 +110,12 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "FILE", requires = "lazy")]
     pub lazy_stats: Option<PathBuf>,
     /// Give restored fd N our fd M (`N=M`, or `N` for the same number).
-    /// Needed for pipes and terminals at fd 3 and up.
-    #[arg(long = "inherit-fd", value_name = "N[=M]", value_parser = parse_inherit)]
-    pub inherit_fd: Vec<(i32, i32)>,
+    /// Needed for pipes to outside the image and terminals at fd 3 and up.
+    /// `PID:N[=M]` gives it to the tree's process with that captured PID
+    /// (the root's without one; a tree's other processes get this
+    /// command's fds 0-2 for pipes that led outside the tree at 0-2).
+    #[arg(long = "inherit-fd", value_name = "[PID:]N[=M]", value_parser = parse_inherit)]
+    pub inherit_fd: Vec<(Option<u32>, i32, i32)>,
     /// Accept losing bytes that were unread in a pipe the restored fd does
     /// not get back: fds 0-2 (this command's own) and --inherit-fd fds are
     /// other pipes, and restore refuses by default when the captured one
@@ -211,7 +214,19 @@ pub enum LazyMode {
     OnDemand,
 }
 
-fn parse_inherit(s: &str) -> Result<(i32, i32), String> {
+fn parse_inherit(s: &str) -> Result<(Option<u32>, i32, i32), String> {
+    let (pid, s) = match s.split_once(':') {
+        Some((p, rest)) => (
+            Some(
+                p.parse::<u32>()
+                    .ok()
+                    .filter(|&p| p > 0)
+                    .ok_or_else(|| format!("bad PID {p:?}"))?,
+            ),
+            rest,
+        ),
+        None => (None, s),
+    };
     let (a, b) = s.split_once('=').unwrap_or((s, s));
     let n = a
         .parse::<i32>()
@@ -222,13 +237,24 @@ fn parse_inherit(s: &str) -> Result<(i32, i32), String> {
     if n < 0 || m < 0 {
         return Err("fd numbers are not negative".into());
     }
-    Ok((n, m))
+    Ok((pid, n, m))
 }
 
 pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
     let opts = cryo_restore::Options {
         keep_stopped: args.keep_stopped,
-        inherit_fds: args.inherit_fd.clone(),
+        inherit_fds: args
+            .inherit_fd
+            .iter()
+            .filter(|i| i.0.is_none())
+            .map(|&(_, n, m)| (n, m))
+            .collect(),
+        inherit_member_fds: args
+            .inherit_fd
+            .iter()
+            .filter_map(|&(p, n, m)| Some((p?, n, m)))
+            .collect(),
+        member: None,
         shim: crate::cmd::check::shim_path(),
         no_verify: args.no_verify,
         verify: args.verify,
@@ -325,6 +351,9 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
                 })),
                 "sysv_made_again": plan.sysv_to_make_again(),
                 "leads_session": p.flags & cryo_image::process_flags::SESSION_LEADER != 0,
+                "stdio_given": plan.given_stdio().iter()
+                    .map(|&(pid, fd)| serde_json::json!({"pid": pid, "fd": fd}))
+                    .collect::<Vec<_>>(),
                 "eager_fill": plan.eager_fill().map(|f| serde_json::json!({
                     "lazy_pages": f.lazy_pages,
                     "lazy_min_pages": f.min_pages,
@@ -376,6 +405,11 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         }
         if let Some(n) = cryo_restore::terminal_note(&img) {
             println!("terminal: {n}");
+        }
+        for (pid, fd) in plan.given_stdio() {
+            println!(
+                "stdio: process {pid}'s fd {fd} was a pipe to a process outside the tree: it gets this restore's fd {fd}, as the root's fds 0-2 do"
+            );
         }
         if p.flags & cryo_image::process_flags::SESSION_LEADER != 0 {
             // (setsid refuses a process group's leader: then a child.)

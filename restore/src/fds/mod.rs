@@ -209,6 +209,8 @@ struct Cx<'a> {
     img: &'a Image<'a>,
     fds: &'a [cryo_image::Fd],
     inherit: &'a [(i32, i32)],
+    /// A tree's process (its PID), not the root: [`Cx::inherit_fd`].
+    member: Option<u32>,
     /// (restored fd, our fd): objects of a tree, made once for every
     /// process that holds them (`crate::tree`).
     made: &'a [(i32, i32)],
@@ -217,6 +219,18 @@ struct Cx<'a> {
     verify: bool,
     /// The pty pairs made again (`crate::ptys`).
     ptys: Option<&'a crate::ptys::Ptys>,
+}
+
+impl Cx<'_> {
+    /// The option that gives restored fd `n` one of ours:
+    /// `--inherit-fd N[=OUR_FD]`, with the PID for a tree's other
+    /// processes.
+    pub(crate) fn inherit_fd(&self, n: i32) -> String {
+        match self.member {
+            Some(pid) => format!("--inherit-fd {pid}:{n}[=OUR_FD]"),
+            None => format!("--inherit-fd {n}[=OUR_FD]"),
+        }
+    }
 }
 
 /// One fd's plan failed: the error names it.
@@ -241,6 +255,7 @@ impl FdErr<'_> {
 pub fn plan(
     loaded: &LoadedImage,
     img: &Image,
+    member: Option<u32>,
     inherit: &[(i32, i32)],
     made: &[(i32, i32)],
     drop_pipe_data: bool,
@@ -254,6 +269,7 @@ pub fn plan(
         img,
         fds: &fds,
         inherit,
+        member,
         made,
         drop_pipe_data,
         restore_stdio,
@@ -296,6 +312,7 @@ pub fn plan(
 pub(crate) fn source_one(
     loaded: &LoadedImage,
     img: &Image,
+    member: Option<u32>,
     i: usize,
     restore_stdio: &[i32],
     verify: bool,
@@ -307,6 +324,7 @@ pub(crate) fn source_one(
         img,
         fds: &fds,
         inherit: &[],
+        member,
         made: &[],
         drop_pipe_data: false,
         restore_stdio,
@@ -573,6 +591,12 @@ fn source_of(
             let Some(p) = pipe else {
                 return Err(err.why("its pipe is missing from the image"));
             };
+            if p.flags & cryo_image::fds::pipe_flags::INSIDE == 0 {
+                return Err(err.why(format!(
+                    "the other end was outside the process; pass {} to give it one of ours",
+                    cx.inherit_fd(f.fd)
+                )));
+            }
             crate::pipes::plan_fd(cx.loaded, cx.fds, f, &p, target, flags, cx.verify, err, out)
         }
         fd_kind::INOTIFY => crate::inotify::plan(img, i, flags, err),
@@ -757,8 +781,8 @@ fn plan_tty(
                 rdev: Some(st.st_rdev),
             }),
             _ => Err(err.why(format!(
-                "it is the process's terminal (as its fd {}) opened again, and this restore has no terminal at fd {} to give it (a terminal's number names another after it is gone): restore it on a terminal, or pass --inherit-fd {}[=OUR_FD]",
-                g.fd, g.fd, f.fd
+                "it is the process's terminal (as its fd {}) opened again, and this restore has no terminal at fd {} to give it (a terminal's number names another after it is gone): restore it on a terminal, or pass {}",
+                g.fd, g.fd, cx.inherit_fd(f.fd)
             ))),
         };
     }
@@ -773,8 +797,8 @@ fn plan_tty(
                 rdev: Some(f.rdev),
             }),
             _ => Err(err.why(format!(
-                "a terminal that is not this command's and is gone; pass --inherit-fd {}[=OUR_FD] to give it one of ours",
-                f.fd
+                "a terminal that is not this command's and is gone; pass {} to give it one of ours",
+                cx.inherit_fd(f.fd)
             ))),
         },
     }
