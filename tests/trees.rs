@@ -1517,11 +1517,33 @@ print("child", os.waitstatus_to_exitcode(st), flush=True)
 print("PASS", flush=True)
 "#
     );
-    let (img, pids) = capture_python_tree("tree-outside-pipe", &script, |_| {
+    let (img, pids) = capture_python_tree("tree-outside-pipe", &script, |root| {
         wait_for(
             "the child's first line outside",
             Duration::from_secs(10),
             || std::fs::read_to_string(&seen).is_ok_and(|s| s == "child before\n"),
+        );
+        // A capture says which fds need --inherit-fd (the tree goes on).
+        let first = dir.join("first");
+        let root_s = root.to_string();
+        let (code, out, err) = cryo_cmd(&["capture", "--json", &root_s, first.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("capture --json");
+        let given = &v["outside_pipes"];
+        assert!(
+            given.as_array().is_some_and(|a| a.len() == 1)
+                && given[0][0].as_i64() != Some(root as i64)
+                && given[0][1] == 9,
+            "{v}"
+        );
+        let (code, _, err) = cryo_cmd(&["capture", &root_s, dir.join("second").to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            err.contains(&format!(
+                "process {}'s fd 9 is a pipe to a process outside the image",
+                given[0][0]
+            )) && err.contains(&format!("--inherit-fd {}:9=OUR_FD", given[0][0])),
+            "{err}"
         );
     });
     assert_eq!(pids.len(), 2, "{pids:?}");

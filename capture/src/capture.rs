@@ -112,6 +112,10 @@ pub struct Summary {
     /// fd 1 itself, as `dd of=` and `sort -o` do, would write the rest
     /// to the restore's stdout: said at capture).
     pub stdio_files: Vec<(i32, String, u64)>,
+    /// (PID, fd): pipes and FIFOs at fd 3 and up (not copies of fds 0-2)
+    /// whose other end is outside the image: a restore needs
+    /// `--inherit-fd` for each (the root first).
+    pub outside_pipes: Vec<(i32, i32)>,
     /// System V semaphore sets and message queues recorded (those the
     /// process could use; made again at restore if gone), by id.
     pub sysv_sets: Vec<i32>,
@@ -617,6 +621,26 @@ pub fn capture(
             .iter()
             .filter(|f| f.fd <= 2 && f.kind == cryo_image::fd_kind::REGULAR)
             .map(|f| (f.fd, b.strings.text(f.target), f.pos))
+            .collect(),
+        outside_pipes: all
+            .iter()
+            .flat_map(|i| {
+                let b = &i.b;
+                b.fds
+                    .iter()
+                    .filter(|f| {
+                        f.fd > 2
+                            && matches!(
+                                f.kind,
+                                cryo_image::fd_kind::PIPE | cryo_image::fd_kind::FIFO
+                            )
+                            && b.pipes
+                                .get(f.object as usize)
+                                .is_some_and(|p| p.flags & cryo_image::fds::pipe_flags::INSIDE == 0)
+                            && b.fds.get(f.desc as usize).is_some_and(|d| d.fd > 2)
+                    })
+                    .map(|f| (b.process.pid as i32, f.fd))
+            })
             .collect(),
         sysv_sets: ids(all.iter().flat_map(|i| i.b.sysv_sem.iter().map(|s| s.id))),
         sysv_queues: ids(all.iter().flat_map(|i| i.b.sysv_msq.iter().map(|q| q.id))),

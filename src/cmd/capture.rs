@@ -266,6 +266,38 @@ fn stdio_note(files: &[(i32, String, u64)]) -> Option<String> {
     ))
 }
 
+/// The note on pipes to outside the image at fd 3 and up: a restore
+/// needs `--inherit-fd` for each (`root`: the root's PID, whose fds need
+/// none).
+fn outside_pipes_note(root: i32, pipes: &[(i32, i32)]) -> Option<String> {
+    if pipes.is_empty() {
+        return None;
+    }
+    let opt = |&(pid, fd): &(i32, i32)| {
+        if pid == root {
+            format!("--inherit-fd {fd}=OUR_FD")
+        } else {
+            format!("--inherit-fd {pid}:{fd}=OUR_FD")
+        }
+    };
+    let what = pipes
+        .iter()
+        .map(|&(pid, fd)| {
+            if pid == root {
+                format!("fd {fd}")
+            } else {
+                format!("process {pid}'s fd {fd}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!(
+        "note: {what} {} a pipe to a process outside the image, which a restore does not bring back: `cryo restore` needs {} (an fd of its own in that pipe's place)",
+        if pipes.len() == 1 { "is" } else { "are each" },
+        pipes.iter().map(opt).collect::<Vec<_>>().join(" ")
+    ))
+}
+
 /// Every obstacle on its own line.
 pub fn obstacle_list(pid: i32, obstacles: &[String]) -> String {
     let mut s = format!(
@@ -464,6 +496,9 @@ pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
             eprintln!("{note}");
         }
         if let Some(note) = stdio_note(&s.stdio_files) {
+            eprintln!("{note}");
+        }
+        if let Some(note) = outside_pipes_note(s.pid, &s.outside_pipes) {
             eprintln!("{note}");
         }
         if s.in_landlock_domain {
