@@ -53,7 +53,8 @@ pub struct CaptureArgs {
     /// PID of the process (all its threads, and all its descendants, are
     /// captured).
     pub pid: i32,
-    /// Image directory to create (must not exist, or be empty; see --force).
+    /// Image directory to create (must not exist, or be empty; see
+    /// --force). Needed but with --dry-run.
     #[arg(required_unless_present = "dry_run")]
     pub dir: Option<PathBuf>,
     /// Only check: list everything that keeps PID from being captured

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use cryo_compare::{Config, CriuChoice, Method};
 use std::path::PathBuf;
 
-/// Time GHC programs to their first answer four ways, side by side.
+/// Time GHC programs to their first answer by every way below, side by side.
 ///
 /// Builds the bundled GHC workloads (apt's ghc, -O2, non-threaded RTS,
 /// -V0), then times each by every method, interleaving the methods' runs:

@@ -184,8 +184,9 @@ pub struct RestoreArgs {
     /// pages, where the program keeps its own PID).
     #[arg(long, requires = "dry_run")]
     pub json: bool,
-    /// Print the shim's phase times (exec, image, unmap, map+fill, state)
-    /// on stderr, for benchmarks.
+    /// Print the shim's phase times on stderr, for benchmarks: exec,
+    /// image+files, unmap+vdso, map+fill, state, threads+frame, and the
+    /// shim's total, in µs.
     #[arg(long)]
     pub phases: bool,
     /// Say nothing but errors: without it, restoring under cryo restore's
