@@ -912,6 +912,17 @@ fn tcp_connection_to_outside_kept_with_tcp_repair() {
         r.stdout.take().unwrap().read_to_string(&mut out).unwrap();
         let (code, _) = finish(r, &format!("restore {mode:?} of the TCP server"));
         assert_eq!((code, out.lines().last()), (0, Some("PASS")), "{out}");
+        if i == 0 {
+            // The restored server closed, its peer (c) not: the connection
+            // is an orphan in FIN-WAIT-2, and a second restore says so.
+            let (code, _, err) = cryo_cmd(&["restore", "--dry-run", img.to_str().unwrap()]);
+            assert_eq!(code, 1, "{err}");
+            assert!(
+                err.contains("still exists (no process holds it any more, but it is still closing (FIN-WAIT-")
+                    && err.contains("tcp_fin_timeout"),
+                "{err}"
+            );
+        }
         // Unlocked (the table stays; another test's connection may be
         // locked in it meanwhile).
         let left = Command::new("nft")

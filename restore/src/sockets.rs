@@ -403,9 +403,23 @@ pub(crate) fn plan(
                 sockaddr_display(&b)
             )));
         }
-        if tcp_connection_exists(&a, &b) {
+        if let Some((state, orphan)) = tcp_connection_state(&a, &b) {
+            let why = match state {
+                // An orphan an earlier restore closed (its peer has not):
+                // the kernel ends it on its own.
+                4 | 5 | 9 | 11 if orphan => format!(
+                    "no process holds it any more, but it is still closing ({}; closed by a process that held it, an earlier restore of this image maybe, and not yet by its peer): the kernel drops it within net.ipv4.tcp_fin_timeout ({} s here) or once the peer closes",
+                    tcp_state_name(state),
+                    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fin_timeout")
+                        .map_or_else(|_| "?".to_owned(), |t| t.trim().to_owned())
+                ),
+                _ => format!(
+                    "{}: the captured process, or an earlier restore of it, still has it",
+                    tcp_state_name(state)
+                ),
+            };
             return Err(err.why(format!(
-                "the TCP connection {} -> {} still exists (the captured process, or an earlier restore of it, still has it)",
+                "the TCP connection {} -> {} still exists ({why})",
                 sockaddr_display(&a),
                 sockaddr_display(&b)
             )));
@@ -501,7 +515,26 @@ pub(crate) fn plan(
 /// and remote address `b` (sockaddr bytes), in any state but TIME_WAIT
 /// (what an earlier restore of it left: a socket in repair mode may take
 /// its place, where the kernel allows it).
-fn tcp_connection_exists(a: &[u8], b: &[u8]) -> bool {
+/// The name of a TCP state as /proc/net/tcp numbers it.
+fn tcp_state_name(state: u8) -> &'static str {
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN-SENT",
+        3 => "SYN-RECV",
+        4 => "FIN-WAIT-1",
+        5 => "FIN-WAIT-2",
+        7 => "CLOSE",
+        8 => "CLOSE-WAIT",
+        9 => "LAST-ACK",
+        11 => "CLOSING",
+        _ => "another state",
+    }
+}
+
+/// The state of the TCP connection `a` -> `b` (not TIME-WAIT, which a
+/// socket in repair mode takes over) and whether no process holds it
+/// (its inode is 0: an orphan), if it exists.
+fn tcp_connection_state(a: &[u8], b: &[u8]) -> Option<(u8, bool)> {
     // As the kernel prints them: each 32-bit word of the address as a
     // host-order hex number, then the port.
     let shown = |s: &[u8]| -> Option<String> {
@@ -517,17 +550,27 @@ fn tcp_connection_exists(a: &[u8], b: &[u8]) -> bool {
         out += &format!(":{:04X}", u16::from_be_bytes([port[0], port[1]]));
         Some(out)
     };
-    let (Some(a), Some(b)) = (shown(a), shown(b)) else {
-        return false;
-    };
+    let (a, b) = (shown(a)?, shown(b)?);
+    let mut found = None;
     any_tcp_socket(|w| {
-        w.get(1) == Some(&a.as_str()) && w.get(2) == Some(&b.as_str()) && w.get(3) != Some(&"06")
-    })
+        let hit = w.get(1) == Some(&a.as_str())
+            && w.get(2) == Some(&b.as_str())
+            && w.get(3) != Some(&"06");
+        if hit {
+            let state = w
+                .get(3)
+                .and_then(|s| u8::from_str_radix(s, 16).ok())
+                .unwrap_or(0);
+            found = Some((state, w.get(9) == Some(&"0")));
+        }
+        hit
+    });
+    found
 }
 
 /// Whether a line of /proc/net/tcp or tcp6 (its fields: sl, local
 /// address, remote address, state, ...) satisfies `f`.
-fn any_tcp_socket(f: impl Fn(&[&str]) -> bool) -> bool {
+fn any_tcp_socket(mut f: impl FnMut(&[&str]) -> bool) -> bool {
     ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|path| {
         std::fs::read_to_string(path).is_ok_and(|t| {
             t.lines()
