@@ -43,7 +43,9 @@ pub struct RunArgs {
     /// `cryo capture --help`).
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = crate::cmd::capture::parse_size)]
     pub max_file_data: u64,
-    /// Print a JSON summary of the capture on stdout.
+    /// Print a JSON summary of the capture on stdout, on one line: the
+    /// program shares stdout, so what it printed before it stopped comes
+    /// first (with `--then kill` the summary is the last line: `tail -n 1`).
     #[arg(long)]
     pub json: bool,
     /// No progress bar.
@@ -122,7 +124,15 @@ pub fn run(a: RunArgs) -> Result<i32> {
     let res = capture_with_progress(pid.as_raw(), &a.capture_on_stop, &opts, a.quiet);
     match res {
         Ok(summary) => {
-            print_summary(&summary, a.json, a.quiet)?;
+            if a.json {
+                // (One line, the program's output around it.)
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{}", serde_json::to_string(&summary)?)?;
+                out.flush()?;
+            } else {
+                print_summary(&summary, false, a.quiet)?;
+            }
             match a.then {
                 Then::Kill => {
                     // capture killed it; reap it.
