@@ -1650,3 +1650,61 @@ fn inherit_fd_for_an_fd_the_image_lacks_or_twice_is_refused() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 }
+
+/// A restore's helper (its lazy page server, its tracer) is orphaned to
+/// leave the program; where orphans come to `cryo restore` itself (PID 1
+/// of a PID namespace: a container's first process) it would be the
+/// restored program's child, and the program's own `wait()` reaped it
+/// (stop 48: `os.waitpid(-1, 0)` returned the helper's PID where the
+/// program had no child). Refused there by name; an eager restore, or
+/// one with --pidns (cryo restore stays, the program's parent), has no
+/// such child.
+#[test]
+fn a_restore_as_pid_1_leaves_the_program_no_child_of_its_own() {
+    let dir = scratch("pid1");
+    let script = r#"
+import os, sys
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+try:
+    print("child", os.waitpid(-1, 0), flush=True)
+except ChildProcessError:
+    print("no child", flush=True)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn(cmd, "pid1");
+    t.wait_sleeping();
+    let img = dir.join("img");
+    support::capture_killed(t.pid, &img, &[]);
+    drop(t);
+    let as_pid_1 = |mode: &[&str]| {
+        sanitize_fds();
+        let mut c = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc"])
+            .arg(cryo())
+            .arg("restore")
+            .args(mode)
+            .arg(&img)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("unshare");
+        let _ = c.stdin.take().unwrap().write_all(b"go\n");
+        outcome(c.wait_with_output().expect("wait"))
+    };
+    for mode in [&["--lazy", "--lazy-min-mib=0"][..], &["--use-tracer"]] {
+        let (code, out, err) = as_pid_1(mode);
+        assert_eq!(code, 1, "{mode:?}: {out}{err}");
+        assert!(
+            err.contains("cryo restore is PID 1 of its PID namespace")
+                && err.contains("would become the restored program's child"),
+            "{mode:?}: {err}"
+        );
+    }
+    for mode in [&[][..], &["--lazy", "--lazy-min-mib=0", "--pidns"]] {
+        let (code, out, err) = as_pid_1(mode);
+        assert_eq!((code, out.as_str()), (0, "no child\n"), "{mode:?}: {err}");
+    }
+}

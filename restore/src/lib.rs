@@ -433,7 +433,54 @@ pub fn signal_name(sig: i32) -> String {
 
 /// Load and check everything; change nothing (a tree's shared objects are
 /// made, in this process only).
-pub fn prepare(dir: &Path, mut opts: Options) -> Result<Plan, RestoreError> {
+pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
+    let plan = prepare_any(dir, opts)?;
+    no_helper_left_to_the_program(&plan)?;
+    Ok(plan)
+}
+
+/// A restore's helper (its tracer, its lazy page server and watchdog) is
+/// orphaned on purpose, to be reparented away from the program this
+/// process becomes; when orphans come to this very process (it is its
+/// PID namespace's init, a container's entry point, or a child
+/// subreaper) the helper would be the restored program's child, which a
+/// `wait()` of its own reaps (found at stop 48: a Python `os.waitpid(-1,
+/// 0)` after a lazy restore in `unshare --pid --fork` returned the
+/// helper's PID, where it had no child). Refused then, before anything.
+fn no_helper_left_to_the_program(plan: &Plan) -> Result<(), RestoreError> {
+    if plan.opts.same_pid || plan.opts.pidns {
+        // (`cryo restore` stays, the program's parent: orphans are ours.)
+        return Ok(());
+    }
+    let mut helper = None;
+    let mut look = |p: &Plan| {
+        if p.lazy.is_some() {
+            helper = helper.or(Some("its lazy page server"));
+        } else if p.finish == Finish::Tracer {
+            helper = helper.or(Some("its tracer"));
+        }
+    };
+    look(plan);
+    if let Some(t) = &plan.tree {
+        t.each_plan(&mut look);
+    }
+    let Some(helper) = helper else {
+        return Ok(());
+    };
+    let why = if sys::getpid() == 1 {
+        "cryo restore is PID 1 of its PID namespace (a container's first process)"
+    } else if sys::is_child_subreaper() {
+        "cryo restore is a child subreaper (PR_SET_CHILD_SUBREAPER)"
+    } else {
+        return Ok(());
+    };
+    Err(RestoreError::Task(format!(
+        "{why}, so {helper}, orphaned to leave the program, would become the restored program's child, which a wait() of its own would reap; run cryo restore under an init (`docker run --init`, tini), or restore with --same-pid or --pidns (cryo restore then stays, the program's parent){}",
+        if plan.lazy.is_some() { ", or eagerly (without --lazy)" } else { "" }
+    )))
+}
+
+fn prepare_any(dir: &Path, mut opts: Options) -> Result<Plan, RestoreError> {
     // One process's part of a tree image (`DIR/procs/PID`) is no image of
     // its own: restored alone, its pipes and sockets to the others were
     // made again within it and its program died of a broken pipe (a

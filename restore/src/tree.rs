@@ -84,6 +84,15 @@ impl Tree {
         self.members.len()
     }
 
+    /// Call `f` with every other live process's plan.
+    pub(crate) fn each_plan(&self, f: &mut dyn FnMut(&Plan)) {
+        for m in &self.members {
+            if let Some(p) = m.plan.borrow().as_ref() {
+                f(p);
+            }
+        }
+    }
+
     /// [`Tree::given_stdio`].
     pub fn given_stdio(&self) -> &[(u32, i32)] {
         &self.given_stdio

@@ -13,6 +13,20 @@ pub fn umask(mask: u32) {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_retain(mask));
 }
 
+/// getpid().
+pub fn getpid() -> i32 {
+    std::process::id() as i32
+}
+
+/// Whether this process is a child subreaper (orphans below it are
+/// reparented to it).
+pub fn is_child_subreaper() -> bool {
+    let mut on: libc::c_int = 0;
+    // SAFETY: PR_GET_CHILD_SUBREAPER writes one int, `on`, which we own.
+    let r = unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut on as *mut libc::c_int) };
+    r == 0 && on != 0
+}
+
 /// personality(persona).
 pub fn personality(persona: u32) -> io::Result<()> {
     // SAFETY: personality takes an integer.
