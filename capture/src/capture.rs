@@ -586,6 +586,15 @@ pub fn capture(
     let stored: u64 = dumps.iter().map(|d| d.stored).sum();
     let zero: u64 = dumps.iter().map(|d| d.zero).sum();
     let shared: u64 = dumps.iter().map(|d| d.shared).sum();
+    // A description another process of the tree holds at 0-2 follows
+    // that one (the restore's own there), needing no --inherit-fd.
+    let tree_fds = &all[0].b.tree_fds;
+    let shared_with_stdio = |pid: u32, fd: i32| {
+        tree_fds
+            .iter()
+            .find(|e| e.pid == pid && e.fd == fd)
+            .is_some_and(|e| tree_fds.iter().any(|o| o.object == e.object && o.fd <= 2))
+    };
     Ok(Summary {
         pid,
         dir,
@@ -638,6 +647,7 @@ pub fn capture(
                                 .get(f.object as usize)
                                 .is_some_and(|p| p.flags & cryo_image::fds::pipe_flags::INSIDE == 0)
                             && b.fds.get(f.desc as usize).is_some_and(|d| d.fd > 2)
+                            && !shared_with_stdio(b.process.pid, f.fd)
                     })
                     .map(|f| (b.process.pid as i32, f.fd))
             })

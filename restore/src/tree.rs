@@ -971,7 +971,14 @@ fn make_shared<'a>(
     pending.sort_by_cached_key(|o| pending_of(o).map(|(peer, place)| (peer.to_vec(), place)));
     for obj in rest.into_iter().chain(pending.iter().copied()) {
         let fds = &objects[&obj];
-        let (k, n, _) = fds.iter().copied().find(|h| h.0 == 0).unwrap_or(fds[0]);
+        // The root's, else one at 0-2 (whose number decides), else the
+        // first.
+        let (k, n, _) = fds
+            .iter()
+            .copied()
+            .find(|h| h.0 == 0)
+            .or_else(|| fds.iter().copied().find(|h| h.1 <= 2))
+            .unwrap_or(fds[0]);
         let (loaded, img) = img_of(k).expect("checked above");
         // An epoll set (its items name fds of one process), an inotify or
         // fanotify instance (its watches, marks), a pidfd (of a process
@@ -1022,15 +1029,12 @@ fn make_shared<'a>(
             .iter()
             .position(|f| f.fd == n)
             .expect("checked above");
-        // Given by --inherit-fd (any holder's): ours, for every holder.
-        if let Some((j, m, ours)) = fds
-            .iter()
-            .find_map(|&(j, m, _)| given(j, m).map(|o| (j, m, o)))
-        {
+        // Our fd `ours` for holder j's fd m, given by --inherit-fd.
+        let take_given = |j: usize, m: i32, ours: i32| -> Result<RawFd, RestoreError> {
             let pipe = fd_at(&img, n)
                 .filter(|f| matches!(f.kind, fd_kind::PIPE | fd_kind::FIFO))
                 .and_then(|f| img.pipes().get(f.object as usize));
-            let fd = if !sys::is_open(ours) {
+            if !sys::is_open(ours) {
                 Err(format!("--inherit-fd names our fd {ours}, which is not open"))
             } else if pipe.is_some_and(|p| p.data.len > 0) && !opts.drop_pipe_data {
                 Err(format!(
@@ -1049,17 +1053,23 @@ fn make_shared<'a>(
                         why: why.into(),
                     },
                 )
-            })?;
-            give(fds, fd, &mut made);
-            continue;
-        }
+            })
+        };
+        let any_given = fds
+            .iter()
+            .find_map(|&(j, m, _)| given(j, m).map(|o| (j, m, o)));
         // A child's fds 0-2 that are pipes to outside the tree are ours
         // (`outside_stdio`).
+        let outside_of = |j: usize| {
+            img_of(j)
+                .map(|(_, i)| outside_stdio(&i))
+                .unwrap_or_default()
+        };
         let child_stdio: Vec<i32>;
         let stdio: &[i32] = if k == 0 {
             &opts.restore_stdio
         } else {
-            let outside = outside_stdio(&img);
+            let outside = outside_of(k);
             child_stdio = [0, 1, 2]
                 .into_iter()
                 .filter(|n| !outside.contains(n))
@@ -1067,23 +1077,45 @@ fn make_shared<'a>(
             &child_stdio
         };
         let member = (k != 0).then_some(recs[k].pid);
-        let (p, _) = fds::source_one(loaded, &img, member, i, stdio, verify, Some(ptys))
-            .map_err(|e| in_process(recs[k].pid, e))?;
+        let p = match fds::source_one(loaded, &img, member, i, stdio, verify, Some(ptys)) {
+            Ok((p, _)) if matches!(p.source, Source::Keep) => p,
+            // Given by --inherit-fd (any holder's): one description, ours,
+            // for every holder.
+            _ if any_given.is_some() => {
+                let (j, m, ours) = any_given.expect("matched");
+                let fd = take_given(j, m, ours)?;
+                give(fds, fd, &mut made);
+                continue;
+            }
+            Ok((p, _)) => p,
+            Err(e) => return Err(in_process(recs[k].pid, e)),
+        };
         if matches!(p.source, Source::Keep) {
-            // One of the root's fds 0-2, which are this command's: each
-            // holder gets ours at the number the root had it at (a
-            // single restore's `2>&1` captured, `>o 2>e` restored: stdout
-            // to o, stderr to e, for every process that shared them).
-            // (Only 0-2 kept as ours, not restored by --restore-stdio,
-            // and open: the root's fd 255 or a dup at 3 gets ours at n.)
+            // Ours at 0-2: the root's (a single restore's `2>&1`
+            // captured, `>o 2>e` restored: stdout to o, stderr to e, for
+            // every process that shared them), or a child's pipe to
+            // outside the tree. Each holder gets ours at its own number
+            // where some holder's is ours there, else at the lowest such
+            // (a copy at 3 and up); one --inherit-fd gives a holder's fd
+            // its own. (Only 0-2 kept as ours, not restored by
+            // --restore-stdio, and open.) Until stop 48 every holder got
+            // the first holder's number: a child's stderr, piped outside
+            // with its stdout, came back as our stdout (a sweep).
             let tty = fd_at(&img, n).is_some_and(|f| f.kind == fd_kind::TTY);
-            let root_at: Vec<i32> = fds
+            let ours_at: Vec<i32> = fds
                 .iter()
-                .filter(|h| h.0 == 0 && (0..=2).contains(&h.1))
+                .filter(|h| (0..=2).contains(&h.1))
+                .filter(|h| {
+                    if h.0 == 0 {
+                        tty || !opts.restore_stdio.contains(&h.1)
+                    } else {
+                        outside_of(h.0).contains(&h.1)
+                    }
+                })
                 .map(|h| h.1)
-                .filter(|m| tty || !opts.restore_stdio.contains(m))
                 .filter(|&m| sys::is_open(m))
                 .collect();
+            let lowest = ours_at.iter().min().copied().unwrap_or(n);
             // A file (nginx's error.log, at 2 and 3 in the master and its
             // workers): its copies at 3 and up are the file, opened again
             // once for all of them (ours is only for 0-2).
@@ -1099,13 +1131,18 @@ fn make_shared<'a>(
                 give(&high, fd, &mut made);
             }
             for &(j, m, _) in fds.iter().filter(|h| !(file && h.1 > 2)) {
-                let ours = if root_at.contains(&m) { m } else { n };
-                let fd = sys::dup_above(ours, 3).map_err(|e| {
-                    in_process(
-                        recs[j].pid,
-                        crate::IntoSys::into_sys(e, format!("duplicating fd {ours}")),
-                    )
-                })?;
+                let fd = match given(j, m) {
+                    Some(o) => take_given(j, m, o)?,
+                    None => {
+                        let ours = if ours_at.contains(&m) { m } else { lowest };
+                        sys::dup_above(ours, 3).map_err(|e| {
+                            in_process(
+                                recs[j].pid,
+                                crate::IntoSys::into_sys(e, format!("duplicating fd {ours}")),
+                            )
+                        })?
+                    }
+                };
                 give(&[(j, m, 0)], fd, &mut made);
             }
             continue;
