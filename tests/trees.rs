@@ -937,6 +937,33 @@ os.waitpid(pid, 0); print("PASS", flush=True)
         &["--single"],
         "--single captures one process only",
     );
+    // Packets in a pipe whose packet-mode (O_DIRECT) write end only a
+    // child holds: its parent's read end does not show the mode, and
+    // the three packets were restored as one stream (a sweep of stop 48).
+    let packets = r#"
+import os, sys
+r, w = os.pipe2(os.O_DIRECT)
+s_r, s_w = os.pipe()
+go_r, go_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(r)
+    for i in range(3):
+        os.write(w, b"p%d" % i)
+    os.write(s_w, b"s"); os.read(go_r, 1); os._exit(0)
+os.close(w)
+os.read(s_r, 1)
+print("READY", flush=True); sys.stdin.readline()
+os.write(go_w, b"g")
+got = [os.read(r, 100) for _ in range(3)]
+assert got == [b"p0", b"p1", b"p2"], got
+os.waitpid(pid, 0); print("PASS", flush=True)
+"#;
+    refused(
+        packets,
+        &[],
+        "is a packet-mode pipe with 6 bytes in it; their packet boundaries cannot be kept",
+    );
     // A child that shares its parent's fd table (a raw clone with
     // CLONE_FILES) and has a child of its own that leads a session: a
     // restore forks such a child from its parent's shim, and the child's

@@ -215,7 +215,7 @@ pub fn capture(
             .unwrap_or(65536) as u32;
         b.pipes[idx].size = size;
         b.pipes[idx].flags = flags;
-        let data = match &rcopy {
+        let (data, packets) = match &rcopy {
             Some(r) => match pipe_bytes(r, size) {
                 Ok(d) => d,
                 Err(e) => {
@@ -223,9 +223,9 @@ pub fn capture(
                     continue;
                 }
             },
-            None => Vec::new(),
+            None => (Vec::new(), false),
         };
-        if !data.is_empty() && packet {
+        if !data.is_empty() && (packet || packets) {
             obs.push(format!(
                 "{name} is a packet-mode pipe with {} bytes in it; their packet boundaries cannot be kept",
                 data.len()
@@ -243,10 +243,16 @@ pub fn capture(
 
 /// The bytes buffered in a pipe (through our copy of its read end),
 /// without consuming them: tee(2) into a pipe of ours, then read that.
-fn pipe_bytes(r: &OwnedFd, size: u32) -> std::io::Result<Vec<u8>> {
+/// And whether they are packets: the mode is the write end's (O_DIRECT),
+/// which another process may hold, or none any more; its packets keep
+/// their mark in the buffers tee copies, and a read of all the bytes
+/// stops at the end of one (a sweep of stop 48: a child's 30 packets,
+/// its parent holding only the read end, were restored as one stream).
+/// (One packet alone, or only the last, cannot be told this way.)
+fn pipe_bytes(r: &OwnedFd, size: u32) -> std::io::Result<(Vec<u8>, bool)> {
     let n = sys::fionread(r)?;
     if n == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), false));
     }
     let (cr, cw) = sys::pipe2(libc::O_CLOEXEC | libc::O_NONBLOCK)?;
     let want = size.max(n as u32) as i32;
@@ -260,8 +266,8 @@ fn pipe_bytes(r: &OwnedFd, size: u32) -> std::io::Result<Vec<u8>> {
         )));
     }
     let mut buf = vec![0u8; n];
-    sys::read_exact(&cr, &mut buf)?;
-    Ok(buf)
+    let reads = sys::read_exact(&cr, &mut buf)?;
+    Ok((buf, reads > 1))
 }
 
 fn describe_target(b: &ImageBuilder, f: &Fd) -> String {

@@ -145,7 +145,7 @@ impl Idle {
         let mut err = [0u8];
         match read_exact(&r, &mut err) {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(idle),
-            Ok(()) => Err(io::Error::from_raw_os_error(err[0] as i32)),
+            Ok(_) => Err(io::Error::from_raw_os_error(err[0] as i32)),
             Err(e) => Err(e),
         }
     }
@@ -401,9 +401,11 @@ pub fn tee(from: &impl AsRawFd, to: &impl AsRawFd, len: usize) -> io::Result<usi
     Ok(cvt(r as libc::c_long)? as usize)
 }
 
-/// Read exactly `buf.len()` bytes from `fd` (a pipe we own).
-pub fn read_exact(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<()> {
+/// Read exactly `buf.len()` bytes from `fd` (a pipe we own); returns how
+/// many reads that took.
+pub fn read_exact(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
     let mut done = 0;
+    let mut reads = 0;
     while done < buf.len() {
         // SAFETY: read writes at most buf.len() - done bytes into our buffer.
         let r = unsafe {
@@ -421,10 +423,13 @@ pub fn read_exact(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<()> {
                     return Err(e);
                 }
             }
-            r => done += r as usize,
+            r => {
+                done += r as usize;
+                reads += 1;
+            }
         }
     }
-    Ok(())
+    Ok(reads)
 }
 
 /// The queued signals of a stopped tracee, without dequeuing them
