@@ -818,19 +818,24 @@ fn tcp_connection_to_outside_kept_with_tcp_repair() {
     which("nft");
     // Over IPv6 too where this machine has its loopback.
     let v6 = std::net::TcpListener::bind("[::1]:0").is_ok();
-    let rounds: &[(&[&str], bool)] = &[
-        (&[], false),
-        (&["--lazy", "--lazy-min-mib=0"], false),
-        (&[], true),
+    // (A dual-stack listener's IPv4 client, ::ffff:127.0.0.1 to the
+    // server, was locked in nftables' IPv6 set, and its packets passed:
+    // reset within the capture's gap until stop 48, a sweep.)
+    let rounds: &[(&[&str], &str)] = &[
+        (&[], "4"),
+        (&["--lazy", "--lazy-min-mib=0"], "4"),
+        (&[], "6"),
+        (&[], "dual"),
     ];
-    for (i, &(mode, six)) in rounds.iter().enumerate() {
-        if six && !v6 {
+    for (i, &(mode, family)) in rounds.iter().enumerate() {
+        let six = family == "6";
+        if family != "4" && !v6 {
             continue;
         }
         let mut cmd = Command::new("python3");
         cmd.arg(root().join("tests/programs/tcp_peer.py"));
-        if six {
-            cmd.arg("6");
+        if family != "4" {
+            cmd.arg(family);
         }
         let mut t = Target::spawn(cmd, "tcp-peer");
         let port: u16 = t
@@ -874,6 +879,26 @@ fn tcp_connection_to_outside_kept_with_tcp_repair() {
         drop(t);
         let (_, out, _) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
         assert!(out.contains("established (TCP repair)"), "{out}");
+        // Before any restore, the client reads what it has for a moment:
+        // its window updates meet no socket, and only the lock keeps
+        // them from a reset.
+        let mut early = Vec::new();
+        if family == "dual" {
+            c.set_nonblocking(true).unwrap();
+            let t0 = Instant::now();
+            let mut buf = vec![0u8; 1 << 16];
+            while t0.elapsed() < Duration::from_millis(1500) {
+                match c.read(&mut buf) {
+                    Ok(0) => panic!("the connection ended before its restore"),
+                    Ok(n) => early.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Err(e) => panic!("before the restore: {e}"),
+                }
+            }
+            c.set_nonblocking(false).unwrap();
+        }
         sanitize_fds();
         let mut r = Command::new(cryo())
             .arg("restore")
@@ -897,7 +922,8 @@ fn tcp_connection_to_outside_kept_with_tcp_repair() {
             .chain(b"echo:hello-unread\n".iter().copied())
             .collect();
         let mut got = vec![0u8; want.len()];
-        if let Err(e) = c.read_exact(&mut got) {
+        got[..early.len()].copy_from_slice(&early);
+        if let Err(e) = c.read_exact(&mut got[early.len()..]) {
             let _ = r.kill();
             let mut err = String::new();
             let _ = r.stderr.take().unwrap().read_to_string(&mut err);

@@ -71,7 +71,11 @@ fn nft(args: &[&str], script: Option<&str>) -> Result<String, String> {
     }
 }
 
-/// (address, port) of a TCP sockaddr (AF_INET or AF_INET6 bytes).
+/// (address, port) of a TCP sockaddr (AF_INET or AF_INET6 bytes). An
+/// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`: an IPv4 client of a
+/// dual-stack listener) is the IPv4 address its packets carry: locked in
+/// the IPv6 set, they were not dropped, and every client was reset
+/// after `--kill` (a sweep of stop 48).
 fn endpoint(sa: &[u8]) -> Option<(IpAddr, u16)> {
     let family = i32::from(u16::from_ne_bytes([*sa.first()?, *sa.get(1)?]));
     let port = u16::from_be_bytes([*sa.get(2)?, *sa.get(3)?]);
@@ -82,7 +86,8 @@ fn endpoint(sa: &[u8]) -> Option<(IpAddr, u16)> {
         }
         AF_INET6 => {
             let a: [u8; 16] = sa.get(8..24)?.try_into().ok()?;
-            Some((IpAddr::V6(Ipv6Addr::from(a)), port))
+            let a = Ipv6Addr::from(a);
+            Some((a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4), port))
         }
         _ => None,
     }

@@ -3,15 +3,20 @@
 # waits on stdin (captured then, with TCP repair, what the client sent
 # unread in its queue and the rest of its sends in its own); then it sends
 # the rest, echoes what the client had sent, answers one more line, and
-# ends with PASS. With the argument 6: over IPv6 (::1).
+# ends with PASS. With the argument 6: over IPv6 (::1); with "dual": on
+# a dual-stack IPv6 listener (::, IPV6_V6ONLY off), which sees an IPv4
+# client as ::ffff:127.0.0.1.
 import os
 import socket
 import sys
 
 BIG = bytes(range(256)) * (16 << 12)
 v6 = sys.argv[1:] == ["6"]
-lst = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
-lst.bind(("::1" if v6 else "127.0.0.1", 0))
+dual = sys.argv[1:] == ["dual"]
+lst = socket.socket(socket.AF_INET6 if v6 or dual else socket.AF_INET)
+if dual:
+    lst.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+lst.bind(("::1" if v6 else "::" if dual else "127.0.0.1", 0))
 lst.listen(1)
 print("READY", os.getpid(), flush=True)
 print("PORT", lst.getsockname()[1], flush=True)
