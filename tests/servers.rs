@@ -1164,6 +1164,151 @@ print("read", s.recv(10), flush=True)
     assert!(p.wait().unwrap().success());
 }
 
+/// An urgent byte (MSG_OOB) waiting in a connection's receive queue is
+/// refused by name, even with --tcp-established, and the process goes
+/// on as it was: it reads the urgent byte and the stream around it.
+/// Until stop 48 (a sweep of servers under traffic) the capture
+/// succeeded: every read of the queue stops at the urgent mark, so the
+/// byte and what followed it were lost without a word.
+#[test]
+fn urgent_data_is_refused_by_name() {
+    let script = r#"
+import socket, sys, time
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+c = socket.create_connection(l.getsockname())
+s, _ = l.accept()
+c.send(b"abc"); c.send(b"X", socket.MSG_OOB); c.send(b"def")
+time.sleep(0.2)
+print("READY", flush=True)
+sys.stdin.readline()
+print("read", s.recv(1, socket.MSG_OOB), s.recv(10), s.recv(10), flush=True)
+"#;
+    sanitize_fds();
+    let mut p = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let mut out = BufReader::new(p.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "READY");
+    let dir = scratch("urgent");
+    let pid = p.id().to_string();
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&["capture", "--tcp-established", &pid, img.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("an urgent byte (TCP out-of-band data, MSG_OOB) waits in it"),
+        "{err}"
+    );
+    assert!(!img.exists(), "nothing written");
+    p.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(
+        line.trim(),
+        "read b'X' b'abc' b'def'",
+        "the original goes on"
+    );
+    assert!(p.wait().unwrap().success());
+}
+
+/// A client's FIN that arrives while the capture locks the connection
+/// (between its first look at the state and the lock) is seen: the
+/// capture is refused, and the server, not killed, reads the end of the
+/// stream. Until stop 48 (a sweep: a client's shutdown(SHUT_WR) during
+/// the capture, 3 runs of 3) the image held the connection as
+/// established without the FIN, which the lock had let through and the
+/// kernel acknowledged: the restored server waited for the end for
+/// ever. An nft of the test's, first in PATH, takes 0.8 s to lock it
+/// while the client shuts down.
+#[test]
+fn a_fin_that_arrives_during_the_capture_is_not_lost() {
+    let nft = std::fs::canonicalize(which("nft")).expect("nft's path");
+    let script = r#"
+import socket, sys
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+print("PORT", l.getsockname()[1], flush=True)
+s, _ = l.accept()
+print("READY", flush=True)
+sys.stdin.readline()
+print("read", s.recv(10), flush=True)
+"#;
+    sanitize_fds();
+    let mut p = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let mut out = BufReader::new(p.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let port: u16 = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|n| n.parse().ok())
+        .expect("PORT line");
+    let c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "READY");
+    let dir = scratch("fin-during-capture");
+    let img = dir.join("img");
+    // An nft first in PATH that takes 0.8 s to lock.
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(
+        bin.join("nft"),
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *\"add element\"*) sleep 0.8;; esac\nexec {} \"$@\"\n",
+            nft.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        bin.join("nft"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    sanitize_fds();
+    let capture = Command::new(cryo())
+        .args(["capture", "--kill", "--tcp-established"])
+        .arg(p.id().to_string())
+        .arg(&img)
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cryo capture");
+    std::thread::sleep(Duration::from_millis(400));
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let (code, _, err) = outcome(capture.wait_with_output().expect("capture"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "its peer closed or reset it while it was being captured (CLOSE_WAIT): capture again"
+        ),
+        "{err}"
+    );
+    assert!(!img.exists(), "nothing written");
+    p.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "read b''", "the original goes on");
+    assert!(p.wait().unwrap().success());
+}
+
 /// tmux: a server (daemon, its own session) holding a pty whose shell
 /// runs a loop printing ticks and reading lines, and a unix socket its
 /// clients talk to.

@@ -500,6 +500,28 @@ fn repair(
     sock::setsockopt_int(dup, tcp, TCP_REPAIR, TCP_REPAIR_ON).map_err(e(
         "putting it in repair mode (TCP_REPAIR, needs CAP_NET_ADMIN)",
     ))?;
+    // Its state again, now that nothing more comes in (locked) or goes
+    // out (repair mode): a FIN that came between the first look and the
+    // lock made it CLOSE_WAIT, and an image of it as established kept
+    // both sides waiting for ever (a sweep of stop 48: a client's
+    // shutdown(SHUT_WR) during the capture, 3 runs of 3).
+    // (struct tcp_info: tcpi_state is byte 0.)
+    let mut info = [0u8; 8];
+    sock::getsockopt(dup, tcp, libc::TCP_INFO, &mut info).map_err(e("TCP_INFO"))?;
+    if info[0] != 1 {
+        return Err(format!(
+            "its peer closed or reset it while it was being captured ({}): capture again",
+            tcp_state(info[0])
+        ));
+    }
+    // An urgent byte (MSG_OOB) stops every read of the queue at its mark:
+    // it and what followed it were lost without a word (the same sweep).
+    if sock::urgent_pending(dup) {
+        return Err(
+            "an urgent byte (TCP out-of-band data, MSG_OOB) waits in it, which TCP repair cannot put back"
+                .into(),
+        );
+    }
     let outq = crate::sys::outq(dup).map_err(e("its send queue (SIOCOUTQ)"))?;
     let unsent = sock::outq_unsent(dup).map_err(e("its unsent bytes (SIOCOUTQNSD)"))?;
     let inq = crate::sys::fionread(dup).map_err(e("its receive queue (FIONREAD)"))?;
@@ -515,10 +537,8 @@ fn repair(
     sock::getsockopt(dup, tcp, TCP_REPAIR_WINDOW, &mut window).map_err(e("TCP_REPAIR_WINDOW"))?;
     let timestamp = sock::getsockopt_int(dup, tcp, TCP_TIMESTAMP).map_err(e("TCP_TIMESTAMP"))?;
     let mss = sock::getsockopt_int(dup, tcp, libc::TCP_MAXSEG).map_err(e("TCP_MAXSEG"))?;
-    // struct tcp_info: tcpi_options (byte 5), tcpi_snd_wscale and
-    // tcpi_rcv_wscale (byte 6, low and high nibbles).
-    let mut info = [0u8; 8];
-    sock::getsockopt(dup, tcp, libc::TCP_INFO, &mut info).map_err(e("TCP_INFO"))?;
+    // (`info`, struct tcp_info, read above: tcpi_options (byte 5),
+    // tcpi_snd_wscale and tcpi_rcv_wscale (byte 6, low and high nibbles).)
     let w = |i: usize| {
         u32::from_ne_bytes([
             window[4 * i],
@@ -995,11 +1015,20 @@ pub fn capture(
                 ));
             }
             st => {
+                // (A FIN that came after the look at its shutdown above
+                // ends here: named as that look names it. Until stop 48
+                // this said "TCP repair is not supported", under
+                // --tcp-established too.)
                 let to = peer.as_deref().map_or("?".into(), sockaddr_display);
-                return Err(format!(
-                    "fd {fd} is a TCP connection {shown} -> {to} ({}); established connections cannot be restored (TCP repair is not supported)",
-                    tcp_state(st)
-                ));
+                return Err(match tcp_closing_state(st) {
+                    Some(why) => format!(
+                        "fd {fd} ({what} {shown} -> {to}) is a closing TCP connection ({why}); cryo keeps established connections only (--tcp-established); not supported yet"
+                    ),
+                    None => format!(
+                        "fd {fd} ({what} {shown} -> {to}) is a TCP socket in state {}; cryo restores listening and established ones only",
+                        tcp_state(st)
+                    ),
+                });
             }
         }
     } else if inet {

@@ -869,6 +869,23 @@ pub fn outq_unsent(fd: &impl AsRawFd) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// Whether an urgent byte (TCP out-of-band data, not inline) waits to
+/// be read: recv(MSG_OOB | MSG_PEEK) gives it (EINVAL: none, or inline,
+/// or read; EAGAIN: announced, not yet arrived, as good as one).
+pub fn urgent_pending(fd: &impl AsRawFd) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: recv writes at most one byte into `b`, ours.
+    let r = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_OOB | libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    r == 1 || (r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN))
+}
+
 /// Exactly `len` bytes peeked from the socket (recv MSG_PEEK, not
 /// waiting); an error if fewer are there.
 pub fn peek_exact(fd: &impl AsRawFd, len: usize) -> io::Result<Vec<u8>> {
