@@ -1252,8 +1252,14 @@ fn restore_refuses_a_taken_pid_before_touching_anything() {
     let (code, out, err) = finish(restore(&img, &[]), "");
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("the captured PIDs must be free"), "{err}");
+    // (A zombie named with the parent that must reap it; --pidns as
+    // the way out.)
     assert!(
-        err.contains(" by c-tree (a zombie)") && err.contains(" by c-tree,"),
+        err.contains(&format!(
+            " by c-tree (a zombie, until its parent {}, c-tree, waits for it)",
+            t.pid
+        )) && err.contains(" by c-tree,")
+            && err.contains("end them, or restore with --pidns"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "one line: {err}");

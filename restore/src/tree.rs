@@ -566,10 +566,30 @@ pub(crate) fn pids_free(pids: &[u32]) -> Result<(), RestoreError> {
             let zombie = matches!(state, 'Z' | 'X');
             all_zombies &= zombie;
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            // A zombie goes when its parent reaps it: name the parent.
+            let parent = zombie
+                .then(|| {
+                    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                    let ppid = st
+                        .lines()
+                        .find_map(|l| l.strip_prefix("PPid:"))?
+                        .trim()
+                        .to_owned();
+                    let pcomm = std::fs::read_to_string(format!("/proc/{ppid}/comm")).ok()?;
+                    Some(format!(
+                        " (a zombie, until its parent {ppid}, {}, waits for it)",
+                        pcomm.trim()
+                    ))
+                })
+                .flatten();
             taken.push(format!(
                 "{pid} by {}{}",
                 comm.trim(),
-                if zombie { " (a zombie)" } else { "" }
+                parent.unwrap_or_else(|| if zombie {
+                    " (a zombie)".into()
+                } else {
+                    String::new()
+                })
             ));
         }
         if taken.is_empty() {
@@ -583,10 +603,15 @@ pub(crate) fn pids_free(pids: &[u32]) -> Result<(), RestoreError> {
         // will not go away by waiting.
         if !all_zombies || t0.elapsed() > std::time::Duration::from_secs(5) {
             return Err(RestoreError::Tree(format!(
-                "the captured PIDs must be free, and {} taken: {}; end {}, or restore where they are free",
+                "the captured PIDs must be free, and {} taken: {}; {}, or restore with --pidns (a PID namespace of its own, where they are free)",
                 if taken.len() == 1 { "one is" } else { "some are" },
                 taken.join(", "),
-                if taken.len() == 1 { "it" } else { "them" }
+                match (all_zombies, taken.len()) {
+                    (true, 1) => "its parent must reap it",
+                    (true, _) => "their parents must reap them",
+                    (false, 1) => "end it",
+                    (false, _) => "end them",
+                }
             )));
         }
         // (Said once: a wait of a second or more without a word looks
