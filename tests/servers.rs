@@ -1042,6 +1042,21 @@ fn nginx_master_keeps_its_pid_with_same_pid_and_reloads() {
         places.iter().any(|a| bss.contains(a)),
         "ngx_pid, in nginx's .bss {bss:x?}, among {places:#x?}"
     );
+    // Each worker keeps the master's PID (ngx_parent): said too.
+    let kids = children_of(root_pid);
+    let mut keepers: Vec<i32> = v["root_pid_refs"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e[0].as_i64())
+                .map(|p| p as i32)
+                .collect()
+        })
+        .unwrap_or_default();
+    keepers.sort_unstable();
+    let mut want = kids.clone();
+    want.sort_unstable();
+    assert_eq!(keepers, want, "the workers keep their master's PID: {v}");
     assert_eq!(http_get(port), "hello from nginx\n");
     let (code, _, err) = cryo_cmd(&["capture", "--kill", &pid, img.to_str().unwrap()]);
     assert_eq!(code, 0, "capture: {err}");

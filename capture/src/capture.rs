@@ -106,6 +106,11 @@ pub struct Summary {
     /// (`cryo_image::task::PidRef`): restored under another PID, it goes on
     /// with the captured one there.
     pub own_pid_refs: Vec<u64>,
+    /// (PID, places): the tree's other processes that keep the root's
+    /// PID in memory (bash's job control its shell's process group,
+    /// nginx's workers their master): restored under another PID, the
+    /// root is not there any more for them.
+    pub root_pid_refs: Vec<(i32, Vec<u64>)>,
     /// The root's fds 0-2 that are regular files (number, path, offset):
     /// `cryo restore` gives the restored process its own fds 0-2 there
     /// unless `--restore-stdio` (a program that put its output file at
@@ -282,13 +287,22 @@ pub fn check(pid: i32, opts: &Options) -> Result<Checked, CaptureError> {
                 .first()
                 .map(|i| own_values(&i.b.pid_refs))
                 .unwrap_or_default(),
+            root_pid_refs: root_refs(&all),
         }),
         Err(CaptureError::Refused { obstacles, .. }) => Ok(Checked {
             obstacles,
-            own_pid_refs: Vec::new(),
+            ..Default::default()
         }),
         Err(e) => Err(exited_or(pid, e)),
     }
+}
+
+/// [`Summary::root_pid_refs`] of the inspected processes.
+fn root_refs(all: &[Inspected]) -> Vec<(i32, Vec<u64>)> {
+    all.iter()
+        .filter(|i| !i.root_refs.is_empty())
+        .map(|i| (i.b.process.pid as i32, i.root_refs.clone()))
+        .collect()
 }
 
 /// The places that keep the PID as a value (mutex owners, which restore
@@ -307,6 +321,8 @@ pub struct Checked {
     pub obstacles: Vec<String>,
     /// As [`Summary::own_pid_refs`], when it can be captured.
     pub own_pid_refs: Vec<u64>,
+    /// As [`Summary::root_pid_refs`].
+    pub root_pid_refs: Vec<(i32, Vec<u64>)>,
 }
 
 /// A target that died while it was looked at says so.
@@ -625,6 +641,7 @@ pub fn capture(
             .filter(|t| t.options & cryo_image::fds::tcp_opts::LOCKED != 0)
             .count(),
         own_pid_refs: own_values(&b.pid_refs),
+        root_pid_refs: root_refs(&all),
         stdio_files: b
             .fds
             .iter()
@@ -700,6 +717,9 @@ pub(crate) struct DumpStats {
 
 /// Everything read of one stopped process but its pages.
 pub(crate) struct Inspected {
+    /// Where this process (not the root) keeps the root's PID
+    /// (`pidrefs::find_value`).
+    pub root_refs: Vec<u64>,
     pub stored: StoredFiles,
     pub b: ImageBuilder,
     pub maps: Vec<procinfo::Mapping>,
@@ -977,6 +997,12 @@ pub(crate) fn inspect(
         .chain(b.threads.iter().map(|t| t.tid as i32))
         .collect();
     b.pid_refs = crate::pidrefs::find(pid, &tids, &maps, tid_at);
+    // The root's PID in another process of the tree: a plain restore
+    // gives the root another, which that process goes on naming.
+    let root_refs = match scope.pids.first() {
+        Some(&root) if root != pid => crate::pidrefs::find_value(pid, root, &maps),
+        _ => Vec::new(),
+    };
     if !b.threads.is_empty() && b.gadgets.is_none() {
         obs.push(format!(
             "it has {} threads and no `syscall; ret` and `rt_sigreturn` code of its own; the other threads wait in that code while the shim is removed",
@@ -998,6 +1024,7 @@ pub(crate) fn inspect(
         stored,
         repaired: std::mem::take(&mut scope.repaired),
         epoll_elsewhere: std::mem::take(&mut scope.epoll_elsewhere),
+        root_refs,
     })
 }
 

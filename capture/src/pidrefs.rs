@@ -42,10 +42,32 @@ const MAX_HEAP_SCAN: u64 = 64 << 20;
 /// image's order), up to [`MAX_PID_REFS`]; `tid_at`: where glibc caches
 /// the main thread's id (its TCB), which restore rewrites.
 pub fn find(pid: i32, tids: &[i32], maps: &[Mapping], tid_at: Option<u64>) -> Vec<PidRef> {
+    find_in(pid, pid, tids, maps, tid_at)
+}
+
+/// The places of `pid`'s data that hold `value`, another process's PID
+/// (a tree's root's, in one of its descendants: bash's job control keeps
+/// its shell's process group, nginx's workers their master), by the
+/// same heuristic as [`find`].
+pub fn find_value(pid: i32, value: i32, maps: &[Mapping]) -> Vec<u64> {
+    find_in(pid, value, &[], maps, None)
+        .into_iter()
+        .filter(|r| r.kind == pid_ref::VALUE)
+        .map(|r| r.addr)
+        .collect()
+}
+
+fn find_in(
+    pid: i32,
+    value: i32,
+    tids: &[i32],
+    maps: &[Mapping],
+    tid_at: Option<u64>,
+) -> Vec<PidRef> {
     let mut out = Vec::new();
     // A round number is a size or a limit (4096: 13 to 24 hits in nginx,
     // python3, redis-server and node; 2000: one in vim; none the PID).
-    let values = !(pid < MIN_PID || pid % 256 == 0 || pid % 100 == 0);
+    let values = !(value < MIN_PID || value % 256 == 0 || value % 100 == 0);
     let Ok(mut pagemap) = Pagemap::open(pid) else {
         return out;
     };
@@ -75,6 +97,10 @@ pub fn find(pid: i32, tids: &[i32], maps: &[Mapping], tid_at: Option<u64>) -> Ve
         let smi_only = v8 && heap;
         // Elsewhere in the heap: a mutex a thread holds (below).
         let mutex_only = (heap && !v8) || !values;
+        // (Another's PID: no mutexes to look for.)
+        if mutex_only && tids.is_empty() {
+            continue;
+        }
         if !is_data(maps, i) && !heap {
             continue;
         }
@@ -127,11 +153,11 @@ pub fn find(pid: i32, tids: &[i32], maps: &[Mapping], tid_at: Option<u64>) -> Ve
             // Aligned 64-bit words; the PID is either half of one.
             for (q, quad) in run.chunks_exact(8).enumerate() {
                 let quad = u64::from_le_bytes(quad.try_into().unwrap_or([0; 8]));
-                if smi_only && quad != (pid as u32 as u64) << 32 {
+                if smi_only && quad != (value as u32 as u64) << 32 {
                     continue;
                 }
                 for half in 0..2u64 {
-                    if (quad >> (32 * half)) as u32 as i32 != pid {
+                    if (quad >> (32 * half)) as u32 as i32 != value {
                         continue;
                     }
                     // Half of a pointer into a mapping whose address has
@@ -142,7 +168,7 @@ pub fn find(pid: i32, tids: &[i32], maps: &[Mapping], tid_at: Option<u64>) -> Ve
                     }
                     // A constant of the file itself (nginx's .data holds
                     // 1001 twice), not a value the program wrote.
-                    if m.inode != 0 && in_file(pid, m, &mut file, addr, pid) {
+                    if m.inode != 0 && in_file(pid, m, &mut file, addr, value) {
                         continue;
                     }
                     out.push(PidRef {

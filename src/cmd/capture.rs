@@ -204,11 +204,15 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
                     "capturable": obstacles.is_empty(),
                     "obstacles": obstacles,
                     "own_pid_refs": checked.own_pid_refs,
+                    "root_pid_refs": checked.root_pid_refs,
                 }))?
             );
         } else if obstacles.is_empty() {
             println!("pid {} can be captured", a.pid);
             if let Some(note) = own_pid_note(a.pid, &checked.own_pid_refs) {
+                println!("{note}");
+            }
+            if let Some(note) = root_pid_note(a.pid, &checked.root_pid_refs) {
                 println!("{note}");
             }
         } else {
@@ -241,6 +245,30 @@ fn own_pid_note(pid: i32, refs: &[u64]) -> Option<String> {
     Some(format!(
         "note: pid {pid} keeps its own PID in memory ({n} place{}, the first at {first:#x}; `cryo inspect` shows them): restored under another PID it goes on with {pid} there (nginx's master then cannot start workers on reload, bash's $$ names another process, Ruby aborts on its next fork, Python's multiprocessing cannot join its pool and its asyncio finds no running loop, node's process.pid names another process); `cryo restore --same-pid` or `--pidns` gives it its own",
         if n == 1 { "" } else { "s" },
+    ))
+}
+
+/// The note on the root's PID kept by the tree's other processes.
+fn root_pid_note(root: i32, refs: &[(i32, Vec<u64>)]) -> Option<String> {
+    if refs.is_empty() {
+        return None;
+    }
+    let who = refs
+        .iter()
+        .map(|(pid, places)| {
+            format!(
+                "process {pid} ({} place{}, the first at {:#x})",
+                places.len(),
+                if places.len() == 1 { "" } else { "s" },
+                places.first().copied().unwrap_or(0)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!(
+        "note: {who} {} the root's PID {root} in memory (bash's job control keeps its shell's process group so, nginx's workers their master): restored under another PID, the root is not {root} for {}; `cryo restore --same-pid` or `--pidns` gives it its own",
+        if refs.len() == 1 { "keeps" } else { "keep" },
+        if refs.len() == 1 { "it" } else { "them" }
     ))
 }
 
@@ -494,6 +522,9 @@ pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
             s.throughput_gib_s
         );
         if let Some(note) = own_pid_note(s.pid, &s.own_pid_refs) {
+            eprintln!("{note}");
+        }
+        if let Some(note) = root_pid_note(s.pid, &s.root_pid_refs) {
             eprintln!("{note}");
         }
         if let Some(note) = stdio_note(&s.stdio_files) {
