@@ -1240,6 +1240,58 @@ print("PASS", flush=True)
     refused(locked, &[], "holds POSIX locks on");
 }
 
+/// A parent's POSIX lock that its child waits for (F_SETLKW) is the
+/// parent's again before the child runs, in every mode. Each shim takes
+/// its process's locks again past the tree's first barrier; restored
+/// with `--map` or `--lazy` (no child forked by its parent's shim) a
+/// child ran first and took the lock: 2 restores in 4 here, the
+/// parent's shim then dying "taking the POSIX lock on fd 3 again: errno
+/// 11" (a sweep of stop 48). A second round keeps every program waiting
+/// now (`handoff::flags::LOCKS`).
+#[test]
+fn a_childs_wait_for_its_parents_posix_lock_waits_after_restore() {
+    let script = r#"
+import fcntl, os, sys, tempfile, time
+path = tempfile.mktemp()
+f = os.open(path, os.O_RDWR | os.O_CREAT)
+fcntl.lockf(f, fcntl.LOCK_EX)
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(f); os.close(r)
+    g = os.open(path, os.O_RDWR)
+    fcntl.lockf(g, fcntl.LOCK_EX)
+    os.write(w, b"g"); os._exit(0)
+os.close(w)
+time.sleep(0.3)
+print("READY", os.getpid(), flush=True); sys.stdin.readline()
+time.sleep(0.3)
+os.set_blocking(r, False)
+try:
+    early = os.read(r, 1)
+except BlockingIOError:
+    early = b""
+assert early == b"", "the child took the lock its parent held"
+fcntl.lockf(f, fcntl.LOCK_UN)
+os.set_blocking(r, True)
+assert os.read(r, 1) == b"g"
+os.waitpid(pid, 0)
+print("PASS", flush=True)
+"#;
+    python_round_trips(
+        "tree-posix-wait",
+        script,
+        |_| {},
+        &[
+            &[],
+            &["--map"],
+            &["--lazy", "--lazy-min-mib=0"],
+            &["--map"],
+            &["--lazy", "--lazy-min-mib=0"],
+        ],
+    );
+}
+
 #[test]
 fn restore_refuses_a_taken_pid_before_touching_anything() {
     let dir = scratch("tree-taken");

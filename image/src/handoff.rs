@@ -74,6 +74,12 @@ pub mod flags {
     /// capture: its shim queues itself a SIGWINCH, as a resize would
     /// have sent the group.
     pub const WINCH: u64 = 1 << 11;
+    /// A tree's root: some process of the tree held POSIX locks, which
+    /// each shim takes again only once its own files are closed (past
+    /// the first barrier): a second round (as for stand-ins) keeps every
+    /// program from running before all are taken. Without it a child
+    /// restored with `--map` or `--lazy` took its parent's lock first.
+    pub const LOCKS: u64 = 1 << 12;
     /// Every bit this version knows.
     pub const ALL: u64 = PHASES
         | LAZY
@@ -85,7 +91,8 @@ pub mod flags {
         | FORKS
         | SHARES_FDS
         | TERMINAL
-        | WINCH;
+        | WINCH
+        | LOCKS;
 }
 
 /// rsi at the shim's final `int3`, so the tracer knows the trap is ours.

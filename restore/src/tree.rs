@@ -280,6 +280,20 @@ pub(crate) fn prepare(
     }
     let mut plan = crate::prepare_one(dir, root, opts, made_of(recs[0].pid))?;
     choose_stand_ins(&recs, &mut plan, &mut members)?;
+    // POSIX locks are taken again by each shim past the first barrier:
+    // a second round, before any program runs (`flags::LOCKS`).
+    let posix = |img: &Image| {
+        img.locks()
+            .iter()
+            .any(|l| l.kind == cryo_image::fds::lock_kind::POSIX)
+    };
+    let locks = posix(&plan.image())
+        || members
+            .iter()
+            .any(|m| m.plan.borrow().as_ref().is_some_and(|p| posix(&p.image())));
+    if locks {
+        plan.extra_flags |= cryo_image::handoff::flags::LOCKS;
+    }
     plan.eager_fill = eager_fill;
     plan.tree = Some(Box::new(Tree {
         members,

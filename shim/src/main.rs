@@ -292,7 +292,9 @@ fn tree_barrier(a: &Args, img: &cryo_image::Image) {
                 )),
             }
         }
-        second = stand_ins > 0 || by_tracer;
+        // (Or POSIX locks: each process takes its own again only past
+        // this barrier, once its files are closed.)
+        second = stand_ins > 0 || by_tracer || a.flags & flags::LOCKS != 0;
         // Every group of the tree exists now, and no process has run its
         // program: the one that was the terminal's foreground is again.
         if a.flags & flags::TERMINAL != 0 {
