@@ -258,11 +258,19 @@ pub(crate) fn prepare(
                     ..opts.clone()
                 };
                 // (Said of those the root does not share: its fds 0-2
-                // are ours in any case.)
+                // are ours in any case; nor of one an --inherit-fd gives,
+                // its own or its description's.)
+                let desc_of = |n: i32| child_img.fds().iter().find(|f| f.fd == n).map(|f| f.desc);
+                let inherited = |n: i32| {
+                    child_opts
+                        .inherit_fds
+                        .iter()
+                        .any(|&(m, _)| desc_of(m).is_some() && desc_of(m) == desc_of(n))
+                };
                 given_stdio.extend(
                     outside
                         .iter()
-                        .filter(|&&n| !shared_with(&img, (r.pid, n), recs[0].pid))
+                        .filter(|&&n| !shared_with(&img, (r.pid, n), recs[0].pid) && !inherited(n))
                         .map(|&n| (r.pid, n)),
                 );
                 let sub = dir.join(proc_dir(r.pid));
