@@ -2765,7 +2765,11 @@ os.write(w, b"x")
 os.waitpid(pid, 0)
 print("PASS", flush=True)
 "#;
-    refused(from_child, &[], "a socket outside the process");
+    refused(
+        from_child,
+        &[],
+        "not a socket of this process (another process's, of the tree or not",
+    );
 }
 
 /// Signal-driven I/O: pipes with O_ASYNC whose SIGIO goes to the process

@@ -1858,7 +1858,7 @@ pub fn link(
             });
         } else {
             obs.push(format!(
-                "fd {fd} (unix datagram socket) has datagrams queued from {}, a socket outside the process; they cannot be sent again from that address",
+                "fd {fd} (unix datagram socket) has datagrams queued from {}, not a socket of this process (another process's, of the tree or not, or one gone since); they cannot be sent again from that address: only datagrams from the process's own sockets, or from unnamed ones, are",
                 strangers.join(", ")
             ));
         }
