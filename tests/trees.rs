@@ -1213,6 +1213,32 @@ print("PASS", flush=True)
         &[],
         "a file in flight (SCM_RIGHTS) in the queue of fd",
     );
+    // A file in flight in a socket that both sides of a fork keep: each
+    // one's capture finds it in the queue. Refused, by what it is (it was
+    // said to be "also open in another process": a sweep of stop 48).
+    let flying_both = r#"
+import os, socket, sys, tempfile
+sp1, sp2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+r, w = os.pipe()
+go_r, go_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    f, path = tempfile.mkstemp()
+    socket.send_fds(sp2, [b"m"], [f]); os.close(f); os.unlink(path)
+    os.write(w, b"1"); os.read(go_r, 1); os._exit(0)
+os.read(r, 1); sp2.close()
+print("READY", flush=True); sys.stdin.readline()
+os.write(go_w, b"g")
+msg, fds, _, _ = socket.recv_fds(sp1, 10, 1)
+assert msg == b"m" and len(fds) == 1
+os.waitpid(pid, 0)
+print("PASS", flush=True)
+"#;
+    refused(
+        flying_both,
+        &[],
+        "a file in flight (SCM_RIGHTS) is queued in a socket that processes ",
+    );
     // A file in flight the process holds a POSIX lock on: holding it for
     // the capture (and closing it again) would drop the lock. Refused,
     // and the lock is still the process's after the refusal.

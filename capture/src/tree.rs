@@ -579,11 +579,26 @@ pub(crate) fn share(
             .iter()
             .find(|&&(p, i)| procs[p].1.b.fds[i].in_flight != 0)
         {
-            obs.push(format!(
-                "process {}: a file in flight (SCM_RIGHTS) held at fd {} for the capture is also open in another process of the tree; not supported yet",
-                procs[p].0,
-                procs[p].1.b.fds[i].fd
-            ));
+            // Every one of them in flight: one file queued in a socket
+            // that several processes hold (each one's capture found it
+            // there), not a file open elsewhere (a sweep of stop 48:
+            // the message sent the user looking for one).
+            let everywhere = cands
+                .iter()
+                .all(|&(q, j)| procs[q].1.b.fds[j].in_flight != 0);
+            let holders: Vec<String> = cands.iter().map(|&(q, _)| procs[q].0.to_string()).collect();
+            obs.push(if everywhere {
+                format!(
+                    "a file in flight (SCM_RIGHTS) is queued in a socket that processes {} all hold (a socket pair kept by both sides of a fork); not supported yet: each would send it again",
+                    holders.join(", ")
+                )
+            } else {
+                format!(
+                    "process {}: a file in flight (SCM_RIGHTS) held at fd {} for the capture is also open in another process of the tree; not supported yet",
+                    procs[p].0,
+                    procs[p].1.b.fds[i].fd
+                )
+            });
             continue;
         }
         // Descriptions: classes of kcmp-equal fds, found by a binary
