@@ -2161,6 +2161,13 @@ pub fn link(
                         "fd {} ({what}) is connected to {to}, outside the process, and has {} bytes queued from it; cryo can neither restore them nor connect it again",
                         c.fd, c.diag.rqueue
                     )
+                } else if c.fd <= 2 {
+                    // (node's child_process and systemd's journal give a
+                    // program's stdio so: a sweep of stop 48.)
+                    format!(
+                        "fd {} ({what}) is connected to {to}, outside the process; cryo cannot connect it again (only a pair or connection between processes it captures): a program whose fd {} is a socket to the program that started it (node's child_process, a systemd service's journal) is captured with that fd on a terminal, pipe or file instead",
+                        c.fd, c.fd
+                    )
                 } else {
                     format!(
                         "fd {} ({what}) is connected to {to}, outside the process; cryo cannot connect it again (only a pair or connection between processes it captures)",
