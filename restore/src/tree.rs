@@ -1149,12 +1149,15 @@ fn make_shared<'a>(
             // the first holder's number: a child's stderr, piped outside
             // with its stdout, came back as our stdout (a sweep).
             let tty = fd_at(&img, n).is_some_and(|f| f.kind == fd_kind::TTY);
+            // (Where the root holds it, the root's numbers decide, as
+            // for a single restore: a child's dup of the root's stderr
+            // at its fd 1 is our stderr. Else each child's own.)
             let ours_at: Vec<i32> = fds
                 .iter()
                 .filter(|h| (0..=2).contains(&h.1))
                 .filter(|h| {
-                    if h.0 == 0 {
-                        tty || !opts.restore_stdio.contains(&h.1)
+                    if k == 0 {
+                        h.0 == 0 && (tty || !opts.restore_stdio.contains(&h.1))
                     } else {
                         outside_of(h.0).contains(&h.1)
                     }
