@@ -1153,6 +1153,18 @@ print("READY", flush=True)
 sys.stdin.readline()
 print("read", s.recv(10), flush=True)
 "#;
+    refused_with_tcp_repair(
+        "close-wait",
+        script,
+        "closing TCP connection (CLOSE_WAIT",
+        "read b''",
+    );
+}
+
+/// Start `script` (python3, prints READY, reads a line, prints its last
+/// line), capture it with --tcp-established: refused with `why`, nothing
+/// written, and the original goes on to print `after`.
+fn refused_with_tcp_repair(tag: &str, script: &str, why: &str, after: &str) {
     sanitize_fds();
     let mut p = Command::new("python3")
         .args(["-c", script])
@@ -1165,17 +1177,17 @@ print("read", s.recv(10), flush=True)
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "READY");
-    let dir = scratch("close-wait");
+    let dir = scratch(tag);
     let pid = p.id().to_string();
     let img = dir.join("img");
     let (code, _, err) = cryo_cmd(&["capture", "--tcp-established", &pid, img.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("closing TCP connection (CLOSE_WAIT"), "{err}");
+    assert!(err.contains(why), "{err}");
     assert!(!img.exists(), "nothing written");
     p.stdin.take().unwrap().write_all(b"go\n").unwrap();
     line.clear();
     out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "read b''", "the original goes on");
+    assert_eq!(line.trim(), after, "the original goes on");
     assert!(p.wait().unwrap().success());
 }
 
@@ -1198,37 +1210,12 @@ print("READY", flush=True)
 sys.stdin.readline()
 print("read", s.recv(1, socket.MSG_OOB), s.recv(10), s.recv(10), flush=True)
 "#;
-    sanitize_fds();
-    let mut p = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3");
-    let mut out = BufReader::new(p.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "READY");
-    let dir = scratch("urgent");
-    let pid = p.id().to_string();
-    let img = dir.join("img");
-    let (code, _, err) = cryo_cmd(&["capture", "--tcp-established", &pid, img.to_str().unwrap()]);
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains("an urgent byte (TCP out-of-band data, MSG_OOB) waits in it"),
-        "{err}"
-    );
-    assert!(!img.exists(), "nothing written");
-    p.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(
-        line.trim(),
+    refused_with_tcp_repair(
+        "urgent",
+        script,
+        "an urgent byte (TCP out-of-band data, MSG_OOB) waits in it",
         "read b'X' b'abc' b'def'",
-        "the original goes on"
     );
-    assert!(p.wait().unwrap().success());
 }
 
 /// A client's FIN that arrives while the capture locks the connection

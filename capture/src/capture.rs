@@ -718,7 +718,7 @@ pub(crate) struct DumpStats {
 /// Everything read of one stopped process but its pages.
 pub(crate) struct Inspected {
     /// Where this process (not the root) keeps the root's PID
-    /// (`pidrefs::find_value`).
+    /// (`pidrefs::find`).
     pub root_refs: Vec<u64>,
     pub stored: StoredFiles,
     pub b: ImageBuilder,
@@ -996,13 +996,11 @@ pub(crate) fn inspect(
     let tids: Vec<i32> = std::iter::once(pid)
         .chain(b.threads.iter().map(|t| t.tid as i32))
         .collect();
-    b.pid_refs = crate::pidrefs::find(pid, &tids, &maps, tid_at);
-    // The root's PID in another process of the tree: a plain restore
-    // gives the root another, which that process goes on naming.
-    let root_refs = match scope.pids.first() {
-        Some(&root) if root != pid => crate::pidrefs::find_value(pid, root, &maps),
-        _ => Vec::new(),
-    };
+    // (And the root's PID in another process of the tree: a plain
+    // restore gives the root another, which that process goes on naming.)
+    let root = scope.pids.first().copied().filter(|&r| r != pid);
+    let (pid_refs, root_refs) = crate::pidrefs::find(pid, &tids, &maps, tid_at, root);
+    b.pid_refs = pid_refs;
     if !b.threads.is_empty() && b.gadgets.is_none() {
         obs.push(format!(
             "it has {} threads and no `syscall; ret` and `rt_sigreturn` code of its own; the other threads wait in that code while the shim is removed",

@@ -40,36 +40,27 @@ const MAX_HEAP_SCAN: u64 = 64 << 20;
 /// The places of `pid`'s data that hold `pid`, and the mutexes its
 /// threads hold (`tids`: the main thread's id, then the others' in the
 /// image's order), up to [`MAX_PID_REFS`]; `tid_at`: where glibc caches
-/// the main thread's id (its TCB), which restore rewrites.
-pub fn find(pid: i32, tids: &[i32], maps: &[Mapping], tid_at: Option<u64>) -> Vec<PidRef> {
-    find_in(pid, pid, tids, maps, tid_at)
-}
-
-/// The places of `pid`'s data that hold `value`, another process's PID
-/// (a tree's root's, in one of its descendants: bash's job control keeps
-/// its shell's process group, nginx's workers their master), by the
-/// same heuristic as [`find`].
-pub fn find_value(pid: i32, value: i32, maps: &[Mapping]) -> Vec<u64> {
-    find_in(pid, value, &[], maps, None)
-        .into_iter()
-        .filter(|r| r.kind == pid_ref::VALUE)
-        .map(|r| r.addr)
-        .collect()
-}
-
-fn find_in(
+/// the main thread's id (its TCB), which restore rewrites. With `root`
+/// (another process's PID: a tree's root's, in one of its descendants,
+/// where bash's job control keeps its shell's process group and nginx's
+/// workers their master), also the places that hold it as a value, by
+/// the same heuristic, in the same pass over the pages.
+pub fn find(
     pid: i32,
-    value: i32,
     tids: &[i32],
     maps: &[Mapping],
     tid_at: Option<u64>,
-) -> Vec<PidRef> {
+    root: Option<i32>,
+) -> (Vec<PidRef>, Vec<u64>) {
     let mut out = Vec::new();
+    let mut of_root = Vec::new();
     // A round number is a size or a limit (4096: 13 to 24 hits in nginx,
     // python3, redis-server and node; 2000: one in vim; none the PID).
-    let values = !(value < MIN_PID || value % 256 == 0 || value % 100 == 0);
+    let searched = |v: i32| !(v < MIN_PID || v % 256 == 0 || v % 100 == 0);
+    let values = searched(pid);
+    let root = root.filter(|&r| searched(r));
     let Ok(mut pagemap) = Pagemap::open(pid) else {
-        return out;
+        return (out, of_root);
     };
     let mut mem = None;
     let mapped = |v: u64| maps.iter().any(|m| m.start <= v && v < m.end);
@@ -89,6 +80,8 @@ fn find_in(
     // is frozen meanwhile. A node with 580 MiB resident was frozen 1.7x
     // longer reading all of it.)
     let mut heap_budget: u64 = MAX_HEAP_SCAN;
+    // Own values and mutexes up to MAX_PID_REFS; the root's go on.
+    let mut full = false;
     for (i, m) in maps.iter().enumerate() {
         let heap = !is_data(maps, i)
             && (is_anon_heap(m) || m.path == "[heap]")
@@ -97,11 +90,12 @@ fn find_in(
         let smi_only = v8 && heap;
         // Elsewhere in the heap: a mutex a thread holds (below).
         let mutex_only = (heap && !v8) || !values;
-        // (Another's PID: no mutexes to look for.)
-        if mutex_only && tids.is_empty() {
+        // (The root's PID is no mutex owner here: values only.)
+        let root_here = root.filter(|_| !heap || v8);
+        if !is_data(maps, i) && !heap {
             continue;
         }
-        if !is_data(maps, i) && !heap {
+        if full && root_here.is_none() {
             continue;
         }
         if heap {
@@ -131,8 +125,16 @@ fn find_in(
             }
             // Mutexes the threads hold (restore rewrites their owner),
             // in data and heap alike; their words are not values.
-            let held = held_mutexes(run, tids);
+            let held = if full {
+                Vec::new()
+            } else {
+                held_mutexes(run, tids)
+            };
             for &(q, pi, owner) in &held {
+                if out.len() == MAX_PID_REFS {
+                    full = true;
+                    break;
+                }
                 out.push(PidRef {
                     addr: at + q as u64,
                     kind: if pi {
@@ -142,48 +144,54 @@ fn find_in(
                     },
                     owner: owner as u64,
                 });
-                if out.len() == MAX_PID_REFS {
-                    return out;
-                }
             }
-            if mutex_only {
+            let own_here = !mutex_only && !full;
+            if !own_here && root_here.is_none() {
                 continue;
             }
             let in_mutex = |q: usize| held.iter().any(|&(o, _, _)| q == o || q + 8 == o);
-            // Aligned 64-bit words; the PID is either half of one.
+            // Aligned 64-bit words; a PID is either half of one.
             for (q, quad) in run.chunks_exact(8).enumerate() {
                 let quad = u64::from_le_bytes(quad.try_into().unwrap_or([0; 8]));
-                if smi_only && quad != (value as u32 as u64) << 32 {
-                    continue;
-                }
                 for half in 0..2u64 {
-                    if (quad >> (32 * half)) as u32 as i32 != value {
+                    let v = (quad >> (32 * half)) as u32 as i32;
+                    let own = own_here && v == pid;
+                    if !own && root_here != Some(v) {
+                        continue;
+                    }
+                    if smi_only && quad != (v as u32 as u64) << 32 {
                         continue;
                     }
                     // Half of a pointer into a mapping whose address has
                     // the PID as its high or low half.
                     let addr = at + q as u64 * 8 + 4 * half;
-                    if mapped(quad) || Some(addr) == tid_at || in_mutex(q * 8 + 4 * half as usize) {
+                    if mapped(quad) || in_mutex(q * 8 + 4 * half as usize) {
+                        continue;
+                    }
+                    if own && Some(addr) == tid_at {
                         continue;
                     }
                     // A constant of the file itself (nginx's .data holds
                     // 1001 twice), not a value the program wrote.
-                    if m.inode != 0 && in_file(pid, m, &mut file, addr, value) {
+                    if m.inode != 0 && in_file(pid, m, &mut file, addr, v) {
                         continue;
                     }
-                    out.push(PidRef {
-                        addr,
-                        kind: pid_ref::VALUE,
-                        owner: 0,
-                    });
-                    if out.len() == MAX_PID_REFS {
-                        return out;
+                    if !own {
+                        of_root.push(addr);
+                    } else if out.len() < MAX_PID_REFS {
+                        out.push(PidRef {
+                            addr,
+                            kind: pid_ref::VALUE,
+                            owner: 0,
+                        });
+                    } else {
+                        full = true;
                     }
                 }
             }
         }
     }
-    out
+    (out, of_root)
 }
 
 /// Offsets in `buf` of glibc mutexes (`pthread_mutex_t`, 8-byte aligned:
