@@ -22,6 +22,9 @@ command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 # A real process tree with System V shared memory.
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 [ -x /usr/bin/python3 ] || need+=(python3)
+# node: its process.pid kept in V8's heap, its child_process stdio
+# sockets (tests/servers.rs).
+command -v node >/dev/null 2>&1 || need+=(nodejs)
 # A terminal multiplexer: a server, a shell on its pty, a unix socket.
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 # What a packed restorer does with its own code (tests/pack.rs).

@@ -1448,3 +1448,86 @@ fn node_keeps_process_pid_and_capture_says_so() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// What node's child_process gives a child for stdio 'pipe': unix socket
+/// pairs to its parent (libuv). A child captured without that parent (and
+/// a grandchild that inherited them) got the restore's own fds 0-2 in
+/// their places, as pipes to outside do, only from stop 49: until then
+/// every such capture was refused. Bytes the parent had sent and the
+/// child not read are still refused by name (they would be lost).
+#[test]
+fn node_childs_stdio_sockets_are_the_restores() {
+    which("node");
+    let dir = scratch("node-child-stdio");
+    let child = "const { spawn } = require('child_process'); \
+        const g = spawn('/bin/sh', ['-c', 'while [ ! -e go ]; do sleep 0.05; done; \
+        echo out1; echo err1 >&2; echo out2; exit 5'], { stdio: 'inherit', cwd: process.argv[1] }); \
+        g.on('exit', c => { process.stdout.write('grandchild ' + c + '\\n'); process.exitCode = c + 1; }); \
+        process.stdout.write('READY ' + process.pid + '\\n');";
+    let parent = format!(
+        "const {{ spawn }} = require('child_process'); \
+         const unread = process.argv[1] === 'unread'; \
+         const c = spawn(process.execPath, ['-e', {child:?}, process.argv[2]], \
+           {{ stdio: [unread ? 'pipe' : 'ignore', 'pipe', 'pipe'] }}); \
+         if (unread) c.stdin.write('x\\n'); \
+         c.stdout.on('data', d => process.stdout.write(d)); \
+         c.stderr.on('data', d => process.stderr.write(d));"
+    );
+    let start = |mode: &str| {
+        sanitize_fds();
+        let mut p = Command::new("node")
+            .args(["-e", &parent, mode])
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node");
+        let mut ready = String::new();
+        BufReader::new(p.stdout.as_mut().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        let pid: i32 = ready
+            .strip_prefix("READY ")
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{ready:?}"));
+        (p, pid)
+    };
+
+    // Two bytes from the parent wait in the child's fd 0: refused.
+    let (mut p, pid) = start("unread");
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &pid.to_string()]);
+    // (--dry-run reports on stdout.)
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("fd 0 (unix stream socket) is connected to")
+            && out.contains("outside the process, and has 2 bytes queued from it"),
+        "{out}{err}"
+    );
+    let _ = p.kill();
+    let _ = p.wait();
+    // SAFETY: a signal to the child node this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+
+    let (mut p, pid) = start("plain");
+    let img = dir.join("img");
+    capture_killed(pid, &img, &[]);
+    let _ = p.wait();
+    // (The killed shell and its sleep are this test runner's to reap
+    // when another test made it a subreaper.)
+    wait_gone(&tree_pids(&img));
+    let out = dir.join("restored.out");
+    let r = restore(&img, &[], &out);
+    std::fs::write(dir.join("go"), "").unwrap();
+    let mut err = String::new();
+    let mut r = r;
+    r.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let st = r.wait().unwrap();
+    assert_eq!(st.code(), Some(6), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "out1\nout2\ngrandchild 5\n",
+        "{err}"
+    );
+    assert!(err.lines().any(|l| l == "err1"), "{err}");
+}

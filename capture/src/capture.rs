@@ -402,10 +402,23 @@ fn freeze_and_inspect(
         if obstacles.is_empty() {
             let procs: Vec<(i32, &Inspected)> = pids.iter().copied().zip(all.iter()).collect();
             let files = crate::tree::shared_memory(&procs);
-            let (shared, queued, places) = crate::tree::share(&procs, &mut obs);
+            let crate::tree::Shared {
+                fds: shared,
+                queued,
+                places,
+                outside,
+            } = crate::tree::share(&procs, &mut obs);
             crate::tree::epolls_made_elsewhere(&procs, &shared, &mut obs);
             crate::tree::dead_proc_cwds(&tree, &procs, &mut obs);
             all[0].b.tree_fds = shared;
+            // Sockets at fd 0-2 connected outside the tree: the
+            // restore's own fds take their places.
+            for (p, index) in outside {
+                if let Some(s) = all[p].b.sockets.get_mut(index) {
+                    s.state = cryo_image::fds::socket_state::OUTSIDE;
+                    s.pair = cryo_image::NO_INDEX;
+                }
+            }
             // Connections waiting in another process's listener: their
             // places in its queue.
             // (Made and connected by `cryo restore`, by name, the

@@ -636,6 +636,10 @@ pub struct CrossEnd {
     /// Our copy of it, to read the bytes queued in it.
     pub dup: OwnedFd,
     pub obstacle: String,
+    /// At fd 0-2, nothing queued, not shut down: if its peer is outside
+    /// the tree, the restore's own fd takes its place
+    /// (`socket_state::OUTSIDE`) and `obstacle` does not apply.
+    pub stdio: bool,
     /// The numbers the files in flight in its queue are held at in its
     /// process for the capture, per message that has them
     /// (`crate::inflight`); or why they were not held.
@@ -2156,17 +2160,37 @@ pub fn link(
                     // obstacle says why (a peek offset, a filter).
                     continue;
                 }
+                // A unix socket at fd 0-2 to outside (node's child_process
+                // and systemd's journal give a program's stdio so: a sweep
+                // of stop 48): the restore's own fd takes its place, as
+                // for a pipe to outside (`socket_state::OUTSIDE`), unless
+                // bytes wait in it or it was shut down.
+                let stdio = c.fd <= 2
+                    && s.family as i32 == libc::AF_UNIX
+                    && c.diag.rqueue == 0
+                    && c.diag.shutdown == 0;
                 let obstacle = if c.diag.rqueue > 0 {
                     format!(
                         "fd {} ({what}) is connected to {to}, outside the process, and has {} bytes queued from it; cryo can neither restore them nor connect it again",
                         c.fd, c.diag.rqueue
                     )
-                } else if c.fd <= 2 {
-                    // (node's child_process and systemd's journal give a
-                    // program's stdio so: a sweep of stop 48.)
+                } else if c.fd <= 2 && c.diag.shutdown != 0 {
                     format!(
-                        "fd {} ({what}) is connected to {to}, outside the process; cryo cannot connect it again (only a pair or connection between processes it captures): a program whose fd {} is a socket to the program that started it (node's child_process, a systemd service's journal) is captured with that fd on a terminal, pipe or file instead",
-                        c.fd, c.fd
+                        "fd {} ({what}) is connected to {to}, outside the process, and was shut down ({}); cryo cannot connect it again, and the restore's own fd {} in its place would not be shut down",
+                        c.fd,
+                        match c.diag.shutdown & 3 {
+                            1 => "for reading",
+                            2 => "for writing",
+                            _ => "both ways",
+                        },
+                        c.fd
+                    )
+                } else if stdio {
+                    // (Only where its peer turns out to be in the tree
+                    // after all: the tree's pass pairs them instead.)
+                    format!(
+                        "fd {} ({what}) is connected to {to}, outside the process tree",
+                        c.fd
                     )
                 } else {
                     format!(
@@ -2203,10 +2227,12 @@ pub fn link(
                             seqpacket: s.sock_type as i32 == libc::SOCK_SEQPACKET,
                             dup,
                             obstacle,
+                            stdio,
                             held: in_flight.by_socket.get(&c.fd).cloned().unwrap_or_default(),
                             not_held: in_flight.not_held.get(&c.fd).cloned(),
                         })
                     }
+                    _ if stdio => b.sockets[c.index].state = socket_state::OUTSIDE,
                     _ => obs.push(obstacle),
                 }
             }

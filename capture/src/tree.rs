@@ -519,18 +519,28 @@ pub(crate) fn shared_memory(procs: &[(i32, &Inspected)]) -> Vec<TreeFile> {
     out
 }
 
-/// The objects processes of the tree share, into `tree_fds` (and the
-/// obstacles of kinds that cannot be shared yet). `procs`: (pid, its
-/// inspected state) of every live process, root first.
-/// Also returns the bytes queued in the ends of socket pairs between
-/// processes: (process, socket index, bytes) for the caller to store.
-pub(crate) fn share(
-    procs: &[(i32, &Inspected)],
-    obs: &mut Obstacles,
-) -> (Vec<TreeFd>, Queued, Vec<(usize, usize, u32)>) {
+/// What the processes of a tree share ([`share`]).
+pub(crate) struct Shared {
+    /// Into `tree_fds`.
+    pub fds: Vec<TreeFd>,
+    /// The bytes queued in the ends of socket pairs between processes,
+    /// for the caller to store.
+    pub queued: Queued,
+    /// Connections waiting in another process's listener: (process,
+    /// socket index, place in its queue).
+    pub places: Vec<(usize, usize, u32)>,
+    /// Unix sockets at fd 0-2 connected outside the tree: (process,
+    /// socket index), `socket_state::OUTSIDE` in its image.
+    pub outside: Vec<(usize, usize)>,
+}
+
+/// The objects processes of the tree share (and the obstacles of kinds
+/// that cannot be shared yet). `procs`: (pid, its inspected state) of
+/// every live process, root first.
+pub(crate) fn share(procs: &[(i32, &Inspected)], obs: &mut Obstacles) -> Shared {
     let mut out = Vec::new();
     let mut next_object = 0u32;
-    let (pairs_done, queued) = socket_pairs(procs, &mut out, &mut next_object, obs);
+    let (pairs_done, queued, outside) = socket_pairs(procs, &mut out, &mut next_object, obs);
     // Candidates: the first fd of each description, by what it is.
     let mut by_inode: HashMap<(u32, u64, u64), Vec<(usize, usize)>> = HashMap::new();
     for (p, (_, ins)) in procs.iter().enumerate() {
@@ -661,7 +671,17 @@ pub(crate) fn share(
                     .get(f.object as usize)
                     .is_some_and(|s| s.state == socket_state::PENDING)
                 && d.iter().any(|c| served.contains(c));
-            if let Some(why) = unshareable(procs[p0].1, &f).filter(|_| !pending_served) {
+            // (A socket at fd 0-2 connected outside the tree: the
+            // restore's own fd in every holder's place, as for a pipe to
+            // outside: `socket_pairs`.)
+            let outside_stdio = f.kind == fd_kind::SOCKET
+                && d.iter().all(|&(p, i)| {
+                    let o = procs[p].1.b.fds[i].object as usize;
+                    outside.contains(&(p, o))
+                });
+            if let Some(why) =
+                unshareable(procs[p0].1, &f).filter(|_| !pending_served && !outside_stdio)
+            {
                 let holders: Vec<String> = d
                     .iter()
                     .map(|&(p, i)| format!("pid {} fd {}", procs[p].0, procs[p].1.b.fds[i].fd))
@@ -684,7 +704,12 @@ pub(crate) fn share(
         }
     }
     hung_up_terminals(procs, &out, obs);
-    (out, queued, places)
+    Shared {
+        fds: out,
+        queued,
+        places,
+        outside,
+    }
 }
 
 /// Connections waiting, not accepted yet, in a listener of another
@@ -1221,17 +1246,20 @@ pub(crate) type Queued = Vec<(usize, usize, Vec<u8>, bool)>;
 /// Unix socket pairs whose ends (or whose ends' descriptions) are in more
 /// than one process: each end a tree object naming the other. Returns the
 /// socket inodes done and the bytes queued in ends no process captured
-/// on its own (an end paired outside its process). A socket connected to
-/// one outside the tree keeps its process's obstacle.
+/// on its own (an end paired outside its process), and the ends at fd
+/// 0-2 connected outside the tree that the restore's own fds replace
+/// (`CrossEnd::stdio`); another socket connected to one outside the tree
+/// keeps its process's obstacle.
 fn socket_pairs(
     procs: &[(i32, &Inspected)],
     out: &mut Vec<TreeFd>,
     next_object: &mut u32,
     obs: &mut Obstacles,
-) -> (Vec<u64>, Queued) {
+) -> (Vec<u64>, Queued, Vec<(usize, usize)>) {
     // Socket inode -> the first fds of its description, by process.
     let mut holders: HashMap<u64, Vec<(usize, usize)>> = HashMap::new();
     let mut pairs: Vec<(u64, u64)> = Vec::new();
+    let mut outside = Vec::new();
     for (p, (_, ins)) in procs.iter().enumerate() {
         for (i, f) in ins.b.fds.iter().enumerate() {
             if f.kind != fd_kind::SOCKET || f.desc as usize != i {
@@ -1254,10 +1282,14 @@ fn socket_pairs(
             }
         }
     }
-    for (pid, ins) in procs {
+    for (p, (pid, ins)) in procs.iter().enumerate() {
         for c in &ins.cross.ends {
             if holders.contains_key(&c.peer) {
                 pairs.push((c.ino.min(c.peer), c.ino.max(c.peer)));
+            } else if c.stdio {
+                // At fd 0-2 and connected outside the tree: the
+                // restore's own fd in its place.
+                outside.push((p, c.index));
             } else {
                 // (Named by its process: "fd 3" alone read as the root's.)
                 obs.push(format!("process {pid}: {}", c.obstacle));
@@ -1322,7 +1354,7 @@ fn socket_pairs(
         describe(procs, ha, oa, 0, ob, out);
         describe(procs, hb, ob, 1, oa, out);
     }
-    (done, queued)
+    (done, queued, outside)
 }
 
 /// Why a description of this kind cannot be handed to several processes

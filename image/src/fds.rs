@@ -739,6 +739,12 @@ pub mod socket_state {
     /// --tcp-established`): `addr` and `peer` are its ends, its sequence
     /// numbers, options, window and queues a [`super::TcpConn`].
     pub const REPAIRED: u32 = 8;
+    /// (11.14) A unix socket at fd 0-2 connected to a socket outside the
+    /// captured processes (node's child_process, a systemd service's
+    /// journal), nothing queued from it, not shut down: a restore gives
+    /// its own fd in its place, as it does for a pipe to outside there;
+    /// it cannot be made again (`--restore-stdio` naming it is refused).
+    pub const OUTSIDE: u32 = 9;
 
     pub fn name(s: u32) -> &'static str {
         match s {
@@ -750,6 +756,7 @@ pub mod socket_state {
             WIDOWED => "other end closed",
             PENDING => "connecting, not yet accepted",
             REPAIRED => "established (TCP repair)",
+            OUTSIDE => "connected outside (the restore's own in its place)",
             _ => "unknown",
         }
     }

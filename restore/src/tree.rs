@@ -323,17 +323,24 @@ fn shared_with(root_img: &Image, (pid, n): (u32, i32), other: u32) -> bool {
 }
 
 /// A tree member's fds 0-2 that are a pipe or FIFO whose other end was
-/// outside the tree.
+/// outside the tree, or a socket connected outside it
+/// (`socket_state::OUTSIDE`).
 fn outside_stdio(img: &Image) -> Vec<i32> {
     img.fds()
         .iter()
         .filter(|f| {
             f.fd <= 2
-                && matches!(f.kind, fd_kind::PIPE | fd_kind::FIFO)
-                && img
-                    .pipes()
-                    .get(f.object as usize)
-                    .is_some_and(|p| p.flags & pipe_flags::INSIDE == 0)
+                && match f.kind {
+                    fd_kind::PIPE | fd_kind::FIFO => img
+                        .pipes()
+                        .get(f.object as usize)
+                        .is_some_and(|p| p.flags & pipe_flags::INSIDE == 0),
+                    fd_kind::SOCKET => img
+                        .sockets()
+                        .get(f.object as usize)
+                        .is_some_and(|s| s.state == cryo_image::fds::socket_state::OUTSIDE),
+                    _ => false,
+                }
         })
         .map(|f| f.fd)
         .collect()

@@ -38,10 +38,13 @@ impl AfterCapture {
 /// written at DIR. A tree is one image: the root's in DIR, each other
 /// process's in DIR/procs/PID; zombies keep their exit status.
 ///
-/// What cryo cannot restore exactly (an established TCP connection, a
-/// unix socket connected outside the process, a seccomp filter, an
-/// eventfd shared by two processes...) is refused, every obstacle named at once; `--dry-run` lists
-/// them without writing anything.
+/// What cryo cannot restore exactly (an established TCP connection
+/// without --tcp-established, a unix socket connected outside the
+/// process at fd 3 and up, a seccomp filter that would stop the restore,
+/// a userfaultfd...) is refused, every obstacle named at once;
+/// `--dry-run` lists them without writing anything. At fds 0-2 a pipe or
+/// unix socket to outside (node's child_process, a systemd journal) is
+/// given the restore's own fd in its place.
 ///
 /// Interrupted (^C, SIGTERM), a capture finishes leaving the processes as
 /// they were. Do not SIGKILL it: one killed while it runs a system call

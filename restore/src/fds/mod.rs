@@ -636,6 +636,19 @@ fn source_of(
                 start: f.rdev,
             })
         }
+        fd_kind::SOCKET
+            if img
+                .sockets()
+                .get(f.object as usize)
+                .is_some_and(|s| s.state == cryo_image::fds::socket_state::OUTSIDE) =>
+        {
+            // (Kept as ours at 0-2 unless --restore-stdio names it.)
+            Err(err.why(format!(
+                "it was connected to a socket outside the captured processes, which cryo cannot connect again; leave fd {} out of --restore-stdio to give it this command's own, or pass {}",
+                f.fd,
+                cx.inherit_fd(f.fd)
+            )))
+        }
         fd_kind::SOCKET => crate::sockets::plan(img, f.object, flags, err),
         _ => Err(err.why("unsupported kind")),
     }
