@@ -1667,3 +1667,79 @@ fn an_output_file_at_fd_1_is_named_at_capture_and_given_back_when_asked() {
     let want = [vec![b'a'; 100], vec![b'b'; 100]].concat();
     assert_eq!(std::fs::read(&out).unwrap(), want);
 }
+
+/// Linux fails some calls with EINTR after any stop, even with no signal
+/// handler (signal(7): epoll_wait, sigtimedwait, semop), and the freeze of
+/// a capture is such a stop: a target left running saw its epoll_wait and
+/// sigtimedwait fail with EINTR the moment a capture (or a `--dry-run`)
+/// let it go, and a restore gave the same EINTR (a sweep of stop 49). Such
+/// a call that waited with no timeout is made again now, in the target and
+/// in the image.
+#[test]
+fn calls_the_freeze_fails_with_eintr_are_made_again() {
+    let script = r#"
+import ctypes, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+ep = libc.epoll_create1(0)
+ev = (ctypes.c_uint8 * 12)(1)  # EPOLLIN, data 0
+assert libc.epoll_ctl(ep, 1, 0, ev) == 0
+print("READY", os.getpid(), flush=True)
+out = (ctypes.c_uint8 * 12)()
+rc = libc.epoll_wait(ep, out, 1, -1)
+print("epoll_wait", rc, ctypes.get_errno() if rc < 0 else 0, flush=True)
+os.read(0, 1)
+mask = (ctypes.c_uint64 * 16)(1 << (signal.SIGUSR1 - 1))
+rc = libc.sigtimedwait(mask, None, None)
+print("sigwaitinfo", rc, ctypes.get_errno() if rc < 0 else 0, flush=True)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let mut t = Target::spawn(cmd, "freeze EINTR");
+    t.wait_sleeping();
+    // Left running: a capture in its epoll_wait, a dry run in its
+    // sigwaitinfo; each call waits on as if nothing had happened.
+    let img = scratch("fidelity-freeze-eintr").join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    t.poke_stdin();
+    let l = t.line(std::time::Duration::from_secs(30));
+    assert_eq!(l.as_deref(), Some("epoll_wait 1 0"), "the target's own run");
+    t.wait_sleeping();
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    // SAFETY: a signal to the target this test started.
+    unsafe { libc::kill(t.pid, libc::SIGUSR1) };
+    let (code, last, err) = t.finish();
+    assert_eq!(
+        (code, last.as_str()),
+        (0, "sigwaitinfo 10 0"),
+        "the target's own run: {err}"
+    );
+    // Restored: the image taken in its epoll_wait makes the call again.
+    sanitize_fds();
+    let mut r = Command::new(cryo())
+        .arg("restore")
+        .arg(&img)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cryo restore");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(r.stdout.take().unwrap()));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::io::Write::write_all(r.stdin.as_mut().unwrap(), b"x").unwrap();
+    let first = lines.next().and_then(|l| l.ok());
+    // (The restored program runs under cryo restore's PID. SIGUSR1 is
+    // blocked there: it waits for sigwaitinfo if it comes first.)
+    // SAFETY: a signal to the restore this test started.
+    unsafe { libc::kill(r.id() as i32, libc::SIGUSR1) };
+    let second = lines.next().and_then(|l| l.ok());
+    let out = r.wait_with_output().unwrap();
+    assert_eq!(
+        (out.status.code(), first.as_deref(), second.as_deref()),
+        (Some(0), Some("epoll_wait 1 0"), Some("sigwaitinfo 10 0")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -36,6 +36,31 @@ pub fn to_regs(r: &libc::user_regs_struct) -> Regs {
     }
 }
 
+/// Whether a task stopped with these registers is at the end of a system
+/// call that failed with EINTR only because the task was stopped, and
+/// that waited with no timeout: the calls Linux fails so after a stop
+/// (signal(7), "Interruption of system calls and library functions by
+/// stop signals": epoll_wait, epoll_pwait(2), semop, semtimedop,
+/// sigtimedwait). Any signal could have done it too: the caller checks
+/// none is due, and that none was being delivered. Such a call is made
+/// again; it has no deadline to miss. One with a timeout keeps EINTR:
+/// made again, its relative timeout would start again in full, where an
+/// event loop that retries EINTR (libuv, CPython's, redis's) takes the
+/// time left, and a restored one finds its timers due. (Socket calls fail
+/// so only with a timeout, SO_RCVTIMEO or SO_SNDTIMEO.)
+pub fn freeze_eintr(r: &Regs) -> bool {
+    if r.rax as i64 != -(libc::EINTR as i64) {
+        return false;
+    }
+    match r.orig_rax as i64 {
+        libc::SYS_epoll_wait | libc::SYS_epoll_pwait => (r.r10 as i32) < 0,
+        libc::SYS_epoll_pwait2 | libc::SYS_semtimedop => r.r10 == 0,
+        libc::SYS_rt_sigtimedwait => r.rdx == 0,
+        libc::SYS_semop => true,
+        _ => false,
+    }
+}
+
 /// The syscall-restart fix-up (as CRIU does): a process stopped inside a
 /// system call resumes by re-executing it, or sees -EINTR where the kernel
 /// would have used a restart block, which does not survive a restore, and
@@ -58,9 +83,12 @@ pub fn to_regs(r: &libc::user_regs_struct) -> Regs {
 /// `addr` in the process (a restarted clock_nanosleep's request, and its
 /// `rem` if any, must be one: a restarted poll(NULL, 0, ms) has small
 /// integers where they would be).
+/// `freeze_eintr`: the freeze made the call fail with EINTR
+/// ([`freeze_eintr`], checked by the tracee): it is made again.
 pub fn restart_fixup(
     raw: &Regs,
     restarted_poll: Option<&[u64; 8]>,
+    freeze_eintr: bool,
     timespec_at: &dyn Fn(u64) -> bool,
 ) -> (Regs, u32) {
     const ERESTARTSYS: i64 = -512;
@@ -138,6 +166,11 @@ pub fn restart_fixup(
             r.rip = raw.rip.wrapping_sub(2);
             (r, process_flags::IN_SYSCALL)
         }
+        _ if freeze_eintr && self::freeze_eintr(raw) => {
+            r.rax = raw.orig_rax;
+            r.rip = raw.rip.wrapping_sub(2);
+            (r, process_flags::IN_SYSCALL)
+        }
         ERESTART_RESTARTBLOCK => {
             r.rax = (-(libc::EINTR as i64)) as u64;
             (
@@ -170,7 +203,9 @@ pub fn capture(
 ) -> Result<(), crate::tracee::PtraceError> {
     let raw = t.regs()?;
     let raw_regs = to_regs(&raw);
-    let (regs, sflags) = restart_fixup(&raw_regs, t.restarted_poll(), &|a| timespec_at(t, a));
+    let (regs, sflags) = restart_fixup(&raw_regs, t.restarted_poll(), t.freeze_eintr(), &|a| {
+        timespec_at(t, a)
+    });
     let (xsave, xcr0) = t.xstate()?;
     let blocked = t.sigmask()?;
     let rseq = t.rseq()?;
@@ -210,6 +245,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn calls_the_freeze_failed_with_eintr() {
+        let ok = |_| true;
+        let r = Regs {
+            orig_rax: libc::SYS_epoll_wait as u64,
+            rax: (-4i64) as u64,
+            rip: 0x1002,
+            r10: u64::MAX, // no timeout (-1)
+            ..Default::default()
+        };
+        let (f, fl) = restart_fixup(&r, None, true, &ok);
+        assert_eq!(
+            (f.rax, f.rip, fl),
+            (r.orig_rax, 0x1000, process_flags::IN_SYSCALL)
+        );
+        // A signal may have done it: as it is.
+        assert_eq!(restart_fixup(&r, None, false, &ok), (r, 0));
+        // With a timeout (500 ms): EINTR, as it is.
+        let t = Regs { r10: 500, ..r };
+        assert!(!freeze_eintr(&t));
+        assert_eq!(restart_fixup(&t, None, true, &ok), (t, 0));
+        // sigwaitinfo (no timeout) and sigtimedwait.
+        let w = Regs {
+            orig_rax: libc::SYS_rt_sigtimedwait as u64,
+            rdx: 0,
+            ..r
+        };
+        assert!(freeze_eintr(&w));
+        assert!(!freeze_eintr(&Regs { rdx: 0x5000, ..w }));
+        // A socket call (EINTR only with a timeout), connect: as it is.
+        let c = Regs {
+            orig_rax: libc::SYS_connect as u64,
+            ..r
+        };
+        assert!(!freeze_eintr(&c));
+        assert_eq!(restart_fixup(&c, None, true, &ok), (c, 0));
+        // Another error, or a result: as it is.
+        let e = Regs {
+            rax: (-11i64) as u64,
+            ..r
+        };
+        assert_eq!(restart_fixup(&e, None, true, &ok), (e, 0));
+    }
+
+    #[test]
     fn restart_fixup_cases() {
         let ok = |a: u64| a >= 0x1000;
         let mut r = Regs {
@@ -218,29 +297,29 @@ mod tests {
             rip: 0x1002,
             ..Default::default()
         };
-        let (f, fl) = restart_fixup(&r, None, &ok);
+        let (f, fl) = restart_fixup(&r, None, false, &ok);
         assert_eq!((f.rax, f.rip, fl), (35, 0x1000, process_flags::IN_SYSCALL));
         // A sleep through a restart block: executed again.
         r.rax = (-516i64) as u64;
-        let (f, fl) = restart_fixup(&r, None, &ok);
+        let (f, fl) = restart_fixup(&r, None, false, &ok);
         assert_eq!((f.rax, f.rip, fl), (35, 0x1000, process_flags::IN_SYSCALL));
         // Given somewhere for the time left, it sleeps that instead.
         let mut n = r;
         (n.rdi, n.rsi) = (0x5000, 0x6000);
-        assert_eq!(restart_fixup(&n, None, &ok).0.rdi, 0x6000);
+        assert_eq!(restart_fixup(&n, None, false, &ok).0.rdi, 0x6000);
         let mut c = r;
         c.orig_rax = libc::SYS_clock_nanosleep as u64;
         (c.rdi, c.rsi, c.rdx, c.r10) = (1, 0, 0x5000, 0x6000);
-        assert_eq!(restart_fixup(&c, None, &ok).0.rdx, 0x6000);
+        assert_eq!(restart_fixup(&c, None, false, &ok).0.rdx, 0x6000);
         c.rsi = libc::TIMER_ABSTIME as u64; // a deadline: as it is
-        assert_eq!(restart_fixup(&c, None, &ok).0.rdx, 0x5000);
+        assert_eq!(restart_fixup(&c, None, false, &ok).0.rdx, 0x5000);
         (c.rsi, c.r10) = (0, 0); // nowhere for the time left
-        assert_eq!(restart_fixup(&c, None, &ok).0.rdx, 0x5000);
+        assert_eq!(restart_fixup(&c, None, false, &ok).0.rdx, 0x5000);
         r.orig_rax = 202; // a timed futex wait: the same
-        let (f, _) = restart_fixup(&r, None, &ok);
+        let (f, _) = restart_fixup(&r, None, false, &ok);
         assert_eq!((f.rax, f.rip), (202, 0x1000));
         r.orig_rax = 7; // poll with a timeout: executed again
-        let (f, fl) = restart_fixup(&r, None, &ok);
+        let (f, fl) = restart_fixup(&r, None, false, &ok);
         assert_eq!((f.rax, f.rip, fl), (7, 0x1000, process_flags::IN_SYSCALL));
         // A poll restarted by an earlier stop: executed again as poll if
         // the registers are what /proc showed, else -EINTR.
@@ -248,33 +327,33 @@ mod tests {
         r.rdi = 0x5000;
         r.rsp = 0x7ff0;
         let seen = [0x5000, 0, 0, 0, 0, 0, 0x7ff0, 0x1002];
-        let (f, fl) = restart_fixup(&r, Some(&seen), &ok);
+        let (f, fl) = restart_fixup(&r, Some(&seen), false, &ok);
         assert_eq!((f.rax, f.rip, fl), (7, 0x1000, process_flags::IN_SYSCALL));
         let other = [0x6000, 0, 0, 0, 0, 0, 0x7ff0, 0x1002];
-        let (f, fl) = restart_fixup(&r, Some(&other), &ok);
+        let (f, fl) = restart_fixup(&r, Some(&other), false, &ok);
         assert_eq!(f.rax as i64, -4);
         assert!(fl & process_flags::RESTART_BLOCK_EINTR != 0);
-        let (f, _) = restart_fixup(&r, None, &ok);
+        let (f, _) = restart_fixup(&r, None, false, &ok);
         assert_eq!(f.rax as i64, -4);
         // A clock_nanosleep restarted by an earlier stop: a clock id and
         // flags first (CLOCK_MONOTONIC, TIMER_ABSTIME): executed again.
         let mut c = r;
         (c.rdi, c.rsi, c.rdx) = (1, 1, 0x7000);
-        let (f, fl) = restart_fixup(&c, None, &ok);
+        let (f, fl) = restart_fixup(&c, None, false, &ok);
         assert_eq!(
             (f.rax as i64, f.rip, fl),
             (libc::SYS_clock_nanosleep, 0x1000, process_flags::IN_SYSCALL)
         );
         c.rsi = 0x7100; // a pointer second: not one
-        assert_eq!(restart_fixup(&c, None, &ok).0.rax as i64, -4);
+        assert_eq!(restart_fixup(&c, None, false, &ok).0.rax as i64, -4);
         // poll(NULL, 0, 20000) restarted: no timespec where one would be.
         (c.rdi, c.rsi, c.rdx, c.r10) = (0, 0, 20000, 0);
         let no = |_: u64| false;
-        assert_eq!(restart_fixup(&c, None, &no).0.rax as i64, -4);
+        assert_eq!(restart_fixup(&c, None, false, &no).0.rax as i64, -4);
         r.rax = 0; // completed syscall (e.g. tgkill before a group-stop)
-        assert_eq!(restart_fixup(&r, None, &ok), (r, 0));
+        assert_eq!(restart_fixup(&r, None, false, &ok), (r, 0));
         r.orig_rax = u64::MAX; // not in a syscall
         r.rax = (-512i64) as u64;
-        assert_eq!(restart_fixup(&r, None, &ok).1, 0);
+        assert_eq!(restart_fixup(&r, None, false, &ok).1, 0);
     }
 }

@@ -137,7 +137,7 @@ pub fn capture(
         own_differences(pid, tid, &comm, (st, main_status), &main_own, obs);
         crate::task::dispatch_obstacle(tid, &format!("thread {tid}"), obs);
         let raw = to_regs(&t.regs()?);
-        let (regs, sflags) = restart_fixup(&raw, t.restarted_poll(), &|a| {
+        let (regs, sflags) = restart_fixup(&raw, t.restarted_poll(), t.freeze_eintr(), &|a| {
             crate::regs::timespec_at(t, a)
         });
         let (xsave, _) = t.xstate()?;

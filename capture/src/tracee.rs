@@ -163,6 +163,13 @@ pub struct Tracee {
     /// Seized with PTRACE_O_SUSPEND_SECCOMP: its seccomp filters do not
     /// apply to the system calls injected into it.
     seccomp_suspended: bool,
+    /// A signal was being delivered when seized (its handler's frame is
+    /// set up): the registers are the handler's.
+    delivered: bool,
+    /// The freeze itself made a system call of it fail with EINTR
+    /// ([`crate::regs::freeze_eintr`]): it is made again when let go, and
+    /// in the image.
+    freeze_eintr: bool,
 }
 
 /// Whether task `tid` of `tgid` runs under seccomp (mode 1 or 2), from
@@ -205,6 +212,25 @@ fn restarted_poll(tgid: i32, tid: i32) -> Option<[u64; 8]> {
         return None;
     }
     vals.try_into().ok()
+}
+
+/// No signal the task would take now is pending (for it or its process,
+/// and not blocked), from /proc/TGID/task/TID/status: a call that failed
+/// with EINTR was then interrupted by the freeze, not by a signal.
+fn no_signal_due(tgid: i32, tid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tgid}/task/{tid}/status")) else {
+        return false;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    match (field("SigPnd:"), field("ShdPnd:"), field("SigBlk:")) {
+        (Some(p), Some(s), Some(b)) => (p | s) & !b == 0,
+        _ => false,
+    }
 }
 
 impl Tracee {
@@ -277,10 +303,21 @@ impl Tracee {
             attached: true,
             restarted_poll,
             seccomp_suspended,
+            delivered: false,
+            freeze_eintr: false,
         };
         ptrace::request(libc::PTRACE_INTERRUPT as libc::c_uint, pid, 0)
             .map_err(|e| sys_err("PTRACE_INTERRUPT", pid, e))?;
         let status = t.wait_event_stop()?;
+        // (Not in a process that was stopped already: its group-stop, not
+        // the freeze, interrupted the call, and SIGCONT gives it EINTR.)
+        t.freeze_eintr = !was_stopped
+            && !t.delivered
+            && t.regs().is_ok_and(|r| {
+                crate::regs::freeze_eintr(&crate::regs::to_regs(&r))
+                    && t.syscall_before(r.rip)
+                    && no_signal_due(tgid, pid)
+            });
         // A task seized in group-stop reports that stop's signal (the
         // kernel's jobctl stop signal); one that was running reports
         // SIGTRAP for our interrupt.
@@ -325,6 +362,18 @@ impl Tracee {
         self.stop_signal
     }
 
+    /// The freeze made its system call fail with EINTR, which it would
+    /// not have otherwise ([`crate::regs::freeze_eintr`]).
+    pub fn freeze_eintr(&self) -> bool {
+        self.freeze_eintr
+    }
+
+    /// Whether the two bytes before `rip` are a `syscall` instruction.
+    fn syscall_before(&self, rip: u64) -> bool {
+        let mut b = [0u8; 2];
+        rip >= 2 && self.read_mem(rip - 2, &mut b).is_ok() && b == [0x0f, 0x05]
+    }
+
     fn waitpid(&self) -> Result<i32, PtraceError> {
         let (_, status) =
             ptrace::waitpid(self.pid, libc::__WALL).map_err(|source| PtraceError::Sys {
@@ -358,6 +407,7 @@ impl Tracee {
             } else {
                 0
             };
+            self.delivered |= sig != 0;
             ptrace::request(libc::PTRACE_CONT, self.pid, sig)
                 .map_err(|e| sys_err("PTRACE_CONT", self.pid, e))?;
         }
@@ -490,6 +540,19 @@ impl Tracee {
     fn detach_raw(&mut self) -> Result<(), PtraceError> {
         if !self.attached {
             return Ok(());
+        }
+        // A call the freeze failed with EINTR is made again, as if the
+        // capture had not happened (best effort: else it sees EINTR, as
+        // after a SIGSTOP and SIGCONT). Not if a signal was swallowed
+        // meanwhile: that one may be why.
+        if self.freeze_eintr && self.intercepted.is_empty() {
+            if let Ok(mut r) = self.regs() {
+                if crate::regs::freeze_eintr(&crate::regs::to_regs(&r)) {
+                    r.rax = r.orig_rax;
+                    r.rip -= 2;
+                    let _ = self.set_regs(&r);
+                }
+            }
         }
         self.attached = false;
         ptrace::request(libc::PTRACE_DETACH, self.pid, 0)
