@@ -55,9 +55,16 @@ fn main() {
     if !status.success() {
         panic!("building cryo-shim failed ({status})");
     }
-    install(
-        &target_dir.join(TARGET).join("release/cryo-shim"),
-        &profile_dir.join("cryo-shim"),
+    let shim = profile_dir.join("cryo-shim");
+    install(&target_dir.join(TARGET).join("release/cryo-shim"), &shim);
+    // What cryo checks the shim beside it by (`cmd::check::built_shim`):
+    // another file there (a truncated copy, another build) would be
+    // exec'd at the point of no return.
+    let bytes = std::fs::read(&shim).expect("reading cryo-shim");
+    println!("cargo:rustc-env=CRYO_SHIM_LEN={}", bytes.len());
+    println!(
+        "cargo:rustc-env=CRYO_SHIM_XXH3={:016x}",
+        xxhash_rust::xxh3::xxh3_64(&bytes)
     );
 }
 

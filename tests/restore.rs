@@ -782,6 +782,79 @@ fn shim_without_its_alias_still_leaves_no_trace() {
     }
 }
 
+/// `cryo restore` exec'd whatever file was at its shim's place: /bin/true
+/// there "restored" with status 0 and nothing run, a truncated copy died
+/// of SIGSEGV at the point of no return, and `cryo check` said "ok" to
+/// both (a sweep of stop 49). The shim this cryo was built with is known
+/// by its size (checked by every restore) and checksum (`cryo check`,
+/// `cryo pack`); another is refused before anything is done.
+#[test]
+fn a_shim_that_is_not_the_one_cryo_was_built_with_is_refused() {
+    let dir = scratch("foreign-shim");
+    let real = std::fs::read(cryo().with_file_name("cryo-shim")).expect("the shim");
+    let truncated = dir.join("truncated");
+    std::fs::write(&truncated, &real[..real.len() / 3]).unwrap();
+    let patched = dir.join("patched");
+    let mut p = real.clone();
+    let last = p.len() - 1;
+    p[last] ^= 1;
+    std::fs::write(&patched, &p).unwrap();
+    for f in [&truncated, &patched] {
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let mut cmd = Command::new(program("c-exewatch"));
+    cmd.args(["stop", "3"]);
+    let img = capture_cmd(cmd, "c-exewatch", "stop", &scratch("foreign-shim-img"));
+    for shim in [truncated.as_path(), Path::new("/bin/true")] {
+        let out = Command::new(cryo())
+            .args(["restore"])
+            .arg(&img)
+            .env("CRYO_SHIM", shim)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("is not the one this cryo was built with")
+                && err.contains(&format!(
+                    "{} bytes, not",
+                    std::fs::metadata(shim).unwrap().len()
+                )),
+            "{err}"
+        );
+    }
+    // The same size, one byte changed: `cryo check` and `cryo pack` read
+    // it whole.
+    let out = Command::new(cryo())
+        .args(["check"])
+        .env("CRYO_SHIM", &patched)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.lines().any(|l| l.starts_with("warn shim")
+            && l.contains("is not the shim this cryo was built with")),
+        "{said}"
+    );
+    let packed = dir.join("packed");
+    let out = Command::new(cryo())
+        .args(["pack"])
+        .arg(&img)
+        .arg("-o")
+        .arg(&packed)
+        .env("CRYO_SHIM", &patched)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is not the shim this cryo was built with"),
+        "{err}"
+    );
+    assert!(!packed.exists());
+}
+
 #[test]
 fn maps_equal_the_capture_and_no_trace_of_cryo() {
     maps_equal("maps", &[]);
@@ -1410,37 +1483,86 @@ fn lazy_page_server_killed_kills_the_program_loudly() {
     );
 }
 
+/// A lazy restore checks every page first, as an eager one does, unless
+/// the stamp says this very pages.img was checked: until stop 49 it
+/// checked each page only as the page server served it, and a changed
+/// image ran until its first bad page (13 s and 261 lines of output in a
+/// sweep's run), then the program was killed there. With `--verify` the
+/// page server still checks each page it serves, and kills the program
+/// loudly if one changed after the first check.
 #[test]
-fn lazy_corrupt_page_kills_the_program_loudly() {
+fn lazy_corrupt_page_is_refused_before_anything_runs() {
     let img = capture_killed("c-lazy", &["check", "16"], "stop", "lazy-corrupt");
-    // Flip a byte in the middle of pages.img (heap data, far from the
-    // stack): eager restore refuses up front, lazy restore dies on use.
     let p = img.join(cryo_image::PAGES_FILE);
-    let mut b = std::fs::read(&p).unwrap();
+    let b = std::fs::read(&p).unwrap();
     let mid = b.len() / 2;
-    b[mid] ^= 0xff;
-    std::fs::write(&p, &b).unwrap();
-    // A lazy restore is killed, never finishes, and says what is corrupt.
-    let dies_saying = |what: &str| {
-        let (code, out, err) =
-            Restored::start(&img, &["--lazy=on-demand", "--lazy-min-mib=0"]).finish();
-        assert_eq!(code, 128 + libc::SIGKILL, "killed: out {out} err {err}");
-        assert!(!out.contains("PASS"), "{out}");
-        assert!(
-            err.contains(what) && err.contains("fails its checksum"),
-            "says why: {err}"
-        );
+    // Flip a byte in the middle of pages.img (heap data, far from the
+    // stack), in place.
+    let flip = || {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        let mut x = [0u8; 1];
+        std::fs::File::open(&p)
+            .unwrap()
+            .read_exact_at(&mut x, mid as u64)
+            .unwrap();
+        f.write_all_at(&[x[0] ^ 0xff], mid as u64).unwrap();
     };
-    dies_saying("pages.img is corrupt");
-    // The page's checksum in sums.img changed with it: the block's
-    // checksum in meta.img catches that.
-    let s = img.join(cryo_image::SUMS_FILE);
-    let mut sums = std::fs::read(&s).unwrap();
-    let page = mid / 4096;
-    let sum = cryo_image::checksum(&b[page * 4096..(page + 1) * 4096]);
-    sums[page * 8..page * 8 + 8].copy_from_slice(&sum.to_le_bytes());
-    std::fs::write(&s, &sums).unwrap();
-    dies_saying("sums.img is corrupt");
+    // Served, its pages checked as they are: the program runs, then is
+    // killed when a page changed since the check.
+    sanitize_fds();
+    let mut r = Command::new(cryo())
+        .args([
+            "restore",
+            "--lazy=on-demand",
+            "--lazy-min-mib=0",
+            "--verify",
+            "--keep-stopped",
+        ])
+        .arg(&img)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = r.id() as i32;
+    wait_for(
+        "the restored process to stop",
+        Duration::from_secs(20),
+        || state(pid) == Some('T'),
+    );
+    flip();
+    // SAFETY: kill takes integers: the restore this test started.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let out = r.wait_with_output().unwrap();
+    let (code, out, err) = (
+        std::os::unix::process::ExitStatusExt::signal(&out.status)
+            .map_or(out.status.code().unwrap_or(-1), |s| 128 + s),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert_eq!(code, 128 + libc::SIGKILL, "killed: out {out} err {err}");
+    assert!(!out.contains("PASS"), "{out}");
+    assert!(
+        err.contains("pages.img is corrupt") && err.contains("fails its checksum"),
+        "says why: {err}"
+    );
+    // Changed since its stamp: refused before anything runs, in both
+    // lazy modes, as an eager restore refuses it.
+    for mode in LAZY_MODES.iter().chain([&""]) {
+        let args = if mode.is_empty() {
+            vec![]
+        } else {
+            vec![*mode, "--lazy-min-mib=0"]
+        };
+        let (code, out, err) = Restored::start(&img, &args).finish();
+        assert_eq!(code, 1, "{mode}: refused: out {out} err {err}");
+        assert!(out.is_empty(), "{mode}: nothing ran: {out}");
+        assert!(
+            err.starts_with("cryo: cannot restore") && err.contains("fails its checksum"),
+            "{mode}: says why: {err}"
+        );
+    }
 }
 
 #[test]

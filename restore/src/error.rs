@@ -25,6 +25,8 @@ pub enum RestoreError {
     WindowOverlap { start: u64, end: u64, name: String },
     #[error("the restore shim {} is missing or not executable (set CRYO_SHIM or build it with `cargo build -p cryo-shim`)", .0.display())]
     NoShim(PathBuf),
+    #[error("the restore shim {} is not the one this cryo was built with ({len} bytes, not {want}): install cryo and cryo-shim (and cryo-shim.text) together, from one build", .path.display())]
+    WrongShim { path: PathBuf, len: u64, want: u64 },
     #[error("fd {fd} ({what}) cannot be restored: {why}")]
     Fd { fd: i32, what: String, why: Why },
     #[error("{path} (unlinked or memfd) cannot be made again: {why}")]

@@ -61,6 +61,10 @@ pub struct Options {
     pub inherit_member_fds: Vec<(u32, i32, i32)>,
     /// Path of the cryo-shim binary.
     pub shim: PathBuf,
+    /// The size of the shim this cryo was built with: another file at
+    /// `shim` is refused before anything is done (its whole checksum is
+    /// `cryo check`'s and `cryo pack`'s).
+    pub shim_len: Option<u64>,
     /// Skip the pages checksum pass (the shim still checks the tables).
     pub no_verify: bool,
     /// Check every page even if this pages.img was checked before
@@ -583,7 +587,7 @@ fn prepare_one(
 ) -> Result<Plan, RestoreError> {
     let img = image.image()?;
     let p = img.process();
-    let lazy_cfg = lazy_config(dir, &image, &img, &opts)?;
+    let lazy_cfg = lazy_config(dir, &image, &opts)?;
     checks::window(&img)?;
     checks::xsave(&img)?;
     checks::aio(&img)?;
@@ -726,11 +730,18 @@ fn prepare_one(
             Finish::Tracer
         };
     sysv::check(&img)?;
-    let shim_ok = std::fs::metadata(&opts.shim)
-        .map(|m| m.is_file() && m.mode() & 0o111 != 0)
-        .unwrap_or(false);
-    if !shim_ok {
+    let shim = std::fs::metadata(&opts.shim)
+        .ok()
+        .filter(|m| m.is_file() && m.mode() & 0o111 != 0);
+    let Some(shim) = shim else {
         return Err(RestoreError::NoShim(opts.shim.clone()));
+    };
+    if let Some(want) = opts.shim_len.filter(|&n| n != shim.len()) {
+        return Err(RestoreError::WrongShim {
+            path: opts.shim.clone(),
+            len: shim.len(),
+            want,
+        });
     }
     Ok(Plan {
         image,
@@ -749,14 +760,12 @@ fn prepare_one(
     })
 }
 
-/// Lazy restore: a usable userfaultfd, the pages the shim reads verified
-/// now (the page server verifies the rest as it serves) unless the image
-/// is stamped as checked, the working set to prefetch. Eager: every page
-/// verified, unless stamped.
+/// Lazy restore: a usable userfaultfd, every page verified (unless the
+/// image is stamped as checked), the working set to prefetch. Eager: every
+/// page verified, unless stamped.
 fn lazy_config(
     dir: &Path,
     image: &LoadedImage,
-    img: &Image,
     opts: &Options,
 ) -> Result<Option<lazy::Config>, RestoreError> {
     Ok(match &opts.lazy {
@@ -768,20 +777,18 @@ fn lazy_config(
         }
         Some(l) => {
             uffd::probe().map_err(RestoreError::NoLazy)?;
-            // A stamp that says every page was checked (by capture, or an
-            // earlier restore) is trusted as an eager restore trusts it:
-            // nothing is checked again. Otherwise only what the shim reads
-            // is verified now (and the lengths of pages.img and sums.img);
-            // the page server verifies each page before it serves it, so
-            // the time to resume does not grow with the image.
-            let checked = !opts.no_verify && !opts.verify && verified::stamped(image);
-            image.verify_pages_where(|v| match () {
-                _ if opts.no_verify || checked => None,
-                _ if cryo_image::lazy::is_lazy(v) => {
-                    Some(cryo_image::lazy::eager_in(img, v.start, v.end).unwrap_or((0, 0)))
-                }
-                _ => Some((0, u64::MAX)),
-            })?;
+            // Every page checked first, as an eager restore does, unless
+            // a stamp says this very pages.img was checked (by capture, or
+            // an earlier restore), which is trusted as an eager restore
+            // trusts it. Until stop 49 only what the shim reads was
+            // checked here and the page server checked each page as it
+            // served it: a changed image ran until its first bad page,
+            // 13 s and 261 lines of output in a sweep's run, and the
+            // program was killed there. The check costs once per changed
+            // (or copied) image; a fresh capture is stamped.
+            if !opts.no_verify {
+                verified::pages(image, opts.verify)?;
+            }
             let image_id = cryo_image::checksum(image.meta());
             let ws_path = dir.join(lazy::WORKING_SET_FILE);
             let prefetch = if l.record_working_set || l.no_prefetch {
@@ -801,7 +808,9 @@ fn lazy_config(
                 prefetch,
                 stats: l.stats.clone(),
                 image_id,
-                verify: !opts.no_verify && !checked,
+                // (Checked whole above; with --verify each page again as
+                // it is served, in case it changed since.)
+                verify: opts.verify,
             })
         }
     })

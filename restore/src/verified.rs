@@ -7,11 +7,6 @@ use crate::RestoreError;
 use cryo_image::load::LoadedImage;
 use cryo_image::verified;
 
-/// Whether the image's stamp matches its files as they are now.
-pub fn stamped(image: &LoadedImage) -> bool {
-    verified::stamp(&image.dir, image.meta()).is_some_and(|s| verified::matches(&image.dir, &s))
-}
-
 /// Every page checked against its checksum, unless a stamp says this very
 /// pages.img was checked already (and `force` is off); a passed check is
 /// stamped (best effort: a read-only image is checked every time).

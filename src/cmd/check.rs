@@ -471,11 +471,35 @@ fn vdso() -> R {
 
 fn shim() -> R {
     let p = shim_path();
-    if p.is_file() {
-        Ok(p.display().to_string())
-    } else {
-        Err(format!("{} not found", p.display()))
+    if !p.is_file() {
+        return Err(format!("{} not found", p.display()));
     }
+    verify_shim(&p)?;
+    Ok(p.display().to_string())
+}
+
+/// The size and xxh3-64 of the shim this cryo was built with (build.rs).
+pub fn built_shim() -> (u64, u64) {
+    let len = env!("CRYO_SHIM_LEN").parse().unwrap_or(0);
+    let sum = u64::from_str_radix(env!("CRYO_SHIM_XXH3"), 16).unwrap_or(0);
+    (len, sum)
+}
+
+/// Whether the shim at `p` is, byte for byte, the one this cryo was built
+/// with (another build's, or a truncated copy, would be exec'd at the
+/// point of no return).
+pub fn verify_shim(p: &std::path::Path) -> Result<(), String> {
+    let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let (len, sum) = built_shim();
+    if bytes.len() as u64 != len || cryo_image::checksum(&bytes) != sum {
+        return Err(format!(
+            "{} is not the shim this cryo was built with ({} bytes, checksum {:016x}; built with {len} bytes, {sum:016x}): install cryo and cryo-shim together, from one build",
+            p.display(),
+            bytes.len(),
+            cryo_image::checksum(&bytes)
+        ));
+    }
+    Ok(())
 }
 
 /// Where `cryo restore` looks for the shim binary.

@@ -115,6 +115,8 @@ pub fn run(args: PackArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("cannot pack {}", args.dir.display()))?;
     refuse_output(&args.output, &dir)?;
     let shim = crate::cmd::check::shim_path();
+    // (Its code goes into the packed restorer.)
+    crate::cmd::check::verify_shim(&shim).map_err(|e| anyhow::anyhow!("cannot pack: {e}"))?;
     // Read before the pages are checked: a write during the check shows.
     let ids = cryo_restore::pack::identities(&dir)
         .with_context(|| format!("cannot pack {}", dir.display()))?;

@@ -137,8 +137,9 @@ pub struct RestoreArgs {
     /// checked before. By default a full check is done once and recorded
     /// in DIR/verified with the identity of pages.img and sums.img
     /// (device, inode, size, modification and change times); a restore
-    /// that finds both unchanged skips it. (Lazy restores check each page
-    /// as it is served.)
+    /// that finds both unchanged skips it; lazy restores too. (With
+    /// --verify a lazy restore's page server also checks each page as it
+    /// serves it.)
     #[arg(long, conflicts_with = "no_verify")]
     pub verify: bool,
     /// Give the restored process (the root of a tree) its captured PID
@@ -257,6 +258,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             .collect(),
         member: None,
         shim: crate::cmd::check::shim_path(),
+        shim_len: Some(crate::cmd::check::built_shim().0),
         no_verify: args.no_verify,
         verify: args.verify,
         phases: args.phases,
