@@ -1511,7 +1511,7 @@ fn lazy_corrupt_page_is_refused_before_anything_runs() {
     // Served, its pages checked as they are: the program runs, then is
     // killed when a page changed since the check.
     sanitize_fds();
-    let mut r = Command::new(cryo())
+    let r = Command::new(cryo())
         .args([
             "restore",
             "--lazy=on-demand",
