@@ -1199,7 +1199,8 @@ print("PASS", flush=True)
 
 /// System V message queues: the process's own ids name nothing once a
 /// queue is gone, and the kernel does not say which queues a process
-/// uses, so capture records every queue it could use, with its messages
+/// uses, so capture records every queue it could use that was made
+/// since it started or last used by it, with its messages
 /// (read with MSG_COPY, left in place). A restore leaves a queue still
 /// there alone and makes one gone again (its id, key, mode, messages);
 /// one whose key now names another queue is refused by name.
@@ -1284,9 +1285,48 @@ print("PASS", flush=True)
         "{err}"
     );
     assert!(out.is_empty(), "nothing ran: {out}");
+    // A queue made before the process started that it never used is
+    // not its: not recorded, and not made again once it is gone (until
+    // stop 49 every queue it could use was, and a restore of an unrelated
+    // program brought back a queue removed since, with the messages
+    // already taken from it: a sweep's repro).
+    // SAFETY: integers only.
+    let old = unsafe { libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600) };
+    assert!(old >= 0);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-c",
+        "import os, sys; print('READY', os.getpid(), flush=True); sys.stdin.readline(); print('PASS')",
+    ]);
+    let t = Target::spawn(cmd, "unrelated");
+    t.wait_sleeping();
+    let img = scratch("fidelity-msq-unrelated").join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("System V"), "{err}");
+    drop(t);
+    // SAFETY: integers only; a null buffer is allowed for IPC_RMID.
+    unsafe { libc::msgctl(old, libc::IPC_RMID, std::ptr::null_mut()) };
+    let (code, out, err) = restore(&img, &[]);
+    assert_eq!((code, out.trim_end()), (0, "PASS"), "{err}");
+    let queues = std::fs::read_to_string("/proc/sysvipc/msg").unwrap();
+    assert_eq!(queues.lines().count(), 1, "none made again: {queues}");
     // A message longer than kernel.msgmax (lowered since it was sent):
     // MSG_COPY cannot read it, and the queue is refused by name, not
-    // left out of the image.
+    // left out of the image. (Made after the process started: its.)
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-c",
+        "import os, sys; print('READY', os.getpid(), flush=True); sys.stdin.readline()",
+    ]);
+    let mut t = Target::spawn(cmd, "msgmax");
+    t.wait_sleeping();
     // SAFETY: integers only.
     let q = unsafe { libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600) };
     assert!(q >= 0);
@@ -1297,13 +1337,6 @@ print("PASS", flush=True)
     let msgmax = "/proc/sys/kernel/msgmax";
     let was = std::fs::read_to_string(msgmax).unwrap();
     std::fs::write(msgmax, "100").unwrap();
-    let mut cmd = Command::new("python3");
-    cmd.args([
-        "-c",
-        "import os, sys; print('READY', os.getpid(), flush=True); sys.stdin.readline()",
-    ]);
-    let mut t = Target::spawn(cmd, "msgmax");
-    t.wait_sleeping();
     let (code, out, _) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
     std::fs::write(msgmax, was.trim()).unwrap();
     // SAFETY: integers only; a null buffer is allowed for IPC_RMID.

@@ -793,6 +793,7 @@ pub(crate) fn inspect(
     crate::aio::rings(pid, &classified, &mut b, &mut stored, &mut obs);
     crate::sysv::semaphore_undo(pid, &mut obs);
     crate::sysv::sets_and_queues(
+        pid,
         &crate::sysv::IpcUser::of(&st),
         &mut b,
         &mut stored,

@@ -306,12 +306,18 @@ fn ipc_table(what: &str) -> Vec<Vec<String>> {
 /// A message: its type and bytes.
 type Message = (i64, Vec<u8>);
 
-/// Every System V semaphore set and message queue the process may use,
-/// with their values and messages (see `cryo_image::fds::SysvSem`): the
-/// kernel does not say which of them it uses, only their ids are in its
-/// memory, and a restore after one is gone would find an id that names
-/// nothing (semop fails with EINVAL).
+/// Every System V semaphore set and message queue the process may use
+/// and made or used, with their values and messages (see
+/// `cryo_image::fds::SysvSem`): the kernel does not say which of them it
+/// uses, only their ids are in its memory, and a restore after one is
+/// gone would find an id that names nothing (semop fails with EINVAL).
+/// Made or used: made (or changed, IPC_SET) since the process started,
+/// or last operated on by it (a semaphore's GETPID, a queue's last
+/// msgsnd or msgrcv). Until stop 49 every one it could use was recorded,
+/// and a restore of any program made again a queue another program had
+/// removed since, with the messages it had already taken.
 pub fn sets_and_queues(
+    pid: i32,
     who: &IpcUser,
     b: &mut ImageBuilder,
     stored: &mut StoredFiles,
@@ -320,6 +326,9 @@ pub fn sets_and_queues(
 ) {
     let num = |w: &[String], i: usize| w.get(i).and_then(|v| v.parse::<i64>().ok());
     let oct = |w: &[String], i: usize| w.get(i).and_then(|v| u32::from_str_radix(v, 8).ok());
+    // (Seconds since the epoch, rounded down, as the tables' times are.)
+    let since = started_at(pid).unwrap_or(0) as i64;
+    let made_since = |w: &[String], i: usize| num(w, i).is_some_and(|t| t >= since);
     // "key semid perms nsems uid gid cuid cgid otime ctime"
     for w in ipc_table("sem") {
         let (
@@ -346,6 +355,11 @@ pub fn sets_and_queues(
         };
         let (uid, gid) = (uid as u32, gid as u32);
         if !who.may_use([uid, gid, cuid as u32, cgid as u32], mode) {
+            continue;
+        }
+        let used = made_since(&w, 9)
+            || crate::sys::ipc::sem_pids(id as i32, nsems as u32).is_ok_and(|p| p.contains(&pid));
+        if !used {
             continue;
         }
         let what = format!("System V semaphore set {id} (key {:#x})", key as u32);
@@ -377,7 +391,7 @@ pub fn sets_and_queues(
     }
     let many = |n: usize, what: &str| {
         format!(
-            "it could use {n} System V {what} (by their permission bits), more than cryo records ({})",
+            "it made or used {n} System V {what}, more than cryo records ({})",
             cryo_image::MAX_SYSV_OBJECTS
         )
     };
@@ -410,6 +424,12 @@ pub fn sets_and_queues(
         };
         let (uid, gid) = (uid as u32, gid as u32);
         if !who.may_use([uid, gid, cuid as u32, cgid as u32], mode) {
+            continue;
+        }
+        // (lspid, lrpid: the last msgsnd's and msgrcv's.)
+        let used =
+            made_since(&w, 13) || num(&w, 5) == Some(pid as i64) || num(&w, 6) == Some(pid as i64);
+        if !used {
             continue;
         }
         let id = id as i32;

@@ -560,7 +560,7 @@ pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
                 }
             }
             eprintln!(
-                "System V {} recorded (every one it could use: the kernel does not say which it uses); a restore makes one that is gone again",
+                "System V {} recorded (every one it may use that was made since it started or last used by it: the kernel does not say which it uses); a restore makes one that is gone again",
                 what.join(" and ")
             );
         }

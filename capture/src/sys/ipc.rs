@@ -20,6 +20,15 @@ pub fn sem_values(id: i32, nsems: u32) -> io::Result<Vec<u16>> {
     Ok(v)
 }
 
+/// The process that last operated on each semaphore of set `id` (semop,
+/// SETVAL or SETALL; 0: none yet), as GETPID says.
+pub fn sem_pids(id: i32, nsems: u32) -> io::Result<Vec<i32>> {
+    (0..nsems as i32)
+        // SAFETY: GETPID takes no fourth argument and writes nothing.
+        .map(|i| cvt(unsafe { libc::semctl(id, i, libc::GETPID) }))
+        .collect()
+}
+
 /// What IPC_STAT says of a message queue.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct MsqStat {
