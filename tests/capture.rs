@@ -881,7 +881,24 @@ fn interrupted_capture_leaves_the_target_as_it_was() {
     let out = cap.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     match out.status.code() {
-        Some(130) => assert!(err.contains("interrupted (SIGINT)"), "{err}"),
+        // Stopped between two batches of pages (until stop 49 the
+        // capture went on to write the whole image, its target frozen
+        // meanwhile, and said it was interrupted "once the capture had
+        // finished"): nothing written, nothing left behind.
+        Some(130) => {
+            assert!(
+                err.contains(
+                    "interrupted (SIGINT): the target was left as it was, and nothing was written"
+                ),
+                "{err}"
+            );
+            assert!(!img.exists(), "{err}");
+            assert_eq!(
+                std::fs::read_dir(&dir).unwrap().count(),
+                0,
+                "no temporary left"
+            );
+        }
         Some(0) => {} // finished before the signal came
         other => panic!("capture ended {other:?}: {err}"),
     }

@@ -56,6 +56,11 @@ pub struct Options {
     /// Capture AIO contexts: the user says no request is in flight (the
     /// kernel shows none from outside; else each context is an obstacle).
     pub aio_idle: bool,
+    /// Whether the user asked to stop (a ^C the caller holds back): asked
+    /// between batches of pages, and the capture then ends with
+    /// [`CaptureError::Stopped`], its target left as it was and nothing
+    /// written, rather than after reading every page.
+    pub stop: Option<fn() -> bool>,
 }
 
 /// Progress of the page dump, for a progress bar.
@@ -148,6 +153,9 @@ pub enum CaptureError {
     Mem(#[from] crate::pages::MemError),
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// [`Options::stop`] said so.
+    #[error("stopped as asked: the target was left as it was and nothing was written")]
+    Stopped,
 }
 
 fn join_obstacles(o: &[String]) -> String {
@@ -535,7 +543,7 @@ pub fn capture(
         if let Some(c) = cow.as_mut() {
             c.start(k);
         }
-        let d = dump(ins, &mut writer, cow.as_mut(), progress);
+        let d = dump(ins, &mut writer, cow.as_mut(), progress, opts.stop);
         match d {
             Ok(d) => dumps.push(d),
             Err(e) => {
@@ -563,6 +571,11 @@ pub fn capture(
     }
     let t_drain = Instant::now();
     writer.drain()?;
+    // (Before the image is renamed into place, and the target killed or
+    // left stopped: as it was, and nothing written.)
+    if opts.stop.is_some_and(|f| f()) {
+        return Err(CaptureError::Stopped);
+    }
     dumps[0].dump_time += t_drain.elapsed();
     let direct_io = writer.pages().is_direct();
     let pages_bytes = writer.pages_len();
@@ -1047,6 +1060,7 @@ pub(crate) fn dump(
     w: &mut ImageDirWriter,
     cow: Option<&mut crate::pages::CowPages>,
     progress: &mut dyn FnMut(Progress),
+    stop: Option<fn() -> bool>,
 ) -> Result<DumpStats, CaptureError> {
     let t_dump = Instant::now();
     let pid = ins.b.process.pid as i32;
@@ -1061,7 +1075,16 @@ pub(crate) fn dump(
             file,
         })
         .collect::<Vec<_>>();
-    let d = crate::vma::dump(pid, &classified, w, &mut ins.b, &ins.stored, cow, progress)?;
+    let d = crate::vma::dump(
+        pid,
+        &classified,
+        w,
+        &mut ins.b,
+        &ins.stored,
+        cow,
+        progress,
+        stop,
+    )?;
     Ok(DumpStats {
         stored: d.stored_pages,
         zero: d.zero_pages,

@@ -476,6 +476,7 @@ pub fn dump(
     stored: &StoredFiles,
     mut cow: Option<&mut CowPages>,
     progress: &mut dyn FnMut(Progress),
+    stop: Option<fn() -> bool>,
 ) -> Result<Dumped, CaptureError> {
     // smaps tells which mappings hold anything at all (GHC reserves a
     // terabyte of PROT_NONE address space: its pagemap alone would be
@@ -497,12 +498,19 @@ pub fn dump(
             // The shared memory object's own data, not what this process
             // has mapped: a page dropped here (MADV_DONTNEED) or faulted in
             // through another mapping is still the object's.
-            dump_shmem(pid, m, w, &mut runs, &mut done_bytes, total_bytes, progress)?
+            let mut counter = Counter {
+                done_bytes: &mut done_bytes,
+                total_bytes,
+                progress: &mut *progress,
+                stop,
+            };
+            dump_shmem(pid, m, w, &mut runs, &mut counter)?
         } else if dumps(c.kind) && has_pages {
             let mut counter = Counter {
                 done_bytes: &mut done_bytes,
                 total_bytes,
                 progress: &mut *progress,
+                stop,
             };
             dump_private(
                 pid,
@@ -580,15 +588,21 @@ struct Counter<'p> {
     done_bytes: &'p mut u64,
     total_bytes: u64,
     progress: &'p mut dyn FnMut(Progress),
+    /// `Options::stop`: asked after each batch.
+    stop: Option<fn() -> bool>,
 }
 
 impl Counter<'_> {
-    fn add(&mut self, n: u64) {
+    fn add(&mut self, n: u64) -> Result<(), CaptureError> {
         *self.done_bytes += n;
         (self.progress)(Progress {
             done_bytes: *self.done_bytes,
             total_bytes: self.total_bytes.max(*self.done_bytes),
         });
+        match self.stop {
+            Some(f) if f() => Err(CaptureError::Stopped),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -647,7 +661,7 @@ fn dump_private(
                     c.refer(off);
                 }
                 runs.add_existing(chunk_start + i as u64 * PAGE_SIZE, off);
-                counter.add(PAGE_SIZE);
+                counter.add(PAGE_SIZE)?;
                 i += 1;
                 continue;
             }
@@ -680,7 +694,7 @@ fn dump_private(
                 }
             });
             w.pages().advance(kept);
-            counter.add(len as u64);
+            counter.add(len as u64)?;
             i += len / PAGE_SIZE as usize;
         }
         chunk_start = chunk_end;
@@ -697,9 +711,7 @@ fn dump_shmem(
     m: &Mapping,
     w: &mut ImageDirWriter,
     runs: &mut RunBuilder,
-    done_bytes: &mut u64,
-    total_bytes: u64,
-    progress: &mut dyn FnMut(Progress),
+    counter: &mut Counter,
 ) -> Result<u64, CaptureError> {
     use std::os::unix::fs::FileExt;
     let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
@@ -720,11 +732,7 @@ fn dump_shmem(
             w.pages().advance(kept);
             off += n as u64;
             pages += n as u64 / PAGE_SIZE;
-            *done_bytes += n as u64;
-            progress(Progress {
-                done_bytes: *done_bytes,
-                total_bytes: total_bytes.max(*done_bytes),
-            });
+            counter.add(n as u64)?;
         }
         runs.close();
     }

@@ -120,6 +120,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
         drop_datagrams: false,
         drop_fs_events: false,
         aio_idle: false,
+        stop: Some(crate::cmd::capture::stop_requested),
     };
     let res = capture_with_progress(pid.as_raw(), &a.capture_on_stop, &opts, a.quiet);
     match res {
