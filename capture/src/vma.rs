@@ -468,6 +468,7 @@ pub struct Dumped {
 /// the bytes that are not memory (`blobs`: pipe data, file contents).
 /// `cow`: pages shared copy-on-write with a process dumped before are
 /// not stored again.
+#[allow(clippy::too_many_arguments)]
 pub fn dump(
     pid: i32,
     maps: &[Classified],
