@@ -479,6 +479,69 @@ fn run_capture_on_stop_then_continue_and_kill() {
     LoadedImage::open(&img).unwrap();
 }
 
+/// A process whose main thread called pthread_exit while another thread
+/// runs shows as a zombie in /proc; capture said "a zombie ... there is
+/// nothing to capture" (a sweep of stop 49; the dry run said it right).
+#[test]
+fn a_process_whose_main_thread_exited_is_refused_as_such() {
+    let t = Target::start("c-threads", &["main-exits"]);
+    wait_for("the main thread to exit", Duration::from_secs(10), || {
+        state(t.pid) == Some('Z')
+    });
+    let img = scratch("main-exits").join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &t.pid.to_string(), img.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("main thread has exited while its other threads run"),
+        "{err}"
+    );
+    assert!(!img.exists());
+}
+
+/// A program that stops itself again after the capture: `cryo run` says
+/// so and waits it out (until stop 49 it waited without a word for a
+/// program that stayed stopped: a sweep); continued, it ends, and so does
+/// cryo run, with its status.
+#[test]
+fn run_says_a_second_stop_and_waits_it_out() {
+    use std::io::BufRead;
+    let img = scratch("run-twice").join("img");
+    sanitize_fds();
+    let mut r = std::process::Command::new(cryo())
+        .args([
+            "run",
+            "--quiet",
+            "--capture-on-stop",
+            img.to_str().unwrap(),
+            "--",
+        ])
+        .args([
+            "sh",
+            "-c",
+            "kill -STOP $$; echo one; kill -STOP $$; echo two; exit 3",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(r.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("stopped again (SIGSTOP)"), "{line}");
+    let pid: i32 = line
+        .split("(pid ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    // SAFETY: kill takes integers: the program cryo run started for this test.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let out = r.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{line}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
+    LoadedImage::open(&img).unwrap();
+}
+
 /// `cryo run --then kill` of a threaded program: cryo is its parent and
 /// its tracer, so it must reap the killed threads itself (the first
 /// version waited for the main thread forever: a killed traced thread stays

@@ -514,6 +514,12 @@ pub fn capture(
     let t_start = Instant::now();
     match crate::tracee::proc_state(pid) {
         None => return Err(PtraceError::NoSuchProcess(pid).into()),
+        // A main thread that called pthread_exit while others run shows
+        // Z too: said as such, not as a zombie (a sweep of stop 49; the
+        // dry run said it right).
+        Some('Z' | 'X') if crate::tracee::thread_count(pid).unwrap_or(1) > 1 => {
+            return Err(PtraceError::LeaderExited(pid).into())
+        }
         // (Said as such: "exited during capture" it was not.)
         Some('Z' | 'X') => return Err(PtraceError::NotTraceable(pid).into()),
         _ => {}

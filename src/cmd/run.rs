@@ -64,10 +64,19 @@ fn exit_code(ws: WaitStatus) -> Option<i32> {
     }
 }
 
-/// Wait for the child to exit; returns its status as a shell would report it.
-fn wait_exit(pid: Pid) -> Result<i32> {
+/// Wait for the child to exit; returns its status as a shell would report
+/// it. A stop after the capture is said, once per stop, and waited out:
+/// only the first SIGSTOP is captured (until stop 49 this waited on
+/// without a word while the program stayed stopped: a sweep).
+fn wait_exit(pid: Pid, prog: &str) -> Result<i32> {
     loop {
-        let ws = waitpid(pid, None).context("waiting for the program")?;
+        let ws = waitpid(pid, Some(WaitPidFlag::WUNTRACED)).context("waiting for the program")?;
+        if let WaitStatus::Stopped(_, sig) = ws {
+            eprintln!(
+                "cryo run: {prog} (pid {pid}) stopped again ({sig}); only its first SIGSTOP is captured: it stays stopped until it is continued (kill -CONT {pid}), and cryo run waits for it to end"
+            );
+            continue;
+        }
         if let Some(c) = exit_code(ws) {
             return Ok(c);
         }
@@ -137,12 +146,12 @@ pub fn run(a: RunArgs) -> Result<i32> {
             match a.then {
                 Then::Kill => {
                     // capture killed it; reap it.
-                    let _ = wait_exit(pid);
+                    let _ = wait_exit(pid, prog);
                     Ok(0)
                 }
                 Then::Continue => {
                     kill(pid, Signal::SIGCONT).context("continuing the program")?;
-                    wait_exit(pid)
+                    wait_exit(pid, prog)
                 }
             }
         }
@@ -150,7 +159,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
             // The program is left as capture found it (stopped): let it go on,
             // and report the capture failure.
             kill(pid, Signal::SIGCONT).ok();
-            let code = wait_exit(pid).unwrap_or(1);
+            let code = wait_exit(pid, prog).unwrap_or(1);
             Err(e.context(format!(
                 "capture failed; {prog} was continued and exited with status {code}"
             )))

@@ -1,6 +1,8 @@
 /* Threads created and exiting all the time, for capture under churn.
  *
  *   threads ROUNDS [socket]
+ *   threads main-exits   (its main thread calls pthread_exit; another
+ *                         thread pauses for ever)
  *
  * Each round starts four threads: two that sum a range and are joined,
  * one detached that adds into a shared total and exits, one that hands a
@@ -50,10 +52,24 @@ static void *handoff(void *a) {
     return NULL;
 }
 
+static void *forever(void *a) {
+    (void)a;
+    for (;;) pause();
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: threads ROUNDS [socket]\n");
+        fprintf(stderr, "usage: threads ROUNDS [socket] | threads main-exits\n");
         return 2;
+    }
+    if (!strcmp(argv[1], "main-exits")) {
+        /* The main thread ends (pthread_exit) while another runs on. */
+        pthread_t t;
+        printf("READY %d\n", getpid());
+        fflush(stdout);
+        if (pthread_create(&t, NULL, forever, NULL)) return 1;
+        pthread_exit(NULL);
     }
     long rounds = atol(argv[1]);
     int sv[2];
