@@ -65,6 +65,18 @@ fn not_traceable_why(pid: i32) -> String {
     match field("TracerPid:").and_then(|t| t.parse::<i32>().ok()) {
         Some(t) if t != 0 => {
             let comm = std::fs::read_to_string(format!("/proc/{t}/comm")).unwrap_or_default();
+            // (Another capture of it: said as such, not as a debugger's
+            // link, a sweep of stop 49.)
+            let cryo = std::fs::read_link(format!("/proc/{t}/exe"))
+                .ok()
+                .zip(std::env::current_exe().ok())
+                .is_some_and(|(a, b)| a == b)
+                || comm.trim() == "cryo";
+            if cryo {
+                return format!(
+                    "is being captured (or restored) by another cryo, process {t}; try again once it is done"
+                );
+            }
             format!(
                 "is being traced by process {t} ({}); capture it once that tracer has detached (a ptrace link cannot be restored: if the tracer is in the tree, as under `strace CMD`, that tree cannot be captured)",
                 comm.trim()
