@@ -283,20 +283,27 @@ impl ImageDirWriter {
     }
 }
 
-/// Remove what killed captures into `parent/name` left beside it: their
-/// temporary directories `.NAME.cryo-tmp-PID` (a SIGKILL of `cryo
-/// capture` left one full of pages: a survey of stop 36) whose PID is no
-/// longer a cryo, and an old image moved aside to `.NAME.old` by an
-/// earlier version.
+/// Remove what killed captures left in `parent`: their temporary
+/// directories `.NAME.cryo-tmp-PID` (a SIGKILL of `cryo capture` left one
+/// full of pages: a survey of stop 36) whose PID is no longer a cryo,
+/// those of other names too if they hold nothing but an image's files
+/// (until stop 49 only `name`'s went: 20 killed captures under as many
+/// names left 5.6 GB, a sweep), and an old image moved aside to
+/// `.NAME.old` by an earlier version.
 fn remove_leftovers(parent: &Path, name: &str) {
-    let prefix = format!(".{name}.cryo-tmp-");
     let Ok(entries) = fs::read_dir(parent) else {
         return;
     };
     for e in entries.flatten() {
         let file = e.file_name();
         let file = file.to_string_lossy();
-        let stale = match file.strip_prefix(&prefix) {
+        let ours = file.starts_with(&format!(".{name}.cryo-tmp-"));
+        let tail = file
+            .strip_prefix('.')
+            .and_then(|f| f.rsplit_once(".cryo-tmp-"))
+            .map(|(_, t)| t)
+            .filter(|_| ours || only_image_files(&e.path()));
+        let stale = match tail {
             // (PID, or PID-old: an image moved aside.)
             Some(pid) => match pid.split('-').next().unwrap_or("").parse::<u32>() {
                 // (Ours: a crashed capture by a process with our PID.)
@@ -311,6 +318,22 @@ fn remove_leftovers(parent: &Path, name: &str) {
             let _ = fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// Whether directory `dir` holds nothing but what an image being written
+/// holds (its files, a tree's procs/, temporaries of its own).
+fn only_image_files(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().all(|e| {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        matches!(
+            n.as_ref(),
+            cryo_image::META_FILE | cryo_image::PAGES_FILE | cryo_image::SUMS_FILE | "procs"
+        ) || n.ends_with(".tmp")
+    })
 }
 
 fn new_file(path: &Path) -> Result<File, WriteError> {
@@ -461,18 +484,28 @@ mod tests {
         let w = ImageDirWriter::create(&dest, false, false, 0).unwrap();
         w.commit(b"meta", b"").unwrap();
         // PID 1 is init, not a cryo; a PID above pid_max is no process.
-        for stale in [".img.cryo-tmp-1", ".img.cryo-tmp-99999999-old", ".img.old"] {
+        // (Another name's too, since stop 49, when it holds nothing but
+        // an image's files.)
+        for stale in [
+            ".img.cryo-tmp-1",
+            ".img.cryo-tmp-99999999-old",
+            ".img.old",
+            ".other.cryo-tmp-1",
+            ".kept.cryo-tmp-1",
+        ] {
             fs::create_dir(base.join(stale)).unwrap();
             fs::write(base.join(stale).join(META_FILE), b"old").unwrap();
         }
+        fs::write(base.join(".kept.cryo-tmp-1").join("notes.txt"), b"mine").unwrap();
         let w = ImageDirWriter::create(&dest, true, false, 0).unwrap();
         w.commit(b"meta2", b"").unwrap();
         assert_eq!(fs::read(dest.join(META_FILE)).unwrap(), b"meta2");
-        let left: Vec<String> = fs::read_dir(&base)
+        let mut left: Vec<String> = fs::read_dir(&base)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(left, ["img"], "{left:?}");
+        left.sort();
+        assert_eq!(left, [".kept.cryo-tmp-1", "img"], "{left:?}");
         fs::remove_dir_all(&base).unwrap();
     }
 
