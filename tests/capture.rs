@@ -498,6 +498,63 @@ fn a_process_whose_main_thread_exited_is_refused_as_such() {
     assert!(!img.exists());
 }
 
+/// A capture a few ms into a restore took the process while the shim's
+/// last steps ran (its window already gone) or took `cryo restore` itself
+/// before its exec, and wrote an image that died of SIGSEGV or replayed
+/// the restore (a sweep of stop 49: 2 of 16 Go restores captured 1-4 ms
+/// in). Both are refused now: cryo itself by its executable or name, and
+/// the last steps by the memory they run in, right above the window
+/// (`cryo_image::RESTORING_AT`), which a program here stands for.
+#[test]
+fn a_process_still_being_restored_or_cryo_itself_is_refused() {
+    // cryo itself: a `cryo run` waiting for its program to stop.
+    sanitize_fds();
+    let mut run = std::process::Command::new(cryo())
+        .args(["run", "--quiet", "--capture-on-stop"])
+        .arg(scratch("cryo-itself").join("img"))
+        .args(["--", "sleep", "100"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = run.id() as i32;
+    wait_for("cryo run to wait", Duration::from_secs(10), || {
+        state(pid) == Some('S')
+    });
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &pid.to_string()]);
+    let _ = run.kill();
+    let _ = run.wait();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("{pid} is cryo itself (`cryo run`)")),
+        "{out}{err}"
+    );
+    // The last steps' memory, right above the window.
+    let script = format!(
+        r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+at = libc.mmap({at:#x}, 12288, 3, 0x22 | 0x100000, -1, 0)
+assert at == {at:#x}, ctypes.get_errno()
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+"#,
+        at = cryo_image::RESTORING_AT
+    );
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", &script]);
+    let t = Target::spawn(cmd, "restoring area");
+    t.wait_sleeping();
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("the process is still being restored by cryo (its last steps run at 3f0100000000-3f0100003000"),
+        "{out}{err}"
+    );
+}
+
 /// A program that stops itself again after the capture: `cryo run` says
 /// so and waits it out (until stop 49 it waited without a word for a
 /// program that stayed stopped: a sweep); continued, it ends, and so does

@@ -1689,7 +1689,7 @@ print("PASS", flush=True)
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains(&format!(
-            "stdio: process {}'s fd 2 was a pipe to a process outside the tree",
+            "stdio: process {}'s fd 2 was a pipe or socket to a process outside the tree",
             pids[1]
         )),
         "{out}"

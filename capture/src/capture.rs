@@ -186,6 +186,41 @@ fn not_a_thread(pid: i32) -> Result<(), CaptureError> {
     }
 }
 
+/// Refuse a target that is a cryo command itself (`cryo restore` before it
+/// execs its shim, a capture, a run): its image would be that command's,
+/// half done (a sweep of stop 49: a capture 1-4 ms after `cryo restore
+/// --lazy` began took cryo itself, and its restore replayed the restore
+/// and failed, 125). Told by its executable (this one's) or by its name
+/// and first argument.
+fn not_cryo(pid: i32) -> Result<(), CaptureError> {
+    let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok();
+    let ours = std::env::current_exe()
+        .ok()
+        .and_then(|p| std::fs::metadata(p).ok());
+    use std::os::unix::fs::MetadataExt;
+    let same =
+        matches!((&exe, &ours), (Some(a), Some(b)) if (a.dev(), a.ino()) == (b.dev(), b.ino()));
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut args = cmdline.split(|&b| b == 0).map(String::from_utf8_lossy);
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let _ = args.next();
+    let sub = args.next().unwrap_or_default().into_owned();
+    let named = comm.trim() == "cryo"
+        && [
+            "restore", "capture", "run", "pack", "compare", "inspect", "check",
+        ]
+        .contains(&sub.as_str());
+    if same || named {
+        return Err(CaptureError::Refused {
+            pid,
+            obstacles: vec![format!(
+                "{pid} is cryo itself (`cryo {sub}`), not a program it runs: capture the program (a restore's once the restore has become it)"
+            )],
+        });
+    }
+    Ok(())
+}
+
 /// Refuse a target that is this process or one of its ancestors (unless
 /// `--single` and an ancestor): cryo would be in the tree it freezes (a
 /// script capturing its own `$$` was told the target was "a zombie or
@@ -278,6 +313,7 @@ fn shares_its_memory(pid: i32) -> Result<(), CaptureError> {
 /// looked at, and left as they were.
 pub fn check(pid: i32, opts: &Options) -> Result<Checked, CaptureError> {
     not_a_thread(pid)?;
+    not_cryo(pid)?;
     not_our_own(pid, opts)?;
     if let Err(CaptureError::Refused { obstacles, .. }) = shares_its_memory(pid) {
         return Ok(Checked {
@@ -525,6 +561,7 @@ pub fn capture(
         _ => {}
     }
     not_a_thread(pid)?;
+    not_cryo(pid)?;
     not_our_own(pid, opts)?;
     shares_its_memory(pid)?;
     // The resident size, to allocate the page buffers before the freeze.
@@ -545,20 +582,26 @@ pub fn capture(
     // processes since a fork is stored once.
     let mut cow = (all.len() > 1).then(crate::pages::CowPages::default);
     let mut dumps = Vec::new();
+    let mut failed = None;
     for (k, ins) in all.iter_mut().enumerate() {
         if let Some(c) = cow.as_mut() {
             c.start(k);
         }
-        let d = dump(ins, &mut writer, cow.as_mut(), progress, opts.stop);
-        match d {
+        match dump(ins, &mut writer, cow.as_mut(), progress, opts.stop) {
             Ok(d) => dumps.push(d),
             Err(e) => {
-                // Let every process go first: one killed meanwhile is then
-                // seen gone (or a zombie), and the error says so.
-                drop(tree);
-                return Err(exited_or(pid, e));
+                failed = Some(e);
+                break;
             }
         }
+    }
+    if let Some(e) = failed {
+        // Their connections read with TCP repair out of it, then every
+        // process let go first: one killed meanwhile is then seen gone
+        // (or a zombie), and the error says so.
+        all.iter_mut().for_each(|i| i.repaired.release());
+        drop(tree);
+        return Err(exited_or(pid, e));
     }
     // Everything is read. Processes that are to go on as they were can go
     // on now, while the last page buffers are written and fsynced: an
@@ -811,8 +854,16 @@ pub(crate) fn inspect(
     );
     crate::aio::rings(pid, &classified, &mut b, &mut stored, &mut obs);
     crate::sysv::semaphore_undo(pid, &mut obs);
+    // (The sets and queues a thread waits on: used, whoever operated on
+    // them last.)
+    let waits: Vec<(i64, i32)> = std::iter::once(&g.main)
+        .chain(g.others.iter())
+        .filter_map(|t| t.regs().ok())
+        .map(|r| (r.orig_rax as i64, r.rdi as i32))
+        .collect();
     crate::sysv::sets_and_queues(
         pid,
+        &waits,
         &crate::sysv::IpcUser::of(&st),
         &mut b,
         &mut stored,

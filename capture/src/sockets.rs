@@ -2165,8 +2165,12 @@ pub fn link(
                 // of stop 48): the restore's own fd takes its place, as
                 // for a pipe to outside (`socket_state::OUTSIDE`), unless
                 // bytes wait in it or it was shut down.
+                // (A stream only: a datagram or seqpacket socket's queue
+                // is counted by its first message, and an empty message
+                // reads as nothing queued.)
                 let stdio = c.fd <= 2
                     && s.family as i32 == libc::AF_UNIX
+                    && s.sock_type as i32 == libc::SOCK_STREAM
                     && c.diag.rqueue == 0
                     && c.diag.shutdown == 0;
                 let obstacle = if c.diag.rqueue > 0 {

@@ -312,12 +312,15 @@ type Message = (i64, Vec<u8>);
 /// uses, only their ids are in its memory, and a restore after one is
 /// gone would find an id that names nothing (semop fails with EINVAL).
 /// Made or used: made (or changed, IPC_SET) since the process started,
-/// or last operated on by it (a semaphore's GETPID, a queue's last
-/// msgsnd or msgrcv). Until stop 49 every one it could use was recorded,
-/// and a restore of any program made again a queue another program had
-/// removed since, with the messages it had already taken.
+/// last operated on by it (a semaphore's GETPID, a queue's last msgsnd or
+/// msgrcv), or waited on by one of its threads now (`waits`: each
+/// thread's system call and first argument). Until stop 49 every one it
+/// could use was recorded, and a restore of any program made again a
+/// queue another program had removed since, with the messages it had
+/// already taken.
 pub fn sets_and_queues(
     pid: i32,
+    waits: &[(i64, i32)],
     who: &IpcUser,
     b: &mut ImageBuilder,
     stored: &mut StoredFiles,
@@ -358,6 +361,9 @@ pub fn sets_and_queues(
             continue;
         }
         let used = made_since(&w, 9)
+            || waits.iter().any(|&(nr, arg)| {
+                matches!(nr, libc::SYS_semop | libc::SYS_semtimedop) && arg as i64 == id
+            })
             || crate::sys::ipc::sem_pids(id as i32, nsems as u32).is_ok_and(|p| p.contains(&pid));
         if !used {
             continue;
@@ -427,8 +433,12 @@ pub fn sets_and_queues(
             continue;
         }
         // (lspid, lrpid: the last msgsnd's and msgrcv's.)
-        let used =
-            made_since(&w, 13) || num(&w, 5) == Some(pid as i64) || num(&w, 6) == Some(pid as i64);
+        let used = made_since(&w, 13)
+            || num(&w, 5) == Some(pid as i64)
+            || num(&w, 6) == Some(pid as i64)
+            || waits.iter().any(|&(nr, arg)| {
+                matches!(nr, libc::SYS_msgrcv | libc::SYS_msgsnd) && arg as i64 == id
+            });
         if !used {
             continue;
         }

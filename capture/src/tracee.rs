@@ -375,9 +375,13 @@ impl Tracee {
     }
 
     /// The freeze made its system call fail with EINTR, which it would
-    /// not have otherwise ([`crate::regs::freeze_eintr`]).
+    /// not have otherwise ([`crate::regs::freeze_eintr`]), and no signal
+    /// has come since that it would take now: one that came while the
+    /// capture held it (a SIGTERM for a daemon that answers EINTR by
+    /// checking a flag its handler set) must find the call failed, as it
+    /// would have without the capture (a review of stop 49).
     pub fn freeze_eintr(&self) -> bool {
-        self.freeze_eintr
+        self.freeze_eintr && self.intercepted.is_empty() && no_signal_due(self.tgid, self.pid)
     }
 
     /// Whether the two bytes before `rip` are a `syscall` instruction.
@@ -557,7 +561,7 @@ impl Tracee {
         // capture had not happened (best effort: else it sees EINTR, as
         // after a SIGSTOP and SIGCONT). Not if a signal was swallowed
         // meanwhile: that one may be why.
-        if self.freeze_eintr && self.intercepted.is_empty() {
+        if self.freeze_eintr() {
             if let Ok(mut r) = self.regs() {
                 if crate::regs::freeze_eintr(&crate::regs::to_regs(&r)) {
                     r.rax = r.orig_rax;

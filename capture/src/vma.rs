@@ -149,7 +149,17 @@ fn in_shim_window(m: &Mapping) -> bool {
 /// Whether code runs in cryo-shim's window: the process is still being
 /// restored (`shim_window` says so).
 pub(crate) fn being_restored(maps: &[Mapping]) -> bool {
-    maps.iter().any(|m| m.exec && in_shim_window(m))
+    maps.iter()
+        .any(|m| (m.exec && in_shim_window(m)) || restoring_area(m))
+}
+
+/// The mapping the shim's last steps run in, its window gone already
+/// (`cryo_image::RESTORING_AT`).
+fn restoring_area(m: &Mapping) -> bool {
+    m.start == cryo_image::RESTORING_AT
+        && m.end - m.start <= cryo_image::RESTORING_MAX
+        && m.path.is_empty()
+        && !m.exec
 }
 
 /// Memory in cryo-shim's window cannot be restored: the shim runs there.
@@ -159,6 +169,13 @@ pub(crate) fn being_restored(maps: &[Mapping]) -> bool {
 /// `--kill` would lose the process. One obstacle for all of it, before
 /// the mappings are classified (which skips them).
 fn shim_window(pid: i32, maps: &[Mapping], obs: &mut Obstacles) {
+    if let Some(m) = maps.iter().find(|m| restoring_area(m)) {
+        obs.push(format!(
+            "the process is still being restored by cryo (its last steps run at {:x}-{:x}, right above cryo-shim's window); capture it once its program runs again",
+            m.start, m.end
+        ));
+        return;
+    }
     let inside: Vec<&Mapping> = maps.iter().filter(|m| in_shim_window(m)).collect();
     if inside.is_empty() {
         return;
@@ -595,13 +612,18 @@ struct Counter<'p> {
 
 impl Counter<'_> {
     fn add(&mut self, n: u64) -> Result<(), CaptureError> {
+        // (Asked once per 16 MiB: a page at a time, as pages shared with
+        // a process dumped before are counted, it would be a system call
+        // per page.)
+        const STOP_EVERY: u64 = 16 << 20;
+        let before = *self.done_bytes / STOP_EVERY;
         *self.done_bytes += n;
         (self.progress)(Progress {
             done_bytes: *self.done_bytes,
             total_bytes: self.total_bytes.max(*self.done_bytes),
         });
         match self.stop {
-            Some(f) if f() => Err(CaptureError::Stopped),
+            Some(f) if *self.done_bytes / STOP_EVERY != before && f() => Err(CaptureError::Stopped),
             _ => Ok(()),
         }
     }

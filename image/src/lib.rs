@@ -103,6 +103,13 @@ pub const MAX_PAGES_LEN: u64 = 1 << 40;
 pub const SHIM_WINDOW: u64 = 0x3f00_0000_0000;
 /// Length of the shim window (4 GiB).
 pub const SHIM_WINDOW_LEN: u64 = 1 << 32;
+/// Where the shim maps the memory its last steps run in, after the window
+/// is gone (right above the window; elsewhere if the program has memory
+/// there): a process with an anonymous mapping of at most
+/// [`RESTORING_MAX`] bytes starting here is still being restored.
+pub const RESTORING_AT: u64 = SHIM_WINDOW + SHIM_WINDOW_LEN;
+/// The largest such mapping (frames for 1 000 threads).
+pub const RESTORING_MAX: u64 = 1 << 20;
 
 /// xxh3-64, the checksum used throughout the format.
 pub fn checksum(bytes: &[u8]) -> u64 {

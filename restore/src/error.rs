@@ -23,7 +23,7 @@ pub enum RestoreError {
     XsaveDiffers { what: String },
     #[error("mapping {start:#x}-{end:#x} ({name}) overlaps cryo-shim's window {SHIM_WINDOW:#x}-{:#x}; this image cannot be restored", SHIM_WINDOW + SHIM_WINDOW_LEN)]
     WindowOverlap { start: u64, end: u64, name: String },
-    #[error("the restore shim {} is missing or not executable (set CRYO_SHIM or build it with `cargo build -p cryo-shim`)", .0.display())]
+    #[error("the restore shim {} is missing or not executable (install cryo-shim and cryo-shim.text beside cryo, from the same build: `cargo build` puts them there)", .0.display())]
     NoShim(PathBuf),
     #[error("the restore shim {} is not the one this cryo was built with ({len} bytes, not {want}): install cryo and cryo-shim (and cryo-shim.text) together, from one build", .path.display())]
     WrongShim { path: PathBuf, len: u64, want: u64 },

@@ -438,14 +438,30 @@ impl Area {
     /// spare), the release word, and 1 KiB for the struct.
     pub fn map(threads: usize) -> Option<Area> {
         let len = ((7 + threads) * CHAIN_FRAME + 1024).next_multiple_of(crate::PG);
-        let at = mmap(
-            0,
+        // Right above the window (`cryo_image::RESTORING_AT`), so that a
+        // capture that stops the process in these last steps, its window
+        // already gone, knows it is still being restored (a sweep of stop
+        // 49: a capture a few ms into a restore wrote an image that died
+        // of SIGSEGV; this kernel names no anonymous mapping). Anywhere
+        // where the program has memory there.
+        let mut at = mmap(
+            cryo_image::RESTORING_AT as usize,
             len,
             PROT_READ | PROT_WRITE,
-            MAP_PRIVATE | MAP_ANONYMOUS,
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
             usize::MAX,
             0,
         );
+        if at < 0 {
+            at = mmap(
+                0,
+                len,
+                PROT_READ | PROT_WRITE,
+                MAP_PRIVATE | MAP_ANONYMOUS,
+                usize::MAX,
+                0,
+            );
+        }
         if at < 0 {
             return None;
         }

@@ -411,7 +411,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         }
         for (pid, fd) in plan.given_stdio() {
             println!(
-                "stdio: process {pid}'s fd {fd} was a pipe to a process outside the tree: it gets this restore's fd {fd}, as the root's fds 0-2 do"
+                "stdio: process {pid}'s fd {fd} was a pipe or socket to a process outside the tree: it gets this restore's fd {fd}, as the root's fds 0-2 do"
             );
         }
         if p.flags & cryo_image::process_flags::SESSION_LEADER != 0 {

@@ -287,12 +287,21 @@ impl ImageDirWriter {
 /// directories `.NAME.cryo-tmp-PID` (a SIGKILL of `cryo capture` left one
 /// full of pages: a survey of stop 36) whose PID is no longer a cryo,
 /// those of other names too if they hold nothing but an image's files
-/// (until stop 49 only `name`'s went: 20 killed captures under as many
-/// names left 5.6 GB, a sweep), and an old image moved aside to
-/// `.NAME.old` by an earlier version.
+/// and were last changed an hour ago or more (a capture in another PID
+/// namespace or on another host may be writing one: its PID says
+/// nothing here; until stop 49 only `name`'s went, and 20 killed
+/// captures under as many names left 5.6 GB, a sweep), and an old image
+/// moved aside to `.NAME.old` by an earlier version.
 fn remove_leftovers(parent: &Path, name: &str) {
     let Ok(entries) = fs::read_dir(parent) else {
         return;
+    };
+    let old = |e: &fs::DirEntry| {
+        e.metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= std::time::Duration::from_secs(3600))
     };
     for e in entries.flatten() {
         let file = e.file_name();
@@ -302,12 +311,13 @@ fn remove_leftovers(parent: &Path, name: &str) {
             .strip_prefix('.')
             .and_then(|f| f.rsplit_once(".cryo-tmp-"))
             .map(|(_, t)| t)
-            .filter(|_| ours || only_image_files(&e.path()));
+            .filter(|_| ours || (old(&e) && only_image_files(&e.path())));
         let stale = match tail {
             // (PID, or PID-old: an image moved aside.)
             Some(pid) => match pid.split('-').next().unwrap_or("").parse::<u32>() {
-                // (Ours: a crashed capture by a process with our PID.)
-                Ok(p) if p == std::process::id() => true,
+                // (Ours: a crashed capture by a process with our PID;
+                // another name's may be another thread's, live.)
+                Ok(p) if p == std::process::id() => ours,
                 Ok(p) => fs::read_to_string(format!("/proc/{p}/comm"))
                     .map_or(true, |c| c.trim() != "cryo"),
                 Err(_) => false,
@@ -497,6 +507,16 @@ mod tests {
             fs::write(base.join(stale).join(META_FILE), b"old").unwrap();
         }
         fs::write(base.join(".kept.cryo-tmp-1").join("notes.txt"), b"mine").unwrap();
+        // (Another name's, changed an hour ago; one changed just now,
+        // which may be a live capture's elsewhere, stays.)
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3700);
+        for d in [".other.cryo-tmp-1", ".kept.cryo-tmp-1"] {
+            fs::File::open(base.join(d))
+                .unwrap()
+                .set_modified(hour_ago)
+                .unwrap();
+        }
+        fs::create_dir(base.join(".new.cryo-tmp-1")).unwrap();
         let w = ImageDirWriter::create(&dest, true, false, 0).unwrap();
         w.commit(b"meta2", b"").unwrap();
         assert_eq!(fs::read(dest.join(META_FILE)).unwrap(), b"meta2");
@@ -505,7 +525,11 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, [".kept.cryo-tmp-1", "img"], "{left:?}");
+        assert_eq!(
+            left,
+            [".kept.cryo-tmp-1", ".new.cryo-tmp-1", "img"],
+            "{left:?}"
+        );
         fs::remove_dir_all(&base).unwrap();
     }
 
