@@ -555,6 +555,46 @@ sys.stdin.readline()
     );
 }
 
+/// A SIGTERM to `cryo run` while it captures: the capture stops (the
+/// program let go as it was, nothing written), and the program gets the
+/// signal too, as a shell's job would; cryo run ends with its status.
+/// Until stop 49 cryo run continued the program and waited for it,
+/// however long it ran.
+#[test]
+fn run_interrupted_while_it_captures_passes_the_signal_on() {
+    let dir = scratch("run-sigterm");
+    let img = dir.join("img");
+    sanitize_fds();
+    let r = std::process::Command::new(cryo())
+        .args([
+            "run",
+            "--quiet",
+            "--capture-on-stop",
+            img.to_str().unwrap(),
+            "--",
+        ])
+        .arg(program("c-bigheap"))
+        .args(["stop", "768"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the capture to start", Duration::from_secs(60), || {
+        std::fs::read_dir(&dir)
+            .map(|d| d.count() > 0)
+            .unwrap_or(false)
+    });
+    // SAFETY: kill takes integers: the cryo run this test started.
+    unsafe { libc::kill(r.id() as i32, libc::SIGTERM) };
+    let out = r.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{err}");
+    assert!(
+        err.contains("interrupted (SIGTERM)") && err.contains("was sent that signal too"),
+        "{err}"
+    );
+}
+
 /// A program that stops itself again after the capture: `cryo run` says
 /// so and waits it out (until stop 49 it waited without a word for a
 /// program that stayed stopped: a sweep); continued, it ends, and so does

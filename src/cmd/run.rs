@@ -156,6 +156,23 @@ pub fn run(a: RunArgs) -> Result<i32> {
             }
         }
         Err(e) => {
+            // Interrupted (^C, SIGTERM...: held while it captured): the
+            // program gets that signal too, as a shell's job would, and
+            // cryo run ends with its status. Until stop 49 it was
+            // continued as after a failure and waited for, and cryo run
+            // went on waiting for a program that may never end.
+            if let Some(i) = e.downcast_ref::<crate::cmd::capture::Interrupted>() {
+                eprintln!("cryo: {i}");
+                if let Ok(sig) = Signal::try_from(i.sig) {
+                    kill(pid, sig).ok();
+                }
+                kill(pid, Signal::SIGCONT).ok();
+                let code = wait_exit(pid, prog).unwrap_or(128 + i.sig);
+                eprintln!(
+                    "cryo run: {prog} was sent that signal too, and ended with status {code}"
+                );
+                return Ok(code);
+            }
             // The program is left as capture found it (stopped): let it go on,
             // and report the capture failure.
             kill(pid, Signal::SIGCONT).ok();
