@@ -117,6 +117,10 @@ pub fn run(args: PackArgs) -> anyhow::Result<i32> {
     let shim = crate::cmd::check::shim_path();
     // (Its code goes into the packed restorer.)
     crate::cmd::check::verify_shim(&shim).map_err(|e| anyhow::anyhow!("cannot pack: {e}"))?;
+    // (An empty or foreign directory is said as `cryo restore` says it, not
+    // as a missing pages.img: a sweep of stop 49.)
+    cryo_image::load::LoadedImage::open(&dir)
+        .with_context(|| format!("cannot pack {}", dir.display()))?;
     // Read before the pages are checked: a write during the check shows.
     let ids = cryo_restore::pack::identities(&dir)
         .with_context(|| format!("cannot pack {}", dir.display()))?;
