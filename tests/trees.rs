@@ -4122,9 +4122,15 @@ was = os.readlink(f"/proc/{p.pid}/fd/0")
 r = subprocess.run([cryo, "capture", "--kill", str(p.pid), img], capture_output=True, text=True)
 assert r.returncode == 0, r.stderr
 p.wait(); os.close(m)
-# Another terminal takes the captured number.
-other = os.openpty()
-assert os.ttyname(other[1]) == was, (os.ttyname(other[1]), was)
+# Another terminal takes the captured number (lower free ones, which
+# other tests running meanwhile may have freed, taken and held first).
+held = []
+for _ in range(64):
+    other = os.openpty()
+    held.append(other)
+    if os.ttyname(other[1]) == was:
+        break
+assert os.ttyname(other[1]) == was, ([os.ttyname(h[1]) for h in held], was)
 r, rm = spawn([cryo, "restore", "-q", img])
 for _ in range(100):
     try:
