@@ -579,11 +579,7 @@ fn run_interrupted_while_it_captures_passes_the_signal_on() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("the capture to start", Duration::from_secs(60), || {
-        std::fs::read_dir(&dir)
-            .map(|d| d.count() > 0)
-            .unwrap_or(false)
-    });
+    wait_capture_started(&dir);
     // SAFETY: kill takes integers: the cryo run this test started.
     unsafe { libc::kill(r.id() as i32, libc::SIGTERM) };
     let out = r.wait_with_output().unwrap();
@@ -989,12 +985,17 @@ fn capture_under_way(pid: i32, dir: &Path, img: &Path) -> std::process::Child {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("capture to start", Duration::from_secs(30), || {
+    wait_capture_started(dir);
+    cap
+}
+
+/// Until a capture into `dir` has made its temporary directory there.
+fn wait_capture_started(dir: &Path) {
+    wait_for("the capture to start", Duration::from_secs(60), || {
         std::fs::read_dir(dir)
             .map(|d| d.count() > 0)
             .unwrap_or(false)
     });
-    cap
 }
 
 #[test]

@@ -193,32 +193,15 @@ fn not_a_thread(pid: i32) -> Result<(), CaptureError> {
 /// and failed, 125). Told by its executable (this one's) or by its name
 /// and first argument.
 fn not_cryo(pid: i32) -> Result<(), CaptureError> {
-    let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok();
-    let ours = std::env::current_exe()
-        .ok()
-        .and_then(|p| std::fs::metadata(p).ok());
-    use std::os::unix::fs::MetadataExt;
-    let same =
-        matches!((&exe, &ours), (Some(a), Some(b)) if (a.dev(), a.ino()) == (b.dev(), b.ino()));
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let mut args = cmdline.split(|&b| b == 0).map(String::from_utf8_lossy);
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    let _ = args.next();
-    let sub = args.next().unwrap_or_default().into_owned();
-    let named = comm.trim() == "cryo"
-        && [
-            "restore", "capture", "run", "pack", "compare", "inspect", "check",
-        ]
-        .contains(&sub.as_str());
-    if same || named {
-        return Err(CaptureError::Refused {
+    match crate::tracee::cryo_command(pid) {
+        Some(sub) => Err(CaptureError::Refused {
             pid,
             obstacles: vec![format!(
                 "{pid} is cryo itself (`cryo {sub}`), not a program it runs: capture the program (a restore's once the restore has become it)"
             )],
-        });
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Refuse a target that is this process or one of its ancestors (unless

@@ -67,12 +67,7 @@ fn not_traceable_why(pid: i32) -> String {
             let comm = std::fs::read_to_string(format!("/proc/{t}/comm")).unwrap_or_default();
             // (Another capture of it: said as such, not as a debugger's
             // link, a sweep of stop 49.)
-            let cryo = std::fs::read_link(format!("/proc/{t}/exe"))
-                .ok()
-                .zip(std::env::current_exe().ok())
-                .is_some_and(|(a, b)| a == b)
-                || comm.trim() == "cryo";
-            if cryo {
+            if cryo_command(t).is_some() {
                 return format!(
                     "is being captured (or restored) by another cryo, process {t}; try again once it is done"
                 );
@@ -87,6 +82,31 @@ fn not_traceable_why(pid: i32) -> String {
                 .into()
         }
     }
+}
+
+/// The subcommand process `pid` runs if it is cryo: this very executable,
+/// or one named cryo running one of cryo's subcommands.
+pub(crate) fn cryo_command(pid: i32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+    let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok().map(id);
+    let ours = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .ok()
+        .map(id);
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let sub = cmdline
+        .split(|&b| b == 0)
+        .nth(1)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .unwrap_or_default();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let named = comm.trim() == "cryo"
+        && [
+            "restore", "capture", "run", "pack", "compare", "inspect", "check",
+        ]
+        .contains(&sub.as_str());
+    (exe.is_some() && exe == ours || named).then_some(sub)
 }
 
 fn sys_err(op: &'static str, pid: i32, source: io::Error) -> PtraceError {

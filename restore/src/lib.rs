@@ -577,6 +577,25 @@ pub(crate) struct MadeFor<'a> {
     from_peer: &'a [(i32, i32, i32)],
 }
 
+/// The shim is there, executable, and of the size this cryo was built
+/// with (`Options::shim_len`).
+fn check_shim(opts: &Options) -> Result<(), RestoreError> {
+    let shim = std::fs::metadata(&opts.shim)
+        .ok()
+        .filter(|m| m.is_file() && m.mode() & 0o111 != 0);
+    let Some(shim) = shim else {
+        return Err(RestoreError::NoShim(opts.shim.clone()));
+    };
+    match opts.shim_len {
+        Some(want) if want != shim.len() => Err(RestoreError::WrongShim {
+            path: opts.shim.clone(),
+            len: shim.len(),
+            want,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// One process's plan (`made`: its fds, and the files it maps or holds,
 /// that a tree's restore made).
 fn prepare_one(
@@ -587,6 +606,8 @@ fn prepare_one(
 ) -> Result<Plan, RestoreError> {
     let img = image.image()?;
     let p = img.process();
+    // (Before the pages are checked, which may read the whole image.)
+    check_shim(&opts)?;
     let lazy_cfg = lazy_config(dir, &image, &opts)?;
     checks::window(&img)?;
     checks::xsave(&img)?;
@@ -730,19 +751,6 @@ fn prepare_one(
             Finish::Tracer
         };
     sysv::check(&img)?;
-    let shim = std::fs::metadata(&opts.shim)
-        .ok()
-        .filter(|m| m.is_file() && m.mode() & 0o111 != 0);
-    let Some(shim) = shim else {
-        return Err(RestoreError::NoShim(opts.shim.clone()));
-    };
-    if let Some(want) = opts.shim_len.filter(|&n| n != shim.len()) {
-        return Err(RestoreError::WrongShim {
-            path: opts.shim.clone(),
-            len: shim.len(),
-            want,
-        });
-    }
     Ok(Plan {
         image,
         opts,
