@@ -15,6 +15,7 @@ fn main() {
         "shim/src",
         "shim/Cargo.toml",
         "shim/build.rs",
+        "shim/link.x",
         "image/src",
         "image/Cargo.toml",
     ] {

@@ -14,4 +14,8 @@ fn main() {
     // docs/benchmarks.md.
     println!("cargo:rustc-link-arg-bins=-Wl,--no-rosegment");
     println!("cargo:rustc-link-arg-bins=-Wl,-z,norelro");
+    // The entry check before .rodata and no zero-filled tail (link.x).
+    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    println!("cargo:rustc-link-arg-bins=-Wl,-T,{dir}/link.x");
+    println!("cargo:rerun-if-changed=link.x");
 }

@@ -435,6 +435,61 @@ fn packed_restorer_checks_everything_before_touching_anything() {
     assert!(err.contains("changed since capture"), "{err}");
 }
 
+/// The end of the loaded part of an ELF file: the largest
+/// p_offset + p_filesz of its PT_LOAD headers.
+fn loaded_end(elf: &[u8]) -> usize {
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()) as usize;
+    let (phoff, phentsize, phnum) = (u64_at(32), u16_at(54), u16_at(56));
+    (0..phnum)
+        .map(|i| phoff + i * phentsize)
+        .filter(|&h| u32::from_le_bytes(elf[h..h + 4].try_into().unwrap()) == 1)
+        .map(|h| u64_at(h + 8) + u64_at(h + 32))
+        .max()
+        .expect("a PT_LOAD header")
+}
+
+/// A packed restorer cut short (a copy interrupted, a full disk) says so
+/// in one line and exits 1, nothing run, wherever the cut falls after its
+/// headers and its entry check: in its read-only data, in its code, in its
+/// data, or inside the last page it loads. (It died of SIGSEGV with no
+/// word: the kernel's exec failed past its point of no return zeroing the
+/// end of a data page past the file's end, or the code was gone.) Cut
+/// only in what is not loaded (its section headers), it restores.
+#[test]
+fn a_packed_restorer_cut_short_says_so_and_runs_nothing() {
+    let dir = scratch("pack-cut");
+    let mut cmd = Command::new(program("c-mapped"));
+    cmd.arg("check");
+    let img = capture(cmd, "c-mapped", &dir);
+    let whole = dir.join("whole");
+    pack(&img, &whole, &[]);
+    let bytes = std::fs::read(&whole).unwrap();
+    let end = loaded_end(&bytes);
+    assert!(end < bytes.len(), "section headers after the loaded part");
+    let cut = dir.join("cut");
+    for at in [1024, 8192, bytes.len() / 2, end - 5000, end - 4, end] {
+        let _ = std::fs::remove_file(&cut);
+        std::fs::write(&cut, &bytes[..at]).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cut, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let (code, out, err) = run(&cut, &[]);
+        if at == end {
+            assert_eq!(
+                code, 0,
+                "cut at {at}, only unloaded bytes gone: {out} {err}"
+            );
+            assert!(out.ends_with("PASS check\n"), "{out}");
+            continue;
+        }
+        assert_eq!(code, 1, "cut at {at} of {}: {out} {err}", bytes.len());
+        assert!(err.starts_with("cryo: cannot restore: "), "{err}");
+        assert!(err.contains("cut short"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(out.is_empty(), "nothing ran: {out}");
+    }
+}
+
 #[test]
 fn pack_refuses_what_a_packed_restorer_cannot_restore() {
     // The fidelity program's socket case holds a dozen sockets at fds 3

@@ -133,9 +133,47 @@ impl Phases {
     }
 }
 
+/// The marker link.x writes as the last loaded bytes of the shim's file.
+const FILE_END_MARK: u64 = 0x646e_6565_6c69_6663;
+
+// The entry: first, in the first page (link.x), a check that the file is
+// whole. A restorer cut short (a copy interrupted, a full disk) would
+// otherwise die of SIGSEGV or SIGBUS with no word: its code and data lie
+// in the part that is gone. The page of the end marker is faulted in with
+// MADV_POPULATE_READ (EFAULT: past the file's end), then the marker read
+// (zeros: cut inside that page). Then the stack and `shim_main`.
 core::arch::global_asm!(
+    ".pushsection .cryo_entry,\"ax\",@progbits",
     ".globl _start",
     "_start:",
+    "lea rdi, [rip + cryo_file_end]",
+    "and rdi, -4096",
+    "mov esi, 4096",
+    "mov edx, 22",
+    "mov eax, 28",
+    "syscall",
+    "cmp rax, -14",
+    "je 2f",
+    "mov rax, [rip + cryo_file_end]",
+    "mov rcx, {mark}",
+    "cmp rax, rcx",
+    "jne 2f",
+    "jmp 3f",
+    "2:",
+    "mov edi, 2",
+    "lea rsi, [rip + 4f]",
+    "lea rdx, [rip + 5f]",
+    "sub rdx, rsi",
+    "mov eax, 1",
+    "syscall",
+    "mov edi, 1",
+    "mov eax, 231",
+    "syscall",
+    "4:",
+    ".ascii \"cryo: cannot restore: this restorer's file is cut short (it ends inside its own code); copy it again, or run cryo pack again\\n\"",
+    "5:",
+    ".popsection",
+    "3:",
     "mov r12, rsp",
     "mov eax, 9",
     "mov rdi, {stack}",
@@ -155,6 +193,7 @@ core::arch::global_asm!(
     "mov edi, 125",
     "mov eax, 231",
     "syscall",
+    mark = const FILE_END_MARK,
     stack = const STACK_AT,
     len = const STACK_LEN,
     main = sym shim_main,
