@@ -29,7 +29,7 @@ enum Cmd {
     Capture(cmd::capture::CaptureArgs),
     // (help: the doc comment of its Args struct)
     Dump(cmd::capture::DumpArgs),
-    /// Start a program and capture it when it stops itself.
+    // (about and long help: the doc comment of RunArgs)
     Run(cmd::run::RunArgs),
     // (about and long help: the doc comment of RestoreArgs)
     Restore(cmd::restore::RestoreArgs),

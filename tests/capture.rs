@@ -591,6 +591,82 @@ fn run_interrupted_while_it_captures_passes_the_signal_on() {
     );
 }
 
+/// A signal sent to `cryo run` itself (a supervisor's SIGTERM) while it
+/// waits for its program is passed on to the program, and cryo run goes
+/// on waiting and ends with the program's status: before the program
+/// stopped itself, and after the capture. Until stop 50 it ended cryo run
+/// alone (the default action), the program going on without it.
+#[test]
+fn run_passes_a_signal_sent_to_it_on_to_its_program() {
+    use std::io::BufRead;
+    for (script, first, status, after) in [
+        (
+            "trap 'echo got TERM; exit 7' TERM; kill -STOP $$; echo resumed; while :; do sleep 0.05; done",
+            "resumed",
+            7,
+            "got TERM",
+        ),
+        (
+            "trap 'echo early; exit 5' TERM; echo up; while :; do sleep 0.05; done",
+            "up",
+            1,
+            "early",
+        ),
+    ] {
+        let img = scratch(&format!("run-pass-{first}")).join("img");
+        sanitize_fds();
+        let mut r = std::process::Command::new(cryo())
+            .args(["run", "--quiet", "--capture-on-stop"])
+            .arg(&img)
+            .args(["--", "sh", "-c", script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(r.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, format!("{first}\n"));
+        // SAFETY: kill takes integers: the cryo run this test started.
+        unsafe { libc::kill(r.id() as i32, libc::SIGTERM) };
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, format!("{after}\n"), "the program got the SIGTERM");
+        let done = r.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(status), "{err}");
+        assert!(err.contains("passed SIGTERM on to sh"), "{err}");
+        if first == "up" {
+            assert!(err.contains("ended (status 5) without stopping itself"), "{err}");
+            assert!(!img.join("meta.img").exists());
+        } else {
+            LoadedImage::open(&img).unwrap();
+        }
+    }
+    // The program starts with the signal mask cryo run was started with,
+    // not with the signals cryo run holds back to pass them on (the first
+    // version's program held SIGTERM back too; sh clears its mask, grep
+    // does not).
+    let own = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    let mask = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("SigBlk:"))
+            .map(str::to_owned)
+    };
+    let (code, out, err) = cryo_cmd(&[
+        "run",
+        "--quiet",
+        "--capture-on-stop",
+        scratch("run-mask").join("img").to_str().unwrap(),
+        "--",
+        "grep",
+        "^SigBlk:",
+        "/proc/self/status",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(mask(&out), mask(&own), "{out}");
+}
+
 /// A program that stops itself again after the capture: `cryo run` says
 /// so and waits it out (until stop 49 it waited without a word for a
 /// program that stayed stopped: a sweep); continued, it ends, and so does

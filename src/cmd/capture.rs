@@ -444,7 +444,7 @@ impl std::fmt::Display for Interrupted {
 impl std::error::Error for Interrupted {}
 
 /// The signals a terminal or a supervisor ends a command with.
-const STOPPING: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+pub(crate) const STOPPING: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
 /// Whether one of [`STOPPING`] is pending (held back by `uninterrupted`,
 /// not taken): a capture asks between batches of pages, and stops there

@@ -1,7 +1,7 @@
 //! `cryo run --capture-on-stop DIR -- PROG`: start a program, capture it when
 //! it stops itself.
 
-use super::capture::{capture_with_progress, print_summary};
+use super::capture::{capture_with_progress, print_summary, STOPPING};
 use anyhow::{Context, Result};
 use cryo_capture::{After, Options};
 use nix::sys::signal::{kill, Signal};
@@ -24,6 +24,13 @@ pub enum Then {
 /// This is how a program marks "initialised, snapshot me now". The program
 /// shares this terminal (stdin, stdout, stderr). If it exits without ever
 /// stopping, nothing is written and `cryo run` fails with its status.
+///
+/// A SIGTERM, SIGHUP, SIGINT or SIGQUIT sent to `cryo run` (by kill or a
+/// supervisor) while it waits for the program is passed on to the
+/// program, and `cryo run` ends with the program's status; one that comes
+/// during the capture stops the capture (the program left as it was, no
+/// image written) and is passed on too. A ^C at the terminal reaches the
+/// program by itself.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// Image directory to write when the program stops itself.
@@ -64,13 +71,75 @@ fn exit_code(ws: WaitStatus) -> Option<i32> {
     }
 }
 
+/// The signals cryo run passes on to its program while it waits for it:
+/// those that would end cryo run ([`STOPPING`] but the ignored ones, as
+/// under nohup), and SIGCHLD, which says the program changed state. Held
+/// back from the start, before any thread or the program exists: every
+/// thread inherits the mask (a signal sent to the process goes to a
+/// thread that does not hold it back). Returns (held, the mask before),
+/// which the program is started with (a spawn keeps the mask: the first
+/// version's program held SIGTERM back too, and never got it).
+fn hold_signals() -> (libc::sigset_t, libc::sigset_t) {
+    // SAFETY: sigset_t and sigaction are plain data (all-zero is valid),
+    // ours; sigaction only reads the action, pthread_sigmask only changes
+    // this thread's mask.
+    unsafe {
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        for s in STOPPING {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            let ignored = libc::sigaction(s, std::ptr::null(), &mut act) == 0
+                && act.sa_sigaction == libc::SIG_IGN;
+            if !ignored {
+                libc::sigaddset(&mut set, s);
+            }
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        (set, old)
+    }
+}
+
+/// waitpid(pid, WUNTRACED) that meanwhile passes on to the program a
+/// signal of `held` sent to cryo run by a process (`kill`, a supervisor,
+/// a service manager: si_code ≤ 0) and waits on. One the terminal sent
+/// (^C, ^\, a hangup: si_code SI_KERNEL) went to its whole foreground
+/// group, the program included, and is not sent twice. Until stop 50 such
+/// a signal ended cryo run alone and left the program running without it.
+fn wait_state(pid: Pid, held: &libc::sigset_t, prog: &str) -> Result<WaitStatus> {
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WUNTRACED | WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => {}
+            Ok(ws) => return Ok(ws),
+            Err(e) => return Err(e).context("waiting for the program"),
+        }
+        // SAFETY: siginfo_t is plain data (all-zero is valid), ours;
+        // sigwaitinfo takes one pending signal of `held` (all held back).
+        let (n, info) = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            (libc::sigwaitinfo(held, &mut info), info)
+        };
+        if n <= 0 || n == libc::SIGCHLD {
+            continue;
+        }
+        let Ok(sig) = Signal::try_from(n) else {
+            continue;
+        };
+        if info.si_code <= 0 {
+            eprintln!("cryo run: passed {sig} on to {prog} (pid {pid}); waiting for it to end");
+            kill(pid, sig).ok();
+        }
+    }
+}
+
 /// Wait for the child to exit; returns its status as a shell would report
 /// it. A stop after the capture is said, once per stop, and waited out:
 /// only the first SIGSTOP is captured (until stop 49 this waited on
 /// without a word while the program stayed stopped: a sweep).
-fn wait_exit(pid: Pid, prog: &str) -> Result<i32> {
+fn wait_exit(pid: Pid, held: &libc::sigset_t, prog: &str) -> Result<i32> {
     loop {
-        let ws = waitpid(pid, Some(WaitPidFlag::WUNTRACED)).context("waiting for the program")?;
+        let ws = wait_state(pid, held, prog)?;
         if let WaitStatus::Stopped(_, sig) = ws {
             eprintln!(
                 "cryo run: {prog} (pid {pid}) stopped again ({sig}); only its first SIGSTOP is captured: it stays stopped until it is continued (kill -CONT {pid}), and cryo run waits for it to end"
@@ -88,15 +157,26 @@ pub fn run(a: RunArgs) -> Result<i32> {
     // DIR before the program's start-up, not after it.
     cryo_capture::writer::check_dest(&a.capture_on_stop, a.force)
         .with_context(|| format!("cannot capture into {}", a.capture_on_stop.display()))?;
+    let (held, before) = hold_signals();
     let mut cmd = Command::new(prog);
     cmd.args(args);
+    // SAFETY: between fork and exec the child only sets its own signal
+    // mask (pthread_sigmask is async-signal-safe) from a copy of
+    // `before`, plain data moved into the closure.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
+            Ok(())
+        });
+    }
     let child = cmd
         .spawn()
         .with_context(|| format!("cannot start {prog}"))?;
     let pid = Pid::from_raw(child.id() as i32);
     // Wait for it to stop itself (or to end without stopping).
     loop {
-        let ws = waitpid(pid, Some(WaitPidFlag::WUNTRACED)).context("waiting for the program")?;
+        let ws = wait_state(pid, &held, prog)?;
         match ws {
             WaitStatus::Stopped(_, Signal::SIGSTOP) => break,
             WaitStatus::Stopped(_, sig) => {
@@ -146,12 +226,12 @@ pub fn run(a: RunArgs) -> Result<i32> {
             match a.then {
                 Then::Kill => {
                     // capture killed it; reap it.
-                    let _ = wait_exit(pid, prog);
+                    let _ = wait_exit(pid, &held, prog);
                     Ok(0)
                 }
                 Then::Continue => {
                     kill(pid, Signal::SIGCONT).context("continuing the program")?;
-                    wait_exit(pid, prog)
+                    wait_exit(pid, &held, prog)
                 }
             }
         }
@@ -167,7 +247,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
                     kill(pid, sig).ok();
                 }
                 kill(pid, Signal::SIGCONT).ok();
-                let code = wait_exit(pid, prog).unwrap_or(128 + i.sig);
+                let code = wait_exit(pid, &held, prog).unwrap_or(128 + i.sig);
                 eprintln!(
                     "cryo run: {prog} was sent that signal too, and ended with status {code}"
                 );
@@ -176,7 +256,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
             // The program is left as capture found it (stopped): let it go on,
             // and report the capture failure.
             kill(pid, Signal::SIGCONT).ok();
-            let code = wait_exit(pid, prog).unwrap_or(1);
+            let code = wait_exit(pid, &held, prog).unwrap_or(1);
             Err(e.context(format!(
                 "capture failed; {prog} was continued and exited with status {code}"
             )))
