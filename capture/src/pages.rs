@@ -172,6 +172,9 @@ struct StoredPage {
     pid: i32,
     vaddr: u64,
     offset: u64,
+    /// It starts a block glibc's malloc mmapped for itself
+    /// (`cryo_image::malloc_mmapped_head`).
+    malloc_head: bool,
 }
 
 impl CowPages {
@@ -211,15 +214,22 @@ impl CowPages {
 
     /// The physical page `pfn`, at `vaddr` in process `pid`, is now stored
     /// at `offset`.
-    pub fn note(&mut self, pfn: u64, pid: i32, vaddr: u64, offset: u64) {
+    pub fn note(&mut self, pfn: u64, pid: i32, vaddr: u64, offset: u64, malloc_head: bool) {
         if pfn != 0 {
             self.map.entry(pfn).or_insert(StoredPage {
                 proc: self.proc,
                 pid,
                 vaddr,
                 offset,
+                malloc_head,
             });
         }
+    }
+
+    /// Whether the stored physical page `pfn` starts a block glibc's
+    /// malloc mmapped (a page referred to, not read again).
+    pub fn malloc_head(&self, pfn: u64) -> bool {
+        self.map.get(&pfn).is_some_and(|s| s.malloc_head)
     }
 }
 
@@ -522,7 +532,7 @@ mod tests {
             .read(at & !(PAGE_SIZE - 1), (at & !(PAGE_SIZE - 1)) + PAGE_SIZE)
             .unwrap()[0]);
         let mut c = CowPages::default();
-        c.note(real, std::process::id() as i32, at, 5 * PAGE_SIZE);
+        c.note(real, std::process::id() as i32, at, 5 * PAGE_SIZE, false);
         assert_eq!(c.stored_elsewhere(real), None, "not its own pages");
         c.start(1);
         if real != 0 {
@@ -534,7 +544,13 @@ mod tests {
             assert_eq!(c.stored_elsewhere(real), Some(5 * PAGE_SIZE));
         }
         // A page that moved: the storing process has another there now.
-        c.note(real ^ 1, std::process::id() as i32, at, 6 * PAGE_SIZE);
+        c.note(
+            real ^ 1,
+            std::process::id() as i32,
+            at,
+            6 * PAGE_SIZE,
+            false,
+        );
         assert_eq!(c.stored_elsewhere(real ^ 1), None);
         assert_eq!(c.stored_elsewhere(0), None);
     }

@@ -510,6 +510,7 @@ pub fn dump(
     let mut done_bytes = 0u64;
     for c in maps {
         let m = c.m;
+        let mut flags = c.flags;
         let first_run = runs.len() as u32;
         let has_pages = m.rss_kib + m.swap_kib > 0 || !m.image_pages.is_empty();
         let resident = if c.kind == vma_kind::ANON_SHARED {
@@ -530,7 +531,7 @@ pub fn dump(
                 progress: &mut *progress,
                 stop,
             };
-            dump_private(
+            let (resident, malloc) = dump_private(
                 pid,
                 m,
                 c.kind,
@@ -540,7 +541,11 @@ pub fn dump(
                 &mut mem,
                 cow.as_deref_mut(),
                 &mut counter,
-            )?
+            )?;
+            if malloc {
+                flags |= vma_flags::MALLOC_MMAPPED;
+            }
+            resident
         } else if has_pages && !m.has_flag("io") {
             (m.rss_kib + m.swap_kib) / 4
         } else {
@@ -570,7 +575,7 @@ pub fn dump(
             .filter(|(on, _)| *on)
             .fold(0, |acc, (_, bit)| acc | bit),
             kind: c.kind,
-            flags: c.flags,
+            flags,
             file: c.file,
             vmflags,
             name,
@@ -631,7 +636,8 @@ impl Counter<'_> {
 
 /// The pages of a private (or file) mapping that pagemap says it has,
 /// read straight into the page writer's buffers. Returns its resident
-/// pages.
+/// pages, and whether it holds a block glibc's malloc mmapped for itself
+/// (private anonymous memory: `vma_flags::MALLOC_MMAPPED`).
 #[allow(clippy::too_many_arguments)]
 fn dump_private(
     pid: i32,
@@ -643,10 +649,12 @@ fn dump_private(
     mem: &mut Option<std::fs::File>,
     mut cow: Option<&mut CowPages>,
     counter: &mut Counter,
-) -> Result<u64, CaptureError> {
+) -> Result<(u64, bool), CaptureError> {
     let private_file = kind == vma_kind::FILE_PRIVATE;
+    let anon = kind == vma_kind::ANON_PRIVATE;
     let batch_pages = BATCH / PAGE_SIZE as usize;
     let mut resident = 0u64;
+    let mut malloc = false;
     let mut chunk_start = m.start;
     while chunk_start < m.end {
         let chunk_end = (chunk_start + BATCH as u64).min(m.end);
@@ -682,6 +690,7 @@ fn dump_private(
             if let Some(off) = elsewhere(i, &cow) {
                 if let Some(c) = cow.as_deref_mut() {
                     c.refer(off);
+                    malloc |= anon && c.malloc_head(pages::pfn(pm[i]));
                 }
                 runs.add_existing(chunk_start + i as u64 * PAGE_SIZE, off);
                 counter.add(PAGE_SIZE)?;
@@ -707,12 +716,25 @@ fn dump_private(
                 pages::read_remote(pid, addr, room)
             };
             read.map_err(|source| MemError::Read { pid, addr, source })?;
+            // Which pages start a block malloc mmapped (a bit each; a
+            // batch is at most 64 pages, or looked at page by page).
+            let ps = PAGE_SIZE as usize;
+            let head = |k: usize, room: &[u8]| {
+                anon && cryo_image::malloc_mmapped_head(
+                    &room[k * ps..(k + 1) * ps],
+                    addr + (k * ps) as u64,
+                    m.end,
+                )
+            };
+            let heads: Vec<bool> = (0..n).map(|k| head(k, room)).collect();
+            malloc |= heads.iter().any(|&h| h);
             let first = i;
             let kept = runs.add_each(addr, room, offset, |k, at| {
                 if let (Some(c), Some(at)) = (cow.as_deref_mut(), at) {
                     if pages::cow_shared(pm[first + k]) {
                         let vaddr = addr + (k as u64) * PAGE_SIZE;
-                        c.note(pages::pfn(pm[first + k]), pid, vaddr, at);
+                        let h = heads.get(k).copied().unwrap_or(false);
+                        c.note(pages::pfn(pm[first + k]), pid, vaddr, at, h);
                     }
                 }
             });
@@ -723,7 +745,7 @@ fn dump_private(
         chunk_start = chunk_end;
     }
     runs.close();
-    Ok(resident)
+    Ok((resident, malloc))
 }
 
 /// The data of a shared anonymous mapping's object, read through

@@ -436,9 +436,15 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             );
         }
         if args.map {
+            let (n, pages) = cryo_restore::malloc_copied(&img);
             println!(
-                "map: {} pages mapped from pages.img",
-                cryo_restore::mapped_pages(&img)
+                "map: {} pages mapped from pages.img{}",
+                cryo_restore::mapped_pages(&img),
+                if n > 0 {
+                    format!("; {pages} pages of {n} mappings copied instead: they hold blocks glibc's malloc mmapped, which realloc grows with mremap (mapped, the new part would read pages.img's next bytes, or SIGBUS past its end)")
+                } else {
+                    String::new()
+                }
             );
         }
         let mib = |pages: u64| (pages * cryo_image::PAGE_SIZE) as f64 / (1u64 << 20) as f64;

@@ -10,13 +10,15 @@ use super::{vma_flags, vma_kind, Vma, PAGE_SIZE};
 /// (heap and anonymous mappings) only. Not the stack (a file mapping
 /// cannot grow down), not executable memory (JIT code: a file on a
 /// `noexec` mount cannot be mapped executable, and a security module may
-/// ask for more), and not mappings whose flags only anonymous memory can
+/// ask for more), not mappings whose flags only anonymous memory can
 /// have: wipe-on-fork and KSM-mergeable (madvise refuses them on a file
-/// mapping) and droppable (MAP_DROPPABLE is anonymous only).
+/// mapping) and droppable (MAP_DROPPABLE is anonymous only), and not
+/// mappings holding a block glibc's malloc mmapped for itself, which
+/// `realloc` grows with mremap (`vma_flags::MALLOC_MMAPPED`).
 pub fn is_mapped(v: &Vma) -> bool {
     matches!(v.kind, vma_kind::ANON_PRIVATE | vma_kind::HEAP)
         && v.prot & super::prot::EXEC == 0
-        && v.flags & (vma_flags::GROWSDOWN | vma_flags::WIPEONFORK) == 0
+        && v.flags & (vma_flags::GROWSDOWN | vma_flags::WIPEONFORK | vma_flags::MALLOC_MMAPPED) == 0
         && v.run_count > 0
         && v.vmflags & (super::vmflag("dp") | super::vmflag("mg") | super::vmflag("wf")) == 0
 }
@@ -104,4 +106,25 @@ pub fn mapped_pages(img: &crate::Image) -> u64 {
                 .sum::<u64>()
         })
         .sum()
+}
+
+/// Mappings a mapped restore copies only because they hold a block glibc's
+/// malloc mmapped for itself (`vma_flags::MALLOC_MMAPPED`), and their
+/// pages of data: (mappings, pages).
+pub fn malloc_copied(img: &crate::Image) -> (u64, u64) {
+    img.vmas()
+        .iter()
+        .filter(|v| {
+            v.flags & vma_flags::MALLOC_MMAPPED != 0 && {
+                let mut w = *v;
+                w.flags &= !vma_flags::MALLOC_MMAPPED;
+                is_mapped(&w)
+            }
+        })
+        .fold((0, 0), |(n, p), v| {
+            let pages: u64 = data_segments(img, &v)
+                .map(|(_, len, _)| len / PAGE_SIZE)
+                .sum();
+            (n + 1, p + pages)
+        })
 }

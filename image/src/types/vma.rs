@@ -70,6 +70,36 @@ pub mod vma_flags {
     pub const HUGEPAGE: u32 = 1 << 7;
     /// MADV_NOHUGEPAGE.
     pub const NOHUGEPAGE: u32 = 1 << 8;
+    /// (11.15) Holds a block glibc's malloc made with an mmap of its own
+    /// (a page starting with its chunk header: 0, then the block's size,
+    /// a whole number of pages, with IS_MMAPPED): `realloc` grows such a
+    /// block with mremap, which on a mapping of pages.img would bring in
+    /// pages.img's next bytes, or SIGBUS past its end. Never mapped from
+    /// pages.img (`mapped::is_mapped`).
+    pub const MALLOC_MMAPPED: u32 = 1 << 9;
+}
+
+/// Does this page (its first 16 bytes; at `addr`, in a mapping ending at
+/// `end`) start a block glibc's malloc mmapped for itself? Its chunk
+/// header: prev_size 0, then the size of the whole mapping it made (a
+/// whole number of pages, within this one) with IS_MMAPPED (2) set and
+/// neither PREV_INUSE nor NON_MAIN_ARENA. See `vma_flags::MALLOC_MMAPPED`.
+pub fn malloc_mmapped_head(page: &[u8], addr: u64, end: u64) -> bool {
+    let word = |i: usize| {
+        page.get(i..i + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    match (word(0), word(8)) {
+        (Some(0), Some(size)) => {
+            size & (PAGE_SIZE - 1) == 2
+                && size >= PAGE_SIZE
+                && addr
+                    .checked_add(size & !(PAGE_SIZE - 1))
+                    .is_some_and(|e| e <= end)
+        }
+        _ => false,
+    }
 }
 
 record! {
