@@ -29,6 +29,12 @@ pub enum MemError {
         addr: u64,
         source: io::Error,
     },
+    #[error("reading memory of pid {pid} at {addr:#x}: {source}: it is mapped from a cryo image's pages.img (a restore with --map), which was cut short or changed in place since; the pages it held are gone, and it cannot be captured")]
+    ImageChanged {
+        pid: i32,
+        addr: u64,
+        source: io::Error,
+    },
     #[error("writing pages: {0}")]
     Write(#[from] crate::writer::WriteError),
 }

@@ -715,7 +715,18 @@ fn dump_private(
             } else {
                 pages::read_remote(pid, addr, room)
             };
-            read.map_err(|source| MemError::Read { pid, addr, source })?;
+            read.map_err(|source| {
+                // A part mapped from a pages.img cut short (SIGBUS to the
+                // program, EIO to a reader): named (a sweep saw only
+                // "Input/output error").
+                let end = addr + len as u64;
+                let image = m.image_pages.iter().any(|&(s, e)| s < end && addr < e);
+                if image && source.raw_os_error() == Some(libc::EIO) {
+                    MemError::ImageChanged { pid, addr, source }
+                } else {
+                    MemError::Read { pid, addr, source }
+                }
+            })?;
             // Which pages start a block malloc mmapped (a bit each; a
             // batch is at most 64 pages, or looked at page by page).
             let ps = PAGE_SIZE as usize;

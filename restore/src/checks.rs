@@ -410,7 +410,7 @@ pub fn mappable(img: &Image) -> Result<(), RestoreError> {
     match names.first() {
         None => Ok(()),
         Some(path) => Err(RestoreError::NotMappable(format!(
-            "the program uses {path}, an allocator that takes memory it dropped with MADV_DONTNEED for zeros; mapped from pages.img it would read the captured bytes instead. Restore it without --map"
+            "the program uses {path}, an allocator that takes memory it dropped with MADV_DONTNEED for zeros; mapped from pages.img it would read the captured bytes instead. Restore or pack it without --map"
         ))),
     }
 }
@@ -428,7 +428,7 @@ pub fn mappable_here(loaded: &LoadedImage, img: &Image) -> Result<(), RestoreErr
         .unwrap_or(false);
     if noexec {
         return Err(RestoreError::NotMappable(format!(
-            "{} is on a filesystem mounted noexec: memory mapped from it could never be made executable again (mprotect(PROT_EXEC)); restore without --map, or keep the image on another filesystem",
+            "{} is on a filesystem mounted noexec: memory mapped from it could never be made executable again (mprotect(PROT_EXEC)); restore or pack without --map, or keep the image on another filesystem",
             pages.display()
         )));
     }
@@ -441,7 +441,7 @@ pub fn mappable_here(loaded: &LoadedImage, img: &Image) -> Result<(), RestoreErr
     // Room for what the program maps later.
     if want + 1024 > max {
         return Err(RestoreError::NotMappable(format!(
-            "its memory would be {want} mappings ({parts} parts of pages.img), too close to vm.max_map_count ({max}); restore without --map"
+            "its memory would be {want} mappings ({parts} parts of pages.img), too close to vm.max_map_count ({max}); restore or pack without --map"
         )));
     }
     Ok(())
