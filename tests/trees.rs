@@ -921,6 +921,64 @@ fn refused(script: &str, args: &[&str], what: &str) {
     assert_eq!(rest.trim(), "PASS", "the tree went on after the refusal");
 }
 
+/// A forked child captured without its parent while they share memory
+/// that a restore makes again (MAP_SHARED|MAP_ANONYMOUS, a memfd mapped
+/// shared) is refused, each mapping and the parent named: restored, the
+/// child would have had a copy of its own (until stop 50 it did, without
+/// a word: a sweep, with PostgreSQL's and apache's workers). Both are
+/// left running; the parent with its tree can be captured.
+#[test]
+fn a_child_sharing_memory_with_its_uncaptured_parent_is_refused() {
+    let script = r#"
+import mmap, os, sys, time
+a = mmap.mmap(-1, 4096, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+fd = os.memfd_create("seg"); os.ftruncate(fd, 4096)
+b = mmap.mmap(fd, 4096, mmap.MAP_SHARED)
+a[:3] = b"one"; b[:3] = b"two"
+pid = os.fork()
+if pid == 0:
+    time.sleep(1000); os._exit(0)
+print("READY", pid, flush=True); sys.stdin.readline()
+os.kill(pid, 9); os.waitpid(pid, 0)
+"#;
+    sanitize_fds();
+    let mut c = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(c.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let child: i32 = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    let parent = c.id() as i32;
+    wait_for("the child asleep", Duration::from_secs(10), || {
+        state(child) == Some('S')
+    });
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &child.to_string()]);
+    assert_eq!(code, 1, "{out}{err}");
+    let named =
+        format!("is shared memory also mapped by pid {parent} (python3), which is not captured");
+    assert_eq!(out.matches(&named).count(), 2, "both mappings: {out}");
+    assert!(out.contains("(2 obstacles)"), "{out}");
+    let img = scratch("shared-with-parent").join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &child.to_string(), img.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&named), "{err}");
+    assert!(!img.exists());
+    assert_eq!(state(child), Some('S'), "left as it was");
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &parent.to_string()]);
+    assert_eq!(code, 0, "the tree together: {out}{err}");
+    c.stdin.take().unwrap().write_all(b"done\n").unwrap();
+    assert!(c.wait().unwrap().success());
+}
+
 #[test]
 fn refuses_what_a_tree_restore_cannot_bring_back() {
     // A child, with --single.

@@ -828,11 +828,10 @@ pub(crate) fn inspect(
     // Mappings and fds: what each is (the contents of files that exist
     // nowhere else stored), or why it cannot be restored.
     let maps = procinfo::smaps(pid)?;
-    let in_tree = scope.pids.len() > 1;
     let classified = crate::vma::classify_all(
         pid,
         &maps,
-        in_tree,
+        &scope.pids,
         opts.aio_idle,
         &mut b,
         &mut stored,

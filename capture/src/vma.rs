@@ -31,14 +31,18 @@ pub struct Classified<'a> {
 pub fn classify_all<'a>(
     pid: i32,
     maps: &'a [Mapping],
-    in_tree: bool,
+    captured: &[i32],
     aio_idle: bool,
     b: &mut ImageBuilder,
     stored: &mut StoredFiles,
     limits: &Limits,
     obs: &mut Obstacles,
 ) -> Vec<Classified<'a>> {
+    let in_tree = captured.len() > 1;
     let mut out = Vec::with_capacity(maps.len());
+    // Shared memory made again at restore (its object's identity is not
+    // kept): another process mapping it too would lose the link.
+    let mut made_again: Vec<&Mapping> = Vec::new();
     shim_window(pid, maps, obs);
     let served = served_by_another(pid, maps, obs);
     for m in maps {
@@ -62,6 +66,9 @@ pub fn classify_all<'a>(
                         && o.dev_major == m.dev_major
                         && o.dev_minor == m.dev_minor
                 }));
+        if kind == vma_kind::ANON_SHARED {
+            made_again.push(m);
+        }
         if (in_tree || many) && kind == vma_kind::ANON_SHARED {
             let shm = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
             let what = format!("mapping {:x}-{:x}", m.start, m.end);
@@ -89,16 +96,21 @@ pub fn classify_all<'a>(
         let file = match kind {
             _ if relinked.is_some() => file_id(b, relinked.as_deref().unwrap_or_default()),
             _ if handled.is_some() => handled.unwrap_or(NO_INDEX),
-            vma_kind::FILE_PRIVATE | vma_kind::FILE_SHARED if m.deleted() => stored
-                .file(
-                    b,
-                    &map_files,
-                    &m.path,
-                    &format!("mapping {:x}-{:x}", m.start, m.end),
-                    limits,
-                    obs,
-                )
-                .unwrap_or(NO_INDEX),
+            vma_kind::FILE_PRIVATE | vma_kind::FILE_SHARED if m.deleted() => {
+                if kind == vma_kind::FILE_SHARED {
+                    made_again.push(m);
+                }
+                stored
+                    .file(
+                        b,
+                        &map_files,
+                        &m.path,
+                        &format!("mapping {:x}-{:x}", m.start, m.end),
+                        limits,
+                        obs,
+                    )
+                    .unwrap_or(NO_INDEX)
+            }
             // Written through: the process uses the file as shared
             // memory, and it may be gone at restore (see `keep`). A
             // read-only shared mapping (glibc's gconv cache, say) is a
@@ -118,6 +130,7 @@ pub fn classify_all<'a>(
             file,
         });
     }
+    shared_outside(&made_again, captured, obs);
     // Shared anonymous memory is restored as one fresh object per mapping:
     // an object mapped twice, or at an offset, would not be one object again.
     for (i, c) in out.iter().enumerate() {
@@ -139,6 +152,69 @@ pub fn classify_all<'a>(
         }
     }
     out
+}
+
+/// Shared memory that restore makes again (anonymous shared memory; a
+/// deleted file or memfd mapped shared, its bytes stored) is a new object
+/// then: a process outside the captured ones mapping the same object
+/// would no longer see what the restored process writes, nor it that
+/// one's. Refused, each such process named. (A forked child captured
+/// without its parent restored with the memory it shared copied, without
+/// a word: a sweep of stop 50, with PostgreSQL's and apache's workers in
+/// mind.) Every other process's maps are read once, only when there is
+/// such memory.
+fn shared_outside(made_again: &[&Mapping], captured: &[i32], obs: &mut Obstacles) {
+    if made_again.is_empty() {
+        return;
+    }
+    let wanted = |dev: &str, inode: u64| {
+        made_again.iter().find(|m| {
+            m.inode == inode
+                && m.inode != 0
+                && dev == format!("{:02x}:{:02x}", m.dev_major, m.dev_minor)
+        })
+    };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let mut found: Vec<(u64, u64, i32)> = Vec::new();
+    for e in dir.flatten() {
+        let Some(other) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if captured.contains(&other) {
+            continue;
+        }
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{other}/maps")) else {
+            continue;
+        };
+        for line in maps.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(_), Some(perms), Some(_), Some(dev), Some(inode)) =
+                (f.next(), f.next(), f.next(), f.next(), f.next())
+            else {
+                continue;
+            };
+            let Ok(inode) = inode.parse::<u64>() else {
+                continue;
+            };
+            if !perms.ends_with('s') {
+                continue;
+            }
+            if let Some(m) = wanted(dev, inode) {
+                if !found.iter().any(|&(s, _, p)| s == m.start && p == other) {
+                    found.push((m.start, m.end, other));
+                }
+            }
+        }
+    }
+    for (start, end, other) in found {
+        let comm = std::fs::read_to_string(format!("/proc/{other}/comm")).unwrap_or_default();
+        obs.push(format!(
+            "mapping {start:x}-{end:x} is shared memory also mapped by pid {other} ({}), which is not captured: restored, it would be an object of its own, and neither would see what the other writes; capture them together (a common parent with its tree: `cryo capture --help`)",
+            comm.trim()
+        ));
+    }
 }
 
 /// Whether a mapping lies (in part) in cryo-shim's window.
