@@ -85,9 +85,10 @@ fn mapped_restore_reads_writes_forks_and_keeps_dontneed_documented() {
     );
     // Mapped: the same program passes, its memory is mapped from
     // pages.img, and MADV_DONTNEED gives back the captured bytes (the
-    // documented difference). Its 24 MiB malloc'd block is copied, not
-    // mapped: grown by realloc (mremap) it kept its bytes and took 256
-    // MiB of writes (mapped, it died of SIGBUS past pages.img's end).
+    // documented difference). Its 24 MiB malloc'd block, mapped but for
+    // its first page, grown by realloc kept its bytes and took 256 MiB of
+    // writes (glibc's mremap fails on it, and glibc copies it; grown in
+    // place by mremap, it died of SIGBUS past pages.img's end).
     let (code, out, err) = finish(restore(&img, &["--map"]));
     assert_eq!(code, 0, "map: {out}\n{err}");
     assert!(maps_line(&out) > 0, "{out}");
@@ -103,21 +104,13 @@ fn mapped_restore_reads_writes_forks_and_keeps_dontneed_documented() {
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("dry run says what is mapped: {out}"));
-    // Most of the 4 MiB mapping and of the brk heap; the 24 MiB block
-    // malloc mmapped is copied, and said so.
-    assert!((1200..2000).contains(&mapped), "{out}");
-    let copied: u64 = out
-        .split("; ")
-        .nth(1)
-        .filter(|l| {
-            l.contains(
-                " pages of 1 mappings copied instead: they hold blocks glibc's malloc mmapped",
-            )
-        })
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("dry run says what is copied: {out}"));
-    assert!((6144..6200).contains(&copied), "{out}");
+    // 24 MiB block + most of the 4 MiB mapping and of the brk heap; the
+    // first page of each of the two malloc'd blocks is copied, and said so.
+    assert!(mapped > 6000, "{out}");
+    assert!(
+        out.contains("; 2 blocks glibc's malloc mmapped for itself copied at the first page"),
+        "{out}"
+    );
 }
 
 #[test]

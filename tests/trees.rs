@@ -884,9 +884,18 @@ fn wait_child(pid: i32) -> i32 {
     child
 }
 
+/// [`refused`] with no options, the refusal naming each of `all`.
+fn refused_all(script: &str, all: &[&str]) {
+    refused_with(script, &[], all)
+}
+
 /// A command whose tree cryo must refuse: the refusal names `what`, and
 /// every process is left running as it was.
 fn refused(script: &str, args: &[&str], what: &str) {
+    refused_with(script, args, &[what])
+}
+
+fn refused_with(script: &str, args: &[&str], all: &[&str]) {
     sanitize_fds();
     let mut c = Command::new("python3")
         .args(["-c", script])
@@ -910,7 +919,9 @@ fn refused(script: &str, args: &[&str], what: &str) {
     a.extend([p.as_str(), img.to_str().unwrap()]);
     let (code, _, err) = cryo_cmd(&a);
     assert_ne!(code, 0, "capture must refuse: {err}");
-    assert!(err.contains(what), "{err}");
+    for what in all {
+        assert!(err.contains(what), "{what}: {err}");
+    }
     assert!(!img.exists());
     // Left as it was: running, and it goes on to finish on its own.
     assert_ne!(state(pid), Some('T'));
@@ -919,6 +930,53 @@ fn refused(script: &str, args: &[&str], what: &str) {
     c.stdout.take().unwrap().read_to_string(&mut rest).unwrap();
     assert!(c.wait().unwrap().success());
     assert_eq!(rest.trim(), "PASS", "the tree went on after the refusal");
+}
+
+/// Obstacles in different processes of a tree are all said at once: one
+/// child's TCP connection to outside, and its sibling's unix connection
+/// to outside, which only the tree's look at what its processes share
+/// finds (until stop 50 that look was skipped once any process had an
+/// obstacle of its own: the dry run and the capture said "1 obstacle").
+#[test]
+fn every_processs_obstacles_in_a_tree_are_said_at_once() {
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let path = scratch("tree-two-obstacles").join("outside.sock");
+    let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    // (Accepted, so that it is connected, not waiting in the backlog.)
+    let accepted = std::thread::spawn(move || unix.accept().map(|(c, _)| c));
+    let script = format!(
+        r#"
+import os, socket, sys, time
+r, w = os.pipe()
+def child(f):
+    pid = os.fork()
+    if pid == 0:
+        os.close(r); s = f(); os.write(w, b"x"); os.close(w); time.sleep(1000); os._exit(0)
+    return pid
+def u():
+    s = socket.socket(socket.AF_UNIX); s.connect("{path}"); return s
+kids = [child(lambda: socket.create_connection(("127.0.0.1", {port})))]
+kids.append(child(u))
+os.close(w)
+while os.read(r, 1): pass
+os.close(r)
+print("READY", flush=True); sys.stdin.readline()
+for p in kids:
+    os.kill(p, 9); os.waitpid(p, 0)
+print("PASS", flush=True)
+"#,
+        path = path.display()
+    );
+    refused_all(
+        &script,
+        &[
+            "fd 3 is a TCP connection 127.0.0.1:",
+            &format!("is connected to {}, outside", path.display()),
+            "(2 obstacles)",
+        ],
+    );
+    drop((tcp, accepted.join()));
 }
 
 /// A forked child captured without its parent while they share memory

@@ -409,20 +409,30 @@ fn freeze_and_inspect(
         .collect();
     let mut all = Vec::new();
     let mut obstacles: Vec<String> = Vec::new();
+    // Every process looked at whole (refused or not): what they share is
+    // looked at too, and its obstacles said with theirs (until stop 50 a
+    // child's TCP connection hid its sibling's unix one: a sweep).
+    let mut whole = true;
     for m in tree.members.iter_mut() {
         let Some(g) = m.group.as_mut() else {
             continue;
         };
+        let pid = g.pid();
+        let named = |o: String| {
+            if many {
+                format!("process {pid}: {o}")
+            } else {
+                o
+            }
+        };
         match inspect(g, opts, &mut scope) {
-            Ok(ins) => all.push(ins),
-            Err(CaptureError::Refused { pid, obstacles: o }) => {
-                obstacles.extend(o.into_iter().map(|o| {
-                    if many {
-                        format!("process {pid}: {o}")
-                    } else {
-                        o
-                    }
-                }))
+            Ok((ins, o)) => {
+                all.push(ins);
+                obstacles.extend(o.into_iter().map(named));
+            }
+            Err(CaptureError::Refused { obstacles: o, .. }) => {
+                whole = false;
+                obstacles.extend(o.into_iter().map(named));
             }
             Err(e) => return Err(e),
         }
@@ -438,7 +448,7 @@ fn freeze_and_inspect(
             }
         }
         // What they share, once each of them could be read.
-        if obstacles.is_empty() {
+        if whole {
             let procs: Vec<(i32, &Inspected)> = pids.iter().copied().zip(all.iter()).collect();
             let files = crate::tree::shared_memory(&procs);
             let crate::tree::Shared {
@@ -807,11 +817,16 @@ pub(crate) struct Inspected {
 /// Read the state of a stopped target, refusing (with every obstacle at
 /// once) what cannot be restored. `scope`: every process captured with it
 /// (a pipe whose other end is one of them is inside).
+/// What a process holds, and why it cannot be captured (empty: it can).
+/// Refused early (before everything could be looked at) it is an error;
+/// refused at the end, what was looked at comes with the obstacles, so
+/// that a tree's checks of what its processes share still run and every
+/// obstacle is said at once.
 pub(crate) fn inspect(
     g: &mut Group,
     opts: &Options,
     scope: &mut crate::pipes::Scope,
-) -> Result<Inspected, CaptureError> {
+) -> Result<(Inspected, Vec<String>), CaptureError> {
     let pid = g.pid();
     let mut b = ImageBuilder::default();
     let mut obs = Obstacles::default();
@@ -1086,22 +1101,19 @@ pub(crate) fn inspect(
         ));
     }
 
-    if !obs.is_empty() {
-        return Err(CaptureError::Refused {
-            pid,
-            obstacles: obs.into_vec(),
-        });
-    }
-    Ok(Inspected {
-        b,
-        maps,
-        cross: std::mem::take(&mut scope.cross),
-        classes,
-        stored,
-        repaired: std::mem::take(&mut scope.repaired),
-        epoll_elsewhere: std::mem::take(&mut scope.epoll_elsewhere),
-        root_refs,
-    })
+    Ok((
+        Inspected {
+            b,
+            maps,
+            cross: std::mem::take(&mut scope.cross),
+            classes,
+            stored,
+            repaired: std::mem::take(&mut scope.repaired),
+            epoll_elsewhere: std::mem::take(&mut scope.epoll_elsewhere),
+            root_refs,
+        },
+        obs.into_vec(),
+    ))
 }
 
 /// The pages of an inspected process, then the bytes that are not memory,

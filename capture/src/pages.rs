@@ -7,7 +7,7 @@
 //! anonymous copy (written, or a COW-broken page) from a page that still
 //! comes from the file: only those are stored.
 
-use cryo_image::{run_kind, PageRun, PAGE_SIZE};
+use cryo_image::{run_flags, run_kind, PageRun, PAGE_SIZE};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -321,16 +321,19 @@ impl RunBuilder {
     /// pages are moved to the front of `pages`, and their number of bytes,
     /// to keep, is returned.
     pub fn add(&mut self, vaddr: u64, pages: &mut [u8], offset: u64) -> usize {
-        self.add_each(vaddr, pages, offset, |_, _| {})
+        self.add_each(vaddr, pages, offset, &[], |_, _| {})
     }
 
     /// [`RunBuilder::add`], telling `stored` where each page went: its
     /// index in `pages` and its offset in pages.img (None: a zero page).
+    /// A page marked in `heads` starts a block glibc's malloc mmapped: a
+    /// DATA run of its own begins there, flagged `run_flags::MALLOC_HEAD`.
     pub fn add_each(
         &mut self,
         vaddr: u64,
         pages: &mut [u8],
         offset: u64,
+        heads: &[bool],
         mut stored: impl FnMut(usize, Option<u64>),
     ) -> usize {
         debug_assert_eq!(offset, self.next_offset());
@@ -342,7 +345,9 @@ impl RunBuilder {
             let kind = if zero { run_kind::ZERO } else { run_kind::DATA };
             let addr = vaddr + i as u64;
             let at = offset + kept as u64;
-            let contiguous = matches!(&self.cur, Some(r)
+            let head = !zero && heads.get(i / ps).copied().unwrap_or(false);
+            let contiguous = !head
+                && matches!(&self.cur, Some(r)
                 if r.kind == kind && r.vaddr + r.len() == addr && r.npages < u32::MAX
                     && (zero || r.offset + r.len() == at));
             if !contiguous {
@@ -352,7 +357,7 @@ impl RunBuilder {
                     npages: 0,
                     kind,
                     offset: if zero { 0 } else { offset + kept as u64 },
-                    reserved: 0,
+                    flags: if head { run_flags::MALLOC_HEAD } else { 0 },
                 });
             }
             if let Some(r) = &mut self.cur {
@@ -377,9 +382,11 @@ impl RunBuilder {
     }
 
     /// A DATA page at `vaddr` whose bytes are already in pages.img at
-    /// `offset` (the same physical page, stored for another process).
-    pub fn add_existing(&mut self, vaddr: u64, offset: u64) {
-        let contiguous = matches!(&self.cur, Some(r)
+    /// `offset` (the same physical page, stored for another process);
+    /// `head`: it starts a block glibc's malloc mmapped.
+    pub fn add_existing(&mut self, vaddr: u64, offset: u64, head: bool) {
+        let contiguous = !head
+            && matches!(&self.cur, Some(r)
             if r.kind == run_kind::DATA && r.vaddr + r.len() == vaddr
                 && r.offset + r.len() == offset && r.npages < u32::MAX);
         if !contiguous {
@@ -389,7 +396,7 @@ impl RunBuilder {
                 npages: 0,
                 kind: run_kind::DATA,
                 offset,
-                reserved: 0,
+                flags: if head { run_flags::MALLOC_HEAD } else { 0 },
             });
         }
         if let Some(r) = &mut self.cur {
@@ -510,12 +517,12 @@ mod tests {
         let mut rb = RunBuilder::starting_at(base);
         let mut buf = vec![1u8; 2 * ps];
         let mut noted = Vec::new();
-        let kept = rb.add_each(0x40_0000, &mut buf, base, |k, at| noted.push((k, at)));
+        let kept = rb.add_each(0x40_0000, &mut buf, base, &[], |k, at| noted.push((k, at)));
         assert_eq!(kept, 2 * ps);
         assert_eq!(noted, vec![(0, Some(base)), (1, Some(base + PAGE_SIZE))]);
-        rb.add_existing(0x40_2000, 3 * PAGE_SIZE);
-        rb.add_existing(0x40_3000, 4 * PAGE_SIZE);
-        rb.add_existing(0x40_5000, 9 * PAGE_SIZE);
+        rb.add_existing(0x40_2000, 3 * PAGE_SIZE, false);
+        rb.add_existing(0x40_3000, 4 * PAGE_SIZE, false);
+        rb.add_existing(0x40_5000, 9 * PAGE_SIZE, false);
         let mut buf = vec![2u8; ps];
         rb.add(0x40_6000, &mut buf, base + 2 * PAGE_SIZE);
         let (runs, sums) = rb.finish();

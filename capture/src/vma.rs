@@ -586,7 +586,6 @@ pub fn dump(
     let mut done_bytes = 0u64;
     for c in maps {
         let m = c.m;
-        let mut flags = c.flags;
         let first_run = runs.len() as u32;
         let has_pages = m.rss_kib + m.swap_kib > 0 || !m.image_pages.is_empty();
         let resident = if c.kind == vma_kind::ANON_SHARED {
@@ -607,7 +606,7 @@ pub fn dump(
                 progress: &mut *progress,
                 stop,
             };
-            let (resident, malloc) = dump_private(
+            dump_private(
                 pid,
                 m,
                 c.kind,
@@ -617,11 +616,7 @@ pub fn dump(
                 &mut mem,
                 cow.as_deref_mut(),
                 &mut counter,
-            )?;
-            if malloc {
-                flags |= vma_flags::MALLOC_MMAPPED;
-            }
-            resident
+            )?
         } else if has_pages && !m.has_flag("io") {
             (m.rss_kib + m.swap_kib) / 4
         } else {
@@ -651,7 +646,7 @@ pub fn dump(
             .filter(|(on, _)| *on)
             .fold(0, |acc, (_, bit)| acc | bit),
             kind: c.kind,
-            flags,
+            flags: c.flags,
             file: c.file,
             vmflags,
             name,
@@ -712,8 +707,9 @@ impl Counter<'_> {
 
 /// The pages of a private (or file) mapping that pagemap says it has,
 /// read straight into the page writer's buffers. Returns its resident
-/// pages, and whether it holds a block glibc's malloc mmapped for itself
-/// (private anonymous memory: `vma_flags::MALLOC_MMAPPED`).
+/// pages. In private anonymous memory a page that starts a block glibc's
+/// malloc mmapped for itself starts a run of its own, so marked
+/// (`run_flags::MALLOC_HEAD`).
 #[allow(clippy::too_many_arguments)]
 fn dump_private(
     pid: i32,
@@ -725,12 +721,11 @@ fn dump_private(
     mem: &mut Option<std::fs::File>,
     mut cow: Option<&mut CowPages>,
     counter: &mut Counter,
-) -> Result<(u64, bool), CaptureError> {
+) -> Result<u64, CaptureError> {
     let private_file = kind == vma_kind::FILE_PRIVATE;
     let anon = kind == vma_kind::ANON_PRIVATE;
     let batch_pages = BATCH / PAGE_SIZE as usize;
     let mut resident = 0u64;
-    let mut malloc = false;
     let mut chunk_start = m.start;
     while chunk_start < m.end {
         let chunk_end = (chunk_start + BATCH as u64).min(m.end);
@@ -764,11 +759,12 @@ fn dump_private(
                 continue;
             }
             if let Some(off) = elsewhere(i, &cow) {
+                let mut head = false;
                 if let Some(c) = cow.as_deref_mut() {
                     c.refer(off);
-                    malloc |= anon && c.malloc_head(pages::pfn(pm[i]));
+                    head = anon && c.malloc_head(pages::pfn(pm[i]));
                 }
-                runs.add_existing(chunk_start + i as u64 * PAGE_SIZE, off);
+                runs.add_existing(chunk_start + i as u64 * PAGE_SIZE, off, head);
                 counter.add(PAGE_SIZE)?;
                 i += 1;
                 continue;
@@ -803,8 +799,7 @@ fn dump_private(
                     MemError::Read { pid, addr, source }
                 }
             })?;
-            // Which pages start a block malloc mmapped (a bit each; a
-            // batch is at most 64 pages, or looked at page by page).
+            // Which pages start a block malloc mmapped.
             let ps = PAGE_SIZE as usize;
             let head = |k: usize, room: &[u8]| {
                 anon && cryo_image::malloc_mmapped_head(
@@ -814,9 +809,8 @@ fn dump_private(
                 )
             };
             let heads: Vec<bool> = (0..n).map(|k| head(k, room)).collect();
-            malloc |= heads.iter().any(|&h| h);
             let first = i;
-            let kept = runs.add_each(addr, room, offset, |k, at| {
+            let kept = runs.add_each(addr, room, offset, &heads, |k, at| {
                 if let (Some(c), Some(at)) = (cow.as_deref_mut(), at) {
                     if pages::cow_shared(pm[first + k]) {
                         let vaddr = addr + (k as u64) * PAGE_SIZE;
@@ -832,7 +826,7 @@ fn dump_private(
         chunk_start = chunk_end;
     }
     runs.close();
-    Ok((resident, malloc))
+    Ok(resident)
 }
 
 /// The data of a shared anonymous mapping's object, read through

@@ -42,7 +42,7 @@ pub(crate) fn sample() -> (Vec<u8>, Vec<u8>) {
         npages: 1,
         kind: run_kind::DATA,
         offset: 0,
-        reserved: 0,
+        flags: 0,
     });
     b.vmas.push(Vma {
         start: 0x7f0000000000,
@@ -60,7 +60,7 @@ pub(crate) fn sample() -> (Vec<u8>, Vec<u8>) {
         npages: 2,
         kind: run_kind::ZERO,
         offset: 0,
-        reserved: 0,
+        flags: 0,
     });
     b.sigactions.push(SigAction {
         signo: 10,

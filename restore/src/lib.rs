@@ -1215,4 +1215,4 @@ impl OwnStatus {
     }
 }
 
-pub use cryo_image::mapped::{malloc_copied, mapped_pages};
+pub use cryo_image::mapped::{malloc_heads, mapped_pages};

@@ -236,8 +236,10 @@ pub(crate) fn map_vma(
         // Adjacent DATA runs that are adjacent in pages.img too are read
         // with one pread (format 1 split runs every 16 pages; 2.0 does not,
         // but a run still ends at every zero page).
-        let mut pending: Option<(u64, u64, u64)> = None; // (addr, len, offset)
-        let flush = |p: (u64, u64, u64)| {
+        // (addr, len, offset, starts a malloc'd block)
+        let mut pending: Option<(u64, u64, u64, bool)> = None;
+        let flush = |p: (u64, u64, u64, bool)| {
+            let head = p.3;
             let (addr, n, off) = match only {
                 Some((lo, hi)) => {
                     let s = p.0.max(lo);
@@ -247,10 +249,12 @@ pub(crate) fn map_vma(
                     }
                     (s, e - s, p.2 + (s - p.0))
                 }
-                None => p,
+                None => (p.0, p.1, p.2),
             };
             if mapped {
-                if let Some((at, n_at, off_at)) = cryo_image::mapped::mapped_part(v, addr, n, off) {
+                if let Some((at, n_at, off_at)) =
+                    cryo_image::mapped::mapped_part(v, addr, n, off, head && addr == p.0)
+                {
                     // The same protection and flags as the mapping it
                     // replaces this part of; MAP_FIXED inside it only.
                     let r = mmap(
@@ -314,14 +318,15 @@ pub(crate) fn map_vma(
             }
             if run.kind == run_kind::DATA {
                 pending = match pending {
-                    Some((a, n, o)) if a + n == run.vaddr && o + n == run.offset => {
-                        Some((a, n + run.len(), o))
+                    Some((a, n, o, h)) if cryo_image::mapped::joins((a, n, o), &run) => {
+                        Some((a, n + run.len(), o, h))
                     }
                     other => {
                         if let Some(p) = other {
                             flush(p);
                         }
-                        Some((run.vaddr, run.len(), run.offset))
+                        let head = run.flags & cryo_image::run_flags::MALLOC_HEAD != 0;
+                        Some((run.vaddr, run.len(), run.offset, head))
                     }
                 };
             } else if v.file != NO_INDEX && !shared {

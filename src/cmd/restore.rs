@@ -436,12 +436,15 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             );
         }
         if args.map {
-            let (n, pages) = cryo_restore::malloc_copied(&img);
+            let heads = cryo_restore::malloc_heads(&img);
             println!(
                 "map: {} pages mapped from pages.img{}",
                 cryo_restore::mapped_pages(&img),
-                if n > 0 {
-                    format!("; {pages} pages of {n} mappings copied instead: they hold blocks glibc's malloc mmapped, which realloc grows with mremap (mapped, the new part would read pages.img's next bytes, or SIGBUS past its end)")
+                if heads > 0 {
+                    format!(
+                        "; {heads} {} glibc's malloc mmapped for itself copied at the first page (so that realloc copies such a block rather than grow it with mremap, which would bring in pages.img's next bytes)",
+                        if heads == 1 { "block" } else { "blocks" }
+                    )
                 } else {
                     String::new()
                 }

@@ -120,6 +120,10 @@ int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "check";
     for (int b = 0; b < SMALL; b++) small[b] = malloc(4096);
     big = malloc(BIG);
+    /* A second block glibc mmaps, right below the first: one VMA, the big
+     * block's start inside it (where a mapped restore maps pages.img). */
+    char *low = malloc(1ul << 20);
+    if (low) memset(low, 0x33, 1ul << 20);
     holey = mmap(NULL, HOLEY, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (!big || holey == MAP_FAILED) return 2;
     each(put, 1, 0, 2);

@@ -70,20 +70,25 @@ pub mod vma_flags {
     pub const HUGEPAGE: u32 = 1 << 7;
     /// MADV_NOHUGEPAGE.
     pub const NOHUGEPAGE: u32 = 1 << 8;
-    /// (11.15) Holds a block glibc's malloc made with an mmap of its own
-    /// (a page starting with its chunk header: 0, then the block's size,
-    /// a whole number of pages, with IS_MMAPPED): `realloc` grows such a
+}
+
+/// `PageRun::flags` bits (11.15).
+pub mod run_flags {
+    /// The run's first page starts a block glibc's malloc mmapped for
+    /// itself ([`super::malloc_mmapped_head`]). `realloc` grows such a
     /// block with mremap, which on a mapping of pages.img would bring in
-    /// pages.img's next bytes, or SIGBUS past its end. Never mapped from
-    /// pages.img (`mapped::is_mapped`).
-    pub const MALLOC_MMAPPED: u32 = 1 << 9;
+    /// pages.img's next bytes, or SIGBUS past its end: a mapped restore
+    /// copies that page, as it does a mapping's first, so that the block
+    /// spans two VMAs, mremap fails (EFAULT) and glibc copies the block
+    /// into a new one (`mapped::mapped_part`). Only DATA runs.
+    pub const MALLOC_HEAD: u64 = 1;
 }
 
 /// Does this page (its first 16 bytes; at `addr`, in a mapping ending at
 /// `end`) start a block glibc's malloc mmapped for itself? Its chunk
 /// header: prev_size 0, then the size of the whole mapping it made (a
 /// whole number of pages, within this one) with IS_MMAPPED (2) set and
-/// neither PREV_INUSE nor NON_MAIN_ARENA. See `vma_flags::MALLOC_MMAPPED`.
+/// neither PREV_INUSE nor NON_MAIN_ARENA. See `run_flags::MALLOC_HEAD`.
 pub fn malloc_mmapped_head(page: &[u8], addr: u64, end: u64) -> bool {
     let word = |i: usize| {
         page.get(i..i + 8)
@@ -234,9 +239,10 @@ record! {
         pub kind: u32,
         /// Byte offset in pages.img (page aligned), for DATA runs.
         pub offset: u64,
-        /// 0. (Format 1.x: the xxh3-64 of the run's bytes. Since 2.0 every
-        /// page has its own checksum in sums.img.)
-        pub reserved: u64,
+        /// (11.15) `run_flags`. (Format 1.x: the xxh3-64 of the run's
+        /// bytes; since 2.0 every page has its own checksum in sums.img,
+        /// and this was 0 until 11.15.)
+        pub flags: u64,
     }
 }
 

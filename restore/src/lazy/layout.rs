@@ -129,7 +129,7 @@ pub(super) mod tests {
                 npages: 16,
                 kind: run_kind::DATA,
                 offset,
-                reserved: 0,
+                flags: 0,
             });
         }
         b.encode(0x20000)

@@ -294,7 +294,7 @@ mod tests {
                 npages: 4,
                 kind: run_kind::DATA,
                 offset: i as u64 * 0x4000,
-                reserved: 0,
+                flags: 0,
             });
         }
         let bytes = b.encode(0x8000);
