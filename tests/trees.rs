@@ -932,6 +932,57 @@ fn refused_with(script: &str, args: &[&str], all: &[&str]) {
     assert_eq!(rest.trim(), "PASS", "the tree went on after the refusal");
 }
 
+/// A file a tree's processes map shared and write (PostgreSQL's dynamic
+/// shared memory in /dev/shm), removed after the capture (as
+/// PostgreSQL's shutdown does): the dry run says yes and leaves nothing
+/// behind, and the restore makes it again once, for every process, which
+/// share it again. (Until stop 50 the dry run made the file and left it,
+/// and every restore then refused the second holder: "a different file
+/// now".)
+#[test]
+fn a_removed_file_a_tree_maps_shared_is_made_again_once_for_all() {
+    let path = format!("/dev/shm/cryo-test-kept-{}", std::process::id());
+    let script = format!(
+        r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None); libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+# Mapped and closed, as PostgreSQL does (no fd on it: Python's mmap
+# module would keep one).
+fd = os.open("{path}", os.O_RDWR | os.O_CREAT, 0o600); os.ftruncate(fd, 4096)
+m = (ctypes.c_char * 4096).from_address(libc.mmap(None, 4096, 3, 1, fd, 0)); os.close(fd)
+m[:4] = b"gen1"
+r, w = os.pipe()
+kids = []
+for i in range(2):
+    pid = os.fork()
+    if pid == 0:
+        os.close(w); os.read(r, 1)
+        os._exit(0 if m[:4] == b"gen2" else 1)
+    kids.append(pid)
+os.close(r)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+m[:4] = b"gen2"
+os.write(w, b"xx")
+ok = all(os.waitpid(p, 0)[1] == 0 for p in kids)
+print("PASS" if ok else "FAIL", flush=True)
+"#
+    );
+    let check = |img: &Path| {
+        std::fs::remove_file(&path).unwrap();
+        let (code, out, err) = cryo_cmd(&["restore", "--dry-run", img.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("with 2 more processes of its tree"), "{out}");
+        assert!(
+            std::fs::metadata(&path).is_err(),
+            "the dry run left {path} behind"
+        );
+    };
+    python_round_trips_with("tree-kept-file", &script, |_| {}, check, &[&[]]);
+    std::fs::remove_file(&path).unwrap();
+}
+
 /// Obstacles in different processes of a tree are all said at once: one
 /// child's TCP connection to outside, and its sibling's unix connection
 /// to outside, which only the tree's look at what its processes share

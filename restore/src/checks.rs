@@ -116,6 +116,12 @@ pub fn mapped_files(img: &Image) -> Result<(), RestoreError> {
             continue; // opened by its handle (stored::make, the shim checks it)
         }
         let path = img.str(f.path).unwrap_or("").to_owned();
+        if f.flags & cryo_image::fds::file_flags::KEPT != 0 && crate::stored::made_here(&path) {
+            // Gone, and made again by this restore from its kept bytes
+            // for another process of the tree (a sweep of stop 50: the
+            // second holder took it for a file changed since capture).
+            continue;
+        }
         let md = match std::fs::metadata(&path) {
             Ok(md) => md,
             // Made again from its kept bytes (stored::make).

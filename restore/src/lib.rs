@@ -436,12 +436,21 @@ pub fn signal_name(sig: i32) -> String {
 }
 
 /// Load and check everything; change nothing (a tree's shared objects are
-/// made, in this process only).
+/// made, in this process only; a kept file several of its processes map,
+/// gone since the capture, is made again at its path: removed again if
+/// this fails, and by [`remove_made_again`] after a dry run).
 pub fn prepare(dir: &Path, opts: Options) -> Result<Plan, RestoreError> {
-    let plan = prepare_any(dir, opts)?;
-    no_helper_left_to_the_program(&plan)?;
-    Ok(plan)
+    let plan = prepare_any(dir, opts).and_then(|plan| {
+        no_helper_left_to_the_program(&plan)?;
+        Ok(plan)
+    });
+    if plan.is_err() {
+        stored::remove_made_again();
+    }
+    plan
 }
+
+pub use stored::remove_made_again;
 
 /// A restore's helper (its tracer, its lazy page server and watchdog) is
 /// orphaned on purpose, to be reparented away from the program this

@@ -149,9 +149,17 @@ fn cpath(p: &Path) -> CString {
 /// the restore fails before its exec: see [`remove_made_again`]).
 static MADE_AGAIN: std::sync::Mutex<Vec<CString>> = std::sync::Mutex::new(Vec::new());
 
-/// Remove the kept files this restore made again (it failed): a later
-/// restore would find a file that is not the captured one there.
-pub(crate) fn remove_made_again() {
+/// Whether this restore made the kept file at `path` again (a tree's
+/// first holder made it; the others take it as the captured one).
+pub(crate) fn made_here(path: &str) -> bool {
+    let c = cpath(Path::new(path));
+    MADE_AGAIN.lock().is_ok_and(|v| v.contains(&c))
+}
+
+/// Remove the kept files this restore made again (it failed, or was a
+/// dry run): a later restore would find a file that is not the captured
+/// one there.
+pub fn remove_made_again() {
     if let Ok(mut v) = MADE_AGAIN.lock() {
         for c in v.drain(..) {
             let _ = sys::unlink(&c);
@@ -242,6 +250,9 @@ pub(crate) fn make(
             Some(libc::EACCES | libc::EROFS) => open(libc::O_RDONLY),
             _ => Err(e),
         }) {
+            // Made again by this restore already (a tree's first holder
+            // of it): the captured one.
+            Ok(fd) if made_here(&shown) => return Ok(fd),
             // The one captured: checked again here, as it may have come
             // since the checks found it gone (another restore of this
             // image making it again at the same moment: both ran, on the

@@ -373,6 +373,9 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
                 },
             })
         );
+        // (A dry run leaves nothing: a kept file a tree's processes map,
+        // gone since the capture, was made again to check them.)
+        cryo_restore::remove_made_again();
         return Ok(0);
     }
     if args.dry_run {
@@ -473,6 +476,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
                 l.prefetch.len()
             );
         }
+        cryo_restore::remove_made_again();
         return Ok(0);
     }
     match plan.exec() {
