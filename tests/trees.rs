@@ -932,6 +932,62 @@ fn refused_with(script: &str, args: &[&str], all: &[&str]) {
     assert_eq!(rest.trim(), "PASS", "the tree went on after the refusal");
 }
 
+/// A System V segment a parent and its two children attach is stored
+/// once (until stop 50 once per process: a sweep's 64 MiB segment made a
+/// 265 MiB pages.img), and, removed after the capture, made again from
+/// those bytes for all three, which share it again.
+#[test]
+fn a_system_v_segment_a_tree_attaches_is_stored_once() {
+    let script = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True); libc.shmat.restype = ctypes.c_void_p
+sid = libc.shmget(0, ctypes.c_size_t(8 << 20), 0o1000 | 0o600)
+addr = libc.shmat(sid, None, 0)
+ctypes.memset(addr, 0x5a, 8 << 20); ctypes.memmove(addr, b"gen1", 4)
+r, w = os.pipe()
+kids = []
+for i in range(2):
+    pid = os.fork()
+    if pid == 0:
+        os.close(w); os.read(r, 1)
+        ok = ctypes.string_at(addr, 4) == b"gen2" and ctypes.string_at(addr + (8 << 20) - 1, 1) == b"Z"
+        os._exit(0 if ok else 1)
+    kids.append(pid)
+os.close(r)
+print("READY", os.getpid(), flush=True)
+sys.stdin.readline()
+ok = ctypes.string_at(addr, 4) == b"gen1"
+ctypes.memmove(addr, b"gen2", 4)
+os.write(w, b"xx")
+ok = all(os.waitpid(p, 0)[1] == 0 for p in kids) and ok
+libc.shmctl(sid, 0, None)
+print("PASS" if ok else "FAIL", flush=True)
+"#;
+    let check = |img: &Path| {
+        let pages = std::fs::metadata(img.join(cryo_image::PAGES_FILE))
+            .unwrap()
+            .len();
+        assert!(
+            pages < 24 << 20, // (three times: 24 MiB, with ~9 MiB of Python)
+            "an 8 MiB segment of 3 processes: pages.img {pages} bytes"
+        );
+        let l = cryo_image::load::LoadedImage::open(img).unwrap();
+        let id = l
+            .image()
+            .unwrap()
+            .sysv_shm()
+            .iter()
+            .next()
+            .expect("the segment")
+            .id;
+        // SAFETY: shmctl with IPC_RMID takes no buffer: the segment this
+        // test's program made, its processes gone.
+        let removed = unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+        assert_eq!(removed, 0);
+    };
+    python_round_trips_with("tree-sysv-once", script, |_| {}, check, &[&[]]);
+}
+
 /// A file a tree's processes map shared and write (PostgreSQL's dynamic
 /// shared memory in /dev/shm), removed after the capture (as
 /// PostgreSQL's shutdown does): the dry run says yes and leaves nothing

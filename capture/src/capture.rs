@@ -858,6 +858,7 @@ pub(crate) fn inspect(
         &classified,
         &mut b,
         &mut stored,
+        &mut scope.sysv_stored,
         &opts.limits,
         &mut obs,
     );

@@ -52,6 +52,9 @@ pub struct Scope {
     pub tracing: Option<crate::task::Tracing>,
     /// Landlock's probes, shared by the tree's processes.
     pub landlock: crate::task::Landlock,
+    /// System V segments whose bytes a process inspected before stored
+    /// (`sysv::attaches`: the others' records say so).
+    pub sysv_stored: Vec<i32>,
 }
 
 impl Scope {
@@ -72,6 +75,7 @@ impl Scope {
             stopped: Vec::new(),
             tracing: None,
             landlock: Default::default(),
+            sysv_stored: Vec::new(),
         }
     }
 

@@ -359,6 +359,11 @@ pub mod sysv_flags {
     /// as a new private segment, with its id, and marked so again by the
     /// shim once it is attached.
     pub const REMOVED: u32 = 1 << 1;
+    /// (11.15) Its bytes are stored once, with the record of the first
+    /// attach of it in the tree's process order (this process's own
+    /// first, or a process before it): `data` is empty here. Restore makes
+    /// the segment again from that one.
+    pub const BYTES_ELSEWHERE: u32 = 1 << 2;
 }
 
 record! {

@@ -234,7 +234,7 @@ impl<'a> Image<'a> {
             let covered = s.start.is_multiple_of(PAGE_SIZE)
                 && s.size > 0
                 && s.id >= 0
-                && s.flags & !3 == 0
+                && s.flags & !7 == 0
                 && s.data.len <= s.size
                 && vmas
                     .iter()

@@ -278,6 +278,13 @@ pub(crate) fn ensure(loaded: &LoadedImage, img: &Image, verify: bool) -> Result<
             "segment {} (key {:#x}, {} bytes)",
             s.id, s.key as u32, s.size
         );
+        if s.flags & cryo_image::fds::sysv_flags::BYTES_ELSEWHERE != 0 {
+            // (Its bytes are with an attach made again before this one:
+            // the tree's processes are made in capture order.)
+            return Err(err(format!(
+                "{was} is gone, and its bytes are stored with an attach of it that was not made again first (a corrupt image?)"
+            )));
+        }
         creator_kept(&was, (s.uid, s.gid), (s.cuid, s.cgid))?;
         let bytes = loaded.read_blob(&s.data, verify)?;
         // (Ours to fill first; its mode as captured after.)
