@@ -68,6 +68,25 @@ impl Pagemap {
         })
     }
 
+    /// The ranges of [start, end) that hold pages (present or swapped
+    /// out), if the kernel can say (PAGEMAP_SCAN, Linux 6.7): a sparse
+    /// mapping's pagemap is not read whole. AddressSanitizer's shadow
+    /// memory is some 16 TiB with a few MiB in it: its pagemap, 32 GiB,
+    /// kept a target frozen 21 s (a sweep of stop 50).
+    pub fn holding(&self, start: u64, end: u64) -> Option<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        let mut at = start;
+        while at < end {
+            let (ranges, walked) = crate::sys::pagemap_scan(&self.file, at, end, 4096).ok()?;
+            out.extend(ranges);
+            if walked <= at {
+                return None;
+            }
+            at = walked;
+        }
+        Some(out)
+    }
+
     /// The entries of the pages of [start, end), one per page.
     pub fn read(&mut self, start: u64, end: u64) -> Result<Vec<u64>, MemError> {
         let n = ((end - start) / PAGE_SIZE) as usize;

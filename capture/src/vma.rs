@@ -726,106 +726,121 @@ fn dump_private(
     let anon = kind == vma_kind::ANON_PRIVATE;
     let batch_pages = BATCH / PAGE_SIZE as usize;
     let mut resident = 0u64;
-    let mut chunk_start = m.start;
-    while chunk_start < m.end {
-        let chunk_end = (chunk_start + BATCH as u64).min(m.end);
-        let pm = pagemap.read(chunk_start, chunk_end)?;
-        resident += pm.iter().filter(|e| pages::resident(**e)).count() as u64;
-        // Every page of a part that was mapped from a pages.img (even
-        // one never touched: it holds that image's bytes).
-        // (The ranges are in address order: a binary search, not a scan,
-        // for each page of a heap mapped in thousands of parts.)
-        let wanted = |k: usize| {
-            let addr = chunk_start + k as u64 * PAGE_SIZE;
-            pages::wanted(pm[k], private_file) || {
-                let i = m.image_pages.partition_point(|&(s, _)| s <= addr);
-                i > 0 && addr < m.image_pages[i - 1].1
-            }
-        };
-        // A page shared copy-on-write with a process dumped before, which
-        // stored it: referred to, not stored again.
-        let elsewhere = |k: usize, cow: &Option<&mut CowPages>| {
-            cow.as_ref().and_then(|c| {
-                pages::cow_shared(pm[k])
-                    .then(|| c.stored_elsewhere(pages::pfn(pm[k])))
-                    .flatten()
-            })
-        };
-        let mut i = 0usize;
-        while i < pm.len() {
-            if !wanted(i) {
-                runs.close();
-                i += 1;
-                continue;
-            }
-            if let Some(off) = elsewhere(i, &cow) {
-                let mut head = false;
-                if let Some(c) = cow.as_deref_mut() {
-                    c.refer(off);
-                    head = anon && c.malloc_head(pages::pfn(pm[i]));
+    // A sparse mapping (a few pages in a large one): only the ranges that
+    // hold pages are walked (parts mapped from a pages.img are read whole,
+    // held or not).
+    let held_pages = (m.rss_kib + m.swap_kib) / 4;
+    let sparse = m.image_pages.is_empty() && (m.end - m.start) / PAGE_SIZE > 64 * held_pages + 4096;
+    let ranges = sparse
+        .then(|| pagemap.holding(m.start, m.end))
+        .flatten()
+        .unwrap_or_else(|| vec![(m.start, m.end)]);
+    for (range_start, range_end) in ranges {
+        let mut chunk_start = range_start;
+        while chunk_start < range_end {
+            let chunk_end = (chunk_start + BATCH as u64).min(range_end);
+            let pm = pagemap.read(chunk_start, chunk_end)?;
+            resident += pm.iter().filter(|e| pages::resident(**e)).count() as u64;
+            // Every page of a part that was mapped from a pages.img (even
+            // one never touched: it holds that image's bytes).
+            // (The ranges are in address order: a binary search, not a scan,
+            // for each page of a heap mapped in thousands of parts.)
+            let wanted = |k: usize| {
+                let addr = chunk_start + k as u64 * PAGE_SIZE;
+                pages::wanted(pm[k], private_file) || {
+                    let i = m.image_pages.partition_point(|&(s, _)| s <= addr);
+                    i > 0 && addr < m.image_pages[i - 1].1
                 }
-                runs.add_existing(chunk_start + i as u64 * PAGE_SIZE, off, head);
-                counter.add(PAGE_SIZE)?;
-                i += 1;
-                continue;
-            }
-            let mut j = i;
-            while j < pm.len() && j - i < batch_pages && wanted(j) && elsewhere(j, &cow).is_none() {
-                j += 1;
-            }
-            // Read straight into the page writer's buffer (no copy on the
-            // way to pages.img); it may take fewer pages.
-            let addr = chunk_start + i as u64 * PAGE_SIZE;
-            let offset = w.pages_len();
-            let room = w.pages().spare((j - i) * PAGE_SIZE as usize)?;
-            let len = room.len();
-            // Pages shared copy-on-write must not be pinned (the kernel
-            // would unshare them in the target): read those unpinned.
-            let n = len / PAGE_SIZE as usize;
-            let read = if pm[i..i + n].iter().any(|e| pages::cow_shared(*e)) {
-                pages::read_unpinned(mem, pid, addr, room)
-            } else {
-                pages::read_remote(pid, addr, room)
             };
-            read.map_err(|source| {
-                // A part mapped from a pages.img cut short (SIGBUS to the
-                // program, EIO to a reader): named (a sweep saw only
-                // "Input/output error").
-                let end = addr + len as u64;
-                let image = m.image_pages.iter().any(|&(s, e)| s < end && addr < e);
-                if image && source.raw_os_error() == Some(libc::EIO) {
-                    MemError::ImageChanged { pid, addr, source }
-                } else {
-                    MemError::Read { pid, addr, source }
+            // A page shared copy-on-write with a process dumped before, which
+            // stored it: referred to, not stored again.
+            let elsewhere = |k: usize, cow: &Option<&mut CowPages>| {
+                cow.as_ref().and_then(|c| {
+                    pages::cow_shared(pm[k])
+                        .then(|| c.stored_elsewhere(pages::pfn(pm[k])))
+                        .flatten()
+                })
+            };
+            let mut i = 0usize;
+            while i < pm.len() {
+                if !wanted(i) {
+                    runs.close();
+                    i += 1;
+                    continue;
                 }
-            })?;
-            // Which pages start a block malloc mmapped.
-            let ps = PAGE_SIZE as usize;
-            let head = |k: usize, room: &[u8]| {
-                anon && cryo_image::malloc_mmapped_head(
-                    &room[k * ps..(k + 1) * ps],
-                    addr + (k * ps) as u64,
-                    m.end,
-                )
-            };
-            let heads: Vec<bool> = (0..n).map(|k| head(k, room)).collect();
-            let first = i;
-            let kept = runs.add_each(addr, room, offset, &heads, |k, at| {
-                if let (Some(c), Some(at)) = (cow.as_deref_mut(), at) {
-                    if pages::cow_shared(pm[first + k]) {
-                        let vaddr = addr + (k as u64) * PAGE_SIZE;
-                        let h = heads.get(k).copied().unwrap_or(false);
-                        c.note(pages::pfn(pm[first + k]), pid, vaddr, at, h);
+                if let Some(off) = elsewhere(i, &cow) {
+                    let mut head = false;
+                    if let Some(c) = cow.as_deref_mut() {
+                        c.refer(off);
+                        head = anon && c.malloc_head(pages::pfn(pm[i]));
                     }
+                    runs.add_existing(chunk_start + i as u64 * PAGE_SIZE, off, head);
+                    counter.add(PAGE_SIZE)?;
+                    i += 1;
+                    continue;
                 }
-            });
-            w.pages().advance(kept);
-            counter.add(len as u64)?;
-            i += len / PAGE_SIZE as usize;
+                let mut j = i;
+                while j < pm.len()
+                    && j - i < batch_pages
+                    && wanted(j)
+                    && elsewhere(j, &cow).is_none()
+                {
+                    j += 1;
+                }
+                // Read straight into the page writer's buffer (no copy on the
+                // way to pages.img); it may take fewer pages.
+                let addr = chunk_start + i as u64 * PAGE_SIZE;
+                let offset = w.pages_len();
+                let room = w.pages().spare((j - i) * PAGE_SIZE as usize)?;
+                let len = room.len();
+                // Pages shared copy-on-write must not be pinned (the kernel
+                // would unshare them in the target): read those unpinned.
+                let n = len / PAGE_SIZE as usize;
+                let read = if pm[i..i + n].iter().any(|e| pages::cow_shared(*e)) {
+                    pages::read_unpinned(mem, pid, addr, room)
+                } else {
+                    pages::read_remote(pid, addr, room)
+                };
+                read.map_err(|source| {
+                    // A part mapped from a pages.img cut short (SIGBUS to the
+                    // program, EIO to a reader): named (a sweep saw only
+                    // "Input/output error").
+                    let end = addr + len as u64;
+                    let image = m.image_pages.iter().any(|&(s, e)| s < end && addr < e);
+                    if image && source.raw_os_error() == Some(libc::EIO) {
+                        MemError::ImageChanged { pid, addr, source }
+                    } else {
+                        MemError::Read { pid, addr, source }
+                    }
+                })?;
+                // Which pages start a block malloc mmapped.
+                let ps = PAGE_SIZE as usize;
+                let head = |k: usize, room: &[u8]| {
+                    anon && cryo_image::malloc_mmapped_head(
+                        &room[k * ps..(k + 1) * ps],
+                        addr + (k * ps) as u64,
+                        m.end,
+                    )
+                };
+                let heads: Vec<bool> = (0..n).map(|k| head(k, room)).collect();
+                let first = i;
+                let kept = runs.add_each(addr, room, offset, &heads, |k, at| {
+                    if let (Some(c), Some(at)) = (cow.as_deref_mut(), at) {
+                        if pages::cow_shared(pm[first + k]) {
+                            let vaddr = addr + (k as u64) * PAGE_SIZE;
+                            let h = heads.get(k).copied().unwrap_or(false);
+                            c.note(pages::pfn(pm[first + k]), pid, vaddr, at, h);
+                        }
+                    }
+                });
+                w.pages().advance(kept);
+                counter.add(len as u64)?;
+                i += len / PAGE_SIZE as usize;
+            }
+            chunk_start = chunk_end;
         }
-        chunk_start = chunk_end;
+        runs.close();
     }
-    runs.close();
     Ok(resident)
 }
 

@@ -313,6 +313,71 @@ pub fn fcntl_int(fd: &impl AsRawFd, cmd: i32, arg: i32) -> io::Result<i32> {
     Ok(cvt(unsafe { libc::fcntl(fd.as_raw_fd(), cmd, arg) } as libc::c_long)? as i32)
 }
 
+/// The ranges of [start, end) whose pages are present or swapped out, by
+/// /proc/PID/pagemap's PAGEMAP_SCAN (Linux 6.7): at most `max` ranges
+/// from `start`, and where the walk stopped (`end` when it went through).
+pub fn pagemap_scan(
+    pagemap: &impl AsRawFd,
+    start: u64,
+    end: u64,
+    max: usize,
+) -> io::Result<(Vec<(u64, u64)>, u64)> {
+    #[repr(C)]
+    struct PmScanArg {
+        size: u64,
+        flags: u64,
+        start: u64,
+        end: u64,
+        walk_end: u64,
+        vec: u64,
+        vec_len: u64,
+        max_pages: u64,
+        category_inverted: u64,
+        category_mask: u64,
+        category_anyof_mask: u64,
+        return_mask: u64,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct PageRegion {
+        start: u64,
+        end: u64,
+        categories: u64,
+    }
+    const PAGE_IS_PRESENT: u64 = 1 << 3;
+    const PAGE_IS_SWAPPED: u64 = 1 << 4;
+    // _IOWR('f', 16, struct pm_scan_arg)
+    const PAGEMAP_SCAN: libc::c_ulong = (3 << 30)
+        | ((std::mem::size_of::<PmScanArg>() as libc::c_ulong) << 16)
+        | ((b'f' as libc::c_ulong) << 8)
+        | 16;
+    let mut regions = vec![PageRegion::default(); max.max(1)];
+    let mut arg = PmScanArg {
+        size: std::mem::size_of::<PmScanArg>() as u64,
+        flags: 0,
+        start,
+        end,
+        walk_end: 0,
+        vec: regions.as_mut_ptr() as u64,
+        vec_len: regions.len() as u64,
+        max_pages: 0,
+        category_inverted: 0,
+        category_mask: 0,
+        category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+    };
+    // SAFETY: PAGEMAP_SCAN reads `arg` (ours, its size given) and writes
+    // at most vec_len page_region records to `regions`, which we own and
+    // which outlives the call, and walk_end to `arg`.
+    let n =
+        cvt(unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg) } as libc::c_long)?;
+    regions.truncate(n as usize);
+    Ok((
+        regions.iter().map(|r| (r.start, r.end)).collect(),
+        arg.walk_end,
+    ))
+}
+
 /// Bytes waiting to be read (FIONREAD).
 pub fn fionread(fd: &impl AsRawFd) -> io::Result<usize> {
     let mut n: libc::c_int = 0;
