@@ -667,6 +667,63 @@ fn run_passes_a_signal_sent_to_it_on_to_its_program() {
     assert_eq!(mask(&out), mask(&own), "{out}");
 }
 
+/// A terminal held at fd 3 and up that is not the process's own at fds
+/// 0-2 (a screen or tmux server holds its clients' so) is said at
+/// capture, with the `--inherit-fd` a restore needs once it is gone
+/// (until stop 50 only the restore said it).
+#[test]
+fn a_clients_terminal_held_at_fd_3_up_is_said_at_capture() {
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two fds to our ints; the name, termios and
+    // window size may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0);
+    let path = std::fs::read_link(format!("/proc/self/fd/{slave}")).unwrap();
+    sanitize_fds();
+    let script = format!(
+        "import os, sys, time\nfd = os.open({:?}, os.O_RDWR | os.O_NOCTTY)\nos.dup2(fd, 7); os.close(fd)\nprint('READY', flush=True)\ntime.sleep(1000)\n",
+        path.display().to_string()
+    );
+    let mut c = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(c.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "READY");
+    let img = scratch("other-terminal").join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &c.id().to_string(), img.to_str().unwrap()]);
+    let _ = c.kill();
+    let _ = c.wait();
+    // SAFETY: closing the two fds openpty gave this test.
+    unsafe {
+        libc::close(master);
+        libc::close(slave);
+    }
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "note: fd 7 is the terminal {}, not its own at fds 0-2",
+            path.display()
+        )) && err.contains("`cryo restore` needs --inherit-fd 7=OUR_FD"),
+        "{err}"
+    );
+}
+
 /// A program that stops itself again after the capture: `cryo run` says
 /// so and waits it out (until stop 49 it waited without a word for a
 /// program that stayed stopped: a sweep); continued, it ends, and so does

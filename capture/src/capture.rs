@@ -126,6 +126,11 @@ pub struct Summary {
     /// whose other end is outside the image: a restore needs
     /// `--inherit-fd` for each (the root first).
     pub outside_pipes: Vec<(i32, i32)>,
+    /// (PID, fd, path): terminals at fd 3 and up that are not the
+    /// process's own at its fds 0-2 (a screen or tmux server's clients'):
+    /// a restore opens each again by its name while it is that terminal,
+    /// else needs `--inherit-fd` (said by the restore only, until stop 50).
+    pub other_terminals: Vec<(i32, i32, String)>,
     /// System V semaphore sets and message queues recorded (those the
     /// process could use; made again at restore if gone), by id.
     pub sysv_sets: Vec<i32>,
@@ -747,6 +752,22 @@ pub fn capture(
                             && !shared_with_stdio(b.process.pid, f.fd)
                     })
                     .map(|f| (b.process.pid as i32, f.fd))
+            })
+            .collect(),
+        other_terminals: all
+            .iter()
+            .flat_map(|i| {
+                let b = &i.b;
+                b.fds
+                    .iter()
+                    .filter(|f| {
+                        f.fd > 2
+                            && f.kind == cryo_image::fd_kind::TTY
+                            && !b.fds.iter().any(|g| {
+                                g.fd <= 2 && g.kind == cryo_image::fd_kind::TTY && g.rdev == f.rdev
+                            })
+                    })
+                    .map(|f| (b.process.pid as i32, f.fd, b.strings.text(f.target)))
             })
             .collect(),
         sysv_sets: ids(all.iter().flat_map(|i| i.b.sysv_sem.iter().map(|s| s.id))),

@@ -299,6 +299,42 @@ fn stdio_note(files: &[(i32, String, u64)]) -> Option<String> {
     ))
 }
 
+/// The note on terminals at fd 3 and up that are not the process's own
+/// (a screen or tmux server holds its clients' so): a restore opens each
+/// by its name while it is still that terminal, else needs
+/// `--inherit-fd` (a sweep of stop 50 met that only at the restore).
+fn other_terminals_note(root: i32, ttys: &[(i32, i32, String)]) -> Option<String> {
+    if ttys.is_empty() {
+        return None;
+    }
+    let what = ttys
+        .iter()
+        .map(|(pid, fd, path)| {
+            if *pid == root {
+                format!("fd {fd} is the terminal {path}")
+            } else {
+                format!("process {pid}'s fd {fd} is the terminal {path}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let opts = ttys
+        .iter()
+        .map(|(pid, fd, _)| {
+            if *pid == root {
+                format!("--inherit-fd {fd}=OUR_FD")
+            } else {
+                format!("--inherit-fd {pid}:{fd}=OUR_FD")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some(format!(
+        "note: {what}, not its own at fds 0-2 (a client's, as a screen or tmux server holds them): a restore opens {} again by name while it is that terminal; once gone (a terminal's number names another after it), `cryo restore` needs {opts}",
+        if ttys.len() == 1 { "it" } else { "each" }
+    ))
+}
+
 /// The note on pipes to outside the image at fd 3 and up: a restore
 /// needs `--inherit-fd` for each (`root`: the root's PID, whose fds need
 /// none).
@@ -552,6 +588,9 @@ pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
             eprintln!("{note}");
         }
         if let Some(note) = outside_pipes_note(s.pid, &s.outside_pipes) {
+            eprintln!("{note}");
+        }
+        if let Some(note) = other_terminals_note(s.pid, &s.other_terminals) {
             eprintln!("{note}");
         }
         if s.in_landlock_domain {
