@@ -667,6 +667,46 @@ fn run_passes_a_signal_sent_to_it_on_to_its_program() {
     assert_eq!(mask(&out), mask(&own), "{out}");
 }
 
+/// A SIGTERM sent to `cryo run` while its program is stopped (its second
+/// self-stop, after the capture) reaches the program: it is continued
+/// too, as a shell's `kill` of a stopped job is (a review of stop 50: the
+/// signal stayed pending in the stopped program, and both waited for
+/// good).
+#[test]
+fn run_passes_a_signal_on_to_its_stopped_program_and_continues_it() {
+    use std::io::BufRead;
+    let img = scratch("run-pass-stopped").join("img");
+    sanitize_fds();
+    let mut r = std::process::Command::new(cryo())
+        .args(["run", "--quiet", "--capture-on-stop"])
+        .arg(&img)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got TERM; exit 7' TERM; kill -STOP $$; echo resumed; kill -STOP $$; while :; do sleep 0.05; done",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(r.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("stopped again (SIGSTOP)"), "{line}");
+    // SAFETY: kill takes integers: the cryo run this test started.
+    unsafe { libc::kill(r.id() as i32, libc::SIGTERM) };
+    line.clear();
+    err.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("passed SIGTERM on to sh") && line.contains("and continued it"),
+        "{line}"
+    );
+    let done = r.wait_with_output().unwrap();
+    assert_eq!(done.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&done.stdout), "resumed\ngot TERM\n");
+}
+
 /// A terminal held at fd 3 and up that is not the process's own at fds
 /// 0-2 (a screen or tmux server holds its clients' so) is said at
 /// capture, with the `--inherit-fd` a restore needs once it is gone

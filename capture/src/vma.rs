@@ -167,10 +167,14 @@ fn shared_outside(made_again: &[&Mapping], captured: &[i32], obs: &mut Obstacles
     if made_again.is_empty() {
         return;
     }
-    let wanted = |dev: &str, inode: u64| {
+    // (By device, inode and name: on the shmem device a System V
+    // segment's inode number is its id, which an anonymous object's may
+    // equal; a review of stop 50.)
+    let wanted = |dev: &str, inode: u64, path: &str| {
         made_again.iter().find(|m| {
             m.inode == inode
                 && m.inode != 0
+                && m.path == path
                 && dev == format!("{:02x}:{:02x}", m.dev_major, m.dev_minor)
         })
     };
@@ -201,7 +205,8 @@ fn shared_outside(made_again: &[&Mapping], captured: &[i32], obs: &mut Obstacles
             if !perms.ends_with('s') {
                 continue;
             }
-            if let Some(m) = wanted(dev, inode) {
+            let path = f.collect::<Vec<_>>().join(" ");
+            if let Some(m) = wanted(dev, inode, &path) {
                 if !found.iter().any(|&(s, _, p)| s == m.start && p == other) {
                     found.push((m.start, m.end, other));
                 }

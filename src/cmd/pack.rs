@@ -140,6 +140,12 @@ pub fn run(args: PackArgs) -> anyhow::Result<i32> {
         ),
         Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot pack {}", dir.display()))),
     };
+    // Pack restores nothing: a kept file a tree maps, gone since the
+    // capture, that the checks made again goes again at once (a review of
+    // stop 50: left there, every later restore refused it), and on any
+    // way out.
+    let _made_again = super::restore::MadeAgain;
+    cryo_restore::remove_made_again();
     let obstacles = cryo_restore::pack::obstacles(&plan);
     if !obstacles.is_empty() {
         bail!(

@@ -328,6 +328,15 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             )
         }
     };
+    // What the checks made again (a kept file a tree maps, gone since the
+    // capture) goes again on every way out but the exec, which never
+    // returns when it works: an error, a panic (a review of stop 50:
+    // `--dry-run | true` panicked on EPIPE and left it, and every later
+    // restore refused it). A dry run restores nothing: at once.
+    let made_again = MadeAgain;
+    if args.dry_run {
+        cryo_restore::remove_made_again();
+    }
     if args.dry_run && args.json {
         let img = plan.image();
         let p = img.process();
@@ -373,9 +382,6 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
                 },
             })
         );
-        // (A dry run leaves nothing: a kept file a tree's processes map,
-        // gone since the capture, was made again to check them.)
-        cryo_restore::remove_made_again();
         return Ok(0);
     }
     if args.dry_run {
@@ -476,9 +482,11 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
                 l.prefetch.len()
             );
         }
-        cryo_restore::remove_made_again();
         return Ok(0);
     }
+    // (The restore removes them itself if it fails; once it is past its
+    // point of no return they are the restored processes'.)
+    std::mem::forget(made_again);
     match plan.exec() {
         cryo_restore::RestoreError::Interrupted(sig) => Ok(interrupted(&args, sig)),
         e => Err(anyhow::Error::new(e).context(format!("restoring {}", args.dir.display()))),
@@ -494,4 +502,15 @@ fn interrupted(args: &RestoreArgs, sig: i32) -> i32 {
         cryo_restore::RestoreError::Interrupted(sig)
     );
     128 + sig
+}
+
+/// Removes, when dropped, the files this restore made again
+/// (`cryo_restore::remove_made_again`): on every way out of `cryo restore`
+/// or `cryo pack` but a restore's exec.
+pub(crate) struct MadeAgain;
+
+impl Drop for MadeAgain {
+    fn drop(&mut self) {
+        cryo_restore::remove_made_again();
+    }
 }

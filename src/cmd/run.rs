@@ -127,8 +127,26 @@ fn wait_state(pid: Pid, held: &libc::sigset_t, prog: &str) -> Result<WaitStatus>
             continue;
         };
         if info.si_code <= 0 {
-            eprintln!("cryo run: passed {sig} on to {prog} (pid {pid}); waiting for it to end");
             kill(pid, sig).ok();
+            // Stopped (a second self-stop), it would only get it once
+            // continued: continued, as a shell's `kill` of a stopped job
+            // is (a review of stop 50: cryo run and its program both
+            // waited on for good).
+            let stopped = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|st| st.rsplit_once(") ").map(|(_, r)| r.starts_with('T')))
+                .unwrap_or(false);
+            if stopped {
+                kill(pid, Signal::SIGCONT).ok();
+            }
+            eprintln!(
+                "cryo run: passed {sig} on to {prog} (pid {pid}){}; waiting for it to end",
+                if stopped {
+                    ", and continued it (it was stopped)"
+                } else {
+                    ""
+                }
+            );
         }
     }
 }
