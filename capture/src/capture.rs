@@ -867,7 +867,7 @@ pub(crate) fn inspect(
     let classified = crate::vma::classify_all(
         pid,
         &maps,
-        &scope.pids,
+        (&scope.pids, &mut scope.outside_shared),
         opts.aio_idle,
         &mut b,
         &mut stored,

@@ -55,6 +55,10 @@ pub struct Scope {
     /// System V segments whose bytes a process inspected before stored
     /// (`sysv::attaches`: the others' records say so).
     pub sysv_stored: Vec<i32>,
+    /// Shared mappings of the processes outside the capture (device,
+    /// inode, name, PID), read once, when a process first has shared
+    /// memory a restore makes again (`vma::shared_outside`).
+    pub outside_shared: Option<Vec<(String, u64, String, i32)>>,
 }
 
 impl Scope {
@@ -76,6 +80,7 @@ impl Scope {
             tracing: None,
             landlock: Default::default(),
             sysv_stored: Vec::new(),
+            outside_shared: None,
         }
     }
 

@@ -21,17 +21,22 @@ pub struct Classified<'a> {
     pub file: u32,
 }
 
+/// An outside process's shared mapping: device ("MM:mm"), inode, name,
+/// PID (`crate::pipes::Scope::outside_shared`).
+pub type OutsideShared = (String, u64, String, i32);
+
 /// Classify every mapping, storing the contents of files that exist
 /// nowhere else (unlinked, memfd); what cannot be restored goes to `obs`.
-/// `in_tree`: the process is captured with others, which may map the
-/// same shared anonymous memory: each such mapping is stored as the
-/// shmem file it is (a memfd at restore, made once for the tree), not
-/// as memory of its own.
+/// `captured`: the processes captured; with others, a process may map
+/// the same shared anonymous memory as they do: each such mapping is
+/// stored as the shmem file it is (a memfd at restore, made once for the
+/// tree), not as memory of its own. `outside`: the other processes'
+/// shared mappings, read at the first need.
 #[allow(clippy::too_many_arguments)]
 pub fn classify_all<'a>(
     pid: i32,
     maps: &'a [Mapping],
-    captured: &[i32],
+    (captured, outside): (&[i32], &mut Option<Vec<OutsideShared>>),
     aio_idle: bool,
     b: &mut ImageBuilder,
     stored: &mut StoredFiles,
@@ -130,7 +135,7 @@ pub fn classify_all<'a>(
             file,
         });
     }
-    shared_outside(&made_again, captured, obs);
+    shared_outside(&made_again, captured, outside, obs);
     // Shared anonymous memory is restored as one fresh object per mapping:
     // an object mapped twice, or at an offset, would not be one object again.
     for (i, c) in out.iter().enumerate() {
@@ -163,25 +168,51 @@ pub fn classify_all<'a>(
 /// a word: a sweep of stop 50, with PostgreSQL's and apache's workers in
 /// mind.) Every other process's maps are read once, only when there is
 /// such memory.
-fn shared_outside(made_again: &[&Mapping], captured: &[i32], obs: &mut Obstacles) {
+fn shared_outside(
+    made_again: &[&Mapping],
+    captured: &[i32],
+    outside: &mut Option<Vec<OutsideShared>>,
+    obs: &mut Obstacles,
+) {
     if made_again.is_empty() {
         return;
     }
+    // (Read once per capture, not once per process of a tree that has
+    // such memory, all frozen meanwhile: a review of stop 50.)
+    let outside = outside.get_or_insert_with(|| outside_shared_maps(captured));
     // (By device, inode and name: on the shmem device a System V
     // segment's inode number is its id, which an anonymous object's may
     // equal; a review of stop 50.)
-    let wanted = |dev: &str, inode: u64, path: &str| {
-        made_again.iter().find(|m| {
-            m.inode == inode
-                && m.inode != 0
-                && m.path == path
-                && dev == format!("{:02x}:{:02x}", m.dev_major, m.dev_minor)
-        })
-    };
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return;
-    };
     let mut found: Vec<(u64, u64, i32)> = Vec::new();
+    for (dev, inode, path, other) in outside.iter() {
+        let m = made_again.iter().find(|m| {
+            m.inode == *inode
+                && m.inode != 0
+                && m.path == *path
+                && *dev == format!("{:02x}:{:02x}", m.dev_major, m.dev_minor)
+        });
+        if let Some(m) = m {
+            if !found.iter().any(|&(s, _, p)| s == m.start && p == *other) {
+                found.push((m.start, m.end, *other));
+            }
+        }
+    }
+    for (start, end, other) in found {
+        let comm = std::fs::read_to_string(format!("/proc/{other}/comm")).unwrap_or_default();
+        obs.push(format!(
+            "mapping {start:x}-{end:x} is shared memory also mapped by pid {other} ({}), which is not captured: restored, it would be an object of its own, and neither would see what the other writes; capture them together (a common parent with its tree: `cryo capture --help`)",
+            comm.trim()
+        ));
+    }
+}
+
+/// Every shared mapping of the processes not in `captured` that has an
+/// inode (device, inode, name, PID), from their /proc/PID/maps.
+fn outside_shared_maps(captured: &[i32]) -> Vec<OutsideShared> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in dir.flatten() {
         let Some(other) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
@@ -199,27 +230,16 @@ fn shared_outside(made_again: &[&Mapping], captured: &[i32], obs: &mut Obstacles
             else {
                 continue;
             };
-            let Ok(inode) = inode.parse::<u64>() else {
-                continue;
-            };
-            if !perms.ends_with('s') {
-                continue;
-            }
-            let path = f.collect::<Vec<_>>().join(" ");
-            if let Some(m) = wanted(dev, inode, &path) {
-                if !found.iter().any(|&(s, _, p)| s == m.start && p == other) {
-                    found.push((m.start, m.end, other));
+            match inode.parse::<u64>() {
+                Ok(inode) if inode != 0 && perms.ends_with('s') => {
+                    let path = f.collect::<Vec<_>>().join(" ");
+                    out.push((dev.to_owned(), inode, path, other));
                 }
+                _ => {}
             }
         }
     }
-    for (start, end, other) in found {
-        let comm = std::fs::read_to_string(format!("/proc/{other}/comm")).unwrap_or_default();
-        obs.push(format!(
-            "mapping {start:x}-{end:x} is shared memory also mapped by pid {other} ({}), which is not captured: restored, it would be an object of its own, and neither would see what the other writes; capture them together (a common parent with its tree: `cryo capture --help`)",
-            comm.trim()
-        ));
-    }
+    out
 }
 
 /// Whether a mapping lies (in part) in cryo-shim's window.
