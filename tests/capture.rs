@@ -591,6 +591,20 @@ fn run_interrupted_while_it_captures_passes_the_signal_on() {
     );
 }
 
+/// `cryo run --quiet --capture-on-stop IMG -- sh -c SCRIPT`, its stdout
+/// and stderr piped.
+fn run_sh(img: &Path, script: &str) -> std::process::Child {
+    sanitize_fds();
+    std::process::Command::new(cryo())
+        .args(["run", "--quiet", "--capture-on-stop"])
+        .arg(img)
+        .args(["--", "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// A signal sent to `cryo run` itself (a supervisor's SIGTERM) while it
 /// waits for its program is passed on to the program, and cryo run goes
 /// on waiting and ends with the program's status: before the program
@@ -615,14 +629,7 @@ fn run_passes_a_signal_sent_to_it_on_to_its_program() {
     ] {
         let img = scratch(&format!("run-pass-{first}")).join("img");
         sanitize_fds();
-        let mut r = std::process::Command::new(cryo())
-            .args(["run", "--quiet", "--capture-on-stop"])
-            .arg(&img)
-            .args(["--", "sh", "-c", script])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut r = run_sh(&img, script);
         let mut out = std::io::BufReader::new(r.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
@@ -677,19 +684,10 @@ fn run_passes_a_signal_on_to_its_stopped_program_and_continues_it() {
     use std::io::BufRead;
     let img = scratch("run-pass-stopped").join("img");
     sanitize_fds();
-    let mut r = std::process::Command::new(cryo())
-        .args(["run", "--quiet", "--capture-on-stop"])
-        .arg(&img)
-        .args([
-            "--",
-            "sh",
-            "-c",
-            "trap 'echo got TERM; exit 7' TERM; kill -STOP $$; echo resumed; kill -STOP $$; while :; do sleep 0.05; done",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut r = run_sh(
+        &img,
+        "trap 'echo got TERM; exit 7' TERM; kill -STOP $$; echo resumed; kill -STOP $$; while :; do sleep 0.05; done",
+    );
     let mut err = std::io::BufReader::new(r.stderr.take().unwrap());
     let mut line = String::new();
     err.read_line(&mut line).unwrap();
@@ -776,23 +774,10 @@ fn run_says_a_second_stop_and_waits_it_out() {
     use std::io::BufRead;
     let img = scratch("run-twice").join("img");
     sanitize_fds();
-    let mut r = std::process::Command::new(cryo())
-        .args([
-            "run",
-            "--quiet",
-            "--capture-on-stop",
-            img.to_str().unwrap(),
-            "--",
-        ])
-        .args([
-            "sh",
-            "-c",
-            "kill -STOP $$; echo one; kill -STOP $$; echo two; exit 3",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut r = run_sh(
+        &img,
+        "kill -STOP $$; echo one; kill -STOP $$; echo two; exit 3",
+    );
     let mut err = std::io::BufReader::new(r.stderr.take().unwrap());
     let mut line = String::new();
     err.read_line(&mut line).unwrap();

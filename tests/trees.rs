@@ -895,7 +895,9 @@ fn refused(script: &str, args: &[&str], what: &str) {
     refused_with(script, args, &[what])
 }
 
-fn refused_with(script: &str, args: &[&str], all: &[&str]) {
+/// `python3 -c script` (TMPDIR the scratch root), stdin and stdout piped,
+/// and the first line it printed.
+fn python_started(script: &str) -> (Child, String) {
     sanitize_fds();
     let mut c = Command::new("python3")
         .args(["-c", script])
@@ -908,6 +910,11 @@ fn refused_with(script: &str, args: &[&str], all: &[&str]) {
     BufReader::new(c.stdout.as_mut().unwrap())
         .read_line(&mut line)
         .unwrap();
+    (c, line)
+}
+
+fn refused_with(script: &str, args: &[&str], all: &[&str]) {
+    let (mut c, line) = python_started(script);
     assert_eq!(line.trim(), "READY");
     let pid = c.id() as i32;
     // (A name of its own per call: two tests refuse at once.)
@@ -1149,17 +1156,7 @@ if pid == 0:
 print("READY", pid, flush=True); sys.stdin.readline()
 os.kill(pid, 9); os.waitpid(pid, 0)
 "#;
-    sanitize_fds();
-    let mut c = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    BufReader::new(c.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (mut c, line) = python_started(script);
     let child: i32 = line
         .trim()
         .strip_prefix("READY ")

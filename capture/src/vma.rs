@@ -840,14 +840,20 @@ fn dump_private(
                 })?;
                 // Which pages start a block malloc mmapped.
                 let ps = PAGE_SIZE as usize;
-                let head = |k: usize, room: &[u8]| {
-                    anon && cryo_image::malloc_mmapped_head(
-                        &room[k * ps..(k + 1) * ps],
-                        addr + (k * ps) as u64,
-                        m.end,
-                    )
+                // (Only in private anonymous memory: elsewhere none.)
+                let heads: Vec<bool> = if anon {
+                    (0..n)
+                        .map(|k| {
+                            cryo_image::malloc_mmapped_head(
+                                &room[k * ps..(k + 1) * ps],
+                                addr + (k * ps) as u64,
+                                m.end,
+                            )
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
                 };
-                let heads: Vec<bool> = (0..n).map(|k| head(k, room)).collect();
                 let first = i;
                 let kept = runs.add_each(addr, room, offset, &heads, |k, at| {
                     if let (Some(c), Some(at)) = (cow.as_deref_mut(), at) {

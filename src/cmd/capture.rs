@@ -299,6 +299,16 @@ fn stdio_note(files: &[(i32, String, u64)]) -> Option<String> {
     ))
 }
 
+/// The `--inherit-fd` a restore needs for fd `fd` of process `pid`
+/// (`root`'s are named by the fd alone).
+fn inherit_fd_option(root: i32, pid: i32, fd: i32) -> String {
+    if pid == root {
+        format!("--inherit-fd {fd}=OUR_FD")
+    } else {
+        format!("--inherit-fd {pid}:{fd}=OUR_FD")
+    }
+}
+
 /// The note on terminals at fd 3 and up that are not the process's own
 /// (a screen or tmux server holds its clients' so): a restore opens each
 /// by its name while it is still that terminal, else needs
@@ -320,13 +330,7 @@ fn other_terminals_note(root: i32, ttys: &[(i32, i32, String)]) -> Option<String
         .join(", ");
     let opts = ttys
         .iter()
-        .map(|(pid, fd, _)| {
-            if *pid == root {
-                format!("--inherit-fd {fd}=OUR_FD")
-            } else {
-                format!("--inherit-fd {pid}:{fd}=OUR_FD")
-            }
-        })
+        .map(|&(pid, fd, _)| inherit_fd_option(root, pid, fd))
         .collect::<Vec<_>>()
         .join(" ");
     Some(format!(
@@ -342,13 +346,7 @@ fn outside_pipes_note(root: i32, pipes: &[(i32, i32)]) -> Option<String> {
     if pipes.is_empty() {
         return None;
     }
-    let opt = |&(pid, fd): &(i32, i32)| {
-        if pid == root {
-            format!("--inherit-fd {fd}=OUR_FD")
-        } else {
-            format!("--inherit-fd {pid}:{fd}=OUR_FD")
-        }
-    };
+    let opt = |&(pid, fd): &(i32, i32)| inherit_fd_option(root, pid, fd);
     let what = pipes
         .iter()
         .map(|&(pid, fd)| {
@@ -480,7 +478,7 @@ impl std::fmt::Display for Interrupted {
 impl std::error::Error for Interrupted {}
 
 /// The signals a terminal or a supervisor ends a command with.
-pub(crate) const STOPPING: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+const STOPPING: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
 /// Whether one of [`STOPPING`] is pending (held back by `uninterrupted`,
 /// not taken): a capture asks between batches of pages, and stops there
@@ -496,24 +494,15 @@ pub fn stop_requested() -> bool {
     }
 }
 
-/// Run `f` with the signals that would end this command held back (every
-/// thread it starts inherits that), and say which one came meanwhile, if
-/// any (taken, so it does not end the command later). Ended in the middle
-/// of a capture, cryo would leave its target frozen halfway through a
-/// system call injected into it (registers, signal mask and scratch
-/// stack not yet put back), or with files in flight still held: the
-/// capture always gets to leave its target as it was first.
-fn uninterrupted<T>(f: impl FnOnce() -> T) -> (T, Option<i32>) {
-    let (mut set, mut old): (libc::sigset_t, libc::sigset_t) =
-        // SAFETY: sigset_t is plain data (all-zero is a valid value),
-        // filled by sigemptyset/sigaddset and pthread_sigmask below.
-        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
-    // (A signal this command ignores, as under nohup, stays ignored: a
-    // blocked signal is queued even when its action is to ignore it.)
-    // SAFETY: the sets and the sigaction read into are ours and valid
-    // (all-zero is valid plain data); pthread_sigmask only changes this
-    // thread's mask (threads started by `f` inherit it).
+/// The signals of [`STOPPING`] this command does not ignore, as a set.
+/// (A signal it ignores, as under nohup, stays ignored: a blocked signal
+/// is queued even when its action is to ignore it.)
+pub(crate) fn stopping_set() -> libc::sigset_t {
+    // SAFETY: sigset_t and sigaction are plain data (all-zero is valid),
+    // ours; sigemptyset and sigaddset fill the set, sigaction only reads
+    // the action.
     unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for s in STOPPING {
             let mut act: libc::sigaction = std::mem::zeroed();
@@ -523,8 +512,25 @@ fn uninterrupted<T>(f: impl FnOnce() -> T) -> (T, Option<i32>) {
                 libc::sigaddset(&mut set, s);
             }
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        set
     }
+}
+
+/// Run `f` with the signals that would end this command held back (every
+/// thread it starts inherits that), and say which one came meanwhile, if
+/// any (taken, so it does not end the command later). Ended in the middle
+/// of a capture, cryo would leave its target frozen halfway through a
+/// system call injected into it (registers, signal mask and scratch
+/// stack not yet put back), or with files in flight still held: the
+/// capture always gets to leave its target as it was first.
+fn uninterrupted<T>(f: impl FnOnce() -> T) -> (T, Option<i32>) {
+    let set = stopping_set();
+    // SAFETY: sigset_t is plain data (all-zero is a valid value), filled
+    // by pthread_sigmask, which only changes this thread's mask (threads
+    // started by `f` inherit it).
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both sets are ours and valid.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
     let r = f();
     let zero = libc::timespec {
         tv_sec: 0,

@@ -142,9 +142,7 @@ pub fn run(args: PackArgs) -> anyhow::Result<i32> {
     };
     // Pack restores nothing: a kept file a tree maps, gone since the
     // capture, that the checks made again goes again at once (a review of
-    // stop 50: left there, every later restore refused it), and on any
-    // way out.
-    let _made_again = super::restore::MadeAgain;
+    // stop 50: left there, every later restore refused it).
     cryo_restore::remove_made_again();
     let obstacles = cryo_restore::pack::obstacles(&plan);
     if !obstacles.is_empty() {

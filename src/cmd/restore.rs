@@ -329,10 +329,11 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         }
     };
     // What the checks made again (a kept file a tree maps, gone since the
-    // capture) goes again on every way out but the exec, which never
-    // returns when it works: an error, a panic (a review of stop 50:
-    // `--dry-run | true` panicked on EPIPE and left it, and every later
-    // restore refused it). A dry run restores nothing: at once.
+    // capture) goes again on every error return (the guard) and, for a
+    // dry run, which restores nothing, at once, before any output: a
+    // panic aborts (no unwinding), and `--dry-run | true` panicked on
+    // EPIPE and left it, after which every restore refused it (a review
+    // of stop 50).
     let made_again = MadeAgain;
     if args.dry_run {
         cryo_restore::remove_made_again();
@@ -505,9 +506,9 @@ fn interrupted(args: &RestoreArgs, sig: i32) -> i32 {
 }
 
 /// Removes, when dropped, the files this restore made again
-/// (`cryo_restore::remove_made_again`): on every way out of `cryo restore`
-/// or `cryo pack` but a restore's exec.
-pub(crate) struct MadeAgain;
+/// (`cryo_restore::remove_made_again`): on every error return of `cryo
+/// restore` (forgotten before the exec).
+struct MadeAgain;
 
 impl Drop for MadeAgain {
     fn drop(&mut self) {

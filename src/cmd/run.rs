@@ -1,7 +1,7 @@
 //! `cryo run --capture-on-stop DIR -- PROG`: start a program, capture it when
 //! it stops itself.
 
-use super::capture::{capture_with_progress, print_summary, STOPPING};
+use super::capture::{capture_with_progress, print_summary, stopping_set};
 use anyhow::{Context, Result};
 use cryo_capture::{After, Options};
 use nix::sys::signal::{kill, Signal};
@@ -72,7 +72,7 @@ fn exit_code(ws: WaitStatus) -> Option<i32> {
 }
 
 /// The signals cryo run passes on to its program while it waits for it:
-/// those that would end cryo run ([`STOPPING`] but the ignored ones, as
+/// those that would end cryo run (`capture::STOPPING` but the ignored ones, as
 /// under nohup), and SIGCHLD, which says the program changed state. Held
 /// back from the start, before any thread or the program exists: every
 /// thread inherits the mask (a signal sent to the process goes to a
@@ -80,22 +80,13 @@ fn exit_code(ws: WaitStatus) -> Option<i32> {
 /// which the program is started with (a spawn keeps the mask: the first
 /// version's program held SIGTERM back too, and never got it).
 fn hold_signals() -> (libc::sigset_t, libc::sigset_t) {
-    // SAFETY: sigset_t and sigaction are plain data (all-zero is valid),
-    // ours; sigaction only reads the action, pthread_sigmask only changes
-    // this thread's mask.
+    let mut set = stopping_set();
+    // SAFETY: both sets are plain data (all-zero is valid), ours;
+    // sigaddset fills one, pthread_sigmask only changes this thread's
+    // mask and writes the old one.
     unsafe {
         let mut old: libc::sigset_t = std::mem::zeroed();
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGCHLD);
-        for s in STOPPING {
-            let mut act: libc::sigaction = std::mem::zeroed();
-            let ignored = libc::sigaction(s, std::ptr::null(), &mut act) == 0
-                && act.sa_sigaction == libc::SIG_IGN;
-            if !ignored {
-                libc::sigaddset(&mut set, s);
-            }
-        }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
         (set, old)
     }
