@@ -1,9 +1,10 @@
 /* Interleaved timing of commands, for A/B benchmarks: runs each command
- * once per round, N rounds, and prints each one's median with p25-p75
- * (ms, wall clock from posix_spawn to waitpid). stdin and stdout are
- * /dev/null. With --answer: to the program's first answer instead, the
- * "at=<ns>" stamp (CLOCK_MONOTONIC) it prints, as the cryo-bench
- * programs of `cryo compare` do (stdout is then a pipe read to its end).
+ * once per round, in a new random order each round, N rounds, and prints
+ * each one's median with p25-p75 (ms, wall clock from posix_spawn to
+ * waitpid). stdin and stdout are /dev/null. With --answer: to the
+ * program's first answer instead, the "at=<ns>" stamp (CLOCK_MONOTONIC)
+ * it prints, as the cryo-bench programs of `cryo compare` do (stdout is
+ * then a pipe read to its end).
  *
  *   cc -O2 -o ab scripts/ab.c
  *   ab [--answer] N 'cmd a ...' 'cmd b ...' ...      (words split on spaces) */
@@ -46,8 +47,22 @@ int main(int argc, char **argv) {
     }
     int n = atoi(argv[1]), k = argc - 2;
     double *t = malloc(sizeof(double) * n * k);
+    /* Each round runs the commands in a new random order: run in a fixed
+     * order, the same command measured 0.1-0.2 ms apart by its place
+     * (docs/pitfalls.md, "A/B timing"). */
+    int *order = malloc(sizeof(int) * k);
+    srand(1);
     for (int i = 0; i < n; i++)
-        for (int j = 0; j < k; j++) {
+        for (int r = 0; r < k; r++) {
+            if (r == 0) {
+                for (int a = 0; a < k; a++) order[a] = a;
+                for (int a = k - 1; a > 0; a--) {
+                    int b = rand() % (a + 1), x = order[a];
+                    order[a] = order[b];
+                    order[b] = x;
+                }
+            }
+            int j = order[r];
             char *cmd[64], *s = strdup(argv[2 + j]);
             int c = 0;
             for (char *p = strtok(s, " "); p && c < 63; p = strtok(NULL, " ")) cmd[c++] = p;

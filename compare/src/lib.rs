@@ -5,8 +5,9 @@
 //!
 //! Every method runs the same executable, built here from the bundled
 //! sources (`workloads/`), and must print the cold start's checksum or its
-//! timings are withheld. Runs of the methods are interleaved so drift in
-//! the machine's state hits them alike.
+//! timings are withheld. Runs of the methods are interleaved, in a new
+//! order each round, so drift in the machine's state, and what one run
+//! leaves to the next, hit them alike.
 //!
 //! This file is the public API and [`run`], the loop over workloads and
 //! methods. The parts: `workloads` (what each program computes), `build`
@@ -248,12 +249,18 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Report, CompareErr
             ("warm", cfg.runs),
             ("cold", cfg.cold_cache_runs),
         ];
+        // Each round runs the methods in a new order (the same for every
+        // run of cryo compare): in a fixed order, one method measured
+        // 0.1-0.2 ms apart by its place alone (docs/pitfalls.md, "A/B
+        // timing").
+        let mut order_seed = 0x9e37_79b9_7f4a_7c15_u64;
         for (phase, count) in phases {
             if phase == "cold" && cold_cache.is_err() {
                 continue;
             }
             for i in 0..count {
-                for (k, (m, p)) in prepared.iter().enumerate() {
+                for k in round_order(prepared.len(), &mut order_seed) {
+                    let (m, p) = &prepared[k];
                     let (Ok(r), None) = (p, &failed[k]) else {
                         continue;
                     };
@@ -364,6 +371,24 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Report, CompareErr
     Ok(rep)
 }
 
+/// The indices 0..n in a new pseudo-random order each call (Fisher-Yates
+/// driven by xorshift64 from `seed`, which it advances): which method runs
+/// first in a round, and after which, changes from round to round.
+fn round_order(n: usize, seed: &mut u64) -> Vec<usize> {
+    let mut next = || {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    };
+    let mut v: Vec<usize> = (0..n).collect();
+    for a in (1..n).rev() {
+        let b = (next() % (a as u64 + 1)) as usize;
+        v.swap(a, b);
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,5 +399,24 @@ mod tests {
             assert_eq!(Method::parse(m.name()), Some(m));
         }
         assert_eq!(Method::parse("criu-lazy"), None);
+    }
+
+    #[test]
+    fn each_round_is_a_new_order_of_every_method() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut firsts = [0usize; 4];
+        let mut orders = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let o = round_order(4, &mut seed);
+            let mut sorted = o.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, vec![0, 1, 2, 3]);
+            firsts[o[0]] += 1;
+            orders.insert(o);
+        }
+        // All 24 orders come up, and each method leads about a quarter of
+        // the rounds.
+        assert_eq!(orders.len(), 24);
+        assert!(firsts.iter().all(|&f| (30..=70).contains(&f)), "{firsts:?}");
     }
 }

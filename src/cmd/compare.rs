@@ -7,7 +7,8 @@ use std::path::PathBuf;
 /// Time GHC programs to their first answer by every way below, side by side.
 ///
 /// Builds the bundled GHC workloads (apt's ghc, -O2, non-threaded RTS,
-/// -V0), then times each by every method, interleaving the methods' runs:
+/// -V0), then times each by every method, interleaving the methods' runs
+/// (in a new order each round):
 ///
 ///   cold                 compute from scratch
 ///   thaw                 closure level: the structure saved as a GHC compact
