@@ -964,6 +964,7 @@ pub(crate) fn inspect(
     }
     crate::inflight::release(&mut g.main, &vdso, &in_flight)?;
     fds?;
+    crate::stored::held_outside(&stored, &scope.pids, &mut scope.outside_unlinked, &mut obs);
     if seccomp {
         return Err(CaptureError::Refused {
             pid,

@@ -59,6 +59,10 @@ pub struct Scope {
     /// inode, name, PID), read once, when a process first has shared
     /// memory a restore makes again (`vma::shared_outside`).
     pub outside_shared: Option<Vec<(String, u64, String, i32)>>,
+    /// Unlinked files and memfds the processes outside the capture hold
+    /// or map shared (device, inode, PID), read once, when a process
+    /// first has such a file stored (`stored::held_outside`).
+    pub outside_unlinked: Option<Vec<(u64, u64, i32)>>,
 }
 
 impl Scope {
@@ -81,6 +85,7 @@ impl Scope {
             landlock: Default::default(),
             sysv_stored: Vec::new(),
             outside_shared: None,
+            outside_unlinked: None,
         }
     }
 

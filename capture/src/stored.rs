@@ -77,6 +77,10 @@ impl Default for Limits {
 pub struct StoredFiles {
     by_inode: HashMap<(u64, u64), u32>,
     pub blobs: Vec<PendingBlob>,
+    /// Each unlinked file and memfd stored (device, inode, what holds it,
+    /// its name), for [`held_outside`]; not anonymous shared memory
+    /// (`vma::shared_outside` looks at that).
+    made: Vec<(u64, u64, String, String)>,
 }
 
 impl StoredFiles {
@@ -178,8 +182,106 @@ impl StoredFiles {
         });
         let idx = (b.files.len() - 1) as u32;
         self.by_inode.insert((md.dev(), md.ino()), idx);
+        if shown != crate::vma::SHARED_ANON_NAME {
+            self.made
+                .push((md.dev(), md.ino(), what.to_owned(), shown.to_owned()));
+        }
         Some(idx)
     }
+}
+
+/// A file restore makes again (unlinked, or a memfd: its bytes stored) is
+/// a new file then: a process outside the captured ones holding the same
+/// file (an fd on it, or a shared mapping) would no longer see what the
+/// restored process writes there, nor it that one's. Refused, each such
+/// process named. (A child captured without its parent, both holding a
+/// memfd or an unlinked temporary file the parent made before the fork,
+/// came back with a copy of its own, without a word: stop 51.) Every
+/// other process's fds and maps are read once per capture, only when
+/// there is such a file (`outside`: that reading).
+pub fn held_outside(
+    stored: &StoredFiles,
+    captured: &[i32],
+    outside: &mut Option<Vec<(u64, u64, i32)>>,
+    obs: &mut Obstacles,
+) {
+    if stored.made.is_empty() {
+        return;
+    }
+    let outside = outside.get_or_insert_with(|| outside_unlinked(captured));
+    for (dev, ino, what, shown) in &stored.made {
+        let mut others: Vec<i32> = outside
+            .iter()
+            .filter(|&&(d, i, _)| (d, i) == (*dev, *ino))
+            .map(|&(_, _, p)| p)
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        for other in others {
+            let comm = std::fs::read_to_string(format!("/proc/{other}/comm")).unwrap_or_default();
+            obs.push(format!(
+                "{what} ({shown}) exists nowhere else (restore makes it again from the bytes stored) and is also held by pid {other} ({}), which is not captured: restored, each would have a file of its own, and neither would see what the other writes; capture them together (a common parent with its tree: `cryo capture --help`), or close it in one of them first",
+                comm.trim()
+            ));
+        }
+    }
+}
+
+/// (device, inode, PID) of every unlinked file and memfd that a process
+/// other than the captured ones (and this one) holds open or maps shared.
+/// (Mapped privately, as the unlinked libraries of an upgrade are in
+/// every process that ran before it, the file is only read.)
+fn outside_unlinked(captured: &[i32]) -> Vec<(u64, u64, i32)> {
+    let mut out = Vec::new();
+    crate::pipes::each_fd(None, |pid, path, t| {
+        if captured.contains(&pid) || !(t.ends_with(" (deleted)") || t.starts_with("/memfd:")) {
+            return;
+        }
+        if let Ok(md) = std::fs::metadata(path) {
+            out.push((md.dev(), md.ino(), pid));
+        }
+    });
+    let own = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(other) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if other == own || captured.contains(&other) {
+            continue;
+        }
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{other}/maps")) else {
+            continue;
+        };
+        for line in maps.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(_), Some(perms), Some(_), Some(dev), Some(inode)) =
+                (f.next(), f.next(), f.next(), f.next(), f.next())
+            else {
+                continue;
+            };
+            let path = f.collect::<Vec<_>>().join(" ");
+            if !perms.ends_with('s')
+                || !(path.ends_with(" (deleted)") || path.starts_with("/memfd:"))
+            {
+                continue;
+            }
+            let (Some((major, minor)), Ok(inode)) = (dev.split_once(':'), inode.parse::<u64>())
+            else {
+                continue;
+            };
+            let (Ok(major), Ok(minor)) = (
+                u32::from_str_radix(major, 16),
+                u32::from_str_radix(minor, 16),
+            ) else {
+                continue;
+            };
+            out.push((libc::makedev(major, minor), inode, other));
+        }
+    }
+    out
 }
 
 /// Largest file mapped shared whose bytes are kept (`file_flags::KEPT`).

@@ -101,21 +101,17 @@ pub fn classify_all<'a>(
         let file = match kind {
             _ if relinked.is_some() => file_id(b, relinked.as_deref().unwrap_or_default()),
             _ if handled.is_some() => handled.unwrap_or(NO_INDEX),
-            vma_kind::FILE_PRIVATE | vma_kind::FILE_SHARED if m.deleted() => {
-                if kind == vma_kind::FILE_SHARED {
-                    made_again.push(m);
-                }
-                stored
-                    .file(
-                        b,
-                        &map_files,
-                        &m.path,
-                        &format!("mapping {:x}-{:x}", m.start, m.end),
-                        limits,
-                        obs,
-                    )
-                    .unwrap_or(NO_INDEX)
-            }
+            // (Held by another process too: `stored::held_outside`.)
+            vma_kind::FILE_PRIVATE | vma_kind::FILE_SHARED if m.deleted() => stored
+                .file(
+                    b,
+                    &map_files,
+                    &m.path,
+                    &format!("mapping {:x}-{:x}", m.start, m.end),
+                    limits,
+                    obs,
+                )
+                .unwrap_or(NO_INDEX),
             // Written through: the process uses the file as shared
             // memory, and it may be gone at restore (see `keep`). A
             // read-only shared mapping (glibc's gconv cache, say) is a
@@ -159,11 +155,10 @@ pub fn classify_all<'a>(
     out
 }
 
-/// Shared memory that restore makes again (anonymous shared memory; a
-/// deleted file or memfd mapped shared, its bytes stored) is a new object
-/// then: a process outside the captured ones mapping the same object
-/// would no longer see what the restored process writes, nor it that
-/// one's. Refused, each such process named. (A forked child captured
+/// Anonymous shared memory, which restore makes again, is a new object
+/// then (a deleted file or memfd, mapped or not: `stored::held_outside`):
+/// a process outside the captured ones mapping the same object would no
+/// longer see what the restored process writes, nor it that one's. Refused, each such process named. (A forked child captured
 /// without its parent restored with the memory it shared copied, without
 /// a word: a sweep of stop 50, with PostgreSQL's and apache's workers in
 /// mind.) Every other process's maps are read once, only when there is
