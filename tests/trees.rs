@@ -2303,6 +2303,63 @@ print("PASS", flush=True)
     );
 }
 
+/// An eventfd and an epoll instance a parent made before its fork: the
+/// child alone would come back with its own, and wait on it for good
+/// (stop 51: without a word); refused, the parent named for each. The
+/// tree restores them shared: the parent's write wakes the child.
+#[test]
+fn an_eventfd_shared_with_an_uncaptured_parent_is_refused_and_the_tree_keeps_it() {
+    let script = r#"
+import os, select, sys
+efd = os.eventfd(0)
+ep = select.epoll()
+back_r, back_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    v = os.eventfd_read(efd)
+    os.write(back_w, b"%d" % v)
+    os._exit(0)
+print("READY", os.getpid(), flush=True); sys.stdin.readline()
+os.eventfd_write(efd, 5)
+got = os.read(back_r, 10)
+assert got == b"5", got
+assert os.waitpid(pid, 0)[1] == 0
+print("PASS", flush=True)
+"#;
+    let alone = |parent: i32| {
+        let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap_or_default();
+        let child: i32 = children
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+            .expect("its child");
+        wait_for("the child waiting", Duration::from_secs(10), || {
+            state(child) == Some('S')
+        });
+        let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &child.to_string()]);
+        assert_eq!(code, 1, "{out}{err}");
+        for what in ["[eventfd]", "[eventpoll]"] {
+            let held =
+                format!("(anon_inode:{what}) is also held by pid {parent} (python3) at its fd");
+            assert!(out.contains(&held), "{what}: {out}");
+        }
+        assert!(out.contains("(2 obstacles)"), "{out}");
+        let img = scratch("eventfd-alone").join("img");
+        let (code, _, err) = cryo_cmd(&["capture", &child.to_string(), img.to_str().unwrap()]);
+        assert_eq!(code, 1, "{err}");
+        assert!(!img.exists());
+        assert_eq!(state(child), Some('S'), "left as it was");
+    };
+    python_round_trips_with(
+        "tree-eventfd-outside",
+        script,
+        alone,
+        |_| {},
+        &[&[], &["--map"]],
+    );
+}
+
 /// A pidfd (of a child) that its parent and a second child hold: after
 /// the restore one description still (the O_NONBLOCK the second child
 /// sets, the parent sees), on the first child as restored: the second

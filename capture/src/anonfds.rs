@@ -164,6 +164,73 @@ pub fn epoll(
     Ok(elsewhere)
 }
 
+/// The anonymous-inode fds a restore makes again as new objects, whose
+/// every use is through the description (an eventfd's counter, a timer,
+/// a signal mask, an epoll or inotify or fanotify instance's set).
+const MADE_AGAIN: [&str; 6] = [
+    "anon_inode:[eventfd]",
+    "anon_inode:[timerfd]",
+    "anon_inode:[signalfd]",
+    "anon_inode:[eventpoll]",
+    "anon_inode:inotify",
+    "anon_inode:[fanotify]",
+];
+
+/// Such an fd whose description a process outside the captured ones holds
+/// too would be one of its own after the restore: the other process's
+/// writes to an eventfd would no longer wake the restored one, nor its
+/// watches reach it (a child captured without its parent, both waiting
+/// on the eventfd the parent made before the fork, restored without a
+/// word and waited for good: stop 51). Refused, each holder named. The
+/// other processes' fds are read once per capture (`outside`: target,
+/// PID, fd), only when the process has such an fd; kcmp says which are
+/// the same description.
+pub fn held_outside(
+    pid: i32,
+    fds: &[OpenFd],
+    captured: &[i32],
+    outside: &mut Option<Vec<(String, i32, i32)>>,
+    obs: &mut crate::obstacles::Obstacles,
+) {
+    let mine: Vec<&OpenFd> = fds
+        .iter()
+        .filter(|f| MADE_AGAIN.contains(&f.target.as_str()))
+        .collect();
+    if mine.is_empty() {
+        return;
+    }
+    let outside = outside.get_or_insert_with(|| {
+        let mut v = Vec::new();
+        crate::pipes::each_fd(None, |p, path, t| {
+            let fd = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse::<i32>().ok());
+            if let (false, true, Some(fd)) = (captured.contains(&p), MADE_AGAIN.contains(&t), fd) {
+                v.push((t.to_owned(), p, fd));
+            }
+        });
+        v
+    });
+    for f in mine {
+        for (t, other, ofd) in outside.iter() {
+            if *t != f.target
+                || crate::sys::description_order((pid, f.fd), (*other, *ofd))
+                    != std::cmp::Ordering::Equal
+            {
+                continue;
+            }
+            let comm = std::fs::read_to_string(format!("/proc/{other}/comm")).unwrap_or_default();
+            obs.push(format!(
+                "fd {} ({}) is also held by pid {other} ({}) at its fd {ofd}, which is not captured: restored, it would be one of its own, and neither would see what the other does with it; capture them together (a common parent with its tree: `cryo capture --help`), or close it in one of them first",
+                f.fd,
+                f.target,
+                comm.trim()
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -951,6 +951,7 @@ pub(crate) fn inspect(
         procinfo::fds(pid)
     };
     if let Ok(fds) = &fds {
+        crate::anonfds::held_outside(pid, fds, &scope.pids, &mut scope.outside_anon, &mut obs);
         crate::fds::capture(
             pid,
             fds,

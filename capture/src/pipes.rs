@@ -63,6 +63,10 @@ pub struct Scope {
     /// or map shared (device, inode, PID), read once, when a process
     /// first has such a file stored (`stored::held_outside`).
     pub outside_unlinked: Option<Vec<(u64, u64, i32)>>,
+    /// The eventfds, timerfds, epoll instances and the like the processes
+    /// outside the capture hold (target, PID, fd), read once, when a
+    /// process first has one (`anonfds::held_outside`).
+    pub outside_anon: Option<Vec<(String, i32, i32)>>,
 }
 
 impl Scope {
@@ -86,6 +90,7 @@ impl Scope {
             sysv_stored: Vec::new(),
             outside_shared: None,
             outside_unlinked: None,
+            outside_anon: None,
         }
     }
 
