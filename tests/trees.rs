@@ -2303,16 +2303,18 @@ print("PASS", flush=True)
     );
 }
 
-/// An eventfd and an epoll instance a parent made before its fork: the
-/// child alone would come back with its own, and wait on it for good
-/// (stop 51: without a word); refused, the parent named for each. The
-/// tree restores them shared: the parent's write wakes the child.
+/// An eventfd, an epoll instance and a listener a parent made before its
+/// fork: the child alone would come back with its own, and wait on the
+/// eventfd for good (stop 51: without a word); refused, the parent named
+/// for each. The tree restores them shared: the parent's write wakes the
+/// child.
 #[test]
 fn an_eventfd_shared_with_an_uncaptured_parent_is_refused_and_the_tree_keeps_it() {
     let script = r#"
-import os, select, sys
+import os, select, socket, sys
 efd = os.eventfd(0)
 ep = select.epoll()
+ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen()
 back_r, back_w = os.pipe()
 pid = os.fork()
 if pid == 0:
@@ -2344,7 +2346,11 @@ print("PASS", flush=True)
                 format!("(anon_inode:{what}) is also held by pid {parent} (python3) at its fd");
             assert!(out.contains(&held), "{what}: {out}");
         }
-        assert!(out.contains("(2 obstacles)"), "{out}");
+        let listener = format!(
+            "is also held by pid {parent} (python3) at its fd 5, which is not captured: restored, it would be a socket of its own"
+        );
+        assert!(out.contains(&listener), "{out}");
+        assert!(out.contains("(3 obstacles)"), "{out}");
         let img = scratch("eventfd-alone").join("img");
         let (code, _, err) = cryo_cmd(&["capture", &child.to_string(), img.to_str().unwrap()]);
         assert_eq!(code, 1, "{err}");

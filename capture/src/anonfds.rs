@@ -176,6 +176,12 @@ const MADE_AGAIN: [&str; 6] = [
     "anon_inode:[fanotify]",
 ];
 
+/// One of those, or a socket (a listener a parent made before its fork:
+/// restored, its port or name still held by the other process).
+fn made_again(target: &str) -> bool {
+    MADE_AGAIN.contains(&target) || target.starts_with("socket:[")
+}
+
 /// Such an fd whose description a process outside the captured ones holds
 /// too would be one of its own after the restore: the other process's
 /// writes to an eventfd would no longer wake the restored one, nor its
@@ -192,9 +198,10 @@ pub fn held_outside(
     outside: &mut Option<Vec<(String, i32, i32)>>,
     obs: &mut crate::obstacles::Obstacles,
 ) {
+    // (A socket at fd 0-2: the restore gives its own there.)
     let mine: Vec<&OpenFd> = fds
         .iter()
-        .filter(|f| MADE_AGAIN.contains(&f.target.as_str()))
+        .filter(|f| made_again(&f.target) && (f.fd > 2 || !f.target.starts_with("socket:")))
         .collect();
     if mine.is_empty() {
         return;
@@ -206,7 +213,7 @@ pub fn held_outside(
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.parse::<i32>().ok());
-            if let (false, true, Some(fd)) = (captured.contains(&p), MADE_AGAIN.contains(&t), fd) {
+            if let (false, true, Some(fd)) = (captured.contains(&p), made_again(t), fd) {
                 v.push((t.to_owned(), p, fd));
             }
         });
@@ -221,8 +228,13 @@ pub fn held_outside(
                 continue;
             }
             let comm = std::fs::read_to_string(format!("/proc/{other}/comm")).unwrap_or_default();
+            let then = if f.target.starts_with("socket:") {
+                "it would be a socket of its own, its address still taken by this one while that process holds it"
+            } else {
+                "it would be one of its own, and neither would see what the other does with it"
+            };
             obs.push(format!(
-                "fd {} ({}) is also held by pid {other} ({}) at its fd {ofd}, which is not captured: restored, it would be one of its own, and neither would see what the other does with it; capture them together (a common parent with its tree: `cryo capture --help`), or close it in one of them first",
+                "fd {} ({}) is also held by pid {other} ({}) at its fd {ofd}, which is not captured: restored, {then}; capture them together (a common parent with its tree: `cryo capture --help`), or close it in one of them first",
                 f.fd,
                 f.target,
                 comm.trim()
