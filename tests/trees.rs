@@ -2303,18 +2303,21 @@ print("PASS", flush=True)
     );
 }
 
-/// An eventfd, an epoll instance and a listener a parent made before its
-/// fork: the child alone would come back with its own, and wait on the
+/// An eventfd, an epoll instance, a listener and a file locked with flock
+/// that a parent made before its fork: the child alone would come back with its own, and wait on the
 /// eventfd for good (stop 51: without a word); refused, the parent named
 /// for each. The tree restores them shared: the parent's write wakes the
 /// child.
 #[test]
 fn an_eventfd_shared_with_an_uncaptured_parent_is_refused_and_the_tree_keeps_it() {
     let script = r#"
-import os, select, socket, sys
+import fcntl, os, select, socket, sys, tempfile
 efd = os.eventfd(0)
 ep = select.epoll()
 ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen()
+lk_fd, lk_name = tempfile.mkstemp(prefix="cryo-flock-")
+lk = os.fdopen(lk_fd, "w")
+fcntl.flock(lk, fcntl.LOCK_EX)
 back_r, back_w = os.pipe()
 pid = os.fork()
 if pid == 0:
@@ -2326,6 +2329,11 @@ os.eventfd_write(efd, 5)
 got = os.read(back_r, 10)
 assert got == b"5", got
 assert os.waitpid(pid, 0)[1] == 0
+other = open(lk_name)
+try:
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB); assert False, "lock lost"
+except BlockingIOError:
+    pass
 print("PASS", flush=True)
 "#;
     let alone = |parent: i32| {
@@ -2350,7 +2358,11 @@ print("PASS", flush=True)
             "is also held by pid {parent} (python3) at its fd 5, which is not captured: restored, it would be a socket of its own"
         );
         assert!(out.contains(&listener), "{out}");
-        assert!(out.contains("(3 obstacles)"), "{out}");
+        let lock = format!(
+            "is also held by pid {parent} (python3) at its fd 6, which is not captured: restored, it would be opened anew, and its lock (flock or OFD, held by this description) could not be taken again"
+        );
+        assert!(out.contains(&lock), "{out}");
+        assert!(out.contains("(4 obstacles)"), "{out}");
         let img = scratch("eventfd-alone").join("img");
         let (code, _, err) = cryo_cmd(&["capture", &child.to_string(), img.to_str().unwrap()]);
         assert_eq!(code, 1, "{err}");

@@ -182,8 +182,22 @@ fn made_again(target: &str) -> bool {
     MADE_AGAIN.contains(&target) || target.starts_with("socket:[")
 }
 
+/// Whether an fd's description holds a flock, OFD lock or lease (fdinfo
+/// `lock:` lines; not one it waits for).
+fn locked(f: &OpenFd) -> bool {
+    f.info
+        .lines()
+        .filter_map(|l| l.strip_prefix("lock:"))
+        .any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.get(1)
+                .is_some_and(|k| matches!(*k, "FLOCK" | "OFDLCK" | "LEASE"))
+        })
+}
+
 /// Such an fd whose description a process outside the captured ones holds
-/// too would be one of its own after the restore: the other process's
+/// too would be one of its own after the restore (a file with a lock on
+/// its description is opened anew, the lock taken again): the other process's
 /// writes to an eventfd would no longer wake the restored one, nor its
 /// watches reach it (a child captured without its parent, both waiting
 /// on the eventfd the parent made before the fork, restored without a
@@ -198,10 +212,13 @@ pub fn held_outside(
     outside: &mut Option<Vec<(String, i32, i32)>>,
     obs: &mut crate::obstacles::Obstacles,
 ) {
-    // (A socket at fd 0-2: the restore gives its own there.)
+    // (A socket or a file at fd 0-2: the restore gives its own there.)
     let mine: Vec<&OpenFd> = fds
         .iter()
-        .filter(|f| made_again(&f.target) && (f.fd > 2 || !f.target.starts_with("socket:")))
+        .filter(|f| {
+            (made_again(&f.target) && (f.fd > 2 || !f.target.starts_with("socket:")))
+                || (f.fd > 2 && f.target.starts_with('/') && locked(f))
+        })
         .collect();
     if mine.is_empty() {
         return;
@@ -213,7 +230,8 @@ pub fn held_outside(
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.parse::<i32>().ok());
-            if let (false, true, Some(fd)) = (captured.contains(&p), made_again(t), fd) {
+            let wanted = made_again(t) || t.starts_with('/');
+            if let (false, true, Some(fd)) = (captured.contains(&p), wanted, fd) {
                 v.push((t.to_owned(), p, fd));
             }
         });
@@ -230,6 +248,8 @@ pub fn held_outside(
             let comm = std::fs::read_to_string(format!("/proc/{other}/comm")).unwrap_or_default();
             let then = if f.target.starts_with("socket:") {
                 "it would be a socket of its own, its address still taken by this one while that process holds it"
+            } else if f.target.starts_with('/') {
+                "it would be opened anew, and its lock (flock or OFD, held by this description) could not be taken again while that process holds it"
             } else {
                 "it would be one of its own, and neither would see what the other does with it"
             };
