@@ -1027,3 +1027,63 @@ fn restore_without_the_capability_to_name_the_executable_is_refused_first() {
     // With them, it restores.
     assert_eq!(run(&exe, &[]).0, 0);
 }
+
+/// Restored where CLOCK_MONOTONIC is 60 000 s behind what the process saw
+/// (a time namespace: as after a reboot, whose boot id a restore compares
+/// too), its deadlines on the monotonic clocks would lie that far ahead:
+/// it slept on without a word (a sweep of stop 51). `cryo restore` and a
+/// packed restorer refuse, in one line, nothing run; `--clock-jump`
+/// (`cryo pack --clock-jump`) restores it anyway.
+#[test]
+fn a_restore_whose_monotonic_clock_went_back_is_refused_unless_asked() {
+    let dir = scratch("clock-jump");
+    let mut cmd = Command::new(program("c-mapped"));
+    cmd.arg("check");
+    let img = capture(cmd, "c-mapped", &dir);
+    let (_, text, _) = cryo_cmd(&["inspect", img.to_str().unwrap()]);
+    assert!(text.contains("boot "), "{text}");
+    let behind = |argv: &[&str]| -> (i32, String, String) {
+        let mut a = vec![
+            "--time",
+            "--fork",
+            "--monotonic=-60000",
+            "--boottime=-60000",
+        ];
+        a.extend_from_slice(argv);
+        run(Path::new("/usr/bin/unshare"), &a)
+    };
+    let cryo = cryo();
+    let cryo = cryo.to_str().unwrap();
+    let i = img.to_str().unwrap();
+    let (code, out, err) = behind(&[cryo, "restore", i]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("CLOCK_MONOTONIC here is 59")
+            && err.contains("`--clock-jump` restores it anyway"),
+        "{err}"
+    );
+    assert!(out.is_empty(), "nothing ran: {out}");
+    let (code, out, err) = behind(&[cryo, "restore", "--dry-run", i]);
+    assert_eq!(code, 1, "{out}{err}");
+    let (code, out, err) = behind(&[cryo, "restore", "--clock-jump", i]);
+    assert_eq!((code, out.lines().last()), (0, Some("PASS check")), "{err}");
+    let exe = dir.join("restorer");
+    pack(&img, &exe, &[]);
+    let (code, out, err) = behind(&[exe.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("packed again with `cryo pack --clock-jump`"),
+        "{err}"
+    );
+    assert!(out.is_empty(), "nothing ran: {out}");
+    let (code, out, err) = run(&exe, &[]);
+    assert_eq!(
+        (code, out.lines().last()),
+        (0, Some("PASS check")),
+        "here: {err}"
+    );
+    let jump = dir.join("restorer-jump");
+    pack(&img, &jump, &["--clock-jump"]);
+    let (code, out, err) = behind(&[jump.to_str().unwrap()]);
+    assert_eq!((code, out.lines().last()), (0, Some("PASS check")), "{err}");
+}

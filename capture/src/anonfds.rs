@@ -164,6 +164,37 @@ pub fn epoll(
     Ok(elsewhere)
 }
 
+/// Fold each periodic timerfd's expirations into its count before its
+/// fdinfo is read: `ticks` counts those since the last read only up to
+/// the first, until a read or timerfd_gettime forwards the timer (a
+/// 100 ms timerfd not read for 6 s read 31 expirations after a restore
+/// instead of 60: a sweep of stop 51). timerfd_gettime changes nothing
+/// the program can see (its next read returns the same count). Whether
+/// any was asked (the fds then read again).
+pub fn fold_timerfds(
+    t: &mut crate::tracee::Tracee,
+    vdso: &(u64, Vec<u8>),
+    fds: &[OpenFd],
+) -> Result<bool, crate::remote::InjectError> {
+    let periodic: Vec<i32> = fds
+        .iter()
+        .filter(|f| {
+            f.target == "anon_inode:[timerfd]"
+                && field(&f.info, "it_interval").and_then(pair) != Some((0, 0))
+        })
+        .map(|f| f.fd)
+        .collect();
+    if periodic.is_empty() {
+        return Ok(false);
+    }
+    let mut rem = crate::remote::Remote::new(t, vdso.0, &vdso.1)?;
+    let r = periodic.iter().try_for_each(|&fd| rem.timerfd_gettime(fd));
+    let fin = rem.finish();
+    r?;
+    fin?;
+    Ok(true)
+}
+
 /// The anonymous-inode fds a restore makes again as new objects, whose
 /// every use is through the description (an eventfd's counter, a timer,
 /// a signal mask, an epoll or inotify or fanotify instance's set).

@@ -940,6 +940,11 @@ pub(crate) fn inspect(
     // moment: captured with its fds (read again then), and closed in it
     // again.
     let fds = procinfo::fds(pid)?;
+    let fds = if !seccomp && crate::anonfds::fold_timerfds(&mut g.main, &vdso, &fds)? {
+        procinfo::fds(pid)?
+    } else {
+        fds
+    };
     let in_flight = if seccomp {
         crate::inflight::InFlight::default()
     } else {
@@ -1044,6 +1049,7 @@ pub(crate) fn inspect(
     let tids: Vec<i32> = g.others.iter().map(|t| t.pid()).collect();
     task.cgroups = b.strings.add(&crate::task::cgroups(pid, &tids, &mut obs));
     task.root = b.strings.add(&crate::task::root(pid));
+    crate::task::clocks(pid, &mut task);
     b.task = Some(task);
     let (creds, groups) = crate::task::creds(&st, securebits);
     b.creds = Some(creds);

@@ -267,6 +267,20 @@ impl<'a> Remote<'a> {
         Ok([w(0), w(1), w(2), w(3)])
     }
 
+    /// timerfd_gettime(fd), for what it does: a periodic timerfd's
+    /// expirations since the first not yet read are counted in its
+    /// `ticks` only by a read or this call (the kernel forwards the timer
+    /// then); fdinfo shows the count as it stands.
+    pub fn timerfd_gettime(&mut self, fd: i32) -> Result<(), InjectError> {
+        let s = self.scratch;
+        self.call(
+            "timerfd_gettime",
+            libc::SYS_timerfd_gettime,
+            [fd as u64, s, 0, 0, 0],
+        )?;
+        Ok(())
+    }
+
     /// getitimer(which): (interval sec, usec, value sec, usec).
     pub fn getitimer(&mut self, which: i32) -> Result<[i64; 4], InjectError> {
         let s = self.scratch;

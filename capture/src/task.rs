@@ -893,3 +893,40 @@ fn scan_children(pid: i32) -> Vec<(i32, char)> {
     }
     out
 }
+
+/// The boot the process runs in and its monotonic clocks as it sees them
+/// (this process's, plus its time namespace's offsets from
+/// /proc/PID/timens_offsets): a restore in another boot, or where
+/// CLOCK_MONOTONIC is behind, is refused unless asked
+/// (`cryo_image::task::clock_jump`). Left 0 if the boot id cannot be read.
+pub fn clocks(pid: i32, t: &mut cryo_image::task::TaskState) {
+    let Some(id) = std::fs::read("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .and_then(|b| cryo_image::task::parse_boot_id(&b))
+    else {
+        return;
+    };
+    let offsets =
+        std::fs::read_to_string(format!("/proc/{pid}/timens_offsets")).unwrap_or_default();
+    let offset = |clock: &str| -> i128 {
+        offsets
+            .lines()
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                if w.next()? != clock {
+                    return None;
+                }
+                let sec: i128 = w.next()?.parse().ok()?;
+                let nsec: i128 = w.next()?.parse().ok()?;
+                Some(sec * 1_000_000_000 + nsec)
+            })
+            .unwrap_or(0)
+    };
+    let seen = |clock: libc::clockid_t, name: &str| -> u64 {
+        let ns = i128::from(crate::sys::clock_ns(clock)) + offset(name);
+        u64::try_from(ns).unwrap_or(0)
+    };
+    t.boot_id = id;
+    t.monotonic_ns = seen(libc::CLOCK_MONOTONIC, "monotonic");
+    t.boottime_ns = seen(libc::CLOCK_BOOTTIME, "boottime");
+}

@@ -80,6 +80,10 @@ pub mod flags {
     /// program from running before all are taken. Without it a child
     /// restored with `--map` or `--lazy` took its parent's lock first.
     pub const LOCKS: u64 = 1 << 12;
+    /// A packed restorer restores an image captured in another boot (or
+    /// whose CLOCK_MONOTONIC is behind here) anyway (`cryo pack
+    /// --clock-jump`): `task::clock_jump`.
+    pub const CLOCK_JUMP: u64 = 1 << 13;
     /// Every bit this version knows.
     pub const ALL: u64 = PHASES
         | LAZY
@@ -92,7 +96,8 @@ pub mod flags {
         | SHARES_FDS
         | TERMINAL
         | WINCH
-        | LOCKS;
+        | LOCKS
+        | CLOCK_JUMP;
 }
 
 /// rsi at the shim's final `int3`, so the tracer knows the trap is ours.

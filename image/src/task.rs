@@ -176,6 +176,84 @@ record! {
         /// kept by exec, so a restore gave the restored process the
         /// restorer's). 0 in older images: left as it is.
         pub coredump_filter: u64,
+        /// (11.16) The boot it was captured in
+        /// (/proc/sys/kernel/random/boot_id, 16 bytes). All zero:
+        /// unknown (older images).
+        pub boot_id: [u8; 16],
+        /// (11.16) CLOCK_MONOTONIC as the process saw it at capture, ns
+        /// (its time namespace's offset added). 0: unknown.
+        pub monotonic_ns: u64,
+        /// (11.16) CLOCK_BOOTTIME as the process saw it at capture, ns.
+        pub boottime_ns: u64,
+    }
+}
+
+/// The 16 bytes of a boot id as the kernel prints it
+/// (`xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, a newline after); None if it
+/// is not one.
+pub fn parse_boot_id(text: &[u8]) -> Option<[u8; 16]> {
+    let mut out = [0u8; 16];
+    let mut n = 0;
+    let mut high: Option<u8> = None;
+    for &c in text {
+        let v = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'-' | b'\n' => continue,
+            _ => return None,
+        };
+        match high.take() {
+            None => high = Some(v),
+            Some(h) => {
+                *out.get_mut(n)? = (h << 4) | v;
+                n += 1;
+            }
+        }
+    }
+    (n == 16 && high.is_none()).then_some(out)
+}
+
+/// Why the clocks a process saw are not the ones it would see here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClockJump {
+    /// Another boot (or another machine): the boot ids differ.
+    OtherBoot,
+    /// CLOCK_MONOTONIC here is this many ns behind what the process saw
+    /// at capture (the same boot: another time namespace).
+    Behind(u64),
+}
+
+/// Whether a process captured with `t` would see its monotonic clocks go
+/// back or start again, restored where the boot id is `boot_id` and
+/// CLOCK_MONOTONIC reads `monotonic_ns`: its waits and timers on them
+/// kept as deadlines (pthread_cond_timedwait on a monotonic condition, a
+/// Go or node timer) would end hours late, or at once. None: the same
+/// clocks, or not recorded (an older image).
+pub fn clock_jump(t: &TaskState, boot_id: &[u8; 16], monotonic_ns: u64) -> Option<ClockJump> {
+    if t.boot_id == [0; 16] {
+        return None;
+    }
+    if t.boot_id != *boot_id {
+        return Some(ClockJump::OtherBoot);
+    }
+    (monotonic_ns < t.monotonic_ns).then(|| ClockJump::Behind(t.monotonic_ns - monotonic_ns))
+}
+
+impl core::fmt::Display for ClockJump {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let what = "its waits and timers kept as deadlines on CLOCK_MONOTONIC or CLOCK_BOOTTIME (a Go, node or asyncio timer, pthread_cond_timedwait on a monotonic condition) would end hours late, or at once";
+        match self {
+            ClockJump::OtherBoot => write!(
+                f,
+                "it was captured in another boot (or on another machine), whose CLOCK_MONOTONIC and CLOCK_BOOTTIME are not this one's: {what}; `--clock-jump` restores it anyway"
+            ),
+            ClockJump::Behind(ns) => write!(
+                f,
+                "CLOCK_MONOTONIC here is {}.{:03} s behind what it saw at capture (another time namespace): {what}; `--clock-jump` restores it anyway",
+                ns / 1_000_000_000,
+                ns % 1_000_000_000 / 1_000_000
+            ),
+        }
     }
 }
 

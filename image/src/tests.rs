@@ -1053,3 +1053,41 @@ fn sysv_messages_round_trip_and_refuse_what_is_not_them() {
     bad[..8].copy_from_slice(&0i64.to_le_bytes()); // type 0
     assert!(sysv_messages(&bad, 3).is_none());
 }
+
+#[test]
+fn boot_ids_and_clock_jumps() {
+    use crate::task::{clock_jump, parse_boot_id, ClockJump, TaskState};
+    let id = parse_boot_id(b"409b72f8-0ec4-4e15-bad0-376d982ba6bd\n").expect("a boot id");
+    assert_eq!(id[0], 0x40);
+    assert_eq!(id[15], 0xbd);
+    assert_eq!(
+        parse_boot_id(b"409b72f8-0ec4-4e15-bad0-376d982ba6b\n"),
+        None
+    );
+    assert_eq!(
+        parse_boot_id(b"409b72f8-0ec4-4e15-bad0-376d982ba6bdaa"),
+        None
+    );
+    assert_eq!(parse_boot_id(b"x09b72f8-0ec4-4e15-bad0-376d982ba6bd"), None);
+    let t = TaskState {
+        boot_id: id,
+        monotonic_ns: 5_000_000_000,
+        ..Default::default()
+    };
+    assert_eq!(clock_jump(&t, &id, 6_000_000_000), None);
+    assert_eq!(
+        clock_jump(&t, &id, 1_000_000_000),
+        Some(ClockJump::Behind(4_000_000_000))
+    );
+    let mut other = id;
+    other[3] ^= 1;
+    assert_eq!(
+        clock_jump(&t, &other, 9_000_000_000),
+        Some(ClockJump::OtherBoot)
+    );
+    // An older image, which recorded none: never refused for it.
+    assert_eq!(clock_jump(&TaskState::default(), &other, 0), None);
+    assert!(ClockJump::Behind(4_000_000_000)
+        .to_string()
+        .contains("4.000 s behind"));
+}

@@ -256,6 +256,32 @@ pub fn timers(img: &Image) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// The clocks the process saw go on here: the same boot, CLOCK_MONOTONIC
+/// not behind what it saw (another time namespace), unless `allow`
+/// (`--clock-jump`). Restored in another boot, its deadlines on the
+/// monotonic clocks lay hours ahead: a C loop on clock_nanosleep
+/// TIMER_ABSTIME, pthread_cond_timedwait, a Go ticker, node's setInterval
+/// and asyncio's call_later all slept on, without a word (a sweep of stop
+/// 51, in a time namespace 60 000 s behind).
+pub fn clocks(img: &Image, allow: bool) -> Result<(), RestoreError> {
+    let (Some(t), false) = (img.task(), allow) else {
+        return Ok(());
+    };
+    let Some(id) = std::fs::read("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .and_then(|b| cryo_image::task::parse_boot_id(&b))
+    else {
+        return Ok(());
+    };
+    match cryo_image::task::clock_jump(&t, &id, sys::monotonic_ns()) {
+        Some(why) => Err(RestoreError::Task(format!(
+            "process {}: {why}",
+            img.process().pid
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Every AIO context can be made again here, all at once, with a ring of
 /// its size (the kernel sizes a ring by the machine's possible CPUs;
 /// fs.aio-max-nr bounds their sum) that takes as many requests unreaped

@@ -82,6 +82,9 @@ pub struct Options {
     /// Accept losing bytes that were unread in a pipe the restored fd
     /// does not get back (fds 0-2, --inherit-fd).
     pub drop_pipe_data: bool,
+    /// Restore although the image was captured in another boot, or
+    /// CLOCK_MONOTONIC is behind here (`checks::clocks`).
+    pub clock_jump: bool,
     /// Which of fds 0-2 to restore like every other fd (files reopened at
     /// their offsets, pipes made again...) instead of giving the program
     /// this process's own; terminals are still this process's.
@@ -623,7 +626,12 @@ fn prepare_one(
     checks::aio(&img)?;
     let gadget = checks::vdso(&img)?;
     // Files changed, timers and fds that cannot be had: every one at once.
-    let mut errs: Vec<RestoreError> = [checks::mapped_files(&img), checks::timers(&img)]
+    // (The clocks once, for the root: a tree's processes share them.)
+    let clocks = match opts.member {
+        None => checks::clocks(&img, opts.clock_jump),
+        Some(_) => Ok(()),
+    };
+    let mut errs: Vec<RestoreError> = [checks::mapped_files(&img), checks::timers(&img), clocks]
         .into_iter()
         .filter_map(Result::err)
         .flat_map(RestoreError::into_list)

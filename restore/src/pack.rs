@@ -141,7 +141,13 @@ pub fn record<'a>(plan: &Plan, dir: &'a Path, ids: (Identity, Identity)) -> Reco
     use cryo_image::handoff::flags;
     use std::os::unix::ffi::OsStrExt;
     Record {
-        flags: flags::SELF_UNMAP | if plan.opts.map { flags::MAP } else { 0 },
+        flags: flags::SELF_UNMAP
+            | if plan.opts.map { flags::MAP } else { 0 }
+            | if plan.opts.clock_jump {
+                flags::CLOCK_JUMP
+            } else {
+                0
+            },
         tid_offset: plan.tid_offset as u64,
         pages: ids.0,
         sums: ids.1,

@@ -717,7 +717,7 @@ fn restore(a: &Args, packed: bool) -> ! {
         // session.)
         packed::lead_own_group(&img);
         let foreground = terminal::foreground(&img);
-        let own = packed::check_and_set(&img);
+        let own = packed::check_and_set(&img, a.flags);
         // The program's fds, before any file of the shim's takes a number.
         made = packfds::make(&img, a);
         if task::creds_same(&img, &own) {

@@ -257,9 +257,11 @@ fn identity(fd: usize, name: &str) -> Identity {
 /// (as `cryo restore` closes every fd the image does not have).
 pub fn open(r: &Record) -> Args {
     use cryo_image::handoff::flags;
-    if r.flags & !(flags::MAP | flags::SELF_UNMAP) != 0 || r.flags & flags::SELF_UNMAP == 0 {
+    if r.flags & !(flags::MAP | flags::SELF_UNMAP | flags::CLOCK_JUMP) != 0
+        || r.flags & flags::SELF_UNMAP == 0
+    {
         die(format_args!(
-            "pack record flags {:#x}: a packed restorer finishes alone (and maps, or not)",
+            "pack record flags {:#x}: a packed restorer finishes alone (and maps, or not; restores in another boot, or not)",
             r.flags
         ));
     }
@@ -335,8 +337,9 @@ fn sums_match(img: &Image) {
 /// The checks `cryo restore` makes against this machine, and the state it
 /// sets before its exec. Returns what this process is (its credentials),
 /// read once for these checks and those to come.
-pub fn check_and_set(img: &Image) -> Own {
+pub fn check_and_set(img: &Image, flags: u64) -> Own {
     sums_match(img);
+    clocks(img, flags);
     let own = crate::own::read(img);
     // (As `cryo restore` refuses: naming the executable needs one of
     // them, and failed past the point of no return.)
@@ -356,6 +359,43 @@ pub fn check_and_set(img: &Image) -> Own {
     crate::task::check_settable(img, &own);
     environment(img, &own);
     own
+}
+
+/// As `cryo restore` refuses (its `checks::clocks`): an image captured in
+/// another boot, or where CLOCK_MONOTONIC is behind what the process saw,
+/// unless packed with `--clock-jump`.
+fn clocks(img: &Image, flags: u64) {
+    use cryo_image::handoff::flags::CLOCK_JUMP;
+    let Some(t) = img
+        .task()
+        .filter(|t| t.boot_id != [0; 16] && flags & CLOCK_JUMP == 0)
+    else {
+        return;
+    };
+    let fd = syscall3(
+        SYS_OPEN,
+        c"/proc/sys/kernel/random/boot_id".as_ptr() as usize,
+        O_RDONLY | O_CLOEXEC,
+        0,
+    );
+    if fd < 0 {
+        return;
+    }
+    let mut buf = [0u8; 64];
+    let n = syscall3(SYS_READ, fd as usize, buf.as_mut_ptr() as usize, buf.len());
+    syscall3(SYS_CLOSE, fd as usize, 0, 0);
+    let Some(id) = buf
+        .get(..n.max(0) as usize)
+        .and_then(cryo_image::task::parse_boot_id)
+    else {
+        return;
+    };
+    if let Some(why) = cryo_image::task::clock_jump(&t, &id, crate::now_ns()) {
+        die(format_args!(
+            "process {}: {why} (a packed restorer: packed again with `cryo pack --clock-jump`)",
+            img.process().pid
+        ));
+    }
 }
 
 /// One mapping of /proc/self/maps: start, end.

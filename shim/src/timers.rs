@@ -8,6 +8,7 @@ use cryo_image::Image;
 /// `new_tid` maps a captured thread id to the restored one (for timers
 /// that signal one thread).
 pub fn restore(img: &Image, new_tid: impl Fn(u32) -> u32) {
+    const SIGEV_NONE: i32 = 1;
     const SIGEV_THREAD_ID: i32 = 4;
     let timers = img.timers();
     if !timers.is_empty() {
@@ -16,12 +17,21 @@ pub fn restore(img: &Image, new_tid: impl Fn(u32) -> u32) {
             format_args!("prctl(PR_TIMER_CREATE_RESTORE_IDS)"),
         );
         for t in timers.iter() {
+            // A timer whose thread (SIGEV_THREAD_ID) ended before the
+            // capture is kept by the kernel and never fires again: made
+            // again notifying no one (timer_create refused the ended
+            // thread's id: the restore died here, stop 51).
+            let target = t.notify_tid as u32;
+            let ended = t.notify & SIGEV_THREAD_ID != 0
+                && target != img.process().pid
+                && !img.threads().iter().any(|th| th.tid == target);
+            let notify = if ended { SIGEV_NONE } else { t.notify };
             let mut sev = [0u8; 64];
             sev[0..8].copy_from_slice(&t.sigev_value.to_le_bytes());
             sev[8..12].copy_from_slice(&t.signo.to_le_bytes());
-            sev[12..16].copy_from_slice(&t.notify.to_le_bytes());
-            let tid = new_tid(t.notify_tid as u32) as i32;
-            if t.notify & SIGEV_THREAD_ID != 0 {
+            sev[12..16].copy_from_slice(&notify.to_le_bytes());
+            let tid = new_tid(target) as i32;
+            if notify & SIGEV_THREAD_ID != 0 {
                 sev[16..20].copy_from_slice(&tid.to_le_bytes());
             }
             let mut id: i32 = t.id;

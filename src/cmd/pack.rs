@@ -63,6 +63,12 @@ pub struct PackArgs {
     /// held data (as `cryo restore --drop-pipe-data`).
     #[arg(long)]
     pub drop_pipe_data: bool,
+    /// Let the restorer restore in another boot than the capture's, or
+    /// where CLOCK_MONOTONIC is behind, as `cryo restore --clock-jump`
+    /// (see its help): without it the restorer refuses there (and pack
+    /// refuses to pack such an image).
+    #[arg(long)]
+    pub clock_jump: bool,
     /// Print what was written as JSON.
     #[arg(long)]
     pub json: bool,
@@ -129,6 +135,7 @@ pub fn run(args: PackArgs) -> anyhow::Result<i32> {
         verify: true,
         map: args.map,
         drop_pipe_data: args.drop_pipe_data,
+        clock_jump: args.clock_jump,
         ..Default::default()
     };
     let plan = match cryo_restore::prepare(&dir, opts) {

@@ -122,6 +122,15 @@ pub struct RestoreArgs {
     /// still held data.
     #[arg(long)]
     pub drop_pipe_data: bool,
+    /// Restore an image captured in another boot (or on another machine),
+    /// or where CLOCK_MONOTONIC is behind what the process saw (another
+    /// time namespace). Refused by default: the process's waits and timers
+    /// kept as deadlines on CLOCK_MONOTONIC or CLOCK_BOOTTIME (Go and node
+    /// timers, asyncio, pthread_cond_timedwait on a monotonic condition)
+    /// would end hours late, or at once. With it, the process sees those
+    /// clocks jump (CPU-time clocks start again from zero either way).
+    #[arg(long)]
+    pub clock_jump: bool,
     /// Give fds 0-2 (or those listed, e.g. `--restore-stdio=0`) back as
     /// they were too — a file at its offset, /dev/null, a pipe made again —
     /// as for a daemon, instead of this command's own; a terminal is still
@@ -264,6 +273,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         phases: args.phases,
         use_tracer: args.use_tracer,
         drop_pipe_data: args.drop_pipe_data,
+        clock_jump: args.clock_jump,
         restore_stdio: args.restore_stdio.clone().unwrap_or_default(),
         same_pid: args.same_pid,
         pidns: args.pidns,

@@ -188,8 +188,12 @@ static void fds_lines(int skip) {
                 /* pos, flags, mnt_id and ino are above or vary; keep the rest
                  * (locks, eventfd counts, epoll items, ...), with our own pid
                  * written as "self" */
+                /* (a periodic timerfd's ticks move with time, and when
+                 * anyone reads it or asks timerfd_gettime, as capture does:
+                 * what a read returns is each case's own check) */
                 if (!strncmp(l, "pos:", 4) || !strncmp(l, "flags:", 6) || !strncmp(l, "mnt_id:", 7) ||
-                    !strncmp(l, "ino:", 4) || !strncmp(l, "it_value:", 9) || !strncmp(l, "eventfd-id:", 11))
+                    !strncmp(l, "ino:", 4) || !strncmp(l, "it_value:", 9) || !strncmp(l, "eventfd-id:", 11) ||
+                    !strncmp(l, "ticks:", 6))
                     continue;
                 /* epoll items name the watched file's inode: anonymous
                  * inodes and pipes are new objects after a restore */
@@ -3271,6 +3275,62 @@ static void *caller_clock_worker(void *a) {
     return NULL;
 }
 
+/* A timer a thread armed to signal itself (SIGEV_THREAD_ID), the thread
+ * ended since: the kernel keeps the timer, and it never fires again. The
+ * restore died at its timer_create, after its point of no return (stop
+ * 51's sweep: errno 22, status 125); it is made again notifying no one
+ * (SIGEV_NONE), as it was. */
+static volatile sig_atomic_t dt_fired;
+static timer_t dt_timer;
+static void dt_on(int s) {
+    (void)s;
+    dt_fired++;
+}
+static void *dt_worker(void *a) {
+    (void)a;
+    struct sigevent ev = {.sigev_notify = SIGEV_THREAD_ID, .sigev_signo = SIGRTMIN + 4};
+    ev._sigev_un._tid = gettid();
+    CHECK(timer_create(CLOCK_MONOTONIC, &ev, &dt_timer) == 0, "timer_create");
+    struct itimerspec its = {.it_interval = {0, 10000000}, .it_value = {0, 10000000}};
+    CHECK(timer_settime(dt_timer, 0, &its, NULL) == 0, "timer_settime");
+    return NULL;
+}
+static void deadtimer_setup(void) {
+    struct sigaction sa = {.sa_handler = dt_on};
+    sigaction(SIGRTMIN + 4, &sa, NULL);
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, dt_worker, NULL) == 0 && pthread_join(th, NULL) == 0,
+          "the worker");
+    usleep(30000);
+    dt_fired = 0;
+}
+static void deadtimer_check(void) {
+    usleep(50000);
+    CHECK(dt_fired == 0, "the ended thread's timer fired %d times", (int)dt_fired);
+    struct itimerspec its;
+    CHECK(timer_gettime(dt_timer, &its) == 0 && its.it_interval.tv_nsec == 10000000,
+          "the timer kept, its interval %ld", its.it_interval.tv_nsec);
+    CHECK(timer_delete(dt_timer) == 0, "timer_delete");
+}
+
+/* A periodic timerfd not read for a while: its expirations since the
+ * first are counted in fdinfo only once a read or timerfd_gettime
+ * forwards it; capture read "1 unread", and the restore lost the rest
+ * (stop 51's sweep: 31 of 60). */
+static int tt_fd = -1;
+static void tfdticks_setup(void) {
+    tt_fd = timerfd_create(CLOCK_MONOTONIC, 0);
+    struct itimerspec its = {.it_interval = {0, 10000000}, .it_value = {0, 10000000}};
+    CHECK(tt_fd >= 0 && timerfd_settime(tt_fd, 0, &its, NULL) == 0, "timerfd");
+    usleep(300000);
+}
+static void tfdticks_check(void) {
+    uint64_t n = 0;
+    CHECK(read(tt_fd, &n, 8) == 8, "read");
+    CHECK(n >= 25, "%llu expirations of a 10 ms timerfd not read for 300 ms",
+          (unsigned long long)n);
+}
+
 struct fcase {
     const char *name;
     void (*setup)(void);
@@ -3337,6 +3397,8 @@ static const struct fcase cases[] = {
     {"refuse", refuse_setup, refuse_check, NULL},
     {"refuse2", refuse2_setup, refuse_check, NULL},
     {"cpu-timers", cputimers_setup, cputimers_check, cputimers_settle},
+    {"dead-thread-timer", deadtimer_setup, deadtimer_check, NULL},
+    {"timerfd-ticks", tfdticks_setup, tfdticks_check, NULL},
 };
 
 int main(int argc, char **argv) {

@@ -322,7 +322,7 @@ impl core::fmt::Display for ClockObstacle {
             ),
             ClockObstacle::Other { id, thread: true } => write!(
                 f,
-                "counts the CPU time of thread {id}, not one of the process's"
+                "counts the CPU time of thread {id}, which is not one of the process's (it ended, or is another process's): a timer on the clock of an ended thread never fires, but cryo cannot make one on that clock again"
             ),
             ClockObstacle::Other { id, thread: false } => write!(
                 f,

@@ -117,8 +117,9 @@ const INOTIFY_WATCH_11_4: usize = 40;
 /// A `fanotify_marks` record as 11.4 wrote it (before the file handle).
 const FANOTIFY_MARK_11_4: usize = 56;
 /// A `task` record as 11.2 wrote it (before `xcomp_perm`, 11.5's
-/// `frame_xsave`, 11.7's `mlock_future` and 11.12's `coredump_filter`).
-const TASK_STATE_11_2: usize = <crate::task::TaskState as crate::record::Record>::SIZE - 32;
+/// `frame_xsave`, 11.7's `mlock_future`, 11.12's `coredump_filter` and
+/// 11.16's `boot_id`, `monotonic_ns` and `boottime_ns`).
+const TASK_STATE_11_2: usize = <crate::task::TaskState as crate::record::Record>::SIZE - 64;
 
 impl SectionKind {
     pub const ALL: [SectionKind; 49] = [

@@ -640,3 +640,16 @@ pub fn close_from_except(first: i32, keep: i32) {
         libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0);
     }
 }
+
+/// CLOCK_MONOTONIC now, in ns (0 if it cannot be read).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `ts` is.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}

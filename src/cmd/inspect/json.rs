@@ -72,6 +72,9 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
         "process": {
             "pid": p.pid, "comm": comm(img), "exe": s(img, p.exe), "cwd": s(img, p.cwd),
             "kernel": s(img, p.kernel), "captured_at": p.captured_at,
+            "boot_id": img.task().filter(|t| t.boot_id != [0; 16]).map(|t| super::text::boot_id_text(&t.boot_id)),
+            "monotonic_ns": img.task().map(|t| t.monotonic_ns),
+            "boottime_ns": img.task().map(|t| t.boottime_ns),
             "was_stopped": p.flags & process_flags::WAS_STOPPED != 0,
             "stop_signal": p.stop_signal,
             "in_syscall": p.flags & process_flags::IN_SYSCALL != 0,

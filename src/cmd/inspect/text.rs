@@ -105,6 +105,15 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
         s(img, p.kernel),
         state.join(", ")
     );
+    if let Some(t) = img.task().filter(|t| t.boot_id != [0; 16]) {
+        let _ = writeln!(
+            o,
+            "boot      {}; CLOCK_MONOTONIC {:.3} s, CLOCK_BOOTTIME {:.3} s, as it saw them (a restore in another boot, or where CLOCK_MONOTONIC is behind, needs --clock-jump)",
+            boot_id_text(&t.boot_id),
+            t.monotonic_ns as f64 / 1e9,
+            t.boottime_ns as f64 / 1e9
+        );
+    }
     let _ = writeln!(
         o,
         "size      {} pages stored ({:.1} MiB) in {} runs, {} zero pages recorded, meta {} bytes, sums {} bytes; RSS at capture {} KiB",
@@ -938,4 +947,17 @@ fn seccomp_lines(o: &mut String, img: &Image) {
             );
         }
     }
+}
+
+/// A boot id as the kernel prints it.
+pub(crate) fn boot_id_text(id: &[u8; 16]) -> String {
+    let h: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
