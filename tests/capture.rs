@@ -705,6 +705,72 @@ fn run_passes_a_signal_on_to_its_stopped_program_and_continues_it() {
     assert_eq!(String::from_utf8_lossy(&done.stdout), "resumed\ngot TERM\n");
 }
 
+/// Keys typed ahead in the process's terminal, not read yet: the image
+/// cannot hold them, so the restored program never saw them, and after a
+/// capture with --kill the terminal's shell read them as commands (a
+/// sweep of stop 51). Refused, the count said; the process goes on.
+#[test]
+fn keys_typed_ahead_in_its_terminal_are_refused() {
+    // (A pty whose master only this test holds, close-on-exec: as below.)
+    // SAFETY: posix_openpt takes flags; grantpt, unlockpt and ptsname_r
+    // take the fd it returned and a buffer we own.
+    let (master, path) = unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(m >= 0);
+        assert_eq!(libc::grantpt(m), 0);
+        assert_eq!(libc::unlockpt(m), 0);
+        let mut buf = [0 as libc::c_char; 64];
+        assert_eq!(libc::ptsname_r(m, buf.as_mut_ptr(), buf.len()), 0);
+        let name = std::ffi::CStr::from_ptr(buf.as_ptr());
+        (m, name.to_string_lossy().into_owned())
+    };
+    sanitize_fds();
+    let script = format!(
+        "import os, sys, time\nfd = os.open({path:?}, os.O_RDWR | os.O_NOCTTY)\nos.dup2(fd, 0); os.close(fd)\nprint('READY', flush=True)\ntime.sleep(1000)\n"
+    );
+    let mut c = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(c.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "READY");
+    let typed = b"echo TYPED\n";
+    // SAFETY: writing our buffer to the master fd this test owns.
+    let wrote = unsafe { libc::write(master, typed.as_ptr().cast(), typed.len()) };
+    assert_eq!(wrote, typed.len() as isize);
+    let pid = c.id().to_string();
+    let mut out = String::new();
+    wait_for("the line in the terminal", Duration::from_secs(10), || {
+        let (code, o, _) = cryo_cmd(&["capture", "--dry-run", &pid]);
+        out = o;
+        code == 1
+    });
+    let img = scratch("typed-ahead").join("img");
+    let (code, _, err) = cryo_cmd(&["capture", "--kill", &pid, img.to_str().unwrap()]);
+    let alive = state(c.id() as i32).is_some();
+    let _ = c.kill();
+    let _ = c.wait();
+    // SAFETY: closing the fd posix_openpt gave this test.
+    unsafe { libc::close(master) };
+    assert!(
+        out.contains(
+            "fd 0 is a terminal with 11 bytes typed ahead that the process has not read yet"
+        ),
+        "{out}"
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("11 bytes typed ahead"), "{err}");
+    assert!(!img.exists());
+    assert!(alive, "left running, as it was");
+}
+
 /// A terminal held at fd 3 and up that is not the process's own at fds
 /// 0-2 (a screen or tmux server holds its clients' so) is said at
 /// capture, with the `--inherit-fd` a restore needs once it is gone

@@ -126,6 +126,32 @@ fn mq_name(target: &str) -> String {
     format!("/{}", target.rsplit('/').next().unwrap_or(""))
 }
 
+/// Bytes typed ahead, unread, in a terminal outside the capture: the
+/// image cannot hold them (they stay in that terminal), so the restored
+/// program never saw them, and after a capture with --kill the shell of
+/// that terminal read them as commands (a sweep of stop 51: python busy
+/// in a sleep, `echo TYPED_AHEAD` typed, captured with --kill: the shell
+/// ran it). Refused, once per terminal. (In canonical mode the kernel
+/// counts whole lines only: a line typed in part is not seen.)
+fn typed_ahead(pidfd: &std::os::fd::OwnedFd, fds: &[Fd], obs: &mut Obstacles) {
+    let mut seen: Vec<(u64, u64)> = Vec::new();
+    for f in fds.iter().filter(|f| f.kind == fd_kind::TTY) {
+        if seen.contains(&(f.dev, f.ino)) {
+            continue;
+        }
+        seen.push((f.dev, f.ino));
+        let Ok(dup) = sys::pidfd_getfd(pidfd, f.fd) else {
+            continue;
+        };
+        if let Ok(n @ 1..) = sys::fionread(&dup) {
+            obs.push(format!(
+                "fd {} is a terminal with {n} bytes typed ahead that the process has not read yet: the image cannot hold them, so the restored program would not see them (and after a capture with --kill the terminal's next reader, a shell, would get them); capture again once it has read them",
+                f.fd
+            ));
+        }
+    }
+}
+
 /// The modes and size of the terminal at the process's fds 0-2 (the
 /// first that is one, and not a pty of the tree): what the restore's
 /// terminal gets (`cryo_image::fds::Terminal`).
@@ -734,6 +760,9 @@ pub fn capture(
     b.terminal = pidfd
         .as_ref()
         .and_then(|p| terminal(pid, p, &b.fds[base..]));
+    if let Some(p) = pidfd.as_ref() {
+        typed_ahead(p, &b.fds[base..], obs);
+    }
     // The pipes: who holds their ends, their capacity and their bytes.
     crate::pipes::capture(pid, scope, pidfd.as_ref(), &pipes, base, b, stored, obs);
     // Unix sockets connected to each other.
