@@ -1988,4 +1988,37 @@ fn an_image_destination_that_cannot_be_used_is_refused_before_any_work() {
     assert!(err.contains("the current directory"), "{err}");
     assert!(here.is_dir() && std::fs::read_dir(&here).unwrap().next().is_none());
     assert_eq!(state(t.pid), Some('T'), "left as it was");
+    // A read-only file system, and a full one: `cryo run` ran its
+    // program's whole start-up first (a sweep of stop 51).
+    for (opts, want) in [
+        ("size=1M,ro", "on a read-only file system"),
+        ("size=4k", "has no space left for an image"),
+    ] {
+        let fs = dir.join(format!("fs-{}", opts.len()));
+        std::fs::create_dir(&fs).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(&fs)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(mounted, "mount -t tmpfs -o {opts} (root) failed");
+        if !opts.contains("ro") {
+            // Filled: its one page taken.
+            let _ = std::fs::write(fs.join("fill"), vec![1u8; 4096]);
+        }
+        let img = fs.join("img");
+        let (code, out, err) = cryo_cmd(&[
+            "run",
+            "--capture-on-stop",
+            img.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "echo started",
+        ]);
+        let _ = std::process::Command::new("umount").arg(&fs).status();
+        assert_eq!(code, 1, "{opts}: {out}{err}");
+        assert!(!out.contains("started"), "{opts}: the program ran: {out}");
+        assert!(err.contains(want), "{opts}: {err}");
+    }
 }

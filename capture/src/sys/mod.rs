@@ -758,6 +758,22 @@ pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// statvfs(path): whether its file system is mounted read-only, and the
+/// bytes free to an unprivileged writer; None if it cannot be asked.
+pub fn fs_space(path: &std::path::Path) -> Option<(bool, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: an all-zero statvfs is a valid value to be overwritten.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs reads the NUL-terminated path and writes one
+    // statvfs, which `st` is.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let ro = st.f_flag & libc::ST_RDONLY != 0;
+    Some((ro, st.f_bavail.saturating_mul(st.f_frsize)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,10 @@ pub enum WriteError {
     MountPoint(PathBuf),
     #[error("{}: the current directory, which the image (written beside it, then renamed into place) would replace: capture into a directory inside it, or a new one", .0.display())]
     OwnCwd(PathBuf),
+    #[error("{}: on a read-only file system, where no image can be written", .0.display())]
+    ReadOnly(PathBuf),
+    #[error("{}: its file system has no space left for an image", .0.display())]
+    NoSpace(PathBuf),
     #[error("writing {}: {source}", .path.display())]
     Io { path: PathBuf, source: io::Error },
 }
@@ -102,6 +106,13 @@ fn checked_dest(dest: &Path, force: bool) -> Result<(PathBuf, String, PathBuf), 
     };
     if !parent.is_dir() {
         return Err(WriteError::NoParent(dest));
+    }
+    // A read-only or full file system: found before any work (`cryo run`
+    // ran its program's whole start-up first: a sweep of stop 51).
+    match crate::sys::fs_space(&parent) {
+        Some((true, _)) => return Err(WriteError::ReadOnly(parent)),
+        Some((false, 0)) => return Err(WriteError::NoSpace(parent)),
+        _ => {}
     }
     Ok((dest, name, parent))
 }
