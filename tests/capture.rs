@@ -522,11 +522,19 @@ fn a_process_still_being_restored_or_cryo_itself_is_refused() {
         state(pid) == Some('S')
     });
     let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &pid.to_string()]);
+    let child =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     let _ = run.kill();
     let _ = run.wait();
     assert_eq!(code, 1, "{out}{err}");
+    // (The program it runs named by PID: the advice to wait for a
+    // restore to become its program could never be followed for one
+    // that stays, with --same-pid: a sweep of stop 51.)
     assert!(
-        err.contains(&format!("{pid} is cryo itself (`cryo run`)")),
+        err.contains(&format!(
+            "{pid} is cryo itself (`cryo run`), not a program it runs: capture the program it runs, pid {}",
+            child.trim()
+        )),
         "{out}{err}"
     );
     // The last steps' memory, right above the window.

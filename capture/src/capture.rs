@@ -199,12 +199,36 @@ fn not_a_thread(pid: i32) -> Result<(), CaptureError> {
 /// and first argument.
 fn not_cryo(pid: i32) -> Result<(), CaptureError> {
     match crate::tracee::cryo_command(pid) {
-        Some(sub) => Err(CaptureError::Refused {
-            pid,
-            obstacles: vec![format!(
-                "{pid} is cryo itself (`cryo {sub}`), not a program it runs: capture the program (a restore's once the restore has become it)"
-            )],
-        }),
+        Some(sub) => {
+            // A program it runs, by PID: `cryo run`'s, or that of a
+            // restore that stays (--same-pid, --pidns: it supervises the
+            // restored program, its child, and never becomes it; the
+            // advice said to wait for that: a sweep of stop 51).
+            let children: Vec<String> =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .filter(|c| {
+                        c.parse()
+                            .is_ok_and(|c| crate::tracee::cryo_command(c).is_none())
+                    })
+                    .map(str::to_owned)
+                    .collect();
+            let which = match children.as_slice() {
+                [] => "capture the program (a restore's once the restore has become it)".to_owned(),
+                [one] => format!("capture the program it runs, pid {one}"),
+                many => format!(
+                    "capture the program it runs, one of pids {}",
+                    many.join(", ")
+                ),
+            };
+            Err(CaptureError::Refused {
+                pid,
+                obstacles: vec![format!(
+                    "{pid} is cryo itself (`cryo {sub}`), not a program it runs: {which}"
+                )],
+            })
+        }
         None => Ok(()),
     }
 }
