@@ -534,10 +534,29 @@ fn pack_drops_unread_stdin_bytes_only_when_told() {
         "-c",
         "import os, signal\nprint('READY', os.getpid(), flush=True)\nassert os.read(0, 4) == b'one\\n'\nos.kill(os.getpid(), signal.SIGSTOP)\nprint('resumed', os.read(0, 100), flush=True)\nos._exit(3)",
     ]);
-    let img = capture_after(cmd, "py-stdin", &dir, |t| {
+    let mut t = Target::spawn(cmd, "py-stdin");
+    {
         use std::io::Write;
         t.stdin.as_mut().unwrap().write_all(b"one\ntwo\n").unwrap();
-    });
+    }
+    t.wait_stopped();
+    // Said at capture, and by its dry run (a sweep of stop 51: a
+    // pipeline's reader captured with --kill, and only every restore
+    // said it).
+    let said = "note: fd 0 is a pipe with 4 bytes not read yet: `cryo restore` gives the restored process its own fds 0-2, not that pipe, and refuses to lose those bytes unless --drop-pipe-data";
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(said), "{out}");
+    let img = dir.join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "capture: {err}");
+    assert!(err.contains(said), "{err}");
+    t.finish();
     let out = dir.join("restorer");
     let (code, _, err) = cryo_cmd(&["pack", img.to_str().unwrap(), "-o", out.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");

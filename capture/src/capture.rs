@@ -126,6 +126,12 @@ pub struct Summary {
     /// whose other end is outside the image: a restore needs
     /// `--inherit-fd` for each (the root first).
     pub outside_pipes: Vec<(i32, i32)>,
+    /// Pipes from outside the image at fds 0-2 with bytes not read yet
+    /// (PID, fd, bytes): a restore gives its own fds 0-2 there, and
+    /// refuses to lose them unless --drop-pipe-data (`seq | less`,
+    /// captured with --kill, could then never be restored as it was: a
+    /// sweep of stop 51).
+    pub stdio_unread: Vec<(i32, i32, u64)>,
     /// (PID, fd, path): terminals at fd 3 and up that are not the
     /// process's own at its fds 0-2 (a screen or tmux server's clients'):
     /// a restore opens each again by its name while it is that terminal,
@@ -344,6 +350,7 @@ pub fn check(pid: i32, opts: &Options) -> Result<Checked, CaptureError> {
                 .map(|i| own_values(&i.b.pid_refs))
                 .unwrap_or_default(),
             root_pid_refs: root_refs(&all),
+            stdio_unread: stdio_unread(&all),
         }),
         Err(CaptureError::Refused { obstacles, .. }) => Ok(Checked {
             obstacles,
@@ -351,6 +358,26 @@ pub fn check(pid: i32, opts: &Options) -> Result<Checked, CaptureError> {
         }),
         Err(e) => Err(exited_or(pid, e)),
     }
+}
+
+/// [`Summary::stdio_unread`] of the inspected processes.
+fn stdio_unread(all: &[Inspected]) -> Vec<(i32, i32, u64)> {
+    all.iter()
+        .flat_map(|i| {
+            let b = &i.b;
+            b.fds.iter().filter_map(move |f| {
+                let p = b.pipes.get(f.object as usize)?;
+                (f.fd <= 2
+                    && matches!(
+                        f.kind,
+                        cryo_image::fd_kind::PIPE | cryo_image::fd_kind::FIFO
+                    )
+                    && p.flags & cryo_image::fds::pipe_flags::INSIDE == 0
+                    && p.data.len > 0)
+                    .then_some((b.process.pid as i32, f.fd, p.data.len))
+            })
+        })
+        .collect()
 }
 
 /// [`Summary::root_pid_refs`] of the inspected processes.
@@ -379,6 +406,8 @@ pub struct Checked {
     pub own_pid_refs: Vec<u64>,
     /// As [`Summary::root_pid_refs`].
     pub root_pid_refs: Vec<(i32, Vec<u64>)>,
+    /// As [`Summary::stdio_unread`].
+    pub stdio_unread: Vec<(i32, i32, u64)>,
 }
 
 /// A target that died while it was looked at says so.
@@ -757,6 +786,7 @@ pub fn capture(
             .filter(|f| f.fd <= 2 && f.kind == cryo_image::fd_kind::REGULAR)
             .map(|f| (f.fd, b.strings.text(f.target), f.pos))
             .collect(),
+        stdio_unread: stdio_unread(&all),
         outside_pipes: all
             .iter()
             .flat_map(|i| {

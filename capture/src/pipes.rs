@@ -252,6 +252,9 @@ pub fn capture(
             continue;
         }
         if !data.is_empty() {
+            // (Its length now, for what capture says of a pipe at fds 0-2
+            // before anything is written; the write sets it again.)
+            b.pipes[idx].data.len = data.len() as u64;
             stored.blobs.push(PendingBlob {
                 to: BlobOwner::Pipe(idx),
                 bytes: data,

@@ -209,6 +209,7 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
                     "obstacles": obstacles,
                     "own_pid_refs": checked.own_pid_refs,
                     "root_pid_refs": checked.root_pid_refs,
+                    "stdio_unread": checked.stdio_unread.iter().map(|&(pid, fd, bytes)| serde_json::json!({"pid": pid, "fd": fd, "bytes": bytes})).collect::<Vec<_>>(),
                 }))?
             );
         } else if obstacles.is_empty() {
@@ -217,6 +218,9 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
                 println!("{note}");
             }
             if let Some(note) = root_pid_note(a.pid, &checked.root_pid_refs) {
+                println!("{note}");
+            }
+            if let Some(note) = stdio_unread_note(a.pid, &checked.stdio_unread) {
                 println!("{note}");
             }
         } else {
@@ -336,6 +340,29 @@ fn other_terminals_note(root: i32, ttys: &[(i32, i32, String)]) -> Option<String
     Some(format!(
         "note: {what}, not its own at fds 0-2 (a client's, as a screen or tmux server holds them): a restore opens {} again by name while it is that terminal; once gone (a terminal's number names another after it), `cryo restore` needs {opts}",
         if ttys.len() == 1 { "it" } else { "each" }
+    ))
+}
+
+/// The note on pipes from outside the image at fds 0-2 with bytes the
+/// process had not read: a restore gives its own fds there and refuses
+/// to lose those bytes unless told (`root`: the root's PID).
+fn stdio_unread_note(root: i32, pipes: &[(i32, i32, u64)]) -> Option<String> {
+    if pipes.is_empty() {
+        return None;
+    }
+    let what = pipes
+        .iter()
+        .map(|&(pid, fd, n)| {
+            if pid == root {
+                format!("fd {fd} is a pipe with {n} bytes not read yet")
+            } else {
+                format!("process {pid}'s fd {fd} is a pipe with {n} bytes not read yet")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!(
+        "note: {what}: `cryo restore` gives the restored process its own fds 0-2, not that pipe, and refuses to lose those bytes unless --drop-pipe-data (capture once they are read, to restore them all)"
     ))
 }
 
@@ -594,6 +621,9 @@ pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
             eprintln!("{note}");
         }
         if let Some(note) = outside_pipes_note(s.pid, &s.outside_pipes) {
+            eprintln!("{note}");
+        }
+        if let Some(note) = stdio_unread_note(s.pid, &s.stdio_unread) {
             eprintln!("{note}");
         }
         if let Some(note) = other_terminals_note(s.pid, &s.other_terminals) {
