@@ -1830,3 +1830,44 @@ except ChildProcessError:
         assert_eq!((code, out.as_str()), (0, "no child\n"), "{mode:?}: {err}");
     }
 }
+
+/// /dev/tty held by a process (perl's debugger, ghci) restored where
+/// there is no controlling terminal (under setsid, a daemon): the dry run
+/// said "can be restored here" and the restore failed past its point of
+/// no return, "No such device or address" (a sweep of stop 51). Both
+/// refuse it now, naming /dev/tty; on a terminal it restores.
+#[test]
+fn dev_tty_without_a_controlling_terminal_is_refused_by_the_dry_run() {
+    let dir = scratch("dev-tty");
+    let img = dir.join("img");
+    let script = r#"
+import os, pty, subprocess, sys, time
+cryo, img = sys.argv[1], sys.argv[2]
+pid, m = pty.fork()
+if pid == 0:
+    fd = os.open("/dev/tty", os.O_RDWR)
+    os.dup2(fd, 5); os.close(fd)
+    print("READY", flush=True)
+    time.sleep(100)
+    os._exit(0)
+os.read(m, 100)
+r = subprocess.run([cryo, "capture", "--kill", str(pid), img], capture_output=True, text=True)
+assert r.returncode == 0, r.stderr
+os.waitpid(pid, 0)
+for argv in ([cryo, "restore", "--dry-run", img], [cryo, "restore", img]):
+    r = subprocess.run(["setsid", "-w"] + argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1, (argv, r.returncode, r.stdout, r.stderr)
+    out = r.stdout + r.stderr
+    assert "fd 5 (tty /dev/tty) cannot be restored: it is /dev/tty, the process's controlling terminal, and this restore has none" in out, out
+print("OK", flush=True)
+"#;
+    sanitize_fds();
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(cryo())
+        .arg(&img)
+        .output()
+        .unwrap();
+    let (code, stdout, err) = outcome(out);
+    assert_eq!((code, stdout.trim()), (0, "OK"), "{err}");
+}

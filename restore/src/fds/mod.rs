@@ -799,6 +799,24 @@ fn plan_tty(
             ))),
         };
     }
+    // /dev/tty: the controlling terminal of whoever opens it, and this
+    // restore may have none (under setsid, a daemon): opened past the
+    // point of no return, it failed ENXIO there where the dry run had
+    // said "can be restored here" (a sweep of stop 51: perl's debugger,
+    // ghci). Asked now.
+    if ours.is_none() && f.rdev == libc::makedev(5, 0) {
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Err(e) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open("/dev/tty")
+        {
+            return Err(err.why(format!(
+                "it is /dev/tty, the process's controlling terminal, and this restore has none ({e}: started without a terminal, or under setsid): restore it on a terminal, or pass {}",
+                cx.inherit_fd(f.fd)
+            )));
+        }
+    }
     match ours {
         Some(n) => Ok(Source::Inherit(n)),
         None => match std::fs::metadata(target) {
