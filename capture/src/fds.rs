@@ -133,9 +133,26 @@ fn mq_name(target: &str) -> String {
 /// in a sleep, `echo TYPED_AHEAD` typed, captured with --kill: the shell
 /// ran it). Refused, once per terminal. (In canonical mode the kernel
 /// counts whole lines only: a line typed in part is not seen.)
-fn typed_ahead(pidfd: &std::os::fd::OwnedFd, fds: &[Fd], obs: &mut Obstacles) {
+fn typed_ahead(
+    pid: i32,
+    pidfd: &std::os::fd::OwnedFd,
+    fds: &[Fd],
+    scope: &mut crate::pipes::Scope,
+    obs: &mut Obstacles,
+) {
+    // /dev/tty is the controlling terminal: one of a pty pair captured
+    // with the process has its bytes captured with the pair (zdtm pty00
+    // was refused for them by a first version).
+    let dev_tty = libc::makedev(5, 0);
+    let ctty_inside = fds.iter().any(|f| f.kind == fd_kind::TTY && f.rdev == dev_tty)
+        && crate::tree::stat(pid)
+            .and_then(|s| Pty::index_of_rdev(u64::from(s.tty_nr)))
+            .is_some_and(|n| scope.pty_master_inside(n));
     let mut seen: Vec<(u64, u64)> = Vec::new();
     for f in fds.iter().filter(|f| f.kind == fd_kind::TTY) {
+        if f.rdev == dev_tty && ctty_inside {
+            continue;
+        }
         if seen.contains(&(f.dev, f.ino)) {
             continue;
         }
@@ -761,7 +778,7 @@ pub fn capture(
         .as_ref()
         .and_then(|p| terminal(pid, p, &b.fds[base..]));
     if let Some(p) = pidfd.as_ref() {
-        typed_ahead(p, &b.fds[base..], obs);
+        typed_ahead(pid, p, &b.fds[base..], scope, obs);
     }
     // The pipes: who holds their ends, their capacity and their bytes.
     crate::pipes::capture(pid, scope, pidfd.as_ref(), &pipes, base, b, stored, obs);

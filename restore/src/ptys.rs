@@ -42,6 +42,12 @@ pub(crate) struct MadePty {
 pub(crate) struct Ptys(Vec<MadePty>);
 
 impl Ptys {
+    /// Whether one of the pairs is some session's controlling terminal
+    /// (made so again by that session's leader).
+    pub(crate) fn controls_a_session(&self) -> bool {
+        self.0.iter().any(|m| m.sid != 0)
+    }
+
     /// Make every pty of `images` (a tree's live processes, the root
     /// first) once; `tree_pids`: the processes a tree's restore forks (a
     /// session that had a pty as its controlling terminal must be led by

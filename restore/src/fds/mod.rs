@@ -804,7 +804,11 @@ fn plan_tty(
     // point of no return, it failed ENXIO there where the dry run had
     // said "can be restored here" (a sweep of stop 51: perl's debugger,
     // ghci). Asked now.
-    if ours.is_none() && f.rdev == libc::makedev(5, 0) {
+    // (Not where the restore makes a pty pair some session's terminal
+    // again: a session of the image leads it, zdtm pty00.)
+    let ctty_made = cx.img.ptys().iter().any(|p| p.sid != 0)
+        || cx.ptys.is_some_and(|p| p.controls_a_session());
+    if ours.is_none() && f.rdev == libc::makedev(5, 0) && !ctty_made {
         use std::os::unix::fs::OpenOptionsExt;
         if let Err(e) = std::fs::OpenOptions::new()
             .read(true)
