@@ -144,7 +144,9 @@ fn typed_ahead(
     // with the process has its bytes captured with the pair (zdtm pty00
     // was refused for them by a first version).
     let dev_tty = libc::makedev(5, 0);
-    let ctty_inside = fds.iter().any(|f| f.kind == fd_kind::TTY && f.rdev == dev_tty)
+    let ctty_inside = fds
+        .iter()
+        .any(|f| f.kind == fd_kind::TTY && f.rdev == dev_tty)
         && crate::tree::stat(pid)
             .and_then(|s| Pty::index_of_rdev(u64::from(s.tty_nr)))
             .is_some_and(|n| scope.pty_master_inside(n));

@@ -806,8 +806,8 @@ fn plan_tty(
     // ghci). Asked now.
     // (Not where the restore makes a pty pair some session's terminal
     // again: a session of the image leads it, zdtm pty00.)
-    let ctty_made = cx.img.ptys().iter().any(|p| p.sid != 0)
-        || cx.ptys.is_some_and(|p| p.controls_a_session());
+    let ctty_made =
+        cx.img.ptys().iter().any(|p| p.sid != 0) || cx.ptys.is_some_and(|p| p.controls_a_session());
     if ours.is_none() && f.rdev == libc::makedev(5, 0) && !ctty_made {
         use std::os::unix::fs::OpenOptionsExt;
         if let Err(e) = std::fs::OpenOptions::new()
