@@ -879,7 +879,7 @@ fn every_obstacle_at_once() {
     let (code, _, err) = cryo_cmd(&["capture", "--single", &pid, img.to_str().unwrap()]);
     assert_eq!(code, 1, "refused: {err}");
     for want in [
-        "9 obstacles",
+        "7 obstacles",
         "fd 6 (anon_inode:inotify) is also held by pid ",
         "child processes",
         "fd 3 (netlink socket, protocol 0, netlink port",
@@ -899,14 +899,14 @@ fn every_obstacle_at_once() {
     let (code, out, _) = cryo_cmd(&["capture", "--dry-run", "--single", &pid]);
     assert_eq!(code, 1);
     assert!(
-        out.contains("9 obstacles") && out.contains("userfaultfd"),
+        out.contains("7 obstacles") && out.contains("userfaultfd"),
         "{out}"
     );
     let (code, out, _) = cryo_cmd(&["capture", "--dry-run", "--single", "--json", &pid]);
     assert_eq!(code, 1);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["capturable"], false);
-    assert_eq!(v["obstacles"].as_array().map(|a| a.len()), Some(9));
+    assert_eq!(v["obstacles"].as_array().map(|a| a.len()), Some(7));
     // SAFETY: kill takes integers.
     unsafe { libc::kill(t.pid, libc::SIGKILL) };
 }

@@ -1101,6 +1101,32 @@ fn a_restore_whose_monotonic_clock_went_back_is_refused_unless_asked() {
         (0, Some("PASS check")),
         "here: {err}"
     );
+    // Captured and restored in one time namespace: the clocks it saw
+    // are that namespace's (its offset was counted twice by a first
+    // version, and such a restore refused: a review of stop 51).
+    let inside = dir.join("inside");
+    let script = format!(
+        "{cryo} run -q --capture-on-stop {i} --then kill -- {p} check && {cryo} restore {i}",
+        i = inside.display(),
+        p = program("c-mapped").display()
+    );
+    let (code, out, err) = run(
+        Path::new("/usr/bin/unshare"),
+        &[
+            "--time",
+            "--fork",
+            "--monotonic=100000",
+            "--boottime=100000",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    assert_eq!(
+        (code, out.lines().last()),
+        (0, Some("PASS check")),
+        "in a time namespace: {err}"
+    );
     let jump = dir.join("restorer-jump");
     pack(&img, &jump, &["--clock-jump"]);
     let (code, out, err) = behind(&[jump.to_str().unwrap()]);

@@ -207,35 +207,22 @@ const MADE_AGAIN: [&str; 6] = [
     "anon_inode:[fanotify]",
 ];
 
-/// One of those, or a socket (a listener a parent made before its fork:
-/// restored, its port or name still held by the other process).
-fn made_again(target: &str) -> bool {
-    MADE_AGAIN.contains(&target) || target.starts_with("socket:[")
-}
-
-/// Whether an fd's description holds a flock, OFD lock or lease (fdinfo
-/// `lock:` lines; not one it waits for).
-fn locked(f: &OpenFd) -> bool {
-    f.info
-        .lines()
-        .filter_map(|l| l.strip_prefix("lock:"))
-        .any(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            w.get(1)
-                .is_some_and(|k| matches!(*k, "FLOCK" | "OFDLCK" | "LEASE"))
-        })
-}
-
 /// Such an fd whose description a process outside the captured ones holds
-/// too would be one of its own after the restore (a file with a lock on
-/// its description is opened anew, the lock taken again): the other process's
+/// too would be one of its own after the restore: the other process's
 /// writes to an eventfd would no longer wake the restored one, nor its
 /// watches reach it (a child captured without its parent, both waiting
 /// on the eventfd the parent made before the fork, restored without a
 /// word and waited for good: stop 51). Refused, each holder named. The
 /// other processes' fds are read once per capture (`outside`: target,
 /// PID, fd), only when the process has such an fd; kcmp says which are
-/// the same description.
+/// the same description. Not a socket: a listener held by pid 1 for a
+/// socket-activated service, or by a supervisor that passes it down, is
+/// given to a restore with `--inherit-fd`, and one made again while the
+/// other holds its address fails loudly ("in use"). Not a file whose
+/// description holds a flock: `flock LOCKFILE cmd` holds it until cmd
+/// ends, and a restore takes the lock again once that holder has let go,
+/// or says it cannot. (Both refused by a first version: a review of stop
+/// 51.)
 pub fn held_outside(
     pid: i32,
     fds: &[OpenFd],
@@ -243,14 +230,8 @@ pub fn held_outside(
     outside: &mut Option<Vec<(String, i32, i32)>>,
     obs: &mut crate::obstacles::Obstacles,
 ) {
-    // (A socket or a file at fd 0-2: the restore gives its own there.)
-    let mine: Vec<&OpenFd> = fds
-        .iter()
-        .filter(|f| {
-            (made_again(&f.target) && (f.fd > 2 || !f.target.starts_with("socket:")))
-                || (f.fd > 2 && f.target.starts_with('/') && locked(f))
-        })
-        .collect();
+    let made_again = |t: &str| MADE_AGAIN.contains(&t);
+    let mine: Vec<&OpenFd> = fds.iter().filter(|f| made_again(&f.target)).collect();
     if mine.is_empty() {
         return;
     }
@@ -261,31 +242,27 @@ pub fn held_outside(
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.parse::<i32>().ok());
-            let wanted = made_again(t) || t.starts_with('/');
-            if let (false, true, Some(fd)) = (captured.contains(&p), wanted, fd) {
+            if let (false, true, Some(fd)) = (captured.contains(&p), made_again(t), fd) {
                 v.push((t.to_owned(), p, fd));
             }
         });
         v
     });
+    // (One obstacle per description: a dup of the same fd said once.)
+    let mut said: Vec<(i32, i32)> = Vec::new();
     for f in mine {
         for (t, other, ofd) in outside.iter() {
             if *t != f.target
+                || said.contains(&(*other, *ofd))
                 || crate::sys::description_order((pid, f.fd), (*other, *ofd))
                     != std::cmp::Ordering::Equal
             {
                 continue;
             }
+            said.push((*other, *ofd));
             let comm = std::fs::read_to_string(format!("/proc/{other}/comm")).unwrap_or_default();
-            let then = if f.target.starts_with("socket:") {
-                "it would be a socket of its own, its address still taken by this one while that process holds it"
-            } else if f.target.starts_with('/') {
-                "it would be opened anew, and its lock (flock or OFD, held by this description) could not be taken again while that process holds it"
-            } else {
-                "it would be one of its own, and neither would see what the other does with it"
-            };
             obs.push(format!(
-                "fd {} ({}) is also held by pid {other} ({}) at its fd {ofd}, which is not captured: restored, {then}; capture them together (a common parent with its tree: `cryo capture --help`), or close it in one of them first",
+                "fd {} ({}) is also held by pid {other} ({}) at its fd {ofd}, which is not captured: restored, it would be one of its own, and neither would see what the other does with it; capture them together (a common parent with its tree: `cryo capture --help`), or close it in one of them first",
                 f.fd,
                 f.target,
                 comm.trim()

@@ -210,16 +210,24 @@ fn not_cryo(pid: i32) -> Result<(), CaptureError> {
             // restore that stays (--same-pid, --pidns: it supervises the
             // restored program, its child, and never becomes it; the
             // advice said to wait for that: a sweep of stop 51).
-            let children: Vec<String> =
-                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                    .unwrap_or_default()
+            // (Through cryo's own: `--pidns` puts its init between, a
+            // review of stop 51.)
+            let mut children: Vec<String> = Vec::new();
+            let mut next = vec![pid];
+            while let Some(p) = next.pop() {
+                let list = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children"))
+                    .unwrap_or_default();
+                for c in list
                     .split_whitespace()
-                    .filter(|c| {
-                        c.parse()
-                            .is_ok_and(|c| crate::tracee::cryo_command(c).is_none())
-                    })
-                    .map(str::to_owned)
-                    .collect();
+                    .filter_map(|c| c.parse::<i32>().ok())
+                {
+                    if crate::tracee::cryo_command(c).is_some() {
+                        next.push(c);
+                    } else {
+                        children.push(c.to_string());
+                    }
+                }
+            }
             let which = match children.as_slice() {
                 [] => "capture the program (a restore's once the restore has become it)".to_owned(),
                 [one] => format!("capture the program it runs, pid {one}"),

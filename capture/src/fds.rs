@@ -143,22 +143,26 @@ fn typed_ahead(
     // /dev/tty is the controlling terminal: one of a pty pair captured
     // with the process has its bytes captured with the pair (zdtm pty00
     // was refused for them by a first version).
+    // Its controlling terminal's keys are for the terminal's foreground
+    // group: a background job's terminal may hold what the user types
+    // to the foreground one, which this one will never read (a review
+    // of stop 51). A terminal that controls no session of this process
+    // has no such owner: its bytes are refused.
     let dev_tty = libc::makedev(5, 0);
-    let ctty_inside = fds
-        .iter()
-        .any(|f| f.kind == fd_kind::TTY && f.rdev == dev_tty)
-        && crate::tree::stat(pid)
-            .and_then(|s| Pty::index_of_rdev(u64::from(s.tty_nr)))
-            .is_some_and(|n| scope.pty_master_inside(n));
-    let mut seen: Vec<(u64, u64)> = Vec::new();
+    let st = crate::tree::stat(pid);
+    let ctty = st.as_ref().map_or(0, |s| u64::from(s.tty_nr));
+    let foreground = st.as_ref().is_some_and(|s| s.tpgid == s.pgid);
+    let ctty_inside =
+        ctty != 0 && Pty::index_of_rdev(ctty).is_some_and(|n| scope.pty_master_inside(n));
+    // (Once per terminal: /dev/tty and its /dev/pts/N are one.)
+    let mut seen: Vec<u64> = Vec::new();
     for f in fds.iter().filter(|f| f.kind == fd_kind::TTY) {
-        if f.rdev == dev_tty && ctty_inside {
+        let rdev = if f.rdev == dev_tty { ctty } else { f.rdev };
+        let controlling = rdev == ctty && ctty != 0;
+        if (controlling && (ctty_inside || !foreground)) || seen.contains(&rdev) {
             continue;
         }
-        if seen.contains(&(f.dev, f.ino)) {
-            continue;
-        }
-        seen.push((f.dev, f.ino));
+        seen.push(rdev);
         let Ok(dup) = sys::pidfd_getfd(pidfd, f.fd) else {
             continue;
         };

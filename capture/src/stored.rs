@@ -121,6 +121,7 @@ impl StoredFiles {
             }
         };
         if let Some(&i) = self.by_inode.get(&(md.dev(), md.ino())) {
+            self.note_made(md.dev(), md.ino(), what, shown);
             return Some(i);
         }
         let memfd = shown.starts_with("/memfd:");
@@ -182,11 +183,25 @@ impl StoredFiles {
         });
         let idx = (b.files.len() - 1) as u32;
         self.by_inode.insert((md.dev(), md.ino()), idx);
-        if shown != crate::vma::SHARED_ANON_NAME {
-            self.made
-                .push((md.dev(), md.ino(), what.to_owned(), shown.to_owned()));
-        }
+        self.note_made(md.dev(), md.ino(), what, shown);
         Some(idx)
+    }
+
+    /// For [`held_outside`]: a stored file held by `what`, once per file;
+    /// not anonymous shared memory, nor a file held at fds 0-2 only (a
+    /// restore gives its own fds there: pytest's captured output, a
+    /// shell's log removed after `exec >log`, were refused by a first
+    /// version, a review of stop 51).
+    fn note_made(&mut self, dev: u64, ino: u64, what: &str, shown: &str) {
+        let stdio = matches!(what, "fd 0" | "fd 1" | "fd 2");
+        if shown == crate::vma::SHARED_ANON_NAME
+            || stdio
+            || self.made.iter().any(|m| (m.0, m.1) == (dev, ino))
+        {
+            return;
+        }
+        self.made
+            .push((dev, ino, what.to_owned(), shown.to_owned()));
     }
 }
 

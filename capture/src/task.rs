@@ -906,9 +906,16 @@ pub fn clocks(pid: i32, t: &mut cryo_image::task::TaskState) {
     else {
         return;
     };
-    let offsets =
-        std::fs::read_to_string(format!("/proc/{pid}/timens_offsets")).unwrap_or_default();
-    let offset = |clock: &str| -> i128 {
+    // The offsets are from the first time namespace, and this process's
+    // clock has its own namespace's already: the difference is the
+    // target's view (a review of stop 51 found both in one namespace
+    // counted twice, and the restore there refused).
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let (theirs, ours) = (
+        read(&format!("/proc/{pid}/timens_offsets")),
+        read("/proc/self/timens_offsets"),
+    );
+    fn of(offsets: &str, clock: &str) -> i128 {
         offsets
             .lines()
             .find_map(|l| {
@@ -921,7 +928,8 @@ pub fn clocks(pid: i32, t: &mut cryo_image::task::TaskState) {
                 Some(sec * 1_000_000_000 + nsec)
             })
             .unwrap_or(0)
-    };
+    }
+    let offset = |clock: &str| of(&theirs, clock) - of(&ours, clock);
     let seen = |clock: libc::clockid_t, name: &str| -> u64 {
         let ns = i128::from(crate::sys::clock_ns(clock)) + offset(name);
         u64::try_from(ns).unwrap_or(0)

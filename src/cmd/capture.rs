@@ -209,7 +209,7 @@ pub fn run(a: CaptureArgs) -> Result<i32> {
                     "obstacles": obstacles,
                     "own_pid_refs": checked.own_pid_refs,
                     "root_pid_refs": checked.root_pid_refs,
-                    "stdio_unread": checked.stdio_unread.iter().map(|&(pid, fd, bytes)| serde_json::json!({"pid": pid, "fd": fd, "bytes": bytes})).collect::<Vec<_>>(),
+                    "stdio_unread": checked.stdio_unread,
                 }))?
             );
         } else if obstacles.is_empty() {

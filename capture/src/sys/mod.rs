@@ -771,7 +771,19 @@ pub fn fs_space(path: &std::path::Path) -> Option<(bool, u64)> {
         return None;
     }
     let ro = st.f_flag & libc::ST_RDONLY != 0;
-    Some((ro, st.f_bavail.saturating_mul(st.f_frsize)))
+    // A file system that counts no blocks (tmpfs with size=0, FUSE
+    // without statfs) says nothing of its space (a review of stop 51:
+    // refused "no space left"); root may write the reserved blocks.
+    if st.f_blocks == 0 {
+        return Some((ro, u64::MAX));
+    }
+    // SAFETY: geteuid only reads this process's credentials.
+    let free = if unsafe { libc::geteuid() } == 0 {
+        st.f_bfree
+    } else {
+        st.f_bavail
+    };
+    Some((ro, free.saturating_mul(st.f_frsize)))
 }
 
 #[cfg(test)]
