@@ -970,8 +970,21 @@ fn older_minor_records_read_with_zero_tails() {
     });
     let want = Image::parse(&meta).unwrap().task().expect("task");
     assert_eq!(want.xcomp_perm, crate::task::XCOMP_TILEDATA);
+    // An 11.15 image: without 11.16's `boot_id`, `monotonic_ns` and
+    // `boottime_ns` (32 bytes; read 0: never refused for its clocks).
+    let m1115 = with_record_size(
+        &meta,
+        SectionKind::Task,
+        <TaskState as Record>::SIZE as u32 - 32,
+    );
+    let img = Image::parse(&m1115).expect("an 11.15 task section is read");
+    let got = img.task().expect("task");
+    assert_eq!(
+        (got.boot_id, got.monotonic_ns, got.mlock_future),
+        ([0; 16], 0, crate::task::MCL_FUTURE)
+    );
     // An 11.11 image: without `coredump_filter` (reads 0: not read).
-    let size = <TaskState as Record>::SIZE as u32 - 8;
+    let size = <TaskState as Record>::SIZE as u32 - 32 - 8;
     let m1111 = with_record_size(&meta, SectionKind::Task, size);
     let img = Image::parse(&m1111).expect("an 11.11 task section is read");
     let got = img.task().expect("task");
@@ -980,12 +993,12 @@ fn older_minor_records_read_with_zero_tails() {
         (crate::task::MCL_FUTURE, 0)
     );
     // An 11.6 image: without `mlock_future` (reads 0).
-    let size = <TaskState as Record>::SIZE as u32 - 16;
+    let size = <TaskState as Record>::SIZE as u32 - 32 - 16;
     let m116 = with_record_size(&meta, SectionKind::Task, size);
     let img = Image::parse(&m116).expect("an 11.6 task section is read");
     let got = img.task().expect("task");
     assert_eq!((got.frame_xsave, got.mlock_future), (2688, 0));
-    let size = <TaskState as Record>::SIZE as u32 - 24;
+    let size = <TaskState as Record>::SIZE as u32 - 32 - 24;
     let m114 = with_record_size(&meta, SectionKind::Task, size);
     let img = Image::parse(&m114).expect("an 11.4 task section is read");
     img.validate().expect("validate");
