@@ -2030,3 +2030,91 @@ fn an_image_destination_that_cannot_be_used_is_refused_before_any_work() {
         assert!(err.contains(want), "{opts}: {err}");
     }
 }
+
+/// A process under SCHED_DEADLINE (`chrt -d`): its runtime, deadline and
+/// period are not recorded, and every restore failed "setting the
+/// scheduling policy: Invalid argument" after capture and both dry runs
+/// had said yes (a sweep of stop 51). Refused by name; left running.
+#[test]
+fn sched_deadline_is_refused_by_name() {
+    sanitize_fds();
+    let mut c = std::process::Command::new("chrt")
+        .args([
+            "-d",
+            "--sched-runtime",
+            "1000000",
+            "--sched-deadline",
+            "10000000",
+            "--sched-period",
+            "10000000",
+            "0",
+            "sleep",
+            "100",
+        ])
+        .spawn()
+        .expect("chrt");
+    let pid = c.id() as i32;
+    wait_for(
+        "sleep under SCHED_DEADLINE",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|s| s.trim() == "sleep")
+                && state(pid) == Some('S')
+        },
+    );
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &pid.to_string()]);
+    let alive = state(pid) == Some('S');
+    let _ = c.kill();
+    let _ = c.wait();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("its main thread runs under SCHED_DEADLINE (chrt -d), whose runtime, deadline and period cryo does not record yet"),
+        "{out}"
+    );
+    assert!(alive, "left running");
+}
+
+/// A process its cgroup froze cannot stop for cryo: capture waited in
+/// waitpid as long as it stayed frozen (10 minutes in a sweep of stop
+/// 51), the process seized, deaf to SIGINT. Refused at once now, naming
+/// the freezer, nothing written; thawed, it goes on.
+#[test]
+fn a_process_its_cgroup_froze_is_refused_at_once() {
+    // The v1 freezer where it is mounted (this VM's hybrid cgroups), else
+    // cgroup v2's cgroup.freeze.
+    let (dir, file, on, off) = if Path::new("/sys/fs/cgroup/freezer/cgroup.procs").exists() {
+        (
+            "/sys/fs/cgroup/freezer",
+            "freezer.state",
+            "FROZEN",
+            "THAWED",
+        )
+    } else if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+        ("/sys/fs/cgroup/unified", "cgroup.freeze", "1", "0")
+    } else {
+        ("/sys/fs/cgroup", "cgroup.freeze", "1", "0")
+    };
+    let cg = Path::new(dir).join(format!("cryo-test-frozen-{}", std::process::id()));
+    std::fs::create_dir(&cg).expect("a cgroup of our own (root)");
+    sanitize_fds();
+    let mut c = std::process::Command::new("sleep")
+        .arg("100")
+        .spawn()
+        .unwrap();
+    let pid = c.id() as i32;
+    std::fs::write(cg.join("cgroup.procs"), pid.to_string()).unwrap();
+    std::fs::write(cg.join(file), on).unwrap();
+    let img = scratch("frozen").join("img");
+    let (code, _, err) = cryo_cmd(&["capture", &pid.to_string(), img.to_str().unwrap()]);
+    std::fs::write(cg.join(file), off).unwrap();
+    let _ = c.kill();
+    let _ = c.wait();
+    let _ = std::fs::remove_dir(&cg);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("pid {pid} is frozen by its cgroup"))
+            && err.contains("thaw it first"),
+        "{err}"
+    );
+    assert!(!img.exists());
+}

@@ -1052,6 +1052,7 @@ pub(crate) fn inspect(
         .chain(g.others.iter().map(|t| t.pid()))
         .collect();
     crate::timers::clock_obstacles(pid, &tids, &timers, &mut obs);
+    crate::task::deadline_obstacles(pid, &tids, &mut obs);
     let mut task = cryo_image::task::TaskState::default();
     let mut securebits = 0;
     let mut xcomp_perm = 0u64;

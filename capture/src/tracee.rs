@@ -30,12 +30,61 @@ pub enum PtraceError {
     NotTraceable(i32),
     #[error("pid {0}'s main thread has exited while its other threads run (pthread_exit from main); cryo needs the main thread to capture a process")]
     LeaderExited(i32),
+    #[error("pid {0} is frozen by its cgroup ({1}): a frozen process cannot stop for cryo, which would wait for it as long as it stays frozen, holding it; thaw it first")]
+    Frozen(i32, String),
     #[error("{op} on pid {pid}: {source}")]
     Sys {
         op: &'static str,
         pid: i32,
         source: io::Error,
     },
+}
+
+/// Whether the cgroup freezer holds `pid` (v2 `cgroup.freeze` 1, v1
+/// `freezer.state` FROZEN or FREEZING): where, if so.
+pub(crate) fn frozen_by_cgroup(pid: i32) -> Option<String> {
+    let groups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // (mount point, file system type, super options) of each cgroup mount.
+    let cgroup_mounts: Vec<(&str, &str, &str)> = mounts
+        .lines()
+        .filter_map(|l| {
+            let (a, b) = l.split_once(" - ")?;
+            let at = a.split_whitespace().nth(4)?;
+            let mut f = b.split_whitespace();
+            let (fstype, _, opts) = (f.next()?, f.next()?, f.next().unwrap_or(""));
+            matches!(fstype, "cgroup" | "cgroup2").then_some((at, fstype, opts))
+        })
+        .collect();
+    for line in groups.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let (file, frozen): (&str, fn(&str) -> bool) = if controllers.is_empty() {
+            ("cgroup.freeze", |v| v == "1")
+        } else if controllers.split(',').any(|c| c == "freezer") {
+            ("freezer.state", |v| v == "FROZEN" || v == "FREEZING")
+        } else {
+            continue;
+        };
+        let mount = cgroup_mounts.iter().find(|(_, fstype, opts)| {
+            if controllers.is_empty() {
+                *fstype == "cgroup2"
+            } else {
+                *fstype == "cgroup" && opts.split(',').any(|o| o == "freezer")
+            }
+        });
+        let Some((at, _, _)) = mount else {
+            continue;
+        };
+        let dir = format!("{at}{}", path.trim_end_matches('/'));
+        let value = std::fs::read_to_string(format!("{dir}/{file}")).unwrap_or_default();
+        if frozen(value.trim()) {
+            return Some(format!("{dir}/{file} is {}", value.trim()));
+        }
+    }
+    None
 }
 
 /// Why ptrace would not take `pid`, as /proc tells (a survey of stop 36:
@@ -279,6 +328,12 @@ impl Tracee {
                 return Err(PtraceError::LeaderExited(pid));
             }
             return Err(PtraceError::NotTraceable(pid));
+        }
+        // (A capture of a process its cgroup froze waited in waitpid
+        // for as long as it stayed frozen, the process seized, deaf to
+        // SIGINT: a sweep of stop 51, 10 minutes.)
+        if let Some(why) = frozen_by_cgroup(pid) {
+            return Err(PtraceError::Frozen(pid, why));
         }
         Tracee::attach(pid, pid, state == 'T')
     }
