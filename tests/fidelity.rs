@@ -693,6 +693,38 @@ fn a_landlock_domain_is_refused_by_name() {
     });
 }
 
+/// A root process with fewer capabilities (`setpriv --bounding-set
+/// -all`, a hardened service's CapabilityBoundingSet=): captured. The
+/// Landlock probe, exec'd as root with every capability, could not be
+/// looked at by it, and the EPERM read as a domain (a sweep of stop 51).
+#[test]
+fn a_root_process_without_capabilities_is_not_taken_for_a_landlock_domain() {
+    if landlock_abi() < 1 {
+        eprintln!("this kernel does not run Landlock: no probe to ask");
+        return;
+    }
+    sanitize_fds();
+    let mut c = std::process::Command::new("setpriv")
+        .args(["--bounding-set", "-all", "sleep", "100"])
+        .spawn()
+        .expect("setpriv");
+    let pid = c.id() as i32;
+    wait_for(
+        "sleep without capabilities",
+        std::time::Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|s| s.trim() == "sleep")
+                && state(pid) == Some('S')
+        },
+    );
+    let caps = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &pid.to_string()]);
+    let _ = c.kill();
+    let _ = c.wait();
+    assert!(caps.contains("CapPrm:\t0000000000000000"), "{caps}");
+    assert_eq!(code, 0, "{out}{err}");
+}
+
 /// cryo run inside a Landlock domain (a sandbox) shares it with its
 /// probes: a program in that same domain is captured, and the capture
 /// says that cryo runs in one (a review found it passing silently, and

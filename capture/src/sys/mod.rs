@@ -123,6 +123,14 @@ impl Idle {
                         true
                     }
                     && libc::syscall(libc::SYS_setresgid, gid, gid, gid) == 0
+                    // As root, no capabilities through its exec either
+                    // (SECBIT_NOROOT, locked): else root's exec gave the
+                    // probe every one, and a root target with fewer
+                    // (`capsh --drop=cap_sys_ptrace`) was denied the look
+                    // and refused as in a Landlock domain (a sweep of
+                    // stop 51). (Needs CAP_SETPCAP: only root's probe
+                    // needs it.)
+                    && (uid != 0 || libc::prctl(libc::PR_SET_SECUREBITS, 0b11, 0, 0, 0) == 0)
                     && libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0
                     && libc::syscall(libc::SYS_capset, &head, none.as_ptr()) == 0
                     // (A change of identity clears it; an exec keeps it.)
