@@ -713,31 +713,10 @@ fn run_passes_a_signal_on_to_its_stopped_program_and_continues_it() {
     assert_eq!(String::from_utf8_lossy(&done.stdout), "resumed\ngot TERM\n");
 }
 
-/// Keys typed ahead in the process's terminal, not read yet: the image
-/// cannot hold them, so the restored program never saw them, and after a
-/// capture with --kill the terminal's shell read them as commands (a
-/// sweep of stop 51). Refused, the count said; the process goes on.
-#[test]
-fn keys_typed_ahead_in_its_terminal_are_refused() {
-    // (A pty whose master only this test holds, close-on-exec: as below.)
-    // SAFETY: posix_openpt takes flags; grantpt, unlockpt and ptsname_r
-    // take the fd it returned and a buffer we own.
-    let (master, path) = unsafe {
-        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
-        assert!(m >= 0);
-        assert_eq!(libc::grantpt(m), 0);
-        assert_eq!(libc::unlockpt(m), 0);
-        let mut buf = [0 as libc::c_char; 64];
-        assert_eq!(libc::ptsname_r(m, buf.as_mut_ptr(), buf.len()), 0);
-        let name = std::ffi::CStr::from_ptr(buf.as_ptr());
-        (m, name.to_string_lossy().into_owned())
-    };
-    sanitize_fds();
-    let script = format!(
-        "import os, sys, time\nfd = os.open({path:?}, os.O_RDWR | os.O_NOCTTY)\nos.dup2(fd, 0); os.close(fd)\nprint('READY', flush=True)\ntime.sleep(1000)\n"
-    );
+/// `python3 -c script`, stdin /dev/null, once it has printed READY.
+fn python_ready(script: &str) -> std::process::Child {
     let mut c = std::process::Command::new("python3")
-        .args(["-c", &script])
+        .args(["-c", script])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -749,6 +728,41 @@ fn keys_typed_ahead_in_its_terminal_are_refused() {
     )
     .unwrap();
     assert_eq!(line.trim(), "READY");
+    c
+}
+
+/// A pty whose master only this test holds (its fd, the slave's name):
+/// close-on-exec from the start (the other tests' children, spawned at
+/// any moment by other threads, must not inherit it; with openpty a
+/// fresh-clone run's c-bigheap and a python held it too, and capture
+/// rightly refused). Its slave is opened by name by the program only.
+fn own_pty() -> (i32, String) {
+    // SAFETY: posix_openpt takes flags; grantpt, unlockpt and ptsname_r
+    // take the fd it returned and a buffer we own.
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(m >= 0);
+        assert_eq!(libc::grantpt(m), 0);
+        assert_eq!(libc::unlockpt(m), 0);
+        let mut buf = [0 as libc::c_char; 64];
+        assert_eq!(libc::ptsname_r(m, buf.as_mut_ptr(), buf.len()), 0);
+        let name = std::ffi::CStr::from_ptr(buf.as_ptr());
+        (m, name.to_string_lossy().into_owned())
+    }
+}
+
+/// Keys typed ahead in the process's terminal, not read yet: the image
+/// cannot hold them, so the restored program never saw them, and after a
+/// capture with --kill the terminal's shell read them as commands (a
+/// sweep of stop 51). Refused, the count said; the process goes on.
+#[test]
+fn keys_typed_ahead_in_its_terminal_are_refused() {
+    let (master, path) = own_pty();
+    sanitize_fds();
+    let script = format!(
+        "import os, sys, time\nfd = os.open({path:?}, os.O_RDWR | os.O_NOCTTY)\nos.dup2(fd, 0); os.close(fd)\nprint('READY', flush=True)\ntime.sleep(1000)\n"
+    );
+    let mut c = python_ready(&script);
     let typed = b"echo TYPED\n";
     // SAFETY: writing our buffer to the master fd this test owns.
     let wrote = unsafe { libc::write(master, typed.as_ptr().cast(), typed.len()) };
@@ -785,44 +799,14 @@ fn keys_typed_ahead_in_its_terminal_are_refused() {
 /// (until stop 50 only the restore said it).
 #[test]
 fn a_clients_terminal_held_at_fd_3_up_is_said_at_capture() {
-    // A pty whose master only this test holds: close-on-exec from the
-    // start (the other tests' children, spawned at any moment by other
-    // threads, must not inherit it; with openpty a fresh-clone run's
-    // c-bigheap and the python below held it too, and capture rightly
-    // refused). Its slave is opened by name by the program only.
-    // SAFETY: posix_openpt takes flags; grantpt, unlockpt and ptsname_r
-    // take the fd it returned and a buffer we own.
-    let (master, path) = unsafe {
-        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
-        assert!(m >= 0);
-        assert_eq!(libc::grantpt(m), 0);
-        assert_eq!(libc::unlockpt(m), 0);
-        let mut buf = [0 as libc::c_char; 64];
-        assert_eq!(libc::ptsname_r(m, buf.as_mut_ptr(), buf.len()), 0);
-        let name = std::ffi::CStr::from_ptr(buf.as_ptr());
-        (
-            m,
-            std::path::PathBuf::from(name.to_string_lossy().into_owned()),
-        )
-    };
+    let (master, path) = own_pty();
+    let path = std::path::PathBuf::from(path);
     sanitize_fds();
     let script = format!(
         "import os, sys, time\nfd = os.open({:?}, os.O_RDWR | os.O_NOCTTY)\nos.dup2(fd, 7); os.close(fd)\nprint('READY', flush=True)\ntime.sleep(1000)\n",
         path.display().to_string()
     );
-    let mut c = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(c.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "READY");
+    let mut c = python_ready(&script);
     let img = scratch("other-terminal").join("img");
     let (code, _, err) = cryo_cmd(&["capture", &c.id().to_string(), img.to_str().unwrap()]);
     let _ = c.kill();

@@ -25,6 +25,16 @@ fn capture_after(
     dir: &Path,
     before: impl FnOnce(&mut Target),
 ) -> PathBuf {
+    capture_said(cmd, name, dir, before).0
+}
+
+/// [`capture_after`], and what the capture said (its stderr).
+fn capture_said(
+    cmd: Command,
+    name: &str,
+    dir: &Path,
+    before: impl FnOnce(&mut Target),
+) -> (PathBuf, String) {
     let mut t = Target::spawn(cmd, name);
     before(&mut t);
     t.wait_stopped();
@@ -37,7 +47,7 @@ fn capture_after(
     ]);
     assert_eq!(code, 0, "capture: {err}");
     t.finish();
-    img
+    (img, err)
 }
 
 fn pack(img: &Path, out: &Path, extra: &[&str]) {
@@ -534,29 +544,19 @@ fn pack_drops_unread_stdin_bytes_only_when_told() {
         "-c",
         "import os, signal\nprint('READY', os.getpid(), flush=True)\nassert os.read(0, 4) == b'one\\n'\nos.kill(os.getpid(), signal.SIGSTOP)\nprint('resumed', os.read(0, 100), flush=True)\nos._exit(3)",
     ]);
-    let mut t = Target::spawn(cmd, "py-stdin");
-    {
-        use std::io::Write;
-        t.stdin.as_mut().unwrap().write_all(b"one\ntwo\n").unwrap();
-    }
-    t.wait_stopped();
     // Said at capture, and by its dry run (a sweep of stop 51: a
     // pipeline's reader captured with --kill, and only every restore
     // said it).
     let said = "note: fd 0 is a pipe with 4 bytes not read yet: `cryo restore` gives the restored process its own fds 0-2, not that pipe, and refuses to lose those bytes unless --drop-pipe-data";
-    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains(said), "{out}");
-    let img = dir.join("img");
-    let (code, _, err) = cryo_cmd(&[
-        "capture",
-        "--kill",
-        &t.pid.to_string(),
-        img.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "capture: {err}");
+    let (img, err) = capture_said(cmd, "py-stdin", &dir, |t| {
+        use std::io::Write;
+        t.stdin.as_mut().unwrap().write_all(b"one\ntwo\n").unwrap();
+        t.wait_stopped();
+        let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &t.pid.to_string()]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains(said), "{out}");
+    });
     assert!(err.contains(said), "{err}");
-    t.finish();
     let out = dir.join("restorer");
     let (code, _, err) = cryo_cmd(&["pack", img.to_str().unwrap(), "-o", out.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");

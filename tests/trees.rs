@@ -913,6 +913,21 @@ fn python_started(script: &str) -> (Child, String) {
     (c, line)
 }
 
+/// [`python_started`] of a script that forks a child, prints "READY
+/// CHILD" and waits: the child's PID once it sleeps.
+fn python_child_asleep(script: &str) -> (Child, i32) {
+    let (c, line) = python_started(script);
+    let child: i32 = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    wait_for("the child asleep", Duration::from_secs(10), || {
+        state(child) == Some('S')
+    });
+    (c, child)
+}
+
 fn refused_with(script: &str, args: &[&str], all: &[&str]) {
     let (mut c, line) = python_started(script);
     assert_eq!(line.trim(), "READY");
@@ -1156,16 +1171,8 @@ if pid == 0:
 print("READY", pid, flush=True); sys.stdin.readline()
 os.kill(pid, 9); os.waitpid(pid, 0)
 "#;
-    let (mut c, line) = python_started(script);
-    let child: i32 = line
-        .trim()
-        .strip_prefix("READY ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
+    let (mut c, child) = python_child_asleep(script);
     let parent = c.id() as i32;
-    wait_for("the child asleep", Duration::from_secs(10), || {
-        state(child) == Some('S')
-    });
     let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &child.to_string()]);
     assert_eq!(code, 1, "{out}{err}");
     let named =
@@ -2319,15 +2326,7 @@ if pid == 0:
 print("READY", pid, flush=True); sys.stdin.readline()
 os.kill(pid, 9); os.waitpid(pid, 0)
 "#;
-    let (mut c, line) = python_started(script);
-    let child: i32 = line
-        .trim()
-        .strip_prefix("READY ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
-    wait_for("the child asleep", Duration::from_secs(10), || {
-        state(child) == Some('S')
-    });
+    let (mut c, child) = python_child_asleep(script);
     let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &child.to_string()]);
     c.stdin.take().unwrap().write_all(b"done\n").unwrap();
     assert!(c.wait().unwrap().success());

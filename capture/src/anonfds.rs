@@ -169,30 +169,35 @@ pub fn epoll(
 /// the first, until a read or timerfd_gettime forwards the timer (a
 /// 100 ms timerfd not read for 6 s read 31 expirations after a restore
 /// instead of 60: a sweep of stop 51). timerfd_gettime changes nothing
-/// the program can see (its next read returns the same count). Whether
-/// any was asked (the fds then read again).
+/// the program can see (its next read returns the same count). The
+/// fdinfo of each one asked is read again.
 pub fn fold_timerfds(
     t: &mut crate::tracee::Tracee,
+    pid: i32,
     vdso: &(u64, Vec<u8>),
-    fds: &[OpenFd],
-) -> Result<bool, crate::remote::InjectError> {
-    let periodic: Vec<i32> = fds
-        .iter()
-        .filter(|f| {
-            f.target == "anon_inode:[timerfd]"
-                && field(&f.info, "it_interval").and_then(pair) != Some((0, 0))
-        })
-        .map(|f| f.fd)
-        .collect();
-    if periodic.is_empty() {
-        return Ok(false);
+    fds: &mut [OpenFd],
+) -> Result<(), crate::remote::InjectError> {
+    let periodic = |f: &OpenFd| {
+        f.target == "anon_inode:[timerfd]"
+            && field(&f.info, "it_interval").and_then(pair) != Some((0, 0))
+    };
+    if !fds.iter().any(periodic) {
+        return Ok(());
     }
     let mut rem = crate::remote::Remote::new(t, vdso.0, &vdso.1)?;
-    let r = periodic.iter().try_for_each(|&fd| rem.timerfd_gettime(fd));
+    let r = fds
+        .iter()
+        .filter(|f| periodic(f))
+        .try_for_each(|f| rem.timerfd_gettime(f.fd));
     let fin = rem.finish();
     r?;
     fin?;
-    Ok(true)
+    for f in fds.iter_mut().filter(|f| periodic(f)) {
+        if let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", f.fd)) {
+            f.info = info;
+        }
+    }
+    Ok(())
 }
 
 /// The anonymous-inode fds a restore makes again as new objects, whose

@@ -370,22 +370,30 @@ pub fn check(pid: i32, opts: &Options) -> Result<Checked, CaptureError> {
 
 /// [`Summary::stdio_unread`] of the inspected processes.
 fn stdio_unread(all: &[Inspected]) -> Vec<(i32, i32, u64)> {
-    all.iter()
-        .flat_map(|i| {
-            let b = &i.b;
-            b.fds.iter().filter_map(move |f| {
-                let p = b.pipes.get(f.object as usize)?;
-                (f.fd <= 2
-                    && matches!(
-                        f.kind,
-                        cryo_image::fd_kind::PIPE | cryo_image::fd_kind::FIFO
-                    )
-                    && p.flags & cryo_image::fds::pipe_flags::INSIDE == 0
-                    && p.data.len > 0)
-                    .then_some((b.process.pid as i32, f.fd, p.data.len))
-            })
+    fds_of(all)
+        .filter(|(_, f)| f.fd <= 2)
+        .filter_map(|(b, f)| {
+            let p = outside_pipe(b, f).filter(|p| p.data.len > 0)?;
+            Some((b.process.pid as i32, f.fd, p.data.len))
         })
         .collect()
+}
+
+/// Every fd of the inspected processes, with its process's image.
+fn fds_of(all: &[Inspected]) -> impl Iterator<Item = (&ImageBuilder, &cryo_image::Fd)> {
+    all.iter()
+        .flat_map(|i| i.b.fds.iter().map(move |f| (&i.b, f)))
+}
+
+/// The pipe of fd `f` if it is one with an end outside the image.
+fn outside_pipe<'a>(b: &'a ImageBuilder, f: &cryo_image::Fd) -> Option<&'a cryo_image::fds::Pipe> {
+    matches!(
+        f.kind,
+        cryo_image::fd_kind::PIPE | cryo_image::fd_kind::FIFO
+    )
+    .then(|| b.pipes.get(f.object as usize))
+    .flatten()
+    .filter(|p| p.flags & cryo_image::fds::pipe_flags::INSIDE == 0)
 }
 
 /// [`Summary::root_pid_refs`] of the inspected processes.
@@ -795,42 +803,24 @@ pub fn capture(
             .map(|f| (f.fd, b.strings.text(f.target), f.pos))
             .collect(),
         stdio_unread: stdio_unread(&all),
-        outside_pipes: all
-            .iter()
-            .flat_map(|i| {
-                let b = &i.b;
-                b.fds
-                    .iter()
-                    .filter(|f| {
-                        f.fd > 2
-                            && matches!(
-                                f.kind,
-                                cryo_image::fd_kind::PIPE | cryo_image::fd_kind::FIFO
-                            )
-                            && b.pipes
-                                .get(f.object as usize)
-                                .is_some_and(|p| p.flags & cryo_image::fds::pipe_flags::INSIDE == 0)
-                            && b.fds.get(f.desc as usize).is_some_and(|d| d.fd > 2)
-                            && !shared_with_stdio(b.process.pid, f.fd)
-                    })
-                    .map(|f| (b.process.pid as i32, f.fd))
+        outside_pipes: fds_of(&all)
+            .filter(|(b, f)| {
+                f.fd > 2
+                    && outside_pipe(b, f).is_some()
+                    && b.fds.get(f.desc as usize).is_some_and(|d| d.fd > 2)
+                    && !shared_with_stdio(b.process.pid, f.fd)
             })
+            .map(|(b, f)| (b.process.pid as i32, f.fd))
             .collect(),
-        other_terminals: all
-            .iter()
-            .flat_map(|i| {
-                let b = &i.b;
-                b.fds
-                    .iter()
-                    .filter(|f| {
-                        f.fd > 2
-                            && f.kind == cryo_image::fd_kind::TTY
-                            && !b.fds.iter().any(|g| {
-                                g.fd <= 2 && g.kind == cryo_image::fd_kind::TTY && g.rdev == f.rdev
-                            })
+        other_terminals: fds_of(&all)
+            .filter(|(b, f)| {
+                f.fd > 2
+                    && f.kind == cryo_image::fd_kind::TTY
+                    && !b.fds.iter().any(|g| {
+                        g.fd <= 2 && g.kind == cryo_image::fd_kind::TTY && g.rdev == f.rdev
                     })
-                    .map(|f| (b.process.pid as i32, f.fd, b.strings.text(f.target)))
             })
+            .map(|(b, f)| (b.process.pid as i32, f.fd, b.strings.text(f.target)))
             .collect(),
         sysv_sets: ids(all.iter().flat_map(|i| i.b.sysv_sem.iter().map(|s| s.id))),
         sysv_queues: ids(all.iter().flat_map(|i| i.b.sysv_msq.iter().map(|q| q.id))),
@@ -1001,12 +991,10 @@ pub(crate) fn inspect(
     // Files in flight in its sockets' queues, held by the process for the
     // moment: captured with its fds (read again then), and closed in it
     // again.
-    let fds = procinfo::fds(pid)?;
-    let fds = if !seccomp && crate::anonfds::fold_timerfds(&mut g.main, &vdso, &fds)? {
-        procinfo::fds(pid)?
-    } else {
-        fds
-    };
+    let mut fds = procinfo::fds(pid)?;
+    if !seccomp {
+        crate::anonfds::fold_timerfds(&mut g.main, pid, &vdso, &mut fds)?;
+    }
     let in_flight = if seccomp {
         crate::inflight::InFlight::default()
     } else {
@@ -1032,7 +1020,13 @@ pub(crate) fn inspect(
     }
     crate::inflight::release(&mut g.main, &vdso, &in_flight)?;
     fds?;
-    crate::stored::held_outside(&stored, &scope.pids, &mut scope.outside_unlinked, &mut obs);
+    crate::stored::held_outside(
+        &stored,
+        &scope.pids,
+        &mut scope.outside_shared,
+        &mut scope.outside_unlinked,
+        &mut obs,
+    );
     if seccomp {
         return Err(CaptureError::Refused {
             pid,

@@ -217,13 +217,14 @@ impl StoredFiles {
 pub fn held_outside(
     stored: &StoredFiles,
     captured: &[i32],
+    maps: &mut Option<Vec<crate::vma::OutsideShared>>,
     outside: &mut Option<Vec<(u64, u64, i32)>>,
     obs: &mut Obstacles,
 ) {
     if stored.made.is_empty() {
         return;
     }
-    let outside = outside.get_or_insert_with(|| outside_unlinked(captured));
+    let outside = outside.get_or_insert_with(|| outside_unlinked(captured, maps));
     for (dev, ino, what, shown) in &stored.made {
         let mut others: Vec<i32> = outside
             .iter()
@@ -243,10 +244,15 @@ pub fn held_outside(
 }
 
 /// (device, inode, PID) of every unlinked file and memfd that a process
-/// other than the captured ones (and this one) holds open or maps shared.
-/// (Mapped privately, as the unlinked libraries of an upgrade are in
-/// every process that ran before it, the file is only read.)
-fn outside_unlinked(captured: &[i32]) -> Vec<(u64, u64, i32)> {
+/// other than the captured ones (and this one) holds open or maps shared
+/// (the other processes' shared mappings read once per capture, for this
+/// and `vma::shared_outside` both: `maps`). (Mapped privately, as the
+/// unlinked libraries of an upgrade are in every process that ran before
+/// it, the file is only read.)
+fn outside_unlinked(
+    captured: &[i32],
+    maps: &mut Option<Vec<crate::vma::OutsideShared>>,
+) -> Vec<(u64, u64, i32)> {
     let mut out = Vec::new();
     crate::pipes::each_fd(None, |pid, path, t| {
         if captured.contains(&pid) || !(t.ends_with(" (deleted)") || t.starts_with("/memfd:")) {
@@ -256,44 +262,19 @@ fn outside_unlinked(captured: &[i32]) -> Vec<(u64, u64, i32)> {
             out.push((md.dev(), md.ino(), pid));
         }
     });
-    let own = std::process::id() as i32;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Some(other) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        if other == own || captured.contains(&other) {
+    let maps = maps.get_or_insert_with(|| crate::vma::outside_shared_maps(captured));
+    for (dev, inode, path, other) in maps.iter() {
+        if !(path.ends_with(" (deleted)") || path.starts_with("/memfd:")) {
             continue;
         }
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{other}/maps")) else {
-            continue;
-        };
-        for line in maps.lines() {
-            let mut f = line.split_whitespace();
-            let (Some(_), Some(perms), Some(_), Some(dev), Some(inode)) =
-                (f.next(), f.next(), f.next(), f.next(), f.next())
-            else {
-                continue;
-            };
-            let path = f.collect::<Vec<_>>().join(" ");
-            if !perms.ends_with('s')
-                || !(path.ends_with(" (deleted)") || path.starts_with("/memfd:"))
-            {
-                continue;
-            }
-            let (Some((major, minor)), Ok(inode)) = (dev.split_once(':'), inode.parse::<u64>())
-            else {
-                continue;
-            };
-            let (Ok(major), Ok(minor)) = (
-                u32::from_str_radix(major, 16),
-                u32::from_str_radix(minor, 16),
-            ) else {
-                continue;
-            };
-            out.push((libc::makedev(major, minor), inode, other));
+        let parsed = dev.split_once(':').and_then(|(major, minor)| {
+            Some((
+                u32::from_str_radix(major, 16).ok()?,
+                u32::from_str_radix(minor, 16).ok()?,
+            ))
+        });
+        if let Some((major, minor)) = parsed {
+            out.push((libc::makedev(major, minor), *inode, *other));
         }
     }
     out

@@ -44,18 +44,23 @@ pub enum PtraceError {
 /// `freezer.state` FROZEN or FREEZING): where, if so.
 pub(crate) fn frozen_by_cgroup(pid: i32) -> Option<String> {
     let groups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    // (mount point, file system type, super options) of each cgroup mount.
-    let cgroup_mounts: Vec<(&str, &str, &str)> = mounts
-        .lines()
-        .filter_map(|l| {
-            let (a, b) = l.split_once(" - ")?;
-            let at = a.split_whitespace().nth(4)?;
-            let mut f = b.split_whitespace();
-            let (fstype, _, opts) = (f.next()?, f.next()?, f.next().unwrap_or(""));
-            matches!(fstype, "cgroup" | "cgroup2").then_some((at, fstype, opts))
-        })
-        .collect();
+    // (mount point, file system type, super options) of each cgroup
+    // mount: read once (every process of a tree is asked).
+    static MOUNTS: std::sync::OnceLock<Vec<(String, String, String)>> = std::sync::OnceLock::new();
+    let cgroup_mounts = MOUNTS.get_or_init(|| {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        mounts
+            .lines()
+            .filter_map(|l| {
+                let (a, b) = l.split_once(" - ")?;
+                let at = a.split_whitespace().nth(4)?;
+                let mut f = b.split_whitespace();
+                let (fstype, _, opts) = (f.next()?, f.next()?, f.next().unwrap_or(""));
+                matches!(fstype, "cgroup" | "cgroup2")
+                    .then(|| (at.to_owned(), fstype.to_owned(), opts.to_owned()))
+            })
+            .collect()
+    });
     for line in groups.lines() {
         let mut f = line.splitn(3, ':');
         let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {

@@ -203,7 +203,7 @@ fn shared_outside(
 
 /// Every shared mapping of the processes not in `captured` that has an
 /// inode (device, inode, name, PID), from their /proc/PID/maps.
-fn outside_shared_maps(captured: &[i32]) -> Vec<OutsideShared> {
+pub(crate) fn outside_shared_maps(captured: &[i32]) -> Vec<OutsideShared> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;

@@ -303,6 +303,15 @@ fn stdio_note(files: &[(i32, String, u64)]) -> Option<String> {
     ))
 }
 
+/// Fd `fd` of process `pid` as a note names it (`root`'s by the fd alone).
+fn fd_named(root: i32, pid: i32, fd: i32) -> String {
+    if pid == root {
+        format!("fd {fd}")
+    } else {
+        format!("process {pid}'s fd {fd}")
+    }
+}
+
 /// The `--inherit-fd` a restore needs for fd `fd` of process `pid`
 /// (`root`'s are named by the fd alone).
 fn inherit_fd_option(root: i32, pid: i32, fd: i32) -> String {
@@ -323,13 +332,7 @@ fn other_terminals_note(root: i32, ttys: &[(i32, i32, String)]) -> Option<String
     }
     let what = ttys
         .iter()
-        .map(|(pid, fd, path)| {
-            if *pid == root {
-                format!("fd {fd} is the terminal {path}")
-            } else {
-                format!("process {pid}'s fd {fd} is the terminal {path}")
-            }
-        })
+        .map(|&(pid, fd, ref path)| format!("{} is the terminal {path}", fd_named(root, pid, fd)))
         .collect::<Vec<_>>()
         .join(", ");
     let opts = ttys
@@ -353,11 +356,10 @@ fn stdio_unread_note(root: i32, pipes: &[(i32, i32, u64)]) -> Option<String> {
     let what = pipes
         .iter()
         .map(|&(pid, fd, n)| {
-            if pid == root {
-                format!("fd {fd} is a pipe with {n} bytes not read yet")
-            } else {
-                format!("process {pid}'s fd {fd} is a pipe with {n} bytes not read yet")
-            }
+            format!(
+                "{} is a pipe with {n} bytes not read yet",
+                fd_named(root, pid, fd)
+            )
         })
         .collect::<Vec<_>>()
         .join(", ");
@@ -376,13 +378,7 @@ fn outside_pipes_note(root: i32, pipes: &[(i32, i32)]) -> Option<String> {
     let opt = |&(pid, fd): &(i32, i32)| inherit_fd_option(root, pid, fd);
     let what = pipes
         .iter()
-        .map(|&(pid, fd)| {
-            if pid == root {
-                format!("fd {fd}")
-            } else {
-                format!("process {pid}'s fd {fd}")
-            }
-        })
+        .map(|&(pid, fd)| fd_named(root, pid, fd))
         .collect::<Vec<_>>()
         .join(", ");
     Some(format!(

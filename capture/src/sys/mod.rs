@@ -377,8 +377,8 @@ pub fn pagemap_scan(
     // SAFETY: PAGEMAP_SCAN reads `arg` (ours, its size given) and writes
     // at most vec_len page_region records to `regions`, which we own and
     // which outlives the call, and walk_end to `arg`.
-    let n =
-        cvt(unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg) } as libc::c_long)?;
+    let r = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg) };
+    let n = cvt(r as libc::c_long)?;
     regions.truncate(n as usize);
     Ok((
         regions.iter().map(|r| (r.start, r.end)).collect(),
