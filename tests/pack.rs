@@ -1132,3 +1132,68 @@ fn a_restore_whose_monotonic_clock_went_back_is_refused_unless_asked() {
     let (code, out, err) = behind(&[jump.to_str().unwrap()]);
     assert_eq!((code, out.lines().last()), (0, Some("PASS check")), "{err}");
 }
+
+/// A process bound to CPUs none of which the restore may run on (its
+/// cpuset holds others) is refused by `cryo restore`, its dry run and a
+/// packed restorer, the CPUs named, before anything is touched (the
+/// kernel's bare EINVAL was all it said: a sweep of stop 51); where one
+/// of them is, it restores.
+#[test]
+fn a_restore_where_none_of_its_cpus_may_run_is_refused_naming_them() {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    assert!(
+        online.trim() != "0",
+        "this test needs two CPUs (online: {online})"
+    );
+    let (root, procs) = if Path::new("/sys/fs/cgroup/cpuset/cgroup.procs").exists() {
+        ("/sys/fs/cgroup/cpuset", "cgroup.procs")
+    } else {
+        let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+cpuset");
+        ("/sys/fs/cgroup", "cgroup.procs")
+    };
+    let cg = Path::new(root).join(format!("cryo-test-cpus-{}", std::process::id()));
+    std::fs::create_dir(&cg).expect("a cpuset cgroup of our own (root)");
+    std::fs::write(cg.join("cpuset.cpus"), "0").unwrap();
+    if cg.join("cpuset.mems").exists() {
+        std::fs::write(cg.join("cpuset.mems"), "0").unwrap();
+    }
+    let dir = scratch("cpus");
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "1"]).arg(program("c-mapped")).arg("check");
+    let img = capture(cmd, "c-mapped", &dir);
+    let exe = dir.join("restorer");
+    pack(&img, &exe, &[]);
+    let cryo = cryo();
+    let i = img.to_str().unwrap();
+    let inside = |argv: &[&str]| -> (i32, String, String) {
+        let mut a = vec!["-c", "echo $$ > \"$0\" && exec \"$@\""];
+        let file = cg.join(procs);
+        a.push(file.to_str().unwrap());
+        a.extend_from_slice(argv);
+        run(Path::new("/bin/sh"), &a)
+    };
+    let said = [
+        inside(&[cryo.to_str().unwrap(), "restore", "--dry-run", i]),
+        inside(&[cryo.to_str().unwrap(), "restore", i]),
+        inside(&[exe.to_str().unwrap()]),
+    ];
+    let here = run(&cryo, &["restore", i]);
+    let packed_here = run(&exe, &[]);
+    let _ = std::fs::remove_dir(&cg);
+    for (code, out, err) in &said[..2] {
+        assert_eq!(*code, 1, "{out}{err}");
+        assert!(
+            err.contains("was bound to CPUs 1, and none of them is here to run on")
+                && err.contains("cpuset: CPUs 0)"),
+            "{err}"
+        );
+        assert!(!out.contains("PASS"), "nothing ran: {out}");
+    }
+    let (code, out, err) = &said[2];
+    assert_eq!(*code, 1, "{out}{err}");
+    assert!(err.contains("CPU affinity names no CPU here"), "{err}");
+    assert!(out.is_empty(), "nothing ran: {out}");
+    for (code, out, err) in [here, packed_here] {
+        assert_eq!((code, out.lines().last()), (0, Some("PASS check")), "{err}");
+    }
+}

@@ -478,3 +478,70 @@ pub fn mappable_here(loaded: &LoadedImage, img: &Image) -> Result<(), RestoreErr
     }
     Ok(())
 }
+
+/// CPUs as a list of ranges ("0-3,6").
+fn cpu_list(mask: &[u64; 16]) -> String {
+    let on = |c: usize| mask[c / 64] & (1 << (c % 64)) != 0;
+    let mut out: Vec<String> = Vec::new();
+    let mut c = 0;
+    while c < 1024 {
+        if !on(c) {
+            c += 1;
+            continue;
+        }
+        let first = c;
+        while c + 1 < 1024 && on(c + 1) {
+            c += 1;
+        }
+        out.push(if c == first {
+            format!("{first}")
+        } else {
+            format!("{first}-{c}")
+        });
+        c += 1;
+    }
+    out.join(",")
+}
+
+/// Every captured CPU affinity (the process's, each thread's) names a CPU
+/// the restored process may run on: one that is online and in this
+/// restore's cpuset. One that names none was refused by the kernel
+/// (EINVAL) as the restore set it, with no word of which CPUs (a sweep
+/// of stop 51: a process pinned to CPU 1 restored in a cpuset of CPU 0).
+/// One that names some of them comes back narrowed to those, as the
+/// kernel narrows a running process's affinity when its cpuset shrinks.
+pub fn affinity(img: &Image) -> Result<(), RestoreError> {
+    let Some(t) = img.task() else {
+        return Ok(());
+    };
+    let pid = img.process().pid;
+    let mut masks = vec![(format!("process {pid}"), t.affinity)];
+    masks.extend(
+        img.threads()
+            .iter()
+            .map(|th| (format!("thread {} of process {pid}", th.tid), th.affinity)),
+    );
+    masks.retain(|(_, m)| *m != [0; 16]);
+    // (Most images: bound where this restore is, or nowhere.)
+    let own = sys::affinity().ok().map(|set| sys::mask_of(&set));
+    masks.retain(|(_, m)| Some(*m) != own);
+    if masks.is_empty() {
+        return Ok(());
+    }
+    let Some(allowed) = sys::cpus_allowed() else {
+        return Ok(());
+    };
+    let why: Vec<String> = masks
+        .iter()
+        .filter(|(_, m)| m.iter().zip(allowed.iter()).all(|(a, b)| a & b == 0))
+        .map(|(who, m)| format!("{who} was bound to CPUs {}", cpu_list(m)))
+        .collect();
+    if why.is_empty() {
+        return Ok(());
+    }
+    Err(RestoreError::Task(format!(
+        "{}, and none of them is here to run on (online and in this restore's cpuset: CPUs {}): restore it where one of them is",
+        why.join("; "),
+        cpu_list(&allowed)
+    )))
+}

@@ -631,11 +631,16 @@ fn prepare_one(
         None => checks::clocks(&img, opts.clock_jump),
         Some(_) => Ok(()),
     };
-    let mut errs: Vec<RestoreError> = [checks::mapped_files(&img), checks::timers(&img), clocks]
-        .into_iter()
-        .filter_map(Result::err)
-        .flat_map(RestoreError::into_list)
-        .collect();
+    let mut errs: Vec<RestoreError> = [
+        checks::mapped_files(&img),
+        checks::timers(&img),
+        clocks,
+        checks::affinity(&img),
+    ]
+    .into_iter()
+    .filter_map(Result::err)
+    .flat_map(RestoreError::into_list)
+    .collect();
     if opts.map {
         if opts.lazy.is_some() {
             return Err(RestoreError::NotMappable(

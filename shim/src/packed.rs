@@ -697,6 +697,7 @@ fn environment(img: &Image, own: &Own) {
     }
     if let Some(t) = img.task() {
         sched(&t);
+        affinity(img, &t);
         proc_write(
             b"/proc/self/oom_score_adj\0",
             t.oom_score_adj,
@@ -744,17 +745,6 @@ fn sched(t: &cryo_image::task::TaskState) {
             );
         }
     }
-    if t.affinity != [0; 16] {
-        check(
-            syscall3(
-                SYS_SCHED_SETAFFINITY,
-                0,
-                core::mem::size_of_val(&t.affinity),
-                t.affinity.as_ptr() as usize,
-            ),
-            format_args!("setting the CPU affinity"),
-        );
-    }
     // The I/O priority, as `cryo restore` sets it (a sweep, stop 45: a
     // packed restorer left it 0).
     if t.ioprio != UNKNOWN {
@@ -774,6 +764,41 @@ fn sched(t: &cryo_image::task::TaskState) {
 /// coredump_filter`; an exec keeps the restorer's otherwise), if the
 /// restorer's differs. The file reads in hex, and takes "0x..." (a
 /// bare "0000007f" would be read as octal).
+/// The process's CPU affinity, once every captured one (its threads'
+/// too, set past the point of no return) is known to name a CPU it may
+/// run on here, as `cryo restore` checks (`checks::affinity`): asking for
+/// every CPU gives those online and in this cpuset.
+fn affinity(img: &Image, t: &cryo_image::task::TaskState) {
+    if t.affinity == [0; 16] {
+        return;
+    }
+    let set = |m: &[u64; 16]| {
+        syscall3(
+            SYS_SCHED_SETAFFINITY,
+            0,
+            core::mem::size_of_val(m),
+            m.as_ptr() as usize,
+        )
+    };
+    let mut allowed = [0u64; 16];
+    if set(&[!0; 16]) == 0
+        && syscall3(
+            SYS_SCHED_GETAFFINITY,
+            0,
+            core::mem::size_of_val(&allowed),
+            allowed.as_mut_ptr() as usize,
+        ) > 0
+    {
+        let none = |m: &[u64; 16]| *m != [0; 16] && m.iter().zip(&allowed).all(|(a, b)| a & b == 0);
+        if none(&t.affinity) || img.threads().iter().any(|th| none(&th.affinity)) {
+            die(format_args!(
+                "the image's CPU affinity names no CPU here to run on (online and in this cpuset): restore it where one of its CPUs is (`cryo inspect` shows them)"
+            ));
+        }
+    }
+    check(set(&t.affinity), format_args!("setting the CPU affinity"));
+}
+
 fn coredump_filter(v: u64) {
     let known = cryo_image::task::COREDUMP_FILTER_KNOWN;
     if v & known == 0 {

@@ -389,3 +389,33 @@ pub fn own_special_maps() -> io::Result<Vec<SpecialMap>> {
     }
     Ok(out)
 }
+
+/// The CPUs a thread of this process may be bound to: online and in its
+/// cpuset (sched_setaffinity narrows a mask to them, and fails EINVAL
+/// for a mask with none of them). Asked by a short-lived thread that asks
+/// for every CPU and reads back what it got, so this process's own
+/// affinity stays as it is. None if that could not be asked.
+pub fn cpus_allowed() -> Option<[u64; 16]> {
+    std::thread::spawn(|| {
+        let mut all = CpuSet::new();
+        for c in 0..CpuSet::count() {
+            let _ = all.set(c);
+        }
+        set_affinity(&all).ok()?;
+        Some(mask_of(&affinity().ok()?))
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// A CPU set as the image records one (CPUs 0-1023, one bit each).
+pub fn mask_of(set: &CpuSet) -> [u64; 16] {
+    let mut mask = [0u64; 16];
+    for c in 0..CpuSet::count().min(1024) {
+        if set.is_set(c).unwrap_or(false) {
+            mask[c / 64] |= 1 << (c % 64);
+        }
+    }
+    mask
+}
