@@ -6146,3 +6146,61 @@ print("PASS", flush=True)
     assert_eq!((code, out.lines().last()), (0, Some("PASS")), "{out}{err}");
     wait_gone(&pids[1..]);
 }
+
+/// A tree whose processes and threads do not fit in the restore's
+/// cgroup (`pids.max`) is refused before anything is made, the cgroup
+/// named: a child's shim died "clone3 ...: errno 11" past its point of
+/// no return while the root ran on (a sweep of stop 51). With room it
+/// restores.
+#[test]
+fn a_tree_that_does_not_fit_its_cgroups_pids_max_is_refused_first() {
+    let dir = scratch("tree-pids-max");
+    let t = Target::start("c-tree", &["family"]);
+    let img = dir.join("img");
+    t.wait_sleeping();
+    capture_kill(t.pid, &img);
+    drop(t);
+    let pids = tree_pids(&img);
+    wait_gone(&pids);
+    let root = if Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists() {
+        "/sys/fs/cgroup/pids"
+    } else {
+        "/sys/fs/cgroup"
+    };
+    let cg = Path::new(root).join(format!("cryo-test-pids-{}", std::process::id()));
+    std::fs::create_dir(&cg).expect("a pids cgroup of our own (root)");
+    let run_in = |max: &str| {
+        std::fs::write(cg.join("pids.max"), max).unwrap();
+        sanitize_fds();
+        let c = Command::new("sh")
+            .args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+            .arg(cg.join("cgroup.procs"))
+            .arg(cryo())
+            .arg("restore")
+            .arg(&img)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        finish(c, "x")
+    };
+    let tight = run_in("4");
+    let roomy = run_in("64");
+    wait_gone(&pids[1..]);
+    let _ = std::fs::remove_dir(&cg);
+    let (code, out, err) = tight;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("tasks (processes and threads) do not fit in this restore's cgroup")
+            && err.contains("(pids.max 4, pids.current 1)"),
+        "{err}"
+    );
+    assert!(!out.contains("PASS"), "{out}");
+    let (code, out, err) = roomy;
+    assert_eq!(
+        (code, out.lines().last()),
+        (0, Some("PASS tree")),
+        "{out}{err}"
+    );
+}

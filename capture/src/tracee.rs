@@ -44,49 +44,21 @@ pub enum PtraceError {
 /// `freezer.state` FROZEN or FREEZING): where, if so.
 pub(crate) fn frozen_by_cgroup(pid: i32) -> Option<String> {
     let groups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    // (mount point, file system type, super options) of each cgroup
-    // mount: read once (every process of a tree is asked).
-    static MOUNTS: std::sync::OnceLock<Vec<(String, String, String)>> = std::sync::OnceLock::new();
-    let cgroup_mounts = MOUNTS.get_or_init(|| {
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        mounts
-            .lines()
-            .filter_map(|l| {
-                let (a, b) = l.split_once(" - ")?;
-                let at = a.split_whitespace().nth(4)?;
-                let mut f = b.split_whitespace();
-                let (fstype, _, opts) = (f.next()?, f.next()?, f.next().unwrap_or(""));
-                matches!(fstype, "cgroup" | "cgroup2")
-                    .then(|| (at.to_owned(), fstype.to_owned(), opts.to_owned()))
-            })
-            .collect()
-    });
-    for line in groups.lines() {
-        let mut f = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
-            continue;
-        };
-        let (file, frozen): (&str, fn(&str) -> bool) = if controllers.is_empty() {
+    // (The mounts read once: every process of a tree is asked.)
+    static MOUNTS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let mounts =
+        MOUNTS.get_or_init(|| std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
+    for g in cryo_image::mountinfo::cgroups(mounts, &groups) {
+        let (file, frozen): (&str, fn(&str) -> bool) = if g.has("") {
             ("cgroup.freeze", |v| v == "1")
-        } else if controllers.split(',').any(|c| c == "freezer") {
+        } else if g.has("freezer") {
             ("freezer.state", |v| v == "FROZEN" || v == "FREEZING")
         } else {
             continue;
         };
-        let mount = cgroup_mounts.iter().find(|(_, fstype, opts)| {
-            if controllers.is_empty() {
-                *fstype == "cgroup2"
-            } else {
-                *fstype == "cgroup" && opts.split(',').any(|o| o == "freezer")
-            }
-        });
-        let Some((at, _, _)) = mount else {
-            continue;
-        };
-        let dir = format!("{at}{}", path.trim_end_matches('/'));
-        let value = std::fs::read_to_string(format!("{dir}/{file}")).unwrap_or_default();
+        let value = std::fs::read_to_string(format!("{}/{file}", g.dir)).unwrap_or_default();
         if frozen(value.trim()) {
-            return Some(format!("{dir}/{file} is {}", value.trim()));
+            return Some(format!("{}/{file} is {}", g.dir, value.trim()));
         }
     }
     None

@@ -55,6 +55,68 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// One cgroup a process is in, where it can be read: its controllers
+/// (none for cgroup v2) and its directory under that hierarchy's mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    pub controllers: Vec<String>,
+    pub dir: String,
+    /// The hierarchy's mount point (the top of `dir`'s ancestors).
+    pub mount: String,
+}
+
+impl Cgroup {
+    /// A v1 hierarchy with `controller`, or (`controller` empty) v2.
+    pub fn has(&self, controller: &str) -> bool {
+        if controller.is_empty() {
+            self.controllers.is_empty()
+        } else {
+            self.controllers.iter().any(|c| c == controller)
+        }
+    }
+}
+
+/// Each cgroup of a /proc/PID/cgroup text whose hierarchy `mountinfo`
+/// mounts (v1 by its controller options, v2 by its type).
+pub fn cgroups(mountinfo: &str, proc_cgroup: &str) -> Vec<Cgroup> {
+    // (mount point, file system type, super options)
+    let mounts: Vec<(String, &str, &str)> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (a, b) = l.split_once(" - ")?;
+            let at = a.split_whitespace().nth(4)?;
+            let mut f = b.split_whitespace();
+            let (fstype, _, opts) = (f.next()?, f.next()?, f.next().unwrap_or(""));
+            matches!(fstype, "cgroup" | "cgroup2").then(|| (unescape(at), fstype, opts))
+        })
+        .collect();
+    proc_cgroup
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            let controllers: Vec<String> = controllers
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect();
+            let (at, _, _) = mounts.iter().find(|(_, fstype, opts)| {
+                if controllers.is_empty() {
+                    *fstype == "cgroup2"
+                } else {
+                    *fstype == "cgroup"
+                        && controllers.iter().all(|c| opts.split(',').any(|o| o == c))
+                }
+            })?;
+            Some(Cgroup {
+                dir: format!("{at}{}", path.trim_end_matches('/')),
+                mount: at.clone(),
+                controllers,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +130,24 @@ mod tests {
         assert_eq!((m[1].id, m[1].point.as_str()), (31, "/tmp/with space"));
         // Numbers past 12 bits of major and 8 of minor, as glibc packs them.
         assert_eq!(m[2].dev, 4_295_033_601); // os.makedev(259, 1048577)
+    }
+
+    #[test]
+    fn cgroups_of_a_hybrid_and_a_unified_hierarchy() {
+        let mi = "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
+                  34 31 0:31 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
+                  35 31 0:32 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n\
+                  36 31 0:33 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
+        let pc = "4:pids:/a/b/\n3:cpu,cpuacct:/c\n2:memory:/m\n0::/u\n";
+        let g = cgroups(mi, pc);
+        assert_eq!(g.len(), 3, "{g:?}");
+        assert!(g[0].has("pids") && !g[0].has(""));
+        assert_eq!(
+            (g[0].dir.as_str(), g[0].mount.as_str()),
+            ("/sys/fs/cgroup/pids/a/b", "/sys/fs/cgroup/pids")
+        );
+        assert_eq!(g[1].dir, "/sys/fs/cgroup/cpu,cpuacct/c");
+        assert!(g[2].has("") && !g[2].has("pids"));
+        assert_eq!(g[2].dir, "/sys/fs/cgroup/unified/u");
     }
 }

@@ -5,6 +5,7 @@ use crate::{sys, IntoSys, RestoreError};
 use cryo_image::load::LoadedImage;
 use cryo_image::{vma_kind, Image, NO_INDEX, SHIM_WINDOW, SHIM_WINDOW_LEN};
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 /// The shim's window must be free in the captured layout.
 pub fn window(img: &Image) -> Result<(), RestoreError> {
@@ -544,4 +545,54 @@ pub fn affinity(img: &Image) -> Result<(), RestoreError> {
         why.join("; "),
         cpu_list(&allowed)
     )))
+}
+
+/// The `tasks` the restore makes (processes and threads) fit in the
+/// pids controller's limits of this restore's cgroup and its ancestors.
+/// One that did not failed as the shim made a thread or a child
+/// ("clone3 of thread N: errno 11", status 125): a tree's child died
+/// past its point of no return while its root ran on (a sweep of stop
+/// 51, a slot of `pids.max` taken after the capture). This restore's
+/// own threads count as free: its main thread becomes the root's and the
+/// others end with its exec (a bound that is certain, not a guess: the
+/// restore's helpers need slots too).
+pub fn pids(tasks: usize) -> Result<(), RestoreError> {
+    let (Ok(mounts), Ok(groups)) = (
+        std::fs::read_to_string("/proc/self/mountinfo"),
+        std::fs::read_to_string("/proc/self/cgroup"),
+    ) else {
+        return Ok(());
+    };
+    let own = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        })
+        .unwrap_or(1);
+    let need = tasks.saturating_sub(own);
+    for g in cryo_image::mountinfo::cgroups(&mounts, &groups) {
+        if !g.has("pids") && !g.has("") {
+            continue;
+        }
+        let mut dir = Path::new(&g.dir);
+        while dir.starts_with(&g.mount) && dir != Path::new(&g.mount) {
+            let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+            let max = read("pids.max").and_then(|v| v.trim().parse::<usize>().ok());
+            let cur = read("pids.current").and_then(|v| v.trim().parse::<usize>().ok());
+            if let (Some(max), Some(cur)) = (max, cur) {
+                let room = max.saturating_sub(cur);
+                if need > room {
+                    return Err(RestoreError::Task(format!(
+                        "the image's {tasks} tasks (processes and threads) do not fit in this restore's cgroup: {} allows {room} more (pids.max {max}, pids.current {cur})",
+                        dir.display()
+                    )));
+                }
+            }
+            let Some(up) = dir.parent() else { break };
+            dir = up;
+        }
+    }
+    Ok(())
 }

@@ -84,6 +84,17 @@ impl Tree {
         self.members.len()
     }
 
+    /// Tasks its restore makes, the root's threads left out: a process
+    /// for each (zombies too), each one's threads, the stand-ins.
+    pub(crate) fn tasks(&self) -> usize {
+        let mut n = self.members.len() + self.members.iter().filter(|m| m.stand_in).count();
+        let _ = self.each_image(&mut |_, img| {
+            n += img.threads().len();
+            Ok(())
+        });
+        n
+    }
+
     /// Call `f` with every other live process's plan.
     pub(crate) fn each_plan(&self, f: &mut dyn FnMut(&Plan)) {
         for m in &self.members {
