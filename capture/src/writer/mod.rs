@@ -34,6 +34,10 @@ pub enum WriteError {
     NoSpace(PathBuf),
     #[error("writing {}: {source}", .path.display())]
     Io { path: PathBuf, source: io::Error },
+    /// (EAGAIN from clone: a sweep of stop 51 read "writing pages.img:
+    /// Resource temporarily unavailable".)
+    #[error("cannot start the thread that writes {}: {source} (is its cgroup at pids.max? a capture runs two tasks: itself and this writer)", .path.display())]
+    Thread { path: PathBuf, source: io::Error },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> WriteError + '_ {

@@ -82,7 +82,10 @@ impl PageWriter {
                     }
                 }
             })
-            .map_err(io_at(path))?;
+            .map_err(|source| WriteError::Thread {
+                path: path.to_owned(),
+                source,
+            })?;
         let mut w = PageWriter {
             file,
             path: path.to_owned(),
