@@ -2102,3 +2102,46 @@ fn a_process_its_cgroup_froze_is_refused_at_once() {
     );
     assert!(!img.exists());
 }
+
+/// Fds on /proc files that no restore can open again on what they named
+/// are refused by name by capture and its dry run: a file of a thread
+/// but the main one (`/proc/P/task/T/stat`: the thread gets a new TID),
+/// and one bound to a child's memory (`/proc/CHILD/maps`: made anew
+/// after the parent's fds). Both passed the dry run, and the first failed
+/// the restore past `--kill` (a sweep of stop 52).
+#[test]
+fn proc_files_of_another_thread_or_of_a_childs_memory_are_refused_by_name() {
+    sanitize_fds();
+    let mut c = python_ready(
+        "import ctypes, os, threading, time\n\
+         e = threading.Event()\n\
+         t = threading.Thread(target=e.wait); t.start()\n\
+         a = os.open('/proc/self/task/%d/stat' % t.native_id, os.O_RDONLY)\n\
+         k = os.fork()\n\
+         if k == 0:\n\
+         \x20   ctypes.CDLL(None).prctl(1, 9)\n\
+         \x20   time.sleep(100); os._exit(0)\n\
+         b = os.open('/proc/%d/maps' % k, os.O_RDONLY)\n\
+         print('READY', flush=True)\n\
+         time.sleep(100)\n",
+    );
+    let pid = c.id().to_string();
+    let (code, out, err) = cryo_cmd(&["capture", "--dry-run", &pid]);
+    let img = scratch("proc-refused").join("img");
+    let (code2, _, err2) = cryo_cmd(&["capture", &pid, img.to_str().unwrap()]);
+    let alive = state(c.id() as i32).is_some_and(|s| s != 'Z');
+    let _ = c.kill();
+    let _ = c.wait();
+    let said = format!("{out}{err}");
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains("/stat, a /proc file of thread")
+            && said.contains("which a restore makes with a new TID")
+            && said.contains("/maps, bound to the memory of process"),
+        "{said}"
+    );
+    assert_eq!(code2, 1, "{err2}");
+    assert!(err2.contains("a /proc file of thread"), "{err2}");
+    assert!(!img.exists());
+    assert!(alive, "the target runs on");
+}

@@ -454,11 +454,20 @@ fn memfd_and_shared_anonymous_memory() {
     case("memfd");
 }
 
-/// O_PATH fds (a directory, a symbolic link itself) and an fd on the
-/// process's own /proc/PID/status.
+/// O_PATH fds (a directory, a symbolic link itself, a FIFO, a socket's
+/// file) and an fd on the process's own /proc/PID/status.
 #[test]
 fn o_path_and_proc_fds() {
     case("opath");
+}
+
+/// The process's own /proc files bound to its memory as they were
+/// opened (maps, mem, environ, auxv, smaps_rollup): each reads the
+/// restored memory (a sweep of stop 52: they read nothing, auxv the
+/// restorer's).
+#[test]
+fn proc_files_of_its_own_memory() {
+    case("proc-memory");
 }
 
 /// A working directory that is the /proc directory of a process that

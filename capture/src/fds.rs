@@ -91,6 +91,32 @@ fn proc_owner(pid: i32, f: &OpenFd, scope: &crate::pipes::Scope) -> Result<u64, 
     })
 }
 
+/// What keeps an fd on a /proc file of the captured tree from being
+/// opened again (a sweep of stop 52; both passed the dry runs and failed
+/// the restore, or read nothing): a file of a thread but the main one
+/// (`/proc/P/task/T/...`: threads get new TIDs), and one bound to
+/// another process's memory (`cryo_image::fds::proc_memory_file`: that
+/// memory is made anew, after its holder's fds; its own the shim opens
+/// again).
+fn proc_obstacle(pid: i32, f: &OpenFd, scope: &crate::pipes::Scope) -> Option<String> {
+    let (p, thread) = cryo_image::fds::proc_ids(&f.target)?;
+    if p != pid && !scope.pids.contains(&p) {
+        return None;
+    }
+    if let Some(t) = thread.filter(|&t| t != p) {
+        return Some(format!(
+            "fd {} is {}, a /proc file of thread {t}, which a restore makes with a new TID: cryo cannot open it again (the main thread's /proc/{p}/task/{p}/ it can)",
+            f.fd, f.target
+        ));
+    }
+    (p != pid && cryo_image::fds::proc_memory_file(&f.target)).then(|| {
+        format!(
+            "fd {} is {}, bound to the memory of process {p}, which a restore makes anew after this process's fds: cryo cannot open it again on that memory",
+            f.fd, f.target
+        )
+    })
+}
+
 /// An fd of shared anonymous memory (opened through /proc/PID/map_files).
 fn shared_anon(target: &str) -> bool {
     target == "/dev/zero (deleted)" || target.starts_with("/[anon_shmem")
@@ -218,6 +244,14 @@ fn terminal(
 fn classify(f: &OpenFd) -> Result<u32, String> {
     let t = &f.target;
     let fmt = f.mode & libc::S_IFMT;
+    // An O_PATH fd on a FIFO or a socket's file names the file, opens no
+    // pipe and no socket: opened again by its path, as one on a regular
+    // file is (a sweep of stop 52: taken for a FIFO's reader and a
+    // socket, the capture failed "Bad file descriptor").
+    if f.flags & O_PATH != 0 && matches!(fmt, libc::S_IFIFO | libc::S_IFSOCK) && t.starts_with('/')
+    {
+        return Ok(fd_kind::REGULAR);
+    }
     if t.starts_with("socket:") || fmt == libc::S_IFSOCK {
         return Ok(fd_kind::SOCKET);
     }
@@ -664,6 +698,10 @@ pub fn capture(
         }
         let mut rdev = f.rdev;
         if kind == fd_kind::PROC {
+            if let Some(why) = proc_obstacle(pid, f, scope) {
+                obs.push(why);
+                continue;
+            }
             match proc_owner(pid, f, scope) {
                 Ok(start) => rdev = start,
                 Err(why) => {

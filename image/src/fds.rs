@@ -1216,6 +1216,48 @@ pub mod pty_replay {
     }
 }
 
+/// The process P and, for `/proc/P/task/T/...`, the thread T a /proc
+/// path names.
+pub fn proc_ids(target: &str) -> Option<(i32, Option<i32>)> {
+    let mut parts = target.strip_prefix("/proc/")?.split('/');
+    let p = parts.next()?.parse().ok()?;
+    let t = match parts.next() {
+        Some("task") => Some(parts.next()?.parse().ok()?),
+        _ => None,
+    };
+    Some((p, t))
+}
+
+/// A /proc file of a process (`/proc/P/NAME`, `/proc/P/task/T/NAME`)
+/// that is bound to the process's memory as it is opened: maps, smaps,
+/// smaps_rollup, numa_maps, mem, pagemap, environ, auxv. An fd of one
+/// reads the memory it was opened on: opened by `cryo restore` before
+/// the exec of the shim, it read nothing (or the restorer's auxv) after
+/// (a sweep of stop 52), so the shim opens each again.
+pub fn proc_memory_file(target: &str) -> bool {
+    let Some((_, thread)) = proc_ids(target) else {
+        return false;
+    };
+    let rest: usize = if thread.is_some() { 5 } else { 3 };
+    let mut parts = target.split('/').skip(rest);
+    matches!(
+        (parts.next(), parts.next()),
+        (
+            Some(
+                "maps"
+                    | "smaps"
+                    | "smaps_rollup"
+                    | "numa_maps"
+                    | "mem"
+                    | "pagemap"
+                    | "environ"
+                    | "auxv"
+            ),
+            None
+        )
+    )
+}
+
 /// A process's start time (clock ticks after boot, field 22 of
 /// /proc/PID/stat), which with its PID names one process: a PID taken
 /// again by another process has another start time. (`fd_kind::PROC`)

@@ -1008,10 +1008,24 @@ static void memfd_check(void) {
 
 /* O_PATH fds on a directory and on a symbolic link itself; an fd on one
  * of the process's own /proc files. */
-static int op_dir, op_link, proc_fd, sys_fd;
+static int op_dir, op_link, proc_fd, sys_fd, op_fifo, op_sock;
 static void opath_setup(void) {
     op_dir = open(DIRPATH, O_PATH | O_DIRECTORY);
     char p[4096];
+    /* O_PATH on a FIFO and on a socket's file: files, not a pipe or a
+     * socket (a sweep of stop 52: the capture failed EBADF). */
+    path_in_dir(p, sizeof p, "opath-fifo");
+    CHECK(mkfifo(p, 0600) == 0, "mkfifo");
+    op_fifo = open(p, O_PATH);
+    struct sockaddr_un su = {.sun_family = AF_UNIX};
+    path_in_dir(p, sizeof p, "opath-sock");
+    CHECK(strlen(p) < sizeof su.sun_path, "socket path too long: %s", p);
+    memcpy(su.sun_path, p, strlen(p) + 1);
+    int s = socket(AF_UNIX, SOCK_STREAM, 0);
+    CHECK(s >= 0 && bind(s, (struct sockaddr *)&su, sizeof su) == 0, "bind");
+    close(s);
+    op_sock = open(su.sun_path, O_PATH);
+    CHECK(op_fifo >= 0 && op_sock >= 0, "O_PATH on a FIFO and a socket file");
     path_in_dir(p, sizeof p, "link");
     CHECK(symlink("/nonexistent-target", p) == 0, "symlink");
     op_link = open(p, O_PATH | O_NOFOLLOW);
@@ -1025,6 +1039,9 @@ static void opath_check(void) {
     struct stat st;
     CHECK(fstatat(op_link, "", &st, AT_EMPTY_PATH) == 0 && S_ISLNK(st.st_mode), "O_PATH on the link itself");
     CHECK(fstatat(op_dir, "", &st, AT_EMPTY_PATH) == 0 && S_ISDIR(st.st_mode), "O_PATH on the directory");
+    CHECK(fstatat(op_fifo, "", &st, AT_EMPTY_PATH) == 0 && S_ISFIFO(st.st_mode), "O_PATH on the FIFO");
+    CHECK(fstatat(op_sock, "", &st, AT_EMPTY_PATH) == 0 && S_ISSOCK(st.st_mode), "O_PATH on the socket file");
+    CHECK((fcntl(op_fifo, F_GETFL) & O_PATH) && (fcntl(op_sock, F_GETFL) & O_PATH), "still O_PATH");
     char buf[4096];
     ssize_t n = pread(proc_fd, buf, sizeof buf - 1, 0);
     CHECK(n > 0, "read /proc fd");
@@ -1033,6 +1050,57 @@ static void opath_check(void) {
     snprintf(want, sizeof want, "\nPid:\t%d\n", getpid());
     CHECK(strstr(buf, want), "the /proc fd is this process's (%s)", want + 1);
     CHECK(pread(sys_fd, buf, 16, 0) > 0 && atoi(buf) > 0, "a /proc/sys fd");
+}
+
+/* The process's own /proc files bound to its memory as they are opened
+ * (maps, mem, environ, auxv, smaps_rollup; one shared by a dup, one read
+ * part-way): after a restore each reads this process's memory (opened by
+ * the restore before the exec of its shim they read nothing, and auxv the
+ * restorer's: a sweep of stop 52). */
+static int pm_maps, pm_maps2, pm_mem, pm_env, pm_auxv, pm_roll;
+static char *pm_region;
+static char pm_word[] = "memory-of-the-program";
+static char pm_env_before[8192], pm_auxv_before[1024];
+static ssize_t pm_env_len, pm_auxv_len;
+static void pm_setup(void) {
+    pm_region = mmap(NULL, 4 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(pm_region != MAP_FAILED, "mmap");
+    memset(pm_region, 7, 4 * 4096);
+    pm_maps = open("/proc/self/maps", O_RDONLY);
+    pm_maps2 = dup(pm_maps);
+    pm_mem = open("/proc/self/mem", O_RDWR);
+    pm_env = open("/proc/self/environ", O_RDONLY);
+    pm_auxv = open("/proc/self/auxv", O_RDONLY);
+    pm_roll = open("/proc/self/smaps_rollup", O_RDONLY);
+    CHECK(pm_maps >= 0 && pm_maps2 >= 0 && pm_mem >= 0 && pm_env >= 0 && pm_auxv >= 0 && pm_roll >= 0,
+          "open /proc/self files");
+    char b[100];
+    CHECK(read(pm_maps, b, sizeof b) == sizeof b, "read maps part-way");
+    pm_env_len = pread(pm_env, pm_env_before, sizeof pm_env_before, 0);
+    pm_auxv_len = pread(pm_auxv, pm_auxv_before, sizeof pm_auxv_before, 0);
+    CHECK(pm_env_len > 0 && pm_auxv_len > 0, "read environ and auxv");
+}
+static void pm_check(void) {
+    static char buf[1 << 16];
+    CHECK(lseek(pm_maps2, 0, SEEK_CUR) == 100, "the dup shares the offset (%ld)", (long)lseek(pm_maps2, 0, SEEK_CUR));
+    ssize_t n = pread(pm_maps, buf, sizeof buf - 1, 0);
+    CHECK(n > 0, "read maps: %zd", n);
+    buf[n] = 0;
+    char want[32];
+    snprintf(want, sizeof want, "%lx-", (unsigned long)pm_region);
+    CHECK(strstr(buf, want), "maps shows the region at %s", want);
+    char w[sizeof pm_word];
+    CHECK(pread(pm_mem, w, sizeof w, (off_t)(uintptr_t)pm_word) == (ssize_t)sizeof w && !memcmp(w, pm_word, sizeof w),
+          "mem reads this memory");
+    CHECK(pwrite(pm_mem, "M", 1, (off_t)(uintptr_t)pm_word) == 1 && pm_word[0] == 'M', "mem writes this memory");
+    pm_word[0] = 'm';
+    static char e[8192], a[1024];
+    CHECK(pread(pm_env, e, sizeof e, 0) == pm_env_len && !memcmp(e, pm_env_before, pm_env_len), "environ as before");
+    CHECK(pread(pm_auxv, a, sizeof a, 0) == pm_auxv_len && !memcmp(a, pm_auxv_before, pm_auxv_len), "auxv as before");
+    n = pread(pm_roll, buf, sizeof buf - 1, 0);
+    CHECK(n > 0, "read smaps_rollup: %zd", n);
+    buf[n] = 0;
+    CHECK(strstr(buf, "Rss:"), "smaps_rollup");
 }
 
 /* A working directory that was removed. */
@@ -3362,6 +3430,7 @@ static const struct fcase cases[] = {
     {"linked-elsewhere", linked_setup, linked_check, NULL},
     {"memfd", memfd_setup, memfd_check, NULL},
     {"opath", opath_setup, opath_check, NULL},
+    {"proc-memory", pm_setup, pm_check, NULL},
     {"cwd", cwd_setup, cwd_check, NULL},
     {"relsock", relsock_setup, relsock_check, NULL},
     {"relsock-left", relleft_setup, relleft_check, NULL},
