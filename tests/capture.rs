@@ -631,7 +631,7 @@ fn run_passes_a_signal_sent_to_it_on_to_its_program() {
         (
             "trap 'echo early; exit 5' TERM; echo up; while :; do sleep 0.05; done",
             "up",
-            1,
+            5,
             "early",
         ),
     ] {
@@ -657,6 +657,26 @@ fn run_passes_a_signal_sent_to_it_on_to_its_program() {
         } else {
             LoadedImage::open(&img).unwrap();
         }
+    }
+    // A program that ends without stopping itself: cryo run fails with
+    // its status (1 for every status until stop 52), or 1 for a 0.
+    for (code, want) in [(42, 42), (0, 1)] {
+        let img = scratch(&format!("run-ends-{code}")).join("img");
+        let (got, _, err) = cryo_cmd(&[
+            "run",
+            "--capture-on-stop",
+            img.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &format!("exit {code}"),
+        ]);
+        assert_eq!(got, want, "{err}");
+        assert!(
+            err.contains(&format!("ended (status {code}) without stopping itself")),
+            "{err}"
+        );
+        assert!(!img.exists());
     }
     // The program starts with the signal mask cryo run was started with,
     // not with the signals cryo run holds back to pass them on (the first
@@ -2144,4 +2164,39 @@ fn proc_files_of_another_thread_or_of_a_childs_memory_are_refused_by_name() {
     assert!(err2.contains("a /proc file of thread"), "{err2}");
     assert!(!img.exists());
     assert!(alive, "the target runs on");
+}
+
+/// A user's capture into a directory it cannot write is refused up
+/// front, the directory named (a sweep of stop 52: "writing
+/// .NAME.cryo-tmp-PID: Permission denied", the temporary name shown).
+#[test]
+fn capture_into_a_directory_the_user_cannot_write_says_so() {
+    use std::os::unix::fs::PermissionsExt;
+    // Root's, 0755, where nobody can look but not write (the scratch
+    // directories are root's 0700).
+    let ro = std::env::temp_dir().join(format!("cryo-test-roots-{}", std::process::id()));
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+    sanitize_fds();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg("sleep 30 & p=$!; \"$0\" capture $p \"$1\"; s=$?; kill $p; exit $s")
+        .arg(cryo())
+        .arg(ro.join("img"))
+        .output()
+        .expect("setpriv");
+    let _ = std::fs::remove_dir(&ro);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("{}: this user cannot write there", ro.display())),
+        "{err}"
+    );
+    assert!(!err.contains("cryo-tmp"), "{err}");
 }

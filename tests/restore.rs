@@ -1871,3 +1871,69 @@ print("OK", flush=True)
     let (code, stdout, err) = outcome(out);
     assert_eq!((code, stdout.trim()), (0, "OK"), "{err}");
 }
+
+/// A user's mistakes with image paths are named in one line (a sweep of
+/// stop 52: a file given for the image, or its meta.img, was "no such
+/// image directory"; `cryo pack` of a missing directory and into one
+/// said a bare "No such file or directory"; a copy without sums.img or
+/// pages.img was "reading ...: No such file or directory"; a PID of -5
+/// was looked for).
+#[test]
+fn image_path_mistakes_are_named_in_one_line() {
+    let dir = scratch("path-mistakes");
+    let args = zdtm_args(&dir, "stop");
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let img = capture_killed("c-zdtm", &args, "stop", "path-mistakes-img");
+    let i = img.to_str().unwrap();
+    let meta = img.join(cryo_image::META_FILE);
+    let plain = dir.join("plain-file");
+    std::fs::write(&plain, "x").unwrap();
+    let copy = |name: &str, without: &str| {
+        let c = dir.join(name);
+        std::fs::create_dir(&c).unwrap();
+        for e in std::fs::read_dir(&img).unwrap().flatten() {
+            if e.file_name() != without && e.path().is_file() {
+                std::fs::copy(e.path(), c.join(e.file_name())).unwrap();
+            }
+        }
+        c
+    };
+    let no_sums = copy("no-sums", cryo_image::SUMS_FILE);
+    let no_pages = copy("no-pages", cryo_image::PAGES_FILE);
+    let missing = dir.join("missing");
+    let into_missing = dir.join("no-dir/restorer");
+    for (args, want) in [
+        (
+            vec!["restore", meta.to_str().unwrap()],
+            format!("not a directory; an image is the directory `cryo capture` wrote (this is a file of {i})"),
+        ),
+        (
+            vec!["restore", "--dry-run", plain.to_str().unwrap()],
+            "plain-file: not a directory".into(),
+        ),
+        (
+            vec!["pack", missing.to_str().unwrap(), "-o", "x"],
+            "missing: no such image directory".into(),
+        ),
+        (
+            vec!["pack", i, "-o", into_missing.to_str().unwrap()],
+            "no-dir: no such directory to write".into(),
+        ),
+        (
+            vec!["restore", no_sums.to_str().unwrap()],
+            "no-sums: an incomplete image (no sums.img)".into(),
+        ),
+        (
+            vec!["restore", "--dry-run", no_pages.to_str().unwrap()],
+            "no-pages: an incomplete image (no pages.img)".into(),
+        ),
+    ] {
+        let (code, out, err) = cryo_cmd(&args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(err.contains(&want), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    let (code, _, err) = cryo_cmd(&["capture", "--", "-5", "x"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid value '-5' for '<PID>'"), "{err}");
+}

@@ -13,6 +13,13 @@ use std::path::{Path, PathBuf};
 pub enum LoadError {
     #[error("{}: no such image directory", .0.display())]
     NoDir(PathBuf),
+    /// (A sweep of stop 52: a file, or an image's meta.img, given for
+    /// its directory was "no such image directory".)
+    #[error("{}: not a directory; an image is the directory `cryo capture` wrote{}", .0.display(), .1)]
+    NotDir(PathBuf, String),
+    /// An image file missing beside a meta.img (a copy cut short).
+    #[error("{}: an incomplete image (no {})", .0.display(), .1)]
+    Incomplete(PathBuf, &'static str),
     #[error("{}: not a cryo image directory (no {META_FILE})", .0.display())]
     NotImage(PathBuf),
     #[error("reading {}: {source}", .path.display())]
@@ -73,7 +80,18 @@ impl LoadedImage {
     /// [`LoadedImage::verify_pages`]).
     pub fn open(dir: &Path) -> Result<LoadedImage, LoadError> {
         if !dir.is_dir() {
-            return Err(LoadError::NoDir(dir.to_owned()));
+            if !dir.exists() {
+                return Err(LoadError::NoDir(dir.to_owned()));
+            }
+            let parent = dir.parent().filter(|p| p.join(META_FILE).is_file());
+            let hint = match parent {
+                Some(p) if !p.as_os_str().is_empty() => {
+                    format!(" (this is a file of {})", p.display())
+                }
+                Some(_) => " (this is a file of the current directory's image: give `.`)".into(),
+                None => String::new(),
+            };
+            return Err(LoadError::NotDir(dir.to_owned(), hint));
         }
         let path = dir.join(META_FILE);
         // Each of the image's files a regular file, looked at before it is
@@ -123,9 +141,15 @@ impl LoadedImage {
         // length died in the shim (SIGSEGV, or an I/O error past the point
         // of no return).
         let pages = dir.join(PAGES_FILE);
-        let md = std::fs::metadata(&pages).map_err(|source| LoadError::Io {
-            path: pages.clone(),
-            source,
+        let md = std::fs::metadata(&pages).map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound {
+                LoadError::Incomplete(dir.to_owned(), PAGES_FILE)
+            } else {
+                LoadError::Io {
+                    path: pages.clone(),
+                    source,
+                }
+            }
         })?;
         if !md.is_file() {
             return Err(not_regular(pages));
@@ -158,7 +182,12 @@ impl LoadedImage {
     /// Open `which` of the image directory again, refusing another file
     /// than the one `open` checked ([`LoadError::Replaced`]).
     pub fn reopen(&self, which: ImageFile) -> Result<File, LoadError> {
-        reopen_checked(&self.dir.join(which.name()), self.id(which))
+        reopen_checked(&self.dir.join(which.name()), self.id(which)).map_err(|e| match e {
+            LoadError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                LoadError::Incomplete(self.dir.clone(), which.name())
+            }
+            e => e,
+        })
     }
 
     /// meta.img's bytes, as verified by `open`.

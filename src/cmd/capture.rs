@@ -55,6 +55,7 @@ impl AfterCapture {
 pub struct CaptureArgs {
     /// PID of the process (all its threads, and all its descendants, are
     /// captured).
+    #[arg(value_parser = clap::value_parser!(i32).range(1..))]
     pub pid: i32,
     /// Image directory to create (must not exist, or be empty; see
     /// --force). Needed but with --dry-run.
@@ -134,7 +135,7 @@ pub struct CaptureArgs {
 #[derive(clap::Args, Debug)]
 pub struct DumpArgs {
     /// PID of the process to capture.
-    #[arg(short = 't', long = "tree")]
+    #[arg(short = 't', long = "tree", value_parser = clap::value_parser!(i32).range(1..))]
     pub pid: i32,
     /// Image directory.
     #[arg(short = 'D', long = "images-dir")]

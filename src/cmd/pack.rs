@@ -89,6 +89,13 @@ fn refuse_output(out: &std::path::Path, dir: &std::path::Path) -> anyhow::Result
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => std::path::Path::new("."),
     };
+    if !parent.is_dir() {
+        bail!(
+            "cannot pack {}: {}: no such directory to write {shown} in",
+            dir.display(),
+            parent.display()
+        );
+    }
     if std::fs::canonicalize(parent).is_ok_and(|p| p == dir) {
         bail!(
             "cannot pack {}: {shown} is in the image directory, whose files pack must not replace; write it elsewhere",
@@ -117,6 +124,15 @@ fn kind_of(md: &std::fs::Metadata) -> &'static str {
 }
 
 pub fn run(args: PackArgs) -> anyhow::Result<i32> {
+    // (A missing or wrong directory said as `cryo restore` says it, not
+    // as a bare "No such file or directory": a sweep of stop 52.)
+    if let Err(e) = cryo_image::load::LoadedImage::open(&args.dir) {
+        if !args.dir.is_dir() {
+            return Err(
+                anyhow::Error::new(e).context(format!("cannot pack {}", args.dir.display()))
+            );
+        }
+    }
     let dir = std::fs::canonicalize(&args.dir)
         .with_context(|| format!("cannot pack {}", args.dir.display()))?;
     refuse_output(&args.output, &dir)?;

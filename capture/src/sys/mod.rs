@@ -766,6 +766,19 @@ pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Whether this process may not make a file in directory `path`
+/// (access(W_OK | X_OK) fails EACCES; any other failure is left to the
+/// writes to say).
+pub fn cannot_write_in(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: access reads the NUL-terminated path only.
+    let r = unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EACCES)
+}
+
 /// statvfs(path): whether its file system is mounted read-only, and the
 /// bytes free to an unprivileged writer; None if it cannot be asked.
 pub fn fs_space(path: &std::path::Path) -> Option<(bool, u64)> {

@@ -32,6 +32,10 @@ pub enum WriteError {
     ReadOnly(PathBuf),
     #[error("{}: its file system has no space left for an image", .0.display())]
     NoSpace(PathBuf),
+    /// (A sweep of stop 52: a user's capture into a directory it cannot
+    /// write said "writing .NAME.cryo-tmp-PID: Permission denied".)
+    #[error("{}: this user cannot write there (the image is written beside its name, then renamed into place)", .0.display())]
+    NotWritable(PathBuf),
     #[error("writing {}: {source}", .path.display())]
     Io { path: PathBuf, source: io::Error },
     /// (EAGAIN from clone: a sweep of stop 51 read "writing pages.img:
@@ -110,6 +114,9 @@ fn checked_dest(dest: &Path, force: bool) -> Result<(PathBuf, String, PathBuf), 
     };
     if !parent.is_dir() {
         return Err(WriteError::NoParent(dest));
+    }
+    if crate::sys::cannot_write_in(&parent) {
+        return Err(WriteError::NotWritable(parent));
     }
     // A read-only or full file system: found before any work (`cryo run`
     // ran its program's whole start-up first: a sweep of stop 51).
