@@ -78,6 +78,35 @@ pub struct Image<'a> {
 }
 
 impl<'a> Image<'a> {
+    /// The seals of memfd `idx` (files-table index) made only once the
+    /// process's memory is mapped: F_SEAL_FUTURE_WRITE (and F_SEAL_SEAL
+    /// with it) of a memfd the process maps shared and writable, a
+    /// mapping made before the seal, which the kernel refuses to make
+    /// after it. `cryo restore` seals the memfd it makes with the others;
+    /// the shim adds these after its mappings (a sweep of stop 52: the
+    /// shim's mapping failed EPERM past the point of no return).
+    pub fn seals_after_mapping(&self, idx: u32) -> u32 {
+        const FUTURE_WRITE: u32 = 0x10;
+        const SEAL: u32 = 0x1;
+        let Some(f) = self.files().get(idx as usize) else {
+            return 0;
+        };
+        if f.seals & FUTURE_WRITE == 0 {
+            return 0;
+        }
+        let may_write = crate::vmflag("mw");
+        let mapped = self.vmas().iter().any(|v| {
+            v.file == idx
+                && v.kind == crate::vma_kind::FILE_SHARED
+                && (v.prot & 2 != 0 || v.vmflags & may_write != 0)
+        });
+        if mapped {
+            f.seals & (FUTURE_WRITE | SEAL)
+        } else {
+            0
+        }
+    }
+
     /// Parse meta.img: header, directory, section bounds, record sizes and
     /// every checksum. Call [`Image::validate`] next for semantic checks.
     pub fn parse(bytes: &'a [u8]) -> Result<Image<'a>, ImageError> {

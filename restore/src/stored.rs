@@ -372,9 +372,12 @@ pub(crate) fn make(
     }
     sys::fchmod(fd, f.mode & 0o7777).map_err(|e| err(Why::sys("chmod", e)))?;
     let _ = sys::set_mtime(fd, f.mtime_sec, f.mtime_nsec as i64);
-    if f.flags & file_flags::MEMFD != 0 && f.seals & !1 != 0 {
+    // (The shim adds F_SEAL_FUTURE_WRITE, and F_SEAL_SEAL after it, once
+    // it has mapped the memfd as it was mapped before that seal.)
+    let seals = f.seals & !img.seals_after_mapping(idx);
+    if f.flags & file_flags::MEMFD != 0 && seals & !1 != 0 {
         // Everything but F_SEAL_SEAL first, then that one.
-        for s in [f.seals & !1, f.seals & 1] {
+        for s in [seals & !1, seals & 1] {
             if s != 0 {
                 sys::add_seals(fd, s as i32).map_err(|e| err(Why::sys("sealing it", e)))?;
             }

@@ -209,6 +209,33 @@ impl<'a> Files<'a> {
         fd as usize
     }
 
+    /// Each memfd's seals that wait for its mappings
+    /// (`Image::seals_after_mapping`: F_SEAL_FUTURE_WRITE, then
+    /// F_SEAL_SEAL), added now that they are made. Another process of a
+    /// tree sharing it may have added them first: what is there already
+    /// is not added again (a second F_SEAL_SEAL fails EPERM).
+    pub fn seal_after_mapping(&mut self) {
+        const F_ADD_SEALS: usize = 1033;
+        const F_GET_SEALS: usize = 1034;
+        for idx in 0..self.n as u32 {
+            let want = self.img.seals_after_mapping(idx);
+            if want == 0 {
+                continue;
+            }
+            let fd = self.open(idx);
+            for s in [want & !1, want & 1] {
+                let have = syscall3(SYS_FCNTL, fd, F_GET_SEALS, 0);
+                if s == 0 || (have >= 0 && have as u32 & s == s) {
+                    continue;
+                }
+                check(
+                    syscall3(SYS_FCNTL, fd, F_ADD_SEALS, s as usize),
+                    format_args!("sealing memfd {idx} ({s:#x}) after its mappings"),
+                );
+            }
+        }
+    }
+
     /// Close every fd the shim opened itself, leaving the made files' fds
     /// (a stand-in's, which the child forked in its place takes).
     pub fn close_opened(&self) {

@@ -951,7 +951,8 @@ static void linked_check(void) {
 }
 
 /* A memfd with seals, mapped shared, and shared anonymous memory. */
-static int mfd, mexe;
+static int mfd, mexe, fw_fd;
+static char *fw_map;
 static uint8_t *mfd_map, *shm;
 static void memfd_setup(void) {
     mfd = memfd_create("fid-mem", MFD_ALLOW_SEALING | MFD_CLOEXEC);
@@ -962,6 +963,16 @@ static void memfd_setup(void) {
     CHECK(fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) == 0, "seal");
     mfd_map = mmap(NULL, 12288, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
     CHECK(mfd_map != MAP_FAILED, "mmap memfd");
+    /* Mapped shared and writable, then sealed against writes to come
+     * (F_SEAL_FUTURE_WRITE and F_SEAL_SEAL): the mapping writes on, no
+     * new one may (a sweep of stop 52: the shim's mapping failed EPERM,
+     * the seal made first). */
+    fw_fd = memfd_create("fid-future", MFD_ALLOW_SEALING | MFD_CLOEXEC);
+    CHECK(fw_fd >= 0 && ftruncate(fw_fd, 4096) == 0, "memfd future-write");
+    fw_map = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fw_fd, 0);
+    CHECK(fw_map != MAP_FAILED, "mmap future-write");
+    strcpy(fw_map, "before");
+    CHECK(fcntl(fw_fd, F_ADD_SEALS, 0x10 /* F_SEAL_FUTURE_WRITE */ | F_SEAL_SEAL) == 0, "seal future writes");
     shm = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     CHECK(shm != MAP_FAILED, "mmap shared anon");
     memset(shm, 0x5c, 8192);
@@ -984,6 +995,14 @@ static void memfd_check(void) {
     link[n] = 0;
     CHECK(!strcmp(link, "/memfd:fid-mem (deleted)"), "memfd name (%s)", link);
     CHECK(fcntl(mfd, F_GET_SEALS) == (F_SEAL_SHRINK | F_SEAL_GROW), "seals");
+    CHECK(!strcmp(fw_map, "before"), "future-write memfd contents");
+    strcpy(fw_map, "after");
+    CHECK(fcntl(fw_fd, F_GET_SEALS) == (0x10 | F_SEAL_SEAL), "future-write seals (%x)", fcntl(fw_fd, F_GET_SEALS));
+    CHECK(write(fw_fd, "x", 1) == -1 && errno == EPERM, "sealed against writes");
+    CHECK(mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fw_fd, 0) == MAP_FAILED && errno == EPERM,
+          "sealed against new writable mappings");
+    char fw[8] = {0};
+    CHECK(pread(fw_fd, fw, 5, 0) == 5 && !strcmp(fw, "after"), "the old mapping writes the memfd");
     CHECK(ftruncate(mfd, 100) == -1 && errno == EPERM, "sealed against shrinking");
     for (int i = 0; i < 10000; i++) CHECK(mfd_map[i] == (uint8_t)(i % 251), "memfd contents");
     mfd_map[1] = 77;
