@@ -210,7 +210,16 @@ pub fn capture(
             (Some(_), Some(_)) => (true, 0),
             (Some(r), None) => {
                 let hup = sys::poll_now(r, libc::POLLIN).unwrap_or(0) & libc::POLLHUP != 0;
-                (hup, if hup { pipe_flags::NO_WRITER } else { 0 })
+                // A FIFO no writer has opened yet: no hang-up to see, and
+                // no process holding a write end (a sweep of stop 52: taken
+                // for a pipe to outside, and refused). (A process alone:
+                // in a tree another may hold its writer.)
+                let fifo = ends.iter().all(|f| f.kind == fd_kind::FIFO);
+                if !hup && fifo && scope.pids.len() == 1 && scope.outside(pid, ino).is_empty() {
+                    (true, pipe_flags::NO_WRITER_YET)
+                } else {
+                    (hup, if hup { pipe_flags::NO_WRITER } else { 0 })
+                }
             }
             (None, Some(w)) => {
                 let err = sys::poll_now(w, libc::POLLOUT).unwrap_or(0) & libc::POLLERR != 0;

@@ -58,6 +58,12 @@ pub mod pipe_flags {
     pub const NO_WRITER: u32 = 1 << 2;
     /// No read end is open anywhere: writers get EPIPE.
     pub const NO_READER: u32 = 1 << 3;
+    /// (11.17) A FIFO's read end no writer has opened since (no process
+    /// holds a write end, and poll reports no hang-up, which the kernel
+    /// reports only once a writer came and went): its path is opened
+    /// again for reading alone, no writer made (one opened and closed to
+    /// put bytes back would hang it up). It holds no bytes.
+    pub const NO_WRITER_YET: u32 = 1 << 4;
 }
 
 record! {

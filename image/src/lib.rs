@@ -88,7 +88,7 @@ pub const SUMS_FILE: &str = "sums.img";
 
 pub const MAGIC: [u8; 8] = *b"CRYOIMG\0";
 pub const VERSION_MAJOR: u16 = 11;
-pub const VERSION_MINOR: u16 = 16;
+pub const VERSION_MINOR: u16 = 17;
 pub const HEADER_SIZE: usize = 64;
 pub const DIR_ENTRY_SIZE: usize = 32;
 pub const MAX_SECTIONS: usize = 64;

@@ -22,6 +22,9 @@ pub struct PipeMake {
     pub data: Vec<u8>,
     /// Keep the write end open (someone holds it).
     pub keep_write: bool,
+    /// A FIFO no writer opened yet (`pipe_flags::NO_WRITER_YET`): opened
+    /// for reading alone.
+    pub reader_only: bool,
 }
 
 /// A pipe or FIFO end whose every end was in the process: the pipe is
@@ -73,6 +76,7 @@ pub(crate) fn plan_fd(
             packet: p.flags & pipe_flags::PACKET != 0,
             data,
             keep_write,
+            reader_only: p.flags & pipe_flags::NO_WRITER_YET != 0,
         });
     }
     let acc = f.flags as i32 & libc::O_ACCMODE;
@@ -130,6 +134,18 @@ pub(crate) fn make(m: &PipeMake) -> Result<MadePipe, Why> {
                 Ok(OwnedFd::from(f))
             };
             let r = open(libc::O_RDONLY)?;
+            if m.reader_only {
+                if !m.data.is_empty() {
+                    return Err(format!("{path}: bytes in a FIFO no writer opened").into());
+                }
+                sys::set_pipe_size(r.as_fd(), m.size as i32)
+                    .map_err(|e| Why::sys("giving the FIFO its capacity", e))?;
+                return Ok(MadePipe {
+                    index: m.index,
+                    read: r,
+                    write: None,
+                });
+            }
             let w = open(libc::O_WRONLY)?;
             (r, w)
         }

@@ -805,6 +805,7 @@ fn make_shared<'a>(
             packet: p.flags & pipe_flags::PACKET != 0,
             data,
             keep_write,
+            reader_only: false,
         };
         let pipe = crate::pipes::make(&m).map_err(|why| RestoreError::Fd {
             fd: f.fd,

@@ -504,6 +504,8 @@ static void pipe_check(void) {
 
 /* A FIFO with both ends open here, and data in it. */
 static int fifo_r, fifo_w, fifo_rw;
+static int fifo_lone;
+static char fifo_lone_path[4096];
 static void fifo_setup(void) {
     char p[4096];
     path_in_dir(p, sizeof p, "fifo");
@@ -513,9 +515,21 @@ static void fifo_setup(void) {
     fifo_rw = open(p, O_RDWR);
     CHECK(fifo_r >= 0 && fifo_w >= 0 && fifo_rw >= 0, "open fifo");
     CHECK(write(fifo_w, "fifo-data-123", 13) == 13, "write fifo");
+    /* A reader alone, of a FIFO no writer has opened yet: no hang-up
+     * (a sweep of stop 52: refused as "a pipe to outside"). */
+    path_in_dir(fifo_lone_path, sizeof fifo_lone_path, "fifo-lone");
+    CHECK(mkfifo(fifo_lone_path, 0600) == 0, "mkfifo");
+    fifo_lone = open(fifo_lone_path, O_RDONLY | O_NONBLOCK);
+    CHECK(fifo_lone >= 0, "open the lone reader");
 }
 static void fifo_check(void) {
     char buf[64];
+    struct pollfd pf = {.fd = fifo_lone, .events = POLLIN};
+    CHECK(poll(&pf, 1, 0) == 0, "no writer yet, no hang-up (revents %x)", pf.revents);
+    CHECK(read(fifo_lone, buf, sizeof buf) == 0, "no writer: end of file");
+    int w = open(fifo_lone_path, O_WRONLY | O_NONBLOCK);
+    CHECK(w >= 0 && write(w, "late", 4) == 4 && read(fifo_lone, buf, sizeof buf) == 4, "a writer reaches the reader");
+    close(w);
     CHECK(read(fifo_r, buf, sizeof buf) == 13 && !memcmp(buf, "fifo-data-123", 13), "fifo data");
     /* the read-write fd reads and writes */
     CHECK(write(fifo_rw, "rw", 2) == 2 && read(fifo_rw, buf, 2) == 2 && !memcmp(buf, "rw", 2), "O_RDWR fifo fd");
