@@ -29,6 +29,9 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 # What a packed restorer does with its own code (tests/pack.rs).
 command -v strace >/dev/null 2>&1 || need+=(strace)
+# numpy on OpenBLAS, which binds its buffers to a NUMA policy (mbind).
+/usr/bin/python3 -c 'import numpy' >/dev/null 2>&1 || need+=(python3-numpy)
+dpkg -s libopenblas0-pthread >/dev/null 2>&1 || need+=(libopenblas0-pthread)
 # A program that sandboxes itself with libseccomp.
 /usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || need+=(python3-seccomp)
 if [ ${#need[@]} -eq 0 ]; then

@@ -635,13 +635,54 @@ fn threads_keep_their_own_io_priorities() {
     packed_passes(&img, "thread-ioprio");
 }
 
+/// Mappings with NUMA policies of their own (mbind: local, bind,
+/// preferred, interleave, one with MPOL_F_STATIC_NODES) keep them, every
+/// way and packed (refused by name until stop 52, and OpenBLAS binds its
+/// buffers so: every `import numpy` with it was refused).
+#[test]
+fn mappings_keep_their_numa_policies() {
+    let img = case("mempolicy");
+    packed_passes(&img, "mempolicy");
+    // One naming a node this machine does not have is refused before
+    // anything is touched (mbind would fail in the shim, past its point
+    // of no return): the MPOL_INTERLEAVE | MPOL_F_STATIC_NODES mapping's
+    // node 0 made node 5.
+    let meta = img.join(cryo_image::META_FILE);
+    let mut bytes = std::fs::read(&meta).unwrap();
+    let bind = [
+        &0x8003u32.to_le_bytes()[..],
+        &0u32.to_le_bytes(),
+        &1u64.to_le_bytes(),
+    ]
+    .concat();
+    let at: Vec<usize> = bytes
+        .windows(bind.len())
+        .enumerate()
+        .filter(|(_, w)| *w == bind.as_slice())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(at.len(), 1, "the mapping's policy in meta.img");
+    bytes[at[0] + 8] = 1 << 5;
+    cryo_image::write::reseal(&mut bytes);
+    std::fs::write(&meta, &bytes).unwrap();
+    let (code, out, err) = cryo_cmd(&["restore", "--dry-run", img.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(
+            "NUMA memory policy (mbind) names node 5, which this machine does not have online"
+        ),
+        "{err}"
+    );
+}
+
 /// Task state cryo does not restore yet, each refused by name where the
 /// machine has it: syscall user dispatch (Wine's), CPUID faulting, a
 /// process and a thread keyring (the main thread's and another's), a
 /// session keyring of its own holding a key,
 /// thread's own umask and working
 /// directory (unshare(CLONE_FS)), a thread's own parent-death signal, a
-/// mapping's NUMA policy (mbind).
+/// thread's own NUMA policy (set_mempolicy; a mapping's is restored since
+/// stop 52: `mappings_keep_their_numa_policies`).
 /// Sweeps found each lost without a word.
 #[test]
 fn task_state_cryo_does_not_restore_is_refused_by_name() {
@@ -669,7 +710,10 @@ fn task_state_cryo_does_not_restore_is_refused_by_name() {
                 "thread-pdeathsig",
                 "has a parent-death signal of its own (prctl PR_SET_PDEATHSIG, signal 28)",
             ),
-            ("mbind", "has a NUMA memory policy of its own (mbind)"),
+            (
+                "thread-mempolicy",
+                "has a NUMA memory policy other than the main thread's (set_mempolicy)",
+            ),
         ] {
             if have.lines().any(|l| l == what) {
                 want.push(says);

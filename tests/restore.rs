@@ -1937,3 +1937,58 @@ fn image_path_mistakes_are_named_in_one_line() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("invalid value '-5' for '<PID>'"), "{err}");
 }
+
+/// numpy on Debian's OpenBLAS, which binds its buffers MPOL_LOCAL
+/// (mbind; every `import numpy` with it was refused until stop 52):
+/// captured after its work began, restored every way, it prints what an
+/// uninterrupted run prints.
+#[test]
+fn numpy_on_openblas_comes_back_with_its_numa_bound_buffers() {
+    const SCRIPT: &str = "import os, sys, numpy as np\n\
+        a = (np.arange(160000, dtype=float).reshape(400, 400) % 7) / 3\n\
+        b = a @ a\n\
+        print('READY', os.getpid(), flush=True)\n\
+        sys.stdin.readline()\n\
+        c = b @ a\n\
+        print('PASS', round(float(c.sum()), 3), round(float(np.linalg.norm(c)), 3))\n";
+    let py = || {
+        let mut c = Command::new("/usr/bin/python3");
+        c.args(["-c", SCRIPT]);
+        c
+    };
+    let mut t = Target::spawn(py(), "numpy");
+    drop(t.stdin.take());
+    let (code, want, err) = t.finish();
+    assert_eq!(code, 0, "{err}");
+    assert!(want.starts_with("PASS "), "{want}");
+    let t = Target::spawn(py(), "numpy");
+    let maps = std::fs::read_to_string(format!("/proc/{}/numa_maps", t.pid)).unwrap_or_default();
+    let img = scratch("numpy").join("img");
+    let (code, _, err) = cryo_cmd(&[
+        "capture",
+        "--kill",
+        &t.pid.to_string(),
+        img.to_str().unwrap(),
+    ]);
+    drop(t);
+    assert_eq!(code, 0, "capture: {err}");
+    // (Where the kernel has NUMA, OpenBLAS's buffers have a policy of
+    // their own: the case this test is for.)
+    assert!(
+        maps.is_empty()
+            || maps
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some("local")),
+        "no buffer bound MPOL_LOCAL: {maps}"
+    );
+    for mode in [&[][..], &["--map"], &["--lazy", "--lazy-min-mib=0"]] {
+        let mut r = Restored::start(&img, mode);
+        r.poke_stdin();
+        let (code, out, err) = r.finish();
+        assert_eq!(
+            (code, last_line(&out)),
+            (0, want.as_str()),
+            "{mode:?}: {err}"
+        );
+    }
+}

@@ -880,6 +880,9 @@ pub(crate) struct Inspected {
     pub cross: crate::sockets::Cross,
     /// (kind, flags, file) of each mapping, as `vma::classify_all` said.
     classes: Vec<(u32, u32, u32)>,
+    /// (start, mode, nodes) of each mapping with a NUMA policy of its own
+    /// (`task::numa_policies`), set on its record once it is made.
+    policies: Vec<(u64, u32, u64)>,
     /// Its TCP connections in repair mode (out of it when dropped).
     pub repaired: crate::sockets::Repaired,
     /// Epoll items whose file only another process may hold: (epoll fd,
@@ -1091,7 +1094,7 @@ pub(crate) fn inspect(
     }
     crate::task::xcomp_obstacle(xcomp_perm, &mut obs);
     let others: Vec<i32> = g.others.iter().map(|t| t.pid()).collect();
-    crate::task::numa_obstacles(pid, &others, main_policy, &mut obs);
+    let policies = crate::task::numa_policies(pid, &others, main_policy, &mut obs);
     // Recorded only where it holds tile data (the static features every
     // process is given need no asking).
     task.xcomp_perm = (xcomp_perm & cryo_image::task::XCOMP_TILEDATA as u64) as i64;
@@ -1194,6 +1197,7 @@ pub(crate) fn inspect(
             maps,
             cross: std::mem::take(&mut scope.cross),
             classes,
+            policies,
             stored,
             repaired: std::mem::take(&mut scope.repaired),
             epoll_elsewhere: std::mem::take(&mut scope.epoll_elsewhere),
@@ -1235,6 +1239,11 @@ pub(crate) fn dump(
         progress,
         stop,
     )?;
+    for &(start, mode, nodes) in &ins.policies {
+        if let Some(v) = ins.b.vmas.iter_mut().find(|v| v.start == start) {
+            (v.mempolicy, v.mempolicy_nodes) = (mode, nodes);
+        }
+    }
     Ok(DumpStats {
         stored: d.stored_pages,
         zero: d.zero_pages,

@@ -532,9 +532,13 @@ pub fn real_ids(st: &StatusText) -> (u32, u32) {
     (first("Uid"), first("Gid"))
 }
 
-/// NUMA memory policies not restored yet (a sweep found each back as
-/// the default): mappings with one of their own (mbind), and threads with
-/// one other than the main thread's (set_mempolicy). /proc/PID/numa_maps
+/// NUMA memory policies: those of mappings with one of their own (mbind),
+/// returned as (start, mbind mode with flags, nodes) for the shim to set
+/// again (stop 52: OpenBLAS binds its buffers MPOL_LOCAL, and every
+/// `import numpy` with it was refused); obstacles for a policy it cannot
+/// word (`cryo_image::parse_mempolicy`) and for threads with one other
+/// than the main thread's (set_mempolicy), not restored yet (a sweep
+/// found each back as the default). /proc/PID/numa_maps
 /// shows each mapping's policy as a task sees it: its own, else that
 /// task's; so with the main thread's own policy (`main_policy`, refused
 /// already) a mapping's cannot be told from it. A shared file's (tmpfs,
@@ -545,7 +549,12 @@ pub fn real_ids(st: &StatusText) -> (u32, u32) {
 /// GiB): the whole file is read once, for the main thread, and only its
 /// first line for each other thread (a thread's policy shows on every
 /// mapping without one of its own, the executable's first).
-pub fn numa_obstacles(pid: i32, tids: &[i32], main_policy: bool, obs: &mut Obstacles) {
+pub fn numa_policies(
+    pid: i32,
+    tids: &[i32],
+    main_policy: bool,
+    obs: &mut Obstacles,
+) -> Vec<(u64, u32, u64)> {
     use std::io::Read;
     let first_policy = |path: String| -> Option<String> {
         let mut buf = [0u8; 512];
@@ -554,13 +563,22 @@ pub fn numa_obstacles(pid: i32, tids: &[i32], main_policy: bool, obs: &mut Obsta
         text.split_whitespace().nth(1).map(str::to_owned)
     };
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/numa_maps")) else {
-        return;
+        return Vec::new();
     };
-    let main: Vec<(&str, &str, bool)> = text
+    let main: Vec<(&str, String, bool)> = text
         .lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace();
-            let (at, policy) = (w.next()?, w.next()?);
+            let (at, mut policy) = (w.next()?, w.next()?.to_owned());
+            // ("prefer (many):0-1", "weighted interleave:0": two words.)
+            if policy == "prefer" || policy == "weighted" {
+                if let Some(more) = w
+                    .next()
+                    .filter(|m| m.starts_with("(many)") || m.starts_with("interleave"))
+                {
+                    policy = format!("{policy} {more}");
+                }
+            }
             // (file=PATH, one word: a path with a space is counted, the
             // safe way. A SysV segment or memfd is shmem by its name,
             // another file by its mount.)
@@ -571,7 +589,7 @@ pub fn numa_obstacles(pid: i32, tids: &[i32], main_policy: bool, obs: &mut Obsta
             Some((at, policy, shared_file))
         })
         .collect();
-    let main_first = main.first().map(|&(_, p, _)| p.to_owned());
+    let main_first = main.first().map(|(_, p, _)| p.clone());
     for &tid in tids {
         let t = first_policy(format!("/proc/{pid}/task/{tid}/numa_maps"));
         if t.is_some() && t != main_first {
@@ -581,11 +599,22 @@ pub fn numa_obstacles(pid: i32, tids: &[i32], main_policy: bool, obs: &mut Obsta
         }
     }
     if main_policy {
-        return;
+        return Vec::new();
     }
+    let mut policies = Vec::new();
     let bound: Vec<&str> = main
         .iter()
-        .filter(|(_, p, shared_file)| *p != "default" && !shared_file)
+        .filter(|(_, p, shared_file)| p != "default" && !shared_file)
+        .filter(|(at, p, _)| {
+            let start = u64::from_str_radix(at, 16).ok();
+            match (start, cryo_image::parse_mempolicy(p)) {
+                (Some(start), Some((mode, nodes))) => {
+                    policies.push((start, mode, nodes));
+                    false
+                }
+                _ => true,
+            }
+        })
         .map(|(at, _, _)| *at)
         .collect();
     if let Some(first) = bound.first() {
@@ -597,6 +626,7 @@ pub fn numa_obstacles(pid: i32, tids: &[i32], main_policy: bool, obs: &mut Obsta
             if bound.len() == 1 { "its" } else { "their" },
         ));
     }
+    policies
 }
 
 /// A thread that dispatches its system calls to user space

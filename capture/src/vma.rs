@@ -673,6 +673,10 @@ pub fn dump(
             first_run,
             run_count: runs.len() as u32 - first_run,
             resident_pages: resident,
+            // (Its NUMA policy, if any, set by `capture` from numa_maps.)
+            mempolicy: 0,
+            _pad: 0,
+            mempolicy_nodes: 0,
         });
     }
     // Bytes that are not memory (pipe data, file contents), read during

@@ -1104,3 +1104,25 @@ fn boot_ids_and_clock_jumps() {
         .to_string()
         .contains("4.000 s behind"));
 }
+
+#[test]
+fn numa_policies_as_numa_maps_words_them() {
+    use crate::parse_mempolicy as p;
+    assert_eq!(p("default"), Some((0, 0)));
+    assert_eq!(p("local"), Some((4, 0)));
+    assert_eq!(p("bind:0-1"), Some((2, 0b11)));
+    assert_eq!(p("prefer:2"), Some((1, 0b100)));
+    assert_eq!(p("interleave=static:0,3-4"), Some((3 | 1 << 15, 0b11001)));
+    assert_eq!(
+        p("bind=relative|balancing:1"),
+        Some((2 | 1 << 14 | 1 << 13, 0b10))
+    );
+    assert_eq!(p("prefer (many):0-2"), Some((5, 0b111)));
+    assert_eq!(p("weighted interleave:1"), Some((6, 0b10)));
+    // What cryo cannot make again, or what numa_maps never says.
+    assert_eq!(p("bind:64"), None);
+    assert_eq!(p("bind"), None);
+    assert_eq!(p("local:0"), None);
+    assert_eq!(p("bind=sometimes:0"), None);
+    assert_eq!(p("whatever:0"), None);
+}

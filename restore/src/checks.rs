@@ -596,3 +596,41 @@ pub fn pids(tasks: usize) -> Result<(), RestoreError> {
     }
     Ok(())
 }
+
+/// Every node a mapping's NUMA policy names (`Vma::mempolicy_nodes`) is
+/// online here: mbind refuses another (EINVAL), and the shim sets the
+/// policies past its point of no return.
+pub fn numa_nodes(img: &Image) -> Result<(), RestoreError> {
+    let named = img
+        .vmas()
+        .iter()
+        .filter(|v| v.mempolicy != 0)
+        .fold(0u64, |m, v| m | v.mempolicy_nodes);
+    if named == 0 {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string("/sys/devices/system/node/online").unwrap_or_default();
+    let mut online = 0u64;
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
+            for n in a..=b.min(63) {
+                online |= 1 << n;
+            }
+        }
+    }
+    let missing = named & !online;
+    if missing == 0 {
+        return Ok(());
+    }
+    let list: Vec<String> = (0..64)
+        .filter(|n| missing & (1 << n) != 0)
+        .map(|n| n.to_string())
+        .collect();
+    Err(RestoreError::Task(format!(
+        "process {}: a mapping's NUMA memory policy (mbind) names node {}, which this machine does not have online ({})",
+        img.process().pid,
+        list.join(","),
+        if text.trim().is_empty() { "no NUMA" } else { text.trim() }
+    )))
+}

@@ -639,6 +639,7 @@ fn prepare_one(
         checks::timers(&img),
         clocks,
         checks::affinity(&img),
+        checks::numa_nodes(&img),
     ]
     .into_iter()
     .filter_map(Result::err)

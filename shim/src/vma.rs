@@ -388,10 +388,37 @@ pub(crate) fn restore_vma_flags(v: &Vma) {
         | vmflag("mg")
         | vmflag("lo")
         | vmflag("sl");
+    let (start, len) = (v.start as usize, v.len() as usize);
+    // Its own NUMA policy (mbind), before it is locked or sealed: the
+    // mode with its flags, and its nodes (none for MPOL_LOCAL).
+    if v.mempolicy != 0 {
+        const SYS_MBIND: usize = 237;
+        const MPOL_LOCAL: u32 = 4;
+        let nodes = [v.mempolicy_nodes];
+        let (mask, maxnode) = if v.mempolicy & 0xff == MPOL_LOCAL {
+            (0, 0)
+        } else {
+            (nodes.as_ptr() as usize, 65)
+        };
+        check(
+            syscall6(
+                SYS_MBIND,
+                start,
+                len,
+                v.mempolicy as usize,
+                mask,
+                maxnode,
+                0,
+            ),
+            format_args!(
+                "mbind of {start:#x}-{:#x} (policy {:#x})",
+                v.end, v.mempolicy
+            ),
+        );
+    }
     if v.vmflags & ANY == 0 {
         return;
     }
-    let (start, len) = (v.start as usize, v.len() as usize);
     for (mask, advice, what) in ADVICE {
         if v.vmflags & mask != 0 {
             check(

@@ -2386,6 +2386,7 @@ static char sud_selector = 0; /* SYSCALL_DISPATCH_FILTER_ALLOW */
  * signal. */
 static pthread_barrier_t un_bar;
 static int un_own_keyring;
+static int un_thread_policy;
 static void *unrestored_thread(void *arg) {
     (void)arg;
     CHECK(unshare(CLONE_FS) == 0, "unshare(CLONE_FS): %s", strerror(errno));
@@ -2394,6 +2395,10 @@ static void *unrestored_thread(void *arg) {
     /* (SIGWINCH: ignored if it ever comes.) */
     CHECK(prctl(PR_SET_PDEATHSIG, SIGWINCH) == 0, "PR_SET_PDEATHSIG");
     un_own_keyring = syscall(SYS_add_key, "user", "cryo-test-o", "x", 1, -1 /* thread keyring */) >= 0;
+    /* A NUMA policy of its own, not the main thread's (a NUMA kernel,
+     * node 0). */
+    unsigned long node0 = 1;
+    un_thread_policy = syscall(SYS_set_mempolicy, 3 /* MPOL_INTERLEAVE */, &node0, 2) == 0;
     pthread_barrier_wait(&un_bar);
     for (;;) pause();
     return NULL;
@@ -2415,11 +2420,41 @@ static void unrestored_setup(void) {
     fputs("thread-umask\n", have);
     fputs("thread-pdeathsig\n", have);
     if (un_own_keyring) fputs("own-thread-keyring\n", have);
-    /* A mapping with a policy of its own (a NUMA kernel, node 0). */
-    void *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    unsigned long nodes = 1;
-    if (m != MAP_FAILED && syscall(SYS_mbind, m, 4096, 3 /* MPOL_INTERLEAVE */, &nodes, 2, 0) == 0) fputs("mbind\n", have);
+    if (un_thread_policy) fputs("thread-mempolicy\n", have);
     fclose(have);
+}
+
+/* mempolicy: mappings with NUMA policies of their own (mbind), as
+ * OpenBLAS binds its buffers MPOL_LOCAL (stop 52: every `import numpy`
+ * with it was refused): each the same after a restore (get_mempolicy
+ * MPOL_F_ADDR). A NUMA kernel, node 0. */
+#define MP_N 5
+static char *mp_map[MP_N];
+static const int mp_mode[MP_N] = {4 /* LOCAL */, 2 /* BIND */, 1 /* PREFERRED */, 3 /* INTERLEAVE */,
+                                  3 | (1 << 15) /* INTERLEAVE, MPOL_F_STATIC_NODES */};
+static void mempolicy_setup(void) {
+    for (int i = 0; i < MP_N; i++) {
+        /* (Between guards of no access: each its own mapping.) */
+        char *g = mmap(NULL, 3 * 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        CHECK(g != MAP_FAILED, "mmap");
+        mp_map[i] = mmap(g + 4096, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+        CHECK(mp_map[i] != MAP_FAILED, "mmap");
+        unsigned long node0 = 1;
+        CHECK(syscall(SYS_mbind, mp_map[i], 4096, mp_mode[i], mp_mode[i] == 4 ? NULL : &node0, mp_mode[i] == 4 ? 0 : 2, 0) == 0,
+              "mbind %x: %s", mp_mode[i], strerror(errno));
+        mp_map[i][0] = (char)i;
+    }
+}
+static void mempolicy_check(void) {
+    for (int i = 0; i < MP_N; i++) {
+        int mode = -1;
+        unsigned long nodes = 0;
+        CHECK(syscall(SYS_get_mempolicy, &mode, &nodes, 64, mp_map[i], 2 /* MPOL_F_ADDR */) == 0, "get_mempolicy");
+        unsigned long want = mp_mode[i] == 4 ? 0 : 1;
+        CHECK(mode == mp_mode[i] && nodes == want, "mapping %d: policy %x nodes %lx, not %x %lx", i, mode, nodes,
+              mp_mode[i], want);
+        CHECK(mp_map[i][0] == (char)i, "contents");
+    }
 }
 
 /* devfds: a TUN interface's fd (TUNSETIFF) and /dev/kmsg open for
@@ -3503,6 +3538,7 @@ static const struct fcase cases[] = {
     {"refuse2", refuse2_setup, refuse_check, NULL},
     {"cpu-timers", cputimers_setup, cputimers_check, cputimers_settle},
     {"dead-thread-timer", deadtimer_setup, deadtimer_check, NULL},
+    {"mempolicy", mempolicy_setup, mempolicy_check, NULL},
     {"timerfd-ticks", tfdticks_setup, tfdticks_check, NULL},
 };
 

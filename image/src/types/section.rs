@@ -110,6 +110,8 @@ pub const MAX_SYSV_OBJECTS: usize = 4096;
 const SYSV_SHM_11_5: usize = 56;
 /// A `files` record as 9.0 wrote it (before the birth time).
 const FILE_ID_9_0: usize = 72;
+/// A `vmas` record as 11.16 wrote it (before the NUMA policy).
+const VMA_11_16: usize = <Vma as crate::record::Record>::SIZE - 16;
 /// A `pid_refs` record as 11.3 wrote it (before `kind`).
 const PID_REF_11_3: usize = 8;
 /// An `inotify` record as 11.4 wrote it (before the file handle).
@@ -239,6 +241,7 @@ impl SectionKind {
     pub fn min_record_size(self) -> usize {
         match self {
             SectionKind::Files => FILE_ID_9_0,
+            SectionKind::Vmas => VMA_11_16,
             SectionKind::Task => TASK_STATE_11_2,
             SectionKind::PidRefs => PID_REF_11_3,
             SectionKind::Inotify => INOTIFY_WATCH_11_4,

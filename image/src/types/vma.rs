@@ -131,7 +131,68 @@ record! {
         pub run_count: u32,
         /// Pages present or swapped at capture (whether dumped or not).
         pub resident_pages: u64,
+        /// (11.17) Its own NUMA memory policy (mbind), as mbind takes it:
+        /// the mode with its flags (MPOL_F_STATIC_NODES ...); 0 (the
+        /// default) when it has none of its own.
+        pub mempolicy: u32,
+        pub _pad: u32,
+        /// (11.17) The policy's nodes (nodes 0-63, one bit each).
+        pub mempolicy_nodes: u64,
     }
+}
+
+/// A mapping's NUMA policy as /proc/PID/numa_maps words it ("local",
+/// "bind:0-1", "interleave=static:0-3", "prefer (many):0,2", "weighted
+/// interleave:1"): (mbind's mode with its flags, its nodes), `(0, 0)`
+/// for "default"; None for what cryo cannot make again (an unknown word,
+/// a node past 63).
+pub fn parse_mempolicy(text: &str) -> Option<(u32, u64)> {
+    let (head, nodes) = match text.split_once(':') {
+        Some((h, n)) => (h, Some(n)),
+        None => (text, None),
+    };
+    let (mode, flags) = match head.split_once('=') {
+        Some((m, f)) => (m, Some(f)),
+        None => (head, None),
+    };
+    let mode: u32 = match mode {
+        "default" => 0,
+        "prefer" => 1,
+        "bind" => 2,
+        "interleave" => 3,
+        "local" => 4,
+        "prefer (many)" => 5,
+        "weighted interleave" => 6,
+        _ => return None,
+    };
+    let mut bits = 0u32;
+    for f in flags.into_iter().flat_map(|f| f.split('|')) {
+        bits |= match f {
+            "static" => 1 << 15,
+            "relative" => 1 << 14,
+            "balancing" => 1 << 13,
+            _ => return None,
+        };
+    }
+    let mut mask = 0u64;
+    for part in nodes
+        .into_iter()
+        .flat_map(|n| n.split(','))
+        .filter(|p| !p.is_empty())
+    {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+        if a > b || b > 63 {
+            return None;
+        }
+        for n in a..=b {
+            mask |= 1 << n;
+        }
+    }
+    if (mode == 0 || mode == 4) != (mask == 0) {
+        return None;
+    }
+    Some((mode | bits, mask))
 }
 
 impl Vma {
