@@ -951,6 +951,16 @@ fn refused_by_name(name: &str, want: impl FnOnce(&Path) -> Vec<&'static str>) {
     );
 }
 
+/// A flock lock held only through a mapping of its file (every fd of it
+/// closed) is refused by name: a restore maps the file anew without it,
+/// and another process took the lock (a sweep of stop 52).
+#[test]
+fn a_flock_held_only_through_a_mapping_is_refused_by_name() {
+    refused_by_name("flock-mapped", |_| {
+        vec!["it holds a flock lock on ", "only through its mapping at"]
+    });
+}
+
 #[test]
 fn every_obstacle_at_once() {
     let dir = scratch("fidelity-refuse");

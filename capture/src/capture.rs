@@ -1022,7 +1022,10 @@ pub(crate) fn inspect(
         );
     }
     crate::inflight::release(&mut g.main, &vdso, &in_flight)?;
-    fds?;
+    let fds = fds?;
+    for why in crate::locks::held_by_mapping(pid, &fds, &maps) {
+        obs.push(why);
+    }
     crate::stored::held_outside(
         &stored,
         &scope.pids,

@@ -72,6 +72,55 @@ pub fn parse(pid: i32, f: &OpenFd) -> Result<Vec<Lock>, String> {
     Ok(out)
 }
 
+/// flock locks the process holds only through a mapping of their file
+/// (its fds closed: the mapping keeps the open file description, and so
+/// its lock): a restore maps the file anew and takes no lock, and another
+/// process could then take it (a sweep of stop 52: "TAKEN by outsider",
+/// nothing said). /proc/locks names a flock lock's taker, so one taken
+/// by this process on a file it maps, shown on none of its fds, is
+/// refused by name. (An OFD lock names no process: one held so is not
+/// seen.)
+pub fn held_by_mapping(pid: i32, fds: &[OpenFd], maps: &[crate::procinfo::Mapping]) -> Vec<String> {
+    let mapped = |dev: &str, ino: u64| {
+        maps.iter().find(|m| {
+            m.inode == ino
+                && m.inode != 0
+                && format!("{:02x}:{:02x}", m.dev_major, m.dev_minor) == dev
+        })
+    };
+    let Ok(text) = std::fs::read_to_string("/proc/locks") else {
+        return Vec::new();
+    };
+    let through_fds: Vec<&str> = fds
+        .iter()
+        .flat_map(|f| f.info.lines())
+        .filter(|l| l.starts_with("lock:") && l.contains(" FLOCK "))
+        .filter_map(|l| l.split_whitespace().nth(6))
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    for l in text.lines() {
+        // "1: FLOCK  ADVISORY  WRITE 1234 fe:00:10019328 0 EOF"
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if w.len() < 8 || w[1] != "FLOCK" || w[4] != pid.to_string() || through_fds.contains(&w[5])
+        {
+            continue;
+        }
+        let Some((dev, ino)) = w[5].rsplit_once(':') else {
+            continue;
+        };
+        if let Some(m) = ino.parse().ok().and_then(|ino| mapped(dev, ino)) {
+            let why = format!(
+                "it holds a flock lock on {} only through its mapping at {:x} (every fd of it closed), which a restore maps anew without the lock",
+                m.path, m.start
+            );
+            if !out.contains(&why) {
+                out.push(why);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2699,6 +2699,19 @@ static void sockfilter_check(void) {
  * until stop 21; all are captured now, and the dry run must not name
  * them.) */
 static void *caller_clock_worker(void *a);
+/* flock-mapped: a flock lock held only through a mapping of its file,
+ * every fd of it closed (the mapping keeps the description, and its
+ * lock): refused by name (a sweep of stop 52: a restore mapped the file
+ * anew, and another process took the lock). */
+static void flock_mapped_setup(void) {
+    char p[4096];
+    path_in_dir(p, sizeof p, "flock-mapped");
+    int f = open(p, O_RDWR | O_CREAT, 0600);
+    CHECK(f >= 0 && ftruncate(f, 4096) == 0 && flock(f, LOCK_EX) == 0, "flock");
+    CHECK(mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0) != MAP_FAILED, "mmap");
+    close(f);
+}
+
 static void refuse2_setup(void) {
     CHECK(open("/proc/self/ns/net", O_RDONLY) >= 0, "ns fd");
     pthread_t cw;
@@ -3539,6 +3552,7 @@ static const struct fcase cases[] = {
     {"cpu-timers", cputimers_setup, cputimers_check, cputimers_settle},
     {"dead-thread-timer", deadtimer_setup, deadtimer_check, NULL},
     {"mempolicy", mempolicy_setup, mempolicy_check, NULL},
+    {"flock-mapped", flock_mapped_setup, refuse_check, NULL},
     {"timerfd-ticks", tfdticks_setup, tfdticks_check, NULL},
 };
 
