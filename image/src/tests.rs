@@ -24,6 +24,20 @@ pub(crate) fn sample() -> (Vec<u8>, Vec<u8>) {
     b.process.kernel = b.strings.add("6.18");
     b.process.comm[..4].copy_from_slice(b"true");
     b.process.xsave_size = 1024;
+    // A memory layout PR_SET_MM_MAP takes (validate checks it).
+    b.process.mm = crate::MmFields {
+        start_code: 0x40_0000,
+        end_code: 0x40_1000,
+        start_data: 0x60_0000,
+        end_data: 0x60_1000,
+        start_brk: 0x70_0000,
+        brk: 0x70_0000,
+        start_stack: 0x7ffd_0000_0000,
+        arg_start: 0x7ffd_0000_1000,
+        arg_end: 0x7ffd_0000_1010,
+        env_start: 0x7ffd_0000_1010,
+        env_end: 0x7ffd_0000_1100,
+    };
     b.xsave = vec![7u8; 1024];
     let page: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
     b.vmas.push(Vma {
@@ -371,6 +385,43 @@ fn format_3_sections_round_trip() {
         Image::parse(&m).unwrap().validate().is_err()
     };
     assert!(refused(|b| b.fds[0].desc = 2), "description after the fd");
+    // Values the kernel would refuse the shim past its point of no return
+    // (stop 52's sweep recomputed the checksums over each).
+    assert!(!refused(|_| {}), "the sample itself");
+    assert!(
+        refused(|b| b.process.mm.end_code = b.process.mm.start_code),
+        "code range out of order"
+    );
+    assert!(
+        refused(|b| b.process.mm.arg_end = 0),
+        "arguments out of order"
+    );
+    assert!(
+        refused(|b| b.process.mm.brk = 1 << 60),
+        "brk outside the address space"
+    );
+    assert!(
+        refused(|b| b.creds.as_mut().unwrap().securebits = 0x2900),
+        "unknown securebits"
+    );
+    assert!(
+        refused(|b| {
+            b.process.rseq_addr = 0x1000;
+            b.process.rseq_size = 32;
+        }),
+        "rseq outside the image's memory"
+    );
+    assert!(
+        refused(|b| b.itimers.push(crate::Itimer {
+            which: 1,
+            _pad: 0,
+            interval_sec: 0,
+            interval_usec: 0,
+            value_sec: 0,
+            value_usec: 1_000_000,
+        })),
+        "an interval timer's microseconds"
+    );
     assert!(refused(|b| b.fds[0].object = 9), "pipe index");
     assert!(
         refused(|b| b.pipes[0].data.off = 12288),

@@ -722,6 +722,80 @@ impl<'a> Image<'a> {
                 });
             }
         }
+        self.validate_task_values()
+    }
+
+    /// Values the shim hands to the kernel as they are, which the kernel
+    /// would refuse past the point of no return: an image whose
+    /// checksums were made again over a changed value (a sweep of stop
+    /// 52: a dry run said yes, and the shim died on setitimer,
+    /// PR_SET_SECUREBITS, PR_SET_MM_MAP or rseq).
+    fn validate_task_values(&self) -> Result<(), ImageError> {
+        for t in self.itimers().iter() {
+            let usec_ok = |u: i64| (0..1_000_000).contains(&u);
+            if !(0..=2).contains(&t.which)
+                || t.interval_sec < 0
+                || t.value_sec < 0
+                || !usec_ok(t.interval_usec)
+                || !usec_ok(t.value_usec)
+            {
+                return Err(ImageError::Invalid(
+                    "an interval timer out of range (its microseconds, seconds or kind)",
+                ));
+            }
+        }
+        // SECBIT_NOROOT .. SECBIT_EXEC_DENY_INTERACTIVE_LOCKED.
+        if self.creds().is_some_and(|c| c.securebits & !0xfff != 0) {
+            return Err(ImageError::Invalid("securebits the kernel does not have"));
+        }
+        // What prctl(PR_SET_MM_MAP) checks: in the address space, each
+        // pair in order.
+        let m = self.process().mm;
+        let fields = [
+            m.start_code,
+            m.end_code,
+            m.start_data,
+            m.end_data,
+            m.start_brk,
+            m.brk,
+            m.start_stack,
+            m.arg_start,
+            m.arg_end,
+            m.env_start,
+            m.env_end,
+        ];
+        let in_space = fields.iter().all(|&a| a != 0 && a < 1 << 56);
+        let ordered = m.start_code < m.end_code
+            && m.start_data <= m.end_data
+            && m.start_brk <= m.brk
+            && m.arg_start <= m.arg_end
+            && m.env_start <= m.env_end;
+        if !in_space || !ordered {
+            return Err(ImageError::Invalid(
+                "the memory layout fields (code, data, brk, arguments, environment) out of order or out of the address space",
+            ));
+        }
+        // A registered rseq area: aligned, and inside writable memory of
+        // the image (the kernel's registration reads and writes it).
+        let p = self.process();
+        let areas = core::iter::once((p.rseq_addr, p.rseq_size))
+            .chain(self.threads().iter().map(|t| (t.rseq_addr, t.rseq_size)));
+        for (addr, size) in areas {
+            if size == 0 {
+                continue;
+            }
+            let end = addr.checked_add(u64::from(size));
+            let inside = end.is_some_and(|end| {
+                self.vmas()
+                    .iter()
+                    .any(|v| v.start <= addr && end <= v.end && v.prot & crate::prot::WRITE != 0)
+            });
+            if !addr.is_multiple_of(32) || size < 32 || !inside {
+                return Err(ImageError::Invalid(
+                    "an rseq area not aligned, too short, or outside the image's writable memory",
+                ));
+            }
+        }
         Ok(())
     }
 
