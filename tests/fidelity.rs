@@ -1778,7 +1778,8 @@ print("clock_nanosleep", rc, req.s, flush=True)
 /// `cryo restore` gives the restored process its own fd 1 there, and how
 /// to give it the file back; with `--restore-stdio=1` the file gets the
 /// rest, byte for byte. (A sweep of real programs: dd's last 7.6 MB went
-/// to the restore's stdout without a word.)
+/// to the restore's stdout without a word.) A lock it holds through it
+/// is named with it (stop 52: gone without a word).
 #[test]
 fn an_output_file_at_fd_1_is_named_at_capture_and_given_back_when_asked() {
     let dir = scratch("fidelity-stdio-file");
@@ -1787,7 +1788,7 @@ fn an_output_file_at_fd_1_is_named_at_capture_and_given_back_when_asked() {
     cmd.args([
         "-c",
         &format!(
-            "import os, signal\nprint('READY', os.getpid(), flush=True)\nf = os.open('{}', os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\nos.dup2(f, 1)\nos.close(f)\nos.write(1, b'a' * 100)\nos.kill(os.getpid(), signal.SIGSTOP)\nos.write(1, b'b' * 100)\n",
+            "import fcntl, os, signal\nprint('READY', os.getpid(), flush=True)\nf = os.open('{}', os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\nos.dup2(f, 1)\nos.close(f)\nfcntl.flock(1, fcntl.LOCK_EX)\nos.write(1, b'a' * 100)\nos.kill(os.getpid(), signal.SIGSTOP)\nos.write(1, b'b' * 100)\n",
             out.display()
         ),
     ]);
@@ -1804,7 +1805,7 @@ fn an_output_file_at_fd_1_is_named_at_capture_and_given_back_when_asked() {
     drop(t);
     assert!(
         err.contains(&format!("note: fd 1 is {} (at offset 100)", out.display()))
-            && err.contains("`cryo restore --restore-stdio=1` gives it this file back"),
+            && err.contains("`cryo restore --restore-stdio=1` gives it this file back (and the lock it holds through fd 1)"),
         "{err}"
     );
     let (code, got, err) = restore(&img, &["--restore-stdio=1"]);

@@ -122,6 +122,9 @@ pub struct Summary {
     /// fd 1 itself, as `dd of=` and `sort -o` do, would write the rest
     /// to the restore's stdout: said at capture).
     pub stdio_files: Vec<(i32, String, u64)>,
+    /// Those of `stdio_files` that hold a lock (flock, POSIX, OFD, a
+    /// lease): it goes with the file a restore does not give back.
+    pub stdio_locked: Vec<i32>,
     /// (PID, fd): pipes and FIFOs at fd 3 and up (not copies of fds 0-2)
     /// whose other end is outside the image: a restore needs
     /// `--inherit-fd` for each (the root first).
@@ -801,6 +804,13 @@ pub fn capture(
             .iter()
             .filter(|f| f.fd <= 2 && f.kind == cryo_image::fd_kind::REGULAR)
             .map(|f| (f.fd, b.strings.text(f.target), f.pos))
+            .collect(),
+        stdio_locked: b
+            .fds
+            .iter()
+            .filter(|f| f.fd <= 2 && f.kind == cryo_image::fd_kind::REGULAR)
+            .filter(|f| b.locks.iter().any(|l| l.fd == f.fd))
+            .map(|f| f.fd)
             .collect(),
         stdio_unread: stdio_unread(&all),
         outside_pipes: fds_of(&all)

@@ -284,7 +284,7 @@ fn root_pid_note(root: i32, refs: &[(i32, Vec<u64>)]) -> Option<String> {
 /// The note on fds 0-2 that are files: `cryo restore` gives the
 /// restored process its own there, which loses the rest of an output
 /// file a program put at fd 1 itself (`dd of=FILE`), unless told.
-fn stdio_note(files: &[(i32, String, u64)]) -> Option<String> {
+fn stdio_note(files: &[(i32, String, u64)], locked: &[i32]) -> Option<String> {
     if files.is_empty() {
         return None;
     }
@@ -298,8 +298,22 @@ fn stdio_note(files: &[(i32, String, u64)]) -> Option<String> {
         .map(|(fd, _, _)| fd.to_string())
         .collect::<Vec<_>>()
         .join(",");
+    // (A lock taken through one goes with it: a sweep of stop 52 found
+    // a program's lock on its output file gone, nothing said.)
+    let locks = match locked {
+        [] => String::new(),
+        [fd] => format!(" (and the lock it holds through fd {fd})"),
+        _ => format!(
+            " (and the locks it holds through fds {})",
+            locked
+                .iter()
+                .map(|f| f.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    };
     Some(format!(
-        "note: {list}; `cryo restore` gives the restored process its own fds 0-2 instead (as a program started anew gets its shell's), so what it writes there goes to the restore's; `cryo restore --restore-stdio={fds}` gives it {} back",
+        "note: {list}; `cryo restore` gives the restored process its own fds 0-2 instead (as a program started anew gets its shell's), so what it writes there goes to the restore's; `cryo restore --restore-stdio={fds}` gives it {} back{locks}",
         if files.len() == 1 { "this file" } else { "these files" }
     ))
 }
@@ -614,7 +628,7 @@ pub fn print_summary(s: &Summary, json: bool, quiet: bool) -> Result<()> {
         if let Some(note) = root_pid_note(s.pid, &s.root_pid_refs) {
             eprintln!("{note}");
         }
-        if let Some(note) = stdio_note(&s.stdio_files) {
+        if let Some(note) = stdio_note(&s.stdio_files, &s.stdio_locked) {
             eprintln!("{note}");
         }
         if let Some(note) = outside_pipes_note(s.pid, &s.outside_pipes) {
