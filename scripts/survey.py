@@ -153,6 +153,11 @@ def programs(build):
         "lua": (["lua5.4", "-e", 't = {} for i = 1, 10000 do t[i] = i * 4 end print("READY") '
                  'io.stdout:flush() local l = io.read("l") local s = 0 '
                  'for _, v in ipairs(t) do s = s + v end print(s, l)'], "", "go\n"),
+        # OpenBLAS's threads and its buffers bound to a NUMA policy (mbind).
+        "numpy-openblas": (["/usr/bin/python3", "-c", "import numpy as np, sys; "
+                            "a = (np.arange(90000, dtype=float).reshape(300, 300) % 7) / 3; b = a @ a; "
+                            "print('READY', flush=True); l = sys.stdin.readline(); c = b @ a; "
+                            "print(round(float(c.sum()), 3), l.strip())"], "", "go\n"),
         # Reads to end of file before it writes: captured blocked in read.
         "pandoc": (["pandoc", "-f", "markdown", "-t", "html"], "", "# Title\n\nSome *text* here.\n"),
     }
