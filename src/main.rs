@@ -45,6 +45,18 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
+    // A script that asked for JSON gets JSON on an error too (a sweep of
+    // stop 52: stdout was empty, the one line on stderr only).
+    let json = match &cli.cmd {
+        Cmd::Capture(a) => a.json,
+        Cmd::Run(a) => a.json,
+        Cmd::Restore(a) => a.json,
+        Cmd::Pack(a) => a.json,
+        Cmd::Inspect(a) => a.json,
+        Cmd::Check(a) => a.json,
+        Cmd::Compare(a) => a.json,
+        Cmd::Dump(_) => false,
+    };
     let r = match cli.cmd {
         Cmd::Capture(a) => cmd::capture::run(a),
         Cmd::Dump(a) => cmd::capture::run_dump(a),
@@ -58,6 +70,12 @@ fn main() {
     match r {
         Ok(code) => std::process::exit(code),
         Err(e) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": false, "error": one_line(&e) })
+                );
+            }
             // Several obstacles to a capture: one per line, then the rest.
             let refused = e.chain().find_map(|c| match c.downcast_ref() {
                 Some(cryo_capture::CaptureError::Refused { pid, obstacles })

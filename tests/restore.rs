@@ -1936,6 +1936,23 @@ fn image_path_mistakes_are_named_in_one_line() {
     let (code, _, err) = cryo_cmd(&["capture", "--", "-5", "x"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("invalid value '-5' for '<PID>'"), "{err}");
+    // Asked for JSON, a script gets JSON on an error too (stdout was
+    // empty until stop 52).
+    for args in [
+        vec!["restore", "--dry-run", "--json", no_pages.to_str().unwrap()],
+        vec!["inspect", "--json", missing.to_str().unwrap()],
+        vec!["pack", "--json", missing.to_str().unwrap(), "-o", "x"],
+    ] {
+        let (code, out, err) = cryo_cmd(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"));
+        assert_eq!(v["ok"], false, "{out}");
+        assert!(
+            v["error"].as_str().is_some_and(|s| err.contains(s)),
+            "{out} {err}"
+        );
+    }
 }
 
 /// numpy on Debian's OpenBLAS, which binds its buffers MPOL_LOCAL

@@ -122,6 +122,7 @@ pub struct CaptureArgs {
     #[arg(long)]
     pub buffered: bool,
     /// Print a JSON summary of the capture on stdout.
+    /// On an error: `{"ok": false, "error": MESSAGE}` on stdout, status 1.
     #[arg(long)]
     pub json: bool,
     /// No progress bar and no summary line.

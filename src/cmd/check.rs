@@ -14,6 +14,7 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
     /// Print the results as JSON.
+    /// On an error: `{"ok": false, "error": MESSAGE}` on stdout, status 1.
     #[arg(long)]
     pub json: bool,
 }

@@ -57,6 +57,7 @@ pub struct CompareArgs {
     #[arg(long, value_name = "DIR", default_value = "cryo-compare")]
     pub out: PathBuf,
     /// Print the JSON report on stdout (progress stays on stderr).
+    /// On an error: `{"ok": false, "error": MESSAGE}` on stdout, status 1.
     #[arg(long)]
     pub json: bool,
     /// Use this criu binary.

@@ -70,6 +70,7 @@ pub struct PackArgs {
     #[arg(long)]
     pub clock_jump: bool,
     /// Print what was written as JSON.
+    /// On an error: `{"ok": false, "error": MESSAGE}` on stdout, status 1.
     #[arg(long)]
     pub json: bool,
 }

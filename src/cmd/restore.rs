@@ -191,7 +191,8 @@ pub struct RestoreArgs {
     pub dry_run: bool,
     /// With --dry-run: the report as JSON (image, pid, executable,
     /// mappings, fds, processes, how the restore finishes, mapped and lazy
-    /// pages, where the program keeps its own PID).
+    /// pages, where the program keeps its own PID). On a refusal or an
+    /// error: `{"ok": false, "error": MESSAGE}` on stdout, status 1.
     #[arg(long, requires = "dry_run")]
     pub json: bool,
     /// Print the shim's phase times on stderr, for benchmarks: exec,

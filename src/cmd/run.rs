@@ -54,6 +54,7 @@ pub struct RunArgs {
     /// Print a JSON summary of the capture on stdout, on one line: the
     /// program shares stdout, so what it printed before it stopped comes
     /// first (with `--then kill` the summary is the last line: `tail -n 1`).
+    /// On an error: `{"ok": false, "error": MESSAGE}` on stdout, status 1.
     #[arg(long)]
     pub json: bool,
     /// No progress bar.

@@ -24,6 +24,7 @@ pub struct InspectArgs {
     /// Image directory written by `cryo capture`.
     pub dir: PathBuf,
     /// Print one JSON document instead of text.
+    /// On an error: `{"ok": false, "error": MESSAGE}` on stdout, status 1.
     #[arg(long)]
     pub json: bool,
     /// Skip checking the page data's checksums (faster on large images).
