@@ -1033,8 +1033,10 @@ pub(crate) fn inspect(
     }
     crate::inflight::release(&mut g.main, &vdso, &in_flight)?;
     let fds = fds?;
-    for why in crate::locks::held_by_mapping(pid, &fds, &maps) {
-        obs.push(why);
+    let files: Vec<(u64, u64)> = b.files.iter().map(|f| (f.dev, f.ino)).collect();
+    match crate::locks::held_by_mapping(pid, &fds, &maps, &files) {
+        Ok(l) => b.locks.extend(l),
+        Err(why) => obs.push(why),
     }
     crate::stored::held_outside(
         &stored,

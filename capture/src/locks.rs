@@ -74,22 +74,22 @@ pub fn parse(pid: i32, f: &OpenFd) -> Result<Vec<Lock>, String> {
 
 /// flock locks the process holds only through a mapping of their file
 /// (its fds closed: the mapping keeps the open file description, and so
-/// its lock): a restore maps the file anew and takes no lock, and another
-/// process could then take it (a sweep of stop 52: "TAKEN by outsider",
-/// nothing said). /proc/locks names a flock lock's taker, so one taken
-/// by this process on a file it maps, shown on none of its fds, is
-/// refused by name. (An OFD lock names no process: one held so is not
-/// seen.)
-pub fn held_by_mapping(pid: i32, fds: &[OpenFd], maps: &[crate::procinfo::Mapping]) -> Vec<String> {
-    let mapped = |dev: &str, ino: u64| {
-        maps.iter().find(|m| {
-            m.inode == ino
-                && m.inode != 0
-                && format!("{:02x}:{:02x}", m.dev_major, m.dev_minor) == dev
-        })
-    };
+/// its lock; a JVM's hsperfdata file): a restore maps the file anew, and
+/// took no lock until stop 52, when another process could take it (a
+/// sweep: "TAKEN by outsider", nothing said). /proc/locks names a flock
+/// lock's taker, so one taken by this process on a file it maps, shown on
+/// none of its fds, is recorded as `lock_kind::FLOCK_MAPPING` on the
+/// file's entry of the files table (`files`: (dev, ino) of each), which
+/// the shim takes again on the description it maps the file with. (An OFD
+/// lock names no process: one held so is not seen.)
+pub fn held_by_mapping(
+    pid: i32,
+    fds: &[OpenFd],
+    maps: &[crate::procinfo::Mapping],
+    files: &[(u64, u64)],
+) -> Result<Vec<Lock>, String> {
     let Ok(text) = std::fs::read_to_string("/proc/locks") else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     let through_fds: Vec<&str> = fds
         .iter()
@@ -97,7 +97,7 @@ pub fn held_by_mapping(pid: i32, fds: &[OpenFd], maps: &[crate::procinfo::Mappin
         .filter(|l| l.starts_with("lock:") && l.contains(" FLOCK "))
         .filter_map(|l| l.split_whitespace().nth(6))
         .collect();
-    let mut out: Vec<String> = Vec::new();
+    let mut out: Vec<Lock> = Vec::new();
     for l in text.lines() {
         // "1: FLOCK  ADVISORY  WRITE 1234 fe:00:10019328 0 EOF"
         let w: Vec<&str> = l.split_whitespace().collect();
@@ -108,17 +108,35 @@ pub fn held_by_mapping(pid: i32, fds: &[OpenFd], maps: &[crate::procinfo::Mappin
         let Some((dev, ino)) = w[5].rsplit_once(':') else {
             continue;
         };
-        if let Some(m) = ino.parse().ok().and_then(|ino| mapped(dev, ino)) {
-            let why = format!(
-                "it holds a flock lock on {} only through its mapping at {:x} (every fd of it closed), which a restore maps anew without the lock",
+        let Ok(ino) = ino.parse::<u64>() else {
+            continue;
+        };
+        let Some(m) = maps.iter().find(|m| {
+            m.inode == ino
+                && m.inode != 0
+                && format!("{:02x}:{:02x}", m.dev_major, m.dev_minor) == dev
+        }) else {
+            continue;
+        };
+        let dev = libc::makedev(m.dev_major, m.dev_minor);
+        let Some(idx) = files.iter().position(|&f| f == (dev, ino)) else {
+            return Err(format!(
+                "it holds a flock lock on {} only through its mapping at {:x} (every fd of it closed), and cryo did not record that file",
                 m.path, m.start
-            );
-            if !out.contains(&why) {
-                out.push(why);
-            }
+            ));
+        };
+        if !out.iter().any(|k| k.fd == idx as i32) {
+            out.push(Lock {
+                fd: idx as i32,
+                kind: lock_kind::FLOCK_MAPPING,
+                write: u32::from(w[3] == "WRITE"),
+                _pad: 0,
+                start: 0,
+                end: u64::MAX,
+            });
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]

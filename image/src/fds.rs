@@ -177,6 +177,12 @@ pub mod lock_kind {
     /// fcntl(F_SETLEASE): a read or write lease, held by the open file
     /// description (`write`: F_WRLCK); the range is the whole file.
     pub const LEASE: u32 = 4;
+    /// (11.17) flock(2) held only through a mapping of its file, every fd
+    /// of it closed (the mapping keeps the description, and the lock: a
+    /// JVM's hsperfdata file). `fd` is the file's index in the files
+    /// table; the shim takes it on the description it maps the file
+    /// with, before it closes its fd.
+    pub const FLOCK_MAPPING: u32 = 5;
 
     pub fn name(k: u32) -> &'static str {
         match k {
@@ -184,6 +190,7 @@ pub mod lock_kind {
             POSIX => "posix",
             OFD => "ofd",
             LEASE => "lease",
+            FLOCK_MAPPING => "flock (through a mapping)",
             _ => "unknown",
         }
     }

@@ -633,7 +633,15 @@ impl<'a> Image<'a> {
             }
         }
         for (i, l) in self.locks().iter().enumerate() {
-            if !fdt.iter().any(|f| f.fd == l.fd) || l.end < l.start || !(1..=4).contains(&l.kind) {
+            let held = if l.kind == crate::fds::lock_kind::FLOCK_MAPPING {
+                // (A file index: a mapped file's.)
+                self.vmas()
+                    .iter()
+                    .any(|v| v.file == l.fd as u32 && l.fd >= 0)
+            } else {
+                fdt.iter().any(|f| f.fd == l.fd)
+            };
+            if !held || l.end < l.start || !(1..=5).contains(&l.kind) {
                 return Err(ImageError::BadIndex {
                     section: "locks",
                     index: i as u64,

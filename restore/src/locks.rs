@@ -13,11 +13,42 @@ use std::os::fd::AsFd;
 /// shim, must be free now.
 pub(crate) fn plan(img: &Image, out: &mut Plan) -> Result<(), RestoreError> {
     for l in img.locks().iter() {
-        if l.kind != lock_kind::POSIX {
+        if l.kind == lock_kind::FLOCK_MAPPING {
+            check_mapping_flock(img, &l)?;
+        } else if l.kind != lock_kind::POSIX {
             out.locks.push(l);
         }
     }
     check_posix_locks(img, out)
+}
+
+/// A flock lock held through a mapping (`lock_kind::FLOCK_MAPPING`),
+/// which the shim takes past its point of no return, must be free now:
+/// tried on the file by its path, and let go at once.
+fn check_mapping_flock(img: &Image, l: &cryo_image::fds::Lock) -> Result<(), RestoreError> {
+    let Some(path) = img
+        .files()
+        .get(l.fd as usize)
+        .and_then(|f| img.str(f.path))
+        .filter(|p| !p.is_empty())
+    else {
+        return Ok(());
+    };
+    let Ok(file) = std::fs::File::open(path) else {
+        return Ok(());
+    };
+    let op = if l.write != 0 {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    use std::os::fd::AsRawFd;
+    if let Err(e) = sys::flock(file.as_raw_fd(), op | libc::LOCK_NB) {
+        return Err(RestoreError::Task(format!(
+            "its flock lock on {path}, held through its mapping, cannot be taken again: {e} (is the captured process still running?)"
+        )));
+    }
+    Ok(())
 }
 
 /// A POSIX lock the shim will take must not be held by anyone else now

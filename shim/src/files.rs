@@ -215,6 +215,7 @@ impl<'a> Files<'a> {
     /// tree sharing it may have added them first: what is there already
     /// is not added again (a second F_SEAL_SEAL fails EPERM).
     pub fn seal_after_mapping(&mut self) {
+        self.lock_after_mapping();
         const F_ADD_SEALS: usize = 1033;
         const F_GET_SEALS: usize = 1034;
         for idx in 0..self.n as u32 {
@@ -233,6 +234,30 @@ impl<'a> Files<'a> {
                     format_args!("sealing memfd {idx} ({s:#x}) after its mappings"),
                 );
             }
+        }
+    }
+
+    /// flock locks held through a mapping alone
+    /// (`lock_kind::FLOCK_MAPPING`: a JVM's hsperfdata file), taken on the
+    /// description the file was mapped with: the mapping keeps it, and
+    /// the lock, once the fd is closed. (`cryo restore` found them free.)
+    fn lock_after_mapping(&mut self) {
+        const LOCK_SH: usize = 1;
+        const LOCK_EX: usize = 2;
+        const LOCK_NB: usize = 4;
+        for l in self.img.locks().iter() {
+            if l.kind != cryo_image::fds::lock_kind::FLOCK_MAPPING {
+                continue;
+            }
+            let fd = self.open(l.fd as u32);
+            let op = if l.write != 0 { LOCK_EX } else { LOCK_SH };
+            check(
+                syscall3(SYS_FLOCK, fd, op | LOCK_NB, 0),
+                format_args!(
+                    "taking the flock lock of file {} again (through its mapping)",
+                    l.fd
+                ),
+            );
         }
     }
 

@@ -46,6 +46,7 @@ pub const SYS_IOCTL: usize = 16;
 pub const SYS_SENDMSG: usize = 46;
 pub const SYS_USERFAULTFD: usize = 323;
 pub const SYS_FCNTL: usize = 72;
+pub const SYS_FLOCK: usize = 73;
 pub const SYS_MLOCK2: usize = 325;
 pub const SYS_MLOCKALL: usize = 151;
 pub const SYS_MSEAL: usize = 462;

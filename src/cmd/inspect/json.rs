@@ -123,7 +123,9 @@ pub(super) fn to_json(img: &Image, loaded: &LoadedImage) -> Value {
             "no_writer": p.flags & pipe_flags::NO_WRITER != 0,
             "no_reader": p.flags & pipe_flags::NO_READER != 0})).collect::<Vec<_>>(),
         "locks": img.locks().iter().map(|l| json!({
-            "fd": l.fd, "kind": lock_kind::name(l.kind), "write": l.write != 0,
+            "fd": (l.kind != lock_kind::FLOCK_MAPPING).then_some(l.fd),
+            "file": (l.kind == lock_kind::FLOCK_MAPPING).then_some(l.fd),
+            "kind": lock_kind::name(l.kind), "write": l.write != 0,
             "start": l.start, "end": (l.end != u64::MAX).then_some(l.end)})).collect::<Vec<_>>(),
         "creds": img.creds().map(|c| json!({
             "uid": c.uid, "gid": c.gid,

@@ -455,10 +455,19 @@ pub(super) fn to_text(img: &Image, loaded: &LoadedImage) -> String {
         );
     }
     for l in img.locks().iter() {
+        // (Through a mapping: `fd` is the files-table index.)
+        let on = if l.kind == lock_kind::FLOCK_MAPPING {
+            let path = img
+                .files()
+                .get(l.fd as usize)
+                .map_or("", |f| s(img, f.path));
+            format!("file {path}")
+        } else {
+            format!("fd {}", l.fd)
+        };
         let _ = writeln!(
             o,
-            "  lock  fd {} {} {} bytes {}..{}",
-            l.fd,
+            "  lock  {on} {} {} bytes {}..{}",
             lock_kind::name(l.kind),
             if l.write != 0 { "write" } else { "read" },
             l.start,
