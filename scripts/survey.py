@@ -234,6 +234,10 @@ def main():
             time.sleep(0.2)
             img = os.path.join(work, f"img-{name}")
             c = subprocess.run([a.cryo, "capture", "--kill", str(p.pid), img], capture_output=True, text=True)
+            if c.returncode != 0:
+                # (Refused: the program is left running; it waited for
+                # ever on its input.)
+                p.kill()
             p.wait()
             ran += 1
             if c.returncode != 0:

@@ -6204,3 +6204,29 @@ fn a_tree_that_does_not_fit_its_cgroups_pids_max_is_refused_first() {
         "{out}{err}"
     );
 }
+
+/// A memfd sealed F_SEAL_FUTURE_WRITE that a tree maps shared and
+/// writable is refused by name: each shim sealed it after its own
+/// mappings, and the first kept its sibling from mapping it, past its
+/// point of no return (a review of stop 52). (A process alone restores
+/// it: the fidelity case `memfd`.)
+#[test]
+fn a_future_write_sealed_memfd_in_a_tree_is_refused_by_name() {
+    refused_all(
+        r#"
+import fcntl, mmap, os, sys
+fd = os.memfd_create("fw-tree", os.MFD_ALLOW_SEALING)
+os.ftruncate(fd, 4096)
+m = mmap.mmap(fd, 4096)
+k = os.fork()
+if k == 0:
+    sys.stdin.readline(); os._exit(0)
+fcntl.fcntl(fd, fcntl.F_ADD_SEALS, 0x10)
+print("READY", flush=True)
+sys.stdin.readline()
+os.waitpid(k, 0)
+print("PASS", flush=True)
+"#,
+        &["memfd memfd:fw-tree is sealed F_SEAL_FUTURE_WRITE, which cryo restores in a process alone, not yet in a tree"],
+    );
+}

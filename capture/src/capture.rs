@@ -1033,6 +1033,20 @@ pub(crate) fn inspect(
     }
     crate::inflight::release(&mut g.main, &vdso, &in_flight)?;
     let fds = fds?;
+    // A memfd sealed F_SEAL_FUTURE_WRITE in a tree: each shim seals it
+    // after its own mappings, and the first to do so kept a sibling from
+    // mapping it writable, past its point of no return (a review of stop
+    // 52); the maker's image alone decides whether it waits. Not yet.
+    if scope.pids.len() > 1 {
+        for f in b.files.iter() {
+            if f.flags & cryo_image::fds::file_flags::MEMFD != 0 && f.seals & 0x10 != 0 {
+                obs.push(format!(
+                    "memfd {} is sealed F_SEAL_FUTURE_WRITE, which cryo restores in a process alone, not yet in a tree (capture the process with --single if it holds it alone)",
+                    b.strings.text(f.path)
+                ));
+            }
+        }
+    }
     let files: Vec<(u64, u64)> = b.files.iter().map(|f| (f.dev, f.ino)).collect();
     match crate::locks::held_by_mapping(pid, &fds, &maps, &files) {
         Ok(l) => b.locks.extend(l),

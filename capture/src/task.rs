@@ -549,6 +549,23 @@ pub fn real_ids(st: &StatusText) -> (u32, u32) {
 /// GiB): the whole file is read once, for the main thread, and only its
 /// first line for each other thread (a thread's policy shows on every
 /// mapping without one of its own, the executable's first).
+/// The policy of a numa_maps line (after its address): one word, or
+/// two ("prefer (many):0-1", "weighted interleave:0"; a review of stop
+/// 52: a thread's was read as its first word alone).
+fn policy_words(line: &str) -> Option<String> {
+    let mut w = line.split_whitespace().skip(1);
+    let first = w.next()?;
+    match w.next() {
+        Some(more)
+            if (first == "prefer" && more.starts_with("(many)"))
+                || (first == "weighted" && more.starts_with("interleave")) =>
+        {
+            Some(format!("{first} {more}"))
+        }
+        _ => Some(first.to_owned()),
+    }
+}
+
 pub fn numa_policies(
     pid: i32,
     tids: &[i32],
@@ -560,7 +577,7 @@ pub fn numa_policies(
         let mut buf = [0u8; 512];
         let n = std::fs::File::open(path).ok()?.read(&mut buf).ok()?;
         let text = std::str::from_utf8(&buf[..n]).ok()?;
-        text.split_whitespace().nth(1).map(str::to_owned)
+        policy_words(text.lines().next()?)
     };
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/numa_maps")) else {
         return Vec::new();
@@ -568,17 +585,8 @@ pub fn numa_policies(
     let main: Vec<(&str, String, bool)> = text
         .lines()
         .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            let (at, mut policy) = (w.next()?, w.next()?.to_owned());
-            // ("prefer (many):0-1", "weighted interleave:0": two words.)
-            if policy == "prefer" || policy == "weighted" {
-                if let Some(more) = w
-                    .next()
-                    .filter(|m| m.starts_with("(many)") || m.starts_with("interleave"))
-                {
-                    policy = format!("{policy} {more}");
-                }
-            }
+            let at = l.split_whitespace().next()?;
+            let policy = policy_words(l)?;
             // (file=PATH, one word: a path with a space is counted, the
             // safe way. A SysV segment or memfd is shmem by its name,
             // another file by its mount.)

@@ -60,9 +60,10 @@ pub mod pipe_flags {
     pub const NO_READER: u32 = 1 << 3;
     /// (11.17) A FIFO's read end no writer has opened since (no process
     /// holds a write end, and poll reports no hang-up, which the kernel
-    /// reports only once a writer came and went): its path is opened
-    /// again for reading alone, no writer made (one opened and closed to
-    /// put bytes back would hang it up). It holds no bytes.
+    /// reports to a reader only once a writer came and went while it was
+    /// open): its path is opened again for reading alone, after its bytes
+    /// (if a writer left some before this reader opened it) were put
+    /// back through a reader of the moment.
     pub const NO_WRITER_YET: u32 = 1 << 4;
 }
 

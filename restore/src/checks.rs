@@ -576,8 +576,11 @@ pub fn pids(tasks: usize) -> Result<(), RestoreError> {
         if !g.has("pids") && !g.has("") {
             continue;
         }
+        // (The hierarchy's top too: in a cgroup namespace it is the
+        // namespace's root, whose limit counts; the real root has no
+        // pids.max.)
         let mut dir = Path::new(&g.dir);
-        while dir.starts_with(&g.mount) && dir != Path::new(&g.mount) {
+        while dir.starts_with(&g.mount) {
             let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
             let max = read("pids.max").and_then(|v| v.trim().parse::<usize>().ok());
             let cur = read("pids.current").and_then(|v| v.trim().parse::<usize>().ok());
@@ -590,6 +593,9 @@ pub fn pids(tasks: usize) -> Result<(), RestoreError> {
                     )));
                 }
             }
+            if dir == Path::new(&g.mount) {
+                break;
+            }
             let Some(up) = dir.parent() else { break };
             dir = up;
         }
@@ -597,10 +603,36 @@ pub fn pids(tasks: usize) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Every node a mapping's NUMA policy names (`Vma::mempolicy_nodes`) is
-/// online here: mbind refuses another (EINVAL), and the shim sets the
-/// policies past its point of no return.
+/// Every mapping's NUMA policy (`Vma::mempolicy`) can be set here: the
+/// nodes it names online (mbind refuses another, EINVAL), and mbind
+/// itself allowed; the shim sets them past its point of no return.
 pub fn numa_nodes(img: &Image) -> Result<(), RestoreError> {
+    nodes_online(img)?;
+    // Each policy tried on a page of ours first (a review of stop 52: a
+    // kernel without NUMA, or a container's seccomp filter, would fail
+    // the shim's mbind past its point of no return).
+    let mut tried: Vec<(u32, u64)> = Vec::new();
+    for v in img.vmas().iter().filter(|v| v.mempolicy != 0) {
+        let p = (v.mempolicy, v.mempolicy_nodes);
+        if tried.contains(&p) {
+            continue;
+        }
+        tried.push(p);
+        if let Err(e) = sys::mbind_probe(p.0, p.1) {
+            return Err(RestoreError::Task(format!(
+                "process {}: the mapping at {:#x} has a NUMA memory policy of its own (mbind mode {:#x}, nodes {:#x}), which cannot be set here: {e}",
+                img.process().pid,
+                v.start,
+                p.0,
+                p.1
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// [`numa_nodes`]: every node named is online.
+fn nodes_online(img: &Image) -> Result<(), RestoreError> {
     let named = img
         .vmas()
         .iter()

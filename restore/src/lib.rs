@@ -526,12 +526,15 @@ fn prepare_any(dir: &Path, mut opts: Options) -> Result<Plan, RestoreError> {
             tree::pids_free(&[img.process().pid])?;
         }
     }
+    // A lazy restore's page server and its watchdog need slots too (a
+    // review: the check passed, and the shim's clone3 failed EAGAIN).
+    let helpers = if opts.lazy.is_some() { 2 } else { 0 };
     if image.image()?.tree().len() > 1 {
         let pidns = opts.pidns;
         // (`tree::prepare` gives each process its --inherit-fd PID:N.)
         let plan = tree::prepare(dir, image, opts)?;
         let threads = plan.image().threads().len();
-        checks::pids(threads + plan.tree.as_ref().map_or(1, |t| t.tasks()))?;
+        checks::pids(helpers + threads + plan.tree.as_ref().map_or(1, |t| t.tasks()))?;
         if pidns {
             fds::outside_of_pidns(&plan.image())?;
             if let Some(t) = &plan.tree {
@@ -542,7 +545,7 @@ fn prepare_any(dir: &Path, mut opts: Options) -> Result<Plan, RestoreError> {
     }
     let img = image.image()?;
     let pid = img.process().pid;
-    checks::pids(1 + img.threads().len())?;
+    checks::pids(helpers + 1 + img.threads().len())?;
     for (p, n, m) in std::mem::take(&mut opts.inherit_member_fds) {
         if p != pid {
             return Err(RestoreError::Task(format!(

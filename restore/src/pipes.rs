@@ -133,19 +133,29 @@ pub(crate) fn make(m: &PipeMake) -> Result<MadePipe, Why> {
                 }
                 Ok(OwnedFd::from(f))
             };
-            let r = open(libc::O_RDONLY)?;
             if m.reader_only {
-                if !m.data.is_empty() {
-                    return Err(format!("{path}: bytes in a FIFO no writer opened").into());
-                }
-                sys::set_pipe_size(r.as_fd(), m.size as i32)
+                // Its bytes (a writer came and went before this reader
+                // opened it) put back through a reader of the moment,
+                // and the reader itself opened after the writer is
+                // gone: it sees no hang-up, as the captured one did not
+                // (a review: such a FIFO with bytes was refused).
+                let keep = open(libc::O_RDONLY)?;
+                sys::set_pipe_size(keep.as_fd(), m.size as i32)
                     .map_err(|e| Why::sys("giving the FIFO its capacity", e))?;
+                if !m.data.is_empty() {
+                    let w = open(libc::O_WRONLY)?;
+                    write_all(w.as_fd(), &m.data)
+                        .map_err(|e| Why::sys("putting the buffered bytes back", e))?;
+                }
+                let r = open(libc::O_RDONLY)?;
+                drop(keep);
                 return Ok(MadePipe {
                     index: m.index,
                     read: r,
                     write: None,
                 });
             }
+            let r = open(libc::O_RDONLY)?;
             let w = open(libc::O_WRONLY)?;
             (r, w)
         }

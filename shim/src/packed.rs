@@ -760,10 +760,6 @@ fn sched(t: &cryo_image::task::TaskState) {
     }
 }
 
-/// Which mappings a core dump holds, as captured (`TaskState::
-/// coredump_filter`; an exec keeps the restorer's otherwise), if the
-/// restorer's differs. The file reads in hex, and takes "0x..." (a
-/// bare "0000007f" would be read as octal).
 /// The process's CPU affinity, once every captured one (its threads'
 /// too, set past the point of no return) is known to name a CPU it may
 /// run on here, as `cryo restore` checks (`checks::affinity`): asking for
@@ -799,6 +795,10 @@ fn affinity(img: &Image, t: &cryo_image::task::TaskState) {
     check(set(&t.affinity), format_args!("setting the CPU affinity"));
 }
 
+/// Which mappings a core dump holds, as captured (`TaskState::
+/// coredump_filter`; an exec keeps the restorer's otherwise), if the
+/// restorer's differs. The file reads in hex, and takes "0x..." (a
+/// bare "0000007f" would be read as octal).
 fn coredump_filter(v: u64) {
     let known = cryo_image::task::COREDUMP_FILTER_KNOWN;
     if v & known == 0 {

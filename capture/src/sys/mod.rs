@@ -767,15 +767,24 @@ pub fn clock_ns(clock: libc::clockid_t) -> u64 {
 }
 
 /// Whether this process may not make a file in directory `path`
-/// (access(W_OK | X_OK) fails EACCES; any other failure is left to the
-/// writes to say).
+/// (faccessat(W_OK | X_OK, AT_EACCESS): by its effective ids and
+/// capabilities, as the writes will be; access() asked with the real
+/// ones, and refused a user given CAP_DAC_OVERRIDE: a review. EACCES
+/// only; any other failure is left to the writes to say).
 pub fn cannot_write_in(path: &std::path::Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
         return false;
     };
-    // SAFETY: access reads the NUL-terminated path only.
-    let r = unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) };
+    // SAFETY: faccessat reads the NUL-terminated path only.
+    let r = unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        )
+    };
     r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EACCES)
 }
 

@@ -396,17 +396,21 @@ pub fn own_special_maps() -> io::Result<Vec<SpecialMap>> {
 /// for every CPU and reads back what it got, so this process's own
 /// affinity stays as it is. None if that could not be asked.
 pub fn cpus_allowed() -> Option<[u64; 16]> {
-    std::thread::spawn(|| {
-        let mut all = CpuSet::new();
-        for c in 0..CpuSet::count() {
-            let _ = all.set(c);
-        }
-        set_affinity(&all).ok()?;
-        Some(mask_of(&affinity().ok()?))
-    })
-    .join()
-    .ok()
-    .flatten()
+    // (A thread that cannot start, at the cgroup's pids.max, asks
+    // nothing: `spawn` would panic, a review found.)
+    std::thread::Builder::new()
+        .spawn(|| {
+            let mut all = CpuSet::new();
+            for c in 0..CpuSet::count() {
+                let _ = all.set(c);
+            }
+            set_affinity(&all).ok()?;
+            Some(mask_of(&affinity().ok()?))
+        })
+        .ok()?
+        .join()
+        .ok()
+        .flatten()
 }
 
 /// A CPU set as the image records one (CPUs 0-1023, one bit each).
@@ -418,4 +422,53 @@ pub fn mask_of(set: &CpuSet) -> [u64; 16] {
         }
     }
     mask
+}
+
+/// Whether mbind takes policy `mode` (mbind's mode with its flags) on
+/// nodes `nodes` here: tried on a page of our own, unmapped again. (Not
+/// where the kernel has no NUMA, ENOSYS, or a seccomp filter forbids it,
+/// as a container's may: the shim would fail past its point of no
+/// return.)
+pub fn mbind_probe(mode: u32, nodes: u64) -> io::Result<()> {
+    const MPOL_LOCAL: u32 = 4;
+    // SAFETY: a new private anonymous page, ours alone.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let mask = [nodes];
+    let (ptr, maxnode) = if mode & 0xff == MPOL_LOCAL {
+        (std::ptr::null(), 0)
+    } else {
+        (mask.as_ptr(), 65)
+    };
+    // SAFETY: mbind on the page mapped above; it reads `maxnode - 1` bits
+    // of `mask` (one word) or none.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mbind,
+            at,
+            4096usize,
+            mode as usize,
+            ptr,
+            maxnode,
+            0usize,
+        )
+    };
+    let e = io::Error::last_os_error();
+    // SAFETY: the page mapped above, used by nothing else.
+    unsafe { libc::munmap(at, 4096) };
+    if r != 0 {
+        return Err(e);
+    }
+    Ok(())
 }
