@@ -2009,3 +2009,51 @@ fn numpy_on_openblas_comes_back_with_its_numa_bound_buffers() {
         );
     }
 }
+
+/// A file the program writes renamed between capture and restore (a log
+/// rotated: `mv app.log app.log.1`, a new app.log made) is the same inode
+/// still, found by its file handle: the restored program appends to
+/// app.log.1, as it would have had it run on (a sweep of stop 52: refused
+/// as "a different file now"). A file whose last name was removed is
+/// gone with its inode: still refused.
+#[test]
+fn a_log_rotated_between_capture_and_restore_is_written_where_it_went() {
+    let dir = scratch("rotated");
+    let log = dir.join("app.log");
+    let script = format!(
+        "import os, sys\nf = open('{}', 'a')\nf.write('one\\n'); f.flush()\nprint('READY', os.getpid(), flush=True)\nl = sys.stdin.readline()\nf.write('two ' + l); f.flush()\nprint('PASS')\n",
+        log.display()
+    );
+    let capture = |tag: &str| {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.args(["-c", &script]);
+        let t = Target::spawn(cmd, "python");
+        let img = dir.join(tag);
+        let (code, _, err) = cryo_cmd(&[
+            "capture",
+            "--kill",
+            &t.pid.to_string(),
+            img.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "capture: {err}");
+        drop(t);
+        img
+    };
+    let img = capture("img");
+    let rotated = dir.join("app.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    std::fs::write(&log, "").unwrap();
+    let mut r = Restored::start(&img, &[]);
+    r.poke_stdin();
+    let (code, out, err) = r.finish();
+    assert_eq!((code, last_line(&out)), (0, "PASS"), "{err}");
+    assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "one\ntwo x");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "");
+    // Removed for good: no inode to find.
+    std::fs::remove_file(&log).unwrap();
+    let img = capture("img2");
+    std::fs::remove_file(&log).unwrap();
+    let (code, _, err) = cryo_cmd(&["restore", "--dry-run", img.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("app.log"), "{err}");
+}

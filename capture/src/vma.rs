@@ -370,6 +370,23 @@ pub(crate) fn by_handle(b: &mut ImageBuilder, fd_path: &str, shown: &str) -> Opt
     Some(index)
 }
 
+/// The file handle of file `index` (a regular file the process holds
+/// open by its name), read through `fd_path`, once: a restore finds the
+/// file by it if its name was moved since. None where the file system
+/// gives no handles (the restore then needs the name, as before).
+pub(crate) fn note_handle(b: &mut ImageBuilder, index: u32, fd_path: &str) {
+    use cryo_image::fds::FileHandle;
+    if index == NO_INDEX || b.file_handles.iter().any(|h| h.file == index) {
+        return;
+    }
+    if let Some(h) = crate::sys::name_to_handle(fd_path)
+        .ok()
+        .and_then(|(kind, bytes)| FileHandle::new(index, kind, &bytes))
+    {
+        b.file_handles.push(h);
+    }
+}
+
 /// What a shared anonymous mapping of a tree is restored as: a memfd of
 /// this name (/proc/PID/maps then shows `/memfd:dev/zero (deleted)`).
 pub const SHARED_ANON_NAME: &str = "/memfd:dev/zero (deleted)";

@@ -360,12 +360,11 @@ impl<'a> Image<'a> {
                 });
             }
         }
-        // File handles: of a HANDLE file, one each, within MAX_HANDLE.
+        // File handles: one per file at most (a HANDLE file's, or since
+        // 11.17 a file held open by its name), within MAX_HANDLE.
         let files = self.files();
         for (i, h) in self.file_handles().iter().enumerate() {
-            let ok = files
-                .get(h.file as usize)
-                .is_some_and(|f| f.flags & crate::fds::file_flags::HANDLE != 0)
+            let ok = files.get(h.file as usize).is_some()
                 && h.len as usize <= crate::fds::MAX_HANDLE
                 && self
                     .file_handles()
@@ -377,7 +376,7 @@ impl<'a> Image<'a> {
                 return Err(ImageError::BadIndex {
                     section: "file_handles",
                     index: i as u64,
-                    why: "not one HANDLE file's, or longer than MAX_HANDLE_SZ",
+                    why: "not one file's, or longer than MAX_HANDLE_SZ",
                 });
             }
         }

@@ -494,12 +494,41 @@ fn source_of(
                 .flatten()
                 .filter(|p| !p.is_empty());
             let target = relinked.unwrap_or(target);
-            let md = if f.kind == fd_kind::SYMLINK {
+            let found = if f.kind == fd_kind::SYMLINK {
                 std::fs::symlink_metadata(target)
             } else {
                 std::fs::metadata(target)
+            };
+            // Not the file at its name any more (gone, or another file
+            // there: a log rotated, `mv app.log app.log.1`): the very
+            // inode by its file handle, where capture kept one (format
+            // 11.17), opened with the name it has now (a sweep of stop
+            // 52: refused as "a different file now").
+            let moved = !found.as_ref().is_ok_and(|md| {
+                (md.dev(), md.ino()) == (f.dev, f.ino)
+                    && file.is_none_or(|id| {
+                        (id.dev, id.ino) == (md.dev(), md.ino()) && id.same_birth(sys::born(md))
+                    })
+            });
+            if moved
+                && f.kind == fd_kind::REGULAR
+                && relinked.is_none()
+                && img.file_handles().iter().any(|h| h.file == f.file)
+            {
+                if let Ok((_, kind, bytes)) = crate::stored::by_handle(img, f.file) {
+                    return Ok(Source::Handle {
+                        dev: f.dev,
+                        ino: f.ino,
+                        kind,
+                        bytes,
+                        // (No name to link it at for a moment: it has one.)
+                        name: String::new(),
+                        flags,
+                        pos: f.pos,
+                    });
+                }
             }
-            .map_err(|e| err.why(format!("{target}: {e}")))?;
+            let md = found.map_err(|e| err.why(format!("{target}: {e}")))?;
             let same = (md.dev(), md.ino()) == (f.dev, f.ino)
                 && file.is_none_or(|id| (id.dev, id.ino) == (md.dev(), md.ino()));
             if !same {
