@@ -595,10 +595,8 @@ pub fn capture(
             fd_kind::REGULAR => {
                 file = crate::vma::file_id(b, &f.target);
                 stored.not_kept(b, file);
-                // Its file handle too: renamed by the time of the restore
-                // (a log rotated), the very inode is found by it (a sweep
-                // of stop 52: refused as "a different file now").
-                crate::vma::note_handle(b, file, &format!("/proc/{pid}/fd/{}", f.fd));
+                // (Its file handle is read once the process is let go:
+                // `vma::note_handles`.)
             }
             fd_kind::SYMLINK if f.target.ends_with(" (deleted)") => {
                 // What it pointed to, read through our copy of the fd.
