@@ -702,7 +702,8 @@ pub fn capture(
     }
     // Open files' handles, out of the freeze where the process is let go
     // now (`vma::note_handles`).
-    all.iter_mut().for_each(|i| crate::vma::note_handles(&mut i.b));
+    all.iter_mut()
+        .for_each(|i| crate::vma::note_handles(&mut i.b));
     let t_drain = Instant::now();
     writer.drain()?;
     // (Before the image is renamed into place, and the target killed or
