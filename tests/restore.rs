@@ -2027,17 +2027,7 @@ fn a_log_rotated_between_capture_and_restore_is_written_where_it_went() {
     let capture = |tag: &str| {
         let mut cmd = Command::new("/usr/bin/python3");
         cmd.args(["-c", &script]);
-        let t = Target::spawn(cmd, "python");
-        let img = dir.join(tag);
-        let (code, _, err) = cryo_cmd(&[
-            "capture",
-            "--kill",
-            &t.pid.to_string(),
-            img.to_str().unwrap(),
-        ]);
-        assert_eq!(code, 0, "capture: {err}");
-        drop(t);
-        img
+        capture_cmd(cmd, "python", "read", &scratch(&format!("rotated-{tag}")))
     };
     let img = capture("img");
     let rotated = dir.join("app.log.1");

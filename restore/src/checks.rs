@@ -557,6 +557,10 @@ pub fn affinity(img: &Image) -> Result<(), RestoreError> {
 /// others end with its exec (a bound that is certain, not a guess: the
 /// restore's helpers need slots too).
 pub fn pids(tasks: usize) -> Result<(), RestoreError> {
+    // (One task, the restore's own: nothing to read on the restore path.)
+    if tasks <= 1 {
+        return Ok(());
+    }
     let (Ok(mounts), Ok(groups)) = (
         std::fs::read_to_string("/proc/self/mountinfo"),
         std::fs::read_to_string("/proc/self/cgroup"),
@@ -642,15 +646,8 @@ fn nodes_online(img: &Image) -> Result<(), RestoreError> {
         return Ok(());
     }
     let text = std::fs::read_to_string("/sys/devices/system/node/online").unwrap_or_default();
-    let mut online = 0u64;
-    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
-            for n in a..=b.min(63) {
-                online |= 1 << n;
-            }
-        }
-    }
+    // (Nodes past 63 are left to the mbind tried next.)
+    let online = cryo_image::node_mask(text.trim()).unwrap_or(u64::MAX);
     let missing = named & !online;
     if missing == 0 {
         return Ok(());

@@ -72,20 +72,9 @@ fn reopen_memory_files(img: &Image) {
             continue;
         }
         let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
-        let mut n = f.fd as u32;
-        let mut digits = [0u8; 10];
-        let mut k = 0;
-        loop {
-            digits[k] = b'0' + (n % 10) as u8;
-            k += 1;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        for (j, d) in digits[..k].iter().rev().enumerate() {
-            path[14 + j] = *d;
-        }
+        let mut num = [0u8; 24];
+        let n = crate::packed::fmt_i64(i64::from(f.fd), &mut num);
+        path[14..14 + n].copy_from_slice(&num[..n]);
         let flags = (f.flags & !cryo_image::fds::CREATE_ONLY_FLAGS) as usize | O_CLOEXEC;
         let new = check(
             syscall3(SYS_OPEN, path.as_ptr() as usize, flags, 0),

@@ -209,13 +209,19 @@ impl<'a> Files<'a> {
         fd as usize
     }
 
+    /// What waits for the mappings of the files: flock locks held through
+    /// a mapping alone, then memfd seals.
+    pub fn after_mapping(&mut self) {
+        self.lock_after_mapping();
+        self.seal_after_mapping();
+    }
+
     /// Each memfd's seals that wait for its mappings
     /// (`Image::seals_after_mapping`: F_SEAL_FUTURE_WRITE, then
     /// F_SEAL_SEAL), added now that they are made. Another process of a
     /// tree sharing it may have added them first: what is there already
     /// is not added again (a second F_SEAL_SEAL fails EPERM).
-    pub fn seal_after_mapping(&mut self) {
-        self.lock_after_mapping();
+    fn seal_after_mapping(&mut self) {
         const F_ADD_SEALS: usize = 1033;
         const F_GET_SEALS: usize = 1034;
         for idx in 0..self.n as u32 {

@@ -828,7 +828,7 @@ fn finish<'a>(
     task::restore_personality(img);
     // 9. The shim's own fds go (the executable's in the finishing chain, if
     //    it names it there); the program's get their flags and locks.
-    files.seal_after_mapping();
+    files.after_mapping();
     if late_exe {
         files.leave_open(img.process().exe_file);
     }

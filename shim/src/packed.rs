@@ -878,7 +878,7 @@ fn proc_set(path: &[u8], same: impl Fn(&[u8]) -> bool, text: &[u8]) -> Result<()
     Ok(())
 }
 
-fn fmt_i64(v: i64, out: &mut [u8; 24]) -> usize {
+pub(crate) fn fmt_i64(v: i64, out: &mut [u8; 24]) -> usize {
     let mut digits = [0u8; 24];
     let (mut n, mut x) = (0, v.unsigned_abs());
     loop {

@@ -141,6 +141,23 @@ record! {
     }
 }
 
+/// A list of NUMA nodes as the kernel writes one ("0-3,6", "" for none)
+/// as a mask of nodes 0-63; None past node 63 or for what is no list.
+pub fn node_mask(list: &str) -> Option<u64> {
+    let mut mask = 0u64;
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+        if a > b || b > 63 {
+            return None;
+        }
+        for n in a..=b {
+            mask |= 1 << n;
+        }
+    }
+    Some(mask)
+}
+
 /// A mapping's NUMA policy as /proc/PID/numa_maps words it ("local",
 /// "bind:0-1", "interleave=static:0-3", "prefer (many):0,2", "weighted
 /// interleave:1"): (mbind's mode with its flags, its nodes), `(0, 0)`
@@ -174,21 +191,7 @@ pub fn parse_mempolicy(text: &str) -> Option<(u32, u64)> {
             _ => return None,
         };
     }
-    let mut mask = 0u64;
-    for part in nodes
-        .into_iter()
-        .flat_map(|n| n.split(','))
-        .filter(|p| !p.is_empty())
-    {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
-        if a > b || b > 63 {
-            return None;
-        }
-        for n in a..=b {
-            mask |= 1 << n;
-        }
-    }
+    let mask = node_mask(nodes.unwrap_or(""))?;
     if (mode == 0 || mode == 4) != (mask == 0) {
         return None;
     }
