@@ -642,30 +642,60 @@ fn threads_keep_their_own_io_priorities() {
 #[test]
 fn mappings_keep_their_numa_policies() {
     let img = case("mempolicy");
-    packed_passes(&img, "mempolicy");
-    // Where mbind is not allowed (a container's seccomp filter), refused
-    // before anything is touched: the shim's mbind would fail past its
-    // point of no return (a review of stop 52).
-    sanitize_fds();
-    let out = Command::new("/usr/bin/python3")
-        .args([
-            "-c",
-            "import os, seccomp, sys\n\
-             f = seccomp.SyscallFilter(seccomp.ALLOW)\n\
-             f.add_rule(seccomp.ERRNO(1), 'mbind')\n\
-             f.load()\n\
-             os.execv(sys.argv[1], sys.argv[1:])\n",
-        ])
-        .arg(cryo())
-        .args(["restore", "--dry-run", img.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("has a NUMA memory policy of its own (mbind mode 0x")
-            && err.contains("which cannot be set here: Operation not permitted"),
-        "{err}"
+    let packed = packed_passes(&img, "mempolicy");
+    // Where mbind is not allowed (a container's seccomp filter, without
+    // no_new_privs as root loads it: Docker's default profile allows
+    // mbind only with CAP_SYS_NICE), refused before
+    // anything is touched: the shim's mbind would fail past its point of
+    // no return (a review of stop 52; the packed restorer checked nothing
+    // until stop 53 and lost the process, status 125).
+    let without_mbind = |argv: &[&std::ffi::OsStr]| {
+        sanitize_fds();
+        let out = Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import os, seccomp, sys\n\
+                 f = seccomp.SyscallFilter(seccomp.ALLOW)\n\
+                 f.set_attr(seccomp.Attr.CTL_NNP, 0)\n\
+                 f.add_rule(seccomp.ERRNO(1), 'mbind')\n\
+                 f.load()\n\
+                 os.execv(sys.argv[1], sys.argv[1:])\n",
+            ])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let refused = |what: &str, (code, err): (Option<i32>, String), errno: &str| {
+        assert_eq!(code, Some(1), "{what}: {err}");
+        assert!(
+            err.starts_with(&format!("cryo: cannot restore {}: ", img.display()))
+                && err.contains("has a NUMA memory policy of its own (mbind mode 0x")
+                && err.contains(&format!("which cannot be set here: {errno}"))
+                && err.lines().count() == 1,
+            "{what}: {err}"
+        );
+    };
+    let cryo = cryo();
+    let dry = [
+        cryo.as_os_str(),
+        "restore".as_ref(),
+        "--dry-run".as_ref(),
+        img.as_os_str(),
+    ];
+    refused(
+        "cryo restore",
+        without_mbind(&dry),
+        "Operation not permitted",
+    );
+    refused(
+        "the packed restorer",
+        without_mbind(&[packed.as_os_str()]),
+        "Operation not permitted",
     );
     // One naming a node this machine does not have is refused before
     // anything is touched (mbind would fail in the shim, past its point
@@ -696,6 +726,15 @@ fn mappings_keep_their_numa_policies() {
             "NUMA memory policy (mbind) names node 5, which this machine does not have online"
         ),
         "{err}"
+    );
+    // The packed restorer (its pages unchanged, meta.img sealed again)
+    // tries the policy and refuses it by its errno.
+    let out = run_packed(&packed);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    refused(
+        "the packed restorer, node 5",
+        (out.status.code(), err),
+        "Invalid argument",
     );
 }
 

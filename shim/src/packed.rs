@@ -353,12 +353,60 @@ pub fn check_and_set(img: &Image, flags: u64) -> Own {
     vdso(img);
     xsave(img);
     sysv(img);
+    numa(img);
     if let Err((at, why)) = crate::aio::check(img) {
         die(format_args!("the AIO context at {at:#x}: {why}"));
     }
     crate::task::check_settable(img, &own);
     environment(img, &own);
     own
+}
+
+/// Every NUMA policy of a mapping (mbind) can be set here, as `cryo
+/// restore` checks (`checks::numa_nodes`): each tried on a page of the
+/// restorer's own first. The shim's mbind would fail past its point of
+/// no return where the machine lacks a node the policy names, or where
+/// mbind is forbidden (Docker's default seccomp profile allows it only
+/// with CAP_SYS_NICE): the process lost.
+fn numa(img: &Image) {
+    let vmas = img.vmas();
+    for (i, v) in vmas.iter().enumerate() {
+        let p = (v.mempolicy, v.mempolicy_nodes);
+        if p.0 == 0
+            || vmas
+                .iter()
+                .take(i)
+                .any(|w| (w.mempolicy, w.mempolicy_nodes) == p)
+        {
+            continue;
+        }
+        let at = crate::mem::mmap(
+            0,
+            PG,
+            PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS,
+            usize::MAX,
+            0,
+        );
+        if at < 0 {
+            die(format_args!(
+                "a page to try a NUMA policy on: {}",
+                errno_name(-at)
+            ));
+        }
+        let r = crate::vma::mbind(at as usize, PG, p.0, p.1);
+        syscall3(SYS_MUNMAP, at as usize, PG, 0);
+        if r < 0 {
+            die(format_args!(
+                "process {}: the mapping at {:#x} has a NUMA memory policy of its own (mbind mode {:#x}, nodes {:#x}), which cannot be set here: {}",
+                img.process().pid,
+                v.start,
+                p.0,
+                p.1,
+                errno_name(-r)
+            ));
+        }
+    }
 }
 
 /// As `cryo restore` refuses (its `checks::clocks`): an image captured in

@@ -120,6 +120,20 @@ pub(crate) fn attach_sysv(img: &Image, v: &Vma) {
     restore_vma_flags(v);
 }
 
+/// mbind of `start..start+len` with a mapping's captured policy: the
+/// mode with its flags, and its nodes (none for MPOL_LOCAL).
+pub(crate) fn mbind(start: usize, len: usize, mode: u32, nodes: u64) -> isize {
+    const SYS_MBIND: usize = 237;
+    const MPOL_LOCAL: u32 = 4;
+    let nodes = [nodes];
+    let (mask, maxnode) = if mode & 0xff == MPOL_LOCAL {
+        (0, 0)
+    } else {
+        (nodes.as_ptr() as usize, 65)
+    };
+    syscall6(SYS_MBIND, start, len, mode as usize, mask, maxnode, 0)
+}
+
 fn prot_bits(p: u32) -> usize {
     (p & 7) as usize
 }
@@ -392,24 +406,8 @@ pub(crate) fn restore_vma_flags(v: &Vma) {
     // Its own NUMA policy (mbind), before it is locked or sealed: the
     // mode with its flags, and its nodes (none for MPOL_LOCAL).
     if v.mempolicy != 0 {
-        const SYS_MBIND: usize = 237;
-        const MPOL_LOCAL: u32 = 4;
-        let nodes = [v.mempolicy_nodes];
-        let (mask, maxnode) = if v.mempolicy & 0xff == MPOL_LOCAL {
-            (0, 0)
-        } else {
-            (nodes.as_ptr() as usize, 65)
-        };
         check(
-            syscall6(
-                SYS_MBIND,
-                start,
-                len,
-                v.mempolicy as usize,
-                mask,
-                maxnode,
-                0,
-            ),
+            mbind(start, len, v.mempolicy, v.mempolicy_nodes),
             format_args!(
                 "mbind of {start:#x}-{:#x} (policy {:#x})",
                 v.end, v.mempolicy

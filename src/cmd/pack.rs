@@ -23,14 +23,18 @@ use std::path::PathBuf;
 /// FILE, or FILE on another file system than DIR, works without it (pack
 /// says so). The next pack removes the names of restorers deleted since.
 ///
-/// Everything `cryo restore` checks before the point of no return is
-/// checked by FILE itself when run, before it touches anything: the
-/// image's meta.img (checksums), the files behind mappings (same inode,
-/// size, mtime), the vDSO (same kernel), the xsave layout (same kind of
-/// CPU), and that pages.img and sums.img are the very files packed (same
-/// inode, size, modification and change times: any write changes them).
-/// A failed check prints `cryo: cannot restore DIR: ...` and exits 1, the
-/// process untouched. Pages are checked against sums.img once, here.
+/// What `cryo restore` checks before the point of no return is checked
+/// by FILE itself when run, before it touches anything: the image's
+/// meta.img (checksums), the files behind mappings (same inode, size,
+/// mtime), the vDSO (same kernel), the xsave layout (same kind of CPU),
+/// the CPU affinity and NUMA policies (settable here), and that pages.img
+/// and sums.img are the very files packed (same inode, size,
+/// modification and change times: any write changes them). A failed
+/// check prints `cryo: cannot restore DIR: ...` and exits 1, the process
+/// untouched. Pages are checked against sums.img once, here. One check
+/// it does not make: whether a threaded image's threads fit in the
+/// cgroup's pids.max (a thread that cannot be made there ends the
+/// restore, status 125).
 ///
 /// A packed restorer opens the program's files, directories and devices
 /// under /dev again (the same inode, at their offsets), and makes its
