@@ -413,6 +413,60 @@ fn packed_restorer_checks_everything_before_touching_anything() {
         "[vvar] size or position relative to [vdso] differs",
     );
 
+    // Another kind of CPU (the recorded XCR0 differs; checksums made
+    // again): refused by the xsave check.
+    let (img, packed) = img_of("xcr0");
+    let path = img.join(cryo_image::META_FILE);
+    let mut meta = std::fs::read(&path).unwrap();
+    let xcr0 = {
+        let l = cryo_image::load::LoadedImage::open(&img).unwrap();
+        l.image().unwrap().process().xcr0
+    };
+    let at: Vec<usize> = meta
+        .windows(8)
+        .enumerate()
+        .filter(|(_, w)| *w == xcr0.to_le_bytes())
+        .map(|(i, _)| i)
+        .collect();
+    // (The process's, and its xsave area's software bytes.)
+    assert!(!at.is_empty(), "XCR0 in meta.img");
+    for a in at {
+        meta[a..a + 8].copy_from_slice(&(xcr0 ^ 1 << 9).to_le_bytes());
+    }
+    cryo_image::write::reseal(&mut meta);
+    std::fs::write(&path, &meta).unwrap();
+    refused(
+        &packed,
+        &img,
+        "this CPU's xsave layout differs from the captured one",
+    );
+    // The kernel's signal frame size in the program's auxv other than
+    // this kernel's (AT_MINSIGSTKSZ: the restorer takes the xsave size
+    // from it when it is the same, without CPUID): asked of CPUID, the
+    // same layout, restored.
+    let (img, packed) = img_of("minsigstksz");
+    let path = img.join(cryo_image::META_FILE);
+    let mut meta = std::fs::read(&path).unwrap();
+    let frame = {
+        let l = cryo_image::load::LoadedImage::open(&img).unwrap();
+        let i = l.image().unwrap();
+        let e = i.auxv().iter().find(|e| e.key == 51);
+        e.expect("AT_MINSIGSTKSZ in the auxv").val
+    };
+    let pair = [51u64.to_le_bytes(), frame.to_le_bytes()].concat();
+    let at = meta
+        .windows(16)
+        .position(|w| w == pair)
+        .expect("AT_MINSIGSTKSZ in meta.img");
+    meta[at + 8..at + 16].copy_from_slice(&(frame + 64).to_le_bytes());
+    cryo_image::write::reseal(&mut meta);
+    std::fs::write(&path, &meta).unwrap();
+    let (code, out, err) = run(&packed, &[]);
+    assert!(
+        code == 0 && out.ends_with("PASS check\n"),
+        "{code} {out} {err}"
+    );
+
     // A corrupt meta.img (one byte flipped, not resealed).
     let (img, packed) = img_of("meta");
     let path = img.join(cryo_image::META_FILE);
@@ -421,6 +475,47 @@ fn packed_restorer_checks_everything_before_touching_anything() {
     meta[mid] ^= 0x20;
     std::fs::write(&path, &meta).unwrap();
     refused(&packed, &img, "image: ");
+
+    // A meta.img changed since the pack, its checksums made again over a
+    // value only validation refuses (the rseq area moved off the image's
+    // memory): a restorer whose meta.img is not the very file packed
+    // checks it all, as `cryo restore` does (one that is, trusts the
+    // pack's checks: stop 53, ~20 µs).
+    let (img, packed) = img_of("invalid");
+    let path = img.join(cryo_image::META_FILE);
+    let mut meta = std::fs::read(&path).unwrap();
+    let rseq = {
+        let l = cryo_image::load::LoadedImage::open(&img).unwrap();
+        l.image().unwrap().process().rseq_addr
+    };
+    assert_ne!(rseq, 0, "glibc registers rseq");
+    let at: Vec<usize> = meta
+        .windows(8)
+        .enumerate()
+        .filter(|(_, w)| *w == rseq.to_le_bytes())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(at.len(), 1, "the rseq area's address in meta.img");
+    meta[at[0]..at[0] + 8].copy_from_slice(&64u64.to_le_bytes());
+    cryo_image::write::reseal(&mut meta);
+    std::fs::write(&path, &meta).unwrap();
+    refused(
+        &packed,
+        &img,
+        "an rseq area not aligned, too short, or outside",
+    );
+    // The same bytes written again (a copy put back, a backup restored):
+    // checked in full, and restored.
+    let (img, packed) = img_of("rewritten");
+    let path = img.join(cryo_image::META_FILE);
+    let meta = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, &meta).unwrap();
+    let (code, out, err) = run(&packed, &[]);
+    assert!(
+        code == 0 && out.ends_with("PASS check\n"),
+        "{code} {out} {err}"
+    );
 
     // The image directory gone.
     let (img, packed) = img_of("gone");

@@ -126,18 +126,20 @@ pub fn identity(path: &Path) -> std::io::Result<Identity> {
     ])
 }
 
-/// The identities of pages.img and sums.img in `dir`, to be read before
-/// the pages are checked (a write during the check then shows).
-pub fn identities(dir: &Path) -> std::io::Result<(Identity, Identity)> {
+/// The identities of pages.img, sums.img and meta.img in `dir`, to be
+/// read before the image and its pages are checked (a write during the
+/// check then shows).
+pub fn identities(dir: &Path) -> std::io::Result<(Identity, Identity, Identity)> {
     Ok((
         identity(&dir.join(cryo_image::PAGES_FILE))?,
         identity(&dir.join(cryo_image::SUMS_FILE))?,
+        identity(&dir.join(cryo_image::META_FILE))?,
     ))
 }
 
 /// The record for this plan (`dir`: the image directory, absolute; `ids`:
 /// [`identities`] read before the plan checked every page).
-pub fn record<'a>(plan: &Plan, dir: &'a Path, ids: (Identity, Identity)) -> Record<'a> {
+pub fn record<'a>(plan: &Plan, dir: &'a Path, ids: (Identity, Identity, Identity)) -> Record<'a> {
     use cryo_image::handoff::flags;
     use std::os::unix::ffi::OsStrExt;
     Record {
@@ -151,6 +153,7 @@ pub fn record<'a>(plan: &Plan, dir: &'a Path, ids: (Identity, Identity)) -> Reco
         tid_offset: plan.tid_offset as u64,
         pages: ids.0,
         sums: ids.1,
+        meta: ids.2,
         dir: dir.as_os_str().as_bytes(),
     }
 }

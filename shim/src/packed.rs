@@ -14,7 +14,7 @@
 use crate::own::{hex, Own};
 use crate::sys::*;
 use crate::{check, die, Args, PG};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use cryo_image::pack::{self, Identity, Record, RECORD_LEN};
 use cryo_image::Image;
 
@@ -280,6 +280,10 @@ pub fn open(r: &Record) -> Args {
         }
     }
     SUMS_FD.store(sums_fd, Ordering::Relaxed);
+    META_AS_PACKED.store(
+        identity(meta_fd, cryo_image::META_FILE) == r.meta,
+        Ordering::Relaxed,
+    );
     Args {
         meta_fd,
         pages_fd,
@@ -292,6 +296,15 @@ pub fn open(r: &Record) -> Args {
         barrier_fd: usize::MAX,
         round_fd: usize::MAX,
     }
+}
+
+/// Whether meta.img is the very file `cryo pack` parsed, checksummed and
+/// validated (its identity the record's), from [`open`].
+static META_AS_PACKED: AtomicBool = AtomicBool::new(false);
+
+/// [`META_AS_PACKED`]: meta.img needs no checksums and validation again.
+pub fn meta_as_packed() -> bool {
+    META_AS_PACKED.load(Ordering::Relaxed)
 }
 
 /// sums.img, open from [`open`] until [`sums_match`] checks it.
@@ -464,9 +477,15 @@ fn own_special(maps: &[u8], name: &[u8]) -> Option<(u64, u64)> {
 /// when the kernel gave none.
 static VDSO_AT: AtomicUsize = AtomicUsize::new(0);
 
-/// Note what the kernel's initial stack at `sp` tells: the vDSO's address.
+/// The kernel's signal frame size from the auxv (AT_MINSIGSTKSZ), for
+/// [`xsave`]; 0 when the kernel gave none.
+static MINSIGSTKSZ: AtomicUsize = AtomicUsize::new(0);
+
+/// Note what the kernel's initial stack at `sp` tells: the vDSO's address
+/// and the signal frame's size.
 pub fn note_auxv(sp: *const usize) {
     const AT_SYSINFO_EHDR: usize = 33;
+    const AT_MINSIGSTKSZ: usize = 51;
     // SAFETY: the kernel's initial stack: argc, the argv pointers and a
     // NULL, the environment's pointers and a NULL, then (key, value)
     // pairs up to AT_NULL.
@@ -479,6 +498,9 @@ pub fn note_auxv(sp: *const usize) {
         while *p != 0 {
             if *p == AT_SYSINFO_EHDR {
                 VDSO_AT.store(*p.add(1), Ordering::Relaxed);
+            }
+            if *p == AT_MINSIGSTKSZ {
+                MINSIGSTKSZ.store(*p.add(1), Ordering::Relaxed);
             }
             p = p.add(2);
         }
@@ -626,7 +648,6 @@ fn sysv(img: &Image) {
 /// The same CPU state layout: xsave size and XCR0.
 fn xsave(img: &Image) {
     let p = img.process();
-    let size = core::arch::x86_64::__cpuid_count(0xd, 0).ebx;
     let (lo, hi): (u32, u32);
     // SAFETY: xgetbv with ecx = 0 reads XCR0; the kernel enables
     // OSXSAVE on every CPU it runs with xsave.
@@ -634,6 +655,26 @@ fn xsave(img: &Image) {
         core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack));
     }
     let xcr0 = (hi as u64) << 32 | lo as u64;
+    // The size without CPUID where the kernel says it: CPUID traps to the
+    // hypervisor in a VM (~10 µs each on stop 53's), and the kernel's
+    // signal frame size (AT_MINSIGSTKSZ) is made of the xsave size of the
+    // features XCR0 enables. The same XCR0, the same kernel (the vDSO,
+    // checked before) and the same frame size as the kernel gave the
+    // program at its exec (its auxv, captured): the same xsave size. Any
+    // other answer asks CPUID, whose verdict stands.
+    const AT_MINSIGSTKSZ: u64 = 51;
+    let own = MINSIGSTKSZ.load(Ordering::Relaxed) as u64;
+    let same_frame = own != 0
+        && xcr0 == p.xcr0
+        && img
+            .auxv()
+            .iter()
+            .any(|e| e.key == AT_MINSIGSTKSZ && e.val == own);
+    let size = if same_frame {
+        p.xsave_size
+    } else {
+        core::arch::x86_64::__cpuid_count(0xd, 0).ebx
+    };
     if size != p.xsave_size || xcr0 != p.xcr0 {
         die(format_args!(
             "this CPU's xsave layout differs from the captured one (xsave size {} vs {size}, XCR0 {:#x} vs {xcr0:#x} here); restore on the same kind of CPU",
