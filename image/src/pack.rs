@@ -14,7 +14,8 @@
 //!     u64 glibc's cached-TID offset in the TCB, as the packer found it
 //!     7 × u64 identity of pages.img: dev, ino, size, mtime s, ns, ctime s, ns
 //!     7 × u64 identity of sums.img (the same)
-//!     7 × u64 identity of meta.img (the same)
+//!     u64 the kernel's signal frame size (AT_MINSIGSTKSZ) where it was
+//!         packed, or 0
 //!     u32 length of the image directory's absolute path, the path, NUL
 //! end u64 xxh3 of bytes 0 .. end (the record's own checksum)
 //! ```
@@ -22,12 +23,7 @@
 //! Pages are trusted through the identities: `cryo pack` checks every page
 //! against sums.img first, and any later write to pages.img or sums.img
 //! changes its change time, which no system call can set back (the same
-//! reasoning as `cryo restore`'s `verified` stamp; docs/design.md). So is
-//! meta.img, which `cryo pack` parsed, checksummed and validated: a
-//! restorer that finds it the very file packed parses it without its
-//! checksums and validation again (~20 µs of a 0.47 ms restore); one
-//! that finds another (an image captured again into the directory, a
-//! meta.img changed) checks it all, as `cryo restore` would.
+//! reasoning as `cryo restore`'s `verified` stamp; docs/design.md).
 
 /// First bytes of the record.
 pub const MAGIC: [u8; 8] = *b"CRYOPACK";
@@ -36,7 +32,7 @@ pub const RECORD_LEN: usize = 4096;
 /// Version of the layout.
 pub const VERSION: u32 = 2;
 const HEAD: usize = 16;
-const FIXED: usize = 8 + 8 + 3 * 7 * 8 + 4;
+const FIXED: usize = 8 + 8 + 7 * 8 + 7 * 8 + 8 + 4;
 
 /// The name of a packed restorer's alias in its image directory: a hard
 /// link `cryo pack` makes to the restorer, named by its inode, which the
@@ -61,7 +57,11 @@ pub struct Record<'a> {
     pub tid_offset: u64,
     pub pages: Identity,
     pub sums: Identity,
-    pub meta: Identity,
+    /// AT_MINSIGSTKSZ of the kernel `cryo pack` ran under, where the
+    /// image's xsave layout and vDSO were that machine's (which `cryo
+    /// pack` checks): the restorer's xsave check needs no CPUID where its
+    /// own is the same. 0: not known.
+    pub frame: u64,
     /// The image directory, absolute, without the NUL.
     pub dir: &'a [u8],
 }
@@ -133,7 +133,7 @@ pub fn decode(b: &[u8]) -> Result<Option<Record<'_>>, PackError> {
         }
         id
     };
-    let dir_len = u32_at(p, 16 + 3 * 56) as usize;
+    let dir_len = u32_at(p, 16 + 112 + 8) as usize;
     let dir_at = FIXED;
     if dir_at + dir_len + 1 != len || p[dir_at + dir_len] != 0 {
         return Err(PackError::Length);
@@ -143,7 +143,7 @@ pub fn decode(b: &[u8]) -> Result<Option<Record<'_>>, PackError> {
         tid_offset: u64_at(p, 8),
         pages: ident(16),
         sums: ident(16 + 56),
-        meta: ident(16 + 2 * 56),
+        frame: u64_at(p, 16 + 112),
         dir: &p[dir_at..dir_at + dir_len],
     };
     if r.flags & !crate::handoff::flags::ALL != 0 {
@@ -169,9 +169,10 @@ pub fn encode(r: &Record, out: &mut [u8]) -> Result<(), PackError> {
     };
     put(&r.flags.to_le_bytes());
     put(&r.tid_offset.to_le_bytes());
-    for v in r.pages.iter().chain(r.sums.iter()).chain(r.meta.iter()) {
+    for v in r.pages.iter().chain(r.sums.iter()) {
         put(&v.to_le_bytes());
     }
+    put(&r.frame.to_le_bytes());
     put(&(r.dir.len() as u32).to_le_bytes());
     put(r.dir);
     put(&[0]);
@@ -310,7 +311,7 @@ mod tests {
             tid_offset: 720,
             pages: [1, 2, 3, 4, 5, 6, 7],
             sums: [8, 9, 10, 11, 12, 13, 14],
-            meta: [15, 16, 17, 18, 19, 20, 21],
+            frame: 11952,
             dir: b"/tmp/img",
         };
         let mut b = [0u8; RECORD_LEN];
@@ -346,7 +347,7 @@ mod tests {
         /// rest of the record, changes nothing).
         #[test]
         fn mutated_records_are_refused(pos in 0usize..RECORD_LEN, val in proptest::prelude::any::<u8>()) {
-            let r = Record { flags: 8, tid_offset: 720, pages: [1; 7], sums: [2; 7], meta: [3; 7], dir: b"/i" };
+            let r = Record { flags: 8, tid_offset: 720, pages: [1; 7], sums: [2; 7], frame: 3, dir: b"/i" };
             let mut b = [0u8; RECORD_LEN];
             encode(&r, &mut b).unwrap();
             let orig = b[pos];

@@ -126,20 +126,18 @@ pub fn identity(path: &Path) -> std::io::Result<Identity> {
     ])
 }
 
-/// The identities of pages.img, sums.img and meta.img in `dir`, to be
-/// read before the image and its pages are checked (a write during the
-/// check then shows).
-pub fn identities(dir: &Path) -> std::io::Result<(Identity, Identity, Identity)> {
+/// The identities of pages.img and sums.img in `dir`, to be read before
+/// the pages are checked (a write during the check then shows).
+pub fn identities(dir: &Path) -> std::io::Result<(Identity, Identity)> {
     Ok((
         identity(&dir.join(cryo_image::PAGES_FILE))?,
         identity(&dir.join(cryo_image::SUMS_FILE))?,
-        identity(&dir.join(cryo_image::META_FILE))?,
     ))
 }
 
 /// The record for this plan (`dir`: the image directory, absolute; `ids`:
 /// [`identities`] read before the plan checked every page).
-pub fn record<'a>(plan: &Plan, dir: &'a Path, ids: (Identity, Identity, Identity)) -> Record<'a> {
+pub fn record<'a>(plan: &Plan, dir: &'a Path, ids: (Identity, Identity)) -> Record<'a> {
     use cryo_image::handoff::flags;
     use std::os::unix::ffi::OsStrExt;
     Record {
@@ -153,7 +151,9 @@ pub fn record<'a>(plan: &Plan, dir: &'a Path, ids: (Identity, Identity, Identity
         tid_offset: plan.tid_offset as u64,
         pages: ids.0,
         sums: ids.1,
-        meta: ids.2,
+        // (`plan` passed the xsave and vDSO checks here: this kernel's
+        // frame size is the one for the image's xsave layout.)
+        frame: crate::sys::signal_frame_size(),
         dir: dir.as_os_str().as_bytes(),
     }
 }

@@ -1,25 +1,17 @@
 //! The image: meta.img mapped into the window, parsed and validated
-//! again with the same no_std code `cryo restore` used (a packed
-//! restorer whose meta.img is the very file `cryo pack` validated parses
-//! it without checksums and validation: `cryo_image::pack`).
+//! again with the same no_std code `cryo restore` used.
 
 use crate::mem::*;
 use crate::sys::*;
 use crate::{check, die, META_AT, PG, W, W_END};
 use cryo_image::{vma_kind, Image, MAX_META_LEN};
 
-/// meta.img, checked in full unless `as_packed` (the packed restorer's
-/// record names this very file: `cryo pack` checked it in full).
-pub fn image(meta_fd: usize, as_packed: bool) -> Image<'static> {
-    image_in(meta_fd, META_AT, as_packed)
+pub fn image(meta_fd: usize) -> Image<'static> {
+    image_at(meta_fd, META_AT)
 }
 
 /// [`image`], mapped at `at` in the window.
 pub fn image_at(meta_fd: usize, at: usize) -> Image<'static> {
-    image_in(meta_fd, at, false)
-}
-
-fn image_in(meta_fd: usize, at: usize, as_packed: bool) -> Image<'static> {
     let len = check(
         syscall3(SYS_LSEEK, meta_fd, 0, 2),
         format_args!("meta.img size"),
@@ -49,19 +41,12 @@ fn image_in(meta_fd: usize, at: usize, as_packed: bool) -> Image<'static> {
     // file, the rest of the last page zero); it stays mapped (inside the
     // window) until the shim is gone.
     let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(at as *const u8, len) };
-    let parsed = if as_packed {
-        Image::parse_verified(bytes)
-    } else {
-        Image::parse(bytes)
-    };
-    let img = match parsed {
+    let img = match Image::parse(bytes) {
         Ok(i) => i,
         Err(e) => die(format_args!("image: {e}")),
     };
-    if !as_packed {
-        if let Err(e) = img.validate() {
-            die(format_args!("image: {e}"));
-        }
+    if let Err(e) = img.validate() {
+        die(format_args!("image: {e}"));
     }
     for v in img.vmas().iter() {
         if v.kind != vma_kind::VSYSCALL && (v.start as usize) < W_END && (v.end as usize) > W {

@@ -709,7 +709,7 @@ fn restore(a: &Args, packed: bool) -> ! {
         0,
     );
     // 1. The image, mapped into the window and validated again.
-    let img = load::image(a.meta_fd, packed && packed::meta_as_packed());
+    let img = load::image(a.meta_fd);
     mem::map_anon_at(scratch::AT, scratch::LEN, "scratch");
     let mut made;
     let a = if packed {

@@ -14,7 +14,7 @@
 use crate::own::{hex, Own};
 use crate::sys::*;
 use crate::{check, die, Args, PG};
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use cryo_image::pack::{self, Identity, Record, RECORD_LEN};
 use cryo_image::Image;
 
@@ -280,10 +280,7 @@ pub fn open(r: &Record) -> Args {
         }
     }
     SUMS_FD.store(sums_fd, Ordering::Relaxed);
-    META_AS_PACKED.store(
-        identity(meta_fd, cryo_image::META_FILE) == r.meta,
-        Ordering::Relaxed,
-    );
+    FRAME_AT_PACK.store(r.frame as usize, Ordering::Relaxed);
     Args {
         meta_fd,
         pages_fd,
@@ -298,14 +295,9 @@ pub fn open(r: &Record) -> Args {
     }
 }
 
-/// Whether meta.img is the very file `cryo pack` parsed, checksummed and
-/// validated (its identity the record's), from [`open`].
-static META_AS_PACKED: AtomicBool = AtomicBool::new(false);
-
-/// [`META_AS_PACKED`]: meta.img needs no checksums and validation again.
-pub fn meta_as_packed() -> bool {
-    META_AS_PACKED.load(Ordering::Relaxed)
-}
+/// The kernel's signal frame size where `cryo pack` ran (the record's
+/// `frame`), from [`open`], for [`xsave`].
+static FRAME_AT_PACK: AtomicUsize = AtomicUsize::new(0);
 
 /// sums.img, open from [`open`] until [`sums_match`] checks it.
 static SUMS_FD: AtomicUsize = AtomicUsize::new(usize::MAX);
@@ -658,18 +650,15 @@ fn xsave(img: &Image) {
     // The size without CPUID where the kernel says it: CPUID traps to the
     // hypervisor in a VM (~10 µs each on stop 53's), and the kernel's
     // signal frame size (AT_MINSIGSTKSZ) is made of the xsave size of the
-    // features XCR0 enables. The same XCR0, the same kernel (the vDSO,
-    // checked before) and the same frame size as the kernel gave the
-    // program at its exec (its auxv, captured): the same xsave size. Any
-    // other answer asks CPUID, whose verdict stands.
-    const AT_MINSIGSTKSZ: u64 = 51;
-    let own = MINSIGSTKSZ.load(Ordering::Relaxed) as u64;
-    let same_frame = own != 0
-        && xcr0 == p.xcr0
-        && img
-            .auxv()
-            .iter()
-            .any(|e| e.key == AT_MINSIGSTKSZ && e.val == own);
+    // features XCR0 enables. `cryo pack` ran where the image's size, XCR0
+    // and vDSO were this CPU's and kernel's (it refuses otherwise) and
+    // recorded its frame size there; here the vDSO is the same (checked
+    // before: the same kernel, the same formula). The same XCR0 and the
+    // same frame size: the same xsave size. Any other answer (another
+    // kind of CPU under the same kernel) asks CPUID, whose verdict stands.
+    let own = MINSIGSTKSZ.load(Ordering::Relaxed);
+    let at_pack = FRAME_AT_PACK.load(Ordering::Relaxed);
+    let same_frame = own != 0 && own == at_pack && xcr0 == p.xcr0;
     let size = if same_frame {
         p.xsave_size
     } else {

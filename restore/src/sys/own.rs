@@ -291,6 +291,13 @@ pub fn gettid() -> i32 {
     nix::unistd::gettid().as_raw()
 }
 
+/// The kernel's signal frame size (AT_MINSIGSTKSZ: made of the xsave
+/// size of the features XCR0 enables), or 0 where it gives none.
+pub fn signal_frame_size() -> u64 {
+    // SAFETY: getauxval only reads this process's auxiliary vector.
+    unsafe { libc::getauxval(libc::AT_MINSIGSTKSZ) }
+}
+
 /// XCR0, the state components XSAVE handles here.
 pub fn xcr0() -> u64 {
     let (lo, hi): (u32, u32);
