@@ -1274,13 +1274,16 @@ print("read", s.recv(10), flush=True)
     assert_eq!(line.trim(), "READY");
     let dir = scratch("fin-during-capture");
     let img = dir.join("img");
-    // An nft first in PATH that takes 0.8 s to lock.
+    // An nft first in PATH that says when it is asked to lock (a file),
+    // then takes 0.8 s to.
     let bin = dir.join("bin");
+    let locking = dir.join("locking");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::write(
         bin.join("nft"),
         format!(
-            "#!/bin/sh\ncase \"$*\" in *\"add element\"*) sleep 0.8;; esac\nexec {} \"$@\"\n",
+            "#!/bin/sh\ncase \"$*\" in *\"add element\"*) : > {}; sleep 0.8;; esac\nexec {} \"$@\"\n",
+            locking.display(),
             nft.display()
         ),
     )
@@ -1306,7 +1309,11 @@ print("read", s.recv(10), flush=True)
         .stderr(Stdio::piped())
         .spawn()
         .expect("cryo capture");
-    std::thread::sleep(Duration::from_millis(400));
+    // The FIN while the capture locks (a fixed 400 ms was too short for a
+    // debug capture on a loaded machine to get there: a flake hunt).
+    wait_for("the capture to lock", Duration::from_secs(30), || {
+        locking.exists()
+    });
     c.shutdown(std::net::Shutdown::Write).unwrap();
     let (code, _, err) = outcome(capture.wait_with_output().expect("capture"));
     assert_eq!(code, 1, "{err}");
