@@ -440,46 +440,72 @@ fn packed_restorer_checks_everything_before_touching_anything() {
         &img,
         "this CPU's xsave layout differs from the captured one",
     );
-    // The kernel's signal frame size recorded at the pack (AT_MINSIGSTKSZ:
-    // the restorer takes the xsave size from it where its own is the
-    // same, without CPUID) other than this kernel's: asked of CPUID, the
-    // same layout, restored. The record says what pack found here.
-    let (_, packed) = img_of("frame");
-    let mut bin = std::fs::read(&packed).unwrap();
-    let at = bin
-        .windows(8)
-        .position(|w| w == cryo_image::pack::MAGIC)
-        .expect("a pack record");
-    let rec = &mut bin[at..at + cryo_image::pack::RECORD_LEN];
-    let r = cryo_image::pack::decode(rec).unwrap().expect("packed");
-    let dir = r.dir.to_vec();
+    // The record's frame size, xsave size and XCR0 (where `cryo pack`
+    // ran: the restorer takes the xsave size from the record where its
+    // own frame size and XCR0 are the packer's, without CPUID), each
+    // changed in a restorer of its own, its record sealed again.
+    let with_record = |tag: &str, change: &dyn Fn(&mut cryo_image::pack::Record)| {
+        let (img, packed) = img_of(tag);
+        let mut bin = std::fs::read(&packed).unwrap();
+        let at = bin
+            .windows(8)
+            .position(|w| w == cryo_image::pack::MAGIC)
+            .expect("a pack record");
+        let rec = &mut bin[at..at + cryo_image::pack::RECORD_LEN];
+        let r = cryo_image::pack::decode(rec).unwrap().expect("packed");
+        let dir = r.dir.to_vec();
+        let (flags, tid_offset, pages, sums) = (r.flags, r.tid_offset, r.pages, r.sums);
+        let (frame, xsave_size, xcr0) = (r.frame, r.xsave_size, r.xcr0);
+        let mut other = cryo_image::pack::Record {
+            flags,
+            tid_offset,
+            pages,
+            sums,
+            frame,
+            xsave_size,
+            xcr0,
+            dir: &dir,
+        };
+        change(&mut other);
+        cryo_image::pack::encode(&other, rec).unwrap();
+        std::fs::write(&packed, &bin).unwrap();
+        (img, packed, frame)
+    };
+    // Another frame size than this kernel's: CPUID is asked, the same
+    // layout, restored.
+    let (_, packed, frame) = with_record("frame", &|r| r.frame += 64);
+    let own = std::fs::read("/proc/self/auxv").ok().and_then(|a| {
+        a.chunks(16)
+            .map(|e| {
+                (
+                    u64::from_le_bytes(e[..8].try_into().unwrap()),
+                    u64::from_le_bytes(e[8..].try_into().unwrap()),
+                )
+            })
+            .find(|e| e.0 == 51)
+            .map(|e| e.1)
+    });
+    // (0 where the kernel gives no AT_MINSIGSTKSZ, before 5.14.)
     assert_eq!(
-        Some(r.frame),
-        std::fs::read("/proc/self/auxv").ok().and_then(|a| {
-            a.chunks(16)
-                .map(|e| {
-                    (
-                        u64::from_le_bytes(e[..8].try_into().unwrap()),
-                        u64::from_le_bytes(e[8..].try_into().unwrap()),
-                    )
-                })
-                .find(|e| e.0 == 51)
-                .map(|e| e.1)
-        }),
+        frame,
+        own.unwrap_or(0),
         "the record's frame size is this kernel's"
     );
-    let other = cryo_image::pack::Record {
-        frame: r.frame + 64,
-        dir: &dir,
-        ..r
-    };
-    cryo_image::pack::encode(&other, rec).unwrap();
-    std::fs::write(&packed, &bin).unwrap();
     let (code, out, err) = run(&packed, &[]);
     assert!(
         code == 0 && out.ends_with("PASS check\n"),
         "{code} {out} {err}"
     );
+    // Its frame size this kernel's but another xsave size: the record's
+    // is taken (no CPUID) and compared with the image's, and refused.
+    if frame != 0 {
+        let (img, packed, _) = with_record("xsave-size", &|r| r.xsave_size += 64);
+        refused(
+            &packed,
+            &img,
+            "this CPU's xsave layout differs from the captured one",
+        );
+    }
 
     // A corrupt meta.img (one byte flipped, not resealed).
     let (img, packed) = img_of("meta");

@@ -15,7 +15,8 @@
 //!     7 × u64 identity of pages.img: dev, ino, size, mtime s, ns, ctime s, ns
 //!     7 × u64 identity of sums.img (the same)
 //!     u64 the kernel's signal frame size (AT_MINSIGSTKSZ) where it was
-//!         packed, or 0
+//!         packed, or 0; u64 the xsave size (CPUID 0xD.0 EBX) and u64
+//!         XCR0 there
 //!     u32 length of the image directory's absolute path, the path, NUL
 //! end u64 xxh3 of bytes 0 .. end (the record's own checksum)
 //! ```
@@ -32,7 +33,7 @@ pub const RECORD_LEN: usize = 4096;
 /// Version of the layout.
 pub const VERSION: u32 = 2;
 const HEAD: usize = 16;
-const FIXED: usize = 8 + 8 + 7 * 8 + 7 * 8 + 8 + 4;
+const FIXED: usize = 8 + 8 + 7 * 8 + 7 * 8 + 3 * 8 + 4;
 
 /// The name of a packed restorer's alias in its image directory: a hard
 /// link `cryo pack` makes to the restorer, named by its inode, which the
@@ -60,8 +61,13 @@ pub struct Record<'a> {
     /// AT_MINSIGSTKSZ of the kernel `cryo pack` ran under, where the
     /// image's xsave layout and vDSO were that machine's (which `cryo
     /// pack` checks): the restorer's xsave check needs no CPUID where its
-    /// own is the same. 0: not known.
+    /// own is the same (and XCR0 is [`Record::xcr0`]). 0: not known.
     pub frame: u64,
+    /// The xsave size (CPUID leaf 0xD, EBX) where `cryo pack` ran: the
+    /// restorer's, when its frame size and XCR0 are the packer's.
+    pub xsave_size: u64,
+    /// XCR0 where `cryo pack` ran.
+    pub xcr0: u64,
     /// The image directory, absolute, without the NUL.
     pub dir: &'a [u8],
 }
@@ -133,7 +139,7 @@ pub fn decode(b: &[u8]) -> Result<Option<Record<'_>>, PackError> {
         }
         id
     };
-    let dir_len = u32_at(p, 16 + 112 + 8) as usize;
+    let dir_len = u32_at(p, 16 + 112 + 24) as usize;
     let dir_at = FIXED;
     if dir_at + dir_len + 1 != len || p[dir_at + dir_len] != 0 {
         return Err(PackError::Length);
@@ -144,6 +150,8 @@ pub fn decode(b: &[u8]) -> Result<Option<Record<'_>>, PackError> {
         pages: ident(16),
         sums: ident(16 + 56),
         frame: u64_at(p, 16 + 112),
+        xsave_size: u64_at(p, 16 + 120),
+        xcr0: u64_at(p, 16 + 128),
         dir: &p[dir_at..dir_at + dir_len],
     };
     if r.flags & !crate::handoff::flags::ALL != 0 {
@@ -172,7 +180,9 @@ pub fn encode(r: &Record, out: &mut [u8]) -> Result<(), PackError> {
     for v in r.pages.iter().chain(r.sums.iter()) {
         put(&v.to_le_bytes());
     }
-    put(&r.frame.to_le_bytes());
+    for v in [r.frame, r.xsave_size, r.xcr0] {
+        put(&v.to_le_bytes());
+    }
     put(&(r.dir.len() as u32).to_le_bytes());
     put(r.dir);
     put(&[0]);
@@ -312,6 +322,8 @@ mod tests {
             pages: [1, 2, 3, 4, 5, 6, 7],
             sums: [8, 9, 10, 11, 12, 13, 14],
             frame: 11952,
+            xsave_size: 11008,
+            xcr0: 0x600e7,
             dir: b"/tmp/img",
         };
         let mut b = [0u8; RECORD_LEN];
@@ -347,7 +359,7 @@ mod tests {
         /// rest of the record, changes nothing).
         #[test]
         fn mutated_records_are_refused(pos in 0usize..RECORD_LEN, val in proptest::prelude::any::<u8>()) {
-            let r = Record { flags: 8, tid_offset: 720, pages: [1; 7], sums: [2; 7], frame: 3, dir: b"/i" };
+            let r = Record { flags: 8, tid_offset: 720, pages: [1; 7], sums: [2; 7], frame: 3, xsave_size: 4, xcr0: 5, dir: b"/i" };
             let mut b = [0u8; RECORD_LEN];
             encode(&r, &mut b).unwrap();
             let orig = b[pos];

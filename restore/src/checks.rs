@@ -37,7 +37,7 @@ pub fn xsave(img: &Image) -> Result<(), RestoreError> {
             what: "the process had AMX tile data, which this kernel does not offer".into(),
         });
     }
-    let size = std::arch::x86_64::__cpuid_count(0xd, 0).ebx;
+    let size = sys::xsave_size() as u32;
     let xcr0 = sys::xcr0();
     if size != p.xsave_size || xcr0 != p.xcr0 {
         return Err(RestoreError::XsaveDiffers {

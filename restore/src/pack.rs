@@ -154,6 +154,8 @@ pub fn record<'a>(plan: &Plan, dir: &'a Path, ids: (Identity, Identity)) -> Reco
         // (`plan` passed the xsave and vDSO checks here: this kernel's
         // frame size is the one for the image's xsave layout.)
         frame: crate::sys::signal_frame_size(),
+        xsave_size: crate::sys::xsave_size(),
+        xcr0: crate::sys::xcr0(),
         dir: dir.as_os_str().as_bytes(),
     }
 }

@@ -281,6 +281,8 @@ pub fn open(r: &Record) -> Args {
     }
     SUMS_FD.store(sums_fd, Ordering::Relaxed);
     FRAME_AT_PACK.store(r.frame as usize, Ordering::Relaxed);
+    XSAVE_AT_PACK.store(r.xsave_size as usize, Ordering::Relaxed);
+    XCR0_AT_PACK.store(r.xcr0 as usize, Ordering::Relaxed);
     Args {
         meta_fd,
         pages_fd,
@@ -295,9 +297,11 @@ pub fn open(r: &Record) -> Args {
     }
 }
 
-/// The kernel's signal frame size where `cryo pack` ran (the record's
-/// `frame`), from [`open`], for [`xsave`].
+/// The kernel's signal frame size, the xsave size and XCR0 where `cryo
+/// pack` ran (the record's), from [`open`], for [`xsave`].
 static FRAME_AT_PACK: AtomicUsize = AtomicUsize::new(0);
+static XSAVE_AT_PACK: AtomicUsize = AtomicUsize::new(0);
+static XCR0_AT_PACK: AtomicUsize = AtomicUsize::new(0);
 
 /// sums.img, open from [`open`] until [`sums_match`] checks it.
 static SUMS_FD: AtomicUsize = AtomicUsize::new(usize::MAX);
@@ -647,20 +651,27 @@ fn xsave(img: &Image) {
         core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack));
     }
     let xcr0 = (hi as u64) << 32 | lo as u64;
-    // The size without CPUID where the kernel says it: CPUID traps to the
-    // hypervisor in a VM (~10 µs each on stop 53's), and the kernel's
-    // signal frame size (AT_MINSIGSTKSZ) is made of the xsave size of the
-    // features XCR0 enables. `cryo pack` ran where the image's size, XCR0
-    // and vDSO were this CPU's and kernel's (it refuses otherwise) and
-    // recorded its frame size there; here the vDSO is the same (checked
-    // before: the same kernel, the same formula). The same XCR0 and the
-    // same frame size: the same xsave size. Any other answer (another
-    // kind of CPU under the same kernel) asks CPUID, whose verdict stands.
+    // This CPU's xsave size without CPUID where the kernel says it: CPUID
+    // traps to the hypervisor in a VM (~10 µs each on stop 53's), and the
+    // kernel's signal frame size (AT_MINSIGSTKSZ) is made of the xsave
+    // size of the features XCR0 enables (CPUID 0xD's EBX, read once at
+    // boot; rounded up to 16 bytes). `cryo pack` recorded its frame size,
+    // xsave size and XCR0, where the vDSO was the image's (it refuses
+    // otherwise); here the vDSO is the image's too (checked before, where
+    // the image has one): the same kernel, the same formula. The same
+    // frame size and XCR0 as the packer's: the packer's xsave size (the
+    // components' sizes and offsets are fixed by XCR0's features on every
+    // CPU known; two layouts 16 bytes apart would need a CPU that gives a
+    // feature another size). Any other answer asks CPUID. Either size is
+    // then compared with the image's, as ever (the image is not the
+    // packer's to vouch for: meta.img is checked again on every run).
     let own = MINSIGSTKSZ.load(Ordering::Relaxed);
-    let at_pack = FRAME_AT_PACK.load(Ordering::Relaxed);
-    let same_frame = own != 0 && own == at_pack && xcr0 == p.xcr0;
+    let same_frame = own != 0
+        && p.vdso_len != 0
+        && own == FRAME_AT_PACK.load(Ordering::Relaxed)
+        && xcr0 == XCR0_AT_PACK.load(Ordering::Relaxed) as u64;
     let size = if same_frame {
-        p.xsave_size
+        XSAVE_AT_PACK.load(Ordering::Relaxed) as u32
     } else {
         core::arch::x86_64::__cpuid_count(0xd, 0).ebx
     };

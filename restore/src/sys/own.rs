@@ -298,6 +298,12 @@ pub fn signal_frame_size() -> u64 {
     unsafe { libc::getauxval(libc::AT_MINSIGSTKSZ) }
 }
 
+/// The xsave area's size for the features XCR0 enables (CPUID leaf 0xD,
+/// sub-leaf 0, EBX).
+pub fn xsave_size() -> u64 {
+    std::arch::x86_64::__cpuid_count(0xd, 0).ebx as u64
+}
+
 /// XCR0, the state components XSAVE handles here.
 pub fn xcr0() -> u64 {
     let (lo, hi): (u32, u32);
