@@ -416,25 +416,13 @@ fn packed_restorer_checks_everything_before_touching_anything() {
     // Another kind of CPU (the recorded XCR0 differs; checksums made
     // again): refused by the xsave check.
     let (img, packed) = img_of("xcr0");
-    let path = img.join(cryo_image::META_FILE);
-    let mut meta = std::fs::read(&path).unwrap();
     let xcr0 = {
         let l = cryo_image::load::LoadedImage::open(&img).unwrap();
         l.image().unwrap().process().xcr0
     };
-    let at: Vec<usize> = meta
-        .windows(8)
-        .enumerate()
-        .filter(|(_, w)| *w == xcr0.to_le_bytes())
-        .map(|(i, _)| i)
-        .collect();
     // (The process's, and its xsave area's software bytes.)
-    assert!(!at.is_empty(), "XCR0 in meta.img");
-    for a in at {
-        meta[a..a + 8].copy_from_slice(&(xcr0 ^ 1 << 9).to_le_bytes());
-    }
-    cryo_image::write::reseal(&mut meta);
-    std::fs::write(&path, &meta).unwrap();
+    let n = rewrite_meta(&img, xcr0, xcr0 ^ 1 << 9);
+    assert!(n > 0, "XCR0 in meta.img");
     refused(
         &packed,
         &img,
@@ -523,23 +511,13 @@ fn packed_restorer_checks_everything_before_touching_anything() {
     // dropped: a review changed one through a shared mapping and on a
     // file system of one-second times without its identity moving.)
     let (img, packed) = img_of("invalid");
-    let path = img.join(cryo_image::META_FILE);
-    let mut meta = std::fs::read(&path).unwrap();
     let rseq = {
         let l = cryo_image::load::LoadedImage::open(&img).unwrap();
         l.image().unwrap().process().rseq_addr
     };
     assert_ne!(rseq, 0, "glibc registers rseq");
-    let at: Vec<usize> = meta
-        .windows(8)
-        .enumerate()
-        .filter(|(_, w)| *w == rseq.to_le_bytes())
-        .map(|(i, _)| i)
-        .collect();
-    assert_eq!(at.len(), 1, "the rseq area's address in meta.img");
-    meta[at[0]..at[0] + 8].copy_from_slice(&64u64.to_le_bytes());
-    cryo_image::write::reseal(&mut meta);
-    std::fs::write(&path, &meta).unwrap();
+    let n = rewrite_meta(&img, rseq, 64);
+    assert_eq!(n, 1, "the rseq area's address in meta.img");
     refused(
         &packed,
         &img,
@@ -579,6 +557,25 @@ fn packed_restorer_checks_everything_before_touching_anything() {
     let (code, _, err) = run(&cryo(), &["restore", img.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("changed since capture"), "{err}");
+}
+
+/// Every u64 `was` in `img`'s meta.img made `now`, its checksums made
+/// again: how many there were.
+fn rewrite_meta(img: &Path, was: u64, now: u64) -> usize {
+    let path = img.join(cryo_image::META_FILE);
+    let mut meta = std::fs::read(&path).unwrap();
+    let at: Vec<usize> = meta
+        .windows(8)
+        .enumerate()
+        .filter(|(_, w)| *w == was.to_le_bytes())
+        .map(|(i, _)| i)
+        .collect();
+    for &a in &at {
+        meta[a..a + 8].copy_from_slice(&now.to_le_bytes());
+    }
+    cryo_image::write::reseal(&mut meta);
+    std::fs::write(&path, &meta).unwrap();
+    at.len()
 }
 
 /// The end of the loaded part of an ELF file: the largest
