@@ -644,13 +644,6 @@ fn sysv(img: &Image) {
 /// The same CPU state layout: xsave size and XCR0.
 fn xsave(img: &Image) {
     let p = img.process();
-    let (lo, hi): (u32, u32);
-    // SAFETY: xgetbv with ecx = 0 reads XCR0; the kernel enables
-    // OSXSAVE on every CPU it runs with xsave.
-    unsafe {
-        core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack));
-    }
-    let xcr0 = (hi as u64) << 32 | lo as u64;
     // This CPU's xsave size without CPUID where the kernel says it: CPUID
     // traps to the hypervisor in a VM (~10 µs each on stop 53's), and the
     // kernel's signal frame size (AT_MINSIGSTKSZ) is made of the xsave
@@ -666,11 +659,26 @@ fn xsave(img: &Image) {
     // then compared with the image's, as ever (the image is not the
     // packer's to vouch for: meta.img is checked again on every run).
     let own = MINSIGSTKSZ.load(Ordering::Relaxed);
-    let same_frame = own != 0
-        && p.vdso_len != 0
-        && own == FRAME_AT_PACK.load(Ordering::Relaxed)
-        && xcr0 == XCR0_AT_PACK.load(Ordering::Relaxed) as u64;
-    let size = if same_frame {
+    let packers_frame =
+        own != 0 && p.vdso_len != 0 && own == FRAME_AT_PACK.load(Ordering::Relaxed);
+    // xgetbv faults (SIGILL) where the kernel left xsave off (booted
+    // `noxsave`): read XCR0 where the packer's frame size says xsave is on
+    // (a frame without xsave holds a 512-byte fxsave area, less than any
+    // xsave area), else where CPUID says the kernel enabled it (OSXSAVE);
+    // otherwise XCR0 is 0, which no captured process has.
+    const OSXSAVE: u32 = 1 << 27;
+    let xcr0 = if packers_frame || core::arch::x86_64::__cpuid(1).ecx & OSXSAVE != 0 {
+        let (lo, hi): (u32, u32);
+        // SAFETY: xgetbv with ecx = 0 reads XCR0, valid where the kernel
+        // enabled OSXSAVE, as said above.
+        unsafe {
+            core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack));
+        }
+        (hi as u64) << 32 | lo as u64
+    } else {
+        0
+    };
+    let size = if packers_frame && xcr0 == XCR0_AT_PACK.load(Ordering::Relaxed) as u64 {
         XSAVE_AT_PACK.load(Ordering::Relaxed) as u32
     } else {
         core::arch::x86_64::__cpuid_count(0xd, 0).ebx

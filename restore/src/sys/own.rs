@@ -304,11 +304,16 @@ pub fn xsave_size() -> u64 {
     std::arch::x86_64::__cpuid_count(0xd, 0).ebx as u64
 }
 
-/// XCR0, the state components XSAVE handles here.
+/// XCR0, the state components XSAVE handles here; 0 where the kernel left
+/// xsave off (booted `noxsave`), where xgetbv would fault.
 pub fn xcr0() -> u64 {
+    // (std's "xsave" is CPUID's XSAVE and OSXSAVE both, asked once.)
+    if !std::is_x86_feature_detected!("xsave") {
+        return 0;
+    }
     let (lo, hi): (u32, u32);
-    // SAFETY: XGETBV with ECX=0 reads XCR0; the OS enables OSXSAVE on every
-    // x86_64 CPU this runs on (the capture side read XCR0 the same way).
+    // SAFETY: XGETBV with ECX=0 reads XCR0, valid where the kernel enabled
+    // OSXSAVE, checked above.
     unsafe {
         std::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack));
     }
