@@ -42,6 +42,7 @@ fn quick_compare_agrees_on_every_available_method() {
             "--run-timeout",
             "20",
             "--json",
+            "--keep",
             "--out",
         ])
         .arg(&out)
@@ -125,6 +126,28 @@ fn quick_compare_agrees_on_every_available_method() {
         phases["hs_init_ms"].as_f64().unwrap() > 0.0
             && phases["hs_exit_ms"].as_f64().unwrap() > 0.0
     );
+    // Each timed run after an untimed one of its method; the runs wrote to
+    // tmpfs where there is one, removed after, their outputs kept (--keep).
+    assert_eq!(v["environment"]["paired"], true);
+    let shm_is_tmpfs = Command::new("stat")
+        .args(["-f", "-c", "%T", "/dev/shm"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "tmpfs");
+    assert_eq!(v["environment"]["outputs_on_tmpfs"], shm_is_tmpfs);
+    let left: Vec<_> = std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("cryo-compare."))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left on tmpfs: {left:?}");
+    for (w, m) in [("hello-v0", "cold"), ("map-1e4-lookups", "cryo-pack")] {
+        let kept = out.join("work").join(w).join(format!("{m}.out"));
+        let text = std::fs::read_to_string(&kept).unwrap_or_else(|e| panic!("{kept:?}: {e}"));
+        assert!(text.contains("cryo-bench answer="), "{kept:?}: {text}");
+    }
     for f in ["compare.md", "compare.json", "compare.svg"] {
         let m = std::fs::metadata(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert_eq!(m.permissions().mode() & 0o777, 0o600, "{f}");

@@ -31,34 +31,32 @@ pub fn wait4(pid: i32) -> io::Result<(i32, Usage)> {
 /// As [`wait4`], but a child still running after `timeout` is killed
 /// (SIGKILL, then reaped) and reported as an error of kind `TimedOut`: a
 /// run that hangs (seen: CRIU 4.1's restore of a threaded GHC program
-/// never exits) must not hang the whole comparison.
+/// never exits) must not hang the whole comparison. The wait blocks in
+/// the kernel (poll on a pidfd): a loop of WNOHANG and 2 ms sleeps put
+/// 20-30 µs on every timed run of stop 54 (docs/benchmarks.md).
 pub fn wait4_within(pid: i32, timeout: Option<std::time::Duration>) -> io::Result<(i32, Usage)> {
+    let mut killed = false;
+    if let Some(t) = timeout {
+        let exited = match exits_within(pid, t) {
+            Ok(e) => e,
+            // (No pidfd_open: Linux before 5.3.)
+            Err(_) => polled_exit_within(pid, t)?,
+        };
+        if !exited {
+            // SAFETY: kill takes integers; `pid` is our unreaped child,
+            // so the id cannot have been reused.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            killed = true;
+        }
+    }
     let mut status = 0i32;
     // SAFETY: an all-zero rusage is a valid value of this plain C struct.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let deadline = timeout.map(|t| std::time::Instant::now() + t);
-    let mut killed = false;
     loop {
-        let flags = if deadline.is_some() && !killed {
-            libc::WNOHANG
-        } else {
-            0
-        };
         // SAFETY: status and ru are valid, writable, and live for the call.
-        let r = unsafe { libc::wait4(pid, &mut status, flags, &mut ru) };
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
         if r == pid {
             break;
-        }
-        if r == 0 {
-            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                // SAFETY: kill takes integers; `pid` is our unreaped child,
-                // so the id cannot have been reused.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                killed = true;
-            } else {
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            continue;
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
@@ -84,6 +82,78 @@ pub fn wait4_within(pid: i32, timeout: Option<std::time::Duration>) -> io::Resul
         max_rss_kb: ru.ru_maxrss as u64,
     };
     Ok((code, usage))
+}
+
+/// Whether the child `pid` ends within `t`, waited for in the kernel:
+/// poll on its pidfd, which becomes readable when the whole process has
+/// exited (it is left to be reaped). Err where pidfd_open is missing.
+fn exits_within(pid: i32, t: std::time::Duration) -> io::Result<bool> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let deadline = std::time::Instant::now() + t;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: p is one valid pollfd, live for the call.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        if r > 0 {
+            return Ok(true);
+        }
+        if r == 0 && left.is_zero() {
+            return Ok(false);
+        }
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// [`exits_within`] without pidfds: WNOHANG waits with 2 ms sleeps
+/// between (waitid with WNOWAIT: the child is left to be reaped).
+fn polled_exit_within(pid: i32, t: std::time::Duration) -> io::Result<bool> {
+    let deadline = std::time::Instant::now() + t;
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid value of this C struct.
+        let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: si is valid and writable for the call.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut si,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        // SAFETY: waitid filled si (or left it zeroed: no child ready).
+        if unsafe { si.si_pid() } == pid {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 /// Reap every other child that is (or becomes) a zombie of ours within
@@ -204,9 +274,14 @@ mod tests {
         assert_eq!(parse_stamps("nothing here"), Stamps::default());
     }
 
+    /// Held by each test that has children: reap_orphans reaps any child
+    /// of this process, another test's too.
+    static CHILDREN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     #[allow(clippy::zombie_processes)] // reaped by wait4, which clippy cannot see
     fn wait4_reports_status_and_faults() {
+        let _one = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
         let c = std::process::Command::new("sh")
             .args(["-c", "exit 3"])
             .spawn()
@@ -225,5 +300,48 @@ mod tests {
         assert!(left.faults > 0, "{left:?}");
         let t = now_ns();
         assert!(now_ns() >= t);
+    }
+
+    #[test]
+    #[allow(clippy::zombie_processes)] // reaped by wait4, which clippy cannot see
+    fn a_run_past_its_timeout_is_killed_and_reaped() {
+        let _one = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+        let timeout = Some(std::time::Duration::from_millis(300));
+        let c = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let t = std::time::Instant::now();
+        let e = wait4_within(c.id() as i32, timeout).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        let took = t.elapsed();
+        assert!(
+            took >= std::time::Duration::from_millis(300)
+                && took < std::time::Duration::from_secs(20),
+            "{took:?}"
+        );
+        // reaped: no such child any more
+        // SAFETY: waitpid with a null status pointer only asks the kernel.
+        let r = unsafe { libc::waitpid(c.id() as i32, std::ptr::null_mut(), libc::WNOHANG) };
+        assert_eq!(r, -1);
+        // One that ends in time is waited for, its status reported.
+        let c = std::process::Command::new("sh")
+            .args(["-c", "exit 5"])
+            .spawn()
+            .unwrap();
+        let (code, _) = wait4_within(c.id() as i32, timeout.map(|t| t * 100)).unwrap();
+        assert_eq!(code, 5);
+        // And the fallback without pidfds, for both.
+        let c = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert!(!polled_exit_within(c.id() as i32, std::time::Duration::from_millis(100)).unwrap());
+        let _ = c.id();
+        // SAFETY: kill takes integers; the child is ours and unreaped.
+        unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+        assert!(polled_exit_within(c.id() as i32, std::time::Duration::from_secs(10)).unwrap());
+        let (code, _) = wait4(c.id() as i32).unwrap();
+        assert_eq!(code, 128 + libc::SIGKILL);
     }
 }

@@ -110,12 +110,19 @@ fn cryo_capture(cx: &Ctx, w: &Workload, dir: &Path) -> Result<PathBuf, String> {
 }
 
 /// Start the workload in stop mode, wait for its self-stop, `criu dump` it.
-fn criu_dump(criu: &Path, w: &Workload, cx: &Ctx, dir: &Path) -> Result<Runner, String> {
+/// Its stdout is a file in `outs`, where every restore of it writes.
+fn criu_dump(
+    criu: &Path,
+    w: &Workload,
+    cx: &Ctx,
+    dir: &Path,
+    outs: &Path,
+) -> Result<Runner, String> {
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     let images = dir.join("criu-img");
     let _ = fs::remove_dir_all(&images);
     mkdir_private(&images).map_err(|e| e.to_string())?;
-    let out = dir.join("criu-program.out");
+    let out = outs.join("criu-program.out");
     let argv = w.argv(cx.built, "stop", None);
     let mut cmd = Command::new(&argv[0]);
     let child = proc::new_session(&mut cmd)
@@ -156,12 +163,14 @@ fn criu_dump(criu: &Path, w: &Workload, cx: &Ctx, dir: &Path) -> Result<Runner, 
     })
 }
 
-/// Prepare `m` for `w`: compact file, images, working set.
+/// Prepare `m` for `w`: compact file, images, working set (in `dir`;
+/// the timed runs write to `outs`).
 pub(crate) fn prepare(
     cx: &Ctx,
     w: &Workload,
     m: Method,
     dir: &Path,
+    outs: &Path,
     img: &mut Option<Result<PathBuf, String>>,
 ) -> Result<Runner, String> {
     let cryo = |args: &[&str], img: &Path| -> Runner {
@@ -230,7 +239,7 @@ pub(crate) fn prepare(
             Ok(Runner::Direct(vec![exe.into()]))
         }
         Method::Criu => match cx.criu {
-            Ok((criu, _)) => criu_dump(criu, w, cx, dir),
+            Ok((criu, _)) => criu_dump(criu, w, cx, dir, outs),
             Err(why) => Err(why.clone()),
         },
     }
@@ -263,7 +272,7 @@ pub(crate) fn eager_fill_note(r: &Runner) -> Option<String> {
     ))
 }
 
-/// Run a prepared method once.
+/// Run a prepared method once, its output and logs in `dir`.
 pub(crate) fn sample(r: &Runner, dir: &Path, name: &str) -> Result<Sample, String> {
     let (t0, usage, out_file, clock_offset) = match r {
         Runner::Direct(argv) => {

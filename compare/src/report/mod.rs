@@ -229,6 +229,10 @@ pub struct Environment {
     pub quick: bool,
     pub warmup_runs: usize,
     pub runs: usize,
+    /// Each timed warm run followed an untimed run of its method.
+    pub paired: bool,
+    /// The runs wrote their output to tmpfs (else to OUT/work).
+    pub outputs_on_tmpfs: bool,
     pub cold_cache_runs: usize,
     pub started_unix: u64,
     pub duration_s: f64,
@@ -267,7 +271,13 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "Time from spawn to the program's first answer (its own CLOCK_MONOTONIC stamp), median with p10–p90; exit = spawn to reaping it; faults and RSS of the whole process tree.\n"
+            "Time from spawn to the program's first answer (its own CLOCK_MONOTONIC stamp), median with p10–p90; exit = spawn to reaping it; faults and RSS of the whole process tree. {}; output written to {}.\n",
+            if e.paired {
+                "Each timed warm run followed an untimed run of its own method (in a new order of methods each round)"
+            } else {
+                "Timed runs in a new order of methods each round (--unpaired)"
+            },
+            if e.outputs_on_tmpfs { "tmpfs" } else { "files in OUT/work" }
         );
         let _ = writeln!(s, "| workload | method | cache | first answer ms (p10–p90) | exit ms | faults | max RSS MiB | checksum | note |");
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
