@@ -1339,3 +1339,84 @@ fn a_restore_where_none_of_its_cpus_may_run_is_refused_naming_them() {
         assert_eq!((code, out.lines().last()), (0, Some("PASS check")), "{err}");
     }
 }
+
+/// A packed restorer of a threaded image whose threads do not fit in its
+/// cgroup's pids.max is refused before it touches anything, the cgroup
+/// named, as `cryo restore` refuses: its clone3 failed EAGAIN past its
+/// point of no return (status 125), the process lost (left open at stop
+/// 52, checked since stop 54). With room it restores.
+#[test]
+fn a_threaded_restorer_that_does_not_fit_its_cgroups_pids_max_is_refused_first() {
+    let dir = scratch("pack-pids-max");
+    let mut cmd = Command::new(program("hs-datamap-threaded"));
+    cmd.args(["stop", "20000"]);
+    let img = capture(cmd, "hs-datamap-threaded", &dir);
+    let exe = dir.join("restorer");
+    pack(&img, &exe, &["--map"]);
+    let want = run(&cryo(), &["restore", img.to_str().unwrap()]);
+    assert_eq!(want.0, 0, "cryo restore: {want:?}");
+    let root = if Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists() {
+        "/sys/fs/cgroup/pids"
+    } else {
+        "/sys/fs/cgroup"
+    };
+    let cg = Path::new(root).join(format!("cryo-test-pack-pids-{}", std::process::id()));
+    std::fs::create_dir(&cg).expect("a pids cgroup of our own (root)");
+    let run_in = |max: &str| {
+        std::fs::write(cg.join("pids.max"), max).unwrap();
+        let procs = cg.join("cgroup.procs");
+        run(
+            Path::new("/bin/sh"),
+            &[
+                "-c",
+                "echo $$ > \"$0\" && exec \"$@\"",
+                procs.to_str().unwrap(),
+                exe.to_str().unwrap(),
+            ],
+        )
+    };
+    let tight = run_in("1");
+    // The hierarchy mounted elsewhere only (a mount namespace of its own):
+    // found through mountinfo rather than at its usual place.
+    let moved = dir.join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    let (kind, usual) = if root.ends_with("/pids") {
+        ("-t cgroup -o pids", root)
+    } else {
+        ("-t cgroup2", root)
+    };
+    let script = format!(
+        "mount {kind} cryo-test \"$0\" && umount -l {usual} && echo $$ > \"$0/{}/cgroup.procs\" && exec \"$1\"",
+        cg.file_name().unwrap().to_str().unwrap()
+    );
+    let elsewhere = run(
+        Path::new("unshare"),
+        &[
+            "-m",
+            "sh",
+            "-c",
+            &script,
+            moved.to_str().unwrap(),
+            exe.to_str().unwrap(),
+        ],
+    );
+    let roomy = run_in("64");
+    let _ = std::fs::remove_dir(&cg);
+    let shown = moved.join(cg.file_name().unwrap());
+    for ((code, out, err), at) in [(tight, &cg), (elsewhere, &shown)] {
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            err.contains("tasks (processes and threads) do not fit in this restore's cgroup")
+                && err.contains(&format!("{} allows 0 more", at.display()))
+                && err.contains("(pids.max 1, pids.current 1)"),
+            "{err}"
+        );
+        assert!(out.is_empty(), "nothing ran: {out}");
+    }
+    let (code, out, err) = roomy;
+    assert_eq!(
+        (code, out.lines().last()),
+        (0, want.1.lines().last()),
+        "{err}"
+    );
+}

@@ -29,6 +29,7 @@ mod mm;
 mod own;
 mod packed;
 mod packfds;
+mod pids;
 mod rseq;
 mod seccomp;
 mod selfmap;

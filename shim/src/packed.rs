@@ -350,6 +350,7 @@ pub fn check_and_set(img: &Image, flags: u64) -> Own {
     sums_match(img);
     clocks(img, flags);
     let own = crate::own::read(img);
+    crate::pids::check(img);
     // (As `cryo restore` refuses: naming the executable needs one of
     // them, and failed past the point of no return.)
     const CAP_SYS_ADMIN: u64 = 1 << 21;
@@ -659,8 +660,7 @@ fn xsave(img: &Image) {
     // then compared with the image's, as ever (the image is not the
     // packer's to vouch for: meta.img is checked again on every run).
     let own = MINSIGSTKSZ.load(Ordering::Relaxed);
-    let packers_frame =
-        own != 0 && p.vdso_len != 0 && own == FRAME_AT_PACK.load(Ordering::Relaxed);
+    let packers_frame = own != 0 && p.vdso_len != 0 && own == FRAME_AT_PACK.load(Ordering::Relaxed);
     // xgetbv faults (SIGILL) where the kernel left xsave off (booted
     // `noxsave`): read XCR0 where the packer's frame size says xsave is on
     // (a frame without xsave holds a 512-byte fxsave area, less than any

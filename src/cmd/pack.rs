@@ -31,10 +31,9 @@ use std::path::PathBuf;
 /// and sums.img are the very files packed (same inode, size,
 /// modification and change times: any write changes them). A failed
 /// check prints `cryo: cannot restore DIR: ...` and exits 1, the process
-/// untouched. Pages are checked against sums.img once, here. One check
-/// it does not make: whether a threaded image's threads fit in the
-/// cgroup's pids.max (a thread that cannot be made there ends the
-/// restore, status 125).
+/// untouched. Pages are checked against sums.img once, here. A threaded
+/// image's threads must fit in its cgroups' pids.max (read from
+/// /proc/self/cgroup and mountinfo on every threaded restore).
 ///
 /// A packed restorer opens the program's files, directories and devices
 /// under /dev again (the same inode, at their offsets), and makes its

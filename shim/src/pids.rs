@@ -1,0 +1,192 @@
+//! A packed restorer's threads fit in its cgroups' pids limits, checked
+//! before its point of no return, as `cryo restore` checks
+//! (`checks::pids`): a thread the pids controller refuses failed its
+//! clone3 past that point ("errno 11", status 125), the process lost.
+//! Read as `cryo restore` reads them: /proc/self/cgroup's hierarchies
+//! that count pids (v2, or v1's `pids`), found at their usual place or
+//! else in /proc/self/mountinfo, and `pids.max` and `pids.current` of
+//! this cgroup and of each parent up to the mount's root. Only for an
+//! image with threads.
+
+use crate::die;
+use crate::sys::*;
+use cryo_image::Image;
+
+/// This restorer is one task; the image's other threads each need one
+/// more.
+pub fn check(img: &Image) {
+    let need = img.threads().len() as u64;
+    if need == 0 {
+        return;
+    }
+    // The texts and the paths built from them, one after the other in
+    // the scratch area, whose first page the status text touched already
+    // (a fresh page costs several µs here).
+    let (at, len) = (crate::scratch::STATUS, crate::scratch::STATUS_LEN);
+    // SAFETY: [at, at + len) is the scratch mapping's, writable; the
+    // status text read there before (`own::read`) is parsed and done
+    // with, and nothing else uses it until the files' tables.
+    let buf = unsafe { core::slice::from_raw_parts_mut(at as *mut u8, len) };
+    let Ok(n) = read_whole(c"/proc/self/cgroup".as_ptr() as usize, &mut buf[..len / 2]) else {
+        return;
+    };
+    let (groups, rest) = buf.split_at_mut(n);
+    let (dir, rest) = rest.split_at_mut(DIR_LEN);
+    // mountinfo only where a hierarchy is not at its usual place (its
+    // first read in a process took 20-24 µs here, a statfs ~1).
+    let mut mounts: Option<&[u8]> = None;
+    for line in groups.split(|&c| c == b'\n') {
+        let mut f = line.splitn(3, |&c| c == b':');
+        let (Some(_), Some(ctl), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let v2 = ctl.is_empty();
+        if !v2 && !ctl.split(|&c| c == b',').any(|c| c == b"pids") {
+            continue;
+        }
+        let mount = match usual_place(ctl) {
+            Some(at) => at,
+            None => {
+                if mounts.is_none() {
+                    let Ok(m) =
+                        read_whole(c"/proc/self/mountinfo".as_ptr() as usize, &mut rest[..])
+                    else {
+                        return;
+                    };
+                    mounts = Some(&rest[..m]);
+                }
+                let Some(at) = mounts.and_then(|t| mount_of(t, ctl)) else {
+                    continue;
+                };
+                at
+            }
+        };
+        walk(mount, path, need, dir);
+    }
+}
+
+/// Where systemd mounts the hierarchy of controllers `ctl` (empty: v2,
+/// at /sys/fs/cgroup, or /sys/fs/cgroup/unified beside v1 ones), if a
+/// cgroup file system of that version is mounted there: a v1 one there
+/// by another name holds no pids.max, and is then not checked, as where
+/// mountinfo lists no such mount.
+fn usual_place(ctl: &[u8]) -> Option<&'static [u8]> {
+    const SYS_STATFS: usize = 137;
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+    let is = |path: &core::ffi::CStr, magic: i64| {
+        let mut st = [0i64; 16];
+        syscall3(
+            SYS_STATFS,
+            path.as_ptr() as usize,
+            st.as_mut_ptr() as usize,
+            0,
+        ) == 0
+            && st[0] == magic
+    };
+    if ctl.is_empty() {
+        [&c"/sys/fs/cgroup", &c"/sys/fs/cgroup/unified"]
+            .into_iter()
+            .find(|p| is(p, CGROUP2_SUPER_MAGIC))
+            .map(|p| p.to_bytes())
+    } else if ctl == b"pids" && is(c"/sys/fs/cgroup/pids", CGROUP_SUPER_MAGIC) {
+        Some(b"/sys/fs/cgroup/pids")
+    } else {
+        None
+    }
+}
+
+const DIR_LEN: usize = 4200;
+
+/// The mount point (escaped as in mountinfo) of the hierarchy of
+/// controllers `ctl` (empty: v2).
+fn mount_of<'m>(mounts: &'m [u8], ctl: &[u8]) -> Option<&'m [u8]> {
+    mounts.split(|&c| c == b'\n').find_map(|l| {
+        let sep = l.windows(3).position(|w| w == b" - ")?;
+        let at = l[..sep].split(|&c| c == b' ').nth(4)?;
+        let mut b = l[sep + 3..].split(|&c| c == b' ');
+        let (fstype, _, opts) = (b.next()?, b.next()?, b.next().unwrap_or(b""));
+        let ok = if ctl.is_empty() {
+            fstype == b"cgroup2"
+        } else {
+            fstype == b"cgroup"
+                && ctl
+                    .split(|&c| c == b',')
+                    .filter(|c| !c.is_empty())
+                    .all(|c| opts.split(|&o| o == b',').any(|o| o == c))
+        };
+        ok.then_some(at)
+    })
+}
+
+/// `pids.max` against `pids.current` of `mount` + `path` and of each
+/// parent up to `mount`, the paths built in `dir` (DIR_LEN bytes).
+fn walk(mount: &[u8], path: &[u8], need: u64, dir: &mut [u8]) {
+    let mut n = 0;
+    // The mount point unescaped (mountinfo writes space, tab, newline and
+    // backslash as \ and three octal digits).
+    let mut i = 0;
+    while i < mount.len() && n < 2048 {
+        let c = mount[i];
+        if c == b'\\' && i + 3 < mount.len() {
+            let o = &mount[i + 1..i + 4];
+            if o.iter().all(|d| (b'0'..=b'7').contains(d)) {
+                dir[n] = (o[0] - b'0') << 6 | (o[1] - b'0') << 3 | (o[2] - b'0');
+                n += 1;
+                i += 4;
+                continue;
+            }
+        }
+        dir[n] = c;
+        n += 1;
+        i += 1;
+    }
+    let root = n;
+    let path = match path.iter().rposition(|&c| c != b'/') {
+        Some(e) => &path[..=e],
+        None => b"",
+    };
+    if n + path.len() > 4000 {
+        return;
+    }
+    dir[n..n + path.len()].copy_from_slice(path);
+    n += path.len();
+    loop {
+        let max = read_number(dir, n, b"/pids.max\0");
+        let cur = read_number(dir, n, b"/pids.current\0");
+        if let (Some(max), Some(cur)) = (max, cur) {
+            let room = max.saturating_sub(cur);
+            if need > room {
+                let shown = core::str::from_utf8(&dir[..n]).unwrap_or("?");
+                die(format_args!(
+                    "the image's {} tasks (processes and threads) do not fit in this restore's cgroup: {shown} allows {room} more (pids.max {max}, pids.current {cur})",
+                    need + 1
+                ));
+            }
+        }
+        if n <= root {
+            break;
+        }
+        match dir[root..n].iter().rposition(|&c| c == b'/') {
+            Some(k) => n = root + k,
+            None => n = root,
+        }
+    }
+}
+
+/// The number in the file `dir[..n]` + `name` (NUL-terminated); None
+/// where it cannot be read or is not a number ("max": no limit).
+fn read_number(dir: &mut [u8], n: usize, name: &[u8]) -> Option<u64> {
+    dir[n..n + name.len()].copy_from_slice(name);
+    let mut text = [0u8; 32];
+    let got = read_whole(dir.as_ptr() as usize, &mut text).ok()?;
+    let t = &text[..got];
+    let t = &t[..t.iter().position(|&c| c == b'\n').unwrap_or(t.len())];
+    let mut v = 0u64;
+    for &c in t {
+        v = v
+            .checked_mul(10)?
+            .checked_add((c as char).to_digit(10)? as u64)?;
+    }
+    (!t.is_empty()).then_some(v)
+}
