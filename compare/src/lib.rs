@@ -277,9 +277,12 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Report, CompareErr
                     if phase == "cold" {
                         let _ = drop_caches();
                     }
-                    // (A failed untimed run fails again, timed, below.)
                     if phase == "warm" && cfg.paired {
-                        let _ = sample(r, &outs, m.name());
+                        if let Err(e) = sample(r, &outs, m.name()) {
+                            log(&format!("  {} failed: {e}", m.name()));
+                            failed[k] = Some(e);
+                            continue;
+                        }
                     }
                     match sample(r, &outs, m.name()) {
                         Ok(s) => match phase {
