@@ -104,7 +104,8 @@ fn exits_within(pid: i32, t: std::time::Duration) -> io::Result<bool> {
             events: libc::POLLIN,
             revents: 0,
         };
-        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        // (Rounded up: not a busy loop of zero timeouts in the last ms.)
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
         // SAFETY: p is one valid pollfd, live for the call.
         let r = unsafe { libc::poll(&mut p, 1, ms) };
         if r > 0 {

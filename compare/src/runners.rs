@@ -289,6 +289,9 @@ pub(crate) fn sample(r: &Runner, dir: &Path, name: &str) -> Result<Sample, Strin
         Runner::Criu { criu, images, out } => {
             let pidfile = dir.join("criu.pid");
             let _ = fs::remove_file(&pidfile);
+            // Its log beside the other runs' output (on tmpfs), not in its
+            // images' directory: every method's writes go to one place.
+            let restore_log = dir.join("criu-restore.log");
             // the restored program reopens its stdout by path; CRIU checks
             // the size it had at dump time (empty: nothing printed before the stop)
             fs::File::create(out).map_err(|e| e.to_string())?;
@@ -299,7 +302,7 @@ pub(crate) fn sample(r: &Runner, dir: &Path, name: &str) -> Result<Sample, Strin
                 &"-d",
                 &"-v2",
                 &"-o",
-                &"restore.log",
+                &restore_log,
                 &"--pidfile",
                 &pidfile,
                 &"-D",
@@ -309,7 +312,7 @@ pub(crate) fn sample(r: &Runner, dir: &Path, name: &str) -> Result<Sample, Strin
             let (t0, code, u1) =
                 spawn_logged_reap(&argv, &dir.join("criu-restore.out"), &log, false)?;
             if code != 0 {
-                let rl = fs::read_to_string(images.join("restore.log")).unwrap_or_default();
+                let rl = fs::read_to_string(&restore_log).unwrap_or_default();
                 let errs: Vec<&str> = rl.lines().filter(|l| l.starts_with("Error")).collect();
                 return Err(format!(
                     "criu restore exited with status {code}: {}",

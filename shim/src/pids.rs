@@ -44,24 +44,28 @@ pub fn check(img: &Image) {
         if !v2 && !ctl.split(|&c| c == b',').any(|c| c == b"pids") {
             continue;
         }
-        let mount = match usual_place(ctl) {
-            Some(at) => at,
-            None => {
-                if mounts.is_none() {
-                    let Ok(m) =
-                        read_whole(c"/proc/self/mountinfo".as_ptr() as usize, &mut rest[..])
-                    else {
-                        return;
-                    };
-                    mounts = Some(&rest[..m]);
-                }
-                let Some(at) = mounts.and_then(|t| mount_of(t, ctl)) else {
-                    continue;
-                };
-                at
+        // A v1 file system at the usual place need not be the pids
+        // hierarchy; below its root every cgroup of that one has
+        // pids.current. (v2 has it only where pids is enabled, and is one
+        // hierarchy wherever it is mounted.)
+        let root = path.iter().all(|&c| c == b'/');
+        if usual_place(ctl).is_some_and(|at| walk(at, path, need, dir) || v2 || root) {
+            continue;
+        }
+        if mounts.is_none() {
+            let Ok(m) = read_whole(c"/proc/self/mountinfo".as_ptr() as usize, &mut rest[..]) else {
+                return;
+            };
+            if m == rest.len() {
+                die(format_args!(
+                    "/proc/self/mountinfo is longer than {m} bytes: its cgroups' pids.max cannot be checked"
+                ));
             }
-        };
-        walk(mount, path, need, dir);
+            mounts = Some(&rest[..m]);
+        }
+        if let Some(at) = mounts.and_then(|t| mount_of(t, ctl)) {
+            walk(at, path, need, dir);
+        }
     }
 }
 
@@ -121,12 +125,21 @@ fn mount_of<'m>(mounts: &'m [u8], ctl: &[u8]) -> Option<&'m [u8]> {
 
 /// `pids.max` against `pids.current` of `mount` + `path` and of each
 /// parent up to `mount`, the paths built in `dir` (DIR_LEN bytes).
-fn walk(mount: &[u8], path: &[u8], need: u64, dir: &mut [u8]) {
+/// Whether the cgroup itself (`path`) has pids.current.
+fn walk(mount: &[u8], path: &[u8], need: u64, dir: &mut [u8]) -> bool {
     let mut n = 0;
     // The mount point unescaped (mountinfo writes space, tab, newline and
     // backslash as \ and three octal digits).
     let mut i = 0;
-    while i < mount.len() && n < 2048 {
+    let too_long = || -> ! {
+        die(format_args!(
+            "a cgroup's path is too long to check its pids.max (over 4000 bytes)"
+        ))
+    };
+    while i < mount.len() {
+        if n >= 2048 {
+            too_long();
+        }
         let c = mount[i];
         if c == b'\\' && i + 3 < mount.len() {
             let o = &mount[i + 1..i + 4];
@@ -147,13 +160,16 @@ fn walk(mount: &[u8], path: &[u8], need: u64, dir: &mut [u8]) {
         None => b"",
     };
     if n + path.len() > 4000 {
-        return;
+        too_long();
     }
     dir[n..n + path.len()].copy_from_slice(path);
     n += path.len();
+    let start = n;
+    let mut has_current = false;
     loop {
         let max = read_number(dir, n, b"/pids.max\0");
         let cur = read_number(dir, n, b"/pids.current\0");
+        has_current |= n == start && cur.is_some();
         if let (Some(max), Some(cur)) = (max, cur) {
             let room = max.saturating_sub(cur);
             if need > room {
@@ -172,6 +188,7 @@ fn walk(mount: &[u8], path: &[u8], need: u64, dir: &mut [u8]) {
             None => n = root,
         }
     }
+    has_current
 }
 
 /// The number in the file `dir[..n]` + `name` (NUL-terminated); None

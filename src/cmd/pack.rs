@@ -32,8 +32,9 @@ use std::path::PathBuf;
 /// modification and change times: any write changes them). A failed
 /// check prints `cryo: cannot restore DIR: ...` and exits 1, the process
 /// untouched. Pages are checked against sums.img once, here. A threaded
-/// image's threads must fit in its cgroups' pids.max (read from
-/// /proc/self/cgroup and mountinfo on every threaded restore).
+/// image's threads must fit in its cgroups' pids.max (read on every
+/// threaded restore; mountinfo too where a hierarchy is not at its
+/// usual place).
 ///
 /// A packed restorer opens the program's files, directories and devices
 /// under /dev again (the same inode, at their offsets), and makes its
