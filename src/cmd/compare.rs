@@ -8,7 +8,8 @@ use std::path::PathBuf;
 ///
 /// Builds the bundled GHC workloads (apt's ghc, -O2, non-threaded RTS,
 /// -V0), then times each by every method, interleaving the methods' runs
-/// (in a new order each round):
+/// (in a new order each round; each timed warm run right after an untimed
+/// run of its own method, unless --unpaired; outputs on tmpfs):
 ///
 ///   cold                 compute from scratch
 ///   thaw                 closure level: the structure saved as a GHC compact
