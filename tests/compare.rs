@@ -27,6 +27,7 @@ fn quick_compare_agrees_on_every_available_method() {
         eprintln!("unshare --pid is unavailable: running cryo compare in this pid namespace");
         Command::new(support::cryo())
     };
+    let before = shm_outputs();
     let o = cmd
         .args([
             "compare",
@@ -134,14 +135,10 @@ fn quick_compare_agrees_on_every_available_method() {
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "tmpfs");
     assert_eq!(v["environment"]["outputs_on_tmpfs"], shm_is_tmpfs);
-    let left: Vec<_> = std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("cryo-compare."))
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default();
+    let left: Vec<_> = shm_outputs()
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
     assert!(left.is_empty(), "left on tmpfs: {left:?}");
     for (w, m) in [("hello-v0", "cold"), ("map-1e4-lookups", "cryo-pack")] {
         let kept = out.join("work").join(w).join(format!("{m}.out"));
@@ -162,4 +159,16 @@ fn quick_compare_agrees_on_every_available_method() {
         "{md}"
     );
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// The output directories of `cryo compare` runs on tmpfs.
+fn shm_outputs() -> Vec<std::path::PathBuf> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("cryo-compare."))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
 }

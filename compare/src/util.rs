@@ -72,8 +72,16 @@ impl Outputs {
         let shm = Path::new("/dev/shm");
         let on_tmpfs = nix::sys::statfs::statfs(shm)
             .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+        if on_tmpfs {
+            remove_stale(shm);
+        }
+        // (The time too: a pid namespace gives every run the same pid.)
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
         let tmp = on_tmpfs
-            .then(|| shm.join(format!("cryo-compare.{}", std::process::id())))
+            .then(|| shm.join(format!("cryo-compare.{}.{nanos}", std::process::id())))
             .filter(|p| fs::DirBuilder::new().mode(0o700).create(p).is_ok());
         Outputs { tmp }
     }
@@ -118,10 +126,85 @@ impl Outputs {
     }
 }
 
+/// Remove the output directories of runs that ended without removing
+/// theirs (killed, interrupted, or a panic, which aborts): those whose
+/// pid names no live process here and that nothing changed for an hour
+/// (a run in another pid namespace has a pid that means nothing here).
+fn remove_stale(shm: &Path) {
+    let Ok(rd) = fs::read_dir(shm) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("cryo-compare."))
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = pid > 0
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                == Err(nix::errno::Errno::ESRCH);
+        let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| {
+            t.elapsed()
+                .is_ok_and(|a| a > std::time::Duration::from_secs(3600))
+        });
+        if gone && old && e.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 impl Drop for Outputs {
     fn drop(&mut self) {
         if let Some(t) = &self.tmp {
             let _ = fs::remove_dir_all(t);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_runs_outputs_are_removed_a_live_ones_kept() {
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() {
+            return;
+        }
+        // A pid no process has (no child of ours: another test reaps
+        // every child of this process).
+        let dead = (4_000_000..)
+            .find(|&p| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
+                    == Err(nix::errno::Errno::ESRCH)
+            })
+            .unwrap();
+        let stale = shm.join(format!("cryo-compare.{dead}.1"));
+        let live = shm.join(format!("cryo-compare.{}.2", std::process::id()));
+        let fresh = shm.join(format!("cryo-compare.{dead}.3"));
+        let hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        for d in [&stale, &live, &fresh] {
+            fs::create_dir_all(d.join("w")).unwrap();
+            fs::write(d.join("w/x.out"), "x").unwrap();
+            if d != &fresh {
+                fs::File::open(d).unwrap().set_modified(hours_ago).unwrap();
+            }
+        }
+        let o = Outputs::new();
+        let left = [&stale, &live, &fresh].map(|d| d.exists());
+        for d in [&stale, &live, &fresh] {
+            let _ = fs::remove_dir_all(d);
+        }
+        assert_eq!(left, [false, true, true], "stale, live, fresh");
+        if let Some(t) = &o.tmp {
+            assert!(t.is_dir());
+        }
+        let t = o.tmp.clone();
+        drop(o);
+        if let Some(t) = t {
+            assert!(!t.exists(), "{t:?} left after drop");
         }
     }
 }
