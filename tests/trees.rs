@@ -6167,8 +6167,19 @@ fn a_tree_that_does_not_fit_its_cgroups_pids_max_is_refused_first() {
     } else {
         "/sys/fs/cgroup"
     };
+    if root == "/sys/fs/cgroup" {
+        let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+pids");
+    }
     let cg = Path::new(root).join(format!("cryo-test-pids-{}", std::process::id()));
     std::fs::create_dir(&cg).expect("a pids cgroup of our own (root)");
+    /// Removes the cgroup however the test ends.
+    struct Gone<'a>(&'a Path);
+    impl Drop for Gone<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(self.0);
+        }
+    }
+    let _gone = Gone(&cg);
     let run_in = |max: &str| {
         std::fs::write(cg.join("pids.max"), max).unwrap();
         sanitize_fds();
@@ -6188,7 +6199,6 @@ fn a_tree_that_does_not_fit_its_cgroups_pids_max_is_refused_first() {
     let tight = run_in("4");
     let roomy = run_in("64");
     wait_gone(&pids[1..]);
-    let _ = std::fs::remove_dir(&cg);
     let (code, out, err) = tight;
     assert_eq!(code, 1, "{out}{err}");
     assert!(
