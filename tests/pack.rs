@@ -1355,24 +1355,8 @@ fn a_threaded_restorer_that_does_not_fit_its_cgroups_pids_max_is_refused_first()
     pack(&img, &exe, &["--map"]);
     let want = run(&cryo(), &["restore", img.to_str().unwrap()]);
     assert_eq!(want.0, 0, "cryo restore: {want:?}");
-    let root = if Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists() {
-        "/sys/fs/cgroup/pids"
-    } else {
-        "/sys/fs/cgroup"
-    };
-    if root == "/sys/fs/cgroup" {
-        let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+pids");
-    }
-    let cg = Path::new(root).join(format!("cryo-test-pack-pids-{}", std::process::id()));
-    std::fs::create_dir(&cg).expect("a pids cgroup of our own (root)");
-    /// Removes the cgroup however the test ends.
-    struct Gone<'a>(&'a Path);
-    impl Drop for Gone<'_> {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir(self.0);
-        }
-    }
-    let _gone = Gone(&cg);
+    let group = PidsCgroup::new("pack-pids");
+    let (root, cg) = (group.root, &group.dir);
     if !cg.join("pids.max").exists() {
         eprintln!("skipped: the pids controller is not enabled under {root}");
         return;
@@ -1434,7 +1418,7 @@ fn a_threaded_restorer_that_does_not_fit_its_cgroups_pids_max_is_refused_first()
     );
     let roomy = run_in("64");
     let shown = moved.join(cg.file_name().unwrap());
-    for ((code, out, err), at) in [(tight, &cg), (elsewhere, &shown)] {
+    for ((code, out, err), at) in [(tight, cg), (elsewhere, &shown)] {
         assert_eq!(code, 1, "{out}{err}");
         assert!(
             err.contains("tasks (processes and threads) do not fit in this restore's cgroup")

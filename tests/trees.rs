@@ -6162,24 +6162,8 @@ fn a_tree_that_does_not_fit_its_cgroups_pids_max_is_refused_first() {
     drop(t);
     let pids = tree_pids(&img);
     wait_gone(&pids);
-    let root = if Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists() {
-        "/sys/fs/cgroup/pids"
-    } else {
-        "/sys/fs/cgroup"
-    };
-    if root == "/sys/fs/cgroup" {
-        let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+pids");
-    }
-    let cg = Path::new(root).join(format!("cryo-test-pids-{}", std::process::id()));
-    std::fs::create_dir(&cg).expect("a pids cgroup of our own (root)");
-    /// Removes the cgroup however the test ends.
-    struct Gone<'a>(&'a Path);
-    impl Drop for Gone<'_> {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir(self.0);
-        }
-    }
-    let _gone = Gone(&cg);
+    let group = PidsCgroup::new("pids");
+    let cg = &group.dir;
     let run_in = |max: &str| {
         std::fs::write(cg.join("pids.max"), max).unwrap();
         sanitize_fds();

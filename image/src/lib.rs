@@ -54,7 +54,6 @@ mod header;
 mod image;
 #[cfg(feature = "std")]
 pub mod load;
-#[cfg(feature = "std")]
 pub mod mountinfo;
 #[cfg(feature = "std")]
 pub mod netlock;

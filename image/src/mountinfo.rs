@@ -1,9 +1,12 @@
 //! The mounts of a /proc/PID/mountinfo text: both sides find a mount of a
 //! device there (to open a file handle on it, at capture and at restore)
-//! or a mount by its id (fanotify marks).
+//! or a mount by its id (fanotify marks), and a cgroup hierarchy's mount
+//! (the pids check: `cryo restore`'s, and a packed restorer's without an
+//! allocator, by the same rule).
 
 /// One mount: its id, device (as `st_dev` holds it) and mount point (its
 /// \ooo escapes undone).
+#[cfg(feature = "std")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
     pub id: u64,
@@ -13,6 +16,7 @@ pub struct Mount {
 
 /// Every mount of `mountinfo`, in order (lines that do not parse are
 /// skipped).
+#[cfg(feature = "std")]
 pub fn mounts(mountinfo: &str) -> impl Iterator<Item = Mount> + '_ {
     mountinfo.lines().filter_map(|l| {
         let mut w = l.split_whitespace();
@@ -36,27 +40,58 @@ pub fn makedev(major: u64, minor: u64) -> u64 {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as \ooo.
+#[cfg(feature = "std")]
 fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
+    let mut out = vec![0; s.len()];
+    let n = unescape_into(s.as_bytes(), &mut out).expect("never longer than its text");
+    String::from_utf8_lossy(&out[..n]).into_owned()
+}
+
+/// [`unescape`] into `out`: the bytes written, None where they do not fit
+/// (they never take more than the escaped text).
+pub fn unescape_into(b: &[u8], out: &mut [u8]) -> Option<usize> {
+    let (mut i, mut n) = (0, 0);
     while i < b.len() {
-        if b[i] == b'\\'
+        let c = if b[i] == b'\\'
             && i + 3 < b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
-            out.push(((b[i + 1] - b'0') << 6) | ((b[i + 2] - b'0') << 3) | (b[i + 3] - b'0'));
             i += 4;
+            ((b[i - 3] - b'0') << 6) | ((b[i - 2] - b'0') << 3) | (b[i - 1] - b'0')
         } else {
-            out.push(b[i]);
             i += 1;
-        }
+            b[i - 1]
+        };
+        *out.get_mut(n)? = c;
+        n += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Some(n)
+}
+
+/// The mount point (escaped) of the first mount in `mountinfo` of the
+/// cgroup hierarchy with `controllers` (a /proc/PID/cgroup line's second
+/// field, comma-separated; empty: v2): v1 by its controllers among the
+/// super options, v2 by its type.
+pub fn cgroup_mount<'m>(mountinfo: &'m [u8], controllers: &[u8]) -> Option<&'m [u8]> {
+    let wanted = || controllers.split(|&c| c == b',').filter(|c| !c.is_empty());
+    let v2 = wanted().next().is_none();
+    mountinfo.split(|&c| c == b'\n').find_map(|l| {
+        let sep = l.windows(3).position(|w| w == b" - ")?;
+        let at = l[..sep].split(|&c| c == b' ').nth(4)?;
+        let mut f = l[sep + 3..].split(|&c| c == b' ');
+        let (fstype, _, opts) = (f.next()?, f.next()?, f.next().unwrap_or(b""));
+        let ok = if v2 {
+            fstype == b"cgroup2"
+        } else {
+            fstype == b"cgroup" && wanted().all(|c| opts.split(|&o| o == b',').any(|o| o == c))
+        };
+        ok.then_some(at)
+    })
 }
 
 /// One cgroup a process is in, where it can be read: its controllers
 /// (none for cgroup v2) and its directory under that hierarchy's mount.
+#[cfg(feature = "std")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cgroup {
     pub controllers: Vec<String>,
@@ -65,6 +100,7 @@ pub struct Cgroup {
     pub mount: String,
 }
 
+#[cfg(feature = "std")]
 impl Cgroup {
     /// A v1 hierarchy with `controller`, or (`controller` empty) v2.
     pub fn has(&self, controller: &str) -> bool {
@@ -78,40 +114,23 @@ impl Cgroup {
 
 /// Each cgroup of a /proc/PID/cgroup text whose hierarchy `mountinfo`
 /// mounts (v1 by its controller options, v2 by its type).
+#[cfg(feature = "std")]
 pub fn cgroups(mountinfo: &str, proc_cgroup: &str) -> Vec<Cgroup> {
-    // (mount point, file system type, super options)
-    let mounts: Vec<(String, &str, &str)> = mountinfo
-        .lines()
-        .filter_map(|l| {
-            let (a, b) = l.split_once(" - ")?;
-            let at = a.split_whitespace().nth(4)?;
-            let mut f = b.split_whitespace();
-            let (fstype, _, opts) = (f.next()?, f.next()?, f.next().unwrap_or(""));
-            matches!(fstype, "cgroup" | "cgroup2").then(|| (unescape(at), fstype, opts))
-        })
-        .collect();
     proc_cgroup
         .lines()
         .filter_map(|line| {
             let mut f = line.splitn(3, ':');
             let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
-            let controllers: Vec<String> = controllers
-                .split(',')
-                .filter(|c| !c.is_empty())
-                .map(str::to_owned)
-                .collect();
-            let (at, _, _) = mounts.iter().find(|(_, fstype, opts)| {
-                if controllers.is_empty() {
-                    *fstype == "cgroup2"
-                } else {
-                    *fstype == "cgroup"
-                        && controllers.iter().all(|c| opts.split(',').any(|o| o == c))
-                }
-            })?;
+            let at = cgroup_mount(mountinfo.as_bytes(), controllers.as_bytes())?;
+            let at = unescape(std::str::from_utf8(at).ok()?);
             Some(Cgroup {
                 dir: format!("{at}{}", path.trim_end_matches('/')),
-                mount: at.clone(),
-                controllers,
+                mount: at,
+                controllers: controllers
+                    .split(',')
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
             })
         })
         .collect()
@@ -130,6 +149,14 @@ mod tests {
         assert_eq!((m[1].id, m[1].point.as_str()), (31, "/tmp/with space"));
         // Numbers past 12 bits of major and 8 of minor, as glibc packs them.
         assert_eq!(m[2].dev, 4_295_033_601); // os.makedev(259, 1048577)
+    }
+
+    #[test]
+    fn unescaped_into_a_buffer_that_fits_or_not() {
+        let mut out = [0u8; 8];
+        assert_eq!(unescape_into(b"/a\\040b\\1", &mut out), Some(6));
+        assert_eq!(&out[..6], b"/a b\\1");
+        assert_eq!(unescape_into(b"/123456789", &mut out), None);
     }
 
     #[test]

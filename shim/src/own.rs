@@ -30,13 +30,18 @@ fn words(v: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|w| !w.is_empty())
 }
 
-fn dec(w: &[u8]) -> Option<u32> {
-    let mut v = 0u32;
+/// A decimal number (a status field; a cgroup's pids.max).
+pub(crate) fn dec(w: &[u8]) -> Option<u64> {
+    let mut v = 0u64;
     for &c in w {
-        let d = (c as char).to_digit(10)?;
+        let d = (c as char).to_digit(10)? as u64;
         v = v.checked_mul(10)?.checked_add(d)?;
     }
     (!w.is_empty()).then_some(v)
+}
+
+fn dec32(w: &[u8]) -> Option<u32> {
+    u32::try_from(dec(w)?).ok()
 }
 
 impl Own {
@@ -64,7 +69,7 @@ fn ids(v: &[u8]) -> Option<[u32; 4]> {
     let mut it = words(v);
     let mut x = [0u32; 4];
     for id in x.iter_mut() {
-        *id = dec(it.next()?)?;
+        *id = dec32(it.next()?)?;
     }
     Some(x)
 }
@@ -99,7 +104,7 @@ fn parse(text: &[u8], img: &Image) -> Option<Own> {
     let mut have = words(groups?);
     let mut same_groups = true;
     for g in img.groups().iter() {
-        same_groups &= have.next().and_then(dec) == Some(g.gid);
+        same_groups &= have.next().and_then(dec32) == Some(g.gid);
     }
     same_groups &= have.next().is_none();
     Some(Own {

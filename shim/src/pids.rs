@@ -10,6 +10,7 @@
 
 use crate::die;
 use crate::sys::*;
+use cryo_image::mountinfo::{cgroup_mount, unescape_into};
 use cryo_image::Image;
 
 /// This restorer is one task; the image's other threads each need one
@@ -63,7 +64,7 @@ pub fn check(img: &Image) {
             }
             mounts = Some(&rest[..m]);
         }
-        if let Some(at) = mounts.and_then(|t| mount_of(t, ctl)) {
+        if let Some(at) = mounts.and_then(|t| cgroup_mount(t, ctl)) {
             walk(at, path, need, dir);
         }
     }
@@ -102,58 +103,18 @@ fn usual_place(ctl: &[u8]) -> Option<&'static [u8]> {
 
 const DIR_LEN: usize = 4200;
 
-/// The mount point (escaped as in mountinfo) of the hierarchy of
-/// controllers `ctl` (empty: v2).
-fn mount_of<'m>(mounts: &'m [u8], ctl: &[u8]) -> Option<&'m [u8]> {
-    mounts.split(|&c| c == b'\n').find_map(|l| {
-        let sep = l.windows(3).position(|w| w == b" - ")?;
-        let at = l[..sep].split(|&c| c == b' ').nth(4)?;
-        let mut b = l[sep + 3..].split(|&c| c == b' ');
-        let (fstype, _, opts) = (b.next()?, b.next()?, b.next().unwrap_or(b""));
-        let ok = if ctl.is_empty() {
-            fstype == b"cgroup2"
-        } else {
-            fstype == b"cgroup"
-                && ctl
-                    .split(|&c| c == b',')
-                    .filter(|c| !c.is_empty())
-                    .all(|c| opts.split(|&o| o == b',').any(|o| o == c))
-        };
-        ok.then_some(at)
-    })
-}
-
 /// `pids.max` against `pids.current` of `mount` + `path` and of each
 /// parent up to `mount`, the paths built in `dir` (DIR_LEN bytes).
 /// Whether the cgroup itself (`path`) has pids.current.
 fn walk(mount: &[u8], path: &[u8], need: u64, dir: &mut [u8]) -> bool {
-    let mut n = 0;
-    // The mount point unescaped (mountinfo writes space, tab, newline and
-    // backslash as \ and three octal digits).
-    let mut i = 0;
     let too_long = || -> ! {
         die(format_args!(
             "a cgroup's path is too long to check its pids.max (over 4000 bytes)"
         ))
     };
-    while i < mount.len() {
-        if n >= 2048 {
-            too_long();
-        }
-        let c = mount[i];
-        if c == b'\\' && i + 3 < mount.len() {
-            let o = &mount[i + 1..i + 4];
-            if o.iter().all(|d| (b'0'..=b'7').contains(d)) {
-                dir[n] = (o[0] - b'0') << 6 | (o[1] - b'0') << 3 | (o[2] - b'0');
-                n += 1;
-                i += 4;
-                continue;
-            }
-        }
-        dir[n] = c;
-        n += 1;
-        i += 1;
-    }
+    // The mount point unescaped (mountinfo writes space, tab, newline and
+    // backslash as \ and three octal digits).
+    let mut n = unescape_into(mount, &mut dir[..2048]).unwrap_or_else(|| too_long());
     let root = n;
     let path = match path.iter().rposition(|&c| c != b'/') {
         Some(e) => &path[..=e],
@@ -198,12 +159,5 @@ fn read_number(dir: &mut [u8], n: usize, name: &[u8]) -> Option<u64> {
     let mut text = [0u8; 32];
     let got = read_whole(dir.as_ptr() as usize, &mut text).ok()?;
     let t = &text[..got];
-    let t = &t[..t.iter().position(|&c| c == b'\n').unwrap_or(t.len())];
-    let mut v = 0u64;
-    for &c in t {
-        v = v
-            .checked_mul(10)?
-            .checked_add((c as char).to_digit(10)? as u64)?;
-    }
-    (!t.is_empty()).then_some(v)
+    crate::own::dec(&t[..t.iter().position(|&c| c == b'\n').unwrap_or(t.len())])
 }

@@ -524,3 +524,32 @@ pub fn sh_in_own_group(script: &str) -> std::process::Output {
         .output()
         .expect("sh")
 }
+
+/// A pids cgroup of the test's own (under v1's pids hierarchy, or v2's
+/// root with the pids controller enabled for its children), removed
+/// however the test ends.
+pub struct PidsCgroup {
+    /// The hierarchy's mount it is made under.
+    pub root: &'static str,
+    pub dir: PathBuf,
+}
+
+impl PidsCgroup {
+    pub fn new(tag: &str) -> PidsCgroup {
+        let root = if Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists() {
+            "/sys/fs/cgroup/pids"
+        } else {
+            let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+pids");
+            "/sys/fs/cgroup"
+        };
+        let dir = Path::new(root).join(format!("cryo-test-{tag}-{}", std::process::id()));
+        std::fs::create_dir(&dir).expect("a pids cgroup of our own (root)");
+        PidsCgroup { root, dir }
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
