@@ -1178,6 +1178,33 @@ fn lazy_every_word_checked() {
     lazy_case("check");
 }
 
+/// The second streamer (`--lazy` in the background, two CPUs): a thread
+/// of the page server copies from the top of memory down while the server
+/// streams up. Every word comes back (and the thread did copy some, where
+/// the machine has two CPUs); a program that drops the top of its heap at
+/// once, where the thread begins, reads zeros there every time: no copy
+/// of the thread lands after the program dropped its pages.
+#[test]
+fn lazy_second_streamer_copies_down_and_never_refills_a_drop() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let args = ["check", "32"];
+    let expected = plain_run("c-lazy", &args, "stop");
+    let img = capture_killed("c-lazy", &args, "stop", "lazy-second");
+    let st = restore_with_stats(&img, &["--lazy"], "second", &expected);
+    assert_eq!(st["filled_eagerly"].as_bool(), Some(false), "{st}");
+    if cpus >= 2 {
+        assert!(st["second_pages"].as_u64().unwrap() > 0, "{st}");
+    }
+    let args = ["droptop", "32"];
+    let expected = plain_run("c-lazy", &args, "stop");
+    assert!(expected.starts_with("PASS "), "plain run: {expected}");
+    let img = capture_killed("c-lazy", &args, "stop", "lazy-droptop");
+    for round in 0..5 {
+        let st = restore_with_stats(&img, &["--lazy"], &format!("droptop-{round}"), &expected);
+        assert!(st["removes"].as_u64().unwrap() > 0, "{st}");
+    }
+}
+
 /// `--lazy` on an image with less lazy memory than `--lazy-min-mib`
 /// (default 4 MiB) fills it eagerly instead, and says so (`--dry-run`,
 /// its JSON, `--lazy-stats`); a larger image, or `--lazy-min-mib=0`, is

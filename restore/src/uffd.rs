@@ -168,6 +168,17 @@ impl Uffd {
         unsafe { libc::ioctl(self.0.as_raw_fd(), UFFDIO_WAKE, a.as_mut_ptr()) };
     }
 
+    /// Whether a read would find something (a message, or an error):
+    /// poll without waiting.
+    pub fn readable(&self) -> bool {
+        let mut p = [libc::pollfd {
+            fd: self.raw(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        poll(&mut p, 0) != 0
+    }
+
     pub fn raw(&self) -> RawFd {
         self.0.as_raw_fd()
     }
@@ -358,6 +369,13 @@ impl Mapped {
         Some(unsafe { std::slice::from_raw_parts(self.ptr.add(off as usize), len as usize) })
     }
 }
+
+// SAFETY: the mapping is read-only (PROT_READ, never remapped while this
+// value lives) and `Drop` unmaps it once; reading it from several threads
+// (the page server's second streamer) is reading shared immutable memory.
+unsafe impl Send for Mapped {}
+// SAFETY: as for Send: nothing writes through it.
+unsafe impl Sync for Mapped {}
 
 impl Drop for Mapped {
     fn drop(&mut self) {

@@ -11,6 +11,10 @@
  *             image serves every percentage of a benchmark)
  *   dontneed  MADV_DONTNEED a range nobody touched since the restore and
  *             expect zeros there, the image's data elsewhere
+ *   droptop   at once, MADV_DONTNEED the top quarter of the heap 64 KiB at
+ *             a time from its top down (where the page server's second
+ *             streamer begins), wait 20 ms, read it back as zeros; then
+ *             the rest holds the image's data
  *   fork      fork at once; the child checks every word and exits 0/1;
  *             the parent waits, then checks too
  *   remap     munmap one range, move another with mremap (MAYMOVE|FIXED),
@@ -188,6 +192,14 @@ int main(int argc, char **argv) {
         /* Writing to the dropped range works and reads back. */
         h[a] = 42;
         if (h[a] != 42) return fail("write after drop", a);
+    } else if (!strcmp(mode, "droptop")) {
+        size_t q = words / 4 * 3, step = 65536 / 8;
+        for (size_t e = words; e > q; e -= step)
+            if (madvise((char *)h + (e - step) * 8, step * 8, MADV_DONTNEED)) return fail("madvise", e);
+        usleep(20000);
+        for (size_t i = q; i < words; i++)
+            if (h[i] != 0) return fail("dropped page not zero", i);
+        if (check(h, 0, q, &sum)) return 1;
     } else if (!strcmp(mode, "fork")) {
         pid_t c = fork();
         if (c < 0) return fail("fork", 0);

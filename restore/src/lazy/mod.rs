@@ -18,6 +18,7 @@
 //! fill is retried after the events are read.
 
 mod layout;
+mod second;
 mod server;
 mod space;
 mod stats;
@@ -166,7 +167,7 @@ fn serve(
     let root = Space::new(uffd, &layout, true);
     let mut srv = Server {
         layout,
-        pages,
+        pages: std::sync::Arc::new(pages),
         sums,
         block_ok: Bits::new(cryo_image::sum_blocks(img.header.pages_len)),
         page_ok: Bits::new(npages),
@@ -178,6 +179,7 @@ fn serve(
         stats: Stats::default(),
         touched: Vec::new(),
         recording: cfg.record.is_some(),
+        second: None,
     };
     if !cfg.prefetch.is_empty() {
         srv.prefetch(&cfg.prefetch)?;
@@ -190,6 +192,9 @@ fn serve(
     } else {
         cfg.mode
     };
+    if mode == Mode::Background && !cfg.verify {
+        srv.second = start_second(&srv);
+    }
     let mut budget: u64 = 64 << 10;
     let mut root_alive = true;
     let mut served = 0u64;
@@ -224,7 +229,14 @@ fn serve(
         // batch for them to wait behind (the walk's own pages come in
         // ahead of it above).
         let background = mode == Mode::Background || !root_alive;
-        let streaming = background && !srv.walking();
+        if srv.second.as_ref().is_some_and(|s| s.done()) {
+            srv.end_second()?;
+        }
+        let walking = srv.walking();
+        if let Some(second) = &srv.second {
+            second.pause(walking);
+        }
+        let streaming = background && !walking;
         if streaming {
             // Faults first: only stream when nothing waits.
             let mut any = false;
@@ -294,6 +306,7 @@ fn serve(
             }
         }
     }
+    srv.end_second()?;
     if let Some(path) = &cfg.record {
         write_working_set(path, cfg.image_id, &srv.touched)
             .map_err(|e| Fatal(format!("writing {}: {e}", path.display())))?;
@@ -302,6 +315,22 @@ fn serve(
         let _ = std::fs::write(path, stats_json(&mut srv.stats));
     }
     Ok(())
+}
+
+/// A second streamer for the root space (`second`), where it can help: a
+/// second CPU to run on, and enough pending pages. Pages it copies are not
+/// checked against their checksums, so never with `verify` (a caller's
+/// rule). Best effort: without one, the server streams everything.
+fn start_second(srv: &Server) -> Option<second::Second> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let root = srv.spaces.first().filter(|sp| sp.root)?;
+    let pieces = root.pieces(&srv.layout, 0, u64::MAX);
+    let bytes: u64 = pieces.iter().map(|p| p.len).sum();
+    if cpus < 2 || bytes < second::SECOND_MIN {
+        return None;
+    }
+    let uffd = Uffd(root.uffd.0.try_clone().ok()?);
+    second::Second::start(pieces, uffd, srv.pages.clone()).ok()
 }
 
 // The shim's and the server's socketpair, made by `cryo restore`.

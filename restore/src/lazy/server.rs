@@ -3,6 +3,7 @@
 //! working set) and reading each space's events and faults.
 
 use super::layout::{Bits, Layout};
+use super::second::Second;
 use super::space::{Ahead, Space};
 use super::stats::Stats;
 use super::{Fatal, FAULT_AROUND, MAP_AHEAD, PG, STRIDE_STEP};
@@ -16,7 +17,7 @@ use std::os::fd::RawFd;
 use std::time::Instant;
 
 /// How filling a range went.
-enum Outcome {
+pub(super) enum Outcome {
     Done,
     /// The kernel refused a fill (errno): cannot go on correctly.
     Failed(i32),
@@ -29,7 +30,8 @@ enum Outcome {
 /// address space being served.
 pub(super) struct Server<'a> {
     pub(super) layout: Layout<'a>,
-    pub(super) pages: Mapped,
+    /// pages.img (shared with the second streamer).
+    pub(super) pages: std::sync::Arc<Mapped>,
     /// sums.img: the checksum of each page of pages.img.
     pub(super) sums: Mapped,
     /// Per block of sums.img: checked against meta.img.
@@ -49,6 +51,57 @@ pub(super) struct Server<'a> {
     /// Pages faulted in, in first-touch order (root space).
     pub(super) touched: Vec<u64>,
     pub(super) recording: bool,
+    /// The second streamer, while it runs (`super::second`).
+    pub(super) second: Option<Second>,
+}
+
+/// UFFDIO_COPY of pages.img's [src, src+len) to `dst`, with the kernel's
+/// partial results handled. Returns the outcome and how many bytes from
+/// `dst` on are now present.
+pub(super) fn copy_range(
+    uffd: &Uffd,
+    pages: &Mapped,
+    dst: u64,
+    src: u64,
+    len: u64,
+    wake: bool,
+) -> (Outcome, u64) {
+    let mut done = 0u64;
+    // After ENOENT for a range of pages: one page at a time, because
+    // the kernel refuses a copy that crosses from one mapping into the
+    // next (adjacent mappings whose pages are adjacent in pages.img),
+    // and only a single page tells "not mapped" from "crosses".
+    let mut single = false;
+    while done < len {
+        let want = if single { PG } else { len - done };
+        let Some(bytes) = pages.get(src + done, want) else {
+            return (Outcome::Gone, done);
+        };
+        let (f, n) = uffd.copy(dst + done, bytes, wake);
+        match f {
+            Fill::Done => {
+                done += want;
+                single = false;
+            }
+            Fill::Again if n > 0 => done += n,
+            Fill::Again => return (Outcome::Again, done),
+            // Already there (the program's own page, or raced): skip it.
+            Fill::Exists => {
+                uffd.wake(dst + done, PG);
+                done += PG;
+            }
+            Fill::NoVma if want > PG => single = true,
+            // This page is not mapped any more (the program unmapped
+            // it, and the event is still to be read): nothing to fill.
+            Fill::NoVma => {
+                done += PG;
+                single = false;
+            }
+            Fill::Gone => return (Outcome::Gone, done),
+            Fill::Failed(e) => return (Outcome::Failed(e), done),
+        }
+    }
+    (Outcome::Done, done)
 }
 
 impl<'a> Server<'a> {
@@ -148,45 +201,8 @@ impl<'a> Server<'a> {
         Ok(Outcome::Done)
     }
 
-    /// UFFDIO_COPY with the kernel's partial results handled. Returns the
-    /// outcome and how many bytes from `dst` on are now present.
-    fn copy(&mut self, s: usize, dst: u64, src: u64, len: u64, wake: bool) -> (Outcome, u64) {
-        let mut done = 0u64;
-        // After ENOENT for a range of pages: one page at a time, because
-        // the kernel refuses a copy that crosses from one mapping into the
-        // next (adjacent mappings whose pages are adjacent in pages.img),
-        // and only a single page tells "not mapped" from "crosses".
-        let mut single = false;
-        while done < len {
-            let want = if single { PG } else { len - done };
-            let Some(bytes) = self.pages.get(src + done, want) else {
-                return (Outcome::Gone, done);
-            };
-            let (f, n) = self.spaces[s].uffd.copy(dst + done, bytes, wake);
-            match f {
-                Fill::Done => {
-                    done += want;
-                    single = false;
-                }
-                Fill::Again if n > 0 => done += n,
-                Fill::Again => return (Outcome::Again, done),
-                // Already there (the program's own page, or raced): skip it.
-                Fill::Exists => {
-                    self.spaces[s].uffd.wake(dst + done, PG);
-                    done += PG;
-                }
-                Fill::NoVma if want > PG => single = true,
-                // This page is not mapped any more (the program unmapped
-                // it, and the event is still to be read): nothing to fill.
-                Fill::NoVma => {
-                    done += PG;
-                    single = false;
-                }
-                Fill::Gone => return (Outcome::Gone, done),
-                Fill::Failed(e) => return (Outcome::Failed(e), done),
-            }
-        }
-        (Outcome::Done, done)
+    fn copy(&self, s: usize, dst: u64, src: u64, len: u64, wake: bool) -> (Outcome, u64) {
+        copy_range(&self.spaces[s].uffd, &self.pages, dst, src, len, wake)
     }
 
     /// Whether the block at `block` has data in the image and none of it
@@ -390,7 +406,24 @@ impl<'a> Server<'a> {
         let mut idle_rounds = 0;
         loop {
             let mut msgs = Vec::new();
-            if self.spaces[s].uffd.read_msgs(&mut msgs).is_err() {
+            let read = match &self.second {
+                // The root space, while the second streamer copies into
+                // it: its copies first, then the read, under its gate
+                // (taken only when there is something to read: waiting
+                // for it before every read halved both streams).
+                Some(_) if self.spaces[s].root && !self.spaces[s].uffd.readable() => Ok(()),
+                Some(second) if self.spaces[s].root => {
+                    let mut gate = second.enter();
+                    for (lo, hi) in gate.copied() {
+                        self.spaces[s].drop_range(&self.layout, lo, hi);
+                    }
+                    let read = self.spaces[s].uffd.read_msgs(&mut msgs);
+                    gate.read(&msgs);
+                    read
+                }
+                _ => self.spaces[s].uffd.read_msgs(&mut msgs),
+            };
+            if read.is_err() {
                 return Ok(false);
             }
             if msgs.is_empty() && retry.is_empty() {
@@ -518,13 +551,25 @@ impl<'a> Server<'a> {
         let Some(start) = next else {
             return Ok(false);
         };
-        let end = start.saturating_add(budget);
+        // Up to where the second streamer began; met: the rest is its.
+        let limit = match &self.second {
+            Some(second) if self.spaces[s].root => second.back(),
+            _ => u64::MAX,
+        };
+        if start >= limit {
+            self.end_second()?;
+            return Ok(true);
+        }
+        let end = start.saturating_add(budget).min(limit);
         let mut count = 0;
         match self.fill_range(s, start, end, &mut count, false)? {
             Outcome::Done => {
                 let sp = &mut self.spaces[s];
                 if sp.moved_at(start).is_none() {
                     sp.cursor = end;
+                    if let Some(second) = self.second.as_ref().filter(|_| sp.root) {
+                        second.set_front(end);
+                    }
                 }
             }
             Outcome::Again => {}
@@ -535,6 +580,24 @@ impl<'a> Server<'a> {
         }
         self.stats.background_pages += count;
         Ok(true)
+    }
+
+    /// Stop the second streamer, if it runs, and take over what it copied.
+    pub(super) fn end_second(&mut self) -> Result<(), Fatal> {
+        let Some(second) = self.second.take() else {
+            return Ok(());
+        };
+        let (copied, pages, failed) = second.finish();
+        if let Some(root) = self.spaces.iter_mut().find(|sp| sp.root) {
+            for (lo, hi) in copied {
+                root.drop_range(&self.layout, lo, hi);
+            }
+        }
+        self.stats.second_pages += pages;
+        match failed {
+            Some(m) => Err(Fatal(m)),
+            None => Ok(()),
+        }
     }
 
     /// Copy a few pages ahead of each space's walk with a fixed stride

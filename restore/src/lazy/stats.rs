@@ -9,6 +9,8 @@ pub(super) struct Stats {
     pub(super) answered_faults: u64,
     pub(super) fault_pages: u64,
     pub(super) background_pages: u64,
+    /// Pages the second streamer copied (`super::second`).
+    pub(super) second_pages: u64,
     pub(super) prefetch_pages: u64,
     pub(super) prefetch_copies: u64,
     /// Pages copied ahead of a walk with a fixed stride.
@@ -55,12 +57,13 @@ fn json_with(st: &mut Stats, extra: &str) -> String {
         }
     };
     format!(
-        "{{\"faults\":{},\"zero_faults\":{},\"answered_faults\":{},\"fault_pages\":{},\"background_pages\":{},\"prefetch_pages\":{},\"prefetch_copies\":{},\"stride_pages\":{},\"ahead_pages\":{},\"zero_pages\":{},\"forks\":{},\"removes\":{},\"unmaps\":{},\"remaps\":{},\"verified_pages\":{},\"verified_blocks\":{},\"verify_ns\":{},\"fault_service_ns_p10\":{},\"fault_service_ns_median\":{},\"fault_service_ns_p90\":{},{}}}\n",
+        "{{\"faults\":{},\"zero_faults\":{},\"answered_faults\":{},\"fault_pages\":{},\"background_pages\":{},\"second_pages\":{},\"prefetch_pages\":{},\"prefetch_copies\":{},\"stride_pages\":{},\"ahead_pages\":{},\"zero_pages\":{},\"forks\":{},\"removes\":{},\"unmaps\":{},\"remaps\":{},\"verified_pages\":{},\"verified_blocks\":{},\"verify_ns\":{},\"fault_service_ns_p10\":{},\"fault_service_ns_median\":{},\"fault_service_ns_p90\":{},{}}}\n",
         st.faults,
         st.zero_faults,
         st.answered_faults,
         st.fault_pages,
         st.background_pages,
+        st.second_pages,
         st.prefetch_pages,
         st.prefetch_copies,
         st.stride_pages,
