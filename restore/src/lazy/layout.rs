@@ -54,6 +54,32 @@ impl<'a> Layout<'a> {
         self.vmas.binary_search_by_key(&a, |v| v.0).is_ok()
     }
 
+    /// Every DATA run of the lazy mappings as (address, pages.img offset,
+    /// bytes), in address order, the eager windows cut out: one or two
+    /// entries per run, never a walk over pages (the second streamer's
+    /// work list, made while the program already runs).
+    pub(super) fn data_pieces(&self) -> Vec<(u64, u64, u64)> {
+        let runs = self.img.page_runs();
+        let mut out = Vec::new();
+        for (&(_, _, first, end), &(wlo, whi)) in self.vmas.iter().zip(&self.windows) {
+            let rs = (first..end).filter_map(|j| runs.get(j as usize));
+            for r in rs.filter(|r| r.kind == run_kind::DATA) {
+                let (a, b) = (r.vaddr, r.vaddr + r.len());
+                let parts = if wlo < whi {
+                    [(a, b.min(wlo)), (a.max(whi), b)]
+                } else {
+                    [(a, b), (b, b)]
+                };
+                for (x, y) in parts {
+                    if x < y {
+                        out.push((x, r.offset + (x - a), y - x));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The DATA runs of lazy mappings that overlap [lo, hi), in order.
     pub(super) fn runs_in(&self, lo: u64, hi: u64) -> impl Iterator<Item = (u32, PageRun)> + '_ {
         let runs = self.img.page_runs();
@@ -144,5 +170,9 @@ pub(super) mod tests {
         assert_eq!(l.runs_in(0x30000, 0x40000).count(), 0);
         assert_eq!(l.runs_in(0, 0x10000).count(), 0);
         assert_eq!(lazy_pages(&l.img), 32);
+        assert_eq!(
+            l.data_pieces(),
+            [(0x10000, 0, 0x10000), (0x20000, 0x10000, 0x10000)]
+        );
     }
 }

@@ -215,9 +215,16 @@ fn serve(
             std::thread::yield_now(); // sched_yield
             continue;
         }
+        if srv.second.as_ref().is_some_and(|s| s.done()) {
+            srv.end_second()?;
+        }
         // A walk with a fixed stride: the pages ahead of it before
-        // anything else (in background mode the stream waits: the walk is
+        // anything else (in background mode the streams wait: the walk is
         // what the program waits for), a few between two reads.
+        let walking = srv.walking();
+        if let Some(second) = &srv.second {
+            second.pause(walking);
+        }
         if srv.stride_step()? {
             continue;
         }
@@ -229,13 +236,6 @@ fn serve(
         // batch for them to wait behind (the walk's own pages come in
         // ahead of it above).
         let background = mode == Mode::Background || !root_alive;
-        if srv.second.as_ref().is_some_and(|s| s.done()) {
-            srv.end_second()?;
-        }
-        let walking = srv.walking();
-        if let Some(second) = &srv.second {
-            second.pause(walking);
-        }
         let streaming = background && !walking;
         if streaming {
             // Faults first: only stream when nothing waits.
@@ -322,11 +322,25 @@ fn serve(
 /// checked against their checksums, so never with `verify` (a caller's
 /// rule). Best effort: without one, the server streams everything.
 fn start_second(srv: &Server) -> Option<second::Second> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        return None;
+    }
     let root = srv.spaces.first().filter(|sp| sp.root)?;
-    let pieces = root.pieces(&srv.layout, 0, u64::MAX);
-    let bytes: u64 = pieces.iter().map(|p| p.len).sum();
-    if cpus < 2 || bytes < second::SECOND_MIN {
+    // The image's runs, not what is pending now (a walk over every page,
+    // while the program waits for its first faults): pages prefetched or
+    // filled meanwhile are stepped over (EEXIST).
+    let pieces: Vec<space::Piece> = srv
+        .layout
+        .data_pieces()
+        .into_iter()
+        .map(|(dst, src, len)| space::Piece {
+            dst,
+            src,
+            len,
+            moved: false,
+        })
+        .collect();
+    if pieces.iter().map(|p| p.len).sum::<u64>() < second::SECOND_MIN {
         return None;
     }
     let uffd = Uffd(root.uffd.0.try_clone().ok()?);

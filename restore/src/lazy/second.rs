@@ -8,11 +8,12 @@
 //! eager restore (docs/benchmarks.md, "A second streamer").
 //!
 //! Only the server reads the userfaultfd, so only it learns of the
-//! program's REMOVE, UNMAP, REMAP and FORK events. A copy of the second
-//! streamer that landed after such an event was read (the kernel lets
-//! copies in again once it is read) but before the server recorded it
-//! would put the image's bytes where the program dropped them: a silent
-//! loss. So the two share a gate: the streamer holds it for each copy, the
+//! program's REMOVE, UNMAP, REMAP and FORK events. The kernel refuses
+//! copies (EAGAIN) while such an event waits to be read, and lets them in
+//! again once the thread that caused it resumes after the read (a
+//! REMOVE's pages are dropped only then). A copy of the second streamer
+//! that landed after that but before the server recorded the event would
+//! put the image's bytes where the program dropped them: a silent loss. So the two share a gate: the streamer holds it for each copy, the
 //! server while it reads the root space's messages, and the first event
 //! the server reads stops the streamer for good (the server then does the
 //! rest). Before reading, the server takes over, under the gate, the
@@ -203,12 +204,12 @@ fn stream(sh: &Shared, pieces: &[Piece], uffd: &Uffd, pages: &Mapped) {
             if sh.stop.load(Ordering::Acquire) {
                 return;
             }
-            let (outcome, done) = copy_range(uffd, pages, lo, src, hi - lo, true);
+            let (outcome, done, copied) = copy_range(uffd, pages, lo, src, hi - lo, true);
             if done > 0 {
                 gate.push((lo, lo + done));
             }
             drop(gate);
-            sh.pages.fetch_add(done / PG, Ordering::AcqRel);
+            sh.pages.fetch_add(copied / PG, Ordering::AcqRel);
             match outcome {
                 Outcome::Done => hi = lo,
                 Outcome::Again | Outcome::Gone => return,

@@ -29,6 +29,9 @@ pub(super) enum Outcome {
 /// The server's state: the image's pages, what was checked, and every
 /// address space being served.
 pub(super) struct Server<'a> {
+    /// The second streamer, while it runs (`super::second`). First, so
+    /// that it is stopped and joined before anything else is dropped.
+    pub(super) second: Option<Second>,
     pub(super) layout: Layout<'a>,
     /// pages.img (shared with the second streamer).
     pub(super) pages: std::sync::Arc<Mapped>,
@@ -51,13 +54,12 @@ pub(super) struct Server<'a> {
     /// Pages faulted in, in first-touch order (root space).
     pub(super) touched: Vec<u64>,
     pub(super) recording: bool,
-    /// The second streamer, while it runs (`super::second`).
-    pub(super) second: Option<Second>,
 }
 
 /// UFFDIO_COPY of pages.img's [src, src+len) to `dst`, with the kernel's
-/// partial results handled. Returns the outcome and how many bytes from
-/// `dst` on are now present.
+/// partial results handled. Returns the outcome, how many bytes from
+/// `dst` on are now present, and how many of them this call copied (the
+/// rest were there already, or not mapped).
 pub(super) fn copy_range(
     uffd: &Uffd,
     pages: &Mapped,
@@ -65,8 +67,8 @@ pub(super) fn copy_range(
     src: u64,
     len: u64,
     wake: bool,
-) -> (Outcome, u64) {
-    let mut done = 0u64;
+) -> (Outcome, u64, u64) {
+    let (mut done, mut copied) = (0u64, 0u64);
     // After ENOENT for a range of pages: one page at a time, because
     // the kernel refuses a copy that crosses from one mapping into the
     // next (adjacent mappings whose pages are adjacent in pages.img),
@@ -75,16 +77,20 @@ pub(super) fn copy_range(
     while done < len {
         let want = if single { PG } else { len - done };
         let Some(bytes) = pages.get(src + done, want) else {
-            return (Outcome::Gone, done);
+            return (Outcome::Gone, done, copied);
         };
         let (f, n) = uffd.copy(dst + done, bytes, wake);
         match f {
             Fill::Done => {
                 done += want;
+                copied += want;
                 single = false;
             }
-            Fill::Again if n > 0 => done += n,
-            Fill::Again => return (Outcome::Again, done),
+            Fill::Again if n > 0 => {
+                done += n;
+                copied += n;
+            }
+            Fill::Again => return (Outcome::Again, done, copied),
             // Already there (the program's own page, or raced): skip it.
             Fill::Exists => {
                 uffd.wake(dst + done, PG);
@@ -97,11 +103,11 @@ pub(super) fn copy_range(
                 done += PG;
                 single = false;
             }
-            Fill::Gone => return (Outcome::Gone, done),
-            Fill::Failed(e) => return (Outcome::Failed(e), done),
+            Fill::Gone => return (Outcome::Gone, done, copied),
+            Fill::Failed(e) => return (Outcome::Failed(e), done, copied),
         }
     }
-    (Outcome::Done, done)
+    (Outcome::Done, done, copied)
 }
 
 impl<'a> Server<'a> {
@@ -202,7 +208,8 @@ impl<'a> Server<'a> {
     }
 
     fn copy(&self, s: usize, dst: u64, src: u64, len: u64, wake: bool) -> (Outcome, u64) {
-        copy_range(&self.spaces[s].uffd, &self.pages, dst, src, len, wake)
+        let (outcome, done, _) = copy_range(&self.spaces[s].uffd, &self.pages, dst, src, len, wake);
+        (outcome, done)
     }
 
     /// Whether the block at `block` has data in the image and none of it
