@@ -67,8 +67,9 @@ pub struct RestoreArgs {
     pub eager: bool,
     /// Start the program before its memory is in: private anonymous memory
     /// is served on first touch by a page server through userfaultfd.
-    /// `background` (the default for --lazy) then streams the rest and
-    /// exits; `on-demand` serves only what is touched, for as long as the
+    /// `background` (the default for --lazy) then streams the rest (with
+    /// two CPUs, from both ends of memory at once) and exits; `on-demand`
+    /// serves only what is touched, for as long as the
     /// program runs. A recorded working set (see --record-working-set) is
     /// prefetched before the program resumes.
     #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true,
