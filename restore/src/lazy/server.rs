@@ -261,12 +261,13 @@ impl<'a> Server<'a> {
             // part of memory untouched starts again at one page.
             let block = page & !(FAULT_AROUND * PG - 1);
             let bytes = FAULT_AROUND * PG;
-            // (A neighbour counts only where the program faulted or a
-            // window of its dense faults went: one the background stream
-            // filled says nothing about the program. A sparse walk right
-            // behind the stream looked dense, was never followed as a
-            // walk, and copied the whole heap ahead of itself: 1 GiB,
-            // one word per 64 KiB, 1.3-4.2 s instead of ~0.2.)
+            // (A neighbour counts only where the program faulted first,
+            // or a window of its dense faults opened or went: one the
+            // background stream filled says nothing about the program. A
+            // sparse walk right behind the stream looked dense, was never
+            // followed as a walk, and had 100-210 MiB copied ahead of it
+            // by windows: 1 GiB, one word per 64 KiB, 1.3-4.2 s instead
+            // of ~0.2.)
             let seen = |b: u64| self.spaces[s].faulted.contains(&b) && self.block_done(s, b);
             let below = block.checked_sub(bytes).is_some_and(seen);
             let above = !below && seen(block + bytes);
@@ -274,6 +275,11 @@ impl<'a> Server<'a> {
             // page is merely in, which the stride follower's copies of a
             // walk that was not quite regular made of every block they
             // touched, each next fault then a block and a window.)
+            // (Short-circuit: a block dense by a neighbour is not recorded
+            // here, only once its window opens below. A sparse walk level
+            // with the stream then takes one dense fault, a block, and
+            // starts again at one page: recording every dense fault's
+            // block would chain them into windows again.)
             let dense = below || above || !self.spaces[s].faulted.insert(block);
             if !self.recording && !dense {
                 self.spaces[s].stride.fault(page);
@@ -283,6 +289,7 @@ impl<'a> Server<'a> {
             let (lo, hi) = if !self.recording && dense {
                 let w = bytes << (sp.dense_run - 1).min(MAX_WINDOW.trailing_zeros());
                 if w > bytes {
+                    sp.faulted.insert(block);
                     sp.ahead = Some(if above {
                         Ahead {
                             lo: block.saturating_sub(w - bytes),
@@ -669,6 +676,7 @@ impl<'a> Server<'a> {
                 s += 1;
                 continue;
             };
+            let whole = a;
             any = true;
             let step = FAULT_AROUND * PG;
             let (lo, hi) = if a.down {
@@ -686,7 +694,10 @@ impl<'a> Server<'a> {
             match self.fill_range(s, lo, hi, &mut n, true)? {
                 Outcome::Done => {}
                 Outcome::Again => {
-                    // Events first (they may move or drop these pages).
+                    // Events first (they may move or drop these pages); then
+                    // this block again (pages dropped meanwhile are not
+                    // pending, and stay as they are).
+                    self.spaces[s].ahead = Some(whole);
                     std::thread::yield_now(); // sched_yield
                     return Ok(true);
                 }
