@@ -865,9 +865,9 @@ impl Plan {
         }
         if let Some(f) = &self.eager_fill {
             if let Some(path) = &f.stats {
-                if let Err(e) = std::fs::write(
+                if let Err(e) = lazy::write_stats_file(
                     path,
-                    lazy::eager_fill_json(f.lazy_pages, f.min_pages, f.shared_pages),
+                    &lazy::eager_fill_json(f.lazy_pages, f.min_pages, f.shared_pages),
                 ) {
                     return e.into_sys(format!("writing {}", path.display()));
                 }

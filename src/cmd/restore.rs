@@ -107,7 +107,9 @@ pub struct RestoreArgs {
     #[arg(long, requires = "lazy")]
     pub no_prefetch: bool,
     /// Lazy: write the page server's statistics (faults, pages, service
-    /// times) as JSON to FILE when it exits.
+    /// times) as JSON to FILE when it exits (whole, by a rename: the server
+    /// may finish a moment after the program, so a script waits for FILE
+    /// to appear).
     #[arg(long, value_name = "FILE", requires = "lazy")]
     pub lazy_stats: Option<PathBuf>,
     /// Give restored fd N our fd M (`N=M`, or `N` for the same number).

@@ -30,7 +30,7 @@ use cryo_image::{Image, PAGE_SIZE};
 use layout::{Bits, Layout};
 use server::Server;
 use space::Space;
-pub use stats::eager_fill_json;
+pub use stats::{eager_fill_json, write_stats_file};
 use stats::{stats_json, Stats};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -312,7 +312,7 @@ fn serve(
             .map_err(|e| Fatal(format!("writing {}: {e}", path.display())))?;
     }
     if let Some(path) = &cfg.stats {
-        let _ = std::fs::write(path, stats_json(&mut srv.stats));
+        let _ = write_stats_file(path, &stats_json(&mut srv.stats));
     }
     Ok(())
 }

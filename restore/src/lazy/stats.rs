@@ -31,6 +31,18 @@ pub(super) struct Stats {
     pub(super) service_ns: Vec<u32>,
 }
 
+/// Write `text` to `path` whole or not at all: a temporary name of this
+/// process's, then renamed (the page server may finish after the program
+/// and `cryo restore` are gone, while a script already reads the file).
+pub fn write_stats_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// The statistics as one JSON object; `filled_eagerly` false.
 pub(super) fn stats_json(st: &mut Stats) -> String {
     json_with(st, "\"filled_eagerly\":false")
