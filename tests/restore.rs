@@ -1181,9 +1181,9 @@ fn lazy_every_word_checked() {
 /// The second streamer (`--lazy` in the background, two CPUs): a thread
 /// of the page server copies from the top of memory down while the server
 /// streams up. Every word comes back (and the thread did copy some, where
-/// the machine has two CPUs); a program that drops the top of its heap at
-/// once, where the thread begins, reads zeros there every time: no copy
-/// of the thread lands after the program dropped its pages.
+/// the machine has two CPUs); a program that drops the top of its heap
+/// 1 ms in, where the thread begins, reads zeros there every time: no
+/// copy of the thread lands after the program dropped its pages.
 #[test]
 fn lazy_second_streamer_copies_down_and_never_refills_a_drop() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -329,22 +329,45 @@ fn start_second(srv: &Server) -> Option<second::Second> {
     // The image's runs, not what is pending now (a walk over every page,
     // while the program waits for its first faults): pages prefetched or
     // filled meanwhile are stepped over (EEXIST).
-    let pieces: Vec<space::Piece> = srv
-        .layout
-        .data_pieces()
-        .into_iter()
-        .map(|(dst, src, len)| space::Piece {
-            dst,
-            src,
-            len,
-            moved: false,
-        })
-        .collect();
-    if pieces.iter().map(|p| p.len).sum::<u64>() < second::SECOND_MIN {
+    let pieces = srv.layout.data_pieces();
+    if pieces.iter().map(|&(_, _, len)| len).sum::<u64>() < second::SECOND_MIN {
         return None;
     }
     let uffd = Uffd(root.uffd.0.try_clone().ok()?);
     second::Second::start(pieces, uffd, srv.pages.clone()).ok()
+}
+
+/// Write `bytes` to `path` whole or not at all: a temporary name of this
+/// process's (concurrent restores recording at once shared one, and 19 of
+/// 80 lost their recording, "No such file", a sweep of stop 47; the last
+/// to finish is the one kept), created with `mode` (less the umask),
+/// synced first if `sync`, then renamed over `path`.
+fn write_renamed(
+    path: &std::path::Path,
+    bytes: &[u8],
+    mode: u32,
+    sync: bool,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        if sync {
+            f.sync_data()?;
+        }
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 // The shim's and the server's socketpair, made by `cryo restore`.

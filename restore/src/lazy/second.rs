@@ -21,7 +21,6 @@
 //! event can move or drop them.
 
 use super::server::{copy_range, Outcome};
-use super::space::Piece;
 use super::PG;
 use crate::uffd::{Mapped, Msg, Uffd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,6 +47,7 @@ struct Shared {
     front: AtomicU64,
     /// The lowest address the streamer has started at.
     back: AtomicU64,
+    /// Pages it copied (`--lazy-stats` second_pages).
     pages: AtomicU64,
     /// Wait: the program walks with a fixed stride (the server copies
     /// ahead of it; a stream would only compete with it for the CPUs).
@@ -84,16 +84,16 @@ impl Reading<'_> {
 }
 
 impl Second {
-    /// Start streaming `pieces` (the root space's pending layout pieces,
-    /// in address order) from the last one down, into `uffd` (the root
-    /// space's, duplicated) from `pages` (the server's mapping of
-    /// pages.img).
+    /// Start streaming `pieces` ((address, pages.img offset, bytes) of
+    /// the image's lazy runs, in address order) from the last one down,
+    /// into `uffd` (the root space's, duplicated) from `pages` (the
+    /// server's mapping of pages.img).
     pub(super) fn start(
-        pieces: Vec<Piece>,
+        pieces: Vec<(u64, u64, u64)>,
         uffd: Uffd,
         pages: Arc<Mapped>,
     ) -> std::io::Result<Second> {
-        let top = pieces.last().map_or(0, |p| p.dst + p.len);
+        let top = pieces.last().map_or(0, |&(dst, _, len)| dst + len);
         let shared = Arc::new(Shared {
             gate: Mutex::new(Vec::new()),
             want: AtomicBool::new(false),
@@ -176,10 +176,10 @@ impl Drop for Second {
 /// The streamer's thread: from the top down, a CHUNK at a time, until it
 /// meets the server's stream, is stopped, or the kernel refuses a copy
 /// (EAGAIN: an event to be read first; the server does the rest).
-fn stream(sh: &Shared, pieces: &[Piece], uffd: &Uffd, pages: &Mapped) {
-    for p in pieces.iter().rev() {
-        let mut hi = p.dst + p.len;
-        while hi > p.dst {
+fn stream(sh: &Shared, pieces: &[(u64, u64, u64)], uffd: &Uffd, pages: &Mapped) {
+    for &(dst, src0, len) in pieces.iter().rev() {
+        let mut hi = dst + len;
+        while hi > dst {
             while sh.pause.load(Ordering::Acquire) && !sh.stop.load(Ordering::Acquire) {
                 std::thread::sleep(std::time::Duration::from_micros(200));
             }
@@ -187,9 +187,9 @@ fn stream(sh: &Shared, pieces: &[Piece], uffd: &Uffd, pages: &Mapped) {
             if hi <= front {
                 return;
             }
-            let lo = hi.saturating_sub(CHUNK).max(p.dst).max(front);
+            let lo = hi.saturating_sub(CHUNK).max(dst).max(front);
             sh.back.store(lo, Ordering::Release);
-            let src = p.src + (lo - p.dst);
+            let src = src0 + (lo - dst);
             pages.populate(src, hi - lo);
             let mut spins = 0u32;
             while sh.want.load(Ordering::Acquire) {

@@ -35,12 +35,7 @@ pub(super) struct Stats {
 /// process's, then renamed (the page server may finish after the program
 /// and `cryo restore` are gone, while a script already reads the file).
 pub fn write_stats_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    super::write_renamed(path, text.as_bytes(), 0o666, false)
 }
 
 /// The statistics as one JSON object; `filled_eagerly` false.

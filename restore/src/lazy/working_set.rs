@@ -13,8 +13,6 @@ pub(super) fn write_working_set(
     image_id: u64,
     addrs: &[u64],
 ) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let mut b = Vec::with_capacity(32 + addrs.len() * 8);
     b.extend_from_slice(WS_MAGIC);
     b.extend_from_slice(&image_id.to_le_bytes());
@@ -24,25 +22,7 @@ pub(super) fn write_working_set(
     }
     let sum = cryo_image::checksum(&b);
     b.extend_from_slice(&sum.to_le_bytes());
-    // (A name of this process's: concurrent restores recording at once
-    // shared one, and 19 of 80 lost their recording, "No such file", a
-    // sweep of stop 47. The last to finish is the one kept.)
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&b)?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    super::write_renamed(path, &b, 0o600, true)
 }
 
 /// Read a working set recorded for the image `image_id`. Ok(None): no
