@@ -37,9 +37,64 @@ impl Summary {
     }
 }
 
+/// How sure a ratio of two medians is: the 5th and 95th percentiles of
+/// `num`'s median over `den`'s, each sample resampled with replacement
+/// `rounds` times (a percentile bootstrap, seeded, so a report is
+/// reproducible from its runs). With 5 runs a median can only be one of
+/// the runs, so the interval is wide: that is the point, it says what 5
+/// runs can tell. `None` when either sample is empty or has a NaN.
+pub fn ratio_interval(num: &[f64], den: &[f64], rounds: usize) -> Option<(f64, f64)> {
+    quantile(num, 0.5)?;
+    quantile(den, 0.5)?;
+    // splitmix64: small, good enough to pick indices, no dependency.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |n: usize| {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) % n as u64) as usize
+    };
+    let mut resampled = |xs: &[f64], buf: &mut Vec<f64>| {
+        buf.clear();
+        buf.extend((0..xs.len()).map(|_| xs[next(xs.len())]));
+        quantile(buf, 0.5)
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut ratios = Vec::with_capacity(rounds);
+    for _ in 0..rounds.max(1) {
+        let n = resampled(num, &mut a)?;
+        let d = resampled(den, &mut b)?;
+        ratios.push(n / d);
+    }
+    Some((quantile(&ratios, 0.05)?, quantile(&ratios, 0.95)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ratio_interval_holds_the_ratio_of_medians_and_narrows_with_agreement() {
+        let num = [2.0, 2.2, 1.8, 2.1, 1.9];
+        let den = [4.0, 4.4, 3.6, 4.2, 3.8];
+        let (lo, hi) = ratio_interval(&num, &den, 2000).unwrap();
+        assert!(lo <= 0.5 && 0.5 <= hi, "{lo} {hi}");
+        // Every ratio of two runs lies between min/max and max/min.
+        assert!(
+            lo >= 1.8 / 4.4 - 1e-12 && hi <= 2.2 / 3.6 + 1e-12,
+            "{lo} {hi}"
+        );
+        // Runs that agree exactly leave no doubt.
+        assert_eq!(ratio_interval(&[3.0; 5], &[6.0; 5], 500), Some((0.5, 0.5)));
+        // A spread-out sample gives a wider interval than a tight one.
+        let wide = ratio_interval(&[1.0, 3.0, 2.0, 1.5, 2.5], &den, 2000).unwrap();
+        assert!(wide.1 - wide.0 > hi - lo, "{wide:?} vs {lo} {hi}");
+        // Seeded: the same runs give the same interval.
+        assert_eq!(ratio_interval(&num, &den, 2000), Some((lo, hi)));
+        assert_eq!(ratio_interval(&[], &den, 10), None);
+        assert_eq!(ratio_interval(&num, &[f64::NAN], 10), None);
+    }
 
     #[test]
     fn median_of_odd_and_even_samples() {

@@ -40,6 +40,12 @@ use std::path::PathBuf;
 /// cache dropped before each (root). Writes OUT/compare.md, compare.json and
 /// compare.svg.
 ///
+/// Goals (issue 14, warm medians): the best cryo method at most 0.5 x thaw
+/// (0.8 x on a fold), criu at least 50 x slower on hello (20 x elsewhere),
+/// cryo-lazy at most 1.2 x cryo-eager. Each ratio comes with a 90 %
+/// bootstrap interval from the runs; met is yes or no only where the whole
+/// interval agrees, else edge: more --runs, or the goal sits in the noise.
+///
 /// CRIU: Debian 12's criu 3.17 fails on this kernel; --build-criu builds
 /// CRIU 4.1 from Debian trixie's source (apt, about a minute) beside cryo's
 /// target dir, where later runs find it. Without a usable criu its rows say

@@ -1,7 +1,7 @@
 //! Results: the checksum gate, rows, ratios, and the JSON, markdown and SVG
 //! renderings (the SVG chart is in `svg.rs`).
 
-use crate::stats::Summary;
+use crate::stats::{ratio_interval, Summary};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -44,6 +44,9 @@ pub struct Row {
     pub median_ms: Option<f64>,
     pub p10_ms: Option<f64>,
     pub p90_ms: Option<f64>,
+    /// Spawn to first answer of every run, in the order they ran; empty
+    /// unless checksum_ok.
+    pub answers_ms: Vec<f64>,
     /// Spawn to exit (after hs_exit), median.
     pub exit_median_ms: Option<f64>,
     pub runs: usize,
@@ -67,6 +70,7 @@ impl Row {
             median_ms: None,
             p10_ms: None,
             p90_ms: None,
+            answers_ms: Vec::new(),
             exit_median_ms: None,
             runs: 0,
             checksum_ok: false,
@@ -112,6 +116,7 @@ impl Row {
         row.median_ms = answer.map(|s| s.median);
         row.p10_ms = answer.map(|s| s.p10);
         row.p90_ms = answer.map(|s| s.p90);
+        row.answers_ms = col(&|s| s.answer_ms);
         row.exit_median_ms = Summary::of(&col(&|s| s.exit_ms)).map(|s| s.median);
         row.page_faults = Summary::of(&col(&|s| s.faults as f64)).map(|s| s.median.round() as u64);
         row.max_rss_kb =
@@ -139,9 +144,20 @@ pub struct Ratio {
     /// e.g. "cryo-eager / thaw".
     pub what: String,
     pub value: f64,
+    /// 90 % bootstrap interval of the ratio (`stats::ratio_interval`);
+    /// null when a method has no runs' timings.
+    pub lo: Option<f64>,
+    pub hi: Option<f64>,
     pub goal: String,
+    /// At the medians.
     pub met: bool,
+    /// "yes" (the whole interval meets the goal), "no" (none of it does)
+    /// or "edge" (the runs cannot tell: the median says `met`).
+    pub verdict: String,
 }
+
+/// Resamples of each ratio's bootstrap.
+const BOOTSTRAP_ROUNDS: usize = 2000;
 
 /// The cryo methods, fastest first when several ran.
 const CRYO: [&str; 6] = [
@@ -156,61 +172,70 @@ const CRYO: [&str; 6] = [
 /// The goals of the comparison, per workload, from the warm medians: the
 /// best cryo method at most 0.5 × thaw (0.8 × on a fold), criu at least
 /// 50 × the best cryo on a hello world (20 × elsewhere), `--lazy` at most
-/// 1.2 × eager.
+/// 1.2 × eager; each with how sure its runs make it (`Ratio::verdict`).
 pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
     let mut workloads: Vec<&str> = rows.iter().map(|r| r.workload.as_str()).collect();
     workloads.dedup();
     let mut out = Vec::new();
     for w in workloads {
-        let med = |m: &str| {
+        let warm = |m: &str| {
             rows.iter()
                 .find(|r| r.workload == w && r.method == m && r.cache == "warm")
-                .and_then(|r| r.median_ms)
         };
+        let med = |m: &str| warm(m).and_then(|r| r.median_ms);
+        let runs = |m: &str| warm(m).map_or(&[][..], |r| &r.answers_ms[..]);
         let best = CRYO
             .iter()
             .filter_map(|m| med(m).map(|v| (*m, v)))
             .min_by(|a, b| a.1.total_cmp(&b.1));
-        let Some((bm, bv)) = best else { continue };
-        let mut push = |what: String, value: f64, goal: &str, met: bool| {
+        let Some((bm, _)) = best else { continue };
+        // `at_most`: the goal is value ≤ bound, else value ≥ bound.
+        let mut push = |num: &str, den: &str, at_most: bool, bound: f64| {
+            let (Some(n), Some(d)) = (med(num), med(den)) else {
+                return;
+            };
+            let value = n / d;
+            let meets = |v: f64| if at_most { v <= bound } else { v >= bound };
+            let interval = ratio_interval(runs(num), runs(den), BOOTSTRAP_ROUNDS);
+            let verdict = match interval {
+                Some((lo, hi)) if meets(lo) && meets(hi) => "yes",
+                Some((lo, hi)) if !meets(lo) && !meets(hi) => "no",
+                Some(_) => "edge",
+                None if meets(value) => "yes",
+                None => "no",
+            };
             out.push(Ratio {
                 workload: w.into(),
-                what,
+                what: format!("{num} / {den}"),
                 value,
-                goal: goal.into(),
-                met,
+                lo: interval.map(|i| i.0),
+                hi: interval.map(|i| i.1),
+                goal: format!("{} {bound}", if at_most { "≤" } else { "≥" }),
+                met: meets(value),
+                verdict: verdict.into(),
             });
         };
         // Issue 14's goals: ≤ 0.5 × thaw where a few lookups answer,
         // ≤ 0.8 × where the whole structure is read; CRIU ≥ 50 × slower
         // on a hello world (≥ 20 × elsewhere, the first goal); lazy never
         // more than 1.2 × eager.
-        if let Some(t) = med("thaw") {
-            let goal = if w.contains("-fold") { 0.8 } else { 0.5 };
+        if med("thaw").is_some() {
             push(
-                format!("{bm} / thaw"),
-                bv / t,
-                &format!("≤ {goal}"),
-                bv / t <= goal,
+                bm,
+                "thaw",
+                true,
+                if w.contains("-fold") { 0.8 } else { 0.5 },
             );
         }
-        if let Some(c) = med("criu") {
-            let goal = if w.starts_with("hello") { 50.0 } else { 20.0 };
+        if med("criu").is_some() {
             push(
-                format!("criu / {bm}"),
-                c / bv,
-                &format!("≥ {goal}"),
-                c / bv >= goal,
+                "criu",
+                bm,
+                false,
+                if w.starts_with("hello") { 50.0 } else { 20.0 },
             );
         }
-        if let (Some(l), Some(e)) = (med("cryo-lazy"), med("cryo-eager")) {
-            push(
-                "cryo-lazy / cryo-eager".into(),
-                l / e,
-                "≤ 1.2",
-                l / e <= 1.2,
-            );
-        }
+        push("cryo-lazy", "cryo-eager", true, 1.2);
     }
     out
 }
@@ -311,17 +336,29 @@ impl Report {
         }
         if !self.ratios.is_empty() {
             let _ = writeln!(s, "\n## Goals (warm medians)\n");
-            let _ = writeln!(s, "| workload | ratio | value | goal | met |");
+            let _ = writeln!(
+                s,
+                "The interval: 5th-95th percentile of the ratio of the two medians over {BOOTSTRAP_ROUNDS} resamples of each method's runs. Met: yes or no where the whole interval agrees, else edge (these runs cannot tell) with the medians' answer.\n"
+            );
+            let _ = writeln!(
+                s,
+                "| workload | ratio | value (90 % interval) | goal | met |"
+            );
             let _ = writeln!(s, "|---|---|---|---|---|");
             for r in &self.ratios {
+                let interval = match (r.lo, r.hi) {
+                    (Some(lo), Some(hi)) => format!(" ({lo:.3}–{hi:.3})"),
+                    _ => String::new(),
+                };
+                let met = match r.verdict.as_str() {
+                    "edge" if r.met => "edge (yes at the medians)",
+                    "edge" => "edge (no at the medians)",
+                    v => v,
+                };
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.3} | {} | {} |",
-                    r.workload,
-                    r.what,
-                    r.value,
-                    r.goal,
-                    if r.met { "yes" } else { "no" }
+                    "| {} | {} | {:.3}{interval} | {} | {met} |",
+                    r.workload, r.what, r.value, r.goal,
                 );
             }
         }
@@ -421,6 +458,54 @@ mod tests {
         assert_eq!(r[2].what, "cryo-lazy / cryo-eager");
         assert!((r[2].value - 0.5).abs() < 1e-9 && r[2].met);
         assert!(ratios(&[row("x", "cold", 1.0)]).is_empty());
+        // No runs' timings (rows made by hand): the medians decide.
+        assert!(r.iter().all(|r| r.lo.is_none() && r.verdict == "yes"));
+    }
+
+    fn runs(w: &str, m: &str, ms: &[f64]) -> Row {
+        let s: Vec<Sample> = ms.iter().map(|&v| sample(v, "42")).collect();
+        Row::from_samples(w, m, "warm", Some("42"), &s)
+    }
+
+    #[test]
+    fn a_goal_is_met_or_missed_only_where_the_runs_agree() {
+        let thaw = [2.0, 2.1, 1.9, 2.2, 1.8];
+        // Well under 0.5 × thaw in every run: yes.
+        let r = ratios(&[
+            runs("a", "thaw", &thaw),
+            runs("a", "cryo-pack", &[0.5, 0.52, 0.48, 0.55, 0.5]),
+        ]);
+        assert_eq!((r[0].verdict.as_str(), r[0].met), ("yes", true), "{r:?}");
+        let (lo, hi) = (r[0].lo.unwrap(), r[0].hi.unwrap());
+        assert!(lo <= r[0].value && r[0].value <= hi && hi <= 0.5, "{r:?}");
+        // Around 0.5 × thaw, the runs on both sides: edge, whatever the
+        // medians say.
+        let r = ratios(&[
+            runs("b", "thaw", &thaw),
+            runs("b", "cryo-pack", &[0.9, 1.1, 0.95, 1.05, 0.99]),
+        ]);
+        assert_eq!((r[0].verdict.as_str(), r[0].met), ("edge", true), "{r:?}");
+        // Far over it: no.
+        let r = ratios(&[
+            runs("c", "thaw", &thaw),
+            runs("c", "cryo-pack", &[1.5, 1.6, 1.4, 1.7, 1.5]),
+        ]);
+        assert_eq!((r[0].verdict.as_str(), r[0].met), ("no", false), "{r:?}");
+        // A goal of at least (CRIU on hello): the interval's low end must
+        // reach it.
+        let r = ratios(&[
+            runs("hello", "cryo-pack", &[0.5, 0.51, 0.49, 0.5, 0.52]),
+            runs("hello", "criu", &[24.0, 27.0, 35.0, 26.0, 25.5]),
+        ]);
+        assert_eq!(r[0].what, "criu / cryo-pack");
+        assert_eq!((r[0].verdict.as_str(), r[0].met), ("edge", true), "{r:?}");
+        let md = Report {
+            results: vec![],
+            ratios: r,
+            environment: Environment::default(),
+        }
+        .to_markdown();
+        assert!(md.contains("| edge (yes at the medians) |"), "{md}");
     }
 
     #[test]
@@ -457,6 +542,23 @@ mod tests {
         assert_eq!(results[1]["checksum_ok"], false);
         assert!(v["environment"]["ghc_version"].is_string());
         assert!(v["ratios"].is_array());
+        assert!(results[0]["answers_ms"]
+            .as_array()
+            .is_some_and(|a| a.len() == 1));
+        let rep = Report {
+            ratios: ratios(&[
+                Row::from_samples("map", "thaw", "warm", Some("1"), &[sample(2.0, "1")]),
+                Row::from_samples("map", "cryo-eager", "warm", Some("1"), &[sample(0.5, "1")]),
+            ]),
+            ..rep
+        };
+        let v: serde_json::Value = serde_json::from_str(&rep.to_json()).unwrap();
+        for key in [
+            "workload", "what", "value", "lo", "hi", "goal", "met", "verdict",
+        ] {
+            assert!(v["ratios"][0].get(key).is_some(), "ratio lacks {key}");
+        }
+        assert_eq!(v["ratios"][0]["verdict"], "yes");
     }
 
     #[test]
