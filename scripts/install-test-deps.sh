@@ -25,6 +25,9 @@ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 # node: its process.pid kept in V8's heap, its child_process stdio
 # sockets (tests/servers.rs).
 command -v node >/dev/null 2>&1 || need+=(nodejs)
+# Interpreters kept mid-session (tests/interpreters.rs; ghc's ghci, bash
+# and perl are there already).
+command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
 # A terminal multiplexer: a server, a shell on its pty, a unix socket.
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 # What a packed restorer does with its own code (tests/pack.rs).

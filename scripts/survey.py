@@ -139,6 +139,11 @@ def programs(build):
                           'ts = 4.times.map { Thread.new { s = 0; while (x = q.pop) != :done; s += h[x]; end; s } }; '
                           'puts "READY"; $stdout.flush; l = $stdin.gets; 20000.times { |i| q << i }; '
                           '4.times { q << :done }; puts "#{ts.map(&:value).sum} #{l}"'], "", "go\n"),
+        # An interpreter with a module imported and a binding made (GHC's
+        # threaded RTS under GHCi).
+        "ghci": (["ghci", "-v0", "-ignore-dot-ghci"],
+                 "import qualified Data.Map as M\nlet m = M.fromList [(i, i * 2) | i <- [1 .. 20000 :: Int]]\n"
+                 "M.size m `seq` putStrLn \"READY\"\n", "print (M.foldr (+) 0 m)\n:q\n"),
         "go-goroutines": ([build.get("go", "/nonexistent/go-survey")], "", "go\n"),
         "ghc-threaded": ([build.get("ghc", "/nonexistent/ghc-survey")], "", "go\n"),
         "java-parallel": (["java", "-cp", build.get("java", "/nonexistent"), "J"], "", "go\n"),
