@@ -10,7 +10,6 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use support::*;
@@ -140,7 +139,6 @@ fn session(tag: &str, argv: &[&str], before: &str, after: &str) {
     let exe = img.with_file_name(format!("{tag}.restored"));
     pack_to(&img, &exe);
     check("by a packed restorer", fed(Command::new(&exe), after));
-    assert!(Path::new(&img).join("meta.img").exists());
 }
 
 /// GHCi with Data.Map imported and a map of 20 000 entries bound (GHC's

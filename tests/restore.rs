@@ -1619,8 +1619,9 @@ fn lazy_working_set_recorded_then_prefetched() {
 /// A program that watches its stdin with epoll (GHC's threaded IO
 /// manager, an event loop), restored with a regular file as stdin: the
 /// kernel will not watch a regular file (EPERM). The restore refuses in
-/// one line that says what to give it instead, before anything runs; with
-/// a pipe there it comes back and reads it.
+/// one line that says what to give it instead, before anything runs, and
+/// so does a packed restorer of the image; with a pipe there it comes back
+/// and reads it.
 #[test]
 fn epoll_on_stdin_needs_a_pollable_stdin() {
     let dir = scratch("epoll-stdin");
@@ -1650,6 +1651,20 @@ print("PASS", bool(ok), sys.stdin.readline().strip(), flush=True)
     assert!(err.contains("give the restore a pipe or terminal"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(out.stdout.is_empty(), "nothing ran");
+    let exe = dir.join("restorer");
+    pack_to(&img, &exe);
+    let out = Command::new(&exe)
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "packed: {err}");
+    assert!(
+        err.contains("give the restorer a pipe or terminal"),
+        "packed: {err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "packed: {err}");
+    assert!(out.stdout.is_empty(), "packed: nothing ran");
     let mut r = Restored::start(&img, &[]);
     let s = r.child.stdin.as_mut().expect("stdin");
     s.write_all(b"from a pipe\n").expect("write stdin");

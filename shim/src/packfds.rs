@@ -145,16 +145,27 @@ fn epoll_ctl(epfd: usize, op: usize, e: &EpollItem, events: u32) {
     let mut ev = [0u8; 12];
     ev[..4].copy_from_slice(&events.to_le_bytes());
     ev[4..].copy_from_slice(&e.data.to_le_bytes());
+    let r = syscall6(
+        SYS_EPOLL_CTL,
+        epfd,
+        op,
+        e.tfd as usize,
+        ev.as_ptr() as usize,
+        0,
+        0,
+    );
+    // Our own stdin, stdout or stderr (the program's are ours) of a kind
+    // epoll cannot watch (a regular file, a directory): say what to give
+    // it instead, as `cryo restore` does.
+    if r == -EPERM && e.tfd <= 2 {
+        die(format_args!(
+            "epoll set at fd {epfd}: watching fd {} again (it is ours, a file epoll cannot watch: the program watched its own with epoll; give the restorer a pipe or terminal there, e.g. `cat FILE | ./RESTORER`): {}",
+            e.tfd,
+            crate::packed::errno_name(-r)
+        ));
+    }
     check(
-        syscall6(
-            SYS_EPOLL_CTL,
-            epfd,
-            op,
-            e.tfd as usize,
-            ev.as_ptr() as usize,
-            0,
-            0,
-        ),
+        r,
         format_args!("epoll set at fd {epfd}: watching fd {} again", e.tfd),
     );
 }

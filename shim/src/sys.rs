@@ -99,6 +99,7 @@ pub const FD_CLOEXEC: usize = 1;
 pub const O_RDONLY: usize = 0;
 pub const O_RDWR: usize = 2;
 pub const O_CLOEXEC: usize = 0o2000000;
+pub const EPERM: isize = 1;
 pub const EEXIST: isize = 17;
 pub const EBUSY: isize = 16;
 pub const EINVAL: isize = 22;
