@@ -84,7 +84,10 @@ pub struct RestoreArgs {
     /// using jemalloc, mimalloc or tcmalloc are refused), /proc/PID/maps
     /// names pages.img, no transparent huge pages. pages.img must not be
     /// changed while restored programs run (cryo never writes it in
-    /// place). See docs/design.md.
+    /// place). Slower than eager where threads run on other CPUs while
+    /// the program writes much of its memory: each such copy is a TLB
+    /// shootdown (python3 with numpy and its OpenBLAS thread: 129 against
+    /// 40 ms eager here); measure it. See docs/design.md.
     #[arg(long, conflicts_with_all = ["lazy", "eager"])]
     pub map: bool,
     /// Lazy: fill memory eagerly instead when the image (every process of
