@@ -10,7 +10,9 @@ what an uninterrupted run prints, with the same exit status.
 
 Programs whose interpreter or compiler is not installed are reported
 `missing`, not failed. Go, GHC (-threaded, -N2) and Java programs are
-compiled into a temporary directory first.
+compiled into a temporary directory first. Each line gives the restore's
+time to exit, the program's own work after it included (one run each: a
+hint of where a mode is slow, not a benchmark).
 
 Usage: scripts/survey.py [--cryo PATH] [--modes eager,lazy,map,pack] [NAME ...]
 Exit status 0 when every program that ran came back exactly.
@@ -262,12 +264,16 @@ def main():
                         print(f"{name:16} {'pack':8} REFUSED {k.stderr.strip()[:300]}", flush=True)
                         continue
                     argv = [exe]
+                t0 = time.monotonic()
                 r = subprocess.run(argv, input=post, capture_output=True, text=True, timeout=120)
+                took = (time.monotonic() - t0) * 1000
                 got = (r.returncode, first + r.stdout)
                 ok = got == want
                 failed += not ok
                 shown = " ".join(mode) or "eager"
-                print(f"{name:16} {shown:8} {'OK' if ok else 'DIFF'}",
+                # Restore to exit, the program's own work after the
+                # restore included (one run: a hint, not a benchmark).
+                print(f"{name:16} {shown:8} {'OK' if ok else 'DIFF':4} {took:8.1f} ms",
                       "" if ok else f"want {want!r} got {got!r} stderr {r.stderr[:300]!r}", flush=True)
         print(f"survey: {ran} programs, {failed} failures, {refused} refused by pack ({a.modes})")
     finally:
