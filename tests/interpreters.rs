@@ -9,9 +9,9 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use support::*;
 
 /// Installed, or the test says how to install it.
@@ -28,26 +28,63 @@ fn which(prog: &str) -> String {
     p
 }
 
-/// `argv` fed `input` whole on stdin: (status, stdout).
-fn uninterrupted(argv: &[&str], input: &str) -> (i32, String) {
+/// How long any one run may take before the test kills it and fails.
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// `cmd` with `input` written to its stdin (a write refused because it
+/// already exited is left for the outcome to show), waited for at most
+/// [`LIMIT`]: (status, stdout, stderr).
+fn fed(mut cmd: Command, input: &str, what: &str) -> (i32, String, String) {
     sanitize_fds();
-    let mut c = Command::new(argv[0])
-        .args(&argv[1..])
+    let mut c = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn");
-    c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = c.wait_with_output().unwrap();
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut stdin = c.stdin.take().unwrap();
+    let input = input.to_owned();
+    // (Written from a thread: a program that does not read would block
+    // the write, and the deadline below could not be kept.)
+    std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let pipe = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let out = pipe(c.stdout.take().map(|o| Box::new(o) as Box<dyn Read + Send>));
+    let err = pipe(c.stderr.take().map(|e| Box::new(e) as Box<dyn Read + Send>));
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > LIMIT {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("{what}: still running after {LIMIT:?}: killed");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
+        status.code().unwrap_or(-1),
+        out.join().unwrap(),
+        err.join().unwrap(),
     )
 }
 
-/// Every thread of `pid` asleep, three looks in a row 20 ms apart: the
-/// program has read all it was given and waits for more.
+/// Every thread of `pid` asleep, three looks in a row 20 ms apart. READY
+/// was its last command, so the program has read all it was given; this
+/// only lets it settle into its wait. (What the test relies on: nothing
+/// is printed after READY before the capture, or it would be lost with
+/// the first run's pipe: ghci -v0, bash, sqlite3 -batch and perl print no
+/// prompt.)
 fn settled(pid: i32) {
     let mut calm = 0;
     wait_for(
@@ -74,51 +111,63 @@ fn settled(pid: i32) {
     );
 }
 
-/// Run `cmd` (a restore) with `input` on stdin: (status, stdout, stderr).
-fn fed(mut cmd: Command, input: &str) -> (i32, String, String) {
-    sanitize_fds();
-    let mut c = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the restore");
-    c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    outcome(c.wait_with_output().unwrap())
-}
-
 /// The round trip described at the top, for `argv` with its input in two
 /// parts; the second part must not be needed before READY.
 fn session(tag: &str, argv: &[&str], before: &str, after: &str) {
     let prog = which(argv[0]);
     let mut argv: Vec<&str> = argv.to_vec();
     argv[0] = &prog;
-    let want = uninterrupted(&argv, &format!("{before}{after}"));
+    let mut cmd = Command::new(argv[0]);
+    cmd.args(&argv[1..]);
+    let (code, out, _) = fed(
+        cmd,
+        &format!("{before}{after}"),
+        &format!("{tag}, uninterrupted"),
+    );
+    let want = (code, out);
 
+    let dir = scratch(&format!("interp-{tag}"));
     sanitize_fds();
     let mut c = Command::new(argv[0])
         .args(&argv[1..])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
         .spawn()
         .expect("spawn");
     let pid = c.id() as i32;
     let mut stdin = c.stdin.take().unwrap();
     stdin.write_all(before.as_bytes()).unwrap();
     stdin.flush().unwrap();
-    let mut out = BufReader::new(c.stdout.take().unwrap());
+    // Lines until READY, from a thread, each waited for at most LIMIT.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = c.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let mut first = String::new();
     while !first.lines().any(|l| l.trim_end() == "READY") {
-        let mut line = String::new();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "{tag} ended before READY: {first}"
-        );
-        first.push_str(&line);
+        match rx.recv_timeout(LIMIT) {
+            Ok(Ok(line)) => {
+                first.push_str(&line);
+                first.push('\n');
+            }
+            other => {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!(
+                    "{tag}: no READY ({other:?}); it printed {first:?}, stderr {:?}",
+                    std::fs::read_to_string(dir.join("stderr")).unwrap_or_default()
+                );
+            }
+        }
     }
     settled(pid);
-    let img = scratch(&format!("interp-{tag}")).join("img");
+    let img = dir.join("img");
     capture_killed(pid, &img, &[]);
     let _ = c.wait();
     drop(stdin);
@@ -127,18 +176,20 @@ fn session(tag: &str, argv: &[&str], before: &str, after: &str) {
         assert_eq!(
             (got.0, format!("{first}{}", got.1)),
             want,
-            "{tag} restored {how} (stderr: {})",
+            "{how} (stderr: {})",
             got.2
         );
     };
     for mode in [&[][..], &["--lazy"], &["--map"]] {
         let mut cmd = Command::new(cryo());
         cmd.arg("restore").args(mode).arg(&img);
-        check(&format!("{mode:?}"), fed(cmd, after));
+        let how = format!("{tag}, cryo restore {mode:?}");
+        check(&how, fed(cmd, after, &how));
     }
     let exe = img.with_file_name(format!("{tag}.restored"));
     pack_to(&img, &exe);
-    check("by a packed restorer", fed(Command::new(&exe), after));
+    let how = format!("{tag}, its packed restorer");
+    check(&how, fed(Command::new(&exe), after, &how));
 }
 
 /// GHCi with Data.Map imported and a map of 20 000 entries bound (GHC's

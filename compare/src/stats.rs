@@ -37,13 +37,21 @@ impl Summary {
     }
 }
 
+/// Fewest runs of each method an interval is given for.
+pub const MIN_RUNS: usize = 3;
+
 /// How sure a ratio of two medians is: the 5th and 95th percentiles of
 /// `num`'s median over `den`'s, each sample resampled with replacement
 /// `rounds` times (a percentile bootstrap, seeded, so a report is
 /// reproducible from its runs). With 5 runs a median can only be one of
 /// the runs, so the interval is wide: that is the point, it says what 5
-/// runs can tell. `None` when either sample is empty or has a NaN.
+/// runs can tell. `None` when either sample has fewer than
+/// [`MIN_RUNS`] runs (one run resamples to itself: an interval of one
+/// point would read as certainty) or a NaN.
 pub fn ratio_interval(num: &[f64], den: &[f64], rounds: usize) -> Option<(f64, f64)> {
+    if num.len() < MIN_RUNS || den.len() < MIN_RUNS {
+        return None;
+    }
     quantile(num, 0.5)?;
     quantile(den, 0.5)?;
     // splitmix64: small, good enough to pick indices, no dependency.
@@ -93,7 +101,26 @@ mod tests {
         // Seeded: the same runs give the same interval.
         assert_eq!(ratio_interval(&num, &den, 2000), Some((lo, hi)));
         assert_eq!(ratio_interval(&[], &den, 10), None);
-        assert_eq!(ratio_interval(&num, &[f64::NAN], 10), None);
+        assert_eq!(ratio_interval(&num, &[f64::NAN, 1.0, 2.0], 10), None);
+        // One or two runs tell nothing about the spread.
+        assert_eq!(ratio_interval(&[1.0], &[2.0], 10), None);
+        assert_eq!(ratio_interval(&[1.0, 1.1], &den, 10), None);
+    }
+
+    #[test]
+    fn ratio_interval_is_of_medians_between_its_5th_and_95th_percentiles() {
+        // One slow run in ten: a median hardly moves, a mean would.
+        let mut num = vec![1.0; 9];
+        num.push(100.0);
+        let den = [1.0; 10];
+        let (lo, hi) = ratio_interval(&num, &den, 2000).unwrap();
+        assert_eq!((lo, hi), (1.0, 1.0), "median, not mean");
+        // Three runs 1, 2, 3 over a constant 1: a resampled median is 1
+        // with probability 7/27 (two or three draws of 1), 3 likewise,
+        // 2 with 13/27; so the 5th and 95th percentiles are 1 and 3,
+        // where the 30th and 70th would both be 2.
+        let (lo, hi) = ratio_interval(&[1.0, 2.0, 3.0], &[1.0; 3], 4000).unwrap();
+        assert_eq!((lo, hi), (1.0, 3.0));
     }
 
     #[test]

@@ -44,7 +44,8 @@ use std::path::PathBuf;
 /// (0.8 x on a fold), criu at least 50 x slower on hello (20 x elsewhere),
 /// cryo-lazy at most 1.2 x cryo-eager. Each ratio comes with a 90 %
 /// bootstrap interval from the runs; met is yes or no only where the whole
-/// interval agrees, else edge: more --runs, or the goal sits in the noise.
+/// interval agrees, else edge: more --runs (at least 3 for an interval),
+/// or the goal sits in the noise.
 ///
 /// CRIU: Debian 12's criu 3.17 fails on this kernel; --build-criu builds
 /// CRIU 4.1 from Debian trixie's source (apt, about a minute) beside cryo's

@@ -1,7 +1,7 @@
 //! Results: the checksum gate, rows, ratios, and the JSON, markdown and SVG
 //! renderings (the SVG chart is in `svg.rs`).
 
-use crate::stats::{ratio_interval, Summary};
+use crate::stats::{ratio_interval, Summary, MIN_RUNS};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -152,7 +152,8 @@ pub struct Ratio {
     /// At the medians.
     pub met: bool,
     /// "yes" (the whole interval meets the goal), "no" (none of it does)
-    /// or "edge" (the runs cannot tell: the median says `met`).
+    /// or "edge" (the runs cannot tell, or too few ran for an interval:
+    /// the medians say `met`).
     pub verdict: String,
 }
 
@@ -197,12 +198,11 @@ pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
             let value = n / d;
             let meets = |v: f64| if at_most { v <= bound } else { v >= bound };
             let interval = ratio_interval(runs(num), runs(den), BOOTSTRAP_ROUNDS);
+            // (No interval, too few runs: nothing can be told.)
             let verdict = match interval {
                 Some((lo, hi)) if meets(lo) && meets(hi) => "yes",
                 Some((lo, hi)) if !meets(lo) && !meets(hi) => "no",
-                Some(_) => "edge",
-                None if meets(value) => "yes",
-                None => "no",
+                _ => "edge",
             };
             out.push(Ratio {
                 workload: w.into(),
@@ -338,7 +338,7 @@ impl Report {
             let _ = writeln!(s, "\n## Goals (warm medians)\n");
             let _ = writeln!(
                 s,
-                "The interval: 5th-95th percentile of the ratio of the two medians over {BOOTSTRAP_ROUNDS} resamples of each method's runs. Met: yes or no where the whole interval agrees, else edge (these runs cannot tell) with the medians' answer.\n"
+                "The interval: 5th-95th percentile of the ratio of the two medians over {BOOTSTRAP_ROUNDS} resamples of each method's runs. Met: yes or no where the whole interval agrees, else edge (these runs cannot tell, or fewer than {MIN_RUNS} ran) with the medians' answer.\n"
             );
             let _ = writeln!(
                 s,
@@ -458,8 +458,11 @@ mod tests {
         assert_eq!(r[2].what, "cryo-lazy / cryo-eager");
         assert!((r[2].value - 0.5).abs() < 1e-9 && r[2].met);
         assert!(ratios(&[row("x", "cold", 1.0)]).is_empty());
-        // No runs' timings (rows made by hand): the medians decide.
-        assert!(r.iter().all(|r| r.lo.is_none() && r.verdict == "yes"));
+        // No runs' timings (rows made by hand): no interval, so the runs
+        // cannot tell; `met` is the medians'.
+        assert!(r
+            .iter()
+            .all(|r| r.lo.is_none() && r.verdict == "edge" && r.met));
     }
 
     fn runs(w: &str, m: &str, ms: &[f64]) -> Row {
@@ -558,7 +561,9 @@ mod tests {
         ] {
             assert!(v["ratios"][0].get(key).is_some(), "ratio lacks {key}");
         }
-        assert_eq!(v["ratios"][0]["verdict"], "yes");
+        // (One run each: no interval.)
+        assert_eq!(v["ratios"][0]["verdict"], "edge");
+        assert_eq!(v["ratios"][0]["lo"], serde_json::Value::Null);
     }
 
     #[test]
