@@ -41,9 +41,12 @@ impl Summary {
 pub const MIN_RUNS: usize = 3;
 
 /// How sure a ratio of two medians is: the 5th and 95th percentiles of
-/// `num`'s median over `den`'s, each sample resampled with replacement
+/// `num`'s median over `den`'s, the runs resampled with replacement
 /// `rounds` times (a percentile bootstrap, seeded, so a report is
-/// reproducible from its runs). With 5 runs a median can only be one of
+/// reproducible from its runs). Samples of one length are taken as runs
+/// of the same rounds (`cryo compare` times one run of each method a
+/// round) and resampled by round, so that what moved a whole round moves
+/// both medians alike; else each on its own. With 5 runs a median can only be one of
 /// the runs, so the interval is wide: that is the point, it says what 5
 /// runs can tell. `None` when either sample has fewer than
 /// [`MIN_RUNS`] runs (one run resamples to itself: an interval of one
@@ -63,17 +66,21 @@ pub fn ratio_interval(num: &[f64], den: &[f64], rounds: usize) -> Option<(f64, f
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         ((z ^ (z >> 31)) % n as u64) as usize
     };
-    let mut resampled = |xs: &[f64], buf: &mut Vec<f64>| {
-        buf.clear();
-        buf.extend((0..xs.len()).map(|_| xs[next(xs.len())]));
-        quantile(buf, 0.5)
-    };
-    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let paired = num.len() == den.len();
+    let (mut a, mut b, mut picks) = (Vec::new(), Vec::new(), Vec::new());
     let mut ratios = Vec::with_capacity(rounds);
     for _ in 0..rounds.max(1) {
-        let n = resampled(num, &mut a)?;
-        let d = resampled(den, &mut b)?;
-        ratios.push(n / d);
+        picks.clear();
+        picks.extend((0..num.len()).map(|_| next(num.len())));
+        a.clear();
+        a.extend(picks.iter().map(|&i| num[i]));
+        if !paired {
+            picks.clear();
+            picks.extend((0..den.len()).map(|_| next(den.len())));
+        }
+        b.clear();
+        b.extend(picks.iter().map(|&i| den[i]));
+        ratios.push(quantile(&a, 0.5)? / quantile(&b, 0.5)?);
     }
     Some((quantile(&ratios, 0.05)?, quantile(&ratios, 0.95)?))
 }
@@ -105,6 +112,18 @@ mod tests {
         // One or two runs tell nothing about the spread.
         assert_eq!(ratio_interval(&[1.0], &[2.0], 10), None);
         assert_eq!(ratio_interval(&[1.0, 1.1], &den, 10), None);
+    }
+
+    #[test]
+    fn runs_of_the_same_rounds_are_resampled_together() {
+        // A machine whose speed drifts round by round, one method always
+        // half the other: by round, the ratio is exactly 0.5.
+        let den = [4.0, 6.0, 5.0, 8.0, 3.0];
+        let num: Vec<f64> = den.iter().map(|d| d / 2.0).collect();
+        assert_eq!(ratio_interval(&num, &den, 2000), Some((0.5, 0.5)));
+        // Apart (one more run of one of them), the drift shows as doubt.
+        let (lo, hi) = ratio_interval(&num, &[4.0, 6.0, 5.0, 8.0, 3.0, 5.0], 2000).unwrap();
+        assert!(lo < 0.45 && hi > 0.55, "{lo} {hi}");
     }
 
     #[test]

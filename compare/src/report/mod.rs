@@ -338,7 +338,7 @@ impl Report {
             let _ = writeln!(s, "\n## Goals (warm medians)\n");
             let _ = writeln!(
                 s,
-                "The interval: 5th-95th percentile of the ratio of the two medians over {BOOTSTRAP_ROUNDS} resamples of each method's runs. Met: yes or no where the whole interval agrees, else edge (these runs cannot tell, or fewer than {MIN_RUNS} ran) with the medians' answer.\n"
+                "The interval: 5th-95th percentile of the ratio of the two medians over {BOOTSTRAP_ROUNDS} resamples of the runs (by round where both methods ran every round). Met: yes or no where the whole interval agrees, else edge (these runs cannot tell, or fewer than {MIN_RUNS} ran) with the medians' answer.\n"
             );
             let _ = writeln!(
                 s,
