@@ -84,6 +84,62 @@ pub fn wait4_within(pid: i32, timeout: Option<std::time::Duration>) -> io::Resul
     Ok((code, usage))
 }
 
+/// As [`wait4_within`], for a run that may answer and then never exit
+/// (CRIU 4.1's restore of the threaded GHC program: its RTS waits at exit
+/// for a ticker whose timerfd CRIU brought back disarmed): once
+/// `answered` says the answer is out, the child gets `grace` more to
+/// exit, and is then killed, reaped, and reported by the `true` beside
+/// its status, not as an error. A run that never answers still times out
+/// as with [`wait4_within`].
+pub fn wait4_after_answer(
+    pid: i32,
+    timeout: Option<std::time::Duration>,
+    grace: std::time::Duration,
+    answered: &dyn Fn() -> bool,
+) -> io::Result<(i32, Usage, bool)> {
+    let t0 = std::time::Instant::now();
+    // (Looked at this often while it runs: a slice of poll on its pidfd.)
+    let step = std::time::Duration::from_millis(20);
+    let mut seen: Option<std::time::Instant> = None;
+    loop {
+        let left = timeout.map(|t| t.saturating_sub(t0.elapsed()));
+        if left.is_some_and(|l| l.is_zero()) {
+            // Kills it and says it hung.
+            let (code, usage) =
+                wait4_within(pid, Some(std::time::Duration::ZERO)).map_err(|e| match e.kind() {
+                    io::ErrorKind::TimedOut => io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "still running after {} s: killed (it hung)",
+                            timeout.unwrap_or_default().as_secs()
+                        ),
+                    ),
+                    _ => e,
+                })?;
+            return Ok((code, usage, false));
+        }
+        let slice = left.map_or(step, |l| l.min(step));
+        let exited = match exits_within(pid, slice) {
+            Ok(e) => e,
+            Err(_) => polled_exit_within(pid, slice)?,
+        };
+        if exited {
+            let (code, usage) = wait4_within(pid, None)?;
+            return Ok((code, usage, false));
+        }
+        if seen.is_none() && answered() {
+            seen = Some(std::time::Instant::now());
+        }
+        if seen.is_some_and(|s| s.elapsed() >= grace) {
+            // SAFETY: kill takes integers; `pid` is our unreaped child,
+            // so the id cannot have been reused.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let (code, usage) = wait4_within(pid, None)?;
+            return Ok((code, usage, true));
+        }
+    }
+}
+
 /// Whether the child `pid` ends within `t`, waited for in the kernel:
 /// poll on its pidfd, which becomes readable when the whole process has
 /// exited (it is left to be reaped). Err where pidfd_open is missing.
@@ -344,5 +400,67 @@ mod tests {
         assert!(polled_exit_within(c.id() as i32, std::time::Duration::from_secs(10)).unwrap());
         let (code, _) = wait4(c.id() as i32).unwrap();
         assert_eq!(code, 128 + libc::SIGKILL);
+    }
+
+    #[test]
+    #[allow(clippy::zombie_processes)] // reaped by wait4, which clippy cannot see
+    fn a_run_that_answers_and_hangs_is_killed_after_its_grace() {
+        let _one = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = std::env::temp_dir().join(format!("cryo-compare-grace-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let out = dir.join("out");
+        let answered = || std::fs::read_to_string(&out).is_ok_and(|t| t.contains("at="));
+        let (grace, timeout) = (
+            std::time::Duration::from_millis(300),
+            Some(std::time::Duration::from_secs(60)),
+        );
+        // Answers, then never exits: killed a grace after the answer, not
+        // at the timeout, and not an error.
+        let c = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("sleep 0.2; echo at=1 > {}; exec sleep 60", out.display()),
+            ])
+            .spawn()
+            .unwrap();
+        let t = std::time::Instant::now();
+        let (code, _, killed) =
+            wait4_after_answer(c.id() as i32, timeout, grace, &answered).unwrap();
+        let took = t.elapsed();
+        assert_eq!((code, killed), (128 + libc::SIGKILL, true));
+        assert!(
+            took >= std::time::Duration::from_millis(500)
+                && took < std::time::Duration::from_secs(20),
+            "{took:?}"
+        );
+        // Answers and exits: its status, not killed.
+        std::fs::remove_file(&out).unwrap();
+        let c = std::process::Command::new("sh")
+            .args(["-c", &format!("echo at=1 > {}; exit 3", out.display())])
+            .spawn()
+            .unwrap();
+        let (code, _, killed) =
+            wait4_after_answer(c.id() as i32, timeout, grace, &answered).unwrap();
+        assert_eq!((code, killed), (3, false));
+        // Never answers: times out as wait4_within does, and says so.
+        std::fs::remove_file(&out).unwrap();
+        let c = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let e = wait4_after_answer(
+            c.id() as i32,
+            Some(std::time::Duration::from_millis(300)),
+            grace,
+            &answered,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("still running after 0 s"), "{e}");
+        // SAFETY: waitpid with a null status pointer only asks the kernel.
+        let r = unsafe { libc::waitpid(c.id() as i32, std::ptr::null_mut(), libc::WNOHANG) };
+        assert_eq!(r, -1, "reaped");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

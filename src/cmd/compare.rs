@@ -101,7 +101,9 @@ pub struct CompareArgs {
     pub keep: bool,
     /// A run still going after this many seconds is killed and its method
     /// marked failed for that workload ("hung"), instead of hanging the
-    /// comparison (CRIU 4.1's restore of a threaded GHC program never exits).
+    /// comparison. (A CRIU run that has printed its answer gets 1 s more
+    /// to exit, then is killed, its answer timed and its row saying so:
+    /// CRIU 4.1's restore of a threaded GHC program never exits.)
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub run_timeout: u64,
     /// Time runs as they come in each round's order, not each after an

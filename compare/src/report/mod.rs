@@ -13,8 +13,10 @@ mod svg;
 pub struct Sample {
     /// Spawn to the answer's stamp inside the program.
     pub answer_ms: f64,
-    /// Spawn to reaping the process.
+    /// Spawn to reaping the process (NaN where it did not exit).
     pub exit_ms: f64,
+    /// It exited; false: it answered, then hung and was killed.
+    pub exited: bool,
     pub faults: u64,
     pub max_rss_kb: u64,
     pub checksum: Option<String>,
@@ -112,6 +114,13 @@ impl Row {
             return row;
         }
         let col = |f: &dyn Fn(&Sample) -> f64| samples.iter().map(f).collect::<Vec<f64>>();
+        let hung = samples.iter().filter(|s| !s.exited).count();
+        if hung > 0 {
+            row.note = Some(format!(
+                "answered, then did not exit in {hung} of {} runs: killed (hung at exit); no exit time",
+                samples.len()
+            ));
+        }
         let answer = Summary::of(&col(&|s| s.answer_ms));
         row.median_ms = answer.map(|s| s.median);
         row.p10_ms = answer.map(|s| s.p10);
@@ -378,6 +387,7 @@ mod tests {
             max_rss_kb: 2048,
             checksum: Some(sum.into()),
             phases_ms: BTreeMap::from([("build_ms".to_string(), ms / 2.0)]),
+            exited: true,
         }
     }
 
@@ -412,6 +422,18 @@ mod tests {
             (None, None, None, None)
         );
         assert!(r.note.unwrap().contains("expected 42"));
+    }
+
+    #[test]
+    fn a_run_that_hung_at_exit_counts_its_answer_not_its_exit() {
+        let mut s: Vec<Sample> = [3.0, 1.0, 2.0].iter().map(|&m| sample(m, "42")).collect();
+        s[1].exited = false;
+        s[1].exit_ms = f64::NAN;
+        let r = Row::from_samples("w", "criu", "warm", Some("42"), &s);
+        assert!(r.checksum_ok);
+        assert_eq!((r.median_ms, r.exit_median_ms), (Some(2.0), None));
+        let note = r.note.unwrap();
+        assert!(note.contains("did not exit in 1 of 3 runs"), "{note}");
     }
 
     #[test]
