@@ -52,12 +52,12 @@ use std::path::PathBuf;
 /// target dir, where later runs find it. Without a usable criu its rows say
 /// why and the rest is reported.
 ///
-/// --quick (small heaps, 5 runs) takes a few minutes; the full sweep takes
+/// --quick (small heaps, 5 runs) takes about a minute here; the full sweep takes
 /// the map to about 1 GB of heap and takes much longer.
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct CompareArgs {
-    /// Small heaps and fewer runs (a few minutes).
+    /// Small heaps and fewer runs (about a minute).
     #[arg(long)]
     pub quick: bool,
     /// Where to write compare.md, compare.json, compare.svg (and build/,
