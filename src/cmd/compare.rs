@@ -52,12 +52,12 @@ use std::path::PathBuf;
 /// target dir, where later runs find it. Without a usable criu its rows say
 /// why and the rest is reported.
 ///
-/// --quick (small heaps, 5 runs) takes about a minute here; the full sweep takes
+/// --quick (small heaps, 15 runs) takes about two minutes here; the full sweep takes
 /// the map to about 1 GB of heap and takes much longer.
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct CompareArgs {
-    /// Small heaps and fewer runs (about a minute).
+    /// Small heaps and fewer runs (about two minutes).
     #[arg(long)]
     pub quick: bool,
     /// Where to write compare.md, compare.json, compare.svg (and build/,
@@ -86,7 +86,7 @@ pub struct CompareArgs {
     /// Map sizes N (comma-separated), replacing the default sweep.
     #[arg(long, value_delimiter = ',', value_name = "N")]
     pub sizes: Vec<u64>,
-    /// Timed runs per method with a warm page cache (default 5 quick, 10 full).
+    /// Timed runs per method with a warm page cache (default 15 quick, 10 full).
     #[arg(long, value_name = "N")]
     pub runs: Option<usize>,
     /// Untimed runs first (default 1 quick, 2 full).
@@ -132,7 +132,7 @@ pub fn run(a: CompareArgs) -> Result<i32> {
             "cryo compare: note: cold still runs once per workload for the reference checksum"
         );
     }
-    let runs = a.runs.unwrap_or(if a.quick { 5 } else { 10 });
+    let runs = a.runs.unwrap_or(if a.quick { 15 } else { 10 });
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
