@@ -87,10 +87,12 @@ pub fn wait4_within(pid: i32, timeout: Option<std::time::Duration>) -> io::Resul
 /// As [`wait4_within`], for a run that may answer and then never exit
 /// (CRIU 4.1's restore of the threaded GHC program: its RTS waits at exit
 /// for a ticker whose timerfd CRIU brought back disarmed): once
-/// `answered` says the answer is out, the child gets `grace` more to
-/// exit, and is then killed, reaped, and reported by the `true` beside
-/// its status, not as an error. A run that never answers still times out
-/// as with [`wait4_within`].
+/// `answered` says the answer is out, a child that then uses no CPU for
+/// `grace` (asleep: hung, not exiting; a large heap's exit takes CPU
+/// time the whole while) is killed, reaped, and reported by the `true`
+/// beside its status, not as an error. A run that never answers still
+/// times out as with [`wait4_within`]; one that answered and reaches the
+/// timeout counts as killed after its answer.
 pub fn wait4_after_answer(
     pid: i32,
     timeout: Option<std::time::Duration>,
@@ -100,10 +102,22 @@ pub fn wait4_after_answer(
     let t0 = std::time::Instant::now();
     // (Looked at this often while it runs: a slice of poll on its pidfd.)
     let step = std::time::Duration::from_millis(20);
-    let mut seen: Option<std::time::Instant> = None;
+    // Since the answer: the CPU time last read, and when it last moved.
+    let mut idle: Option<(u64, std::time::Instant)> = None;
+    let kill = |pid: i32| -> io::Result<(i32, Usage, bool)> {
+        // SAFETY: kill takes integers; `pid` is our unreaped child, so
+        // the id cannot have been reused.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let (code, usage) = wait4_within(pid, None)?;
+        // (Exited by itself just before the kill: its own status.)
+        Ok((code, usage, code == 128 + libc::SIGKILL))
+    };
     loop {
         let left = timeout.map(|t| t.saturating_sub(t0.elapsed()));
         if left.is_some_and(|l| l.is_zero()) {
+            if idle.is_some() {
+                return kill(pid);
+            }
             // Kills it and says it hung.
             let (code, usage) =
                 wait4_within(pid, Some(std::time::Duration::ZERO)).map_err(|e| match e.kind() {
@@ -127,17 +141,28 @@ pub fn wait4_after_answer(
             let (code, usage) = wait4_within(pid, None)?;
             return Ok((code, usage, false));
         }
-        if seen.is_none() && answered() {
-            seen = Some(std::time::Instant::now());
+        if idle.is_none() && !answered() {
+            continue;
         }
-        if seen.is_some_and(|s| s.elapsed() >= grace) {
-            // SAFETY: kill takes integers; `pid` is our unreaped child,
-            // so the id cannot have been reused.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let (code, usage) = wait4_within(pid, None)?;
-            return Ok((code, usage, true));
+        let cpu = cpu_ticks(pid).unwrap_or(0);
+        match idle {
+            Some((was, since)) if was == cpu => {
+                if since.elapsed() >= grace {
+                    return kill(pid);
+                }
+            }
+            _ => idle = Some((cpu, std::time::Instant::now())),
         }
     }
+}
+
+/// User plus system time of process `pid` (all its threads), in clock
+/// ticks, from /proc/PID/stat.
+fn cpu_ticks(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = s.rsplit_once(") ")?.1.split_whitespace().collect();
+    // (Fields 14 and 15 of stat(5); the state, field 3, is f[0].)
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
 /// Whether the child `pid` ends within `t`, waited for in the kernel:
@@ -434,6 +459,23 @@ mod tests {
                 && took < std::time::Duration::from_secs(20),
             "{took:?}"
         );
+        // Answers, then works (a large heap's exit) for longer than the
+        // grace, then exits: never taken for hung.
+        std::fs::remove_file(&out).unwrap();
+        // (bash's builtins only: a child's CPU time is not its parent's.)
+        let c = std::process::Command::new("bash")
+            .args([
+                "-c",
+                &format!(
+                    "echo at=1 > {}; end=$((SECONDS + 2)); while [ $SECONDS -lt $end ]; do :; done; exit 4",
+                    out.display()
+                ),
+            ])
+            .spawn()
+            .unwrap();
+        let (code, _, killed) =
+            wait4_after_answer(c.id() as i32, timeout, grace, &answered).unwrap();
+        assert_eq!((code, killed), (4, false));
         // Answers and exits: its status, not killed.
         std::fs::remove_file(&out).unwrap();
         let c = std::process::Command::new("sh")

@@ -272,8 +272,9 @@ pub(crate) fn eager_fill_note(r: &Runner) -> Option<String> {
     ))
 }
 
-/// How long a run that has printed its answer gets to exit before it is
-/// killed as hung at exit (a GHC program exits in milliseconds).
+/// How long a run that has printed its answer may use no CPU time before
+/// it is killed as hung at exit (one exiting, even from gigabytes of
+/// heap, uses CPU the whole while).
 const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Run a prepared method once, its output and logs in `dir`.

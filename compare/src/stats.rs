@@ -43,15 +43,15 @@ pub const MIN_RUNS: usize = 3;
 /// How sure a ratio of two medians is: the 5th and 95th percentiles of
 /// `num`'s median over `den`'s, the runs resampled with replacement
 /// `rounds` times (a percentile bootstrap, seeded, so a report is
-/// reproducible from its runs). Samples of one length are taken as runs
-/// of the same rounds (`cryo compare` times one run of each method a
-/// round) and resampled by round, so that what moved a whole round moves
-/// both medians alike; else each on its own. With 5 runs a median can only be one of
+/// reproducible from its runs). `paired`: the i-th runs of both came in
+/// the same round (`cryo compare` times one run of each method a round;
+/// the samples must be of one length), resampled by round, so that what
+/// moved a whole round moves both medians alike; else each on its own. With 5 runs a median can only be one of
 /// the runs, so the interval is wide: that is the point, it says what 5
 /// runs can tell. `None` when either sample has fewer than
 /// [`MIN_RUNS`] runs (one run resamples to itself: an interval of one
 /// point would read as certainty) or a NaN.
-pub fn ratio_interval(num: &[f64], den: &[f64], rounds: usize) -> Option<(f64, f64)> {
+pub fn ratio_interval(num: &[f64], den: &[f64], paired: bool, rounds: usize) -> Option<(f64, f64)> {
     if num.len() < MIN_RUNS || den.len() < MIN_RUNS {
         return None;
     }
@@ -66,7 +66,7 @@ pub fn ratio_interval(num: &[f64], den: &[f64], rounds: usize) -> Option<(f64, f
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         ((z ^ (z >> 31)) % n as u64) as usize
     };
-    let paired = num.len() == den.len();
+    let paired = paired && num.len() == den.len();
     let (mut a, mut b, mut picks) = (Vec::new(), Vec::new(), Vec::new());
     let mut ratios = Vec::with_capacity(rounds);
     for _ in 0..rounds.max(1) {
@@ -93,7 +93,7 @@ mod tests {
     fn ratio_interval_holds_the_ratio_of_medians_and_narrows_with_agreement() {
         let num = [2.0, 2.2, 1.8, 2.1, 1.9];
         let den = [4.0, 4.4, 3.6, 4.2, 3.8];
-        let (lo, hi) = ratio_interval(&num, &den, 2000).unwrap();
+        let (lo, hi) = ratio_interval(&num, &den, true, 2000).unwrap();
         assert!(lo <= 0.5 && 0.5 <= hi, "{lo} {hi}");
         // Every ratio of two runs lies between min/max and max/min.
         assert!(
@@ -101,17 +101,20 @@ mod tests {
             "{lo} {hi}"
         );
         // Runs that agree exactly leave no doubt.
-        assert_eq!(ratio_interval(&[3.0; 5], &[6.0; 5], 500), Some((0.5, 0.5)));
+        assert_eq!(
+            ratio_interval(&[3.0; 5], &[6.0; 5], true, 500),
+            Some((0.5, 0.5))
+        );
         // A spread-out sample gives a wider interval than a tight one.
-        let wide = ratio_interval(&[1.0, 3.0, 2.0, 1.5, 2.5], &den, 2000).unwrap();
+        let wide = ratio_interval(&[1.0, 3.0, 2.0, 1.5, 2.5], &den, true, 2000).unwrap();
         assert!(wide.1 - wide.0 > hi - lo, "{wide:?} vs {lo} {hi}");
         // Seeded: the same runs give the same interval.
-        assert_eq!(ratio_interval(&num, &den, 2000), Some((lo, hi)));
-        assert_eq!(ratio_interval(&[], &den, 10), None);
-        assert_eq!(ratio_interval(&num, &[f64::NAN, 1.0, 2.0], 10), None);
+        assert_eq!(ratio_interval(&num, &den, true, 2000), Some((lo, hi)));
+        assert_eq!(ratio_interval(&[], &den, false, 10), None);
+        assert_eq!(ratio_interval(&num, &[f64::NAN, 1.0, 2.0], false, 10), None);
         // One or two runs tell nothing about the spread.
-        assert_eq!(ratio_interval(&[1.0], &[2.0], 10), None);
-        assert_eq!(ratio_interval(&[1.0, 1.1], &den, 10), None);
+        assert_eq!(ratio_interval(&[1.0], &[2.0], false, 10), None);
+        assert_eq!(ratio_interval(&[1.0, 1.1], &den, false, 10), None);
     }
 
     #[test]
@@ -120,9 +123,9 @@ mod tests {
         // half the other: by round, the ratio is exactly 0.5.
         let den = [4.0, 6.0, 5.0, 8.0, 3.0];
         let num: Vec<f64> = den.iter().map(|d| d / 2.0).collect();
-        assert_eq!(ratio_interval(&num, &den, 2000), Some((0.5, 0.5)));
-        // Apart (one more run of one of them), the drift shows as doubt.
-        let (lo, hi) = ratio_interval(&num, &[4.0, 6.0, 5.0, 8.0, 3.0, 5.0], 2000).unwrap();
+        assert_eq!(ratio_interval(&num, &den, true, 2000), Some((0.5, 0.5)));
+        // Apart (not runs of the same rounds), the drift shows as doubt.
+        let (lo, hi) = ratio_interval(&num, &den, false, 2000).unwrap();
         assert!(lo < 0.45 && hi > 0.55, "{lo} {hi}");
     }
 
@@ -132,13 +135,13 @@ mod tests {
         let mut num = vec![1.0; 9];
         num.push(100.0);
         let den = [1.0; 10];
-        let (lo, hi) = ratio_interval(&num, &den, 2000).unwrap();
+        let (lo, hi) = ratio_interval(&num, &den, true, 2000).unwrap();
         assert_eq!((lo, hi), (1.0, 1.0), "median, not mean");
         // Three runs 1, 2, 3 over a constant 1: a resampled median is 1
         // with probability 7/27 (two or three draws of 1), 3 likewise,
         // 2 with 13/27; so the 5th and 95th percentiles are 1 and 3,
         // where the 30th and 70th would both be 2.
-        let (lo, hi) = ratio_interval(&[1.0, 2.0, 3.0], &[1.0; 3], 4000).unwrap();
+        let (lo, hi) = ratio_interval(&[1.0, 2.0, 3.0], &[1.0; 3], true, 4000).unwrap();
         assert_eq!((lo, hi), (1.0, 3.0));
     }
 

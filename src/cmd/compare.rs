@@ -52,12 +52,13 @@ use std::path::PathBuf;
 /// target dir, where later runs find it. Without a usable criu its rows say
 /// why and the rest is reported.
 ///
-/// --quick (small heaps, 15 runs) takes about two minutes here; the full sweep takes
-/// the map to about 1 GB of heap and takes much longer.
+/// --quick (small heaps, 15 runs) takes about two minutes on 2 CPUs with
+/// CRIU; the full sweep takes the map to about 1 GB of heap and takes much
+/// longer.
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct CompareArgs {
-    /// Small heaps and fewer runs (about two minutes).
+    /// Small heaps, 15 runs a method (about two minutes on 2 CPUs).
     #[arg(long)]
     pub quick: bool,
     /// Where to write compare.md, compare.json, compare.svg (and build/,
@@ -101,8 +102,8 @@ pub struct CompareArgs {
     pub keep: bool,
     /// A run still going after this many seconds is killed and its method
     /// marked failed for that workload ("hung"), instead of hanging the
-    /// comparison. (A CRIU run that has printed its answer gets 1 s more
-    /// to exit, then is killed, its answer timed and its row saying so:
+    /// comparison. (A CRIU run that has printed its answer and then uses
+    /// no CPU for 1 s is killed, its answer timed and its row saying so:
     /// CRIU 4.1's restore of a threaded GHC program never exits.)
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub run_timeout: u64,

@@ -49,7 +49,8 @@ pub struct Row {
     /// Spawn to first answer of every run, in the order they ran; empty
     /// unless checksum_ok.
     pub answers_ms: Vec<f64>,
-    /// Spawn to exit (after hs_exit), median.
+    /// Spawn to exit (after hs_exit), median of the runs that exited;
+    /// null where none did.
     pub exit_median_ms: Option<f64>,
     pub runs: usize,
     pub checksum_ok: bool,
@@ -117,8 +118,13 @@ impl Row {
         let hung = samples.iter().filter(|s| !s.exited).count();
         if hung > 0 {
             row.note = Some(format!(
-                "answered, then did not exit in {hung} of {} runs: killed (hung at exit); no exit time",
-                samples.len()
+                "answered, then did not exit in {hung} of {} runs: killed (hung at exit); {}",
+                samples.len(),
+                if hung == samples.len() {
+                    "no exit time".to_string()
+                } else {
+                    format!("exit median of the {} that exited", samples.len() - hung)
+                }
             ));
         }
         let answer = Summary::of(&col(&|s| s.answer_ms));
@@ -126,7 +132,13 @@ impl Row {
         row.p10_ms = answer.map(|s| s.p10);
         row.p90_ms = answer.map(|s| s.p90);
         row.answers_ms = col(&|s| s.answer_ms);
-        row.exit_median_ms = Summary::of(&col(&|s| s.exit_ms)).map(|s| s.median);
+        // (Over the runs that exited; none: null.)
+        let exits: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.exited)
+            .map(|s| s.exit_ms)
+            .collect();
+        row.exit_median_ms = Summary::of(&exits).map(|s| s.median);
         row.page_faults = Summary::of(&col(&|s| s.faults as f64)).map(|s| s.median.round() as u64);
         row.max_rss_kb =
             Summary::of(&col(&|s| s.max_rss_kb as f64)).map(|s| s.median.round() as u64);
@@ -206,7 +218,11 @@ pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
             };
             let value = n / d;
             let meets = |v: f64| if at_most { v <= bound } else { v >= bound };
-            let interval = ratio_interval(runs(num), runs(den), BOOTSTRAP_ROUNDS);
+            // (A method's warm runs are one a round, in round order, and
+            // a method that failed once has none: equal counts, the same
+            // rounds.)
+            let (rn, rd) = (runs(num), runs(den));
+            let interval = ratio_interval(rn, rd, rn.len() == rd.len(), BOOTSTRAP_ROUNDS);
             // (No interval, too few runs: nothing can be told.)
             let verdict = match interval {
                 Some((lo, hi)) if meets(lo) && meets(hi) => "yes",
@@ -431,9 +447,20 @@ mod tests {
         s[1].exit_ms = f64::NAN;
         let r = Row::from_samples("w", "criu", "warm", Some("42"), &s);
         assert!(r.checksum_ok);
-        assert_eq!((r.median_ms, r.exit_median_ms), (Some(2.0), None));
+        // (sample(ms) exits at ms + 1: the two that exited, 4 and 3.)
+        assert_eq!((r.median_ms, r.exit_median_ms), (Some(2.0), Some(3.5)));
         let note = r.note.unwrap();
-        assert!(note.contains("did not exit in 1 of 3 runs"), "{note}");
+        assert!(
+            note.contains("did not exit in 1 of 3 runs") && note.contains("of the 2 that exited"),
+            "{note}"
+        );
+        for x in &mut s {
+            x.exited = false;
+            x.exit_ms = f64::NAN;
+        }
+        let r = Row::from_samples("w", "criu", "warm", Some("42"), &s);
+        assert_eq!((r.median_ms, r.exit_median_ms), (Some(2.0), None));
+        assert!(r.note.unwrap().contains("no exit time"));
     }
 
     #[test]
