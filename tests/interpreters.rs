@@ -14,20 +14,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
-/// Installed, or the test says how to install it.
-fn which(prog: &str) -> String {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {prog}")])
-        .output()
-        .expect("sh");
-    let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(
-        !p.is_empty(),
-        "{prog} is not installed: run scripts/install-test-deps.sh"
-    );
-    p
-}
-
 /// How long any one run may take before the test kills it and fails.
 const LIMIT: Duration = Duration::from_secs(120);
 

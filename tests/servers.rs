@@ -145,19 +145,6 @@ fn nginx_bss(pid: i32) -> std::ops::Range<u64> {
         .unwrap_or_else(|| panic!("no .bss after nginx in {maps}"))
 }
 
-fn which(prog: &str) -> String {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {prog}")])
-        .output()
-        .expect("sh");
-    let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(
-        !p.is_empty(),
-        "{prog} is not installed: run scripts/install-test-deps.sh"
-    );
-    p
-}
-
 #[test]
 fn redis_server_keeps_its_data_and_answers() {
     let redis = which("redis-server");

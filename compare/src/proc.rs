@@ -64,13 +64,7 @@ pub fn wait4_within(pid: i32, timeout: Option<std::time::Duration>) -> io::Resul
         }
     }
     if killed {
-        return Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!(
-                "still running after {} s: killed (it hung)",
-                timeout.unwrap_or_default().as_secs()
-            ),
-        ));
+        return Err(hung(timeout.unwrap_or_default()));
     }
     let code = if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
@@ -115,22 +109,12 @@ pub fn wait4_after_answer(
     loop {
         let left = timeout.map(|t| t.saturating_sub(t0.elapsed()));
         if left.is_some_and(|l| l.is_zero()) {
-            if idle.is_some() {
-                return kill(pid);
+            let (code, usage, killed) = kill(pid)?;
+            // (Killed before its answer: it hung.)
+            if killed && idle.is_none() {
+                return Err(hung(timeout.unwrap_or_default()));
             }
-            // Kills it and says it hung.
-            let (code, usage) =
-                wait4_within(pid, Some(std::time::Duration::ZERO)).map_err(|e| match e.kind() {
-                    io::ErrorKind::TimedOut => io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "still running after {} s: killed (it hung)",
-                            timeout.unwrap_or_default().as_secs()
-                        ),
-                    ),
-                    _ => e,
-                })?;
-            return Ok((code, usage, false));
+            return Ok((code, usage, killed));
         }
         let slice = left.map_or(step, |l| l.min(step));
         let exited = match exits_within(pid, slice) {
@@ -154,6 +138,17 @@ pub fn wait4_after_answer(
             _ => idle = Some((cpu, std::time::Instant::now())),
         }
     }
+}
+
+/// What a run killed at its timeout is reported as.
+fn hung(timeout: std::time::Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!(
+            "still running after {} s: killed (it hung)",
+            timeout.as_secs()
+        ),
+    )
 }
 
 /// User plus system time of process `pid` (all its threads), in clock

@@ -233,6 +233,21 @@ pub fn program(name: &str) -> PathBuf {
     out
 }
 
+/// The path of `prog` from PATH; a test that needs a program from apt
+/// says how to install it.
+pub fn which(prog: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {prog}")])
+        .output()
+        .expect("sh");
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        !p.is_empty(),
+        "{prog} is not installed: run scripts/install-test-deps.sh"
+    );
+    p
+}
+
 /// Process state letter from /proc/PID/stat.
 pub fn state(pid: i32) -> Option<char> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
